@@ -1,0 +1,53 @@
+//! The running portal's parts, built once from the configuration and shared by
+//! the web server and the operator commands.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::{
+    audit::AuditLog,
+    config::Config,
+    db::Db,
+    links::LinkSigner,
+    mail::Mailer,
+    storage::{LocalDir, ObjectStore},
+};
+
+#[derive(Debug)]
+pub struct App {
+    pub config: Config,
+    pub db: Db,
+    pub storage: Arc<dyn ObjectStore>,
+    pub audit: AuditLog,
+    pub mail: Mailer,
+    pub links: LinkSigner,
+}
+
+impl App {
+    /// Opens the data directory and database, applies migrations and starts the
+    /// audit writer and the outbox worker.
+    pub async fn open(config: Config) -> anyhow::Result<Arc<Self>> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+        let db = Db::connect(&config.database_url()).await?;
+        db.migrate().await?;
+        let storage = Arc::new(LocalDir::new(config.object_dir()?));
+        let links = LinkSigner::load(&db).await?;
+        let audit = AuditLog::start(db.clone());
+        let mail = Mailer::start(&config, db.clone())?;
+        Ok(Arc::new(Self {
+            config,
+            db,
+            storage,
+            audit,
+            mail,
+            links,
+        }))
+    }
+
+    /// The public URL of a path that starts with `/`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.config.public_url())
+    }
+}

@@ -1,0 +1,304 @@
+//! The `weightgate` command: parsing and dispatch to the same domain functions
+//! the web portal uses.
+
+mod audit;
+mod demo;
+mod output;
+
+use std::{io::Read, path::PathBuf, sync::Arc};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+pub use output::Format;
+
+use crate::{
+    accounts,
+    app::App,
+    audit::Client,
+    config::Config,
+    db,
+    grants::{self, GrantState},
+    models,
+    types::{Email, Slug, format_ms, format_ms_rfc3339, now_ms},
+};
+
+/// A gated distribution portal for machine-learning model weights.
+#[derive(Parser, Debug)]
+#[command(name = "weightgate", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub config: Config,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the portal.
+    Serve,
+    /// Run the portal with a sample model and an admin, creating them if needed.
+    Demo,
+    /// Apply database migrations.
+    Migrate,
+    /// Manage reviewer accounts.
+    #[command(subcommand)]
+    Reviewer(ReviewerCommand),
+    /// Manage models and publish releases.
+    #[command(subcommand)]
+    Model(ModelCommand),
+    /// List and revoke grants.
+    #[command(subcommand)]
+    Grant(GrantCommand),
+    /// Read and check the audit log.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ReviewerCommand {
+    /// Create a reviewer, or set a new password for an existing one.
+    Add {
+        email: String,
+        /// Also allow managing models, reviewers and settings.
+        #[arg(long)]
+        admin: bool,
+        /// Read the password from standard input instead of prompting.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List reviewers.
+    List {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ModelCommand {
+    /// Create a model that researchers can apply for.
+    Create {
+        slug: String,
+        #[arg(long)]
+        title: String,
+        /// File holding the terms of use researchers must accept.
+        #[arg(long)]
+        terms: Option<PathBuf>,
+    },
+    /// Hash and store every file of DIR as a new release of the model.
+    Publish {
+        slug: String,
+        dir: PathBuf,
+        /// Release name; defaults to v1, v2, ...
+        #[arg(long)]
+        release: Option<String>,
+    },
+    /// List models.
+    List {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GrantCommand {
+    /// List grants, newest first.
+    List {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Revoke a grant; its links stop working at the next fetch.
+    Revoke {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+/// Who the audit log names for commands run by an operator.
+fn operator() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    format!("operator:{user}")
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve => serve(App::open(cli.config).await?).await,
+        Command::Demo => {
+            let app = App::open(cli.config).await?;
+            demo::seed(&app).await?;
+            serve(app).await
+        }
+        Command::Migrate => {
+            let db = db::Db::connect(&cli.config.database_url()).await?;
+            db.migrate().await?;
+            println!("database is up to date");
+            Ok(())
+        }
+        Command::Reviewer(cmd) => reviewer(App::open(cli.config).await?, cmd).await,
+        Command::Model(cmd) => model(App::open(cli.config).await?, cmd).await,
+        Command::Grant(cmd) => grant(App::open(cli.config).await?, cmd).await,
+        Command::Audit(cmd) => audit::run(App::open(cli.config).await?, cmd).await,
+    }
+}
+
+async fn serve(app: Arc<App>) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(app.config.bind)
+        .await
+        .with_context(|| format!("cannot listen on {}", app.config.bind))?;
+    tracing::info!(url = %app.config.public_url(), data_dir = %app.config.data_dir.display(), "weightgate is serving");
+    crate::web::serve(app, listener, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down");
+}
+
+fn read_password(from_stdin: bool) -> anyhow::Result<String> {
+    if from_stdin {
+        let mut input = String::new();
+        std::io::stdin()
+            .read_to_string(&mut input)
+            .context("cannot read the password from stdin")?;
+        return Ok(input.trim_end_matches(['\n', '\r']).to_owned());
+    }
+    let first = rpassword::prompt_password("Password: ").context("cannot read the password")?;
+    let second = rpassword::prompt_password("Repeat it: ").context("cannot read the password")?;
+    anyhow::ensure!(first == second, "the passwords differ");
+    Ok(first)
+}
+
+async fn reviewer(app: Arc<App>, cmd: ReviewerCommand) -> anyhow::Result<()> {
+    match cmd {
+        ReviewerCommand::Add {
+            email,
+            admin,
+            password_stdin,
+        } => {
+            let email: Email = email.parse().map_err(|e: &str| anyhow::anyhow!("{e}"))?;
+            let password = read_password(password_stdin)?;
+            accounts::add_reviewer(&app, &email, &password, admin, &operator()).await?;
+            println!(
+                "{} {email} can sign in at {}",
+                if admin { "admin" } else { "reviewer" },
+                app.url("/admin")
+            );
+        }
+        ReviewerCommand::List { format } => {
+            let rows = db::reviewers::list(app.db.pool()).await?;
+            output::print(
+                format,
+                &["email", "role", "created"],
+                rows.iter().map(|r| {
+                    let role = if r.is_admin != 0 { "admin" } else { "reviewer" };
+                    (
+                        vec![r.email.clone(), role.into(), format_ms(r.created_at)],
+                        serde_json::json!({"id": r.id, "email": r.email, "role": role, "created_at": format_ms_rfc3339(r.created_at)}),
+                    )
+                }),
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn model(app: Arc<App>, cmd: ModelCommand) -> anyhow::Result<()> {
+    match cmd {
+        ModelCommand::Create { slug, title, terms } => {
+            let slug: Slug = slug.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+            let terms = match terms {
+                Some(path) => std::fs::read_to_string(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?,
+                None => "Use these weights for research only. Do not redistribute them.".to_owned(),
+            };
+            let model = models::create(&app, &slug, &title, &terms, &operator()).await?;
+            println!(
+                "created model {} at {}",
+                model.slug,
+                app.url(&format!("/models/{}", model.slug))
+            );
+        }
+        ModelCommand::Publish { slug, dir, release } => {
+            let slug: Slug = slug.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+            let report = models::publish(&app, &slug, &dir, release.as_deref(), &operator(), &|f| {
+                println!(
+                    "{} {}  {}  {} bytes",
+                    if f.uploaded { "stored " } else { "present" },
+                    f.sha256,
+                    f.name,
+                    f.size
+                );
+            })
+            .await?;
+            println!(
+                "published release {} of {slug} with {} files",
+                report.release,
+                report.files.len()
+            );
+        }
+        ModelCommand::List { format } => {
+            let models = db::models::list_models(app.db.pool()).await?;
+            output::print(
+                format,
+                &["slug", "title", "terms version", "created"],
+                models.iter().map(|m| {
+                    (
+                        vec![m.slug.clone(), m.title.clone(), m.terms_version.to_string(), format_ms(m.created_at)],
+                        serde_json::json!({"id": m.id, "slug": m.slug, "title": m.title, "terms_version": m.terms_version, "created_at": format_ms_rfc3339(m.created_at)}),
+                    )
+                }),
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn grant(app: Arc<App>, cmd: GrantCommand) -> anyhow::Result<()> {
+    match cmd {
+        GrantCommand::List { format } => {
+            let now = now_ms();
+            let grants = db::grants::list(app.db.pool()).await?;
+            output::print(
+                format,
+                &["id", "researcher", "model", "created", "expires", "state"],
+                grants.iter().map(|g| {
+                    let state = GrantState::of(g, now).as_str();
+                    (
+                        vec![g.id.clone(), g.email.clone(), g.model_slug.clone(), format_ms(g.created_at), format_ms(g.expires_at), state.into()],
+                        serde_json::json!({
+                            "id": g.id, "researcher": g.email, "model": g.model_slug,
+                            "created_at": format_ms_rfc3339(g.created_at), "expires_at": format_ms_rfc3339(g.expires_at),
+                            "state": state, "revoked_reason": g.revoked_reason,
+                        }),
+                    )
+                }),
+            );
+        }
+        GrantCommand::Revoke { id, reason } => {
+            let grant = grants::revoke(&app, &id, &reason, &operator(), Client::default()).await?;
+            println!(
+                "revoked grant {} of {} for {}",
+                grant.id, grant.email, grant.model_slug
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,95 @@
+//! Grants: a researcher's time-limited, revocable access to one model.
+
+use sqlx::{FromRow, any::AnyExecutor};
+
+use crate::db::Tx;
+
+pub struct NewGrant<'a> {
+    pub id: &'a str,
+    pub application_id: &'a str,
+    pub researcher_id: &'a str,
+    pub model_id: &'a str,
+    pub access_token_hash: &'a str,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+pub async fn insert_grant(tx: &mut Tx, g: &NewGrant<'_>) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO grants (id, application_id, researcher_id, model_id, access_token_hash, created_at, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(g.id)
+    .bind(g.application_id)
+    .bind(g.researcher_id)
+    .bind(g.model_id)
+    .bind(g.access_token_hash)
+    .bind(g.created_at)
+    .bind(g.expires_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// A grant with the researcher's e-mail and the model's names.
+#[derive(Clone, Debug, FromRow)]
+pub struct GrantView {
+    pub id: String,
+    pub application_id: String,
+    pub researcher_id: String,
+    pub model_id: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub revoked_at: Option<i64>,
+    pub revoked_reason: Option<String>,
+    pub email: String,
+    pub model_slug: String,
+    pub model_title: String,
+}
+
+const VIEW: &str = "SELECT g.id, g.application_id, g.researcher_id, g.model_id, g.created_at, g.expires_at,
+        g.revoked_at, g.revoked_reason, r.email, m.slug AS model_slug, m.title AS model_title
+    FROM grants g
+    JOIN researchers r ON r.id = g.researcher_id
+    JOIN models m ON m.id = g.model_id";
+
+pub async fn find_view<'c>(e: impl AnyExecutor<'c>, id: &str) -> sqlx::Result<Option<GrantView>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("{VIEW} WHERE g.id = $1")))
+        .bind(id)
+        .fetch_optional(e)
+        .await
+}
+
+pub async fn find_view_by_access_token<'c>(
+    e: impl AnyExecutor<'c>,
+    token_hash: &str,
+) -> sqlx::Result<Option<GrantView>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{VIEW} WHERE g.access_token_hash = $1"
+    )))
+    .bind(token_hash)
+    .fetch_optional(e)
+    .await
+}
+
+/// Every grant, newest first.
+pub async fn list<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<Vec<GrantView>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{VIEW} ORDER BY g.created_at DESC, g.id"
+    )))
+    .fetch_all(e)
+    .await
+}
+
+/// Revokes a live grant; `false` when it was already revoked.
+pub async fn revoke(tx: &mut Tx, id: &str, reason: &str, now: i64) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE grants SET revoked_at = $2, revoked_reason = $3 WHERE id = $1 AND revoked_at IS NULL",
+    )
+    .bind(id)
+    .bind(now)
+    .bind(reason)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}

@@ -1,0 +1,112 @@
+//! The database: one pool over SQLite or PostgreSQL, migrations, and the named
+//! queries of every table. No SQL lives outside this module.
+
+pub mod applications;
+pub mod audit;
+pub mod grants;
+pub mod keys;
+pub mod models;
+pub mod outbox;
+pub mod reviewers;
+pub mod sessions;
+
+use anyhow::Context;
+use sqlx::{
+    Any, AnyPool, Executor,
+    any::AnyPoolOptions,
+    migrate::{Migrate, Migrator},
+};
+
+pub type Tx = sqlx::Transaction<'static, Any>;
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A cheap-to-clone handle on the database.
+#[derive(Clone, Debug)]
+pub struct Db {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Db {
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            anyhow::bail!("unsupported database URL: expected sqlite://PATH or postgres://...");
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 8 } else { 16 })
+            .connect(url)
+            .await
+            .context("cannot connect to the database")?;
+        if backend == Backend::Sqlite {
+            // WAL lets readers proceed while one writer commits; the setting is
+            // stored in the database file, so setting it once per start is enough.
+            pool.execute("PRAGMA journal_mode = WAL").await?;
+        }
+        Ok(Self { pool, backend })
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    fn migrator(&self) -> &'static Migrator {
+        match self.backend {
+            Backend::Sqlite | Backend::Postgres => &SQLITE_MIGRATIONS,
+        }
+    }
+
+    /// Applies every migration this build knows and refuses a database whose
+    /// schema is newer than this build.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        let migrator = self.migrator();
+        let mut conn = self.pool.acquire().await?;
+        conn.ensure_migrations_table(&migrator.table_name).await?;
+        let applied = conn.list_applied_migrations(&migrator.table_name).await?;
+        let known = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+        if let Some(newest) = applied.iter().map(|m| m.version).max()
+            && newest > known
+        {
+            anyhow::bail!(
+                "the database schema (version {newest}) is newer than this weightgate build knows ({known}); upgrade weightgate"
+            );
+        }
+        drop(conn);
+        migrator
+            .run(&self.pool)
+            .await
+            .context("cannot apply database migrations")?;
+        Ok(())
+    }
+
+    /// Begins a transaction that will write. On SQLite it takes the write lock
+    /// up front, so a transaction that reads before it writes never fails half-way
+    /// when another writer got there first.
+    pub async fn begin(&self) -> anyhow::Result<Tx> {
+        let tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
+        Ok(tx)
+    }
+}
+
+/// `true` when the error is a unique-constraint violation.
+pub fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(e) if e.is_unique_violation())
+}

@@ -1,0 +1,165 @@
+//! Models, their releases and the files (weight shards) of each release.
+
+use sqlx::{FromRow, any::AnyExecutor};
+
+#[derive(Clone, Debug, FromRow)]
+pub struct Model {
+    pub id: String,
+    pub slug: String,
+    pub title: String,
+    pub terms: String,
+    pub terms_version: i64,
+    pub created_at: i64,
+}
+
+#[derive(Clone, Debug, FromRow)]
+pub struct Release {
+    pub id: String,
+    pub model_id: String,
+    pub name: String,
+    pub created_at: i64,
+    pub published_at: Option<i64>,
+}
+
+#[derive(Clone, Debug, FromRow)]
+pub struct File {
+    pub id: String,
+    pub release_id: String,
+    pub name: String,
+    pub object_key: String,
+    pub size: i64,
+    pub sha256: String,
+}
+
+/// A file with the release and model it belongs to.
+#[derive(Clone, Debug, FromRow)]
+pub struct FileInModel {
+    pub id: String,
+    pub name: String,
+    pub object_key: String,
+    pub size: i64,
+    pub sha256: String,
+    pub release_name: String,
+    pub model_id: String,
+    pub model_slug: String,
+}
+
+pub async fn insert_model<'c>(e: impl AnyExecutor<'c>, m: &Model) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO models (id, slug, title, terms, terms_version, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&m.id)
+    .bind(&m.slug)
+    .bind(&m.title)
+    .bind(&m.terms)
+    .bind(m.terms_version)
+    .bind(m.created_at)
+    .execute(e)
+    .await?;
+    Ok(())
+}
+
+pub async fn find_model_by_slug<'c>(e: impl AnyExecutor<'c>, slug: &str) -> sqlx::Result<Option<Model>> {
+    sqlx::query_as("SELECT id, slug, title, terms, terms_version, created_at FROM models WHERE slug = $1")
+        .bind(slug)
+        .fetch_optional(e)
+        .await
+}
+
+pub async fn find_model<'c>(e: impl AnyExecutor<'c>, id: &str) -> sqlx::Result<Option<Model>> {
+    sqlx::query_as("SELECT id, slug, title, terms, terms_version, created_at FROM models WHERE id = $1")
+        .bind(id)
+        .fetch_optional(e)
+        .await
+}
+
+pub async fn list_models<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<Vec<Model>> {
+    sqlx::query_as("SELECT id, slug, title, terms, terms_version, created_at FROM models ORDER BY slug")
+        .fetch_all(e)
+        .await
+}
+
+pub async fn find_release<'c>(
+    e: impl AnyExecutor<'c>,
+    model_id: &str,
+    name: &str,
+) -> sqlx::Result<Option<Release>> {
+    sqlx::query_as(
+        "SELECT id, model_id, name, created_at, published_at FROM releases WHERE model_id = $1 AND name = $2",
+    )
+    .bind(model_id)
+    .bind(name)
+    .fetch_optional(e)
+    .await
+}
+
+pub async fn count_releases<'c>(e: impl AnyExecutor<'c>, model_id: &str) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM releases WHERE model_id = $1")
+        .bind(model_id)
+        .fetch_one(e)
+        .await
+}
+
+pub async fn insert_release<'c>(e: impl AnyExecutor<'c>, r: &Release) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO releases (id, model_id, name, created_at, published_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(&r.id)
+    .bind(&r.model_id)
+    .bind(&r.name)
+    .bind(r.created_at)
+    .bind(r.published_at)
+    .execute(e)
+    .await?;
+    Ok(())
+}
+
+pub async fn published_releases<'c>(e: impl AnyExecutor<'c>, model_id: &str) -> sqlx::Result<Vec<Release>> {
+    sqlx::query_as(
+        "SELECT id, model_id, name, created_at, published_at FROM releases
+         WHERE model_id = $1 AND published_at IS NOT NULL ORDER BY published_at, name",
+    )
+    .bind(model_id)
+    .fetch_all(e)
+    .await
+}
+
+pub async fn insert_file<'c>(e: impl AnyExecutor<'c>, f: &File) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO files (id, release_id, name, object_key, size, sha256) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&f.id)
+    .bind(&f.release_id)
+    .bind(&f.name)
+    .bind(&f.object_key)
+    .bind(f.size)
+    .bind(&f.sha256)
+    .execute(e)
+    .await?;
+    Ok(())
+}
+
+pub async fn files_of_release<'c>(e: impl AnyExecutor<'c>, release_id: &str) -> sqlx::Result<Vec<File>> {
+    sqlx::query_as(
+        "SELECT id, release_id, name, object_key, size, sha256 FROM files WHERE release_id = $1 ORDER BY name",
+    )
+    .bind(release_id)
+    .fetch_all(e)
+    .await
+}
+
+/// A file of a published release, with its model.
+pub async fn find_published_file<'c>(
+    e: impl AnyExecutor<'c>,
+    file_id: &str,
+) -> sqlx::Result<Option<FileInModel>> {
+    sqlx::query_as(
+        "SELECT f.id, f.name, f.object_key, f.size, f.sha256, r.name AS release_name,
+                m.id AS model_id, m.slug AS model_slug
+         FROM files f JOIN releases r ON r.id = f.release_id JOIN models m ON m.id = r.model_id
+         WHERE f.id = $1 AND r.published_at IS NOT NULL",
+    )
+    .bind(file_id)
+    .fetch_optional(e)
+    .await
+}

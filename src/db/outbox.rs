@@ -1,0 +1,79 @@
+//! The e-mail outbox: messages are written in the same transaction as the state
+//! change they announce, and a worker sends them afterwards.
+
+use sqlx::{FromRow, any::AnyExecutor};
+
+#[derive(Clone, Debug, FromRow)]
+pub struct OutboxMessage {
+    pub id: String,
+    pub to_addr: String,
+    pub subject: String,
+    pub body: String,
+    pub created_at: i64,
+    pub attempts: i64,
+}
+
+pub async fn insert<'c>(
+    e: impl AnyExecutor<'c>,
+    id: &str,
+    to: &str,
+    subject: &str,
+    body: &str,
+    now: i64,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO outbox (id, to_addr, subject, body, created_at, next_attempt_at) VALUES ($1, $2, $3, $4, $5, $5)",
+    )
+    .bind(id)
+    .bind(to)
+    .bind(subject)
+    .bind(body)
+    .bind(now)
+    .execute(e)
+    .await?;
+    Ok(())
+}
+
+/// Unsent messages whose next attempt is due, oldest first.
+pub async fn due<'c>(e: impl AnyExecutor<'c>, now: i64, limit: i64) -> sqlx::Result<Vec<OutboxMessage>> {
+    sqlx::query_as(
+        "SELECT id, to_addr, subject, body, created_at, attempts FROM outbox
+         WHERE sent_at IS NULL AND next_attempt_at <= $1 ORDER BY created_at, id LIMIT $2",
+    )
+    .bind(now)
+    .bind(limit)
+    .fetch_all(e)
+    .await
+}
+
+pub async fn mark_sent<'c>(e: impl AnyExecutor<'c>, id: &str, now: i64) -> sqlx::Result<()> {
+    sqlx::query("UPDATE outbox SET sent_at = $2, attempts = attempts + 1, last_error = NULL WHERE id = $1")
+        .bind(id)
+        .bind(now)
+        .execute(e)
+        .await?;
+    Ok(())
+}
+
+pub async fn mark_failed<'c>(
+    e: impl AnyExecutor<'c>,
+    id: &str,
+    next_attempt_at: i64,
+    error: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3 WHERE id = $1",
+    )
+    .bind(id)
+    .bind(next_attempt_at)
+    .bind(error)
+    .execute(e)
+    .await?;
+    Ok(())
+}
+
+pub async fn count_unsent<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL")
+        .fetch_one(e)
+        .await
+}

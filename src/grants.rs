@@ -1,0 +1,310 @@
+//! Grants in use: the researcher's access page with fresh signed links,
+//! revocation, and the checks every download passes before a byte is sent.
+
+use crate::{
+    app::App,
+    audit::{Client, Event, Outcome},
+    db::{
+        self,
+        grants::GrantView,
+        models::{File, FileInModel, Release},
+    },
+    links::Refusal,
+    mail,
+    storage::ByteStream,
+    types::{hash_token, now_ms},
+};
+
+/// Whether a grant can be used right now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrantState {
+    Active,
+    Revoked,
+    Expired,
+}
+
+impl GrantState {
+    pub fn of(grant: &GrantView, now_ms: i64) -> Self {
+        if grant.revoked_at.is_some() {
+            GrantState::Revoked
+        } else if grant.expires_at <= now_ms {
+            GrantState::Expired
+        } else {
+            GrantState::Active
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantState::Active => "active",
+            GrantState::Revoked => "revoked",
+            GrantState::Expired => "expired",
+        }
+    }
+}
+
+/// A file with a freshly signed link.
+#[derive(Debug)]
+pub struct LinkedFile {
+    pub file: File,
+    pub url: String,
+}
+
+#[derive(Debug)]
+pub struct ReleaseFiles {
+    pub release: Release,
+    pub files: Vec<LinkedFile>,
+}
+
+/// What the access page shows.
+#[derive(Debug)]
+pub struct Access {
+    pub grant: GrantView,
+    pub state: GrantState,
+    /// Unix seconds at which the links below stop working.
+    pub links_expire_at: i64,
+    pub releases: Vec<ReleaseFiles>,
+}
+
+/// The download URL of a file: the signed token, then the file's name so that
+/// `curl -O` saves it under that name.
+pub fn download_path(token: &str, file_name: &str) -> String {
+    format!("/dl/{token}/{file_name}")
+}
+
+/// The grant behind an access token.
+pub async fn find_by_access_token(app: &App, token: &str) -> anyhow::Result<Option<GrantView>> {
+    Ok(db::grants::find_view_by_access_token(app.db.pool(), &hash_token(token)).await?)
+}
+
+/// The access page of a grant, minting a fresh link for every file. Links
+/// never outlive the grant.
+pub async fn access(app: &App, grant: GrantView, client: Client) -> anyhow::Result<Access> {
+    let now = now_ms();
+    let state = GrantState::of(&grant, now);
+    let link_ttl = i64::try_from(app.config.link_ttl.as_secs()).unwrap_or(i64::MAX);
+    let links_expire_at = (now / 1000).saturating_add(link_ttl).min(grant.expires_at / 1000);
+    let mut releases = Vec::new();
+    if state == GrantState::Active {
+        for release in db::models::published_releases(app.db.pool(), &grant.model_id).await? {
+            let files = db::models::files_of_release(app.db.pool(), &release.id)
+                .await?
+                .into_iter()
+                .map(|file| {
+                    let token = app.links.sign(&grant.id, &file.id, links_expire_at);
+                    let url = app.url(&download_path(&token, &file.name));
+                    LinkedFile { file, url }
+                })
+                .collect();
+            releases.push(ReleaseFiles { release, files });
+        }
+        let mut event = Event::new("links.issued", Outcome::Ok);
+        event.subject = Some(grant.email.clone());
+        event.grant_id = Some(grant.id.clone());
+        event.researcher_id = Some(grant.researcher_id.clone());
+        event.model_id = Some(grant.model_id.clone());
+        event.client = client;
+        app.audit.record(event).await?;
+    }
+    Ok(Access {
+        grant,
+        state,
+        links_expire_at,
+        releases,
+    })
+}
+
+/// A `SHA256SUMS` file for one release that `sha256sum -c` accepts.
+pub fn sha256sums(files: &[File]) -> String {
+    files
+        .iter()
+        .map(|f| format!("{}  {}\n", f.sha256, f.name))
+        .collect()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GrantError {
+    #[error("no such grant")]
+    NotFound,
+    #[error("this grant is already revoked")]
+    AlreadyRevoked,
+    #[error("a revocation needs a reason (at most 2000 characters)")]
+    ReasonRequired,
+}
+
+/// Revokes a grant: its links stop working at the next fetch, and the
+/// researcher is told why.
+pub async fn revoke(
+    app: &App,
+    grant_id: &str,
+    reason: &str,
+    actor: &str,
+    client: Client,
+) -> anyhow::Result<GrantView> {
+    let reason = reason.trim();
+    if reason.is_empty() || reason.chars().count() > 2000 {
+        return Err(GrantError::ReasonRequired.into());
+    }
+    let grant = db::grants::find_view(app.db.pool(), grant_id)
+        .await?
+        .ok_or(GrantError::NotFound)?;
+    let mut tx = app.db.begin().await?;
+    if !db::grants::revoke(&mut tx, &grant.id, reason, now_ms()).await? {
+        return Err(GrantError::AlreadyRevoked.into());
+    }
+    mail::enqueue(
+        &mut tx,
+        &grant.email,
+        &format!("Your access to {} was revoked", grant.model_title),
+        &format!(
+            "Hello,\n\nyour access to {title} was revoked. The reason given:\n\n{reason}\n",
+            title = grant.model_title
+        ),
+    )
+    .await?;
+    let mut event = Event::new("grant.revoked", Outcome::Ok);
+    event.actor = Some(actor.to_owned());
+    event.reason = Some(reason.to_owned());
+    event.subject = Some(grant.email.clone());
+    event.grant_id = Some(grant.id.clone());
+    event.researcher_id = Some(grant.researcher_id.clone());
+    event.model_id = Some(grant.model_id.clone());
+    event.client = client;
+    crate::audit::append(&mut tx, app.db.backend(), &[event]).await?;
+    tx.commit().await?;
+    app.mail.wake();
+    Ok(db::grants::find_view(app.db.pool(), grant_id)
+        .await?
+        .ok_or(GrantError::NotFound)?)
+}
+
+/// A download that passed every check and whose audit event is durable.
+pub struct Download {
+    pub file: FileInModel,
+    /// Bytes `start..end` of the file are sent.
+    pub start: u64,
+    pub end: u64,
+    /// `true` when a `Range` was honoured (HTTP 206).
+    pub partial: bool,
+    pub body: ByteStream,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    #[error("{}", .0.message())]
+    Refused(Refusal),
+    #[error("the requested range is outside the file")]
+    RangeNotSatisfiable { size: u64 },
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+/// The first range of a `Range` header, as `start..end`; `None` means the
+/// whole file. Several ranges are answered with the whole file, which HTTP allows.
+fn requested_range(header: Option<&str>, size: u64) -> Result<Option<(u64, u64)>, DownloadError> {
+    let Some(header) = header else { return Ok(None) };
+    let ranges = http_range_header::parse_range_header(header)
+        .and_then(|r| r.validate(size))
+        .map_err(|_| DownloadError::RangeNotSatisfiable { size })?;
+    match ranges.as_slice() {
+        [only] => Ok(Some((*only.start(), only.end() + 1))),
+        _ => Ok(None),
+    }
+}
+
+/// Checks a signed link, cheapest check first, and opens the requested bytes.
+/// Every outcome is audited; bytes are handed back only after the event is
+/// durable, and a refusal is audited with its reason.
+pub async fn open_download(
+    app: &App,
+    token: &str,
+    file_name: &str,
+    range: Option<&str>,
+    client: Client,
+) -> Result<Download, DownloadError> {
+    let checked = check_link(app, token, file_name).await?;
+    let mut event = Event::new("file.fetch", Outcome::Ok);
+    event.client = client;
+    let (grant, file) = match checked {
+        Ok(found) => found,
+        Err((refusal, grant, file)) => {
+            event.outcome = Outcome::Refused;
+            event.reason = Some(refusal.code().to_owned());
+            describe(&mut event, grant.as_ref(), file.as_ref(), file_name);
+            app.audit.record(event).await?;
+            return Err(DownloadError::Refused(refusal));
+        }
+    };
+    describe(&mut event, Some(&grant), Some(&file), file_name);
+    let size = u64::try_from(file.size).unwrap_or(0);
+    let (start, end, partial) = match requested_range(range, size) {
+        Ok(Some((start, end))) => (start, end, true),
+        Ok(None) => (0, size, false),
+        Err(err) => {
+            event.outcome = Outcome::Refused;
+            event.reason = Some("range_not_satisfiable".into());
+            app.audit.record(event).await?;
+            return Err(err);
+        }
+    };
+    let body = app.storage.get_range(&file.object_key, start, end).await?;
+    event.range = Some((start, end.saturating_sub(1)));
+    app.audit.record(event).await?;
+    Ok(Download {
+        file,
+        start,
+        end,
+        partial,
+        body,
+    })
+}
+
+fn describe(event: &mut Event, grant: Option<&GrantView>, file: Option<&FileInModel>, file_name: &str) {
+    if let Some(g) = grant {
+        event.grant_id = Some(g.id.clone());
+        event.researcher_id = Some(g.researcher_id.clone());
+        event.model_id = Some(g.model_id.clone());
+    }
+    if let Some(f) = file {
+        event.file_id = Some(f.id.clone());
+    }
+    let who = grant.map_or("", |g| g.email.as_str());
+    let what = match file {
+        Some(f) => format!("{}/{}/{}", f.model_slug, f.release_name, f.name),
+        None => file_name.chars().take(200).collect(),
+    };
+    event.subject = Some(if who.is_empty() {
+        what
+    } else {
+        format!("{who} {what}")
+    });
+}
+
+type Refused = (Refusal, Option<GrantView>, Option<FileInModel>);
+
+async fn check_link(
+    app: &App,
+    token: &str,
+    file_name: &str,
+) -> anyhow::Result<Result<(GrantView, FileInModel), Refused>> {
+    let now = now_ms();
+    let claims = match app.links.verify(token, now / 1000) {
+        Ok(claims) => claims,
+        Err(refusal) => return Ok(Err((refusal, None, None))),
+    };
+    // A correctly signed link always names a grant this portal made.
+    let Some(grant) = db::grants::find_view(app.db.pool(), &claims.grant_id).await? else {
+        return Ok(Err((Refusal::BadSignature, None, None)));
+    };
+    match GrantState::of(&grant, now) {
+        GrantState::Active => {}
+        GrantState::Revoked => return Ok(Err((Refusal::GrantRevoked, Some(grant), None))),
+        GrantState::Expired => return Ok(Err((Refusal::GrantExpired, Some(grant), None))),
+    }
+    let file = db::models::find_published_file(app.db.pool(), &claims.file_id).await?;
+    Ok(match file {
+        Some(f) if f.model_id == grant.model_id && f.name == file_name => Ok((grant, f)),
+        Some(f) if f.model_id == grant.model_id => Err((Refusal::Malformed, Some(grant), Some(f))),
+        other => Err((Refusal::FileNotInGrant, Some(grant), other)),
+    })
+}

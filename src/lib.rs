@@ -1,0 +1,21 @@
+//! weightgate: a gated distribution portal for machine-learning model weights.
+//!
+//! Researchers apply for a model, reviewers decide, approved researchers
+//! download checksummed files through expiring signed links, and every fetch
+//! is audit-logged.
+
+pub mod accounts;
+pub mod app;
+pub mod applications;
+pub mod audit;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod grants;
+pub mod links;
+pub mod mail;
+pub mod models;
+pub mod reviews;
+pub mod storage;
+pub mod types;
+pub mod web;

@@ -1,0 +1,123 @@
+//! Outgoing e-mail. A message is put in the outbox table in the same
+//! transaction as the change it announces; a worker then sends it, through
+//! SMTP or, in the embedded setup, as an `.eml` file in the outbox folder.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context;
+use lettre::{
+    AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
+    message::{Mailbox, header::ContentType},
+};
+use tokio::sync::Notify;
+
+use crate::{
+    config::Config,
+    db::{self, Db, Tx},
+    types::{new_id, now_ms},
+};
+
+/// Queues a message; it is sent once `tx` commits.
+pub async fn enqueue(tx: &mut Tx, to: &str, subject: &str, body: &str) -> anyhow::Result<()> {
+    db::outbox::insert(&mut **tx, &new_id(), to, subject, body, now_ms())
+        .await
+        .context("cannot queue e-mail")
+}
+
+enum Transport {
+    Files(AsyncFileTransport<Tokio1Executor>),
+    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+}
+
+/// Wakes the outbox worker after a commit.
+#[derive(Clone, Debug, Default)]
+pub struct Mailer {
+    wake: Arc<Notify>,
+}
+
+impl Mailer {
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Starts the worker that drains the outbox.
+    pub fn start(config: &Config, db: Db) -> anyhow::Result<Self> {
+        let from: Mailbox = config.mail_from.parse().with_context(|| {
+            format!(
+                "WEIGHTGATE_MAIL_FROM {:?} is not a valid mailbox",
+                config.mail_from
+            )
+        })?;
+        let transport = match &config.smtp_url {
+            Some(url) => Transport::Smtp(
+                AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
+                    .context("WEIGHTGATE_SMTP_URL is not a valid SMTP URL")?
+                    .build(),
+            ),
+            None => {
+                let dir = config.outbox_dir();
+                std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+                Transport::Files(AsyncFileTransport::new(dir))
+            }
+        };
+        let mailer = Self::default();
+        let wake = mailer.wake.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(err) = drain(&db, &transport, &from).await {
+                    tracing::warn!(error = %format!("{err:#}"), "outbox: cannot read queued e-mail");
+                }
+                tokio::select! {
+                    () = wake.notified() => {}
+                    () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+            }
+        });
+        Ok(mailer)
+    }
+}
+
+/// Sends every due message; a failed one is retried later with backoff.
+async fn drain(db: &Db, transport: &Transport, from: &Mailbox) -> anyhow::Result<()> {
+    loop {
+        let due = db::outbox::due(db.pool(), now_ms(), 50).await?;
+        if due.is_empty() {
+            return Ok(());
+        }
+        for msg in due {
+            match send(transport, from, &msg).await {
+                Ok(()) => db::outbox::mark_sent(db.pool(), &msg.id, now_ms()).await?,
+                Err(err) => {
+                    let backoff_secs = 5i64 << msg.attempts.clamp(0, 10);
+                    tracing::warn!(to = %msg.to_addr, attempts = msg.attempts + 1, error = %format!("{err:#}"), "e-mail not sent; will retry");
+                    db::outbox::mark_failed(
+                        db.pool(),
+                        &msg.id,
+                        now_ms() + backoff_secs * 1000,
+                        &format!("{err:#}"),
+                    )
+                    .await?;
+                }
+            }
+        }
+    }
+}
+
+async fn send(transport: &Transport, from: &Mailbox, msg: &db::outbox::OutboxMessage) -> anyhow::Result<()> {
+    let email = Message::builder()
+        .from(from.clone())
+        .to(msg.to_addr.parse().context("invalid recipient")?)
+        .subject(&msg.subject)
+        .header(ContentType::TEXT_PLAIN)
+        .body(msg.body.clone())
+        .context("cannot build e-mail")?;
+    match transport {
+        Transport::Files(t) => {
+            t.send(email).await.context("cannot write e-mail file")?;
+        }
+        Transport::Smtp(t) => {
+            t.send(email).await.context("SMTP server refused the e-mail")?;
+        }
+    }
+    Ok(())
+}

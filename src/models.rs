@@ -1,0 +1,247 @@
+//! Models and their releases: creating a model, and publishing a directory of
+//! weight files as a release that becomes visible only once every file is stored.
+
+use std::{
+    io::Read,
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context;
+use sha2::{Digest, Sha256};
+
+use crate::{
+    app::App,
+    audit::{self, Event, Outcome},
+    db::{self, models::Model},
+    storage::key_for_sha256,
+    types::{Slug, is_safe_file_name, new_id, now_ms},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("a model with slug {0:?} already exists")]
+    Exists(String),
+    #[error("no model with slug {0:?}")]
+    NotFound(String),
+    #[error("release {release:?} of {slug:?} already exists")]
+    ReleaseExists { slug: String, release: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub async fn create(app: &App, slug: &Slug, title: &str, terms: &str, actor: &str) -> anyhow::Result<Model> {
+    let title = title.trim();
+    if title.is_empty() || title.len() > 200 {
+        return Err(ModelError::Invalid("the title must have 1 to 200 characters".into()).into());
+    }
+    if terms.trim().is_empty() {
+        return Err(ModelError::Invalid("the terms must not be empty".into()).into());
+    }
+    let model = Model {
+        id: new_id(),
+        slug: slug.to_string(),
+        title: title.to_owned(),
+        terms: terms.to_owned(),
+        terms_version: 1,
+        created_at: now_ms(),
+    };
+    let mut tx = app.db.begin().await?;
+    if let Err(e) = db::models::insert_model(&mut *tx, &model).await {
+        if db::is_unique_violation(&e) {
+            return Err(ModelError::Exists(model.slug).into());
+        }
+        return Err(e.into());
+    }
+    let mut event = Event::new("model.created", Outcome::Ok);
+    event.actor = Some(actor.to_owned());
+    event.subject = Some(model.slug.clone());
+    event.model_id = Some(model.id.clone());
+    audit::append(&mut tx, app.db.backend(), &[event]).await?;
+    tx.commit().await?;
+    Ok(model)
+}
+
+/// One file as it was published.
+#[derive(Debug, Clone)]
+pub struct PublishedFile {
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+    /// `false` when an identical object was already stored (an earlier,
+    /// interrupted publish, or another release).
+    pub uploaded: bool,
+}
+
+#[derive(Debug)]
+pub struct PublishReport {
+    pub release: String,
+    pub files: Vec<PublishedFile>,
+}
+
+/// The regular files directly inside `dir`, sorted by name.
+fn release_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') {
+            continue;
+        }
+        if !entry.file_type()?.is_file() {
+            return Err(ModelError::Invalid(format!(
+                "{} is not a regular file; a release directory holds files only",
+                entry.path().display()
+            ))
+            .into());
+        }
+        if !is_safe_file_name(&name) {
+            return Err(ModelError::Invalid(format!(
+                "{name:?} is not a usable file name: use letters, digits, '.', '_' and '-'"
+            ))
+            .into());
+        }
+        files.push(entry.path());
+    }
+    files.sort();
+    anyhow::ensure!(!files.is_empty(), "{} holds no files to publish", dir.display());
+    Ok(files)
+}
+
+/// SHA-256 and size of a file, in one streaming pass.
+pub fn hash_file(path: &Path) -> anyhow::Result<(String, u64)> {
+    let mut file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file
+            .read(&mut buf)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((hex::encode(hasher.finalize()), size))
+}
+
+/// Publishes every file of `dir` as a release of the model. Files are hashed
+/// in parallel and stored under their SHA-256, so running it again after an
+/// interruption skips what is already stored. The release row and its files
+/// are written in one transaction at the end: until then nobody sees it.
+pub async fn publish(
+    app: &App,
+    slug: &Slug,
+    dir: &Path,
+    release_name: Option<&str>,
+    actor: &str,
+    progress: &(dyn Fn(&PublishedFile) + Sync),
+) -> anyhow::Result<PublishReport> {
+    let model = db::models::find_model_by_slug(app.db.pool(), slug.as_str())
+        .await?
+        .ok_or_else(|| ModelError::NotFound(slug.to_string()))?;
+    let release_name = match release_name {
+        Some(name) => name.to_owned(),
+        None => format!(
+            "v{}",
+            db::models::count_releases(app.db.pool(), &model.id).await? + 1
+        ),
+    };
+    if !is_safe_file_name(&release_name) || release_name.len() > 64 {
+        return Err(ModelError::Invalid(format!(
+            "{release_name:?} is not a usable release name: use letters, digits, '.', '_' and '-'"
+        ))
+        .into());
+    }
+    if db::models::find_release(app.db.pool(), &model.id, &release_name)
+        .await?
+        .is_some()
+    {
+        return Err(ModelError::ReleaseExists {
+            slug: model.slug,
+            release: release_name,
+        }
+        .into());
+    }
+    let paths = release_files(dir)?;
+
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let semaphore = std::sync::Arc::new(tokio::sync::Semaphore::new(workers));
+    let mut hashing = tokio::task::JoinSet::new();
+    for (index, path) in paths.iter().cloned().enumerate() {
+        let permit = semaphore.clone().acquire_owned().await?;
+        hashing.spawn_blocking(move || {
+            let _permit = permit;
+            hash_file(&path).map(|(sha, size)| (index, path, sha, size))
+        });
+    }
+    let mut hashed = Vec::with_capacity(paths.len());
+    while let Some(done) = hashing.join_next().await {
+        hashed.push(done??);
+    }
+    hashed.sort_by_key(|h| h.0);
+
+    let mut files = Vec::with_capacity(hashed.len());
+    for (_, path, sha256, size) in hashed {
+        let key = key_for_sha256(&sha256);
+        let uploaded = app.storage.size(&key).await? != Some(size);
+        if uploaded {
+            app.storage.put_file(&key, &path).await?;
+            let stored = app.storage.size(&key).await?;
+            anyhow::ensure!(
+                stored == Some(size),
+                "{} changed while it was being published",
+                path.display()
+            );
+        }
+        let file = PublishedFile {
+            name: path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned(),
+            size,
+            sha256,
+            uploaded,
+        };
+        progress(&file);
+        files.push(file);
+    }
+
+    let now = now_ms();
+    let release = db::models::Release {
+        id: new_id(),
+        model_id: model.id.clone(),
+        name: release_name.clone(),
+        created_at: now,
+        published_at: Some(now),
+    };
+    let mut tx = app.db.begin().await?;
+    db::models::insert_release(&mut *tx, &release).await?;
+    for f in &files {
+        db::models::insert_file(
+            &mut *tx,
+            &db::models::File {
+                id: new_id(),
+                release_id: release.id.clone(),
+                name: f.name.clone(),
+                object_key: key_for_sha256(&f.sha256),
+                size: i64::try_from(f.size)?,
+                sha256: f.sha256.clone(),
+            },
+        )
+        .await?;
+    }
+    let mut event = Event::new("release.published", Outcome::Ok);
+    event.actor = Some(actor.to_owned());
+    event.subject = Some(format!("{}/{}", model.slug, release_name));
+    event.model_id = Some(model.id.clone());
+    audit::append(&mut tx, app.db.backend(), &[event]).await?;
+    tx.commit().await?;
+    Ok(PublishReport {
+        release: release_name,
+        files,
+    })
+}

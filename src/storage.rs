@@ -1,0 +1,130 @@
+//! The object store holding weight files. Handlers and commands go through
+//! [`ObjectStore`] and never touch files directly.
+
+use std::{
+    io,
+    path::{Component, Path, PathBuf},
+    pin::Pin,
+};
+
+use anyhow::Context;
+use bytes::Bytes;
+use futures_util::Stream;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_util::io::ReaderStream;
+
+pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+
+/// Where weight files live.
+#[async_trait::async_trait]
+pub trait ObjectStore: Send + Sync + std::fmt::Debug {
+    /// Stores the file at `source` under `key`, replacing what was there. A
+    /// reader never sees a partly written object.
+    async fn put_file(&self, key: &str, source: &Path) -> anyhow::Result<()>;
+
+    /// The size of the object, or `None` when there is none.
+    async fn size(&self, key: &str) -> anyhow::Result<Option<u64>>;
+
+    /// Streams bytes `start..end` (end exclusive) of the object.
+    async fn get_range(&self, key: &str, start: u64, end: u64) -> anyhow::Result<ByteStream>;
+}
+
+/// The content-addressed key of a file with this SHA-256.
+pub fn key_for_sha256(sha256_hex: &str) -> String {
+    format!("sha256/{}/{sha256_hex}", &sha256_hex[..2])
+}
+
+/// Objects as files under one directory.
+#[derive(Debug)]
+pub struct LocalDir {
+    root: PathBuf,
+}
+
+impl LocalDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    fn path(&self, key: &str) -> anyhow::Result<PathBuf> {
+        let relative = Path::new(key);
+        let plain = !key.is_empty() && relative.components().all(|c| matches!(c, Component::Normal(_)));
+        anyhow::ensure!(plain, "invalid object key {key:?}");
+        Ok(self.root.join(relative))
+    }
+}
+
+/// Read buffer for streaming downloads.
+const CHUNK: usize = 256 * 1024;
+
+#[async_trait::async_trait]
+impl ObjectStore for LocalDir {
+    async fn put_file(&self, key: &str, source: &Path) -> anyhow::Result<()> {
+        let target = self.path(key)?;
+        let dir = target.parent().context("object key has no parent")?;
+        tokio::fs::create_dir_all(dir)
+            .await
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let partial = dir.join(format!(".{}.partial", crate::types::new_id()));
+        tokio::fs::copy(source, &partial)
+            .await
+            .with_context(|| format!("cannot copy {} into the object store", source.display()))?;
+        let file = tokio::fs::File::open(&partial).await?;
+        file.sync_all().await?;
+        tokio::fs::rename(&partial, &target)
+            .await
+            .with_context(|| format!("cannot move object into place at {}", target.display()))?;
+        Ok(())
+    }
+
+    async fn size(&self, key: &str) -> anyhow::Result<Option<u64>> {
+        match tokio::fs::metadata(self.path(key)?).await {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).context("cannot read object metadata"),
+        }
+    }
+
+    async fn get_range(&self, key: &str, start: u64, end: u64) -> anyhow::Result<ByteStream> {
+        let path = self.path(key)?;
+        let mut file = tokio::fs::File::open(&path)
+            .await
+            .with_context(|| format!("cannot open object {key}"))?;
+        file.seek(io::SeekFrom::Start(start)).await?;
+        let reader = file.take(end.saturating_sub(start));
+        Ok(Box::pin(ReaderStream::with_capacity(reader, CHUNK)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::TryStreamExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn stored_objects_read_back_by_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("source");
+        std::fs::write(&source, b"0123456789").unwrap();
+        let store = LocalDir::new(dir.path().join("objects"));
+        store.put_file("sha256/ab/abc", &source).await.unwrap();
+        assert_eq!(store.size("sha256/ab/abc").await.unwrap(), Some(10));
+        assert_eq!(store.size("sha256/ab/missing").await.unwrap(), None);
+        let parts: Vec<Bytes> = store
+            .get_range("sha256/ab/abc", 3, 7)
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(parts.concat(), b"3456");
+    }
+
+    #[tokio::test]
+    async fn keys_cannot_escape_the_root() {
+        let store = LocalDir::new("/tmp/weightgate-never");
+        for key in ["../etc/passwd", "/etc/passwd", "a/../../b", ""] {
+            assert!(store.size(key).await.is_err(), "{key}");
+        }
+    }
+}

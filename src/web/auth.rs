@@ -1,0 +1,140 @@
+//! Reviewer sessions (tower-sessions over the database) and the extractors
+//! that guard the dashboard.
+
+use std::time::Duration;
+
+use axum::{
+    extract::FromRequestParts,
+    http::request::Parts,
+    response::{IntoResponse, Redirect, Response},
+};
+use axum_csrf::CsrfToken;
+use tower_sessions::{
+    Session,
+    session::{Id, Record},
+    session_store::{self, SessionStore},
+};
+
+use super::{AppState, Error};
+use crate::{
+    db::{self, Db, reviewers::Reviewer},
+    types::now_ms,
+};
+
+/// Sessions in the `sessions` table, so that every replica sees them.
+#[derive(Clone, Debug)]
+pub struct DbSessionStore {
+    db: Db,
+}
+
+impl DbSessionStore {
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+}
+
+fn backend(e: impl std::fmt::Display) -> session_store::Error {
+    session_store::Error::Backend(e.to_string())
+}
+
+fn encode(record: &Record) -> session_store::Result<(String, String, i64)> {
+    let data =
+        serde_json::to_string(&record.data).map_err(|e| session_store::Error::Encode(e.to_string()))?;
+    let expires = i64::try_from(record.expiry_date.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
+    Ok((record.id.to_string(), data, expires))
+}
+
+#[async_trait::async_trait]
+impl SessionStore for DbSessionStore {
+    async fn create(&self, record: &mut Record) -> session_store::Result<()> {
+        loop {
+            let (id, data, expires) = encode(record)?;
+            if db::sessions::create(self.db.pool(), &id, &data, expires)
+                .await
+                .map_err(backend)?
+            {
+                return Ok(());
+            }
+            record.id = Id::default();
+        }
+    }
+
+    async fn save(&self, record: &Record) -> session_store::Result<()> {
+        let (id, data, expires) = encode(record)?;
+        db::sessions::save(self.db.pool(), &id, &data, expires)
+            .await
+            .map_err(backend)
+    }
+
+    async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {
+        let Some(data) = db::sessions::load(self.db.pool(), &id.to_string(), now_ms())
+            .await
+            .map_err(backend)?
+        else {
+            return Ok(None);
+        };
+        let data = serde_json::from_str(&data).map_err(|e| session_store::Error::Decode(e.to_string()))?;
+        let expiry_date = time::OffsetDateTime::now_utc() + time::Duration::hours(8);
+        Ok(Some(Record {
+            id: *id,
+            data,
+            expiry_date,
+        }))
+    }
+
+    async fn delete(&self, id: &Id) -> session_store::Result<()> {
+        db::sessions::delete(self.db.pool(), &id.to_string())
+            .await
+            .map_err(backend)
+    }
+}
+
+/// Deletes expired sessions now and then.
+pub async fn expire_sessions(db: Db, every: Duration) {
+    loop {
+        if let Err(e) = db::sessions::delete_expired(db.pool(), now_ms()).await {
+            tracing::warn!(error = %e, "cannot delete expired sessions");
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+pub const REVIEWER_KEY: &str = "reviewer_id";
+
+/// The signed-in reviewer; anyone else is sent to the sign-in page.
+pub struct CurrentReviewer(pub Reviewer);
+
+impl FromRequestParts<AppState> for CurrentReviewer {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let session = Session::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let id: Option<String> = session
+            .get(REVIEWER_KEY)
+            .await
+            .map_err(|e| Error::Internal(e.into()).into_response())?;
+        let reviewer = match id {
+            Some(id) => db::reviewers::find(state.app.db.pool(), &id)
+                .await
+                .map_err(|e| Error::from(e).into_response())?,
+            None => None,
+        };
+        reviewer
+            .map(CurrentReviewer)
+            .ok_or_else(|| Redirect::to("/admin/login").into_response())
+    }
+}
+
+/// Checks the form's CSRF token against the cookie.
+pub fn check_csrf(token: &CsrfToken, submitted: &str) -> Result<(), Error> {
+    token.verify(submitted).map_err(|_| Error::Csrf)
+}
+
+/// A fresh CSRF token to put in a form.
+pub fn csrf_field(token: &CsrfToken) -> Result<String, Error> {
+    token
+        .authenticity_token()
+        .map_err(|e| Error::Internal(anyhow::anyhow!("cannot make a CSRF token: {e:?}")))
+}

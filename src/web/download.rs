@@ -1,0 +1,56 @@
+//! `/dl/TOKEN/NAME`: signed-link downloads with `Range` support.
+
+use axum::{
+    body::Body,
+    extract::{Path, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+
+use super::{AppState, ClientInfo, Error};
+use crate::grants;
+
+pub async fn fetch(
+    State(state): State<AppState>,
+    ClientInfo(client): ClientInfo,
+    Path((token, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let download = grants::open_download(&state.app, &token, &name, range, client).await?;
+    let size = u64::try_from(download.file.size).unwrap_or(0);
+    let mut response = Body::from_stream(download.body).into_response();
+    let h = response.headers_mut();
+    let value = |s: String| HeaderValue::from_str(&s).map_err(|e| Error::Internal(e.into()));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(
+        header::CONTENT_LENGTH,
+        value((download.end - download.start).to_string())?,
+    );
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::ETAG, value(format!("\"{}\"", download.file.sha256))?);
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-store"),
+    );
+    h.insert(
+        header::CONTENT_DISPOSITION,
+        value(format!("attachment; filename=\"{}\"", download.file.name))?,
+    );
+    h.insert("x-checksum-sha256", value(download.file.sha256.clone())?);
+    if download.partial {
+        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+        response.headers_mut().insert(
+            header::CONTENT_RANGE,
+            value(format!(
+                "bytes {}-{}/{size}",
+                download.start,
+                download.end.saturating_sub(1)
+            ))?,
+        );
+    }
+    Ok(response)
+}

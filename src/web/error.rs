@@ -1,0 +1,251 @@
+//! One error type for every handler. Client errors carry a stable code and a
+//! message; anything unexpected is logged and shown as an opaque 500. The
+//! body is JSON for programs and a page for browsers, with the request id.
+
+use askama::Template;
+use axum::{
+    Json,
+    extract::Request,
+    http::{HeaderValue, StatusCode, header},
+    middleware::Next,
+    response::{Html, IntoResponse, Response},
+};
+use serde::Serialize;
+
+use crate::{
+    accounts::AccountError,
+    applications::ConfirmError,
+    grants::{DownloadError, GrantError},
+    models::ModelError,
+    reviews::ReviewError,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("not found")]
+    NotFound,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{message}")]
+    Forbidden { code: &'static str, message: String },
+    #[error("this form has expired or was not sent by this portal; reload the page and try again")]
+    Csrf,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the requested range is outside the file")]
+    RangeNotSatisfiable { size: u64 },
+    #[error(transparent)]
+    Internal(anyhow::Error),
+}
+
+impl Error {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::NotFound => StatusCode::NOT_FOUND,
+            Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::Forbidden { .. } | Error::Csrf => StatusCode::FORBIDDEN,
+            Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            Error::NotFound => "not_found",
+            Error::BadRequest(_) => "bad_request",
+            Error::Forbidden { code, .. } => code,
+            Error::Csrf => "csrf",
+            Error::Conflict(_) => "conflict",
+            Error::RangeNotSatisfiable { .. } => "range_not_satisfiable",
+            Error::Internal(_) => "internal",
+        }
+    }
+}
+
+/// Sorts domain errors into client mistakes and failures of the portal.
+impl From<anyhow::Error> for Error {
+    fn from(err: anyhow::Error) -> Self {
+        if let Some(e) = err.downcast_ref::<ReviewError>() {
+            return match e {
+                ReviewError::NotFound => Error::NotFound,
+                ReviewError::NotPending(_) => Error::Conflict(e.to_string()),
+                ReviewError::ReasonRequired | ReviewError::BadDuration => Error::BadRequest(e.to_string()),
+            };
+        }
+        if let Some(e) = err.downcast_ref::<GrantError>() {
+            return match e {
+                GrantError::NotFound => Error::NotFound,
+                GrantError::AlreadyRevoked => Error::Conflict(e.to_string()),
+                GrantError::ReasonRequired => Error::BadRequest(e.to_string()),
+            };
+        }
+        if let Some(e) = err.downcast_ref::<ModelError>() {
+            return match e {
+                ModelError::NotFound(_) => Error::NotFound,
+                _ => Error::BadRequest(e.to_string()),
+            };
+        }
+        if err.downcast_ref::<ConfirmError>().is_some() {
+            return Error::NotFound;
+        }
+        if let Some(e) = err.downcast_ref::<AccountError>() {
+            return Error::BadRequest(e.to_string());
+        }
+        Error::Internal(err)
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(err: sqlx::Error) -> Self {
+        Error::Internal(err.into())
+    }
+}
+
+impl From<askama::Error> for Error {
+    fn from(err: askama::Error) -> Self {
+        Error::Internal(err.into())
+    }
+}
+
+impl From<DownloadError> for Error {
+    fn from(err: DownloadError) -> Self {
+        match err {
+            DownloadError::Refused(r) => Error::Forbidden {
+                code: r.code(),
+                message: r.message().to_owned(),
+            },
+            DownloadError::RangeNotSatisfiable { size } => Error::RangeNotSatisfiable { size },
+            DownloadError::Internal(e) => Error::Internal(e),
+        }
+    }
+}
+
+/// Left on an error response for [`render_errors`] to turn into a body.
+#[derive(Clone, Debug)]
+struct ErrorInfo {
+    code: &'static str,
+    message: String,
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let message = match &self {
+            Error::Internal(err) => {
+                tracing::error!(error = %format!("{err:#}"), "request failed");
+                "Something went wrong on our side. Please try again; if it persists, quote the request id."
+                    .to_owned()
+            }
+            other => other.to_string(),
+        };
+        let mut response = status.into_response();
+        if let Error::RangeNotSatisfiable { size } = self
+            && let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}"))
+        {
+            response.headers_mut().insert(header::CONTENT_RANGE, v);
+        }
+        response.extensions_mut().insert(ErrorInfo {
+            code: self.code(),
+            message,
+        });
+        response
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    message: &'a str,
+    request_id: &'a str,
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+struct ErrorPage<'a> {
+    title: &'a str,
+    status: u16,
+    message: &'a str,
+    request_id: &'a str,
+}
+
+/// Gives every error response its body: a page when the client asked for
+/// HTML, JSON otherwise.
+pub async fn render_errors(request: Request, next: Next) -> Response {
+    let wants_html = request
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"));
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let response = next.run(request).await;
+    let Some(info) = response.extensions().get::<ErrorInfo>().cloned() else {
+        return response;
+    };
+    let (mut parts, _) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let body = if wants_html {
+        let page = ErrorPage {
+            title: parts.status.canonical_reason().unwrap_or("Error"),
+            status: parts.status.as_u16(),
+            message: &info.message,
+            request_id: &request_id,
+        };
+        match page.render() {
+            Ok(html) => Html(html).into_response(),
+            Err(_) => info.message.clone().into_response(),
+        }
+    } else {
+        Json(ErrorBody {
+            error: info.code,
+            message: &info.message,
+            request_id: &request_id,
+        })
+        .into_response()
+    };
+    let (body_parts, body) = body.into_parts();
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        body_parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .cloned()
+            .unwrap_or(HeaderValue::from_static("text/plain")),
+    );
+    Response::from_parts(parts, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domain_errors_map_to_client_statuses() {
+        let cases: Vec<(anyhow::Error, StatusCode)> = vec![
+            (ReviewError::NotFound.into(), StatusCode::NOT_FOUND),
+            (
+                ReviewError::NotPending("approved".into()).into(),
+                StatusCode::CONFLICT,
+            ),
+            (ReviewError::ReasonRequired.into(), StatusCode::BAD_REQUEST),
+            (GrantError::AlreadyRevoked.into(), StatusCode::CONFLICT),
+            (ModelError::NotFound("x".into()).into(), StatusCode::NOT_FOUND),
+            (anyhow::anyhow!("disk on fire"), StatusCode::INTERNAL_SERVER_ERROR),
+        ];
+        for (err, status) in cases {
+            assert_eq!(Error::from(err).status(), status);
+        }
+    }
+
+    #[test]
+    fn refused_links_are_forbidden_with_their_reason() {
+        let err = Error::from(DownloadError::Refused(crate::links::Refusal::Expired));
+        assert_eq!(err.status(), StatusCode::FORBIDDEN);
+        assert_eq!(err.code(), "link_expired");
+    }
+}

@@ -1,0 +1,174 @@
+//! The web portal: router, extractors, handlers and pages.
+
+mod access;
+mod admin;
+mod auth;
+mod download;
+mod error;
+mod pages;
+mod public;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    extract::{ConnectInfo, FromRef, FromRequestParts},
+    http::{HeaderName, HeaderValue, header, request::Parts},
+    middleware,
+    response::IntoResponse,
+    routing::{get, post},
+};
+use axum_csrf::{CsrfConfig, Key};
+use tower_http::{
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    set_header::SetResponseHeaderLayer,
+    trace::TraceLayer,
+};
+use tower_sessions::{Expiry, SessionManagerLayer, cookie::SameSite};
+
+pub use error::Error;
+
+use crate::{app::App, audit::Client, links::load_or_create_keys};
+
+/// Shared state of every handler; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub app: Arc<App>,
+    csrf: CsrfConfig,
+}
+
+impl FromRef<AppState> for CsrfConfig {
+    fn from_ref(state: &AppState) -> Self {
+        state.csrf.clone()
+    }
+}
+
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Who is asking: address, user agent and request id, for the audit log.
+pub struct ClientInfo(pub Client);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientInfo {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let header = |name: &HeaderName| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.chars().take(512).collect::<String>())
+        };
+        Ok(Self(Client {
+            ip: parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(addr)| addr.ip().to_string()),
+            user_agent: header(&header::USER_AGENT),
+            request_id: header(&REQUEST_ID),
+        }))
+    }
+}
+
+const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// The portal's router.
+pub async fn router(app: Arc<App>) -> anyhow::Result<Router> {
+    let secure = app.config.is_https();
+    let cookie_key = load_or_create_keys(&app.db, "cookie", 64).await?.remove(0).1;
+    let csrf = CsrfConfig::default()
+        .with_key(Some(Key::from(&cookie_key)))
+        .with_salt(hex::encode(&cookie_key[..16]))
+        .with_cookie_name("wg_csrf")
+        .with_secure(secure)
+        .with_cookie_same_site(axum_csrf::SameSite::Strict);
+    let sessions = SessionManagerLayer::new(auth::DbSessionStore::new(app.db.clone()))
+        .with_name("wg_session")
+        .with_http_only(true)
+        .with_same_site(SameSite::Lax)
+        .with_secure(secure)
+        .with_expiry(Expiry::OnInactivity(time::Duration::hours(8)));
+    let state = AppState { app, csrf };
+
+    let admin = Router::new()
+        .route("/admin", get(admin::queue))
+        .route("/admin/login", get(admin::login_page).post(admin::login))
+        .route("/admin/logout", post(admin::logout))
+        .route("/admin/applications/{id}", get(admin::application))
+        .route("/admin/applications/{id}/approve", post(admin::approve))
+        .route("/admin/applications/{id}/deny", post(admin::deny))
+        .route("/admin/grants", get(admin::grants))
+        .route("/admin/grants/{id}/revoke", post(admin::revoke))
+        .layer(sessions);
+
+    let router = Router::new()
+        .route("/", get(public::catalogue))
+        .route("/models/{slug}", get(public::model))
+        .route("/models/{slug}/apply", post(public::apply))
+        .route(
+            "/confirm/{token}",
+            get(public::confirm_page).post(public::confirm),
+        )
+        .route("/access/{token}", get(access::page))
+        .route(
+            "/access/{token}/releases/{release}/SHA256SUMS",
+            get(access::sha256sums),
+        )
+        .route("/dl/{token}/{file}", get(download::fetch))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/static/style.css", get(style))
+        .merge(admin)
+        .fallback(|| async { Error::NotFound })
+        .with_state(state)
+        .layer(middleware::from_fn(error::render_errors))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CSP),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        // Access and download URLs carry secrets: never leak them in Referer.
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
+        .layer(TraceLayer::new_for_http())
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
+        .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid));
+    Ok(router)
+}
+
+async fn style() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        include_str!("../../static/style.css"),
+    )
+}
+
+/// Serves the portal on `listener` until `shutdown` resolves, then lets
+/// requests in flight finish.
+pub async fn serve(
+    app: Arc<App>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let router = router(app.clone()).await?;
+    let cleanup = tokio::spawn(auth::expire_sessions(app.db.clone(), Duration::from_secs(600)));
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await?;
+    cleanup.abort();
+    Ok(())
+}

@@ -1,0 +1,195 @@
+//! The pages, as askama templates. Every value is escaped by the template.
+
+use askama::Template;
+use axum::response::{Html, IntoResponse, Response};
+
+use super::Error;
+use crate::{applications::FieldErrors, db, types::format_ms};
+
+/// Renders a template as an HTML response.
+pub fn render(t: &impl Template) -> Result<Response, Error> {
+    Ok(Html(t.render()?).into_response())
+}
+
+pub struct ModelItem {
+    pub slug: String,
+    pub title: String,
+}
+
+#[derive(Template)]
+#[template(path = "catalogue.html")]
+pub struct Catalogue {
+    pub models: Vec<ModelItem>,
+}
+
+/// The values a researcher entered, kept when the form is shown again.
+#[derive(Default)]
+pub struct FormValues {
+    pub name: String,
+    pub email: String,
+    pub affiliation: String,
+    pub intended_use: String,
+    pub accept_terms: bool,
+}
+
+#[derive(Template)]
+#[template(path = "model.html")]
+pub struct ModelPage {
+    pub slug: String,
+    pub title: String,
+    pub terms: String,
+    pub terms_version: i64,
+    pub files: usize,
+    pub total_size: String,
+    pub form: FormValues,
+    pub errors: FieldErrors,
+    pub csrf: String,
+}
+
+impl ModelPage {
+    pub fn error(&self, field: &str) -> &str {
+        self.errors.get(field).map_or("", String::as_str)
+    }
+}
+
+#[derive(Template)]
+#[template(path = "submitted.html")]
+pub struct Submitted {
+    pub title: String,
+    pub email: String,
+}
+
+#[derive(Template)]
+#[template(path = "confirm.html")]
+pub struct ConfirmPage {
+    pub token: String,
+    pub title: String,
+    pub email: String,
+    pub status: String,
+    pub csrf: String,
+}
+
+pub struct LinkRow {
+    pub name: String,
+    pub size: String,
+    pub sha256: String,
+    pub url: String,
+}
+
+pub struct ReleaseRows {
+    pub name: String,
+    pub sums_url: String,
+    pub files: Vec<LinkRow>,
+}
+
+#[derive(Template)]
+#[template(path = "access.html")]
+pub struct AccessPage {
+    pub title: String,
+    pub email: String,
+    pub state: String,
+    pub expires: String,
+    pub links_expire: String,
+    pub releases: Vec<ReleaseRows>,
+    pub revoked_reason: String,
+}
+
+#[derive(Template)]
+#[template(path = "admin/login.html")]
+pub struct Login {
+    pub csrf: String,
+    pub email: String,
+    pub error: String,
+}
+
+/// What every dashboard page shows in its header.
+pub struct Header {
+    pub email: String,
+    pub csrf: String,
+}
+
+pub struct ApplicationRow {
+    pub id: String,
+    pub name: String,
+    pub email: String,
+    pub affiliation: String,
+    pub model: String,
+    pub status: String,
+    pub when: String,
+}
+
+impl From<&db::applications::ApplicationView> for ApplicationRow {
+    fn from(a: &db::applications::ApplicationView) -> Self {
+        Self {
+            id: a.id.clone(),
+            name: a.name.clone(),
+            email: a.email.clone(),
+            affiliation: a.affiliation.clone(),
+            model: a.model_slug.clone(),
+            status: a.status.clone(),
+            when: format_ms(a.decided_at.or(a.confirmed_at).unwrap_or(a.created_at)),
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "admin/queue.html")]
+pub struct Queue {
+    pub header: Header,
+    pub pending: Vec<ApplicationRow>,
+    pub decided: Vec<ApplicationRow>,
+}
+
+pub struct ReviewRow {
+    pub reviewer: String,
+    pub decision: String,
+    pub reason: String,
+    pub when: String,
+}
+
+#[derive(Template)]
+#[template(path = "admin/application.html")]
+pub struct ApplicationPage {
+    pub header: Header,
+    pub app: ApplicationRow,
+    pub intended_use: String,
+    pub terms_version: i64,
+    pub submitted: String,
+    pub confirmed: String,
+    pub pending: bool,
+    pub reviews: Vec<ReviewRow>,
+    pub default_days: u64,
+}
+
+pub struct GrantRow {
+    pub id: String,
+    pub email: String,
+    pub model: String,
+    pub created: String,
+    pub expires: String,
+    pub state: String,
+    pub revoked_reason: String,
+}
+
+#[derive(Template)]
+#[template(path = "admin/grants.html")]
+pub struct Grants {
+    pub header: Header,
+    pub grants: Vec<GrantRow>,
+}
+
+/// Human-readable byte counts.
+pub fn human_size(bytes: i64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}

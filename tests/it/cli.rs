@@ -1,0 +1,203 @@
+//! The operator's commands, run as a separate process on the same data directory.
+
+use std::{
+    io::Write,
+    process::{Command, Stdio},
+};
+
+use crate::helpers::*;
+
+fn weightgate(data_dir: &std::path::Path, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weightgate"))
+        .args(args)
+        .env("WEIGHTGATE_DATA_DIR", data_dir)
+        .env("WEIGHTGATE_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    } else {
+        drop(child.stdin.take());
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+fn jsonl(text: &str) -> Vec<serde_json::Value> {
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[tokio::test]
+async fn operators_manage_models_reviewers_grants_and_read_the_audit_log() {
+    let t = TestApp::spawn().await;
+    let data = t.app.config.data_dir.clone();
+    let access = t.approved_researcher("cli@uni.example.edu").await;
+    let (_, url) = t.download_links(&access).await.remove(0);
+    assert_eq!(t.client.get(&url).send().await.unwrap().status(), 200);
+
+    let terms = t.dir.path().join("terms.txt");
+    std::fs::write(&terms, "Research only.").unwrap();
+    let (ok, out, err) = weightgate(
+        &data,
+        &[
+            "model",
+            "create",
+            "big-model",
+            "--title",
+            "Big Model",
+            "--terms",
+            terms.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("created model big-model"));
+    let (ok, _, err) = weightgate(&data, &["model", "create", "big-model", "--title", "Again"], None);
+    assert!(!ok);
+    assert!(err.contains("already exists"), "{err}");
+    let (ok, _, err) = weightgate(&data, &["model", "create", "Bad Slug", "--title", "x"], None);
+    assert!(!ok);
+    assert!(err.contains("not a valid slug"), "{err}");
+
+    let shards = t.dir.path().join("big");
+    std::fs::create_dir_all(&shards).unwrap();
+    std::fs::write(shards.join("a.bin"), vec![1u8; 5000]).unwrap();
+    std::fs::write(shards.join("b.bin"), b"hello").unwrap();
+    let (ok, out, err) = weightgate(
+        &data,
+        &["model", "publish", "big-model", shards.to_str().unwrap()],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains(&sha256_hex(b"hello")), "{out}");
+    assert!(
+        out.contains("published release v1 of big-model with 2 files"),
+        "{out}"
+    );
+    let (ok, out, _) = weightgate(
+        &data,
+        &[
+            "model",
+            "publish",
+            "big-model",
+            shards.to_str().unwrap(),
+            "--release",
+            "v2",
+        ],
+        None,
+    );
+    assert!(ok);
+    assert!(
+        out.contains("present"),
+        "identical files are not stored twice: {out}"
+    );
+    let (ok, _, err) = weightgate(
+        &data,
+        &[
+            "model",
+            "publish",
+            "big-model",
+            shards.to_str().unwrap(),
+            "--release",
+            "v2",
+        ],
+        None,
+    );
+    assert!(!ok);
+    assert!(err.contains("already exists"), "{err}");
+    let page = t
+        .client
+        .get(t.url("/models/big-model"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("Research only."));
+
+    let (ok, out, err) = weightgate(
+        &data,
+        &["reviewer", "add", "second@lab.example.org", "--password-stdin"],
+        Some("another long password\n"),
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("reviewer second@lab.example.org"));
+    let (ok, _, err) = weightgate(
+        &data,
+        &["reviewer", "add", "short@lab.example.org", "--password-stdin"],
+        Some("short"),
+    );
+    assert!(!ok);
+    assert!(err.contains("at least 12 characters"), "{err}");
+    let (ok, out, _) = weightgate(&data, &["reviewer", "list", "--format", "jsonl"], None);
+    assert!(ok);
+    let reviewers = jsonl(&out);
+    assert!(
+        reviewers
+            .iter()
+            .any(|r| r["email"] == "second@lab.example.org" && r["role"] == "reviewer")
+    );
+
+    let (ok, out, _) = weightgate(&data, &["grant", "list", "--format", "jsonl"], None);
+    assert!(ok);
+    let grants = jsonl(&out);
+    assert_eq!(grants.len(), 1);
+    assert_eq!(grants[0]["researcher"], "cli@uni.example.edu");
+    assert_eq!(grants[0]["state"], "active");
+    let grant_id = grants[0]["id"].as_str().unwrap().to_owned();
+    let (ok, table, _) = weightgate(&data, &["grant", "list"], None);
+    assert!(ok);
+    assert!(table.contains("cli@uni.example.edu") && table.contains(&grant_id));
+
+    let (ok, out, err) = weightgate(
+        &data,
+        &["grant", "revoke", &grant_id, "--reason", "Project ended"],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("revoked grant"));
+    let (ok, _, err) = weightgate(&data, &["grant", "revoke", &grant_id, "--reason", "Again"], None);
+    assert!(!ok);
+    assert!(err.contains("already revoked"), "{err}");
+    assert_eq!(
+        t.client.get(&url).send().await.unwrap().status(),
+        403,
+        "the running portal sees the revocation"
+    );
+    t.wait_for_mail("cli@uni.example.edu", "was revoked").await;
+
+    let (ok, out, _) = weightgate(
+        &data,
+        &["audit", "list", "--format", "jsonl", "--action", "file.fetch"],
+        None,
+    );
+    assert!(ok);
+    let fetches = jsonl(&out);
+    assert_eq!(fetches.len(), 2);
+    assert_eq!(fetches[0]["outcome"], "ok");
+    assert_eq!(fetches[0]["client_ip"], "127.0.0.1");
+    assert_eq!(fetches[1]["outcome"], "refused");
+    assert_eq!(fetches[1]["reason"], "grant_revoked");
+    let (ok, table, _) = weightgate(&data, &["audit", "list"], None);
+    assert!(ok);
+    assert!(table.contains("grant.revoked") && table.contains("file.fetch"));
+    let (ok, out, err) = weightgate(&data, &["audit", "verify"], None);
+    assert!(ok, "{err}");
+    assert!(out.contains("audit log intact"));
+
+    sqlx::query("UPDATE audit_events SET subject = 'someone else' WHERE action = 'grant.created'")
+        .execute(t.app.db.pool())
+        .await
+        .unwrap();
+    let (ok, _, err) = weightgate(&data, &["audit", "verify"], None);
+    assert!(!ok);
+    assert!(err.contains("was modified"), "{err}");
+}

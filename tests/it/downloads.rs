@@ -1,0 +1,214 @@
+//! Signed links: what they let through, what they refuse, and the audit trail.
+
+use reqwest::{StatusCode, header};
+
+use crate::helpers::*;
+
+/// The token part of a `/dl/TOKEN/NAME` URL.
+fn token_of(url: &str) -> &str {
+    between(url, "/dl/", "/")
+}
+
+async fn refusal(t: &TestApp, url: &str) -> (StatusCode, serde_json::Value) {
+    let response = t.client.get(url).send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_range_request_returns_206_with_exactly_those_bytes() {
+    let t = TestApp::spawn().await;
+    let access = t.approved_researcher("ranges@uni.example.edu").await;
+    let links = t.download_links(&access).await;
+    let (name, url) = links.iter().find(|(n, _)| n == "shard-1.bin").unwrap();
+    let bytes = &t.files.iter().find(|(n, _)| n == name).unwrap().1;
+
+    let response = t
+        .client
+        .get(url)
+        .header(header::RANGE, "bytes=1000-1999")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        response.headers()[header::CONTENT_RANGE],
+        format!("bytes 1000-1999/{}", bytes.len()).as_str()
+    );
+    assert_eq!(response.bytes().await.unwrap().as_ref(), &bytes[1000..2000]);
+
+    // What `curl -C -` sends to resume a partial file.
+    let response = t
+        .client
+        .get(url)
+        .header(header::RANGE, "bytes=524288-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(response.bytes().await.unwrap().as_ref(), &bytes[524_288..]);
+
+    let response = t
+        .client
+        .get(url)
+        .header(header::RANGE, "bytes=-10")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.bytes().await.unwrap().as_ref(),
+        &bytes[bytes.len() - 10..]
+    );
+
+    let response = t
+        .client
+        .get(url)
+        .header(header::RANGE, format!("bytes={}-", bytes.len() + 5))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(
+        response.headers()[header::CONTENT_RANGE],
+        format!("bytes */{}", bytes.len()).as_str()
+    );
+
+    let ranges: Vec<_> = t
+        .audit_events()
+        .await
+        .into_iter()
+        .filter(|e| e.action == "file.fetch" && e.outcome == "ok")
+        .map(|e| (e.range_start.unwrap(), e.range_end.unwrap()))
+        .collect();
+    let len = bytes.len() as i64;
+    assert_eq!(
+        ranges,
+        vec![(1000, 1999), (524_288, len - 1), (len - 10, len - 1)]
+    );
+}
+
+#[tokio::test]
+async fn tampered_expired_and_foreign_links_are_refused_and_audited() {
+    let t = TestApp::spawn().await;
+    let access = t.approved_researcher("links@uni.example.edu").await;
+    let (name, url) = t.download_links(&access).await.remove(0);
+    let token = token_of(&url).to_owned();
+    let parts: Vec<&str> = token.split('.').collect();
+    let (grant, file) = (parts[0], parts[1]);
+
+    let mut sig: Vec<char> = parts[4].chars().collect();
+    sig[0] = if sig[0] == 'A' { 'B' } else { 'A' };
+    let tampered = format!(
+        "{}.{}.{}.{}.{}",
+        grant,
+        file,
+        parts[2],
+        parts[3],
+        sig.into_iter().collect::<String>()
+    );
+    let (status, body) = refusal(&t, &t.url(&format!("/dl/{tampered}/{name}"))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body["error"], "bad_signature");
+    assert!(!body["request_id"].as_str().unwrap().is_empty());
+
+    let longer = format!(
+        "{}.{}.{}.{}.{}",
+        grant,
+        file,
+        parts[2].parse::<i64>().unwrap() + 3600,
+        parts[3],
+        parts[4]
+    );
+    let (status, body) = refusal(&t, &t.url(&format!("/dl/{longer}/{name}"))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        body["error"], "bad_signature",
+        "an extended expiry breaks the signature"
+    );
+
+    let expired = t.app.links.sign(grant, file, 1_000);
+    let (status, body) = refusal(&t, &t.url(&format!("/dl/{expired}/{name}"))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body["error"], "link_expired");
+
+    let (status, body) = refusal(&t, &t.url(&format!("/dl/garbage/{name}"))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body["error"], "malformed_link");
+
+    let foreign = t.app.links.sign(grant, "0123456789abcdef0123", i64::MAX / 2);
+    let (status, body) = refusal(&t, &t.url(&format!("/dl/{foreign}/{name}"))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body["error"], "file_not_in_grant");
+
+    let response = t
+        .client
+        .get(t.url(&format!("/dl/{expired}/{name}")))
+        .header(header::ACCEPT, "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let page = response.text().await.unwrap();
+    assert!(
+        page.contains("This download link has expired"),
+        "a browser gets a page: {page}"
+    );
+
+    let reasons: Vec<String> = t
+        .audit_events()
+        .await
+        .into_iter()
+        .filter(|e| e.action == "file.fetch" && e.outcome == "refused")
+        .map(|e| e.reason.unwrap())
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "bad_signature",
+            "bad_signature",
+            "link_expired",
+            "malformed_link",
+            "file_not_in_grant",
+            "link_expired"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_revoked_grant_stops_its_links_at_the_next_fetch() {
+    let t = TestApp::spawn().await;
+    let access = t.approved_researcher("revoked@uni.example.edu").await;
+    let (_, url) = t.download_links(&access).await.remove(0);
+    assert_eq!(t.client.get(&url).send().await.unwrap().status(), StatusCode::OK);
+
+    let grant_id = token_of(&url).split('.').next().unwrap().to_owned();
+    let reviewer = client();
+    t.sign_in(&reviewer).await;
+    let response = t
+        .post_admin(
+            &reviewer,
+            "/admin/grants",
+            &format!("/admin/grants/{grant_id}/revoke"),
+            &[("reason", "Terms broken")],
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.text().await.unwrap().contains("revoked"));
+
+    let (status, body) = refusal(&t, &url).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body["error"], "grant_revoked");
+    let mail = t.wait_for_mail("revoked@uni.example.edu", "was revoked").await;
+    assert!(mail.contains("Terms broken"));
+    let page = t.client.get(&access).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("This access was revoked: Terms broken"));
+    assert!(!page.contains("/dl/"), "a revoked grant gets no links");
+
+    let events = t.audit_events().await;
+    let last_fetch = events.iter().rev().find(|e| e.action == "file.fetch").unwrap();
+    assert_eq!(last_fetch.outcome, "refused");
+    assert_eq!(last_fetch.reason.as_deref(), Some("grant_revoked"));
+    assert_eq!(last_fetch.grant_id.as_deref(), Some(grant_id.as_str()));
+    let revoked = events.iter().find(|e| e.action == "grant.revoked").unwrap();
+    assert_eq!(revoked.actor.as_deref(), Some(REVIEWER));
+}

@@ -1,0 +1,338 @@
+//! `TestApp`: a real portal on a random port with its own data directory, and
+//! the small tools tests use to read its pages and e-mails.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use reqwest::{Client, StatusCode, redirect::Policy};
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+use weightgate::{
+    accounts,
+    app::App,
+    config::Config,
+    models,
+    types::{Email, Slug},
+};
+
+pub const REVIEWER: &str = "reviewer@lab.example.org";
+pub const PASSWORD: &str = "a long reviewer password";
+pub const MODEL: &str = "tiny-model";
+
+pub struct TestApp {
+    pub app: Arc<App>,
+    pub base: String,
+    pub dir: TempDir,
+    /// Keeps cookies, like a browser.
+    pub client: Client,
+    /// The files of the published release, by name, with their bytes.
+    pub files: Vec<(String, Vec<u8>)>,
+}
+
+pub fn client() -> Client {
+    Client::builder()
+        .cookie_store(true)
+        .redirect(Policy::limited(5))
+        .build()
+        .unwrap()
+}
+
+impl TestApp {
+    /// A portal with one model (`tiny-model`, one published release of three
+    /// files) and one reviewer.
+    pub async fn spawn() -> Self {
+        if std::env::var_os("TEST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter("info,sqlx=warn")
+                .try_init();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut config = Config::embedded(dir.path().join("data"));
+        config.bind = addr;
+        let app = App::open(config).await.unwrap();
+        tokio::spawn(weightgate::web::serve(
+            app.clone(),
+            listener,
+            std::future::pending(),
+        ));
+
+        let slug: Slug = MODEL.parse().unwrap();
+        models::create(
+            &app,
+            &slug,
+            "Tiny <b>Model</b>",
+            "Be nice.\nDo not share.",
+            "test",
+        )
+        .await
+        .unwrap();
+        let shards = dir.path().join("shards");
+        std::fs::create_dir_all(&shards).unwrap();
+        let mut files = Vec::new();
+        for (i, size) in [300_000usize, 1_048_577, 7].into_iter().enumerate() {
+            let name = format!("shard-{i}.bin");
+            let bytes: Vec<u8> = (0..size).map(|b| (b * 31 + i * 7) as u8).collect();
+            std::fs::write(shards.join(&name), &bytes).unwrap();
+            files.push((name, bytes));
+        }
+        models::publish(&app, &slug, &shards, Some("r1"), "test", &|_| {})
+            .await
+            .unwrap();
+        let email: Email = REVIEWER.parse().unwrap();
+        accounts::add_reviewer(&app, &email, PASSWORD, true, "test")
+            .await
+            .unwrap();
+
+        Self {
+            app,
+            base: format!("http://{addr}"),
+            dir,
+            client: client(),
+            files,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn outbox(&self) -> PathBuf {
+        self.app.config.outbox_dir()
+    }
+
+    pub async fn get_html(&self, client: &Client, path: &str) -> (StatusCode, String) {
+        let response = client
+            .get(self.url(path))
+            .header("accept", "text/html")
+            .send()
+            .await
+            .unwrap();
+        (response.status(), response.text().await.unwrap())
+    }
+
+    /// Submits the application form the way a browser does: load the page for
+    /// its CSRF token, then post the fields.
+    pub async fn apply(&self, client: &Client, fields: &[(&str, &str)]) -> (StatusCode, String) {
+        let (status, page) = self.get_html(client, &format!("/models/{MODEL}")).await;
+        assert_eq!(status, StatusCode::OK);
+        let mut form: Vec<(&str, &str)> = vec![("authenticity_token", csrf(&page).leak())];
+        form.extend_from_slice(fields);
+        let response = client
+            .post(self.url(&format!("/models/{MODEL}/apply")))
+            .header("accept", "text/html")
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        (response.status(), response.text().await.unwrap())
+    }
+
+    /// Applies as `email` and confirms the address through the e-mailed link.
+    pub async fn apply_and_confirm(&self, email: &str) {
+        let researcher = client();
+        let (status, _) = self
+            .apply(
+                &researcher,
+                &[
+                    ("name", "Grace Hopper"),
+                    ("email", email),
+                    ("affiliation", "Navy Research Lab"),
+                    ("intended_use", "Compiler research"),
+                    ("accept_terms", "on"),
+                ],
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let mail = self.wait_for_mail(email, "Confirm your application").await;
+        let confirm = link_in(&mail, "/confirm/");
+        let page = researcher
+            .get(&confirm)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let response = researcher
+            .post(&confirm)
+            .form(&[("authenticity_token", csrf(&page))])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
+    /// Signs `client` in as the test reviewer.
+    pub async fn sign_in(&self, client: &Client) {
+        let (_, page) = self.get_html(client, "/admin/login").await;
+        let response = client
+            .post(self.url("/admin/login"))
+            .form(&[
+                ("authenticity_token", csrf(&page).as_str()),
+                ("email", REVIEWER),
+                ("password", PASSWORD),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(
+            response.url().path() == "/admin",
+            "signed in lands on the queue, not {}",
+            response.url()
+        );
+    }
+
+    /// The id of the only pending application of `email`, from the queue page.
+    pub async fn pending_application(&self, reviewer: &Client, email: &str) -> String {
+        let (_, queue) = self.get_html(reviewer, "/admin").await;
+        let row = queue
+            .split("<tr>")
+            .find(|row| row.contains(email))
+            .unwrap_or_else(|| panic!("{email} is not in the queue:\n{queue}"));
+        between(row, "/admin/applications/", "\"").to_owned()
+    }
+
+    /// Posts a dashboard form on `page_path` (for its CSRF token) to `action`.
+    pub async fn post_admin(
+        &self,
+        reviewer: &Client,
+        page_path: &str,
+        action: &str,
+        fields: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let (_, page) = self.get_html(reviewer, page_path).await;
+        let token = csrf(&page);
+        let mut form = vec![("authenticity_token", token.as_str())];
+        form.extend_from_slice(fields);
+        reviewer.post(self.url(action)).form(&form).send().await.unwrap()
+    }
+
+    /// Applies, confirms, signs a reviewer in and approves; returns the access page URL.
+    pub async fn approved_researcher(&self, email: &str) -> String {
+        self.apply_and_confirm(email).await;
+        let reviewer = client();
+        self.sign_in(&reviewer).await;
+        let id = self.pending_application(&reviewer, email).await;
+        let response = self
+            .post_admin(
+                &reviewer,
+                &format!("/admin/applications/{id}"),
+                &format!("/admin/applications/{id}/approve"),
+                &[("days", "30")],
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let mail = self.wait_for_mail(email, "is approved").await;
+        link_in(&mail, "/access/")
+    }
+
+    /// Every download link on an access page, by file name.
+    pub async fn download_links(&self, access_url: &str) -> Vec<(String, String)> {
+        let page = client()
+            .get(access_url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        all_between(&page, "href=\"", "\"")
+            .into_iter()
+            .map(unescape)
+            .filter(|href| href.contains("/dl/"))
+            .map(|href| (href.rsplit('/').next().unwrap().to_owned(), href))
+            .collect()
+    }
+
+    /// Waits for the e-mail to `to` whose subject contains `subject`, and returns it.
+    pub async fn wait_for_mail(&self, to: &str, subject: &str) -> String {
+        for _ in 0..200 {
+            if let Ok(entries) = std::fs::read_dir(self.outbox()) {
+                for entry in entries.flatten() {
+                    let raw = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                    let mail = decode_quoted_printable(&raw);
+                    if mail.contains(&format!("To: {to}")) && mail.contains(subject) {
+                        return mail;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no e-mail to {to} about {subject:?} arrived");
+    }
+
+    pub async fn audit_events(&self) -> Vec<weightgate::db::audit::EventRow> {
+        weightgate::db::audit::list(
+            self.app.db.pool(),
+            &weightgate::db::audit::Filter {
+                limit: 100_000,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+    }
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// The text between the first `start` and the next `end`.
+pub fn between<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
+    let from = text
+        .find(start)
+        .unwrap_or_else(|| panic!("{start:?} not found in:\n{text}"))
+        + start.len();
+    let len = text[from..].find(end).unwrap();
+    &text[from..from + len]
+}
+
+pub fn all_between<'a>(text: &'a str, start: &str, end: &str) -> Vec<&'a str> {
+    let mut found = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find(start) {
+        rest = &rest[i + start.len()..];
+        let Some(j) = rest.find(end) else { break };
+        found.push(&rest[..j]);
+        rest = &rest[j..];
+    }
+    found
+}
+
+pub fn unescape(s: &str) -> String {
+    s.replace("&#x2f;", "/")
+        .replace("&#47;", "/")
+        .replace("&quot;", "\"")
+        .replace("&#x27;", "'")
+        .replace("&#39;", "'")
+        .replace("&#34;", "\"")
+        .replace("&#60;", "<")
+        .replace("&#62;", ">")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&#38;", "&")
+        .replace("&amp;", "&")
+}
+
+/// The CSRF token of the first form on a page.
+pub fn csrf(page: &str) -> String {
+    unescape(between(page, "name=\"authenticity_token\" value=\"", "\""))
+}
+
+/// The first URL in an e-mail whose path contains `marker`.
+pub fn link_in(mail: &str, marker: &str) -> String {
+    mail.split_whitespace()
+        .find(|w| w.starts_with("http") && w.contains(marker))
+        .unwrap_or_else(|| panic!("no {marker} link in:\n{mail}"))
+        .to_owned()
+}
+
+fn decode_quoted_printable(raw: &str) -> String {
+    if !raw.contains("Content-Transfer-Encoding: quoted-printable") {
+        return raw.to_owned();
+    }
+    raw.replace("=\r\n", "").replace("=3D", "=")
+}
