@@ -136,8 +136,9 @@ pub async fn submit(
         form.email.as_str(),
         &format!("Confirm your application for {}", model.title),
         &format!(
-            "Hello {name},\n\nyou applied for access to {title}. Please confirm your e-mail address\n\
-             so that the reviewers can consider your application:\n\n{confirm_url}\n\n\
+            "Hello {name},\n\nyou applied for access to {title}.\n\
+             Please confirm your e-mail address so that the reviewers\n\
+             can consider your application:\n\n{confirm_url}\n\n\
              If you did not apply, ignore this message.\n",
             name = form.name,
             title = model.title,

@@ -1,7 +1,7 @@
 //! Listing output: a readable table, or one JSON object per line for scripts.
 
 use clap::ValueEnum;
-use comfy_table::Table;
+use comfy_table::{Table, presets::UTF8_HORIZONTAL_ONLY};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -14,7 +14,9 @@ pub fn print(format: Format, headers: &[&str], rows: impl Iterator<Item = (Vec<S
     match format {
         Format::Table => {
             let mut table = Table::new();
-            table.set_header(headers.to_vec());
+            table
+                .load_style(UTF8_HORIZONTAL_ONLY)
+                .set_header(headers.to_vec());
             for (cells, _) in rows {
                 table.add_row(cells);
             }
