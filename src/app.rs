@@ -14,6 +14,15 @@ use crate::{
     storage::{LocalDir, ObjectStore},
 };
 
+/// What [`App::open`] does about the database schema.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Schema {
+    /// Apply pending migrations (the demo, and tests).
+    Migrate,
+    /// Refuse to start unless the schema is current.
+    Check,
+}
+
 #[derive(Debug)]
 pub struct App {
     pub config: Config,
@@ -25,13 +34,17 @@ pub struct App {
 }
 
 impl App {
-    /// Opens the data directory and database, applies migrations and starts the
-    /// audit writer and the outbox worker.
-    pub async fn open(config: Config) -> anyhow::Result<Arc<Self>> {
+    /// Opens the data directory and database, checks (or, with
+    /// [`Schema::Migrate`], applies) migrations and starts the audit writer and
+    /// the outbox worker.
+    pub async fn open(config: Config, schema: Schema) -> anyhow::Result<Arc<Self>> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
         let db = Db::connect(&config.database_url()).await?;
-        db.migrate().await?;
+        match schema {
+            Schema::Migrate => db.migrate().await?,
+            Schema::Check => db.check_schema().await?,
+        }
         let storage = Arc::new(LocalDir::new(config.object_dir()?));
         let links = LinkSigner::load(&db).await?;
         let audit = AuditLog::start(db.clone());

@@ -14,7 +14,7 @@ pub use output::Format;
 
 use crate::{
     accounts,
-    app::App,
+    app::{App, Schema},
     audit::Client,
     config::Config,
     db,
@@ -123,22 +123,24 @@ fn operator() -> String {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve => serve(App::open(cli.config).await?).await,
+        Command::Serve => serve(App::open(cli.config, Schema::Check).await?).await,
         Command::Demo => {
-            let app = App::open(cli.config).await?;
+            let app = App::open(cli.config, Schema::Migrate).await?;
             demo::seed(&app).await?;
             serve(app).await
         }
         Command::Migrate => {
+            std::fs::create_dir_all(&cli.config.data_dir)
+                .with_context(|| format!("cannot create data directory {}", cli.config.data_dir.display()))?;
             let db = db::Db::connect(&cli.config.database_url()).await?;
             db.migrate().await?;
             println!("database is up to date");
             Ok(())
         }
-        Command::Reviewer(cmd) => reviewer(App::open(cli.config).await?, cmd).await,
-        Command::Model(cmd) => model(App::open(cli.config).await?, cmd).await,
-        Command::Grant(cmd) => grant(App::open(cli.config).await?, cmd).await,
-        Command::Audit(cmd) => audit::run(App::open(cli.config).await?, cmd).await,
+        Command::Reviewer(cmd) => reviewer(App::open(cli.config, Schema::Check).await?, cmd).await,
+        Command::Model(cmd) => model(App::open(cli.config, Schema::Check).await?, cmd).await,
+        Command::Grant(cmd) => grant(App::open(cli.config, Schema::Check).await?, cmd).await,
+        Command::Audit(cmd) => audit::run(App::open(cli.config, Schema::Check).await?, cmd).await,
     }
 }
 

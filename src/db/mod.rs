@@ -20,6 +20,7 @@ use sqlx::{
 pub type Tx = sqlx::Transaction<'static, Any>;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -67,31 +68,50 @@ impl Db {
 
     fn migrator(&self) -> &'static Migrator {
         match self.backend {
-            Backend::Sqlite | Backend::Postgres => &SQLITE_MIGRATIONS,
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
         }
     }
 
     /// Applies every migration this build knows and refuses a database whose
     /// schema is newer than this build.
     pub async fn migrate(&self) -> anyhow::Result<()> {
-        let migrator = self.migrator();
-        let mut conn = self.pool.acquire().await?;
-        conn.ensure_migrations_table(&migrator.table_name).await?;
-        let applied = conn.list_applied_migrations(&migrator.table_name).await?;
-        let known = migrator.iter().map(|m| m.version).max().unwrap_or(0);
-        if let Some(newest) = applied.iter().map(|m| m.version).max()
-            && newest > known
-        {
-            anyhow::bail!(
-                "the database schema (version {newest}) is newer than this weightgate build knows ({known}); upgrade weightgate"
-            );
-        }
-        drop(conn);
-        migrator
+        self.schema_state().await?;
+        self.migrator()
             .run(&self.pool)
             .await
             .context("cannot apply database migrations")?;
         Ok(())
+    }
+
+    /// Refuses to go on unless the schema is exactly what this build knows.
+    pub async fn check_schema(&self) -> anyhow::Result<()> {
+        let pending = self.schema_state().await?;
+        anyhow::ensure!(
+            pending == 0,
+            "the database schema is not up to date ({pending} migration(s) pending): run `weightgate migrate` first"
+        );
+        Ok(())
+    }
+
+    /// The number of known migrations not yet applied; an error when the
+    /// database has migrations this build does not know.
+    async fn schema_state(&self) -> anyhow::Result<usize> {
+        let migrator = self.migrator();
+        let mut conn = self.pool.acquire().await?;
+        conn.ensure_migrations_table(&migrator.table_name).await?;
+        let applied = conn.list_applied_migrations(&migrator.table_name).await?;
+        let known: Vec<i64> = migrator.iter().map(|m| m.version).collect();
+        if let Some(unknown) = applied.iter().find(|m| !known.contains(&m.version)) {
+            anyhow::bail!(
+                "the database has schema version {}, which this weightgate build does not know; upgrade weightgate",
+                unknown.version
+            );
+        }
+        Ok(known
+            .iter()
+            .filter(|v| !applied.iter().any(|m| m.version == **v))
+            .count())
     }
 
     /// Begins a transaction that will write. On SQLite it takes the write lock
@@ -109,4 +129,28 @@ impl Db {
 /// `true` when the error is a unique-constraint violation.
 pub fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(e) if e.is_unique_violation())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The two dialects differ only in integer width: SQLite's INTEGER is
+    /// 64-bit, PostgreSQL's is not.
+    #[test]
+    fn sqlite_and_postgres_migrations_are_kept_in_step() {
+        let sqlite: Vec<_> = SQLITE_MIGRATIONS.iter().collect();
+        let postgres: Vec<_> = POSTGRES_MIGRATIONS.iter().collect();
+        assert_eq!(sqlite.len(), postgres.len());
+        for (s, p) in sqlite.iter().zip(&postgres) {
+            assert_eq!(s.version, p.version);
+            assert_eq!(s.description, p.description);
+            assert_eq!(
+                s.sql.as_str().replace("INTEGER", "BIGINT"),
+                p.sql.as_str(),
+                "migration {} differs beyond integer types",
+                s.version
+            );
+        }
+    }
 }

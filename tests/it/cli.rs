@@ -7,10 +7,11 @@ use std::{
 
 use crate::helpers::*;
 
-fn weightgate(data_dir: &std::path::Path, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+fn weightgate(t: &TestApp, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_weightgate"))
         .args(args)
-        .env("WEIGHTGATE_DATA_DIR", data_dir)
+        .env("WEIGHTGATE_DATA_DIR", &t.app.config.data_dir)
+        .env("WEIGHTGATE_DATABASE_URL", t.app.config.database_url())
         .env("WEIGHTGATE_LOG", "warn")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -30,14 +31,47 @@ fn weightgate(data_dir: &std::path::Path, args: &[&str], stdin: Option<&str>) ->
     )
 }
 
+fn run(data_dir: &std::path::Path, database_url: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_weightgate"))
+        .args(args)
+        .env("WEIGHTGATE_DATA_DIR", data_dir)
+        .env("WEIGHTGATE_DATABASE_URL", database_url)
+        .env("WEIGHTGATE_BIND", "127.0.0.1:0")
+        .env("WEIGHTGATE_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+both! {
+async fn serve_refuses_an_unmigrated_database_until_migrate_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = empty_database_url(dir.path()).await;
+    let (ok, out) = run(dir.path(), &url, &["serve"]);
+    assert!(!ok);
+    assert!(out.contains("run `weightgate migrate` first"), "{out}");
+    let (ok, out) = run(dir.path(), &url, &["model", "list"]);
+    assert!(!ok, "{out}");
+    let (ok, out) = run(dir.path(), &url, &["migrate"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("database is up to date"));
+    let (ok, out) = run(dir.path(), &url, &["model", "list", "--format", "jsonl"]);
+    assert!(ok, "{out}");
+    assert_eq!(out.trim(), "");
+}
+}
+
 fn jsonl(text: &str) -> Vec<serde_json::Value> {
     text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
-#[tokio::test]
+both! {
 async fn operators_manage_models_reviewers_grants_and_read_the_audit_log() {
     let t = TestApp::spawn().await;
-    let data = t.app.config.data_dir.clone();
     let access = t.approved_researcher("cli@uni.example.edu").await;
     let (_, url) = t.download_links(&access).await.remove(0);
     assert_eq!(t.client.get(&url).send().await.unwrap().status(), 200);
@@ -45,7 +79,7 @@ async fn operators_manage_models_reviewers_grants_and_read_the_audit_log() {
     let terms = t.dir.path().join("terms.txt");
     std::fs::write(&terms, "Research only.").unwrap();
     let (ok, out, err) = weightgate(
-        &data,
+        &t,
         &[
             "model",
             "create",
@@ -59,10 +93,10 @@ async fn operators_manage_models_reviewers_grants_and_read_the_audit_log() {
     );
     assert!(ok, "{err}");
     assert!(out.contains("created model big-model"));
-    let (ok, _, err) = weightgate(&data, &["model", "create", "big-model", "--title", "Again"], None);
+    let (ok, _, err) = weightgate(&t, &["model", "create", "big-model", "--title", "Again"], None);
     assert!(!ok);
     assert!(err.contains("already exists"), "{err}");
-    let (ok, _, err) = weightgate(&data, &["model", "create", "Bad Slug", "--title", "x"], None);
+    let (ok, _, err) = weightgate(&t, &["model", "create", "Bad Slug", "--title", "x"], None);
     assert!(!ok);
     assert!(err.contains("not a valid slug"), "{err}");
 
@@ -71,7 +105,7 @@ async fn operators_manage_models_reviewers_grants_and_read_the_audit_log() {
     std::fs::write(shards.join("a.bin"), vec![1u8; 5000]).unwrap();
     std::fs::write(shards.join("b.bin"), b"hello").unwrap();
     let (ok, out, err) = weightgate(
-        &data,
+        &t,
         &["model", "publish", "big-model", shards.to_str().unwrap()],
         None,
     );
@@ -82,7 +116,7 @@ async fn operators_manage_models_reviewers_grants_and_read_the_audit_log() {
         "{out}"
     );
     let (ok, out, _) = weightgate(
-        &data,
+        &t,
         &[
             "model",
             "publish",
@@ -99,7 +133,7 @@ async fn operators_manage_models_reviewers_grants_and_read_the_audit_log() {
         "identical files are not stored twice: {out}"
     );
     let (ok, _, err) = weightgate(
-        &data,
+        &t,
         &[
             "model",
             "publish",
@@ -124,20 +158,20 @@ async fn operators_manage_models_reviewers_grants_and_read_the_audit_log() {
     assert!(page.contains("Research only."));
 
     let (ok, out, err) = weightgate(
-        &data,
+        &t,
         &["reviewer", "add", "second@lab.example.org", "--password-stdin"],
         Some("another long password\n"),
     );
     assert!(ok, "{err}");
     assert!(out.contains("reviewer second@lab.example.org"));
     let (ok, _, err) = weightgate(
-        &data,
+        &t,
         &["reviewer", "add", "short@lab.example.org", "--password-stdin"],
         Some("short"),
     );
     assert!(!ok);
     assert!(err.contains("at least 12 characters"), "{err}");
-    let (ok, out, _) = weightgate(&data, &["reviewer", "list", "--format", "jsonl"], None);
+    let (ok, out, _) = weightgate(&t, &["reviewer", "list", "--format", "jsonl"], None);
     assert!(ok);
     let reviewers = jsonl(&out);
     assert!(
@@ -146,25 +180,25 @@ async fn operators_manage_models_reviewers_grants_and_read_the_audit_log() {
             .any(|r| r["email"] == "second@lab.example.org" && r["role"] == "reviewer")
     );
 
-    let (ok, out, _) = weightgate(&data, &["grant", "list", "--format", "jsonl"], None);
+    let (ok, out, _) = weightgate(&t, &["grant", "list", "--format", "jsonl"], None);
     assert!(ok);
     let grants = jsonl(&out);
     assert_eq!(grants.len(), 1);
     assert_eq!(grants[0]["researcher"], "cli@uni.example.edu");
     assert_eq!(grants[0]["state"], "active");
     let grant_id = grants[0]["id"].as_str().unwrap().to_owned();
-    let (ok, table, _) = weightgate(&data, &["grant", "list"], None);
+    let (ok, table, _) = weightgate(&t, &["grant", "list"], None);
     assert!(ok);
     assert!(table.contains("cli@uni.example.edu") && table.contains(&grant_id));
 
     let (ok, out, err) = weightgate(
-        &data,
+        &t,
         &["grant", "revoke", &grant_id, "--reason", "Project ended"],
         None,
     );
     assert!(ok, "{err}");
     assert!(out.contains("revoked grant"));
-    let (ok, _, err) = weightgate(&data, &["grant", "revoke", &grant_id, "--reason", "Again"], None);
+    let (ok, _, err) = weightgate(&t, &["grant", "revoke", &grant_id, "--reason", "Again"], None);
     assert!(!ok);
     assert!(err.contains("already revoked"), "{err}");
     assert_eq!(
@@ -175,7 +209,7 @@ async fn operators_manage_models_reviewers_grants_and_read_the_audit_log() {
     t.wait_for_mail("cli@uni.example.edu", "was revoked").await;
 
     let (ok, out, _) = weightgate(
-        &data,
+        &t,
         &["audit", "list", "--format", "jsonl", "--action", "file.fetch"],
         None,
     );
@@ -186,10 +220,10 @@ async fn operators_manage_models_reviewers_grants_and_read_the_audit_log() {
     assert_eq!(fetches[0]["client_ip"], "127.0.0.1");
     assert_eq!(fetches[1]["outcome"], "refused");
     assert_eq!(fetches[1]["reason"], "grant_revoked");
-    let (ok, table, _) = weightgate(&data, &["audit", "list"], None);
+    let (ok, table, _) = weightgate(&t, &["audit", "list"], None);
     assert!(ok);
     assert!(table.contains("grant.revoked") && table.contains("file.fetch"));
-    let (ok, out, err) = weightgate(&data, &["audit", "verify"], None);
+    let (ok, out, err) = weightgate(&t, &["audit", "verify"], None);
     assert!(ok, "{err}");
     assert!(out.contains("audit log intact"));
 
@@ -197,7 +231,8 @@ async fn operators_manage_models_reviewers_grants_and_read_the_audit_log() {
         .execute(t.app.db.pool())
         .await
         .unwrap();
-    let (ok, _, err) = weightgate(&data, &["audit", "verify"], None);
+    let (ok, _, err) = weightgate(&t, &["audit", "verify"], None);
     assert!(!ok);
     assert!(err.contains("was modified"), "{err}");
+}
 }

@@ -15,7 +15,7 @@ async fn refusal(t: &TestApp, url: &str) -> (StatusCode, serde_json::Value) {
     (status, response.json().await.unwrap())
 }
 
-#[tokio::test]
+both! {
 async fn a_range_request_returns_206_with_exactly_those_bytes() {
     let t = TestApp::spawn().await;
     let access = t.approved_researcher("ranges@uni.example.edu").await;
@@ -86,8 +86,9 @@ async fn a_range_request_returns_206_with_exactly_those_bytes() {
         vec![(1000, 1999), (524_288, len - 1), (len - 10, len - 1)]
     );
 }
+}
 
-#[tokio::test]
+both! {
 async fn tampered_expired_and_foreign_links_are_refused_and_audited() {
     let t = TestApp::spawn().await;
     let access = t.approved_researcher("links@uni.example.edu").await;
@@ -173,8 +174,9 @@ async fn tampered_expired_and_foreign_links_are_refused_and_audited() {
         ]
     );
 }
+}
 
-#[tokio::test]
+both! {
 async fn a_revoked_grant_stops_its_links_at_the_next_fetch() {
     let t = TestApp::spawn().await;
     let access = t.approved_researcher("revoked@uni.example.edu").await;
@@ -211,4 +213,5 @@ async fn a_revoked_grant_stops_its_links_at_the_next_fetch() {
     assert_eq!(last_fetch.grant_id.as_deref(), Some(grant_id.as_str()));
     let revoked = events.iter().find(|e| e.action == "grant.revoked").unwrap();
     assert_eq!(revoked.actor.as_deref(), Some(REVIEWER));
+}
 }

@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 use weightgate::{
     accounts,
-    app::App,
+    app::{App, Schema},
     config::Config,
     models,
     types::{Email, Slug},
@@ -17,6 +17,102 @@ use weightgate::{
 pub const REVIEWER: &str = "reviewer@lab.example.org";
 pub const PASSWORD: &str = "a long reviewer password";
 pub const MODEL: &str = "tiny-model";
+
+/// The database a scenario runs on.
+#[derive(Clone, Debug)]
+pub enum TestDb {
+    Sqlite,
+    /// The URL of a fresh database made for this scenario.
+    Postgres(String),
+}
+
+tokio::task_local! {
+    pub static TEST_DB: TestDb;
+}
+
+static NOT_RUN: std::sync::Once = std::sync::Once::new();
+
+impl TestDb {
+    /// A fresh PostgreSQL database, or `None` (said loudly) when no server is
+    /// configured. Under CI a missing server is a failure, not a skip.
+    pub async fn postgres() -> Option<Self> {
+        let Some(admin_url) = std::env::var("WEIGHTGATE_TEST_POSTGRES_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+        else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must run the PostgreSQL pass: set WEIGHTGATE_TEST_POSTGRES_URL"
+            );
+            NOT_RUN.call_once(|| {
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "\n*** PostgreSQL pass NOT RUN: the `::postgres` tests passed without doing anything. \
+                     Set WEIGHTGATE_TEST_POSTGRES_URL=postgres://USER@HOST:PORT/DB to run them. ***\n"
+                );
+            });
+            return None;
+        };
+        Some(TestDb::Postgres(fresh_postgres_database(&admin_url).await))
+    }
+}
+
+/// Creates `wgtest_PID_N` next to the admin URL's database, after dropping
+/// those left behind by test processes that have ended.
+async fn fresh_postgres_database(admin_url: &str) -> String {
+    use sqlx::{Connection, Executor, Row};
+    static CLEANED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let mut conn = sqlx::PgConnection::connect(admin_url)
+        .await
+        .expect("cannot reach WEIGHTGATE_TEST_POSTGRES_URL");
+    CLEANED
+        .get_or_init(|| async {
+            let rows = sqlx::query("SELECT datname FROM pg_database WHERE datname LIKE 'wgtest\\_%'")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+            for row in rows {
+                let name: String = row.get(0);
+                let pid = name.split('_').nth(1).unwrap_or("");
+                if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                    let _ = conn
+                        .execute(sqlx::AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                        )))
+                        .await;
+                }
+            }
+        })
+        .await;
+    let name = format!(
+        "wgtest_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await
+        .unwrap();
+    let (base, query) = admin_url
+        .split_once('?')
+        .map_or((admin_url, None), |(b, q)| (b, Some(q)));
+    let (server, _) = base
+        .rsplit_once('/')
+        .expect("WEIGHTGATE_TEST_POSTGRES_URL names a database");
+    match query {
+        Some(q) => format!("{server}/{name}?{q}"),
+        None => format!("{server}/{name}"),
+    }
+}
+
+/// A database URL for an empty database of the scenario's kind.
+pub async fn empty_database_url(dir: &std::path::Path) -> String {
+    match TEST_DB.try_with(Clone::clone) {
+        Ok(TestDb::Postgres(url)) => url,
+        _ => format!("sqlite://{}?mode=rwc", dir.join("empty.db").display()),
+    }
+}
 
 pub struct TestApp {
     pub app: Arc<App>,
@@ -50,7 +146,10 @@ impl TestApp {
         let addr = listener.local_addr().unwrap();
         let mut config = Config::embedded(dir.path().join("data"));
         config.bind = addr;
-        let app = App::open(config).await.unwrap();
+        if let Ok(TestDb::Postgres(url)) = TEST_DB.try_with(Clone::clone) {
+            config.database_url = Some(url);
+        }
+        let app = App::open(config, Schema::Migrate).await.unwrap();
         tokio::spawn(weightgate::web::serve(
             app.clone(),
             listener,

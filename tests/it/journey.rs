@@ -4,7 +4,7 @@ use reqwest::StatusCode;
 
 use crate::helpers::*;
 
-#[tokio::test]
+both! {
 async fn a_researcher_applies_is_approved_and_downloads_verified_files() {
     let t = TestApp::spawn().await;
     let researcher = client();
@@ -142,8 +142,9 @@ async fn a_researcher_applies_is_approved_and_downloads_verified_files() {
     let verified = weightgate::audit::verify_chain(&t.app.db).await.unwrap();
     assert_eq!(verified, Ok(events.len() as i64));
 }
+}
 
-#[tokio::test]
+both! {
 async fn bad_form_input_is_shown_again_with_errors_and_the_values_kept() {
     let t = TestApp::spawn().await;
     let researcher = client();
@@ -178,8 +179,9 @@ async fn bad_form_input_is_shown_again_with_errors_and_the_values_kept() {
         .unwrap();
     assert_eq!(applications, 0, "nothing is stored for an invalid form");
 }
+}
 
-#[tokio::test]
+both! {
 async fn a_post_without_a_csrf_token_is_refused() {
     let t = TestApp::spawn().await;
     let researcher = client();
@@ -210,8 +212,9 @@ async fn a_post_without_a_csrf_token_is_refused() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
 }
+}
 
-#[tokio::test]
+both! {
 async fn health_is_reported_and_unknown_pages_are_404() {
     let t = TestApp::spawn().await;
     let response = t.client.get(t.url("/healthz")).send().await.unwrap();
@@ -221,4 +224,5 @@ async fn health_is_reported_and_unknown_pages_are_404() {
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"], "not_found");
     assert!(!body["request_id"].as_str().unwrap().is_empty());
+}
 }

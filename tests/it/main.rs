@@ -1,5 +1,34 @@
 //! weightgate's integration tests: the real server on port 0, each test with
 //! its own data directory, driven over HTTP like a browser or a script.
+//!
+//! Every scenario runs twice: `…::sqlite` on the embedded database and
+//! `…::postgres` on a fresh PostgreSQL database when
+//! `WEIGHTGATE_TEST_POSTGRES_URL` is set (it says so loudly when it is not,
+//! and fails under CI).
+
+/// Declares a scenario that runs on SQLite and on PostgreSQL.
+macro_rules! both {
+    (async fn $name:ident() $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn scenario() $body
+
+            #[tokio::test]
+            async fn sqlite() {
+                crate::helpers::TEST_DB.scope(crate::helpers::TestDb::Sqlite, scenario()).await
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                if let Some(db) = crate::helpers::TestDb::postgres().await {
+                    crate::helpers::TEST_DB.scope(db, scenario()).await
+                }
+            }
+        }
+    };
+}
 
 mod helpers;
 

@@ -4,7 +4,7 @@ use reqwest::StatusCode;
 
 use crate::helpers::*;
 
-#[tokio::test]
+both! {
 async fn a_wrong_password_is_refused_without_a_session() {
     let t = TestApp::spawn().await;
     let reviewer = client();
@@ -46,8 +46,9 @@ async fn a_wrong_password_is_refused_without_a_session() {
         .count();
     assert_eq!(refused, 2);
 }
+}
 
-#[tokio::test]
+both! {
 async fn a_denial_needs_a_reason_and_emails_it() {
     let t = TestApp::spawn().await;
     t.apply_and_confirm("denied@uni.example.edu").await;
@@ -93,8 +94,9 @@ async fn a_denial_needs_a_reason_and_emails_it() {
         .unwrap();
     assert_eq!(grants, 0);
 }
+}
 
-#[tokio::test]
+both! {
 async fn html_in_an_application_is_shown_escaped_in_the_dashboard() {
     let t = TestApp::spawn().await;
     let researcher = client();
@@ -140,8 +142,9 @@ async fn html_in_an_application_is_shown_escaped_in_the_dashboard() {
     assert!(detail.contains("&#60;script&#62;"));
     assert!(!detail.contains("<b>Lab</b>"));
 }
+}
 
-#[tokio::test]
+both! {
 async fn the_dashboard_requires_a_signed_in_reviewer() {
     let t = TestApp::spawn().await;
     let anonymous = client();
@@ -156,4 +159,5 @@ async fn the_dashboard_requires_a_signed_in_reviewer() {
         .await
         .unwrap();
     assert_eq!(response.url().path(), "/admin/login");
+}
 }
