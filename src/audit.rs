@@ -24,6 +24,8 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 pub enum Outcome {
     Ok,
     Refused,
+    /// A transfer that ended before its last byte.
+    Aborted,
 }
 
 impl Outcome {
@@ -31,6 +33,7 @@ impl Outcome {
         match self {
             Outcome::Ok => "ok",
             Outcome::Refused => "refused",
+            Outcome::Aborted => "aborted",
         }
     }
 }
@@ -59,6 +62,7 @@ pub struct Event {
     pub researcher_id: Option<String>,
     pub file_id: Option<String>,
     pub range: Option<(u64, u64)>,
+    pub bytes: Option<u64>,
     pub client: Client,
 }
 
@@ -76,6 +80,7 @@ impl Event {
             researcher_id: None,
             file_id: None,
             range: None,
+            bytes: None,
             client: Client::default(),
         }
     }
@@ -98,6 +103,7 @@ struct Canonical<'a> {
     file_id: &'a Option<String>,
     range_start: Option<i64>,
     range_end: Option<i64>,
+    bytes: Option<i64>,
     client_ip: &'a Option<String>,
     user_agent: &'a Option<String>,
     request_id: &'a Option<String>,
@@ -122,6 +128,7 @@ pub fn event_hash(r: &EventRow) -> String {
         file_id: &r.file_id,
         range_start: r.range_start,
         range_end: r.range_end,
+        bytes: r.bytes,
         client_ip: &r.client_ip,
         user_agent: &r.user_agent,
         request_id: &r.request_id,
@@ -173,6 +180,7 @@ pub async fn append(tx: &mut Tx, backend: Backend, events: &[Event]) -> anyhow::
             file_id: e.file_id.clone(),
             range_start: e.range.map(|r| to_i64(r.0)),
             range_end: e.range.map(|r| to_i64(r.1)),
+            bytes: e.bytes.map(to_i64),
             client_ip: e.client.ip.clone(),
             user_agent: e.client.user_agent.clone(),
             request_id: e.client.request_id.clone(),

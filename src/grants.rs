@@ -1,9 +1,11 @@
 //! Grants in use: the researcher's access page with fresh signed links,
 //! revocation, and the checks every download passes before a byte is sent.
 
+use futures_util::StreamExt;
+
 use crate::{
     app::App,
-    audit::{Client, Event, Outcome},
+    audit::{AuditLog, Client, Event, Outcome},
     db::{
         self,
         grants::GrantView,
@@ -249,7 +251,8 @@ pub async fn open_download(
     };
     let body = app.storage.get_range(&file.object_key, start, end).await?;
     event.range = Some((start, end.saturating_sub(1)));
-    app.audit.record(event).await?;
+    app.audit.record(event.clone()).await?;
+    let body = track_delivery(body, app.audit.clone(), event, end - start);
     Ok(Download {
         file,
         start,
@@ -257,6 +260,57 @@ pub async fn open_download(
         partial,
         body,
     })
+}
+
+/// Follows a transfer to its end and records a `file.delivered` event with
+/// the bytes actually handed to the connection: `ok` when the range was sent
+/// whole, `aborted` when the client went away or the store failed mid-way.
+struct DeliveryRecord {
+    audit: AuditLog,
+    event: Option<Event>,
+    expected: u64,
+    sent: u64,
+}
+
+impl Drop for DeliveryRecord {
+    fn drop(&mut self) {
+        let Some(mut event) = self.event.take() else {
+            return;
+        };
+        event.action = "file.delivered";
+        event.bytes = Some(self.sent);
+        event.outcome = if self.sent == self.expected {
+            Outcome::Ok
+        } else {
+            Outcome::Aborted
+        };
+        let audit = self.audit.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(err) = audit.record(event).await {
+                    tracing::error!(error = %format!("{err:#}"), "cannot record the end of a transfer");
+                }
+            });
+        }
+    }
+}
+
+fn track_delivery(body: ByteStream, audit: AuditLog, event: Event, expected: u64) -> ByteStream {
+    let mut record = DeliveryRecord {
+        audit,
+        event: Some(event),
+        expected,
+        sent: 0,
+    };
+    Box::pin(body.map(move |chunk| {
+        // Borrow the whole record so the closure owns it and its Drop runs
+        // when the body is dropped.
+        let record = &mut record;
+        if let Ok(bytes) = &chunk {
+            record.sent += bytes.len() as u64;
+        }
+        chunk
+    }))
 }
 
 fn describe(event: &mut Event, grant: Option<&GrantView>, file: Option<&FileInModel>, file_name: &str) {

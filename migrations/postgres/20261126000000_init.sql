@@ -109,6 +109,7 @@ CREATE TABLE audit_events (
     file_id        TEXT,
     range_start    BIGINT,
     range_end      BIGINT,
+    bytes          BIGINT,
     client_ip      TEXT,
     user_agent     TEXT,
     request_id     TEXT,

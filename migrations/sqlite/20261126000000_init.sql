@@ -109,6 +109,7 @@ CREATE TABLE audit_events (
     file_id        TEXT,
     range_start    INTEGER,
     range_end      INTEGER,
+    bytes          INTEGER,
     client_ip      TEXT,
     user_agent     TEXT,
     request_id     TEXT,

@@ -20,6 +20,8 @@ pub struct EventRow {
     pub file_id: Option<String>,
     pub range_start: Option<i64>,
     pub range_end: Option<i64>,
+    /// Bytes actually delivered, on `file.delivered` events.
+    pub bytes: Option<i64>,
     pub client_ip: Option<String>,
     pub user_agent: Option<String>,
     pub request_id: Option<String>,
@@ -28,11 +30,11 @@ pub struct EventRow {
 }
 
 const COLUMNS: &str = "seq, at, action, outcome, reason, actor, subject, model_id, application_id, grant_id,
-    researcher_id, file_id, range_start, range_end, client_ip, user_agent, request_id, prev_hash, hash";
+    researcher_id, file_id, range_start, range_end, bytes, client_ip, user_agent, request_id, prev_hash, hash";
 
 pub async fn insert(tx: &mut Tx, r: &EventRow) -> sqlx::Result<()> {
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO audit_events ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
+        "INSERT INTO audit_events ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
     )))
     .bind(r.seq)
     .bind(r.at)
@@ -48,6 +50,7 @@ pub async fn insert(tx: &mut Tx, r: &EventRow) -> sqlx::Result<()> {
     .bind(&r.file_id)
     .bind(r.range_start)
     .bind(r.range_end)
+    .bind(r.bytes)
     .bind(&r.client_ip)
     .bind(&r.user_agent)
     .bind(&r.request_id)

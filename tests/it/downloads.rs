@@ -215,3 +215,27 @@ async fn a_revoked_grant_stops_its_links_at_the_next_fetch() {
     assert_eq!(revoked.actor.as_deref(), Some(REVIEWER));
 }
 }
+
+both! {
+async fn an_interrupted_transfer_is_recorded_with_the_bytes_actually_sent() {
+    let t = TestApp::spawn().await;
+    let big = t.dir.path().join("big");
+    std::fs::create_dir_all(&big).unwrap();
+    let size = 48 * 1024 * 1024;
+    std::fs::write(big.join("huge.bin"), vec![7u8; size]).unwrap();
+    let slug = MODEL.parse().unwrap();
+    weightgate::models::publish(&t.app, &slug, &big, Some("r2"), "test", &|_| {}).await.unwrap();
+    let access = t.approved_researcher("partial@uni.example.edu").await;
+    let (_, url) = t.download_links(&access).await.into_iter().find(|(n, _)| n == "huge.bin").unwrap();
+
+    let mut response = t.client.get(&url).send().await.unwrap();
+    let first = response.chunk().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    drop(response);
+
+    let delivered = t.wait_for_events("file.delivered", 1).await;
+    assert_eq!(delivered[0].outcome, "aborted");
+    let sent = delivered[0].bytes.unwrap();
+    assert!(sent > 0 && (sent as usize) < size, "{sent} of {size} bytes recorded");
+}
+}

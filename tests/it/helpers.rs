@@ -362,6 +362,24 @@ impl TestApp {
         panic!("no e-mail to {to} about {subject:?} arrived");
     }
 
+    /// Waits until at least `count` events of `action` are in the log (some
+    /// are written after a response ends) and returns them.
+    pub async fn wait_for_events(&self, action: &str, count: usize) -> Vec<weightgate::db::audit::EventRow> {
+        for _ in 0..200 {
+            let found: Vec<_> = self
+                .audit_events()
+                .await
+                .into_iter()
+                .filter(|e| e.action == action)
+                .collect();
+            if found.len() >= count {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("fewer than {count} {action} events were recorded");
+    }
+
     pub async fn audit_events(&self) -> Vec<weightgate::db::audit::EventRow> {
         weightgate::db::audit::list(
             self.app.db.pool(),
