@@ -62,9 +62,10 @@ impl Mailer {
         };
         let mailer = Self::default();
         let wake = mailer.wake.clone();
+        let worker = new_id();
         tokio::spawn(async move {
             loop {
-                if let Err(err) = drain(&db, &transport, &from).await {
+                if let Err(err) = drain(&db, &worker, &transport, &from).await {
                     tracing::warn!(error = %format!("{err:#}"), "outbox: cannot read queued e-mail");
                 }
                 tokio::select! {
@@ -77,10 +78,15 @@ impl Mailer {
     }
 }
 
-/// Sends every due message; a failed one is retried later with backoff.
-async fn drain(db: &Db, transport: &Transport, from: &Mailbox) -> anyhow::Result<()> {
+/// How long a claimed message belongs to one worker; longer than any send.
+const LEASE_MS: i64 = 120_000;
+
+/// Sends every due message this worker can claim; a failed one is retried
+/// later with backoff, by whichever worker claims it then.
+async fn drain(db: &Db, worker: &str, transport: &Transport, from: &Mailbox) -> anyhow::Result<()> {
     loop {
-        let due = db::outbox::due(db.pool(), now_ms(), 50).await?;
+        let now = now_ms();
+        let due = db::outbox::claim_due(db.pool(), worker, now, now + LEASE_MS, 20).await?;
         if due.is_empty() {
             return Ok(());
         }

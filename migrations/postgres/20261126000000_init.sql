@@ -127,6 +127,9 @@ CREATE TABLE outbox (
     attempts         BIGINT NOT NULL DEFAULT 0,
     next_attempt_at  BIGINT NOT NULL,
     sent_at          BIGINT,
-    last_error       TEXT
+    last_error       TEXT,
+    -- A worker that claimed the message owns it until then.
+    lease_owner      TEXT,
+    lease_until      BIGINT
 );
 CREATE INDEX outbox_due ON outbox (sent_at, next_attempt_at);

@@ -127,6 +127,9 @@ CREATE TABLE outbox (
     attempts         INTEGER NOT NULL DEFAULT 0,
     next_attempt_at  INTEGER NOT NULL,
     sent_at          INTEGER,
-    last_error       TEXT
+    last_error       TEXT,
+    -- A worker that claimed the message owns it until then.
+    lease_owner      TEXT,
+    lease_until      INTEGER
 );
 CREATE INDEX outbox_due ON outbox (sent_at, next_attempt_at);

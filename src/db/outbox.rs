@@ -34,20 +34,40 @@ pub async fn insert<'c>(
     Ok(())
 }
 
-/// Unsent messages whose next attempt is due, oldest first.
-pub async fn due<'c>(e: impl AnyExecutor<'c>, now: i64, limit: i64) -> sqlx::Result<Vec<OutboxMessage>> {
-    sqlx::query_as(
-        "SELECT id, to_addr, subject, body, created_at, attempts FROM outbox
-         WHERE sent_at IS NULL AND next_attempt_at <= $1 ORDER BY created_at, id LIMIT $2",
+/// Claims up to `limit` unsent messages whose next attempt is due and that no
+/// other worker holds, leasing them to `owner` until `lease_until`. Two
+/// workers never hold the same message: the lease is re-checked on the row
+/// being updated.
+pub async fn claim_due<'c>(
+    e: impl AnyExecutor<'c>,
+    owner: &str,
+    now: i64,
+    lease_until: i64,
+    limit: i64,
+) -> sqlx::Result<Vec<OutboxMessage>> {
+    let mut claimed: Vec<OutboxMessage> = sqlx::query_as(
+        "UPDATE outbox SET lease_owner = $1, lease_until = $3
+         WHERE sent_at IS NULL AND next_attempt_at <= $2 AND (lease_until IS NULL OR lease_until < $2)
+           AND id IN (
+             SELECT id FROM outbox
+             WHERE sent_at IS NULL AND next_attempt_at <= $2 AND (lease_until IS NULL OR lease_until < $2)
+             ORDER BY created_at, id LIMIT $4)
+         RETURNING id, to_addr, subject, body, created_at, attempts",
     )
+    .bind(owner)
     .bind(now)
+    .bind(lease_until)
     .bind(limit)
     .fetch_all(e)
-    .await
+    .await?;
+    claimed.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+    Ok(claimed)
 }
 
 pub async fn mark_sent<'c>(e: impl AnyExecutor<'c>, id: &str, now: i64) -> sqlx::Result<()> {
-    sqlx::query("UPDATE outbox SET sent_at = $2, attempts = attempts + 1, last_error = NULL WHERE id = $1")
+    sqlx::query(
+        "UPDATE outbox SET sent_at = $2, attempts = attempts + 1, last_error = NULL, lease_until = NULL WHERE id = $1",
+    )
         .bind(id)
         .bind(now)
         .execute(e)
@@ -62,7 +82,8 @@ pub async fn mark_failed<'c>(
     error: &str,
 ) -> sqlx::Result<()> {
     sqlx::query(
-        "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3 WHERE id = $1",
+        "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3, lease_until = NULL
+         WHERE id = $1",
     )
     .bind(id)
     .bind(next_attempt_at)

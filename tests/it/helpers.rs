@@ -136,6 +136,11 @@ impl TestApp {
     /// A portal with one model (`tiny-model`, one published release of three
     /// files) and one reviewer.
     pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// Like [`TestApp::spawn`], with settings changed by `configure`.
+    pub async fn spawn_with(configure: impl FnOnce(&mut Config)) -> Self {
         if std::env::var_os("TEST_LOG").is_some() {
             let _ = tracing_subscriber::fmt()
                 .with_env_filter("info,sqlx=warn")
@@ -149,6 +154,7 @@ impl TestApp {
         if let Ok(TestDb::Postgres(url)) = TEST_DB.try_with(Clone::clone) {
             config.database_url = Some(url);
         }
+        configure(&mut config);
         let app = App::open(config, Schema::Migrate).await.unwrap();
         tokio::spawn(weightgate::web::serve(
             app.clone(),

@@ -35,4 +35,5 @@ mod helpers;
 mod cli;
 mod downloads;
 mod journey;
+mod mail;
 mod review;
