@@ -30,7 +30,7 @@ pub struct App {
     pub storage: Arc<dyn ObjectStore>,
     pub audit: AuditLog,
     pub mail: Mailer,
-    pub links: LinkSigner,
+    pub links: Arc<LinkSigner>,
 }
 
 impl App {
@@ -46,7 +46,7 @@ impl App {
             Schema::Check => db.check_schema().await?,
         }
         let storage = Arc::new(LocalDir::new(config.object_dir()?));
-        let links = LinkSigner::load(&db).await?;
+        let links = Arc::new(LinkSigner::load(&db).await?);
         let audit = AuditLog::start(db.clone());
         let mail = Mailer::start(&config, db.clone())?;
         Ok(Arc::new(Self {

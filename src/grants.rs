@@ -342,7 +342,7 @@ async fn check_link(
     file_name: &str,
 ) -> anyhow::Result<Result<(GrantView, FileInModel), Refused>> {
     let now = now_ms();
-    let claims = match app.links.verify(token, now / 1000) {
+    let claims = match app.links.verify(token, now / 1000).await {
         Ok(claims) => claims,
         Err(refusal) => return Ok(Err((refusal, None, None))),
     };

@@ -6,7 +6,11 @@
 //!
 //! `GRANT.FILE.EXPIRES.KID.TAG` (all URL-safe; `EXPIRES` in Unix seconds).
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    sync::{Mutex, RwLock},
+    time::{Duration, Instant},
+};
 
 use anyhow::Context;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
@@ -14,6 +18,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
 use crate::{
+    audit::{self, Event, Outcome},
     db::{self, Db, keys::StoredKey},
     types::{new_id, now_ms},
 };
@@ -70,17 +75,41 @@ impl Refusal {
     }
 }
 
-/// The link-signing keys, newest first; the newest signs.
-#[derive(Clone)]
+/// The link-signing keys. The newest signs; any known one verifies, so a key
+/// rotation never breaks links already handed out. Keys live in the database,
+/// shared by every replica: a replica that meets an unknown key id reloads
+/// them, and [`LinkSigner::refresh_periodically`] makes it sign with a newer
+/// key soon after a rotation.
 pub struct LinkSigner {
+    db: Option<Db>,
+    ring: RwLock<KeyRing>,
+    last_reload: Mutex<Option<Instant>>,
+}
+
+#[derive(Clone)]
+struct KeyRing {
     current: (String, Vec<u8>),
     keys: HashMap<String, Vec<u8>>,
 }
 
+impl KeyRing {
+    /// `keys` must be non-empty, newest first.
+    fn new(keys: Vec<(String, Vec<u8>)>) -> Self {
+        Self {
+            current: keys[0].clone(),
+            keys: keys.into_iter().collect(),
+        }
+    }
+}
+
+/// The purpose under which link keys are stored.
+pub const LINK_KEYS: &str = "link";
+
 impl std::fmt::Debug for LinkSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kid = self.ring.read().map(|r| r.current.0.clone()).unwrap_or_default();
         f.debug_struct("LinkSigner")
-            .field("current_kid", &self.current.0)
+            .field("current_kid", &kid)
             .finish_non_exhaustive()
     }
 }
@@ -120,17 +149,55 @@ pub async fn load_or_create_keys(
 
 impl LinkSigner {
     pub async fn load(db: &Db) -> anyhow::Result<Self> {
-        let keys = load_or_create_keys(db, "link", 32).await?;
-        Ok(Self::from_keys(keys))
+        let keys = load_or_create_keys(db, LINK_KEYS, 32).await?;
+        Ok(Self {
+            db: Some(db.clone()),
+            ring: RwLock::new(KeyRing::new(keys)),
+            last_reload: Mutex::new(Some(Instant::now())),
+        })
     }
 
-    /// `keys` must be non-empty, newest first.
+    /// A signer over fixed keys, newest first; `keys` must be non-empty.
     pub fn from_keys(keys: Vec<(String, Vec<u8>)>) -> Self {
-        let current = keys[0].clone();
         Self {
-            current,
-            keys: keys.into_iter().collect(),
+            db: None,
+            ring: RwLock::new(KeyRing::new(keys)),
+            last_reload: Mutex::new(None),
         }
+    }
+
+    fn ring(&self) -> KeyRing {
+        self.ring.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Reads the keys again from the database, at most once a second.
+    pub async fn reload(&self) -> anyhow::Result<()> {
+        let Some(db) = &self.db else { return Ok(()) };
+        {
+            let mut last = self.last_reload.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                return Ok(());
+            }
+            *last = Some(Instant::now());
+        }
+        let keys = load_or_create_keys(db, LINK_KEYS, 32).await?;
+        *self.ring.write().unwrap_or_else(|e| e.into_inner()) = KeyRing::new(keys);
+        Ok(())
+    }
+
+    /// Reloads the keys every `every`, so a rotation reaches every replica.
+    pub async fn refresh_periodically(self: std::sync::Arc<Self>, every: Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            if let Err(err) = self.reload().await {
+                tracing::warn!(error = %format!("{err:#}"), "cannot reload link-signing keys");
+            }
+        }
+    }
+
+    /// The id of the key that signs new links.
+    pub fn current_kid(&self) -> String {
+        self.ring().current.0
     }
 
     fn mac(secret: &[u8], grant_id: &str, file_id: &str, expires_at: i64, kid: &str) -> HmacSha256 {
@@ -141,8 +208,8 @@ impl LinkSigner {
 
     /// A token for `file_id` under `grant_id`, valid until `expires_at` (Unix seconds).
     pub fn sign(&self, grant_id: &str, file_id: &str, expires_at: i64) -> String {
-        let (kid, secret) = &self.current;
-        let tag = Self::mac(secret, grant_id, file_id, expires_at, kid)
+        let (kid, secret) = self.ring().current;
+        let tag = Self::mac(&secret, grant_id, file_id, expires_at, &kid)
             .finalize()
             .into_bytes();
         format!(
@@ -151,8 +218,21 @@ impl LinkSigner {
         )
     }
 
-    /// Checks form, signature and expiry, cheapest first.
-    pub fn verify(&self, token: &str, now_secs: i64) -> Result<LinkClaims, Refusal> {
+    /// Checks form, signature and expiry, cheapest first. A key id this
+    /// replica has not seen yet makes it reload the keys once.
+    pub async fn verify(&self, token: &str, now_secs: i64) -> Result<LinkClaims, Refusal> {
+        match self.verify_with(&self.ring(), token, now_secs) {
+            Err(Refusal::BadSignature) if self.db.is_some() => {
+                if let Err(err) = self.reload().await {
+                    tracing::warn!(error = %format!("{err:#}"), "cannot reload link-signing keys");
+                }
+                self.verify_with(&self.ring(), token, now_secs)
+            }
+            other => other,
+        }
+    }
+
+    fn verify_with(&self, ring: &KeyRing, token: &str, now_secs: i64) -> Result<LinkClaims, Refusal> {
         let parts: Vec<&str> = token.split('.').collect();
         let [grant_id, file_id, expires, kid, tag] = parts[..] else {
             return Err(Refusal::Malformed);
@@ -166,7 +246,7 @@ impl LinkSigner {
         if tag.len() != TAG_LEN {
             return Err(Refusal::Malformed);
         }
-        let secret = self.keys.get(kid).ok_or(Refusal::BadSignature)?;
+        let secret = ring.keys.get(kid).ok_or(Refusal::BadSignature)?;
         Self::mac(secret, grant_id, file_id, expires_at, kid)
             .verify_truncated_left(&tag)
             .map_err(|_| Refusal::BadSignature)?;
@@ -181,6 +261,31 @@ impl LinkSigner {
     }
 }
 
+/// Adds a new link-signing key, which signs from then on; older keys keep
+/// verifying the links they signed. Returns the new key id.
+pub async fn rotate(db: &Db, actor: &str) -> anyhow::Result<String> {
+    let mut secret = vec![0u8; 32];
+    rand::fill(secret.as_mut_slice());
+    let kid = new_id()[..8].to_owned();
+    let mut tx = db.begin().await?;
+    db::keys::insert_if_absent(
+        &mut *tx,
+        &StoredKey {
+            kid: kid.clone(),
+            purpose: LINK_KEYS.to_owned(),
+            secret: URL_SAFE_NO_PAD.encode(&secret),
+            created_at: now_ms(),
+        },
+    )
+    .await?;
+    let mut event = Event::new("keys.rotated", Outcome::Ok);
+    event.actor = Some(actor.to_owned());
+    event.subject = Some(format!("link key {kid}"));
+    audit::append(&mut tx, db.backend(), &[event]).await?;
+    tx.commit().await?;
+    Ok(kid)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,18 +294,18 @@ mod tests {
         LinkSigner::from_keys(vec![("k2".into(), vec![2; 32]), ("k1".into(), vec![1; 32])])
     }
 
-    #[test]
-    fn a_signed_link_verifies_until_it_expires() {
+    #[tokio::test]
+    async fn a_signed_link_verifies_until_it_expires() {
         let s = signer();
         let token = s.sign("g1", "f1", 1_000);
-        let claims = s.verify(&token, 999).unwrap();
+        let claims = s.verify(&token, 999).await.unwrap();
         assert_eq!(claims.grant_id, "g1");
         assert_eq!(claims.file_id, "f1");
-        assert_eq!(s.verify(&token, 1_000), Err(Refusal::Expired));
+        assert_eq!(s.verify(&token, 1_000).await, Err(Refusal::Expired));
     }
 
-    #[test]
-    fn any_change_to_a_link_breaks_its_signature() {
+    #[tokio::test]
+    async fn any_change_to_a_link_breaks_its_signature() {
         let s = signer();
         let token = s.sign("g1", "f1", 1_000);
         for forged in [
@@ -208,29 +313,29 @@ mod tests {
             token.replacen("f1", "f2", 1),
             token.replacen("1000", "9000", 1),
         ] {
-            assert_eq!(s.verify(&forged, 0), Err(Refusal::BadSignature), "{forged}");
+            assert_eq!(s.verify(&forged, 0).await, Err(Refusal::BadSignature), "{forged}");
         }
         let mut chars: Vec<char> = token.chars().collect();
         let last = chars.len() - 1;
         chars[last] = if chars[last] == 'A' { 'B' } else { 'A' };
         let flipped: String = chars.into_iter().collect();
         assert!(matches!(
-            s.verify(&flipped, 0),
+            s.verify(&flipped, 0).await,
             Err(Refusal::BadSignature | Refusal::Malformed)
         ));
     }
 
-    #[test]
-    fn links_signed_with_an_older_key_still_verify() {
+    #[tokio::test]
+    async fn links_signed_with_an_older_key_still_verify() {
         let old = LinkSigner::from_keys(vec![("k1".into(), vec![1; 32])]);
         let token = old.sign("g1", "f1", 1_000);
-        assert!(signer().verify(&token, 0).is_ok());
+        assert!(signer().verify(&token, 0).await.is_ok());
         let unknown = LinkSigner::from_keys(vec![("k9".into(), vec![9; 32])]);
-        assert_eq!(unknown.verify(&token, 0), Err(Refusal::BadSignature));
+        assert_eq!(unknown.verify(&token, 0).await, Err(Refusal::BadSignature));
     }
 
-    #[test]
-    fn garbage_is_malformed_not_a_panic() {
+    #[tokio::test]
+    async fn garbage_is_malformed_not_a_panic() {
         let s = signer();
         for bad in [
             "",
@@ -241,7 +346,7 @@ mod tests {
             "g/.f.1.k.AAAAAAAAAAAAAAAAAAAAAA",
             "g.f.1.k.!!",
         ] {
-            assert_eq!(s.verify(bad, 0), Err(Refusal::Malformed), "{bad}");
+            assert_eq!(s.verify(bad, 0).await, Err(Refusal::Malformed), "{bad}");
         }
     }
 }

@@ -50,6 +50,9 @@ pub enum Command {
     /// List and revoke grants.
     #[command(subcommand)]
     Grant(GrantCommand),
+    /// Rotate the keys that sign download links.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Read and check the audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -101,6 +104,18 @@ pub enum ModelCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Sign new download links with a fresh key; links signed with older keys
+    /// stay valid until they expire. Running replicas switch within a minute.
+    Rotate,
+    /// List the link-signing keys (never their secrets).
+    List {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum GrantCommand {
     /// List grants, newest first.
     List {
@@ -140,6 +155,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Reviewer(cmd) => reviewer(App::open(cli.config, Schema::Check).await?, cmd).await,
         Command::Model(cmd) => model(App::open(cli.config, Schema::Check).await?, cmd).await,
         Command::Grant(cmd) => grant(App::open(cli.config, Schema::Check).await?, cmd).await,
+        Command::Keys(cmd) => keys(App::open(cli.config, Schema::Check).await?, cmd).await,
         Command::Audit(cmd) => audit::run(App::open(cli.config, Schema::Check).await?, cmd).await,
     }
 }
@@ -299,6 +315,30 @@ async fn grant(app: Arc<App>, cmd: GrantCommand) -> anyhow::Result<()> {
             println!(
                 "revoked grant {} of {} for {}",
                 grant.id, grant.email, grant.model_slug
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn keys(app: Arc<App>, cmd: KeysCommand) -> anyhow::Result<()> {
+    match cmd {
+        KeysCommand::Rotate => {
+            let kid = crate::links::rotate(&app.db, &operator()).await?;
+            println!("new link-signing key {kid}; links signed with older keys stay valid until they expire");
+        }
+        KeysCommand::List { format } => {
+            let keys = db::keys::list(app.db.pool(), crate::links::LINK_KEYS).await?;
+            output::print(
+                format,
+                &["key id", "created", "signs new links"],
+                keys.iter().enumerate().map(|(i, k)| {
+                    let current = if i == 0 { "yes" } else { "no" };
+                    (
+                        vec![k.kid.clone(), format_ms(k.created_at), current.into()],
+                        serde_json::json!({"kid": k.kid, "created_at": format_ms_rfc3339(k.created_at), "current": i == 0}),
+                    )
+                }),
             );
         }
     }

@@ -163,6 +163,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let router = router(app.clone()).await?;
     let cleanup = tokio::spawn(auth::expire_sessions(app.db.clone(), Duration::from_secs(600)));
+    let refresh = tokio::spawn(app.links.clone().refresh_periodically(Duration::from_secs(60)));
     axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),
@@ -170,5 +171,6 @@ pub async fn serve(
     .with_graceful_shutdown(shutdown)
     .await?;
     cleanup.abort();
+    refresh.abort();
     Ok(())
 }

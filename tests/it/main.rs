@@ -36,4 +36,5 @@ mod cli;
 mod downloads;
 mod journey;
 mod mail;
+mod replicas;
 mod review;
