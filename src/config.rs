@@ -62,6 +62,11 @@ pub struct Config {
     #[arg(long, env = "WEIGHTGATE_LINK_TTL", default_value = "24h", value_parser = humantime::parse_duration, global = true)]
     pub link_ttl: Duration,
 
+    /// How long a stopping portal (SIGTERM, Ctrl-C) lets downloads in flight
+    /// finish before it closes them.
+    #[arg(long, env = "WEIGHTGATE_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub shutdown_grace: Duration,
+
     /// Log format.
     #[arg(long, env = "WEIGHTGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
@@ -86,6 +91,7 @@ impl Config {
             mail_from: "weightgate <noreply@weightgate.invalid>".into(),
             grant_ttl: Duration::from_secs(30 * 86_400),
             link_ttl: Duration::from_secs(86_400),
+            shutdown_grace: Duration::from_secs(30),
             log_format: LogFormat::Text,
         }
     }
@@ -142,6 +148,7 @@ impl fmt::Debug for Config {
             .field("mail_from", &self.mail_from)
             .field("grant_ttl", &self.grant_ttl)
             .field("link_ttl", &self.link_ttl)
+            .field("shutdown_grace", &self.shutdown_grace)
             .field("log_format", &self.log_format)
             .finish()
     }

@@ -233,7 +233,7 @@ pub async fn open_download(
             event.outcome = Outcome::Refused;
             event.reason = Some(refusal.code().to_owned());
             describe(&mut event, grant.as_ref(), file.as_ref(), file_name);
-            app.audit.record(event).await?;
+            record_fetch(app, event).await?;
             return Err(DownloadError::Refused(refusal));
         }
     };
@@ -245,13 +245,13 @@ pub async fn open_download(
         Err(err) => {
             event.outcome = Outcome::Refused;
             event.reason = Some("range_not_satisfiable".into());
-            app.audit.record(event).await?;
+            record_fetch(app, event).await?;
             return Err(err);
         }
     };
     let body = app.storage.get_range(&file.object_key, start, end).await?;
     event.range = Some((start, end.saturating_sub(1)));
-    app.audit.record(event.clone()).await?;
+    record_fetch(app, event.clone()).await?;
     let body = track_delivery(body, app.audit.clone(), event, end - start);
     Ok(Download {
         file,
@@ -260,6 +260,17 @@ pub async fn open_download(
         partial,
         body,
     })
+}
+
+/// Makes a fetch's event durable, and counts it.
+async fn record_fetch(app: &App, event: Event) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let outcome = event.outcome.as_str();
+    let reason = event.reason.clone().unwrap_or_default();
+    app.audit.record(event).await?;
+    metrics::histogram!("weightgate_audit_write_seconds").record(started.elapsed().as_secs_f64());
+    metrics::counter!("weightgate_fetches_total", "outcome" => outcome, "reason" => reason).increment(1);
+    Ok(())
 }
 
 /// Follows a transfer to its end and records a `file.delivered` event with
@@ -279,6 +290,7 @@ impl Drop for DeliveryRecord {
         };
         event.action = "file.delivered";
         event.bytes = Some(self.sent);
+        metrics::counter!("weightgate_bytes_delivered_total").increment(self.sent);
         event.outcome = if self.sent == self.expected {
             Outcome::Ok
         } else {

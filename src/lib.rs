@@ -17,5 +17,6 @@ pub mod mail;
 pub mod models;
 pub mod reviews;
 pub mod storage;
+pub mod telemetry;
 pub mod types;
 pub mod web;

@@ -88,6 +88,8 @@ async fn drain(db: &Db, worker: &str, transport: &Transport, from: &Mailbox) -> 
         let now = now_ms();
         let due = db::outbox::claim_due(db.pool(), worker, now, now + LEASE_MS, 20).await?;
         if due.is_empty() {
+            let depth = db::outbox::count_unsent(db.pool()).await?;
+            metrics::gauge!("weightgate_outbox_depth").set(depth as f64);
             return Ok(());
         }
         for msg in due {

@@ -5,6 +5,7 @@ mod admin;
 mod auth;
 mod download;
 mod error;
+mod ops;
 mod pages;
 mod public;
 
@@ -115,11 +116,14 @@ pub async fn router(app: Arc<App>) -> anyhow::Result<Router> {
             get(access::sha256sums),
         )
         .route("/dl/{token}/{file}", get(download::fetch))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
         .route("/static/style.css", get(style))
         .merge(admin)
         .fallback(|| async { Error::NotFound })
         .with_state(state)
+        .layer(middleware::from_fn(ops::count_requests))
         .layer(middleware::from_fn(error::render_errors))
         .layer(SetResponseHeaderLayer::if_not_present(
             header::CONTENT_SECURITY_POLICY,
@@ -154,23 +158,44 @@ async fn style() -> impl IntoResponse {
     )
 }
 
-/// Serves the portal on `listener` until `shutdown` resolves, then lets
-/// requests in flight finish.
+/// Serves the portal on `listener` until `shutdown` resolves, then stops
+/// accepting connections and lets requests in flight (downloads included)
+/// finish for up to the configured grace period.
 pub async fn serve(
     app: Arc<App>,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    crate::telemetry::handle();
     let router = router(app.clone()).await?;
     let cleanup = tokio::spawn(auth::expire_sessions(app.db.clone(), Duration::from_secs(600)));
     let refresh = tokio::spawn(app.links.clone().refresh_periodically(Duration::from_secs(60)));
-    axum::serve(
+    let (stopping, mut stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stopping.send(true);
+    });
+    let mut graceful = stop.clone();
+    let server = axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown)
-    .await?;
+    .with_graceful_shutdown(async move {
+        let _ = graceful.wait_for(|s| *s).await;
+    });
+    let grace = app.config.shutdown_grace;
+    let deadline = async move {
+        let _ = stop.wait_for(|s| *s).await;
+        tokio::time::sleep(grace).await;
+    };
+    let result = tokio::select! {
+        result = server => result.map_err(anyhow::Error::from),
+        () = deadline => {
+            tracing::warn!(grace = ?grace, "shutdown grace period over; closing the connections still open");
+            Ok(())
+        }
+    };
     cleanup.abort();
     refresh.abort();
-    Ok(())
+    result
 }

@@ -36,5 +36,6 @@ mod cli;
 mod downloads;
 mod journey;
 mod mail;
+mod ops;
 mod replicas;
 mod review;

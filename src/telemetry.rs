@@ -1,0 +1,27 @@
+//! Prometheus metrics: one recorder per process, rendered at `/metrics`.
+//!
+//! - `weightgate_http_requests_total{method,route,status}` and
+//!   `weightgate_http_request_duration_seconds{route}`
+//! - `weightgate_fetches_total{outcome,reason}`: download checks by result
+//! - `weightgate_bytes_delivered_total`: bytes of weight files sent
+//! - `weightgate_audit_write_seconds`: how long a fetch waits for its audit
+//!   event to be durable
+//! - `weightgate_outbox_depth`: e-mails not yet sent
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The process's metrics recorder, installed on first use.
+pub fn handle() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /metrics stays empty");
+        }
+        handle
+    })
+}

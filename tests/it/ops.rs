@@ -1,0 +1,137 @@
+//! What operators and load balancers see: readiness, metrics, structured logs
+//! and a graceful stop.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use reqwest::StatusCode;
+
+use crate::helpers::*;
+
+both! {
+async fn readiness_reports_the_database_and_the_object_store() {
+    let t = TestApp::spawn().await;
+    let response = t.client.get(t.url("/readyz")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["database"], "ok");
+    assert_eq!(body["object_store"], "ok");
+
+    // The object store's directory replaced by a file: lookups fail.
+    let objects = t.app.config.data_dir.join("objects");
+    std::fs::rename(&objects, t.dir.path().join("objects-away")).unwrap();
+    std::fs::write(&objects, b"not a directory").unwrap();
+    let response = t.client.get(t.url("/readyz")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["database"], "ok");
+    assert_ne!(body["object_store"], "ok");
+    std::fs::remove_file(&objects).unwrap();
+    std::fs::rename(t.dir.path().join("objects-away"), &objects).unwrap();
+    assert_eq!(t.client.get(t.url("/readyz")).send().await.unwrap().status(), StatusCode::OK);
+
+    t.app.db.pool().close().await;
+    let response = t.client.get(t.url("/readyz")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_ne!(body["database"], "ok");
+    assert_eq!(t.client.get(t.url("/healthz")).send().await.unwrap().status(), StatusCode::OK);
+}
+}
+
+fn metric(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+both! {
+async fn metrics_count_requests_fetches_bytes_and_the_outbox() {
+    let t = TestApp::spawn().await;
+    let before = t.client.get(t.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let access = t.approved_researcher("metrics@uni.example.edu").await;
+    let (name, url) = t.download_links(&access).await.remove(0);
+    let size = t.files.iter().find(|(n, _)| *n == name).unwrap().1.len();
+    t.client.get(&url).send().await.unwrap().bytes().await.unwrap();
+    t.client.get(format!("{url}x")).send().await.unwrap();
+    t.wait_for_events("file.delivered", 1).await;
+
+    let after = t.client.get(t.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let grew = |name: &str, label: &str| metric(&after, name, label) - metric(&before, name, label);
+    assert!(grew("weightgate_fetches_total", "outcome=\"ok\"") >= 1.0, "{after}");
+    assert!(grew("weightgate_fetches_total", "outcome=\"refused\"") >= 1.0);
+    assert!(grew("weightgate_bytes_delivered_total", "") >= size as f64);
+    assert!(grew("weightgate_http_requests_total", "route=\"/dl/{token}/{file}\"") >= 2.0);
+    assert!(after.contains("weightgate_audit_write_seconds"));
+    assert!(after.contains("weightgate_outbox_depth"));
+    let secret = access.rsplit('/').next().unwrap();
+    assert!(!after.contains(secret), "no secret path ends up in a label");
+    assert!(after.contains("route=\"/access/{token}\""));
+}
+}
+
+both! {
+async fn a_terminated_portal_finishes_downloads_in_flight_and_logs_json() {
+    let t = TestApp::spawn().await;
+    let big = t.dir.path().join("big");
+    std::fs::create_dir_all(&big).unwrap();
+    let bytes: Vec<u8> = (0..32 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(big.join("huge.bin"), &bytes).unwrap();
+    let slug = MODEL.parse().unwrap();
+    weightgate::models::publish(&t.app, &slug, &big, Some("r2"), "test", &|_| {}).await.unwrap();
+    let access = t.approved_researcher("stop@uni.example.edu").await;
+    let (_, url) = t.download_links(&access).await.into_iter().find(|(n, _)| n == "huge.bin").unwrap();
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weightgate"))
+        .arg("serve")
+        .env("WEIGHTGATE_DATA_DIR", &t.app.config.data_dir)
+        .env("WEIGHTGATE_DATABASE_URL", t.app.config.database_url())
+        .env("WEIGHTGATE_BIND", format!("127.0.0.1:{port}"))
+        .env("WEIGHTGATE_SHUTDOWN_GRACE", "20s")
+        .env("WEIGHTGATE_LOG_FORMAT", "json")
+        .env("WEIGHTGATE_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let target = format!("{base}/{}", url.splitn(4, '/').nth(3).unwrap());
+    let mut ready = false;
+    for _ in 0..200 {
+        if reqwest::get(format!("{base}/healthz")).await.is_ok() {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready);
+
+    let mut response = t.client.get(&target).send().await.unwrap();
+    let mut received = response.chunk().await.unwrap().unwrap().to_vec();
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(reqwest::get(format!("{base}/healthz")).await.is_err(), "no new connections once stopping");
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        received.extend_from_slice(&chunk);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(received.len(), bytes.len(), "the download in flight finished");
+    assert_eq!(sha256_hex(&received), sha256_hex(&bytes));
+
+    let status = tokio::task::spawn_blocking(move || child.wait().map(|s| (s, child))).await.unwrap().unwrap();
+    assert!(status.0.success());
+    let mut child = status.1;
+    let logs: Vec<serde_json::Value> = BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .map(|l| serde_json::from_str(&l.unwrap()).expect("every log line is JSON"))
+        .collect();
+    assert!(logs.iter().any(|l| l["fields"]["message"] == "shutting down"), "{logs:?}");
+}
+}
