@@ -11,6 +11,7 @@ use crate::{
     db::Db,
     links::LinkSigner,
     mail::Mailer,
+    manifests::Publisher,
     storage::{LocalDir, ObjectStore},
 };
 
@@ -31,6 +32,8 @@ pub struct App {
     pub audit: AuditLog,
     pub mail: Mailer,
     pub links: Arc<LinkSigner>,
+    /// Signs release manifests and `SHA256SUMS`.
+    pub publisher: Publisher,
 }
 
 impl App {
@@ -47,6 +50,7 @@ impl App {
         }
         let storage = Arc::new(LocalDir::new(config.object_dir()?));
         let links = Arc::new(LinkSigner::load(&db).await?);
+        let publisher = Publisher::load(&db).await?;
         let audit = AuditLog::start(db.clone());
         let mail = Mailer::start(&config, db.clone())?;
         Ok(Arc::new(Self {
@@ -56,6 +60,7 @@ impl App {
             audit,
             mail,
             links,
+            publisher,
         }))
     }
 

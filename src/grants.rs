@@ -79,9 +79,9 @@ pub async fn find_by_access_token(app: &App, token: &str) -> anyhow::Result<Opti
     Ok(db::grants::find_view_by_access_token(app.db.pool(), &hash_token(token)).await?)
 }
 
-/// The access page of a grant, minting a fresh link for every file. Links
-/// never outlive the grant.
-pub async fn access(app: &App, grant: GrantView, client: Client) -> anyhow::Result<Access> {
+/// The access page (or the client's manifest, as `via` says) of a grant,
+/// minting a fresh link for every file. Links never outlive the grant.
+pub async fn access(app: &App, grant: GrantView, via: &str, client: Client) -> anyhow::Result<Access> {
     let now = now_ms();
     let state = GrantState::of(&grant, now);
     let link_ttl = i64::try_from(app.config.link_ttl.as_secs()).unwrap_or(i64::MAX);
@@ -101,7 +101,7 @@ pub async fn access(app: &App, grant: GrantView, client: Client) -> anyhow::Resu
             releases.push(ReleaseFiles { release, files });
         }
         let mut event = Event::new("links.issued", Outcome::Ok);
-        event.subject = Some(grant.email.clone());
+        event.subject = Some(format!("{} via {via}", grant.email));
         event.grant_id = Some(grant.id.clone());
         event.researcher_id = Some(grant.researcher_id.clone());
         event.model_id = Some(grant.model_id.clone());
@@ -114,14 +114,6 @@ pub async fn access(app: &App, grant: GrantView, client: Client) -> anyhow::Resu
         links_expire_at,
         releases,
     })
-}
-
-/// A `SHA256SUMS` file for one release that `sha256sum -c` accepts.
-pub fn sha256sums(files: &[File]) -> String {
-    files
-        .iter()
-        .map(|f| format!("{}  {}\n", f.sha256, f.name))
-        .collect()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -346,6 +338,29 @@ fn describe(event: &mut Event, grant: Option<&GrantView>, file: Option<&FileInMo
     });
 }
 
+/// Whether fetching `file_id` would exceed the model's per-grant limits. A
+/// file the grant already holds whole can always be fetched again.
+async fn quota_spent(app: &App, grant: &GrantView, file_id: &str) -> anyhow::Result<bool> {
+    let Some(model) = db::models::find_model(app.db.pool(), &grant.model_id).await? else {
+        return Ok(false);
+    };
+    if model.quota_bytes.is_none() && model.quota_files.is_none() {
+        return Ok(false);
+    }
+    let deliveries = db::grants::deliveries(app.db.pool(), &grant.id).await?;
+    let completed = crate::deliveries::completed_files(&deliveries);
+    if completed.contains(file_id) {
+        return Ok(false);
+    }
+    let over_bytes = model
+        .quota_bytes
+        .is_some_and(|q| crate::deliveries::bytes_delivered(&deliveries) >= u64::try_from(q).unwrap_or(0));
+    let over_files = model
+        .quota_files
+        .is_some_and(|q| completed.len() as u64 >= u64::try_from(q).unwrap_or(0));
+    Ok(over_bytes || over_files)
+}
+
 type Refused = (Refusal, Option<GrantView>, Option<FileInModel>);
 
 async fn check_link(
@@ -368,6 +383,11 @@ async fn check_link(
         GrantState::Expired => return Ok(Err((Refusal::GrantExpired, Some(grant), None))),
     }
     let file = db::models::find_published_file(app.db.pool(), &claims.file_id).await?;
+    if let Some(f) = &file
+        && quota_spent(app, &grant, &f.id).await?
+    {
+        return Ok(Err((Refusal::QuotaSpent, Some(grant), file)));
+    }
     Ok(match file {
         Some(f) if f.model_id == grant.model_id && f.name == file_name => Ok((grant, f)),
         Some(f) if f.model_id == grant.model_id => Err((Refusal::Malformed, Some(grant), Some(f))),

@@ -44,6 +44,7 @@ pub enum Refusal {
     Expired,
     GrantRevoked,
     GrantExpired,
+    QuotaSpent,
     FileNotInGrant,
 }
 
@@ -56,6 +57,7 @@ impl Refusal {
             Refusal::Expired => "link_expired",
             Refusal::GrantRevoked => "grant_revoked",
             Refusal::GrantExpired => "grant_expired",
+            Refusal::QuotaSpent => "quota_spent",
             Refusal::FileNotInGrant => "file_not_in_grant",
         }
     }
@@ -70,6 +72,9 @@ impl Refusal {
             Refusal::Expired => "This download link has expired. Get a fresh one from your access page.",
             Refusal::GrantRevoked => "Your access to this model has been revoked.",
             Refusal::GrantExpired => "Your access to this model has expired. You may apply again.",
+            Refusal::QuotaSpent => {
+                "Your access has delivered all it allows. Files you have completed can still be fetched again."
+            }
             Refusal::FileNotInGrant => "This file is not part of the model your access covers.",
         }
     }

@@ -13,6 +13,7 @@ use crate::{
     app::App,
     audit::{self, Event, Outcome},
     db::{self, models::Model},
+    manifests::{MANIFEST_FORMAT, Manifest, ManifestFile},
     storage::key_for_sha256,
     types::{Slug, is_safe_file_name, new_id, now_ms},
 };
@@ -44,6 +45,8 @@ pub async fn create(app: &App, slug: &Slug, title: &str, terms: &str, actor: &st
         terms: terms.to_owned(),
         terms_version: 1,
         created_at: now_ms(),
+        quota_bytes: None,
+        quota_files: None,
     };
     let mut tx = app.db.begin().await?;
     if let Err(e) = db::models::insert_model(&mut *tx, &model).await {
@@ -108,10 +111,14 @@ fn release_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// SHA-256 and size of a file, in one streaming pass.
-pub fn hash_file(path: &Path) -> anyhow::Result<(String, u64)> {
+/// A file's SHA-256, size and the SHA-256 of each `chunk_size` bytes, in one
+/// streaming pass.
+pub fn hash_file(path: &Path, chunk_size: u64) -> anyhow::Result<FileDigest> {
     let mut file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut hasher = Sha256::new();
+    let mut whole = Sha256::new();
+    let mut chunk = Sha256::new();
+    let mut chunks = Vec::new();
+    let mut in_chunk = 0u64;
     let mut buf = vec![0u8; 1 << 20];
     let mut size = 0u64;
     loop {
@@ -121,10 +128,38 @@ pub fn hash_file(path: &Path) -> anyhow::Result<(String, u64)> {
         if n == 0 {
             break;
         }
-        hasher.update(&buf[..n]);
+        whole.update(&buf[..n]);
+        let mut rest = &buf[..n];
+        while !rest.is_empty() {
+            let take = rest
+                .len()
+                .min(usize::try_from(chunk_size - in_chunk).unwrap_or(usize::MAX));
+            chunk.update(&rest[..take]);
+            in_chunk += take as u64;
+            rest = &rest[take..];
+            if in_chunk == chunk_size {
+                chunks.push(hex::encode(chunk.finalize_reset()));
+                in_chunk = 0;
+            }
+        }
         size += n as u64;
     }
-    Ok((hex::encode(hasher.finalize()), size))
+    if in_chunk > 0 || chunks.is_empty() {
+        chunks.push(hex::encode(chunk.finalize()));
+    }
+    Ok(FileDigest {
+        sha256: hex::encode(whole.finalize()),
+        size,
+        chunks,
+    })
+}
+
+/// What [`hash_file`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileDigest {
+    pub sha256: String,
+    pub size: u64,
+    pub chunks: Vec<String>,
 }
 
 /// Publishes every file of `dir` as a release of the model. Files are hashed
@@ -136,9 +171,13 @@ pub async fn publish(
     slug: &Slug,
     dir: &Path,
     release_name: Option<&str>,
+    chunk_size: u64,
     actor: &str,
     progress: &(dyn Fn(&PublishedFile) + Sync),
 ) -> anyhow::Result<PublishReport> {
+    if chunk_size < 4096 {
+        return Err(ModelError::Invalid("the chunk size must be at least 4 KiB".into()).into());
+    }
     let model = db::models::find_model_by_slug(app.db.pool(), slug.as_str())
         .await?
         .ok_or_else(|| ModelError::NotFound(slug.to_string()))?;
@@ -174,7 +213,7 @@ pub async fn publish(
         let permit = semaphore.clone().acquire_owned().await?;
         hashing.spawn_blocking(move || {
             let _permit = permit;
-            hash_file(&path).map(|(sha, size)| (index, path, sha, size))
+            hash_file(&path, chunk_size).map(|digest| (index, path, digest))
         });
     }
     let mut hashed = Vec::with_capacity(paths.len());
@@ -184,7 +223,15 @@ pub async fn publish(
     hashed.sort_by_key(|h| h.0);
 
     let mut files = Vec::with_capacity(hashed.len());
-    for (_, path, sha256, size) in hashed {
+    let mut manifest = Manifest {
+        format: MANIFEST_FORMAT.to_owned(),
+        model: model.slug.clone(),
+        release: release_name.clone(),
+        chunk_size,
+        files: Vec::with_capacity(hashed.len()),
+    };
+    for (_, path, digest) in hashed {
+        let FileDigest { sha256, size, chunks } = digest;
         let key = key_for_sha256(&sha256);
         let uploaded = app.storage.size(&key).await? != Some(size);
         if uploaded {
@@ -207,8 +254,26 @@ pub async fn publish(
             uploaded,
         };
         progress(&file);
+        manifest.files.push(ManifestFile {
+            name: file.name.clone(),
+            size,
+            sha256: file.sha256.clone(),
+            chunks,
+        });
         files.push(file);
     }
+    let manifest_text = serde_json::to_string_pretty(&manifest)? + "\n";
+    let sums: String = files
+        .iter()
+        .map(|f| format!("{}  {}\n", f.sha256, f.name))
+        .collect();
+    let subject = format!("{}/{}", model.slug, release_name);
+    let manifest_sig = app
+        .publisher
+        .sign(manifest_text.as_bytes(), &format!("manifest {subject}"))?;
+    let sums_sig = app
+        .publisher
+        .sign(sums.as_bytes(), &format!("SHA256SUMS {subject}"))?;
 
     let now = now_ms();
     let release = db::models::Release {
@@ -217,10 +282,14 @@ pub async fn publish(
         name: release_name.clone(),
         created_at: now,
         published_at: Some(now),
+        manifest: Some(manifest_text),
+        manifest_sig: Some(manifest_sig),
+        sums: Some(sums),
+        sums_sig: Some(sums_sig),
     };
     let mut tx = app.db.begin().await?;
     db::models::insert_release(&mut *tx, &release).await?;
-    for f in &files {
+    for (f, m) in files.iter().zip(&manifest.files) {
         db::models::insert_file(
             &mut *tx,
             &db::models::File {
@@ -230,13 +299,15 @@ pub async fn publish(
                 object_key: key_for_sha256(&f.sha256),
                 size: i64::try_from(f.size)?,
                 sha256: f.sha256.clone(),
+                chunk_size: i64::try_from(chunk_size)?,
+                chunks: serde_json::to_string(&m.chunks)?,
             },
         )
         .await?;
     }
     let mut event = Event::new("release.published", Outcome::Ok);
     event.actor = Some(actor.to_owned());
-    event.subject = Some(format!("{}/{}", model.slug, release_name));
+    event.subject = Some(subject);
     event.model_id = Some(model.id.clone());
     audit::append(&mut tx, app.db.backend(), &[event]).await?;
     tx.commit().await?;
@@ -244,4 +315,58 @@ pub async fn publish(
         release: release_name,
         files,
     })
+}
+
+/// Sets the per-grant delivery limits of a model; `None` lifts a limit.
+pub async fn set_quota(
+    app: &App,
+    slug: &Slug,
+    quota_bytes: Option<u64>,
+    quota_files: Option<u64>,
+    actor: &str,
+) -> anyhow::Result<()> {
+    let model = db::models::find_model_by_slug(app.db.pool(), slug.as_str())
+        .await?
+        .ok_or_else(|| ModelError::NotFound(slug.to_string()))?;
+    let bytes = quota_bytes.map(i64::try_from).transpose()?;
+    let files = quota_files.map(i64::try_from).transpose()?;
+    let mut tx = app.db.begin().await?;
+    db::models::set_quota(&mut *tx, &model.id, bytes, files).await?;
+    let mut event = Event::new("model.quota_set", Outcome::Ok);
+    event.actor = Some(actor.to_owned());
+    event.subject = Some(format!(
+        "{} bytes={} files={}",
+        model.slug,
+        quota_bytes.map_or("unlimited".into(), |b| b.to_string()),
+        quota_files.map_or("unlimited".into(), |f| f.to_string())
+    ));
+    event.model_id = Some(model.id);
+    audit::append(&mut tx, app.db.backend(), &[event]).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_hashes_cover_the_file_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let digest = hash_file(&path, 4096).unwrap();
+        assert_eq!(digest.size, 10_000);
+        assert_eq!(digest.sha256, hex::encode(Sha256::digest(&data)));
+        let expected: Vec<String> = data
+            .chunks(4096)
+            .map(|c| hex::encode(Sha256::digest(c)))
+            .collect();
+        assert_eq!(digest.chunks, expected);
+
+        std::fs::write(&path, b"").unwrap();
+        let empty = hash_file(&path, 4096).unwrap();
+        assert_eq!(empty.chunks, vec![hex::encode(Sha256::digest(b""))]);
+    }
 }

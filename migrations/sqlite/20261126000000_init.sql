@@ -6,7 +6,10 @@ CREATE TABLE models (
     title          TEXT NOT NULL,
     terms          TEXT NOT NULL,
     terms_version  INTEGER NOT NULL,
-    created_at     INTEGER NOT NULL
+    created_at     INTEGER NOT NULL,
+    -- Per-grant limits on what is delivered (never on attempts); NULL is none.
+    quota_bytes    INTEGER,
+    quota_files    INTEGER
 );
 
 CREATE TABLE releases (
@@ -15,6 +18,11 @@ CREATE TABLE releases (
     name          TEXT NOT NULL,
     created_at    INTEGER NOT NULL,
     published_at  INTEGER,
+    -- The signed manifest and SHA256SUMS, exactly as signed (minisign).
+    manifest      TEXT,
+    manifest_sig  TEXT,
+    sums          TEXT,
+    sums_sig      TEXT,
     UNIQUE (model_id, name)
 );
 
@@ -25,6 +33,9 @@ CREATE TABLE files (
     object_key  TEXT NOT NULL,
     size        INTEGER NOT NULL,
     sha256      TEXT NOT NULL,
+    -- SHA-256 of every chunk_size bytes, as a JSON array of hex strings.
+    chunk_size  INTEGER NOT NULL,
+    chunks      TEXT NOT NULL,
     UNIQUE (release_id, name)
 );
 

@@ -50,6 +50,27 @@ pub enum Command {
     /// List and revoke grants.
     #[command(subcommand)]
     Grant(GrantCommand),
+    /// Download every file of your grant, verified, resuming where it stopped.
+    Download {
+        /// The manifest URL from your access page (or the access page's URL).
+        url: String,
+        /// Where to put the files (as DIR/RELEASE/FILE).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Parallel connections.
+        #[arg(long, default_value_t = 4)]
+        jobs: usize,
+        /// Only files matching this pattern (`*`, `?`); may be repeated.
+        #[arg(long)]
+        include: Vec<String>,
+        /// The portal's publishing key: a minisign .pub file or its key line.
+        /// Without it, the key the portal serves is used.
+        #[arg(long)]
+        public_key: Option<String>,
+        /// At most this many bytes per second, e.g. 50MiB.
+        #[arg(long, value_parser = parse_size)]
+        limit_rate: Option<u64>,
+    },
     /// Rotate the keys that sign download links.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -95,6 +116,23 @@ pub enum ModelCommand {
         /// Release name; defaults to v1, v2, ...
         #[arg(long)]
         release: Option<String>,
+        /// Size of the chunks whose SHA-256 the manifest lists, e.g. 64MiB.
+        #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+        chunk_size: u64,
+    },
+    /// Limit what one grant may receive: bytes delivered or files completed.
+    /// Resumed and repeated transfers of a file already completed do not count twice.
+    Quota {
+        slug: String,
+        /// Most bytes delivered per grant, e.g. 500GiB.
+        #[arg(long, value_parser = parse_size, conflicts_with = "unlimited")]
+        bytes: Option<u64>,
+        /// Most distinct files completed per grant.
+        #[arg(long, conflicts_with = "unlimited")]
+        files: Option<u64>,
+        /// Lift both limits.
+        #[arg(long)]
+        unlimited: bool,
     },
     /// List models.
     List {
@@ -130,6 +168,14 @@ pub enum GrantCommand {
     },
 }
 
+/// Parses sizes such as `65536`, `64MiB` or `500GB`.
+fn parse_size(s: &str) -> Result<u64, String> {
+    s.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("{s:?} is not a size (try 64MiB): {e}"))
+}
+
 /// Who the audit log names for commands run by an operator.
 fn operator() -> String {
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
@@ -155,6 +201,41 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Reviewer(cmd) => reviewer(App::open(cli.config, Schema::Check).await?, cmd).await,
         Command::Model(cmd) => model(App::open(cli.config, Schema::Check).await?, cmd).await,
         Command::Grant(cmd) => grant(App::open(cli.config, Schema::Check).await?, cmd).await,
+        Command::Download {
+            url,
+            dir,
+            jobs,
+            include,
+            public_key,
+            limit_rate,
+        } => {
+            let public_key = match public_key {
+                Some(k) if std::path::Path::new(&k).is_file() => {
+                    Some(std::fs::read_to_string(&k).with_context(|| format!("cannot read {k}"))?)
+                }
+                other => other,
+            };
+            let summary = crate::client::download(crate::client::Options {
+                url,
+                dir: dir.clone(),
+                jobs,
+                include,
+                public_key,
+                limit_rate,
+                progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            })
+            .await?;
+            println!(
+                "{} files verified in {} ({} already complete); fetched {} bytes in {} chunks, {} fetched again",
+                summary.files,
+                dir.display(),
+                summary.already_complete,
+                summary.bytes_fetched,
+                summary.chunks_fetched,
+                summary.chunks_refetched
+            );
+            Ok(())
+        }
         Command::Keys(cmd) => keys(App::open(cli.config, Schema::Check).await?, cmd).await,
         Command::Audit(cmd) => audit::run(App::open(cli.config, Schema::Check).await?, cmd).await,
     }
@@ -254,17 +335,44 @@ async fn model(app: Arc<App>, cmd: ModelCommand) -> anyhow::Result<()> {
                 app.url(&format!("/models/{}", model.slug))
             );
         }
-        ModelCommand::Publish { slug, dir, release } => {
+        ModelCommand::Quota {
+            slug,
+            bytes,
+            files,
+            unlimited,
+        } => {
             let slug: Slug = slug.parse().map_err(|e: String| anyhow::anyhow!(e))?;
-            let report = models::publish(&app, &slug, &dir, release.as_deref(), &operator(), &|f| {
-                println!(
-                    "{} {}  {}  {} bytes",
-                    if f.uploaded { "stored " } else { "present" },
-                    f.sha256,
-                    f.name,
-                    f.size
-                );
-            })
+            anyhow::ensure!(
+                unlimited || bytes.is_some() || files.is_some(),
+                "say --bytes, --files or --unlimited"
+            );
+            models::set_quota(&app, &slug, bytes, files, &operator()).await?;
+            println!("quota of {slug} set");
+        }
+        ModelCommand::Publish {
+            slug,
+            dir,
+            release,
+            chunk_size,
+        } => {
+            let slug: Slug = slug.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+            let report = models::publish(
+                &app,
+                &slug,
+                &dir,
+                release.as_deref(),
+                chunk_size,
+                &operator(),
+                &|f| {
+                    println!(
+                        "{} {}  {}  {} bytes",
+                        if f.uploaded { "stored " } else { "present" },
+                        f.sha256,
+                        f.name,
+                        f.size
+                    );
+                },
+            )
             .await?;
             println!(
                 "published release {} of {slug} with {} files",

@@ -93,3 +93,26 @@ pub async fn revoke(tx: &mut Tx, id: &str, reason: &str, now: i64) -> sqlx::Resu
     .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// One recorded delivery of a grant: which file, from which byte, how many
+/// bytes went out, and the file's size.
+#[derive(Clone, Debug, FromRow)]
+pub struct Delivery {
+    pub file_id: String,
+    pub range_start: i64,
+    pub bytes: i64,
+    pub size: i64,
+}
+
+/// Every delivery recorded for a grant (from the audit log's `file.delivered` events).
+pub async fn deliveries<'c>(e: impl AnyExecutor<'c>, grant_id: &str) -> sqlx::Result<Vec<Delivery>> {
+    sqlx::query_as(
+        "SELECT e.file_id, e.range_start, e.bytes, f.size
+         FROM audit_events e JOIN files f ON f.id = e.file_id
+         WHERE e.grant_id = $1 AND e.action = 'file.delivered'
+           AND e.range_start IS NOT NULL AND e.bytes IS NOT NULL",
+    )
+    .bind(grant_id)
+    .fetch_all(e)
+    .await
+}

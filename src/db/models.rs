@@ -10,6 +10,8 @@ pub struct Model {
     pub terms: String,
     pub terms_version: i64,
     pub created_at: i64,
+    pub quota_bytes: Option<i64>,
+    pub quota_files: Option<i64>,
 }
 
 #[derive(Clone, Debug, FromRow)]
@@ -19,6 +21,10 @@ pub struct Release {
     pub name: String,
     pub created_at: i64,
     pub published_at: Option<i64>,
+    pub manifest: Option<String>,
+    pub manifest_sig: Option<String>,
+    pub sums: Option<String>,
+    pub sums_sig: Option<String>,
 }
 
 #[derive(Clone, Debug, FromRow)]
@@ -29,6 +35,9 @@ pub struct File {
     pub object_key: String,
     pub size: i64,
     pub sha256: String,
+    pub chunk_size: i64,
+    /// JSON array of the chunks' SHA-256 in hex.
+    pub chunks: String,
 }
 
 /// A file with the release and model it belongs to.
@@ -46,7 +55,8 @@ pub struct FileInModel {
 
 pub async fn insert_model<'c>(e: impl AnyExecutor<'c>, m: &Model) -> sqlx::Result<()> {
     sqlx::query(
-        "INSERT INTO models (id, slug, title, terms, terms_version, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO models (id, slug, title, terms, terms_version, created_at, quota_bytes, quota_files)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(&m.id)
     .bind(&m.slug)
@@ -54,27 +64,29 @@ pub async fn insert_model<'c>(e: impl AnyExecutor<'c>, m: &Model) -> sqlx::Resul
     .bind(&m.terms)
     .bind(m.terms_version)
     .bind(m.created_at)
+    .bind(m.quota_bytes)
+    .bind(m.quota_files)
     .execute(e)
     .await?;
     Ok(())
 }
 
 pub async fn find_model_by_slug<'c>(e: impl AnyExecutor<'c>, slug: &str) -> sqlx::Result<Option<Model>> {
-    sqlx::query_as("SELECT id, slug, title, terms, terms_version, created_at FROM models WHERE slug = $1")
+    sqlx::query_as("SELECT id, slug, title, terms, terms_version, created_at, quota_bytes, quota_files FROM models WHERE slug = $1")
         .bind(slug)
         .fetch_optional(e)
         .await
 }
 
 pub async fn find_model<'c>(e: impl AnyExecutor<'c>, id: &str) -> sqlx::Result<Option<Model>> {
-    sqlx::query_as("SELECT id, slug, title, terms, terms_version, created_at FROM models WHERE id = $1")
+    sqlx::query_as("SELECT id, slug, title, terms, terms_version, created_at, quota_bytes, quota_files FROM models WHERE id = $1")
         .bind(id)
         .fetch_optional(e)
         .await
 }
 
 pub async fn list_models<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<Vec<Model>> {
-    sqlx::query_as("SELECT id, slug, title, terms, terms_version, created_at FROM models ORDER BY slug")
+    sqlx::query_as("SELECT id, slug, title, terms, terms_version, created_at, quota_bytes, quota_files FROM models ORDER BY slug")
         .fetch_all(e)
         .await
 }
@@ -85,7 +97,7 @@ pub async fn find_release<'c>(
     name: &str,
 ) -> sqlx::Result<Option<Release>> {
     sqlx::query_as(
-        "SELECT id, model_id, name, created_at, published_at FROM releases WHERE model_id = $1 AND name = $2",
+        "SELECT id, model_id, name, created_at, published_at, manifest, manifest_sig, sums, sums_sig FROM releases WHERE model_id = $1 AND name = $2",
     )
     .bind(model_id)
     .bind(name)
@@ -102,13 +114,18 @@ pub async fn count_releases<'c>(e: impl AnyExecutor<'c>, model_id: &str) -> sqlx
 
 pub async fn insert_release<'c>(e: impl AnyExecutor<'c>, r: &Release) -> sqlx::Result<()> {
     sqlx::query(
-        "INSERT INTO releases (id, model_id, name, created_at, published_at) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO releases (id, model_id, name, created_at, published_at, manifest, manifest_sig, sums, sums_sig)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(&r.id)
     .bind(&r.model_id)
     .bind(&r.name)
     .bind(r.created_at)
     .bind(r.published_at)
+    .bind(&r.manifest)
+    .bind(&r.manifest_sig)
+    .bind(&r.sums)
+    .bind(&r.sums_sig)
     .execute(e)
     .await?;
     Ok(())
@@ -116,7 +133,7 @@ pub async fn insert_release<'c>(e: impl AnyExecutor<'c>, r: &Release) -> sqlx::R
 
 pub async fn published_releases<'c>(e: impl AnyExecutor<'c>, model_id: &str) -> sqlx::Result<Vec<Release>> {
     sqlx::query_as(
-        "SELECT id, model_id, name, created_at, published_at FROM releases
+        "SELECT id, model_id, name, created_at, published_at, manifest, manifest_sig, sums, sums_sig FROM releases
          WHERE model_id = $1 AND published_at IS NOT NULL ORDER BY published_at, name",
     )
     .bind(model_id)
@@ -126,7 +143,8 @@ pub async fn published_releases<'c>(e: impl AnyExecutor<'c>, model_id: &str) -> 
 
 pub async fn insert_file<'c>(e: impl AnyExecutor<'c>, f: &File) -> sqlx::Result<()> {
     sqlx::query(
-        "INSERT INTO files (id, release_id, name, object_key, size, sha256) VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO files (id, release_id, name, object_key, size, sha256, chunk_size, chunks)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(&f.id)
     .bind(&f.release_id)
@@ -134,6 +152,8 @@ pub async fn insert_file<'c>(e: impl AnyExecutor<'c>, f: &File) -> sqlx::Result<
     .bind(&f.object_key)
     .bind(f.size)
     .bind(&f.sha256)
+    .bind(f.chunk_size)
+    .bind(&f.chunks)
     .execute(e)
     .await?;
     Ok(())
@@ -141,7 +161,7 @@ pub async fn insert_file<'c>(e: impl AnyExecutor<'c>, f: &File) -> sqlx::Result<
 
 pub async fn files_of_release<'c>(e: impl AnyExecutor<'c>, release_id: &str) -> sqlx::Result<Vec<File>> {
     sqlx::query_as(
-        "SELECT id, release_id, name, object_key, size, sha256 FROM files WHERE release_id = $1 ORDER BY name",
+        "SELECT id, release_id, name, object_key, size, sha256, chunk_size, chunks FROM files WHERE release_id = $1 ORDER BY name",
     )
     .bind(release_id)
     .fetch_all(e)
@@ -162,4 +182,19 @@ pub async fn find_published_file<'c>(
     .bind(file_id)
     .fetch_optional(e)
     .await
+}
+
+pub async fn set_quota<'c>(
+    e: impl AnyExecutor<'c>,
+    model_id: &str,
+    quota_bytes: Option<i64>,
+    quota_files: Option<i64>,
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE models SET quota_bytes = $2, quota_files = $3 WHERE id = $1")
+        .bind(model_id)
+        .bind(quota_bytes)
+        .bind(quota_files)
+        .execute(e)
+        .await?;
+    Ok(())
 }

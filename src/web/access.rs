@@ -1,27 +1,47 @@
 //! The researcher's access page: every file with its size, SHA-256 and a
-//! freshly signed link, and a `SHA256SUMS` per release.
+//! freshly signed link; per release a signed manifest and `SHA256SUMS`; and
+//! one manifest URL for the download client.
 
 use axum::{
+    Json,
     extract::{Path, State},
     http::header,
     response::{IntoResponse, Response},
 };
+use serde::Serialize;
 
 use super::{
     AppState, ClientInfo, Error,
     pages::{self, LinkRow, ReleaseRows, human_size, render},
 };
-use crate::{db, grants, types::format_ms};
+use crate::{
+    db::{self, grants::GrantView},
+    grants::{self, GrantState},
+    links::Refusal,
+    types::{format_ms, format_ms_rfc3339},
+};
+
+async fn grant_of(state: &AppState, token: &str) -> Result<GrantView, Error> {
+    grants::find_by_access_token(&state.app, token)
+        .await?
+        .ok_or(Error::NotFound)
+}
+
+fn no_store(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    response
+}
 
 pub async fn page(
     State(state): State<AppState>,
     ClientInfo(client): ClientInfo,
     Path(token): Path<String>,
 ) -> Result<Response, Error> {
-    let grant = grants::find_by_access_token(&state.app, &token)
-        .await?
-        .ok_or(Error::NotFound)?;
-    let access = grants::access(&state.app, grant, client).await?;
+    let grant = grant_of(&state, &token).await?;
+    let access = grants::access(&state.app, grant, "page", client).await?;
     let page = pages::AccessPage {
         title: access.grant.model_title.clone(),
         email: access.grant.email.clone(),
@@ -29,11 +49,13 @@ pub async fn page(
         expires: format_ms(access.grant.expires_at),
         links_expire: format_ms(access.links_expire_at * 1000),
         revoked_reason: access.grant.revoked_reason.clone().unwrap_or_default(),
+        manifest_url: state.app.url(&format!("/access/{token}/manifest.json")),
+        public_key_url: state.app.url(PUBLIC_KEY_PATH),
         releases: access
             .releases
             .into_iter()
             .map(|r| ReleaseRows {
-                sums_url: format!("/access/{token}/releases/{}/SHA256SUMS", r.release.name),
+                base_url: format!("/access/{token}/releases/{}", r.release.name),
                 name: r.release.name,
                 files: r
                     .files
@@ -48,29 +70,132 @@ pub async fn page(
             })
             .collect(),
     };
-    let mut response = render(&page)?;
-    response.headers_mut().insert(
-        header::CACHE_CONTROL,
-        header::HeaderValue::from_static("no-store"),
-    );
-    Ok(response)
+    Ok(no_store(render(&page)?))
 }
 
-pub async fn sha256sums(
+/// Where the publishing key is served.
+pub const PUBLIC_KEY_PATH: &str = "/.well-known/weightgate/minisign.pub";
+
+pub async fn public_key(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        state.app.publisher.public_key_file(),
+    )
+        .into_response()
+}
+
+/// `SHA256SUMS`, `manifest.json` and their `.minisig` signatures, exactly as
+/// signed at publication.
+pub async fn release_file(
     State(state): State<AppState>,
-    Path((token, release)): Path<(String, String)>,
+    Path((token, release, name)): Path<(String, String, String)>,
 ) -> Result<Response, Error> {
-    let grant = grants::find_by_access_token(&state.app, &token)
-        .await?
-        .ok_or(Error::NotFound)?;
+    let grant = grant_of(&state, &token).await?;
     let release = db::models::find_release(state.app.db.pool(), &grant.model_id, &release)
         .await?
         .filter(|r| r.published_at.is_some())
         .ok_or(Error::NotFound)?;
-    let files = db::models::files_of_release(state.app.db.pool(), &release.id).await?;
-    Ok((
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        grants::sha256sums(&files),
-    )
-        .into_response())
+    let (body, content_type) = match name.as_str() {
+        "SHA256SUMS" => (release.sums, "text/plain; charset=utf-8"),
+        "SHA256SUMS.minisig" => (release.sums_sig, "text/plain; charset=utf-8"),
+        "manifest.json" => (release.manifest, "application/json"),
+        "manifest.json.minisig" => (release.manifest_sig, "text/plain; charset=utf-8"),
+        _ => (None, ""),
+    };
+    let body = body.ok_or(Error::NotFound)?;
+    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
+}
+
+#[derive(Serialize)]
+struct GrantManifest {
+    format: &'static str,
+    model: String,
+    researcher: String,
+    grant: GrantInfo,
+    /// Unix seconds after which the links below stop working: fetch this
+    /// manifest again for fresh ones.
+    links_expire_at: i64,
+    manifest_url: String,
+    public_key_url: String,
+    releases: Vec<ReleaseLinks>,
+}
+
+#[derive(Serialize)]
+struct GrantInfo {
+    id: String,
+    state: &'static str,
+    expires_at: String,
+}
+
+#[derive(Serialize)]
+struct ReleaseLinks {
+    name: String,
+    /// The release manifest, exactly as signed.
+    manifest: String,
+    /// Its minisign signature.
+    manifest_sig: String,
+    files: Vec<FileLink>,
+}
+
+#[derive(Serialize)]
+struct FileLink {
+    name: String,
+    size: i64,
+    sha256: String,
+    url: String,
+}
+
+/// Everything the download client needs behind one URL: the signed release
+/// manifests and a fresh link per file.
+pub async fn grant_manifest(
+    State(state): State<AppState>,
+    ClientInfo(client): ClientInfo,
+    Path(token): Path<String>,
+) -> Result<Response, Error> {
+    let grant = grant_of(&state, &token).await?;
+    let access = grants::access(&state.app, grant, "manifest", client).await?;
+    let refusal = match access.state {
+        GrantState::Active => None,
+        GrantState::Revoked => Some(Refusal::GrantRevoked),
+        GrantState::Expired => Some(Refusal::GrantExpired),
+    };
+    if let Some(r) = refusal {
+        return Err(Error::Forbidden {
+            code: r.code(),
+            message: r.message().to_owned(),
+        });
+    }
+    let manifest = GrantManifest {
+        format: "weightgate-grant-manifest-v1",
+        model: access.grant.model_slug.clone(),
+        researcher: access.grant.email.clone(),
+        grant: GrantInfo {
+            id: access.grant.id.clone(),
+            state: access.state.as_str(),
+            expires_at: format_ms_rfc3339(access.grant.expires_at),
+        },
+        links_expire_at: access.links_expire_at,
+        manifest_url: state.app.url(&format!("/access/{token}/manifest.json")),
+        public_key_url: state.app.url(PUBLIC_KEY_PATH),
+        releases: access
+            .releases
+            .into_iter()
+            .map(|r| ReleaseLinks {
+                name: r.release.name,
+                manifest: r.release.manifest.unwrap_or_default(),
+                manifest_sig: r.release.manifest_sig.unwrap_or_default(),
+                files: r
+                    .files
+                    .into_iter()
+                    .map(|f| FileLink {
+                        name: f.file.name,
+                        size: f.file.size,
+                        sha256: f.file.sha256,
+                        url: f.url,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    };
+    Ok(no_store(Json(manifest).into_response()))
 }

@@ -111,10 +111,12 @@ pub async fn router(app: Arc<App>) -> anyhow::Result<Router> {
             get(public::confirm_page).post(public::confirm),
         )
         .route("/access/{token}", get(access::page))
+        .route("/access/{token}/manifest.json", get(access::grant_manifest))
         .route(
-            "/access/{token}/releases/{release}/SHA256SUMS",
-            get(access::sha256sums),
+            "/access/{token}/releases/{release}/{name}",
+            get(access::release_file),
         )
+        .route(access::PUBLIC_KEY_PATH, get(access::public_key))
         .route("/dl/{token}/{file}", get(download::fetch))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))

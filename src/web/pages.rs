@@ -78,7 +78,8 @@ pub struct LinkRow {
 
 pub struct ReleaseRows {
     pub name: String,
-    pub sums_url: String,
+    /// `SHA256SUMS`, `manifest.json` and their `.minisig` live under it.
+    pub base_url: String,
     pub files: Vec<LinkRow>,
 }
 
@@ -92,6 +93,8 @@ pub struct AccessPage {
     pub links_expire: String,
     pub releases: Vec<ReleaseRows>,
     pub revoked_reason: String,
+    pub manifest_url: String,
+    pub public_key_url: String,
 }
 
 #[derive(Template)]

@@ -17,6 +17,8 @@ use weightgate::{
 pub const REVIEWER: &str = "reviewer@lab.example.org";
 pub const PASSWORD: &str = "a long reviewer password";
 pub const MODEL: &str = "tiny-model";
+/// Chunk size of the test release, small so that files have several chunks.
+pub const CHUNK_SIZE: u64 = 64 * 1024;
 
 /// The database a scenario runs on.
 #[derive(Clone, Debug)]
@@ -125,6 +127,7 @@ pub struct TestApp {
 }
 
 pub fn client() -> Client {
+    weightgate::client::install_crypto();
     Client::builder()
         .cookie_store(true)
         .redirect(Policy::limited(5))
@@ -141,6 +144,7 @@ impl TestApp {
 
     /// Like [`TestApp::spawn`], with settings changed by `configure`.
     pub async fn spawn_with(configure: impl FnOnce(&mut Config)) -> Self {
+        weightgate::client::install_crypto();
         if std::env::var_os("TEST_LOG").is_some() {
             let _ = tracing_subscriber::fmt()
                 .with_env_filter("info,sqlx=warn")
@@ -181,7 +185,7 @@ impl TestApp {
             std::fs::write(shards.join(&name), &bytes).unwrap();
             files.push((name, bytes));
         }
-        models::publish(&app, &slug, &shards, Some("r1"), "test", &|_| {})
+        models::publish(&app, &slug, &shards, Some("r1"), CHUNK_SIZE, "test", &|_| {})
             .await
             .unwrap();
         let email: Email = REVIEWER.parse().unwrap();

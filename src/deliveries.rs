@@ -1,0 +1,87 @@
+//! What a grant has received, from its recorded deliveries: bytes delivered,
+//! and which files it holds whole. A file counts as held once the byte ranges
+//! delivered cover it, however many resumed or parallel transfers that took,
+//! so retries and resumes never count twice.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::db::grants::Delivery;
+
+/// Bytes delivered in all.
+pub fn bytes_delivered(deliveries: &[Delivery]) -> u64 {
+    deliveries
+        .iter()
+        .map(|d| u64::try_from(d.bytes).unwrap_or(0))
+        .sum()
+}
+
+/// The ids of the files whose every byte has been delivered at least once.
+pub fn completed_files(deliveries: &[Delivery]) -> BTreeSet<String> {
+    // By file: its size and the half-open byte spans delivered.
+    type Spans = (i64, Vec<(i64, i64)>);
+    let mut ranges: BTreeMap<&str, Spans> = BTreeMap::new();
+    for d in deliveries {
+        let entry = ranges.entry(&d.file_id).or_insert((d.size, Vec::new()));
+        if d.bytes > 0 {
+            entry
+                .1
+                .push((d.range_start, d.range_start.saturating_add(d.bytes)));
+        }
+    }
+    ranges
+        .into_iter()
+        .filter(|(_, (size, spans))| covers(*size, spans))
+        .map(|(id, _)| id.to_owned())
+        .collect()
+}
+
+/// `true` when the half-open spans together cover `0..size`.
+fn covers(size: i64, spans: &[(i64, i64)]) -> bool {
+    let mut spans = spans.to_vec();
+    spans.sort_unstable();
+    let mut reached = 0;
+    for (start, end) in spans {
+        if start > reached {
+            return false;
+        }
+        reached = reached.max(end);
+        if reached >= size {
+            return true;
+        }
+    }
+    reached >= size
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(file: &str, start: i64, bytes: i64, size: i64) -> Delivery {
+        Delivery {
+            file_id: file.into(),
+            range_start: start,
+            bytes,
+            size,
+        }
+    }
+
+    #[test]
+    fn resumed_and_parallel_ranges_complete_a_file_once() {
+        let deliveries = [
+            d("a", 0, 400, 1000),
+            d("a", 400, 600, 1000),
+            d("b", 500, 500, 1000),
+            d("b", 0, 300, 1000),
+            d("c", 0, 1000, 1000),
+            d("c", 0, 1000, 1000),
+        ];
+        let done = completed_files(&deliveries);
+        assert_eq!(done.into_iter().collect::<Vec<_>>(), ["a", "c"]);
+        assert_eq!(bytes_delivered(&deliveries), 3800);
+    }
+
+    #[test]
+    fn an_empty_file_is_complete_once_fetched() {
+        assert_eq!(completed_files(&[d("e", 0, 0, 0)]).len(), 1);
+    }
+}

@@ -1,0 +1,190 @@
+//! Release manifests and their signatures.
+//!
+//! A release's manifest lists every file with its size, SHA-256, and the
+//! SHA-256 of each fixed-size chunk, so a client can verify a file as it
+//! arrives and fetch again only a damaged chunk. The manifest and the
+//! release's `SHA256SUMS` are signed with the portal's publishing key in
+//! minisign's format, so researchers can check them with the `minisign` tool
+//! and the public key served at `/.well-known/weightgate/minisign.pub`.
+
+use std::io::Cursor;
+
+use anyhow::Context;
+use minisign::{KeyPair, PublicKey, PublicKeyBox, SecretKey, SecretKeyBox, SignatureBox};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    db::{self, Db, keys::StoredKey},
+    types::now_ms,
+};
+
+/// Where the publishing key is stored.
+const PURPOSE: &str = "publish-minisign";
+
+/// The chunk size used when none is given: big enough that chunk hashes stay a
+/// small part of the manifest, small enough that a damaged chunk is cheap to
+/// fetch again.
+pub const DEFAULT_CHUNK_SIZE: u64 = 64 * 1024 * 1024;
+
+/// A release as published. The JSON text of this, exactly as signed, is what
+/// clients verify.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Manifest {
+    pub format: String,
+    pub model: String,
+    pub release: String,
+    pub chunk_size: u64,
+    pub files: Vec<ManifestFile>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ManifestFile {
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+    /// SHA-256 of each `chunk_size` bytes; the last chunk may be shorter.
+    pub chunks: Vec<String>,
+}
+
+pub const MANIFEST_FORMAT: &str = "weightgate-manifest-v1";
+
+impl Manifest {
+    /// Parses and checks that the manifest is internally consistent.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let manifest: Manifest = serde_json::from_str(text).context("the manifest is not valid JSON")?;
+        anyhow::ensure!(
+            manifest.format == MANIFEST_FORMAT,
+            "unknown manifest format {:?}",
+            manifest.format
+        );
+        anyhow::ensure!(manifest.chunk_size > 0, "the manifest's chunk size is zero");
+        for f in &manifest.files {
+            anyhow::ensure!(
+                crate::types::is_safe_file_name(&f.name),
+                "the manifest names an unsafe file {:?}",
+                f.name
+            );
+            let expected = f.size.div_ceil(manifest.chunk_size).max(1);
+            anyhow::ensure!(
+                f.chunks.len() as u64 == expected,
+                "the manifest lists {} chunks for {} but its size needs {expected}",
+                f.chunks.len(),
+                f.name
+            );
+        }
+        Ok(manifest)
+    }
+}
+
+/// The portal's publishing key pair.
+pub struct Publisher {
+    pk: PublicKey,
+    sk: SecretKey,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher").finish_non_exhaustive()
+    }
+}
+
+impl Publisher {
+    /// Loads the publishing key, creating it on first use. Every replica
+    /// shares it through the database.
+    pub async fn load(db: &Db) -> anyhow::Result<Self> {
+        let mut stored = db::keys::list(db.pool(), PURPOSE).await?;
+        if stored.is_empty() {
+            let pair = KeyPair::generate_unencrypted_keypair().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let sk_box = pair
+                .sk
+                .to_box(Some("weightgate publishing key"))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let kid = hex::encode(pair.pk.keynum());
+            db::keys::insert_if_absent(
+                db.pool(),
+                &StoredKey {
+                    kid,
+                    purpose: PURPOSE.to_owned(),
+                    secret: sk_box.into_string(),
+                    created_at: now_ms(),
+                },
+            )
+            .await?;
+            stored = db::keys::list(db.pool(), PURPOSE).await?;
+        }
+        let key = stored.pop().context("no publishing key")?;
+        let sk = SecretKeyBox::from_string(&key.secret)
+            .and_then(SecretKeyBox::into_unencrypted_secret_key)
+            .map_err(|e| anyhow::anyhow!("the stored publishing key is unreadable: {e}"))?;
+        let pk = PublicKey::from_secret_key(&sk).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(Self { pk, sk })
+    }
+
+    /// The public key as a minisign `.pub` file.
+    pub fn public_key_file(&self) -> String {
+        self.pk
+            .to_box()
+            .map(PublicKeyBox::into_string)
+            .unwrap_or_default()
+    }
+
+    /// A minisign signature (`.minisig` file) of `data`; `what` goes in the
+    /// signed, trusted comment.
+    pub fn sign(&self, data: &[u8], what: &str) -> anyhow::Result<String> {
+        let trusted = format!("weightgate {what} timestamp:{}", now_ms() / 1000);
+        let sig = minisign::sign(Some(&self.pk), &self.sk, Cursor::new(data), Some(&trusted), None)
+            .map_err(|e| anyhow::anyhow!("cannot sign: {e}"))?;
+        Ok(sig.into_string())
+    }
+}
+
+/// Checks a minisign signature of `data` against a public key given as a
+/// `.pub` file or its base64 line.
+pub fn verify(public_key: &str, data: &[u8], signature: &str) -> anyhow::Result<()> {
+    let pk = match PublicKeyBox::from_string(public_key) {
+        Ok(b) if public_key.contains("comment") => b.into_public_key(),
+        _ => PublicKey::from_base64(public_key.trim()),
+    }
+    .map_err(|e| anyhow::anyhow!("the public key is not a minisign key: {e}"))?;
+    let sig =
+        SignatureBox::from_string(signature).map_err(|e| anyhow::anyhow!("malformed signature: {e}"))?;
+    minisign::verify(&pk, &sig, Cursor::new(data), true, false, false)
+        .map_err(|e| anyhow::anyhow!("signature check failed: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publisher() -> Publisher {
+        let pair = KeyPair::generate_unencrypted_keypair().unwrap();
+        Publisher {
+            pk: pair.pk,
+            sk: pair.sk,
+        }
+    }
+
+    #[test]
+    fn signatures_verify_and_catch_any_change() {
+        let p = publisher();
+        let sig = p.sign(b"manifest text", "manifest demo/v1").unwrap();
+        assert!(sig.contains("trusted comment: weightgate manifest demo/v1"));
+        verify(&p.public_key_file(), b"manifest text", &sig).unwrap();
+        let base64_line = p.public_key_file().lines().nth(1).unwrap().to_owned();
+        verify(&base64_line, b"manifest text", &sig).unwrap();
+        assert!(verify(&p.public_key_file(), b"manifest text!", &sig).is_err());
+        assert!(verify(&publisher().public_key_file(), b"manifest text", &sig).is_err());
+        assert!(verify(&p.public_key_file(), b"manifest text", "garbage").is_err());
+    }
+
+    #[test]
+    fn manifests_must_be_consistent() {
+        let good = r#"{"format":"weightgate-manifest-v1","model":"m","release":"v1","chunk_size":4,
+            "files":[{"name":"a.bin","size":9,"sha256":"00","chunks":["1","2","3"]}]}"#;
+        assert!(Manifest::parse(good).is_ok());
+        assert!(Manifest::parse(&good.replace(r#""3"]"#, r#""3","4"]"#)).is_err());
+        assert!(Manifest::parse(&good.replace("a.bin", "../a.bin")).is_err());
+        assert!(Manifest::parse(&good.replace("-v1", "-v9")).is_err());
+        assert!(Manifest::parse("{").is_err());
+    }
+}
