@@ -5,6 +5,9 @@
 //! through [`AuditLog::record`], which hands the event to one writer task that
 //! commits whatever has queued up in a single transaction and answers each
 //! caller only once its event is durable.
+//!
+//! [`verify_chain`] walks the chain and checks the signed checkpoints of its
+//! head ([`checkpoint`]); [`report`] reads who fetched what.
 
 use anyhow::Context;
 use serde::Serialize;
@@ -15,6 +18,13 @@ use crate::{
     db::{self, Backend, Db, Tx, audit::EventRow},
     types::now_ms,
 };
+
+pub mod checkpoint;
+pub mod report;
+mod verify;
+
+pub use checkpoint::{checkpoint_if_moved, checkpoint_periodically};
+pub use verify::{CheckpointSource, Problem, Verification, verify_chain, verify_with};
 
 /// The hash that precedes the first event.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -113,8 +123,14 @@ struct Canonical<'a> {
 /// The chain hash of a stored event: SHA-256 over its canonical JSON encoding,
 /// which includes the previous event's hash.
 pub fn event_hash(r: &EventRow) -> String {
+    event_hash_at(r, r.seq)
+}
+
+/// The hash `r` would have if it were stored at position `seq`: tells where a
+/// moved event came from.
+fn event_hash_at(r: &EventRow, seq: i64) -> String {
     let canonical = Canonical {
-        seq: r.seq,
+        seq,
         at: r.at,
         action: &r.action,
         outcome: &r.outcome,
@@ -264,38 +280,4 @@ impl AuditLog {
             .map_err(|_| anyhow::anyhow!("the audit writer has stopped"))?
             .map_err(|e| anyhow::anyhow!(e))
     }
-}
-
-/// Recomputes the chain; returns the number of events checked, or names the
-/// first event whose hash or link does not hold.
-pub async fn verify_chain(db: &Db) -> anyhow::Result<Result<i64, String>> {
-    let rows = db::audit::list(
-        db.pool(),
-        &db::audit::Filter {
-            limit: i64::MAX,
-            ..Default::default()
-        },
-    )
-    .await?;
-    let mut prev = GENESIS.to_owned();
-    for (expected_seq, r) in (1..).zip(rows.iter()) {
-        if r.seq != expected_seq {
-            return Ok(Err(format!(
-                "event {expected_seq} is missing (next stored event is {})",
-                r.seq
-            )));
-        }
-        if r.prev_hash != prev {
-            return Ok(Err(format!(
-                "event {} does not follow event {}",
-                r.seq,
-                r.seq - 1
-            )));
-        }
-        if event_hash(r) != r.hash {
-            return Ok(Err(format!("event {} was modified", r.seq)));
-        }
-        prev = r.hash.clone();
-    }
-    Ok(Ok(rows.len() as i64))
 }

@@ -235,10 +235,7 @@ type VerifiedRelease = (Manifest, HashMap<String, String>);
 
 /// The release manifests, each checked against the publishing key, with the
 /// files' links; a listing that disagrees with the signed manifest is refused.
-fn verified_releases(
-    grant: &GrantManifest,
-    public_key: &str,
-) -> Result<Vec<VerifiedRelease>, DownloadError> {
+fn verified_releases(grant: &GrantManifest, public_key: &str) -> Result<Vec<VerifiedRelease>, DownloadError> {
     grant
         .releases
         .iter()

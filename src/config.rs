@@ -67,6 +67,11 @@ pub struct Config {
     #[arg(long, env = "WEIGHTGATE_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
     pub shutdown_grace: Duration,
 
+    /// How often a running portal signs a checkpoint of the audit log's head
+    /// (when it moved).
+    #[arg(long, env = "WEIGHTGATE_AUDIT_CHECKPOINT_EVERY", default_value = "10min", value_parser = humantime::parse_duration, global = true)]
+    pub audit_checkpoint_every: Duration,
+
     /// Log format.
     #[arg(long, env = "WEIGHTGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
@@ -92,6 +97,7 @@ impl Config {
             grant_ttl: Duration::from_secs(30 * 86_400),
             link_ttl: Duration::from_secs(86_400),
             shutdown_grace: Duration::from_secs(30),
+            audit_checkpoint_every: Duration::from_secs(600),
             log_format: LogFormat::Text,
         }
     }
@@ -149,6 +155,7 @@ impl fmt::Debug for Config {
             .field("grant_ttl", &self.grant_ttl)
             .field("link_ttl", &self.link_ttl)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("audit_checkpoint_every", &self.audit_checkpoint_every)
             .field("log_format", &self.log_format)
             .finish()
     }

@@ -86,7 +86,11 @@ const LEASE_MS: i64 = 120_000;
 async fn drain(db: &Db, worker: &str, transport: &Transport, from: &Mailbox) -> anyhow::Result<()> {
     loop {
         let now = now_ms();
-        let due = db::outbox::claim_due(db.pool(), worker, now, now + LEASE_MS, 20).await?;
+        let due = if db::outbox::any_due(db.pool(), now).await? {
+            db::outbox::claim_due(db.pool(), worker, now, now + LEASE_MS, 20).await?
+        } else {
+            Vec::new()
+        };
         if due.is_empty() {
             let depth = db::outbox::count_unsent(db.pool()).await?;
             metrics::gauge!("weightgate_outbox_depth").set(depth as f64);

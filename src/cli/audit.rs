@@ -1,104 +1,878 @@
-//! `weightgate audit`: read and check the audit log.
+//! `weightgate audit`: read, check, sign and report on the audit log.
 
-use std::sync::Arc;
+use std::{io::Write, path::PathBuf, sync::Arc, time::Duration};
 
-use clap::Subcommand;
+use anyhow::Context;
+use clap::{Args, Subcommand, ValueEnum};
 
-use super::output::{self, Format};
+use super::output::{self, Format, Printer};
 use crate::{
     app::App,
-    audit,
-    db::{self, audit::Filter},
+    audit::{
+        self,
+        checkpoint::{self, ExportedCheckpoint},
+        report::{self, Thresholds},
+    },
+    db::{
+        self, Db,
+        audit::{EventRow, Filter},
+    },
     types::{format_ms, format_ms_rfc3339, now_ms},
 };
 
 #[derive(Subcommand, Debug)]
 pub enum AuditCommand {
-    /// List events, oldest first.
+    /// List events, oldest first: the newest --limit of those matching, or
+    /// with --after the oldest --limit after an event.
     List {
+        #[command(flatten)]
+        filter: FilterArgs,
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
-        /// Only events of this grant.
-        #[arg(long)]
-        grant: Option<String>,
-        /// Only events of this action, e.g. file.fetch.
-        #[arg(long)]
-        action: Option<String>,
-        /// Only events newer than this, e.g. 7d or 12h.
-        #[arg(long, value_parser = humantime::parse_duration)]
-        since: Option<std::time::Duration>,
-        /// At most this many (the newest).
-        #[arg(long, default_value_t = 1000)]
+        /// At most this many events.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..))]
         limit: i64,
+        /// Only events after this one (by sequence number), oldest first: the
+        /// next page after the last event shown.
+        #[arg(long)]
+        after: Option<i64>,
+        /// Only events before this one (by sequence number): the page before.
+        #[arg(long)]
+        before: Option<i64>,
     },
-    /// Recompute the hash chain and report the first event that does not fit.
-    Verify,
+    /// Show the newest events, then (with --follow) new ones as they arrive.
+    Tail {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// How many of the newest events to show first.
+        #[arg(short = 'n', long, default_value_t = 20, value_parser = clap::value_parser!(i64).range(0..))]
+        lines: i64,
+        /// Keep watching for new events.
+        #[arg(short, long)]
+        follow: bool,
+        /// How often to look for new events with --follow.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        every: Duration,
+        /// `table` prints one aligned line per event.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Recompute the hash chain and check every signed checkpoint; names the
+    /// first thing that does not hold and exits non-zero.
+    Verify {
+        /// Also check the log against a checkpoint exported earlier with
+        /// `audit checkpoint --export`.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+    },
+    /// Sign the log's current head with the portal's audit key, after
+    /// checking the events since the last checkpoint.
+    Checkpoint {
+        /// Also write the checkpoint, with its public key, to this file: keep
+        /// it away from this server.
+        #[arg(long)]
+        export: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Per researcher and model: files delivered whole, bytes sent, first and
+    /// last fetch, client addresses.
+    Downloads {
+        /// Only this model (its slug).
+        #[arg(long)]
+        model: Option<String>,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Researchers holding a complete copy of a release: every file delivered
+    /// whole, possibly over several resumed or ranged transfers.
+    WhoHas {
+        /// The model's slug.
+        model: String,
+        /// Only this release; by default every published release.
+        #[arg(long)]
+        release: Option<String>,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Flag patterns worth a look: grants used from many addresses, bursts of
+    /// fetches, fetches after revocation, repeated bad links or sign-ins.
+    Anomalies {
+        /// Only events at or after this time (same forms as `list --since`).
+        #[arg(long, value_parser = parse_time)]
+        since: Option<i64>,
+        /// Flag a grant fetched from more distinct addresses than this.
+        #[arg(long, default_value_t = 3)]
+        max_addresses: i64,
+        /// Flag a grant with this many fetches ...
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(2..))]
+        burst: i64,
+        /// ... within this long.
+        #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+        window: Duration,
+        /// Flag a revoked grant whose links were tried this many times since.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i64).range(1..))]
+        revoked_fetches: i64,
+        /// Flag an address that sent this many links with a bad signature.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i64).range(1..))]
+        bad_signatures: i64,
+        /// Flag an address with this many refused reviewer sign-ins.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i64).range(1..))]
+        failed_sign_ins: i64,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Write the whole log, every column, oldest first.
+    Export {
+        #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
+        format: ExportFormat,
+        /// Write to this file instead of standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    Jsonl,
+    Csv,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutcomeArg {
+    Ok,
+    Refused,
+    Aborted,
+}
+
+/// Which events to show.
+#[derive(Args, Debug, Default)]
+pub struct FilterArgs {
+    /// Only events at or after this time: a duration back from now (7d,
+    /// 12h), a date (2026-11-01, UTC) or an RFC 3339 time.
+    #[arg(long, value_parser = parse_time)]
+    pub since: Option<i64>,
+    /// Only events before this time (same forms as --since).
+    #[arg(long, value_parser = parse_time)]
+    pub until: Option<i64>,
+    /// Only events about this model (its slug).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Only events about this researcher (their e-mail).
+    #[arg(long)]
+    pub researcher: Option<String>,
+    /// Only events of this grant.
+    #[arg(long)]
+    pub grant: Option<String>,
+    /// Only events of this action, e.g. file.fetch.
+    #[arg(long)]
+    pub action: Option<String>,
+    /// Only events from this client address.
+    #[arg(long)]
+    pub ip: Option<String>,
+    /// Only events with this outcome.
+    #[arg(long, value_enum)]
+    pub outcome: Option<OutcomeArg>,
+}
+
+impl FilterArgs {
+    /// The database filter, with model and researcher looked up.
+    async fn resolve(self, db: &Db) -> anyhow::Result<Filter> {
+        let model_id = match &self.model {
+            Some(slug) => Some(
+                db::models::find_model_by_slug(db.pool(), slug)
+                    .await?
+                    .with_context(|| format!("no model is called {slug:?}"))?
+                    .id,
+            ),
+            None => None,
+        };
+        let researcher_id = match &self.researcher {
+            Some(email) => {
+                let email = email.trim().to_lowercase();
+                Some(
+                    db::audit::researcher_id_by_email(db.pool(), &email)
+                        .await?
+                        .with_context(|| format!("no researcher has the e-mail address {email:?}"))?,
+                )
+            }
+            None => None,
+        };
+        if let (Some(since), Some(until)) = (self.since, self.until) {
+            anyhow::ensure!(since < until, "--since must be earlier than --until");
+        }
+        Ok(Filter {
+            grant_id: self.grant,
+            action: self.action,
+            model_id,
+            researcher_id,
+            client_ip: self.ip,
+            outcome: self.outcome.map(|o| {
+                match o {
+                    OutcomeArg::Ok => "ok",
+                    OutcomeArg::Refused => "refused",
+                    OutcomeArg::Aborted => "aborted",
+                }
+                .to_owned()
+            }),
+            since_ms: self.since,
+            until_ms: self.until,
+            after_seq: None,
+            before_seq: None,
+            limit: 0,
+        })
+    }
+}
+
+/// A point in time from the command line, in Unix milliseconds: a duration
+/// back from now (`7d`, `12h`), a date (`2026-11-01`, midnight UTC) or an
+/// RFC 3339 time (`2026-11-01T12:00:00Z`, `2026-11-01T14:00:00+02:00`).
+pub fn parse_time(s: &str) -> Result<i64, String> {
+    parse_time_at(s, now_ms())
+}
+
+fn parse_time_at(s: &str, now_ms: i64) -> Result<i64, String> {
+    let s = s.trim();
+    let unknown = || {
+        format!(
+            "{s:?} is not a time: use a duration back from now (7d, 12h), a date (2026-11-01) \
+             or an RFC 3339 time (2026-11-01T12:00:00Z)"
+        )
+    };
+    if s.starts_with(|c: char| c.is_ascii_digit()) && !s.contains('-') {
+        let ago = humantime::parse_duration(s).map_err(|_| unknown())?;
+        return Ok(now_ms.saturating_sub(i64::try_from(ago.as_millis()).unwrap_or(i64::MAX)));
+    }
+    let (moment, offset_minutes) = split_offset(s).ok_or_else(unknown)?;
+    let moment = if moment.len() == 10 {
+        format!("{moment}T00:00:00")
+    } else {
+        moment.to_owned()
+    };
+    let at = humantime::parse_rfc3339_weak(&moment).map_err(|_| unknown())?;
+    let ms = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| format!("{s:?} is before 1970"))?
+        .as_millis();
+    Ok(i64::try_from(ms).unwrap_or(i64::MAX) - offset_minutes * 60_000)
+}
+
+/// Splits a trailing `Z` or `±HH:MM` off a time; the offset in minutes east of UTC.
+fn split_offset(s: &str) -> Option<(&str, i64)> {
+    if let Some(rest) = s.strip_suffix(['Z', 'z']) {
+        return Some((rest, 0));
+    }
+    if s.len() > 16 {
+        let (rest, zone) = s.split_at(s.len() - 6);
+        let bytes = zone.as_bytes();
+        if matches!(bytes[0], b'+' | b'-') && bytes[3] == b':' {
+            let hours: i64 = zone[1..3].parse().ok()?;
+            let minutes: i64 = zone[4..6].parse().ok()?;
+            if hours > 23 || minutes > 59 {
+                return None;
+            }
+            let sign = if bytes[0] == b'-' { -1 } else { 1 };
+            return Some((rest, sign * (hours * 60 + minutes)));
+        }
+    }
+    Some((s, 0))
+}
+
+/// Every column of an event, as `export` and CSV listings write them.
+const EVENT_FIELDS: &[&str] = &[
+    "seq",
+    "at",
+    "time",
+    "action",
+    "outcome",
+    "reason",
+    "actor",
+    "subject",
+    "model_id",
+    "application_id",
+    "grant_id",
+    "researcher_id",
+    "file_id",
+    "range_start",
+    "range_end",
+    "bytes",
+    "client_ip",
+    "user_agent",
+    "request_id",
+    "prev_hash",
+    "hash",
+];
+
+const EVENT_TABLE: &[&str] = &[
+    "seq",
+    "time (UTC)",
+    "action",
+    "outcome",
+    "reason",
+    "actor",
+    "subject",
+    "grant",
+    "range",
+    "bytes",
+    "client",
+    "user agent",
+];
+
+fn event_headers(format: Format) -> &'static [&'static str] {
+    match format {
+        Format::Table => EVENT_TABLE,
+        Format::Jsonl | Format::Csv => EVENT_FIELDS,
+    }
+}
+
+fn event_json(e: &EventRow) -> serde_json::Value {
+    let mut json = serde_json::to_value(e).unwrap_or_default();
+    json["time"] = format_ms_rfc3339(e.at).into();
+    json
+}
+
+fn event_cells(format: Format, e: &EventRow) -> Vec<String> {
+    let text = |v: &Option<String>| v.clone().unwrap_or_default();
+    let int = |v: Option<i64>| v.map(|n| n.to_string()).unwrap_or_default();
+    match format {
+        Format::Table => vec![
+            e.seq.to_string(),
+            format_ms(e.at),
+            e.action.clone(),
+            e.outcome.clone(),
+            text(&e.reason),
+            text(&e.actor),
+            text(&e.subject),
+            text(&e.grant_id),
+            match (e.range_start, e.range_end) {
+                (Some(s), Some(t)) => format!("{s}-{t}"),
+                _ => String::new(),
+            },
+            int(e.bytes),
+            text(&e.client_ip),
+            text(&e.user_agent).chars().take(40).collect(),
+        ],
+        Format::Jsonl | Format::Csv => vec![
+            e.seq.to_string(),
+            e.at.to_string(),
+            format_ms_rfc3339(e.at),
+            e.action.clone(),
+            e.outcome.clone(),
+            text(&e.reason),
+            text(&e.actor),
+            text(&e.subject),
+            text(&e.model_id),
+            text(&e.application_id),
+            text(&e.grant_id),
+            text(&e.researcher_id),
+            text(&e.file_id),
+            int(e.range_start),
+            int(e.range_end),
+            int(e.bytes),
+            text(&e.client_ip),
+            text(&e.user_agent),
+            text(&e.request_id),
+            e.prev_hash.clone(),
+            e.hash.clone(),
+        ],
+    }
+}
+
+/// One aligned line per event, for following the log.
+fn event_line(e: &EventRow) -> String {
+    let mut line = format!(
+        "{}  {:>8}  {:<22} {:<8}",
+        format_ms(e.at),
+        e.seq,
+        e.action,
+        e.outcome
+    );
+    for part in [&e.reason, &e.subject, &e.client_ip].into_iter().flatten() {
+        line.push_str("  ");
+        line.push_str(part);
+    }
+    if let (Some(s), Some(t)) = (e.range_start, e.range_end) {
+        line.push_str(&format!("  bytes {s}-{t}"));
+    }
+    if let Some(b) = e.bytes {
+        line.push_str(&format!("  sent {b}"));
+    }
+    line
+}
+
+fn time_cell(ms: Option<i64>) -> String {
+    ms.map(format_ms).unwrap_or_default()
+}
+
+fn time_json(ms: Option<i64>) -> serde_json::Value {
+    ms.map_or(serde_json::Value::Null, |ms| format_ms_rfc3339(ms).into())
 }
 
 pub async fn run(app: Arc<App>, cmd: AuditCommand) -> anyhow::Result<()> {
+    let db = &app.db;
     match cmd {
         AuditCommand::List {
+            filter,
             format,
-            grant,
-            action,
-            since,
             limit,
+            after,
+            before,
+        } => list(db, filter, format, limit, after, before).await,
+        AuditCommand::Tail {
+            filter,
+            lines,
+            follow,
+            every,
+            format,
+        } => tail(db, filter, lines, follow.then_some(every), format).await,
+        AuditCommand::Verify { checkpoint } => verify(db, checkpoint).await,
+        AuditCommand::Checkpoint { export, format } => sign_checkpoint(db, export, format).await,
+        AuditCommand::Downloads { model, format } => downloads(db, model, format).await,
+        AuditCommand::WhoHas {
+            model,
+            release,
+            format,
+        } => who_has(db, &model, release.as_deref(), format).await,
+        AuditCommand::Anomalies {
+            since,
+            max_addresses,
+            burst,
+            window,
+            revoked_fetches,
+            bad_signatures,
+            failed_sign_ins,
+            format,
         } => {
-            let filter = Filter {
-                grant_id: grant,
-                action,
-                since_ms: since.map(|d| now_ms() - i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
-                limit: limit.max(1),
+            let thresholds = Thresholds {
+                since_ms: since.unwrap_or(i64::MIN),
+                max_addresses,
+                burst_fetches: burst,
+                burst_window_ms: i64::try_from(window.as_millis()).unwrap_or(i64::MAX),
+                revoked_fetches,
+                bad_signatures,
+                failed_sign_ins,
             };
-            let events = db::audit::list(app.db.pool(), &filter).await?;
-            let range = |e: &db::audit::EventRow| match (e.range_start, e.range_end) {
-                (Some(s), Some(t)) => format!("{s}-{t}"),
-                _ => String::new(),
-            };
-            let opt = |v: &Option<String>| v.clone().unwrap_or_default();
-            output::print(
-                format,
-                &[
-                    "seq",
-                    "time (UTC)",
-                    "action",
-                    "outcome",
-                    "reason",
-                    "actor",
-                    "subject",
-                    "grant",
-                    "bytes",
-                    "client",
-                    "user agent",
-                ],
-                events.iter().map(|e| {
-                    (
-                        vec![
-                            e.seq.to_string(),
-                            format_ms(e.at),
-                            e.action.clone(),
-                            e.outcome.clone(),
-                            opt(&e.reason),
-                            opt(&e.actor),
-                            opt(&e.subject),
-                            opt(&e.grant_id),
-                            range(e),
-                            opt(&e.client_ip),
-                            opt(&e.user_agent).chars().take(40).collect(),
-                        ],
-                        {
-                            let mut json = serde_json::to_value(e).unwrap_or_default();
-                            json["time"] = format_ms_rfc3339(e.at).into();
-                            json
-                        },
-                    )
-                }),
-            );
+            anomalies(db, &thresholds, format).await
         }
-        AuditCommand::Verify => match audit::verify_chain(&app.db).await? {
-            Ok(n) => println!("audit log intact: {n} events, chain verified"),
-            Err(problem) => anyhow::bail!("audit log damaged: {problem}"),
-        },
+        AuditCommand::Export { format, output } => export(db, format, output).await,
+    }
+}
+
+async fn list(
+    db: &Db,
+    filter: FilterArgs,
+    format: Format,
+    limit: i64,
+    after: Option<i64>,
+    before: Option<i64>,
+) -> anyhow::Result<()> {
+    let mut filter = filter.resolve(db).await?;
+    filter.limit = limit;
+    filter.after_seq = after;
+    filter.before_seq = before;
+    let events = db::audit::list(db.pool(), &filter).await?;
+    let mut out = Printer::stdout(format, event_headers(format))?;
+    let printed = events
+        .iter()
+        .try_for_each(|e| out.row(event_cells(format, e), &event_json(e)))
+        .and_then(|()| out.finish());
+    output::until_closed(printed)?;
+    if format == Format::Table && events.len() as i64 == limit {
+        match (after, events.first(), events.last()) {
+            (Some(_), _, Some(last)) => eprintln!("more events may follow: add --after {}", last.seq),
+            (None, Some(first), _) => eprintln!("older events may precede: add --before {}", first.seq),
+            _ => {}
+        }
     }
     Ok(())
+}
+
+async fn tail(
+    db: &Db,
+    filter: FilterArgs,
+    lines: i64,
+    follow: Option<Duration>,
+    format: Format,
+) -> anyhow::Result<()> {
+    let mut filter = filter.resolve(db).await?;
+    let head = db::audit::head(db.pool()).await?.map_or(0, |h| h.0);
+    filter.limit = lines;
+    let newest = if lines > 0 {
+        db::audit::list(db.pool(), &filter).await?
+    } else {
+        Vec::new()
+    };
+    let mut out: Option<Printer> = match format {
+        Format::Table => None,
+        other => Some(Printer::stdout(other, event_headers(other))?),
+    };
+    let mut lines_out = std::io::BufWriter::new(std::io::stdout());
+    let mut emit = |events: &[EventRow]| -> std::io::Result<()> {
+        match &mut out {
+            Some(printer) => {
+                for e in events {
+                    printer.row(event_cells(format, e), &event_json(e))?;
+                }
+                printer.flush()
+            }
+            None => {
+                for e in events {
+                    writeln!(lines_out, "{}", event_line(e))?;
+                }
+                lines_out.flush()
+            }
+        }
+    };
+    output::until_closed(emit(&newest))?;
+    let Some(every) = follow else {
+        return Ok(());
+    };
+    // Events become visible in sequence order, so once a page comes back
+    // short, everything up to the head read before it has been seen.
+    let mut seen = newest.last().map_or(head, |e| e.seq.max(head));
+    filter.limit = 1000;
+    loop {
+        let head = db::audit::head(db.pool()).await?.map_or(0, |h| h.0);
+        filter.after_seq = Some(seen);
+        let events = db::audit::list(db.pool(), &filter).await?;
+        if let Err(err) = emit(&events) {
+            return output::until_closed(Err(err));
+        }
+        let full = events.len() as i64 == filter.limit;
+        seen = match events.last() {
+            Some(last) if full => last.seq,
+            Some(last) => last.seq.max(head),
+            None => seen.max(head),
+        };
+        if !full {
+            tokio::time::sleep(every).await;
+        }
+    }
+}
+
+async fn verify(db: &Db, checkpoint: Option<PathBuf>) -> anyhow::Result<()> {
+    let exported = match &checkpoint {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            Some(ExportedCheckpoint::parse(&text).with_context(|| format!("{}", path.display()))?)
+        }
+        None => None,
+    };
+    let v = audit::verify_with(db, exported.as_ref()).await?;
+    if let Some((first, rest)) = v.problems.split_first() {
+        let mut message = format!("audit log damaged: {first}");
+        for problem in rest {
+            message.push_str(&format!("\n  also: {problem}"));
+        }
+        anyhow::bail!(message);
+    }
+    println!("audit log intact: {} events, chain verified", v.events);
+    match &v.latest_checkpoint {
+        Some(c) => println!(
+            "{} checkpoint(s) verified; the newest signs event {} at {} UTC (key {})",
+            v.checkpoints,
+            c.seq,
+            format_ms(c.at),
+            c.kid
+        ),
+        None => println!("no signed checkpoints yet: `weightgate audit checkpoint` makes one"),
+    }
+    if let Some(e) = &exported {
+        println!(
+            "the exported checkpoint of event {} ({} UTC, key {}) matches",
+            e.seq,
+            format_ms(e.at),
+            e.kid
+        );
+    }
+    Ok(())
+}
+
+async fn sign_checkpoint(db: &Db, export: Option<PathBuf>, format: Format) -> anyhow::Result<()> {
+    let done = checkpoint::checkpoint(db).await?;
+    let exported = done.exported();
+    if let Some(path) = &export {
+        let json = serde_json::to_string_pretty(&exported)? + "\n";
+        std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let c = &done.checkpoint;
+    match format {
+        Format::Table => {
+            println!(
+                "{} checkpoint of event {}, hash {}",
+                if done.new { "signed" } else { "already signed:" },
+                c.seq,
+                c.hash
+            );
+            println!(
+                "signed at {} UTC with key {} (public key {})",
+                format_ms(c.at),
+                c.kid,
+                exported.public_key
+            );
+            if let Some(path) = &export {
+                println!(
+                    "exported to {}: keep a copy away from this server and check the log against it with \
+                     `weightgate audit verify --checkpoint FILE`",
+                    path.display()
+                );
+            }
+        }
+        Format::Jsonl | Format::Csv => {
+            let mut out = Printer::stdout(
+                format,
+                &[
+                    "format",
+                    "seq",
+                    "hash",
+                    "at",
+                    "time",
+                    "kid",
+                    "public_key",
+                    "signature",
+                ],
+            )?;
+            let cells = vec![
+                exported.format.clone(),
+                exported.seq.to_string(),
+                exported.hash.clone(),
+                exported.at.to_string(),
+                exported.time.clone(),
+                exported.kid.clone(),
+                exported.public_key.clone(),
+                exported.signature.clone(),
+            ];
+            output::until_closed(
+                out.row(cells, &serde_json::to_value(&exported)?)
+                    .and_then(|()| out.finish()),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+async fn downloads(db: &Db, model: Option<String>, format: Format) -> anyhow::Result<()> {
+    let rows = report::downloads(db, model.as_deref()).await?;
+    output::print(
+        format,
+        &[
+            "researcher",
+            "model",
+            "files complete",
+            "bytes sent",
+            "fetches",
+            "refused",
+            "first fetch (UTC)",
+            "last fetch (UTC)",
+            "addresses",
+        ],
+        rows.iter().map(|d| {
+            (
+                vec![
+                    d.researcher.clone(),
+                    d.model.clone(),
+                    format!("{} of {}", d.files_complete, d.files_total),
+                    d.bytes.to_string(),
+                    d.fetches.to_string(),
+                    d.refused.to_string(),
+                    time_cell(d.first_fetch),
+                    time_cell(d.last_fetch),
+                    d.addresses.to_string(),
+                ],
+                serde_json::json!({
+                    "researcher": d.researcher, "researcher_id": d.researcher_id, "model": d.model,
+                    "files_complete": d.files_complete, "files_total": d.files_total, "bytes": d.bytes,
+                    "fetches": d.fetches, "refused": d.refused,
+                    "first_fetch": time_json(d.first_fetch), "last_fetch": time_json(d.last_fetch),
+                    "addresses": d.addresses,
+                }),
+            )
+        }),
+    );
+    Ok(())
+}
+
+async fn who_has(db: &Db, model: &str, release: Option<&str>, format: Format) -> anyhow::Result<()> {
+    let holders = report::who_has(db, model, release).await?;
+    output::print(
+        format,
+        &[
+            "researcher",
+            "model",
+            "release",
+            "files",
+            "bytes",
+            "completed (UTC)",
+        ],
+        holders.iter().map(|h| {
+            (
+                vec![
+                    h.researcher.clone(),
+                    h.model.clone(),
+                    h.release.clone(),
+                    h.files.to_string(),
+                    h.bytes.to_string(),
+                    format_ms(h.completed_at),
+                ],
+                serde_json::json!({
+                    "researcher": h.researcher, "researcher_id": h.researcher_id, "model": h.model,
+                    "release": h.release, "files": h.files, "bytes": h.bytes,
+                    "completed_at": format_ms_rfc3339(h.completed_at),
+                }),
+            )
+        }),
+    );
+    Ok(())
+}
+
+/// Addresses of a grant a table row shows; JSON lines carry them all.
+const SHOWN_ADDRESSES: usize = 4;
+
+async fn anomalies(db: &Db, thresholds: &Thresholds, format: Format) -> anyhow::Result<()> {
+    let found = report::anomalies(db, thresholds).await?;
+    output::print(
+        format,
+        &[
+            "kind",
+            "grant",
+            "researcher",
+            "model",
+            "address",
+            "detail",
+            "first (UTC)",
+            "last (UTC)",
+        ],
+        found.iter().map(|a| {
+            let text = |v: &Option<String>| v.clone().unwrap_or_default();
+            let mut json = serde_json::to_value(a).unwrap_or_default();
+            json["first"] = format_ms_rfc3339(a.first_at).into();
+            json["last"] = format_ms_rfc3339(a.last_at).into();
+            (
+                vec![
+                    a.kind.as_str().to_owned(),
+                    text(&a.grant_id),
+                    text(&a.researcher),
+                    text(&a.model),
+                    match a.addresses.len() {
+                        0 => text(&a.client_ip),
+                        n if n <= SHOWN_ADDRESSES => a.addresses.join(" "),
+                        n => format!(
+                            "{} and {} more",
+                            a.addresses[..SHOWN_ADDRESSES].join(" "),
+                            n - SHOWN_ADDRESSES
+                        ),
+                    },
+                    a.detail.clone(),
+                    format_ms(a.first_at),
+                    format_ms(a.last_at),
+                ],
+                json,
+            )
+        }),
+    );
+    if found.is_empty() && format == Format::Table {
+        eprintln!("nothing above the thresholds");
+    }
+    Ok(())
+}
+
+/// Events read per page by `export`.
+const EXPORT_PAGE: i64 = 5_000;
+
+async fn export(db: &Db, format: ExportFormat, output: Option<PathBuf>) -> anyhow::Result<()> {
+    let format = match format {
+        ExportFormat::Jsonl => Format::Jsonl,
+        ExportFormat::Csv => Format::Csv,
+    };
+    let mut out = match &output {
+        Some(path) => {
+            let file =
+                std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+            Printer::new(format, EVENT_FIELDS, Box::new(std::io::BufWriter::new(file)))?
+        }
+        None => Printer::stdout(format, EVENT_FIELDS)?,
+    };
+    let mut after = i64::MIN;
+    let mut count: u64 = 0;
+    loop {
+        let page = db::audit::page_after(db.pool(), after, EXPORT_PAGE).await?;
+        let written = page
+            .iter()
+            .try_for_each(|e| out.row(event_cells(format, e), &event_json(e)));
+        if let Err(err) = written {
+            return output::until_closed(Err(err));
+        }
+        count += page.len() as u64;
+        match page.last() {
+            Some(last) if page.len() as i64 == EXPORT_PAGE => after = last.seq,
+            _ => break,
+        }
+    }
+    output::until_closed(out.finish())?;
+    if let Some(path) = &output {
+        eprintln!("exported {count} events to {}", path.display());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_790_000_000_000;
+
+    #[test]
+    fn times_are_durations_dates_or_rfc3339() {
+        assert_eq!(parse_time_at("7d", NOW), Ok(NOW - 7 * 86_400_000));
+        assert_eq!(parse_time_at("12h", NOW), Ok(NOW - 12 * 3_600_000));
+        assert_eq!(parse_time_at("1970-01-02", NOW), Ok(86_400_000));
+        assert_eq!(parse_time_at("1970-01-02T00:00:01Z", NOW), Ok(86_401_000));
+        assert_eq!(parse_time_at("1970-01-02T02:00:00+02:00", NOW), Ok(86_400_000));
+        assert_eq!(parse_time_at("1970-01-01T22:30:00-01:30", NOW), Ok(86_400_000));
+        assert_eq!(parse_time_at("2026-11-01", NOW), Ok(1_793_491_200_000));
+        for bad in [
+            "",
+            "yesterday",
+            "7 parsecs",
+            "2026-13-01",
+            "2026-11-01T25:00:00Z",
+            "1969-12-31",
+        ] {
+            assert!(parse_time_at(bad, NOW).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn event_cells_match_their_headers() {
+        let e = EventRow {
+            seq: 1,
+            at: 0,
+            action: "file.fetch".into(),
+            outcome: "ok".into(),
+            reason: None,
+            actor: None,
+            subject: Some("a, \"b\"".into()),
+            model_id: None,
+            application_id: None,
+            grant_id: None,
+            researcher_id: None,
+            file_id: None,
+            range_start: Some(0),
+            range_end: Some(9),
+            bytes: Some(10),
+            client_ip: None,
+            user_agent: None,
+            request_id: None,
+            prev_hash: "p".into(),
+            hash: "h".into(),
+        };
+        for format in [Format::Table, Format::Csv] {
+            assert_eq!(event_cells(format, &e).len(), event_headers(format).len());
+        }
+        let json = event_json(&e);
+        for field in EVENT_FIELDS {
+            assert!(json.get(field).is_some(), "{field} is in the JSON too");
+        }
+    }
 }

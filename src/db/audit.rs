@@ -1,6 +1,8 @@
-//! The audit log table: append and read, never update.
+//! The audit log and its signed checkpoints: append and read, never update.
+//! Also the read-only queries behind the operator's reports.
 
-use sqlx::{FromRow, any::AnyExecutor};
+use futures_util::stream::BoxStream;
+use sqlx::{AnyPool, FromRow, any::AnyExecutor};
 
 use crate::db::Tx;
 
@@ -73,23 +75,503 @@ pub async fn head<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<Option<(i64, Stri
 pub struct Filter {
     pub grant_id: Option<String>,
     pub action: Option<String>,
+    pub model_id: Option<String>,
+    pub researcher_id: Option<String>,
+    pub client_ip: Option<String>,
+    pub outcome: Option<String>,
+    /// Events at or after this time (Unix milliseconds).
     pub since_ms: Option<i64>,
+    /// Events before this time (Unix milliseconds).
+    pub until_ms: Option<i64>,
+    /// Events after this sequence number; also turns the page to the oldest
+    /// `limit` matching events instead of the newest.
+    pub after_seq: Option<i64>,
+    /// Events before this sequence number.
+    pub before_seq: Option<i64>,
     pub limit: i64,
 }
 
-/// Events matching the filter, oldest first (the newest `limit` of them).
+enum Value {
+    Text(String),
+    Int(i64),
+}
+
+impl Filter {
+    /// The `WHERE` clause of the filters that are set, with their values in
+    /// placeholder order. Only set filters appear, so the database can use
+    /// the index that fits.
+    fn conditions(&self) -> (String, Vec<Value>) {
+        let mut clauses = Vec::new();
+        let mut values = Vec::new();
+        let texts = [
+            ("grant_id = ", &self.grant_id),
+            ("action = ", &self.action),
+            ("model_id = ", &self.model_id),
+            ("researcher_id = ", &self.researcher_id),
+            ("client_ip = ", &self.client_ip),
+            ("outcome = ", &self.outcome),
+        ];
+        for (test, value) in texts {
+            if let Some(v) = value {
+                values.push(Value::Text(v.clone()));
+                clauses.push(format!("{test}${}", values.len()));
+            }
+        }
+        let ints = [
+            ("at >= ", self.since_ms),
+            ("at < ", self.until_ms),
+            ("seq > ", self.after_seq),
+            ("seq < ", self.before_seq),
+        ];
+        for (test, value) in ints {
+            if let Some(v) = value {
+                values.push(Value::Int(v));
+                clauses.push(format!("{test}${}", values.len()));
+            }
+        }
+        if clauses.is_empty() {
+            (String::new(), values)
+        } else {
+            (format!("WHERE {}", clauses.join(" AND ")), values)
+        }
+    }
+}
+
+/// Events matching the filter, oldest first: the newest `limit` of them, or
+/// with `after_seq` the oldest `limit` after it.
 pub async fn list<'c>(e: impl AnyExecutor<'c>, f: &Filter) -> sqlx::Result<Vec<EventRow>> {
-    let mut rows: Vec<EventRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM audit_events
-         WHERE ($1 IS NULL OR grant_id = $1) AND ($2 IS NULL OR action = $2) AND ($3 IS NULL OR at >= $3)
-         ORDER BY seq DESC LIMIT $4"
-    )))
-    .bind(&f.grant_id)
-    .bind(&f.action)
-    .bind(f.since_ms)
-    .bind(f.limit)
-    .fetch_all(e)
-    .await?;
-    rows.reverse();
+    let (conditions, values) = f.conditions();
+    let ascending = f.after_seq.is_some();
+    let sql = format!(
+        "SELECT {COLUMNS} FROM audit_events {conditions} ORDER BY seq {} LIMIT ${}",
+        if ascending { "ASC" } else { "DESC" },
+        values.len() + 1
+    );
+    let mut query = sqlx::query_as::<_, EventRow>(sqlx::AssertSqlSafe(sql));
+    for value in values {
+        query = match value {
+            Value::Text(v) => query.bind(v),
+            Value::Int(v) => query.bind(v),
+        };
+    }
+    let mut rows = query.bind(f.limit.max(0)).fetch_all(e).await?;
+    if !ascending {
+        rows.reverse();
+    }
     Ok(rows)
+}
+
+/// Up to `limit` events after `after_seq`, in sequence order: one page of a
+/// walk over the whole log.
+pub async fn page_after<'c>(
+    e: impl AnyExecutor<'c>,
+    after_seq: i64,
+    limit: i64,
+) -> sqlx::Result<Vec<EventRow>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2"
+    )))
+    .bind(after_seq)
+    .bind(limit)
+    .fetch_all(e)
+    .await
+}
+
+pub async fn find_event<'c>(e: impl AnyExecutor<'c>, seq: i64) -> sqlx::Result<Option<EventRow>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM audit_events WHERE seq = $1"
+    )))
+    .bind(seq)
+    .fetch_optional(e)
+    .await
+}
+
+/// Positions of the events stored with this hash. Reads the whole table:
+/// meant for explaining damage once it is found, not for the walk itself.
+pub async fn seqs_with_hash<'c>(e: impl AnyExecutor<'c>, hash: &str) -> sqlx::Result<Vec<i64>> {
+    sqlx::query_scalar("SELECT seq FROM audit_events WHERE hash = $1 ORDER BY seq LIMIT 5")
+        .bind(hash)
+        .fetch_all(e)
+        .await
+}
+
+/// Positions of the events that name this hash as their predecessor's.
+pub async fn seqs_with_prev_hash<'c>(e: impl AnyExecutor<'c>, hash: &str) -> sqlx::Result<Vec<i64>> {
+    sqlx::query_scalar("SELECT seq FROM audit_events WHERE prev_hash = $1 ORDER BY seq LIMIT 5")
+        .bind(hash)
+        .fetch_all(e)
+        .await
+}
+
+/// The id of the researcher with this (lower-cased) e-mail.
+pub async fn researcher_id_by_email<'c>(
+    e: impl AnyExecutor<'c>,
+    email: &str,
+) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar("SELECT id FROM researchers WHERE email = $1")
+        .bind(email)
+        .fetch_optional(e)
+        .await
+}
+
+/// A signed statement that the log's event `seq` had hash `hash` at time `at`.
+#[derive(Clone, Debug, FromRow, serde::Serialize)]
+pub struct CheckpointRow {
+    pub id: String,
+    pub seq: i64,
+    pub hash: String,
+    pub at: i64,
+    /// The id of the `audit-ed25519` signing key.
+    pub kid: String,
+    /// The Ed25519 signature, hex.
+    pub signature: String,
+}
+
+const CHECKPOINT_COLUMNS: &str = "id, seq, hash, at, kid, signature";
+
+/// Stores a checkpoint unless this key already signed one of the same event;
+/// returns whether it was stored.
+pub async fn insert_checkpoint<'c>(e: impl AnyExecutor<'c>, c: &CheckpointRow) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "INSERT INTO audit_checkpoints (id, seq, hash, at, kid, signature) VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (seq, kid) DO NOTHING",
+    )
+    .bind(&c.id)
+    .bind(c.seq)
+    .bind(&c.hash)
+    .bind(c.at)
+    .bind(&c.kid)
+    .bind(&c.signature)
+    .execute(e)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn find_checkpoint<'c>(
+    e: impl AnyExecutor<'c>,
+    seq: i64,
+    kid: &str,
+) -> sqlx::Result<Option<CheckpointRow>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints WHERE seq = $1 AND kid = $2"
+    )))
+    .bind(seq)
+    .bind(kid)
+    .fetch_optional(e)
+    .await
+}
+
+/// The checkpoint of the newest event.
+pub async fn latest_checkpoint<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<Option<CheckpointRow>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints ORDER BY seq DESC, at DESC, id DESC LIMIT 1"
+    )))
+    .fetch_optional(e)
+    .await
+}
+
+/// A checkpoint next to the hash the log holds today at its position.
+#[derive(Clone, Debug, FromRow)]
+pub struct CheckpointCheck {
+    pub id: String,
+    pub seq: i64,
+    pub hash: String,
+    pub at: i64,
+    pub kid: String,
+    pub signature: String,
+    /// `None` when the log has no event at `seq`.
+    pub event_hash: Option<String>,
+}
+
+impl CheckpointCheck {
+    pub fn checkpoint(&self) -> CheckpointRow {
+        CheckpointRow {
+            id: self.id.clone(),
+            seq: self.seq,
+            hash: self.hash.clone(),
+            at: self.at,
+            kid: self.kid.clone(),
+            signature: self.signature.clone(),
+        }
+    }
+}
+
+/// Up to `limit` checkpoints after `(seq, id)`, in sequence order.
+pub async fn checkpoints_page<'c>(
+    e: impl AnyExecutor<'c>,
+    after: (i64, &str),
+    limit: i64,
+) -> sqlx::Result<Vec<CheckpointCheck>> {
+    sqlx::query_as(
+        "SELECT c.id, c.seq, c.hash, c.at, c.kid, c.signature, e.hash AS event_hash
+         FROM audit_checkpoints c LEFT JOIN audit_events e ON e.seq = c.seq
+         WHERE c.seq > $1 OR (c.seq = $1 AND c.id > $2)
+         ORDER BY c.seq, c.id LIMIT $3",
+    )
+    .bind(after.0)
+    .bind(after.1)
+    .bind(limit)
+    .fetch_all(e)
+    .await
+}
+
+/// What one researcher fetched of one model.
+#[derive(Clone, Debug, FromRow)]
+pub struct DeliveryTotals {
+    pub researcher_id: String,
+    pub email: Option<String>,
+    pub model_id: String,
+    pub model_slug: Option<String>,
+    /// Fetches let through.
+    pub fetches: i64,
+    pub refused: i64,
+    /// Bytes actually sent, over every transfer.
+    pub bytes: i64,
+    pub first_fetch: Option<i64>,
+    pub last_fetch: Option<i64>,
+    /// Distinct client addresses of the fetches.
+    pub addresses: i64,
+}
+
+/// Fetch and delivery totals per researcher and model, optionally of one model.
+pub async fn delivery_totals<'c>(
+    e: impl AnyExecutor<'c>,
+    model_id: Option<&str>,
+) -> sqlx::Result<Vec<DeliveryTotals>> {
+    sqlx::query_as(
+        "SELECT e.researcher_id, r.email, e.model_id, m.slug AS model_slug,
+            CAST(COALESCE(SUM(CASE WHEN e.action = 'file.fetch' AND e.outcome = 'ok' THEN 1 ELSE 0 END), 0) AS BIGINT) AS fetches,
+            CAST(COALESCE(SUM(CASE WHEN e.action = 'file.fetch' AND e.outcome = 'refused' THEN 1 ELSE 0 END), 0) AS BIGINT) AS refused,
+            CAST(COALESCE(SUM(CASE WHEN e.action = 'file.delivered' THEN e.bytes ELSE 0 END), 0) AS BIGINT) AS bytes,
+            MIN(CASE WHEN e.action = 'file.fetch' AND e.outcome = 'ok' THEN e.at END) AS first_fetch,
+            MAX(CASE WHEN e.action = 'file.fetch' AND e.outcome = 'ok' THEN e.at END) AS last_fetch,
+            COUNT(DISTINCT CASE WHEN e.action = 'file.fetch' THEN e.client_ip END) AS addresses
+         FROM audit_events e
+         LEFT JOIN researchers r ON r.id = e.researcher_id
+         LEFT JOIN models m ON m.id = e.model_id
+         WHERE e.action IN ('file.fetch', 'file.delivered')
+           AND e.researcher_id IS NOT NULL AND e.model_id IS NOT NULL
+           AND ($1 IS NULL OR e.model_id = $1)
+         GROUP BY e.researcher_id, r.email, e.model_id, m.slug
+         ORDER BY m.slug, r.email, e.researcher_id",
+    )
+    .bind(model_id)
+    .fetch_all(e)
+    .await
+}
+
+/// One finished or broken-off transfer: which bytes of which file reached
+/// which researcher, and when.
+#[derive(Clone, Debug, FromRow)]
+pub struct Delivered {
+    pub seq: i64,
+    pub at: i64,
+    pub researcher_id: String,
+    pub email: Option<String>,
+    pub file_id: String,
+    pub outcome: String,
+    pub range_start: i64,
+    pub range_end: Option<i64>,
+    pub bytes: Option<i64>,
+}
+
+/// Every `file.delivered` event, optionally of one model, grouped by
+/// researcher and file and in log order within each group. Streamed: the
+/// log can be far larger than memory.
+pub fn delivered<'e>(pool: &'e AnyPool, model_id: Option<&'e str>) -> BoxStream<'e, sqlx::Result<Delivered>> {
+    sqlx::query_as(
+        "SELECT e.seq, e.at, e.researcher_id, r.email, e.file_id, e.outcome, e.range_start, e.range_end, e.bytes
+         FROM audit_events e LEFT JOIN researchers r ON r.id = e.researcher_id
+         WHERE e.action = 'file.delivered' AND e.researcher_id IS NOT NULL AND e.file_id IS NOT NULL
+           AND e.range_start IS NOT NULL AND ($1 IS NULL OR e.model_id = $1)
+         ORDER BY e.researcher_id, e.file_id, e.seq",
+    )
+    .bind(model_id)
+    .fetch(pool)
+}
+
+/// A file of a published release, with its release and model.
+#[derive(Clone, Debug, FromRow)]
+pub struct ModelFile {
+    pub file_id: String,
+    pub name: String,
+    pub size: i64,
+    pub release_id: String,
+    pub release_name: String,
+    pub model_id: String,
+    pub model_slug: String,
+}
+
+/// The files of every published release, optionally of one model.
+pub async fn published_files<'c>(
+    e: impl AnyExecutor<'c>,
+    model_id: Option<&str>,
+) -> sqlx::Result<Vec<ModelFile>> {
+    sqlx::query_as(
+        "SELECT f.id AS file_id, f.name, f.size, r.id AS release_id, r.name AS release_name,
+            m.id AS model_id, m.slug AS model_slug
+         FROM files f JOIN releases r ON r.id = f.release_id JOIN models m ON m.id = r.model_id
+         WHERE r.published_at IS NOT NULL AND ($1 IS NULL OR m.id = $1)
+         ORDER BY m.slug, r.published_at, r.name, f.name",
+    )
+    .bind(model_id)
+    .fetch_all(e)
+    .await
+}
+
+/// Fetches under one grant.
+#[derive(Clone, Debug, FromRow)]
+pub struct GrantActivity {
+    pub grant_id: String,
+    pub email: Option<String>,
+    pub model_slug: Option<String>,
+    pub fetches: i64,
+    pub addresses: i64,
+    pub first_at: i64,
+    pub last_at: i64,
+}
+
+const GRANT_JOINS: &str = "LEFT JOIN grants g ON g.id = e.grant_id
+    LEFT JOIN researchers r ON r.id = g.researcher_id
+    LEFT JOIN models m ON m.id = g.model_id";
+
+/// Grants whose links were fetched from more than `more_than` distinct
+/// client addresses since `since_ms`.
+pub async fn grants_with_many_addresses<'c>(
+    e: impl AnyExecutor<'c>,
+    since_ms: i64,
+    more_than: i64,
+) -> sqlx::Result<Vec<GrantActivity>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT e.grant_id, r.email, m.slug AS model_slug, COUNT(*) AS fetches,
+            COUNT(DISTINCT e.client_ip) AS addresses, MIN(e.at) AS first_at, MAX(e.at) AS last_at
+         FROM audit_events e {GRANT_JOINS}
+         WHERE e.action = 'file.fetch' AND e.grant_id IS NOT NULL AND e.at >= $1
+         GROUP BY e.grant_id, r.email, m.slug
+         HAVING COUNT(DISTINCT e.client_ip) > $2
+         ORDER BY addresses DESC, e.grant_id"
+    )))
+    .bind(since_ms)
+    .bind(more_than)
+    .fetch_all(e)
+    .await
+}
+
+/// The distinct client addresses of a grant's fetches since `since_ms`, at
+/// most 100.
+pub async fn addresses_of_grant<'c>(
+    e: impl AnyExecutor<'c>,
+    grant_id: &str,
+    since_ms: i64,
+) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar(
+        "SELECT DISTINCT client_ip FROM audit_events
+         WHERE grant_id = $1 AND action = 'file.fetch' AND at >= $2 AND client_ip IS NOT NULL
+         ORDER BY client_ip LIMIT 100",
+    )
+    .bind(grant_id)
+    .bind(since_ms)
+    .fetch_all(e)
+    .await
+}
+
+/// Grants whose links were fetched, refused as revoked, at least `at_least`
+/// times since `since_ms`.
+pub async fn refused_after_revocation<'c>(
+    e: impl AnyExecutor<'c>,
+    since_ms: i64,
+    at_least: i64,
+) -> sqlx::Result<Vec<GrantActivity>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT e.grant_id, r.email, m.slug AS model_slug, COUNT(*) AS fetches,
+            COUNT(DISTINCT e.client_ip) AS addresses, MIN(e.at) AS first_at, MAX(e.at) AS last_at
+         FROM audit_events e {GRANT_JOINS}
+         WHERE e.action = 'file.fetch' AND e.outcome = 'refused' AND e.reason = 'grant_revoked'
+           AND e.grant_id IS NOT NULL AND e.at >= $1
+         GROUP BY e.grant_id, r.email, m.slug
+         HAVING COUNT(*) >= $2
+         ORDER BY first_at, e.grant_id"
+    )))
+    .bind(since_ms)
+    .bind(at_least)
+    .fetch_all(e)
+    .await
+}
+
+/// Windows in which one grant's links were fetched many times.
+#[derive(Clone, Debug, FromRow)]
+pub struct Burst {
+    pub grant_id: String,
+    pub email: Option<String>,
+    pub model_slug: Option<String>,
+    /// How many fetches closed a window of the given size.
+    pub windows: i64,
+    /// The shortest time in which the given number of fetches happened.
+    pub tightest_ms: i64,
+    pub first_at: i64,
+    pub last_at: i64,
+}
+
+/// Grants with `fetches` or more fetches within `window_ms` since `since_ms`:
+/// each fetch is compared with the one `fetches - 1` before it.
+pub async fn fetch_bursts<'c>(
+    e: impl AnyExecutor<'c>,
+    since_ms: i64,
+    fetches: i64,
+    window_ms: i64,
+) -> sqlx::Result<Vec<Burst>> {
+    sqlx::query_as(
+        "SELECT w.grant_id, r.email, m.slug AS model_slug, COUNT(*) AS windows,
+            MIN(w.at - w.prev_at) AS tightest_ms, MIN(w.at) AS first_at, MAX(w.at) AS last_at
+         FROM (
+            SELECT grant_id, at, LAG(at, CAST($1 AS INTEGER)) OVER (PARTITION BY grant_id ORDER BY seq) AS prev_at
+            FROM audit_events
+            WHERE action = 'file.fetch' AND grant_id IS NOT NULL AND at >= $2
+         ) w
+         LEFT JOIN grants g ON g.id = w.grant_id
+         LEFT JOIN researchers r ON r.id = g.researcher_id
+         LEFT JOIN models m ON m.id = g.model_id
+         WHERE w.prev_at IS NOT NULL AND w.at - w.prev_at <= $3
+         GROUP BY w.grant_id, r.email, m.slug
+         ORDER BY first_at, w.grant_id",
+    )
+    .bind(fetches - 1)
+    .bind(since_ms)
+    .bind(window_ms)
+    .fetch_all(e)
+    .await
+}
+
+/// Refusals of one kind from one client address.
+#[derive(Clone, Debug, FromRow)]
+pub struct AddressActivity {
+    pub client_ip: String,
+    pub count: i64,
+    pub first_at: i64,
+    pub last_at: i64,
+}
+
+/// Client addresses with at least `at_least` events of `action` refused for
+/// `reason` since `since_ms`.
+pub async fn refusals_by_address<'c>(
+    e: impl AnyExecutor<'c>,
+    action: &str,
+    reason: &str,
+    since_ms: i64,
+    at_least: i64,
+) -> sqlx::Result<Vec<AddressActivity>> {
+    sqlx::query_as(
+        "SELECT client_ip, COUNT(*) AS count, MIN(at) AS first_at, MAX(at) AS last_at
+         FROM audit_events
+         WHERE action = $1 AND outcome = 'refused' AND reason = $2 AND at >= $3 AND client_ip IS NOT NULL
+         GROUP BY client_ip
+         HAVING COUNT(*) >= $4
+         ORDER BY count DESC, client_ip",
+    )
+    .bind(action)
+    .bind(reason)
+    .bind(since_ms)
+    .bind(at_least)
+    .fetch_all(e)
+    .await
 }

@@ -34,6 +34,19 @@ pub async fn insert<'c>(
     Ok(())
 }
 
+/// Whether any unsent message is due and unclaimed; a read, so idle workers
+/// do not take the write lock.
+pub async fn any_due<'c>(e: impl AnyExecutor<'c>, now: i64) -> sqlx::Result<bool> {
+    let due: Option<String> = sqlx::query_scalar(
+        "SELECT id FROM outbox
+         WHERE sent_at IS NULL AND next_attempt_at <= $1 AND (lease_until IS NULL OR lease_until < $1) LIMIT 1",
+    )
+    .bind(now)
+    .fetch_optional(e)
+    .await?;
+    Ok(due.is_some())
+}
+
 /// Claims up to `limit` unsent messages whose next attempt is due and that no
 /// other worker holds, leasing them to `owner` until `lease_until`. Two
 /// workers never hold the same message: the lease is re-checked on the row

@@ -172,6 +172,10 @@ pub async fn serve(
     let router = router(app.clone()).await?;
     let cleanup = tokio::spawn(auth::expire_sessions(app.db.clone(), Duration::from_secs(600)));
     let refresh = tokio::spawn(app.links.clone().refresh_periodically(Duration::from_secs(60)));
+    let checkpoints = tokio::spawn(crate::audit::checkpoint_periodically(
+        app.db.clone(),
+        app.config.audit_checkpoint_every,
+    ));
     let (stopping, mut stop) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -199,5 +203,6 @@ pub async fn serve(
     };
     cleanup.abort();
     refresh.abort();
+    checkpoints.abort();
     result
 }

@@ -7,7 +7,7 @@ use std::{
 
 use crate::helpers::*;
 
-fn weightgate(t: &TestApp, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+pub(crate) fn weightgate(t: &TestApp, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_weightgate"))
         .args(args)
         .env("WEIGHTGATE_DATA_DIR", &t.app.config.data_dir)

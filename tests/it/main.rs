@@ -15,12 +15,14 @@ macro_rules! both {
 
             async fn scenario() $body
 
-            #[tokio::test]
+            // Two workers: a scenario that waits on a child process
+            // blocks one, and the portal under test keeps the other.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
                 crate::helpers::TEST_DB.scope(crate::helpers::TestDb::Sqlite, scenario()).await
             }
 
-            #[tokio::test]
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
                 if let Some(db) = crate::helpers::TestDb::postgres().await {
                     crate::helpers::TEST_DB.scope(db, scenario()).await
@@ -32,6 +34,7 @@ macro_rules! both {
 
 mod helpers;
 
+mod audit;
 mod cli;
 mod downloads;
 mod journey;

@@ -1,0 +1,562 @@
+//! Checking the log: a walk over the hash chain, page by page, and a check of
+//! every signed checkpoint. When something does not hold, the walk looks
+//! around the first broken event to say what happened to it.
+
+use std::{collections::HashMap, fmt};
+
+use ed25519_dalek::VerifyingKey;
+
+use super::{
+    GENESIS,
+    checkpoint::{self, ExportedCheckpoint},
+    event_hash, event_hash_at,
+};
+use crate::{
+    db::{
+        self, Db,
+        audit::{CheckpointRow, EventRow},
+    },
+    types::format_ms,
+};
+
+/// Events read per page; the next page is fetched while this one is hashed.
+const PAGE: i64 = 10_000;
+
+/// Checkpoints read per page.
+const CHECKPOINT_PAGE: i64 = 1_000;
+
+/// Most checkpoint problems one verification lists.
+const MAX_CHECKPOINT_PROBLEMS: usize = 10;
+
+/// Which checkpoint a problem was found with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CheckpointSource {
+    /// One stored in the database.
+    Stored { seq: i64, at: i64, kid: String },
+    /// The file given to `verify --checkpoint`.
+    Exported,
+}
+
+impl CheckpointSource {
+    pub fn stored(c: &CheckpointRow) -> Self {
+        CheckpointSource::Stored {
+            seq: c.seq,
+            at: c.at,
+            kid: c.kid.clone(),
+        }
+    }
+}
+
+impl fmt::Display for CheckpointSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CheckpointSource::Stored { seq, at, kid } => write!(
+                f,
+                "the checkpoint of event {seq} signed {} UTC with key {kid}",
+                format_ms(*at)
+            ),
+            CheckpointSource::Exported => f.write_str("the exported checkpoint"),
+        }
+    }
+}
+
+/// Something about the log that does not hold, in words an operator can act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Problem {
+    /// The event's contents changed; its stored hash is the original.
+    Modified {
+        seq: i64,
+    },
+    /// The event is intact but does not link to the one before it.
+    BrokenLink {
+        seq: i64,
+    },
+    /// The row at `seq` is no event of the chain at all.
+    Forged {
+        seq: i64,
+    },
+    /// Positions `first..=last` hold nothing.
+    Missing {
+        first: i64,
+        last: i64,
+    },
+    /// The event that belongs at `seq` sits at `to`.
+    Moved {
+        seq: i64,
+        to: i64,
+    },
+    /// Event `seq` was deleted and the later events were moved down a place.
+    DeletedAndRenumbered {
+        seq: i64,
+    },
+    /// A row was put at `seq`, pushing the original event `seq` and later ones up a place.
+    Inserted {
+        seq: i64,
+    },
+    /// A row with a position no event can have (zero or less).
+    InsertedBeforeStart {
+        seq: i64,
+    },
+    /// Events `first` and `second` sit in each other's place.
+    Swapped {
+        first: i64,
+        second: i64,
+    },
+    /// Position `position` holds event `holds`.
+    Reordered {
+        position: i64,
+        holds: i64,
+    },
+    /// A checkpoint names an event past the end of the log.
+    Truncated {
+        source: CheckpointSource,
+        checkpoint_seq: i64,
+        /// The newest event stored, `None` when the log is empty.
+        log_end: Option<i64>,
+    },
+    /// The event at the checkpoint's position has another hash than the one signed.
+    Rewritten {
+        source: CheckpointSource,
+        seq: i64,
+    },
+    BadSignature {
+        source: CheckpointSource,
+    },
+    UnknownKey {
+        source: CheckpointSource,
+        kid: String,
+    },
+    /// The database holds another key under the exported checkpoint's key id.
+    KeyReplaced {
+        kid: String,
+    },
+}
+
+impl Problem {
+    /// Where in the log the problem starts, to put the first one first.
+    pub fn position(&self) -> i64 {
+        match self {
+            Problem::Modified { seq }
+            | Problem::Forged { seq }
+            | Problem::Moved { seq, .. }
+            | Problem::DeletedAndRenumbered { seq }
+            | Problem::Inserted { seq }
+            | Problem::InsertedBeforeStart { seq }
+            | Problem::Rewritten { seq, .. } => *seq,
+            Problem::BrokenLink { seq } => seq - 1,
+            Problem::Missing { first, .. } | Problem::Swapped { first, .. } => *first,
+            Problem::Reordered { position, .. } => *position,
+            Problem::Truncated { log_end, .. } => log_end.unwrap_or(0) + 1,
+            Problem::BadSignature { source } | Problem::UnknownKey { source, .. } => match source {
+                CheckpointSource::Stored { seq, .. } => *seq,
+                CheckpointSource::Exported => 0,
+            },
+            Problem::KeyReplaced { .. } => 0,
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::Modified { seq } => {
+                write!(
+                    f,
+                    "event {seq} was modified: its contents no longer match its hash"
+                )
+            }
+            Problem::BrokenLink { seq: 1 } => write!(
+                f,
+                "event 1 does not start the chain: it was replaced by an event made to look valid"
+            ),
+            Problem::BrokenLink { seq } => write!(
+                f,
+                "event {seq} does not follow event {prev}: event {prev} was modified and its hash recomputed, \
+                 or event {seq} was inserted",
+                prev = seq - 1
+            ),
+            Problem::Forged { seq } => write!(
+                f,
+                "event {seq} does not belong to the chain: neither its contents nor its link to the event \
+                 before match (it was forged or replaced)"
+            ),
+            Problem::Missing { first, last } if first == last => {
+                write!(f, "event {first} is missing: it was deleted")
+            }
+            Problem::Missing { first, last } => {
+                write!(f, "events {first} to {last} are missing: they were deleted")
+            }
+            Problem::Moved { seq, to } => write!(
+                f,
+                "event {seq} is missing from its place: it was moved to position {to}"
+            ),
+            Problem::DeletedAndRenumbered { seq } => write!(
+                f,
+                "event {seq} is missing: it was deleted and the later events were renumbered to close the gap"
+            ),
+            Problem::Inserted { seq } => write!(
+                f,
+                "an event was inserted at position {seq}: the original event {seq} now sits at {}",
+                seq + 1
+            ),
+            Problem::InsertedBeforeStart { seq } => {
+                write!(f, "an event was inserted before the first one, at position {seq}")
+            }
+            Problem::Swapped { first, second } => {
+                write!(f, "events {first} and {second} were swapped")
+            }
+            Problem::Reordered { position, holds } => write!(
+                f,
+                "events were reordered: position {position} holds event {holds}"
+            ),
+            Problem::Truncated {
+                source,
+                checkpoint_seq,
+                log_end: Some(end),
+            } => write!(
+                f,
+                "the log was truncated: {source} says the log reached event {checkpoint_seq}, \
+                 but it ends at event {end}"
+            ),
+            Problem::Truncated {
+                source,
+                checkpoint_seq,
+                log_end: None,
+            } => write!(
+                f,
+                "the log was truncated: {source} says the log reached event {checkpoint_seq}, but it is empty"
+            ),
+            Problem::Rewritten { source, seq } => write!(
+                f,
+                "the log was rewritten: event {seq} no longer has the hash {source} signed"
+            ),
+            Problem::BadSignature { source } => {
+                write!(f, "{source} has an invalid signature: it was altered or forged")
+            }
+            Problem::UnknownKey { source, kid } => write!(
+                f,
+                "{source} was signed with key {kid}, which the database no longer holds"
+            ),
+            Problem::KeyReplaced { kid } => write!(
+                f,
+                "the database holds another key under id {kid} than the exported checkpoint names: \
+                 the checkpoint key was replaced"
+            ),
+        }
+    }
+}
+
+/// What a verification found.
+#[derive(Clone, Debug, Default)]
+pub struct Verification {
+    /// Events whose hash and link were checked before the first problem.
+    pub events: i64,
+    /// The newest event stored: position and hash.
+    pub head: Option<(i64, String)>,
+    /// Stored checkpoints checked.
+    pub checkpoints: i64,
+    /// The newest stored checkpoint whose signature holds.
+    pub latest_checkpoint: Option<CheckpointRow>,
+    /// Every problem found, the first one first; empty when the log is whole.
+    pub problems: Vec<Problem>,
+}
+
+impl Verification {
+    pub fn is_intact(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Recomputes the whole chain and checks every stored checkpoint.
+pub async fn verify_chain(db: &Db) -> anyhow::Result<Verification> {
+    verify_with(db, None).await
+}
+
+/// [`verify_chain`], and also checks the log against a checkpoint exported
+/// earlier.
+pub async fn verify_with(db: &Db, exported: Option<&ExportedCheckpoint>) -> anyhow::Result<Verification> {
+    let walk = walk(db, (0, GENESIS.to_owned()), None).await?;
+    let head = db::audit::head(db.pool()).await?;
+    let log_end = head.as_ref().map(|h| h.0);
+    let keys = checkpoint::verifying_keys(db).await?;
+    let mut problems: Vec<Problem> = walk.problem.into_iter().collect();
+    let (checkpoints, latest_checkpoint) =
+        check_stored_checkpoints(db, &keys, log_end, &mut problems).await?;
+    if let Some(exported) = exported {
+        check_exported(db, &keys, exported, log_end, &mut problems).await?;
+    }
+    problems.sort_by_key(Problem::position);
+    Ok(Verification {
+        events: walk.events,
+        head,
+        checkpoints,
+        latest_checkpoint,
+        problems,
+    })
+}
+
+/// How far a walk got.
+pub(super) struct Walk {
+    /// The last event that checked out (position, hash), or where the walk started.
+    pub last: (i64, String),
+    pub events: i64,
+    pub problem: Option<Problem>,
+}
+
+type PageTask = tokio::task::JoinHandle<sqlx::Result<Vec<EventRow>>>;
+
+fn fetch_page(db: &Db, after: i64) -> PageTask {
+    let db = db.clone();
+    tokio::spawn(async move { db::audit::page_after(db.pool(), after, PAGE).await })
+}
+
+/// Walks the chain from the event `from` (position and hash; `(0, GENESIS)`
+/// for the start) to the end, or to `until`, and stops at the first event
+/// that does not hold.
+pub(super) async fn walk(db: &Db, from: (i64, String), until: Option<i64>) -> anyhow::Result<Walk> {
+    let (mut last_seq, mut last_hash) = from;
+    let mut events = 0;
+    // From the start, also read rows at positions no event can have.
+    let mut next = Some(fetch_page(db, if last_seq == 0 { i64::MIN } else { last_seq }));
+    while let Some(task) = next.take() {
+        let page = task.await??;
+        let Some(tail) = page.last() else { break };
+        let past_until = until.is_some_and(|u| tail.seq >= u);
+        if page.len() as i64 == PAGE && !past_until {
+            next = Some(fetch_page(db, tail.seq));
+        }
+        for (i, r) in page.iter().enumerate() {
+            if until.is_some_and(|u| r.seq > u) {
+                break;
+            }
+            let in_place = r.seq == last_seq + 1;
+            let linked = r.prev_hash == last_hash;
+            let intact = event_hash(r) == r.hash;
+            if in_place && linked && intact {
+                last_seq = r.seq;
+                last_hash.clone_from(&r.hash);
+                events += 1;
+                continue;
+            }
+            if let Some(task) = next.take() {
+                task.abort();
+            }
+            let problem = diagnose(db, r, page.get(i + 1), last_seq, &last_hash, linked, intact).await?;
+            return Ok(Walk {
+                last: (last_seq, last_hash),
+                events,
+                problem: Some(problem),
+            });
+        }
+    }
+    Ok(Walk {
+        last: (last_seq, last_hash),
+        events,
+        problem: None,
+    })
+}
+
+/// `true` when `r`, stored elsewhere, is the original event `seq`.
+fn is_event(r: &EventRow, seq: i64) -> bool {
+    event_hash_at(r, seq) == r.hash
+}
+
+/// Says what happened to `r`, the first row that does not fit after event
+/// `last_seq` (whose hash is `last_hash`). `following` is the row after `r`
+/// when it is at hand.
+async fn diagnose(
+    db: &Db,
+    r: &EventRow,
+    following: Option<&EventRow>,
+    last_seq: i64,
+    last_hash: &str,
+    linked: bool,
+    intact: bool,
+) -> anyhow::Result<Problem> {
+    let pool = db.pool();
+    let expected = last_seq + 1;
+    if r.seq < expected {
+        return Ok(Problem::InsertedBeforeStart { seq: r.seq });
+    }
+    if r.seq > expected {
+        // Is the event that belongs here somewhere else?
+        for at in db::audit::seqs_with_prev_hash(pool, last_hash).await? {
+            if at != r.seq
+                && let Some(moved) = db::audit::find_event(pool, at).await?
+                && is_event(&moved, expected)
+            {
+                return Ok(Problem::Moved {
+                    seq: expected,
+                    to: at,
+                });
+            }
+        }
+        return Ok(Problem::Missing {
+            first: expected,
+            last: r.seq - 1,
+        });
+    }
+    let seq = r.seq;
+    let following = match following {
+        Some(row) if row.seq == seq + 1 => Some(row.clone()),
+        _ => db::audit::find_event(pool, seq + 1).await?,
+    };
+    // A row slipped in before the original event, which now sits one further.
+    let pushed_on = following.as_ref().is_some_and(|f| is_event(f, seq));
+    match (intact, linked) {
+        (true, false) => return Ok(Problem::BrokenLink { seq }),
+        (false, true) if pushed_on => return Ok(Problem::Inserted { seq }),
+        (false, true) => return Ok(Problem::Modified { seq }),
+        _ => {}
+    }
+    // Neither contents nor link fit: which event is this row?
+    let mut candidates = vec![seq + 1, seq - 1];
+    if r.prev_hash == GENESIS {
+        candidates.push(1);
+    }
+    for before in db::audit::seqs_with_hash(pool, &r.prev_hash).await? {
+        candidates.push(before + 1);
+    }
+    for after in db::audit::seqs_with_prev_hash(pool, &r.hash).await? {
+        candidates.push(after - 1);
+    }
+    let original = candidates
+        .into_iter()
+        .find(|&c| c >= 1 && c != seq && is_event(r, c));
+    // And where is the event that belongs here?
+    let mut rightful = None;
+    for at in db::audit::seqs_with_prev_hash(pool, last_hash).await? {
+        if at != seq
+            && let Some(row) = db::audit::find_event(pool, at).await?
+            && is_event(&row, seq)
+        {
+            rightful = Some(at);
+            break;
+        }
+    }
+    Ok(match (original, rightful) {
+        (None, _) if pushed_on => Problem::Inserted { seq },
+        (None, _) => Problem::Forged { seq },
+        (Some(o), Some(j)) if o == j => Problem::Swapped {
+            first: seq.min(o),
+            second: seq.max(o),
+        },
+        (Some(o), None) if o == seq - 1 => Problem::Inserted { seq: o },
+        (Some(o), None) if o == seq + 1 => Problem::DeletedAndRenumbered { seq },
+        (Some(o), _) => Problem::Reordered {
+            position: seq,
+            holds: o,
+        },
+    })
+}
+
+/// Checks every stored checkpoint: its key, its signature, and that the log
+/// still reaches its event with its hash. Returns how many were checked and
+/// the newest whose signature holds.
+async fn check_stored_checkpoints(
+    db: &Db,
+    keys: &HashMap<String, VerifyingKey>,
+    log_end: Option<i64>,
+    problems: &mut Vec<Problem>,
+) -> anyhow::Result<(i64, Option<CheckpointRow>)> {
+    let mut checked = 0;
+    let mut latest = None;
+    let mut found = Vec::new();
+    let mut beyond_end = None;
+    let mut after = (i64::MIN, String::new());
+    loop {
+        let page = db::audit::checkpoints_page(db.pool(), (after.0, &after.1), CHECKPOINT_PAGE).await?;
+        for c in &page {
+            checked += 1;
+            let source = CheckpointSource::Stored {
+                seq: c.seq,
+                at: c.at,
+                kid: c.kid.clone(),
+            };
+            let Some(public) = keys.get(&c.kid) else {
+                found.push(Problem::UnknownKey {
+                    source,
+                    kid: c.kid.clone(),
+                });
+                continue;
+            };
+            if !checkpoint::signature_holds(public, c.seq, &c.hash, c.at, &c.signature) {
+                found.push(Problem::BadSignature { source });
+                continue;
+            }
+            latest = Some(c.checkpoint());
+            if log_end.is_none_or(|end| c.seq > end) {
+                // Past the end the log had when the walk ended; it may have grown since.
+                match db::audit::find_event(db.pool(), c.seq).await? {
+                    Some(event) if event.hash != c.hash => {
+                        found.push(Problem::Rewritten { source, seq: c.seq });
+                    }
+                    Some(_) => {}
+                    // The checkpoint reaching furthest tells the most.
+                    None => beyond_end = Some((source, c.seq)),
+                }
+            } else if c.event_hash.as_ref().is_some_and(|h| *h != c.hash) {
+                found.push(Problem::Rewritten { source, seq: c.seq });
+            }
+            // No event at a position inside the log: the walk reports it missing.
+        }
+        match page.last() {
+            Some(last) if page.len() as i64 == CHECKPOINT_PAGE => after = (last.seq, last.id.clone()),
+            _ => break,
+        }
+    }
+    found.truncate(MAX_CHECKPOINT_PROBLEMS);
+    problems.extend(found);
+    if let Some((source, checkpoint_seq)) = beyond_end {
+        let log_end = db::audit::head(db.pool()).await?.map(|h| h.0);
+        if log_end.is_none_or(|end| checkpoint_seq > end) {
+            problems.push(Problem::Truncated {
+                source,
+                checkpoint_seq,
+                log_end,
+            });
+        }
+    }
+    Ok((checked, latest))
+}
+
+/// Checks the log against a checkpoint kept outside the database.
+async fn check_exported(
+    db: &Db,
+    keys: &HashMap<String, VerifyingKey>,
+    exported: &ExportedCheckpoint,
+    log_end: Option<i64>,
+    problems: &mut Vec<Problem>,
+) -> anyhow::Result<()> {
+    let source = CheckpointSource::Exported;
+    if !exported.signature_holds() {
+        problems.push(Problem::BadSignature { source });
+        return Ok(());
+    }
+    let public = exported.public()?;
+    match keys.get(&exported.kid) {
+        Some(stored) if *stored == public => {}
+        Some(_) => problems.push(Problem::KeyReplaced {
+            kid: exported.kid.clone(),
+        }),
+        None => problems.push(Problem::UnknownKey {
+            source: source.clone(),
+            kid: exported.kid.clone(),
+        }),
+    }
+    if log_end.is_none_or(|end| exported.seq > end) {
+        problems.push(Problem::Truncated {
+            source,
+            checkpoint_seq: exported.seq,
+            log_end,
+        });
+    } else if let Some(event) = db::audit::find_event(db.pool(), exported.seq).await?
+        && event.hash != exported.hash
+    {
+        problems.push(Problem::Rewritten {
+            source,
+            seq: exported.seq,
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,771 @@
+//! The operator's audit: tampering found and named, signed checkpoints,
+//! concurrent fetches, who holds a copy, filters, exports and anomalies.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use reqwest::header;
+use weightgate::{
+    audit::{self, Event, Outcome, Problem},
+    db::{self, audit::EventRow},
+};
+
+use crate::{cli::weightgate, helpers::*};
+
+fn jsonl(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// Appends events until the log holds `n`: refused sign-ins from documentation
+/// addresses, each its own transaction like the real thing.
+async fn fill_to(t: &TestApp, n: i64) {
+    loop {
+        let head = db::audit::head(t.app.db.pool()).await.unwrap().map_or(0, |h| h.0);
+        if head >= n {
+            assert_eq!(head, n, "the log already held more than {n} events");
+            return;
+        }
+        let mut event = Event::new("reviewer.sign_in", Outcome::Refused);
+        event.reason = Some("bad_credentials".into());
+        event.subject = Some(format!("guess{head}@lab.example.org"));
+        event.client.ip = Some(format!("192.0.2.{}", head % 250));
+        audit::append_now(&t.app.db, event).await.unwrap();
+    }
+}
+
+/// The log as stored.
+async fn snapshot(t: &TestApp) -> Vec<EventRow> {
+    db::audit::page_after(t.app.db.pool(), i64::MIN, 1_000_000)
+        .await
+        .unwrap()
+}
+
+/// Puts the log back exactly as `rows`.
+async fn restore(t: &TestApp, rows: &[EventRow]) {
+    let mut tx = t.app.db.begin().await.unwrap();
+    sqlx::query("DELETE FROM audit_events")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    for r in rows {
+        db::audit::insert(&mut tx, r).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    assert!(audit::verify_chain(&t.app.db).await.unwrap().is_intact());
+}
+
+async fn sql(t: &TestApp, statement: &str) {
+    sqlx::query(sqlx::AssertSqlSafe(statement.to_owned()))
+        .execute(t.app.db.pool())
+        .await
+        .unwrap();
+}
+
+/// Stores everything of `r` except its position at position `seq`.
+async fn overwrite(t: &TestApp, seq: i64, r: &EventRow) {
+    sqlx::query(
+        "UPDATE audit_events SET at = $1, action = $2, outcome = $3, reason = $4, actor = $5, subject = $6,
+            model_id = $7, application_id = $8, grant_id = $9, researcher_id = $10, file_id = $11,
+            range_start = $12, range_end = $13, bytes = $14, client_ip = $15, user_agent = $16,
+            request_id = $17, prev_hash = $18, hash = $19
+         WHERE seq = $20",
+    )
+    .bind(r.at)
+    .bind(&r.action)
+    .bind(&r.outcome)
+    .bind(&r.reason)
+    .bind(&r.actor)
+    .bind(&r.subject)
+    .bind(&r.model_id)
+    .bind(&r.application_id)
+    .bind(&r.grant_id)
+    .bind(&r.researcher_id)
+    .bind(&r.file_id)
+    .bind(r.range_start)
+    .bind(r.range_end)
+    .bind(r.bytes)
+    .bind(&r.client_ip)
+    .bind(&r.user_agent)
+    .bind(&r.request_id)
+    .bind(&r.prev_hash)
+    .bind(&r.hash)
+    .bind(seq)
+    .execute(t.app.db.pool())
+    .await
+    .unwrap();
+}
+
+/// Moves every event after `after` by `by` places (keeping positions unique
+/// on the way).
+async fn renumber(t: &TestApp, after: i64, by: i64) {
+    sql(
+        t,
+        &format!("UPDATE audit_events SET seq = -(seq + {by}) WHERE seq > {after}"),
+    )
+    .await;
+    sql(t, "UPDATE audit_events SET seq = -seq WHERE seq < 0").await;
+}
+
+/// Runs `audit verify` and returns its first problem, checking that the
+/// command fails with that problem named.
+async fn damage(t: &TestApp) -> (Problem, String) {
+    let verification = audit::verify_chain(&t.app.db).await.unwrap();
+    let first = verification
+        .problems
+        .first()
+        .cloned()
+        .expect("verify finds the damage");
+    let (ok, out, err) = weightgate(t, &["audit", "verify"], None);
+    assert!(!ok, "verify must fail on a damaged log: {out}");
+    assert!(err.contains(&first.to_string()), "{err}");
+    (first, err)
+}
+
+both! {
+async fn verify_names_each_kind_of_tampering() {
+    let t = TestApp::spawn().await;
+    fill_to(&t, 40).await;
+    let (ok, out, err) = weightgate(&t, &["audit", "verify"], None);
+    assert!(ok, "{err}");
+    assert!(out.contains("audit log intact: 40 events"), "{out}");
+    let original = snapshot(&t).await;
+    assert_eq!(original.len(), 40);
+
+    // A field changed in place.
+    sql(&t, "UPDATE audit_events SET subject = 'someone else' WHERE seq = 17").await;
+    let (problem, err) = damage(&t).await;
+    assert_eq!(problem, Problem::Modified { seq: 17 });
+    assert!(err.contains("event 17 was modified"), "{err}");
+    restore(&t, &original).await;
+
+    // A field changed and the event's hash recomputed to match.
+    let mut edited = original[16].clone();
+    edited.client_ip = Some("203.0.113.9".into());
+    edited.hash = audit::event_hash(&edited);
+    overwrite(&t, 17, &edited).await;
+    let (problem, err) = damage(&t).await;
+    assert_eq!(problem, Problem::BrokenLink { seq: 18 });
+    assert!(
+        err.contains("event 18 does not follow event 17: event 17 was modified and its hash recomputed"),
+        "{err}"
+    );
+    restore(&t, &original).await;
+
+    // A row deleted.
+    sql(&t, "DELETE FROM audit_events WHERE seq = 17").await;
+    let (problem, err) = damage(&t).await;
+    assert_eq!(problem, Problem::Missing { first: 17, last: 17 });
+    assert!(err.contains("event 17 is missing: it was deleted"), "{err}");
+    restore(&t, &original).await;
+
+    sql(&t, "DELETE FROM audit_events WHERE seq BETWEEN 17 AND 19").await;
+    let (_, err) = damage(&t).await;
+    assert!(err.contains("events 17 to 19 are missing"), "{err}");
+    restore(&t, &original).await;
+
+    // A row moved elsewhere.
+    sql(&t, "UPDATE audit_events SET seq = 100 WHERE seq = 17").await;
+    let (problem, err) = damage(&t).await;
+    assert_eq!(problem, Problem::Moved { seq: 17, to: 100 });
+    assert!(err.contains("event 17 is missing from its place: it was moved to position 100"), "{err}");
+    restore(&t, &original).await;
+
+    // A row deleted and the gap closed.
+    sql(&t, "DELETE FROM audit_events WHERE seq = 17").await;
+    renumber(&t, 17, -1).await;
+    let (problem, err) = damage(&t).await;
+    assert_eq!(problem, Problem::DeletedAndRenumbered { seq: 17 });
+    assert!(err.contains("event 17 is missing: it was deleted and the later events were renumbered"), "{err}");
+    restore(&t, &original).await;
+
+    // Two rows' contents swapped, far apart and next to each other.
+    overwrite(&t, 12, &original[29]).await;
+    overwrite(&t, 30, &original[11]).await;
+    let (problem, err) = damage(&t).await;
+    assert_eq!(problem, Problem::Swapped { first: 12, second: 30 });
+    assert!(err.contains("events 12 and 30 were swapped"), "{err}");
+    restore(&t, &original).await;
+
+    overwrite(&t, 20, &original[20]).await;
+    overwrite(&t, 21, &original[19]).await;
+    let (problem, _) = damage(&t).await;
+    assert_eq!(problem, Problem::Swapped { first: 20, second: 21 });
+    restore(&t, &original).await;
+
+    // Three rows rotated.
+    overwrite(&t, 5, &original[5]).await;
+    overwrite(&t, 6, &original[6]).await;
+    overwrite(&t, 7, &original[4]).await;
+    let (_, err) = damage(&t).await;
+    assert!(err.contains("events were reordered: position 5 holds event 6"), "{err}");
+    restore(&t, &original).await;
+
+    // A made-up event slipped in, linked and hashed the way the portal would.
+    renumber(&t, 25, 1).await;
+    let mut forged = original[25].clone();
+    forged.seq = 26;
+    forged.subject = Some("nobody@example.org".into());
+    forged.prev_hash = original[24].hash.clone();
+    forged.hash = audit::event_hash(&forged);
+    let mut tx = t.app.db.begin().await.unwrap();
+    db::audit::insert(&mut tx, &forged).await.unwrap();
+    tx.commit().await.unwrap();
+    let (problem, err) = damage(&t).await;
+    assert_eq!(problem, Problem::Inserted { seq: 26 });
+    assert!(err.contains("an event was inserted at position 26: the original event 26 now sits at 27"), "{err}");
+    restore(&t, &original).await;
+
+    // A row of garbage added at the end, and one before the start.
+    let mut garbage = original[39].clone();
+    garbage.seq = 41;
+    garbage.prev_hash = "00ff".into();
+    garbage.subject = Some("made up".into());
+    let mut tx = t.app.db.begin().await.unwrap();
+    db::audit::insert(&mut tx, &garbage).await.unwrap();
+    tx.commit().await.unwrap();
+    let (problem, err) = damage(&t).await;
+    assert_eq!(problem, Problem::Forged { seq: 41 });
+    assert!(err.contains("event 41 does not belong to the chain"), "{err}");
+    restore(&t, &original).await;
+
+    garbage.seq = 0;
+    let mut tx = t.app.db.begin().await.unwrap();
+    db::audit::insert(&mut tx, &garbage).await.unwrap();
+    tx.commit().await.unwrap();
+    let (problem, _) = damage(&t).await;
+    assert_eq!(problem, Problem::InsertedBeforeStart { seq: 0 });
+    restore(&t, &original).await;
+
+    let (ok, out, err) = weightgate(&t, &["audit", "verify"], None);
+    assert!(ok, "{err}");
+    assert!(out.contains("audit log intact: 40 events"), "{out}");
+}
+}
+
+both! {
+async fn checkpoints_reveal_truncation_and_exports_outlive_the_database() {
+    let t = TestApp::spawn().await;
+    fill_to(&t, 40).await;
+    let (ok, out, err) = weightgate(&t, &["audit", "verify"], None);
+    assert!(ok, "{err}");
+    assert!(out.contains("no signed checkpoints yet"), "{out}");
+
+    let file = t.dir.path().join("checkpoint.json");
+    let file_arg = file.to_str().unwrap();
+    let (ok, out, err) = weightgate(&t, &["audit", "checkpoint", "--export", file_arg], None);
+    assert!(ok, "{err}");
+    assert!(out.contains("signed checkpoint of event 40"), "{out}");
+    let exported: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let head = snapshot(&t).await.pop().unwrap();
+    assert_eq!(exported["format"], "weightgate-audit-checkpoint-v1");
+    assert_eq!(exported["seq"], 40);
+    assert_eq!(exported["hash"], head.hash.as_str());
+    assert_eq!(exported["public_key"].as_str().unwrap().len(), 64);
+    assert_eq!(exported["signature"].as_str().unwrap().len(), 128);
+
+    let (ok, out, _) = weightgate(&t, &["audit", "checkpoint", "--format", "jsonl"], None);
+    assert!(ok);
+    let again = &jsonl(&out)[0];
+    assert_eq!(again["seq"], 40);
+    assert_eq!(again["signature"], exported["signature"], "an unmoved head is not signed twice");
+
+    let (ok, out, err) = weightgate(&t, &["audit", "verify", "--checkpoint", file_arg], None);
+    assert!(ok, "{err}");
+    assert!(out.contains("1 checkpoint(s) verified; the newest signs event 40"), "{out}");
+    assert!(out.contains("the exported checkpoint of event 40"), "{out}");
+
+    // A stored checkpoint that was altered.
+    sql(&t, "UPDATE audit_checkpoints SET at = at + 1").await;
+    let (_, err) = damage(&t).await;
+    assert!(err.contains("the checkpoint of event 40 signed") && err.contains("has an invalid signature"), "{err}");
+    sql(&t, "UPDATE audit_checkpoints SET at = at - 1").await;
+    sql(&t, "UPDATE audit_checkpoints SET kid = 'gone'").await;
+    let (_, err) = damage(&t).await;
+    assert!(err.contains("was signed with key gone, which the database no longer holds"), "{err}");
+    sql(&t, &format!("UPDATE audit_checkpoints SET kid = '{}'", exported["kid"].as_str().unwrap())).await;
+    let (ok, _, err) = weightgate(&t, &["audit", "verify"], None);
+    assert!(ok, "{err}");
+
+    // The log cut short after the checkpoint.
+    sql(&t, "DELETE FROM audit_events WHERE seq > 35").await;
+    let (problem, err) = damage(&t).await;
+    assert!(matches!(problem, Problem::Truncated { checkpoint_seq: 40, log_end: Some(35), .. }), "{problem:?}");
+    assert!(err.contains("the log was truncated"), "{err}");
+    assert!(err.contains("says the log reached event 40, but it ends at event 35"), "{err}");
+    let (ok, _, err) = weightgate(&t, &["audit", "checkpoint"], None);
+    assert!(!ok);
+    assert!(err.contains("no checkpoint was signed") && err.contains("the log was truncated"), "{err}");
+
+    // With the stored checkpoints gone too, the chain alone looks whole; the
+    // exported checkpoint still tells.
+    sql(&t, "DELETE FROM audit_checkpoints").await;
+    let (ok, _, err) = weightgate(&t, &["audit", "verify"], None);
+    assert!(ok, "{err}");
+    let (ok, _, err) = weightgate(&t, &["audit", "verify", "--checkpoint", file_arg], None);
+    assert!(!ok);
+    assert!(
+        err.contains("the log was truncated: the exported checkpoint says the log reached event 40, but it ends at event 35"),
+        "{err}"
+    );
+
+    // Refilled to the same length, the log no longer has the signed hash.
+    fill_to(&t, 40).await;
+    let (ok, _, err) = weightgate(&t, &["audit", "verify", "--checkpoint", file_arg], None);
+    assert!(!ok);
+    assert!(
+        err.contains("the log was rewritten: event 40 no longer has the hash the exported checkpoint signed"),
+        "{err}"
+    );
+
+    // A checkpoint file that was edited.
+    let edited = t.dir.path().join("edited.json");
+    let mut changed = exported.clone();
+    changed["seq"] = 30.into();
+    std::fs::write(&edited, changed.to_string()).unwrap();
+    let (ok, _, err) = weightgate(&t, &["audit", "verify", "--checkpoint", edited.to_str().unwrap()], None);
+    assert!(!ok);
+    assert!(err.contains("the exported checkpoint has an invalid signature"), "{err}");
+    std::fs::write(&edited, "{\"seq\": 3}").unwrap();
+    let (ok, _, err) = weightgate(&t, &["audit", "verify", "--checkpoint", edited.to_str().unwrap()], None);
+    assert!(!ok);
+    assert!(err.contains("not an exported weightgate checkpoint"), "{err}");
+
+    // Someone with the database replaced the signing key to sign a new story.
+    sql(&t, "UPDATE signing_keys SET secret = 'AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE' WHERE purpose = 'audit-ed25519'").await;
+    let (ok, _, err) = weightgate(&t, &["audit", "verify", "--checkpoint", file_arg], None);
+    assert!(!ok);
+    assert!(err.contains("the checkpoint key was replaced"), "{err}");
+}
+}
+
+both! {
+async fn the_server_signs_a_checkpoint_whenever_the_head_moves() {
+    let t = TestApp::spawn().await;
+    let signer = tokio::spawn(audit::checkpoint_periodically(t.app.db.clone(), Duration::from_secs(1)));
+    let wait_for_checkpoint_of = |seq: i64| {
+        let db = t.app.db.clone();
+        async move {
+            for _ in 0..100 {
+                if let Some(c) = db::audit::latest_checkpoint(db.pool()).await.unwrap()
+                    && c.seq == seq
+                {
+                    return c;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("no checkpoint of event {seq} was signed");
+        }
+    };
+    let head = db::audit::head(t.app.db.pool()).await.unwrap().unwrap().0;
+    let first = wait_for_checkpoint_of(head).await;
+    let burst: Vec<Event> = (0..3).map(|_| Event::new("reviewer.sign_in", Outcome::Refused)).collect();
+    let mut tx = t.app.db.begin().await.unwrap();
+    audit::append(&mut tx, t.app.db.backend(), &burst).await.unwrap();
+    tx.commit().await.unwrap();
+    let second = wait_for_checkpoint_of(head + 3).await;
+    assert!(second.at >= first.at);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_checkpoints")
+        .fetch_one(t.app.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(count, 2, "an unmoved head is not signed again");
+    signer.abort();
+    let v = audit::verify_chain(&t.app.db).await.unwrap();
+    assert!(v.is_intact(), "{:?}", v.problems);
+    assert_eq!(v.checkpoints, 2);
+    assert_eq!(v.latest_checkpoint.unwrap().seq, head + 3);
+}
+}
+
+both! {
+async fn concurrent_fetches_each_leave_one_event_and_an_unbroken_chain() {
+    let t = TestApp::spawn().await;
+    let access = t.approved_researcher("many@uni.example.edu").await;
+    let links = t.download_links(&access).await;
+    let fetches = (0..40).map(|i| {
+        let (name, url) = links[i % links.len()].clone();
+        let client = t.client.clone();
+        async move {
+            let response = client.get(&url).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            (name, response.bytes().await.unwrap().len())
+        }
+    });
+    for (name, len) in futures_util::future::join_all(fetches).await {
+        let expected = t.files.iter().find(|(n, _)| *n == name).unwrap().1.len();
+        assert_eq!(len, expected);
+    }
+    t.wait_for_events("file.delivered", 40).await;
+    let events = t.audit_events().await;
+    let count = |action: &str| events.iter().filter(|e| e.action == action).count();
+    assert_eq!(count("file.fetch"), 40);
+    assert_eq!(count("file.delivered"), 40);
+    let v = audit::verify_chain(&t.app.db).await.unwrap();
+    assert!(v.is_intact(), "{:?}", v.problems);
+    assert_eq!(v.events, events.len() as i64);
+    let (ok, out, err) = weightgate(&t, &["audit", "verify"], None);
+    assert!(ok, "{err}");
+    assert!(out.contains(&format!("audit log intact: {} events", events.len())), "{out}");
+}
+}
+
+/// Fetches `url` (with a `Range` when given) to the end, and returns the bytes.
+async fn fetch(t: &TestApp, url: &str, range: Option<&str>) -> Vec<u8> {
+    let mut request = t.client.get(url);
+    if let Some(range) = range {
+        request = request.header(header::RANGE, range);
+    }
+    let response = request.send().await.unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    response.bytes().await.unwrap().to_vec()
+}
+
+fn link<'a>(links: &'a [(String, String)], name: &str) -> &'a str {
+    &links.iter().find(|(n, _)| n == name).unwrap().1
+}
+
+both! {
+async fn who_has_counts_only_researchers_holding_every_file() {
+    let t = TestApp::spawn().await;
+    let ada = t.download_links(&t.approved_researcher("ada@uni.example.edu").await).await;
+    let bob = t.download_links(&t.approved_researcher("bob@uni.example.edu").await).await;
+    let size = |name: &str| t.files.iter().find(|(n, _)| n == name).unwrap().1.len();
+    let total: usize = t.files.iter().map(|(_, b)| b.len()).sum();
+
+    fetch(&t, link(&ada, "shard-0.bin"), None).await;
+    fetch(&t, link(&ada, "shard-2.bin"), None).await;
+    let first_half = fetch(&t, link(&ada, "shard-1.bin"), Some("bytes=0-499999")).await;
+    assert_eq!(first_half.len(), 500_000);
+    fetch(&t, link(&bob, "shard-0.bin"), None).await;
+    t.wait_for_events("file.delivered", 4).await;
+
+    let (ok, out, err) = weightgate(&t, &["audit", "who-has", MODEL, "--format", "jsonl"], None);
+    assert!(ok, "{err}");
+    assert_eq!(out, "", "nobody has all of shard-1 yet");
+
+    let rest = fetch(&t, link(&ada, "shard-1.bin"), Some("bytes=500000-")).await;
+    assert_eq!(rest.len(), size("shard-1.bin") - 500_000);
+    t.wait_for_events("file.delivered", 5).await;
+
+    let (ok, out, err) = weightgate(&t, &["audit", "who-has", MODEL, "--format", "jsonl"], None);
+    assert!(ok, "{err}");
+    let holders = jsonl(&out);
+    assert_eq!(holders.len(), 1, "{out}");
+    assert_eq!(holders[0]["researcher"], "ada@uni.example.edu");
+    assert_eq!(holders[0]["release"], "r1");
+    assert_eq!(holders[0]["files"], 3);
+    assert_eq!(holders[0]["bytes"], total);
+    let completed = holders[0]["completed_at"].as_str().unwrap();
+    let last_delivery = t.wait_for_events("file.delivered", 5).await.pop().unwrap();
+    assert_eq!(completed, weightgate::types::format_ms_rfc3339(last_delivery.at));
+
+    let (ok, table, _) = weightgate(&t, &["audit", "who-has", MODEL, "--release", "r1"], None);
+    assert!(ok);
+    assert!(table.contains("ada@uni.example.edu") && !table.contains("bob@"), "{table}");
+    let (ok, _, err) = weightgate(&t, &["audit", "who-has", MODEL, "--release", "r9"], None);
+    assert!(!ok);
+    assert!(err.contains("no published release \"r9\""), "{err}");
+    let (ok, _, err) = weightgate(&t, &["audit", "who-has", "no-such-model"], None);
+    assert!(!ok);
+    assert!(err.contains("no model is called \"no-such-model\""), "{err}");
+
+    let (ok, out, err) = weightgate(&t, &["audit", "downloads", "--model", MODEL, "--format", "jsonl"], None);
+    assert!(ok, "{err}");
+    let rows = jsonl(&out);
+    assert_eq!(rows.len(), 2, "{out}");
+    let row = |email: &str| rows.iter().find(|r| r["researcher"] == email).unwrap();
+    let a = row("ada@uni.example.edu");
+    assert_eq!(a["files_complete"], 3);
+    assert_eq!(a["files_total"], 3);
+    assert_eq!(a["bytes"], total);
+    assert_eq!(a["fetches"], 4);
+    assert_eq!(a["addresses"], 1);
+    assert!(a["first_fetch"].as_str().unwrap() <= a["last_fetch"].as_str().unwrap());
+    let b = row("bob@uni.example.edu");
+    assert_eq!(b["files_complete"], 1);
+    assert_eq!(b["bytes"], size("shard-0.bin"));
+    assert_eq!(b["fetches"], 1);
+    let (ok, table, _) = weightgate(&t, &["audit", "downloads"], None);
+    assert!(ok);
+    assert!(table.contains("3 of 3") && table.contains("1 of 3"), "{table}");
+}
+}
+
+both! {
+async fn list_filters_pages_and_writes_csv() {
+    let t = TestApp::spawn().await;
+    let ada_access = t.approved_researcher("ada@uni.example.edu").await;
+    let ada = t.download_links(&ada_access).await;
+    let agent = "fetcher/1.0 (x, \"y\")";
+    let response = t
+        .client
+        .get(link(&ada, "shard-2.bin"))
+        .header(header::USER_AGENT, agent)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.bytes().await.unwrap().len(), 7);
+    t.wait_for_events("file.delivered", 1).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let middle = weightgate::types::now_ms();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let bob = t.download_links(&t.approved_researcher("bob@uni.example.edu").await).await;
+    fetch(&t, link(&bob, "shard-0.bin"), None).await;
+    t.wait_for_events("file.delivered", 2).await;
+    let mut event = Event::new("reviewer.sign_in", Outcome::Refused);
+    event.reason = Some("bad_credentials".into());
+    event.client.ip = Some("198.51.100.7".into());
+    audit::append_now(&t.app.db, event).await.unwrap();
+    let all = t.audit_events().await;
+    let ada_grant = between(link(&ada, "shard-0.bin"), "/dl/", ".").to_owned();
+
+    let list = |args: &[&str]| {
+        let mut full = vec!["audit", "list", "--format", "jsonl"];
+        full.extend_from_slice(args);
+        let (ok, out, err) = weightgate(&t, &full, None);
+        assert!(ok, "{args:?}: {err}");
+        jsonl(&out)
+    };
+    let seqs = |rows: &[serde_json::Value]| rows.iter().map(|r| r["seq"].as_i64().unwrap()).collect::<Vec<_>>();
+
+    let fetches = list(&["--model", MODEL, "--action", "file.fetch"]);
+    assert_eq!(fetches.len(), 2);
+    let ada_fetches = list(&["--researcher", "ADA@uni.example.edu", "--action", "file.fetch"]);
+    assert_eq!(ada_fetches.len(), 1);
+    assert_eq!(ada_fetches[0]["user_agent"], agent);
+    assert!(ada_fetches[0]["subject"].as_str().unwrap().starts_with("ada@uni.example.edu"));
+    let by_grant = list(&["--grant", &ada_grant]);
+    assert!(by_grant.iter().all(|e| e["grant_id"] == ada_grant.as_str()));
+    assert!(by_grant.iter().any(|e| e["action"] == "grant.created"));
+    assert!(by_grant.iter().any(|e| e["action"] == "file.delivered"));
+    let by_ip = list(&["--ip", "198.51.100.7"]);
+    assert_eq!(by_ip.len(), 1);
+    assert_eq!(by_ip[0]["action"], "reviewer.sign_in");
+    assert_eq!(list(&["--outcome", "refused"]).len(), 1);
+    assert_eq!(list(&["--outcome", "ok", "--ip", "198.51.100.7"]).len(), 0);
+
+    let middle_time = format!("{}.{:03}Z", weightgate::types::format_ms_rfc3339(middle).trim_end_matches('Z'), middle % 1000);
+    let before = list(&["--until", &middle_time]);
+    let after = list(&["--since", &middle_time]);
+    assert_eq!(before.len() + after.len(), all.len());
+    assert!(before.iter().all(|e| e["at"].as_i64().unwrap() < middle));
+    assert!(after.iter().all(|e| e["at"].as_i64().unwrap() >= middle));
+    assert!(before.iter().any(|e| e["subject"].as_str().is_some_and(|s| s.starts_with("ada@"))));
+    assert!(after.iter().all(|e| !e["subject"].as_str().is_some_and(|s| s.starts_with("ada@"))));
+    assert_eq!(list(&["--since", "1h"]).len(), all.len());
+    assert_eq!(list(&["--since", "2000-01-01", "--until", "2000-01-02T00:00:00+01:00"]).len(), 0);
+    assert_eq!(list(&["--until", "1h"]).len(), 0);
+
+    // Paging: the oldest three, the next three, the newest two, the two before those.
+    assert_eq!(seqs(&list(&["--after", "0", "--limit", "3"])), vec![1, 2, 3]);
+    assert_eq!(seqs(&list(&["--after", "3", "--limit", "3"])), vec![4, 5, 6]);
+    let n = all.len() as i64;
+    assert_eq!(seqs(&list(&["--limit", "2"])), vec![n - 1, n]);
+    assert_eq!(seqs(&list(&["--limit", "2", "--before", &(n - 1).to_string()])), vec![n - 3, n - 2]);
+    let (ok, _, err) = weightgate(&t, &["audit", "list", "--limit", "2"], None);
+    assert!(ok);
+    assert!(err.contains(&format!("add --before {}", n - 1)), "{err}");
+
+    for (args, message) in [
+        (&["--model", "no-such-model"][..], "no model is called"),
+        (&["--researcher", "nobody@example.org"][..], "no researcher has the e-mail address"),
+        (&["--since", "last tuesday"][..], "is not a time"),
+        (&["--since", "1h", "--until", "2h"][..], "--since must be earlier than --until"),
+        (&["--outcome", "maybe"][..], "invalid value 'maybe'"),
+        (&["--limit", "0"][..], "--limit"),
+    ] {
+        let mut full = vec!["audit", "list"];
+        full.extend_from_slice(args);
+        let (ok, _, err) = weightgate(&t, &full, None);
+        assert!(!ok, "{args:?}");
+        assert!(err.contains(message), "{args:?}: {err}");
+    }
+
+    // CSV quotes what needs quoting, and reads back to the same values.
+    let (ok, out, err) = weightgate(&t, &["audit", "list", "--format", "csv", "--action", "file.fetch"], None);
+    assert!(ok, "{err}");
+    let mut reader = csv::Reader::from_reader(out.as_bytes());
+    let headers: Vec<String> = reader.headers().unwrap().iter().map(str::to_owned).collect();
+    assert_eq!(&headers[..4], ["seq", "at", "time", "action"]);
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 2);
+    let column = |name: &str| headers.iter().position(|h| h == name).unwrap();
+    assert_eq!(&rows[0][column("user_agent")], agent);
+    assert_eq!(&rows[0][column("action")], "file.fetch");
+    assert_eq!(&rows[0][column("range_end")], "6");
+    assert!(out.contains("\"fetcher/1.0 (x, \"\"y\"\")\""), "{out}");
+
+    // The whole log, streamed out.
+    let exported = t.dir.path().join("log.csv");
+    let (ok, _, err) = weightgate(&t, &["audit", "export", "--format", "csv", "--output", exported.to_str().unwrap()], None);
+    assert!(ok, "{err}");
+    assert!(err.contains(&format!("exported {} events", all.len())), "{err}");
+    let mut reader = csv::Reader::from_path(&exported).unwrap();
+    let hashes: Vec<String> = reader.records().map(|r| r.unwrap()[column("hash")].to_owned()).collect();
+    assert_eq!(hashes, all.iter().map(|e| e.hash.clone()).collect::<Vec<_>>());
+    let (ok, out, _) = weightgate(&t, &["audit", "export"], None);
+    assert!(ok);
+    let lines = jsonl(&out);
+    assert_eq!(lines.len(), all.len());
+    assert_eq!(lines.last().unwrap()["prev_hash"], all[all.len() - 2].hash.as_str());
+    let (ok, _, err) = weightgate(&t, &["audit", "export", "--format", "table"], None);
+    assert!(!ok);
+    assert!(err.contains("invalid value 'table'"), "{err}");
+}
+}
+
+both! {
+async fn tail_shows_the_newest_events_and_follows_new_ones() {
+    let t = TestApp::spawn().await;
+    fill_to(&t, 12).await;
+    let (ok, out, err) = weightgate(&t, &["audit", "tail", "-n", "5", "--format", "jsonl"], None);
+    assert!(ok, "{err}");
+    let seqs: Vec<i64> = jsonl(&out).iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, vec![8, 9, 10, 11, 12]);
+    let (ok, out, _) = weightgate(&t, &["audit", "tail", "-n", "2"], None);
+    assert!(ok);
+    assert_eq!(out.lines().count(), 2);
+    assert!(out.lines().last().unwrap().contains("reviewer.sign_in") && out.contains("bad_credentials"), "{out}");
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weightgate"))
+        .args(["audit", "tail", "-n", "1", "--follow", "--every", "100ms", "--action", "model.created", "--format", "jsonl"])
+        .env("WEIGHTGATE_DATA_DIR", &t.app.config.data_dir)
+        .env("WEIGHTGATE_DATABASE_URL", t.app.config.database_url())
+        .env("WEIGHTGATE_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (lines, arrived) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if lines.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || {
+        let line = arrived.recv_timeout(Duration::from_secs(20)).expect("tail printed nothing");
+        serde_json::from_str::<serde_json::Value>(&line).unwrap()
+    };
+    let first = next();
+    assert_eq!(first["action"], "model.created");
+    assert_eq!(first["seq"], 1);
+    fill_to(&t, 14).await;
+    let slug: weightgate::types::Slug = "second-model".parse().unwrap();
+    weightgate::models::create(&t.app, &slug, "Second", "Be nice.", "test").await.unwrap();
+    let followed = next();
+    assert_eq!(followed["action"], "model.created");
+    assert_eq!(followed["seq"], 15);
+    fill_to(&t, 16).await;
+    let slug: weightgate::types::Slug = "third-model".parse().unwrap();
+    weightgate::models::create(&t.app, &slug, "Third", "Be nice.", "test").await.unwrap();
+    assert_eq!(next()["seq"], 17);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+}
+
+both! {
+async fn anomalies_flag_shared_grants_bursts_revoked_use_and_forged_links() {
+    let t = TestApp::spawn().await;
+    let access = t.approved_researcher("leaky@uni.example.edu").await;
+    let links = t.download_links(&access).await;
+    let url = link(&links, "shard-2.bin").to_owned();
+    fetch(&t, &url, None).await;
+    let grant_id = between(&url, "/dl/", ".").to_owned();
+    let grant = db::grants::find_view(t.app.db.pool(), &grant_id).await.unwrap().unwrap();
+
+    let (ok, _, err) = weightgate(&t, &["audit", "anomalies"], None);
+    assert!(ok, "{err}");
+    assert!(err.contains("nothing above the thresholds"), "{err}");
+
+    // The same grant's links fetched from five more places at once.
+    let events: Vec<Event> = (1..=5)
+        .map(|i| {
+            let mut e = Event::new("file.fetch", Outcome::Ok);
+            e.grant_id = Some(grant.id.clone());
+            e.researcher_id = Some(grant.researcher_id.clone());
+            e.model_id = Some(grant.model_id.clone());
+            e.client.ip = Some(format!("203.0.113.{i}"));
+            e
+        })
+        .collect();
+    let mut tx = t.app.db.begin().await.unwrap();
+    audit::append(&mut tx, t.app.db.backend(), &events).await.unwrap();
+    tx.commit().await.unwrap();
+
+    // Links with a forged signature, over and over.
+    let token = between(&url, "/dl/", "/");
+    let (rest, tag) = token.rsplit_once('.').unwrap();
+    let forged = format!("{rest}.{}{}", if tag.starts_with('A') { "B" } else { "A" }, &tag[1..]);
+    for _ in 0..5 {
+        let response = t.client.get(t.url(&format!("/dl/{forged}/shard-2.bin"))).send().await.unwrap();
+        assert_eq!(response.status(), 403);
+    }
+
+    // Refused sign-ins from one address.
+    for _ in 0..6 {
+        let mut e = Event::new("reviewer.sign_in", Outcome::Refused);
+        e.reason = Some("bad_credentials".into());
+        e.client.ip = Some("198.51.100.66".into());
+        audit::append_now(&t.app.db, e).await.unwrap();
+    }
+
+    // The grant revoked, and its links tried again.
+    let (ok, _, err) = weightgate(&t, &["grant", "revoke", &grant.id, "--reason", "Shared the link"], None);
+    assert!(ok, "{err}");
+    let response = t.client.get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 403);
+
+    let (ok, out, err) = weightgate(&t, &["audit", "anomalies", "--burst", "5", "--window", "10m", "--format", "jsonl"], None);
+    assert!(ok, "{err}");
+    let found = jsonl(&out);
+    let kind = |k: &str| found.iter().find(|a| a["kind"] == k).unwrap_or_else(|| panic!("no {k} in {out}"));
+    let shared = kind("many-addresses");
+    assert_eq!(shared["grant_id"], grant.id.as_str());
+    assert_eq!(shared["researcher"], "leaky@uni.example.edu");
+    assert_eq!(shared["model"], MODEL);
+    assert_eq!(shared["addresses"].as_array().unwrap().len(), 6);
+    let burst = kind("burst");
+    assert_eq!(burst["grant_id"], grant.id.as_str());
+    let revoked = kind("after-revocation");
+    assert_eq!(revoked["grant_id"], grant.id.as_str());
+    assert_eq!(revoked["count"], 1);
+    let forged = kind("bad-signatures");
+    assert_eq!(forged["client_ip"], "127.0.0.1");
+    assert_eq!(forged["count"], 5);
+    let sign_ins = kind("failed-sign-ins");
+    assert_eq!(sign_ins["client_ip"], "198.51.100.66");
+    assert_eq!(sign_ins["count"], 6);
+    assert_eq!(found.len(), 5, "{out}");
+
+    // Higher thresholds flag less; a window before any of it flags nothing.
+    let (ok, out, _) = weightgate(
+        &t,
+        &["audit", "anomalies", "--max-addresses", "6", "--bad-signatures", "6", "--failed-sign-ins", "7", "--format", "jsonl"],
+        None,
+    );
+    assert!(ok);
+    let kinds: Vec<String> = jsonl(&out).iter().map(|a| a["kind"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(kinds, vec!["after-revocation"], "the default burst is 100 fetches a minute");
+    let (ok, table, _) = weightgate(&t, &["audit", "anomalies"], None);
+    assert!(ok);
+    assert!(table.contains("many-addresses") && table.contains("127.0.0.1 203.0.113.1"), "{table}");
+    assert!(table.contains("and 2 more"), "{table}");
+    let (ok, out, _) = weightgate(&t, &["audit", "anomalies", "--since", "2100-01-01", "--format", "jsonl"], None);
+    assert!(ok);
+    assert_eq!(out, "");
+    let (ok, _, err) = weightgate(&t, &["audit", "anomalies", "--burst", "1"], None);
+    assert!(!ok);
+    assert!(err.contains("--burst"), "{err}");
+}
+}
