@@ -36,6 +36,7 @@ mod helpers;
 
 mod audit;
 mod cli;
+mod client;
 mod downloads;
 mod journey;
 mod mail;

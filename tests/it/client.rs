@@ -1,0 +1,329 @@
+//! The researcher's download client against the real portal: verification,
+//! resumption, damaged chunks, expired links, tampering, refusals, quotas,
+//! and an interrupted publish.
+
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use weightgate::client::{self, Options, Summary};
+
+use crate::helpers::*;
+
+fn options(url: &str, dir: &Path) -> Options {
+    Options {
+        url: url.to_owned(),
+        dir: dir.to_owned(),
+        jobs: 4,
+        include: Vec::new(),
+        public_key: None,
+        limit_rate: None,
+        progress: false,
+    }
+}
+
+fn manifest_of(access: &str) -> String {
+    format!("{access}/manifest.json")
+}
+
+/// The ranges fetched successfully for one file, in log order.
+async fn fetched_ranges(t: &TestApp, file: &str) -> Vec<(i64, i64)> {
+    t.audit_events()
+        .await
+        .into_iter()
+        .filter(|e| e.action == "file.fetch" && e.outcome == "ok")
+        .filter(|e| {
+            e.subject
+                .as_deref()
+                .is_some_and(|s| s.ends_with(&format!("/{file}")))
+        })
+        .map(|e| (e.range_start.unwrap(), e.range_end.unwrap()))
+        .collect()
+}
+
+fn assert_files_match(t: &TestApp, dir: &Path) {
+    for (name, bytes) in &t.files {
+        let got = std::fs::read(dir.join("r1").join(name)).unwrap();
+        assert_eq!(sha256_hex(&got), sha256_hex(bytes), "{name}");
+    }
+}
+
+both! {
+async fn the_client_downloads_verifies_and_skips_what_is_complete() {
+    let t = TestApp::spawn().await;
+    let access = t.approved_researcher("client@uni.example.edu").await;
+    let dir = t.dir.path().join("weights");
+
+    let summary = client::download(options(&manifest_of(&access), &dir)).await.unwrap();
+    assert_eq!(summary.files, 3);
+    assert_eq!(summary.already_complete, 0);
+    let total: usize = t.files.iter().map(|(_, b)| b.len()).sum();
+    assert_eq!(summary.bytes_fetched, total as u64);
+    assert_eq!(summary.chunks_fetched, 5 + 17 + 1);
+    assert_files_match(&t, &dir);
+    let leftovers: Vec<_> = std::fs::read_dir(dir.join("r1"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".part") || n.ends_with(".weightgate"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    let again = client::download(options(&access, &dir)).await.unwrap();
+    assert_eq!(
+        again,
+        Summary {
+            files: 3,
+            already_complete: 3,
+            ..Summary::default()
+        },
+        "a second run fetches nothing"
+    );
+
+    // The signed SHA256SUMS checks out with the minisign tool and the served key.
+    let minisign = Command::new("minisign").arg("-v").output();
+    if minisign.is_err() {
+        assert!(std::env::var_os("CI").is_none(), "CI must have the minisign tool installed");
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "*** minisign not installed: its check of SHA256SUMS was NOT RUN ***");
+        return;
+    }
+    let base = format!("{access}/releases/r1");
+    for name in ["SHA256SUMS", "SHA256SUMS.minisig"] {
+        let body = t.client.get(format!("{base}/{name}")).send().await.unwrap().bytes().await.unwrap();
+        std::fs::write(dir.join(name), body).unwrap();
+    }
+    let key = t.client.get(t.url("/.well-known/weightgate/minisign.pub")).send().await.unwrap().bytes().await.unwrap();
+    std::fs::write(dir.join("minisign.pub"), key).unwrap();
+    let check = |sums: &str| {
+        Command::new("minisign")
+            .args(["-Vm", sums, "-x", "SHA256SUMS.minisig", "-p", "minisign.pub"])
+            .current_dir(&dir)
+            .output()
+            .unwrap()
+    };
+    let out = check("SHA256SUMS");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let sums = std::fs::read_to_string(dir.join("SHA256SUMS")).unwrap();
+    std::fs::write(dir.join("SHA256SUMS"), sums.replacen('0', "1", 1)).unwrap();
+    assert!(!check("SHA256SUMS").status.success(), "minisign refuses an altered SHA256SUMS");
+    let out = Command::new("sha256sum")
+        .args(["-c", "../SHA256SUMS"])
+        .current_dir(dir.join("r1"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "and sha256sum notices the altered line");
+}
+}
+
+both! {
+async fn a_damaged_chunk_on_disk_is_the_only_one_fetched_again() {
+    let t = TestApp::spawn().await;
+    let access = t.approved_researcher("chunks@uni.example.edu").await;
+    let dir = t.dir.path().join("weights");
+    client::download(options(&access, &dir)).await.unwrap();
+    let before = fetched_ranges(&t, "shard-1.bin").await;
+    assert_eq!(before.len(), 17);
+
+    let path = dir.join("r1/shard-1.bin");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let damaged = 5 * CHUNK_SIZE as usize + 1234;
+    bytes[damaged] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let summary = client::download(options(&access, &dir)).await.unwrap();
+    assert_eq!(summary.already_complete, 2);
+    assert_eq!(summary.chunks_fetched, 1);
+    assert_eq!(summary.bytes_fetched, CHUNK_SIZE);
+    let after = fetched_ranges(&t, "shard-1.bin").await;
+    let start = 5 * CHUNK_SIZE as i64;
+    assert_eq!(&after[before.len()..], &[(start, start + CHUNK_SIZE as i64 - 1)]);
+    assert_files_match(&t, &dir);
+}
+}
+
+both! {
+async fn a_tampered_manifest_is_refused_and_nothing_is_written() {
+    let t = TestApp::spawn().await;
+    let access = t.approved_researcher("tamper@uni.example.edu").await;
+    let manifest: String = sqlx::query_scalar("SELECT manifest FROM releases")
+        .fetch_one(t.app.db.pool())
+        .await
+        .unwrap();
+    assert!(manifest.contains("\"sha256\": \""));
+    let forged = manifest.replacen("\"sha256\": \"", "\"sha256\": \"0", 1);
+    sqlx::query("UPDATE releases SET manifest = $1")
+        .bind(&forged)
+        .execute(t.app.db.pool())
+        .await
+        .unwrap();
+    let dir = t.dir.path().join("weights");
+    let err = client::download(options(&access, &dir)).await.unwrap_err();
+    assert!(
+        format!("{err:#}").contains("is not signed by the portal's publishing key"),
+        "{err:#}"
+    );
+    assert!(!dir.join("r1").exists(), "nothing was written");
+
+    let other_key = "RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3";
+    sqlx::query("UPDATE releases SET manifest = $1")
+        .bind(&manifest)
+        .execute(t.app.db.pool())
+        .await
+        .unwrap();
+    let mut opts = options(&access, &dir);
+    opts.public_key = Some(other_key.into());
+    let err = client::download(opts).await.unwrap_err();
+    assert!(format!("{err:#}").contains("not signed"), "a pinned key that differs is refused: {err:#}");
+}
+}
+
+both! {
+async fn expired_links_are_replaced_and_refusals_stop_with_their_reason() {
+    let t = TestApp::spawn_with(|c| c.link_ttl = Duration::from_secs(1)).await;
+    let access = t.approved_researcher("slow@uni.example.edu").await;
+    let dir = t.dir.path().join("weights");
+    let mut opts = options(&access, &dir);
+    opts.jobs = 1;
+    opts.limit_rate = Some(256 * 1024);
+    opts.include = vec!["shard-1.*".into()];
+    let summary = client::download(opts).await.unwrap();
+    assert_eq!(summary.files, 1);
+    assert_eq!(
+        sha256_hex(&std::fs::read(dir.join("r1/shard-1.bin")).unwrap()),
+        sha256_hex(&t.files[1].1)
+    );
+    let expired = t
+        .audit_events()
+        .await
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("link_expired"))
+        .count();
+    assert!(expired >= 1, "the slow download outlived its links and renewed them");
+
+    let grant_id: String = sqlx::query_scalar("SELECT id FROM grants").fetch_one(t.app.db.pool()).await.unwrap();
+    weightgate::grants::revoke(&t.app, &grant_id, "Leaked", "test", Default::default()).await.unwrap();
+    let err = client::download(options(&access, &t.dir.path().join("other"))).await.unwrap_err();
+    let message = format!("{err:#}");
+    assert!(message.contains("revoked") && message.contains("grant_revoked") && message.contains("request id"), "{message}");
+
+    let err = client::download(options(&format!("{}x", access), &t.dir.path().join("x"))).await.unwrap_err();
+    assert!(format!("{err:#}").contains("not_found"), "{err:#}");
+}
+}
+
+both! {
+async fn a_killed_download_resumes_without_fetching_verified_chunks_again() {
+    let t = TestApp::spawn().await;
+    let access = t.approved_researcher("resume@uni.example.edu").await;
+    let dir = t.dir.path().join("weights");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weightgate"))
+        .args(["download", &access, "--dir", dir.to_str().unwrap(), "--jobs", "1", "--limit-rate", "512KiB"])
+        .args(["--include", "shard-1.bin"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let state = dir.join("r1/.shard-1.bin.weightgate");
+    let mut verified_before = 0;
+    for _ in 0..400 {
+        if let Ok(text) = std::fs::read_to_string(&state)
+            && let Ok(json) = serde_json::from_str::<serde_json::Value>(&text)
+        {
+            verified_before = json["verified"].as_array().unwrap().iter().filter(|v| v.as_bool() == Some(true)).count();
+            if verified_before >= 4 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(verified_before >= 4 && verified_before < 17, "killed midway ({verified_before} chunks done)");
+    assert!(!dir.join("r1/shard-1.bin").exists());
+
+    let mut opts = options(&access, &dir);
+    opts.include = vec!["shard-1.bin".into()];
+    let summary = client::download(opts).await.unwrap();
+    assert!(summary.chunks_fetched as usize <= 17 - verified_before, "{summary:?}");
+    let ranges = fetched_ranges(&t, "shard-1.bin").await;
+    let mut distinct = ranges.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 17);
+    assert!(ranges.len() <= 18, "at most the chunk in flight at the kill came twice: {ranges:?}");
+    assert_eq!(
+        sha256_hex(&std::fs::read(dir.join("r1/shard-1.bin")).unwrap()),
+        sha256_hex(&t.files[1].1)
+    );
+}
+}
+
+both! {
+async fn a_quota_is_spent_by_whole_files_not_by_resumes() {
+    let t = TestApp::spawn().await;
+    let slug = MODEL.parse().unwrap();
+    weightgate::models::set_quota(&t.app, &slug, None, Some(2), "test").await.unwrap();
+    let access = t.approved_researcher("quota@uni.example.edu").await;
+    let links = t.download_links(&access).await;
+    let url = |name: &str| links.iter().find(|(n, _)| n == name).unwrap().1.clone();
+
+    // shard-1 in three pieces, one of them cut short and resumed: one file.
+    let first = url("shard-1.bin");
+    let mut response = t.client.get(&first).header("range", "bytes=0-99999").send().await.unwrap();
+    let _ = response.chunk().await.unwrap();
+    drop(response);
+    t.wait_for_events("file.delivered", 1).await;
+    for range in ["bytes=0-599999", "bytes=600000-"] {
+        let r = t.client.get(&first).header("range", range).send().await.unwrap();
+        assert_eq!(r.status(), 206);
+        r.bytes().await.unwrap();
+    }
+    t.wait_for_events("file.delivered", 3).await;
+    let r = t.client.get(url("shard-2.bin")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap();
+    t.wait_for_events("file.delivered", 4).await;
+
+    let refused = t.client.get(url("shard-0.bin")).send().await.unwrap();
+    assert_eq!(refused.status(), 403, "two whole files spent the quota");
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "quota_spent");
+    let again = t.client.get(url("shard-1.bin")).send().await.unwrap();
+    assert_eq!(again.status(), 200, "a file already held can be fetched again");
+}
+}
+
+both! {
+async fn a_publish_that_fails_midway_shows_nothing_and_finishes_when_run_again() {
+    let t = TestApp::spawn().await;
+    let dir = t.dir.path().join("next");
+    std::fs::create_dir_all(&dir).unwrap();
+    let contents: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i + 10; 200_000]).collect();
+    for (i, c) in contents.iter().enumerate() {
+        std::fs::write(dir.join(format!("part-{i}.bin")), c).unwrap();
+    }
+    // The object store cannot take the second file: its directory is a file.
+    let blocked = t.app.config.data_dir.join("objects/sha256").join(&sha256_hex(&contents[1])[..2]);
+    std::fs::create_dir_all(blocked.parent().unwrap()).unwrap();
+    std::fs::write(&blocked, b"in the way").unwrap();
+
+    let slug = MODEL.parse().unwrap();
+    let publish = || weightgate::models::publish(&t.app, &slug, &dir, Some("r2"), CHUNK_SIZE, "test", &|_| {});
+    assert!(publish().await.is_err());
+    let visible: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM releases WHERE name = 'r2'")
+        .fetch_one(t.app.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(visible, 0, "a failed publish leaves no release");
+
+    std::fs::remove_file(&blocked).unwrap();
+    let report = publish().await.unwrap();
+    assert!(!report.files[0].uploaded, "the file stored before the failure is not stored again");
+    assert!(report.files[1].uploaded && report.files[2].uploaded);
+    let access = t.approved_researcher("later@uni.example.edu").await;
+    let names: Vec<String> = t.download_links(&access).await.into_iter().map(|(n, _)| n).collect();
+    assert!(names.contains(&"part-1.bin".to_owned()));
+}
+}
