@@ -7,6 +7,7 @@ use std::{
 };
 
 use anyhow::Context;
+use indicatif::ProgressBar;
 use sha2::{Digest, Sha256};
 
 use crate::{
@@ -111,9 +112,28 @@ fn release_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// A file's SHA-256, size and the SHA-256 of each `chunk_size` bytes, in one
-/// streaming pass.
-pub fn hash_file(path: &Path, chunk_size: u64) -> anyhow::Result<FileDigest> {
+/// How a publish reports progress: a bar that counts bytes hashed (hidden
+/// unless the caller draws it), and a call for each file once stored.
+pub struct PublishProgress {
+    pub bar: ProgressBar,
+    pub on_file: Box<dyn Fn(&PublishedFile) + Send + Sync>,
+}
+
+impl PublishProgress {
+    /// Reports nothing.
+    pub fn quiet() -> Self {
+        Self {
+            bar: ProgressBar::hidden(),
+            on_file: Box::new(|_| {}),
+        }
+    }
+}
+
+/// A file's SHA-256, size and (with a chunk size) the SHA-256 of each
+/// `chunk_size` bytes, in one streaming pass; `bar` advances by the bytes read.
+pub fn hash_file(path: &Path, chunk_size: Option<u64>, bar: &ProgressBar) -> anyhow::Result<FileDigest> {
+    let chunked = chunk_size.is_some();
+    let chunk_size = chunk_size.unwrap_or(u64::MAX).max(1);
     let mut file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut whole = Sha256::new();
     let mut chunk = Sha256::new();
@@ -129,7 +149,9 @@ pub fn hash_file(path: &Path, chunk_size: u64) -> anyhow::Result<FileDigest> {
             break;
         }
         whole.update(&buf[..n]);
-        let mut rest = &buf[..n];
+        bar.inc(n as u64);
+        size += n as u64;
+        let mut rest = if chunked { &buf[..n] } else { &[][..] };
         while !rest.is_empty() {
             let take = rest
                 .len()
@@ -142,9 +164,8 @@ pub fn hash_file(path: &Path, chunk_size: u64) -> anyhow::Result<FileDigest> {
                 in_chunk = 0;
             }
         }
-        size += n as u64;
     }
-    if in_chunk > 0 || chunks.is_empty() {
+    if chunked && (in_chunk > 0 || chunks.is_empty()) {
         chunks.push(hex::encode(chunk.finalize()));
     }
     Ok(FileDigest {
@@ -173,7 +194,7 @@ pub async fn publish(
     release_name: Option<&str>,
     chunk_size: u64,
     actor: &str,
-    progress: &(dyn Fn(&PublishedFile) + Sync),
+    progress: &PublishProgress,
 ) -> anyhow::Result<PublishReport> {
     if chunk_size < 4096 {
         return Err(ModelError::Invalid("the chunk size must be at least 4 KiB".into()).into());
@@ -205,15 +226,23 @@ pub async fn publish(
         .into());
     }
     let paths = release_files(dir)?;
+    let total: u64 = paths
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    progress.bar.set_length(total);
+    progress.bar.set_message("hashing");
 
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let semaphore = std::sync::Arc::new(tokio::sync::Semaphore::new(workers));
     let mut hashing = tokio::task::JoinSet::new();
     for (index, path) in paths.iter().cloned().enumerate() {
         let permit = semaphore.clone().acquire_owned().await?;
+        let bar = progress.bar.clone();
         hashing.spawn_blocking(move || {
             let _permit = permit;
-            hash_file(&path, chunk_size).map(|digest| (index, path, digest))
+            hash_file(&path, Some(chunk_size), &bar).map(|digest| (index, path, digest))
         });
     }
     let mut hashed = Vec::with_capacity(paths.len());
@@ -253,7 +282,7 @@ pub async fn publish(
             sha256,
             uploaded,
         };
-        progress(&file);
+        (progress.on_file)(&file);
         manifest.files.push(ManifestFile {
             name: file.name.clone(),
             size,
@@ -287,6 +316,7 @@ pub async fn publish(
         sums: Some(sums),
         sums_sig: Some(sums_sig),
     };
+    progress.bar.finish_and_clear();
     let mut tx = app.db.begin().await?;
     db::models::insert_release(&mut *tx, &release).await?;
     for (f, m) in files.iter().zip(&manifest.files) {
@@ -356,7 +386,7 @@ mod tests {
         let path = dir.path().join("f");
         let data: Vec<u8> = (0..10_000u32).map(|i| (i % 253) as u8).collect();
         std::fs::write(&path, &data).unwrap();
-        let digest = hash_file(&path, 4096).unwrap();
+        let digest = hash_file(&path, Some(4096), &ProgressBar::hidden()).unwrap();
         assert_eq!(digest.size, 10_000);
         assert_eq!(digest.sha256, hex::encode(Sha256::digest(&data)));
         let expected: Vec<String> = data
@@ -366,7 +396,7 @@ mod tests {
         assert_eq!(digest.chunks, expected);
 
         std::fs::write(&path, b"").unwrap();
-        let empty = hash_file(&path, 4096).unwrap();
+        let empty = hash_file(&path, Some(4096), &ProgressBar::hidden()).unwrap();
         assert_eq!(empty.chunks, vec![hex::encode(Sha256::digest(b""))]);
     }
 }

@@ -46,7 +46,16 @@ pub async fn seed(app: &App) -> anyhow::Result<()> {
                 std::fs::write(&path, bytes)?;
             }
         }
-        models::publish(app, &slug, &dir, Some("v1"), 1024 * 1024, actor, &|_| {}).await?;
+        models::publish(
+            app,
+            &slug,
+            &dir,
+            Some("v1"),
+            1024 * 1024,
+            actor,
+            &models::PublishProgress::quiet(),
+        )
+        .await?;
     }
 
     let mut secret = [0u8; 15];

@@ -50,6 +50,14 @@ pub enum Command {
     /// List and revoke grants.
     #[command(subcommand)]
     Grant(GrantCommand),
+    /// Print the SHA-256 of files as `sha256sum` does, hashing several files at
+    /// once; with --chunk-size, also each chunk's, as a manifest lists them.
+    Hash {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long, value_parser = parse_size)]
+        chunk_size: Option<u64>,
+    },
     /// Download every file of your grant, verified, resuming where it stopped.
     Download {
         /// The manifest URL from your access page (or the access page's URL).
@@ -201,6 +209,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Reviewer(cmd) => reviewer(App::open(cli.config, Schema::Check).await?, cmd).await,
         Command::Model(cmd) => model(App::open(cli.config, Schema::Check).await?, cmd).await,
         Command::Grant(cmd) => grant(App::open(cli.config, Schema::Check).await?, cmd).await,
+        Command::Hash { files, chunk_size } => hash(files, chunk_size).await,
         Command::Download {
             url,
             dir,
@@ -356,6 +365,31 @@ async fn model(app: Arc<App>, cmd: ModelCommand) -> anyhow::Result<()> {
             chunk_size,
         } => {
             let slug: Slug = slug.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+            let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let bar = if terminal {
+                indicatif::ProgressBar::new(0).with_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{msg:8} {bar:40} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                )
+            } else {
+                indicatif::ProgressBar::hidden()
+            };
+            let progress = models::PublishProgress {
+                bar: bar.clone(),
+                on_file: Box::new(move |f| {
+                    bar.suspend(|| {
+                        println!(
+                            "{} {}  {}  {} bytes",
+                            if f.uploaded { "stored " } else { "present" },
+                            f.sha256,
+                            f.name,
+                            f.size
+                        );
+                    });
+                }),
+            };
             let report = models::publish(
                 &app,
                 &slug,
@@ -363,15 +397,7 @@ async fn model(app: Arc<App>, cmd: ModelCommand) -> anyhow::Result<()> {
                 release.as_deref(),
                 chunk_size,
                 &operator(),
-                &|f| {
-                    println!(
-                        "{} {}  {}  {} bytes",
-                        if f.uploaded { "stored " } else { "present" },
-                        f.sha256,
-                        f.name,
-                        f.size
-                    );
-                },
+                &progress,
             )
             .await?;
             println!(
@@ -448,6 +474,31 @@ async fn keys(app: Arc<App>, cmd: KeysCommand) -> anyhow::Result<()> {
                     )
                 }),
             );
+        }
+    }
+    Ok(())
+}
+
+async fn hash(files: Vec<PathBuf>, chunk_size: Option<u64>) -> anyhow::Result<()> {
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(workers));
+    let mut tasks = Vec::with_capacity(files.len());
+    for path in files {
+        let permit = semaphore.clone().acquire_owned().await?;
+        tasks.push(tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let digest = models::hash_file(&path, chunk_size, &indicatif::ProgressBar::hidden());
+            (path, digest)
+        }));
+    }
+    for task in tasks {
+        let (path, digest) = task.await?;
+        let digest = digest?;
+        println!("{}  {}", digest.sha256, path.display());
+        if chunk_size.is_some() {
+            for (i, chunk) in digest.chunks.iter().enumerate() {
+                println!("  chunk {i}: {chunk}");
+            }
         }
     }
     Ok(())

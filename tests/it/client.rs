@@ -310,7 +310,8 @@ async fn a_publish_that_fails_midway_shows_nothing_and_finishes_when_run_again()
     std::fs::write(&blocked, b"in the way").unwrap();
 
     let slug = MODEL.parse().unwrap();
-    let publish = || weightgate::models::publish(&t.app, &slug, &dir, Some("r2"), CHUNK_SIZE, "test", &|_| {});
+    let quiet = weightgate::models::PublishProgress::quiet();
+    let publish = || weightgate::models::publish(&t.app, &slug, &dir, Some("r2"), CHUNK_SIZE, "test", &quiet);
     assert!(publish().await.is_err());
     let visible: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM releases WHERE name = 'r2'")
         .fetch_one(t.app.db.pool())

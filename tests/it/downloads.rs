@@ -224,7 +224,7 @@ async fn an_interrupted_transfer_is_recorded_with_the_bytes_actually_sent() {
     let size = 48 * 1024 * 1024;
     std::fs::write(big.join("huge.bin"), vec![7u8; size]).unwrap();
     let slug = MODEL.parse().unwrap();
-    weightgate::models::publish(&t.app, &slug, &big, Some("r2"), 1024 * 1024, "test", &|_| {}).await.unwrap();
+    weightgate::models::publish(&t.app, &slug, &big, Some("r2"), 1024 * 1024, "test", &weightgate::models::PublishProgress::quiet()).await.unwrap();
     let access = t.approved_researcher("partial@uni.example.edu").await;
     let (_, url) = t.download_links(&access).await.into_iter().find(|(n, _)| n == "huge.bin").unwrap();
 

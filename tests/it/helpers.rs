@@ -185,9 +185,17 @@ impl TestApp {
             std::fs::write(shards.join(&name), &bytes).unwrap();
             files.push((name, bytes));
         }
-        models::publish(&app, &slug, &shards, Some("r1"), CHUNK_SIZE, "test", &|_| {})
-            .await
-            .unwrap();
+        models::publish(
+            &app,
+            &slug,
+            &shards,
+            Some("r1"),
+            CHUNK_SIZE,
+            "test",
+            &weightgate::models::PublishProgress::quiet(),
+        )
+        .await
+        .unwrap();
         let email: Email = REVIEWER.parse().unwrap();
         accounts::add_reviewer(&app, &email, PASSWORD, true, "test")
             .await

@@ -82,7 +82,7 @@ async fn a_terminated_portal_finishes_downloads_in_flight_and_logs_json() {
     let bytes: Vec<u8> = (0..32 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(big.join("huge.bin"), &bytes).unwrap();
     let slug = MODEL.parse().unwrap();
-    weightgate::models::publish(&t.app, &slug, &big, Some("r2"), 1024 * 1024, "test", &|_| {}).await.unwrap();
+    weightgate::models::publish(&t.app, &slug, &big, Some("r2"), 1024 * 1024, "test", &weightgate::models::PublishProgress::quiet()).await.unwrap();
     let access = t.approved_researcher("stop@uni.example.edu").await;
     let (_, url) = t.download_links(&access).await.into_iter().find(|(n, _)| n == "huge.bin").unwrap();
 
