@@ -52,7 +52,7 @@ impl App {
         let links = Arc::new(LinkSigner::load(&db).await?);
         let publisher = Publisher::load(&db).await?;
         let audit = AuditLog::start(db.clone());
-        let mail = Mailer::start(&config, db.clone())?;
+        let mail = Mailer::new(&config)?;
         Ok(Arc::new(Self {
             config,
             db,

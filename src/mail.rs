@@ -29,10 +29,18 @@ enum Transport {
     Smtp(AsyncSmtpTransport<Tokio1Executor>),
 }
 
-/// Wakes the outbox worker after a commit.
-#[derive(Clone, Debug, Default)]
+/// Queues wake-ups for the outbox worker, and sends through the configured transport.
+#[derive(Clone)]
 pub struct Mailer {
     wake: Arc<Notify>,
+    sender: Arc<(Transport, Mailbox)>,
+    outbox_dir: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Debug for Mailer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mailer").finish_non_exhaustive()
+    }
 }
 
 impl Mailer {
@@ -40,8 +48,8 @@ impl Mailer {
         self.wake.notify_one();
     }
 
-    /// Starts the worker that drains the outbox.
-    pub fn start(config: &Config, db: Db) -> anyhow::Result<Self> {
+    /// Checks the mail settings; nothing is sent until [`Mailer::run_worker`].
+    pub fn new(config: &Config) -> anyhow::Result<Self> {
         let from: Mailbox = config.mail_from.parse().with_context(|| {
             format!(
                 "WEIGHTGATE_MAIL_FROM {:?} is not a valid mailbox",
@@ -54,18 +62,29 @@ impl Mailer {
                     .context("WEIGHTGATE_SMTP_URL is not a valid SMTP URL")?
                     .build(),
             ),
-            None => {
-                let dir = config.outbox_dir();
-                std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-                Transport::Files(AsyncFileTransport::new(dir))
-            }
+            None => Transport::Files(AsyncFileTransport::new(config.outbox_dir())),
         };
-        let mailer = Self::default();
-        let wake = mailer.wake.clone();
+        Ok(Self {
+            wake: Arc::new(Notify::new()),
+            sender: Arc::new((transport, from)),
+            outbox_dir: (config.smtp_url.is_none()).then(|| config.outbox_dir()),
+        })
+    }
+
+    /// Starts the worker that drains the outbox; the portal runs one per
+    /// replica. Operator commands only queue mail, so a short-lived command
+    /// never holds a message it will not live to send.
+    pub fn run_worker(&self, db: Db) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+        if let Some(dir) = &self.outbox_dir {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let wake = self.wake.clone();
+        let sender = self.sender.clone();
         let worker = new_id();
-        tokio::spawn(async move {
+        Ok(tokio::spawn(async move {
+            let (transport, from) = &*sender;
             loop {
-                if let Err(err) = drain(&db, &worker, &transport, &from).await {
+                if let Err(err) = drain(&db, &worker, transport, from).await {
                     tracing::warn!(error = %format!("{err:#}"), "outbox: cannot read queued e-mail");
                 }
                 tokio::select! {
@@ -73,8 +92,7 @@ impl Mailer {
                     () = tokio::time::sleep(Duration::from_secs(5)) => {}
                 }
             }
-        });
-        Ok(mailer)
+        }))
     }
 }
 

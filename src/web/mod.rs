@@ -171,6 +171,7 @@ pub async fn serve(
     crate::telemetry::handle();
     let router = router(app.clone()).await?;
     let cleanup = tokio::spawn(auth::expire_sessions(app.db.clone(), Duration::from_secs(600)));
+    let mailer = app.mail.run_worker(app.db.clone())?;
     let refresh = tokio::spawn(app.links.clone().refresh_periodically(Duration::from_secs(60)));
     let checkpoints = tokio::spawn(crate::audit::checkpoint_periodically(
         app.db.clone(),
@@ -202,6 +203,7 @@ pub async fn serve(
         }
     };
     cleanup.abort();
+    mailer.abort();
     refresh.abort();
     checkpoints.abort();
     result

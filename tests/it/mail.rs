@@ -167,6 +167,8 @@ async fn several_outbox_workers_send_each_message_exactly_once() {
             .unwrap();
         tx.commit().await.unwrap();
     }
+    // The spawned portal runs one worker; two more replicas run theirs.
+    let workers: Vec<_> = replicas[1..].iter().map(|app| app.mail.run_worker(app.db.clone()).unwrap()).collect();
     for app in &replicas {
         app.mail.wake();
     }
@@ -186,5 +188,8 @@ async fn several_outbox_workers_send_each_message_exactly_once() {
     subjects.dedup();
     assert_eq!(subjects.len(), count, "every message arrived");
     assert_eq!(received.len(), count, "none arrived twice");
+    for worker in workers {
+        worker.abort();
+    }
 }
 }
