@@ -7,6 +7,7 @@ use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Args, ValueEnum};
 
 #[derive(Args, Clone)]
+#[command(next_help_heading = "Settings (each also a WEIGHTGATE_* variable)")]
 pub struct Config {
     /// Directory holding the embedded database, the object store and the e-mail outbox.
     #[arg(
