@@ -5,7 +5,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::db::grants::Delivery;
+use crate::{
+    audit::report::{Coverage, delivered_span},
+    db::grants::Delivery,
+};
 
 /// Bytes delivered in all.
 pub fn bytes_delivered(deliveries: &[Delivery]) -> u64 {
@@ -17,39 +20,19 @@ pub fn bytes_delivered(deliveries: &[Delivery]) -> u64 {
 
 /// The ids of the files whose every byte has been delivered at least once.
 pub fn completed_files(deliveries: &[Delivery]) -> BTreeSet<String> {
-    // By file: its size and the half-open byte spans delivered.
-    type Spans = (i64, Vec<(i64, i64)>);
-    let mut ranges: BTreeMap<&str, Spans> = BTreeMap::new();
+    let mut coverage: BTreeMap<&str, (u64, Coverage)> = BTreeMap::new();
     for d in deliveries {
-        let entry = ranges.entry(&d.file_id).or_insert((d.size, Vec::new()));
-        if d.bytes > 0 {
-            entry
-                .1
-                .push((d.range_start, d.range_start.saturating_add(d.bytes)));
+        let size = u64::try_from(d.size).unwrap_or(0);
+        let entry = coverage.entry(&d.file_id).or_insert_with(|| (size, Coverage::default()));
+        if let Some((start, end)) = delivered_span(d.range_start, None, Some(d.bytes)) {
+            entry.1.add(start, end);
         }
     }
-    ranges
+    coverage
         .into_iter()
-        .filter(|(_, (size, spans))| covers(*size, spans))
+        .filter(|(_, (size, c))| c.covers(*size))
         .map(|(id, _)| id.to_owned())
         .collect()
-}
-
-/// `true` when the half-open spans together cover `0..size`.
-fn covers(size: i64, spans: &[(i64, i64)]) -> bool {
-    let mut spans = spans.to_vec();
-    spans.sort_unstable();
-    let mut reached = 0;
-    for (start, end) in spans {
-        if start > reached {
-            return false;
-        }
-        reached = reached.max(end);
-        if reached >= size {
-            return true;
-        }
-    }
-    reached >= size
 }
 
 #[cfg(test)]
