@@ -12,7 +12,7 @@ use crate::{
     links::LinkSigner,
     mail::Mailer,
     manifests::Publisher,
-    storage::{LocalDir, ObjectStore},
+    storage::{self, ObjectStore},
 };
 
 /// What [`App::open`] does about the database schema.
@@ -48,7 +48,7 @@ impl App {
             Schema::Migrate => db.migrate().await?,
             Schema::Check => db.check_schema().await?,
         }
-        let storage = Arc::new(LocalDir::new(config.object_dir()?));
+        let storage = storage::open(&config).await?;
         let links = Arc::new(LinkSigner::load(&db).await?);
         let publisher = Publisher::load(&db).await?;
         let audit = AuditLog::start(db.clone());

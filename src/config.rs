@@ -23,9 +23,53 @@ pub struct Config {
     #[arg(long, env = "WEIGHTGATE_DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<String>,
 
-    /// Object store holding the weight files: `file://DIR`. Defaults to `DATA_DIR/objects`.
+    /// Object store holding the weight files: `file://DIR` or `s3://BUCKET/PREFIX`
+    /// (the prefix is optional). Defaults to `DATA_DIR/objects`.
     #[arg(long, env = "WEIGHTGATE_STORAGE_URL", global = true)]
     pub storage_url: Option<String>,
+
+    /// Endpoint of an S3-compatible store (Garage, Ceph, R2, MinIO...), e.g.
+    /// `https://s3.example.org`. Unset: AWS S3 in the region.
+    #[arg(long, env = "WEIGHTGATE_S3_ENDPOINT", global = true)]
+    pub s3_endpoint: Option<String>,
+
+    /// Region of the S3 bucket, used to sign requests (most S3-compatible stores accept the default).
+    #[arg(
+        long,
+        env = "WEIGHTGATE_S3_REGION",
+        default_value = "us-east-1",
+        global = true
+    )]
+    pub s3_region: String,
+
+    /// Address buckets as `ENDPOINT/BUCKET/KEY` instead of `BUCKET.ENDPOINT/KEY`,
+    /// as most self-hosted S3-compatible stores need.
+    #[arg(
+        long,
+        env = "WEIGHTGATE_S3_PATH_STYLE",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        global = true
+    )]
+    pub s3_path_style: bool,
+
+    /// Access key id for the S3 store. Without it (and the secret), the standard
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN` are used.
+    #[arg(
+        long,
+        env = "WEIGHTGATE_S3_ACCESS_KEY_ID",
+        global = true,
+        hide_env_values = true
+    )]
+    pub s3_access_key_id: Option<String>,
+
+    /// Secret access key for the S3 store.
+    #[arg(
+        long,
+        env = "WEIGHTGATE_S3_SECRET_ACCESS_KEY",
+        global = true,
+        hide_env_values = true
+    )]
+    pub s3_secret_access_key: Option<String>,
 
     /// Address the portal listens on.
     #[arg(
@@ -84,6 +128,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// Where the weight files live, from [`Config::storage_url`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StorageLocation {
+    /// Files under a local directory.
+    Dir(PathBuf),
+    /// Objects in an S3 bucket, every key under `prefix` (empty, or ending in `/`).
+    S3 { bucket: String, prefix: String },
+}
+
 impl Config {
     /// A configuration with every default, rooted at `data_dir`.
     pub fn embedded(data_dir: impl Into<PathBuf>) -> Self {
@@ -91,6 +144,11 @@ impl Config {
             data_dir: data_dir.into(),
             database_url: None,
             storage_url: None,
+            s3_endpoint: None,
+            s3_region: "us-east-1".into(),
+            s3_path_style: false,
+            s3_access_key_id: None,
+            s3_secret_access_key: None,
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
             public_url: None,
             smtp_url: None,
@@ -113,16 +171,44 @@ impl Config {
         }
     }
 
-    pub fn object_dir(&self) -> anyhow::Result<PathBuf> {
-        match &self.storage_url {
-            None => Ok(self.data_dir.join("objects")),
-            Some(url) => match url.strip_prefix("file://") {
-                Some(path) => Ok(PathBuf::from(path)),
-                None => anyhow::bail!(
-                    "unsupported storage URL {url:?}: expected file://DIR (or leave it unset for DATA_DIR/objects)"
-                ),
-            },
+    /// Where the weight files live: [`Config::storage_url`] parsed, or `DATA_DIR/objects`.
+    pub fn storage_location(&self) -> anyhow::Result<StorageLocation> {
+        let Some(url) = &self.storage_url else {
+            return Ok(StorageLocation::Dir(self.data_dir.join("objects")));
+        };
+        let accepted = "expected file://DIR or s3://BUCKET/PREFIX (or leave it unset for DATA_DIR/objects)";
+        if let Some(path) = url.strip_prefix("file://") {
+            anyhow::ensure!(
+                !path.is_empty(),
+                "storage URL {url:?} names no directory: {accepted}"
+            );
+            return Ok(StorageLocation::Dir(PathBuf::from(path)));
         }
+        let Some(rest) = url.strip_prefix("s3://") else {
+            anyhow::bail!("unsupported storage URL {url:?}: {accepted}");
+        };
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let bucket_ok = !bucket.is_empty()
+            && bucket
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+        anyhow::ensure!(
+            bucket_ok,
+            "storage URL {url:?} needs a bucket name of letters, digits, '-', '.' and '_': {accepted}"
+        );
+        let prefix = prefix.trim_matches('/');
+        anyhow::ensure!(
+            prefix.split('/').all(|part| !matches!(part, "." | "..")) && !prefix.contains("//"),
+            "storage URL {url:?} has an unusable prefix: {accepted}"
+        );
+        Ok(StorageLocation::S3 {
+            bucket: bucket.to_owned(),
+            prefix: if prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{prefix}/")
+            },
+        })
     }
 
     pub fn outbox_dir(&self) -> PathBuf {
@@ -149,6 +235,11 @@ impl fmt::Debug for Config {
             .field("data_dir", &self.data_dir)
             .field("database_url", &redact(&self.database_url))
             .field("storage_url", &self.storage_url)
+            .field("s3_endpoint", &self.s3_endpoint)
+            .field("s3_region", &self.s3_region)
+            .field("s3_path_style", &self.s3_path_style)
+            .field("s3_access_key_id", &redact(&self.s3_access_key_id))
+            .field("s3_secret_access_key", &redact(&self.s3_secret_access_key))
             .field("bind", &self.bind)
             .field("public_url", &self.public_url)
             .field("smtp_url", &redact(&self.smtp_url))
@@ -159,5 +250,70 @@ impl fmt::Debug for Config {
             .field("audit_checkpoint_every", &self.audit_checkpoint_every)
             .field("log_format", &self.log_format)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_storage(url: Option<&str>) -> Config {
+        let mut config = Config::embedded("/srv/wg");
+        config.storage_url = url.map(str::to_owned);
+        config
+    }
+
+    #[test]
+    fn storage_urls_name_a_directory_or_a_bucket() {
+        let s3 = |bucket: &str, prefix: &str| StorageLocation::S3 {
+            bucket: bucket.into(),
+            prefix: prefix.into(),
+        };
+        let cases = [
+            (None, StorageLocation::Dir("/srv/wg/objects".into())),
+            (
+                Some("file:///mnt/weights"),
+                StorageLocation::Dir("/mnt/weights".into()),
+            ),
+            (Some("s3://weights"), s3("weights", "")),
+            (Some("s3://weights/"), s3("weights", "")),
+            (Some("s3://weights/lab/prod/"), s3("weights", "lab/prod/")),
+            (Some("s3://my.bucket-1/lab"), s3("my.bucket-1", "lab/")),
+        ];
+        for (url, expected) in cases {
+            assert_eq!(with_storage(url).storage_location().unwrap(), expected, "{url:?}");
+        }
+    }
+
+    #[test]
+    fn a_bad_storage_url_names_the_accepted_forms() {
+        for url in [
+            "/mnt/weights",
+            "file://",
+            "s3://",
+            "s3:///prefix",
+            "s3://bad bucket/x",
+            "s3://bucket/a/../b",
+            "s3://bucket/a//b",
+            "gs://bucket",
+        ] {
+            let err = with_storage(Some(url))
+                .storage_location()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("file://DIR or s3://BUCKET/PREFIX"), "{url}: {err}");
+        }
+    }
+
+    #[test]
+    fn debug_output_hides_credentials() {
+        let mut config = Config::embedded("/srv/wg");
+        config.s3_access_key_id = Some("AKIDEXAMPLE".into());
+        config.s3_secret_access_key = Some("wJalrXUtnFEMI".into());
+        config.database_url = Some("postgres://wg:hunter2@db/wg".into());
+        let shown = format!("{config:?}");
+        for secret in ["AKIDEXAMPLE", "wJalrXUtnFEMI", "hunter2"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
     }
 }

@@ -23,7 +23,9 @@ pub fn completed_files(deliveries: &[Delivery]) -> BTreeSet<String> {
     let mut coverage: BTreeMap<&str, (u64, Coverage)> = BTreeMap::new();
     for d in deliveries {
         let size = u64::try_from(d.size).unwrap_or(0);
-        let entry = coverage.entry(&d.file_id).or_insert_with(|| (size, Coverage::default()));
+        let entry = coverage
+            .entry(&d.file_id)
+            .or_insert_with(|| (size, Coverage::default()));
         if let Some((start, end)) = delivered_span(d.range_start, None, Some(d.bytes)) {
             entry.1.add(start, end);
         }

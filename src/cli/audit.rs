@@ -17,7 +17,7 @@ use crate::{
         self, Db,
         audit::{EventRow, Filter},
     },
-    types::{format_ms, format_ms_rfc3339, now_ms},
+    types::{format_ms, format_ms_rfc3339, parse_time},
 };
 
 #[derive(Subcommand, Debug)]
@@ -222,60 +222,6 @@ impl FilterArgs {
             limit: 0,
         })
     }
-}
-
-/// A point in time from the command line, in Unix milliseconds: a duration
-/// back from now (`7d`, `12h`), a date (`2026-11-01`, midnight UTC) or an
-/// RFC 3339 time (`2026-11-01T12:00:00Z`, `2026-11-01T14:00:00+02:00`).
-pub fn parse_time(s: &str) -> Result<i64, String> {
-    parse_time_at(s, now_ms())
-}
-
-fn parse_time_at(s: &str, now_ms: i64) -> Result<i64, String> {
-    let s = s.trim();
-    let unknown = || {
-        format!(
-            "{s:?} is not a time: use a duration back from now (7d, 12h), a date (2026-11-01) \
-             or an RFC 3339 time (2026-11-01T12:00:00Z)"
-        )
-    };
-    if s.starts_with(|c: char| c.is_ascii_digit()) && !s.contains('-') {
-        let ago = humantime::parse_duration(s).map_err(|_| unknown())?;
-        return Ok(now_ms.saturating_sub(i64::try_from(ago.as_millis()).unwrap_or(i64::MAX)));
-    }
-    let (moment, offset_minutes) = split_offset(s).ok_or_else(unknown)?;
-    let moment = if moment.len() == 10 {
-        format!("{moment}T00:00:00")
-    } else {
-        moment.to_owned()
-    };
-    let at = humantime::parse_rfc3339_weak(&moment).map_err(|_| unknown())?;
-    let ms = at
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_err(|_| format!("{s:?} is before 1970"))?
-        .as_millis();
-    Ok(i64::try_from(ms).unwrap_or(i64::MAX) - offset_minutes * 60_000)
-}
-
-/// Splits a trailing `Z` or `±HH:MM` off a time; the offset in minutes east of UTC.
-fn split_offset(s: &str) -> Option<(&str, i64)> {
-    if let Some(rest) = s.strip_suffix(['Z', 'z']) {
-        return Some((rest, 0));
-    }
-    if s.len() > 16 {
-        let (rest, zone) = s.split_at(s.len() - 6);
-        let bytes = zone.as_bytes();
-        if matches!(bytes[0], b'+' | b'-') && bytes[3] == b':' {
-            let hours: i64 = zone[1..3].parse().ok()?;
-            let minutes: i64 = zone[4..6].parse().ok()?;
-            if hours > 23 || minutes > 59 {
-                return None;
-            }
-            let sign = if bytes[0] == b'-' { -1 } else { 1 };
-            return Some((rest, sign * (hours * 60 + minutes)));
-        }
-    }
-    Some((s, 0))
 }
 
 /// Every column of an event, as `export` and CSV listings write them.
@@ -819,29 +765,6 @@ async fn export(db: &Db, format: ExportFormat, output: Option<PathBuf>) -> anyho
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const NOW: i64 = 1_790_000_000_000;
-
-    #[test]
-    fn times_are_durations_dates_or_rfc3339() {
-        assert_eq!(parse_time_at("7d", NOW), Ok(NOW - 7 * 86_400_000));
-        assert_eq!(parse_time_at("12h", NOW), Ok(NOW - 12 * 3_600_000));
-        assert_eq!(parse_time_at("1970-01-02", NOW), Ok(86_400_000));
-        assert_eq!(parse_time_at("1970-01-02T00:00:01Z", NOW), Ok(86_401_000));
-        assert_eq!(parse_time_at("1970-01-02T02:00:00+02:00", NOW), Ok(86_400_000));
-        assert_eq!(parse_time_at("1970-01-01T22:30:00-01:30", NOW), Ok(86_400_000));
-        assert_eq!(parse_time_at("2026-11-01", NOW), Ok(1_793_491_200_000));
-        for bad in [
-            "",
-            "yesterday",
-            "7 parsecs",
-            "2026-13-01",
-            "2026-11-01T25:00:00Z",
-            "1969-12-31",
-        ] {
-            assert!(parse_time_at(bad, NOW).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn event_cells_match_their_headers() {

@@ -43,3 +43,4 @@ mod mail;
 mod ops;
 mod replicas;
 mod review;
+mod storage;

@@ -1,38 +1,16 @@
-//! The object store holding weight files. Handlers and commands go through
-//! [`ObjectStore`] and never touch files directly.
+//! Objects as files under one directory: the embedded default.
 
 use std::{
     io,
     path::{Component, Path, PathBuf},
-    pin::Pin,
+    time::Duration,
 };
 
 use anyhow::Context;
-use bytes::Bytes;
-use futures_util::Stream;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
-pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
-
-/// Where weight files live.
-#[async_trait::async_trait]
-pub trait ObjectStore: Send + Sync + std::fmt::Debug {
-    /// Stores the file at `source` under `key`, replacing what was there. A
-    /// reader never sees a partly written object.
-    async fn put_file(&self, key: &str, source: &Path) -> anyhow::Result<()>;
-
-    /// The size of the object, or `None` when there is none.
-    async fn size(&self, key: &str) -> anyhow::Result<Option<u64>>;
-
-    /// Streams bytes `start..end` (end exclusive) of the object.
-    async fn get_range(&self, key: &str, start: u64, end: u64) -> anyhow::Result<ByteStream>;
-}
-
-/// The content-addressed key of a file with this SHA-256.
-pub fn key_for_sha256(sha256_hex: &str) -> String {
-    format!("sha256/{}/{sha256_hex}", &sha256_hex[..2])
-}
+use super::{ByteStream, ObjectStore};
 
 /// Objects as files under one directory.
 #[derive(Debug)]
@@ -93,10 +71,22 @@ impl ObjectStore for LocalDir {
         let reader = file.take(end.saturating_sub(start));
         Ok(Box::pin(ReaderStream::with_capacity(reader, CHUNK)))
     }
+
+    /// The portal streams local files itself: there is no URL to hand out.
+    async fn presign_get(
+        &self,
+        _key: &str,
+        _range: Option<(u64, u64)>,
+        _ttl: Duration,
+        _file_name: &str,
+    ) -> anyhow::Result<Option<String>> {
+        Ok(None)
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
     use futures_util::TryStreamExt;
 
     use super::*;
@@ -126,5 +116,15 @@ mod tests {
         for key in ["../etc/passwd", "/etc/passwd", "a/../../b", ""] {
             assert!(store.size(key).await.is_err(), "{key}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_directory_hands_out_no_urls() {
+        let store = LocalDir::new("/tmp/weightgate-never");
+        let url = store
+            .presign_get("sha256/ab/abc", None, Duration::from_secs(60), "a.bin")
+            .await
+            .unwrap();
+        assert_eq!(url, None);
     }
 }

@@ -1,0 +1,60 @@
+//! The object store holding weight files. Handlers and commands go through
+//! [`ObjectStore`] and never touch files or S3 directly.
+
+mod local;
+mod s3;
+
+use std::{io, path::Path, pin::Pin, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use futures_util::Stream;
+
+pub use self::{local::LocalDir, s3::S3Bucket};
+use crate::config::{Config, StorageLocation};
+
+pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+
+/// Where weight files live.
+#[async_trait::async_trait]
+pub trait ObjectStore: Send + Sync + std::fmt::Debug {
+    /// Stores the file at `source` under `key`, replacing what was there. A
+    /// reader never sees a partly written object.
+    async fn put_file(&self, key: &str, source: &Path) -> anyhow::Result<()>;
+
+    /// The size of the object, or `None` when there is none.
+    async fn size(&self, key: &str) -> anyhow::Result<Option<u64>>;
+
+    /// Streams bytes `start..end` (end exclusive) of the object.
+    async fn get_range(&self, key: &str, start: u64, end: u64) -> anyhow::Result<ByteStream>;
+
+    /// A URL from which anyone can GET the object without the portal for the
+    /// next `ttl`, offered to browsers as `file_name`; `None` when this store
+    /// cannot hand out such URLs (the portal then streams the bytes itself).
+    ///
+    /// Without `range` the URL serves the whole object and honours any `Range`
+    /// header the client sends, so a redirected ranged request works as is.
+    /// With `range` (`start..end`, end exclusive) the URL is bound to exactly
+    /// `Range: bytes=START-LAST`: the header is signed, and a request without
+    /// it, or with another range, is refused by the store.
+    async fn presign_get(
+        &self,
+        key: &str,
+        range: Option<(u64, u64)>,
+        ttl: Duration,
+        file_name: &str,
+    ) -> anyhow::Result<Option<String>>;
+}
+
+/// The content-addressed key of a file with this SHA-256.
+pub fn key_for_sha256(sha256_hex: &str) -> String {
+    format!("sha256/{}/{sha256_hex}", &sha256_hex[..2])
+}
+
+/// The object store the configuration names: a local directory (the
+/// default, `DATA_DIR/objects`) or an S3 bucket.
+pub async fn open(config: &Config) -> anyhow::Result<Arc<dyn ObjectStore>> {
+    Ok(match config.storage_location()? {
+        StorageLocation::Dir(root) => Arc::new(LocalDir::new(root)),
+        StorageLocation::S3 { bucket, prefix } => Arc::new(S3Bucket::new(config, bucket, prefix)?),
+    })
+}

@@ -1,0 +1,421 @@
+//! The S3 object store against a real S3 protocol server (s3s over a
+//! temporary directory, verifying every request's signature) on a loopback
+//! port, and the whole portal serving weights from that bucket.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures_util::{StreamExt, TryStreamExt};
+use hyper_util::rt::TokioIo;
+use reqwest::{StatusCode, header};
+use s3s::{
+    S3, S3Request, S3Response, S3Result,
+    auth::SimpleAuth,
+    dto::{
+        AbortMultipartUploadInput, AbortMultipartUploadOutput, CompleteMultipartUploadInput,
+        CompleteMultipartUploadOutput, CreateMultipartUploadInput, CreateMultipartUploadOutput,
+        GetObjectInput, GetObjectOutput, HeadObjectInput, HeadObjectOutput, PutObjectInput, PutObjectOutput,
+        UploadPartInput, UploadPartOutput,
+    },
+    s3_error,
+    service::S3ServiceBuilder,
+};
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+use weightgate::{
+    config::Config,
+    storage::{self, ObjectStore, key_for_sha256},
+};
+
+use crate::helpers::*;
+
+const BUCKET: &str = "weights";
+const PREFIX: &str = "lab/prod";
+const ACCESS_KEY: &str = "WGTESTACCESSKEY";
+const SECRET_KEY: &str = "weightgate-test-secret-key";
+
+/// s3s's file-system store, noting the uploads it sees and refusing one
+/// part on request.
+struct Watched {
+    fs: s3s_fs::FileSystem,
+    calls: Arc<Mutex<Vec<String>>>,
+    refuse_part: Option<i32>,
+}
+
+impl Watched {
+    fn note(&self, call: String) {
+        self.calls.lock().unwrap().push(call);
+    }
+}
+
+#[async_trait::async_trait]
+impl S3 for Watched {
+    async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
+        self.fs.head_object(req).await
+    }
+
+    async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
+        self.fs.get_object(req).await
+    }
+
+    async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
+        self.note(format!("PutObject {}", req.input.key));
+        self.fs.put_object(req).await
+    }
+
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        self.note(format!("CreateMultipartUpload {}", req.input.key));
+        self.fs.create_multipart_upload(req).await
+    }
+
+    async fn upload_part(
+        &self,
+        mut req: S3Request<UploadPartInput>,
+    ) -> S3Result<S3Response<UploadPartOutput>> {
+        let number = req.input.part_number;
+        self.note(format!(
+            "UploadPart {number} ({} bytes)",
+            req.input.content_length.unwrap_or(-1)
+        ));
+        if self.refuse_part == Some(number) {
+            // Read the body first, so the client gets the answer rather than
+            // a connection closed under it.
+            if let Some(mut body) = req.input.body.take() {
+                while body.next().await.is_some() {}
+            }
+            return Err(s3_error!(InvalidRequest, "the test refuses part {number}"));
+        }
+        self.fs.upload_part(req).await
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        self.note("CompleteMultipartUpload".into());
+        self.fs.complete_multipart_upload(req).await
+    }
+
+    async fn abort_multipart_upload(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        self.note("AbortMultipartUpload".into());
+        self.fs.abort_multipart_upload(req).await
+    }
+}
+
+/// An S3 server on a loopback port holding one bucket in a temporary
+/// directory. It lives as long as the test's runtime.
+struct S3Server {
+    endpoint: String,
+    root: TempDir,
+    calls: Arc<Mutex<Vec<String>>>,
+}
+
+impl S3Server {
+    async fn start() -> Self {
+        Self::start_refusing_part(None).await
+    }
+
+    async fn start_refusing_part(refuse_part: Option<i32>) -> Self {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join(BUCKET)).unwrap();
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let mut builder = S3ServiceBuilder::new(Watched {
+            fs: s3s_fs::FileSystem::new(root.path()).unwrap(),
+            calls: calls.clone(),
+            refuse_part,
+        });
+        builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+        let service = builder.build();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service.clone()),
+                );
+            }
+        });
+        Self {
+            endpoint,
+            root,
+            calls,
+        }
+    }
+
+    /// Portal settings that keep objects in this server's bucket, under [`PREFIX`].
+    fn config(&self, data_dir: &Path) -> Config {
+        let mut config = Config::embedded(data_dir);
+        self.configure(&mut config);
+        config
+    }
+
+    /// Points `config`'s object store at this server's bucket.
+    fn configure(&self, config: &mut Config) {
+        config.storage_url = Some(format!("s3://{BUCKET}/{PREFIX}/"));
+        config.s3_endpoint = Some(self.endpoint.clone());
+        config.s3_path_style = true;
+        config.s3_access_key_id = Some(ACCESS_KEY.into());
+        config.s3_secret_access_key = Some(SECRET_KEY.into());
+    }
+
+    async fn store(&self) -> Arc<dyn ObjectStore> {
+        let data = tempfile::tempdir().unwrap();
+        storage::open(&self.config(data.path())).await.unwrap()
+    }
+
+    /// Where the server keeps the object the portal stores under `key`.
+    fn object_path(&self, key: &str) -> PathBuf {
+        self.root.path().join(BUCKET).join(PREFIX).join(key)
+    }
+
+    fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+/// `len` bytes that differ from one position to the next, written to `path`.
+fn write_pattern(path: &Path, len: usize, seed: u8) -> Vec<u8> {
+    let bytes: Vec<u8> = (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 12) as u8)
+        .collect();
+    std::fs::write(path, &bytes).unwrap();
+    bytes
+}
+
+async fn read_range(store: &dyn ObjectStore, key: &str, start: u64, end: u64) -> Vec<u8> {
+    let chunks: Vec<bytes::Bytes> = store
+        .get_range(key, start, end)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    chunks.concat()
+}
+
+#[tokio::test]
+async fn a_small_file_is_stored_in_one_put_and_read_back_by_range() {
+    let server = S3Server::start().await;
+    let store = server.store().await;
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("small.bin");
+    let bytes = write_pattern(&source, 100_000, 3);
+    let key = key_for_sha256(&sha256_hex(&bytes));
+
+    store.put_file(&key, &source).await.unwrap();
+
+    assert_eq!(server.calls(), [format!("PutObject {PREFIX}/{key}")]);
+    assert_eq!(std::fs::read(server.object_path(&key)).unwrap(), bytes);
+    assert_eq!(store.size(&key).await.unwrap(), Some(100_000));
+    assert_eq!(read_range(&*store, &key, 0, 100_000).await, bytes);
+    assert_eq!(
+        read_range(&*store, &key, 1234, 56_789).await,
+        &bytes[1234..56_789]
+    );
+    assert_eq!(read_range(&*store, &key, 99_999, 100_000).await, &bytes[99_999..]);
+    assert!(read_range(&*store, &key, 500, 500).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_file_larger_than_a_part_goes_up_in_parts_and_reads_back_intact() {
+    const MIB: usize = 1024 * 1024;
+    let server = S3Server::start().await;
+    let store = server.store().await;
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("large.safetensors");
+    let bytes = write_pattern(&source, 40 * MIB + 123, 7);
+    let sha256 = sha256_hex(&bytes);
+    let key = key_for_sha256(&sha256);
+
+    store.put_file(&key, &source).await.unwrap();
+
+    let mut calls = server.calls();
+    calls.sort();
+    assert_eq!(
+        calls,
+        [
+            "CompleteMultipartUpload".to_owned(),
+            format!("CreateMultipartUpload {PREFIX}/{key}"),
+            format!("UploadPart 1 ({} bytes)", 16 * MIB),
+            format!("UploadPart 2 ({} bytes)", 16 * MIB),
+            format!("UploadPart 3 ({} bytes)", 8 * MIB + 123),
+        ]
+    );
+    assert_eq!(store.size(&key).await.unwrap(), Some(bytes.len() as u64));
+    let mut hasher = Sha256::new();
+    let mut chunks = store.get_range(&key, 0, bytes.len() as u64).await.unwrap();
+    let mut largest_chunk = 0;
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.unwrap();
+        largest_chunk = largest_chunk.max(chunk.len());
+        hasher.update(&chunk);
+    }
+    assert_eq!(hex::encode(hasher.finalize()), sha256);
+    assert!(
+        largest_chunk < MIB,
+        "the body arrives as it streams, not as one {largest_chunk}-byte buffer"
+    );
+    let across_parts = (16 * MIB - 10) as u64..(16 * MIB + 10) as u64;
+    assert_eq!(
+        read_range(&*store, &key, across_parts.start, across_parts.end).await,
+        &bytes[16 * MIB - 10..16 * MIB + 10]
+    );
+}
+
+#[tokio::test]
+async fn a_refused_part_aborts_the_multipart_upload() {
+    let server = S3Server::start_refusing_part(Some(2)).await;
+    let store = server.store().await;
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("large.bin");
+    write_pattern(&source, 20 * 1024 * 1024, 1);
+    let key = "sha256/00/refused";
+
+    let err = store.put_file(key, &source).await.unwrap_err();
+
+    let message = format!("{err:#}");
+    assert!(
+        message.contains("cannot upload part 2") && message.contains("the test refuses part 2"),
+        "{message}"
+    );
+    assert_eq!(server.calls().last().unwrap(), "AbortMultipartUpload");
+    assert!(!server.calls().iter().any(|c| c == "CompleteMultipartUpload"));
+    assert_eq!(store.size(key).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_missing_object_has_no_size_and_cannot_be_read() {
+    let server = S3Server::start().await;
+    let store = server.store().await;
+    assert_eq!(store.size("sha256/ab/missing").await.unwrap(), None);
+    let err = store.get_range("sha256/ab/missing", 0, 10).await.err().unwrap();
+    assert!(format!("{err:#}").contains("NoSuchKey"), "{err:#}");
+    assert!(store.get_range("sha256/ab/missing", 0, 0).await.is_err());
+}
+
+#[tokio::test]
+async fn requests_with_a_wrong_secret_are_refused_not_taken_for_missing_objects() {
+    let server = S3Server::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let mut config = server.config(data.path());
+    config.s3_secret_access_key = Some("not the secret".into());
+    let store = storage::open(&config).await.unwrap();
+    let source = data.path().join("small.bin");
+    write_pattern(&source, 1000, 0);
+
+    let err = store.put_file("sha256/ab/abc", &source).await.unwrap_err();
+    assert!(format!("{err:#}").contains("SignatureDoesNotMatch"), "{err:#}");
+    assert!(store.size("sha256/ab/abc").await.is_err());
+    assert!(server.calls().is_empty());
+}
+
+#[tokio::test]
+async fn a_presigned_url_serves_the_object_without_credentials() {
+    let server = S3Server::start().await;
+    let store = server.store().await;
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("shard.bin");
+    let bytes = write_pattern(&source, 300_000, 9);
+    let key = key_for_sha256(&sha256_hex(&bytes));
+    store.put_file(&key, &source).await.unwrap();
+    let http = reqwest::Client::new();
+
+    let url = store
+        .presign_get(&key, None, Duration::from_secs(60), "model-00001.safetensors")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(url.starts_with(&server.endpoint), "{url}");
+    assert!(!url.contains(SECRET_KEY));
+    let response = http.get(&url).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.bytes().await.unwrap().as_ref(), bytes);
+
+    // A client that follows a redirect keeps its Range header.
+    let response = http
+        .get(&url)
+        .header(header::RANGE, "bytes=1000-1999")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(response.bytes().await.unwrap().as_ref(), &bytes[1000..2000]);
+
+    let tampered = url.replace("X-Amz-Expires=60", "X-Amz-Expires=600");
+    assert_ne!(tampered, url);
+    let response = http.get(&tampered).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+
+    // A URL for a range works only with exactly that Range header.
+    let ranged = store
+        .presign_get(&key, Some((5000, 6000)), Duration::from_secs(60), "shard.bin")
+        .await
+        .unwrap()
+        .unwrap();
+    let response = http
+        .get(&ranged)
+        .header(header::RANGE, "bytes=5000-5999")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(response.bytes().await.unwrap().as_ref(), &bytes[5000..6000]);
+    for other in [None, Some("bytes=0-")] {
+        let mut request = http.get(&ranged);
+        if let Some(range) = other {
+            request = request.header(header::RANGE, range);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{other:?}");
+    }
+}
+
+both! {
+async fn the_portal_publishes_to_and_serves_from_an_s3_bucket() {
+    let server = S3Server::start().await;
+    let t = TestApp::spawn_with(|c| server.configure(c)).await;
+    for (_, bytes) in &t.files {
+        let key = key_for_sha256(&sha256_hex(bytes));
+        assert_eq!(&std::fs::read(server.object_path(&key)).unwrap(), bytes);
+    }
+    assert!(!t.app.config.data_dir.join("objects").exists());
+
+    let access = t.approved_researcher("s3@uni.example.edu").await;
+    let links = t.download_links(&access).await;
+    let (name, url) = links.iter().find(|(n, _)| n == "shard-0.bin").unwrap();
+    let bytes = &t.files.iter().find(|(n, _)| n == name).unwrap().1;
+
+    let response = t
+        .client
+        .get(url)
+        .header(header::RANGE, "bytes=1000-200999")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        response.headers()[header::CONTENT_RANGE],
+        format!("bytes 1000-200999/{}", bytes.len()).as_str()
+    );
+    assert_eq!(response.bytes().await.unwrap().as_ref(), &bytes[1000..201_000]);
+
+    let response = t.client.get(url).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(sha256_hex(&response.bytes().await.unwrap()), sha256_hex(bytes));
+
+    let delivered = t.wait_for_events("file.delivered", 2).await;
+    let mut sent: Vec<_> = delivered.iter().map(|e| (e.outcome.as_str(), e.bytes)).collect();
+    sent.sort();
+    assert_eq!(sent, [("ok", Some(200_000)), ("ok", Some(bytes.len() as i64))]);
+}
+}
