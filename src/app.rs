@@ -7,7 +7,7 @@ use anyhow::Context;
 
 use crate::{
     audit::AuditLog,
-    config::Config,
+    config::{Config, DeliveryMode},
     db::Db,
     links::LinkSigner,
     mail::Mailer,
@@ -49,6 +49,14 @@ impl App {
             Schema::Check => db.check_schema().await?,
         }
         let storage = storage::open(&config).await?;
+        if config.delivery == DeliveryMode::Redirect
+            && storage
+                .presign_get("sha256/00/probe", None, crate::grants::REDIRECT_TTL, "probe")
+                .await?
+                .is_none()
+        {
+            anyhow::bail!("WEIGHTGATE_DELIVERY=redirect needs an S3 store (WEIGHTGATE_STORAGE_URL=s3://…)");
+        }
         let links = Arc::new(LinkSigner::load(&db).await?);
         let publisher = Publisher::load(&db).await?;
         let audit = AuditLog::start(db.clone());

@@ -107,6 +107,12 @@ pub struct Config {
     #[arg(long, env = "WEIGHTGATE_LINK_TTL", default_value = "24h", value_parser = humantime::parse_duration, global = true)]
     pub link_ttl: Duration,
 
+    /// How downloads are delivered: `proxy` streams them through the portal;
+    /// `redirect` (S3 stores only) answers each checked and audited fetch
+    /// with a 302 to a presigned URL valid for two minutes.
+    #[arg(long, env = "WEIGHTGATE_DELIVERY", value_enum, default_value_t = DeliveryMode::Proxy, global = true)]
+    pub delivery: DeliveryMode,
+
     /// How long a stopping portal (SIGTERM, Ctrl-C) lets downloads in flight
     /// finish before it closes them.
     #[arg(long, env = "WEIGHTGATE_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
@@ -120,6 +126,12 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "WEIGHTGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DeliveryMode {
+    Proxy,
+    Redirect,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -155,6 +167,7 @@ impl Config {
             mail_from: "weightgate <noreply@weightgate.invalid>".into(),
             grant_ttl: Duration::from_secs(30 * 86_400),
             link_ttl: Duration::from_secs(86_400),
+            delivery: DeliveryMode::Proxy,
             shutdown_grace: Duration::from_secs(30),
             audit_checkpoint_every: Duration::from_secs(600),
             log_format: LogFormat::Text,
@@ -246,6 +259,7 @@ impl fmt::Debug for Config {
             .field("mail_from", &self.mail_from)
             .field("grant_ttl", &self.grant_ttl)
             .field("link_ttl", &self.link_ttl)
+            .field("delivery", &self.delivery)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("audit_checkpoint_every", &self.audit_checkpoint_every)
             .field("log_format", &self.log_format)

@@ -8,7 +8,7 @@ use axum::{
 };
 
 use super::{AppState, ClientInfo, Error};
-use crate::grants;
+use crate::grants::{self, Delivery};
 
 pub async fn fetch(
     State(state): State<AppState>,
@@ -19,7 +19,20 @@ pub async fn fetch(
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let download = grants::open_download(&state.app, &token, &name, range, client).await?;
     let size = u64::try_from(download.file.size).unwrap_or(0);
-    let mut response = Body::from_stream(download.body).into_response();
+    let stream = match download.body {
+        Delivery::Proxy(stream) => stream,
+        Delivery::Redirect(url) => {
+            let mut response = StatusCode::FOUND.into_response();
+            let value = HeaderValue::from_str(&url).map_err(|e| Error::Internal(e.into()))?;
+            response.headers_mut().insert(header::LOCATION, value);
+            response.headers_mut().insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("private, no-store"),
+            );
+            return Ok(response);
+        }
+    };
+    let mut response = Body::from_stream(stream).into_response();
     let h = response.headers_mut();
     let value = |s: String| HeaderValue::from_str(&s).map_err(|e| Error::Internal(e.into()));
     h.insert(

@@ -419,3 +419,61 @@ async fn the_portal_publishes_to_and_serves_from_an_s3_bucket() {
     assert_eq!(sent, [("ok", Some(200_000)), ("ok", Some(bytes.len() as i64))]);
 }
 }
+
+both! {
+async fn redirect_delivery_sends_researchers_to_short_lived_presigned_urls() {
+    let server = S3Server::start().await;
+    let t = TestApp::spawn_with(|c| {
+        server.configure(c);
+        c.delivery = weightgate::config::DeliveryMode::Redirect;
+    })
+    .await;
+    let access = t.approved_researcher("redirect@uni.example.edu").await;
+    let (name, url) = t.download_links(&access).await.remove(0);
+    let bytes = &t.files.iter().find(|(n, _)| *n == name).unwrap().1;
+
+    let no_follow = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let response = no_follow.get(&url).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::FOUND);
+    let location = response.headers()[header::LOCATION].to_str().unwrap().to_owned();
+    assert!(location.starts_with(&server.endpoint), "{location}");
+    assert!(location.contains("X-Amz-Expires=120"), "{location}");
+    let events = t.wait_for_events("file.delivered", 1).await;
+    assert_eq!(events[0].reason.as_deref(), Some("redirect"));
+    assert_eq!(events[0].bytes, Some(bytes.len() as i64));
+
+    let refused = no_follow.get(format!("{url}x")).send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN, "checks still come first");
+
+    let dir = t.dir.path().join("weights");
+    let summary = weightgate::client::download(weightgate::client::Options {
+        url: access.clone(),
+        dir: dir.clone(),
+        jobs: 3,
+        include: Vec::new(),
+        public_key: None,
+        limit_rate: None,
+        progress: false,
+    })
+    .await
+    .unwrap();
+    assert_eq!(summary.files, t.files.len());
+    for (name, bytes) in &t.files {
+        assert_eq!(sha256_hex(&std::fs::read(dir.join("r1").join(name)).unwrap()), sha256_hex(bytes));
+    }
+}
+}
+
+#[tokio::test]
+async fn redirect_delivery_needs_an_s3_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::embedded(dir.path());
+    config.delivery = weightgate::config::DeliveryMode::Redirect;
+    let err = weightgate::app::App::open(config, weightgate::app::Schema::Migrate)
+        .await
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("needs an S3 store"), "{err:#}");
+}
