@@ -575,3 +575,18 @@ pub async fn refusals_by_address<'c>(
     .fetch_all(e)
     .await
 }
+
+/// When each whole or partial transfer of each model ended, since `since_ms`:
+/// `(model_id, at)` of the `file.delivered` events that completed.
+pub async fn completed_transfers_since<'c>(
+    e: impl AnyExecutor<'c>,
+    since_ms: i64,
+) -> sqlx::Result<Vec<(Option<String>, i64)>> {
+    sqlx::query_as(
+        "SELECT model_id, at FROM audit_events
+         WHERE action = 'file.delivered' AND outcome = 'ok' AND at >= $1 ORDER BY seq",
+    )
+    .bind(since_ms)
+    .fetch_all(e)
+    .await
+}

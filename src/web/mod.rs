@@ -2,6 +2,7 @@
 
 mod access;
 mod admin;
+mod audit;
 mod auth;
 mod download;
 mod error;
@@ -99,7 +100,9 @@ pub async fn router(app: Arc<App>) -> anyhow::Result<Router> {
         .route("/admin/applications/{id}/approve", post(admin::approve))
         .route("/admin/applications/{id}/deny", post(admin::deny))
         .route("/admin/grants", get(admin::grants))
+        .route("/admin/grants/{id}", get(audit::grant))
         .route("/admin/grants/{id}/revoke", post(admin::revoke))
+        .route("/admin/audit", get(audit::page))
         .layer(sessions);
 
     let router = Router::new()

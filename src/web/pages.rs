@@ -196,3 +196,78 @@ pub fn human_size(bytes: i64) -> String {
         format!("{value:.1} {}", UNITS[unit])
     }
 }
+
+/// One audit event, ready to show.
+pub struct EventRowView {
+    pub seq: i64,
+    pub when: String,
+    pub action: String,
+    pub outcome: String,
+    pub reason: String,
+    pub actor: String,
+    pub subject: String,
+    pub grant: String,
+    pub range: String,
+    pub bytes: String,
+    pub client: String,
+}
+
+impl From<&db::audit::EventRow> for EventRowView {
+    fn from(e: &db::audit::EventRow) -> Self {
+        let opt = |v: &Option<String>| v.clone().unwrap_or_default();
+        Self {
+            seq: e.seq,
+            when: format_ms(e.at),
+            action: e.action.clone(),
+            outcome: e.outcome.clone(),
+            reason: opt(&e.reason),
+            actor: opt(&e.actor),
+            subject: opt(&e.subject),
+            grant: opt(&e.grant_id),
+            range: match (e.range_start, e.range_end) {
+                (Some(s), Some(t)) => format!("{s}-{t}"),
+                _ => String::new(),
+            },
+            bytes: e.bytes.map(|b| b.to_string()).unwrap_or_default(),
+            client: opt(&e.client_ip),
+        }
+    }
+}
+
+pub struct ModelChart {
+    pub slug: String,
+    pub total: u64,
+    /// Drawn by the server from numbers only; safe to embed.
+    pub svg: String,
+}
+
+#[derive(Template)]
+#[template(path = "admin/audit.html")]
+pub struct AuditPage {
+    pub header: Header,
+    pub events: Vec<EventRowView>,
+    pub older: Option<String>,
+    pub charts: Vec<ModelChart>,
+    pub since: String,
+    pub until: String,
+    pub model: String,
+    pub researcher: String,
+    pub grant: String,
+    pub action: String,
+    pub ip: String,
+    pub outcome: String,
+}
+
+#[derive(Template)]
+#[template(path = "admin/grant.html")]
+pub struct GrantPage {
+    pub header: Header,
+    pub id: String,
+    pub email: String,
+    pub model: String,
+    pub state: String,
+    pub created: String,
+    pub expires: String,
+    pub revoked_reason: String,
+    pub events: Vec<EventRowView>,
+}

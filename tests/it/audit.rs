@@ -769,3 +769,47 @@ async fn anomalies_flag_shared_grants_bursts_revoked_use_and_forged_links() {
     assert!(err.contains("--burst"), "{err}");
 }
 }
+
+both! {
+async fn admins_read_the_log_a_chart_and_each_grants_history_in_the_dashboard() {
+    let t = TestApp::spawn().await;
+    let access = t.approved_researcher("dash@uni.example.edu").await;
+    let (_, url) = t.download_links(&access).await.remove(0);
+    t.client.get(&url).send().await.unwrap().bytes().await.unwrap();
+    t.client.get(format!("{url}x")).send().await.unwrap();
+    t.wait_for_events("file.delivered", 1).await;
+
+    let admin = client();
+    t.sign_in(&admin).await;
+    let (status, page) = t.get_html(&admin, "/admin/audit").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("review.approved") && page.contains("file.fetch"));
+    assert_eq!(page.matches("<rect").count(), 30, "one bar per day for the one model");
+    let today = weightgate::types::format_ms(weightgate::types::now_ms());
+    assert!(page.contains(&format!("{}: 1</title>", &today[..10])), "today's completed transfer is drawn");
+
+    let (_, refused) = t.get_html(&admin, "/admin/audit?action=file.fetch&outcome=refused").await;
+    assert!(refused.contains("malformed_link"));
+    assert!(!refused.contains("review.approved"), "filters apply");
+    let (status, _) = t.get_html(&admin, "/admin/audit?since=yesterday-ish").await;
+    assert_eq!(status, 400, "a bad time is a clear error");
+
+    let grant_id = between(&url, "/dl/", ".").to_owned();
+    let (status, history) = t.get_html(&admin, &format!("/admin/grants/{grant_id}")).await;
+    assert_eq!(status, 200);
+    assert!(history.contains("grant.created") && history.contains("file.delivered") && history.contains("links.issued"));
+
+    let email: weightgate::types::Email = "plain@lab.example.org".parse().unwrap();
+    weightgate::accounts::add_reviewer(&t.app, &email, "a plain reviewer password", false, "test").await.unwrap();
+    let plain = client();
+    let (_, login) = t.get_html(&plain, "/admin/login").await;
+    plain
+        .post(t.url("/admin/login"))
+        .form(&[("authenticity_token", csrf(&login).as_str()), ("email", "plain@lab.example.org"), ("password", "a plain reviewer password")])
+        .send()
+        .await
+        .unwrap();
+    let (status, _) = t.get_html(&plain, "/admin/audit").await;
+    assert_eq!(status, 403, "the audit log is for admins");
+}
+}

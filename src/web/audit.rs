@@ -1,0 +1,282 @@
+//! The admins' view of the audit log: the same filters as `weightgate audit
+//! list`, a chart of downloads per day for each model, and each grant's history.
+
+use std::collections::BTreeMap;
+
+use axum::{
+    extract::{Path, Query, State},
+    response::{IntoResponse, Response},
+};
+use axum_csrf::CsrfToken;
+use serde::Deserialize;
+
+use super::{
+    AppState, Error,
+    auth::{CurrentReviewer, csrf_field},
+    pages::{self, EventRowView, Header, render},
+};
+use crate::{
+    db::{self, audit::Filter, reviewers::Reviewer},
+    grants::GrantState,
+    types::{format_ms, now_ms, parse_time},
+};
+
+const PAGE: i64 = 100;
+const CHART_DAYS: i64 = 30;
+const DAY_MS: i64 = 86_400_000;
+
+fn admin_only(reviewer: &Reviewer) -> Result<(), Error> {
+    if reviewer.is_admin == 0 {
+        return Err(Error::Forbidden {
+            code: "admins_only",
+            message: "Only admins can read the audit log.".into(),
+        });
+    }
+    Ok(())
+}
+
+/// The filter form, as submitted (GET, so a filtered view can be bookmarked).
+#[derive(Debug, Default, Deserialize)]
+pub struct AuditQuery {
+    #[serde(default)]
+    pub since: String,
+    #[serde(default)]
+    pub until: String,
+    #[serde(default)]
+    pub model: String,
+    #[serde(default)]
+    pub researcher: String,
+    #[serde(default)]
+    pub grant: String,
+    #[serde(default)]
+    pub action: String,
+    #[serde(default)]
+    pub ip: String,
+    #[serde(default)]
+    pub outcome: String,
+    pub before: Option<i64>,
+}
+
+fn set(s: &str) -> Option<String> {
+    let s = s.trim();
+    (!s.is_empty()).then(|| s.chars().take(254).collect())
+}
+
+impl AuditQuery {
+    /// The query string of these filters, for paging links.
+    fn query_string(&self) -> String {
+        let fields = [
+            ("since", &self.since),
+            ("until", &self.until),
+            ("model", &self.model),
+            ("researcher", &self.researcher),
+            ("grant", &self.grant),
+            ("action", &self.action),
+            ("ip", &self.ip),
+            ("outcome", &self.outcome),
+        ];
+        let mut out = url_encode_pairs(
+            fields
+                .iter()
+                .filter(|(_, v)| !v.trim().is_empty())
+                .map(|(k, v)| (*k, v.as_str())),
+        );
+        if !out.is_empty() {
+            out.push('&');
+        }
+        out
+    }
+}
+
+fn url_encode_pairs<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> String {
+    let mut serializer = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        serializer.append_pair(k, v);
+    }
+    serializer.finish()
+}
+
+/// A bar chart of completed transfers per day, drawn as SVG on the server.
+fn chart_svg(counts: &[u64], first_day_ms: i64) -> String {
+    const W: usize = 600;
+    const H: usize = 120;
+    const BOTTOM: usize = 20;
+    let max = counts.iter().copied().max().unwrap_or(0).max(1);
+    let slot = W as f64 / counts.len().max(1) as f64;
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {W} {H}\" role=\"img\" class=\"chart\">\
+         <line x1=\"0\" y1=\"{y}\" x2=\"{W}\" y2=\"{y}\" stroke=\"#d8dde3\"/>",
+        y = H - BOTTOM
+    );
+    for (i, &n) in counts.iter().enumerate() {
+        let height = (n as f64 / max as f64) * (H - BOTTOM - 14) as f64;
+        let x = i as f64 * slot + 1.0;
+        let y = (H - BOTTOM) as f64 - height;
+        let day = format_ms(first_day_ms + i as i64 * DAY_MS);
+        svg.push_str(&format!(
+            "<rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"{w:.1}\" height=\"{height:.1}\" fill=\"#1f5fbf\"><title>{d}: {n}</title></rect>",
+            w = (slot - 2.0).max(1.0),
+            d = &day[..10],
+        ));
+    }
+    let last = format_ms(first_day_ms + (counts.len() as i64 - 1).max(0) * DAY_MS);
+    svg.push_str(&format!(
+        "<text x=\"0\" y=\"{H}\" font-size=\"11\" fill=\"#5b6470\">{}</text>\
+         <text x=\"{W}\" y=\"{H}\" font-size=\"11\" fill=\"#5b6470\" text-anchor=\"end\">{}</text>\
+         <text x=\"0\" y=\"11\" font-size=\"11\" fill=\"#5b6470\">max {max}/day</text></svg>",
+        &format_ms(first_day_ms)[..10],
+        &last[..10],
+    ));
+    svg
+}
+
+pub async fn page(
+    State(state): State<AppState>,
+    token: CsrfToken,
+    CurrentReviewer(reviewer): CurrentReviewer,
+    Query(q): Query<AuditQuery>,
+) -> Result<Response, Error> {
+    admin_only(&reviewer)?;
+    let pool = state.app.db.pool();
+    let time = |s: &str, what: &str| -> Result<Option<i64>, Error> {
+        set(s)
+            .map(|s| parse_time(&s).map_err(|e| Error::BadRequest(format!("{what}: {e}"))))
+            .transpose()
+    };
+    let model_id = match set(&q.model) {
+        Some(slug) => Some(
+            db::models::find_model_by_slug(pool, &slug)
+                .await?
+                .ok_or_else(|| Error::BadRequest(format!("no model {slug:?}")))?
+                .id,
+        ),
+        None => None,
+    };
+    let researcher_id = match set(&q.researcher) {
+        Some(email) => Some(
+            db::audit::researcher_id_by_email(pool, &email.to_lowercase())
+                .await?
+                .ok_or_else(|| Error::BadRequest(format!("no researcher {email:?}")))?,
+        ),
+        None => None,
+    };
+    let filter = Filter {
+        grant_id: set(&q.grant),
+        action: set(&q.action),
+        model_id,
+        researcher_id,
+        client_ip: set(&q.ip),
+        outcome: set(&q.outcome),
+        since_ms: time(&q.since, "since")?,
+        until_ms: time(&q.until, "until")?,
+        after_seq: None,
+        before_seq: q.before,
+        limit: PAGE,
+    };
+    let mut events = db::audit::list(pool, &filter).await?;
+    events.reverse();
+    let older = (events.len() as i64 == PAGE)
+        .then(|| {
+            events
+                .last()
+                .map(|e| format!("?{}before={}", q.query_string(), e.seq))
+        })
+        .flatten();
+
+    let today = now_ms() / DAY_MS * DAY_MS;
+    let first_day = today - (CHART_DAYS - 1) * DAY_MS;
+    let mut per_model: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    let slugs: BTreeMap<String, String> = db::models::list_models(pool)
+        .await?
+        .into_iter()
+        .map(|m| (m.id, m.slug))
+        .collect();
+    for slug in slugs.values() {
+        per_model.insert(slug.clone(), vec![0; CHART_DAYS as usize]);
+    }
+    for (model_id, at) in db::audit::completed_transfers_since(pool, first_day).await? {
+        if let Some(slug) = model_id.and_then(|id| slugs.get(&id))
+            && let Some(counts) = per_model.get_mut(slug)
+            && let Ok(day) = usize::try_from((at - first_day) / DAY_MS)
+            && day < counts.len()
+        {
+            counts[day] += 1;
+        }
+    }
+    let charts = per_model
+        .into_iter()
+        .map(|(slug, counts)| pages::ModelChart {
+            total: counts.iter().sum(),
+            svg: chart_svg(&counts, first_day),
+            slug,
+        })
+        .collect();
+
+    let page = pages::AuditPage {
+        header: Header {
+            email: reviewer.email.clone(),
+            csrf: csrf_field(&token)?,
+        },
+        events: events.iter().map(EventRowView::from).collect(),
+        older,
+        charts,
+        since: q.since,
+        until: q.until,
+        model: q.model,
+        researcher: q.researcher,
+        grant: q.grant,
+        action: q.action,
+        ip: q.ip,
+        outcome: q.outcome,
+    };
+    Ok((token, render(&page)?).into_response())
+}
+
+/// One grant: who, what, until when, and everything that happened under it.
+pub async fn grant(
+    State(state): State<AppState>,
+    token: CsrfToken,
+    CurrentReviewer(reviewer): CurrentReviewer,
+    Path(id): Path<String>,
+) -> Result<Response, Error> {
+    let pool = state.app.db.pool();
+    let grant = db::grants::find_view(pool, &id).await?.ok_or(Error::NotFound)?;
+    let history = db::audit::list(
+        pool,
+        &Filter {
+            grant_id: Some(grant.id.clone()),
+            limit: 1000,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let page = pages::GrantPage {
+        header: Header {
+            email: reviewer.email.clone(),
+            csrf: csrf_field(&token)?,
+        },
+        state: GrantState::of(&grant, now_ms()).as_str().to_owned(),
+        created: format_ms(grant.created_at),
+        expires: format_ms(grant.expires_at),
+        revoked_reason: grant.revoked_reason.clone().unwrap_or_default(),
+        id: grant.id,
+        email: grant.email,
+        model: grant.model_slug,
+        events: history.iter().map(EventRowView::from).collect(),
+    };
+    Ok((token, render(&page)?).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chart_has_a_bar_per_day_scaled_to_the_busiest() {
+        let svg = chart_svg(&[0, 2, 4], 0);
+        assert_eq!(svg.matches("<rect").count(), 3);
+        assert!(svg.contains("1970-01-03: 4"));
+        assert!(svg.contains("max 4/day"));
+        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
+    }
+}
