@@ -12,7 +12,7 @@ use tower_sessions::Session;
 
 use super::{
     AppState, ClientInfo, Error,
-    auth::{CurrentReviewer, REVIEWER_KEY, check_csrf, csrf_field},
+    auth::{CsrfForm, CurrentReviewer, REVIEWER_KEY, check_csrf, csrf_field},
     pages::{self, ApplicationRow, GrantRow, Header, render},
 };
 use crate::{
@@ -79,12 +79,6 @@ pub async fn login(
             Ok((StatusCode::UNAUTHORIZED, token, render(&page)?).into_response())
         }
     }
-}
-
-#[derive(Deserialize)]
-pub struct CsrfForm {
-    #[serde(default)]
-    authenticity_token: String,
 }
 
 pub async fn logout(

@@ -127,6 +127,13 @@ impl FromRequestParts<AppState> for CurrentReviewer {
     }
 }
 
+/// A form that carries nothing but its CSRF token.
+#[derive(serde::Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    pub authenticity_token: String,
+}
+
 /// Checks the form's CSRF token against the cookie.
 pub fn check_csrf(token: &CsrfToken, submitted: &str) -> Result<(), Error> {
     token.verify(submitted).map_err(|_| Error::Csrf)

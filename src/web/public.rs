@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::{
     AppState, ClientInfo, Error,
-    auth::{check_csrf, csrf_field},
+    auth::{CsrfForm, check_csrf, csrf_field},
     pages::{self, FormValues, render},
 };
 use crate::{
@@ -145,18 +145,12 @@ pub async fn confirm_page(
     Ok((token, render(&page)?).into_response())
 }
 
-#[derive(Deserialize)]
-pub struct CsrfOnly {
-    #[serde(default)]
-    authenticity_token: String,
-}
-
 pub async fn confirm(
     State(state): State<AppState>,
     token: CsrfToken,
     ClientInfo(client): ClientInfo,
     Path(confirm_token): Path<String>,
-    Form(form): Form<CsrfOnly>,
+    Form(form): Form<CsrfForm>,
 ) -> Result<Response, Error> {
     check_csrf(&token, &form.authenticity_token)?;
     let view = applications::confirm(&state.app, &confirm_token, client).await?;
