@@ -239,3 +239,45 @@ async fn an_interrupted_transfer_is_recorded_with_the_bytes_actually_sent() {
     assert!(sent > 0 && (sent as usize) < size, "{sent} of {size} bytes recorded");
 }
 }
+
+both! {
+async fn a_fetch_whose_audit_event_cannot_be_written_sends_no_bytes() {
+    let t = TestApp::spawn().await;
+    let access = t.approved_researcher("failclosed@uni.example.edu").await;
+    let (_, url) = t.download_links(&access).await.remove(0);
+
+    // The audit table refuses every new row, as a full disk would.
+    let sqlite = matches!(t.app.db.backend(), weightgate::db::Backend::Sqlite);
+    let statements: &[&str] = if sqlite {
+        &["CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_events BEGIN SELECT RAISE(ABORT, 'no space left'); END"]
+    } else {
+        &[
+            "CREATE FUNCTION refuse_audit() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'no space left'; END $$ LANGUAGE plpgsql",
+            "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_events FOR EACH ROW EXECUTE FUNCTION refuse_audit()",
+        ]
+    };
+    for sql in statements {
+        sqlx::query(sqlx::AssertSqlSafe(*sql)).execute(t.app.db.pool()).await.unwrap();
+    }
+    let before = t.audit_events().await.len();
+
+    let response = t.client.get(&url).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let body = response.text().await.unwrap();
+    assert!(body.contains("\"error\":\"internal\""), "an error body, not file bytes: {body}");
+    assert_eq!(t.audit_events().await.len(), before);
+
+    let drop: &[&str] = if sqlite {
+        &["DROP TRIGGER refuse_audit"]
+    } else {
+        &["DROP TRIGGER refuse_audit ON audit_events", "DROP FUNCTION refuse_audit()"]
+    };
+    for sql in drop {
+        sqlx::query(sqlx::AssertSqlSafe(*sql)).execute(t.app.db.pool()).await.unwrap();
+    }
+    let response = t.client.get(&url).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "fetches resume once the log accepts writes");
+    response.bytes().await.unwrap();
+    assert!(weightgate::audit::verify_chain(&t.app.db).await.unwrap().is_intact());
+}
+}
