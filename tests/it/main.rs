@@ -35,6 +35,7 @@ macro_rules! both {
 mod helpers;
 
 mod audit;
+mod browser;
 mod cli;
 mod client;
 mod downloads;

@@ -1,0 +1,223 @@
+//! The whole path in a real browser: headless Chromium driven over WebDriver
+//! (Debian's chromium and chromium-driver). Without them these scenarios say
+//! loudly that they did not run; under CI that is a failure. Screenshots of
+//! the main pages, at desktop and phone widths, are saved in
+//! `target/screenshots/` for people to look at.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::json;
+
+use crate::helpers::*;
+
+static NOT_RUN: std::sync::Once = std::sync::Once::new();
+
+/// A chromedriver process and one browser session on it.
+struct Browser {
+    client: Client,
+    driver: Child,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    /// A headless Chromium, or `None` (said loudly; a failure under CI) when
+    /// the browser or its driver is not installed.
+    async fn start(downloads: &std::path::Path) -> Option<Self> {
+        let installed = ["chromedriver", "chromium"].iter().all(|tool| {
+            Command::new(tool)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+        if !installed {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must run the browser tests: install chromium and chromium-driver"
+            );
+            NOT_RUN.call_once(|| {
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "\n*** Browser tests NOT RUN: chromium and chromedriver are not installed \
+                     (apt-get install chromium chromium-driver). ***\n"
+                );
+            });
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let profile = tempfile::tempdir().unwrap();
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": "/usr/bin/chromium",
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    "--disable-dev-shm-usage", "--window-size=1280,1000",
+                    format!("--user-data-dir={}", profile.path().display()),
+                ],
+                "prefs": {
+                    "download.default_directory": downloads.display().to_string(),
+                    "download.prompt_for_download": false,
+                }
+            }),
+        );
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        for _ in 0..100 {
+            if let Ok(client) = ClientBuilder::new(connector.clone())
+                .capabilities(caps.clone())
+                .connect(&format!("http://127.0.0.1:{port}"))
+                .await
+            {
+                return Some(Self {
+                    client,
+                    driver,
+                    _profile: profile,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = driver.kill();
+        let _ = driver.wait();
+        panic!("chromedriver did not start");
+    }
+
+    async fn fill(&self, name: &str, text: &str) {
+        let field = self
+            .client
+            .find(Locator::Css(&format!("[name='{name}']")))
+            .await
+            .unwrap();
+        field.send_keys(text).await.unwrap();
+    }
+
+    async fn click(&self, css: &str) {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+    }
+
+    async fn text(&self) -> String {
+        self.client
+            .find(Locator::Css("main"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Saves the page at desktop and phone widths.
+    async fn screenshot(&self, name: &str) {
+        let dir = screenshots();
+        for (width, height, suffix) in [(1280, 1000, "desktop"), (390, 844, "phone")] {
+            self.client.set_window_size(width, height).await.unwrap();
+            let png = self.client.screenshot().await.unwrap();
+            std::fs::write(dir.join(format!("{name}-{suffix}.png")), png).unwrap();
+        }
+        self.client.set_window_size(1280, 1000).await.unwrap();
+    }
+
+    async fn close(mut self) {
+        let _ = self.client.clone().close().await;
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+fn screenshots() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+both! {
+async fn in_a_browser_a_researcher_applies_a_reviewer_approves_and_the_file_downloads_intact() {
+    let t = TestApp::spawn().await;
+    let downloads = t.dir.path().join("browser-downloads");
+    std::fs::create_dir_all(&downloads).unwrap();
+    let Some(researcher) = Browser::start(&downloads).await else { return };
+
+    researcher.client.goto(&t.url("/")).await.unwrap();
+    researcher.click(&format!("a[href='/models/{MODEL}']")).await;
+    researcher.screenshot("model").await;
+
+    // A first try with the terms left unchecked comes back with the error and the values kept.
+    researcher.fill("name", "Barbara Liskov").await;
+    researcher.fill("email", "liskov@mit.example.edu").await;
+    researcher.fill("affiliation", "MIT").await;
+    researcher.fill("intended_use", "Abstraction research").await;
+    researcher.click("button[type='submit']").await;
+    assert!(researcher.text().await.contains("You must accept the terms to apply"));
+    researcher.screenshot("model-errors").await;
+    let kept = researcher.client.find(Locator::Css("[name='name']")).await.unwrap();
+    assert_eq!(kept.prop("value").await.unwrap().as_deref(), Some("Barbara Liskov"));
+    researcher.click("[name='accept_terms']").await;
+    researcher.click("button[type='submit']").await;
+    assert!(researcher.text().await.contains("Check your e-mail"));
+
+    let mail = t.wait_for_mail("liskov@mit.example.edu", "Confirm your application").await;
+    researcher.client.goto(&link_in(&mail, "/confirm/")).await.unwrap();
+    researcher.click("button[type='submit']").await;
+    assert!(researcher.text().await.contains("pending"));
+
+    let reviewer = Browser::start(&downloads).await.unwrap();
+    reviewer.client.goto(&t.url("/admin")).await.unwrap();
+    reviewer.screenshot("login").await;
+    reviewer.fill("email", REVIEWER).await;
+    reviewer.fill("password", PASSWORD).await;
+    reviewer.click("button[type='submit']").await;
+    assert!(reviewer.text().await.contains("Barbara Liskov"));
+    reviewer.screenshot("queue").await;
+    reviewer.click("table a[href^='/admin/applications/']").await;
+    assert!(reviewer.text().await.contains("Abstraction research"));
+    reviewer.screenshot("application").await;
+    reviewer.click("form[action$='/approve'] button").await;
+    assert!(reviewer.text().await.contains("approved"));
+
+    let mail = t.wait_for_mail("liskov@mit.example.edu", "is approved").await;
+    researcher.client.goto(&link_in(&mail, "/access/")).await.unwrap();
+    assert!(researcher.text().await.contains("shard-0.bin"));
+    researcher.screenshot("access").await;
+    researcher.click("a[href*='/shard-2.bin']").await;
+    let expected = &t.files.iter().find(|(n, _)| n == "shard-2.bin").unwrap().1;
+    let saved = downloads.join("shard-2.bin");
+    let mut arrived = false;
+    for _ in 0..100 {
+        if std::fs::read(&saved).is_ok_and(|b| b == *expected) {
+            arrived = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(arrived, "the browser saved the file with the right bytes");
+    assert_eq!(sha256_hex(&std::fs::read(&saved).unwrap()), sha256_hex(expected));
+
+    reviewer.client.goto(&t.url("/admin/audit")).await.unwrap();
+    assert!(reviewer.text().await.contains("file.fetch"));
+    reviewer.screenshot("audit").await;
+
+    researcher.close().await;
+    reviewer.close().await;
+}
+}
