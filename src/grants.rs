@@ -375,10 +375,7 @@ fn describe(event: &mut Event, grant: Option<&GrantView>, file: Option<&FileInMo
 /// Whether fetching `file_id` would exceed the model's per-grant limits. A
 /// file the grant already holds whole can always be fetched again.
 async fn quota_spent(app: &App, grant: &GrantView, file_id: &str) -> anyhow::Result<bool> {
-    let Some(model) = db::models::find_model(app.db.pool(), &grant.model_id).await? else {
-        return Ok(false);
-    };
-    if model.quota_bytes.is_none() && model.quota_files.is_none() {
+    if grant.quota_bytes.is_none() && grant.quota_files.is_none() {
         return Ok(false);
     }
     let deliveries = db::grants::deliveries(app.db.pool(), &grant.id).await?;
@@ -386,10 +383,10 @@ async fn quota_spent(app: &App, grant: &GrantView, file_id: &str) -> anyhow::Res
     if completed.contains(file_id) {
         return Ok(false);
     }
-    let over_bytes = model
+    let over_bytes = grant
         .quota_bytes
         .is_some_and(|q| crate::deliveries::bytes_delivered(&deliveries) >= u64::try_from(q).unwrap_or(0));
-    let over_files = model
+    let over_files = grant
         .quota_files
         .is_some_and(|q| completed.len() as u64 >= u64::try_from(q).unwrap_or(0));
     Ok(over_bytes || over_files)

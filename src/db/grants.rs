@@ -45,10 +45,15 @@ pub struct GrantView {
     pub email: String,
     pub model_slug: String,
     pub model_title: String,
+    /// The model's per-grant limits, read with the grant so a fetch needs no
+    /// further query when there are none.
+    pub quota_bytes: Option<i64>,
+    pub quota_files: Option<i64>,
 }
 
 const VIEW: &str = "SELECT g.id, g.application_id, g.researcher_id, g.model_id, g.created_at, g.expires_at,
-        g.revoked_at, g.revoked_reason, r.email, m.slug AS model_slug, m.title AS model_title
+        g.revoked_at, g.revoked_reason, r.email, m.slug AS model_slug, m.title AS model_title,
+        m.quota_bytes, m.quota_files
     FROM grants g
     JOIN researchers r ON r.id = g.researcher_id
     JOIN models m ON m.id = g.model_id";
