@@ -186,6 +186,13 @@ pub async fn serve(
         let _ = stopping.send(true);
     });
     let mut graceful = stop.clone();
+    // Responses go out as soon as they are written: without this, Nagle's
+    // algorithm holds a short body back until the client's delayed ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %err, "cannot set TCP_NODELAY");
+        }
+    });
     let server = axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),
