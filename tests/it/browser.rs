@@ -127,6 +127,24 @@ impl Browser {
             .unwrap()
     }
 
+    /// Waits for the page (after a click that navigates) to show `needle`.
+    async fn wait_for_text(&self, needle: &str) {
+        for _ in 0..100 {
+            let shown = match self.client.find(Locator::Css("main")).await {
+                Ok(main) => main.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            if shown.contains(needle) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "the page never showed {needle:?}; it shows:\n{}",
+            self.text().await
+        );
+    }
+
     /// Saves the page at desktop and phone widths.
     async fn screenshot(&self, name: &str) {
         let dir = screenshots();
@@ -168,18 +186,18 @@ async fn in_a_browser_a_researcher_applies_a_reviewer_approves_and_the_file_down
     researcher.fill("affiliation", "MIT").await;
     researcher.fill("intended_use", "Abstraction research").await;
     researcher.click("button[type='submit']").await;
-    assert!(researcher.text().await.contains("You must accept the terms to apply"));
+    researcher.wait_for_text("You must accept the terms to apply").await;
     researcher.screenshot("model-errors").await;
     let kept = researcher.client.find(Locator::Css("[name='name']")).await.unwrap();
     assert_eq!(kept.prop("value").await.unwrap().as_deref(), Some("Barbara Liskov"));
     researcher.click("[name='accept_terms']").await;
     researcher.click("button[type='submit']").await;
-    assert!(researcher.text().await.contains("Check your e-mail"));
+    researcher.wait_for_text("Check your e-mail").await;
 
     let mail = t.wait_for_mail("liskov@mit.example.edu", "Confirm your application").await;
     researcher.client.goto(&link_in(&mail, "/confirm/")).await.unwrap();
     researcher.click("button[type='submit']").await;
-    assert!(researcher.text().await.contains("pending"));
+    researcher.wait_for_text("pending").await;
 
     let reviewer = Browser::start(&downloads).await.unwrap();
     reviewer.client.goto(&t.url("/admin")).await.unwrap();
@@ -187,17 +205,17 @@ async fn in_a_browser_a_researcher_applies_a_reviewer_approves_and_the_file_down
     reviewer.fill("email", REVIEWER).await;
     reviewer.fill("password", PASSWORD).await;
     reviewer.click("button[type='submit']").await;
-    assert!(reviewer.text().await.contains("Barbara Liskov"));
+    reviewer.wait_for_text("Barbara Liskov").await;
     reviewer.screenshot("queue").await;
     reviewer.click("table a[href^='/admin/applications/']").await;
-    assert!(reviewer.text().await.contains("Abstraction research"));
+    reviewer.wait_for_text("Abstraction research").await;
     reviewer.screenshot("application").await;
     reviewer.click("form[action$='/approve'] button").await;
-    assert!(reviewer.text().await.contains("approved"));
+    reviewer.wait_for_text("approved").await;
 
     let mail = t.wait_for_mail("liskov@mit.example.edu", "is approved").await;
     researcher.client.goto(&link_in(&mail, "/access/")).await.unwrap();
-    assert!(researcher.text().await.contains("shard-0.bin"));
+    researcher.wait_for_text("shard-0.bin").await;
     researcher.screenshot("access").await;
     researcher.click("a[href*='/shard-2.bin']").await;
     let expected = &t.files.iter().find(|(n, _)| n == "shard-2.bin").unwrap().1;
@@ -214,7 +232,7 @@ async fn in_a_browser_a_researcher_applies_a_reviewer_approves_and_the_file_down
     assert_eq!(sha256_hex(&std::fs::read(&saved).unwrap()), sha256_hex(expected));
 
     reviewer.client.goto(&t.url("/admin/audit")).await.unwrap();
-    assert!(reviewer.text().await.contains("file.fetch"));
+    reviewer.wait_for_text("file.fetch").await;
     reviewer.screenshot("audit").await;
 
     researcher.close().await;
