@@ -1,0 +1,588 @@
+#!/usr/bin/env bash
+# weightgate benchmarks: one command, every figure a ratio against a baseline
+# measured in the same run on the same machine (see BENCHMARKS.md).
+#
+#   bash bench/run.sh                 # full run (~10-15 min on 2 cores)
+#   BENCH_QUICK=1 bash bench/run.sh   # smaller sizes, ~3-4 min
+#   BENCH_ONLY=hash,audit bash bench/run.sh
+#
+# Knobs (environment; defaults in brackets, quick-run defaults after the slash):
+#   BENCH_HASH_FILES [4]            files for the hashing test
+#   BENCH_HASH_MIB   [512/128]      size of each, MiB
+#   BENCH_DL_MIB     [1024/256]     size of the file downloaded through the portal
+#   BENCH_RUNS       [3]            repetitions of each timed command (median reported)
+#   BENCH_CLIENTS    [32]           concurrent downloads for the memory test
+#   BENCH_CLIENT_RATE [20M]         curl --limit-rate of each of those clients
+#   BENCH_CLIENT_SECONDS [15/8]     curl --max-time of each of those clients
+#   BENCH_WRK_SECONDS [10/5]        wrk -d
+#   BENCH_WRK_CONNS  [32]           wrk -c
+#   BENCH_WRK_THREADS [2]           wrk -t
+#   BENCH_AUDIT_EVENTS [1000000/100000]  events in the audit-at-scale log
+#   BENCH_ONLY       [hash,proxy,fetch,audit]  sections to run (proxy = throughput + memory)
+#   BENCH_SOURCE     [worktree]     what to build: the checkout as it is, or a git revision (e.g. HEAD)
+#   BENCH_BIN        []             use this weightgate binary instead of building one
+#   BENCH_NO_BUILD   [0]            1: reuse the binary in the target dir as it is
+#   BENCH_TARGET_DIR [/root/.cache/weightgate-bench-target]  CARGO_TARGET_DIR of the build
+#   BENCH_TMPDIR     [$TMPDIR or /tmp]  where the scratch directory goes (needs ~4x the data sizes)
+#   BENCH_KEEP       [0]            1: keep the scratch directory
+#   BENCH_RESULTS    [bench/results/latest.md]  where the results table is also written
+#
+# Only loopback traffic (127.0.0.1); every load is bounded in time and stops by itself.
+set -euo pipefail
+export LC_ALL=C
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/.." && pwd)
+
+QUICK=${BENCH_QUICK:-0}
+q() { if [ "$QUICK" = 1 ]; then echo "$2"; else echo "$1"; fi; }
+HASH_FILES=${BENCH_HASH_FILES:-4}
+HASH_MIB=${BENCH_HASH_MIB:-$(q 512 128)}
+DL_MIB=${BENCH_DL_MIB:-$(q 1024 256)}
+RUNS=${BENCH_RUNS:-3}
+CLIENTS=${BENCH_CLIENTS:-32}
+CLIENT_RATE=${BENCH_CLIENT_RATE:-20M}
+CLIENT_SECONDS=${BENCH_CLIENT_SECONDS:-$(q 15 8)}
+WRK_SECONDS=${BENCH_WRK_SECONDS:-$(q 10 5)}
+WRK_CONNS=${BENCH_WRK_CONNS:-32}
+WRK_THREADS=${BENCH_WRK_THREADS:-2}
+AUDIT_EVENTS=${BENCH_AUDIT_EVENTS:-$(q 1000000 100000)}
+ONLY=${BENCH_ONLY:-hash,proxy,fetch,audit}
+TARGET_DIR=${BENCH_TARGET_DIR:-/root/.cache/weightgate-bench-target}
+RESULTS=${BENCH_RESULTS:-$HERE/results/latest.md}
+
+log() { printf '\033[1m[bench %s]\033[0m %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "FAILED: $*"; exit 1; }
+want() { [[ ",$ONLY," == *",$1,"* ]]; }
+
+# ---------------------------------------------------------------- tools
+need() { # need COMMAND DEBIAN_PACKAGE
+    command -v "$1" >/dev/null 2>&1 && return 0
+    log "installing $2 (for $1)"
+    if ! apt-get install -y -q "$2" >/dev/null 2>&1; then
+        apt-get update -q >/dev/null 2>&1 || true
+        apt-get install -y -q "$2" >/dev/null || die "cannot install $2"
+    fi
+}
+need curl curl
+need openssl openssl
+need sha256sum coreutils
+need python3 python3
+if want proxy || want fetch; then need nginx nginx; fi
+if want fetch; then need wrk wrk; fi
+if want fetch || want audit; then need sqlite3 sqlite3; fi
+if want fetch && ! nginx -V 2>&1 | grep -q secure_link; then
+    log "nginx lacks the secure_link module; trying nginx-extras"
+    apt-get install -y -q nginx-extras >/dev/null 2>&1 || true
+    nginx -V 2>&1 | grep -q secure_link || die "no nginx with secure_link here (tried nginx-extras)"
+fi
+
+# ---------------------------------------------------------------- scratch space and cleanup
+WORK=$(mktemp -d "${BENCH_TMPDIR:-${TMPDIR:-/tmp}}/weightgate-bench.XXXXXX")
+chmod 755 "$WORK"
+PIDS=()
+cleanup() {
+    local status=$?
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$pid" 2>/dev/null || true
+    done
+    if [ "${BENCH_KEEP:-0}" = 1 ]; then
+        log "kept $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+wait_http() { # wait_http URL PID
+    for _ in $(seq 300); do
+        curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+        kill -0 "$2" 2>/dev/null || return 1
+        sleep 0.1
+    done
+    return 1
+}
+
+# ---------------------------------------------------------------- timing helpers
+# elapsed CMD...: runs CMD (output discarded) and prints its wall time in seconds.
+elapsed() {
+    local t0=$EPOCHREALTIME
+    "$@" >/dev/null
+    local t1=$EPOCHREALTIME
+    awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f\n", b - a }'
+}
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+calc() { awk "BEGIN { printf \"%.${2:-2}f\", $1 }"; }
+fmt_runs() { local IFS=,; echo "$*"; }
+
+# ---------------------------------------------------------------- results
+mkdir -p "$(dirname "$RESULTS")"
+ROWS=()
+# row MEASUREMENT FIGURE BASELINE RATIO TARGET MET
+row() {
+    ROWS+=("| $1 | $2 | $3 | $4 | $5 | $6 |")
+    log "RESULT: $1: $2 (baseline $3; ratio $4; target $5: $6)"
+}
+NOTES=()
+note() { NOTES+=("$*"); log "note: $*"; }
+met() { if awk "BEGIN { exit !($1) }"; then echo yes; else echo "**NO**"; fi; }
+
+# ---------------------------------------------------------------- build
+# BENCH_SOURCE=worktree builds the checkout as it is; a git revision (HEAD,
+# a commit, a branch) builds that commit, exported with `git archive` into a
+# cache directory, so a half-edited work tree does not get in the way.
+SOURCE=${BENCH_SOURCE:-worktree}
+if [ "$SOURCE" = worktree ]; then
+    SRC=$REPO
+    COMMIT=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
+    DIRTY=$(git -C "$REPO" --no-optional-locks status --porcelain -- src migrations templates static Cargo.toml Cargo.lock 2>/dev/null | wc -l)
+else
+    REV=$(git -C "$REPO" rev-parse --verify "$SOURCE^{commit}") || die "no git revision $SOURCE"
+    COMMIT=$(git -C "$REPO" rev-parse --short "$REV")
+    DIRTY=0
+    SRC=${BENCH_SRC_CACHE:-$HOME/.cache/weightgate-bench-src}/$REV
+    if [ ! -f "$SRC/Cargo.toml" ]; then
+        log "exporting $COMMIT to $SRC (git archive)"
+        rm -rf "$SRC.partial"
+        mkdir -p "$SRC.partial"
+        git -C "$REPO" archive "$REV" | tar -x -C "$SRC.partial"
+        mv "$SRC.partial" "$SRC"
+    fi
+fi
+if [ -n "${BENCH_BIN:-}" ]; then
+    WG=$BENCH_BIN
+    COMMIT="$COMMIT (binary $BENCH_BIN)"
+else
+    WG=$TARGET_DIR/release/weightgate
+    if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
+        log "building weightgate $COMMIT from $SRC (release, CARGO_TARGET_DIR=$TARGET_DIR)"
+        (cd "$SRC" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --release --locked -q) || die "cargo build failed"
+    fi
+fi
+[ -x "$WG" ] || die "no weightgate binary at $WG"
+
+CPU=$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)
+MEM=$(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+log "weightgate $COMMIT (${DIRTY} locally changed source files), $(nproc) cores, $CPU, $MEM, load $LOAD_START; scratch $WORK"
+
+# Every weightgate command of a data dir: wg DATA_DIR ARGS...
+wg() {
+    local dir=$1
+    shift
+    WEIGHTGATE_DATA_DIR=$dir WEIGHTGATE_LOG=warn "$WG" "$@"
+}
+export USER=${USER:-bench}
+
+mib() { echo $(( $1 * 1024 * 1024 )); }
+make_random() { # make_random FILE MIB
+    head -c "$(mib "$2")" /dev/urandom >"$1"
+}
+warm() { cat "$@" >/dev/null; }
+
+# ================================================================ 1. hashing
+if want hash; then
+    log "== 1. hashing: $HASH_FILES x $HASH_MIB MiB of random data"
+    H=$WORK/hash
+    mkdir -p "$H/files"
+    FILES=()
+    for i in $(seq "$HASH_FILES"); do
+        f=$H/files/shard-$(printf %05d "$i").bin
+        make_random "$f" "$HASH_MIB"
+        FILES+=("$f")
+    done
+    ONE=${FILES[0]}
+    warm "${FILES[@]}"
+    # Correctness first: all three tools agree on the digest.
+    a=$(openssl dgst -sha256 -r "$ONE" | cut -d' ' -f1)
+    b=$(sha256sum "$ONE" | cut -d' ' -f1)
+    c=$("$WG" hash "$ONE" | cut -d' ' -f1)
+    [ "$a" = "$b" ] && [ "$b" = "$c" ] || die "digests differ: openssl $a, sha256sum $b, weightgate $c"
+
+    # One file, one core; runs interleaved so drift hits every tool alike.
+    T_OSSL=() T_SUM=() T_WG=()
+    for r in $(seq "$RUNS"); do
+        warm "$ONE"
+        T_OSSL+=("$(elapsed openssl dgst -sha256 "$ONE")")
+        T_SUM+=("$(elapsed sha256sum "$ONE")")
+        T_WG+=("$(elapsed "$WG" hash "$ONE")")
+    done
+    t_ossl=$(median "${T_OSSL[@]}") t_sum=$(median "${T_SUM[@]}") t_wg=$(median "${T_WG[@]}")
+    log "one file: openssl $(fmt_runs "${T_OSSL[@]}") s; sha256sum $(fmt_runs "${T_SUM[@]}") s; weightgate $(fmt_runs "${T_WG[@]}") s"
+    mbs() { calc "$HASH_MIB * $2 / $1" 0; } # mbs SECONDS [FILES] -> MiB/s
+    r=$(calc "$t_ossl / $t_wg")
+    row "1a. \`weightgate hash\`, 1 file of $HASH_MIB MiB (1 core)" "$(mbs "$t_wg" 1) MiB/s ($t_wg s)" "openssl dgst -sha256: $(mbs "$t_ossl" 1) MiB/s ($t_ossl s)" "${r}x" "≥ 0.9x openssl" "$(met "$r >= 0.9")"
+    r2=$(calc "$t_sum / $t_wg")
+    row "1a'. same, against sha256sum" "$(mbs "$t_wg" 1) MiB/s" "sha256sum: $(mbs "$t_sum" 1) MiB/s ($t_sum s)" "${r2}x" "(info)" "-"
+
+    # All files: weightgate's parallel hashing vs sequential and parallel openssl.
+    NPROC=$(nproc)
+    GROUPS_=()
+    for ((g = 0; g < NPROC; g++)); do GROUPS_+=(""); done
+    for i in "${!FILES[@]}"; do GROUPS_[$((i % NPROC))]+="${FILES[$i]} "; done
+    par_openssl() {
+        local pids=() g
+        for g in "${GROUPS_[@]}"; do
+            [ -n "$g" ] || continue
+            # shellcheck disable=SC2086
+            openssl dgst -sha256 $g >/dev/null &
+            pids+=($!)
+        done
+        for g in "${pids[@]}"; do wait "$g"; done
+    }
+    T_SEQ=() T_PAR=() T_WGA=()
+    for r in $(seq "$RUNS"); do
+        warm "${FILES[@]}"
+        T_SEQ+=("$(elapsed openssl dgst -sha256 "${FILES[@]}")")
+        T_PAR+=("$(elapsed par_openssl)")
+        T_WGA+=("$(elapsed "$WG" hash "${FILES[@]}")")
+    done
+    t_seq=$(median "${T_SEQ[@]}") t_par=$(median "${T_PAR[@]}") t_wga=$(median "${T_WGA[@]}")
+    log "all files: openssl sequential $(fmt_runs "${T_SEQ[@]}") s; $NPROC x openssl $(fmt_runs "${T_PAR[@]}") s; weightgate $(fmt_runs "${T_WGA[@]}") s"
+    row "1b. \`weightgate hash\`, $HASH_FILES files (parallel)" "$(mbs "$t_wga" "$HASH_FILES") MiB/s ($t_wga s)" "openssl sequential: $(mbs "$t_seq" "$HASH_FILES") MiB/s ($t_seq s)" "$(calc "$t_seq / $t_wga")x" "(info: $NPROC cores, so ideally ${NPROC}x)" "-"
+    r=$(calc "$t_par / $t_wga")
+    row "1b'. same, against $NPROC parallel openssl processes" "$(mbs "$t_wga" "$HASH_FILES") MiB/s" "$NPROC x openssl: $(mbs "$t_par" "$HASH_FILES") MiB/s ($t_par s)" "${r}x" "≥ 0.9x (info)" "$(met "$r >= 0.9")"
+
+    # model publish: whole hash + 64 MiB chunk hashes + copy into the object store.
+    T_PUB=()
+    for r in $(seq "$RUNS"); do
+        D=$WORK/publish-$r
+        wg "$D" migrate >/dev/null
+        wg "$D" model create bench --title Bench >/dev/null
+        sync
+        warm "${FILES[@]}"
+        T_PUB+=("$(elapsed wg "$D" model publish bench "$H/files")")
+        [ "$(find "$D/objects" -type f | wc -l)" = "$HASH_FILES" ] || die "publish stored $(find "$D/objects" -type f | wc -l) objects, expected $HASH_FILES"
+        rm -rf "$D"
+        sync
+    done
+    # What copying alone costs on this filesystem, to split publish's time:
+    # publish copies each file into the store and fsyncs it before renaming.
+    copy_and_fsync() { cp -r "$H/files" "$1" && sync "$1"/*; }
+    T_CP=()
+    for r in $(seq "$RUNS"); do
+        warm "${FILES[@]}"
+        T_CP+=("$(elapsed copy_and_fsync "$WORK/copy-$r")")
+        rm -rf "$WORK/copy-$r"
+        sync
+    done
+    t_pub=$(median "${T_PUB[@]}") t_cp=$(median "${T_CP[@]}")
+    log "publish: $(fmt_runs "${T_PUB[@]}") s; cp -r + fsync: $(fmt_runs "${T_CP[@]}") s"
+    row "1c. \`weightgate model publish\`, $HASH_FILES files (hash + 64 MiB chunk hashes + copy into store)" "$(mbs "$t_pub" "$HASH_FILES") MiB/s ($t_pub s)" "$NPROC x openssl (hash only): $(mbs "$t_par" "$HASH_FILES") MiB/s ($t_par s)" "$(calc "$t_par / $t_pub")x" "(info: does more than hash)" "-"
+    row "1c'. (context) \`cp -r\` + fsync of the same files on the same filesystem" "-" "$(mbs "$t_cp" "$HASH_FILES") MiB/s ($t_cp s)" "publish takes $(calc "$t_pub / (2 * $t_par + $t_cp)")x the equal-work estimate 2 x ($NPROC x openssl) + cp/fsync = $(calc "2 * $t_par + $t_cp") s" "(info)" "-"
+    rm -rf "$H"
+fi
+
+# ================================================================ 2-4. the portal
+PORTAL_PID=""
+if want proxy || want fetch; then
+    log "== setting up a portal with a $DL_MIB MiB file and a 1 KiB file"
+    P=$WORK/portal
+    REL=$WORK/release
+    mkdir -p "$REL"
+    make_random "$REL/model-00001-of-00001.safetensors" "$DL_MIB"
+    head -c 1024 /dev/urandom >"$REL/tiny.json"
+    chmod 755 "$REL"
+    chmod 644 "$REL"/*
+    wg "$P" migrate >/dev/null
+    wg "$P" model create bench --title "Bench model" >/dev/null
+    wg "$P" model publish bench "$REL" >/dev/null
+    ADMIN=admin@bench.invalid
+    ADMIN_PW=$(openssl rand -hex 16)
+    printf '%s' "$ADMIN_PW" | wg "$P" reviewer add "$ADMIN" --admin --password-stdin >/dev/null
+
+    PORT=$(free_port)
+    BASE=http://127.0.0.1:$PORT
+    # The portal runs with its defaults (log filter info,sqlx=warn), logs to a file.
+    WEIGHTGATE_DATA_DIR=$P WEIGHTGATE_BIND=127.0.0.1:$PORT "$WG" serve >"$WORK/portal.log" 2>&1 &
+    PORTAL_PID=$!
+    PIDS+=("$PORTAL_PID")
+    wait_http "$BASE/healthz" "$PORTAL_PID" || { tail -20 "$WORK/portal.log" >&2; die "the portal did not start"; }
+    sleep 1
+    rss() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; } # rss PID VmRSS|VmHWM -> KiB
+    IDLE_RSS=$(rss "$PORTAL_PID" VmRSS)
+
+    log "obtaining a grant over HTTP (apply, confirm, sign in, approve)"
+    python3 "$HERE/grant.py" --base "$BASE" --slug bench --outbox "$P/outbox" \
+        --admin-email "$ADMIN" --admin-password "$ADMIN_PW" >"$WORK/manifest.json" ||
+        { tail -20 "$WORK/portal.log" >&2; die "could not obtain a grant"; }
+    url_of() {
+        python3 -c 'import json,sys; m=json.load(open(sys.argv[1]))
+print(next(f["url"] for r in m["releases"] for f in r["files"] if f["name"] == sys.argv[2]))' "$WORK/manifest.json" "$1"
+    }
+    BIG_URL=$(url_of model-00001-of-00001.safetensors)
+    TINY_URL=$(url_of tiny.json)
+    [ "$(curl -fsS "$TINY_URL" | sha256sum | cut -d' ' -f1)" = "$(sha256sum <"$REL/tiny.json" | cut -d' ' -f1)" ] ||
+        die "the tiny file did not come back intact from $TINY_URL"
+    SETUP_RSS=$(rss "$PORTAL_PID" VmRSS)
+
+    # nginx: the same files from disk (sendfile on, and off), and behind secure_link.
+    NPORT=$(free_port)
+    N=$WORK/nginx
+    mkdir -p "$N"
+    SECRET=$(openssl rand -hex 16)
+    cat >"$N/nginx.conf" <<EOF
+$( [ "$(id -u)" = 0 ] && echo "user root;" )
+worker_processes auto;
+pid $N/nginx.pid;
+error_log $N/error.log warn;
+daemon off;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    default_type application/octet-stream;
+    client_body_temp_path $N/body;
+    proxy_temp_path $N/proxy;
+    fastcgi_temp_path $N/fastcgi;
+    uwsgi_temp_path $N/uwsgi;
+    scgi_temp_path $N/scgi;
+    keepalive_requests 1000000;
+    server {
+        listen 127.0.0.1:$NPORT;
+        location /files/ { alias $REL/; sendfile on; tcp_nopush on; }
+        location /files-rw/ { alias $REL/; sendfile off; }
+        location /sl/ {
+            secure_link \$arg_md5,\$arg_expires;
+            secure_link_md5 "\$secure_link_expires\$uri $SECRET";
+            if (\$secure_link = "") { return 403; }
+            if (\$secure_link = "0") { return 410; }
+            alias $REL/;
+        }
+    }
+}
+EOF
+    nginx -t -q -e "$N/error.log" -p "$N" -c "$N/nginx.conf" || die "nginx rejects its configuration"
+    nginx -e "$N/error.log" -p "$N" -c "$N/nginx.conf" &
+    PIDS+=($!)
+    NBASE=http://127.0.0.1:$NPORT
+    wait_http "$NBASE/files/tiny.json" "${PIDS[-1]}" || die "nginx did not start"
+    EXPIRES=$(( $(date +%s) + 86400 ))
+    MD5=$(printf '%s' "$EXPIRES/sl/tiny.json $SECRET" | openssl md5 -binary | openssl base64 | tr +/ -_ | tr -d =)
+    NGINX_SL_URL="$NBASE/sl/tiny.json?md5=$MD5&expires=$EXPIRES"
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "$NGINX_SL_URL")" = 200 ] || die "nginx refuses its own secure link"
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "$NBASE/sl/tiny.json?md5=AAAA$MD5&expires=$EXPIRES")" = 403 ] ||
+        die "nginx accepts a bad secure link"
+fi
+
+# ================================================================ 2. proxy throughput, 3. memory
+if want proxy; then
+    log "== 3. memory: $CLIENTS concurrent downloads of the $DL_MIB MiB file (--limit-rate $CLIENT_RATE, --max-time $CLIENT_SECONDS s)"
+    HWM_RESET=yes
+    echo 5 >"/proc/$PORTAL_PID/clear_refs" 2>/dev/null || HWM_RESET=no
+    HWM_BEFORE=$(rss "$PORTAL_PID" VmHWM)
+    CPIDS=()
+    for i in $(seq "$CLIENTS"); do
+        curl -s -o /dev/null --limit-rate "$CLIENT_RATE" --max-time "$CLIENT_SECONDS" \
+            -w '%{http_code} %{size_download}\n' "$BIG_URL" >"$WORK/client-$i.out" 2>&1 &
+        CPIDS+=($!)
+    done
+    MAX_RSS=0 MAX_CONN=0 SAMPLES=0
+    while :; do
+        alive=0
+        for pid in "${CPIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=$((alive + 1)); done
+        [ "$alive" -gt 0 ] || break
+        [ "$alive" -gt "$MAX_CONN" ] && MAX_CONN=$alive
+        cur=$(rss "$PORTAL_PID" VmRSS)
+        [ "$cur" -gt "$MAX_RSS" ] && MAX_RSS=$cur
+        SAMPLES=$((SAMPLES + 1))
+        sleep 0.25
+    done
+    for pid in "${CPIDS[@]}"; do wait "$pid" || true; done
+    PEAK=$(rss "$PORTAL_PID" VmHWM)
+    OK_CLIENTS=$(awk '$1 == 200 && $2 > 0 { n++ } END { print n + 0 }' "$WORK"/client-*.out)
+    BYTES=$(awk '{ s += $2 } END { printf "%.0f", s }' "$WORK"/client-*.out)
+    log "memory: idle ${IDLE_RSS} KiB, after setup ${SETUP_RSS} KiB, HWM before load ${HWM_BEFORE} KiB (reset: $HWM_RESET), peak ${PEAK} KiB, max sampled ${MAX_RSS} KiB over $SAMPLES samples; $OK_CLIENTS/$CLIENTS clients got 200, $((BYTES / 1048576)) MiB in all; at most $MAX_CONN at once"
+    row "3. peak RSS of \`weightgate serve\` (VmHWM), $CLIENTS concurrent downloads for ${CLIENT_SECONDS} s" "$(calc "$PEAK / 1024" 1) MiB" "idle: $(calc "$IDLE_RSS / 1024" 1) MiB (after grant setup $(calc "$SETUP_RSS / 1024" 1) MiB)" "$(calc "$PEAK / $IDLE_RSS")x idle" "< 100 MiB" "$(met "$PEAK / 1024 < 100")"
+    note "memory test: $OK_CLIENTS of $CLIENTS clients answered 200 and overlapped (at most $MAX_CONN running at once), $((BYTES / 1048576)) MiB delivered in total; VmHWM reset before the load: $HWM_RESET"
+
+    log "== 2. download throughput: $DL_MIB MiB over loopback, portal vs nginx"
+    dl() { # dl URL -> seconds (checks status and size)
+        local out
+        out=$(curl -s -o /dev/null -w '%{http_code} %{size_download} %{time_total}' "$1")
+        set -- $out
+        [ "$1" = 200 ] && [ "$2" = "$(mib "$DL_MIB")" ] || die "download gave HTTP $1 with $2 bytes"
+        echo "$3"
+    }
+    warm "$REL/model-00001-of-00001.safetensors" "$P"/objects/sha256/*/*
+    T_P=() T_N=() T_NRW=()
+    for r in $(seq "$RUNS"); do
+        T_P+=("$(dl "$BIG_URL")")
+        T_N+=("$(dl "$NBASE/files/model-00001-of-00001.safetensors")")
+        T_NRW+=("$(dl "$NBASE/files-rw/model-00001-of-00001.safetensors")")
+    done
+    t_p=$(median "${T_P[@]}") t_n=$(median "${T_N[@]}") t_nrw=$(median "${T_NRW[@]}")
+    log "download: portal $(fmt_runs "${T_P[@]}") s; nginx sendfile $(fmt_runs "${T_N[@]}") s; nginx read/write $(fmt_runs "${T_NRW[@]}") s"
+    r=$(calc "$t_n / $t_p")
+    row "2. download of $DL_MIB MiB through the portal (curl, loopback)" "$(calc "$DL_MIB / $t_p" 0) MiB/s ($t_p s)" "nginx static, sendfile on: $(calc "$DL_MIB / $t_n" 0) MiB/s ($t_n s)" "${r}x" "≥ 0.8x nginx" "$(met "$r >= 0.8")"
+    r=$(calc "$t_nrw / $t_p")
+    row "2'. same, against nginx with sendfile off (read/write copies, as the portal does)" "$(calc "$DL_MIB / $t_p" 0) MiB/s" "nginx static, sendfile off: $(calc "$DL_MIB / $t_nrw" 0) MiB/s ($t_nrw s)" "${r}x" "(info)" "-"
+fi
+
+# ================================================================ 4. authorised fetch rate
+if want fetch; then
+    log "== 4. authorised fetch rate: wrk -t$WRK_THREADS -c$WRK_CONNS -d${WRK_SECONDS}s on a 1 KiB file"
+    DB=$P/weightgate.db
+    count_events() { sqlite3 -readonly "$DB" "SELECT count(*) FROM audit_events WHERE action = '$1'"; }
+    run_wrk() { # run_wrk URL NAME -> prints requests/s; keeps the full output in $WORK/wrk-NAME.txt
+        wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"${WRK_SECONDS}s" --timeout 5s --latency "$1" >"$WORK/wrk-$2.txt" 2>&1 ||
+            die "wrk failed: $(cat "$WORK/wrk-$2.txt")"
+        if grep -q 'Non-2xx' "$WORK/wrk-$2.txt"; then
+            note "wrk $2: $(grep 'Non-2xx' "$WORK/wrk-$2.txt" | xargs)"
+        fi
+        awk '/^Requests\/sec:/ { print $2 }' "$WORK/wrk-$2.txt"
+    }
+    wrk_requests() { awk '/requests in/ { print $1 }' "$WORK/wrk-$1.txt"; }
+    wrk_p99() { awk '$1 == "99%" { print $2 }' "$WORK/wrk-$1.txt"; }
+    wrk_p50() { awk '$1 == "50%" { print $2 }' "$WORK/wrk-$1.txt"; }
+    # CPU time (clock ticks) and context switches of every thread of a process.
+    cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+    ctx_switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ { s += $2 } END { print s + 0 }'; }
+    TICK=$(getconf CLK_TCK)
+    FETCH_BEFORE=$(count_events file.fetch)
+    DELIV_BEFORE=$(count_events file.delivered)
+    echo 5 >"/proc/$PORTAL_PID/clear_refs" 2>/dev/null || true
+    CPU0=$(cpu_ticks "$PORTAL_PID") CS0=$(ctx_switches "$PORTAL_PID")
+    RPS_P=$(run_wrk "$TINY_URL" portal)
+    CPU1=$(cpu_ticks "$PORTAL_PID") CS1=$(ctx_switches "$PORTAL_PID")
+    HWM_WRK=$(rss "$PORTAL_PID" VmHWM)
+    sleep 2 # the delivery records of the last responses
+    FETCH_AFTER=$(count_events file.fetch)
+    DELIV_AFTER=$(count_events file.delivered)
+    RPS_N=$(run_wrk "$NGINX_SL_URL" nginx-secure-link)
+    RPS_H=$(run_wrk "$BASE/healthz" portal-healthz)
+    REQ_P=$(wrk_requests portal)
+    FETCHES=$((FETCH_AFTER - FETCH_BEFORE))
+    DELIVS=$((DELIV_AFTER - DELIV_BEFORE))
+    log "fetch: portal $RPS_P req/s ($REQ_P requests, p99 $(wrk_p99 portal)); nginx secure_link $RPS_N req/s (p99 $(wrk_p99 nginx-secure-link)); portal /healthz $RPS_H req/s"
+    log "audit events written during the portal run: $FETCHES file.fetch, $DELIVS file.delivered (wrk counted $REQ_P completed requests)"
+    r=$(calc "$RPS_P / $RPS_N" 3)
+    row "4. authorised fetches/s (signed link + durable audit event + 1 KiB body), SQLite" "$(calc "$RPS_P" 0) req/s (p99 $(wrk_p99 portal))" "nginx secure_link, no audit: $(calc "$RPS_N" 0) req/s (p99 $(wrk_p99 nginx-secure-link))" "${r}x" "≥ 10,000 req/s" "$(met "$RPS_P >= 10000")"
+    row "4a. portal \`GET /healthz\` (same stack, no DB, no audit)" "$(calc "$RPS_H" 0) req/s" "nginx secure_link: $(calc "$RPS_N" 0) req/s" "$(calc "$RPS_H / $RPS_N" 3)x" "(info: framework ceiling)" "-"
+    note "fetch test, where the time goes: the portal used $(calc "($CPU1 - $CPU0) / $TICK / $WRK_SECONDS") cores during the wrk run, $(calc "($CPU1 - $CPU0) / $TICK * 1000000 / $REQ_P" 0) µs of CPU and $(calc "($CS1 - $CS0) / $REQ_P" 1) context switches per fetch (its threads: $(ls /proc/"$PORTAL_PID"/task | wc -l))"
+    note "fetch test: wrk completed $REQ_P requests to the portal; the log gained $FETCHES file.fetch and $DELIVS file.delivered events (wrk does not count requests still in flight when it stops, so the log may hold up to $WRK_CONNS more); peak RSS during the wrk run $(calc "$HWM_WRK / 1024" 1) MiB"
+
+    # One connection: the latency of a single fetch, with nothing queued.
+    RPS_P1=$(WRK_CONNS=1 WRK_THREADS=1 run_wrk "$TINY_URL" portal-c1)
+    log "one connection: $RPS_P1 req/s, p50 $(wrk_p50 portal-c1)"
+    row "4b. one connection (\`wrk -t1 -c1\`): a single fetch with nothing queued" "$(calc "$RPS_P1" 0) req/s, p50 latency $(wrk_p50 portal-c1)" "-" "-" "(info)" "-"
+
+    stop_portal() {
+        kill -TERM "$PORTAL_PID"
+        for _ in $(seq 100); do kill -0 "$PORTAL_PID" 2>/dev/null || break; sleep 0.1; done
+    }
+    stop_portal
+
+    # Diagnostic: the same portal with TCP_NODELAY forced on its accepted
+    # sockets (bench/nodelay.c, LD_PRELOAD), to show how much of the fetch
+    # latency is Nagle's algorithm waiting for the client's delayed ACK.
+    if command -v cc >/dev/null 2>&1 && cc -shared -fPIC -O2 -o "$WORK/nodelay.so" "$HERE/nodelay.c" -ldl 2>/dev/null; then
+        WEIGHTGATE_DATA_DIR=$P WEIGHTGATE_BIND=127.0.0.1:$PORT LD_PRELOAD=$WORK/nodelay.so "$WG" serve >>"$WORK/portal.log" 2>&1 &
+        PORTAL_PID=$!
+        PIDS+=("$PORTAL_PID")
+        wait_http "$BASE/healthz" "$PORTAL_PID" || die "the portal did not start with the TCP_NODELAY shim"
+        CPU0=$(cpu_ticks "$PORTAL_PID") CS0=$(ctx_switches "$PORTAL_PID")
+        RPS_ND=$(run_wrk "$TINY_URL" portal-nodelay)
+        CPU1=$(cpu_ticks "$PORTAL_PID") CS1=$(ctx_switches "$PORTAL_PID")
+        REQ_ND=$(wrk_requests portal-nodelay)
+        RPS_ND1=$(WRK_CONNS=1 WRK_THREADS=1 run_wrk "$TINY_URL" portal-nodelay-c1)
+        log "with TCP_NODELAY: $RPS_ND req/s (p99 $(wrk_p99 portal-nodelay)); one connection $RPS_ND1 req/s, p50 $(wrk_p50 portal-nodelay-c1)"
+        row "4c. (diagnostic) row 4 with TCP_NODELAY forced on the portal's sockets (LD_PRELOAD bench/nodelay.c)" "$(calc "$RPS_ND" 0) req/s (p99 $(wrk_p99 portal-nodelay)); one connection: $(calc "$RPS_ND1" 0) req/s, p50 $(wrk_p50 portal-nodelay-c1)" "nginx secure_link: $(calc "$RPS_N" 0) req/s" "$(calc "$RPS_ND / $RPS_N" 3)x ($(calc "$RPS_ND / $RPS_P")x row 4)" "≥ 10,000 req/s" "$(met "$RPS_ND >= 10000")"
+        note "with TCP_NODELAY forced: the portal used $(calc "($CPU1 - $CPU0) / $TICK / $WRK_SECONDS") cores, $(calc "($CPU1 - $CPU0) / $TICK * 1000000 / $REQ_ND" 0) µs of CPU and $(calc "($CS1 - $CS0) / $REQ_ND" 1) context switches per fetch"
+        stop_portal
+    else
+        note "no C compiler: the TCP_NODELAY diagnostic (bench/nodelay.c) was skipped"
+    fi
+
+    log "verifying the portal's audit log"
+    VERIFY_OUT=$(wg "$P" audit verify 2>&1) && VERIFY_OK=yes || VERIFY_OK=no
+    log "audit verify: $VERIFY_OK: $(echo "$VERIFY_OUT" | head -1)"
+    TOTAL_FETCH=$(count_events file.fetch)
+    row "4d. \`audit verify\` after the fetch load (and the diagnostic)" "$(echo "$VERIFY_OUT" | head -1)" "-" "-" "log intact" "$( [ "$VERIFY_OK" = yes ] && echo yes || echo '**NO**')"
+    note "file.fetch events in the log after the fetch test: $TOTAL_FETCH in all, the one-connection and diagnostic runs included ($FETCHES during the wrk run, against $REQ_P requests counted by wrk)"
+fi
+if [ -n "$PORTAL_PID" ] && kill -0 "$PORTAL_PID" 2>/dev/null; then
+    kill -TERM "$PORTAL_PID" || true
+fi
+
+# ================================================================ 5. audit at scale
+if want audit; then
+    log "== 5. audit at scale: $AUDIT_EVENTS events"
+    A=$WORK/audit
+    wg "$A" migrate >/dev/null
+    # A few events written by weightgate itself first: the generator continues
+    # their chain and checks it reproduces their hashes.
+    wg "$A" model create llama-bench --title "Llama bench" >/dev/null
+    printf 'x%.0s' {1..16} | wg "$A" reviewer add reviewer@bench.invalid --password-stdin >/dev/null
+    t0=$EPOCHREALTIME
+    python3 "$HERE/fill_audit.py" --db "$A/weightgate.db" --events "$AUDIT_EVENTS" \
+        --canonical-out "$A/canonical.bin" --summary "$A/summary.json" >&2
+    log "generated in $(calc "$EPOCHREALTIME - $t0" 1) s"
+    read -r GRANT GRANT_EVENTS CANON_BYTES TOTAL_EVENTS < <(python3 -c 'import json,sys; s=json.load(open(sys.argv[1]))
+print(s["busiest_grant"], s["busiest_grant_events"], s["canonical_bytes"], s["total_events"])' "$A/summary.json")
+    VERIFY_OUT=$(wg "$A" audit verify 2>&1) || die "audit verify rejects the generated log: $VERIFY_OUT"
+    echo "$VERIFY_OUT" | grep -q "audit log intact: $TOTAL_EVENTS events" || die "unexpected verify output: $VERIFY_OUT"
+    log "generated log verifies: $(echo "$VERIFY_OUT" | head -1)"
+    DBF=$A/weightgate.db
+    warm "$DBF" "$A/canonical.bin"
+
+    T_V=() T_SHA=() T_SCAN=()
+    for r in $(seq "$RUNS"); do
+        T_V+=("$(elapsed wg "$A" audit verify)")
+        T_SHA+=("$(elapsed sha256sum "$A/canonical.bin")")
+        T_SCAN+=("$(elapsed sqlite3 -readonly "$DBF" "SELECT * FROM audit_events ORDER BY seq")")
+    done
+    t_v=$(median "${T_V[@]}") t_sha=$(median "${T_SHA[@]}") t_scan=$(median "${T_SCAN[@]}")
+    log "verify: $(fmt_runs "${T_V[@]}") s; sha256sum $(fmt_runs "${T_SHA[@]}") s; sqlite3 scan $(fmt_runs "${T_SCAN[@]}") s"
+    row "5a. \`audit verify\`, $TOTAL_EVENTS events" "$t_v s" "sha256sum of the $(calc "$CANON_BYTES / 1048576" 0) MiB of canonical encodings: $t_sha s" "$(calc "$t_v / $t_sha" 1)x slower" "< 5 s" "$(met "$t_v < 5")"
+    row "5a'. (context) sqlite3 reading every row, \`SELECT * … ORDER BY seq\`" "-" "$t_scan s" "verify / scan: $(calc "$t_v / $t_scan" 1)x" "(info)" "-"
+
+    COLS="seq, at, action, outcome, reason, actor, subject, model_id, application_id, grant_id, researcher_id, file_id, range_start, range_end, bytes, client_ip, user_agent, request_id, prev_hash, hash"
+    SINCE_MS=$(( ($(date +%s) - 86400) * 1000 ))
+    Q_GRANT="SELECT $COLS FROM audit_events WHERE grant_id = '$GRANT' ORDER BY seq DESC LIMIT 100"
+    Q_SINCE="SELECT $COLS FROM audit_events WHERE action = 'file.fetch' AND at >= $SINCE_MS ORDER BY seq DESC LIMIT 100"
+    n1=$(wg "$A" audit list --grant "$GRANT" --limit 100 --format jsonl 2>/dev/null | wc -l)
+    n2=$(wg "$A" audit list --since 1d --action file.fetch --limit 100 --format jsonl 2>/dev/null | wc -l)
+    n3=$(sqlite3 -readonly -json "$DBF" "$Q_GRANT" | grep -o '"seq":' | wc -l)
+    n4=$(sqlite3 -readonly -json "$DBF" "$Q_SINCE" | grep -o '"seq":' | wc -l)
+    [ "$n1" = 100 ] && [ "$n2" = 100 ] || die "audit list returned $n1 and $n2 lines, expected 100 each"
+    [ "$n3" = 100 ] && [ "$n4" = 100 ] || die "the sqlite3 baselines returned $n3 and $n4 rows, expected 100 each"
+    T_L1=() T_S1=() T_L2=() T_S2=()
+    for r in $(seq "$RUNS"); do
+        T_L1+=("$(elapsed wg "$A" audit list --grant "$GRANT" --limit 100 --format jsonl)")
+        T_S1+=("$(elapsed sqlite3 -readonly -json "$DBF" "$Q_GRANT")")
+        T_L2+=("$(elapsed wg "$A" audit list --since 1d --action file.fetch --limit 100 --format jsonl)")
+        T_S2+=("$(elapsed sqlite3 -readonly -json "$DBF" "$Q_SINCE")")
+    done
+    ms() { calc "$1 * 1000" 0; }
+    t_l1=$(median "${T_L1[@]}") t_s1=$(median "${T_S1[@]}") t_l2=$(median "${T_L2[@]}") t_s2=$(median "${T_S2[@]}")
+    log "list --grant: $(fmt_runs "${T_L1[@]}") s vs sqlite3 $(fmt_runs "${T_S1[@]}") s; list --since: $(fmt_runs "${T_L2[@]}") s vs sqlite3 $(fmt_runs "${T_S2[@]}") s"
+    row "5b. \`audit list --grant G --limit 100 --format jsonl\` (G has $GRANT_EVENTS events)" "$(ms "$t_l1") ms" "sqlite3 -json, same SELECT: $(ms "$t_s1") ms" "$(calc "$t_l1 / $t_s1" 1)x slower" "< 200 ms" "$(met "$t_l1 < 0.2")"
+    row "5c. \`audit list --since 1d --action file.fetch --limit 100 --format jsonl\`" "$(ms "$t_l2") ms" "sqlite3 -json, same SELECT: $(ms "$t_s2") ms" "$(calc "$t_l2 / $t_s2" 1)x slower" "< 200 ms" "$(met "$t_l2 < 0.2")"
+    note "audit at scale: $TOTAL_EVENTS events, $(calc "$(stat -c %s "$DBF") / 1048576" 0) MiB database, canonical encodings $CANON_BYTES bytes; generated by bench/fill_audit.py and accepted by \`audit verify\`"
+fi
+
+# ---------------------------------------------------------------- report
+{
+    echo "weightgate benchmarks, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $COMMIT$( [ "$DIRTY" != 0 ] && echo " (+$DIRTY locally changed source files)")"
+    echo "machine: $(nproc) cores, $CPU, $MEM, $(uname -r); load average at start $LOAD_START, at end $(cut -d' ' -f1-3 /proc/loadavg); quick=$QUICK"
+    echo "sizes: hash ${HASH_FILES}x${HASH_MIB} MiB, download $DL_MIB MiB, $CLIENTS clients at $CLIENT_RATE/s for ${CLIENT_SECONDS}s, wrk -t$WRK_THREADS -c$WRK_CONNS -d${WRK_SECONDS}s, audit $AUDIT_EVENTS events, $RUNS runs each (median)"
+    echo
+    echo "| measurement | weightgate | baseline (same run) | ratio | target | met |"
+    echo "|---|---|---|---|---|---|"
+    printf '%s\n' "${ROWS[@]}"
+    if [ "${#NOTES[@]}" -gt 0 ]; then
+        echo
+        printf -- '- %s\n' "${NOTES[@]}"
+    fi
+} | tee "$RESULTS"
+log "results also written to $RESULTS"
