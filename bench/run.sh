@@ -160,16 +160,34 @@ else
     fi
 fi
 if [ -n "${BENCH_BIN:-}" ]; then
-    WG=$BENCH_BIN
+    BUILT=$BENCH_BIN
     COMMIT="$COMMIT (binary $BENCH_BIN)"
 else
-    WG=$TARGET_DIR/release/weightgate
+    BUILT=$TARGET_DIR/release/weightgate
     if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
+        # Cargo decides what to rebuild by the sources' mtimes and paths relative
+        # to the package, so a binary built from another checkout into the same
+        # target dir can look up to date (git archive gives files the commit's
+        # time). A stamp names the source of the last build and the binary it
+        # made; when either differs (another source, or someone else's build
+        # since), weightgate's own artifacts are cleaned first (the
+        # dependencies stay), so the build really compiles $SRC.
+        STAMP=$TARGET_DIR/release/.bench-source
+        WANT=$([ "$SOURCE" = worktree ] && echo "worktree:$SRC" || echo "$REV")
+        binary_id() { stat -c '%i.%Y' "$TARGET_DIR/release/weightgate" 2>/dev/null || echo none; }
+        if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT $(binary_id)" ]; then
+            (cd "$SRC" && CARGO_TARGET_DIR=$TARGET_DIR cargo clean --release -p weightgate -q) || die "cargo clean failed"
+        fi
         log "building weightgate $COMMIT from $SRC (release, CARGO_TARGET_DIR=$TARGET_DIR)"
         (cd "$SRC" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --release --locked -q) || die "cargo build failed"
+        mkdir -p "$(dirname "$STAMP")"
+        echo "$WANT $(binary_id)" >"$STAMP"
     fi
 fi
-[ -x "$WG" ] || die "no weightgate binary at $WG"
+[ -x "$BUILT" ] || die "no weightgate binary at $BUILT"
+# A private copy: another build into the same target dir cannot swap it mid-run.
+WG=$WORK/weightgate
+cp "$BUILT" "$WG"
 
 CPU=$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)
 MEM=$(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
