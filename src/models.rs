@@ -139,7 +139,9 @@ pub fn hash_file(path: &Path, chunk_size: Option<u64>, bar: &ProgressBar) -> any
     let mut chunk = Sha256::new();
     let mut chunks = Vec::new();
     let mut in_chunk = 0u64;
-    let mut buf = vec![0u8; 1 << 20];
+    // Small enough that the kernel's copy and the hash's read of it stay in
+    // the CPU's L2 cache: a 1 MiB buffer hashed a third slower.
+    let mut buf = vec![0u8; 64 << 10];
     let mut size = 0u64;
     loop {
         let n = file
