@@ -176,16 +176,20 @@ pub async fn confirm(app: &App, token: &str, client: Client) -> anyhow::Result<A
         .await?
         .ok_or(ConfirmError::UnknownToken)?;
     let mut tx = app.db.begin().await?;
-    if db::applications::mark_confirmed(&mut tx, &view.id, now_ms()).await? {
+    let confirmed = db::applications::mark_confirmed(&mut tx, &view.id, now_ms()).await?;
+    if confirmed {
         let mut event = Event::new("application.confirmed", Outcome::Ok);
         event.subject = Some(view.email.clone());
         event.model_id = Some(view.model_id.clone());
         event.application_id = Some(view.id.clone());
         event.researcher_id = Some(view.researcher_id.clone());
-        event.client = client;
+        event.client = client.clone();
         audit::append(&mut tx, app.db.backend(), &[event]).await?;
     }
     tx.commit().await?;
+    if confirmed {
+        crate::reviews::on_confirmed(app, &view.id, client).await?;
+    }
     let view = db::applications::find_view(app.db.pool(), &view.id)
         .await?
         .ok_or(ConfirmError::UnknownToken)?;

@@ -18,6 +18,8 @@ pub mod links;
 pub mod mail;
 pub mod manifests;
 pub mod models;
+pub mod notices;
+pub mod policy;
 pub mod reviews;
 pub mod storage;
 pub mod telemetry;

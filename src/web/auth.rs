@@ -122,6 +122,7 @@ impl FromRequestParts<AppState> for CurrentReviewer {
             None => None,
         };
         reviewer
+            .filter(|r| r.disabled_at.is_none())
             .map(CurrentReviewer)
             .ok_or_else(|| Redirect::to("/admin/login").into_response())
     }

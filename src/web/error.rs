@@ -69,15 +69,22 @@ impl From<anyhow::Error> for Error {
         if let Some(e) = err.downcast_ref::<ReviewError>() {
             return match e {
                 ReviewError::NotFound => Error::NotFound,
-                ReviewError::NotPending(_) => Error::Conflict(e.to_string()),
-                ReviewError::ReasonRequired | ReviewError::BadDuration => Error::BadRequest(e.to_string()),
+                ReviewError::NotPending(_) | ReviewError::AlreadyApproved => Error::Conflict(e.to_string()),
+                ReviewError::NotAssigned => Error::Forbidden {
+                    code: "not_assigned",
+                    message: e.to_string(),
+                },
+                ReviewError::ReasonRequired
+                | ReviewError::NoteTooLong
+                | ReviewError::BadDuration
+                | ReviewError::BadSelection => Error::BadRequest(e.to_string()),
             };
         }
         if let Some(e) = err.downcast_ref::<GrantError>() {
             return match e {
                 GrantError::NotFound => Error::NotFound,
                 GrantError::AlreadyRevoked => Error::Conflict(e.to_string()),
-                GrantError::ReasonRequired => Error::BadRequest(e.to_string()),
+                GrantError::ReasonRequired | GrantError::BadExtension => Error::BadRequest(e.to_string()),
             };
         }
         if let Some(e) = err.downcast_ref::<ModelError>() {
@@ -88,6 +95,9 @@ impl From<anyhow::Error> for Error {
         }
         if err.downcast_ref::<ConfirmError>().is_some() {
             return Error::NotFound;
+        }
+        if let Some(e) = err.downcast_ref::<crate::policy::PolicyError>() {
+            return Error::BadRequest(e.to_string());
         }
         if let Some(e) = err.downcast_ref::<AccountError>() {
             return Error::BadRequest(e.to_string());

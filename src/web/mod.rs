@@ -6,6 +6,7 @@ mod audit;
 mod auth;
 mod download;
 mod error;
+mod manage;
 mod ops;
 mod pages;
 mod public;
@@ -37,6 +38,8 @@ use crate::{app::App, audit::Client, links::load_or_create_keys};
 pub struct AppState {
     pub app: Arc<App>,
     csrf: CsrfConfig,
+    /// Sign-in attempts per account and per address, on this replica.
+    throttle: Arc<crate::accounts::SignInThrottle>,
 }
 
 impl FromRef<AppState> for CsrfConfig {
@@ -90,18 +93,34 @@ pub async fn router(app: Arc<App>) -> anyhow::Result<Router> {
         .with_same_site(SameSite::Lax)
         .with_secure(secure)
         .with_expiry(Expiry::OnInactivity(time::Duration::hours(8)));
-    let state = AppState { app, csrf };
+    let state = AppState {
+        app,
+        csrf,
+        throttle: Arc::new(crate::accounts::SignInThrottle::default()),
+    };
 
     let admin = Router::new()
         .route("/admin", get(admin::queue))
         .route("/admin/login", get(admin::login_page).post(admin::login))
         .route("/admin/logout", post(admin::logout))
+        .route("/admin/applications/bulk", post(admin::bulk))
         .route("/admin/applications/{id}", get(admin::application))
         .route("/admin/applications/{id}/approve", post(admin::approve))
         .route("/admin/applications/{id}/deny", post(admin::deny))
         .route("/admin/grants", get(admin::grants))
         .route("/admin/grants/{id}", get(audit::grant))
         .route("/admin/grants/{id}/revoke", post(admin::revoke))
+        .route("/admin/grants/{id}/extend", post(admin::extend))
+        .route(
+            "/admin/reviewers",
+            get(manage::reviewers).post(manage::save_reviewer),
+        )
+        .route("/admin/reviewers/{id}", post(manage::change_reviewer))
+        .route("/admin/models", get(manage::models))
+        .route("/admin/models/{slug}/policy", post(manage::save_policy))
+        .route("/admin/templates", post(manage::save_template))
+        .route("/admin/templates/{id}/delete", post(manage::delete_template))
+        .route("/admin/account", get(manage::account).post(manage::save_account))
         .route("/admin/audit", get(audit::page))
         .layer(sessions);
 
@@ -176,6 +195,10 @@ pub async fn serve(
     let cleanup = tokio::spawn(auth::expire_sessions(app.db.clone(), Duration::from_secs(600)));
     let mailer = app.mail.run_worker(app.db.clone())?;
     let refresh = tokio::spawn(app.links.clone().refresh_periodically(Duration::from_secs(60)));
+    let notices = tokio::spawn(crate::notices::run_periodically(
+        app.clone(),
+        app.config.notices_every,
+    ));
     let checkpoints = tokio::spawn(crate::audit::checkpoint_periodically(
         app.db.clone(),
         app.config.audit_checkpoint_every,
@@ -216,5 +239,6 @@ pub async fn serve(
     mailer.abort();
     refresh.abort();
     checkpoints.abort();
+    notices.abort();
     result
 }

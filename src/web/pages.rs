@@ -109,6 +109,18 @@ pub struct Login {
 pub struct Header {
     pub email: String,
     pub csrf: String,
+    /// Admins also see the pages that manage reviewers and models.
+    pub is_admin: bool,
+}
+
+impl Header {
+    pub fn new(reviewer: &db::reviewers::Reviewer, token: &axum_csrf::CsrfToken) -> Result<Self, Error> {
+        Ok(Self {
+            email: reviewer.email.clone(),
+            csrf: super::auth::csrf_field(token)?,
+            is_admin: reviewer.is_admin(),
+        })
+    }
 }
 
 pub struct ApplicationRow {
@@ -135,18 +147,83 @@ impl From<&db::applications::ApplicationView> for ApplicationRow {
     }
 }
 
+/// One row of the queue.
+pub struct QueueRow {
+    pub app: ApplicationRow,
+    /// How long it has waited since confirmation, e.g. `3 d 4 h`.
+    pub waited: String,
+    pub overdue: bool,
+    /// `1 of 2` under an N-of-M policy, empty otherwise.
+    pub approvals: String,
+    /// Shown with a checkbox for bulk decisions.
+    pub selectable: bool,
+}
+
+/// An `<option>` of a select.
+pub struct Choice {
+    pub value: String,
+    pub label: String,
+    pub selected: bool,
+}
+
+impl Choice {
+    pub fn list(options: &[(&str, &str)], current: &str) -> Vec<Choice> {
+        options
+            .iter()
+            .map(|(value, label)| Choice {
+                value: (*value).to_owned(),
+                label: (*label).to_owned(),
+                selected: *value == current,
+            })
+            .collect()
+    }
+}
+
 #[derive(Template)]
 #[template(path = "admin/queue.html")]
 pub struct Queue {
     pub header: Header,
-    pub pending: Vec<ApplicationRow>,
-    pub decided: Vec<ApplicationRow>,
+    pub rows: Vec<QueueRow>,
+    pub total: i64,
+    pub models: Vec<Choice>,
+    pub statuses: Vec<Choice>,
+    pub sorts: Vec<Choice>,
+    pub waited_days: String,
+    pub domain: String,
+    pub text: String,
+    pub page: i64,
+    pub pages: i64,
+    /// Query strings of the neighbouring pages, empty at either end.
+    pub prev: String,
+    pub next: String,
+    pub default_days: u64,
+    pub templates: Vec<Choice>,
+    /// What the last bulk decision did, row by row.
+    pub results: Vec<BulkResultRow>,
+}
+
+pub struct BulkResultRow {
+    pub id: String,
+    pub email: String,
+    pub ok: bool,
+    pub message: String,
 }
 
 pub struct ReviewRow {
     pub reviewer: String,
     pub decision: String,
     pub reason: String,
+    pub note: String,
+    pub days: String,
+    pub when: String,
+}
+
+/// Another application or grant of the same researcher.
+pub struct HistoryRow {
+    pub href: String,
+    pub what: String,
+    pub model: String,
+    pub state: String,
     pub when: String,
 }
 
@@ -160,8 +237,16 @@ pub struct ApplicationPage {
     pub submitted: String,
     pub confirmed: String,
     pub pending: bool,
+    /// The reviewer may decide it (admin, or assigned to the model).
+    pub may_decide: bool,
+    pub already_approved: bool,
     pub reviews: Vec<ReviewRow>,
     pub default_days: u64,
+    pub domain: String,
+    /// `approval 1 of 2 so far` under an N-of-M policy.
+    pub policy: String,
+    pub history: Vec<HistoryRow>,
+    pub templates: Vec<Choice>,
 }
 
 pub struct GrantRow {
@@ -179,6 +264,68 @@ pub struct GrantRow {
 pub struct Grants {
     pub header: Header,
     pub grants: Vec<GrantRow>,
+    pub total: i64,
+    pub models: Vec<Choice>,
+    pub states: Vec<Choice>,
+    pub email: String,
+    pub expiring_days: String,
+    pub page: i64,
+    pub pages: i64,
+    pub prev: String,
+    pub next: String,
+}
+
+pub struct ReviewerRow {
+    pub id: String,
+    pub email: String,
+    pub is_admin: bool,
+    pub disabled: bool,
+    pub notify: String,
+    pub models: String,
+    pub is_self: bool,
+}
+
+#[derive(Template)]
+#[template(path = "admin/reviewers.html")]
+pub struct ReviewersPage {
+    pub header: Header,
+    pub reviewers: Vec<ReviewerRow>,
+    pub models: Vec<Choice>,
+    pub message: String,
+    pub error: String,
+    pub min_password: usize,
+}
+
+pub struct PolicyRow {
+    pub slug: String,
+    pub approvals_needed: i64,
+    pub auto_approve_domains: String,
+    pub review_target_days: i64,
+    pub reviewers: String,
+}
+
+pub struct TemplateRow {
+    pub id: String,
+    pub title: String,
+    pub body: String,
+}
+
+#[derive(Template)]
+#[template(path = "admin/models.html")]
+pub struct ModelsPage {
+    pub header: Header,
+    pub models: Vec<PolicyRow>,
+    pub templates: Vec<TemplateRow>,
+    pub message: String,
+}
+
+#[derive(Template)]
+#[template(path = "admin/account.html")]
+pub struct AccountPage {
+    pub header: Header,
+    pub notify: Vec<Choice>,
+    pub models: String,
+    pub message: String,
 }
 
 /// Human-readable byte counts.
@@ -270,4 +417,5 @@ pub struct GrantPage {
     pub expires: String,
     pub revoked_reason: String,
     pub events: Vec<EventRowView>,
+    pub default_days: u64,
 }

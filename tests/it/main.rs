@@ -38,6 +38,7 @@ mod audit;
 mod browser;
 mod cli;
 mod client;
+mod dashboard;
 mod downloads;
 mod journey;
 mod mail;
