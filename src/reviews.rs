@@ -116,9 +116,10 @@ fn checked_note(note: Option<&str>) -> Result<Option<&str>, ReviewError> {
     }
 }
 
-/// Approves a pending application as `reviewer`. The grant (lasting `days`,
-/// or the configured default) is created once the model's policy has its
-/// approvals from distinct reviewers; until then the approval is recorded.
+/// Approves a pending application as `reviewer`. The grant is created once
+/// the model's policy has its approvals from distinct reviewers (until then
+/// the approval is recorded); it lasts the shortest of the durations the
+/// approving reviewers chose (the configured default when none did).
 pub async fn approve(
     app: &App,
     reviewer: &Reviewer,
@@ -138,10 +139,11 @@ pub async fn approve(
     if !db::applications::lock_pending(&mut tx, &view.id).await? {
         return Err(ReviewError::NotPending("already decided".into()).into());
     }
-    let mut approvers = db::applications::approvers(&mut tx, &view.id).await?;
-    if approvers.contains(&reviewer.id) {
+    let mut approvals = db::applications::approvals(&mut tx, &view.id).await?;
+    if approvals.iter().any(|a| a.reviewer_id == reviewer.id) {
         return Err(ReviewError::AlreadyApproved.into());
     }
+    let grant_days = days.map(|d| i64::try_from(d).unwrap_or(i64::MAX));
     db::applications::insert_review(
         &mut tx,
         &NewReview {
@@ -150,29 +152,41 @@ pub async fn approve(
             reviewer_id: &reviewer.id,
             decision: "approve",
             reason: None,
-            grant_days: days.map(|d| i64::try_from(d).unwrap_or(i64::MAX)),
+            grant_days,
             note,
             created_at: now,
         },
     )
     .await?;
-    approvers.push(reviewer.id.clone());
+    approvals.push(db::applications::ApprovalSoFar {
+        reviewer_id: reviewer.id.clone(),
+        grant_days,
+        note: note.map(str::to_owned),
+    });
     let mut approved = decision_event("review.approved", &reviewer.email, &view, &client);
-    approved.reason = Some(format!("approval {} of {needed}", approvers.len()));
-    if approvers.len() < needed {
+    approved.reason = Some(format!("approval {} of {needed}", approvals.len()));
+    if approvals.len() < needed {
         audit::append(&mut tx, app.db.backend(), &[approved]).await?;
         tx.commit().await?;
         return Ok(Approval::Recorded {
-            approvals: approvers.len(),
+            approvals: approvals.len(),
             needed,
         });
     }
+    // The grant lasts no longer than any approving reviewer agreed to, and
+    // carries every reviewer's note.
+    let ttl = match approvals.iter().filter_map(|a| a.grant_days).min() {
+        Some(d) => grant_ttl(app, u64::try_from(d).ok())?,
+        None => ttl,
+    };
+    let notes: Vec<&str> = approvals.iter().filter_map(|a| a.note.as_deref()).collect();
+    let note = (!notes.is_empty()).then(|| notes.join("\n\n"));
     let granted = grant(
         app,
         &mut tx,
         &view,
         ttl,
-        note,
+        note.as_deref(),
         &reviewer.email,
         &client,
         approved,

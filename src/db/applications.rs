@@ -206,10 +206,19 @@ pub async fn lock_pending(tx: &mut Tx, id: &str) -> sqlx::Result<bool> {
     Ok(done.rows_affected() == 1)
 }
 
-/// The reviewers who approved an application so far.
-pub async fn approvers(tx: &mut Tx, application_id: &str) -> sqlx::Result<Vec<String>> {
-    sqlx::query_scalar(
-        "SELECT DISTINCT reviewer_id FROM reviews WHERE application_id = $1 AND decision = 'approve'",
+/// One approval so far: who, the grant length they chose, their note.
+#[derive(Clone, Debug, FromRow)]
+pub struct ApprovalSoFar {
+    pub reviewer_id: String,
+    pub grant_days: Option<i64>,
+    pub note: Option<String>,
+}
+
+/// The approvals an application has so far, oldest first.
+pub async fn approvals(tx: &mut Tx, application_id: &str) -> sqlx::Result<Vec<ApprovalSoFar>> {
+    sqlx::query_as(
+        "SELECT reviewer_id, grant_days, note FROM reviews
+         WHERE application_id = $1 AND decision = 'approve' ORDER BY created_at, id",
     )
     .bind(application_id)
     .fetch_all(&mut **tx)

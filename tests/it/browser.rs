@@ -239,3 +239,114 @@ async fn in_a_browser_a_researcher_applies_a_reviewer_approves_and_the_file_down
     reviewer.close().await;
 }
 }
+
+both! {
+async fn in_a_browser_two_reviewers_approve_one_denies_in_bulk_and_an_admin_revokes() {
+    let t = TestApp::spawn().await;
+    let downloads = t.dir.path().join("browser-downloads");
+    std::fs::create_dir_all(&downloads).unwrap();
+    let Some(admin) = Browser::start(&downloads).await else { return };
+    weightgate::policy::set(
+        &t.app,
+        MODEL,
+        &weightgate::policy::PolicyChange {
+            approvals_needed: 2,
+            auto_approve_domains: String::new(),
+            review_target_days: 7,
+        },
+        "test",
+    )
+    .await
+    .unwrap();
+    let second: weightgate::types::Email = "second@lab.example.org".parse().unwrap();
+    weightgate::accounts::add_reviewer(&t.app, &second, PASSWORD, false, "test").await.unwrap();
+    weightgate::policy::assign(&t.app, MODEL, &second, true, "test").await.unwrap();
+    weightgate::policy::save_template(&t.app, "Institution", "We release to research institutions only.", "test")
+        .await
+        .unwrap();
+    for email in ["keep@uni.example.edu", "deny1@corp.example.com", "deny2@corp.example.com"] {
+        t.apply_and_confirm(email).await;
+    }
+
+    admin.client.goto(&t.url("/admin")).await.unwrap();
+    admin.fill("email", REVIEWER).await;
+    admin.fill("password", PASSWORD).await;
+    admin.click("button[type='submit']").await;
+    admin.wait_for_text("deny2@corp.example.com").await;
+    admin.screenshot("queue-bulk").await;
+
+    // Bulk denial of the two corporate addresses, from a template plus a line.
+    for email in ["deny1@corp.example.com", "deny2@corp.example.com"] {
+        let row = admin
+            .client
+            .find(Locator::XPath(&format!("//tr[contains(., '{email}')]//input[@type='checkbox']")))
+            .await
+            .unwrap();
+        row.click().await.unwrap();
+    }
+    admin
+        .client
+        .find(Locator::Css("#bulk-template"))
+        .await
+        .unwrap()
+        .select_by_label("Institution")
+        .await
+        .unwrap();
+    admin.fill("reason", "Apply with your university address.").await;
+    admin.click("button[value='deny']").await;
+    admin.wait_for_text("Bulk decision").await;
+    admin.screenshot("bulk-result").await;
+    let shown = admin.text().await;
+    assert_eq!(shown.matches(": denied").count(), 2, "{shown}");
+    let mail = t.wait_for_mail("deny1@corp.example.com", "Your application for").await;
+    assert!(mail.contains("research institutions only") && mail.contains("university address"));
+
+    // The first of two approvals.
+    admin.client.goto(&t.url("/admin?domain=uni.example.edu")).await.unwrap();
+    admin.click("table a[href^='/admin/applications/']").await;
+    admin.wait_for_text("Compiler research").await;
+    admin.fill("note", "Enjoy.").await;
+    admin.click("form[action$='/approve'] button").await;
+    admin.wait_for_text("1 so far").await;
+    admin.screenshot("application-one-of-two").await;
+
+    // The second reviewer's approval creates the grant.
+    let reviewer = Browser::start(&downloads).await.unwrap();
+    reviewer.client.goto(&t.url("/admin/login")).await.unwrap();
+    reviewer.fill("email", "second@lab.example.org").await;
+    reviewer.fill("password", PASSWORD).await;
+    reviewer.click("button[type='submit']").await;
+    reviewer.wait_for_text("keep@uni.example.edu").await;
+    reviewer.click("table a[href^='/admin/applications/']").await;
+    reviewer.wait_for_text("1 so far").await;
+    reviewer.click("form[action$='/approve'] button").await;
+    reviewer.wait_for_text("approved").await;
+    let mail = t.wait_for_mail("keep@uni.example.edu", "is approved").await;
+    assert!(mail.contains("Enjoy."), "the first reviewer's note reaches the researcher");
+    let access = link_in(&mail, "/access/");
+    let links = t.download_links(&access).await;
+    assert!(!links.is_empty());
+
+    // An admin revokes the grant with a reason; its links stop working.
+    admin.client.goto(&t.url("/admin/grants?state=active")).await.unwrap();
+    admin.wait_for_text("keep@uni.example.edu").await;
+    admin.screenshot("grants").await;
+    admin.click("table a[href^='/admin/grants/']").await;
+    admin.wait_for_text("History").await;
+    admin.fill("reason", "Licence breach reported.").await;
+    admin.click("form[action$='/revoke'] button").await;
+    admin.wait_for_text("revoked: Licence breach reported.").await;
+    admin.screenshot("grant-revoked").await;
+    let refused = t.client.get(&links[0].1).send().await.unwrap();
+    assert_eq!(refused.status(), 403);
+    t.wait_for_mail("keep@uni.example.edu", "was revoked").await;
+
+    for (path, name) in [("/admin/reviewers", "reviewers"), ("/admin/models", "models"), ("/admin/account", "account")] {
+        admin.client.goto(&t.url(path)).await.unwrap();
+        admin.wait_for_text("").await;
+        admin.screenshot(name).await;
+    }
+    admin.close().await;
+    reviewer.close().await;
+}
+}
