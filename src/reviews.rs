@@ -76,6 +76,10 @@ pub async fn approve(
         None => app.config.grant_ttl,
     };
     let view = pending(app, application_id).await?;
+    // A renewal extends the grant it names rather than making a second one.
+    if view.kind == "renewal" {
+        return crate::renewals::approve(app, reviewer, &view, ttl, client).await;
+    }
     let now = now_ms();
     let expires_at = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
     let token = new_token();

@@ -7,6 +7,7 @@ pub mod grants;
 pub mod keys;
 pub mod models;
 pub mod outbox;
+pub mod researchers;
 pub mod reviewers;
 pub mod sessions;
 

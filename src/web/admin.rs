@@ -18,7 +18,7 @@ use super::{
 use crate::{
     accounts, db,
     grants::{self, GrantState},
-    reviews,
+    questions, reviews, threads,
     types::{format_ms, now_ms},
 };
 
@@ -139,8 +139,51 @@ pub async fn application(
             })
             .collect(),
         default_days: state.app.config.grant_ttl.as_secs() / 86_400,
+        kind: view.kind.clone(),
+        parent_id: view.parent_id.clone().unwrap_or_default(),
+        grant_id: view.grant_id.clone().unwrap_or_default(),
+        answers: questions::stored_answers(&view.answers)
+            .iter()
+            .map(pages::AnswerRow::from)
+            .collect(),
+        messages: db::applications::messages_of(pool, &id)
+            .await?
+            .into_iter()
+            .map(|m| pages::MessageRow {
+                who: if m.author_kind == "reviewer" {
+                    format!("{} (reviewer) asked", m.author_email)
+                } else {
+                    format!("{} (applicant) wrote", m.author_email)
+                },
+                when: format_ms(m.created_at),
+                body: m.body,
+            })
+            .collect(),
+        can_ask: matches!(view.status.as_str(), "pending" | "info_requested"),
     };
     Ok((token, render(&page)?).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct AskForm {
+    #[serde(default)]
+    authenticity_token: String,
+    #[serde(default)]
+    message: String,
+}
+
+/// Asks the applicant for more information.
+pub async fn ask(
+    State(state): State<AppState>,
+    token: CsrfToken,
+    CurrentReviewer(reviewer): CurrentReviewer,
+    ClientInfo(client): ClientInfo,
+    Path(id): Path<String>,
+    Form(form): Form<AskForm>,
+) -> Result<Response, Error> {
+    check_csrf(&token, &form.authenticity_token)?;
+    threads::ask(&state.app, &reviewer, &id, &form.message, client).await?;
+    Ok(Redirect::to(&format!("/admin/applications/{id}")).into_response())
 }
 
 #[derive(Deserialize)]

@@ -44,6 +44,12 @@ pub struct ModelPage {
     pub form: FormValues,
     pub errors: FieldErrors,
     pub csrf: String,
+    pub questions: Vec<QuestionField>,
+    /// "Reviews of this model usually take …", or that none were decided yet.
+    pub review_time: String,
+    /// For a signed-in researcher who cannot apply now: why, and until when.
+    pub blocked: String,
+    pub signed_in: bool,
 }
 
 impl ModelPage {
@@ -162,6 +168,14 @@ pub struct ApplicationPage {
     pub pending: bool,
     pub reviews: Vec<ReviewRow>,
     pub default_days: u64,
+    /// `new`, `renewal` or `appeal`, with the answers to the model's questions
+    /// and the question thread.
+    pub kind: String,
+    pub parent_id: String,
+    pub grant_id: String,
+    pub answers: Vec<AnswerRow>,
+    pub messages: Vec<MessageRow>,
+    pub can_ask: bool,
 }
 
 pub struct GrantRow {
@@ -270,4 +284,146 @@ pub struct GrantPage {
     pub expires: String,
     pub revoked_reason: String,
     pub events: Vec<EventRowView>,
+}
+
+/// One choice of a select or country question.
+pub struct OptionItem {
+    pub value: String,
+    pub label: String,
+    pub selected: bool,
+}
+
+/// A model's own question on the application form, with what was entered.
+pub struct QuestionField {
+    pub field: String,
+    pub label: String,
+    /// `text`, `long_text`, `select`, `checkbox`, `country` or `url`.
+    pub kind: &'static str,
+    pub required: bool,
+    pub help: String,
+    pub value: String,
+    pub checked: bool,
+    pub options: Vec<OptionItem>,
+    pub error: String,
+}
+
+/// A question and its answer, ready to show.
+pub struct AnswerRow {
+    pub label: String,
+    pub value: String,
+}
+
+impl From<&crate::questions::Answer> for AnswerRow {
+    fn from(a: &crate::questions::Answer) -> Self {
+        let value = a.display();
+        Self {
+            label: a.label.clone(),
+            value: if value.is_empty() {
+                "(no answer)".into()
+            } else {
+                value
+            },
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "terms.html")]
+pub struct TermsPage {
+    pub slug: String,
+    pub title: String,
+    pub version: i64,
+    pub current: i64,
+    pub published: String,
+    pub terms: String,
+}
+
+#[derive(Template)]
+#[template(path = "signin.html")]
+pub struct SigninPage {
+    pub csrf: String,
+    pub email: String,
+    pub error: String,
+    /// Shown above the form, e.g. when a link was used up.
+    pub notice: String,
+}
+
+#[derive(Template)]
+#[template(path = "signin_sent.html")]
+pub struct SigninSent {
+    pub email: String,
+    pub minutes: i64,
+}
+
+#[derive(Template)]
+#[template(path = "signin_link.html")]
+pub struct SigninLink {
+    pub token: String,
+    pub csrf: String,
+}
+
+/// A researcher's header: who is signed in, and the sign-out form.
+pub struct ResearcherHeader {
+    pub email: String,
+    pub csrf: String,
+}
+
+pub struct HistoryRow {
+    pub when: String,
+    pub what: String,
+    pub body: String,
+}
+
+pub struct MyApplicationRow {
+    pub id: String,
+    pub model_slug: String,
+    pub model_title: String,
+    pub status: String,
+    pub kind: String,
+    pub submitted: String,
+    pub terms_version: i64,
+    pub next_step: String,
+    pub denial_reason: String,
+    pub reapply_from: String,
+    pub reapply_now: bool,
+    pub can_answer: bool,
+    pub can_appeal: bool,
+    pub history: Vec<HistoryRow>,
+    pub answers: Vec<AnswerRow>,
+}
+
+#[derive(Template)]
+#[template(path = "me.html")]
+pub struct MyApplications {
+    pub header: ResearcherHeader,
+    pub applications: Vec<MyApplicationRow>,
+}
+
+pub struct MyGrantRow {
+    pub id: String,
+    pub model_slug: String,
+    pub model_title: String,
+    pub state: String,
+    pub expires: String,
+    pub revoked_reason: String,
+    pub links_expire: String,
+    pub releases: Vec<ReleaseRows>,
+    /// Set right after the researcher asked for it.
+    pub manifest_url: String,
+    /// When a renewal waits for the reviewers.
+    pub renewal_pending: bool,
+}
+
+#[derive(Template)]
+#[template(path = "me_access.html")]
+pub struct MyAccess {
+    pub header: ResearcherHeader,
+    pub grants: Vec<MyGrantRow>,
+    pub public_key_url: String,
+}
+
+pub struct MessageRow {
+    pub who: String,
+    pub when: String,
+    pub body: String,
 }
