@@ -369,6 +369,16 @@ pub fn describe_duration(ms: i64) -> String {
     }
 }
 
+/// A status in the researcher's words.
+pub fn status_label(status: &str) -> &str {
+    match status {
+        "unconfirmed" => "e-mail not confirmed",
+        "pending" => "with the reviewers",
+        "info_requested" => "question for you",
+        other => other,
+    }
+}
+
 /// What a researcher reads about an application in each state: what happens
 /// next, and when.
 pub fn next_step(status: &str, kind: &str, typical: Option<i64>) -> String {

@@ -19,6 +19,7 @@ use super::{
     pages::{self, AnswerRow, HistoryRow, LinkRow, ReleaseRows, ResearcherHeader, human_size, render},
 };
 use crate::{
+    applications,
     audit::Client,
     db,
     grants::{self, GrantState},
@@ -150,6 +151,7 @@ pub async fn applications(
             model_slug: a.view.model_slug.clone(),
             model_title: a.view.model_title.clone(),
             status: a.view.status.clone(),
+            status_label: applications::status_label(&a.view.status).to_owned(),
             kind: a.view.kind.clone(),
             submitted: format_ms(a.view.created_at),
             terms_version: a.view.terms_version,

@@ -379,6 +379,7 @@ pub struct MyApplicationRow {
     pub model_slug: String,
     pub model_title: String,
     pub status: String,
+    pub status_label: String,
     pub kind: String,
     pub submitted: String,
     pub terms_version: i64,
