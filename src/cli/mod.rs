@@ -169,7 +169,7 @@ pub enum ModelCommand {
     ReapplyAfter {
         slug: String,
         #[arg(long)]
-        days: i64,
+        days: u32,
     },
 }
 
@@ -465,7 +465,7 @@ async fn model(app: Arc<App>, cmd: ModelCommand) -> anyhow::Result<()> {
         }
         ModelCommand::ReapplyAfter { slug, days } => {
             let slug: Slug = slug.parse().map_err(|e: String| anyhow::anyhow!(e))?;
-            models::set_reapply_after(&app, &slug, days, &operator()).await?;
+            models::set_reapply_after(&app, &slug, i64::from(days), &operator()).await?;
             println!("a researcher denied access to {slug} may apply again after {days} days");
         }
         ModelCommand::List { format } => {

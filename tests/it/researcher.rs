@@ -443,3 +443,50 @@ async fn an_approved_renewal_extends_the_grant_instead_of_making_a_second_one() 
     assert!(me.contains("your access was extended"), "{me}");
 }
 }
+
+both! {
+async fn operators_set_a_models_questions_terms_and_wait_from_the_command_line() {
+    let t = TestApp::spawn().await;
+    let (ok, out, err) = crate::cli::weightgate(
+        &t,
+        &["model", "questions", MODEL, "--file", "-"],
+        Some(r#"[{"id": "paper", "label": "A paper of yours", "kind": "url", "required": true}]"#),
+    );
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("now asks 1 questions"), "{out}");
+    let (ok, _, err) = crate::cli::weightgate(
+        &t,
+        &["model", "questions", MODEL, "--file", "-"],
+        Some(r#"[{"id": "paper", "label": "Paper", "kind": "url", "options": ["a"]}]"#),
+    );
+    assert!(!ok);
+    assert!(err.contains("only a select has options"), "{err}");
+    let (ok, out, _) = crate::cli::weightgate(&t, &["model", "questions", MODEL], None);
+    assert!(ok);
+    assert!(out.contains("\"A paper of yours\""), "{out}");
+
+    let terms = t.dir.path().join("terms.md");
+    std::fs::write(&terms, "Research only.\nCite us.").unwrap();
+    let terms = terms.display().to_string();
+    let (ok, out, err) = crate::cli::weightgate(&t, &["model", "terms", MODEL, "--file", &terms], None);
+    assert!(ok, "{err}");
+    assert!(out.contains("version 2"), "{out}");
+    let (ok, _, err) = crate::cli::weightgate(&t, &["model", "terms", MODEL, "--file", &terms], None);
+    assert!(!ok, "the same text is not a new version");
+    assert!(err.contains("already the terms"), "{err}");
+
+    let (ok, _, err) = crate::cli::weightgate(&t, &["model", "reapply-after", MODEL, "--days", "5000"], None);
+    assert!(!ok);
+    assert!(err.contains("0 to 3650 days"), "{err}");
+    let (ok, _, err) = crate::cli::weightgate(&t, &["model", "reapply-after", MODEL, "--days", "7"], None);
+    assert!(ok, "{err}");
+
+    let (_, page) = t.get_html(&client(), &format!("/models/{MODEL}")).await;
+    assert!(page.contains("A paper of yours") && page.contains("Cite us.") && page.contains("(version 2)"));
+    let actions: Vec<_> = t.audit_events().await.into_iter().map(|e| (e.action, e.actor)).collect();
+    for action in ["model.questions_changed", "model.terms_changed", "model.reapply_after_changed"] {
+        let (_, actor) = actions.iter().find(|(a, _)| a == action).unwrap();
+        assert!(actor.as_deref().unwrap_or("").starts_with("operator:"), "{action}");
+    }
+}
+}
