@@ -18,26 +18,48 @@ pub const DIGEST_EVERY: Duration = Duration::from_secs(86_400);
 /// Tells the reviewers of the application's model who want to hear at once
 /// that it waits for them.
 pub async fn application_waiting(app: &App, view: &ApplicationView) -> anyhow::Result<()> {
-    let reviewers = db::reviewers::deciders_of(app.db.pool(), &view.model_id).await?;
     let link = app.url(&format!("/admin/applications/{}", view.id));
+    tell_deciders(
+        app,
+        view,
+        &format!("An application for {} waits for review", view.model_title),
+        &format!(
+            "Hello,\n\n{name} ({email}, {affiliation}) applied for {title}.\n\n\
+             Review it here:\n\n{link}\n\n\
+             You get this e-mail for every application; choose a daily digest in the dashboard.\n",
+            name = view.name,
+            email = view.email,
+            affiliation = view.affiliation,
+            title = view.model_title,
+        ),
+    )
+    .await
+}
+
+/// Tells the reviewers of the application's model who want to hear at once
+/// that the applicant answered their question.
+pub async fn application_answered(app: &App, view: &ApplicationView, answer: &str) -> anyhow::Result<()> {
+    let link = app.url(&format!("/admin/applications/{}", view.id));
+    tell_deciders(
+        app,
+        view,
+        &format!("{} answered your question about {}", view.name, view.model_title),
+        &format!(
+            "Hello,\n\n{name} ({email}) answered:\n\n{answer}\n\n\
+             The application waits for a decision again:\n\n{link}\n",
+            name = view.name,
+            email = view.email,
+        ),
+    )
+    .await
+}
+
+async fn tell_deciders(app: &App, view: &ApplicationView, subject: &str, body: &str) -> anyhow::Result<()> {
+    let reviewers = db::reviewers::deciders_of(app.db.pool(), &view.model_id).await?;
     let mut tx = app.db.begin().await?;
     let mut queued = false;
     for reviewer in reviewers.iter().filter(|r| r.notify == "immediate") {
-        mail::enqueue(
-            &mut tx,
-            &reviewer.email,
-            &format!("An application for {} waits for review", view.model_title),
-            &format!(
-                "Hello,\n\n{name} ({email}, {affiliation}) applied for {title}.\n\n\
-                 Review it here:\n\n{link}\n\n\
-                 You get this e-mail for every application; choose a daily digest in the dashboard.\n",
-                name = view.name,
-                email = view.email,
-                affiliation = view.affiliation,
-                title = view.model_title,
-            ),
-        )
-        .await?;
+        mail::enqueue(&mut tx, &reviewer.email, subject, body).await?;
         queued = true;
     }
     tx.commit().await?;

@@ -15,6 +15,7 @@ use crate::{
         reviewers::Reviewer,
     },
     mail,
+    questions::Question,
     types::{format_ms, hash_token, new_id, new_token, now_ms},
 };
 
@@ -77,10 +78,16 @@ async fn decidable(app: &App, reviewer: &Reviewer, application_id: &str) -> anyh
     if !may_decide(app, reviewer, &view.model_id).await? {
         return Err(ReviewError::NotAssigned.into());
     }
-    if view.status != "pending" {
+    if !is_open(&view.status) {
         return Err(ReviewError::NotPending(view.status).into());
     }
     Ok(view)
+}
+
+/// Whether an application in this status can still be decided: waiting for
+/// review, or for the applicant's answer to a question.
+pub fn is_open(status: &str) -> bool {
+    matches!(status, "pending" | "info_requested")
 }
 
 async fn policy_of(app: &App, model_id: &str) -> anyhow::Result<ReviewPolicy> {
@@ -131,6 +138,10 @@ pub async fn approve(
     let ttl = grant_ttl(app, days)?;
     let note = checked_note(note)?;
     let view = decidable(app, reviewer, application_id).await?;
+    // A renewal extends the grant it names rather than making a second one.
+    if view.kind == "renewal" {
+        return crate::renewals::approve(app, reviewer, &view, ttl, client).await;
+    }
     let policy = policy_of(app, &view.model_id).await?;
     let needed = usize::try_from(policy.approvals_needed.max(1)).unwrap_or(1);
     let now = now_ms();
@@ -314,13 +325,25 @@ pub async fn deny(
 }
 
 /// The rule of `policy` that approves `view` without a reviewer, if any:
-/// the researcher's e-mail domain (or a parent domain) is in the allow-list.
-pub fn approving_rule(policy: &ReviewPolicy, view: &ApplicationView) -> Option<String> {
+/// the researcher's e-mail domain (or a parent domain) is in the allow-list,
+/// and every question the model requires now has an answer.
+pub fn approving_rule(
+    policy: &ReviewPolicy,
+    view: &ApplicationView,
+    questions: &[Question],
+) -> Option<String> {
     let domain = view.email.rsplit_once('@')?.1.to_ascii_lowercase();
-    allowed_domains(policy.auto_approve_domains.as_deref())
+    let allowed = allowed_domains(policy.auto_approve_domains.as_deref())
         .into_iter()
-        .find(|allowed| domain == *allowed || domain.ends_with(&format!(".{allowed}")))
-        .map(|allowed| format!("e-mail domain {domain} is in the allow-list ({allowed})"))
+        .find(|allowed| domain == *allowed || domain.ends_with(&format!(".{allowed}")))?;
+    let answers = crate::questions::stored_answers(&view.answers);
+    let answered = |q: &Question| answers.iter().any(|a| a.id == q.id && !a.value.trim().is_empty());
+    if !questions.iter().filter(|q| q.required).all(answered) {
+        return None;
+    }
+    Some(format!(
+        "e-mail domain {domain} is in the allow-list ({allowed}) and every required question is answered"
+    ))
 }
 
 /// The allow-list of a policy, normalised.
@@ -342,7 +365,11 @@ pub async fn on_confirmed(app: &App, application_id: &str, client: Client) -> an
         return Ok(());
     }
     let policy = policy_of(app, &view.model_id).await?;
-    let Some(rule) = approving_rule(&policy, &view) else {
+    let questions = db::models::find_model(app.db.pool(), &view.model_id)
+        .await?
+        .map(|m| crate::questions::stored(&m.questions))
+        .unwrap_or_default();
+    let Some(rule) = approving_rule(&policy, &view, &questions) else {
         return crate::notices::application_waiting(app, &view).await;
     };
     let now = now_ms();
@@ -476,26 +503,44 @@ mod tests {
             email: email.into(),
             model_slug: "m".into(),
             model_title: "M".into(),
+            answers: "[]".into(),
+            kind: "new".into(),
+            parent_id: None,
+            grant_id: None,
         }
     }
 
     #[test]
     fn the_allow_list_matches_whole_domains_and_their_subdomains() {
         let p = policy("uni.example.edu, @lab.example.org");
-        assert!(approving_rule(&p, &view("a@uni.example.edu")).is_some());
-        assert!(approving_rule(&p, &view("a@cs.uni.example.edu")).is_some());
-        assert!(approving_rule(&p, &view("a@LAB.example.org")).is_some());
-        assert!(approving_rule(&p, &view("a@evil-uni.example.edu")).is_none());
-        assert!(approving_rule(&p, &view("a@uni.example.edu.evil.example")).is_none());
-        assert!(approving_rule(&policy(""), &view("a@uni.example.edu")).is_none());
+        let rule = |email: &str| approving_rule(&p, &view(email), &[]);
+        assert!(rule("a@uni.example.edu").is_some());
+        assert!(rule("a@cs.uni.example.edu").is_some());
+        assert!(rule("a@LAB.example.org").is_some());
+        assert!(rule("a@evil-uni.example.edu").is_none());
+        assert!(rule("a@uni.example.edu.evil.example").is_none());
+        assert!(approving_rule(&policy(""), &view("a@uni.example.edu"), &[]).is_none());
     }
 
     #[test]
     fn the_rule_that_approved_is_named() {
-        let rule = approving_rule(&policy("example.edu"), &view("a@cs.example.edu")).unwrap();
+        let rule = approving_rule(&policy("example.edu"), &view("a@cs.example.edu"), &[]).unwrap();
         assert_eq!(
             rule,
-            "e-mail domain cs.example.edu is in the allow-list (example.edu)"
+            "e-mail domain cs.example.edu is in the allow-list (example.edu) and every required question is answered"
         );
+    }
+
+    #[test]
+    fn a_required_question_left_unanswered_stops_the_automatic_approval() {
+        let questions = crate::questions::parse_definitions(
+            r#"[{"id": "orcid", "label": "ORCID", "kind": "url", "required": true}]"#,
+        )
+        .unwrap();
+        let mut v = view("a@example.edu");
+        assert!(approving_rule(&policy("example.edu"), &v, &questions).is_none());
+        v.answers =
+            r#"[{"id": "orcid", "label": "ORCID", "kind": "url", "value": "https://orcid.org/1"}]"#.into();
+        assert!(approving_rule(&policy("example.edu"), &v, &questions).is_some());
     }
 }

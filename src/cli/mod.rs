@@ -176,6 +176,30 @@ pub enum ModelCommand {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// Set the model's own application questions from a JSON file (`-` reads
+    /// standard input); without --file, print the current ones. Each question:
+    /// {"id": "orcid", "label": "ORCID iD", "kind": "url", "required": false,
+    /// "help": "…"}; kinds: text, long_text, select (with "options"),
+    /// checkbox, country, url.
+    Questions {
+        slug: String,
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Publish a new version of the model's terms from a file. New
+    /// applications accept it; earlier ones keep the version they accepted.
+    Terms {
+        slug: String,
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Set how many days a denied researcher waits before applying again
+    /// (they may appeal once meanwhile).
+    ReapplyAfter {
+        slug: String,
+        #[arg(long)]
+        days: u32,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -515,6 +539,44 @@ async fn model(app: Arc<App>, cmd: ModelCommand) -> anyhow::Result<()> {
                 report.release,
                 report.files.len()
             );
+        }
+        ModelCommand::Questions { slug, file } => {
+            let slug: Slug = slug.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+            match file {
+                Some(path) => {
+                    let json = if path.as_os_str() == "-" {
+                        let mut input = String::new();
+                        std::io::stdin()
+                            .read_to_string(&mut input)
+                            .context("cannot read the questions from stdin")?;
+                        input
+                    } else {
+                        std::fs::read_to_string(&path)
+                            .with_context(|| format!("cannot read {}", path.display()))?
+                    };
+                    let questions = models::set_questions(&app, &slug, &json, &operator()).await?;
+                    println!("{slug} now asks {} questions", questions.len());
+                }
+                None => {
+                    let model = db::models::find_model_by_slug(app.db.pool(), slug.as_str())
+                        .await?
+                        .ok_or_else(|| models::ModelError::NotFound(slug.to_string()))?;
+                    let questions = crate::questions::stored(&model.questions);
+                    println!("{}", serde_json::to_string_pretty(&questions)?);
+                }
+            }
+        }
+        ModelCommand::Terms { slug, file } => {
+            let slug: Slug = slug.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+            let terms =
+                std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let version = models::set_terms(&app, &slug, &terms, &operator()).await?;
+            println!("{slug} terms are now version {version}");
+        }
+        ModelCommand::ReapplyAfter { slug, days } => {
+            let slug: Slug = slug.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+            models::set_reapply_after(&app, &slug, i64::from(days), &operator()).await?;
+            println!("a researcher denied access to {slug} may apply again after {days} days");
         }
         ModelCommand::List { format } => {
             let models = db::models::list_models(app.db.pool()).await?;

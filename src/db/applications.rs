@@ -33,13 +33,23 @@ pub struct NewApplication<'a> {
     pub terms_version: i64,
     pub confirm_token_hash: &'a str,
     pub created_at: i64,
+    /// `unconfirmed`, or `pending` when the researcher is known to own the address.
+    pub status: &'a str,
+    pub confirmed_at: Option<i64>,
+    /// JSON array of `crate::questions::Answer`.
+    pub answers: &'a str,
+    /// `new`, `renewal` (of `grant_id`) or `appeal` (of `parent_id`).
+    pub kind: &'a str,
+    pub parent_id: Option<&'a str>,
+    pub grant_id: Option<&'a str>,
 }
 
 pub async fn insert_application(tx: &mut Tx, a: &NewApplication<'_>) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO applications (id, model_id, researcher_id, name, affiliation, intended_use,
-             terms_version, status, confirm_token_hash, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'unconfirmed', $8, $9)",
+             terms_version, status, confirm_token_hash, created_at, confirmed_at, answers, kind,
+             parent_id, grant_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
     )
     .bind(a.id)
     .bind(a.model_id)
@@ -48,8 +58,14 @@ pub async fn insert_application(tx: &mut Tx, a: &NewApplication<'_>) -> sqlx::Re
     .bind(a.affiliation)
     .bind(a.intended_use)
     .bind(a.terms_version)
+    .bind(a.status)
     .bind(a.confirm_token_hash)
     .bind(a.created_at)
+    .bind(a.confirmed_at)
+    .bind(a.answers)
+    .bind(a.kind)
+    .bind(a.parent_id)
+    .bind(a.grant_id)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -72,11 +88,20 @@ pub struct ApplicationView {
     pub email: String,
     pub model_slug: String,
     pub model_title: String,
+    /// JSON array of `crate::questions::Answer`.
+    pub answers: String,
+    /// `new`, `renewal` or `appeal`.
+    pub kind: String,
+    /// The denied application an appeal is about.
+    pub parent_id: Option<String>,
+    /// The grant a renewal would extend.
+    pub grant_id: Option<String>,
 }
 
 const VIEW: &str = "SELECT a.id, a.model_id, a.researcher_id, a.name, a.affiliation, a.intended_use,
         a.terms_version, a.status, a.created_at, a.confirmed_at, a.decided_at,
-        r.email, m.slug AS model_slug, m.title AS model_title
+        r.email, m.slug AS model_slug, m.title AS model_title,
+        a.answers, a.kind, a.parent_id, a.grant_id
     FROM applications a
     JOIN researchers r ON r.id = a.researcher_id
     JOIN models m ON m.id = a.model_id";
@@ -134,7 +159,8 @@ pub async fn mark_confirmed(tx: &mut Tx, id: &str, now: i64) -> sqlx::Result<boo
 /// Records the final state of a pending application; `false` when it was no longer pending.
 pub async fn mark_decided(tx: &mut Tx, id: &str, status: &str, now: i64) -> sqlx::Result<bool> {
     let done = sqlx::query(
-        "UPDATE applications SET status = $2, decided_at = $3 WHERE id = $1 AND status = 'pending'",
+        "UPDATE applications SET status = $2, decided_at = $3
+         WHERE id = $1 AND status IN ('pending', 'info_requested')",
     )
     .bind(id)
     .bind(status)
@@ -199,10 +225,12 @@ pub async fn reviews_of<'c>(e: impl AnyExecutor<'c>, application_id: &str) -> sq
 /// Locks a pending application for the rest of the transaction, so that
 /// decisions on it are taken one at a time; `false` when it is not pending.
 pub async fn lock_pending(tx: &mut Tx, id: &str) -> sqlx::Result<bool> {
-    let done = sqlx::query("UPDATE applications SET status = status WHERE id = $1 AND status = 'pending'")
-        .bind(id)
-        .execute(&mut **tx)
-        .await?;
+    let done = sqlx::query(
+        "UPDATE applications SET status = status WHERE id = $1 AND status IN ('pending', 'info_requested')",
+    )
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -288,7 +316,8 @@ pub async fn search(
         let n = w.values.len();
         w.and(&format!(
             "(LOWER(a.name) LIKE ${n} ESCAPE '\\' OR LOWER(a.affiliation) LIKE ${n} ESCAPE '\\'
-              OR LOWER(a.intended_use) LIKE ${n} ESCAPE '\\' OR LOWER(r.email) LIKE ${n} ESCAPE '\\')"
+              OR LOWER(a.intended_use) LIKE ${n} ESCAPE '\\' OR LOWER(r.email) LIKE ${n} ESCAPE '\\'
+              OR LOWER(a.answers) LIKE ${n} ESCAPE '\\')"
         ));
     }
     let order = match f.sort {
@@ -318,8 +347,8 @@ pub async fn search(
     Ok((rows, total))
 }
 
-/// The researcher's other applications, newest first.
-pub async fn of_researcher<'c>(
+/// Every application of a researcher, newest first.
+pub async fn list_of_researcher<'c>(
     e: impl AnyExecutor<'c>,
     researcher_id: &str,
 ) -> sqlx::Result<Vec<ApplicationView>> {
@@ -350,4 +379,74 @@ pub async fn approval_counts(
         .fetch_all(pool)
         .await?;
     Ok(rows.into_iter().collect())
+}
+
+/// Moves an application from one status to another; `false` when it was
+/// not in `from` any more.
+pub async fn set_status(tx: &mut Tx, id: &str, from: &str, to: &str) -> sqlx::Result<bool> {
+    let done = sqlx::query("UPDATE applications SET status = $3 WHERE id = $1 AND status = $2")
+        .bind(id)
+        .bind(from)
+        .bind(to)
+        .execute(&mut **tx)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The appeal made against a denied application, if any.
+pub async fn appeal_of<'c>(e: impl AnyExecutor<'c>, parent_id: &str) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar("SELECT id FROM applications WHERE parent_id = $1 AND kind = 'appeal'")
+        .bind(parent_id)
+        .fetch_optional(e)
+        .await
+}
+
+/// A renewal of the grant that still waits for a decision, if any.
+pub async fn open_renewal<'c>(e: impl AnyExecutor<'c>, grant_id: &str) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar(
+        "SELECT id FROM applications WHERE grant_id = $1 AND kind = 'renewal'
+         AND status IN ('pending', 'info_requested')",
+    )
+    .bind(grant_id)
+    .fetch_optional(e)
+    .await
+}
+
+/// One message of an application's thread.
+#[derive(Clone, Debug, FromRow)]
+pub struct Message {
+    pub id: String,
+    pub application_id: String,
+    /// `reviewer` or `researcher`.
+    pub author_kind: String,
+    pub author_email: String,
+    pub body: String,
+    pub created_at: i64,
+}
+
+pub async fn insert_message(tx: &mut Tx, m: &Message) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO application_messages (id, application_id, author_kind, author_email, body, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&m.id)
+    .bind(&m.application_id)
+    .bind(&m.author_kind)
+    .bind(&m.author_email)
+    .bind(&m.body)
+    .bind(m.created_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// An application's thread, oldest first.
+pub async fn messages_of<'c>(e: impl AnyExecutor<'c>, application_id: &str) -> sqlx::Result<Vec<Message>> {
+    sqlx::query_as(
+        "SELECT id, application_id, author_kind, author_email, body, created_at
+         FROM application_messages WHERE application_id = $1 ORDER BY created_at, id",
+    )
+    .bind(application_id)
+    .fetch_all(e)
+    .await
 }

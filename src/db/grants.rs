@@ -73,7 +73,8 @@ pub async fn find_view_by_access_token<'c>(
     token_hash: &str,
 ) -> sqlx::Result<Option<GrantView>> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "{VIEW} WHERE g.access_token_hash = $1"
+        "{VIEW} WHERE g.access_token_hash = $1
+            OR g.id = (SELECT t.grant_id FROM grant_tokens t WHERE t.token_hash = $1)"
     )))
     .bind(token_hash)
     .fetch_optional(e)
@@ -252,11 +253,30 @@ pub async fn search(pool: &sqlx::AnyPool, f: &GrantFilter, now: i64) -> sqlx::Re
 }
 
 /// A researcher's grants, newest first.
-pub async fn of_researcher<'c>(e: impl AnyExecutor<'c>, researcher_id: &str) -> sqlx::Result<Vec<GrantView>> {
+pub async fn list_of_researcher<'c>(
+    e: impl AnyExecutor<'c>,
+    researcher_id: &str,
+) -> sqlx::Result<Vec<GrantView>> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "{VIEW} WHERE g.researcher_id = $1 ORDER BY g.created_at DESC, g.id"
     )))
     .bind(researcher_id)
     .fetch_all(e)
     .await
+}
+
+/// Stores the hash of a further access token for a grant.
+pub async fn insert_token<'c>(
+    e: impl AnyExecutor<'c>,
+    token_hash: &str,
+    grant_id: &str,
+    now: i64,
+) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO grant_tokens (token_hash, grant_id, created_at) VALUES ($1, $2, $3)")
+        .bind(token_hash)
+        .bind(grant_id)
+        .bind(now)
+        .execute(e)
+        .await?;
+    Ok(())
 }

@@ -8,6 +8,7 @@ pub mod keys;
 pub mod models;
 pub mod outbox;
 pub mod policy;
+pub mod researchers;
 pub mod reviewers;
 pub mod sessions;
 

@@ -27,7 +27,9 @@ use crate::{
         reviewers::Reviewer,
     },
     grants::{self, GrantState},
+    questions,
     reviews::{self, BulkDecision},
+    threads,
     types::{format_ms, now_ms},
 };
 
@@ -140,8 +142,9 @@ pub struct QueueQuery {
     page: String,
 }
 
-const STATUSES: [(&str, &str); 6] = [
+const STATUSES: [(&str, &str); 7] = [
     ("pending", "Waiting for review"),
+    ("info_requested", "Waiting for the applicant's answer"),
     ("approved", "Approved"),
     ("denied", "Denied"),
     ("unconfirmed", "E-mail not confirmed"),
@@ -297,21 +300,19 @@ async fn render_queue(
             let needed = policy.map_or(1, |p| p.approvals_needed);
             let target_ms = policy.map_or(7, |p| p.review_target_days).saturating_mul(DAY_MS);
             let pending = a.status == "pending";
+            let open = reviews::is_open(&a.status);
             let since = a.confirmed_at.unwrap_or(a.created_at);
             QueueRow {
                 app: ApplicationRow::from(a),
-                waited: if pending {
-                    waited(now - since)
-                } else {
-                    String::new()
-                },
+                kind: a.kind.clone(),
+                waited: if open { waited(now - since) } else { String::new() },
                 overdue: pending && now - since > target_ms,
-                approvals: if pending && needed > 1 {
+                approvals: if open && needed > 1 {
                     format!("{} of {needed}", approvals.get(&a.id).copied().unwrap_or(0))
                 } else {
                     String::new()
                 },
-                selectable: pending,
+                selectable: open,
             }
         })
         .collect();
@@ -329,7 +330,7 @@ async fn render_queue(
         rows,
         total,
         models: model_choices(app, q.model.trim(), visible.as_deref()).await?,
-        statuses: Choice::list(&STATUSES[..5], status),
+        statuses: Choice::list(&STATUSES[..6], status),
         sorts: Choice::list(&SORTS, q.sort.trim()),
         waited_days: q.waited.trim().chars().take(10).collect(),
         domain: q.domain.trim().chars().take(200).collect(),
@@ -375,11 +376,11 @@ pub async fn application(
     let already_approved = reviews
         .iter()
         .any(|r| r.decision == "approve" && r.reviewer_email == reviewer.email);
-    let mut history: Vec<pages::HistoryRow> = db::applications::of_researcher(pool, &view.researcher_id)
+    let mut history: Vec<pages::EarlierRow> = db::applications::list_of_researcher(pool, &view.researcher_id)
         .await?
         .into_iter()
         .filter(|a| a.id != view.id)
-        .map(|a| pages::HistoryRow {
+        .map(|a| pages::EarlierRow {
             href: format!("/admin/applications/{}", a.id),
             what: "application".into(),
             model: a.model_slug,
@@ -389,10 +390,10 @@ pub async fn application(
         .collect();
     let now = now_ms();
     history.extend(
-        db::grants::of_researcher(pool, &view.researcher_id)
+        db::grants::list_of_researcher(pool, &view.researcher_id)
             .await?
             .into_iter()
-            .map(|g| pages::HistoryRow {
+            .map(|g| pages::EarlierRow {
                 href: format!("/admin/grants/{}", g.id),
                 what: "grant".into(),
                 state: GrantState::of(&g, now).as_str().to_owned(),
@@ -410,7 +411,7 @@ pub async fn application(
             .confirmed_at
             .map(format_ms)
             .unwrap_or_else(|| "not yet".into()),
-        pending: view.status == "pending",
+        pending: reviews::is_open(&view.status),
         may_decide,
         already_approved,
         reviews: reviews
@@ -437,8 +438,51 @@ pub async fn application(
         },
         history,
         templates: template_choices(app).await?,
+        kind: view.kind.clone(),
+        parent_id: view.parent_id.clone().unwrap_or_default(),
+        grant_id: view.grant_id.clone().unwrap_or_default(),
+        answers: questions::stored_answers(&view.answers)
+            .iter()
+            .map(pages::AnswerRow::from)
+            .collect(),
+        messages: db::applications::messages_of(pool, &id)
+            .await?
+            .into_iter()
+            .map(|m| pages::MessageRow {
+                who: if m.author_kind == "reviewer" {
+                    format!("{} (reviewer) asked", m.author_email)
+                } else {
+                    format!("{} (applicant) wrote", m.author_email)
+                },
+                when: format_ms(m.created_at),
+                body: m.body,
+            })
+            .collect(),
+        can_ask: matches!(view.status.as_str(), "pending" | "info_requested"),
     };
     Ok((token, render(&page)?).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct AskForm {
+    #[serde(default)]
+    authenticity_token: String,
+    #[serde(default)]
+    message: String,
+}
+
+/// Asks the applicant for more information.
+pub async fn ask(
+    State(state): State<AppState>,
+    token: CsrfToken,
+    CurrentReviewer(reviewer): CurrentReviewer,
+    ClientInfo(client): ClientInfo,
+    Path(id): Path<String>,
+    Form(form): Form<AskForm>,
+) -> Result<Response, Error> {
+    check_csrf(&token, &form.authenticity_token)?;
+    threads::ask(&state.app, &reviewer, &id, &form.message, client).await?;
+    Ok(Redirect::to(&format!("/admin/applications/{id}")).into_response())
 }
 
 #[derive(Deserialize)]

@@ -17,6 +17,7 @@ use crate::{
     applications::ConfirmError,
     grants::{DownloadError, GrantError},
     models::ModelError,
+    researchers::ResearcherError,
     reviews::ReviewError,
 };
 
@@ -98,6 +99,13 @@ impl From<anyhow::Error> for Error {
         }
         if let Some(e) = err.downcast_ref::<crate::policy::PolicyError>() {
             return Error::BadRequest(e.to_string());
+        }
+        if let Some(e) = err.downcast_ref::<ResearcherError>() {
+            return match e {
+                ResearcherError::NotFound => Error::NotFound,
+                ResearcherError::NotAllowed(_) => Error::Conflict(e.to_string()),
+                ResearcherError::Invalid(_) => Error::BadRequest(e.to_string()),
+            };
         }
         if let Some(e) = err.downcast_ref::<AccountError>() {
             return Error::BadRequest(e.to_string());

@@ -7,6 +7,7 @@ mod auth;
 mod download;
 mod error;
 mod manage;
+mod me;
 mod ops;
 mod pages;
 mod public;
@@ -107,6 +108,7 @@ pub async fn router(app: Arc<App>) -> anyhow::Result<Router> {
         .route("/admin/applications/{id}", get(admin::application))
         .route("/admin/applications/{id}/approve", post(admin::approve))
         .route("/admin/applications/{id}/deny", post(admin::deny))
+        .route("/admin/applications/{id}/ask", post(admin::ask))
         .route("/admin/grants", get(admin::grants))
         .route("/admin/grants/{id}", get(audit::grant))
         .route("/admin/grants/{id}/revoke", post(admin::revoke))
@@ -122,12 +124,27 @@ pub async fn router(app: Arc<App>) -> anyhow::Result<Router> {
         .route("/admin/templates/{id}/delete", post(manage::delete_template))
         .route("/admin/account", get(manage::account).post(manage::save_account))
         .route("/admin/audit", get(audit::page))
+        .layer(sessions.clone());
+
+    // The researcher's pages, and the public ones that change for a
+    // signed-in researcher. Downloads stay outside: they need no session.
+    let researcher = Router::new()
+        .route("/models/{slug}", get(public::model))
+        .route("/models/{slug}/apply", post(public::apply))
+        .route("/signin", get(me::signin_page).post(me::request_link))
+        .route("/signin/{token}", get(me::link_page).post(me::use_link))
+        .route("/signout", post(me::signout))
+        .route("/me", get(me::applications))
+        .route("/me/applications/{id}/answer", post(me::answer))
+        .route("/me/applications/{id}/appeal", post(me::appeal))
+        .route("/me/access", get(me::access))
+        .route("/me/access/{id}/renew", post(me::renew))
+        .route("/me/access/{id}/client-url", post(me::client_url))
         .layer(sessions);
 
     let router = Router::new()
         .route("/", get(public::catalogue))
-        .route("/models/{slug}", get(public::model))
-        .route("/models/{slug}/apply", post(public::apply))
+        .route("/models/{slug}/terms/{version}", get(public::terms))
         .route(
             "/confirm/{token}",
             get(public::confirm_page).post(public::confirm),
@@ -145,6 +162,7 @@ pub async fn router(app: Arc<App>) -> anyhow::Result<Router> {
         .route("/metrics", get(ops::metrics))
         .route("/static/style.css", get(style))
         .merge(admin)
+        .merge(researcher)
         .fallback(|| async { Error::NotFound })
         .with_state(state)
         .layer(middleware::from_fn(ops::count_requests))

@@ -44,6 +44,12 @@ pub struct ModelPage {
     pub form: FormValues,
     pub errors: FieldErrors,
     pub csrf: String,
+    pub questions: Vec<QuestionField>,
+    /// "Reviews of this model usually take …", or that none were decided yet.
+    pub review_time: String,
+    /// For a signed-in researcher who cannot apply now: why, and until when.
+    pub blocked: String,
+    pub signed_in: bool,
 }
 
 impl ModelPage {
@@ -150,6 +156,8 @@ impl From<&db::applications::ApplicationView> for ApplicationRow {
 /// One row of the queue.
 pub struct QueueRow {
     pub app: ApplicationRow,
+    /// `new`, `renewal` or `appeal`.
+    pub kind: String,
     /// How long it has waited since confirmation, e.g. `3 d 4 h`.
     pub waited: String,
     pub overdue: bool,
@@ -219,7 +227,7 @@ pub struct ReviewRow {
 }
 
 /// Another application or grant of the same researcher.
-pub struct HistoryRow {
+pub struct EarlierRow {
     pub href: String,
     pub what: String,
     pub model: String,
@@ -245,8 +253,16 @@ pub struct ApplicationPage {
     pub domain: String,
     /// `approval 1 of 2 so far` under an N-of-M policy.
     pub policy: String,
-    pub history: Vec<HistoryRow>,
+    pub history: Vec<EarlierRow>,
     pub templates: Vec<Choice>,
+    /// `new`, `renewal` or `appeal`, with the answers to the model's questions
+    /// and the question thread.
+    pub kind: String,
+    pub parent_id: String,
+    pub grant_id: String,
+    pub answers: Vec<AnswerRow>,
+    pub messages: Vec<MessageRow>,
+    pub can_ask: bool,
 }
 
 pub struct GrantRow {
@@ -418,4 +434,147 @@ pub struct GrantPage {
     pub revoked_reason: String,
     pub events: Vec<EventRowView>,
     pub default_days: u64,
+}
+
+/// One choice of a select or country question.
+pub struct OptionItem {
+    pub value: String,
+    pub label: String,
+    pub selected: bool,
+}
+
+/// A model's own question on the application form, with what was entered.
+pub struct QuestionField {
+    pub field: String,
+    pub label: String,
+    /// `text`, `long_text`, `select`, `checkbox`, `country` or `url`.
+    pub kind: &'static str,
+    pub required: bool,
+    pub help: String,
+    pub value: String,
+    pub checked: bool,
+    pub options: Vec<OptionItem>,
+    pub error: String,
+}
+
+/// A question and its answer, ready to show.
+pub struct AnswerRow {
+    pub label: String,
+    pub value: String,
+}
+
+impl From<&crate::questions::Answer> for AnswerRow {
+    fn from(a: &crate::questions::Answer) -> Self {
+        let value = a.display();
+        Self {
+            label: a.label.clone(),
+            value: if value.is_empty() {
+                "(no answer)".into()
+            } else {
+                value
+            },
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "terms.html")]
+pub struct TermsPage {
+    pub slug: String,
+    pub title: String,
+    pub version: i64,
+    pub current: i64,
+    pub published: String,
+    pub terms: String,
+}
+
+#[derive(Template)]
+#[template(path = "signin.html")]
+pub struct SigninPage {
+    pub csrf: String,
+    pub email: String,
+    pub error: String,
+    /// Shown above the form, e.g. when a link was used up.
+    pub notice: String,
+}
+
+#[derive(Template)]
+#[template(path = "signin_sent.html")]
+pub struct SigninSent {
+    pub email: String,
+    pub minutes: i64,
+}
+
+#[derive(Template)]
+#[template(path = "signin_link.html")]
+pub struct SigninLink {
+    pub token: String,
+    pub csrf: String,
+}
+
+/// A researcher's header: who is signed in, and the sign-out form.
+pub struct ResearcherHeader {
+    pub email: String,
+    pub csrf: String,
+}
+
+pub struct HistoryRow {
+    pub when: String,
+    pub what: String,
+    pub body: String,
+}
+
+pub struct MyApplicationRow {
+    pub id: String,
+    pub model_slug: String,
+    pub model_title: String,
+    pub status: String,
+    pub status_label: String,
+    pub kind: String,
+    pub submitted: String,
+    pub terms_version: i64,
+    pub next_step: String,
+    pub denial_reason: String,
+    pub reapply_from: String,
+    pub reapply_now: bool,
+    pub can_answer: bool,
+    pub can_appeal: bool,
+    pub history: Vec<HistoryRow>,
+    pub answers: Vec<AnswerRow>,
+}
+
+#[derive(Template)]
+#[template(path = "me.html")]
+pub struct MyApplications {
+    pub header: ResearcherHeader,
+    pub applications: Vec<MyApplicationRow>,
+}
+
+pub struct MyGrantRow {
+    pub id: String,
+    pub model_slug: String,
+    pub model_title: String,
+    pub state: String,
+    pub expires: String,
+    pub revoked_reason: String,
+    pub links_expire: String,
+    pub releases: Vec<ReleaseRows>,
+    /// Set right after the researcher asked for it.
+    pub manifest_url: String,
+    /// When a renewal waits for the reviewers.
+    pub renewal_pending: bool,
+}
+
+#[derive(Template)]
+#[template(path = "me_access.html")]
+pub struct MyAccess {
+    pub header: ResearcherHeader,
+    pub grants: Vec<MyGrantRow>,
+    pub public_key_url: String,
+}
+
+pub struct MessageRow {
+    pub who: String,
+    pub when: String,
+    pub body: String,
 }

@@ -183,7 +183,10 @@ async fn an_allow_listed_domain_is_approved_by_rule_and_the_log_names_the_rule()
     assert_eq!(approved[0].actor.as_deref(), Some(weightgate::reviews::RULES_ACTOR));
     assert_eq!(
         approved[0].reason.as_deref(),
-        Some("rule: e-mail domain cs.uni.example.edu is in the allow-list (uni.example.edu)")
+        Some(
+            "rule: e-mail domain cs.uni.example.edu is in the allow-list (uni.example.edu) \
+             and every required question is answered"
+        )
     );
 
     // Any other domain waits for the reviewers.
@@ -257,7 +260,7 @@ async fn the_queue_filters_sorts_pages_and_marks_overdue_applications() {
     let shown = names(&first);
     assert_eq!(shown.len(), 50);
     assert_eq!(shown[0], "002", "the longest waiting comes first");
-    assert_eq!(first.matches("class=\"badge\">overdue").count(), 3, "three waited past the 7-day target");
+    assert_eq!(first.matches("class=\"badge overdue\">overdue").count(), 3, "three waited past the 7-day target");
     let next = unescape(between(&first, "href=\"/admin?", "\" rel=\"next\""));
     let (_, second) = t.get_html(&admin, &format!("/admin?{next}")).await;
     assert_eq!(names(&second).len(), 5);

@@ -44,5 +44,6 @@ mod journey;
 mod mail;
 mod ops;
 mod replicas;
+mod researcher;
 mod review;
 mod storage;
