@@ -58,15 +58,25 @@ impl ObjectStore for LocalDir {
         match tokio::fs::metadata(self.path(key)?).await {
             Ok(m) => Ok(Some(m.len())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).context("cannot read object metadata"),
+            Err(e) => Err(anyhow::Error::new(e)
+                .context("cannot read object metadata")
+                .context(super::StoreUnavailable)),
         }
     }
 
     async fn get_range(&self, key: &str, start: u64, end: u64) -> anyhow::Result<ByteStream> {
         let path = self.path(key)?;
-        let mut file = tokio::fs::File::open(&path)
-            .await
-            .with_context(|| format!("cannot open object {key}"))?;
+        let mut file = match tokio::fs::File::open(&path).await {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("no object {key}"));
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("cannot open object {key}"))
+                    .context(super::StoreUnavailable));
+            }
+        };
         file.seek(io::SeekFrom::Start(start)).await?;
         let reader = file.take(end.saturating_sub(start));
         Ok(Box::pin(ReaderStream::with_capacity(reader, CHUNK)))

@@ -35,6 +35,10 @@ pub enum Error {
     Conflict(String),
     #[error("the requested range is outside the file")]
     RangeNotSatisfiable { size: u64 },
+    /// A service the portal needs (database, object store, disk) failed;
+    /// nothing was changed, and trying again later works.
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Internal(anyhow::Error),
 }
@@ -47,6 +51,7 @@ impl Error {
             Error::Forbidden { .. } | Error::Csrf => StatusCode::FORBIDDEN,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -59,6 +64,7 @@ impl Error {
             Error::Csrf => "csrf",
             Error::Conflict(_) => "conflict",
             Error::RangeNotSatisfiable { .. } => "range_not_satisfiable",
+            Error::Unavailable(_) => "unavailable",
             Error::Internal(_) => "internal",
         }
     }
@@ -110,13 +116,59 @@ impl From<anyhow::Error> for Error {
         if let Some(e) = err.downcast_ref::<AccountError>() {
             return Error::BadRequest(e.to_string());
         }
+        if let Some(unavailable) = unavailable(&err) {
+            tracing::warn!(error = %format!("{err:#}"), "a service the portal needs is unavailable");
+            return unavailable;
+        }
         Error::Internal(err)
+    }
+}
+
+/// The 503 for errors that mean a service is down rather than a bug: the
+/// database unreachable or its disk full, the object store not answering.
+fn unavailable(err: &anyhow::Error) -> Option<Error> {
+    if err.downcast_ref::<crate::storage::StoreUnavailable>().is_some() {
+        return Some(Error::Unavailable(
+            "The file store is not answering right now; nothing was sent. Please try again in a few minutes."
+                .into(),
+        ));
+    }
+    for cause in err.chain() {
+        if let Some(db) = cause.downcast_ref::<sqlx::Error>()
+            && let Some(e) = database_unavailable(db)
+        {
+            return Some(e);
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::StorageFull
+        {
+            return Some(disk_full());
+        }
+    }
+    None
+}
+
+fn disk_full() -> Error {
+    Error::Unavailable("The portal's disk is full; nothing was saved. Please try again later.".into())
+}
+
+fn database_unavailable(err: &sqlx::Error) -> Option<Error> {
+    match err {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
+            Some(Error::Unavailable(
+                "The database is not answering right now; nothing was saved. Please try again in a minute."
+                    .into(),
+            ))
+        }
+        // SQLITE_FULL: the disk holding the embedded database is full.
+        sqlx::Error::Database(e) if e.code().as_deref() == Some("13") => Some(disk_full()),
+        _ => None,
     }
 }
 
 impl From<sqlx::Error> for Error {
     fn from(err: sqlx::Error) -> Self {
-        Error::Internal(err.into())
+        Error::from(anyhow::Error::from(err))
     }
 }
 
@@ -134,7 +186,7 @@ impl From<DownloadError> for Error {
                 message: r.message().to_owned(),
             },
             DownloadError::RangeNotSatisfiable { size } => Error::RangeNotSatisfiable { size },
-            DownloadError::Internal(e) => Error::Internal(e),
+            DownloadError::Internal(e) => Error::from(e),
         }
     }
 }
@@ -162,6 +214,11 @@ impl IntoResponse for Error {
             && let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}"))
         {
             response.headers_mut().insert(header::CONTENT_RANGE, v);
+        }
+        if let Error::Unavailable(_) = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
         }
         response.extensions_mut().insert(ErrorInfo {
             code: self.code(),

@@ -40,6 +40,7 @@ mod cli;
 mod client;
 mod dashboard;
 mod downloads;
+mod faults;
 mod journey;
 mod mail;
 mod ops;
