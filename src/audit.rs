@@ -221,6 +221,12 @@ pub async fn append_now(db: &Db, event: Event) -> anyhow::Result<i64> {
     Ok(seq[0])
 }
 
+/// An event could not be made durable (the database refused the write or
+/// is unreachable): whatever it was to record does not happen.
+#[derive(Debug, thiserror::Error)]
+#[error("the audit log cannot be written: {0}")]
+pub struct AuditUnavailable(pub String);
+
 struct Pending {
     event: Event,
     done: oneshot::Sender<Result<i64, String>>,
@@ -278,6 +284,6 @@ impl AuditLog {
         answer
             .await
             .map_err(|_| anyhow::anyhow!("the audit writer has stopped"))?
-            .map_err(|e| anyhow::anyhow!(e))
+            .map_err(|e| AuditUnavailable(e).into())
     }
 }

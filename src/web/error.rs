@@ -127,6 +127,12 @@ impl From<anyhow::Error> for Error {
 /// The 503 for errors that mean a service is down rather than a bug: the
 /// database unreachable or its disk full, the object store not answering.
 fn unavailable(err: &anyhow::Error) -> Option<Error> {
+    if err.downcast_ref::<crate::audit::AuditUnavailable>().is_some() {
+        return Some(Error::Unavailable(
+            "The audit log cannot be written right now, so nothing was sent. Please try again in a few minutes."
+                .into(),
+        ));
+    }
     if err.downcast_ref::<crate::storage::StoreUnavailable>().is_some() {
         return Some(Error::Unavailable(
             "The file store is not answering right now; nothing was sent. Please try again in a few minutes."
