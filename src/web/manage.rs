@@ -18,7 +18,7 @@ use crate::{
     accounts::{self, ReviewerChange},
     db::{self, reviewers::Reviewer},
     policy::{self, PolicyChange},
-    types::Email,
+    types::{Email, Slug},
 };
 
 fn admin_only(reviewer: &Reviewer) -> Result<(), Error> {
@@ -173,30 +173,54 @@ pub async fn change_reviewer(
     Ok(Redirect::to("/admin/reviewers").into_response())
 }
 
+/// A refused change to one model, shown on the page with what was sent.
+#[derive(Default)]
+struct Refused {
+    slug: String,
+    questions: Option<String>,
+    terms: Option<String>,
+    error: String,
+}
+
 async fn models_page(
     state: &AppState,
     token: &CsrfToken,
     me: &Reviewer,
     message: String,
+    refused: Refused,
 ) -> Result<Response, Error> {
     let pool = state.app.db.pool();
     let assignments = db::policy::assignments(pool).await?;
-    let models = db::policy::list(pool)
-        .await?
-        .into_iter()
-        .map(|p| pages::PolicyRow {
+    let mut models = Vec::new();
+    for p in db::policy::list(pool).await? {
+        let Some(model) = db::models::find_model(pool, &p.model_id).await? else {
+            continue;
+        };
+        let this = refused.slug == p.model_slug;
+        let questions = serde_json::to_string_pretty(&crate::questions::stored(&model.questions))
+            .unwrap_or_else(|_| "[]".into());
+        models.push(pages::PolicyRow {
             reviewers: assignments
                 .iter()
                 .filter(|(slug, _)| *slug == p.model_slug)
                 .map(|(_, email)| email.as_str())
                 .collect::<Vec<_>>()
                 .join(", "),
+            questions: refused.questions.clone().filter(|_| this).unwrap_or(questions),
+            terms: refused.terms.clone().filter(|_| this).unwrap_or(model.terms),
+            terms_version: model.terms_version,
+            reapply_after_days: model.reapply_after_days,
+            error: if this {
+                refused.error.clone()
+            } else {
+                String::new()
+            },
             slug: p.model_slug,
             approvals_needed: p.approvals_needed,
             auto_approve_domains: p.auto_approve_domains.unwrap_or_default(),
             review_target_days: p.review_target_days,
-        })
-        .collect();
+        });
+    }
     let page = pages::ModelsPage {
         header: Header::new(me, token)?,
         models,
@@ -220,7 +244,7 @@ pub async fn models(
     CurrentReviewer(me): CurrentReviewer,
 ) -> Result<Response, Error> {
     admin_only(&me)?;
-    let page = models_page(&state, &token, &me, String::new()).await?;
+    let page = models_page(&state, &token, &me, String::new(), Refused::default()).await?;
     Ok((token, page).into_response())
 }
 
@@ -234,6 +258,8 @@ pub struct PolicyForm {
     auto_approve_domains: String,
     #[serde(default)]
     review_target_days: String,
+    #[serde(default)]
+    reapply_after_days: String,
 }
 
 fn number(s: &str, what: &str) -> Result<i64, Error> {
@@ -257,7 +283,96 @@ pub async fn save_policy(
         review_target_days: number(&form.review_target_days, "the review target")?,
     };
     policy::set(&state.app, &slug, &change, &me.email).await?;
-    let page = models_page(&state, &token, &me, format!("The policy of {slug} is saved.")).await?;
+    let reapply = number(&form.reapply_after_days, "the wait before applying again")?;
+    let parsed: Slug = slug.parse().map_err(Error::BadRequest)?;
+    crate::models::set_reapply_after(&state.app, &parsed, reapply, &me.email).await?;
+    let saved = format!("The policy of {slug} is saved.");
+    let page = models_page(&state, &token, &me, saved, Refused::default()).await?;
+    Ok((token, page).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct QuestionsForm {
+    #[serde(default)]
+    authenticity_token: String,
+    #[serde(default)]
+    questions: String,
+}
+
+/// Replaces a model's application questions; refused JSON comes back in
+/// the field with the reason, nothing lost.
+pub async fn save_questions(
+    State(state): State<AppState>,
+    token: CsrfToken,
+    CurrentReviewer(me): CurrentReviewer,
+    Path(slug): Path<String>,
+    Form(form): Form<QuestionsForm>,
+) -> Result<Response, Error> {
+    check_csrf(&token, &form.authenticity_token)?;
+    admin_only(&me)?;
+    let parsed: Slug = slug.parse().map_err(Error::BadRequest)?;
+    let (message, refused) =
+        match crate::models::set_questions(&state.app, &parsed, &form.questions, &me.email).await {
+            Ok(questions) => (
+                format!("{slug} now asks {} questions.", questions.len()),
+                Refused::default(),
+            ),
+            Err(e) => match e.downcast_ref::<crate::models::ModelError>() {
+                Some(crate::models::ModelError::Invalid(why)) => (
+                    String::new(),
+                    Refused {
+                        slug: slug.clone(),
+                        questions: Some(form.questions),
+                        terms: None,
+                        error: format!("The questions were not saved: {why}"),
+                    },
+                ),
+                _ => return Err(e.into()),
+            },
+        };
+    let page = models_page(&state, &token, &me, message, refused).await?;
+    Ok((token, page).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct TermsForm {
+    #[serde(default)]
+    authenticity_token: String,
+    #[serde(default)]
+    terms: String,
+}
+
+/// Publishes a new version of a model's terms.
+pub async fn save_terms(
+    State(state): State<AppState>,
+    token: CsrfToken,
+    CurrentReviewer(me): CurrentReviewer,
+    Path(slug): Path<String>,
+    Form(form): Form<TermsForm>,
+) -> Result<Response, Error> {
+    check_csrf(&token, &form.authenticity_token)?;
+    admin_only(&me)?;
+    let parsed: Slug = slug.parse().map_err(Error::BadRequest)?;
+    let terms = form.terms.replace("\r\n", "\n");
+    let (message, refused) = match crate::models::set_terms(&state.app, &parsed, &terms, &me.email).await {
+        Ok(version) => (
+            format!("{slug} has terms version {version}; new applications accept it."),
+            Refused::default(),
+        ),
+        Err(e) => match e.downcast_ref::<crate::models::ModelError>() {
+            Some(crate::models::ModelError::Invalid(why)) => (
+                String::new(),
+                Refused {
+                    slug: slug.clone(),
+                    questions: None,
+                    terms: Some(form.terms),
+                    error: format!("The terms were not saved: {why}"),
+                },
+            ),
+            _ => return Err(e.into()),
+        },
+    };
+    let page = models_page(&state, &token, &me, message, refused).await?;
     Ok((token, page).into_response())
 }
 

@@ -120,6 +120,8 @@ pub async fn router(app: Arc<App>) -> anyhow::Result<Router> {
         .route("/admin/reviewers/{id}", post(manage::change_reviewer))
         .route("/admin/models", get(manage::models))
         .route("/admin/models/{slug}/policy", post(manage::save_policy))
+        .route("/admin/models/{slug}/questions", post(manage::save_questions))
+        .route("/admin/models/{slug}/terms", post(manage::save_terms))
         .route("/admin/templates", post(manage::save_template))
         .route("/admin/templates/{id}/delete", post(manage::delete_template))
         .route("/admin/account", get(manage::account).post(manage::save_account))

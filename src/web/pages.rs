@@ -314,6 +314,14 @@ pub struct ReviewersPage {
 
 pub struct PolicyRow {
     pub slug: String,
+    /// The application questions as JSON, as the admin edits them.
+    pub questions: String,
+    pub terms: String,
+    pub terms_version: i64,
+    pub reapply_after_days: i64,
+    /// A change to this model that was refused, and why; the text sent is
+    /// kept in the field.
+    pub error: String,
     pub approvals_needed: i64,
     pub auto_approve_domains: String,
     pub review_target_days: i64,

@@ -521,3 +521,61 @@ async fn operators_set_policies_assign_reviewers_and_extend_grants_from_the_comm
     assert_eq!(row["notify"], "digest");
 }
 }
+
+both! {
+async fn admins_edit_a_models_questions_terms_and_wait_in_the_dashboard_without_losing_a_refused_edit() {
+    let t = TestApp::spawn().await;
+    let admin = client();
+    t.sign_in(&admin).await;
+    let bad = r#"[{"id": "orcid", "label": "ORCID", "kind": "telepathy"}]"#;
+    let refused = t
+        .post_admin(&admin, "/admin/models", &format!("/admin/models/{MODEL}/questions"), &[("questions", bad)])
+        .await;
+    assert_eq!(refused.status(), StatusCode::OK);
+    let page = refused.text().await.unwrap();
+    assert!(page.contains("The questions were not saved"), "{page}");
+    assert!(page.contains("telepathy"), "the refused text is kept in the field");
+
+    let good = r#"[{"id": "orcid", "label": "Your ORCID iD", "kind": "url", "required": true}]"#;
+    let saved = t
+        .post_admin(&admin, "/admin/models", &format!("/admin/models/{MODEL}/questions"), &[("questions", good)])
+        .await;
+    assert!(saved.text().await.unwrap().contains("now asks 1 questions"));
+    let terms = t
+        .post_admin(
+            &admin,
+            "/admin/models",
+            &format!("/admin/models/{MODEL}/terms"),
+            &[("terms", "Be nice.\r\nCite the paper.")],
+        )
+        .await;
+    assert!(terms.text().await.unwrap().contains("terms version 2"));
+    let (_, model) = t.get_html(&client(), &format!("/models/{MODEL}")).await;
+    assert!(model.contains("Your ORCID iD") && model.contains("Cite the paper."));
+
+    let policy = t
+        .post_admin(
+            &admin,
+            "/admin/models",
+            &format!("/admin/models/{MODEL}/policy"),
+            &[
+                ("approvals_needed", "1"),
+                ("review_target_days", "3"),
+                ("auto_approve_domains", ""),
+                ("reapply_after_days", "14"),
+            ],
+        )
+        .await;
+    assert_eq!(policy.status(), StatusCode::OK);
+    let days: i64 = sqlx::query_scalar("SELECT reapply_after_days FROM models WHERE slug = $1")
+        .bind(MODEL)
+        .fetch_one(t.app.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(days, 14);
+    let events: Vec<String> = t.audit_events().await.into_iter().map(|e| e.action).collect();
+    for action in ["model.questions_changed", "model.terms_changed", "model.policy"] {
+        assert!(events.iter().any(|a| a == action), "{action}");
+    }
+}
+}
