@@ -138,7 +138,9 @@ impl FromStr for Email {
         if s.len() > 254 {
             return Err("an e-mail address has at most 254 characters");
         }
-        if s.chars().any(|c| c.is_control() || c.is_whitespace() || c == '\u{feff}') {
+        if s.chars()
+            .any(|c| c.is_control() || c.is_whitespace() || c == '\u{feff}')
+        {
             return Err(NOT_AN_ADDRESS);
         }
         let (local, domain) = s.rsplit_once('@').ok_or(NOT_AN_ADDRESS)?;
@@ -280,7 +282,11 @@ mod tests {
             ("ada@ex\u{0430}mple.org", "ada@xn--exmple-4nf.org"),
         ];
         for (input, stored) in accepted {
-            assert_eq!(input.parse::<Email>().map(|e| e.0), Ok(stored.to_owned()), "{input}");
+            assert_eq!(
+                input.parse::<Email>().map(|e| e.0),
+                Ok(stored.to_owned()),
+                "{input}"
+            );
         }
         let refused = [
             "\u{0430}da@example.org",

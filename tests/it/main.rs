@@ -40,6 +40,7 @@ mod cli;
 mod client;
 mod dashboard;
 mod downloads;
+mod hostile;
 mod journey;
 mod mail;
 mod ops;
