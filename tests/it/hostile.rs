@@ -100,12 +100,10 @@ fn assert_plain_headers(t: &TestApp) {
     }
 }
 
-fn filled<'a>(
-    name: &'a str,
-    email: &'a str,
-    affiliation: &'a str,
-    intended_use: &'a str,
-) -> Vec<(&'a str, &'a str)> {
+/// The fields of an application form.
+type Fields<'a> = Vec<(&'a str, &'a str)>;
+
+fn filled<'a>(name: &'a str, email: &'a str, affiliation: &'a str, intended_use: &'a str) -> Fields<'a> {
     vec![
         ("name", name),
         ("email", email),
@@ -152,7 +150,7 @@ async fn over_long_fields_get_a_clear_error_and_store_nothing() {
     let long = |n: usize| "x".repeat(n);
     let (name, affiliation, intended_use) = (long(201), long(301), long(5001));
     let email = format!("{}@example.org", long(250));
-    let cases: [(&str, Vec<(&str, &str)>, &str); 4] = [
+    let cases: [(&str, Fields, &str); 4] = [
         ("name", filled(&name, "a@example.org", "Lab", "Research"), "Your name has at most 200 characters"),
         ("affiliation", filled("Ada", "a@example.org", &affiliation, "Research"), "Affiliation has at most 300 characters"),
         ("intended_use", filled("Ada", "a@example.org", "Lab", &intended_use), "Intended use has at most 5000 characters"),
