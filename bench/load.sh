@@ -84,7 +84,8 @@ python3 "$HERE/grant.py" --base "$BASE" --slug load --outbox "$WORK/data/outbox"
 # A form token and its cookie, reused by every application the load sends.
 curl -fsS -c "$WORK/cookies" "$BASE/models/load" >"$WORK/model.html"
 TOKEN=$(python3 -c 'import re,sys; print(re.search(r"name=\"authenticity_token\"\s+value=\"([^\"]*)\"", open(sys.argv[1]).read()).group(1))' "$WORK/model.html")
-COOKIE=$(awk '!/^#/ && NF >= 7 { printf "%s%s=%s", (n++ ? "; " : ""), $6, $7 }' "$WORK/cookies")
+# curl marks HttpOnly cookies with a "#HttpOnly_" prefix on the domain.
+COOKIE=$(awk '(!/^#/ || /^#HttpOnly_/) && NF >= 7 { printf "%s%s=%s", (n++ ? "; " : ""), $6, $7 }' "$WORK/cookies")
 
 # One wrk per kind of request, run at once, so each counts its own answers:
 # 30% of the clients view pages, 40% fetch with valid links (small ranges),

@@ -6,6 +6,16 @@ use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, ValueEnum};
 
+use crate::limits::Rate;
+
+/// `count` an hour, the form of every default rate limit.
+fn default_rate(count: u32) -> Rate {
+    Rate {
+        burst: std::num::NonZeroU32::new(count).expect("a default rate is not zero"),
+        per: Duration::from_secs(3600),
+    }
+}
+
 #[derive(Args, Clone)]
 #[command(next_help_heading = "Settings (each also a WEIGHTGATE_* variable)")]
 pub struct Config {
@@ -132,6 +142,54 @@ pub struct Config {
     #[arg(long, env = "WEIGHTGATE_NOTICES_EVERY", default_value = "1min", value_parser = humantime::parse_duration, global = true)]
     pub notices_every: Duration,
 
+    /// Application forms accepted from one client address, as COUNT/DURATION:
+    /// COUNT at once, refilled evenly over DURATION. Limits are per replica.
+    #[arg(
+        long,
+        env = "WEIGHTGATE_LIMIT_APPLICATIONS_PER_ADDRESS",
+        default_value = "30/1h",
+        global = true
+    )]
+    pub limit_applications_per_address: Rate,
+
+    /// E-mails sent on request (application confirmations, sign-in links) to
+    /// one address, as COUNT/DURATION.
+    #[arg(
+        long,
+        env = "WEIGHTGATE_LIMIT_MAIL_PER_RECIPIENT",
+        default_value = "10/1h",
+        global = true
+    )]
+    pub limit_mail_per_recipient: Rate,
+
+    /// Sign-in link requests from one client address, as COUNT/DURATION.
+    #[arg(
+        long,
+        env = "WEIGHTGATE_LIMIT_SIGNIN_PER_ADDRESS",
+        default_value = "30/1h",
+        global = true
+    )]
+    pub limit_signin_per_address: Rate,
+
+    /// Access pages and manifests (each signs fresh links) for one grant, as
+    /// COUNT/DURATION.
+    #[arg(
+        long,
+        env = "WEIGHTGATE_LIMIT_LINKS_PER_GRANT",
+        default_value = "120/1h",
+        global = true
+    )]
+    pub limit_links_per_grant: Rate,
+
+    /// Access pages and manifests from one client address, as COUNT/DURATION.
+    #[arg(
+        long,
+        env = "WEIGHTGATE_LIMIT_LINKS_PER_ADDRESS",
+        default_value = "600/1h",
+        global = true
+    )]
+    pub limit_links_per_address: Rate,
+
     /// Log format.
     #[arg(long, env = "WEIGHTGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
@@ -181,6 +239,11 @@ impl Config {
             audit_checkpoint_every: Duration::from_secs(600),
             expiry_reminder: Duration::from_secs(7 * 86_400),
             notices_every: Duration::from_secs(60),
+            limit_applications_per_address: default_rate(30),
+            limit_mail_per_recipient: default_rate(10),
+            limit_signin_per_address: default_rate(30),
+            limit_links_per_grant: default_rate(120),
+            limit_links_per_address: default_rate(600),
             log_format: LogFormat::Text,
         }
     }
@@ -275,6 +338,14 @@ impl fmt::Debug for Config {
             .field("audit_checkpoint_every", &self.audit_checkpoint_every)
             .field("expiry_reminder", &self.expiry_reminder)
             .field("notices_every", &self.notices_every)
+            .field(
+                "limit_applications_per_address",
+                &self.limit_applications_per_address,
+            )
+            .field("limit_mail_per_recipient", &self.limit_mail_per_recipient)
+            .field("limit_signin_per_address", &self.limit_signin_per_address)
+            .field("limit_links_per_grant", &self.limit_links_per_grant)
+            .field("limit_links_per_address", &self.limit_links_per_address)
             .field("log_format", &self.log_format)
             .finish()
     }
@@ -330,6 +401,27 @@ mod tests {
                 .to_string();
             assert!(err.contains("file://DIR or s3://BUCKET/PREFIX"), "{url}: {err}");
         }
+    }
+
+    #[test]
+    fn the_embedded_rate_limits_are_the_documented_defaults() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            config: Config,
+        }
+        let parsed = <Cli as clap::Parser>::try_parse_from(["weightgate"])
+            .unwrap()
+            .config;
+        let embedded = Config::embedded("weightgate-data");
+        assert_eq!(
+            format!("{parsed:?}")
+                .split_once("limit_")
+                .map(|(_, rest)| rest.to_owned()),
+            format!("{embedded:?}")
+                .split_once("limit_")
+                .map(|(_, rest)| rest.to_owned()),
+        );
     }
 
     #[test]

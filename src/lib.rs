@@ -14,6 +14,7 @@ pub mod config;
 pub mod db;
 pub mod deliveries;
 pub mod grants;
+pub mod limits;
 pub mod links;
 pub mod mail;
 pub mod manifests;

@@ -41,6 +41,12 @@ pub async fn create(app: &App, slug: &Slug, title: &str, terms: &str, actor: &st
     if title.is_empty() || title.len() > 200 {
         return Err(ModelError::Invalid("the title must have 1 to 200 characters".into()).into());
     }
+    // The title goes into e-mail subjects: one line, no control characters.
+    if title.chars().any(char::is_control) {
+        return Err(
+            ModelError::Invalid("the title must be one line without control characters".into()).into(),
+        );
+    }
     if terms.trim().is_empty() {
         return Err(ModelError::Invalid("the terms must not be empty".into()).into());
     }

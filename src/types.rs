@@ -108,9 +108,24 @@ fn split_offset(s: &str) -> Option<(&str, i64)> {
     Some((s, 0))
 }
 
-/// A checked, lower-cased e-mail address.
+/// A checked, lower-cased e-mail address, in ASCII only.
+///
+/// What people type is normalised where the meaning is unambiguous and
+/// refused otherwise, so that an address can never look like another one on
+/// a page or in a mail header:
+/// - surrounding spaces are trimmed and the whole address lower-cased;
+/// - an internationalised domain is stored in its ASCII (`xn--`) form, after
+///   the IDNA mapping (so full-width letters become ASCII ones): a domain
+///   spelt with Cyrillic lookalikes is shown as the `xn--` name it really is;
+/// - the part before `@` must be ASCII, and unquoted (no `"…"@`);
+/// - the domain must be a name with a dot, without a trailing dot, not an IP
+///   address or `[literal]`, and without `%` escapes;
+/// - any space or control character, a display name (`Ada <…>`) or a second
+///   address is refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Email(String);
+
+const NOT_AN_ADDRESS: &str = "this is not a valid e-mail address";
 
 impl FromStr for Email {
     type Err = &'static str;
@@ -123,11 +138,35 @@ impl FromStr for Email {
         if s.len() > 254 {
             return Err("an e-mail address has at most 254 characters");
         }
-        let address: lettre::Address = s.parse().map_err(|_| "this is not a valid e-mail address")?;
-        if !address.domain().contains('.') || address.domain().ends_with('.') {
-            return Err("this is not a valid e-mail address");
+        if s.chars()
+            .any(|c| c.is_control() || c.is_whitespace() || c == '\u{feff}')
+        {
+            return Err(NOT_AN_ADDRESS);
         }
-        Ok(Self(s.to_lowercase()))
+        let (local, domain) = s.rsplit_once('@').ok_or(NOT_AN_ADDRESS)?;
+        if local.starts_with('"') {
+            return Err("write the address without quotes");
+        }
+        if !local.is_ascii() {
+            return Err("the part before @ must be written in ASCII letters, digits and punctuation");
+        }
+        if domain.starts_with('[') || domain.contains('%') {
+            return Err(NOT_AN_ADDRESS);
+        }
+        let domain = match url::Host::parse(domain) {
+            Ok(url::Host::Domain(d)) => d,
+            Ok(_) => return Err("use the mail domain's name, not an IP address"),
+            Err(_) => return Err(NOT_AN_ADDRESS),
+        };
+        if !domain.contains('.') || domain.ends_with('.') {
+            return Err(NOT_AN_ADDRESS);
+        }
+        let address = format!("{local}@{domain}").to_lowercase();
+        if address.len() > 254 {
+            return Err("an e-mail address has at most 254 characters");
+        }
+        address.parse::<lettre::Address>().map_err(|_| NOT_AN_ADDRESS)?;
+        Ok(Self(address))
     }
 }
 
@@ -229,6 +268,47 @@ mod tests {
         assert!("ada@localhost".parse::<Email>().is_err());
         assert!("".parse::<Email>().is_err());
         assert!("a b@example.org".parse::<Email>().is_err());
+    }
+
+    #[test]
+    fn odd_forms_of_addresses_are_normalised_to_ascii_or_refused() {
+        let accepted = [
+            ("  Ada@Example.ORG ", "ada@example.org"),
+            ("ada+weights@example.org", "ada+weights@example.org"),
+            ("ada@bücher.example", "ada@xn--bcher-kva.example"),
+            // Full-width letters map to ASCII under IDNA.
+            ("ada@\u{ff45}xample.org", "ada@example.org"),
+            // A Cyrillic 'а' in the domain is a different domain, shown as such.
+            ("ada@ex\u{0430}mple.org", "ada@xn--exmple-4nf.org"),
+        ];
+        for (input, stored) in accepted {
+            assert_eq!(
+                input.parse::<Email>().map(|e| e.0),
+                Ok(stored.to_owned()),
+                "{input}"
+            );
+        }
+        let refused = [
+            "\u{0430}da@example.org",
+            "ada\u{ff20}example.org",
+            "ada\u{200b}@example.org",
+            "ada@example.org.",
+            "\"ada lovelace\"@example.org",
+            "\"ada@example.org\"@example.org",
+            "ada@[192.0.2.1]",
+            "ada@192.0.2.1",
+            "ada@ex%61mple.org",
+            "Ada <ada@example.org>",
+            "ada@example.org, eve@example.org",
+            "ada@example.org\r\nBcc: eve@example.org",
+            "ada@exa mple.org",
+            "ada@example..org",
+            "@example.org",
+            "ada@",
+        ];
+        for input in refused {
+            assert!(input.parse::<Email>().is_err(), "{input:?} was accepted");
+        }
     }
 
     #[test]

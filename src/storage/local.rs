@@ -23,9 +23,15 @@ impl LocalDir {
         Self { root: root.into() }
     }
 
+    /// The file of `key`: a key is `/`-separated names, none empty, `.`,
+    /// `..`, or holding a backslash or a NUL, so that it names exactly one
+    /// file under the root and no two spellings name the same one.
     fn path(&self, key: &str) -> anyhow::Result<PathBuf> {
+        let plain = key
+            .split('/')
+            .all(|name| !matches!(name, "" | "." | "..") && !name.contains(['\\', '\0']));
         let relative = Path::new(key);
-        let plain = !key.is_empty() && relative.components().all(|c| matches!(c, Component::Normal(_)));
+        let plain = plain && relative.components().all(|c| matches!(c, Component::Normal(_)));
         anyhow::ensure!(plain, "invalid object key {key:?}");
         Ok(self.root.join(relative))
     }
@@ -123,7 +129,17 @@ mod tests {
     #[tokio::test]
     async fn keys_cannot_escape_the_root() {
         let store = LocalDir::new("/tmp/weightgate-never");
-        for key in ["../etc/passwd", "/etc/passwd", "a/../../b", ""] {
+        for key in [
+            "../etc/passwd",
+            "/etc/passwd",
+            "a/../../b",
+            "",
+            "a/./b",
+            "a//b",
+            "a/",
+            "a\\..\\b",
+            "a\0b",
+        ] {
             assert!(store.size(key).await.is_err(), "{key}");
         }
     }

@@ -4,17 +4,20 @@
 
 use axum::{
     Json,
-    extract::{Path, State},
+    extract::State,
     http::header,
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
 
 use super::{
-    AppState, ClientInfo, Error,
+    AppState, ClientInfo, Error, address_key,
+    extract::Path,
+    limited,
     pages::{self, LinkRow, ReleaseRows, human_size, render},
 };
 use crate::{
+    audit::Client,
     db::{self, grants::GrantView},
     grants::{self, GrantState},
     links::Refusal,
@@ -25,6 +28,15 @@ async fn grant_of(state: &AppState, token: &str) -> Result<GrantView, Error> {
     grants::find_by_access_token(&state.app, token)
         .await?
         .ok_or(Error::NotFound)
+}
+
+/// The grant behind an access token, when this address and this grant may
+/// have freshly signed links now.
+async fn grant_for_links(state: &AppState, token: &str, client: &Client) -> Result<GrantView, Error> {
+    limited(&state.limits.links_per_address, address_key(client))?;
+    let grant = grant_of(state, token).await?;
+    limited(&state.limits.links_per_grant, &grant.id)?;
+    Ok(grant)
 }
 
 fn no_store(mut response: Response) -> Response {
@@ -40,7 +52,7 @@ pub async fn page(
     ClientInfo(client): ClientInfo,
     Path(token): Path<String>,
 ) -> Result<Response, Error> {
-    let grant = grant_of(&state, &token).await?;
+    let grant = grant_for_links(&state, &token, &client).await?;
     let access = grants::access(&state.app, grant, "page", client).await?;
     let page = pages::AccessPage {
         title: access.grant.model_title.clone(),
@@ -152,7 +164,7 @@ pub async fn grant_manifest(
     ClientInfo(client): ClientInfo,
     Path(token): Path<String>,
 ) -> Result<Response, Error> {
-    let grant = grant_of(&state, &token).await?;
+    let grant = grant_for_links(&state, &token, &client).await?;
     let access = grants::access(&state.app, grant, "manifest", client).await?;
     let refusal = match access.state {
         GrantState::Active => None,

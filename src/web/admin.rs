@@ -3,9 +3,7 @@
 use std::collections::HashMap;
 
 use axum::{
-    Form,
-    body::Bytes,
-    extract::{Path, Query, State},
+    extract::State,
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Redirect, Response},
 };
@@ -16,6 +14,7 @@ use tower_sessions::Session;
 use super::{
     AppState, ClientInfo, Error,
     auth::{CsrfForm, CurrentReviewer, REVIEWER_KEY, check_csrf, csrf_field},
+    extract::{Form, FormFields, Path, Query},
     pages::{self, ApplicationRow, BulkResultRow, Choice, GrantRow, Header, QueueRow, render},
 };
 use crate::{
@@ -570,15 +569,15 @@ pub async fn bulk(
     token: CsrfToken,
     CurrentReviewer(reviewer): CurrentReviewer,
     ClientInfo(client): ClientInfo,
-    body: Bytes,
+    FormFields(body): FormFields,
 ) -> Result<Response, Error> {
     let mut fields: HashMap<String, String> = HashMap::new();
     let mut ids = Vec::new();
-    for (k, v) in form_urlencoded::parse(&body) {
+    for (k, v) in body {
         if k == "id" {
-            ids.push(v.into_owned());
+            ids.push(v);
         } else {
-            fields.insert(k.into_owned(), v.into_owned());
+            fields.insert(k, v);
         }
     }
     let field = |k: &str| fields.get(k).map_or("", String::as_str);

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use axum::{
-    extract::{Path, Query, State},
+    extract::State,
     response::{IntoResponse, Response},
 };
 use axum_csrf::CsrfToken;
@@ -13,6 +13,7 @@ use serde::Deserialize;
 use super::{
     AppState, Error,
     auth::CurrentReviewer,
+    extract::{Path, Query},
     pages::{self, EventRowView, Header, render},
 };
 use crate::{

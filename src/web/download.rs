@@ -2,12 +2,12 @@
 
 use axum::{
     body::Body,
-    extract::{Path, State},
+    extract::State,
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 
-use super::{AppState, ClientInfo, Error};
+use super::{AppState, ClientInfo, Error, extract::Path};
 use crate::grants::{self, Delivery};
 
 pub async fn fetch(

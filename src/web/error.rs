@@ -39,6 +39,17 @@ pub enum Error {
     /// nothing was changed, and trying again later works.
     #[error("{0}")]
     Unavailable(String),
+    #[error("the request is larger than the {} this portal accepts; shorten what you entered", bytesize::ByteSize::b(*.limit as u64))]
+    PayloadTooLarge { limit: usize },
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// A rate limit of [`crate::limits`]: `what` says which, in words.
+    #[error("{what}. Please wait {} seconds and try again.", .retry_after.as_secs().max(1))]
+    TooManyRequests {
+        limit: &'static str,
+        what: &'static str,
+        retry_after: std::time::Duration,
+    },
     #[error(transparent)]
     Internal(anyhow::Error),
 }
@@ -52,6 +63,9 @@ impl Error {
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Error::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -65,6 +79,9 @@ impl Error {
             Error::Conflict(_) => "conflict",
             Error::RangeNotSatisfiable { .. } => "range_not_satisfiable",
             Error::Unavailable(_) => "unavailable",
+            Error::PayloadTooLarge { .. } => "payload_too_large",
+            Error::UnsupportedMediaType(_) => "unsupported_media_type",
+            Error::TooManyRequests { .. } => "rate_limited",
             Error::Internal(_) => "internal",
         }
     }
@@ -226,6 +243,17 @@ impl IntoResponse for Error {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
         }
+        if let Error::TooManyRequests {
+            limit, retry_after, ..
+        } = self
+        {
+            // Whole seconds, rounded up: a client that waits this long gets in.
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            metrics::counter!("weightgate_rate_limited_total", "limit" => limit).increment(1);
+        }
         response.extensions_mut().insert(ErrorInfo {
             code: self.code(),
             message,
@@ -321,6 +349,22 @@ mod tests {
         for (err, status) in cases {
             assert_eq!(Error::from(err).status(), status);
         }
+    }
+
+    #[test]
+    fn limits_answer_429_with_the_seconds_to_wait() {
+        let err = Error::TooManyRequests {
+            limit: "applications_per_address",
+            what: "Too many applications from your address",
+            retry_after: std::time::Duration::from_millis(2_500),
+        };
+        assert_eq!(err.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(err.code(), "rate_limited");
+        let response = err.into_response();
+        assert_eq!(response.headers()[header::RETRY_AFTER], "3");
+        let too_large = Error::PayloadTooLarge { limit: 64 * 1024 };
+        assert_eq!(too_large.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(too_large.to_string().contains("64.0 KiB"), "{too_large}");
     }
 
     #[test]

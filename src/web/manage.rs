@@ -2,8 +2,7 @@
 //! policy, denial templates; and every reviewer's own notification choice.
 
 use axum::{
-    Form,
-    extract::{Path, State},
+    extract::State,
     response::{IntoResponse, Redirect, Response},
 };
 use axum_csrf::CsrfToken;
@@ -12,6 +11,7 @@ use serde::Deserialize;
 use super::{
     AppState, Error,
     auth::{CurrentReviewer, check_csrf},
+    extract::{Form, Path},
     pages::{self, Choice, Header, render},
 };
 use crate::{

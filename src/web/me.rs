@@ -3,8 +3,7 @@
 //! (fresh links, the client's manifest URL, renewals).
 
 use axum::{
-    Form,
-    extract::{Path, State},
+    extract::State,
     http::StatusCode,
     response::{IntoResponse, Redirect, Response},
 };
@@ -15,7 +14,10 @@ use tower_sessions::Session;
 use super::{
     AppState, ClientInfo, Error,
     access::PUBLIC_KEY_PATH,
+    address_key,
     auth::{CsrfForm, CurrentResearcher, RESEARCHER_KEY, check_csrf, csrf_field},
+    extract::{Form, Path},
+    limited,
     pages::{self, AnswerRow, HistoryRow, LinkRow, ReleaseRows, ResearcherHeader, human_size, render},
 };
 use crate::{
@@ -65,8 +67,12 @@ pub async fn request_link(
     Form(form): Form<SigninForm>,
 ) -> Result<Response, Error> {
     check_csrf(&token, &form.authenticity_token)?;
+    limited(&state.limits.signin_per_address, address_key(&client))?;
     match form.email.parse::<Email>() {
         Ok(email) => {
+            // Counted whether or not the address has an account, so that a
+            // refusal says nothing about who has one.
+            limited(&state.limits.mail_per_recipient, email.as_str())?;
             researchers::request_signin(&state.app, &email, client).await?;
             render(&pages::SigninSent {
                 email: email.to_string(),
@@ -221,12 +227,14 @@ async fn access_page(
     client: Client,
     manifest_for: Option<(String, String)>,
 ) -> Result<Response, Error> {
+    limited(&state.limits.links_per_address, address_key(&client))?;
     let mut rows = Vec::new();
     for grant in researchers::my_grants(&state.app, researcher).await? {
         let renewal_pending = db::applications::open_renewal(state.app.db.pool(), &grant.id)
             .await?
             .is_some();
         let access = if GrantState::of(&grant, now_ms()) == GrantState::Active {
+            limited(&state.limits.links_per_grant, &grant.id)?;
             Some(grants::access(&state.app, grant.clone(), "my access page", client.clone()).await?)
         } else {
             None

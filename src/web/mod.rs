@@ -6,6 +6,7 @@ mod audit;
 mod auth;
 mod download;
 mod error;
+mod extract;
 mod manage;
 mod me;
 mod ops;
@@ -16,7 +17,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
     Router,
-    extract::{ConnectInfo, FromRef, FromRequestParts},
+    extract::{ConnectInfo, DefaultBodyLimit, FromRef, FromRequestParts},
     http::{HeaderName, HeaderValue, header, request::Parts},
     middleware,
     response::IntoResponse,
@@ -32,7 +33,12 @@ use tower_sessions::{Expiry, SessionManagerLayer, cookie::SameSite};
 
 pub use error::Error;
 
-use crate::{app::App, audit::Client, links::load_or_create_keys};
+use crate::{
+    app::App,
+    audit::Client,
+    limits::{Limit, RateLimits},
+    links::load_or_create_keys,
+};
 
 /// Shared state of every handler; cheap to clone.
 #[derive(Clone)]
@@ -41,6 +47,8 @@ pub struct AppState {
     csrf: CsrfConfig,
     /// Sign-in attempts per account and per address, on this replica.
     throttle: Arc<crate::accounts::SignInThrottle>,
+    /// Rate limits on applications, e-mails and link minting, on this replica.
+    limits: Arc<RateLimits>,
 }
 
 impl FromRef<AppState> for CsrfConfig {
@@ -95,9 +103,10 @@ pub async fn router(app: Arc<App>) -> anyhow::Result<Router> {
         .with_secure(secure)
         .with_expiry(Expiry::OnInactivity(time::Duration::hours(8)));
     let state = AppState {
-        app,
         csrf,
         throttle: Arc::new(crate::accounts::SignInThrottle::default()),
+        limits: Arc::new(RateLimits::new(&app.config)),
+        app,
     };
 
     let admin = Router::new()
@@ -167,6 +176,7 @@ pub async fn router(app: Arc<App>) -> anyhow::Result<Router> {
         .merge(researcher)
         .fallback(|| async { Error::NotFound })
         .with_state(state)
+        .layer(DefaultBodyLimit::max(extract::MAX_BODY))
         .layer(middleware::from_fn(ops::count_requests))
         .layer(middleware::from_fn(error::render_errors))
         .layer(SetResponseHeaderLayer::if_not_present(
@@ -190,6 +200,22 @@ pub async fn router(app: Arc<App>) -> anyhow::Result<Router> {
         .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
         .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid));
     Ok(router)
+}
+
+/// Counts one request against `limit` for `key`: 429 with the wait when
+/// over it.
+fn limited(limit: &Limit, key: &str) -> Result<(), Error> {
+    limit.check(key).map_err(|retry_after| Error::TooManyRequests {
+        limit: limit.name,
+        what: limit.what,
+        retry_after,
+    })
+}
+
+/// The client's address as a rate-limit key; requests without one (never
+/// the case over TCP) share a key.
+fn address_key(client: &Client) -> &str {
+    client.ip.as_deref().unwrap_or("unknown")
 }
 
 async fn style() -> impl IntoResponse {

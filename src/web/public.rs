@@ -2,8 +2,7 @@
 //! form and e-mail confirmation.
 
 use axum::{
-    Form,
-    extract::{Path, State},
+    extract::State,
     http::StatusCode,
     response::{IntoResponse, Response},
 };
@@ -11,8 +10,10 @@ use axum_csrf::CsrfToken;
 use serde::Deserialize;
 
 use super::{
-    AppState, ClientInfo, Error,
+    AppState, ClientInfo, Error, address_key,
     auth::{CsrfForm, MaybeResearcher, check_csrf, csrf_field},
+    extract::{Form, Path},
+    limited,
     pages::{self, FormValues, OptionItem, QuestionField, render},
 };
 use crate::{
@@ -204,6 +205,7 @@ pub async fn apply(
     Form(submitted): Form<ApplyForm>,
 ) -> Result<Response, Error> {
     check_csrf(&token, &submitted.authenticity_token)?;
+    limited(&state.limits.applications_per_address, address_key(&client))?;
     let model = find_model(&state, &slug).await?;
     let form = submitted.form;
     match form.validate(&model) {
@@ -217,6 +219,8 @@ pub async fn apply(
                     return Err(Error::Conflict(eligibility.explain(&model.title)));
                 }
             }
+            // Every recorded or declined application e-mails the address.
+            limited(&state.limits.mail_per_recipient, &email)?;
             applications::submit(&state.app, &model, valid, client).await?;
             render(&pages::Submitted {
                 title: model.title,

@@ -564,7 +564,20 @@ async fn a_full_data_disk_is_reported_loses_nothing_and_passes_when_space_return
         }
         assert!(arrived, "the confirmation e-mail was delivered once there was room");
     }
-    t.apply_and_confirm("after-full@uni.example.edu").await;
+    let (status, page) = t
+        .apply(
+            &client(),
+            &[
+                ("name", "After Full"),
+                ("email", "after-full@uni.example.edu"),
+                ("affiliation", "Storage Lab"),
+                ("intended_use", "Research"),
+                ("accept_terms", "on"),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "applications work again once there is room: {page}");
+    t.wait_for_mail("after-full@uni.example.edu", "Confirm your application").await;
     chain_intact(&t).await;
     drop(t);
     drop(disk);

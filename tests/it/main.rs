@@ -41,6 +41,7 @@ mod client;
 mod dashboard;
 mod downloads;
 mod faults;
+mod hostile;
 mod journey;
 mod mail;
 mod ops;

@@ -1,0 +1,171 @@
+//! Rate limits on what a script could use to flood the portal or someone's
+//! inbox: applications, e-mails sent on request, and link minting. Each is
+//! counted per key (a client address, a recipient, a grant) in memory, on
+//! this replica: with N replicas behind a load balancer a client gets up to
+//! N times the rate, which the defaults allow for.
+
+use std::{fmt, num::NonZeroU32, str::FromStr, time::Duration};
+
+use governor::{
+    DefaultKeyedRateLimiter, Quota, RateLimiter,
+    clock::{Clock, DefaultClock},
+};
+
+use crate::config::Config;
+
+/// `burst` requests at once, then the allowance refills evenly over `per`:
+/// `30/1h` allows 30 at once and one more every two minutes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rate {
+    pub burst: NonZeroU32,
+    pub per: Duration,
+}
+
+impl FromStr for Rate {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{s:?} is not a rate: use COUNT/DURATION, e.g. 30/1h");
+        let (count, per) = s.trim().split_once('/').ok_or_else(bad)?;
+        let burst: NonZeroU32 = count.trim().parse().map_err(|_| bad())?;
+        let per = humantime::parse_duration(per.trim()).map_err(|_| bad())?;
+        if per.is_zero() {
+            return Err(bad());
+        }
+        Ok(Self { burst, per })
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.burst, humantime::format_duration(self.per))
+    }
+}
+
+impl Rate {
+    fn quota(self) -> Quota {
+        let every = (self.per / self.burst.get()).max(Duration::from_nanos(1));
+        Quota::with_period(every)
+            .expect("a period is not zero")
+            .allow_burst(self.burst)
+    }
+}
+
+/// One limit: a name for metrics and logs, what a refused person reads, and
+/// the counters by key.
+pub struct Limit {
+    pub name: &'static str,
+    pub what: &'static str,
+    limiter: DefaultKeyedRateLimiter<String>,
+}
+
+impl fmt::Debug for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Limit")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Keys kept before the counters of idle keys are dropped.
+const MAX_KEYS: usize = 100_000;
+
+impl Limit {
+    pub fn new(name: &'static str, what: &'static str, rate: Rate) -> Self {
+        Self {
+            name,
+            what,
+            limiter: RateLimiter::keyed(rate.quota()),
+        }
+    }
+
+    /// Counts one request for `key`; `Err` with the time to wait when the
+    /// key is over its limit (the refused request is not counted).
+    pub fn check(&self, key: &str) -> Result<(), Duration> {
+        if self.limiter.len() > MAX_KEYS {
+            self.limiter.retain_recent();
+        }
+        let key = key.to_owned();
+        self.limiter
+            .check_key(&key)
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    }
+}
+
+/// Every rate limit of a replica.
+#[derive(Debug)]
+pub struct RateLimits {
+    /// Application forms sent from one client address.
+    pub applications_per_address: Limit,
+    /// E-mails sent on someone's request (application confirmations and
+    /// notices, sign-in links) to one address, whether or not it belongs
+    /// to anyone: the answer never says which.
+    pub mail_per_recipient: Limit,
+    /// Sign-in link requests from one client address.
+    pub signin_per_address: Limit,
+    /// Pages and manifests with freshly signed links for one grant.
+    pub links_per_grant: Limit,
+    /// Pages and manifests with freshly signed links from one client address.
+    pub links_per_address: Limit,
+}
+
+impl RateLimits {
+    pub fn new(config: &Config) -> Self {
+        Self {
+            applications_per_address: Limit::new(
+                "applications_per_address",
+                "Too many applications were sent from your address",
+                config.limit_applications_per_address,
+            ),
+            mail_per_recipient: Limit::new(
+                "mail_per_recipient",
+                "Too many e-mails were asked for this address",
+                config.limit_mail_per_recipient,
+            ),
+            signin_per_address: Limit::new(
+                "signin_per_address",
+                "Too many sign-in links were asked for from your address",
+                config.limit_signin_per_address,
+            ),
+            links_per_grant: Limit::new(
+                "links_per_grant",
+                "Fresh links for this access were asked for too often",
+                config.limit_links_per_grant,
+            ),
+            links_per_address: Limit::new(
+                "links_per_address",
+                "Fresh links were asked for too often from your address",
+                config.limit_links_per_address,
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_read_as_count_per_duration() {
+        let rate: Rate = "30/1h".parse().unwrap();
+        assert_eq!(rate.burst.get(), 30);
+        assert_eq!(rate.per, Duration::from_secs(3600));
+        assert_eq!(rate.to_string().parse::<Rate>(), Ok(rate));
+        for bad in ["", "30", "0/1h", "-1/1h", "30/", "30/0s", "x/1h", "30/soon"] {
+            assert!(bad.parse::<Rate>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_key_over_its_burst_waits_and_others_do_not() {
+        let limit = Limit::new("test", "Too many", "2/1h".parse().unwrap());
+        assert!(limit.check("a").is_ok());
+        assert!(limit.check("a").is_ok());
+        let wait = limit.check("a").unwrap_err();
+        assert!(
+            wait > Duration::from_secs(1_700) && wait <= Duration::from_secs(1_800),
+            "one more every half hour: {wait:?}"
+        );
+        assert!(limit.check("b").is_ok());
+    }
+}
