@@ -123,12 +123,19 @@ struct Canonical<'a> {
 /// The chain hash of a stored event: SHA-256 over its canonical JSON encoding,
 /// which includes the previous event's hash.
 pub fn event_hash(r: &EventRow) -> String {
-    event_hash_at(r, r.seq)
+    hex::encode(digest_at(r, r.seq, &mut Vec::new()))
 }
 
-/// The hash `r` would have if it were stored at position `seq`: tells where a
-/// moved event came from.
-fn event_hash_at(r: &EventRow, seq: i64) -> String {
+/// Whether `r`, were it stored at position `seq`, would have the hash it
+/// carries: tells an intact event, and where a moved one came from. `buf` is
+/// scratch space, kept between calls to save an allocation per event.
+fn hash_matches(r: &EventRow, seq: i64, buf: &mut Vec<u8>) -> bool {
+    let mut hex = [0u8; 64];
+    hex::encode_to_slice(digest_at(r, seq, buf), &mut hex).expect("a SHA-256 digest is 64 hex digits");
+    hex == r.hash.as_bytes()
+}
+
+fn digest_at(r: &EventRow, seq: i64, buf: &mut Vec<u8>) -> [u8; 32] {
     let canonical = Canonical {
         seq,
         at: r.at,
@@ -150,11 +157,12 @@ fn event_hash_at(r: &EventRow, seq: i64) -> String {
         request_id: &r.request_id,
         prev_hash: &r.prev_hash,
     };
-    let json = serde_json::to_vec(&canonical).expect("an event always encodes");
+    buf.clear();
+    serde_json::to_writer(&mut *buf, &canonical).expect("an event always encodes");
     let mut h = Sha256::new();
     h.update(b"weightgate-audit-v1\n");
-    h.update(&json);
-    hex::encode(h.finalize())
+    h.update(&buf);
+    h.finalize().into()
 }
 
 /// Takes the log's write lock for this transaction. SQLite's write

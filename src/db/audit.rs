@@ -1,10 +1,13 @@
 //! The audit log and its signed checkpoints: append and read, never update.
 //! Also the read-only queries behind the operator's reports.
 
+use std::path::Path;
+
+use anyhow::Context;
 use futures_util::stream::BoxStream;
 use sqlx::{AnyPool, FromRow, any::AnyExecutor};
 
-use crate::db::Tx;
+use crate::db::{Db, Tx};
 
 #[derive(Clone, Debug, FromRow, serde::Serialize)]
 pub struct EventRow {
@@ -175,6 +178,143 @@ pub async fn page_after<'c>(
     .bind(limit)
     .fetch_all(e)
     .await
+}
+
+/// The log in sequence order after a position, page by page: the next pages
+/// are read while the caller checks the current one.
+pub struct Pages {
+    source: Source,
+}
+
+enum Source {
+    /// SQLite: one read transaction on a connection and thread of its own,
+    /// which reads the rows straight from SQLite's statement, one page ahead.
+    Sqlite(tokio::sync::mpsc::Receiver<anyhow::Result<Vec<EventRow>>>),
+    /// Through the pool: one query per page, the next one in flight.
+    Pool {
+        pool: AnyPool,
+        size: usize,
+        next: Option<tokio::task::JoinHandle<sqlx::Result<Vec<EventRow>>>>,
+    },
+}
+
+/// Pages read ahead of the one being checked.
+const PAGES_AHEAD: usize = 2;
+
+impl Pages {
+    /// Pages of `size` events after position `after_seq`.
+    pub fn open(db: &Db, after_seq: i64, size: usize) -> Self {
+        let source = match db.sqlite_file() {
+            Some(file) => {
+                let (tx, rx) = tokio::sync::mpsc::channel(PAGES_AHEAD);
+                let file = file.to_owned();
+                std::thread::spawn(move || {
+                    if let Err(err) = read_sqlite_pages(&file, after_seq, size, &tx) {
+                        let _ = tx.blocking_send(Err(err));
+                    }
+                });
+                Source::Sqlite(rx)
+            }
+            None => {
+                let pool = db.pool().clone();
+                let next = Some(fetch_page(&pool, after_seq, size));
+                Source::Pool { pool, size, next }
+            }
+        };
+        Self { source }
+    }
+
+    /// The next page, never empty; `None` after the last event.
+    pub async fn next(&mut self) -> anyhow::Result<Option<Vec<EventRow>>> {
+        match &mut self.source {
+            Source::Sqlite(rx) => rx.recv().await.transpose(),
+            Source::Pool { pool, size, next } => {
+                let Some(task) = next.take() else { return Ok(None) };
+                let page = task.await??;
+                match page.last() {
+                    None => return Ok(None),
+                    Some(last) if page.len() == *size => *next = Some(fetch_page(pool, last.seq, *size)),
+                    Some(_) => {}
+                }
+                Ok(Some(page))
+            }
+        }
+    }
+}
+
+impl Drop for Pages {
+    fn drop(&mut self) {
+        // The SQLite reader stops by itself once its channel is closed.
+        if let Source::Pool { next: Some(task), .. } = &self.source {
+            task.abort();
+        }
+    }
+}
+
+fn fetch_page(
+    pool: &AnyPool,
+    after_seq: i64,
+    size: usize,
+) -> tokio::task::JoinHandle<sqlx::Result<Vec<EventRow>>> {
+    let pool = pool.clone();
+    let limit = i64::try_from(size).unwrap_or(i64::MAX);
+    tokio::spawn(async move { page_after(&pool, after_seq, limit).await })
+}
+
+/// Reads every event after `after_seq` with one statement and sends them on
+/// in pages, until the end of the log or until nobody listens.
+fn read_sqlite_pages(
+    file: &Path,
+    after_seq: i64,
+    size: usize,
+    pages: &tokio::sync::mpsc::Sender<anyhow::Result<Vec<EventRow>>>,
+) -> anyhow::Result<()> {
+    use rusqlite::OpenFlags;
+    let conn = rusqlite::Connection::open_with_flags(
+        file,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("cannot open {}", file.display()))?;
+    conn.pragma_update(None, "query_only", true)?;
+    let mut statement = conn.prepare(&format!(
+        "SELECT {COLUMNS} FROM audit_events WHERE seq > $1 ORDER BY seq"
+    ))?;
+    let mut rows = statement.query([after_seq])?;
+    let mut page = Vec::with_capacity(size);
+    while let Some(row) = rows.next()? {
+        page.push(EventRow {
+            seq: row.get(0)?,
+            at: row.get(1)?,
+            action: row.get(2)?,
+            outcome: row.get(3)?,
+            reason: row.get(4)?,
+            actor: row.get(5)?,
+            subject: row.get(6)?,
+            model_id: row.get(7)?,
+            application_id: row.get(8)?,
+            grant_id: row.get(9)?,
+            researcher_id: row.get(10)?,
+            file_id: row.get(11)?,
+            range_start: row.get(12)?,
+            range_end: row.get(13)?,
+            bytes: row.get(14)?,
+            client_ip: row.get(15)?,
+            user_agent: row.get(16)?,
+            request_id: row.get(17)?,
+            prev_hash: row.get(18)?,
+            hash: row.get(19)?,
+        });
+        if page.len() == size {
+            let full = std::mem::replace(&mut page, Vec::with_capacity(size));
+            if pages.blocking_send(Ok(full)).is_err() {
+                return Ok(());
+            }
+        }
+    }
+    if !page.is_empty() {
+        let _ = pages.blocking_send(Ok(page));
+    }
+    Ok(())
 }
 
 pub async fn find_event<'c>(e: impl AnyExecutor<'c>, seq: i64) -> sqlx::Result<Option<EventRow>> {

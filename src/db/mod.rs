@@ -10,6 +10,8 @@ pub mod outbox;
 pub mod reviewers;
 pub mod sessions;
 
+use std::path::PathBuf;
+
 use anyhow::Context;
 use sqlx::{
     Any, AnyPool, Executor,
@@ -33,6 +35,9 @@ pub enum Backend {
 pub struct Db {
     pool: AnyPool,
     backend: Backend,
+    /// The SQLite database file, for the parts that read or write it through
+    /// their own connection; `None` on PostgreSQL and for in-memory databases.
+    sqlite_file: Option<PathBuf>,
 }
 
 impl Db {
@@ -55,7 +60,26 @@ impl Db {
             // stored in the database file, so setting it once per start is enough.
             pool.execute("PRAGMA journal_mode = WAL").await?;
         }
-        Ok(Self { pool, backend })
+        let sqlite_file = match backend {
+            Backend::Sqlite => {
+                let file: String =
+                    sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
+                        .fetch_one(&pool)
+                        .await?;
+                Some(PathBuf::from(file)).filter(|f| !f.as_os_str().is_empty())
+            }
+            Backend::Postgres => None,
+        };
+        Ok(Self {
+            pool,
+            backend,
+            sqlite_file,
+        })
+    }
+
+    /// The SQLite database file, when the database is one.
+    pub fn sqlite_file(&self) -> Option<&std::path::Path> {
+        self.sqlite_file.as_deref()
     }
 
     pub fn pool(&self) -> &AnyPool {
