@@ -9,13 +9,17 @@
 //! [`verify_chain`] walks the chain and checks the signed checkpoints of its
 //! head ([`checkpoint`]); [`report`] reads who fetched what.
 
+use std::collections::HashMap;
+
 use anyhow::Context;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
+use sqlx::AnyConnection;
+
 use crate::{
-    db::{self, Backend, Db, Tx, audit::EventRow},
+    db::{self, Backend, Db, Tx, audit::EventRow, grants::GrantNow},
     types::now_ms,
 };
 
@@ -168,10 +172,10 @@ fn digest_at(r: &EventRow, seq: i64, buf: &mut Vec<u8>) -> [u8; 32] {
 /// Takes the log's write lock for this transaction. SQLite's write
 /// transactions already serialise (`BEGIN IMMEDIATE`); on PostgreSQL an advisory
 /// lock keeps replicas from forking the chain.
-async fn lock_chain(tx: &mut Tx, backend: Backend) -> sqlx::Result<()> {
+async fn lock_chain(conn: &mut AnyConnection, backend: Backend) -> sqlx::Result<()> {
     if backend == Backend::Postgres {
         sqlx::query("SELECT pg_advisory_xact_lock(4242001)")
-            .execute(&mut **tx)
+            .execute(&mut *conn)
             .await?;
     }
     Ok(())
@@ -180,12 +184,17 @@ async fn lock_chain(tx: &mut Tx, backend: Backend) -> sqlx::Result<()> {
 /// Appends events inside `tx` and returns their sequence numbers. They become
 /// durable when `tx` commits.
 pub async fn append(tx: &mut Tx, backend: Backend, events: &[Event]) -> anyhow::Result<Vec<i64>> {
-    lock_chain(tx, backend).await?;
-    let (mut seq, mut prev) = db::audit::head(&mut **tx)
+    lock_chain(&mut **tx, backend).await?;
+    append_locked(&mut **tx, now_ms(), events).await
+}
+
+/// Appends events, all at time `at`, in a transaction that holds the chain lock.
+async fn append_locked(conn: &mut AnyConnection, at: i64, events: &[Event]) -> anyhow::Result<Vec<i64>> {
+    let (mut seq, mut prev) = db::audit::head(&mut *conn)
         .await?
         .unwrap_or((0, GENESIS.to_owned()));
-    let at = now_ms();
-    let mut seqs = Vec::with_capacity(events.len());
+    let mut rows = Vec::with_capacity(events.len());
+    let mut buf = Vec::with_capacity(1024);
     for e in events {
         seq += 1;
         let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
@@ -208,17 +217,17 @@ pub async fn append(tx: &mut Tx, backend: Backend, events: &[Event]) -> anyhow::
             client_ip: e.client.ip.clone(),
             user_agent: e.client.user_agent.clone(),
             request_id: e.client.request_id.clone(),
-            prev_hash: prev,
+            prev_hash: std::mem::take(&mut prev),
             hash: String::new(),
         };
-        row.hash = event_hash(&row);
-        db::audit::insert(tx, &row)
-            .await
-            .context("cannot append to the audit log")?;
-        prev = row.hash;
-        seqs.push(seq);
+        row.hash = hex::encode(digest_at(&row, seq, &mut buf));
+        prev.clone_from(&row.hash);
+        rows.push(row);
     }
-    Ok(seqs)
+    db::audit::insert_many(conn, &rows)
+        .await
+        .context("cannot append to the audit log")?;
+    Ok(rows.iter().map(|r| r.seq).collect())
 }
 
 /// Appends one event in its own transaction.
@@ -229,9 +238,26 @@ pub async fn append_now(db: &Db, event: Event) -> anyhow::Result<i64> {
     Ok(seq[0])
 }
 
+/// Decides a fetch's event from its grant as the writer finds it (`None`
+/// when there is no such grant) and the time the event is recorded at.
+pub type Decide = Box<dyn FnOnce(Option<&GrantNow>, i64) -> Event + Send>;
+
+/// An event that depends on the state of a grant: the writer reads that
+/// state in the transaction that appends the event, under the chain lock, so
+/// no change to the grant can come between the check and the record.
+pub struct Guarded {
+    pub grant_id: String,
+    pub decide: Decide,
+}
+
+enum Item {
+    Event(Event),
+    Guarded(Guarded),
+}
+
 struct Pending {
-    event: Event,
-    done: oneshot::Sender<Result<i64, String>>,
+    item: Item,
+    done: oneshot::Sender<Result<(i64, Event), String>>,
 }
 
 /// Handle on the batching writer used by the download path.
@@ -244,28 +270,26 @@ pub struct AuditLog {
 const MAX_BATCH: usize = 1024;
 
 impl AuditLog {
-    /// Starts the writer task.
+    /// Starts the writer task, with a database connection of its own.
     pub fn start(db: Db) -> Self {
         let (queue, mut rx) = mpsc::channel::<Pending>(4 * MAX_BATCH);
         tokio::spawn(async move {
+            let mut conn = None;
             let mut batch = Vec::with_capacity(MAX_BATCH);
             while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-                let (events, waiters): (Vec<_>, Vec<_>) = batch.drain(..).map(|p| (p.event, p.done)).unzip();
-                let result = async {
-                    let mut tx = db.begin().await?;
-                    let seqs = append(&mut tx, db.backend(), &events).await?;
-                    tx.commit().await?;
-                    anyhow::Ok(seqs)
-                }
-                .await;
-                match result {
-                    Ok(seqs) => {
-                        for (done, seq) in waiters.into_iter().zip(seqs) {
-                            let _ = done.send(Ok(seq));
+                let (items, waiters): (Vec<_>, Vec<_>) = batch.drain(..).map(|p| (p.item, p.done)).unzip();
+                let count = items.len();
+                match write_batch(&db, &mut conn, items).await {
+                    Ok(written) => {
+                        for (done, written) in waiters.into_iter().zip(written) {
+                            let _ = done.send(Ok(written));
                         }
                     }
                     Err(err) => {
-                        tracing::error!(error = %format!("{err:#}"), events = events.len(), "audit write failed");
+                        // Start the next batch on a fresh connection, in case
+                        // this one is broken.
+                        conn = None;
+                        tracing::error!(error = %format!("{err:#}"), events = count, "audit write failed");
                         for done in waiters {
                             let _ = done.send(Err(format!("{err:#}")));
                         }
@@ -276,11 +300,10 @@ impl AuditLog {
         Self { queue }
     }
 
-    /// Appends an event and returns once it is durable.
-    pub async fn record(&self, event: Event) -> anyhow::Result<i64> {
+    async fn submit(&self, item: Item) -> anyhow::Result<(i64, Event)> {
         let (done, answer) = oneshot::channel();
         self.queue
-            .send(Pending { event, done })
+            .send(Pending { item, done })
             .await
             .map_err(|_| anyhow::anyhow!("the audit writer has stopped"))?;
         answer
@@ -288,4 +311,57 @@ impl AuditLog {
             .map_err(|_| anyhow::anyhow!("the audit writer has stopped"))?
             .map_err(|e| anyhow::anyhow!(e))
     }
+
+    /// Appends an event and returns once it is durable.
+    pub async fn record(&self, event: Event) -> anyhow::Result<i64> {
+        Ok(self.submit(Item::Event(event)).await?.0)
+    }
+
+    /// Appends the event `guarded` decides on, and returns once it is durable,
+    /// with its position and the event as written.
+    pub async fn record_guarded(&self, guarded: Guarded) -> anyhow::Result<(i64, Event)> {
+        self.submit(Item::Guarded(guarded)).await
+    }
+}
+
+/// One transaction: the chain lock, the state of every grant the batch's
+/// guarded events name (one query), the events, the commit.
+async fn write_batch(
+    db: &Db,
+    conn: &mut Option<AnyConnection>,
+    items: Vec<Item>,
+) -> anyhow::Result<Vec<(i64, Event)>> {
+    let conn = match conn {
+        Some(conn) => conn,
+        None => conn.insert(db.connect_one().await?),
+    };
+    let mut tx = db.begin_on(conn).await?;
+    lock_chain(&mut tx, db.backend()).await?;
+    let mut ids: Vec<&str> = items
+        .iter()
+        .filter_map(|item| match item {
+            Item::Guarded(g) => Some(g.grant_id.as_str()),
+            Item::Event(_) => None,
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let grants: HashMap<String, GrantNow> = db::grants::current(&mut tx, &ids)
+        .await?
+        .into_iter()
+        .map(|g| (g.id.clone(), g))
+        .collect();
+    let at = now_ms();
+    let events: Vec<Event> = items
+        .into_iter()
+        .map(|item| match item {
+            Item::Event(event) => event,
+            Item::Guarded(g) => {
+                (g.decide)(grants.get(&g.grant_id), at)
+            }
+        })
+        .collect();
+    let seqs = append_locked(&mut tx, at, &events).await?;
+    tx.commit().await?;
+    Ok(seqs.into_iter().zip(events).collect())
 }

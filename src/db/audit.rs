@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use futures_util::stream::BoxStream;
-use sqlx::{AnyPool, FromRow, any::AnyExecutor};
+use sqlx::{AnyConnection, AnyPool, FromRow, any::AnyExecutor};
 
 use crate::db::{Db, Tx};
 
@@ -38,31 +38,54 @@ const COLUMNS: &str = "seq, at, action, outcome, reason, actor, subject, model_i
     researcher_id, file_id, range_start, range_end, bytes, client_ip, user_agent, request_id, prev_hash, hash";
 
 pub async fn insert(tx: &mut Tx, r: &EventRow) -> sqlx::Result<()> {
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO audit_events ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
-    )))
-    .bind(r.seq)
-    .bind(r.at)
-    .bind(&r.action)
-    .bind(&r.outcome)
-    .bind(&r.reason)
-    .bind(&r.actor)
-    .bind(&r.subject)
-    .bind(&r.model_id)
-    .bind(&r.application_id)
-    .bind(&r.grant_id)
-    .bind(&r.researcher_id)
-    .bind(&r.file_id)
-    .bind(r.range_start)
-    .bind(r.range_end)
-    .bind(r.bytes)
-    .bind(&r.client_ip)
-    .bind(&r.user_agent)
-    .bind(&r.request_id)
-    .bind(&r.prev_hash)
-    .bind(&r.hash)
-    .execute(&mut **tx)
-    .await?;
+    insert_many(&mut **tx, std::slice::from_ref(r)).await
+}
+
+/// Most events one `INSERT` statement takes: 20 values each, well inside
+/// both databases' limits on bound parameters.
+const INSERT_ROWS: usize = 500;
+
+/// Inserts events in as few statements as their number allows.
+pub async fn insert_many(conn: &mut AnyConnection, rows: &[EventRow]) -> sqlx::Result<()> {
+    for chunk in rows.chunks(INSERT_ROWS) {
+        let mut sql = format!("INSERT INTO audit_events ({COLUMNS}) VALUES ");
+        for i in 0..chunk.len() {
+            let first = i * 20;
+            sql.push_str(if i == 0 { "(" } else { ", (" });
+            for column in 1..=20 {
+                if column > 1 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("${}", first + column));
+            }
+            sql.push(')');
+        }
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+        for r in chunk {
+            query = query
+                .bind(r.seq)
+                .bind(r.at)
+                .bind(&r.action)
+                .bind(&r.outcome)
+                .bind(&r.reason)
+                .bind(&r.actor)
+                .bind(&r.subject)
+                .bind(&r.model_id)
+                .bind(&r.application_id)
+                .bind(&r.grant_id)
+                .bind(&r.researcher_id)
+                .bind(&r.file_id)
+                .bind(r.range_start)
+                .bind(r.range_end)
+                .bind(r.bytes)
+                .bind(&r.client_ip)
+                .bind(&r.user_agent)
+                .bind(&r.request_id)
+                .bind(&r.prev_hash)
+                .bind(&r.hash);
+        }
+        query.execute(&mut *conn).await?;
+    }
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 //! Grants: a researcher's time-limited, revocable access to one model.
 
-use sqlx::{FromRow, any::AnyExecutor};
+use sqlx::{AnyConnection, FromRow, any::AnyExecutor};
 
 use crate::db::Tx;
 
@@ -84,6 +84,45 @@ pub async fn list<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<Vec<GrantView>> {
     )))
     .fetch_all(e)
     .await
+}
+
+/// What can change about a grant after it is made, with its model's limits
+/// and, when the model has any, the grant's deliveries so far.
+#[derive(Clone, Debug, FromRow)]
+pub struct GrantNow {
+    pub id: String,
+    pub expires_at: i64,
+    pub revoked_at: Option<i64>,
+    pub quota_bytes: Option<i64>,
+    pub quota_files: Option<i64>,
+    #[sqlx(skip)]
+    pub deliveries: Vec<Delivery>,
+}
+
+/// The current state of these grants, in one query (plus one per grant
+/// whose model limits deliveries).
+pub async fn current(conn: &mut AnyConnection, ids: &[&str]) -> sqlx::Result<Vec<GrantNow>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let placeholders: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+    let mut query = sqlx::query_as::<_, GrantNow>(sqlx::AssertSqlSafe(format!(
+        "SELECT g.id, g.expires_at, g.revoked_at, m.quota_bytes, m.quota_files
+         FROM grants g JOIN models m ON m.id = g.model_id
+         WHERE g.id IN ({})",
+        placeholders.join(", ")
+    )))
+    .persistent(ids.len() == 1);
+    for id in ids {
+        query = query.bind(*id);
+    }
+    let mut grants = query.fetch_all(&mut *conn).await?;
+    for g in &mut grants {
+        if g.quota_bytes.is_some() || g.quota_files.is_some() {
+            g.deliveries = deliveries(&mut *conn, &g.id).await?;
+        }
+    }
+    Ok(grants)
 }
 
 /// Revokes a live grant; `false` when it was already revoked.

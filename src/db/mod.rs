@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use sqlx::{
-    Any, AnyPool, Executor,
+    Any, AnyConnection, AnyPool, Connection, Executor,
     any::AnyPoolOptions,
     migrate::{Migrate, Migrator},
 };
@@ -31,13 +31,24 @@ pub enum Backend {
 }
 
 /// A cheap-to-clone handle on the database.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Db {
     pool: AnyPool,
+    url: String,
     backend: Backend,
     /// The SQLite database file, for the parts that read or write it through
     /// their own connection; `None` on PostgreSQL and for in-memory databases.
     sqlite_file: Option<PathBuf>,
+}
+
+/// Leaves out the URL, which may hold a password.
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("backend", &self.backend)
+            .field("sqlite_file", &self.sqlite_file)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Db {
@@ -50,8 +61,12 @@ impl Db {
         } else {
             anyhow::bail!("unsupported database URL: expected sqlite://PATH or postgres://...");
         };
+        // An SQLite connection is a file handle in this process: it cannot
+        // drop the way a server connection does, so it is not pinged before
+        // every use.
         let pool = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 8 } else { 16 })
+            .test_before_acquire(backend == Backend::Postgres)
             .connect(url)
             .await
             .context("cannot connect to the database")?;
@@ -72,9 +87,18 @@ impl Db {
         };
         Ok(Self {
             pool,
+            url: url.to_owned(),
             backend,
             sqlite_file,
         })
+    }
+
+    /// A connection of its own, outside the pool, for a task that writes all
+    /// the time (the audit writer).
+    pub async fn connect_one(&self) -> anyhow::Result<AnyConnection> {
+        AnyConnection::connect(&self.url)
+            .await
+            .context("cannot connect to the database")
     }
 
     /// The SQLite database file, when the database is one.
@@ -145,6 +169,15 @@ impl Db {
         let tx = match self.backend {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.pool.begin().await?,
+        };
+        Ok(tx)
+    }
+
+    /// [`Db::begin`] on a connection of its own.
+    pub async fn begin_on<'c>(&self, conn: &'c mut AnyConnection) -> anyhow::Result<sqlx::Transaction<'c, Any>> {
+        let tx = match self.backend {
+            Backend::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => conn.begin().await?,
         };
         Ok(tx)
     }
