@@ -50,14 +50,8 @@ pub async fn insert_many(conn: &mut AnyConnection, rows: &[EventRow]) -> sqlx::R
     for chunk in rows.chunks(INSERT_ROWS) {
         let mut sql = format!("INSERT INTO audit_events ({COLUMNS}) VALUES ");
         for i in 0..chunk.len() {
-            let first = i * 20;
             sql.push_str(if i == 0 { "(" } else { ", (" });
-            for column in 1..=20 {
-                if column > 1 {
-                    sql.push_str(", ");
-                }
-                sql.push_str(&format!("${}", first + column));
-            }
+            sql.push_str(&super::placeholders(conn, i * 20 + 1, 20));
             sql.push(')');
         }
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);

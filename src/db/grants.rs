@@ -105,12 +105,11 @@ pub async fn current(conn: &mut AnyConnection, ids: &[&str]) -> sqlx::Result<Vec
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let placeholders: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
     let mut query = sqlx::query_as::<_, GrantNow>(sqlx::AssertSqlSafe(format!(
         "SELECT g.id, g.expires_at, g.revoked_at, m.quota_bytes, m.quota_files
          FROM grants g JOIN models m ON m.id = g.model_id
          WHERE g.id IN ({})",
-        placeholders.join(", ")
+        super::placeholders(conn, 1, ids.len())
     )))
     .persistent(ids.len() == 1);
     for id in ids {

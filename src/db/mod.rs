@@ -183,6 +183,27 @@ impl Db {
     }
 }
 
+/// `count` placeholders, separated by commas, numbered from `$first` on; on
+/// SQLite anonymous `?` ones in the same order. SQLite finds a numbered
+/// parameter by a linear search of the statement's parameters, so a
+/// statement with hundreds of them costs time quadratic in their number to
+/// prepare and to bind.
+pub fn placeholders(conn: &AnyConnection, first: usize, count: usize) -> String {
+    let sqlite = conn.backend_name() == "SQLite";
+    let mut list = String::with_capacity(count * 5);
+    for n in first..first + count {
+        if n > first {
+            list.push_str(", ");
+        }
+        if sqlite {
+            list.push('?');
+        } else {
+            list.push_str(&format!("${n}"));
+        }
+    }
+    list
+}
+
 /// `true` when the error is a unique-constraint violation.
 pub fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(e) if e.is_unique_violation())
