@@ -184,20 +184,29 @@ async fn lock_chain(conn: &mut AnyConnection, backend: Backend) -> sqlx::Result<
 /// Appends events inside `tx` and returns their sequence numbers. They become
 /// durable when `tx` commits.
 pub async fn append(tx: &mut Tx, backend: Backend, events: &[Event]) -> anyhow::Result<Vec<i64>> {
-    lock_chain(&mut **tx, backend).await?;
-    append_locked(&mut **tx, now_ms(), events).await
+    lock_chain(tx, backend).await?;
+    append_locked(tx, now_ms(), events).await
 }
 
 /// Appends events, all at time `at`, in a transaction that holds the chain lock.
 async fn append_locked(conn: &mut AnyConnection, at: i64, events: &[Event]) -> anyhow::Result<Vec<i64>> {
-    let (mut seq, mut prev) = db::audit::head(&mut *conn)
-        .await?
-        .unwrap_or((0, GENESIS.to_owned()));
+    let head = db::audit::head(&mut *conn).await?;
+    let rows = chain(head, at, events);
+    db::audit::insert_many(conn, &rows)
+        .await
+        .context("cannot append to the audit log")?;
+    Ok(rows.iter().map(|r| r.seq).collect())
+}
+
+/// The rows of `events`, all at time `at`, chained on after `head` (the
+/// newest event's position and hash; `None` for an empty log).
+fn chain(head: Option<(i64, String)>, at: i64, events: &[Event]) -> Vec<EventRow> {
+    let (mut seq, mut prev) = head.unwrap_or((0, GENESIS.to_owned()));
     let mut rows = Vec::with_capacity(events.len());
     let mut buf = Vec::with_capacity(1024);
+    let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     for e in events {
         seq += 1;
-        let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         let mut row = EventRow {
             seq,
             at,
@@ -224,10 +233,7 @@ async fn append_locked(conn: &mut AnyConnection, at: i64, events: &[Event]) -> a
         prev.clone_from(&row.hash);
         rows.push(row);
     }
-    db::audit::insert_many(conn, &rows)
-        .await
-        .context("cannot append to the audit log")?;
-    Ok(rows.iter().map(|r| r.seq).collect())
+    rows
 }
 
 /// Appends one event in its own transaction.
@@ -251,9 +257,35 @@ pub struct Guarded {
 }
 
 enum Item {
-    Event(Event),
+    Event(Box<Event>),
     Guarded(Guarded),
 }
+
+impl Item {
+    fn grant_id(&self) -> Option<&str> {
+        match self {
+            Item::Guarded(g) => Some(&g.grant_id),
+            Item::Event(_) => None,
+        }
+    }
+
+    fn into_event(self, grants: &HashMap<String, GrantNow>, at: i64) -> Event {
+        match self {
+            Item::Event(event) => *event,
+            Item::Guarded(g) => (g.decide)(grants.get(&g.grant_id), at),
+        }
+    }
+}
+
+/// The grants a batch's guarded events name, each once.
+fn grant_ids(items: &[Item]) -> Vec<&str> {
+    let mut ids: Vec<&str> = items.iter().filter_map(Item::grant_id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+type Written = Result<Vec<(i64, Event)>, String>;
 
 struct Pending {
     item: Item,
@@ -270,33 +302,22 @@ pub struct AuditLog {
 const MAX_BATCH: usize = 1024;
 
 impl AuditLog {
-    /// Starts the writer task, with a database connection of its own.
+    /// Starts the writer, with a database connection of its own: on SQLite a
+    /// thread that runs each batch's statements itself, on PostgreSQL a task.
     pub fn start(db: Db) -> Self {
-        let (queue, mut rx) = mpsc::channel::<Pending>(4 * MAX_BATCH);
-        tokio::spawn(async move {
-            let mut conn = None;
-            let mut batch = Vec::with_capacity(MAX_BATCH);
-            while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-                let (items, waiters): (Vec<_>, Vec<_>) = batch.drain(..).map(|p| (p.item, p.done)).unzip();
-                let count = items.len();
-                match write_batch(&db, &mut conn, items).await {
-                    Ok(written) => {
-                        for (done, written) in waiters.into_iter().zip(written) {
-                            let _ = done.send(Ok(written));
-                        }
-                    }
-                    Err(err) => {
-                        // Start the next batch on a fresh connection, in case
-                        // this one is broken.
-                        conn = None;
-                        tracing::error!(error = %format!("{err:#}"), events = count, "audit write failed");
-                        for done in waiters {
-                            let _ = done.send(Err(format!("{err:#}")));
-                        }
-                    }
-                }
+        let (queue, rx) = mpsc::channel::<Pending>(4 * MAX_BATCH);
+        match db.sqlite_file() {
+            Some(file) => {
+                let file = file.to_owned();
+                std::thread::Builder::new()
+                    .name("audit-writer".into())
+                    .spawn(move || write_sqlite(&file, rx))
+                    .expect("cannot start the audit writer thread");
             }
-        });
+            None => {
+                tokio::spawn(write_pooled(db, rx));
+            }
+        }
         Self { queue }
     }
 
@@ -314,7 +335,7 @@ impl AuditLog {
 
     /// Appends an event and returns once it is durable.
     pub async fn record(&self, event: Event) -> anyhow::Result<i64> {
-        Ok(self.submit(Item::Event(event)).await?.0)
+        Ok(self.submit(Item::Event(Box::new(event))).await?.0)
     }
 
     /// Appends the event `guarded` decides on, and returns once it is durable,
@@ -324,9 +345,79 @@ impl AuditLog {
     }
 }
 
-/// One transaction: the chain lock, the state of every grant the batch's
-/// guarded events name (one query), the events, the commit.
-async fn write_batch(
+/// Answers every caller of a batch.
+fn answer(waiters: Vec<oneshot::Sender<Result<(i64, Event), String>>>, written: Written, count: usize) {
+    match written {
+        Ok(written) => {
+            for (done, written) in waiters.into_iter().zip(written) {
+                let _ = done.send(Ok(written));
+            }
+        }
+        Err(err) => {
+            tracing::error!(error = %err, events = count, "audit write failed");
+            for done in waiters {
+                let _ = done.send(Err(err.clone()));
+            }
+        }
+    }
+}
+
+/// The writer on SQLite: each batch in one transaction on its own connection.
+fn write_sqlite(file: &std::path::Path, mut rx: mpsc::Receiver<Pending>) {
+    let mut conn = None;
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.blocking_recv_many(&mut batch, MAX_BATCH) > 0 {
+        let (items, waiters): (Vec<_>, Vec<_>) = batch.drain(..).map(|p| (p.item, p.done)).unzip();
+        let count = items.len();
+        let written = write_sqlite_batch(file, &mut conn, items);
+        if written.is_err() {
+            // Start the next batch on a fresh connection, in case this one is broken.
+            conn = None;
+        }
+        answer(waiters, written.map_err(|err| format!("{err:#}")), count);
+    }
+}
+
+fn write_sqlite_batch(
+    file: &std::path::Path,
+    conn: &mut Option<rusqlite::Connection>,
+    items: Vec<Item>,
+) -> anyhow::Result<Vec<(i64, Event)>> {
+    use db::sqlite_writer as sql;
+    let conn = match conn {
+        Some(conn) => conn,
+        None => conn.insert(sql::open(file).with_context(|| format!("cannot open {}", file.display()))?),
+    };
+    let tx = sql::begin(conn)?;
+    let grants: HashMap<String, GrantNow> = sql::current_grants(&tx, &grant_ids(&items))?
+        .into_iter()
+        .map(|g| (g.id.clone(), g))
+        .collect();
+    let at = now_ms();
+    let events: Vec<Event> = items.into_iter().map(|i| i.into_event(&grants, at)).collect();
+    let rows = chain(sql::head(&tx)?, at, &events);
+    sql::insert_events(&tx, &rows).context("cannot append to the audit log")?;
+    tx.commit()?;
+    Ok(rows.iter().map(|r| r.seq).zip(events).collect())
+}
+
+/// The writer on PostgreSQL: each batch in one transaction on its own
+/// connection, under the advisory lock that keeps replicas on one chain.
+async fn write_pooled(db: Db, mut rx: mpsc::Receiver<Pending>) {
+    let mut conn = None;
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let (items, waiters): (Vec<_>, Vec<_>) = batch.drain(..).map(|p| (p.item, p.done)).unzip();
+        let count = items.len();
+        let written = write_pooled_batch(&db, &mut conn, items).await;
+        if written.is_err() {
+            conn = None;
+        }
+        answer(waiters, written.map_err(|err| format!("{err:#}")), count);
+    }
+}
+
+async fn write_pooled_batch(
     db: &Db,
     conn: &mut Option<AnyConnection>,
     items: Vec<Item>,
@@ -337,30 +428,13 @@ async fn write_batch(
     };
     let mut tx = db.begin_on(conn).await?;
     lock_chain(&mut tx, db.backend()).await?;
-    let mut ids: Vec<&str> = items
-        .iter()
-        .filter_map(|item| match item {
-            Item::Guarded(g) => Some(g.grant_id.as_str()),
-            Item::Event(_) => None,
-        })
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    let grants: HashMap<String, GrantNow> = db::grants::current(&mut tx, &ids)
+    let grants: HashMap<String, GrantNow> = db::grants::current(&mut tx, &grant_ids(&items))
         .await?
         .into_iter()
         .map(|g| (g.id.clone(), g))
         .collect();
     let at = now_ms();
-    let events: Vec<Event> = items
-        .into_iter()
-        .map(|item| match item {
-            Item::Event(event) => event,
-            Item::Guarded(g) => {
-                (g.decide)(grants.get(&g.grant_id), at)
-            }
-        })
-        .collect();
+    let events: Vec<Event> = items.into_iter().map(|i| i.into_event(&grants, at)).collect();
     let seqs = append_locked(&mut tx, at, &events).await?;
     tx.commit().await?;
     Ok(seqs.into_iter().zip(events).collect())

@@ -34,11 +34,14 @@ pub struct EventRow {
     pub hash: String,
 }
 
+/// The columns of an event, in the order every query here names them.
+pub(super) const INSERT_COLUMNS: &str = COLUMNS;
+
 const COLUMNS: &str = "seq, at, action, outcome, reason, actor, subject, model_id, application_id, grant_id,
     researcher_id, file_id, range_start, range_end, bytes, client_ip, user_agent, request_id, prev_hash, hash";
 
 pub async fn insert(tx: &mut Tx, r: &EventRow) -> sqlx::Result<()> {
-    insert_many(&mut **tx, std::slice::from_ref(r)).await
+    insert_many(tx, std::slice::from_ref(r)).await
 }
 
 /// Most events one `INSERT` statement takes: 20 values each, well inside
@@ -83,9 +86,11 @@ pub async fn insert_many(conn: &mut AnyConnection, rows: &[EventRow]) -> sqlx::R
     Ok(())
 }
 
+pub(super) const HEAD: &str = "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1";
+
 /// The sequence number and hash of the newest event.
 pub async fn head<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<Option<(i64, String)>> {
-    sqlx::query_as("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+    sqlx::query_as(HEAD)
         .fetch_optional(e)
         .await
 }

@@ -99,18 +99,20 @@ pub struct GrantNow {
     pub deliveries: Vec<Delivery>,
 }
 
+/// [`current`]'s query; `{ids}` stands for the list of placeholders.
+pub(super) const STATES: &str = "SELECT g.id, g.expires_at, g.revoked_at, m.quota_bytes, m.quota_files
+    FROM grants g JOIN models m ON m.id = g.model_id
+    WHERE g.id IN ({ids})";
+
 /// The current state of these grants, in one query (plus one per grant
 /// whose model limits deliveries).
 pub async fn current(conn: &mut AnyConnection, ids: &[&str]) -> sqlx::Result<Vec<GrantNow>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let mut query = sqlx::query_as::<_, GrantNow>(sqlx::AssertSqlSafe(format!(
-        "SELECT g.id, g.expires_at, g.revoked_at, m.quota_bytes, m.quota_files
-         FROM grants g JOIN models m ON m.id = g.model_id
-         WHERE g.id IN ({})",
-        super::placeholders(conn, 1, ids.len())
-    )))
+    let mut query = sqlx::query_as::<_, GrantNow>(sqlx::AssertSqlSafe(
+        STATES.replace("{ids}", &super::placeholders(conn, 1, ids.len())),
+    ))
     .persistent(ids.len() == 1);
     for id in ids {
         query = query.bind(*id);
@@ -147,14 +149,14 @@ pub struct Delivery {
     pub size: i64,
 }
 
+pub(super) const DELIVERIES: &str = "SELECT e.file_id, e.range_start, e.bytes, f.size
+    FROM audit_events e JOIN files f ON f.id = e.file_id
+    WHERE e.grant_id = $1 AND e.action = 'file.delivered'
+      AND e.range_start IS NOT NULL AND e.bytes IS NOT NULL";
+
 /// Every delivery recorded for a grant (from the audit log's `file.delivered` events).
 pub async fn deliveries<'c>(e: impl AnyExecutor<'c>, grant_id: &str) -> sqlx::Result<Vec<Delivery>> {
-    sqlx::query_as(
-        "SELECT e.file_id, e.range_start, e.bytes, f.size
-         FROM audit_events e JOIN files f ON f.id = e.file_id
-         WHERE e.grant_id = $1 AND e.action = 'file.delivered'
-           AND e.range_start IS NOT NULL AND e.bytes IS NOT NULL",
-    )
+    sqlx::query_as(DELIVERIES)
     .bind(grant_id)
     .fetch_all(e)
     .await

@@ -9,6 +9,7 @@ pub mod models;
 pub mod outbox;
 pub mod reviewers;
 pub mod sessions;
+pub mod sqlite_writer;
 
 use std::path::PathBuf;
 
