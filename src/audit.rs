@@ -338,6 +338,32 @@ impl AuditLog {
         Ok(self.submit(Item::Event(Box::new(event))).await?.0)
     }
 
+    /// Queues an event without waiting for it to be written; the writer logs
+    /// it if it cannot be.
+    pub fn record_unawaited(&self, event: Event) {
+        let (done, _) = oneshot::channel();
+        let pending = Pending {
+            item: Item::Event(Box::new(event)),
+            done,
+        };
+        match self.queue.try_send(pending) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(pending)) => {
+                let queue = self.queue.clone();
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(async move {
+                        if queue.send(pending).await.is_err() {
+                            tracing::error!("the audit writer has stopped: an event was lost");
+                        }
+                    });
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::error!("the audit writer has stopped: an event was lost");
+            }
+        }
+    }
+
     /// Appends the event `guarded` decides on, and returns once it is durable,
     /// with its position and the event as written.
     pub async fn record_guarded(&self, guarded: Guarded) -> anyhow::Result<(i64, Event)> {

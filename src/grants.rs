@@ -272,7 +272,9 @@ pub async fn open_download(
             app.storage
                 .presign_get(&f.object_key, None, REDIRECT_TTL, &f.name)
                 .await?
-                .ok_or_else(|| anyhow::anyhow!("this object store cannot presign URLs for redirect delivery"))?,
+                .ok_or_else(|| {
+                    anyhow::anyhow!("this object store cannot presign URLs for redirect delivery")
+                })?,
         ),
         _ => None,
     };
@@ -295,12 +297,16 @@ pub async fn open_download(
         .await?;
     count_fetch(&event, started);
     if event.outcome != Outcome::Ok {
-        return Err(match (fixed, event.reason.as_deref().and_then(Refusal::from_code)) {
-            (Err(err), Some(refusal)) if fixed_reason == Some(refusal.code()) => err,
-            (Err(err), None) => err,
-            (_, Some(refusal)) => DownloadError::Refused(refusal),
-            (Ok(_), None) => DownloadError::Internal(anyhow::anyhow!("a fetch was refused without a reason")),
-        });
+        return Err(
+            match (fixed, event.reason.as_deref().and_then(Refusal::from_code)) {
+                (Err(err), Some(refusal)) if fixed_reason == Some(refusal.code()) => err,
+                (Err(err), None) => err,
+                (_, Some(refusal)) => DownloadError::Refused(refusal),
+                (Ok(_), None) => {
+                    DownloadError::Internal(anyhow::anyhow!("a fetch was refused without a reason"))
+                }
+            },
+        );
     }
     let file = file.expect("a fetch let through names a file");
     let body = match (body, redirect) {
@@ -492,14 +498,8 @@ impl Drop for DeliveryRecord {
         } else {
             Outcome::Aborted
         };
-        let audit = self.audit.clone();
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                if let Err(err) = audit.record(event).await {
-                    tracing::error!(error = %format!("{err:#}"), "cannot record the end of a transfer");
-                }
-            });
-        }
+        // Nobody waits for this event: the bytes are gone already.
+        self.audit.record_unawaited(event);
     }
 }
 

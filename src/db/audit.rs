@@ -90,9 +90,7 @@ pub(super) const HEAD: &str = "SELECT seq, hash FROM audit_events ORDER BY seq D
 
 /// The sequence number and hash of the newest event.
 pub async fn head<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<Option<(i64, String)>> {
-    sqlx::query_as(HEAD)
-        .fetch_optional(e)
-        .await
+    sqlx::query_as(HEAD).fetch_optional(e).await
 }
 
 /// Filters for reading the log; `None` matches everything.

@@ -156,8 +156,5 @@ pub(super) const DELIVERIES: &str = "SELECT e.file_id, e.range_start, e.bytes, f
 
 /// Every delivery recorded for a grant (from the audit log's `file.delivered` events).
 pub async fn deliveries<'c>(e: impl AnyExecutor<'c>, grant_id: &str) -> sqlx::Result<Vec<Delivery>> {
-    sqlx::query_as(DELIVERIES)
-    .bind(grant_id)
-    .fetch_all(e)
-    .await
+    sqlx::query_as(DELIVERIES).bind(grant_id).fetch_all(e).await
 }

@@ -175,7 +175,10 @@ impl Db {
     }
 
     /// [`Db::begin`] on a connection of its own.
-    pub async fn begin_on<'c>(&self, conn: &'c mut AnyConnection) -> anyhow::Result<sqlx::Transaction<'c, Any>> {
+    pub async fn begin_on<'c>(
+        &self,
+        conn: &'c mut AnyConnection,
+    ) -> anyhow::Result<sqlx::Transaction<'c, Any>> {
         let tx = match self.backend {
             Backend::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => conn.begin().await?,
