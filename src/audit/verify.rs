@@ -345,6 +345,7 @@ pub(super) async fn walk(db: &Db, from: (i64, String), until: Option<i64>) -> an
                 problem: Some(problem),
             });
         }
+        pages.recycle(page);
     }
     Ok(Walk {
         last: (last_seq, last_hash),

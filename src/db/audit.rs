@@ -208,8 +208,12 @@ pub struct Pages {
 
 enum Source {
     /// SQLite: one read transaction on a connection and thread of its own,
-    /// which reads the rows straight from SQLite's statement, one page ahead.
-    Sqlite(tokio::sync::mpsc::Receiver<anyhow::Result<Vec<EventRow>>>),
+    /// which reads the rows straight from SQLite's statement, a few pages
+    /// ahead, into the pages handed back to it.
+    Sqlite {
+        pages: tokio::sync::mpsc::Receiver<anyhow::Result<Vec<EventRow>>>,
+        spare: std::sync::mpsc::Sender<Vec<EventRow>>,
+    },
     /// Through the pool: one query per page, the next one in flight.
     Pool {
         pool: AnyPool,
@@ -226,14 +230,15 @@ impl Pages {
     pub fn open(db: &Db, after_seq: i64, size: usize) -> Self {
         let source = match db.sqlite_file() {
             Some(file) => {
-                let (tx, rx) = tokio::sync::mpsc::channel(PAGES_AHEAD);
+                let (tx, pages) = tokio::sync::mpsc::channel(PAGES_AHEAD);
+                let (spare, spares) = std::sync::mpsc::channel();
                 let file = file.to_owned();
                 std::thread::spawn(move || {
-                    if let Err(err) = read_sqlite_pages(&file, after_seq, size, &tx) {
+                    if let Err(err) = read_sqlite_pages(&file, after_seq, size, &tx, &spares) {
                         let _ = tx.blocking_send(Err(err));
                     }
                 });
-                Source::Sqlite(rx)
+                Source::Sqlite { pages, spare }
             }
             None => {
                 let pool = db.pool().clone();
@@ -247,7 +252,7 @@ impl Pages {
     /// The next page, never empty; `None` after the last event.
     pub async fn next(&mut self) -> anyhow::Result<Option<Vec<EventRow>>> {
         match &mut self.source {
-            Source::Sqlite(rx) => rx.recv().await.transpose(),
+            Source::Sqlite { pages, .. } => pages.recv().await.transpose(),
             Source::Pool { pool, size, next } => {
                 let Some(task) = next.take() else { return Ok(None) };
                 let page = task.await??;
@@ -258,6 +263,16 @@ impl Pages {
                 }
                 Ok(Some(page))
             }
+        }
+    }
+}
+
+impl Pages {
+    /// Hands a page that is done with back, to be filled again: reading a
+    /// page then allocates almost nothing.
+    pub fn recycle(&self, page: Vec<EventRow>) {
+        if let Source::Sqlite { spare, .. } = &self.source {
+            let _ = spare.send(page);
         }
     }
 }
@@ -282,12 +297,14 @@ fn fetch_page(
 }
 
 /// Reads every event after `after_seq` with one statement and sends them on
-/// in pages, until the end of the log or until nobody listens.
+/// in pages, until the end of the log or until nobody listens. Pages come
+/// from `spares` when there are any, their strings overwritten in place.
 fn read_sqlite_pages(
     file: &Path,
     after_seq: i64,
     size: usize,
     pages: &tokio::sync::mpsc::Sender<anyhow::Result<Vec<EventRow>>>,
+    spares: &std::sync::mpsc::Receiver<Vec<EventRow>>,
 ) -> anyhow::Result<()> {
     use rusqlite::OpenFlags;
     let conn = rusqlite::Connection::open_with_flags(
@@ -300,39 +317,95 @@ fn read_sqlite_pages(
         "SELECT {COLUMNS} FROM audit_events WHERE seq > $1 ORDER BY seq"
     ))?;
     let mut rows = statement.query([after_seq])?;
-    let mut page = Vec::with_capacity(size);
+    let fresh = || spares.try_recv().unwrap_or_else(|_| Vec::with_capacity(size));
+    let mut page = fresh();
+    let mut filled = 0;
     while let Some(row) = rows.next()? {
-        page.push(EventRow {
-            seq: row.get(0)?,
-            at: row.get(1)?,
-            action: row.get(2)?,
-            outcome: row.get(3)?,
-            reason: row.get(4)?,
-            actor: row.get(5)?,
-            subject: row.get(6)?,
-            model_id: row.get(7)?,
-            application_id: row.get(8)?,
-            grant_id: row.get(9)?,
-            researcher_id: row.get(10)?,
-            file_id: row.get(11)?,
-            range_start: row.get(12)?,
-            range_end: row.get(13)?,
-            bytes: row.get(14)?,
-            client_ip: row.get(15)?,
-            user_agent: row.get(16)?,
-            request_id: row.get(17)?,
-            prev_hash: row.get(18)?,
-            hash: row.get(19)?,
-        });
-        if page.len() == size {
-            let full = std::mem::replace(&mut page, Vec::with_capacity(size));
-            if pages.blocking_send(Ok(full)).is_err() {
+        if filled == page.len() {
+            page.push(EventRow {
+                seq: 0,
+                at: 0,
+                action: String::new(),
+                outcome: String::new(),
+                reason: None,
+                actor: None,
+                subject: None,
+                model_id: None,
+                application_id: None,
+                grant_id: None,
+                researcher_id: None,
+                file_id: None,
+                range_start: None,
+                range_end: None,
+                bytes: None,
+                client_ip: None,
+                user_agent: None,
+                request_id: None,
+                prev_hash: String::new(),
+                hash: String::new(),
+            });
+        }
+        let r = &mut page[filled];
+        r.seq = row.get(0)?;
+        r.at = row.get(1)?;
+        set_text(&mut r.action, row, 2)?;
+        set_text(&mut r.outcome, row, 3)?;
+        for (field, i) in [
+            (&mut r.reason, 4),
+            (&mut r.actor, 5),
+            (&mut r.subject, 6),
+            (&mut r.model_id, 7),
+            (&mut r.application_id, 8),
+            (&mut r.grant_id, 9),
+            (&mut r.researcher_id, 10),
+            (&mut r.file_id, 11),
+        ] {
+            set_optional_text(field, row, i)?;
+        }
+        r.range_start = row.get(12)?;
+        r.range_end = row.get(13)?;
+        r.bytes = row.get(14)?;
+        set_optional_text(&mut r.client_ip, row, 15)?;
+        set_optional_text(&mut r.user_agent, row, 16)?;
+        set_optional_text(&mut r.request_id, row, 17)?;
+        set_text(&mut r.prev_hash, row, 18)?;
+        set_text(&mut r.hash, row, 19)?;
+        filled += 1;
+        if filled == size {
+            page.truncate(filled);
+            if pages
+                .blocking_send(Ok(std::mem::replace(&mut page, fresh())))
+                .is_err()
+            {
                 return Ok(());
             }
+            filled = 0;
         }
     }
-    if !page.is_empty() {
+    if filled > 0 {
+        page.truncate(filled);
         let _ = pages.blocking_send(Ok(page));
+    }
+    Ok(())
+}
+
+/// Overwrites `dst` with a text column, keeping its allocation.
+fn set_text(dst: &mut String, row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<()> {
+    let value = row.get_ref(i)?.as_str()?;
+    dst.clear();
+    dst.push_str(value);
+    Ok(())
+}
+
+/// Overwrites `dst` with a nullable text column, keeping its allocation.
+fn set_optional_text(dst: &mut Option<String>, row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<()> {
+    match row.get_ref(i)?.as_str_or_null()? {
+        None => *dst = None,
+        Some(value) => {
+            let s = dst.get_or_insert_with(String::new);
+            s.clear();
+            s.push_str(value);
+        }
     }
     Ok(())
 }
