@@ -97,6 +97,11 @@ impl Db {
     /// A connection of its own, outside the pool, for a task that writes all
     /// the time (the audit writer).
     pub async fn connect_one(&self) -> anyhow::Result<AnyConnection> {
+        if self.backend == Backend::Sqlite && self.sqlite_file.is_none() {
+            // A new connection to an in-memory database would open another,
+            // empty one: take one of the pool's instead.
+            return Ok(self.pool.acquire().await?.detach());
+        }
         AnyConnection::connect(&self.url)
             .await
             .context("cannot connect to the database")
