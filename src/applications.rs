@@ -10,7 +10,8 @@ use crate::{
     audit::{self, Client, Event, Outcome},
     db::{self, applications::ApplicationView, models::Model},
     mail,
-    types::{Email, hash_token, new_id, new_token, now_ms},
+    questions::{self, Answer},
+    types::{Email, format_ms, hash_token, new_id, new_token, now_ms},
 };
 
 pub const MAX_NAME: usize = 200;
@@ -31,10 +32,16 @@ pub struct ApplicationForm {
     pub intended_use: String,
     #[serde(default)]
     pub accept_terms: Option<String>,
+    /// The version of the terms the form showed.
+    #[serde(default)]
+    pub terms_version: Option<String>,
+    /// Every other field: the answers to the model's questions (`q_ID`).
+    #[serde(flatten)]
+    pub answers: BTreeMap<String, String>,
 }
 
 /// Problems with a submitted form, by field name.
-pub type FieldErrors = BTreeMap<&'static str, String>;
+pub type FieldErrors = BTreeMap<String, String>;
 
 /// A form that passed every check.
 #[derive(Debug)]
@@ -43,9 +50,11 @@ pub struct ValidApplication {
     pub email: Email,
     pub affiliation: String,
     pub intended_use: String,
+    pub answers: Vec<Answer>,
+    pub terms_version: i64,
 }
 
-fn text(field: &str, max: usize, label: &str) -> Result<String, String> {
+pub(crate) fn text(field: &str, max: usize, label: &str) -> Result<String, String> {
     let value = field.trim();
     if value.is_empty() {
         return Err(format!("{label} is required"));
@@ -62,7 +71,7 @@ fn text(field: &str, max: usize, label: &str) -> Result<String, String> {
     Ok(value.to_owned())
 }
 
-fn single_line(field: &str, max: usize, label: &str) -> Result<String, String> {
+pub(crate) fn single_line(field: &str, max: usize, label: &str) -> Result<String, String> {
     let value = text(field, max, label)?;
     if value.contains(['\n', '\r']) {
         return Err(format!("{label} must be on one line"));
@@ -71,28 +80,45 @@ fn single_line(field: &str, max: usize, label: &str) -> Result<String, String> {
 }
 
 impl ApplicationForm {
-    pub fn validate(&self) -> Result<ValidApplication, FieldErrors> {
+    /// Checks the form against the model's questions and its current terms.
+    pub fn validate(&self, model: &Model) -> Result<ValidApplication, FieldErrors> {
         let mut errors = FieldErrors::new();
-        let name = single_line(&self.name, MAX_NAME, "Your name").map_err(|e| errors.insert("name", e));
+        let mut report = |field: &str, e: String| {
+            errors.insert(field.to_owned(), e);
+        };
+        let name = single_line(&self.name, MAX_NAME, "Your name").map_err(|e| report("name", e));
         let email = self
             .email
             .parse::<Email>()
-            .map_err(|e| errors.insert("email", e.to_owned()));
+            .map_err(|e| report("email", e.to_owned()));
         let affiliation = single_line(&self.affiliation, MAX_AFFILIATION, "Affiliation")
-            .map_err(|e| errors.insert("affiliation", e));
-        let intended_use = text(&self.intended_use, MAX_INTENDED_USE, "Intended use")
-            .map_err(|e| errors.insert("intended_use", e));
+            .map_err(|e| report("affiliation", e));
+        let intended_use =
+            text(&self.intended_use, MAX_INTENDED_USE, "Intended use").map_err(|e| report("intended_use", e));
         let accepted = matches!(self.accept_terms.as_deref(), Some("on" | "true" | "yes" | "1"));
+        let shown = self.terms_version.as_deref().map(str::trim);
         if !accepted {
-            errors.insert("accept_terms", "You must accept the terms to apply".into());
+            report("accept_terms", "You must accept the terms to apply".into());
+        } else if shown.is_some_and(|v| v != model.terms_version.to_string()) {
+            report(
+                "accept_terms",
+                format!(
+                    "The terms changed while you were reading them: please read version {} above and accept it",
+                    model.terms_version
+                ),
+            );
         }
-        match (name, email, affiliation, intended_use) {
-            (Ok(name), Ok(email), Ok(affiliation), Ok(intended_use)) if errors.is_empty() => {
+        let answers = questions::validate_answers(&questions::stored(&model.questions), &self.answers)
+            .map_err(|e| errors.extend(e));
+        match (name, email, affiliation, intended_use, answers) {
+            (Ok(name), Ok(email), Ok(affiliation), Ok(intended_use), Ok(answers)) if errors.is_empty() => {
                 Ok(ValidApplication {
                     name,
                     email,
                     affiliation,
                     intended_use,
+                    answers,
+                    terms_version: model.terms_version,
                 })
             }
             _ => Err(errors),
@@ -100,18 +126,125 @@ impl ApplicationForm {
     }
 }
 
-/// Records the application and queues the e-mail that confirms the address.
-/// Returns the confirmation URL (also logged, for the embedded setup).
+/// Whether a researcher may send a new application for a model now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Eligibility {
+    Open,
+    /// An application is already with the reviewers.
+    Waiting {
+        application_id: String,
+    },
+    /// Access is granted and still active: a renewal is the way to go on.
+    HasAccess {
+        expires_at: i64,
+    },
+    /// The last application was denied; a new one is welcome from `from`.
+    Cooldown {
+        from: i64,
+        denied_id: String,
+    },
+}
+
+impl Eligibility {
+    /// Why a new application is not possible now, in words.
+    pub fn explain(&self, model_title: &str) -> String {
+        match self {
+            Eligibility::Open => String::new(),
+            Eligibility::Waiting { .. } => format!(
+                "You already have an application for {model_title} with the reviewers. \
+                 You can follow it on My applications."
+            ),
+            Eligibility::HasAccess { expires_at } => format!(
+                "You already have access to {model_title} until {} UTC. \
+                 You can ask for a renewal on My access.",
+                format_ms(*expires_at)
+            ),
+            Eligibility::Cooldown { from, .. } => format!(
+                "Your last application for {model_title} was denied. You can apply again from {} UTC; \
+                 until then you can appeal the decision once from My applications.",
+                format_ms(*from)
+            ),
+        }
+    }
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+/// Whether `researcher_id` may apply for `model` now.
+pub async fn eligibility(app: &App, researcher_id: &str, model: &Model) -> anyhow::Result<Eligibility> {
+    let now = now_ms();
+    let mine: Vec<ApplicationView> = db::applications::list_of_researcher(app.db.pool(), researcher_id)
+        .await?
+        .into_iter()
+        .filter(|a| a.model_id == model.id)
+        .collect();
+    if let Some(waiting) = mine
+        .iter()
+        .find(|a| matches!(a.status.as_str(), "pending" | "info_requested"))
+    {
+        return Ok(Eligibility::Waiting {
+            application_id: waiting.id.clone(),
+        });
+    }
+    let grants = db::grants::list_of_researcher(app.db.pool(), researcher_id).await?;
+    if let Some(grant) = grants.iter().find(|g| {
+        g.model_id == model.id && crate::grants::GrantState::of(g, now) == crate::grants::GrantState::Active
+    }) {
+        return Ok(Eligibility::HasAccess {
+            expires_at: grant.expires_at,
+        });
+    }
+    let last_decided = mine
+        .iter()
+        .filter(|a| a.decided_at.is_some())
+        .max_by_key(|a| a.decided_at);
+    if let Some(denied) = last_decided.filter(|a| a.status == "denied") {
+        let from = denied
+            .decided_at
+            .unwrap_or(now)
+            .saturating_add(model.reapply_after_days.saturating_mul(DAY_MS));
+        if now < from {
+            return Ok(Eligibility::Cooldown {
+                from,
+                denied_id: denied.id.clone(),
+            });
+        }
+    }
+    Ok(Eligibility::Open)
+}
+
+/// What became of a submitted form.
+#[derive(Debug)]
+pub enum Submission {
+    /// Recorded; the confirmation e-mail is queued (its URL is also logged,
+    /// for the embedded setup).
+    Recorded { confirm_url: String },
+    /// Not recorded: the address owner is told why by e-mail, so the form
+    /// itself reveals nothing about anyone's applications.
+    Declined(Eligibility),
+}
+
+/// Records the application and queues the e-mail that confirms the address;
+/// or, when the address may not apply now, queues an e-mail saying why.
 pub async fn submit(
     app: &App,
     model: &Model,
     form: ValidApplication,
     client: Client,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<Submission> {
     let now = now_ms();
+    if let Some(researcher_id) = db::researchers::find_id_by_email(app.db.pool(), form.email.as_str()).await?
+    {
+        let eligibility = eligibility(app, &researcher_id, model).await?;
+        if eligibility != Eligibility::Open {
+            decline(app, model, &form, &researcher_id, &eligibility, client).await?;
+            return Ok(Submission::Declined(eligibility));
+        }
+    }
     let token = new_token();
     let id = new_id();
     let confirm_url = app.url(&format!("/confirm/{token}"));
+    let answers = serde_json::to_string(&form.answers)?;
 
     let mut tx = app.db.begin().await?;
     let researcher_id =
@@ -125,9 +258,15 @@ pub async fn submit(
             name: &form.name,
             affiliation: &form.affiliation,
             intended_use: &form.intended_use,
-            terms_version: model.terms_version,
+            terms_version: form.terms_version,
             confirm_token_hash: &hash_token(&token),
             created_at: now,
+            status: "unconfirmed",
+            confirmed_at: None,
+            answers: &answers,
+            kind: "new",
+            parent_id: None,
+            grant_id: None,
         },
     )
     .await?;
@@ -155,7 +294,111 @@ pub async fn submit(
     tx.commit().await?;
     app.mail.wake();
     tracing::info!(application = %id, email = %form.email, %confirm_url, "application submitted; confirmation e-mail queued");
-    Ok(confirm_url)
+    Ok(Submission::Recorded { confirm_url })
+}
+
+/// Tells the owner of the address why their new application was not recorded.
+async fn decline(
+    app: &App,
+    model: &Model,
+    form: &ValidApplication,
+    researcher_id: &str,
+    eligibility: &Eligibility,
+    client: Client,
+) -> anyhow::Result<()> {
+    let mut tx = app.db.begin().await?;
+    mail::enqueue(
+        &mut tx,
+        form.email.as_str(),
+        &format!("Your new application for {}", model.title),
+        &format!(
+            "Hello {name},\n\nsomeone (probably you) applied for access to {title} with this address.\n\
+             The application was not recorded:\n\n{why}\n\n\
+             Sign in with this address to see your applications and access:\n\n{signin}\n",
+            name = form.name,
+            title = model.title,
+            why = eligibility.explain(&model.title),
+            signin = app.url("/signin"),
+        ),
+    )
+    .await?;
+    let mut event = Event::new("application.declined", Outcome::Refused);
+    event.reason = Some(
+        match eligibility {
+            Eligibility::Open => "open",
+            Eligibility::Waiting { .. } => "already_waiting",
+            Eligibility::HasAccess { .. } => "has_access",
+            Eligibility::Cooldown { .. } => "reapply_cooldown",
+        }
+        .to_owned(),
+    );
+    event.subject = Some(form.email.to_string());
+    event.model_id = Some(model.id.clone());
+    event.researcher_id = Some(researcher_id.to_owned());
+    event.client = client;
+    audit::append(&mut tx, app.db.backend(), &[event]).await?;
+    tx.commit().await?;
+    app.mail.wake();
+    Ok(())
+}
+
+/// The median time from confirmation to decision over the model's latest
+/// decisions, in milliseconds; `None` before the first decision.
+pub async fn typical_review_time(app: &App, model_id: &str) -> anyhow::Result<Option<i64>> {
+    let mut durations = db::models::recent_review_durations(app.db.pool(), model_id, 50).await?;
+    durations.retain(|d| *d >= 0);
+    durations.sort_unstable();
+    Ok(match durations.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(durations[n / 2]),
+        n => Some((durations[n / 2 - 1] + durations[n / 2]) / 2),
+    })
+}
+
+/// A duration in words, rounded the way people say it.
+pub fn describe_duration(ms: i64) -> String {
+    let minutes = ms / 60_000;
+    let hours = (ms + 1_800_000) / 3_600_000;
+    let days = (ms + DAY_MS / 2) / DAY_MS;
+    match ms {
+        _ if minutes < 60 => "under an hour".into(),
+        _ if hours == 1 => "about an hour".into(),
+        _ if hours < 36 => format!("about {hours} hours"),
+        _ if days < 14 => format!("about {days} days"),
+        _ => format!("about {} weeks", (days + 3) / 7),
+    }
+}
+
+/// A status in the researcher's words.
+pub fn status_label(status: &str) -> &str {
+    match status {
+        "unconfirmed" => "e-mail not confirmed",
+        "pending" => "with the reviewers",
+        "info_requested" => "question for you",
+        other => other,
+    }
+}
+
+/// What a researcher reads about an application in each state: what happens
+/// next, and when.
+pub fn next_step(status: &str, kind: &str, typical: Option<i64>) -> String {
+    let wait = match typical {
+        Some(ms) => format!("Reviews of this model usually take {}.", describe_duration(ms)),
+        None => "This model has no decisions yet, so we cannot say how long reviews take.".into(),
+    };
+    match status {
+        "unconfirmed" => "Confirm your e-mail address with the link we sent you; until then the \
+                          reviewers do not see this application."
+            .into(),
+        "pending" => format!("The reviewers will decide and e-mail you. {wait}"),
+        "info_requested" => "The reviewers asked you a question: answer it below, and the \
+                             application goes back to them."
+            .into(),
+        "approved" if kind == "renewal" => "Approved: your access was extended; see My access.".into(),
+        "approved" => "Approved: your files are on My access.".into(),
+        "denied" => "Denied. The reviewers' reason is below.".into(),
+        other => format!("This application is {other}."),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -176,16 +419,20 @@ pub async fn confirm(app: &App, token: &str, client: Client) -> anyhow::Result<A
         .await?
         .ok_or(ConfirmError::UnknownToken)?;
     let mut tx = app.db.begin().await?;
-    if db::applications::mark_confirmed(&mut tx, &view.id, now_ms()).await? {
+    let confirmed = db::applications::mark_confirmed(&mut tx, &view.id, now_ms()).await?;
+    if confirmed {
         let mut event = Event::new("application.confirmed", Outcome::Ok);
         event.subject = Some(view.email.clone());
         event.model_id = Some(view.model_id.clone());
         event.application_id = Some(view.id.clone());
         event.researcher_id = Some(view.researcher_id.clone());
-        event.client = client;
+        event.client = client.clone();
         audit::append(&mut tx, app.db.backend(), &[event]).await?;
     }
     tx.commit().await?;
+    if confirmed {
+        crate::reviews::on_confirmed(app, &view.id, client).await?;
+    }
     let view = db::applications::find_view(app.db.pool(), &view.id)
         .await?
         .ok_or(ConfirmError::UnknownToken)?;
@@ -203,13 +450,53 @@ mod tests {
             affiliation: "Analytical Engines Ltd".into(),
             intended_use: "Evaluation".into(),
             accept_terms: Some("on".into()),
+            terms_version: Some("2".into()),
+            answers: BTreeMap::new(),
+        }
+    }
+
+    fn model() -> Model {
+        Model {
+            id: "m".into(),
+            slug: "m".into(),
+            title: "M".into(),
+            terms: "Be nice.".into(),
+            terms_version: 2,
+            created_at: 0,
+            quota_bytes: None,
+            quota_files: None,
+            questions: r#"[{"id": "orcid", "label": "ORCID iD", "kind": "url", "required": true}]"#.into(),
+            reapply_after_days: 30,
         }
     }
 
     #[test]
     fn a_complete_form_is_valid() {
-        let valid = good().validate().unwrap();
+        let mut form = good();
+        form.answers
+            .insert("q_orcid".into(), "https://orcid.org/0000-0002-1825-0097".into());
+        let valid = form.validate(&model()).unwrap();
         assert_eq!(valid.email.as_str(), "ada@example.org");
+        assert_eq!(valid.terms_version, 2);
+        assert_eq!(valid.answers.len(), 1);
+    }
+
+    #[test]
+    fn terms_that_changed_since_the_form_was_shown_must_be_accepted_again() {
+        let mut form = good();
+        form.answers
+            .insert("q_orcid".into(), "https://orcid.org/x".into());
+        form.terms_version = Some("1".into());
+        let errors = form.validate(&model()).unwrap_err();
+        assert!(errors["accept_terms"].contains("version 2"), "{errors:?}");
+    }
+
+    #[test]
+    fn durations_read_the_way_people_say_them() {
+        assert_eq!(describe_duration(5 * 60_000), "under an hour");
+        assert_eq!(describe_duration(3 * 3_600_000), "about 3 hours");
+        assert_eq!(describe_duration(3 * DAY_MS), "about 3 days");
+        assert_eq!(describe_duration(30 * DAY_MS), "about 4 weeks");
     }
 
     #[test]
@@ -220,12 +507,21 @@ mod tests {
             affiliation: "x".repeat(MAX_AFFILIATION + 1),
             intended_use: String::new(),
             accept_terms: None,
+            terms_version: None,
+            answers: BTreeMap::new(),
         };
-        let errors = form.validate().unwrap_err();
-        let fields: Vec<_> = errors.keys().copied().collect();
+        let errors = form.validate(&model()).unwrap_err();
+        let fields: Vec<_> = errors.keys().map(String::as_str).collect();
         assert_eq!(
             fields,
-            ["accept_terms", "affiliation", "email", "intended_use", "name"]
+            [
+                "accept_terms",
+                "affiliation",
+                "email",
+                "intended_use",
+                "name",
+                "q_orcid"
+            ]
         );
     }
 
@@ -233,6 +529,6 @@ mod tests {
     fn header_injection_in_the_name_is_refused() {
         let mut form = good();
         form.name = "Ada\r\nBcc: victim@example.org".into();
-        assert!(form.validate().unwrap_err().contains_key("name"));
+        assert!(form.validate(&model()).unwrap_err().contains_key("name"));
     }
 }

@@ -287,6 +287,12 @@ fn grant_ids(items: &[Item]) -> Vec<&str> {
 
 type Written = Result<Vec<(i64, Event)>, String>;
 
+/// An event could not be made durable (the database refused the write or
+/// is unreachable): whatever it was to record does not happen.
+#[derive(Debug, thiserror::Error)]
+#[error("the audit log cannot be written: {0}")]
+pub struct AuditUnavailable(pub String);
+
 struct Pending {
     item: Item,
     done: oneshot::Sender<Result<(i64, Event), String>>,
@@ -330,7 +336,7 @@ impl AuditLog {
         answer
             .await
             .map_err(|_| anyhow::anyhow!("the audit writer has stopped"))?
-            .map_err(|e| anyhow::anyhow!(e))
+            .map_err(|e| AuditUnavailable(e).into())
     }
 
     /// Appends an event and returns once it is durable.

@@ -123,6 +123,15 @@ pub struct Config {
     #[arg(long, env = "WEIGHTGATE_AUDIT_CHECKPOINT_EVERY", default_value = "10min", value_parser = humantime::parse_duration, global = true)]
     pub audit_checkpoint_every: Duration,
 
+    /// How long before a grant expires its researcher gets a reminder by e-mail.
+    #[arg(long, env = "WEIGHTGATE_EXPIRY_REMINDER", default_value = "7days", value_parser = humantime::parse_duration, global = true)]
+    pub expiry_reminder: Duration,
+
+    /// How often a running portal looks for grants to remind of or record as
+    /// expired, and for reviewers' daily digests that are due.
+    #[arg(long, env = "WEIGHTGATE_NOTICES_EVERY", default_value = "1min", value_parser = humantime::parse_duration, global = true)]
+    pub notices_every: Duration,
+
     /// Log format.
     #[arg(long, env = "WEIGHTGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
@@ -170,6 +179,8 @@ impl Config {
             delivery: DeliveryMode::Proxy,
             shutdown_grace: Duration::from_secs(30),
             audit_checkpoint_every: Duration::from_secs(600),
+            expiry_reminder: Duration::from_secs(7 * 86_400),
+            notices_every: Duration::from_secs(60),
             log_format: LogFormat::Text,
         }
     }
@@ -262,6 +273,8 @@ impl fmt::Debug for Config {
             .field("delivery", &self.delivery)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("audit_checkpoint_every", &self.audit_checkpoint_every)
+            .field("expiry_reminder", &self.expiry_reminder)
+            .field("notices_every", &self.notices_every)
             .field("log_format", &self.log_format)
             .finish()
     }

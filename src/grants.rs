@@ -130,6 +130,8 @@ pub enum GrantError {
     AlreadyRevoked,
     #[error("a revocation needs a reason (at most 2000 characters)")]
     ReasonRequired,
+    #[error("an extension is 1 to {} days", crate::reviews::MAX_GRANT_DAYS)]
+    BadExtension,
 }
 
 /// Revokes a grant: its links stop working at the next fetch, and the
@@ -165,6 +167,56 @@ pub async fn revoke(
     let mut event = Event::new("grant.revoked", Outcome::Ok);
     event.actor = Some(actor.to_owned());
     event.reason = Some(reason.to_owned());
+    event.subject = Some(grant.email.clone());
+    event.grant_id = Some(grant.id.clone());
+    event.researcher_id = Some(grant.researcher_id.clone());
+    event.model_id = Some(grant.model_id.clone());
+    event.client = client;
+    crate::audit::append(&mut tx, app.db.backend(), &[event]).await?;
+    tx.commit().await?;
+    app.mail.wake();
+    Ok(db::grants::find_view(app.db.pool(), grant_id)
+        .await?
+        .ok_or(GrantError::NotFound)?)
+}
+
+/// Extends a grant by `days` from its current end (or from now, when it has
+/// already ended); the researcher is told the new date.
+pub async fn extend(
+    app: &App,
+    grant_id: &str,
+    days: u64,
+    actor: &str,
+    client: Client,
+) -> anyhow::Result<GrantView> {
+    if !(1..=crate::reviews::MAX_GRANT_DAYS).contains(&days) {
+        return Err(GrantError::BadExtension.into());
+    }
+    let grant = db::grants::find_view(app.db.pool(), grant_id)
+        .await?
+        .ok_or(GrantError::NotFound)?;
+    let now = now_ms();
+    let from = grant.expires_at.max(now);
+    let until = from.saturating_add(i64::try_from(days).unwrap_or(0).saturating_mul(86_400_000));
+    let mut tx = app.db.begin().await?;
+    if !db::grants::extend(&mut tx, &grant.id, until).await? {
+        return Err(GrantError::AlreadyRevoked.into());
+    }
+    mail::enqueue(
+        &mut tx,
+        &grant.email,
+        &format!("Your access to {} was extended", grant.model_title),
+        &format!(
+            "Hello,\n\nyour access to {title} now lasts until {until} UTC. Your access page and its\n\
+             links stay the same.\n",
+            title = grant.model_title,
+            until = crate::types::format_ms(until),
+        ),
+    )
+    .await?;
+    let mut event = Event::new("grant.extended", Outcome::Ok);
+    event.actor = Some(actor.to_owned());
+    event.reason = Some(format!("until {} ({days} days)", crate::types::format_ms(until)));
     event.subject = Some(grant.email.clone());
     event.grant_id = Some(grant.id.clone());
     event.researcher_id = Some(grant.researcher_id.clone());

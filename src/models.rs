@@ -31,6 +31,11 @@ pub enum ModelError {
     Invalid(String),
 }
 
+/// Days a denied researcher waits before applying again, unless the model says otherwise.
+pub const DEFAULT_REAPPLY_AFTER_DAYS: i64 = 30;
+/// The longest wait a model may impose before a new application.
+pub const MAX_REAPPLY_AFTER_DAYS: i64 = 3650;
+
 pub async fn create(app: &App, slug: &Slug, title: &str, terms: &str, actor: &str) -> anyhow::Result<Model> {
     let title = title.trim();
     if title.is_empty() || title.len() > 200 {
@@ -48,6 +53,8 @@ pub async fn create(app: &App, slug: &Slug, title: &str, terms: &str, actor: &st
         created_at: now_ms(),
         quota_bytes: None,
         quota_files: None,
+        questions: "[]".to_owned(),
+        reapply_after_days: DEFAULT_REAPPLY_AFTER_DAYS,
     };
     let mut tx = app.db.begin().await?;
     if let Err(e) = db::models::insert_model(&mut *tx, &model).await {
@@ -56,6 +63,14 @@ pub async fn create(app: &App, slug: &Slug, title: &str, terms: &str, actor: &st
         }
         return Err(e.into());
     }
+    db::models::insert_terms(
+        &mut *tx,
+        &model.id,
+        model.terms_version,
+        &model.terms,
+        model.created_at,
+    )
+    .await?;
     let mut event = Event::new("model.created", Outcome::Ok);
     event.actor = Some(actor.to_owned());
     event.subject = Some(model.slug.clone());
@@ -139,7 +154,9 @@ pub fn hash_file(path: &Path, chunk_size: Option<u64>, bar: &ProgressBar) -> any
     let mut chunk = Sha256::new();
     let mut chunks = Vec::new();
     let mut in_chunk = 0u64;
-    let mut buf = vec![0u8; 1 << 20];
+    // Small enough that the kernel's copy and the hash's read of it stay in
+    // the CPU's L2 cache: a 1 MiB buffer hashed a third slower.
+    let mut buf = vec![0u8; 64 << 10];
     let mut size = 0u64;
     loop {
         let n = file
@@ -371,6 +388,84 @@ pub async fn set_quota(
         quota_files.map_or("unlimited".into(), |f| f.to_string())
     ));
     event.model_id = Some(model.id);
+    audit::append(&mut tx, app.db.backend(), &[event]).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn model_by_slug(app: &App, slug: &Slug) -> anyhow::Result<Model> {
+    Ok(db::models::find_model_by_slug(app.db.pool(), slug.as_str())
+        .await?
+        .ok_or_else(|| ModelError::NotFound(slug.to_string()))?)
+}
+
+/// Publishes a new version of a model's terms: new applications accept it,
+/// earlier ones keep the version they accepted. Returns the new version.
+pub async fn set_terms(app: &App, slug: &Slug, terms: &str, actor: &str) -> anyhow::Result<i64> {
+    if terms.trim().is_empty() {
+        return Err(ModelError::Invalid("the terms must not be empty".into()).into());
+    }
+    let model = model_by_slug(app, slug).await?;
+    let mut tx = app.db.begin().await?;
+    // Read inside the transaction, so two changes at once cannot take one number.
+    let current = db::models::find_model(&mut *tx, &model.id)
+        .await?
+        .ok_or_else(|| ModelError::NotFound(slug.to_string()))?;
+    if current.terms == terms {
+        return Err(ModelError::Invalid(format!(
+            "these are already the terms of {slug} (version {})",
+            current.terms_version
+        ))
+        .into());
+    }
+    let version = current.terms_version + 1;
+    db::models::insert_terms(&mut *tx, &model.id, version, terms, now_ms()).await?;
+    db::models::set_current_terms(&mut *tx, &model.id, version, terms).await?;
+    let mut event = Event::new("model.terms_changed", Outcome::Ok);
+    event.actor = Some(actor.to_owned());
+    event.subject = Some(format!("{slug} terms version {version}"));
+    event.model_id = Some(model.id.clone());
+    audit::append(&mut tx, app.db.backend(), &[event]).await?;
+    tx.commit().await?;
+    Ok(version)
+}
+
+/// Replaces a model's application questions with `json` (checked first).
+pub async fn set_questions(
+    app: &App,
+    slug: &Slug,
+    json: &str,
+    actor: &str,
+) -> anyhow::Result<Vec<crate::questions::Question>> {
+    let questions = crate::questions::parse_definitions(json).map_err(ModelError::Invalid)?;
+    let model = model_by_slug(app, slug).await?;
+    let stored = serde_json::to_string(&questions)?;
+    let mut tx = app.db.begin().await?;
+    db::models::set_questions(&mut *tx, &model.id, &stored).await?;
+    let mut event = Event::new("model.questions_changed", Outcome::Ok);
+    event.actor = Some(actor.to_owned());
+    event.subject = Some(format!("{slug}: {} questions", questions.len()));
+    event.model_id = Some(model.id.clone());
+    audit::append(&mut tx, app.db.backend(), &[event]).await?;
+    tx.commit().await?;
+    Ok(questions)
+}
+
+/// Sets how many days a denied researcher waits before applying again.
+pub async fn set_reapply_after(app: &App, slug: &Slug, days: i64, actor: &str) -> anyhow::Result<()> {
+    if !(0..=MAX_REAPPLY_AFTER_DAYS).contains(&days) {
+        return Err(ModelError::Invalid(format!(
+            "the wait before applying again is 0 to {MAX_REAPPLY_AFTER_DAYS} days"
+        ))
+        .into());
+    }
+    let model = model_by_slug(app, slug).await?;
+    let mut tx = app.db.begin().await?;
+    db::models::set_reapply_after_days(&mut *tx, &model.id, days).await?;
+    let mut event = Event::new("model.reapply_after_changed", Outcome::Ok);
+    event.actor = Some(actor.to_owned());
+    event.subject = Some(format!("{slug}: {days} days"));
+    event.model_id = Some(model.id.clone());
     audit::append(&mut tx, app.db.backend(), &[event]).await?;
     tx.commit().await?;
     Ok(())

@@ -1,19 +1,31 @@
-//! Review decisions: approving an application creates a grant and tells the
-//! researcher where to download; denying one tells them why.
+//! Review decisions. A model's policy says how many distinct reviewers must
+//! approve (N of M) and which applications are approved by rule; the last
+//! approval creates the grant and tells the researcher where to download, and
+//! any denial tells them why.
 
 use std::time::Duration;
 
 use crate::{
     app::App,
     audit::{self, Client, Event, Outcome},
-    db::{self, applications::ApplicationView, reviewers::Reviewer},
+    db::{
+        self,
+        applications::{ApplicationView, NewReview},
+        policy::ReviewPolicy,
+        reviewers::Reviewer,
+    },
     mail,
+    questions::Question,
     types::{format_ms, hash_token, new_id, new_token, now_ms},
 };
 
 pub const MAX_REASON: usize = 2000;
 /// The longest grant a reviewer may give in one decision.
 pub const MAX_GRANT_DAYS: u64 = 3650;
+/// The most applications one bulk decision takes.
+pub const MAX_BULK: usize = 200;
+/// Who the audit log names for decisions taken by a model's rules.
+pub const RULES_ACTOR: &str = "weightgate (automatic approval)";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReviewError {
@@ -23,36 +35,70 @@ pub enum ReviewError {
     NotPending(String),
     #[error("a denial needs a reason (at most {MAX_REASON} characters)")]
     ReasonRequired,
+    #[error("a note has at most {MAX_REASON} characters")]
+    NoteTooLong,
     #[error("a grant lasts 1 to {MAX_GRANT_DAYS} days")]
     BadDuration,
+    #[error("you are not a reviewer of this model")]
+    NotAssigned,
+    #[error("you already approved this application; it needs another reviewer's approval")]
+    AlreadyApproved,
+    #[error("select at least one application, at most {MAX_BULK}")]
+    BadSelection,
 }
 
-/// What an approval produced.
+/// What an approval produced: the grant, or one more vote towards it.
 #[derive(Debug)]
-pub struct Approval {
-    pub grant_id: String,
-    pub access_url: String,
-    pub expires_at: i64,
+pub enum Approval {
+    Granted {
+        grant_id: String,
+        access_url: String,
+        expires_at: i64,
+    },
+    /// Recorded; the policy needs `needed` approvals from distinct reviewers.
+    Recorded { approvals: usize, needed: usize },
 }
 
-async fn pending(app: &App, application_id: &str) -> anyhow::Result<ApplicationView> {
+/// Whether `reviewer` may decide applications for the model: admins decide
+/// for every model, reviewers for the models they are assigned to.
+pub async fn may_decide(app: &App, reviewer: &Reviewer, model_id: &str) -> anyhow::Result<bool> {
+    if reviewer.is_admin() {
+        return Ok(true);
+    }
+    Ok(db::policy::models_of(app.db.pool(), &reviewer.id)
+        .await?
+        .iter()
+        .any(|m| m == model_id))
+}
+
+async fn decidable(app: &App, reviewer: &Reviewer, application_id: &str) -> anyhow::Result<ApplicationView> {
     let view = db::applications::find_view(app.db.pool(), application_id)
         .await?
         .ok_or(ReviewError::NotFound)?;
-    if view.status != "pending" {
+    if !may_decide(app, reviewer, &view.model_id).await? {
+        return Err(ReviewError::NotAssigned.into());
+    }
+    if !is_open(&view.status) {
         return Err(ReviewError::NotPending(view.status).into());
     }
     Ok(view)
 }
 
-fn decision_event(
-    action: &'static str,
-    reviewer: &Reviewer,
-    view: &ApplicationView,
-    client: &Client,
-) -> Event {
+/// Whether an application in this status can still be decided: waiting for
+/// review, or for the applicant's answer to a question.
+pub fn is_open(status: &str) -> bool {
+    matches!(status, "pending" | "info_requested")
+}
+
+async fn policy_of(app: &App, model_id: &str) -> anyhow::Result<ReviewPolicy> {
+    db::policy::find(app.db.pool(), model_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the model of this application is gone"))
+}
+
+fn decision_event(action: &'static str, actor: &str, view: &ApplicationView, client: &Client) -> Event {
     let mut event = Event::new(action, Outcome::Ok);
-    event.actor = Some(reviewer.email.clone());
+    event.actor = Some(actor.to_owned());
     event.subject = Some(view.email.clone());
     event.model_id = Some(view.model_id.clone());
     event.application_id = Some(view.id.clone());
@@ -61,34 +107,131 @@ fn decision_event(
     event
 }
 
-/// Approves a pending application with a grant lasting `days` (or the
-/// configured default) and e-mails the researcher their access page.
+fn grant_ttl(app: &App, days: Option<u64>) -> Result<Duration, ReviewError> {
+    match days {
+        Some(d) if (1..=MAX_GRANT_DAYS).contains(&d) => Ok(Duration::from_secs(d * 86_400)),
+        Some(_) => Err(ReviewError::BadDuration),
+        None => Ok(app.config.grant_ttl),
+    }
+}
+
+fn checked_note(note: Option<&str>) -> Result<Option<&str>, ReviewError> {
+    match note.map(str::trim) {
+        Some("") | None => Ok(None),
+        Some(n) if n.chars().count() > MAX_REASON => Err(ReviewError::NoteTooLong),
+        Some(n) => Ok(Some(n)),
+    }
+}
+
+/// Approves a pending application as `reviewer`. The grant is created once
+/// the model's policy has its approvals from distinct reviewers (until then
+/// the approval is recorded); it lasts the shortest of the durations the
+/// approving reviewers chose (the configured default when none did).
 pub async fn approve(
     app: &App,
     reviewer: &Reviewer,
     application_id: &str,
     days: Option<u64>,
+    note: Option<&str>,
     client: Client,
 ) -> anyhow::Result<Approval> {
-    let ttl = match days {
-        Some(d) if (1..=MAX_GRANT_DAYS).contains(&d) => Duration::from_secs(d * 86_400),
-        Some(_) => return Err(ReviewError::BadDuration.into()),
-        None => app.config.grant_ttl,
-    };
-    let view = pending(app, application_id).await?;
+    let ttl = grant_ttl(app, days)?;
+    let note = checked_note(note)?;
+    let view = decidable(app, reviewer, application_id).await?;
+    // A renewal extends the grant it names rather than making a second one.
+    if view.kind == "renewal" {
+        return crate::renewals::approve(app, reviewer, &view, ttl, client).await;
+    }
+    let policy = policy_of(app, &view.model_id).await?;
+    let needed = usize::try_from(policy.approvals_needed.max(1)).unwrap_or(1);
     let now = now_ms();
+
+    let mut tx = app.db.begin().await?;
+    if !db::applications::lock_pending(&mut tx, &view.id).await? {
+        return Err(ReviewError::NotPending("already decided".into()).into());
+    }
+    let mut approvals = db::applications::approvals(&mut tx, &view.id).await?;
+    if approvals.iter().any(|a| a.reviewer_id == reviewer.id) {
+        return Err(ReviewError::AlreadyApproved.into());
+    }
+    let grant_days = days.map(|d| i64::try_from(d).unwrap_or(i64::MAX));
+    db::applications::insert_review(
+        &mut tx,
+        &NewReview {
+            id: &new_id(),
+            application_id: &view.id,
+            reviewer_id: &reviewer.id,
+            decision: "approve",
+            reason: None,
+            grant_days,
+            note,
+            created_at: now,
+        },
+    )
+    .await?;
+    approvals.push(db::applications::ApprovalSoFar {
+        reviewer_id: reviewer.id.clone(),
+        grant_days,
+        note: note.map(str::to_owned),
+    });
+    let mut approved = decision_event("review.approved", &reviewer.email, &view, &client);
+    approved.reason = Some(format!("approval {} of {needed}", approvals.len()));
+    if approvals.len() < needed {
+        audit::append(&mut tx, app.db.backend(), &[approved]).await?;
+        tx.commit().await?;
+        return Ok(Approval::Recorded {
+            approvals: approvals.len(),
+            needed,
+        });
+    }
+    // The grant lasts no longer than any approving reviewer agreed to, and
+    // carries every reviewer's note.
+    let ttl = match approvals.iter().filter_map(|a| a.grant_days).min() {
+        Some(d) => grant_ttl(app, u64::try_from(d).ok())?,
+        None => ttl,
+    };
+    let notes: Vec<&str> = approvals.iter().filter_map(|a| a.note.as_deref()).collect();
+    let note = (!notes.is_empty()).then(|| notes.join("\n\n"));
+    let granted = grant(
+        app,
+        &mut tx,
+        &view,
+        ttl,
+        note.as_deref(),
+        &reviewer.email,
+        &client,
+        approved,
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    app.mail.wake();
+    Ok(granted)
+}
+
+/// Creates the grant of an approved application inside `tx`, with the
+/// approval's event before the grant's.
+#[expect(clippy::too_many_arguments)]
+async fn grant(
+    app: &App,
+    tx: &mut db::Tx,
+    view: &ApplicationView,
+    ttl: Duration,
+    note: Option<&str>,
+    actor: &str,
+    client: &Client,
+    approved: Event,
+    now: i64,
+) -> anyhow::Result<Approval> {
     let expires_at = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
     let token = new_token();
     let grant_id = new_id();
     let access_url = app.url(&format!("/access/{token}"));
-
-    let mut tx = app.db.begin().await?;
-    if !db::applications::mark_decided(&mut tx, &view.id, "approved", now).await? {
+    if !db::applications::mark_decided(tx, &view.id, "approved", now).await? {
         return Err(ReviewError::NotPending("already decided".into()).into());
     }
-    db::applications::insert_review(&mut tx, &new_id(), &view.id, &reviewer.id, "approve", None, now).await?;
     db::grants::insert_grant(
-        &mut tx,
+        tx,
         &db::grants::NewGrant {
             id: &grant_id,
             application_id: &view.id,
@@ -100,13 +243,16 @@ pub async fn approve(
         },
     )
     .await?;
+    let note = note
+        .map(|n| format!("The reviewers added:\n\n{n}\n\n"))
+        .unwrap_or_default();
     mail::enqueue(
-        &mut tx,
+        tx,
         &view.email,
         &format!("Your access to {} is approved", view.model_title),
         &format!(
             "Hello {name},\n\nyour application for {title} was approved. Your access lasts until\n\
-             {until} UTC. Download the files from your access page:\n\n{access_url}\n\n\
+             {until} UTC. Download the files from your access page:\n\n{access_url}\n\n{note}\
              Keep this link to yourself: it is your key to the files.\n",
             name = view.name,
             title = view.model_title,
@@ -114,13 +260,11 @@ pub async fn approve(
         ),
     )
     .await?;
-    let approved = decision_event("review.approved", reviewer, &view, &client);
-    let mut granted = decision_event("grant.created", reviewer, &view, &client);
+    let mut granted = decision_event("grant.created", actor, view, client);
     granted.grant_id = Some(grant_id.clone());
-    audit::append(&mut tx, app.db.backend(), &[approved, granted]).await?;
-    tx.commit().await?;
-    app.mail.wake();
-    Ok(Approval {
+    granted.reason = Some(format!("until {}", format_ms(expires_at)));
+    audit::append(tx, app.db.backend(), &[approved, granted]).await?;
+    Ok(Approval::Granted {
         grant_id,
         access_url,
         expires_at,
@@ -128,6 +272,7 @@ pub async fn approve(
 }
 
 /// Denies a pending application; the reason is e-mailed to the researcher.
+/// One denial decides, whatever the number of approvals the policy needs.
 pub async fn deny(
     app: &App,
     reviewer: &Reviewer,
@@ -139,7 +284,7 @@ pub async fn deny(
     if reason.is_empty() || reason.chars().count() > MAX_REASON {
         return Err(ReviewError::ReasonRequired.into());
     }
-    let view = pending(app, application_id).await?;
+    let view = decidable(app, reviewer, application_id).await?;
     let now = now_ms();
     let mut tx = app.db.begin().await?;
     if !db::applications::mark_decided(&mut tx, &view.id, "denied", now).await? {
@@ -147,12 +292,16 @@ pub async fn deny(
     }
     db::applications::insert_review(
         &mut tx,
-        &new_id(),
-        &view.id,
-        &reviewer.id,
-        "deny",
-        Some(reason),
-        now,
+        &NewReview {
+            id: &new_id(),
+            application_id: &view.id,
+            reviewer_id: &reviewer.id,
+            decision: "deny",
+            reason: Some(reason),
+            grant_days: None,
+            note: None,
+            created_at: now,
+        },
     )
     .await?;
     mail::enqueue(
@@ -167,10 +316,231 @@ pub async fn deny(
         ),
     )
     .await?;
-    let mut event = decision_event("review.denied", reviewer, &view, &client);
+    let mut event = decision_event("review.denied", &reviewer.email, &view, &client);
     event.reason = Some(reason.to_owned());
     audit::append(&mut tx, app.db.backend(), &[event]).await?;
     tx.commit().await?;
     app.mail.wake();
     Ok(())
+}
+
+/// The rule of `policy` that approves `view` without a reviewer, if any:
+/// the researcher's e-mail domain (or a parent domain) is in the allow-list,
+/// and every question the model requires now has an answer.
+pub fn approving_rule(
+    policy: &ReviewPolicy,
+    view: &ApplicationView,
+    questions: &[Question],
+) -> Option<String> {
+    let domain = view.email.rsplit_once('@')?.1.to_ascii_lowercase();
+    let allowed = allowed_domains(policy.auto_approve_domains.as_deref())
+        .into_iter()
+        .find(|allowed| domain == *allowed || domain.ends_with(&format!(".{allowed}")))?;
+    let answers = crate::questions::stored_answers(&view.answers);
+    let answered = |q: &Question| answers.iter().any(|a| a.id == q.id && !a.value.trim().is_empty());
+    if !questions.iter().filter(|q| q.required).all(answered) {
+        return None;
+    }
+    Some(format!(
+        "e-mail domain {domain} is in the allow-list ({allowed}) and every required question is answered"
+    ))
+}
+
+/// The allow-list of a policy, normalised.
+pub fn allowed_domains(list: Option<&str>) -> Vec<String> {
+    list.unwrap_or_default()
+        .split([',', ' ', '\n'])
+        .map(|d| d.trim().trim_start_matches('@').to_ascii_lowercase())
+        .filter(|d| !d.is_empty())
+        .collect()
+}
+
+/// Called when an application enters the queue: approves it when one of the
+/// model's rules holds, and otherwise lets its reviewers know it waits.
+pub async fn on_confirmed(app: &App, application_id: &str, client: Client) -> anyhow::Result<()> {
+    let Some(view) = db::applications::find_view(app.db.pool(), application_id).await? else {
+        return Ok(());
+    };
+    if view.status != "pending" {
+        return Ok(());
+    }
+    let policy = policy_of(app, &view.model_id).await?;
+    let questions = db::models::find_model(app.db.pool(), &view.model_id)
+        .await?
+        .map(|m| crate::questions::stored(&m.questions))
+        .unwrap_or_default();
+    let Some(rule) = approving_rule(&policy, &view, &questions) else {
+        return crate::notices::application_waiting(app, &view).await;
+    };
+    let now = now_ms();
+    let mut tx = app.db.begin().await?;
+    if !db::applications::lock_pending(&mut tx, &view.id).await? {
+        return Ok(());
+    }
+    let mut approved = decision_event("review.approved", RULES_ACTOR, &view, &client);
+    approved.reason = Some(format!("rule: {rule}"));
+    grant(
+        app,
+        &mut tx,
+        &view,
+        app.config.grant_ttl,
+        None,
+        RULES_ACTOR,
+        &client,
+        approved,
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    app.mail.wake();
+    Ok(())
+}
+
+/// What a bulk decision did to one application.
+#[derive(Debug)]
+pub struct BulkOutcome {
+    pub application_id: String,
+    pub email: String,
+    pub result: Result<String, String>,
+}
+
+/// The decision a bulk action applies to every selected application.
+pub enum BulkDecision<'a> {
+    Approve {
+        days: Option<u64>,
+        note: Option<&'a str>,
+    },
+    Deny {
+        reason: &'a str,
+    },
+}
+
+/// Applies one decision to each selected application, each recorded (and
+/// audited) on its own: one that cannot be decided does not stop the rest.
+pub async fn bulk(
+    app: &App,
+    reviewer: &Reviewer,
+    application_ids: &[String],
+    decision: &BulkDecision<'_>,
+    client: Client,
+) -> anyhow::Result<Vec<BulkOutcome>> {
+    if application_ids.is_empty() || application_ids.len() > MAX_BULK {
+        return Err(ReviewError::BadSelection.into());
+    }
+    // Refuse the whole batch up front for input that no row could take.
+    match decision {
+        BulkDecision::Approve { days, note } => {
+            grant_ttl(app, *days)?;
+            checked_note(*note)?;
+        }
+        BulkDecision::Deny { reason } => {
+            if reason.trim().is_empty() || reason.trim().chars().count() > MAX_REASON {
+                return Err(ReviewError::ReasonRequired.into());
+            }
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut outcomes = Vec::new();
+    for id in application_ids.iter().filter(|id| seen.insert(id.as_str())) {
+        let email = db::applications::find_view(app.db.pool(), id)
+            .await?
+            .map(|v| v.email)
+            .unwrap_or_default();
+        let result = match decision {
+            BulkDecision::Approve { days, note } => approve(app, reviewer, id, *days, *note, client.clone())
+                .await
+                .map(|a| match a {
+                    Approval::Granted { .. } => "approved".to_owned(),
+                    Approval::Recorded { approvals, needed } => {
+                        format!("approval {approvals} of {needed} recorded")
+                    }
+                }),
+            BulkDecision::Deny { reason } => deny(app, reviewer, id, reason, client.clone())
+                .await
+                .map(|()| "denied".to_owned()),
+        };
+        let result = match result {
+            Ok(done) => Ok(done),
+            Err(err) if err.downcast_ref::<ReviewError>().is_some() => Err(err.to_string()),
+            Err(err) => return Err(err),
+        };
+        outcomes.push(BulkOutcome {
+            application_id: id.clone(),
+            email,
+            result,
+        });
+    }
+    Ok(outcomes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(domains: &str) -> ReviewPolicy {
+        ReviewPolicy {
+            model_id: "m".into(),
+            model_slug: "m".into(),
+            approvals_needed: 1,
+            auto_approve_domains: Some(domains.into()),
+            review_target_days: 7,
+        }
+    }
+
+    fn view(email: &str) -> ApplicationView {
+        ApplicationView {
+            id: "a".into(),
+            model_id: "m".into(),
+            researcher_id: "r".into(),
+            name: "n".into(),
+            affiliation: "x".into(),
+            intended_use: "y".into(),
+            terms_version: 1,
+            status: "pending".into(),
+            created_at: 0,
+            confirmed_at: Some(0),
+            decided_at: None,
+            email: email.into(),
+            model_slug: "m".into(),
+            model_title: "M".into(),
+            answers: "[]".into(),
+            kind: "new".into(),
+            parent_id: None,
+            grant_id: None,
+        }
+    }
+
+    #[test]
+    fn the_allow_list_matches_whole_domains_and_their_subdomains() {
+        let p = policy("uni.example.edu, @lab.example.org");
+        let rule = |email: &str| approving_rule(&p, &view(email), &[]);
+        assert!(rule("a@uni.example.edu").is_some());
+        assert!(rule("a@cs.uni.example.edu").is_some());
+        assert!(rule("a@LAB.example.org").is_some());
+        assert!(rule("a@evil-uni.example.edu").is_none());
+        assert!(rule("a@uni.example.edu.evil.example").is_none());
+        assert!(approving_rule(&policy(""), &view("a@uni.example.edu"), &[]).is_none());
+    }
+
+    #[test]
+    fn the_rule_that_approved_is_named() {
+        let rule = approving_rule(&policy("example.edu"), &view("a@cs.example.edu"), &[]).unwrap();
+        assert_eq!(
+            rule,
+            "e-mail domain cs.example.edu is in the allow-list (example.edu) and every required question is answered"
+        );
+    }
+
+    #[test]
+    fn a_required_question_left_unanswered_stops_the_automatic_approval() {
+        let questions = crate::questions::parse_definitions(
+            r#"[{"id": "orcid", "label": "ORCID", "kind": "url", "required": true}]"#,
+        )
+        .unwrap();
+        let mut v = view("a@example.edu");
+        assert!(approving_rule(&policy("example.edu"), &v, &questions).is_none());
+        v.answers =
+            r#"[{"id": "orcid", "label": "ORCID", "kind": "url", "value": "https://orcid.org/1"}]"#.into();
+        assert!(approving_rule(&policy("example.edu"), &v, &questions).is_some());
+    }
 }

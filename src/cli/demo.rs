@@ -20,6 +20,14 @@ const TERMS: &str = "Demo Model License (demonstration only)
 3. Publications that use the model cite it.
 4. Access may be revoked if these terms are broken.";
 
+/// The demo model's own questions, one of each common kind.
+const QUESTIONS: &str = r#"[
+    {"id": "role", "label": "Your role", "kind": "select", "options": ["Student", "Researcher", "Faculty", "Industry"], "required": true},
+    {"id": "country", "label": "Country of your institution", "kind": "country", "required": true},
+    {"id": "orcid", "label": "ORCID iD or a paper of yours", "kind": "url", "help": "For example https://orcid.org/0000-0002-1825-0097"},
+    {"id": "no_redistribution", "label": "I will not redistribute the weights", "kind": "checkbox", "required": true}
+]"#;
+
 /// Sizes of the generated shards: a few MiB each, not multiples of any buffer.
 const SHARDS: [u64; 3] = [3 * 1024 * 1024 + 17, 4 * 1024 * 1024 + 4099, 2 * 1024 * 1024 + 1];
 
@@ -30,7 +38,11 @@ pub async fn seed(app: &App) -> anyhow::Result<()> {
     let actor = "demo";
     let model = match db::models::find_model_by_slug(app.db.pool(), DEMO_SLUG).await? {
         Some(model) => model,
-        None => models::create(app, &slug, "Demo Model 7B (synthetic weights)", TERMS, actor).await?,
+        None => {
+            let model = models::create(app, &slug, "Demo Model 7B (synthetic weights)", TERMS, actor).await?;
+            models::set_questions(app, &slug, QUESTIONS, actor).await?;
+            model
+        }
     };
     if db::models::published_releases(app.db.pool(), &model.id)
         .await?

@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 pub use output::Format;
 
 use crate::{
-    accounts,
+    accounts::{self, ReviewerChange},
     app::{App, Schema},
     audit::Client,
     config::Config,
@@ -99,10 +99,24 @@ pub enum ReviewerCommand {
         #[arg(long)]
         password_stdin: bool,
     },
-    /// List reviewers.
+    /// List reviewers with their role, models and notification choice.
     List {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
+    },
+    /// Let a reviewer decide applications for a model.
+    Assign { email: String, model: String },
+    /// Stop a reviewer deciding applications for a model.
+    Unassign { email: String, model: String },
+    /// Stop a reviewer signing in (their decisions stay on record).
+    Disable { email: String },
+    /// Let a disabled reviewer sign in again.
+    Enable { email: String },
+    /// Set how a reviewer hears of waiting applications.
+    Notify {
+        email: String,
+        #[arg(value_parser = ["immediate", "digest", "off"])]
+        how: String,
     },
 }
 
@@ -142,10 +156,49 @@ pub enum ModelCommand {
         #[arg(long)]
         unlimited: bool,
     },
+    /// How applications for the model are reviewed. Options left out keep
+    /// their current value.
+    Policy {
+        slug: String,
+        /// Approvals from distinct reviewers an application needs (N of M).
+        #[arg(long)]
+        approvals: Option<i64>,
+        /// E-mail domains (comma-separated) approved without a reviewer;
+        /// an empty string turns automatic approval off.
+        #[arg(long)]
+        auto_approve_domains: Option<String>,
+        /// Days an application may wait before the queue marks it overdue.
+        #[arg(long)]
+        target_days: Option<i64>,
+    },
     /// List models.
     List {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
+    },
+    /// Set the model's own application questions from a JSON file (`-` reads
+    /// standard input); without --file, print the current ones. Each question:
+    /// {"id": "orcid", "label": "ORCID iD", "kind": "url", "required": false,
+    /// "help": "…"}; kinds: text, long_text, select (with "options"),
+    /// checkbox, country, url.
+    Questions {
+        slug: String,
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Publish a new version of the model's terms from a file. New
+    /// applications accept it; earlier ones keep the version they accepted.
+    Terms {
+        slug: String,
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Set how many days a denied researcher waits before applying again
+    /// (they may appeal once meanwhile).
+    ReapplyAfter {
+        slug: String,
+        #[arg(long)]
+        days: u32,
     },
 }
 
@@ -173,6 +226,12 @@ pub enum GrantCommand {
         id: String,
         #[arg(long)]
         reason: String,
+    },
+    /// Extend a grant by DAYS from its current end (or from now if it ended).
+    Extend {
+        id: String,
+        #[arg(long)]
+        days: u64,
     },
 }
 
@@ -294,7 +353,18 @@ fn read_password(from_stdin: bool) -> anyhow::Result<String> {
     Ok(first)
 }
 
+async fn find_reviewer(app: &App, email: &str) -> anyhow::Result<db::reviewers::Reviewer> {
+    db::reviewers::find_by_email(app.db.pool(), &email.trim().to_lowercase())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no reviewer {email}"))
+}
+
 async fn reviewer(app: Arc<App>, cmd: ReviewerCommand) -> anyhow::Result<()> {
+    let cmd_kind = match &cmd {
+        ReviewerCommand::Assign { .. } => "assign",
+        ReviewerCommand::Disable { .. } => "disable",
+        _ => "",
+    };
     match cmd {
         ReviewerCommand::Add {
             email,
@@ -312,17 +382,50 @@ async fn reviewer(app: Arc<App>, cmd: ReviewerCommand) -> anyhow::Result<()> {
         }
         ReviewerCommand::List { format } => {
             let rows = db::reviewers::list(app.db.pool()).await?;
+            let assignments = db::policy::assignments(app.db.pool()).await?;
             output::print(
                 format,
-                &["email", "role", "created"],
+                &["email", "role", "models", "notify", "state", "created"],
                 rows.iter().map(|r| {
-                    let role = if r.is_admin != 0 { "admin" } else { "reviewer" };
+                    let role = if r.is_admin() { "admin" } else { "reviewer" };
+                    let models: Vec<&str> = assignments
+                        .iter()
+                        .filter(|(_, email)| *email == r.email)
+                        .map(|(slug, _)| slug.as_str())
+                        .collect();
+                    let state = if r.disabled_at.is_some() { "disabled" } else { "active" };
                     (
-                        vec![r.email.clone(), role.into(), format_ms(r.created_at)],
-                        serde_json::json!({"id": r.id, "email": r.email, "role": role, "created_at": format_ms_rfc3339(r.created_at)}),
+                        vec![r.email.clone(), role.into(), models.join(", "), r.notify.clone(), state.into(), format_ms(r.created_at)],
+                        serde_json::json!({"id": r.id, "email": r.email, "role": role, "models": models, "notify": r.notify, "state": state, "created_at": format_ms_rfc3339(r.created_at)}),
                     )
                 }),
             );
+        }
+        ReviewerCommand::Assign { email, model } | ReviewerCommand::Unassign { email, model } => {
+            let assign = matches!(cmd_kind, "assign");
+            let email: Email = email.parse().map_err(|e: &str| anyhow::anyhow!("{e}"))?;
+            let changed = crate::policy::assign(&app, &model, &email, assign, &operator()).await?;
+            println!(
+                "{email} {} {model}{}",
+                if assign { "reviews" } else { "no longer reviews" },
+                if changed { "" } else { " (unchanged)" }
+            );
+        }
+        ReviewerCommand::Disable { email } | ReviewerCommand::Enable { email } => {
+            let disable = matches!(cmd_kind, "disable");
+            let reviewer = find_reviewer(&app, &email).await?;
+            accounts::change_reviewer(&app, &reviewer.id, ReviewerChange::Disabled(disable), &operator())
+                .await?;
+            println!(
+                "{} is {}",
+                reviewer.email,
+                if disable { "disabled" } else { "enabled" }
+            );
+        }
+        ReviewerCommand::Notify { email, how } => {
+            let reviewer = find_reviewer(&app, &email).await?;
+            accounts::change_reviewer(&app, &reviewer.id, ReviewerChange::Notify(&how), &operator()).await?;
+            println!("{} hears of waiting applications: {how}", reviewer.email);
         }
     }
     Ok(())
@@ -342,6 +445,37 @@ async fn model(app: Arc<App>, cmd: ModelCommand) -> anyhow::Result<()> {
                 "created model {} at {}",
                 model.slug,
                 app.url(&format!("/models/{}", model.slug))
+            );
+        }
+        ModelCommand::Policy {
+            slug,
+            approvals,
+            auto_approve_domains,
+            target_days,
+        } => {
+            let model = db::models::find_model_by_slug(app.db.pool(), &slug)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no model {slug}"))?;
+            let current = db::policy::find(app.db.pool(), &model.id)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no model {slug}"))?;
+            let change = crate::policy::PolicyChange {
+                approvals_needed: approvals.unwrap_or(current.approvals_needed),
+                auto_approve_domains: auto_approve_domains
+                    .unwrap_or_else(|| current.auto_approve_domains.clone().unwrap_or_default()),
+                review_target_days: target_days.unwrap_or(current.review_target_days),
+            };
+            crate::policy::set(&app, &slug, &change, &operator()).await?;
+            let auto = crate::reviews::allowed_domains(Some(&change.auto_approve_domains));
+            println!(
+                "{slug}: {} approval(s) from distinct reviewers, overdue after {} days, automatic approval {}",
+                change.approvals_needed,
+                change.review_target_days,
+                if auto.is_empty() {
+                    "off".to_owned()
+                } else {
+                    format!("for {}", auto.join(", "))
+                }
             );
         }
         ModelCommand::Quota {
@@ -406,6 +540,44 @@ async fn model(app: Arc<App>, cmd: ModelCommand) -> anyhow::Result<()> {
                 report.files.len()
             );
         }
+        ModelCommand::Questions { slug, file } => {
+            let slug: Slug = slug.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+            match file {
+                Some(path) => {
+                    let json = if path.as_os_str() == "-" {
+                        let mut input = String::new();
+                        std::io::stdin()
+                            .read_to_string(&mut input)
+                            .context("cannot read the questions from stdin")?;
+                        input
+                    } else {
+                        std::fs::read_to_string(&path)
+                            .with_context(|| format!("cannot read {}", path.display()))?
+                    };
+                    let questions = models::set_questions(&app, &slug, &json, &operator()).await?;
+                    println!("{slug} now asks {} questions", questions.len());
+                }
+                None => {
+                    let model = db::models::find_model_by_slug(app.db.pool(), slug.as_str())
+                        .await?
+                        .ok_or_else(|| models::ModelError::NotFound(slug.to_string()))?;
+                    let questions = crate::questions::stored(&model.questions);
+                    println!("{}", serde_json::to_string_pretty(&questions)?);
+                }
+            }
+        }
+        ModelCommand::Terms { slug, file } => {
+            let slug: Slug = slug.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+            let terms =
+                std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let version = models::set_terms(&app, &slug, &terms, &operator()).await?;
+            println!("{slug} terms are now version {version}");
+        }
+        ModelCommand::ReapplyAfter { slug, days } => {
+            let slug: Slug = slug.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+            models::set_reapply_after(&app, &slug, i64::from(days), &operator()).await?;
+            println!("a researcher denied access to {slug} may apply again after {days} days");
+        }
         ModelCommand::List { format } => {
             let models = db::models::list_models(app.db.pool()).await?;
             output::print(
@@ -442,6 +614,16 @@ async fn grant(app: Arc<App>, cmd: GrantCommand) -> anyhow::Result<()> {
                         }),
                     )
                 }),
+            );
+        }
+        GrantCommand::Extend { id, days } => {
+            let grant = grants::extend(&app, &id, days, &operator(), Client::default()).await?;
+            println!(
+                "grant {} of {} for {} now ends {} UTC",
+                grant.id,
+                grant.email,
+                grant.model_slug,
+                format_ms(grant.expires_at)
             );
         }
         GrantCommand::Revoke { id, reason } => {

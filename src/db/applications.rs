@@ -2,7 +2,10 @@
 
 use sqlx::{FromRow, any::AnyExecutor};
 
-use crate::db::Tx;
+use crate::{
+    bind_where,
+    db::{Bind, Tx, Where, like_escape},
+};
 
 /// Returns the id of the researcher with this (normalised) e-mail, creating them if new.
 pub async fn upsert_researcher(tx: &mut Tx, new_id: &str, email: &str, now: i64) -> sqlx::Result<String> {
@@ -30,13 +33,23 @@ pub struct NewApplication<'a> {
     pub terms_version: i64,
     pub confirm_token_hash: &'a str,
     pub created_at: i64,
+    /// `unconfirmed`, or `pending` when the researcher is known to own the address.
+    pub status: &'a str,
+    pub confirmed_at: Option<i64>,
+    /// JSON array of `crate::questions::Answer`.
+    pub answers: &'a str,
+    /// `new`, `renewal` (of `grant_id`) or `appeal` (of `parent_id`).
+    pub kind: &'a str,
+    pub parent_id: Option<&'a str>,
+    pub grant_id: Option<&'a str>,
 }
 
 pub async fn insert_application(tx: &mut Tx, a: &NewApplication<'_>) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO applications (id, model_id, researcher_id, name, affiliation, intended_use,
-             terms_version, status, confirm_token_hash, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'unconfirmed', $8, $9)",
+             terms_version, status, confirm_token_hash, created_at, confirmed_at, answers, kind,
+             parent_id, grant_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
     )
     .bind(a.id)
     .bind(a.model_id)
@@ -45,8 +58,14 @@ pub async fn insert_application(tx: &mut Tx, a: &NewApplication<'_>) -> sqlx::Re
     .bind(a.affiliation)
     .bind(a.intended_use)
     .bind(a.terms_version)
+    .bind(a.status)
     .bind(a.confirm_token_hash)
     .bind(a.created_at)
+    .bind(a.confirmed_at)
+    .bind(a.answers)
+    .bind(a.kind)
+    .bind(a.parent_id)
+    .bind(a.grant_id)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -69,11 +88,20 @@ pub struct ApplicationView {
     pub email: String,
     pub model_slug: String,
     pub model_title: String,
+    /// JSON array of `crate::questions::Answer`.
+    pub answers: String,
+    /// `new`, `renewal` or `appeal`.
+    pub kind: String,
+    /// The denied application an appeal is about.
+    pub parent_id: Option<String>,
+    /// The grant a renewal would extend.
+    pub grant_id: Option<String>,
 }
 
 const VIEW: &str = "SELECT a.id, a.model_id, a.researcher_id, a.name, a.affiliation, a.intended_use,
         a.terms_version, a.status, a.created_at, a.confirmed_at, a.decided_at,
-        r.email, m.slug AS model_slug, m.title AS model_title
+        r.email, m.slug AS model_slug, m.title AS model_title,
+        a.answers, a.kind, a.parent_id, a.grant_id
     FROM applications a
     JOIN researchers r ON r.id = a.researcher_id
     JOIN models m ON m.id = a.model_id";
@@ -131,7 +159,8 @@ pub async fn mark_confirmed(tx: &mut Tx, id: &str, now: i64) -> sqlx::Result<boo
 /// Records the final state of a pending application; `false` when it was no longer pending.
 pub async fn mark_decided(tx: &mut Tx, id: &str, status: &str, now: i64) -> sqlx::Result<bool> {
     let done = sqlx::query(
-        "UPDATE applications SET status = $2, decided_at = $3 WHERE id = $1 AND status = 'pending'",
+        "UPDATE applications SET status = $2, decided_at = $3
+         WHERE id = $1 AND status IN ('pending', 'info_requested')",
     )
     .bind(id)
     .bind(status)
@@ -141,24 +170,32 @@ pub async fn mark_decided(tx: &mut Tx, id: &str, status: &str, now: i64) -> sqlx
     Ok(done.rows_affected() == 1)
 }
 
-pub async fn insert_review(
-    tx: &mut Tx,
-    id: &str,
-    application_id: &str,
-    reviewer_id: &str,
-    decision: &str,
-    reason: Option<&str>,
-    now: i64,
-) -> sqlx::Result<()> {
+/// One reviewer's decision on an application.
+pub struct NewReview<'a> {
+    pub id: &'a str,
+    pub application_id: &'a str,
+    pub reviewer_id: &'a str,
+    /// `approve` or `deny`.
+    pub decision: &'a str,
+    pub reason: Option<&'a str>,
+    pub grant_days: Option<i64>,
+    pub note: Option<&'a str>,
+    pub created_at: i64,
+}
+
+pub async fn insert_review(tx: &mut Tx, r: &NewReview<'_>) -> sqlx::Result<()> {
     sqlx::query(
-        "INSERT INTO reviews (id, application_id, reviewer_id, decision, reason, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO reviews (id, application_id, reviewer_id, decision, reason, grant_days, note, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
-    .bind(id)
-    .bind(application_id)
-    .bind(reviewer_id)
-    .bind(decision)
-    .bind(reason)
-    .bind(now)
+    .bind(r.id)
+    .bind(r.application_id)
+    .bind(r.reviewer_id)
+    .bind(r.decision)
+    .bind(r.reason)
+    .bind(r.grant_days)
+    .bind(r.note)
+    .bind(r.created_at)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -169,14 +206,245 @@ pub struct ReviewView {
     pub reviewer_email: String,
     pub decision: String,
     pub reason: Option<String>,
+    pub grant_days: Option<i64>,
+    pub note: Option<String>,
     pub created_at: i64,
 }
 
 pub async fn reviews_of<'c>(e: impl AnyExecutor<'c>, application_id: &str) -> sqlx::Result<Vec<ReviewView>> {
     sqlx::query_as(
-        "SELECT v.email AS reviewer_email, r.decision, r.reason, r.created_at
+        "SELECT v.email AS reviewer_email, r.decision, r.reason, r.grant_days, r.note, r.created_at
          FROM reviews r JOIN reviewers v ON v.id = r.reviewer_id
          WHERE r.application_id = $1 ORDER BY r.created_at",
+    )
+    .bind(application_id)
+    .fetch_all(e)
+    .await
+}
+
+/// Locks a pending application for the rest of the transaction, so that
+/// decisions on it are taken one at a time; `false` when it is not pending.
+pub async fn lock_pending(tx: &mut Tx, id: &str) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE applications SET status = status WHERE id = $1 AND status IN ('pending', 'info_requested')",
+    )
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// One approval so far: who, the grant length they chose, their note.
+#[derive(Clone, Debug, FromRow)]
+pub struct ApprovalSoFar {
+    pub reviewer_id: String,
+    pub grant_days: Option<i64>,
+    pub note: Option<String>,
+}
+
+/// The approvals an application has so far, oldest first.
+pub async fn approvals(tx: &mut Tx, application_id: &str) -> sqlx::Result<Vec<ApprovalSoFar>> {
+    sqlx::query_as(
+        "SELECT reviewer_id, grant_days, note FROM reviews
+         WHERE application_id = $1 AND decision = 'approve' ORDER BY created_at, id",
+    )
+    .bind(application_id)
+    .fetch_all(&mut **tx)
+    .await
+}
+
+/// Which applications the reviewers' queue shows.
+#[derive(Clone, Debug, Default)]
+pub struct QueueFilter {
+    /// Only these models (a reviewer's assignments); `None` for every model.
+    pub model_ids: Option<Vec<String>>,
+    pub model_slug: Option<String>,
+    /// A status, or `None` for all of them.
+    pub status: Option<String>,
+    /// Confirmed at least this long ago (milliseconds).
+    pub waited_at_least: Option<i64>,
+    /// The domain of the researcher's e-mail (or a parent domain).
+    pub domain: Option<String>,
+    /// Text found in the name, affiliation, intended use or e-mail.
+    pub text: Option<String>,
+    pub sort: QueueSort,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum QueueSort {
+    /// Longest waiting first.
+    #[default]
+    Oldest,
+    Newest,
+    Model,
+}
+
+/// Applications matching `f`, and how many match in all.
+pub async fn search(
+    pool: &sqlx::AnyPool,
+    f: &QueueFilter,
+    now: i64,
+) -> sqlx::Result<(Vec<ApplicationView>, i64)> {
+    let mut w = Where::default();
+    if let Some(ids) = &f.model_ids {
+        w.and_in("a.model_id", ids);
+    }
+    if let Some(slug) = &f.model_slug {
+        w.and_bind("m.slug = $?", Bind::Text(slug.clone()));
+    }
+    if let Some(status) = &f.status {
+        w.and_bind("a.status = $?", Bind::Text(status.clone()));
+    }
+    if let Some(waited) = f.waited_at_least {
+        w.and_bind("a.confirmed_at <= $?", Bind::Int(now.saturating_sub(waited)));
+    }
+    if let Some(domain) = &f.domain {
+        let domain = like_escape(&domain.to_lowercase());
+        w.values.push(Bind::Text(format!("%@{domain}")));
+        w.values.push(Bind::Text(format!("%.{domain}")));
+        let n = w.values.len();
+        w.and(&format!(
+            "(LOWER(r.email) LIKE ${} ESCAPE '\\' OR LOWER(r.email) LIKE ${n} ESCAPE '\\')",
+            n - 1
+        ));
+    }
+    if let Some(text) = &f.text {
+        w.values
+            .push(Bind::Text(format!("%{}%", like_escape(&text.to_lowercase()))));
+        let n = w.values.len();
+        w.and(&format!(
+            "(LOWER(a.name) LIKE ${n} ESCAPE '\\' OR LOWER(a.affiliation) LIKE ${n} ESCAPE '\\'
+              OR LOWER(a.intended_use) LIKE ${n} ESCAPE '\\' OR LOWER(r.email) LIKE ${n} ESCAPE '\\'
+              OR LOWER(a.answers) LIKE ${n} ESCAPE '\\')"
+        ));
+    }
+    let order = match f.sort {
+        QueueSort::Oldest => "COALESCE(a.confirmed_at, a.created_at), a.id",
+        QueueSort::Newest => "COALESCE(a.confirmed_at, a.created_at) DESC, a.id",
+        QueueSort::Model => "m.slug, COALESCE(a.confirmed_at, a.created_at), a.id",
+    };
+    let count_sql = format!(
+        "SELECT COUNT(*) FROM applications a JOIN researchers r ON r.id = a.researcher_id
+         JOIN models m ON m.id = a.model_id{}",
+        w.sql()
+    );
+    let total: i64 = bind_where!(sqlx::query_scalar(sqlx::AssertSqlSafe(count_sql)), w)
+        .fetch_one(pool)
+        .await?;
+    let list_sql = format!(
+        "{VIEW}{} ORDER BY {order} LIMIT {} OFFSET {}",
+        w.sql(),
+        w.next(1),
+        w.next(2)
+    );
+    let rows = bind_where!(sqlx::query_as(sqlx::AssertSqlSafe(list_sql)), w)
+        .bind(f.limit)
+        .bind(f.offset)
+        .fetch_all(pool)
+        .await?;
+    Ok((rows, total))
+}
+
+/// Every application of a researcher, newest first.
+pub async fn list_of_researcher<'c>(
+    e: impl AnyExecutor<'c>,
+    researcher_id: &str,
+) -> sqlx::Result<Vec<ApplicationView>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{VIEW} WHERE a.researcher_id = $1 ORDER BY a.created_at DESC, a.id"
+    )))
+    .bind(researcher_id)
+    .fetch_all(e)
+    .await
+}
+
+/// How many distinct reviewers approved each of these applications so far.
+pub async fn approval_counts(
+    pool: &sqlx::AnyPool,
+    ids: &[String],
+) -> sqlx::Result<std::collections::HashMap<String, i64>> {
+    if ids.is_empty() {
+        return Ok(Default::default());
+    }
+    let mut w = Where::default();
+    w.and("decision = 'approve'");
+    w.and_in("application_id", ids);
+    let sql = format!(
+        "SELECT application_id, COUNT(DISTINCT reviewer_id) FROM reviews{} GROUP BY application_id",
+        w.sql()
+    );
+    let rows: Vec<(String, i64)> = bind_where!(sqlx::query_as(sqlx::AssertSqlSafe(sql)), w)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Moves an application from one status to another; `false` when it was
+/// not in `from` any more.
+pub async fn set_status(tx: &mut Tx, id: &str, from: &str, to: &str) -> sqlx::Result<bool> {
+    let done = sqlx::query("UPDATE applications SET status = $3 WHERE id = $1 AND status = $2")
+        .bind(id)
+        .bind(from)
+        .bind(to)
+        .execute(&mut **tx)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The appeal made against a denied application, if any.
+pub async fn appeal_of<'c>(e: impl AnyExecutor<'c>, parent_id: &str) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar("SELECT id FROM applications WHERE parent_id = $1 AND kind = 'appeal'")
+        .bind(parent_id)
+        .fetch_optional(e)
+        .await
+}
+
+/// A renewal of the grant that still waits for a decision, if any.
+pub async fn open_renewal<'c>(e: impl AnyExecutor<'c>, grant_id: &str) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar(
+        "SELECT id FROM applications WHERE grant_id = $1 AND kind = 'renewal'
+         AND status IN ('pending', 'info_requested')",
+    )
+    .bind(grant_id)
+    .fetch_optional(e)
+    .await
+}
+
+/// One message of an application's thread.
+#[derive(Clone, Debug, FromRow)]
+pub struct Message {
+    pub id: String,
+    pub application_id: String,
+    /// `reviewer` or `researcher`.
+    pub author_kind: String,
+    pub author_email: String,
+    pub body: String,
+    pub created_at: i64,
+}
+
+pub async fn insert_message(tx: &mut Tx, m: &Message) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO application_messages (id, application_id, author_kind, author_email, body, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&m.id)
+    .bind(&m.application_id)
+    .bind(&m.author_kind)
+    .bind(&m.author_email)
+    .bind(&m.body)
+    .bind(m.created_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// An application's thread, oldest first.
+pub async fn messages_of<'c>(e: impl AnyExecutor<'c>, application_id: &str) -> sqlx::Result<Vec<Message>> {
+    sqlx::query_as(
+        "SELECT id, application_id, author_kind, author_email, body, created_at
+         FROM application_messages WHERE application_id = $1 ORDER BY created_at, id",
     )
     .bind(application_id)
     .fetch_all(e)

@@ -2,7 +2,10 @@
 
 use sqlx::{AnyConnection, FromRow, any::AnyExecutor};
 
-use crate::db::Tx;
+use crate::{
+    bind_where,
+    db::{Bind, Tx, Where, like_escape},
+};
 
 pub struct NewGrant<'a> {
     pub id: &'a str,
@@ -70,7 +73,8 @@ pub async fn find_view_by_access_token<'c>(
     token_hash: &str,
 ) -> sqlx::Result<Option<GrantView>> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "{VIEW} WHERE g.access_token_hash = $1"
+        "{VIEW} WHERE g.access_token_hash = $1
+            OR g.id = (SELECT t.grant_id FROM grant_tokens t WHERE t.token_hash = $1)"
     )))
     .bind(token_hash)
     .fetch_optional(e)
@@ -157,4 +161,159 @@ pub(super) const DELIVERIES: &str = "SELECT e.file_id, e.range_start, e.bytes, f
 /// Every delivery recorded for a grant (from the audit log's `file.delivered` events).
 pub async fn deliveries<'c>(e: impl AnyExecutor<'c>, grant_id: &str) -> sqlx::Result<Vec<Delivery>> {
     sqlx::query_as(DELIVERIES).bind(grant_id).fetch_all(e).await
+}
+
+/// Moves a grant's expiry; `false` when it is revoked. An extended grant can
+/// be reminded and recorded as expired again at its new end.
+pub async fn extend(tx: &mut Tx, id: &str, expires_at: i64) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE grants SET expires_at = $2, reminded_at = NULL, expiry_logged_at = NULL
+         WHERE id = $1 AND revoked_at IS NULL",
+    )
+    .bind(id)
+    .bind(expires_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Live grants that end within `(now, until]` and whose researcher has not been reminded.
+pub async fn due_reminders<'c>(
+    e: impl AnyExecutor<'c>,
+    now: i64,
+    until: i64,
+) -> sqlx::Result<Vec<GrantView>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{VIEW} WHERE g.revoked_at IS NULL AND g.reminded_at IS NULL
+           AND g.expires_at > $1 AND g.expires_at <= $2 ORDER BY g.expires_at, g.id"
+    )))
+    .bind(now)
+    .bind(until)
+    .fetch_all(e)
+    .await
+}
+
+/// Claims a grant's reminder; `false` when another replica sent it already.
+pub async fn mark_reminded(tx: &mut Tx, id: &str, now: i64) -> sqlx::Result<bool> {
+    let done = sqlx::query("UPDATE grants SET reminded_at = $2 WHERE id = $1 AND reminded_at IS NULL")
+        .bind(id)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Grants past their end whose expiry the audit log does not hold yet.
+pub async fn expired_unlogged<'c>(e: impl AnyExecutor<'c>, now: i64) -> sqlx::Result<Vec<GrantView>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{VIEW} WHERE g.revoked_at IS NULL AND g.expiry_logged_at IS NULL AND g.expires_at <= $1
+         ORDER BY g.expires_at, g.id"
+    )))
+    .bind(now)
+    .fetch_all(e)
+    .await
+}
+
+/// Claims the recording of a grant's expiry; `false` when already recorded.
+pub async fn mark_expiry_logged(tx: &mut Tx, id: &str, now: i64) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE grants SET expiry_logged_at = $2 WHERE id = $1 AND expiry_logged_at IS NULL AND expires_at <= $2",
+    )
+    .bind(id)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Which grants the dashboard lists.
+#[derive(Clone, Debug, Default)]
+pub struct GrantFilter {
+    /// Only these models (a reviewer's assignments); `None` for every model.
+    pub model_ids: Option<Vec<String>>,
+    pub model_slug: Option<String>,
+    /// `active`, `expired` or `revoked`.
+    pub state: Option<String>,
+    /// Part of the researcher's e-mail.
+    pub email: Option<String>,
+    /// Live grants ending within this many milliseconds.
+    pub expiring_within: Option<i64>,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// Grants matching `f`, newest first, and how many match in all.
+pub async fn search(pool: &sqlx::AnyPool, f: &GrantFilter, now: i64) -> sqlx::Result<(Vec<GrantView>, i64)> {
+    let mut w = Where::default();
+    if let Some(ids) = &f.model_ids {
+        w.and_in("g.model_id", ids);
+    }
+    if let Some(slug) = &f.model_slug {
+        w.and_bind("m.slug = $?", Bind::Text(slug.clone()));
+    }
+    match f.state.as_deref() {
+        Some("active") => w.and_bind("g.revoked_at IS NULL AND g.expires_at > $?", Bind::Int(now)),
+        Some("expired") => w.and_bind("g.revoked_at IS NULL AND g.expires_at <= $?", Bind::Int(now)),
+        Some("revoked") => w.and("g.revoked_at IS NOT NULL"),
+        _ => {}
+    }
+    if let Some(email) = &f.email {
+        w.and_bind(
+            "LOWER(r.email) LIKE $? ESCAPE '\\'",
+            Bind::Text(format!("%{}%", like_escape(&email.to_lowercase()))),
+        );
+    }
+    if let Some(within) = f.expiring_within {
+        w.and_bind("g.revoked_at IS NULL AND g.expires_at > $?", Bind::Int(now));
+        w.and_bind("g.expires_at <= $?", Bind::Int(now.saturating_add(within)));
+    }
+    let count_sql = format!(
+        "SELECT COUNT(*) FROM grants g JOIN researchers r ON r.id = g.researcher_id
+         JOIN models m ON m.id = g.model_id{}",
+        w.sql()
+    );
+    let total: i64 = bind_where!(sqlx::query_scalar(sqlx::AssertSqlSafe(count_sql)), w)
+        .fetch_one(pool)
+        .await?;
+    let list_sql = format!(
+        "{VIEW}{} ORDER BY g.created_at DESC, g.id LIMIT {} OFFSET {}",
+        w.sql(),
+        w.next(1),
+        w.next(2)
+    );
+    let rows = bind_where!(sqlx::query_as(sqlx::AssertSqlSafe(list_sql)), w)
+        .bind(f.limit)
+        .bind(f.offset)
+        .fetch_all(pool)
+        .await?;
+    Ok((rows, total))
+}
+
+/// A researcher's grants, newest first.
+pub async fn list_of_researcher<'c>(
+    e: impl AnyExecutor<'c>,
+    researcher_id: &str,
+) -> sqlx::Result<Vec<GrantView>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{VIEW} WHERE g.researcher_id = $1 ORDER BY g.created_at DESC, g.id"
+    )))
+    .bind(researcher_id)
+    .fetch_all(e)
+    .await
+}
+
+/// Stores the hash of a further access token for a grant.
+pub async fn insert_token<'c>(
+    e: impl AnyExecutor<'c>,
+    token_hash: &str,
+    grant_id: &str,
+    now: i64,
+) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO grant_tokens (token_hash, grant_id, created_at) VALUES ($1, $2, $3)")
+        .bind(token_hash)
+        .bind(grant_id)
+        .bind(now)
+        .execute(e)
+        .await?;
+    Ok(())
 }

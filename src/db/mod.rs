@@ -7,6 +7,8 @@ pub mod grants;
 pub mod keys;
 pub mod models;
 pub mod outbox;
+pub mod policy;
+pub mod researchers;
 pub mod reviewers;
 pub mod sessions;
 pub mod sqlite_writer;
@@ -68,6 +70,9 @@ impl Db {
         let pool = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 8 } else { 16 })
             .test_before_acquire(backend == Backend::Postgres)
+            // A request waits this long for a connection when the database is
+            // unreachable, then fails with a clear 503 instead of hanging.
+            .acquire_timeout(std::time::Duration::from_secs(10))
             .connect(url)
             .await
             .context("cannot connect to the database")?;
@@ -240,4 +245,89 @@ mod tests {
             );
         }
     }
+}
+
+/// A value bound to a query whose filters are chosen at run time.
+#[derive(Clone, Debug)]
+pub enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+/// The `WHERE` clause of a query whose filters are chosen at run time, with
+/// its values in placeholder order.
+#[derive(Debug, Default)]
+pub struct Where {
+    clauses: Vec<String>,
+    pub values: Vec<Bind>,
+}
+
+impl Where {
+    /// Adds a condition with no value.
+    pub fn and(&mut self, clause: &str) {
+        self.clauses.push(clause.to_owned());
+    }
+
+    /// Adds a condition whose `$?` is the next placeholder, bound to `value`.
+    pub fn and_bind(&mut self, clause: &str, value: Bind) {
+        self.values.push(value);
+        self.clauses
+            .push(clause.replace("$?", &format!("${}", self.values.len())));
+    }
+
+    /// Adds `column IN (...)` over `values`; no value matches nothing.
+    pub fn and_in(&mut self, column: &str, values: &[String]) {
+        if values.is_empty() {
+            self.clauses.push("1 = 0".into());
+            return;
+        }
+        let mut placeholders = Vec::with_capacity(values.len());
+        for v in values {
+            self.values.push(Bind::Text(v.clone()));
+            placeholders.push(format!("${}", self.values.len()));
+        }
+        self.clauses
+            .push(format!("{column} IN ({})", placeholders.join(", ")));
+    }
+
+    /// `WHERE ...`, or nothing when no condition was added.
+    pub fn sql(&self) -> String {
+        if self.clauses.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", self.clauses.join(" AND "))
+        }
+    }
+
+    /// The placeholder after the last value.
+    pub fn next(&self, n: usize) -> String {
+        format!("${}", self.values.len() + n)
+    }
+}
+
+/// `s` with the wildcards of SQL's `LIKE` escaped by `\`, to match literally.
+pub fn like_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Binds every value of `w` to a query, in order.
+#[macro_export]
+macro_rules! bind_where {
+    ($query:expr, $w:expr) => {{
+        let mut query = $query;
+        for value in &$w.values {
+            query = match value {
+                $crate::db::Bind::Text(v) => query.bind(v.as_str()),
+                $crate::db::Bind::Int(v) => query.bind(*v),
+            };
+        }
+        query
+    }};
 }

@@ -12,6 +12,10 @@ pub struct Model {
     pub created_at: i64,
     pub quota_bytes: Option<i64>,
     pub quota_files: Option<i64>,
+    /// The application questions, a JSON array (see `crate::questions`).
+    pub questions: String,
+    /// Days a denied researcher waits before applying again.
+    pub reapply_after_days: i64,
 }
 
 #[derive(Clone, Debug, FromRow)]
@@ -53,10 +57,13 @@ pub struct FileInModel {
     pub model_slug: String,
 }
 
+const MODEL_COLUMNS: &str = "id, slug, title, terms, terms_version, created_at, quota_bytes, quota_files, questions, reapply_after_days";
+
 pub async fn insert_model<'c>(e: impl AnyExecutor<'c>, m: &Model) -> sqlx::Result<()> {
     sqlx::query(
-        "INSERT INTO models (id, slug, title, terms, terms_version, created_at, quota_bytes, quota_files)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO models (id, slug, title, terms, terms_version, created_at, quota_bytes, quota_files,
+             questions, reapply_after_days)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(&m.id)
     .bind(&m.slug)
@@ -66,29 +73,37 @@ pub async fn insert_model<'c>(e: impl AnyExecutor<'c>, m: &Model) -> sqlx::Resul
     .bind(m.created_at)
     .bind(m.quota_bytes)
     .bind(m.quota_files)
+    .bind(&m.questions)
+    .bind(m.reapply_after_days)
     .execute(e)
     .await?;
     Ok(())
 }
 
 pub async fn find_model_by_slug<'c>(e: impl AnyExecutor<'c>, slug: &str) -> sqlx::Result<Option<Model>> {
-    sqlx::query_as("SELECT id, slug, title, terms, terms_version, created_at, quota_bytes, quota_files FROM models WHERE slug = $1")
-        .bind(slug)
-        .fetch_optional(e)
-        .await
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {MODEL_COLUMNS} FROM models WHERE slug = $1"
+    )))
+    .bind(slug)
+    .fetch_optional(e)
+    .await
 }
 
 pub async fn find_model<'c>(e: impl AnyExecutor<'c>, id: &str) -> sqlx::Result<Option<Model>> {
-    sqlx::query_as("SELECT id, slug, title, terms, terms_version, created_at, quota_bytes, quota_files FROM models WHERE id = $1")
-        .bind(id)
-        .fetch_optional(e)
-        .await
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {MODEL_COLUMNS} FROM models WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(e)
+    .await
 }
 
 pub async fn list_models<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<Vec<Model>> {
-    sqlx::query_as("SELECT id, slug, title, terms, terms_version, created_at, quota_bytes, quota_files FROM models ORDER BY slug")
-        .fetch_all(e)
-        .await
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {MODEL_COLUMNS} FROM models ORDER BY slug"
+    )))
+    .fetch_all(e)
+    .await
 }
 
 pub async fn find_release<'c>(
@@ -197,4 +212,98 @@ pub async fn set_quota<'c>(
         .execute(e)
         .await?;
     Ok(())
+}
+
+/// Records a version of a model's terms.
+pub async fn insert_terms<'c>(
+    e: impl AnyExecutor<'c>,
+    model_id: &str,
+    version: i64,
+    terms: &str,
+    now: i64,
+) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO model_terms (model_id, version, terms, created_at) VALUES ($1, $2, $3, $4)")
+        .bind(model_id)
+        .bind(version)
+        .bind(terms)
+        .bind(now)
+        .execute(e)
+        .await?;
+    Ok(())
+}
+
+/// Makes `terms` the current version of the model's terms.
+pub async fn set_current_terms<'c>(
+    e: impl AnyExecutor<'c>,
+    model_id: &str,
+    version: i64,
+    terms: &str,
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE models SET terms = $2, terms_version = $3 WHERE id = $1")
+        .bind(model_id)
+        .bind(terms)
+        .bind(version)
+        .execute(e)
+        .await?;
+    Ok(())
+}
+
+/// One version of a model's terms.
+#[derive(Clone, Debug, FromRow)]
+pub struct TermsVersion {
+    pub version: i64,
+    pub terms: String,
+    pub created_at: i64,
+}
+
+pub async fn find_terms<'c>(
+    e: impl AnyExecutor<'c>,
+    model_id: &str,
+    version: i64,
+) -> sqlx::Result<Option<TermsVersion>> {
+    sqlx::query_as("SELECT version, terms, created_at FROM model_terms WHERE model_id = $1 AND version = $2")
+        .bind(model_id)
+        .bind(version)
+        .fetch_optional(e)
+        .await
+}
+
+pub async fn set_questions<'c>(e: impl AnyExecutor<'c>, model_id: &str, questions: &str) -> sqlx::Result<()> {
+    sqlx::query("UPDATE models SET questions = $2 WHERE id = $1")
+        .bind(model_id)
+        .bind(questions)
+        .execute(e)
+        .await?;
+    Ok(())
+}
+
+pub async fn set_reapply_after_days<'c>(
+    e: impl AnyExecutor<'c>,
+    model_id: &str,
+    days: i64,
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE models SET reapply_after_days = $2 WHERE id = $1")
+        .bind(model_id)
+        .bind(days)
+        .execute(e)
+        .await?;
+    Ok(())
+}
+
+/// How long (ms) each of the model's latest `limit` decisions took, from the
+/// e-mail confirmation to the decision.
+pub async fn recent_review_durations<'c>(
+    e: impl AnyExecutor<'c>,
+    model_id: &str,
+    limit: i64,
+) -> sqlx::Result<Vec<i64>> {
+    sqlx::query_scalar(
+        "SELECT decided_at - confirmed_at FROM applications
+         WHERE model_id = $1 AND decided_at IS NOT NULL AND confirmed_at IS NOT NULL
+         ORDER BY decided_at DESC LIMIT $2",
+    )
+    .bind(model_id)
+    .bind(limit)
+    .fetch_all(e)
+    .await
 }

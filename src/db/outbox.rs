@@ -111,3 +111,23 @@ pub async fn count_unsent<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<i64> {
         .fetch_one(e)
         .await
 }
+
+/// The state of the messages not sent yet: how many, the oldest's creation
+/// time, and the last error a send met.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Backlog {
+    pub unsent: i64,
+    pub oldest: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+pub async fn backlog<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<Backlog> {
+    sqlx::query_as(
+        "SELECT COUNT(*) AS unsent, MIN(created_at) AS oldest,
+            (SELECT last_error FROM outbox WHERE sent_at IS NULL AND last_error IS NOT NULL
+             ORDER BY next_attempt_at DESC LIMIT 1) AS last_error
+         FROM outbox WHERE sent_at IS NULL",
+    )
+    .fetch_one(e)
+    .await
+}

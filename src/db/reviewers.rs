@@ -9,7 +9,21 @@ pub struct Reviewer {
     pub password_hash: String,
     pub is_admin: i64,
     pub created_at: i64,
+    /// `immediate`, `digest` or `off`.
+    pub notify: String,
+    pub last_digest_at: Option<i64>,
+    pub disabled_at: Option<i64>,
 }
+
+impl Reviewer {
+    pub fn is_admin(&self) -> bool {
+        self.is_admin != 0
+    }
+}
+
+const COLUMNS: &str =
+    "SELECT id, email, password_hash, is_admin, created_at, notify, last_digest_at, disabled_at
+    FROM reviewers";
 
 /// Creates the reviewer, or sets a new password and role if the e-mail exists.
 /// Returns the reviewer's id.
@@ -36,21 +50,78 @@ pub async fn upsert<'c>(
 }
 
 pub async fn find_by_email<'c>(e: impl AnyExecutor<'c>, email: &str) -> sqlx::Result<Option<Reviewer>> {
-    sqlx::query_as("SELECT id, email, password_hash, is_admin, created_at FROM reviewers WHERE email = $1")
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("{COLUMNS} WHERE email = $1")))
         .bind(email)
         .fetch_optional(e)
         .await
 }
 
 pub async fn find<'c>(e: impl AnyExecutor<'c>, id: &str) -> sqlx::Result<Option<Reviewer>> {
-    sqlx::query_as("SELECT id, email, password_hash, is_admin, created_at FROM reviewers WHERE id = $1")
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("{COLUMNS} WHERE id = $1")))
         .bind(id)
         .fetch_optional(e)
         .await
 }
 
 pub async fn list<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<Vec<Reviewer>> {
-    sqlx::query_as("SELECT id, email, password_hash, is_admin, created_at FROM reviewers ORDER BY email")
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("{COLUMNS} ORDER BY email")))
         .fetch_all(e)
         .await
+}
+
+/// Sets how a reviewer hears of waiting applications.
+pub async fn set_notify<'c>(e: impl AnyExecutor<'c>, id: &str, notify: &str) -> sqlx::Result<bool> {
+    let done = sqlx::query("UPDATE reviewers SET notify = $2 WHERE id = $1")
+        .bind(id)
+        .bind(notify)
+        .execute(e)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Disables (`Some(now)`) or re-enables (`None`) a reviewer's sign-in.
+pub async fn set_disabled<'c>(
+    e: impl AnyExecutor<'c>,
+    id: &str,
+    disabled_at: Option<i64>,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query("UPDATE reviewers SET disabled_at = $2 WHERE id = $1")
+        .bind(id)
+        .bind(disabled_at)
+        .execute(e)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn set_admin<'c>(e: impl AnyExecutor<'c>, id: &str, is_admin: bool) -> sqlx::Result<bool> {
+    let done = sqlx::query("UPDATE reviewers SET is_admin = $2 WHERE id = $1")
+        .bind(id)
+        .bind(i64::from(is_admin))
+        .execute(e)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Active reviewers who may decide applications for the model: the ones
+/// assigned to it, or every admin when nobody is.
+pub async fn deciders_of<'c>(e: impl AnyExecutor<'c>, model_id: &str) -> sqlx::Result<Vec<Reviewer>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{COLUMNS} WHERE disabled_at IS NULL AND (
+            id IN (SELECT reviewer_id FROM model_reviewers WHERE model_id = $1)
+            OR (is_admin = 1 AND NOT EXISTS (SELECT 1 FROM model_reviewers WHERE model_id = $1))
+         ) ORDER BY email"
+    )))
+    .bind(model_id)
+    .fetch_all(e)
+    .await
+}
+
+/// Marks a digest sent.
+pub async fn digest_sent<'c>(e: impl AnyExecutor<'c>, id: &str, now: i64) -> sqlx::Result<()> {
+    sqlx::query("UPDATE reviewers SET last_digest_at = $2 WHERE id = $1")
+        .bind(id)
+        .bind(now)
+        .execute(e)
+        .await?;
+    Ok(())
 }

@@ -59,7 +59,9 @@ impl ObjectStore for LocalDir {
         match tokio::fs::metadata(self.path(key)?).await {
             Ok(m) => Ok(Some(m.len())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).context("cannot read object metadata"),
+            Err(e) => Err(anyhow::Error::new(e)
+                .context("cannot read object metadata")
+                .context(super::StoreUnavailable)),
         }
     }
 
@@ -69,19 +71,28 @@ impl ObjectStore for LocalDir {
         // One trip to the blocking pool opens the file and finds the start,
         // and reads the whole range when it fits one read: a small file then
         // costs one thread hand-off instead of three.
-        let (file, whole) =
-            tokio::task::spawn_blocking(move || -> io::Result<(std::fs::File, Option<Bytes>)> {
-                let mut file = std::fs::File::open(&path)?;
-                file.seek(io::SeekFrom::Start(start))?;
-                if len <= CHUNK as u64 {
-                    let mut buf = vec![0; usize::try_from(len).unwrap_or(CHUNK)];
-                    file.read_exact(&mut buf)?;
-                    return Ok((file, Some(Bytes::from(buf))));
-                }
-                Ok((file, None))
-            })
-            .await?
-            .with_context(|| format!("cannot open object {key}"))?;
+        let opened = tokio::task::spawn_blocking(move || -> io::Result<(std::fs::File, Option<Bytes>)> {
+            let mut file = std::fs::File::open(&path)?;
+            file.seek(io::SeekFrom::Start(start))?;
+            if len <= CHUNK as u64 {
+                let mut buf = vec![0; usize::try_from(len).unwrap_or(CHUNK)];
+                file.read_exact(&mut buf)?;
+                return Ok((file, Some(Bytes::from(buf))));
+            }
+            Ok((file, None))
+        })
+        .await?;
+        let (file, whole) = match opened {
+            Ok(opened) => opened,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("no object {key}"));
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("cannot read object {key}"))
+                    .context(super::StoreUnavailable));
+            }
+        };
         if let Some(bytes) = whole {
             return Ok(Box::pin(futures_util::stream::once(async move { Ok(bytes) })));
         }

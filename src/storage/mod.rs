@@ -14,6 +14,13 @@ use crate::config::{Config, StorageLocation};
 
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
 
+/// Marks an error as the object store failing to answer (down, unreachable,
+/// refusing), as opposed to a missing object: the portal answers 503 and
+/// `/readyz` reports the store, and it passes once the store is back.
+#[derive(Debug, thiserror::Error)]
+#[error("the object store is unavailable")]
+pub struct StoreUnavailable;
+
 /// Where weight files live.
 #[async_trait::async_trait]
 pub trait ObjectStore: Send + Sync + std::fmt::Debug {

@@ -270,9 +270,9 @@ impl ObjectStore for S3Bucket {
                 Ok(Some(u64::try_from(length)?))
             }
             Err(err) if err.as_service_error().is_some_and(|e| e.is_not_found()) => Ok(None),
-            Err(err) => {
-                Err(err).with_context(|| format!("cannot read the size of {}", self.describe(&object_key)))
-            }
+            Err(err) => Err(anyhow::Error::new(err)
+                .context(format!("cannot read the size of {}", self.describe(&object_key)))
+                .context(super::StoreUnavailable)),
         }
     }
 
@@ -294,7 +294,11 @@ impl ObjectStore for S3Bucket {
             .range(format!("bytes={start}-{}", end - 1))
             .send()
             .await
-            .with_context(|| format!("cannot read {}", self.describe(&object_key)))?;
+            .map_err(|err| {
+                anyhow::Error::new(err)
+                    .context(format!("cannot read {}", self.describe(&object_key)))
+                    .context(super::StoreUnavailable)
+            })?;
         let length = object.content_length().and_then(|l| u64::try_from(l).ok());
         anyhow::ensure!(
             length == Some(end - start),

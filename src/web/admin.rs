@@ -1,9 +1,12 @@
 //! The reviewers' dashboard: sign-in, the queue, decisions and grants.
 
+use std::collections::HashMap;
+
 use axum::{
     Form,
-    extract::{Path, State},
-    http::StatusCode,
+    body::Bytes,
+    extract::{Path, Query, State},
+    http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Redirect, Response},
 };
 use axum_csrf::CsrfToken;
@@ -13,21 +16,26 @@ use tower_sessions::Session;
 use super::{
     AppState, ClientInfo, Error,
     auth::{CsrfForm, CurrentReviewer, REVIEWER_KEY, check_csrf, csrf_field},
-    pages::{self, ApplicationRow, GrantRow, Header, render},
+    pages::{self, ApplicationRow, BulkResultRow, Choice, GrantRow, Header, QueueRow, render},
 };
 use crate::{
-    accounts, db,
+    accounts,
+    app::App,
+    db::{
+        self,
+        applications::{QueueFilter, QueueSort},
+        reviewers::Reviewer,
+    },
     grants::{self, GrantState},
-    reviews,
+    questions,
+    reviews::{self, BulkDecision},
+    threads,
     types::{format_ms, now_ms},
 };
 
-fn header(reviewer: &db::reviewers::Reviewer, token: &CsrfToken) -> Result<Header, Error> {
-    Ok(Header {
-        email: reviewer.email.clone(),
-        csrf: csrf_field(token)?,
-    })
-}
+/// Rows on one page of the queue and of the grants.
+const PAGE_SIZE: i64 = 50;
+const DAY_MS: i64 = 86_400_000;
 
 fn session_error(e: tower_sessions::session::Error) -> Error {
     Error::Internal(e.into())
@@ -60,6 +68,12 @@ pub async fn login(
     Form(form): Form<LoginForm>,
 ) -> Result<Response, Error> {
     check_csrf(&token, &form.authenticity_token)?;
+    let email: String = form.email.trim().to_lowercase().chars().take(254).collect();
+    if let Err(wait) = state.throttle.check(&email, client.ip.as_deref()) {
+        accounts::record_throttled(&state.app, &email, client).await?;
+        return throttled(token, email, wait);
+    }
+    let ip = client.ip.clone();
     match accounts::authenticate(&state.app, &form.email, &form.password, client).await? {
         Some(reviewer) => {
             // A new session id at sign-in, so a planted cookie cannot ride along.
@@ -71,14 +85,32 @@ pub async fn login(
             Ok(Redirect::to("/admin").into_response())
         }
         None => {
+            if let Err(wait) = state.throttle.failed(&email, ip.as_deref()) {
+                return throttled(token, email, wait);
+            }
             let page = pages::Login {
                 csrf: csrf_field(&token)?,
-                email: form.email.chars().take(254).collect(),
+                email,
                 error: "The e-mail or the password is wrong.".into(),
             };
             Ok((StatusCode::UNAUTHORIZED, token, render(&page)?).into_response())
         }
     }
+}
+
+/// The sign-in page again, with 429 and how long to wait.
+fn throttled(token: CsrfToken, email: String, wait: std::time::Duration) -> Result<Response, Error> {
+    let secs = wait.as_secs().max(1);
+    let page = pages::Login {
+        csrf: csrf_field(&token)?,
+        email,
+        error: format!("Too many failed sign-ins. Try again in {secs} seconds."),
+    };
+    let mut response = (StatusCode::TOO_MANY_REQUESTS, token, render(&page)?).into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    Ok(response)
 }
 
 pub async fn logout(
@@ -91,20 +123,235 @@ pub async fn logout(
     Ok(Redirect::to("/admin/login").into_response())
 }
 
+/// The queue's filters, as submitted (GET, so a filtered view can be bookmarked).
+#[derive(Debug, Default, Deserialize)]
+pub struct QueueQuery {
+    #[serde(default)]
+    model: String,
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    waited: String,
+    #[serde(default)]
+    domain: String,
+    #[serde(default)]
+    q: String,
+    #[serde(default)]
+    sort: String,
+    #[serde(default)]
+    page: String,
+}
+
+const STATUSES: [(&str, &str); 7] = [
+    ("pending", "Waiting for review"),
+    ("info_requested", "Waiting for the applicant's answer"),
+    ("approved", "Approved"),
+    ("denied", "Denied"),
+    ("unconfirmed", "E-mail not confirmed"),
+    ("all", "Any state"),
+    ("", ""),
+];
+
+const SORTS: [(&str, &str); 3] = [
+    ("oldest", "Longest waiting first"),
+    ("newest", "Newest first"),
+    ("model", "By model"),
+];
+
+fn opt(s: &str) -> Option<String> {
+    let s = s.trim();
+    (!s.is_empty()).then(|| s.chars().take(200).collect())
+}
+
+fn whole_number(s: &str, what: &str) -> Result<Option<i64>, Error> {
+    match s.trim() {
+        "" => Ok(None),
+        n => n
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (0..=100_000).contains(n))
+            .map(Some)
+            .ok_or_else(|| Error::BadRequest(format!("{what} must be a whole number"))),
+    }
+}
+
+fn page_number(s: &str) -> Result<i64, Error> {
+    Ok(whole_number(s, "the page")?.unwrap_or(1).max(1))
+}
+
+/// `2 d 4 h`, `3 h 10 min`, `5 min`.
+fn waited(ms: i64) -> String {
+    let minutes = ms.max(0) / 60_000;
+    let (d, h, m) = (minutes / 1440, minutes / 60 % 24, minutes % 60);
+    if d > 0 {
+        format!("{d} d {h} h")
+    } else if h > 0 {
+        format!("{h} h {m} min")
+    } else {
+        format!("{m} min")
+    }
+}
+
+/// A query string with `page` replaced.
+fn page_query(pairs: &[(&str, &str)], page: i64) -> String {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs.iter().filter(|(_, v)| !v.is_empty()) {
+        q.append_pair(k, v);
+    }
+    q.append_pair("page", &page.to_string());
+    q.finish()
+}
+
+async fn model_choices(app: &App, current: &str, only: Option<&[String]>) -> Result<Vec<Choice>, Error> {
+    let mut choices = vec![Choice {
+        value: String::new(),
+        label: "Every model".into(),
+        selected: current.is_empty(),
+    }];
+    for m in db::models::list_models(app.db.pool()).await? {
+        if only.is_some_and(|ids| !ids.contains(&m.id)) {
+            continue;
+        }
+        choices.push(Choice {
+            selected: m.slug == current,
+            label: m.slug.clone(),
+            value: m.slug,
+        });
+    }
+    Ok(choices)
+}
+
+async fn template_choices(app: &App) -> Result<Vec<Choice>, Error> {
+    Ok(db::policy::deny_templates(app.db.pool())
+        .await?
+        .into_iter()
+        .map(|t| Choice {
+            value: t.id,
+            label: t.title,
+            selected: false,
+        })
+        .collect())
+}
+
+/// The models whose applications `reviewer` sees: all for admins.
+async fn visible_models(app: &App, reviewer: &Reviewer) -> Result<Option<Vec<String>>, Error> {
+    if reviewer.is_admin() {
+        Ok(None)
+    } else {
+        Ok(Some(db::policy::models_of(app.db.pool(), &reviewer.id).await?))
+    }
+}
+
 pub async fn queue(
     State(state): State<AppState>,
     token: CsrfToken,
     CurrentReviewer(reviewer): CurrentReviewer,
+    Query(q): Query<QueueQuery>,
 ) -> Result<Response, Error> {
-    let pool = state.app.db.pool();
-    let pending = db::applications::list_pending(pool).await?;
-    let decided = db::applications::list_decided(pool, 50).await?;
-    let page = pages::Queue {
-        header: header(&reviewer, &token)?,
-        pending: pending.iter().map(ApplicationRow::from).collect(),
-        decided: decided.iter().map(ApplicationRow::from).collect(),
+    let page = render_queue(&state, &token, &reviewer, &q, Vec::new()).await?;
+    Ok((token, page).into_response())
+}
+
+async fn render_queue(
+    state: &AppState,
+    token: &CsrfToken,
+    reviewer: &Reviewer,
+    q: &QueueQuery,
+    results: Vec<BulkResultRow>,
+) -> Result<Response, Error> {
+    let app = &state.app;
+    let now = now_ms();
+    let status = match q.status.trim() {
+        "" => "pending",
+        s if STATUSES.iter().any(|(v, _)| *v == s) => s,
+        _ => return Err(Error::BadRequest("unknown application state".into())),
     };
-    Ok((token, render(&page)?).into_response())
+    let sort = match q.sort.trim() {
+        "" | "oldest" => QueueSort::Oldest,
+        "newest" => QueueSort::Newest,
+        "model" => QueueSort::Model,
+        _ => return Err(Error::BadRequest("unknown sort order".into())),
+    };
+    let page = page_number(&q.page)?;
+    let visible = visible_models(app, reviewer).await?;
+    let filter = QueueFilter {
+        model_ids: visible.clone(),
+        model_slug: opt(&q.model),
+        status: (status != "all").then(|| status.to_owned()),
+        waited_at_least: whole_number(&q.waited, "the waiting time")?.map(|d| d * DAY_MS),
+        domain: opt(q.domain.trim_start_matches('@')),
+        text: opt(&q.q),
+        sort,
+        limit: PAGE_SIZE,
+        offset: (page - 1).saturating_mul(PAGE_SIZE),
+    };
+    let (found, total) = db::applications::search(app.db.pool(), &filter, now).await?;
+    let policies: HashMap<String, db::policy::ReviewPolicy> = db::policy::list(app.db.pool())
+        .await?
+        .into_iter()
+        .map(|p| (p.model_id.clone(), p))
+        .collect();
+    let ids: Vec<String> = found.iter().map(|a| a.id.clone()).collect();
+    let approvals = db::applications::approval_counts(app.db.pool(), &ids).await?;
+    let rows = found
+        .iter()
+        .map(|a| {
+            let policy = policies.get(&a.model_id);
+            let needed = policy.map_or(1, |p| p.approvals_needed);
+            let target_ms = policy.map_or(7, |p| p.review_target_days).saturating_mul(DAY_MS);
+            let pending = a.status == "pending";
+            let open = reviews::is_open(&a.status);
+            let since = a.confirmed_at.unwrap_or(a.created_at);
+            QueueRow {
+                app: ApplicationRow::from(a),
+                kind: a.kind.clone(),
+                waited: if open { waited(now - since) } else { String::new() },
+                overdue: pending && now - since > target_ms,
+                approvals: if open && needed > 1 {
+                    format!("{} of {needed}", approvals.get(&a.id).copied().unwrap_or(0))
+                } else {
+                    String::new()
+                },
+                selectable: open,
+            }
+        })
+        .collect();
+    let pages = ((total + PAGE_SIZE - 1) / PAGE_SIZE).max(1);
+    let pairs = [
+        ("model", q.model.as_str()),
+        ("status", q.status.as_str()),
+        ("waited", q.waited.as_str()),
+        ("domain", q.domain.as_str()),
+        ("q", q.q.as_str()),
+        ("sort", q.sort.as_str()),
+    ];
+    let page = pages::Queue {
+        header: Header::new(reviewer, token)?,
+        rows,
+        total,
+        models: model_choices(app, q.model.trim(), visible.as_deref()).await?,
+        statuses: Choice::list(&STATUSES[..6], status),
+        sorts: Choice::list(&SORTS, q.sort.trim()),
+        waited_days: q.waited.trim().chars().take(10).collect(),
+        domain: q.domain.trim().chars().take(200).collect(),
+        text: q.q.trim().chars().take(200).collect(),
+        page,
+        pages,
+        prev: if page > 1 {
+            page_query(&pairs, page - 1)
+        } else {
+            String::new()
+        },
+        next: if page < pages {
+            page_query(&pairs, page + 1)
+        } else {
+            String::new()
+        },
+        default_days: app.config.grant_ttl.as_secs() / 86_400,
+        templates: template_choices(app).await?,
+        results,
+    };
+    render(&page)
 }
 
 pub async fn application(
@@ -113,13 +360,49 @@ pub async fn application(
     CurrentReviewer(reviewer): CurrentReviewer,
     Path(id): Path<String>,
 ) -> Result<Response, Error> {
-    let pool = state.app.db.pool();
+    let app = &state.app;
+    let pool = app.db.pool();
     let view = db::applications::find_view(pool, &id)
         .await?
         .ok_or(Error::NotFound)?;
+    let may_decide = reviews::may_decide(app, &reviewer, &view.model_id).await?;
+    if !may_decide && !reviewer.is_admin() {
+        return Err(Error::NotFound);
+    }
     let reviews = db::applications::reviews_of(pool, &id).await?;
+    let policy = db::policy::find(pool, &view.model_id).await?;
+    let needed = policy.as_ref().map_or(1, |p| p.approvals_needed);
+    let approvals = reviews.iter().filter(|r| r.decision == "approve").count();
+    let already_approved = reviews
+        .iter()
+        .any(|r| r.decision == "approve" && r.reviewer_email == reviewer.email);
+    let mut history: Vec<pages::EarlierRow> = db::applications::list_of_researcher(pool, &view.researcher_id)
+        .await?
+        .into_iter()
+        .filter(|a| a.id != view.id)
+        .map(|a| pages::EarlierRow {
+            href: format!("/admin/applications/{}", a.id),
+            what: "application".into(),
+            model: a.model_slug,
+            state: a.status,
+            when: format_ms(a.created_at),
+        })
+        .collect();
+    let now = now_ms();
+    history.extend(
+        db::grants::list_of_researcher(pool, &view.researcher_id)
+            .await?
+            .into_iter()
+            .map(|g| pages::EarlierRow {
+                href: format!("/admin/grants/{}", g.id),
+                what: "grant".into(),
+                state: GrantState::of(&g, now).as_str().to_owned(),
+                model: g.model_slug,
+                when: format_ms(g.created_at),
+            }),
+    );
     let page = pages::ApplicationPage {
-        header: header(&reviewer, &token)?,
+        header: Header::new(&reviewer, &token)?,
         app: ApplicationRow::from(&view),
         intended_use: view.intended_use.clone(),
         terms_version: view.terms_version,
@@ -128,19 +411,78 @@ pub async fn application(
             .confirmed_at
             .map(format_ms)
             .unwrap_or_else(|| "not yet".into()),
-        pending: view.status == "pending",
+        pending: reviews::is_open(&view.status),
+        may_decide,
+        already_approved,
         reviews: reviews
             .into_iter()
             .map(|r| pages::ReviewRow {
                 reviewer: r.reviewer_email,
                 decision: r.decision,
                 reason: r.reason.unwrap_or_default(),
+                note: r.note.unwrap_or_default(),
+                days: r.grant_days.map(|d| format!("{d} days")).unwrap_or_default(),
                 when: format_ms(r.created_at),
             })
             .collect(),
-        default_days: state.app.config.grant_ttl.as_secs() / 86_400,
+        default_days: app.config.grant_ttl.as_secs() / 86_400,
+        domain: view
+            .email
+            .rsplit_once('@')
+            .map(|(_, d)| d.to_owned())
+            .unwrap_or_default(),
+        policy: if needed > 1 {
+            format!("needs {needed} approvals from different reviewers; {approvals} so far")
+        } else {
+            String::new()
+        },
+        history,
+        templates: template_choices(app).await?,
+        kind: view.kind.clone(),
+        parent_id: view.parent_id.clone().unwrap_or_default(),
+        grant_id: view.grant_id.clone().unwrap_or_default(),
+        answers: questions::stored_answers(&view.answers)
+            .iter()
+            .map(pages::AnswerRow::from)
+            .collect(),
+        messages: db::applications::messages_of(pool, &id)
+            .await?
+            .into_iter()
+            .map(|m| pages::MessageRow {
+                who: if m.author_kind == "reviewer" {
+                    format!("{} (reviewer) asked", m.author_email)
+                } else {
+                    format!("{} (applicant) wrote", m.author_email)
+                },
+                when: format_ms(m.created_at),
+                body: m.body,
+            })
+            .collect(),
+        can_ask: matches!(view.status.as_str(), "pending" | "info_requested"),
     };
     Ok((token, render(&page)?).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct AskForm {
+    #[serde(default)]
+    authenticity_token: String,
+    #[serde(default)]
+    message: String,
+}
+
+/// Asks the applicant for more information.
+pub async fn ask(
+    State(state): State<AppState>,
+    token: CsrfToken,
+    CurrentReviewer(reviewer): CurrentReviewer,
+    ClientInfo(client): ClientInfo,
+    Path(id): Path<String>,
+    Form(form): Form<AskForm>,
+) -> Result<Response, Error> {
+    check_csrf(&token, &form.authenticity_token)?;
+    threads::ask(&state.app, &reviewer, &id, &form.message, client).await?;
+    Ok(Redirect::to(&format!("/admin/applications/{id}")).into_response())
 }
 
 #[derive(Deserialize)]
@@ -149,6 +491,18 @@ pub struct ApproveForm {
     authenticity_token: String,
     #[serde(default)]
     days: String,
+    #[serde(default)]
+    note: String,
+}
+
+fn grant_days(days: &str) -> Result<Option<u64>, Error> {
+    match days.trim() {
+        "" => Ok(None),
+        d => d
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|_| Error::BadRequest("the grant duration must be a whole number of days".into())),
+    }
 }
 
 pub async fn approve(
@@ -160,23 +514,39 @@ pub async fn approve(
     Form(form): Form<ApproveForm>,
 ) -> Result<Response, Error> {
     check_csrf(&token, &form.authenticity_token)?;
-    let days = match form.days.trim() {
-        "" => None,
-        d => Some(
-            d.parse::<u64>()
-                .map_err(|_| Error::BadRequest("the grant duration must be a whole number of days".into()))?,
-        ),
-    };
-    reviews::approve(&state.app, &reviewer, &id, days, client).await?;
+    let days = grant_days(&form.days)?;
+    reviews::approve(&state.app, &reviewer, &id, days, Some(&form.note), client).await?;
     Ok(Redirect::to(&format!("/admin/applications/{id}")).into_response())
 }
 
 #[derive(Deserialize)]
-pub struct ReasonForm {
+pub struct DenyForm {
     #[serde(default)]
     authenticity_token: String,
     #[serde(default)]
+    template: String,
+    #[serde(default)]
     reason: String,
+}
+
+/// The reason of a denial: the chosen template's text, then the reviewer's own words.
+async fn deny_reason(app: &App, template: &str, reason: &str) -> Result<String, Error> {
+    let mut text = String::new();
+    if !template.trim().is_empty() {
+        let chosen = db::policy::deny_templates(app.db.pool())
+            .await?
+            .into_iter()
+            .find(|t| t.id == template.trim())
+            .ok_or_else(|| Error::BadRequest("that denial template no longer exists".into()))?;
+        text.push_str(&chosen.body);
+    }
+    if !reason.trim().is_empty() {
+        if !text.is_empty() {
+            text.push_str("\n\n");
+        }
+        text.push_str(reason.trim());
+    }
+    Ok(text)
 }
 
 pub async fn deny(
@@ -185,21 +555,115 @@ pub async fn deny(
     CurrentReviewer(reviewer): CurrentReviewer,
     ClientInfo(client): ClientInfo,
     Path(id): Path<String>,
-    Form(form): Form<ReasonForm>,
+    Form(form): Form<DenyForm>,
 ) -> Result<Response, Error> {
     check_csrf(&token, &form.authenticity_token)?;
-    reviews::deny(&state.app, &reviewer, &id, &form.reason, client).await?;
+    let reason = deny_reason(&state.app, &form.template, &form.reason).await?;
+    reviews::deny(&state.app, &reviewer, &id, &reason, client).await?;
     Ok(Redirect::to(&format!("/admin/applications/{id}")).into_response())
+}
+
+/// Approves or denies every selected row of the queue. The form repeats the
+/// `id` field once per selected row, which is why it is decoded by hand.
+pub async fn bulk(
+    State(state): State<AppState>,
+    token: CsrfToken,
+    CurrentReviewer(reviewer): CurrentReviewer,
+    ClientInfo(client): ClientInfo,
+    body: Bytes,
+) -> Result<Response, Error> {
+    let mut fields: HashMap<String, String> = HashMap::new();
+    let mut ids = Vec::new();
+    for (k, v) in form_urlencoded::parse(&body) {
+        if k == "id" {
+            ids.push(v.into_owned());
+        } else {
+            fields.insert(k.into_owned(), v.into_owned());
+        }
+    }
+    let field = |k: &str| fields.get(k).map_or("", String::as_str);
+    check_csrf(&token, field("authenticity_token"))?;
+    let app = &state.app;
+    let outcomes = match field("action") {
+        "approve" => {
+            let days = grant_days(field("days"))?;
+            let decision = BulkDecision::Approve {
+                days,
+                note: Some(field("note")),
+            };
+            reviews::bulk(app, &reviewer, &ids, &decision, client).await?
+        }
+        "deny" => {
+            let reason = deny_reason(app, field("template"), field("reason")).await?;
+            reviews::bulk(
+                app,
+                &reviewer,
+                &ids,
+                &BulkDecision::Deny { reason: &reason },
+                client,
+            )
+            .await?
+        }
+        _ => {
+            return Err(Error::BadRequest(
+                "choose to approve or to deny the selected applications".into(),
+            ));
+        }
+    };
+    let results = outcomes
+        .into_iter()
+        .map(|o| BulkResultRow {
+            id: o.application_id,
+            email: o.email,
+            ok: o.result.is_ok(),
+            message: o.result.unwrap_or_else(|e| e),
+        })
+        .collect();
+    let page = render_queue(&state, &token, &reviewer, &QueueQuery::default(), results).await?;
+    Ok((token, page).into_response())
+}
+
+/// The grants list's filters, as submitted.
+#[derive(Debug, Default, Deserialize)]
+pub struct GrantQuery {
+    #[serde(default)]
+    model: String,
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    email: String,
+    #[serde(default)]
+    expiring: String,
+    #[serde(default)]
+    page: String,
 }
 
 pub async fn grants(
     State(state): State<AppState>,
     token: CsrfToken,
     CurrentReviewer(reviewer): CurrentReviewer,
+    Query(q): Query<GrantQuery>,
 ) -> Result<Response, Error> {
+    let app = &state.app;
     let now = now_ms();
-    let rows = db::grants::list(state.app.db.pool())
-        .await?
+    let grant_state = match q.state.trim() {
+        "" => None,
+        s @ ("active" | "expired" | "revoked") => Some(s.to_owned()),
+        _ => return Err(Error::BadRequest("unknown grant state".into())),
+    };
+    let page = page_number(&q.page)?;
+    let visible = visible_models(app, &reviewer).await?;
+    let filter = db::grants::GrantFilter {
+        model_ids: visible.clone(),
+        model_slug: opt(&q.model),
+        state: grant_state,
+        email: opt(&q.email),
+        expiring_within: whole_number(&q.expiring, "the days until expiry")?.map(|d| d * DAY_MS),
+        limit: PAGE_SIZE,
+        offset: (page - 1).saturating_mul(PAGE_SIZE),
+    };
+    let (found, total) = db::grants::search(app.db.pool(), &filter, now).await?;
+    let rows = found
         .into_iter()
         .map(|g| GrantRow {
             state: GrantState::of(&g, now).as_str().to_owned(),
@@ -211,11 +675,62 @@ pub async fn grants(
             revoked_reason: g.revoked_reason.unwrap_or_default(),
         })
         .collect();
+    let pages = ((total + PAGE_SIZE - 1) / PAGE_SIZE).max(1);
+    let pairs = [
+        ("model", q.model.as_str()),
+        ("state", q.state.as_str()),
+        ("email", q.email.as_str()),
+        ("expiring", q.expiring.as_str()),
+    ];
     let page = pages::Grants {
-        header: header(&reviewer, &token)?,
+        header: Header::new(&reviewer, &token)?,
         grants: rows,
+        total,
+        models: model_choices(app, q.model.trim(), visible.as_deref()).await?,
+        states: Choice::list(
+            &[
+                ("", "Any state"),
+                ("active", "Active"),
+                ("expired", "Expired"),
+                ("revoked", "Revoked"),
+            ],
+            q.state.trim(),
+        ),
+        email: q.email.trim().chars().take(200).collect(),
+        expiring_days: q.expiring.trim().chars().take(10).collect(),
+        page,
+        pages,
+        prev: if page > 1 {
+            page_query(&pairs, page - 1)
+        } else {
+            String::new()
+        },
+        next: if page < pages {
+            page_query(&pairs, page + 1)
+        } else {
+            String::new()
+        },
     };
     Ok((token, render(&page)?).into_response())
+}
+
+/// The grant, if `reviewer` may change it.
+async fn manageable_grant(app: &App, reviewer: &Reviewer, id: &str) -> Result<db::grants::GrantView, Error> {
+    let grant = db::grants::find_view(app.db.pool(), id)
+        .await?
+        .ok_or(Error::NotFound)?;
+    if !reviews::may_decide(app, reviewer, &grant.model_id).await? {
+        return Err(anyhow::Error::from(reviews::ReviewError::NotAssigned).into());
+    }
+    Ok(grant)
+}
+
+#[derive(Deserialize)]
+pub struct ReasonForm {
+    #[serde(default)]
+    authenticity_token: String,
+    #[serde(default)]
+    reason: String,
 }
 
 pub async fn revoke(
@@ -227,6 +742,59 @@ pub async fn revoke(
     Form(form): Form<ReasonForm>,
 ) -> Result<Response, Error> {
     check_csrf(&token, &form.authenticity_token)?;
+    manageable_grant(&state.app, &reviewer, &id).await?;
     grants::revoke(&state.app, &id, &form.reason, &reviewer.email, client).await?;
-    Ok(Redirect::to("/admin/grants").into_response())
+    Ok(Redirect::to(&format!("/admin/grants/{id}")).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct ExtendForm {
+    #[serde(default)]
+    authenticity_token: String,
+    #[serde(default)]
+    days: String,
+}
+
+pub async fn extend(
+    State(state): State<AppState>,
+    token: CsrfToken,
+    CurrentReviewer(reviewer): CurrentReviewer,
+    ClientInfo(client): ClientInfo,
+    Path(id): Path<String>,
+    Form(form): Form<ExtendForm>,
+) -> Result<Response, Error> {
+    check_csrf(&token, &form.authenticity_token)?;
+    manageable_grant(&state.app, &reviewer, &id).await?;
+    let days = grant_days(&form.days)?.ok_or_else(|| Error::BadRequest("say by how many days".into()))?;
+    grants::extend(&state.app, &id, days, &reviewer.email, client).await?;
+    Ok(Redirect::to(&format!("/admin/grants/{id}")).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_times_read_in_the_largest_useful_units() {
+        assert_eq!(waited(0), "0 min");
+        assert_eq!(waited(5 * 60_000), "5 min");
+        assert_eq!(waited(3 * 3_600_000 + 10 * 60_000), "3 h 10 min");
+        assert_eq!(waited(2 * DAY_MS + 4 * 3_600_000), "2 d 4 h");
+        assert_eq!(waited(-5), "0 min");
+    }
+
+    #[test]
+    fn page_links_keep_the_filters_and_drop_empty_ones() {
+        let q = page_query(&[("model", "m & n"), ("status", "")], 3);
+        assert_eq!(q, "model=m+%26+n&page=3");
+    }
+
+    #[test]
+    fn numbers_in_filters_are_checked() {
+        assert_eq!(whole_number(" 7 ", "x").unwrap(), Some(7));
+        assert_eq!(whole_number("", "x").unwrap(), None);
+        assert!(whole_number("-1", "x").is_err());
+        assert!(whole_number("7; DROP TABLE", "x").is_err());
+        assert_eq!(page_number("0").unwrap(), 1);
+    }
 }

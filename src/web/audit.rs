@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::{
     AppState, Error,
-    auth::{CurrentReviewer, csrf_field},
+    auth::CurrentReviewer,
     pages::{self, EventRowView, Header, render},
 };
 use crate::{
@@ -26,7 +26,7 @@ const CHART_DAYS: i64 = 30;
 const DAY_MS: i64 = 86_400_000;
 
 fn admin_only(reviewer: &Reviewer) -> Result<(), Error> {
-    if reviewer.is_admin == 0 {
+    if !reviewer.is_admin() {
         return Err(Error::Forbidden {
             code: "admins_only",
             message: "Only admins can read the audit log.".into(),
@@ -213,10 +213,7 @@ pub async fn page(
         .collect();
 
     let page = pages::AuditPage {
-        header: Header {
-            email: reviewer.email.clone(),
-            csrf: csrf_field(&token)?,
-        },
+        header: Header::new(&reviewer, &token)?,
         events: events.iter().map(EventRowView::from).collect(),
         older,
         charts,
@@ -251,10 +248,7 @@ pub async fn grant(
     )
     .await?;
     let page = pages::GrantPage {
-        header: Header {
-            email: reviewer.email.clone(),
-            csrf: csrf_field(&token)?,
-        },
+        header: Header::new(&reviewer, &token)?,
         state: GrantState::of(&grant, now_ms()).as_str().to_owned(),
         created: format_ms(grant.created_at),
         expires: format_ms(grant.expires_at),
@@ -263,6 +257,7 @@ pub async fn grant(
         email: grant.email,
         model: grant.model_slug,
         events: history.iter().map(EventRowView::from).collect(),
+        default_days: 30,
     };
     Ok((token, render(&page)?).into_response())
 }

@@ -18,6 +18,7 @@ use tower_sessions::{
 use super::{AppState, Error};
 use crate::{
     db::{self, Db, reviewers::Reviewer},
+    researchers::{self, Researcher},
     types::now_ms,
 };
 
@@ -95,6 +96,10 @@ pub async fn expire_sessions(db: Db, every: Duration) {
         if let Err(e) = db::sessions::delete_expired(db.pool(), now_ms()).await {
             tracing::warn!(error = %e, "cannot delete expired sessions");
         }
+        if let Err(e) = db::researchers::delete_expired_signin_tokens(db.pool(), now_ms() - 86_400_000).await
+        {
+            tracing::warn!(error = %e, "cannot delete expired sign-in links");
+        }
         tokio::time::sleep(every).await;
     }
 }
@@ -122,8 +127,52 @@ impl FromRequestParts<AppState> for CurrentReviewer {
             None => None,
         };
         reviewer
+            .filter(|r| r.disabled_at.is_none())
             .map(CurrentReviewer)
             .ok_or_else(|| Redirect::to("/admin/login").into_response())
+    }
+}
+
+pub const RESEARCHER_KEY: &str = "researcher_id";
+
+async fn session_researcher(parts: &mut Parts, state: &AppState) -> Result<Option<Researcher>, Response> {
+    let session = Session::from_request_parts(parts, state)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    let id: Option<String> = session
+        .get(RESEARCHER_KEY)
+        .await
+        .map_err(|e| Error::Internal(e.into()).into_response())?;
+    match id {
+        Some(id) => researchers::find(&state.app, &id)
+            .await
+            .map_err(|e| Error::from(e).into_response()),
+        None => Ok(None),
+    }
+}
+
+/// The signed-in researcher; anyone else is sent to the sign-in page.
+pub struct CurrentResearcher(pub Researcher);
+
+impl FromRequestParts<AppState> for CurrentResearcher {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        session_researcher(parts, state)
+            .await?
+            .map(CurrentResearcher)
+            .ok_or_else(|| Redirect::to("/signin").into_response())
+    }
+}
+
+/// The signed-in researcher, if any.
+pub struct MaybeResearcher(pub Option<Researcher>);
+
+impl FromRequestParts<AppState> for MaybeResearcher {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        Ok(MaybeResearcher(session_researcher(parts, state).await?))
     }
 }
 

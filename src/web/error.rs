@@ -17,6 +17,7 @@ use crate::{
     applications::ConfirmError,
     grants::{DownloadError, GrantError},
     models::ModelError,
+    researchers::ResearcherError,
     reviews::ReviewError,
 };
 
@@ -34,6 +35,10 @@ pub enum Error {
     Conflict(String),
     #[error("the requested range is outside the file")]
     RangeNotSatisfiable { size: u64 },
+    /// A service the portal needs (database, object store, disk) failed;
+    /// nothing was changed, and trying again later works.
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Internal(anyhow::Error),
 }
@@ -46,6 +51,7 @@ impl Error {
             Error::Forbidden { .. } | Error::Csrf => StatusCode::FORBIDDEN,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -58,6 +64,7 @@ impl Error {
             Error::Csrf => "csrf",
             Error::Conflict(_) => "conflict",
             Error::RangeNotSatisfiable { .. } => "range_not_satisfiable",
+            Error::Unavailable(_) => "unavailable",
             Error::Internal(_) => "internal",
         }
     }
@@ -69,15 +76,22 @@ impl From<anyhow::Error> for Error {
         if let Some(e) = err.downcast_ref::<ReviewError>() {
             return match e {
                 ReviewError::NotFound => Error::NotFound,
-                ReviewError::NotPending(_) => Error::Conflict(e.to_string()),
-                ReviewError::ReasonRequired | ReviewError::BadDuration => Error::BadRequest(e.to_string()),
+                ReviewError::NotPending(_) | ReviewError::AlreadyApproved => Error::Conflict(e.to_string()),
+                ReviewError::NotAssigned => Error::Forbidden {
+                    code: "not_assigned",
+                    message: e.to_string(),
+                },
+                ReviewError::ReasonRequired
+                | ReviewError::NoteTooLong
+                | ReviewError::BadDuration
+                | ReviewError::BadSelection => Error::BadRequest(e.to_string()),
             };
         }
         if let Some(e) = err.downcast_ref::<GrantError>() {
             return match e {
                 GrantError::NotFound => Error::NotFound,
                 GrantError::AlreadyRevoked => Error::Conflict(e.to_string()),
-                GrantError::ReasonRequired => Error::BadRequest(e.to_string()),
+                GrantError::ReasonRequired | GrantError::BadExtension => Error::BadRequest(e.to_string()),
             };
         }
         if let Some(e) = err.downcast_ref::<ModelError>() {
@@ -89,16 +103,78 @@ impl From<anyhow::Error> for Error {
         if err.downcast_ref::<ConfirmError>().is_some() {
             return Error::NotFound;
         }
+        if let Some(e) = err.downcast_ref::<crate::policy::PolicyError>() {
+            return Error::BadRequest(e.to_string());
+        }
+        if let Some(e) = err.downcast_ref::<ResearcherError>() {
+            return match e {
+                ResearcherError::NotFound => Error::NotFound,
+                ResearcherError::NotAllowed(_) => Error::Conflict(e.to_string()),
+                ResearcherError::Invalid(_) => Error::BadRequest(e.to_string()),
+            };
+        }
         if let Some(e) = err.downcast_ref::<AccountError>() {
             return Error::BadRequest(e.to_string());
+        }
+        if let Some(unavailable) = unavailable(&err) {
+            tracing::warn!(error = %format!("{err:#}"), "a service the portal needs is unavailable");
+            return unavailable;
         }
         Error::Internal(err)
     }
 }
 
+/// The 503 for errors that mean a service is down rather than a bug: the
+/// database unreachable or its disk full, the object store not answering.
+fn unavailable(err: &anyhow::Error) -> Option<Error> {
+    if err.downcast_ref::<crate::audit::AuditUnavailable>().is_some() {
+        return Some(Error::Unavailable(
+            "The audit log cannot be written right now, so nothing was sent. Please try again in a few minutes."
+                .into(),
+        ));
+    }
+    if err.downcast_ref::<crate::storage::StoreUnavailable>().is_some() {
+        return Some(Error::Unavailable(
+            "The file store is not answering right now; nothing was sent. Please try again in a few minutes."
+                .into(),
+        ));
+    }
+    for cause in err.chain() {
+        if let Some(db) = cause.downcast_ref::<sqlx::Error>()
+            && let Some(e) = database_unavailable(db)
+        {
+            return Some(e);
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::StorageFull
+        {
+            return Some(disk_full());
+        }
+    }
+    None
+}
+
+fn disk_full() -> Error {
+    Error::Unavailable("The portal's disk is full; nothing was saved. Please try again later.".into())
+}
+
+fn database_unavailable(err: &sqlx::Error) -> Option<Error> {
+    match err {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
+            Some(Error::Unavailable(
+                "The database is not answering right now; nothing was saved. Please try again in a minute."
+                    .into(),
+            ))
+        }
+        // SQLITE_FULL: the disk holding the embedded database is full.
+        sqlx::Error::Database(e) if e.code().as_deref() == Some("13") => Some(disk_full()),
+        _ => None,
+    }
+}
+
 impl From<sqlx::Error> for Error {
     fn from(err: sqlx::Error) -> Self {
-        Error::Internal(err.into())
+        Error::from(anyhow::Error::from(err))
     }
 }
 
@@ -116,7 +192,7 @@ impl From<DownloadError> for Error {
                 message: r.message().to_owned(),
             },
             DownloadError::RangeNotSatisfiable { size } => Error::RangeNotSatisfiable { size },
-            DownloadError::Internal(e) => Error::Internal(e),
+            DownloadError::Internal(e) => Error::from(e),
         }
     }
 }
@@ -144,6 +220,11 @@ impl IntoResponse for Error {
             && let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}"))
         {
             response.headers_mut().insert(header::CONTENT_RANGE, v);
+        }
+        if let Error::Unavailable(_) = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
         }
         response.extensions_mut().insert(ErrorInfo {
             code: self.code(),

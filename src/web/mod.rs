@@ -6,6 +6,8 @@ mod audit;
 mod auth;
 mod download;
 mod error;
+mod manage;
+mod me;
 mod ops;
 mod pages;
 mod public;
@@ -37,6 +39,8 @@ use crate::{app::App, audit::Client, links::load_or_create_keys};
 pub struct AppState {
     pub app: Arc<App>,
     csrf: CsrfConfig,
+    /// Sign-in attempts per account and per address, on this replica.
+    throttle: Arc<crate::accounts::SignInThrottle>,
 }
 
 impl FromRef<AppState> for CsrfConfig {
@@ -90,25 +94,59 @@ pub async fn router(app: Arc<App>) -> anyhow::Result<Router> {
         .with_same_site(SameSite::Lax)
         .with_secure(secure)
         .with_expiry(Expiry::OnInactivity(time::Duration::hours(8)));
-    let state = AppState { app, csrf };
+    let state = AppState {
+        app,
+        csrf,
+        throttle: Arc::new(crate::accounts::SignInThrottle::default()),
+    };
 
     let admin = Router::new()
         .route("/admin", get(admin::queue))
         .route("/admin/login", get(admin::login_page).post(admin::login))
         .route("/admin/logout", post(admin::logout))
+        .route("/admin/applications/bulk", post(admin::bulk))
         .route("/admin/applications/{id}", get(admin::application))
         .route("/admin/applications/{id}/approve", post(admin::approve))
         .route("/admin/applications/{id}/deny", post(admin::deny))
+        .route("/admin/applications/{id}/ask", post(admin::ask))
         .route("/admin/grants", get(admin::grants))
         .route("/admin/grants/{id}", get(audit::grant))
         .route("/admin/grants/{id}/revoke", post(admin::revoke))
+        .route("/admin/grants/{id}/extend", post(admin::extend))
+        .route(
+            "/admin/reviewers",
+            get(manage::reviewers).post(manage::save_reviewer),
+        )
+        .route("/admin/reviewers/{id}", post(manage::change_reviewer))
+        .route("/admin/models", get(manage::models))
+        .route("/admin/models/{slug}/policy", post(manage::save_policy))
+        .route("/admin/models/{slug}/questions", post(manage::save_questions))
+        .route("/admin/models/{slug}/terms", post(manage::save_terms))
+        .route("/admin/templates", post(manage::save_template))
+        .route("/admin/templates/{id}/delete", post(manage::delete_template))
+        .route("/admin/account", get(manage::account).post(manage::save_account))
         .route("/admin/audit", get(audit::page))
+        .layer(sessions.clone());
+
+    // The researcher's pages, and the public ones that change for a
+    // signed-in researcher. Downloads stay outside: they need no session.
+    let researcher = Router::new()
+        .route("/models/{slug}", get(public::model))
+        .route("/models/{slug}/apply", post(public::apply))
+        .route("/signin", get(me::signin_page).post(me::request_link))
+        .route("/signin/{token}", get(me::link_page).post(me::use_link))
+        .route("/signout", post(me::signout))
+        .route("/me", get(me::applications))
+        .route("/me/applications/{id}/answer", post(me::answer))
+        .route("/me/applications/{id}/appeal", post(me::appeal))
+        .route("/me/access", get(me::access))
+        .route("/me/access/{id}/renew", post(me::renew))
+        .route("/me/access/{id}/client-url", post(me::client_url))
         .layer(sessions);
 
     let router = Router::new()
         .route("/", get(public::catalogue))
-        .route("/models/{slug}", get(public::model))
-        .route("/models/{slug}/apply", post(public::apply))
+        .route("/models/{slug}/terms/{version}", get(public::terms))
         .route(
             "/confirm/{token}",
             get(public::confirm_page).post(public::confirm),
@@ -126,6 +164,7 @@ pub async fn router(app: Arc<App>) -> anyhow::Result<Router> {
         .route("/metrics", get(ops::metrics))
         .route("/static/style.css", get(style))
         .merge(admin)
+        .merge(researcher)
         .fallback(|| async { Error::NotFound })
         .with_state(state)
         .layer(middleware::from_fn(ops::count_requests))
@@ -176,6 +215,10 @@ pub async fn serve(
     let cleanup = tokio::spawn(auth::expire_sessions(app.db.clone(), Duration::from_secs(600)));
     let mailer = app.mail.run_worker(app.db.clone())?;
     let refresh = tokio::spawn(app.links.clone().refresh_periodically(Duration::from_secs(60)));
+    let notices = tokio::spawn(crate::notices::run_periodically(
+        app.clone(),
+        app.config.notices_every,
+    ));
     let checkpoints = tokio::spawn(crate::audit::checkpoint_periodically(
         app.db.clone(),
         app.config.audit_checkpoint_every,
@@ -216,5 +259,6 @@ pub async fn serve(
     mailer.abort();
     refresh.abort();
     checkpoints.abort();
+    notices.abort();
     result
 }

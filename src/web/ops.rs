@@ -1,7 +1,7 @@
 //! Endpoints for operators and load balancers: liveness, readiness, metrics,
 //! and the request metrics middleware.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::{
     Json,
@@ -13,45 +13,80 @@ use axum::{
 use serde_json::json;
 
 use super::AppState;
-use crate::telemetry;
+use crate::{db, telemetry};
 
 /// The process is up.
 pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// The database and the object store answer; 503 names what does not.
+/// How long each readiness check may take before it counts as failed.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+/// Below this much free space in the data directory, the portal is not ready:
+/// the embedded database, the local store and the outbox all write there.
+const MIN_FREE_BYTES: u64 = 1 << 20;
+
+async fn check<T>(what: impl Future<Output = anyhow::Result<T>>) -> Result<T, String> {
+    match tokio::time::timeout(CHECK_TIMEOUT, what).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("{e:#}")),
+        Err(_) => Err(format!("no answer within {}s", CHECK_TIMEOUT.as_secs())),
+    }
+}
+
+/// The database, the object store and the data directory's disk work; 503
+/// names what does not. The outbox is reported too (mail that cannot be sent
+/// waits in the database, so it does not make the portal unready).
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let database = match sqlx::query_scalar::<_, i64>("SELECT 1")
-        .fetch_one(state.app.db.pool())
-        .await
-    {
-        Ok(_) => Ok(()),
+    let app = &state.app;
+    let database = check(async {
+        sqlx::query_scalar::<_, i64>("SELECT 1")
+            .fetch_one(app.db.pool())
+            .await?;
+        Ok(())
+    })
+    .await;
+    // A lookup of a key that never exists: "absent" proves the store answers.
+    let objects = check(async { app.storage.size("readyz/probe").await.map(|_| ()) }).await;
+    let data_dir = app.config.data_dir.clone();
+    let disk = match tokio::task::spawn_blocking(move || fs4::available_space(&data_dir)).await {
+        Ok(Ok(free)) if free >= MIN_FREE_BYTES => Ok(format!("{} MiB free", free >> 20)),
+        Ok(Ok(free)) => Err(format!("the data directory is full ({free} bytes free)")),
+        Ok(Err(e)) => Err(format!("cannot read the free space of the data directory: {e}")),
         Err(e) => Err(e.to_string()),
     };
-    // A lookup of a key that never exists: "absent" proves the store answers.
-    let objects = match state.app.storage.size("readyz/probe").await {
-        Ok(_) => Ok(()),
-        Err(e) => Err(format!("{e:#}")),
-    };
-    let ready = database.is_ok() && objects.is_ok();
+    let mail = check(async { Ok(db::outbox::backlog(app.db.pool()).await?) })
+        .await
+        .map(|b| match (b.unsent, b.last_error) {
+            (0, _) => "ok".to_owned(),
+            (n, Some(error)) => format!(
+                "{n} waiting since {}, last error: {error}",
+                crate::types::format_ms(b.oldest.unwrap_or_default())
+            ),
+            (n, None) => format!("{n} waiting"),
+        });
+    let ready = database.is_ok() && objects.is_ok() && disk.is_ok();
     let show = |r: &Result<(), String>| match r {
         Ok(()) => "ok".to_owned(),
         Err(e) => e.clone(),
     };
+    let either = |r: Result<String, String>| r.unwrap_or_else(|e| e);
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    let body = json!({
+        "ready": ready,
+        "database": show(&database),
+        "object_store": show(&objects),
+        "disk": either(disk),
+        "mail": either(mail),
+    });
     if !ready {
-        tracing::warn!(database = %show(&database), object_store = %show(&objects), "not ready");
+        tracing::warn!(checks = %body, "not ready");
     }
-    (
-        status,
-        Json(json!({ "ready": ready, "database": show(&database), "object_store": show(&objects) })),
-    )
-        .into_response()
+    (status, Json(body)).into_response()
 }
 
 /// Prometheus text format.

@@ -44,6 +44,12 @@ pub struct ModelPage {
     pub form: FormValues,
     pub errors: FieldErrors,
     pub csrf: String,
+    pub questions: Vec<QuestionField>,
+    /// "Reviews of this model usually take …", or that none were decided yet.
+    pub review_time: String,
+    /// For a signed-in researcher who cannot apply now: why, and until when.
+    pub blocked: String,
+    pub signed_in: bool,
 }
 
 impl ModelPage {
@@ -109,6 +115,18 @@ pub struct Login {
 pub struct Header {
     pub email: String,
     pub csrf: String,
+    /// Admins also see the pages that manage reviewers and models.
+    pub is_admin: bool,
+}
+
+impl Header {
+    pub fn new(reviewer: &db::reviewers::Reviewer, token: &axum_csrf::CsrfToken) -> Result<Self, Error> {
+        Ok(Self {
+            email: reviewer.email.clone(),
+            csrf: super::auth::csrf_field(token)?,
+            is_admin: reviewer.is_admin(),
+        })
+    }
 }
 
 pub struct ApplicationRow {
@@ -135,18 +153,85 @@ impl From<&db::applications::ApplicationView> for ApplicationRow {
     }
 }
 
+/// One row of the queue.
+pub struct QueueRow {
+    pub app: ApplicationRow,
+    /// `new`, `renewal` or `appeal`.
+    pub kind: String,
+    /// How long it has waited since confirmation, e.g. `3 d 4 h`.
+    pub waited: String,
+    pub overdue: bool,
+    /// `1 of 2` under an N-of-M policy, empty otherwise.
+    pub approvals: String,
+    /// Shown with a checkbox for bulk decisions.
+    pub selectable: bool,
+}
+
+/// An `<option>` of a select.
+pub struct Choice {
+    pub value: String,
+    pub label: String,
+    pub selected: bool,
+}
+
+impl Choice {
+    pub fn list(options: &[(&str, &str)], current: &str) -> Vec<Choice> {
+        options
+            .iter()
+            .map(|(value, label)| Choice {
+                value: (*value).to_owned(),
+                label: (*label).to_owned(),
+                selected: *value == current,
+            })
+            .collect()
+    }
+}
+
 #[derive(Template)]
 #[template(path = "admin/queue.html")]
 pub struct Queue {
     pub header: Header,
-    pub pending: Vec<ApplicationRow>,
-    pub decided: Vec<ApplicationRow>,
+    pub rows: Vec<QueueRow>,
+    pub total: i64,
+    pub models: Vec<Choice>,
+    pub statuses: Vec<Choice>,
+    pub sorts: Vec<Choice>,
+    pub waited_days: String,
+    pub domain: String,
+    pub text: String,
+    pub page: i64,
+    pub pages: i64,
+    /// Query strings of the neighbouring pages, empty at either end.
+    pub prev: String,
+    pub next: String,
+    pub default_days: u64,
+    pub templates: Vec<Choice>,
+    /// What the last bulk decision did, row by row.
+    pub results: Vec<BulkResultRow>,
+}
+
+pub struct BulkResultRow {
+    pub id: String,
+    pub email: String,
+    pub ok: bool,
+    pub message: String,
 }
 
 pub struct ReviewRow {
     pub reviewer: String,
     pub decision: String,
     pub reason: String,
+    pub note: String,
+    pub days: String,
+    pub when: String,
+}
+
+/// Another application or grant of the same researcher.
+pub struct EarlierRow {
+    pub href: String,
+    pub what: String,
+    pub model: String,
+    pub state: String,
     pub when: String,
 }
 
@@ -160,8 +245,24 @@ pub struct ApplicationPage {
     pub submitted: String,
     pub confirmed: String,
     pub pending: bool,
+    /// The reviewer may decide it (admin, or assigned to the model).
+    pub may_decide: bool,
+    pub already_approved: bool,
     pub reviews: Vec<ReviewRow>,
     pub default_days: u64,
+    pub domain: String,
+    /// `approval 1 of 2 so far` under an N-of-M policy.
+    pub policy: String,
+    pub history: Vec<EarlierRow>,
+    pub templates: Vec<Choice>,
+    /// `new`, `renewal` or `appeal`, with the answers to the model's questions
+    /// and the question thread.
+    pub kind: String,
+    pub parent_id: String,
+    pub grant_id: String,
+    pub answers: Vec<AnswerRow>,
+    pub messages: Vec<MessageRow>,
+    pub can_ask: bool,
 }
 
 pub struct GrantRow {
@@ -179,6 +280,76 @@ pub struct GrantRow {
 pub struct Grants {
     pub header: Header,
     pub grants: Vec<GrantRow>,
+    pub total: i64,
+    pub models: Vec<Choice>,
+    pub states: Vec<Choice>,
+    pub email: String,
+    pub expiring_days: String,
+    pub page: i64,
+    pub pages: i64,
+    pub prev: String,
+    pub next: String,
+}
+
+pub struct ReviewerRow {
+    pub id: String,
+    pub email: String,
+    pub is_admin: bool,
+    pub disabled: bool,
+    pub notify: String,
+    pub models: String,
+    pub is_self: bool,
+}
+
+#[derive(Template)]
+#[template(path = "admin/reviewers.html")]
+pub struct ReviewersPage {
+    pub header: Header,
+    pub reviewers: Vec<ReviewerRow>,
+    pub models: Vec<Choice>,
+    pub message: String,
+    pub error: String,
+    pub min_password: usize,
+}
+
+pub struct PolicyRow {
+    pub slug: String,
+    /// The application questions as JSON, as the admin edits them.
+    pub questions: String,
+    pub terms: String,
+    pub terms_version: i64,
+    pub reapply_after_days: i64,
+    /// A change to this model that was refused, and why; the text sent is
+    /// kept in the field.
+    pub error: String,
+    pub approvals_needed: i64,
+    pub auto_approve_domains: String,
+    pub review_target_days: i64,
+    pub reviewers: String,
+}
+
+pub struct TemplateRow {
+    pub id: String,
+    pub title: String,
+    pub body: String,
+}
+
+#[derive(Template)]
+#[template(path = "admin/models.html")]
+pub struct ModelsPage {
+    pub header: Header,
+    pub models: Vec<PolicyRow>,
+    pub templates: Vec<TemplateRow>,
+    pub message: String,
+}
+
+#[derive(Template)]
+#[template(path = "admin/account.html")]
+pub struct AccountPage {
+    pub header: Header,
+    pub notify: Vec<Choice>,
+    pub models: String,
+    pub message: String,
 }
 
 /// Human-readable byte counts.
@@ -270,4 +441,148 @@ pub struct GrantPage {
     pub expires: String,
     pub revoked_reason: String,
     pub events: Vec<EventRowView>,
+    pub default_days: u64,
+}
+
+/// One choice of a select or country question.
+pub struct OptionItem {
+    pub value: String,
+    pub label: String,
+    pub selected: bool,
+}
+
+/// A model's own question on the application form, with what was entered.
+pub struct QuestionField {
+    pub field: String,
+    pub label: String,
+    /// `text`, `long_text`, `select`, `checkbox`, `country` or `url`.
+    pub kind: &'static str,
+    pub required: bool,
+    pub help: String,
+    pub value: String,
+    pub checked: bool,
+    pub options: Vec<OptionItem>,
+    pub error: String,
+}
+
+/// A question and its answer, ready to show.
+pub struct AnswerRow {
+    pub label: String,
+    pub value: String,
+}
+
+impl From<&crate::questions::Answer> for AnswerRow {
+    fn from(a: &crate::questions::Answer) -> Self {
+        let value = a.display();
+        Self {
+            label: a.label.clone(),
+            value: if value.is_empty() {
+                "(no answer)".into()
+            } else {
+                value
+            },
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "terms.html")]
+pub struct TermsPage {
+    pub slug: String,
+    pub title: String,
+    pub version: i64,
+    pub current: i64,
+    pub published: String,
+    pub terms: String,
+}
+
+#[derive(Template)]
+#[template(path = "signin.html")]
+pub struct SigninPage {
+    pub csrf: String,
+    pub email: String,
+    pub error: String,
+    /// Shown above the form, e.g. when a link was used up.
+    pub notice: String,
+}
+
+#[derive(Template)]
+#[template(path = "signin_sent.html")]
+pub struct SigninSent {
+    pub email: String,
+    pub minutes: i64,
+}
+
+#[derive(Template)]
+#[template(path = "signin_link.html")]
+pub struct SigninLink {
+    pub token: String,
+    pub csrf: String,
+}
+
+/// A researcher's header: who is signed in, and the sign-out form.
+pub struct ResearcherHeader {
+    pub email: String,
+    pub csrf: String,
+}
+
+pub struct HistoryRow {
+    pub when: String,
+    pub what: String,
+    pub body: String,
+}
+
+pub struct MyApplicationRow {
+    pub id: String,
+    pub model_slug: String,
+    pub model_title: String,
+    pub status: String,
+    pub status_label: String,
+    pub kind: String,
+    pub submitted: String,
+    pub terms_version: i64,
+    pub next_step: String,
+    pub denial_reason: String,
+    pub reapply_from: String,
+    pub reapply_now: bool,
+    pub can_answer: bool,
+    pub can_appeal: bool,
+    pub history: Vec<HistoryRow>,
+    pub answers: Vec<AnswerRow>,
+}
+
+#[derive(Template)]
+#[template(path = "me.html")]
+pub struct MyApplications {
+    pub header: ResearcherHeader,
+    pub applications: Vec<MyApplicationRow>,
+}
+
+pub struct MyGrantRow {
+    pub id: String,
+    pub model_slug: String,
+    pub model_title: String,
+    pub state: String,
+    pub expires: String,
+    pub revoked_reason: String,
+    pub links_expire: String,
+    pub releases: Vec<ReleaseRows>,
+    /// Set right after the researcher asked for it.
+    pub manifest_url: String,
+    /// When a renewal waits for the reviewers.
+    pub renewal_pending: bool,
+}
+
+#[derive(Template)]
+#[template(path = "me_access.html")]
+pub struct MyAccess {
+    pub header: ResearcherHeader,
+    pub grants: Vec<MyGrantRow>,
+    pub public_key_url: String,
+}
+
+pub struct MessageRow {
+    pub who: String,
+    pub when: String,
+    pub body: String,
 }

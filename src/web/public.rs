@@ -12,12 +12,15 @@ use serde::Deserialize;
 
 use super::{
     AppState, ClientInfo, Error,
-    auth::{CsrfForm, check_csrf, csrf_field},
-    pages::{self, FormValues, render},
+    auth::{CsrfForm, MaybeResearcher, check_csrf, csrf_field},
+    pages::{self, FormValues, OptionItem, QuestionField, render},
 };
 use crate::{
-    applications::{self, ApplicationForm, FieldErrors},
+    applications::{self, ApplicationForm, Eligibility, FieldErrors},
     db::{self, models::Model},
+    questions::{self, Kind},
+    researchers::Researcher,
+    types::format_ms,
 };
 
 pub async fn catalogue(State(state): State<AppState>) -> Result<Response, Error> {
@@ -39,12 +42,67 @@ async fn find_model(state: &AppState, slug: &str) -> Result<Model, Error> {
         .ok_or(Error::NotFound)
 }
 
+/// The model's questions as form fields, with what was entered and any errors.
+fn question_fields(
+    model: &Model,
+    entered: &std::collections::BTreeMap<String, String>,
+    errors: &FieldErrors,
+) -> Vec<QuestionField> {
+    questions::stored(&model.questions)
+        .into_iter()
+        .map(|q| {
+            let field = q.field();
+            let value = entered.get(&field).cloned().unwrap_or_default();
+            let options: Vec<OptionItem> = match q.kind {
+                Kind::Select => q
+                    .options
+                    .iter()
+                    .map(|o| OptionItem {
+                        value: o.clone(),
+                        label: o.clone(),
+                        selected: *o == value,
+                    })
+                    .collect(),
+                Kind::Country => questions::countries()
+                    .iter()
+                    .map(|(code, name)| OptionItem {
+                        value: (*code).to_owned(),
+                        label: (*name).to_owned(),
+                        selected: *code == value,
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            QuestionField {
+                kind: match q.kind {
+                    Kind::Text => "text",
+                    Kind::LongText => "long_text",
+                    Kind::Select => "select",
+                    Kind::Checkbox => "checkbox",
+                    Kind::Country => "country",
+                    Kind::Url => "url",
+                },
+                checked: !value.is_empty(),
+                error: errors.get(&field).cloned().unwrap_or_default(),
+                label: q.label,
+                required: q.required,
+                help: q.help,
+                options,
+                value,
+                field,
+            }
+        })
+        .collect()
+}
+
 async fn model_page(
     state: &AppState,
     model: Model,
     form: FormValues,
+    answers: &std::collections::BTreeMap<String, String>,
     errors: FieldErrors,
     csrf: String,
+    researcher: Option<&Researcher>,
 ) -> Result<pages::ModelPage, Error> {
     let mut files = 0;
     let mut total = 0;
@@ -54,7 +112,23 @@ async fn model_page(
             total += f.size;
         }
     }
+    let review_time = match applications::typical_review_time(&state.app, &model.id).await? {
+        Some(ms) => format!(
+            "Reviews of this model usually take {} (the median of recent decisions).",
+            applications::describe_duration(ms)
+        ),
+        None => "No application for this model has been decided yet, so we cannot say how long reviews take."
+            .into(),
+    };
+    let blocked = match researcher {
+        Some(r) => match applications::eligibility(&state.app, &r.id, &model).await? {
+            Eligibility::Open => String::new(),
+            other => other.explain(&model.title),
+        },
+        None => String::new(),
+    };
     Ok(pages::ModelPage {
+        questions: question_fields(&model, answers, &errors),
         slug: model.slug,
         title: model.title,
         terms: model.terms,
@@ -64,24 +138,53 @@ async fn model_page(
         form,
         errors,
         csrf,
+        review_time,
+        blocked,
+        signed_in: researcher.is_some(),
     })
 }
 
 pub async fn model(
     State(state): State<AppState>,
     token: CsrfToken,
+    MaybeResearcher(researcher): MaybeResearcher,
     Path(slug): Path<String>,
 ) -> Result<Response, Error> {
     let model = find_model(&state, &slug).await?;
+    let form = FormValues {
+        email: researcher.as_ref().map(|r| r.email.clone()).unwrap_or_default(),
+        ..FormValues::default()
+    };
     let page = model_page(
         &state,
         model,
-        FormValues::default(),
+        form,
+        &std::collections::BTreeMap::new(),
         FieldErrors::new(),
         csrf_field(&token)?,
+        researcher.as_ref(),
     )
     .await?;
     Ok((token, render(&page)?).into_response())
+}
+
+/// One version of a model's terms, as researchers accepted it.
+pub async fn terms(
+    State(state): State<AppState>,
+    Path((slug, version)): Path<(String, i64)>,
+) -> Result<Response, Error> {
+    let model = find_model(&state, &slug).await?;
+    let terms = db::models::find_terms(state.app.db.pool(), &model.id, version)
+        .await?
+        .ok_or(Error::NotFound)?;
+    render(&pages::TermsPage {
+        slug: model.slug,
+        title: model.title,
+        version: terms.version,
+        current: model.terms_version,
+        published: format_ms(terms.created_at),
+        terms: terms.terms,
+    })
 }
 
 #[derive(Deserialize)]
@@ -95,6 +198,7 @@ pub struct ApplyForm {
 pub async fn apply(
     State(state): State<AppState>,
     token: CsrfToken,
+    MaybeResearcher(researcher): MaybeResearcher,
     ClientInfo(client): ClientInfo,
     Path(slug): Path<String>,
     Form(submitted): Form<ApplyForm>,
@@ -102,9 +206,17 @@ pub async fn apply(
     check_csrf(&token, &submitted.authenticity_token)?;
     let model = find_model(&state, &slug).await?;
     let form = submitted.form;
-    match form.validate() {
+    match form.validate(&model) {
         Ok(valid) => {
             let email = valid.email.to_string();
+            // Signed in with this very address, the researcher is told why at
+            // once; anyone else only learns it from the owner's mailbox.
+            if let Some(r) = researcher.as_ref().filter(|r| r.email == email) {
+                let eligibility = applications::eligibility(&state.app, &r.id, &model).await?;
+                if eligibility != Eligibility::Open {
+                    return Err(Error::Conflict(eligibility.explain(&model.title)));
+                }
+            }
             applications::submit(&state.app, &model, valid, client).await?;
             render(&pages::Submitted {
                 title: model.title,
@@ -117,9 +229,18 @@ pub async fn apply(
                 email: form.email,
                 affiliation: form.affiliation,
                 intended_use: form.intended_use,
-                accept_terms: form.accept_terms.is_some(),
+                accept_terms: form.accept_terms.is_some() && !errors.contains_key("accept_terms"),
             };
-            let page = model_page(&state, model, values, errors, csrf_field(&token)?).await?;
+            let page = model_page(
+                &state,
+                model,
+                values,
+                &form.answers,
+                errors,
+                csrf_field(&token)?,
+                researcher.as_ref(),
+            )
+            .await?;
             Ok((StatusCode::UNPROCESSABLE_ENTITY, token, render(&page)?).into_response())
         }
     }

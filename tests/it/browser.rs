@@ -239,3 +239,241 @@ async fn in_a_browser_a_researcher_applies_a_reviewer_approves_and_the_file_down
     reviewer.close().await;
 }
 }
+
+both! {
+async fn in_a_browser_two_reviewers_approve_one_denies_in_bulk_and_an_admin_revokes() {
+    let t = TestApp::spawn().await;
+    let downloads = t.dir.path().join("browser-downloads");
+    std::fs::create_dir_all(&downloads).unwrap();
+    let Some(admin) = Browser::start(&downloads).await else { return };
+    weightgate::policy::set(
+        &t.app,
+        MODEL,
+        &weightgate::policy::PolicyChange {
+            approvals_needed: 2,
+            auto_approve_domains: String::new(),
+            review_target_days: 7,
+        },
+        "test",
+    )
+    .await
+    .unwrap();
+    let second: weightgate::types::Email = "second@lab.example.org".parse().unwrap();
+    weightgate::accounts::add_reviewer(&t.app, &second, PASSWORD, false, "test").await.unwrap();
+    weightgate::policy::assign(&t.app, MODEL, &second, true, "test").await.unwrap();
+    weightgate::policy::save_template(&t.app, "Institution", "We release to research institutions only.", "test")
+        .await
+        .unwrap();
+    for email in ["keep@uni.example.edu", "deny1@corp.example.com", "deny2@corp.example.com"] {
+        t.apply_and_confirm(email).await;
+    }
+
+    admin.client.goto(&t.url("/admin")).await.unwrap();
+    admin.fill("email", REVIEWER).await;
+    admin.fill("password", PASSWORD).await;
+    admin.click("button[type='submit']").await;
+    admin.wait_for_text("deny2@corp.example.com").await;
+    admin.screenshot("queue-bulk").await;
+
+    // Bulk denial of the two corporate addresses, from a template plus a line.
+    for email in ["deny1@corp.example.com", "deny2@corp.example.com"] {
+        let row = admin
+            .client
+            .find(Locator::XPath(&format!("//tr[contains(., '{email}')]//input[@type='checkbox']")))
+            .await
+            .unwrap();
+        row.click().await.unwrap();
+    }
+    admin
+        .client
+        .find(Locator::Css("#bulk-template"))
+        .await
+        .unwrap()
+        .select_by_label("Institution")
+        .await
+        .unwrap();
+    admin.fill("reason", "Apply with your university address.").await;
+    admin.click("button[value='deny']").await;
+    admin.wait_for_text("Bulk decision").await;
+    admin.screenshot("bulk-result").await;
+    let shown = admin.text().await;
+    assert_eq!(shown.matches(": denied").count(), 2, "{shown}");
+    let mail = t.wait_for_mail("deny1@corp.example.com", "Your application for").await;
+    assert!(mail.contains("research institutions only") && mail.contains("university address"));
+
+    // The first of two approvals.
+    admin.client.goto(&t.url("/admin?domain=uni.example.edu")).await.unwrap();
+    admin.click("table a[href^='/admin/applications/']").await;
+    admin.wait_for_text("Compiler research").await;
+    admin.fill("note", "Enjoy.").await;
+    admin.click("form[action$='/approve'] button").await;
+    admin.wait_for_text("1 so far").await;
+    admin.screenshot("application-one-of-two").await;
+
+    // The second reviewer's approval creates the grant.
+    let reviewer = Browser::start(&downloads).await.unwrap();
+    reviewer.client.goto(&t.url("/admin/login")).await.unwrap();
+    reviewer.fill("email", "second@lab.example.org").await;
+    reviewer.fill("password", PASSWORD).await;
+    reviewer.click("button[type='submit']").await;
+    reviewer.wait_for_text("keep@uni.example.edu").await;
+    reviewer.click("table a[href^='/admin/applications/']").await;
+    reviewer.wait_for_text("1 so far").await;
+    reviewer.click("form[action$='/approve'] button").await;
+    reviewer.wait_for_text("approved").await;
+    let mail = t.wait_for_mail("keep@uni.example.edu", "is approved").await;
+    assert!(mail.contains("Enjoy."), "the first reviewer's note reaches the researcher");
+    let access = link_in(&mail, "/access/");
+    let links = t.download_links(&access).await;
+    assert!(!links.is_empty());
+
+    // An admin revokes the grant with a reason; its links stop working.
+    admin.client.goto(&t.url("/admin/grants?state=active")).await.unwrap();
+    admin.wait_for_text("keep@uni.example.edu").await;
+    admin.screenshot("grants").await;
+    admin.click("table a[href^='/admin/grants/']").await;
+    admin.wait_for_text("History").await;
+    admin.fill("reason", "Licence breach reported.").await;
+    admin.click("form[action$='/revoke'] button").await;
+    admin.wait_for_text("revoked: Licence breach reported.").await;
+    admin.screenshot("grant-revoked").await;
+    let refused = t.client.get(&links[0].1).send().await.unwrap();
+    assert_eq!(refused.status(), 403);
+    t.wait_for_mail("keep@uni.example.edu", "was revoked").await;
+
+    for (path, name) in [("/admin/reviewers", "reviewers"), ("/admin/models", "models"), ("/admin/account", "account")] {
+        admin.client.goto(&t.url(path)).await.unwrap();
+        admin.wait_for_text("").await;
+        admin.screenshot(name).await;
+    }
+    admin.close().await;
+    reviewer.close().await;
+}
+}
+
+both! {
+async fn in_a_browser_a_researcher_answers_the_models_questions_signs_in_by_link_and_answers_a_reviewer() {
+    let t = TestApp::spawn().await;
+    weightgate::models::set_questions(
+        &t.app,
+        &MODEL.parse().unwrap(),
+        r#"[
+            {"id": "orcid", "label": "ORCID iD", "kind": "url", "help": "For example https://orcid.org/0000-0002-1825-0097"},
+            {"id": "role", "label": "Your role", "kind": "select", "options": ["Student", "Faculty", "Industry"], "required": true},
+            {"id": "country", "label": "Country of your institution", "kind": "country", "required": true},
+            {"id": "ethics", "label": "An ethics board approved the project", "kind": "checkbox", "required": true}
+        ]"#,
+        "test",
+    )
+    .await
+    .unwrap();
+    let downloads = t.dir.path().join("browser-downloads");
+    std::fs::create_dir_all(&downloads).unwrap();
+    let Some(researcher) = Browser::start(&downloads).await else { return };
+    let email = "hamilton@mit.example.edu";
+
+    researcher.client.goto(&t.url(&format!("/models/{MODEL}"))).await.unwrap();
+    researcher.fill("name", "Margaret Hamilton").await;
+    researcher.fill("email", email).await;
+    researcher.fill("affiliation", "MIT Instrumentation Laboratory").await;
+    researcher.fill("intended_use", "Checking flight software with language models").await;
+    researcher.fill("q_orcid", "https://orcid.org/0000-0002-1825-0097").await;
+    researcher
+        .client
+        .find(Locator::Css("[name='q_role']"))
+        .await
+        .unwrap()
+        .select_by_value("Faculty")
+        .await
+        .unwrap();
+    researcher.click("[name='q_ethics']").await;
+    researcher.click("[name='accept_terms']").await;
+    // The country is left out: the form comes back with the error beside it, the rest kept.
+    researcher.click("form[action$='/apply'] button[type='submit']").await;
+    researcher.wait_for_text("This question needs an answer").await;
+    researcher
+        .client
+        .execute("document.querySelector('label[for=q_orcid]').scrollIntoView()", vec![])
+        .await
+        .unwrap();
+    researcher.screenshot("apply-questions-errors").await;
+    let kept = researcher.client.find(Locator::Css("[name='q_role']")).await.unwrap();
+    assert_eq!(kept.prop("value").await.unwrap().as_deref(), Some("Faculty"));
+    researcher
+        .client
+        .find(Locator::Css("[name='q_country']"))
+        .await
+        .unwrap()
+        .select_by_value("GB")
+        .await
+        .unwrap();
+    if researcher
+        .client
+        .find(Locator::Css("[name='accept_terms']"))
+        .await
+        .unwrap()
+        .prop("checked")
+        .await
+        .unwrap()
+        .as_deref()
+        != Some("true")
+    {
+        researcher.click("[name='accept_terms']").await;
+    }
+    researcher.click("form[action$='/apply'] button[type='submit']").await;
+    researcher.wait_for_text("Check your e-mail").await;
+
+    let mail = t.wait_for_mail(email, "Confirm your application").await;
+    researcher.client.goto(&link_in(&mail, "/confirm/")).await.unwrap();
+    researcher.click("button[type='submit']").await;
+    researcher.wait_for_text("pending").await;
+
+    // A reviewer asks a question (over HTTP; the dashboard's browser scenario is above).
+    let reviewer = client();
+    t.sign_in(&reviewer).await;
+    let id = t.pending_application(&reviewer, email).await;
+    let response = t
+        .post_admin(
+            &reviewer,
+            &format!("/admin/applications/{id}"),
+            &format!("/admin/applications/{id}/ask"),
+            &[("message", "Which flight software will you check?")],
+        )
+        .await;
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+
+    // The question's e-mail signs the researcher in.
+    let mail = t.wait_for_mail(email, "A question about your application").await;
+    researcher.client.goto(&link_in(&mail, "/signin/")).await.unwrap();
+    researcher.screenshot("signin-link").await;
+    researcher.click("form[action^='/signin/'] button").await;
+    researcher.wait_for_text("Which flight software will you check?").await;
+    researcher.screenshot("my-applications-question").await;
+    researcher.fill("message", "The Apollo guidance computer's, from the published listings.").await;
+    researcher.click("form[action$='/answer'] button").await;
+    researcher.wait_for_text("You wrote").await;
+    assert!(researcher.text().await.contains("The reviewers will decide"));
+
+    let response = t
+        .post_admin(
+            &reviewer,
+            &format!("/admin/applications/{id}"),
+            &format!("/admin/applications/{id}/approve"),
+            &[("days", "30")],
+        )
+        .await;
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    researcher.client.goto(&t.url("/me")).await.unwrap();
+    researcher.wait_for_text("Approved: your files are on My access").await;
+    researcher.screenshot("my-applications").await;
+
+    researcher.click("nav a[href='/me/access']").await;
+    researcher.wait_for_text("shard-0.bin").await;
+    researcher.click("form[action$='/client-url'] button").await;
+    researcher.wait_for_text("weightgate download").await;
+    researcher.screenshot("my-access").await;
+    assert!(researcher.text().await.contains("/manifest.json"));
+
+    researcher.close().await;
+}
+}

@@ -236,3 +236,78 @@ async fn operators_manage_models_reviewers_grants_and_read_the_audit_log() {
     assert!(err.contains("was modified"), "{err}");
 }
 }
+
+both! {
+async fn a_publish_killed_midway_shows_no_release_and_finishes_when_run_again() {
+    use std::io::BufRead;
+    let t = TestApp::spawn().await;
+    let dir = t.dir.path().join("r-killed");
+    std::fs::create_dir_all(&dir).unwrap();
+    let small = vec![7u8; 100_000];
+    std::fs::write(dir.join("a-small.bin"), &small).unwrap();
+    // Large enough that storing it outlasts the moment the test needs to
+    // kill the process: it is still copying when the signal arrives.
+    let large = std::fs::File::create(dir.join("b-large.bin")).unwrap();
+    large.set_len(384 << 20).unwrap();
+    drop(large);
+    let releases = || async {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM releases WHERE name = 'r-killed'")
+            .fetch_one(t.app.db.pool())
+            .await
+            .unwrap()
+    };
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weightgate"))
+        .args(["model", "publish", MODEL, dir.to_str().unwrap(), "--release", "r-killed"])
+        .env("WEIGHTGATE_DATA_DIR", &t.app.config.data_dir)
+        .env("WEIGHTGATE_DATABASE_URL", t.app.config.database_url())
+        .env("WEIGHTGATE_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().expect("publish printed nothing").unwrap();
+    assert!(first.contains("a-small.bin"), "{first}");
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the publish was killed before it finished");
+    assert_eq!(releases().await, 0, "a killed publish leaves no release");
+
+    let (ok, out, err) = weightgate(
+        &t,
+        &["model", "publish", MODEL, dir.to_str().unwrap(), "--release", "r-killed"],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("present") && out.contains("a-small.bin"), "{out}");
+    assert!(out.contains("stored ") && out.contains("b-large.bin"), "{out}");
+    assert!(out.contains("published release r-killed"), "{out}");
+    assert_eq!(releases().await, 1);
+    let leftovers: Vec<_> = walk(&t.app.config.data_dir.join("objects"))
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".partial"))
+        .collect();
+    assert!(leftovers.len() <= 1, "at most the copy cut short by the kill: {leftovers:?}");
+
+    let access = t.approved_researcher("after-kill@uni.example.edu").await;
+    let links = t.download_links(&access).await;
+    let (_, url) = links.iter().find(|(n, _)| n == "a-small.bin").unwrap();
+    let body = t.client.get(url).send().await.unwrap().bytes().await.unwrap();
+    assert_eq!(sha256_hex(&body), sha256_hex(&small));
+}
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(walk(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
+}

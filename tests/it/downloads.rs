@@ -324,9 +324,10 @@ async fn a_fetch_whose_audit_event_cannot_be_written_sends_no_bytes() {
     let before = t.audit_events().await.len();
 
     let response = t.client.get(&url).send().await.unwrap();
-    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body = response.text().await.unwrap();
-    assert!(body.contains("\"error\":\"internal\""), "an error body, not file bytes: {body}");
+    assert!(body.contains("\"error\":\"unavailable\""), "an error body, not file bytes: {body}");
+    assert!(body.contains("nothing was sent"), "{body}");
     assert_eq!(t.audit_events().await.len(), before);
 
     let drop: &[&str] = if sqlite {

@@ -471,3 +471,109 @@ fn decode_quoted_printable(raw: &str) -> String {
     }
     raw.replace("=\r\n", "").replace("=3D", "=")
 }
+
+/// A TCP relay in front of a service (an S3 server, PostgreSQL, SMTP) that a
+/// test can close, reopen, or make cut a connection midway: the service
+/// "goes away" and "comes back" without being touched.
+pub struct Gate {
+    pub addr: std::net::SocketAddr,
+    state: Arc<GateState>,
+}
+
+#[derive(Default)]
+struct GateState {
+    closed: std::sync::atomic::AtomicBool,
+    /// The next connection is cut after relaying this many bytes back (0: none).
+    cut_next: std::sync::atomic::AtomicU64,
+    connections: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl Gate {
+    pub async fn start(upstream: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(GateState::default());
+        let shared = state.clone();
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                if shared.closed.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let cut = shared.cut_next.swap(0, std::sync::atomic::Ordering::SeqCst);
+                let task = tokio::spawn(relay(inbound, upstream, cut));
+                let mut open = shared.connections.lock().unwrap();
+                open.retain(|t| !t.is_finished());
+                open.push(task.abort_handle());
+            }
+        });
+        Self { addr, state }
+    }
+
+    /// Drops every open connection and refuses new ones until [`Gate::open`].
+    pub fn close(&self) {
+        self.state.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.drop_connections();
+    }
+
+    pub fn open(&self) {
+        self.state
+            .closed
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Drops the open connections, so the next request opens a new one, and
+    /// cuts that one after `bytes` have come back from the service.
+    pub fn cut_next_after(&self, bytes: u64) {
+        self.state
+            .cut_next
+            .store(bytes, std::sync::atomic::Ordering::SeqCst);
+        self.drop_connections();
+    }
+
+    fn drop_connections(&self) {
+        for task in self.state.connections.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+async fn relay(inbound: tokio::net::TcpStream, upstream: std::net::SocketAddr, cut_after: u64) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(outbound) = tokio::net::TcpStream::connect(upstream).await else {
+        return;
+    };
+    let (mut in_read, mut in_write) = inbound.into_split();
+    let (mut out_read, mut out_write) = outbound.into_split();
+    let up = async move {
+        let _ = tokio::io::copy(&mut in_read, &mut out_write).await;
+        let _ = out_write.shutdown().await;
+    };
+    let down = async move {
+        let mut sent = 0u64;
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match out_read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let n = if cut_after > 0 {
+                let left = cut_after.saturating_sub(sent);
+                if left == 0 {
+                    break;
+                }
+                n.min(usize::try_from(left).unwrap_or(usize::MAX))
+            } else {
+                n
+            };
+            if in_write.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+            sent += n as u64;
+        }
+    };
+    // The replies decide when the relay ends: a cut closes both directions.
+    let up = tokio::spawn(up);
+    down.await;
+    up.abort();
+}

@@ -113,14 +113,14 @@ impl S3 for Watched {
 
 /// An S3 server on a loopback port holding one bucket in a temporary
 /// directory. It lives as long as the test's runtime.
-struct S3Server {
-    endpoint: String,
+pub(crate) struct S3Server {
+    pub(crate) endpoint: String,
     root: TempDir,
     calls: Arc<Mutex<Vec<String>>>,
 }
 
 impl S3Server {
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         Self::start_refusing_part(None).await
     }
 
@@ -160,7 +160,7 @@ impl S3Server {
     }
 
     /// Points `config`'s object store at this server's bucket.
-    fn configure(&self, config: &mut Config) {
+    pub(crate) fn configure(&self, config: &mut Config) {
         config.storage_url = Some(format!("s3://{BUCKET}/{PREFIX}/"));
         config.s3_endpoint = Some(self.endpoint.clone());
         config.s3_path_style = true;

@@ -1,0 +1,203 @@
+#!/usr/bin/env bash
+# weightgate load test: thousands of concurrent clients over loopback mixing
+# page views, applications, authorised fetches and refused (forged) fetches
+# for minutes; then checks that nothing but the intended 429s failed, that
+# memory stayed flat, and that the audit chain is whole.
+#
+#   bash bench/load.sh                    # 2000 clients for 180 s
+#   LOAD_CLIENTS=500 LOAD_SECONDS=30 bash bench/load.sh
+#
+# Knobs (environment; defaults in brackets):
+#   LOAD_CLIENTS  [2000]   concurrent connections (wrk -c)
+#   LOAD_SECONDS  [180]    duration (wrk -d); the load stops by itself
+#   LOAD_THREADS  [2]      wrk threads
+#   LOAD_BIN      []       use this weightgate binary instead of building one
+#   LOAD_TARGET_DIR [/root/.cache/weightgate-bench-target]  CARGO_TARGET_DIR of the build
+#   LOAD_RESULTS  [bench/results/load.md]  where the summary is also written
+#
+# Only loopback traffic (127.0.0.1). Exits non-zero when a check fails.
+set -euo pipefail
+export LC_ALL=C
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/.." && pwd)
+CLIENTS=${LOAD_CLIENTS:-2000}
+SECONDS_=${LOAD_SECONDS:-180}
+THREADS=${LOAD_THREADS:-2}
+TARGET_DIR=${LOAD_TARGET_DIR:-/root/.cache/weightgate-bench-target}
+RESULTS=${LOAD_RESULTS:-$HERE/results/load.md}
+
+log() { printf '\033[1m[load %s]\033[0m %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "FAILED: $*"; exit 1; }
+
+for tool in wrk curl python3; do
+    command -v "$tool" >/dev/null || {
+        log "installing $tool"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$tool" >/dev/null
+    }
+done
+
+if [ -n "${LOAD_BIN:-}" ]; then
+    WG=$LOAD_BIN
+else
+    log "building weightgate (release) into $TARGET_DIR"
+    (cd "$REPO" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --release --locked -q) || die "cargo build failed"
+    WG=$TARGET_DIR/release/weightgate
+fi
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/weightgate-load.XXXXXX")
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wg() { WEIGHTGATE_DATA_DIR=$WORK/data WEIGHTGATE_LOG=warn "$WG" "$@"; }
+export USER=${USER:-load}
+# Thousands of sockets on each side.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+log "setting up a portal with a model of 4 files"
+REL=$WORK/release
+mkdir -p "$REL"
+for i in 1 2 3 4; do head -c $((256 * 1024)) /dev/urandom >"$REL/shard-$i.bin"; done
+wg migrate >/dev/null
+wg model create load --title "Load model" >/dev/null
+wg model publish load "$REL" >/dev/null
+ADMIN=admin@load.invalid
+ADMIN_PW=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+printf '%s' "$ADMIN_PW" | wg reviewer add "$ADMIN" --admin --password-stdin >/dev/null
+PORT=$(free_port)
+BASE=http://127.0.0.1:$PORT
+WEIGHTGATE_DATA_DIR=$WORK/data WEIGHTGATE_BIND=127.0.0.1:$PORT WEIGHTGATE_LOG=warn "$WG" serve >"$WORK/portal.log" 2>&1 &
+PORTAL=$!
+PIDS+=("$PORTAL")
+for _ in $(seq 300); do curl -fsS -o /dev/null "$BASE/healthz" 2>/dev/null && break; sleep 0.1; done
+curl -fsS -o /dev/null "$BASE/healthz" || die "the portal did not start"
+
+python3 "$HERE/grant.py" --base "$BASE" --slug load --outbox "$WORK/data/outbox" \
+    --admin-email "$ADMIN" --admin-password "$ADMIN_PW" >"$WORK/manifest.json" || die "could not obtain a grant"
+
+# A form token and its cookie, reused by every application the load sends.
+curl -fsS -c "$WORK/cookies" "$BASE/models/load" >"$WORK/model.html"
+TOKEN=$(python3 -c 'import re,sys; print(re.search(r"name=\"authenticity_token\"\s+value=\"([^\"]*)\"", open(sys.argv[1]).read()).group(1))' "$WORK/model.html")
+COOKIE=$(awk '!/^#/ && NF >= 7 { printf "%s%s=%s", (n++ ? "; " : ""), $6, $7 }' "$WORK/cookies")
+
+# One wrk per kind of request, run at once, so each counts its own answers:
+# 30% of the clients view pages, 40% fetch with valid links (small ranges),
+# 20% fetch with forged links (signature altered), 10% send applications.
+python3 - "$WORK" "$WORK/manifest.json" "$TOKEN" "$COOKIE" <<'PY'
+import json, sys, urllib.parse
+work, manifest, token, cookie = sys.argv[1], json.load(open(sys.argv[2])), sys.argv[3], sys.argv[4]
+def lua(s): return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+fetches = ["/" + f["url"].split("/", 3)[3] for r in manifest["releases"] for f in r["files"]]
+def forge(path):
+    # Alter the last character of the token (its signature) before the file name.
+    end = path.index("/", 4)
+    return path[:end - 1] + ("B" if path[end - 1] == "A" else "A") + path[end:]
+common = """
+local threads = {}
+function setup(thread) thread:set("id", #threads + 1); table.insert(threads, thread) end
+function init(args) n = 0; statuses = {} end
+function response(status, headers, body) statuses[status] = (statuses[status] or 0) + 1 end
+function done(summary, latency, requests)
+  local total = {}
+  for _, t in ipairs(threads) do
+    for k, v in pairs(t:get("statuses")) do total[k] = (total[k] or 0) + v end
+  end
+  for k, v in pairs(total) do io.write(string.format("STATUS %d %d\\n", k, v)) end
+  io.write(string.format("ERRORS connect=%d read=%d write=%d timeout=%d\\n",
+    summary.errors.connect, summary.errors.read, summary.errors.write, summary.errors.timeout))
+  io.write(string.format("LATENCY p50=%.1fms p99=%.1fms max=%.1fms\\n",
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000, latency.max / 1000))
+end
+"""
+scripts = {
+    "page": 'local pages = {"/", "/models/load", "/static/style.css", "/signin"}\n'
+            'function request() n = n + 1; return wrk.format("GET", pages[(n % #pages) + 1]) end\n',
+    "fetch": "local fetches = {" + ", ".join(map(lua, fetches)) + "}\n"
+             'function request() n = n + 1; return wrk.format("GET", fetches[(n % #fetches) + 1], '
+             '{ ["Range"] = "bytes=0-4095" }) end\n',
+    "forged": "local fetches = {" + ", ".join(lua(forge(p)) for p in fetches) + "}\n"
+              'function request() n = n + 1; return wrk.format("GET", fetches[(n % #fetches) + 1]) end\n',
+    "apply": "local token = " + lua(urllib.parse.quote(token, safe="")) + "\nlocal cookie = " + lua(cookie) + "\n"
+             'function request()\n  n = n + 1\n'
+             '  local body = "authenticity_token=" .. token .. "&name=Load+Test&email=load" .. id .. "x" .. n ..\n'
+             '    "%40uni.example.edu&affiliation=Load+Lab&intended_use=Load+testing&accept_terms=on"\n'
+             '  return wrk.format("POST", "/models/load/apply", { ["Content-Type"] = '
+             '"application/x-www-form-urlencoded", ["Cookie"] = cookie, ["Accept"] = "text/html" }, body)\nend\n',
+}
+for kind, body in scripts.items():
+    open(f"{work}/{kind}.lua", "w").write(body + common)
+PY
+
+rss() { awk '$1 == "VmRSS:" { print $2 }' "/proc/$PORTAL/status"; }
+log "idle RSS $(rss) KiB; starting $CLIENTS clients for ${SECONDS_}s"
+: >"$WORK/rss"
+(while kill -0 "$PORTAL" 2>/dev/null; do echo "$(date +%s) $(rss)" >>"$WORK/rss"; sleep 5; done) &
+PIDS+=("$!")
+WRKS=()
+for spec in page:30 fetch:40 forged:20 apply:10; do
+    kind=${spec%%:*}
+    conns=$((CLIENTS * ${spec#*:} / 100))
+    [ "$conns" -ge "$THREADS" ] || conns=$THREADS
+    wrk -t"$THREADS" -c"$conns" -d"${SECONDS_}s" --timeout 20s -s "$WORK/$kind.lua" "$BASE" >"$WORK/wrk-$kind.out" 2>&1 &
+    WRKS+=("$!")
+done
+for pid in "${WRKS[@]}"; do wait "$pid" || die "wrk failed: $(cat "$WORK"/wrk-*.out)"; done
+sleep 3
+echo "$(date +%s) $(rss)" >>"$WORK/rss"
+for f in "$WORK"/wrk-*.out; do echo "== $f" >&2; cat "$f" >&2; done
+
+log "verifying the audit chain"
+VERIFY=$(wg audit verify 2>&1) || { echo "$VERIFY" >&2; die "the audit chain is not whole"; }
+EVENTS=$(wg audit list --format jsonl --limit 100000000 | wc -l)
+PORTAL_ERRORS=$(grep -ciE 'error' "$WORK/portal.log" || true)
+
+STATUS=0
+python3 - "$WORK" "$CLIENTS" "$SECONDS_" "$EVENTS" "$PORTAL_ERRORS" "$VERIFY" >"$WORK/summary.md" <<'PY' || STATUS=$?
+import re, sys
+work, clients, seconds, events, portal_errors, verify = sys.argv[1:7]
+statuses, socket_errors, lines, rps_total = {}, 0, [], 0.0
+share = {"page": 30, "fetch": 40, "forged": 20, "apply": 10}
+for kind in share:
+    text = open(f"{work}/wrk-{kind}.out").read()
+    statuses[kind] = {int(s): int(n) for s, n in re.findall(r"^STATUS (\d+) (\d+)$", text, re.M)}
+    errors = dict(re.findall(r"(\w+)=(\d+)", re.search(r"^ERRORS .*$", text, re.M).group(0)))
+    socket_errors += sum(int(v) for v in errors.values())
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    rps_total += rps
+    latency = re.search(r"^LATENCY (.*)$", text, re.M).group(1)
+    lines.append((kind, statuses[kind], errors, rps, latency))
+samples = [int(l.split()[1]) for l in open(f"{work}/rss") if len(l.split()) == 2 and l.split()[1].isdigit()]
+allowed = {"page": {200}, "fetch": {206}, "forged": {403}, "apply": {200, 429}}
+unexpected = {k: {s: n for s, n in v.items() if s not in allowed[k]} for k, v in statuses.items()}
+unexpected = {k: v for k, v in unexpected.items() if v}
+third = max(1, len(samples) // 3)
+middle, last = samples[third:2 * third] or samples, samples[2 * third:] or samples
+growth = (max(last) - max(middle)) / max(middle)
+ok = not unexpected and socket_errors == 0 and growth < 0.25 and "intact" in verify
+print(f"# Load test: {clients} clients for {seconds} s over loopback\n")
+print("| requests | clients | answers (status: count) | socket errors | requests/s | latency |")
+print("|---|---|---|---|---|---|")
+for kind, st, errors, rps, latency in lines:
+    answers = ", ".join(f"{s}: {n}" for s, n in sorted(st.items()))
+    errs = ", ".join(f"{k} {v}" for k, v in errors.items())
+    print(f"| {kind} | {int(clients) * share[kind] // 100} | {answers} | {errs} | {rps:.0f} | {latency} |")
+print(f"\n- all requests: {rps_total:.0f}/s")
+print(f"- unexpected answers: {unexpected or 'none'}")
+print(f"- portal RSS (KiB), sampled every 5 s: start {samples[0]}, peak {max(samples)}, end {samples[-1]}; "
+      f"peak of the last third of the run against the middle third: {growth:+.1%}")
+print(f"- audit events after the run: {events}; `weightgate audit verify`: {verify.strip().splitlines()[0]}")
+print(f"- lines mentioning an error in the portal's log: {portal_errors}")
+print(f"\n**{'PASS' if ok else 'FAIL'}**: only intended answers (200 pages, 206 fetches, 403 forged links, "
+      "200 or 429 applications), no socket errors, memory flat (< 25% growth late in the run), audit chain whole.")
+sys.exit(0 if ok else 1)
+PY
+mkdir -p "$(dirname "$RESULTS")"
+cp "$WORK/summary.md" "$RESULTS"
+cat "$WORK/summary.md"
+exit $STATUS

@@ -1,0 +1,325 @@
+//! A model's own application questions: their definitions (set by the model's
+//! owner), and the checks a researcher's answers pass.
+
+use std::{collections::BTreeMap, sync::OnceLock};
+
+use serde::{Deserialize, Serialize};
+
+use crate::applications::{FieldErrors, single_line, text};
+
+pub const MAX_QUESTIONS: usize = 50;
+pub const MAX_LABEL: usize = 300;
+pub const MAX_HELP: usize = 1000;
+pub const MAX_OPTIONS: usize = 100;
+pub const MAX_SHORT_ANSWER: usize = 500;
+pub const MAX_LONG_ANSWER: usize = 5000;
+pub const MAX_URL: usize = 2000;
+
+/// What kind of answer a question takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// One line of text.
+    Text,
+    /// Several paragraphs.
+    LongText,
+    /// One of `options`.
+    Select,
+    /// Ticked or not; a required one must be ticked.
+    Checkbox,
+    /// An ISO 3166-1 country, stored as its two-letter code.
+    Country,
+    /// An `http` or `https` URL, such as an ORCID iD or a paper.
+    Url,
+}
+
+/// One question, as the model's owner defined it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Question {
+    /// Names the answer; lower-case letters, digits and `_`.
+    pub id: String,
+    pub label: String,
+    pub kind: Kind,
+    #[serde(default)]
+    pub required: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<String>,
+    /// A hint shown under the field.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub help: String,
+}
+
+impl Question {
+    /// The form field that carries the answer.
+    pub fn field(&self) -> String {
+        format!("q_{}", self.id)
+    }
+}
+
+/// An answer, kept with the question as it was asked so that a later change
+/// of the questions does not change what reviewers read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Answer {
+    pub id: String,
+    pub label: String,
+    pub kind: Kind,
+    /// Empty when an optional question was left blank.
+    pub value: String,
+}
+
+impl Answer {
+    /// The answer in words: a country's name, "yes"/"no" for a checkbox.
+    pub fn display(&self) -> String {
+        match self.kind {
+            Kind::Country => country_name(&self.value)
+                .map(|name| format!("{name} ({})", self.value))
+                .unwrap_or_else(|| self.value.clone()),
+            _ => self.value.clone(),
+        }
+    }
+}
+
+fn valid_id(id: &str) -> bool {
+    (1..=40).contains(&id.len())
+        && id.starts_with(|c: char| c.is_ascii_lowercase())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// Parses and checks a JSON array of questions.
+pub fn parse_definitions(json: &str) -> Result<Vec<Question>, String> {
+    let questions: Vec<Question> =
+        serde_json::from_str(json).map_err(|e| format!("the questions are not valid: {e}"))?;
+    if questions.len() > MAX_QUESTIONS {
+        return Err(format!("at most {MAX_QUESTIONS} questions"));
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut checked = Vec::with_capacity(questions.len());
+    for (i, mut q) in questions.into_iter().enumerate() {
+        let at = format!("question {} ({:?})", i + 1, q.id);
+        if !valid_id(&q.id) {
+            return Err(format!(
+                "{at}: an id has 1 to 40 lower-case letters, digits and '_', starting with a letter"
+            ));
+        }
+        if !seen.insert(q.id.clone()) {
+            return Err(format!("{at}: the id is used twice"));
+        }
+        q.label = single_line(&q.label, MAX_LABEL, "the label").map_err(|e| format!("{at}: {e}"))?;
+        if !q.help.trim().is_empty() {
+            q.help = text(&q.help, MAX_HELP, "the help").map_err(|e| format!("{at}: {e}"))?;
+        }
+        match q.kind {
+            Kind::Select => {
+                if q.options.is_empty() || q.options.len() > MAX_OPTIONS {
+                    return Err(format!("{at}: a select has 1 to {MAX_OPTIONS} options"));
+                }
+                let mut options = Vec::with_capacity(q.options.len());
+                for o in &q.options {
+                    let o = single_line(o, MAX_LABEL, "an option").map_err(|e| format!("{at}: {e}"))?;
+                    if options.contains(&o) {
+                        return Err(format!("{at}: the option {o:?} is listed twice"));
+                    }
+                    options.push(o);
+                }
+                q.options = options;
+            }
+            _ if !q.options.is_empty() => {
+                return Err(format!("{at}: only a select has options"));
+            }
+            _ => {}
+        }
+        checked.push(q);
+    }
+    Ok(checked)
+}
+
+/// The questions stored with a model; an unreadable value reads as none
+/// (it was checked when it was stored).
+pub fn stored(json: &str) -> Vec<Question> {
+    serde_json::from_str(json).unwrap_or_default()
+}
+
+/// The answers stored with an application.
+pub fn stored_answers(json: &str) -> Vec<Answer> {
+    serde_json::from_str(json).unwrap_or_default()
+}
+
+fn check_url(value: &str) -> Result<String, String> {
+    let value = single_line(value, MAX_URL, "The address")?;
+    match url::Url::parse(&value) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty()) => {
+            Ok(u.to_string())
+        }
+        _ => Err("Enter a full web address starting with https://".into()),
+    }
+}
+
+/// Checks the answers submitted in `form` (by field name) against the
+/// questions; each problem is reported under the question's field name.
+pub fn validate_answers(
+    questions: &[Question],
+    form: &BTreeMap<String, String>,
+) -> Result<Vec<Answer>, FieldErrors> {
+    let mut errors = FieldErrors::new();
+    let mut answers = Vec::with_capacity(questions.len());
+    for q in questions {
+        let field = q.field();
+        let raw = form.get(&field).map_or("", String::as_str);
+        let blank = raw.trim().is_empty();
+        let value = if q.kind == Kind::Checkbox {
+            let ticked = matches!(raw, "on" | "true" | "yes" | "1");
+            if q.required && !ticked {
+                Err("Tick this box to apply".to_owned())
+            } else {
+                Ok(if ticked { "yes" } else { "no" }.to_owned())
+            }
+        } else if blank {
+            if q.required {
+                Err("This question needs an answer".to_owned())
+            } else {
+                Ok(String::new())
+            }
+        } else {
+            match q.kind {
+                Kind::Text => single_line(raw, MAX_SHORT_ANSWER, "The answer"),
+                Kind::LongText => text(raw, MAX_LONG_ANSWER, "The answer"),
+                Kind::Select => q
+                    .options
+                    .iter()
+                    .find(|o| o.as_str() == raw.trim())
+                    .cloned()
+                    .ok_or_else(|| "Choose one of the options".to_owned()),
+                Kind::Country => country_name(raw.trim())
+                    .map(|_| raw.trim().to_owned())
+                    .ok_or_else(|| "Choose a country from the list".to_owned()),
+                Kind::Url => check_url(raw),
+                Kind::Checkbox => unreachable!("handled above"),
+            }
+        };
+        match value {
+            Ok(value) => answers.push(Answer {
+                id: q.id.clone(),
+                label: q.label.clone(),
+                kind: q.kind,
+                value,
+            }),
+            Err(e) => {
+                errors.insert(field, e);
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(answers)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Every ISO 3166-1 country as (two-letter code, name), sorted by name.
+pub fn countries() -> &'static [(&'static str, &'static str)] {
+    static LIST: OnceLock<Vec<(&'static str, &'static str)>> = OnceLock::new();
+    LIST.get_or_init(|| {
+        let mut list: Vec<_> = isocountry::CountryCode::iter()
+            .map(|c| (c.alpha2(), c.name()))
+            .collect();
+        list.sort_by(|a, b| a.1.cmp(b.1));
+        list
+    })
+}
+
+/// The name of the country with this two-letter code.
+pub fn country_name(code: &str) -> Option<&'static str> {
+    if code.len() != 2 {
+        return None;
+    }
+    isocountry::CountryCode::for_alpha2(code).ok().map(|c| c.name())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEFINITIONS: &str = r#"[
+        {"id": "orcid", "label": "ORCID iD", "kind": "url"},
+        {"id": "role", "label": "Your role", "kind": "select", "options": ["Student", "Faculty"], "required": true},
+        {"id": "country", "label": "Country", "kind": "country", "required": true},
+        {"id": "ethics", "label": "An ethics board approved the project", "kind": "checkbox", "required": true},
+        {"id": "plan", "label": "Plan", "kind": "long_text"}
+    ]"#;
+
+    fn form(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn definitions_are_checked() {
+        assert_eq!(parse_definitions(DEFINITIONS).unwrap().len(), 5);
+        for (bad, says) in [
+            (r#"[{"id": "Bad Id", "label": "x", "kind": "text"}]"#, "an id has"),
+            (
+                r#"[{"id": "a", "label": "x", "kind": "text"}, {"id": "a", "label": "y", "kind": "text"}]"#,
+                "used twice",
+            ),
+            (r#"[{"id": "a", "label": "x", "kind": "select"}]"#, "options"),
+            (
+                r#"[{"id": "a", "label": "x", "kind": "text", "options": ["b"]}]"#,
+                "only a select",
+            ),
+            (r#"[{"id": "a", "label": " ", "kind": "text"}]"#, "label"),
+            (r#"[{"id": "a", "label": "x", "kind": "colour"}]"#, "not valid"),
+            (r#"{"id": "a"}"#, "not valid"),
+        ] {
+            let err = parse_definitions(bad).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn good_answers_are_kept_with_their_questions() {
+        let questions = parse_definitions(DEFINITIONS).unwrap();
+        let answers = validate_answers(
+            &questions,
+            &form(&[
+                ("q_orcid", "https://orcid.org/0000-0002-1825-0097"),
+                ("q_role", "Faculty"),
+                ("q_country", "DE"),
+                ("q_ethics", "on"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(answers[0].value, "https://orcid.org/0000-0002-1825-0097");
+        assert_eq!(answers[2].display(), "Germany (DE)");
+        assert_eq!(answers[3].value, "yes");
+        assert_eq!(answers[4].value, "", "an optional question may stay blank");
+    }
+
+    #[test]
+    fn each_bad_answer_is_reported_under_its_field() {
+        let questions = parse_definitions(DEFINITIONS).unwrap();
+        let errors = validate_answers(
+            &questions,
+            &form(&[
+                ("q_orcid", "javascript:alert(1)"),
+                ("q_role", "Dean"),
+                ("q_country", "XX"),
+            ]),
+        )
+        .unwrap_err();
+        let fields: Vec<_> = errors.keys().map(String::as_str).collect();
+        assert_eq!(fields, ["q_country", "q_ethics", "q_orcid", "q_role"]);
+    }
+
+    #[test]
+    fn the_country_list_is_complete_and_sorted() {
+        let list = countries();
+        assert!(list.len() > 240);
+        assert!(list.windows(2).all(|w| w[0].1 <= w[1].1));
+        assert_eq!(country_name("FR"), Some("France"));
+    }
+}

@@ -1,0 +1,357 @@
+//! The researcher's own pages: passwordless sign-in by e-mailed one-time
+//! link, the history and next step of each application, appeals, and the
+//! download-client URL of a grant.
+
+use crate::{
+    app::App,
+    applications::{self, MAX_INTENDED_USE, text},
+    audit::{self, Client, Event, Outcome},
+    db::{self, Tx, applications::ApplicationView, grants::GrantView},
+    mail,
+    questions::{self, Answer},
+    types::{Email, hash_token, new_id, new_token, now_ms},
+};
+
+/// How long an e-mailed sign-in link works.
+pub const SIGNIN_LINK_TTL_MS: i64 = 15 * 60_000;
+/// At most this many sign-in links per address and hour, so the form cannot
+/// be used to flood someone's inbox.
+pub const MAX_SIGNIN_LINKS_PER_HOUR: i64 = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResearcherError {
+    #[error("no such application or grant")]
+    NotFound,
+    #[error("{0}")]
+    NotAllowed(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Stores a fresh sign-in link for a researcher and returns its URL.
+pub async fn issue_signin_link(tx: &mut Tx, app: &App, researcher_id: &str) -> anyhow::Result<String> {
+    let token = new_token();
+    let now = now_ms();
+    db::researchers::insert_signin_token(
+        tx,
+        &hash_token(&token),
+        researcher_id,
+        now,
+        now + SIGNIN_LINK_TTL_MS,
+    )
+    .await?;
+    Ok(app.url(&format!("/signin/{token}")))
+}
+
+/// E-mails a sign-in link to `email` if a researcher has that address. The
+/// caller's answer is the same either way, so the form reveals nothing.
+pub async fn request_signin(app: &App, email: &Email, client: Client) -> anyhow::Result<()> {
+    let now = now_ms();
+    let mut tx = app.db.begin().await?;
+    let mut event = Event::new("researcher.sign_in_link", Outcome::Ok);
+    event.subject = Some(email.to_string());
+    event.client = client;
+    match db::researchers::find_id_by_email(&mut *tx, email.as_str()).await? {
+        None => {
+            event.outcome = Outcome::Refused;
+            event.reason = Some("unknown_address".into());
+        }
+        Some(id) => {
+            let recent = db::researchers::count_signin_tokens_since(&mut tx, &id, now - 3_600_000).await?;
+            if recent >= MAX_SIGNIN_LINKS_PER_HOUR {
+                event.outcome = Outcome::Refused;
+                event.reason = Some("too_many_links".into());
+            } else {
+                let url = issue_signin_link(&mut tx, app, &id).await?;
+                mail::enqueue(
+                    &mut tx,
+                    email.as_str(),
+                    "Your weightgate sign-in link",
+                    &format!(
+                        "Hello,\n\nopen this link to sign in and see your applications and access:\n\n{url}\n\n\
+                         It works once, for {} minutes. If you did not ask for it, ignore this message.\n",
+                        SIGNIN_LINK_TTL_MS / 60_000
+                    ),
+                )
+                .await?;
+            }
+            event.researcher_id = Some(id);
+        }
+    }
+    audit::append(&mut tx, app.db.backend(), &[event]).await?;
+    tx.commit().await?;
+    app.mail.wake();
+    Ok(())
+}
+
+/// A signed-in researcher.
+#[derive(Clone, Debug)]
+pub struct Researcher {
+    pub id: String,
+    pub email: String,
+}
+
+/// Uses up a sign-in link: the researcher it was sent to, or `None` when the
+/// link is unknown, already used or expired.
+pub async fn sign_in(app: &App, token: &str, client: Client) -> anyhow::Result<Option<Researcher>> {
+    let mut tx = app.db.begin().await?;
+    let found = db::researchers::consume_signin_token(&mut tx, &hash_token(token), now_ms()).await?;
+    let mut event = Event::new("researcher.sign_in", Outcome::Ok);
+    event.client = client;
+    let researcher = match found {
+        Some(id) => {
+            let email = db::researchers::email_of(&mut *tx, &id)
+                .await?
+                .unwrap_or_default();
+            event.subject = Some(email.clone());
+            event.actor = Some(email.clone());
+            event.researcher_id = Some(id.clone());
+            Some(Researcher { id, email })
+        }
+        None => {
+            event.outcome = Outcome::Refused;
+            event.reason = Some("link_used_or_expired".into());
+            None
+        }
+    };
+    audit::append(&mut tx, app.db.backend(), &[event]).await?;
+    tx.commit().await?;
+    Ok(researcher)
+}
+
+/// The researcher behind a session's id, if they still exist.
+pub async fn find(app: &App, id: &str) -> anyhow::Result<Option<Researcher>> {
+    Ok(db::researchers::email_of(app.db.pool(), id)
+        .await?
+        .map(|email| Researcher {
+            id: id.to_owned(),
+            email,
+        }))
+}
+
+/// One line of an application's history.
+#[derive(Clone, Debug)]
+pub struct HistoryEntry {
+    pub at: i64,
+    pub what: String,
+    /// A question, an answer or a reason, in the writer's words.
+    pub body: String,
+}
+
+/// An application as its researcher sees it.
+#[derive(Debug)]
+pub struct MyApplication {
+    pub view: ApplicationView,
+    pub answers: Vec<Answer>,
+    pub history: Vec<HistoryEntry>,
+    pub next_step: String,
+    pub denial_reason: Option<String>,
+    pub can_answer: bool,
+    pub can_appeal: bool,
+    /// For a denied application: when a new one is welcome.
+    pub reapply_from: Option<i64>,
+}
+
+/// Every application of a researcher with its history and next step.
+pub async fn my_applications(app: &App, researcher: &Researcher) -> anyhow::Result<Vec<MyApplication>> {
+    let pool = app.db.pool();
+    let views = db::applications::list_of_researcher(pool, &researcher.id).await?;
+    let mut typical = std::collections::HashMap::new();
+    let mut mine = Vec::with_capacity(views.len());
+    for view in views {
+        if !typical.contains_key(&view.model_id) {
+            let t = applications::typical_review_time(app, &view.model_id).await?;
+            typical.insert(view.model_id.clone(), t);
+        }
+        let mut history = vec![HistoryEntry {
+            at: view.created_at,
+            what: match view.kind.as_str() {
+                "renewal" => "Renewal requested".into(),
+                "appeal" => "Appeal sent".into(),
+                _ => "Application submitted".into(),
+            },
+            body: String::new(),
+        }];
+        if let Some(at) = view.confirmed_at.filter(|_| view.kind == "new") {
+            history.push(HistoryEntry {
+                at,
+                what: "E-mail address confirmed; sent to the reviewers".into(),
+                body: String::new(),
+            });
+        }
+        for m in db::applications::messages_of(pool, &view.id).await? {
+            let what = if m.author_kind == "reviewer" {
+                "The reviewers asked"
+            } else {
+                "You wrote"
+            };
+            history.push(HistoryEntry {
+                at: m.created_at,
+                what: what.into(),
+                body: m.body,
+            });
+        }
+        let reviews = db::applications::reviews_of(pool, &view.id).await?;
+        let denial_reason = (view.status == "denied")
+            .then(|| {
+                reviews
+                    .iter()
+                    .rev()
+                    .find(|r| r.decision == "deny")
+                    .and_then(|r| r.reason.clone())
+            })
+            .flatten();
+        if let Some(at) = view.decided_at {
+            history.push(HistoryEntry {
+                at,
+                what: format!("Decision: {}", view.status),
+                body: denial_reason.clone().unwrap_or_default(),
+            });
+        }
+        history.sort_by_key(|h| h.at);
+        let can_appeal = view.status == "denied"
+            && view.kind != "appeal"
+            && db::applications::appeal_of(pool, &view.id).await?.is_none();
+        let reapply_from = match (view.status.as_str(), view.decided_at) {
+            ("denied", Some(at)) => {
+                let days = db::models::find_model(pool, &view.model_id)
+                    .await?
+                    .map_or(0, |m| m.reapply_after_days);
+                Some(at.saturating_add(days.saturating_mul(86_400_000)))
+            }
+            _ => None,
+        };
+        mine.push(MyApplication {
+            next_step: applications::next_step(&view.status, &view.kind, typical[&view.model_id]),
+            answers: questions::stored_answers(&view.answers),
+            can_answer: view.status == "info_requested",
+            can_appeal,
+            reapply_from,
+            denial_reason,
+            history,
+            view,
+        });
+    }
+    Ok(mine)
+}
+
+/// A researcher's grants, newest first.
+pub async fn my_grants(app: &App, researcher: &Researcher) -> anyhow::Result<Vec<GrantView>> {
+    Ok(db::grants::list_of_researcher(app.db.pool(), &researcher.id).await?)
+}
+
+/// A grant of this researcher.
+pub async fn my_grant(app: &App, researcher: &Researcher, grant_id: &str) -> anyhow::Result<GrantView> {
+    db::grants::find_view(app.db.pool(), grant_id)
+        .await?
+        .filter(|g| g.researcher_id == researcher.id)
+        .ok_or_else(|| ResearcherError::NotFound.into())
+}
+
+/// An application of this researcher.
+pub async fn my_application(
+    app: &App,
+    researcher: &Researcher,
+    application_id: &str,
+) -> anyhow::Result<ApplicationView> {
+    db::applications::find_view(app.db.pool(), application_id)
+        .await?
+        .filter(|a| a.researcher_id == researcher.id)
+        .ok_or_else(|| ResearcherError::NotFound.into())
+}
+
+/// A new access token for one of the researcher's grants: the key in the
+/// download client's manifest URL. Earlier tokens keep working.
+pub async fn client_manifest_url(
+    app: &App,
+    researcher: &Researcher,
+    grant_id: &str,
+    client: Client,
+) -> anyhow::Result<String> {
+    let grant = my_grant(app, researcher, grant_id).await?;
+    let token = new_token();
+    let mut tx = app.db.begin().await?;
+    db::grants::insert_token(&mut *tx, &hash_token(&token), &grant.id, now_ms()).await?;
+    let mut event = Event::new("grant.token_issued", Outcome::Ok);
+    event.actor = Some(researcher.email.clone());
+    event.subject = Some(format!("{} {}", researcher.email, grant.model_slug));
+    event.grant_id = Some(grant.id.clone());
+    event.researcher_id = Some(researcher.id.clone());
+    event.model_id = Some(grant.model_id.clone());
+    event.client = client;
+    audit::append(&mut tx, app.db.backend(), &[event]).await?;
+    tx.commit().await?;
+    Ok(app.url(&format!("/access/{token}/manifest.json")))
+}
+
+/// Appeals a denial, once: a new application marked as an appeal, linked to
+/// the denied one, straight to the reviewers with the researcher's words.
+pub async fn appeal(
+    app: &App,
+    researcher: &Researcher,
+    denied_id: &str,
+    why: &str,
+    client: Client,
+) -> anyhow::Result<String> {
+    let why = text(why, MAX_INTENDED_USE, "Your appeal").map_err(ResearcherError::Invalid)?;
+    let denied = my_application(app, researcher, denied_id).await?;
+    if denied.status != "denied" || denied.kind == "appeal" {
+        return Err(ResearcherError::NotAllowed(
+            "only a denied application can be appealed, and an appeal cannot be".into(),
+        )
+        .into());
+    }
+    let now = now_ms();
+    let id = new_id();
+    let mut tx = app.db.begin().await?;
+    if db::applications::appeal_of(&mut *tx, &denied.id).await?.is_some() {
+        return Err(ResearcherError::NotAllowed(
+            "this decision was already appealed; a denial can be appealed once".into(),
+        )
+        .into());
+    }
+    db::applications::insert_application(
+        &mut tx,
+        &db::applications::NewApplication {
+            id: &id,
+            model_id: &denied.model_id,
+            researcher_id: &researcher.id,
+            name: &denied.name,
+            affiliation: &denied.affiliation,
+            intended_use: &denied.intended_use,
+            terms_version: denied.terms_version,
+            confirm_token_hash: &hash_token(&new_token()),
+            created_at: now,
+            status: "pending",
+            confirmed_at: Some(now),
+            answers: &denied.answers,
+            kind: "appeal",
+            parent_id: Some(&denied.id),
+            grant_id: None,
+        },
+    )
+    .await?;
+    db::applications::insert_message(
+        &mut tx,
+        &db::applications::Message {
+            id: new_id(),
+            application_id: id.clone(),
+            author_kind: "researcher".into(),
+            author_email: researcher.email.clone(),
+            body: why,
+            created_at: now,
+        },
+    )
+    .await?;
+    let mut event = Event::new("application.appealed", Outcome::Ok);
+    event.actor = Some(researcher.email.clone());
+    event.subject = Some(researcher.email.clone());
+    event.reason = Some(format!("appeal of {}", denied.id));
+    event.model_id = Some(denied.model_id.clone());
+    event.application_id = Some(id.clone());
+    event.researcher_id = Some(researcher.id.clone());
+    event.client = client;
+    audit::append(&mut tx, app.db.backend(), &[event]).await?;
+    tx.commit().await?;
+    Ok(id)
+}

@@ -1,0 +1,120 @@
+//! The question thread of an application: a reviewer asks for more
+//! information, the researcher answers, and the application goes back to the
+//! reviewers. Every step is audited with who took it.
+
+use crate::{
+    app::App,
+    applications::text,
+    audit::{self, Client, Event, Outcome},
+    db::{self, applications::Message, reviewers::Reviewer},
+    mail,
+    researchers::{self, Researcher, ResearcherError},
+    reviews::ReviewError,
+    types::{new_id, now_ms},
+};
+
+pub const MAX_MESSAGE: usize = 5000;
+
+fn message(application_id: &str, author_kind: &str, author_email: &str, body: String) -> Message {
+    Message {
+        id: new_id(),
+        application_id: application_id.to_owned(),
+        author_kind: author_kind.to_owned(),
+        author_email: author_email.to_owned(),
+        body,
+        created_at: now_ms(),
+    }
+}
+
+/// A reviewer asks the applicant for more information: the application waits
+/// for the answer (`info_requested`), and the researcher is e-mailed the
+/// question with a sign-in link.
+pub async fn ask(
+    app: &App,
+    reviewer: &Reviewer,
+    application_id: &str,
+    question: &str,
+    client: Client,
+) -> anyhow::Result<()> {
+    let question = text(question, MAX_MESSAGE, "The question").map_err(ResearcherError::Invalid)?;
+    let view = db::applications::find_view(app.db.pool(), application_id)
+        .await?
+        .ok_or(ReviewError::NotFound)?;
+    if !crate::reviews::may_decide(app, reviewer, &view.model_id).await? {
+        return Err(ReviewError::NotAssigned.into());
+    }
+    let mut tx = app.db.begin().await?;
+    // A follow-up question while the first is unanswered is fine too.
+    if !db::applications::set_status(&mut tx, &view.id, "pending", "info_requested").await?
+        && view.status != "info_requested"
+    {
+        return Err(ReviewError::NotPending(view.status).into());
+    }
+    db::applications::insert_message(
+        &mut tx,
+        &message(&view.id, "reviewer", &reviewer.email, question.clone()),
+    )
+    .await?;
+    let signin = researchers::issue_signin_link(&mut tx, app, &view.researcher_id).await?;
+    mail::enqueue(
+        &mut tx,
+        &view.email,
+        &format!("A question about your application for {}", view.model_title),
+        &format!(
+            "Hello {name},\n\nthe reviewers of your application for {title} ask:\n\n{question}\n\n\
+             Sign in to answer on My applications (this link works once, for {minutes} minutes;\n\
+             later, ask for a new one at {again}):\n\n{signin}\n",
+            name = view.name,
+            title = view.model_title,
+            minutes = researchers::SIGNIN_LINK_TTL_MS / 60_000,
+            again = app.url("/signin"),
+        ),
+    )
+    .await?;
+    let mut event = Event::new("application.question", Outcome::Ok);
+    event.actor = Some(reviewer.email.clone());
+    event.subject = Some(view.email.clone());
+    event.model_id = Some(view.model_id.clone());
+    event.application_id = Some(view.id.clone());
+    event.researcher_id = Some(view.researcher_id.clone());
+    event.client = client;
+    audit::append(&mut tx, app.db.backend(), &[event]).await?;
+    tx.commit().await?;
+    app.mail.wake();
+    Ok(())
+}
+
+/// The researcher answers the reviewers' question; the application goes
+/// back to the queue.
+pub async fn answer(
+    app: &App,
+    researcher: &Researcher,
+    application_id: &str,
+    answer: &str,
+    client: Client,
+) -> anyhow::Result<()> {
+    let answer = text(answer, MAX_MESSAGE, "Your answer").map_err(ResearcherError::Invalid)?;
+    let view = researchers::my_application(app, researcher, application_id).await?;
+    let mut tx = app.db.begin().await?;
+    if !db::applications::set_status(&mut tx, &view.id, "info_requested", "pending").await? {
+        return Err(ResearcherError::NotAllowed(
+            "the reviewers are not waiting for an answer on this application".into(),
+        )
+        .into());
+    }
+    db::applications::insert_message(
+        &mut tx,
+        &message(&view.id, "researcher", &researcher.email, answer.clone()),
+    )
+    .await?;
+    let mut event = Event::new("application.answered", Outcome::Ok);
+    event.actor = Some(researcher.email.clone());
+    event.subject = Some(researcher.email.clone());
+    event.model_id = Some(view.model_id.clone());
+    event.application_id = Some(view.id.clone());
+    event.researcher_id = Some(researcher.id.clone());
+    event.client = client;
+    audit::append(&mut tx, app.db.backend(), &[event]).await?;
+    tx.commit().await?;
+    crate::notices::application_answered(app, &view, &answer).await
+}

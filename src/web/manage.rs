@@ -1,0 +1,486 @@
+//! Admin pages: reviewer accounts and their models, each model's review
+//! policy, denial templates; and every reviewer's own notification choice.
+
+use axum::{
+    Form,
+    extract::{Path, State},
+    response::{IntoResponse, Redirect, Response},
+};
+use axum_csrf::CsrfToken;
+use serde::Deserialize;
+
+use super::{
+    AppState, Error,
+    auth::{CurrentReviewer, check_csrf},
+    pages::{self, Choice, Header, render},
+};
+use crate::{
+    accounts::{self, ReviewerChange},
+    db::{self, reviewers::Reviewer},
+    policy::{self, PolicyChange},
+    types::{Email, Slug},
+};
+
+fn admin_only(reviewer: &Reviewer) -> Result<(), Error> {
+    if reviewer.is_admin() {
+        Ok(())
+    } else {
+        Err(Error::Forbidden {
+            code: "admins_only",
+            message: "Only admins can manage reviewers and models.".into(),
+        })
+    }
+}
+
+async fn reviewers_page(
+    state: &AppState,
+    token: &CsrfToken,
+    me: &Reviewer,
+    message: String,
+    error: String,
+) -> Result<Response, Error> {
+    let pool = state.app.db.pool();
+    let assignments = db::policy::assignments(pool).await?;
+    let reviewers = db::reviewers::list(pool).await?;
+    let page = pages::ReviewersPage {
+        header: Header::new(me, token)?,
+        reviewers: reviewers
+            .into_iter()
+            .map(|r| pages::ReviewerRow {
+                models: assignments
+                    .iter()
+                    .filter(|(_, email)| *email == r.email)
+                    .map(|(slug, _)| slug.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                is_self: r.id == me.id,
+                is_admin: r.is_admin(),
+                disabled: r.disabled_at.is_some(),
+                id: r.id,
+                email: r.email,
+                notify: r.notify,
+            })
+            .collect(),
+        models: db::models::list_models(pool)
+            .await?
+            .into_iter()
+            .map(|m| Choice {
+                label: m.slug.clone(),
+                value: m.slug,
+                selected: false,
+            })
+            .collect(),
+        message,
+        error,
+        min_password: accounts::MIN_PASSWORD,
+    };
+    render(&page)
+}
+
+pub async fn reviewers(
+    State(state): State<AppState>,
+    token: CsrfToken,
+    CurrentReviewer(me): CurrentReviewer,
+) -> Result<Response, Error> {
+    admin_only(&me)?;
+    let page = reviewers_page(&state, &token, &me, String::new(), String::new()).await?;
+    Ok((token, page).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct NewReviewerForm {
+    #[serde(default)]
+    authenticity_token: String,
+    #[serde(default)]
+    email: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    admin: Option<String>,
+}
+
+pub async fn save_reviewer(
+    State(state): State<AppState>,
+    token: CsrfToken,
+    CurrentReviewer(me): CurrentReviewer,
+    Form(form): Form<NewReviewerForm>,
+) -> Result<Response, Error> {
+    check_csrf(&token, &form.authenticity_token)?;
+    admin_only(&me)?;
+    let result = match form.email.parse::<Email>() {
+        Err(e) => Err(e.to_owned()),
+        Ok(email) => {
+            let admin = form.admin.is_some();
+            match accounts::add_reviewer(&state.app, &email, &form.password, admin, &me.email).await {
+                Ok(_) => Ok(format!("{email} can sign in now.")),
+                Err(e) => match e.downcast_ref::<accounts::AccountError>() {
+                    Some(account) => Err(account.to_string()),
+                    None => return Err(e.into()),
+                },
+            }
+        }
+    };
+    let (message, error) = match result {
+        Ok(m) => (m, String::new()),
+        Err(e) => (String::new(), e),
+    };
+    let page = reviewers_page(&state, &token, &me, message, error).await?;
+    Ok((token, page).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct ChangeReviewerForm {
+    #[serde(default)]
+    authenticity_token: String,
+    #[serde(default)]
+    change: String,
+    #[serde(default)]
+    model: String,
+}
+
+pub async fn change_reviewer(
+    State(state): State<AppState>,
+    token: CsrfToken,
+    CurrentReviewer(me): CurrentReviewer,
+    Path(id): Path<String>,
+    Form(form): Form<ChangeReviewerForm>,
+) -> Result<Response, Error> {
+    check_csrf(&token, &form.authenticity_token)?;
+    admin_only(&me)?;
+    let app = &state.app;
+    let target = db::reviewers::find(app.db.pool(), &id)
+        .await?
+        .ok_or(Error::NotFound)?;
+    if target.id == me.id && matches!(form.change.as_str(), "reviewer" | "disable") {
+        return Err(Error::BadRequest(
+            "you cannot take away your own admin rights or sign-in; ask another admin".into(),
+        ));
+    }
+    let email: Email = target
+        .email
+        .parse()
+        .map_err(|e: &str| Error::Internal(anyhow::anyhow!("{e}")))?;
+    match form.change.as_str() {
+        "admin" => accounts::change_reviewer(app, &id, ReviewerChange::Admin(true), &me.email).await?,
+        "reviewer" => accounts::change_reviewer(app, &id, ReviewerChange::Admin(false), &me.email).await?,
+        "disable" => accounts::change_reviewer(app, &id, ReviewerChange::Disabled(true), &me.email).await?,
+        "enable" => accounts::change_reviewer(app, &id, ReviewerChange::Disabled(false), &me.email).await?,
+        "assign" | "unassign" => {
+            policy::assign(app, form.model.trim(), &email, form.change == "assign", &me.email).await?;
+        }
+        _ => return Err(Error::BadRequest("unknown change".into())),
+    }
+    Ok(Redirect::to("/admin/reviewers").into_response())
+}
+
+/// A refused change to one model, shown on the page with what was sent.
+#[derive(Default)]
+struct Refused {
+    slug: String,
+    questions: Option<String>,
+    terms: Option<String>,
+    error: String,
+}
+
+async fn models_page(
+    state: &AppState,
+    token: &CsrfToken,
+    me: &Reviewer,
+    message: String,
+    refused: Refused,
+) -> Result<Response, Error> {
+    let pool = state.app.db.pool();
+    let assignments = db::policy::assignments(pool).await?;
+    let mut models = Vec::new();
+    for p in db::policy::list(pool).await? {
+        let Some(model) = db::models::find_model(pool, &p.model_id).await? else {
+            continue;
+        };
+        let this = refused.slug == p.model_slug;
+        let questions = serde_json::to_string_pretty(&crate::questions::stored(&model.questions))
+            .unwrap_or_else(|_| "[]".into());
+        models.push(pages::PolicyRow {
+            reviewers: assignments
+                .iter()
+                .filter(|(slug, _)| *slug == p.model_slug)
+                .map(|(_, email)| email.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            questions: refused.questions.clone().filter(|_| this).unwrap_or(questions),
+            terms: refused.terms.clone().filter(|_| this).unwrap_or(model.terms),
+            terms_version: model.terms_version,
+            reapply_after_days: model.reapply_after_days,
+            error: if this {
+                refused.error.clone()
+            } else {
+                String::new()
+            },
+            slug: p.model_slug,
+            approvals_needed: p.approvals_needed,
+            auto_approve_domains: p.auto_approve_domains.unwrap_or_default(),
+            review_target_days: p.review_target_days,
+        });
+    }
+    let page = pages::ModelsPage {
+        header: Header::new(me, token)?,
+        models,
+        templates: db::policy::deny_templates(pool)
+            .await?
+            .into_iter()
+            .map(|t| pages::TemplateRow {
+                id: t.id,
+                title: t.title,
+                body: t.body,
+            })
+            .collect(),
+        message,
+    };
+    render(&page)
+}
+
+pub async fn models(
+    State(state): State<AppState>,
+    token: CsrfToken,
+    CurrentReviewer(me): CurrentReviewer,
+) -> Result<Response, Error> {
+    admin_only(&me)?;
+    let page = models_page(&state, &token, &me, String::new(), Refused::default()).await?;
+    Ok((token, page).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct PolicyForm {
+    #[serde(default)]
+    authenticity_token: String,
+    #[serde(default)]
+    approvals_needed: String,
+    #[serde(default)]
+    auto_approve_domains: String,
+    #[serde(default)]
+    review_target_days: String,
+    #[serde(default)]
+    reapply_after_days: String,
+}
+
+fn number(s: &str, what: &str) -> Result<i64, Error> {
+    s.trim()
+        .parse()
+        .map_err(|_| Error::BadRequest(format!("{what} must be a whole number")))
+}
+
+pub async fn save_policy(
+    State(state): State<AppState>,
+    token: CsrfToken,
+    CurrentReviewer(me): CurrentReviewer,
+    Path(slug): Path<String>,
+    Form(form): Form<PolicyForm>,
+) -> Result<Response, Error> {
+    check_csrf(&token, &form.authenticity_token)?;
+    admin_only(&me)?;
+    let change = PolicyChange {
+        approvals_needed: number(&form.approvals_needed, "approvals needed")?,
+        auto_approve_domains: form.auto_approve_domains,
+        review_target_days: number(&form.review_target_days, "the review target")?,
+    };
+    policy::set(&state.app, &slug, &change, &me.email).await?;
+    let reapply = number(&form.reapply_after_days, "the wait before applying again")?;
+    let parsed: Slug = slug.parse().map_err(Error::BadRequest)?;
+    crate::models::set_reapply_after(&state.app, &parsed, reapply, &me.email).await?;
+    let saved = format!("The policy of {slug} is saved.");
+    let page = models_page(&state, &token, &me, saved, Refused::default()).await?;
+    Ok((token, page).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct QuestionsForm {
+    #[serde(default)]
+    authenticity_token: String,
+    #[serde(default)]
+    questions: String,
+}
+
+/// Replaces a model's application questions; refused JSON comes back in
+/// the field with the reason, nothing lost.
+pub async fn save_questions(
+    State(state): State<AppState>,
+    token: CsrfToken,
+    CurrentReviewer(me): CurrentReviewer,
+    Path(slug): Path<String>,
+    Form(form): Form<QuestionsForm>,
+) -> Result<Response, Error> {
+    check_csrf(&token, &form.authenticity_token)?;
+    admin_only(&me)?;
+    let parsed: Slug = slug.parse().map_err(Error::BadRequest)?;
+    let (message, refused) =
+        match crate::models::set_questions(&state.app, &parsed, &form.questions, &me.email).await {
+            Ok(questions) => (
+                format!("{slug} now asks {} questions.", questions.len()),
+                Refused::default(),
+            ),
+            Err(e) => match e.downcast_ref::<crate::models::ModelError>() {
+                Some(crate::models::ModelError::Invalid(why)) => (
+                    String::new(),
+                    Refused {
+                        slug: slug.clone(),
+                        questions: Some(form.questions),
+                        terms: None,
+                        error: format!("The questions were not saved: {why}"),
+                    },
+                ),
+                _ => return Err(e.into()),
+            },
+        };
+    let page = models_page(&state, &token, &me, message, refused).await?;
+    Ok((token, page).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct TermsForm {
+    #[serde(default)]
+    authenticity_token: String,
+    #[serde(default)]
+    terms: String,
+}
+
+/// Publishes a new version of a model's terms.
+pub async fn save_terms(
+    State(state): State<AppState>,
+    token: CsrfToken,
+    CurrentReviewer(me): CurrentReviewer,
+    Path(slug): Path<String>,
+    Form(form): Form<TermsForm>,
+) -> Result<Response, Error> {
+    check_csrf(&token, &form.authenticity_token)?;
+    admin_only(&me)?;
+    let parsed: Slug = slug.parse().map_err(Error::BadRequest)?;
+    let terms = form.terms.replace("\r\n", "\n");
+    let (message, refused) = match crate::models::set_terms(&state.app, &parsed, &terms, &me.email).await {
+        Ok(version) => (
+            format!("{slug} has terms version {version}; new applications accept it."),
+            Refused::default(),
+        ),
+        Err(e) => match e.downcast_ref::<crate::models::ModelError>() {
+            Some(crate::models::ModelError::Invalid(why)) => (
+                String::new(),
+                Refused {
+                    slug: slug.clone(),
+                    questions: None,
+                    terms: Some(form.terms),
+                    error: format!("The terms were not saved: {why}"),
+                },
+            ),
+            _ => return Err(e.into()),
+        },
+    };
+    let page = models_page(&state, &token, &me, message, refused).await?;
+    Ok((token, page).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct TemplateForm {
+    #[serde(default)]
+    authenticity_token: String,
+    #[serde(default)]
+    title: String,
+    #[serde(default)]
+    body: String,
+}
+
+pub async fn save_template(
+    State(state): State<AppState>,
+    token: CsrfToken,
+    CurrentReviewer(me): CurrentReviewer,
+    Form(form): Form<TemplateForm>,
+) -> Result<Response, Error> {
+    check_csrf(&token, &form.authenticity_token)?;
+    admin_only(&me)?;
+    policy::save_template(&state.app, &form.title, &form.body, &me.email).await?;
+    Ok(Redirect::to("/admin/models#templates").into_response())
+}
+
+#[derive(Deserialize)]
+pub struct CsrfOnly {
+    #[serde(default)]
+    authenticity_token: String,
+}
+
+pub async fn delete_template(
+    State(state): State<AppState>,
+    token: CsrfToken,
+    CurrentReviewer(me): CurrentReviewer,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfOnly>,
+) -> Result<Response, Error> {
+    check_csrf(&token, &form.authenticity_token)?;
+    admin_only(&me)?;
+    if !policy::delete_template(&state.app, &id, &me.email).await? {
+        return Err(Error::NotFound);
+    }
+    Ok(Redirect::to("/admin/models#templates").into_response())
+}
+
+async fn account_page(
+    state: &AppState,
+    token: &CsrfToken,
+    me: &Reviewer,
+    message: String,
+) -> Result<Response, Error> {
+    let pool = state.app.db.pool();
+    let mut models = Vec::new();
+    for id in db::policy::models_of(pool, &me.id).await? {
+        if let Some(m) = db::models::find_model(pool, &id).await? {
+            models.push(m.slug);
+        }
+    }
+    let page = pages::AccountPage {
+        header: Header::new(me, token)?,
+        notify: Choice::list(
+            &[
+                ("immediate", "An e-mail for every application that waits for me"),
+                ("digest", "One e-mail a day listing what waits"),
+                ("off", "No e-mail"),
+            ],
+            &me.notify,
+        ),
+        models: if me.is_admin() && models.is_empty() {
+            "every model (as an admin)".into()
+        } else {
+            models.join(", ")
+        },
+        message,
+    };
+    render(&page)
+}
+
+pub async fn account(
+    State(state): State<AppState>,
+    token: CsrfToken,
+    CurrentReviewer(me): CurrentReviewer,
+) -> Result<Response, Error> {
+    let page = account_page(&state, &token, &me, String::new()).await?;
+    Ok((token, page).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct AccountForm {
+    #[serde(default)]
+    authenticity_token: String,
+    #[serde(default)]
+    notify: String,
+}
+
+pub async fn save_account(
+    State(state): State<AppState>,
+    token: CsrfToken,
+    CurrentReviewer(me): CurrentReviewer,
+    Form(form): Form<AccountForm>,
+) -> Result<Response, Error> {
+    check_csrf(&token, &form.authenticity_token)?;
+    let notify = form.notify.trim();
+    accounts::change_reviewer(&state.app, &me.id, ReviewerChange::Notify(notify), &me.email).await?;
+    let me = db::reviewers::find(state.app.db.pool(), &me.id)
+        .await?
+        .ok_or(Error::NotFound)?;
+    let page = account_page(&state, &token, &me, "Saved.".into()).await?;
+    Ok((token, page).into_response())
+}

@@ -1,0 +1,329 @@
+//! The researcher's own pages: sign-in by e-mailed link, My applications
+//! (history, answers to the reviewers' questions, appeals) and My access
+//! (fresh links, the client's manifest URL, renewals).
+
+use axum::{
+    Form,
+    extract::{Path, State},
+    http::StatusCode,
+    response::{IntoResponse, Redirect, Response},
+};
+use axum_csrf::CsrfToken;
+use serde::Deserialize;
+use tower_sessions::Session;
+
+use super::{
+    AppState, ClientInfo, Error,
+    access::PUBLIC_KEY_PATH,
+    auth::{CsrfForm, CurrentResearcher, RESEARCHER_KEY, check_csrf, csrf_field},
+    pages::{self, AnswerRow, HistoryRow, LinkRow, ReleaseRows, ResearcherHeader, human_size, render},
+};
+use crate::{
+    applications,
+    audit::Client,
+    db,
+    grants::{self, GrantState},
+    renewals,
+    researchers::{self, Researcher},
+    threads,
+    types::{Email, format_ms, now_ms},
+};
+
+fn session_error(e: tower_sessions::session::Error) -> Error {
+    Error::Internal(e.into())
+}
+
+fn header(researcher: &Researcher, token: &CsrfToken) -> Result<ResearcherHeader, Error> {
+    Ok(ResearcherHeader {
+        email: researcher.email.clone(),
+        csrf: csrf_field(token)?,
+    })
+}
+
+pub async fn signin_page(token: CsrfToken) -> Result<Response, Error> {
+    let page = pages::SigninPage {
+        csrf: csrf_field(&token)?,
+        email: String::new(),
+        error: String::new(),
+        notice: String::new(),
+    };
+    Ok((token, render(&page)?).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct SigninForm {
+    #[serde(default)]
+    authenticity_token: String,
+    #[serde(default)]
+    email: String,
+}
+
+pub async fn request_link(
+    State(state): State<AppState>,
+    token: CsrfToken,
+    ClientInfo(client): ClientInfo,
+    Form(form): Form<SigninForm>,
+) -> Result<Response, Error> {
+    check_csrf(&token, &form.authenticity_token)?;
+    match form.email.parse::<Email>() {
+        Ok(email) => {
+            researchers::request_signin(&state.app, &email, client).await?;
+            render(&pages::SigninSent {
+                email: email.to_string(),
+                minutes: researchers::SIGNIN_LINK_TTL_MS / 60_000,
+            })
+        }
+        Err(e) => {
+            let page = pages::SigninPage {
+                csrf: csrf_field(&token)?,
+                email: form.email.chars().take(254).collect(),
+                error: e.to_owned(),
+                notice: String::new(),
+            };
+            Ok((StatusCode::UNPROCESSABLE_ENTITY, token, render(&page)?).into_response())
+        }
+    }
+}
+
+/// Shows a button rather than signing in on GET, so that mail scanners that
+/// follow links do not use the link up.
+pub async fn link_page(token: CsrfToken, Path(link): Path<String>) -> Result<Response, Error> {
+    let page = pages::SigninLink {
+        token: link,
+        csrf: csrf_field(&token)?,
+    };
+    Ok((token, render(&page)?).into_response())
+}
+
+pub async fn use_link(
+    State(state): State<AppState>,
+    token: CsrfToken,
+    session: Session,
+    ClientInfo(client): ClientInfo,
+    Path(link): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Result<Response, Error> {
+    check_csrf(&token, &form.authenticity_token)?;
+    match researchers::sign_in(&state.app, &link, client).await? {
+        Some(researcher) => {
+            // A new session id at sign-in, so a planted cookie cannot ride along.
+            session.cycle_id().await.map_err(session_error)?;
+            session
+                .insert(RESEARCHER_KEY, &researcher.id)
+                .await
+                .map_err(session_error)?;
+            Ok(Redirect::to("/me").into_response())
+        }
+        None => {
+            let page = pages::SigninPage {
+                csrf: csrf_field(&token)?,
+                email: String::new(),
+                error: String::new(),
+                notice: "This sign-in link was already used or has expired. Enter your e-mail address for a new one."
+                    .into(),
+            };
+            Ok((StatusCode::GONE, token, render(&page)?).into_response())
+        }
+    }
+}
+
+pub async fn signout(
+    token: CsrfToken,
+    session: Session,
+    Form(form): Form<CsrfForm>,
+) -> Result<Response, Error> {
+    check_csrf(&token, &form.authenticity_token)?;
+    session.flush().await.map_err(session_error)?;
+    Ok(Redirect::to("/").into_response())
+}
+
+pub async fn applications(
+    State(state): State<AppState>,
+    token: CsrfToken,
+    CurrentResearcher(researcher): CurrentResearcher,
+) -> Result<Response, Error> {
+    let now = now_ms();
+    let rows = researchers::my_applications(&state.app, &researcher)
+        .await?
+        .into_iter()
+        .map(|a| pages::MyApplicationRow {
+            id: a.view.id.clone(),
+            model_slug: a.view.model_slug.clone(),
+            model_title: a.view.model_title.clone(),
+            status: a.view.status.clone(),
+            status_label: applications::status_label(&a.view.status).to_owned(),
+            kind: a.view.kind.clone(),
+            submitted: format_ms(a.view.created_at),
+            terms_version: a.view.terms_version,
+            next_step: a.next_step,
+            denial_reason: a.denial_reason.unwrap_or_default(),
+            reapply_from: a.reapply_from.map(format_ms).unwrap_or_default(),
+            reapply_now: a.reapply_from.is_some_and(|t| t <= now),
+            can_answer: a.can_answer,
+            can_appeal: a.can_appeal,
+            history: a
+                .history
+                .into_iter()
+                .map(|h| HistoryRow {
+                    when: format_ms(h.at),
+                    what: h.what,
+                    body: h.body,
+                })
+                .collect(),
+            answers: a.answers.iter().map(AnswerRow::from).collect(),
+        })
+        .collect();
+    let page = pages::MyApplications {
+        header: header(&researcher, &token)?,
+        applications: rows,
+    };
+    Ok((token, render(&page)?).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct MessageForm {
+    #[serde(default)]
+    authenticity_token: String,
+    #[serde(default)]
+    message: String,
+}
+
+pub async fn answer(
+    State(state): State<AppState>,
+    token: CsrfToken,
+    CurrentResearcher(researcher): CurrentResearcher,
+    ClientInfo(client): ClientInfo,
+    Path(id): Path<String>,
+    Form(form): Form<MessageForm>,
+) -> Result<Response, Error> {
+    check_csrf(&token, &form.authenticity_token)?;
+    threads::answer(&state.app, &researcher, &id, &form.message, client).await?;
+    Ok(Redirect::to(&format!("/me#application-{id}")).into_response())
+}
+
+pub async fn appeal(
+    State(state): State<AppState>,
+    token: CsrfToken,
+    CurrentResearcher(researcher): CurrentResearcher,
+    ClientInfo(client): ClientInfo,
+    Path(id): Path<String>,
+    Form(form): Form<MessageForm>,
+) -> Result<Response, Error> {
+    check_csrf(&token, &form.authenticity_token)?;
+    let appeal = researchers::appeal(&state.app, &researcher, &id, &form.message, client).await?;
+    Ok(Redirect::to(&format!("/me#application-{appeal}")).into_response())
+}
+
+async fn access_page(
+    state: &AppState,
+    researcher: &Researcher,
+    token: CsrfToken,
+    client: Client,
+    manifest_for: Option<(String, String)>,
+) -> Result<Response, Error> {
+    let mut rows = Vec::new();
+    for grant in researchers::my_grants(&state.app, researcher).await? {
+        let renewal_pending = db::applications::open_renewal(state.app.db.pool(), &grant.id)
+            .await?
+            .is_some();
+        let access = if GrantState::of(&grant, now_ms()) == GrantState::Active {
+            Some(grants::access(&state.app, grant.clone(), "my access page", client.clone()).await?)
+        } else {
+            None
+        };
+        let manifest_url = match &manifest_for {
+            Some((id, url)) if *id == grant.id => url.clone(),
+            _ => String::new(),
+        };
+        rows.push(pages::MyGrantRow {
+            state: GrantState::of(&grant, now_ms()).as_str().to_owned(),
+            expires: format_ms(grant.expires_at),
+            revoked_reason: grant.revoked_reason.clone().unwrap_or_default(),
+            links_expire: access
+                .as_ref()
+                .map(|a| format_ms(a.links_expire_at * 1000))
+                .unwrap_or_default(),
+            releases: access
+                .map(|a| {
+                    a.releases
+                        .into_iter()
+                        .map(|r| ReleaseRows {
+                            base_url: String::new(),
+                            name: r.release.name,
+                            files: r
+                                .files
+                                .into_iter()
+                                .map(|f| LinkRow {
+                                    name: f.file.name,
+                                    size: human_size(f.file.size),
+                                    sha256: f.file.sha256,
+                                    url: f.url,
+                                })
+                                .collect(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            id: grant.id,
+            model_slug: grant.model_slug,
+            model_title: grant.model_title,
+            manifest_url,
+            renewal_pending,
+        });
+    }
+    let page = pages::MyAccess {
+        header: header(researcher, &token)?,
+        grants: rows,
+        public_key_url: state.app.url(PUBLIC_KEY_PATH),
+    };
+    let mut response = (token, render(&page)?).into_response();
+    // The page holds signed links (and perhaps a manifest URL): never cache it.
+    response.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    Ok(response)
+}
+
+pub async fn access(
+    State(state): State<AppState>,
+    token: CsrfToken,
+    CurrentResearcher(researcher): CurrentResearcher,
+    ClientInfo(client): ClientInfo,
+) -> Result<Response, Error> {
+    access_page(&state, &researcher, token, client, None).await
+}
+
+pub async fn client_url(
+    State(state): State<AppState>,
+    token: CsrfToken,
+    CurrentResearcher(researcher): CurrentResearcher,
+    ClientInfo(client): ClientInfo,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Result<Response, Error> {
+    check_csrf(&token, &form.authenticity_token)?;
+    let url = researchers::client_manifest_url(&state.app, &researcher, &id, client.clone()).await?;
+    access_page(&state, &researcher, token, client, Some((id, url))).await
+}
+
+#[derive(Deserialize)]
+pub struct RenewForm {
+    #[serde(default)]
+    authenticity_token: String,
+    #[serde(default)]
+    note: String,
+}
+
+pub async fn renew(
+    State(state): State<AppState>,
+    token: CsrfToken,
+    CurrentResearcher(researcher): CurrentResearcher,
+    ClientInfo(client): ClientInfo,
+    Path(id): Path<String>,
+    Form(form): Form<RenewForm>,
+) -> Result<Response, Error> {
+    check_csrf(&token, &form.authenticity_token)?;
+    let renewal = renewals::request(&state.app, &researcher, &id, &form.note, client).await?;
+    Ok(Redirect::to(&format!("/me#application-{renewal}")).into_response())
+}

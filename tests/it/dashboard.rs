@@ -1,0 +1,581 @@
+//! Review at scale: roles and assignments, N-of-M and automatic approval,
+//! the queue's filters and pages, bulk decisions, grant extension, expiry
+//! reminders and records, reviewer notifications, sign-in throttling.
+
+use reqwest::StatusCode;
+use weightgate::{
+    accounts,
+    policy::{self, PolicyChange},
+    types::Email,
+};
+
+use crate::helpers::*;
+
+const SECOND: &str = "second@lab.example.org";
+
+/// Adds a (non-admin) reviewer and signs a new client in as them.
+async fn second_reviewer(t: &TestApp, assigned: bool) -> reqwest::Client {
+    let email: Email = SECOND.parse().unwrap();
+    accounts::add_reviewer(&t.app, &email, PASSWORD, false, "test")
+        .await
+        .unwrap();
+    if assigned {
+        policy::assign(&t.app, MODEL, &email, true, "test").await.unwrap();
+    }
+    let c = client();
+    let (status, _) = sign_in_as(t, &c, SECOND, PASSWORD).await;
+    assert_eq!(status, StatusCode::OK);
+    c
+}
+
+async fn sign_in_as(t: &TestApp, c: &reqwest::Client, email: &str, password: &str) -> (StatusCode, String) {
+    let (_, page) = t.get_html(c, "/admin/login").await;
+    let response = c
+        .post(t.url("/admin/login"))
+        .form(&[
+            ("authenticity_token", csrf(&page).as_str()),
+            ("email", email),
+            ("password", password),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let retry = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, retry)
+}
+
+async fn set_policy(t: &TestApp, approvals: i64, domains: &str) {
+    policy::set(
+        &t.app,
+        MODEL,
+        &PolicyChange {
+            approvals_needed: approvals,
+            auto_approve_domains: domains.into(),
+            review_target_days: 7,
+        },
+        "test",
+    )
+    .await
+    .unwrap();
+}
+
+async fn grants_of(t: &TestApp) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM grants")
+        .fetch_one(t.app.db.pool())
+        .await
+        .unwrap()
+}
+
+both! {
+async fn an_application_needs_approvals_from_two_different_reviewers_when_the_policy_says_two() {
+    let t = TestApp::spawn().await;
+    set_policy(&t, 2, "").await;
+    t.apply_and_confirm("two@uni.example.edu").await;
+    let admin = client();
+    t.sign_in(&admin).await;
+    let id = t.pending_application(&admin, "two@uni.example.edu").await;
+    let page = format!("/admin/applications/{id}");
+    let approve = format!("/admin/applications/{id}/approve");
+
+    let first = t.post_admin(&admin, &page, &approve, &[("days", "10"), ("note", "Welcome")]).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(grants_of(&t).await, 0, "one approval of two grants nothing");
+    let (_, shown) = t.get_html(&admin, &page).await;
+    assert!(shown.contains("needs 2 approvals from different reviewers; 1 so far"), "{shown}");
+    assert!(shown.contains("You approved already"));
+
+    let again = t.post_admin(&admin, &page, &approve, &[("days", "10")]).await;
+    assert_eq!(again.status(), StatusCode::CONFLICT, "the same reviewer cannot approve twice");
+    assert_eq!(grants_of(&t).await, 0);
+
+    let second = second_reviewer(&t, true).await;
+    let done = t.post_admin(&second, &page, &approve, &[("days", "20")]).await;
+    assert_eq!(done.status(), StatusCode::OK);
+    assert_eq!(grants_of(&t).await, 1);
+    let mail = t.wait_for_mail("two@uni.example.edu", "is approved").await;
+    assert!(mail.contains("/access/"));
+
+    let approvals: Vec<_> = t
+        .audit_events()
+        .await
+        .into_iter()
+        .filter(|e| e.action == "review.approved")
+        .map(|e| (e.actor.unwrap(), e.reason.unwrap()))
+        .collect();
+    assert_eq!(
+        approvals,
+        [
+            (REVIEWER.to_owned(), "approval 1 of 2".to_owned()),
+            (SECOND.to_owned(), "approval 2 of 2".to_owned())
+        ]
+    );
+}
+}
+
+both! {
+async fn a_reviewer_sees_and_decides_only_the_models_assigned_to_them() {
+    let t = TestApp::spawn().await;
+    t.apply_and_confirm("someone@uni.example.edu").await;
+    let admin = client();
+    t.sign_in(&admin).await;
+    let id = t.pending_application(&admin, "someone@uni.example.edu").await;
+
+    let reviewer = second_reviewer(&t, false).await;
+    let (_, queue) = t.get_html(&reviewer, "/admin").await;
+    assert!(!queue.contains("someone@uni.example.edu"), "an unassigned model's queue is hidden");
+    let (status, _) = t.get_html(&reviewer, &format!("/admin/applications/{id}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = t.get_html(&reviewer, "/admin/reviewers").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "reviewers do not manage reviewers");
+    let (status, _) = t.get_html(&reviewer, "/admin/models").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // The admin assigns them in the dashboard.
+    let (_, page) = t.get_html(&admin, "/admin/reviewers").await;
+    let second_id = between(
+        page.split("<tr>").find(|row| row.contains(SECOND)).unwrap(),
+        "/admin/reviewers/",
+        "\"",
+    )
+    .to_owned();
+    let assigned = t
+        .post_admin(
+            &admin,
+            "/admin/reviewers",
+            &format!("/admin/reviewers/{second_id}"),
+            &[("change", "assign"), ("model", MODEL)],
+        )
+        .await;
+    assert_eq!(assigned.status(), StatusCode::OK);
+    let (_, page) = t.get_html(&admin, "/admin/reviewers").await;
+    let row = page.split("<tr>").find(|row| row.contains(SECOND)).unwrap();
+    assert!(row.contains(&format!("<td>{MODEL}</td>")), "{row}");
+
+    let id = t.pending_application(&reviewer, "someone@uni.example.edu").await;
+    let approved = t
+        .post_admin(
+            &reviewer,
+            &format!("/admin/applications/{id}"),
+            &format!("/admin/applications/{id}/approve"),
+            &[("days", "5")],
+        )
+        .await;
+    assert_eq!(approved.status(), StatusCode::OK);
+    assert_eq!(grants_of(&t).await, 1);
+    let events = t.audit_events().await;
+    assert!(events.iter().any(|e| e.action == "reviewer.assigned" && e.actor.as_deref() == Some(REVIEWER)));
+}
+}
+
+both! {
+async fn an_allow_listed_domain_is_approved_by_rule_and_the_log_names_the_rule() {
+    let t = TestApp::spawn().await;
+    set_policy(&t, 2, "uni.example.edu").await;
+    t.apply_and_confirm("fast@cs.uni.example.edu").await;
+    let mail = t.wait_for_mail("fast@cs.uni.example.edu", "is approved").await;
+    assert!(mail.contains("/access/"));
+    let approved = t.wait_for_events("review.approved", 1).await;
+    assert_eq!(approved[0].actor.as_deref(), Some(weightgate::reviews::RULES_ACTOR));
+    assert_eq!(
+        approved[0].reason.as_deref(),
+        Some(
+            "rule: e-mail domain cs.uni.example.edu is in the allow-list (uni.example.edu) \
+             and every required question is answered"
+        )
+    );
+
+    // Any other domain waits for the reviewers.
+    t.apply_and_confirm("slow@elsewhere.example.com").await;
+    let admin = client();
+    t.sign_in(&admin).await;
+    t.pending_application(&admin, "slow@elsewhere.example.com").await;
+    assert_eq!(grants_of(&t).await, 1);
+}
+}
+
+/// Inserts a confirmed application straight into the database, `age_days` old.
+async fn queued(t: &TestApp, now: i64, n: usize, email: &str, affiliation: &str, age_days: i64) {
+    let pool = t.app.db.pool();
+    let model: String = sqlx::query_scalar("SELECT id FROM models WHERE slug = $1")
+        .bind(MODEL)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let researcher = format!("r-{n}");
+    let at = now - age_days * 86_400_000 - n as i64;
+    sqlx::query("INSERT INTO researchers (id, email, created_at) VALUES ($1, $2, $3)")
+        .bind(&researcher)
+        .bind(email)
+        .bind(at)
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO applications (id, model_id, researcher_id, name, affiliation, intended_use,
+             terms_version, status, confirm_token_hash, created_at, confirmed_at)
+         VALUES ($1, $2, $3, $4, $5, 'Evaluation', 1, 'pending', $6, $7, $7)",
+    )
+    .bind(format!("a-{n:03}"))
+    .bind(&model)
+    .bind(&researcher)
+    .bind(format!("Applicant {n:03}"))
+    .bind(affiliation)
+    .bind(format!("token-{n}"))
+    .bind(at)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+fn names(page: &str) -> Vec<String> {
+    all_between(page, "\">Applicant ", "<")
+        .into_iter()
+        .map(str::to_owned)
+        .collect()
+}
+
+both! {
+async fn the_queue_filters_sorts_pages_and_marks_overdue_applications() {
+    let t = TestApp::spawn().await;
+    let now = weightgate::types::now_ms();
+    for n in 0..55 {
+        let (email, affiliation) = if n % 5 == 0 {
+            (format!("p{n}@cs.uni.example.edu"), "Uni of Examples")
+        } else {
+            (format!("p{n}@corp.example.com"), "Example Corp 100%")
+        };
+        queued(&t, now, n, &email, affiliation, if n < 3 { 10 } else { 0 }).await;
+    }
+    let admin = client();
+    t.sign_in(&admin).await;
+
+    let (_, first) = t.get_html(&admin, "/admin").await;
+    assert!(first.contains("Applications <span class=\"count\">55</span>"));
+    assert!(first.contains("Page 1 of 2"));
+    let shown = names(&first);
+    assert_eq!(shown.len(), 50);
+    assert_eq!(shown[0], "002", "the longest waiting comes first");
+    assert_eq!(first.matches("class=\"badge overdue\">overdue").count(), 3, "three waited past the 7-day target");
+    let next = unescape(between(&first, "href=\"/admin?", "\" rel=\"next\""));
+    let (_, second) = t.get_html(&admin, &format!("/admin?{next}")).await;
+    assert_eq!(names(&second).len(), 5);
+    assert!(second.contains("Page 2 of 2"));
+
+    let (_, newest) = t.get_html(&admin, "/admin?sort=newest").await;
+    assert_eq!(names(&newest)[0], "003");
+
+    let (_, domain) = t.get_html(&admin, "/admin?domain=uni.example.edu").await;
+    assert_eq!(names(&domain).len(), 11, "subdomains of the domain match");
+    let (_, text) = t.get_html(&admin, "/admin?q=100%25").await;
+    assert_eq!(names(&text).len(), 44, "a % in the text is matched literally");
+    let (_, waited) = t.get_html(&admin, "/admin?waited=5").await;
+    assert_eq!(names(&waited), ["002", "001", "000"]);
+    let (_, none) = t.get_html(&admin, "/admin?status=denied").await;
+    assert!(names(&none).is_empty());
+
+    let (status, _) = t.get_html(&admin, "/admin?waited=soon").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = t.get_html(&admin, "/admin?status=whatever").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+}
+
+both! {
+async fn a_bulk_denial_records_and_emails_each_application_on_its_own() {
+    let t = TestApp::spawn().await;
+    for email in ["b1@corp.example.com", "b2@corp.example.com", "b3@corp.example.com"] {
+        t.apply_and_confirm(email).await;
+    }
+    let admin = client();
+    t.sign_in(&admin).await;
+    let saved = t
+        .post_admin(
+            &admin,
+            "/admin/models",
+            "/admin/templates",
+            &[("title", "No affiliation"), ("body", "We release only to research institutions.")],
+        )
+        .await;
+    assert_eq!(saved.status(), StatusCode::OK);
+    let (_, models) = t.get_html(&admin, "/admin/models").await;
+    let template = between(&models, "/admin/templates/", "/delete").to_owned();
+
+    let b1 = t.pending_application(&admin, "b1@corp.example.com").await;
+    let b2 = t.pending_application(&admin, "b2@corp.example.com").await;
+    let (_, queue) = t.get_html(&admin, "/admin").await;
+    let response = admin
+        .post(t.url("/admin/applications/bulk"))
+        .form(&[
+            ("authenticity_token", csrf(&queue).as_str()),
+            ("id", b1.as_str()),
+            ("id", b2.as_str()),
+            ("id", "no-such-application"),
+            ("action", "deny"),
+            ("template", template.as_str()),
+            ("reason", "Apply again with a university address."),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let page = response.text().await.unwrap();
+    assert_eq!(page.matches(": denied</li>").count(), 2, "{page}");
+    assert!(page.contains("no such application"), "a bad row is reported, not fatal");
+
+    for to in ["b1@corp.example.com", "b2@corp.example.com"] {
+        let mail = t.wait_for_mail(to, "Your application for").await;
+        assert!(mail.contains("We release only to research institutions."));
+        assert!(mail.contains("Apply again with a university address."));
+    }
+    let denied = t.wait_for_events("review.denied", 2).await;
+    assert_eq!(denied.len(), 2, "one event per application");
+    assert!(denied.iter().all(|e| e.actor.as_deref() == Some(REVIEWER)));
+    t.pending_application(&admin, "b3@corp.example.com").await;
+
+    let empty = admin
+        .post(t.url("/admin/applications/bulk"))
+        .form(&[("authenticity_token", csrf(&page).as_str()), ("action", "approve")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(empty.status(), StatusCode::BAD_REQUEST, "nothing selected");
+}
+}
+
+both! {
+async fn grants_are_extended_reminded_before_they_end_and_recorded_when_they_expire() {
+    let t = TestApp::spawn().await;
+    let access = t.approved_researcher("ends@uni.example.edu").await;
+    let grant: String = sqlx::query_scalar("SELECT id FROM grants")
+        .fetch_one(t.app.db.pool())
+        .await
+        .unwrap();
+    let admin = client();
+    t.sign_in(&admin).await;
+
+    // 30 days is beyond the 7-day reminder window: nothing to send yet.
+    let round = weightgate::notices::run_once(&t.app).await.unwrap();
+    assert_eq!((round.reminders, round.expired), (0, 0));
+
+    let soon = weightgate::types::now_ms() + 2 * 86_400_000;
+    sqlx::query("UPDATE grants SET expires_at = $1")
+        .bind(soon)
+        .execute(t.app.db.pool())
+        .await
+        .unwrap();
+    let round = weightgate::notices::run_once(&t.app).await.unwrap();
+    assert_eq!(round.reminders, 1);
+    let again = weightgate::notices::run_once(&t.app).await.unwrap();
+    assert_eq!(again.reminders, 0, "one reminder per grant");
+    t.wait_for_mail("ends@uni.example.edu", "ends on").await;
+
+    let page = format!("/admin/grants/{grant}");
+    let extended = t
+        .post_admin(&admin, &page, &format!("/admin/grants/{grant}/extend"), &[("days", "10")])
+        .await;
+    assert_eq!(extended.status(), StatusCode::OK);
+    let expires: i64 = sqlx::query_scalar("SELECT expires_at FROM grants")
+        .fetch_one(t.app.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(expires, soon + 10 * 86_400_000);
+    t.wait_for_mail("ends@uni.example.edu", "was extended").await;
+    let bad = t
+        .post_admin(&admin, &page, &format!("/admin/grants/{grant}/extend"), &[("days", "0")])
+        .await;
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+
+    // Past its end, the grant stops working and its expiry is recorded once.
+    sqlx::query("UPDATE grants SET expires_at = $1")
+        .bind(weightgate::types::now_ms() - 1000)
+        .execute(t.app.db.pool())
+        .await
+        .unwrap();
+    assert!(t.download_links(&access).await.is_empty(), "an expired grant lists no links");
+    let round = weightgate::notices::run_once(&t.app).await.unwrap();
+    assert_eq!(round.expired, 1);
+    assert_eq!(weightgate::notices::run_once(&t.app).await.unwrap().expired, 0);
+    let events = t.audit_events().await;
+    for action in ["grant.reminded", "grant.extended", "grant.expired"] {
+        assert_eq!(events.iter().filter(|e| e.action == action).count(), 1, "{action}");
+    }
+    let (_, history) = t.get_html(&admin, &page).await;
+    assert!(history.contains("grant.extended") && history.contains("grant.expired"));
+}
+}
+
+both! {
+async fn reviewers_hear_of_waiting_applications_at_once_or_in_a_daily_digest() {
+    let t = TestApp::spawn().await;
+    let _second = second_reviewer(&t, true).await;
+    let email: Email = SECOND.parse().unwrap();
+    let id = weightgate::db::reviewers::find_by_email(t.app.db.pool(), email.as_str())
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    accounts::change_reviewer(&t.app, &id, accounts::ReviewerChange::Notify("digest"), "test")
+        .await
+        .unwrap();
+
+    t.apply_and_confirm("waits@uni.example.edu").await;
+    // The model has an assigned reviewer, who chose the digest: the admin is not told.
+    let round = weightgate::notices::run_once(&t.app).await.unwrap();
+    assert_eq!(round.digests, 1);
+    let digest = t.wait_for_mail(SECOND, "applications wait for your review").await;
+    assert!(digest.contains("waits@uni.example.edu"));
+    assert_eq!(weightgate::notices::run_once(&t.app).await.unwrap().digests, 0, "once a day");
+
+    accounts::change_reviewer(&t.app, &id, accounts::ReviewerChange::Notify("immediate"), "test")
+        .await
+        .unwrap();
+    t.apply_and_confirm("next@uni.example.edu").await;
+    let mail = t.wait_for_mail(SECOND, "waits for review").await;
+    assert!(mail.contains("next@uni.example.edu") && mail.contains("/admin/applications/"));
+}
+}
+
+both! {
+async fn sign_in_is_throttled_per_account_whether_or_not_it_exists() {
+    let t = TestApp::spawn().await;
+    for account in [REVIEWER, "ghost@lab.example.org"] {
+        let c = client();
+        let mut statuses = Vec::new();
+        let mut retry = String::new();
+        for _ in 0..6 {
+            let (status, after) = sign_in_as(&t, &c, account, "wrong password!").await;
+            statuses.push(status);
+            retry = after;
+        }
+        assert_eq!(statuses[..5], [StatusCode::UNAUTHORIZED; 5]);
+        assert_eq!(statuses[5], StatusCode::TOO_MANY_REQUESTS, "{account}");
+        assert!(retry.parse::<u64>().unwrap() >= 1);
+    }
+    // Even the right password waits until the limit lifts.
+    let (status, _) = sign_in_as(&t, &client(), REVIEWER, PASSWORD).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let throttled = t
+        .audit_events()
+        .await
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("throttled"))
+        .count();
+    assert_eq!(throttled, 1, "the sixth failures were refused as failures; the right password after them as throttled");
+}
+}
+
+both! {
+async fn a_disabled_reviewer_is_signed_out_and_cannot_sign_in() {
+    let t = TestApp::spawn().await;
+    let second = second_reviewer(&t, true).await;
+    let (status, _) = t.get_html(&second, "/admin").await;
+    assert_eq!(status, StatusCode::OK);
+    let (ok, out, err) = crate::cli::weightgate(&t, &["reviewer", "disable", SECOND], None);
+    assert!(ok, "{err}");
+    assert!(out.contains("is disabled"));
+    let response = second.get(t.url("/admin")).send().await.unwrap();
+    assert_eq!(response.url().path(), "/admin/login", "the open session stops working");
+    let (status, _) = sign_in_as(&t, &client(), SECOND, PASSWORD).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (ok, _, err) = crate::cli::weightgate(&t, &["reviewer", "enable", SECOND], None);
+    assert!(ok, "{err}");
+    let (status, _) = sign_in_as(&t, &client(), SECOND, PASSWORD).await;
+    assert_eq!(status, StatusCode::OK);
+}
+}
+
+both! {
+async fn operators_set_policies_assign_reviewers_and_extend_grants_from_the_command_line() {
+    let t = TestApp::spawn().await;
+    let email: Email = SECOND.parse().unwrap();
+    accounts::add_reviewer(&t.app, &email, PASSWORD, false, "test").await.unwrap();
+    let run = |args: &[&str]| {
+        let (ok, out, err) = crate::cli::weightgate(&t, args, None);
+        assert!(ok, "{args:?}: {err}");
+        out
+    };
+    t.approved_researcher("cli@uni.example.edu").await;
+    let grant: String = sqlx::query_scalar("SELECT id FROM grants")
+        .fetch_one(t.app.db.pool())
+        .await
+        .unwrap();
+    let out = run(&["grant", "extend", &grant, "--days", "3"]);
+    assert!(out.contains("now ends"), "{out}");
+
+    let out = run(&["model", "policy", MODEL, "--approvals", "2", "--auto-approve-domains", "uni.example.edu"]);
+    assert!(out.contains("2 approval(s)") && out.contains("for uni.example.edu"), "{out}");
+    let (ok, _, err) = crate::cli::weightgate(&t, &["model", "policy", MODEL, "--approvals", "0"], None);
+    assert!(!ok);
+    assert!(err.contains("approvals needed is 1 to 10"), "{err}");
+    run(&["reviewer", "assign", SECOND, MODEL]);
+    run(&["reviewer", "notify", SECOND, "digest"]);
+    let list = run(&["reviewer", "list", "--format", "jsonl"]);
+    let second = list.lines().find(|l| l.contains(SECOND)).unwrap();
+    let row: serde_json::Value = serde_json::from_str(second).unwrap();
+    assert_eq!(row["models"], serde_json::json!([MODEL]));
+    assert_eq!(row["notify"], "digest");
+}
+}
+
+both! {
+async fn admins_edit_a_models_questions_terms_and_wait_in_the_dashboard_without_losing_a_refused_edit() {
+    let t = TestApp::spawn().await;
+    let admin = client();
+    t.sign_in(&admin).await;
+    let bad = r#"[{"id": "orcid", "label": "ORCID", "kind": "telepathy"}]"#;
+    let refused = t
+        .post_admin(&admin, "/admin/models", &format!("/admin/models/{MODEL}/questions"), &[("questions", bad)])
+        .await;
+    assert_eq!(refused.status(), StatusCode::OK);
+    let page = refused.text().await.unwrap();
+    assert!(page.contains("The questions were not saved"), "{page}");
+    assert!(page.contains("telepathy"), "the refused text is kept in the field");
+
+    let good = r#"[{"id": "orcid", "label": "Your ORCID iD", "kind": "url", "required": true}]"#;
+    let saved = t
+        .post_admin(&admin, "/admin/models", &format!("/admin/models/{MODEL}/questions"), &[("questions", good)])
+        .await;
+    assert!(saved.text().await.unwrap().contains("now asks 1 questions"));
+    let terms = t
+        .post_admin(
+            &admin,
+            "/admin/models",
+            &format!("/admin/models/{MODEL}/terms"),
+            &[("terms", "Be nice.\r\nCite the paper.")],
+        )
+        .await;
+    assert!(terms.text().await.unwrap().contains("terms version 2"));
+    let (_, model) = t.get_html(&client(), &format!("/models/{MODEL}")).await;
+    assert!(model.contains("Your ORCID iD") && model.contains("Cite the paper."));
+
+    let policy = t
+        .post_admin(
+            &admin,
+            "/admin/models",
+            &format!("/admin/models/{MODEL}/policy"),
+            &[
+                ("approvals_needed", "1"),
+                ("review_target_days", "3"),
+                ("auto_approve_domains", ""),
+                ("reapply_after_days", "14"),
+            ],
+        )
+        .await;
+    assert_eq!(policy.status(), StatusCode::OK);
+    let days: i64 = sqlx::query_scalar("SELECT reapply_after_days FROM models WHERE slug = $1")
+        .bind(MODEL)
+        .fetch_one(t.app.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(days, 14);
+    let events: Vec<String> = t.audit_events().await.into_iter().map(|e| e.action).collect();
+    for action in ["model.questions_changed", "model.terms_changed", "model.policy"] {
+        assert!(events.iter().any(|a| a == action), "{action}");
+    }
+}
+}
