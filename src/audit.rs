@@ -16,7 +16,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
-use sqlx::AnyConnection;
+use sqlx::{AnyConnection, Connection};
 
 use crate::{
     db::{self, Backend, Db, Tx, audit::EventRow, grants::GrantNow},
@@ -454,6 +454,14 @@ async fn write_pooled_batch(
     conn: &mut Option<AnyConnection>,
     items: Vec<Item>,
 ) -> anyhow::Result<Vec<(i64, Event)>> {
+    // A server connection can have been dropped while the writer was idle
+    // (a database restart, a network cut): check it first, as the pool does,
+    // rather than fail the batch.
+    if let Some(open) = conn
+        && open.ping().await.is_err()
+    {
+        *conn = None;
+    }
     let conn = match conn {
         Some(conn) => conn,
         None => conn.insert(db.connect_one().await?),
