@@ -9,6 +9,7 @@ use crate::{
     audit::AuditLog,
     config::{Config, DeliveryMode},
     db::Db,
+    grants::FetchFacts,
     links::LinkSigner,
     mail::Mailer,
     manifests::Publisher,
@@ -30,6 +31,8 @@ pub struct App {
     pub db: Db,
     pub storage: Arc<dyn ObjectStore>,
     pub audit: AuditLog,
+    /// What fetches need to know about files and grants that never changes.
+    pub fetch_facts: FetchFacts,
     pub mail: Mailer,
     pub links: Arc<LinkSigner>,
     /// Signs release manifests and `SHA256SUMS`.
@@ -66,6 +69,7 @@ impl App {
             db,
             storage,
             audit,
+            fetch_facts: FetchFacts::default(),
             mail,
             links,
             publisher,

@@ -9,13 +9,17 @@
 //! [`verify_chain`] walks the chain and checks the signed checkpoints of its
 //! head ([`checkpoint`]); [`report`] reads who fetched what.
 
+use std::collections::HashMap;
+
 use anyhow::Context;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
+use sqlx::{AnyConnection, Connection};
+
 use crate::{
-    db::{self, Backend, Db, Tx, audit::EventRow},
+    db::{self, Backend, Db, Tx, audit::EventRow, grants::GrantNow},
     types::now_ms,
 };
 
@@ -123,12 +127,19 @@ struct Canonical<'a> {
 /// The chain hash of a stored event: SHA-256 over its canonical JSON encoding,
 /// which includes the previous event's hash.
 pub fn event_hash(r: &EventRow) -> String {
-    event_hash_at(r, r.seq)
+    hex::encode(digest_at(r, r.seq, &mut Vec::new()))
 }
 
-/// The hash `r` would have if it were stored at position `seq`: tells where a
-/// moved event came from.
-fn event_hash_at(r: &EventRow, seq: i64) -> String {
+/// Whether `r`, were it stored at position `seq`, would have the hash it
+/// carries: tells an intact event, and where a moved one came from. `buf` is
+/// scratch space, kept between calls to save an allocation per event.
+fn hash_matches(r: &EventRow, seq: i64, buf: &mut Vec<u8>) -> bool {
+    let mut hex = [0u8; 64];
+    hex::encode_to_slice(digest_at(r, seq, buf), &mut hex).expect("a SHA-256 digest is 64 hex digits");
+    hex == r.hash.as_bytes()
+}
+
+fn digest_at(r: &EventRow, seq: i64, buf: &mut Vec<u8>) -> [u8; 32] {
     let canonical = Canonical {
         seq,
         at: r.at,
@@ -150,20 +161,21 @@ fn event_hash_at(r: &EventRow, seq: i64) -> String {
         request_id: &r.request_id,
         prev_hash: &r.prev_hash,
     };
-    let json = serde_json::to_vec(&canonical).expect("an event always encodes");
+    buf.clear();
+    serde_json::to_writer(&mut *buf, &canonical).expect("an event always encodes");
     let mut h = Sha256::new();
     h.update(b"weightgate-audit-v1\n");
-    h.update(&json);
-    hex::encode(h.finalize())
+    h.update(&buf);
+    h.finalize().into()
 }
 
 /// Takes the log's write lock for this transaction. SQLite's write
 /// transactions already serialise (`BEGIN IMMEDIATE`); on PostgreSQL an advisory
 /// lock keeps replicas from forking the chain.
-async fn lock_chain(tx: &mut Tx, backend: Backend) -> sqlx::Result<()> {
+async fn lock_chain(conn: &mut AnyConnection, backend: Backend) -> sqlx::Result<()> {
     if backend == Backend::Postgres {
         sqlx::query("SELECT pg_advisory_xact_lock(4242001)")
-            .execute(&mut **tx)
+            .execute(&mut *conn)
             .await?;
     }
     Ok(())
@@ -173,14 +185,28 @@ async fn lock_chain(tx: &mut Tx, backend: Backend) -> sqlx::Result<()> {
 /// durable when `tx` commits.
 pub async fn append(tx: &mut Tx, backend: Backend, events: &[Event]) -> anyhow::Result<Vec<i64>> {
     lock_chain(tx, backend).await?;
-    let (mut seq, mut prev) = db::audit::head(&mut **tx)
-        .await?
-        .unwrap_or((0, GENESIS.to_owned()));
-    let at = now_ms();
-    let mut seqs = Vec::with_capacity(events.len());
+    append_locked(tx, now_ms(), events).await
+}
+
+/// Appends events, all at time `at`, in a transaction that holds the chain lock.
+async fn append_locked(conn: &mut AnyConnection, at: i64, events: &[Event]) -> anyhow::Result<Vec<i64>> {
+    let head = db::audit::head(&mut *conn).await?;
+    let rows = chain(head, at, events);
+    db::audit::insert_many(conn, &rows)
+        .await
+        .context("cannot append to the audit log")?;
+    Ok(rows.iter().map(|r| r.seq).collect())
+}
+
+/// The rows of `events`, all at time `at`, chained on after `head` (the
+/// newest event's position and hash; `None` for an empty log).
+fn chain(head: Option<(i64, String)>, at: i64, events: &[Event]) -> Vec<EventRow> {
+    let (mut seq, mut prev) = head.unwrap_or((0, GENESIS.to_owned()));
+    let mut rows = Vec::with_capacity(events.len());
+    let mut buf = Vec::with_capacity(1024);
+    let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     for e in events {
         seq += 1;
-        let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         let mut row = EventRow {
             seq,
             at,
@@ -200,17 +226,14 @@ pub async fn append(tx: &mut Tx, backend: Backend, events: &[Event]) -> anyhow::
             client_ip: e.client.ip.clone(),
             user_agent: e.client.user_agent.clone(),
             request_id: e.client.request_id.clone(),
-            prev_hash: prev,
+            prev_hash: std::mem::take(&mut prev),
             hash: String::new(),
         };
-        row.hash = event_hash(&row);
-        db::audit::insert(tx, &row)
-            .await
-            .context("cannot append to the audit log")?;
-        prev = row.hash;
-        seqs.push(seq);
+        row.hash = hex::encode(digest_at(&row, seq, &mut buf));
+        prev.clone_from(&row.hash);
+        rows.push(row);
     }
-    Ok(seqs)
+    rows
 }
 
 /// Appends one event in its own transaction.
@@ -221,6 +244,49 @@ pub async fn append_now(db: &Db, event: Event) -> anyhow::Result<i64> {
     Ok(seq[0])
 }
 
+/// Decides a fetch's event from its grant as the writer finds it (`None`
+/// when there is no such grant) and the time the event is recorded at.
+pub type Decide = Box<dyn FnOnce(Option<&GrantNow>, i64) -> Event + Send>;
+
+/// An event that depends on the state of a grant: the writer reads that
+/// state in the transaction that appends the event, under the chain lock, so
+/// no change to the grant can come between the check and the record.
+pub struct Guarded {
+    pub grant_id: String,
+    pub decide: Decide,
+}
+
+enum Item {
+    Event(Box<Event>),
+    Guarded(Guarded),
+}
+
+impl Item {
+    fn grant_id(&self) -> Option<&str> {
+        match self {
+            Item::Guarded(g) => Some(&g.grant_id),
+            Item::Event(_) => None,
+        }
+    }
+
+    fn into_event(self, grants: &HashMap<String, GrantNow>, at: i64) -> Event {
+        match self {
+            Item::Event(event) => *event,
+            Item::Guarded(g) => (g.decide)(grants.get(&g.grant_id), at),
+        }
+    }
+}
+
+/// The grants a batch's guarded events name, each once.
+fn grant_ids(items: &[Item]) -> Vec<&str> {
+    let mut ids: Vec<&str> = items.iter().filter_map(Item::grant_id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+type Written = Result<Vec<(i64, Event)>, String>;
+
 /// An event could not be made durable (the database refused the write or
 /// is unreachable): whatever it was to record does not happen.
 #[derive(Debug, thiserror::Error)]
@@ -228,8 +294,8 @@ pub async fn append_now(db: &Db, event: Event) -> anyhow::Result<i64> {
 pub struct AuditUnavailable(pub String);
 
 struct Pending {
-    event: Event,
-    done: oneshot::Sender<Result<i64, String>>,
+    item: Item,
+    done: oneshot::Sender<Result<(i64, Event), String>>,
 }
 
 /// Handle on the batching writer used by the download path.
@@ -242,43 +308,29 @@ pub struct AuditLog {
 const MAX_BATCH: usize = 1024;
 
 impl AuditLog {
-    /// Starts the writer task.
+    /// Starts the writer, with a database connection of its own: on SQLite a
+    /// thread that runs each batch's statements itself, on PostgreSQL a task.
     pub fn start(db: Db) -> Self {
-        let (queue, mut rx) = mpsc::channel::<Pending>(4 * MAX_BATCH);
-        tokio::spawn(async move {
-            let mut batch = Vec::with_capacity(MAX_BATCH);
-            while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-                let (events, waiters): (Vec<_>, Vec<_>) = batch.drain(..).map(|p| (p.event, p.done)).unzip();
-                let result = async {
-                    let mut tx = db.begin().await?;
-                    let seqs = append(&mut tx, db.backend(), &events).await?;
-                    tx.commit().await?;
-                    anyhow::Ok(seqs)
-                }
-                .await;
-                match result {
-                    Ok(seqs) => {
-                        for (done, seq) in waiters.into_iter().zip(seqs) {
-                            let _ = done.send(Ok(seq));
-                        }
-                    }
-                    Err(err) => {
-                        tracing::error!(error = %format!("{err:#}"), events = events.len(), "audit write failed");
-                        for done in waiters {
-                            let _ = done.send(Err(format!("{err:#}")));
-                        }
-                    }
-                }
+        let (queue, rx) = mpsc::channel::<Pending>(4 * MAX_BATCH);
+        match db.sqlite_file() {
+            Some(file) => {
+                let file = file.to_owned();
+                std::thread::Builder::new()
+                    .name("audit-writer".into())
+                    .spawn(move || write_sqlite(&file, rx))
+                    .expect("cannot start the audit writer thread");
             }
-        });
+            None => {
+                tokio::spawn(write_pooled(db, rx));
+            }
+        }
         Self { queue }
     }
 
-    /// Appends an event and returns once it is durable.
-    pub async fn record(&self, event: Event) -> anyhow::Result<i64> {
+    async fn submit(&self, item: Item) -> anyhow::Result<(i64, Event)> {
         let (done, answer) = oneshot::channel();
         self.queue
-            .send(Pending { event, done })
+            .send(Pending { item, done })
             .await
             .map_err(|_| anyhow::anyhow!("the audit writer has stopped"))?;
         answer
@@ -286,4 +338,144 @@ impl AuditLog {
             .map_err(|_| anyhow::anyhow!("the audit writer has stopped"))?
             .map_err(|e| AuditUnavailable(e).into())
     }
+
+    /// Appends an event and returns once it is durable.
+    pub async fn record(&self, event: Event) -> anyhow::Result<i64> {
+        Ok(self.submit(Item::Event(Box::new(event))).await?.0)
+    }
+
+    /// Queues an event without waiting for it to be written; the writer logs
+    /// it if it cannot be.
+    pub fn record_unawaited(&self, event: Event) {
+        let (done, _) = oneshot::channel();
+        let pending = Pending {
+            item: Item::Event(Box::new(event)),
+            done,
+        };
+        match self.queue.try_send(pending) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(pending)) => {
+                let queue = self.queue.clone();
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(async move {
+                        if queue.send(pending).await.is_err() {
+                            tracing::error!("the audit writer has stopped: an event was lost");
+                        }
+                    });
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::error!("the audit writer has stopped: an event was lost");
+            }
+        }
+    }
+
+    /// Appends the event `guarded` decides on, and returns once it is durable,
+    /// with its position and the event as written.
+    pub async fn record_guarded(&self, guarded: Guarded) -> anyhow::Result<(i64, Event)> {
+        self.submit(Item::Guarded(guarded)).await
+    }
+}
+
+/// Answers every caller of a batch.
+fn answer(waiters: Vec<oneshot::Sender<Result<(i64, Event), String>>>, written: Written, count: usize) {
+    match written {
+        Ok(written) => {
+            for (done, written) in waiters.into_iter().zip(written) {
+                let _ = done.send(Ok(written));
+            }
+        }
+        Err(err) => {
+            tracing::error!(error = %err, events = count, "audit write failed");
+            for done in waiters {
+                let _ = done.send(Err(err.clone()));
+            }
+        }
+    }
+}
+
+/// The writer on SQLite: each batch in one transaction on its own connection.
+fn write_sqlite(file: &std::path::Path, mut rx: mpsc::Receiver<Pending>) {
+    let mut conn = None;
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.blocking_recv_many(&mut batch, MAX_BATCH) > 0 {
+        let (items, waiters): (Vec<_>, Vec<_>) = batch.drain(..).map(|p| (p.item, p.done)).unzip();
+        let count = items.len();
+        let written = write_sqlite_batch(file, &mut conn, items);
+        if written.is_err() {
+            // Start the next batch on a fresh connection, in case this one is broken.
+            conn = None;
+        }
+        answer(waiters, written.map_err(|err| format!("{err:#}")), count);
+    }
+}
+
+fn write_sqlite_batch(
+    file: &std::path::Path,
+    conn: &mut Option<rusqlite::Connection>,
+    items: Vec<Item>,
+) -> anyhow::Result<Vec<(i64, Event)>> {
+    use db::sqlite_writer as sql;
+    let conn = match conn {
+        Some(conn) => conn,
+        None => conn.insert(sql::open(file).with_context(|| format!("cannot open {}", file.display()))?),
+    };
+    let tx = sql::begin(conn)?;
+    let grants: HashMap<String, GrantNow> = sql::current_grants(&tx, &grant_ids(&items))?
+        .into_iter()
+        .map(|g| (g.id.clone(), g))
+        .collect();
+    let at = now_ms();
+    let events: Vec<Event> = items.into_iter().map(|i| i.into_event(&grants, at)).collect();
+    let rows = chain(sql::head(&tx)?, at, &events);
+    sql::insert_events(&tx, &rows).context("cannot append to the audit log")?;
+    tx.commit()?;
+    Ok(rows.iter().map(|r| r.seq).zip(events).collect())
+}
+
+/// The writer on PostgreSQL: each batch in one transaction on its own
+/// connection, under the advisory lock that keeps replicas on one chain.
+async fn write_pooled(db: Db, mut rx: mpsc::Receiver<Pending>) {
+    let mut conn = None;
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let (items, waiters): (Vec<_>, Vec<_>) = batch.drain(..).map(|p| (p.item, p.done)).unzip();
+        let count = items.len();
+        let written = write_pooled_batch(&db, &mut conn, items).await;
+        if written.is_err() {
+            conn = None;
+        }
+        answer(waiters, written.map_err(|err| format!("{err:#}")), count);
+    }
+}
+
+async fn write_pooled_batch(
+    db: &Db,
+    conn: &mut Option<AnyConnection>,
+    items: Vec<Item>,
+) -> anyhow::Result<Vec<(i64, Event)>> {
+    // A server connection can have been dropped while the writer was idle
+    // (a database restart, a network cut): check it first, as the pool does,
+    // rather than fail the batch.
+    if let Some(open) = conn
+        && open.ping().await.is_err()
+    {
+        *conn = None;
+    }
+    let conn = match conn {
+        Some(conn) => conn,
+        None => conn.insert(db.connect_one().await?),
+    };
+    let mut tx = db.begin_on(conn).await?;
+    lock_chain(&mut tx, db.backend()).await?;
+    let grants: HashMap<String, GrantNow> = db::grants::current(&mut tx, &grant_ids(&items))
+        .await?
+        .into_iter()
+        .map(|g| (g.id.clone(), g))
+        .collect();
+    let at = now_ms();
+    let events: Vec<Event> = items.into_iter().map(|i| i.into_event(&grants, at)).collect();
+    let seqs = append_locked(&mut tx, at, &events).await?;
+    tx.commit().await?;
+    Ok(seqs.into_iter().zip(events).collect())
 }

@@ -1,15 +1,20 @@
 //! Grants in use: the researcher's access page with fresh signed links,
 //! revocation, and the checks every download passes before a byte is sent.
 
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
 use futures_util::StreamExt;
 
 use crate::{
     app::App,
-    audit::{AuditLog, Client, Event, Outcome},
+    audit::{AuditLog, Client, Event, Guarded, Outcome},
     config::DeliveryMode,
     db::{
         self,
-        grants::GrantView,
+        grants::{GrantNow, GrantView},
         models::{File, FileInModel, Release},
     },
     links::Refusal,
@@ -227,7 +232,7 @@ pub async fn extend(
 
 /// A download that passed every check and whose audit event is durable.
 pub struct Download {
-    pub file: FileInModel,
+    pub file: Arc<FileInModel>,
     /// Bytes `start..end` of the file are sent.
     pub start: u64,
     pub end: u64,
@@ -271,9 +276,15 @@ fn requested_range(header: Option<&str>, size: u64) -> Result<Option<(u64, u64)>
     }
 }
 
-/// Checks a signed link, cheapest check first, and opens the requested bytes.
-/// Every outcome is audited; bytes are handed back only after the event is
-/// durable, and a refusal is audited with its reason.
+/// Checks a signed link and opens the requested bytes. Every outcome is
+/// audited, and bytes are handed back only after the event is durable.
+///
+/// The checks on what never changes (the link, the file, the range) run here,
+/// on cached facts. Those on what can change (revocation, expiry, quota) run
+/// in the audit writer's transaction, on the grant as it stands when the event
+/// is appended: a fetch either precedes a revocation in the log or is refused
+/// by it. A refusal is audited with its reason; when several apply, the one
+/// checked first in [`Refusal`]'s order wins.
 pub async fn open_download(
     app: &App,
     token: &str,
@@ -281,55 +292,88 @@ pub async fn open_download(
     range: Option<&str>,
     client: Client,
 ) -> Result<Download, DownloadError> {
-    let checked = check_link(app, token, file_name).await?;
     let mut event = Event::new("file.fetch", Outcome::Ok);
     event.client = client;
-    let (grant, file) = match checked {
-        Ok(found) => found,
-        Err((refusal, grant, file)) => {
-            event.outcome = Outcome::Refused;
-            event.reason = Some(refusal.code().to_owned());
-            describe(&mut event, grant.as_ref(), file.as_ref(), file_name);
-            record_fetch(app, event).await?;
-            return Err(DownloadError::Refused(refusal));
-        }
+    let claims = match app.links.verify(token, now_ms() / 1000).await {
+        Ok(claims) => claims,
+        Err(refusal) => return Err(refuse(app, event, refusal, file_name).await),
     };
-    describe(&mut event, Some(&grant), Some(&file), file_name);
-    let size = u64::try_from(file.size).unwrap_or(0);
-    let (start, end, partial) = match requested_range(range, size) {
-        Ok(Some((start, end))) => (start, end, true),
-        Ok(None) => (0, size, false),
-        Err(err) => {
-            event.outcome = Outcome::Refused;
-            event.reason = Some("range_not_satisfiable".into());
-            record_fetch(app, event).await?;
-            return Err(err);
-        }
+    // A correctly signed link always names a grant this portal made.
+    let Some(grant) = app.fetch_facts.grant(app, &claims.grant_id).await? else {
+        return Err(refuse(app, event, Refusal::BadSignature, file_name).await);
     };
-    event.range = Some((start, end.saturating_sub(1)));
-    let body = match app.config.delivery {
-        DeliveryMode::Proxy => {
-            let stream = app.storage.get_range(&file.object_key, start, end).await?;
-            record_fetch(app, event.clone()).await?;
-            Delivery::Proxy(track_delivery(stream, app.audit.clone(), event, end - start))
+    let file = app.fetch_facts.file(app, &claims.file_id).await?;
+    let fixed = match &file {
+        Some(f) if f.model_id == grant.model_id && f.name == file_name => {
+            requested_range(range, u64::try_from(f.size).unwrap_or(0))
         }
-        DeliveryMode::Redirect => {
-            let url = app
-                .storage
-                .presign_get(&file.object_key, None, REDIRECT_TTL, &file.name)
+        Some(f) if f.model_id == grant.model_id => Err(DownloadError::Refused(Refusal::Malformed)),
+        _ => Err(DownloadError::Refused(Refusal::FileNotInGrant)),
+    };
+    let (start, end, partial) = match (&fixed, &file) {
+        (Ok(Some((start, end))), _) => (*start, *end, true),
+        (Ok(None), Some(f)) => (0, u64::try_from(f.size).unwrap_or(0), false),
+        _ => (0, 0, false),
+    };
+    let mut body = None;
+    if let (Ok(_), Some(f), DeliveryMode::Proxy) = (&fixed, &file, app.config.delivery) {
+        body = Some(app.storage.get_range(&f.object_key, start, end).await?);
+    }
+    let redirect = match (&fixed, &file, app.config.delivery) {
+        (Ok(_), Some(f), DeliveryMode::Redirect) => Some(
+            app.storage
+                .presign_get(&f.object_key, None, REDIRECT_TTL, &f.name)
                 .await?
                 .ok_or_else(|| {
                     anyhow::anyhow!("this object store cannot presign URLs for redirect delivery")
-                })?;
-            record_fetch(app, event.clone()).await?;
+                })?,
+        ),
+        _ => None,
+    };
+    let fixed_reason = fixed.as_ref().err().map(reason_of);
+    let decide = FetchDecision {
+        grant: grant.clone(),
+        file: file.clone(),
+        file_name: file_name.to_owned(),
+        range: fixed.is_ok().then(|| (start, end.saturating_sub(1))),
+        fixed_reason,
+        event,
+    };
+    let started = std::time::Instant::now();
+    let (_, event) = app
+        .audit
+        .record_guarded(Guarded {
+            grant_id: grant.id.clone(),
+            decide: Box::new(move |now, at| decide.decide(now, at)),
+        })
+        .await?;
+    count_fetch(&event, started);
+    if event.outcome != Outcome::Ok {
+        return Err(
+            match (fixed, event.reason.as_deref().and_then(Refusal::from_code)) {
+                (Err(err), Some(refusal)) if fixed_reason == Some(refusal.code()) => err,
+                (Err(err), None) => err,
+                (_, Some(refusal)) => DownloadError::Refused(refusal),
+                (Ok(_), None) => {
+                    DownloadError::Internal(anyhow::anyhow!("a fetch was refused without a reason"))
+                }
+            },
+        );
+    }
+    let file = file.expect("a fetch let through names a file");
+    let body = match (body, redirect) {
+        (Some(stream), _) => Delivery::Proxy(track_delivery(stream, app.audit.clone(), event, end - start)),
+        (None, Some(url)) => {
             // The store serves the bytes, so the portal cannot see how many
             // arrive: the range is recorded as delivered, marked as such.
-            event.action = "file.delivered";
-            event.reason = Some("redirect".into());
-            event.bytes = Some(end - start);
-            app.audit.record(event).await?;
+            let mut delivered = event;
+            delivered.action = "file.delivered";
+            delivered.reason = Some("redirect".into());
+            delivered.bytes = Some(end - start);
+            app.audit.record(delivered).await?;
             Delivery::Redirect(url)
         }
+        (None, None) => unreachable!("a fetch let through has a body or a redirect"),
     };
     Ok(Download {
         file,
@@ -340,15 +384,147 @@ pub async fn open_download(
     })
 }
 
-/// Makes a fetch's event durable, and counts it.
-async fn record_fetch(app: &App, event: Event) -> anyhow::Result<()> {
+/// The audit code of a refusal found before the writer's checks.
+fn reason_of(err: &DownloadError) -> &'static str {
+    match err {
+        DownloadError::Refused(refusal) => refusal.code(),
+        DownloadError::RangeNotSatisfiable { .. } => "range_not_satisfiable",
+        DownloadError::Internal(_) => "internal",
+    }
+}
+
+/// Audits a fetch refused before its grant was looked at, and hands back the
+/// error to answer with.
+async fn refuse(app: &App, mut event: Event, refusal: Refusal, file_name: &str) -> DownloadError {
+    event.outcome = Outcome::Refused;
+    event.reason = Some(refusal.code().to_owned());
+    describe(&mut event, None, None, file_name);
     let started = std::time::Instant::now();
-    let outcome = event.outcome.as_str();
-    let reason = event.reason.clone().unwrap_or_default();
-    app.audit.record(event).await?;
+    match app.audit.record(event.clone()).await {
+        Ok(_) => {
+            count_fetch(&event, started);
+            DownloadError::Refused(refusal)
+        }
+        Err(err) => DownloadError::Internal(err),
+    }
+}
+
+/// Counts a fetch whose event is durable.
+fn count_fetch(event: &Event, started: std::time::Instant) {
     metrics::histogram!("weightgate_audit_write_seconds").record(started.elapsed().as_secs_f64());
-    metrics::counter!("weightgate_fetches_total", "outcome" => outcome, "reason" => reason).increment(1);
-    Ok(())
+    metrics::counter!(
+        "weightgate_fetches_total",
+        "outcome" => event.outcome.as_str(),
+        "reason" => event.reason.clone().unwrap_or_default()
+    )
+    .increment(1);
+}
+
+/// The checks of a fetch that the audit writer makes on the grant's current
+/// state, and the event each outcome records.
+struct FetchDecision {
+    grant: Arc<GrantFacts>,
+    file: Option<Arc<FileInModel>>,
+    file_name: String,
+    /// The range to send, when the fixed checks let the fetch through.
+    range: Option<(u64, u64)>,
+    /// Why the fixed checks refused it.
+    fixed_reason: Option<&'static str>,
+    event: Event,
+}
+
+impl FetchDecision {
+    fn decide(self, now: Option<&GrantNow>, at: i64) -> Event {
+        let Self {
+            grant,
+            file,
+            file_name,
+            range,
+            fixed_reason,
+            mut event,
+        } = self;
+        let file = file.as_deref();
+        let (reason, grant, file) = match now {
+            None => (Some(Refusal::BadSignature.code()), None, None),
+            Some(g) if g.revoked_at.is_some() => (Some(Refusal::GrantRevoked.code()), Some(&*grant), None),
+            Some(g) if g.expires_at <= at => (Some(Refusal::GrantExpired.code()), Some(&*grant), None),
+            Some(g) if file.is_some_and(|f| quota_spent(g, &f.id)) => {
+                (Some(Refusal::QuotaSpent.code()), Some(&*grant), file)
+            }
+            Some(_) => (fixed_reason, Some(&*grant), file),
+        };
+        describe(&mut event, grant, file, &file_name);
+        match reason {
+            Some(reason) => {
+                event.outcome = Outcome::Refused;
+                event.reason = Some(reason.to_owned());
+            }
+            None => event.range = range,
+        }
+        event
+    }
+}
+
+/// The parts of a grant that never change once it is made.
+#[derive(Clone, Debug)]
+pub struct GrantFacts {
+    pub id: String,
+    pub researcher_id: String,
+    pub model_id: String,
+    pub email: String,
+}
+
+/// Published files and the fixed facts of grants, kept in memory so that a
+/// fetch reads neither from the database once they are known. Neither
+/// changes: a published file is immutable, and a grant keeps its researcher
+/// and model. What can change about a grant is read by the audit writer.
+#[derive(Debug, Default)]
+pub struct FetchFacts {
+    grants: Mutex<HashMap<String, Arc<GrantFacts>>>,
+    files: Mutex<HashMap<String, Arc<FileInModel>>>,
+}
+
+/// Entries each map holds before it is emptied and fills again.
+const FACTS_KEPT: usize = 100_000;
+
+fn remember<T>(map: &Mutex<HashMap<String, Arc<T>>>, key: &str, value: Arc<T>) {
+    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+    if map.len() >= FACTS_KEPT {
+        map.clear();
+    }
+    map.insert(key.to_owned(), value);
+}
+
+impl FetchFacts {
+    async fn grant(&self, app: &App, id: &str) -> anyhow::Result<Option<Arc<GrantFacts>>> {
+        if let Some(found) = self.grants.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
+            return Ok(Some(found.clone()));
+        }
+        let Some(view) = db::grants::find_view(app.db.pool(), id).await? else {
+            return Ok(None);
+        };
+        let facts = Arc::new(GrantFacts {
+            id: view.id,
+            researcher_id: view.researcher_id,
+            model_id: view.model_id,
+            email: view.email,
+        });
+        remember(&self.grants, id, facts.clone());
+        Ok(Some(facts))
+    }
+
+    /// A file of a published release; files not (yet) published are not kept.
+    async fn file(&self, app: &App, id: &str) -> anyhow::Result<Option<Arc<FileInModel>>> {
+        if let Some(found) = self.files.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
+            return Ok(Some(found.clone()));
+        }
+        let Some(file) = db::models::find_published_file(app.db.pool(), id).await? else {
+            return Ok(None);
+        };
+        let file = Arc::new(file);
+        remember(&self.files, id, file.clone());
+        Ok(Some(file))
+    }
 }
 
 /// Follows a transfer to its end and records a `file.delivered` event with
@@ -374,14 +550,8 @@ impl Drop for DeliveryRecord {
         } else {
             Outcome::Aborted
         };
-        let audit = self.audit.clone();
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                if let Err(err) = audit.record(event).await {
-                    tracing::error!(error = %format!("{err:#}"), "cannot record the end of a transfer");
-                }
-            });
-        }
+        // Nobody waits for this event: the bytes are gone already.
+        self.audit.record_unawaited(event);
     }
 }
 
@@ -403,7 +573,7 @@ fn track_delivery(body: ByteStream, audit: AuditLog, event: Event, expected: u64
     }))
 }
 
-fn describe(event: &mut Event, grant: Option<&GrantView>, file: Option<&FileInModel>, file_name: &str) {
+fn describe(event: &mut Event, grant: Option<&GrantFacts>, file: Option<&FileInModel>, file_name: &str) {
     if let Some(g) = grant {
         event.grant_id = Some(g.id.clone());
         event.researcher_id = Some(g.researcher_id.clone());
@@ -426,54 +596,19 @@ fn describe(event: &mut Event, grant: Option<&GrantView>, file: Option<&FileInMo
 
 /// Whether fetching `file_id` would exceed the model's per-grant limits. A
 /// file the grant already holds whole can always be fetched again.
-async fn quota_spent(app: &App, grant: &GrantView, file_id: &str) -> anyhow::Result<bool> {
+fn quota_spent(grant: &GrantNow, file_id: &str) -> bool {
     if grant.quota_bytes.is_none() && grant.quota_files.is_none() {
-        return Ok(false);
+        return false;
     }
-    let deliveries = db::grants::deliveries(app.db.pool(), &grant.id).await?;
-    let completed = crate::deliveries::completed_files(&deliveries);
+    let completed = crate::deliveries::completed_files(&grant.deliveries);
     if completed.contains(file_id) {
-        return Ok(false);
+        return false;
     }
-    let over_bytes = grant
-        .quota_bytes
-        .is_some_and(|q| crate::deliveries::bytes_delivered(&deliveries) >= u64::try_from(q).unwrap_or(0));
+    let over_bytes = grant.quota_bytes.is_some_and(|q| {
+        crate::deliveries::bytes_delivered(&grant.deliveries) >= u64::try_from(q).unwrap_or(0)
+    });
     let over_files = grant
         .quota_files
         .is_some_and(|q| completed.len() as u64 >= u64::try_from(q).unwrap_or(0));
-    Ok(over_bytes || over_files)
-}
-
-type Refused = (Refusal, Option<GrantView>, Option<FileInModel>);
-
-async fn check_link(
-    app: &App,
-    token: &str,
-    file_name: &str,
-) -> anyhow::Result<Result<(GrantView, FileInModel), Refused>> {
-    let now = now_ms();
-    let claims = match app.links.verify(token, now / 1000).await {
-        Ok(claims) => claims,
-        Err(refusal) => return Ok(Err((refusal, None, None))),
-    };
-    // A correctly signed link always names a grant this portal made.
-    let Some(grant) = db::grants::find_view(app.db.pool(), &claims.grant_id).await? else {
-        return Ok(Err((Refusal::BadSignature, None, None)));
-    };
-    match GrantState::of(&grant, now) {
-        GrantState::Active => {}
-        GrantState::Revoked => return Ok(Err((Refusal::GrantRevoked, Some(grant), None))),
-        GrantState::Expired => return Ok(Err((Refusal::GrantExpired, Some(grant), None))),
-    }
-    let file = db::models::find_published_file(app.db.pool(), &claims.file_id).await?;
-    if let Some(f) = &file
-        && quota_spent(app, &grant, &f.id).await?
-    {
-        return Ok(Err((Refusal::QuotaSpent, Some(grant), file)));
-    }
-    Ok(match file {
-        Some(f) if f.model_id == grant.model_id && f.name == file_name => Ok((grant, f)),
-        Some(f) if f.model_id == grant.model_id => Err((Refusal::Malformed, Some(grant), Some(f))),
-        other => Err((Refusal::FileNotInGrant, Some(grant), other)),
-    })
+    over_bytes || over_files
 }

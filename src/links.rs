@@ -62,6 +62,21 @@ impl Refusal {
         }
     }
 
+    /// The refusal with this code, if any.
+    pub fn from_code(code: &str) -> Option<Self> {
+        [
+            Refusal::Malformed,
+            Refusal::BadSignature,
+            Refusal::Expired,
+            Refusal::GrantRevoked,
+            Refusal::GrantExpired,
+            Refusal::QuotaSpent,
+            Refusal::FileNotInGrant,
+        ]
+        .into_iter()
+        .find(|r| r.code() == code)
+    }
+
     /// What a person should read.
     pub fn message(self) -> &'static str {
         match self {

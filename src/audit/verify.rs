@@ -9,7 +9,7 @@ use ed25519_dalek::VerifyingKey;
 use super::{
     GENESIS,
     checkpoint::{self, ExportedCheckpoint},
-    event_hash, event_hash_at,
+    hash_matches,
 };
 use crate::{
     db::{
@@ -19,8 +19,8 @@ use crate::{
     types::format_ms,
 };
 
-/// Events read per page; the next page is fetched while this one is hashed.
-const PAGE: i64 = 10_000;
+/// Events read per page; the next pages are read while this one is hashed.
+const PAGE: usize = 8_192;
 
 /// Checkpoints read per page.
 const CHECKPOINT_PAGE: i64 = 1_000;
@@ -303,51 +303,49 @@ pub(super) struct Walk {
     pub problem: Option<Problem>,
 }
 
-type PageTask = tokio::task::JoinHandle<sqlx::Result<Vec<EventRow>>>;
-
-fn fetch_page(db: &Db, after: i64) -> PageTask {
-    let db = db.clone();
-    tokio::spawn(async move { db::audit::page_after(db.pool(), after, PAGE).await })
-}
-
 /// Walks the chain from the event `from` (position and hash; `(0, GENESIS)`
 /// for the start) to the end, or to `until`, and stops at the first event
 /// that does not hold.
+///
+/// Pages are read ahead on their own task or thread, and each page's hashes
+/// are recomputed on every core; the links between events are then checked
+/// in order.
 pub(super) async fn walk(db: &Db, from: (i64, String), until: Option<i64>) -> anyhow::Result<Walk> {
     let (mut last_seq, mut last_hash) = from;
     let mut events = 0;
     // From the start, also read rows at positions no event can have.
-    let mut next = Some(fetch_page(db, if last_seq == 0 { i64::MIN } else { last_seq }));
-    while let Some(task) = next.take() {
-        let page = task.await??;
-        let Some(tail) = page.last() else { break };
-        let past_until = until.is_some_and(|u| tail.seq >= u);
-        if page.len() as i64 == PAGE && !past_until {
-            next = Some(fetch_page(db, tail.seq));
-        }
+    let mut pages = db::audit::Pages::open(db, if last_seq == 0 { i64::MIN } else { last_seq }, PAGE);
+    while let Some(page) = pages.next().await? {
+        let (page, intact) = tokio::task::spawn_blocking(move || {
+            let intact = hashes_hold(&page);
+            (page, intact)
+        })
+        .await?;
         for (i, r) in page.iter().enumerate() {
             if until.is_some_and(|u| r.seq > u) {
-                break;
+                return Ok(Walk {
+                    last: (last_seq, last_hash),
+                    events,
+                    problem: None,
+                });
             }
             let in_place = r.seq == last_seq + 1;
             let linked = r.prev_hash == last_hash;
-            let intact = event_hash(r) == r.hash;
-            if in_place && linked && intact {
+            if in_place && linked && intact[i] {
                 last_seq = r.seq;
                 last_hash.clone_from(&r.hash);
                 events += 1;
                 continue;
             }
-            if let Some(task) = next.take() {
-                task.abort();
-            }
-            let problem = diagnose(db, r, page.get(i + 1), last_seq, &last_hash, linked, intact).await?;
+            drop(pages);
+            let problem = diagnose(db, r, page.get(i + 1), last_seq, &last_hash, linked, intact[i]).await?;
             return Ok(Walk {
                 last: (last_seq, last_hash),
                 events,
                 problem: Some(problem),
             });
         }
+        pages.recycle(page);
     }
     Ok(Walk {
         last: (last_seq, last_hash),
@@ -356,9 +354,28 @@ pub(super) async fn walk(db: &Db, from: (i64, String), until: Option<i64>) -> an
     })
 }
 
+/// Whether each event's contents still match its stored hash, computed on
+/// every core.
+fn hashes_hold(page: &[EventRow]) -> Vec<bool> {
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let share = page.len().div_ceil(threads).max(1);
+    let mut intact = vec![false; page.len()];
+    std::thread::scope(|scope| {
+        for (rows, out) in page.chunks(share).zip(intact.chunks_mut(share)) {
+            scope.spawn(move || {
+                let mut buf = Vec::with_capacity(1024);
+                for (r, holds) in rows.iter().zip(out) {
+                    *holds = hash_matches(r, r.seq, &mut buf);
+                }
+            });
+        }
+    });
+    intact
+}
+
 /// `true` when `r`, stored elsewhere, is the original event `seq`.
 fn is_event(r: &EventRow, seq: i64) -> bool {
-    event_hash_at(r, seq) == r.hash
+    hash_matches(r, seq, &mut Vec::new())
 }
 
 /// Says what happened to `r`, the first row that does not fit after event

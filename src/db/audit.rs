@@ -1,10 +1,13 @@
 //! The audit log and its signed checkpoints: append and read, never update.
 //! Also the read-only queries behind the operator's reports.
 
-use futures_util::stream::BoxStream;
-use sqlx::{AnyPool, FromRow, any::AnyExecutor};
+use std::path::Path;
 
-use crate::db::Tx;
+use anyhow::Context;
+use futures_util::stream::BoxStream;
+use sqlx::{AnyConnection, AnyPool, FromRow, any::AnyExecutor};
+
+use crate::db::{Db, Tx};
 
 #[derive(Clone, Debug, FromRow, serde::Serialize)]
 pub struct EventRow {
@@ -31,43 +34,63 @@ pub struct EventRow {
     pub hash: String,
 }
 
+/// The columns of an event, in the order every query here names them.
+pub(super) const INSERT_COLUMNS: &str = COLUMNS;
+
 const COLUMNS: &str = "seq, at, action, outcome, reason, actor, subject, model_id, application_id, grant_id,
     researcher_id, file_id, range_start, range_end, bytes, client_ip, user_agent, request_id, prev_hash, hash";
 
 pub async fn insert(tx: &mut Tx, r: &EventRow) -> sqlx::Result<()> {
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO audit_events ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
-    )))
-    .bind(r.seq)
-    .bind(r.at)
-    .bind(&r.action)
-    .bind(&r.outcome)
-    .bind(&r.reason)
-    .bind(&r.actor)
-    .bind(&r.subject)
-    .bind(&r.model_id)
-    .bind(&r.application_id)
-    .bind(&r.grant_id)
-    .bind(&r.researcher_id)
-    .bind(&r.file_id)
-    .bind(r.range_start)
-    .bind(r.range_end)
-    .bind(r.bytes)
-    .bind(&r.client_ip)
-    .bind(&r.user_agent)
-    .bind(&r.request_id)
-    .bind(&r.prev_hash)
-    .bind(&r.hash)
-    .execute(&mut **tx)
-    .await?;
+    insert_many(tx, std::slice::from_ref(r)).await
+}
+
+/// Most events one `INSERT` statement takes: 20 values each, well inside
+/// both databases' limits on bound parameters.
+const INSERT_ROWS: usize = 500;
+
+/// Inserts events in as few statements as their number allows.
+pub async fn insert_many(conn: &mut AnyConnection, rows: &[EventRow]) -> sqlx::Result<()> {
+    for chunk in rows.chunks(INSERT_ROWS) {
+        let mut sql = format!("INSERT INTO audit_events ({COLUMNS}) VALUES ");
+        for i in 0..chunk.len() {
+            sql.push_str(if i == 0 { "(" } else { ", (" });
+            sql.push_str(&super::placeholders(conn, i * 20 + 1, 20));
+            sql.push(')');
+        }
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+        for r in chunk {
+            query = query
+                .bind(r.seq)
+                .bind(r.at)
+                .bind(&r.action)
+                .bind(&r.outcome)
+                .bind(&r.reason)
+                .bind(&r.actor)
+                .bind(&r.subject)
+                .bind(&r.model_id)
+                .bind(&r.application_id)
+                .bind(&r.grant_id)
+                .bind(&r.researcher_id)
+                .bind(&r.file_id)
+                .bind(r.range_start)
+                .bind(r.range_end)
+                .bind(r.bytes)
+                .bind(&r.client_ip)
+                .bind(&r.user_agent)
+                .bind(&r.request_id)
+                .bind(&r.prev_hash)
+                .bind(&r.hash);
+        }
+        query.execute(&mut *conn).await?;
+    }
     Ok(())
 }
 
+pub(super) const HEAD: &str = "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1";
+
 /// The sequence number and hash of the newest event.
 pub async fn head<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<Option<(i64, String)>> {
-    sqlx::query_as("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
-        .fetch_optional(e)
-        .await
+    sqlx::query_as(HEAD).fetch_optional(e).await
 }
 
 /// Filters for reading the log; `None` matches everything.
@@ -175,6 +198,216 @@ pub async fn page_after<'c>(
     .bind(limit)
     .fetch_all(e)
     .await
+}
+
+/// The log in sequence order after a position, page by page: the next pages
+/// are read while the caller checks the current one.
+pub struct Pages {
+    source: Source,
+}
+
+enum Source {
+    /// SQLite: one read transaction on a connection and thread of its own,
+    /// which reads the rows straight from SQLite's statement, a few pages
+    /// ahead, into the pages handed back to it.
+    Sqlite {
+        pages: tokio::sync::mpsc::Receiver<anyhow::Result<Vec<EventRow>>>,
+        spare: std::sync::mpsc::Sender<Vec<EventRow>>,
+    },
+    /// Through the pool: one query per page, the next one in flight.
+    Pool {
+        pool: AnyPool,
+        size: usize,
+        next: Option<tokio::task::JoinHandle<sqlx::Result<Vec<EventRow>>>>,
+    },
+}
+
+/// Pages read ahead of the one being checked.
+const PAGES_AHEAD: usize = 2;
+
+impl Pages {
+    /// Pages of `size` events after position `after_seq`.
+    pub fn open(db: &Db, after_seq: i64, size: usize) -> Self {
+        let source = match db.sqlite_file() {
+            Some(file) => {
+                let (tx, pages) = tokio::sync::mpsc::channel(PAGES_AHEAD);
+                let (spare, spares) = std::sync::mpsc::channel();
+                let file = file.to_owned();
+                std::thread::spawn(move || {
+                    if let Err(err) = read_sqlite_pages(&file, after_seq, size, &tx, &spares) {
+                        let _ = tx.blocking_send(Err(err));
+                    }
+                });
+                Source::Sqlite { pages, spare }
+            }
+            None => {
+                let pool = db.pool().clone();
+                let next = Some(fetch_page(&pool, after_seq, size));
+                Source::Pool { pool, size, next }
+            }
+        };
+        Self { source }
+    }
+
+    /// The next page, never empty; `None` after the last event.
+    pub async fn next(&mut self) -> anyhow::Result<Option<Vec<EventRow>>> {
+        match &mut self.source {
+            Source::Sqlite { pages, .. } => pages.recv().await.transpose(),
+            Source::Pool { pool, size, next } => {
+                let Some(task) = next.take() else { return Ok(None) };
+                let page = task.await??;
+                match page.last() {
+                    None => return Ok(None),
+                    Some(last) if page.len() == *size => *next = Some(fetch_page(pool, last.seq, *size)),
+                    Some(_) => {}
+                }
+                Ok(Some(page))
+            }
+        }
+    }
+}
+
+impl Pages {
+    /// Hands a page that is done with back, to be filled again: reading a
+    /// page then allocates almost nothing.
+    pub fn recycle(&self, page: Vec<EventRow>) {
+        if let Source::Sqlite { spare, .. } = &self.source {
+            let _ = spare.send(page);
+        }
+    }
+}
+
+impl Drop for Pages {
+    fn drop(&mut self) {
+        // The SQLite reader stops by itself once its channel is closed.
+        if let Source::Pool { next: Some(task), .. } = &self.source {
+            task.abort();
+        }
+    }
+}
+
+fn fetch_page(
+    pool: &AnyPool,
+    after_seq: i64,
+    size: usize,
+) -> tokio::task::JoinHandle<sqlx::Result<Vec<EventRow>>> {
+    let pool = pool.clone();
+    let limit = i64::try_from(size).unwrap_or(i64::MAX);
+    tokio::spawn(async move { page_after(&pool, after_seq, limit).await })
+}
+
+/// Reads every event after `after_seq` with one statement and sends them on
+/// in pages, until the end of the log or until nobody listens. Pages come
+/// from `spares` when there are any, their strings overwritten in place.
+fn read_sqlite_pages(
+    file: &Path,
+    after_seq: i64,
+    size: usize,
+    pages: &tokio::sync::mpsc::Sender<anyhow::Result<Vec<EventRow>>>,
+    spares: &std::sync::mpsc::Receiver<Vec<EventRow>>,
+) -> anyhow::Result<()> {
+    use rusqlite::OpenFlags;
+    let conn = rusqlite::Connection::open_with_flags(
+        file,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("cannot open {}", file.display()))?;
+    conn.pragma_update(None, "query_only", true)?;
+    let mut statement = conn.prepare(&format!(
+        "SELECT {COLUMNS} FROM audit_events WHERE seq > $1 ORDER BY seq"
+    ))?;
+    let mut rows = statement.query([after_seq])?;
+    let fresh = || spares.try_recv().unwrap_or_else(|_| Vec::with_capacity(size));
+    let mut page = fresh();
+    let mut filled = 0;
+    while let Some(row) = rows.next()? {
+        if filled == page.len() {
+            page.push(EventRow {
+                seq: 0,
+                at: 0,
+                action: String::new(),
+                outcome: String::new(),
+                reason: None,
+                actor: None,
+                subject: None,
+                model_id: None,
+                application_id: None,
+                grant_id: None,
+                researcher_id: None,
+                file_id: None,
+                range_start: None,
+                range_end: None,
+                bytes: None,
+                client_ip: None,
+                user_agent: None,
+                request_id: None,
+                prev_hash: String::new(),
+                hash: String::new(),
+            });
+        }
+        let r = &mut page[filled];
+        r.seq = row.get(0)?;
+        r.at = row.get(1)?;
+        set_text(&mut r.action, row, 2)?;
+        set_text(&mut r.outcome, row, 3)?;
+        for (field, i) in [
+            (&mut r.reason, 4),
+            (&mut r.actor, 5),
+            (&mut r.subject, 6),
+            (&mut r.model_id, 7),
+            (&mut r.application_id, 8),
+            (&mut r.grant_id, 9),
+            (&mut r.researcher_id, 10),
+            (&mut r.file_id, 11),
+        ] {
+            set_optional_text(field, row, i)?;
+        }
+        r.range_start = row.get(12)?;
+        r.range_end = row.get(13)?;
+        r.bytes = row.get(14)?;
+        set_optional_text(&mut r.client_ip, row, 15)?;
+        set_optional_text(&mut r.user_agent, row, 16)?;
+        set_optional_text(&mut r.request_id, row, 17)?;
+        set_text(&mut r.prev_hash, row, 18)?;
+        set_text(&mut r.hash, row, 19)?;
+        filled += 1;
+        if filled == size {
+            page.truncate(filled);
+            if pages
+                .blocking_send(Ok(std::mem::replace(&mut page, fresh())))
+                .is_err()
+            {
+                return Ok(());
+            }
+            filled = 0;
+        }
+    }
+    if filled > 0 {
+        page.truncate(filled);
+        let _ = pages.blocking_send(Ok(page));
+    }
+    Ok(())
+}
+
+/// Overwrites `dst` with a text column, keeping its allocation.
+fn set_text(dst: &mut String, row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<()> {
+    let value = row.get_ref(i)?.as_str()?;
+    dst.clear();
+    dst.push_str(value);
+    Ok(())
+}
+
+/// Overwrites `dst` with a nullable text column, keeping its allocation.
+fn set_optional_text(dst: &mut Option<String>, row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<()> {
+    match row.get_ref(i)?.as_str_or_null()? {
+        None => *dst = None,
+        Some(value) => {
+            let s = dst.get_or_insert_with(String::new);
+            s.clear();
+            s.push_str(value);
+        }
+    }
+    Ok(())
 }
 
 pub async fn find_event<'c>(e: impl AnyExecutor<'c>, seq: i64) -> sqlx::Result<Option<EventRow>> {

@@ -1,6 +1,6 @@
 //! Grants: a researcher's time-limited, revocable access to one model.
 
-use sqlx::{FromRow, any::AnyExecutor};
+use sqlx::{AnyConnection, FromRow, any::AnyExecutor};
 
 use crate::{
     bind_where,
@@ -90,6 +90,46 @@ pub async fn list<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<Vec<GrantView>> {
     .await
 }
 
+/// What can change about a grant after it is made, with its model's limits
+/// and, when the model has any, the grant's deliveries so far.
+#[derive(Clone, Debug, FromRow)]
+pub struct GrantNow {
+    pub id: String,
+    pub expires_at: i64,
+    pub revoked_at: Option<i64>,
+    pub quota_bytes: Option<i64>,
+    pub quota_files: Option<i64>,
+    #[sqlx(skip)]
+    pub deliveries: Vec<Delivery>,
+}
+
+/// [`current`]'s query; `{ids}` stands for the list of placeholders.
+pub(super) const STATES: &str = "SELECT g.id, g.expires_at, g.revoked_at, m.quota_bytes, m.quota_files
+    FROM grants g JOIN models m ON m.id = g.model_id
+    WHERE g.id IN ({ids})";
+
+/// The current state of these grants, in one query (plus one per grant
+/// whose model limits deliveries).
+pub async fn current(conn: &mut AnyConnection, ids: &[&str]) -> sqlx::Result<Vec<GrantNow>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut query = sqlx::query_as::<_, GrantNow>(sqlx::AssertSqlSafe(
+        STATES.replace("{ids}", &super::placeholders(conn, 1, ids.len())),
+    ))
+    .persistent(ids.len() == 1);
+    for id in ids {
+        query = query.bind(*id);
+    }
+    let mut grants = query.fetch_all(&mut *conn).await?;
+    for g in &mut grants {
+        if g.quota_bytes.is_some() || g.quota_files.is_some() {
+            g.deliveries = deliveries(&mut *conn, &g.id).await?;
+        }
+    }
+    Ok(grants)
+}
+
 /// Revokes a live grant; `false` when it was already revoked.
 pub async fn revoke(tx: &mut Tx, id: &str, reason: &str, now: i64) -> sqlx::Result<bool> {
     let done = sqlx::query(
@@ -113,17 +153,14 @@ pub struct Delivery {
     pub size: i64,
 }
 
+pub(super) const DELIVERIES: &str = "SELECT e.file_id, e.range_start, e.bytes, f.size
+    FROM audit_events e JOIN files f ON f.id = e.file_id
+    WHERE e.grant_id = $1 AND e.action = 'file.delivered'
+      AND e.range_start IS NOT NULL AND e.bytes IS NOT NULL";
+
 /// Every delivery recorded for a grant (from the audit log's `file.delivered` events).
 pub async fn deliveries<'c>(e: impl AnyExecutor<'c>, grant_id: &str) -> sqlx::Result<Vec<Delivery>> {
-    sqlx::query_as(
-        "SELECT e.file_id, e.range_start, e.bytes, f.size
-         FROM audit_events e JOIN files f ON f.id = e.file_id
-         WHERE e.grant_id = $1 AND e.action = 'file.delivered'
-           AND e.range_start IS NOT NULL AND e.bytes IS NOT NULL",
-    )
-    .bind(grant_id)
-    .fetch_all(e)
-    .await
+    sqlx::query_as(DELIVERIES).bind(grant_id).fetch_all(e).await
 }
 
 /// Moves a grant's expiry; `false` when it is revoked. An extended grant can

@@ -11,10 +11,13 @@ pub mod policy;
 pub mod researchers;
 pub mod reviewers;
 pub mod sessions;
+pub mod sqlite_writer;
+
+use std::path::PathBuf;
 
 use anyhow::Context;
 use sqlx::{
-    Any, AnyPool, Executor,
+    Any, AnyConnection, AnyPool, Connection, Executor,
     any::AnyPoolOptions,
     migrate::{Migrate, Migrator},
 };
@@ -31,10 +34,24 @@ pub enum Backend {
 }
 
 /// A cheap-to-clone handle on the database.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Db {
     pool: AnyPool,
+    url: String,
     backend: Backend,
+    /// The SQLite database file, for the parts that read or write it through
+    /// their own connection; `None` on PostgreSQL and for in-memory databases.
+    sqlite_file: Option<PathBuf>,
+}
+
+/// Leaves out the URL, which may hold a password.
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("backend", &self.backend)
+            .field("sqlite_file", &self.sqlite_file)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Db {
@@ -47,8 +64,12 @@ impl Db {
         } else {
             anyhow::bail!("unsupported database URL: expected sqlite://PATH or postgres://...");
         };
+        // An SQLite connection is a file handle in this process: it cannot
+        // drop the way a server connection does, so it is not pinged before
+        // every use.
         let pool = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 8 } else { 16 })
+            .test_before_acquire(backend == Backend::Postgres)
             // A request waits this long for a connection when the database is
             // unreachable, then fails with a clear 503 instead of hanging.
             .acquire_timeout(std::time::Duration::from_secs(10))
@@ -60,7 +81,40 @@ impl Db {
             // stored in the database file, so setting it once per start is enough.
             pool.execute("PRAGMA journal_mode = WAL").await?;
         }
-        Ok(Self { pool, backend })
+        let sqlite_file = match backend {
+            Backend::Sqlite => {
+                let file: String =
+                    sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
+                        .fetch_one(&pool)
+                        .await?;
+                Some(PathBuf::from(file)).filter(|f| !f.as_os_str().is_empty())
+            }
+            Backend::Postgres => None,
+        };
+        Ok(Self {
+            pool,
+            url: url.to_owned(),
+            backend,
+            sqlite_file,
+        })
+    }
+
+    /// A connection of its own, outside the pool, for a task that writes all
+    /// the time (the audit writer).
+    pub async fn connect_one(&self) -> anyhow::Result<AnyConnection> {
+        if self.backend == Backend::Sqlite && self.sqlite_file.is_none() {
+            // A new connection to an in-memory database would open another,
+            // empty one: take one of the pool's instead.
+            return Ok(self.pool.acquire().await?.detach());
+        }
+        AnyConnection::connect(&self.url)
+            .await
+            .context("cannot connect to the database")
+    }
+
+    /// The SQLite database file, when the database is one.
+    pub fn sqlite_file(&self) -> Option<&std::path::Path> {
+        self.sqlite_file.as_deref()
     }
 
     pub fn pool(&self) -> &AnyPool {
@@ -129,6 +183,39 @@ impl Db {
         };
         Ok(tx)
     }
+
+    /// [`Db::begin`] on a connection of its own.
+    pub async fn begin_on<'c>(
+        &self,
+        conn: &'c mut AnyConnection,
+    ) -> anyhow::Result<sqlx::Transaction<'c, Any>> {
+        let tx = match self.backend {
+            Backend::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => conn.begin().await?,
+        };
+        Ok(tx)
+    }
+}
+
+/// `count` placeholders, separated by commas, numbered from `$first` on; on
+/// SQLite anonymous `?` ones in the same order. SQLite finds a numbered
+/// parameter by a linear search of the statement's parameters, so a
+/// statement with hundreds of them costs time quadratic in their number to
+/// prepare and to bind.
+pub fn placeholders(conn: &AnyConnection, first: usize, count: usize) -> String {
+    let sqlite = conn.backend_name() == "SQLite";
+    let mut list = String::with_capacity(count * 5);
+    for n in first..first + count {
+        if n > first {
+            list.push_str(", ");
+        }
+        if sqlite {
+            list.push('?');
+        } else {
+            list.push_str(&format!("${n}"));
+        }
+    }
+    list
 }
 
 /// `true` when the error is a unique-constraint violation.

@@ -217,6 +217,68 @@ async fn a_revoked_grant_stops_its_links_at_the_next_fetch() {
 }
 
 both! {
+async fn no_fetch_is_let_through_after_its_grant_is_revoked_in_the_log() {
+    let t = TestApp::spawn().await;
+    let access = t.approved_researcher("racing@uni.example.edu").await;
+    let (_, url) = t.download_links(&access).await.remove(0);
+    let grant_id = token_of(&url).split('.').next().unwrap().to_owned();
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // Clients fetch over and over until they are refused, while the grant is
+    // revoked under them.
+    let fetchers: Vec<_> = (0..8)
+        .map(|_| {
+            let (client, url, served) = (t.client.clone(), url.clone(), served.clone());
+            tokio::spawn(async move {
+                loop {
+                    let response = client.get(&url).send().await.unwrap();
+                    match response.status() {
+                        StatusCode::OK => {
+                            response.bytes().await.unwrap();
+                            served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        StatusCode::FORBIDDEN => {
+                            let body: serde_json::Value = response.json().await.unwrap();
+                            assert_eq!(body["error"], "grant_revoked");
+                            return;
+                        }
+                        other => panic!("unexpected status {other}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    while served.load(std::sync::atomic::Ordering::SeqCst) < 24 {
+        tokio::task::yield_now().await;
+    }
+    weightgate::grants::revoke(&t.app, &grant_id, "Leaked", REVIEWER, Default::default())
+        .await
+        .unwrap();
+    for fetcher in fetchers {
+        fetcher.await.unwrap();
+    }
+
+    let events = t.audit_events().await;
+    let revoked = events.iter().find(|e| e.action == "grant.revoked").unwrap().seq;
+    let fetches: Vec<_> = events
+        .iter()
+        .filter(|e| e.action == "file.fetch" && e.grant_id.as_deref() == Some(grant_id.as_str()))
+        .collect();
+    let let_through: Vec<_> = fetches.iter().filter(|e| e.outcome == "ok").collect();
+    assert_eq!(let_through.len(), served.load(std::sync::atomic::Ordering::SeqCst));
+    for e in &let_through {
+        assert!(e.seq < revoked, "fetch {} was let through after the revocation at {revoked}", e.seq);
+    }
+    let after: Vec<_> = fetches.iter().filter(|e| e.seq > revoked).collect();
+    assert!(after.len() >= 8, "each client is refused once the grant is revoked");
+    for e in after {
+        assert_eq!((e.outcome.as_str(), e.reason.as_deref()), ("refused", Some("grant_revoked")));
+    }
+    let v = weightgate::audit::verify_chain(&t.app.db).await.unwrap();
+    assert!(v.is_intact(), "{:?}", v.problems);
+}
+}
+
+both! {
 async fn an_interrupted_transfer_is_recorded_with_the_bytes_actually_sent() {
     let t = TestApp::spawn().await;
     let big = t.dir.path().join("big");

@@ -1,0 +1,113 @@
+//! The audit writer's own SQLite connection: the statements of one batch,
+//! run synchronously on the writer's thread. The same queries as the rest of
+//! `db` (the placeholders aside), without a hand-off to a driver thread per
+//! statement.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OpenFlags, TransactionBehavior, params_from_iter};
+
+use super::{
+    audit::{EventRow, HEAD, INSERT_COLUMNS},
+    grants::{DELIVERIES, Delivery, GrantNow, STATES},
+};
+
+/// Opens the database file for writing. `synchronous = FULL`: in WAL mode
+/// every commit is written and fsynced to the WAL before it returns, so a
+/// committed event survives a crash of the process, of the machine and a
+/// loss of power.
+pub fn open(file: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        file,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
+/// A write transaction that holds the database's write lock from the start.
+pub fn begin(conn: &mut Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate)
+}
+
+/// The sequence number and hash of the newest event.
+pub fn head(conn: &Connection) -> rusqlite::Result<Option<(i64, String)>> {
+    let mut statement = conn.prepare_cached(HEAD)?;
+    let mut rows = statement.query([])?;
+    match rows.next()? {
+        Some(row) => Ok(Some((row.get(0)?, row.get(1)?))),
+        None => Ok(None),
+    }
+}
+
+/// [`super::grants::current`]: the state of these grants.
+pub fn current_grants(conn: &Connection, ids: &[&str]) -> rusqlite::Result<Vec<GrantNow>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = STATES.replace("{ids}", &vec!["?"; ids.len()].join(", "));
+    let mut statement = conn.prepare_cached(&sql)?;
+    let mut grants = statement
+        .query_map(params_from_iter(ids), |row| {
+            Ok(GrantNow {
+                id: row.get(0)?,
+                expires_at: row.get(1)?,
+                revoked_at: row.get(2)?,
+                quota_bytes: row.get(3)?,
+                quota_files: row.get(4)?,
+                deliveries: Vec::new(),
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    for g in &mut grants {
+        if g.quota_bytes.is_some() || g.quota_files.is_some() {
+            let mut statement = conn.prepare_cached(&DELIVERIES.replace("$1", "?"))?;
+            g.deliveries = statement
+                .query_map([&g.id], |row| {
+                    Ok(Delivery {
+                        file_id: row.get(0)?,
+                        range_start: row.get(1)?,
+                        bytes: row.get(2)?,
+                        size: row.get(3)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+        }
+    }
+    Ok(grants)
+}
+
+/// Inserts events, one prepared statement run once per event.
+pub fn insert_events(conn: &Connection, rows: &[EventRow]) -> rusqlite::Result<()> {
+    let mut statement = conn.prepare_cached(&format!(
+        "INSERT INTO audit_events ({INSERT_COLUMNS}) VALUES ({})",
+        vec!["?"; 20].join(", ")
+    ))?;
+    for r in rows {
+        statement.execute(rusqlite::params![
+            r.seq,
+            r.at,
+            r.action,
+            r.outcome,
+            r.reason,
+            r.actor,
+            r.subject,
+            r.model_id,
+            r.application_id,
+            r.grant_id,
+            r.researcher_id,
+            r.file_id,
+            r.range_start,
+            r.range_end,
+            r.bytes,
+            r.client_ip,
+            r.user_agent,
+            r.request_id,
+            r.prev_hash,
+            r.hash,
+        ])?;
+    }
+    Ok(())
+}
