@@ -6,8 +6,8 @@
 use axum::{
     body::{Body, Bytes},
     extract::{
-        FromRequest, FromRequestParts, RawForm, Request,
-        rejection::{BytesRejection, FormRejection, PathRejection, QueryRejection, RawFormRejection},
+        FromRequest, FromRequestParts, Request,
+        rejection::{FormRejection, PathRejection, QueryRejection},
     },
     http::{Method, header, request::Parts},
 };
@@ -22,24 +22,44 @@ pub const MAX_BODY: usize = 256 * 1024;
 
 const NUL_REFUSED: &str = "the request contains a NUL character, which no field accepts";
 
-fn bytes_error(rejection: &BytesRejection) -> Error {
-    if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-        Error::PayloadTooLarge { limit: MAX_BODY }
-    } else {
-        Error::BadRequest(rejection.body_text())
-    }
-}
+
+/// How much of an oversized body the portal still reads (and throws away)
+/// before answering 413: a client that sent the whole body then reads the
+/// answer, instead of finding its connection reset mid-upload.
+const DRAIN_LIMIT: usize = 8 * 1024 * 1024;
 
 /// The raw fields of a form body, after its content type, size and
 /// characters are checked.
-async fn checked_form_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Error> {
-    let RawForm(bytes) = RawForm::from_request(req, state).await.map_err(|e| match e {
-        RawFormRejection::InvalidFormContentType(_) => Error::UnsupportedMediaType(
+async fn checked_form_body<S: Send + Sync>(req: Request, _state: &S) -> Result<Bytes, Error> {
+    use futures_util::StreamExt;
+    let form_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+    if !form_type {
+        return Err(Error::UnsupportedMediaType(
             "this form must be sent as application/x-www-form-urlencoded, as a browser sends it".into(),
-        ),
-        RawFormRejection::BytesRejection(r) => bytes_error(&r),
-        other => Error::BadRequest(other.body_text()),
-    })?;
+        ));
+    }
+    let mut stream = req.into_body().into_data_stream();
+    let mut bytes = Vec::new();
+    let mut total = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| Error::BadRequest(format!("the request body could not be read: {e}")))?;
+        total = total.saturating_add(chunk.len());
+        if total > DRAIN_LIMIT {
+            break;
+        }
+        if total <= MAX_BODY {
+            bytes.extend_from_slice(&chunk);
+        }
+    }
+    if total > MAX_BODY {
+        return Err(Error::PayloadTooLarge { limit: MAX_BODY });
+    }
+    let bytes = Bytes::from(bytes);
     if form_urlencoded::parse(&bytes).any(|(k, v)| k.contains('\0') || v.contains('\0')) {
         return Err(Error::BadRequest(NUL_REFUSED.into()));
     }
