@@ -61,7 +61,8 @@ pub fn parse_time(s: &str) -> Result<i64, String> {
     parse_time_at(s, now_ms())
 }
 
-fn parse_time_at(s: &str, now_ms: i64) -> Result<i64, String> {
+/// [`parse_time`] with the present given, for tests and reproducible results.
+pub fn parse_time_at(s: &str, now_ms: i64) -> Result<i64, String> {
     let s = s.trim();
     let unknown = || {
         format!(
