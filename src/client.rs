@@ -311,7 +311,7 @@ fn sha256_of_range(path: &Path, start: u64, len: u64) -> std::io::Result<String>
 /// Bytes `start..end` of chunk `index` of `file`.
 pub fn chunk_bounds(file: &ManifestFile, chunk_size: u64, index: usize) -> (u64, u64) {
     let start = index as u64 * chunk_size;
-    (start, (start + chunk_size).min(file.size))
+    (start, start.saturating_add(chunk_size).min(file.size))
 }
 
 /// Which chunks of a partial file are known good: from its state file when
@@ -721,5 +721,18 @@ mod tests {
         };
         assert_eq!(chunk_bounds(&file, 4, 0), (0, 4));
         assert_eq!(chunk_bounds(&file, 4, 2), (8, 10));
+    }
+
+    #[test]
+    fn the_last_chunk_of_a_huge_file_ends_at_its_end() {
+        let chunk_size = (1 << 63) + 1;
+        let file = ManifestFile {
+            name: "f".into(),
+            size: u64::MAX,
+            sha256: String::new(),
+            chunks: vec![String::new(); 2],
+        };
+        assert_eq!(chunk_bounds(&file, chunk_size, 0), (0, chunk_size));
+        assert_eq!(chunk_bounds(&file, chunk_size, 1), (chunk_size, u64::MAX));
     }
 }
