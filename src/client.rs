@@ -247,7 +247,10 @@ pub type VerifiedRelease = (Manifest, HashMap<String, String>);
 
 /// The release manifests, each checked against the publishing key, with the
 /// files' links; a listing that disagrees with the signed manifest is refused.
-pub fn verified_releases(grant: &GrantManifest, public_key: &str) -> Result<Vec<VerifiedRelease>, DownloadError> {
+pub fn verified_releases(
+    grant: &GrantManifest,
+    public_key: &str,
+) -> Result<Vec<VerifiedRelease>, DownloadError> {
     grant
         .releases
         .iter()

@@ -353,7 +353,11 @@ mod tests {
             token.replacen(".1000.", ".01000.", 1),
             token.replacen(".1000.", ".+1000.", 1),
         ] {
-            assert_eq!(s.verify(&respelled, 0).await, Err(Refusal::Malformed), "{respelled}");
+            assert_eq!(
+                s.verify(&respelled, 0).await,
+                Err(Refusal::Malformed),
+                "{respelled}"
+            );
         }
         let zero = s.sign("g1", "f1", 0);
         assert_eq!(

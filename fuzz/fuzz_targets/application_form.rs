@@ -40,10 +40,15 @@ fn model() -> Model {
 }
 
 fn clean(value: &str, max: usize, one_line: bool) {
-    assert!(!value.is_empty() && value.trim() == value, "{value:?} is not trimmed");
+    assert!(
+        !value.is_empty() && value.trim() == value,
+        "{value:?} is not trimmed"
+    );
     assert!(value.chars().count() <= max, "{value:?} is over {max} characters");
     assert!(
-        !value.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')),
+        !value
+            .chars()
+            .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')),
         "{value:?} holds control characters"
     );
     if one_line {

@@ -78,7 +78,8 @@ fuzz_target!(|input: Input| match input {
             Change::Signature(v) => altered.signature = v,
             Change::PublicKey(v) => altered.public_key = v,
         }
-        let signed_fields_same = (altered.seq, &altered.hash, altered.at) == (parsed.seq, &parsed.hash, parsed.at);
+        let signed_fields_same =
+            (altered.seq, &altered.hash, altered.at) == (parsed.seq, &parsed.hash, parsed.at);
         let key_same = altered.public().ok() == parsed.public().ok();
         if altered.signature_holds() {
             assert!(

@@ -49,9 +49,15 @@ fn keys() -> &'static Keys {
 
 fn sign(text: &str) -> String {
     let k = &keys().pinned;
-    minisign::sign(Some(&k.pk), &k.sk, Cursor::new(text.as_bytes()), Some("weightgate manifest"), None)
-        .unwrap()
-        .into_string()
+    minisign::sign(
+        Some(&k.pk),
+        &k.sk,
+        Cursor::new(text.as_bytes()),
+        Some("weightgate manifest"),
+        None,
+    )
+    .unwrap()
+    .into_string()
 }
 
 /// Signs every release's manifest text, leaving the rest as sent.
@@ -103,7 +109,9 @@ fuzz_target!(|input: Input| {
     let mut seen_releases = HashSet::new();
     for (manifest, urls) in &releases {
         assert_eq!(
-            Manifest::parse(&serde_json::to_string(manifest).unwrap()).as_ref().ok(),
+            Manifest::parse(&serde_json::to_string(manifest).unwrap())
+                .as_ref()
+                .ok(),
             Some(manifest)
         );
         seen_releases.insert(&manifest.release);

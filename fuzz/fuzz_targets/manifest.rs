@@ -92,7 +92,11 @@ fuzz_target!(|input: Input| match input {
             })
             .collect();
         let m = Manifest {
-            format: if right_format { MANIFEST_FORMAT.to_owned() } else { model.clone() },
+            format: if right_format {
+                MANIFEST_FORMAT.to_owned()
+            } else {
+                model.clone()
+            },
             model,
             release,
             chunk_size,

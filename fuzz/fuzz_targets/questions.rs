@@ -44,7 +44,10 @@ const KINDS: [Kind; 6] = [
 ];
 
 fn one_line(s: &str, max: usize) {
-    assert!(!s.is_empty() && s.trim() == s && s.chars().count() <= max, "{s:?}");
+    assert!(
+        !s.is_empty() && s.trim() == s && s.chars().count() <= max,
+        "{s:?}"
+    );
     assert!(!s.chars().any(|c| c.is_control() && c != '\t'), "{s:?}");
 }
 
@@ -54,7 +57,10 @@ fn check_definitions(asked: &[Question]) {
     for q in asked {
         assert!(ids.insert(&q.id), "{:?} twice", q.id);
         assert!(q.id.starts_with(|c: char| c.is_ascii_lowercase()) && q.id.len() <= 40);
-        assert!(q.id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'));
+        assert!(
+            q.id.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        );
         one_line(&q.label, MAX_LABEL);
         assert!(q.help.chars().count() <= MAX_HELP);
         if q.kind == Kind::Select {
@@ -100,7 +106,10 @@ fuzz_target!(|input: Input| {
         Err(errors) => {
             assert!(!errors.is_empty());
             for field in errors.keys() {
-                assert!(asked.iter().any(|q| &q.field() == field), "an error under {field:?}");
+                assert!(
+                    asked.iter().any(|q| &q.field() == field),
+                    "an error under {field:?}"
+                );
             }
             return;
         }
@@ -121,7 +130,9 @@ fuzz_target!(|input: Input| {
                 assert!(matches!(url.scheme(), "http" | "https"));
             }
             Kind::Text => one_line(&a.value, MAX_SHORT_ANSWER),
-            Kind::LongText => assert!(a.value.trim() == a.value && a.value.chars().count() <= MAX_LONG_ANSWER),
+            Kind::LongText => {
+                assert!(a.value.trim() == a.value && a.value.chars().count() <= MAX_LONG_ANSWER)
+            }
         }
         let again = BTreeMap::from([(q.field(), a.value.clone())]);
         let kept = questions::validate_answers(std::slice::from_ref(q), &again)

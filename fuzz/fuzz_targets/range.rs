@@ -11,7 +11,11 @@ enum Input {
     /// Any header text.
     Text { size: u64, header: String },
     /// One range in the header's plain forms.
-    Single { first: Option<u64>, last: Option<u64>, size: u64 },
+    Single {
+        first: Option<u64>,
+        last: Option<u64>,
+        size: u64,
+    },
 }
 
 /// What RFC 9110 asks for `bytes=FIRST-LAST`, `bytes=FIRST-` or `bytes=-SUFFIX`:
@@ -39,13 +43,14 @@ fn header_of(first: Option<u64>, last: Option<u64>) -> String {
 fuzz_target!(|input: Input| {
     let (header, size, oracle) = match input {
         Input::Text { size, header } => (header, size, None),
-        Input::Single { first, last, size } => {
-            (header_of(first, last), size, expected(first, last, size))
-        }
+        Input::Single { first, last, size } => (header_of(first, last), size, expected(first, last, size)),
     };
     let got = requested_range(Some(&header), size);
     if let Ok(Some((start, end))) = got {
-        assert!(start < end && end <= size, "{header:?} on {size} bytes gave {start}..{end}");
+        assert!(
+            start < end && end <= size,
+            "{header:?} on {size} bytes gave {start}..{end}"
+        );
     }
     match oracle {
         Some(Some(range)) => {

@@ -21,8 +21,14 @@ const LAST_MS: i64 = 253_402_300_799_999;
 enum Input {
     Text(String),
     /// A moment written the ways `parse_time` documents.
-    Moment { ms: i64, offset_minutes: i16 },
-    Ago { amount: u32, unit: u8 },
+    Moment {
+        ms: i64,
+        offset_minutes: i16,
+    },
+    Ago {
+        amount: u32,
+        unit: u8,
+    },
     Size(u64),
 }
 
@@ -31,10 +37,17 @@ fn check_text(s: &str) {
         let text = email.as_str();
         assert!(text.len() <= 254, "{text:?} is longer than an address may be");
         assert_eq!(text, text.to_lowercase());
-        assert!(!text.chars().any(|c| c.is_whitespace() || c.is_control()), "{text:?}");
+        assert!(
+            !text.chars().any(|c| c.is_whitespace() || c.is_control()),
+            "{text:?}"
+        );
         let domain = email.domain();
         assert!(domain.contains('.') && !domain.ends_with('.'), "{text:?}");
-        assert_eq!(text.parse::<Email>().as_ref(), Ok(&email), "not stable when checked again");
+        assert_eq!(
+            text.parse::<Email>().as_ref(),
+            Ok(&email),
+            "not stable when checked again"
+        );
     }
 
     let slug_ok = (1..=64).contains(&s.len())
@@ -85,10 +98,14 @@ fuzz_target!(|input: Input| match input {
         }
     }
     Input::Ago { amount, unit } => {
-        let (suffix, ms) = [("s", 1_000), ("m", 60_000), ("h", 3_600_000), ("d", 86_400_000)]
-            [usize::from(unit) % 4];
+        let (suffix, ms) =
+            [("s", 1_000), ("m", 60_000), ("h", 3_600_000), ("d", 86_400_000)][usize::from(unit) % 4];
         let text = format!("{amount}{suffix}");
-        assert_eq!(parse_time_at(&text, NOW), Ok(NOW - i64::from(amount) * ms), "{text}");
+        assert_eq!(
+            parse_time_at(&text, NOW),
+            Ok(NOW - i64::from(amount) * ms),
+            "{text}"
+        );
     }
     Input::Size(n) => {
         assert_eq!(parse_size(&n.to_string()), Ok(n));
