@@ -126,6 +126,11 @@ impl FromStr for Email {
         if s.len() > 254 {
             return Err("an e-mail address has at most 254 characters");
         }
+        // lettre lets non-ASCII control and space characters through (for
+        // internationalised names); none belongs in an address we mail.
+        if s.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err("this is not a valid e-mail address");
+        }
         let address: lettre::Address = s.parse().map_err(|_| "this is not a valid e-mail address")?;
         if !address.domain().contains('.') || address.domain().ends_with('.') {
             return Err("this is not a valid e-mail address");
@@ -238,6 +243,14 @@ mod tests {
         assert!("ada@localhost".parse::<Email>().is_err());
         assert!("".parse::<Email>().is_err());
         assert!("a b@example.org".parse::<Email>().is_err());
+        assert!(
+            "a@e\u{89}re.2e".parse::<Email>().is_err(),
+            "a C1 control character"
+        );
+        assert!(
+            "ada@exa\u{85}mple.org".parse::<Email>().is_err(),
+            "a next-line character"
+        );
     }
 
     #[test]
