@@ -84,8 +84,11 @@ pub struct Summary {
     pub chunks_refetched: u64,
 }
 
+/// A grant's manifest as the portal serves it: the release manifests with
+/// their signatures, and a link per file. Nothing in it is trusted until
+/// [`verified_releases`] has checked it.
 #[derive(Debug, Deserialize)]
-struct GrantManifest {
+pub struct GrantManifest {
     public_key_url: String,
     releases: Vec<ReleaseLinks>,
 }
@@ -222,20 +225,32 @@ async fn get_with_retries(
     )))
 }
 
+impl GrantManifest {
+    /// Reads the portal's answer to a manifest request.
+    pub fn parse(body: &[u8]) -> Result<Self, DownloadError> {
+        serde_json::from_slice(body)
+            .map_err(|e| DownloadError::Manifest(format!("the portal's answer is not a grant manifest: {e}")))
+    }
+}
+
 async fn fetch_grant_manifest(http: &reqwest::Client, url: &str) -> Result<GrantManifest, DownloadError> {
     let response = get_with_retries(http, url, None).await?;
-    response
-        .json()
+    let body = response
+        .bytes()
         .await
-        .map_err(|e| DownloadError::Manifest(format!("the portal's answer is not a grant manifest: {e}")))
+        .map_err(|e| DownloadError::Network(format!("cannot read the grant manifest: {e}")))?;
+    GrantManifest::parse(&body)
 }
 
 /// A release manifest whose signature holds, with the link of each file by name.
-type VerifiedRelease = (Manifest, HashMap<String, String>);
+pub type VerifiedRelease = (Manifest, HashMap<String, String>);
 
 /// The release manifests, each checked against the publishing key, with the
 /// files' links; a listing that disagrees with the signed manifest is refused.
-fn verified_releases(grant: &GrantManifest, public_key: &str) -> Result<Vec<VerifiedRelease>, DownloadError> {
+pub fn verified_releases(
+    grant: &GrantManifest,
+    public_key: &str,
+) -> Result<Vec<VerifiedRelease>, DownloadError> {
     grant
         .releases
         .iter()
@@ -296,9 +311,10 @@ fn sha256_of_range(path: &Path, start: u64, len: u64) -> std::io::Result<String>
     Ok(hex::encode(hasher.finalize()))
 }
 
-fn chunk_bounds(file: &ManifestFile, chunk_size: u64, index: usize) -> (u64, u64) {
+/// Bytes `start..end` of chunk `index` of `file`.
+pub fn chunk_bounds(file: &ManifestFile, chunk_size: u64, index: usize) -> (u64, u64) {
     let start = index as u64 * chunk_size;
-    (start, (start + chunk_size).min(file.size))
+    (start, start.saturating_add(chunk_size).min(file.size))
 }
 
 /// Which chunks of a partial file are known good: from its state file when
@@ -708,5 +724,18 @@ mod tests {
         };
         assert_eq!(chunk_bounds(&file, 4, 0), (0, 4));
         assert_eq!(chunk_bounds(&file, 4, 2), (8, 10));
+    }
+
+    #[test]
+    fn the_last_chunk_of_a_huge_file_ends_at_its_end() {
+        let chunk_size = (1 << 63) + 1;
+        let file = ManifestFile {
+            name: "f".into(),
+            size: u64::MAX,
+            sha256: String::new(),
+            chunks: vec![String::new(); 2],
+        };
+        assert_eq!(chunk_bounds(&file, chunk_size, 0), (0, chunk_size));
+        assert_eq!(chunk_bounds(&file, chunk_size, 1), (chunk_size, u64::MAX));
     }
 }

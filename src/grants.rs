@@ -265,7 +265,7 @@ pub enum DownloadError {
 
 /// The first range of a `Range` header, as `start..end`; `None` means the
 /// whole file. Several ranges are answered with the whole file, which HTTP allows.
-fn requested_range(header: Option<&str>, size: u64) -> Result<Option<(u64, u64)>, DownloadError> {
+pub fn requested_range(header: Option<&str>, size: u64) -> Result<Option<(u64, u64)>, DownloadError> {
     let Some(header) = header else { return Ok(None) };
     let ranges = http_range_header::parse_range_header(header)
         .and_then(|r| r.validate(size))

@@ -262,6 +262,11 @@ impl LinkSigner {
             return Err(Refusal::Malformed);
         }
         let expires_at: i64 = expires.parse().map_err(|_| Refusal::Malformed)?;
+        // The tag covers the number, not its spelling: without this, `+1000`
+        // and `01000` would be further valid spellings of the same link.
+        if expires_at.to_string() != expires {
+            return Err(Refusal::Malformed);
+        }
         let tag = URL_SAFE_NO_PAD.decode(tag).map_err(|_| Refusal::Malformed)?;
         if tag.len() != TAG_LEN {
             return Err(Refusal::Malformed);
@@ -352,6 +357,28 @@ mod tests {
         assert!(signer().verify(&token, 0).await.is_ok());
         let unknown = LinkSigner::from_keys(vec![("k9".into(), vec![9; 32])]);
         assert_eq!(unknown.verify(&token, 0).await, Err(Refusal::BadSignature));
+    }
+
+    #[tokio::test]
+    async fn a_link_has_one_spelling_only() {
+        let s = signer();
+        let token = s.sign("g1", "f1", 1_000);
+        assert!(s.verify(&token, 0).await.is_ok());
+        for respelled in [
+            token.replacen(".1000.", ".01000.", 1),
+            token.replacen(".1000.", ".+1000.", 1),
+        ] {
+            assert_eq!(
+                s.verify(&respelled, 0).await,
+                Err(Refusal::Malformed),
+                "{respelled}"
+            );
+        }
+        let zero = s.sign("g1", "f1", 0);
+        assert_eq!(
+            s.verify(&zero.replacen(".0.", ".-0.", 1), -1).await,
+            Err(Refusal::Malformed)
+        );
     }
 
     #[tokio::test]

@@ -58,12 +58,22 @@ impl Manifest {
             manifest.format
         );
         anyhow::ensure!(manifest.chunk_size > 0, "the manifest's chunk size is zero");
+        // The client makes a directory named after the release and a file
+        // after each name: both must stay inside the download directory, and
+        // no two files may share a path.
+        anyhow::ensure!(
+            crate::types::is_safe_file_name(&manifest.release),
+            "the manifest names an unsafe release {:?}",
+            manifest.release
+        );
+        let mut names = std::collections::HashSet::new();
         for f in &manifest.files {
             anyhow::ensure!(
                 crate::types::is_safe_file_name(&f.name),
                 "the manifest names an unsafe file {:?}",
                 f.name
             );
+            anyhow::ensure!(names.insert(&f.name), "the manifest lists {:?} twice", f.name);
             let expected = f.size.div_ceil(manifest.chunk_size).max(1);
             anyhow::ensure!(
                 f.chunks.len() as u64 == expected,
@@ -186,5 +196,20 @@ mod tests {
         assert!(Manifest::parse(&good.replace("a.bin", "../a.bin")).is_err());
         assert!(Manifest::parse(&good.replace("-v1", "-v9")).is_err());
         assert!(Manifest::parse("{").is_err());
+    }
+
+    #[test]
+    fn manifests_name_only_paths_inside_the_download_directory() {
+        let good = r#"{"format":"weightgate-manifest-v1","model":"m","release":"v1","chunk_size":4,
+            "files":[{"name":"a.bin","size":1,"sha256":"00","chunks":["1"]},
+                     {"name":"b.bin","size":1,"sha256":"00","chunks":["1"]}]}"#;
+        assert!(Manifest::parse(good).is_ok());
+        for release in ["", "..", ".", "/home/ada/.ssh", "../v1", "a/b", "v1\\x"] {
+            let bad = good.replace(r#""release":"v1""#, &format!("\"release\":{release:?}"));
+            assert_ne!(bad, good);
+            assert!(Manifest::parse(&bad).is_err(), "release {release:?}");
+        }
+        let twice = good.replace("b.bin", "a.bin");
+        assert!(Manifest::parse(&twice).is_err(), "one file listed twice");
     }
 }

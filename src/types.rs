@@ -61,7 +61,8 @@ pub fn parse_time(s: &str) -> Result<i64, String> {
     parse_time_at(s, now_ms())
 }
 
-fn parse_time_at(s: &str, now_ms: i64) -> Result<i64, String> {
+/// [`parse_time`] with the present given, for tests and reproducible results.
+pub fn parse_time_at(s: &str, now_ms: i64) -> Result<i64, String> {
     let s = s.trim();
     let unknown = || {
         format!(
@@ -92,10 +93,12 @@ fn split_offset(s: &str) -> Option<(&str, i64)> {
     if let Some(rest) = s.strip_suffix(['Z', 'z']) {
         return Some((rest, 0));
     }
-    if s.len() > 16 {
-        let (rest, zone) = s.split_at(s.len() - 6);
+    if s.len() > 16
+        && let Some((rest, zone)) = s.split_at_checked(s.len() - 6)
+    {
         let bytes = zone.as_bytes();
-        if matches!(bytes[0], b'+' | b'-') && bytes[3] == b':' {
+        let digits = |r: std::ops::Range<usize>| bytes[r].iter().all(u8::is_ascii_digit);
+        if matches!(bytes[0], b'+' | b'-') && bytes[3] == b':' && digits(1..3) && digits(4..6) {
             let hours: i64 = zone[1..3].parse().ok()?;
             let minutes: i64 = zone[4..6].parse().ok()?;
             if hours > 23 || minutes > 59 {
@@ -253,6 +256,12 @@ mod tests {
             "2026-13-01",
             "2026-11-01T25:00:00Z",
             "1969-12-31",
+            // Six bytes from the end falls inside a character.
+            "2026-11-01T12:00ü00000",
+            "\0\0\0ad\0a@,,,bücher/",
+            // An offset is two digits, a colon and two digits.
+            "2026-11-01T12:00:00+-1:00",
+            "2026-11-01T12:00:00-+1:30",
         ] {
             assert!(parse_time_at(bad, NOW).is_err(), "{bad}");
         }
@@ -268,6 +277,14 @@ mod tests {
         assert!("ada@localhost".parse::<Email>().is_err());
         assert!("".parse::<Email>().is_err());
         assert!("a b@example.org".parse::<Email>().is_err());
+        assert!(
+            "a@e\u{89}re.2e".parse::<Email>().is_err(),
+            "a C1 control character"
+        );
+        assert!(
+            "ada@exa\u{85}mple.org".parse::<Email>().is_err(),
+            "a next-line character"
+        );
     }
 
     #[test]

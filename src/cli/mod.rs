@@ -236,7 +236,7 @@ pub enum GrantCommand {
 }
 
 /// Parses sizes such as `65536`, `64MiB` or `500GB`.
-fn parse_size(s: &str) -> Result<u64, String> {
+pub fn parse_size(s: &str) -> Result<u64, String> {
     s.trim()
         .parse::<bytesize::ByteSize>()
         .map(|b| b.as_u64())
