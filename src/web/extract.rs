@@ -22,7 +22,6 @@ pub const MAX_BODY: usize = 256 * 1024;
 
 const NUL_REFUSED: &str = "the request contains a NUL character, which no field accepts";
 
-
 /// How much of an oversized body the portal still reads (and throws away)
 /// before answering 413: a client that sent the whole body then reads the
 /// answer, instead of finding its connection reset mid-upload.
@@ -47,7 +46,8 @@ async fn checked_form_body<S: Send + Sync>(req: Request, _state: &S) -> Result<B
     let mut bytes = Vec::new();
     let mut total = 0usize;
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| Error::BadRequest(format!("the request body could not be read: {e}")))?;
+        let chunk =
+            chunk.map_err(|e| Error::BadRequest(format!("the request body could not be read: {e}")))?;
         total = total.saturating_add(chunk.len());
         if total > DRAIN_LIMIT {
             break;
