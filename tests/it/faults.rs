@@ -115,9 +115,24 @@ mod the_database_going_away_is_reported_and_survived {
         let Some(db) = TestDb::postgres().await else {
             return;
         };
+        // The server the test database lives on, host:port from its URL.
+        let TestDb::Postgres(url) = &db else {
+            unreachable!()
+        };
+        let authority = url.split_once("://").unwrap().1.split('/').next().unwrap();
+        let server = authority
+            .rsplit_once('@')
+            .map_or(authority, |(_, hp)| hp)
+            .to_owned();
+        let server = if server.contains(':') {
+            server
+        } else {
+            format!("{server}:5432")
+        };
+        let upstream = tokio::net::lookup_host(server).await.unwrap().next().unwrap();
         TEST_DB
             .scope(db, async {
-                let gate = Gate::start("127.0.0.1:5432".parse().unwrap()).await;
+                let gate = Gate::start(upstream).await;
                 let t = TestApp::spawn_with(|c| {
                     let url = c.database_url.clone().unwrap();
                     let (scheme, rest) = url.split_once("://").unwrap();
