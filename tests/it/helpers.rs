@@ -485,6 +485,8 @@ struct GateState {
     closed: std::sync::atomic::AtomicBool,
     /// The next connection is cut after relaying this many bytes back (0: none).
     cut_next: std::sync::atomic::AtomicU64,
+    /// Each piece of a reply waits this long before it is relayed.
+    delay_ms: std::sync::atomic::AtomicU64,
     connections: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
@@ -501,7 +503,7 @@ impl Gate {
                     continue;
                 }
                 let cut = shared.cut_next.swap(0, std::sync::atomic::Ordering::SeqCst);
-                let task = tokio::spawn(relay(inbound, upstream, cut));
+                let task = tokio::spawn(relay(inbound, upstream, cut, shared.clone()));
                 let mut open = shared.connections.lock().unwrap();
                 open.retain(|t| !t.is_finished());
                 open.push(task.abort_handle());
@@ -531,6 +533,13 @@ impl Gate {
         self.drop_connections();
     }
 
+    /// Makes every reply, on open and new connections, wait `delay` before
+    /// each piece is relayed: a slow service rather than a gone one.
+    pub fn slow_down(&self, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.state.delay_ms.store(ms, std::sync::atomic::Ordering::SeqCst);
+    }
+
     fn drop_connections(&self) {
         for task in self.state.connections.lock().unwrap().drain(..) {
             task.abort();
@@ -538,7 +547,12 @@ impl Gate {
     }
 }
 
-async fn relay(inbound: tokio::net::TcpStream, upstream: std::net::SocketAddr, cut_after: u64) {
+async fn relay(
+    inbound: tokio::net::TcpStream,
+    upstream: std::net::SocketAddr,
+    cut_after: u64,
+    state: Arc<GateState>,
+) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let Ok(outbound) = tokio::net::TcpStream::connect(upstream).await else {
         return;
@@ -557,6 +571,10 @@ async fn relay(inbound: tokio::net::TcpStream, upstream: std::net::SocketAddr, c
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
+            let delay = state.delay_ms.load(std::sync::atomic::Ordering::SeqCst);
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
             let n = if cut_after > 0 {
                 let left = cut_after.saturating_sub(sent);
                 if left == 0 {
