@@ -141,14 +141,13 @@ pub struct QueueQuery {
     page: String,
 }
 
-const STATUSES: [(&str, &str); 7] = [
+const STATUSES: [(&str, &str); 6] = [
     ("pending", "Waiting for review"),
     ("info_requested", "Waiting for the applicant's answer"),
     ("approved", "Approved"),
     ("denied", "Denied"),
     ("unconfirmed", "E-mail not confirmed"),
     ("all", "Any state"),
-    ("", ""),
 ];
 
 const SORTS: [(&str, &str); 3] = [
@@ -189,6 +188,23 @@ fn waited(ms: i64) -> String {
     } else {
         format!("{m} min")
     }
+}
+
+/// How many pages `total` rows fill, and the query strings of the pages
+/// before and after `page` (empty at either end).
+fn paging(total: i64, page: i64, pairs: &[(&str, &str)]) -> (i64, String, String) {
+    let pages = ((total + PAGE_SIZE - 1) / PAGE_SIZE).max(1);
+    let prev = if page > 1 {
+        page_query(pairs, page - 1)
+    } else {
+        String::new()
+    };
+    let next = if page < pages {
+        page_query(pairs, page + 1)
+    } else {
+        String::new()
+    };
+    (pages, prev, next)
 }
 
 /// A query string with `page` replaced.
@@ -315,7 +331,6 @@ async fn render_queue(
             }
         })
         .collect();
-    let pages = ((total + PAGE_SIZE - 1) / PAGE_SIZE).max(1);
     let pairs = [
         ("model", q.model.as_str()),
         ("status", q.status.as_str()),
@@ -324,28 +339,21 @@ async fn render_queue(
         ("q", q.q.as_str()),
         ("sort", q.sort.as_str()),
     ];
+    let (pages, prev, next) = paging(total, page, &pairs);
     let page = pages::Queue {
         header: Header::new(reviewer, token)?,
         rows,
         total,
         models: model_choices(app, q.model.trim(), visible.as_deref()).await?,
-        statuses: Choice::list(&STATUSES[..6], status),
+        statuses: Choice::list(&STATUSES, status),
         sorts: Choice::list(&SORTS, q.sort.trim()),
         waited_days: q.waited.trim().chars().take(10).collect(),
         domain: q.domain.trim().chars().take(200).collect(),
         text: q.q.trim().chars().take(200).collect(),
         page,
         pages,
-        prev: if page > 1 {
-            page_query(&pairs, page - 1)
-        } else {
-            String::new()
-        },
-        next: if page < pages {
-            page_query(&pairs, page + 1)
-        } else {
-            String::new()
-        },
+        prev,
+        next,
         default_days: app.config.grant_ttl.as_secs() / 86_400,
         templates: template_choices(app).await?,
         results,
@@ -674,13 +682,13 @@ pub async fn grants(
             revoked_reason: g.revoked_reason.unwrap_or_default(),
         })
         .collect();
-    let pages = ((total + PAGE_SIZE - 1) / PAGE_SIZE).max(1);
     let pairs = [
         ("model", q.model.as_str()),
         ("state", q.state.as_str()),
         ("email", q.email.as_str()),
         ("expiring", q.expiring.as_str()),
     ];
+    let (pages, prev, next) = paging(total, page, &pairs);
     let page = pages::Grants {
         header: Header::new(&reviewer, &token)?,
         grants: rows,
@@ -699,16 +707,8 @@ pub async fn grants(
         expiring_days: q.expiring.trim().chars().take(10).collect(),
         page,
         pages,
-        prev: if page > 1 {
-            page_query(&pairs, page - 1)
-        } else {
-            String::new()
-        },
-        next: if page < pages {
-            page_query(&pairs, page + 1)
-        } else {
-            String::new()
-        },
+        prev,
+        next,
     };
     Ok((token, render(&page)?).into_response())
 }
