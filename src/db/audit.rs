@@ -7,7 +7,10 @@ use anyhow::Context;
 use futures_util::stream::BoxStream;
 use sqlx::{AnyConnection, AnyPool, FromRow, any::AnyExecutor};
 
-use crate::db::{Db, Tx};
+use crate::{
+    bind_where,
+    db::{Bind, Db, Tx, Where},
+};
 
 #[derive(Clone, Debug, FromRow, serde::Serialize)]
 pub struct EventRow {
@@ -114,69 +117,52 @@ pub struct Filter {
     pub limit: i64,
 }
 
-enum Value {
-    Text(String),
-    Int(i64),
-}
-
 impl Filter {
     /// The `WHERE` clause of the filters that are set, with their values in
     /// placeholder order. Only set filters appear, so the database can use
     /// the index that fits.
-    fn conditions(&self) -> (String, Vec<Value>) {
-        let mut clauses = Vec::new();
-        let mut values = Vec::new();
+    fn conditions(&self) -> Where {
+        let mut w = Where::default();
         let texts = [
-            ("grant_id = ", &self.grant_id),
-            ("action = ", &self.action),
-            ("model_id = ", &self.model_id),
-            ("researcher_id = ", &self.researcher_id),
-            ("client_ip = ", &self.client_ip),
-            ("outcome = ", &self.outcome),
+            ("grant_id = $?", &self.grant_id),
+            ("action = $?", &self.action),
+            ("model_id = $?", &self.model_id),
+            ("researcher_id = $?", &self.researcher_id),
+            ("client_ip = $?", &self.client_ip),
+            ("outcome = $?", &self.outcome),
         ];
         for (test, value) in texts {
             if let Some(v) = value {
-                values.push(Value::Text(v.clone()));
-                clauses.push(format!("{test}${}", values.len()));
+                w.and_bind(test, Bind::Text(v.clone()));
             }
         }
         let ints = [
-            ("at >= ", self.since_ms),
-            ("at < ", self.until_ms),
-            ("seq > ", self.after_seq),
-            ("seq < ", self.before_seq),
+            ("at >= $?", self.since_ms),
+            ("at < $?", self.until_ms),
+            ("seq > $?", self.after_seq),
+            ("seq < $?", self.before_seq),
         ];
         for (test, value) in ints {
             if let Some(v) = value {
-                values.push(Value::Int(v));
-                clauses.push(format!("{test}${}", values.len()));
+                w.and_bind(test, Bind::Int(v));
             }
         }
-        if clauses.is_empty() {
-            (String::new(), values)
-        } else {
-            (format!("WHERE {}", clauses.join(" AND ")), values)
-        }
+        w
     }
 }
 
 /// Events matching the filter, oldest first: the newest `limit` of them, or
 /// with `after_seq` the oldest `limit` after it.
 pub async fn list<'c>(e: impl AnyExecutor<'c>, f: &Filter) -> sqlx::Result<Vec<EventRow>> {
-    let (conditions, values) = f.conditions();
+    let w = f.conditions();
     let ascending = f.after_seq.is_some();
     let sql = format!(
-        "SELECT {COLUMNS} FROM audit_events {conditions} ORDER BY seq {} LIMIT ${}",
+        "SELECT {COLUMNS} FROM audit_events{} ORDER BY seq {} LIMIT {}",
+        w.sql(),
         if ascending { "ASC" } else { "DESC" },
-        values.len() + 1
+        w.next(1)
     );
-    let mut query = sqlx::query_as::<_, EventRow>(sqlx::AssertSqlSafe(sql));
-    for value in values {
-        query = match value {
-            Value::Text(v) => query.bind(v),
-            Value::Int(v) => query.bind(v),
-        };
-    }
+    let query = bind_where!(sqlx::query_as::<_, EventRow>(sqlx::AssertSqlSafe(sql)), w);
     let mut rows = query.bind(f.limit.max(0)).fetch_all(e).await?;
     if !ascending {
         rows.reverse();
