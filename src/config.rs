@@ -6,7 +6,7 @@ use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, ValueEnum};
 
-use crate::limits::Rate;
+use crate::{limits::Rate, proxies::TrustedProxy};
 
 /// `count` an hour, the form of every default rate limit.
 fn default_rate(count: u32) -> Rate {
@@ -190,6 +190,19 @@ pub struct Config {
     )]
     pub limit_links_per_address: Rate,
 
+    /// Load balancers or reverse proxies in front of the portal, as a
+    /// comma-separated list of addresses or networks, e.g.
+    /// `10.0.0.0/8,192.0.2.10`. For requests arriving from them the client's
+    /// address (audit log, rate limits) is read from `X-Forwarded-For`; from
+    /// anyone else that header is ignored.
+    #[arg(
+        long,
+        env = "WEIGHTGATE_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub trusted_proxies: Vec<TrustedProxy>,
+
     /// Log format.
     #[arg(long, env = "WEIGHTGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
@@ -244,6 +257,7 @@ impl Config {
             limit_signin_per_address: default_rate(30),
             limit_links_per_grant: default_rate(120),
             limit_links_per_address: default_rate(600),
+            trusted_proxies: Vec::new(),
             log_format: LogFormat::Text,
         }
     }
@@ -346,6 +360,7 @@ impl fmt::Debug for Config {
             .field("limit_signin_per_address", &self.limit_signin_per_address)
             .field("limit_links_per_grant", &self.limit_links_per_grant)
             .field("limit_links_per_address", &self.limit_links_per_address)
+            .field("trusted_proxies", &self.trusted_proxies)
             .field("log_format", &self.log_format)
             .finish()
     }

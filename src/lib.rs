@@ -21,6 +21,7 @@ pub mod manifests;
 pub mod models;
 pub mod notices;
 pub mod policy;
+pub mod proxies;
 pub mod questions;
 pub mod renewals;
 pub mod researchers;

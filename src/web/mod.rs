@@ -58,14 +58,15 @@ impl FromRef<AppState> for CsrfConfig {
 }
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// Who is asking: address, user agent and request id, for the audit log.
 pub struct ClientInfo(pub Client);
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientInfo {
+impl FromRequestParts<AppState> for ClientInfo {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let header = |name: &HeaderName| {
             parts
                 .headers
@@ -73,11 +74,20 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientInfo {
                 .and_then(|v| v.to_str().ok())
                 .map(|v| v.chars().take(512).collect::<String>())
         };
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip());
+        let ip = peer.map(|peer| {
+            let forwarded = parts
+                .headers
+                .get_all(&X_FORWARDED_FOR)
+                .iter()
+                .filter_map(|v| v.to_str().ok());
+            crate::proxies::client_address(&state.app.config.trusted_proxies, peer, forwarded).to_string()
+        });
         Ok(Self(Client {
-            ip: parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|ConnectInfo(addr)| addr.ip().to_string()),
+            ip,
             user_agent: header(&header::USER_AGENT),
             request_id: header(&REQUEST_ID),
         }))

@@ -913,3 +913,90 @@ async fn fresh_links_are_limited_per_grant_and_per_address() {
     still_whole(&t).await;
 }
 }
+
+/// A browser whose every request carries `X-Forwarded-For: forwarded`, as if
+/// it came through a proxy that wrote the header.
+fn forwarded_client(forwarded: &str) -> Client {
+    weightgate::client::install_crypto();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("x-forwarded-for", forwarded.parse().unwrap());
+    Client::builder()
+        .cookie_store(true)
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
+/// The client address of the newest `file.fetch` event.
+async fn last_fetch_address(t: &TestApp, link: &str, browser: &Client) -> Option<String> {
+    let before = t.audit_events().await.len();
+    let response = browser.get(link).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.bytes().await.unwrap();
+    let events = t.audit_events().await;
+    events[before..]
+        .iter()
+        .rev()
+        .find(|e| e.action == "file.fetch")
+        .and_then(|e| e.client_ip.clone())
+}
+
+both! {
+async fn behind_a_trusted_proxy_the_forwarded_address_is_logged_and_limited() {
+    // The test client connects from 127.0.0.1, which plays the balancer.
+    let t = TestApp::spawn_with(|c| {
+        c.trusted_proxies = vec!["127.0.0.1".parse().unwrap(), "10.0.0.0/8".parse().unwrap()];
+        c.limit_applications_per_address = "2/1h".parse().unwrap();
+    })
+    .await;
+    let access = t.approved_researcher("ada@example.org").await;
+    let links = t.download_links(&access).await;
+    let (_, link) = &links[0];
+    // The client wrote a forged first entry; the edge proxy (10.1.2.3, trusted)
+    // appended the real address, and the balancer appended the edge proxy.
+    let through_proxies = forwarded_client("192.0.2.66, 203.0.113.9, 10.1.2.3");
+    assert_eq!(
+        last_fetch_address(&t, link, &through_proxies).await.as_deref(),
+        Some("203.0.113.9")
+    );
+    // Without the header the balancer itself is the client.
+    assert_eq!(last_fetch_address(&t, link, &client()).await.as_deref(), Some("127.0.0.1"));
+
+    // Each forwarded address has its own allowance of applications.
+    let first = forwarded_client("203.0.113.20");
+    for n in 0..2 {
+        let response = post_apply(&t, &first, &format!("f{n}@example.org")).await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    assert_limited(post_apply(&t, &first, "f2@example.org").await, "third from one address").await;
+    let second = forwarded_client("203.0.113.21");
+    assert_eq!(post_apply(&t, &second, "g0@example.org").await.status(), StatusCode::OK);
+    let submitted: Vec<Option<String>> = t
+        .audit_events()
+        .await
+        .into_iter()
+        .filter(|e| e.action == "application.submitted")
+        .map(|e| e.client_ip)
+        .collect();
+    assert!(submitted.ends_with(&[
+        Some("203.0.113.20".into()),
+        Some("203.0.113.20".into()),
+        Some("203.0.113.21".into()),
+    ]), "{submitted:?}");
+    still_whole(&t).await;
+}
+}
+
+both! {
+async fn a_forged_forwarded_header_from_an_untrusted_peer_is_ignored() {
+    let t = TestApp::spawn_with(|c| c.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap()]).await;
+    let access = t.approved_researcher("ada@example.org").await;
+    let links = t.download_links(&access).await;
+    let forger = forwarded_client("203.0.113.9");
+    assert_eq!(
+        last_fetch_address(&t, &links[0].1, &forger).await.as_deref(),
+        Some("127.0.0.1")
+    );
+    still_whole(&t).await;
+}
+}
