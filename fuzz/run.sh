@@ -17,7 +17,7 @@ export RUSTC_BOOTSTRAP=1
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/weightgate-fuzz-target}"
 
 if ! command -v cargo-fuzz >/dev/null; then
-  env -u CARGO_TARGET_DIR cargo install --locked cargo-fuzz@0.13
+  env -u CARGO_TARGET_DIR cargo install --locked cargo-fuzz@^0.13
 fi
 
 if [ "$#" -gt 0 ]; then

@@ -6,7 +6,7 @@ use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, ValueEnum};
 
-use crate::{limits::Rate, proxies::TrustedProxy};
+use crate::{limits::Rate, proxies::TrustedProxies};
 
 /// `count` an hour, the form of every default rate limit.
 fn default_rate(count: u32) -> Rate {
@@ -198,10 +198,11 @@ pub struct Config {
     #[arg(
         long,
         env = "WEIGHTGATE_TRUSTED_PROXIES",
-        value_delimiter = ',',
+        default_value = "",
+        hide_default_value = true,
         global = true
     )]
-    pub trusted_proxies: Vec<TrustedProxy>,
+    pub trusted_proxies: TrustedProxies,
 
     /// Log format.
     #[arg(long, env = "WEIGHTGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
@@ -257,7 +258,7 @@ impl Config {
             limit_signin_per_address: default_rate(30),
             limit_links_per_grant: default_rate(120),
             limit_links_per_address: default_rate(600),
-            trusted_proxies: Vec::new(),
+            trusted_proxies: TrustedProxies::default(),
             log_format: LogFormat::Text,
         }
     }

@@ -49,6 +49,36 @@ impl TrustedProxy {
     }
 }
 
+/// The proxies named in `WEIGHTGATE_TRUSTED_PROXIES`: addresses or networks
+/// separated by commas; an empty setting names none.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrustedProxies(Vec<TrustedProxy>);
+
+impl FromStr for TrustedProxies {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|part| !part.is_empty())
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .map(Self)
+    }
+}
+
+impl fmt::Display for TrustedProxies {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (n, proxy) in self.0.iter().enumerate() {
+            if n > 0 {
+                f.write_str(",")?;
+            }
+            proxy.fmt(f)?;
+        }
+        Ok(())
+    }
+}
+
 /// At most this many `X-Forwarded-For` entries are examined, right to left.
 /// A real chain of proxies is a handful of hops; the limit only bounds work on
 /// a hostile header.
@@ -62,7 +92,7 @@ const MAX_HOPS: usize = 32;
 /// last trusted hop is then the best known client address. If every entry is
 /// a trusted proxy, the leftmost one is the client.
 pub fn client_address<'a>(
-    trusted: &[TrustedProxy],
+    TrustedProxies(trusted): &TrustedProxies,
     peer: IpAddr,
     forwarded_for: impl DoubleEndedIterator<Item = &'a str>,
 ) -> IpAddr {
@@ -110,8 +140,8 @@ fn parse_entry(entry: &str) -> Option<IpAddr> {
 mod tests {
     use super::*;
 
-    fn proxies(list: &[&str]) -> Vec<TrustedProxy> {
-        list.iter().map(|s| s.parse().unwrap()).collect()
+    fn proxies(list: &[&str]) -> TrustedProxies {
+        list.join(",").parse().unwrap()
     }
 
     fn ip(s: &str) -> IpAddr {
@@ -224,5 +254,11 @@ mod tests {
         let err = "lb.internal".parse::<TrustedProxy>().unwrap_err();
         assert!(err.contains("not an IP address or network"), "{err}");
         assert!("10.0.0.0/33".parse::<TrustedProxy>().is_err());
+
+        let list: TrustedProxies = " 10.0.0.0/8 , 192.0.2.10,".parse().unwrap();
+        assert_eq!(list.to_string(), "10.0.0.0/8,192.0.2.10/32");
+        assert_eq!("".parse::<TrustedProxies>().unwrap(), TrustedProxies::default());
+        let err = "10.0.0.0/8,lb".parse::<TrustedProxies>().unwrap_err();
+        assert!(err.contains("\"lb\""), "{err}");
     }
 }

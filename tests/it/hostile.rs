@@ -945,7 +945,7 @@ both! {
 async fn behind_a_trusted_proxy_the_forwarded_address_is_logged_and_limited() {
     // The test client connects from 127.0.0.1, which plays the balancer.
     let t = TestApp::spawn_with(|c| {
-        c.trusted_proxies = vec!["127.0.0.1".parse().unwrap(), "10.0.0.0/8".parse().unwrap()];
+        c.trusted_proxies = "127.0.0.1, 10.0.0.0/8".parse().unwrap();
         c.limit_applications_per_address = "2/1h".parse().unwrap();
     })
     .await;
@@ -989,7 +989,7 @@ async fn behind_a_trusted_proxy_the_forwarded_address_is_logged_and_limited() {
 
 both! {
 async fn a_forged_forwarded_header_from_an_untrusted_peer_is_ignored() {
-    let t = TestApp::spawn_with(|c| c.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap()]).await;
+    let t = TestApp::spawn_with(|c| c.trusted_proxies = "10.0.0.0/8".parse().unwrap()).await;
     let access = t.approved_researcher("ada@example.org").await;
     let links = t.download_links(&access).await;
     let forger = forwarded_client("203.0.113.9");
