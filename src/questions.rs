@@ -136,6 +136,168 @@ pub fn parse_definitions(json: &str) -> Result<Vec<Question>, String> {
     Ok(checked)
 }
 
+/// Rows the dashboard's question editor offers beyond the model's questions,
+/// for new ones.
+pub const NEW_ROWS: usize = 3;
+
+/// One question as the dashboard's editor shows it: a row of plain fields.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EditorRow {
+    pub id: String,
+    pub label: String,
+    /// The kind's name as stored (`text`, `long_text`, ...).
+    pub kind: String,
+    pub required: bool,
+    /// The options of a select, one per line.
+    pub options: String,
+    pub help: String,
+}
+
+impl EditorRow {
+    pub fn of(q: &Question) -> Self {
+        Self {
+            id: q.id.clone(),
+            label: q.label.clone(),
+            kind: kind_name(q.kind).to_owned(),
+            required: q.required,
+            options: q.options.join("\n"),
+            help: q.help.clone(),
+        }
+    }
+}
+
+/// The name a kind is stored and sent under.
+pub fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Text => "text",
+        Kind::LongText => "long_text",
+        Kind::Select => "select",
+        Kind::Checkbox => "checkbox",
+        Kind::Country => "country",
+        Kind::Url => "url",
+    }
+}
+
+/// Every kind, with the name the editor shows.
+pub const KINDS: [(Kind, &str); 6] = [
+    (Kind::Text, "One line of text"),
+    (Kind::LongText, "Several paragraphs"),
+    (Kind::Select, "One of a list"),
+    (Kind::Checkbox, "A box to tick"),
+    (Kind::Country, "A country"),
+    (Kind::Url, "A web address"),
+];
+
+/// An id made from a label, for a new question whose id was left blank:
+/// "Your ORCID iD" becomes `your_orcid_id`.
+pub fn id_from_label(label: &str) -> String {
+    let mut id = String::new();
+    for c in label.trim().chars().flat_map(char::to_lowercase) {
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            id.push(c);
+        } else if !id.is_empty() && !id.ends_with('_') {
+            id.push('_');
+        }
+    }
+    let mut id = id.trim_end_matches('_').to_owned();
+    if !id.starts_with(|c: char| c.is_ascii_lowercase()) {
+        id.insert_str(0, "q_");
+    }
+    id.truncate(40);
+    id.trim_end_matches('_').to_owned()
+}
+
+/// The questions the editor's form describes, in the order it asks for,
+/// not yet checked (see [`parse_definitions`]). Fields are `rN_id`,
+/// `rN_label`, `rN_kind`, `rN_required`, `rN_options`, `rN_help`,
+/// `rN_position` and `rN_remove` for row N. A row marked for removal, or
+/// left wholly blank, is dropped; a blank id is made from the label; a
+/// select's options are its non-blank lines, and other kinds have none.
+pub fn from_editor(fields: &[(String, String)]) -> Result<Vec<Question>, String> {
+    #[derive(Default)]
+    struct Row {
+        fields: EditorRow,
+        position: Option<String>,
+        remove: bool,
+    }
+    let mut rows: BTreeMap<usize, Row> = BTreeMap::new();
+    for (name, value) in fields {
+        let Some((row, field)) = name
+            .strip_prefix('r')
+            .and_then(|rest| rest.split_once('_'))
+            .and_then(|(n, field)| Some((n.parse::<usize>().ok()?, field)))
+        else {
+            continue;
+        };
+        if row >= MAX_QUESTIONS + NEW_ROWS {
+            return Err(format!("at most {MAX_QUESTIONS} questions"));
+        }
+        let r = rows.entry(row).or_default();
+        match field {
+            "id" => r.fields.id = value.trim().to_owned(),
+            "label" => r.fields.label = value.clone(),
+            "kind" => r.fields.kind = value.clone(),
+            "required" => r.fields.required = !value.is_empty(),
+            "options" => r.fields.options = value.clone(),
+            "help" => r.fields.help = value.clone(),
+            "position" => r.position = Some(value.trim().to_owned()),
+            "remove" => r.remove = !value.is_empty(),
+            _ => {}
+        }
+    }
+    let mut ordered = Vec::new();
+    for (n, row) in rows {
+        let f = row.fields;
+        let blank = f.id.is_empty()
+            && f.label.trim().is_empty()
+            && f.options.trim().is_empty()
+            && f.help.trim().is_empty();
+        if row.remove || blank {
+            continue;
+        }
+        let at = format!("question {} ({:?})", ordered.len() + 1, f.label.trim());
+        let position = match row.position.as_deref() {
+            None | Some("") => n as f64 + 1.0,
+            Some(p) => p
+                .parse::<f64>()
+                .ok()
+                .filter(|p| p.is_finite())
+                .ok_or_else(|| format!("{at}: the position must be a number"))?,
+        };
+        let kind = KINDS
+            .iter()
+            .map(|(k, _)| *k)
+            .find(|k| kind_name(*k) == f.kind)
+            .ok_or_else(|| format!("{at}: unknown kind {:?}", f.kind))?;
+        let id = if f.id.is_empty() {
+            id_from_label(&f.label)
+        } else {
+            f.id
+        };
+        let options = if kind == Kind::Select {
+            f.options
+                .lines()
+                .map(str::trim)
+                .filter(|o| !o.is_empty())
+                .map(str::to_owned)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let question = Question {
+            id,
+            label: f.label,
+            kind,
+            required: f.required,
+            options,
+            help: f.help,
+        };
+        ordered.push((position, n, question));
+    }
+    ordered.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    Ok(ordered.into_iter().map(|(_, _, q)| q).collect())
+}
+
 /// The questions stored with a model; an unreadable value reads as none
 /// (it was checked when it was stored).
 pub fn stored(json: &str) -> Vec<Question> {
@@ -321,5 +483,119 @@ mod tests {
         assert!(list.len() > 240);
         assert!(list.windows(2).all(|w| w[0].1 <= w[1].1));
         assert_eq!(country_name("FR"), Some("France"));
+    }
+
+    fn fields(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn the_editor_orders_drops_and_names_rows() {
+        let form = fields(&[
+            ("authenticity_token", "x"),
+            ("r0_id", "orcid"),
+            ("r0_label", "ORCID iD"),
+            ("r0_kind", "url"),
+            ("r0_position", "2"),
+            ("r1_id", "role"),
+            ("r1_label", "Your role"),
+            ("r1_kind", "select"),
+            ("r1_required", "on"),
+            ("r1_options", "Student\r\n\r\n Faculty \n"),
+            ("r1_position", "1"),
+            ("r2_id", "old"),
+            ("r2_label", "Old question"),
+            ("r2_kind", "text"),
+            ("r2_remove", "on"),
+            // A new row: the id comes from the label; a text keeps no options.
+            ("r3_id", ""),
+            ("r3_label", "  2nd Lab's web page!  "),
+            ("r3_kind", "text"),
+            ("r3_options", "left over from a select"),
+            ("r3_position", ""),
+            // A blank new row.
+            ("r4_id", ""),
+            ("r4_label", ""),
+            ("r4_kind", "text"),
+            ("r4_position", ""),
+        ]);
+        let questions = from_editor(&form).unwrap();
+        let ids: Vec<&str> = questions.iter().map(|q| q.id.as_str()).collect();
+        assert_eq!(ids, ["role", "orcid", "q_2nd_lab_s_web_page"]);
+        assert_eq!(questions[0].options, ["Student", "Faculty"]);
+        assert!(questions[0].required && !questions[1].required);
+        assert!(questions[2].options.is_empty());
+        // What the editor builds is what the JSON path checks.
+        let json = serde_json::to_string(&questions).unwrap();
+        let checked = parse_definitions(&json).unwrap();
+        assert_eq!(checked[2].label, "2nd Lab's web page!");
+        // And each question shown again comes back the same.
+        let shown: Vec<(String, String)> = checked
+            .iter()
+            .enumerate()
+            .flat_map(|(n, q)| {
+                let row = EditorRow::of(q);
+                [
+                    (format!("r{n}_id"), row.id),
+                    (format!("r{n}_label"), row.label),
+                    (format!("r{n}_kind"), row.kind),
+                    (
+                        format!("r{n}_required"),
+                        if row.required { "on".into() } else { String::new() },
+                    ),
+                    (format!("r{n}_options"), row.options),
+                    (format!("r{n}_help"), row.help),
+                ]
+            })
+            .collect();
+        assert_eq!(from_editor(&shown).unwrap(), checked);
+    }
+
+    #[test]
+    fn the_editor_refuses_unknown_kinds_bad_positions_and_too_many_rows() {
+        let err = from_editor(&fields(&[("r0_label", "A"), ("r0_kind", "essay")])).unwrap_err();
+        assert!(err.contains("unknown kind"), "{err}");
+        let err = from_editor(&fields(&[
+            ("r0_label", "A"),
+            ("r0_kind", "text"),
+            ("r0_position", "first"),
+        ]))
+        .unwrap_err();
+        assert!(err.contains("position must be a number"), "{err}");
+        let err = from_editor(&fields(&[
+            ("r0_label", "A"),
+            ("r0_kind", "text"),
+            ("r0_position", "NaN"),
+        ]))
+        .unwrap_err();
+        assert!(err.contains("position must be a number"), "{err}");
+        let err = from_editor(&fields(&[("r9999999_label", "A")])).unwrap_err();
+        assert!(err.contains("at most"), "{err}");
+        // Names that only look like rows are ignored.
+        assert!(
+            from_editor(&fields(&[("rx_label", "A"), ("r_label", "B"), ("r1", "C")]))
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn ids_made_from_labels_are_valid() {
+        for label in [
+            "Your ORCID iD",
+            "  ",
+            "Ünïcödé only",
+            "42",
+            &"long ".repeat(30),
+            "a__b",
+            "--x--",
+        ] {
+            let id = id_from_label(label);
+            assert!(valid_id(&id), "{label:?} gave {id:?}");
+        }
+        assert_eq!(id_from_label("Your ORCID iD"), "your_orcid_id");
     }
 }

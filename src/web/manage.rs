@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::{
     AppState, Error,
     auth::{CurrentReviewer, check_csrf},
-    extract::{Form, Path},
+    extract::{Form, FormFields, Path},
     pages::{self, Choice, Header, render},
 };
 use crate::{
@@ -177,7 +177,10 @@ pub async fn change_reviewer(
 #[derive(Default)]
 struct Refused {
     slug: String,
+    /// JSON sent to the questions' JSON editor.
     questions: Option<String>,
+    /// Rows sent from the question editor.
+    question_rows: Option<Vec<crate::questions::EditorRow>>,
     terms: Option<String>,
     error: String,
 }
@@ -197,8 +200,13 @@ async fn models_page(
             continue;
         };
         let this = refused.slug == p.model_slug;
-        let questions = serde_json::to_string_pretty(&crate::questions::stored(&model.questions))
-            .unwrap_or_else(|_| "[]".into());
+        let stored = crate::questions::stored(&model.questions);
+        let questions = serde_json::to_string_pretty(&stored).unwrap_or_else(|_| "[]".into());
+        let rows = refused
+            .question_rows
+            .clone()
+            .filter(|_| this)
+            .unwrap_or_else(|| stored.iter().map(crate::questions::EditorRow::of).collect());
         models.push(pages::PolicyRow {
             reviewers: assignments
                 .iter()
@@ -207,6 +215,7 @@ async fn models_page(
                 .collect::<Vec<_>>()
                 .join(", "),
             questions: refused.questions.clone().filter(|_| this).unwrap_or(questions),
+            question_rows: pages::QuestionRowView::all(&rows),
             terms: refused.terms.clone().filter(|_| this).unwrap_or(model.terms),
             terms_version: model.terms_version,
             reapply_after_days: model.reapply_after_days,
@@ -291,45 +300,58 @@ pub async fn save_policy(
     Ok((token, page).into_response())
 }
 
-#[derive(Deserialize)]
-pub struct QuestionsForm {
-    #[serde(default)]
-    authenticity_token: String,
-    #[serde(default)]
-    questions: String,
-}
-
-/// Replaces a model's application questions; refused JSON comes back in
-/// the field with the reason, nothing lost.
+/// Replaces a model's application questions, sent either from the editor's
+/// rows or as JSON (a `questions` field). A refused change comes back in
+/// the form it was sent in, with the reason; nothing is lost.
 pub async fn save_questions(
     State(state): State<AppState>,
     token: CsrfToken,
     CurrentReviewer(me): CurrentReviewer,
     Path(slug): Path<String>,
-    Form(form): Form<QuestionsForm>,
+    FormFields(fields): FormFields,
 ) -> Result<Response, Error> {
-    check_csrf(&token, &form.authenticity_token)?;
+    let field = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    check_csrf(&token, field("authenticity_token").unwrap_or_default())?;
     admin_only(&me)?;
     let parsed: Slug = slug.parse().map_err(Error::BadRequest)?;
-    let (message, refused) =
-        match crate::models::set_questions(&state.app, &parsed, &form.questions, &me.email).await {
+    let refusal = |why: String, questions: Option<String>, question_rows| Refused {
+        slug: slug.clone(),
+        questions,
+        question_rows,
+        terms: None,
+        error: format!("The questions were not saved: {why}"),
+    };
+    let (json, sent_rows) = match field("questions") {
+        Some(json) => (json.to_owned(), None),
+        None => match crate::questions::from_editor(&fields) {
             Ok(questions) => (
-                format!("{slug} now asks {} questions.", questions.len()),
-                Refused::default(),
-            ),
-            Err(e) => match e.downcast_ref::<crate::models::ModelError>() {
-                Some(crate::models::ModelError::Invalid(why)) => (
-                    String::new(),
-                    Refused {
-                        slug: slug.clone(),
-                        questions: Some(form.questions),
-                        terms: None,
-                        error: format!("The questions were not saved: {why}"),
-                    },
+                serde_json::to_string(&questions).map_err(anyhow::Error::from)?,
+                Some(
+                    questions
+                        .iter()
+                        .map(crate::questions::EditorRow::of)
+                        .collect::<Vec<_>>(),
                 ),
-                _ => return Err(e.into()),
-            },
-        };
+            ),
+            Err(why) => {
+                let page = models_page(&state, &token, &me, String::new(), refusal(why, None, None)).await?;
+                return Ok((token, page).into_response());
+            }
+        },
+    };
+    let (message, refused) = match crate::models::set_questions(&state.app, &parsed, &json, &me.email).await {
+        Ok(questions) => (
+            format!("{slug} now asks {} questions.", questions.len()),
+            Refused::default(),
+        ),
+        Err(e) => match e.downcast_ref::<crate::models::ModelError>() {
+            Some(crate::models::ModelError::Invalid(why)) => {
+                let json_sent = sent_rows.is_none().then_some(json);
+                (String::new(), refusal(why.clone(), json_sent, sent_rows))
+            }
+            _ => return Err(e.into()),
+        },
+    };
     let page = models_page(&state, &token, &me, message, refused).await?;
     Ok((token, page).into_response())
 }
@@ -365,6 +387,7 @@ pub async fn save_terms(
                 Refused {
                     slug: slug.clone(),
                     questions: None,
+                    question_rows: None,
                     terms: Some(form.terms),
                     error: format!("The terms were not saved: {why}"),
                 },

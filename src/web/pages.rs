@@ -316,6 +316,8 @@ pub struct PolicyRow {
     pub slug: String,
     /// The application questions as JSON, as the admin edits them.
     pub questions: String,
+    /// The same questions as rows of the editor, then blank rows for new ones.
+    pub question_rows: Vec<QuestionRowView>,
     pub terms: String,
     pub terms_version: i64,
     pub reapply_after_days: i64,
@@ -326,6 +328,57 @@ pub struct PolicyRow {
     pub auto_approve_domains: String,
     pub review_target_days: i64,
     pub reviewers: String,
+}
+
+/// One row of the question editor.
+pub struct QuestionRowView {
+    /// The row's number in the form's field names (`rN_label`).
+    pub n: usize,
+    /// Its place in the order, 1-based, as the position field shows it.
+    pub position: usize,
+    pub row: crate::questions::EditorRow,
+    pub kinds: Vec<KindOption>,
+    /// Whether the row holds a question (else it is blank, for a new one).
+    pub existing: bool,
+}
+
+pub struct KindOption {
+    pub value: &'static str,
+    pub name: &'static str,
+    pub selected: bool,
+}
+
+impl QuestionRowView {
+    /// The rows for `questions`, then [`crate::questions::NEW_ROWS`] blank ones.
+    pub fn all(questions: &[crate::questions::EditorRow]) -> Vec<Self> {
+        let blank = crate::questions::EditorRow {
+            kind: "text".into(),
+            ..Default::default()
+        };
+        questions
+            .iter()
+            .map(|row| (row.clone(), true))
+            .chain(std::iter::repeat_n((blank, false), crate::questions::NEW_ROWS))
+            .enumerate()
+            .map(|(n, (row, existing))| Self {
+                n,
+                position: n + 1,
+                kinds: crate::questions::KINDS
+                    .iter()
+                    .map(|(kind, name)| {
+                        let value = crate::questions::kind_name(*kind);
+                        KindOption {
+                            value,
+                            name,
+                            selected: value == row.kind,
+                        }
+                    })
+                    .collect(),
+                row,
+                existing,
+            })
+            .collect()
+    }
 }
 
 pub struct TemplateRow {

@@ -579,3 +579,98 @@ async fn admins_edit_a_models_questions_terms_and_wait_in_the_dashboard_without_
     }
 }
 }
+
+both! {
+async fn admins_build_questions_row_by_row_and_a_refused_row_comes_back_as_typed() {
+    let t = TestApp::spawn().await;
+    let admin = client();
+    t.sign_in(&admin).await;
+    let (_, page) = t.get_html(&admin, "/admin/models").await;
+    assert!(page.contains("New question") && page.contains("name=\"r0_label\""), "{page}");
+    let path = format!("/admin/models/{MODEL}/questions");
+    let saved = t
+        .post_admin(
+            &admin,
+            "/admin/models",
+            &path,
+            &[
+                ("r0_position", "1"),
+                ("r0_label", "Your ORCID iD"),
+                ("r0_id", ""),
+                ("r0_kind", "url"),
+                ("r0_required", "on"),
+                ("r1_position", "0.5"),
+                ("r1_label", "Your role"),
+                ("r1_id", "role"),
+                ("r1_kind", "select"),
+                ("r1_options", "Student\r\nFaculty\r\n"),
+                ("r2_position", "3"),
+                ("r2_label", ""),
+                ("r2_id", ""),
+                ("r2_kind", "text"),
+            ],
+        )
+        .await;
+    let page = saved.text().await.unwrap();
+    assert!(page.contains("now asks 2 questions"), "{page}");
+    // The editor shows them in their new order, with their ids.
+    assert!(page.contains("Question 1: <code>role</code>") && page.contains("Question 2: <code>your_orcid_id</code>"), "{page}");
+    let (_, form) = t.get_html(&client(), &format!("/models/{MODEL}")).await;
+    let role = form.find("Your role").unwrap();
+    let orcid = form.find("Your ORCID iD").unwrap();
+    assert!(role < orcid, "asked in the order of their positions");
+    assert!(form.contains("name=\"q_role\"") && form.contains("name=\"q_your_orcid_id\""));
+
+    // A select without options is refused; what was typed stays in the rows.
+    let refused = t
+        .post_admin(
+            &admin,
+            "/admin/models",
+            &path,
+            &[
+                ("r0_label", "Your role"),
+                ("r0_id", "role"),
+                ("r0_kind", "select"),
+                ("r0_options", "Student\nFaculty"),
+                ("r1_label", "Favourite <colour>"),
+                ("r1_id", ""),
+                ("r1_kind", "select"),
+                ("r1_options", ""),
+            ],
+        )
+        .await;
+    assert_eq!(refused.status(), StatusCode::OK);
+    let page = refused.text().await.unwrap();
+    assert!(page.contains("The questions were not saved") && page.contains("a select has 1 to"), "{page}");
+    assert!(page.contains("value=\"Favourite &#60;colour&#62;\"") || page.contains("value=\"Favourite &lt;colour&gt;\""), "{page}");
+    let (_, form) = t.get_html(&client(), &format!("/models/{MODEL}")).await;
+    assert!(form.contains("Your ORCID iD"), "nothing changed");
+
+    // Removing a row removes the question.
+    let removed = t
+        .post_admin(
+            &admin,
+            "/admin/models",
+            &path,
+            &[
+                ("r0_label", "Your role"),
+                ("r0_id", "role"),
+                ("r0_kind", "select"),
+                ("r0_options", "Student\nFaculty"),
+                ("r1_label", "Your ORCID iD"),
+                ("r1_id", "your_orcid_id"),
+                ("r1_kind", "url"),
+                ("r1_remove", "on"),
+            ],
+        )
+        .await;
+    assert!(removed.text().await.unwrap().contains("now asks 1 questions"));
+    let changes = t
+        .audit_events()
+        .await
+        .into_iter()
+        .filter(|e| e.action == "model.questions_changed")
+        .count();
+    assert_eq!(changes, 2, "the refused edit is not recorded as a change");
+}
+}
