@@ -136,6 +136,15 @@ pub fn parse_definitions(json: &str) -> Result<Vec<Question>, String> {
     Ok(checked)
 }
 
+/// What a model asks after a change of its questions, said in full.
+pub fn asks(slug: &str, count: usize) -> String {
+    match count {
+        0 => format!("{slug} now asks no questions of its own."),
+        1 => format!("{slug} now asks 1 question."),
+        n => format!("{slug} now asks {n} questions."),
+    }
+}
+
 /// Rows the dashboard's question editor offers beyond the model's questions,
 /// for new ones.
 pub const NEW_ROWS: usize = 3;

@@ -555,7 +555,7 @@ async fn model(app: Arc<App>, cmd: ModelCommand) -> anyhow::Result<()> {
                             .with_context(|| format!("cannot read {}", path.display()))?
                     };
                     let questions = models::set_questions(&app, &slug, &json, &operator()).await?;
-                    println!("{slug} now asks {} questions", questions.len());
+                    println!("{}", crate::questions::asks(slug.as_str(), questions.len()));
                 }
                 None => {
                     let model = db::models::find_model_by_slug(app.db.pool(), slug.as_str())

@@ -340,10 +340,7 @@ pub async fn save_questions(
         },
     };
     let (message, refused) = match crate::models::set_questions(&state.app, &parsed, &json, &me.email).await {
-        Ok(questions) => (
-            format!("{slug} now asks {} questions.", questions.len()),
-            Refused::default(),
-        ),
+        Ok(questions) => (crate::questions::asks(&slug, questions.len()), Refused::default()),
         Err(e) => match e.downcast_ref::<crate::models::ModelError>() {
             Some(crate::models::ModelError::Invalid(why)) => {
                 let json_sent = sent_rows.is_none().then_some(json);

@@ -346,6 +346,27 @@ async fn in_a_browser_two_reviewers_approve_one_denies_in_bulk_and_an_admin_revo
         admin.wait_for_text("").await;
         admin.screenshot(name).await;
     }
+
+    // The admin adds a question in the editor's first blank row.
+    admin.client.goto(&t.url("/admin/models")).await.unwrap();
+    admin.wait_for_text("Review policies").await;
+    admin.click("section.policy details summary").await;
+    admin.fill("r0_label", "Your ORCID iD").await;
+    admin
+        .client
+        .find(Locator::Css("select[name='r0_kind']"))
+        .await
+        .unwrap()
+        .select_by_label("A web address")
+        .await
+        .unwrap();
+    admin.click("input[name='r0_required']").await;
+    admin.click("form.questions button[type='submit']").await;
+    admin.wait_for_text("now asks 1 question.").await;
+    admin.click("section.policy details summary").await;
+    admin.screenshot("models-questions").await;
+    let (_, form) = t.get_html(&client(), &format!("/models/{MODEL}")).await;
+    assert!(form.contains("Your ORCID iD") && form.contains("name=\"q_your_orcid_id\""), "{form}");
     admin.close().await;
     reviewer.close().await;
 }

@@ -540,7 +540,7 @@ async fn admins_edit_a_models_questions_terms_and_wait_in_the_dashboard_without_
     let saved = t
         .post_admin(&admin, "/admin/models", &format!("/admin/models/{MODEL}/questions"), &[("questions", good)])
         .await;
-    assert!(saved.text().await.unwrap().contains("now asks 1 questions"));
+    assert!(saved.text().await.unwrap().contains("now asks 1 question."));
     let terms = t
         .post_admin(
             &admin,
@@ -664,7 +664,7 @@ async fn admins_build_questions_row_by_row_and_a_refused_row_comes_back_as_typed
             ],
         )
         .await;
-    assert!(removed.text().await.unwrap().contains("now asks 1 questions"));
+    assert!(removed.text().await.unwrap().contains("now asks 1 question."));
     let changes = t
         .audit_events()
         .await

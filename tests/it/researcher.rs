@@ -453,7 +453,7 @@ async fn operators_set_a_models_questions_terms_and_wait_from_the_command_line()
         Some(r#"[{"id": "paper", "label": "A paper of yours", "kind": "url", "required": true}]"#),
     );
     assert!(ok, "{out}{err}");
-    assert!(out.contains("now asks 1 questions"), "{out}");
+    assert!(out.contains("now asks 1 question."), "{out}");
     let (ok, _, err) = crate::cli::weightgate(
         &t,
         &["model", "questions", MODEL, "--file", "-"],
