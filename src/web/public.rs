@@ -75,14 +75,7 @@ fn question_fields(
                 _ => Vec::new(),
             };
             QuestionField {
-                kind: match q.kind {
-                    Kind::Text => "text",
-                    Kind::LongText => "long_text",
-                    Kind::Select => "select",
-                    Kind::Checkbox => "checkbox",
-                    Kind::Country => "country",
-                    Kind::Url => "url",
-                },
+                kind: crate::questions::kind_name(q.kind),
                 checked: !value.is_empty(),
                 error: errors.get(&field).cloned().unwrap_or_default(),
                 label: q.label,
