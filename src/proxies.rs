@@ -26,6 +26,15 @@ impl FromStr for TrustedProxy {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
         if let Ok(net) = s.parse::<IpNet>() {
+            // Peers are compared as plain IPv4 when they are IPv4-mapped
+            // (::ffff:a.b.c.d), so a mapped network is kept as IPv4 too.
+            if let IpNet::V6(v6) = net
+                && let Some(v4) = v6.addr().to_ipv4_mapped()
+                && v6.prefix_len() >= 96
+            {
+                let v4 = ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map_err(|e| e.to_string())?;
+                return Ok(Self(IpNet::V4(v4.trunc())));
+            }
             return Ok(Self(net.trunc()));
         }
         match s.parse::<IpAddr>() {
@@ -86,15 +95,17 @@ const MAX_HOPS: usize = 32;
 
 /// The client's address: the connection's `peer` unless it is a trusted
 /// proxy, in which case the nearest untrusted address in `forwarded_for` (the
-/// `X-Forwarded-For` header values, in the order received).
+/// `X-Forwarded-For` header values as bytes, in the order received).
 ///
-/// An entry that is not an address ("unknown", garbage) ends the walk: the
-/// last trusted hop is then the best known client address. If every entry is
-/// a trusted proxy, the leftmost one is the client.
+/// An entry that is not an address ("unknown", garbage, bytes that are not
+/// UTF-8) ends the walk: the last trusted hop is then the best known client
+/// address. Entries are split before they are decoded, so a client's bad
+/// bytes spoil only its own entries, never the ones a proxy added after
+/// them. If every entry is a trusted proxy, the leftmost one is the client.
 pub fn client_address<'a>(
     TrustedProxies(trusted): &TrustedProxies,
     peer: IpAddr,
-    forwarded_for: impl DoubleEndedIterator<Item = &'a str>,
+    forwarded_for: impl DoubleEndedIterator<Item = &'a [u8]>,
 ) -> IpAddr {
     let peer = peer.to_canonical();
     let is_trusted = |ip: IpAddr| trusted.iter().any(|t| t.contains(ip));
@@ -104,10 +115,10 @@ pub fn client_address<'a>(
     let mut client = peer;
     let entries = forwarded_for
         .rev()
-        .flat_map(|value| value.rsplit(','))
+        .flat_map(|value| value.rsplit(|&b| b == b','))
         .take(MAX_HOPS);
     for entry in entries {
-        let Some(ip) = parse_entry(entry) else {
+        let Some(ip) = std::str::from_utf8(entry).ok().and_then(parse_entry) else {
             break;
         };
         client = ip;
@@ -149,7 +160,7 @@ mod tests {
     }
 
     fn resolve(trusted: &[&str], peer: &str, headers: &[&str]) -> String {
-        client_address(&proxies(trusted), ip(peer), headers.iter().copied()).to_string()
+        client_address(&proxies(trusted), ip(peer), headers.iter().map(|h| h.as_bytes())).to_string()
     }
 
     #[test]
@@ -229,6 +240,20 @@ mod tests {
     }
 
     #[test]
+    fn bytes_that_are_not_utf8_spoil_only_their_own_entry() {
+        let trusted = proxies(&["10.0.0.0/8"]);
+        let resolve = |headers: &[&[u8]]| {
+            client_address(&trusted, ip("10.0.0.2"), headers.iter().copied()).to_string()
+        };
+        // The client's bad bytes come before the address the proxy appended.
+        assert_eq!(resolve(&[b"\xff\xfe, 203.0.113.9"]), "203.0.113.9");
+        // A bad second line stops the walk at the trusted hop; it never
+        // reaches the address the client wrote on the first line.
+        assert_eq!(resolve(&[b"6.6.6.6", b"\xff"]), "10.0.0.2");
+        assert_eq!(resolve(&[b"6.6.6.6", b"\xff, 203.0.113.9"]), "203.0.113.9");
+    }
+
+    #[test]
     fn a_long_hostile_header_is_read_only_so_far() {
         let long = vec!["10.0.0.1"; 10_000].join(",");
         assert_eq!(
@@ -254,6 +279,12 @@ mod tests {
         let err = "lb.internal".parse::<TrustedProxy>().unwrap_err();
         assert!(err.contains("not an IP address or network"), "{err}");
         assert!("10.0.0.0/33".parse::<TrustedProxy>().is_err());
+        // An IPv4-mapped network means the IPv4 network.
+        assert_eq!(
+            "::ffff:10.0.0.0/104".parse::<TrustedProxy>().unwrap().to_string(),
+            "10.0.0.0/8"
+        );
+        assert_eq!(resolve(&["::ffff:10.0.0.0/104"], "10.0.0.2", &["203.0.113.9"]), "203.0.113.9");
 
         let list: TrustedProxies = " 10.0.0.0/8 , 192.0.2.10,".parse().unwrap();
         assert_eq!(list.to_string(), "10.0.0.0/8,192.0.2.10/32");

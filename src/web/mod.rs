@@ -83,7 +83,7 @@ impl FromRequestParts<AppState> for ClientInfo {
                 .headers
                 .get_all(&X_FORWARDED_FOR)
                 .iter()
-                .filter_map(|v| v.to_str().ok());
+                .map(HeaderValue::as_bytes);
             crate::proxies::client_address(&state.app.config.trusted_proxies, peer, forwarded).to_string()
         });
         Ok(Self(Client {
