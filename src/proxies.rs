@@ -242,9 +242,8 @@ mod tests {
     #[test]
     fn bytes_that_are_not_utf8_spoil_only_their_own_entry() {
         let trusted = proxies(&["10.0.0.0/8"]);
-        let resolve = |headers: &[&[u8]]| {
-            client_address(&trusted, ip("10.0.0.2"), headers.iter().copied()).to_string()
-        };
+        let resolve =
+            |headers: &[&[u8]]| client_address(&trusted, ip("10.0.0.2"), headers.iter().copied()).to_string();
         // The client's bad bytes come before the address the proxy appended.
         assert_eq!(resolve(&[b"\xff\xfe, 203.0.113.9"]), "203.0.113.9");
         // A bad second line stops the walk at the trusted hop; it never
@@ -284,7 +283,10 @@ mod tests {
             "::ffff:10.0.0.0/104".parse::<TrustedProxy>().unwrap().to_string(),
             "10.0.0.0/8"
         );
-        assert_eq!(resolve(&["::ffff:10.0.0.0/104"], "10.0.0.2", &["203.0.113.9"]), "203.0.113.9");
+        assert_eq!(
+            resolve(&["::ffff:10.0.0.0/104"], "10.0.0.2", &["203.0.113.9"]),
+            "203.0.113.9"
+        );
 
         let list: TrustedProxies = " 10.0.0.0/8 , 192.0.2.10,".parse().unwrap();
         assert_eq!(list.to_string(), "10.0.0.0/8,192.0.2.10/32");

@@ -216,24 +216,40 @@ pub fn id_from_label(label: &str) -> String {
     id.trim_end_matches('_').to_owned()
 }
 
-/// The questions the editor's form describes, in the order it asks for,
-/// not yet checked (see [`parse_definitions`]). Fields are `rN_id`,
-/// `rN_label`, `rN_kind`, `rN_required`, `rN_options`, `rN_help`,
-/// `rN_position` and `rN_remove` for row N. A row marked for removal, or
-/// left wholly blank, is dropped; a blank id is made from the label; a
-/// select's options are its non-blank lines, and other kinds have none.
-pub fn from_editor(fields: &[(String, String)]) -> Result<Vec<Question>, String> {
-    #[derive(Default)]
-    struct Row {
-        fields: EditorRow,
-        position: Option<String>,
-        remove: bool,
+/// A row of the editor as it was sent, kept as typed so that a refused
+/// edit can be shown again exactly.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SentRow {
+    pub fields: EditorRow,
+    /// The position as typed; blank keeps the row's place.
+    pub position: String,
+    pub remove: bool,
+    /// Whether the row showed a saved question, not a blank one for a new question.
+    pub existing: bool,
+}
+
+impl SentRow {
+    /// Whether nothing was typed in the row.
+    pub fn is_blank(&self) -> bool {
+        let f = &self.fields;
+        f.id.trim().is_empty()
+            && f.label.trim().is_empty()
+            && f.options.trim().is_empty()
+            && f.help.trim().is_empty()
     }
-    let mut rows: BTreeMap<usize, Row> = BTreeMap::new();
+}
+
+/// The editor's rows in the form's order. Fields are `rN_id`, `rN_label`,
+/// `rN_kind`, `rN_required`, `rN_options`, `rN_help`, `rN_position`,
+/// `rN_remove` and `rN_existing` for row N (digits only); other fields are
+/// ignored.
+pub fn editor_rows(fields: &[(String, String)]) -> Result<Vec<SentRow>, String> {
+    let mut rows: BTreeMap<usize, SentRow> = BTreeMap::new();
     for (name, value) in fields {
         let Some((row, field)) = name
             .strip_prefix('r')
             .and_then(|rest| rest.split_once('_'))
+            .filter(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
             .and_then(|(n, field)| Some((n.parse::<usize>().ok()?, field)))
         else {
             continue;
@@ -243,31 +259,39 @@ pub fn from_editor(fields: &[(String, String)]) -> Result<Vec<Question>, String>
         }
         let r = rows.entry(row).or_default();
         match field {
-            "id" => r.fields.id = value.trim().to_owned(),
+            "id" => r.fields.id = value.clone(),
             "label" => r.fields.label = value.clone(),
             "kind" => r.fields.kind = value.clone(),
             "required" => r.fields.required = !value.is_empty(),
             "options" => r.fields.options = value.clone(),
             "help" => r.fields.help = value.clone(),
-            "position" => r.position = Some(value.trim().to_owned()),
+            "position" => r.position = value.clone(),
             "remove" => r.remove = !value.is_empty(),
+            "existing" => r.existing = !value.is_empty(),
             _ => {}
         }
     }
+    Ok(rows.into_values().collect())
+}
+
+/// The questions the editor's rows describe, in the order they ask for,
+/// not yet checked (see [`parse_definitions`]). A row marked for removal,
+/// or left wholly blank, is dropped; a blank id is made from the label; a
+/// select's options are its non-blank lines, and other kinds have none.
+pub fn from_rows(rows: &[SentRow]) -> Result<Vec<Question>, String> {
     let mut ordered = Vec::new();
-    for (n, row) in rows {
-        let f = row.fields;
-        let blank = f.id.is_empty()
-            && f.label.trim().is_empty()
-            && f.options.trim().is_empty()
-            && f.help.trim().is_empty();
-        if row.remove || blank {
+    for (n, row) in rows.iter().enumerate() {
+        if row.remove || row.is_blank() {
             continue;
         }
-        let at = format!("question {} ({:?})", ordered.len() + 1, f.label.trim());
-        let position = match row.position.as_deref() {
-            None | Some("") => n as f64 + 1.0,
-            Some(p) => p
+        let f = &row.fields;
+        let at = match f.label.trim() {
+            "" => format!("the question in row {}", n + 1),
+            label => format!("the question {label:?}"),
+        };
+        let position = match row.position.trim() {
+            "" => n as f64 + 1.0,
+            p => p
                 .parse::<f64>()
                 .ok()
                 .filter(|p| p.is_finite())
@@ -278,10 +302,9 @@ pub fn from_editor(fields: &[(String, String)]) -> Result<Vec<Question>, String>
             .map(|(k, _)| *k)
             .find(|k| kind_name(*k) == f.kind)
             .ok_or_else(|| format!("{at}: unknown kind {:?}", f.kind))?;
-        let id = if f.id.is_empty() {
-            id_from_label(&f.label)
-        } else {
-            f.id
+        let id = match f.id.trim() {
+            "" => id_from_label(&f.label),
+            id => id.to_owned(),
         };
         let options = if kind == Kind::Select {
             f.options
@@ -295,16 +318,21 @@ pub fn from_editor(fields: &[(String, String)]) -> Result<Vec<Question>, String>
         };
         let question = Question {
             id,
-            label: f.label,
+            label: f.label.clone(),
             kind,
             required: f.required,
             options,
-            help: f.help,
+            help: f.help.clone(),
         };
         ordered.push((position, n, question));
     }
     ordered.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
     Ok(ordered.into_iter().map(|(_, _, q)| q).collect())
+}
+
+/// [`editor_rows`] then [`from_rows`].
+pub fn from_editor(fields: &[(String, String)]) -> Result<Vec<Question>, String> {
+    from_rows(&editor_rows(fields)?)
 }
 
 /// The questions stored with a model; an unreadable value reads as none
@@ -585,9 +613,14 @@ mod tests {
         assert!(err.contains("at most"), "{err}");
         // Names that only look like rows are ignored.
         assert!(
-            from_editor(&fields(&[("rx_label", "A"), ("r_label", "B"), ("r1", "C")]))
-                .unwrap()
-                .is_empty()
+            from_editor(&fields(&[
+                ("rx_label", "A"),
+                ("r_label", "B"),
+                ("r1", "C"),
+                ("r+1_label", "D")
+            ]))
+            .unwrap()
+            .is_empty()
         );
     }
 

@@ -179,8 +179,8 @@ struct Refused {
     slug: String,
     /// JSON sent to the questions' JSON editor.
     questions: Option<String>,
-    /// Rows sent from the question editor.
-    question_rows: Option<Vec<crate::questions::EditorRow>>,
+    /// Rows sent from the question editor, as typed.
+    question_rows: Option<Vec<crate::questions::SentRow>>,
     terms: Option<String>,
     error: String,
 }
@@ -206,7 +206,7 @@ async fn models_page(
             .question_rows
             .clone()
             .filter(|_| this)
-            .unwrap_or_else(|| stored.iter().map(crate::questions::EditorRow::of).collect());
+            .unwrap_or_else(|| pages::QuestionRowView::saved(&stored));
         models.push(pages::PolicyRow {
             reviewers: assignments
                 .iter()
@@ -216,6 +216,7 @@ async fn models_page(
                 .join(", "),
             questions: refused.questions.clone().filter(|_| this).unwrap_or(questions),
             question_rows: pages::QuestionRowView::all(&rows),
+            json_refused: this && refused.questions.is_some(),
             terms: refused.terms.clone().filter(|_| this).unwrap_or(model.terms),
             terms_version: model.terms_version,
             reapply_after_days: model.reapply_after_days,
@@ -323,21 +324,28 @@ pub async fn save_questions(
     };
     let (json, sent_rows) = match field("questions") {
         Some(json) => (json.to_owned(), None),
-        None => match crate::questions::from_editor(&fields) {
-            Ok(questions) => (
-                serde_json::to_string(&questions).map_err(anyhow::Error::from)?,
-                Some(
-                    questions
-                        .iter()
-                        .map(crate::questions::EditorRow::of)
-                        .collect::<Vec<_>>(),
+        None => {
+            let rows = match crate::questions::editor_rows(&fields) {
+                Ok(rows) => rows,
+                Err(why) => {
+                    let page =
+                        models_page(&state, &token, &me, String::new(), refusal(why, None, None)).await?;
+                    return Ok((token, page).into_response());
+                }
+            };
+            match crate::questions::from_rows(&rows) {
+                Ok(questions) => (
+                    serde_json::to_string(&questions).map_err(anyhow::Error::from)?,
+                    Some(rows),
                 ),
-            ),
-            Err(why) => {
-                let page = models_page(&state, &token, &me, String::new(), refusal(why, None, None)).await?;
-                return Ok((token, page).into_response());
+                Err(why) => {
+                    let page =
+                        models_page(&state, &token, &me, String::new(), refusal(why, None, Some(rows)))
+                            .await?;
+                    return Ok((token, page).into_response());
+                }
             }
-        },
+        }
     };
     let (message, refused) = match crate::models::set_questions(&state.app, &parsed, &json, &me.email).await {
         Ok(questions) => (crate::questions::asks(&slug, questions.len()), Refused::default()),

@@ -318,6 +318,8 @@ pub struct PolicyRow {
     pub questions: String,
     /// The same questions as rows of the editor, then blank rows for new ones.
     pub question_rows: Vec<QuestionRowView>,
+    /// Whether `questions` holds refused JSON (its editor is then shown open).
+    pub json_refused: bool,
     pub terms: String,
     pub terms_version: i64,
     pub reapply_after_days: i64,
@@ -334,12 +336,15 @@ pub struct PolicyRow {
 pub struct QuestionRowView {
     /// The row's number in the form's field names (`rN_label`).
     pub n: usize,
-    /// Its place in the order, 1-based, as the position field shows it.
-    pub position: usize,
+    /// The position field's value.
+    pub position: String,
     pub row: crate::questions::EditorRow,
     pub kinds: Vec<KindOption>,
-    /// Whether the row holds a question (else it is blank, for a new one).
+    pub remove: bool,
+    /// Whether the row shows a saved question (else it is for a new one).
     pub existing: bool,
+    /// 1-based, among rows of its sort (saved or new).
+    pub number: usize,
 }
 
 pub struct KindOption {
@@ -349,33 +354,64 @@ pub struct KindOption {
 }
 
 impl QuestionRowView {
-    /// The rows for `questions`, then [`crate::questions::NEW_ROWS`] blank ones.
-    pub fn all(questions: &[crate::questions::EditorRow]) -> Vec<Self> {
-        let blank = crate::questions::EditorRow {
-            kind: "text".into(),
-            ..Default::default()
-        };
+    /// The model's saved questions as editor rows.
+    pub fn saved(questions: &[crate::questions::Question]) -> Vec<crate::questions::SentRow> {
         questions
             .iter()
-            .map(|row| (row.clone(), true))
-            .chain(std::iter::repeat_n((blank, false), crate::questions::NEW_ROWS))
             .enumerate()
-            .map(|(n, (row, existing))| Self {
-                n,
-                position: n + 1,
-                kinds: crate::questions::KINDS
-                    .iter()
-                    .map(|(kind, name)| {
-                        let value = crate::questions::kind_name(*kind);
-                        KindOption {
-                            value,
-                            name,
-                            selected: value == row.kind,
-                        }
-                    })
-                    .collect(),
-                row,
-                existing,
+            .map(|(i, q)| crate::questions::SentRow {
+                fields: crate::questions::EditorRow::of(q),
+                position: (i + 1).to_string(),
+                remove: false,
+                existing: true,
+            })
+            .collect()
+    }
+
+    /// `rows` (less any blank new ones), then
+    /// [`crate::questions::NEW_ROWS`] blank rows for new questions.
+    pub fn all(rows: &[crate::questions::SentRow]) -> Vec<Self> {
+        let kept: Vec<_> = rows
+            .iter()
+            .filter(|r| r.existing || !r.is_blank())
+            .cloned()
+            .collect();
+        let first_blank = kept.len() + 1;
+        let blanks = (0..crate::questions::NEW_ROWS).map(move |i| crate::questions::SentRow {
+            fields: crate::questions::EditorRow {
+                kind: "text".into(),
+                ..Default::default()
+            },
+            position: (first_blank + i).to_string(),
+            remove: false,
+            existing: false,
+        });
+        let (mut saved, mut new) = (0, 0);
+        kept.into_iter()
+            .chain(blanks)
+            .enumerate()
+            .map(|(n, sent)| {
+                let counter = if sent.existing { &mut saved } else { &mut new };
+                *counter += 1;
+                Self {
+                    n,
+                    number: *counter,
+                    position: sent.position,
+                    kinds: crate::questions::KINDS
+                        .iter()
+                        .map(|(kind, name)| {
+                            let value = crate::questions::kind_name(*kind);
+                            KindOption {
+                                value,
+                                name,
+                                selected: value == sent.fields.kind,
+                            }
+                        })
+                        .collect(),
+                    row: sent.fields,
+                    remove: sent.remove,
+                    existing: sent.existing,
+                }
             })
             .collect()
     }

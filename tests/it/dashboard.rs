@@ -535,6 +535,7 @@ async fn admins_edit_a_models_questions_terms_and_wait_in_the_dashboard_without_
     let page = refused.text().await.unwrap();
     assert!(page.contains("The questions were not saved"), "{page}");
     assert!(page.contains("telepathy"), "the refused text is kept in the field");
+    assert!(page.contains("<details class=\"json\" open>"), "and shown: {page}");
 
     let good = r#"[{"id": "orcid", "label": "Your ORCID iD", "kind": "url", "required": true}]"#;
     let saved = t
@@ -643,8 +644,36 @@ async fn admins_build_questions_row_by_row_and_a_refused_row_comes_back_as_typed
     let page = refused.text().await.unwrap();
     assert!(page.contains("The questions were not saved") && page.contains("a select has 1 to"), "{page}");
     assert!(page.contains("value=\"Favourite &#60;colour&#62;\"") || page.contains("value=\"Favourite &lt;colour&gt;\""), "{page}");
+    assert!(page.contains("New question 1"), "a refused new row is still a new one: {page}");
     let (_, form) = t.get_html(&client(), &format!("/models/{MODEL}")).await;
     assert!(form.contains("Your ORCID iD"), "nothing changed");
+
+    // A row the editor cannot read at all comes back as typed too.
+    let unreadable = t
+        .post_admin(
+            &admin,
+            "/admin/models",
+            &path,
+            &[
+                ("r0_existing", "1"),
+                ("r0_label", "Your role"),
+                ("r0_id", "role"),
+                ("r0_kind", "select"),
+                ("r0_options", "Student\nFaculty"),
+                ("r0_remove", "on"),
+                ("r1_label", "Shoe size"),
+                ("r1_id", "shoe"),
+                ("r1_kind", "text"),
+                ("r1_position", "first"),
+                ("r1_help", "In EU sizes"),
+            ],
+        )
+        .await;
+    let page = unreadable.text().await.unwrap();
+    assert!(page.contains("Shoe size") && page.contains("the position must be a number"), "{page}");
+    for typed in ["value=\"first\"", "value=\"Shoe size\"", "In EU sizes", "name=\"r0_remove\" checked"] {
+        assert!(page.contains(typed), "{typed} is kept: {page}");
+    }
 
     // Removing a row removes the question.
     let removed = t
