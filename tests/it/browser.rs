@@ -347,7 +347,7 @@ async fn in_a_browser_two_reviewers_approve_one_denies_in_bulk_and_an_admin_revo
         admin.screenshot(name).await;
     }
 
-    // The admin adds a question in the editor's first blank row.
+    // The model has no questions yet, so row 0 is the first blank row.
     admin.client.goto(&t.url("/admin/models")).await.unwrap();
     admin.wait_for_text("Review policies").await;
     admin.click("section.policy details summary").await;
