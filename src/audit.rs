@@ -174,9 +174,7 @@ fn digest_at(r: &EventRow, seq: i64, buf: &mut Vec<u8>) -> [u8; 32] {
 /// lock keeps replicas from forking the chain.
 async fn lock_chain(conn: &mut AnyConnection, backend: Backend) -> sqlx::Result<()> {
     if backend == Backend::Postgres {
-        sqlx::query("SELECT pg_advisory_xact_lock(4242001)")
-            .execute(&mut *conn)
-            .await?;
+        db::audit::lock_chain_postgres(conn).await?;
     }
     Ok(())
 }

@@ -89,6 +89,15 @@ pub async fn insert_many(conn: &mut AnyConnection, rows: &[EventRow]) -> sqlx::R
     Ok(())
 }
 
+/// Takes PostgreSQL's transaction-scoped advisory lock that serialises every
+/// replica's appends to the log.
+pub async fn lock_chain_postgres(conn: &mut AnyConnection) -> sqlx::Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock(4242001)")
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
 pub(super) const HEAD: &str = "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1";
 
 /// The sequence number and hash of the newest event.

@@ -117,6 +117,14 @@ impl Db {
         self.sqlite_file.as_deref()
     }
 
+    /// Asks the database for nothing, to learn that it answers.
+    pub async fn ping(&self) -> sqlx::Result<()> {
+        sqlx::query_scalar::<_, i64>("SELECT 1")
+            .fetch_one(&self.pool)
+            .await
+            .map(|_| ())
+    }
+
     pub fn pool(&self) -> &AnyPool {
         &self.pool
     }

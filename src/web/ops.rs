@@ -39,13 +39,7 @@ async fn check<T>(what: impl Future<Output = anyhow::Result<T>>) -> Result<T, St
 /// waits in the database, so it does not make the portal unready).
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let app = &state.app;
-    let database = check(async {
-        sqlx::query_scalar::<_, i64>("SELECT 1")
-            .fetch_one(app.db.pool())
-            .await?;
-        Ok(())
-    })
-    .await;
+    let database = check(async { Ok(app.db.ping().await?) }).await;
     // A lookup of a key that never exists: "absent" proves the store answers.
     let objects = check(async { app.storage.size("readyz/probe").await.map(|_| ()) }).await;
     let data_dir = app.config.data_dir.clone();
