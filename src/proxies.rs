@@ -76,6 +76,18 @@ impl FromStr for TrustedProxies {
     }
 }
 
+impl TrustedProxies {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether some listed network is a whole address family (`0.0.0.0/0`,
+    /// `::/0`), so that every client's header is believed.
+    pub fn trusts_everyone(&self) -> bool {
+        self.0.iter().any(|TrustedProxy(net)| net.prefix_len() == 0)
+    }
+}
+
 impl fmt::Display for TrustedProxies {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (n, proxy) in self.0.iter().enumerate() {
@@ -291,6 +303,14 @@ mod tests {
         let list: TrustedProxies = " 10.0.0.0/8 , 192.0.2.10,".parse().unwrap();
         assert_eq!(list.to_string(), "10.0.0.0/8,192.0.2.10/32");
         assert_eq!("".parse::<TrustedProxies>().unwrap(), TrustedProxies::default());
+        assert!(!list.trusts_everyone() && !list.is_empty());
+        assert!(
+            "10.0.0.0/8, ::/0"
+                .parse::<TrustedProxies>()
+                .unwrap()
+                .trusts_everyone()
+        );
+        assert!("0.0.0.0/0".parse::<TrustedProxies>().unwrap().trusts_everyone());
         let err = "10.0.0.0/8,lb".parse::<TrustedProxies>().unwrap_err();
         assert!(err.contains("\"lb\""), "{err}");
     }

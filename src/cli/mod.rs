@@ -314,6 +314,12 @@ async fn serve(app: Arc<App>) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", app.config.bind))?;
     tracing::info!(url = %app.config.public_url(), data_dir = %app.config.data_dir.display(), "weightgate is serving");
+    let proxies = &app.config.trusted_proxies;
+    if proxies.trusts_everyone() {
+        tracing::warn!(%proxies, "every address is a trusted proxy: any client can choose the address the audit log and the rate limits see");
+    } else if !proxies.is_empty() {
+        tracing::info!(%proxies, "client addresses are read from X-Forwarded-For behind these proxies");
+    }
     crate::web::serve(app, listener, shutdown_signal()).await
 }
 
