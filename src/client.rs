@@ -157,8 +157,50 @@ struct Session {
 
 const ATTEMPTS: u32 = 6;
 
+/// How often the portal may ask the client to wait (429, or 503 with
+/// `Retry-After`) for one request before it gives up.
+const WAITS: u32 = 10;
+
+/// The longest wait a `Retry-After` is honoured for.
+const LONGEST_WAIT: Duration = Duration::from_secs(300);
+
+/// How often one chunk's transfer may break off before the client gives up
+/// (the command resumes from there when run again).
+const BREAKS: u32 = 8;
+
 fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(250 * (1 << attempt.min(6)))
+}
+
+/// The wait a 429 or 503 asks for, in whole seconds (`Retry-After: 30`), at
+/// most [`LONGEST_WAIT`]; `None` when the header is missing or is a date.
+fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+    let secs: u64 = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs).min(LONGEST_WAIT))
+}
+
+/// A network failure said in full, without the URL (a download link is a
+/// credential): "error sending request: … connection refused".
+fn network_error(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        let said = c.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// The manifest URL for what the user gave: a manifest URL or an access page.
@@ -198,31 +240,59 @@ async fn refusal(response: reqwest::Response) -> DownloadError {
     }
 }
 
-/// GETs `url`, retrying network failures and server errors with backoff.
+/// GETs `url`, retrying network failures and server errors with backoff,
+/// and waiting as long as the portal asks when it is busy (429, or 503 with
+/// `Retry-After`).
 async fn get_with_retries(
     http: &reqwest::Client,
     url: &str,
     range: Option<(u64, u64)>,
 ) -> Result<reqwest::Response, DownloadError> {
-    let mut last = String::new();
-    for attempt in 0..ATTEMPTS {
-        if attempt > 0 {
-            tokio::time::sleep(backoff(attempt)).await;
-        }
+    let mut last;
+    let (mut attempts, mut waits) = (0, 0);
+    let mut pause = Duration::ZERO;
+    loop {
+        tokio::time::sleep(pause).await;
         let mut request = http.get(url).header("accept", "application/json, */*");
         if let Some((start, end)) = range {
             request = request.header("range", format!("bytes={start}-{end}"));
         }
-        match request.send().await {
-            Ok(r) if r.status().is_server_error() => last = format!("{} from the portal", r.status()),
+        let asked = match request.send().await {
             Ok(r) if r.status().is_success() => return Ok(r),
+            Ok(r) if r.status() == reqwest::StatusCode::TOO_MANY_REQUESTS || r.status().is_server_error() => {
+                let asked = retry_after(&r);
+                if r.status() == reqwest::StatusCode::TOO_MANY_REQUESTS && (asked.is_none() || waits >= WAITS)
+                {
+                    return Err(refusal(r).await);
+                }
+                last = format!("{} from the portal", r.status());
+                asked
+            }
             Ok(r) => return Err(refusal(r).await),
-            Err(e) => last = e.to_string(),
+            Err(e) => {
+                last = network_error(e);
+                None
+            }
+        };
+        match asked {
+            Some(wait) if waits < WAITS => {
+                waits += 1;
+                eprintln!("the portal asks to wait {} s ({last})", wait.as_secs());
+                // A little more than asked, so that clients told the same
+                // time do not all come back at once.
+                pause = wait + Duration::from_millis(rand::random_range(100..1000));
+            }
+            _ => {
+                attempts += 1;
+                if attempts >= ATTEMPTS {
+                    return Err(DownloadError::Network(format!(
+                        "{last} (gave up after {attempts} attempts)"
+                    )));
+                }
+                pause = backoff(attempts);
+            }
         }
     }
-    Err(DownloadError::Network(format!(
-        "{last} (gave up after {ATTEMPTS} attempts)"
-    )))
 }
 
 impl GrantManifest {
@@ -235,10 +305,9 @@ impl GrantManifest {
 
 async fn fetch_grant_manifest(http: &reqwest::Client, url: &str) -> Result<GrantManifest, DownloadError> {
     let response = get_with_retries(http, url, None).await?;
-    let body = response
-        .bytes()
-        .await
-        .map_err(|e| DownloadError::Network(format!("cannot read the grant manifest: {e}")))?;
+    let body = response.bytes().await.map_err(|e| {
+        DownloadError::Network(format!("cannot read the grant manifest: {}", network_error(e)))
+    })?;
     GrantManifest::parse(&body)
 }
 
@@ -341,11 +410,22 @@ fn verified_chunks(target: &Target) -> anyhow::Result<Vec<bool>> {
         .collect()
 }
 
+/// Records which chunks are verified. It is written to a temporary file,
+/// synced, then renamed over the old state, so a crash leaves one or the
+/// other; the chunks it names were synced to disk before it.
 async fn save_state(target: &Target, state: &PartState) -> anyhow::Result<()> {
     let tmp = target.state_path.with_extension("tmp");
-    tokio::fs::write(&tmp, serde_json::to_vec(state)?).await?;
+    let mut file = tokio::fs::File::create(&tmp).await?;
+    file.write_all(&serde_json::to_vec(state)?).await?;
+    file.sync_all().await?;
+    drop(file);
     tokio::fs::rename(&tmp, &target.state_path).await?;
     Ok(())
+}
+
+/// Makes a rename in `dir` durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 impl Session {
@@ -380,8 +460,7 @@ impl Session {
         public_key: &str,
     ) -> Result<(), DownloadError> {
         let (start, end) = chunk_bounds(&target.file, target.chunk_size, index);
-        let mut damaged = 0;
-        let mut expired = 0;
+        let (mut damaged, mut expired, mut broken) = (0, 0, 0);
         loop {
             let (url, generation) = self.url_of(&target.key).await;
             let response =
@@ -402,7 +481,10 @@ impl Session {
                 )));
             }
             match self.write_chunk(target, start, end, response).await? {
-                Some(hash) if hash == target.file.chunks[index] => break,
+                Some(hash) if hash == target.file.chunks[index] => {
+                    self.bar.inc(end - start);
+                    break;
+                }
                 Some(_) if damaged < 3 => {
                     damaged += 1;
                     self.refetched.fetch_add(1, Ordering::Relaxed);
@@ -414,7 +496,17 @@ impl Session {
                         damaged + 1
                     )));
                 }
-                None => tokio::time::sleep(backoff(damaged)).await,
+                None if broken < BREAKS => {
+                    broken += 1;
+                    tokio::time::sleep(backoff(broken)).await;
+                }
+                None => {
+                    return Err(DownloadError::Network(format!(
+                        "the transfer of chunk {index} of {} broke off {} times; run the command again to resume",
+                        target.file.name,
+                        broken + 1
+                    )));
+                }
             }
         }
         self.chunks.fetch_add(1, Ordering::Relaxed);
@@ -463,12 +555,13 @@ impl Session {
             file.write_all(&piece).await.map_err(disk)?;
             written += piece.len() as u64;
             self.fetched.fetch_add(piece.len() as u64, Ordering::Relaxed);
-            self.bar.inc(piece.len() as u64);
         }
         file.flush().await.map_err(disk)?;
         if written != end - start {
             return Ok(None);
         }
+        // On disk before the state file says the chunk is verified.
+        file.sync_data().await.map_err(disk)?;
         Ok(Some(hex::encode(hasher.finalize())))
     }
 }
@@ -542,8 +635,14 @@ fn finish(target: &Target) -> Result<(), DownloadError> {
             target.file.name
         )));
     }
-    std::fs::rename(&target.part_path, &target.final_path)
-        .map_err(|e| DownloadError::Disk(format!("{}: {e}", target.final_path.display())))?;
+    let disk = |e: std::io::Error| DownloadError::Disk(format!("{}: {e}", target.final_path.display()));
+    std::fs::File::open(&target.part_path)
+        .and_then(|f| f.sync_all())
+        .map_err(disk)?;
+    std::fs::rename(&target.part_path, &target.final_path).map_err(disk)?;
+    if let Some(dir) = target.final_path.parent() {
+        sync_dir(dir).map_err(disk)?;
+    }
     let _ = std::fs::remove_file(&target.state_path);
     Ok(())
 }
@@ -571,8 +670,11 @@ pub async fn download(opts: Options) -> anyhow::Result<Summary> {
             let key = response
                 .text()
                 .await
-                .map_err(|e| DownloadError::Network(e.to_string()))?;
-            eprintln!("using the portal's publishing key from {}", grant.public_key_url);
+                .map_err(|e| DownloadError::Network(network_error(e)))?;
+            eprintln!(
+                "using the portal's publishing key from {} (pass --public-key to pin the key you expect)",
+                grant.public_key_url
+            );
             key
         }
     };
@@ -586,9 +688,14 @@ pub async fn download(opts: Options) -> anyhow::Result<Summary> {
             if !patterns.is_empty() && !patterns.iter().any(|p| p.matches(&file.name)) {
                 continue;
             }
-            if let Some(url) = release_urls.get(&file.name) {
-                urls.insert((manifest.release.clone(), file.name.clone()), url.clone());
-            }
+            let Some(url) = release_urls.get(&file.name) else {
+                return Err(DownloadError::Manifest(format!(
+                    "the grant lists no link for {}/{}, which its release's manifest names",
+                    manifest.release, file.name
+                ))
+                .into());
+            };
+            urls.insert((manifest.release.clone(), file.name.clone()), url.clone());
             targets.push(plan_target(
                 &opts.dir,
                 &manifest.release,
@@ -599,6 +706,21 @@ pub async fn download(opts: Options) -> anyhow::Result<Summary> {
     }
     if targets.is_empty() {
         anyhow::bail!("nothing to download: no file matches");
+    }
+    // A file named like another's partial or state file would overwrite it.
+    let finals: std::collections::HashSet<&Path> = targets.iter().map(|t| t.final_path.as_path()).collect();
+    for t in &targets {
+        if let Some(clash) = [&t.part_path, &t.state_path]
+            .into_iter()
+            .find(|p| finals.contains(p.as_path()))
+        {
+            return Err(DownloadError::Manifest(format!(
+                "{} is also the name of {}'s partial download; the release cannot be downloaded into one directory",
+                clash.display(),
+                t.file.name
+            ))
+            .into());
+        }
     }
     std::fs::create_dir_all(&opts.dir).with_context(|| format!("cannot create {}", opts.dir.display()))?;
 
@@ -660,6 +782,7 @@ pub async fn download(opts: Options) -> anyhow::Result<Summary> {
         let targets = targets.clone();
         let public_key = public_key.clone();
         let progress = opts.progress;
+        let jobs = opts.jobs.max(1);
         files.spawn(async move {
             let target = &targets[i];
             let mut fetches = futures_util::stream::iter(chunks.into_iter().map(|index| {
@@ -670,11 +793,14 @@ pub async fn download(opts: Options) -> anyhow::Result<Summary> {
                     session.fetch_chunk(target, index, &public_key).await
                 }
             }))
-            .buffer_unordered(usize::MAX);
+            .buffer_unordered(jobs);
             while let Some(done) = fetches.next().await {
                 done?;
             }
-            finish(target)?;
+            let whole = targets.clone();
+            tokio::task::spawn_blocking(move || finish(&whole[i]))
+                .await
+                .map_err(|e| DownloadError::Disk(format!("checking {} failed: {e}", target.file.name)))??;
             if !progress {
                 eprintln!("verified {}/{}", target.key.0, target.file.name);
             }

@@ -328,3 +328,44 @@ async fn a_publish_that_fails_midway_shows_nothing_and_finishes_when_run_again()
     assert!(names.contains(&"part-1.bin".to_owned()));
 }
 }
+
+both! {
+async fn a_busy_portal_is_waited_for_as_long_as_it_asks() {
+    // One manifest per two seconds for this grant.
+    let t = TestApp::spawn_with(|c| c.limit_links_per_grant = "1/2s".parse().unwrap()).await;
+    let access = t.approved_researcher("patient@uni.example.edu").await;
+    let manifest = manifest_of(&access);
+    assert_eq!(t.client.get(&manifest).send().await.unwrap().status(), 200);
+    let refused = t.client.get(&manifest).send().await.unwrap();
+    assert_eq!(refused.status(), 429, "the allowance is spent");
+    let asked: u64 = refused.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&asked), "Retry-After {asked}");
+
+    // The client's first request is refused the same way; it waits and goes on.
+    let dir = t.dir.path().join("weights");
+    let started = std::time::Instant::now();
+    let summary = client::download(options(&manifest, &dir)).await.unwrap();
+    assert_eq!(summary.files, 3);
+    assert_files_match(&t, &dir);
+    assert!(started.elapsed() >= Duration::from_millis(900), "it waited: {:?}", started.elapsed());
+}
+}
+
+both! {
+async fn a_stray_partial_file_is_checked_not_trusted() {
+    let t = TestApp::spawn().await;
+    let access = t.approved_researcher("stray@uni.example.edu").await;
+    let dir = t.dir.path().join("weights");
+    // A partial file of the right name but not from the portal, with no
+    // state file to vouch for it: each chunk is hashed, none matches, all
+    // are fetched.
+    let (name, bytes) = &t.files[0];
+    std::fs::create_dir_all(dir.join("r1")).unwrap();
+    std::fs::write(dir.join("r1").join(format!("{name}.part")), vec![0x5a; bytes.len()]).unwrap();
+    let summary = client::download(options(&manifest_of(&access), &dir)).await.unwrap();
+    assert_eq!(summary.files, 3);
+    assert_eq!(summary.already_complete, 0);
+    assert_files_match(&t, &dir);
+    assert!(!dir.join("r1").join(format!("{name}.part")).exists());
+}
+}
