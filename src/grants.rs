@@ -267,8 +267,13 @@ pub enum DownloadError {
 /// whole file. Several ranges are answered with the whole file, which HTTP allows.
 pub fn requested_range(header: Option<&str>, size: u64) -> Result<Option<(u64, u64)>, DownloadError> {
     let Some(header) = header else { return Ok(None) };
-    let ranges = http_range_header::parse_range_header(header)
-        .and_then(|r| r.validate(size))
+    // A header that is not a byte range at all (another unit, garbage) is
+    // ignored, as RFC 9110 asks; a byte range outside the file is a 416.
+    let Ok(parsed) = http_range_header::parse_range_header(header) else {
+        return Ok(None);
+    };
+    let ranges = parsed
+        .validate(size)
         .map_err(|_| DownloadError::RangeNotSatisfiable { size })?;
     match ranges.as_slice() {
         [only] => Ok(Some((*only.start(), only.end() + 1))),
@@ -322,7 +327,14 @@ pub async fn open_download(
     let redirect = match (&fixed, &file, app.config.delivery) {
         (Ok(_), Some(f), DeliveryMode::Redirect) => Some(
             app.storage
-                .presign_get(&f.object_key, None, REDIRECT_TTL, &f.name)
+                // A ranged fetch gets a URL for that range only: an open one
+                // would serve the whole file while the log records the range.
+                .presign_get(
+                    &f.object_key,
+                    partial.then_some((start, end)),
+                    REDIRECT_TTL,
+                    &f.name,
+                )
                 .await?
                 .ok_or_else(|| {
                     anyhow::anyhow!("this object store cannot presign URLs for redirect delivery")
@@ -611,4 +623,32 @@ fn quota_spent(grant: &GrantNow, file_id: &str) -> bool {
         .quota_files
         .is_some_and(|q| completed.len() as u64 >= u64::try_from(q).unwrap_or(0));
     over_bytes || over_files
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(header: &str, size: u64) -> Result<Option<(u64, u64)>, u64> {
+        requested_range(Some(header), size).map_err(|e| match e {
+            DownloadError::RangeNotSatisfiable { size } => size,
+            other => panic!("{other}"),
+        })
+    }
+
+    #[test]
+    fn ranges_are_honoured_ignored_or_unsatisfiable_as_http_says() {
+        assert_eq!(range("bytes=0-9", 100), Ok(Some((0, 10))));
+        assert_eq!(range("bytes=90-", 100), Ok(Some((90, 100))));
+        assert_eq!(range("bytes=-10", 100), Ok(Some((90, 100))));
+        assert_eq!(range("bytes=50-1000", 100), Ok(Some((50, 100))));
+        // Several ranges: the whole file.
+        assert_eq!(range("bytes=0-1,5-6", 100), Ok(None));
+        // Not a byte range at all: ignored, the whole file.
+        assert_eq!(range("items=0-5", 100), Ok(None));
+        assert_eq!(range("garbage", 100), Ok(None));
+        // A byte range wholly past the end: 416.
+        assert_eq!(range("bytes=100-", 100), Err(100));
+        assert_eq!(range("bytes=150-160", 100), Err(100));
+    }
 }

@@ -448,6 +448,21 @@ async fn redirect_delivery_sends_researchers_to_short_lived_presigned_urls() {
     let refused = no_follow.get(format!("{url}x")).send().await.unwrap();
     assert_eq!(refused.status(), StatusCode::FORBIDDEN, "checks still come first");
 
+    // A ranged fetch is sent to a URL for that range only: the log records
+    // two bytes, so the URL must not serve more.
+    let ranged = no_follow.get(&url).header(header::RANGE, "bytes=0-1").send().await.unwrap();
+    assert_eq!(ranged.status(), StatusCode::FOUND);
+    let location = ranged.headers()[header::LOCATION].to_str().unwrap().to_owned();
+    let events = t.wait_for_events("file.delivered", 2).await;
+    assert_eq!(events[1].bytes, Some(2));
+    let whole = no_follow.get(&location).send().await.unwrap();
+    assert!(!whole.status().is_success(), "the ranged URL serves no whole file: {}", whole.status());
+    let other = no_follow.get(&location).header(header::RANGE, "bytes=0-").send().await.unwrap();
+    assert!(!other.status().is_success(), "nor another range: {}", other.status());
+    let same = no_follow.get(&location).header(header::RANGE, "bytes=0-1").send().await.unwrap();
+    assert_eq!(same.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(same.bytes().await.unwrap().as_ref(), &bytes[..2]);
+
     let dir = t.dir.path().join("weights");
     let summary = weightgate::client::download(weightgate::client::Options {
         url: access.clone(),
