@@ -9,7 +9,14 @@
 //! [`verify_chain`] walks the chain and checks the signed checkpoints of its
 //! head ([`checkpoint`]); [`report`] reads who fetched what.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::Context;
 use serde::Serialize;
@@ -300,6 +307,8 @@ struct Pending {
 #[derive(Clone, Debug)]
 pub struct AuditLog {
     queue: mpsc::Sender<Pending>,
+    /// Proxied transfers whose `file.delivered` event is still to come.
+    open_transfers: Arc<AtomicUsize>,
 }
 
 /// Most events one transaction takes.
@@ -322,7 +331,44 @@ impl AuditLog {
                 tokio::spawn(write_pooled(db, rx));
             }
         }
-        Self { queue }
+        Self {
+            queue,
+            open_transfers: Arc::default(),
+        }
+    }
+
+    /// Counts a proxied transfer as open until [`AuditLog::transfer_ended`].
+    pub fn transfer_started(&self) {
+        self.open_transfers.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn transfer_ended(&self) {
+        self.open_transfers.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Records that this replica stopped, and returns once that event, and
+    /// so every event queued before it, is durable (or after `wait`).
+    /// Transfers still open then were cut without their `file.delivered`
+    /// event; the stop event says how many.
+    pub async fn stopped(&self, wait: Duration) {
+        let open = self.open_transfers.load(Ordering::Relaxed);
+        let mut event = Event::new("portal.stopped", Outcome::Ok);
+        if open > 0 {
+            event.reason = Some("transfers_cut".into());
+            event.subject = Some(format!(
+                "{open} transfer(s) still open were cut; their deliveries are not recorded"
+            ));
+        }
+        match tokio::time::timeout(wait, self.record(event)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => {
+                tracing::error!(error = %format!("{err:#}"), "cannot record the stop in the audit log")
+            }
+            Err(_) => tracing::error!(
+                ?wait,
+                "the audit log did not take the stop event in time; events queued before it may be lost"
+            ),
+        }
     }
 
     async fn submit(&self, item: Item) -> anyhow::Result<(i64, Event)> {

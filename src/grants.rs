@@ -564,10 +564,12 @@ impl Drop for DeliveryRecord {
         };
         // Nobody waits for this event: the bytes are gone already.
         self.audit.record_unawaited(event);
+        self.audit.transfer_ended();
     }
 }
 
 fn track_delivery(body: ByteStream, audit: AuditLog, event: Event, expected: u64) -> ByteStream {
+    audit.transfer_started();
     let mut record = DeliveryRecord {
         audit,
         event: Some(event),

@@ -296,5 +296,9 @@ pub async fn serve(
     refresh.abort();
     checkpoints.abort();
     notices.abort();
+    // Transfers that ended queued their `file.delivered` events without
+    // waiting; the stop event is written after them, so once it is durable
+    // they are too.
+    app.audit.stopped(Duration::from_secs(10)).await;
     result
 }

@@ -133,5 +133,20 @@ async fn a_terminated_portal_finishes_downloads_in_flight_and_logs_json() {
         .map(|l| serde_json::from_str(&l.unwrap()).expect("every log line is JSON"))
         .collect();
     assert!(logs.iter().any(|l| l["fields"]["message"] == "shutting down"), "{logs:?}");
+
+    // The stopped portal recorded the finished transfer, then its own stop.
+    let events = t.audit_events().await;
+    let delivered = events
+        .iter()
+        .position(|e| {
+            e.action == "file.delivered"
+                && e.outcome == "ok"
+                && e.bytes == Some(bytes.len() as i64)
+                && e.subject.as_deref().is_some_and(|s| s.ends_with("/huge.bin"))
+        })
+        .expect("the transfer that finished while stopping is in the log");
+    let stopped = events.iter().position(|e| e.action == "portal.stopped").expect("the stop is in the log");
+    assert!(delivered < stopped);
+    assert_eq!(events[stopped].reason, None, "no transfer was cut");
 }
 }
