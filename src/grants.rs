@@ -290,11 +290,16 @@ pub fn requested_range(header: Option<&str>, size: u64) -> Result<Option<(u64, u
 /// is appended: a fetch either precedes a revocation in the log or is refused
 /// by it. A refusal is audited with its reason; when several apply, the one
 /// checked first in [`Refusal`]'s order wins.
+///
+/// A `HEAD` request (`head`) is checked and audited as a fetch, but nothing
+/// is recorded as delivered for it: in redirect mode the answer names the
+/// URL and the store sends nothing; in proxy mode no body is sent.
 pub async fn open_download(
     app: &App,
     token: &str,
     file_name: &str,
     range: Option<&str>,
+    head: bool,
     client: Client,
 ) -> Result<Download, DownloadError> {
     let mut event = Event::new("file.fetch", Outcome::Ok);
@@ -378,11 +383,13 @@ pub async fn open_download(
         (None, Some(url)) => {
             // The store serves the bytes, so the portal cannot see how many
             // arrive: the range is recorded as delivered, marked as such.
-            let mut delivered = event;
-            delivered.action = "file.delivered";
-            delivered.reason = Some("redirect".into());
-            delivered.bytes = Some(end - start);
-            app.audit.record(delivered).await?;
+            if !head {
+                let mut delivered = event;
+                delivered.action = "file.delivered";
+                delivered.reason = Some("redirect".into());
+                delivered.bytes = Some(end - start);
+                app.audit.record(delivered).await?;
+            }
             Delivery::Redirect(url)
         }
         (None, None) => unreachable!("a fetch let through has a body or a redirect"),

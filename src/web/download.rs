@@ -3,7 +3,7 @@
 use axum::{
     body::Body,
     extract::State,
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
     response::{IntoResponse, Response},
 };
 
@@ -14,10 +14,12 @@ pub async fn fetch(
     State(state): State<AppState>,
     ClientInfo(client): ClientInfo,
     Path((token, name)): Path<(String, String)>,
+    method: Method,
     headers: HeaderMap,
 ) -> Result<Response, Error> {
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
-    let download = grants::open_download(&state.app, &token, &name, range, client).await?;
+    let head = method == Method::HEAD;
+    let download = grants::open_download(&state.app, &token, &name, range, head, client).await?;
     let size = u64::try_from(download.file.size).unwrap_or(0);
     let stream = match download.body {
         Delivery::Proxy(stream) => stream,

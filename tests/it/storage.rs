@@ -448,6 +448,12 @@ async fn redirect_delivery_sends_researchers_to_short_lived_presigned_urls() {
     let refused = no_follow.get(format!("{url}x")).send().await.unwrap();
     assert_eq!(refused.status(), StatusCode::FORBIDDEN, "checks still come first");
 
+    // A HEAD is checked and logged as a fetch, but delivers nothing.
+    let fetches = t.audit_events().await.iter().filter(|e| e.action == "file.fetch").count();
+    let head = no_follow.head(&url).send().await.unwrap();
+    assert_eq!(head.status(), StatusCode::FOUND);
+    t.wait_for_events("file.fetch", fetches + 1).await;
+
     // A ranged fetch is sent to a URL for that range only: the log records
     // two bytes, so the URL must not serve more.
     let ranged = no_follow.get(&url).header(header::RANGE, "bytes=0-1").send().await.unwrap();
