@@ -274,12 +274,107 @@ impl Item {
         }
     }
 
-    fn into_event(self, grants: &HashMap<String, GrantNow>, at: i64) -> Event {
+    /// The event to write. A fetch let through on a grant with a quota is
+    /// added to the grant's open transfers, so that the next fetch in the
+    /// same batch counts it.
+    fn into_event(self, grants: &mut HashMap<String, GrantNow>, at: i64) -> Event {
         match self {
             Item::Event(event) => *event,
-            Item::Guarded(g) => (g.decide)(grants.get(&g.grant_id), at),
+            Item::Guarded(g) => {
+                let event = (g.decide)(grants.get(&g.grant_id), at);
+                if let (Some(grant), Some(open)) = (grants.get_mut(&g.grant_id), Reservations::opens(&event))
+                {
+                    grant.open.push(open);
+                }
+                event
+            }
         }
     }
+}
+
+/// Transfers the writer let through on grants with a quota and has not yet
+/// seen a `file.delivered` event for: they count against the quota while
+/// they run, so that concurrent fetches cannot take a grant past it. Kept
+/// in memory by each replica's writer; an entry whose delivery event never
+/// came (the replica that served it died) is forgotten after a day.
+#[derive(Default)]
+struct Reservations(HashMap<String, Vec<Reserved>>);
+
+struct Reserved {
+    file_id: String,
+    range: (u64, u64),
+    at: i64,
+}
+
+const RESERVATION_LIFETIME_MS: i64 = 86_400_000;
+
+impl Reservations {
+    /// The open transfer a fetch event starts, as (file id, bytes asked
+    /// for): an ok `file.fetch` of a range, other than a HEAD (which
+    /// delivers nothing and says so in its reason).
+    fn opens(event: &Event) -> Option<(String, u64)> {
+        let (Some(file), Some((start, last))) = (&event.file_id, event.range) else {
+            return None;
+        };
+        (event.action == "file.fetch" && event.outcome == Outcome::Ok && event.reason.is_none())
+            .then(|| (file.clone(), last.saturating_sub(start).saturating_add(1)))
+    }
+
+    /// Gives each grant with a quota its open transfers.
+    fn attach(&mut self, grants: &mut HashMap<String, GrantNow>, now: i64) {
+        self.0.retain(|_, open| {
+            open.retain(|r| now - r.at < RESERVATION_LIFETIME_MS);
+            !open.is_empty()
+        });
+        for (id, grant) in grants.iter_mut() {
+            if let Some(open) = self.0.get(id)
+                && (grant.quota_bytes.is_some() || grant.quota_files.is_some())
+            {
+                grant.open = open
+                    .iter()
+                    .map(|r| {
+                        (
+                            r.file_id.clone(),
+                            r.range.1.saturating_sub(r.range.0).saturating_add(1),
+                        )
+                    })
+                    .collect();
+            }
+        }
+    }
+
+    /// Takes in a committed batch written at `at`: fetches let through on
+    /// `quota_grants` open a transfer, deliveries close one.
+    fn note(&mut self, written: &[(i64, Event)], quota_grants: &[String], at: i64) {
+        for (_, event) in written {
+            let (Some(grant), Some(file), Some(range)) = (&event.grant_id, &event.file_id, event.range)
+            else {
+                continue;
+            };
+            if event.action == "file.delivered" {
+                if let Some(open) = self.0.get_mut(grant)
+                    && let Some(i) = open.iter().position(|r| &r.file_id == file && r.range == range)
+                {
+                    open.swap_remove(i);
+                }
+            } else if quota_grants.contains(grant) && Self::opens(event).is_some() {
+                self.0.entry(grant.clone()).or_default().push(Reserved {
+                    file_id: file.clone(),
+                    range,
+                    at,
+                });
+            }
+        }
+    }
+}
+
+/// The ids of the grants whose model limits deliveries.
+fn quota_grants(grants: &HashMap<String, GrantNow>) -> Vec<String> {
+    grants
+        .values()
+        .filter(|g| g.quota_bytes.is_some() || g.quota_files.is_some())
+        .map(|g| g.id.clone())
+        .collect()
 }
 
 /// The grants a batch's guarded events name, each once.
@@ -441,11 +536,12 @@ fn answer(waiters: Vec<oneshot::Sender<Result<(i64, Event), String>>>, written: 
 /// The writer on SQLite: each batch in one transaction on its own connection.
 fn write_sqlite(file: &std::path::Path, mut rx: mpsc::Receiver<Pending>) {
     let mut conn = None;
+    let mut reservations = Reservations::default();
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.blocking_recv_many(&mut batch, MAX_BATCH) > 0 {
         let (items, waiters): (Vec<_>, Vec<_>) = batch.drain(..).map(|p| (p.item, p.done)).unzip();
         let count = items.len();
-        let written = write_sqlite_batch(file, &mut conn, items);
+        let written = write_sqlite_batch(file, &mut conn, &mut reservations, items);
         if written.is_err() {
             // Start the next batch on a fresh connection, in case this one is broken.
             conn = None;
@@ -457,6 +553,7 @@ fn write_sqlite(file: &std::path::Path, mut rx: mpsc::Receiver<Pending>) {
 fn write_sqlite_batch(
     file: &std::path::Path,
     conn: &mut Option<rusqlite::Connection>,
+    reservations: &mut Reservations,
     items: Vec<Item>,
 ) -> anyhow::Result<Vec<(i64, Event)>> {
     use db::sqlite_writer as sql;
@@ -465,27 +562,31 @@ fn write_sqlite_batch(
         None => conn.insert(sql::open(file).with_context(|| format!("cannot open {}", file.display()))?),
     };
     let tx = sql::begin(conn)?;
-    let grants: HashMap<String, GrantNow> = sql::current_grants(&tx, &grant_ids(&items))?
+    let mut grants: HashMap<String, GrantNow> = sql::current_grants(&tx, &grant_ids(&items))?
         .into_iter()
         .map(|g| (g.id.clone(), g))
         .collect();
     let at = now_ms();
-    let events: Vec<Event> = items.into_iter().map(|i| i.into_event(&grants, at)).collect();
+    reservations.attach(&mut grants, at);
+    let events: Vec<Event> = items.into_iter().map(|i| i.into_event(&mut grants, at)).collect();
     let rows = chain(sql::head(&tx)?, at, &events);
     sql::insert_events(&tx, &rows).context("cannot append to the audit log")?;
     tx.commit()?;
-    Ok(rows.iter().map(|r| r.seq).zip(events).collect())
+    let written: Vec<(i64, Event)> = rows.iter().map(|r| r.seq).zip(events).collect();
+    reservations.note(&written, &quota_grants(&grants), at);
+    Ok(written)
 }
 
 /// The writer on PostgreSQL: each batch in one transaction on its own
 /// connection, under the advisory lock that keeps replicas on one chain.
 async fn write_pooled(db: Db, mut rx: mpsc::Receiver<Pending>) {
     let mut conn = None;
+    let mut reservations = Reservations::default();
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let (items, waiters): (Vec<_>, Vec<_>) = batch.drain(..).map(|p| (p.item, p.done)).unzip();
         let count = items.len();
-        let written = write_pooled_batch(&db, &mut conn, items).await;
+        let written = write_pooled_batch(&db, &mut conn, &mut reservations, items).await;
         if written.is_err() {
             conn = None;
         }
@@ -496,6 +597,7 @@ async fn write_pooled(db: Db, mut rx: mpsc::Receiver<Pending>) {
 async fn write_pooled_batch(
     db: &Db,
     conn: &mut Option<AnyConnection>,
+    reservations: &mut Reservations,
     items: Vec<Item>,
 ) -> anyhow::Result<Vec<(i64, Event)>> {
     // A server connection can have been dropped while the writer was idle
@@ -512,14 +614,17 @@ async fn write_pooled_batch(
     };
     let mut tx = db.begin_on(conn).await?;
     lock_chain(&mut tx, db.backend()).await?;
-    let grants: HashMap<String, GrantNow> = db::grants::current(&mut tx, &grant_ids(&items))
+    let mut grants: HashMap<String, GrantNow> = db::grants::current(&mut tx, &grant_ids(&items))
         .await?
         .into_iter()
         .map(|g| (g.id.clone(), g))
         .collect();
     let at = now_ms();
-    let events: Vec<Event> = items.into_iter().map(|i| i.into_event(&grants, at)).collect();
+    reservations.attach(&mut grants, at);
+    let events: Vec<Event> = items.into_iter().map(|i| i.into_event(&mut grants, at)).collect();
     let seqs = append_locked(&mut tx, at, &events).await?;
     tx.commit().await?;
-    Ok(seqs.into_iter().zip(events).collect())
+    let written: Vec<(i64, Event)> = seqs.into_iter().zip(events).collect();
+    reservations.note(&written, &quota_grants(&grants), at);
+    Ok(written)
 }

@@ -304,6 +304,10 @@ pub async fn open_download(
 ) -> Result<Download, DownloadError> {
     let mut event = Event::new("file.fetch", Outcome::Ok);
     event.client = client;
+    if head {
+        // Checked and logged like any fetch, but it delivers nothing.
+        event.reason = Some("head".into());
+    }
     let claims = match app.links.verify(token, now_ms() / 1000).await {
         Ok(claims) => claims,
         Err(refusal) => return Err(refuse(app, event, refusal, file_name).await),
@@ -467,7 +471,7 @@ impl FetchDecision {
             None => (Some(Refusal::BadSignature.code()), None, None),
             Some(g) if g.revoked_at.is_some() => (Some(Refusal::GrantRevoked.code()), Some(&*grant), None),
             Some(g) if g.expires_at <= at => (Some(Refusal::GrantExpired.code()), Some(&*grant), None),
-            Some(g) if file.is_some_and(|f| quota_spent(g, &f.id)) => {
+            Some(g) if file.is_some_and(|f| quota_spent(g, &f.id, requested(range))) => {
                 (Some(Refusal::QuotaSpent.code()), Some(&*grant), file)
             }
             Some(_) => (fixed_reason, Some(&*grant), file),
@@ -615,9 +619,16 @@ fn describe(event: &mut Event, grant: Option<&GrantFacts>, file: Option<&FileInM
     });
 }
 
-/// Whether fetching `file_id` would exceed the model's per-grant limits. A
-/// file the grant already holds whole can always be fetched again.
-fn quota_spent(grant: &GrantNow, file_id: &str) -> bool {
+/// The bytes a fetch of `range` (first and last byte) asks for.
+fn requested(range: Option<(u64, u64)>) -> u64 {
+    range.map_or(0, |(first, last)| last.saturating_sub(first).saturating_add(1))
+}
+
+/// Whether fetching `requested` bytes of `file_id` would take the grant past
+/// its model's per-grant limits, counting what was delivered and what is
+/// being delivered now (the grant's open transfers). A file the grant
+/// already holds whole can always be fetched again.
+fn quota_spent(grant: &GrantNow, file_id: &str, requested: u64) -> bool {
     if grant.quota_bytes.is_none() && grant.quota_files.is_none() {
         return false;
     }
@@ -625,12 +636,21 @@ fn quota_spent(grant: &GrantNow, file_id: &str) -> bool {
     if completed.contains(file_id) {
         return false;
     }
+    let open_bytes: u64 = grant.open.iter().map(|(_, bytes)| bytes).sum();
     let over_bytes = grant.quota_bytes.is_some_and(|q| {
-        crate::deliveries::bytes_delivered(&grant.deliveries) >= u64::try_from(q).unwrap_or(0)
+        let taken = crate::deliveries::bytes_delivered(&grant.deliveries).saturating_add(open_bytes);
+        taken.saturating_add(requested) > u64::try_from(q).unwrap_or(0)
     });
+    let mut files: std::collections::BTreeSet<&str> = grant
+        .open
+        .iter()
+        .map(|(file, _)| file.as_str())
+        .filter(|file| !completed.contains(*file))
+        .collect();
+    files.insert(file_id);
     let over_files = grant
         .quota_files
-        .is_some_and(|q| completed.len() as u64 >= u64::try_from(q).unwrap_or(0));
+        .is_some_and(|q| (completed.len() + files.len()) as u64 > u64::try_from(q).unwrap_or(0));
     over_bytes || over_files
 }
 

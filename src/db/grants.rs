@@ -101,6 +101,10 @@ pub struct GrantNow {
     pub quota_files: Option<i64>,
     #[sqlx(skip)]
     pub deliveries: Vec<Delivery>,
+    /// Transfers let through and not yet recorded as delivered, as the audit
+    /// writer knows them: (file id, bytes asked for).
+    #[sqlx(skip)]
+    pub open: Vec<(String, u64)>,
 }
 
 /// [`current`]'s query; `{ids}` stands for the list of placeholders.

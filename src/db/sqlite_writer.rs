@@ -58,6 +58,7 @@ pub fn current_grants(conn: &Connection, ids: &[&str]) -> rusqlite::Result<Vec<G
                 quota_bytes: row.get(3)?,
                 quota_files: row.get(4)?,
                 deliveries: Vec::new(),
+                open: Vec::new(),
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;

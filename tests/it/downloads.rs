@@ -344,3 +344,83 @@ async fn a_fetch_whose_audit_event_cannot_be_written_sends_no_bytes() {
     assert!(weightgate::audit::verify_chain(&t.app.db).await.unwrap().is_intact());
 }
 }
+
+/// Publishes a 32 MiB file as release r2, big enough that its transfer
+/// stays open while the test holds the response unread.
+async fn publish_big(t: &TestApp) -> Vec<u8> {
+    let big = t.dir.path().join("big");
+    std::fs::create_dir_all(&big).unwrap();
+    let bytes: Vec<u8> = (0..32 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(big.join("huge.bin"), &bytes).unwrap();
+    let slug = MODEL.parse().unwrap();
+    weightgate::models::publish(
+        &t.app,
+        &slug,
+        &big,
+        Some("r2"),
+        1024 * 1024,
+        "test",
+        &weightgate::models::PublishProgress::quiet(),
+    )
+    .await
+    .unwrap();
+    bytes
+}
+
+both! {
+async fn transfers_under_way_count_against_the_quota() {
+    let t = TestApp::spawn().await;
+    let big = publish_big(&t).await;
+    let slug = MODEL.parse().unwrap();
+    // One file, and 1 KiB more than the big one in bytes.
+    weightgate::models::set_quota(&t.app, &slug, Some(big.len() as u64 + 1024), Some(1), "test").await.unwrap();
+    let access = t.approved_researcher("busy@uni.example.edu").await;
+    let links = t.download_links(&access).await;
+    let url = |name: &str| links.iter().find(|(n, _)| n == name).unwrap().1.clone();
+
+    // The big file's transfer is under way, its bytes not yet delivered.
+    let mut open = t.client.get(url("huge.bin")).send().await.unwrap();
+    assert_eq!(open.status(), StatusCode::OK);
+    open.chunk().await.unwrap().unwrap();
+    let (status, body) = refusal(&t, &url("shard-0.bin")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "a second file while the first is under way: {body}");
+    assert_eq!(body["error"], "quota_spent");
+    // More of the same file is the same file: it is let through.
+    let more = t.client.get(url("huge.bin")).header(header::RANGE, "bytes=0-99").send().await.unwrap();
+    assert_eq!(more.status(), StatusCode::PARTIAL_CONTENT);
+    more.bytes().await.unwrap();
+
+    // Once the big transfer is cut, what it took is all that counts.
+    drop(open);
+    t.wait_for_events("file.delivered", 2).await;
+    let shard = t.client.get(url("shard-0.bin")).header(header::RANGE, "bytes=0-99").send().await.unwrap();
+    assert_eq!(shard.status(), StatusCode::PARTIAL_CONTENT, "nothing is under way any more");
+    shard.bytes().await.unwrap();
+}
+}
+
+both! {
+async fn a_fetch_that_would_pass_the_byte_quota_is_refused() {
+    let t = TestApp::spawn().await;
+    let slug = MODEL.parse().unwrap();
+    let size0 = t.files[0].1.len() as u64;
+    weightgate::models::set_quota(&t.app, &slug, Some(size0 + 10), None, "test").await.unwrap();
+    let access = t.approved_researcher("bytes@uni.example.edu").await;
+    let links = t.download_links(&access).await;
+    let url = |name: &str| links.iter().find(|(n, _)| *n == name).unwrap().1.clone();
+    let first = t.client.get(url(&t.files[0].0)).send().await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    first.bytes().await.unwrap();
+    t.wait_for_events("file.delivered", 1).await;
+    // Ten bytes are left: a whole second file is refused, ten bytes of it are not.
+    let (status, body) = refusal(&t, &url(&t.files[1].0)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"], "quota_spent");
+    let ten = t.client.get(url(&t.files[1].0)).header(header::RANGE, "bytes=0-9").send().await.unwrap();
+    assert_eq!(ten.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(ten.bytes().await.unwrap().len(), 10);
+    t.wait_for_events("file.delivered", 2).await;
+    let (status, _) = refusal(&t, &url(&t.files[1].0)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "the quota is spent");
+}
+}
