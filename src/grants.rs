@@ -329,11 +329,16 @@ pub async fn open_download(
         (Ok(None), Some(f)) => (0, u64::try_from(f.size).unwrap_or(0), false),
         _ => (0, 0, false),
     };
-    let mut body = None;
-    if let (Ok(_), Some(f), DeliveryMode::Proxy) = (&fixed, &file, app.config.delivery) {
-        body = Some(app.storage.get_range(&f.object_key, start, end).await?);
-    }
-    let redirect = match (&fixed, &file, app.config.delivery) {
+    // The bytes are opened (or the URL signed) while the decision is made,
+    // not after it; a store that fails is reported only for a fetch the
+    // decision lets through, so a refusal stays a refusal and is logged.
+    let opened: Option<anyhow::Result<Opened>> = match (&fixed, &file, app.config.delivery) {
+        (Ok(_), Some(f), DeliveryMode::Proxy) => Some(
+            app.storage
+                .get_range(&f.object_key, start, end)
+                .await
+                .map(Opened::Stream),
+        ),
         (Ok(_), Some(f), DeliveryMode::Redirect) => Some(
             app.storage
                 // A ranged fetch gets a URL for that range only: an open one
@@ -344,10 +349,13 @@ pub async fn open_download(
                     REDIRECT_TTL,
                     &f.name,
                 )
-                .await?
-                .ok_or_else(|| {
-                    anyhow::anyhow!("this object store cannot presign URLs for redirect delivery")
-                })?,
+                .await
+                .and_then(|url| {
+                    url.ok_or_else(|| {
+                        anyhow::anyhow!("this object store cannot presign URLs for redirect delivery")
+                    })
+                })
+                .map(Opened::Url),
         ),
         _ => None,
     };
@@ -382,9 +390,22 @@ pub async fn open_download(
         );
     }
     let file = file.expect("a fetch let through names a file");
-    let body = match (body, redirect) {
-        (Some(stream), _) => Delivery::Proxy(track_delivery(stream, app.audit.clone(), event, end - start)),
-        (None, Some(url)) => {
+    let body = match opened.expect("a fetch let through was opened") {
+        Ok(Opened::Stream(stream)) => {
+            Delivery::Proxy(track_delivery(stream, app.audit.clone(), event, end - start))
+        }
+        Err(err) => {
+            // Let through, but the store failed: nothing is delivered, and the
+            // log says so next to the fetch.
+            let mut delivered = event;
+            delivered.action = "file.delivered";
+            delivered.outcome = Outcome::Aborted;
+            delivered.reason = Some("store_failed".into());
+            delivered.bytes = Some(0);
+            app.audit.record_unawaited(delivered);
+            return Err(err.into());
+        }
+        Ok(Opened::Url(url)) => {
             // The store serves the bytes, so the portal cannot see how many
             // arrive: the range is recorded as delivered, marked as such.
             if !head {
@@ -396,7 +417,6 @@ pub async fn open_download(
             }
             Delivery::Redirect(url)
         }
-        (None, None) => unreachable!("a fetch let through has a body or a redirect"),
     };
     Ok(Download {
         file,
@@ -405,6 +425,12 @@ pub async fn open_download(
         partial,
         body,
     })
+}
+
+/// The bytes of a fetch, or where the store serves them.
+enum Opened {
+    Stream(ByteStream),
+    Url(String),
 }
 
 /// The audit code of a refusal found before the writer's checks.

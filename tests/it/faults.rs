@@ -51,6 +51,14 @@ async fn the_object_store_going_away_or_failing_midway_is_reported_and_survived(
     let links = t.download_links(&access).await;
     let url = |name: &str| links.iter().find(|(n, _)| n == name).unwrap().1.clone();
     let expected = |name: &str| t.files.iter().find(|(n, _)| n == name).unwrap().1.clone();
+    let other = t.approved_researcher("leaker@uni.example.edu").await;
+    let other_link = t.download_links(&other).await.remove(0).1;
+    let other_grant: String = sqlx::query_scalar(
+        "SELECT g.id FROM grants g JOIN researchers r ON r.id = g.researcher_id WHERE r.email = 'leaker@uni.example.edu'",
+    )
+        .fetch_one(t.app.db.pool())
+        .await
+        .unwrap();
 
     gate.close();
     let body = wait_ready(&t.base, StatusCode::SERVICE_UNAVAILABLE).await;
@@ -63,6 +71,17 @@ async fn the_object_store_going_away_or_failing_midway_is_reported_and_survived(
     assert_eq!(error["error"], "unavailable");
     assert!(error["message"].as_str().unwrap().contains("file store"));
     assert!(!error["request_id"].as_str().unwrap().is_empty());
+    // The fetch was let through and logged; the log says nothing was delivered.
+    let failed = t.wait_for_events("file.delivered", 1).await;
+    assert_eq!(failed[0].reason.as_deref(), Some("store_failed"));
+    assert_eq!((failed[0].outcome.as_str(), failed[0].bytes), ("aborted", Some(0)));
+    // A refusal is a refusal, and is logged, whatever the store's state.
+    weightgate::grants::revoke(&t.app, &other_grant, "Leaked", "test", Default::default()).await.unwrap();
+    let revoked = t.client.get(&other_link).send().await.unwrap();
+    assert_eq!(revoked.status(), StatusCode::FORBIDDEN);
+    let error: serde_json::Value = revoked.json().await.unwrap();
+    assert_eq!(error["error"], "grant_revoked");
+    assert!(t.audit_events().await.iter().any(|e| e.reason.as_deref() == Some("grant_revoked")));
 
     gate.open();
     wait_ready(&t.base, StatusCode::OK).await;
