@@ -369,3 +369,42 @@ async fn a_stray_partial_file_is_checked_not_trusted() {
     assert!(!dir.join("r1").join(format!("{name}.part")).exists());
 }
 }
+
+both! {
+async fn a_grant_revoked_mid_download_stops_the_client_with_the_reason_and_keeps_what_it_verified() {
+    let t = TestApp::spawn().await;
+    let access = t.approved_researcher("midway@uni.example.edu").await;
+    let dir = t.dir.path().join("weights");
+    let mut opts = options(&access, &dir);
+    opts.jobs = 1;
+    opts.limit_rate = Some(512 * 1024);
+    opts.include = vec!["shard-1.bin".into()];
+    let download = tokio::spawn(client::download(opts));
+    // Once a few chunks are in, the grant is revoked.
+    let state = dir.join("r1/.shard-1.bin.weightgate");
+    let mut verified = 0;
+    for _ in 0..400 {
+        if let Ok(text) = std::fs::read_to_string(&state)
+            && let Ok(json) = serde_json::from_str::<serde_json::Value>(&text)
+        {
+            verified = json["verified"].as_array().unwrap().iter().filter(|v| v.as_bool() == Some(true)).count();
+            if verified >= 2 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(verified >= 2, "the download got going");
+    let grant_id: String = sqlx::query_scalar("SELECT id FROM grants").fetch_one(t.app.db.pool()).await.unwrap();
+    weightgate::grants::revoke(&t.app, &grant_id, "Leaked", "test", Default::default()).await.unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(30), download)
+        .await
+        .expect("the client stops soon after the revocation")
+        .unwrap()
+        .unwrap_err();
+    let message = format!("{err:#}");
+    assert!(message.contains("grant_revoked") && message.contains("request id"), "{message}");
+    assert!(!dir.join("r1/shard-1.bin").exists(), "no incomplete file under the final name");
+    assert!(dir.join("r1/shard-1.bin.part").exists(), "what was verified is kept");
+}
+}
