@@ -299,6 +299,7 @@ pub async fn open_download(
     token: &str,
     file_name: &str,
     range: Option<&str>,
+    if_range: Option<&str>,
     head: bool,
     client: Client,
 ) -> Result<Download, DownloadError> {
@@ -319,6 +320,11 @@ pub async fn open_download(
     let file = app.fetch_facts.file(app, &claims.file_id).await?;
     let fixed = match &file {
         Some(f) if f.model_id == grant.model_id && f.name == file_name => {
+            // With If-Range, the range holds only for the version the client
+            // has: the file's ETag, compared strongly. A date, or another tag,
+            // gets the whole file.
+            let range =
+                range.filter(|_| if_range.is_none_or(|tag| tag.trim() == format!("\"{}\"", f.sha256)));
             requested_range(range, u64::try_from(f.size).unwrap_or(0))
         }
         Some(f) if f.model_id == grant.model_id => Err(DownloadError::Refused(Refusal::Malformed)),

@@ -19,7 +19,8 @@ pub async fn fetch(
 ) -> Result<Response, Error> {
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let head = method == Method::HEAD;
-    let download = grants::open_download(&state.app, &token, &name, range, head, client).await?;
+    let if_range = headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok());
+    let download = grants::open_download(&state.app, &token, &name, range, if_range, head, client).await?;
     let size = u64::try_from(download.file.size).unwrap_or(0);
     let stream = match download.body {
         Delivery::Proxy(stream) => stream,

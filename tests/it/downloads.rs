@@ -424,3 +424,28 @@ async fn a_fetch_that_would_pass_the_byte_quota_is_refused() {
     assert_eq!(status, StatusCode::FORBIDDEN, "the quota is spent");
 }
 }
+
+both! {
+async fn if_range_keeps_a_range_only_for_the_version_the_client_has() {
+    let t = TestApp::spawn().await;
+    let access = t.approved_researcher("ifrange@uni.example.edu").await;
+    let (name, url) = t.download_links(&access).await.remove(0);
+    let bytes = &t.files.iter().find(|(n, _)| *n == name).unwrap().1;
+    let etag = t.client.get(&url).send().await.unwrap().headers()[header::ETAG].to_str().unwrap().to_owned();
+    let ask = |if_range: &str| {
+        t.client
+            .get(&url)
+            .header(header::RANGE, "bytes=0-9")
+            .header(header::IF_RANGE, if_range)
+            .send()
+    };
+    let same = ask(&etag).await.unwrap();
+    assert_eq!(same.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(same.bytes().await.unwrap().as_ref(), &bytes[..10]);
+    for other in ["\"0000\"", &format!("W/{etag}"), "Wed, 21 Oct 2015 07:28:00 GMT"] {
+        let whole = ask(other).await.unwrap();
+        assert_eq!(whole.status(), StatusCode::OK, "{other}");
+        assert_eq!(whole.bytes().await.unwrap().as_ref(), bytes.as_slice(), "{other}");
+    }
+}
+}
