@@ -408,3 +408,24 @@ async fn a_grant_revoked_mid_download_stops_the_client_with_the_reason_and_keeps
     assert!(dir.join("r1/shard-1.bin.part").exists(), "what was verified is kept");
 }
 }
+
+both! {
+async fn a_spent_quota_and_an_expired_grant_stop_the_client_with_their_reasons() {
+    let t = TestApp::spawn().await;
+    let slug = MODEL.parse().unwrap();
+    weightgate::models::set_quota(&t.app, &slug, None, Some(1), "test").await.unwrap();
+    let access = t.approved_researcher("limits@uni.example.edu").await;
+    let dir = t.dir.path().join("weights");
+    let mut one = options(&access, &dir);
+    one.include = vec!["shard-0.bin".into()];
+    client::download(one).await.unwrap();
+    let err = client::download(options(&access, &dir)).await.unwrap_err();
+    let message = format!("{err:#}");
+    assert!(message.contains("quota_spent") && message.contains("request id"), "{message}");
+
+    sqlx::query("UPDATE grants SET expires_at = 0").execute(t.app.db.pool()).await.unwrap();
+    let err = client::download(options(&access, &t.dir.path().join("again"))).await.unwrap_err();
+    let message = format!("{err:#}");
+    assert!(message.contains("expired"), "{message}");
+}
+}
