@@ -644,3 +644,50 @@ async fn a_full_data_disk_is_reported_loses_nothing_and_passes_when_space_return
     drop(disk);
 }
 }
+
+both! {
+async fn a_download_that_fills_the_disk_stops_with_the_reason_and_resumes_once_there_is_room() {
+    let t = TestApp::spawn().await;
+    let access = t.approved_researcher("roomy@uni.example.edu").await;
+    let dir = std::env::temp_dir().join(format!("wg-dl-disk-{}-{}", std::process::id(), free_port()));
+    let Some(disk) = SmallDisk::mount(dir.clone(), "16m") else { return };
+    let options = |rate| weightgate::client::Options {
+        url: access.clone(),
+        dir: dir.clone(),
+        jobs: 1,
+        include: vec!["shard-1.bin".into()],
+        public_key: None,
+        limit_rate: rate,
+        progress: false,
+    };
+    let download = tokio::spawn(weightgate::client::download(options(Some(256 * 1024))));
+    let state = dir.join("r1/.shard-1.bin.weightgate");
+    let mut started = false;
+    for _ in 0..400 {
+        if std::fs::read_to_string(&state).is_ok_and(|s| s.contains("true")) {
+            started = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(started, "the download got going");
+    let filler = disk.fill();
+    let err = tokio::time::timeout(Duration::from_secs(60), download)
+        .await
+        .expect("the client stops once the disk is full")
+        .unwrap()
+        .unwrap_err();
+    let message = format!("{err:#}");
+    assert!(message.contains("No space left on device") && message.contains("shard-1.bin"), "{message}");
+    assert!(!dir.join("r1/shard-1.bin").exists(), "no incomplete file under the final name");
+
+    std::fs::remove_file(filler).unwrap();
+    let summary = weightgate::client::download(options(None)).await.unwrap();
+    assert_eq!(summary.files, 1);
+    assert_eq!(
+        sha256_hex(&std::fs::read(dir.join("r1/shard-1.bin")).unwrap()),
+        sha256_hex(&t.files.iter().find(|(n, _)| n == "shard-1.bin").unwrap().1)
+    );
+    drop(disk);
+}
+}
