@@ -128,6 +128,12 @@ pub struct Config {
     #[arg(long, env = "WEIGHTGATE_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
     pub shutdown_grace: Duration,
 
+    /// How long a connection may go without the client taking any of the
+    /// data sent to it (a download whose reader stopped) before the portal
+    /// drops it; its transfer is then logged as aborted.
+    #[arg(long, env = "WEIGHTGATE_STALL_TIMEOUT", default_value = "5min", value_parser = humantime::parse_duration, global = true)]
+    pub stall_timeout: Duration,
+
     /// How often a running portal signs a checkpoint of the audit log's head
     /// (when it moved).
     #[arg(long, env = "WEIGHTGATE_AUDIT_CHECKPOINT_EVERY", default_value = "10min", value_parser = humantime::parse_duration, global = true)]
@@ -250,6 +256,7 @@ impl Config {
             link_ttl: Duration::from_secs(86_400),
             delivery: DeliveryMode::Proxy,
             shutdown_grace: Duration::from_secs(30),
+            stall_timeout: Duration::from_secs(300),
             audit_checkpoint_every: Duration::from_secs(600),
             expiry_reminder: Duration::from_secs(7 * 86_400),
             notices_every: Duration::from_secs(60),
@@ -350,6 +357,7 @@ impl fmt::Debug for Config {
             .field("link_ttl", &self.link_ttl)
             .field("delivery", &self.delivery)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("stall_timeout", &self.stall_timeout)
             .field("audit_checkpoint_every", &self.audit_checkpoint_every)
             .field("expiry_reminder", &self.expiry_reminder)
             .field("notices_every", &self.notices_every)

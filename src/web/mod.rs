@@ -267,9 +267,18 @@ pub async fn serve(
     let mut graceful = stop.clone();
     // Responses go out as soon as they are written: without this, Nagle's
     // algorithm holds a short body back until the client's delayed ACK.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+    let stall = app.config.stall_timeout;
+    let listener = axum::serve::ListenerExt::tap_io(listener, move |tcp| {
         if let Err(err) = tcp.set_nodelay(true) {
             tracing::warn!(error = %err, "cannot set TCP_NODELAY");
+        }
+        // A client that stops reading a download would otherwise hold its
+        // connection, file handle and store stream for ever: the kernel
+        // drops a connection whose sent data (or zero-window probes) go
+        // unanswered this long.
+        #[cfg(target_os = "linux")]
+        if let Err(err) = socket2::SockRef::from(&*tcp).set_tcp_user_timeout(Some(stall)) {
+            tracing::warn!(error = %err, "cannot set TCP_USER_TIMEOUT");
         }
     });
     let server = axum::serve(

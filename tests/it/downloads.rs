@@ -449,3 +449,33 @@ async fn if_range_keeps_a_range_only_for_the_version_the_client_has() {
     }
 }
 }
+
+both! {
+async fn a_download_whose_reader_stops_is_dropped_and_logged_as_aborted() {
+    let t = TestApp::spawn_with(|c| c.stall_timeout = std::time::Duration::from_secs(2)).await;
+    let big = publish_big(&t).await;
+    let access = t.approved_researcher("stalled@uni.example.edu").await;
+    let links = t.download_links(&access).await;
+    let (_, url) = links.iter().find(|(n, _)| n == "huge.bin").unwrap();
+    let mut stalled = t.client.get(url).send().await.unwrap();
+    assert_eq!(stalled.status(), StatusCode::OK);
+    stalled.chunk().await.unwrap().unwrap();
+    // The client holds the response and reads nothing more.
+    let mut aborted = None;
+    for _ in 0..120 {
+        aborted = t
+            .audit_events()
+            .await
+            .into_iter()
+            .find(|e| e.action == "file.delivered" && e.subject.as_deref().is_some_and(|s| s.ends_with("/huge.bin")));
+        if aborted.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    let aborted = aborted.expect("the stalled transfer was dropped and logged");
+    assert_eq!(aborted.outcome, "aborted");
+    assert!(aborted.bytes.unwrap() < big.len() as i64, "{:?}", aborted.bytes);
+    drop(stalled);
+}
+}
