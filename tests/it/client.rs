@@ -43,6 +43,30 @@ async fn fetched_ranges(t: &TestApp, file: &str) -> Vec<(i64, i64)> {
         .collect()
 }
 
+/// Waits (up to 4 s) until the client's state file for `file` in release r1
+/// names at least `at_least` chunks verified, and returns how many it names.
+pub(crate) async fn wait_for_verified(dir: &Path, file: &str, at_least: usize) -> usize {
+    let state = dir.join(format!("r1/.{file}.weightgate"));
+    let mut verified = 0;
+    for _ in 0..400 {
+        if let Ok(text) = std::fs::read_to_string(&state)
+            && let Ok(json) = serde_json::from_str::<serde_json::Value>(&text)
+        {
+            verified = json["verified"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|v| v.as_bool() == Some(true))
+                .count();
+            if verified >= at_least {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    verified
+}
+
 fn assert_files_match(t: &TestApp, dir: &Path) {
     for (name, bytes) in &t.files {
         let got = std::fs::read(dir.join("r1").join(name)).unwrap();
@@ -225,19 +249,7 @@ async fn a_killed_download_resumes_without_fetching_verified_chunks_again() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let state = dir.join("r1/.shard-1.bin.weightgate");
-    let mut verified_before = 0;
-    for _ in 0..400 {
-        if let Ok(text) = std::fs::read_to_string(&state)
-            && let Ok(json) = serde_json::from_str::<serde_json::Value>(&text)
-        {
-            verified_before = json["verified"].as_array().unwrap().iter().filter(|v| v.as_bool() == Some(true)).count();
-            if verified_before >= 4 {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let verified_before = wait_for_verified(&dir, "shard-1.bin", 4).await;
     child.kill().unwrap();
     child.wait().unwrap();
     assert!((4..17).contains(&verified_before), "killed midway ({verified_before} chunks done)");
@@ -381,20 +393,7 @@ async fn a_grant_revoked_mid_download_stops_the_client_with_the_reason_and_keeps
     opts.include = vec!["shard-1.bin".into()];
     let download = tokio::spawn(client::download(opts));
     // Once a few chunks are in, the grant is revoked.
-    let state = dir.join("r1/.shard-1.bin.weightgate");
-    let mut verified = 0;
-    for _ in 0..400 {
-        if let Ok(text) = std::fs::read_to_string(&state)
-            && let Ok(json) = serde_json::from_str::<serde_json::Value>(&text)
-        {
-            verified = json["verified"].as_array().unwrap().iter().filter(|v| v.as_bool() == Some(true)).count();
-            if verified >= 2 {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(verified >= 2, "the download got going");
+    assert!(wait_for_verified(&dir, "shard-1.bin", 2).await >= 2, "the download got going");
     let grant_id: String = sqlx::query_scalar("SELECT id FROM grants").fetch_one(t.app.db.pool()).await.unwrap();
     weightgate::grants::revoke(&t.app, &grant_id, "Leaked", "test", Default::default()).await.unwrap();
     let err = tokio::time::timeout(Duration::from_secs(30), download)

@@ -661,16 +661,8 @@ async fn a_download_that_fills_the_disk_stops_with_the_reason_and_resumes_once_t
         progress: false,
     };
     let download = tokio::spawn(weightgate::client::download(options(Some(256 * 1024))));
-    let state = dir.join("r1/.shard-1.bin.weightgate");
-    let mut started = false;
-    for _ in 0..400 {
-        if std::fs::read_to_string(&state).is_ok_and(|s| s.contains("true")) {
-            started = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(started, "the download got going");
+    let started = crate::client::wait_for_verified(&dir, "shard-1.bin", 1).await;
+    assert!(started >= 1, "the download got going");
     let filler = disk.fill();
     let err = tokio::time::timeout(Duration::from_secs(60), download)
         .await
