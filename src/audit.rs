@@ -328,7 +328,7 @@ impl Reservations {
         });
         for (id, grant) in grants.iter_mut() {
             if let Some(open) = self.0.get(id)
-                && (grant.quota_bytes.is_some() || grant.quota_files.is_some())
+                && grant.has_quota()
             {
                 grant.open = open
                     .iter()
@@ -344,8 +344,8 @@ impl Reservations {
     }
 
     /// Takes in a committed batch written at `at`: fetches let through on
-    /// `quota_grants` open a transfer, deliveries close one.
-    fn note(&mut self, written: &[(i64, Event)], quota_grants: &[String], at: i64) {
+    /// grants with a quota open a transfer, deliveries close one.
+    fn note(&mut self, written: &[(i64, Event)], grants: &HashMap<String, GrantNow>, at: i64) {
         for (_, event) in written {
             let (Some(grant), Some(file), Some(range)) = (&event.grant_id, &event.file_id, event.range)
             else {
@@ -357,7 +357,7 @@ impl Reservations {
                 {
                     open.swap_remove(i);
                 }
-            } else if quota_grants.contains(grant) && Self::opens(event).is_some() {
+            } else if grants.get(grant).is_some_and(GrantNow::has_quota) && Self::opens(event).is_some() {
                 self.0.entry(grant.clone()).or_default().push(Reserved {
                     file_id: file.clone(),
                     range,
@@ -368,13 +368,19 @@ impl Reservations {
     }
 }
 
-/// The ids of the grants whose model limits deliveries.
-fn quota_grants(grants: &HashMap<String, GrantNow>) -> Vec<String> {
-    grants
-        .values()
-        .filter(|g| g.quota_bytes.is_some() || g.quota_files.is_some())
-        .map(|g| g.id.clone())
-        .collect()
+/// Decides a batch's events at `at` on its grants as they stand, with the
+/// transfers the writer knows to be open. Returns the events and the grants
+/// by id, for [`Reservations::note`] once the batch is committed.
+fn decide_batch(
+    reservations: &mut Reservations,
+    grants: Vec<GrantNow>,
+    items: Vec<Item>,
+    at: i64,
+) -> (Vec<Event>, HashMap<String, GrantNow>) {
+    let mut grants: HashMap<String, GrantNow> = grants.into_iter().map(|g| (g.id.clone(), g)).collect();
+    reservations.attach(&mut grants, at);
+    let events = items.into_iter().map(|i| i.into_event(&mut grants, at)).collect();
+    (events, grants)
 }
 
 /// The grants a batch's guarded events name, each once.
@@ -562,18 +568,14 @@ fn write_sqlite_batch(
         None => conn.insert(sql::open(file).with_context(|| format!("cannot open {}", file.display()))?),
     };
     let tx = sql::begin(conn)?;
-    let mut grants: HashMap<String, GrantNow> = sql::current_grants(&tx, &grant_ids(&items))?
-        .into_iter()
-        .map(|g| (g.id.clone(), g))
-        .collect();
+    let current = sql::current_grants(&tx, &grant_ids(&items))?;
     let at = now_ms();
-    reservations.attach(&mut grants, at);
-    let events: Vec<Event> = items.into_iter().map(|i| i.into_event(&mut grants, at)).collect();
+    let (events, grants) = decide_batch(reservations, current, items, at);
     let rows = chain(sql::head(&tx)?, at, &events);
     sql::insert_events(&tx, &rows).context("cannot append to the audit log")?;
     tx.commit()?;
     let written: Vec<(i64, Event)> = rows.iter().map(|r| r.seq).zip(events).collect();
-    reservations.note(&written, &quota_grants(&grants), at);
+    reservations.note(&written, &grants, at);
     Ok(written)
 }
 
@@ -614,17 +616,12 @@ async fn write_pooled_batch(
     };
     let mut tx = db.begin_on(conn).await?;
     lock_chain(&mut tx, db.backend()).await?;
-    let mut grants: HashMap<String, GrantNow> = db::grants::current(&mut tx, &grant_ids(&items))
-        .await?
-        .into_iter()
-        .map(|g| (g.id.clone(), g))
-        .collect();
+    let current = db::grants::current(&mut tx, &grant_ids(&items)).await?;
     let at = now_ms();
-    reservations.attach(&mut grants, at);
-    let events: Vec<Event> = items.into_iter().map(|i| i.into_event(&mut grants, at)).collect();
+    let (events, grants) = decide_batch(reservations, current, items, at);
     let seqs = append_locked(&mut tx, at, &events).await?;
     tx.commit().await?;
     let written: Vec<(i64, Event)> = seqs.into_iter().zip(events).collect();
-    reservations.note(&written, &quota_grants(&grants), at);
+    reservations.note(&written, &grants, at);
     Ok(written)
 }

@@ -661,7 +661,7 @@ fn requested(range: Option<(u64, u64)>) -> u64 {
 /// being delivered now (the grant's open transfers). A file the grant
 /// already holds whole can always be fetched again.
 fn quota_spent(grant: &GrantNow, file_id: &str, requested: u64) -> bool {
-    if grant.quota_bytes.is_none() && grant.quota_files.is_none() {
+    if !grant.has_quota() {
         return false;
     }
     let completed = crate::deliveries::completed_files(&grant.deliveries);

@@ -107,6 +107,13 @@ pub struct GrantNow {
     pub open: Vec<(String, u64)>,
 }
 
+impl GrantNow {
+    /// Whether the grant's model limits what one grant may receive.
+    pub fn has_quota(&self) -> bool {
+        self.quota_bytes.is_some() || self.quota_files.is_some()
+    }
+}
+
 /// [`current`]'s query; `{ids}` stands for the list of placeholders.
 pub(super) const STATES: &str = "SELECT g.id, g.expires_at, g.revoked_at, m.quota_bytes, m.quota_files
     FROM grants g JOIN models m ON m.id = g.model_id
@@ -127,7 +134,7 @@ pub async fn current(conn: &mut AnyConnection, ids: &[&str]) -> sqlx::Result<Vec
     }
     let mut grants = query.fetch_all(&mut *conn).await?;
     for g in &mut grants {
-        if g.quota_bytes.is_some() || g.quota_files.is_some() {
+        if g.has_quota() {
             g.deliveries = deliveries(&mut *conn, &g.id).await?;
         }
     }

@@ -63,7 +63,7 @@ pub fn current_grants(conn: &Connection, ids: &[&str]) -> rusqlite::Result<Vec<G
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     for g in &mut grants {
-        if g.quota_bytes.is_some() || g.quota_files.is_some() {
+        if g.has_quota() {
             let mut statement = conn.prepare_cached(&DELIVERIES.replace("$1", "?"))?;
             g.deliveries = statement
                 .query_map([&g.id], |row| {
