@@ -324,8 +324,13 @@ fn event_cells(format: Format, e: &EventRow) -> Vec<String> {
     }
 }
 
-/// One aligned line per event, for following the log.
+/// One aligned line per event, for following the log, with control
+/// characters escaped.
 fn event_line(e: &EventRow) -> String {
+    output::for_terminal(&event_text(e)).into_owned()
+}
+
+fn event_text(e: &EventRow) -> String {
     let mut line = format!(
         "{}  {:>8}  {:<22} {:<8}",
         format_ms(e.at),

@@ -1,7 +1,15 @@
 //! Listing output: a readable table, one JSON object per line, or CSV for
 //! spreadsheets.
+//!
+//! What the portal stores came from outside (URLs, e-mail addresses, user
+//! agents), so text meant for a terminal has its control characters escaped,
+//! and CSV cells that a spreadsheet would run as a formula are neutralised.
+//! JSON lines stay exact: JSON escapes control characters itself.
 
-use std::io::{self, Write};
+use std::{
+    borrow::Cow,
+    io::{self, Write},
+};
 
 use clap::ValueEnum;
 use comfy_table::{Table, presets::UTF8_HORIZONTAL_ONLY};
@@ -54,13 +62,13 @@ impl Printer {
     pub fn row(&mut self, cells: Vec<String>, json: &serde_json::Value) -> io::Result<()> {
         match &mut self.sink {
             Sink::Table(table, _) => {
-                table.add_row(cells);
+                table.add_row(cells.iter().map(|c| for_terminal(c).into_owned()));
             }
             Sink::Jsonl(out) => {
                 serde_json::to_writer(&mut *out, json)?;
                 out.write_all(b"\n")?;
             }
-            Sink::Csv(csv) => csv.write_record(&cells)?,
+            Sink::Csv(csv) => csv.write_record(cells.iter().map(|c| for_spreadsheet(c).into_owned()))?,
         }
         Ok(())
     }
@@ -83,6 +91,44 @@ impl Printer {
             Sink::Jsonl(mut out) => out.flush(),
             Sink::Csv(mut csv) => csv.flush(),
         }
+    }
+}
+
+/// Whether a terminal could act on `c` rather than show it: C0 and C1
+/// controls (escape sequences start with ESC or CSI) and the marks that
+/// reorder text on screen (bidirectional overrides and isolates).
+fn is_control(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `text` with every control character written as a visible escape
+/// (`\x1b`, `\u{202e}`), so that printing it cannot move the cursor, rewrite
+/// the screen, set the window title or reorder what the operator reads.
+pub fn for_terminal(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(is_control) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            c if !is_control(c) => out.push(c),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x100 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// `cell` made safe for a spreadsheet: a cell that starts like a formula
+/// (`=`, `+`, `-`, `@`, or a tab or carriage return before one) gets a
+/// leading `'`, which spreadsheets read as "this is text" and do not show.
+pub fn for_spreadsheet(cell: &str) -> Cow<'_, str> {
+    match cell.chars().next() {
+        Some('=' | '+' | '-' | '@' | '\t' | '\r') => Cow::Owned(format!("'{cell}")),
+        _ => Cow::Borrowed(cell),
     }
 }
 
@@ -164,6 +210,70 @@ mod tests {
             render(Format::Jsonl),
             "{\"name\":\"a, b\"}\n{\"name\":\"plain\"}\n"
         );
+    }
+
+    #[test]
+    fn control_characters_are_shown_not_obeyed() {
+        assert_eq!(for_terminal("plain text"), "plain text");
+        assert_eq!(
+            for_terminal("a\x1b]0;pwned\x07b\x1b[2J"),
+            "a\\x1b]0;pwned\\x07b\\x1b[2J"
+        );
+        assert_eq!(for_terminal("line\r\nnext\tcol"), "line\\r\\nnext\\tcol");
+        assert_eq!(for_terminal("csi \u{9b}2J del \u{7f}"), "csi \\x9b2J del \\x7f");
+        assert_eq!(for_terminal("abc\u{202e}fed"), "abc\\u{202e}fed");
+        assert_eq!(for_terminal("ünïcødé ok"), "ünïcødé ok");
+    }
+
+    #[test]
+    fn formula_cells_are_neutralised_for_spreadsheets() {
+        for formula in [
+            "=HYPERLINK(\"http://x\")",
+            "+1+1",
+            "-2+3",
+            "@SUM(A1)",
+            "\t=1",
+            "\r=1",
+        ] {
+            assert_eq!(for_spreadsheet(formula), format!("'{formula}"));
+        }
+        for text in ["curl/8.5", "a=b", "42", ""] {
+            assert_eq!(for_spreadsheet(text), text);
+        }
+    }
+
+    #[test]
+    fn tables_escape_and_csv_neutralises_but_json_stays_exact() {
+        let out = Shared::default();
+        let mut printer = Printer::new(Format::Table, &["agent"], Box::new(out.clone())).unwrap();
+        printer
+            .row(vec!["\x1b[2Jevil".into()], &serde_json::json!({}))
+            .unwrap();
+        printer.finish().unwrap();
+        let table = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            !table.contains('\x1b') && table.contains("\\x1b[2Jevil"),
+            "{table}"
+        );
+
+        let out = Shared::default();
+        let mut printer = Printer::new(Format::Csv, &["agent"], Box::new(out.clone())).unwrap();
+        printer
+            .row(vec!["=cmd|' /C calc'!A0".into()], &serde_json::json!({}))
+            .unwrap();
+        printer.finish().unwrap();
+        let csv = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(csv, "agent\n'=cmd|' /C calc'!A0\n");
+
+        let out = Shared::default();
+        let mut printer = Printer::new(Format::Jsonl, &["agent"], Box::new(out.clone())).unwrap();
+        printer
+            .row(vec![], &serde_json::json!({"agent": "\x1b[2J=x"}))
+            .unwrap();
+        printer.finish().unwrap();
+        let json = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let back: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+        assert_eq!(back["agent"], "\x1b[2J=x");
     }
 
     #[test]

@@ -34,6 +34,7 @@ macro_rules! both {
 
 mod helpers;
 
+mod adversary;
 mod audit;
 mod browser;
 mod cli;
