@@ -247,6 +247,8 @@ pub enum Delivery {
     Proxy(ByteStream),
     /// Served by the object store from this short-lived presigned URL.
     Redirect(String),
+    /// No bytes: the answer to a `HEAD`, from the file's metadata.
+    Metadata,
 }
 
 /// How long a presigned redirect stays valid: long enough to follow it,
@@ -291,9 +293,9 @@ pub fn requested_range(header: Option<&str>, size: u64) -> Result<Option<(u64, u
 /// by it. A refusal is audited with its reason; when several apply, the one
 /// checked first in [`Refusal`]'s order wins.
 ///
-/// A `HEAD` request (`head`) is checked and audited as a fetch, but nothing
-/// is recorded as delivered for it: in redirect mode the answer names the
-/// URL and the store sends nothing; in proxy mode no body is sent.
+/// A `HEAD` request (`head`) is checked and audited as a fetch, and answered
+/// from the file's metadata alone: the store is not asked for bytes or for a
+/// presigned URL, so a HEAD can never hand out what a GET would have to count.
 pub async fn open_download(
     app: &App,
     token: &str,
@@ -339,6 +341,7 @@ pub async fn open_download(
     // not after it; a store that fails is reported only for a fetch the
     // decision lets through, so a refusal stays a refusal and is logged.
     let opened: Option<anyhow::Result<Opened>> = match (&fixed, &file, app.config.delivery) {
+        (Ok(_), Some(_), _) if head => Some(Ok(Opened::Metadata)),
         (Ok(_), Some(f), DeliveryMode::Proxy) => Some(
             app.storage
                 .get_range(&f.object_key, start, end)
@@ -414,15 +417,14 @@ pub async fn open_download(
         Ok(Opened::Url(url)) => {
             // The store serves the bytes, so the portal cannot see how many
             // arrive: the range is recorded as delivered, marked as such.
-            if !head {
-                let mut delivered = event;
-                delivered.action = "file.delivered";
-                delivered.reason = Some("redirect".into());
-                delivered.bytes = Some(end - start);
-                app.audit.record(delivered).await?;
-            }
+            let mut delivered = event;
+            delivered.action = "file.delivered";
+            delivered.reason = Some("redirect".into());
+            delivered.bytes = Some(end - start);
+            app.audit.record(delivered).await?;
             Delivery::Redirect(url)
         }
+        Ok(Opened::Metadata) => Delivery::Metadata,
     };
     Ok(Download {
         file,
@@ -433,10 +435,12 @@ pub async fn open_download(
     })
 }
 
-/// The bytes of a fetch, or where the store serves them.
+/// The bytes of a fetch, where the store serves them, or (for a `HEAD`)
+/// nothing but what the portal knows of the file.
 enum Opened {
     Stream(ByteStream),
     Url(String),
+    Metadata,
 }
 
 /// The audit code of a refusal found before the writer's checks.

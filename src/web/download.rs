@@ -22,8 +22,9 @@ pub async fn fetch(
     let if_range = headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok());
     let download = grants::open_download(&state.app, &token, &name, range, if_range, head, client).await?;
     let size = u64::try_from(download.file.size).unwrap_or(0);
-    let stream = match download.body {
-        Delivery::Proxy(stream) => stream,
+    let body = match download.body {
+        Delivery::Proxy(stream) => Body::from_stream(stream),
+        Delivery::Metadata => Body::empty(),
         Delivery::Redirect(url) => {
             let mut response = StatusCode::FOUND.into_response();
             let value = HeaderValue::from_str(&url).map_err(|e| Error::Internal(e.into()))?;
@@ -35,7 +36,7 @@ pub async fn fetch(
             return Ok(response);
         }
     };
-    let mut response = Body::from_stream(stream).into_response();
+    let mut response = body.into_response();
     let h = response.headers_mut();
     let value = |s: String| HeaderValue::from_str(&s).map_err(|e| Error::Internal(e.into()));
     h.insert(

@@ -89,3 +89,55 @@ async fn made_up_methods_do_not_grow_the_metrics() {
 }
 }
 
+both! {
+async fn a_head_never_hands_out_a_presigned_url() {
+    let server = crate::storage::S3Server::start().await;
+    let t = TestApp::spawn_with(|c| {
+        server.configure(c);
+        c.delivery = weightgate::config::DeliveryMode::Redirect;
+    })
+    .await;
+    let slug: weightgate::types::Slug = MODEL.parse().unwrap();
+    weightgate::models::set_quota(&t.app, &slug, None, Some(1), "test").await.unwrap();
+    let access = t.approved_researcher("head@uni.example.edu").await;
+    let links = t.download_links(&access).await;
+    assert_eq!(links.len(), 3);
+    let no_follow = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    // HEAD on every file, with and without a range: the portal answers
+    // from the file's metadata and names no URL the store would serve.
+    for (name, url) in &links {
+        let size = t.files.iter().find(|(n, _)| n == name).unwrap().1.len();
+        for range in [None, Some("bytes=0-0")] {
+            let mut head = no_follow.head(url);
+            if let Some(range) = range {
+                head = head.header("range", range);
+            }
+            let response = head.send().await.unwrap();
+            assert!(response.status().is_success(), "{name}: {}", response.status());
+            assert!(response.headers().get("location").is_none(), "{name}: {:?}", response.headers());
+            let length = if range.is_some() { 1 } else { size };
+            assert_eq!(response.headers()["content-length"], length.to_string().as_str(), "{name}");
+        }
+    }
+    // The one file the quota allows is still there to fetch; a second is not.
+    let first = no_follow.get(&links[0].1).send().await.unwrap();
+    assert_eq!(first.status(), StatusCode::FOUND);
+    let second = no_follow.get(&links[1].1).send().await.unwrap();
+    assert_eq!(second.status(), StatusCode::FORBIDDEN);
+    let body: serde_json::Value = second.json().await.unwrap();
+    assert_eq!(body["error"], "quota_spent");
+    // Every HEAD is in the log as a fetch that delivered nothing.
+    let events = t.audit_events().await;
+    let heads = events
+        .iter()
+        .filter(|e| e.action == "file.fetch" && e.reason.as_deref() == Some("head"))
+        .count();
+    assert_eq!(heads, 6);
+    let delivered: Vec<_> = events.iter().filter(|e| e.action == "file.delivered").collect();
+    assert_eq!(delivered.len(), 1, "{delivered:?}");
+}
+}
+

@@ -448,10 +448,13 @@ async fn redirect_delivery_sends_researchers_to_short_lived_presigned_urls() {
     let refused = no_follow.get(format!("{url}x")).send().await.unwrap();
     assert_eq!(refused.status(), StatusCode::FORBIDDEN, "checks still come first");
 
-    // A HEAD is checked and logged as a fetch, but delivers nothing.
+    // A HEAD is checked and logged as a fetch, and answered by the portal
+    // from the file's metadata: no presigned URL, nothing delivered.
     let fetches = t.audit_events().await.iter().filter(|e| e.action == "file.fetch").count();
     let head = no_follow.head(&url).send().await.unwrap();
-    assert_eq!(head.status(), StatusCode::FOUND);
+    assert_eq!(head.status(), StatusCode::OK);
+    assert!(head.headers().get(header::LOCATION).is_none());
+    assert_eq!(head.headers()[header::CONTENT_LENGTH], bytes.len().to_string().as_str());
     t.wait_for_events("file.fetch", fetches + 1).await;
 
     // A ranged fetch is sent to a URL for that range only: the log records
