@@ -33,7 +33,7 @@ async fn grant_of(state: &AppState, token: &str) -> Result<GrantView, Error> {
 /// The grant behind an access token, when this address and this grant may
 /// have freshly signed links now.
 async fn grant_for_links(state: &AppState, token: &str, client: &Client) -> Result<GrantView, Error> {
-    limited(&state.limits.links_per_address, address_key(client))?;
+    limited(&state.limits.links_per_address, &address_key(client))?;
     let grant = grant_of(state, token).await?;
     limited(&state.limits.links_per_grant, &grant.id)?;
     Ok(grant)

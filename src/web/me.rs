@@ -67,7 +67,7 @@ pub async fn request_link(
     Form(form): Form<SigninForm>,
 ) -> Result<Response, Error> {
     check_csrf(&token, &form.authenticity_token)?;
-    limited(&state.limits.signin_per_address, address_key(&client))?;
+    limited(&state.limits.signin_per_address, &address_key(&client))?;
     match form.email.parse::<Email>() {
         Ok(email) => {
             // Counted whether or not the address has an account, so that a
@@ -220,6 +220,9 @@ pub async fn appeal(
     Ok(Redirect::to(&format!("/me#application-{appeal}")).into_response())
 }
 
+/// My access, signing fresh links for each active grant. The caller has
+/// counted the request against the per-address limit; `manifest_for` is a
+/// grant whose manifest URL was just made (its per-grant limit counted too).
 async fn access_page(
     state: &AppState,
     researcher: &Researcher,
@@ -227,14 +230,15 @@ async fn access_page(
     client: Client,
     manifest_for: Option<(String, String)>,
 ) -> Result<Response, Error> {
-    limited(&state.limits.links_per_address, address_key(&client))?;
     let mut rows = Vec::new();
     for grant in researchers::my_grants(&state.app, researcher).await? {
         let renewal_pending = db::applications::open_renewal(state.app.db.pool(), &grant.id)
             .await?
             .is_some();
         let access = if GrantState::of(&grant, now_ms()) == GrantState::Active {
-            limited(&state.limits.links_per_grant, &grant.id)?;
+            if manifest_for.as_ref().is_none_or(|(id, _)| *id != grant.id) {
+                limited(&state.limits.links_per_grant, &grant.id)?;
+            }
             Some(grants::access(&state.app, grant.clone(), "my access page", client.clone()).await?)
         } else {
             None
@@ -299,6 +303,7 @@ pub async fn access(
     CurrentResearcher(researcher): CurrentResearcher,
     ClientInfo(client): ClientInfo,
 ) -> Result<Response, Error> {
+    limited(&state.limits.links_per_address, &address_key(&client))?;
     access_page(&state, &researcher, token, client, None).await
 }
 
@@ -311,6 +316,9 @@ pub async fn client_url(
     Form(form): Form<CsrfForm>,
 ) -> Result<Response, Error> {
     check_csrf(&token, &form.authenticity_token)?;
+    // Counted before anything is made: a refused request mints no URL.
+    limited(&state.limits.links_per_address, &address_key(&client))?;
+    limited(&state.limits.links_per_grant, &id)?;
     let url = researchers::client_manifest_url(&state.app, &researcher, &id, client.clone()).await?;
     access_page(&state, &researcher, token, client, Some((id, url))).await
 }

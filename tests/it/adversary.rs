@@ -141,3 +141,152 @@ async fn a_head_never_hands_out_a_presigned_url() {
 }
 }
 
+both! {
+async fn an_ipv6_network_shares_one_allowance() {
+    // The test client connects from 127.0.0.1, which plays the balancer.
+    let t = TestApp::spawn_with(|c| {
+        c.trusted_proxies = "127.0.0.1".parse().unwrap();
+        c.limit_applications_per_address = "2/1h".parse().unwrap();
+    })
+    .await;
+    use crate::hostile::{assert_limited, forwarded_client, post_apply};
+    // Two addresses of one /64: one allowance between them.
+    for (n, address) in ["2001:db8:1:2::1", "2001:db8:1:2:aaaa:bbbb:cccc:dddd"].iter().enumerate() {
+        let response = post_apply(&t, &forwarded_client(address), &format!("v6-{n}@example.org")).await;
+        assert_eq!(response.status(), StatusCode::OK, "{address}");
+    }
+    let third = forwarded_client("2001:db8:1:2:ffff:ffff:ffff:fffe");
+    assert_limited(post_apply(&t, &third, "v6-2@example.org").await, "a third address of the /64").await;
+    // The next /64 is someone else.
+    let neighbour = forwarded_client("2001:db8:1:3::1");
+    assert_eq!(post_apply(&t, &neighbour, "v6-3@example.org").await.status(), StatusCode::OK);
+}
+}
+
+both! {
+async fn a_refused_manifest_url_request_mints_nothing() {
+    let t = TestApp::spawn_with(|c| c.limit_links_per_grant = "2/1h".parse().unwrap()).await;
+    t.approved_researcher("mint@uni.example.edu").await;
+    let browser = client();
+    let mut seen = std::collections::HashSet::new();
+    crate::researcher::sign_in_researcher(&t, &browser, "mint@uni.example.edu", &mut seen).await;
+    let grant_id: String = sqlx::query_scalar("SELECT id FROM grants")
+        .fetch_one(t.app.db.pool())
+        .await
+        .unwrap();
+    let action = format!("/me/access/{grant_id}/client-url");
+    // My access signs links once; the first manifest URL is the second use.
+    let first = crate::researcher::post_form(&t, &browser, "/me/access", &action, &[]).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    // The allowance is spent: no page to take a CSRF token from either, so
+    // reuse the one the last page carried.
+    let (_, page) = t.get_html(&browser, "/me/access").await;
+    assert!(page.contains("too often"), "{page}");
+    let refused = browser
+        .post(t.url(&action))
+        .header("accept", "text/html")
+        .form(&[("authenticity_token", csrf(&first.text().await.unwrap()))])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let tokens: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM grant_tokens")
+        .fetch_one(t.app.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(tokens, 1, "a refused request made no access URL");
+    let issued = t.audit_events().await.iter().filter(|e| e.action == "grant.token_issued").count();
+    assert_eq!(issued, 1);
+}
+}
+
+/// `weightgate serve` as a separate process on a test portal's data
+/// directory and database, with what it logs collected as it comes. Killed
+/// when dropped.
+pub(crate) struct ServeProcess {
+    child: Option<std::process::Child>,
+    pub base: String,
+    logs: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ServeProcess {
+    /// Starts it with `env` added, and returns once it answers.
+    pub async fn start(t: &TestApp, env: &[(&str, &str)]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_weightgate"))
+            .arg("serve")
+            .env("WEIGHTGATE_DATA_DIR", &t.app.config.data_dir)
+            .env("WEIGHTGATE_DATABASE_URL", t.app.config.database_url())
+            .env("WEIGHTGATE_BIND", format!("127.0.0.1:{port}"))
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Read as it is written: a full pipe would stop the portal mid-log.
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = std::io::Read::read(&mut stderr, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        let portal = Self {
+            child: Some(child),
+            base: format!("http://127.0.0.1:{port}"),
+            logs,
+            reader: Some(reader),
+        };
+        for _ in 0..400 {
+            if reqwest::get(format!("{}/healthz", portal.base)).await.is_ok() {
+                return portal;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("weightgate serve did not start");
+    }
+
+    /// Stops it with SIGTERM and returns all it logged.
+    pub async fn stop(mut self) -> String {
+        let mut child = self.child.take().unwrap();
+        let pid = child.id().to_string();
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let reader = self.reader.take();
+        tokio::task::spawn_blocking(move || {
+            child.wait().unwrap();
+            if let Some(reader) = reader {
+                reader.join().unwrap();
+            }
+        })
+        .await
+        .unwrap();
+        String::from_utf8_lossy(&self.logs.lock().unwrap()).into_owned()
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+

@@ -16,7 +16,7 @@ use weightgate::{
 use crate::{cli::weightgate, helpers::*};
 
 /// The portal still answers and its audit log verifies.
-async fn still_whole(t: &TestApp) {
+pub(crate) async fn still_whole(t: &TestApp) {
     let health = t.client.get(t.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), StatusCode::OK);
     let verification = audit::verify_chain(&t.app.db).await.unwrap();
@@ -744,7 +744,7 @@ async fn json_multipart_and_missing_content_types_get_415_not_500() {
 }
 
 /// A 429 with a Retry-After of whole seconds and the portal's body.
-async fn assert_limited(response: reqwest::Response, what: &str) {
+pub(crate) async fn assert_limited(response: reqwest::Response, what: &str) {
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS, "{what}");
     let retry: u64 = response.headers()["retry-after"]
         .to_str()
@@ -772,7 +772,7 @@ async fn assert_limited(response: reqwest::Response, what: &str) {
     }
 }
 
-async fn post_apply(t: &TestApp, browser: &Client, email: &str) -> reqwest::Response {
+pub(crate) async fn post_apply(t: &TestApp, browser: &Client, email: &str) -> reqwest::Response {
     let (_, page) = t.get_html(browser, &format!("/models/{MODEL}")).await;
     let mut form = vec![("authenticity_token", csrf(&page))];
     form.extend(
@@ -916,7 +916,7 @@ async fn fresh_links_are_limited_per_grant_and_per_address() {
 
 /// A browser whose every request carries `X-Forwarded-For: forwarded`, as if
 /// it came through a proxy that wrote the header.
-fn forwarded_client(forwarded: &str) -> Client {
+pub(crate) fn forwarded_client(forwarded: &str) -> Client {
     weightgate::client::install_crypto();
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert("x-forwarded-for", forwarded.parse().unwrap());

@@ -23,7 +23,7 @@ fn mails_to(t: &TestApp, to: &str, needle: &str) -> Vec<String> {
 }
 
 /// Waits for an e-mail to `to` holding a `/signin/` link not in `seen`, and returns the link.
-async fn new_signin_link(t: &TestApp, to: &str, seen: &mut HashSet<String>) -> String {
+pub(crate) async fn new_signin_link(t: &TestApp, to: &str, seen: &mut HashSet<String>) -> String {
     for _ in 0..200 {
         for mail in mails_to(t, to, "/signin/") {
             let link = link_in(&mail, "/signin/");
@@ -37,7 +37,7 @@ async fn new_signin_link(t: &TestApp, to: &str, seen: &mut HashSet<String>) -> S
 }
 
 /// Asks for a sign-in link on the form; returns the status and the page.
-async fn request_link(t: &TestApp, browser: &Client, email: &str) -> (StatusCode, String) {
+pub(crate) async fn request_link(t: &TestApp, browser: &Client, email: &str) -> (StatusCode, String) {
     let (_, page) = t.get_html(browser, "/signin").await;
     let response = browser
         .post(t.url("/signin"))
@@ -50,7 +50,7 @@ async fn request_link(t: &TestApp, browser: &Client, email: &str) -> (StatusCode
 }
 
 /// Follows a sign-in link the way a browser does: the page, then its button.
-async fn follow_link(browser: &Client, link: &str) -> reqwest::Response {
+pub(crate) async fn follow_link(browser: &Client, link: &str) -> reqwest::Response {
     let page = browser.get(link).send().await.unwrap().text().await.unwrap();
     browser
         .post(link)
@@ -62,7 +62,12 @@ async fn follow_link(browser: &Client, link: &str) -> reqwest::Response {
 }
 
 /// Signs `browser` in as `email` by an e-mailed link.
-async fn sign_in_researcher(t: &TestApp, browser: &Client, email: &str, seen: &mut HashSet<String>) {
+pub(crate) async fn sign_in_researcher(
+    t: &TestApp,
+    browser: &Client,
+    email: &str,
+    seen: &mut HashSet<String>,
+) {
     let (status, _) = request_link(t, browser, email).await;
     assert_eq!(status, StatusCode::OK);
     let link = new_signin_link(t, email, seen).await;
@@ -72,7 +77,7 @@ async fn sign_in_researcher(t: &TestApp, browser: &Client, email: &str, seen: &m
 }
 
 /// Posts a form of a researcher page (for its CSRF token).
-async fn post_form(
+pub(crate) async fn post_form(
     t: &TestApp,
     browser: &Client,
     page: &str,
