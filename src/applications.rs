@@ -293,7 +293,9 @@ pub async fn submit(
     audit::append(&mut tx, app.db.backend(), &[event]).await?;
     tx.commit().await?;
     app.mail.wake();
-    tracing::info!(application = %id, email = %form.email, %confirm_url, "application submitted; confirmation e-mail queued");
+    // The confirmation URL is a secret for the applicant's inbox alone: it
+    // stays out of the logs.
+    tracing::info!(application = %id, "application submitted; confirmation e-mail queued");
     Ok(Submission::Recorded { confirm_url })
 }
 

@@ -206,10 +206,32 @@ pub async fn router(app: Arc<App>) -> anyhow::Result<Router> {
             header::REFERRER_POLICY,
             HeaderValue::from_static("no-referrer"),
         ))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
         .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid));
     Ok(router)
+}
+
+/// The tracing span of a request. Paths carry secrets (download links,
+/// access pages, confirmation and sign-in links), so the span names only
+/// the path's first segment, never the rest of it or the query.
+fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    tracing::debug_span!(
+        "request",
+        method = %request.method(),
+        path = %public_part(request.uri().path()),
+        version = ?request.version(),
+    )
+}
+
+/// `/dl/…` for `/dl/TOKEN/FILE`: the first segment of a path, and whether
+/// more followed.
+fn public_part(path: &str) -> String {
+    let rest = path.trim_start_matches('/');
+    match rest.split_once('/') {
+        Some((first, _)) => format!("/{}/…", first.chars().take(32).collect::<String>()),
+        None => format!("/{}", rest.chars().take(32).collect::<String>()),
+    }
 }
 
 /// Counts one request against `limit` for `key`: 429 with the wait when

@@ -290,3 +290,119 @@ impl Drop for ServeProcess {
     }
 }
 
+both! {
+async fn no_secret_reaches_the_logs() {
+    let t = TestApp::spawn().await;
+    let portal = ServeProcess::start(&t, &[("WEIGHTGATE_LOG", "debug"), ("WEIGHTGATE_SHUTDOWN_GRACE", "1s")]).await;
+    let base = portal.base.clone();
+    let url = |path: &str| format!("{base}{path}");
+    let email = "logs@uni.example.edu";
+    let researcher = client();
+    let page = researcher.get(url(&format!("/models/{MODEL}"))).send().await.unwrap().text().await.unwrap();
+    let response = researcher
+        .post(url(&format!("/models/{MODEL}/apply")))
+        .form(&[
+            ("authenticity_token", csrf(&page).as_str()),
+            ("name", "Log Reader"),
+            ("email", email),
+            ("affiliation", "Lab"),
+            ("intended_use", "Research"),
+            ("accept_terms", "on"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let confirm = link_in(&t.wait_for_mail(email, "Confirm your application").await, "/confirm/");
+    let page = researcher.get(&confirm).send().await.unwrap().text().await.unwrap();
+    let response = researcher.post(&confirm).form(&[("authenticity_token", csrf(&page))]).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let reviewer = client();
+    t.sign_in(&reviewer).await;
+    let id = t.pending_application(&reviewer, email).await;
+    let response = t
+        .post_admin(&reviewer, &format!("/admin/applications/{id}"), &format!("/admin/applications/{id}/approve"), &[])
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let access = link_in(&t.wait_for_mail(email, "is approved").await, "/access/");
+    let links = t.download_links(&access).await;
+    let download = links[0].1.replacen(&t.base, &base, 1);
+    assert_eq!(researcher.get(&download).send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(researcher.get(access.replacen(&t.base, &base, 1)).send().await.unwrap().status(), StatusCode::OK);
+    let page = researcher.get(url("/signin")).send().await.unwrap().text().await.unwrap();
+    researcher
+        .post(url("/signin"))
+        .form(&[("authenticity_token", csrf(&page).as_str()), ("email", email)])
+        .send()
+        .await
+        .unwrap();
+    let signin = link_in(&t.wait_for_mail(email, "sign-in link").await, "/signin/");
+    let page = researcher.get(&signin).send().await.unwrap().text().await.unwrap();
+    let response = researcher.post(&signin).form(&[("authenticity_token", csrf(&page))]).send().await.unwrap();
+    assert_eq!(response.url().path(), "/me");
+
+    let logs = portal.stop().await;
+    assert!(logs.contains("/confirm/…") && logs.contains("/dl/…"), "the requests were logged:\n{logs}");
+    let secret = |link: &str, marker: &str| link.split(marker).nth(1).unwrap().split('/').next().unwrap().to_owned();
+    for (what, token) in [
+        ("confirmation link", secret(&confirm, "/confirm/")),
+        ("access page", secret(&access, "/access/")),
+        ("download link", secret(&download, "/dl/")),
+        ("sign-in link", secret(&signin, "/signin/")),
+    ] {
+        assert!(token.len() >= 20, "{what}: {token}");
+        assert!(!logs.contains(&token), "the {what}'s secret is in the logs:\n{logs}");
+    }
+}
+}
+
+/// A client whose cookies the test can read.
+fn client_with_jar() -> (reqwest::Client, std::sync::Arc<reqwest::cookie::Jar>) {
+    weightgate::client::install_crypto();
+    let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
+    let client = reqwest::Client::builder()
+        .cookie_provider(jar.clone())
+        .build()
+        .unwrap();
+    (client, jar)
+}
+
+fn cookie(jar: &reqwest::cookie::Jar, base: &str, name: &str) -> String {
+    use reqwest::cookie::CookieStore;
+    let header = jar.cookies(&base.parse().unwrap()).expect("cookies were set");
+    header
+        .to_str()
+        .unwrap()
+        .split("; ")
+        .find_map(|c| c.strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name} cookie"))
+        .to_owned()
+}
+
+/// `count` sign-in forms, each from a browser of its own, sent at once.
+async fn sign_in_burst(t: &TestApp, count: usize, account: impl Fn(usize) -> String) -> Vec<StatusCode> {
+    let mut forms = Vec::new();
+    for i in 0..count {
+        let browser = client();
+        let (_, page) = t.get_html(&browser, "/admin/login").await;
+        forms.push((browser, csrf(&page), account(i)));
+    }
+    let sent = forms.into_iter().map(|(browser, token, email)| {
+        let url = t.url("/admin/login");
+        async move {
+            browser
+                .post(url)
+                .form(&[
+                    ("authenticity_token", token.as_str()),
+                    ("email", &email),
+                    ("password", "a wrong password!"),
+                ])
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    futures_util::future::join_all(sent).await
+}
+
