@@ -1,14 +1,25 @@
 #!/usr/bin/env bash
-# weightgate load test: thousands of concurrent clients over loopback mixing
-# page views, applications, authorised fetches and refused (forged) fetches
-# for minutes; then checks that nothing but the intended 429s failed, that
-# memory stayed flat, and that the audit chain is whole.
+# weightgate load test, in two parts over loopback:
 #
-#   bash bench/load.sh                    # 2000 clients for 180 s
+# 1. A sign-in burst: hundreds of concurrent wrong-password sign-ins, each
+#    from an address of its own (through a trusted proxy header) and for an
+#    account of its own, so that no per-address or per-account limit helps:
+#    only the bound on password checks keeps memory flat. Checks that every
+#    answer is 401 or 429 and that the portal's memory stays under 200 MiB.
+# 2. The mixed load: thousands of concurrent clients mixing page views,
+#    applications, authorised fetches and refused (forged) fetches for
+#    minutes; then checks that nothing but the intended 429s failed, that
+#    memory stayed flat, and that the audit chain is whole.
+#
+#   bash bench/load.sh                    # 500 sign-ins for 20 s, then 2000 clients for 180 s
 #   LOAD_CLIENTS=500 LOAD_SECONDS=30 bash bench/load.sh
+#   LOAD_ONLY=signin bash bench/load.sh   # the sign-in burst alone
 #
 # Knobs (environment; defaults in brackets):
-#   LOAD_CLIENTS  [2000]   concurrent connections (wrk -c)
+#   LOAD_ONLY     []       `signin` or `mixed` to run one part
+#   LOAD_SIGNINS  [500]    concurrent sign-ins of the burst (wrk -c)
+#   LOAD_SIGNIN_SECONDS [20]  how long the burst lasts
+#   LOAD_CLIENTS  [2000]   concurrent connections (wrk -c) of the mixed load
 #   LOAD_SECONDS  [180]    duration (wrk -d); the load stops by itself
 #   LOAD_THREADS  [2]      wrk threads
 #   LOAD_BIN      []       use this weightgate binary instead of building one
@@ -21,6 +32,9 @@ export LC_ALL=C
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
+ONLY=${LOAD_ONLY:-}
+SIGNINS=${LOAD_SIGNINS:-500}
+SIGNIN_SECONDS=${LOAD_SIGNIN_SECONDS:-20}
 CLIENTS=${LOAD_CLIENTS:-2000}
 SECONDS_=${LOAD_SECONDS:-180}
 THREADS=${LOAD_THREADS:-2}
@@ -72,11 +86,94 @@ ADMIN_PW=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
 printf '%s' "$ADMIN_PW" | wg reviewer add "$ADMIN" --admin --password-stdin >/dev/null
 PORT=$(free_port)
 BASE=http://127.0.0.1:$PORT
-WEIGHTGATE_DATA_DIR=$WORK/data WEIGHTGATE_BIND=127.0.0.1:$PORT WEIGHTGATE_LOG=warn "$WG" serve >"$WORK/portal.log" 2>&1 &
+# Loopback plays a trusted proxy, so the sign-in burst can come from many
+# addresses; the mixed load sends no X-Forwarded-For and is unaffected.
+WEIGHTGATE_DATA_DIR=$WORK/data WEIGHTGATE_BIND=127.0.0.1:$PORT WEIGHTGATE_LOG=warn \
+    WEIGHTGATE_TRUSTED_PROXIES=127.0.0.1 "$WG" serve >"$WORK/portal.log" 2>&1 &
 PORTAL=$!
 PIDS+=("$PORTAL")
 for _ in $(seq 300); do curl -fsS -o /dev/null "$BASE/healthz" 2>/dev/null && break; sleep 0.1; done
 curl -fsS -o /dev/null "$BASE/healthz" || die "the portal did not start"
+
+rss() { awk '$1 == "VmRSS:" { print $2 }' "/proc/$PORTAL/status"; }
+mkdir -p "$(dirname "$RESULTS")"
+: >"$WORK/signin.md"
+
+if [ "$ONLY" != mixed ]; then
+    # A form token and its cookie for the sign-in page.
+    curl -fsS -c "$WORK/login-cookies" "$BASE/admin/login" >"$WORK/login.html"
+    LOGIN_TOKEN=$(python3 -c 'import re,sys; print(re.search(r"name=\"authenticity_token\"\s+value=\"([^\"]*)\"", open(sys.argv[1]).read()).group(1))' "$WORK/login.html")
+    LOGIN_COOKIE=$(awk '(!/^#/ || /^#HttpOnly_/) && NF >= 7 { printf "%s%s=%s", (n++ ? "; " : ""), $6, $7 }' "$WORK/login-cookies")
+    python3 - "$WORK" "$LOGIN_TOKEN" "$LOGIN_COOKIE" <<'PY'
+import sys, urllib.parse
+work, token, cookie = sys.argv[1], sys.argv[2], sys.argv[3]
+def lua(s): return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+open(f"{work}/signin.lua", "w").write("""
+local token = """ + lua(urllib.parse.quote(token, safe="")) + """
+local cookie = """ + lua(cookie) + """
+local threads = {}
+function setup(thread) thread:set("id", #threads + 1); table.insert(threads, thread) end
+function init(args) n = 0; statuses = {} end
+function request()
+  n = n + 1
+  -- An address and an account of its own for every attempt.
+  local k = id * 1000000 + n
+  local ip = string.format("10.%d.%d.%d", (k // 65536) % 256, (k // 256) % 256, k % 256)
+  local body = "authenticity_token=" .. token .. "&email=nobody" .. k .. "%40lab.example.org&password=wrong+password+" .. n
+  return wrk.format("POST", "/admin/login", { ["Content-Type"] = "application/x-www-form-urlencoded",
+    ["Cookie"] = cookie, ["X-Forwarded-For"] = ip }, body)
+end
+function response(status, headers, body) statuses[status] = (statuses[status] or 0) + 1 end
+function done(summary, latency, requests)
+  local total = {}
+  for _, t in ipairs(threads) do
+    for k, v in pairs(t:get("statuses")) do total[k] = (total[k] or 0) + v end
+  end
+  for k, v in pairs(total) do io.write(string.format("STATUS %d %d\\n", k, v)) end
+  io.write(string.format("ERRORS connect=%d read=%d write=%d timeout=%d\\n",
+    summary.errors.connect, summary.errors.read, summary.errors.write, summary.errors.timeout))
+  io.write(string.format("LATENCY p50=%.1fms p99=%.1fms max=%.1fms\\n",
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000, latency.max / 1000))
+end
+""")
+PY
+    IDLE=$(rss)
+    log "sign-in burst: idle RSS $IDLE KiB; $SIGNINS concurrent sign-ins for ${SIGNIN_SECONDS}s"
+    : >"$WORK/signin-rss"
+    (while kill -0 "$PORTAL" 2>/dev/null; do echo "$(rss)" >>"$WORK/signin-rss"; sleep 0.5; done) &
+    SAMPLER=$!
+    wrk -t"$THREADS" -c"$SIGNINS" -d"${SIGNIN_SECONDS}s" --timeout 20s -s "$WORK/signin.lua" "$BASE" >"$WORK/wrk-signin.out" 2>&1 \
+        || die "wrk failed: $(cat "$WORK/wrk-signin.out")"
+    sleep 2
+    kill "$SAMPLER" 2>/dev/null || true
+    AFTER=$(rss)
+    cat "$WORK/wrk-signin.out" >&2
+    python3 - "$WORK" "$SIGNINS" "$SIGNIN_SECONDS" "$IDLE" "$AFTER" >"$WORK/signin.md" <<'PY' || die "the sign-in burst failed its checks: $(cat "$WORK/signin.md")"
+import re, sys
+work, clients, seconds, idle, after = sys.argv[1:6]
+text = open(f"{work}/wrk-signin.out").read()
+statuses = {int(s): int(n) for s, n in re.findall(r"^STATUS (\d+) (\d+)$", text, re.M)}
+errors = dict(re.findall(r"(\w+)=(\d+)", re.search(r"^ERRORS .*$", text, re.M).group(0)))
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+latency = re.search(r"^LATENCY (.*)$", text, re.M).group(1)
+samples = [int(l) for l in open(f"{work}/signin-rss") if l.strip().isdigit()]
+peak = max(samples + [int(idle)])
+unexpected = {s: n for s, n in statuses.items() if s not in (401, 429)}
+ok = not unexpected and sum(int(v) for v in errors.values()) == 0 and peak < 200 * 1024
+print(f"## Sign-in burst: {clients} concurrent sign-ins for {seconds} s, each from its own address and for its own account\n")
+print(f"- answers: {', '.join(f'{s}: {n}' for s, n in sorted(statuses.items()))}; {rps:.0f}/s; latency {latency}")
+print(f"- socket errors: {', '.join(f'{k} {v}' for k, v in errors.items())}")
+print(f"- portal RSS: idle {int(idle) // 1024} MiB, peak {peak // 1024} MiB (sampled every 0.5 s), "
+      f"{int(after) // 1024} MiB after")
+print(f"\n**{'PASS' if ok else 'FAIL'}**: only 401 and 429, no socket errors, peak RSS under 200 MiB.\n")
+sys.exit(0 if ok else 1)
+PY
+    cat "$WORK/signin.md"
+fi
+if [ "$ONLY" = signin ]; then
+    cp "$WORK/signin.md" "$RESULTS"
+    exit 0
+fi
 
 python3 "$HERE/grant.py" --base "$BASE" --slug load --outbox "$WORK/data/outbox" \
     --admin-email "$ADMIN" --admin-password "$ADMIN_PW" >"$WORK/manifest.json" || die "could not obtain a grant"
@@ -135,7 +232,6 @@ for kind, body in scripts.items():
     open(f"{work}/{kind}.lua", "w").write(body + common)
 PY
 
-rss() { awk '$1 == "VmRSS:" { print $2 }' "/proc/$PORTAL/status"; }
 log "idle RSS $(rss) KiB; starting $CLIENTS clients for ${SECONDS_}s"
 : >"$WORK/rss"
 (while kill -0 "$PORTAL" 2>/dev/null; do echo "$(date +%s) $(rss)" >>"$WORK/rss"; sleep 5; done) &
@@ -198,7 +294,6 @@ print(f"\n**{'PASS' if ok else 'FAIL'}**: only intended answers (200 pages, 206 
       "200 or 429 applications), no socket errors, memory flat (< 25% growth late in the run), audit chain whole.")
 sys.exit(0 if ok else 1)
 PY
-mkdir -p "$(dirname "$RESULTS")"
-cp "$WORK/summary.md" "$RESULTS"
+cat "$WORK/signin.md" "$WORK/summary.md" >"$RESULTS"
 cat "$WORK/summary.md"
 exit $STATUS

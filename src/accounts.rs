@@ -1,6 +1,10 @@
 //! Reviewer accounts: creation, password hashing (argon2id) and sign-in.
 
-use std::sync::LazyLock;
+use std::{
+    collections::HashMap,
+    sync::{LazyLock, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
 
 use argon2::{
     Argon2,
@@ -23,6 +27,8 @@ pub enum AccountError {
     PasswordTooShort,
     #[error("a password has at most {MAX_PASSWORD} characters")]
     PasswordTooLong,
+    #[error("the current password is wrong")]
+    WrongPassword,
 }
 
 /// An argon2id PHC string for `password`.
@@ -31,6 +37,45 @@ pub fn hash_password(password: &str) -> anyhow::Result<String> {
         .hash_password(password.as_bytes())
         .map(|h| h.to_string())
         .map_err(|e| anyhow::anyhow!("cannot hash password: {e}"))
+}
+
+/// Password checks, bounded. An argon2id check takes 19 MiB and tens of
+/// milliseconds of a core, so a burst of sign-ins (no account needed) would
+/// otherwise take memory and CPU without limit: beyond `at_once` checks in
+/// progress, a sign-in is refused at once, and asked to come back.
+#[derive(Debug)]
+pub struct Passwords {
+    checks: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+/// Every password check allowed at once is in use.
+#[derive(Debug, thiserror::Error)]
+#[error("too many sign-ins are being checked right now; try again in a moment")]
+pub struct PasswordsBusy;
+
+impl Passwords {
+    pub fn new(at_once: usize) -> Self {
+        Self {
+            checks: std::sync::Arc::new(tokio::sync::Semaphore::new(at_once.max(1))),
+        }
+    }
+
+    /// Whether `password` matches `phc`, checked on the blocking pool;
+    /// [`PasswordsBusy`] when every check allowed at once is in use.
+    pub async fn verify(&self, password: &str, phc: String) -> anyhow::Result<bool> {
+        let permit = self
+            .checks
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| PasswordsBusy)?;
+        let password = password.to_owned();
+        Ok(tokio::task::spawn_blocking(move || {
+            let ok = verify_password(&password, &phc);
+            drop(permit);
+            ok
+        })
+        .await?)
+    }
 }
 
 fn verify_password(password: &str, phc: &str) -> bool {
@@ -54,12 +99,7 @@ pub async fn add_reviewer(
     is_admin: bool,
     actor: &str,
 ) -> anyhow::Result<String> {
-    if password.chars().count() < MIN_PASSWORD {
-        return Err(AccountError::PasswordTooShort.into());
-    }
-    if password.len() > MAX_PASSWORD {
-        return Err(AccountError::PasswordTooLong.into());
-    }
+    check_new_password(password)?;
     let owned = password.to_owned();
     let hash = tokio::task::spawn_blocking(move || hash_password(&owned)).await??;
     let mut tx = app.db.begin().await?;
@@ -89,8 +129,7 @@ pub async fn authenticate(
     let phc = reviewer
         .as_ref()
         .map_or_else(|| DUMMY_HASH.clone(), |r| r.password_hash.clone());
-    let password = password.to_owned();
-    let ok = tokio::task::spawn_blocking(move || verify_password(&password, &phc)).await?;
+    let ok = app.passwords.verify(password, phc).await?;
     let disabled = ok && reviewer.as_ref().is_some_and(|r| r.disabled_at.is_some());
     let signed_in = reviewer.filter(|r| ok && r.disabled_at.is_none());
     let mut event = Event::new(
@@ -109,6 +148,58 @@ pub async fn authenticate(
     event.client = client;
     audit::append_now(&app.db, event).await?;
     Ok(signed_in)
+}
+
+/// A short fingerprint of the reviewer's password hash. A session keeps the
+/// one it signed in with, and is honoured only while it still matches: a new
+/// password ends every other session of the account, on every replica.
+pub fn credential_stamp(reviewer: &Reviewer) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(reviewer.password_hash.as_bytes())[..12])
+}
+
+/// Changes the signed-in reviewer's own password, after checking the
+/// current one; audited. Returns the account as it now is.
+pub async fn change_password(
+    app: &App,
+    reviewer: &Reviewer,
+    current: &str,
+    new: &str,
+    client: Client,
+) -> anyhow::Result<Reviewer> {
+    if current.len() > MAX_PASSWORD
+        || !app
+            .passwords
+            .verify(current, reviewer.password_hash.clone())
+            .await?
+    {
+        return Err(AccountError::WrongPassword.into());
+    }
+    check_new_password(new)?;
+    let owned = new.to_owned();
+    let hash = tokio::task::spawn_blocking(move || hash_password(&owned)).await??;
+    let mut tx = app.db.begin().await?;
+    db::reviewers::set_password(&mut *tx, &reviewer.id, &hash).await?;
+    let mut event = Event::new("reviewer.password_changed", Outcome::Ok);
+    event.actor = Some(reviewer.email.clone());
+    event.subject = Some(reviewer.email.clone());
+    event.reason = Some("other sessions ended".into());
+    event.client = client;
+    audit::append(&mut tx, app.db.backend(), &[event]).await?;
+    tx.commit().await?;
+    db::reviewers::find(app.db.pool(), &reviewer.id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the account vanished while its password changed"))
+}
+
+fn check_new_password(password: &str) -> Result<(), AccountError> {
+    if password.chars().count() < MIN_PASSWORD {
+        return Err(AccountError::PasswordTooShort);
+    }
+    if password.len() > MAX_PASSWORD {
+        return Err(AccountError::PasswordTooLong);
+    }
+    Ok(())
 }
 
 /// What an admin changes about a reviewer.
@@ -174,17 +265,21 @@ pub async fn record_throttled(app: &App, email: &str, client: Client) -> anyhow:
     Ok(())
 }
 
-/// Limits failed sign-ins per account and per client address, so that
-/// passwords cannot be guessed at speed. Failures on accounts that do not
-/// exist count the same, so the limit says nothing about which exist; a
-/// blocked account or address is refused even the right password until the
-/// wait is over.
+/// Limits sign-in attempts per account and per client address, so that
+/// passwords cannot be guessed at speed. An attempt is counted before its
+/// password is checked, so a burst of concurrent guesses gets no more checks
+/// than a slow series would; a successful sign-in gives its count back, so
+/// only failures (and attempts still being checked) use the allowance.
+/// Attempts on accounts that do not exist count the same, so the limit says
+/// nothing about which exist; a blocked account or address is refused even
+/// the right password until the wait is over.
+///
+/// The counters are leaky buckets kept here rather than a rate-limit crate's,
+/// because giving back an attempt that succeeded is part of the rule.
 #[derive(Debug)]
 pub struct SignInThrottle {
-    accounts: governor::DefaultKeyedRateLimiter<String>,
-    addresses: governor::DefaultKeyedRateLimiter<String>,
-    /// Keys over their limit, and until when.
-    blocked: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    accounts: Bucket,
+    addresses: Bucket,
 }
 
 impl Default for SignInThrottle {
@@ -193,79 +288,118 @@ impl Default for SignInThrottle {
     }
 }
 
-/// Failures on one account before it is slowed down, then one per refill period.
+/// Attempts on one account before it is slowed down, then one per refill period.
 const ACCOUNT_BURST: u32 = 5;
-const ACCOUNT_REFILL: std::time::Duration = std::time::Duration::from_secs(60);
-/// Failures from one address (over every account), then one per refill period.
+const ACCOUNT_REFILL: Duration = Duration::from_secs(60);
+/// Attempts from one address (over every account), then one per refill period.
 const ADDRESS_BURST: u32 = 20;
-const ADDRESS_REFILL: std::time::Duration = std::time::Duration::from_secs(10);
+const ADDRESS_REFILL: Duration = Duration::from_secs(10);
+/// Keys kept before the counters that have drained are dropped.
+const MAX_KEYS: usize = 100_000;
+
+/// Counts per key that drain by one every `refill`.
+#[derive(Debug)]
+struct Bucket {
+    burst: f64,
+    refill: Duration,
+    levels: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+impl Bucket {
+    fn new(burst: u32, refill: Duration) -> Self {
+        Self {
+            burst: f64::from(burst.max(1)),
+            refill: refill.max(Duration::from_millis(1)),
+            levels: Mutex::default(),
+        }
+    }
+
+    fn drained(&self, (level, at): (f64, Instant), now: Instant) -> f64 {
+        (level - now.duration_since(at).as_secs_f64() / self.refill.as_secs_f64()).max(0.0)
+    }
+
+    /// Counts one attempt for `key`; `Err` with the wait when the key has no
+    /// allowance left (the refused attempt is not counted).
+    fn take(&self, key: &str, now: Instant) -> Result<(), Duration> {
+        let mut levels = self.levels.lock().unwrap_or_else(PoisonError::into_inner);
+        if levels.len() >= MAX_KEYS {
+            levels.retain(|_, entry| self.drained(*entry, now) > 0.0);
+        }
+        let level = levels.get(key).map_or(0.0, |entry| self.drained(*entry, now));
+        if level + 1.0 > self.burst {
+            let over = level + 1.0 - self.burst;
+            return Err(self.refill.mul_f64(over).max(Duration::from_secs(1)));
+        }
+        levels.insert(key.to_owned(), (level + 1.0, now));
+        Ok(())
+    }
+
+    /// Gives back an attempt counted by [`Bucket::take`].
+    fn give_back(&self, key: &str, now: Instant) {
+        let mut levels = self.levels.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = levels.get(key).copied() {
+            levels.insert(key.to_owned(), ((self.drained(entry, now) - 1.0).max(0.0), now));
+        }
+    }
+}
+
+/// An attempt the throttle let through. Dropped without
+/// [`Attempt::succeeded`], it stays counted as a failure.
+#[must_use]
+pub struct Attempt<'a> {
+    throttle: &'a SignInThrottle,
+    account: Option<String>,
+    address: Option<String>,
+}
+
+impl Attempt<'_> {
+    /// The attempt succeeded (or was never checked): its count is given back.
+    pub fn succeeded(self) {
+        let now = Instant::now();
+        if let Some(key) = &self.account {
+            self.throttle.accounts.give_back(key, now);
+        }
+        if let Some(key) = &self.address {
+            self.throttle.addresses.give_back(key, now);
+        }
+    }
+}
 
 impl SignInThrottle {
     pub fn new(
         account_burst: u32,
-        account_refill: std::time::Duration,
+        account_refill: Duration,
         address_burst: u32,
-        address_refill: std::time::Duration,
+        address_refill: Duration,
     ) -> Self {
-        let quota = |burst: u32, refill| {
-            governor::Quota::with_period(refill)
-                .expect("a refill period is not zero")
-                .allow_burst(std::num::NonZeroU32::new(burst.max(1)).expect("at least one"))
-        };
         Self {
-            accounts: governor::RateLimiter::keyed(quota(account_burst, account_refill)),
-            addresses: governor::RateLimiter::keyed(quota(address_burst, address_refill)),
-            blocked: Default::default(),
+            accounts: Bucket::new(account_burst, account_refill),
+            addresses: Bucket::new(address_burst, address_refill),
         }
     }
 
-    fn keys(email: &str, address: Option<&str>) -> Vec<String> {
-        let mut keys = vec![format!("account {}", email.trim().to_lowercase())];
-        if let Some(address) = address {
-            keys.push(format!("address {address}"));
+    /// Counts an attempt on `account` (an e-mail address; `None` for a
+    /// sign-in link, which names no account) from `address` (the client's
+    /// rate-limit key), before anything is checked. `Err` with the time to
+    /// wait when either is blocked.
+    pub fn attempt(&self, account: Option<&str>, address: &str) -> Result<Attempt<'_>, Duration> {
+        let now = Instant::now();
+        let account = account.map(|a| format!("account {}", a.trim().to_lowercase()));
+        if let Some(key) = &account {
+            self.accounts.take(key, now)?;
         }
-        keys
-    }
-
-    /// `Err` with the time left when the account or the address is blocked.
-    pub fn check(&self, email: &str, address: Option<&str>) -> Result<(), std::time::Duration> {
-        let now = std::time::Instant::now();
-        let blocked = self
-            .blocked
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let wait = Self::keys(email, address)
-            .iter()
-            .filter_map(|k| blocked.get(k))
-            .filter_map(|until| until.checked_duration_since(now))
-            .max();
-        wait.map_or(Ok(()), Err)
-    }
-
-    /// Counts a failed sign-in; `Err` with the time to wait when this one
-    /// went over a limit, which then blocks further attempts.
-    pub fn failed(&self, email: &str, address: Option<&str>) -> Result<(), std::time::Duration> {
-        use governor::clock::{Clock, DefaultClock};
-        let now = DefaultClock::default().now();
-        let keys = Self::keys(email, address);
-        let mut wait = None;
-        for (key, limiter) in keys.iter().zip([&self.accounts, &self.addresses]) {
-            if let Err(not_until) = limiter.check_key(key) {
-                let w = not_until.wait_time_from(now);
-                wait = Some(wait.map_or(w, |old: std::time::Duration| old.max(w)));
-                let mut blocked = self
-                    .blocked
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                if blocked.len() > 100_000 {
-                    let now = std::time::Instant::now();
-                    blocked.retain(|_, until| *until > now);
-                    limiter.retain_recent();
-                }
-                blocked.insert(key.clone(), std::time::Instant::now() + w);
+        let address_key = format!("address {address}");
+        if let Err(wait) = self.addresses.take(&address_key, now) {
+            if let Some(key) = &account {
+                self.accounts.give_back(key, now);
             }
+            return Err(wait);
         }
-        wait.map_or(Ok(()), Err)
+        Ok(Attempt {
+            throttle: self,
+            account,
+            address: Some(address_key),
+        })
     }
 }
 
@@ -283,31 +417,46 @@ mod tests {
     }
 
     #[test]
-    fn sign_in_is_throttled_per_account_and_per_address() {
-        let minute = std::time::Duration::from_secs(60);
+    fn sign_in_attempts_are_counted_before_they_are_checked() {
+        let minute = Duration::from_secs(60);
         let t = SignInThrottle::new(2, minute, 3, minute);
-        assert!(t.failed("a@example.org", Some("10.0.0.1")).is_ok());
-        assert!(t.failed("A@example.org ", Some("10.0.0.2")).is_ok());
+        // Two attempts in flight at once use the account's allowance...
+        let first = t.attempt(Some("a@example.org"), "10.0.0.1").unwrap();
+        let second = t.attempt(Some("A@example.org "), "10.0.0.2").unwrap();
+        let wait = t.attempt(Some("a@example.org"), "10.0.0.3").err().unwrap();
+        assert!(wait >= Duration::from_secs(1), "{wait:?}");
+        // ...and one that succeeds gives its count back.
+        first.succeeded();
+        let third = t.attempt(Some("a@example.org"), "10.0.0.3").unwrap();
+        drop((second, third));
         assert!(
-            t.check("a@example.org", Some("10.0.0.3")).is_ok(),
-            "two failures are allowed"
-        );
-        let wait = t.failed("a@example.org", Some("10.0.0.3")).unwrap_err();
-        assert!(wait > std::time::Duration::from_secs(1), "{wait:?}");
-        assert!(
-            t.check("a@example.org", Some("10.0.0.9")).is_err(),
-            "the account is blocked"
+            t.attempt(Some("a@example.org"), "10.0.0.9").is_err(),
+            "two failures block the account"
         );
         // Another account from a fresh address is not affected...
-        assert!(t.check("b@example.org", Some("10.0.0.4")).is_ok());
+        t.attempt(Some("b@example.org"), "10.0.0.4").unwrap().succeeded();
         // ...but one address cannot try accounts without end.
         for account in ["c@example.org", "d@example.org", "e@example.org"] {
-            assert!(t.failed(account, Some("10.0.0.5")).is_ok());
+            drop(t.attempt(Some(account), "10.0.0.5").unwrap());
         }
-        assert!(t.failed("f@example.org", Some("10.0.0.5")).is_err());
         assert!(
-            t.check("g@example.org", Some("10.0.0.5")).is_err(),
+            t.attempt(Some("f@example.org"), "10.0.0.5").is_err(),
             "the address is blocked"
         );
+        assert!(t.attempt(None, "10.0.0.5").is_err(), "sign-in links from it too");
+        // A refusal by the address does not use the account's allowance.
+        t.attempt(Some("f@example.org"), "10.0.0.6").unwrap().succeeded();
+        t.attempt(Some("f@example.org"), "10.0.0.6").unwrap().succeeded();
+    }
+
+    #[test]
+    fn a_blocked_key_waits_for_one_refill_and_then_gets_one_attempt() {
+        let t = SignInThrottle::new(1, Duration::from_millis(200), 100, Duration::from_secs(60));
+        drop(t.attempt(Some("a@example.org"), "10.0.0.1").unwrap());
+        let wait = t.attempt(Some("a@example.org"), "10.0.0.1").err().unwrap();
+        assert!(wait <= Duration::from_secs(1), "{wait:?}");
+        std::thread::sleep(Duration::from_millis(250));
+        drop(t.attempt(Some("a@example.org"), "10.0.0.1").unwrap());
+        assert!(t.attempt(Some("a@example.org"), "10.0.0.1").is_err());
     }
 }

@@ -37,6 +37,8 @@ pub struct App {
     pub links: Arc<LinkSigner>,
     /// Signs release manifests and `SHA256SUMS`.
     pub publisher: Publisher,
+    /// Checks reviewers' passwords, a few at a time.
+    pub passwords: crate::accounts::Passwords,
 }
 
 impl App {
@@ -64,7 +66,9 @@ impl App {
         let publisher = Publisher::load(&db).await?;
         let audit = AuditLog::start(db.clone());
         let mail = Mailer::new(&config)?;
+        let passwords = crate::accounts::Passwords::new(config.password_checks);
         Ok(Arc::new(Self {
+            passwords,
             config,
             db,
             storage,

@@ -196,6 +196,16 @@ pub struct Config {
     )]
     pub limit_links_per_address: Rate,
 
+    /// Reviewer passwords checked at once (argon2id, 19 MiB and tens of
+    /// milliseconds of a core each); a sign-in beyond them is answered 429
+    /// with `Retry-After`.
+    #[arg(long, env = "WEIGHTGATE_PASSWORD_CHECKS", default_value_t = 4, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256), global = true)]
+    pub password_checks: usize,
+
+    /// How long a dashboard or researcher session lasts without a request.
+    #[arg(long, env = "WEIGHTGATE_SESSION_IDLE", default_value = "8h", value_parser = humantime::parse_duration, global = true)]
+    pub session_idle: Duration,
+
     /// Load balancers or reverse proxies in front of the portal, as a
     /// comma-separated list of addresses or networks, e.g.
     /// `10.0.0.0/8,192.0.2.10`. For requests arriving from them the client's
@@ -265,6 +275,8 @@ impl Config {
             limit_signin_per_address: default_rate(30),
             limit_links_per_grant: default_rate(120),
             limit_links_per_address: default_rate(600),
+            password_checks: 4,
+            session_idle: Duration::from_secs(8 * 3600),
             trusted_proxies: TrustedProxies::default(),
             log_format: LogFormat::Text,
         }
@@ -369,6 +381,8 @@ impl fmt::Debug for Config {
             .field("limit_signin_per_address", &self.limit_signin_per_address)
             .field("limit_links_per_grant", &self.limit_links_per_grant)
             .field("limit_links_per_address", &self.limit_links_per_address)
+            .field("password_checks", &self.password_checks)
+            .field("session_idle", &self.session_idle)
             .field("trusted_proxies", &self.trusted_proxies)
             .field("log_format", &self.log_format)
             .finish()

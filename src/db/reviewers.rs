@@ -79,6 +79,16 @@ pub async fn set_notify<'c>(e: impl AnyExecutor<'c>, id: &str, notify: &str) -> 
     Ok(done.rows_affected() == 1)
 }
 
+/// Sets a reviewer's password hash.
+pub async fn set_password<'c>(e: impl AnyExecutor<'c>, id: &str, password_hash: &str) -> sqlx::Result<bool> {
+    let done = sqlx::query("UPDATE reviewers SET password_hash = $2 WHERE id = $1")
+        .bind(id)
+        .bind(password_hash)
+        .execute(e)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// Disables (`Some(now)`) or re-enables (`None`) a reviewer's sign-in.
 pub async fn set_disabled<'c>(
     e: impl AnyExecutor<'c>,

@@ -1,19 +1,22 @@
 //! The reviewers' dashboard: sign-in, the queue, decisions and grants.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
+use super::auth::Csrf;
 use axum::{
     extract::State,
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Redirect, Response},
 };
-use axum_csrf::CsrfToken;
 use serde::Deserialize;
 use tower_sessions::Session;
 
 use super::{
-    AppState, ClientInfo, Error,
-    auth::{CsrfForm, CurrentReviewer, REVIEWER_KEY, check_csrf, csrf_field},
+    AppState, ClientInfo, Error, address_key,
+    auth::{
+        CsrfForm, CurrentReviewer, REVIEWER_KEY, STAMP_KEY, check_csrf, csrf_field, session_error,
+        start_session,
+    },
     extract::{Form, FormFields, Path, Query},
     pages::{self, ApplicationRow, BulkResultRow, Choice, GrantRow, Header, QueueRow, render},
 };
@@ -36,11 +39,7 @@ use crate::{
 const PAGE_SIZE: i64 = 50;
 const DAY_MS: i64 = 86_400_000;
 
-fn session_error(e: tower_sessions::session::Error) -> Error {
-    Error::Internal(e.into())
-}
-
-pub async fn login_page(token: CsrfToken) -> Result<Response, Error> {
+pub async fn login_page(token: Csrf) -> Result<Response, Error> {
     let page = pages::Login {
         csrf: csrf_field(&token)?,
         email: String::new(),
@@ -61,32 +60,47 @@ pub struct LoginForm {
 
 pub async fn login(
     State(state): State<AppState>,
-    token: CsrfToken,
+    token: Csrf,
     session: Session,
     ClientInfo(client): ClientInfo,
     Form(form): Form<LoginForm>,
 ) -> Result<Response, Error> {
     check_csrf(&token, &form.authenticity_token)?;
     let email: String = form.email.trim().to_lowercase().chars().take(254).collect();
-    if let Err(wait) = state.throttle.check(&email, client.ip.as_deref()) {
-        accounts::record_throttled(&state.app, &email, client).await?;
-        return throttled(token, email, wait);
-    }
-    let ip = client.ip.clone();
-    match accounts::authenticate(&state.app, &form.email, &form.password, client).await? {
+    // Counted before the password is checked, so a burst of guesses sent at
+    // once gets no more checks than the same guesses one by one.
+    let attempt = match state.throttle.attempt(Some(&email), &address_key(&client)) {
+        Ok(attempt) => attempt,
+        Err(wait) => {
+            accounts::record_throttled(&state.app, &email, client).await?;
+            return throttled(token, email, wait, "Too many failed sign-ins.");
+        }
+    };
+    let signed_in = match accounts::authenticate(&state.app, &form.email, &form.password, client).await {
+        Ok(signed_in) => signed_in,
+        Err(err) if err.is::<accounts::PasswordsBusy>() => {
+            attempt.succeeded();
+            return throttled(
+                token,
+                email,
+                Duration::from_secs(1),
+                "The portal is busy checking other sign-ins.",
+            );
+        }
+        Err(err) => return Err(err.into()),
+    };
+    match signed_in {
         Some(reviewer) => {
-            // A new session id at sign-in, so a planted cookie cannot ride along.
-            session.cycle_id().await.map_err(session_error)?;
+            attempt.succeeded();
+            start_session(&session, REVIEWER_KEY, &reviewer.id).await?;
             session
-                .insert(REVIEWER_KEY, &reviewer.id)
+                .insert(STAMP_KEY, accounts::credential_stamp(&reviewer))
                 .await
                 .map_err(session_error)?;
             Ok(Redirect::to("/admin").into_response())
         }
         None => {
-            if let Err(wait) = state.throttle.failed(&email, ip.as_deref()) {
-                return throttled(token, email, wait);
-            }
+            drop(attempt);
             let page = pages::Login {
                 csrf: csrf_field(&token)?,
                 email,
@@ -98,12 +112,12 @@ pub async fn login(
 }
 
 /// The sign-in page again, with 429 and how long to wait.
-fn throttled(token: CsrfToken, email: String, wait: std::time::Duration) -> Result<Response, Error> {
+fn throttled(token: Csrf, email: String, wait: Duration, why: &str) -> Result<Response, Error> {
     let secs = wait.as_secs().max(1);
     let page = pages::Login {
         csrf: csrf_field(&token)?,
         email,
-        error: format!("Too many failed sign-ins. Try again in {secs} seconds."),
+        error: format!("{why} Try again in {secs} seconds."),
     };
     let mut response = (StatusCode::TOO_MANY_REQUESTS, token, render(&page)?).into_response();
     response
@@ -112,11 +126,7 @@ fn throttled(token: CsrfToken, email: String, wait: std::time::Duration) -> Resu
     Ok(response)
 }
 
-pub async fn logout(
-    token: CsrfToken,
-    session: Session,
-    Form(form): Form<CsrfForm>,
-) -> Result<Response, Error> {
+pub async fn logout(token: Csrf, session: Session, Form(form): Form<CsrfForm>) -> Result<Response, Error> {
     check_csrf(&token, &form.authenticity_token)?;
     session.flush().await.map_err(session_error)?;
     Ok(Redirect::to("/admin/login").into_response())
@@ -259,7 +269,7 @@ async fn visible_models(app: &App, reviewer: &Reviewer) -> Result<Option<Vec<Str
 
 pub async fn queue(
     State(state): State<AppState>,
-    token: CsrfToken,
+    token: Csrf,
     CurrentReviewer(reviewer): CurrentReviewer,
     Query(q): Query<QueueQuery>,
 ) -> Result<Response, Error> {
@@ -269,7 +279,7 @@ pub async fn queue(
 
 async fn render_queue(
     state: &AppState,
-    token: &CsrfToken,
+    token: &Csrf,
     reviewer: &Reviewer,
     q: &QueueQuery,
     results: Vec<BulkResultRow>,
@@ -363,7 +373,7 @@ async fn render_queue(
 
 pub async fn application(
     State(state): State<AppState>,
-    token: CsrfToken,
+    token: Csrf,
     CurrentReviewer(reviewer): CurrentReviewer,
     Path(id): Path<String>,
 ) -> Result<Response, Error> {
@@ -481,7 +491,7 @@ pub struct AskForm {
 /// Asks the applicant for more information.
 pub async fn ask(
     State(state): State<AppState>,
-    token: CsrfToken,
+    token: Csrf,
     CurrentReviewer(reviewer): CurrentReviewer,
     ClientInfo(client): ClientInfo,
     Path(id): Path<String>,
@@ -514,7 +524,7 @@ fn grant_days(days: &str) -> Result<Option<u64>, Error> {
 
 pub async fn approve(
     State(state): State<AppState>,
-    token: CsrfToken,
+    token: Csrf,
     CurrentReviewer(reviewer): CurrentReviewer,
     ClientInfo(client): ClientInfo,
     Path(id): Path<String>,
@@ -558,7 +568,7 @@ async fn deny_reason(app: &App, template: &str, reason: &str) -> Result<String, 
 
 pub async fn deny(
     State(state): State<AppState>,
-    token: CsrfToken,
+    token: Csrf,
     CurrentReviewer(reviewer): CurrentReviewer,
     ClientInfo(client): ClientInfo,
     Path(id): Path<String>,
@@ -574,7 +584,7 @@ pub async fn deny(
 /// `id` field once per selected row, which is why it is decoded by hand.
 pub async fn bulk(
     State(state): State<AppState>,
-    token: CsrfToken,
+    token: Csrf,
     CurrentReviewer(reviewer): CurrentReviewer,
     ClientInfo(client): ClientInfo,
     FormFields(body): FormFields,
@@ -647,7 +657,7 @@ pub struct GrantQuery {
 
 pub async fn grants(
     State(state): State<AppState>,
-    token: CsrfToken,
+    token: Csrf,
     CurrentReviewer(reviewer): CurrentReviewer,
     Query(q): Query<GrantQuery>,
 ) -> Result<Response, Error> {
@@ -734,7 +744,7 @@ pub struct ReasonForm {
 
 pub async fn revoke(
     State(state): State<AppState>,
-    token: CsrfToken,
+    token: Csrf,
     CurrentReviewer(reviewer): CurrentReviewer,
     ClientInfo(client): ClientInfo,
     Path(id): Path<String>,
@@ -756,7 +766,7 @@ pub struct ExtendForm {
 
 pub async fn extend(
     State(state): State<AppState>,
-    token: CsrfToken,
+    token: Csrf,
     CurrentReviewer(reviewer): CurrentReviewer,
     ClientInfo(client): ClientInfo,
     Path(id): Path<String>,

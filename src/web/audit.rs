@@ -3,11 +3,11 @@
 
 use std::collections::BTreeMap;
 
+use super::auth::Csrf;
 use axum::{
     extract::State,
     response::{IntoResponse, Response},
 };
-use axum_csrf::CsrfToken;
 use serde::Deserialize;
 
 use super::{
@@ -133,7 +133,7 @@ fn chart_svg(counts: &[u64], first_day_ms: i64) -> String {
 
 pub async fn page(
     State(state): State<AppState>,
-    token: CsrfToken,
+    token: Csrf,
     CurrentReviewer(reviewer): CurrentReviewer,
     Query(q): Query<AuditQuery>,
 ) -> Result<Response, Error> {
@@ -233,7 +233,7 @@ pub async fn page(
 /// One grant: who, what, until when, and everything that happened under it.
 pub async fn grant(
     State(state): State<AppState>,
-    token: CsrfToken,
+    token: Csrf,
     CurrentReviewer(reviewer): CurrentReviewer,
     Path(id): Path<String>,
 ) -> Result<Response, Error> {

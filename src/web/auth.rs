@@ -23,14 +23,21 @@ use crate::{
 };
 
 /// Sessions in the `sessions` table, so that every replica sees them.
+/// Every request with a session saves it again (the session layer's
+/// `always_save`), which moves its expiry: a session ends after
+/// `WEIGHTGATE_SESSION_IDLE` without a request, not that long after sign-in.
 #[derive(Clone, Debug)]
 pub struct DbSessionStore {
     db: Db,
+    idle: time::Duration,
 }
 
 impl DbSessionStore {
-    pub fn new(db: Db) -> Self {
-        Self { db }
+    pub fn new(db: Db, idle: Duration) -> Self {
+        Self {
+            db,
+            idle: time::Duration::try_from(idle).unwrap_or(time::Duration::hours(8)),
+        }
     }
 }
 
@@ -75,7 +82,7 @@ impl SessionStore for DbSessionStore {
             return Ok(None);
         };
         let data = serde_json::from_str(&data).map_err(|e| session_store::Error::Decode(e.to_string()))?;
-        let expiry_date = time::OffsetDateTime::now_utc() + time::Duration::hours(8);
+        let expiry_date = time::OffsetDateTime::now_utc() + self.idle;
         Ok(Some(Record {
             id: *id,
             data,
@@ -105,8 +112,13 @@ pub async fn expire_sessions(db: Db, every: Duration) {
 }
 
 pub const REVIEWER_KEY: &str = "reviewer_id";
+/// The [`credential_stamp`](crate::accounts::credential_stamp) a reviewer's
+/// session signed in with.
+pub const STAMP_KEY: &str = "credential_stamp";
 
-/// The signed-in reviewer; anyone else is sent to the sign-in page.
+/// The signed-in reviewer; anyone else is sent to the sign-in page. A
+/// session is honoured only while its account is enabled and its password
+/// is the one it signed in with.
 pub struct CurrentReviewer(pub Reviewer);
 
 impl FromRequestParts<AppState> for CurrentReviewer {
@@ -116,10 +128,16 @@ impl FromRequestParts<AppState> for CurrentReviewer {
         let session = Session::from_request_parts(parts, state)
             .await
             .map_err(IntoResponse::into_response)?;
-        let id: Option<String> = session
-            .get(REVIEWER_KEY)
-            .await
-            .map_err(|e| Error::Internal(e.into()).into_response())?;
+        let read = |key: &'static str| {
+            let session = session.clone();
+            async move {
+                session
+                    .get::<String>(key)
+                    .await
+                    .map_err(|e| Error::Internal(e.into()).into_response())
+            }
+        };
+        let (id, stamp) = (read(REVIEWER_KEY).await?, read(STAMP_KEY).await?);
         let reviewer = match id {
             Some(id) => db::reviewers::find(state.app.db.pool(), &id)
                 .await
@@ -128,6 +146,7 @@ impl FromRequestParts<AppState> for CurrentReviewer {
         };
         reviewer
             .filter(|r| r.disabled_at.is_none())
+            .filter(|r| stamp.as_deref() == Some(crate::accounts::credential_stamp(r).as_str()))
             .map(CurrentReviewer)
             .ok_or_else(|| Redirect::to("/admin/login").into_response())
     }
@@ -183,14 +202,90 @@ pub struct CsrfForm {
     pub authenticity_token: String,
 }
 
-/// Checks the form's CSRF token against the cookie.
-pub fn check_csrf(token: &CsrfToken, submitted: &str) -> Result<(), Error> {
-    token.verify(submitted).map_err(|_| Error::Csrf)
+/// Where a signed-in session keeps its CSRF secret.
+const CSRF_KEY: &str = "csrf";
+
+/// The CSRF protection of a page's forms.
+///
+/// A signed-in session has a secret of its own, made at sign-in: its forms
+/// carry it, and a post is taken only when it sends that secret back (a
+/// synchronizer token, bound to the session). Someone who can plant cookies
+/// in the victim's browser learns nothing that passes for it. Pages without
+/// a session (sign-in, the application form) have nothing to bind to and use
+/// axum_csrf's signed double-submit cookie.
+pub struct Csrf {
+    cookie: CsrfToken,
+    session: Option<String>,
 }
 
-/// A fresh CSRF token to put in a form.
-pub fn csrf_field(token: &CsrfToken) -> Result<String, Error> {
-    token
-        .authenticity_token()
-        .map_err(|e| Error::Internal(anyhow::anyhow!("cannot make a CSRF token: {e:?}")))
+impl<S> FromRequestParts<S> for Csrf
+where
+    S: Send + Sync,
+    axum_csrf::CsrfConfig: axum::extract::FromRef<S>,
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let cookie = CsrfToken::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let session = match parts.extensions.get::<Session>() {
+            Some(session) => session
+                .get::<String>(CSRF_KEY)
+                .await
+                .map_err(|e| Error::Internal(e.into()).into_response())?,
+            None => None,
+        };
+        Ok(Self { cookie, session })
+    }
+}
+
+impl axum::response::IntoResponseParts for Csrf {
+    type Error = std::convert::Infallible;
+
+    fn into_response_parts(
+        self,
+        res: axum::response::ResponseParts,
+    ) -> Result<axum::response::ResponseParts, Self::Error> {
+        axum::response::IntoResponseParts::into_response_parts(self.cookie, res)
+    }
+}
+
+/// Checks a form's CSRF token: the session's secret when signed in, the
+/// double-submit cookie otherwise.
+pub fn check_csrf(token: &Csrf, submitted: &str) -> Result<(), Error> {
+    let held = match &token.session {
+        Some(secret) => bool::from(subtle::ConstantTimeEq::ct_eq(
+            secret.as_bytes(),
+            submitted.as_bytes(),
+        )),
+        None => token.cookie.verify(submitted).is_ok(),
+    };
+    if held { Ok(()) } else { Err(Error::Csrf) }
+}
+
+/// The CSRF token to put in a form.
+pub fn csrf_field(token: &Csrf) -> Result<String, Error> {
+    match &token.session {
+        Some(secret) => Ok(secret.clone()),
+        None => token
+            .cookie
+            .authenticity_token()
+            .map_err(|e| Error::Internal(anyhow::anyhow!("cannot make a CSRF token: {e:?}"))),
+    }
+}
+
+/// Starts a signed-in session for `key = id`: a new session id, so a
+/// planted cookie cannot ride along, and a new CSRF secret, so no token made
+/// before sign-in works after it. Returns the CSRF secret.
+pub async fn start_session(session: &Session, key: &str, id: &str) -> Result<String, Error> {
+    let csrf = crate::types::new_token();
+    session.cycle_id().await.map_err(session_error)?;
+    session.insert(key, id).await.map_err(session_error)?;
+    session.insert(CSRF_KEY, &csrf).await.map_err(session_error)?;
+    Ok(csrf)
+}
+
+pub fn session_error(e: tower_sessions::session::Error) -> Error {
+    Error::Internal(e.into())
 }

@@ -3,14 +3,15 @@
 
 use axum::{
     extract::State,
+    http::StatusCode,
     response::{IntoResponse, Redirect, Response},
 };
-use axum_csrf::CsrfToken;
 use serde::Deserialize;
+use tower_sessions::Session;
 
 use super::{
-    AppState, Error,
-    auth::{CurrentReviewer, check_csrf},
+    AppState, ClientInfo, Error,
+    auth::{Csrf, CurrentReviewer, STAMP_KEY, check_csrf, session_error},
     extract::{Form, FormFields, Path},
     pages::{self, Choice, Header, render},
 };
@@ -34,7 +35,7 @@ fn admin_only(reviewer: &Reviewer) -> Result<(), Error> {
 
 async fn reviewers_page(
     state: &AppState,
-    token: &CsrfToken,
+    token: &Csrf,
     me: &Reviewer,
     message: String,
     error: String,
@@ -79,7 +80,7 @@ async fn reviewers_page(
 
 pub async fn reviewers(
     State(state): State<AppState>,
-    token: CsrfToken,
+    token: Csrf,
     CurrentReviewer(me): CurrentReviewer,
 ) -> Result<Response, Error> {
     admin_only(&me)?;
@@ -101,7 +102,7 @@ pub struct NewReviewerForm {
 
 pub async fn save_reviewer(
     State(state): State<AppState>,
-    token: CsrfToken,
+    token: Csrf,
     CurrentReviewer(me): CurrentReviewer,
     Form(form): Form<NewReviewerForm>,
 ) -> Result<Response, Error> {
@@ -140,7 +141,7 @@ pub struct ChangeReviewerForm {
 
 pub async fn change_reviewer(
     State(state): State<AppState>,
-    token: CsrfToken,
+    token: Csrf,
     CurrentReviewer(me): CurrentReviewer,
     Path(id): Path<String>,
     Form(form): Form<ChangeReviewerForm>,
@@ -187,7 +188,7 @@ struct Refused {
 
 async fn models_page(
     state: &AppState,
-    token: &CsrfToken,
+    token: &Csrf,
     me: &Reviewer,
     message: String,
     refused: Refused,
@@ -250,7 +251,7 @@ async fn models_page(
 
 pub async fn models(
     State(state): State<AppState>,
-    token: CsrfToken,
+    token: Csrf,
     CurrentReviewer(me): CurrentReviewer,
 ) -> Result<Response, Error> {
     admin_only(&me)?;
@@ -280,7 +281,7 @@ fn number(s: &str, what: &str) -> Result<i64, Error> {
 
 pub async fn save_policy(
     State(state): State<AppState>,
-    token: CsrfToken,
+    token: Csrf,
     CurrentReviewer(me): CurrentReviewer,
     Path(slug): Path<String>,
     Form(form): Form<PolicyForm>,
@@ -306,7 +307,7 @@ pub async fn save_policy(
 /// the form it was sent in, with the reason; nothing is lost.
 pub async fn save_questions(
     State(state): State<AppState>,
-    token: CsrfToken,
+    token: Csrf,
     CurrentReviewer(me): CurrentReviewer,
     Path(slug): Path<String>,
     FormFields(fields): FormFields,
@@ -372,7 +373,7 @@ pub struct TermsForm {
 /// Publishes a new version of a model's terms.
 pub async fn save_terms(
     State(state): State<AppState>,
-    token: CsrfToken,
+    token: Csrf,
     CurrentReviewer(me): CurrentReviewer,
     Path(slug): Path<String>,
     Form(form): Form<TermsForm>,
@@ -416,7 +417,7 @@ pub struct TemplateForm {
 
 pub async fn save_template(
     State(state): State<AppState>,
-    token: CsrfToken,
+    token: Csrf,
     CurrentReviewer(me): CurrentReviewer,
     Form(form): Form<TemplateForm>,
 ) -> Result<Response, Error> {
@@ -434,7 +435,7 @@ pub struct CsrfOnly {
 
 pub async fn delete_template(
     State(state): State<AppState>,
-    token: CsrfToken,
+    token: Csrf,
     CurrentReviewer(me): CurrentReviewer,
     Path(id): Path<String>,
     Form(form): Form<CsrfOnly>,
@@ -449,9 +450,10 @@ pub async fn delete_template(
 
 async fn account_page(
     state: &AppState,
-    token: &CsrfToken,
+    token: &Csrf,
     me: &Reviewer,
     message: String,
+    password_error: String,
 ) -> Result<Response, Error> {
     let pool = state.app.db.pool();
     let mut models = Vec::new();
@@ -476,16 +478,18 @@ async fn account_page(
             models.join(", ")
         },
         message,
+        password_error,
+        min_password: accounts::MIN_PASSWORD,
     };
     render(&page)
 }
 
 pub async fn account(
     State(state): State<AppState>,
-    token: CsrfToken,
+    token: Csrf,
     CurrentReviewer(me): CurrentReviewer,
 ) -> Result<Response, Error> {
-    let page = account_page(&state, &token, &me, String::new()).await?;
+    let page = account_page(&state, &token, &me, String::new(), String::new()).await?;
     Ok((token, page).into_response())
 }
 
@@ -499,7 +503,7 @@ pub struct AccountForm {
 
 pub async fn save_account(
     State(state): State<AppState>,
-    token: CsrfToken,
+    token: Csrf,
     CurrentReviewer(me): CurrentReviewer,
     Form(form): Form<AccountForm>,
 ) -> Result<Response, Error> {
@@ -509,6 +513,58 @@ pub async fn save_account(
     let me = db::reviewers::find(state.app.db.pool(), &me.id)
         .await?
         .ok_or(Error::NotFound)?;
-    let page = account_page(&state, &token, &me, "Saved.".into()).await?;
+    let page = account_page(&state, &token, &me, "Saved.".into(), String::new()).await?;
+    Ok((token, page).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct PasswordForm {
+    #[serde(default)]
+    authenticity_token: String,
+    #[serde(default)]
+    current: String,
+    #[serde(default)]
+    new: String,
+    #[serde(default)]
+    again: String,
+}
+
+/// Changes the reviewer's own password; every other session of the
+/// account ends, this one goes on.
+pub async fn change_password(
+    State(state): State<AppState>,
+    token: Csrf,
+    session: Session,
+    CurrentReviewer(me): CurrentReviewer,
+    ClientInfo(client): ClientInfo,
+    Form(form): Form<PasswordForm>,
+) -> Result<Response, Error> {
+    check_csrf(&token, &form.authenticity_token)?;
+    let refused = |message: String| async {
+        let page = account_page(&state, &token, &me, String::new(), message).await?;
+        Ok::<_, Error>((StatusCode::UNPROCESSABLE_ENTITY, page).into_response())
+    };
+    if form.new != form.again {
+        return refused("The new password and its repetition differ.".into()).await;
+    }
+    let changed = match accounts::change_password(&state.app, &me, &form.current, &form.new, client).await {
+        Ok(changed) => changed,
+        Err(err) => match err.downcast_ref::<accounts::AccountError>() {
+            Some(refusal) => return refused(refusal.to_string()).await,
+            None => return Err(err.into()),
+        },
+    };
+    session
+        .insert(STAMP_KEY, accounts::credential_stamp(&changed))
+        .await
+        .map_err(session_error)?;
+    let page = account_page(
+        &state,
+        &token,
+        &changed,
+        "Your password is changed; every other session of your account has ended.".into(),
+        String::new(),
+    )
+    .await?;
     Ok((token, page).into_response())
 }

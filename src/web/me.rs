@@ -2,12 +2,12 @@
 //! (history, answers to the reviewers' questions, appeals) and My access
 //! (fresh links, the client's manifest URL, renewals).
 
+use super::auth::Csrf;
 use axum::{
     extract::State,
     http::StatusCode,
     response::{IntoResponse, Redirect, Response},
 };
-use axum_csrf::CsrfToken;
 use serde::Deserialize;
 use tower_sessions::Session;
 
@@ -15,7 +15,9 @@ use super::{
     AppState, ClientInfo, Error,
     access::PUBLIC_KEY_PATH,
     address_key,
-    auth::{CsrfForm, CurrentResearcher, RESEARCHER_KEY, check_csrf, csrf_field},
+    auth::{
+        CsrfForm, CurrentResearcher, RESEARCHER_KEY, check_csrf, csrf_field, session_error, start_session,
+    },
     extract::{Form, Path},
     limited,
     pages::{self, AnswerRow, HistoryRow, LinkRow, ReleaseRows, ResearcherHeader, human_size, render},
@@ -31,18 +33,14 @@ use crate::{
     types::{Email, format_ms, now_ms},
 };
 
-fn session_error(e: tower_sessions::session::Error) -> Error {
-    Error::Internal(e.into())
-}
-
-fn header(researcher: &Researcher, token: &CsrfToken) -> Result<ResearcherHeader, Error> {
+fn header(researcher: &Researcher, token: &Csrf) -> Result<ResearcherHeader, Error> {
     Ok(ResearcherHeader {
         email: researcher.email.clone(),
         csrf: csrf_field(token)?,
     })
 }
 
-pub async fn signin_page(token: CsrfToken) -> Result<Response, Error> {
+pub async fn signin_page(token: Csrf) -> Result<Response, Error> {
     let page = pages::SigninPage {
         csrf: csrf_field(&token)?,
         email: String::new(),
@@ -62,7 +60,7 @@ pub struct SigninForm {
 
 pub async fn request_link(
     State(state): State<AppState>,
-    token: CsrfToken,
+    token: Csrf,
     ClientInfo(client): ClientInfo,
     Form(form): Form<SigninForm>,
 ) -> Result<Response, Error> {
@@ -93,7 +91,7 @@ pub async fn request_link(
 
 /// Shows a button rather than signing in on GET, so that mail scanners that
 /// follow links do not use the link up.
-pub async fn link_page(token: CsrfToken, Path(link): Path<String>) -> Result<Response, Error> {
+pub async fn link_page(token: Csrf, Path(link): Path<String>) -> Result<Response, Error> {
     let page = pages::SigninLink {
         token: link,
         csrf: csrf_field(&token)?,
@@ -103,24 +101,30 @@ pub async fn link_page(token: CsrfToken, Path(link): Path<String>) -> Result<Res
 
 pub async fn use_link(
     State(state): State<AppState>,
-    token: CsrfToken,
+    token: Csrf,
     session: Session,
     ClientInfo(client): ClientInfo,
     Path(link): Path<String>,
     Form(form): Form<CsrfForm>,
 ) -> Result<Response, Error> {
     check_csrf(&token, &form.authenticity_token)?;
+    // Counted before the link is looked at, as a password is.
+    let attempt = state
+        .throttle
+        .attempt(None, &address_key(&client))
+        .map_err(|retry_after| Error::TooManyRequests {
+            limit: "signin_attempts_per_address",
+            what: "Too many sign-in attempts were made from your address",
+            retry_after,
+        })?;
     match researchers::sign_in(&state.app, &link, client).await? {
         Some(researcher) => {
-            // A new session id at sign-in, so a planted cookie cannot ride along.
-            session.cycle_id().await.map_err(session_error)?;
-            session
-                .insert(RESEARCHER_KEY, &researcher.id)
-                .await
-                .map_err(session_error)?;
+            attempt.succeeded();
+            start_session(&session, RESEARCHER_KEY, &researcher.id).await?;
             Ok(Redirect::to("/me").into_response())
         }
         None => {
+            drop(attempt);
             let page = pages::SigninPage {
                 csrf: csrf_field(&token)?,
                 email: String::new(),
@@ -133,11 +137,7 @@ pub async fn use_link(
     }
 }
 
-pub async fn signout(
-    token: CsrfToken,
-    session: Session,
-    Form(form): Form<CsrfForm>,
-) -> Result<Response, Error> {
+pub async fn signout(token: Csrf, session: Session, Form(form): Form<CsrfForm>) -> Result<Response, Error> {
     check_csrf(&token, &form.authenticity_token)?;
     session.flush().await.map_err(session_error)?;
     Ok(Redirect::to("/").into_response())
@@ -145,7 +145,7 @@ pub async fn signout(
 
 pub async fn applications(
     State(state): State<AppState>,
-    token: CsrfToken,
+    token: Csrf,
     CurrentResearcher(researcher): CurrentResearcher,
 ) -> Result<Response, Error> {
     let now = now_ms();
@@ -196,7 +196,7 @@ pub struct MessageForm {
 
 pub async fn answer(
     State(state): State<AppState>,
-    token: CsrfToken,
+    token: Csrf,
     CurrentResearcher(researcher): CurrentResearcher,
     ClientInfo(client): ClientInfo,
     Path(id): Path<String>,
@@ -209,7 +209,7 @@ pub async fn answer(
 
 pub async fn appeal(
     State(state): State<AppState>,
-    token: CsrfToken,
+    token: Csrf,
     CurrentResearcher(researcher): CurrentResearcher,
     ClientInfo(client): ClientInfo,
     Path(id): Path<String>,
@@ -226,7 +226,7 @@ pub async fn appeal(
 async fn access_page(
     state: &AppState,
     researcher: &Researcher,
-    token: CsrfToken,
+    token: Csrf,
     client: Client,
     manifest_for: Option<(String, String)>,
 ) -> Result<Response, Error> {
@@ -299,7 +299,7 @@ async fn access_page(
 
 pub async fn access(
     State(state): State<AppState>,
-    token: CsrfToken,
+    token: Csrf,
     CurrentResearcher(researcher): CurrentResearcher,
     ClientInfo(client): ClientInfo,
 ) -> Result<Response, Error> {
@@ -309,7 +309,7 @@ pub async fn access(
 
 pub async fn client_url(
     State(state): State<AppState>,
-    token: CsrfToken,
+    token: Csrf,
     CurrentResearcher(researcher): CurrentResearcher,
     ClientInfo(client): ClientInfo,
     Path(id): Path<String>,
@@ -333,7 +333,7 @@ pub struct RenewForm {
 
 pub async fn renew(
     State(state): State<AppState>,
-    token: CsrfToken,
+    token: Csrf,
     CurrentResearcher(researcher): CurrentResearcher,
     ClientInfo(client): ClientInfo,
     Path(id): Path<String>,

@@ -100,18 +100,27 @@ const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-ac
 pub async fn router(app: Arc<App>) -> anyhow::Result<Router> {
     let secure = app.config.is_https();
     let cookie_key = load_or_create_keys(&app.db, "cookie", 64).await?.remove(0).1;
+    // Under https both cookies carry the `__Host-` prefix: the browser then
+    // takes them only from this host, over https, for the whole site, so a
+    // neighbouring subdomain or a plain-http page cannot plant or widen them.
     let csrf = CsrfConfig::default()
         .with_key(Some(Key::from(&cookie_key)))
         .with_salt(hex::encode(&cookie_key[..16]))
         .with_cookie_name("wg_csrf")
+        .with_prefix_with_host(secure)
         .with_secure(secure)
         .with_cookie_same_site(axum_csrf::SameSite::Strict);
-    let sessions = SessionManagerLayer::new(auth::DbSessionStore::new(app.db.clone()))
-        .with_name("wg_session")
+    let idle = app.config.session_idle;
+    let sessions = SessionManagerLayer::new(auth::DbSessionStore::new(app.db.clone(), idle))
+        .with_name(if secure { "__Host-wg_session" } else { "wg_session" })
         .with_http_only(true)
         .with_same_site(SameSite::Lax)
         .with_secure(secure)
-        .with_expiry(Expiry::OnInactivity(time::Duration::hours(8)));
+        .with_path("/")
+        .with_always_save(true)
+        .with_expiry(Expiry::OnInactivity(
+            time::Duration::try_from(idle).unwrap_or(time::Duration::hours(8)),
+        ));
     let state = AppState {
         csrf,
         throttle: Arc::new(crate::accounts::SignInThrottle::default()),
@@ -144,6 +153,7 @@ pub async fn router(app: Arc<App>) -> anyhow::Result<Router> {
         .route("/admin/templates", post(manage::save_template))
         .route("/admin/templates/{id}/delete", post(manage::delete_template))
         .route("/admin/account", get(manage::account).post(manage::save_account))
+        .route("/admin/account/password", post(manage::change_password))
         .route("/admin/audit", get(audit::page))
         .layer(sessions.clone());
 

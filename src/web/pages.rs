@@ -120,7 +120,7 @@ pub struct Header {
 }
 
 impl Header {
-    pub fn new(reviewer: &db::reviewers::Reviewer, token: &axum_csrf::CsrfToken) -> Result<Self, Error> {
+    pub fn new(reviewer: &db::reviewers::Reviewer, token: &super::auth::Csrf) -> Result<Self, Error> {
         Ok(Self {
             email: reviewer.email.clone(),
             csrf: super::auth::csrf_field(token)?,
@@ -439,6 +439,8 @@ pub struct AccountPage {
     pub notify: Vec<Choice>,
     pub models: String,
     pub message: String,
+    pub password_error: String,
+    pub min_password: usize,
 }
 
 /// Human-readable byte counts.

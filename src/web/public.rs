@@ -1,12 +1,12 @@
 //! The researcher's side before access: catalogue, model page, application
 //! form and e-mail confirmation.
 
+use super::auth::Csrf;
 use axum::{
     extract::State,
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use axum_csrf::CsrfToken;
 use serde::Deserialize;
 
 use super::{
@@ -140,7 +140,7 @@ async fn model_page(
 
 pub async fn model(
     State(state): State<AppState>,
-    token: CsrfToken,
+    token: Csrf,
     MaybeResearcher(researcher): MaybeResearcher,
     Path(slug): Path<String>,
 ) -> Result<Response, Error> {
@@ -191,7 +191,7 @@ pub struct ApplyForm {
 
 pub async fn apply(
     State(state): State<AppState>,
-    token: CsrfToken,
+    token: Csrf,
     MaybeResearcher(researcher): MaybeResearcher,
     ClientInfo(client): ClientInfo,
     Path(slug): Path<String>,
@@ -247,7 +247,7 @@ pub async fn apply(
 /// follow links do not confirm on the researcher's behalf.
 pub async fn confirm_page(
     State(state): State<AppState>,
-    token: CsrfToken,
+    token: Csrf,
     Path(confirm_token): Path<String>,
 ) -> Result<Response, Error> {
     let view = applications::find_by_token(&state.app, &confirm_token)
@@ -265,7 +265,7 @@ pub async fn confirm_page(
 
 pub async fn confirm(
     State(state): State<AppState>,
-    token: CsrfToken,
+    token: Csrf,
     ClientInfo(client): ClientInfo,
     Path(confirm_token): Path<String>,
     Form(form): Form<CsrfForm>,

@@ -406,3 +406,148 @@ async fn sign_in_burst(t: &TestApp, count: usize, account: impl Fn(usize) -> Str
     futures_util::future::join_all(sent).await
 }
 
+both! {
+async fn a_burst_of_wrong_passwords_gets_no_more_checks_than_a_series() {
+    // Enough password checks at once that none is refused as busy.
+    let t = TestApp::spawn_with(|c| c.password_checks = 64).await;
+    let statuses = sign_in_burst(&t, 40, |_| REVIEWER.to_owned()).await;
+    let checked = statuses.iter().filter(|s| **s == StatusCode::UNAUTHORIZED).count();
+    assert_eq!(checked, 5, "{checked} of 40 concurrent guesses were checked: {statuses:?}");
+    assert!(statuses.iter().all(|s| [StatusCode::UNAUTHORIZED, StatusCode::TOO_MANY_REQUESTS].contains(s)));
+    let events = t.audit_events().await;
+    let failed = events.iter().filter(|e| e.reason.as_deref() == Some("bad_credentials")).count();
+    assert_eq!(failed, checked, "every check is in the log");
+    // The right password waits like any other attempt.
+    let (status, _) = crate::dashboard::sign_in_as(&t, &client(), REVIEWER, PASSWORD).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+}
+}
+
+both! {
+async fn password_checks_beyond_the_limit_are_refused_not_queued() {
+    let t = TestApp::spawn_with(|c| c.password_checks = 1).await;
+    // Twenty accounts (none exists), so no per-account limit applies; the
+    // address allows twenty attempts.
+    let statuses = sign_in_burst(&t, 20, |i| format!("nobody{i}@lab.example.org")).await;
+    let busy = statuses.iter().filter(|s| **s == StatusCode::TOO_MANY_REQUESTS).count();
+    let checked = statuses.iter().filter(|s| **s == StatusCode::UNAUTHORIZED).count();
+    assert!(busy > 0 && checked > 0, "{statuses:?}");
+    assert_eq!(busy + checked, 20, "{statuses:?}");
+    // A refusal for a busy portal does not count as a failed attempt.
+    let (status, _) = crate::dashboard::sign_in_as(&t, &client(), REVIEWER, PASSWORD).await;
+    assert_eq!(status, StatusCode::OK);
+}
+}
+
+both! {
+async fn a_session_lasts_while_used_and_ends_when_idle() {
+    let t = TestApp::spawn_with(|c| c.session_idle = std::time::Duration::from_secs(3)).await;
+    let reviewer = client();
+    t.sign_in(&reviewer).await;
+    // Five seconds of use: past the idle time counted from sign-in.
+    for _ in 0..5 {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let response = reviewer.get(t.url("/admin")).send().await.unwrap();
+        assert_eq!(response.url().path(), "/admin", "a session in use goes on");
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let response = reviewer.get(t.url("/admin")).send().await.unwrap();
+    assert_eq!(response.url().path(), "/admin/login", "an idle session ends");
+}
+}
+
+both! {
+async fn a_new_password_ends_every_other_session() {
+    let t = TestApp::spawn().await;
+    let (here, there) = (client(), client());
+    t.sign_in(&here).await;
+    t.sign_in(&there).await;
+    let new_password = "a brand new reviewer password";
+    let response = t
+        .post_admin(&here, "/admin/account", "/admin/account/password", &[
+            ("current", PASSWORD),
+            ("new", new_password),
+            ("again", new_password),
+        ])
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.text().await.unwrap().contains("Your password is changed"));
+    let (_, page) = t.get_html(&here, "/admin").await;
+    assert!(page.contains("Log out") || page.contains("Sign out"), "this session goes on");
+    let response = there.get(t.url("/admin")).send().await.unwrap();
+    assert_eq!(response.url().path(), "/admin/login", "the other session ended");
+    let (status, _) = crate::dashboard::sign_in_as(&t, &client(), REVIEWER, new_password).await;
+    assert_eq!(status, StatusCode::OK);
+    // A wrong current password changes nothing.
+    let response = t
+        .post_admin(&here, "/admin/account", "/admin/account/password", &[
+            ("current", "not my password at all"),
+            ("new", "yet another long password"),
+            ("again", "yet another long password"),
+        ])
+        .await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let changes = t.audit_events().await.iter().filter(|e| e.action == "reviewer.password_changed").count();
+    assert_eq!(changes, 1);
+    // An operator's reset from the command line ends every session.
+    let (ok, _, err) = weightgate(&t, &["reviewer", "add", REVIEWER, "--admin", "--password-stdin"], Some("reset by the operator\n"));
+    assert!(ok, "{err}");
+    let response = here.get(t.url("/admin")).send().await.unwrap();
+    assert_eq!(response.url().path(), "/admin/login");
+}
+}
+
+both! {
+async fn a_planted_csrf_cookie_does_not_pass_for_the_session() {
+    let t = TestApp::spawn().await;
+    // The attacker gets a matching cookie and token of their own...
+    let (attacker, attacker_jar) = client_with_jar();
+    let (_, page) = t.get_html(&attacker, "/admin/login").await;
+    let attacker_token = csrf(&page);
+    let attacker_cookie = cookie(&attacker_jar, &t.base, "wg_csrf");
+    // ...and plants the cookie in a signed-in reviewer's browser.
+    let (victim, victim_jar) = client_with_jar();
+    t.sign_in(&victim).await;
+    let session = cookie(&victim_jar, &t.base, "wg_session");
+    let forged = reqwest::Client::new()
+        .post(t.url("/admin/account"))
+        .header("cookie", format!("wg_session={session}; wg_csrf={attacker_cookie}"))
+        .form(&[("authenticity_token", attacker_token.as_str()), ("notify", "off")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    let me = weightgate::db::reviewers::find_by_email(t.app.db.pool(), REVIEWER).await.unwrap().unwrap();
+    assert_eq!(me.notify, "immediate", "nothing changed");
+    // The session's own token works.
+    let response = t.post_admin(&victim, "/admin/account", "/admin/account", &[("notify", "off")]).await;
+    assert_eq!(response.status(), StatusCode::OK);
+}
+}
+
+both! {
+async fn under_https_the_cookies_are_host_only() {
+    let t = TestApp::spawn_with(|c| c.public_url = Some("https://portal.example.org".into())).await;
+    let plain = reqwest::Client::new();
+    let response = plain.get(t.url("/admin/login")).send().await.unwrap();
+    let set: Vec<String> = response.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_owned()).collect();
+    let csrf_cookie = set.iter().find(|c| c.starts_with("__Host-wg_csrf=")).unwrap_or_else(|| panic!("{set:?}"));
+    assert!(csrf_cookie.contains("Secure") && csrf_cookie.contains("Path=/") && !csrf_cookie.contains("Domain"), "{csrf_cookie}");
+    let value = csrf_cookie.split(';').next().unwrap().to_owned();
+    let page = response.text().await.unwrap();
+    let response = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(t.url("/admin/login"))
+        .header("cookie", value)
+        .form(&[("authenticity_token", csrf(&page).as_str()), ("email", REVIEWER), ("password", PASSWORD)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let set: Vec<String> = response.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_owned()).collect();
+    let session = set.iter().find(|c| c.starts_with("__Host-wg_session=")).unwrap_or_else(|| panic!("{set:?}"));
+    assert!(session.contains("Secure") && session.contains("HttpOnly") && session.contains("Path=/") && !session.contains("Domain"), "{session}");
+}
+}

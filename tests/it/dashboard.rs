@@ -11,10 +11,10 @@ use weightgate::{
 
 use crate::helpers::*;
 
-const SECOND: &str = "second@lab.example.org";
+pub(crate) const SECOND: &str = "second@lab.example.org";
 
 /// Adds a (non-admin) reviewer and signs a new client in as them.
-async fn second_reviewer(t: &TestApp, assigned: bool) -> reqwest::Client {
+pub(crate) async fn second_reviewer(t: &TestApp, assigned: bool) -> reqwest::Client {
     let email: Email = SECOND.parse().unwrap();
     accounts::add_reviewer(&t.app, &email, PASSWORD, false, "test")
         .await
@@ -28,7 +28,12 @@ async fn second_reviewer(t: &TestApp, assigned: bool) -> reqwest::Client {
     c
 }
 
-async fn sign_in_as(t: &TestApp, c: &reqwest::Client, email: &str, password: &str) -> (StatusCode, String) {
+pub(crate) async fn sign_in_as(
+    t: &TestApp,
+    c: &reqwest::Client,
+    email: &str,
+    password: &str,
+) -> (StatusCode, String) {
     let (_, page) = t.get_html(c, "/admin/login").await;
     let response = c
         .post(t.url("/admin/login"))
@@ -465,7 +470,14 @@ async fn sign_in_is_throttled_per_account_whether_or_not_it_exists() {
         .into_iter()
         .filter(|e| e.reason.as_deref() == Some("throttled"))
         .count();
-    assert_eq!(throttled, 1, "the sixth failures were refused as failures; the right password after them as throttled");
+    assert_eq!(throttled, 3, "each sixth attempt, and the right password after them, were refused unchecked");
+    let checked = t
+        .audit_events()
+        .await
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("bad_credentials"))
+        .count();
+    assert_eq!(checked, 10, "five passwords checked per account");
 }
 }
 
