@@ -134,6 +134,31 @@ pub struct Config {
     #[arg(long, env = "WEIGHTGATE_STALL_TIMEOUT", default_value = "5min", value_parser = humantime::parse_duration, global = true)]
     pub stall_timeout: Duration,
 
+    /// How long a client has to send a request's headers, and how long a
+    /// kept-alive connection waits for its next request before it is closed.
+    #[arg(long, env = "WEIGHTGATE_HEADER_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub header_timeout: Duration,
+
+    /// Connections open at once; beyond them new ones wait to be accepted.
+    /// Lowered to fit the process's file-descriptor limit.
+    #[arg(
+        long,
+        env = "WEIGHTGATE_MAX_CONNECTIONS",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub max_connections: usize,
+
+    /// Connections open at once from one client address (trusted proxies
+    /// excepted); beyond them new ones are closed at once.
+    #[arg(
+        long,
+        env = "WEIGHTGATE_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 256,
+        global = true
+    )]
+    pub max_connections_per_address: usize,
+
     /// How often a running portal signs a checkpoint of the audit log's head
     /// (when it moved).
     #[arg(long, env = "WEIGHTGATE_AUDIT_CHECKPOINT_EVERY", default_value = "10min", value_parser = humantime::parse_duration, global = true)]
@@ -267,6 +292,9 @@ impl Config {
             delivery: DeliveryMode::Proxy,
             shutdown_grace: Duration::from_secs(30),
             stall_timeout: Duration::from_secs(300),
+            header_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+            max_connections_per_address: 256,
             audit_checkpoint_every: Duration::from_secs(600),
             expiry_reminder: Duration::from_secs(7 * 86_400),
             notices_every: Duration::from_secs(60),
@@ -370,6 +398,9 @@ impl fmt::Debug for Config {
             .field("delivery", &self.delivery)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("stall_timeout", &self.stall_timeout)
+            .field("header_timeout", &self.header_timeout)
+            .field("max_connections", &self.max_connections)
+            .field("max_connections_per_address", &self.max_connections_per_address)
             .field("audit_checkpoint_every", &self.audit_checkpoint_every)
             .field("expiry_reminder", &self.expiry_reminder)
             .field("notices_every", &self.notices_every)

@@ -81,6 +81,12 @@ impl TrustedProxies {
         self.0.is_empty()
     }
 
+    /// Whether `ip` is one of the listed proxies.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.0.iter().any(|t| t.contains(ip))
+    }
+
     /// Whether some listed network is a whole address family (`0.0.0.0/0`,
     /// `::/0`), so that every client's header is believed.
     pub fn trusts_everyone(&self) -> bool {

@@ -12,6 +12,7 @@ mod me;
 mod ops;
 mod pages;
 mod public;
+mod server;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -297,47 +298,14 @@ pub async fn serve(
         app.db.clone(),
         app.config.audit_checkpoint_every,
     ));
-    let (stopping, mut stop) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stopping.send(true);
-    });
-    let mut graceful = stop.clone();
-    // Responses go out as soon as they are written: without this, Nagle's
-    // algorithm holds a short body back until the client's delayed ACK.
-    let stall = app.config.stall_timeout;
-    let listener = axum::serve::ListenerExt::tap_io(listener, move |tcp| {
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::warn!(error = %err, "cannot set TCP_NODELAY");
-        }
-        // A client that stops reading a download would otherwise hold its
-        // connection, file handle and store stream for ever: the kernel
-        // drops a connection whose sent data (or zero-window probes) go
-        // unanswered this long.
-        #[cfg(target_os = "linux")]
-        if let Err(err) = socket2::SockRef::from(&*tcp).set_tcp_user_timeout(Some(stall)) {
-            tracing::warn!(error = %err, "cannot set TCP_USER_TIMEOUT");
-        }
-    });
-    let server = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        let _ = graceful.wait_for(|s| *s).await;
-    });
-    let grace = app.config.shutdown_grace;
-    let deadline = async move {
-        let _ = stop.wait_for(|s| *s).await;
-        tokio::time::sleep(grace).await;
-    };
-    let result = tokio::select! {
-        result = server => result.map_err(anyhow::Error::from),
-        () = deadline => {
-            tracing::warn!(grace = ?grace, "shutdown grace period over; closing the connections still open");
-            Ok(())
-        }
-    };
+    let limits = server::Limits::from_config(&app.config);
+    tracing::info!(
+        max_connections = limits.max_connections,
+        per_address = limits.per_address,
+        header_timeout = ?limits.header_timeout,
+        "accepting connections"
+    );
+    server::run(listener, router, limits, shutdown, app.config.shutdown_grace).await;
     cleanup.abort();
     mailer.abort();
     refresh.abort();
@@ -347,5 +315,5 @@ pub async fn serve(
     // waiting; the stop event is written after them, so once it is durable
     // they are too.
     app.audit.stopped(Duration::from_secs(10)).await;
-    result
+    Ok(())
 }

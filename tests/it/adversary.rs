@@ -551,3 +551,75 @@ async fn under_https_the_cookies_are_host_only() {
     assert!(session.contains("Secure") && session.contains("HttpOnly") && session.contains("Path=/") && !session.contains("Domain"), "{session}");
 }
 }
+
+/// Whether the portal closes `stream` within `within`: a read returns
+/// end-of-file or an error (a reset) rather than timing out.
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: std::time::Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            // An answer (a 408, say) may come first; the close follows.
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+both! {
+async fn half_sent_requests_and_idle_connections_are_dropped() {
+    use tokio::io::AsyncWriteExt;
+    let t = TestApp::spawn_with(|c| c.header_timeout = std::time::Duration::from_secs(1)).await;
+    let addr = t.base.trim_start_matches("http://").to_owned();
+    // Half a request, never finished.
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+    // Nothing at all.
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // A whole request, then an idle kept-alive connection.
+    let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    for (what, stream) in [("half-sent", &mut slow), ("silent", &mut silent), ("idle", &mut idle)] {
+        assert!(closed_within(stream, std::time::Duration::from_secs(10)).await, "the {what} connection is still open");
+    }
+}
+}
+
+both! {
+async fn one_address_cannot_hold_every_connection() {
+    use tokio::io::AsyncWriteExt;
+    let t = TestApp::spawn_with(|c| {
+        c.max_connections_per_address = 10;
+        c.header_timeout = std::time::Duration::from_secs(20);
+    })
+    .await;
+    let addr = t.base.trim_start_matches("http://").to_owned();
+    let mut held = Vec::new();
+    for _ in 0..30 {
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+        held.push(stream);
+    }
+    // The first ten wait for the rest of their headers; the others are
+    // closed at once.
+    let mut closed = 0;
+    for stream in &mut held[10..] {
+        closed += usize::from(closed_within(stream, std::time::Duration::from_secs(3)).await);
+    }
+    assert_eq!(closed, 20);
+    // Another address is served meanwhile (127.0.0.2 is loopback too).
+    let other = reqwest::Client::builder()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let health = other.get(t.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    // Once the held connections close, the address is served again.
+    drop(held);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(t.client.get(t.url("/healthz")).send().await.unwrap().status(), StatusCode::OK);
+}
+}
+
