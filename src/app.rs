@@ -62,7 +62,7 @@ impl App {
         {
             anyhow::bail!("WEIGHTGATE_DELIVERY=redirect needs an S3 store (WEIGHTGATE_STORAGE_URL=s3://…)");
         }
-        let links = Arc::new(LinkSigner::load(&db).await?);
+        let links = Arc::new(LinkSigner::load(&db, config.link_ttl).await?);
         let publisher = Publisher::load(&db).await?;
         let audit = AuditLog::start(db.clone());
         let mail = Mailer::new(&config)?;

@@ -10,7 +10,7 @@
 //! head ([`checkpoint`]); [`report`] reads who fetched what.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -249,20 +249,39 @@ pub async fn append_now(db: &Db, event: Event) -> anyhow::Result<i64> {
     Ok(seq[0])
 }
 
-/// Decides a fetch's event from its grant as the writer finds it (`None`
-/// when there is no such grant) and the time the event is recorded at.
-pub type Decide = Box<dyn FnOnce(Option<&GrantNow>, i64) -> Event + Send>;
+/// What the writer reads, in the transaction that appends a guarded event,
+/// about what the event depends on.
+#[derive(Clone, Copy, Debug)]
+pub struct Now<'a> {
+    /// The grant as it stands, with its transfers under way; `None` when
+    /// there is no such grant.
+    pub grant: Option<&'a GrantNow>,
+    /// Whether the key that signed the link has been retired.
+    pub key_retired: bool,
+}
 
-/// An event that depends on the state of a grant: the writer reads that
-/// state in the transaction that appends the event, under the chain lock, so
-/// no change to the grant can come between the check and the record.
+/// Decides a fetch's event from what the writer finds ([`Now`]) and the
+/// time the event is recorded at.
+pub type Decide = Box<dyn FnOnce(Now<'_>, i64) -> Event + Send>;
+
+/// An event that depends on the state of a grant and of a link key: the
+/// writer reads them in the transaction that appends the event, under the
+/// chain lock, so no revocation, expiry or key retirement can come between
+/// the check and the record.
 pub struct Guarded {
     pub grant_id: String,
+    /// The id of the key that signed the link.
+    pub link_kid: String,
     pub decide: Decide,
 }
 
 enum Item {
     Event(Box<Event>),
+    /// An event that ends the transfer the fetch event at `closes` let through.
+    Closing {
+        event: Box<Event>,
+        closes: i64,
+    },
     Guarded(Guarded),
 }
 
@@ -270,117 +289,97 @@ impl Item {
     fn grant_id(&self) -> Option<&str> {
         match self {
             Item::Guarded(g) => Some(&g.grant_id),
-            Item::Event(_) => None,
-        }
-    }
-
-    /// The event to write. A fetch let through on a grant with a quota is
-    /// added to the grant's open transfers, so that the next fetch in the
-    /// same batch counts it.
-    fn into_event(self, grants: &mut HashMap<String, GrantNow>, at: i64) -> Event {
-        match self {
-            Item::Event(event) => *event,
-            Item::Guarded(g) => {
-                let event = (g.decide)(grants.get(&g.grant_id), at);
-                if let (Some(grant), Some(open)) = (grants.get_mut(&g.grant_id), Reservations::opens(&event))
-                {
-                    grant.open.push(open);
-                }
-                event
-            }
+            Item::Event(_) | Item::Closing { .. } => None,
         }
     }
 }
 
-/// Transfers the writer let through on grants with a quota and has not yet
-/// seen a `file.delivered` event for: they count against the quota while
-/// they run, so that concurrent fetches cannot take a grant past it. Kept
-/// in memory by each replica's writer; an entry whose delivery event never
-/// came (the replica that served it died) is forgotten after a day.
+/// How long a transfer under way counts against its grant's quota when its
+/// delivery is never recorded (the replica that served it died).
+pub const RESERVATION_LIFETIME_MS: i64 = 86_400_000;
+
+/// What a batch reads before deciding its guarded events.
 #[derive(Default)]
-struct Reservations(HashMap<String, Vec<Reserved>>);
-
-struct Reserved {
-    file_id: String,
-    range: (u64, u64),
-    at: i64,
+pub struct BatchFacts {
+    /// The grants the batch's fetches name, each with the transfers under
+    /// way on it when its model has a quota.
+    pub grants: Vec<GrantNow>,
+    /// Retired link-signing keys.
+    pub retired_keys: HashSet<String>,
 }
 
-const RESERVATION_LIFETIME_MS: i64 = 86_400_000;
+/// A transfer under way on a grant with a quota: recorded with the fetch
+/// event at `index` of its batch, until an event closes it.
+pub struct Reservation {
+    pub index: usize,
+    pub grant_id: String,
+    pub file_id: String,
+    pub bytes: u64,
+}
 
-impl Reservations {
-    /// The open transfer a fetch event starts, as (file id, bytes asked
-    /// for): an ok `file.fetch` of a range, other than a HEAD (which
-    /// delivers nothing and says so in its reason).
-    fn opens(event: &Event) -> Option<(String, u64)> {
-        let (Some(file), Some((start, last))) = (&event.file_id, event.range) else {
-            return None;
+/// A batch's events as decided, and the changes to the transfers under way
+/// that commit with them.
+struct Decided {
+    events: Vec<Event>,
+    reserve: Vec<Reservation>,
+    release: Vec<i64>,
+}
+
+/// The transfer a fetch event opens, as (file id, bytes asked for): an ok
+/// `file.fetch` of a range, other than a HEAD (which delivers nothing and
+/// says so in its reason).
+fn opens(event: &Event) -> Option<(String, u64)> {
+    let (Some(file), Some((start, last))) = (&event.file_id, event.range) else {
+        return None;
+    };
+    (event.action == "file.fetch" && event.outcome == Outcome::Ok && event.reason.is_none())
+        .then(|| (file.clone(), last.saturating_sub(start).saturating_add(1)))
+}
+
+/// Decides a batch's events at `at` on what the writer read. A fetch let
+/// through on a grant with a quota joins the grant's transfers under way at
+/// once, so that the next fetch in the same batch counts it too.
+fn decide_batch(facts: BatchFacts, items: Vec<Item>, at: i64) -> Decided {
+    {
+        let mut grants: HashMap<String, GrantNow> =
+            facts.grants.into_iter().map(|g| (g.id.clone(), g)).collect();
+        let mut decided = Decided {
+            events: Vec::with_capacity(items.len()),
+            reserve: Vec::new(),
+            release: Vec::new(),
         };
-        (event.action == "file.fetch" && event.outcome == Outcome::Ok && event.reason.is_none())
-            .then(|| (file.clone(), last.saturating_sub(start).saturating_add(1)))
-    }
-
-    /// Gives each grant with a quota its open transfers.
-    fn attach(&mut self, grants: &mut HashMap<String, GrantNow>, now: i64) {
-        self.0.retain(|_, open| {
-            open.retain(|r| now - r.at < RESERVATION_LIFETIME_MS);
-            !open.is_empty()
-        });
-        for (id, grant) in grants.iter_mut() {
-            if let Some(open) = self.0.get(id)
-                && grant.has_quota()
-            {
-                grant.open = open
-                    .iter()
-                    .map(|r| {
-                        (
-                            r.file_id.clone(),
-                            r.range.1.saturating_sub(r.range.0).saturating_add(1),
-                        )
-                    })
-                    .collect();
-            }
-        }
-    }
-
-    /// Takes in a committed batch written at `at`: fetches let through on
-    /// grants with a quota open a transfer, deliveries close one.
-    fn note(&mut self, written: &[(i64, Event)], grants: &HashMap<String, GrantNow>, at: i64) {
-        for (_, event) in written {
-            let (Some(grant), Some(file), Some(range)) = (&event.grant_id, &event.file_id, event.range)
-            else {
-                continue;
-            };
-            if event.action == "file.delivered" {
-                if let Some(open) = self.0.get_mut(grant)
-                    && let Some(i) = open.iter().position(|r| &r.file_id == file && r.range == range)
-                {
-                    open.swap_remove(i);
+        for (index, item) in items.into_iter().enumerate() {
+            let event = match item {
+                Item::Event(event) => *event,
+                Item::Closing { event, closes } => {
+                    decided.release.push(closes);
+                    *event
                 }
-            } else if grants.get(grant).is_some_and(GrantNow::has_quota) && Self::opens(event).is_some() {
-                self.0.entry(grant.clone()).or_default().push(Reserved {
-                    file_id: file.clone(),
-                    range,
-                    at,
-                });
-            }
+                Item::Guarded(g) => {
+                    let now = Now {
+                        grant: grants.get(&g.grant_id),
+                        key_retired: facts.retired_keys.contains(&g.link_kid),
+                    };
+                    let event = (g.decide)(now, at);
+                    if let Some(grant) = grants.get_mut(&g.grant_id)
+                        && grant.has_quota()
+                        && let Some((file_id, bytes)) = opens(&event)
+                    {
+                        grant.open.push((file_id.clone(), bytes));
+                        decided.reserve.push(Reservation {
+                            index,
+                            grant_id: g.grant_id,
+                            file_id,
+                            bytes,
+                        });
+                    }
+                    event
+                }
+            };
+            decided.events.push(event);
         }
+        decided
     }
-}
-
-/// Decides a batch's events at `at` on its grants as they stand, with the
-/// transfers the writer knows to be open. Returns the events and the grants
-/// by id, for [`Reservations::note`] once the batch is committed.
-fn decide_batch(
-    reservations: &mut Reservations,
-    grants: Vec<GrantNow>,
-    items: Vec<Item>,
-    at: i64,
-) -> (Vec<Event>, HashMap<String, GrantNow>) {
-    let mut grants: HashMap<String, GrantNow> = grants.into_iter().map(|g| (g.id.clone(), g)).collect();
-    reservations.attach(&mut grants, at);
-    let events = items.into_iter().map(|i| i.into_event(&mut grants, at)).collect();
-    (events, grants)
 }
 
 /// The grants a batch's guarded events name, each once.
@@ -492,11 +491,34 @@ impl AuditLog {
     /// Queues an event without waiting for it to be written; the writer logs
     /// it if it cannot be.
     pub fn record_unawaited(&self, event: Event) {
+        self.queue_unawaited(Item::Event(Box::new(event)));
+    }
+
+    /// Queues an event that ends the transfer the fetch event at `fetch_seq`
+    /// let through, without waiting for it: from then on the transfer no
+    /// longer counts as under way.
+    pub fn record_closing_unawaited(&self, event: Event, fetch_seq: i64) {
+        self.queue_unawaited(Item::Closing {
+            event: Box::new(event),
+            closes: fetch_seq,
+        });
+    }
+
+    /// Like [`AuditLog::record_closing_unawaited`], returning once the event
+    /// is durable.
+    pub async fn record_closing(&self, event: Event, fetch_seq: i64) -> anyhow::Result<i64> {
+        Ok(self
+            .submit(Item::Closing {
+                event: Box::new(event),
+                closes: fetch_seq,
+            })
+            .await?
+            .0)
+    }
+
+    fn queue_unawaited(&self, item: Item) {
         let (done, _) = oneshot::channel();
-        let pending = Pending {
-            item: Item::Event(Box::new(event)),
-            done,
-        };
+        let pending = Pending { item, done };
         match self.queue.try_send(pending) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(pending)) => {
@@ -542,12 +564,11 @@ fn answer(waiters: Vec<oneshot::Sender<Result<(i64, Event), String>>>, written: 
 /// The writer on SQLite: each batch in one transaction on its own connection.
 fn write_sqlite(file: &std::path::Path, mut rx: mpsc::Receiver<Pending>) {
     let mut conn = None;
-    let mut reservations = Reservations::default();
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.blocking_recv_many(&mut batch, MAX_BATCH) > 0 {
         let (items, waiters): (Vec<_>, Vec<_>) = batch.drain(..).map(|p| (p.item, p.done)).unzip();
         let count = items.len();
-        let written = write_sqlite_batch(file, &mut conn, &mut reservations, items);
+        let written = write_sqlite_batch(file, &mut conn, items);
         if written.is_err() {
             // Start the next batch on a fresh connection, in case this one is broken.
             conn = None;
@@ -559,7 +580,6 @@ fn write_sqlite(file: &std::path::Path, mut rx: mpsc::Receiver<Pending>) {
 fn write_sqlite_batch(
     file: &std::path::Path,
     conn: &mut Option<rusqlite::Connection>,
-    reservations: &mut Reservations,
     items: Vec<Item>,
 ) -> anyhow::Result<Vec<(i64, Event)>> {
     use db::sqlite_writer as sql;
@@ -568,27 +588,30 @@ fn write_sqlite_batch(
         None => conn.insert(sql::open(file).with_context(|| format!("cannot open {}", file.display()))?),
     };
     let tx = sql::begin(conn)?;
-    let current = sql::current_grants(&tx, &grant_ids(&items))?;
     let at = now_ms();
-    let (events, grants) = decide_batch(reservations, current, items, at);
-    let rows = chain(sql::head(&tx)?, at, &events);
+    let facts = if grant_ids(&items).is_empty() {
+        BatchFacts::default()
+    } else {
+        sql::batch_facts(&tx, &grant_ids(&items), at - RESERVATION_LIFETIME_MS)?
+    };
+    let decided = decide_batch(facts, items, at);
+    let rows = chain(sql::head(&tx)?, at, &decided.events);
     sql::insert_events(&tx, &rows).context("cannot append to the audit log")?;
+    sql::reserve(&tx, &decided.reserve, &rows, at)?;
+    sql::release(&tx, &decided.release)?;
     tx.commit()?;
-    let written: Vec<(i64, Event)> = rows.iter().map(|r| r.seq).zip(events).collect();
-    reservations.note(&written, &grants, at);
-    Ok(written)
+    Ok(rows.iter().map(|r| r.seq).zip(decided.events).collect())
 }
 
 /// The writer on PostgreSQL: each batch in one transaction on its own
 /// connection, under the advisory lock that keeps replicas on one chain.
 async fn write_pooled(db: Db, mut rx: mpsc::Receiver<Pending>) {
     let mut conn = None;
-    let mut reservations = Reservations::default();
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let (items, waiters): (Vec<_>, Vec<_>) = batch.drain(..).map(|p| (p.item, p.done)).unzip();
         let count = items.len();
-        let written = write_pooled_batch(&db, &mut conn, &mut reservations, items).await;
+        let written = write_pooled_batch(&db, &mut conn, items).await;
         if written.is_err() {
             conn = None;
         }
@@ -599,7 +622,6 @@ async fn write_pooled(db: Db, mut rx: mpsc::Receiver<Pending>) {
 async fn write_pooled_batch(
     db: &Db,
     conn: &mut Option<AnyConnection>,
-    reservations: &mut Reservations,
     items: Vec<Item>,
 ) -> anyhow::Result<Vec<(i64, Event)>> {
     // A server connection can have been dropped while the writer was idle
@@ -616,12 +638,25 @@ async fn write_pooled_batch(
     };
     let mut tx = db.begin_on(conn).await?;
     lock_chain(&mut tx, db.backend()).await?;
-    let current = db::grants::current(&mut tx, &grant_ids(&items)).await?;
     let at = now_ms();
-    let (events, grants) = decide_batch(reservations, current, items, at);
-    let seqs = append_locked(&mut tx, at, &events).await?;
+    let facts = if grant_ids(&items).is_empty() {
+        BatchFacts::default()
+    } else {
+        BatchFacts {
+            grants: db::grants::current(&mut tx, &grant_ids(&items), at - RESERVATION_LIFETIME_MS).await?,
+            retired_keys: db::keys::retired(&mut *tx, crate::links::LINK_KEYS).await?,
+        }
+    };
+    let decided = decide_batch(facts, items, at);
+    let head = db::audit::head(&mut *tx).await?;
+    let rows = chain(head, at, &decided.events);
+    db::audit::insert_many(&mut tx, &rows)
+        .await
+        .context("cannot append to the audit log")?;
+    for r in &decided.reserve {
+        db::grants::reserve(&mut tx, rows[r.index].seq, r, at).await?;
+    }
+    db::grants::release(&mut tx, &decided.release).await?;
     tx.commit().await?;
-    let written: Vec<(i64, Event)> = seqs.into_iter().zip(events).collect();
-    reservations.note(&written, &grants, at);
-    Ok(written)
+    Ok(rows.iter().map(|r| r.seq).zip(decided.events).collect())
 }

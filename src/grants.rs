@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 
 use crate::{
     app::App,
-    audit::{AuditLog, Client, Event, Guarded, Outcome},
+    audit::{AuditLog, Client, Event, Guarded, Now, Outcome},
     config::DeliveryMode,
     db::{
         self,
@@ -94,6 +94,7 @@ pub async fn access(app: &App, grant: GrantView, via: &str, client: Client) -> a
     let links_expire_at = (now / 1000).saturating_add(link_ttl).min(grant.expires_at / 1000);
     let mut releases = Vec::new();
     if state == GrantState::Active {
+        app.links.refresh_if_retired().await?;
         for release in db::models::published_releases(app.db.pool(), &grant.model_id).await? {
             let files = db::models::files_of_release(app.db.pool(), &release.id)
                 .await?
@@ -378,10 +379,11 @@ pub async fn open_download(
         event,
     };
     let started = std::time::Instant::now();
-    let (_, event) = app
+    let (fetch_seq, event) = app
         .audit
         .record_guarded(Guarded {
             grant_id: grant.id.clone(),
+            link_kid: claims.kid.clone(),
             decide: Box::new(move |now, at| decide.decide(now, at)),
         })
         .await?;
@@ -400,9 +402,13 @@ pub async fn open_download(
     }
     let file = file.expect("a fetch let through names a file");
     let body = match opened.expect("a fetch let through was opened") {
-        Ok(Opened::Stream(stream)) => {
-            Delivery::Proxy(track_delivery(stream, app.audit.clone(), event, end - start))
-        }
+        Ok(Opened::Stream(stream)) => Delivery::Proxy(track_delivery(
+            stream,
+            app.audit.clone(),
+            event,
+            fetch_seq,
+            end - start,
+        )),
         Err(err) => {
             // Let through, but the store failed: nothing is delivered, and the
             // log says so next to the fetch.
@@ -411,7 +417,7 @@ pub async fn open_download(
             delivered.outcome = Outcome::Aborted;
             delivered.reason = Some("store_failed".into());
             delivered.bytes = Some(0);
-            app.audit.record_unawaited(delivered);
+            app.audit.record_closing_unawaited(delivered, fetch_seq);
             return Err(err.into());
         }
         Ok(Opened::Url(url)) => {
@@ -421,7 +427,7 @@ pub async fn open_download(
             delivered.action = "file.delivered";
             delivered.reason = Some("redirect".into());
             delivered.bytes = Some(end - start);
-            app.audit.record(delivered).await?;
+            app.audit.record_closing(delivered, fetch_seq).await?;
             Delivery::Redirect(url)
         }
         Ok(Opened::Metadata) => Delivery::Metadata,
@@ -493,7 +499,7 @@ struct FetchDecision {
 }
 
 impl FetchDecision {
-    fn decide(self, now: Option<&GrantNow>, at: i64) -> Event {
+    fn decide(self, now: Now<'_>, at: i64) -> Event {
         let Self {
             grant,
             file,
@@ -503,8 +509,9 @@ impl FetchDecision {
             mut event,
         } = self;
         let file = file.as_deref();
-        let (reason, grant, file) = match now {
+        let (reason, grant, file) = match now.grant {
             None => (Some(Refusal::BadSignature.code()), None, None),
+            Some(_) if now.key_retired => (Some(Refusal::KeyRetired.code()), Some(&*grant), None),
             Some(g) if g.revoked_at.is_some() => (Some(Refusal::GrantRevoked.code()), Some(&*grant), None),
             Some(g) if g.expires_at <= at => (Some(Refusal::GrantExpired.code()), Some(&*grant), None),
             Some(g) if file.is_some_and(|f| quota_spent(g, &f.id, requested(range))) => {
@@ -592,6 +599,8 @@ impl FetchFacts {
 struct DeliveryRecord {
     audit: AuditLog,
     event: Option<Event>,
+    /// The position of the fetch event that let the transfer through.
+    fetch_seq: i64,
     expected: u64,
     sent: u64,
 }
@@ -610,16 +619,23 @@ impl Drop for DeliveryRecord {
             Outcome::Aborted
         };
         // Nobody waits for this event: the bytes are gone already.
-        self.audit.record_unawaited(event);
+        self.audit.record_closing_unawaited(event, self.fetch_seq);
         self.audit.transfer_ended();
     }
 }
 
-fn track_delivery(body: ByteStream, audit: AuditLog, event: Event, expected: u64) -> ByteStream {
+fn track_delivery(
+    body: ByteStream,
+    audit: AuditLog,
+    event: Event,
+    fetch_seq: i64,
+    expected: u64,
+) -> ByteStream {
     audit.transfer_started();
     let mut record = DeliveryRecord {
         audit,
         event: Some(event),
+        fetch_seq,
         expected,
         sent: 0,
     };

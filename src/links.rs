@@ -7,7 +7,7 @@
 //! `GRANT.FILE.EXPIRES.KID.TAG` (all URL-safe; `EXPIRES` in Unix seconds).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Mutex, RwLock},
     time::{Duration, Instant},
 };
@@ -34,6 +34,8 @@ pub struct LinkClaims {
     pub grant_id: String,
     pub file_id: String,
     pub expires_at: i64,
+    /// The key that signed the link.
+    pub kid: String,
 }
 
 /// Why a link was refused, in the order the checks run.
@@ -41,6 +43,11 @@ pub struct LinkClaims {
 pub enum Refusal {
     Malformed,
     BadSignature,
+    /// Signed with a key an operator has retired (`weightgate keys retire`).
+    KeyRetired,
+    /// Valid until later than any link this portal makes: made with a
+    /// leaked key, not by the portal.
+    ExpiryTooFar,
     Expired,
     GrantRevoked,
     GrantExpired,
@@ -54,6 +61,8 @@ impl Refusal {
         match self {
             Refusal::Malformed => "malformed_link",
             Refusal::BadSignature => "bad_signature",
+            Refusal::KeyRetired => "key_retired",
+            Refusal::ExpiryTooFar => "expiry_too_far",
             Refusal::Expired => "link_expired",
             Refusal::GrantRevoked => "grant_revoked",
             Refusal::GrantExpired => "grant_expired",
@@ -67,6 +76,8 @@ impl Refusal {
         [
             Refusal::Malformed,
             Refusal::BadSignature,
+            Refusal::KeyRetired,
+            Refusal::ExpiryTooFar,
             Refusal::Expired,
             Refusal::GrantRevoked,
             Refusal::GrantExpired,
@@ -84,6 +95,10 @@ impl Refusal {
                 "This download link is not valid. Copy the whole link from your access page."
             }
             Refusal::BadSignature => "This download link has been altered or was not issued by this portal.",
+            Refusal::KeyRetired => {
+                "This download link was signed with a key that is no longer trusted. Get a fresh one from your access page."
+            }
+            Refusal::ExpiryTooFar => "This download link was not issued by this portal.",
             Refusal::Expired => "This download link has expired. Get a fresh one from your access page.",
             Refusal::GrantRevoked => "Your access to this model has been revoked.",
             Refusal::GrantExpired => "Your access to this model has expired. You may apply again.",
@@ -104,20 +119,26 @@ pub struct LinkSigner {
     db: Option<Db>,
     ring: RwLock<KeyRing>,
     last_reload: Mutex<Option<Instant>>,
+    /// The longest a link this portal makes is valid.
+    lifetime: Duration,
 }
 
 #[derive(Clone)]
 struct KeyRing {
     current: (String, Vec<u8>),
     keys: HashMap<String, Vec<u8>>,
+    /// Keys retired by an operator, as this replica last read them; the
+    /// audit writer checks again in the transaction that records a fetch.
+    retired: HashSet<String>,
 }
 
 impl KeyRing {
     /// `keys` must be non-empty, newest first.
-    fn new(keys: Vec<(String, Vec<u8>)>) -> Self {
+    fn new(keys: Vec<(String, Vec<u8>)>, retired: HashSet<String>) -> Self {
         Self {
             current: keys[0].clone(),
             keys: keys.into_iter().collect(),
+            retired,
         }
     }
 }
@@ -140,7 +161,12 @@ pub async fn load_or_create_keys(
     purpose: &str,
     len: usize,
 ) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
-    let mut stored = db::keys::list(db.pool(), purpose).await?;
+    let live = |keys: Vec<StoredKey>| {
+        keys.into_iter()
+            .filter(|k| k.retired_at.is_none())
+            .collect::<Vec<_>>()
+    };
+    let mut stored = live(db::keys::list(db.pool(), purpose).await?);
     if stored.is_empty() {
         let mut secret = vec![0u8; len];
         rand::fill(secret.as_mut_slice());
@@ -151,10 +177,11 @@ pub async fn load_or_create_keys(
                 purpose: purpose.to_owned(),
                 secret: URL_SAFE_NO_PAD.encode(&secret),
                 created_at: now_ms(),
+                retired_at: None,
             },
         )
         .await?;
-        stored = db::keys::list(db.pool(), purpose).await?;
+        stored = live(db::keys::list(db.pool(), purpose).await?);
     }
     stored
         .into_iter()
@@ -167,22 +194,39 @@ pub async fn load_or_create_keys(
         .collect()
 }
 
+/// The link keys: the live ones, newest first, and the retired ones.
+async fn load_ring(db: &Db) -> anyhow::Result<KeyRing> {
+    let live = load_or_create_keys(db, LINK_KEYS, 32).await?;
+    let mut ring = KeyRing::new(live, db::keys::retired(db.pool(), LINK_KEYS).await?);
+    for k in db::keys::list(db.pool(), LINK_KEYS).await? {
+        if k.retired_at.is_some() {
+            let secret = URL_SAFE_NO_PAD
+                .decode(&k.secret)
+                .with_context(|| format!("stored key {} is not valid base64", k.kid))?;
+            ring.keys.insert(k.kid, secret);
+        }
+    }
+    Ok(ring)
+}
+
 impl LinkSigner {
-    pub async fn load(db: &Db) -> anyhow::Result<Self> {
-        let keys = load_or_create_keys(db, LINK_KEYS, 32).await?;
+    /// The keys in the database; links may be valid for at most `lifetime`.
+    pub async fn load(db: &Db, lifetime: Duration) -> anyhow::Result<Self> {
         Ok(Self {
             db: Some(db.clone()),
-            ring: RwLock::new(KeyRing::new(keys)),
+            ring: RwLock::new(load_ring(db).await?),
             last_reload: Mutex::new(Some(Instant::now())),
+            lifetime,
         })
     }
 
     /// A signer over fixed keys, newest first; `keys` must be non-empty.
-    pub fn from_keys(keys: Vec<(String, Vec<u8>)>) -> Self {
+    pub fn from_keys(keys: Vec<(String, Vec<u8>)>, lifetime: Duration) -> Self {
         Self {
             db: None,
-            ring: RwLock::new(KeyRing::new(keys)),
+            ring: RwLock::new(KeyRing::new(keys, HashSet::new())),
             last_reload: Mutex::new(None),
+            lifetime,
         }
     }
 
@@ -200,8 +244,8 @@ impl LinkSigner {
             }
             *last = Some(Instant::now());
         }
-        let keys = load_or_create_keys(db, LINK_KEYS, 32).await?;
-        *self.ring.write().unwrap_or_else(|e| e.into_inner()) = KeyRing::new(keys);
+        let ring = load_ring(db).await?;
+        *self.ring.write().unwrap_or_else(|e| e.into_inner()) = ring;
         Ok(())
     }
 
@@ -213,6 +257,20 @@ impl LinkSigner {
                 tracing::warn!(error = %format!("{err:#}"), "cannot reload link-signing keys");
             }
         }
+    }
+
+    /// Makes sure the key that signs new links has not been retired since
+    /// this replica last read the keys (reading them again if it has), so
+    /// that no link is made that its first fetch would refuse. One small
+    /// query; called before a page of links is signed.
+    pub async fn refresh_if_retired(&self) -> anyhow::Result<()> {
+        let Some(db) = &self.db else { return Ok(()) };
+        let kid = self.current_kid();
+        if db::keys::retired(db.pool(), LINK_KEYS).await?.contains(&kid) {
+            let ring = load_ring(db).await?;
+            *self.ring.write().unwrap_or_else(|e| e.into_inner()) = ring;
+        }
+        Ok(())
     }
 
     /// The id of the key that signs new links.
@@ -275,6 +333,16 @@ impl LinkSigner {
         Self::mac(secret, grant_id, file_id, expires_at, kid)
             .verify_truncated_left(&tag)
             .map_err(|_| Refusal::BadSignature)?;
+        if ring.retired.contains(kid) {
+            return Err(Refusal::KeyRetired);
+        }
+        // No link the portal signs outlives the link lifetime (a minute's
+        // grace for clocks): a later expiry was made by someone else with
+        // the key.
+        let lifetime = i64::try_from(self.lifetime.as_secs()).unwrap_or(i64::MAX);
+        if expires_at > now_secs.saturating_add(lifetime).saturating_add(60) {
+            return Err(Refusal::ExpiryTooFar);
+        }
         if expires_at <= now_secs {
             return Err(Refusal::Expired);
         }
@@ -282,6 +350,7 @@ impl LinkSigner {
             grant_id: grant_id.to_owned(),
             file_id: file_id.to_owned(),
             expires_at,
+            kid: kid.to_owned(),
         })
     }
 }
@@ -300,6 +369,7 @@ pub async fn rotate(db: &Db, actor: &str) -> anyhow::Result<String> {
             purpose: LINK_KEYS.to_owned(),
             secret: URL_SAFE_NO_PAD.encode(&secret),
             created_at: now_ms(),
+            retired_at: None,
         },
     )
     .await?;
@@ -311,12 +381,53 @@ pub async fn rotate(db: &Db, actor: &str) -> anyhow::Result<String> {
     Ok(kid)
 }
 
+/// Retires a link-signing key: links it signed are refused with
+/// `key_retired` from now on, on every replica (the audit writer checks it
+/// when it records each fetch). Retiring the key that signs new links
+/// rotates first. Returns the key that signs new links afterwards.
+pub async fn retire(db: &Db, kid: &str, actor: &str) -> anyhow::Result<String> {
+    let keys = db::keys::list(db.pool(), LINK_KEYS).await?;
+    let Some(key) = keys.iter().find(|k| k.kid == kid) else {
+        anyhow::bail!("there is no link-signing key {kid}: `weightgate keys list` shows them");
+    };
+    anyhow::ensure!(
+        key.retired_at.is_none(),
+        "link-signing key {kid} is already retired"
+    );
+    let current = keys
+        .iter()
+        .find(|k| k.retired_at.is_none())
+        .map(|k| k.kid.clone());
+    let signing = if current.as_deref() == Some(kid) {
+        rotate(db, actor).await?
+    } else {
+        current.unwrap_or_default()
+    };
+    let mut tx = db.begin().await?;
+    anyhow::ensure!(
+        db::keys::retire(&mut *tx, LINK_KEYS, kid, now_ms()).await?,
+        "link-signing key {kid} is already retired"
+    );
+    let mut event = Event::new("keys.retired", Outcome::Ok);
+    event.actor = Some(actor.to_owned());
+    event.subject = Some(format!("link key {kid}"));
+    event.reason = Some(format!(
+        "links it signed are refused; key {signing} signs new links"
+    ));
+    audit::append(&mut tx, db.backend(), &[event]).await?;
+    tx.commit().await?;
+    Ok(signing)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn signer() -> LinkSigner {
-        LinkSigner::from_keys(vec![("k2".into(), vec![2; 32]), ("k1".into(), vec![1; 32])])
+        LinkSigner::from_keys(
+            vec![("k2".into(), vec![2; 32]), ("k1".into(), vec![1; 32])],
+            Duration::from_secs(100_000),
+        )
     }
 
     #[tokio::test]
@@ -351,11 +462,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_link_valid_past_the_link_lifetime_was_not_made_here() {
+        let s = signer();
+        assert!(
+            s.verify(&s.sign("g1", "f1", 100_060), 0).await.is_ok(),
+            "a minute's grace"
+        );
+        assert_eq!(
+            s.verify(&s.sign("g1", "f1", 100_061), 0).await,
+            Err(Refusal::ExpiryTooFar)
+        );
+        assert_eq!(
+            s.verify(&s.sign("g1", "f1", i64::MAX), 0).await,
+            Err(Refusal::ExpiryTooFar)
+        );
+    }
+
+    #[tokio::test]
     async fn links_signed_with_an_older_key_still_verify() {
-        let old = LinkSigner::from_keys(vec![("k1".into(), vec![1; 32])]);
+        let old = LinkSigner::from_keys(vec![("k1".into(), vec![1; 32])], Duration::from_secs(100_000));
         let token = old.sign("g1", "f1", 1_000);
         assert!(signer().verify(&token, 0).await.is_ok());
-        let unknown = LinkSigner::from_keys(vec![("k9".into(), vec![9; 32])]);
+        let unknown = LinkSigner::from_keys(vec![("k9".into(), vec![9; 32])], Duration::from_secs(100_000));
         assert_eq!(unknown.verify(&token, 0).await, Err(Refusal::BadSignature));
     }
 

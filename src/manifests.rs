@@ -117,6 +117,7 @@ impl Publisher {
                     purpose: PURPOSE.to_owned(),
                     secret: sk_box.into_string(),
                     created_at: now_ms(),
+                    retired_at: None,
                 },
             )
             .await?;

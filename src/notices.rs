@@ -83,6 +83,9 @@ pub struct Round {
 pub async fn run_once(app: &App) -> anyhow::Result<Round> {
     let now = now_ms();
     let mut round = Round::default();
+    // Transfers whose delivery never came (their replica stopped without
+    // it) stop counting against quotas after a day; their rows go too.
+    db::grants::forget_reservations(app.db.pool(), now - crate::audit::RESERVATION_LIFETIME_MS).await?;
     let ahead = i64::try_from(app.config.expiry_reminder.as_millis()).unwrap_or(i64::MAX);
     for grant in db::grants::due_reminders(app.db.pool(), now, now.saturating_add(ahead)).await? {
         let mut tx = app.db.begin().await?;

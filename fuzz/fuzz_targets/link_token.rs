@@ -33,16 +33,19 @@ enum Input {
     },
 }
 
+/// Links live at most this long, as a portal's `WEIGHTGATE_LINK_TTL`.
+const LIFETIME: std::time::Duration = std::time::Duration::from_secs(1 << 40);
+
 /// Signs with `k2`; verifies `k2` and the older `k1`.
 fn signer() -> &'static LinkSigner {
     static SIGNER: OnceLock<LinkSigner> = OnceLock::new();
-    SIGNER.get_or_init(|| LinkSigner::from_keys(vec![("k2".into(), vec![2; 32]), ("k1".into(), vec![1; 32])]))
+    SIGNER.get_or_init(|| LinkSigner::from_keys(vec![("k2".into(), vec![2; 32]), ("k1".into(), vec![1; 32])], LIFETIME))
 }
 
-/// Signs with the retired key `k1`.
+/// Signs with the older key `k1`.
 fn old_signer() -> &'static LinkSigner {
     static SIGNER: OnceLock<LinkSigner> = OnceLock::new();
-    SIGNER.get_or_init(|| LinkSigner::from_keys(vec![("k1".into(), vec![1; 32])]))
+    SIGNER.get_or_init(|| LinkSigner::from_keys(vec![("k1".into(), vec![1; 32])], LIFETIME))
 }
 
 /// A signer without a database never waits, so one poll settles it.

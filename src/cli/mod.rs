@@ -212,6 +212,10 @@ pub enum KeysCommand {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// Stop trusting a link-signing key, say after it leaked: links it signed
+    /// are refused with `key_retired` at once, on every replica. Retiring the
+    /// key that signs new links makes a fresh one first.
+    Retire { kid: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -651,16 +655,36 @@ async fn keys(app: Arc<App>, cmd: KeysCommand) -> anyhow::Result<()> {
         }
         KeysCommand::List { format } => {
             let keys = db::keys::list(app.db.pool(), crate::links::LINK_KEYS).await?;
+            let current = keys
+                .iter()
+                .find(|k| k.retired_at.is_none())
+                .map(|k| k.kid.clone());
             output::print(
                 format,
-                &["key id", "created", "signs new links"],
-                keys.iter().enumerate().map(|(i, k)| {
-                    let current = if i == 0 { "yes" } else { "no" };
+                &["key id", "created", "signs new links", "retired"],
+                keys.iter().map(|k| {
+                    let signs = current.as_deref() == Some(k.kid.as_str());
                     (
-                        vec![k.kid.clone(), format_ms(k.created_at), current.into()],
-                        serde_json::json!({"kid": k.kid, "created_at": format_ms_rfc3339(k.created_at), "current": i == 0}),
+                        vec![
+                            k.kid.clone(),
+                            format_ms(k.created_at),
+                            if signs { "yes" } else { "no" }.into(),
+                            k.retired_at.map(format_ms).unwrap_or_default(),
+                        ],
+                        serde_json::json!({
+                            "kid": k.kid,
+                            "created_at": format_ms_rfc3339(k.created_at),
+                            "current": signs,
+                            "retired_at": k.retired_at.map(format_ms_rfc3339),
+                        }),
                     )
                 }),
+            );
+        }
+        KeysCommand::Retire { kid } => {
+            let signing = crate::links::retire(&app.db, &kid, &operator()).await?;
+            println!(
+                "link-signing key {kid} is retired: links it signed are refused; key {signing} signs new links"
             );
         }
     }

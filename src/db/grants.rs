@@ -121,7 +121,14 @@ pub(super) const STATES: &str = "SELECT g.id, g.expires_at, g.revoked_at, m.quot
 
 /// The current state of these grants, in one query (plus one per grant
 /// whose model limits deliveries).
-pub async fn current(conn: &mut AnyConnection, ids: &[&str]) -> sqlx::Result<Vec<GrantNow>> {
+/// Transfers under way on a grant since `since`: (file id, bytes asked for).
+pub(super) const RESERVED: &str = "SELECT file_id, bytes FROM quota_reservations
+    WHERE grant_id = $1 AND created_at > $2";
+
+/// The current state of these grants, in one query, plus, for each grant
+/// whose model limits deliveries, its deliveries and its transfers under
+/// way since `open_since`.
+pub async fn current(conn: &mut AnyConnection, ids: &[&str], open_since: i64) -> sqlx::Result<Vec<GrantNow>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -136,9 +143,58 @@ pub async fn current(conn: &mut AnyConnection, ids: &[&str]) -> sqlx::Result<Vec
     for g in &mut grants {
         if g.has_quota() {
             g.deliveries = deliveries(&mut *conn, &g.id).await?;
+            let open: Vec<(String, i64)> = sqlx::query_as(RESERVED)
+                .bind(&g.id)
+                .bind(open_since)
+                .fetch_all(&mut *conn)
+                .await?;
+            g.open = open
+                .into_iter()
+                .map(|(file, bytes)| (file, u64::try_from(bytes).unwrap_or(0)))
+                .collect();
         }
     }
     Ok(grants)
+}
+
+/// Records a transfer under way, opened by the fetch event at `fetch_seq`.
+pub async fn reserve(
+    conn: &mut AnyConnection,
+    fetch_seq: i64,
+    r: &crate::audit::Reservation,
+    at: i64,
+) -> sqlx::Result<()> {
+    sqlx::query(RESERVE)
+        .bind(fetch_seq)
+        .bind(&r.grant_id)
+        .bind(&r.file_id)
+        .bind(i64::try_from(r.bytes).unwrap_or(i64::MAX))
+        .bind(at)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub(super) const RESERVE: &str = "INSERT INTO quota_reservations (fetch_seq, grant_id, file_id, bytes, created_at) VALUES ($1, $2, $3, $4, $5)";
+
+pub(super) const RELEASE: &str = "DELETE FROM quota_reservations WHERE fetch_seq = $1";
+
+/// Ends the transfers opened by these fetch events.
+pub async fn release(conn: &mut AnyConnection, fetch_seqs: &[i64]) -> sqlx::Result<()> {
+    for seq in fetch_seqs {
+        sqlx::query(RELEASE).bind(seq).execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Forgets transfers under way recorded before `before`, whose delivery was
+/// never recorded (the replica that served them stopped without it).
+pub async fn forget_reservations<'c>(e: impl AnyExecutor<'c>, before: i64) -> sqlx::Result<u64> {
+    let done = sqlx::query("DELETE FROM quota_reservations WHERE created_at <= $1")
+        .bind(before)
+        .execute(e)
+        .await?;
+    Ok(done.rows_affected())
 }
 
 /// Revokes a live grant; `false` when it was already revoked.

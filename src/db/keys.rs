@@ -8,6 +8,8 @@ pub struct StoredKey {
     pub purpose: String,
     pub secret: String,
     pub created_at: i64,
+    /// When the key was retired: links it signed are refused from then on.
+    pub retired_at: Option<i64>,
 }
 
 /// Stores a key unless one with this id exists.
@@ -24,12 +26,37 @@ pub async fn insert_if_absent<'c>(e: impl AnyExecutor<'c>, k: &StoredKey) -> sql
     Ok(())
 }
 
-/// Keys for one purpose, newest first.
+/// Keys for one purpose, newest first, retired ones included.
 pub async fn list<'c>(e: impl AnyExecutor<'c>, purpose: &str) -> sqlx::Result<Vec<StoredKey>> {
     sqlx::query_as(
-        "SELECT kid, purpose, secret, created_at FROM signing_keys WHERE purpose = $1 ORDER BY created_at DESC, kid DESC",
+        "SELECT kid, purpose, secret, created_at, retired_at FROM signing_keys WHERE purpose = $1
+         ORDER BY created_at DESC, kid DESC",
     )
     .bind(purpose)
     .fetch_all(e)
     .await
+}
+
+pub(super) const RETIRED: &str = "SELECT kid FROM signing_keys WHERE purpose = $1 AND retired_at IS NOT NULL";
+
+/// The ids of the retired keys of one purpose.
+pub async fn retired<'c>(
+    e: impl AnyExecutor<'c>,
+    purpose: &str,
+) -> sqlx::Result<std::collections::HashSet<String>> {
+    let kids: Vec<String> = sqlx::query_scalar(RETIRED).bind(purpose).fetch_all(e).await?;
+    Ok(kids.into_iter().collect())
+}
+
+/// Retires a key; `false` when there is no such key, or it was retired already.
+pub async fn retire<'c>(e: impl AnyExecutor<'c>, purpose: &str, kid: &str, now: i64) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE signing_keys SET retired_at = $3 WHERE purpose = $1 AND kid = $2 AND retired_at IS NULL",
+    )
+    .bind(purpose)
+    .bind(kid)
+    .bind(now)
+    .execute(e)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }

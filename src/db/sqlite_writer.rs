@@ -9,8 +9,10 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior, params_from_iter};
 
 use super::{
     audit::{EventRow, HEAD, INSERT_COLUMNS},
-    grants::{DELIVERIES, Delivery, GrantNow, STATES},
+    grants::{DELIVERIES, Delivery, GrantNow, RELEASE, RESERVE, RESERVED, STATES},
+    keys::RETIRED,
 };
+use crate::audit::{BatchFacts, Reservation};
 
 /// Opens the database file for writing. `synchronous = FULL`: in WAL mode
 /// every commit is written and fsynced to the WAL before it returns, so a
@@ -42,8 +44,62 @@ pub fn head(conn: &Connection) -> rusqlite::Result<Option<(i64, String)>> {
     }
 }
 
+/// What a batch with fetches reads: [`super::grants::current`] and the
+/// retired link keys ([`super::keys::retired`]).
+pub fn batch_facts(conn: &Connection, ids: &[&str], open_since: i64) -> rusqlite::Result<BatchFacts> {
+    let mut statement = conn.prepare_cached(&RETIRED.replace("$1", "?"))?;
+    let retired_keys = statement
+        .query_map([crate::links::LINK_KEYS], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(BatchFacts {
+        grants: current_grants(conn, ids, open_since)?,
+        retired_keys,
+    })
+}
+
+/// Records the transfers a batch let through on grants with a quota, each
+/// under the position of the fetch event that opened it.
+pub fn reserve(
+    conn: &Connection,
+    reserve: &[Reservation],
+    rows: &[EventRow],
+    at: i64,
+) -> rusqlite::Result<()> {
+    if reserve.is_empty() {
+        return Ok(());
+    }
+    let mut statement = conn.prepare_cached(&placeholders(RESERVE))?;
+    for r in reserve {
+        statement.execute(rusqlite::params![
+            rows[r.index].seq,
+            r.grant_id,
+            r.file_id,
+            i64::try_from(r.bytes).unwrap_or(i64::MAX),
+            at
+        ])?;
+    }
+    Ok(())
+}
+
+/// Ends the transfers opened by these fetch events.
+pub fn release(conn: &Connection, fetch_seqs: &[i64]) -> rusqlite::Result<()> {
+    if fetch_seqs.is_empty() {
+        return Ok(());
+    }
+    let mut statement = conn.prepare_cached(&placeholders(RELEASE))?;
+    for seq in fetch_seqs {
+        statement.execute([seq])?;
+    }
+    Ok(())
+}
+
+/// `$1`, `$2`… written as SQLite's `?1`, `?2`….
+fn placeholders(sql: &str) -> String {
+    sql.replace('$', "?")
+}
+
 /// [`super::grants::current`]: the state of these grants.
-pub fn current_grants(conn: &Connection, ids: &[&str]) -> rusqlite::Result<Vec<GrantNow>> {
+fn current_grants(conn: &Connection, ids: &[&str], open_since: i64) -> rusqlite::Result<Vec<GrantNow>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -73,6 +129,15 @@ pub fn current_grants(conn: &Connection, ids: &[&str]) -> rusqlite::Result<Vec<G
                         bytes: row.get(2)?,
                         size: row.get(3)?,
                     })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut statement = conn.prepare_cached(&placeholders(RESERVED))?;
+            g.open = statement
+                .query_map(rusqlite::params![g.id, open_since], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0),
+                    ))
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
         }

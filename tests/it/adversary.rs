@@ -623,3 +623,112 @@ async fn one_address_cannot_hold_every_connection() {
 }
 }
 
+both! {
+async fn two_replicas_cannot_pass_a_quota_together() {
+    let t = TestApp::spawn().await;
+    let big = crate::downloads::publish_big(&t).await;
+    let slug = MODEL.parse().unwrap();
+    weightgate::models::set_quota(&t.app, &slug, None, Some(1), "test").await.unwrap();
+    let replica = ServeProcess::start(&t, &[("WEIGHTGATE_LOG", "warn")]).await;
+    let access = t.approved_researcher("quota@uni.example.edu").await;
+    let links = t.download_links(&access).await;
+    let url = |name: &str| links.iter().find(|(n, _)| n == name).unwrap().1.clone();
+    let on_replica = |link: String| link.replacen(&t.base, &replica.base, 1);
+
+    // Two files at once, one through each replica: the quota allows one.
+    let (here, there) = tokio::join!(
+        t.client.get(url("huge.bin")).send(),
+        client().get(on_replica(url("shard-1.bin"))).send(),
+    );
+    let (mut here, there) = (here.unwrap(), there.unwrap());
+    let statuses = [here.status(), there.status()];
+    assert!(statuses.contains(&StatusCode::FORBIDDEN), "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| s.is_success()).count(), 1, "{statuses:?}");
+    drop(there);
+    if here.status().is_success() {
+        // The big transfer is under way here: the other replica counts it.
+        here.chunk().await.unwrap().unwrap();
+        let other = client().get(on_replica(url("shard-0.bin"))).send().await.unwrap();
+        assert_eq!(other.status(), StatusCode::FORBIDDEN);
+        let body: serde_json::Value = other.json().await.unwrap();
+        assert_eq!(body["error"], "quota_spent");
+        let mut received = here.chunk().await.unwrap().unwrap().to_vec();
+        while let Some(chunk) = here.chunk().await.unwrap() {
+            received.extend_from_slice(&chunk);
+        }
+        assert!(received.len() < big.len());
+    }
+    drop(here);
+    // Whatever went through, the grant holds at most one file's worth of
+    // started transfers in the log, across both replicas.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let events = t.audit_events().await;
+    let mut started: Vec<&str> = events
+        .iter()
+        .filter(|e| e.action == "file.fetch" && e.outcome == "ok" && e.reason.is_none())
+        .filter_map(|e| e.file_id.as_deref())
+        .collect();
+    started.sort_unstable();
+    started.dedup();
+    assert_eq!(started.len(), 1, "{started:?}");
+    assert!(weightgate::audit::verify_chain(&t.app.db).await.unwrap().is_intact());
+    replica.stop().await;
+}
+}
+
+both! {
+async fn a_retired_key_stops_its_links_at_once_on_every_replica() {
+    let t = TestApp::spawn().await;
+    let replica = ServeProcess::start(&t, &[("WEIGHTGATE_LOG", "warn")]).await;
+    let access = t.approved_researcher("keys@uni.example.edu").await;
+    let links = t.download_links(&access).await;
+    let (_, link) = &links[2];
+    assert_eq!(t.client.get(link).send().await.unwrap().status(), StatusCode::OK);
+    let kid = link.rsplit('/').nth(1).unwrap().split('.').nth(3).unwrap().to_owned();
+
+    let (ok, out, err) = weightgate(&t, &["keys", "retire", &kid], None);
+    assert!(ok, "{err}");
+    assert!(out.contains("is retired"), "{out}");
+    // Neither this portal nor the replica has reloaded its keys since; the
+    // link is refused at once all the same.
+    for base in [&t.base, &replica.base] {
+        let response = client().get(link.replacen(&t.base, base, 1)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{base}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "key_retired", "{base}");
+    }
+    // Fresh links come from the new key and work.
+    let fresh = t.download_links(&access).await;
+    assert!(!fresh[2].1.contains(&format!(".{kid}.")));
+    assert_eq!(t.client.get(&fresh[2].1).send().await.unwrap().status(), StatusCode::OK);
+    let (ok, listed, _) = weightgate(&t, &["keys", "list", "--format", "jsonl"], None);
+    assert!(ok);
+    let listed: Vec<serde_json::Value> = listed.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let retired = listed.iter().find(|k| k["kid"] == kid.as_str()).unwrap();
+    assert!(retired["retired_at"].is_string() && retired["current"] == false, "{listed:?}");
+    let events = t.audit_events().await;
+    assert!(events.iter().any(|e| e.action == "keys.retired" && e.subject.as_deref() == Some(&format!("link key {kid}"))));
+    assert!(events.iter().any(|e| e.reason.as_deref() == Some("key_retired") && e.grant_id.is_some()));
+    replica.stop().await;
+}
+}
+
+both! {
+async fn a_link_valid_for_longer_than_the_portal_makes_them_is_refused() {
+    let t = TestApp::spawn().await;
+    let access = t.approved_researcher("forever@uni.example.edu").await;
+    let links = t.download_links(&access).await;
+    let (name, link) = &links[0];
+    // What someone holding the signing key would make: a link for ten years.
+    let token = link.rsplit('/').nth(1).unwrap();
+    let [grant, file, ..] = token.split('.').collect::<Vec<_>>()[..] else { panic!("{token}") };
+    let ten_years = weightgate::types::now_ms() / 1000 + 10 * 365 * 86_400;
+    let forged = t.app.links.sign(grant, file, ten_years);
+    let response = t.client.get(t.url(&format!("/dl/{forged}/{name}"))).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "expiry_too_far");
+    // Links as the portal makes them are untouched.
+    assert_eq!(t.client.get(link).send().await.unwrap().status(), StatusCode::OK);
+}
+}

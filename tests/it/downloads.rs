@@ -136,7 +136,7 @@ async fn tampered_expired_and_foreign_links_are_refused_and_audited() {
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(body["error"], "malformed_link");
 
-    let foreign = t.app.links.sign(grant, "0123456789abcdef0123", i64::MAX / 2);
+    let foreign = t.app.links.sign(grant, "0123456789abcdef0123", weightgate::types::now_ms() / 1000 + 3600);
     let (status, body) = refusal(&t, &t.url(&format!("/dl/{foreign}/{name}"))).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(body["error"], "file_not_in_grant");
@@ -347,7 +347,7 @@ async fn a_fetch_whose_audit_event_cannot_be_written_sends_no_bytes() {
 
 /// Publishes a 32 MiB file as release r2, big enough that its transfer
 /// stays open while the test holds the response unread.
-async fn publish_big(t: &TestApp) -> Vec<u8> {
+pub(crate) async fn publish_big(t: &TestApp) -> Vec<u8> {
     let big = t.dir.path().join("big");
     std::fs::create_dir_all(&big).unwrap();
     let bytes: Vec<u8> = (0..32 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
