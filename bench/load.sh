@@ -270,7 +270,7 @@ for kind in share:
     latency = re.search(r"^LATENCY (.*)$", text, re.M).group(1)
     lines.append((kind, statuses[kind], errors, rps, latency))
 samples = [int(l.split()[1]) for l in open(f"{work}/rss") if len(l.split()) == 2 and l.split()[1].isdigit()]
-allowed = {"page": {200}, "fetch": {206}, "forged": {403}, "apply": {200, 429}}
+allowed = {"page": {200}, "fetch": {206}, "forged": {403, 429}, "apply": {200, 429}}
 unexpected = {k: {s: n for s, n in v.items() if s not in allowed[k]} for k, v in statuses.items()}
 unexpected = {k: v for k, v in unexpected.items() if v}
 third = max(1, len(samples) // 3)
@@ -290,7 +290,7 @@ print(f"- portal RSS (KiB), sampled every 5 s: start {samples[0]}, peak {max(sam
       f"peak of the last third of the run against the middle third: {growth:+.1%}")
 print(f"- audit events after the run: {events}; `weightgate audit verify`: {verify.strip().splitlines()[0]}")
 print(f"- lines mentioning an error in the portal's log: {portal_errors}")
-print(f"\n**{'PASS' if ok else 'FAIL'}**: only intended answers (200 pages, 206 fetches, 403 forged links, "
+print(f"\n**{'PASS' if ok else 'FAIL'}**: only intended answers (200 pages, 206 fetches, 403 or 429 forged links, "
       "200 or 429 applications), no socket errors, memory flat (< 25% growth late in the run), audit chain whole.")
 sys.exit(0 if ok else 1)
 PY

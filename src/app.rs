@@ -39,6 +39,8 @@ pub struct App {
     pub publisher: Publisher,
     /// Checks reviewers' passwords, a few at a time.
     pub passwords: crate::accounts::Passwords,
+    /// Refused fetches that name no grant, counted per client network.
+    pub refusals: Arc<crate::audit::refusals::RefusalTally>,
 }
 
 impl App {
@@ -67,8 +69,10 @@ impl App {
         let audit = AuditLog::start(db.clone());
         let mail = Mailer::new(&config)?;
         let passwords = crate::accounts::Passwords::new(config.password_checks);
+        let refusals = Arc::new(crate::audit::refusals::RefusalTally::new(config.refusal_window));
         Ok(Arc::new(Self {
             passwords,
+            refusals,
             config,
             db,
             storage,

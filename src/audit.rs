@@ -31,6 +31,7 @@ use crate::{
 };
 
 pub mod checkpoint;
+pub mod refusals;
 pub mod report;
 mod verify;
 
@@ -85,6 +86,9 @@ pub struct Event {
     pub range: Option<(u64, u64)>,
     pub bytes: Option<u64>,
     pub client: Client,
+    /// How many occurrences the event stands for, when it sums up many
+    /// alike (see [`refusals`]); `None` for one.
+    pub occurrences: Option<u64>,
 }
 
 impl Event {
@@ -103,6 +107,7 @@ impl Event {
             range: None,
             bytes: None,
             client: Client::default(),
+            occurrences: None,
         }
     }
 }
@@ -129,6 +134,9 @@ struct Canonical<'a> {
     user_agent: &'a Option<String>,
     request_id: &'a Option<String>,
     prev_hash: &'a str,
+    /// Left out when unset, so that events from before it keep their hashes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    occurrences: Option<i64>,
 }
 
 /// The chain hash of a stored event: SHA-256 over its canonical JSON encoding,
@@ -167,6 +175,7 @@ fn digest_at(r: &EventRow, seq: i64, buf: &mut Vec<u8>) -> [u8; 32] {
         user_agent: &r.user_agent,
         request_id: &r.request_id,
         prev_hash: &r.prev_hash,
+        occurrences: r.occurrences,
     };
     buf.clear();
     serde_json::to_writer(&mut *buf, &canonical).expect("an event always encodes");
@@ -233,6 +242,7 @@ fn chain(head: Option<(i64, String)>, at: i64, events: &[Event]) -> Vec<EventRow
             request_id: e.client.request_id.clone(),
             prev_hash: std::mem::take(&mut prev),
             hash: String::new(),
+            occurrences: e.occurrences.map(to_i64),
         };
         row.hash = hex::encode(digest_at(&row, seq, &mut buf));
         prev.clone_from(&row.hash);

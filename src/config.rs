@@ -231,6 +231,23 @@ pub struct Config {
     #[arg(long, env = "WEIGHTGATE_SESSION_IDLE", default_value = "8h", value_parser = humantime::parse_duration, global = true)]
     pub session_idle: Duration,
 
+    /// Refused fetches that name no grant (malformed links, bad signatures)
+    /// from one client address, as COUNT/DURATION; beyond it they are
+    /// answered 429 rather than 403.
+    #[arg(
+        long,
+        env = "WEIGHTGATE_LIMIT_BAD_LINKS_PER_ADDRESS",
+        default_value = "60/1min",
+        global = true
+    )]
+    pub limit_bad_links_per_address: Rate,
+
+    /// How long refused fetches that name no grant are counted per client
+    /// network before one event sums them up (the first of each window is
+    /// written at once).
+    #[arg(long, env = "WEIGHTGATE_REFUSAL_WINDOW", default_value = "1min", value_parser = humantime::parse_duration, global = true)]
+    pub refusal_window: Duration,
+
     /// Load balancers or reverse proxies in front of the portal, as a
     /// comma-separated list of addresses or networks, e.g.
     /// `10.0.0.0/8,192.0.2.10`. For requests arriving from them the client's
@@ -303,6 +320,11 @@ impl Config {
             limit_signin_per_address: default_rate(30),
             limit_links_per_grant: default_rate(120),
             limit_links_per_address: default_rate(600),
+            limit_bad_links_per_address: Rate {
+                burst: std::num::NonZeroU32::new(60).expect("not zero"),
+                per: Duration::from_secs(60),
+            },
+            refusal_window: Duration::from_secs(60),
             password_checks: 4,
             session_idle: Duration::from_secs(8 * 3600),
             trusted_proxies: TrustedProxies::default(),
@@ -412,6 +434,8 @@ impl fmt::Debug for Config {
             .field("limit_signin_per_address", &self.limit_signin_per_address)
             .field("limit_links_per_grant", &self.limit_links_per_grant)
             .field("limit_links_per_address", &self.limit_links_per_address)
+            .field("limit_bad_links_per_address", &self.limit_bad_links_per_address)
+            .field("refusal_window", &self.refusal_window)
             .field("password_checks", &self.password_checks)
             .field("session_idle", &self.session_idle)
             .field("trusted_proxies", &self.trusted_proxies)

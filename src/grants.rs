@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 
 use crate::{
     app::App,
-    audit::{AuditLog, Client, Event, Guarded, Now, Outcome},
+    audit::{AuditLog, Client, Event, Guarded, Now, Outcome, refusals::Tallied},
     config::DeliveryMode,
     db::{
         self,
@@ -260,6 +260,9 @@ pub const REDIRECT_TTL: std::time::Duration = std::time::Duration::from_secs(120
 pub enum DownloadError {
     #[error("{}", .0.message())]
     Refused(Refusal),
+    /// Refused, and the link names no grant of this portal at all.
+    #[error("{}", .0.message())]
+    NoGrant(Refusal),
     #[error("the requested range is outside the file")]
     RangeNotSatisfiable { size: u64 },
     #[error(transparent)]
@@ -452,23 +455,42 @@ enum Opened {
 /// The audit code of a refusal found before the writer's checks.
 fn reason_of(err: &DownloadError) -> &'static str {
     match err {
-        DownloadError::Refused(refusal) => refusal.code(),
+        DownloadError::Refused(refusal) | DownloadError::NoGrant(refusal) => refusal.code(),
         DownloadError::RangeNotSatisfiable { .. } => "range_not_satisfiable",
         DownloadError::Internal(_) => "internal",
     }
 }
 
 /// Audits a fetch refused before its grant was looked at, and hands back the
-/// error to answer with.
+/// error to answer with. A refusal that names no grant of this portal
+/// (a malformed link, a bad signature) is counted per client network; only
+/// the first of each window gets an event of its own (see
+/// [`crate::audit::refusals`]).
 async fn refuse(app: &App, mut event: Event, refusal: Refusal, file_name: &str) -> DownloadError {
     event.outcome = Outcome::Refused;
     event.reason = Some(refusal.code().to_owned());
     describe(&mut event, None, None, file_name);
+    if refusal.names_no_grant() {
+        let network = event
+            .client
+            .ip
+            .as_deref()
+            .and_then(|ip| ip.parse().ok())
+            .map_or_else(|| "unknown".to_owned(), crate::proxies::network_key);
+        if app.refusals.note(&network, &event) == Tallied::Counted {
+            count_fetch(&event, std::time::Instant::now());
+            return DownloadError::NoGrant(refusal);
+        }
+    }
     let started = std::time::Instant::now();
     match app.audit.record(event.clone()).await {
         Ok(_) => {
             count_fetch(&event, started);
-            DownloadError::Refused(refusal)
+            if refusal.names_no_grant() {
+                DownloadError::NoGrant(refusal)
+            } else {
+                DownloadError::Refused(refusal)
+            }
         }
         Err(err) => DownloadError::Internal(err),
     }

@@ -107,6 +107,8 @@ pub struct RateLimits {
     pub links_per_grant: Limit,
     /// Pages and manifests with freshly signed links from one client address.
     pub links_per_address: Limit,
+    /// Refused fetches that name no grant from one client address.
+    pub bad_links_per_address: Limit,
 }
 
 impl RateLimits {
@@ -136,6 +138,11 @@ impl RateLimits {
                 "links_per_address",
                 "Fresh links were asked for too often from your address",
                 config.limit_links_per_address,
+            ),
+            bad_links_per_address: Limit::new(
+                "bad_links_per_address",
+                "Too many invalid download links were sent from your address",
+                config.limit_bad_links_per_address,
             ),
         }
     }

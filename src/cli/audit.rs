@@ -247,6 +247,7 @@ const EVENT_FIELDS: &[&str] = &[
     "request_id",
     "prev_hash",
     "hash",
+    "occurrences",
 ];
 
 const EVENT_TABLE: &[&str] = &[
@@ -285,7 +286,10 @@ fn event_cells(format: Format, e: &EventRow) -> Vec<String> {
             e.seq.to_string(),
             format_ms(e.at),
             e.action.clone(),
-            e.outcome.clone(),
+            match e.occurrences {
+                Some(n) => format!("{} ×{n}", e.outcome),
+                None => e.outcome.clone(),
+            },
             text(&e.reason),
             text(&e.actor),
             text(&e.subject),
@@ -320,6 +324,7 @@ fn event_cells(format: Format, e: &EventRow) -> Vec<String> {
             text(&e.request_id),
             e.prev_hash.clone(),
             e.hash.clone(),
+            int(e.occurrences),
         ],
     }
 }
@@ -331,12 +336,16 @@ fn event_line(e: &EventRow) -> String {
 }
 
 fn event_text(e: &EventRow) -> String {
+    let outcome = match e.occurrences {
+        Some(n) => format!("{} ×{n}", e.outcome),
+        None => e.outcome.clone(),
+    };
     let mut line = format!(
         "{}  {:>8}  {:<22} {:<8}",
         format_ms(e.at),
         e.seq,
         e.action,
-        e.outcome
+        outcome
     );
     for part in [&e.reason, &e.subject, &e.client_ip].into_iter().flatten() {
         line.push_str("  ");
@@ -794,6 +803,7 @@ mod tests {
             request_id: None,
             prev_hash: "p".into(),
             hash: "h".into(),
+            occurrences: None,
         };
         for format in [Format::Table, Format::Csv] {
             assert_eq!(event_cells(format, &e).len(), event_headers(format).len());

@@ -35,19 +35,23 @@ pub struct EventRow {
     pub request_id: Option<String>,
     pub prev_hash: String,
     pub hash: String,
+    /// How many occurrences the event stands for, when it sums up many
+    /// alike; `None` for one.
+    pub occurrences: Option<i64>,
 }
 
 /// The columns of an event, in the order every query here names them.
 pub(super) const INSERT_COLUMNS: &str = COLUMNS;
 
 const COLUMNS: &str = "seq, at, action, outcome, reason, actor, subject, model_id, application_id, grant_id,
-    researcher_id, file_id, range_start, range_end, bytes, client_ip, user_agent, request_id, prev_hash, hash";
+    researcher_id, file_id, range_start, range_end, bytes, client_ip, user_agent, request_id, prev_hash, hash,
+    occurrences";
 
 pub async fn insert(tx: &mut Tx, r: &EventRow) -> sqlx::Result<()> {
     insert_many(tx, std::slice::from_ref(r)).await
 }
 
-/// Most events one `INSERT` statement takes: 20 values each, well inside
+/// Most events one `INSERT` statement takes: 21 values each, well inside
 /// both databases' limits on bound parameters.
 const INSERT_ROWS: usize = 500;
 
@@ -57,7 +61,7 @@ pub async fn insert_many(conn: &mut AnyConnection, rows: &[EventRow]) -> sqlx::R
         let mut sql = format!("INSERT INTO audit_events ({COLUMNS}) VALUES ");
         for i in 0..chunk.len() {
             sql.push_str(if i == 0 { "(" } else { ", (" });
-            sql.push_str(&super::placeholders(conn, i * 20 + 1, 20));
+            sql.push_str(&super::placeholders(conn, i * 21 + 1, 21));
             sql.push(')');
         }
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
@@ -82,7 +86,8 @@ pub async fn insert_many(conn: &mut AnyConnection, rows: &[EventRow]) -> sqlx::R
                 .bind(&r.user_agent)
                 .bind(&r.request_id)
                 .bind(&r.prev_hash)
-                .bind(&r.hash);
+                .bind(&r.hash)
+                .bind(r.occurrences);
         }
         query.execute(&mut *conn).await?;
     }
@@ -338,6 +343,7 @@ fn read_sqlite_pages(
                 request_id: None,
                 prev_hash: String::new(),
                 hash: String::new(),
+                occurrences: None,
             });
         }
         let r = &mut page[filled];
@@ -365,6 +371,7 @@ fn read_sqlite_pages(
         set_optional_text(&mut r.request_id, row, 17)?;
         set_text(&mut r.prev_hash, row, 18)?;
         set_text(&mut r.hash, row, 19)?;
+        r.occurrences = row.get(20)?;
         filled += 1;
         if filled == size {
             page.truncate(filled);
@@ -789,11 +796,11 @@ pub async fn refusals_by_address<'c>(
     at_least: i64,
 ) -> sqlx::Result<Vec<AddressActivity>> {
     sqlx::query_as(
-        "SELECT client_ip, COUNT(*) AS count, MIN(at) AS first_at, MAX(at) AS last_at
+        "SELECT client_ip, CAST(SUM(COALESCE(occurrences, 1)) AS BIGINT) AS count, MIN(at) AS first_at, MAX(at) AS last_at
          FROM audit_events
          WHERE action = $1 AND outcome = 'refused' AND reason = $2 AND at >= $3 AND client_ip IS NOT NULL
          GROUP BY client_ip
-         HAVING COUNT(*) >= $4
+         HAVING SUM(COALESCE(occurrences, 1)) >= $4
          ORDER BY count DESC, client_ip",
     )
     .bind(action)

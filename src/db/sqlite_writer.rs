@@ -149,7 +149,7 @@ fn current_grants(conn: &Connection, ids: &[&str], open_since: i64) -> rusqlite:
 pub fn insert_events(conn: &Connection, rows: &[EventRow]) -> rusqlite::Result<()> {
     let mut statement = conn.prepare_cached(&format!(
         "INSERT INTO audit_events ({INSERT_COLUMNS}) VALUES ({})",
-        vec!["?"; 20].join(", ")
+        vec!["?"; 21].join(", ")
     ))?;
     for r in rows {
         statement.execute(rusqlite::params![
@@ -173,6 +173,7 @@ pub fn insert_events(conn: &Connection, rows: &[EventRow]) -> rusqlite::Result<(
             r.request_id,
             r.prev_hash,
             r.hash,
+            r.occurrences,
         ])?;
     }
     Ok(())

@@ -7,8 +7,8 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use super::{AppState, ClientInfo, Error, extract::Path};
-use crate::grants::{self, Delivery};
+use super::{AppState, ClientInfo, Error, address_key, extract::Path, limited};
+use crate::grants::{self, Delivery, DownloadError};
 
 pub async fn fetch(
     State(state): State<AppState>,
@@ -20,7 +20,18 @@ pub async fn fetch(
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let head = method == Method::HEAD;
     let if_range = headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok());
-    let download = grants::open_download(&state.app, &token, &name, range, if_range, head, client).await?;
+    let key = address_key(&client);
+    let download = match grants::open_download(&state.app, &token, &name, range, if_range, head, client).await
+    {
+        Ok(download) => download,
+        // Invalid links are cheap to send: past a limit per address they
+        // are answered 429, so a flood of them slows its sender.
+        Err(err @ DownloadError::NoGrant(_)) => {
+            limited(&state.limits.bad_links_per_address, &key)?;
+            return Err(err.into());
+        }
+        Err(err) => return Err(err.into()),
+    };
     let size = u64::try_from(download.file.size).unwrap_or(0);
     let body = match download.body {
         Delivery::Proxy(stream) => Body::from_stream(stream),

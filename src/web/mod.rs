@@ -298,6 +298,7 @@ pub async fn serve(
         app.db.clone(),
         app.config.audit_checkpoint_every,
     ));
+    let refusals = tokio::spawn(app.refusals.clone().run(app.audit.clone()));
     let limits = server::Limits::from_config(&app.config);
     tracing::info!(
         max_connections = limits.max_connections,
@@ -311,6 +312,8 @@ pub async fn serve(
     refresh.abort();
     checkpoints.abort();
     notices.abort();
+    refusals.abort();
+    app.refusals.flush(&app.audit).await;
     // Transfers that ended queued their `file.delivered` events without
     // waiting; the stop event is written after them, so once it is durable
     // they are too.

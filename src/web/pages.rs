@@ -481,7 +481,10 @@ impl From<&db::audit::EventRow> for EventRowView {
             seq: e.seq,
             when: format_ms(e.at),
             action: e.action.clone(),
-            outcome: e.outcome.clone(),
+            outcome: match e.occurrences {
+                Some(n) => format!("{} ×{n}", e.outcome),
+                None => e.outcome.clone(),
+            },
             reason: opt(&e.reason),
             actor: opt(&e.actor),
             subject: opt(&e.subject),

@@ -732,3 +732,81 @@ async fn a_link_valid_for_longer_than_the_portal_makes_them_is_refused() {
     assert_eq!(t.client.get(link).send().await.unwrap().status(), StatusCode::OK);
 }
 }
+
+both! {
+async fn a_flood_of_made_up_links_writes_a_few_events_not_one_each() {
+    let t = TestApp::spawn_with(|c| {
+        // The window ends when the test says (below), not by the clock.
+        c.refusal_window = std::time::Duration::from_secs(3600);
+        c.limit_bad_links_per_address = "50/1h".parse().unwrap();
+        c.trusted_proxies = "127.0.0.1".parse().unwrap();
+    })
+    .await;
+    let access = t.approved_researcher("flood@uni.example.edu").await;
+    let links = t.download_links(&access).await;
+    let before = t.audit_events().await.len();
+    // One address sends 300 links that name no grant: made up, or altered.
+    let (name, link) = &links[0];
+    let token = link.rsplit('/').nth(1).unwrap();
+    let altered = token.replacen(&token[token.len() - 3..], "AAA", 1);
+    let mut statuses = std::collections::BTreeMap::new();
+    for n in 0..300 {
+        let url = if n % 2 == 0 {
+            t.url(&format!("/dl/made-up-{n}/{name}"))
+        } else {
+            t.url(&format!("/dl/{altered}/{name}"))
+        };
+        let status = t.client.get(url).send().await.unwrap().status();
+        *statuses.entry(status.as_u16()).or_insert(0) += 1;
+    }
+    assert_eq!(statuses.get(&403), Some(&50), "{statuses:?}");
+    assert_eq!(statuses.get(&429), Some(&250), "{statuses:?}");
+    // Refusals that name a real grant keep an event each.
+    for _ in 0..3 {
+        let other = link.replacen(name.as_str(), "not-this-file.bin", 1);
+        assert_eq!(t.client.get(other).send().await.unwrap().status(), StatusCode::FORBIDDEN);
+    }
+    // Many networks, one bad link each: past a hundred they share a tally.
+    for n in 0..150 {
+        let response = forwarded_client_for(&format!("198.51.{}.{}", n / 200, n % 200))
+            .get(t.url(&format!("/dl/made-up/{name}")))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        assert_eq!(status, StatusCode::FORBIDDEN, "{n}: {}", response.text().await.unwrap());
+    }
+    t.app.refusals.flush(&t.app.audit).await;
+    let events = t.audit_events().await;
+    let written: Vec<_> = events[before..].iter().filter(|e| e.action == "file.fetch").collect();
+    let mine: Vec<_> = written
+        .iter()
+        .filter(|e| e.client_ip.as_deref() == Some("127.0.0.1") && e.grant_id.is_none())
+        .collect();
+    // The first of each reason at once, then one summary each.
+    assert_eq!(mine.len(), 4, "{mine:#?}");
+    let counted: i64 = mine.iter().map(|e| e.occurrences.unwrap_or(1)).sum();
+    assert_eq!(counted, 300);
+    let named = written.iter().filter(|e| e.reason.as_deref() == Some("malformed_link") && e.grant_id.is_some()).count();
+    assert_eq!(named, 3, "each refusal naming a grant is its own event");
+    let networks = written.iter().filter(|e| e.client_ip.as_deref().is_some_and(|ip| ip.starts_with("198.51."))).count();
+    let others: Vec<_> = written.iter().filter(|e| e.client_ip.as_deref() == Some("other networks")).collect();
+    assert!(networks + others.len() <= weightgate::audit::refusals::MAX_NETWORKS + 2, "{networks} + {}", others.len());
+    let all_counted: i64 = written
+        .iter()
+        .filter(|e| e.client_ip.as_deref().is_some_and(|ip| ip.starts_with("198.51.") || ip == "other networks"))
+        .map(|e| e.occurrences.unwrap_or(1))
+        .sum();
+    assert_eq!(all_counted, 150);
+    // The operator's report still sees every one of them.
+    let (ok, out, err) = weightgate(&t, &["audit", "anomalies", "--format", "jsonl"], None);
+    assert!(ok, "{err}");
+    assert!(out.lines().any(|l| l.contains("127.0.0.1") && l.contains("\"count\":150")), "{out}");
+    assert!(weightgate::audit::verify_chain(&t.app.db).await.unwrap().is_intact());
+}
+}
+
+fn forwarded_client_for(address: &str) -> reqwest::Client {
+    crate::hostile::forwarded_client(address)
+}
+

@@ -54,7 +54,7 @@ pub(crate) async fn sign_in_as(
     (status, retry)
 }
 
-async fn set_policy(t: &TestApp, approvals: i64, domains: &str) {
+pub(crate) async fn set_policy(t: &TestApp, approvals: i64, domains: &str) {
     policy::set(
         &t.app,
         MODEL,
