@@ -118,7 +118,7 @@ function request()
   n = n + 1
   -- An address and an account of its own for every attempt.
   local k = id * 1000000 + n
-  local ip = string.format("10.%d.%d.%d", (k // 65536) % 256, (k // 256) % 256, k % 256)
+  local ip = string.format("10.%d.%d.%d", math.floor(k / 65536) % 256, math.floor(k / 256) % 256, k % 256)
   local body = "authenticity_token=" .. token .. "&email=nobody" .. k .. "%40lab.example.org&password=wrong+password+" .. n
   return wrk.format("POST", "/admin/login", { ["Content-Type"] = "application/x-www-form-urlencoded",
     ["Cookie"] = cookie, ["X-Forwarded-For"] = ip }, body)

@@ -16,9 +16,11 @@ use crate::{
         self,
         grants::{GrantNow, GrantView},
         models::{File, FileInModel, Release},
+        reviewers::Reviewer,
     },
     links::Refusal,
     mail,
+    reviews::{Approval, MAX_EXTENSION_DAYS},
     storage::ByteStream,
     types::{hash_token, now_ms},
 };
@@ -131,8 +133,10 @@ pub enum GrantError {
     AlreadyRevoked,
     #[error("a revocation needs a reason (at most 2000 characters)")]
     ReasonRequired,
-    #[error("an extension is 1 to {} days", crate::reviews::MAX_GRANT_DAYS)]
+    #[error("an extension adds 1 to {MAX_EXTENSION_DAYS} days")]
     BadExtension,
+    #[error("this grant has ended: the researcher may apply again, or an admin may override the policy")]
+    Ended,
 }
 
 /// Revokes a grant: its links stop working at the next fetch, and the
@@ -181,22 +185,71 @@ pub async fn revoke(
         .ok_or(GrantError::NotFound)?)
 }
 
-/// Extends a grant by `days` from its current end (or from now, when it has
-/// already ended); the researcher is told the new date.
+/// Who extends a grant, and on what authority.
+#[derive(Clone, Copy, Debug)]
+pub enum ExtendBy<'a> {
+    /// A reviewer of the grant's model, under the model's approval policy:
+    /// when it needs more than one approval, the extension is a renewal that
+    /// waits for the others.
+    Reviewer(&'a Reviewer),
+    /// An admin, or the operator at the command line, overriding the
+    /// policy (audited as such); may extend a grant that has ended.
+    Override { actor: &'a str },
+}
+
+/// What an extension did.
+#[derive(Debug)]
+pub enum Extension {
+    /// The grant now lasts until this time.
+    Extended { until: i64 },
+    /// A renewal of the grant is with the reviewers, with this approval.
+    Proposed { renewal_id: String, approval: Approval },
+}
+
+/// Extends a grant by `days` (at most [`MAX_EXTENSION_DAYS`]) from its
+/// current end, or from now for an ended grant under an override. A
+/// reviewer's extension follows the model's approval policy: alone under a
+/// one-approval policy, otherwise as a renewal the other reviewers approve.
+/// The researcher is told the new date.
 pub async fn extend(
     app: &App,
     grant_id: &str,
     days: u64,
-    actor: &str,
+    by: ExtendBy<'_>,
     client: Client,
-) -> anyhow::Result<GrantView> {
-    if !(1..=crate::reviews::MAX_GRANT_DAYS).contains(&days) {
+) -> anyhow::Result<Extension> {
+    if !(1..=MAX_EXTENSION_DAYS).contains(&days) {
         return Err(GrantError::BadExtension.into());
     }
     let grant = db::grants::find_view(app.db.pool(), grant_id)
         .await?
         .ok_or(GrantError::NotFound)?;
     let now = now_ms();
+    let (actor, authority) = match by {
+        ExtendBy::Reviewer(reviewer) => {
+            match GrantState::of(&grant, now) {
+                GrantState::Active => {}
+                GrantState::Revoked => return Err(GrantError::AlreadyRevoked.into()),
+                GrantState::Expired => return Err(GrantError::Ended.into()),
+            }
+            let needed = db::policy::find(app.db.pool(), &grant.model_id)
+                .await?
+                .map_or(1, |p| p.approvals_needed);
+            if needed > 1 {
+                let (renewal_id, approval) =
+                    crate::renewals::propose(app, reviewer, &grant, days, client).await?;
+                return Ok(match approval {
+                    Approval::Granted { expires_at, .. } => Extension::Extended { until: expires_at },
+                    recorded => Extension::Proposed {
+                        renewal_id,
+                        approval: recorded,
+                    },
+                });
+            }
+            (reviewer.email.as_str(), String::new())
+        }
+        ExtendBy::Override { actor } => (actor, "; an override of the model's approval policy".to_owned()),
+    };
     let from = grant.expires_at.max(now);
     let until = from.saturating_add(i64::try_from(days).unwrap_or(0).saturating_mul(86_400_000));
     let mut tx = app.db.begin().await?;
@@ -217,7 +270,10 @@ pub async fn extend(
     .await?;
     let mut event = Event::new("grant.extended", Outcome::Ok);
     event.actor = Some(actor.to_owned());
-    event.reason = Some(format!("until {} ({days} days)", crate::types::format_ms(until)));
+    event.reason = Some(format!(
+        "until {} ({days} days{authority})",
+        crate::types::format_ms(until)
+    ));
     event.subject = Some(grant.email.clone());
     event.grant_id = Some(grant.id.clone());
     event.researcher_id = Some(grant.researcher_id.clone());
@@ -226,9 +282,7 @@ pub async fn extend(
     crate::audit::append(&mut tx, app.db.backend(), &[event]).await?;
     tx.commit().await?;
     app.mail.wake();
-    Ok(db::grants::find_view(app.db.pool(), grant_id)
-        .await?
-        .ok_or(GrantError::NotFound)?)
+    Ok(Extension::Extended { until })
 }
 
 /// A download that passed every check and whose audit event is durable.

@@ -8,7 +8,7 @@ use crate::{
     app::App,
     applications::{MAX_INTENDED_USE, text},
     audit::{self, Client, Event, Outcome},
-    db::{self, applications::ApplicationView, reviewers::Reviewer},
+    db::{self, applications::ApplicationView, grants::GrantView, reviewers::Reviewer},
     grants::GrantState,
     mail,
     researchers::{self, Researcher, ResearcherError},
@@ -36,6 +36,19 @@ pub async fn request(
     } else {
         Some(text(note, MAX_INTENDED_USE, "Your note").map_err(ResearcherError::Invalid)?)
     };
+    insert_renewal(app, &grant, &researcher.email, note, client).await
+}
+
+/// Sends a renewal of `grant` to the reviewers, asked for by `actor` (the
+/// researcher, or a reviewer proposing an extension); `note` opens its
+/// thread. Returns the renewal's id.
+async fn insert_renewal(
+    app: &App,
+    grant: &GrantView,
+    actor: &str,
+    note: Option<String>,
+    client: Client,
+) -> anyhow::Result<String> {
     let original = db::applications::find_view(app.db.pool(), &grant.application_id)
         .await?
         .ok_or(ResearcherError::NotFound)?;
@@ -59,7 +72,7 @@ pub async fn request(
         &db::applications::NewApplication {
             id: &id,
             model_id: &grant.model_id,
-            researcher_id: &researcher.id,
+            researcher_id: &grant.researcher_id,
             name: &original.name,
             affiliation: &original.affiliation,
             intended_use: &original.intended_use,
@@ -75,14 +88,15 @@ pub async fn request(
         },
     )
     .await?;
+    let by_researcher = actor == grant.email;
     if let Some(note) = note {
         db::applications::insert_message(
             &mut tx,
             &db::applications::Message {
                 id: new_id(),
                 application_id: id.clone(),
-                author_kind: "researcher".into(),
-                author_email: researcher.email.clone(),
+                author_kind: if by_researcher { "researcher" } else { "reviewer" }.into(),
+                author_email: actor.to_owned(),
                 body: note,
                 created_at: now,
             },
@@ -90,58 +104,47 @@ pub async fn request(
         .await?;
     }
     let mut event = Event::new("application.renewal_requested", Outcome::Ok);
-    event.actor = Some(researcher.email.clone());
-    event.subject = Some(researcher.email.clone());
+    event.actor = Some(actor.to_owned());
+    event.subject = Some(grant.email.clone());
     event.model_id = Some(grant.model_id.clone());
     event.application_id = Some(id.clone());
     event.grant_id = Some(grant.id.clone());
-    event.researcher_id = Some(researcher.id.clone());
+    event.researcher_id = Some(grant.researcher_id.clone());
     event.client = client;
     audit::append(&mut tx, app.db.backend(), &[event]).await?;
     tx.commit().await?;
     Ok(id)
 }
 
-/// Approves a pending renewal: the grant it names lasts `ttl` longer, counted
+/// Extends the grant a renewal names, inside the transaction of the approval
+/// that completed the model's policy: the grant lasts `ttl` longer, counted
 /// from its current expiry (or from now, should it have lapsed meanwhile).
-pub async fn approve(
+#[expect(clippy::too_many_arguments)]
+pub async fn extend_on_approval(
     app: &App,
-    reviewer: &Reviewer,
+    tx: &mut db::Tx,
     view: &ApplicationView,
     ttl: Duration,
-    client: Client,
+    actor: &str,
+    client: &Client,
+    approved: Event,
+    now: i64,
 ) -> anyhow::Result<Approval> {
     let grant_id = view.grant_id.as_deref().ok_or(ReviewError::NotFound)?;
-    let grant = db::grants::find_view(app.db.pool(), grant_id)
+    let grant = db::grants::find_view(&mut **tx, grant_id)
         .await?
         .ok_or(ReviewError::NotFound)?;
-    let now = now_ms();
     let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
     let expires_at = grant.expires_at.max(now).saturating_add(ttl_ms);
-    let mut tx = app.db.begin().await?;
-    if !db::applications::mark_decided(&mut tx, &view.id, "approved", now).await? {
+    if !db::applications::mark_decided(tx, &view.id, "approved", now).await? {
         return Err(ReviewError::NotPending("already decided".into()).into());
     }
-    if !db::grants::extend(&mut tx, &grant.id, expires_at).await? {
+    if !db::grants::extend(tx, &grant.id, expires_at).await? {
         return Err(ReviewError::NotPending("its grant was revoked".into()).into());
     }
-    db::applications::insert_review(
-        &mut tx,
-        &db::applications::NewReview {
-            id: &new_id(),
-            application_id: &view.id,
-            reviewer_id: &reviewer.id,
-            decision: "approve",
-            reason: None,
-            grant_days: None,
-            note: None,
-            created_at: now,
-        },
-    )
-    .await?;
     let my_access = app.url("/me/access");
     mail::enqueue(
-        &mut tx,
+        tx,
         &view.email,
         &format!("Your access to {} is extended", view.model_title),
         &format!(
@@ -154,23 +157,44 @@ pub async fn approve(
         ),
     )
     .await?;
-    let mut approved = Event::new("review.approved", Outcome::Ok);
-    approved.actor = Some(reviewer.email.clone());
-    approved.subject = Some(view.email.clone());
-    approved.model_id = Some(view.model_id.clone());
-    approved.application_id = Some(view.id.clone());
-    approved.researcher_id = Some(view.researcher_id.clone());
-    approved.client = client;
-    let mut extended = approved.clone();
-    extended.action = "grant.extended";
+    let mut extended = Event::new("grant.extended", Outcome::Ok);
+    extended.actor = Some(actor.to_owned());
+    extended.subject = Some(view.email.clone());
+    extended.model_id = Some(view.model_id.clone());
+    extended.application_id = Some(view.id.clone());
+    extended.researcher_id = Some(view.researcher_id.clone());
     extended.grant_id = Some(grant.id.clone());
     extended.reason = Some(format!("until {}", format_ms(expires_at)));
-    audit::append(&mut tx, app.db.backend(), &[approved, extended]).await?;
-    tx.commit().await?;
-    app.mail.wake();
+    extended.client = client.clone();
+    audit::append(tx, app.db.backend(), &[approved, extended]).await?;
     Ok(Approval::Granted {
         grant_id: grant.id,
         access_url: my_access,
         expires_at,
     })
+}
+
+/// A reviewer's extension of a grant under a model that needs more than one
+/// approval: a renewal of the grant, with this reviewer's approval of `days`
+/// as its first (or, when a renewal is already open, one more approval of
+/// it). The grant is extended once the policy has its approvals.
+pub async fn propose(
+    app: &App,
+    reviewer: &Reviewer,
+    grant: &GrantView,
+    days: u64,
+    client: Client,
+) -> anyhow::Result<(String, Approval)> {
+    let renewal = match db::applications::open_renewal(app.db.pool(), &grant.id).await? {
+        Some(open) => open,
+        None => {
+            let note = format!(
+                "{} proposed extending this grant by {days} days; it needs the approvals the model's policy asks for.",
+                reviewer.email
+            );
+            insert_renewal(app, grant, &reviewer.email, Some(note), client.clone()).await?
+        }
+    };
+    let approval = crate::reviews::approve(app, reviewer, &renewal, Some(days), None, client).await?;
+    Ok((renewal, approval))
 }

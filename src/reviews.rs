@@ -22,6 +22,8 @@ use crate::{
 pub const MAX_REASON: usize = 2000;
 /// The longest grant a reviewer may give in one decision.
 pub const MAX_GRANT_DAYS: u64 = 3650;
+/// The most days one extension or renewal adds to a grant.
+pub const MAX_EXTENSION_DAYS: u64 = 365;
 /// The most applications one bulk decision takes.
 pub const MAX_BULK: usize = 200;
 /// Who the audit log names for decisions taken by a model's rules.
@@ -39,6 +41,8 @@ pub enum ReviewError {
     NoteTooLong,
     #[error("a grant lasts 1 to {MAX_GRANT_DAYS} days")]
     BadDuration,
+    #[error("an extension adds 1 to {MAX_EXTENSION_DAYS} days")]
+    BadExtension,
     #[error("you are not a reviewer of this model")]
     NotAssigned,
     #[error("you already approved this application; it needs another reviewer's approval")]
@@ -115,6 +119,17 @@ fn grant_ttl(app: &App, days: Option<u64>) -> Result<Duration, ReviewError> {
     }
 }
 
+/// How long an extension or a renewal adds: the days chosen, or the default
+/// grant length, never more than [`MAX_EXTENSION_DAYS`].
+pub fn extension_ttl(app: &App, days: Option<u64>) -> Result<Duration, ReviewError> {
+    let most = Duration::from_secs(MAX_EXTENSION_DAYS * 86_400);
+    match days {
+        Some(d) if (1..=MAX_EXTENSION_DAYS).contains(&d) => Ok(Duration::from_secs(d * 86_400)),
+        Some(_) => Err(ReviewError::BadExtension),
+        None => Ok(app.config.grant_ttl.min(most)),
+    }
+}
+
 fn checked_note(note: Option<&str>) -> Result<Option<&str>, ReviewError> {
     match note.map(str::trim) {
         Some("") | None => Ok(None),
@@ -126,7 +141,8 @@ fn checked_note(note: Option<&str>) -> Result<Option<&str>, ReviewError> {
 /// Approves a pending application as `reviewer`. The grant is created once
 /// the model's policy has its approvals from distinct reviewers (until then
 /// the approval is recorded); it lasts the shortest of the durations the
-/// approving reviewers chose (the configured default when none did).
+/// approving reviewers chose (the configured default when none did). A
+/// renewal follows the same policy, and extends the grant it names instead.
 pub async fn approve(
     app: &App,
     reviewer: &Reviewer,
@@ -135,13 +151,18 @@ pub async fn approve(
     note: Option<&str>,
     client: Client,
 ) -> anyhow::Result<Approval> {
-    let ttl = grant_ttl(app, days)?;
-    let note = checked_note(note)?;
     let view = decidable(app, reviewer, application_id).await?;
     // A renewal extends the grant it names rather than making a second one.
-    if view.kind == "renewal" {
-        return crate::renewals::approve(app, reviewer, &view, ttl, client).await;
-    }
+    let renewal = view.kind == "renewal";
+    let ttl_of = |days: Option<u64>| {
+        if renewal {
+            extension_ttl(app, days)
+        } else {
+            grant_ttl(app, days)
+        }
+    };
+    let ttl = ttl_of(days)?;
+    let note = checked_note(note)?;
     let policy = policy_of(app, &view.model_id).await?;
     let needed = usize::try_from(policy.approvals_needed.max(1)).unwrap_or(1);
     let now = now_ms();
@@ -187,9 +208,25 @@ pub async fn approve(
     // The grant lasts no longer than any approving reviewer agreed to, and
     // carries every reviewer's note.
     let ttl = match approvals.iter().filter_map(|a| a.grant_days).min() {
-        Some(d) => grant_ttl(app, u64::try_from(d).ok())?,
+        Some(d) => ttl_of(u64::try_from(d).ok())?,
         None => ttl,
     };
+    if renewal {
+        let extended = crate::renewals::extend_on_approval(
+            app,
+            &mut tx,
+            &view,
+            ttl,
+            &reviewer.email,
+            &client,
+            approved,
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        app.mail.wake();
+        return Ok(extended);
+    }
     let notes: Vec<&str> = approvals.iter().filter_map(|a| a.note.as_deref()).collect();
     let note = (!notes.is_empty()).then(|| notes.join("\n\n"));
     let granted = grant(

@@ -627,14 +627,24 @@ async fn grant(app: Arc<App>, cmd: GrantCommand) -> anyhow::Result<()> {
             );
         }
         GrantCommand::Extend { id, days } => {
-            let grant = grants::extend(&app, &id, days, &operator(), Client::default()).await?;
-            println!(
-                "grant {} of {} for {} now ends {} UTC",
-                grant.id,
-                grant.email,
-                grant.model_slug,
-                format_ms(grant.expires_at)
-            );
+            // The operator holds the database: an extension from here is an
+            // override of the model's approval policy, and logged as one.
+            let actor = operator();
+            let by = grants::ExtendBy::Override { actor: &actor };
+            if let grants::Extension::Extended { until } =
+                grants::extend(&app, &id, days, by, Client::default()).await?
+            {
+                let grant = db::grants::find_view(app.db.pool(), &id)
+                    .await?
+                    .context("the grant vanished while it was extended")?;
+                println!(
+                    "grant {} of {} for {} now ends {} UTC",
+                    grant.id,
+                    grant.email,
+                    grant.model_slug,
+                    format_ms(until)
+                );
+            }
         }
         GrantCommand::Revoke { id, reason } => {
             let grant = grants::revoke(&app, &id, &reason, &operator(), Client::default()).await?;

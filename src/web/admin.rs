@@ -762,6 +762,9 @@ pub struct ExtendForm {
     authenticity_token: String,
     #[serde(default)]
     days: String,
+    /// An admin's override of the model's approval policy.
+    #[serde(default, rename = "override")]
+    override_policy: String,
 }
 
 pub async fn extend(
@@ -775,8 +778,26 @@ pub async fn extend(
     check_csrf(&token, &form.authenticity_token)?;
     manageable_grant(&state.app, &reviewer, &id).await?;
     let days = grant_days(&form.days)?.ok_or_else(|| Error::BadRequest("say by how many days".into()))?;
-    grants::extend(&state.app, &id, days, &reviewer.email, client).await?;
-    Ok(Redirect::to(&format!("/admin/grants/{id}")).into_response())
+    let by = if form.override_policy.is_empty() {
+        grants::ExtendBy::Reviewer(&reviewer)
+    } else if reviewer.is_admin() {
+        grants::ExtendBy::Override {
+            actor: &reviewer.email,
+        }
+    } else {
+        return Err(Error::Forbidden {
+            code: "admins_only",
+            message: "Only admins can override a model's approval policy.".into(),
+        });
+    };
+    match grants::extend(&state.app, &id, days, by, client).await? {
+        grants::Extension::Extended { .. } => {
+            Ok(Redirect::to(&format!("/admin/grants/{id}")).into_response())
+        }
+        grants::Extension::Proposed { renewal_id, .. } => {
+            Ok(Redirect::to(&format!("/admin/applications/{renewal_id}")).into_response())
+        }
+    }
 }
 
 #[cfg(test)]

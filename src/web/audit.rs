@@ -248,6 +248,9 @@ pub async fn grant(
         },
     )
     .await?;
+    let policy_approvals = db::policy::find(pool, &grant.model_id)
+        .await?
+        .map_or(1, |p| p.approvals_needed);
     let page = pages::GrantPage {
         header: Header::new(&reviewer, &token)?,
         state: GrantState::of(&grant, now_ms()).as_str().to_owned(),
@@ -259,6 +262,8 @@ pub async fn grant(
         model: grant.model_slug,
         events: history.iter().map(EventRowView::from).collect(),
         default_days: 30,
+        max_days: crate::reviews::MAX_EXTENSION_DAYS,
+        policy_approvals,
     };
     Ok((token, render(&page)?).into_response())
 }

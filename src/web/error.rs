@@ -101,13 +101,14 @@ impl From<anyhow::Error> for Error {
                 ReviewError::ReasonRequired
                 | ReviewError::NoteTooLong
                 | ReviewError::BadDuration
+                | ReviewError::BadExtension
                 | ReviewError::BadSelection => Error::BadRequest(e.to_string()),
             };
         }
         if let Some(e) = err.downcast_ref::<GrantError>() {
             return match e {
                 GrantError::NotFound => Error::NotFound,
-                GrantError::AlreadyRevoked => Error::Conflict(e.to_string()),
+                GrantError::AlreadyRevoked | GrantError::Ended => Error::Conflict(e.to_string()),
                 GrantError::ReasonRequired | GrantError::BadExtension => Error::BadRequest(e.to_string()),
             };
         }

@@ -536,6 +536,9 @@ pub struct GrantPage {
     pub revoked_reason: String,
     pub events: Vec<EventRowView>,
     pub default_days: u64,
+    pub max_days: u64,
+    /// Approvals the model's policy needs for an extension.
+    pub policy_approvals: i64,
 }
 
 /// One choice of a select or country question.

@@ -810,3 +810,71 @@ fn forwarded_client_for(address: &str) -> reqwest::Client {
     crate::hostile::forwarded_client(address)
 }
 
+both! {
+async fn extensions_and_renewals_follow_the_models_approval_policy() {
+    use crate::dashboard::{SECOND, second_reviewer, set_policy};
+    let t = TestApp::spawn().await;
+    let email = "longer@uni.example.edu";
+    t.approved_researcher(email).await;
+    set_policy(&t, 2, "").await;
+    let admin = client();
+    t.sign_in(&admin).await;
+    let reviewer = second_reviewer(&t, true).await;
+    let grant: String = sqlx::query_scalar("SELECT id FROM grants").fetch_one(t.app.db.pool()).await.unwrap();
+    let expires = || async {
+        sqlx::query_scalar::<_, i64>("SELECT expires_at FROM grants").fetch_one(t.app.db.pool()).await.unwrap()
+    };
+    let before = expires().await;
+    let page = format!("/admin/grants/{grant}");
+    let extend = format!("/admin/grants/{grant}/extend");
+
+    // Ten years at a stroke is refused, whoever asks.
+    let response = t.post_admin(&reviewer, &page, &extend, &[("days", "3650")]).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    // Under a two-approval policy one reviewer's extension is a proposal...
+    let response = t.post_admin(&reviewer, &page, &extend, &[("days", "20")]).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(expires().await, before, "one reviewer alone extends nothing");
+    let renewal: String = sqlx::query_scalar("SELECT id FROM applications WHERE kind = 'renewal' AND status = 'pending'")
+        .fetch_one(t.app.db.pool())
+        .await
+        .unwrap();
+    let again = t.post_admin(&reviewer, &page, &extend, &[("days", "20")]).await;
+    assert_eq!(again.status(), StatusCode::CONFLICT, "the same reviewer twice is still one approval");
+    // ...which a second reviewer completes; the shorter length wins.
+    let response = t
+        .post_admin(&admin, &format!("/admin/applications/{renewal}"), &format!("/admin/applications/{renewal}/approve"), &[("days", "10")])
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(expires().await, before + 10 * 86_400_000);
+    t.wait_for_mail(email, "is extended").await;
+
+    // A researcher's renewal needs two approvals as well.
+    let events = t.audit_events().await;
+    assert_eq!(events.iter().filter(|e| e.action == "grant.extended").count(), 1);
+    let approvals: Vec<_> = events.iter().filter(|e| e.action == "review.approved" && e.application_id.as_deref() == Some(renewal.as_str())).collect();
+    assert_eq!(approvals.len(), 2);
+    assert!(approvals.iter().any(|e| e.actor.as_deref() == Some(SECOND)));
+
+    // An ended grant is not revived by a reviewer...
+    sqlx::query("UPDATE grants SET expires_at = $1")
+        .bind(weightgate::types::now_ms() - 1000)
+        .execute(t.app.db.pool())
+        .await
+        .unwrap();
+    let response = t.post_admin(&reviewer, &page, &extend, &[("days", "5")]).await;
+    assert_eq!(response.status(), StatusCode::CONFLICT);
+    // ...nor overridden by one who is not an admin...
+    let response = t.post_admin(&reviewer, &page, &extend, &[("days", "5"), ("override", "on")]).await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert!(expires().await < weightgate::types::now_ms());
+    // ...but an admin may, and the log says it was an override.
+    let response = t.post_admin(&admin, &page, &extend, &[("days", "5"), ("override", "on")]).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let now = weightgate::types::now_ms();
+    assert!((now + 4 * 86_400_000..=now + 5 * 86_400_000).contains(&expires().await));
+    let overridden = t.wait_for_events("grant.extended", 2).await;
+    assert!(overridden[1].reason.as_deref().is_some_and(|r| r.contains("override")), "{:?}", overridden[1]);
+    assert_eq!(overridden[1].actor.as_deref(), Some(REVIEWER));
+}
+}
