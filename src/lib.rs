@@ -8,6 +8,7 @@ pub mod accounts;
 pub mod app;
 pub mod applications;
 pub mod audit;
+pub mod authz;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -242,10 +242,11 @@ pub async fn my_grants(app: &App, researcher: &Researcher) -> anyhow::Result<Vec
 
 /// A grant of this researcher.
 pub async fn my_grant(app: &App, researcher: &Researcher, grant_id: &str) -> anyhow::Result<GrantView> {
-    db::grants::find_view(app.db.pool(), grant_id)
+    let grant = db::grants::find_view(app.db.pool(), grant_id)
         .await?
-        .filter(|g| g.researcher_id == researcher.id)
-        .ok_or_else(|| ResearcherError::NotFound.into())
+        .ok_or(ResearcherError::NotFound)?;
+    crate::authz::researcher_owns(researcher, &grant.researcher_id)?;
+    Ok(grant)
 }
 
 /// An application of this researcher.
@@ -254,10 +255,11 @@ pub async fn my_application(
     researcher: &Researcher,
     application_id: &str,
 ) -> anyhow::Result<ApplicationView> {
-    db::applications::find_view(app.db.pool(), application_id)
+    let application = db::applications::find_view(app.db.pool(), application_id)
         .await?
-        .filter(|a| a.researcher_id == researcher.id)
-        .ok_or_else(|| ResearcherError::NotFound.into())
+        .ok_or(ResearcherError::NotFound)?;
+    crate::authz::researcher_owns(researcher, &application.researcher_id)?;
+    Ok(application)
 }
 
 /// A new access token for one of the researcher's grants: the key in the
@@ -265,10 +267,10 @@ pub async fn my_application(
 pub async fn client_manifest_url(
     app: &App,
     researcher: &Researcher,
-    grant_id: &str,
+    grant: &GrantView,
     client: Client,
 ) -> anyhow::Result<String> {
-    let grant = my_grant(app, researcher, grant_id).await?;
+    crate::authz::researcher_owns(researcher, &grant.researcher_id)?;
     let token = new_token();
     let mut tx = app.db.begin().await?;
     db::grants::insert_token(&mut *tx, &hash_token(&token), &grant.id, now_ms()).await?;
@@ -293,8 +295,8 @@ pub async fn appeal(
     why: &str,
     client: Client,
 ) -> anyhow::Result<String> {
-    let why = text(why, MAX_INTENDED_USE, "Your appeal").map_err(ResearcherError::Invalid)?;
     let denied = my_application(app, researcher, denied_id).await?;
+    let why = text(why, MAX_INTENDED_USE, "Your appeal").map_err(ResearcherError::Invalid)?;
     if denied.status != "denied" || denied.kind == "appeal" {
         return Err(ResearcherError::NotAllowed(
             "only a denied application can be appealed, and an appeal cannot be".into(),

@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::{
     app::App,
     audit::{self, Client, Event, Outcome},
+    authz::{self, ReviewerAction},
     db::{
         self,
         applications::{ApplicationView, NewReview},
@@ -43,8 +44,6 @@ pub enum ReviewError {
     BadDuration,
     #[error("an extension adds 1 to {MAX_EXTENSION_DAYS} days")]
     BadExtension,
-    #[error("you are not a reviewer of this model")]
-    NotAssigned,
     #[error("you already approved this application; it needs another reviewer's approval")]
     AlreadyApproved,
     #[error("select at least one application, at most {MAX_BULK}")]
@@ -63,25 +62,18 @@ pub enum Approval {
     Recorded { approvals: usize, needed: usize },
 }
 
-/// Whether `reviewer` may decide applications for the model: admins decide
-/// for every model, reviewers for the models they are assigned to.
-pub async fn may_decide(app: &App, reviewer: &Reviewer, model_id: &str) -> anyhow::Result<bool> {
-    if reviewer.is_admin() {
-        return Ok(true);
-    }
-    Ok(db::policy::models_of(app.db.pool(), &reviewer.id)
-        .await?
-        .iter()
-        .any(|m| m == model_id))
-}
-
 async fn decidable(app: &App, reviewer: &Reviewer, application_id: &str) -> anyhow::Result<ApplicationView> {
     let view = db::applications::find_view(app.db.pool(), application_id)
         .await?
         .ok_or(ReviewError::NotFound)?;
-    if !may_decide(app, reviewer, &view.model_id).await? {
-        return Err(ReviewError::NotAssigned.into());
-    }
+    authz::reviewer_may(
+        app,
+        reviewer,
+        ReviewerAction::Act {
+            model_id: &view.model_id,
+        },
+    )
+    .await?;
     if !is_open(&view.status) {
         return Err(ReviewError::NotPending(view.status).into());
     }
@@ -317,11 +309,11 @@ pub async fn deny(
     reason: &str,
     client: Client,
 ) -> anyhow::Result<()> {
+    let view = decidable(app, reviewer, application_id).await?;
     let reason = reason.trim();
     if reason.is_empty() || reason.chars().count() > MAX_REASON {
         return Err(ReviewError::ReasonRequired.into());
     }
-    let view = decidable(app, reviewer, application_id).await?;
     let now = now_ms();
     let mut tx = app.db.begin().await?;
     if !db::applications::mark_decided(&mut tx, &view.id, "denied", now).await? {
@@ -479,10 +471,29 @@ pub async fn bulk(
     let mut seen = std::collections::HashSet::new();
     let mut outcomes = Vec::new();
     for id in application_ids.iter().filter(|id| seen.insert(id.as_str())) {
-        let email = db::applications::find_view(app.db.pool(), id)
-            .await?
-            .map(|v| v.email)
-            .unwrap_or_default();
+        // The applicant's address is shown only to those who may see the
+        // application; to anyone else the row is "no such application".
+        let view = db::applications::find_view(app.db.pool(), id).await?;
+        let visible = match &view {
+            Some(v) => authz::reviewer_may(
+                app,
+                reviewer,
+                ReviewerAction::Read {
+                    model_id: &v.model_id,
+                },
+            )
+            .await
+            .is_ok(),
+            None => false,
+        };
+        let Some(email) = view.filter(|_| visible).map(|v| v.email) else {
+            outcomes.push(BulkOutcome {
+                application_id: id.clone(),
+                email: String::new(),
+                result: Err(ReviewError::NotFound.to_string()),
+            });
+            continue;
+        };
         let result = match decision {
             BulkDecision::Approve { days, note } => approve(app, reviewer, id, *days, *note, client.clone())
                 .await
@@ -498,7 +509,12 @@ pub async fn bulk(
         };
         let result = match result {
             Ok(done) => Ok(done),
-            Err(err) if err.downcast_ref::<ReviewError>().is_some() => Err(err.to_string()),
+            Err(err)
+                if err.downcast_ref::<ReviewError>().is_some()
+                    || err.downcast_ref::<authz::Denied>().is_some() =>
+            {
+                Err(err.to_string())
+            }
             Err(err) => return Err(err),
         };
         outcomes.push(BulkOutcome {

@@ -36,13 +36,18 @@ pub async fn ask(
     question: &str,
     client: Client,
 ) -> anyhow::Result<()> {
-    let question = text(question, MAX_MESSAGE, "The question").map_err(ResearcherError::Invalid)?;
     let view = db::applications::find_view(app.db.pool(), application_id)
         .await?
         .ok_or(ReviewError::NotFound)?;
-    if !crate::reviews::may_decide(app, reviewer, &view.model_id).await? {
-        return Err(ReviewError::NotAssigned.into());
-    }
+    crate::authz::reviewer_may(
+        app,
+        reviewer,
+        crate::authz::ReviewerAction::Act {
+            model_id: &view.model_id,
+        },
+    )
+    .await?;
+    let question = text(question, MAX_MESSAGE, "The question").map_err(ResearcherError::Invalid)?;
     let mut tx = app.db.begin().await?;
     // A follow-up question while the first is unanswered is fine too.
     if !db::applications::set_status(&mut tx, &view.id, "pending", "info_requested").await?
@@ -93,8 +98,8 @@ pub async fn answer(
     answer: &str,
     client: Client,
 ) -> anyhow::Result<()> {
-    let answer = text(answer, MAX_MESSAGE, "Your answer").map_err(ResearcherError::Invalid)?;
     let view = researchers::my_application(app, researcher, application_id).await?;
+    let answer = text(answer, MAX_MESSAGE, "Your answer").map_err(ResearcherError::Invalid)?;
     let mut tx = app.db.begin().await?;
     if !db::applications::set_status(&mut tx, &view.id, "info_requested", "pending").await? {
         return Err(ResearcherError::NotAllowed(

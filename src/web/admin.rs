@@ -23,6 +23,7 @@ use super::{
 use crate::{
     accounts,
     app::App,
+    authz::{self, ReviewerAction},
     db::{
         self,
         applications::{QueueFilter, QueueSort},
@@ -258,15 +259,6 @@ async fn template_choices(app: &App) -> Result<Vec<Choice>, Error> {
         .collect())
 }
 
-/// The models whose applications `reviewer` sees: all for admins.
-async fn visible_models(app: &App, reviewer: &Reviewer) -> Result<Option<Vec<String>>, Error> {
-    if reviewer.is_admin() {
-        Ok(None)
-    } else {
-        Ok(Some(db::policy::models_of(app.db.pool(), &reviewer.id).await?))
-    }
-}
-
 pub async fn queue(
     State(state): State<AppState>,
     token: Csrf,
@@ -298,7 +290,7 @@ async fn render_queue(
         _ => return Err(Error::BadRequest("unknown sort order".into())),
     };
     let page = page_number(&q.page)?;
-    let visible = visible_models(app, reviewer).await?;
+    let visible = authz::visible_models(app, reviewer).await?;
     let filter = QueueFilter {
         model_ids: visible.clone(),
         model_slug: opt(&q.model),
@@ -382,10 +374,11 @@ pub async fn application(
     let view = db::applications::find_view(pool, &id)
         .await?
         .ok_or(Error::NotFound)?;
-    let may_decide = reviews::may_decide(app, &reviewer, &view.model_id).await?;
-    if !may_decide && !reviewer.is_admin() {
-        return Err(Error::NotFound);
-    }
+    let model_id = view.model_id.as_str();
+    authz::reviewer_may(app, &reviewer, ReviewerAction::Read { model_id }).await?;
+    let may_decide = authz::reviewer_may(app, &reviewer, ReviewerAction::Act { model_id })
+        .await
+        .is_ok();
     let reviews = db::applications::reviews_of(pool, &id).await?;
     let policy = db::policy::find(pool, &view.model_id).await?;
     let needed = policy.as_ref().map_or(1, |p| p.approvals_needed);
@@ -669,7 +662,7 @@ pub async fn grants(
         _ => return Err(Error::BadRequest("unknown grant state".into())),
     };
     let page = page_number(&q.page)?;
-    let visible = visible_models(app, &reviewer).await?;
+    let visible = authz::visible_models(app, &reviewer).await?;
     let filter = db::grants::GrantFilter {
         model_ids: visible.clone(),
         model_slug: opt(&q.model),
@@ -728,9 +721,9 @@ async fn manageable_grant(app: &App, reviewer: &Reviewer, id: &str) -> Result<db
     let grant = db::grants::find_view(app.db.pool(), id)
         .await?
         .ok_or(Error::NotFound)?;
-    if !reviews::may_decide(app, reviewer, &grant.model_id).await? {
-        return Err(anyhow::Error::from(reviews::ReviewError::NotAssigned).into());
-    }
+    let model_id = grant.model_id.as_str();
+    authz::reviewer_may(app, reviewer, ReviewerAction::Read { model_id }).await?;
+    authz::reviewer_may(app, reviewer, ReviewerAction::Act { model_id }).await?;
     Ok(grant)
 }
 
@@ -780,15 +773,11 @@ pub async fn extend(
     let days = grant_days(&form.days)?.ok_or_else(|| Error::BadRequest("say by how many days".into()))?;
     let by = if form.override_policy.is_empty() {
         grants::ExtendBy::Reviewer(&reviewer)
-    } else if reviewer.is_admin() {
+    } else {
+        authz::reviewer_may(&state.app, &reviewer, ReviewerAction::OverridePolicy).await?;
         grants::ExtendBy::Override {
             actor: &reviewer.email,
         }
-    } else {
-        return Err(Error::Forbidden {
-            code: "admins_only",
-            message: "Only admins can override a model's approval policy.".into(),
-        });
     };
     match grants::extend(&state.app, &id, days, by, client).await? {
         grants::Extension::Extended { .. } => {

@@ -17,7 +17,8 @@ use super::{
     pages::{self, EventRowView, Header, render},
 };
 use crate::{
-    db::{self, audit::Filter, reviewers::Reviewer},
+    authz::{self, ReviewerAction},
+    db::{self, audit::Filter},
     grants::GrantState,
     types::{format_ms, now_ms, parse_time},
 };
@@ -25,16 +26,6 @@ use crate::{
 const PAGE: i64 = 100;
 const CHART_DAYS: i64 = 30;
 const DAY_MS: i64 = 86_400_000;
-
-fn admin_only(reviewer: &Reviewer) -> Result<(), Error> {
-    if !reviewer.is_admin() {
-        return Err(Error::Forbidden {
-            code: "admins_only",
-            message: "Only admins can read the audit log.".into(),
-        });
-    }
-    Ok(())
-}
 
 /// The filter form, as submitted (GET, so a filtered view can be bookmarked).
 #[derive(Debug, Default, Deserialize)]
@@ -137,7 +128,7 @@ pub async fn page(
     CurrentReviewer(reviewer): CurrentReviewer,
     Query(q): Query<AuditQuery>,
 ) -> Result<Response, Error> {
-    admin_only(&reviewer)?;
+    authz::reviewer_may(&state.app, &reviewer, ReviewerAction::Administer).await?;
     let pool = state.app.db.pool();
     let time = |s: &str, what: &str| -> Result<Option<i64>, Error> {
         set(s)
@@ -239,6 +230,14 @@ pub async fn grant(
 ) -> Result<Response, Error> {
     let pool = state.app.db.pool();
     let grant = db::grants::find_view(pool, &id).await?.ok_or(Error::NotFound)?;
+    authz::reviewer_may(
+        &state.app,
+        &reviewer,
+        ReviewerAction::Read {
+            model_id: &grant.model_id,
+        },
+    )
+    .await?;
     let history = db::audit::list(
         pool,
         &Filter {

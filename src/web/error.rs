@@ -94,15 +94,24 @@ impl From<anyhow::Error> for Error {
             return match e {
                 ReviewError::NotFound => Error::NotFound,
                 ReviewError::NotPending(_) | ReviewError::AlreadyApproved => Error::Conflict(e.to_string()),
-                ReviewError::NotAssigned => Error::Forbidden {
-                    code: "not_assigned",
-                    message: e.to_string(),
-                },
                 ReviewError::ReasonRequired
                 | ReviewError::NoteTooLong
                 | ReviewError::BadDuration
                 | ReviewError::BadExtension
                 | ReviewError::BadSelection => Error::BadRequest(e.to_string()),
+            };
+        }
+        if let Some(e) = err.downcast_ref::<crate::authz::Denied>() {
+            return match e {
+                crate::authz::Denied::Hidden => Error::NotFound,
+                crate::authz::Denied::NotAssigned => Error::Forbidden {
+                    code: "not_assigned",
+                    message: e.to_string(),
+                },
+                crate::authz::Denied::AdminsOnly => Error::Forbidden {
+                    code: "admins_only",
+                    message: e.to_string(),
+                },
             };
         }
         if let Some(e) = err.downcast_ref::<GrantError>() {

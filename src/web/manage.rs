@@ -17,20 +17,16 @@ use super::{
 };
 use crate::{
     accounts::{self, ReviewerChange},
+    authz,
     db::{self, reviewers::Reviewer},
     policy::{self, PolicyChange},
     types::{Email, Slug},
 };
 
-fn admin_only(reviewer: &Reviewer) -> Result<(), Error> {
-    if reviewer.is_admin() {
-        Ok(())
-    } else {
-        Err(Error::Forbidden {
-            code: "admins_only",
-            message: "Only admins can manage reviewers and models.".into(),
-        })
-    }
+/// Asks the authorization policy whether `reviewer` may manage reviewers,
+/// models and templates.
+async fn admin_only(state: &AppState, reviewer: &Reviewer) -> Result<(), Error> {
+    Ok(authz::reviewer_may(&state.app, reviewer, authz::ReviewerAction::Administer).await?)
 }
 
 async fn reviewers_page(
@@ -83,7 +79,7 @@ pub async fn reviewers(
     token: Csrf,
     CurrentReviewer(me): CurrentReviewer,
 ) -> Result<Response, Error> {
-    admin_only(&me)?;
+    admin_only(&state, &me).await?;
     let page = reviewers_page(&state, &token, &me, String::new(), String::new()).await?;
     Ok((token, page).into_response())
 }
@@ -107,7 +103,7 @@ pub async fn save_reviewer(
     Form(form): Form<NewReviewerForm>,
 ) -> Result<Response, Error> {
     check_csrf(&token, &form.authenticity_token)?;
-    admin_only(&me)?;
+    admin_only(&state, &me).await?;
     let result = match form.email.parse::<Email>() {
         Err(e) => Err(e.to_owned()),
         Ok(email) => {
@@ -147,7 +143,7 @@ pub async fn change_reviewer(
     Form(form): Form<ChangeReviewerForm>,
 ) -> Result<Response, Error> {
     check_csrf(&token, &form.authenticity_token)?;
-    admin_only(&me)?;
+    admin_only(&state, &me).await?;
     let app = &state.app;
     let target = db::reviewers::find(app.db.pool(), &id)
         .await?
@@ -254,7 +250,7 @@ pub async fn models(
     token: Csrf,
     CurrentReviewer(me): CurrentReviewer,
 ) -> Result<Response, Error> {
-    admin_only(&me)?;
+    admin_only(&state, &me).await?;
     let page = models_page(&state, &token, &me, String::new(), Refused::default()).await?;
     Ok((token, page).into_response())
 }
@@ -287,7 +283,7 @@ pub async fn save_policy(
     Form(form): Form<PolicyForm>,
 ) -> Result<Response, Error> {
     check_csrf(&token, &form.authenticity_token)?;
-    admin_only(&me)?;
+    admin_only(&state, &me).await?;
     let change = PolicyChange {
         approvals_needed: number(&form.approvals_needed, "approvals needed")?,
         auto_approve_domains: form.auto_approve_domains,
@@ -314,7 +310,7 @@ pub async fn save_questions(
 ) -> Result<Response, Error> {
     let field = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
     check_csrf(&token, field("authenticity_token").unwrap_or_default())?;
-    admin_only(&me)?;
+    admin_only(&state, &me).await?;
     let parsed: Slug = slug.parse().map_err(Error::BadRequest)?;
     let refusal = |why: String, questions: Option<String>, question_rows| Refused {
         slug: slug.clone(),
@@ -379,7 +375,7 @@ pub async fn save_terms(
     Form(form): Form<TermsForm>,
 ) -> Result<Response, Error> {
     check_csrf(&token, &form.authenticity_token)?;
-    admin_only(&me)?;
+    admin_only(&state, &me).await?;
     let parsed: Slug = slug.parse().map_err(Error::BadRequest)?;
     let terms = form.terms.replace("\r\n", "\n");
     let (message, refused) = match crate::models::set_terms(&state.app, &parsed, &terms, &me.email).await {
@@ -422,7 +418,7 @@ pub async fn save_template(
     Form(form): Form<TemplateForm>,
 ) -> Result<Response, Error> {
     check_csrf(&token, &form.authenticity_token)?;
-    admin_only(&me)?;
+    admin_only(&state, &me).await?;
     policy::save_template(&state.app, &form.title, &form.body, &me.email).await?;
     Ok(Redirect::to("/admin/models#templates").into_response())
 }
@@ -441,7 +437,7 @@ pub async fn delete_template(
     Form(form): Form<CsrfOnly>,
 ) -> Result<Response, Error> {
     check_csrf(&token, &form.authenticity_token)?;
-    admin_only(&me)?;
+    admin_only(&state, &me).await?;
     if !policy::delete_template(&state.app, &id, &me.email).await? {
         return Err(Error::NotFound);
     }

@@ -316,10 +316,12 @@ pub async fn client_url(
     Form(form): Form<CsrfForm>,
 ) -> Result<Response, Error> {
     check_csrf(&token, &form.authenticity_token)?;
-    // Counted before anything is made: a refused request mints no URL.
+    // The researcher's own grant, then counted before anything is made: a
+    // refused request mints no URL, and nobody spends another's allowance.
+    let grant = researchers::my_grant(&state.app, &researcher, &id).await?;
     limited(&state.limits.links_per_address, &address_key(&client))?;
-    limited(&state.limits.links_per_grant, &id)?;
-    let url = researchers::client_manifest_url(&state.app, &researcher, &id, client.clone()).await?;
+    limited(&state.limits.links_per_grant, &grant.id)?;
+    let url = researchers::client_manifest_url(&state.app, &researcher, &grant, client.clone()).await?;
     access_page(&state, &researcher, token, client, Some((id, url))).await
 }
 

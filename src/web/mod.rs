@@ -12,6 +12,7 @@ mod me;
 mod ops;
 mod pages;
 mod public;
+mod routes;
 mod server;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -22,7 +23,6 @@ use axum::{
     http::{HeaderName, HeaderValue, header, request::Parts},
     middleware,
     response::IntoResponse,
-    routing::{get, post},
 };
 use axum_csrf::{CsrfConfig, Key};
 use tower_http::{
@@ -33,6 +33,7 @@ use tower_http::{
 use tower_sessions::{Expiry, SessionManagerLayer, cookie::SameSite};
 
 pub use error::Error;
+pub use routes::{Access, Area, Route, all as route_table};
 
 use crate::{
     app::App,
@@ -129,72 +130,10 @@ pub async fn router(app: Arc<App>) -> anyhow::Result<Router> {
         app,
     };
 
-    let admin = Router::new()
-        .route("/admin", get(admin::queue))
-        .route("/admin/login", get(admin::login_page).post(admin::login))
-        .route("/admin/logout", post(admin::logout))
-        .route("/admin/applications/bulk", post(admin::bulk))
-        .route("/admin/applications/{id}", get(admin::application))
-        .route("/admin/applications/{id}/approve", post(admin::approve))
-        .route("/admin/applications/{id}/deny", post(admin::deny))
-        .route("/admin/applications/{id}/ask", post(admin::ask))
-        .route("/admin/grants", get(admin::grants))
-        .route("/admin/grants/{id}", get(audit::grant))
-        .route("/admin/grants/{id}/revoke", post(admin::revoke))
-        .route("/admin/grants/{id}/extend", post(admin::extend))
-        .route(
-            "/admin/reviewers",
-            get(manage::reviewers).post(manage::save_reviewer),
-        )
-        .route("/admin/reviewers/{id}", post(manage::change_reviewer))
-        .route("/admin/models", get(manage::models))
-        .route("/admin/models/{slug}/policy", post(manage::save_policy))
-        .route("/admin/models/{slug}/questions", post(manage::save_questions))
-        .route("/admin/models/{slug}/terms", post(manage::save_terms))
-        .route("/admin/templates", post(manage::save_template))
-        .route("/admin/templates/{id}/delete", post(manage::delete_template))
-        .route("/admin/account", get(manage::account).post(manage::save_account))
-        .route("/admin/account/password", post(manage::change_password))
-        .route("/admin/audit", get(audit::page))
-        .layer(sessions.clone());
-
-    // The researcher's pages, and the public ones that change for a
-    // signed-in researcher. Downloads stay outside: they need no session.
-    let researcher = Router::new()
-        .route("/models/{slug}", get(public::model))
-        .route("/models/{slug}/apply", post(public::apply))
-        .route("/signin", get(me::signin_page).post(me::request_link))
-        .route("/signin/{token}", get(me::link_page).post(me::use_link))
-        .route("/signout", post(me::signout))
-        .route("/me", get(me::applications))
-        .route("/me/applications/{id}/answer", post(me::answer))
-        .route("/me/applications/{id}/appeal", post(me::appeal))
-        .route("/me/access", get(me::access))
-        .route("/me/access/{id}/renew", post(me::renew))
-        .route("/me/access/{id}/client-url", post(me::client_url))
-        .layer(sessions);
-
     let router = Router::new()
-        .route("/", get(public::catalogue))
-        .route("/models/{slug}/terms/{version}", get(public::terms))
-        .route(
-            "/confirm/{token}",
-            get(public::confirm_page).post(public::confirm),
-        )
-        .route("/access/{token}", get(access::page))
-        .route("/access/{token}/manifest.json", get(access::grant_manifest))
-        .route(
-            "/access/{token}/releases/{release}/{name}",
-            get(access::release_file),
-        )
-        .route(access::PUBLIC_KEY_PATH, get(access::public_key))
-        .route("/dl/{token}/{file}", get(download::fetch))
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .route("/static/style.css", get(style))
-        .merge(admin)
-        .merge(researcher)
+        .merge(routes::router(routes::Area::Open))
+        .merge(routes::router(routes::Area::Dashboard).layer(sessions.clone()))
+        .merge(routes::router(routes::Area::Researcher).layer(sessions))
         .fallback(|| async { Error::NotFound })
         .with_state(state)
         .layer(DefaultBodyLimit::max(extract::MAX_BODY))

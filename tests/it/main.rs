@@ -49,4 +49,5 @@ mod ops;
 mod replicas;
 mod researcher;
 mod review;
+mod routes;
 mod storage;
