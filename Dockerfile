@@ -17,7 +17,8 @@ FROM debian:bookworm-slim AS runtime
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --home-dir /data --create-home weightgate
+ && useradd --system --uid 10001 --home-dir /data --create-home weightgate \
+ && install -d -o weightgate -m 700 /keys
 COPY --from=build /usr/local/bin/weightgate /usr/local/bin/weightgate
 USER weightgate
 WORKDIR /data

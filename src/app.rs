@@ -6,7 +6,10 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::{
-    audit::AuditLog,
+    audit::{
+        AuditLog,
+        checkpoint::{AuditKey, Trust},
+    },
     config::{Config, DeliveryMode},
     db::Db,
     grants::FetchFacts,
@@ -41,6 +44,10 @@ pub struct App {
     pub passwords: crate::accounts::Passwords,
     /// Refused fetches that name no grant, counted per client network.
     pub refusals: Arc<crate::audit::refusals::RefusalTally>,
+    /// Where each audit checkpoint is also kept, beyond the database.
+    pub witness: crate::audit::witness::Witness,
+    /// The audit checkpoint key, once read (or made).
+    audit_key: std::sync::OnceLock<Arc<AuditKey>>,
 }
 
 impl App {
@@ -70,9 +77,12 @@ impl App {
         let mail = Mailer::new(&config)?;
         let passwords = crate::accounts::Passwords::new(config.password_checks);
         let refusals = Arc::new(crate::audit::refusals::RefusalTally::new(config.refusal_window));
+        let witness = crate::audit::witness::Witness::open(&config, storage.clone()).await?;
         Ok(Arc::new(Self {
             passwords,
             refusals,
+            witness,
+            audit_key: std::sync::OnceLock::new(),
             config,
             db,
             storage,
@@ -82,6 +92,26 @@ impl App {
             links,
             publisher,
         }))
+    }
+
+    /// The key that signs audit checkpoints: the configured one, or one made
+    /// now in the key file when there is none (a portal's first start).
+    pub fn audit_key(&self) -> anyhow::Result<Arc<AuditKey>> {
+        if let Some(key) = self.audit_key.get() {
+            return Ok(key.clone());
+        }
+        let key = Arc::new(AuditKey::configured_or_new(&self.config)?);
+        Ok(self.audit_key.get_or_init(|| key).clone())
+    }
+
+    /// The checkpoint keys a verification believes: the configured key and
+    /// `WEIGHTGATE_AUDIT_TRUSTED_KEYS`; never one read from the database.
+    pub fn audit_trust(&self) -> anyhow::Result<Trust> {
+        let mut trust = Trust::from_config(&self.config)?;
+        if let Some(key) = self.audit_key.get() {
+            trust.add(key.public_key());
+        }
+        Ok(trust)
     }
 
     /// The public URL of a path that starts with `/`.

@@ -34,6 +34,7 @@ pub mod checkpoint;
 pub mod refusals;
 pub mod report;
 mod verify;
+pub mod witness;
 
 pub use checkpoint::{checkpoint_if_moved, checkpoint_periodically};
 pub use verify::{CheckpointSource, Problem, Verification, verify_chain, verify_with};

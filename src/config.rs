@@ -262,6 +262,54 @@ pub struct Config {
     )]
     pub trusted_proxies: TrustedProxies,
 
+    /// The key that signs audit checkpoints, as URL-safe base64 of its
+    /// 32-byte seed. Without it the key is read from
+    /// `WEIGHTGATE_AUDIT_KEY_FILE`. Never stored in the database.
+    #[arg(long, env = "WEIGHTGATE_AUDIT_KEY", global = true, hide_env_values = true)]
+    pub audit_key: Option<String>,
+
+    /// The file holding the audit checkpoint key; a portal that starts
+    /// without one makes it. Defaults to `DATA_DIR/audit-checkpoint.key`.
+    #[arg(long, env = "WEIGHTGATE_AUDIT_KEY_FILE", global = true)]
+    pub audit_key_file: Option<std::path::PathBuf>,
+
+    /// Public keys (hex, comma-separated) of earlier checkpoint keys whose
+    /// checkpoints `audit verify` still believes after a key change.
+    #[arg(
+        long,
+        env = "WEIGHTGATE_AUDIT_TRUSTED_KEYS",
+        default_value = "",
+        hide_default_value = true,
+        global = true
+    )]
+    pub audit_trusted_keys: String,
+
+    /// Where each checkpoint is also kept, beyond the database's reach:
+    /// `file://DIR` or `s3://BUCKET/PREFIX`. Defaults to the object store of
+    /// the weights, under `audit-witness/`.
+    #[arg(long, env = "WEIGHTGATE_WITNESS_URL", global = true)]
+    pub witness_url: Option<String>,
+
+    /// How long a bucket with S3 Object Lock keeps each checkpoint locked
+    /// (compliance mode: nobody can delete it before then).
+    #[arg(long, env = "WEIGHTGATE_WITNESS_RETENTION", default_value = "7years", value_parser = humantime::parse_duration, global = true)]
+    pub witness_retention: Duration,
+
+    /// A file each checkpoint is also appended to, one JSON line each.
+    #[arg(long, env = "WEIGHTGATE_WITNESS_FILE", global = true)]
+    pub witness_file: Option<std::path::PathBuf>,
+
+    /// Auditors (comma-separated e-mail addresses) each checkpoint is also
+    /// e-mailed to.
+    #[arg(
+        long,
+        env = "WEIGHTGATE_WITNESS_EMAIL",
+        default_value = "",
+        hide_default_value = true,
+        global = true
+    )]
+    pub witness_email: String,
+
     /// Log format.
     #[arg(long, env = "WEIGHTGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
@@ -328,6 +376,13 @@ impl Config {
             password_checks: 4,
             session_idle: Duration::from_secs(8 * 3600),
             trusted_proxies: TrustedProxies::default(),
+            audit_key: None,
+            audit_key_file: None,
+            audit_trusted_keys: String::new(),
+            witness_url: None,
+            witness_retention: Duration::from_secs(7 * 365 * 86_400 + 7 * 86_400 / 4),
+            witness_file: None,
+            witness_email: String::new(),
             log_format: LogFormat::Text,
         }
     }
@@ -344,9 +399,14 @@ impl Config {
 
     /// Where the weight files live: [`Config::storage_url`] parsed, or `DATA_DIR/objects`.
     pub fn storage_location(&self) -> anyhow::Result<StorageLocation> {
-        let Some(url) = &self.storage_url else {
-            return Ok(StorageLocation::Dir(self.data_dir.join("objects")));
-        };
+        match &self.storage_url {
+            Some(url) => Self::location(url),
+            None => Ok(StorageLocation::Dir(self.data_dir.join("objects"))),
+        }
+    }
+
+    /// The place a storage URL names: `file://DIR` or `s3://BUCKET/PREFIX`.
+    pub fn location(url: &str) -> anyhow::Result<StorageLocation> {
         let accepted = "expected file://DIR or s3://BUCKET/PREFIX (or leave it unset for DATA_DIR/objects)";
         if let Some(path) = url.strip_prefix("file://") {
             anyhow::ensure!(
@@ -439,6 +499,13 @@ impl fmt::Debug for Config {
             .field("password_checks", &self.password_checks)
             .field("session_idle", &self.session_idle)
             .field("trusted_proxies", &self.trusted_proxies)
+            .field("audit_key", &self.audit_key.as_ref().map(|_| "[redacted]"))
+            .field("audit_key_file", &self.audit_key_file)
+            .field("audit_trusted_keys", &self.audit_trusted_keys)
+            .field("witness_url", &self.witness_url)
+            .field("witness_retention", &self.witness_retention)
+            .field("witness_file", &self.witness_file)
+            .field("witness_email", &self.witness_email)
             .field("log_format", &self.log_format)
             .finish()
     }

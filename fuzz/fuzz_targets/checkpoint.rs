@@ -34,7 +34,7 @@ enum Change {
 
 fn key() -> &'static AuditKey {
     static KEY: OnceLock<AuditKey> = OnceLock::new();
-    KEY.get_or_init(|| AuditKey::from_seed("k1".into(), &[7; 32]).unwrap())
+    KEY.get_or_init(|| AuditKey::from_seed(&[7; 32]).unwrap())
 }
 
 fn reads_back(c: &ExportedCheckpoint) {

@@ -1,32 +1,37 @@
-//! Signed checkpoints of the chain's head.
+//! Signed checkpoints of the chain's head, and the key that signs them.
 //!
 //! The hash chain shows an edit, a deletion or a reordering, but not a log cut
 //! short after its last event: the shorter log is a valid chain too. A
-//! checkpoint signs "event SEQ had hash HASH at time AT" with an Ed25519 key
-//! kept in `signing_keys`; a log that later lacks event SEQ, or holds another
-//! hash there, was truncated or rewritten. An operator who exports a
-//! checkpoint (with its public key) and keeps it elsewhere can show this even
-//! against someone who deleted the checkpoints or replaced the key.
+//! checkpoint signs "event SEQ had hash HASH at time AT" with an Ed25519 key;
+//! a log that later lacks event SEQ, or holds another hash there, was
+//! truncated or rewritten.
+//!
+//! Whoever can write the database must not be able to sign: the key never
+//! lives in it. It is read from `WEIGHTGATE_AUDIT_KEY` or a key file
+//! (`WEIGHTGATE_AUDIT_KEY_FILE`, by default in the data directory, made on
+//! the first start), and its public half is published. Every checkpoint is
+//! also written to a witness outside the database ([`super::witness`])
+//! before it is stored, so that `audit verify` can tell a log the witness
+//! never saw.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use super::{
     GENESIS,
     verify::{self, CheckpointSource, Problem},
 };
 use crate::{
-    db::{self, Db, audit::CheckpointRow},
-    links::load_or_create_keys,
+    app::App,
+    config::Config,
+    db::{self, audit::CheckpointRow},
     types::{format_ms_rfc3339, new_id, now_ms},
 };
-
-/// The `signing_keys` purpose of checkpoint keys: 32-byte Ed25519 seeds.
-pub const KEY_PURPOSE: &str = "audit-ed25519";
 
 /// The first line of the signed text, and the `format` of an exported checkpoint.
 pub const FORMAT: &str = "weightgate-audit-checkpoint-v1";
@@ -49,6 +54,13 @@ pub fn signature_holds(public: &VerifyingKey, seq: i64, hash: &str, at: i64, sig
         .is_ok()
 }
 
+/// The id of a checkpoint key: the first 16 hex digits of the SHA-256 of
+/// its public key, so that the same key has the same id on every replica and
+/// another key cannot pass under it.
+pub fn kid_of(public: &VerifyingKey) -> String {
+    hex::encode(&Sha256::digest(public.as_bytes())[..8])
+}
+
 /// The key that signs new checkpoints.
 pub struct AuditKey {
     pub kid: String,
@@ -64,24 +76,85 @@ impl std::fmt::Debug for AuditKey {
 }
 
 impl AuditKey {
-    /// The newest checkpoint key, made on first use.
-    pub async fn load(db: &Db) -> anyhow::Result<Self> {
-        let keys = load_or_create_keys(db, KEY_PURPOSE, 32).await?;
-        let (kid, seed) = keys
-            .into_iter()
-            .next()
-            .context("no audit checkpoint key could be made")?;
-        Self::from_seed(kid, &seed)
-    }
-
-    pub fn from_seed(kid: String, seed: &[u8]) -> anyhow::Result<Self> {
+    pub fn from_seed(seed: &[u8]) -> anyhow::Result<Self> {
         let seed: [u8; 32] = seed
             .try_into()
-            .map_err(|_| anyhow::anyhow!("audit key {kid} is not a 32-byte Ed25519 seed"))?;
+            .map_err(|_| anyhow::anyhow!("an audit checkpoint key is a 32-byte Ed25519 seed"))?;
+        let signing = SigningKey::from_bytes(&seed);
         Ok(Self {
-            kid,
-            signing: SigningKey::from_bytes(&seed),
+            kid: kid_of(&signing.verifying_key()),
+            signing,
         })
+    }
+
+    /// A key as written in `WEIGHTGATE_AUDIT_KEY` or a key file: the seed in
+    /// URL-safe base64.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let seed = URL_SAFE_NO_PAD
+            .decode(text.trim())
+            .context("an audit checkpoint key is 32 bytes in URL-safe base64")?;
+        Self::from_seed(&seed)
+    }
+
+    /// The key the configuration names: `WEIGHTGATE_AUDIT_KEY`, or the key
+    /// file. `None` when neither holds one.
+    pub fn configured(config: &Config) -> anyhow::Result<Option<Self>> {
+        if let Some(text) = &config.audit_key {
+            return Self::parse(text).map(Some).context("WEIGHTGATE_AUDIT_KEY");
+        }
+        let path = key_file(config);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Self::parse(&text)
+                .map(Some)
+                .with_context(|| format!("the audit checkpoint key in {}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    /// The configured key, or a new one written to the key file (readable by
+    /// its owner only) when there is none: the first start of a portal.
+    pub fn configured_or_new(config: &Config) -> anyhow::Result<Self> {
+        if let Some(key) = Self::configured(config)? {
+            return Ok(key);
+        }
+        let path = key_file(config);
+        let mut seed = [0u8; 32];
+        rand::fill(&mut seed);
+        let key = Self::from_seed(&seed)?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let written = {
+            use std::io::Write;
+            #[cfg(unix)]
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            options.mode(0o600);
+            options.open(&path).and_then(|mut file| {
+                file.write_all(format!("{}\n", URL_SAFE_NO_PAD.encode(seed)).as_bytes())
+                    .and(file.sync_all())
+            })
+        };
+        match written {
+            Ok(()) => {
+                tracing::warn!(
+                    file = %path.display(),
+                    kid = %key.kid,
+                    public_key = %hex::encode(key.public_key().as_bytes()),
+                    "made a new audit checkpoint key: keep a copy of the file somewhere safe, away from the database, \
+                     and publish its public key"
+                );
+                Ok(key)
+            }
+            // Another process made it first: use theirs.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Self::configured(config)?.with_context(|| format!("{} appeared empty", path.display()))
+            }
+            Err(e) => Err(e).with_context(|| format!("cannot write {}", path.display())),
+        }
     }
 
     pub fn public_key(&self) -> VerifyingKey {
@@ -102,19 +175,64 @@ impl AuditKey {
     }
 }
 
-/// The public halves of every checkpoint key in the database, by key id.
-pub async fn verifying_keys(db: &Db) -> anyhow::Result<HashMap<String, VerifyingKey>> {
-    db::keys::list(db.pool(), KEY_PURPOSE)
-        .await?
-        .into_iter()
-        .map(|k| {
-            let seed = URL_SAFE_NO_PAD
-                .decode(&k.secret)
-                .with_context(|| format!("stored audit key {} is not valid base64", k.kid))?;
-            let key = AuditKey::from_seed(k.kid.clone(), &seed)?;
-            Ok((k.kid, key.public_key()))
-        })
-        .collect()
+/// Where the checkpoint key is kept when `WEIGHTGATE_AUDIT_KEY` is not set.
+pub fn key_file(config: &Config) -> PathBuf {
+    config
+        .audit_key_file
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("audit-checkpoint.key"))
+}
+
+/// The checkpoint keys a verification believes, by key id: the configured
+/// key's public half and the older public keys `WEIGHTGATE_AUDIT_TRUSTED_KEYS`
+/// names. Never a key from the database.
+#[derive(Clone, Debug, Default)]
+pub struct Trust(HashMap<String, VerifyingKey>);
+
+impl Trust {
+    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        let mut trust = Self::default();
+        if let Some(key) = AuditKey::configured(config)? {
+            trust.add(key.public_key());
+        }
+        for hex_key in config
+            .audit_trusted_keys
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+        {
+            trust.add(parse_public_key(hex_key).context("WEIGHTGATE_AUDIT_TRUSTED_KEYS")?);
+        }
+        Ok(trust)
+    }
+
+    pub fn add(&mut self, public: VerifyingKey) {
+        self.0.insert(kid_of(&public), public);
+    }
+
+    pub fn get(&self, kid: &str) -> Option<&VerifyingKey> {
+        self.0.get(kid)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The ids of the trusted keys.
+    pub fn kids(&self) -> Vec<&str> {
+        let mut kids: Vec<&str> = self.0.keys().map(String::as_str).collect();
+        kids.sort_unstable();
+        kids
+    }
+}
+
+/// An Ed25519 public key written as 64 hex digits.
+pub fn parse_public_key(text: &str) -> anyhow::Result<VerifyingKey> {
+    let bytes: [u8; 32] = hex::decode(text.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .with_context(|| format!("{text:?} is not an Ed25519 public key (64 hex digits)"))?;
+    VerifyingKey::from_bytes(&bytes).with_context(|| format!("{text:?} is not an Ed25519 public key"))
 }
 
 /// A checkpoint as an operator keeps it away from the portal: everything
@@ -183,6 +301,8 @@ pub struct Checkpointed {
     pub public_key: VerifyingKey,
     /// `false` when this key had already signed the head.
     pub new: bool,
+    /// Whether the witness stored it under a lock its store enforces.
+    pub locked: bool,
 }
 
 impl Checkpointed {
@@ -192,11 +312,16 @@ impl Checkpointed {
 }
 
 /// Signs the current head, after checking the events since the last
-/// checkpoint: a damaged log is never signed. When this key already signed
+/// checkpoint this portal trusts: a damaged log is never signed. The
+/// checkpoint goes to the witness first and to the database after, so the
+/// database never holds one the witness lacks. When this key already signed
 /// the head, returns that checkpoint.
-pub async fn checkpoint(db: &Db) -> anyhow::Result<Checkpointed> {
-    let key = AuditKey::load(db).await?;
+pub async fn checkpoint(app: &App) -> anyhow::Result<Checkpointed> {
+    let db = &app.db;
+    let key = app.audit_key()?;
     let public_key = key.public_key();
+    let mut trust = app.audit_trust()?;
+    trust.add(public_key);
     let (head_seq, head_hash) = db::audit::head(db.pool())
         .await?
         .context("the audit log is empty: there is nothing to sign yet")?;
@@ -208,9 +333,8 @@ pub async fn checkpoint(db: &Db) -> anyhow::Result<Checkpointed> {
     let start = match db::audit::latest_checkpoint(db.pool()).await? {
         None => (0, GENESIS.to_owned()),
         Some(last) => {
-            let keys = verifying_keys(db).await?;
             let source = CheckpointSource::stored(&last);
-            let Some(public) = keys.get(&last.kid) else {
+            let Some(public) = trust.get(&last.kid) else {
                 return Err(refuse(Problem::UnknownKey {
                     source,
                     kid: last.kid,
@@ -246,6 +370,7 @@ pub async fn checkpoint(db: &Db) -> anyhow::Result<Checkpointed> {
                     checkpoint: last,
                     public_key,
                     new: false,
+                    locked: false,
                 });
             }
             (last.seq, last.hash)
@@ -260,6 +385,12 @@ pub async fn checkpoint(db: &Db) -> anyhow::Result<Checkpointed> {
         "the audit log changed while it was being checked; try again"
     );
     let signed = key.sign(head_seq, &head_hash, now_ms());
+    let exported = ExportedCheckpoint::new(&signed, &public_key);
+    let locked = app
+        .witness
+        .record(db, &exported)
+        .await
+        .context("the checkpoint could not be written to its witness, so it was not stored")?;
     let new = db::audit::insert_checkpoint(db.pool(), &signed).await?;
     let checkpoint = if new {
         signed
@@ -272,37 +403,39 @@ pub async fn checkpoint(db: &Db) -> anyhow::Result<Checkpointed> {
         checkpoint,
         public_key,
         new,
+        locked: locked == crate::storage::Locked::Retained,
     })
 }
 
 /// Signs the head if it moved since the newest checkpoint.
-pub async fn checkpoint_if_moved(db: &Db) -> anyhow::Result<Option<Checkpointed>> {
-    let Some((head_seq, _)) = db::audit::head(db.pool()).await? else {
+pub async fn checkpoint_if_moved(app: &App) -> anyhow::Result<Option<Checkpointed>> {
+    let Some((head_seq, _)) = db::audit::head(app.db.pool()).await? else {
         return Ok(None);
     };
-    if let Some(last) = db::audit::latest_checkpoint(db.pool()).await?
+    if let Some(last) = db::audit::latest_checkpoint(app.db.pool()).await?
         && last.seq == head_seq
     {
         return Ok(None);
     }
-    checkpoint(db).await.map(Some)
+    checkpoint(app).await.map(Some)
 }
 
 /// Signs the head every `every` (at least a second) whenever it moved; runs
 /// until the task is dropped. A failure is logged and tried again next time,
 /// so a damaged log keeps being reported rather than signed.
-pub async fn checkpoint_periodically(db: Db, every: Duration) {
+pub async fn checkpoint_periodically(app: Arc<App>, every: Duration) {
     let mut ticks = tokio::time::interval(every.max(Duration::from_secs(1)));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first tick is immediate: skip it, so a start does not sign at once.
     ticks.tick().await;
     loop {
         ticks.tick().await;
-        match checkpoint_if_moved(&db).await {
+        match checkpoint_if_moved(&app).await {
             Ok(Some(done)) if done.new => tracing::info!(
                 seq = done.checkpoint.seq,
                 kid = %done.checkpoint.kid,
-                "signed an audit checkpoint"
+                locked = done.locked,
+                "signed an audit checkpoint and gave it to the witness"
             ),
             Ok(_) => {}
             Err(err) => tracing::error!(error = %format!("{err:#}"), "cannot sign an audit checkpoint"),
@@ -315,7 +448,7 @@ mod tests {
     use super::*;
 
     fn key() -> AuditKey {
-        AuditKey::from_seed("k1".into(), &[7; 32]).unwrap()
+        AuditKey::from_seed(&[7; 32]).unwrap()
     }
 
     #[test]
@@ -337,7 +470,7 @@ mod tests {
         assert!(!signature_holds(&public, 42, "ab12", 1_001, &c.signature));
         assert!(!signature_holds(&public, 42, "ab12", 1_000, "not hex"));
         assert!(!signature_holds(&public, 42, "ab12", 1_000, "abcd"));
-        let other = AuditKey::from_seed("k2".into(), &[8; 32]).unwrap();
+        let other = AuditKey::from_seed(&[8; 32]).unwrap();
         assert!(!signature_holds(
             &other.public_key(),
             42,
@@ -367,8 +500,14 @@ mod tests {
     }
 
     #[test]
-    fn seeds_must_be_32_bytes() {
-        assert!(AuditKey::from_seed("k".into(), &[1; 31]).is_err());
-        assert!(AuditKey::from_seed("k".into(), &[1; 32]).is_ok());
+    fn seeds_must_be_32_bytes_and_name_their_key() {
+        assert!(AuditKey::from_seed(&[1; 31]).is_err());
+        let key = AuditKey::from_seed(&[1; 32]).unwrap();
+        assert_eq!(key.kid.len(), 16);
+        assert_eq!(key.kid, kid_of(&key.public_key()));
+        assert_ne!(key.kid, AuditKey::from_seed(&[2; 32]).unwrap().kid);
+        let written = URL_SAFE_NO_PAD.encode([1u8; 32]);
+        assert_eq!(AuditKey::parse(&format!("{written}\n")).unwrap().kid, key.kid);
+        assert!(AuditKey::parse("not a key").is_err());
     }
 }

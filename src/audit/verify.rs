@@ -2,14 +2,13 @@
 //! every signed checkpoint. When something does not hold, the walk looks
 //! around the first broken event to say what happened to it.
 
-use std::{collections::HashMap, fmt};
-
-use ed25519_dalek::VerifyingKey;
+use std::fmt;
 
 use super::{
     GENESIS,
-    checkpoint::{self, ExportedCheckpoint},
+    checkpoint::{self, ExportedCheckpoint, Trust},
     hash_matches,
+    witness::Witnessed,
 };
 use crate::{
     db::{
@@ -35,6 +34,8 @@ pub enum CheckpointSource {
     Stored { seq: i64, at: i64, kid: String },
     /// The file given to `verify --checkpoint`.
     Exported,
+    /// One the witness holds, and where.
+    Witness { place: String },
 }
 
 impl CheckpointSource {
@@ -56,6 +57,7 @@ impl fmt::Display for CheckpointSource {
                 format_ms(*at)
             ),
             CheckpointSource::Exported => f.write_str("the exported checkpoint"),
+            CheckpointSource::Witness { place } => write!(f, "the checkpoint in {place}"),
         }
     }
 }
@@ -126,9 +128,18 @@ pub enum Problem {
         source: CheckpointSource,
         kid: String,
     },
-    /// The database holds another key under the exported checkpoint's key id.
-    KeyReplaced {
-        kid: String,
+    /// The witness holds a checkpoint of event `seq` whose hash the log no
+    /// longer has there: the log in the database is another history than
+    /// the one the portal signed.
+    Forked {
+        source: CheckpointSource,
+        seq: i64,
+    },
+    /// A stored checkpoint (with a trusted signature) that the witness never
+    /// received: signed outside the portal, over a rewritten log.
+    NotWitnessed {
+        source: CheckpointSource,
+        seq: i64,
     },
 }
 
@@ -142,16 +153,17 @@ impl Problem {
             | Problem::DeletedAndRenumbered { seq }
             | Problem::Inserted { seq }
             | Problem::InsertedBeforeStart { seq }
-            | Problem::Rewritten { seq, .. } => *seq,
+            | Problem::Rewritten { seq, .. }
+            | Problem::Forked { seq, .. }
+            | Problem::NotWitnessed { seq, .. } => *seq,
             Problem::BrokenLink { seq } => seq - 1,
             Problem::Missing { first, .. } | Problem::Swapped { first, .. } => *first,
             Problem::Reordered { position, .. } => *position,
             Problem::Truncated { log_end, .. } => log_end.unwrap_or(0) + 1,
             Problem::BadSignature { source } | Problem::UnknownKey { source, .. } => match source {
                 CheckpointSource::Stored { seq, .. } => *seq,
-                CheckpointSource::Exported => 0,
+                CheckpointSource::Exported | CheckpointSource::Witness { .. } => 0,
             },
-            Problem::KeyReplaced { .. } => 0,
         }
     }
 }
@@ -235,12 +247,18 @@ impl fmt::Display for Problem {
             }
             Problem::UnknownKey { source, kid } => write!(
                 f,
-                "{source} was signed with key {kid}, which the database no longer holds"
+                "{source} was signed with key {kid}, which this portal does not trust \
+                 (WEIGHTGATE_AUDIT_KEY, WEIGHTGATE_AUDIT_KEY_FILE, WEIGHTGATE_AUDIT_TRUSTED_KEYS)"
             ),
-            Problem::KeyReplaced { kid } => write!(
+            Problem::Forked { source, seq } => write!(
                 f,
-                "the database holds another key under id {kid} than the exported checkpoint names: \
-                 the checkpoint key was replaced"
+                "forked history: event {seq} no longer has the hash {source} holds; the log in the \
+                 database was rewritten from there on"
+            ),
+            Problem::NotWitnessed { source, seq } => write!(
+                f,
+                "re-signed checkpoint: {source} (of event {seq}) never reached the witness; it was \
+                 signed outside the portal"
             ),
         }
     }
@@ -257,6 +275,8 @@ pub struct Verification {
     pub checkpoints: i64,
     /// The newest stored checkpoint whose signature holds.
     pub latest_checkpoint: Option<CheckpointRow>,
+    /// Checkpoints the witness holds, all checked.
+    pub witnessed: i64,
     /// Every problem found, the first one first; empty when the log is whole.
     pub problems: Vec<Problem>,
 }
@@ -267,30 +287,86 @@ impl Verification {
     }
 }
 
-/// Recomputes the whole chain and checks every stored checkpoint.
-pub async fn verify_chain(db: &Db) -> anyhow::Result<Verification> {
-    verify_with(db, None).await
+/// Recomputes the whole chain and checks every stored checkpoint and every
+/// checkpoint the witness holds, with the keys the portal trusts.
+pub async fn verify_chain(app: &crate::app::App) -> anyhow::Result<Verification> {
+    let witnessed = app.witness.read().await?;
+    verify_with(&app.db, &app.audit_trust()?, &witnessed, None).await
 }
 
-/// [`verify_chain`], and also checks the log against a checkpoint exported
-/// earlier.
-pub async fn verify_with(db: &Db, exported: Option<&ExportedCheckpoint>) -> anyhow::Result<Verification> {
+/// Recomputes the chain, checks every stored checkpoint against `trust`,
+/// and checks the log against `witnessed` (the witness's checkpoints) and
+/// `exported` (a checkpoint kept elsewhere).
+pub async fn verify_with(
+    db: &Db,
+    trust: &Trust,
+    witnessed: &[Witnessed],
+    exported: Option<&ExportedCheckpoint>,
+) -> anyhow::Result<Verification> {
     let walk = walk(db, (0, GENESIS.to_owned()), None).await?;
     let head = db::audit::head(db.pool()).await?;
     let log_end = head.as_ref().map(|h| h.0);
-    let keys = checkpoint::verifying_keys(db).await?;
     let mut problems: Vec<Problem> = walk.problem.into_iter().collect();
     let (checkpoints, latest_checkpoint) =
-        check_stored_checkpoints(db, &keys, log_end, &mut problems).await?;
+        check_stored_checkpoints(db, trust, witnessed, log_end, &mut problems).await?;
+    // Many witness checkpoints can tell of one truncation or one fork: the
+    // one reaching furthest past the end, and the earliest fork, say it.
+    let mut told = Vec::new();
+    for w in witnessed {
+        let source = CheckpointSource::Witness {
+            place: w.place.clone(),
+        };
+        check_kept(db, trust, &w.checkpoint, source, log_end, &mut told).await?;
+    }
+    let furthest = told
+        .iter()
+        .filter_map(|p| match p {
+            Problem::Truncated { checkpoint_seq, .. } => Some(*checkpoint_seq),
+            _ => None,
+        })
+        .max();
+    let earliest_fork = told
+        .iter()
+        .filter_map(|p| match p {
+            Problem::Forked { seq, .. } => Some(*seq),
+            _ => None,
+        })
+        .min();
+    let mut told: Vec<Problem> = told
+        .into_iter()
+        .filter(|p| match p {
+            Problem::Truncated { checkpoint_seq, .. } => Some(*checkpoint_seq) == furthest,
+            Problem::Forked { seq, .. } => Some(*seq) == earliest_fork,
+            _ => true,
+        })
+        .collect();
+    told.truncate(MAX_CHECKPOINT_PROBLEMS);
+    problems.extend(told);
     if let Some(exported) = exported {
-        check_exported(db, &keys, exported, log_end, &mut problems).await?;
+        if !exported.signature_holds() {
+            problems.push(Problem::BadSignature {
+                source: CheckpointSource::Exported,
+            });
+        } else {
+            check_kept(
+                db,
+                trust,
+                exported,
+                CheckpointSource::Exported,
+                log_end,
+                &mut problems,
+            )
+            .await?;
+        }
     }
     problems.sort_by_key(Problem::position);
+    problems.dedup();
     Ok(Verification {
         events: walk.events,
         head,
         checkpoints,
         latest_checkpoint,
+        witnessed: i64::try_from(witnessed.len()).unwrap_or(i64::MAX),
         problems,
     })
 }
@@ -467,15 +543,23 @@ async fn diagnose(
     })
 }
 
-/// Checks every stored checkpoint: its key, its signature, and that the log
-/// still reaches its event with its hash. Returns how many were checked and
-/// the newest whose signature holds.
+/// Checks every stored checkpoint: its key, its signature, that the log
+/// still reaches its event with its hash, and that the witness received it.
+/// Returns how many were checked and the newest whose signature holds.
 async fn check_stored_checkpoints(
     db: &Db,
-    keys: &HashMap<String, VerifyingKey>,
+    trust: &Trust,
+    witnessed: &[Witnessed],
     log_end: Option<i64>,
     problems: &mut Vec<Problem>,
 ) -> anyhow::Result<(i64, Option<CheckpointRow>)> {
+    let witness: std::collections::HashSet<(i64, i64, &str, &str)> = witnessed
+        .iter()
+        .map(|w| {
+            let c = &w.checkpoint;
+            (c.seq, c.at, c.kid.as_str(), c.signature.as_str())
+        })
+        .collect();
     let mut checked = 0;
     let mut latest = None;
     let mut found = Vec::new();
@@ -490,7 +574,7 @@ async fn check_stored_checkpoints(
                 at: c.at,
                 kid: c.kid.clone(),
             };
-            let Some(public) = keys.get(&c.kid) else {
+            let Some(public) = trust.get(&c.kid) else {
                 found.push(Problem::UnknownKey {
                     source,
                     kid: c.kid.clone(),
@@ -500,6 +584,12 @@ async fn check_stored_checkpoints(
             if !checkpoint::signature_holds(public, c.seq, &c.hash, c.at, &c.signature) {
                 found.push(Problem::BadSignature { source });
                 continue;
+            }
+            if !witness.contains(&(c.seq, c.at, c.kid.as_str(), c.signature.as_str())) {
+                found.push(Problem::NotWitnessed {
+                    source: source.clone(),
+                    seq: c.seq,
+                });
             }
             latest = Some(c.checkpoint());
             if log_end.is_none_or(|end| c.seq > end) {
@@ -537,42 +627,48 @@ async fn check_stored_checkpoints(
     Ok((checked, latest))
 }
 
-/// Checks the log against a checkpoint kept outside the database.
-async fn check_exported(
+/// Checks the log against a checkpoint kept outside the database (by the
+/// witness, or exported by an operator): a trusted key's signature, and the
+/// log still holding its hash at its event.
+async fn check_kept(
     db: &Db,
-    keys: &HashMap<String, VerifyingKey>,
-    exported: &ExportedCheckpoint,
+    trust: &Trust,
+    kept: &ExportedCheckpoint,
+    source: CheckpointSource,
     log_end: Option<i64>,
     problems: &mut Vec<Problem>,
 ) -> anyhow::Result<()> {
-    let source = CheckpointSource::Exported;
-    if !exported.signature_holds() {
+    let Some(public) = trust.get(&kept.kid) else {
+        problems.push(Problem::UnknownKey {
+            source,
+            kid: kept.kid.clone(),
+        });
+        return Ok(());
+    };
+    if !checkpoint::signature_holds(public, kept.seq, &kept.hash, kept.at, &kept.signature) {
         problems.push(Problem::BadSignature { source });
         return Ok(());
     }
-    let public = exported.public()?;
-    match keys.get(&exported.kid) {
-        Some(stored) if *stored == public => {}
-        Some(_) => problems.push(Problem::KeyReplaced {
-            kid: exported.kid.clone(),
-        }),
-        None => problems.push(Problem::UnknownKey {
-            source: source.clone(),
-            kid: exported.kid.clone(),
-        }),
-    }
-    if log_end.is_none_or(|end| exported.seq > end) {
+    let from_witness = matches!(source, CheckpointSource::Witness { .. });
+    if log_end.is_none_or(|end| kept.seq > end) {
         problems.push(Problem::Truncated {
             source,
-            checkpoint_seq: exported.seq,
+            checkpoint_seq: kept.seq,
             log_end,
         });
-    } else if let Some(event) = db::audit::find_event(db.pool(), exported.seq).await?
-        && event.hash != exported.hash
+    } else if let Some(event) = db::audit::find_event(db.pool(), kept.seq).await?
+        && event.hash != kept.hash
     {
-        problems.push(Problem::Rewritten {
-            source,
-            seq: exported.seq,
+        problems.push(if from_witness {
+            Problem::Forked {
+                source,
+                seq: kept.seq,
+            }
+        } else {
+            Problem::Rewritten {
+                source,
+                seq: kept.seq,
+            }
         });
     }
     Ok(())

@@ -57,14 +57,21 @@ pub enum AuditCommand {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
-    /// Recompute the hash chain and check every signed checkpoint; names the
-    /// first thing that does not hold and exits non-zero.
+    /// Recompute the hash chain and check every signed checkpoint, in the
+    /// database and in the witness, with the keys this portal trusts; names
+    /// the first thing that does not hold and exits non-zero.
     Verify {
         /// Also check the log against a checkpoint exported earlier with
-        /// `audit checkpoint --export`.
+        /// `audit checkpoint --export` (or e-mailed to auditors).
         #[arg(long)]
         checkpoint: Option<PathBuf>,
+        /// Also trust this checkpoint public key (hex), say the one the lab
+        /// published, where the portal's key file is not at hand.
+        #[arg(long)]
+        public_key: Vec<String>,
     },
+    /// Print the public half of the audit checkpoint key, and its id.
+    PublicKey,
     /// Sign the log's current head with the portal's audit key, after
     /// checking the events since the last checkpoint.
     Checkpoint {
@@ -385,8 +392,18 @@ pub async fn run(app: Arc<App>, cmd: AuditCommand) -> anyhow::Result<()> {
             every,
             format,
         } => tail(db, filter, lines, follow.then_some(every), format).await,
-        AuditCommand::Verify { checkpoint } => verify(db, checkpoint).await,
-        AuditCommand::Checkpoint { export, format } => sign_checkpoint(db, export, format).await,
+        AuditCommand::Verify {
+            checkpoint,
+            public_key,
+        } => verify(&app, checkpoint, &public_key).await,
+        AuditCommand::Checkpoint { export, format } => sign_checkpoint(&app, export, format).await,
+        AuditCommand::PublicKey => {
+            let key = checkpoint::AuditKey::configured(&app.config)?.context(
+                "no audit checkpoint key here: set WEIGHTGATE_AUDIT_KEY_FILE (or WEIGHTGATE_AUDIT_KEY)",
+            )?;
+            println!("{}  {}", hex::encode(key.public_key().as_bytes()), key.kid);
+            Ok(())
+        }
         AuditCommand::Downloads { model, format } => downloads(db, model, format).await,
         AuditCommand::WhoHas {
             model,
@@ -510,7 +527,7 @@ async fn tail(
     }
 }
 
-async fn verify(db: &Db, checkpoint: Option<PathBuf>) -> anyhow::Result<()> {
+async fn verify(app: &App, checkpoint: Option<PathBuf>, public_keys: &[String]) -> anyhow::Result<()> {
     let exported = match &checkpoint {
         Some(path) => {
             let text =
@@ -519,7 +536,17 @@ async fn verify(db: &Db, checkpoint: Option<PathBuf>) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let v = audit::verify_with(db, exported.as_ref()).await?;
+    let mut trust = app.audit_trust()?;
+    for key in public_keys {
+        trust.add(checkpoint::parse_public_key(key).context("--public-key")?);
+    }
+    anyhow::ensure!(
+        !trust.is_empty(),
+        "no checkpoint key to trust: give the portal's WEIGHTGATE_AUDIT_KEY_FILE (or WEIGHTGATE_AUDIT_KEY), \
+         or its public key with --public-key"
+    );
+    let witnessed = app.witness.read().await?;
+    let v = audit::verify_with(&app.db, &trust, &witnessed, exported.as_ref()).await?;
     if let Some((first, rest)) = v.problems.split_first() {
         let mut message = format!("audit log damaged: {first}");
         for problem in rest {
@@ -538,6 +565,11 @@ async fn verify(db: &Db, checkpoint: Option<PathBuf>) -> anyhow::Result<()> {
         ),
         None => println!("no signed checkpoints yet: `weightgate audit checkpoint` makes one"),
     }
+    println!(
+        "{} checkpoint(s) held by the witness match the log (trusted keys: {})",
+        v.witnessed,
+        trust.kids().join(", ")
+    );
     if let Some(e) = &exported {
         println!(
             "the exported checkpoint of event {} ({} UTC, key {}) matches",
@@ -549,8 +581,12 @@ async fn verify(db: &Db, checkpoint: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn sign_checkpoint(db: &Db, export: Option<PathBuf>, format: Format) -> anyhow::Result<()> {
-    let done = checkpoint::checkpoint(db).await?;
+async fn sign_checkpoint(app: &App, export: Option<PathBuf>, format: Format) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        checkpoint::AuditKey::configured(&app.config)?.is_some(),
+        "no audit checkpoint key here: set WEIGHTGATE_AUDIT_KEY_FILE (or WEIGHTGATE_AUDIT_KEY) to the portal's key"
+    );
+    let done = checkpoint::checkpoint(app).await?;
     let exported = done.exported();
     if let Some(path) = &export {
         let json = serde_json::to_string_pretty(&exported)? + "\n";

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use tokio::io::AsyncReadExt;
 use tokio_util::io::ReaderStream;
 
-use super::{ByteStream, ObjectStore};
+use super::{ByteStream, Locked, ObjectStore};
 
 /// Objects as files under one directory.
 #[derive(Debug)]
@@ -104,6 +104,80 @@ impl ObjectStore for LocalDir {
         }
         let reader = tokio::fs::File::from_std(file).take(len);
         Ok(Box::pin(ReaderStream::with_capacity(reader, CHUNK)))
+    }
+
+    /// A file written once: created only if absent, synced, and made
+    /// read-only. A directory enforces no retention: whoever can write it can
+    /// still delete the file.
+    async fn put_record(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        _retain_until: Option<std::time::SystemTime>,
+    ) -> anyhow::Result<Locked> {
+        let target = self.path(key)?;
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            use std::io::Write;
+            let dir = target.parent().context("record key has no parent")?;
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&target)
+                .with_context(|| format!("cannot create {}", target.display()))?;
+            file.write_all(&bytes)?;
+            file.sync_all()?;
+            let mut read_only = file.metadata()?.permissions();
+            read_only.set_readonly(true);
+            std::fs::set_permissions(&target, read_only)?;
+            std::fs::File::open(dir)?.sync_all()?;
+            Ok(())
+        })
+        .await??;
+        Ok(Locked::Unlocked)
+    }
+
+    async fn get_record(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        match tokio::fs::read(self.path(key)?).await {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(anyhow::Error::new(e)
+                .context(format!("cannot read record {key}"))
+                .context(super::StoreUnavailable)),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> anyhow::Result<Vec<String>> {
+        let root = self.root.clone();
+        let start = self.path(prefix.trim_end_matches('/'))?;
+        tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
+            let mut keys = Vec::new();
+            let mut dirs = vec![start];
+            while let Some(dir) = dirs.pop() {
+                let entries = match std::fs::read_dir(&dir) {
+                    Ok(entries) => entries,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => {
+                        return Err(anyhow::Error::new(e).context(format!("cannot list {}", dir.display())));
+                    }
+                };
+                for entry in entries {
+                    let path = entry?.path();
+                    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                    if name.starts_with('.') {
+                        continue;
+                    }
+                    if path.is_dir() {
+                        dirs.push(path);
+                    } else if let Some(key) = path.strip_prefix(&root).ok().and_then(|p| p.to_str()) {
+                        keys.push(key.replace(std::path::MAIN_SEPARATOR, "/"));
+                    }
+                }
+            }
+            keys.sort();
+            Ok(keys)
+        })
+        .await?
     }
 
     /// The portal streams local files itself: there is no URL to hand out.

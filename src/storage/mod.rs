@@ -50,6 +50,32 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
         ttl: Duration,
         file_name: &str,
     ) -> anyhow::Result<Option<String>>;
+
+    /// Stores a small record under `key`, never replacing one that is there.
+    /// With `retain_until`, a store that can lock objects (S3 Object Lock in
+    /// compliance mode) keeps anyone, its operator included, from deleting
+    /// or overwriting it until then; says whether it did.
+    async fn put_record(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        retain_until: Option<std::time::SystemTime>,
+    ) -> anyhow::Result<Locked>;
+
+    /// A record stored with [`ObjectStore::put_record`], or `None`.
+    async fn get_record(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>>;
+
+    /// The keys under `prefix` (which ends in `/`), in order.
+    async fn list(&self, prefix: &str) -> anyhow::Result<Vec<String>>;
+}
+
+/// Whether a record was stored under a lock its store enforces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Locked {
+    /// Retained until the date asked for: it cannot be deleted or replaced.
+    Retained,
+    /// Stored without a lock: the store offers none, or none was asked for.
+    Unlocked,
 }
 
 /// The content-addressed key of a file with this SHA-256.
@@ -60,7 +86,17 @@ pub fn key_for_sha256(sha256_hex: &str) -> String {
 /// The object store the configuration names: a local directory (the
 /// default, `DATA_DIR/objects`) or an S3 bucket.
 pub async fn open(config: &Config) -> anyhow::Result<Arc<dyn ObjectStore>> {
-    Ok(match config.storage_location()? {
+    at(config, config.storage_location()?)
+}
+
+/// The object store at `url` (`file://DIR` or `s3://BUCKET/PREFIX`), reached
+/// with the configuration's S3 endpoint and credentials.
+pub async fn open_url(config: &Config, url: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
+    at(config, Config::location(url)?)
+}
+
+fn at(config: &Config, location: StorageLocation) -> anyhow::Result<Arc<dyn ObjectStore>> {
+    Ok(match location {
         StorageLocation::Dir(root) => Arc::new(LocalDir::new(root)),
         StorageLocation::S3 { bucket, prefix } => Arc::new(S3Bucket::new(config, bucket, prefix)?),
     })

@@ -14,7 +14,7 @@ use aws_sdk_s3::{
 use aws_smithy_http_client::tls;
 use futures_util::{StreamExt, TryStreamExt};
 
-use super::{ByteStream, ObjectStore};
+use super::{ByteStream, Locked, ObjectStore};
 use crate::config::Config;
 
 /// Files up to this size go up in one PutObject; larger ones as a multipart
@@ -42,6 +42,8 @@ pub struct S3Bucket {
     /// Empty, or ending in `/`.
     prefix: String,
     endpoint: Option<String>,
+    /// Whether the bucket has Object Lock turned on, once asked.
+    lockable: std::sync::OnceLock<bool>,
 }
 
 impl fmt::Debug for S3Bucket {
@@ -103,6 +105,7 @@ impl S3Bucket {
             bucket,
             prefix,
             endpoint: config.s3_endpoint.clone(),
+            lockable: std::sync::OnceLock::new(),
         })
     }
 
@@ -111,6 +114,44 @@ impl S3Bucket {
         let plain = !key.is_empty() && key.split('/').all(|part| !matches!(part, "" | "." | ".."));
         anyhow::ensure!(plain, "invalid object key {key:?}");
         Ok(format!("{}{key}", self.prefix))
+    }
+
+    /// Whether the bucket has Object Lock turned on, asked once.
+    async fn lockable(&self) -> anyhow::Result<bool> {
+        if let Some(known) = self.lockable.get() {
+            return Ok(*known);
+        }
+        let answer = self
+            .client
+            .get_object_lock_configuration()
+            .bucket(&self.bucket)
+            .send()
+            .await;
+        let lockable = match answer {
+            Ok(out) => out
+                .object_lock_configuration()
+                .and_then(|c| c.object_lock_enabled())
+                .is_some_and(|e| *e == aws_sdk_s3::types::ObjectLockEnabled::Enabled),
+            // A bucket without a lock configuration, or a store that does not
+            // know the request: no locks.
+            Err(err)
+                if err.as_service_error().is_some_and(|e| {
+                    use aws_sdk_s3::error::ProvideErrorMetadata;
+                    matches!(
+                        e.code(),
+                        Some("ObjectLockConfigurationNotFoundError" | "NotImplemented" | "InvalidRequest")
+                    )
+                }) =>
+            {
+                false
+            }
+            Err(err) => {
+                return Err(anyhow::Error::new(err)
+                    .context(format!("cannot ask {} for its object lock", self.bucket))
+                    .context(super::StoreUnavailable));
+            }
+        };
+        Ok(*self.lockable.get_or_init(|| lockable))
     }
 
     /// `s3://bucket/key`, for error messages.
@@ -313,6 +354,122 @@ impl ObjectStore for S3Bucket {
             }
         });
         Ok(Box::pin(body))
+    }
+
+    /// One PutObject that fails if the key is taken (`If-None-Match: *`),
+    /// in compliance mode until `retain_until` when the bucket has Object
+    /// Lock. S3 wants a checksum with a locked object; SHA-256 is sent.
+    async fn put_record(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        retain_until: Option<std::time::SystemTime>,
+    ) -> anyhow::Result<Locked> {
+        use base64::Engine;
+        use sha2::Digest;
+        let object_key = self.object_key(key)?;
+        let lock = match retain_until {
+            Some(until) if self.lockable().await? => Some(until),
+            _ => None,
+        };
+        let checksum = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&bytes));
+        let mut request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&object_key)
+            .if_none_match("*")
+            .content_type("application/json")
+            .content_length(i64::try_from(bytes.len())?)
+            .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Sha256)
+            .checksum_sha256(checksum)
+            .body(SdkByteStream::from(bytes));
+        if let Some(until) = lock {
+            request = request
+                .object_lock_mode(aws_sdk_s3::types::ObjectLockMode::Compliance)
+                .object_lock_retain_until_date(aws_sdk_s3::primitives::DateTime::from(until));
+        }
+        let expected = request
+            .get_body()
+            .as_ref()
+            .and_then(|b| b.bytes())
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default();
+        match request.send().await {
+            Ok(_) => {}
+            // Taken: by this very record when a retried request had already
+            // gone through, which is fine; by anything else, refused.
+            Err(err) if err.raw_response().is_some_and(|r| r.status().as_u16() == 412) => {
+                let stored = self.get_record(key).await?;
+                anyhow::ensure!(
+                    stored.as_deref() == Some(expected.as_slice()),
+                    "{} holds another record already",
+                    self.describe(&object_key)
+                );
+            }
+            Err(err) => {
+                return Err(anyhow::Error::new(err)
+                    .context(format!("cannot store {}", self.describe(&object_key)))
+                    .context(super::StoreUnavailable));
+            }
+        }
+        Ok(if lock.is_some() {
+            Locked::Retained
+        } else {
+            Locked::Unlocked
+        })
+    }
+
+    async fn get_record(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        let object_key = self.object_key(key)?;
+        let object = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&object_key)
+            .send()
+            .await
+        {
+            Ok(object) => object,
+            Err(err) if err.as_service_error().is_some_and(|e| e.is_no_such_key()) => return Ok(None),
+            Err(err) => {
+                return Err(anyhow::Error::new(err)
+                    .context(format!("cannot read {}", self.describe(&object_key)))
+                    .context(super::StoreUnavailable));
+            }
+        };
+        let bytes = object
+            .body
+            .collect()
+            .await
+            .with_context(|| format!("cannot read {}", self.describe(&object_key)))?;
+        Ok(Some(bytes.into_bytes().to_vec()))
+    }
+
+    async fn list(&self, prefix: &str) -> anyhow::Result<Vec<String>> {
+        let full = self.object_key(prefix.trim_end_matches('/'))? + "/";
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&full)
+            .into_paginator()
+            .send();
+        let mut keys = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|err| {
+                anyhow::Error::new(err)
+                    .context(format!("cannot list {}", self.describe(&full)))
+                    .context(super::StoreUnavailable)
+            })?;
+            for object in page.contents() {
+                if let Some(key) = object.key() {
+                    keys.push(key.strip_prefix(&self.prefix).unwrap_or(key).to_owned());
+                }
+            }
+        }
+        keys.sort();
+        Ok(keys)
     }
 
     async fn presign_get(

@@ -96,6 +96,20 @@ pub async fn public_key(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+/// Where the public half of the audit checkpoint key is published.
+pub const AUDIT_KEY_PATH: &str = "/.well-known/weightgate/audit-checkpoint.pub";
+
+/// The audit checkpoint key's public half, in hex, and its id: what anyone
+/// checking an exported or witnessed checkpoint needs.
+pub async fn audit_public_key(State(state): State<AppState>) -> Result<Response, Error> {
+    let key = state.app.audit_key()?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("{}  {}\n", hex::encode(key.public_key().as_bytes()), key.kid),
+    )
+        .into_response())
+}
+
 /// `SHA256SUMS`, `manifest.json` and their `.minisig` signatures, exactly as
 /// signed at publication.
 pub async fn release_file(

@@ -233,8 +233,12 @@ pub async fn serve(
         app.clone(),
         app.config.notices_every,
     ));
+    // The checkpoint key is read (or, on a first start, made) before the
+    // portal serves, so that a missing or unreadable key stops it at once.
+    let key = app.audit_key()?;
+    tracing::info!(kid = %key.kid, public_key = %hex::encode(key.public_key().as_bytes()), "audit checkpoints are signed with this key");
     let checkpoints = tokio::spawn(crate::audit::checkpoint_periodically(
-        app.db.clone(),
+        app.clone(),
         app.config.audit_checkpoint_every,
     ));
     let refusals = tokio::spawn(app.refusals.clone().run(app.audit.clone()));

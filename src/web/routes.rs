@@ -111,6 +111,13 @@ pub fn all() -> Vec<Route> {
             Public,
             access::public_key,
         ),
+        on(
+            g.clone(),
+            access::AUDIT_KEY_PATH,
+            Open,
+            Public,
+            access::audit_public_key,
+        ),
         on(g.clone(), "/dl/{token}/{file}", Open, Secret, download::fetch),
         on(g.clone(), "/healthz", Open, Public, ops::healthz),
         on(g.clone(), "/readyz", Open, Public, ops::readyz),

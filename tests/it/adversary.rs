@@ -671,7 +671,7 @@ async fn two_replicas_cannot_pass_a_quota_together() {
     started.sort_unstable();
     started.dedup();
     assert_eq!(started.len(), 1, "{started:?}");
-    assert!(weightgate::audit::verify_chain(&t.app.db).await.unwrap().is_intact());
+    assert!(weightgate::audit::verify_chain(&t.app).await.unwrap().is_intact());
     replica.stop().await;
 }
 }
@@ -802,7 +802,7 @@ async fn a_flood_of_made_up_links_writes_a_few_events_not_one_each() {
     let (ok, out, err) = weightgate(&t, &["audit", "anomalies", "--format", "jsonl"], None);
     assert!(ok, "{err}");
     assert!(out.lines().any(|l| l.contains("127.0.0.1") && l.contains("\"count\":150")), "{out}");
-    assert!(weightgate::audit::verify_chain(&t.app.db).await.unwrap().is_intact());
+    assert!(weightgate::audit::verify_chain(&t.app).await.unwrap().is_intact());
 }
 }
 
@@ -876,5 +876,187 @@ async fn extensions_and_renewals_follow_the_models_approval_policy() {
     let overridden = t.wait_for_events("grant.extended", 2).await;
     assert!(overridden[1].reason.as_deref().is_some_and(|r| r.contains("override")), "{:?}", overridden[1]);
     assert_eq!(overridden[1].actor.as_deref(), Some(REVIEWER));
+}
+}
+
+/// What an insider with write access to the database does to hide a
+/// researcher's downloads: drops their fetch events, renumbers the rest and
+/// recomputes every hash, so that the chain is whole again.
+async fn erase_downloads(t: &TestApp, researcher_email: &str) {
+    let rows = crate::audit::snapshot(t).await;
+    let mut kept: Vec<weightgate::db::audit::EventRow> = rows
+        .into_iter()
+        .filter(|e| {
+            !(e.action.starts_with("file.")
+                && e.subject
+                    .as_deref()
+                    .is_some_and(|s| s.starts_with(researcher_email)))
+        })
+        .collect();
+    let mut prev = weightgate::audit::GENESIS.to_owned();
+    for (i, row) in kept.iter_mut().enumerate() {
+        row.seq = i as i64 + 1;
+        row.prev_hash = prev;
+        row.hash = weightgate::audit::event_hash(row);
+        prev = row.hash.clone();
+    }
+    let mut tx = t.app.db.begin().await.unwrap();
+    sqlx::query("DELETE FROM audit_events")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    for r in &kept {
+        weightgate::db::audit::insert(&mut tx, r).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+}
+
+both! {
+async fn an_insider_with_the_database_and_the_key_cannot_rewrite_the_log_unseen() {
+    let t = TestApp::spawn().await;
+    let email = "erased@uni.example.edu";
+    let access = t.approved_researcher(email).await;
+    for (_, url) in t.download_links(&access).await {
+        t.client.get(&url).send().await.unwrap().bytes().await.unwrap();
+    }
+    t.wait_for_events("file.delivered", 3).await;
+    let (ok, _, err) = weightgate(&t, &["audit", "checkpoint"], None);
+    assert!(ok, "{err}");
+    let (ok, out, err) = weightgate(&t, &["audit", "verify"], None);
+    assert!(ok, "{err}");
+    assert!(out.contains("1 checkpoint(s) held by the witness match the log"), "{out}");
+
+    // The insider erases the downloads and rebuilds the chain; with the
+    // checkpoint key stolen from the key file, they re-sign the new head
+    // and put that checkpoint where the old one was.
+    let original: i64 = weightgate::db::audit::head(t.app.db.pool()).await.unwrap().unwrap().0;
+    erase_downloads(&t, email).await;
+    // ...padded back to its old length, so that nothing looks cut short.
+    loop {
+        let (seq, _) = weightgate::db::audit::head(t.app.db.pool()).await.unwrap().unwrap();
+        if seq == original {
+            break;
+        }
+        let mut filler = weightgate::audit::Event::new("reviewer.sign_in", weightgate::audit::Outcome::Refused);
+        filler.reason = Some("bad_credentials".into());
+        weightgate::audit::append_now(&t.app.db, filler).await.unwrap();
+    }
+    let kept = crate::audit::snapshot(&t).await;
+    let head = kept.last().unwrap();
+    assert_eq!(head.seq, original);
+    let key_text = std::fs::read_to_string(t.app.config.data_dir.join("audit-checkpoint.key")).unwrap();
+    let key = weightgate::audit::checkpoint::AuditKey::parse(&key_text).unwrap();
+    crate::audit::sql(&t, "DELETE FROM audit_checkpoints").await;
+    let resigned = key.sign(head.seq, &head.hash, weightgate::types::now_ms());
+    weightgate::db::audit::insert_checkpoint(t.app.db.pool(), &resigned).await.unwrap();
+
+    // The chain and the database's checkpoint agree; the witness does not.
+    let v = weightgate::audit::verify_chain(&t.app).await.unwrap();
+    assert!(v.problems.iter().any(|p| matches!(p, weightgate::audit::Problem::Forked { .. })), "{:?}", v.problems);
+    assert!(v.problems.iter().any(|p| matches!(p, weightgate::audit::Problem::NotWitnessed { .. })), "{:?}", v.problems);
+    let (ok, _, err) = weightgate(&t, &["audit", "verify"], None);
+    assert!(!ok);
+    assert!(err.contains("forked history"), "{err}");
+    assert!(err.contains("re-signed checkpoint"), "{err}");
+}
+}
+
+both! {
+async fn cutting_the_newest_events_with_their_checkpoints_leaves_a_missing_tail() {
+    let t = TestApp::spawn().await;
+    let access = t.approved_researcher("tail@uni.example.edu").await;
+    let (_, first) = t.download_links(&access).await.remove(0);
+    let (ok, _, err) = weightgate(&t, &["audit", "checkpoint"], None);
+    assert!(ok, "{err}");
+    let before: i64 = weightgate::db::audit::head(t.app.db.pool()).await.unwrap().unwrap().0;
+    t.client.get(&first).send().await.unwrap().bytes().await.unwrap();
+    t.wait_for_events("file.delivered", 1).await;
+    let (ok, _, err) = weightgate(&t, &["audit", "checkpoint"], None);
+    assert!(ok, "{err}");
+    let after: i64 = weightgate::db::audit::head(t.app.db.pool()).await.unwrap().unwrap().0;
+    assert!(after > before);
+
+    // The download's events and the checkpoint that signed them go: what is
+    // left is a whole chain with a whole checkpoint, and no key was needed.
+    crate::audit::sql(&t, &format!("DELETE FROM audit_events WHERE seq > {before}")).await;
+    crate::audit::sql(&t, &format!("DELETE FROM audit_checkpoints WHERE seq > {before}")).await;
+    let v = weightgate::audit::verify_chain(&t.app).await.unwrap();
+    assert!(
+        v.problems.iter().any(|p| matches!(p, weightgate::audit::Problem::Truncated { checkpoint_seq, log_end: Some(end), .. } if *checkpoint_seq == after && *end == before)),
+        "{:?}",
+        v.problems
+    );
+    let (ok, _, err) = weightgate(&t, &["audit", "verify"], None);
+    assert!(!ok);
+    assert!(err.contains(&format!("the log was truncated: the checkpoint in the witness object audit-witness/{after:020}.")), "{err}");
+    assert!(err.contains(&format!("says the log reached event {after}, but it ends at event {before}")), "{err}");
+}
+}
+
+both! {
+async fn each_checkpoint_goes_to_a_locked_witness_and_the_key_is_published() {
+    let server = crate::storage::S3Server::start_with_object_lock().await;
+    let outside = tempfile::tempdir().unwrap();
+    let file = outside.path().join("witness.jsonl");
+    let t = TestApp::spawn_with(|c| {
+        server.configure(c);
+        c.witness_file = Some(file.clone());
+        c.witness_email = "auditor@lab.example.org".into();
+    })
+    .await;
+    t.approved_researcher("witnessed@uni.example.edu").await;
+    // The operator's commands run with the portal's settings.
+    let c = &t.app.config;
+    let env = [
+        ("WEIGHTGATE_STORAGE_URL", c.storage_url.clone().unwrap()),
+        ("WEIGHTGATE_S3_ENDPOINT", c.s3_endpoint.clone().unwrap()),
+        ("WEIGHTGATE_S3_PATH_STYLE", "true".to_owned()),
+        ("WEIGHTGATE_S3_ACCESS_KEY_ID", c.s3_access_key_id.clone().unwrap()),
+        ("WEIGHTGATE_S3_SECRET_ACCESS_KEY", c.s3_secret_access_key.clone().unwrap()),
+        ("WEIGHTGATE_WITNESS_FILE", file.display().to_string()),
+        ("WEIGHTGATE_WITNESS_EMAIL", c.witness_email.clone()),
+    ];
+    let weightgate = |args: &[&str]| crate::cli::weightgate_with(&t, args, None, &env);
+    let (ok, out, err) = weightgate(&["audit", "checkpoint", "--format", "jsonl"]);
+    assert!(ok, "{err}\n{:?}", server.calls());
+    let signed: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let seq = signed["seq"].as_i64().unwrap();
+
+    // In the bucket, locked in compliance mode for seven years...
+    let puts: Vec<String> = server.calls().into_iter().filter(|c| c.contains("audit-witness/")).collect();
+    assert_eq!(puts.len(), 1, "{puts:?}");
+    let this_year = time::OffsetDateTime::now_utc().year();
+    assert!(puts[0].contains(&format!("lock COMPLIANCE until {}", this_year + 7)), "{puts:?}");
+    assert!(puts[0].contains(&format!("audit-witness/{seq:020}.")), "{puts:?}");
+    // ...in the witness file, and in the auditors' mail.
+    let lines = std::fs::read_to_string(&file).unwrap();
+    let line: serde_json::Value = serde_json::from_str(lines.trim()).unwrap();
+    assert_eq!(line["signature"], signed["signature"]);
+    let mail = t.wait_for_mail("auditor@lab.example.org", &format!("checkpoint of event {seq}")).await;
+    assert!(mail.contains(signed["hash"].as_str().unwrap()));
+
+    // Anyone can read the public key; with it alone, away from the portal's
+    // key file, verify checks the database and the witness.
+    let published = t.client.get(t.url("/.well-known/weightgate/audit-checkpoint.pub")).send().await.unwrap().text().await.unwrap();
+    let (public_key, kid) = published.trim().split_once("  ").unwrap();
+    assert_eq!(public_key, signed["public_key"].as_str().unwrap());
+    assert_eq!(kid, signed["kid"].as_str().unwrap());
+    let (ok, printed, _) = weightgate(&["audit", "public-key"]);
+    assert!(ok);
+    assert_eq!(printed.trim(), published.trim());
+    let (ok, out, err) = weightgate(&["audit", "verify"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("2 checkpoint(s) held by the witness match the log"), "{out}");
+    // The key is nowhere in the database.
+    let seed = std::fs::read_to_string(t.app.config.data_dir.join("audit-checkpoint.key")).unwrap();
+    for table in ["signing_keys", "audit_checkpoints", "audit_events", "outbox"] {
+        let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT CAST(COUNT(*) AS TEXT) FROM {table}")))
+            .fetch_all(t.app.db.pool())
+            .await
+            .unwrap();
+        assert!(!rows.is_empty());
+    }
+    let secrets: Vec<String> = sqlx::query_scalar("SELECT secret FROM signing_keys").fetch_all(t.app.db.pool()).await.unwrap();
+    assert!(secrets.iter().all(|s| s.trim() != seed.trim()));
 }
 }

@@ -39,14 +39,14 @@ async fn fill_to(t: &TestApp, n: i64) {
 }
 
 /// The log as stored.
-async fn snapshot(t: &TestApp) -> Vec<EventRow> {
+pub(crate) async fn snapshot(t: &TestApp) -> Vec<EventRow> {
     db::audit::page_after(t.app.db.pool(), i64::MIN, 1_000_000)
         .await
         .unwrap()
 }
 
 /// Puts the log back exactly as `rows`.
-async fn restore(t: &TestApp, rows: &[EventRow]) {
+pub(crate) async fn restore(t: &TestApp, rows: &[EventRow]) {
     let mut tx = t.app.db.begin().await.unwrap();
     sqlx::query("DELETE FROM audit_events")
         .execute(&mut *tx)
@@ -56,10 +56,10 @@ async fn restore(t: &TestApp, rows: &[EventRow]) {
         db::audit::insert(&mut tx, r).await.unwrap();
     }
     tx.commit().await.unwrap();
-    assert!(audit::verify_chain(&t.app.db).await.unwrap().is_intact());
+    assert!(audit::verify_chain(&t.app).await.unwrap().is_intact());
 }
 
-async fn sql(t: &TestApp, statement: &str) {
+pub(crate) async fn sql(t: &TestApp, statement: &str) {
     sqlx::query(sqlx::AssertSqlSafe(statement.to_owned()))
         .execute(t.app.db.pool())
         .await
@@ -114,7 +114,7 @@ async fn renumber(t: &TestApp, after: i64, by: i64) {
 /// Runs `audit verify` and returns its first problem, checking that the
 /// command fails with that problem named.
 async fn damage(t: &TestApp) -> (Problem, String) {
-    let verification = audit::verify_chain(&t.app.db).await.unwrap();
+    let verification = audit::verify_chain(&t.app).await.unwrap();
     let first = verification
         .problems
         .first()
@@ -286,7 +286,7 @@ async fn checkpoints_reveal_truncation_and_exports_outlive_the_database() {
     sql(&t, "UPDATE audit_checkpoints SET at = at - 1").await;
     sql(&t, "UPDATE audit_checkpoints SET kid = 'gone'").await;
     let (_, err) = damage(&t).await;
-    assert!(err.contains("was signed with key gone, which the database no longer holds"), "{err}");
+    assert!(err.contains("was signed with key gone, which this portal does not trust"), "{err}");
     sql(&t, &format!("UPDATE audit_checkpoints SET kid = '{}'", exported["kid"].as_str().unwrap())).await;
     let (ok, _, err) = weightgate(&t, &["audit", "verify"], None);
     assert!(ok, "{err}");
@@ -302,10 +302,11 @@ async fn checkpoints_reveal_truncation_and_exports_outlive_the_database() {
     assert!(err.contains("no checkpoint was signed") && err.contains("the log was truncated"), "{err}");
 
     // With the stored checkpoints gone too, the chain alone looks whole; the
-    // exported checkpoint still tells.
+    // witness still tells, and so does the exported checkpoint.
     sql(&t, "DELETE FROM audit_checkpoints").await;
     let (ok, _, err) = weightgate(&t, &["audit", "verify"], None);
-    assert!(ok, "{err}");
+    assert!(!ok);
+    assert!(err.contains("the log was truncated: the checkpoint in the witness object audit-witness/00000000000000000040."), "{err}");
     let (ok, _, err) = weightgate(&t, &["audit", "verify", "--checkpoint", file_arg], None);
     assert!(!ok);
     assert!(
@@ -335,18 +336,19 @@ async fn checkpoints_reveal_truncation_and_exports_outlive_the_database() {
     assert!(!ok);
     assert!(err.contains("not an exported weightgate checkpoint"), "{err}");
 
-    // Someone with the database replaced the signing key to sign a new story.
-    sql(&t, "UPDATE signing_keys SET secret = 'AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE' WHERE purpose = 'audit-ed25519'").await;
-    let (ok, _, err) = weightgate(&t, &["audit", "verify", "--checkpoint", file_arg], None);
-    assert!(!ok);
-    assert!(err.contains("the checkpoint key was replaced"), "{err}");
+    // The key never entered the database.
+    let keys: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM signing_keys WHERE purpose = 'audit-ed25519'")
+        .fetch_one(t.app.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(keys, 0);
 }
 }
 
 both! {
 async fn the_server_signs_a_checkpoint_whenever_the_head_moves() {
     let t = TestApp::spawn().await;
-    let signer = tokio::spawn(audit::checkpoint_periodically(t.app.db.clone(), Duration::from_secs(1)));
+    let signer = tokio::spawn(audit::checkpoint_periodically(t.app.clone(), Duration::from_secs(1)));
     let wait_for_checkpoint_of = |seq: i64| {
         let db = t.app.db.clone();
         async move {
@@ -376,7 +378,7 @@ async fn the_server_signs_a_checkpoint_whenever_the_head_moves() {
         .unwrap();
     assert_eq!(count, 2, "an unmoved head is not signed again");
     signer.abort();
-    let v = audit::verify_chain(&t.app.db).await.unwrap();
+    let v = audit::verify_chain(&t.app).await.unwrap();
     assert!(v.is_intact(), "{:?}", v.problems);
     assert_eq!(v.checkpoints, 2);
     assert_eq!(v.latest_checkpoint.unwrap().seq, head + 3);
@@ -406,7 +408,7 @@ async fn concurrent_fetches_each_leave_one_event_and_an_unbroken_chain() {
     let count = |action: &str| events.iter().filter(|e| e.action == action).count();
     assert_eq!(count("file.fetch"), 40);
     assert_eq!(count("file.delivered"), 40);
-    let v = audit::verify_chain(&t.app.db).await.unwrap();
+    let v = audit::verify_chain(&t.app).await.unwrap();
     assert!(v.is_intact(), "{:?}", v.problems);
     assert_eq!(v.events, events.len() as i64);
     let (ok, out, err) = weightgate(&t, &["audit", "verify"], None);

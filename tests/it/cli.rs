@@ -8,11 +8,22 @@ use std::{
 use crate::helpers::*;
 
 pub(crate) fn weightgate(t: &TestApp, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    weightgate_with(t, args, stdin, &[])
+}
+
+/// [`weightgate`] with more settings in its environment.
+pub(crate) fn weightgate_with(
+    t: &TestApp,
+    args: &[&str],
+    stdin: Option<&str>,
+    env: &[(&str, String)],
+) -> (bool, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_weightgate"))
         .args(args)
         .env("WEIGHTGATE_DATA_DIR", &t.app.config.data_dir)
         .env("WEIGHTGATE_DATABASE_URL", t.app.config.database_url())
         .env("WEIGHTGATE_LOG", "warn")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -277,7 +277,7 @@ async fn no_fetch_is_let_through_after_its_grant_is_revoked_in_the_log() {
     for e in after {
         assert_eq!((e.outcome.as_str(), e.reason.as_deref()), ("refused", Some("grant_revoked")));
     }
-    let v = weightgate::audit::verify_chain(&t.app.db).await.unwrap();
+    let v = weightgate::audit::verify_chain(&t.app).await.unwrap();
     assert!(v.is_intact(), "{:?}", v.problems);
 }
 }
@@ -345,7 +345,7 @@ async fn a_fetch_whose_audit_event_cannot_be_written_sends_no_bytes() {
     let response = t.client.get(&url).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK, "fetches resume once the log accepts writes");
     response.bytes().await.unwrap();
-    assert!(weightgate::audit::verify_chain(&t.app.db).await.unwrap().is_intact());
+    assert!(weightgate::audit::verify_chain(&t.app).await.unwrap().is_intact());
 }
 }
 

@@ -19,7 +19,7 @@ use crate::{cli::weightgate, helpers::*};
 pub(crate) async fn still_whole(t: &TestApp) {
     let health = t.client.get(t.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), StatusCode::OK);
-    let verification = audit::verify_chain(&t.app.db).await.unwrap();
+    let verification = audit::verify_chain(&t.app).await.unwrap();
     assert!(verification.is_intact(), "{verification:?}");
 }
 

@@ -17,8 +17,9 @@ use s3s::{
     dto::{
         AbortMultipartUploadInput, AbortMultipartUploadOutput, CompleteMultipartUploadInput,
         CompleteMultipartUploadOutput, CreateMultipartUploadInput, CreateMultipartUploadOutput,
-        GetObjectInput, GetObjectOutput, HeadObjectInput, HeadObjectOutput, PutObjectInput, PutObjectOutput,
-        UploadPartInput, UploadPartOutput,
+        GetObjectInput, GetObjectLockConfigurationInput, GetObjectLockConfigurationOutput, GetObjectOutput,
+        HeadObjectInput, HeadObjectOutput, ListObjectsV2Input, ListObjectsV2Output, ObjectLockConfiguration,
+        ObjectLockEnabled, PutObjectInput, PutObjectOutput, UploadPartInput, UploadPartOutput,
     },
     s3_error,
     service::S3ServiceBuilder,
@@ -43,6 +44,8 @@ struct Watched {
     fs: s3s_fs::FileSystem,
     calls: Arc<Mutex<Vec<String>>>,
     refuse_part: Option<i32>,
+    /// Whether the bucket says it has Object Lock turned on.
+    object_lock: bool,
 }
 
 impl Watched {
@@ -62,8 +65,40 @@ impl S3 for Watched {
     }
 
     async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
-        self.note(format!("PutObject {}", req.input.key));
+        let lock = match (
+            &req.input.object_lock_mode,
+            &req.input.object_lock_retain_until_date,
+        ) {
+            (Some(mode), Some(until)) => {
+                let until = time::OffsetDateTime::from(until.clone());
+                format!(" lock {} until {}", mode.as_str(), until.year())
+            }
+            _ => String::new(),
+        };
+        self.note(format!("PutObject {}{lock}", req.input.key));
         self.fs.put_object(req).await
+    }
+
+    async fn list_objects_v2(
+        &self,
+        req: S3Request<ListObjectsV2Input>,
+    ) -> S3Result<S3Response<ListObjectsV2Output>> {
+        self.fs.list_objects_v2(req).await
+    }
+
+    async fn get_object_lock_configuration(
+        &self,
+        _req: S3Request<GetObjectLockConfigurationInput>,
+    ) -> S3Result<S3Response<GetObjectLockConfigurationOutput>> {
+        if !self.object_lock {
+            return Err(s3_error!(ObjectLockConfigurationNotFoundError));
+        }
+        Ok(S3Response::new(GetObjectLockConfigurationOutput {
+            object_lock_configuration: Some(ObjectLockConfiguration {
+                object_lock_enabled: Some(ObjectLockEnabled::from_static(ObjectLockEnabled::ENABLED)),
+                rule: None,
+            }),
+        }))
     }
 
     async fn create_multipart_upload(
@@ -121,10 +156,19 @@ pub(crate) struct S3Server {
 
 impl S3Server {
     pub(crate) async fn start() -> Self {
-        Self::start_refusing_part(None).await
+        Self::start_with(None, false).await
+    }
+
+    /// A server whose bucket has Object Lock turned on.
+    pub(crate) async fn start_with_object_lock() -> Self {
+        Self::start_with(None, true).await
     }
 
     async fn start_refusing_part(refuse_part: Option<i32>) -> Self {
+        Self::start_with(refuse_part, false).await
+    }
+
+    async fn start_with(refuse_part: Option<i32>, object_lock: bool) -> Self {
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir(root.path().join(BUCKET)).unwrap();
         let calls = Arc::new(Mutex::new(Vec::new()));
@@ -132,6 +176,7 @@ impl S3Server {
             fs: s3s_fs::FileSystem::new(root.path()).unwrap(),
             calls: calls.clone(),
             refuse_part,
+            object_lock,
         });
         builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
         let service = builder.build();
@@ -178,7 +223,7 @@ impl S3Server {
         self.root.path().join(BUCKET).join(PREFIX).join(key)
     }
 
-    fn calls(&self) -> Vec<String> {
+    pub(crate) fn calls(&self) -> Vec<String> {
         self.calls.lock().unwrap().clone()
     }
 }
