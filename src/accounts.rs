@@ -183,12 +183,18 @@ pub async fn authenticate(
     Ok(signed_in)
 }
 
-/// A short fingerprint of the reviewer's password hash. A session keeps the
-/// one it signed in with, and is honoured only while it still matches: a new
-/// password ends every other session of the account, on every replica.
+/// A short fingerprint of the reviewer's password hash and session epoch.
+/// A session keeps the one it signed in with, and is honoured only while it
+/// still matches: a new password, or disabling the account, ends every
+/// session of the account on every replica (and enabling it again does not
+/// bring them back).
 pub fn credential_stamp(reviewer: &Reviewer) -> String {
     use sha2::Digest;
-    hex::encode(&sha2::Sha256::digest(reviewer.password_hash.as_bytes())[..12])
+    let mut hash = sha2::Sha256::new();
+    hash.update(reviewer.password_hash.as_bytes());
+    hash.update(b"\n");
+    hash.update(reviewer.session_epoch.to_le_bytes());
+    hex::encode(&hash.finalize()[..12])
 }
 
 /// Changes the signed-in reviewer's own password, after checking the
@@ -206,6 +212,12 @@ pub async fn change_password(
             .verify(current, reviewer.password_hash.clone())
             .await?
     {
+        let mut event = Event::new("reviewer.password_changed", Outcome::Refused);
+        event.reason = Some("bad_credentials".into());
+        event.actor = Some(reviewer.email.clone());
+        event.subject = Some(reviewer.email.clone());
+        event.client = client;
+        audit::append_now(&app.db, event).await?;
         return Err(AccountError::WrongPassword.into());
     }
     check_new_password(new)?;

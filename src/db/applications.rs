@@ -242,15 +242,31 @@ pub struct ApprovalSoFar {
     pub note: Option<String>,
 }
 
-/// The approvals an application has so far, oldest first.
+/// The approvals an application has so far that still count, oldest first:
+/// those of reviewers who are enabled and may still decide for its model
+/// (admins, or reviewers assigned to it). An approval by someone since
+/// disabled or taken off the model no longer counts towards the policy.
 pub async fn approvals(tx: &mut Tx, application_id: &str) -> sqlx::Result<Vec<ApprovalSoFar>> {
     sqlx::query_as(
-        "SELECT reviewer_id, grant_days, note FROM reviews
-         WHERE application_id = $1 AND decision = 'approve' ORDER BY created_at, id",
+        "SELECT r.reviewer_id, r.grant_days, r.note
+         FROM reviews r
+         JOIN applications a ON a.id = r.application_id
+         JOIN reviewers rv ON rv.id = r.reviewer_id
+         WHERE r.application_id = $1 AND r.decision = 'approve' AND rv.disabled_at IS NULL
+           AND (rv.is_admin <> 0 OR EXISTS (
+               SELECT 1 FROM model_reviewers mr WHERE mr.reviewer_id = rv.id AND mr.model_id = a.model_id))
+         ORDER BY r.created_at, r.id",
     )
     .bind(application_id)
     .fetch_all(&mut **tx)
     .await
+    .map(|all: Vec<ApprovalSoFar>| {
+        // One approval per reviewer, however often they approved.
+        let mut seen = std::collections::HashSet::new();
+        all.into_iter()
+            .filter(|a| seen.insert(a.reviewer_id.clone()))
+            .collect()
+    })
 }
 
 /// Which applications the reviewers' queue shows.

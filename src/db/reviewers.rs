@@ -13,6 +13,8 @@ pub struct Reviewer {
     pub notify: String,
     pub last_digest_at: Option<i64>,
     pub disabled_at: Option<i64>,
+    /// Raised whenever the account's sessions must end.
+    pub session_epoch: i64,
 }
 
 impl Reviewer {
@@ -22,7 +24,7 @@ impl Reviewer {
 }
 
 const COLUMNS: &str =
-    "SELECT id, email, password_hash, is_admin, created_at, notify, last_digest_at, disabled_at
+    "SELECT id, email, password_hash, is_admin, created_at, notify, last_digest_at, disabled_at, session_epoch
     FROM reviewers";
 
 /// Creates the reviewer, or sets a new password and role if the e-mail exists.
@@ -95,11 +97,16 @@ pub async fn set_disabled<'c>(
     id: &str,
     disabled_at: Option<i64>,
 ) -> sqlx::Result<bool> {
-    let done = sqlx::query("UPDATE reviewers SET disabled_at = $2 WHERE id = $1")
-        .bind(id)
-        .bind(disabled_at)
-        .execute(e)
-        .await?;
+    // Disabling also ends every session: they stay ended if it is enabled again.
+    let done = sqlx::query(
+        "UPDATE reviewers SET disabled_at = $2,
+            session_epoch = session_epoch + CASE WHEN $2 IS NULL THEN 0 ELSE 1 END
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(disabled_at)
+    .execute(e)
+    .await?;
     Ok(done.rows_affected() == 1)
 }
 

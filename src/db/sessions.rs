@@ -20,16 +20,16 @@ pub async fn create<'c>(
     Ok(done.rows_affected() == 1)
 }
 
+/// Saves a session that exists. A session deleted meanwhile (signed out,
+/// or its id cycled, by a request running beside this one) stays deleted:
+/// a concurrent request must not bring back a session its owner ended.
 pub async fn save<'c>(e: impl AnyExecutor<'c>, id: &str, data: &str, expires_at: i64) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO sessions (id, data, expires_at) VALUES ($1, $2, $3)
-         ON CONFLICT (id) DO UPDATE SET data = excluded.data, expires_at = excluded.expires_at",
-    )
-    .bind(id)
-    .bind(data)
-    .bind(expires_at)
-    .execute(e)
-    .await?;
+    sqlx::query("UPDATE sessions SET data = $2, expires_at = $3 WHERE id = $1")
+        .bind(id)
+        .bind(data)
+        .bind(expires_at)
+        .execute(e)
+        .await?;
     Ok(())
 }
 

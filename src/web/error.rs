@@ -140,6 +140,13 @@ impl From<anyhow::Error> for Error {
                 ResearcherError::Invalid(_) => Error::BadRequest(e.to_string()),
             };
         }
+        if err.is::<crate::accounts::PasswordsBusy>() {
+            return Error::TooManyRequests {
+                limit: "password_checks",
+                what: "The portal is busy checking other passwords",
+                retry_after: std::time::Duration::from_secs(1),
+            };
+        }
         if let Some(e) = err.downcast_ref::<AccountError>() {
             return Error::BadRequest(e.to_string());
         }

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use tower_sessions::Session;
 
 use super::{
-    AppState, ClientInfo, Error,
+    AppState, ClientInfo, Error, address_key,
     auth::{Csrf, CurrentReviewer, STAMP_KEY, check_csrf, session_error},
     extract::{Form, FormFields, Path},
     pages::{self, Choice, Header, render},
@@ -543,11 +543,35 @@ pub async fn change_password(
     if form.new != form.again {
         return refused("The new password and its repetition differ.".into()).await;
     }
+    // Checking the current password is a sign-in attempt like any other:
+    // counted first, so a stolen session cannot guess it at speed.
+    let attempt = state
+        .throttle
+        .attempt(Some(&me.email), &address_key(&client))
+        .map_err(|retry_after| Error::TooManyRequests {
+            limit: "signin_attempts",
+            what: "Too many wrong passwords were tried",
+            retry_after,
+        })?;
     let changed = match accounts::change_password(&state.app, &me, &form.current, &form.new, client).await {
-        Ok(changed) => changed,
+        Ok(changed) => {
+            attempt.succeeded();
+            changed
+        }
         Err(err) => match err.downcast_ref::<accounts::AccountError>() {
-            Some(refusal) => return refused(refusal.to_string()).await,
-            None => return Err(err.into()),
+            // A wrong current password stays counted; a new password that
+            // is too short or too long was never a guess.
+            Some(accounts::AccountError::WrongPassword) => return refused(err.to_string()).await,
+            Some(refusal) => {
+                attempt.succeeded();
+                return refused(refusal.to_string()).await;
+            }
+            None => {
+                if err.is::<accounts::PasswordsBusy>() {
+                    attempt.succeeded();
+                }
+                return Err(err.into());
+            }
         },
     };
     session

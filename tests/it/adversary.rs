@@ -487,7 +487,7 @@ async fn a_new_password_ends_every_other_session() {
         ])
         .await;
     assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    let changes = t.audit_events().await.iter().filter(|e| e.action == "reviewer.password_changed").count();
+    let changes = t.audit_events().await.iter().filter(|e| e.action == "reviewer.password_changed" && e.outcome == "ok").count();
     assert_eq!(changes, 1);
     // An operator's reset from the command line ends every session.
     let (ok, _, err) = weightgate(&t, &["reviewer", "add", REVIEWER, "--admin", "--password-stdin"], Some("reset by the operator\n"));
@@ -1060,3 +1060,84 @@ async fn each_checkpoint_goes_to_a_locked_witness_and_the_key_is_published() {
     assert!(secrets.iter().all(|s| s.trim() != seed.trim()));
 }
 }
+both! {
+async fn a_session_ended_stays_ended() {
+    let t = TestApp::spawn().await;
+    // A request that loaded the session before its owner signed out saves
+    // it after: the session must not come back.
+    let pool = t.app.db.pool();
+    let far = weightgate::types::now_ms() + 3_600_000;
+    assert!(weightgate::db::sessions::create(pool, "ended-session", "{}", far).await.unwrap());
+    weightgate::db::sessions::delete(pool, "ended-session").await.unwrap();
+    weightgate::db::sessions::save(pool, "ended-session", "{\"reviewer_id\":\"x\"}", far).await.unwrap();
+    assert!(weightgate::db::sessions::load(pool, "ended-session", 0).await.unwrap().is_none());
+
+    // Disabling an account ends its sessions; enabling it again does not
+    // bring them back.
+    let second = crate::dashboard::second_reviewer(&t, true).await;
+    let (status, _) = t.get_html(&second, "/admin").await;
+    assert_eq!(status, StatusCode::OK);
+    for change in ["disable", "enable"] {
+        let (ok, _, err) = weightgate(&t, &["reviewer", change, crate::dashboard::SECOND], None);
+        assert!(ok, "{err}");
+    }
+    let response = second.get(t.url("/admin")).send().await.unwrap();
+    assert_eq!(response.url().path(), "/admin/login");
+}
+}
+
+both! {
+async fn an_approval_counts_only_while_its_reviewer_may_still_decide() {
+    use crate::dashboard::{SECOND, second_reviewer, set_policy};
+    let t = TestApp::spawn().await;
+    set_policy(&t, 2, "").await;
+    let second = second_reviewer(&t, true).await;
+    t.apply_and_confirm("waits@uni.example.edu").await;
+    let admin = client();
+    t.sign_in(&admin).await;
+    let id = t.pending_application(&admin, "waits@uni.example.edu").await;
+    let page = format!("/admin/applications/{id}");
+    let approve = format!("/admin/applications/{id}/approve");
+    assert_eq!(t.post_admin(&second, &page, &approve, &[]).await.status(), StatusCode::OK);
+    // The second reviewer is taken off the model; their approval no longer counts.
+    let (ok, _, err) = weightgate(&t, &["reviewer", "unassign", SECOND, MODEL], None);
+    assert!(ok, "{err}");
+    assert_eq!(t.post_admin(&admin, &page, &approve, &[]).await.status(), StatusCode::OK);
+    let grants: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM grants").fetch_one(t.app.db.pool()).await.unwrap();
+    assert_eq!(grants, 0, "one approval that counts is not two");
+    let (_, detail) = t.get_html(&admin, &page).await;
+    assert!(detail.contains("needs 2 approvals"), "{detail}");
+}
+}
+
+both! {
+async fn a_stolen_session_cannot_guess_the_password_at_speed() {
+    let t = TestApp::spawn().await;
+    let session = client();
+    t.sign_in(&session).await;
+    let mut statuses = Vec::new();
+    for n in 0..7 {
+        let guess = format!("guess number {n} of many");
+        let response = t
+            .post_admin(&session, "/admin/account", "/admin/account/password", &[
+                ("current", guess.as_str()),
+                ("new", "a brand new reviewer password"),
+                ("again", "a brand new reviewer password"),
+            ])
+            .await;
+        statuses.push(response.status());
+    }
+    // The sign-in before counted as an attempt that succeeded: five wrong
+    // guesses are checked, then the account waits.
+    assert_eq!(statuses[..5], [StatusCode::UNPROCESSABLE_ENTITY; 5], "{statuses:?}");
+    assert_eq!(statuses[5..], [StatusCode::TOO_MANY_REQUESTS; 2], "{statuses:?}");
+    let refused = t
+        .audit_events()
+        .await
+        .iter()
+        .filter(|e| e.action == "reviewer.password_changed" && e.outcome == "refused")
+        .count();
+    assert_eq!(refused, 5, "every wrong guess is in the log");
+}
+}
+
