@@ -96,11 +96,11 @@ impl App {
 
     /// The key that signs audit checkpoints: the configured one, or one made
     /// now in the key file when there is none (a portal's first start).
-    pub fn audit_key(&self) -> anyhow::Result<Arc<AuditKey>> {
+    pub async fn audit_key(&self) -> anyhow::Result<Arc<AuditKey>> {
         if let Some(key) = self.audit_key.get() {
             return Ok(key.clone());
         }
-        let key = Arc::new(AuditKey::configured_or_new(&self.config)?);
+        let key = Arc::new(AuditKey::configured_or_new(&self.config, &self.db, &self.witness).await?);
         Ok(self.audit_key.get_or_init(|| key).clone())
     }
 

@@ -113,12 +113,24 @@ impl AuditKey {
     }
 
     /// The configured key, or a new one written to the key file (readable by
-    /// its owner only) when there is none: the first start of a portal.
-    pub fn configured_or_new(config: &Config) -> anyhow::Result<Self> {
+    /// its owner only) when there is none and nothing was ever signed (the
+    /// first start of a portal). A key gone missing once checkpoints exist
+    /// is an error, not a reason to sign the log afresh with a new key.
+    pub async fn configured_or_new(
+        config: &Config,
+        db: &crate::db::Db,
+        witness: &super::witness::Witness,
+    ) -> anyhow::Result<Self> {
         if let Some(key) = Self::configured(config)? {
             return Ok(key);
         }
         let path = key_file(config);
+        anyhow::ensure!(
+            db::audit::latest_checkpoint(db.pool()).await?.is_none() && witness.latest().await?.is_none(),
+            "the audit checkpoint key is missing ({} does not exist and WEIGHTGATE_AUDIT_KEY is unset), but \
+             checkpoints signed with it exist: restore the key rather than start over with a new one",
+            path.display()
+        );
         let mut seed = [0u8; 32];
         rand::fill(&mut seed);
         let key = Self::from_seed(&seed)?;
@@ -318,7 +330,7 @@ impl Checkpointed {
 /// the head, returns that checkpoint.
 pub async fn checkpoint(app: &App) -> anyhow::Result<Checkpointed> {
     let db = &app.db;
-    let key = app.audit_key()?;
+    let key = app.audit_key().await?;
     let public_key = key.public_key();
     let mut trust = app.audit_trust()?;
     trust.add(public_key);
@@ -375,6 +387,42 @@ pub async fn checkpoint(app: &App) -> anyhow::Result<Checkpointed> {
             }
             (last.seq, last.hash)
         }
+    };
+    // The witness's newest checkpoint must still hold: a log rewritten
+    // (and its checkpoints deleted from the database) is never signed.
+    let start = match app.witness.latest().await? {
+        Some(w) if w.checkpoint.seq > start.0 => {
+            let kept = &w.checkpoint;
+            let source = CheckpointSource::Witness {
+                place: w.place.clone(),
+            };
+            let Some(public) = trust.get(&kept.kid) else {
+                return Err(refuse(Problem::UnknownKey {
+                    source,
+                    kid: kept.kid.clone(),
+                }));
+            };
+            if !signature_holds(public, kept.seq, &kept.hash, kept.at, &kept.signature) {
+                return Err(refuse(Problem::BadSignature { source }));
+            }
+            match db::audit::find_event(db.pool(), kept.seq).await? {
+                Some(event) if event.hash == kept.hash => (kept.seq, kept.hash.clone()),
+                Some(_) => {
+                    return Err(refuse(Problem::Forked {
+                        source,
+                        seq: kept.seq,
+                    }));
+                }
+                None => {
+                    return Err(refuse(Problem::Truncated {
+                        source,
+                        checkpoint_seq: kept.seq,
+                        log_end: Some(head_seq),
+                    }));
+                }
+            }
+        }
+        _ => start,
     };
     let walk = verify::walk(db, start, Some(head_seq)).await?;
     if let Some(problem) = walk.problem {

@@ -134,6 +134,30 @@ impl Witness {
         Ok(locked)
     }
 
+    /// The newest checkpoint in the object store, if any: the last object
+    /// by name (position, then time).
+    pub async fn latest(&self) -> anyhow::Result<Option<Witnessed>> {
+        let Some(key) = self
+            .store
+            .list(PREFIX)
+            .await
+            .context("cannot read the witness")?
+            .pop()
+        else {
+            return Ok(None);
+        };
+        let place = format!("the witness object {key}");
+        let bytes = self
+            .store
+            .get_record(&key)
+            .await?
+            .with_context(|| format!("{place} vanished while the witness was read"))?;
+        let text = String::from_utf8(bytes).with_context(|| format!("{place} is not a checkpoint"))?;
+        let checkpoint =
+            ExportedCheckpoint::parse(&text).with_context(|| format!("{place} is not a checkpoint"))?;
+        Ok(Some(Witnessed { place, checkpoint }))
+    }
+
     /// Every checkpoint the witness holds: the object store's and the
     /// witness file's.
     pub async fn read(&self) -> anyhow::Result<Vec<Witnessed>> {
@@ -155,7 +179,8 @@ impl Witness {
                 Ok(text) => text,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
                 Err(e) => {
-                    return Err(e).with_context(|| format!("cannot read the witness file {}", path.display()));
+                    return Err(e)
+                        .with_context(|| format!("cannot read the witness file {}", path.display()));
                 }
             };
             for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {

@@ -102,7 +102,7 @@ pub const AUDIT_KEY_PATH: &str = "/.well-known/weightgate/audit-checkpoint.pub";
 /// The audit checkpoint key's public half, in hex, and its id: what anyone
 /// checking an exported or witnessed checkpoint needs.
 pub async fn audit_public_key(State(state): State<AppState>) -> Result<Response, Error> {
-    let key = state.app.audit_key()?;
+    let key = state.app.audit_key().await?;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         format!("{}  {}\n", hex::encode(key.public_key().as_bytes()), key.kid),

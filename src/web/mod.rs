@@ -235,7 +235,17 @@ pub async fn serve(
     ));
     // The checkpoint key is read (or, on a first start, made) before the
     // portal serves, so that a missing or unreadable key stops it at once.
-    let key = app.audit_key()?;
+    let key = app.audit_key().await?;
+    if app.config.witness_url.is_none()
+        && app.config.storage_url.is_none()
+        && app.config.witness_email.is_empty()
+    {
+        tracing::warn!(
+            "the audit checkpoint witness is DATA_DIR/objects, beside the database: whoever can write the data \
+             directory can rewrite the log unseen; set WEIGHTGATE_WITNESS_URL (a bucket with Object Lock) or \
+             WEIGHTGATE_WITNESS_EMAIL to keep checkpoints out of their reach"
+        );
+    }
     tracing::info!(kid = %key.kid, public_key = %hex::encode(key.public_key().as_bytes()), "audit checkpoints are signed with this key");
     let checkpoints = tokio::spawn(crate::audit::checkpoint_periodically(
         app.clone(),

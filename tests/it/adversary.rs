@@ -944,6 +944,12 @@ async fn an_insider_with_the_database_and_the_key_cannot_rewrite_the_log_unseen(
     let kept = crate::audit::snapshot(&t).await;
     let head = kept.last().unwrap();
     assert_eq!(head.seq, original);
+    // Asked to sign the rewritten log, with the database's checkpoints
+    // gone, the portal refuses: the witness's newest checkpoint does not hold.
+    crate::audit::sql(&t, "DELETE FROM audit_checkpoints").await;
+    let (ok, _, err) = weightgate(&t, &["audit", "checkpoint"], None);
+    assert!(!ok);
+    assert!(err.contains("no checkpoint was signed") && err.contains("forked history"), "{err}");
     let key_text = std::fs::read_to_string(t.app.config.data_dir.join("audit-checkpoint.key")).unwrap();
     let key = weightgate::audit::checkpoint::AuditKey::parse(&key_text).unwrap();
     crate::audit::sql(&t, "DELETE FROM audit_checkpoints").await;
@@ -1141,3 +1147,25 @@ async fn a_stolen_session_cannot_guess_the_password_at_speed() {
 }
 }
 
+both! {
+async fn a_portal_whose_checkpoint_key_went_missing_does_not_start_over() {
+    let t = TestApp::spawn().await;
+    t.approved_researcher("key@uni.example.edu").await;
+    let (ok, _, err) = weightgate(&t, &["audit", "checkpoint"], None);
+    assert!(ok, "{err}");
+    std::fs::remove_file(t.app.config.data_dir.join("audit-checkpoint.key")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weightgate"))
+        .arg("serve")
+        .env("WEIGHTGATE_DATA_DIR", &t.app.config.data_dir)
+        .env("WEIGHTGATE_DATABASE_URL", t.app.config.database_url())
+        .env("WEIGHTGATE_BIND", "127.0.0.1:0")
+        .env("WEIGHTGATE_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the audit checkpoint key is missing") && err.contains("restore the key"), "{err}");
+    assert!(!t.app.config.data_dir.join("audit-checkpoint.key").exists(), "no new key was made");
+}
+}
