@@ -300,13 +300,22 @@ pub async fn change_reviewer(
 /// How a reviewer may choose to hear of waiting applications.
 pub const NOTIFY: [&str; 3] = ["immediate", "digest", "off"];
 
-/// Audits a sign-in refused because of too many attempts.
+/// Audits a sign-in refused because of too many attempts. Anyone can send
+/// these as fast as they like, so they are counted per client network: the
+/// first of each window is written, the rest summed up when it ends.
 pub async fn record_throttled(app: &App, email: &str, client: Client) -> anyhow::Result<()> {
     let mut event = Event::new("reviewer.sign_in", Outcome::Refused);
     event.reason = Some("throttled".into());
     event.subject = Some(email.chars().take(254).collect());
+    let network = client
+        .ip
+        .as_deref()
+        .and_then(|ip| ip.parse().ok())
+        .map_or_else(|| "unknown".to_owned(), crate::proxies::network_key);
     event.client = client;
-    audit::append_now(&app.db, event).await?;
+    if app.refusals.note(&network, &event) == audit::refusals::Tallied::First {
+        audit::append_now(&app.db, event).await?;
+    }
     Ok(())
 }
 

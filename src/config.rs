@@ -231,9 +231,9 @@ pub struct Config {
     #[arg(long, env = "WEIGHTGATE_SESSION_IDLE", default_value = "8h", value_parser = humantime::parse_duration, global = true)]
     pub session_idle: Duration,
 
-    /// Refused fetches that name no grant (malformed links, bad signatures)
-    /// from one client address, as COUNT/DURATION; beyond it they are
-    /// answered 429 rather than 403.
+    /// Fetches refused on their link alone (malformed, altered, expired or
+    /// retired links) from one client address, as COUNT/DURATION; beyond it
+    /// they are answered 429 rather than 403.
     #[arg(
         long,
         env = "WEIGHTGATE_LIMIT_BAD_LINKS_PER_ADDRESS",
@@ -242,9 +242,9 @@ pub struct Config {
     )]
     pub limit_bad_links_per_address: Rate,
 
-    /// How long refused fetches that name no grant are counted per client
-    /// network before one event sums them up (the first of each window is
-    /// written at once).
+    /// How long refusals anyone can provoke (fetches refused on their link
+    /// alone, throttled sign-ins) are counted per client network before one
+    /// event sums them up (the first of each window is written at once).
     #[arg(long, env = "WEIGHTGATE_REFUSAL_WINDOW", default_value = "1min", value_parser = humantime::parse_duration, global = true)]
     pub refusal_window: Duration,
 

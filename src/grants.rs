@@ -314,9 +314,9 @@ pub const REDIRECT_TTL: std::time::Duration = std::time::Duration::from_secs(120
 pub enum DownloadError {
     #[error("{}", .0.message())]
     Refused(Refusal),
-    /// Refused, and the link names no grant of this portal at all.
+    /// Refused on the link alone, before any grant's state was read.
     #[error("{}", .0.message())]
-    NoGrant(Refusal),
+    ByLink(Refusal),
     #[error("the requested range is outside the file")]
     RangeNotSatisfiable { size: u64 },
     #[error(transparent)]
@@ -509,45 +509,36 @@ enum Opened {
 /// The audit code of a refusal found before the writer's checks.
 fn reason_of(err: &DownloadError) -> &'static str {
     match err {
-        DownloadError::Refused(refusal) | DownloadError::NoGrant(refusal) => refusal.code(),
+        DownloadError::Refused(refusal) | DownloadError::ByLink(refusal) => refusal.code(),
         DownloadError::RangeNotSatisfiable { .. } => "range_not_satisfiable",
         DownloadError::Internal(_) => "internal",
     }
 }
 
-/// Audits a fetch refused before its grant was looked at, and hands back the
-/// error to answer with. A refusal that names no grant of this portal
-/// (a malformed link, a bad signature) is counted per client network; only
-/// the first of each window gets an event of its own (see
-/// [`crate::audit::refusals`]).
+/// Audits a fetch refused on its link alone (malformed, a bad signature, no
+/// grant of this portal, a retired key, expired or valid for too long),
+/// before any grant's state was read, and hands back the error to answer
+/// with. Anyone can send such links as fast as they like, so they are
+/// counted per client network: only the first of each reason and window
+/// gets an event of its own (see [`crate::audit::refusals`]).
 async fn refuse(app: &App, mut event: Event, refusal: Refusal, file_name: &str) -> DownloadError {
     event.outcome = Outcome::Refused;
     event.reason = Some(refusal.code().to_owned());
     describe(&mut event, None, None, file_name);
-    if refusal.names_no_grant() {
-        let network = event
-            .client
-            .ip
-            .as_deref()
-            .and_then(|ip| ip.parse().ok())
-            .map_or_else(|| "unknown".to_owned(), crate::proxies::network_key);
-        if app.refusals.note(&network, &event) == Tallied::Counted {
-            count_fetch(&event, std::time::Instant::now());
-            return DownloadError::NoGrant(refusal);
-        }
-    }
+    let network = event
+        .client
+        .ip
+        .as_deref()
+        .and_then(|ip| ip.parse().ok())
+        .map_or_else(|| "unknown".to_owned(), crate::proxies::network_key);
     let started = std::time::Instant::now();
-    match app.audit.record(event.clone()).await {
-        Ok(_) => {
-            count_fetch(&event, started);
-            if refusal.names_no_grant() {
-                DownloadError::NoGrant(refusal)
-            } else {
-                DownloadError::Refused(refusal)
-            }
-        }
-        Err(err) => DownloadError::Internal(err),
+    if app.refusals.note(&network, &event) == Tallied::First
+        && let Err(err) = app.audit.record(event.clone()).await
+    {
+        return DownloadError::Internal(err);
     }
+    count_fetch(&event, started);
+    DownloadError::ByLink(refusal)
 }
 
 /// Counts a fetch whose event is durable.

@@ -107,7 +107,7 @@ pub struct RateLimits {
     pub links_per_grant: Limit,
     /// Pages and manifests with freshly signed links from one client address.
     pub links_per_address: Limit,
-    /// Refused fetches that name no grant from one client address.
+    /// Fetches refused on their link alone from one client address.
     pub bad_links_per_address: Limit,
 }
 

@@ -71,13 +71,6 @@ impl Refusal {
         }
     }
 
-    /// Whether the link names no grant of this portal at all (it cannot be
-    /// read, or its signature does not hold): such refusals are counted per
-    /// client rather than logged one by one.
-    pub fn names_no_grant(self) -> bool {
-        matches!(self, Refusal::Malformed | Refusal::BadSignature)
-    }
-
     /// The refusal with this code, if any.
     pub fn from_code(code: &str) -> Option<Self> {
         [

@@ -1,16 +1,17 @@
-//! Refused fetches that match no grant (malformed links, bad signatures,
-//! links naming no grant of this portal), counted rather than logged one by
-//! one. Such a request costs its sender nothing, and an event each would let
-//! anyone fill the database's disk (about 2 KB a refusal) and so stop every
-//! download.
+//! Refusals anyone can provoke at will, counted rather than logged one by
+//! one: fetches refused on their link alone (malformed, a bad signature, no
+//! grant of this portal, a retired key, expired, valid for too long) and
+//! sign-ins refused as throttled. Such a request costs its sender nothing,
+//! and an event each would let anyone fill the database's disk (about 2 KB
+//! a refusal) and so stop every download.
 //!
 //! Per client network (an IPv4 address, an IPv6 /64) and reason, the first
 //! refusal of each window is written at once, as any refusal was; the rest of
 //! the window is counted, and when the window ends one event with the count
 //! (`occurrences`) and a sample is written. Past [`MAX_NETWORKS`] networks in
-//! a window, further networks share one tally. Refusals that name a real
-//! grant (expired or retired links, revoked or expired grants, spent quotas,
-//! another model's file) keep an event each.
+//! a window, further networks share one tally. Refusals decided on a
+//! grant's state (revoked or expired grants, spent quotas, another model's
+//! file), which need a live link, keep an event each.
 
 use std::{
     collections::{HashMap, HashSet},

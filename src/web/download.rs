@@ -26,7 +26,7 @@ pub async fn fetch(
         Ok(download) => download,
         // Invalid links are cheap to send: past a limit per address they
         // are answered 429, so a flood of them slows its sender.
-        Err(err @ DownloadError::NoGrant(_)) => {
+        Err(err @ DownloadError::ByLink(_)) => {
             limited(&state.limits.bad_links_per_address, &key)?;
             return Err(err.into());
         }

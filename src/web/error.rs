@@ -221,7 +221,7 @@ impl From<askama::Error> for Error {
 impl From<DownloadError> for Error {
     fn from(err: DownloadError) -> Self {
         match err {
-            DownloadError::Refused(r) | DownloadError::NoGrant(r) => Error::Forbidden {
+            DownloadError::Refused(r) | DownloadError::ByLink(r) => Error::Forbidden {
                 code: r.code(),
                 message: r.message().to_owned(),
             },

@@ -123,6 +123,7 @@ pub async fn router(app: Arc<App>) -> anyhow::Result<Router> {
         .with_expiry(Expiry::OnInactivity(
             time::Duration::try_from(idle).unwrap_or(time::Duration::hours(8)),
         ));
+    let header_timeout = app.config.header_timeout;
     let state = AppState {
         csrf,
         throttle: Arc::new(crate::accounts::SignInThrottle::default()),
@@ -137,6 +138,9 @@ pub async fn router(app: Arc<App>) -> anyhow::Result<Router> {
         .fallback(|| async { Error::NotFound })
         .with_state(state)
         .layer(DefaultBodyLimit::max(extract::MAX_BODY))
+        // A body trickled in to hold a connection is cut off: the whole of it
+        // must arrive within the time headers are given.
+        .layer(tower_http::timeout::RequestBodyDeadlineLayer::new(header_timeout))
         .layer(middleware::from_fn(ops::count_requests))
         .layer(middleware::from_fn(error::render_errors))
         .layer(SetResponseHeaderLayer::if_not_present(

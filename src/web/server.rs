@@ -77,20 +77,22 @@ impl Limits {
     }
 }
 
-/// Open connections by client address.
+/// Open connections by client network (an IPv4 address, an IPv6 /64: one
+/// subscriber has a whole /64 to open connections from).
 #[derive(Default)]
-struct PerAddress(Mutex<HashMap<IpAddr, usize>>);
+struct PerAddress(Mutex<HashMap<String, usize>>);
 
-/// One open connection counted against its address; uncounted on drop.
+/// One open connection counted against its network; uncounted on drop.
 struct Counted {
     table: Arc<PerAddress>,
-    ip: IpAddr,
+    ip: String,
 }
 
 impl PerAddress {
     fn admit(table: &Arc<Self>, ip: IpAddr, limit: usize) -> Option<Counted> {
+        let ip = crate::proxies::network_key(ip);
         let mut open = table.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = open.entry(ip).or_default();
+        let count = open.entry(ip.clone()).or_default();
         if *count >= limit {
             return None;
         }
@@ -202,4 +204,27 @@ fn configure(tcp: &tokio::net::TcpStream, stall: Duration) {
     }
     #[cfg(not(target_os = "linux"))]
     let _ = stall;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_ipv6_subscriber_is_one_address_for_the_cap() {
+        let table = Arc::new(PerAddress::default());
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let first = PerAddress::admit(&table, ip("2001:db8:1:2::1"), 1).expect("the first connection");
+        assert!(
+            PerAddress::admit(&table, ip("2001:db8:1:2:ffff::9"), 1).is_none(),
+            "same /64"
+        );
+        let other = PerAddress::admit(&table, ip("2001:db8:1:3::1"), 1).expect("another /64");
+        drop(first);
+        assert!(
+            PerAddress::admit(&table, ip("2001:db8:1:2::7"), 1).is_some(),
+            "freed on close"
+        );
+        drop(other);
+    }
 }

@@ -581,9 +581,26 @@ async fn half_sent_requests_and_idle_connections_are_dropped() {
     // A whole request, then an idle kept-alive connection.
     let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
     idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    // A body trickled in, a byte now and then.
+    let mut trickle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    trickle
+        .write_all(b"POST /admin/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\na")
+        .await
+        .unwrap();
+    let trickling = tokio::spawn(async move {
+        for _ in 0..20 {
+            tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+            if trickle.write_all(b"a").await.is_err() {
+                break;
+            }
+        }
+        trickle
+    });
     for (what, stream) in [("half-sent", &mut slow), ("silent", &mut silent), ("idle", &mut idle)] {
         assert!(closed_within(stream, std::time::Duration::from_secs(10)).await, "the {what} connection is still open");
     }
+    let mut trickle = trickling.await.unwrap();
+    assert!(closed_within(&mut trickle, std::time::Duration::from_secs(5)).await, "the trickled body's connection is still open");
 }
 }
 
@@ -761,7 +778,18 @@ async fn a_flood_of_made_up_links_writes_a_few_events_not_one_each() {
     }
     assert_eq!(statuses.get(&403), Some(&50), "{statuses:?}");
     assert_eq!(statuses.get(&429), Some(&250), "{statuses:?}");
-    // Refusals that name a real grant keep an event each.
+    // Expired links from another address: refused on the link alone, counted too.
+    let (grant, file) = {
+        let parts: Vec<&str> = token.split('.').collect();
+        (parts[0].to_owned(), parts[1].to_owned())
+    };
+    let expired = t.app.links.sign(&grant, &file, 1_000);
+    let elsewhere = forwarded_client_for("192.0.2.77");
+    for _ in 0..20 {
+        let response = elsewhere.get(t.url(&format!("/dl/{expired}/{name}"))).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    }
+    // Refusals decided on the grant's state keep an event each.
     for _ in 0..3 {
         let other = link.replacen(name.as_str(), "not-this-file.bin", 1);
         assert_eq!(t.client.get(other).send().await.unwrap().status(), StatusCode::FORBIDDEN);
@@ -787,6 +815,9 @@ async fn a_flood_of_made_up_links_writes_a_few_events_not_one_each() {
     assert_eq!(mine.len(), 4, "{mine:#?}");
     let counted: i64 = mine.iter().map(|e| e.occurrences.unwrap_or(1)).sum();
     assert_eq!(counted, 300);
+    let expired: Vec<_> = written.iter().filter(|e| e.reason.as_deref() == Some("link_expired")).collect();
+    assert_eq!(expired.len(), 2, "the first, then one summary: {expired:#?}");
+    assert_eq!(expired.iter().map(|e| e.occurrences.unwrap_or(1)).sum::<i64>(), 20);
     let named = written.iter().filter(|e| e.reason.as_deref() == Some("malformed_link") && e.grant_id.is_some()).count();
     assert_eq!(named, 3, "each refusal naming a grant is its own event");
     let networks = written.iter().filter(|e| e.client_ip.as_deref().is_some_and(|ip| ip.starts_with("198.51."))).count();
@@ -1066,6 +1097,7 @@ async fn each_checkpoint_goes_to_a_locked_witness_and_the_key_is_published() {
     assert!(secrets.iter().all(|s| s.trim() != seed.trim()));
 }
 }
+
 both! {
 async fn a_session_ended_stays_ended() {
     let t = TestApp::spawn().await;

@@ -155,8 +155,9 @@ async fn tampered_expired_and_foreign_links_are_refused_and_audited() {
         "a browser gets a page: {page}"
     );
 
-    // Refusals that name no grant are counted per client: the second bad
-    // signature is in the summary written when the window ends.
+    // Refusals decided on the link alone are counted per client: the second
+    // bad signature and the second expired link are in the summaries written
+    // when the window ends.
     t.app.refusals.flush(&t.app.audit).await;
     let reasons: Vec<(String, Option<i64>)> = t
         .audit_events()
@@ -173,8 +174,8 @@ async fn tampered_expired_and_foreign_links_are_refused_and_audited() {
             ("link_expired", None),
             ("malformed_link", None),
             ("file_not_in_grant", None),
-            ("link_expired", None),
             ("bad_signature", Some(1)),
+            ("link_expired", Some(1)),
         ]
     );
 }
