@@ -104,16 +104,13 @@ if [ "$ONLY" != mixed ]; then
     curl -fsS -c "$WORK/login-cookies" "$BASE/admin/login" >"$WORK/login.html"
     LOGIN_TOKEN=$(python3 -c 'import re,sys; print(re.search(r"name=\"authenticity_token\"\s+value=\"([^\"]*)\"", open(sys.argv[1]).read()).group(1))' "$WORK/login.html")
     LOGIN_COOKIE=$(awk '(!/^#/ || /^#HttpOnly_/) && NF >= 7 { printf "%s%s=%s", (n++ ? "; " : ""), $6, $7 }' "$WORK/login-cookies")
-    python3 - "$WORK" "$LOGIN_TOKEN" "$LOGIN_COOKIE" <<'PY'
+    python3 - "$WORK" "$LOGIN_TOKEN" "$LOGIN_COOKIE" "$HERE" <<'PY'
 import sys, urllib.parse
-work, token, cookie = sys.argv[1], sys.argv[2], sys.argv[3]
+work, token, cookie, here = sys.argv[1:5]
 def lua(s): return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 open(f"{work}/signin.lua", "w").write("""
 local token = """ + lua(urllib.parse.quote(token, safe="")) + """
 local cookie = """ + lua(cookie) + """
-local threads = {}
-function setup(thread) thread:set("id", #threads + 1); table.insert(threads, thread) end
-function init(args) n = 0; statuses = {} end
 function request()
   n = n + 1
   -- An address and an account of its own for every attempt.
@@ -123,19 +120,7 @@ function request()
   return wrk.format("POST", "/admin/login", { ["Content-Type"] = "application/x-www-form-urlencoded",
     ["Cookie"] = cookie, ["X-Forwarded-For"] = ip }, body)
 end
-function response(status, headers, body) statuses[status] = (statuses[status] or 0) + 1 end
-function done(summary, latency, requests)
-  local total = {}
-  for _, t in ipairs(threads) do
-    for k, v in pairs(t:get("statuses")) do total[k] = (total[k] or 0) + v end
-  end
-  for k, v in pairs(total) do io.write(string.format("STATUS %d %d\\n", k, v)) end
-  io.write(string.format("ERRORS connect=%d read=%d write=%d timeout=%d\\n",
-    summary.errors.connect, summary.errors.read, summary.errors.write, summary.errors.timeout))
-  io.write(string.format("LATENCY p50=%.1fms p99=%.1fms max=%.1fms\\n",
-    latency:percentile(50) / 1000, latency:percentile(99) / 1000, latency.max / 1000))
-end
-""")
+""" + open(f"{here}/tally.lua").read())
 PY
     IDLE=$(rss)
     log "sign-in burst: idle RSS $IDLE KiB; $SIGNINS concurrent sign-ins for ${SIGNIN_SECONDS}s"
@@ -187,32 +172,16 @@ COOKIE=$(awk '(!/^#/ || /^#HttpOnly_/) && NF >= 7 { printf "%s%s=%s", (n++ ? "; 
 # One wrk per kind of request, run at once, so each counts its own answers:
 # 30% of the clients view pages, 40% fetch with valid links (small ranges),
 # 20% fetch with forged links (signature altered), 10% send applications.
-python3 - "$WORK" "$WORK/manifest.json" "$TOKEN" "$COOKIE" <<'PY'
+python3 - "$WORK" "$WORK/manifest.json" "$TOKEN" "$COOKIE" "$HERE" <<'PY'
 import json, sys, urllib.parse
-work, manifest, token, cookie = sys.argv[1], json.load(open(sys.argv[2])), sys.argv[3], sys.argv[4]
+work, manifest, token, cookie, here = sys.argv[1], json.load(open(sys.argv[2])), sys.argv[3], sys.argv[4], sys.argv[5]
 def lua(s): return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 fetches = ["/" + f["url"].split("/", 3)[3] for r in manifest["releases"] for f in r["files"]]
 def forge(path):
     # Alter the last character of the token (its signature) before the file name.
     end = path.index("/", 4)
     return path[:end - 1] + ("B" if path[end - 1] == "A" else "A") + path[end:]
-common = """
-local threads = {}
-function setup(thread) thread:set("id", #threads + 1); table.insert(threads, thread) end
-function init(args) n = 0; statuses = {} end
-function response(status, headers, body) statuses[status] = (statuses[status] or 0) + 1 end
-function done(summary, latency, requests)
-  local total = {}
-  for _, t in ipairs(threads) do
-    for k, v in pairs(t:get("statuses")) do total[k] = (total[k] or 0) + v end
-  end
-  for k, v in pairs(total) do io.write(string.format("STATUS %d %d\\n", k, v)) end
-  io.write(string.format("ERRORS connect=%d read=%d write=%d timeout=%d\\n",
-    summary.errors.connect, summary.errors.read, summary.errors.write, summary.errors.timeout))
-  io.write(string.format("LATENCY p50=%.1fms p99=%.1fms max=%.1fms\\n",
-    latency:percentile(50) / 1000, latency:percentile(99) / 1000, latency.max / 1000))
-end
-"""
+common = open(f"{here}/tally.lua").read()
 scripts = {
     "page": 'local pages = {"/", "/models/load", "/static/style.css", "/signin"}\n'
             'function request() n = n + 1; return wrk.format("GET", pages[(n % #pages) + 1]) end\n',

@@ -307,11 +307,7 @@ pub async fn record_throttled(app: &App, email: &str, client: Client) -> anyhow:
     let mut event = Event::new("reviewer.sign_in", Outcome::Refused);
     event.reason = Some("throttled".into());
     event.subject = Some(email.chars().take(254).collect());
-    let network = client
-        .ip
-        .as_deref()
-        .and_then(|ip| ip.parse().ok())
-        .map_or_else(|| "unknown".to_owned(), crate::proxies::network_key);
+    let network = client.network();
     event.client = client;
     if app.refusals.note(&network, &event) == audit::refusals::Tallied::First {
         audit::append_now(&app.db, event).await?;

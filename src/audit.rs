@@ -69,6 +69,18 @@ pub struct Client {
     pub request_id: Option<String>,
 }
 
+impl Client {
+    /// The network the client counts as for limits and tallies: an IPv4
+    /// address, an IPv6 /64 ([`crate::proxies::network_key`]); clients
+    /// without an address (never the case over TCP) share one.
+    pub fn network(&self) -> String {
+        self.ip
+            .as_deref()
+            .and_then(|ip| ip.parse().ok())
+            .map_or_else(|| "unknown".to_owned(), crate::proxies::network_key)
+    }
+}
+
 /// One thing that happened. `subject` names what it happened to in words
 /// (an e-mail, a file path) so the log reads on its own, whatever later
 /// happens to the other tables.

@@ -525,12 +525,7 @@ async fn refuse(app: &App, mut event: Event, refusal: Refusal, file_name: &str) 
     event.outcome = Outcome::Refused;
     event.reason = Some(refusal.code().to_owned());
     describe(&mut event, None, None, file_name);
-    let network = event
-        .client
-        .ip
-        .as_deref()
-        .and_then(|ip| ip.parse().ok())
-        .map_or_else(|| "unknown".to_owned(), crate::proxies::network_key);
+    let network = event.client.network();
     let started = std::time::Instant::now();
     if app.refusals.note(&network, &event) == Tallied::First
         && let Err(err) = app.audit.record(event.clone()).await

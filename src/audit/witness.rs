@@ -137,15 +137,20 @@ impl Witness {
     /// The newest checkpoint in the object store, if any: the last object
     /// by name (position, then time).
     pub async fn latest(&self) -> anyhow::Result<Option<Witnessed>> {
-        let Some(key) = self
+        match self
             .store
             .list(PREFIX)
             .await
             .context("cannot read the witness")?
             .pop()
-        else {
-            return Ok(None);
-        };
+        {
+            Some(key) => self.object(key).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The checkpoint stored in the witness object `key`.
+    async fn object(&self, key: String) -> anyhow::Result<Witnessed> {
         let place = format!("the witness object {key}");
         let bytes = self
             .store
@@ -155,7 +160,7 @@ impl Witness {
         let text = String::from_utf8(bytes).with_context(|| format!("{place} is not a checkpoint"))?;
         let checkpoint =
             ExportedCheckpoint::parse(&text).with_context(|| format!("{place} is not a checkpoint"))?;
-        Ok(Some(Witnessed { place, checkpoint }))
+        Ok(Witnessed { place, checkpoint })
     }
 
     /// Every checkpoint the witness holds: the object store's and the
@@ -163,16 +168,7 @@ impl Witness {
     pub async fn read(&self) -> anyhow::Result<Vec<Witnessed>> {
         let mut found = Vec::new();
         for key in self.store.list(PREFIX).await.context("cannot read the witness")? {
-            let place = format!("the witness object {key}");
-            let bytes = self
-                .store
-                .get_record(&key)
-                .await?
-                .with_context(|| format!("{place} vanished while the witness was read"))?;
-            let text = String::from_utf8(bytes).with_context(|| format!("{place} is not a checkpoint"))?;
-            let checkpoint =
-                ExportedCheckpoint::parse(&text).with_context(|| format!("{place} is not a checkpoint"))?;
-            found.push(Witnessed { place, checkpoint });
+            found.push(self.object(key).await?);
         }
         if let Some(path) = &self.file {
             let text = match tokio::fs::read_to_string(path).await {

@@ -11,7 +11,7 @@ use axum::{
 use serde::Serialize;
 
 use super::{
-    AppState, ClientInfo, Error, address_key,
+    AppState, ClientInfo, Error,
     extract::Path,
     limited,
     pages::{self, LinkRow, ReleaseRows, human_size, render},
@@ -33,7 +33,7 @@ async fn grant_of(state: &AppState, token: &str) -> Result<GrantView, Error> {
 /// The grant behind an access token, when this address and this grant may
 /// have freshly signed links now.
 async fn grant_for_links(state: &AppState, token: &str, client: &Client) -> Result<GrantView, Error> {
-    limited(&state.limits.links_per_address, &address_key(client))?;
+    limited(&state.limits.links_per_address, &client.network())?;
     let grant = grant_of(state, token).await?;
     limited(&state.limits.links_per_grant, &grant.id)?;
     Ok(grant)

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use tower_sessions::Session;
 
 use super::{
-    AppState, ClientInfo, Error, address_key,
+    AppState, ClientInfo, Error,
     auth::{
         CsrfForm, CurrentReviewer, REVIEWER_KEY, STAMP_KEY, check_csrf, csrf_field, session_error,
         start_session,
@@ -70,7 +70,7 @@ pub async fn login(
     let email: String = form.email.trim().to_lowercase().chars().take(254).collect();
     // Counted before the password is checked, so a burst of guesses sent at
     // once gets no more checks than the same guesses one by one.
-    let attempt = match state.throttle.attempt(Some(&email), &address_key(&client)) {
+    let attempt = match state.throttle.attempt(Some(&email), &client.network()) {
         Ok(attempt) => attempt,
         Err(wait) => {
             accounts::record_throttled(&state.app, &email, client).await?;

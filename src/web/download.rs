@@ -7,7 +7,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use super::{AppState, ClientInfo, Error, address_key, extract::Path, limited};
+use super::{AppState, ClientInfo, Error, extract::Path, limited};
 use crate::grants::{self, Delivery, DownloadError};
 
 pub async fn fetch(
@@ -20,7 +20,7 @@ pub async fn fetch(
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let head = method == Method::HEAD;
     let if_range = headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok());
-    let key = address_key(&client);
+    let key = client.network();
     let download = match grants::open_download(&state.app, &token, &name, range, if_range, head, client).await
     {
         Ok(download) => download,

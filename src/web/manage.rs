@@ -10,7 +10,7 @@ use serde::Deserialize;
 use tower_sessions::Session;
 
 use super::{
-    AppState, ClientInfo, Error, address_key,
+    AppState, ClientInfo, Error,
     auth::{Csrf, CurrentReviewer, STAMP_KEY, check_csrf, session_error},
     extract::{Form, FormFields, Path},
     pages::{self, Choice, Header, render},
@@ -547,7 +547,7 @@ pub async fn change_password(
     // counted first, so a stolen session cannot guess it at speed.
     let attempt = state
         .throttle
-        .attempt(Some(&me.email), &address_key(&client))
+        .attempt(Some(&me.email), &client.network())
         .map_err(|retry_after| Error::TooManyRequests {
             limit: "signin_attempts",
             what: "Too many wrong passwords were tried",

@@ -14,7 +14,6 @@ use tower_sessions::Session;
 use super::{
     AppState, ClientInfo, Error,
     access::PUBLIC_KEY_PATH,
-    address_key,
     auth::{
         CsrfForm, CurrentResearcher, RESEARCHER_KEY, check_csrf, csrf_field, session_error, start_session,
     },
@@ -65,7 +64,7 @@ pub async fn request_link(
     Form(form): Form<SigninForm>,
 ) -> Result<Response, Error> {
     check_csrf(&token, &form.authenticity_token)?;
-    limited(&state.limits.signin_per_address, &address_key(&client))?;
+    limited(&state.limits.signin_per_address, &client.network())?;
     match form.email.parse::<Email>() {
         Ok(email) => {
             // Counted whether or not the address has an account, so that a
@@ -111,7 +110,7 @@ pub async fn use_link(
     // Counted before the link is looked at, as a password is.
     let attempt = state
         .throttle
-        .attempt(None, &address_key(&client))
+        .attempt(None, &client.network())
         .map_err(|retry_after| Error::TooManyRequests {
             limit: "signin_attempts_per_address",
             what: "Too many sign-in attempts were made from your address",
@@ -303,7 +302,7 @@ pub async fn access(
     CurrentResearcher(researcher): CurrentResearcher,
     ClientInfo(client): ClientInfo,
 ) -> Result<Response, Error> {
-    limited(&state.limits.links_per_address, &address_key(&client))?;
+    limited(&state.limits.links_per_address, &client.network())?;
     access_page(&state, &researcher, token, client, None).await
 }
 
@@ -319,7 +318,7 @@ pub async fn client_url(
     // The researcher's own grant, then counted before anything is made: a
     // refused request mints no URL, and nobody spends another's allowance.
     let grant = researchers::my_grant(&state.app, &researcher, &id).await?;
-    limited(&state.limits.links_per_address, &address_key(&client))?;
+    limited(&state.limits.links_per_address, &client.network())?;
     limited(&state.limits.links_per_grant, &grant.id)?;
     let url = researchers::client_manifest_url(&state.app, &researcher, &grant, client.clone()).await?;
     access_page(&state, &researcher, token, client, Some((id, url))).await

@@ -198,18 +198,6 @@ fn limited(limit: &Limit, key: &str) -> Result<(), Error> {
     })
 }
 
-/// The client's address as a rate-limit key: an IPv4 address, or the /64
-/// network of an IPv6 one (a single subscriber usually holds a whole /64, and
-/// would otherwise get a fresh limit with every address in it). Requests
-/// without an address (never the case over TCP) share a key.
-fn address_key(client: &Client) -> String {
-    client
-        .ip
-        .as_deref()
-        .and_then(|ip| ip.parse().ok())
-        .map_or_else(|| "unknown".to_owned(), crate::proxies::network_key)
-}
-
 async fn style() -> impl IntoResponse {
     (
         [

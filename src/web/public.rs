@@ -10,7 +10,7 @@ use axum::{
 use serde::Deserialize;
 
 use super::{
-    AppState, ClientInfo, Error, address_key,
+    AppState, ClientInfo, Error,
     auth::{CsrfForm, MaybeResearcher, check_csrf, csrf_field},
     extract::{Form, Path},
     limited,
@@ -198,7 +198,7 @@ pub async fn apply(
     Form(submitted): Form<ApplyForm>,
 ) -> Result<Response, Error> {
     check_csrf(&token, &submitted.authenticity_token)?;
-    limited(&state.limits.applications_per_address, &address_key(&client))?;
+    limited(&state.limits.applications_per_address, &client.network())?;
     let model = find_model(&state, &slug).await?;
     let form = submitted.form;
     match form.validate(&model) {
