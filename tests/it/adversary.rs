@@ -5,7 +5,7 @@ use reqwest::StatusCode;
 
 use crate::{cli::weightgate, helpers::*};
 
-both! {
+both!(audit_output_shows_hostile_text_without_obeying_it);
 async fn audit_output_shows_hostile_text_without_obeying_it() {
     let t = TestApp::spawn().await;
     let access = t.approved_researcher("term@uni.example.edu").await;
@@ -40,8 +40,14 @@ async fn audit_output_shows_hostile_text_without_obeying_it() {
 
     let (ok, csv, err) = weightgate(&t, &["audit", "list", "--format", "csv"], None);
     assert!(ok, "{err}");
-    assert!(csv.contains(&format!("'{}", formula.replace('"', "\"\""))), "{csv}");
-    assert!(!csv.contains(&format!(",\"{}", formula.replace('"', "\"\""))), "{csv}");
+    assert!(
+        csv.contains(&format!("'{}", formula.replace('"', "\"\""))),
+        "{csv}"
+    );
+    assert!(
+        !csv.contains(&format!(",\"{}", formula.replace('"', "\"\""))),
+        "{csv}"
+    );
     let (ok, exported, err) = weightgate(&t, &["audit", "export", "--format", "csv"], None);
     assert!(ok, "{err}");
     assert!(exported.contains("'=HYPERLINK"), "{exported}");
@@ -51,13 +57,14 @@ async fn audit_output_shows_hostile_text_without_obeying_it() {
     assert!(ok, "{err}");
     let events: Vec<serde_json::Value> = jsonl.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert!(events.iter().any(|e| e["user_agent"] == formula));
-    assert!(events.iter().any(|e| e["subject"]
-        .as_str()
-        .is_some_and(|s| s.contains("\u{1b}]0;pwned\u{7}\u{1b}[2J"))));
-}
+    assert!(events.iter().any(|e| {
+        e["subject"]
+            .as_str()
+            .is_some_and(|s| s.contains("\u{1b}]0;pwned\u{7}\u{1b}[2J"))
+    }));
 }
 
-both! {
+both!(made_up_methods_do_not_grow_the_metrics);
 async fn made_up_methods_do_not_grow_the_metrics() {
     let t = TestApp::spawn().await;
     let metrics = || async {
@@ -73,7 +80,12 @@ async fn made_up_methods_do_not_grow_the_metrics() {
     for i in 0..300 {
         let method = reqwest::Method::from_bytes(format!("M{i}X").as_bytes()).unwrap();
         for path in ["/", "/no/such/page"] {
-            let response = t.client.request(method.clone(), t.url(path)).send().await.unwrap();
+            let response = t
+                .client
+                .request(method.clone(), t.url(path))
+                .send()
+                .await
+                .unwrap();
             assert!(response.status().is_client_error(), "{}", response.status());
         }
     }
@@ -87,9 +99,8 @@ async fn made_up_methods_do_not_grow_the_metrics() {
     assert!(methods.len() <= 10, "{methods:?}");
     assert!(methods.contains(&"other"), "{methods:?}");
 }
-}
 
-both! {
+both!(a_head_never_hands_out_a_presigned_url);
 async fn a_head_never_hands_out_a_presigned_url() {
     let server = crate::storage::S3Server::start().await;
     let t = TestApp::spawn_with(|c| {
@@ -98,7 +109,9 @@ async fn a_head_never_hands_out_a_presigned_url() {
     })
     .await;
     let slug: weightgate::types::Slug = MODEL.parse().unwrap();
-    weightgate::models::set_quota(&t.app, &slug, None, Some(1), "test").await.unwrap();
+    weightgate::models::set_quota(&t.app, &slug, None, Some(1), "test")
+        .await
+        .unwrap();
     let access = t.approved_researcher("head@uni.example.edu").await;
     let links = t.download_links(&access).await;
     assert_eq!(links.len(), 3);
@@ -117,9 +130,17 @@ async fn a_head_never_hands_out_a_presigned_url() {
             }
             let response = head.send().await.unwrap();
             assert!(response.status().is_success(), "{name}: {}", response.status());
-            assert!(response.headers().get("location").is_none(), "{name}: {:?}", response.headers());
+            assert!(
+                response.headers().get("location").is_none(),
+                "{name}: {:?}",
+                response.headers()
+            );
             let length = if range.is_some() { 1 } else { size };
-            assert_eq!(response.headers()["content-length"], length.to_string().as_str(), "{name}");
+            assert_eq!(
+                response.headers()["content-length"],
+                length.to_string().as_str(),
+                "{name}"
+            );
         }
     }
     // The one file the quota allows is still there to fetch; a second is not.
@@ -139,9 +160,8 @@ async fn a_head_never_hands_out_a_presigned_url() {
     let delivered: Vec<_> = events.iter().filter(|e| e.action == "file.delivered").collect();
     assert_eq!(delivered.len(), 1, "{delivered:?}");
 }
-}
 
-both! {
+both!(an_ipv6_network_shares_one_allowance);
 async fn an_ipv6_network_shares_one_allowance() {
     // The test client connects from 127.0.0.1, which plays the balancer.
     let t = TestApp::spawn_with(|c| {
@@ -151,19 +171,28 @@ async fn an_ipv6_network_shares_one_allowance() {
     .await;
     use crate::hostile::{assert_limited, forwarded_client, post_apply};
     // Two addresses of one /64: one allowance between them.
-    for (n, address) in ["2001:db8:1:2::1", "2001:db8:1:2:aaaa:bbbb:cccc:dddd"].iter().enumerate() {
+    for (n, address) in ["2001:db8:1:2::1", "2001:db8:1:2:aaaa:bbbb:cccc:dddd"]
+        .iter()
+        .enumerate()
+    {
         let response = post_apply(&t, &forwarded_client(address), &format!("v6-{n}@example.org")).await;
         assert_eq!(response.status(), StatusCode::OK, "{address}");
     }
     let third = forwarded_client("2001:db8:1:2:ffff:ffff:ffff:fffe");
-    assert_limited(post_apply(&t, &third, "v6-2@example.org").await, "a third address of the /64").await;
+    assert_limited(
+        post_apply(&t, &third, "v6-2@example.org").await,
+        "a third address of the /64",
+    )
+    .await;
     // The next /64 is someone else.
     let neighbour = forwarded_client("2001:db8:1:3::1");
-    assert_eq!(post_apply(&t, &neighbour, "v6-3@example.org").await.status(), StatusCode::OK);
-}
+    assert_eq!(
+        post_apply(&t, &neighbour, "v6-3@example.org").await.status(),
+        StatusCode::OK
+    );
 }
 
-both! {
+both!(a_refused_manifest_url_request_mints_nothing);
 async fn a_refused_manifest_url_request_mints_nothing() {
     let t = TestApp::spawn_with(|c| c.limit_links_per_grant = "2/1h".parse().unwrap()).await;
     t.approved_researcher("mint@uni.example.edu").await;
@@ -195,9 +224,13 @@ async fn a_refused_manifest_url_request_mints_nothing() {
         .await
         .unwrap();
     assert_eq!(tokens, 1, "a refused request made no access URL");
-    let issued = t.audit_events().await.iter().filter(|e| e.action == "grant.token_issued").count();
+    let issued = t
+        .audit_events()
+        .await
+        .iter()
+        .filter(|e| e.action == "grant.token_issued")
+        .count();
     assert_eq!(issued, 1);
-}
 }
 
 /// `weightgate serve` as a separate process on a test portal's data
@@ -290,15 +323,26 @@ impl Drop for ServeProcess {
     }
 }
 
-both! {
+both!(no_secret_reaches_the_logs);
 async fn no_secret_reaches_the_logs() {
     let t = TestApp::spawn().await;
-    let portal = ServeProcess::start(&t, &[("WEIGHTGATE_LOG", "debug"), ("WEIGHTGATE_SHUTDOWN_GRACE", "1s")]).await;
+    let portal = ServeProcess::start(
+        &t,
+        &[("WEIGHTGATE_LOG", "debug"), ("WEIGHTGATE_SHUTDOWN_GRACE", "1s")],
+    )
+    .await;
     let base = portal.base.clone();
     let url = |path: &str| format!("{base}{path}");
     let email = "logs@uni.example.edu";
     let researcher = client();
-    let page = researcher.get(url(&format!("/models/{MODEL}"))).send().await.unwrap().text().await.unwrap();
+    let page = researcher
+        .get(url(&format!("/models/{MODEL}")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let response = researcher
         .post(url(&format!("/models/{MODEL}/apply")))
         .form(&[
@@ -313,23 +357,61 @@ async fn no_secret_reaches_the_logs() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    let confirm = link_in(&t.wait_for_mail(email, "Confirm your application").await, "/confirm/");
-    let page = researcher.get(&confirm).send().await.unwrap().text().await.unwrap();
-    let response = researcher.post(&confirm).form(&[("authenticity_token", csrf(&page))]).send().await.unwrap();
+    let confirm = link_in(
+        &t.wait_for_mail(email, "Confirm your application").await,
+        "/confirm/",
+    );
+    let page = researcher
+        .get(&confirm)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let response = researcher
+        .post(&confirm)
+        .form(&[("authenticity_token", csrf(&page))])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let reviewer = client();
     t.sign_in(&reviewer).await;
     let id = t.pending_application(&reviewer, email).await;
     let response = t
-        .post_admin(&reviewer, &format!("/admin/applications/{id}"), &format!("/admin/applications/{id}/approve"), &[])
+        .post_admin(
+            &reviewer,
+            &format!("/admin/applications/{id}"),
+            &format!("/admin/applications/{id}/approve"),
+            &[],
+        )
         .await;
     assert_eq!(response.status(), StatusCode::OK);
     let access = link_in(&t.wait_for_mail(email, "is approved").await, "/access/");
     let links = t.download_links(&access).await;
     let download = links[0].1.replacen(&t.base, &base, 1);
-    assert_eq!(researcher.get(&download).send().await.unwrap().status(), StatusCode::OK);
-    assert_eq!(researcher.get(access.replacen(&t.base, &base, 1)).send().await.unwrap().status(), StatusCode::OK);
-    let page = researcher.get(url("/signin")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(
+        researcher.get(&download).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        researcher
+            .get(access.replacen(&t.base, &base, 1))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    let page = researcher
+        .get(url("/signin"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     researcher
         .post(url("/signin"))
         .form(&[("authenticity_token", csrf(&page).as_str()), ("email", email)])
@@ -337,13 +419,36 @@ async fn no_secret_reaches_the_logs() {
         .await
         .unwrap();
     let signin = link_in(&t.wait_for_mail(email, "sign-in link").await, "/signin/");
-    let page = researcher.get(&signin).send().await.unwrap().text().await.unwrap();
-    let response = researcher.post(&signin).form(&[("authenticity_token", csrf(&page))]).send().await.unwrap();
+    let page = researcher
+        .get(&signin)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let response = researcher
+        .post(&signin)
+        .form(&[("authenticity_token", csrf(&page))])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.url().path(), "/me");
 
     let logs = portal.stop().await;
-    assert!(logs.contains("/confirm/…") && logs.contains("/dl/…"), "the requests were logged:\n{logs}");
-    let secret = |link: &str, marker: &str| link.split(marker).nth(1).unwrap().split('/').next().unwrap().to_owned();
+    assert!(
+        logs.contains("/confirm/…") && logs.contains("/dl/…"),
+        "the requests were logged:\n{logs}"
+    );
+    let secret = |link: &str, marker: &str| {
+        link.split(marker)
+            .nth(1)
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
     for (what, token) in [
         ("confirmation link", secret(&confirm, "/confirm/")),
         ("access page", secret(&access, "/access/")),
@@ -351,9 +456,11 @@ async fn no_secret_reaches_the_logs() {
         ("sign-in link", secret(&signin, "/signin/")),
     ] {
         assert!(token.len() >= 20, "{what}: {token}");
-        assert!(!logs.contains(&token), "the {what}'s secret is in the logs:\n{logs}");
+        assert!(
+            !logs.contains(&token),
+            "the {what}'s secret is in the logs:\n{logs}"
+        );
     }
-}
 }
 
 /// A client whose cookies the test can read.
@@ -406,40 +513,57 @@ async fn sign_in_burst(t: &TestApp, count: usize, account: impl Fn(usize) -> Str
     futures_util::future::join_all(sent).await
 }
 
-both! {
+both!(a_burst_of_wrong_passwords_gets_no_more_checks_than_a_series);
 async fn a_burst_of_wrong_passwords_gets_no_more_checks_than_a_series() {
     // Enough password checks at once that none is refused as busy.
     let t = TestApp::spawn_with(|c| c.password_checks = 64).await;
     let statuses = sign_in_burst(&t, 40, |_| REVIEWER.to_owned()).await;
-    let checked = statuses.iter().filter(|s| **s == StatusCode::UNAUTHORIZED).count();
-    assert_eq!(checked, 5, "{checked} of 40 concurrent guesses were checked: {statuses:?}");
-    assert!(statuses.iter().all(|s| [StatusCode::UNAUTHORIZED, StatusCode::TOO_MANY_REQUESTS].contains(s)));
+    let checked = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::UNAUTHORIZED)
+        .count();
+    assert_eq!(
+        checked, 5,
+        "{checked} of 40 concurrent guesses were checked: {statuses:?}"
+    );
+    assert!(
+        statuses
+            .iter()
+            .all(|s| [StatusCode::UNAUTHORIZED, StatusCode::TOO_MANY_REQUESTS].contains(s))
+    );
     let events = t.audit_events().await;
-    let failed = events.iter().filter(|e| e.reason.as_deref() == Some("bad_credentials")).count();
+    let failed = events
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("bad_credentials"))
+        .count();
     assert_eq!(failed, checked, "every check is in the log");
     // The right password waits like any other attempt.
     let (status, _) = crate::dashboard::sign_in_as(&t, &client(), REVIEWER, PASSWORD).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
 }
-}
 
-both! {
+both!(password_checks_beyond_the_limit_are_refused_not_queued);
 async fn password_checks_beyond_the_limit_are_refused_not_queued() {
     let t = TestApp::spawn_with(|c| c.password_checks = 1).await;
     // Twenty accounts (none exists), so no per-account limit applies; the
     // address allows twenty attempts.
     let statuses = sign_in_burst(&t, 20, |i| format!("nobody{i}@lab.example.org")).await;
-    let busy = statuses.iter().filter(|s| **s == StatusCode::TOO_MANY_REQUESTS).count();
-    let checked = statuses.iter().filter(|s| **s == StatusCode::UNAUTHORIZED).count();
+    let busy = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    let checked = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::UNAUTHORIZED)
+        .count();
     assert!(busy > 0 && checked > 0, "{statuses:?}");
     assert_eq!(busy + checked, 20, "{statuses:?}");
     // A refusal for a busy portal does not count as a failed attempt.
     let (status, _) = crate::dashboard::sign_in_as(&t, &client(), REVIEWER, PASSWORD).await;
     assert_eq!(status, StatusCode::OK);
 }
-}
 
-both! {
+both!(a_session_lasts_while_used_and_ends_when_idle);
 async fn a_session_lasts_while_used_and_ends_when_idle() {
     let t = TestApp::spawn_with(|c| c.session_idle = std::time::Duration::from_secs(3)).await;
     let reviewer = client();
@@ -454,9 +578,8 @@ async fn a_session_lasts_while_used_and_ends_when_idle() {
     let response = reviewer.get(t.url("/admin")).send().await.unwrap();
     assert_eq!(response.url().path(), "/admin/login", "an idle session ends");
 }
-}
 
-both! {
+both!(a_new_password_ends_every_other_session);
 async fn a_new_password_ends_every_other_session() {
     let t = TestApp::spawn().await;
     let (here, there) = (client(), client());
@@ -464,40 +587,67 @@ async fn a_new_password_ends_every_other_session() {
     t.sign_in(&there).await;
     let new_password = "a brand new reviewer password";
     let response = t
-        .post_admin(&here, "/admin/account", "/admin/account/password", &[
-            ("current", PASSWORD),
-            ("new", new_password),
-            ("again", new_password),
-        ])
+        .post_admin(
+            &here,
+            "/admin/account",
+            "/admin/account/password",
+            &[
+                ("current", PASSWORD),
+                ("new", new_password),
+                ("again", new_password),
+            ],
+        )
         .await;
     assert_eq!(response.status(), StatusCode::OK);
-    assert!(response.text().await.unwrap().contains("Your password is changed"));
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains("Your password is changed")
+    );
     let (_, page) = t.get_html(&here, "/admin").await;
-    assert!(page.contains("Log out") || page.contains("Sign out"), "this session goes on");
+    assert!(
+        page.contains("Log out") || page.contains("Sign out"),
+        "this session goes on"
+    );
     let response = there.get(t.url("/admin")).send().await.unwrap();
     assert_eq!(response.url().path(), "/admin/login", "the other session ended");
     let (status, _) = crate::dashboard::sign_in_as(&t, &client(), REVIEWER, new_password).await;
     assert_eq!(status, StatusCode::OK);
     // A wrong current password changes nothing.
     let response = t
-        .post_admin(&here, "/admin/account", "/admin/account/password", &[
-            ("current", "not my password at all"),
-            ("new", "yet another long password"),
-            ("again", "yet another long password"),
-        ])
+        .post_admin(
+            &here,
+            "/admin/account",
+            "/admin/account/password",
+            &[
+                ("current", "not my password at all"),
+                ("new", "yet another long password"),
+                ("again", "yet another long password"),
+            ],
+        )
         .await;
     assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    let changes = t.audit_events().await.iter().filter(|e| e.action == "reviewer.password_changed" && e.outcome == "ok").count();
+    let changes = t
+        .audit_events()
+        .await
+        .iter()
+        .filter(|e| e.action == "reviewer.password_changed" && e.outcome == "ok")
+        .count();
     assert_eq!(changes, 1);
     // An operator's reset from the command line ends every session.
-    let (ok, _, err) = weightgate(&t, &["reviewer", "add", REVIEWER, "--admin", "--password-stdin"], Some("reset by the operator\n"));
+    let (ok, _, err) = weightgate(
+        &t,
+        &["reviewer", "add", REVIEWER, "--admin", "--password-stdin"],
+        Some("reset by the operator\n"),
+    );
     assert!(ok, "{err}");
     let response = here.get(t.url("/admin")).send().await.unwrap();
     assert_eq!(response.url().path(), "/admin/login");
 }
-}
 
-both! {
+both!(a_planted_csrf_cookie_does_not_pass_for_the_session);
 async fn a_planted_csrf_cookie_does_not_pass_for_the_session() {
     let t = TestApp::spawn().await;
     // The attacker gets a matching cookie and token of their own...
@@ -511,28 +661,46 @@ async fn a_planted_csrf_cookie_does_not_pass_for_the_session() {
     let session = cookie(&victim_jar, &t.base, "wg_session");
     let forged = reqwest::Client::new()
         .post(t.url("/admin/account"))
-        .header("cookie", format!("wg_session={session}; wg_csrf={attacker_cookie}"))
+        .header(
+            "cookie",
+            format!("wg_session={session}; wg_csrf={attacker_cookie}"),
+        )
         .form(&[("authenticity_token", attacker_token.as_str()), ("notify", "off")])
         .send()
         .await
         .unwrap();
     assert_eq!(forged.status(), StatusCode::FORBIDDEN);
-    let me = weightgate::db::reviewers::find_by_email(t.app.db.pool(), REVIEWER).await.unwrap().unwrap();
+    let me = weightgate::db::reviewers::find_by_email(t.app.db.pool(), REVIEWER)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(me.notify, "immediate", "nothing changed");
     // The session's own token works.
-    let response = t.post_admin(&victim, "/admin/account", "/admin/account", &[("notify", "off")]).await;
+    let response = t
+        .post_admin(&victim, "/admin/account", "/admin/account", &[("notify", "off")])
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
 }
-}
 
-both! {
+both!(under_https_the_cookies_are_host_only);
 async fn under_https_the_cookies_are_host_only() {
     let t = TestApp::spawn_with(|c| c.public_url = Some("https://portal.example.org".into())).await;
     let plain = reqwest::Client::new();
     let response = plain.get(t.url("/admin/login")).send().await.unwrap();
-    let set: Vec<String> = response.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_owned()).collect();
-    let csrf_cookie = set.iter().find(|c| c.starts_with("__Host-wg_csrf=")).unwrap_or_else(|| panic!("{set:?}"));
-    assert!(csrf_cookie.contains("Secure") && csrf_cookie.contains("Path=/") && !csrf_cookie.contains("Domain"), "{csrf_cookie}");
+    let set: Vec<String> = response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    let csrf_cookie = set
+        .iter()
+        .find(|c| c.starts_with("__Host-wg_csrf="))
+        .unwrap_or_else(|| panic!("{set:?}"));
+    assert!(
+        csrf_cookie.contains("Secure") && csrf_cookie.contains("Path=/") && !csrf_cookie.contains("Domain"),
+        "{csrf_cookie}"
+    );
     let value = csrf_cookie.split(';').next().unwrap().to_owned();
     let page = response.text().await.unwrap();
     let response = reqwest::Client::builder()
@@ -541,15 +709,32 @@ async fn under_https_the_cookies_are_host_only() {
         .unwrap()
         .post(t.url("/admin/login"))
         .header("cookie", value)
-        .form(&[("authenticity_token", csrf(&page).as_str()), ("email", REVIEWER), ("password", PASSWORD)])
+        .form(&[
+            ("authenticity_token", csrf(&page).as_str()),
+            ("email", REVIEWER),
+            ("password", PASSWORD),
+        ])
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
-    let set: Vec<String> = response.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_owned()).collect();
-    let session = set.iter().find(|c| c.starts_with("__Host-wg_session=")).unwrap_or_else(|| panic!("{set:?}"));
-    assert!(session.contains("Secure") && session.contains("HttpOnly") && session.contains("Path=/") && !session.contains("Domain"), "{session}");
-}
+    let set: Vec<String> = response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    let session = set
+        .iter()
+        .find(|c| c.starts_with("__Host-wg_session="))
+        .unwrap_or_else(|| panic!("{set:?}"));
+    assert!(
+        session.contains("Secure")
+            && session.contains("HttpOnly")
+            && session.contains("Path=/")
+            && !session.contains("Domain"),
+        "{session}"
+    );
 }
 
 /// Whether the portal closes `stream` within `within`: a read returns
@@ -568,19 +753,23 @@ async fn closed_within(stream: &mut tokio::net::TcpStream, within: std::time::Du
     }
 }
 
-both! {
+both!(half_sent_requests_and_idle_connections_are_dropped);
 async fn half_sent_requests_and_idle_connections_are_dropped() {
     use tokio::io::AsyncWriteExt;
     let t = TestApp::spawn_with(|c| c.header_timeout = std::time::Duration::from_secs(1)).await;
     let addr = t.base.trim_start_matches("http://").to_owned();
     // Half a request, never finished.
     let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
     // Nothing at all.
     let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
     // A whole request, then an idle kept-alive connection.
     let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     // A body trickled in, a byte now and then.
     let mut trickle = tokio::net::TcpStream::connect(&addr).await.unwrap();
     trickle
@@ -596,15 +785,24 @@ async fn half_sent_requests_and_idle_connections_are_dropped() {
         }
         trickle
     });
-    for (what, stream) in [("half-sent", &mut slow), ("silent", &mut silent), ("idle", &mut idle)] {
-        assert!(closed_within(stream, std::time::Duration::from_secs(10)).await, "the {what} connection is still open");
+    for (what, stream) in [
+        ("half-sent", &mut slow),
+        ("silent", &mut silent),
+        ("idle", &mut idle),
+    ] {
+        assert!(
+            closed_within(stream, std::time::Duration::from_secs(10)).await,
+            "the {what} connection is still open"
+        );
     }
     let mut trickle = trickling.await.unwrap();
-    assert!(closed_within(&mut trickle, std::time::Duration::from_secs(5)).await, "the trickled body's connection is still open");
-}
+    assert!(
+        closed_within(&mut trickle, std::time::Duration::from_secs(5)).await,
+        "the trickled body's connection is still open"
+    );
 }
 
-both! {
+both!(one_address_cannot_hold_every_connection);
 async fn one_address_cannot_hold_every_connection() {
     use tokio::io::AsyncWriteExt;
     let t = TestApp::spawn_with(|c| {
@@ -616,7 +814,10 @@ async fn one_address_cannot_hold_every_connection() {
     let mut held = Vec::new();
     for _ in 0..30 {
         let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
-        stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .unwrap();
         held.push(stream);
     }
     // The first ten wait for the rest of their headers; the others are
@@ -636,16 +837,20 @@ async fn one_address_cannot_hold_every_connection() {
     // Once the held connections close, the address is served again.
     drop(held);
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    assert_eq!(t.client.get(t.url("/healthz")).send().await.unwrap().status(), StatusCode::OK);
-}
+    assert_eq!(
+        t.client.get(t.url("/healthz")).send().await.unwrap().status(),
+        StatusCode::OK
+    );
 }
 
-both! {
+both!(two_replicas_cannot_pass_a_quota_together);
 async fn two_replicas_cannot_pass_a_quota_together() {
     let t = TestApp::spawn().await;
     let big = crate::downloads::publish_big(&t).await;
     let slug = MODEL.parse().unwrap();
-    weightgate::models::set_quota(&t.app, &slug, None, Some(1), "test").await.unwrap();
+    weightgate::models::set_quota(&t.app, &slug, None, Some(1), "test")
+        .await
+        .unwrap();
     let replica = ServeProcess::start(&t, &[("WEIGHTGATE_LOG", "warn")]).await;
     let access = t.approved_researcher("quota@uni.example.edu").await;
     let links = t.download_links(&access).await;
@@ -660,7 +865,11 @@ async fn two_replicas_cannot_pass_a_quota_together() {
     let (mut here, there) = (here.unwrap(), there.unwrap());
     let statuses = [here.status(), there.status()];
     assert!(statuses.contains(&StatusCode::FORBIDDEN), "{statuses:?}");
-    assert_eq!(statuses.iter().filter(|s| s.is_success()).count(), 1, "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| s.is_success()).count(),
+        1,
+        "{statuses:?}"
+    );
     drop(there);
     if here.status().is_success() {
         // The big transfer is under way here: the other replica counts it.
@@ -691,9 +900,8 @@ async fn two_replicas_cannot_pass_a_quota_together() {
     assert!(weightgate::audit::verify_chain(&t.app).await.unwrap().is_intact());
     replica.stop().await;
 }
-}
 
-both! {
+both!(a_retired_key_stops_its_links_at_once_on_every_replica);
 async fn a_retired_key_stops_its_links_at_once_on_every_replica() {
     let t = TestApp::spawn().await;
     let replica = ServeProcess::start(&t, &[("WEIGHTGATE_LOG", "warn")]).await;
@@ -701,7 +909,14 @@ async fn a_retired_key_stops_its_links_at_once_on_every_replica() {
     let links = t.download_links(&access).await;
     let (_, link) = &links[2];
     assert_eq!(t.client.get(link).send().await.unwrap().status(), StatusCode::OK);
-    let kid = link.rsplit('/').nth(1).unwrap().split('.').nth(3).unwrap().to_owned();
+    let kid = link
+        .rsplit('/')
+        .nth(1)
+        .unwrap()
+        .split('.')
+        .nth(3)
+        .unwrap()
+        .to_owned();
 
     let (ok, out, err) = weightgate(&t, &["keys", "retire", &kid], None);
     assert!(ok, "{err}");
@@ -709,7 +924,11 @@ async fn a_retired_key_stops_its_links_at_once_on_every_replica() {
     // Neither this portal nor the replica has reloaded its keys since; the
     // link is refused at once all the same.
     for base in [&t.base, &replica.base] {
-        let response = client().get(link.replacen(&t.base, base, 1)).send().await.unwrap();
+        let response = client()
+            .get(link.replacen(&t.base, base, 1))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), StatusCode::FORBIDDEN, "{base}");
         let body: serde_json::Value = response.json().await.unwrap();
         assert_eq!(body["error"], "key_retired", "{base}");
@@ -717,20 +936,33 @@ async fn a_retired_key_stops_its_links_at_once_on_every_replica() {
     // Fresh links come from the new key and work.
     let fresh = t.download_links(&access).await;
     assert!(!fresh[2].1.contains(&format!(".{kid}.")));
-    assert_eq!(t.client.get(&fresh[2].1).send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        t.client.get(&fresh[2].1).send().await.unwrap().status(),
+        StatusCode::OK
+    );
     let (ok, listed, _) = weightgate(&t, &["keys", "list", "--format", "jsonl"], None);
     assert!(ok);
     let listed: Vec<serde_json::Value> = listed.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let retired = listed.iter().find(|k| k["kid"] == kid.as_str()).unwrap();
-    assert!(retired["retired_at"].is_string() && retired["current"] == false, "{listed:?}");
+    assert!(
+        retired["retired_at"].is_string() && retired["current"] == false,
+        "{listed:?}"
+    );
     let events = t.audit_events().await;
-    assert!(events.iter().any(|e| e.action == "keys.retired" && e.subject.as_deref() == Some(&format!("link key {kid}"))));
-    assert!(events.iter().any(|e| e.reason.as_deref() == Some("key_retired") && e.grant_id.is_some()));
+    assert!(
+        events
+            .iter()
+            .any(|e| e.action == "keys.retired" && e.subject.as_deref() == Some(&format!("link key {kid}")))
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("key_retired") && e.grant_id.is_some())
+    );
     replica.stop().await;
 }
-}
 
-both! {
+both!(a_link_valid_for_longer_than_the_portal_makes_them_is_refused);
 async fn a_link_valid_for_longer_than_the_portal_makes_them_is_refused() {
     let t = TestApp::spawn().await;
     let access = t.approved_researcher("forever@uni.example.edu").await;
@@ -738,19 +970,25 @@ async fn a_link_valid_for_longer_than_the_portal_makes_them_is_refused() {
     let (name, link) = &links[0];
     // What someone holding the signing key would make: a link for ten years.
     let token = link.rsplit('/').nth(1).unwrap();
-    let [grant, file, ..] = token.split('.').collect::<Vec<_>>()[..] else { panic!("{token}") };
+    let [grant, file, ..] = token.split('.').collect::<Vec<_>>()[..] else {
+        panic!("{token}")
+    };
     let ten_years = weightgate::types::now_ms() / 1000 + 10 * 365 * 86_400;
     let forged = t.app.links.sign(grant, file, ten_years);
-    let response = t.client.get(t.url(&format!("/dl/{forged}/{name}"))).send().await.unwrap();
+    let response = t
+        .client
+        .get(t.url(&format!("/dl/{forged}/{name}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"], "expiry_too_far");
     // Links as the portal makes them are untouched.
     assert_eq!(t.client.get(link).send().await.unwrap().status(), StatusCode::OK);
 }
-}
 
-both! {
+both!(a_flood_of_made_up_links_writes_a_few_events_not_one_each);
 async fn a_flood_of_made_up_links_writes_a_few_events_not_one_each() {
     let t = TestApp::spawn_with(|c| {
         // The window ends when the test says (below), not by the clock.
@@ -786,13 +1024,20 @@ async fn a_flood_of_made_up_links_writes_a_few_events_not_one_each() {
     let expired = t.app.links.sign(&grant, &file, 1_000);
     let elsewhere = forwarded_client_for("192.0.2.77");
     for _ in 0..20 {
-        let response = elsewhere.get(t.url(&format!("/dl/{expired}/{name}"))).send().await.unwrap();
+        let response = elsewhere
+            .get(t.url(&format!("/dl/{expired}/{name}")))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), StatusCode::FORBIDDEN);
     }
     // Refusals decided on the grant's state keep an event each.
     for _ in 0..3 {
         let other = link.replacen(name.as_str(), "not-this-file.bin", 1);
-        assert_eq!(t.client.get(other).send().await.unwrap().status(), StatusCode::FORBIDDEN);
+        assert_eq!(
+            t.client.get(other).send().await.unwrap().status(),
+            StatusCode::FORBIDDEN
+        );
     }
     // Many networks, one bad link each: past a hundred they share a tally.
     for n in 0..150 {
@@ -802,11 +1047,19 @@ async fn a_flood_of_made_up_links_writes_a_few_events_not_one_each() {
             .await
             .unwrap();
         let status = response.status();
-        assert_eq!(status, StatusCode::FORBIDDEN, "{n}: {}", response.text().await.unwrap());
+        assert_eq!(
+            status,
+            StatusCode::FORBIDDEN,
+            "{n}: {}",
+            response.text().await.unwrap()
+        );
     }
     t.app.refusals.flush(&t.app.audit).await;
     let events = t.audit_events().await;
-    let written: Vec<_> = events[before..].iter().filter(|e| e.action == "file.fetch").collect();
+    let written: Vec<_> = events[before..]
+        .iter()
+        .filter(|e| e.action == "file.fetch")
+        .collect();
     let mine: Vec<_> = written
         .iter()
         .filter(|e| e.client_ip.as_deref() == Some("127.0.0.1") && e.grant_id.is_none())
@@ -815,33 +1068,59 @@ async fn a_flood_of_made_up_links_writes_a_few_events_not_one_each() {
     assert_eq!(mine.len(), 4, "{mine:#?}");
     let counted: i64 = mine.iter().map(|e| e.occurrences.unwrap_or(1)).sum();
     assert_eq!(counted, 300);
-    let expired: Vec<_> = written.iter().filter(|e| e.reason.as_deref() == Some("link_expired")).collect();
+    let expired: Vec<_> = written
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("link_expired"))
+        .collect();
     assert_eq!(expired.len(), 2, "the first, then one summary: {expired:#?}");
-    assert_eq!(expired.iter().map(|e| e.occurrences.unwrap_or(1)).sum::<i64>(), 20);
-    let named = written.iter().filter(|e| e.reason.as_deref() == Some("malformed_link") && e.grant_id.is_some()).count();
+    assert_eq!(
+        expired.iter().map(|e| e.occurrences.unwrap_or(1)).sum::<i64>(),
+        20
+    );
+    let named = written
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("malformed_link") && e.grant_id.is_some())
+        .count();
     assert_eq!(named, 3, "each refusal naming a grant is its own event");
-    let networks = written.iter().filter(|e| e.client_ip.as_deref().is_some_and(|ip| ip.starts_with("198.51."))).count();
-    let others: Vec<_> = written.iter().filter(|e| e.client_ip.as_deref() == Some("other networks")).collect();
-    assert!(networks + others.len() <= weightgate::audit::refusals::MAX_NETWORKS + 2, "{networks} + {}", others.len());
+    let networks = written
+        .iter()
+        .filter(|e| e.client_ip.as_deref().is_some_and(|ip| ip.starts_with("198.51.")))
+        .count();
+    let others: Vec<_> = written
+        .iter()
+        .filter(|e| e.client_ip.as_deref() == Some("other networks"))
+        .collect();
+    assert!(
+        networks + others.len() <= weightgate::audit::refusals::MAX_NETWORKS + 2,
+        "{networks} + {}",
+        others.len()
+    );
     let all_counted: i64 = written
         .iter()
-        .filter(|e| e.client_ip.as_deref().is_some_and(|ip| ip.starts_with("198.51.") || ip == "other networks"))
+        .filter(|e| {
+            e.client_ip
+                .as_deref()
+                .is_some_and(|ip| ip.starts_with("198.51.") || ip == "other networks")
+        })
         .map(|e| e.occurrences.unwrap_or(1))
         .sum();
     assert_eq!(all_counted, 150);
     // The operator's report still sees every one of them.
     let (ok, out, err) = weightgate(&t, &["audit", "anomalies", "--format", "jsonl"], None);
     assert!(ok, "{err}");
-    assert!(out.lines().any(|l| l.contains("127.0.0.1") && l.contains("\"count\":150")), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains("127.0.0.1") && l.contains("\"count\":150")),
+        "{out}"
+    );
     assert!(weightgate::audit::verify_chain(&t.app).await.unwrap().is_intact());
-}
 }
 
 fn forwarded_client_for(address: &str) -> reqwest::Client {
     crate::hostile::forwarded_client(address)
 }
 
-both! {
+both!(extensions_and_renewals_follow_the_models_approval_policy);
 async fn extensions_and_renewals_follow_the_models_approval_policy() {
     use crate::dashboard::{SECOND, second_reviewer, set_policy};
     let t = TestApp::spawn().await;
@@ -851,9 +1130,15 @@ async fn extensions_and_renewals_follow_the_models_approval_policy() {
     let admin = client();
     t.sign_in(&admin).await;
     let reviewer = second_reviewer(&t, true).await;
-    let grant: String = sqlx::query_scalar("SELECT id FROM grants").fetch_one(t.app.db.pool()).await.unwrap();
+    let grant: String = sqlx::query_scalar("SELECT id FROM grants")
+        .fetch_one(t.app.db.pool())
+        .await
+        .unwrap();
     let expires = || async {
-        sqlx::query_scalar::<_, i64>("SELECT expires_at FROM grants").fetch_one(t.app.db.pool()).await.unwrap()
+        sqlx::query_scalar::<_, i64>("SELECT expires_at FROM grants")
+            .fetch_one(t.app.db.pool())
+            .await
+            .unwrap()
     };
     let before = expires().await;
     let page = format!("/admin/grants/{grant}");
@@ -866,15 +1151,25 @@ async fn extensions_and_renewals_follow_the_models_approval_policy() {
     let response = t.post_admin(&reviewer, &page, &extend, &[("days", "20")]).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(expires().await, before, "one reviewer alone extends nothing");
-    let renewal: String = sqlx::query_scalar("SELECT id FROM applications WHERE kind = 'renewal' AND status = 'pending'")
-        .fetch_one(t.app.db.pool())
-        .await
-        .unwrap();
+    let renewal: String =
+        sqlx::query_scalar("SELECT id FROM applications WHERE kind = 'renewal' AND status = 'pending'")
+            .fetch_one(t.app.db.pool())
+            .await
+            .unwrap();
     let again = t.post_admin(&reviewer, &page, &extend, &[("days", "20")]).await;
-    assert_eq!(again.status(), StatusCode::CONFLICT, "the same reviewer twice is still one approval");
+    assert_eq!(
+        again.status(),
+        StatusCode::CONFLICT,
+        "the same reviewer twice is still one approval"
+    );
     // ...which a second reviewer completes; the shorter length wins.
     let response = t
-        .post_admin(&admin, &format!("/admin/applications/{renewal}"), &format!("/admin/applications/{renewal}/approve"), &[("days", "10")])
+        .post_admin(
+            &admin,
+            &format!("/admin/applications/{renewal}"),
+            &format!("/admin/applications/{renewal}/approve"),
+            &[("days", "10")],
+        )
         .await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(expires().await, before + 10 * 86_400_000);
@@ -883,7 +1178,10 @@ async fn extensions_and_renewals_follow_the_models_approval_policy() {
     // A researcher's renewal needs two approvals as well.
     let events = t.audit_events().await;
     assert_eq!(events.iter().filter(|e| e.action == "grant.extended").count(), 1);
-    let approvals: Vec<_> = events.iter().filter(|e| e.action == "review.approved" && e.application_id.as_deref() == Some(renewal.as_str())).collect();
+    let approvals: Vec<_> = events
+        .iter()
+        .filter(|e| e.action == "review.approved" && e.application_id.as_deref() == Some(renewal.as_str()))
+        .collect();
     assert_eq!(approvals.len(), 2);
     assert!(approvals.iter().any(|e| e.actor.as_deref() == Some(SECOND)));
 
@@ -896,18 +1194,28 @@ async fn extensions_and_renewals_follow_the_models_approval_policy() {
     let response = t.post_admin(&reviewer, &page, &extend, &[("days", "5")]).await;
     assert_eq!(response.status(), StatusCode::CONFLICT);
     // ...nor overridden by one who is not an admin...
-    let response = t.post_admin(&reviewer, &page, &extend, &[("days", "5"), ("override", "on")]).await;
+    let response = t
+        .post_admin(&reviewer, &page, &extend, &[("days", "5"), ("override", "on")])
+        .await;
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
     assert!(expires().await < weightgate::types::now_ms());
     // ...but an admin may, and the log says it was an override.
-    let response = t.post_admin(&admin, &page, &extend, &[("days", "5"), ("override", "on")]).await;
+    let response = t
+        .post_admin(&admin, &page, &extend, &[("days", "5"), ("override", "on")])
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
     let now = weightgate::types::now_ms();
     assert!((now + 4 * 86_400_000..=now + 5 * 86_400_000).contains(&expires().await));
     let overridden = t.wait_for_events("grant.extended", 2).await;
-    assert!(overridden[1].reason.as_deref().is_some_and(|r| r.contains("override")), "{:?}", overridden[1]);
+    assert!(
+        overridden[1]
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("override")),
+        "{:?}",
+        overridden[1]
+    );
     assert_eq!(overridden[1].actor.as_deref(), Some(REVIEWER));
-}
 }
 
 /// What an insider with write access to the database does to hide a
@@ -942,7 +1250,7 @@ async fn erase_downloads(t: &TestApp, researcher_email: &str) {
     tx.commit().await.unwrap();
 }
 
-both! {
+both!(an_insider_with_the_database_and_the_key_cannot_rewrite_the_log_unseen);
 async fn an_insider_with_the_database_and_the_key_cannot_rewrite_the_log_unseen() {
     let t = TestApp::spawn().await;
     let email = "erased@uni.example.edu";
@@ -955,20 +1263,31 @@ async fn an_insider_with_the_database_and_the_key_cannot_rewrite_the_log_unseen(
     assert!(ok, "{err}");
     let (ok, out, err) = weightgate(&t, &["audit", "verify"], None);
     assert!(ok, "{err}");
-    assert!(out.contains("1 checkpoint(s) held by the witness match the log"), "{out}");
+    assert!(
+        out.contains("1 checkpoint(s) held by the witness match the log"),
+        "{out}"
+    );
 
     // The insider erases the downloads and rebuilds the chain; with the
     // checkpoint key stolen from the key file, they re-sign the new head
     // and put that checkpoint where the old one was.
-    let original: i64 = weightgate::db::audit::head(t.app.db.pool()).await.unwrap().unwrap().0;
+    let original: i64 = weightgate::db::audit::head(t.app.db.pool())
+        .await
+        .unwrap()
+        .unwrap()
+        .0;
     erase_downloads(&t, email).await;
     // ...padded back to its old length, so that nothing looks cut short.
     loop {
-        let (seq, _) = weightgate::db::audit::head(t.app.db.pool()).await.unwrap().unwrap();
+        let (seq, _) = weightgate::db::audit::head(t.app.db.pool())
+            .await
+            .unwrap()
+            .unwrap();
         if seq == original {
             break;
         }
-        let mut filler = weightgate::audit::Event::new("reviewer.sign_in", weightgate::audit::Outcome::Refused);
+        let mut filler =
+            weightgate::audit::Event::new("reviewer.sign_in", weightgate::audit::Outcome::Refused);
         filler.reason = Some("bad_credentials".into());
         weightgate::audit::append_now(&t.app.db, filler).await.unwrap();
     }
@@ -980,37 +1299,61 @@ async fn an_insider_with_the_database_and_the_key_cannot_rewrite_the_log_unseen(
     crate::audit::sql(&t, "DELETE FROM audit_checkpoints").await;
     let (ok, _, err) = weightgate(&t, &["audit", "checkpoint"], None);
     assert!(!ok);
-    assert!(err.contains("no checkpoint was signed") && err.contains("forked history"), "{err}");
+    assert!(
+        err.contains("no checkpoint was signed") && err.contains("forked history"),
+        "{err}"
+    );
     let key_text = std::fs::read_to_string(t.app.config.data_dir.join("audit-checkpoint.key")).unwrap();
     let key = weightgate::audit::checkpoint::AuditKey::parse(&key_text).unwrap();
     crate::audit::sql(&t, "DELETE FROM audit_checkpoints").await;
     let resigned = key.sign(head.seq, &head.hash, weightgate::types::now_ms());
-    weightgate::db::audit::insert_checkpoint(t.app.db.pool(), &resigned).await.unwrap();
+    weightgate::db::audit::insert_checkpoint(t.app.db.pool(), &resigned)
+        .await
+        .unwrap();
 
     // The chain and the database's checkpoint agree; the witness does not.
     let v = weightgate::audit::verify_chain(&t.app).await.unwrap();
-    assert!(v.problems.iter().any(|p| matches!(p, weightgate::audit::Problem::Forked { .. })), "{:?}", v.problems);
-    assert!(v.problems.iter().any(|p| matches!(p, weightgate::audit::Problem::NotWitnessed { .. })), "{:?}", v.problems);
+    assert!(
+        v.problems
+            .iter()
+            .any(|p| matches!(p, weightgate::audit::Problem::Forked { .. })),
+        "{:?}",
+        v.problems
+    );
+    assert!(
+        v.problems
+            .iter()
+            .any(|p| matches!(p, weightgate::audit::Problem::NotWitnessed { .. })),
+        "{:?}",
+        v.problems
+    );
     let (ok, _, err) = weightgate(&t, &["audit", "verify"], None);
     assert!(!ok);
     assert!(err.contains("forked history"), "{err}");
     assert!(err.contains("re-signed checkpoint"), "{err}");
 }
-}
 
-both! {
+both!(cutting_the_newest_events_with_their_checkpoints_leaves_a_missing_tail);
 async fn cutting_the_newest_events_with_their_checkpoints_leaves_a_missing_tail() {
     let t = TestApp::spawn().await;
     let access = t.approved_researcher("tail@uni.example.edu").await;
     let (_, first) = t.download_links(&access).await.remove(0);
     let (ok, _, err) = weightgate(&t, &["audit", "checkpoint"], None);
     assert!(ok, "{err}");
-    let before: i64 = weightgate::db::audit::head(t.app.db.pool()).await.unwrap().unwrap().0;
+    let before: i64 = weightgate::db::audit::head(t.app.db.pool())
+        .await
+        .unwrap()
+        .unwrap()
+        .0;
     t.client.get(&first).send().await.unwrap().bytes().await.unwrap();
     t.wait_for_events("file.delivered", 1).await;
     let (ok, _, err) = weightgate(&t, &["audit", "checkpoint"], None);
     assert!(ok, "{err}");
-    let after: i64 = weightgate::db::audit::head(t.app.db.pool()).await.unwrap().unwrap().0;
+    let after: i64 = weightgate::db::audit::head(t.app.db.pool())
+        .await
+        .unwrap()
+        .unwrap()
+        .0;
     assert!(after > before);
 
     // The download's events and the checkpoint that signed them go: what is
@@ -1025,12 +1368,21 @@ async fn cutting_the_newest_events_with_their_checkpoints_leaves_a_missing_tail(
     );
     let (ok, _, err) = weightgate(&t, &["audit", "verify"], None);
     assert!(!ok);
-    assert!(err.contains(&format!("the log was truncated: the checkpoint in the witness object audit-witness/{after:020}.")), "{err}");
-    assert!(err.contains(&format!("says the log reached event {after}, but it ends at event {before}")), "{err}");
-}
+    assert!(
+        err.contains(&format!(
+            "the log was truncated: the checkpoint in the witness object audit-witness/{after:020}."
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "says the log reached event {after}, but it ends at event {before}"
+        )),
+        "{err}"
+    );
 }
 
-both! {
+both!(each_checkpoint_goes_to_a_locked_witness_and_the_key_is_published);
 async fn each_checkpoint_goes_to_a_locked_witness_and_the_key_is_published() {
     let server = crate::storage::S3Server::start_with_object_lock().await;
     let outside = tempfile::tempdir().unwrap();
@@ -1049,7 +1401,10 @@ async fn each_checkpoint_goes_to_a_locked_witness_and_the_key_is_published() {
         ("WEIGHTGATE_S3_ENDPOINT", c.s3_endpoint.clone().unwrap()),
         ("WEIGHTGATE_S3_PATH_STYLE", "true".to_owned()),
         ("WEIGHTGATE_S3_ACCESS_KEY_ID", c.s3_access_key_id.clone().unwrap()),
-        ("WEIGHTGATE_S3_SECRET_ACCESS_KEY", c.s3_secret_access_key.clone().unwrap()),
+        (
+            "WEIGHTGATE_S3_SECRET_ACCESS_KEY",
+            c.s3_secret_access_key.clone().unwrap(),
+        ),
         ("WEIGHTGATE_WITNESS_FILE", file.display().to_string()),
         ("WEIGHTGATE_WITNESS_EMAIL", c.witness_email.clone()),
     ];
@@ -1060,21 +1415,38 @@ async fn each_checkpoint_goes_to_a_locked_witness_and_the_key_is_published() {
     let seq = signed["seq"].as_i64().unwrap();
 
     // In the bucket, locked in compliance mode for seven years...
-    let puts: Vec<String> = server.calls().into_iter().filter(|c| c.contains("audit-witness/")).collect();
+    let puts: Vec<String> = server
+        .calls()
+        .into_iter()
+        .filter(|c| c.contains("audit-witness/"))
+        .collect();
     assert_eq!(puts.len(), 1, "{puts:?}");
     let this_year = time::OffsetDateTime::now_utc().year();
-    assert!(puts[0].contains(&format!("lock COMPLIANCE until {}", this_year + 7)), "{puts:?}");
+    assert!(
+        puts[0].contains(&format!("lock COMPLIANCE until {}", this_year + 7)),
+        "{puts:?}"
+    );
     assert!(puts[0].contains(&format!("audit-witness/{seq:020}.")), "{puts:?}");
     // ...in the witness file, and in the auditors' mail.
     let lines = std::fs::read_to_string(&file).unwrap();
     let line: serde_json::Value = serde_json::from_str(lines.trim()).unwrap();
     assert_eq!(line["signature"], signed["signature"]);
-    let mail = t.wait_for_mail("auditor@lab.example.org", &format!("checkpoint of event {seq}")).await;
+    let mail = t
+        .wait_for_mail("auditor@lab.example.org", &format!("checkpoint of event {seq}"))
+        .await;
     assert!(mail.contains(signed["hash"].as_str().unwrap()));
 
     // Anyone can read the public key; with it alone, away from the portal's
     // key file, verify checks the database and the witness.
-    let published = t.client.get(t.url("/.well-known/weightgate/audit-checkpoint.pub")).send().await.unwrap().text().await.unwrap();
+    let published = t
+        .client
+        .get(t.url("/.well-known/weightgate/audit-checkpoint.pub"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let (public_key, kid) = published.trim().split_once("  ").unwrap();
     assert_eq!(public_key, signed["public_key"].as_str().unwrap());
     assert_eq!(kid, signed["kid"].as_str().unwrap());
@@ -1083,32 +1455,52 @@ async fn each_checkpoint_goes_to_a_locked_witness_and_the_key_is_published() {
     assert_eq!(printed.trim(), published.trim());
     let (ok, out, err) = weightgate(&["audit", "verify"]);
     assert!(ok, "{err}");
-    assert!(out.contains("2 checkpoint(s) held by the witness match the log"), "{out}");
+    assert!(
+        out.contains("2 checkpoint(s) held by the witness match the log"),
+        "{out}"
+    );
     // The key is nowhere in the database.
     let seed = std::fs::read_to_string(t.app.config.data_dir.join("audit-checkpoint.key")).unwrap();
     for table in ["signing_keys", "audit_checkpoints", "audit_events", "outbox"] {
-        let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT CAST(COUNT(*) AS TEXT) FROM {table}")))
-            .fetch_all(t.app.db.pool())
-            .await
-            .unwrap();
+        let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT CAST(COUNT(*) AS TEXT) FROM {table}"
+        )))
+        .fetch_all(t.app.db.pool())
+        .await
+        .unwrap();
         assert!(!rows.is_empty());
     }
-    let secrets: Vec<String> = sqlx::query_scalar("SELECT secret FROM signing_keys").fetch_all(t.app.db.pool()).await.unwrap();
+    let secrets: Vec<String> = sqlx::query_scalar("SELECT secret FROM signing_keys")
+        .fetch_all(t.app.db.pool())
+        .await
+        .unwrap();
     assert!(secrets.iter().all(|s| s.trim() != seed.trim()));
 }
-}
 
-both! {
+both!(a_session_ended_stays_ended);
 async fn a_session_ended_stays_ended() {
     let t = TestApp::spawn().await;
     // A request that loaded the session before its owner signed out saves
     // it after: the session must not come back.
     let pool = t.app.db.pool();
     let far = weightgate::types::now_ms() + 3_600_000;
-    assert!(weightgate::db::sessions::create(pool, "ended-session", "{}", far).await.unwrap());
-    weightgate::db::sessions::delete(pool, "ended-session").await.unwrap();
-    weightgate::db::sessions::save(pool, "ended-session", "{\"reviewer_id\":\"x\"}", far).await.unwrap();
-    assert!(weightgate::db::sessions::load(pool, "ended-session", 0).await.unwrap().is_none());
+    assert!(
+        weightgate::db::sessions::create(pool, "ended-session", "{}", far)
+            .await
+            .unwrap()
+    );
+    weightgate::db::sessions::delete(pool, "ended-session")
+        .await
+        .unwrap();
+    weightgate::db::sessions::save(pool, "ended-session", "{\"reviewer_id\":\"x\"}", far)
+        .await
+        .unwrap();
+    assert!(
+        weightgate::db::sessions::load(pool, "ended-session", 0)
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     // Disabling an account ends its sessions; enabling it again does not
     // bring them back.
@@ -1122,9 +1514,8 @@ async fn a_session_ended_stays_ended() {
     let response = second.get(t.url("/admin")).send().await.unwrap();
     assert_eq!(response.url().path(), "/admin/login");
 }
-}
 
-both! {
+both!(an_approval_counts_only_while_its_reviewer_may_still_decide);
 async fn an_approval_counts_only_while_its_reviewer_may_still_decide() {
     use crate::dashboard::{SECOND, second_reviewer, set_policy};
     let t = TestApp::spawn().await;
@@ -1136,19 +1527,27 @@ async fn an_approval_counts_only_while_its_reviewer_may_still_decide() {
     let id = t.pending_application(&admin, "waits@uni.example.edu").await;
     let page = format!("/admin/applications/{id}");
     let approve = format!("/admin/applications/{id}/approve");
-    assert_eq!(t.post_admin(&second, &page, &approve, &[]).await.status(), StatusCode::OK);
+    assert_eq!(
+        t.post_admin(&second, &page, &approve, &[]).await.status(),
+        StatusCode::OK
+    );
     // The second reviewer is taken off the model; their approval no longer counts.
     let (ok, _, err) = weightgate(&t, &["reviewer", "unassign", SECOND, MODEL], None);
     assert!(ok, "{err}");
-    assert_eq!(t.post_admin(&admin, &page, &approve, &[]).await.status(), StatusCode::OK);
-    let grants: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM grants").fetch_one(t.app.db.pool()).await.unwrap();
+    assert_eq!(
+        t.post_admin(&admin, &page, &approve, &[]).await.status(),
+        StatusCode::OK
+    );
+    let grants: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM grants")
+        .fetch_one(t.app.db.pool())
+        .await
+        .unwrap();
     assert_eq!(grants, 0, "one approval that counts is not two");
     let (_, detail) = t.get_html(&admin, &page).await;
     assert!(detail.contains("needs 2 approvals"), "{detail}");
 }
-}
 
-both! {
+both!(a_stolen_session_cannot_guess_the_password_at_speed);
 async fn a_stolen_session_cannot_guess_the_password_at_speed() {
     let t = TestApp::spawn().await;
     let session = client();
@@ -1157,17 +1556,26 @@ async fn a_stolen_session_cannot_guess_the_password_at_speed() {
     for n in 0..7 {
         let guess = format!("guess number {n} of many");
         let response = t
-            .post_admin(&session, "/admin/account", "/admin/account/password", &[
-                ("current", guess.as_str()),
-                ("new", "a brand new reviewer password"),
-                ("again", "a brand new reviewer password"),
-            ])
+            .post_admin(
+                &session,
+                "/admin/account",
+                "/admin/account/password",
+                &[
+                    ("current", guess.as_str()),
+                    ("new", "a brand new reviewer password"),
+                    ("again", "a brand new reviewer password"),
+                ],
+            )
             .await;
         statuses.push(response.status());
     }
     // The sign-in before counted as an attempt that succeeded: five wrong
     // guesses are checked, then the account waits.
-    assert_eq!(statuses[..5], [StatusCode::UNPROCESSABLE_ENTITY; 5], "{statuses:?}");
+    assert_eq!(
+        statuses[..5],
+        [StatusCode::UNPROCESSABLE_ENTITY; 5],
+        "{statuses:?}"
+    );
     assert_eq!(statuses[5..], [StatusCode::TOO_MANY_REQUESTS; 2], "{statuses:?}");
     let refused = t
         .audit_events()
@@ -1177,9 +1585,8 @@ async fn a_stolen_session_cannot_guess_the_password_at_speed() {
         .count();
     assert_eq!(refused, 5, "every wrong guess is in the log");
 }
-}
 
-both! {
+both!(a_portal_whose_checkpoint_key_went_missing_does_not_start_over);
 async fn a_portal_whose_checkpoint_key_went_missing_does_not_start_over() {
     let t = TestApp::spawn().await;
     t.approved_researcher("key@uni.example.edu").await;
@@ -1197,7 +1604,12 @@ async fn a_portal_whose_checkpoint_key_went_missing_does_not_start_over() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("the audit checkpoint key is missing") && err.contains("restore the key"), "{err}");
-    assert!(!t.app.config.data_dir.join("audit-checkpoint.key").exists(), "no new key was made");
-}
+    assert!(
+        err.contains("the audit checkpoint key is missing") && err.contains("restore the key"),
+        "{err}"
+    );
+    assert!(
+        !t.app.config.data_dir.join("audit-checkpoint.key").exists(),
+        "no new key was made"
+    );
 }

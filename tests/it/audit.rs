@@ -126,7 +126,7 @@ async fn damage(t: &TestApp) -> (Problem, String) {
     (first, err)
 }
 
-both! {
+both!(verify_names_each_kind_of_tampering);
 async fn verify_names_each_kind_of_tampering() {
     let t = TestApp::spawn().await;
     fill_to(&t, 40).await;
@@ -137,7 +137,11 @@ async fn verify_names_each_kind_of_tampering() {
     assert_eq!(original.len(), 40);
 
     // A field changed in place.
-    sql(&t, "UPDATE audit_events SET subject = 'someone else' WHERE seq = 17").await;
+    sql(
+        &t,
+        "UPDATE audit_events SET subject = 'someone else' WHERE seq = 17",
+    )
+    .await;
     let (problem, err) = damage(&t).await;
     assert_eq!(problem, Problem::Modified { seq: 17 });
     assert!(err.contains("event 17 was modified"), "{err}");
@@ -172,7 +176,10 @@ async fn verify_names_each_kind_of_tampering() {
     sql(&t, "UPDATE audit_events SET seq = 100 WHERE seq = 17").await;
     let (problem, err) = damage(&t).await;
     assert_eq!(problem, Problem::Moved { seq: 17, to: 100 });
-    assert!(err.contains("event 17 is missing from its place: it was moved to position 100"), "{err}");
+    assert!(
+        err.contains("event 17 is missing from its place: it was moved to position 100"),
+        "{err}"
+    );
     restore(&t, &original).await;
 
     // A row deleted and the gap closed.
@@ -180,21 +187,36 @@ async fn verify_names_each_kind_of_tampering() {
     renumber(&t, 17, -1).await;
     let (problem, err) = damage(&t).await;
     assert_eq!(problem, Problem::DeletedAndRenumbered { seq: 17 });
-    assert!(err.contains("event 17 is missing: it was deleted and the later events were renumbered"), "{err}");
+    assert!(
+        err.contains("event 17 is missing: it was deleted and the later events were renumbered"),
+        "{err}"
+    );
     restore(&t, &original).await;
 
     // Two rows' contents swapped, far apart and next to each other.
     overwrite(&t, 12, &original[29]).await;
     overwrite(&t, 30, &original[11]).await;
     let (problem, err) = damage(&t).await;
-    assert_eq!(problem, Problem::Swapped { first: 12, second: 30 });
+    assert_eq!(
+        problem,
+        Problem::Swapped {
+            first: 12,
+            second: 30
+        }
+    );
     assert!(err.contains("events 12 and 30 were swapped"), "{err}");
     restore(&t, &original).await;
 
     overwrite(&t, 20, &original[20]).await;
     overwrite(&t, 21, &original[19]).await;
     let (problem, _) = damage(&t).await;
-    assert_eq!(problem, Problem::Swapped { first: 20, second: 21 });
+    assert_eq!(
+        problem,
+        Problem::Swapped {
+            first: 20,
+            second: 21
+        }
+    );
     restore(&t, &original).await;
 
     // Three rows rotated.
@@ -202,7 +224,10 @@ async fn verify_names_each_kind_of_tampering() {
     overwrite(&t, 6, &original[6]).await;
     overwrite(&t, 7, &original[4]).await;
     let (_, err) = damage(&t).await;
-    assert!(err.contains("events were reordered: position 5 holds event 6"), "{err}");
+    assert!(
+        err.contains("events were reordered: position 5 holds event 6"),
+        "{err}"
+    );
     restore(&t, &original).await;
 
     // A made-up event slipped in, linked and hashed the way the portal would.
@@ -217,7 +242,10 @@ async fn verify_names_each_kind_of_tampering() {
     tx.commit().await.unwrap();
     let (problem, err) = damage(&t).await;
     assert_eq!(problem, Problem::Inserted { seq: 26 });
-    assert!(err.contains("an event was inserted at position 26: the original event 26 now sits at 27"), "{err}");
+    assert!(
+        err.contains("an event was inserted at position 26: the original event 26 now sits at 27"),
+        "{err}"
+    );
     restore(&t, &original).await;
 
     // A row of garbage added at the end, and one before the start.
@@ -245,9 +273,8 @@ async fn verify_names_each_kind_of_tampering() {
     assert!(ok, "{err}");
     assert!(out.contains("audit log intact: 40 events"), "{out}");
 }
-}
 
-both! {
+both!(checkpoints_reveal_truncation_and_exports_outlive_the_database);
 async fn checkpoints_reveal_truncation_and_exports_outlive_the_database() {
     let t = TestApp::spawn().await;
     fill_to(&t, 40).await;
@@ -272,41 +299,81 @@ async fn checkpoints_reveal_truncation_and_exports_outlive_the_database() {
     assert!(ok);
     let again = &jsonl(&out)[0];
     assert_eq!(again["seq"], 40);
-    assert_eq!(again["signature"], exported["signature"], "an unmoved head is not signed twice");
+    assert_eq!(
+        again["signature"], exported["signature"],
+        "an unmoved head is not signed twice"
+    );
 
     let (ok, out, err) = weightgate(&t, &["audit", "verify", "--checkpoint", file_arg], None);
     assert!(ok, "{err}");
-    assert!(out.contains("1 checkpoint(s) verified; the newest signs event 40"), "{out}");
+    assert!(
+        out.contains("1 checkpoint(s) verified; the newest signs event 40"),
+        "{out}"
+    );
     assert!(out.contains("the exported checkpoint of event 40"), "{out}");
 
     // A stored checkpoint that was altered.
     sql(&t, "UPDATE audit_checkpoints SET at = at + 1").await;
     let (_, err) = damage(&t).await;
-    assert!(err.contains("the checkpoint of event 40 signed") && err.contains("has an invalid signature"), "{err}");
+    assert!(
+        err.contains("the checkpoint of event 40 signed") && err.contains("has an invalid signature"),
+        "{err}"
+    );
     sql(&t, "UPDATE audit_checkpoints SET at = at - 1").await;
     sql(&t, "UPDATE audit_checkpoints SET kid = 'gone'").await;
     let (_, err) = damage(&t).await;
-    assert!(err.contains("was signed with key gone, which this portal does not trust"), "{err}");
-    sql(&t, &format!("UPDATE audit_checkpoints SET kid = '{}'", exported["kid"].as_str().unwrap())).await;
+    assert!(
+        err.contains("was signed with key gone, which this portal does not trust"),
+        "{err}"
+    );
+    sql(
+        &t,
+        &format!(
+            "UPDATE audit_checkpoints SET kid = '{}'",
+            exported["kid"].as_str().unwrap()
+        ),
+    )
+    .await;
     let (ok, _, err) = weightgate(&t, &["audit", "verify"], None);
     assert!(ok, "{err}");
 
     // The log cut short after the checkpoint.
     sql(&t, "DELETE FROM audit_events WHERE seq > 35").await;
     let (problem, err) = damage(&t).await;
-    assert!(matches!(problem, Problem::Truncated { checkpoint_seq: 40, log_end: Some(35), .. }), "{problem:?}");
+    assert!(
+        matches!(
+            problem,
+            Problem::Truncated {
+                checkpoint_seq: 40,
+                log_end: Some(35),
+                ..
+            }
+        ),
+        "{problem:?}"
+    );
     assert!(err.contains("the log was truncated"), "{err}");
-    assert!(err.contains("says the log reached event 40, but it ends at event 35"), "{err}");
+    assert!(
+        err.contains("says the log reached event 40, but it ends at event 35"),
+        "{err}"
+    );
     let (ok, _, err) = weightgate(&t, &["audit", "checkpoint"], None);
     assert!(!ok);
-    assert!(err.contains("no checkpoint was signed") && err.contains("the log was truncated"), "{err}");
+    assert!(
+        err.contains("no checkpoint was signed") && err.contains("the log was truncated"),
+        "{err}"
+    );
 
     // With the stored checkpoints gone too, the chain alone looks whole; the
     // witness still tells, and so does the exported checkpoint.
     sql(&t, "DELETE FROM audit_checkpoints").await;
     let (ok, _, err) = weightgate(&t, &["audit", "verify"], None);
     assert!(!ok);
-    assert!(err.contains("the log was truncated: the checkpoint in the witness object audit-witness/00000000000000000040."), "{err}");
+    assert!(
+        err.contains(
+            "the log was truncated: the checkpoint in the witness object audit-witness/00000000000000000040."
+        ),
+        "{err}"
+    );
     let (ok, _, err) = weightgate(&t, &["audit", "verify", "--checkpoint", file_arg], None);
     assert!(!ok);
     assert!(
@@ -328,11 +395,22 @@ async fn checkpoints_reveal_truncation_and_exports_outlive_the_database() {
     let mut changed = exported.clone();
     changed["seq"] = 30.into();
     std::fs::write(&edited, changed.to_string()).unwrap();
-    let (ok, _, err) = weightgate(&t, &["audit", "verify", "--checkpoint", edited.to_str().unwrap()], None);
+    let (ok, _, err) = weightgate(
+        &t,
+        &["audit", "verify", "--checkpoint", edited.to_str().unwrap()],
+        None,
+    );
     assert!(!ok);
-    assert!(err.contains("the exported checkpoint has an invalid signature"), "{err}");
+    assert!(
+        err.contains("the exported checkpoint has an invalid signature"),
+        "{err}"
+    );
     std::fs::write(&edited, "{\"seq\": 3}").unwrap();
-    let (ok, _, err) = weightgate(&t, &["audit", "verify", "--checkpoint", edited.to_str().unwrap()], None);
+    let (ok, _, err) = weightgate(
+        &t,
+        &["audit", "verify", "--checkpoint", edited.to_str().unwrap()],
+        None,
+    );
     assert!(!ok);
     assert!(err.contains("not an exported weightgate checkpoint"), "{err}");
 
@@ -343,12 +421,14 @@ async fn checkpoints_reveal_truncation_and_exports_outlive_the_database() {
         .unwrap();
     assert_eq!(keys, 0);
 }
-}
 
-both! {
+both!(the_server_signs_a_checkpoint_whenever_the_head_moves);
 async fn the_server_signs_a_checkpoint_whenever_the_head_moves() {
     let t = TestApp::spawn().await;
-    let signer = tokio::spawn(audit::checkpoint_periodically(t.app.clone(), Duration::from_secs(1)));
+    let signer = tokio::spawn(audit::checkpoint_periodically(
+        t.app.clone(),
+        Duration::from_secs(1),
+    ));
     let wait_for_checkpoint_of = |seq: i64| {
         let db = t.app.db.clone();
         async move {
@@ -365,7 +445,9 @@ async fn the_server_signs_a_checkpoint_whenever_the_head_moves() {
     };
     let head = db::audit::head(t.app.db.pool()).await.unwrap().unwrap().0;
     let first = wait_for_checkpoint_of(head).await;
-    let burst: Vec<Event> = (0..3).map(|_| Event::new("reviewer.sign_in", Outcome::Refused)).collect();
+    let burst: Vec<Event> = (0..3)
+        .map(|_| Event::new("reviewer.sign_in", Outcome::Refused))
+        .collect();
     let mut tx = t.app.db.begin().await.unwrap();
     audit::append(&mut tx, t.app.db.backend(), &burst).await.unwrap();
     tx.commit().await.unwrap();
@@ -383,9 +465,8 @@ async fn the_server_signs_a_checkpoint_whenever_the_head_moves() {
     assert_eq!(v.checkpoints, 2);
     assert_eq!(v.latest_checkpoint.unwrap().seq, head + 3);
 }
-}
 
-both! {
+both!(concurrent_fetches_each_leave_one_event_and_an_unbroken_chain);
 async fn concurrent_fetches_each_leave_one_event_and_an_unbroken_chain() {
     let t = TestApp::spawn().await;
     let access = t.approved_researcher("many@uni.example.edu").await;
@@ -413,8 +494,10 @@ async fn concurrent_fetches_each_leave_one_event_and_an_unbroken_chain() {
     assert_eq!(v.events, events.len() as i64);
     let (ok, out, err) = weightgate(&t, &["audit", "verify"], None);
     assert!(ok, "{err}");
-    assert!(out.contains(&format!("audit log intact: {} events", events.len())), "{out}");
-}
+    assert!(
+        out.contains(&format!("audit log intact: {} events", events.len())),
+        "{out}"
+    );
 }
 
 /// Fetches `url` (with a `Range` when given) to the end, and returns the bytes.
@@ -432,11 +515,15 @@ fn link<'a>(links: &'a [(String, String)], name: &str) -> &'a str {
     &links.iter().find(|(n, _)| n == name).unwrap().1
 }
 
-both! {
+both!(who_has_counts_only_researchers_holding_every_file);
 async fn who_has_counts_only_researchers_holding_every_file() {
     let t = TestApp::spawn().await;
-    let ada = t.download_links(&t.approved_researcher("ada@uni.example.edu").await).await;
-    let bob = t.download_links(&t.approved_researcher("bob@uni.example.edu").await).await;
+    let ada = t
+        .download_links(&t.approved_researcher("ada@uni.example.edu").await)
+        .await;
+    let bob = t
+        .download_links(&t.approved_researcher("bob@uni.example.edu").await)
+        .await;
     let size = |name: &str| t.files.iter().find(|(n, _)| n == name).unwrap().1.len();
     let total: usize = t.files.iter().map(|(_, b)| b.len()).sum();
 
@@ -469,7 +556,10 @@ async fn who_has_counts_only_researchers_holding_every_file() {
 
     let (ok, table, _) = weightgate(&t, &["audit", "who-has", MODEL, "--release", "r1"], None);
     assert!(ok);
-    assert!(table.contains("ada@uni.example.edu") && !table.contains("bob@"), "{table}");
+    assert!(
+        table.contains("ada@uni.example.edu") && !table.contains("bob@"),
+        "{table}"
+    );
     let (ok, _, err) = weightgate(&t, &["audit", "who-has", MODEL, "--release", "r9"], None);
     assert!(!ok);
     assert!(err.contains("no published release \"r9\""), "{err}");
@@ -477,7 +567,11 @@ async fn who_has_counts_only_researchers_holding_every_file() {
     assert!(!ok);
     assert!(err.contains("no model is called \"no-such-model\""), "{err}");
 
-    let (ok, out, err) = weightgate(&t, &["audit", "downloads", "--model", MODEL, "--format", "jsonl"], None);
+    let (ok, out, err) = weightgate(
+        &t,
+        &["audit", "downloads", "--model", MODEL, "--format", "jsonl"],
+        None,
+    );
     assert!(ok, "{err}");
     let rows = jsonl(&out);
     assert_eq!(rows.len(), 2, "{out}");
@@ -497,9 +591,8 @@ async fn who_has_counts_only_researchers_holding_every_file() {
     assert!(ok);
     assert!(table.contains("3 of 3") && table.contains("1 of 3"), "{table}");
 }
-}
 
-both! {
+both!(list_filters_pages_and_writes_csv);
 async fn list_filters_pages_and_writes_csv() {
     let t = TestApp::spawn().await;
     let ada_access = t.approved_researcher("ada@uni.example.edu").await;
@@ -517,7 +610,9 @@ async fn list_filters_pages_and_writes_csv() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     let middle = weightgate::types::now_ms();
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let bob = t.download_links(&t.approved_researcher("bob@uni.example.edu").await).await;
+    let bob = t
+        .download_links(&t.approved_researcher("bob@uni.example.edu").await)
+        .await;
     fetch(&t, link(&bob, "shard-0.bin"), None).await;
     t.wait_for_events("file.delivered", 2).await;
     let mut event = Event::new("reviewer.sign_in", Outcome::Refused);
@@ -534,14 +629,23 @@ async fn list_filters_pages_and_writes_csv() {
         assert!(ok, "{args:?}: {err}");
         jsonl(&out)
     };
-    let seqs = |rows: &[serde_json::Value]| rows.iter().map(|r| r["seq"].as_i64().unwrap()).collect::<Vec<_>>();
+    let seqs = |rows: &[serde_json::Value]| {
+        rows.iter()
+            .map(|r| r["seq"].as_i64().unwrap())
+            .collect::<Vec<_>>()
+    };
 
     let fetches = list(&["--model", MODEL, "--action", "file.fetch"]);
     assert_eq!(fetches.len(), 2);
     let ada_fetches = list(&["--researcher", "ADA@uni.example.edu", "--action", "file.fetch"]);
     assert_eq!(ada_fetches.len(), 1);
     assert_eq!(ada_fetches[0]["user_agent"], agent);
-    assert!(ada_fetches[0]["subject"].as_str().unwrap().starts_with("ada@uni.example.edu"));
+    assert!(
+        ada_fetches[0]["subject"]
+            .as_str()
+            .unwrap()
+            .starts_with("ada@uni.example.edu")
+    );
     let by_grant = list(&["--grant", &ada_grant]);
     assert!(by_grant.iter().all(|e| e["grant_id"] == ada_grant.as_str()));
     assert!(by_grant.iter().any(|e| e["action"] == "grant.created"));
@@ -552,16 +656,31 @@ async fn list_filters_pages_and_writes_csv() {
     assert_eq!(list(&["--outcome", "refused"]).len(), 1);
     assert_eq!(list(&["--outcome", "ok", "--ip", "198.51.100.7"]).len(), 0);
 
-    let middle_time = format!("{}.{:03}Z", weightgate::types::format_ms_rfc3339(middle).trim_end_matches('Z'), middle % 1000);
+    let middle_time = format!(
+        "{}.{:03}Z",
+        weightgate::types::format_ms_rfc3339(middle).trim_end_matches('Z'),
+        middle % 1000
+    );
     let before = list(&["--until", &middle_time]);
     let after = list(&["--since", &middle_time]);
     assert_eq!(before.len() + after.len(), all.len());
     assert!(before.iter().all(|e| e["at"].as_i64().unwrap() < middle));
     assert!(after.iter().all(|e| e["at"].as_i64().unwrap() >= middle));
-    assert!(before.iter().any(|e| e["subject"].as_str().is_some_and(|s| s.starts_with("ada@"))));
-    assert!(after.iter().all(|e| !e["subject"].as_str().is_some_and(|s| s.starts_with("ada@"))));
+    assert!(
+        before
+            .iter()
+            .any(|e| e["subject"].as_str().is_some_and(|s| s.starts_with("ada@")))
+    );
+    assert!(
+        after
+            .iter()
+            .all(|e| !e["subject"].as_str().is_some_and(|s| s.starts_with("ada@")))
+    );
     assert_eq!(list(&["--since", "1h"]).len(), all.len());
-    assert_eq!(list(&["--since", "2000-01-01", "--until", "2000-01-02T00:00:00+01:00"]).len(), 0);
+    assert_eq!(
+        list(&["--since", "2000-01-01", "--until", "2000-01-02T00:00:00+01:00"]).len(),
+        0
+    );
     assert_eq!(list(&["--until", "1h"]).len(), 0);
 
     // Paging: the oldest three, the next three, the newest two, the two before those.
@@ -569,16 +688,25 @@ async fn list_filters_pages_and_writes_csv() {
     assert_eq!(seqs(&list(&["--after", "3", "--limit", "3"])), vec![4, 5, 6]);
     let n = all.len() as i64;
     assert_eq!(seqs(&list(&["--limit", "2"])), vec![n - 1, n]);
-    assert_eq!(seqs(&list(&["--limit", "2", "--before", &(n - 1).to_string()])), vec![n - 3, n - 2]);
+    assert_eq!(
+        seqs(&list(&["--limit", "2", "--before", &(n - 1).to_string()])),
+        vec![n - 3, n - 2]
+    );
     let (ok, _, err) = weightgate(&t, &["audit", "list", "--limit", "2"], None);
     assert!(ok);
     assert!(err.contains(&format!("add --before {}", n - 1)), "{err}");
 
     for (args, message) in [
         (&["--model", "no-such-model"][..], "no model is called"),
-        (&["--researcher", "nobody@example.org"][..], "no researcher has the e-mail address"),
+        (
+            &["--researcher", "nobody@example.org"][..],
+            "no researcher has the e-mail address",
+        ),
         (&["--since", "last tuesday"][..], "is not a time"),
-        (&["--since", "1h", "--until", "2h"][..], "--since must be earlier than --until"),
+        (
+            &["--since", "1h", "--until", "2h"][..],
+            "--since must be earlier than --until",
+        ),
         (&["--outcome", "maybe"][..], "invalid value 'maybe'"),
         (&["--limit", "0"][..], "--limit"),
     ] {
@@ -590,7 +718,11 @@ async fn list_filters_pages_and_writes_csv() {
     }
 
     // CSV quotes what needs quoting, and reads back to the same values.
-    let (ok, out, err) = weightgate(&t, &["audit", "list", "--format", "csv", "--action", "file.fetch"], None);
+    let (ok, out, err) = weightgate(
+        &t,
+        &["audit", "list", "--format", "csv", "--action", "file.fetch"],
+        None,
+    );
     assert!(ok, "{err}");
     let mut reader = csv::Reader::from_reader(out.as_bytes());
     let headers: Vec<String> = reader.headers().unwrap().iter().map(str::to_owned).collect();
@@ -605,24 +737,40 @@ async fn list_filters_pages_and_writes_csv() {
 
     // The whole log, streamed out.
     let exported = t.dir.path().join("log.csv");
-    let (ok, _, err) = weightgate(&t, &["audit", "export", "--format", "csv", "--output", exported.to_str().unwrap()], None);
+    let (ok, _, err) = weightgate(
+        &t,
+        &[
+            "audit",
+            "export",
+            "--format",
+            "csv",
+            "--output",
+            exported.to_str().unwrap(),
+        ],
+        None,
+    );
     assert!(ok, "{err}");
     assert!(err.contains(&format!("exported {} events", all.len())), "{err}");
     let mut reader = csv::Reader::from_path(&exported).unwrap();
-    let hashes: Vec<String> = reader.records().map(|r| r.unwrap()[column("hash")].to_owned()).collect();
+    let hashes: Vec<String> = reader
+        .records()
+        .map(|r| r.unwrap()[column("hash")].to_owned())
+        .collect();
     assert_eq!(hashes, all.iter().map(|e| e.hash.clone()).collect::<Vec<_>>());
     let (ok, out, _) = weightgate(&t, &["audit", "export"], None);
     assert!(ok);
     let lines = jsonl(&out);
     assert_eq!(lines.len(), all.len());
-    assert_eq!(lines.last().unwrap()["prev_hash"], all[all.len() - 2].hash.as_str());
+    assert_eq!(
+        lines.last().unwrap()["prev_hash"],
+        all[all.len() - 2].hash.as_str()
+    );
     let (ok, _, err) = weightgate(&t, &["audit", "export", "--format", "table"], None);
     assert!(!ok);
     assert!(err.contains("invalid value 'table'"), "{err}");
 }
-}
 
-both! {
+both!(tail_shows_the_newest_events_and_follows_new_ones);
 async fn tail_shows_the_newest_events_and_follows_new_ones() {
     let t = TestApp::spawn().await;
     fill_to(&t, 12).await;
@@ -633,10 +781,25 @@ async fn tail_shows_the_newest_events_and_follows_new_ones() {
     let (ok, out, _) = weightgate(&t, &["audit", "tail", "-n", "2"], None);
     assert!(ok);
     assert_eq!(out.lines().count(), 2);
-    assert!(out.lines().last().unwrap().contains("reviewer.sign_in") && out.contains("bad_credentials"), "{out}");
+    assert!(
+        out.lines().last().unwrap().contains("reviewer.sign_in") && out.contains("bad_credentials"),
+        "{out}"
+    );
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_weightgate"))
-        .args(["audit", "tail", "-n", "1", "--follow", "--every", "100ms", "--action", "model.created", "--format", "jsonl"])
+        .args([
+            "audit",
+            "tail",
+            "-n",
+            "1",
+            "--follow",
+            "--every",
+            "100ms",
+            "--action",
+            "model.created",
+            "--format",
+            "jsonl",
+        ])
         .env("WEIGHTGATE_DATA_DIR", &t.app.config.data_dir)
         .env("WEIGHTGATE_DATABASE_URL", t.app.config.database_url())
         .env("WEIGHTGATE_LOG", "warn")
@@ -655,7 +818,9 @@ async fn tail_shows_the_newest_events_and_follows_new_ones() {
         }
     });
     let next = || {
-        let line = arrived.recv_timeout(Duration::from_secs(20)).expect("tail printed nothing");
+        let line = arrived
+            .recv_timeout(Duration::from_secs(20))
+            .expect("tail printed nothing");
         serde_json::from_str::<serde_json::Value>(&line).unwrap()
     };
     let first = next();
@@ -663,20 +828,23 @@ async fn tail_shows_the_newest_events_and_follows_new_ones() {
     assert_eq!(first["seq"], 1);
     fill_to(&t, 14).await;
     let slug: weightgate::types::Slug = "second-model".parse().unwrap();
-    weightgate::models::create(&t.app, &slug, "Second", "Be nice.", "test").await.unwrap();
+    weightgate::models::create(&t.app, &slug, "Second", "Be nice.", "test")
+        .await
+        .unwrap();
     let followed = next();
     assert_eq!(followed["action"], "model.created");
     assert_eq!(followed["seq"], 15);
     fill_to(&t, 16).await;
     let slug: weightgate::types::Slug = "third-model".parse().unwrap();
-    weightgate::models::create(&t.app, &slug, "Third", "Be nice.", "test").await.unwrap();
+    weightgate::models::create(&t.app, &slug, "Third", "Be nice.", "test")
+        .await
+        .unwrap();
     assert_eq!(next()["seq"], 17);
     child.kill().unwrap();
     child.wait().unwrap();
 }
-}
 
-both! {
+both!(anomalies_flag_shared_grants_bursts_revoked_use_and_forged_links);
 async fn anomalies_flag_shared_grants_bursts_revoked_use_and_forged_links() {
     let t = TestApp::spawn().await;
     let access = t.approved_researcher("leaky@uni.example.edu").await;
@@ -684,7 +852,10 @@ async fn anomalies_flag_shared_grants_bursts_revoked_use_and_forged_links() {
     let url = link(&links, "shard-2.bin").to_owned();
     fetch(&t, &url, None).await;
     let grant_id = between(&url, "/dl/", ".").to_owned();
-    let grant = db::grants::find_view(t.app.db.pool(), &grant_id).await.unwrap().unwrap();
+    let grant = db::grants::find_view(t.app.db.pool(), &grant_id)
+        .await
+        .unwrap()
+        .unwrap();
 
     let (ok, _, err) = weightgate(&t, &["audit", "anomalies"], None);
     assert!(ok, "{err}");
@@ -708,9 +879,18 @@ async fn anomalies_flag_shared_grants_bursts_revoked_use_and_forged_links() {
     // Links with a forged signature, over and over.
     let token = between(&url, "/dl/", "/");
     let (rest, tag) = token.rsplit_once('.').unwrap();
-    let forged = format!("{rest}.{}{}", if tag.starts_with('A') { "B" } else { "A" }, &tag[1..]);
+    let forged = format!(
+        "{rest}.{}{}",
+        if tag.starts_with('A') { "B" } else { "A" },
+        &tag[1..]
+    );
     for _ in 0..5 {
-        let response = t.client.get(t.url(&format!("/dl/{forged}/shard-2.bin"))).send().await.unwrap();
+        let response = t
+            .client
+            .get(t.url(&format!("/dl/{forged}/shard-2.bin")))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 403);
     }
     // They name no grant: the first is logged at once, the others when the
@@ -726,15 +906,37 @@ async fn anomalies_flag_shared_grants_bursts_revoked_use_and_forged_links() {
     }
 
     // The grant revoked, and its links tried again.
-    let (ok, _, err) = weightgate(&t, &["grant", "revoke", &grant.id, "--reason", "Shared the link"], None);
+    let (ok, _, err) = weightgate(
+        &t,
+        &["grant", "revoke", &grant.id, "--reason", "Shared the link"],
+        None,
+    );
     assert!(ok, "{err}");
     let response = t.client.get(&url).send().await.unwrap();
     assert_eq!(response.status(), 403);
 
-    let (ok, out, err) = weightgate(&t, &["audit", "anomalies", "--burst", "5", "--window", "10m", "--format", "jsonl"], None);
+    let (ok, out, err) = weightgate(
+        &t,
+        &[
+            "audit",
+            "anomalies",
+            "--burst",
+            "5",
+            "--window",
+            "10m",
+            "--format",
+            "jsonl",
+        ],
+        None,
+    );
     assert!(ok, "{err}");
     let found = jsonl(&out);
-    let kind = |k: &str| found.iter().find(|a| a["kind"] == k).unwrap_or_else(|| panic!("no {k} in {out}"));
+    let kind = |k: &str| {
+        found
+            .iter()
+            .find(|a| a["kind"] == k)
+            .unwrap_or_else(|| panic!("no {k} in {out}"))
+    };
     let shared = kind("many-addresses");
     assert_eq!(shared["grant_id"], grant.id.as_str());
     assert_eq!(shared["researcher"], "leaky@uni.example.edu");
@@ -756,26 +958,50 @@ async fn anomalies_flag_shared_grants_bursts_revoked_use_and_forged_links() {
     // Higher thresholds flag less; a window before any of it flags nothing.
     let (ok, out, _) = weightgate(
         &t,
-        &["audit", "anomalies", "--max-addresses", "6", "--bad-signatures", "6", "--failed-sign-ins", "7", "--format", "jsonl"],
+        &[
+            "audit",
+            "anomalies",
+            "--max-addresses",
+            "6",
+            "--bad-signatures",
+            "6",
+            "--failed-sign-ins",
+            "7",
+            "--format",
+            "jsonl",
+        ],
         None,
     );
     assert!(ok);
-    let kinds: Vec<String> = jsonl(&out).iter().map(|a| a["kind"].as_str().unwrap().to_owned()).collect();
-    assert_eq!(kinds, vec!["after-revocation"], "the default burst is 100 fetches a minute");
+    let kinds: Vec<String> = jsonl(&out)
+        .iter()
+        .map(|a| a["kind"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        kinds,
+        vec!["after-revocation"],
+        "the default burst is 100 fetches a minute"
+    );
     let (ok, table, _) = weightgate(&t, &["audit", "anomalies"], None);
     assert!(ok);
-    assert!(table.contains("many-addresses") && table.contains("127.0.0.1 203.0.113.1"), "{table}");
+    assert!(
+        table.contains("many-addresses") && table.contains("127.0.0.1 203.0.113.1"),
+        "{table}"
+    );
     assert!(table.contains("and 2 more"), "{table}");
-    let (ok, out, _) = weightgate(&t, &["audit", "anomalies", "--since", "2100-01-01", "--format", "jsonl"], None);
+    let (ok, out, _) = weightgate(
+        &t,
+        &["audit", "anomalies", "--since", "2100-01-01", "--format", "jsonl"],
+        None,
+    );
     assert!(ok);
     assert_eq!(out, "");
     let (ok, _, err) = weightgate(&t, &["audit", "anomalies", "--burst", "1"], None);
     assert!(!ok);
     assert!(err.contains("--burst"), "{err}");
 }
-}
 
-both! {
+both!(admins_read_the_log_a_chart_and_each_grants_history_in_the_dashboard);
 async fn admins_read_the_log_a_chart_and_each_grants_history_in_the_dashboard() {
     let t = TestApp::spawn().await;
     let access = t.approved_researcher("dash@uni.example.edu").await;
@@ -789,11 +1015,20 @@ async fn admins_read_the_log_a_chart_and_each_grants_history_in_the_dashboard() 
     let (status, page) = t.get_html(&admin, "/admin/audit").await;
     assert_eq!(status, 200);
     assert!(page.contains("review.approved") && page.contains("file.fetch"));
-    assert_eq!(page.matches("<rect").count(), 30, "one bar per day for the one model");
+    assert_eq!(
+        page.matches("<rect").count(),
+        30,
+        "one bar per day for the one model"
+    );
     let today = weightgate::types::format_ms(weightgate::types::now_ms());
-    assert!(page.contains(&format!("{}: 1</title>", &today[..10])), "today's completed transfer is drawn");
+    assert!(
+        page.contains(&format!("{}: 1</title>", &today[..10])),
+        "today's completed transfer is drawn"
+    );
 
-    let (_, refused) = t.get_html(&admin, "/admin/audit?action=file.fetch&outcome=refused").await;
+    let (_, refused) = t
+        .get_html(&admin, "/admin/audit?action=file.fetch&outcome=refused")
+        .await;
     assert!(refused.contains("malformed_link"));
     assert!(!refused.contains("review.approved"), "filters apply");
     let (status, _) = t.get_html(&admin, "/admin/audit?since=yesterday-ish").await;
@@ -802,19 +1037,28 @@ async fn admins_read_the_log_a_chart_and_each_grants_history_in_the_dashboard() 
     let grant_id = between(&url, "/dl/", ".").to_owned();
     let (status, history) = t.get_html(&admin, &format!("/admin/grants/{grant_id}")).await;
     assert_eq!(status, 200);
-    assert!(history.contains("grant.created") && history.contains("file.delivered") && history.contains("links.issued"));
+    assert!(
+        history.contains("grant.created")
+            && history.contains("file.delivered")
+            && history.contains("links.issued")
+    );
 
     let email: weightgate::types::Email = "plain@lab.example.org".parse().unwrap();
-    weightgate::accounts::add_reviewer(&t.app, &email, "a plain reviewer password", false, "test").await.unwrap();
+    weightgate::accounts::add_reviewer(&t.app, &email, "a plain reviewer password", false, "test")
+        .await
+        .unwrap();
     let plain = client();
     let (_, login) = t.get_html(&plain, "/admin/login").await;
     plain
         .post(t.url("/admin/login"))
-        .form(&[("authenticity_token", csrf(&login).as_str()), ("email", "plain@lab.example.org"), ("password", "a plain reviewer password")])
+        .form(&[
+            ("authenticity_token", csrf(&login).as_str()),
+            ("email", "plain@lab.example.org"),
+            ("password", "a plain reviewer password"),
+        ])
         .send()
         .await
         .unwrap();
     let (status, _) = t.get_html(&plain, "/admin/audit").await;
     assert_eq!(status, 403, "the audit log is for admins");
-}
 }

@@ -169,12 +169,14 @@ fn screenshots() -> PathBuf {
     dir
 }
 
-both! {
+both!(in_a_browser_a_researcher_applies_a_reviewer_approves_and_the_file_downloads_intact);
 async fn in_a_browser_a_researcher_applies_a_reviewer_approves_and_the_file_downloads_intact() {
     let t = TestApp::spawn().await;
     let downloads = t.dir.path().join("browser-downloads");
     std::fs::create_dir_all(&downloads).unwrap();
-    let Some(researcher) = Browser::start(&downloads).await else { return };
+    let Some(researcher) = Browser::start(&downloads).await else {
+        return;
+    };
 
     researcher.client.goto(&t.url("/")).await.unwrap();
     researcher.click(&format!("a[href='/models/{MODEL}']")).await;
@@ -186,16 +188,31 @@ async fn in_a_browser_a_researcher_applies_a_reviewer_approves_and_the_file_down
     researcher.fill("affiliation", "MIT").await;
     researcher.fill("intended_use", "Abstraction research").await;
     researcher.click("button[type='submit']").await;
-    researcher.wait_for_text("You must accept the terms to apply").await;
+    researcher
+        .wait_for_text("You must accept the terms to apply")
+        .await;
     researcher.screenshot("model-errors").await;
-    let kept = researcher.client.find(Locator::Css("[name='name']")).await.unwrap();
-    assert_eq!(kept.prop("value").await.unwrap().as_deref(), Some("Barbara Liskov"));
+    let kept = researcher
+        .client
+        .find(Locator::Css("[name='name']"))
+        .await
+        .unwrap();
+    assert_eq!(
+        kept.prop("value").await.unwrap().as_deref(),
+        Some("Barbara Liskov")
+    );
     researcher.click("[name='accept_terms']").await;
     researcher.click("button[type='submit']").await;
     researcher.wait_for_text("Check your e-mail").await;
 
-    let mail = t.wait_for_mail("liskov@mit.example.edu", "Confirm your application").await;
-    researcher.client.goto(&link_in(&mail, "/confirm/")).await.unwrap();
+    let mail = t
+        .wait_for_mail("liskov@mit.example.edu", "Confirm your application")
+        .await;
+    researcher
+        .client
+        .goto(&link_in(&mail, "/confirm/"))
+        .await
+        .unwrap();
     researcher.click("button[type='submit']").await;
     researcher.wait_for_text("pending").await;
 
@@ -238,14 +255,15 @@ async fn in_a_browser_a_researcher_applies_a_reviewer_approves_and_the_file_down
     researcher.close().await;
     reviewer.close().await;
 }
-}
 
-both! {
+both!(in_a_browser_two_reviewers_approve_one_denies_in_bulk_and_an_admin_revokes);
 async fn in_a_browser_two_reviewers_approve_one_denies_in_bulk_and_an_admin_revokes() {
     let t = TestApp::spawn().await;
     let downloads = t.dir.path().join("browser-downloads");
     std::fs::create_dir_all(&downloads).unwrap();
-    let Some(admin) = Browser::start(&downloads).await else { return };
+    let Some(admin) = Browser::start(&downloads).await else {
+        return;
+    };
     weightgate::policy::set(
         &t.app,
         MODEL,
@@ -259,12 +277,25 @@ async fn in_a_browser_two_reviewers_approve_one_denies_in_bulk_and_an_admin_revo
     .await
     .unwrap();
     let second: weightgate::types::Email = "second@lab.example.org".parse().unwrap();
-    weightgate::accounts::add_reviewer(&t.app, &second, PASSWORD, false, "test").await.unwrap();
-    weightgate::policy::assign(&t.app, MODEL, &second, true, "test").await.unwrap();
-    weightgate::policy::save_template(&t.app, "Institution", "We release to research institutions only.", "test")
+    weightgate::accounts::add_reviewer(&t.app, &second, PASSWORD, false, "test")
         .await
         .unwrap();
-    for email in ["keep@uni.example.edu", "deny1@corp.example.com", "deny2@corp.example.com"] {
+    weightgate::policy::assign(&t.app, MODEL, &second, true, "test")
+        .await
+        .unwrap();
+    weightgate::policy::save_template(
+        &t.app,
+        "Institution",
+        "We release to research institutions only.",
+        "test",
+    )
+    .await
+    .unwrap();
+    for email in [
+        "keep@uni.example.edu",
+        "deny1@corp.example.com",
+        "deny2@corp.example.com",
+    ] {
         t.apply_and_confirm(email).await;
     }
 
@@ -279,7 +310,9 @@ async fn in_a_browser_two_reviewers_approve_one_denies_in_bulk_and_an_admin_revo
     for email in ["deny1@corp.example.com", "deny2@corp.example.com"] {
         let row = admin
             .client
-            .find(Locator::XPath(&format!("//tr[contains(., '{email}')]//input[@type='checkbox']")))
+            .find(Locator::XPath(&format!(
+                "//tr[contains(., '{email}')]//input[@type='checkbox']"
+            )))
             .await
             .unwrap();
         row.click().await.unwrap();
@@ -298,11 +331,17 @@ async fn in_a_browser_two_reviewers_approve_one_denies_in_bulk_and_an_admin_revo
     admin.screenshot("bulk-result").await;
     let shown = admin.text().await;
     assert_eq!(shown.matches(": denied").count(), 2, "{shown}");
-    let mail = t.wait_for_mail("deny1@corp.example.com", "Your application for").await;
+    let mail = t
+        .wait_for_mail("deny1@corp.example.com", "Your application for")
+        .await;
     assert!(mail.contains("research institutions only") && mail.contains("university address"));
 
     // The first of two approvals.
-    admin.client.goto(&t.url("/admin?domain=uni.example.edu")).await.unwrap();
+    admin
+        .client
+        .goto(&t.url("/admin?domain=uni.example.edu"))
+        .await
+        .unwrap();
     admin.click("table a[href^='/admin/applications/']").await;
     admin.wait_for_text("Compiler research").await;
     admin.fill("note", "Enjoy.").await;
@@ -322,13 +361,20 @@ async fn in_a_browser_two_reviewers_approve_one_denies_in_bulk_and_an_admin_revo
     reviewer.click("form[action$='/approve'] button").await;
     reviewer.wait_for_text("approved").await;
     let mail = t.wait_for_mail("keep@uni.example.edu", "is approved").await;
-    assert!(mail.contains("Enjoy."), "the first reviewer's note reaches the researcher");
+    assert!(
+        mail.contains("Enjoy."),
+        "the first reviewer's note reaches the researcher"
+    );
     let access = link_in(&mail, "/access/");
     let links = t.download_links(&access).await;
     assert!(!links.is_empty());
 
     // An admin revokes the grant with a reason; its links stop working.
-    admin.client.goto(&t.url("/admin/grants?state=active")).await.unwrap();
+    admin
+        .client
+        .goto(&t.url("/admin/grants?state=active"))
+        .await
+        .unwrap();
     admin.wait_for_text("keep@uni.example.edu").await;
     admin.screenshot("grants").await;
     admin.click("table a[href^='/admin/grants/']").await;
@@ -341,7 +387,11 @@ async fn in_a_browser_two_reviewers_approve_one_denies_in_bulk_and_an_admin_revo
     assert_eq!(refused.status(), 403);
     t.wait_for_mail("keep@uni.example.edu", "was revoked").await;
 
-    for (path, name) in [("/admin/reviewers", "reviewers"), ("/admin/models", "models"), ("/admin/account", "account")] {
+    for (path, name) in [
+        ("/admin/reviewers", "reviewers"),
+        ("/admin/models", "models"),
+        ("/admin/account", "account"),
+    ] {
         admin.client.goto(&t.url(path)).await.unwrap();
         admin.wait_for_text("").await;
         admin.screenshot(name).await;
@@ -366,13 +416,15 @@ async fn in_a_browser_two_reviewers_approve_one_denies_in_bulk_and_an_admin_revo
     admin.click("section.policy details summary").await;
     admin.screenshot("models-questions").await;
     let (_, form) = t.get_html(&client(), &format!("/models/{MODEL}")).await;
-    assert!(form.contains("Your ORCID iD") && form.contains("name=\"q_your_orcid_id\""), "{form}");
+    assert!(
+        form.contains("Your ORCID iD") && form.contains("name=\"q_your_orcid_id\""),
+        "{form}"
+    );
     admin.close().await;
     reviewer.close().await;
 }
-}
 
-both! {
+both!(in_a_browser_a_researcher_answers_the_models_questions_signs_in_by_link_and_answers_a_reviewer);
 async fn in_a_browser_a_researcher_answers_the_models_questions_signs_in_by_link_and_answers_a_reviewer() {
     let t = TestApp::spawn().await;
     weightgate::models::set_questions(
@@ -390,15 +442,27 @@ async fn in_a_browser_a_researcher_answers_the_models_questions_signs_in_by_link
     .unwrap();
     let downloads = t.dir.path().join("browser-downloads");
     std::fs::create_dir_all(&downloads).unwrap();
-    let Some(researcher) = Browser::start(&downloads).await else { return };
+    let Some(researcher) = Browser::start(&downloads).await else {
+        return;
+    };
     let email = "hamilton@mit.example.edu";
 
-    researcher.client.goto(&t.url(&format!("/models/{MODEL}"))).await.unwrap();
+    researcher
+        .client
+        .goto(&t.url(&format!("/models/{MODEL}")))
+        .await
+        .unwrap();
     researcher.fill("name", "Margaret Hamilton").await;
     researcher.fill("email", email).await;
-    researcher.fill("affiliation", "MIT Instrumentation Laboratory").await;
-    researcher.fill("intended_use", "Checking flight software with language models").await;
-    researcher.fill("q_orcid", "https://orcid.org/0000-0002-1825-0097").await;
+    researcher
+        .fill("affiliation", "MIT Instrumentation Laboratory")
+        .await;
+    researcher
+        .fill("intended_use", "Checking flight software with language models")
+        .await;
+    researcher
+        .fill("q_orcid", "https://orcid.org/0000-0002-1825-0097")
+        .await;
     researcher
         .client
         .find(Locator::Css("[name='q_role']"))
@@ -410,15 +474,24 @@ async fn in_a_browser_a_researcher_answers_the_models_questions_signs_in_by_link
     researcher.click("[name='q_ethics']").await;
     researcher.click("[name='accept_terms']").await;
     // The country is left out: the form comes back with the error beside it, the rest kept.
-    researcher.click("form[action$='/apply'] button[type='submit']").await;
+    researcher
+        .click("form[action$='/apply'] button[type='submit']")
+        .await;
     researcher.wait_for_text("This question needs an answer").await;
     researcher
         .client
-        .execute("document.querySelector('label[for=q_orcid]').scrollIntoView()", vec![])
+        .execute(
+            "document.querySelector('label[for=q_orcid]').scrollIntoView()",
+            vec![],
+        )
         .await
         .unwrap();
     researcher.screenshot("apply-questions-errors").await;
-    let kept = researcher.client.find(Locator::Css("[name='q_role']")).await.unwrap();
+    let kept = researcher
+        .client
+        .find(Locator::Css("[name='q_role']"))
+        .await
+        .unwrap();
     assert_eq!(kept.prop("value").await.unwrap().as_deref(), Some("Faculty"));
     researcher
         .client
@@ -441,11 +514,17 @@ async fn in_a_browser_a_researcher_answers_the_models_questions_signs_in_by_link
     {
         researcher.click("[name='accept_terms']").await;
     }
-    researcher.click("form[action$='/apply'] button[type='submit']").await;
+    researcher
+        .click("form[action$='/apply'] button[type='submit']")
+        .await;
     researcher.wait_for_text("Check your e-mail").await;
 
     let mail = t.wait_for_mail(email, "Confirm your application").await;
-    researcher.client.goto(&link_in(&mail, "/confirm/")).await.unwrap();
+    researcher
+        .client
+        .goto(&link_in(&mail, "/confirm/"))
+        .await
+        .unwrap();
     researcher.click("button[type='submit']").await;
     researcher.wait_for_text("pending").await;
 
@@ -468,9 +547,16 @@ async fn in_a_browser_a_researcher_answers_the_models_questions_signs_in_by_link
     researcher.client.goto(&link_in(&mail, "/signin/")).await.unwrap();
     researcher.screenshot("signin-link").await;
     researcher.click("form[action^='/signin/'] button").await;
-    researcher.wait_for_text("Which flight software will you check?").await;
+    researcher
+        .wait_for_text("Which flight software will you check?")
+        .await;
     researcher.screenshot("my-applications-question").await;
-    researcher.fill("message", "The Apollo guidance computer's, from the published listings.").await;
+    researcher
+        .fill(
+            "message",
+            "The Apollo guidance computer's, from the published listings.",
+        )
+        .await;
     researcher.click("form[action$='/answer'] button").await;
     researcher.wait_for_text("You wrote").await;
     assert!(researcher.text().await.contains("The reviewers will decide"));
@@ -485,7 +571,9 @@ async fn in_a_browser_a_researcher_answers_the_models_questions_signs_in_by_link
         .await;
     assert_eq!(response.status(), reqwest::StatusCode::OK);
     researcher.client.goto(&t.url("/me")).await.unwrap();
-    researcher.wait_for_text("Approved: your files are on My access").await;
+    researcher
+        .wait_for_text("Approved: your files are on My access")
+        .await;
     researcher.screenshot("my-applications").await;
 
     researcher.click("nav a[href='/me/access']").await;
@@ -496,5 +584,4 @@ async fn in_a_browser_a_researcher_answers_the_models_questions_signs_in_by_link
     assert!(researcher.text().await.contains("/manifest.json"));
 
     researcher.close().await;
-}
 }

@@ -58,7 +58,7 @@ fn run(data_dir: &std::path::Path, database_url: &str, args: &[&str]) -> (bool, 
     )
 }
 
-both! {
+both!(serve_refuses_an_unmigrated_database_until_migrate_runs);
 async fn serve_refuses_an_unmigrated_database_until_migrate_runs() {
     let dir = tempfile::tempdir().unwrap();
     let url = empty_database_url(dir.path()).await;
@@ -74,13 +74,12 @@ async fn serve_refuses_an_unmigrated_database_until_migrate_runs() {
     assert!(ok, "{out}");
     assert_eq!(out.trim(), "");
 }
-}
 
 fn jsonl(text: &str) -> Vec<serde_json::Value> {
     text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
-both! {
+both!(operators_manage_models_reviewers_grants_and_read_the_audit_log);
 async fn operators_manage_models_reviewers_grants_and_read_the_audit_log() {
     let t = TestApp::spawn().await;
     let access = t.approved_researcher("cli@uni.example.edu").await;
@@ -246,9 +245,8 @@ async fn operators_manage_models_reviewers_grants_and_read_the_audit_log() {
     assert!(!ok);
     assert!(err.contains("was modified"), "{err}");
 }
-}
 
-both! {
+both!(a_publish_killed_midway_shows_no_release_and_finishes_when_run_again);
 async fn a_publish_killed_midway_shows_no_release_and_finishes_when_run_again() {
     use std::io::BufRead;
     let t = TestApp::spawn().await;
@@ -269,7 +267,14 @@ async fn a_publish_killed_midway_shows_no_release_and_finishes_when_run_again() 
     };
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_weightgate"))
-        .args(["model", "publish", MODEL, dir.to_str().unwrap(), "--release", "r-killed"])
+        .args([
+            "model",
+            "publish",
+            MODEL,
+            dir.to_str().unwrap(),
+            "--release",
+            "r-killed",
+        ])
         .env("WEIGHTGATE_DATA_DIR", &t.app.config.data_dir)
         .env("WEIGHTGATE_DATABASE_URL", t.app.config.database_url())
         .env("WEIGHTGATE_LOG", "warn")
@@ -288,7 +293,14 @@ async fn a_publish_killed_midway_shows_no_release_and_finishes_when_run_again() 
 
     let (ok, out, err) = weightgate(
         &t,
-        &["model", "publish", MODEL, dir.to_str().unwrap(), "--release", "r-killed"],
+        &[
+            "model",
+            "publish",
+            MODEL,
+            dir.to_str().unwrap(),
+            "--release",
+            "r-killed",
+        ],
         None,
     );
     assert!(ok, "{err}");
@@ -300,14 +312,16 @@ async fn a_publish_killed_midway_shows_no_release_and_finishes_when_run_again() 
         .into_iter()
         .filter(|p| p.to_string_lossy().ends_with(".partial"))
         .collect();
-    assert!(leftovers.len() <= 1, "at most the copy cut short by the kill: {leftovers:?}");
+    assert!(
+        leftovers.len() <= 1,
+        "at most the copy cut short by the kill: {leftovers:?}"
+    );
 
     let access = t.approved_researcher("after-kill@uni.example.edu").await;
     let links = t.download_links(&access).await;
     let (_, url) = links.iter().find(|(n, _)| n == "a-small.bin").unwrap();
     let body = t.client.get(url).send().await.unwrap().bytes().await.unwrap();
     assert_eq!(sha256_hex(&body), sha256_hex(&small));
-}
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

@@ -74,13 +74,15 @@ fn assert_files_match(t: &TestApp, dir: &Path) {
     }
 }
 
-both! {
+both!(the_client_downloads_verifies_and_skips_what_is_complete);
 async fn the_client_downloads_verifies_and_skips_what_is_complete() {
     let t = TestApp::spawn().await;
     let access = t.approved_researcher("client@uni.example.edu").await;
     let dir = t.dir.path().join("weights");
 
-    let summary = client::download(options(&manifest_of(&access), &dir)).await.unwrap();
+    let summary = client::download(options(&manifest_of(&access), &dir))
+        .await
+        .unwrap();
     assert_eq!(summary.files, 3);
     assert_eq!(summary.already_complete, 0);
     let total: usize = t.files.iter().map(|(_, b)| b.len()).sum();
@@ -108,17 +110,39 @@ async fn the_client_downloads_verifies_and_skips_what_is_complete() {
     // The signed SHA256SUMS checks out with the minisign tool and the served key.
     let minisign = Command::new("minisign").arg("-v").output();
     if minisign.is_err() {
-        assert!(std::env::var_os("CI").is_none(), "CI must have the minisign tool installed");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have the minisign tool installed"
+        );
         use std::io::Write;
-        let _ = writeln!(std::io::stderr(), "*** minisign not installed: its check of SHA256SUMS was NOT RUN ***");
+        let _ = writeln!(
+            std::io::stderr(),
+            "*** minisign not installed: its check of SHA256SUMS was NOT RUN ***"
+        );
         return;
     }
     let base = format!("{access}/releases/r1");
     for name in ["SHA256SUMS", "SHA256SUMS.minisig"] {
-        let body = t.client.get(format!("{base}/{name}")).send().await.unwrap().bytes().await.unwrap();
+        let body = t
+            .client
+            .get(format!("{base}/{name}"))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
         std::fs::write(dir.join(name), body).unwrap();
     }
-    let key = t.client.get(t.url("/.well-known/weightgate/minisign.pub")).send().await.unwrap().bytes().await.unwrap();
+    let key = t
+        .client
+        .get(t.url("/.well-known/weightgate/minisign.pub"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     std::fs::write(dir.join("minisign.pub"), key).unwrap();
     let check = |sums: &str| {
         Command::new("minisign")
@@ -131,7 +155,10 @@ async fn the_client_downloads_verifies_and_skips_what_is_complete() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let sums = std::fs::read_to_string(dir.join("SHA256SUMS")).unwrap();
     std::fs::write(dir.join("SHA256SUMS"), sums.replacen('0', "1", 1)).unwrap();
-    assert!(!check("SHA256SUMS").status.success(), "minisign refuses an altered SHA256SUMS");
+    assert!(
+        !check("SHA256SUMS").status.success(),
+        "minisign refuses an altered SHA256SUMS"
+    );
     let out = Command::new("sha256sum")
         .args(["-c", "../SHA256SUMS"])
         .current_dir(dir.join("r1"))
@@ -139,9 +166,8 @@ async fn the_client_downloads_verifies_and_skips_what_is_complete() {
         .unwrap();
     assert!(!out.status.success(), "and sha256sum notices the altered line");
 }
-}
 
-both! {
+both!(a_damaged_chunk_on_disk_is_the_only_one_fetched_again);
 async fn a_damaged_chunk_on_disk_is_the_only_one_fetched_again() {
     let t = TestApp::spawn().await;
     let access = t.approved_researcher("chunks@uni.example.edu").await;
@@ -165,9 +191,8 @@ async fn a_damaged_chunk_on_disk_is_the_only_one_fetched_again() {
     assert_eq!(&after[before.len()..], &[(start, start + CHUNK_SIZE as i64 - 1)]);
     assert_files_match(&t, &dir);
 }
-}
 
-both! {
+both!(a_tampered_manifest_is_refused_and_nothing_is_written);
 async fn a_tampered_manifest_is_refused_and_nothing_is_written() {
     let t = TestApp::spawn().await;
     let access = t.approved_researcher("tamper@uni.example.edu").await;
@@ -199,11 +224,13 @@ async fn a_tampered_manifest_is_refused_and_nothing_is_written() {
     let mut opts = options(&access, &dir);
     opts.public_key = Some(other_key.into());
     let err = client::download(opts).await.unwrap_err();
-    assert!(format!("{err:#}").contains("not signed"), "a pinned key that differs is refused: {err:#}");
-}
+    assert!(
+        format!("{err:#}").contains("not signed"),
+        "a pinned key that differs is refused: {err:#}"
+    );
 }
 
-both! {
+both!(expired_links_are_replaced_and_refusals_stop_with_their_reason);
 async fn expired_links_are_replaced_and_refusals_stop_with_their_reason() {
     let t = TestApp::spawn_with(|c| c.link_ttl = Duration::from_secs(1)).await;
     let access = t.approved_researcher("slow@uni.example.edu").await;
@@ -224,26 +251,49 @@ async fn expired_links_are_replaced_and_refusals_stop_with_their_reason() {
         .iter()
         .filter(|e| e.reason.as_deref() == Some("link_expired"))
         .count();
-    assert!(expired >= 1, "the slow download outlived its links and renewed them");
+    assert!(
+        expired >= 1,
+        "the slow download outlived its links and renewed them"
+    );
 
-    let grant_id: String = sqlx::query_scalar("SELECT id FROM grants").fetch_one(t.app.db.pool()).await.unwrap();
-    weightgate::grants::revoke(&t.app, &grant_id, "Leaked", "test", Default::default()).await.unwrap();
-    let err = client::download(options(&access, &t.dir.path().join("other"))).await.unwrap_err();
+    let grant_id: String = sqlx::query_scalar("SELECT id FROM grants")
+        .fetch_one(t.app.db.pool())
+        .await
+        .unwrap();
+    weightgate::grants::revoke(&t.app, &grant_id, "Leaked", "test", Default::default())
+        .await
+        .unwrap();
+    let err = client::download(options(&access, &t.dir.path().join("other")))
+        .await
+        .unwrap_err();
     let message = format!("{err:#}");
-    assert!(message.contains("revoked") && message.contains("grant_revoked") && message.contains("request id"), "{message}");
+    assert!(
+        message.contains("revoked") && message.contains("grant_revoked") && message.contains("request id"),
+        "{message}"
+    );
 
-    let err = client::download(options(&format!("{}x", access), &t.dir.path().join("x"))).await.unwrap_err();
+    let err = client::download(options(&format!("{}x", access), &t.dir.path().join("x")))
+        .await
+        .unwrap_err();
     assert!(format!("{err:#}").contains("not_found"), "{err:#}");
 }
-}
 
-both! {
+both!(a_killed_download_resumes_without_fetching_verified_chunks_again);
 async fn a_killed_download_resumes_without_fetching_verified_chunks_again() {
     let t = TestApp::spawn().await;
     let access = t.approved_researcher("resume@uni.example.edu").await;
     let dir = t.dir.path().join("weights");
     let mut child = Command::new(env!("CARGO_BIN_EXE_weightgate"))
-        .args(["download", &access, "--dir", dir.to_str().unwrap(), "--jobs", "1", "--limit-rate", "512KiB"])
+        .args([
+            "download",
+            &access,
+            "--dir",
+            dir.to_str().unwrap(),
+            "--jobs",
+            "1",
+            "--limit-rate",
+            "512KiB",
+        ])
         .args(["--include", "shard-1.bin"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -252,38 +302,54 @@ async fn a_killed_download_resumes_without_fetching_verified_chunks_again() {
     let verified_before = wait_for_verified(&dir, "shard-1.bin", 4).await;
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!((4..17).contains(&verified_before), "killed midway ({verified_before} chunks done)");
+    assert!(
+        (4..17).contains(&verified_before),
+        "killed midway ({verified_before} chunks done)"
+    );
     assert!(!dir.join("r1/shard-1.bin").exists());
 
     let mut opts = options(&access, &dir);
     opts.include = vec!["shard-1.bin".into()];
     let summary = client::download(opts).await.unwrap();
-    assert!(summary.chunks_fetched as usize <= 17 - verified_before, "{summary:?}");
+    assert!(
+        summary.chunks_fetched as usize <= 17 - verified_before,
+        "{summary:?}"
+    );
     let ranges = fetched_ranges(&t, "shard-1.bin").await;
     let mut distinct = ranges.clone();
     distinct.sort();
     distinct.dedup();
     assert_eq!(distinct.len(), 17);
-    assert!(ranges.len() <= 18, "at most the chunk in flight at the kill came twice: {ranges:?}");
+    assert!(
+        ranges.len() <= 18,
+        "at most the chunk in flight at the kill came twice: {ranges:?}"
+    );
     assert_eq!(
         sha256_hex(&std::fs::read(dir.join("r1/shard-1.bin")).unwrap()),
         sha256_hex(&t.files[1].1)
     );
 }
-}
 
-both! {
+both!(a_quota_is_spent_by_whole_files_not_by_resumes);
 async fn a_quota_is_spent_by_whole_files_not_by_resumes() {
     let t = TestApp::spawn().await;
     let slug = MODEL.parse().unwrap();
-    weightgate::models::set_quota(&t.app, &slug, None, Some(2), "test").await.unwrap();
+    weightgate::models::set_quota(&t.app, &slug, None, Some(2), "test")
+        .await
+        .unwrap();
     let access = t.approved_researcher("quota@uni.example.edu").await;
     let links = t.download_links(&access).await;
     let url = |name: &str| links.iter().find(|(n, _)| n == name).unwrap().1.clone();
 
     // shard-1 in three pieces, one of them cut short and resumed: one file.
     let first = url("shard-1.bin");
-    let mut response = t.client.get(&first).header("range", "bytes=0-99999").send().await.unwrap();
+    let mut response = t
+        .client
+        .get(&first)
+        .header("range", "bytes=0-99999")
+        .send()
+        .await
+        .unwrap();
     let _ = response.chunk().await.unwrap();
     drop(response);
     t.wait_for_events("file.delivered", 1).await;
@@ -305,9 +371,8 @@ async fn a_quota_is_spent_by_whole_files_not_by_resumes() {
     let again = t.client.get(url("shard-1.bin")).send().await.unwrap();
     assert_eq!(again.status(), 200, "a file already held can be fetched again");
 }
-}
 
-both! {
+both!(a_publish_that_fails_midway_shows_nothing_and_finishes_when_run_again);
 async fn a_publish_that_fails_midway_shows_nothing_and_finishes_when_run_again() {
     let t = TestApp::spawn().await;
     let dir = t.dir.path().join("next");
@@ -317,7 +382,12 @@ async fn a_publish_that_fails_midway_shows_nothing_and_finishes_when_run_again()
         std::fs::write(dir.join(format!("part-{i}.bin")), c).unwrap();
     }
     // The object store cannot take the second file: its directory is a file.
-    let blocked = t.app.config.data_dir.join("objects/sha256").join(&sha256_hex(&contents[1])[..2]);
+    let blocked = t
+        .app
+        .config
+        .data_dir
+        .join("objects/sha256")
+        .join(&sha256_hex(&contents[1])[..2]);
     std::fs::create_dir_all(blocked.parent().unwrap()).unwrap();
     std::fs::write(&blocked, b"in the way").unwrap();
 
@@ -333,15 +403,22 @@ async fn a_publish_that_fails_midway_shows_nothing_and_finishes_when_run_again()
 
     std::fs::remove_file(&blocked).unwrap();
     let report = publish().await.unwrap();
-    assert!(!report.files[0].uploaded, "the file stored before the failure is not stored again");
+    assert!(
+        !report.files[0].uploaded,
+        "the file stored before the failure is not stored again"
+    );
     assert!(report.files[1].uploaded && report.files[2].uploaded);
     let access = t.approved_researcher("later@uni.example.edu").await;
-    let names: Vec<String> = t.download_links(&access).await.into_iter().map(|(n, _)| n).collect();
+    let names: Vec<String> = t
+        .download_links(&access)
+        .await
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
     assert!(names.contains(&"part-1.bin".to_owned()));
 }
-}
 
-both! {
+both!(a_busy_portal_is_waited_for_as_long_as_it_asks);
 async fn a_busy_portal_is_waited_for_as_long_as_it_asks() {
     // One manifest per two seconds for this grant.
     let t = TestApp::spawn_with(|c| c.limit_links_per_grant = "1/2s".parse().unwrap()).await;
@@ -350,7 +427,11 @@ async fn a_busy_portal_is_waited_for_as_long_as_it_asks() {
     assert_eq!(t.client.get(&manifest).send().await.unwrap().status(), 200);
     let refused = t.client.get(&manifest).send().await.unwrap();
     assert_eq!(refused.status(), 429, "the allowance is spent");
-    let asked: u64 = refused.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let asked: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((1..=2).contains(&asked), "Retry-After {asked}");
 
     // The client's first request is refused the same way; it waits and goes on.
@@ -359,11 +440,14 @@ async fn a_busy_portal_is_waited_for_as_long_as_it_asks() {
     let summary = client::download(options(&manifest, &dir)).await.unwrap();
     assert_eq!(summary.files, 3);
     assert_files_match(&t, &dir);
-    assert!(started.elapsed() >= Duration::from_millis(900), "it waited: {:?}", started.elapsed());
-}
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "it waited: {:?}",
+        started.elapsed()
+    );
 }
 
-both! {
+both!(a_stray_partial_file_is_checked_not_trusted);
 async fn a_stray_partial_file_is_checked_not_trusted() {
     let t = TestApp::spawn().await;
     let access = t.approved_researcher("stray@uni.example.edu").await;
@@ -373,16 +457,21 @@ async fn a_stray_partial_file_is_checked_not_trusted() {
     // are fetched.
     let (name, bytes) = &t.files[0];
     std::fs::create_dir_all(dir.join("r1")).unwrap();
-    std::fs::write(dir.join("r1").join(format!("{name}.part")), vec![0x5a; bytes.len()]).unwrap();
-    let summary = client::download(options(&manifest_of(&access), &dir)).await.unwrap();
+    std::fs::write(
+        dir.join("r1").join(format!("{name}.part")),
+        vec![0x5a; bytes.len()],
+    )
+    .unwrap();
+    let summary = client::download(options(&manifest_of(&access), &dir))
+        .await
+        .unwrap();
     assert_eq!(summary.files, 3);
     assert_eq!(summary.already_complete, 0);
     assert_files_match(&t, &dir);
     assert!(!dir.join("r1").join(format!("{name}.part")).exists());
 }
-}
 
-both! {
+both!(a_grant_revoked_mid_download_stops_the_client_with_the_reason_and_keeps_what_it_verified);
 async fn a_grant_revoked_mid_download_stops_the_client_with_the_reason_and_keeps_what_it_verified() {
     let t = TestApp::spawn().await;
     let access = t.approved_researcher("midway@uni.example.edu").await;
@@ -393,26 +482,44 @@ async fn a_grant_revoked_mid_download_stops_the_client_with_the_reason_and_keeps
     opts.include = vec!["shard-1.bin".into()];
     let download = tokio::spawn(client::download(opts));
     // Once a few chunks are in, the grant is revoked.
-    assert!(wait_for_verified(&dir, "shard-1.bin", 2).await >= 2, "the download got going");
-    let grant_id: String = sqlx::query_scalar("SELECT id FROM grants").fetch_one(t.app.db.pool()).await.unwrap();
-    weightgate::grants::revoke(&t.app, &grant_id, "Leaked", "test", Default::default()).await.unwrap();
+    assert!(
+        wait_for_verified(&dir, "shard-1.bin", 2).await >= 2,
+        "the download got going"
+    );
+    let grant_id: String = sqlx::query_scalar("SELECT id FROM grants")
+        .fetch_one(t.app.db.pool())
+        .await
+        .unwrap();
+    weightgate::grants::revoke(&t.app, &grant_id, "Leaked", "test", Default::default())
+        .await
+        .unwrap();
     let err = tokio::time::timeout(Duration::from_secs(30), download)
         .await
         .expect("the client stops soon after the revocation")
         .unwrap()
         .unwrap_err();
     let message = format!("{err:#}");
-    assert!(message.contains("grant_revoked") && message.contains("request id"), "{message}");
-    assert!(!dir.join("r1/shard-1.bin").exists(), "no incomplete file under the final name");
-    assert!(dir.join("r1/shard-1.bin.part").exists(), "what was verified is kept");
-}
+    assert!(
+        message.contains("grant_revoked") && message.contains("request id"),
+        "{message}"
+    );
+    assert!(
+        !dir.join("r1/shard-1.bin").exists(),
+        "no incomplete file under the final name"
+    );
+    assert!(
+        dir.join("r1/shard-1.bin.part").exists(),
+        "what was verified is kept"
+    );
 }
 
-both! {
+both!(a_spent_quota_and_an_expired_grant_stop_the_client_with_their_reasons);
 async fn a_spent_quota_and_an_expired_grant_stop_the_client_with_their_reasons() {
     let t = TestApp::spawn().await;
     let slug = MODEL.parse().unwrap();
-    weightgate::models::set_quota(&t.app, &slug, None, Some(1), "test").await.unwrap();
+    weightgate::models::set_quota(&t.app, &slug, None, Some(1), "test")
+        .await
+        .unwrap();
     let access = t.approved_researcher("limits@uni.example.edu").await;
     let dir = t.dir.path().join("weights");
     let mut one = options(&access, &dir);
@@ -420,11 +527,18 @@ async fn a_spent_quota_and_an_expired_grant_stop_the_client_with_their_reasons()
     client::download(one).await.unwrap();
     let err = client::download(options(&access, &dir)).await.unwrap_err();
     let message = format!("{err:#}");
-    assert!(message.contains("quota_spent") && message.contains("request id"), "{message}");
+    assert!(
+        message.contains("quota_spent") && message.contains("request id"),
+        "{message}"
+    );
 
-    sqlx::query("UPDATE grants SET expires_at = 0").execute(t.app.db.pool()).await.unwrap();
-    let err = client::download(options(&access, &t.dir.path().join("again"))).await.unwrap_err();
+    sqlx::query("UPDATE grants SET expires_at = 0")
+        .execute(t.app.db.pool())
+        .await
+        .unwrap();
+    let err = client::download(options(&access, &t.dir.path().join("again")))
+        .await
+        .unwrap_err();
     let message = format!("{err:#}");
     assert!(message.contains("expired"), "{message}");
-}
 }

@@ -76,7 +76,7 @@ async fn grants_of(t: &TestApp) -> i64 {
         .unwrap()
 }
 
-both! {
+both!(an_application_needs_approvals_from_two_different_reviewers_when_the_policy_says_two);
 async fn an_application_needs_approvals_from_two_different_reviewers_when_the_policy_says_two() {
     let t = TestApp::spawn().await;
     set_policy(&t, 2, "").await;
@@ -87,15 +87,24 @@ async fn an_application_needs_approvals_from_two_different_reviewers_when_the_po
     let page = format!("/admin/applications/{id}");
     let approve = format!("/admin/applications/{id}/approve");
 
-    let first = t.post_admin(&admin, &page, &approve, &[("days", "10"), ("note", "Welcome")]).await;
+    let first = t
+        .post_admin(&admin, &page, &approve, &[("days", "10"), ("note", "Welcome")])
+        .await;
     assert_eq!(first.status(), StatusCode::OK);
     assert_eq!(grants_of(&t).await, 0, "one approval of two grants nothing");
     let (_, shown) = t.get_html(&admin, &page).await;
-    assert!(shown.contains("needs 2 approvals from different reviewers; 1 so far"), "{shown}");
+    assert!(
+        shown.contains("needs 2 approvals from different reviewers; 1 so far"),
+        "{shown}"
+    );
     assert!(shown.contains("You approved already"));
 
     let again = t.post_admin(&admin, &page, &approve, &[("days", "10")]).await;
-    assert_eq!(again.status(), StatusCode::CONFLICT, "the same reviewer cannot approve twice");
+    assert_eq!(
+        again.status(),
+        StatusCode::CONFLICT,
+        "the same reviewer cannot approve twice"
+    );
     assert_eq!(grants_of(&t).await, 0);
 
     let second = second_reviewer(&t, true).await;
@@ -120,9 +129,8 @@ async fn an_application_needs_approvals_from_two_different_reviewers_when_the_po
         ]
     );
 }
-}
 
-both! {
+both!(a_reviewer_sees_and_decides_only_the_models_assigned_to_them);
 async fn a_reviewer_sees_and_decides_only_the_models_assigned_to_them() {
     let t = TestApp::spawn().await;
     t.apply_and_confirm("someone@uni.example.edu").await;
@@ -132,7 +140,10 @@ async fn a_reviewer_sees_and_decides_only_the_models_assigned_to_them() {
 
     let reviewer = second_reviewer(&t, false).await;
     let (_, queue) = t.get_html(&reviewer, "/admin").await;
-    assert!(!queue.contains("someone@uni.example.edu"), "an unassigned model's queue is hidden");
+    assert!(
+        !queue.contains("someone@uni.example.edu"),
+        "an unassigned model's queue is hidden"
+    );
     let (status, _) = t.get_html(&reviewer, &format!("/admin/applications/{id}")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, _) = t.get_html(&reviewer, "/admin/reviewers").await;
@@ -173,11 +184,14 @@ async fn a_reviewer_sees_and_decides_only_the_models_assigned_to_them() {
     assert_eq!(approved.status(), StatusCode::OK);
     assert_eq!(grants_of(&t).await, 1);
     let events = t.audit_events().await;
-    assert!(events.iter().any(|e| e.action == "reviewer.assigned" && e.actor.as_deref() == Some(REVIEWER)));
-}
+    assert!(
+        events
+            .iter()
+            .any(|e| e.action == "reviewer.assigned" && e.actor.as_deref() == Some(REVIEWER))
+    );
 }
 
-both! {
+both!(an_allow_listed_domain_is_approved_by_rule_and_the_log_names_the_rule);
 async fn an_allow_listed_domain_is_approved_by_rule_and_the_log_names_the_rule() {
     let t = TestApp::spawn().await;
     set_policy(&t, 2, "uni.example.edu").await;
@@ -185,7 +199,10 @@ async fn an_allow_listed_domain_is_approved_by_rule_and_the_log_names_the_rule()
     let mail = t.wait_for_mail("fast@cs.uni.example.edu", "is approved").await;
     assert!(mail.contains("/access/"));
     let approved = t.wait_for_events("review.approved", 1).await;
-    assert_eq!(approved[0].actor.as_deref(), Some(weightgate::reviews::RULES_ACTOR));
+    assert_eq!(
+        approved[0].actor.as_deref(),
+        Some(weightgate::reviews::RULES_ACTOR)
+    );
     assert_eq!(
         approved[0].reason.as_deref(),
         Some(
@@ -200,7 +217,6 @@ async fn an_allow_listed_domain_is_approved_by_rule_and_the_log_names_the_rule()
     t.sign_in(&admin).await;
     t.pending_application(&admin, "slow@elsewhere.example.com").await;
     assert_eq!(grants_of(&t).await, 1);
-}
 }
 
 /// Inserts a confirmed application straight into the database, `age_days` old.
@@ -244,7 +260,7 @@ fn names(page: &str) -> Vec<String> {
         .collect()
 }
 
-both! {
+both!(the_queue_filters_sorts_pages_and_marks_overdue_applications);
 async fn the_queue_filters_sorts_pages_and_marks_overdue_applications() {
     let t = TestApp::spawn().await;
     let now = weightgate::types::now_ms();
@@ -265,7 +281,11 @@ async fn the_queue_filters_sorts_pages_and_marks_overdue_applications() {
     let shown = names(&first);
     assert_eq!(shown.len(), 50);
     assert_eq!(shown[0], "002", "the longest waiting comes first");
-    assert_eq!(first.matches("class=\"badge overdue\">overdue").count(), 3, "three waited past the 7-day target");
+    assert_eq!(
+        first.matches("class=\"badge overdue\">overdue").count(),
+        3,
+        "three waited past the 7-day target"
+    );
     let next = unescape(between(&first, "href=\"/admin?", "\" rel=\"next\""));
     let (_, second) = t.get_html(&admin, &format!("/admin?{next}")).await;
     assert_eq!(names(&second).len(), 5);
@@ -288,12 +308,15 @@ async fn the_queue_filters_sorts_pages_and_marks_overdue_applications() {
     let (status, _) = t.get_html(&admin, "/admin?status=whatever").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
-}
 
-both! {
+both!(a_bulk_denial_records_and_emails_each_application_on_its_own);
 async fn a_bulk_denial_records_and_emails_each_application_on_its_own() {
     let t = TestApp::spawn().await;
-    for email in ["b1@corp.example.com", "b2@corp.example.com", "b3@corp.example.com"] {
+    for email in [
+        "b1@corp.example.com",
+        "b2@corp.example.com",
+        "b3@corp.example.com",
+    ] {
         t.apply_and_confirm(email).await;
     }
     let admin = client();
@@ -303,7 +326,10 @@ async fn a_bulk_denial_records_and_emails_each_application_on_its_own() {
             &admin,
             "/admin/models",
             "/admin/templates",
-            &[("title", "No affiliation"), ("body", "We release only to research institutions.")],
+            &[
+                ("title", "No affiliation"),
+                ("body", "We release only to research institutions."),
+            ],
         )
         .await;
     assert_eq!(saved.status(), StatusCode::OK);
@@ -330,7 +356,10 @@ async fn a_bulk_denial_records_and_emails_each_application_on_its_own() {
     assert_eq!(response.status(), StatusCode::OK);
     let page = response.text().await.unwrap();
     assert_eq!(page.matches(": denied</li>").count(), 2, "{page}");
-    assert!(page.contains("no such application"), "a bad row is reported, not fatal");
+    assert!(
+        page.contains("no such application"),
+        "a bad row is reported, not fatal"
+    );
 
     for to in ["b1@corp.example.com", "b2@corp.example.com"] {
         let mail = t.wait_for_mail(to, "Your application for").await;
@@ -344,15 +373,17 @@ async fn a_bulk_denial_records_and_emails_each_application_on_its_own() {
 
     let empty = admin
         .post(t.url("/admin/applications/bulk"))
-        .form(&[("authenticity_token", csrf(&page).as_str()), ("action", "approve")])
+        .form(&[
+            ("authenticity_token", csrf(&page).as_str()),
+            ("action", "approve"),
+        ])
         .send()
         .await
         .unwrap();
     assert_eq!(empty.status(), StatusCode::BAD_REQUEST, "nothing selected");
 }
-}
 
-both! {
+both!(grants_are_extended_reminded_before_they_end_and_recorded_when_they_expire);
 async fn grants_are_extended_reminded_before_they_end_and_recorded_when_they_expire() {
     let t = TestApp::spawn().await;
     let access = t.approved_researcher("ends@uni.example.edu").await;
@@ -381,7 +412,12 @@ async fn grants_are_extended_reminded_before_they_end_and_recorded_when_they_exp
 
     let page = format!("/admin/grants/{grant}");
     let extended = t
-        .post_admin(&admin, &page, &format!("/admin/grants/{grant}/extend"), &[("days", "10")])
+        .post_admin(
+            &admin,
+            &page,
+            &format!("/admin/grants/{grant}/extend"),
+            &[("days", "10")],
+        )
         .await;
     assert_eq!(extended.status(), StatusCode::OK);
     let expires: i64 = sqlx::query_scalar("SELECT expires_at FROM grants")
@@ -391,7 +427,12 @@ async fn grants_are_extended_reminded_before_they_end_and_recorded_when_they_exp
     assert_eq!(expires, soon + 10 * 86_400_000);
     t.wait_for_mail("ends@uni.example.edu", "was extended").await;
     let bad = t
-        .post_admin(&admin, &page, &format!("/admin/grants/{grant}/extend"), &[("days", "0")])
+        .post_admin(
+            &admin,
+            &page,
+            &format!("/admin/grants/{grant}/extend"),
+            &[("days", "0")],
+        )
         .await;
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
 
@@ -401,20 +442,26 @@ async fn grants_are_extended_reminded_before_they_end_and_recorded_when_they_exp
         .execute(t.app.db.pool())
         .await
         .unwrap();
-    assert!(t.download_links(&access).await.is_empty(), "an expired grant lists no links");
+    assert!(
+        t.download_links(&access).await.is_empty(),
+        "an expired grant lists no links"
+    );
     let round = weightgate::notices::run_once(&t.app).await.unwrap();
     assert_eq!(round.expired, 1);
     assert_eq!(weightgate::notices::run_once(&t.app).await.unwrap().expired, 0);
     let events = t.audit_events().await;
     for action in ["grant.reminded", "grant.extended", "grant.expired"] {
-        assert_eq!(events.iter().filter(|e| e.action == action).count(), 1, "{action}");
+        assert_eq!(
+            events.iter().filter(|e| e.action == action).count(),
+            1,
+            "{action}"
+        );
     }
     let (_, history) = t.get_html(&admin, &page).await;
     assert!(history.contains("grant.extended") && history.contains("grant.expired"));
 }
-}
 
-both! {
+both!(reviewers_hear_of_waiting_applications_at_once_or_in_a_daily_digest);
 async fn reviewers_hear_of_waiting_applications_at_once_or_in_a_daily_digest() {
     let t = TestApp::spawn().await;
     let _second = second_reviewer(&t, true).await;
@@ -434,7 +481,11 @@ async fn reviewers_hear_of_waiting_applications_at_once_or_in_a_daily_digest() {
     assert_eq!(round.digests, 1);
     let digest = t.wait_for_mail(SECOND, "applications wait for your review").await;
     assert!(digest.contains("waits@uni.example.edu"));
-    assert_eq!(weightgate::notices::run_once(&t.app).await.unwrap().digests, 0, "once a day");
+    assert_eq!(
+        weightgate::notices::run_once(&t.app).await.unwrap().digests,
+        0,
+        "once a day"
+    );
 
     accounts::change_reviewer(&t.app, &id, accounts::ReviewerChange::Notify("immediate"), "test")
         .await
@@ -443,9 +494,8 @@ async fn reviewers_hear_of_waiting_applications_at_once_or_in_a_daily_digest() {
     let mail = t.wait_for_mail(SECOND, "waits for review").await;
     assert!(mail.contains("next@uni.example.edu") && mail.contains("/admin/applications/"));
 }
-}
 
-both! {
+both!(sign_in_is_throttled_per_account_whether_or_not_it_exists);
 async fn sign_in_is_throttled_per_account_whether_or_not_it_exists() {
     let t = TestApp::spawn().await;
     for account in [REVIEWER, "ghost@lab.example.org"] {
@@ -474,7 +524,10 @@ async fn sign_in_is_throttled_per_account_whether_or_not_it_exists() {
         .filter(|e| e.reason.as_deref() == Some("throttled"))
         .map(|e| e.occurrences.unwrap_or(1))
         .sum();
-    assert_eq!(throttled, 3, "each sixth attempt, and the right password after them, were refused unchecked");
+    assert_eq!(
+        throttled, 3,
+        "each sixth attempt, and the right password after them, were refused unchecked"
+    );
     let checked = t
         .audit_events()
         .await
@@ -483,9 +536,8 @@ async fn sign_in_is_throttled_per_account_whether_or_not_it_exists() {
         .count();
     assert_eq!(checked, 10, "five passwords checked per account");
 }
-}
 
-both! {
+both!(a_disabled_reviewer_is_signed_out_and_cannot_sign_in);
 async fn a_disabled_reviewer_is_signed_out_and_cannot_sign_in() {
     let t = TestApp::spawn().await;
     let second = second_reviewer(&t, true).await;
@@ -495,7 +547,11 @@ async fn a_disabled_reviewer_is_signed_out_and_cannot_sign_in() {
     assert!(ok, "{err}");
     assert!(out.contains("is disabled"));
     let response = second.get(t.url("/admin")).send().await.unwrap();
-    assert_eq!(response.url().path(), "/admin/login", "the open session stops working");
+    assert_eq!(
+        response.url().path(),
+        "/admin/login",
+        "the open session stops working"
+    );
     let (status, _) = sign_in_as(&t, &client(), SECOND, PASSWORD).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let (ok, _, err) = crate::cli::weightgate(&t, &["reviewer", "enable", SECOND], None);
@@ -503,13 +559,14 @@ async fn a_disabled_reviewer_is_signed_out_and_cannot_sign_in() {
     let (status, _) = sign_in_as(&t, &client(), SECOND, PASSWORD).await;
     assert_eq!(status, StatusCode::OK);
 }
-}
 
-both! {
+both!(operators_set_policies_assign_reviewers_and_extend_grants_from_the_command_line);
 async fn operators_set_policies_assign_reviewers_and_extend_grants_from_the_command_line() {
     let t = TestApp::spawn().await;
     let email: Email = SECOND.parse().unwrap();
-    accounts::add_reviewer(&t.app, &email, PASSWORD, false, "test").await.unwrap();
+    accounts::add_reviewer(&t.app, &email, PASSWORD, false, "test")
+        .await
+        .unwrap();
     let run = |args: &[&str]| {
         let (ok, out, err) = crate::cli::weightgate(&t, args, None);
         assert!(ok, "{args:?}: {err}");
@@ -523,8 +580,19 @@ async fn operators_set_policies_assign_reviewers_and_extend_grants_from_the_comm
     let out = run(&["grant", "extend", &grant, "--days", "3"]);
     assert!(out.contains("now ends"), "{out}");
 
-    let out = run(&["model", "policy", MODEL, "--approvals", "2", "--auto-approve-domains", "uni.example.edu"]);
-    assert!(out.contains("2 approval(s)") && out.contains("for uni.example.edu"), "{out}");
+    let out = run(&[
+        "model",
+        "policy",
+        MODEL,
+        "--approvals",
+        "2",
+        "--auto-approve-domains",
+        "uni.example.edu",
+    ]);
+    assert!(
+        out.contains("2 approval(s)") && out.contains("for uni.example.edu"),
+        "{out}"
+    );
     let (ok, _, err) = crate::cli::weightgate(&t, &["model", "policy", MODEL, "--approvals", "0"], None);
     assert!(!ok);
     assert!(err.contains("approvals needed is 1 to 10"), "{err}");
@@ -536,26 +604,41 @@ async fn operators_set_policies_assign_reviewers_and_extend_grants_from_the_comm
     assert_eq!(row["models"], serde_json::json!([MODEL]));
     assert_eq!(row["notify"], "digest");
 }
-}
 
-both! {
+both!(admins_edit_a_models_questions_terms_and_wait_in_the_dashboard_without_losing_a_refused_edit);
 async fn admins_edit_a_models_questions_terms_and_wait_in_the_dashboard_without_losing_a_refused_edit() {
     let t = TestApp::spawn().await;
     let admin = client();
     t.sign_in(&admin).await;
     let bad = r#"[{"id": "orcid", "label": "ORCID", "kind": "telepathy"}]"#;
     let refused = t
-        .post_admin(&admin, "/admin/models", &format!("/admin/models/{MODEL}/questions"), &[("questions", bad)])
+        .post_admin(
+            &admin,
+            "/admin/models",
+            &format!("/admin/models/{MODEL}/questions"),
+            &[("questions", bad)],
+        )
         .await;
     assert_eq!(refused.status(), StatusCode::OK);
     let page = refused.text().await.unwrap();
     assert!(page.contains("The questions were not saved"), "{page}");
-    assert!(page.contains("telepathy"), "the refused text is kept in the field");
-    assert!(page.contains("<details class=\"json\" open>"), "and shown: {page}");
+    assert!(
+        page.contains("telepathy"),
+        "the refused text is kept in the field"
+    );
+    assert!(
+        page.contains("<details class=\"json\" open>"),
+        "and shown: {page}"
+    );
 
     let good = r#"[{"id": "orcid", "label": "Your ORCID iD", "kind": "url", "required": true}]"#;
     let saved = t
-        .post_admin(&admin, "/admin/models", &format!("/admin/models/{MODEL}/questions"), &[("questions", good)])
+        .post_admin(
+            &admin,
+            "/admin/models",
+            &format!("/admin/models/{MODEL}/questions"),
+            &[("questions", good)],
+        )
         .await;
     assert!(saved.text().await.unwrap().contains("now asks 1 question."));
     let terms = t
@@ -595,15 +678,17 @@ async fn admins_edit_a_models_questions_terms_and_wait_in_the_dashboard_without_
         assert!(events.iter().any(|a| a == action), "{action}");
     }
 }
-}
 
-both! {
+both!(admins_build_questions_row_by_row_and_a_refused_row_comes_back_as_typed);
 async fn admins_build_questions_row_by_row_and_a_refused_row_comes_back_as_typed() {
     let t = TestApp::spawn().await;
     let admin = client();
     t.sign_in(&admin).await;
     let (_, page) = t.get_html(&admin, "/admin/models").await;
-    assert!(page.contains("New question") && page.contains("name=\"r0_label\""), "{page}");
+    assert!(
+        page.contains("New question") && page.contains("name=\"r0_label\""),
+        "{page}"
+    );
     let path = format!("/admin/models/{MODEL}/questions");
     let saved = t
         .post_admin(
@@ -631,7 +716,11 @@ async fn admins_build_questions_row_by_row_and_a_refused_row_comes_back_as_typed
     let page = saved.text().await.unwrap();
     assert!(page.contains("now asks 2 questions"), "{page}");
     // The editor shows them in their new order, with their ids.
-    assert!(page.contains("Question 1: <code>role</code>") && page.contains("Question 2: <code>your_orcid_id</code>"), "{page}");
+    assert!(
+        page.contains("Question 1: <code>role</code>")
+            && page.contains("Question 2: <code>your_orcid_id</code>"),
+        "{page}"
+    );
     let (_, form) = t.get_html(&client(), &format!("/models/{MODEL}")).await;
     let role = form.find("Your role").unwrap();
     let orcid = form.find("Your ORCID iD").unwrap();
@@ -658,9 +747,19 @@ async fn admins_build_questions_row_by_row_and_a_refused_row_comes_back_as_typed
         .await;
     assert_eq!(refused.status(), StatusCode::OK);
     let page = refused.text().await.unwrap();
-    assert!(page.contains("The questions were not saved") && page.contains("a select has 1 to"), "{page}");
-    assert!(page.contains("value=\"Favourite &#60;colour&#62;\"") || page.contains("value=\"Favourite &lt;colour&gt;\""), "{page}");
-    assert!(page.contains("New question 1"), "a refused new row is still a new one: {page}");
+    assert!(
+        page.contains("The questions were not saved") && page.contains("a select has 1 to"),
+        "{page}"
+    );
+    assert!(
+        page.contains("value=\"Favourite &#60;colour&#62;\"")
+            || page.contains("value=\"Favourite &lt;colour&gt;\""),
+        "{page}"
+    );
+    assert!(
+        page.contains("New question 1"),
+        "a refused new row is still a new one: {page}"
+    );
     let (_, form) = t.get_html(&client(), &format!("/models/{MODEL}")).await;
     assert!(form.contains("Your ORCID iD"), "nothing changed");
 
@@ -686,8 +785,16 @@ async fn admins_build_questions_row_by_row_and_a_refused_row_comes_back_as_typed
         )
         .await;
     let page = unreadable.text().await.unwrap();
-    assert!(page.contains("Shoe size") && page.contains("the position must be a number"), "{page}");
-    for typed in ["value=\"first\"", "value=\"Shoe size\"", "In EU sizes", "name=\"r0_remove\" checked"] {
+    assert!(
+        page.contains("Shoe size") && page.contains("the position must be a number"),
+        "{page}"
+    );
+    for typed in [
+        "value=\"first\"",
+        "value=\"Shoe size\"",
+        "In EU sizes",
+        "name=\"r0_remove\" checked",
+    ] {
         assert!(page.contains(typed), "{typed} is kept: {page}");
     }
 
@@ -717,5 +824,4 @@ async fn admins_build_questions_row_by_row_and_a_refused_row_comes_back_as_typed
         .filter(|e| e.action == "model.questions_changed")
         .count();
     assert_eq!(changes, 2, "the refused edit is not recorded as a change");
-}
 }

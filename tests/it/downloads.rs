@@ -15,7 +15,7 @@ async fn refusal(t: &TestApp, url: &str) -> (StatusCode, serde_json::Value) {
     (status, response.json().await.unwrap())
 }
 
-both! {
+both!(a_range_request_returns_206_with_exactly_those_bytes);
 async fn a_range_request_returns_206_with_exactly_those_bytes() {
     let t = TestApp::spawn().await;
     let access = t.approved_researcher("ranges@uni.example.edu").await;
@@ -86,9 +86,8 @@ async fn a_range_request_returns_206_with_exactly_those_bytes() {
         vec![(1000, 1999), (524_288, len - 1), (len - 10, len - 1)]
     );
 }
-}
 
-both! {
+both!(tampered_expired_and_foreign_links_are_refused_and_audited);
 async fn tampered_expired_and_foreign_links_are_refused_and_audited() {
     let t = TestApp::spawn().await;
     let access = t.approved_researcher("links@uni.example.edu").await;
@@ -136,7 +135,11 @@ async fn tampered_expired_and_foreign_links_are_refused_and_audited() {
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(body["error"], "malformed_link");
 
-    let foreign = t.app.links.sign(grant, "0123456789abcdef0123", weightgate::types::now_ms() / 1000 + 3600);
+    let foreign = t.app.links.sign(
+        grant,
+        "0123456789abcdef0123",
+        weightgate::types::now_ms() / 1000 + 3600,
+    );
     let (status, body) = refusal(&t, &t.url(&format!("/dl/{foreign}/{name}"))).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(body["error"], "file_not_in_grant");
@@ -179,9 +182,8 @@ async fn tampered_expired_and_foreign_links_are_refused_and_audited() {
         ]
     );
 }
-}
 
-both! {
+both!(a_revoked_grant_stops_its_links_at_the_next_fetch);
 async fn a_revoked_grant_stops_its_links_at_the_next_fetch() {
     let t = TestApp::spawn().await;
     let access = t.approved_researcher("revoked@uni.example.edu").await;
@@ -219,9 +221,8 @@ async fn a_revoked_grant_stops_its_links_at_the_next_fetch() {
     let revoked = events.iter().find(|e| e.action == "grant.revoked").unwrap();
     assert_eq!(revoked.actor.as_deref(), Some(REVIEWER));
 }
-}
 
-both! {
+both!(no_fetch_is_let_through_after_its_grant_is_revoked_in_the_log);
 async fn no_fetch_is_let_through_after_its_grant_is_revoked_in_the_log() {
     let t = TestApp::spawn().await;
     let access = t.approved_researcher("racing@uni.example.edu").await;
@@ -269,21 +270,33 @@ async fn no_fetch_is_let_through_after_its_grant_is_revoked_in_the_log() {
         .filter(|e| e.action == "file.fetch" && e.grant_id.as_deref() == Some(grant_id.as_str()))
         .collect();
     let let_through: Vec<_> = fetches.iter().filter(|e| e.outcome == "ok").collect();
-    assert_eq!(let_through.len(), served.load(std::sync::atomic::Ordering::SeqCst));
+    assert_eq!(
+        let_through.len(),
+        served.load(std::sync::atomic::Ordering::SeqCst)
+    );
     for e in &let_through {
-        assert!(e.seq < revoked, "fetch {} was let through after the revocation at {revoked}", e.seq);
+        assert!(
+            e.seq < revoked,
+            "fetch {} was let through after the revocation at {revoked}",
+            e.seq
+        );
     }
     let after: Vec<_> = fetches.iter().filter(|e| e.seq > revoked).collect();
-    assert!(after.len() >= 8, "each client is refused once the grant is revoked");
+    assert!(
+        after.len() >= 8,
+        "each client is refused once the grant is revoked"
+    );
     for e in after {
-        assert_eq!((e.outcome.as_str(), e.reason.as_deref()), ("refused", Some("grant_revoked")));
+        assert_eq!(
+            (e.outcome.as_str(), e.reason.as_deref()),
+            ("refused", Some("grant_revoked"))
+        );
     }
     let v = weightgate::audit::verify_chain(&t.app).await.unwrap();
     assert!(v.is_intact(), "{:?}", v.problems);
 }
-}
 
-both! {
+both!(an_interrupted_transfer_is_recorded_with_the_bytes_actually_sent);
 async fn an_interrupted_transfer_is_recorded_with_the_bytes_actually_sent() {
     let t = TestApp::spawn().await;
     let big = t.dir.path().join("big");
@@ -291,9 +304,24 @@ async fn an_interrupted_transfer_is_recorded_with_the_bytes_actually_sent() {
     let size = 48 * 1024 * 1024;
     std::fs::write(big.join("huge.bin"), vec![7u8; size]).unwrap();
     let slug = MODEL.parse().unwrap();
-    weightgate::models::publish(&t.app, &slug, &big, Some("r2"), 1024 * 1024, "test", &weightgate::models::PublishProgress::quiet()).await.unwrap();
+    weightgate::models::publish(
+        &t.app,
+        &slug,
+        &big,
+        Some("r2"),
+        1024 * 1024,
+        "test",
+        &weightgate::models::PublishProgress::quiet(),
+    )
+    .await
+    .unwrap();
     let access = t.approved_researcher("partial@uni.example.edu").await;
-    let (_, url) = t.download_links(&access).await.into_iter().find(|(n, _)| n == "huge.bin").unwrap();
+    let (_, url) = t
+        .download_links(&access)
+        .await
+        .into_iter()
+        .find(|(n, _)| n == "huge.bin")
+        .unwrap();
 
     let mut response = t.client.get(&url).send().await.unwrap();
     let first = response.chunk().await.unwrap().unwrap();
@@ -303,11 +331,13 @@ async fn an_interrupted_transfer_is_recorded_with_the_bytes_actually_sent() {
     let delivered = t.wait_for_events("file.delivered", 1).await;
     assert_eq!(delivered[0].outcome, "aborted");
     let sent = delivered[0].bytes.unwrap();
-    assert!(sent > 0 && (sent as usize) < size, "{sent} of {size} bytes recorded");
-}
+    assert!(
+        sent > 0 && (sent as usize) < size,
+        "{sent} of {size} bytes recorded"
+    );
 }
 
-both! {
+both!(a_fetch_whose_audit_event_cannot_be_written_sends_no_bytes);
 async fn a_fetch_whose_audit_event_cannot_be_written_sends_no_bytes() {
     let t = TestApp::spawn().await;
     let access = t.approved_researcher("failclosed@uni.example.edu").await;
@@ -316,7 +346,9 @@ async fn a_fetch_whose_audit_event_cannot_be_written_sends_no_bytes() {
     // The audit table refuses every new row, as a full disk would.
     let sqlite = matches!(t.app.db.backend(), weightgate::db::Backend::Sqlite);
     let statements: &[&str] = if sqlite {
-        &["CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_events BEGIN SELECT RAISE(ABORT, 'no space left'); END"]
+        &[
+            "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_events BEGIN SELECT RAISE(ABORT, 'no space left'); END",
+        ]
     } else {
         &[
             "CREATE FUNCTION refuse_audit() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'no space left'; END $$ LANGUAGE plpgsql",
@@ -324,30 +356,45 @@ async fn a_fetch_whose_audit_event_cannot_be_written_sends_no_bytes() {
         ]
     };
     for sql in statements {
-        sqlx::query(sqlx::AssertSqlSafe(*sql)).execute(t.app.db.pool()).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(*sql))
+            .execute(t.app.db.pool())
+            .await
+            .unwrap();
     }
     let before = t.audit_events().await.len();
 
     let response = t.client.get(&url).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body = response.text().await.unwrap();
-    assert!(body.contains("\"error\":\"unavailable\""), "an error body, not file bytes: {body}");
+    assert!(
+        body.contains("\"error\":\"unavailable\""),
+        "an error body, not file bytes: {body}"
+    );
     assert!(body.contains("nothing was sent"), "{body}");
     assert_eq!(t.audit_events().await.len(), before);
 
     let drop: &[&str] = if sqlite {
         &["DROP TRIGGER refuse_audit"]
     } else {
-        &["DROP TRIGGER refuse_audit ON audit_events", "DROP FUNCTION refuse_audit()"]
+        &[
+            "DROP TRIGGER refuse_audit ON audit_events",
+            "DROP FUNCTION refuse_audit()",
+        ]
     };
     for sql in drop {
-        sqlx::query(sqlx::AssertSqlSafe(*sql)).execute(t.app.db.pool()).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(*sql))
+            .execute(t.app.db.pool())
+            .await
+            .unwrap();
     }
     let response = t.client.get(&url).send().await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK, "fetches resume once the log accepts writes");
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "fetches resume once the log accepts writes"
+    );
     response.bytes().await.unwrap();
     assert!(weightgate::audit::verify_chain(&t.app).await.unwrap().is_intact());
-}
 }
 
 /// Publishes a 32 MiB file as release r2, big enough that its transfer
@@ -372,13 +419,15 @@ pub(crate) async fn publish_big(t: &TestApp) -> Vec<u8> {
     bytes
 }
 
-both! {
+both!(transfers_under_way_count_against_the_quota);
 async fn transfers_under_way_count_against_the_quota() {
     let t = TestApp::spawn().await;
     let big = publish_big(&t).await;
     let slug = MODEL.parse().unwrap();
     // One file, and 1 KiB more than the big one in bytes.
-    weightgate::models::set_quota(&t.app, &slug, Some(big.len() as u64 + 1024), Some(1), "test").await.unwrap();
+    weightgate::models::set_quota(&t.app, &slug, Some(big.len() as u64 + 1024), Some(1), "test")
+        .await
+        .unwrap();
     let access = t.approved_researcher("busy@uni.example.edu").await;
     let links = t.download_links(&access).await;
     let url = |name: &str| links.iter().find(|(n, _)| n == name).unwrap().1.clone();
@@ -388,28 +437,49 @@ async fn transfers_under_way_count_against_the_quota() {
     assert_eq!(open.status(), StatusCode::OK);
     open.chunk().await.unwrap().unwrap();
     let (status, body) = refusal(&t, &url("shard-0.bin")).await;
-    assert_eq!(status, StatusCode::FORBIDDEN, "a second file while the first is under way: {body}");
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "a second file while the first is under way: {body}"
+    );
     assert_eq!(body["error"], "quota_spent");
     // More of the same file is the same file: it is let through.
-    let more = t.client.get(url("huge.bin")).header(header::RANGE, "bytes=0-99").send().await.unwrap();
+    let more = t
+        .client
+        .get(url("huge.bin"))
+        .header(header::RANGE, "bytes=0-99")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(more.status(), StatusCode::PARTIAL_CONTENT);
     more.bytes().await.unwrap();
 
     // Once the big transfer is cut, what it took is all that counts.
     drop(open);
     t.wait_for_events("file.delivered", 2).await;
-    let shard = t.client.get(url("shard-0.bin")).header(header::RANGE, "bytes=0-99").send().await.unwrap();
-    assert_eq!(shard.status(), StatusCode::PARTIAL_CONTENT, "nothing is under way any more");
+    let shard = t
+        .client
+        .get(url("shard-0.bin"))
+        .header(header::RANGE, "bytes=0-99")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        shard.status(),
+        StatusCode::PARTIAL_CONTENT,
+        "nothing is under way any more"
+    );
     shard.bytes().await.unwrap();
 }
-}
 
-both! {
+both!(a_fetch_that_would_pass_the_byte_quota_is_refused);
 async fn a_fetch_that_would_pass_the_byte_quota_is_refused() {
     let t = TestApp::spawn().await;
     let slug = MODEL.parse().unwrap();
     let size0 = t.files[0].1.len() as u64;
-    weightgate::models::set_quota(&t.app, &slug, Some(size0 + 10), None, "test").await.unwrap();
+    weightgate::models::set_quota(&t.app, &slug, Some(size0 + 10), None, "test")
+        .await
+        .unwrap();
     let access = t.approved_researcher("bytes@uni.example.edu").await;
     let links = t.download_links(&access).await;
     let url = |name: &str| links.iter().find(|(n, _)| *n == name).unwrap().1.clone();
@@ -421,22 +491,30 @@ async fn a_fetch_that_would_pass_the_byte_quota_is_refused() {
     let (status, body) = refusal(&t, &url(&t.files[1].0)).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert_eq!(body["error"], "quota_spent");
-    let ten = t.client.get(url(&t.files[1].0)).header(header::RANGE, "bytes=0-9").send().await.unwrap();
+    let ten = t
+        .client
+        .get(url(&t.files[1].0))
+        .header(header::RANGE, "bytes=0-9")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ten.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(ten.bytes().await.unwrap().len(), 10);
     t.wait_for_events("file.delivered", 2).await;
     let (status, _) = refusal(&t, &url(&t.files[1].0)).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "the quota is spent");
 }
-}
 
-both! {
+both!(if_range_keeps_a_range_only_for_the_version_the_client_has);
 async fn if_range_keeps_a_range_only_for_the_version_the_client_has() {
     let t = TestApp::spawn().await;
     let access = t.approved_researcher("ifrange@uni.example.edu").await;
     let (name, url) = t.download_links(&access).await.remove(0);
     let bytes = &t.files.iter().find(|(n, _)| *n == name).unwrap().1;
-    let etag = t.client.get(&url).send().await.unwrap().headers()[header::ETAG].to_str().unwrap().to_owned();
+    let etag = t.client.get(&url).send().await.unwrap().headers()[header::ETAG]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let ask = |if_range: &str| {
         t.client
             .get(&url)
@@ -453,9 +531,8 @@ async fn if_range_keeps_a_range_only_for_the_version_the_client_has() {
         assert_eq!(whole.bytes().await.unwrap().as_ref(), bytes.as_slice(), "{other}");
     }
 }
-}
 
-both! {
+both!(a_download_whose_reader_stops_is_dropped_and_logged_as_aborted);
 async fn a_download_whose_reader_stops_is_dropped_and_logged_as_aborted() {
     let t = TestApp::spawn_with(|c| c.stall_timeout = std::time::Duration::from_secs(2)).await;
     let big = publish_big(&t).await;
@@ -468,11 +545,9 @@ async fn a_download_whose_reader_stops_is_dropped_and_logged_as_aborted() {
     // The client holds the response and reads nothing more.
     let mut aborted = None;
     for _ in 0..120 {
-        aborted = t
-            .audit_events()
-            .await
-            .into_iter()
-            .find(|e| e.action == "file.delivered" && e.subject.as_deref().is_some_and(|s| s.ends_with("/huge.bin")));
+        aborted = t.audit_events().await.into_iter().find(|e| {
+            e.action == "file.delivered" && e.subject.as_deref().is_some_and(|s| s.ends_with("/huge.bin"))
+        });
         if aborted.is_some() {
             break;
         }
@@ -482,5 +557,4 @@ async fn a_download_whose_reader_stops_is_dropped_and_logged_as_aborted() {
     assert_eq!(aborted.outcome, "aborted");
     assert!(aborted.bytes.unwrap() < big.len() as i64, "{:?}", aborted.bytes);
     drop(stalled);
-}
 }

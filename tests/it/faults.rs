@@ -37,7 +37,7 @@ async fn chain_intact(t: &TestApp) {
     assert!(verification.is_intact(), "{:?}", verification.problems);
 }
 
-both! {
+both!(the_object_store_going_away_or_failing_midway_is_reported_and_survived);
 async fn the_object_store_going_away_or_failing_midway_is_reported_and_survived() {
     let s3 = S3Server::start().await;
     let gate = Gate::start(s3.endpoint.trim_start_matches("http://").parse().unwrap()).await;
@@ -63,7 +63,10 @@ async fn the_object_store_going_away_or_failing_midway_is_reported_and_survived(
     gate.close();
     let body = wait_ready(&t.base, StatusCode::SERVICE_UNAVAILABLE).await;
     assert_eq!(body["database"], "ok");
-    assert!(body["object_store"].as_str().unwrap().contains("unavailable"), "{body}");
+    assert!(
+        body["object_store"].as_str().unwrap().contains("unavailable"),
+        "{body}"
+    );
     let refused = t.client.get(url("shard-0.bin")).send().await.unwrap();
     assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(refused.headers()["retry-after"], "30");
@@ -74,18 +77,36 @@ async fn the_object_store_going_away_or_failing_midway_is_reported_and_survived(
     // The fetch was let through and logged; the log says nothing was delivered.
     let failed = t.wait_for_events("file.delivered", 1).await;
     assert_eq!(failed[0].reason.as_deref(), Some("store_failed"));
-    assert_eq!((failed[0].outcome.as_str(), failed[0].bytes), ("aborted", Some(0)));
+    assert_eq!(
+        (failed[0].outcome.as_str(), failed[0].bytes),
+        ("aborted", Some(0))
+    );
     // A refusal is a refusal, and is logged, whatever the store's state.
-    weightgate::grants::revoke(&t.app, &other_grant, "Leaked", "test", Default::default()).await.unwrap();
+    weightgate::grants::revoke(&t.app, &other_grant, "Leaked", "test", Default::default())
+        .await
+        .unwrap();
     let revoked = t.client.get(&other_link).send().await.unwrap();
     assert_eq!(revoked.status(), StatusCode::FORBIDDEN);
     let error: serde_json::Value = revoked.json().await.unwrap();
     assert_eq!(error["error"], "grant_revoked");
-    assert!(t.audit_events().await.iter().any(|e| e.reason.as_deref() == Some("grant_revoked")));
+    assert!(
+        t.audit_events()
+            .await
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("grant_revoked"))
+    );
 
     gate.open();
     wait_ready(&t.base, StatusCode::OK).await;
-    let body = t.client.get(url("shard-0.bin")).send().await.unwrap().bytes().await.unwrap();
+    let body = t
+        .client
+        .get(url("shard-0.bin"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     assert_eq!(body.as_ref(), expected("shard-0.bin").as_slice());
 
     // A slow store: /readyz says it does not answer in time, yet a download
@@ -93,10 +114,19 @@ async fn the_object_store_going_away_or_failing_midway_is_reported_and_survived(
     gate.slow_down(Duration::from_millis(3500));
     let (status, body) = readyz(&t.base).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(body["object_store"].as_str().unwrap().contains("no answer within"), "{body}");
+    assert!(
+        body["object_store"]
+            .as_str()
+            .unwrap()
+            .contains("no answer within"),
+        "{body}"
+    );
     let slow = t.client.get(url("shard-2.bin")).send().await.unwrap();
     assert_eq!(slow.status(), StatusCode::OK);
-    assert_eq!(slow.bytes().await.unwrap().as_ref(), expected("shard-2.bin").as_slice());
+    assert_eq!(
+        slow.bytes().await.unwrap().as_ref(),
+        expected("shard-2.bin").as_slice()
+    );
     gate.slow_down(Duration::ZERO);
     wait_ready(&t.base, StatusCode::OK).await;
 
@@ -130,10 +160,13 @@ async fn the_object_store_going_away_or_failing_midway_is_reported_and_survived(
     .unwrap();
     assert_eq!(summary.files, 3);
     for (name, bytes) in &t.files {
-        assert_eq!(&std::fs::read(dir.join("r1").join(name)).unwrap(), bytes, "{name}");
+        assert_eq!(
+            &std::fs::read(dir.join("r1").join(name)).unwrap(),
+            bytes,
+            "{name}"
+        );
     }
     chain_intact(&t).await;
-}
 }
 
 /// The PostgreSQL server behind a gate, so that it can go away and come back.
@@ -378,7 +411,7 @@ async fn traces_of_approval(t: &TestApp, id: &str, email: &str) -> (String, [i64
     )
 }
 
-both! {
+both!(a_portal_killed_during_approvals_leaves_each_one_whole_or_not_at_all);
 async fn a_portal_killed_during_approvals_leaves_each_one_whole_or_not_at_all() {
     let t = TestApp::spawn().await;
     let delays_ms = [0u64, 1, 2, 4, 8, 15];
@@ -397,7 +430,14 @@ async fn a_portal_killed_during_approvals_leaves_each_one_whole_or_not_at_all() 
         let reviewer = client();
         sign_in_at(&portal.base, &reviewer).await;
         let page_url = format!("{}/admin/applications/{id}", portal.base);
-        let page = reviewer.get(&page_url).send().await.unwrap().text().await.unwrap();
+        let page = reviewer
+            .get(&page_url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         let approve = reviewer
             .post(format!("{page_url}/approve"))
             .form(&[("authenticity_token", csrf(&page)), ("days", "30".into())])
@@ -422,7 +462,14 @@ async fn a_portal_killed_during_approvals_leaves_each_one_whole_or_not_at_all() 
     for ((id, email), status) in pending.iter().zip(&outcomes) {
         if status == "pending" {
             let page_url = format!("{}/admin/applications/{id}", portal.base);
-            let page = reviewer.get(&page_url).send().await.unwrap().text().await.unwrap();
+            let page = reviewer
+                .get(&page_url)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
             let done = reviewer
                 .post(format!("{page_url}/approve"))
                 .form(&[("authenticity_token", csrf(&page)), ("days", "30".into())])
@@ -431,14 +478,16 @@ async fn a_portal_killed_during_approvals_leaves_each_one_whole_or_not_at_all() 
                 .unwrap();
             assert_eq!(done.status(), StatusCode::OK);
         }
-        assert_eq!(traces_of_approval(&t, id, email).await, ("approved".into(), [1; 5]));
+        assert_eq!(
+            traces_of_approval(&t, id, email).await,
+            ("approved".into(), [1; 5])
+        );
     }
     portal.kill();
     chain_intact(&t).await;
 }
-}
 
-both! {
+both!(a_download_cut_by_a_killed_portal_resumes_once_the_portal_is_back);
 async fn a_download_cut_by_a_killed_portal_resumes_once_the_portal_is_back() {
     let t = TestApp::spawn().await;
     let access = t.approved_researcher("resume@uni.example.edu").await;
@@ -469,17 +518,23 @@ async fn a_download_cut_by_a_killed_portal_resumes_once_the_portal_is_back() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     portal.kill();
-    assert!(!download.is_finished(), "the download was still running when the portal died");
+    assert!(
+        !download.is_finished(),
+        "the download was still running when the portal died"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let portal = Portal::start(&t, port).await;
     let summary = download.await.unwrap().unwrap();
     assert_eq!(summary.files, 3);
     for (name, bytes) in &t.files {
-        assert_eq!(&std::fs::read(dir.join("r1").join(name)).unwrap(), bytes, "{name}");
+        assert_eq!(
+            &std::fs::read(dir.join("r1").join(name)).unwrap(),
+            bytes,
+            "{name}"
+        );
     }
     portal.kill();
     chain_intact(&t).await;
-}
 }
 
 /// A small tmpfs mounted for the test's data directory, unmounted when dropped.
@@ -533,11 +588,13 @@ impl Drop for SmallDisk {
     }
 }
 
-both! {
+both!(a_full_data_disk_is_reported_loses_nothing_and_passes_when_space_returns);
 async fn a_full_data_disk_is_reported_loses_nothing_and_passes_when_space_returns() {
     let objects = tempfile::tempdir().unwrap();
     let mount_at = std::env::temp_dir().join(format!("wg-disk-{}-{}", std::process::id(), free_port()));
-    let Some(disk) = SmallDisk::mount(mount_at.clone(), "16m") else { return };
+    let Some(disk) = SmallDisk::mount(mount_at.clone(), "16m") else {
+        return;
+    };
     let objects_url = format!("file://{}", objects.path().display());
     let t = TestApp::spawn_with(|c| {
         c.data_dir = mount_at.clone();
@@ -608,7 +665,10 @@ async fn a_full_data_disk_is_reported_loses_nothing_and_passes_when_space_return
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        assert!(arrived, "the confirmation e-mail was delivered once there was room");
+        assert!(
+            arrived,
+            "the confirmation e-mail was delivered once there was room"
+        );
     }
     // Applications work again once there is room: at once, or after the
     // database has finished recovering from the failed writes.
@@ -629,10 +689,18 @@ async fn a_full_data_disk_is_reported_loses_nothing_and_passes_when_space_return
         if last.0 == StatusCode::OK {
             break;
         }
-        eprintln!("application after the disk was freed: {} (attempt {attempt})", last.0);
+        eprintln!(
+            "application after the disk was freed: {} (attempt {attempt})",
+            last.0
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    assert_eq!(last.0, StatusCode::OK, "applications work again once there is room: {}", last.1);
+    assert_eq!(
+        last.0,
+        StatusCode::OK,
+        "applications work again once there is room: {}",
+        last.1
+    );
     let accepted: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM applications WHERE name = 'After Full'")
         .fetch_one(t.app.db.pool())
         .await
@@ -643,14 +711,15 @@ async fn a_full_data_disk_is_reported_loses_nothing_and_passes_when_space_return
     drop(t);
     drop(disk);
 }
-}
 
-both! {
+both!(a_download_that_fills_the_disk_stops_with_the_reason_and_resumes_once_there_is_room);
 async fn a_download_that_fills_the_disk_stops_with_the_reason_and_resumes_once_there_is_room() {
     let t = TestApp::spawn().await;
     let access = t.approved_researcher("roomy@uni.example.edu").await;
     let dir = std::env::temp_dir().join(format!("wg-dl-disk-{}-{}", std::process::id(), free_port()));
-    let Some(disk) = SmallDisk::mount(dir.clone(), "16m") else { return };
+    let Some(disk) = SmallDisk::mount(dir.clone(), "16m") else {
+        return;
+    };
     let options = |rate| weightgate::client::Options {
         url: access.clone(),
         dir: dir.clone(),
@@ -670,8 +739,14 @@ async fn a_download_that_fills_the_disk_stops_with_the_reason_and_resumes_once_t
         .unwrap()
         .unwrap_err();
     let message = format!("{err:#}");
-    assert!(message.contains("No space left on device") && message.contains("shard-1.bin"), "{message}");
-    assert!(!dir.join("r1/shard-1.bin").exists(), "no incomplete file under the final name");
+    assert!(
+        message.contains("No space left on device") && message.contains("shard-1.bin"),
+        "{message}"
+    );
+    assert!(
+        !dir.join("r1/shard-1.bin").exists(),
+        "no incomplete file under the final name"
+    );
 
     std::fs::remove_file(filler).unwrap();
     let summary = weightgate::client::download(options(None)).await.unwrap();
@@ -681,5 +756,4 @@ async fn a_download_that_fills_the_disk_stops_with_the_reason_and_resumes_once_t
         sha256_hex(&t.files.iter().find(|(n, _)| n == "shard-1.bin").unwrap().1)
     );
     drop(disk);
-}
 }

@@ -144,17 +144,33 @@ async fn application_count(t: &TestApp) -> i64 {
         .unwrap()
 }
 
-both! {
+both!(over_long_fields_get_a_clear_error_and_store_nothing);
 async fn over_long_fields_get_a_clear_error_and_store_nothing() {
     let t = TestApp::spawn().await;
     let long = |n: usize| "x".repeat(n);
     let (name, affiliation, intended_use) = (long(201), long(301), long(5001));
     let email = format!("{}@example.org", long(250));
     let cases: [(&str, Fields, &str); 4] = [
-        ("name", filled(&name, "a@example.org", "Lab", "Research"), "Your name has at most 200 characters"),
-        ("affiliation", filled("Ada", "a@example.org", &affiliation, "Research"), "Affiliation has at most 300 characters"),
-        ("intended_use", filled("Ada", "a@example.org", "Lab", &intended_use), "Intended use has at most 5000 characters"),
-        ("email", filled("Ada", &email, "Lab", "Research"), "at most 254 characters"),
+        (
+            "name",
+            filled(&name, "a@example.org", "Lab", "Research"),
+            "Your name has at most 200 characters",
+        ),
+        (
+            "affiliation",
+            filled("Ada", "a@example.org", &affiliation, "Research"),
+            "Affiliation has at most 300 characters",
+        ),
+        (
+            "intended_use",
+            filled("Ada", "a@example.org", "Lab", &intended_use),
+            "Intended use has at most 5000 characters",
+        ),
+        (
+            "email",
+            filled("Ada", &email, "Lab", "Research"),
+            "at most 254 characters",
+        ),
     ];
     for (field, fields, message) in cases {
         let (status, page) = t.apply(&t.client, &fields).await;
@@ -167,7 +183,10 @@ async fn over_long_fields_get_a_clear_error_and_store_nothing() {
     let response = t
         .client
         .post(t.url("/signin"))
-        .form(&[("authenticity_token", csrf(&page).as_str()), ("email", email.as_str())])
+        .form(&[
+            ("authenticity_token", csrf(&page).as_str()),
+            ("email", email.as_str()),
+        ])
         .send()
         .await
         .unwrap();
@@ -180,11 +199,21 @@ async fn over_long_fields_get_a_clear_error_and_store_nothing() {
     let id = t.pending_application(&reviewer, "long@example.org").await;
     let page = format!("/admin/applications/{id}");
     let ask = t
-        .post_admin(&reviewer, &page, &format!("{page}/ask"), &[("message", &long(5001))])
+        .post_admin(
+            &reviewer,
+            &page,
+            &format!("{page}/ask"),
+            &[("message", &long(5001))],
+        )
         .await;
     assert_eq!(ask.status(), StatusCode::BAD_REQUEST);
     let deny = t
-        .post_admin(&reviewer, &page, &format!("{page}/deny"), &[("reason", &long(2001))])
+        .post_admin(
+            &reviewer,
+            &page,
+            &format!("{page}/deny"),
+            &[("reason", &long(2001))],
+        )
         .await;
     assert_eq!(deny.status(), StatusCode::BAD_REQUEST);
     let status: String = sqlx::query_scalar("SELECT status FROM applications WHERE id = $1")
@@ -210,18 +239,45 @@ async fn over_long_fields_get_a_clear_error_and_store_nothing() {
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     still_whole(&t).await;
 }
-}
 
-both! {
+both!(control_characters_are_refused_and_never_reach_a_mail_header);
 async fn control_characters_are_refused_and_never_reach_a_mail_header() {
     let t = TestApp::spawn().await;
     let injections = [
-        ("name", filled("Ada\r\nBcc: victim@example.org", "a@example.org", "Lab", "Research")),
-        ("name", filled("Ada\u{1b}[31m", "a@example.org", "Lab", "Research")),
-        ("affiliation", filled("Ada", "a@example.org", "Lab\nX-Evil: 1", "Research")),
-        ("email", filled("Ada", "a@example.org\r\nBcc: victim@example.org", "Lab", "Research")),
-        ("email", filled("Ada", "a@example.org\nCc:victim@example.org", "Lab", "Research")),
-        ("intended_use", filled("Ada", "a@example.org", "Lab", "bell \u{7} and delete \u{7f}")),
+        (
+            "name",
+            filled(
+                "Ada\r\nBcc: victim@example.org",
+                "a@example.org",
+                "Lab",
+                "Research",
+            ),
+        ),
+        (
+            "name",
+            filled("Ada\u{1b}[31m", "a@example.org", "Lab", "Research"),
+        ),
+        (
+            "affiliation",
+            filled("Ada", "a@example.org", "Lab\nX-Evil: 1", "Research"),
+        ),
+        (
+            "email",
+            filled(
+                "Ada",
+                "a@example.org\r\nBcc: victim@example.org",
+                "Lab",
+                "Research",
+            ),
+        ),
+        (
+            "email",
+            filled("Ada", "a@example.org\nCc:victim@example.org", "Lab", "Research"),
+        ),
+        (
+            "intended_use",
+            filled("Ada", "a@example.org", "Lab", "bell \u{7} and delete \u{7f}"),
+        ),
     ];
     for (field, fields) in injections {
         let (status, _) = t.apply(&t.client, &fields).await;
@@ -233,11 +289,17 @@ async fn control_characters_are_refused_and_never_reach_a_mail_header() {
     let (status, _) = t
         .apply(
             &t.client,
-            &filled("Ada", "ada@example.org", "Lab", "Line one\r\nBcc: victim@example.org\r\n\r\nLine three"),
+            &filled(
+                "Ada",
+                "ada@example.org",
+                "Lab",
+                "Line one\r\nBcc: victim@example.org\r\n\r\nLine three",
+            ),
         )
         .await;
     assert_eq!(status, StatusCode::OK);
-    t.wait_for_mail("ada@example.org", "Confirm your application").await;
+    t.wait_for_mail("ada@example.org", "Confirm your application")
+        .await;
 
     // A reviewer's denial with header-like lines goes in the body only.
     t.apply_and_confirm("grace@example.org").await;
@@ -255,7 +317,10 @@ async fn control_characters_are_refused_and_never_reach_a_mail_header() {
         .await;
     assert_eq!(deny.status(), StatusCode::OK);
     let denial = t.wait_for_mail("grace@example.org", "was not approved").await;
-    assert!(denial.contains("Bcc: victim@example.org"), "the reason is kept in the body");
+    assert!(
+        denial.contains("Bcc: victim@example.org"),
+        "the reason is kept in the body"
+    );
 
     // Model titles go into subjects, so they are one line.
     let slug: Slug = "crlf-model".parse().unwrap();
@@ -289,9 +354,8 @@ async fn control_characters_are_refused_and_never_reach_a_mail_header() {
     assert_plain_headers(&t);
     still_whole(&t).await;
 }
-}
 
-both! {
+both!(lookalike_and_odd_email_addresses_are_normalised_or_refused_on_the_form);
 async fn lookalike_and_odd_email_addresses_are_normalised_or_refused_on_the_form() {
     let t = TestApp::spawn().await;
     let accepted = [
@@ -325,7 +389,6 @@ async fn lookalike_and_odd_email_addresses_are_normalised_or_refused_on_the_form
     assert_plain_headers(&t);
     still_whole(&t).await;
 }
-}
 
 const SCRIPT: &str = "<script>alert('x')</script>";
 const IMG: &str = "\"><img src=x onerror=alert(1)>";
@@ -337,7 +400,7 @@ fn assert_escaped(page: &str, place: &str) {
     }
 }
 
-both! {
+both!(html_script_and_sql_in_text_fields_are_stored_literally_and_shown_escaped);
 async fn html_script_and_sql_in_text_fields_are_stored_literally_and_shown_escaped() {
     let t = TestApp::spawn().await;
     let email = "mallory@example.org";
@@ -362,14 +425,20 @@ async fn html_script_and_sql_in_text_fields_are_stored_literally_and_shown_escap
             .fetch_one(t.app.db.pool())
             .await
             .unwrap();
-    assert_eq!((name.as_str(), affiliation.as_str(), intended_use.as_str()), (SCRIPT, IMG, SQL));
+    assert_eq!(
+        (name.as_str(), affiliation.as_str(), intended_use.as_str()),
+        (SCRIPT, IMG, SQL)
+    );
 
     let reviewer = client();
     t.sign_in(&reviewer).await;
     let (_, queue) = t.get_html(&reviewer, "/admin").await;
     assert_escaped(&queue, "the queue");
     assert!(unescape(&queue).contains(SCRIPT), "the name is shown, escaped");
-    assert!(unescape(&queue).contains(IMG), "the affiliation is shown, escaped");
+    assert!(
+        unescape(&queue).contains(IMG),
+        "the affiliation is shown, escaped"
+    );
     // SQL in a search is a search for that text.
     let (status, found) = t
         .get_html(&reviewer, "/admin?q=%27%29%3B+DROP+TABLE+applications%3B+--")
@@ -384,7 +453,10 @@ async fn html_script_and_sql_in_text_fields_are_stored_literally_and_shown_escap
     let page = format!("/admin/applications/{id}");
     let (_, shown) = t.get_html(&reviewer, &page).await;
     assert_escaped(&shown, "the application page");
-    assert!(unescape(&shown).contains(SQL), "the intended use is shown as typed");
+    assert!(
+        unescape(&shown).contains(SQL),
+        "the intended use is shown as typed"
+    );
 
     let ask = t
         .post_admin(&reviewer, &page, &format!("{page}/ask"), &[("message", IMG)])
@@ -407,7 +479,12 @@ async fn html_script_and_sql_in_text_fields_are_stored_literally_and_shown_escap
     assert!(unescape(&shown).contains(SCRIPT));
 
     let approve = t
-        .post_admin(&reviewer, &page, &format!("{page}/approve"), &[("days", "30"), ("note", SCRIPT)])
+        .post_admin(
+            &reviewer,
+            &page,
+            &format!("{page}/approve"),
+            &[("days", "30"), ("note", SCRIPT)],
+        )
         .await;
     assert_eq!(approve.status(), StatusCode::OK);
     let (_, grants) = t.get_html(&reviewer, "/admin/grants").await;
@@ -422,22 +499,28 @@ async fn html_script_and_sql_in_text_fields_are_stored_literally_and_shown_escap
         )
         .await;
     assert_eq!(revoke.status(), StatusCode::OK);
-    for place in [format!("/admin/grants/{grant}"), "/admin/audit".to_owned(), "/admin/grants".to_owned()] {
+    for place in [
+        format!("/admin/grants/{grant}"),
+        "/admin/audit".to_owned(),
+        "/admin/grants".to_owned(),
+    ] {
         let (status, shown) = t.get_html(&reviewer, &place).await;
         assert_eq!(status, StatusCode::OK);
         assert_escaped(&shown, &place);
     }
     let (_, audit_page) = t.get_html(&reviewer, "/admin/audit").await;
-    assert!(unescape(&audit_page).contains(IMG), "the revocation reason is in the log as typed");
+    assert!(
+        unescape(&audit_page).contains(IMG),
+        "the revocation reason is in the log as typed"
+    );
     let (_, access) = t.get_html(&me, "/me/access").await;
     assert_escaped(&access, "My access");
     assert!(unescape(&access).contains(IMG), "the researcher reads the reason");
     assert_plain_headers(&t);
     still_whole(&t).await;
 }
-}
 
-both! {
+both!(path_traversal_in_download_and_release_urls_never_leaves_the_grant);
 async fn path_traversal_in_download_and_release_urls_never_leaves_the_grant() {
     let t = TestApp::spawn().await;
     let access = t.approved_researcher("ada@example.org").await;
@@ -467,7 +550,10 @@ async fn path_traversal_in_download_and_release_urls_never_leaves_the_grant() {
         assert!((400..500).contains(&status), "{path}: {status} {body}");
         assert!(!body.contains("root:"), "{path}");
         if let Some(db) = &secret {
-            assert!(!body.as_bytes().starts_with(&db[..16]), "{path} served the database");
+            assert!(
+                !body.as_bytes().starts_with(&db[..16]),
+                "{path} served the database"
+            );
         }
     }
     // The real link still works, whole.
@@ -478,7 +564,15 @@ async fn path_traversal_in_download_and_release_urls_never_leaves_the_grant() {
     // The object store takes keys only under its root.
     let store = LocalDir::new(t.dir.path().join("store"));
     let source = t.dir.path().join("shards/shard-2.bin");
-    for key in ["../escape", "/etc/passwd", "a/../../b", "", "a/./b", "sha256/..", "a\0b"] {
+    for key in [
+        "../escape",
+        "/etc/passwd",
+        "a/../../b",
+        "",
+        "a/./b",
+        "sha256/..",
+        "a\0b",
+    ] {
         assert!(store.put_file(key, &source).await.is_err(), "{key:?} was stored");
         assert!(store.get_range(key, 0, 1).await.is_err(), "{key:?} was read");
         assert!(store.size(key).await.is_err(), "{key:?} was looked up");
@@ -486,9 +580,8 @@ async fn path_traversal_in_download_and_release_urls_never_leaves_the_grant() {
     assert!(!t.dir.path().join("escape").exists());
     still_whole(&t).await;
 }
-}
 
-both! {
+both!(a_release_directory_with_odd_file_names_is_refused_whole);
 async fn a_release_directory_with_odd_file_names_is_refused_whole() {
     let t = TestApp::spawn().await;
     let odd = [
@@ -519,11 +612,21 @@ async fn a_release_directory_with_odd_file_names_is_refused_whole() {
     for release in ["../r2", "r2/../../x", ".hidden", "a b"] {
         let (ok, _, err) = weightgate(
             &t,
-            &["model", "publish", MODEL, fine.to_str().unwrap(), "--release", release],
+            &[
+                "model",
+                "publish",
+                MODEL,
+                fine.to_str().unwrap(),
+                "--release",
+                release,
+            ],
             None,
         );
         assert!(!ok, "release {release:?} was published");
-        assert!(err.contains("release name") || err.contains("file name"), "{release}: {err}");
+        assert!(
+            err.contains("release name") || err.contains("file name"),
+            "{release}: {err}"
+        );
     }
     let model = weightgate::db::models::find_model_by_slug(t.app.db.pool(), MODEL)
         .await
@@ -535,9 +638,8 @@ async fn a_release_directory_with_odd_file_names_is_refused_whole() {
     assert_eq!(releases.len(), 1, "only the test release is visible");
     still_whole(&t).await;
 }
-}
 
-both! {
+both!(malformed_and_huge_range_headers_get_416_or_honest_bytes);
 async fn malformed_and_huge_range_headers_get_416_or_honest_bytes() {
     let t = TestApp::spawn().await;
     let access = t.approved_researcher("ada@example.org").await;
@@ -547,7 +649,10 @@ async fn malformed_and_huge_range_headers_get_416_or_honest_bytes() {
     let size = file.len();
     let many = format!(
         "bytes={}",
-        (0..2000).map(|i| format!("{}-{}", i * 10, i * 10 + 4)).collect::<Vec<_>>().join(",")
+        (0..2000)
+            .map(|i| format!("{}-{}", i * 10, i * 10 + 4))
+            .collect::<Vec<_>>()
+            .join(",")
     );
     let overlapping = format!("bytes={}", ["0-"; 500].join(","));
     let ranges = [
@@ -592,7 +697,11 @@ async fn malformed_and_huge_range_headers_get_416_or_honest_bytes() {
                 assert_eq!(body.as_ref(), &file[a..=b], "{shown}: the bytes it says");
             }
             StatusCode::RANGE_NOT_SATISFIABLE => {
-                assert_eq!(content_range.as_deref(), Some(format!("bytes */{size}").as_str()), "{shown}");
+                assert_eq!(
+                    content_range.as_deref(),
+                    Some(format!("bytes */{size}").as_str()),
+                    "{shown}"
+                );
             }
             other => panic!("{shown}: {other}"),
         }
@@ -608,7 +717,6 @@ async fn malformed_and_huge_range_headers_get_416_or_honest_bytes() {
     assert!(response.status().is_success(), "{}", response.status());
     assert_eq!(response.bytes().await.unwrap().as_ref(), file.as_slice());
     still_whole(&t).await;
-}
 }
 
 /// Every POST route, with a client allowed to reach its body.
@@ -658,7 +766,7 @@ async fn post_routes(t: &TestApp) -> Vec<(Client, String)> {
     routes
 }
 
-both! {
+both!(oversized_bodies_on_every_post_get_413_naming_the_limit);
 async fn oversized_bodies_on_every_post_get_413_naming_the_limit() {
     let t = TestApp::spawn().await;
     let big = format!("authenticity_token=x&name={}", "a".repeat(300 * 1024));
@@ -673,13 +781,15 @@ async fn oversized_bodies_on_every_post_get_413_naming_the_limit() {
         assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE, "{path}");
         let body: serde_json::Value = response.json().await.unwrap();
         assert_eq!(body["error"], "payload_too_large", "{path}");
-        assert!(body["message"].as_str().unwrap().contains("256.0 KiB"), "{path}: {body}");
+        assert!(
+            body["message"].as_str().unwrap().contains("256.0 KiB"),
+            "{path}: {body}"
+        );
         assert!(!body["request_id"].as_str().unwrap().is_empty());
 
         // Sent in chunks, without a length up front: the same.
-        let chunks = futures_util::stream::iter(
-            (0..40).map(|_| Ok::<_, std::io::Error>(vec![b'a'; 8 * 1024])),
-        );
+        let chunks =
+            futures_util::stream::iter((0..40).map(|_| Ok::<_, std::io::Error>(vec![b'a'; 8 * 1024])));
         let response = client
             .post(t.url(&path))
             .header("content-type", "application/x-www-form-urlencoded")
@@ -694,19 +804,24 @@ async fn oversized_bodies_on_every_post_get_413_naming_the_limit() {
     }
     still_whole(&t).await;
 }
-}
 
-both! {
+both!(json_multipart_and_missing_content_types_get_415_not_500);
 async fn json_multipart_and_missing_content_types_get_415_not_500() {
     let t = TestApp::spawn().await;
     let bodies: [(Option<&str>, &str); 5] = [
-        (Some("application/json"), r#"{"authenticity_token": "x", "email": "a@example.org"}"#),
+        (
+            Some("application/json"),
+            r#"{"authenticity_token": "x", "email": "a@example.org"}"#,
+        ),
         (
             Some("multipart/form-data; boundary=XyZ"),
             "--XyZ\r\nContent-Disposition: form-data; name=\"email\"\r\n\r\na@example.org\r\n--XyZ--\r\n",
         ),
         (Some("text/plain"), "email=a@example.org"),
-        (Some("application/x-www-form-urlencoded; charset=utf-16"), "email=a@example.org"),
+        (
+            Some("application/x-www-form-urlencoded; charset=utf-16"),
+            "email=a@example.org",
+        ),
         (None, "email=a@example.org"),
     ];
     for (client, path) in post_routes(&t).await {
@@ -725,7 +840,12 @@ async fn json_multipart_and_missing_content_types_get_415_not_500() {
             if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
                 let json: serde_json::Value = response.json().await.unwrap();
                 assert_eq!(json["error"], "unsupported_media_type", "{path}");
-                assert!(json["message"].as_str().unwrap().contains("application/x-www-form-urlencoded"));
+                assert!(
+                    json["message"]
+                        .as_str()
+                        .unwrap()
+                        .contains("application/x-www-form-urlencoded")
+                );
             }
         }
         // A form of the right type but the wrong shape is a 4xx too.
@@ -736,11 +856,14 @@ async fn json_multipart_and_missing_content_types_get_415_not_500() {
             .send()
             .await
             .unwrap();
-        assert!(response.status().is_client_error(), "{path}: {}", response.status());
+        assert!(
+            response.status().is_client_error(),
+            "{path}: {}",
+            response.status()
+        );
     }
     assert_eq!(application_count(&t).await, 1, "only the setup's application");
     still_whole(&t).await;
-}
 }
 
 /// A 429 with a Retry-After of whole seconds and the portal's body.
@@ -789,22 +912,25 @@ pub(crate) async fn post_apply(t: &TestApp, browser: &Client, email: &str) -> re
         .unwrap()
 }
 
-both! {
+both!(applications_from_one_address_beyond_the_limit_get_429_and_store_nothing);
 async fn applications_from_one_address_beyond_the_limit_get_429_and_store_nothing() {
     let t = TestApp::spawn_with(|c| c.limit_applications_per_address = "3/1h".parse().unwrap()).await;
     for n in 0..3 {
         let response = post_apply(&t, &client(), &format!("p{n}@example.org")).await;
         assert_eq!(response.status(), StatusCode::OK);
     }
-    assert_limited(post_apply(&t, &client(), "p3@example.org").await, "fourth application").await;
+    assert_limited(
+        post_apply(&t, &client(), "p3@example.org").await,
+        "fourth application",
+    )
+    .await;
     assert_eq!(application_count(&t).await, 3);
     t.wait_for_mail("p2@example.org", "Confirm").await;
     assert!(!outbox_mails(&t).iter().any(|m| m.contains("To: p3@example.org")));
     still_whole(&t).await;
 }
-}
 
-both! {
+both!(e_mails_to_one_address_are_limited_the_same_whether_or_not_it_has_an_account);
 async fn e_mails_to_one_address_are_limited_the_same_whether_or_not_it_has_an_account() {
     let t = TestApp::spawn_with(|c| c.limit_mail_per_recipient = "3/1h".parse().unwrap()).await;
     // One confirmation e-mail to the known address; two more allowed.
@@ -835,7 +961,10 @@ async fn e_mails_to_one_address_are_limited_the_same_whether_or_not_it_has_an_ac
         assert_eq!(response.status(), StatusCode::OK, "{email}");
         pages.push(response.text().await.unwrap().replace(email, "ADDRESS"));
     }
-    assert!(pages.windows(2).all(|w| w[0] == w[1]), "the answer reveals nothing");
+    assert!(
+        pages.windows(2).all(|w| w[0] == w[1]),
+        "the answer reveals nothing"
+    );
     let refused_known = ask("known@example.org").await;
     let refused_unknown = ask("nobody@example.org").await;
     assert_eq!(refused_known.status(), StatusCode::TOO_MANY_REQUESTS);
@@ -843,17 +972,24 @@ async fn e_mails_to_one_address_are_limited_the_same_whether_or_not_it_has_an_ac
     let known = refused_known.text().await.unwrap();
     let unknown = refused_unknown.text().await.unwrap();
     let without_id = |page: &str| page.split("request id").next().unwrap().to_owned();
-    assert_eq!(without_id(&known), without_id(&unknown), "the refusal reveals nothing");
+    assert_eq!(
+        without_id(&known),
+        without_id(&unknown),
+        "the refusal reveals nothing"
+    );
     assert_limited(ask("known@example.org").await, "sign-in link").await;
     // The application form counts against the same recipient.
-    assert_limited(post_apply(&t, &client(), "known@example.org").await, "application").await;
+    assert_limited(
+        post_apply(&t, &client(), "known@example.org").await,
+        "application",
+    )
+    .await;
     // Another address is not affected.
     assert_eq!(ask("other@example.org").await.status(), StatusCode::OK);
     still_whole(&t).await;
 }
-}
 
-both! {
+both!(sign_in_link_requests_from_one_address_are_limited);
 async fn sign_in_link_requests_from_one_address_are_limited() {
     let t = TestApp::spawn_with(|c| c.limit_signin_per_address = "2/1h".parse().unwrap()).await;
     for n in 0..3 {
@@ -861,7 +997,10 @@ async fn sign_in_link_requests_from_one_address_are_limited() {
         let (_, page) = t.get_html(&browser, "/signin").await;
         let response = browser
             .post(t.url("/signin"))
-            .form(&[("authenticity_token", csrf(&page)), ("email", format!("s{n}@example.org"))])
+            .form(&[
+                ("authenticity_token", csrf(&page)),
+                ("email", format!("s{n}@example.org")),
+            ])
             .send()
             .await
             .unwrap();
@@ -873,9 +1012,8 @@ async fn sign_in_link_requests_from_one_address_are_limited() {
     }
     still_whole(&t).await;
 }
-}
 
-both! {
+both!(fresh_links_are_limited_per_grant_and_per_address);
 async fn fresh_links_are_limited_per_grant_and_per_address() {
     let t = TestApp::spawn_with(|c| {
         c.limit_links_per_grant = "3/1h".parse().unwrap();
@@ -885,9 +1023,15 @@ async fn fresh_links_are_limited_per_grant_and_per_address() {
     let access = t.approved_researcher("ada@example.org").await;
     let manifest = format!("{access}/manifest.json");
     for _ in 0..2 {
-        assert_eq!(t.client.get(&access).send().await.unwrap().status(), StatusCode::OK);
+        assert_eq!(
+            t.client.get(&access).send().await.unwrap().status(),
+            StatusCode::OK
+        );
     }
-    assert_eq!(t.client.get(&manifest).send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        t.client.get(&manifest).send().await.unwrap().status(),
+        StatusCode::OK
+    );
     let refused = t.client.get(&manifest).send().await.unwrap();
     let json_message = {
         assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
@@ -906,12 +1050,14 @@ async fn fresh_links_are_limited_per_grant_and_per_address() {
         assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
         refused.json().await.unwrap()
     };
-    assert!(json["message"].as_str().unwrap().contains("from your address"), "{json}");
+    assert!(
+        json["message"].as_str().unwrap().contains("from your address"),
+        "{json}"
+    );
     // Downloads with links already minted go on.
     let links = t.download_links(&access).await;
     assert!(links.is_empty(), "the access page itself is refused");
     still_whole(&t).await;
-}
 }
 
 /// A browser whose every request carries `X-Forwarded-For: forwarded`, as if
@@ -941,7 +1087,7 @@ async fn last_fetch_address(t: &TestApp, link: &str, browser: &Client) -> Option
         .and_then(|e| e.client_ip.clone())
 }
 
-both! {
+both!(behind_a_trusted_proxy_the_forwarded_address_is_logged_and_limited);
 async fn behind_a_trusted_proxy_the_forwarded_address_is_logged_and_limited() {
     // The test client connects from 127.0.0.1, which plays the balancer.
     let t = TestApp::spawn_with(|c| {
@@ -960,7 +1106,10 @@ async fn behind_a_trusted_proxy_the_forwarded_address_is_logged_and_limited() {
         Some("203.0.113.9")
     );
     // Without the header the balancer itself is the client.
-    assert_eq!(last_fetch_address(&t, link, &client()).await.as_deref(), Some("127.0.0.1"));
+    assert_eq!(
+        last_fetch_address(&t, link, &client()).await.as_deref(),
+        Some("127.0.0.1")
+    );
 
     // Each forwarded address has its own allowance of applications.
     let first = forwarded_client("203.0.113.20");
@@ -968,9 +1117,16 @@ async fn behind_a_trusted_proxy_the_forwarded_address_is_logged_and_limited() {
         let response = post_apply(&t, &first, &format!("f{n}@example.org")).await;
         assert_eq!(response.status(), StatusCode::OK);
     }
-    assert_limited(post_apply(&t, &first, "f2@example.org").await, "third from one address").await;
+    assert_limited(
+        post_apply(&t, &first, "f2@example.org").await,
+        "third from one address",
+    )
+    .await;
     let second = forwarded_client("203.0.113.21");
-    assert_eq!(post_apply(&t, &second, "g0@example.org").await.status(), StatusCode::OK);
+    assert_eq!(
+        post_apply(&t, &second, "g0@example.org").await.status(),
+        StatusCode::OK
+    );
     let submitted: Vec<Option<String>> = t
         .audit_events()
         .await
@@ -978,16 +1134,18 @@ async fn behind_a_trusted_proxy_the_forwarded_address_is_logged_and_limited() {
         .filter(|e| e.action == "application.submitted")
         .map(|e| e.client_ip)
         .collect();
-    assert!(submitted.ends_with(&[
-        Some("203.0.113.20".into()),
-        Some("203.0.113.20".into()),
-        Some("203.0.113.21".into()),
-    ]), "{submitted:?}");
+    assert!(
+        submitted.ends_with(&[
+            Some("203.0.113.20".into()),
+            Some("203.0.113.20".into()),
+            Some("203.0.113.21".into()),
+        ]),
+        "{submitted:?}"
+    );
     still_whole(&t).await;
 }
-}
 
-both! {
+both!(a_forged_forwarded_header_from_an_untrusted_peer_is_ignored);
 async fn a_forged_forwarded_header_from_an_untrusted_peer_is_ignored() {
     let t = TestApp::spawn_with(|c| c.trusted_proxies = "10.0.0.0/8".parse().unwrap()).await;
     let access = t.approved_researcher("ada@example.org").await;
@@ -998,5 +1156,4 @@ async fn a_forged_forwarded_header_from_an_untrusted_peer_is_ignored() {
         Some("127.0.0.1")
     );
     still_whole(&t).await;
-}
 }

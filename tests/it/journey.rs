@@ -4,7 +4,7 @@ use reqwest::StatusCode;
 
 use crate::helpers::*;
 
-both! {
+both!(a_researcher_applies_is_approved_and_downloads_verified_files);
 async fn a_researcher_applies_is_approved_and_downloads_verified_files() {
     let t = TestApp::spawn().await;
     let researcher = client();
@@ -143,9 +143,8 @@ async fn a_researcher_applies_is_approved_and_downloads_verified_files() {
     assert_eq!(verified.problems, vec![]);
     assert_eq!(verified.events, events.len() as i64);
 }
-}
 
-both! {
+both!(bad_form_input_is_shown_again_with_errors_and_the_values_kept);
 async fn bad_form_input_is_shown_again_with_errors_and_the_values_kept() {
     let t = TestApp::spawn().await;
     let researcher = client();
@@ -180,9 +179,8 @@ async fn bad_form_input_is_shown_again_with_errors_and_the_values_kept() {
         .unwrap();
     assert_eq!(applications, 0, "nothing is stored for an invalid form");
 }
-}
 
-both! {
+both!(a_post_without_a_csrf_token_is_refused);
 async fn a_post_without_a_csrf_token_is_refused() {
     let t = TestApp::spawn().await;
     let researcher = client();
@@ -213,9 +211,8 @@ async fn a_post_without_a_csrf_token_is_refused() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
 }
-}
 
-both! {
+both!(health_is_reported_and_unknown_pages_are_404);
 async fn health_is_reported_and_unknown_pages_are_404() {
     let t = TestApp::spawn().await;
     let response = t.client.get(t.url("/healthz")).send().await.unwrap();
@@ -225,5 +222,4 @@ async fn health_is_reported_and_unknown_pages_are_404() {
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"], "not_found");
     assert!(!body["request_id"].as_str().unwrap().is_empty());
-}
 }

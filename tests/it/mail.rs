@@ -95,7 +95,7 @@ async fn unsent(t: &TestApp) -> i64 {
         .unwrap()
 }
 
-both! {
+both!(mail_queued_during_an_smtp_outage_is_sent_once_the_server_returns);
 async fn mail_queued_during_an_smtp_outage_is_sent_once_the_server_returns() {
     let smtp = closed_port().await;
     let t = TestApp::spawn_with(|c| c.smtp_url = Some(format!("smtp://{smtp}"))).await;
@@ -116,10 +116,11 @@ async fn mail_queued_during_an_smtp_outage_is_sent_once_the_server_returns() {
 
     let mut failed = false;
     for _ in 0..100 {
-        let attempts: Option<i64> = sqlx::query_scalar("SELECT MAX(attempts) FROM outbox WHERE sent_at IS NULL")
-            .fetch_one(t.app.db.pool())
-            .await
-            .unwrap();
+        let attempts: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(attempts) FROM outbox WHERE sent_at IS NULL")
+                .fetch_one(t.app.db.pool())
+                .await
+                .unwrap();
         if attempts.unwrap_or(0) >= 1 {
             failed = true;
             break;
@@ -147,9 +148,8 @@ async fn mail_queued_during_an_smtp_outage_is_sent_once_the_server_returns() {
     assert!(received[0].contains("/confirm/"));
     assert_eq!(unsent(&t).await, 0);
 }
-}
 
-both! {
+both!(several_outbox_workers_send_each_message_exactly_once);
 async fn several_outbox_workers_send_each_message_exactly_once() {
     let smtp = closed_port().await;
     let server = SmtpServer::start(smtp).await;
@@ -162,13 +162,21 @@ async fn several_outbox_workers_send_each_message_exactly_once() {
     let count = 30;
     for i in 0..count {
         let mut tx = t.app.db.begin().await.unwrap();
-        weightgate::mail::enqueue(&mut tx, &format!("r{i}@example.org"), &format!("message {i}"), "hello")
-            .await
-            .unwrap();
+        weightgate::mail::enqueue(
+            &mut tx,
+            &format!("r{i}@example.org"),
+            &format!("message {i}"),
+            "hello",
+        )
+        .await
+        .unwrap();
         tx.commit().await.unwrap();
     }
     // The spawned portal runs one worker; two more replicas run theirs.
-    let workers: Vec<_> = replicas[1..].iter().map(|app| app.mail.run_worker(app.db.clone()).unwrap()).collect();
+    let workers: Vec<_> = replicas[1..]
+        .iter()
+        .map(|app| app.mail.run_worker(app.db.clone()).unwrap())
+        .collect();
     for app in &replicas {
         app.mail.wake();
     }
@@ -191,5 +199,4 @@ async fn several_outbox_workers_send_each_message_exactly_once() {
     for worker in workers {
         worker.abort();
     }
-}
 }

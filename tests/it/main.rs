@@ -6,26 +6,24 @@
 //! `WEIGHTGATE_TEST_POSTGRES_URL` is set (it says so loudly when it is not,
 //! and fails under CI).
 
-/// Declares a scenario that runs on SQLite and on PostgreSQL.
+/// Runs the scenario `async fn NAME()` beside it on SQLite and on
+/// PostgreSQL, as the tests `NAME::sqlite` and `NAME::postgres`.
 macro_rules! both {
-    (async fn $name:ident() $body:block) => {
+    ($name:ident) => {
         mod $name {
-            #[allow(unused_imports)]
-            use super::*;
-
-            async fn scenario() $body
-
             // Two workers: a scenario that waits on a child process
             // blocks one, and the portal under test keeps the other.
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
-                crate::helpers::TEST_DB.scope(crate::helpers::TestDb::Sqlite, scenario()).await
+                crate::helpers::TEST_DB
+                    .scope(crate::helpers::TestDb::Sqlite, super::$name())
+                    .await
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
                 if let Some(db) = crate::helpers::TestDb::postgres().await {
-                    crate::helpers::TEST_DB.scope(db, scenario()).await
+                    crate::helpers::TEST_DB.scope(db, super::$name()).await
                 }
             }
         }

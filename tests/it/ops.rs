@@ -11,7 +11,7 @@ use reqwest::StatusCode;
 
 use crate::helpers::*;
 
-both! {
+both!(readiness_reports_the_database_and_the_object_store);
 async fn readiness_reports_the_database_and_the_object_store() {
     let t = TestApp::spawn().await;
     let response = t.client.get(t.url("/readyz")).send().await.unwrap();
@@ -31,15 +31,20 @@ async fn readiness_reports_the_database_and_the_object_store() {
     assert_ne!(body["object_store"], "ok");
     std::fs::remove_file(&objects).unwrap();
     std::fs::rename(t.dir.path().join("objects-away"), &objects).unwrap();
-    assert_eq!(t.client.get(t.url("/readyz")).send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        t.client.get(t.url("/readyz")).send().await.unwrap().status(),
+        StatusCode::OK
+    );
 
     t.app.db.pool().close().await;
     let response = t.client.get(t.url("/readyz")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_ne!(body["database"], "ok");
-    assert_eq!(t.client.get(t.url("/healthz")).send().await.unwrap().status(), StatusCode::OK);
-}
+    assert_eq!(
+        t.client.get(t.url("/healthz")).send().await.unwrap().status(),
+        StatusCode::OK
+    );
 }
 
 fn metric(text: &str, name: &str, label: &str) -> f64 {
@@ -49,10 +54,18 @@ fn metric(text: &str, name: &str, label: &str) -> f64 {
         .sum()
 }
 
-both! {
+both!(metrics_count_requests_fetches_bytes_and_the_outbox);
 async fn metrics_count_requests_fetches_bytes_and_the_outbox() {
     let t = TestApp::spawn().await;
-    let before = t.client.get(t.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let before = t
+        .client
+        .get(t.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let access = t.approved_researcher("metrics@uni.example.edu").await;
     let (name, url) = t.download_links(&access).await.remove(0);
     let size = t.files.iter().find(|(n, _)| *n == name).unwrap().1.len();
@@ -60,9 +73,20 @@ async fn metrics_count_requests_fetches_bytes_and_the_outbox() {
     t.client.get(format!("{url}x")).send().await.unwrap();
     t.wait_for_events("file.delivered", 1).await;
 
-    let after = t.client.get(t.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let after = t
+        .client
+        .get(t.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let grew = |name: &str, label: &str| metric(&after, name, label) - metric(&before, name, label);
-    assert!(grew("weightgate_fetches_total", "outcome=\"ok\"") >= 1.0, "{after}");
+    assert!(
+        grew("weightgate_fetches_total", "outcome=\"ok\"") >= 1.0,
+        "{after}"
+    );
     assert!(grew("weightgate_fetches_total", "outcome=\"refused\"") >= 1.0);
     assert!(grew("weightgate_bytes_delivered_total", "") >= size as f64);
     assert!(grew("weightgate_http_requests_total", "route=\"/dl/{token}/{file}\"") >= 2.0);
@@ -72,9 +96,8 @@ async fn metrics_count_requests_fetches_bytes_and_the_outbox() {
     assert!(!after.contains(secret), "no secret path ends up in a label");
     assert!(after.contains("route=\"/access/{token}\""));
 }
-}
 
-both! {
+both!(a_terminated_portal_finishes_downloads_in_flight_and_logs_json);
 async fn a_terminated_portal_finishes_downloads_in_flight_and_logs_json() {
     let t = TestApp::spawn().await;
     let big = t.dir.path().join("big");
@@ -82,11 +105,30 @@ async fn a_terminated_portal_finishes_downloads_in_flight_and_logs_json() {
     let bytes: Vec<u8> = (0..32 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(big.join("huge.bin"), &bytes).unwrap();
     let slug = MODEL.parse().unwrap();
-    weightgate::models::publish(&t.app, &slug, &big, Some("r2"), 1024 * 1024, "test", &weightgate::models::PublishProgress::quiet()).await.unwrap();
+    weightgate::models::publish(
+        &t.app,
+        &slug,
+        &big,
+        Some("r2"),
+        1024 * 1024,
+        "test",
+        &weightgate::models::PublishProgress::quiet(),
+    )
+    .await
+    .unwrap();
     let access = t.approved_researcher("stop@uni.example.edu").await;
-    let (_, url) = t.download_links(&access).await.into_iter().find(|(n, _)| n == "huge.bin").unwrap();
+    let (_, url) = t
+        .download_links(&access)
+        .await
+        .into_iter()
+        .find(|(n, _)| n == "huge.bin")
+        .unwrap();
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_weightgate"))
         .arg("serve")
         .env("WEIGHTGATE_DATA_DIR", &t.app.config.data_dir)
@@ -115,9 +157,18 @@ async fn a_terminated_portal_finishes_downloads_in_flight_and_logs_json() {
     let mut response = t.client.get(&target).send().await.unwrap();
     let mut received = response.chunk().await.unwrap().unwrap().to_vec();
     let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(reqwest::get(format!("{base}/healthz")).await.is_err(), "no new connections once stopping");
+    assert!(
+        reqwest::get(format!("{base}/healthz")).await.is_err(),
+        "no new connections once stopping"
+    );
     while let Some(chunk) = response.chunk().await.unwrap() {
         received.extend_from_slice(&chunk);
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -125,14 +176,20 @@ async fn a_terminated_portal_finishes_downloads_in_flight_and_logs_json() {
     assert_eq!(received.len(), bytes.len(), "the download in flight finished");
     assert_eq!(sha256_hex(&received), sha256_hex(&bytes));
 
-    let status = tokio::task::spawn_blocking(move || child.wait().map(|s| (s, child))).await.unwrap().unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait().map(|s| (s, child)))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status.0.success());
     let mut child = status.1;
     let logs: Vec<serde_json::Value> = BufReader::new(child.stderr.take().unwrap())
         .lines()
         .map(|l| serde_json::from_str(&l.unwrap()).expect("every log line is JSON"))
         .collect();
-    assert!(logs.iter().any(|l| l["fields"]["message"] == "shutting down"), "{logs:?}");
+    assert!(
+        logs.iter().any(|l| l["fields"]["message"] == "shutting down"),
+        "{logs:?}"
+    );
 
     // The stopped portal recorded the finished transfer, then its own stop.
     let events = t.audit_events().await;
@@ -145,8 +202,10 @@ async fn a_terminated_portal_finishes_downloads_in_flight_and_logs_json() {
                 && e.subject.as_deref().is_some_and(|s| s.ends_with("/huge.bin"))
         })
         .expect("the transfer that finished while stopping is in the log");
-    let stopped = events.iter().position(|e| e.action == "portal.stopped").expect("the stop is in the log");
+    let stopped = events
+        .iter()
+        .position(|e| e.action == "portal.stopped")
+        .expect("the stop is in the log");
     assert!(delivered < stopped);
     assert_eq!(events[stopped].reason, None, "no transfer was cut");
-}
 }

@@ -67,7 +67,7 @@ async fn csrf_of(client: &reqwest::Client, url: &str) -> String {
     csrf(&client.get(url).send().await.unwrap().text().await.unwrap())
 }
 
-both! {
+both!(two_replicas_share_sessions_links_revocations_decisions_and_one_audit_chain);
 async fn two_replicas_share_sessions_links_revocations_decisions_and_one_audit_chain() {
     let t = TestApp::spawn().await;
     let (a, b) = (Replica::start(&t).await, Replica::start(&t).await);
@@ -77,13 +77,21 @@ async fn two_replicas_share_sessions_links_revocations_decisions_and_one_audit_c
     let token = csrf_of(&reviewer, &a.url("/admin/login")).await;
     let response = reviewer
         .post(a.url("/admin/login"))
-        .form(&[("authenticity_token", token.as_str()), ("email", REVIEWER), ("password", PASSWORD)])
+        .form(&[
+            ("authenticity_token", token.as_str()),
+            ("email", REVIEWER),
+            ("password", PASSWORD),
+        ])
         .send()
         .await
         .unwrap();
     assert_eq!(response.url().path(), "/admin");
     let response = reviewer.get(b.url("/admin/grants")).send().await.unwrap();
-    assert_eq!(response.url().path(), "/admin/grants", "the session is honoured by the other replica");
+    assert_eq!(
+        response.url().path(),
+        "/admin/grants",
+        "the session is honoured by the other replica"
+    );
 
     // Two reviewers approve the same application on both replicas at once.
     t.apply_and_confirm("twice@uni.example.edu").await;
@@ -102,31 +110,64 @@ async fn two_replicas_share_sessions_links_revocations_decisions_and_one_audit_c
     let (ra, rb) = tokio::join!(approve(&reviewer, &a, ta), approve(&second, &b, tb));
     let mut statuses = [ra.unwrap().status(), rb.unwrap().status()];
     statuses.sort();
-    assert_eq!(statuses, [StatusCode::OK, StatusCode::CONFLICT], "exactly one approval wins");
-    let grants: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM grants").fetch_one(t.app.db.pool()).await.unwrap();
+    assert_eq!(
+        statuses,
+        [StatusCode::OK, StatusCode::CONFLICT],
+        "exactly one approval wins"
+    );
+    let grants: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM grants")
+        .fetch_one(t.app.db.pool())
+        .await
+        .unwrap();
     assert_eq!(grants, 1);
 
     // A link minted by one replica is honoured by the other.
     let mail = t.wait_for_mail("twice@uni.example.edu", "is approved").await;
     let access = a.here(&link_in(&mail, "/access/"));
     let links = t.download_links(&access).await;
-    assert!(links.iter().all(|(_, url)| url.starts_with(&a.base)), "minted by replica a");
+    assert!(
+        links.iter().all(|(_, url)| url.starts_with(&a.base)),
+        "minted by replica a"
+    );
     let (name, url) = &links[1];
     let expected = &t.files.iter().find(|(n, _)| n == name).unwrap().1;
-    let body = t.client.get(b.here(url)).send().await.unwrap().bytes().await.unwrap();
+    let body = t
+        .client
+        .get(b.here(url))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     assert_eq!(sha256_hex(&body), sha256_hex(expected));
 
     // Many fetches on both replicas at once leave one unbroken chain.
     let fetches = (0..24).map(|i| {
         let target = if i % 2 == 0 { a.here(url) } else { b.here(url) };
         let client = t.client.clone();
-        async move { client.get(target).send().await.unwrap().bytes().await.unwrap().len() }
+        async move {
+            client
+                .get(target)
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap()
+                .len()
+        }
     });
     let sizes = futures_util::future::join_all(fetches).await;
     assert!(sizes.iter().all(|&n| n == expected.len()));
     let events = t.wait_for_events("file.delivered", 25).await;
     assert_eq!(events.len(), 25);
-    let fetched = t.audit_events().await.into_iter().filter(|e| e.action == "file.fetch").count();
+    let fetched = t
+        .audit_events()
+        .await
+        .into_iter()
+        .filter(|e| e.action == "file.fetch")
+        .count();
     assert_eq!(fetched, 25);
     let verified = weightgate::audit::verify_chain(&t.app).await.unwrap();
     assert!(verified.is_intact(), "{verified:?}");
@@ -146,8 +187,14 @@ async fn two_replicas_share_sessions_links_revocations_decisions_and_one_audit_c
     assert_ne!(t.app.links.current_kid(), old_kid, "the new key signs");
     let fresh = t.download_links(&access.replace(&a.base, &t.base)).await;
     assert!(fresh[1].1.contains(&format!(".{}.", t.app.links.current_kid())));
-    assert_eq!(t.client.get(b.here(&fresh[1].1)).send().await.unwrap().status(), StatusCode::OK);
-    assert_eq!(t.client.get(a.here(url)).send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        t.client.get(b.here(&fresh[1].1)).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        t.client.get(a.here(url)).send().await.unwrap().status(),
+        StatusCode::OK
+    );
 
     // Revoked on one replica, refused by the other at the next fetch.
     let grant_id = between(url, "/dl/", ".").to_owned();
@@ -163,5 +210,4 @@ async fn two_replicas_share_sessions_links_revocations_decisions_and_one_audit_c
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"], "grant_revoked");
-}
 }

@@ -116,7 +116,7 @@ async fn outbox_count(t: &TestApp, to: &str) -> i64 {
         .unwrap()
 }
 
-both! {
+both!(a_sign_in_link_works_once_and_the_form_never_says_whether_an_address_is_known);
 async fn a_sign_in_link_works_once_and_the_form_never_says_whether_an_address_is_known() {
     let t = TestApp::spawn().await;
     let email = "hopper@navy.example.mil";
@@ -139,15 +139,27 @@ async fn a_sign_in_link_works_once_and_the_form_never_says_whether_an_address_is
     assert_eq!(response.url().path(), "/me");
     let page = response.text().await.unwrap();
     assert!(page.contains("My applications"), "{page}");
-    assert!(page.contains("Tiny &#60;b&#62;Model&#60;/b&#62;"), "the model title, escaped");
+    assert!(
+        page.contains("Tiny &#60;b&#62;Model&#60;/b&#62;"),
+        "the model title, escaped"
+    );
     assert!(page.contains("The reviewers will decide"), "{page}");
-    assert!(page.contains("No application for this model has been decided yet") || page.contains("has no decisions yet"));
+    assert!(
+        page.contains("No application for this model has been decided yet")
+            || page.contains("has no decisions yet")
+    );
 
     // The same link a second time, even in another browser, signs nobody in.
     let other = client();
     let response = follow_link(&other, &link).await;
     assert_eq!(response.status(), StatusCode::GONE);
-    assert!(response.text().await.unwrap().contains("already used or has expired"));
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains("already used or has expired")
+    );
     let response = other.get(t.url("/me")).send().await.unwrap();
     assert_eq!(response.url().path(), "/signin");
 
@@ -167,13 +179,15 @@ async fn a_sign_in_link_works_once_and_the_form_never_says_whether_an_address_is
     assert_eq!(response.url().path(), "/signin");
 
     let events = t.audit_events().await;
-    let signins: Vec<_> = events.iter().filter(|e| e.action == "researcher.sign_in").collect();
+    let signins: Vec<_> = events
+        .iter()
+        .filter(|e| e.action == "researcher.sign_in")
+        .collect();
     assert_eq!(signins.iter().filter(|e| e.outcome == "ok").count(), 1);
     assert_eq!(signins.iter().filter(|e| e.outcome == "refused").count(), 2);
 }
-}
 
-both! {
+both!(sign_in_links_are_not_sent_more_than_five_times_an_hour);
 async fn sign_in_links_are_not_sent_more_than_five_times_an_hour() {
     let t = TestApp::spawn().await;
     let email = "flood@example.org";
@@ -185,7 +199,6 @@ async fn sign_in_links_are_not_sent_more_than_five_times_an_hour() {
     }
     assert_eq!(outbox_count(&t, email).await - before, 5);
 }
-}
 
 const QUESTIONS: &str = r#"[
     {"id": "orcid", "label": "ORCID iD", "kind": "url", "help": "For example https://orcid.org/0000-0002-1825-0097"},
@@ -195,18 +208,38 @@ const QUESTIONS: &str = r#"[
     {"id": "plan", "label": "Compute plan", "kind": "long_text"}
 ]"#;
 
-both! {
+both!(the_models_questions_are_asked_checked_and_shown_to_reviewers_with_the_terms_version);
 async fn the_models_questions_are_asked_checked_and_shown_to_reviewers_with_the_terms_version() {
     let t = TestApp::spawn().await;
     let slug: Slug = MODEL.parse().unwrap();
-    models::set_questions(&t.app, &slug, QUESTIONS, "test").await.unwrap();
-    assert!(models::set_questions(&t.app, &slug, r#"[{"id": "x", "label": "X", "kind": "select"}]"#, "test").await.is_err());
-    let version = models::set_terms(&t.app, &slug, "Be nicer.\nCite the paper.", "test").await.unwrap();
+    models::set_questions(&t.app, &slug, QUESTIONS, "test")
+        .await
+        .unwrap();
+    assert!(
+        models::set_questions(
+            &t.app,
+            &slug,
+            r#"[{"id": "x", "label": "X", "kind": "select"}]"#,
+            "test"
+        )
+        .await
+        .is_err()
+    );
+    let version = models::set_terms(&t.app, &slug, "Be nicer.\nCite the paper.", "test")
+        .await
+        .unwrap();
     assert_eq!(version, 2);
 
     let browser = client();
     let (_, page) = t.get_html(&browser, &format!("/models/{MODEL}")).await;
-    for label in ["<label for=\"q_orcid\">ORCID iD", "<label for=\"q_role\">Your role", "<label for=\"q_country\">", "value=\"DE\"", "Cite the paper.", "(version 2)"] {
+    for label in [
+        "<label for=\"q_orcid\">ORCID iD",
+        "<label for=\"q_role\">Your role",
+        "<label for=\"q_country\">",
+        "value=\"DE\"",
+        "Cite the paper.",
+        "(version 2)",
+    ] {
         assert!(page.contains(label), "{label} missing from the form");
     }
 
@@ -219,7 +252,12 @@ async fn the_models_questions_are_asked_checked_and_shown_to_reviewers_with_the_
         ("terms_version", "2"),
     ];
     let mut bad = base.to_vec();
-    bad.extend([("q_orcid", "orcid.org/0000"), ("q_role", "Dean"), ("q_country", "XX"), ("q_plan", "Two GPUs for a week")]);
+    bad.extend([
+        ("q_orcid", "orcid.org/0000"),
+        ("q_role", "Dean"),
+        ("q_country", "XX"),
+        ("q_plan", "Two GPUs for a week"),
+    ]);
     let (status, page) = t.apply(&browser, &bad).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(page.contains("Enter a full web address starting with https://"));
@@ -232,7 +270,12 @@ async fn the_models_questions_are_asked_checked_and_shown_to_reviewers_with_the_
     // The terms changed while the form was open: accept the new version first.
     let mut stale = base.to_vec();
     stale.retain(|(k, _)| *k != "terms_version");
-    stale.extend([("terms_version", "1"), ("q_role", "Faculty"), ("q_country", "US"), ("q_ethics", "on")]);
+    stale.extend([
+        ("terms_version", "1"),
+        ("q_role", "Faculty"),
+        ("q_country", "US"),
+        ("q_ethics", "on"),
+    ]);
     let (status, page) = t.apply(&browser, &stale).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(page.contains("please read version 2 above"), "{page}");
@@ -246,10 +289,17 @@ async fn the_models_questions_are_asked_checked_and_shown_to_reviewers_with_the_
     ]);
     let (status, _) = t.apply(&browser, &good).await;
     assert_eq!(status, StatusCode::OK);
-    let mail = t.wait_for_mail("kj@nasa.example.gov", "Confirm your application").await;
+    let mail = t
+        .wait_for_mail("kj@nasa.example.gov", "Confirm your application")
+        .await;
     let confirm = link_in(&mail, "/confirm/");
     let page = browser.get(&confirm).send().await.unwrap().text().await.unwrap();
-    browser.post(&confirm).form(&[("authenticity_token", csrf(&page))]).send().await.unwrap();
+    browser
+        .post(&confirm)
+        .form(&[("authenticity_token", csrf(&page))])
+        .send()
+        .await
+        .unwrap();
 
     let reviewer = client();
     t.sign_in(&reviewer).await;
@@ -258,13 +308,18 @@ async fn the_models_questions_are_asked_checked_and_shown_to_reviewers_with_the_
     assert!(detail.contains("terms version 2 accepted"), "{detail}");
     assert!(detail.contains("<dt>Your role</dt><dd>Faculty</dd>"), "{detail}");
     assert!(detail.contains("United States of America (US)"), "{detail}");
-    assert!(detail.contains("<dt>Compute plan</dt><dd>(no answer)</dd>"), "{detail}");
+    assert!(
+        detail.contains("<dt>Compute plan</dt><dd>(no answer)</dd>"),
+        "{detail}"
+    );
     let (_, terms) = t.get_html(&reviewer, &format!("/models/{MODEL}/terms/1")).await;
-    assert!(terms.contains("Do not share.") && terms.contains("version 2"), "{terms}");
-}
+    assert!(
+        terms.contains("Do not share.") && terms.contains("version 2"),
+        "{terms}"
+    );
 }
 
-both! {
+both!(a_denied_researcher_sees_the_reason_waits_for_the_cooldown_and_may_appeal_once);
 async fn a_denied_researcher_sees_the_reason_waits_for_the_cooldown_and_may_appeal_once() {
     let t = TestApp::spawn().await;
     let email = "denied@uni.example.edu";
@@ -273,23 +328,43 @@ async fn a_denied_researcher_sees_the_reason_waits_for_the_cooldown_and_may_appe
     t.sign_in(&reviewer).await;
     let id = t.pending_application(&reviewer, email).await;
     let response = t
-        .post_admin(&reviewer, &format!("/admin/applications/{id}"), &format!("/admin/applications/{id}/deny"),
-            &[("reason", "Please use your institutional address.")])
+        .post_admin(
+            &reviewer,
+            &format!("/admin/applications/{id}"),
+            &format!("/admin/applications/{id}/deny"),
+            &[("reason", "Please use your institutional address.")],
+        )
         .await;
     assert_eq!(response.status(), StatusCode::OK);
 
     let (_, model_page) = t.get_html(&client(), &format!("/models/{MODEL}")).await;
-    assert!(model_page.contains("Reviews of this model usually take under an hour"), "{model_page}");
+    assert!(
+        model_page.contains("Reviews of this model usually take under an hour"),
+        "{model_page}"
+    );
 
     // Applying again at once: the page says only "check your e-mail", the mail says why and when.
     let (status, page) = t
-        .apply(&client(), &[("name", "D"), ("email", email), ("affiliation", "U"), ("intended_use", "Again"), ("accept_terms", "on")])
+        .apply(
+            &client(),
+            &[
+                ("name", "D"),
+                ("email", email),
+                ("affiliation", "U"),
+                ("intended_use", "Again"),
+                ("accept_terms", "on"),
+            ],
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     assert!(page.contains("Check your e-mail"));
     let mail = t.wait_for_mail(email, "Your new application for").await;
     assert!(mail.contains("You can apply again from"), "{mail}");
-    assert_eq!(application_ids(&t, email).await.len(), 1, "nothing new was recorded");
+    assert_eq!(
+        application_ids(&t, email).await.len(),
+        1,
+        "nothing new was recorded"
+    );
 
     let browser = client();
     let mut seen = HashSet::new();
@@ -299,12 +374,22 @@ async fn a_denied_researcher_sees_the_reason_waits_for_the_cooldown_and_may_appe
     assert!(me.contains("again from <strong>"), "{me}");
     assert!(me.contains("Appeal this decision"));
     let (_, model_page) = t.get_html(&browser, &format!("/models/{MODEL}")).await;
-    assert!(model_page.contains("You can apply again from"), "signed in, the model page says when");
+    assert!(
+        model_page.contains("You can apply again from"),
+        "signed in, the model page says when"
+    );
 
     let appeal = format!("/me/applications/{id}/appeal");
     let response = post_form(&t, &browser, "/me", &appeal, &[("message", "   ")]).await;
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    let response = post_form(&t, &browser, "/me", &appeal, &[("message", "I have no institutional address: I am independent.")]).await;
+    let response = post_form(
+        &t,
+        &browser,
+        "/me",
+        &appeal,
+        &[("message", "I have no institutional address: I am independent.")],
+    )
+    .await;
     assert_eq!(response.status(), StatusCode::OK);
     let response = post_form(&t, &browser, "/me", &appeal, &[("message", "Once more")]).await;
     assert_eq!(response.status(), StatusCode::CONFLICT, "one appeal per denial");
@@ -313,29 +398,46 @@ async fn a_denied_researcher_sees_the_reason_waits_for_the_cooldown_and_may_appe
     let (appeal_id, status, kind) = &apps[1];
     assert_eq!((status.as_str(), kind.as_str()), ("pending", "appeal"));
 
-    let (_, detail) = t.get_html(&reviewer, &format!("/admin/applications/{appeal_id}")).await;
+    let (_, detail) = t
+        .get_html(&reviewer, &format!("/admin/applications/{appeal_id}"))
+        .await;
     assert!(detail.contains("<strong>Appeal</strong>"), "{detail}");
     assert!(detail.contains(&format!("/admin/applications/{id}")));
     assert!(detail.contains("I have no institutional address: I am independent."));
 
     // Denied again, with no wait: a new application is recorded.
-    t.post_admin(&reviewer, &format!("/admin/applications/{appeal_id}"), &format!("/admin/applications/{appeal_id}/deny"),
-        &[("reason", "Still no.")]).await;
+    t.post_admin(
+        &reviewer,
+        &format!("/admin/applications/{appeal_id}"),
+        &format!("/admin/applications/{appeal_id}/deny"),
+        &[("reason", "Still no.")],
+    )
+    .await;
     let (_, me) = t.get_html(&browser, "/me").await;
     assert!(me.contains("Still no."));
-    models::set_reapply_after(&t.app, &MODEL.parse().unwrap(), 0, "test").await.unwrap();
+    models::set_reapply_after(&t.app, &MODEL.parse().unwrap(), 0, "test")
+        .await
+        .unwrap();
     let (_, me) = t.get_html(&browser, "/me").await;
     assert!(me.contains("apply again</a> now"), "{me}");
     let (status, _) = t
-        .apply(&client(), &[("name", "D"), ("email", email), ("affiliation", "U"), ("intended_use", "Third time"), ("accept_terms", "on")])
+        .apply(
+            &client(),
+            &[
+                ("name", "D"),
+                ("email", email),
+                ("affiliation", "U"),
+                ("intended_use", "Third time"),
+                ("accept_terms", "on"),
+            ],
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(application_ids(&t, email).await.len(), 3);
     t.wait_for_events("application.appealed", 1).await;
 }
-}
 
-both! {
+both!(a_reviewers_question_is_answered_in_the_thread_and_every_step_is_audited);
 async fn a_reviewers_question_is_answered_in_the_thread_and_every_step_is_audited() {
     let t = TestApp::spawn().await;
     let email = "curious@lab.example.org";
@@ -348,11 +450,21 @@ async fn a_reviewers_question_is_answered_in_the_thread_and_every_step_is_audite
 
     let response = t.post_admin(&reviewer, &page, &ask, &[("message", "")]).await;
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    let response = t.post_admin(&reviewer, &page, &ask, &[("message", "Which <GPU> cluster will you use?")]).await;
+    let response = t
+        .post_admin(
+            &reviewer,
+            &page,
+            &ask,
+            &[("message", "Which <GPU> cluster will you use?")],
+        )
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(application_ids(&t, email).await[0].1, "info_requested");
     let (_, waiting) = t.get_html(&reviewer, "/admin?status=info_requested").await;
-    assert!(waiting.contains(email), "the queue lists applications waiting for an answer");
+    assert!(
+        waiting.contains(email),
+        "the queue lists applications waiting for an answer"
+    );
 
     // The e-mail carries the question and a sign-in link.
     let mail = t.wait_for_mail(email, "A question about your application").await;
@@ -361,7 +473,10 @@ async fn a_reviewers_question_is_answered_in_the_thread_and_every_step_is_audite
     let response = follow_link(&browser, &link_in(&mail, "/signin/")).await;
     assert_eq!(response.url().path(), "/me");
     let me = response.text().await.unwrap();
-    assert!(me.contains("Which &#60;GPU&#62; cluster will you use?"), "escaped: {me}");
+    assert!(
+        me.contains("Which &#60;GPU&#62; cluster will you use?"),
+        "escaped: {me}"
+    );
     assert!(me.contains("Your answer to the reviewers"));
 
     let answer = format!("/me/applications/{id}/answer");
@@ -369,7 +484,11 @@ async fn a_reviewers_question_is_answered_in_the_thread_and_every_step_is_audite
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(application_ids(&t, email).await[0].1, "pending");
     let response = post_form(&t, &browser, "/me", &answer, &[("message", "And again")]).await;
-    assert_eq!(response.status(), StatusCode::CONFLICT, "nobody is waiting for a second answer");
+    assert_eq!(
+        response.status(),
+        StatusCode::CONFLICT,
+        "nobody is waiting for a second answer"
+    );
 
     // Another researcher cannot answer someone else's application.
     let stranger = client();
@@ -384,17 +503,25 @@ async fn a_reviewers_question_is_answered_in_the_thread_and_every_step_is_audite
     assert!(detail.contains("curious@lab.example.org (applicant) wrote"));
 
     let events = t.audit_events().await;
-    let question = events.iter().find(|e| e.action == "application.question").unwrap();
+    let question = events
+        .iter()
+        .find(|e| e.action == "application.question")
+        .unwrap();
     assert_eq!(question.actor.as_deref(), Some(REVIEWER));
-    let answered = events.iter().find(|e| e.action == "application.answered").unwrap();
+    let answered = events
+        .iter()
+        .find(|e| e.action == "application.answered")
+        .unwrap();
     assert_eq!(answered.actor.as_deref(), Some(email));
     assert_eq!(answered.application_id.as_deref(), Some(id.as_str()));
     let told = t.wait_for_mail(REVIEWER, "answered your question").await;
-    assert!(told.contains(&format!("/admin/applications/{id}")), "the reviewers hear of the answer");
-}
+    assert!(
+        told.contains(&format!("/admin/applications/{id}")),
+        "the reviewers hear of the answer"
+    );
 }
 
-both! {
+both!(an_approved_renewal_extends_the_grant_instead_of_making_a_second_one);
 async fn an_approved_renewal_extends_the_grant_instead_of_making_a_second_one() {
     let t = TestApp::spawn().await;
     let email = "renew@lab.example.org";
@@ -404,22 +531,63 @@ async fn an_approved_renewal_extends_the_grant_instead_of_making_a_second_one() 
     sign_in_researcher(&t, &browser, email, &mut seen).await;
 
     let (_, access) = t.get_html(&browser, "/me/access").await;
-    assert!(access.contains("shard-0.bin") && access.contains("/dl/"), "{access}");
-    let grant_id: String = sqlx::query_scalar("SELECT id FROM grants").fetch_one(t.app.db.pool()).await.unwrap();
-    let before: i64 = sqlx::query_scalar("SELECT expires_at FROM grants").fetch_one(t.app.db.pool()).await.unwrap();
+    assert!(
+        access.contains("shard-0.bin") && access.contains("/dl/"),
+        "{access}"
+    );
+    let grant_id: String = sqlx::query_scalar("SELECT id FROM grants")
+        .fetch_one(t.app.db.pool())
+        .await
+        .unwrap();
+    let before: i64 = sqlx::query_scalar("SELECT expires_at FROM grants")
+        .fetch_one(t.app.db.pool())
+        .await
+        .unwrap();
 
     // The download client's URL works without the session.
-    let response = post_form(&t, &browser, "/me/access", &format!("/me/access/{grant_id}/client-url"), &[]).await;
+    let response = post_form(
+        &t,
+        &browser,
+        "/me/access",
+        &format!("/me/access/{grant_id}/client-url"),
+        &[],
+    )
+    .await;
     let page = response.text().await.unwrap();
     let manifest = unescape(between(&page, "weightgate download '", "'"));
-    let json: serde_json::Value = client().get(&manifest).send().await.unwrap().json().await.unwrap();
+    let json: serde_json::Value = client()
+        .get(&manifest)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(json["grant"]["id"], grant_id.as_str());
     assert_eq!(json["releases"][0]["files"].as_array().unwrap().len(), 3);
 
-    let response = post_form(&t, &browser, "/me/access", &format!("/me/access/{grant_id}/renew"), &[("note", "The project runs a year longer.")]).await;
+    let response = post_form(
+        &t,
+        &browser,
+        "/me/access",
+        &format!("/me/access/{grant_id}/renew"),
+        &[("note", "The project runs a year longer.")],
+    )
+    .await;
     assert_eq!(response.status(), StatusCode::OK);
-    let response = post_form(&t, &browser, "/me/access", &format!("/me/access/{grant_id}/renew"), &[]).await;
-    assert_eq!(response.status(), StatusCode::CONFLICT, "one open renewal at a time");
+    let response = post_form(
+        &t,
+        &browser,
+        "/me/access",
+        &format!("/me/access/{grant_id}/renew"),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        response.status(),
+        StatusCode::CONFLICT,
+        "one open renewal at a time"
+    );
     let (_, access) = t.get_html(&browser, "/me/access").await;
     assert!(access.contains("Your renewal is with the reviewers"));
 
@@ -428,17 +596,31 @@ async fn an_approved_renewal_extends_the_grant_instead_of_making_a_second_one() 
     let apps = application_ids(&t, email).await;
     let (renewal, status, kind) = &apps[1];
     assert_eq!((status.as_str(), kind.as_str()), ("pending", "renewal"));
-    let (_, detail) = t.get_html(&reviewer, &format!("/admin/applications/{renewal}")).await;
+    let (_, detail) = t
+        .get_html(&reviewer, &format!("/admin/applications/{renewal}"))
+        .await;
     assert!(detail.contains("approving extends that grant"), "{detail}");
     assert!(detail.contains("The project runs a year longer."));
     let response = t
-        .post_admin(&reviewer, &format!("/admin/applications/{renewal}"), &format!("/admin/applications/{renewal}/approve"), &[("days", "10")])
+        .post_admin(
+            &reviewer,
+            &format!("/admin/applications/{renewal}"),
+            &format!("/admin/applications/{renewal}/approve"),
+            &[("days", "10")],
+        )
         .await;
     assert_eq!(response.status(), StatusCode::OK);
 
-    let grants: Vec<(String, i64)> = sqlx::query_as("SELECT id, expires_at FROM grants").fetch_all(t.app.db.pool()).await.unwrap();
+    let grants: Vec<(String, i64)> = sqlx::query_as("SELECT id, expires_at FROM grants")
+        .fetch_all(t.app.db.pool())
+        .await
+        .unwrap();
     assert_eq!(grants.len(), 1, "no second grant");
-    assert_eq!(grants[0].1, before + 10 * 86_400_000, "extended from the old expiry");
+    assert_eq!(
+        grants[0].1,
+        before + 10 * 86_400_000,
+        "extended from the old expiry"
+    );
     let mail = t.wait_for_mail(email, "is extended").await;
     assert!(mail.contains("/me/access"));
     let extended = t.wait_for_events("grant.extended", 1).await;
@@ -447,9 +629,8 @@ async fn an_approved_renewal_extends_the_grant_instead_of_making_a_second_one() 
     let (_, me) = t.get_html(&browser, "/me").await;
     assert!(me.contains("your access was extended"), "{me}");
 }
-}
 
-both! {
+both!(operators_set_a_models_questions_terms_and_wait_from_the_command_line);
 async fn operators_set_a_models_questions_terms_and_wait_from_the_command_line() {
     let t = TestApp::spawn().await;
     let (ok, out, err) = crate::cli::weightgate(
@@ -488,10 +669,21 @@ async fn operators_set_a_models_questions_terms_and_wait_from_the_command_line()
 
     let (_, page) = t.get_html(&client(), &format!("/models/{MODEL}")).await;
     assert!(page.contains("A paper of yours") && page.contains("Cite us.") && page.contains("(version 2)"));
-    let actions: Vec<_> = t.audit_events().await.into_iter().map(|e| (e.action, e.actor)).collect();
-    for action in ["model.questions_changed", "model.terms_changed", "model.reapply_after_changed"] {
+    let actions: Vec<_> = t
+        .audit_events()
+        .await
+        .into_iter()
+        .map(|e| (e.action, e.actor))
+        .collect();
+    for action in [
+        "model.questions_changed",
+        "model.terms_changed",
+        "model.reapply_after_changed",
+    ] {
         let (_, actor) = actions.iter().find(|(a, _)| a == action).unwrap();
-        assert!(actor.as_deref().unwrap_or("").starts_with("operator:"), "{action}");
+        assert!(
+            actor.as_deref().unwrap_or("").starts_with("operator:"),
+            "{action}"
+        );
     }
-}
 }

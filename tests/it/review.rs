@@ -4,7 +4,7 @@ use reqwest::StatusCode;
 
 use crate::helpers::*;
 
-both! {
+both!(a_wrong_password_is_refused_without_a_session);
 async fn a_wrong_password_is_refused_without_a_session() {
     let t = TestApp::spawn().await;
     let reviewer = client();
@@ -46,9 +46,8 @@ async fn a_wrong_password_is_refused_without_a_session() {
         .count();
     assert_eq!(refused, 2);
 }
-}
 
-both! {
+both!(a_denial_needs_a_reason_and_emails_it);
 async fn a_denial_needs_a_reason_and_emails_it() {
     let t = TestApp::spawn().await;
     t.apply_and_confirm("denied@uni.example.edu").await;
@@ -94,9 +93,8 @@ async fn a_denial_needs_a_reason_and_emails_it() {
         .unwrap();
     assert_eq!(grants, 0);
 }
-}
 
-both! {
+both!(html_in_an_application_is_shown_escaped_in_the_dashboard);
 async fn html_in_an_application_is_shown_escaped_in_the_dashboard() {
     let t = TestApp::spawn().await;
     let researcher = client();
@@ -142,9 +140,8 @@ async fn html_in_an_application_is_shown_escaped_in_the_dashboard() {
     assert!(detail.contains("&#60;script&#62;"));
     assert!(!detail.contains("<b>Lab</b>"));
 }
-}
 
-both! {
+both!(the_dashboard_requires_a_signed_in_reviewer);
 async fn the_dashboard_requires_a_signed_in_reviewer() {
     let t = TestApp::spawn().await;
     let anonymous = client();
@@ -159,5 +156,4 @@ async fn the_dashboard_requires_a_signed_in_reviewer() {
         .await
         .unwrap();
     assert_eq!(response.url().path(), "/admin/login");
-}
 }

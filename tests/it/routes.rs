@@ -203,18 +203,28 @@ async fn token_of(t: &TestApp, who: &Client, page: &str) -> String {
     csrf(&html)
 }
 
-both! {
+both!(every_route_answers_every_role_as_its_rule_says);
 async fn every_route_answers_every_role_as_its_rule_says() {
     let t = TestApp::spawn().await;
     // The other model, with a file, so that its grants and applications exist.
     let other: Slug = OTHER_MODEL.parse().unwrap();
-    weightgate::models::create(&t.app, &other, "Other", "Terms.", "test").await.unwrap();
+    weightgate::models::create(&t.app, &other, "Other", "Terms.", "test")
+        .await
+        .unwrap();
     let files = t.dir.path().join("other-files");
     std::fs::create_dir_all(&files).unwrap();
     std::fs::write(files.join("weights.bin"), b"other weights").unwrap();
-    weightgate::models::publish(&t.app, &other, &files, Some("r1"), CHUNK_SIZE, "test", &weightgate::models::PublishProgress::quiet())
-        .await
-        .unwrap();
+    weightgate::models::publish(
+        &t.app,
+        &other,
+        &files,
+        Some("r1"),
+        CHUNK_SIZE,
+        "test",
+        &weightgate::models::PublishProgress::quiet(),
+    )
+    .await
+    .unwrap();
     add_reviewer(&t, ASSIGNED, MODEL).await;
     let unassigned_id = add_reviewer(&t, UNASSIGNED, OTHER_MODEL).await;
     let disabled_id = add_reviewer(&t, DISABLED, MODEL).await;
@@ -226,13 +236,22 @@ async fn every_route_answers_every_role_as_its_rule_says() {
     t.sign_in(&admin_helper).await;
     let y_application = t.pending_application(&admin_helper, Y).await;
     let response = t
-        .post_admin(&admin_helper, &format!("/admin/applications/{y_application}"), &format!("/admin/applications/{y_application}/approve"), &[])
+        .post_admin(
+            &admin_helper,
+            &format!("/admin/applications/{y_application}"),
+            &format!("/admin/applications/{y_application}/approve"),
+            &[],
+        )
         .await;
     assert_eq!(response.status(), StatusCode::OK);
     t.apply_and_confirm(Z).await;
-    weightgate::policy::save_template(&t.app, "Not enough detail", "Tell us more.", "test").await.unwrap();
-    let by_email = "SELECT g.id FROM grants g JOIN researchers r ON r.id = g.researcher_id WHERE r.email = $1";
-    let app_by_email = "SELECT a.id FROM applications a JOIN researchers r ON r.id = a.researcher_id WHERE r.email = $1";
+    weightgate::policy::save_template(&t.app, "Not enough detail", "Tell us more.", "test")
+        .await
+        .unwrap();
+    let by_email =
+        "SELECT g.id FROM grants g JOIN researchers r ON r.id = g.researcher_id WHERE r.email = $1";
+    let app_by_email =
+        "SELECT a.id FROM applications a JOIN researchers r ON r.id = a.researcher_id WHERE r.email = $1";
     let records = Records {
         pending: id_of(&t, app_by_email, Z).await,
         grant_x: id_of(&t, by_email, X).await,
@@ -240,7 +259,10 @@ async fn every_route_answers_every_role_as_its_rule_says() {
         application_x: id_of(&t, app_by_email, X).await,
         application_y: id_of(&t, app_by_email, Y).await,
         reviewer: unassigned_id,
-        template: sqlx::query_scalar("SELECT id FROM deny_templates").fetch_one(t.app.db.pool()).await.unwrap(),
+        template: sqlx::query_scalar("SELECT id FROM deny_templates")
+            .fetch_one(t.app.db.pool())
+            .await
+            .unwrap(),
     };
 
     // A browser per role, signed in as it says.
@@ -249,17 +271,35 @@ async fn every_route_answers_every_role_as_its_rule_says() {
     // Signed in by following the e-mailed link, in a browser that shares
     // its cookies with the one that walks the routes.
     let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
-    sign_in_researcher(&t, &browser_with(jar.clone(), Policy::limited(5)), X, &mut HashSet::new()).await;
+    sign_in_researcher(
+        &t,
+        &browser_with(jar.clone(), Policy::limited(5)),
+        X,
+        &mut HashSet::new(),
+    )
+    .await;
     let researcher = browser_with(jar, Policy::none());
     browsers.insert(Role::Researcher, researcher.clone());
     browsers.insert(Role::ResearcherOwn, researcher);
-    for (role, email) in [(Role::Assigned, ASSIGNED), (Role::Unassigned, UNASSIGNED), (Role::Disabled, DISABLED), (Role::Admin, REVIEWER)] {
+    for (role, email) in [
+        (Role::Assigned, ASSIGNED),
+        (Role::Unassigned, UNASSIGNED),
+        (Role::Disabled, DISABLED),
+        (Role::Admin, REVIEWER),
+    ] {
         let b = browser();
         let (status, _) = sign_in_as(&t, &b, email, PASSWORD).await;
         assert_eq!(status, StatusCode::SEE_OTHER, "{email} signs in");
         browsers.insert(role, b);
     }
-    accounts::change_reviewer(&t.app, &disabled_id, accounts::ReviewerChange::Disabled(true), "test").await.unwrap();
+    accounts::change_reviewer(
+        &t.app,
+        &disabled_id,
+        accounts::ReviewerChange::Disabled(true),
+        "test",
+    )
+    .await
+    .unwrap();
     let mut tokens: BTreeMap<Role, String> = BTreeMap::new();
     for (role, b) in &browsers {
         let page = match role {
@@ -274,18 +314,31 @@ async fn every_route_answers_every_role_as_its_rule_says() {
     // not even through a bulk decision.
     let unassigned = &browsers[&Role::Unassigned];
     let (_, queue) = t.get_html(unassigned, "/admin?status=all").await;
-    assert!(!queue.contains(Z) && !queue.contains(X), "the queue shows only the reviewer's models");
+    assert!(
+        !queue.contains(Z) && !queue.contains(X),
+        "the queue shows only the reviewer's models"
+    );
     let (_, grants) = t.get_html(unassigned, "/admin/grants").await;
-    assert!(!grants.contains(X) && grants.contains(Y), "the grants list shows only the reviewer's models");
+    assert!(
+        !grants.contains(X) && grants.contains(Y),
+        "the grants list shows only the reviewer's models"
+    );
     let bulk = unassigned
         .post(t.url("/admin/applications/bulk"))
-        .form(&[("authenticity_token", tokens[&Role::Unassigned].as_str()), ("action", "approve"), ("id", &records.pending)])
+        .form(&[
+            ("authenticity_token", tokens[&Role::Unassigned].as_str()),
+            ("action", "approve"),
+            ("id", &records.pending),
+        ])
         .send()
         .await
         .unwrap();
     assert_eq!(bulk.status(), StatusCode::OK);
     let page = bulk.text().await.unwrap();
-    assert!(!page.contains(Z), "a bulk result names no applicant the reviewer may not see");
+    assert!(
+        !page.contains(Z),
+        "a bulk result names no applicant the reviewer may not see"
+    );
     assert!(page.contains("no such application"), "{page}");
 
     // Every route, for every role; the ones that end a session last, and on
@@ -303,19 +356,36 @@ async fn every_route_answers_every_role_as_its_rule_says() {
             let response = if route.method == reqwest::Method::GET {
                 b.get(t.url(&path)).send().await.unwrap()
             } else {
-                b.post(t.url(&path)).form(&[("authenticity_token", tokens[&role].as_str())]).send().await.unwrap()
+                b.post(t.url(&path))
+                    .form(&[("authenticity_token", tokens[&role].as_str())])
+                    .send()
+                    .await
+                    .unwrap()
             };
             let status = response.status();
-            let location = response.headers().get("location").map(|l| l.to_str().unwrap().to_owned()).unwrap_or_default();
-            let what = format!("{} {} as {role:?} ({:?}): {status} {location}", route.method, path, route.access);
+            let location = response
+                .headers()
+                .get("location")
+                .map(|l| l.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            let what = format!(
+                "{} {} as {role:?} ({:?}): {status} {location}",
+                route.method, path, route.access
+            );
             match expect(route.access, role, names_a_record) {
                 Expect::SignIn(to) => assert!(status.is_redirection() && location == to, "{what}"),
-                Expect::Refused => assert!([StatusCode::FORBIDDEN, StatusCode::NOT_FOUND].contains(&status), "{what}"),
+                Expect::Refused => assert!(
+                    [StatusCode::FORBIDDEN, StatusCode::NOT_FOUND].contains(&status),
+                    "{what}"
+                ),
                 Expect::Allowed => {
                     let refused = [StatusCode::FORBIDDEN, StatusCode::NOT_FOUND].contains(&status);
                     let sent_to_sign_in =
                         status.is_redirection() && ["/admin/login", "/signin"].contains(&location.as_str());
-                    assert!(!status.is_server_error() && !refused && !sent_to_sign_in, "{what}");
+                    assert!(
+                        !status.is_server_error() && !refused && !sent_to_sign_in,
+                        "{what}"
+                    );
                 }
                 Expect::NoFailure => assert!(!status.is_server_error(), "{what}"),
             }
@@ -323,6 +393,8 @@ async fn every_route_answers_every_role_as_its_rule_says() {
         }
     }
     assert_eq!(walked, routes.len() * browsers.len());
-    assert!(routes.iter().any(|r| r.access == Access::ReviewerOfModel), "the table names model-scoped routes");
-}
+    assert!(
+        routes.iter().any(|r| r.access == Access::ReviewerOfModel),
+        "the table names model-scoped routes"
+    );
 }

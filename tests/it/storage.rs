@@ -425,7 +425,7 @@ async fn a_presigned_url_serves_the_object_without_credentials() {
     }
 }
 
-both! {
+both!(the_portal_publishes_to_and_serves_from_an_s3_bucket);
 async fn the_portal_publishes_to_and_serves_from_an_s3_bucket() {
     let server = S3Server::start().await;
     let t = TestApp::spawn_with(|c| server.configure(c)).await;
@@ -463,9 +463,8 @@ async fn the_portal_publishes_to_and_serves_from_an_s3_bucket() {
     sent.sort();
     assert_eq!(sent, [("ok", Some(200_000)), ("ok", Some(bytes.len() as i64))]);
 }
-}
 
-both! {
+both!(redirect_delivery_sends_researchers_to_short_lived_presigned_urls);
 async fn redirect_delivery_sends_researchers_to_short_lived_presigned_urls() {
     let server = S3Server::start().await;
     let t = TestApp::spawn_with(|c| {
@@ -495,25 +494,56 @@ async fn redirect_delivery_sends_researchers_to_short_lived_presigned_urls() {
 
     // A HEAD is checked and logged as a fetch, and answered by the portal
     // from the file's metadata: no presigned URL, nothing delivered.
-    let fetches = t.audit_events().await.iter().filter(|e| e.action == "file.fetch").count();
+    let fetches = t
+        .audit_events()
+        .await
+        .iter()
+        .filter(|e| e.action == "file.fetch")
+        .count();
     let head = no_follow.head(&url).send().await.unwrap();
     assert_eq!(head.status(), StatusCode::OK);
     assert!(head.headers().get(header::LOCATION).is_none());
-    assert_eq!(head.headers()[header::CONTENT_LENGTH], bytes.len().to_string().as_str());
+    assert_eq!(
+        head.headers()[header::CONTENT_LENGTH],
+        bytes.len().to_string().as_str()
+    );
     t.wait_for_events("file.fetch", fetches + 1).await;
 
     // A ranged fetch is sent to a URL for that range only: the log records
     // two bytes, so the URL must not serve more.
-    let ranged = no_follow.get(&url).header(header::RANGE, "bytes=0-1").send().await.unwrap();
+    let ranged = no_follow
+        .get(&url)
+        .header(header::RANGE, "bytes=0-1")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ranged.status(), StatusCode::FOUND);
     let location = ranged.headers()[header::LOCATION].to_str().unwrap().to_owned();
     let events = t.wait_for_events("file.delivered", 2).await;
     assert_eq!(events[1].bytes, Some(2));
     let whole = no_follow.get(&location).send().await.unwrap();
-    assert!(!whole.status().is_success(), "the ranged URL serves no whole file: {}", whole.status());
-    let other = no_follow.get(&location).header(header::RANGE, "bytes=0-").send().await.unwrap();
-    assert!(!other.status().is_success(), "nor another range: {}", other.status());
-    let same = no_follow.get(&location).header(header::RANGE, "bytes=0-1").send().await.unwrap();
+    assert!(
+        !whole.status().is_success(),
+        "the ranged URL serves no whole file: {}",
+        whole.status()
+    );
+    let other = no_follow
+        .get(&location)
+        .header(header::RANGE, "bytes=0-")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        !other.status().is_success(),
+        "nor another range: {}",
+        other.status()
+    );
+    let same = no_follow
+        .get(&location)
+        .header(header::RANGE, "bytes=0-1")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(same.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(same.bytes().await.unwrap().as_ref(), &bytes[..2]);
 
@@ -531,9 +561,11 @@ async fn redirect_delivery_sends_researchers_to_short_lived_presigned_urls() {
     .unwrap();
     assert_eq!(summary.files, t.files.len());
     for (name, bytes) in &t.files {
-        assert_eq!(sha256_hex(&std::fs::read(dir.join("r1").join(name)).unwrap()), sha256_hex(bytes));
+        assert_eq!(
+            sha256_hex(&std::fs::read(dir.join("r1").join(name)).unwrap()),
+            sha256_hex(bytes)
+        );
     }
-}
 }
 
 #[tokio::test]
