@@ -1,18 +1,18 @@
 //! The running portal's parts, built once from the configuration and shared by
 //! the web server and the operator commands.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 
 use crate::{
     audit::{
         AuditLog,
-        checkpoint::{AuditKey, Trust},
+        checkpoint::{self, AuditKey, Trust},
     },
     config::{Config, DeliveryMode},
     db::Db,
-    grants::FetchFacts,
+    facts::FetchFacts,
     links::LinkSigner,
     mail::Mailer,
     manifests::Publisher,
@@ -41,7 +41,7 @@ pub struct App {
     /// Signs release manifests and `SHA256SUMS`.
     pub publisher: Publisher,
     /// Checks reviewers' passwords, a few at a time.
-    pub passwords: crate::accounts::Passwords,
+    pub passwords: crate::passwords::Passwords,
     /// Refused fetches that name no grant, counted per client network.
     pub refusals: Arc<crate::audit::refusals::RefusalTally>,
     /// Where each audit checkpoint is also kept, beyond the database.
@@ -65,7 +65,7 @@ impl App {
         let storage = storage::open(&config).await?;
         if config.delivery == DeliveryMode::Redirect
             && storage
-                .presign_get("sha256/00/probe", None, crate::grants::REDIRECT_TTL, "probe")
+                .presign_get("sha256/00/probe", None, crate::storage::REDIRECT_TTL, "probe")
                 .await?
                 .is_none()
         {
@@ -75,7 +75,7 @@ impl App {
         let publisher = Publisher::load(&db).await?;
         let audit = AuditLog::start(db.clone());
         let mail = Mailer::new(&config)?;
-        let passwords = crate::accounts::Passwords::new(config.password_checks);
+        let passwords = crate::passwords::Passwords::new(config.password_checks);
         let refusals = Arc::new(crate::audit::refusals::RefusalTally::new(config.refusal_window));
         let witness = crate::audit::witness::Witness::open(&config, storage.clone()).await?;
         Ok(Arc::new(Self {
@@ -112,6 +112,47 @@ impl App {
             trust.add(key.public_key());
         }
         Ok(trust)
+    }
+
+    /// Signs the audit log's head ([`checkpoint::checkpoint`]) with this
+    /// portal's key, and gives it to the witness.
+    pub async fn checkpoint(&self) -> anyhow::Result<checkpoint::Checkpointed> {
+        let key = self.audit_key().await?;
+        checkpoint::checkpoint(&self.db, &key, &self.audit_trust()?, &self.witness).await
+    }
+
+    /// Signs the head every `every` (at least a second) whenever it moved;
+    /// runs until the task is dropped. A failure is logged and tried again
+    /// next time, so a damaged log keeps being reported rather than signed.
+    pub async fn checkpoint_periodically(self: Arc<Self>, every: Duration) {
+        let mut ticks = tokio::time::interval(every.max(Duration::from_secs(1)));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is immediate: skip it, so a start does not sign at once.
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            let signed = async {
+                let key = self.audit_key().await?;
+                checkpoint::checkpoint_if_moved(&self.db, &key, &self.audit_trust()?, &self.witness).await
+            };
+            match signed.await {
+                Ok(Some(done)) if done.new => tracing::info!(
+                    seq = done.checkpoint.seq,
+                    kid = %done.checkpoint.kid,
+                    locked = done.locked,
+                    "signed an audit checkpoint and gave it to the witness"
+                ),
+                Ok(_) => {}
+                Err(err) => tracing::error!(error = %format!("{err:#}"), "cannot sign an audit checkpoint"),
+            }
+        }
+    }
+
+    /// Recomputes the audit log's chain and checks every checkpoint in the
+    /// database and in the witness, with the keys this portal trusts.
+    pub async fn verify_audit_log(&self) -> anyhow::Result<crate::audit::Verification> {
+        let witnessed = self.witness.read().await?;
+        crate::audit::verify_with(&self.db, &self.audit_trust()?, &witnessed, None).await
     }
 
     /// The public URL of a path that starts with `/`.

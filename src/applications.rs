@@ -5,10 +5,12 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+pub use crate::forms::FieldErrors;
 use crate::{
     app::App,
     audit::{self, Client, Event, Outcome},
     db::{self, applications::ApplicationView, models::Model},
+    forms::{single_line, text},
     mail,
     questions::{self, Answer},
     types::{Email, format_ms, hash_token, new_id, new_token, now_ms},
@@ -40,9 +42,6 @@ pub struct ApplicationForm {
     pub answers: BTreeMap<String, String>,
 }
 
-/// Problems with a submitted form, by field name.
-pub type FieldErrors = BTreeMap<String, String>;
-
 /// A form that passed every check.
 #[derive(Debug)]
 pub struct ValidApplication {
@@ -52,31 +51,6 @@ pub struct ValidApplication {
     pub intended_use: String,
     pub answers: Vec<Answer>,
     pub terms_version: i64,
-}
-
-pub(crate) fn text(field: &str, max: usize, label: &str) -> Result<String, String> {
-    let value = field.trim();
-    if value.is_empty() {
-        return Err(format!("{label} is required"));
-    }
-    if value.chars().count() > max {
-        return Err(format!("{label} has at most {max} characters"));
-    }
-    if value
-        .chars()
-        .any(|c| c.is_control() && c != '\n' && c != '\r' && c != '\t')
-    {
-        return Err(format!("{label} contains control characters"));
-    }
-    Ok(value.to_owned())
-}
-
-pub(crate) fn single_line(field: &str, max: usize, label: &str) -> Result<String, String> {
-    let value = text(field, max, label)?;
-    if value.contains(['\n', '\r']) {
-        return Err(format!("{label} must be on one line"));
-    }
-    Ok(value)
 }
 
 impl ApplicationForm {

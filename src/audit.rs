@@ -6,8 +6,9 @@
 //! commits whatever has queued up in a single transaction and answers each
 //! caller only once its event is durable.
 //!
-//! [`verify_chain`] walks the chain and checks the signed checkpoints of its
-//! head ([`checkpoint`]); [`report`] reads who fetched what.
+//! [`verify_with`] walks the chain and checks the signed checkpoints of its
+//! head ([`checkpoint`]) and their [`witness`]; [`report`] reads who
+//! fetched what.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -36,8 +37,7 @@ pub mod report;
 mod verify;
 pub mod witness;
 
-pub use checkpoint::{checkpoint_if_moved, checkpoint_periodically};
-pub use verify::{CheckpointSource, Problem, Verification, verify_chain, verify_with};
+pub use verify::{CheckpointSource, Problem, Verification, verify_with};
 
 /// The hash that precedes the first event.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -71,13 +71,13 @@ pub struct Client {
 
 impl Client {
     /// The network the client counts as for limits and tallies: an IPv4
-    /// address, an IPv6 /64 ([`crate::proxies::network_key`]); clients
+    /// address, an IPv6 /64 ([`crate::types::network_key`]); clients
     /// without an address (never the case over TCP) share one.
     pub fn network(&self) -> String {
         self.ip
             .as_deref()
             .and_then(|ip| ip.parse().ok())
-            .map_or_else(|| "unknown".to_owned(), crate::proxies::network_key)
+            .map_or_else(|| "unknown".to_owned(), crate::types::network_key)
     }
 }
 
@@ -323,7 +323,7 @@ pub const RESERVATION_LIFETIME_MS: i64 = 86_400_000;
 
 /// What a batch reads before deciding its guarded events.
 #[derive(Default)]
-pub struct BatchFacts {
+struct BatchFacts {
     /// The grants the batch's fetches name, each with the transfers under
     /// way on it when its model has a quota.
     pub grants: Vec<GrantNow>,
@@ -333,7 +333,7 @@ pub struct BatchFacts {
 
 /// A transfer under way on a grant with a quota: recorded with the fetch
 /// event at `index` of its batch, until an event closes it.
-pub struct Reservation {
+struct Reservation {
     pub index: usize,
     pub grant_id: String,
     pub file_id: String,
@@ -346,6 +346,22 @@ struct Decided {
     events: Vec<Event>,
     reserve: Vec<Reservation>,
     release: Vec<i64>,
+}
+
+impl Decided {
+    /// The transfers to record, each under the position its fetch event
+    /// got in `rows`.
+    fn reserved<'a>(&'a self, rows: &[EventRow]) -> Vec<db::grants::Reserved<'a>> {
+        self.reserve
+            .iter()
+            .map(|r| db::grants::Reserved {
+                fetch_seq: rows[r.index].seq,
+                grant_id: &r.grant_id,
+                file_id: &r.file_id,
+                bytes: r.bytes,
+            })
+            .collect()
+    }
 }
 
 /// The transfer a fetch event opens, as (file id, bytes asked for): an ok
@@ -615,12 +631,13 @@ fn write_sqlite_batch(
     let facts = if grant_ids(&items).is_empty() {
         BatchFacts::default()
     } else {
-        sql::batch_facts(&tx, &grant_ids(&items), at - RESERVATION_LIFETIME_MS)?
+        let (grants, retired_keys) = sql::batch_facts(&tx, &grant_ids(&items), at - RESERVATION_LIFETIME_MS)?;
+        BatchFacts { grants, retired_keys }
     };
     let decided = decide_batch(facts, items, at);
     let rows = chain(sql::head(&tx)?, at, &decided.events);
     sql::insert_events(&tx, &rows).context("cannot append to the audit log")?;
-    sql::reserve(&tx, &decided.reserve, &rows, at)?;
+    sql::reserve(&tx, &decided.reserved(&rows), at)?;
     sql::release(&tx, &decided.release)?;
     tx.commit()?;
     Ok(rows.iter().map(|r| r.seq).zip(decided.events).collect())
@@ -667,7 +684,7 @@ async fn write_pooled_batch(
     } else {
         BatchFacts {
             grants: db::grants::current(&mut tx, &grant_ids(&items), at - RESERVATION_LIFETIME_MS).await?,
-            retired_keys: db::keys::retired(&mut *tx, crate::links::LINK_KEYS).await?,
+            retired_keys: db::keys::retired(&mut *tx, db::keys::LINK).await?,
         }
     };
     let decided = decide_batch(facts, items, at);
@@ -676,8 +693,8 @@ async fn write_pooled_batch(
     db::audit::insert_many(&mut tx, &rows)
         .await
         .context("cannot append to the audit log")?;
-    for r in &decided.reserve {
-        db::grants::reserve(&mut tx, rows[r.index].seq, r, at).await?;
+    for r in decided.reserved(&rows) {
+        db::grants::reserve(&mut tx, &r, at).await?;
     }
     db::grants::release(&mut tx, &decided.release).await?;
     tx.commit().await?;

@@ -2,11 +2,40 @@
 //! The defaults run the embedded setup with nothing installed: a SQLite file, an
 //! object directory and an e-mail outbox folder, all under the data directory.
 
-use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{fmt, net::SocketAddr, num::NonZeroU32, path::PathBuf, str::FromStr, time::Duration};
 
 use clap::{Args, ValueEnum};
 
-use crate::{limits::Rate, proxies::TrustedProxies};
+use crate::proxies::TrustedProxies;
+
+/// `burst` requests at once, then the allowance refills evenly over `per`:
+/// `30/1h` allows 30 at once and one more every two minutes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rate {
+    pub burst: NonZeroU32,
+    pub per: Duration,
+}
+
+impl FromStr for Rate {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{s:?} is not a rate: use COUNT/DURATION, e.g. 30/1h");
+        let (count, per) = s.trim().split_once('/').ok_or_else(bad)?;
+        let burst: NonZeroU32 = count.trim().parse().map_err(|_| bad())?;
+        let per = humantime::parse_duration(per.trim()).map_err(|_| bad())?;
+        if per.is_zero() {
+            return Err(bad());
+        }
+        Ok(Self { burst, per })
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.burst, humantime::format_duration(self.per))
+    }
+}
 
 /// `count` an hour, the form of every default rate limit.
 fn default_rate(count: u32) -> Rate {
@@ -519,6 +548,17 @@ mod tests {
         let mut config = Config::embedded("/srv/wg");
         config.storage_url = url.map(str::to_owned);
         config
+    }
+
+    #[test]
+    fn rates_read_as_count_per_duration() {
+        let rate: Rate = "30/1h".parse().unwrap();
+        assert_eq!(rate.burst.get(), 30);
+        assert_eq!(rate.per, Duration::from_secs(3600));
+        assert_eq!(rate.to_string().parse::<Rate>(), Ok(rate));
+        for bad in ["", "30", "0/1h", "-1/1h", "30/", "30/0s", "x/1h", "30/soon"] {
+            assert!(bad.parse::<Rate>().is_err(), "{bad}");
+        }
     }
 
     #[test]

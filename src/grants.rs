@@ -1,10 +1,9 @@
 //! Grants in use: the researcher's access page with fresh signed links,
 //! revocation, and the checks every download passes before a byte is sent.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-};
+use std::sync::Arc;
+
+use crate::facts::GrantFacts;
 
 use futures_util::StreamExt;
 
@@ -16,11 +15,9 @@ use crate::{
         self,
         grants::{GrantNow, GrantView},
         models::{File, FileInModel, Release},
-        reviewers::Reviewer,
     },
     links::Refusal,
     mail,
-    reviews::{Approval, MAX_EXTENSION_DAYS},
     storage::ByteStream,
     types::{hash_token, now_ms},
 };
@@ -133,7 +130,7 @@ pub enum GrantError {
     AlreadyRevoked,
     #[error("a revocation needs a reason (at most 2000 characters)")]
     ReasonRequired,
-    #[error("an extension adds 1 to {MAX_EXTENSION_DAYS} days")]
+    #[error("an extension adds 1 to {} days", crate::reviews::MAX_EXTENSION_DAYS)]
     BadExtension,
     #[error("this grant has ended: the researcher may apply again, or an admin may override the policy")]
     Ended,
@@ -185,106 +182,6 @@ pub async fn revoke(
         .ok_or(GrantError::NotFound)?)
 }
 
-/// Who extends a grant, and on what authority.
-#[derive(Clone, Copy, Debug)]
-pub enum ExtendBy<'a> {
-    /// A reviewer of the grant's model, under the model's approval policy:
-    /// when it needs more than one approval, the extension is a renewal that
-    /// waits for the others.
-    Reviewer(&'a Reviewer),
-    /// An admin, or the operator at the command line, overriding the
-    /// policy (audited as such); may extend a grant that has ended.
-    Override { actor: &'a str },
-}
-
-/// What an extension did.
-#[derive(Debug)]
-pub enum Extension {
-    /// The grant now lasts until this time.
-    Extended { until: i64 },
-    /// A renewal of the grant is with the reviewers, with this approval.
-    Proposed { renewal_id: String, approval: Approval },
-}
-
-/// Extends a grant by `days` (at most [`MAX_EXTENSION_DAYS`]) from its
-/// current end, or from now for an ended grant under an override. A
-/// reviewer's extension follows the model's approval policy: alone under a
-/// one-approval policy, otherwise as a renewal the other reviewers approve.
-/// The researcher is told the new date.
-pub async fn extend(
-    app: &App,
-    grant_id: &str,
-    days: u64,
-    by: ExtendBy<'_>,
-    client: Client,
-) -> anyhow::Result<Extension> {
-    if !(1..=MAX_EXTENSION_DAYS).contains(&days) {
-        return Err(GrantError::BadExtension.into());
-    }
-    let grant = db::grants::find_view(app.db.pool(), grant_id)
-        .await?
-        .ok_or(GrantError::NotFound)?;
-    let now = now_ms();
-    let (actor, authority) = match by {
-        ExtendBy::Reviewer(reviewer) => {
-            match GrantState::of(&grant, now) {
-                GrantState::Active => {}
-                GrantState::Revoked => return Err(GrantError::AlreadyRevoked.into()),
-                GrantState::Expired => return Err(GrantError::Ended.into()),
-            }
-            let needed = db::policy::find(app.db.pool(), &grant.model_id)
-                .await?
-                .map_or(1, |p| p.approvals_needed);
-            if needed > 1 {
-                let (renewal_id, approval) =
-                    crate::renewals::propose(app, reviewer, &grant, days, client).await?;
-                return Ok(match approval {
-                    Approval::Granted { expires_at, .. } => Extension::Extended { until: expires_at },
-                    recorded => Extension::Proposed {
-                        renewal_id,
-                        approval: recorded,
-                    },
-                });
-            }
-            (reviewer.email.as_str(), String::new())
-        }
-        ExtendBy::Override { actor } => (actor, "; an override of the model's approval policy".to_owned()),
-    };
-    let from = grant.expires_at.max(now);
-    let until = from.saturating_add(i64::try_from(days).unwrap_or(0).saturating_mul(86_400_000));
-    let mut tx = app.db.begin().await?;
-    if !db::grants::extend(&mut tx, &grant.id, until).await? {
-        return Err(GrantError::AlreadyRevoked.into());
-    }
-    mail::enqueue(
-        &mut tx,
-        &grant.email,
-        &format!("Your access to {} was extended", grant.model_title),
-        &format!(
-            "Hello,\n\nyour access to {title} now lasts until {until} UTC. Your access page and its\n\
-             links stay the same.\n",
-            title = grant.model_title,
-            until = crate::types::format_ms(until),
-        ),
-    )
-    .await?;
-    let mut event = Event::new("grant.extended", Outcome::Ok);
-    event.actor = Some(actor.to_owned());
-    event.reason = Some(format!(
-        "until {} ({days} days{authority})",
-        crate::types::format_ms(until)
-    ));
-    event.subject = Some(grant.email.clone());
-    event.grant_id = Some(grant.id.clone());
-    event.researcher_id = Some(grant.researcher_id.clone());
-    event.model_id = Some(grant.model_id.clone());
-    event.client = client;
-    crate::audit::append(&mut tx, app.db.backend(), &[event]).await?;
-    tx.commit().await?;
-    app.mail.wake();
-    Ok(Extension::Extended { until })
-}
-
 /// A download that passed every check and whose audit event is durable.
 pub struct Download {
     pub file: Arc<FileInModel>,
@@ -305,10 +202,6 @@ pub enum Delivery {
     /// No bytes: the answer to a `HEAD`, from the file's metadata.
     Metadata,
 }
-
-/// How long a presigned redirect stays valid: long enough to follow it,
-/// short enough that a copied URL is useless soon after.
-pub const REDIRECT_TTL: std::time::Duration = std::time::Duration::from_secs(120);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DownloadError {
@@ -374,10 +267,10 @@ pub async fn open_download(
         Err(refusal) => return Err(refuse(app, event, refusal, file_name).await),
     };
     // A correctly signed link always names a grant this portal made.
-    let Some(grant) = app.fetch_facts.grant(app, &claims.grant_id).await? else {
+    let Some(grant) = app.fetch_facts.grant(&app.db, &claims.grant_id).await? else {
         return Err(refuse(app, event, Refusal::BadSignature, file_name).await);
     };
-    let file = app.fetch_facts.file(app, &claims.file_id).await?;
+    let file = app.fetch_facts.file(&app.db, &claims.file_id).await?;
     let fixed = match &file {
         Some(f) if f.model_id == grant.model_id && f.name == file_name => {
             // With If-Range, the range holds only for the version the client
@@ -413,7 +306,7 @@ pub async fn open_download(
                 .presign_get(
                     &f.object_key,
                     partial.then_some((start, end)),
-                    REDIRECT_TTL,
+                    crate::storage::REDIRECT_TTL,
                     &f.name,
                 )
                 .await
@@ -590,68 +483,6 @@ impl FetchDecision {
             None => event.range = range,
         }
         event
-    }
-}
-
-/// The parts of a grant that never change once it is made.
-#[derive(Clone, Debug)]
-pub struct GrantFacts {
-    pub id: String,
-    pub researcher_id: String,
-    pub model_id: String,
-    pub email: String,
-}
-
-/// Published files and the fixed facts of grants, kept in memory so that a
-/// fetch reads neither from the database once they are known. Neither
-/// changes: a published file is immutable, and a grant keeps its researcher
-/// and model. What can change about a grant is read by the audit writer.
-#[derive(Debug, Default)]
-pub struct FetchFacts {
-    grants: Mutex<HashMap<String, Arc<GrantFacts>>>,
-    files: Mutex<HashMap<String, Arc<FileInModel>>>,
-}
-
-/// Entries each map holds before it is emptied and fills again.
-const FACTS_KEPT: usize = 100_000;
-
-fn remember<T>(map: &Mutex<HashMap<String, Arc<T>>>, key: &str, value: Arc<T>) {
-    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
-    if map.len() >= FACTS_KEPT {
-        map.clear();
-    }
-    map.insert(key.to_owned(), value);
-}
-
-impl FetchFacts {
-    async fn grant(&self, app: &App, id: &str) -> anyhow::Result<Option<Arc<GrantFacts>>> {
-        if let Some(found) = self.grants.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
-            return Ok(Some(found.clone()));
-        }
-        let Some(view) = db::grants::find_view(app.db.pool(), id).await? else {
-            return Ok(None);
-        };
-        let facts = Arc::new(GrantFacts {
-            id: view.id,
-            researcher_id: view.researcher_id,
-            model_id: view.model_id,
-            email: view.email,
-        });
-        remember(&self.grants, id, facts.clone());
-        Ok(Some(facts))
-    }
-
-    /// A file of a published release; files not (yet) published are not kept.
-    async fn file(&self, app: &App, id: &str) -> anyhow::Result<Option<Arc<FileInModel>>> {
-        if let Some(found) = self.files.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
-            return Ok(Some(found.clone()));
-        }
-        let Some(file) = db::models::find_published_file(app.db.pool(), id).await? else {
-            return Ok(None);
-        };
-        let file = Arc::new(file);
-        remember(&self.files, id, file.clone());
-        Ok(Some(file))
     }
 }
 

@@ -144,7 +144,7 @@ impl KeyRing {
 }
 
 /// The purpose under which link keys are stored.
-pub const LINK_KEYS: &str = "link";
+pub const LINK_KEYS: &str = db::keys::LINK;
 
 impl std::fmt::Debug for LinkSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -2,18 +2,17 @@
 //! The request goes to the reviewers as an application of kind `renewal`;
 //! approving it extends the existing grant instead of making a second one.
 
-use std::time::Duration;
-
 use crate::{
     app::App,
-    applications::{MAX_INTENDED_USE, text},
+    applications::MAX_INTENDED_USE,
     audit::{self, Client, Event, Outcome},
-    db::{self, applications::ApplicationView, grants::GrantView, reviewers::Reviewer},
-    grants::GrantState,
+    db::{self, grants::GrantView, reviewers::Reviewer},
+    forms::text,
+    grants::{GrantError, GrantState},
     mail,
     researchers::{self, Researcher, ResearcherError},
-    reviews::{Approval, ReviewError},
-    types::{format_ms, hash_token, new_id, new_token, now_ms},
+    reviews::{Approval, MAX_EXTENSION_DAYS},
+    types::{hash_token, new_id, new_token, now_ms},
 };
 
 /// Asks the reviewers to extend an active grant. `note` (optional) says why.
@@ -116,64 +115,6 @@ async fn insert_renewal(
     Ok(id)
 }
 
-/// Extends the grant a renewal names, inside the transaction of the approval
-/// that completed the model's policy: the grant lasts `ttl` longer, counted
-/// from its current expiry (or from now, should it have lapsed meanwhile).
-#[expect(clippy::too_many_arguments)]
-pub async fn extend_on_approval(
-    app: &App,
-    tx: &mut db::Tx,
-    view: &ApplicationView,
-    ttl: Duration,
-    actor: &str,
-    client: &Client,
-    approved: Event,
-    now: i64,
-) -> anyhow::Result<Approval> {
-    let grant_id = view.grant_id.as_deref().ok_or(ReviewError::NotFound)?;
-    let grant = db::grants::find_view(&mut **tx, grant_id)
-        .await?
-        .ok_or(ReviewError::NotFound)?;
-    let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
-    let expires_at = grant.expires_at.max(now).saturating_add(ttl_ms);
-    if !db::applications::mark_decided(tx, &view.id, "approved", now).await? {
-        return Err(ReviewError::NotPending("already decided".into()).into());
-    }
-    if !db::grants::extend(tx, &grant.id, expires_at).await? {
-        return Err(ReviewError::NotPending("its grant was revoked".into()).into());
-    }
-    let my_access = app.url("/me/access");
-    mail::enqueue(
-        tx,
-        &view.email,
-        &format!("Your access to {} is extended", view.model_title),
-        &format!(
-            "Hello {name},\n\nyour renewal for {title} was approved: your access now lasts until\n\
-             {until} UTC. Your access page and download links work as before; sign in to\n\
-             see them on My access:\n\n{my_access}\n",
-            name = view.name,
-            title = view.model_title,
-            until = format_ms(expires_at),
-        ),
-    )
-    .await?;
-    let mut extended = Event::new("grant.extended", Outcome::Ok);
-    extended.actor = Some(actor.to_owned());
-    extended.subject = Some(view.email.clone());
-    extended.model_id = Some(view.model_id.clone());
-    extended.application_id = Some(view.id.clone());
-    extended.researcher_id = Some(view.researcher_id.clone());
-    extended.grant_id = Some(grant.id.clone());
-    extended.reason = Some(format!("until {}", format_ms(expires_at)));
-    extended.client = client.clone();
-    audit::append(tx, app.db.backend(), &[approved, extended]).await?;
-    Ok(Approval::Granted {
-        grant_id: grant.id,
-        access_url: my_access,
-        expires_at,
-    })
-}
-
 /// A reviewer's extension of a grant under a model that needs more than one
 /// approval: a renewal of the grant, with this reviewer's approval of `days`
 /// as its first (or, when a renewal is already open, one more approval of
@@ -197,4 +138,103 @@ pub async fn propose(
     };
     let approval = crate::reviews::approve(app, reviewer, &renewal, Some(days), None, client).await?;
     Ok((renewal, approval))
+}
+
+/// Who extends a grant, and on what authority.
+#[derive(Clone, Copy, Debug)]
+pub enum ExtendBy<'a> {
+    /// A reviewer of the grant's model, under the model's approval policy:
+    /// when it needs more than one approval, the extension is a renewal that
+    /// waits for the others.
+    Reviewer(&'a Reviewer),
+    /// An admin, or the operator at the command line, overriding the
+    /// policy (audited as such); may extend a grant that has ended.
+    Override { actor: &'a str },
+}
+
+/// What an extension did.
+#[derive(Debug)]
+pub enum Extension {
+    /// The grant now lasts until this time.
+    Extended { until: i64 },
+    /// A renewal of the grant is with the reviewers, with this approval.
+    Proposed { renewal_id: String, approval: Approval },
+}
+
+/// Extends a grant by `days` (at most [`MAX_EXTENSION_DAYS`]) from its
+/// current end, or from now for an ended grant under an override. A
+/// reviewer's extension follows the model's approval policy: alone under a
+/// one-approval policy, otherwise as a renewal the other reviewers approve.
+/// The researcher is told the new date.
+pub async fn extend(
+    app: &App,
+    grant_id: &str,
+    days: u64,
+    by: ExtendBy<'_>,
+    client: Client,
+) -> anyhow::Result<Extension> {
+    if !(1..=MAX_EXTENSION_DAYS).contains(&days) {
+        return Err(GrantError::BadExtension.into());
+    }
+    let grant = db::grants::find_view(app.db.pool(), grant_id)
+        .await?
+        .ok_or(GrantError::NotFound)?;
+    let now = now_ms();
+    let (actor, authority) = match by {
+        ExtendBy::Reviewer(reviewer) => {
+            match GrantState::of(&grant, now) {
+                GrantState::Active => {}
+                GrantState::Revoked => return Err(GrantError::AlreadyRevoked.into()),
+                GrantState::Expired => return Err(GrantError::Ended.into()),
+            }
+            let needed = db::policy::find(app.db.pool(), &grant.model_id)
+                .await?
+                .map_or(1, |p| p.approvals_needed);
+            if needed > 1 {
+                let (renewal_id, approval) = propose(app, reviewer, &grant, days, client).await?;
+                return Ok(match approval {
+                    Approval::Granted { expires_at, .. } => Extension::Extended { until: expires_at },
+                    recorded => Extension::Proposed {
+                        renewal_id,
+                        approval: recorded,
+                    },
+                });
+            }
+            (reviewer.email.as_str(), String::new())
+        }
+        ExtendBy::Override { actor } => (actor, "; an override of the model's approval policy".to_owned()),
+    };
+    let from = grant.expires_at.max(now);
+    let until = from.saturating_add(i64::try_from(days).unwrap_or(0).saturating_mul(86_400_000));
+    let mut tx = app.db.begin().await?;
+    if !db::grants::extend(&mut tx, &grant.id, until).await? {
+        return Err(GrantError::AlreadyRevoked.into());
+    }
+    mail::enqueue(
+        &mut tx,
+        &grant.email,
+        &format!("Your access to {} was extended", grant.model_title),
+        &format!(
+            "Hello,\n\nyour access to {title} now lasts until {until} UTC. Your access page and its\n\
+             links stay the same.\n",
+            title = grant.model_title,
+            until = crate::types::format_ms(until),
+        ),
+    )
+    .await?;
+    let mut event = Event::new("grant.extended", Outcome::Ok);
+    event.actor = Some(actor.to_owned());
+    event.reason = Some(format!(
+        "until {} ({days} days{authority})",
+        crate::types::format_ms(until)
+    ));
+    event.subject = Some(grant.email.clone());
+    event.grant_id = Some(grant.id.clone());
+    event.researcher_id = Some(grant.researcher_id.clone());
+    event.model_id = Some(grant.model_id.clone());
+    event.client = client;
+    crate::audit::append(&mut tx, app.db.backend(), &[event]).await?;
+    tx.commit().await?;
+    app.mail.wake();
+    Ok(Extension::Extended { until })
 }

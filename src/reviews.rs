@@ -204,17 +204,8 @@ pub async fn approve(
         None => ttl,
     };
     if renewal {
-        let extended = crate::renewals::extend_on_approval(
-            app,
-            &mut tx,
-            &view,
-            ttl,
-            &reviewer.email,
-            &client,
-            approved,
-            now,
-        )
-        .await?;
+        let extended =
+            extend_on_approval(app, &mut tx, &view, ttl, &reviewer.email, &client, approved, now).await?;
         tx.commit().await?;
         app.mail.wake();
         return Ok(extended);
@@ -236,6 +227,64 @@ pub async fn approve(
     tx.commit().await?;
     app.mail.wake();
     Ok(granted)
+}
+
+/// Extends the grant a renewal names, inside the transaction of the approval
+/// that completed the model's policy: the grant lasts `ttl` longer, counted
+/// from its current expiry (or from now, should it have lapsed meanwhile).
+#[expect(clippy::too_many_arguments)]
+pub async fn extend_on_approval(
+    app: &App,
+    tx: &mut db::Tx,
+    view: &ApplicationView,
+    ttl: Duration,
+    actor: &str,
+    client: &Client,
+    approved: Event,
+    now: i64,
+) -> anyhow::Result<Approval> {
+    let grant_id = view.grant_id.as_deref().ok_or(ReviewError::NotFound)?;
+    let grant = db::grants::find_view(&mut **tx, grant_id)
+        .await?
+        .ok_or(ReviewError::NotFound)?;
+    let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+    let expires_at = grant.expires_at.max(now).saturating_add(ttl_ms);
+    if !db::applications::mark_decided(tx, &view.id, "approved", now).await? {
+        return Err(ReviewError::NotPending("already decided".into()).into());
+    }
+    if !db::grants::extend(tx, &grant.id, expires_at).await? {
+        return Err(ReviewError::NotPending("its grant was revoked".into()).into());
+    }
+    let my_access = app.url("/me/access");
+    mail::enqueue(
+        tx,
+        &view.email,
+        &format!("Your access to {} is extended", view.model_title),
+        &format!(
+            "Hello {name},\n\nyour renewal for {title} was approved: your access now lasts until\n\
+             {until} UTC. Your access page and download links work as before; sign in to\n\
+             see them on My access:\n\n{my_access}\n",
+            name = view.name,
+            title = view.model_title,
+            until = format_ms(expires_at),
+        ),
+    )
+    .await?;
+    let mut extended = Event::new("grant.extended", Outcome::Ok);
+    extended.actor = Some(actor.to_owned());
+    extended.subject = Some(view.email.clone());
+    extended.model_id = Some(view.model_id.clone());
+    extended.application_id = Some(view.id.clone());
+    extended.researcher_id = Some(view.researcher_id.clone());
+    extended.grant_id = Some(grant.id.clone());
+    extended.reason = Some(format!("until {}", format_ms(expires_at)));
+    extended.client = client.clone();
+    audit::append(tx, app.db.backend(), &[approved, extended]).await?;
+    Ok(Approval::Granted {
+        grant_id: grant.id,
+        access_url: my_access,
+        expires_at,
+    })
 }
 
 /// Creates the grant of an approved application inside `tx`, with the

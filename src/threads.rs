@@ -4,9 +4,9 @@
 
 use crate::{
     app::App,
-    applications::text,
     audit::{self, Client, Event, Outcome},
     db::{self, applications::Message, reviewers::Reviewer},
+    forms::text,
     mail,
     researchers::{self, Researcher, ResearcherError},
     reviews::ReviewError,

@@ -14,7 +14,7 @@
 //! before it is stored, so that `audit verify` can tell a log the witness
 //! never saw.
 
-use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
+use std::{collections::HashMap, path::PathBuf};
 
 use anyhow::Context;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
@@ -22,14 +22,14 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::witness::Witness;
 use super::{
     GENESIS,
     verify::{self, CheckpointSource, Problem},
 };
 use crate::{
-    app::App,
     config::Config,
-    db::{self, audit::CheckpointRow},
+    db::{self, Db, audit::CheckpointRow},
     types::{format_ms_rfc3339, new_id, now_ms},
 };
 
@@ -323,16 +323,19 @@ impl Checkpointed {
     }
 }
 
-/// Signs the current head, after checking the events since the last
-/// checkpoint this portal trusts: a damaged log is never signed. The
+/// Signs the current head with `key`, after checking the events since the
+/// last checkpoint `trust` believes: a damaged log is never signed. The
 /// checkpoint goes to the witness first and to the database after, so the
 /// database never holds one the witness lacks. When this key already signed
 /// the head, returns that checkpoint.
-pub async fn checkpoint(app: &App) -> anyhow::Result<Checkpointed> {
-    let db = &app.db;
-    let key = app.audit_key().await?;
+pub async fn checkpoint(
+    db: &Db,
+    key: &AuditKey,
+    trust: &Trust,
+    witness: &Witness,
+) -> anyhow::Result<Checkpointed> {
     let public_key = key.public_key();
-    let mut trust = app.audit_trust()?;
+    let mut trust = trust.clone();
     trust.add(public_key);
     let (head_seq, head_hash) = db::audit::head(db.pool())
         .await?
@@ -390,7 +393,7 @@ pub async fn checkpoint(app: &App) -> anyhow::Result<Checkpointed> {
     };
     // The witness's newest checkpoint must still hold: a log rewritten
     // (and its checkpoints deleted from the database) is never signed.
-    let start = match app.witness.latest().await? {
+    let start = match witness.latest().await? {
         Some(w) if w.checkpoint.seq > start.0 => {
             let kept = &w.checkpoint;
             let source = CheckpointSource::Witness {
@@ -434,8 +437,7 @@ pub async fn checkpoint(app: &App) -> anyhow::Result<Checkpointed> {
     );
     let signed = key.sign(head_seq, &head_hash, now_ms());
     let exported = ExportedCheckpoint::new(&signed, &public_key);
-    let locked = app
-        .witness
+    let locked = witness
         .record(db, &exported)
         .await
         .context("the checkpoint could not be written to its witness, so it was not stored")?;
@@ -456,39 +458,21 @@ pub async fn checkpoint(app: &App) -> anyhow::Result<Checkpointed> {
 }
 
 /// Signs the head if it moved since the newest checkpoint.
-pub async fn checkpoint_if_moved(app: &App) -> anyhow::Result<Option<Checkpointed>> {
-    let Some((head_seq, _)) = db::audit::head(app.db.pool()).await? else {
+pub async fn checkpoint_if_moved(
+    db: &Db,
+    key: &AuditKey,
+    trust: &Trust,
+    witness: &Witness,
+) -> anyhow::Result<Option<Checkpointed>> {
+    let Some((head_seq, _)) = db::audit::head(db.pool()).await? else {
         return Ok(None);
     };
-    if let Some(last) = db::audit::latest_checkpoint(app.db.pool()).await?
+    if let Some(last) = db::audit::latest_checkpoint(db.pool()).await?
         && last.seq == head_seq
     {
         return Ok(None);
     }
-    checkpoint(app).await.map(Some)
-}
-
-/// Signs the head every `every` (at least a second) whenever it moved; runs
-/// until the task is dropped. A failure is logged and tried again next time,
-/// so a damaged log keeps being reported rather than signed.
-pub async fn checkpoint_periodically(app: Arc<App>, every: Duration) {
-    let mut ticks = tokio::time::interval(every.max(Duration::from_secs(1)));
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The first tick is immediate: skip it, so a start does not sign at once.
-    ticks.tick().await;
-    loop {
-        ticks.tick().await;
-        match checkpoint_if_moved(&app).await {
-            Ok(Some(done)) if done.new => tracing::info!(
-                seq = done.checkpoint.seq,
-                kid = %done.checkpoint.kid,
-                locked = done.locked,
-                "signed an audit checkpoint and gave it to the witness"
-            ),
-            Ok(_) => {}
-            Err(err) => tracing::error!(error = %format!("{err:#}"), "cannot sign an audit checkpoint"),
-        }
-    }
+    checkpoint(db, key, trust, witness).await.map(Some)
 }
 
 #[cfg(test)]

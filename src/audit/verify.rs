@@ -287,13 +287,6 @@ impl Verification {
     }
 }
 
-/// Recomputes the whole chain and checks every stored checkpoint and every
-/// checkpoint the witness holds, with the keys the portal trusts.
-pub async fn verify_chain(app: &crate::app::App) -> anyhow::Result<Verification> {
-    let witnessed = app.witness.read().await?;
-    verify_with(&app.db, &app.audit_trust()?, &witnessed, None).await
-}
-
 /// Recomputes the chain, checks every stored checkpoint against `trust`,
 /// and checks the log against `witnessed` (the witness's checkpoints) and
 /// `exported` (a checkpoint kept elsewhere).

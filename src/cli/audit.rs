@@ -586,7 +586,7 @@ async fn sign_checkpoint(app: &App, export: Option<PathBuf>, format: Format) -> 
         checkpoint::AuditKey::configured(&app.config)?.is_some(),
         "no audit checkpoint key here: set WEIGHTGATE_AUDIT_KEY_FILE (or WEIGHTGATE_AUDIT_KEY) to the portal's key"
     );
-    let done = checkpoint::checkpoint(app).await?;
+    let done = app.checkpoint().await?;
     let exported = done.exported();
     if let Some(path) = &export {
         let json = serde_json::to_string_pretty(&exported)? + "\n";

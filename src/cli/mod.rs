@@ -630,9 +630,9 @@ async fn grant(app: Arc<App>, cmd: GrantCommand) -> anyhow::Result<()> {
             // The operator holds the database: an extension from here is an
             // override of the model's approval policy, and logged as one.
             let actor = operator();
-            let by = grants::ExtendBy::Override { actor: &actor };
-            if let grants::Extension::Extended { until } =
-                grants::extend(&app, &id, days, by, Client::default()).await?
+            let by = crate::renewals::ExtendBy::Override { actor: &actor };
+            if let crate::renewals::Extension::Extended { until } =
+                crate::renewals::extend(&app, &id, days, by, Client::default()).await?
             {
                 let grant = db::grants::find_view(app.db.pool(), &id)
                     .await?

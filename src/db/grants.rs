@@ -157,17 +157,22 @@ pub async fn current(conn: &mut AnyConnection, ids: &[&str], open_since: i64) ->
     Ok(grants)
 }
 
-/// Records a transfer under way, opened by the fetch event at `fetch_seq`.
-pub async fn reserve(
-    conn: &mut AnyConnection,
-    fetch_seq: i64,
-    r: &crate::audit::Reservation,
-    at: i64,
-) -> sqlx::Result<()> {
+/// A transfer under way: the fetch event that opened it, its grant, its
+/// file and the bytes it asked for.
+#[derive(Clone, Debug)]
+pub struct Reserved<'a> {
+    pub fetch_seq: i64,
+    pub grant_id: &'a str,
+    pub file_id: &'a str,
+    pub bytes: u64,
+}
+
+/// Records a transfer under way at `at`.
+pub async fn reserve(conn: &mut AnyConnection, r: &Reserved<'_>, at: i64) -> sqlx::Result<()> {
     sqlx::query(RESERVE)
-        .bind(fetch_seq)
-        .bind(&r.grant_id)
-        .bind(&r.file_id)
+        .bind(r.fetch_seq)
+        .bind(r.grant_id)
+        .bind(r.file_id)
         .bind(i64::try_from(r.bytes).unwrap_or(i64::MAX))
         .bind(at)
         .execute(conn)

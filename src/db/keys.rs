@@ -12,6 +12,9 @@ pub struct StoredKey {
     pub retired_at: Option<i64>,
 }
 
+/// The purpose under which link-signing keys are stored.
+pub const LINK: &str = "link";
+
 /// Stores a key unless one with this id exists.
 pub async fn insert_if_absent<'c>(e: impl AnyExecutor<'c>, k: &StoredKey) -> sqlx::Result<()> {
     sqlx::query(

@@ -7,12 +7,12 @@ use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags, TransactionBehavior, params_from_iter};
 
+use super::grants::Reserved;
 use super::{
     audit::{EventRow, HEAD, INSERT_COLUMNS},
     grants::{DELIVERIES, Delivery, GrantNow, RELEASE, RESERVE, RESERVED, STATES},
     keys::RETIRED,
 };
-use crate::audit::{BatchFacts, Reservation};
 
 /// Opens the database file for writing. `synchronous = FULL`: in WAL mode
 /// every commit is written and fsynced to the WAL before it returns, so a
@@ -44,34 +44,29 @@ pub fn head(conn: &Connection) -> rusqlite::Result<Option<(i64, String)>> {
     }
 }
 
-/// What a batch with fetches reads: [`super::grants::current`] and the
+/// What a batch with fetches reads: [`super::grants::current`], and the
 /// retired link keys ([`super::keys::retired`]).
-pub fn batch_facts(conn: &Connection, ids: &[&str], open_since: i64) -> rusqlite::Result<BatchFacts> {
+pub fn batch_facts(
+    conn: &Connection,
+    ids: &[&str],
+    open_since: i64,
+) -> rusqlite::Result<(Vec<GrantNow>, std::collections::HashSet<String>)> {
     let mut statement = conn.prepare_cached(&RETIRED.replace("$1", "?"))?;
     let retired_keys = statement
-        .query_map([crate::links::LINK_KEYS], |row| row.get(0))?
+        .query_map([super::keys::LINK], |row| row.get(0))?
         .collect::<rusqlite::Result<_>>()?;
-    Ok(BatchFacts {
-        grants: current_grants(conn, ids, open_since)?,
-        retired_keys,
-    })
+    Ok((current_grants(conn, ids, open_since)?, retired_keys))
 }
 
-/// Records the transfers a batch let through on grants with a quota, each
-/// under the position of the fetch event that opened it.
-pub fn reserve(
-    conn: &Connection,
-    reserve: &[Reservation],
-    rows: &[EventRow],
-    at: i64,
-) -> rusqlite::Result<()> {
-    if reserve.is_empty() {
+/// Records transfers under way, at `at`.
+pub fn reserve(conn: &Connection, reserved: &[Reserved<'_>], at: i64) -> rusqlite::Result<()> {
+    if reserved.is_empty() {
         return Ok(());
     }
     let mut statement = conn.prepare_cached(&placeholders(RESERVE))?;
-    for r in reserve {
+    for r in reserved {
         statement.execute(rusqlite::params![
-            rows[r.index].seq,
+            r.fetch_seq,
             r.grant_id,
             r.file_id,
             i64::try_from(r.bytes).unwrap_or(i64::MAX),

@@ -78,6 +78,10 @@ pub enum Locked {
     Unlocked,
 }
 
+/// How long a presigned redirect stays valid: long enough to follow it,
+/// short enough that a copied URL is useless soon after.
+pub const REDIRECT_TTL: Duration = Duration::from_secs(120);
+
 /// The content-addressed key of a file with this SHA-256.
 pub fn key_for_sha256(sha256_hex: &str) -> String {
     format!("sha256/{}/{sha256_hex}", &sha256_hex[..2])

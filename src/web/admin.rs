@@ -30,7 +30,7 @@ use crate::{
         reviewers::Reviewer,
     },
     grants::{self, GrantState},
-    questions,
+    questions, renewals,
     reviews::{self, BulkDecision},
     threads,
     types::{format_ms, now_ms},
@@ -79,7 +79,7 @@ pub async fn login(
     };
     let signed_in = match accounts::authenticate(&state.app, &form.email, &form.password, client).await {
         Ok(signed_in) => signed_in,
-        Err(err) if err.is::<accounts::PasswordsBusy>() => {
+        Err(err) if err.is::<crate::passwords::PasswordsBusy>() => {
             attempt.succeeded();
             return throttled(
                 token,
@@ -772,18 +772,18 @@ pub async fn extend(
     manageable_grant(&state.app, &reviewer, &id).await?;
     let days = grant_days(&form.days)?.ok_or_else(|| Error::BadRequest("say by how many days".into()))?;
     let by = if form.override_policy.is_empty() {
-        grants::ExtendBy::Reviewer(&reviewer)
+        renewals::ExtendBy::Reviewer(&reviewer)
     } else {
         authz::reviewer_may(&state.app, &reviewer, ReviewerAction::OverridePolicy).await?;
-        grants::ExtendBy::Override {
+        renewals::ExtendBy::Override {
             actor: &reviewer.email,
         }
     };
-    match grants::extend(&state.app, &id, days, by, client).await? {
-        grants::Extension::Extended { .. } => {
+    match renewals::extend(&state.app, &id, days, by, client).await? {
+        renewals::Extension::Extended { .. } => {
             Ok(Redirect::to(&format!("/admin/grants/{id}")).into_response())
         }
-        grants::Extension::Proposed { renewal_id, .. } => {
+        renewals::Extension::Proposed { renewal_id, .. } => {
             Ok(Redirect::to(&format!("/admin/applications/{renewal_id}")).into_response())
         }
     }

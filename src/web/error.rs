@@ -140,7 +140,7 @@ impl From<anyhow::Error> for Error {
                 ResearcherError::Invalid(_) => Error::BadRequest(e.to_string()),
             };
         }
-        if err.is::<crate::accounts::PasswordsBusy>() {
+        if err.is::<crate::passwords::PasswordsBusy>() {
             return Error::TooManyRequests {
                 limit: "password_checks",
                 what: "The portal is busy checking other passwords",

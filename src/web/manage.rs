@@ -567,7 +567,7 @@ pub async fn change_password(
                 return refused(refusal.to_string()).await;
             }
             None => {
-                if err.is::<accounts::PasswordsBusy>() {
+                if err.is::<crate::passwords::PasswordsBusy>() {
                     attempt.succeeded();
                 }
                 return Err(err.into());

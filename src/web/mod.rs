@@ -239,10 +239,10 @@ pub async fn serve(
         );
     }
     tracing::info!(kid = %key.kid, public_key = %hex::encode(key.public_key().as_bytes()), "audit checkpoints are signed with this key");
-    let checkpoints = tokio::spawn(crate::audit::checkpoint_periodically(
-        app.clone(),
-        app.config.audit_checkpoint_every,
-    ));
+    let checkpoints = tokio::spawn(
+        app.clone()
+            .checkpoint_periodically(app.config.audit_checkpoint_every),
+    );
     let refusals = tokio::spawn(app.refusals.clone().run(app.audit.clone()));
     let limits = server::Limits::from_config(&app.config);
     tracing::info!(

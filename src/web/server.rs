@@ -90,7 +90,7 @@ struct Counted {
 
 impl PerAddress {
     fn admit(table: &Arc<Self>, ip: IpAddr, limit: usize) -> Option<Counted> {
-        let ip = crate::proxies::network_key(ip);
+        let ip = crate::types::network_key(ip);
         let mut open = table.0.lock().unwrap_or_else(PoisonError::into_inner);
         let count = open.entry(ip.clone()).or_default();
         if *count >= limit {

@@ -897,7 +897,7 @@ async fn two_replicas_cannot_pass_a_quota_together() {
     started.sort_unstable();
     started.dedup();
     assert_eq!(started.len(), 1, "{started:?}");
-    assert!(weightgate::audit::verify_chain(&t.app).await.unwrap().is_intact());
+    assert!(t.app.verify_audit_log().await.unwrap().is_intact());
     replica.stop().await;
 }
 
@@ -1113,7 +1113,7 @@ async fn a_flood_of_made_up_links_writes_a_few_events_not_one_each() {
             .any(|l| l.contains("127.0.0.1") && l.contains("\"count\":150")),
         "{out}"
     );
-    assert!(weightgate::audit::verify_chain(&t.app).await.unwrap().is_intact());
+    assert!(t.app.verify_audit_log().await.unwrap().is_intact());
 }
 
 fn forwarded_client_for(address: &str) -> reqwest::Client {
@@ -1312,7 +1312,7 @@ async fn an_insider_with_the_database_and_the_key_cannot_rewrite_the_log_unseen(
         .unwrap();
 
     // The chain and the database's checkpoint agree; the witness does not.
-    let v = weightgate::audit::verify_chain(&t.app).await.unwrap();
+    let v = t.app.verify_audit_log().await.unwrap();
     assert!(
         v.problems
             .iter()
@@ -1360,7 +1360,7 @@ async fn cutting_the_newest_events_with_their_checkpoints_leaves_a_missing_tail(
     // left is a whole chain with a whole checkpoint, and no key was needed.
     crate::audit::sql(&t, &format!("DELETE FROM audit_events WHERE seq > {before}")).await;
     crate::audit::sql(&t, &format!("DELETE FROM audit_checkpoints WHERE seq > {before}")).await;
-    let v = weightgate::audit::verify_chain(&t.app).await.unwrap();
+    let v = t.app.verify_audit_log().await.unwrap();
     assert!(
         v.problems.iter().any(|p| matches!(p, weightgate::audit::Problem::Truncated { checkpoint_seq, log_end: Some(end), .. } if *checkpoint_seq == after && *end == before)),
         "{:?}",

@@ -56,7 +56,7 @@ pub(crate) async fn restore(t: &TestApp, rows: &[EventRow]) {
         db::audit::insert(&mut tx, r).await.unwrap();
     }
     tx.commit().await.unwrap();
-    assert!(audit::verify_chain(&t.app).await.unwrap().is_intact());
+    assert!(t.app.verify_audit_log().await.unwrap().is_intact());
 }
 
 pub(crate) async fn sql(t: &TestApp, statement: &str) {
@@ -114,7 +114,7 @@ async fn renumber(t: &TestApp, after: i64, by: i64) {
 /// Runs `audit verify` and returns its first problem, checking that the
 /// command fails with that problem named.
 async fn damage(t: &TestApp) -> (Problem, String) {
-    let verification = audit::verify_chain(&t.app).await.unwrap();
+    let verification = t.app.verify_audit_log().await.unwrap();
     let first = verification
         .problems
         .first()
@@ -425,10 +425,7 @@ async fn checkpoints_reveal_truncation_and_exports_outlive_the_database() {
 both!(the_server_signs_a_checkpoint_whenever_the_head_moves);
 async fn the_server_signs_a_checkpoint_whenever_the_head_moves() {
     let t = TestApp::spawn().await;
-    let signer = tokio::spawn(audit::checkpoint_periodically(
-        t.app.clone(),
-        Duration::from_secs(1),
-    ));
+    let signer = tokio::spawn(t.app.clone().checkpoint_periodically(Duration::from_secs(1)));
     let wait_for_checkpoint_of = |seq: i64| {
         let db = t.app.db.clone();
         async move {
@@ -460,7 +457,7 @@ async fn the_server_signs_a_checkpoint_whenever_the_head_moves() {
         .unwrap();
     assert_eq!(count, 2, "an unmoved head is not signed again");
     signer.abort();
-    let v = audit::verify_chain(&t.app).await.unwrap();
+    let v = t.app.verify_audit_log().await.unwrap();
     assert!(v.is_intact(), "{:?}", v.problems);
     assert_eq!(v.checkpoints, 2);
     assert_eq!(v.latest_checkpoint.unwrap().seq, head + 3);
@@ -489,7 +486,7 @@ async fn concurrent_fetches_each_leave_one_event_and_an_unbroken_chain() {
     let count = |action: &str| events.iter().filter(|e| e.action == action).count();
     assert_eq!(count("file.fetch"), 40);
     assert_eq!(count("file.delivered"), 40);
-    let v = audit::verify_chain(&t.app).await.unwrap();
+    let v = t.app.verify_audit_log().await.unwrap();
     assert!(v.is_intact(), "{:?}", v.problems);
     assert_eq!(v.events, events.len() as i64);
     let (ok, out, err) = weightgate(&t, &["audit", "verify"], None);

@@ -292,7 +292,7 @@ async fn no_fetch_is_let_through_after_its_grant_is_revoked_in_the_log() {
             ("refused", Some("grant_revoked"))
         );
     }
-    let v = weightgate::audit::verify_chain(&t.app).await.unwrap();
+    let v = t.app.verify_audit_log().await.unwrap();
     assert!(v.is_intact(), "{:?}", v.problems);
 }
 
@@ -394,7 +394,7 @@ async fn a_fetch_whose_audit_event_cannot_be_written_sends_no_bytes() {
         "fetches resume once the log accepts writes"
     );
     response.bytes().await.unwrap();
-    assert!(weightgate::audit::verify_chain(&t.app).await.unwrap().is_intact());
+    assert!(t.app.verify_audit_log().await.unwrap().is_intact());
 }
 
 /// Publishes a 32 MiB file as release r2, big enough that its transfer

@@ -33,7 +33,7 @@ async fn wait_ready(base: &str, want: StatusCode) -> serde_json::Value {
 }
 
 async fn chain_intact(t: &TestApp) {
-    let verification = weightgate::audit::verify_chain(&t.app).await.unwrap();
+    let verification = t.app.verify_audit_log().await.unwrap();
     assert!(verification.is_intact(), "{:?}", verification.problems);
 }
 

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use reqwest::{Client, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use weightgate::{
-    audit, models,
+    models,
     storage::{LocalDir, ObjectStore},
     types::Slug,
 };
@@ -19,7 +19,7 @@ use crate::{cli::weightgate, helpers::*};
 pub(crate) async fn still_whole(t: &TestApp) {
     let health = t.client.get(t.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), StatusCode::OK);
-    let verification = audit::verify_chain(&t.app).await.unwrap();
+    let verification = t.app.verify_audit_log().await.unwrap();
     assert!(verification.is_intact(), "{verification:?}");
 }
 

@@ -139,7 +139,7 @@ async fn a_researcher_applies_is_approved_and_downloads_verified_files() {
     ] {
         assert!(events.iter().any(|e| e.action == action), "{action} is audited");
     }
-    let verified = weightgate::audit::verify_chain(&t.app).await.unwrap();
+    let verified = t.app.verify_audit_log().await.unwrap();
     assert_eq!(verified.problems, vec![]);
     assert_eq!(verified.events, events.len() as i64);
 }

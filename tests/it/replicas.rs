@@ -169,7 +169,7 @@ async fn two_replicas_share_sessions_links_revocations_decisions_and_one_audit_c
         .filter(|e| e.action == "file.fetch")
         .count();
     assert_eq!(fetched, 25);
-    let verified = weightgate::audit::verify_chain(&t.app).await.unwrap();
+    let verified = t.app.verify_audit_log().await.unwrap();
     assert!(verified.is_intact(), "{verified:?}");
 
     // A key rotated by an operator: new links verify on a replica that has
