@@ -11,11 +11,11 @@ use crate::{
         checkpoint::{self, AuditKey, Trust},
     },
     config::{Config, DeliveryMode},
+    crypto::links::LinkSigner,
+    crypto::manifests::Publisher,
     db::Db,
-    facts::FetchFacts,
-    links::LinkSigner,
+    db::facts::FetchFacts,
     mail::Mailer,
-    manifests::Publisher,
     storage::{self, ObjectStore},
 };
 
@@ -41,7 +41,7 @@ pub struct App {
     /// Signs release manifests and `SHA256SUMS`.
     pub publisher: Publisher,
     /// Checks reviewers' passwords, a few at a time.
-    pub passwords: crate::passwords::Passwords,
+    pub passwords: crate::crypto::passwords::Passwords,
     /// Refused fetches that name no grant, counted per client network.
     pub refusals: Arc<crate::audit::refusals::RefusalTally>,
     /// Where each audit checkpoint is also kept, beyond the database.
@@ -75,7 +75,7 @@ impl App {
         let publisher = Publisher::load(&db).await?;
         let audit = AuditLog::start(db.clone());
         let mail = Mailer::new(&config)?;
-        let passwords = crate::passwords::Passwords::new(config.password_checks);
+        let passwords = crate::crypto::passwords::Passwords::new(config.password_checks);
         let refusals = Arc::new(crate::audit::refusals::RefusalTally::new(config.refusal_window));
         let witness = crate::audit::witness::Witness::open(&config, storage.clone()).await?;
         Ok(Arc::new(Self {

@@ -71,13 +71,13 @@ pub struct Client {
 
 impl Client {
     /// The network the client counts as for limits and tallies: an IPv4
-    /// address, an IPv6 /64 ([`crate::types::network_key`]); clients
+    /// address, an IPv6 /64 ([`crate::network::network_key`]); clients
     /// without an address (never the case over TCP) share one.
     pub fn network(&self) -> String {
         self.ip
             .as_deref()
             .and_then(|ip| ip.parse().ok())
-            .map_or_else(|| "unknown".to_owned(), crate::types::network_key)
+            .map_or_else(|| "unknown".to_owned(), crate::network::network_key)
     }
 }
 

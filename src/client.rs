@@ -32,7 +32,7 @@ use tokio::{
 };
 use wildmatch::WildMatch;
 
-use crate::manifests::{self, Manifest, ManifestFile};
+use crate::crypto::manifests::{self, Manifest, ManifestFile};
 
 /// What to download and how.
 #[derive(Clone, Debug)]

@@ -6,7 +6,7 @@ use std::{fmt, net::SocketAddr, num::NonZeroU32, path::PathBuf, str::FromStr, ti
 
 use clap::{Args, ValueEnum};
 
-use crate::proxies::TrustedProxies;
+use crate::network::TrustedProxies;
 
 /// `burst` requests at once, then the allowance refills evenly over `per`:
 /// `30/1h` allows 30 at once and one more every two minutes.

@@ -4,49 +4,35 @@
 //! download checksummed files through expiring signed links, and every fetch
 //! is audit-logged.
 
-pub mod accounts;
 pub mod app;
-pub mod applications;
 pub mod audit;
-pub mod authz;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod crypto;
 pub mod db;
-pub mod deliveries;
-pub mod facts;
-pub mod forms;
-pub mod grants;
-pub mod limits;
-pub mod links;
+pub mod domain;
 pub mod mail;
-pub mod manifests;
-pub mod models;
-pub mod notices;
-pub mod passwords;
-pub mod policy;
-pub mod proxies;
-pub mod questions;
-pub mod renewals;
-pub mod researchers;
-pub mod reviews;
+pub mod network;
 pub mod storage;
 pub mod telemetry;
-pub mod threads;
 pub mod types;
 pub mod web;
 
 #[cfg(test)]
 mod architecture {
     //! The shape of the crate, checked: no two of its parts depend on each
-    //! other in a circle.
+    //! other in a circle, and each part depends only on what the design lets
+    //! it. A part is a file or folder of `src/`; inside `domain/` each concept
+    //! is a part of its own.
 
     use std::{
         collections::{BTreeMap, BTreeSet},
         path::Path,
     };
 
-    /// The top-level parts each part of `src/` names with `crate::`.
+    /// The parts each part of `src/` names with `crate::` (or, inside
+    /// `domain/`, with `super::`).
     fn dependencies() -> BTreeMap<String, BTreeSet<String>> {
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
         let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -61,21 +47,30 @@ mod architecture {
                 if path.extension().is_none_or(|e| e != "rs") {
                     continue;
                 }
-                let relative = path.strip_prefix(&src).unwrap();
-                let part = relative
+                let relative = path.strip_prefix(&src).unwrap().with_extension("");
+                let segments: Vec<String> = relative
                     .components()
-                    .next()
-                    .unwrap()
-                    .as_os_str()
-                    .to_string_lossy()
-                    .trim_end_matches(".rs")
-                    .to_owned();
-                if part == "lib" || part == "main" {
-                    continue;
-                }
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                    .collect();
+                let part = match segments.as_slice() {
+                    [only] if only == "lib" || only == "main" => continue,
+                    [domain, concept, ..] if domain == "domain" && concept != "mod" => {
+                        format!("domain::{concept}")
+                    }
+                    [first, ..] => first.clone(),
+                    [] => continue,
+                };
                 let text = std::fs::read_to_string(&path).unwrap();
+                let mut names = crate_names(&text, "crate::");
+                if part.starts_with("domain::") && segments.len() == 2 {
+                    names.extend(
+                        crate_names(&text, "super::")
+                            .into_iter()
+                            .map(|n| format!("domain::{n}")),
+                    );
+                }
                 let named = graph.entry(part.clone()).or_default();
-                for name in crate_names(&text) {
+                for name in names {
                     if name != part {
                         named.insert(name);
                     }
@@ -85,47 +80,76 @@ mod architecture {
         graph
     }
 
-    /// The first name after every `crate::`, and every top-level name of a
-    /// `crate::{…}` tree; comments are skipped.
-    fn crate_names(text: &str) -> BTreeSet<String> {
+    /// The parts named after every `prefix` (`crate::`), in paths and in
+    /// `{…}` use trees; comments are skipped.
+    fn crate_names(text: &str, prefix: &str) -> BTreeSet<String> {
         let code: String = text
             .lines()
             .map(|l| l.split("//").next().unwrap_or(""))
             .collect::<Vec<_>>()
             .join("\n");
-        let ident = |s: &str| -> String {
-            s.chars()
-                .skip_while(|c| c.is_whitespace())
-                .take_while(|c| c.is_alphanumeric() || *c == '_')
-                .collect()
-        };
         let mut names = BTreeSet::new();
         let mut rest = code.as_str();
-        while let Some(at) = rest.find("crate::") {
-            rest = &rest[at + "crate::".len()..];
-            if let Some(tree) = rest.strip_prefix('{') {
-                let mut depth = 1;
-                let mut start = 0;
-                for (i, c) in tree.char_indices() {
-                    match c {
-                        '{' => depth += 1,
-                        '}' | ',' if depth == 1 => {
-                            names.insert(ident(&tree[start..i]));
-                            start = i + 1;
-                            if c == '}' {
-                                break;
-                            }
-                        }
-                        '}' => depth -= 1,
-                        _ => {}
+        while let Some(at) = rest.find(prefix) {
+            let before = rest[..at].chars().next_back();
+            rest = &rest[at + prefix.len()..];
+            if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+                continue;
+            }
+            parts_of(rest, &mut names);
+        }
+        names.retain(|n| !n.is_empty() && n != "self" && n != "domain::self");
+        names
+    }
+
+    /// The part a path starting at `path` names, or the parts of each item of
+    /// the `{…}` tree it starts with.
+    fn parts_of(path: &str, names: &mut BTreeSet<String>) {
+        for item in tree_items(path) {
+            let head = ident(item);
+            if head == "domain" {
+                let after = item.trim_start()[head.len()..].trim_start();
+                if let Some(inner) = after.strip_prefix("::") {
+                    let mut concepts = BTreeSet::new();
+                    parts_of(inner, &mut concepts);
+                    names.extend(concepts.into_iter().map(|c| format!("domain::{c}")));
+                    continue;
+                }
+            }
+            names.insert(head);
+        }
+    }
+
+    /// The top-level items of the `{…}` tree `path` starts with, or `path`
+    /// itself.
+    fn tree_items(path: &str) -> Vec<&str> {
+        let Some(tree) = path.trim_start().strip_prefix('{') else {
+            return vec![path];
+        };
+        let mut items = Vec::new();
+        let (mut depth, mut start) = (1, 0);
+        for (i, c) in tree.char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' | ',' if depth == 1 => {
+                    items.push(&tree[start..i]);
+                    start = i + 1;
+                    if c == '}' {
+                        break;
                     }
                 }
-            } else {
-                names.insert(ident(rest));
+                '}' => depth -= 1,
+                _ => {}
             }
         }
-        names.retain(|n| !n.is_empty() && n != "self");
-        names
+        items
+    }
+
+    fn ident(s: &str) -> String {
+        s.chars()
+            .skip_while(|c| c.is_whitespace())
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect()
     }
 
     /// A circle of parts, if there is one.
@@ -164,17 +188,51 @@ mod architecture {
     fn no_two_parts_depend_on_each_other_in_a_circle() {
         let graph = dependencies();
         assert!(
-            graph.contains_key("audit") && graph["web"].contains("authz"),
+            graph.contains_key("audit") && graph["web"].contains("domain::authz"),
             "{graph:?}"
         );
+        assert!(graph["domain::grants"].contains("domain::reviews"), "{graph:?}");
         assert_eq!(circle(&graph), None, "{graph:#?}");
     }
 
     #[test]
-    fn the_circle_check_sees_use_trees_and_paths() {
-        let names =
-            crate_names("use crate::{a::b, c, d::{e, f}};\nlet x = crate::g::h(); // crate::ignored\n");
-        assert_eq!(names.into_iter().collect::<Vec<_>>(), ["a", "c", "d", "g"]);
+    fn each_part_depends_only_on_what_the_design_lets_it() {
+        let graph = dependencies();
+        let rules: [(&str, &[&str]); 4] = [
+            ("domain::", &["web", "cli", "client"]),
+            ("app", &["domain::", "web", "cli"]),
+            ("db", &["domain::", "audit", "web", "cli", "crypto"]),
+            ("audit", &["domain::", "web", "cli"]),
+        ];
+        for (part, named) in &graph {
+            for (from, never) in rules {
+                if part == from || (from.ends_with("::") && part.starts_with(from)) {
+                    let broken: Vec<_> = named
+                        .iter()
+                        .filter(|n| {
+                            never
+                                .iter()
+                                .any(|f| *n == f || (f.ends_with("::") && n.starts_with(f)))
+                        })
+                        .collect();
+                    assert!(broken.is_empty(), "{part} depends on {broken:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_checks_see_use_trees_and_paths() {
+        let names = crate_names(
+            "use crate::{a::b, c, d::{e, f}, domain::{x, y::Z}};\n\
+             let x = crate::g::h(); // crate::ignored\n\
+             crate::domain::w::v(); notcrate::k();\n",
+            "crate::",
+        );
+        assert_eq!(
+            names.into_iter().collect::<Vec<_>>(),
+            ["a", "c", "d", "domain::w", "domain::x", "domain::y", "g"]
+        );
         let graph: BTreeMap<String, BTreeSet<String>> = [
             ("a".to_owned(), BTreeSet::from(["b".to_owned()])),
             ("b".to_owned(), BTreeSet::from(["a".to_owned()])),

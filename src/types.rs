@@ -234,18 +234,6 @@ pub fn is_safe_file_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-/// The network a client address stands for when counting requests: an IPv4
-/// address itself, an IPv6 address's /64 (`2001:db8:1:2::/64`).
-pub fn network_key(ip: std::net::IpAddr) -> String {
-    match ip.to_canonical() {
-        std::net::IpAddr::V4(v4) => v4.to_string(),
-        std::net::IpAddr::V6(v6) => {
-            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-            format!("{}/64", std::net::Ipv6Addr::from(prefix))
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,24 +348,5 @@ mod tests {
     fn timestamps_render_in_utc() {
         assert_eq!(format_ms(0), "1970-01-01 00:00:00");
         assert_eq!(format_ms_rfc3339(86_400_000), "1970-01-02T00:00:00Z");
-    }
-
-    #[test]
-    fn an_ipv6_client_is_counted_by_its_64() {
-        assert_eq!(network_key(addr("203.0.113.9")), "203.0.113.9");
-        assert_eq!(network_key(addr("::ffff:203.0.113.9")), "203.0.113.9");
-        assert_eq!(network_key(addr("2001:db8:1:2:aaaa::1")), "2001:db8:1:2::/64");
-        assert_eq!(
-            network_key(addr("2001:db8:1:2:ffff:ffff:ffff:ffff")),
-            network_key(addr("2001:db8:1:2::1"))
-        );
-        assert_ne!(
-            network_key(addr("2001:db8:1:3::1")),
-            network_key(addr("2001:db8:1:2::1"))
-        );
-    }
-
-    fn addr(s: &str) -> std::net::IpAddr {
-        s.parse().unwrap()
     }
 }

@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 
 use libfuzzer_sys::fuzz_target;
 use weightgate::{
-    applications::{ApplicationForm, MAX_AFFILIATION, MAX_INTENDED_USE, MAX_NAME},
+    domain::applications::{ApplicationForm, MAX_AFFILIATION, MAX_INTENDED_USE, MAX_NAME},
     db::models::Model,
-    questions::{self, Kind},
+    domain::questions::{self, Kind},
     types::Email,
 };
 

@@ -15,7 +15,7 @@ use libfuzzer_sys::fuzz_target;
 use minisign::{KeyPair, PublicKeyBox};
 use weightgate::{
     client::{GrantManifest, verified_releases},
-    manifests::Manifest,
+    crypto::manifests::Manifest,
 };
 
 struct Keys {

@@ -10,7 +10,7 @@ use std::{
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use weightgate::links::{LinkClaims, LinkSigner, Refusal};
+use weightgate::crypto::links::{LinkClaims, LinkSigner, Refusal};
 
 #[derive(Arbitrary, Debug)]
 enum Input {

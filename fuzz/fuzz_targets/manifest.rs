@@ -9,7 +9,7 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use weightgate::{
     client::chunk_bounds,
-    manifests::{MANIFEST_FORMAT, Manifest, ManifestFile},
+    crypto::manifests::{MANIFEST_FORMAT, Manifest, ManifestFile},
     types::is_safe_file_name,
 };
 

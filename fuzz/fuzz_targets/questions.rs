@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use weightgate::questions::{
+use weightgate::domain::questions::{
     self, Kind, MAX_HELP, MAX_LABEL, MAX_LONG_ANSWER, MAX_OPTIONS, MAX_QUESTIONS, MAX_SHORT_ANSWER, Question,
 };
 

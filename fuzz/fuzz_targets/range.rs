@@ -4,7 +4,7 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use weightgate::grants::requested_range;
+use weightgate::domain::grants::requested_range;
 
 #[derive(Arbitrary, Debug)]
 enum Input {

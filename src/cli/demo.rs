@@ -4,9 +4,10 @@
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 
 use crate::{
-    accounts,
     app::App,
-    db, models,
+    db,
+    domain::accounts,
+    domain::models,
     types::{Email, Slug},
 };
 

@@ -13,13 +13,13 @@ use clap::{Parser, Subcommand};
 pub use output::Format;
 
 use crate::{
-    accounts::{self, ReviewerChange},
     app::{App, Schema},
     audit::Client,
     config::Config,
     db,
-    grants::{self, GrantState},
-    models,
+    domain::accounts::{self, ReviewerChange},
+    domain::grants::{self, GrantState},
+    domain::models,
     types::{Email, Slug, format_ms, format_ms_rfc3339, now_ms},
 };
 
@@ -414,7 +414,7 @@ async fn reviewer(app: Arc<App>, cmd: ReviewerCommand) -> anyhow::Result<()> {
         ReviewerCommand::Assign { email, model } | ReviewerCommand::Unassign { email, model } => {
             let assign = matches!(cmd_kind, "assign");
             let email: Email = email.parse().map_err(|e: &str| anyhow::anyhow!("{e}"))?;
-            let changed = crate::policy::assign(&app, &model, &email, assign, &operator()).await?;
+            let changed = crate::domain::policy::assign(&app, &model, &email, assign, &operator()).await?;
             println!(
                 "{email} {} {model}{}",
                 if assign { "reviews" } else { "no longer reviews" },
@@ -469,14 +469,14 @@ async fn model(app: Arc<App>, cmd: ModelCommand) -> anyhow::Result<()> {
             let current = db::policy::find(app.db.pool(), &model.id)
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("no model {slug}"))?;
-            let change = crate::policy::PolicyChange {
+            let change = crate::domain::policy::PolicyChange {
                 approvals_needed: approvals.unwrap_or(current.approvals_needed),
                 auto_approve_domains: auto_approve_domains
                     .unwrap_or_else(|| current.auto_approve_domains.clone().unwrap_or_default()),
                 review_target_days: target_days.unwrap_or(current.review_target_days),
             };
-            crate::policy::set(&app, &slug, &change, &operator()).await?;
-            let auto = crate::reviews::allowed_domains(Some(&change.auto_approve_domains));
+            crate::domain::policy::set(&app, &slug, &change, &operator()).await?;
+            let auto = crate::domain::reviews::allowed_domains(Some(&change.auto_approve_domains));
             println!(
                 "{slug}: {} approval(s) from distinct reviewers, overdue after {} days, automatic approval {}",
                 change.approvals_needed,
@@ -565,13 +565,16 @@ async fn model(app: Arc<App>, cmd: ModelCommand) -> anyhow::Result<()> {
                             .with_context(|| format!("cannot read {}", path.display()))?
                     };
                     let questions = models::set_questions(&app, &slug, &json, &operator()).await?;
-                    println!("{}", crate::questions::asks(slug.as_str(), questions.len()));
+                    println!(
+                        "{}",
+                        crate::domain::questions::asks(slug.as_str(), questions.len())
+                    );
                 }
                 None => {
                     let model = db::models::find_model_by_slug(app.db.pool(), slug.as_str())
                         .await?
                         .ok_or_else(|| models::ModelError::NotFound(slug.to_string()))?;
-                    let questions = crate::questions::stored(&model.questions);
+                    let questions = crate::domain::questions::stored(&model.questions);
                     println!("{}", serde_json::to_string_pretty(&questions)?);
                 }
             }
@@ -630,9 +633,9 @@ async fn grant(app: Arc<App>, cmd: GrantCommand) -> anyhow::Result<()> {
             // The operator holds the database: an extension from here is an
             // override of the model's approval policy, and logged as one.
             let actor = operator();
-            let by = crate::renewals::ExtendBy::Override { actor: &actor };
-            if let crate::renewals::Extension::Extended { until } =
-                crate::renewals::extend(&app, &id, days, by, Client::default()).await?
+            let by = crate::domain::renewals::ExtendBy::Override { actor: &actor };
+            if let crate::domain::renewals::Extension::Extended { until } =
+                crate::domain::renewals::extend(&app, &id, days, by, Client::default()).await?
             {
                 let grant = db::grants::find_view(app.db.pool(), &id)
                     .await?
@@ -660,11 +663,11 @@ async fn grant(app: Arc<App>, cmd: GrantCommand) -> anyhow::Result<()> {
 async fn keys(app: Arc<App>, cmd: KeysCommand) -> anyhow::Result<()> {
     match cmd {
         KeysCommand::Rotate => {
-            let kid = crate::links::rotate(&app.db, &operator()).await?;
+            let kid = crate::crypto::links::rotate(&app.db, &operator()).await?;
             println!("new link-signing key {kid}; links signed with older keys stay valid until they expire");
         }
         KeysCommand::List { format } => {
-            let keys = db::keys::list(app.db.pool(), crate::links::LINK_KEYS).await?;
+            let keys = db::keys::list(app.db.pool(), crate::crypto::links::LINK_KEYS).await?;
             let current = keys
                 .iter()
                 .find(|k| k.retired_at.is_none())
@@ -692,7 +695,7 @@ async fn keys(app: Arc<App>, cmd: KeysCommand) -> anyhow::Result<()> {
             );
         }
         KeysCommand::Retire { kid } => {
-            let signing = crate::links::retire(&app.db, &kid, &operator()).await?;
+            let signing = crate::crypto::links::retire(&app.db, &kid, &operator()).await?;
             println!(
                 "link-signing key {kid} is retired: links it signed are refused; key {signing} signs new links"
             );

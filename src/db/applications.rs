@@ -36,7 +36,7 @@ pub struct NewApplication<'a> {
     /// `unconfirmed`, or `pending` when the researcher is known to own the address.
     pub status: &'a str,
     pub confirmed_at: Option<i64>,
-    /// JSON array of `crate::questions::Answer`.
+    /// JSON array of `crate::domain::questions::Answer`.
     pub answers: &'a str,
     /// `new`, `renewal` (of `grant_id`) or `appeal` (of `parent_id`).
     pub kind: &'a str,
@@ -88,7 +88,7 @@ pub struct ApplicationView {
     pub email: String,
     pub model_slug: String,
     pub model_title: String,
-    /// JSON array of `crate::questions::Answer`.
+    /// JSON array of `crate::domain::questions::Answer`.
     pub answers: String,
     /// `new`, `renewal` or `appeal`.
     pub kind: String,

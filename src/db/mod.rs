@@ -1,8 +1,10 @@
 //! The database: one pool over SQLite or PostgreSQL, migrations, and the named
-//! queries of every table. No SQL lives outside this module.
+//! queries of every table, and the facts a fetch reads that never change,
+//! cached in memory. No SQL lives outside this module.
 
 pub mod applications;
 pub mod audit;
+pub mod facts;
 pub mod grants;
 pub mod keys;
 pub mod models;

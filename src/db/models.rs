@@ -12,7 +12,7 @@ pub struct Model {
     pub created_at: i64,
     pub quota_bytes: Option<i64>,
     pub quota_files: Option<i64>,
-    /// The application questions, a JSON array (see `crate::questions`).
+    /// The application questions, a JSON array (see `crate::domain::questions`).
     pub questions: String,
     /// Days a denied researcher waits before applying again.
     pub reapply_after_days: i64,

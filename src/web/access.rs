@@ -18,9 +18,9 @@ use super::{
 };
 use crate::{
     audit::Client,
+    crypto::links::Refusal,
     db::{self, grants::GrantView},
-    grants::{self, GrantState},
-    links::Refusal,
+    domain::grants::{self, GrantState},
     types::{format_ms, format_ms_rfc3339},
 };
 

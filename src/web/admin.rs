@@ -21,18 +21,19 @@ use super::{
     pages::{self, ApplicationRow, BulkResultRow, Choice, GrantRow, Header, QueueRow, render},
 };
 use crate::{
-    accounts,
     app::App,
-    authz::{self, ReviewerAction},
     db::{
         self,
         applications::{QueueFilter, QueueSort},
         reviewers::Reviewer,
     },
-    grants::{self, GrantState},
-    questions, renewals,
-    reviews::{self, BulkDecision},
-    threads,
+    domain::accounts,
+    domain::authz::{self, ReviewerAction},
+    domain::grants::{self, GrantState},
+    domain::questions,
+    domain::renewals,
+    domain::reviews::{self, BulkDecision},
+    domain::threads,
     types::{format_ms, now_ms},
 };
 
@@ -79,7 +80,7 @@ pub async fn login(
     };
     let signed_in = match accounts::authenticate(&state.app, &form.email, &form.password, client).await {
         Ok(signed_in) => signed_in,
-        Err(err) if err.is::<crate::passwords::PasswordsBusy>() => {
+        Err(err) if err.is::<crate::crypto::passwords::PasswordsBusy>() => {
             attempt.succeeded();
             return throttled(
                 token,

@@ -17,9 +17,9 @@ use super::{
     pages::{self, EventRowView, Header, render},
 };
 use crate::{
-    authz::{self, ReviewerAction},
     db::{self, audit::Filter},
-    grants::GrantState,
+    domain::authz::{self, ReviewerAction},
+    domain::grants::GrantState,
     types::{format_ms, now_ms, parse_time},
 };
 
@@ -261,7 +261,7 @@ pub async fn grant(
         model: grant.model_slug,
         events: history.iter().map(EventRowView::from).collect(),
         default_days: 30,
-        max_days: crate::reviews::MAX_EXTENSION_DAYS,
+        max_days: crate::domain::reviews::MAX_EXTENSION_DAYS,
         policy_approvals,
     };
     Ok((token, render(&page)?).into_response())

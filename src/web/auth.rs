@@ -18,7 +18,7 @@ use tower_sessions::{
 use super::{AppState, Error};
 use crate::{
     db::{self, Db, reviewers::Reviewer},
-    researchers::{self, Researcher},
+    domain::researchers::{self, Researcher},
     types::now_ms,
 };
 
@@ -112,7 +112,7 @@ pub async fn expire_sessions(db: Db, every: Duration) {
 }
 
 pub const REVIEWER_KEY: &str = "reviewer_id";
-/// The [`credential_stamp`](crate::accounts::credential_stamp) a reviewer's
+/// The [`credential_stamp`](crate::domain::accounts::credential_stamp) a reviewer's
 /// session signed in with.
 pub const STAMP_KEY: &str = "credential_stamp";
 
@@ -146,7 +146,7 @@ impl FromRequestParts<AppState> for CurrentReviewer {
         };
         reviewer
             .filter(|r| r.disabled_at.is_none())
-            .filter(|r| stamp.as_deref() == Some(crate::accounts::credential_stamp(r).as_str()))
+            .filter(|r| stamp.as_deref() == Some(crate::domain::accounts::credential_stamp(r).as_str()))
             .map(CurrentReviewer)
             .ok_or_else(|| Redirect::to("/admin/login").into_response())
     }

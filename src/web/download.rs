@@ -8,7 +8,7 @@ use axum::{
 };
 
 use super::{AppState, ClientInfo, Error, extract::Path, limited};
-use crate::grants::{self, Delivery, DownloadError};
+use crate::domain::grants::{self, Delivery, DownloadError};
 
 pub async fn fetch(
     State(state): State<AppState>,

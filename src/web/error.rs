@@ -13,12 +13,12 @@ use axum::{
 use serde::Serialize;
 
 use crate::{
-    accounts::AccountError,
-    applications::ConfirmError,
-    grants::{DownloadError, GrantError},
-    models::ModelError,
-    researchers::ResearcherError,
-    reviews::ReviewError,
+    domain::accounts::AccountError,
+    domain::applications::ConfirmError,
+    domain::grants::{DownloadError, GrantError},
+    domain::models::ModelError,
+    domain::researchers::ResearcherError,
+    domain::reviews::ReviewError,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +43,7 @@ pub enum Error {
     PayloadTooLarge { limit: usize },
     #[error("{0}")]
     UnsupportedMediaType(String),
-    /// A rate limit of [`crate::limits`]: `what` says which, in words.
+    /// A rate limit of [`crate::web::limits`]: `what` says which, in words.
     #[error("{what}. Please wait {} seconds and try again.", .retry_after.as_secs().max(1))]
     TooManyRequests {
         limit: &'static str,
@@ -101,14 +101,14 @@ impl From<anyhow::Error> for Error {
                 | ReviewError::BadSelection => Error::BadRequest(e.to_string()),
             };
         }
-        if let Some(e) = err.downcast_ref::<crate::authz::Denied>() {
+        if let Some(e) = err.downcast_ref::<crate::domain::authz::Denied>() {
             return match e {
-                crate::authz::Denied::Hidden => Error::NotFound,
-                crate::authz::Denied::NotAssigned => Error::Forbidden {
+                crate::domain::authz::Denied::Hidden => Error::NotFound,
+                crate::domain::authz::Denied::NotAssigned => Error::Forbidden {
                     code: "not_assigned",
                     message: e.to_string(),
                 },
-                crate::authz::Denied::AdminsOnly => Error::Forbidden {
+                crate::domain::authz::Denied::AdminsOnly => Error::Forbidden {
                     code: "admins_only",
                     message: e.to_string(),
                 },
@@ -130,7 +130,7 @@ impl From<anyhow::Error> for Error {
         if err.downcast_ref::<ConfirmError>().is_some() {
             return Error::NotFound;
         }
-        if let Some(e) = err.downcast_ref::<crate::policy::PolicyError>() {
+        if let Some(e) = err.downcast_ref::<crate::domain::policy::PolicyError>() {
             return Error::BadRequest(e.to_string());
         }
         if let Some(e) = err.downcast_ref::<ResearcherError>() {
@@ -140,7 +140,7 @@ impl From<anyhow::Error> for Error {
                 ResearcherError::Invalid(_) => Error::BadRequest(e.to_string()),
             };
         }
-        if err.is::<crate::passwords::PasswordsBusy>() {
+        if err.is::<crate::crypto::passwords::PasswordsBusy>() {
             return Error::TooManyRequests {
                 limit: "password_checks",
                 what: "The portal is busy checking other passwords",
@@ -287,7 +287,7 @@ struct ErrorBody<'a> {
 }
 
 #[derive(Template)]
-#[template(path = "error.html")]
+#[template(path = "public/error.html")]
 struct ErrorPage<'a> {
     title: &'a str,
     status: u16,
@@ -386,7 +386,7 @@ mod tests {
 
     #[test]
     fn refused_links_are_forbidden_with_their_reason() {
-        let err = Error::from(DownloadError::Refused(crate::links::Refusal::Expired));
+        let err = Error::from(DownloadError::Refused(crate::crypto::links::Refusal::Expired));
         assert_eq!(err.status(), StatusCode::FORBIDDEN);
         assert_eq!(err.code(), "link_expired");
     }

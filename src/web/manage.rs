@@ -16,10 +16,10 @@ use super::{
     pages::{self, Choice, Header, render},
 };
 use crate::{
-    accounts::{self, ReviewerChange},
-    authz,
     db::{self, reviewers::Reviewer},
-    policy::{self, PolicyChange},
+    domain::accounts::{self, ReviewerChange},
+    domain::authz,
+    domain::policy::{self, PolicyChange},
     types::{Email, Slug},
 };
 
@@ -177,7 +177,7 @@ struct Refused {
     /// JSON sent to the questions' JSON editor.
     questions: Option<String>,
     /// Rows sent from the question editor, as typed.
-    question_rows: Option<Vec<crate::questions::SentRow>>,
+    question_rows: Option<Vec<crate::domain::questions::SentRow>>,
     terms: Option<String>,
     error: String,
 }
@@ -197,7 +197,7 @@ async fn models_page(
             continue;
         };
         let this = refused.slug == p.model_slug;
-        let stored = crate::questions::stored(&model.questions);
+        let stored = crate::domain::questions::stored(&model.questions);
         let questions = serde_json::to_string_pretty(&stored).unwrap_or_else(|_| "[]".into());
         let rows = refused
             .question_rows
@@ -292,7 +292,7 @@ pub async fn save_policy(
     policy::set(&state.app, &slug, &change, &me.email).await?;
     let reapply = number(&form.reapply_after_days, "the wait before applying again")?;
     let parsed: Slug = slug.parse().map_err(Error::BadRequest)?;
-    crate::models::set_reapply_after(&state.app, &parsed, reapply, &me.email).await?;
+    crate::domain::models::set_reapply_after(&state.app, &parsed, reapply, &me.email).await?;
     let saved = format!("The policy of {slug} is saved.");
     let page = models_page(&state, &token, &me, saved, Refused::default()).await?;
     Ok((token, page).into_response())
@@ -322,7 +322,7 @@ pub async fn save_questions(
     let (json, sent_rows) = match field("questions") {
         Some(json) => (json.to_owned(), None),
         None => {
-            let rows = match crate::questions::editor_rows(&fields) {
+            let rows = match crate::domain::questions::editor_rows(&fields) {
                 Ok(rows) => rows,
                 Err(why) => {
                     let page =
@@ -330,7 +330,7 @@ pub async fn save_questions(
                     return Ok((token, page).into_response());
                 }
             };
-            match crate::questions::from_rows(&rows) {
+            match crate::domain::questions::from_rows(&rows) {
                 Ok(questions) => (
                     serde_json::to_string(&questions).map_err(anyhow::Error::from)?,
                     Some(rows),
@@ -344,16 +344,20 @@ pub async fn save_questions(
             }
         }
     };
-    let (message, refused) = match crate::models::set_questions(&state.app, &parsed, &json, &me.email).await {
-        Ok(questions) => (crate::questions::asks(&slug, questions.len()), Refused::default()),
-        Err(e) => match e.downcast_ref::<crate::models::ModelError>() {
-            Some(crate::models::ModelError::Invalid(why)) => {
-                let json_sent = sent_rows.is_none().then_some(json);
-                (String::new(), refusal(why.clone(), json_sent, sent_rows))
-            }
-            _ => return Err(e.into()),
-        },
-    };
+    let (message, refused) =
+        match crate::domain::models::set_questions(&state.app, &parsed, &json, &me.email).await {
+            Ok(questions) => (
+                crate::domain::questions::asks(&slug, questions.len()),
+                Refused::default(),
+            ),
+            Err(e) => match e.downcast_ref::<crate::domain::models::ModelError>() {
+                Some(crate::domain::models::ModelError::Invalid(why)) => {
+                    let json_sent = sent_rows.is_none().then_some(json);
+                    (String::new(), refusal(why.clone(), json_sent, sent_rows))
+                }
+                _ => return Err(e.into()),
+            },
+        };
     let page = models_page(&state, &token, &me, message, refused).await?;
     Ok((token, page).into_response())
 }
@@ -378,25 +382,26 @@ pub async fn save_terms(
     admin_only(&state, &me).await?;
     let parsed: Slug = slug.parse().map_err(Error::BadRequest)?;
     let terms = form.terms.replace("\r\n", "\n");
-    let (message, refused) = match crate::models::set_terms(&state.app, &parsed, &terms, &me.email).await {
-        Ok(version) => (
-            format!("{slug} has terms version {version}; new applications accept it."),
-            Refused::default(),
-        ),
-        Err(e) => match e.downcast_ref::<crate::models::ModelError>() {
-            Some(crate::models::ModelError::Invalid(why)) => (
-                String::new(),
-                Refused {
-                    slug: slug.clone(),
-                    questions: None,
-                    question_rows: None,
-                    terms: Some(form.terms),
-                    error: format!("The terms were not saved: {why}"),
-                },
+    let (message, refused) =
+        match crate::domain::models::set_terms(&state.app, &parsed, &terms, &me.email).await {
+            Ok(version) => (
+                format!("{slug} has terms version {version}; new applications accept it."),
+                Refused::default(),
             ),
-            _ => return Err(e.into()),
-        },
-    };
+            Err(e) => match e.downcast_ref::<crate::domain::models::ModelError>() {
+                Some(crate::domain::models::ModelError::Invalid(why)) => (
+                    String::new(),
+                    Refused {
+                        slug: slug.clone(),
+                        questions: None,
+                        question_rows: None,
+                        terms: Some(form.terms),
+                        error: format!("The terms were not saved: {why}"),
+                    },
+                ),
+                _ => return Err(e.into()),
+            },
+        };
     let page = models_page(&state, &token, &me, message, refused).await?;
     Ok((token, page).into_response())
 }
@@ -567,7 +572,7 @@ pub async fn change_password(
                 return refused(refusal.to_string()).await;
             }
             None => {
-                if err.is::<crate::passwords::PasswordsBusy>() {
+                if err.is::<crate::crypto::passwords::PasswordsBusy>() {
                     attempt.succeeded();
                 }
                 return Err(err.into());

@@ -22,13 +22,13 @@ use super::{
     pages::{self, AnswerRow, HistoryRow, LinkRow, ReleaseRows, ResearcherHeader, human_size, render},
 };
 use crate::{
-    applications,
     audit::Client,
     db,
-    grants::{self, GrantState},
-    renewals,
-    researchers::{self, Researcher},
-    threads,
+    domain::applications,
+    domain::grants::{self, GrantState},
+    domain::renewals,
+    domain::researchers::{self, Researcher},
+    domain::threads,
     types::{Email, format_ms, now_ms},
 };
 

@@ -7,6 +7,7 @@ mod auth;
 mod download;
 mod error;
 mod extract;
+mod limits;
 mod manage;
 mod me;
 mod ops;
@@ -38,8 +39,8 @@ pub use routes::{Access, Area, Route, all as route_table};
 use crate::{
     app::App,
     audit::Client,
-    limits::{Limit, RateLimits},
-    links::load_or_create_keys,
+    crypto::links::load_or_create_keys,
+    web::limits::{Limit, RateLimits},
 };
 
 /// Shared state of every handler; cheap to clone.
@@ -48,7 +49,7 @@ pub struct AppState {
     pub app: Arc<App>,
     csrf: CsrfConfig,
     /// Sign-in attempts per account and per address, on this replica.
-    throttle: Arc<crate::accounts::SignInThrottle>,
+    throttle: Arc<crate::domain::accounts::SignInThrottle>,
     /// Rate limits on applications, e-mails and link minting, on this replica.
     limits: Arc<RateLimits>,
 }
@@ -86,7 +87,7 @@ impl FromRequestParts<AppState> for ClientInfo {
                 .get_all(&X_FORWARDED_FOR)
                 .iter()
                 .map(HeaderValue::as_bytes);
-            crate::proxies::client_address(&state.app.config.trusted_proxies, peer, forwarded).to_string()
+            crate::network::client_address(&state.app.config.trusted_proxies, peer, forwarded).to_string()
         });
         Ok(Self(Client {
             ip,
@@ -126,7 +127,7 @@ pub async fn router(app: Arc<App>) -> anyhow::Result<Router> {
     let header_timeout = app.config.header_timeout;
     let state = AppState {
         csrf,
-        throttle: Arc::new(crate::accounts::SignInThrottle::default()),
+        throttle: Arc::new(crate::domain::accounts::SignInThrottle::default()),
         limits: Arc::new(RateLimits::new(&app.config)),
         app,
     };
@@ -221,7 +222,7 @@ pub async fn serve(
     let cleanup = tokio::spawn(auth::expire_sessions(app.db.clone(), Duration::from_secs(600)));
     let mailer = app.mail.run_worker(app.db.clone())?;
     let refresh = tokio::spawn(app.links.clone().refresh_periodically(Duration::from_secs(60)));
-    let notices = tokio::spawn(crate::notices::run_periodically(
+    let notices = tokio::spawn(crate::domain::notices::run_periodically(
         app.clone(),
         app.config.notices_every,
     ));

@@ -4,7 +4,7 @@ use askama::Template;
 use axum::response::{Html, IntoResponse, Response};
 
 use super::Error;
-use crate::{applications::FieldErrors, db, types::format_ms};
+use crate::{db, domain::applications::FieldErrors, types::format_ms};
 
 /// Renders a template as an HTML response.
 pub fn render(t: &impl Template) -> Result<Response, Error> {
@@ -17,7 +17,7 @@ pub struct ModelItem {
 }
 
 #[derive(Template)]
-#[template(path = "catalogue.html")]
+#[template(path = "public/catalogue.html")]
 pub struct Catalogue {
     pub models: Vec<ModelItem>,
 }
@@ -33,7 +33,7 @@ pub struct FormValues {
 }
 
 #[derive(Template)]
-#[template(path = "model.html")]
+#[template(path = "public/model.html")]
 pub struct ModelPage {
     pub slug: String,
     pub title: String,
@@ -59,14 +59,14 @@ impl ModelPage {
 }
 
 #[derive(Template)]
-#[template(path = "submitted.html")]
+#[template(path = "public/submitted.html")]
 pub struct Submitted {
     pub title: String,
     pub email: String,
 }
 
 #[derive(Template)]
-#[template(path = "confirm.html")]
+#[template(path = "public/confirm.html")]
 pub struct ConfirmPage {
     pub token: String,
     pub title: String,
@@ -90,7 +90,7 @@ pub struct ReleaseRows {
 }
 
 #[derive(Template)]
-#[template(path = "access.html")]
+#[template(path = "researcher/access.html")]
 pub struct AccessPage {
     pub title: String,
     pub email: String,
@@ -338,7 +338,7 @@ pub struct QuestionRowView {
     pub n: usize,
     /// The position field's value.
     pub position: String,
-    pub row: crate::questions::EditorRow,
+    pub row: crate::domain::questions::EditorRow,
     pub kinds: Vec<KindOption>,
     pub remove: bool,
     /// Whether the row shows a saved question (else it is for a new one).
@@ -355,12 +355,12 @@ pub struct KindOption {
 
 impl QuestionRowView {
     /// The model's saved questions as editor rows.
-    pub fn saved(questions: &[crate::questions::Question]) -> Vec<crate::questions::SentRow> {
+    pub fn saved(questions: &[crate::domain::questions::Question]) -> Vec<crate::domain::questions::SentRow> {
         questions
             .iter()
             .enumerate()
-            .map(|(i, q)| crate::questions::SentRow {
-                fields: crate::questions::EditorRow::of(q),
+            .map(|(i, q)| crate::domain::questions::SentRow {
+                fields: crate::domain::questions::EditorRow::of(q),
                 position: (i + 1).to_string(),
                 remove: false,
                 existing: true,
@@ -369,23 +369,24 @@ impl QuestionRowView {
     }
 
     /// `rows` (less any blank new ones), then
-    /// [`crate::questions::NEW_ROWS`] blank rows for new questions.
-    pub fn all(rows: &[crate::questions::SentRow]) -> Vec<Self> {
+    /// [`crate::domain::questions::NEW_ROWS`] blank rows for new questions.
+    pub fn all(rows: &[crate::domain::questions::SentRow]) -> Vec<Self> {
         let kept: Vec<_> = rows
             .iter()
             .filter(|r| r.existing || !r.is_blank())
             .cloned()
             .collect();
         let first_blank = kept.len() + 1;
-        let blanks = (0..crate::questions::NEW_ROWS).map(move |i| crate::questions::SentRow {
-            fields: crate::questions::EditorRow {
-                kind: "text".into(),
-                ..Default::default()
-            },
-            position: (first_blank + i).to_string(),
-            remove: false,
-            existing: false,
-        });
+        let blanks =
+            (0..crate::domain::questions::NEW_ROWS).map(move |i| crate::domain::questions::SentRow {
+                fields: crate::domain::questions::EditorRow {
+                    kind: "text".into(),
+                    ..Default::default()
+                },
+                position: (first_blank + i).to_string(),
+                remove: false,
+                existing: false,
+            });
         let (mut saved, mut new) = (0, 0);
         kept.into_iter()
             .chain(blanks)
@@ -397,10 +398,10 @@ impl QuestionRowView {
                     n,
                     number: *counter,
                     position: sent.position,
-                    kinds: crate::questions::KINDS
+                    kinds: crate::domain::questions::KINDS
                         .iter()
                         .map(|(kind, name)| {
-                            let value = crate::questions::kind_name(*kind);
+                            let value = crate::domain::questions::kind_name(*kind);
                             KindOption {
                                 value,
                                 name,
@@ -568,8 +569,8 @@ pub struct AnswerRow {
     pub value: String,
 }
 
-impl From<&crate::questions::Answer> for AnswerRow {
-    fn from(a: &crate::questions::Answer) -> Self {
+impl From<&crate::domain::questions::Answer> for AnswerRow {
+    fn from(a: &crate::domain::questions::Answer) -> Self {
         let value = a.display();
         Self {
             label: a.label.clone(),
@@ -583,7 +584,7 @@ impl From<&crate::questions::Answer> for AnswerRow {
 }
 
 #[derive(Template)]
-#[template(path = "terms.html")]
+#[template(path = "public/terms.html")]
 pub struct TermsPage {
     pub slug: String,
     pub title: String,
@@ -594,7 +595,7 @@ pub struct TermsPage {
 }
 
 #[derive(Template)]
-#[template(path = "signin.html")]
+#[template(path = "researcher/signin.html")]
 pub struct SigninPage {
     pub csrf: String,
     pub email: String,
@@ -604,14 +605,14 @@ pub struct SigninPage {
 }
 
 #[derive(Template)]
-#[template(path = "signin_sent.html")]
+#[template(path = "researcher/signin_sent.html")]
 pub struct SigninSent {
     pub email: String,
     pub minutes: i64,
 }
 
 #[derive(Template)]
-#[template(path = "signin_link.html")]
+#[template(path = "researcher/signin_link.html")]
 pub struct SigninLink {
     pub token: String,
     pub csrf: String,
@@ -649,7 +650,7 @@ pub struct MyApplicationRow {
 }
 
 #[derive(Template)]
-#[template(path = "me.html")]
+#[template(path = "researcher/me.html")]
 pub struct MyApplications {
     pub header: ResearcherHeader,
     pub applications: Vec<MyApplicationRow>,
@@ -671,7 +672,7 @@ pub struct MyGrantRow {
 }
 
 #[derive(Template)]
-#[template(path = "me_access.html")]
+#[template(path = "researcher/me_access.html")]
 pub struct MyAccess {
     pub header: ResearcherHeader,
     pub grants: Vec<MyGrantRow>,

@@ -17,10 +17,10 @@ use super::{
     pages::{self, FormValues, OptionItem, QuestionField, render},
 };
 use crate::{
-    applications::{self, ApplicationForm, Eligibility, FieldErrors},
     db::{self, models::Model},
-    questions::{self, Kind},
-    researchers::Researcher,
+    domain::applications::{self, ApplicationForm, Eligibility, FieldErrors},
+    domain::questions::{self, Kind},
+    domain::researchers::Researcher,
     types::format_ms,
 };
 
@@ -75,7 +75,7 @@ fn question_fields(
                 _ => Vec::new(),
             };
             QuestionField {
-                kind: crate::questions::kind_name(q.kind),
+                kind: crate::domain::questions::kind_name(q.kind),
                 checked: !value.is_empty(),
                 error: errors.get(&field).cloned().unwrap_or_default(),
                 label: q.label,

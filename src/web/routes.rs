@@ -13,7 +13,7 @@ use axum::{
 use super::{AppState, access, admin, audit, download, manage, me, ops, public};
 
 /// Who may use a route. The rule itself is the domain's
-/// ([`crate::authz`]); this says what the route-by-role test must find.
+/// ([`crate::domain::authz`]); this says what the route-by-role test must find.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
     /// Anyone.

@@ -30,7 +30,7 @@ use hyper_util::{
 use tokio::{net::TcpListener, sync::Semaphore};
 use tower::Layer;
 
-use crate::{config::Config, proxies::TrustedProxies};
+use crate::{config::Config, network::TrustedProxies};
 
 /// File descriptors kept back from the connection cap for everything else
 /// the portal opens: database connections, store streams, files, the outbox.
@@ -90,7 +90,7 @@ struct Counted {
 
 impl PerAddress {
     fn admit(table: &Arc<Self>, ip: IpAddr, limit: usize) -> Option<Counted> {
-        let ip = crate::types::network_key(ip);
+        let ip = crate::network::network_key(ip);
         let mut open = table.0.lock().unwrap_or_else(PoisonError::into_inner);
         let count = open.entry(ip.clone()).or_default();
         if *count >= limit {

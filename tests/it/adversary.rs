@@ -109,7 +109,7 @@ async fn a_head_never_hands_out_a_presigned_url() {
     })
     .await;
     let slug: weightgate::types::Slug = MODEL.parse().unwrap();
-    weightgate::models::set_quota(&t.app, &slug, None, Some(1), "test")
+    weightgate::domain::models::set_quota(&t.app, &slug, None, Some(1), "test")
         .await
         .unwrap();
     let access = t.approved_researcher("head@uni.example.edu").await;
@@ -848,7 +848,7 @@ async fn two_replicas_cannot_pass_a_quota_together() {
     let t = TestApp::spawn().await;
     let big = crate::downloads::publish_big(&t).await;
     let slug = MODEL.parse().unwrap();
-    weightgate::models::set_quota(&t.app, &slug, None, Some(1), "test")
+    weightgate::domain::models::set_quota(&t.app, &slug, None, Some(1), "test")
         .await
         .unwrap();
     let replica = ServeProcess::start(&t, &[("WEIGHTGATE_LOG", "warn")]).await;

@@ -825,7 +825,7 @@ async fn tail_shows_the_newest_events_and_follows_new_ones() {
     assert_eq!(first["seq"], 1);
     fill_to(&t, 14).await;
     let slug: weightgate::types::Slug = "second-model".parse().unwrap();
-    weightgate::models::create(&t.app, &slug, "Second", "Be nice.", "test")
+    weightgate::domain::models::create(&t.app, &slug, "Second", "Be nice.", "test")
         .await
         .unwrap();
     let followed = next();
@@ -833,7 +833,7 @@ async fn tail_shows_the_newest_events_and_follows_new_ones() {
     assert_eq!(followed["seq"], 15);
     fill_to(&t, 16).await;
     let slug: weightgate::types::Slug = "third-model".parse().unwrap();
-    weightgate::models::create(&t.app, &slug, "Third", "Be nice.", "test")
+    weightgate::domain::models::create(&t.app, &slug, "Third", "Be nice.", "test")
         .await
         .unwrap();
     assert_eq!(next()["seq"], 17);
@@ -1041,7 +1041,7 @@ async fn admins_read_the_log_a_chart_and_each_grants_history_in_the_dashboard() 
     );
 
     let email: weightgate::types::Email = "plain@lab.example.org".parse().unwrap();
-    weightgate::accounts::add_reviewer(&t.app, &email, "a plain reviewer password", false, "test")
+    weightgate::domain::accounts::add_reviewer(&t.app, &email, "a plain reviewer password", false, "test")
         .await
         .unwrap();
     let plain = client();

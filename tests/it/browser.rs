@@ -264,10 +264,10 @@ async fn in_a_browser_two_reviewers_approve_one_denies_in_bulk_and_an_admin_revo
     let Some(admin) = Browser::start(&downloads).await else {
         return;
     };
-    weightgate::policy::set(
+    weightgate::domain::policy::set(
         &t.app,
         MODEL,
-        &weightgate::policy::PolicyChange {
+        &weightgate::domain::policy::PolicyChange {
             approvals_needed: 2,
             auto_approve_domains: String::new(),
             review_target_days: 7,
@@ -277,13 +277,13 @@ async fn in_a_browser_two_reviewers_approve_one_denies_in_bulk_and_an_admin_revo
     .await
     .unwrap();
     let second: weightgate::types::Email = "second@lab.example.org".parse().unwrap();
-    weightgate::accounts::add_reviewer(&t.app, &second, PASSWORD, false, "test")
+    weightgate::domain::accounts::add_reviewer(&t.app, &second, PASSWORD, false, "test")
         .await
         .unwrap();
-    weightgate::policy::assign(&t.app, MODEL, &second, true, "test")
+    weightgate::domain::policy::assign(&t.app, MODEL, &second, true, "test")
         .await
         .unwrap();
-    weightgate::policy::save_template(
+    weightgate::domain::policy::save_template(
         &t.app,
         "Institution",
         "We release to research institutions only.",
@@ -427,7 +427,7 @@ async fn in_a_browser_two_reviewers_approve_one_denies_in_bulk_and_an_admin_revo
 both!(in_a_browser_a_researcher_answers_the_models_questions_signs_in_by_link_and_answers_a_reviewer);
 async fn in_a_browser_a_researcher_answers_the_models_questions_signs_in_by_link_and_answers_a_reviewer() {
     let t = TestApp::spawn().await;
-    weightgate::models::set_questions(
+    weightgate::domain::models::set_questions(
         &t.app,
         &MODEL.parse().unwrap(),
         r#"[

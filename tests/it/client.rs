@@ -260,7 +260,7 @@ async fn expired_links_are_replaced_and_refusals_stop_with_their_reason() {
         .fetch_one(t.app.db.pool())
         .await
         .unwrap();
-    weightgate::grants::revoke(&t.app, &grant_id, "Leaked", "test", Default::default())
+    weightgate::domain::grants::revoke(&t.app, &grant_id, "Leaked", "test", Default::default())
         .await
         .unwrap();
     let err = client::download(options(&access, &t.dir.path().join("other")))
@@ -334,7 +334,7 @@ both!(a_quota_is_spent_by_whole_files_not_by_resumes);
 async fn a_quota_is_spent_by_whole_files_not_by_resumes() {
     let t = TestApp::spawn().await;
     let slug = MODEL.parse().unwrap();
-    weightgate::models::set_quota(&t.app, &slug, None, Some(2), "test")
+    weightgate::domain::models::set_quota(&t.app, &slug, None, Some(2), "test")
         .await
         .unwrap();
     let access = t.approved_researcher("quota@uni.example.edu").await;
@@ -392,8 +392,9 @@ async fn a_publish_that_fails_midway_shows_nothing_and_finishes_when_run_again()
     std::fs::write(&blocked, b"in the way").unwrap();
 
     let slug = MODEL.parse().unwrap();
-    let quiet = weightgate::models::PublishProgress::quiet();
-    let publish = || weightgate::models::publish(&t.app, &slug, &dir, Some("r2"), CHUNK_SIZE, "test", &quiet);
+    let quiet = weightgate::domain::models::PublishProgress::quiet();
+    let publish =
+        || weightgate::domain::models::publish(&t.app, &slug, &dir, Some("r2"), CHUNK_SIZE, "test", &quiet);
     assert!(publish().await.is_err());
     let visible: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM releases WHERE name = 'r2'")
         .fetch_one(t.app.db.pool())
@@ -490,7 +491,7 @@ async fn a_grant_revoked_mid_download_stops_the_client_with_the_reason_and_keeps
         .fetch_one(t.app.db.pool())
         .await
         .unwrap();
-    weightgate::grants::revoke(&t.app, &grant_id, "Leaked", "test", Default::default())
+    weightgate::domain::grants::revoke(&t.app, &grant_id, "Leaked", "test", Default::default())
         .await
         .unwrap();
     let err = tokio::time::timeout(Duration::from_secs(30), download)
@@ -517,7 +518,7 @@ both!(a_spent_quota_and_an_expired_grant_stop_the_client_with_their_reasons);
 async fn a_spent_quota_and_an_expired_grant_stop_the_client_with_their_reasons() {
     let t = TestApp::spawn().await;
     let slug = MODEL.parse().unwrap();
-    weightgate::models::set_quota(&t.app, &slug, None, Some(1), "test")
+    weightgate::domain::models::set_quota(&t.app, &slug, None, Some(1), "test")
         .await
         .unwrap();
     let access = t.approved_researcher("limits@uni.example.edu").await;

@@ -4,8 +4,8 @@
 
 use reqwest::StatusCode;
 use weightgate::{
-    accounts,
-    policy::{self, PolicyChange},
+    domain::accounts,
+    domain::policy::{self, PolicyChange},
     types::Email,
 };
 
@@ -201,7 +201,7 @@ async fn an_allow_listed_domain_is_approved_by_rule_and_the_log_names_the_rule()
     let approved = t.wait_for_events("review.approved", 1).await;
     assert_eq!(
         approved[0].actor.as_deref(),
-        Some(weightgate::reviews::RULES_ACTOR)
+        Some(weightgate::domain::reviews::RULES_ACTOR)
     );
     assert_eq!(
         approved[0].reason.as_deref(),
@@ -395,7 +395,7 @@ async fn grants_are_extended_reminded_before_they_end_and_recorded_when_they_exp
     t.sign_in(&admin).await;
 
     // 30 days is beyond the 7-day reminder window: nothing to send yet.
-    let round = weightgate::notices::run_once(&t.app).await.unwrap();
+    let round = weightgate::domain::notices::run_once(&t.app).await.unwrap();
     assert_eq!((round.reminders, round.expired), (0, 0));
 
     let soon = weightgate::types::now_ms() + 2 * 86_400_000;
@@ -404,9 +404,9 @@ async fn grants_are_extended_reminded_before_they_end_and_recorded_when_they_exp
         .execute(t.app.db.pool())
         .await
         .unwrap();
-    let round = weightgate::notices::run_once(&t.app).await.unwrap();
+    let round = weightgate::domain::notices::run_once(&t.app).await.unwrap();
     assert_eq!(round.reminders, 1);
-    let again = weightgate::notices::run_once(&t.app).await.unwrap();
+    let again = weightgate::domain::notices::run_once(&t.app).await.unwrap();
     assert_eq!(again.reminders, 0, "one reminder per grant");
     t.wait_for_mail("ends@uni.example.edu", "ends on").await;
 
@@ -446,9 +446,15 @@ async fn grants_are_extended_reminded_before_they_end_and_recorded_when_they_exp
         t.download_links(&access).await.is_empty(),
         "an expired grant lists no links"
     );
-    let round = weightgate::notices::run_once(&t.app).await.unwrap();
+    let round = weightgate::domain::notices::run_once(&t.app).await.unwrap();
     assert_eq!(round.expired, 1);
-    assert_eq!(weightgate::notices::run_once(&t.app).await.unwrap().expired, 0);
+    assert_eq!(
+        weightgate::domain::notices::run_once(&t.app)
+            .await
+            .unwrap()
+            .expired,
+        0
+    );
     let events = t.audit_events().await;
     for action in ["grant.reminded", "grant.extended", "grant.expired"] {
         assert_eq!(
@@ -477,12 +483,15 @@ async fn reviewers_hear_of_waiting_applications_at_once_or_in_a_daily_digest() {
 
     t.apply_and_confirm("waits@uni.example.edu").await;
     // The model has an assigned reviewer, who chose the digest: the admin is not told.
-    let round = weightgate::notices::run_once(&t.app).await.unwrap();
+    let round = weightgate::domain::notices::run_once(&t.app).await.unwrap();
     assert_eq!(round.digests, 1);
     let digest = t.wait_for_mail(SECOND, "applications wait for your review").await;
     assert!(digest.contains("waits@uni.example.edu"));
     assert_eq!(
-        weightgate::notices::run_once(&t.app).await.unwrap().digests,
+        weightgate::domain::notices::run_once(&t.app)
+            .await
+            .unwrap()
+            .digests,
         0,
         "once a day"
     );

@@ -256,7 +256,7 @@ async fn no_fetch_is_let_through_after_its_grant_is_revoked_in_the_log() {
     while served.load(std::sync::atomic::Ordering::SeqCst) < 24 {
         tokio::task::yield_now().await;
     }
-    weightgate::grants::revoke(&t.app, &grant_id, "Leaked", REVIEWER, Default::default())
+    weightgate::domain::grants::revoke(&t.app, &grant_id, "Leaked", REVIEWER, Default::default())
         .await
         .unwrap();
     for fetcher in fetchers {
@@ -304,14 +304,14 @@ async fn an_interrupted_transfer_is_recorded_with_the_bytes_actually_sent() {
     let size = 48 * 1024 * 1024;
     std::fs::write(big.join("huge.bin"), vec![7u8; size]).unwrap();
     let slug = MODEL.parse().unwrap();
-    weightgate::models::publish(
+    weightgate::domain::models::publish(
         &t.app,
         &slug,
         &big,
         Some("r2"),
         1024 * 1024,
         "test",
-        &weightgate::models::PublishProgress::quiet(),
+        &weightgate::domain::models::PublishProgress::quiet(),
     )
     .await
     .unwrap();
@@ -405,14 +405,14 @@ pub(crate) async fn publish_big(t: &TestApp) -> Vec<u8> {
     let bytes: Vec<u8> = (0..32 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(big.join("huge.bin"), &bytes).unwrap();
     let slug = MODEL.parse().unwrap();
-    weightgate::models::publish(
+    weightgate::domain::models::publish(
         &t.app,
         &slug,
         &big,
         Some("r2"),
         1024 * 1024,
         "test",
-        &weightgate::models::PublishProgress::quiet(),
+        &weightgate::domain::models::PublishProgress::quiet(),
     )
     .await
     .unwrap();
@@ -425,7 +425,7 @@ async fn transfers_under_way_count_against_the_quota() {
     let big = publish_big(&t).await;
     let slug = MODEL.parse().unwrap();
     // One file, and 1 KiB more than the big one in bytes.
-    weightgate::models::set_quota(&t.app, &slug, Some(big.len() as u64 + 1024), Some(1), "test")
+    weightgate::domain::models::set_quota(&t.app, &slug, Some(big.len() as u64 + 1024), Some(1), "test")
         .await
         .unwrap();
     let access = t.approved_researcher("busy@uni.example.edu").await;
@@ -477,7 +477,7 @@ async fn a_fetch_that_would_pass_the_byte_quota_is_refused() {
     let t = TestApp::spawn().await;
     let slug = MODEL.parse().unwrap();
     let size0 = t.files[0].1.len() as u64;
-    weightgate::models::set_quota(&t.app, &slug, Some(size0 + 10), None, "test")
+    weightgate::domain::models::set_quota(&t.app, &slug, Some(size0 + 10), None, "test")
         .await
         .unwrap();
     let access = t.approved_researcher("bytes@uni.example.edu").await;

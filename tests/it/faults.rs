@@ -82,7 +82,7 @@ async fn the_object_store_going_away_or_failing_midway_is_reported_and_survived(
         ("aborted", Some(0))
     );
     // A refusal is a refusal, and is logged, whatever the store's state.
-    weightgate::grants::revoke(&t.app, &other_grant, "Leaked", "test", Default::default())
+    weightgate::domain::grants::revoke(&t.app, &other_grant, "Leaked", "test", Default::default())
         .await
         .unwrap();
     let revoked = t.client.get(&other_link).send().await.unwrap();

@@ -7,10 +7,10 @@ use reqwest::{Client, StatusCode, redirect::Policy};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 use weightgate::{
-    accounts,
     app::{App, Schema},
     config::Config,
-    models,
+    domain::accounts,
+    domain::models,
     types::{Email, Slug},
 };
 
@@ -192,7 +192,7 @@ impl TestApp {
             Some("r1"),
             CHUNK_SIZE,
             "test",
-            &weightgate::models::PublishProgress::quiet(),
+            &weightgate::domain::models::PublishProgress::quiet(),
         )
         .await
         .unwrap();

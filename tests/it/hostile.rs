@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use reqwest::{Client, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use weightgate::{
-    models,
+    domain::models,
     storage::{LocalDir, ObjectStore},
     types::Slug,
 };

@@ -105,14 +105,14 @@ async fn a_terminated_portal_finishes_downloads_in_flight_and_logs_json() {
     let bytes: Vec<u8> = (0..32 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(big.join("huge.bin"), &bytes).unwrap();
     let slug = MODEL.parse().unwrap();
-    weightgate::models::publish(
+    weightgate::domain::models::publish(
         &t.app,
         &slug,
         &big,
         Some("r2"),
         1024 * 1024,
         "test",
-        &weightgate::models::PublishProgress::quiet(),
+        &weightgate::domain::models::PublishProgress::quiet(),
     )
     .await
     .unwrap();

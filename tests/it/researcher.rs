@@ -5,7 +5,7 @@
 use std::{collections::HashSet, time::Duration};
 
 use reqwest::{Client, StatusCode};
-use weightgate::{models, types::Slug};
+use weightgate::{domain::models, types::Slug};
 
 use crate::helpers::*;
 

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use reqwest::{Client, StatusCode, redirect::Policy};
 use weightgate::{
-    accounts,
+    domain::accounts,
     types::{Email, Slug},
     web::{Access, route_table},
 };
@@ -191,7 +191,7 @@ async fn add_reviewer(t: &TestApp, email: &str, model: &str) -> String {
     let id = accounts::add_reviewer(&t.app, &parsed, PASSWORD, false, "test")
         .await
         .unwrap();
-    weightgate::policy::assign(&t.app, model, &parsed, true, "test")
+    weightgate::domain::policy::assign(&t.app, model, &parsed, true, "test")
         .await
         .unwrap();
     id
@@ -208,20 +208,20 @@ async fn every_route_answers_every_role_as_its_rule_says() {
     let t = TestApp::spawn().await;
     // The other model, with a file, so that its grants and applications exist.
     let other: Slug = OTHER_MODEL.parse().unwrap();
-    weightgate::models::create(&t.app, &other, "Other", "Terms.", "test")
+    weightgate::domain::models::create(&t.app, &other, "Other", "Terms.", "test")
         .await
         .unwrap();
     let files = t.dir.path().join("other-files");
     std::fs::create_dir_all(&files).unwrap();
     std::fs::write(files.join("weights.bin"), b"other weights").unwrap();
-    weightgate::models::publish(
+    weightgate::domain::models::publish(
         &t.app,
         &other,
         &files,
         Some("r1"),
         CHUNK_SIZE,
         "test",
-        &weightgate::models::PublishProgress::quiet(),
+        &weightgate::domain::models::PublishProgress::quiet(),
     )
     .await
     .unwrap();
@@ -245,7 +245,7 @@ async fn every_route_answers_every_role_as_its_rule_says() {
         .await;
     assert_eq!(response.status(), StatusCode::OK);
     t.apply_and_confirm(Z).await;
-    weightgate::policy::save_template(&t.app, "Not enough detail", "Tell us more.", "test")
+    weightgate::domain::policy::save_template(&t.app, "Not enough detail", "Tell us more.", "test")
         .await
         .unwrap();
     let by_email =

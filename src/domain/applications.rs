@@ -5,14 +5,14 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-pub use crate::forms::FieldErrors;
+pub use crate::domain::forms::FieldErrors;
 use crate::{
     app::App,
     audit::{self, Client, Event, Outcome},
     db::{self, applications::ApplicationView, models::Model},
-    forms::{single_line, text},
+    domain::forms::{single_line, text},
+    domain::questions::{self, Answer},
     mail,
-    questions::{self, Answer},
     types::{Email, format_ms, hash_token, new_id, new_token, now_ms},
 };
 
@@ -162,7 +162,8 @@ pub async fn eligibility(app: &App, researcher_id: &str, model: &Model) -> anyho
     }
     let grants = db::grants::list_of_researcher(app.db.pool(), researcher_id).await?;
     if let Some(grant) = grants.iter().find(|g| {
-        g.model_id == model.id && crate::grants::GrantState::of(g, now) == crate::grants::GrantState::Active
+        g.model_id == model.id
+            && crate::domain::grants::GrantState::of(g, now) == crate::domain::grants::GrantState::Active
     }) {
         return Ok(Eligibility::HasAccess {
             expires_at: grant.expires_at,
@@ -407,7 +408,7 @@ pub async fn confirm(app: &App, token: &str, client: Client) -> anyhow::Result<A
     }
     tx.commit().await?;
     if confirmed {
-        crate::reviews::on_confirmed(app, &view.id, client).await?;
+        crate::domain::reviews::on_confirmed(app, &view.id, client).await?;
     }
     let view = db::applications::find_view(app.db.pool(), &view.id)
         .await?

@@ -6,10 +6,10 @@ use crate::{
     app::App,
     audit::{self, Client, Event, Outcome},
     db::{self, applications::Message, reviewers::Reviewer},
-    forms::text,
+    domain::forms::text,
+    domain::researchers::{self, Researcher, ResearcherError},
+    domain::reviews::ReviewError,
     mail,
-    researchers::{self, Researcher, ResearcherError},
-    reviews::ReviewError,
     types::{new_id, now_ms},
 };
 
@@ -39,10 +39,10 @@ pub async fn ask(
     let view = db::applications::find_view(app.db.pool(), application_id)
         .await?
         .ok_or(ReviewError::NotFound)?;
-    crate::authz::reviewer_may(
+    crate::domain::authz::reviewer_may(
         app,
         reviewer,
-        crate::authz::ReviewerAction::Act {
+        crate::domain::authz::ReviewerAction::Act {
             model_id: &view.model_id,
         },
     )
@@ -121,5 +121,5 @@ pub async fn answer(
     event.client = client;
     audit::append(&mut tx, app.db.backend(), &[event]).await?;
     tx.commit().await?;
-    crate::notices::application_answered(app, &view, &answer).await
+    crate::domain::notices::application_answered(app, &view, &answer).await
 }

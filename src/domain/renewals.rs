@@ -4,14 +4,14 @@
 
 use crate::{
     app::App,
-    applications::MAX_INTENDED_USE,
     audit::{self, Client, Event, Outcome},
     db::{self, grants::GrantView, reviewers::Reviewer},
-    forms::text,
-    grants::{GrantError, GrantState},
+    domain::applications::MAX_INTENDED_USE,
+    domain::forms::text,
+    domain::grants::{GrantError, GrantState},
+    domain::researchers::{self, Researcher, ResearcherError},
+    domain::reviews::{Approval, MAX_EXTENSION_DAYS},
     mail,
-    researchers::{self, Researcher, ResearcherError},
-    reviews::{Approval, MAX_EXTENSION_DAYS},
     types::{hash_token, new_id, new_token, now_ms},
 };
 
@@ -136,7 +136,7 @@ pub async fn propose(
             insert_renewal(app, grant, &reviewer.email, Some(note), client.clone()).await?
         }
     };
-    let approval = crate::reviews::approve(app, reviewer, &renewal, Some(days), None, client).await?;
+    let approval = crate::domain::reviews::approve(app, reviewer, &renewal, Some(days), None, client).await?;
     Ok((renewal, approval))
 }
 

@@ -8,15 +8,15 @@ use std::time::Duration;
 use crate::{
     app::App,
     audit::{self, Client, Event, Outcome},
-    authz::{self, ReviewerAction},
     db::{
         self,
         applications::{ApplicationView, NewReview},
         policy::ReviewPolicy,
         reviewers::Reviewer,
     },
+    domain::authz::{self, ReviewerAction},
+    domain::questions::Question,
     mail,
-    questions::Question,
     types::{format_ms, hash_token, new_id, new_token, now_ms},
 };
 
@@ -414,7 +414,7 @@ pub fn approving_rule(
     let allowed = allowed_domains(policy.auto_approve_domains.as_deref())
         .into_iter()
         .find(|allowed| domain == *allowed || domain.ends_with(&format!(".{allowed}")))?;
-    let answers = crate::questions::stored_answers(&view.answers);
+    let answers = crate::domain::questions::stored_answers(&view.answers);
     let answered = |q: &Question| answers.iter().any(|a| a.id == q.id && !a.value.trim().is_empty());
     if !questions.iter().filter(|q| q.required).all(answered) {
         return None;
@@ -445,10 +445,10 @@ pub async fn on_confirmed(app: &App, application_id: &str, client: Client) -> an
     let policy = policy_of(app, &view.model_id).await?;
     let questions = db::models::find_model(app.db.pool(), &view.model_id)
         .await?
-        .map(|m| crate::questions::stored(&m.questions))
+        .map(|m| crate::domain::questions::stored(&m.questions))
         .unwrap_or_default();
     let Some(rule) = approving_rule(&policy, &view, &questions) else {
-        return crate::notices::application_waiting(app, &view).await;
+        return crate::domain::notices::application_waiting(app, &view).await;
     };
     let now = now_ms();
     let mut tx = app.db.begin().await?;
@@ -635,7 +635,7 @@ mod tests {
 
     #[test]
     fn a_required_question_left_unanswered_stops_the_automatic_approval() {
-        let questions = crate::questions::parse_definitions(
+        let questions = crate::domain::questions::parse_definitions(
             r#"[{"id": "orcid", "label": "ORCID", "kind": "url", "required": true}]"#,
         )
         .unwrap();

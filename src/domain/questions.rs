@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, sync::OnceLock};
 
 use serde::{Deserialize, Serialize};
 
-use crate::forms::{FieldErrors, single_line, text};
+use crate::domain::forms::{FieldErrors, single_line, text};
 
 pub const MAX_QUESTIONS: usize = 50;
 pub const MAX_LABEL: usize = 300;

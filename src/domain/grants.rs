@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::facts::GrantFacts;
+use crate::db::facts::GrantFacts;
 
 use futures_util::StreamExt;
 
@@ -11,12 +11,12 @@ use crate::{
     app::App,
     audit::{AuditLog, Client, Event, Guarded, Now, Outcome, refusals::Tallied},
     config::DeliveryMode,
+    crypto::links::Refusal,
     db::{
         self,
         grants::{GrantNow, GrantView},
         models::{File, FileInModel, Release},
     },
-    links::Refusal,
     mail,
     storage::ByteStream,
     types::{hash_token, now_ms},
@@ -130,7 +130,7 @@ pub enum GrantError {
     AlreadyRevoked,
     #[error("a revocation needs a reason (at most 2000 characters)")]
     ReasonRequired,
-    #[error("an extension adds 1 to {} days", crate::reviews::MAX_EXTENSION_DAYS)]
+    #[error("an extension adds 1 to {} days", crate::domain::reviews::MAX_EXTENSION_DAYS)]
     BadExtension,
     #[error("this grant has ended: the researcher may apply again, or an admin may override the policy")]
     Ended,
@@ -577,13 +577,13 @@ fn quota_spent(grant: &GrantNow, file_id: &str, requested: u64) -> bool {
     if !grant.has_quota() {
         return false;
     }
-    let completed = crate::deliveries::completed_files(&grant.deliveries);
+    let completed = crate::domain::deliveries::completed_files(&grant.deliveries);
     if completed.contains(file_id) {
         return false;
     }
     let open_bytes: u64 = grant.open.iter().map(|(_, bytes)| bytes).sum();
     let over_bytes = grant.quota_bytes.is_some_and(|q| {
-        let taken = crate::deliveries::bytes_delivered(&grant.deliveries).saturating_add(open_bytes);
+        let taken = crate::domain::deliveries::bytes_delivered(&grant.deliveries).saturating_add(open_bytes);
         taken.saturating_add(requested) > u64::try_from(q).unwrap_or(0)
     });
     let mut files: std::collections::BTreeSet<&str> = grant

@@ -1,5 +1,6 @@
-//! Which address a request really comes from when the portal sits behind
-//! load balancers or reverse proxies.
+//! Client addresses: which address a request really comes from when the
+//! portal sits behind load balancers or reverse proxies, and the network an
+//! address counts as for limits and tallies.
 //!
 //! The audit log, the anomaly report and every per-address rate limit key on
 //! the client's address. Behind a balancer the connection's peer is the
@@ -165,6 +166,18 @@ fn parse_entry(entry: &str) -> Option<IpAddr> {
     Some(ip.to_canonical())
 }
 
+/// The network a client address stands for when counting requests: an IPv4
+/// address itself, an IPv6 address's /64 (`2001:db8:1:2::/64`).
+pub fn network_key(ip: std::net::IpAddr) -> String {
+    match ip.to_canonical() {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            format!("{}/64", std::net::Ipv6Addr::from(prefix))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,5 +332,24 @@ mod tests {
         assert!("0.0.0.0/0".parse::<TrustedProxies>().unwrap().trusts_everyone());
         let err = "10.0.0.0/8,lb".parse::<TrustedProxies>().unwrap_err();
         assert!(err.contains("\"lb\""), "{err}");
+    }
+
+    #[test]
+    fn an_ipv6_client_is_counted_by_its_64() {
+        assert_eq!(network_key(addr("203.0.113.9")), "203.0.113.9");
+        assert_eq!(network_key(addr("::ffff:203.0.113.9")), "203.0.113.9");
+        assert_eq!(network_key(addr("2001:db8:1:2:aaaa::1")), "2001:db8:1:2::/64");
+        assert_eq!(
+            network_key(addr("2001:db8:1:2:ffff:ffff:ffff:ffff")),
+            network_key(addr("2001:db8:1:2::1"))
+        );
+        assert_ne!(
+            network_key(addr("2001:db8:1:3::1")),
+            network_key(addr("2001:db8:1:2::1"))
+        );
+    }
+
+    fn addr(s: &str) -> std::net::IpAddr {
+        s.parse().unwrap()
     }
 }

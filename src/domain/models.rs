@@ -13,8 +13,8 @@ use sha2::{Digest, Sha256};
 use crate::{
     app::App,
     audit::{self, Event, Outcome},
+    crypto::manifests::{MANIFEST_FORMAT, Manifest, ManifestFile},
     db::{self, models::Model},
-    manifests::{MANIFEST_FORMAT, Manifest, ManifestFile},
     storage::key_for_sha256,
     types::{Slug, is_safe_file_name, new_id, now_ms},
 };
@@ -442,8 +442,8 @@ pub async fn set_questions(
     slug: &Slug,
     json: &str,
     actor: &str,
-) -> anyhow::Result<Vec<crate::questions::Question>> {
-    let questions = crate::questions::parse_definitions(json).map_err(ModelError::Invalid)?;
+) -> anyhow::Result<Vec<crate::domain::questions::Question>> {
+    let questions = crate::domain::questions::parse_definitions(json).map_err(ModelError::Invalid)?;
     let model = model_by_slug(app, slug).await?;
     let stored = serde_json::to_string(&questions)?;
     let mut tx = app.db.begin().await?;

@@ -9,8 +9,8 @@ use std::{
 use crate::{
     app::App,
     audit::{self, Client, Event, Outcome},
+    crypto::passwords::hash_password,
     db::{self, reviewers::Reviewer},
-    passwords::hash_password,
     types::{Email, new_id, now_ms},
 };
 
@@ -172,7 +172,7 @@ pub async fn change_reviewer(
 ) -> anyhow::Result<()> {
     let reviewer = db::reviewers::find(app.db.pool(), id)
         .await?
-        .ok_or_else(|| crate::policy::PolicyError::NoReviewer(id.to_owned()))?;
+        .ok_or_else(|| crate::domain::policy::PolicyError::NoReviewer(id.to_owned()))?;
     let mut tx = app.db.begin().await?;
     let what = match change {
         ReviewerChange::Admin(admin) => {
@@ -186,7 +186,7 @@ pub async fn change_reviewer(
         }
         ReviewerChange::Notify(notify) => {
             if !NOTIFY.contains(&notify) {
-                return Err(crate::policy::PolicyError::Invalid(format!(
+                return Err(crate::domain::policy::PolicyError::Invalid(format!(
                     "notifications are one of {}",
                     NOTIFY.join(", ")
                 ))

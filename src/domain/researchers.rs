@@ -4,12 +4,12 @@
 
 use crate::{
     app::App,
-    applications::{self, MAX_INTENDED_USE},
     audit::{self, Client, Event, Outcome},
     db::{self, Tx, applications::ApplicationView, grants::GrantView},
-    forms::text,
+    domain::applications::{self, MAX_INTENDED_USE},
+    domain::forms::text,
+    domain::questions::{self, Answer},
     mail,
-    questions::{self, Answer},
     types::{Email, hash_token, new_id, new_token, now_ms},
 };
 
@@ -246,7 +246,7 @@ pub async fn my_grant(app: &App, researcher: &Researcher, grant_id: &str) -> any
     let grant = db::grants::find_view(app.db.pool(), grant_id)
         .await?
         .ok_or(ResearcherError::NotFound)?;
-    crate::authz::researcher_owns(&researcher.id, &grant.researcher_id)?;
+    crate::domain::authz::researcher_owns(&researcher.id, &grant.researcher_id)?;
     Ok(grant)
 }
 
@@ -259,7 +259,7 @@ pub async fn my_application(
     let application = db::applications::find_view(app.db.pool(), application_id)
         .await?
         .ok_or(ResearcherError::NotFound)?;
-    crate::authz::researcher_owns(&researcher.id, &application.researcher_id)?;
+    crate::domain::authz::researcher_owns(&researcher.id, &application.researcher_id)?;
     Ok(application)
 }
 
@@ -271,7 +271,7 @@ pub async fn client_manifest_url(
     grant: &GrantView,
     client: Client,
 ) -> anyhow::Result<String> {
-    crate::authz::researcher_owns(&researcher.id, &grant.researcher_id)?;
+    crate::domain::authz::researcher_owns(&researcher.id, &grant.researcher_id)?;
     let token = new_token();
     let mut tx = app.db.begin().await?;
     db::grants::insert_token(&mut *tx, &hash_token(&token), &grant.id, now_ms()).await?;

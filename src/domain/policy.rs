@@ -7,7 +7,7 @@ use crate::{
     app::App,
     audit::{self, Event, Outcome},
     db::{self, policy::DenyTemplate},
-    reviews::allowed_domains,
+    domain::reviews::allowed_domains,
     types::{Email, new_id, now_ms},
 };
 
