@@ -1,6 +1,8 @@
 //! Small values shared by every part: ids, secret tokens, time, and newtypes
 //! that validate on parse.
 
+pub mod states;
+
 use std::{fmt, str::FromStr};
 
 use base64::Engine;

@@ -20,7 +20,7 @@ use crate::{
     domain::accounts::{self, ReviewerChange},
     domain::grants::{self, GrantState},
     domain::models,
-    types::{Email, Slug, format_ms, format_ms_rfc3339, now_ms},
+    types::{Email, Slug, format_ms, format_ms_rfc3339, now_ms, states::Notify},
 };
 
 /// A gated distribution portal for machine-learning model weights.
@@ -115,8 +115,8 @@ pub enum ReviewerCommand {
     /// Set how a reviewer hears of waiting applications.
     Notify {
         email: String,
-        #[arg(value_parser = ["immediate", "digest", "off"])]
-        how: String,
+        /// immediate, digest or off
+        how: Notify,
     },
 }
 
@@ -405,8 +405,8 @@ async fn reviewer(app: Arc<App>, cmd: ReviewerCommand) -> anyhow::Result<()> {
                         .collect();
                     let state = if r.disabled_at.is_some() { "disabled" } else { "active" };
                     (
-                        vec![r.email.clone(), role.into(), models.join(", "), r.notify.clone(), state.into(), format_ms(r.created_at)],
-                        serde_json::json!({"id": r.id, "email": r.email, "role": role, "models": models, "notify": r.notify, "state": state, "created_at": format_ms_rfc3339(r.created_at)}),
+                        vec![r.email.clone(), role.into(), models.join(", "), r.notify.to_string(), state.into(), format_ms(r.created_at)],
+                        serde_json::json!({"id": r.id, "email": r.email, "role": role, "models": models, "notify": r.notify.as_str(), "state": state, "created_at": format_ms_rfc3339(r.created_at)}),
                     )
                 }),
             );
@@ -434,7 +434,7 @@ async fn reviewer(app: Arc<App>, cmd: ReviewerCommand) -> anyhow::Result<()> {
         }
         ReviewerCommand::Notify { email, how } => {
             let reviewer = find_reviewer(&app, &email).await?;
-            accounts::change_reviewer(&app, &reviewer.id, ReviewerChange::Notify(&how), &operator()).await?;
+            accounts::change_reviewer(&app, &reviewer.id, ReviewerChange::Notify(how), &operator()).await?;
             println!("{} hears of waiting applications: {how}", reviewer.email);
         }
     }

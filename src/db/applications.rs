@@ -5,6 +5,7 @@ use sqlx::{FromRow, any::AnyExecutor};
 use crate::{
     bind_where,
     db::{Bind, Tx, Where, like_escape},
+    types::states::{Author, Decision, Kind, Status},
 };
 
 /// Returns the id of the researcher with this (normalised) e-mail, creating them if new.
@@ -33,13 +34,13 @@ pub struct NewApplication<'a> {
     pub terms_version: i64,
     pub confirm_token_hash: &'a str,
     pub created_at: i64,
-    /// `unconfirmed`, or `pending` when the researcher is known to own the address.
-    pub status: &'a str,
+    /// `Unconfirmed`, or `Pending` when the researcher is known to own the address.
+    pub status: Status,
     pub confirmed_at: Option<i64>,
     /// JSON array of `crate::domain::questions::Answer`.
     pub answers: &'a str,
-    /// `new`, `renewal` (of `grant_id`) or `appeal` (of `parent_id`).
-    pub kind: &'a str,
+    /// What it asks for: a renewal names `grant_id`, an appeal `parent_id`.
+    pub kind: Kind,
     pub parent_id: Option<&'a str>,
     pub grant_id: Option<&'a str>,
 }
@@ -58,12 +59,12 @@ pub async fn insert_application(tx: &mut Tx, a: &NewApplication<'_>) -> sqlx::Re
     .bind(a.affiliation)
     .bind(a.intended_use)
     .bind(a.terms_version)
-    .bind(a.status)
+    .bind(a.status.as_str())
     .bind(a.confirm_token_hash)
     .bind(a.created_at)
     .bind(a.confirmed_at)
     .bind(a.answers)
-    .bind(a.kind)
+    .bind(a.kind.as_str())
     .bind(a.parent_id)
     .bind(a.grant_id)
     .execute(&mut **tx)
@@ -81,7 +82,8 @@ pub struct ApplicationView {
     pub affiliation: String,
     pub intended_use: String,
     pub terms_version: i64,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: Status,
     pub created_at: i64,
     pub confirmed_at: Option<i64>,
     pub decided_at: Option<i64>,
@@ -90,8 +92,8 @@ pub struct ApplicationView {
     pub model_title: String,
     /// JSON array of `crate::domain::questions::Answer`.
     pub answers: String,
-    /// `new`, `renewal` or `appeal`.
-    pub kind: String,
+    #[sqlx(try_from = "String")]
+    pub kind: Kind,
     /// The denied application an appeal is about.
     pub parent_id: Option<String>,
     /// The grant a renewal would extend.
@@ -125,25 +127,6 @@ pub async fn find_view_by_token<'c>(
     .await
 }
 
-/// Confirmed applications waiting for a decision, oldest first.
-pub async fn list_pending<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<Vec<ApplicationView>> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "{VIEW} WHERE a.status = 'pending' ORDER BY a.confirmed_at, a.id"
-    )))
-    .fetch_all(e)
-    .await
-}
-
-/// Recently decided applications, newest first.
-pub async fn list_decided<'c>(e: impl AnyExecutor<'c>, limit: i64) -> sqlx::Result<Vec<ApplicationView>> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "{VIEW} WHERE a.status IN ('approved', 'denied') ORDER BY a.decided_at DESC, a.id LIMIT $1"
-    )))
-    .bind(limit)
-    .fetch_all(e)
-    .await
-}
-
 /// Moves an unconfirmed application to the queue; `false` when it was not unconfirmed.
 pub async fn mark_confirmed(tx: &mut Tx, id: &str, now: i64) -> sqlx::Result<bool> {
     let done = sqlx::query(
@@ -157,13 +140,13 @@ pub async fn mark_confirmed(tx: &mut Tx, id: &str, now: i64) -> sqlx::Result<boo
 }
 
 /// Records the final state of a pending application; `false` when it was no longer pending.
-pub async fn mark_decided(tx: &mut Tx, id: &str, status: &str, now: i64) -> sqlx::Result<bool> {
+pub async fn mark_decided(tx: &mut Tx, id: &str, status: Status, now: i64) -> sqlx::Result<bool> {
     let done = sqlx::query(
         "UPDATE applications SET status = $2, decided_at = $3
          WHERE id = $1 AND status IN ('pending', 'info_requested')",
     )
     .bind(id)
-    .bind(status)
+    .bind(status.as_str())
     .bind(now)
     .execute(&mut **tx)
     .await?;
@@ -175,8 +158,7 @@ pub struct NewReview<'a> {
     pub id: &'a str,
     pub application_id: &'a str,
     pub reviewer_id: &'a str,
-    /// `approve` or `deny`.
-    pub decision: &'a str,
+    pub decision: Decision,
     pub reason: Option<&'a str>,
     pub grant_days: Option<i64>,
     pub note: Option<&'a str>,
@@ -191,7 +173,7 @@ pub async fn insert_review(tx: &mut Tx, r: &NewReview<'_>) -> sqlx::Result<()> {
     .bind(r.id)
     .bind(r.application_id)
     .bind(r.reviewer_id)
-    .bind(r.decision)
+    .bind(r.decision.as_str())
     .bind(r.reason)
     .bind(r.grant_days)
     .bind(r.note)
@@ -204,7 +186,8 @@ pub async fn insert_review(tx: &mut Tx, r: &NewReview<'_>) -> sqlx::Result<()> {
 #[derive(Clone, Debug, FromRow)]
 pub struct ReviewView {
     pub reviewer_email: String,
-    pub decision: String,
+    #[sqlx(try_from = "String")]
+    pub decision: Decision,
     pub reason: Option<String>,
     pub grant_days: Option<i64>,
     pub note: Option<String>,
@@ -276,7 +259,7 @@ pub struct QueueFilter {
     pub model_ids: Option<Vec<String>>,
     pub model_slug: Option<String>,
     /// A status, or `None` for all of them.
-    pub status: Option<String>,
+    pub status: Option<Status>,
     /// Confirmed at least this long ago (milliseconds).
     pub waited_at_least: Option<i64>,
     /// The domain of the researcher's e-mail (or a parent domain).
@@ -311,7 +294,7 @@ pub async fn search(
         w.and_bind("m.slug = $?", Bind::Text(slug.clone()));
     }
     if let Some(status) = &f.status {
-        w.and_bind("a.status = $?", Bind::Text(status.clone()));
+        w.and_bind("a.status = $?", Bind::Text(status.as_str().to_owned()));
     }
     if let Some(waited) = f.waited_at_least {
         w.and_bind("a.confirmed_at <= $?", Bind::Int(now.saturating_sub(waited)));
@@ -399,11 +382,11 @@ pub async fn approval_counts(
 
 /// Moves an application from one status to another; `false` when it was
 /// not in `from` any more.
-pub async fn set_status(tx: &mut Tx, id: &str, from: &str, to: &str) -> sqlx::Result<bool> {
+pub async fn set_status(tx: &mut Tx, id: &str, from: Status, to: Status) -> sqlx::Result<bool> {
     let done = sqlx::query("UPDATE applications SET status = $3 WHERE id = $1 AND status = $2")
         .bind(id)
-        .bind(from)
-        .bind(to)
+        .bind(from.as_str())
+        .bind(to.as_str())
         .execute(&mut **tx)
         .await?;
     Ok(done.rows_affected() == 1)
@@ -433,8 +416,8 @@ pub async fn open_renewal<'c>(e: impl AnyExecutor<'c>, grant_id: &str) -> sqlx::
 pub struct Message {
     pub id: String,
     pub application_id: String,
-    /// `reviewer` or `researcher`.
-    pub author_kind: String,
+    #[sqlx(try_from = "String")]
+    pub author_kind: Author,
     pub author_email: String,
     pub body: String,
     pub created_at: i64,
@@ -447,7 +430,7 @@ pub async fn insert_message(tx: &mut Tx, m: &Message) -> sqlx::Result<()> {
     )
     .bind(&m.id)
     .bind(&m.application_id)
-    .bind(&m.author_kind)
+    .bind(m.author_kind.as_str())
     .bind(&m.author_email)
     .bind(&m.body)
     .bind(m.created_at)

@@ -2,6 +2,8 @@
 
 use sqlx::{FromRow, any::AnyExecutor};
 
+use crate::types::states::Notify;
+
 #[derive(Clone, Debug, FromRow)]
 pub struct Reviewer {
     pub id: String,
@@ -9,8 +11,8 @@ pub struct Reviewer {
     pub password_hash: String,
     pub is_admin: i64,
     pub created_at: i64,
-    /// `immediate`, `digest` or `off`.
-    pub notify: String,
+    #[sqlx(try_from = "String")]
+    pub notify: Notify,
     pub last_digest_at: Option<i64>,
     pub disabled_at: Option<i64>,
     /// Raised whenever the account's sessions must end.
@@ -72,10 +74,10 @@ pub async fn list<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<Vec<Reviewer>> {
 }
 
 /// Sets how a reviewer hears of waiting applications.
-pub async fn set_notify<'c>(e: impl AnyExecutor<'c>, id: &str, notify: &str) -> sqlx::Result<bool> {
+pub async fn set_notify<'c>(e: impl AnyExecutor<'c>, id: &str, notify: Notify) -> sqlx::Result<bool> {
     let done = sqlx::query("UPDATE reviewers SET notify = $2 WHERE id = $1")
         .bind(id)
-        .bind(notify)
+        .bind(notify.as_str())
         .execute(e)
         .await?;
     Ok(done.rows_affected() == 1)

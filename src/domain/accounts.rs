@@ -11,7 +11,8 @@ use crate::{
     audit::{self, Client, Event, Outcome},
     crypto::passwords::hash_password,
     db::{self, reviewers::Reviewer},
-    types::{Email, new_id, now_ms},
+    domain::error::Result,
+    types::{Email, new_id, now_ms, states::Notify},
 };
 
 pub const MIN_PASSWORD: usize = 12;
@@ -27,6 +28,18 @@ pub enum AccountError {
     WrongPassword,
 }
 
+impl From<AccountError> for crate::domain::Error {
+    fn from(err: AccountError) -> Self {
+        match err {
+            AccountError::PasswordTooShort | AccountError::PasswordTooLong => Self::invalid(err.to_string()),
+            AccountError::WrongPassword => Self::Forbidden {
+                code: "wrong_password",
+                message: err.to_string(),
+            },
+        }
+    }
+}
+
 /// Verified against when an account does not exist, so that a wrong e-mail
 /// takes as long as a wrong password.
 static DUMMY_HASH: LazyLock<String> =
@@ -39,7 +52,7 @@ pub async fn add_reviewer(
     password: &str,
     is_admin: bool,
     actor: &str,
-) -> anyhow::Result<String> {
+) -> Result<String> {
     check_new_password(password)?;
     let owned = password.to_owned();
     let hash = tokio::task::spawn_blocking(move || hash_password(&owned)).await??;
@@ -60,7 +73,7 @@ pub async fn authenticate(
     email: &str,
     password: &str,
     client: Client,
-) -> anyhow::Result<Option<Reviewer>> {
+) -> Result<Option<Reviewer>> {
     let email = email.trim().to_lowercase();
     let reviewer = if password.len() > MAX_PASSWORD {
         None
@@ -113,7 +126,7 @@ pub async fn change_password(
     current: &str,
     new: &str,
     client: Client,
-) -> anyhow::Result<Reviewer> {
+) -> Result<Reviewer> {
     if current.len() > MAX_PASSWORD
         || !app
             .passwords
@@ -142,7 +155,9 @@ pub async fn change_password(
     tx.commit().await?;
     db::reviewers::find(app.db.pool(), &reviewer.id)
         .await?
-        .ok_or_else(|| anyhow::anyhow!("the account vanished while its password changed"))
+        .ok_or_else(|| {
+            crate::domain::Error::Internal(anyhow::anyhow!("the account vanished while its password changed"))
+        })
 }
 
 fn check_new_password(password: &str) -> Result<(), AccountError> {
@@ -157,19 +172,14 @@ fn check_new_password(password: &str) -> Result<(), AccountError> {
 
 /// What an admin changes about a reviewer.
 #[derive(Debug, Clone, Copy)]
-pub enum ReviewerChange<'a> {
+pub enum ReviewerChange {
     Admin(bool),
     Disabled(bool),
-    Notify(&'a str),
+    Notify(Notify),
 }
 
 /// Changes a reviewer's role, access or notifications, audited.
-pub async fn change_reviewer(
-    app: &App,
-    id: &str,
-    change: ReviewerChange<'_>,
-    actor: &str,
-) -> anyhow::Result<()> {
+pub async fn change_reviewer(app: &App, id: &str, change: ReviewerChange, actor: &str) -> Result<()> {
     let reviewer = db::reviewers::find(app.db.pool(), id)
         .await?
         .ok_or_else(|| crate::domain::policy::PolicyError::NoReviewer(id.to_owned()))?;
@@ -185,13 +195,6 @@ pub async fn change_reviewer(
             if disabled { "disabled" } else { "enabled" }.to_owned()
         }
         ReviewerChange::Notify(notify) => {
-            if !NOTIFY.contains(&notify) {
-                return Err(crate::domain::policy::PolicyError::Invalid(format!(
-                    "notifications are one of {}",
-                    NOTIFY.join(", ")
-                ))
-                .into());
-            }
             db::reviewers::set_notify(&mut *tx, id, notify).await?;
             format!("notifications: {notify}")
         }
@@ -205,13 +208,10 @@ pub async fn change_reviewer(
     Ok(())
 }
 
-/// How a reviewer may choose to hear of waiting applications.
-pub const NOTIFY: [&str; 3] = ["immediate", "digest", "off"];
-
 /// Audits a sign-in refused because of too many attempts. Anyone can send
 /// these as fast as they like, so they are counted per client network: the
 /// first of each window is written, the rest summed up when it ends.
-pub async fn record_throttled(app: &App, email: &str, client: Client) -> anyhow::Result<()> {
+pub async fn record_throttled(app: &App, email: &str, client: Client) -> Result<()> {
     let mut event = Event::new("reviewer.sign_in", Outcome::Refused);
     event.reason = Some("throttled".into());
     event.subject = Some(email.chars().take(254).collect());

@@ -10,10 +10,14 @@ use crate::{
     app::App,
     audit::{self, Client, Event, Outcome},
     db::{self, applications::ApplicationView, models::Model},
+    domain::error::Result,
     domain::forms::{single_line, text},
     domain::questions::{self, Answer},
     mail,
-    types::{Email, format_ms, hash_token, new_id, new_token, now_ms},
+    types::{
+        Email, format_ms, hash_token, new_id, new_token, now_ms,
+        states::{Kind, Status},
+    },
 };
 
 pub const MAX_NAME: usize = 200;
@@ -145,17 +149,14 @@ impl Eligibility {
 const DAY_MS: i64 = 86_400_000;
 
 /// Whether `researcher_id` may apply for `model` now.
-pub async fn eligibility(app: &App, researcher_id: &str, model: &Model) -> anyhow::Result<Eligibility> {
+pub async fn eligibility(app: &App, researcher_id: &str, model: &Model) -> Result<Eligibility> {
     let now = now_ms();
     let mine: Vec<ApplicationView> = db::applications::list_of_researcher(app.db.pool(), researcher_id)
         .await?
         .into_iter()
         .filter(|a| a.model_id == model.id)
         .collect();
-    if let Some(waiting) = mine
-        .iter()
-        .find(|a| matches!(a.status.as_str(), "pending" | "info_requested"))
-    {
+    if let Some(waiting) = mine.iter().find(|a| a.status.is_open()) {
         return Ok(Eligibility::Waiting {
             application_id: waiting.id.clone(),
         });
@@ -173,7 +174,7 @@ pub async fn eligibility(app: &App, researcher_id: &str, model: &Model) -> anyho
         .iter()
         .filter(|a| a.decided_at.is_some())
         .max_by_key(|a| a.decided_at);
-    if let Some(denied) = last_decided.filter(|a| a.status == "denied") {
+    if let Some(denied) = last_decided.filter(|a| a.status == Status::Denied) {
         let from = denied
             .decided_at
             .unwrap_or(now)
@@ -201,12 +202,7 @@ pub enum Submission {
 
 /// Records the application and queues the e-mail that confirms the address;
 /// or, when the address may not apply now, queues an e-mail saying why.
-pub async fn submit(
-    app: &App,
-    model: &Model,
-    form: ValidApplication,
-    client: Client,
-) -> anyhow::Result<Submission> {
+pub async fn submit(app: &App, model: &Model, form: ValidApplication, client: Client) -> Result<Submission> {
     let now = now_ms();
     if let Some(researcher_id) = db::researchers::find_id_by_email(app.db.pool(), form.email.as_str()).await?
     {
@@ -236,10 +232,10 @@ pub async fn submit(
             terms_version: form.terms_version,
             confirm_token_hash: &hash_token(&token),
             created_at: now,
-            status: "unconfirmed",
+            status: Status::Unconfirmed,
             confirmed_at: None,
             answers: &answers,
-            kind: "new",
+            kind: Kind::New,
             parent_id: None,
             grant_id: None,
         },
@@ -282,7 +278,7 @@ async fn decline(
     researcher_id: &str,
     eligibility: &Eligibility,
     client: Client,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     let mut tx = app.db.begin().await?;
     mail::enqueue(
         &mut tx,
@@ -321,7 +317,7 @@ async fn decline(
 
 /// The median time from confirmation to decision over the model's latest
 /// decisions, in milliseconds; `None` before the first decision.
-pub async fn typical_review_time(app: &App, model_id: &str) -> anyhow::Result<Option<i64>> {
+pub async fn typical_review_time(app: &App, model_id: &str) -> Result<Option<i64>> {
     let mut durations = db::models::recent_review_durations(app.db.pool(), model_id, 50).await?;
     durations.retain(|d| *d >= 0);
     durations.sort_unstable();
@@ -347,34 +343,36 @@ pub fn describe_duration(ms: i64) -> String {
 }
 
 /// A status in the researcher's words.
-pub fn status_label(status: &str) -> &str {
+pub fn status_label(status: Status) -> &'static str {
     match status {
-        "unconfirmed" => "e-mail not confirmed",
-        "pending" => "with the reviewers",
-        "info_requested" => "question for you",
-        other => other,
+        Status::Unconfirmed => "e-mail not confirmed",
+        Status::Pending => "with the reviewers",
+        Status::InfoRequested => "question for you",
+        Status::Approved => "approved",
+        Status::Denied => "denied",
     }
 }
 
 /// What a researcher reads about an application in each state: what happens
 /// next, and when.
-pub fn next_step(status: &str, kind: &str, typical: Option<i64>) -> String {
+pub fn next_step(status: Status, kind: Kind, typical: Option<i64>) -> String {
     let wait = match typical {
         Some(ms) => format!("Reviews of this model usually take {}.", describe_duration(ms)),
         None => "This model has no decisions yet, so we cannot say how long reviews take.".into(),
     };
     match status {
-        "unconfirmed" => "Confirm your e-mail address with the link we sent you; until then the \
+        Status::Unconfirmed => "Confirm your e-mail address with the link we sent you; until then the \
                           reviewers do not see this application."
             .into(),
-        "pending" => format!("The reviewers will decide and e-mail you. {wait}"),
-        "info_requested" => "The reviewers asked you a question: answer it below, and the \
+        Status::Pending => format!("The reviewers will decide and e-mail you. {wait}"),
+        Status::InfoRequested => "The reviewers asked you a question: answer it below, and the \
                              application goes back to them."
             .into(),
-        "approved" if kind == "renewal" => "Approved: your access was extended; see My access.".into(),
-        "approved" => "Approved: your files are on My access.".into(),
-        "denied" => "Denied. The reviewers' reason is below.".into(),
-        other => format!("This application is {other}."),
+        Status::Approved if kind == Kind::Renewal => {
+            "Approved: your access was extended; see My access.".into()
+        }
+        Status::Approved => "Approved: your files are on My access.".into(),
+        Status::Denied => "Denied. The reviewers' reason is below.".into(),
     }
 }
 
@@ -384,14 +382,22 @@ pub enum ConfirmError {
     UnknownToken,
 }
 
+impl From<ConfirmError> for crate::domain::Error {
+    fn from(err: ConfirmError) -> Self {
+        match err {
+            ConfirmError::UnknownToken => Self::not_found(err.to_string()),
+        }
+    }
+}
+
 /// The application a confirmation token belongs to.
-pub async fn find_by_token(app: &App, token: &str) -> anyhow::Result<Option<ApplicationView>> {
+pub async fn find_by_token(app: &App, token: &str) -> Result<Option<ApplicationView>> {
     Ok(db::applications::find_view_by_token(app.db.pool(), &hash_token(token)).await?)
 }
 
 /// Confirms the e-mail address behind `token`, moving the application to the
 /// reviewers' queue. Confirming twice is harmless.
-pub async fn confirm(app: &App, token: &str, client: Client) -> anyhow::Result<ApplicationView> {
+pub async fn confirm(app: &App, token: &str, client: Client) -> Result<ApplicationView> {
     let view = find_by_token(app, token)
         .await?
         .ok_or(ConfirmError::UnknownToken)?;

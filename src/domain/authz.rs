@@ -10,6 +10,7 @@
 use crate::{
     app::App,
     db::{self, reviewers::Reviewer},
+    domain::error::Result,
 };
 
 /// Why something was refused.
@@ -23,6 +24,22 @@ pub enum Denied {
     NotAssigned,
     #[error("only admins may do this")]
     AdminsOnly,
+}
+
+impl From<Denied> for crate::domain::Error {
+    fn from(err: Denied) -> Self {
+        match err {
+            Denied::Hidden => Self::not_found(err.to_string()),
+            Denied::NotAssigned => Self::Forbidden {
+                code: "not_assigned",
+                message: err.to_string(),
+            },
+            Denied::AdminsOnly => Self::Forbidden {
+                code: "admins_only",
+                message: err.to_string(),
+            },
+        }
+    }
 }
 
 /// What a reviewer asks to do.
@@ -42,7 +59,7 @@ pub enum ReviewerAction<'a> {
 
 /// Whether `reviewer` may do `action`. Admins may do everything; reviewers
 /// read and act for the models an admin assigned them, and nothing else.
-pub async fn reviewer_may(app: &App, reviewer: &Reviewer, action: ReviewerAction<'_>) -> anyhow::Result<()> {
+pub async fn reviewer_may(app: &App, reviewer: &Reviewer, action: ReviewerAction<'_>) -> Result<()> {
     if reviewer.is_admin() {
         return Ok(());
     }
@@ -65,7 +82,7 @@ pub async fn reviewer_may(app: &App, reviewer: &Reviewer, action: ReviewerAction
 }
 
 /// Whether an admin assigned `reviewer` to the model.
-async fn assigned(app: &App, reviewer: &Reviewer, model_id: &str) -> anyhow::Result<bool> {
+async fn assigned(app: &App, reviewer: &Reviewer, model_id: &str) -> Result<bool> {
     Ok(db::policy::models_of(app.db.pool(), &reviewer.id)
         .await?
         .iter()
@@ -74,7 +91,7 @@ async fn assigned(app: &App, reviewer: &Reviewer, model_id: &str) -> anyhow::Res
 
 /// The models whose applications and grants `reviewer` sees in lists:
 /// `None` for every model (an admin).
-pub async fn visible_models(app: &App, reviewer: &Reviewer) -> anyhow::Result<Option<Vec<String>>> {
+pub async fn visible_models(app: &App, reviewer: &Reviewer) -> Result<Option<Vec<String>>> {
     if reviewer.is_admin() {
         Ok(None)
     } else {

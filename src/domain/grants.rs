@@ -17,6 +17,7 @@ use crate::{
         grants::{GrantNow, GrantView},
         models::{File, FileInModel, Release},
     },
+    domain::error::Result,
     mail,
     storage::ByteStream,
     types::{hash_token, now_ms},
@@ -50,6 +51,12 @@ impl GrantState {
     }
 }
 
+impl std::fmt::Display for GrantState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A file with a freshly signed link.
 #[derive(Debug)]
 pub struct LinkedFile {
@@ -80,13 +87,13 @@ pub fn download_path(token: &str, file_name: &str) -> String {
 }
 
 /// The grant behind an access token.
-pub async fn find_by_access_token(app: &App, token: &str) -> anyhow::Result<Option<GrantView>> {
+pub async fn find_by_access_token(app: &App, token: &str) -> Result<Option<GrantView>> {
     Ok(db::grants::find_view_by_access_token(app.db.pool(), &hash_token(token)).await?)
 }
 
 /// The access page (or the client's manifest, as `via` says) of a grant,
 /// minting a fresh link for every file. Links never outlive the grant.
-pub async fn access(app: &App, grant: GrantView, via: &str, client: Client) -> anyhow::Result<Access> {
+pub async fn access(app: &App, grant: GrantView, via: &str, client: Client) -> Result<Access> {
     let now = now_ms();
     let state = GrantState::of(&grant, now);
     let link_ttl = i64::try_from(app.config.link_ttl.as_secs()).unwrap_or(i64::MAX);
@@ -136,6 +143,16 @@ pub enum GrantError {
     Ended,
 }
 
+impl From<GrantError> for crate::domain::Error {
+    fn from(err: GrantError) -> Self {
+        match err {
+            GrantError::NotFound => Self::not_found(err.to_string()),
+            GrantError::AlreadyRevoked | GrantError::Ended => Self::conflict(err.to_string()),
+            GrantError::ReasonRequired | GrantError::BadExtension => Self::invalid(err.to_string()),
+        }
+    }
+}
+
 /// Revokes a grant: its links stop working at the next fetch, and the
 /// researcher is told why.
 pub async fn revoke(
@@ -144,7 +161,7 @@ pub async fn revoke(
     reason: &str,
     actor: &str,
     client: Client,
-) -> anyhow::Result<GrantView> {
+) -> Result<GrantView> {
     let reason = reason.trim();
     if reason.is_empty() || reason.chars().count() > 2000 {
         return Err(GrantError::ReasonRequired.into());

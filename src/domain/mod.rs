@@ -8,6 +8,7 @@ pub mod accounts;
 pub mod applications;
 pub mod authz;
 pub mod deliveries;
+pub mod error;
 pub mod forms;
 pub mod grants;
 pub mod models;
@@ -18,3 +19,5 @@ pub mod renewals;
 pub mod researchers;
 pub mod reviews;
 pub mod threads;
+
+pub use error::{Error, Result};

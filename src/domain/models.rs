@@ -15,6 +15,7 @@ use crate::{
     audit::{self, Event, Outcome},
     crypto::manifests::{MANIFEST_FORMAT, Manifest, ManifestFile},
     db::{self, models::Model},
+    domain::error::Result,
     storage::key_for_sha256,
     types::{Slug, is_safe_file_name, new_id, now_ms},
 };
@@ -31,12 +32,23 @@ pub enum ModelError {
     Invalid(String),
 }
 
+impl From<ModelError> for crate::domain::Error {
+    fn from(err: ModelError) -> Self {
+        match err {
+            ModelError::NotFound(_) => Self::not_found(err.to_string()),
+            ModelError::Exists(_) | ModelError::ReleaseExists { .. } | ModelError::Invalid(_) => {
+                Self::invalid(err.to_string())
+            }
+        }
+    }
+}
+
 /// Days a denied researcher waits before applying again, unless the model says otherwise.
 pub const DEFAULT_REAPPLY_AFTER_DAYS: i64 = 30;
 /// The longest wait a model may impose before a new application.
 pub const MAX_REAPPLY_AFTER_DAYS: i64 = 3650;
 
-pub async fn create(app: &App, slug: &Slug, title: &str, terms: &str, actor: &str) -> anyhow::Result<Model> {
+pub async fn create(app: &App, slug: &Slug, title: &str, terms: &str, actor: &str) -> Result<Model> {
     let title = title.trim();
     if title.is_empty() || title.len() > 200 {
         return Err(ModelError::Invalid("the title must have 1 to 200 characters".into()).into());
@@ -104,7 +116,7 @@ pub struct PublishReport {
 }
 
 /// The regular files directly inside `dir`, sorted by name.
-fn release_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+fn release_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
         let entry = entry?;
@@ -129,7 +141,9 @@ fn release_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         files.push(entry.path());
     }
     files.sort();
-    anyhow::ensure!(!files.is_empty(), "{} holds no files to publish", dir.display());
+    if files.is_empty() {
+        return Err(ModelError::Invalid(format!("{} holds no files to publish", dir.display())).into());
+    }
     Ok(files)
 }
 
@@ -152,7 +166,7 @@ impl PublishProgress {
 
 /// A file's SHA-256, size and (with a chunk size) the SHA-256 of each
 /// `chunk_size` bytes, in one streaming pass; `bar` advances by the bytes read.
-pub fn hash_file(path: &Path, chunk_size: Option<u64>, bar: &ProgressBar) -> anyhow::Result<FileDigest> {
+pub fn hash_file(path: &Path, chunk_size: Option<u64>, bar: &ProgressBar) -> Result<FileDigest> {
     let chunked = chunk_size.is_some();
     let chunk_size = chunk_size.unwrap_or(u64::MAX).max(1);
     let mut file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
@@ -218,7 +232,7 @@ pub async fn publish(
     chunk_size: u64,
     actor: &str,
     progress: &PublishProgress,
-) -> anyhow::Result<PublishReport> {
+) -> Result<PublishReport> {
     if chunk_size < 4096 {
         return Err(ModelError::Invalid("the chunk size must be at least 4 KiB".into()).into());
     }
@@ -289,11 +303,12 @@ pub async fn publish(
         if uploaded {
             app.storage.put_file(&key, &path).await?;
             let stored = app.storage.size(&key).await?;
-            anyhow::ensure!(
-                stored == Some(size),
-                "{} changed while it was being published",
-                path.display()
-            );
+            if stored != Some(size) {
+                return Err(crate::domain::Error::conflict(format!(
+                    "{} changed while it was being published",
+                    path.display()
+                )));
+            }
         }
         let file = PublishedFile {
             name: path
@@ -377,7 +392,7 @@ pub async fn set_quota(
     quota_bytes: Option<u64>,
     quota_files: Option<u64>,
     actor: &str,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     let model = db::models::find_model_by_slug(app.db.pool(), slug.as_str())
         .await?
         .ok_or_else(|| ModelError::NotFound(slug.to_string()))?;
@@ -399,7 +414,7 @@ pub async fn set_quota(
     Ok(())
 }
 
-async fn model_by_slug(app: &App, slug: &Slug) -> anyhow::Result<Model> {
+async fn model_by_slug(app: &App, slug: &Slug) -> Result<Model> {
     Ok(db::models::find_model_by_slug(app.db.pool(), slug.as_str())
         .await?
         .ok_or_else(|| ModelError::NotFound(slug.to_string()))?)
@@ -407,7 +422,7 @@ async fn model_by_slug(app: &App, slug: &Slug) -> anyhow::Result<Model> {
 
 /// Publishes a new version of a model's terms: new applications accept it,
 /// earlier ones keep the version they accepted. Returns the new version.
-pub async fn set_terms(app: &App, slug: &Slug, terms: &str, actor: &str) -> anyhow::Result<i64> {
+pub async fn set_terms(app: &App, slug: &Slug, terms: &str, actor: &str) -> Result<i64> {
     if terms.trim().is_empty() {
         return Err(ModelError::Invalid("the terms must not be empty".into()).into());
     }
@@ -442,7 +457,7 @@ pub async fn set_questions(
     slug: &Slug,
     json: &str,
     actor: &str,
-) -> anyhow::Result<Vec<crate::domain::questions::Question>> {
+) -> Result<Vec<crate::domain::questions::Question>> {
     let questions = crate::domain::questions::parse_definitions(json).map_err(ModelError::Invalid)?;
     let model = model_by_slug(app, slug).await?;
     let stored = serde_json::to_string(&questions)?;
@@ -458,7 +473,7 @@ pub async fn set_questions(
 }
 
 /// Sets how many days a denied researcher waits before applying again.
-pub async fn set_reapply_after(app: &App, slug: &Slug, days: i64, actor: &str) -> anyhow::Result<()> {
+pub async fn set_reapply_after(app: &App, slug: &Slug, days: i64, actor: &str) -> Result<()> {
     if !(0..=MAX_REAPPLY_AFTER_DAYS).contains(&days) {
         return Err(ModelError::Invalid(format!(
             "the wait before applying again is 0 to {MAX_REAPPLY_AFTER_DAYS} days"

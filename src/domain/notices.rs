@@ -8,8 +8,12 @@ use crate::{
     app::App,
     audit::{self, Event, Outcome},
     db::{self, applications::ApplicationView},
+    domain::error::Result,
     mail,
-    types::{format_ms, now_ms},
+    types::{
+        format_ms, now_ms,
+        states::{Notify, Status},
+    },
 };
 
 /// How often a reviewer who chose the digest hears of waiting applications.
@@ -17,7 +21,7 @@ pub const DIGEST_EVERY: Duration = Duration::from_secs(86_400);
 
 /// Tells the reviewers of the application's model who want to hear at once
 /// that it waits for them.
-pub async fn application_waiting(app: &App, view: &ApplicationView) -> anyhow::Result<()> {
+pub async fn application_waiting(app: &App, view: &ApplicationView) -> Result<()> {
     let link = app.url(&format!("/admin/applications/{}", view.id));
     tell_deciders(
         app,
@@ -38,7 +42,7 @@ pub async fn application_waiting(app: &App, view: &ApplicationView) -> anyhow::R
 
 /// Tells the reviewers of the application's model who want to hear at once
 /// that the applicant answered their question.
-pub async fn application_answered(app: &App, view: &ApplicationView, answer: &str) -> anyhow::Result<()> {
+pub async fn application_answered(app: &App, view: &ApplicationView, answer: &str) -> Result<()> {
     let link = app.url(&format!("/admin/applications/{}", view.id));
     tell_deciders(
         app,
@@ -54,11 +58,11 @@ pub async fn application_answered(app: &App, view: &ApplicationView, answer: &st
     .await
 }
 
-async fn tell_deciders(app: &App, view: &ApplicationView, subject: &str, body: &str) -> anyhow::Result<()> {
+async fn tell_deciders(app: &App, view: &ApplicationView, subject: &str, body: &str) -> Result<()> {
     let reviewers = db::reviewers::deciders_of(app.db.pool(), &view.model_id).await?;
     let mut tx = app.db.begin().await?;
     let mut queued = false;
-    for reviewer in reviewers.iter().filter(|r| r.notify == "immediate") {
+    for reviewer in reviewers.iter().filter(|r| r.notify == Notify::Immediate) {
         mail::enqueue(&mut tx, &reviewer.email, subject, body).await?;
         queued = true;
     }
@@ -80,7 +84,7 @@ pub struct Round {
 /// Sends the expiry reminders and digests that are due and records the
 /// expiries that have passed. Each is claimed in its own transaction, so
 /// replicas running this at once send each message once.
-pub async fn run_once(app: &App) -> anyhow::Result<Round> {
+pub async fn run_once(app: &App) -> Result<Round> {
     let now = now_ms();
     let mut round = Round::default();
     // Transfers whose delivery never came (their replica stopped without
@@ -141,19 +145,19 @@ pub async fn run_once(app: &App) -> anyhow::Result<Round> {
     Ok(round)
 }
 
-async fn send_digests(app: &App, now: i64) -> anyhow::Result<usize> {
+async fn send_digests(app: &App, now: i64) -> Result<usize> {
     let every = i64::try_from(DIGEST_EVERY.as_millis()).unwrap_or(i64::MAX);
     let due: Vec<_> = db::reviewers::list(app.db.pool())
         .await?
         .into_iter()
-        .filter(|r| r.notify == "digest" && r.disabled_at.is_none())
+        .filter(|r| r.notify == Notify::Digest && r.disabled_at.is_none())
         .filter(|r| r.last_digest_at.is_none_or(|at| now.saturating_sub(at) >= every))
         .collect();
     if due.is_empty() {
         return Ok(0);
     }
     let filter = db::applications::QueueFilter {
-        status: Some("pending".into()),
+        status: Some(Status::Pending),
         limit: 1000,
         ..Default::default()
     };

@@ -7,6 +7,7 @@ use crate::{
     app::App,
     audit::{self, Event, Outcome},
     db::{self, policy::DenyTemplate},
+    domain::error::Result,
     domain::reviews::allowed_domains,
     types::{Email, new_id, now_ms},
 };
@@ -25,6 +26,16 @@ pub enum PolicyError {
     Invalid(String),
 }
 
+impl From<PolicyError> for crate::domain::Error {
+    fn from(err: PolicyError) -> Self {
+        match err {
+            PolicyError::NoModel(_) | PolicyError::NoReviewer(_) | PolicyError::Invalid(_) => {
+                Self::invalid(err.to_string())
+            }
+        }
+    }
+}
+
 /// A policy as an admin sets it.
 #[derive(Debug, Clone)]
 pub struct PolicyChange {
@@ -41,7 +52,7 @@ fn audited(action: &'static str, actor: &str, subject: String, reason: Option<St
     event
 }
 
-pub async fn set(app: &App, slug: &str, change: &PolicyChange, actor: &str) -> anyhow::Result<()> {
+pub async fn set(app: &App, slug: &str, change: &PolicyChange, actor: &str) -> Result<()> {
     if !(1..=MAX_APPROVALS).contains(&change.approvals_needed) {
         return Err(PolicyError::Invalid(format!("approvals needed is 1 to {MAX_APPROVALS}")).into());
     }
@@ -95,7 +106,7 @@ fn is_domain(d: &str) -> bool {
 
 /// Assigns (or with `assign == false` unassigns) a reviewer to a model;
 /// returns whether anything changed.
-pub async fn assign(app: &App, slug: &str, email: &Email, assign: bool, actor: &str) -> anyhow::Result<bool> {
+pub async fn assign(app: &App, slug: &str, email: &Email, assign: bool, actor: &str) -> Result<bool> {
     let model = db::models::find_model_by_slug(app.db.pool(), slug)
         .await?
         .ok_or_else(|| PolicyError::NoModel(slug.to_owned()))?;
@@ -126,7 +137,7 @@ pub async fn assign(app: &App, slug: &str, email: &Email, assign: bool, actor: &
     Ok(changed)
 }
 
-pub async fn save_template(app: &App, title: &str, body: &str, actor: &str) -> anyhow::Result<()> {
+pub async fn save_template(app: &App, title: &str, body: &str, actor: &str) -> Result<()> {
     let (title, body) = (title.trim(), body.trim());
     if title.is_empty() || title.chars().count() > 100 {
         return Err(PolicyError::Invalid("a template needs a title of at most 100 characters".into()).into());
@@ -153,7 +164,7 @@ pub async fn save_template(app: &App, title: &str, body: &str, actor: &str) -> a
     Ok(())
 }
 
-pub async fn delete_template(app: &App, id: &str, actor: &str) -> anyhow::Result<bool> {
+pub async fn delete_template(app: &App, id: &str, actor: &str) -> Result<bool> {
     let mut tx = app.db.begin().await?;
     let Some(title) = db::policy::delete_deny_template(&mut tx, id).await? else {
         return Ok(false);

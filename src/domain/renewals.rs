@@ -7,12 +7,16 @@ use crate::{
     audit::{self, Client, Event, Outcome},
     db::{self, grants::GrantView, reviewers::Reviewer},
     domain::applications::MAX_INTENDED_USE,
+    domain::error::Result,
     domain::forms::text,
     domain::grants::{GrantError, GrantState},
     domain::researchers::{self, Researcher, ResearcherError},
     domain::reviews::{Approval, MAX_EXTENSION_DAYS},
     mail,
-    types::{hash_token, new_id, new_token, now_ms},
+    types::{
+        hash_token, new_id, new_token, now_ms,
+        states::{Author, Kind, Status},
+    },
 };
 
 /// Asks the reviewers to extend an active grant. `note` (optional) says why.
@@ -22,7 +26,7 @@ pub async fn request(
     grant_id: &str,
     note: &str,
     client: Client,
-) -> anyhow::Result<String> {
+) -> Result<String> {
     let grant = researchers::my_grant(app, researcher, grant_id).await?;
     if GrantState::of(&grant, now_ms()) != GrantState::Active {
         return Err(ResearcherError::NotAllowed(
@@ -47,7 +51,7 @@ async fn insert_renewal(
     actor: &str,
     note: Option<String>,
     client: Client,
-) -> anyhow::Result<String> {
+) -> Result<String> {
     let original = db::applications::find_view(app.db.pool(), &grant.application_id)
         .await?
         .ok_or(ResearcherError::NotFound)?;
@@ -78,10 +82,10 @@ async fn insert_renewal(
             terms_version: model.terms_version,
             confirm_token_hash: &hash_token(&new_token()),
             created_at: now,
-            status: "pending",
+            status: Status::Pending,
             confirmed_at: Some(now),
             answers: &original.answers,
-            kind: "renewal",
+            kind: Kind::Renewal,
             parent_id: None,
             grant_id: Some(&grant.id),
         },
@@ -94,7 +98,11 @@ async fn insert_renewal(
             &db::applications::Message {
                 id: new_id(),
                 application_id: id.clone(),
-                author_kind: if by_researcher { "researcher" } else { "reviewer" }.into(),
+                author_kind: if by_researcher {
+                    Author::Researcher
+                } else {
+                    Author::Reviewer
+                },
                 author_email: actor.to_owned(),
                 body: note,
                 created_at: now,
@@ -125,7 +133,7 @@ pub async fn propose(
     grant: &GrantView,
     days: u64,
     client: Client,
-) -> anyhow::Result<(String, Approval)> {
+) -> Result<(String, Approval)> {
     let renewal = match db::applications::open_renewal(app.db.pool(), &grant.id).await? {
         Some(open) => open,
         None => {
@@ -172,7 +180,7 @@ pub async fn extend(
     days: u64,
     by: ExtendBy<'_>,
     client: Client,
-) -> anyhow::Result<Extension> {
+) -> Result<Extension> {
     if !(1..=MAX_EXTENSION_DAYS).contains(&days) {
         return Err(GrantError::BadExtension.into());
     }

@@ -7,10 +7,14 @@ use crate::{
     audit::{self, Client, Event, Outcome},
     db::{self, Tx, applications::ApplicationView, grants::GrantView},
     domain::applications::{self, MAX_INTENDED_USE},
+    domain::error::Result,
     domain::forms::text,
     domain::questions::{self, Answer},
     mail,
-    types::{Email, hash_token, new_id, new_token, now_ms},
+    types::{
+        Email, hash_token, new_id, new_token, now_ms,
+        states::{Author, Decision, Kind, Status},
+    },
 };
 
 /// How long an e-mailed sign-in link works.
@@ -29,8 +33,18 @@ pub enum ResearcherError {
     Invalid(String),
 }
 
+impl From<ResearcherError> for crate::domain::Error {
+    fn from(err: ResearcherError) -> Self {
+        match err {
+            ResearcherError::NotFound => Self::not_found(err.to_string()),
+            ResearcherError::NotAllowed(_) => Self::conflict(err.to_string()),
+            ResearcherError::Invalid(_) => Self::invalid(err.to_string()),
+        }
+    }
+}
+
 /// Stores a fresh sign-in link for a researcher and returns its URL.
-pub async fn issue_signin_link(tx: &mut Tx, app: &App, researcher_id: &str) -> anyhow::Result<String> {
+pub async fn issue_signin_link(tx: &mut Tx, app: &App, researcher_id: &str) -> Result<String> {
     let token = new_token();
     let now = now_ms();
     db::researchers::insert_signin_token(
@@ -46,7 +60,7 @@ pub async fn issue_signin_link(tx: &mut Tx, app: &App, researcher_id: &str) -> a
 
 /// E-mails a sign-in link to `email` if a researcher has that address. The
 /// caller's answer is the same either way, so the form reveals nothing.
-pub async fn request_signin(app: &App, email: &Email, client: Client) -> anyhow::Result<()> {
+pub async fn request_signin(app: &App, email: &Email, client: Client) -> Result<()> {
     let now = now_ms();
     let mut tx = app.db.begin().await?;
     let mut event = Event::new("researcher.sign_in_link", Outcome::Ok);
@@ -94,7 +108,7 @@ pub struct Researcher {
 
 /// Uses up a sign-in link: the researcher it was sent to, or `None` when the
 /// link is unknown, already used or expired.
-pub async fn sign_in(app: &App, token: &str, client: Client) -> anyhow::Result<Option<Researcher>> {
+pub async fn sign_in(app: &App, token: &str, client: Client) -> Result<Option<Researcher>> {
     let mut tx = app.db.begin().await?;
     let found = db::researchers::consume_signin_token(&mut tx, &hash_token(token), now_ms()).await?;
     let mut event = Event::new("researcher.sign_in", Outcome::Ok);
@@ -121,7 +135,7 @@ pub async fn sign_in(app: &App, token: &str, client: Client) -> anyhow::Result<O
 }
 
 /// The researcher behind a session's id, if they still exist.
-pub async fn find(app: &App, id: &str) -> anyhow::Result<Option<Researcher>> {
+pub async fn find(app: &App, id: &str) -> Result<Option<Researcher>> {
     Ok(db::researchers::email_of(app.db.pool(), id)
         .await?
         .map(|email| Researcher {
@@ -154,7 +168,7 @@ pub struct MyApplication {
 }
 
 /// Every application of a researcher with its history and next step.
-pub async fn my_applications(app: &App, researcher: &Researcher) -> anyhow::Result<Vec<MyApplication>> {
+pub async fn my_applications(app: &App, researcher: &Researcher) -> Result<Vec<MyApplication>> {
     let pool = app.db.pool();
     let views = db::applications::list_of_researcher(pool, &researcher.id).await?;
     let mut typical = std::collections::HashMap::new();
@@ -166,14 +180,14 @@ pub async fn my_applications(app: &App, researcher: &Researcher) -> anyhow::Resu
         }
         let mut history = vec![HistoryEntry {
             at: view.created_at,
-            what: match view.kind.as_str() {
-                "renewal" => "Renewal requested".into(),
-                "appeal" => "Appeal sent".into(),
-                _ => "Application submitted".into(),
+            what: match view.kind {
+                Kind::Renewal => "Renewal requested".into(),
+                Kind::Appeal => "Appeal sent".into(),
+                Kind::New => "Application submitted".into(),
             },
             body: String::new(),
         }];
-        if let Some(at) = view.confirmed_at.filter(|_| view.kind == "new") {
+        if let Some(at) = view.confirmed_at.filter(|_| view.kind == Kind::New) {
             history.push(HistoryEntry {
                 at,
                 what: "E-mail address confirmed; sent to the reviewers".into(),
@@ -181,10 +195,9 @@ pub async fn my_applications(app: &App, researcher: &Researcher) -> anyhow::Resu
             });
         }
         for m in db::applications::messages_of(pool, &view.id).await? {
-            let what = if m.author_kind == "reviewer" {
-                "The reviewers asked"
-            } else {
-                "You wrote"
+            let what = match m.author_kind {
+                Author::Reviewer => "The reviewers asked",
+                Author::Researcher => "You wrote",
             };
             history.push(HistoryEntry {
                 at: m.created_at,
@@ -193,12 +206,12 @@ pub async fn my_applications(app: &App, researcher: &Researcher) -> anyhow::Resu
             });
         }
         let reviews = db::applications::reviews_of(pool, &view.id).await?;
-        let denial_reason = (view.status == "denied")
+        let denial_reason = (view.status == Status::Denied)
             .then(|| {
                 reviews
                     .iter()
                     .rev()
-                    .find(|r| r.decision == "deny")
+                    .find(|r| r.decision == Decision::Deny)
                     .and_then(|r| r.reason.clone())
             })
             .flatten();
@@ -210,11 +223,11 @@ pub async fn my_applications(app: &App, researcher: &Researcher) -> anyhow::Resu
             });
         }
         history.sort_by_key(|h| h.at);
-        let can_appeal = view.status == "denied"
-            && view.kind != "appeal"
+        let can_appeal = view.status == Status::Denied
+            && view.kind != Kind::Appeal
             && db::applications::appeal_of(pool, &view.id).await?.is_none();
-        let reapply_from = match (view.status.as_str(), view.decided_at) {
-            ("denied", Some(at)) => {
+        let reapply_from = match (view.status, view.decided_at) {
+            (Status::Denied, Some(at)) => {
                 let days = db::models::find_model(pool, &view.model_id)
                     .await?
                     .map_or(0, |m| m.reapply_after_days);
@@ -223,9 +236,9 @@ pub async fn my_applications(app: &App, researcher: &Researcher) -> anyhow::Resu
             _ => None,
         };
         mine.push(MyApplication {
-            next_step: applications::next_step(&view.status, &view.kind, typical[&view.model_id]),
+            next_step: applications::next_step(view.status, view.kind, typical[&view.model_id]),
             answers: questions::stored_answers(&view.answers),
-            can_answer: view.status == "info_requested",
+            can_answer: view.status == Status::InfoRequested,
             can_appeal,
             reapply_from,
             denial_reason,
@@ -237,12 +250,12 @@ pub async fn my_applications(app: &App, researcher: &Researcher) -> anyhow::Resu
 }
 
 /// A researcher's grants, newest first.
-pub async fn my_grants(app: &App, researcher: &Researcher) -> anyhow::Result<Vec<GrantView>> {
+pub async fn my_grants(app: &App, researcher: &Researcher) -> Result<Vec<GrantView>> {
     Ok(db::grants::list_of_researcher(app.db.pool(), &researcher.id).await?)
 }
 
 /// A grant of this researcher.
-pub async fn my_grant(app: &App, researcher: &Researcher, grant_id: &str) -> anyhow::Result<GrantView> {
+pub async fn my_grant(app: &App, researcher: &Researcher, grant_id: &str) -> Result<GrantView> {
     let grant = db::grants::find_view(app.db.pool(), grant_id)
         .await?
         .ok_or(ResearcherError::NotFound)?;
@@ -255,7 +268,7 @@ pub async fn my_application(
     app: &App,
     researcher: &Researcher,
     application_id: &str,
-) -> anyhow::Result<ApplicationView> {
+) -> Result<ApplicationView> {
     let application = db::applications::find_view(app.db.pool(), application_id)
         .await?
         .ok_or(ResearcherError::NotFound)?;
@@ -270,7 +283,7 @@ pub async fn client_manifest_url(
     researcher: &Researcher,
     grant: &GrantView,
     client: Client,
-) -> anyhow::Result<String> {
+) -> Result<String> {
     crate::domain::authz::researcher_owns(&researcher.id, &grant.researcher_id)?;
     let token = new_token();
     let mut tx = app.db.begin().await?;
@@ -295,10 +308,10 @@ pub async fn appeal(
     denied_id: &str,
     why: &str,
     client: Client,
-) -> anyhow::Result<String> {
+) -> Result<String> {
     let denied = my_application(app, researcher, denied_id).await?;
     let why = text(why, MAX_INTENDED_USE, "Your appeal").map_err(ResearcherError::Invalid)?;
-    if denied.status != "denied" || denied.kind == "appeal" {
+    if denied.status != Status::Denied || denied.kind == Kind::Appeal {
         return Err(ResearcherError::NotAllowed(
             "only a denied application can be appealed, and an appeal cannot be".into(),
         )
@@ -325,10 +338,10 @@ pub async fn appeal(
             terms_version: denied.terms_version,
             confirm_token_hash: &hash_token(&new_token()),
             created_at: now,
-            status: "pending",
+            status: Status::Pending,
             confirmed_at: Some(now),
             answers: &denied.answers,
-            kind: "appeal",
+            kind: Kind::Appeal,
             parent_id: Some(&denied.id),
             grant_id: None,
         },
@@ -339,7 +352,7 @@ pub async fn appeal(
         &db::applications::Message {
             id: new_id(),
             application_id: id.clone(),
-            author_kind: "researcher".into(),
+            author_kind: Author::Researcher,
             author_email: researcher.email.clone(),
             body: why,
             created_at: now,

@@ -15,9 +15,13 @@ use crate::{
         reviewers::Reviewer,
     },
     domain::authz::{self, ReviewerAction},
+    domain::error::{Error, Result},
     domain::questions::Question,
     mail,
-    types::{format_ms, hash_token, new_id, new_token, now_ms},
+    types::{
+        format_ms, hash_token, new_id, new_token, now_ms,
+        states::{Decision, Kind, Status},
+    },
 };
 
 pub const MAX_REASON: usize = 2000;
@@ -50,6 +54,20 @@ pub enum ReviewError {
     BadSelection,
 }
 
+impl From<ReviewError> for crate::domain::Error {
+    fn from(err: ReviewError) -> Self {
+        match err {
+            ReviewError::NotFound => Self::not_found(err.to_string()),
+            ReviewError::NotPending(_) | ReviewError::AlreadyApproved => Self::conflict(err.to_string()),
+            ReviewError::ReasonRequired
+            | ReviewError::NoteTooLong
+            | ReviewError::BadDuration
+            | ReviewError::BadExtension
+            | ReviewError::BadSelection => Self::invalid(err.to_string()),
+        }
+    }
+}
+
 /// What an approval produced: the grant, or one more vote towards it.
 #[derive(Debug)]
 pub enum Approval {
@@ -62,7 +80,7 @@ pub enum Approval {
     Recorded { approvals: usize, needed: usize },
 }
 
-async fn decidable(app: &App, reviewer: &Reviewer, application_id: &str) -> anyhow::Result<ApplicationView> {
+async fn decidable(app: &App, reviewer: &Reviewer, application_id: &str) -> Result<ApplicationView> {
     let view = db::applications::find_view(app.db.pool(), application_id)
         .await?
         .ok_or(ReviewError::NotFound)?;
@@ -74,22 +92,16 @@ async fn decidable(app: &App, reviewer: &Reviewer, application_id: &str) -> anyh
         },
     )
     .await?;
-    if !is_open(&view.status) {
-        return Err(ReviewError::NotPending(view.status).into());
+    if !view.status.is_open() {
+        return Err(ReviewError::NotPending(view.status.to_string()).into());
     }
     Ok(view)
 }
 
-/// Whether an application in this status can still be decided: waiting for
-/// review, or for the applicant's answer to a question.
-pub fn is_open(status: &str) -> bool {
-    matches!(status, "pending" | "info_requested")
-}
-
-async fn policy_of(app: &App, model_id: &str) -> anyhow::Result<ReviewPolicy> {
+async fn policy_of(app: &App, model_id: &str) -> Result<ReviewPolicy> {
     db::policy::find(app.db.pool(), model_id)
         .await?
-        .ok_or_else(|| anyhow::anyhow!("the model of this application is gone"))
+        .ok_or_else(|| Error::Internal(anyhow::anyhow!("the model of this application is gone")))
 }
 
 fn decision_event(action: &'static str, actor: &str, view: &ApplicationView, client: &Client) -> Event {
@@ -142,10 +154,10 @@ pub async fn approve(
     days: Option<u64>,
     note: Option<&str>,
     client: Client,
-) -> anyhow::Result<Approval> {
+) -> Result<Approval> {
     let view = decidable(app, reviewer, application_id).await?;
     // A renewal extends the grant it names rather than making a second one.
-    let renewal = view.kind == "renewal";
+    let renewal = view.kind == Kind::Renewal;
     let ttl_of = |days: Option<u64>| {
         if renewal {
             extension_ttl(app, days)
@@ -174,7 +186,7 @@ pub async fn approve(
             id: &new_id(),
             application_id: &view.id,
             reviewer_id: &reviewer.id,
-            decision: "approve",
+            decision: Decision::Approve,
             reason: None,
             grant_days,
             note,
@@ -242,14 +254,14 @@ pub async fn extend_on_approval(
     client: &Client,
     approved: Event,
     now: i64,
-) -> anyhow::Result<Approval> {
+) -> Result<Approval> {
     let grant_id = view.grant_id.as_deref().ok_or(ReviewError::NotFound)?;
     let grant = db::grants::find_view(&mut **tx, grant_id)
         .await?
         .ok_or(ReviewError::NotFound)?;
     let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
     let expires_at = grant.expires_at.max(now).saturating_add(ttl_ms);
-    if !db::applications::mark_decided(tx, &view.id, "approved", now).await? {
+    if !db::applications::mark_decided(tx, &view.id, Status::Approved, now).await? {
         return Err(ReviewError::NotPending("already decided".into()).into());
     }
     if !db::grants::extend(tx, &grant.id, expires_at).await? {
@@ -300,12 +312,12 @@ async fn grant(
     client: &Client,
     approved: Event,
     now: i64,
-) -> anyhow::Result<Approval> {
+) -> Result<Approval> {
     let expires_at = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
     let token = new_token();
     let grant_id = new_id();
     let access_url = app.url(&format!("/access/{token}"));
-    if !db::applications::mark_decided(tx, &view.id, "approved", now).await? {
+    if !db::applications::mark_decided(tx, &view.id, Status::Approved, now).await? {
         return Err(ReviewError::NotPending("already decided".into()).into());
     }
     db::grants::insert_grant(
@@ -357,7 +369,7 @@ pub async fn deny(
     application_id: &str,
     reason: &str,
     client: Client,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     let view = decidable(app, reviewer, application_id).await?;
     let reason = reason.trim();
     if reason.is_empty() || reason.chars().count() > MAX_REASON {
@@ -365,7 +377,7 @@ pub async fn deny(
     }
     let now = now_ms();
     let mut tx = app.db.begin().await?;
-    if !db::applications::mark_decided(&mut tx, &view.id, "denied", now).await? {
+    if !db::applications::mark_decided(&mut tx, &view.id, Status::Denied, now).await? {
         return Err(ReviewError::NotPending("already decided".into()).into());
     }
     db::applications::insert_review(
@@ -374,7 +386,7 @@ pub async fn deny(
             id: &new_id(),
             application_id: &view.id,
             reviewer_id: &reviewer.id,
-            decision: "deny",
+            decision: Decision::Deny,
             reason: Some(reason),
             grant_days: None,
             note: None,
@@ -435,11 +447,11 @@ pub fn allowed_domains(list: Option<&str>) -> Vec<String> {
 
 /// Called when an application enters the queue: approves it when one of the
 /// model's rules holds, and otherwise lets its reviewers know it waits.
-pub async fn on_confirmed(app: &App, application_id: &str, client: Client) -> anyhow::Result<()> {
+pub async fn on_confirmed(app: &App, application_id: &str, client: Client) -> Result<()> {
     let Some(view) = db::applications::find_view(app.db.pool(), application_id).await? else {
         return Ok(());
     };
-    if view.status != "pending" {
+    if view.status != Status::Pending {
         return Ok(());
     }
     let policy = policy_of(app, &view.model_id).await?;
@@ -501,7 +513,7 @@ pub async fn bulk(
     application_ids: &[String],
     decision: &BulkDecision<'_>,
     client: Client,
-) -> anyhow::Result<Vec<BulkOutcome>> {
+) -> Result<Vec<BulkOutcome>> {
     if application_ids.is_empty() || application_ids.len() > MAX_BULK {
         return Err(ReviewError::BadSelection.into());
     }
@@ -558,12 +570,11 @@ pub async fn bulk(
         };
         let result = match result {
             Ok(done) => Ok(done),
-            Err(err)
-                if err.downcast_ref::<ReviewError>().is_some()
-                    || err.downcast_ref::<authz::Denied>().is_some() =>
-            {
-                Err(err.to_string())
-            }
+            // What is about this one application goes on its row; a
+            // failure of the portal stops the whole batch.
+            Err(
+                err @ (Error::NotFound(_) | Error::Conflict(_) | Error::Invalid(_) | Error::Forbidden { .. }),
+            ) => Err(err.to_string()),
             Err(err) => return Err(err),
         };
         outcomes.push(BulkOutcome {
@@ -598,7 +609,7 @@ mod tests {
             affiliation: "x".into(),
             intended_use: "y".into(),
             terms_version: 1,
-            status: "pending".into(),
+            status: Status::Pending,
             created_at: 0,
             confirmed_at: Some(0),
             decided_at: None,
@@ -606,7 +617,7 @@ mod tests {
             model_slug: "m".into(),
             model_title: "M".into(),
             answers: "[]".into(),
-            kind: "new".into(),
+            kind: Kind::New,
             parent_id: None,
             grant_id: None,
         }

@@ -6,20 +6,24 @@ use crate::{
     app::App,
     audit::{self, Client, Event, Outcome},
     db::{self, applications::Message, reviewers::Reviewer},
+    domain::error::Result,
     domain::forms::text,
     domain::researchers::{self, Researcher, ResearcherError},
     domain::reviews::ReviewError,
     mail,
-    types::{new_id, now_ms},
+    types::{
+        new_id, now_ms,
+        states::{Author, Status},
+    },
 };
 
 pub const MAX_MESSAGE: usize = 5000;
 
-fn message(application_id: &str, author_kind: &str, author_email: &str, body: String) -> Message {
+fn message(application_id: &str, author_kind: Author, author_email: &str, body: String) -> Message {
     Message {
         id: new_id(),
         application_id: application_id.to_owned(),
-        author_kind: author_kind.to_owned(),
+        author_kind,
         author_email: author_email.to_owned(),
         body,
         created_at: now_ms(),
@@ -35,7 +39,7 @@ pub async fn ask(
     application_id: &str,
     question: &str,
     client: Client,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     let view = db::applications::find_view(app.db.pool(), application_id)
         .await?
         .ok_or(ReviewError::NotFound)?;
@@ -50,14 +54,14 @@ pub async fn ask(
     let question = text(question, MAX_MESSAGE, "The question").map_err(ResearcherError::Invalid)?;
     let mut tx = app.db.begin().await?;
     // A follow-up question while the first is unanswered is fine too.
-    if !db::applications::set_status(&mut tx, &view.id, "pending", "info_requested").await?
-        && view.status != "info_requested"
+    if !db::applications::set_status(&mut tx, &view.id, Status::Pending, Status::InfoRequested).await?
+        && view.status != Status::InfoRequested
     {
-        return Err(ReviewError::NotPending(view.status).into());
+        return Err(ReviewError::NotPending(view.status.to_string()).into());
     }
     db::applications::insert_message(
         &mut tx,
-        &message(&view.id, "reviewer", &reviewer.email, question.clone()),
+        &message(&view.id, Author::Reviewer, &reviewer.email, question.clone()),
     )
     .await?;
     let signin = researchers::issue_signin_link(&mut tx, app, &view.researcher_id).await?;
@@ -97,11 +101,11 @@ pub async fn answer(
     application_id: &str,
     answer: &str,
     client: Client,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     let view = researchers::my_application(app, researcher, application_id).await?;
     let answer = text(answer, MAX_MESSAGE, "Your answer").map_err(ResearcherError::Invalid)?;
     let mut tx = app.db.begin().await?;
-    if !db::applications::set_status(&mut tx, &view.id, "info_requested", "pending").await? {
+    if !db::applications::set_status(&mut tx, &view.id, Status::InfoRequested, Status::Pending).await? {
         return Err(ResearcherError::NotAllowed(
             "the reviewers are not waiting for an answer on this application".into(),
         )
@@ -109,7 +113,7 @@ pub async fn answer(
     }
     db::applications::insert_message(
         &mut tx,
-        &message(&view.id, "researcher", &researcher.email, answer.clone()),
+        &message(&view.id, Author::Researcher, &researcher.email, answer.clone()),
     )
     .await?;
     let mut event = Event::new("application.answered", Outcome::Ok);

@@ -57,7 +57,7 @@ pub async fn page(
     let page = pages::AccessPage {
         title: access.grant.model_title.clone(),
         email: access.grant.email.clone(),
-        state: access.state.as_str().to_owned(),
+        state: access.state,
         expires: format_ms(access.grant.expires_at),
         links_expire: format_ms(access.links_expire_at * 1000),
         revoked_reason: access.grant.revoked_reason.clone().unwrap_or_default(),

@@ -34,7 +34,10 @@ use crate::{
     domain::renewals,
     domain::reviews::{self, BulkDecision},
     domain::threads,
-    types::{format_ms, now_ms},
+    types::{
+        format_ms, now_ms,
+        states::{Author, Decision, Status},
+    },
 };
 
 /// Rows on one page of the queue and of the grants.
@@ -80,12 +83,12 @@ pub async fn login(
     };
     let signed_in = match accounts::authenticate(&state.app, &form.email, &form.password, client).await {
         Ok(signed_in) => signed_in,
-        Err(err) if err.is::<crate::crypto::passwords::PasswordsBusy>() => {
+        Err(crate::domain::Error::Busy { retry_after, .. }) => {
             attempt.succeeded();
             return throttled(
                 token,
                 email,
-                Duration::from_secs(1),
+                retry_after,
                 "The portal is busy checking other sign-ins.",
             );
         }
@@ -153,14 +156,28 @@ pub struct QueueQuery {
     page: String,
 }
 
-const STATUSES: [(&str, &str); 6] = [
-    ("pending", "Waiting for review"),
-    ("info_requested", "Waiting for the applicant's answer"),
-    ("approved", "Approved"),
-    ("denied", "Denied"),
-    ("unconfirmed", "E-mail not confirmed"),
-    ("all", "Any state"),
-];
+/// A status as the queue's filter names it.
+fn status_filter_label(status: Status) -> &'static str {
+    match status {
+        Status::Pending => "Waiting for review",
+        Status::InfoRequested => "Waiting for the applicant's answer",
+        Status::Approved => "Approved",
+        Status::Denied => "Denied",
+        Status::Unconfirmed => "E-mail not confirmed",
+    }
+}
+
+/// The queue's status filter: the queue itself by default, `all` for every status.
+fn status_filter(text: &str) -> Result<Option<Status>, Error> {
+    match text.trim() {
+        "" => Ok(Some(Status::Pending)),
+        "all" => Ok(None),
+        s => s
+            .parse()
+            .map(Some)
+            .map_err(|_| Error::BadRequest("unknown application state".into())),
+    }
+}
 
 const SORTS: [(&str, &str); 3] = [
     ("oldest", "Longest waiting first"),
@@ -279,11 +296,7 @@ async fn render_queue(
 ) -> Result<Response, Error> {
     let app = &state.app;
     let now = now_ms();
-    let status = match q.status.trim() {
-        "" => "pending",
-        s if STATUSES.iter().any(|(v, _)| *v == s) => s,
-        _ => return Err(Error::BadRequest("unknown application state".into())),
-    };
+    let status = status_filter(&q.status)?;
     let sort = match q.sort.trim() {
         "" | "oldest" => QueueSort::Oldest,
         "newest" => QueueSort::Newest,
@@ -295,7 +308,7 @@ async fn render_queue(
     let filter = QueueFilter {
         model_ids: visible.clone(),
         model_slug: opt(&q.model),
-        status: (status != "all").then(|| status.to_owned()),
+        status,
         waited_at_least: whole_number(&q.waited, "the waiting time")?.map(|d| d * DAY_MS),
         domain: opt(q.domain.trim_start_matches('@')),
         text: opt(&q.q),
@@ -317,12 +330,12 @@ async fn render_queue(
             let policy = policies.get(&a.model_id);
             let needed = policy.map_or(1, |p| p.approvals_needed);
             let target_ms = policy.map_or(7, |p| p.review_target_days).saturating_mul(DAY_MS);
-            let pending = a.status == "pending";
-            let open = reviews::is_open(&a.status);
+            let pending = a.status == Status::Pending;
+            let open = a.status.is_open();
             let since = a.confirmed_at.unwrap_or(a.created_at);
             QueueRow {
                 app: ApplicationRow::from(a),
-                kind: a.kind.clone(),
+                kind: a.kind,
                 waited: if open { waited(now - since) } else { String::new() },
                 overdue: pending && now - since > target_ms,
                 approvals: if open && needed > 1 {
@@ -348,7 +361,16 @@ async fn render_queue(
         rows,
         total,
         models: model_choices(app, q.model.trim(), visible.as_deref()).await?,
-        statuses: Choice::list(&STATUSES, status),
+        statuses: Status::ALL
+            .iter()
+            .map(|&s| (s.as_str(), status_filter_label(s)))
+            .chain([("all", "Any state")])
+            .map(|(value, label)| Choice {
+                value: value.to_owned(),
+                label: label.to_owned(),
+                selected: value == status.map_or("all", Status::as_str),
+            })
+            .collect(),
         sorts: Choice::list(&SORTS, q.sort.trim()),
         waited_days: q.waited.trim().chars().take(10).collect(),
         domain: q.domain.trim().chars().take(200).collect(),
@@ -383,10 +405,10 @@ pub async fn application(
     let reviews = db::applications::reviews_of(pool, &id).await?;
     let policy = db::policy::find(pool, &view.model_id).await?;
     let needed = policy.as_ref().map_or(1, |p| p.approvals_needed);
-    let approvals = reviews.iter().filter(|r| r.decision == "approve").count();
+    let approvals = reviews.iter().filter(|r| r.decision == Decision::Approve).count();
     let already_approved = reviews
         .iter()
-        .any(|r| r.decision == "approve" && r.reviewer_email == reviewer.email);
+        .any(|r| r.decision == Decision::Approve && r.reviewer_email == reviewer.email);
     let mut history: Vec<pages::EarlierRow> = db::applications::list_of_researcher(pool, &view.researcher_id)
         .await?
         .into_iter()
@@ -395,7 +417,7 @@ pub async fn application(
             href: format!("/admin/applications/{}", a.id),
             what: "application".into(),
             model: a.model_slug,
-            state: a.status,
+            state: a.status.to_string(),
             when: format_ms(a.created_at),
         })
         .collect();
@@ -422,7 +444,7 @@ pub async fn application(
             .confirmed_at
             .map(format_ms)
             .unwrap_or_else(|| "not yet".into()),
-        pending: reviews::is_open(&view.status),
+        pending: view.status.is_open(),
         may_decide,
         already_approved,
         reviews: reviews
@@ -449,7 +471,7 @@ pub async fn application(
         },
         history,
         templates: template_choices(app).await?,
-        kind: view.kind.clone(),
+        kind: view.kind,
         parent_id: view.parent_id.clone().unwrap_or_default(),
         grant_id: view.grant_id.clone().unwrap_or_default(),
         answers: questions::stored_answers(&view.answers)
@@ -460,16 +482,15 @@ pub async fn application(
             .await?
             .into_iter()
             .map(|m| pages::MessageRow {
-                who: if m.author_kind == "reviewer" {
-                    format!("{} (reviewer) asked", m.author_email)
-                } else {
-                    format!("{} (applicant) wrote", m.author_email)
+                who: match m.author_kind {
+                    Author::Reviewer => format!("{} (reviewer) asked", m.author_email),
+                    Author::Researcher => format!("{} (applicant) wrote", m.author_email),
                 },
                 when: format_ms(m.created_at),
                 body: m.body,
             })
             .collect(),
-        can_ask: matches!(view.status.as_str(), "pending" | "info_requested"),
+        can_ask: view.status.is_open(),
     };
     Ok((token, render(&page)?).into_response())
 }
@@ -677,7 +698,7 @@ pub async fn grants(
     let rows = found
         .into_iter()
         .map(|g| GrantRow {
-            state: GrantState::of(&g, now).as_str().to_owned(),
+            state: GrantState::of(&g, now),
             id: g.id,
             email: g.email,
             model: g.model_slug,

@@ -252,7 +252,7 @@ pub async fn grant(
         .map_or(1, |p| p.approvals_needed);
     let page = pages::GrantPage {
         header: Header::new(&reviewer, &token)?,
-        state: GrantState::of(&grant, now_ms()).as_str().to_owned(),
+        state: GrantState::of(&grant, now_ms()),
         created: format_ms(grant.created_at),
         expires: format_ms(grant.expires_at),
         revoked_reason: grant.revoked_reason.clone().unwrap_or_default(),

@@ -12,14 +12,7 @@ use axum::{
 };
 use serde::Serialize;
 
-use crate::{
-    domain::accounts::AccountError,
-    domain::applications::ConfirmError,
-    domain::grants::{DownloadError, GrantError},
-    domain::models::ModelError,
-    domain::researchers::ResearcherError,
-    domain::reviews::ReviewError,
-};
+use crate::{domain, domain::grants::DownloadError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -87,128 +80,45 @@ impl Error {
     }
 }
 
-/// Sorts domain errors into client mistakes and failures of the portal.
+/// The one mapping from the domain's answer to HTTP: each case of
+/// [`domain::Error`] has its status, and a new case will not compile until it
+/// is given one here.
+impl From<domain::Error> for Error {
+    fn from(err: domain::Error) -> Self {
+        match err {
+            domain::Error::NotFound(_) => Error::NotFound,
+            domain::Error::Conflict(message) => Error::Conflict(message),
+            domain::Error::Invalid(message) => Error::BadRequest(message),
+            domain::Error::Forbidden { code, message } => Error::Forbidden { code, message },
+            domain::Error::Busy {
+                limit,
+                what,
+                retry_after,
+            } => Error::TooManyRequests {
+                limit,
+                what,
+                retry_after,
+            },
+            domain::Error::Unavailable(message) => {
+                tracing::warn!(error = %message, "a service the portal needs is unavailable");
+                Error::Unavailable(message)
+            }
+            domain::Error::Internal(err) => Error::Internal(err),
+        }
+    }
+}
+
+/// A failure outside the domain (a query run by a handler, a template),
+/// sorted as the domain sorts them.
 impl From<anyhow::Error> for Error {
     fn from(err: anyhow::Error) -> Self {
-        if let Some(e) = err.downcast_ref::<ReviewError>() {
-            return match e {
-                ReviewError::NotFound => Error::NotFound,
-                ReviewError::NotPending(_) | ReviewError::AlreadyApproved => Error::Conflict(e.to_string()),
-                ReviewError::ReasonRequired
-                | ReviewError::NoteTooLong
-                | ReviewError::BadDuration
-                | ReviewError::BadExtension
-                | ReviewError::BadSelection => Error::BadRequest(e.to_string()),
-            };
-        }
-        if let Some(e) = err.downcast_ref::<crate::domain::authz::Denied>() {
-            return match e {
-                crate::domain::authz::Denied::Hidden => Error::NotFound,
-                crate::domain::authz::Denied::NotAssigned => Error::Forbidden {
-                    code: "not_assigned",
-                    message: e.to_string(),
-                },
-                crate::domain::authz::Denied::AdminsOnly => Error::Forbidden {
-                    code: "admins_only",
-                    message: e.to_string(),
-                },
-            };
-        }
-        if let Some(e) = err.downcast_ref::<GrantError>() {
-            return match e {
-                GrantError::NotFound => Error::NotFound,
-                GrantError::AlreadyRevoked | GrantError::Ended => Error::Conflict(e.to_string()),
-                GrantError::ReasonRequired | GrantError::BadExtension => Error::BadRequest(e.to_string()),
-            };
-        }
-        if let Some(e) = err.downcast_ref::<ModelError>() {
-            return match e {
-                ModelError::NotFound(_) => Error::NotFound,
-                _ => Error::BadRequest(e.to_string()),
-            };
-        }
-        if err.downcast_ref::<ConfirmError>().is_some() {
-            return Error::NotFound;
-        }
-        if let Some(e) = err.downcast_ref::<crate::domain::policy::PolicyError>() {
-            return Error::BadRequest(e.to_string());
-        }
-        if let Some(e) = err.downcast_ref::<ResearcherError>() {
-            return match e {
-                ResearcherError::NotFound => Error::NotFound,
-                ResearcherError::NotAllowed(_) => Error::Conflict(e.to_string()),
-                ResearcherError::Invalid(_) => Error::BadRequest(e.to_string()),
-            };
-        }
-        if err.is::<crate::crypto::passwords::PasswordsBusy>() {
-            return Error::TooManyRequests {
-                limit: "password_checks",
-                what: "The portal is busy checking other passwords",
-                retry_after: std::time::Duration::from_secs(1),
-            };
-        }
-        if let Some(e) = err.downcast_ref::<AccountError>() {
-            return Error::BadRequest(e.to_string());
-        }
-        if let Some(unavailable) = unavailable(&err) {
-            tracing::warn!(error = %format!("{err:#}"), "a service the portal needs is unavailable");
-            return unavailable;
-        }
-        Error::Internal(err)
-    }
-}
-
-/// The 503 for errors that mean a service is down rather than a bug: the
-/// database unreachable or its disk full, the object store not answering.
-fn unavailable(err: &anyhow::Error) -> Option<Error> {
-    if err.downcast_ref::<crate::audit::AuditUnavailable>().is_some() {
-        return Some(Error::Unavailable(
-            "The audit log cannot be written right now, so nothing was sent. Please try again in a few minutes."
-                .into(),
-        ));
-    }
-    if err.downcast_ref::<crate::storage::StoreUnavailable>().is_some() {
-        return Some(Error::Unavailable(
-            "The file store is not answering right now; nothing was sent. Please try again in a few minutes."
-                .into(),
-        ));
-    }
-    for cause in err.chain() {
-        if let Some(db) = cause.downcast_ref::<sqlx::Error>()
-            && let Some(e) = database_unavailable(db)
-        {
-            return Some(e);
-        }
-        if let Some(io) = cause.downcast_ref::<std::io::Error>()
-            && io.kind() == std::io::ErrorKind::StorageFull
-        {
-            return Some(disk_full());
-        }
-    }
-    None
-}
-
-fn disk_full() -> Error {
-    Error::Unavailable("The portal's disk is full; nothing was saved. Please try again later.".into())
-}
-
-fn database_unavailable(err: &sqlx::Error) -> Option<Error> {
-    match err {
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
-            Some(Error::Unavailable(
-                "The database is not answering right now; nothing was saved. Please try again in a minute."
-                    .into(),
-            ))
-        }
-        // SQLITE_FULL: the disk holding the embedded database is full.
-        sqlx::Error::Database(e) if e.code().as_deref() == Some("13") => Some(disk_full()),
-        _ => None,
+        Error::from(domain::Error::from(err))
     }
 }
 
 impl From<sqlx::Error> for Error {
     fn from(err: sqlx::Error) -> Self {
-        Error::from(anyhow::Error::from(err))
+        Error::from(domain::Error::from(err))
     }
 }
 
@@ -352,7 +262,8 @@ mod tests {
 
     #[test]
     fn domain_errors_map_to_client_statuses() {
-        let cases: Vec<(anyhow::Error, StatusCode)> = vec![
+        use crate::domain::{grants::GrantError, models::ModelError, reviews::ReviewError};
+        let cases: Vec<(domain::Error, StatusCode)> = vec![
             (ReviewError::NotFound.into(), StatusCode::NOT_FOUND),
             (
                 ReviewError::NotPending("approved".into()).into(),
@@ -361,7 +272,15 @@ mod tests {
             (ReviewError::ReasonRequired.into(), StatusCode::BAD_REQUEST),
             (GrantError::AlreadyRevoked.into(), StatusCode::CONFLICT),
             (ModelError::NotFound("x".into()).into(), StatusCode::NOT_FOUND),
-            (anyhow::anyhow!("disk on fire"), StatusCode::INTERNAL_SERVER_ERROR),
+            (
+                crate::domain::authz::Denied::NotAssigned.into(),
+                StatusCode::FORBIDDEN,
+            ),
+            (sqlx::Error::PoolTimedOut.into(), StatusCode::SERVICE_UNAVAILABLE),
+            (
+                anyhow::anyhow!("disk on fire").into(),
+                StatusCode::INTERNAL_SERVER_ERROR,
+            ),
         ];
         for (err, status) in cases {
             assert_eq!(Error::from(err).status(), status);

@@ -17,10 +17,11 @@ use super::{
 };
 use crate::{
     db::{self, reviewers::Reviewer},
+    domain,
     domain::accounts::{self, ReviewerChange},
     domain::authz,
     domain::policy::{self, PolicyChange},
-    types::{Email, Slug},
+    types::{Email, Slug, states::UnknownState},
 };
 
 /// Asks the authorization policy whether `reviewer` may manage reviewers,
@@ -110,10 +111,8 @@ pub async fn save_reviewer(
             let admin = form.admin.is_some();
             match accounts::add_reviewer(&state.app, &email, &form.password, admin, &me.email).await {
                 Ok(_) => Ok(format!("{email} can sign in now.")),
-                Err(e) => match e.downcast_ref::<accounts::AccountError>() {
-                    Some(account) => Err(account.to_string()),
-                    None => return Err(e.into()),
-                },
+                Err(domain::Error::Invalid(why)) => Err(why),
+                Err(e) => return Err(e.into()),
             }
         }
     };
@@ -350,13 +349,11 @@ pub async fn save_questions(
                 crate::domain::questions::asks(&slug, questions.len()),
                 Refused::default(),
             ),
-            Err(e) => match e.downcast_ref::<crate::domain::models::ModelError>() {
-                Some(crate::domain::models::ModelError::Invalid(why)) => {
-                    let json_sent = sent_rows.is_none().then_some(json);
-                    (String::new(), refusal(why.clone(), json_sent, sent_rows))
-                }
-                _ => return Err(e.into()),
-            },
+            Err(domain::Error::Invalid(why)) => {
+                let json_sent = sent_rows.is_none().then_some(json);
+                (String::new(), refusal(why, json_sent, sent_rows))
+            }
+            Err(e) => return Err(e.into()),
         };
     let page = models_page(&state, &token, &me, message, refused).await?;
     Ok((token, page).into_response())
@@ -388,19 +385,17 @@ pub async fn save_terms(
                 format!("{slug} has terms version {version}; new applications accept it."),
                 Refused::default(),
             ),
-            Err(e) => match e.downcast_ref::<crate::domain::models::ModelError>() {
-                Some(crate::domain::models::ModelError::Invalid(why)) => (
-                    String::new(),
-                    Refused {
-                        slug: slug.clone(),
-                        questions: None,
-                        question_rows: None,
-                        terms: Some(form.terms),
-                        error: format!("The terms were not saved: {why}"),
-                    },
-                ),
-                _ => return Err(e.into()),
-            },
+            Err(domain::Error::Invalid(why)) => (
+                String::new(),
+                Refused {
+                    slug: slug.clone(),
+                    questions: None,
+                    question_rows: None,
+                    terms: Some(form.terms),
+                    error: format!("The terms were not saved: {why}"),
+                },
+            ),
+            Err(e) => return Err(e.into()),
         };
     let page = models_page(&state, &token, &me, message, refused).await?;
     Ok((token, page).into_response())
@@ -471,7 +466,7 @@ async fn account_page(
                 ("digest", "One e-mail a day listing what waits"),
                 ("off", "No e-mail"),
             ],
-            &me.notify,
+            me.notify.as_str(),
         ),
         models: if me.is_admin() && models.is_empty() {
             "every model (as an admin)".into()
@@ -509,7 +504,11 @@ pub async fn save_account(
     Form(form): Form<AccountForm>,
 ) -> Result<Response, Error> {
     check_csrf(&token, &form.authenticity_token)?;
-    let notify = form.notify.trim();
+    let notify = form
+        .notify
+        .trim()
+        .parse()
+        .map_err(|e: UnknownState| Error::BadRequest(e.to_string()))?;
     accounts::change_reviewer(&state.app, &me.id, ReviewerChange::Notify(notify), &me.email).await?;
     let me = db::reviewers::find(state.app.db.pool(), &me.id)
         .await?
@@ -563,21 +562,20 @@ pub async fn change_password(
             attempt.succeeded();
             changed
         }
-        Err(err) => match err.downcast_ref::<accounts::AccountError>() {
-            // A wrong current password stays counted; a new password that
-            // is too short or too long was never a guess.
-            Some(accounts::AccountError::WrongPassword) => return refused(err.to_string()).await,
-            Some(refusal) => {
+        // A wrong current password stays counted; a new password that is
+        // too short or too long was never a guess, nor was a check the
+        // portal had no room for.
+        Err(err @ domain::Error::Forbidden { .. }) => return refused(err.to_string()).await,
+        Err(domain::Error::Invalid(why)) => {
+            attempt.succeeded();
+            return refused(why).await;
+        }
+        Err(err) => {
+            if matches!(err, domain::Error::Busy { .. }) {
                 attempt.succeeded();
-                return refused(refusal.to_string()).await;
             }
-            None => {
-                if err.is::<crate::crypto::passwords::PasswordsBusy>() {
-                    attempt.succeeded();
-                }
-                return Err(err.into());
-            }
-        },
+            return Err(err.into());
+        }
     };
     session
         .insert(STAMP_KEY, accounts::credential_stamp(&changed))

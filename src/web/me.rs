@@ -155,9 +155,9 @@ pub async fn applications(
             id: a.view.id.clone(),
             model_slug: a.view.model_slug.clone(),
             model_title: a.view.model_title.clone(),
-            status: a.view.status.clone(),
-            status_label: applications::status_label(&a.view.status).to_owned(),
-            kind: a.view.kind.clone(),
+            status: a.view.status,
+            status_label: applications::status_label(a.view.status),
+            kind: a.view.kind,
             submitted: format_ms(a.view.created_at),
             terms_version: a.view.terms_version,
             next_step: a.next_step,
@@ -247,7 +247,7 @@ async fn access_page(
             _ => String::new(),
         };
         rows.push(pages::MyGrantRow {
-            state: GrantState::of(&grant, now_ms()).as_str().to_owned(),
+            state: GrantState::of(&grant, now_ms()),
             expires: format_ms(grant.expires_at),
             revoked_reason: grant.revoked_reason.clone().unwrap_or_default(),
             links_expire: access

@@ -4,7 +4,16 @@ use askama::Template;
 use axum::response::{Html, IntoResponse, Response};
 
 use super::Error;
-use crate::{db, domain::applications::FieldErrors, types::format_ms};
+use crate::{
+    db,
+    domain::applications::FieldErrors,
+    domain::grants::GrantState,
+    domain::questions::Kind as QuestionKind,
+    types::{
+        format_ms,
+        states::{Decision, Kind, Notify, Status},
+    },
+};
 
 /// Renders a template as an HTML response.
 pub fn render(t: &impl Template) -> Result<Response, Error> {
@@ -71,7 +80,7 @@ pub struct ConfirmPage {
     pub token: String,
     pub title: String,
     pub email: String,
-    pub status: String,
+    pub status: Status,
     pub csrf: String,
 }
 
@@ -94,7 +103,7 @@ pub struct ReleaseRows {
 pub struct AccessPage {
     pub title: String,
     pub email: String,
-    pub state: String,
+    pub state: GrantState,
     pub expires: String,
     pub links_expire: String,
     pub releases: Vec<ReleaseRows>,
@@ -135,7 +144,7 @@ pub struct ApplicationRow {
     pub email: String,
     pub affiliation: String,
     pub model: String,
-    pub status: String,
+    pub status: Status,
     pub when: String,
 }
 
@@ -147,7 +156,7 @@ impl From<&db::applications::ApplicationView> for ApplicationRow {
             email: a.email.clone(),
             affiliation: a.affiliation.clone(),
             model: a.model_slug.clone(),
-            status: a.status.clone(),
+            status: a.status,
             when: format_ms(a.decided_at.or(a.confirmed_at).unwrap_or(a.created_at)),
         }
     }
@@ -156,8 +165,7 @@ impl From<&db::applications::ApplicationView> for ApplicationRow {
 /// One row of the queue.
 pub struct QueueRow {
     pub app: ApplicationRow,
-    /// `new`, `renewal` or `appeal`.
-    pub kind: String,
+    pub kind: Kind,
     /// How long it has waited since confirmation, e.g. `3 d 4 h`.
     pub waited: String,
     pub overdue: bool,
@@ -219,7 +227,7 @@ pub struct BulkResultRow {
 
 pub struct ReviewRow {
     pub reviewer: String,
-    pub decision: String,
+    pub decision: Decision,
     pub reason: String,
     pub note: String,
     pub days: String,
@@ -255,9 +263,9 @@ pub struct ApplicationPage {
     pub policy: String,
     pub history: Vec<EarlierRow>,
     pub templates: Vec<Choice>,
-    /// `new`, `renewal` or `appeal`, with the answers to the model's questions
-    /// and the question thread.
-    pub kind: String,
+    /// What it asks for, with the answers to the model's questions and the
+    /// question thread.
+    pub kind: Kind,
     pub parent_id: String,
     pub grant_id: String,
     pub answers: Vec<AnswerRow>,
@@ -271,7 +279,7 @@ pub struct GrantRow {
     pub model: String,
     pub created: String,
     pub expires: String,
-    pub state: String,
+    pub state: GrantState,
     pub revoked_reason: String,
 }
 
@@ -296,7 +304,7 @@ pub struct ReviewerRow {
     pub email: String,
     pub is_admin: bool,
     pub disabled: bool,
-    pub notify: String,
+    pub notify: Notify,
     pub models: String,
     pub is_self: bool,
 }
@@ -531,7 +539,7 @@ pub struct GrantPage {
     pub id: String,
     pub email: String,
     pub model: String,
-    pub state: String,
+    pub state: GrantState,
     pub created: String,
     pub expires: String,
     pub revoked_reason: String,
@@ -553,8 +561,7 @@ pub struct OptionItem {
 pub struct QuestionField {
     pub field: String,
     pub label: String,
-    /// `text`, `long_text`, `select`, `checkbox`, `country` or `url`.
-    pub kind: &'static str,
+    pub kind: QuestionKind,
     pub required: bool,
     pub help: String,
     pub value: String,
@@ -634,9 +641,9 @@ pub struct MyApplicationRow {
     pub id: String,
     pub model_slug: String,
     pub model_title: String,
-    pub status: String,
-    pub status_label: String,
-    pub kind: String,
+    pub status: Status,
+    pub status_label: &'static str,
+    pub kind: Kind,
     pub submitted: String,
     pub terms_version: i64,
     pub next_step: String,
@@ -660,7 +667,7 @@ pub struct MyGrantRow {
     pub id: String,
     pub model_slug: String,
     pub model_title: String,
-    pub state: String,
+    pub state: GrantState,
     pub expires: String,
     pub revoked_reason: String,
     pub links_expire: String,

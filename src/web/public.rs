@@ -75,7 +75,7 @@ fn question_fields(
                 _ => Vec::new(),
             };
             QuestionField {
-                kind: crate::domain::questions::kind_name(q.kind),
+                kind: q.kind,
                 checked: !value.is_empty(),
                 error: errors.get(&field).cloned().unwrap_or_default(),
                 label: q.label,

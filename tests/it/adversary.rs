@@ -674,7 +674,11 @@ async fn a_planted_csrf_cookie_does_not_pass_for_the_session() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(me.notify, "immediate", "nothing changed");
+    assert_eq!(
+        me.notify,
+        weightgate::types::states::Notify::Immediate,
+        "nothing changed"
+    );
     // The session's own token works.
     let response = t
         .post_admin(&victim, "/admin/account", "/admin/account", &[("notify", "off")])

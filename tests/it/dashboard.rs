@@ -6,7 +6,7 @@ use reqwest::StatusCode;
 use weightgate::{
     domain::accounts,
     domain::policy::{self, PolicyChange},
-    types::Email,
+    types::{Email, states::Notify},
 };
 
 use crate::helpers::*;
@@ -477,9 +477,14 @@ async fn reviewers_hear_of_waiting_applications_at_once_or_in_a_daily_digest() {
         .unwrap()
         .unwrap()
         .id;
-    accounts::change_reviewer(&t.app, &id, accounts::ReviewerChange::Notify("digest"), "test")
-        .await
-        .unwrap();
+    accounts::change_reviewer(
+        &t.app,
+        &id,
+        accounts::ReviewerChange::Notify(Notify::Digest),
+        "test",
+    )
+    .await
+    .unwrap();
 
     t.apply_and_confirm("waits@uni.example.edu").await;
     // The model has an assigned reviewer, who chose the digest: the admin is not told.
@@ -496,9 +501,14 @@ async fn reviewers_hear_of_waiting_applications_at_once_or_in_a_daily_digest() {
         "once a day"
     );
 
-    accounts::change_reviewer(&t.app, &id, accounts::ReviewerChange::Notify("immediate"), "test")
-        .await
-        .unwrap();
+    accounts::change_reviewer(
+        &t.app,
+        &id,
+        accounts::ReviewerChange::Notify(Notify::Immediate),
+        "test",
+    )
+    .await
+    .unwrap();
     t.apply_and_confirm("next@uni.example.edu").await;
     let mail = t.wait_for_mail(SECOND, "waits for review").await;
     assert!(mail.contains("next@uni.example.edu") && mail.contains("/admin/applications/"));

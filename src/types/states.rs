@@ -1,0 +1,166 @@
+//! The states the database stores as text, as enums. Text becomes one of these
+//! in `db` (a row field marked `#[sqlx(try_from = "String")]`, a bind of
+//! `as_str()`); everywhere else a state is compared as a value, so a typo is a
+//! compile error and a `match` names every case.
+
+use std::{fmt, str::FromStr};
+
+/// Defines an enum stored as text: `as_str`, `ALL`, `Display`, `FromStr` and
+/// `TryFrom<String>` (what a row field needs), each from one list of names.
+macro_rules! stored_as_text {
+    ($(#[$meta:meta])* $name:ident ($noun:literal) { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $name {
+            /// Every value, in the order written.
+            pub const ALL: &[Self] = &[$(Self::$variant,)+];
+
+            /// The stored text.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text,)+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = UnknownState;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok(Self::$variant),)+
+                    _ => Err(UnknownState {
+                        what: $noun,
+                        text: s.chars().take(40).collect(),
+                        known: &[$($text,)+],
+                    }),
+                }
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = UnknownState;
+
+            fn try_from(s: String) -> Result<Self, Self::Error> {
+                s.parse()
+            }
+        }
+    };
+}
+
+/// Text that names no value of a state: a row written by something else, or
+/// a form field or flag that was not one of the choices offered.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{text:?} is not {what} (one of {})", known.join(", "))]
+pub struct UnknownState {
+    what: &'static str,
+    text: String,
+    known: &'static [&'static str],
+}
+
+stored_as_text! {
+    /// Where an application is in its life. The moves between these are
+    /// `domain::applications`' and `domain::reviews`' to make.
+    Status ("an application status") {
+        /// Sent, but the e-mail address is not confirmed yet; reviewers do not see it.
+        Unconfirmed = "unconfirmed",
+        /// In the reviewers' queue.
+        Pending = "pending",
+        /// A reviewer asked the researcher a question; out of the queue until answered.
+        InfoRequested = "info_requested",
+        Approved = "approved",
+        Denied = "denied",
+    }
+}
+
+impl Status {
+    /// Still waiting for a decision (in the queue, or with a question out).
+    pub fn is_open(self) -> bool {
+        matches!(self, Self::Pending | Self::InfoRequested)
+    }
+
+    /// Decided, one way or the other.
+    pub fn is_decided(self) -> bool {
+        matches!(self, Self::Approved | Self::Denied)
+    }
+}
+
+stored_as_text! {
+    /// What an application asks for.
+    Kind ("a kind of application") {
+        /// Access to a model.
+        New = "new",
+        /// A longer life for an existing grant.
+        Renewal = "renewal",
+        /// Another look at a denied application.
+        Appeal = "appeal",
+    }
+}
+
+stored_as_text! {
+    /// One reviewer's vote on an application.
+    Decision ("a review decision") {
+        Approve = "approve",
+        Deny = "deny",
+    }
+}
+
+stored_as_text! {
+    /// When a reviewer hears of applications that wait for them.
+    Notify ("a notification choice") {
+        /// An e-mail for each application.
+        Immediate = "immediate",
+        /// One e-mail a day listing what waits.
+        Digest = "digest",
+        Off = "off",
+    }
+}
+
+stored_as_text! {
+    /// Who wrote a message in an application's thread.
+    Author ("an author of a message") {
+        Researcher = "researcher",
+        Reviewer = "reviewer",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_state_reads_back_from_its_text() {
+        fn round_trip<T: FromStr + Copy + PartialEq + fmt::Debug + fmt::Display>(all: &[T]) {
+            for &v in all {
+                assert_eq!(v.to_string().parse::<T>().ok(), Some(v));
+            }
+        }
+        round_trip(Status::ALL);
+        round_trip(Kind::ALL);
+        round_trip(Decision::ALL);
+        round_trip(Notify::ALL);
+        round_trip(Author::ALL);
+    }
+
+    #[test]
+    fn unknown_text_is_refused_by_name() {
+        let err = "Pending".parse::<Status>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "\"Pending\" is not an application status \
+             (one of unconfirmed, pending, info_requested, approved, denied)"
+        );
+        assert!("".parse::<Kind>().is_err());
+        assert!("approve ".parse::<Decision>().is_err());
+    }
+}
