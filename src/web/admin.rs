@@ -13,11 +13,8 @@ use tower_sessions::Session;
 
 use super::{
     AppState, ClientInfo, Error,
-    auth::{
-        CsrfForm, CurrentReviewer, REVIEWER_KEY, STAMP_KEY, check_csrf, csrf_field, session_error,
-        start_session,
-    },
-    extract::{Form, FormFields, Path, Query},
+    auth::{CurrentReviewer, REVIEWER_KEY, STAMP_KEY, csrf_field, session_error, start_session},
+    extract::{CsrfForm, Path, Query},
     pages::{self, ApplicationRow, BulkResultRow, Choice, GrantRow, Header, QueueRow, render},
 };
 use crate::{
@@ -56,8 +53,6 @@ pub async fn login_page(token: Csrf) -> Result<Response, Error> {
 #[derive(Deserialize)]
 pub struct LoginForm {
     #[serde(default)]
-    authenticity_token: String,
-    #[serde(default)]
     email: String,
     #[serde(default)]
     password: String,
@@ -65,12 +60,13 @@ pub struct LoginForm {
 
 pub async fn login(
     State(state): State<AppState>,
-    token: Csrf,
     session: Session,
     ClientInfo(client): ClientInfo,
-    Form(form): Form<LoginForm>,
+    CsrfForm {
+        csrf: token,
+        fields: form,
+    }: CsrfForm<LoginForm>,
 ) -> Result<Response, Error> {
-    check_csrf(&token, &form.authenticity_token)?;
     let email: String = form.email.trim().to_lowercase().chars().take(254).collect();
     // Counted before the password is checked, so a burst of guesses sent at
     // once gets no more checks than the same guesses one by one.
@@ -131,8 +127,7 @@ fn throttled(token: Csrf, email: String, wait: Duration, why: &str) -> Result<Re
     Ok(response)
 }
 
-pub async fn logout(token: Csrf, session: Session, Form(form): Form<CsrfForm>) -> Result<Response, Error> {
-    check_csrf(&token, &form.authenticity_token)?;
+pub async fn logout(session: Session, _: CsrfForm) -> Result<Response, Error> {
     session.flush().await.map_err(session_error)?;
     Ok(Redirect::to("/admin/login").into_response())
 }
@@ -498,29 +493,23 @@ pub async fn application(
 #[derive(Deserialize)]
 pub struct AskForm {
     #[serde(default)]
-    authenticity_token: String,
-    #[serde(default)]
     message: String,
 }
 
 /// Asks the applicant for more information.
 pub async fn ask(
     State(state): State<AppState>,
-    token: Csrf,
     CurrentReviewer(reviewer): CurrentReviewer,
     ClientInfo(client): ClientInfo,
     Path(id): Path<String>,
-    Form(form): Form<AskForm>,
+    CsrfForm { fields: form, .. }: CsrfForm<AskForm>,
 ) -> Result<Response, Error> {
-    check_csrf(&token, &form.authenticity_token)?;
     threads::ask(&state.app, &reviewer, &id, &form.message, client).await?;
     Ok(Redirect::to(&format!("/admin/applications/{id}")).into_response())
 }
 
 #[derive(Deserialize)]
 pub struct ApproveForm {
-    #[serde(default)]
-    authenticity_token: String,
     #[serde(default)]
     days: String,
     #[serde(default)]
@@ -539,13 +528,11 @@ fn grant_days(days: &str) -> Result<Option<u64>, Error> {
 
 pub async fn approve(
     State(state): State<AppState>,
-    token: Csrf,
     CurrentReviewer(reviewer): CurrentReviewer,
     ClientInfo(client): ClientInfo,
     Path(id): Path<String>,
-    Form(form): Form<ApproveForm>,
+    CsrfForm { fields: form, .. }: CsrfForm<ApproveForm>,
 ) -> Result<Response, Error> {
-    check_csrf(&token, &form.authenticity_token)?;
     let days = grant_days(&form.days)?;
     reviews::approve(&state.app, &reviewer, &id, days, Some(&form.note), client).await?;
     Ok(Redirect::to(&format!("/admin/applications/{id}")).into_response())
@@ -553,8 +540,6 @@ pub async fn approve(
 
 #[derive(Deserialize)]
 pub struct DenyForm {
-    #[serde(default)]
-    authenticity_token: String,
     #[serde(default)]
     template: String,
     #[serde(default)]
@@ -583,13 +568,11 @@ async fn deny_reason(app: &App, template: &str, reason: &str) -> Result<String, 
 
 pub async fn deny(
     State(state): State<AppState>,
-    token: Csrf,
     CurrentReviewer(reviewer): CurrentReviewer,
     ClientInfo(client): ClientInfo,
     Path(id): Path<String>,
-    Form(form): Form<DenyForm>,
+    CsrfForm { fields: form, .. }: CsrfForm<DenyForm>,
 ) -> Result<Response, Error> {
-    check_csrf(&token, &form.authenticity_token)?;
     let reason = deny_reason(&state.app, &form.template, &form.reason).await?;
     reviews::deny(&state.app, &reviewer, &id, &reason, client).await?;
     Ok(Redirect::to(&format!("/admin/applications/{id}")).into_response())
@@ -599,10 +582,12 @@ pub async fn deny(
 /// `id` field once per selected row, which is why it is decoded by hand.
 pub async fn bulk(
     State(state): State<AppState>,
-    token: Csrf,
     CurrentReviewer(reviewer): CurrentReviewer,
     ClientInfo(client): ClientInfo,
-    FormFields(body): FormFields,
+    CsrfForm {
+        csrf: token,
+        fields: body,
+    }: CsrfForm<Vec<(String, String)>>,
 ) -> Result<Response, Error> {
     let mut fields: HashMap<String, String> = HashMap::new();
     let mut ids = Vec::new();
@@ -614,7 +599,6 @@ pub async fn bulk(
         }
     }
     let field = |k: &str| fields.get(k).map_or("", String::as_str);
-    check_csrf(&token, field("authenticity_token"))?;
     let app = &state.app;
     let outcomes = match field("action") {
         "approve" => {
@@ -752,20 +736,16 @@ async fn manageable_grant(app: &App, reviewer: &Reviewer, id: &str) -> Result<db
 #[derive(Deserialize)]
 pub struct ReasonForm {
     #[serde(default)]
-    authenticity_token: String,
-    #[serde(default)]
     reason: String,
 }
 
 pub async fn revoke(
     State(state): State<AppState>,
-    token: Csrf,
     CurrentReviewer(reviewer): CurrentReviewer,
     ClientInfo(client): ClientInfo,
     Path(id): Path<String>,
-    Form(form): Form<ReasonForm>,
+    CsrfForm { fields: form, .. }: CsrfForm<ReasonForm>,
 ) -> Result<Response, Error> {
-    check_csrf(&token, &form.authenticity_token)?;
     manageable_grant(&state.app, &reviewer, &id).await?;
     grants::revoke(&state.app, &id, &form.reason, &reviewer.email, client).await?;
     Ok(Redirect::to(&format!("/admin/grants/{id}")).into_response())
@@ -773,8 +753,6 @@ pub async fn revoke(
 
 #[derive(Deserialize)]
 pub struct ExtendForm {
-    #[serde(default)]
-    authenticity_token: String,
     #[serde(default)]
     days: String,
     /// An admin's override of the model's approval policy.
@@ -784,13 +762,11 @@ pub struct ExtendForm {
 
 pub async fn extend(
     State(state): State<AppState>,
-    token: Csrf,
     CurrentReviewer(reviewer): CurrentReviewer,
     ClientInfo(client): ClientInfo,
     Path(id): Path<String>,
-    Form(form): Form<ExtendForm>,
+    CsrfForm { fields: form, .. }: CsrfForm<ExtendForm>,
 ) -> Result<Response, Error> {
-    check_csrf(&token, &form.authenticity_token)?;
     manageable_grant(&state.app, &reviewer, &id).await?;
     let days = grant_days(&form.days)?.ok_or_else(|| Error::BadRequest("say by how many days".into()))?;
     let by = if form.override_policy.is_empty() {

@@ -195,13 +195,6 @@ impl FromRequestParts<AppState> for MaybeResearcher {
     }
 }
 
-/// A form that carries nothing but its CSRF token.
-#[derive(serde::Deserialize)]
-pub struct CsrfForm {
-    #[serde(default)]
-    pub authenticity_token: String,
-}
-
 /// Where a signed-in session keeps its CSRF secret.
 const CSRF_KEY: &str = "csrf";
 

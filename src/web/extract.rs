@@ -1,4 +1,5 @@
-//! The portal's own versions of axum's `Form`, `Path` and `Query`: a bad
+//! The portal's own versions of axum's `Form` (as [`CsrfForm`], which checks
+//! the CSRF token first), `Path` and `Query`: a bad
 //! request gets the portal's error body (a page or JSON, with the request
 //! id), and a NUL character, which no field has a use for and PostgreSQL
 //! cannot store, is refused before any handler sees it.
@@ -10,10 +11,14 @@ use axum::{
         rejection::{FormRejection, PathRejection, QueryRejection},
     },
     http::{Method, header, request::Parts},
+    response::{IntoResponse, Response},
 };
 use serde::de::DeserializeOwned;
 
-use super::Error;
+use super::{
+    Error,
+    auth::{Csrf, check_csrf},
+};
 
 /// The largest request body the portal reads: ample for every form (the
 /// longest field is 5,000 characters), small enough that no one can make a
@@ -66,43 +71,55 @@ async fn checked_form_body<S: Send + Sync>(req: Request, _state: &S) -> Result<B
     Ok(bytes)
 }
 
-/// A URL-encoded form body, decoded into `T`.
-pub struct Form<T>(pub T);
+/// Decodes checked form fields into `T`, with axum's messages for a field
+/// that is missing or of the wrong type.
+async fn decode<T: DeserializeOwned, S: Send + Sync>(bytes: Bytes, state: &S) -> Result<T, Error> {
+    let checked = Request::builder()
+        .method(Method::POST)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(bytes))
+        .map_err(|e| Error::Internal(e.into()))?;
+    axum::Form::<T>::from_request(checked, state)
+        .await
+        .map(|axum::Form(value)| value)
+        .map_err(|e: FormRejection| Error::BadRequest(e.body_text()))
+}
 
-impl<T, S> FromRequest<S> for Form<T>
+/// A form with no fields of its own: a button that posts only its CSRF token.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct NoFields {}
+
+/// A posted form whose CSRF token is checked before the handler runs, so no
+/// handler can forget to: `fields` are the form's own fields (the
+/// `authenticity_token` is taken out first), `csrf` the page's protection,
+/// for the answer's cookie and the next form. The token is checked before
+/// the fields are decoded, so a forged post learns nothing about them.
+pub struct CsrfForm<T = NoFields> {
+    pub csrf: Csrf,
+    pub fields: T,
+}
+
+impl<T, S> FromRequest<S> for CsrfForm<T>
 where
     T: DeserializeOwned,
     S: Send + Sync,
+    axum_csrf::CsrfConfig: axum::extract::FromRef<S>,
 {
-    type Rejection = Error;
+    type Rejection = Response;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = checked_form_body(req, state).await?;
-        let checked = Request::builder()
-            .method(Method::POST)
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(Body::from(bytes))
-            .map_err(|e| Error::Internal(e.into()))?;
-        axum::Form::<T>::from_request(checked, state)
+        let (mut parts, body) = req.into_parts();
+        let csrf = Csrf::from_request_parts(&mut parts, state).await?;
+        let bytes = checked_form_body(Request::from_parts(parts, body), state)
             .await
-            .map(|axum::Form(value)| Form(value))
-            .map_err(|e: FormRejection| Error::BadRequest(e.body_text()))
-    }
-}
-
-/// A form body's fields in order, repeated names included.
-pub struct FormFields(pub Vec<(String, String)>);
-
-impl<S: Send + Sync> FromRequest<S> for FormFields {
-    type Rejection = Error;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = checked_form_body(req, state).await?;
-        Ok(FormFields(
-            form_urlencoded::parse(&bytes)
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect(),
-        ))
+            .map_err(IntoResponse::into_response)?;
+        let submitted = form_urlencoded::parse(&bytes)
+            .find(|(name, _)| name == "authenticity_token")
+            .map(|(_, value)| value.into_owned())
+            .unwrap_or_default();
+        check_csrf(&csrf, &submitted).map_err(IntoResponse::into_response)?;
+        let fields = decode(bytes, state).await.map_err(IntoResponse::into_response)?;
+        Ok(Self { csrf, fields })
     }
 }
 

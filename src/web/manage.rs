@@ -11,8 +11,8 @@ use tower_sessions::Session;
 
 use super::{
     AppState, ClientInfo, Error,
-    auth::{Csrf, CurrentReviewer, STAMP_KEY, check_csrf, session_error},
-    extract::{Form, FormFields, Path},
+    auth::{Csrf, CurrentReviewer, STAMP_KEY, session_error},
+    extract::{CsrfForm, Path},
     pages::{self, Choice, Header, render},
 };
 use crate::{
@@ -88,8 +88,6 @@ pub async fn reviewers(
 #[derive(Deserialize)]
 pub struct NewReviewerForm {
     #[serde(default)]
-    authenticity_token: String,
-    #[serde(default)]
     email: String,
     #[serde(default)]
     password: String,
@@ -99,11 +97,12 @@ pub struct NewReviewerForm {
 
 pub async fn save_reviewer(
     State(state): State<AppState>,
-    token: Csrf,
     CurrentReviewer(me): CurrentReviewer,
-    Form(form): Form<NewReviewerForm>,
+    CsrfForm {
+        csrf: token,
+        fields: form,
+    }: CsrfForm<NewReviewerForm>,
 ) -> Result<Response, Error> {
-    check_csrf(&token, &form.authenticity_token)?;
     admin_only(&state, &me).await?;
     let result = match form.email.parse::<Email>() {
         Err(e) => Err(e.to_owned()),
@@ -127,8 +126,6 @@ pub async fn save_reviewer(
 #[derive(Deserialize)]
 pub struct ChangeReviewerForm {
     #[serde(default)]
-    authenticity_token: String,
-    #[serde(default)]
     change: String,
     #[serde(default)]
     model: String,
@@ -136,12 +133,10 @@ pub struct ChangeReviewerForm {
 
 pub async fn change_reviewer(
     State(state): State<AppState>,
-    token: Csrf,
     CurrentReviewer(me): CurrentReviewer,
     Path(id): Path<String>,
-    Form(form): Form<ChangeReviewerForm>,
+    CsrfForm { fields: form, .. }: CsrfForm<ChangeReviewerForm>,
 ) -> Result<Response, Error> {
-    check_csrf(&token, &form.authenticity_token)?;
     admin_only(&state, &me).await?;
     let app = &state.app;
     let target = db::reviewers::find(app.db.pool(), &id)
@@ -257,8 +252,6 @@ pub async fn models(
 #[derive(Deserialize)]
 pub struct PolicyForm {
     #[serde(default)]
-    authenticity_token: String,
-    #[serde(default)]
     approvals_needed: String,
     #[serde(default)]
     auto_approve_domains: String,
@@ -276,12 +269,13 @@ fn number(s: &str, what: &str) -> Result<i64, Error> {
 
 pub async fn save_policy(
     State(state): State<AppState>,
-    token: Csrf,
     CurrentReviewer(me): CurrentReviewer,
     Path(slug): Path<String>,
-    Form(form): Form<PolicyForm>,
+    CsrfForm {
+        csrf: token,
+        fields: form,
+    }: CsrfForm<PolicyForm>,
 ) -> Result<Response, Error> {
-    check_csrf(&token, &form.authenticity_token)?;
     admin_only(&state, &me).await?;
     let change = PolicyChange {
         approvals_needed: number(&form.approvals_needed, "approvals needed")?,
@@ -302,13 +296,11 @@ pub async fn save_policy(
 /// the form it was sent in, with the reason; nothing is lost.
 pub async fn save_questions(
     State(state): State<AppState>,
-    token: Csrf,
     CurrentReviewer(me): CurrentReviewer,
     Path(slug): Path<String>,
-    FormFields(fields): FormFields,
+    CsrfForm { csrf: token, fields }: CsrfForm<Vec<(String, String)>>,
 ) -> Result<Response, Error> {
     let field = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-    check_csrf(&token, field("authenticity_token").unwrap_or_default())?;
     admin_only(&state, &me).await?;
     let parsed: Slug = slug.parse().map_err(Error::BadRequest)?;
     let refusal = |why: String, questions: Option<String>, question_rows| Refused {
@@ -362,20 +354,19 @@ pub async fn save_questions(
 #[derive(Deserialize)]
 pub struct TermsForm {
     #[serde(default)]
-    authenticity_token: String,
-    #[serde(default)]
     terms: String,
 }
 
 /// Publishes a new version of a model's terms.
 pub async fn save_terms(
     State(state): State<AppState>,
-    token: Csrf,
     CurrentReviewer(me): CurrentReviewer,
     Path(slug): Path<String>,
-    Form(form): Form<TermsForm>,
+    CsrfForm {
+        csrf: token,
+        fields: form,
+    }: CsrfForm<TermsForm>,
 ) -> Result<Response, Error> {
-    check_csrf(&token, &form.authenticity_token)?;
     admin_only(&state, &me).await?;
     let parsed: Slug = slug.parse().map_err(Error::BadRequest)?;
     let terms = form.terms.replace("\r\n", "\n");
@@ -404,8 +395,6 @@ pub async fn save_terms(
 #[derive(Deserialize)]
 pub struct TemplateForm {
     #[serde(default)]
-    authenticity_token: String,
-    #[serde(default)]
     title: String,
     #[serde(default)]
     body: String,
@@ -413,30 +402,20 @@ pub struct TemplateForm {
 
 pub async fn save_template(
     State(state): State<AppState>,
-    token: Csrf,
     CurrentReviewer(me): CurrentReviewer,
-    Form(form): Form<TemplateForm>,
+    CsrfForm { fields: form, .. }: CsrfForm<TemplateForm>,
 ) -> Result<Response, Error> {
-    check_csrf(&token, &form.authenticity_token)?;
     admin_only(&state, &me).await?;
     policy::save_template(&state.app, &form.title, &form.body, &me.email).await?;
     Ok(Redirect::to("/admin/models#templates").into_response())
 }
 
-#[derive(Deserialize)]
-pub struct CsrfOnly {
-    #[serde(default)]
-    authenticity_token: String,
-}
-
 pub async fn delete_template(
     State(state): State<AppState>,
-    token: Csrf,
     CurrentReviewer(me): CurrentReviewer,
     Path(id): Path<String>,
-    Form(form): Form<CsrfOnly>,
+    _: CsrfForm,
 ) -> Result<Response, Error> {
-    check_csrf(&token, &form.authenticity_token)?;
     admin_only(&state, &me).await?;
     if !policy::delete_template(&state.app, &id, &me.email).await? {
         return Err(Error::NotFound);
@@ -492,18 +471,17 @@ pub async fn account(
 #[derive(Deserialize)]
 pub struct AccountForm {
     #[serde(default)]
-    authenticity_token: String,
-    #[serde(default)]
     notify: String,
 }
 
 pub async fn save_account(
     State(state): State<AppState>,
-    token: Csrf,
     CurrentReviewer(me): CurrentReviewer,
-    Form(form): Form<AccountForm>,
+    CsrfForm {
+        csrf: token,
+        fields: form,
+    }: CsrfForm<AccountForm>,
 ) -> Result<Response, Error> {
-    check_csrf(&token, &form.authenticity_token)?;
     let notify = form
         .notify
         .trim()
@@ -520,8 +498,6 @@ pub async fn save_account(
 #[derive(Deserialize)]
 pub struct PasswordForm {
     #[serde(default)]
-    authenticity_token: String,
-    #[serde(default)]
     current: String,
     #[serde(default)]
     new: String,
@@ -533,13 +509,14 @@ pub struct PasswordForm {
 /// account ends, this one goes on.
 pub async fn change_password(
     State(state): State<AppState>,
-    token: Csrf,
     session: Session,
     CurrentReviewer(me): CurrentReviewer,
     ClientInfo(client): ClientInfo,
-    Form(form): Form<PasswordForm>,
+    CsrfForm {
+        csrf: token,
+        fields: form,
+    }: CsrfForm<PasswordForm>,
 ) -> Result<Response, Error> {
-    check_csrf(&token, &form.authenticity_token)?;
     let refused = |message: String| async {
         let page = account_page(&state, &token, &me, String::new(), message).await?;
         Ok::<_, Error>((StatusCode::UNPROCESSABLE_ENTITY, page).into_response())

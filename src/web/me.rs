@@ -14,10 +14,8 @@ use tower_sessions::Session;
 use super::{
     AppState, ClientInfo, Error,
     access::PUBLIC_KEY_PATH,
-    auth::{
-        CsrfForm, CurrentResearcher, RESEARCHER_KEY, check_csrf, csrf_field, session_error, start_session,
-    },
-    extract::{Form, Path},
+    auth::{CurrentResearcher, RESEARCHER_KEY, csrf_field, session_error, start_session},
+    extract::{CsrfForm, Path},
     limited,
     pages::{self, AnswerRow, HistoryRow, LinkRow, ReleaseRows, ResearcherHeader, human_size, render},
 };
@@ -52,18 +50,17 @@ pub async fn signin_page(token: Csrf) -> Result<Response, Error> {
 #[derive(Deserialize)]
 pub struct SigninForm {
     #[serde(default)]
-    authenticity_token: String,
-    #[serde(default)]
     email: String,
 }
 
 pub async fn request_link(
     State(state): State<AppState>,
-    token: Csrf,
     ClientInfo(client): ClientInfo,
-    Form(form): Form<SigninForm>,
+    CsrfForm {
+        csrf: token,
+        fields: form,
+    }: CsrfForm<SigninForm>,
 ) -> Result<Response, Error> {
-    check_csrf(&token, &form.authenticity_token)?;
     limited(&state.limits.signin_per_address, &client.network())?;
     match form.email.parse::<Email>() {
         Ok(email) => {
@@ -100,13 +97,11 @@ pub async fn link_page(token: Csrf, Path(link): Path<String>) -> Result<Response
 
 pub async fn use_link(
     State(state): State<AppState>,
-    token: Csrf,
     session: Session,
     ClientInfo(client): ClientInfo,
     Path(link): Path<String>,
-    Form(form): Form<CsrfForm>,
+    CsrfForm { csrf: token, .. }: CsrfForm,
 ) -> Result<Response, Error> {
-    check_csrf(&token, &form.authenticity_token)?;
     // Counted before the link is looked at, as a password is.
     let attempt = state
         .throttle
@@ -136,8 +131,7 @@ pub async fn use_link(
     }
 }
 
-pub async fn signout(token: Csrf, session: Session, Form(form): Form<CsrfForm>) -> Result<Response, Error> {
-    check_csrf(&token, &form.authenticity_token)?;
+pub async fn signout(session: Session, _: CsrfForm) -> Result<Response, Error> {
     session.flush().await.map_err(session_error)?;
     Ok(Redirect::to("/").into_response())
 }
@@ -188,33 +182,27 @@ pub async fn applications(
 #[derive(Deserialize)]
 pub struct MessageForm {
     #[serde(default)]
-    authenticity_token: String,
-    #[serde(default)]
     message: String,
 }
 
 pub async fn answer(
     State(state): State<AppState>,
-    token: Csrf,
     CurrentResearcher(researcher): CurrentResearcher,
     ClientInfo(client): ClientInfo,
     Path(id): Path<String>,
-    Form(form): Form<MessageForm>,
+    CsrfForm { fields: form, .. }: CsrfForm<MessageForm>,
 ) -> Result<Response, Error> {
-    check_csrf(&token, &form.authenticity_token)?;
     threads::answer(&state.app, &researcher, &id, &form.message, client).await?;
     Ok(Redirect::to(&format!("/me#application-{id}")).into_response())
 }
 
 pub async fn appeal(
     State(state): State<AppState>,
-    token: Csrf,
     CurrentResearcher(researcher): CurrentResearcher,
     ClientInfo(client): ClientInfo,
     Path(id): Path<String>,
-    Form(form): Form<MessageForm>,
+    CsrfForm { fields: form, .. }: CsrfForm<MessageForm>,
 ) -> Result<Response, Error> {
-    check_csrf(&token, &form.authenticity_token)?;
     let appeal = researchers::appeal(&state.app, &researcher, &id, &form.message, client).await?;
     Ok(Redirect::to(&format!("/me#application-{appeal}")).into_response())
 }
@@ -308,13 +296,11 @@ pub async fn access(
 
 pub async fn client_url(
     State(state): State<AppState>,
-    token: Csrf,
     CurrentResearcher(researcher): CurrentResearcher,
     ClientInfo(client): ClientInfo,
     Path(id): Path<String>,
-    Form(form): Form<CsrfForm>,
+    CsrfForm { csrf: token, .. }: CsrfForm,
 ) -> Result<Response, Error> {
-    check_csrf(&token, &form.authenticity_token)?;
     // The researcher's own grant, then counted before anything is made: a
     // refused request mints no URL, and nobody spends another's allowance.
     let grant = researchers::my_grant(&state.app, &researcher, &id).await?;
@@ -327,20 +313,16 @@ pub async fn client_url(
 #[derive(Deserialize)]
 pub struct RenewForm {
     #[serde(default)]
-    authenticity_token: String,
-    #[serde(default)]
     note: String,
 }
 
 pub async fn renew(
     State(state): State<AppState>,
-    token: Csrf,
     CurrentResearcher(researcher): CurrentResearcher,
     ClientInfo(client): ClientInfo,
     Path(id): Path<String>,
-    Form(form): Form<RenewForm>,
+    CsrfForm { fields: form, .. }: CsrfForm<RenewForm>,
 ) -> Result<Response, Error> {
-    check_csrf(&token, &form.authenticity_token)?;
     let renewal = renewals::request(&state.app, &researcher, &id, &form.note, client).await?;
     Ok(Redirect::to(&format!("/me#application-{renewal}")).into_response())
 }

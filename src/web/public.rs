@@ -11,8 +11,8 @@ use serde::Deserialize;
 
 use super::{
     AppState, ClientInfo, Error,
-    auth::{CsrfForm, MaybeResearcher, check_csrf, csrf_field},
-    extract::{Form, Path},
+    auth::{MaybeResearcher, csrf_field},
+    extract::{CsrfForm, Path},
     limited,
     pages::{self, FormValues, OptionItem, QuestionField, render},
 };
@@ -183,21 +183,20 @@ pub async fn terms(
 
 #[derive(Deserialize)]
 pub struct ApplyForm {
-    #[serde(default)]
-    authenticity_token: String,
     #[serde(flatten)]
     form: ApplicationForm,
 }
 
 pub async fn apply(
     State(state): State<AppState>,
-    token: Csrf,
     MaybeResearcher(researcher): MaybeResearcher,
     ClientInfo(client): ClientInfo,
     Path(slug): Path<String>,
-    Form(submitted): Form<ApplyForm>,
+    CsrfForm {
+        csrf: token,
+        fields: submitted,
+    }: CsrfForm<ApplyForm>,
 ) -> Result<Response, Error> {
-    check_csrf(&token, &submitted.authenticity_token)?;
     limited(&state.limits.applications_per_address, &client.network())?;
     let model = find_model(&state, &slug).await?;
     let form = submitted.form;
@@ -265,12 +264,10 @@ pub async fn confirm_page(
 
 pub async fn confirm(
     State(state): State<AppState>,
-    token: Csrf,
     ClientInfo(client): ClientInfo,
     Path(confirm_token): Path<String>,
-    Form(form): Form<CsrfForm>,
+    CsrfForm { csrf: token, .. }: CsrfForm,
 ) -> Result<Response, Error> {
-    check_csrf(&token, &form.authenticity_token)?;
     let view = applications::confirm(&state.app, &confirm_token, client).await?;
     let page = pages::ConfirmPage {
         token: confirm_token,

@@ -353,6 +353,23 @@ async fn every_route_answers_every_role_as_its_rule_says() {
         for role in roles {
             let path = records.path(route.path, role);
             let b = &browsers[&role];
+            if route.method == reqwest::Method::POST
+                && expect(route.access, role, names_a_record) == Expect::Allowed
+            {
+                // Every form checks its CSRF token before anything else.
+                let forged = b
+                    .post(t.url(&path))
+                    .form(&[("authenticity_token", "forged")])
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    forged.status(),
+                    StatusCode::FORBIDDEN,
+                    "{} {path} as {role:?} with a forged CSRF token",
+                    route.method
+                );
+            }
             let response = if route.method == reqwest::Method::GET {
                 b.get(t.url(&path)).send().await.unwrap()
             } else {
