@@ -95,8 +95,17 @@ fn chart_svg(counts: &[u64], first_day_ms: i64) -> String {
     const BOTTOM: usize = 20;
     let max = counts.iter().copied().max().unwrap_or(0).max(1);
     let slot = W as f64 / counts.len().max(1) as f64;
+    let last = format_ms(first_day_ms + (counts.len() as i64 - 1).max(0) * DAY_MS);
+    // What the picture shows, for those who cannot see it.
+    let label = format!(
+        "Completed downloads per day from {} to {}: {} in all, at most {max} a day",
+        &format_ms(first_day_ms)[..10],
+        &last[..10],
+        counts.iter().sum::<u64>(),
+    );
     let mut svg = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {W} {H}\" role=\"img\" class=\"chart\">\
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {W} {H}\" role=\"img\" class=\"chart\" \
+         aria-label=\"{label}\"><title>{label}</title>\
          <line x1=\"0\" y1=\"{y}\" x2=\"{W}\" y2=\"{y}\" stroke=\"#d8dde3\"/>",
         y = H - BOTTOM
     );
@@ -111,7 +120,6 @@ fn chart_svg(counts: &[u64], first_day_ms: i64) -> String {
             d = &day[..10],
         ));
     }
-    let last = format_ms(first_day_ms + (counts.len() as i64 - 1).max(0) * DAY_MS);
     svg.push_str(&format!(
         "<text x=\"0\" y=\"{H}\" font-size=\"11\" fill=\"#5b6470\">{}</text>\
          <text x=\"{W}\" y=\"{H}\" font-size=\"11\" fill=\"#5b6470\" text-anchor=\"end\">{}</text>\
@@ -277,6 +285,9 @@ mod tests {
         assert_eq!(svg.matches("<rect").count(), 3);
         assert!(svg.contains("1970-01-03: 4"));
         assert!(svg.contains("max 4/day"));
+        assert!(svg.contains(
+            "aria-label=\"Completed downloads per day from 1970-01-01 to 1970-01-03: 6 in all, at most 4 a day\""
+        ));
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
     }
 }

@@ -2,7 +2,9 @@
 //! (Debian's chromium and chromium-driver). Without them these scenarios say
 //! loudly that they did not run; under CI that is a failure. Screenshots of
 //! the main pages, at desktop and phone widths, are saved in
-//! `target/screenshots/` for people to look at.
+//! `target/screenshots/` for people to look at, and each is checked there with
+//! axe-core (npm, `tests/browser/`): a serious or critical accessibility
+//! violation fails the scenario.
 
 use std::{
     path::PathBuf,
@@ -145,15 +147,50 @@ impl Browser {
         );
     }
 
-    /// Saves the page at desktop and phone widths.
+    /// Saves the page at desktop and phone widths, and checks it at both
+    /// with axe-core: a serious or critical violation fails the scenario.
     async fn screenshot(&self, name: &str) {
         let dir = screenshots();
         for (width, height, suffix) in [(1280, 1000, "desktop"), (390, 844, "phone")] {
             self.client.set_window_size(width, height).await.unwrap();
             let png = self.client.screenshot().await.unwrap();
             std::fs::write(dir.join(format!("{name}-{suffix}.png")), png).unwrap();
+            self.check_accessibility(&format!("{name} ({suffix})")).await;
         }
         self.client.set_window_size(1280, 1000).await.unwrap();
+    }
+
+    /// Runs axe-core (from npm, `tests/browser/`) on the page as it is now
+    /// and fails on any serious or critical violation, naming the rule and
+    /// the elements. Without axe-core installed this says so loudly; under
+    /// CI that is a failure.
+    async fn check_accessibility(&self, page: &str) {
+        let Some(axe) = axe_source() else { return };
+        self.client.execute(axe, vec![]).await.unwrap();
+        let found = self
+            .client
+            .execute_async(
+                "const done = arguments[arguments.length - 1];
+                 axe.run(document, { resultTypes: ['violations'] })
+                    .then(r => done(r.violations.map(v => ({
+                        id: v.id, impact: v.impact, help: v.help,
+                        nodes: v.nodes.map(n => n.target.join(' ')).slice(0, 5) }))))
+                    .catch(e => done([{ id: 'axe-error', impact: 'critical', help: String(e), nodes: [] }]));",
+                vec![],
+            )
+            .await
+            .unwrap();
+        let violations: Vec<serde_json::Value> = serde_json::from_value(found).unwrap();
+        let serious: Vec<String> = violations
+            .iter()
+            .filter(|v| matches!(v["impact"].as_str(), Some("serious" | "critical")))
+            .map(|v| format!("{} ({}): {} at {}", v["id"], v["impact"], v["help"], v["nodes"]))
+            .collect();
+        assert!(
+            serious.is_empty(),
+            "axe-core finds serious or critical accessibility violations on {page}:\n{}",
+            serious.join("\n")
+        );
     }
 
     async fn close(mut self) {
@@ -161,6 +198,40 @@ impl Browser {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
+}
+
+/// axe-core's script, as `npm ci --prefix tests/browser` installs it (or
+/// from `WEIGHTGATE_TEST_AXE`); `None`, said loudly, when it is missing.
+fn axe_source() -> Option<&'static str> {
+    static AXE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    AXE.get_or_init(|| {
+        let path = std::env::var_os("WEIGHTGATE_TEST_AXE").map_or_else(
+            || {
+                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/browser/node_modules/axe-core/axe.min.js")
+            },
+            PathBuf::from,
+        );
+        match std::fs::read_to_string(&path) {
+            Ok(source) => Some(source),
+            Err(err) => {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "CI must check the pages' accessibility: {} ({err}); run npm ci --prefix tests/browser",
+                    path.display()
+                );
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "\n*** Accessibility checks NOT RUN: {} is missing ({err}); \
+                     run npm ci --prefix tests/browser. ***\n",
+                    path.display()
+                );
+                None
+            }
+        }
+    })
+    .as_deref()
 }
 
 fn screenshots() -> PathBuf {
