@@ -32,6 +32,7 @@ use crate::{
 };
 
 pub mod checkpoint;
+pub mod filter;
 pub mod refusals;
 pub mod report;
 mod verify;

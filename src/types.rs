@@ -180,6 +180,18 @@ impl Email {
         &self.0
     }
 
+    /// What to look an address up by when someone types it (to sign in, to
+    /// filter): its normal form when it is a valid address, so that any
+    /// spelling [`Email`] accepts finds the account; otherwise the trimmed,
+    /// lower-cased text, which matches no stored address but still keys a
+    /// sign-in throttle.
+    pub fn lookup_key(typed: &str) -> String {
+        match typed.parse::<Email>() {
+            Ok(email) => email.0,
+            Err(_) => typed.trim().to_lowercase().chars().take(254).collect(),
+        }
+    }
+
     pub fn domain(&self) -> &str {
         self.0.rsplit_once('@').map_or("", |(_, d)| d)
     }
@@ -239,6 +251,20 @@ pub fn is_safe_file_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_typed_address_is_looked_up_by_its_normal_form() {
+        assert_eq!(Email::lookup_key("  Ada@LAB.Example.org "), "ada@lab.example.org");
+        // Full-width letters in the domain are the same address.
+        assert_eq!(Email::lookup_key("ada@ｌａｂ.example.org"), "ada@lab.example.org");
+        assert_eq!(
+            Email::lookup_key("ada@bücher.example"),
+            "ada@xn--bcher-kva.example"
+        );
+        // Not an address: still one key per spelling, for the throttle.
+        assert_eq!(Email::lookup_key(" NOT AN ADDRESS "), "not an address");
+        assert_eq!(Email::lookup_key(&"x".repeat(300)).len(), 254);
+    }
 
     const NOW: i64 = 1_790_000_000_000;
 

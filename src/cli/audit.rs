@@ -183,37 +183,16 @@ pub struct FilterArgs {
 }
 
 impl FilterArgs {
-    /// The database filter, with model and researcher looked up.
+    /// The database filter, checked and looked up as the dashboard's is.
     async fn resolve(self, db: &Db) -> anyhow::Result<Filter> {
-        let model_id = match &self.model {
-            Some(slug) => Some(
-                db::models::find_model_by_slug(db.pool(), slug)
-                    .await?
-                    .with_context(|| format!("no model is called {slug:?}"))?
-                    .id,
-            ),
-            None => None,
-        };
-        let researcher_id = match &self.researcher {
-            Some(email) => {
-                let email = email.trim().to_lowercase();
-                Some(
-                    db::audit::researcher_id_by_email(db.pool(), &email)
-                        .await?
-                        .with_context(|| format!("no researcher has the e-mail address {email:?}"))?,
-                )
-            }
-            None => None,
-        };
-        if let (Some(since), Some(until)) = (self.since, self.until) {
-            anyhow::ensure!(since < until, "--since must be earlier than --until");
-        }
-        Ok(Filter {
-            grant_id: self.grant,
+        let asked = audit::filter::Asked {
+            since_ms: self.since,
+            until_ms: self.until,
+            model: self.model,
+            researcher: self.researcher,
+            grant: self.grant,
             action: self.action,
-            model_id,
-            researcher_id,
-            client_ip: self.ip,
+            ip: self.ip,
             outcome: self.outcome.map(|o| {
                 match o {
                     OutcomeArg::Ok => "ok",
@@ -222,12 +201,13 @@ impl FilterArgs {
                 }
                 .to_owned()
             }),
-            since_ms: self.since,
-            until_ms: self.until,
-            after_seq: None,
-            before_seq: None,
-            limit: 0,
-        })
+        };
+        match asked.resolve(db.pool()).await {
+            Err(audit::filter::FilterError::Backwards) => {
+                anyhow::bail!("--since must be earlier than --until")
+            }
+            resolved => Ok(resolved?),
+        }
     }
 }
 

@@ -364,7 +364,7 @@ fn read_password(from_stdin: bool) -> anyhow::Result<String> {
 }
 
 async fn find_reviewer(app: &App, email: &str) -> anyhow::Result<db::reviewers::Reviewer> {
-    db::reviewers::find_by_email(app.db.pool(), &email.trim().to_lowercase())
+    db::reviewers::find_by_email(app.db.pool(), &Email::lookup_key(email))
         .await?
         .ok_or_else(|| anyhow::anyhow!("no reviewer {email}"))
 }

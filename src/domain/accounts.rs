@@ -74,7 +74,7 @@ pub async fn authenticate(
     password: &str,
     client: Client,
 ) -> Result<Option<Reviewer>> {
-    let email = email.trim().to_lowercase();
+    let email = Email::lookup_key(email);
     let reviewer = if password.len() > MAX_PASSWORD {
         None
     } else {
@@ -183,6 +183,18 @@ pub async fn change_reviewer(app: &App, id: &str, change: ReviewerChange, actor:
     let reviewer = db::reviewers::find(app.db.pool(), id)
         .await?
         .ok_or_else(|| crate::domain::policy::PolicyError::NoReviewer(id.to_owned()))?;
+    // An admin who could demote or disable themselves could leave the
+    // portal with no admin at all.
+    if reviewer.email == actor
+        && matches!(
+            change,
+            ReviewerChange::Admin(false) | ReviewerChange::Disabled(true)
+        )
+    {
+        return Err(crate::domain::Error::invalid(
+            "you cannot take away your own admin rights or sign-in; ask another admin",
+        ));
+    }
     let mut tx = app.db.begin().await?;
     let what = match change {
         ReviewerChange::Admin(admin) => {
@@ -342,7 +354,7 @@ impl SignInThrottle {
     /// wait when either is blocked.
     pub fn attempt(&self, account: Option<&str>, address: &str) -> Result<Attempt<'_>, Duration> {
         let now = Instant::now();
-        let account = account.map(|a| format!("account {}", a.trim().to_lowercase()));
+        let account = account.map(|a| format!("account {}", Email::lookup_key(a)));
         if let Some(key) = &account {
             self.accounts.take(key, now)?;
         }

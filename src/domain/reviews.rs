@@ -126,12 +126,43 @@ fn grant_ttl(app: &App, days: Option<u64>) -> Result<Duration, ReviewError> {
 /// How long an extension or a renewal adds: the days chosen, or the default
 /// grant length, never more than [`MAX_EXTENSION_DAYS`].
 pub fn extension_ttl(app: &App, days: Option<u64>) -> Result<Duration, ReviewError> {
-    let most = Duration::from_secs(MAX_EXTENSION_DAYS * 86_400);
     match days {
         Some(d) if (1..=MAX_EXTENSION_DAYS).contains(&d) => Ok(Duration::from_secs(d * 86_400)),
         Some(_) => Err(ReviewError::BadExtension),
-        None => Ok(app.config.grant_ttl.min(most)),
+        None => Ok(app
+            .config
+            .grant_ttl
+            .min(Duration::from_secs(MAX_EXTENSION_DAYS * 86_400))),
     }
+}
+
+/// An application the reviewers have had for longer than its model's
+/// review target (a model without a policy row has the default, 7 days).
+/// Only one in the queue is overdue: one waiting for the applicant is not.
+pub fn is_overdue(view: &ApplicationView, policy: Option<&ReviewPolicy>, now: i64) -> bool {
+    let target_days = policy.map_or(DEFAULT_TARGET_DAYS, |p| p.review_target_days);
+    view.status == Status::Pending
+        && now.saturating_sub(waiting_since(view)) > target_days.saturating_mul(86_400_000)
+}
+
+/// When an application entered the queue (or was sent, if it never did).
+pub fn waiting_since(view: &ApplicationView) -> i64 {
+    view.confirmed_at.unwrap_or(view.created_at)
+}
+
+/// The review target of a model whose policy says nothing else.
+pub const DEFAULT_TARGET_DAYS: i64 = 7;
+
+/// The days a form offers for a new grant: the configured grant length, in
+/// whole days (at least one).
+pub fn default_grant_days(app: &App) -> u64 {
+    (app.config.grant_ttl.as_secs() / 86_400).clamp(1, MAX_GRANT_DAYS)
+}
+
+/// The days a form offers for an extension: what one adds when the reviewer
+/// does not choose, in whole days (at least one).
+pub fn default_extension_days(app: &App) -> u64 {
+    default_grant_days(app).min(MAX_EXTENSION_DAYS)
 }
 
 fn checked_note(note: Option<&str>) -> Result<Option<&str>, ReviewError> {
@@ -621,6 +652,24 @@ mod tests {
             parent_id: None,
             grant_id: None,
         }
+    }
+
+    #[test]
+    fn an_application_is_overdue_only_in_the_queue_and_past_its_target() {
+        let day = 86_400_000;
+        let p = policy("");
+        let mut v = view("a@x.example.org");
+        assert!(!is_overdue(&v, Some(&p), 7 * day));
+        assert!(is_overdue(&v, Some(&p), 7 * day + 1));
+        v.status = Status::InfoRequested;
+        assert!(!is_overdue(&v, Some(&p), 30 * day), "waiting for the applicant");
+        v.status = Status::Pending;
+        let strict = ReviewPolicy {
+            review_target_days: 1,
+            ..p
+        };
+        assert!(is_overdue(&v, Some(&strict), day + 1));
+        assert!(!is_overdue(&v, None, 7 * day) && is_overdue(&v, None, 8 * day));
     }
 
     #[test]

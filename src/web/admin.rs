@@ -32,7 +32,7 @@ use crate::{
     domain::reviews::{self, BulkDecision},
     domain::threads,
     types::{
-        format_ms, now_ms,
+        Email, format_ms, now_ms,
         states::{Author, Decision, Status},
     },
 };
@@ -67,7 +67,7 @@ pub async fn login(
         fields: form,
     }: CsrfForm<LoginForm>,
 ) -> Result<Response, Error> {
-    let email: String = form.email.trim().to_lowercase().chars().take(254).collect();
+    let email = Email::lookup_key(&form.email);
     // Counted before the password is checked, so a burst of guesses sent at
     // once gets no more checks than the same guesses one by one.
     let attempt = match state.throttle.attempt(Some(&email), &client.network()) {
@@ -324,15 +324,16 @@ async fn render_queue(
         .map(|a| {
             let policy = policies.get(&a.model_id);
             let needed = policy.map_or(1, |p| p.approvals_needed);
-            let target_ms = policy.map_or(7, |p| p.review_target_days).saturating_mul(DAY_MS);
-            let pending = a.status == Status::Pending;
             let open = a.status.is_open();
-            let since = a.confirmed_at.unwrap_or(a.created_at);
             QueueRow {
                 app: ApplicationRow::from(a),
                 kind: a.kind,
-                waited: if open { waited(now - since) } else { String::new() },
-                overdue: pending && now - since > target_ms,
+                waited: if open {
+                    waited(now - reviews::waiting_since(a))
+                } else {
+                    String::new()
+                },
+                overdue: reviews::is_overdue(a, policy, now),
                 approvals: if open && needed > 1 {
                     format!("{} of {needed}", approvals.get(&a.id).copied().unwrap_or(0))
                 } else {
@@ -374,7 +375,7 @@ async fn render_queue(
         pages,
         prev,
         next,
-        default_days: app.config.grant_ttl.as_secs() / 86_400,
+        default_days: reviews::default_grant_days(app),
         templates: template_choices(app).await?,
         results,
     };
@@ -453,7 +454,7 @@ pub async fn application(
                 when: format_ms(r.created_at),
             })
             .collect(),
-        default_days: app.config.grant_ttl.as_secs() / 86_400,
+        default_days: reviews::default_grant_days(app),
         domain: view
             .email
             .rsplit_once('@')

@@ -17,6 +17,7 @@ use super::{
     pages::{self, EventRowView, Header, render},
 };
 use crate::{
+    audit,
     db::{self, audit::Filter},
     domain::authz::{self, ReviewerAction},
     domain::grants::GrantState,
@@ -143,35 +144,27 @@ pub async fn page(
             .map(|s| parse_time(&s).map_err(|e| Error::BadRequest(format!("{what}: {e}"))))
             .transpose()
     };
-    let model_id = match set(&q.model) {
-        Some(slug) => Some(
-            db::models::find_model_by_slug(pool, &slug)
-                .await?
-                .ok_or_else(|| Error::BadRequest(format!("no model {slug:?}")))?
-                .id,
-        ),
-        None => None,
-    };
-    let researcher_id = match set(&q.researcher) {
-        Some(email) => Some(
-            db::audit::researcher_id_by_email(pool, &email.to_lowercase())
-                .await?
-                .ok_or_else(|| Error::BadRequest(format!("no researcher {email:?}")))?,
-        ),
-        None => None,
-    };
-    let filter = Filter {
-        grant_id: set(&q.grant),
-        action: set(&q.action),
-        model_id,
-        researcher_id,
-        client_ip: set(&q.ip),
-        outcome: set(&q.outcome),
+    let asked = audit::filter::Asked {
         since_ms: time(&q.since, "since")?,
         until_ms: time(&q.until, "until")?,
-        after_seq: None,
-        before_seq: q.before,
-        limit: PAGE,
+        model: Some(q.model.clone()),
+        researcher: Some(q.researcher.clone()),
+        grant: Some(q.grant.clone()),
+        action: Some(q.action.clone()),
+        ip: Some(q.ip.clone()),
+        outcome: Some(q.outcome.clone()),
+    };
+    let filter = match asked.resolve(pool).await {
+        Ok(filter) => Filter {
+            before_seq: q.before,
+            limit: PAGE,
+            ..filter
+        },
+        Err(audit::filter::FilterError::Database(e)) => return Err(e.into()),
+        Err(audit::filter::FilterError::Backwards) => {
+            return Err(Error::BadRequest("since must be earlier than until".into()));
+        }
+        Err(refused) => return Err(Error::BadRequest(refused.to_string())),
     };
     let mut events = db::audit::list(pool, &filter).await?;
     events.reverse();
@@ -268,7 +261,7 @@ pub async fn grant(
         email: grant.email,
         model: grant.model_slug,
         events: history.iter().map(EventRowView::from).collect(),
-        default_days: 30,
+        default_days: crate::domain::reviews::default_extension_days(&state.app),
         max_days: crate::domain::reviews::MAX_EXTENSION_DAYS,
         policy_approvals,
     };

@@ -172,6 +172,35 @@ async fn a_reviewer_sees_and_decides_only_the_models_assigned_to_them() {
     let row = page.split("<tr>").find(|row| row.contains(SECOND)).unwrap();
     assert!(row.contains(&format!("<td>{MODEL}</td>")), "{row}");
 
+    // No admin can demote or disable themselves, from the dashboard or the
+    // domain below it: the portal could be left with no admin.
+    let me = weightgate::db::reviewers::find_by_email(t.app.db.pool(), REVIEWER)
+        .await
+        .unwrap()
+        .unwrap();
+    for change in ["reviewer", "disable"] {
+        let refused = t
+            .post_admin(
+                &admin,
+                "/admin/reviewers",
+                &format!("/admin/reviewers/{}", me.id),
+                &[("change", change)],
+            )
+            .await;
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST, "{change}");
+    }
+    let refused =
+        accounts::change_reviewer(&t.app, &me.id, accounts::ReviewerChange::Admin(false), REVIEWER).await;
+    assert!(refused.is_err());
+    let me = weightgate::db::reviewers::find_by_email(t.app.db.pool(), REVIEWER)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        me.is_admin() && me.disabled_at.is_none(),
+        "still an admin, still signed in"
+    );
+
     let id = t.pending_application(&reviewer, "someone@uni.example.edu").await;
     let approved = t
         .post_admin(
