@@ -31,12 +31,15 @@ use crate::{
     types::now_ms,
 };
 
+pub mod action;
 pub mod checkpoint;
 pub mod filter;
 pub mod refusals;
 pub mod report;
 mod verify;
 pub mod witness;
+
+pub use action::Action;
 
 pub use verify::{CheckpointSource, Problem, Verification, verify_with};
 
@@ -87,7 +90,7 @@ impl Client {
 /// happens to the other tables.
 #[derive(Clone, Debug)]
 pub struct Event {
-    pub action: &'static str,
+    pub action: Action,
     pub outcome: Outcome,
     pub reason: Option<String>,
     pub actor: Option<String>,
@@ -106,7 +109,7 @@ pub struct Event {
 }
 
 impl Event {
-    pub fn new(action: &'static str, outcome: Outcome) -> Self {
+    pub fn new(action: Action, outcome: Outcome) -> Self {
         Self {
             action,
             outcome,
@@ -123,6 +126,77 @@ impl Event {
             client: Client::default(),
             occurrences: None,
         }
+    }
+    /// Something that happened as it should.
+    pub fn ok(action: Action) -> Self {
+        Self::new(action, Outcome::Ok)
+    }
+
+    /// Something that was asked for and refused; `reason` says why.
+    pub fn refused(action: Action, reason: impl Into<String>) -> Self {
+        Self::new(action, Outcome::Refused).reason(reason)
+    }
+
+    /// Who did it: a reviewer's or researcher's e-mail, an operator, or the
+    /// portal itself.
+    pub fn actor(mut self, actor: impl Into<String>) -> Self {
+        self.actor = Some(actor.into());
+        self
+    }
+
+    /// Whom or what it is about, in words (usually an e-mail address).
+    pub fn subject(mut self, subject: impl Into<String>) -> Self {
+        self.subject = Some(subject.into());
+        self
+    }
+
+    pub fn reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = Some(reason.into());
+        self
+    }
+
+    pub fn model(mut self, model_id: impl Into<String>) -> Self {
+        self.model_id = Some(model_id.into());
+        self
+    }
+
+    pub fn grant(mut self, grant_id: impl Into<String>) -> Self {
+        self.grant_id = Some(grant_id.into());
+        self
+    }
+
+    pub fn application_id(mut self, application_id: impl Into<String>) -> Self {
+        self.application_id = Some(application_id.into());
+        self
+    }
+
+    pub fn researcher(mut self, researcher_id: impl Into<String>) -> Self {
+        self.researcher_id = Some(researcher_id.into());
+        self
+    }
+
+    pub fn client(mut self, client: Client) -> Self {
+        self.client = client;
+        self
+    }
+
+    /// About an application: its applicant (as subject), model, id and
+    /// researcher.
+    pub fn about_application(mut self, view: &crate::db::applications::ApplicationView) -> Self {
+        self.subject = Some(view.email.clone());
+        self.model_id = Some(view.model_id.clone());
+        self.application_id = Some(view.id.clone());
+        self.researcher_id = Some(view.researcher_id.clone());
+        self
+    }
+
+    /// About a grant: its holder (as subject), model, id and researcher.
+    pub fn about_grant(mut self, grant: &crate::db::grants::GrantView) -> Self {
+        self.subject = Some(grant.email.clone());
+        self.model_id = Some(grant.model_id.clone());
+        self.grant_id = Some(grant.id.clone());
+        self.researcher_id = Some(grant.researcher_id.clone());
+        self
     }
 }
 
@@ -238,7 +312,7 @@ fn chain(head: Option<(i64, String)>, at: i64, events: &[Event]) -> Vec<EventRow
         let mut row = EventRow {
             seq,
             at,
-            action: e.action.to_owned(),
+            action: e.action.as_str().to_owned(),
             outcome: e.outcome.as_str().to_owned(),
             reason: e.reason.clone(),
             actor: e.actor.clone(),
@@ -372,7 +446,7 @@ fn opens(event: &Event) -> Option<(String, u64)> {
     let (Some(file), Some((start, last))) = (&event.file_id, event.range) else {
         return None;
     };
-    (event.action == "file.fetch" && event.outcome == Outcome::Ok && event.reason.is_none())
+    (event.action == Action::FileFetch && event.outcome == Outcome::Ok && event.reason.is_none())
         .then(|| (file.clone(), last.saturating_sub(start).saturating_add(1)))
 }
 
@@ -492,7 +566,7 @@ impl AuditLog {
     /// event; the stop event says how many.
     pub async fn stopped(&self, wait: Duration) {
         let open = self.open_transfers.load(Ordering::Relaxed);
-        let mut event = Event::new("portal.stopped", Outcome::Ok);
+        let mut event = Event::ok(Action::PortalStopped);
         if open > 0 {
             event.reason = Some("transfers_cut".into());
             event.subject = Some(format!(

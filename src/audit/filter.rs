@@ -32,6 +32,8 @@ pub enum FilterError {
     #[error("the outcome is one of ok, refused, aborted")]
     Outcome,
     #[error(transparent)]
+    Action(#[from] crate::types::states::UnknownState),
+    #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
 
@@ -78,9 +80,13 @@ impl Asked {
         {
             return Err(FilterError::Outcome);
         }
+        let action = given(self.action);
+        if let Some(action) = &action {
+            action.parse::<crate::audit::Action>()?;
+        }
         Ok(Filter {
             grant_id: given(self.grant),
-            action: given(self.action),
+            action,
             model_id,
             researcher_id,
             client_ip: given(self.ip),

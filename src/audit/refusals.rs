@@ -130,13 +130,10 @@ impl RefusalTally {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::Outcome;
+    use crate::audit::Action;
 
     fn refusal(reason: &str, subject: &str) -> Event {
-        let mut event = Event::new("file.fetch", Outcome::Refused);
-        event.reason = Some(reason.into());
-        event.subject = Some(subject.into());
-        event
+        Event::refused(Action::FileFetch, reason).subject(subject)
     }
 
     #[test]

@@ -18,7 +18,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
 use crate::{
-    audit::{self, Event, Outcome},
+    audit::{self, Action, Event},
     db::{self, Db, keys::StoredKey},
     types::{new_id, now_ms},
 };
@@ -373,9 +373,9 @@ pub async fn rotate(db: &Db, actor: &str) -> anyhow::Result<String> {
         },
     )
     .await?;
-    let mut event = Event::new("keys.rotated", Outcome::Ok);
-    event.actor = Some(actor.to_owned());
-    event.subject = Some(format!("link key {kid}"));
+    let event = Event::ok(Action::KeysRotated)
+        .actor(actor.to_owned())
+        .subject(format!("link key {kid}"));
     audit::append(&mut tx, db.backend(), &[event]).await?;
     tx.commit().await?;
     Ok(kid)
@@ -408,9 +408,9 @@ pub async fn retire(db: &Db, kid: &str, actor: &str) -> anyhow::Result<String> {
         db::keys::retire(&mut *tx, LINK_KEYS, kid, now_ms()).await?,
         "link-signing key {kid} is already retired"
     );
-    let mut event = Event::new("keys.retired", Outcome::Ok);
-    event.actor = Some(actor.to_owned());
-    event.subject = Some(format!("link key {kid}"));
+    let mut event = Event::ok(Action::KeysRetired)
+        .actor(actor.to_owned())
+        .subject(format!("link key {kid}"));
     event.reason = Some(format!(
         "links it signed are refused; key {signing} signs new links"
     ));

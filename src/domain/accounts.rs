@@ -8,7 +8,7 @@ use std::{
 
 use crate::{
     app::App,
-    audit::{self, Client, Event, Outcome},
+    audit::{self, Action, Client, Event, Outcome},
     crypto::passwords::hash_password,
     db::{self, reviewers::Reviewer},
     domain::error::Result,
@@ -58,9 +58,9 @@ pub async fn add_reviewer(
     let hash = tokio::task::spawn_blocking(move || hash_password(&owned)).await??;
     let mut tx = app.db.begin().await?;
     let id = db::reviewers::upsert(&mut *tx, &new_id(), email.as_str(), &hash, is_admin, now_ms()).await?;
-    let mut event = Event::new("reviewer.saved", Outcome::Ok);
-    event.actor = Some(actor.to_owned());
-    event.subject = Some(format!("{email}{}", if is_admin { " (admin)" } else { "" }));
+    let event = Event::ok(Action::ReviewerSaved)
+        .actor(actor.to_owned())
+        .subject(format!("{email}{}", if is_admin { " (admin)" } else { "" }));
     audit::append(&mut tx, app.db.backend(), &[event]).await?;
     tx.commit().await?;
     Ok(id)
@@ -87,7 +87,7 @@ pub async fn authenticate(
     let disabled = ok && reviewer.as_ref().is_some_and(|r| r.disabled_at.is_some());
     let signed_in = reviewer.filter(|r| ok && r.disabled_at.is_none());
     let mut event = Event::new(
-        "reviewer.sign_in",
+        Action::ReviewerSignIn,
         if signed_in.is_some() {
             Outcome::Ok
         } else {
@@ -133,11 +133,11 @@ pub async fn change_password(
             .verify(current, reviewer.password_hash.clone())
             .await?
     {
-        let mut event = Event::new("reviewer.password_changed", Outcome::Refused);
-        event.reason = Some("bad_credentials".into());
-        event.actor = Some(reviewer.email.clone());
-        event.subject = Some(reviewer.email.clone());
-        event.client = client;
+        let event = Event::new(Action::ReviewerPasswordChanged, Outcome::Refused)
+            .reason("bad_credentials")
+            .actor(reviewer.email.clone())
+            .subject(reviewer.email.clone())
+            .client(client);
         audit::append_now(&app.db, event).await?;
         return Err(AccountError::WrongPassword.into());
     }
@@ -146,11 +146,11 @@ pub async fn change_password(
     let hash = tokio::task::spawn_blocking(move || hash_password(&owned)).await??;
     let mut tx = app.db.begin().await?;
     db::reviewers::set_password(&mut *tx, &reviewer.id, &hash).await?;
-    let mut event = Event::new("reviewer.password_changed", Outcome::Ok);
-    event.actor = Some(reviewer.email.clone());
-    event.subject = Some(reviewer.email.clone());
-    event.reason = Some("other sessions ended".into());
-    event.client = client;
+    let event = Event::ok(Action::ReviewerPasswordChanged)
+        .actor(reviewer.email.clone())
+        .subject(reviewer.email.clone())
+        .reason("other sessions ended")
+        .client(client);
     audit::append(&mut tx, app.db.backend(), &[event]).await?;
     tx.commit().await?;
     db::reviewers::find(app.db.pool(), &reviewer.id)
@@ -211,10 +211,10 @@ pub async fn change_reviewer(app: &App, id: &str, change: ReviewerChange, actor:
             format!("notifications: {notify}")
         }
     };
-    let mut event = Event::new("reviewer.changed", Outcome::Ok);
-    event.actor = Some(actor.to_owned());
-    event.subject = Some(reviewer.email);
-    event.reason = Some(what);
+    let event = Event::ok(Action::ReviewerChanged)
+        .actor(actor.to_owned())
+        .subject(reviewer.email)
+        .reason(what);
     audit::append(&mut tx, app.db.backend(), &[event]).await?;
     tx.commit().await?;
     Ok(())
@@ -224,9 +224,9 @@ pub async fn change_reviewer(app: &App, id: &str, change: ReviewerChange, actor:
 /// these as fast as they like, so they are counted per client network: the
 /// first of each window is written, the rest summed up when it ends.
 pub async fn record_throttled(app: &App, email: &str, client: Client) -> Result<()> {
-    let mut event = Event::new("reviewer.sign_in", Outcome::Refused);
-    event.reason = Some("throttled".into());
-    event.subject = Some(email.chars().take(254).collect());
+    let mut event = Event::new(Action::ReviewerSignIn, Outcome::Refused)
+        .reason("throttled")
+        .subject(email.chars().take(254).collect::<String>());
     let network = client.network();
     event.client = client;
     if app.refusals.note(&network, &event) == audit::refusals::Tallied::First {

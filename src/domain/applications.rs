@@ -8,7 +8,7 @@ use serde::Deserialize;
 pub use crate::domain::forms::FieldErrors;
 use crate::{
     app::App,
-    audit::{self, Client, Event, Outcome},
+    audit::{self, Action, Client, Event, Outcome},
     db::{self, applications::ApplicationView, models::Model},
     domain::error::Result,
     domain::forms::{single_line, text},
@@ -255,12 +255,12 @@ pub async fn submit(app: &App, model: &Model, form: ValidApplication, client: Cl
         ),
     )
     .await?;
-    let mut event = Event::new("application.submitted", Outcome::Ok);
-    event.subject = Some(form.email.to_string());
-    event.model_id = Some(model.id.clone());
-    event.application_id = Some(id.clone());
-    event.researcher_id = Some(researcher_id);
-    event.client = client;
+    let event = Event::ok(Action::ApplicationSubmitted)
+        .subject(form.email.to_string())
+        .model(model.id.clone())
+        .application_id(id.clone())
+        .researcher(researcher_id)
+        .client(client);
     audit::append(&mut tx, app.db.backend(), &[event]).await?;
     tx.commit().await?;
     app.mail.wake();
@@ -295,7 +295,7 @@ async fn decline(
         ),
     )
     .await?;
-    let mut event = Event::new("application.declined", Outcome::Refused);
+    let mut event = Event::new(Action::ApplicationDeclined, Outcome::Refused);
     event.reason = Some(
         match eligibility {
             Eligibility::Open => "open",
@@ -404,12 +404,9 @@ pub async fn confirm(app: &App, token: &str, client: Client) -> Result<Applicati
     let mut tx = app.db.begin().await?;
     let confirmed = db::applications::mark_confirmed(&mut tx, &view.id, now_ms()).await?;
     if confirmed {
-        let mut event = Event::new("application.confirmed", Outcome::Ok);
-        event.subject = Some(view.email.clone());
-        event.model_id = Some(view.model_id.clone());
-        event.application_id = Some(view.id.clone());
-        event.researcher_id = Some(view.researcher_id.clone());
-        event.client = client.clone();
+        let event = Event::ok(Action::ApplicationConfirmed)
+            .about_application(&view)
+            .client(client.clone());
         audit::append(&mut tx, app.db.backend(), &[event]).await?;
     }
     tx.commit().await?;

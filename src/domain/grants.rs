@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 
 use crate::{
     app::App,
-    audit::{AuditLog, Client, Event, Guarded, Now, Outcome, refusals::Tallied},
+    audit::{Action, AuditLog, Client, Event, Guarded, Now, Outcome, refusals::Tallied},
     config::DeliveryMode,
     crypto::links::Refusal,
     db::{
@@ -113,12 +113,12 @@ pub async fn access(app: &App, grant: GrantView, via: &str, client: Client) -> R
                 .collect();
             releases.push(ReleaseFiles { release, files });
         }
-        let mut event = Event::new("links.issued", Outcome::Ok);
-        event.subject = Some(format!("{} via {via}", grant.email));
-        event.grant_id = Some(grant.id.clone());
-        event.researcher_id = Some(grant.researcher_id.clone());
-        event.model_id = Some(grant.model_id.clone());
-        event.client = client;
+        let event = Event::ok(Action::LinksIssued)
+            .subject(format!("{} via {via}", grant.email))
+            .grant(grant.id.clone())
+            .researcher(grant.researcher_id.clone())
+            .model(grant.model_id.clone())
+            .client(client);
         app.audit.record(event).await?;
     }
     Ok(Access {
@@ -183,14 +183,11 @@ pub async fn revoke(
         ),
     )
     .await?;
-    let mut event = Event::new("grant.revoked", Outcome::Ok);
-    event.actor = Some(actor.to_owned());
-    event.reason = Some(reason.to_owned());
-    event.subject = Some(grant.email.clone());
-    event.grant_id = Some(grant.id.clone());
-    event.researcher_id = Some(grant.researcher_id.clone());
-    event.model_id = Some(grant.model_id.clone());
-    event.client = client;
+    let event = Event::ok(Action::GrantRevoked)
+        .actor(actor.to_owned())
+        .reason(reason.to_owned())
+        .about_grant(&grant)
+        .client(client);
     crate::audit::append(&mut tx, app.db.backend(), &[event]).await?;
     tx.commit().await?;
     app.mail.wake();
@@ -273,8 +270,7 @@ pub async fn open_download(
     head: bool,
     client: Client,
 ) -> Result<Download, DownloadError> {
-    let mut event = Event::new("file.fetch", Outcome::Ok);
-    event.client = client;
+    let mut event = Event::ok(Action::FileFetch).client(client);
     if head {
         // Checked and logged like any fetch, but it delivers nothing.
         event.reason = Some("head".into());
@@ -380,7 +376,7 @@ pub async fn open_download(
             // Let through, but the store failed: nothing is delivered, and the
             // log says so next to the fetch.
             let mut delivered = event;
-            delivered.action = "file.delivered";
+            delivered.action = Action::FileDelivered;
             delivered.outcome = Outcome::Aborted;
             delivered.reason = Some("store_failed".into());
             delivered.bytes = Some(0);
@@ -391,7 +387,7 @@ pub async fn open_download(
             // The store serves the bytes, so the portal cannot see how many
             // arrive: the range is recorded as delivered, marked as such.
             let mut delivered = event;
-            delivered.action = "file.delivered";
+            delivered.action = Action::FileDelivered;
             delivered.reason = Some("redirect".into());
             delivered.bytes = Some(end - start);
             app.audit.record_closing(delivered, fetch_seq).await?;
@@ -520,7 +516,7 @@ impl Drop for DeliveryRecord {
         let Some(mut event) = self.event.take() else {
             return;
         };
-        event.action = "file.delivered";
+        event.action = Action::FileDelivered;
         event.bytes = Some(self.sent);
         metrics::counter!("weightgate_bytes_delivered_total").increment(self.sent);
         event.outcome = if self.sent == self.expected {

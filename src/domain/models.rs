@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     app::App,
-    audit::{self, Event, Outcome},
+    audit::{self, Action, Event},
     crypto::manifests::{MANIFEST_FORMAT, Manifest, ManifestFile},
     db::{self, models::Model},
     domain::error::Result,
@@ -89,10 +89,10 @@ pub async fn create(app: &App, slug: &Slug, title: &str, terms: &str, actor: &st
         model.created_at,
     )
     .await?;
-    let mut event = Event::new("model.created", Outcome::Ok);
-    event.actor = Some(actor.to_owned());
-    event.subject = Some(model.slug.clone());
-    event.model_id = Some(model.id.clone());
+    let event = Event::ok(Action::ModelCreated)
+        .actor(actor.to_owned())
+        .subject(model.slug.clone())
+        .model(model.id.clone());
     audit::append(&mut tx, app.db.backend(), &[event]).await?;
     tx.commit().await?;
     Ok(model)
@@ -373,10 +373,10 @@ pub async fn publish(
         )
         .await?;
     }
-    let mut event = Event::new("release.published", Outcome::Ok);
-    event.actor = Some(actor.to_owned());
-    event.subject = Some(subject);
-    event.model_id = Some(model.id.clone());
+    let event = Event::ok(Action::ReleasePublished)
+        .actor(actor.to_owned())
+        .subject(subject)
+        .model(model.id.clone());
     audit::append(&mut tx, app.db.backend(), &[event]).await?;
     tx.commit().await?;
     Ok(PublishReport {
@@ -400,8 +400,7 @@ pub async fn set_quota(
     let files = quota_files.map(i64::try_from).transpose()?;
     let mut tx = app.db.begin().await?;
     db::models::set_quota(&mut *tx, &model.id, bytes, files).await?;
-    let mut event = Event::new("model.quota_set", Outcome::Ok);
-    event.actor = Some(actor.to_owned());
+    let mut event = Event::ok(Action::ModelQuotaSet).actor(actor.to_owned());
     event.subject = Some(format!(
         "{} bytes={} files={}",
         model.slug,
@@ -442,10 +441,10 @@ pub async fn set_terms(app: &App, slug: &Slug, terms: &str, actor: &str) -> Resu
     let version = current.terms_version + 1;
     db::models::insert_terms(&mut *tx, &model.id, version, terms, now_ms()).await?;
     db::models::set_current_terms(&mut *tx, &model.id, version, terms).await?;
-    let mut event = Event::new("model.terms_changed", Outcome::Ok);
-    event.actor = Some(actor.to_owned());
-    event.subject = Some(format!("{slug} terms version {version}"));
-    event.model_id = Some(model.id.clone());
+    let event = Event::ok(Action::ModelTermsChanged)
+        .actor(actor.to_owned())
+        .subject(format!("{slug} terms version {version}"))
+        .model(model.id.clone());
     audit::append(&mut tx, app.db.backend(), &[event]).await?;
     tx.commit().await?;
     Ok(version)
@@ -463,10 +462,10 @@ pub async fn set_questions(
     let stored = serde_json::to_string(&questions)?;
     let mut tx = app.db.begin().await?;
     db::models::set_questions(&mut *tx, &model.id, &stored).await?;
-    let mut event = Event::new("model.questions_changed", Outcome::Ok);
-    event.actor = Some(actor.to_owned());
-    event.subject = Some(format!("{slug}: {} questions", questions.len()));
-    event.model_id = Some(model.id.clone());
+    let event = Event::ok(Action::ModelQuestionsChanged)
+        .actor(actor.to_owned())
+        .subject(format!("{slug}: {} questions", questions.len()))
+        .model(model.id.clone());
     audit::append(&mut tx, app.db.backend(), &[event]).await?;
     tx.commit().await?;
     Ok(questions)
@@ -483,10 +482,10 @@ pub async fn set_reapply_after(app: &App, slug: &Slug, days: i64, actor: &str) -
     let model = model_by_slug(app, slug).await?;
     let mut tx = app.db.begin().await?;
     db::models::set_reapply_after_days(&mut *tx, &model.id, days).await?;
-    let mut event = Event::new("model.reapply_after_changed", Outcome::Ok);
-    event.actor = Some(actor.to_owned());
-    event.subject = Some(format!("{slug}: {days} days"));
-    event.model_id = Some(model.id.clone());
+    let event = Event::ok(Action::ModelReapplyAfterChanged)
+        .actor(actor.to_owned())
+        .subject(format!("{slug}: {days} days"))
+        .model(model.id.clone());
     audit::append(&mut tx, app.db.backend(), &[event]).await?;
     tx.commit().await?;
     Ok(())

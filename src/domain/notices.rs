@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::{
     app::App,
-    audit::{self, Event, Outcome},
+    audit::{self, Action, Event},
     db::{self, applications::ApplicationView},
     domain::error::Result,
     mail,
@@ -113,12 +113,9 @@ pub async fn run_once(app: &App) -> Result<Round> {
             ),
         )
         .await?;
-        let mut event = Event::new("grant.reminded", Outcome::Ok);
-        event.subject = Some(grant.email.clone());
-        event.grant_id = Some(grant.id.clone());
-        event.researcher_id = Some(grant.researcher_id.clone());
-        event.model_id = Some(grant.model_id.clone());
-        event.reason = Some(format!("ends {}", format_ms(grant.expires_at)));
+        let event = Event::ok(Action::GrantReminded)
+            .about_grant(&grant)
+            .reason(format!("ends {}", format_ms(grant.expires_at)));
         audit::append(&mut tx, app.db.backend(), &[event]).await?;
         tx.commit().await?;
         round.reminders += 1;
@@ -128,12 +125,9 @@ pub async fn run_once(app: &App) -> Result<Round> {
         if !db::grants::mark_expiry_logged(&mut tx, &grant.id, now).await? {
             continue;
         }
-        let mut event = Event::new("grant.expired", Outcome::Ok);
-        event.subject = Some(grant.email.clone());
-        event.grant_id = Some(grant.id.clone());
-        event.researcher_id = Some(grant.researcher_id.clone());
-        event.model_id = Some(grant.model_id.clone());
-        event.reason = Some(format!("ended {}", format_ms(grant.expires_at)));
+        let event = Event::ok(Action::GrantExpired)
+            .about_grant(&grant)
+            .reason(format!("ended {}", format_ms(grant.expires_at)));
         audit::append(&mut tx, app.db.backend(), &[event]).await?;
         tx.commit().await?;
         round.expired += 1;

@@ -5,7 +5,7 @@
 
 use crate::{
     app::App,
-    audit::{self, Event, Outcome},
+    audit::{self, Action, Event},
     db::{self, policy::DenyTemplate},
     domain::error::Result,
     domain::reviews::allowed_domains,
@@ -44,10 +44,8 @@ pub struct PolicyChange {
     pub review_target_days: i64,
 }
 
-fn audited(action: &'static str, actor: &str, subject: String, reason: Option<String>) -> Event {
-    let mut event = Event::new(action, Outcome::Ok);
-    event.actor = Some(actor.to_owned());
-    event.subject = Some(subject);
+fn audited(action: Action, actor: &str, subject: String, reason: Option<String>) -> Event {
+    let mut event = Event::ok(action).actor(actor).subject(subject);
     event.reason = reason;
     event
 }
@@ -76,7 +74,7 @@ pub async fn set(app: &App, slug: &str, change: &PolicyChange, actor: &str) -> R
     let mut tx = app.db.begin().await?;
     db::policy::set(&mut tx, &policy).await?;
     let mut event = audited(
-        "model.policy",
+        Action::ModelPolicy,
         actor,
         model.slug.clone(),
         Some(format!(
@@ -122,9 +120,9 @@ pub async fn assign(app: &App, slug: &str, email: &Email, assign: bool, actor: &
     if changed {
         let mut event = audited(
             if assign {
-                "reviewer.assigned"
+                Action::ReviewerAssigned
             } else {
-                "reviewer.unassigned"
+                Action::ReviewerUnassigned
             },
             actor,
             format!("{} {}", reviewer.email, model.slug),
@@ -158,7 +156,7 @@ pub async fn save_template(app: &App, title: &str, body: &str, actor: &str) -> R
         },
     )
     .await?;
-    let event = audited("template.saved", actor, title.to_owned(), None);
+    let event = audited(Action::TemplateSaved, actor, title.to_owned(), None);
     audit::append(&mut tx, app.db.backend(), &[event]).await?;
     tx.commit().await?;
     Ok(())
@@ -169,7 +167,7 @@ pub async fn delete_template(app: &App, id: &str, actor: &str) -> Result<bool> {
     let Some(title) = db::policy::delete_deny_template(&mut tx, id).await? else {
         return Ok(false);
     };
-    let event = audited("template.deleted", actor, title, None);
+    let event = audited(Action::TemplateDeleted, actor, title, None);
     audit::append(&mut tx, app.db.backend(), &[event]).await?;
     tx.commit().await?;
     Ok(true)

@@ -4,7 +4,7 @@
 
 use crate::{
     app::App,
-    audit::{self, Client, Event, Outcome},
+    audit::{self, Action, Client, Event},
     db::{self, grants::GrantView, reviewers::Reviewer},
     domain::applications::MAX_INTENDED_USE,
     domain::error::Result,
@@ -110,14 +110,11 @@ async fn insert_renewal(
         )
         .await?;
     }
-    let mut event = Event::new("application.renewal_requested", Outcome::Ok);
-    event.actor = Some(actor.to_owned());
-    event.subject = Some(grant.email.clone());
-    event.model_id = Some(grant.model_id.clone());
-    event.application_id = Some(id.clone());
-    event.grant_id = Some(grant.id.clone());
-    event.researcher_id = Some(grant.researcher_id.clone());
-    event.client = client;
+    let event = Event::ok(Action::ApplicationRenewalRequested)
+        .actor(actor.to_owned())
+        .about_grant(grant)
+        .application_id(id.clone())
+        .client(client);
     audit::append(&mut tx, app.db.backend(), &[event]).await?;
     tx.commit().await?;
     Ok(id)
@@ -230,17 +227,14 @@ pub async fn extend(
         ),
     )
     .await?;
-    let mut event = Event::new("grant.extended", Outcome::Ok);
-    event.actor = Some(actor.to_owned());
-    event.reason = Some(format!(
-        "until {} ({days} days{authority})",
-        crate::types::format_ms(until)
-    ));
-    event.subject = Some(grant.email.clone());
-    event.grant_id = Some(grant.id.clone());
-    event.researcher_id = Some(grant.researcher_id.clone());
-    event.model_id = Some(grant.model_id.clone());
-    event.client = client;
+    let event = Event::ok(Action::GrantExtended)
+        .actor(actor)
+        .about_grant(&grant)
+        .reason(format!(
+            "until {} ({days} days{authority})",
+            crate::types::format_ms(until)
+        ))
+        .client(client);
     crate::audit::append(&mut tx, app.db.backend(), &[event]).await?;
     tx.commit().await?;
     app.mail.wake();

@@ -4,7 +4,7 @@
 
 use crate::{
     app::App,
-    audit::{self, Client, Event, Outcome},
+    audit::{self, Action, Client, Event, Outcome},
     db::{self, Tx, applications::ApplicationView, grants::GrantView},
     domain::applications::{self, MAX_INTENDED_USE},
     domain::error::Result,
@@ -63,9 +63,9 @@ pub async fn issue_signin_link(tx: &mut Tx, app: &App, researcher_id: &str) -> R
 pub async fn request_signin(app: &App, email: &Email, client: Client) -> Result<()> {
     let now = now_ms();
     let mut tx = app.db.begin().await?;
-    let mut event = Event::new("researcher.sign_in_link", Outcome::Ok);
-    event.subject = Some(email.to_string());
-    event.client = client;
+    let mut event = Event::ok(Action::ResearcherSignInLink)
+        .subject(email.to_string())
+        .client(client);
     match db::researchers::find_id_by_email(&mut *tx, email.as_str()).await? {
         None => {
             event.outcome = Outcome::Refused;
@@ -111,8 +111,7 @@ pub struct Researcher {
 pub async fn sign_in(app: &App, token: &str, client: Client) -> Result<Option<Researcher>> {
     let mut tx = app.db.begin().await?;
     let found = db::researchers::consume_signin_token(&mut tx, &hash_token(token), now_ms()).await?;
-    let mut event = Event::new("researcher.sign_in", Outcome::Ok);
-    event.client = client;
+    let mut event = Event::ok(Action::ResearcherSignIn).client(client);
     let researcher = match found {
         Some(id) => {
             let email = db::researchers::email_of(&mut *tx, &id)
@@ -288,13 +287,13 @@ pub async fn client_manifest_url(
     let token = new_token();
     let mut tx = app.db.begin().await?;
     db::grants::insert_token(&mut *tx, &hash_token(&token), &grant.id, now_ms()).await?;
-    let mut event = Event::new("grant.token_issued", Outcome::Ok);
-    event.actor = Some(researcher.email.clone());
-    event.subject = Some(format!("{} {}", researcher.email, grant.model_slug));
-    event.grant_id = Some(grant.id.clone());
-    event.researcher_id = Some(researcher.id.clone());
-    event.model_id = Some(grant.model_id.clone());
-    event.client = client;
+    let event = Event::ok(Action::GrantTokenIssued)
+        .actor(researcher.email.clone())
+        .subject(format!("{} {}", researcher.email, grant.model_slug))
+        .grant(grant.id.clone())
+        .researcher(researcher.id.clone())
+        .model(grant.model_id.clone())
+        .client(client);
     audit::append(&mut tx, app.db.backend(), &[event]).await?;
     tx.commit().await?;
     Ok(app.url(&format!("/access/{token}/manifest.json")))
@@ -359,14 +358,14 @@ pub async fn appeal(
         },
     )
     .await?;
-    let mut event = Event::new("application.appealed", Outcome::Ok);
-    event.actor = Some(researcher.email.clone());
-    event.subject = Some(researcher.email.clone());
-    event.reason = Some(format!("appeal of {}", denied.id));
-    event.model_id = Some(denied.model_id.clone());
-    event.application_id = Some(id.clone());
-    event.researcher_id = Some(researcher.id.clone());
-    event.client = client;
+    let event = Event::ok(Action::ApplicationAppealed)
+        .actor(researcher.email.clone())
+        .subject(researcher.email.clone())
+        .reason(format!("appeal of {}", denied.id))
+        .model(denied.model_id.clone())
+        .application_id(id.clone())
+        .researcher(researcher.id.clone())
+        .client(client);
     audit::append(&mut tx, app.db.backend(), &[event]).await?;
     tx.commit().await?;
     Ok(id)

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::{
     app::App,
-    audit::{self, Client, Event, Outcome},
+    audit::{self, Action, Client, Event},
     db::{
         self,
         applications::{ApplicationView, NewReview},
@@ -104,15 +104,11 @@ async fn policy_of(app: &App, model_id: &str) -> Result<ReviewPolicy> {
         .ok_or_else(|| Error::Internal(anyhow::anyhow!("the model of this application is gone")))
 }
 
-fn decision_event(action: &'static str, actor: &str, view: &ApplicationView, client: &Client) -> Event {
-    let mut event = Event::new(action, Outcome::Ok);
-    event.actor = Some(actor.to_owned());
-    event.subject = Some(view.email.clone());
-    event.model_id = Some(view.model_id.clone());
-    event.application_id = Some(view.id.clone());
-    event.researcher_id = Some(view.researcher_id.clone());
-    event.client = client.clone();
-    event
+fn decision_event(action: Action, actor: &str, view: &ApplicationView, client: &Client) -> Event {
+    Event::ok(action)
+        .actor(actor)
+        .about_application(view)
+        .client(client.clone())
 }
 
 fn grant_ttl(app: &App, days: Option<u64>) -> Result<Duration, ReviewError> {
@@ -230,7 +226,7 @@ pub async fn approve(
         grant_days,
         note: note.map(str::to_owned),
     });
-    let mut approved = decision_event("review.approved", &reviewer.email, &view, &client);
+    let mut approved = decision_event(Action::ReviewApproved, &reviewer.email, &view, &client);
     approved.reason = Some(format!("approval {} of {needed}", approvals.len()));
     if approvals.len() < needed {
         audit::append(&mut tx, app.db.backend(), &[approved]).await?;
@@ -313,15 +309,12 @@ pub async fn extend_on_approval(
         ),
     )
     .await?;
-    let mut extended = Event::new("grant.extended", Outcome::Ok);
-    extended.actor = Some(actor.to_owned());
-    extended.subject = Some(view.email.clone());
-    extended.model_id = Some(view.model_id.clone());
-    extended.application_id = Some(view.id.clone());
-    extended.researcher_id = Some(view.researcher_id.clone());
-    extended.grant_id = Some(grant.id.clone());
-    extended.reason = Some(format!("until {}", format_ms(expires_at)));
-    extended.client = client.clone();
+    let extended = Event::ok(Action::GrantExtended)
+        .actor(actor.to_owned())
+        .about_application(view)
+        .grant(grant.id.clone())
+        .reason(format!("until {}", format_ms(expires_at)))
+        .client(client.clone());
     audit::append(tx, app.db.backend(), &[approved, extended]).await?;
     Ok(Approval::Granted {
         grant_id: grant.id,
@@ -381,9 +374,9 @@ async fn grant(
         ),
     )
     .await?;
-    let mut granted = decision_event("grant.created", actor, view, client);
-    granted.grant_id = Some(grant_id.clone());
-    granted.reason = Some(format!("until {}", format_ms(expires_at)));
+    let granted = decision_event(Action::GrantCreated, actor, view, client)
+        .grant(grant_id.clone())
+        .reason(format!("until {}", format_ms(expires_at)));
     audit::append(tx, app.db.backend(), &[approved, granted]).await?;
     Ok(Approval::Granted {
         grant_id,
@@ -437,7 +430,7 @@ pub async fn deny(
         ),
     )
     .await?;
-    let mut event = decision_event("review.denied", &reviewer.email, &view, &client);
+    let mut event = decision_event(Action::ReviewDenied, &reviewer.email, &view, &client);
     event.reason = Some(reason.to_owned());
     audit::append(&mut tx, app.db.backend(), &[event]).await?;
     tx.commit().await?;
@@ -498,7 +491,7 @@ pub async fn on_confirmed(app: &App, application_id: &str, client: Client) -> Re
     if !db::applications::lock_pending(&mut tx, &view.id).await? {
         return Ok(());
     }
-    let mut approved = decision_event("review.approved", RULES_ACTOR, &view, &client);
+    let mut approved = decision_event(Action::ReviewApproved, RULES_ACTOR, &view, &client);
     approved.reason = Some(format!("rule: {rule}"));
     grant(
         app,

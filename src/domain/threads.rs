@@ -4,7 +4,7 @@
 
 use crate::{
     app::App,
-    audit::{self, Client, Event, Outcome},
+    audit::{self, Action, Client, Event},
     db::{self, applications::Message, reviewers::Reviewer},
     domain::error::Result,
     domain::forms::text,
@@ -80,13 +80,10 @@ pub async fn ask(
         ),
     )
     .await?;
-    let mut event = Event::new("application.question", Outcome::Ok);
-    event.actor = Some(reviewer.email.clone());
-    event.subject = Some(view.email.clone());
-    event.model_id = Some(view.model_id.clone());
-    event.application_id = Some(view.id.clone());
-    event.researcher_id = Some(view.researcher_id.clone());
-    event.client = client;
+    let event = Event::ok(Action::ApplicationQuestion)
+        .actor(reviewer.email.clone())
+        .about_application(&view)
+        .client(client);
     audit::append(&mut tx, app.db.backend(), &[event]).await?;
     tx.commit().await?;
     app.mail.wake();
@@ -116,13 +113,13 @@ pub async fn answer(
         &message(&view.id, Author::Researcher, &researcher.email, answer.clone()),
     )
     .await?;
-    let mut event = Event::new("application.answered", Outcome::Ok);
-    event.actor = Some(researcher.email.clone());
-    event.subject = Some(researcher.email.clone());
-    event.model_id = Some(view.model_id.clone());
-    event.application_id = Some(view.id.clone());
-    event.researcher_id = Some(researcher.id.clone());
-    event.client = client;
+    let event = Event::ok(Action::ApplicationAnswered)
+        .actor(researcher.email.clone())
+        .subject(researcher.email.clone())
+        .model(view.model_id.clone())
+        .application_id(view.id.clone())
+        .researcher(researcher.id.clone())
+        .client(client);
     audit::append(&mut tx, app.db.backend(), &[event]).await?;
     tx.commit().await?;
     crate::domain::notices::application_answered(app, &view, &answer).await

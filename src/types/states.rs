@@ -3,8 +3,6 @@
 //! `as_str()`); everywhere else a state is compared as a value, so a typo is a
 //! compile error and a `match` names every case.
 
-use std::{fmt, str::FromStr};
-
 /// Defines an enum stored as text: `as_str`, `ALL`, `Display`, `FromStr` and
 /// `TryFrom<String>` (what a row field needs), each from one list of names.
 macro_rules! stored_as_text {
@@ -27,19 +25,19 @@ macro_rules! stored_as_text {
             }
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                 f.write_str(self.as_str())
             }
         }
 
-        impl FromStr for $name {
-            type Err = UnknownState;
+        impl ::std::str::FromStr for $name {
+            type Err = $crate::types::states::UnknownState;
 
             fn from_str(s: &str) -> Result<Self, Self::Err> {
                 match s {
                     $($text => Ok(Self::$variant),)+
-                    _ => Err(UnknownState {
+                    _ => Err($crate::types::states::UnknownState {
                         what: $noun,
                         text: s.chars().take(40).collect(),
                         known: &[$($text,)+],
@@ -49,7 +47,7 @@ macro_rules! stored_as_text {
         }
 
         impl TryFrom<String> for $name {
-            type Error = UnknownState;
+            type Error = $crate::types::states::UnknownState;
 
             fn try_from(s: String) -> Result<Self, Self::Error> {
                 s.parse()
@@ -58,14 +56,16 @@ macro_rules! stored_as_text {
     };
 }
 
+pub(crate) use stored_as_text;
+
 /// Text that names no value of a state: a row written by something else, or
 /// a form field or flag that was not one of the choices offered.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{text:?} is not {what} (one of {})", known.join(", "))]
 pub struct UnknownState {
-    what: &'static str,
-    text: String,
-    known: &'static [&'static str],
+    pub(crate) what: &'static str,
+    pub(crate) text: String,
+    pub(crate) known: &'static [&'static str],
 }
 
 stored_as_text! {
@@ -136,6 +136,8 @@ stored_as_text! {
 
 #[cfg(test)]
 mod tests {
+    use std::{fmt, str::FromStr};
+
     use super::*;
 
     #[test]

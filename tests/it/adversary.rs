@@ -1290,8 +1290,10 @@ async fn an_insider_with_the_database_and_the_key_cannot_rewrite_the_log_unseen(
         if seq == original {
             break;
         }
-        let mut filler =
-            weightgate::audit::Event::new("reviewer.sign_in", weightgate::audit::Outcome::Refused);
+        let mut filler = weightgate::audit::Event::new(
+            weightgate::audit::Action::ReviewerSignIn,
+            weightgate::audit::Outcome::Refused,
+        );
         filler.reason = Some("bad_credentials".into());
         weightgate::audit::append_now(&t.app.db, filler).await.unwrap();
     }

@@ -9,7 +9,7 @@ use std::{
 
 use reqwest::header;
 use weightgate::{
-    audit::{self, Event, Outcome, Problem},
+    audit::{self, Action, Event, Outcome, Problem},
     db::{self, audit::EventRow},
 };
 
@@ -30,7 +30,7 @@ async fn fill_to(t: &TestApp, n: i64) {
             assert_eq!(head, n, "the log already held more than {n} events");
             return;
         }
-        let mut event = Event::new("reviewer.sign_in", Outcome::Refused);
+        let mut event = Event::new(Action::ReviewerSignIn, Outcome::Refused);
         event.reason = Some("bad_credentials".into());
         event.subject = Some(format!("guess{head}@lab.example.org"));
         event.client.ip = Some(format!("192.0.2.{}", head % 250));
@@ -443,7 +443,7 @@ async fn the_server_signs_a_checkpoint_whenever_the_head_moves() {
     let head = db::audit::head(t.app.db.pool()).await.unwrap().unwrap().0;
     let first = wait_for_checkpoint_of(head).await;
     let burst: Vec<Event> = (0..3)
-        .map(|_| Event::new("reviewer.sign_in", Outcome::Refused))
+        .map(|_| Event::new(Action::ReviewerSignIn, Outcome::Refused))
         .collect();
     let mut tx = t.app.db.begin().await.unwrap();
     audit::append(&mut tx, t.app.db.backend(), &burst).await.unwrap();
@@ -612,7 +612,7 @@ async fn list_filters_pages_and_writes_csv() {
         .await;
     fetch(&t, link(&bob, "shard-0.bin"), None).await;
     t.wait_for_events("file.delivered", 2).await;
-    let mut event = Event::new("reviewer.sign_in", Outcome::Refused);
+    let mut event = Event::new(Action::ReviewerSignIn, Outcome::Refused);
     event.reason = Some("bad_credentials".into());
     event.client.ip = Some("198.51.100.7".into());
     audit::append_now(&t.app.db, event).await.unwrap();
@@ -705,6 +705,10 @@ async fn list_filters_pages_and_writes_csv() {
             "--since must be earlier than --until",
         ),
         (&["--outcome", "maybe"][..], "invalid value 'maybe'"),
+        (
+            &["--action", "file.fetched"][..],
+            "\"file.fetched\" is not an audit action (one of application.submitted,",
+        ),
         (&["--limit", "0"][..], "--limit"),
     ] {
         let mut full = vec!["audit", "list"];
@@ -861,7 +865,7 @@ async fn anomalies_flag_shared_grants_bursts_revoked_use_and_forged_links() {
     // The same grant's links fetched from five more places at once.
     let events: Vec<Event> = (1..=5)
         .map(|i| {
-            let mut e = Event::new("file.fetch", Outcome::Ok);
+            let mut e = Event::new(Action::FileFetch, Outcome::Ok);
             e.grant_id = Some(grant.id.clone());
             e.researcher_id = Some(grant.researcher_id.clone());
             e.model_id = Some(grant.model_id.clone());
@@ -896,7 +900,7 @@ async fn anomalies_flag_shared_grants_bursts_revoked_use_and_forged_links() {
 
     // Refused sign-ins from one address.
     for _ in 0..6 {
-        let mut e = Event::new("reviewer.sign_in", Outcome::Refused);
+        let mut e = Event::new(Action::ReviewerSignIn, Outcome::Refused);
         e.reason = Some("bad_credentials".into());
         e.client.ip = Some("198.51.100.66".into());
         audit::append_now(&t.app.db, e).await.unwrap();

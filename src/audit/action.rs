@@ -1,0 +1,72 @@
+//! Every kind of event the log records. An event is written with one of
+//! these; the log stores its text, and the text of an action is never
+//! changed once written, since event hashes cover it.
+
+use crate::types::states::stored_as_text;
+
+stored_as_text! {
+    /// What an event records.
+    Action ("an audit action") {
+        ApplicationSubmitted = "application.submitted",
+        /// A form for an address that may not apply now; the owner is told why.
+        ApplicationDeclined = "application.declined",
+        ApplicationConfirmed = "application.confirmed",
+        /// A reviewer asked the applicant a question.
+        ApplicationQuestion = "application.question",
+        ApplicationAnswered = "application.answered",
+        ApplicationAppealed = "application.appealed",
+        ApplicationRenewalRequested = "application.renewal_requested",
+        ReviewApproved = "review.approved",
+        ReviewDenied = "review.denied",
+        GrantCreated = "grant.created",
+        GrantExtended = "grant.extended",
+        GrantRevoked = "grant.revoked",
+        GrantExpired = "grant.expired",
+        GrantReminded = "grant.reminded",
+        /// A new access-page link for a grant.
+        GrantTokenIssued = "grant.token_issued",
+        /// Download links (or a manifest of them) handed out.
+        LinksIssued = "links.issued",
+        /// A request for a file's bytes, let through or refused.
+        FileFetch = "file.fetch",
+        /// What a let-through fetch delivered, when its transfer ended.
+        FileDelivered = "file.delivered",
+        KeysRotated = "keys.rotated",
+        KeysRetired = "keys.retired",
+        ModelCreated = "model.created",
+        ModelPolicy = "model.policy",
+        ModelQuestionsChanged = "model.questions_changed",
+        ModelQuotaSet = "model.quota_set",
+        ModelReapplyAfterChanged = "model.reapply_after_changed",
+        ModelTermsChanged = "model.terms_changed",
+        ReleasePublished = "release.published",
+        ResearcherSignIn = "researcher.sign_in",
+        ResearcherSignInLink = "researcher.sign_in_link",
+        ReviewerSaved = "reviewer.saved",
+        ReviewerChanged = "reviewer.changed",
+        ReviewerAssigned = "reviewer.assigned",
+        ReviewerUnassigned = "reviewer.unassigned",
+        ReviewerSignIn = "reviewer.sign_in",
+        ReviewerPasswordChanged = "reviewer.password_changed",
+        TemplateSaved = "template.saved",
+        TemplateDeleted = "template.deleted",
+        PortalStopped = "portal.stopped",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_action_has_its_own_text_and_reads_back() {
+        let mut texts: Vec<&str> = Action::ALL.iter().map(|a| a.as_str()).collect();
+        for &action in Action::ALL {
+            assert_eq!(action.as_str().parse::<Action>(), Ok(action));
+        }
+        texts.sort_unstable();
+        texts.dedup();
+        assert_eq!(texts.len(), Action::ALL.len(), "two actions share a text");
+        assert!("file.fetched".parse::<Action>().is_err());
+    }
+}
