@@ -37,14 +37,6 @@ impl fmt::Display for Rate {
     }
 }
 
-/// `count` an hour, the form of every default rate limit.
-fn default_rate(count: u32) -> Rate {
-    Rate {
-        burst: std::num::NonZeroU32::new(count).expect("a default rate is not zero"),
-        per: Duration::from_secs(3600),
-    }
-}
-
 #[derive(Args, Clone)]
 #[command(next_help_heading = "Settings (each also a WEIGHTGATE_* variable)")]
 pub struct Config {
@@ -366,54 +358,19 @@ pub enum StorageLocation {
 }
 
 impl Config {
-    /// A configuration with every default, rooted at `data_dir`.
+    /// A configuration with every default, rooted at `data_dir`: the
+    /// defaults written on the fields above (the same a bare `weightgate serve`
+    /// gets), and nothing from the environment.
     pub fn embedded(data_dir: impl Into<PathBuf>) -> Self {
-        Self {
-            data_dir: data_dir.into(),
-            database_url: None,
-            storage_url: None,
-            s3_endpoint: None,
-            s3_region: "us-east-1".into(),
-            s3_path_style: false,
-            s3_access_key_id: None,
-            s3_secret_access_key: None,
-            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            public_url: None,
-            smtp_url: None,
-            mail_from: "weightgate <noreply@weightgate.invalid>".into(),
-            grant_ttl: Duration::from_secs(30 * 86_400),
-            link_ttl: Duration::from_secs(86_400),
-            delivery: DeliveryMode::Proxy,
-            shutdown_grace: Duration::from_secs(30),
-            stall_timeout: Duration::from_secs(300),
-            header_timeout: Duration::from_secs(30),
-            max_connections: 10_000,
-            max_connections_per_address: 256,
-            audit_checkpoint_every: Duration::from_secs(600),
-            expiry_reminder: Duration::from_secs(7 * 86_400),
-            notices_every: Duration::from_secs(60),
-            limit_applications_per_address: default_rate(30),
-            limit_mail_per_recipient: default_rate(10),
-            limit_signin_per_address: default_rate(30),
-            limit_links_per_grant: default_rate(120),
-            limit_links_per_address: default_rate(600),
-            limit_bad_links_per_address: Rate {
-                burst: std::num::NonZeroU32::new(60).expect("not zero"),
-                per: Duration::from_secs(60),
-            },
-            refusal_window: Duration::from_secs(60),
-            password_checks: 4,
-            session_idle: Duration::from_secs(8 * 3600),
-            trusted_proxies: TrustedProxies::default(),
-            audit_key: None,
-            audit_key_file: None,
-            audit_trusted_keys: String::new(),
-            witness_url: None,
-            witness_retention: Duration::from_secs(7 * 365 * 86_400 + 7 * 86_400 / 4),
-            witness_file: None,
-            witness_email: String::new(),
-            log_format: LogFormat::Text,
-        }
+        use clap::FromArgMatches;
+        let command =
+            <Self as Args>::augment_args(clap::Command::new("weightgate")).mut_args(|arg| arg.env(None));
+        let matches = command
+            .try_get_matches_from(["weightgate"])
+            .expect("every setting has a default");
+        let mut config = Self::from_arg_matches(&matches).expect("every default parses");
+        config.data_dir = data_dir.into();
+        config
     }
 
     pub fn database_url(&self) -> String {
@@ -604,24 +561,19 @@ mod tests {
     }
 
     #[test]
-    fn the_embedded_rate_limits_are_the_documented_defaults() {
-        #[derive(clap::Parser)]
-        struct Cli {
-            #[command(flatten)]
-            config: Config,
-        }
-        let parsed = <Cli as clap::Parser>::try_parse_from(["weightgate"])
-            .unwrap()
-            .config;
-        let embedded = Config::embedded("weightgate-data");
-        assert_eq!(
-            format!("{parsed:?}")
-                .split_once("limit_")
-                .map(|(_, rest)| rest.to_owned()),
-            format!("{embedded:?}")
-                .split_once("limit_")
-                .map(|(_, rest)| rest.to_owned()),
-        );
+    fn the_embedded_configuration_has_the_documented_defaults() {
+        let c = Config::embedded("/srv/wg");
+        assert_eq!(c.data_dir, PathBuf::from("/srv/wg"));
+        assert_eq!(c.database_url(), "sqlite:///srv/wg/weightgate.db?mode=rwc");
+        assert_eq!(c.bind, SocketAddr::from(([127, 0, 0, 1], 8080)));
+        assert_eq!(c.grant_ttl, Duration::from_secs(30 * 86_400));
+        assert_eq!(c.link_ttl, Duration::from_secs(86_400));
+        assert_eq!(c.session_idle, Duration::from_secs(8 * 3600));
+        assert_eq!(c.password_checks, 4);
+        assert_eq!(c.max_connections, 10_000);
+        assert_eq!(c.limit_applications_per_address.burst.get(), 30);
+        assert_eq!(c.limit_bad_links_per_address.burst.get(), 60);
+        assert!(c.database_url.is_none() && c.storage_url.is_none() && c.smtp_url.is_none());
     }
 
     #[test]
