@@ -342,6 +342,57 @@ pub fn describe_duration(ms: i64) -> String {
     }
 }
 
+/// What a follow-up of an earlier application asks for.
+#[derive(Clone, Copy, Debug)]
+pub enum FollowUp<'a> {
+    /// A longer life for this grant (of the earlier application).
+    Renewal { grant_id: &'a str },
+    /// Another look at the earlier application, which was denied.
+    Appeal,
+}
+
+/// Records a follow-up of `earlier` inside `tx`: the same researcher, model,
+/// words and answers, straight to the reviewers (the address is already
+/// confirmed), under the terms version given. New applications are recorded
+/// by [`submit`], which asks for the address to be confirmed first. Returns
+/// the follow-up's id.
+pub async fn insert_follow_up(
+    tx: &mut db::Tx,
+    earlier: &ApplicationView,
+    follow_up: FollowUp<'_>,
+    terms_version: i64,
+    now: i64,
+) -> Result<String> {
+    let id = new_id();
+    let (kind, parent_id, grant_id) = match follow_up {
+        FollowUp::Renewal { grant_id } => (Kind::Renewal, None, Some(grant_id)),
+        FollowUp::Appeal => (Kind::Appeal, Some(earlier.id.as_str()), None),
+    };
+    db::applications::insert_application(
+        tx,
+        &db::applications::NewApplication {
+            id: &id,
+            model_id: &earlier.model_id,
+            researcher_id: &earlier.researcher_id,
+            name: &earlier.name,
+            affiliation: &earlier.affiliation,
+            intended_use: &earlier.intended_use,
+            terms_version,
+            // Never sent: a follow-up needs no confirmation.
+            confirm_token_hash: &hash_token(&new_token()),
+            created_at: now,
+            status: Status::Pending,
+            confirmed_at: Some(now),
+            answers: &earlier.answers,
+            kind,
+            parent_id,
+            grant_id,
+        },
+    )
+    .await?;
+    Ok(id)
+}
+
 /// A status in the researcher's words.
 pub fn status_label(status: Status) -> &'static str {
     match status {

@@ -6,17 +6,14 @@ use crate::{
     app::App,
     audit::{self, Action, Client, Event},
     db::{self, grants::GrantView, reviewers::Reviewer},
-    domain::applications::MAX_INTENDED_USE,
+    domain::applications::{self, FollowUp, MAX_INTENDED_USE},
     domain::error::Result,
     domain::forms::text,
     domain::grants::{GrantError, GrantState},
     domain::researchers::{self, Researcher, ResearcherError},
     domain::reviews::{Approval, MAX_EXTENSION_DAYS},
     mail,
-    types::{
-        hash_token, new_id, new_token, now_ms,
-        states::{Author, Kind, Status},
-    },
+    types::{new_id, now_ms, states::Author},
 };
 
 /// Asks the reviewers to extend an active grant. `note` (optional) says why.
@@ -59,7 +56,6 @@ async fn insert_renewal(
         .await?
         .ok_or(ResearcherError::NotFound)?;
     let now = now_ms();
-    let id = new_id();
     let mut tx = app.db.begin().await?;
     if db::applications::open_renewal(&mut *tx, &grant.id)
         .await?
@@ -70,25 +66,12 @@ async fn insert_renewal(
         )
         .into());
     }
-    db::applications::insert_application(
+    let id = applications::insert_follow_up(
         &mut tx,
-        &db::applications::NewApplication {
-            id: &id,
-            model_id: &grant.model_id,
-            researcher_id: &grant.researcher_id,
-            name: &original.name,
-            affiliation: &original.affiliation,
-            intended_use: &original.intended_use,
-            terms_version: model.terms_version,
-            confirm_token_hash: &hash_token(&new_token()),
-            created_at: now,
-            status: Status::Pending,
-            confirmed_at: Some(now),
-            answers: &original.answers,
-            kind: Kind::Renewal,
-            parent_id: None,
-            grant_id: Some(&grant.id),
-        },
+        &original,
+        FollowUp::Renewal { grant_id: &grant.id },
+        model.terms_version,
+        now,
     )
     .await?;
     let by_researcher = actor == grant.email;

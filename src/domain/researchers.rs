@@ -6,7 +6,7 @@ use crate::{
     app::App,
     audit::{self, Action, Client, Event, Outcome},
     db::{self, Tx, applications::ApplicationView, grants::GrantView},
-    domain::applications::{self, MAX_INTENDED_USE},
+    domain::applications::{self, FollowUp, MAX_INTENDED_USE},
     domain::error::Result,
     domain::forms::text,
     domain::questions::{self, Answer},
@@ -317,7 +317,6 @@ pub async fn appeal(
         .into());
     }
     let now = now_ms();
-    let id = new_id();
     let mut tx = app.db.begin().await?;
     if db::applications::appeal_of(&mut *tx, &denied.id).await?.is_some() {
         return Err(ResearcherError::NotAllowed(
@@ -325,27 +324,8 @@ pub async fn appeal(
         )
         .into());
     }
-    db::applications::insert_application(
-        &mut tx,
-        &db::applications::NewApplication {
-            id: &id,
-            model_id: &denied.model_id,
-            researcher_id: &researcher.id,
-            name: &denied.name,
-            affiliation: &denied.affiliation,
-            intended_use: &denied.intended_use,
-            terms_version: denied.terms_version,
-            confirm_token_hash: &hash_token(&new_token()),
-            created_at: now,
-            status: Status::Pending,
-            confirmed_at: Some(now),
-            answers: &denied.answers,
-            kind: Kind::Appeal,
-            parent_id: Some(&denied.id),
-            grant_id: None,
-        },
-    )
-    .await?;
+    let id =
+        applications::insert_follow_up(&mut tx, &denied, FollowUp::Appeal, denied.terms_version, now).await?;
     db::applications::insert_message(
         &mut tx,
         &db::applications::Message {
