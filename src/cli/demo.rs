@@ -75,7 +75,7 @@ pub async fn seed(app: &App) -> anyhow::Result<()> {
     rand::fill(&mut secret);
     let password = URL_SAFE_NO_PAD.encode(secret);
     let email: Email = DEMO_ADMIN.parse().map_err(|e: &str| anyhow::anyhow!(e))?;
-    accounts::add_reviewer(app, &email, &password, true, actor).await?;
+    accounts::set_reviewer(app, &email, &password, true, actor).await?;
 
     println!();
     println!("  weightgate demo is running at {}", app.url("/"));

@@ -383,7 +383,7 @@ async fn reviewer(app: Arc<App>, cmd: ReviewerCommand) -> anyhow::Result<()> {
         } => {
             let email: Email = email.parse().map_err(|e: &str| anyhow::anyhow!("{e}"))?;
             let password = read_password(password_stdin)?;
-            accounts::add_reviewer(&app, &email, &password, admin, &operator()).await?;
+            accounts::set_reviewer(&app, &email, &password, admin, &operator()).await?;
             println!(
                 "{} {email} can sign in at {}",
                 if admin { "admin" } else { "reviewer" },

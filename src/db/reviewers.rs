@@ -31,6 +31,29 @@ const COLUMNS: &str =
 
 /// Creates the reviewer, or sets a new password and role if the e-mail exists.
 /// Returns the reviewer's id.
+/// Inserts a new reviewer; `None` when the address already has an account.
+pub async fn insert<'c>(
+    e: impl AnyExecutor<'c>,
+    new_id: &str,
+    email: &str,
+    password_hash: &str,
+    is_admin: bool,
+    now: i64,
+) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar(
+        "INSERT INTO reviewers (id, email, password_hash, is_admin, created_at) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (email) DO NOTHING
+         RETURNING id",
+    )
+    .bind(new_id)
+    .bind(email)
+    .bind(password_hash)
+    .bind(i64::from(is_admin))
+    .bind(now)
+    .fetch_optional(e)
+    .await
+}
+
 pub async fn upsert<'c>(
     e: impl AnyExecutor<'c>,
     new_id: &str,

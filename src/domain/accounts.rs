@@ -26,6 +26,8 @@ pub enum AccountError {
     PasswordTooLong,
     #[error("the current password is wrong")]
     WrongPassword,
+    #[error("{0} already has an account; change its role in the list, or its owner changes its password")]
+    AlreadyReviewer(Email),
 }
 
 impl From<AccountError> for crate::domain::Error {
@@ -36,6 +38,7 @@ impl From<AccountError> for crate::domain::Error {
                 code: "wrong_password",
                 message: err.to_string(),
             },
+            AccountError::AlreadyReviewer(_) => Self::conflict(err.to_string()),
         }
     }
 }
@@ -45,7 +48,11 @@ impl From<AccountError> for crate::domain::Error {
 static DUMMY_HASH: LazyLock<String> =
     LazyLock::new(|| hash_password("weightgate-no-such-account").expect("hashing a constant works"));
 
-/// Creates a reviewer, or sets a new password and role for an existing one.
+/// Creates a reviewer account, as an admin does from the dashboard. An
+/// address that already has an account is refused: an admin changes roles in
+/// the reviewer list, and only the account's owner changes its password (with
+/// the current one), so that no admin can take over another's account or
+/// demote themselves from this form.
 pub async fn add_reviewer(
     app: &App,
     email: &Email,
@@ -53,11 +60,47 @@ pub async fn add_reviewer(
     is_admin: bool,
     actor: &str,
 ) -> Result<String> {
+    save_reviewer(app, email, password, is_admin, actor, Existing::Refuse).await
+}
+
+/// Creates a reviewer, or sets a new password and role for an existing one:
+/// the operator's way back in (`weightgate reviewer add`), for whoever holds
+/// the server's configuration.
+pub async fn set_reviewer(
+    app: &App,
+    email: &Email,
+    password: &str,
+    is_admin: bool,
+    actor: &str,
+) -> Result<String> {
+    save_reviewer(app, email, password, is_admin, actor, Existing::Overwrite).await
+}
+
+#[derive(PartialEq)]
+enum Existing {
+    Refuse,
+    Overwrite,
+}
+
+async fn save_reviewer(
+    app: &App,
+    email: &Email,
+    password: &str,
+    is_admin: bool,
+    actor: &str,
+    existing: Existing,
+) -> Result<String> {
     check_new_password(password)?;
     let owned = password.to_owned();
     let hash = tokio::task::spawn_blocking(move || hash_password(&owned)).await??;
     let mut tx = app.db.begin().await?;
-    let id = db::reviewers::upsert(&mut *tx, &new_id(), email.as_str(), &hash, is_admin, now_ms()).await?;
+    let id = if existing == Existing::Refuse {
+        db::reviewers::insert(&mut *tx, &new_id(), email.as_str(), &hash, is_admin, now_ms())
+            .await?
+            .ok_or_else(|| AccountError::AlreadyReviewer(email.clone()))?
+    } else {
+        db::reviewers::upsert(&mut *tx, &new_id(), email.as_str(), &hash, is_admin, now_ms()).await?
+    };
     let event = Event::ok(Action::ReviewerSaved)
         .actor(actor.to_owned())
         .subject(format!("{email}{}", if is_admin { " (admin)" } else { "" }));

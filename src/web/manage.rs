@@ -110,7 +110,7 @@ pub async fn save_reviewer(
             let admin = form.admin.is_some();
             match accounts::add_reviewer(&state.app, &email, &form.password, admin, &me.email).await {
                 Ok(_) => Ok(format!("{email} can sign in now.")),
-                Err(domain::Error::Invalid(why)) => Err(why),
+                Err(domain::Error::Invalid(why) | domain::Error::Conflict(why)) => Err(why),
                 Err(e) => return Err(e.into()),
             }
         }

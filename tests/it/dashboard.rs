@@ -201,6 +201,37 @@ async fn a_reviewer_sees_and_decides_only_the_models_assigned_to_them() {
         "still an admin, still signed in"
     );
 
+    // Nor does the form that adds reviewers touch an existing account: not
+    // the admin's own role, not another reviewer's password.
+    let password_before = me.password_hash.clone();
+    for (email, password) in [
+        (REVIEWER, "a password the admin chose"),
+        (SECOND, "taken over by an admin"),
+    ] {
+        let refused = t
+            .post_admin(
+                &admin,
+                "/admin/reviewers",
+                "/admin/reviewers",
+                &[("email", email), ("password", password)],
+            )
+            .await;
+        let page = refused.text().await.unwrap();
+        assert!(page.contains("already has an account"), "{email}: {page}");
+    }
+    let me = weightgate::db::reviewers::find_by_email(t.app.db.pool(), REVIEWER)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(me.is_admin(), "the form did not demote its admin");
+    assert_eq!(me.password_hash, password_before);
+    let (status, _) = sign_in_as(&t, &client(), SECOND, PASSWORD).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the second reviewer's own password still works"
+    );
+
     let id = t.pending_application(&reviewer, "someone@uni.example.edu").await;
     let approved = t
         .post_admin(
