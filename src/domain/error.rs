@@ -68,34 +68,48 @@ impl From<anyhow::Error> for Error {
                 retry_after: Duration::from_secs(1),
             };
         }
-        if err.is::<crate::audit::AuditUnavailable>() {
-            return Error::Unavailable(
-                "The audit log cannot be written right now, so nothing was sent. \
-                 Please try again in a few minutes."
-                    .into(),
+        let sorted = sort_failure(&err);
+        if let Some(Error::Unavailable(told)) = &sorted {
+            // The person is told what to do; the operator needs what failed.
+            tracing::warn!(
+                error = format!("{err:#}"),
+                told = told.as_str(),
+                "a service is unavailable"
             );
         }
-        if err.is::<crate::storage::StoreUnavailable>() {
-            return Error::Unavailable(
-                "The file store is not answering right now; nothing was sent. \
-                 Please try again in a few minutes."
-                    .into(),
-            );
-        }
-        for cause in err.chain() {
-            if let Some(db) = cause.downcast_ref::<sqlx::Error>()
-                && let Some(unavailable) = database_unavailable(db)
-            {
-                return unavailable;
-            }
-            if let Some(io) = cause.downcast_ref::<std::io::Error>()
-                && io.kind() == std::io::ErrorKind::StorageFull
-            {
-                return disk_full();
-            }
-        }
-        Error::Internal(err)
+        sorted.unwrap_or(Error::Internal(err))
     }
+}
+
+/// `Unavailable` for a service that is down or full, `None` for anything else.
+fn sort_failure(err: &anyhow::Error) -> Option<Error> {
+    if err.is::<crate::audit::AuditUnavailable>() {
+        return Some(Error::Unavailable(
+            "The audit log cannot be written right now, so nothing was sent. \
+             Please try again in a few minutes."
+                .into(),
+        ));
+    }
+    if err.is::<crate::storage::StoreUnavailable>() {
+        return Some(Error::Unavailable(
+            "The file store is not answering right now; nothing was sent. \
+             Please try again in a few minutes."
+                .into(),
+        ));
+    }
+    for cause in err.chain() {
+        if let Some(db) = cause.downcast_ref::<sqlx::Error>()
+            && let Some(unavailable) = database_unavailable(db)
+        {
+            return Some(unavailable);
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::StorageFull
+        {
+            return Some(disk_full());
+        }
+    }
+    None
 }
 
 impl From<sqlx::Error> for Error {
