@@ -161,6 +161,25 @@ pub fn default_extension_days(app: &App) -> u64 {
     default_grant_days(app).min(MAX_EXTENSION_DAYS)
 }
 
+/// The days an application's approve form offers: an extension's for a
+/// renewal (which extends a grant), a new grant's for anything else.
+pub fn default_days_for(app: &App, kind: Kind) -> u64 {
+    if kind == Kind::Renewal {
+        default_extension_days(app)
+    } else {
+        default_grant_days(app)
+    }
+}
+
+/// The most days an application's approval may give.
+pub fn max_days_for(kind: Kind) -> u64 {
+    if kind == Kind::Renewal {
+        MAX_EXTENSION_DAYS
+    } else {
+        MAX_GRANT_DAYS
+    }
+}
+
 fn checked_note(note: Option<&str>) -> Result<Option<&str>, ReviewError> {
     match note.map(str::trim) {
         Some("") | None => Ok(None),

@@ -454,7 +454,8 @@ pub async fn application(
                 when: format_ms(r.created_at),
             })
             .collect(),
-        default_days: reviews::default_grant_days(app),
+        default_days: reviews::default_days_for(app, view.kind),
+        max_days: reviews::max_days_for(view.kind),
         domain: view
             .email
             .rsplit_once('@')

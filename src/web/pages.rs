@@ -258,6 +258,7 @@ pub struct ApplicationPage {
     pub already_approved: bool,
     pub reviews: Vec<ReviewRow>,
     pub default_days: u64,
+    pub max_days: u64,
     pub domain: String,
     /// `approval 1 of 2 so far` under an N-of-M policy.
     pub policy: String,

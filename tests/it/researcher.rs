@@ -523,7 +523,9 @@ async fn a_reviewers_question_is_answered_in_the_thread_and_every_step_is_audite
 
 both!(an_approved_renewal_extends_the_grant_instead_of_making_a_second_one);
 async fn an_approved_renewal_extends_the_grant_instead_of_making_a_second_one() {
-    let t = TestApp::spawn().await;
+    // Grants last longer than an extension may add: the renewal's form offers
+    // an extension's length, not a new grant's.
+    let t = TestApp::spawn_with(|c| c.grant_ttl = std::time::Duration::from_secs(400 * 86_400)).await;
     let email = "renew@lab.example.org";
     t.approved_researcher(email).await;
     let browser = client();
@@ -600,6 +602,10 @@ async fn an_approved_renewal_extends_the_grant_instead_of_making_a_second_one() 
         .get_html(&reviewer, &format!("/admin/applications/{renewal}"))
         .await;
     assert!(detail.contains("approving extends that grant"), "{detail}");
+    assert!(
+        detail.contains(r#"name="days" type="number" min="1" max="365" value="365""#),
+        "{detail}"
+    );
     assert!(detail.contains("The project runs a year longer."));
     let response = t
         .post_admin(
