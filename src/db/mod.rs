@@ -237,6 +237,12 @@ pub fn is_unique_violation(err: &sqlx::Error) -> bool {
 mod tests {
     use super::*;
 
+    /// Migrations that must be written in each dialect, and why: SQLite
+    /// cannot add a CHECK to a table that exists, and uses triggers where
+    /// PostgreSQL adds constraints (`types::states` checks both list the
+    /// same values).
+    const IN_EACH_DIALECT: &[i64] = &[20261130140000];
+
     /// The two dialects differ only in integer width: SQLite's INTEGER is
     /// 64-bit, PostgreSQL's is not.
     #[test]
@@ -247,6 +253,9 @@ mod tests {
         for (s, p) in sqlite.iter().zip(&postgres) {
             assert_eq!(s.version, p.version);
             assert_eq!(s.description, p.description);
+            if IN_EACH_DIALECT.contains(&s.version) {
+                continue;
+            }
             assert_eq!(
                 s.sql.as_str().replace("INTEGER", "BIGINT"),
                 p.sql.as_str(),

@@ -165,4 +165,50 @@ mod tests {
         assert!("".parse::<Kind>().is_err());
         assert!("approve ".parse::<Decision>().is_err());
     }
+
+    /// The values a migration lists after `column IN (` or `column NOT IN (`,
+    /// each list once.
+    fn listed(sql: &str, column: &str) -> Vec<Vec<String>> {
+        let mut lists = Vec::new();
+        for opening in [format!("{column} IN ("), format!("{column} NOT IN (")] {
+            for (at, _) in sql.match_indices(&opening) {
+                let before = sql[..at].chars().next_back();
+                if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+                    continue; // another column whose name ends in this one's
+                }
+                let rest = &sql[at + opening.len()..];
+                let list = &rest[..rest.find(')').expect("a closed list")];
+                lists.push(
+                    list.split(',')
+                        .map(|v| v.trim().trim_matches('\'').to_owned())
+                        .collect(),
+                );
+            }
+        }
+        lists
+    }
+
+    #[test]
+    fn the_database_accepts_exactly_the_states_the_portal_knows() {
+        fn same<T: fmt::Display>(sql: &str, column: &str, all: &[T], checks: usize) {
+            let want: Vec<String> = all.iter().map(ToString::to_string).collect();
+            let lists = listed(sql, column);
+            assert_eq!(lists.len(), checks, "{column}: {lists:?}");
+            for list in lists {
+                assert_eq!(list, want, "{column}");
+            }
+        }
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        // PostgreSQL has one CHECK per column, SQLite a trigger for inserts
+        // and one for updates.
+        for (backend, checks) in [("postgres", 1), ("sqlite", 2)] {
+            let sql =
+                std::fs::read_to_string(dir.join(backend).join("20261130140000_known_states.sql")).unwrap();
+            same(&sql, "status", Status::ALL, checks);
+            same(&sql, "kind", Kind::ALL, checks);
+            same(&sql, "decision", Decision::ALL, checks);
+            same(&sql, "notify", Notify::ALL, checks);
+            same(&sql, "author_kind", Author::ALL, checks);
+        }
+    }
 }

@@ -75,6 +75,23 @@ async fn serve_refuses_an_unmigrated_database_until_migrate_runs() {
     assert_eq!(out.trim(), "");
 }
 
+both!(the_database_refuses_a_state_the_portal_does_not_know);
+async fn the_database_refuses_a_state_the_portal_does_not_know() {
+    let t = TestApp::spawn().await;
+    t.apply_and_confirm("states@uni.example.edu").await;
+    let pool = t.app.db.pool();
+    for (update, known) in [
+        ("UPDATE applications SET status = 'archived'", false),
+        ("UPDATE applications SET kind = 'Renewal'", false),
+        ("UPDATE reviewers SET notify = 'weekly'", false),
+        ("UPDATE applications SET status = 'denied'", true),
+        ("UPDATE reviewers SET notify = 'digest'", true),
+    ] {
+        let done = sqlx::query(update).execute(pool).await;
+        assert_eq!(done.is_ok(), known, "{update}: {done:?}");
+    }
+}
+
 fn jsonl(text: &str) -> Vec<serde_json::Value> {
     text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
