@@ -7,7 +7,7 @@
 //! first byte to its last. The moment that last gap closed is when they
 //! completed it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use anyhow::Context;
 use futures_util::TryStreamExt;
@@ -230,6 +230,45 @@ pub struct Holder {
     pub bytes: u64,
     /// When the last missing byte of the release reached them.
     pub completed_at: i64,
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+/// Completed downloads per model per day over the last days, for the
+/// dashboard's charts: every model, with a zero for each quiet day.
+#[derive(Debug)]
+pub struct DailyDeliveries {
+    /// The start (UTC midnight, ms) of the first day counted.
+    pub first_day_ms: i64,
+    /// Each model's counts by slug, oldest day first, one per day.
+    pub per_model: BTreeMap<String, Vec<u64>>,
+}
+
+/// The `days` days up to and including the one `now_ms` falls in.
+pub async fn daily_deliveries(db: &Db, days: usize, now_ms: i64) -> anyhow::Result<DailyDeliveries> {
+    let pool = db.pool();
+    let span = i64::try_from(days).context("a number of days")?;
+    let first_day_ms = now_ms / DAY_MS * DAY_MS - (span - 1).max(0) * DAY_MS;
+    let slugs: HashMap<String, String> = db::models::list_models(pool)
+        .await?
+        .into_iter()
+        .map(|m| (m.id, m.slug))
+        .collect();
+    let mut per_model: BTreeMap<String, Vec<u64>> =
+        slugs.values().map(|slug| (slug.clone(), vec![0; days])).collect();
+    for (model_id, at) in db::audit::completed_transfers_since(pool, first_day_ms).await? {
+        if let Some(slug) = model_id.and_then(|id| slugs.get(&id))
+            && let Some(counts) = per_model.get_mut(slug)
+            && let Ok(day) = usize::try_from((at - first_day_ms) / DAY_MS)
+            && let Some(count) = counts.get_mut(day)
+        {
+            *count += 1;
+        }
+    }
+    Ok(DailyDeliveries {
+        first_day_ms,
+        per_model,
+    })
 }
 
 /// Researchers who hold a complete copy of a release of `model` (of

@@ -229,7 +229,10 @@ pub struct ApprovalSoFar {
 /// those of reviewers who are enabled and may still decide for its model
 /// (admins, or reviewers assigned to it). An approval by someone since
 /// disabled or taken off the model no longer counts towards the policy.
-pub async fn approvals(tx: &mut Tx, application_id: &str) -> sqlx::Result<Vec<ApprovalSoFar>> {
+pub async fn approvals<'c>(
+    e: impl AnyExecutor<'c>,
+    application_id: &str,
+) -> sqlx::Result<Vec<ApprovalSoFar>> {
     sqlx::query_as(
         "SELECT r.reviewer_id, r.grant_days, r.note
          FROM reviews r
@@ -241,7 +244,7 @@ pub async fn approvals(tx: &mut Tx, application_id: &str) -> sqlx::Result<Vec<Ap
          ORDER BY r.created_at, r.id",
     )
     .bind(application_id)
-    .fetch_all(&mut **tx)
+    .fetch_all(e)
     .await
     .map(|all: Vec<ApprovalSoFar>| {
         // One approval per reviewer, however often they approved.

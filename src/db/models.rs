@@ -156,6 +156,18 @@ pub async fn published_releases<'c>(e: impl AnyExecutor<'c>, model_id: &str) -> 
     .await
 }
 
+/// How many files the published releases of a model hold, and their bytes.
+pub async fn published_totals<'c>(e: impl AnyExecutor<'c>, model_id: &str) -> sqlx::Result<(i64, i64)> {
+    sqlx::query_as(
+        "SELECT COUNT(f.id), CAST(COALESCE(SUM(f.size), 0) AS BIGINT)
+         FROM files f JOIN releases r ON r.id = f.release_id
+         WHERE r.model_id = $1 AND r.published_at IS NOT NULL",
+    )
+    .bind(model_id)
+    .fetch_one(e)
+    .await
+}
+
 pub async fn insert_file<'c>(e: impl AnyExecutor<'c>, f: &File) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO files (id, release_id, name, object_key, size, sha256, chunk_size, chunks)

@@ -10,13 +10,14 @@ use crate::{
     audit::{self, Action, Client, Event},
     db::{
         self,
-        applications::{ApplicationView, NewReview},
+        applications::{ApplicationView, Message, NewReview, ReviewView},
+        grants::GrantView,
         policy::ReviewPolicy,
         reviewers::Reviewer,
     },
     domain::authz::{self, ReviewerAction},
     domain::error::{Error, Result},
-    domain::questions::Question,
+    domain::questions::{self, Answer, Question},
     mail,
     types::{
         format_ms, hash_token, new_id, new_token, now_ms,
@@ -102,6 +103,70 @@ async fn policy_of(app: &App, model_id: &str) -> Result<ReviewPolicy> {
     db::policy::find(app.db.pool(), model_id)
         .await?
         .ok_or_else(|| Error::Internal(anyhow::anyhow!("the model of this application is gone")))
+}
+
+/// Everything a reviewer reads before deciding one application.
+#[derive(Debug)]
+pub struct CaseFile {
+    pub application: ApplicationView,
+    /// Whether this reviewer may decide it (not only read it).
+    pub may_decide: bool,
+    /// Every decision recorded, in order.
+    pub reviews: Vec<ReviewView>,
+    /// The approvals the model's policy needs, and those that count so far
+    /// (from reviewers who may still decide).
+    pub approvals_needed: i64,
+    pub approvals_counted: usize,
+    /// This reviewer has approved it already.
+    pub approved_by_reader: bool,
+    /// The researcher's other applications, and their grants.
+    pub earlier_applications: Vec<ApplicationView>,
+    pub grants: Vec<GrantView>,
+    /// Questions asked and answers given, in order.
+    pub messages: Vec<Message>,
+    /// The answers to the model's questions.
+    pub answers: Vec<Answer>,
+}
+
+/// The case file of an application, for a reviewer who may read it.
+pub async fn case_file(app: &App, reviewer: &Reviewer, application_id: &str) -> Result<CaseFile> {
+    let pool = app.db.pool();
+    let application = db::applications::find_view(pool, application_id)
+        .await?
+        .ok_or_else(|| Error::not_found("no such application"))?;
+    let model_id = application.model_id.as_str();
+    authz::reviewer_may(app, reviewer, ReviewerAction::Read { model_id }).await?;
+    let may_decide = authz::reviewer_may(app, reviewer, ReviewerAction::Act { model_id })
+        .await
+        .is_ok();
+    let reviews = db::applications::reviews_of(pool, application_id).await?;
+    let approved_by_reader = reviews
+        .iter()
+        .any(|r| r.decision == Decision::Approve && r.reviewer_email == reviewer.email);
+    let approvals_needed = db::policy::find(pool, model_id)
+        .await?
+        .map_or(1, |p| p.approvals_needed.max(1));
+    let approvals_counted = db::applications::approvals(pool, application_id).await?.len();
+    let earlier_applications = db::applications::list_of_researcher(pool, &application.researcher_id)
+        .await?
+        .into_iter()
+        .filter(|a| a.id != application.id)
+        .collect();
+    let grants = db::grants::list_of_researcher(pool, &application.researcher_id).await?;
+    let messages = db::applications::messages_of(pool, application_id).await?;
+    let answers = questions::stored_answers(&application.answers);
+    Ok(CaseFile {
+        application,
+        may_decide,
+        reviews,
+        approvals_needed,
+        approvals_counted,
+        approved_by_reader,
+        earlier_applications,
+        grants,
+        messages,
+        answers,
+    })
 }
 
 fn decision_event(action: Action, actor: &str, view: &ApplicationView, client: &Client) -> Event {
@@ -221,7 +286,7 @@ pub async fn approve(
     if !db::applications::lock_pending(&mut tx, &view.id).await? {
         return Err(ReviewError::NotPending("already decided".into()).into());
     }
-    let mut approvals = db::applications::approvals(&mut tx, &view.id).await?;
+    let mut approvals = db::applications::approvals(&mut *tx, &view.id).await?;
     if approvals.iter().any(|a| a.reviewer_id == reviewer.id) {
         return Err(ReviewError::AlreadyApproved.into());
     }

@@ -27,13 +27,12 @@ use crate::{
     domain::accounts,
     domain::authz::{self, ReviewerAction},
     domain::grants::{self, GrantState},
-    domain::questions,
     domain::renewals,
     domain::reviews::{self, BulkDecision},
     domain::threads,
     types::{
         Email, format_ms, now_ms,
-        states::{Author, Decision, Status},
+        states::{Author, Status},
     },
 };
 
@@ -389,50 +388,30 @@ pub async fn application(
     Path(id): Path<String>,
 ) -> Result<Response, Error> {
     let app = &state.app;
-    let pool = app.db.pool();
-    let view = db::applications::find_view(pool, &id)
-        .await?
-        .ok_or(Error::NotFound)?;
-    let model_id = view.model_id.as_str();
-    authz::reviewer_may(app, &reviewer, ReviewerAction::Read { model_id }).await?;
-    let may_decide = authz::reviewer_may(app, &reviewer, ReviewerAction::Act { model_id })
-        .await
-        .is_ok();
-    let reviews = db::applications::reviews_of(pool, &id).await?;
-    let policy = db::policy::find(pool, &view.model_id).await?;
-    let needed = policy.as_ref().map_or(1, |p| p.approvals_needed);
-    let approvals = reviews.iter().filter(|r| r.decision == Decision::Approve).count();
-    let already_approved = reviews
+    let case = reviews::case_file(app, &reviewer, &id).await?;
+    let view = &case.application;
+    let mut history: Vec<pages::EarlierRow> = case
+        .earlier_applications
         .iter()
-        .any(|r| r.decision == Decision::Approve && r.reviewer_email == reviewer.email);
-    let mut history: Vec<pages::EarlierRow> = db::applications::list_of_researcher(pool, &view.researcher_id)
-        .await?
-        .into_iter()
-        .filter(|a| a.id != view.id)
         .map(|a| pages::EarlierRow {
             href: format!("/admin/applications/{}", a.id),
             what: "application".into(),
-            model: a.model_slug,
+            model: a.model_slug.clone(),
             state: a.status.to_string(),
             when: format_ms(a.created_at),
         })
         .collect();
     let now = now_ms();
-    history.extend(
-        db::grants::list_of_researcher(pool, &view.researcher_id)
-            .await?
-            .into_iter()
-            .map(|g| pages::EarlierRow {
-                href: format!("/admin/grants/{}", g.id),
-                what: "grant".into(),
-                state: GrantState::of(&g, now).as_str().to_owned(),
-                model: g.model_slug,
-                when: format_ms(g.created_at),
-            }),
-    );
+    history.extend(case.grants.iter().map(|g| pages::EarlierRow {
+        href: format!("/admin/grants/{}", g.id),
+        what: "grant".into(),
+        state: GrantState::of(g, now).as_str().to_owned(),
+        model: g.model_slug.clone(),
+        when: format_ms(g.created_at),
+    }));
     let page = pages::ApplicationPage {
         header: Header::new(&reviewer, &token)?,
-        app: ApplicationRow::from(&view),
+        app: ApplicationRow::from(view),
         intended_use: view.intended_use.clone(),
         terms_version: view.terms_version,
         submitted: format_ms(view.created_at),
@@ -441,9 +420,10 @@ pub async fn application(
             .map(format_ms)
             .unwrap_or_else(|| "not yet".into()),
         pending: view.status.is_open(),
-        may_decide,
-        already_approved,
-        reviews: reviews
+        may_decide: case.may_decide,
+        already_approved: case.approved_by_reader,
+        reviews: case
+            .reviews
             .into_iter()
             .map(|r| pages::ReviewRow {
                 reviewer: r.reviewer_email,
@@ -461,8 +441,11 @@ pub async fn application(
             .rsplit_once('@')
             .map(|(_, d)| d.to_owned())
             .unwrap_or_default(),
-        policy: if needed > 1 {
-            format!("needs {needed} approvals from different reviewers; {approvals} so far")
+        policy: if case.approvals_needed > 1 {
+            format!(
+                "needs {} approvals from different reviewers; {} so far",
+                case.approvals_needed, case.approvals_counted
+            )
         } else {
             String::new()
         },
@@ -471,12 +454,9 @@ pub async fn application(
         kind: view.kind,
         parent_id: view.parent_id.clone().unwrap_or_default(),
         grant_id: view.grant_id.clone().unwrap_or_default(),
-        answers: questions::stored_answers(&view.answers)
-            .iter()
-            .map(pages::AnswerRow::from)
-            .collect(),
-        messages: db::applications::messages_of(pool, &id)
-            .await?
+        answers: case.answers.iter().map(pages::AnswerRow::from).collect(),
+        messages: case
+            .messages
             .into_iter()
             .map(|m| pages::MessageRow {
                 who: match m.author_kind {

@@ -1,8 +1,6 @@
 //! The admins' view of the audit log: the same filters as `weightgate audit
 //! list`, a chart of downloads per day for each model, and each grant's history.
 
-use std::collections::BTreeMap;
-
 use super::auth::Csrf;
 use axum::{
     extract::State,
@@ -25,7 +23,7 @@ use crate::{
 };
 
 const PAGE: i64 = 100;
-const CHART_DAYS: i64 = 30;
+const CHART_DAYS: usize = 30;
 const DAY_MS: i64 = 86_400_000;
 
 /// The filter form, as submitted (GET, so a filtered view can be bookmarked).
@@ -176,31 +174,13 @@ pub async fn page(
         })
         .flatten();
 
-    let today = now_ms() / DAY_MS * DAY_MS;
-    let first_day = today - (CHART_DAYS - 1) * DAY_MS;
-    let mut per_model: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    let slugs: BTreeMap<String, String> = db::models::list_models(pool)
-        .await?
-        .into_iter()
-        .map(|m| (m.id, m.slug))
-        .collect();
-    for slug in slugs.values() {
-        per_model.insert(slug.clone(), vec![0; CHART_DAYS as usize]);
-    }
-    for (model_id, at) in db::audit::completed_transfers_since(pool, first_day).await? {
-        if let Some(slug) = model_id.and_then(|id| slugs.get(&id))
-            && let Some(counts) = per_model.get_mut(slug)
-            && let Ok(day) = usize::try_from((at - first_day) / DAY_MS)
-            && day < counts.len()
-        {
-            counts[day] += 1;
-        }
-    }
-    let charts = per_model
+    let daily = audit::report::daily_deliveries(&state.app.db, CHART_DAYS, now_ms()).await?;
+    let charts = daily
+        .per_model
         .into_iter()
         .map(|(slug, counts)| pages::ModelChart {
             total: counts.iter().sum(),
-            svg: chart_svg(&counts, first_day),
+            svg: chart_svg(&counts, daily.first_day_ms),
             slug,
         })
         .collect();

@@ -48,7 +48,7 @@ pub struct ModelPage {
     pub title: String,
     pub terms: String,
     pub terms_version: i64,
-    pub files: usize,
+    pub files: i64,
     pub total_size: String,
     pub form: FormValues,
     pub errors: FieldErrors,

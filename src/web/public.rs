@@ -98,14 +98,7 @@ async fn model_page(
     csrf: String,
     researcher: Option<&Researcher>,
 ) -> Result<pages::ModelPage, Error> {
-    let mut files = 0;
-    let mut total = 0;
-    for release in db::models::published_releases(state.app.db.pool(), &model.id).await? {
-        for f in db::models::files_of_release(state.app.db.pool(), &release.id).await? {
-            files += 1;
-            total += f.size;
-        }
-    }
+    let (files, total) = db::models::published_totals(state.app.db.pool(), &model.id).await?;
     let review_time = match applications::typical_review_time(&state.app, &model.id).await? {
         Some(ms) => format!(
             "Reviews of this model usually take {} (the median of recent decisions).",
