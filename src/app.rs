@@ -32,20 +32,20 @@ pub enum Schema {
 pub struct App {
     pub config: Config,
     pub db: Db,
-    pub storage: Arc<dyn ObjectStore>,
+    pub(crate) storage: Arc<dyn ObjectStore>,
     pub audit: AuditLog,
     /// What fetches need to know about files and grants that never changes.
-    pub fetch_facts: FetchFacts,
+    pub(crate) fetch_facts: FetchFacts,
     pub mail: Mailer,
     pub links: Arc<LinkSigner>,
     /// Signs release manifests and `SHA256SUMS`.
-    pub publisher: Publisher,
+    pub(crate) publisher: Publisher,
     /// Checks reviewers' passwords, a few at a time.
-    pub passwords: crate::crypto::passwords::Passwords,
+    pub(crate) passwords: crate::crypto::passwords::Passwords,
     /// Refused fetches that name no grant, counted per client network.
     pub refusals: Arc<crate::audit::refusals::RefusalTally>,
     /// Where each audit checkpoint is also kept, beyond the database.
-    pub witness: crate::audit::witness::Witness,
+    pub(crate) witness: crate::audit::witness::Witness,
     /// The audit checkpoint key, once read (or made).
     audit_key: std::sync::OnceLock<Arc<AuditKey>>,
 }
@@ -96,7 +96,7 @@ impl App {
 
     /// The key that signs audit checkpoints: the configured one, or one made
     /// now in the key file when there is none (a portal's first start).
-    pub async fn audit_key(&self) -> anyhow::Result<Arc<AuditKey>> {
+    pub(crate) async fn audit_key(&self) -> anyhow::Result<Arc<AuditKey>> {
         if let Some(key) = self.audit_key.get() {
             return Ok(key.clone());
         }
@@ -106,7 +106,7 @@ impl App {
 
     /// The checkpoint keys a verification believes: the configured key and
     /// `WEIGHTGATE_AUDIT_TRUSTED_KEYS`; never one read from the database.
-    pub fn audit_trust(&self) -> anyhow::Result<Trust> {
+    pub(crate) fn audit_trust(&self) -> anyhow::Result<Trust> {
         let mut trust = Trust::from_config(&self.config)?;
         if let Some(key) = self.audit_key.get() {
             trust.add(key.public_key());
@@ -116,7 +116,7 @@ impl App {
 
     /// Signs the audit log's head ([`checkpoint::checkpoint`]) with this
     /// portal's key, and gives it to the witness.
-    pub async fn checkpoint(&self) -> anyhow::Result<checkpoint::Checkpointed> {
+    pub(crate) async fn checkpoint(&self) -> anyhow::Result<checkpoint::Checkpointed> {
         let key = self.audit_key().await?;
         checkpoint::checkpoint(&self.db, &key, &self.audit_trust()?, &self.witness).await
     }
@@ -156,7 +156,7 @@ impl App {
     }
 
     /// The public URL of a path that starts with `/`.
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.config.public_url())
     }
 }

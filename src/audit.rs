@@ -31,13 +31,13 @@ use crate::{
     types::now_ms,
 };
 
-pub mod action;
+pub(crate) mod action;
 pub mod checkpoint;
-pub mod filter;
+pub(crate) mod filter;
 pub mod refusals;
-pub mod report;
+pub(crate) mod report;
 mod verify;
-pub mod witness;
+pub(crate) mod witness;
 
 pub use action::Action;
 
@@ -56,7 +56,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
             Outcome::Refused => "refused",
@@ -69,15 +69,15 @@ impl Outcome {
 #[derive(Clone, Debug, Default)]
 pub struct Client {
     pub ip: Option<String>,
-    pub user_agent: Option<String>,
-    pub request_id: Option<String>,
+    pub(crate) user_agent: Option<String>,
+    pub(crate) request_id: Option<String>,
 }
 
 impl Client {
     /// The network the client counts as for limits and tallies: an IPv4
     /// address, an IPv6 /64 ([`crate::network::network_key`]); clients
     /// without an address (never the case over TCP) share one.
-    pub fn network(&self) -> String {
+    pub(crate) fn network(&self) -> String {
         self.ip
             .as_deref()
             .and_then(|ip| ip.parse().ok())
@@ -90,22 +90,22 @@ impl Client {
 /// happens to the other tables.
 #[derive(Clone, Debug)]
 pub struct Event {
-    pub action: Action,
-    pub outcome: Outcome,
+    pub(crate) action: Action,
+    pub(crate) outcome: Outcome,
     pub reason: Option<String>,
-    pub actor: Option<String>,
+    pub(crate) actor: Option<String>,
     pub subject: Option<String>,
     pub model_id: Option<String>,
-    pub application_id: Option<String>,
+    pub(crate) application_id: Option<String>,
     pub grant_id: Option<String>,
     pub researcher_id: Option<String>,
-    pub file_id: Option<String>,
-    pub range: Option<(u64, u64)>,
-    pub bytes: Option<u64>,
+    pub(crate) file_id: Option<String>,
+    pub(crate) range: Option<(u64, u64)>,
+    pub(crate) bytes: Option<u64>,
     pub client: Client,
     /// How many occurrences the event stands for, when it sums up many
     /// alike (see [`refusals`]); `None` for one.
-    pub occurrences: Option<u64>,
+    pub(crate) occurrences: Option<u64>,
 }
 
 impl Event {
@@ -128,61 +128,61 @@ impl Event {
         }
     }
     /// Something that happened as it should.
-    pub fn ok(action: Action) -> Self {
+    pub(crate) fn ok(action: Action) -> Self {
         Self::new(action, Outcome::Ok)
     }
 
     /// Something that was asked for and refused; `reason` says why.
-    pub fn refused(action: Action, reason: impl Into<String>) -> Self {
+    pub(crate) fn refused(action: Action, reason: impl Into<String>) -> Self {
         Self::new(action, Outcome::Refused).reason(reason)
     }
 
     /// Who did it: a reviewer's or researcher's e-mail, an operator, or the
     /// portal itself.
-    pub fn actor(mut self, actor: impl Into<String>) -> Self {
+    pub(crate) fn actor(mut self, actor: impl Into<String>) -> Self {
         self.actor = Some(actor.into());
         self
     }
 
     /// Whom or what it is about, in words (usually an e-mail address).
-    pub fn subject(mut self, subject: impl Into<String>) -> Self {
+    pub(crate) fn subject(mut self, subject: impl Into<String>) -> Self {
         self.subject = Some(subject.into());
         self
     }
 
-    pub fn reason(mut self, reason: impl Into<String>) -> Self {
+    pub(crate) fn reason(mut self, reason: impl Into<String>) -> Self {
         self.reason = Some(reason.into());
         self
     }
 
-    pub fn model(mut self, model_id: impl Into<String>) -> Self {
+    pub(crate) fn model(mut self, model_id: impl Into<String>) -> Self {
         self.model_id = Some(model_id.into());
         self
     }
 
-    pub fn grant(mut self, grant_id: impl Into<String>) -> Self {
+    pub(crate) fn grant(mut self, grant_id: impl Into<String>) -> Self {
         self.grant_id = Some(grant_id.into());
         self
     }
 
-    pub fn application_id(mut self, application_id: impl Into<String>) -> Self {
+    pub(crate) fn application_id(mut self, application_id: impl Into<String>) -> Self {
         self.application_id = Some(application_id.into());
         self
     }
 
-    pub fn researcher(mut self, researcher_id: impl Into<String>) -> Self {
+    pub(crate) fn researcher(mut self, researcher_id: impl Into<String>) -> Self {
         self.researcher_id = Some(researcher_id.into());
         self
     }
 
-    pub fn client(mut self, client: Client) -> Self {
+    pub(crate) fn client(mut self, client: Client) -> Self {
         self.client = client;
         self
     }
 
     /// About an application: its applicant (as subject), model, id and
     /// researcher.
-    pub fn about_application(mut self, view: &crate::db::applications::ApplicationView) -> Self {
+    pub(crate) fn about_application(mut self, view: &crate::db::applications::ApplicationView) -> Self {
         self.subject = Some(view.email.clone());
         self.model_id = Some(view.model_id.clone());
         self.application_id = Some(view.id.clone());
@@ -191,7 +191,7 @@ impl Event {
     }
 
     /// About a grant: its holder (as subject), model, id and researcher.
-    pub fn about_grant(mut self, grant: &crate::db::grants::GrantView) -> Self {
+    pub(crate) fn about_grant(mut self, grant: &crate::db::grants::GrantView) -> Self {
         self.subject = Some(grant.email.clone());
         self.model_id = Some(grant.model_id.clone());
         self.grant_id = Some(grant.id.clone());
@@ -350,27 +350,27 @@ pub async fn append_now(db: &Db, event: Event) -> anyhow::Result<i64> {
 /// What the writer reads, in the transaction that appends a guarded event,
 /// about what the event depends on.
 #[derive(Clone, Copy, Debug)]
-pub struct Now<'a> {
+pub(crate) struct Now<'a> {
     /// The grant as it stands, with its transfers under way; `None` when
     /// there is no such grant.
-    pub grant: Option<&'a GrantNow>,
+    pub(crate) grant: Option<&'a GrantNow>,
     /// Whether the key that signed the link has been retired.
-    pub key_retired: bool,
+    pub(crate) key_retired: bool,
 }
 
 /// Decides a fetch's event from what the writer finds ([`Now`]) and the
 /// time the event is recorded at.
-pub type Decide = Box<dyn FnOnce(Now<'_>, i64) -> Event + Send>;
+pub(crate) type Decide = Box<dyn FnOnce(Now<'_>, i64) -> Event + Send>;
 
 /// An event that depends on the state of a grant and of a link key: the
 /// writer reads them in the transaction that appends the event, under the
 /// chain lock, so no revocation, expiry or key retirement can come between
 /// the check and the record.
-pub struct Guarded {
-    pub grant_id: String,
+pub(crate) struct Guarded {
+    pub(crate) grant_id: String,
     /// The id of the key that signed the link.
-    pub link_kid: String,
-    pub decide: Decide,
+    pub(crate) link_kid: String,
+    pub(crate) decide: Decide,
 }
 
 enum Item {
@@ -394,25 +394,25 @@ impl Item {
 
 /// How long a transfer under way counts against its grant's quota when its
 /// delivery is never recorded (the replica that served it died).
-pub const RESERVATION_LIFETIME_MS: i64 = 86_400_000;
+pub(crate) const RESERVATION_LIFETIME_MS: i64 = 86_400_000;
 
 /// What a batch reads before deciding its guarded events.
 #[derive(Default)]
 struct BatchFacts {
     /// The grants the batch's fetches name, each with the transfers under
     /// way on it when its model has a quota.
-    pub grants: Vec<GrantNow>,
+    pub(crate) grants: Vec<GrantNow>,
     /// Retired link-signing keys.
-    pub retired_keys: HashSet<String>,
+    pub(crate) retired_keys: HashSet<String>,
 }
 
 /// A transfer under way on a grant with a quota: recorded with the fetch
 /// event at `index` of its batch, until an event closes it.
 struct Reservation {
-    pub index: usize,
-    pub grant_id: String,
-    pub file_id: String,
-    pub bytes: u64,
+    pub(crate) index: usize,
+    pub(crate) grant_id: String,
+    pub(crate) file_id: String,
+    pub(crate) bytes: u64,
 }
 
 /// A batch's events as decided, and the changes to the transfers under way
@@ -510,7 +510,7 @@ type Written = Result<Vec<(i64, Event)>, String>;
 /// is unreachable): whatever it was to record does not happen.
 #[derive(Debug, thiserror::Error)]
 #[error("the audit log cannot be written: {0}")]
-pub struct AuditUnavailable(pub String);
+pub(crate) struct AuditUnavailable(pub(crate) String);
 
 struct Pending {
     item: Item,
@@ -531,7 +531,7 @@ const MAX_BATCH: usize = 1024;
 impl AuditLog {
     /// Starts the writer, with a database connection of its own: on SQLite a
     /// thread that runs each batch's statements itself, on PostgreSQL a task.
-    pub fn start(db: Db) -> Self {
+    pub(crate) fn start(db: Db) -> Self {
         let (queue, rx) = mpsc::channel::<Pending>(4 * MAX_BATCH);
         match db.sqlite_file() {
             Some(file) => {
@@ -552,11 +552,11 @@ impl AuditLog {
     }
 
     /// Counts a proxied transfer as open until [`AuditLog::transfer_ended`].
-    pub fn transfer_started(&self) {
+    pub(crate) fn transfer_started(&self) {
         self.open_transfers.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn transfer_ended(&self) {
+    pub(crate) fn transfer_ended(&self) {
         self.open_transfers.fetch_sub(1, Ordering::Relaxed);
     }
 
@@ -564,7 +564,7 @@ impl AuditLog {
     /// so every event queued before it, is durable (or after `wait`).
     /// Transfers still open then were cut without their `file.delivered`
     /// event; the stop event says how many.
-    pub async fn stopped(&self, wait: Duration) {
+    pub(crate) async fn stopped(&self, wait: Duration) {
         let open = self.open_transfers.load(Ordering::Relaxed);
         let mut event = Event::ok(Action::PortalStopped);
         if open > 0 {
@@ -598,20 +598,14 @@ impl AuditLog {
     }
 
     /// Appends an event and returns once it is durable.
-    pub async fn record(&self, event: Event) -> anyhow::Result<i64> {
+    pub(crate) async fn record(&self, event: Event) -> anyhow::Result<i64> {
         Ok(self.submit(Item::Event(Box::new(event))).await?.0)
-    }
-
-    /// Queues an event without waiting for it to be written; the writer logs
-    /// it if it cannot be.
-    pub fn record_unawaited(&self, event: Event) {
-        self.queue_unawaited(Item::Event(Box::new(event)));
     }
 
     /// Queues an event that ends the transfer the fetch event at `fetch_seq`
     /// let through, without waiting for it: from then on the transfer no
     /// longer counts as under way.
-    pub fn record_closing_unawaited(&self, event: Event, fetch_seq: i64) {
+    pub(crate) fn record_closing_unawaited(&self, event: Event, fetch_seq: i64) {
         self.queue_unawaited(Item::Closing {
             event: Box::new(event),
             closes: fetch_seq,
@@ -620,7 +614,7 @@ impl AuditLog {
 
     /// Like [`AuditLog::record_closing_unawaited`], returning once the event
     /// is durable.
-    pub async fn record_closing(&self, event: Event, fetch_seq: i64) -> anyhow::Result<i64> {
+    pub(crate) async fn record_closing(&self, event: Event, fetch_seq: i64) -> anyhow::Result<i64> {
         Ok(self
             .submit(Item::Closing {
                 event: Box::new(event),
@@ -653,7 +647,7 @@ impl AuditLog {
 
     /// Appends the event `guarded` decides on, and returns once it is durable,
     /// with its position and the event as written.
-    pub async fn record_guarded(&self, guarded: Guarded) -> anyhow::Result<(i64, Event)> {
+    pub(crate) async fn record_guarded(&self, guarded: Guarded) -> anyhow::Result<(i64, Event)> {
         self.submit(Item::Guarded(guarded)).await
     }
 }

@@ -55,7 +55,7 @@ pub struct Options {
 
 /// Why a download stopped.
 #[derive(Debug, thiserror::Error)]
-pub enum DownloadError {
+pub(crate) enum DownloadError {
     #[error("the portal refused: {message} ({code}, request id {request_id})")]
     Refused {
         code: String,
@@ -88,7 +88,7 @@ pub struct Summary {
 /// their signatures, and a link per file. Nothing in it is trusted until
 /// [`verified_releases`] has checked it.
 #[derive(Debug, Deserialize)]
-pub struct GrantManifest {
+pub(crate) struct GrantManifest {
     public_key_url: String,
     releases: Vec<ReleaseLinks>,
 }
@@ -297,7 +297,7 @@ async fn get_with_retries(
 
 impl GrantManifest {
     /// Reads the portal's answer to a manifest request.
-    pub fn parse(body: &[u8]) -> Result<Self, DownloadError> {
+    pub(crate) fn parse(body: &[u8]) -> Result<Self, DownloadError> {
         serde_json::from_slice(body)
             .map_err(|e| DownloadError::Manifest(format!("the portal's answer is not a grant manifest: {e}")))
     }
@@ -312,11 +312,11 @@ async fn fetch_grant_manifest(http: &reqwest::Client, url: &str) -> Result<Grant
 }
 
 /// A release manifest whose signature holds, with the link of each file by name.
-pub type VerifiedRelease = (Manifest, HashMap<String, String>);
+pub(crate) type VerifiedRelease = (Manifest, HashMap<String, String>);
 
 /// The release manifests, each checked against the publishing key, with the
 /// files' links; a listing that disagrees with the signed manifest is refused.
-pub fn verified_releases(
+pub(crate) fn verified_releases(
     grant: &GrantManifest,
     public_key: &str,
 ) -> Result<Vec<VerifiedRelease>, DownloadError> {
@@ -381,7 +381,7 @@ fn sha256_of_range(path: &Path, start: u64, len: u64) -> std::io::Result<String>
 }
 
 /// Bytes `start..end` of chunk `index` of `file`.
-pub fn chunk_bounds(file: &ManifestFile, chunk_size: u64, index: usize) -> (u64, u64) {
+pub(crate) fn chunk_bounds(file: &ManifestFile, chunk_size: u64, index: usize) -> (u64, u64) {
     let start = index as u64 * chunk_size;
     (start, start.saturating_add(chunk_size).min(file.size))
 }

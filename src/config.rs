@@ -12,8 +12,8 @@ use crate::network::TrustedProxies;
 /// `30/1h` allows 30 at once and one more every two minutes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rate {
-    pub burst: NonZeroU32,
-    pub per: Duration,
+    pub(crate) burst: NonZeroU32,
+    pub(crate) per: Duration,
 }
 
 impl FromStr for Rate {
@@ -71,7 +71,7 @@ pub struct Config {
         default_value = "us-east-1",
         global = true
     )]
-    pub s3_region: String,
+    pub(crate) s3_region: String,
 
     /// Address buckets as `ENDPOINT/BUCKET/KEY` instead of `BUCKET.ENDPOINT/KEY`,
     /// as most self-hosted S3-compatible stores need.
@@ -128,7 +128,7 @@ pub struct Config {
         default_value = "weightgate <noreply@weightgate.invalid>",
         global = true
     )]
-    pub mail_from: String,
+    pub(crate) mail_from: String,
 
     /// How long a new grant lasts, unless the reviewer says otherwise.
     #[arg(long, env = "WEIGHTGATE_GRANT_TTL", default_value = "30days", value_parser = humantime::parse_duration, global = true)]
@@ -147,7 +147,7 @@ pub struct Config {
     /// How long a stopping portal (SIGTERM, Ctrl-C) lets downloads in flight
     /// finish before it closes them.
     #[arg(long, env = "WEIGHTGATE_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
-    pub shutdown_grace: Duration,
+    pub(crate) shutdown_grace: Duration,
 
     /// How long a connection may go without the client taking any of the
     /// data sent to it (a download whose reader stopped) before the portal
@@ -168,7 +168,7 @@ pub struct Config {
         default_value_t = 10_000,
         global = true
     )]
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
 
     /// Connections open at once from one client address (trusted proxies
     /// excepted); beyond them new ones are closed at once.
@@ -183,16 +183,16 @@ pub struct Config {
     /// How often a running portal signs a checkpoint of the audit log's head
     /// (when it moved).
     #[arg(long, env = "WEIGHTGATE_AUDIT_CHECKPOINT_EVERY", default_value = "10min", value_parser = humantime::parse_duration, global = true)]
-    pub audit_checkpoint_every: Duration,
+    pub(crate) audit_checkpoint_every: Duration,
 
     /// How long before a grant expires its researcher gets a reminder by e-mail.
     #[arg(long, env = "WEIGHTGATE_EXPIRY_REMINDER", default_value = "7days", value_parser = humantime::parse_duration, global = true)]
-    pub expiry_reminder: Duration,
+    pub(crate) expiry_reminder: Duration,
 
     /// How often a running portal looks for grants to remind of or record as
     /// expired, and for reviewers' daily digests that are due.
     #[arg(long, env = "WEIGHTGATE_NOTICES_EVERY", default_value = "1min", value_parser = humantime::parse_duration, global = true)]
-    pub notices_every: Duration,
+    pub(crate) notices_every: Duration,
 
     /// Application forms accepted from one client address, as COUNT/DURATION:
     /// COUNT at once, refilled evenly over DURATION. Limits are per replica.
@@ -287,12 +287,12 @@ pub struct Config {
     /// 32-byte seed. Without it the key is read from
     /// `WEIGHTGATE_AUDIT_KEY_FILE`. Never stored in the database.
     #[arg(long, env = "WEIGHTGATE_AUDIT_KEY", global = true, hide_env_values = true)]
-    pub audit_key: Option<String>,
+    pub(crate) audit_key: Option<String>,
 
     /// The file holding the audit checkpoint key; a portal that starts
     /// without one makes it. Defaults to `DATA_DIR/audit-checkpoint.key`.
     #[arg(long, env = "WEIGHTGATE_AUDIT_KEY_FILE", global = true)]
-    pub audit_key_file: Option<std::path::PathBuf>,
+    pub(crate) audit_key_file: Option<std::path::PathBuf>,
 
     /// Public keys (hex, comma-separated) of earlier checkpoint keys whose
     /// checkpoints `audit verify` still believes after a key change.
@@ -303,18 +303,18 @@ pub struct Config {
         hide_default_value = true,
         global = true
     )]
-    pub audit_trusted_keys: String,
+    pub(crate) audit_trusted_keys: String,
 
     /// Where each checkpoint is also kept, beyond the database's reach:
     /// `file://DIR` or `s3://BUCKET/PREFIX`. Defaults to the object store of
     /// the weights, under `audit-witness/`.
     #[arg(long, env = "WEIGHTGATE_WITNESS_URL", global = true)]
-    pub witness_url: Option<String>,
+    pub(crate) witness_url: Option<String>,
 
     /// How long a bucket with S3 Object Lock keeps each checkpoint locked
     /// (compliance mode: nobody can delete it before then).
     #[arg(long, env = "WEIGHTGATE_WITNESS_RETENTION", default_value = "7years", value_parser = humantime::parse_duration, global = true)]
-    pub witness_retention: Duration,
+    pub(crate) witness_retention: Duration,
 
     /// A file each checkpoint is also appended to, one JSON line each.
     #[arg(long, env = "WEIGHTGATE_WITNESS_FILE", global = true)]
@@ -350,7 +350,7 @@ pub enum LogFormat {
 
 /// Where the weight files live, from [`Config::storage_url`].
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum StorageLocation {
+pub(crate) enum StorageLocation {
     /// Files under a local directory.
     Dir(PathBuf),
     /// Objects in an S3 bucket, every key under `prefix` (empty, or ending in `/`).
@@ -384,7 +384,7 @@ impl Config {
     }
 
     /// Where the weight files live: [`Config::storage_url`] parsed, or `DATA_DIR/objects`.
-    pub fn storage_location(&self) -> anyhow::Result<StorageLocation> {
+    pub(crate) fn storage_location(&self) -> anyhow::Result<StorageLocation> {
         match &self.storage_url {
             Some(url) => Self::location(url),
             None => Ok(StorageLocation::Dir(self.data_dir.join("objects"))),
@@ -392,7 +392,7 @@ impl Config {
     }
 
     /// The place a storage URL names: `file://DIR` or `s3://BUCKET/PREFIX`.
-    pub fn location(url: &str) -> anyhow::Result<StorageLocation> {
+    pub(crate) fn location(url: &str) -> anyhow::Result<StorageLocation> {
         let accepted = "expected file://DIR or s3://BUCKET/PREFIX (or leave it unset for DATA_DIR/objects)";
         if let Some(path) = url.strip_prefix("file://") {
             anyhow::ensure!(
@@ -433,14 +433,14 @@ impl Config {
     }
 
     /// The public base URL without a trailing slash.
-    pub fn public_url(&self) -> String {
+    pub(crate) fn public_url(&self) -> String {
         match &self.public_url {
             Some(url) => url.trim_end_matches('/').to_owned(),
             None => format!("http://{}", self.bind),
         }
     }
 
-    pub fn is_https(&self) -> bool {
+    pub(crate) fn is_https(&self) -> bool {
         self.public_url().starts_with("https://")
     }
 }

@@ -9,13 +9,13 @@ pub mod audit;
 pub mod cli;
 pub mod client;
 pub mod config;
-pub mod crypto;
+mod crypto;
 pub mod db;
 pub mod domain;
 pub mod mail;
-pub mod network;
+mod network;
 pub mod storage;
-pub mod telemetry;
+mod telemetry;
 pub mod types;
 pub mod web;
 

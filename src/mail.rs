@@ -49,7 +49,7 @@ impl Mailer {
     }
 
     /// Checks the mail settings; nothing is sent until [`Mailer::run_worker`].
-    pub fn new(config: &Config) -> anyhow::Result<Self> {
+    pub(crate) fn new(config: &Config) -> anyhow::Result<Self> {
         let from: Mailbox = config.mail_from.parse().with_context(|| {
             format!(
                 "WEIGHTGATE_MAIL_FROM {:?} is not a valid mailbox",

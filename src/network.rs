@@ -19,7 +19,7 @@ use ipnet::IpNet;
 /// An address or network of proxies whose `X-Forwarded-For` entries are
 /// believed: `10.0.0.5`, `10.0.0.0/8`, `fd00::/8`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TrustedProxy(IpNet);
+pub(crate) struct TrustedProxy(IpNet);
 
 impl FromStr for TrustedProxy {
     type Err = String;
@@ -78,19 +78,19 @@ impl FromStr for TrustedProxies {
 }
 
 impl TrustedProxies {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
     /// Whether `ip` is one of the listed proxies.
-    pub fn contains(&self, ip: IpAddr) -> bool {
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
         self.0.iter().any(|t| t.contains(ip))
     }
 
     /// Whether some listed network is a whole address family (`0.0.0.0/0`,
     /// `::/0`), so that every client's header is believed.
-    pub fn trusts_everyone(&self) -> bool {
+    pub(crate) fn trusts_everyone(&self) -> bool {
         self.0.iter().any(|TrustedProxy(net)| net.prefix_len() == 0)
     }
 }
@@ -121,7 +121,7 @@ const MAX_HOPS: usize = 32;
 /// address. Entries are split before they are decoded, so a client's bad
 /// bytes spoil only its own entries, never the ones a proxy added after
 /// them. If every entry is a trusted proxy, the leftmost one is the client.
-pub fn client_address<'a>(
+pub(crate) fn client_address<'a>(
     TrustedProxies(trusted): &TrustedProxies,
     peer: IpAddr,
     forwarded_for: impl DoubleEndedIterator<Item = &'a [u8]>,
@@ -168,7 +168,7 @@ fn parse_entry(entry: &str) -> Option<IpAddr> {
 
 /// The network a client address stands for when counting requests: an IPv4
 /// address itself, an IPv6 address's /64 (`2001:db8:1:2::/64`).
-pub fn network_key(ip: std::net::IpAddr) -> String {
+pub(crate) fn network_key(ip: std::net::IpAddr) -> String {
     match ip.to_canonical() {
         std::net::IpAddr::V4(v4) => v4.to_string(),
         std::net::IpAddr::V6(v6) => {

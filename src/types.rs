@@ -17,21 +17,21 @@ pub fn now_ms() -> i64 {
 }
 
 /// A random, URL-safe record id (80 bits, 20 hex digits).
-pub fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     let mut bytes = [0u8; 10];
     rand::fill(&mut bytes);
     hex::encode(bytes)
 }
 
 /// A random secret token for a URL (256 bits). Only its hash is stored.
-pub fn new_token() -> String {
+pub(crate) fn new_token() -> String {
     let mut bytes = [0u8; 32];
     rand::fill(&mut bytes);
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
 /// The stored form of a secret token.
-pub fn hash_token(token: &str) -> String {
+pub(crate) fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
@@ -59,12 +59,12 @@ pub fn format_ms_rfc3339(ms: i64) -> String {
 /// A point in time given by a person, in Unix milliseconds: a duration
 /// back from now (`7d`, `12h`), a date (`2026-11-01`, midnight UTC) or an
 /// RFC 3339 time (`2026-11-01T12:00:00Z`, `2026-11-01T14:00:00+02:00`).
-pub fn parse_time(s: &str) -> Result<i64, String> {
+pub(crate) fn parse_time(s: &str) -> Result<i64, String> {
     parse_time_at(s, now_ms())
 }
 
 /// [`parse_time`] with the present given, for tests and reproducible results.
-pub fn parse_time_at(s: &str, now_ms: i64) -> Result<i64, String> {
+pub(crate) fn parse_time_at(s: &str, now_ms: i64) -> Result<i64, String> {
     let s = s.trim();
     let unknown = || {
         format!(
@@ -185,15 +185,11 @@ impl Email {
     /// spelling [`Email`] accepts finds the account; otherwise the trimmed,
     /// lower-cased text, which matches no stored address but still keys a
     /// sign-in throttle.
-    pub fn lookup_key(typed: &str) -> String {
+    pub(crate) fn lookup_key(typed: &str) -> String {
         match typed.parse::<Email>() {
             Ok(email) => email.0,
             Err(_) => typed.trim().to_lowercase().chars().take(254).collect(),
         }
-    }
-
-    pub fn domain(&self) -> &str {
-        self.0.rsplit_once('@').map_or("", |(_, d)| d)
     }
 }
 
@@ -227,7 +223,7 @@ impl FromStr for Slug {
 }
 
 impl Slug {
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }
@@ -240,7 +236,7 @@ impl fmt::Display for Slug {
 
 /// `true` for a name that is safe as a file name in a release, in a URL and in
 /// `SHA256SUMS`: letters, digits, `.`, `_`, `-`, not starting with a dot.
-pub fn is_safe_file_name(name: &str) -> bool {
+pub(crate) fn is_safe_file_name(name: &str) -> bool {
     (1..=200).contains(&name.len())
         && !name.starts_with('.')
         && name

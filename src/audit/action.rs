@@ -6,7 +6,7 @@ use crate::types::states::stored_as_text;
 
 stored_as_text! {
     /// What an event records.
-    Action ("an audit action") {
+    pub Action ("an audit action") {
         ApplicationSubmitted = "application.submitted",
         /// A form for an address that may not apply now; the owner is told why.
         ApplicationDeclined = "application.declined",

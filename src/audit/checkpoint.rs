@@ -34,15 +34,15 @@ use crate::{
 };
 
 /// The first line of the signed text, and the `format` of an exported checkpoint.
-pub const FORMAT: &str = "weightgate-audit-checkpoint-v1";
+pub(crate) const FORMAT: &str = "weightgate-audit-checkpoint-v1";
 
 /// The text a checkpoint's signature covers.
-pub fn signed_text(seq: i64, hash: &str, at: i64) -> String {
+pub(crate) fn signed_text(seq: i64, hash: &str, at: i64) -> String {
     format!("{FORMAT}\n{seq}\n{hash}\n{at}")
 }
 
 /// `true` when `signature` (hex) is `public`'s signature of the checkpoint.
-pub fn signature_holds(public: &VerifyingKey, seq: i64, hash: &str, at: i64, signature: &str) -> bool {
+pub(crate) fn signature_holds(public: &VerifyingKey, seq: i64, hash: &str, at: i64, signature: &str) -> bool {
     let Ok(bytes) = hex::decode(signature) else {
         return false;
     };
@@ -57,13 +57,13 @@ pub fn signature_holds(public: &VerifyingKey, seq: i64, hash: &str, at: i64, sig
 /// The id of a checkpoint key: the first 16 hex digits of the SHA-256 of
 /// its public key, so that the same key has the same id on every replica and
 /// another key cannot pass under it.
-pub fn kid_of(public: &VerifyingKey) -> String {
+pub(crate) fn kid_of(public: &VerifyingKey) -> String {
     hex::encode(&Sha256::digest(public.as_bytes())[..8])
 }
 
 /// The key that signs new checkpoints.
 pub struct AuditKey {
-    pub kid: String,
+    pub(crate) kid: String,
     signing: SigningKey,
 }
 
@@ -76,7 +76,7 @@ impl std::fmt::Debug for AuditKey {
 }
 
 impl AuditKey {
-    pub fn from_seed(seed: &[u8]) -> anyhow::Result<Self> {
+    pub(crate) fn from_seed(seed: &[u8]) -> anyhow::Result<Self> {
         let seed: [u8; 32] = seed
             .try_into()
             .map_err(|_| anyhow::anyhow!("an audit checkpoint key is a 32-byte Ed25519 seed"))?;
@@ -98,7 +98,7 @@ impl AuditKey {
 
     /// The key the configuration names: `WEIGHTGATE_AUDIT_KEY`, or the key
     /// file. `None` when neither holds one.
-    pub fn configured(config: &Config) -> anyhow::Result<Option<Self>> {
+    pub(crate) fn configured(config: &Config) -> anyhow::Result<Option<Self>> {
         if let Some(text) = &config.audit_key {
             return Self::parse(text).map(Some).context("WEIGHTGATE_AUDIT_KEY");
         }
@@ -116,7 +116,7 @@ impl AuditKey {
     /// its owner only) when there is none and nothing was ever signed (the
     /// first start of a portal). A key gone missing once checkpoints exist
     /// is an error, not a reason to sign the log afresh with a new key.
-    pub async fn configured_or_new(
+    pub(crate) async fn configured_or_new(
         config: &Config,
         db: &crate::db::Db,
         witness: &super::witness::Witness,
@@ -169,7 +169,7 @@ impl AuditKey {
         }
     }
 
-    pub fn public_key(&self) -> VerifyingKey {
+    pub(crate) fn public_key(&self) -> VerifyingKey {
         self.signing.verifying_key()
     }
 
@@ -188,7 +188,7 @@ impl AuditKey {
 }
 
 /// Where the checkpoint key is kept when `WEIGHTGATE_AUDIT_KEY` is not set.
-pub fn key_file(config: &Config) -> PathBuf {
+pub(crate) fn key_file(config: &Config) -> PathBuf {
     config
         .audit_key_file
         .clone()
@@ -202,7 +202,7 @@ pub fn key_file(config: &Config) -> PathBuf {
 pub struct Trust(HashMap<String, VerifyingKey>);
 
 impl Trust {
-    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+    pub(crate) fn from_config(config: &Config) -> anyhow::Result<Self> {
         let mut trust = Self::default();
         if let Some(key) = AuditKey::configured(config)? {
             trust.add(key.public_key());
@@ -218,20 +218,20 @@ impl Trust {
         Ok(trust)
     }
 
-    pub fn add(&mut self, public: VerifyingKey) {
+    pub(crate) fn add(&mut self, public: VerifyingKey) {
         self.0.insert(kid_of(&public), public);
     }
 
-    pub fn get(&self, kid: &str) -> Option<&VerifyingKey> {
+    pub(crate) fn get(&self, kid: &str) -> Option<&VerifyingKey> {
         self.0.get(kid)
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
     /// The ids of the trusted keys.
-    pub fn kids(&self) -> Vec<&str> {
+    pub(crate) fn kids(&self) -> Vec<&str> {
         let mut kids: Vec<&str> = self.0.keys().map(String::as_str).collect();
         kids.sort_unstable();
         kids
@@ -239,7 +239,7 @@ impl Trust {
 }
 
 /// An Ed25519 public key written as 64 hex digits.
-pub fn parse_public_key(text: &str) -> anyhow::Result<VerifyingKey> {
+pub(crate) fn parse_public_key(text: &str) -> anyhow::Result<VerifyingKey> {
     let bytes: [u8; 32] = hex::decode(text.trim())
         .ok()
         .and_then(|b| b.try_into().ok())
@@ -251,21 +251,21 @@ pub fn parse_public_key(text: &str) -> anyhow::Result<VerifyingKey> {
 /// needed to check it, including the public key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExportedCheckpoint {
-    pub format: String,
-    pub seq: i64,
-    pub hash: String,
-    pub at: i64,
+    pub(crate) format: String,
+    pub(crate) seq: i64,
+    pub(crate) hash: String,
+    pub(crate) at: i64,
     /// `at` in RFC 3339, for people; not signed.
-    pub time: String,
-    pub kid: String,
+    pub(crate) time: String,
+    pub(crate) kid: String,
     /// The Ed25519 public key, hex.
-    pub public_key: String,
+    pub(crate) public_key: String,
     /// The Ed25519 signature of [`signed_text`], hex.
-    pub signature: String,
+    pub(crate) signature: String,
 }
 
 impl ExportedCheckpoint {
-    pub fn new(c: &CheckpointRow, public: &VerifyingKey) -> Self {
+    pub(crate) fn new(c: &CheckpointRow, public: &VerifyingKey) -> Self {
         Self {
             format: FORMAT.to_owned(),
             seq: c.seq,
@@ -279,7 +279,7 @@ impl ExportedCheckpoint {
     }
 
     /// Reads an exported checkpoint, refusing anything that is not one.
-    pub fn parse(text: &str) -> anyhow::Result<Self> {
+    pub(crate) fn parse(text: &str) -> anyhow::Result<Self> {
         let exported: Self = serde_json::from_str(text).context("not an exported weightgate checkpoint")?;
         anyhow::ensure!(
             exported.format == FORMAT,
@@ -291,7 +291,7 @@ impl ExportedCheckpoint {
     }
 
     /// The public key it names.
-    pub fn public(&self) -> anyhow::Result<VerifyingKey> {
+    pub(crate) fn public(&self) -> anyhow::Result<VerifyingKey> {
         let bytes: [u8; 32] = hex::decode(&self.public_key)
             .ok()
             .and_then(|b| b.try_into().ok())
@@ -300,7 +300,7 @@ impl ExportedCheckpoint {
     }
 
     /// `true` when the signature is the named key's signature of the checkpoint.
-    pub fn signature_holds(&self) -> bool {
+    pub(crate) fn signature_holds(&self) -> bool {
         self.public()
             .is_ok_and(|public| signature_holds(&public, self.seq, &self.hash, self.at, &self.signature))
     }
@@ -308,17 +308,17 @@ impl ExportedCheckpoint {
 
 /// A checkpoint of the current head.
 #[derive(Clone, Debug)]
-pub struct Checkpointed {
-    pub checkpoint: CheckpointRow,
-    pub public_key: VerifyingKey,
+pub(crate) struct Checkpointed {
+    pub(crate) checkpoint: CheckpointRow,
+    pub(crate) public_key: VerifyingKey,
     /// `false` when this key had already signed the head.
-    pub new: bool,
+    pub(crate) new: bool,
     /// Whether the witness stored it under a lock its store enforces.
-    pub locked: bool,
+    pub(crate) locked: bool,
 }
 
 impl Checkpointed {
-    pub fn exported(&self) -> ExportedCheckpoint {
+    pub(crate) fn exported(&self) -> ExportedCheckpoint {
         ExportedCheckpoint::new(&self.checkpoint, &self.public_key)
     }
 }
@@ -328,7 +328,7 @@ impl Checkpointed {
 /// checkpoint goes to the witness first and to the database after, so the
 /// database never holds one the witness lacks. When this key already signed
 /// the head, returns that checkpoint.
-pub async fn checkpoint(
+pub(crate) async fn checkpoint(
     db: &Db,
     key: &AuditKey,
     trust: &Trust,
@@ -458,7 +458,7 @@ pub async fn checkpoint(
 }
 
 /// Signs the head if it moved since the newest checkpoint.
-pub async fn checkpoint_if_moved(
+pub(crate) async fn checkpoint_if_moved(
     db: &Db,
     key: &AuditKey,
     trust: &Trust,

@@ -10,19 +10,19 @@ use crate::{
 /// A filter as typed: a model's slug and a researcher's e-mail rather than
 /// their ids; empty and blank values mean "any".
 #[derive(Clone, Debug, Default)]
-pub struct Asked {
-    pub since_ms: Option<i64>,
-    pub until_ms: Option<i64>,
-    pub model: Option<String>,
-    pub researcher: Option<String>,
-    pub grant: Option<String>,
-    pub action: Option<String>,
-    pub ip: Option<String>,
-    pub outcome: Option<String>,
+pub(crate) struct Asked {
+    pub(crate) since_ms: Option<i64>,
+    pub(crate) until_ms: Option<i64>,
+    pub(crate) model: Option<String>,
+    pub(crate) researcher: Option<String>,
+    pub(crate) grant: Option<String>,
+    pub(crate) action: Option<String>,
+    pub(crate) ip: Option<String>,
+    pub(crate) outcome: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum FilterError {
+pub(crate) enum FilterError {
     #[error("no model is called {0:?}")]
     NoModel(String),
     #[error("no researcher has the e-mail address {0:?}")]
@@ -47,7 +47,7 @@ fn given(value: Option<String>) -> Option<String> {
 impl Asked {
     /// The database filter: names looked up, the period checked. `limit`
     /// and paging are left for the caller.
-    pub async fn resolve(self, pool: &sqlx::AnyPool) -> Result<Filter, FilterError> {
+    pub(crate) async fn resolve(self, pool: &sqlx::AnyPool) -> Result<Filter, FilterError> {
         if let (Some(since), Some(until)) = (self.since_ms, self.until_ms)
             && since >= until
         {

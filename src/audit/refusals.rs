@@ -25,7 +25,7 @@ use super::{AuditLog, Event};
 pub const MAX_NETWORKS: usize = 100;
 
 /// The network that refusals beyond [`MAX_NETWORKS`] are counted under.
-pub const OTHER_NETWORKS: &str = "other networks";
+pub(crate) const OTHER_NETWORKS: &str = "other networks";
 
 /// (network, reason).
 type Key = (String, String);
@@ -40,7 +40,7 @@ struct Window {
 
 /// Whether a refusal gets an event of its own.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Tallied {
+pub(crate) enum Tallied {
     /// The first of its network and reason this window: write it.
     First,
     /// Counted; it is in the window's summary.
@@ -62,7 +62,7 @@ impl std::fmt::Debug for RefusalTally {
 }
 
 impl RefusalTally {
-    pub fn new(every: Duration) -> Self {
+    pub(crate) fn new(every: Duration) -> Self {
         Self {
             every: every.max(Duration::from_secs(1)),
             window: Mutex::default(),
@@ -71,7 +71,7 @@ impl RefusalTally {
 
     /// Counts a refusal from `network`; says whether it needs an event of
     /// its own.
-    pub fn note(&self, network: &str, event: &Event) -> Tallied {
+    pub(crate) fn note(&self, network: &str, event: &Event) -> Tallied {
         let reason = event.reason.clone().unwrap_or_default();
         let mut window = self.window.lock().unwrap_or_else(PoisonError::into_inner);
         let mut key = (network.to_owned(), reason);
@@ -86,7 +86,7 @@ impl RefusalTally {
     }
 
     /// Ends the window: one summary event per network and reason counted.
-    pub fn close_window(&self) -> Vec<Event> {
+    pub(crate) fn close_window(&self) -> Vec<Event> {
         let window = std::mem::take(&mut *self.window.lock().unwrap_or_else(PoisonError::into_inner));
         let mut summaries: Vec<Event> = window
             .counted
@@ -107,7 +107,7 @@ impl RefusalTally {
     }
 
     /// Writes each window's summaries as it ends; runs until dropped.
-    pub async fn run(self: std::sync::Arc<Self>, audit: AuditLog) {
+    pub(crate) async fn run(self: std::sync::Arc<Self>, audit: AuditLog) {
         let mut ticks = tokio::time::interval(self.every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticks.tick().await;

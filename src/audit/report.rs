@@ -19,13 +19,13 @@ use crate::db::{
 
 /// Byte ranges of one file, as sorted, disjoint, half-open spans.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Coverage {
+pub(crate) struct Coverage {
     spans: Vec<(u64, u64)>,
 }
 
 impl Coverage {
     /// Adds bytes `start..end`, merging with the spans it touches.
-    pub fn add(&mut self, start: u64, end: u64) {
+    pub(crate) fn add(&mut self, start: u64, end: u64) {
         if start >= end {
             return;
         }
@@ -53,12 +53,13 @@ impl Coverage {
     }
 
     /// `true` when bytes `0..size` are all covered.
-    pub fn covers(&self, size: u64) -> bool {
+    pub(crate) fn covers(&self, size: u64) -> bool {
         size == 0 || self.spans.first().is_some_and(|&(a, b)| a == 0 && b >= size)
     }
 
     /// Distinct bytes covered.
-    pub fn bytes(&self) -> u64 {
+    #[cfg(test)]
+    fn bytes(&self) -> u64 {
         self.spans.iter().map(|(a, b)| b - a).sum()
     }
 }
@@ -66,7 +67,11 @@ impl Coverage {
 /// The bytes `start..end` of a file that one `file.delivered` event shows as
 /// sent: from the start of the requested range (`range_end` inclusive), as
 /// many as were sent, never past the range.
-pub fn delivered_span(range_start: i64, range_end: Option<i64>, bytes: Option<i64>) -> Option<(u64, u64)> {
+pub(crate) fn delivered_span(
+    range_start: i64,
+    range_end: Option<i64>,
+    bytes: Option<i64>,
+) -> Option<(u64, u64)> {
     let start = u64::try_from(range_start).ok()?;
     let range_end = range_end
         .and_then(|e| u64::try_from(e).ok())
@@ -157,25 +162,25 @@ async fn model_id(db: &Db, slug: &str) -> anyhow::Result<String> {
 
 /// What one researcher fetched of one model.
 #[derive(Clone, Debug, serde::Serialize)]
-pub struct DownloadSummary {
-    pub researcher: String,
-    pub researcher_id: String,
-    pub model: String,
+pub(crate) struct DownloadSummary {
+    pub(crate) researcher: String,
+    pub(crate) researcher_id: String,
+    pub(crate) model: String,
     /// Files of the model's published releases the researcher has whole.
-    pub files_complete: usize,
-    pub files_total: usize,
+    pub(crate) files_complete: usize,
+    pub(crate) files_total: usize,
     /// Bytes sent, over every transfer (repeats included).
-    pub bytes: i64,
-    pub fetches: i64,
-    pub refused: i64,
-    pub first_fetch: Option<i64>,
-    pub last_fetch: Option<i64>,
+    pub(crate) bytes: i64,
+    pub(crate) fetches: i64,
+    pub(crate) refused: i64,
+    pub(crate) first_fetch: Option<i64>,
+    pub(crate) last_fetch: Option<i64>,
     /// Distinct client addresses the fetches came from.
-    pub addresses: i64,
+    pub(crate) addresses: i64,
 }
 
 /// Downloads per researcher and model, optionally of one model.
-pub async fn downloads(db: &Db, model: Option<&str>) -> anyhow::Result<Vec<DownloadSummary>> {
+pub(crate) async fn downloads(db: &Db, model: Option<&str>) -> anyhow::Result<Vec<DownloadSummary>> {
     let model_id = match model {
         Some(slug) => Some(model_id(db, slug).await?),
         None => None,
@@ -221,15 +226,15 @@ pub async fn downloads(db: &Db, model: Option<&str>) -> anyhow::Result<Vec<Downl
 
 /// A researcher holding every file of a release.
 #[derive(Clone, Debug, serde::Serialize)]
-pub struct Holder {
-    pub researcher: String,
-    pub researcher_id: String,
-    pub model: String,
-    pub release: String,
-    pub files: usize,
-    pub bytes: u64,
+pub(crate) struct Holder {
+    pub(crate) researcher: String,
+    pub(crate) researcher_id: String,
+    pub(crate) model: String,
+    pub(crate) release: String,
+    pub(crate) files: usize,
+    pub(crate) bytes: u64,
     /// When the last missing byte of the release reached them.
-    pub completed_at: i64,
+    pub(crate) completed_at: i64,
 }
 
 const DAY_MS: i64 = 86_400_000;
@@ -237,15 +242,15 @@ const DAY_MS: i64 = 86_400_000;
 /// Completed downloads per model per day over the last days, for the
 /// dashboard's charts: every model, with a zero for each quiet day.
 #[derive(Debug)]
-pub struct DailyDeliveries {
+pub(crate) struct DailyDeliveries {
     /// The start (UTC midnight, ms) of the first day counted.
-    pub first_day_ms: i64,
+    pub(crate) first_day_ms: i64,
     /// Each model's counts by slug, oldest day first, one per day.
-    pub per_model: BTreeMap<String, Vec<u64>>,
+    pub(crate) per_model: BTreeMap<String, Vec<u64>>,
 }
 
 /// The `days` days up to and including the one `now_ms` falls in.
-pub async fn daily_deliveries(db: &Db, days: usize, now_ms: i64) -> anyhow::Result<DailyDeliveries> {
+pub(crate) async fn daily_deliveries(db: &Db, days: usize, now_ms: i64) -> anyhow::Result<DailyDeliveries> {
     let pool = db.pool();
     let span = i64::try_from(days).context("a number of days")?;
     let first_day_ms = now_ms / DAY_MS * DAY_MS - (span - 1).max(0) * DAY_MS;
@@ -273,7 +278,7 @@ pub async fn daily_deliveries(db: &Db, days: usize, now_ms: i64) -> anyhow::Resu
 
 /// Researchers who hold a complete copy of a release of `model` (of
 /// `release` only, when given), oldest first.
-pub async fn who_has(db: &Db, model: &str, release: Option<&str>) -> anyhow::Result<Vec<Holder>> {
+pub(crate) async fn who_has(db: &Db, model: &str, release: Option<&str>) -> anyhow::Result<Vec<Holder>> {
     let model_id = model_id(db, model).await?;
     let mut files = db::audit::published_files(db.pool(), Some(&model_id)).await?;
     if let Some(release) = release {
@@ -334,26 +339,26 @@ pub async fn who_has(db: &Db, model: &str, release: Option<&str>) -> anyhow::Res
 
 /// When the anomaly report flags something.
 #[derive(Clone, Debug)]
-pub struct Thresholds {
+pub(crate) struct Thresholds {
     /// Only events at or after this time (Unix milliseconds).
-    pub since_ms: i64,
+    pub(crate) since_ms: i64,
     /// A grant fetched from more distinct addresses than this.
-    pub max_addresses: i64,
+    pub(crate) max_addresses: i64,
     /// This many fetches under one grant ...
-    pub burst_fetches: i64,
+    pub(crate) burst_fetches: i64,
     /// ... within this many milliseconds.
-    pub burst_window_ms: i64,
+    pub(crate) burst_window_ms: i64,
     /// At least this many fetches refused because the grant was revoked.
-    pub revoked_fetches: i64,
+    pub(crate) revoked_fetches: i64,
     /// At least this many links with a bad signature from one address.
-    pub bad_signatures: i64,
+    pub(crate) bad_signatures: i64,
     /// At least this many refused reviewer sign-ins from one address.
-    pub failed_sign_ins: i64,
+    pub(crate) failed_sign_ins: i64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum AnomalyKind {
+pub(crate) enum AnomalyKind {
     ManyAddresses,
     Burst,
     AfterRevocation,
@@ -362,7 +367,7 @@ pub enum AnomalyKind {
 }
 
 impl AnomalyKind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             AnomalyKind::ManyAddresses => "many-addresses",
             AnomalyKind::Burst => "burst",
@@ -375,20 +380,20 @@ impl AnomalyKind {
 
 /// One thing worth a look.
 #[derive(Clone, Debug, serde::Serialize)]
-pub struct Anomaly {
-    pub kind: AnomalyKind,
-    pub grant_id: Option<String>,
-    pub researcher: Option<String>,
-    pub model: Option<String>,
-    pub client_ip: Option<String>,
+pub(crate) struct Anomaly {
+    pub(crate) kind: AnomalyKind,
+    pub(crate) grant_id: Option<String>,
+    pub(crate) researcher: Option<String>,
+    pub(crate) model: Option<String>,
+    pub(crate) client_ip: Option<String>,
     /// How many events it is made of.
-    pub count: i64,
-    pub detail: String,
-    pub first_at: i64,
-    pub last_at: i64,
+    pub(crate) count: i64,
+    pub(crate) detail: String,
+    pub(crate) first_at: i64,
+    pub(crate) last_at: i64,
     /// The addresses involved, for grants used from many.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub addresses: Vec<String>,
+    pub(crate) addresses: Vec<String>,
 }
 
 fn format_ms_duration(ms: i64) -> String {
@@ -396,7 +401,7 @@ fn format_ms_duration(ms: i64) -> String {
 }
 
 /// Every anomaly the thresholds flag, by kind.
-pub async fn anomalies(db: &Db, t: &Thresholds) -> anyhow::Result<Vec<Anomaly>> {
+pub(crate) async fn anomalies(db: &Db, t: &Thresholds) -> anyhow::Result<Vec<Anomaly>> {
     anyhow::ensure!(t.burst_fetches >= 2, "a burst takes at least 2 fetches");
     let pool = db.pool();
     let mut found = Vec::new();

@@ -39,7 +39,7 @@ pub enum CheckpointSource {
 }
 
 impl CheckpointSource {
-    pub fn stored(c: &CheckpointRow) -> Self {
+    pub(crate) fn stored(c: &CheckpointRow) -> Self {
         CheckpointSource::Stored {
             seq: c.seq,
             at: c.at,
@@ -145,7 +145,7 @@ pub enum Problem {
 
 impl Problem {
     /// Where in the log the problem starts, to put the first one first.
-    pub fn position(&self) -> i64 {
+    pub(crate) fn position(&self) -> i64 {
         match self {
             Problem::Modified { seq }
             | Problem::Forged { seq }
@@ -270,13 +270,13 @@ pub struct Verification {
     /// Events whose hash and link were checked before the first problem.
     pub events: i64,
     /// The newest event stored: position and hash.
-    pub head: Option<(i64, String)>,
+    pub(crate) head: Option<(i64, String)>,
     /// Stored checkpoints checked.
     pub checkpoints: i64,
     /// The newest stored checkpoint whose signature holds.
     pub latest_checkpoint: Option<CheckpointRow>,
     /// Checkpoints the witness holds, all checked.
-    pub witnessed: i64,
+    pub(crate) witnessed: i64,
     /// Every problem found, the first one first; empty when the log is whole.
     pub problems: Vec<Problem>,
 }
@@ -367,9 +367,9 @@ pub async fn verify_with(
 /// How far a walk got.
 pub(super) struct Walk {
     /// The last event that checked out (position, hash), or where the walk started.
-    pub last: (i64, String),
-    pub events: i64,
-    pub problem: Option<Problem>,
+    pub(crate) last: (i64, String),
+    pub(crate) events: i64,
+    pub(crate) problem: Option<Problem>,
 }
 
 /// Walks the chain from the event `from` (position and hash; `(0, GENESIS)`

@@ -26,10 +26,10 @@ use crate::{
 };
 
 /// Where the witness objects live in their store.
-pub const PREFIX: &str = "audit-witness/";
+pub(crate) const PREFIX: &str = "audit-witness/";
 
 /// The checkpoints' witness.
-pub struct Witness {
+pub(crate) struct Witness {
     store: Arc<dyn ObjectStore>,
     retention: Duration,
     file: Option<PathBuf>,
@@ -50,14 +50,14 @@ impl std::fmt::Debug for Witness {
 #[derive(Clone, Debug)]
 pub struct Witnessed {
     /// Where it was found, for people: an object's key, a file and line.
-    pub place: String,
-    pub checkpoint: ExportedCheckpoint,
+    pub(crate) place: String,
+    pub(crate) checkpoint: ExportedCheckpoint,
 }
 
 impl Witness {
     /// The witness the configuration names; `weights` is the store of the
     /// weight files, used when `WEIGHTGATE_WITNESS_URL` names no other.
-    pub async fn open(config: &Config, weights: Arc<dyn ObjectStore>) -> anyhow::Result<Self> {
+    pub(crate) async fn open(config: &Config, weights: Arc<dyn ObjectStore>) -> anyhow::Result<Self> {
         let store = match &config.witness_url {
             Some(url) => storage::open_url(config, url)
                 .await
@@ -90,7 +90,7 @@ impl Witness {
     /// Writes `c` to every witness configured; says whether the object store
     /// locked it. The object store must take it; the file and the e-mails
     /// must too, or the checkpoint is not stored.
-    pub async fn record(&self, db: &Db, c: &ExportedCheckpoint) -> anyhow::Result<Locked> {
+    pub(crate) async fn record(&self, db: &Db, c: &ExportedCheckpoint) -> anyhow::Result<Locked> {
         let json = serde_json::to_string_pretty(c)? + "\n";
         let until = std::time::SystemTime::now() + self.retention;
         let locked = self
@@ -136,7 +136,7 @@ impl Witness {
 
     /// The newest checkpoint in the object store, if any: the last object
     /// by name (position, then time).
-    pub async fn latest(&self) -> anyhow::Result<Option<Witnessed>> {
+    pub(crate) async fn latest(&self) -> anyhow::Result<Option<Witnessed>> {
         match self
             .store
             .list(PREFIX)
@@ -165,7 +165,7 @@ impl Witness {
 
     /// Every checkpoint the witness holds: the object store's and the
     /// witness file's.
-    pub async fn read(&self) -> anyhow::Result<Vec<Witnessed>> {
+    pub(crate) async fn read(&self) -> anyhow::Result<Vec<Witnessed>> {
         let mut found = Vec::new();
         for key in self.store.list(PREFIX).await.context("cannot read the witness")? {
             found.push(self.object(key).await?);

@@ -21,7 +21,7 @@ use crate::{
 };
 
 #[derive(Subcommand, Debug)]
-pub enum AuditCommand {
+pub(crate) enum AuditCommand {
     /// List events, oldest first: the newest --limit of those matching, or
     /// with --after the oldest --limit after an event.
     List {
@@ -140,13 +140,13 @@ pub enum AuditCommand {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum ExportFormat {
+pub(crate) enum ExportFormat {
     Jsonl,
     Csv,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum OutcomeArg {
+pub(crate) enum OutcomeArg {
     Ok,
     Refused,
     Aborted,
@@ -154,32 +154,32 @@ pub enum OutcomeArg {
 
 /// Which events to show.
 #[derive(Args, Debug, Default)]
-pub struct FilterArgs {
+pub(crate) struct FilterArgs {
     /// Only events at or after this time: a duration back from now (7d,
     /// 12h), a date (2026-11-01, UTC) or an RFC 3339 time.
     #[arg(long, value_parser = parse_time)]
-    pub since: Option<i64>,
+    pub(crate) since: Option<i64>,
     /// Only events before this time (same forms as --since).
     #[arg(long, value_parser = parse_time)]
-    pub until: Option<i64>,
+    pub(crate) until: Option<i64>,
     /// Only events about this model (its slug).
     #[arg(long)]
-    pub model: Option<String>,
+    pub(crate) model: Option<String>,
     /// Only events about this researcher (their e-mail).
     #[arg(long)]
-    pub researcher: Option<String>,
+    pub(crate) researcher: Option<String>,
     /// Only events of this grant.
     #[arg(long)]
-    pub grant: Option<String>,
+    pub(crate) grant: Option<String>,
     /// Only events of this action, e.g. file.fetch.
     #[arg(long)]
-    pub action: Option<String>,
+    pub(crate) action: Option<String>,
     /// Only events from this client address.
     #[arg(long)]
-    pub ip: Option<String>,
+    pub(crate) ip: Option<String>,
     /// Only events with this outcome.
     #[arg(long, value_enum)]
-    pub outcome: Option<OutcomeArg>,
+    pub(crate) outcome: Option<OutcomeArg>,
 }
 
 impl FilterArgs {
@@ -355,7 +355,7 @@ fn time_json(ms: Option<i64>) -> serde_json::Value {
     ms.map_or(serde_json::Value::Null, |ms| format_ms_rfc3339(ms).into())
 }
 
-pub async fn run(app: Arc<App>, cmd: AuditCommand) -> anyhow::Result<()> {
+pub(crate) async fn run(app: Arc<App>, cmd: AuditCommand) -> anyhow::Result<()> {
     let db = &app.db;
     match cmd {
         AuditCommand::List {
@@ -535,6 +535,11 @@ async fn verify(app: &App, checkpoint: Option<PathBuf>, public_keys: &[String]) 
         anyhow::bail!(message);
     }
     println!("audit log intact: {} events, chain verified", v.events);
+    if let Some((seq, hash)) = &v.head {
+        // Noted down elsewhere, this line shows later whether the log was
+        // cut back or rewritten.
+        println!("newest event {seq}, hash {hash}");
+    }
     match &v.latest_checkpoint {
         Some(c) => println!(
             "{} checkpoint(s) verified; the newest signs event {} at {} UTC (key {})",

@@ -11,8 +11,8 @@ use crate::{
     types::{Email, Slug},
 };
 
-pub const DEMO_SLUG: &str = "demo-model";
-pub const DEMO_ADMIN: &str = "admin@example.org";
+pub(crate) const DEMO_SLUG: &str = "demo-model";
+pub(crate) const DEMO_ADMIN: &str = "admin@example.org";
 
 const TERMS: &str = "Demo Model License (demonstration only)
 
@@ -34,7 +34,7 @@ const SHARDS: [u64; 3] = [3 * 1024 * 1024 + 17, 4 * 1024 * 1024 + 4099, 2 * 1024
 
 /// Creates what is missing and prints how to sign in. The admin gets a fresh
 /// one-time password on every run, since only the run that made it showed it.
-pub async fn seed(app: &App) -> anyhow::Result<()> {
+pub(crate) async fn seed(app: &App) -> anyhow::Result<()> {
     let slug: Slug = DEMO_SLUG.parse().map_err(|e: String| anyhow::anyhow!(e))?;
     let actor = "demo";
     let model = match db::models::find_model_by_slug(app.db.pool(), DEMO_SLUG).await? {

@@ -10,7 +10,7 @@ use std::{io::Read, path::PathBuf, sync::Arc};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-pub use output::Format;
+pub(crate) use output::Format;
 
 use crate::{
     app::{App, Schema},
@@ -30,11 +30,11 @@ pub struct Cli {
     #[command(flatten)]
     pub config: Config,
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Subcommand, Debug)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the portal.
     Serve,
     /// Run the portal with a sample model and an admin, creating them if needed.
@@ -88,7 +88,7 @@ pub enum Command {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum ReviewerCommand {
+pub(crate) enum ReviewerCommand {
     /// Create a reviewer, or set a new password for an existing one.
     Add {
         email: String,
@@ -121,7 +121,7 @@ pub enum ReviewerCommand {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum ModelCommand {
+pub(crate) enum ModelCommand {
     /// Create a model that researchers can apply for.
     Create {
         slug: String,
@@ -138,7 +138,9 @@ pub enum ModelCommand {
         /// Release name; defaults to v1, v2, ...
         #[arg(long)]
         release: Option<String>,
-        /// Size of the chunks whose SHA-256 the manifest lists, e.g. 64MiB.
+        /// Size of the chunks whose SHA-256 the manifest lists, e.g. 64MiB:
+        /// big enough that chunk hashes stay a small part of the manifest,
+        /// small enough that a damaged chunk is cheap to fetch again.
         #[arg(long, default_value = "64MiB", value_parser = parse_size)]
         chunk_size: u64,
     },
@@ -203,7 +205,7 @@ pub enum ModelCommand {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum KeysCommand {
+pub(crate) enum KeysCommand {
     /// Sign new download links with a fresh key; links signed with older keys
     /// stay valid until they expire. Running replicas switch within a minute.
     Rotate,
@@ -219,7 +221,7 @@ pub enum KeysCommand {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum GrantCommand {
+pub(crate) enum GrantCommand {
     /// List grants, newest first.
     List {
         #[arg(long, value_enum, default_value_t = Format::Table)]
@@ -240,7 +242,7 @@ pub enum GrantCommand {
 }
 
 /// Parses sizes such as `65536`, `64MiB` or `500GB`.
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     s.trim()
         .parse::<bytesize::ByteSize>()
         .map(|b| b.as_u64())

@@ -15,7 +15,7 @@ use clap::ValueEnum;
 use comfy_table::{Table, presets::UTF8_HORIZONTAL_ONLY};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Format {
+pub(crate) enum Format {
     Table,
     Jsonl,
     /// Comma-separated, with a header row (RFC 4180 quoting).
@@ -31,16 +31,16 @@ enum Sink {
 
 /// Writes rows as they come (tables excepted), given as (cells, JSON
 /// object): tables and CSV take the cells, JSON lines the object.
-pub struct Printer {
+pub(crate) struct Printer {
     sink: Sink,
 }
 
 impl Printer {
-    pub fn stdout(format: Format, headers: &[&str]) -> io::Result<Self> {
+    pub(crate) fn stdout(format: Format, headers: &[&str]) -> io::Result<Self> {
         Self::new(format, headers, Box::new(io::BufWriter::new(io::stdout())))
     }
 
-    pub fn new(format: Format, headers: &[&str], out: Box<dyn Write + Send>) -> io::Result<Self> {
+    pub(crate) fn new(format: Format, headers: &[&str], out: Box<dyn Write + Send>) -> io::Result<Self> {
         let sink = match format {
             Format::Table => {
                 let mut table = Table::new();
@@ -59,7 +59,7 @@ impl Printer {
         Ok(Self { sink })
     }
 
-    pub fn row(&mut self, cells: Vec<String>, json: &serde_json::Value) -> io::Result<()> {
+    pub(crate) fn row(&mut self, cells: Vec<String>, json: &serde_json::Value) -> io::Result<()> {
         match &mut self.sink {
             Sink::Table(table, _) => {
                 table.add_row(cells.iter().map(|c| for_terminal(c).into_owned()));
@@ -74,7 +74,7 @@ impl Printer {
     }
 
     /// Sends what is written so far on its way, for output that follows a log.
-    pub fn flush(&mut self) -> io::Result<()> {
+    pub(crate) fn flush(&mut self) -> io::Result<()> {
         match &mut self.sink {
             Sink::Table(..) => Ok(()),
             Sink::Jsonl(out) => out.flush(),
@@ -82,7 +82,7 @@ impl Printer {
         }
     }
 
-    pub fn finish(self) -> io::Result<()> {
+    pub(crate) fn finish(self) -> io::Result<()> {
         match self.sink {
             Sink::Table(table, mut out) => {
                 writeln!(out, "{table}")?;
@@ -104,7 +104,7 @@ fn is_control(c: char) -> bool {
 /// `text` with every control character written as a visible escape
 /// (`\x1b`, `\u{202e}`), so that printing it cannot move the cursor, rewrite
 /// the screen, set the window title or reorder what the operator reads.
-pub fn for_terminal(text: &str) -> Cow<'_, str> {
+pub(crate) fn for_terminal(text: &str) -> Cow<'_, str> {
     if !text.chars().any(is_control) {
         return Cow::Borrowed(text);
     }
@@ -125,7 +125,7 @@ pub fn for_terminal(text: &str) -> Cow<'_, str> {
 /// `cell` made safe for a spreadsheet: a cell that starts like a formula
 /// (`=`, `+`, `-`, `@`, or a tab or carriage return before one) gets a
 /// leading `'`, which spreadsheets read as "this is text" and do not show.
-pub fn for_spreadsheet(cell: &str) -> Cow<'_, str> {
+pub(crate) fn for_spreadsheet(cell: &str) -> Cow<'_, str> {
     match cell.chars().next() {
         Some('=' | '+' | '-' | '@' | '\t' | '\r') => Cow::Owned(format!("'{cell}")),
         _ => Cow::Borrowed(cell),
@@ -134,7 +134,7 @@ pub fn for_spreadsheet(cell: &str) -> Cow<'_, str> {
 
 /// Treats a reader that went away (`weightgate … | head`) as the end of the
 /// output rather than an error.
-pub fn until_closed(result: io::Result<()>) -> anyhow::Result<()> {
+pub(crate) fn until_closed(result: io::Result<()>) -> anyhow::Result<()> {
     match result {
         Err(err) if err.kind() == io::ErrorKind::BrokenPipe => Ok(()),
         other => Ok(other?),
@@ -142,7 +142,11 @@ pub fn until_closed(result: io::Result<()>) -> anyhow::Result<()> {
 }
 
 /// Prints rows given as (table cells, JSON object).
-pub fn print(format: Format, headers: &[&str], rows: impl Iterator<Item = (Vec<String>, serde_json::Value)>) {
+pub(crate) fn print(
+    format: Format,
+    headers: &[&str],
+    rows: impl Iterator<Item = (Vec<String>, serde_json::Value)>,
+) {
     let result = Printer::stdout(format, headers).and_then(|mut printer| {
         for (cells, json) in rows {
             printer.row(cells, &json)?;

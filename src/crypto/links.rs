@@ -30,17 +30,17 @@ const TAG_LEN: usize = 16;
 
 /// What a valid token names.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LinkClaims {
-    pub grant_id: String,
-    pub file_id: String,
-    pub expires_at: i64,
+pub(crate) struct LinkClaims {
+    pub(crate) grant_id: String,
+    pub(crate) file_id: String,
+    pub(crate) expires_at: i64,
     /// The key that signed the link.
-    pub kid: String,
+    pub(crate) kid: String,
 }
 
 /// Why a link was refused, in the order the checks run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     Malformed,
     BadSignature,
     /// Signed with a key an operator has retired (`weightgate keys retire`).
@@ -57,7 +57,7 @@ pub enum Refusal {
 
 impl Refusal {
     /// A stable code for programs and the audit log.
-    pub fn code(self) -> &'static str {
+    pub(crate) fn code(self) -> &'static str {
         match self {
             Refusal::Malformed => "malformed_link",
             Refusal::BadSignature => "bad_signature",
@@ -72,7 +72,7 @@ impl Refusal {
     }
 
     /// The refusal with this code, if any.
-    pub fn from_code(code: &str) -> Option<Self> {
+    pub(crate) fn from_code(code: &str) -> Option<Self> {
         [
             Refusal::Malformed,
             Refusal::BadSignature,
@@ -89,7 +89,7 @@ impl Refusal {
     }
 
     /// What a person should read.
-    pub fn message(self) -> &'static str {
+    pub(crate) fn message(self) -> &'static str {
         match self {
             Refusal::Malformed => {
                 "This download link is not valid. Copy the whole link from your access page."
@@ -144,7 +144,7 @@ impl KeyRing {
 }
 
 /// The purpose under which link keys are stored.
-pub const LINK_KEYS: &str = db::keys::LINK;
+pub(crate) const LINK_KEYS: &str = db::keys::LINK;
 
 impl std::fmt::Debug for LinkSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -156,7 +156,7 @@ impl std::fmt::Debug for LinkSigner {
 }
 
 /// Loads the keys kept for `purpose`, creating the first one if there is none.
-pub async fn load_or_create_keys(
+pub(crate) async fn load_or_create_keys(
     db: &Db,
     purpose: &str,
     len: usize,
@@ -211,7 +211,7 @@ async fn load_ring(db: &Db) -> anyhow::Result<KeyRing> {
 
 impl LinkSigner {
     /// The keys in the database; links may be valid for at most `lifetime`.
-    pub async fn load(db: &Db, lifetime: Duration) -> anyhow::Result<Self> {
+    pub(crate) async fn load(db: &Db, lifetime: Duration) -> anyhow::Result<Self> {
         Ok(Self {
             db: Some(db.clone()),
             ring: RwLock::new(load_ring(db).await?),
@@ -221,7 +221,8 @@ impl LinkSigner {
     }
 
     /// A signer over fixed keys, newest first; `keys` must be non-empty.
-    pub fn from_keys(keys: Vec<(String, Vec<u8>)>, lifetime: Duration) -> Self {
+    #[cfg(test)]
+    fn from_keys(keys: Vec<(String, Vec<u8>)>, lifetime: Duration) -> Self {
         Self {
             db: None,
             ring: RwLock::new(KeyRing::new(keys, HashSet::new())),
@@ -250,7 +251,7 @@ impl LinkSigner {
     }
 
     /// Reloads the keys every `every`, so a rotation reaches every replica.
-    pub async fn refresh_periodically(self: std::sync::Arc<Self>, every: Duration) {
+    pub(crate) async fn refresh_periodically(self: std::sync::Arc<Self>, every: Duration) {
         loop {
             tokio::time::sleep(every).await;
             if let Err(err) = self.reload().await {
@@ -263,7 +264,7 @@ impl LinkSigner {
     /// this replica last read the keys (reading them again if it has), so
     /// that no link is made that its first fetch would refuse. One small
     /// query; called before a page of links is signed.
-    pub async fn refresh_if_retired(&self) -> anyhow::Result<()> {
+    pub(crate) async fn refresh_if_retired(&self) -> anyhow::Result<()> {
         let Some(db) = &self.db else { return Ok(()) };
         let kid = self.current_kid();
         if db::keys::retired(db.pool(), LINK_KEYS).await?.contains(&kid) {
@@ -298,7 +299,7 @@ impl LinkSigner {
 
     /// Checks form, signature and expiry, cheapest first. A key id this
     /// replica has not seen yet makes it reload the keys once.
-    pub async fn verify(&self, token: &str, now_secs: i64) -> Result<LinkClaims, Refusal> {
+    pub(crate) async fn verify(&self, token: &str, now_secs: i64) -> Result<LinkClaims, Refusal> {
         match self.verify_with(&self.ring(), token, now_secs) {
             Err(Refusal::BadSignature) if self.db.is_some() => {
                 if let Err(err) = self.reload().await {
@@ -357,7 +358,7 @@ impl LinkSigner {
 
 /// Adds a new link-signing key, which signs from then on; older keys keep
 /// verifying the links they signed. Returns the new key id.
-pub async fn rotate(db: &Db, actor: &str) -> anyhow::Result<String> {
+pub(crate) async fn rotate(db: &Db, actor: &str) -> anyhow::Result<String> {
     let mut secret = vec![0u8; 32];
     rand::fill(secret.as_mut_slice());
     let kid = new_id()[..8].to_owned();
@@ -385,7 +386,7 @@ pub async fn rotate(db: &Db, actor: &str) -> anyhow::Result<String> {
 /// `key_retired` from now on, on every replica (the audit writer checks it
 /// when it records each fetch). Retiring the key that signs new links
 /// rotates first. Returns the key that signs new links afterwards.
-pub async fn retire(db: &Db, kid: &str, actor: &str) -> anyhow::Result<String> {
+pub(crate) async fn retire(db: &Db, kid: &str, actor: &str) -> anyhow::Result<String> {
     let keys = db::keys::list(db.pool(), LINK_KEYS).await?;
     let Some(key) = keys.iter().find(|k| k.kid == kid) else {
         anyhow::bail!("there is no link-signing key {kid}: `weightgate keys list` shows them");

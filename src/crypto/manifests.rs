@@ -21,36 +21,31 @@ use crate::{
 /// Where the publishing key is stored.
 const PURPOSE: &str = "publish-minisign";
 
-/// The chunk size used when none is given: big enough that chunk hashes stay a
-/// small part of the manifest, small enough that a damaged chunk is cheap to
-/// fetch again.
-pub const DEFAULT_CHUNK_SIZE: u64 = 64 * 1024 * 1024;
-
 /// A release as published. The JSON text of this, exactly as signed, is what
 /// clients verify.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Manifest {
-    pub format: String,
-    pub model: String,
-    pub release: String,
-    pub chunk_size: u64,
-    pub files: Vec<ManifestFile>,
+pub(crate) struct Manifest {
+    pub(crate) format: String,
+    pub(crate) model: String,
+    pub(crate) release: String,
+    pub(crate) chunk_size: u64,
+    pub(crate) files: Vec<ManifestFile>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ManifestFile {
-    pub name: String,
-    pub size: u64,
-    pub sha256: String,
+pub(crate) struct ManifestFile {
+    pub(crate) name: String,
+    pub(crate) size: u64,
+    pub(crate) sha256: String,
     /// SHA-256 of each `chunk_size` bytes; the last chunk may be shorter.
-    pub chunks: Vec<String>,
+    pub(crate) chunks: Vec<String>,
 }
 
-pub const MANIFEST_FORMAT: &str = "weightgate-manifest-v1";
+pub(crate) const MANIFEST_FORMAT: &str = "weightgate-manifest-v1";
 
 impl Manifest {
     /// Parses and checks that the manifest is internally consistent.
-    pub fn parse(text: &str) -> anyhow::Result<Self> {
+    pub(crate) fn parse(text: &str) -> anyhow::Result<Self> {
         let manifest: Manifest = serde_json::from_str(text).context("the manifest is not valid JSON")?;
         anyhow::ensure!(
             manifest.format == MANIFEST_FORMAT,
@@ -87,7 +82,7 @@ impl Manifest {
 }
 
 /// The portal's publishing key pair.
-pub struct Publisher {
+pub(crate) struct Publisher {
     pk: PublicKey,
     sk: SecretKey,
 }
@@ -101,7 +96,7 @@ impl std::fmt::Debug for Publisher {
 impl Publisher {
     /// Loads the publishing key, creating it on first use. Every replica
     /// shares it through the database.
-    pub async fn load(db: &Db) -> anyhow::Result<Self> {
+    pub(crate) async fn load(db: &Db) -> anyhow::Result<Self> {
         let mut stored = db::keys::list(db.pool(), PURPOSE).await?;
         if stored.is_empty() {
             let pair = KeyPair::generate_unencrypted_keypair().map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -132,7 +127,7 @@ impl Publisher {
     }
 
     /// The public key as a minisign `.pub` file.
-    pub fn public_key_file(&self) -> String {
+    pub(crate) fn public_key_file(&self) -> String {
         self.pk
             .to_box()
             .map(PublicKeyBox::into_string)
@@ -141,7 +136,7 @@ impl Publisher {
 
     /// A minisign signature (`.minisig` file) of `data`; `what` goes in the
     /// signed, trusted comment.
-    pub fn sign(&self, data: &[u8], what: &str) -> anyhow::Result<String> {
+    pub(crate) fn sign(&self, data: &[u8], what: &str) -> anyhow::Result<String> {
         let trusted = format!("weightgate {what} timestamp:{}", now_ms() / 1000);
         let sig = minisign::sign(Some(&self.pk), &self.sk, Cursor::new(data), Some(&trusted), None)
             .map_err(|e| anyhow::anyhow!("cannot sign: {e}"))?;
@@ -151,7 +146,7 @@ impl Publisher {
 
 /// Checks a minisign signature of `data` against a public key given as a
 /// `.pub` file or its base64 line.
-pub fn verify(public_key: &str, data: &[u8], signature: &str) -> anyhow::Result<()> {
+pub(crate) fn verify(public_key: &str, data: &[u8], signature: &str) -> anyhow::Result<()> {
     let pk = match PublicKeyBox::from_string(public_key) {
         Ok(b) if public_key.contains("comment") => b.into_public_key(),
         _ => PublicKey::from_base64(public_key.trim()),

@@ -2,6 +2,6 @@
 //! manifests and reviewers' password hashes. Mechanisms only; who gets a link
 //! or may sign in is decided in `domain`.
 
-pub mod links;
-pub mod manifests;
-pub mod passwords;
+pub(crate) mod links;
+pub(crate) mod manifests;
+pub(crate) mod passwords;

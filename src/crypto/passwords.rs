@@ -9,7 +9,7 @@ use argon2::{
 };
 
 /// An argon2id PHC string for `password`.
-pub fn hash_password(password: &str) -> anyhow::Result<String> {
+pub(crate) fn hash_password(password: &str) -> anyhow::Result<String> {
     Argon2::default()
         .hash_password(password.as_bytes())
         .map(|h| h.to_string())
@@ -24,7 +24,7 @@ pub fn hash_password(password: &str) -> anyhow::Result<String> {
 /// used again: memory the allocator would otherwise keep for each of the
 /// blocking pool's threads after every check.
 #[derive(Debug)]
-pub struct Passwords {
+pub(crate) struct Passwords {
     checks: std::sync::Arc<tokio::sync::Semaphore>,
     memory: std::sync::Arc<Mutex<Vec<Vec<argon2::Block>>>>,
 }
@@ -32,10 +32,10 @@ pub struct Passwords {
 /// Every password check allowed at once is in use.
 #[derive(Debug, thiserror::Error)]
 #[error("too many sign-ins are being checked right now; try again in a moment")]
-pub struct PasswordsBusy;
+pub(crate) struct PasswordsBusy;
 
 impl Passwords {
-    pub fn new(at_once: usize) -> Self {
+    pub(crate) fn new(at_once: usize) -> Self {
         Self {
             checks: std::sync::Arc::new(tokio::sync::Semaphore::new(at_once.max(1))),
             memory: std::sync::Arc::default(),
@@ -44,7 +44,7 @@ impl Passwords {
 
     /// Whether `password` matches `phc`, checked on the blocking pool;
     /// [`PasswordsBusy`] when every check allowed at once is in use.
-    pub async fn verify(&self, password: &str, phc: String) -> anyhow::Result<bool> {
+    pub(crate) async fn verify(&self, password: &str, phc: String) -> anyhow::Result<bool> {
         let permit = self
             .checks
             .clone()

@@ -9,7 +9,12 @@ use crate::{
 };
 
 /// Returns the id of the researcher with this (normalised) e-mail, creating them if new.
-pub async fn upsert_researcher(tx: &mut Tx, new_id: &str, email: &str, now: i64) -> sqlx::Result<String> {
+pub(crate) async fn upsert_researcher(
+    tx: &mut Tx,
+    new_id: &str,
+    email: &str,
+    now: i64,
+) -> sqlx::Result<String> {
     sqlx::query(
         "INSERT INTO researchers (id, email, created_at) VALUES ($1, $2, $3) ON CONFLICT (email) DO NOTHING",
     )
@@ -24,28 +29,28 @@ pub async fn upsert_researcher(tx: &mut Tx, new_id: &str, email: &str, now: i64)
         .await
 }
 
-pub struct NewApplication<'a> {
-    pub id: &'a str,
-    pub model_id: &'a str,
-    pub researcher_id: &'a str,
-    pub name: &'a str,
-    pub affiliation: &'a str,
-    pub intended_use: &'a str,
-    pub terms_version: i64,
-    pub confirm_token_hash: &'a str,
-    pub created_at: i64,
+pub(crate) struct NewApplication<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) model_id: &'a str,
+    pub(crate) researcher_id: &'a str,
+    pub(crate) name: &'a str,
+    pub(crate) affiliation: &'a str,
+    pub(crate) intended_use: &'a str,
+    pub(crate) terms_version: i64,
+    pub(crate) confirm_token_hash: &'a str,
+    pub(crate) created_at: i64,
     /// `Unconfirmed`, or `Pending` when the researcher is known to own the address.
-    pub status: Status,
-    pub confirmed_at: Option<i64>,
+    pub(crate) status: Status,
+    pub(crate) confirmed_at: Option<i64>,
     /// JSON array of `crate::domain::questions::Answer`.
-    pub answers: &'a str,
+    pub(crate) answers: &'a str,
     /// What it asks for: a renewal names `grant_id`, an appeal `parent_id`.
-    pub kind: Kind,
-    pub parent_id: Option<&'a str>,
-    pub grant_id: Option<&'a str>,
+    pub(crate) kind: Kind,
+    pub(crate) parent_id: Option<&'a str>,
+    pub(crate) grant_id: Option<&'a str>,
 }
 
-pub async fn insert_application(tx: &mut Tx, a: &NewApplication<'_>) -> sqlx::Result<()> {
+pub(crate) async fn insert_application(tx: &mut Tx, a: &NewApplication<'_>) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO applications (id, model_id, researcher_id, name, affiliation, intended_use,
              terms_version, status, confirm_token_hash, created_at, confirmed_at, answers, kind,
@@ -74,30 +79,30 @@ pub async fn insert_application(tx: &mut Tx, a: &NewApplication<'_>) -> sqlx::Re
 
 /// An application with the researcher's e-mail and the model's names.
 #[derive(Clone, Debug, FromRow)]
-pub struct ApplicationView {
-    pub id: String,
-    pub model_id: String,
-    pub researcher_id: String,
-    pub name: String,
-    pub affiliation: String,
-    pub intended_use: String,
-    pub terms_version: i64,
+pub(crate) struct ApplicationView {
+    pub(crate) id: String,
+    pub(crate) model_id: String,
+    pub(crate) researcher_id: String,
+    pub(crate) name: String,
+    pub(crate) affiliation: String,
+    pub(crate) intended_use: String,
+    pub(crate) terms_version: i64,
     #[sqlx(try_from = "String")]
-    pub status: Status,
-    pub created_at: i64,
-    pub confirmed_at: Option<i64>,
-    pub decided_at: Option<i64>,
-    pub email: String,
-    pub model_slug: String,
-    pub model_title: String,
+    pub(crate) status: Status,
+    pub(crate) created_at: i64,
+    pub(crate) confirmed_at: Option<i64>,
+    pub(crate) decided_at: Option<i64>,
+    pub(crate) email: String,
+    pub(crate) model_slug: String,
+    pub(crate) model_title: String,
     /// JSON array of `crate::domain::questions::Answer`.
-    pub answers: String,
+    pub(crate) answers: String,
     #[sqlx(try_from = "String")]
-    pub kind: Kind,
+    pub(crate) kind: Kind,
     /// The denied application an appeal is about.
-    pub parent_id: Option<String>,
+    pub(crate) parent_id: Option<String>,
     /// The grant a renewal would extend.
-    pub grant_id: Option<String>,
+    pub(crate) grant_id: Option<String>,
 }
 
 const VIEW: &str = "SELECT a.id, a.model_id, a.researcher_id, a.name, a.affiliation, a.intended_use,
@@ -108,14 +113,17 @@ const VIEW: &str = "SELECT a.id, a.model_id, a.researcher_id, a.name, a.affiliat
     JOIN researchers r ON r.id = a.researcher_id
     JOIN models m ON m.id = a.model_id";
 
-pub async fn find_view<'c>(e: impl AnyExecutor<'c>, id: &str) -> sqlx::Result<Option<ApplicationView>> {
+pub(crate) async fn find_view<'c>(
+    e: impl AnyExecutor<'c>,
+    id: &str,
+) -> sqlx::Result<Option<ApplicationView>> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!("{VIEW} WHERE a.id = $1")))
         .bind(id)
         .fetch_optional(e)
         .await
 }
 
-pub async fn find_view_by_token<'c>(
+pub(crate) async fn find_view_by_token<'c>(
     e: impl AnyExecutor<'c>,
     token_hash: &str,
 ) -> sqlx::Result<Option<ApplicationView>> {
@@ -128,7 +136,7 @@ pub async fn find_view_by_token<'c>(
 }
 
 /// Moves an unconfirmed application to the queue; `false` when it was not unconfirmed.
-pub async fn mark_confirmed(tx: &mut Tx, id: &str, now: i64) -> sqlx::Result<bool> {
+pub(crate) async fn mark_confirmed(tx: &mut Tx, id: &str, now: i64) -> sqlx::Result<bool> {
     let done = sqlx::query(
         "UPDATE applications SET status = 'pending', confirmed_at = $2 WHERE id = $1 AND status = 'unconfirmed'",
     )
@@ -140,7 +148,7 @@ pub async fn mark_confirmed(tx: &mut Tx, id: &str, now: i64) -> sqlx::Result<boo
 }
 
 /// Records the final state of a pending application; `false` when it was no longer pending.
-pub async fn mark_decided(tx: &mut Tx, id: &str, status: Status, now: i64) -> sqlx::Result<bool> {
+pub(crate) async fn mark_decided(tx: &mut Tx, id: &str, status: Status, now: i64) -> sqlx::Result<bool> {
     let done = sqlx::query(
         "UPDATE applications SET status = $2, decided_at = $3
          WHERE id = $1 AND status IN ('pending', 'info_requested')",
@@ -154,18 +162,18 @@ pub async fn mark_decided(tx: &mut Tx, id: &str, status: Status, now: i64) -> sq
 }
 
 /// One reviewer's decision on an application.
-pub struct NewReview<'a> {
-    pub id: &'a str,
-    pub application_id: &'a str,
-    pub reviewer_id: &'a str,
-    pub decision: Decision,
-    pub reason: Option<&'a str>,
-    pub grant_days: Option<i64>,
-    pub note: Option<&'a str>,
-    pub created_at: i64,
+pub(crate) struct NewReview<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) application_id: &'a str,
+    pub(crate) reviewer_id: &'a str,
+    pub(crate) decision: Decision,
+    pub(crate) reason: Option<&'a str>,
+    pub(crate) grant_days: Option<i64>,
+    pub(crate) note: Option<&'a str>,
+    pub(crate) created_at: i64,
 }
 
-pub async fn insert_review(tx: &mut Tx, r: &NewReview<'_>) -> sqlx::Result<()> {
+pub(crate) async fn insert_review(tx: &mut Tx, r: &NewReview<'_>) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO reviews (id, application_id, reviewer_id, decision, reason, grant_days, note, created_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -184,17 +192,20 @@ pub async fn insert_review(tx: &mut Tx, r: &NewReview<'_>) -> sqlx::Result<()> {
 }
 
 #[derive(Clone, Debug, FromRow)]
-pub struct ReviewView {
-    pub reviewer_email: String,
+pub(crate) struct ReviewView {
+    pub(crate) reviewer_email: String,
     #[sqlx(try_from = "String")]
-    pub decision: Decision,
-    pub reason: Option<String>,
-    pub grant_days: Option<i64>,
-    pub note: Option<String>,
-    pub created_at: i64,
+    pub(crate) decision: Decision,
+    pub(crate) reason: Option<String>,
+    pub(crate) grant_days: Option<i64>,
+    pub(crate) note: Option<String>,
+    pub(crate) created_at: i64,
 }
 
-pub async fn reviews_of<'c>(e: impl AnyExecutor<'c>, application_id: &str) -> sqlx::Result<Vec<ReviewView>> {
+pub(crate) async fn reviews_of<'c>(
+    e: impl AnyExecutor<'c>,
+    application_id: &str,
+) -> sqlx::Result<Vec<ReviewView>> {
     sqlx::query_as(
         "SELECT v.email AS reviewer_email, r.decision, r.reason, r.grant_days, r.note, r.created_at
          FROM reviews r JOIN reviewers v ON v.id = r.reviewer_id
@@ -207,7 +218,7 @@ pub async fn reviews_of<'c>(e: impl AnyExecutor<'c>, application_id: &str) -> sq
 
 /// Locks a pending application for the rest of the transaction, so that
 /// decisions on it are taken one at a time; `false` when it is not pending.
-pub async fn lock_pending(tx: &mut Tx, id: &str) -> sqlx::Result<bool> {
+pub(crate) async fn lock_pending(tx: &mut Tx, id: &str) -> sqlx::Result<bool> {
     let done = sqlx::query(
         "UPDATE applications SET status = status WHERE id = $1 AND status IN ('pending', 'info_requested')",
     )
@@ -219,17 +230,17 @@ pub async fn lock_pending(tx: &mut Tx, id: &str) -> sqlx::Result<bool> {
 
 /// One approval so far: who, the grant length they chose, their note.
 #[derive(Clone, Debug, FromRow)]
-pub struct ApprovalSoFar {
-    pub reviewer_id: String,
-    pub grant_days: Option<i64>,
-    pub note: Option<String>,
+pub(crate) struct ApprovalSoFar {
+    pub(crate) reviewer_id: String,
+    pub(crate) grant_days: Option<i64>,
+    pub(crate) note: Option<String>,
 }
 
 /// The approvals an application has so far that still count, oldest first:
 /// those of reviewers who are enabled and may still decide for its model
 /// (admins, or reviewers assigned to it). An approval by someone since
 /// disabled or taken off the model no longer counts towards the policy.
-pub async fn approvals<'c>(
+pub(crate) async fn approvals<'c>(
     e: impl AnyExecutor<'c>,
     application_id: &str,
 ) -> sqlx::Result<Vec<ApprovalSoFar>> {
@@ -257,25 +268,25 @@ pub async fn approvals<'c>(
 
 /// Which applications the reviewers' queue shows.
 #[derive(Clone, Debug, Default)]
-pub struct QueueFilter {
+pub(crate) struct QueueFilter {
     /// Only these models (a reviewer's assignments); `None` for every model.
-    pub model_ids: Option<Vec<String>>,
-    pub model_slug: Option<String>,
+    pub(crate) model_ids: Option<Vec<String>>,
+    pub(crate) model_slug: Option<String>,
     /// A status, or `None` for all of them.
-    pub status: Option<Status>,
+    pub(crate) status: Option<Status>,
     /// Confirmed at least this long ago (milliseconds).
-    pub waited_at_least: Option<i64>,
+    pub(crate) waited_at_least: Option<i64>,
     /// The domain of the researcher's e-mail (or a parent domain).
-    pub domain: Option<String>,
+    pub(crate) domain: Option<String>,
     /// Text found in the name, affiliation, intended use or e-mail.
-    pub text: Option<String>,
-    pub sort: QueueSort,
-    pub limit: i64,
-    pub offset: i64,
+    pub(crate) text: Option<String>,
+    pub(crate) sort: QueueSort,
+    pub(crate) limit: i64,
+    pub(crate) offset: i64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum QueueSort {
+pub(crate) enum QueueSort {
     /// Longest waiting first.
     #[default]
     Oldest,
@@ -284,7 +295,7 @@ pub enum QueueSort {
 }
 
 /// Applications matching `f`, and how many match in all.
-pub async fn search(
+pub(crate) async fn search(
     pool: &sqlx::AnyPool,
     f: &QueueFilter,
     now: i64,
@@ -350,7 +361,7 @@ pub async fn search(
 }
 
 /// Every application of a researcher, newest first.
-pub async fn list_of_researcher<'c>(
+pub(crate) async fn list_of_researcher<'c>(
     e: impl AnyExecutor<'c>,
     researcher_id: &str,
 ) -> sqlx::Result<Vec<ApplicationView>> {
@@ -363,7 +374,7 @@ pub async fn list_of_researcher<'c>(
 }
 
 /// How many distinct reviewers approved each of these applications so far.
-pub async fn approval_counts(
+pub(crate) async fn approval_counts(
     pool: &sqlx::AnyPool,
     ids: &[String],
 ) -> sqlx::Result<std::collections::HashMap<String, i64>> {
@@ -385,7 +396,7 @@ pub async fn approval_counts(
 
 /// Moves an application from one status to another; `false` when it was
 /// not in `from` any more.
-pub async fn set_status(tx: &mut Tx, id: &str, from: Status, to: Status) -> sqlx::Result<bool> {
+pub(crate) async fn set_status(tx: &mut Tx, id: &str, from: Status, to: Status) -> sqlx::Result<bool> {
     let done = sqlx::query("UPDATE applications SET status = $3 WHERE id = $1 AND status = $2")
         .bind(id)
         .bind(from.as_str())
@@ -396,7 +407,7 @@ pub async fn set_status(tx: &mut Tx, id: &str, from: Status, to: Status) -> sqlx
 }
 
 /// The appeal made against a denied application, if any.
-pub async fn appeal_of<'c>(e: impl AnyExecutor<'c>, parent_id: &str) -> sqlx::Result<Option<String>> {
+pub(crate) async fn appeal_of<'c>(e: impl AnyExecutor<'c>, parent_id: &str) -> sqlx::Result<Option<String>> {
     sqlx::query_scalar("SELECT id FROM applications WHERE parent_id = $1 AND kind = 'appeal'")
         .bind(parent_id)
         .fetch_optional(e)
@@ -404,7 +415,10 @@ pub async fn appeal_of<'c>(e: impl AnyExecutor<'c>, parent_id: &str) -> sqlx::Re
 }
 
 /// A renewal of the grant that still waits for a decision, if any.
-pub async fn open_renewal<'c>(e: impl AnyExecutor<'c>, grant_id: &str) -> sqlx::Result<Option<String>> {
+pub(crate) async fn open_renewal<'c>(
+    e: impl AnyExecutor<'c>,
+    grant_id: &str,
+) -> sqlx::Result<Option<String>> {
     sqlx::query_scalar(
         "SELECT id FROM applications WHERE grant_id = $1 AND kind = 'renewal'
          AND status IN ('pending', 'info_requested')",
@@ -416,17 +430,17 @@ pub async fn open_renewal<'c>(e: impl AnyExecutor<'c>, grant_id: &str) -> sqlx::
 
 /// One message of an application's thread.
 #[derive(Clone, Debug, FromRow)]
-pub struct Message {
-    pub id: String,
-    pub application_id: String,
+pub(crate) struct Message {
+    pub(crate) id: String,
+    pub(crate) application_id: String,
     #[sqlx(try_from = "String")]
-    pub author_kind: Author,
-    pub author_email: String,
-    pub body: String,
-    pub created_at: i64,
+    pub(crate) author_kind: Author,
+    pub(crate) author_email: String,
+    pub(crate) body: String,
+    pub(crate) created_at: i64,
 }
 
-pub async fn insert_message(tx: &mut Tx, m: &Message) -> sqlx::Result<()> {
+pub(crate) async fn insert_message(tx: &mut Tx, m: &Message) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO application_messages (id, application_id, author_kind, author_email, body, created_at)
          VALUES ($1, $2, $3, $4, $5, $6)",
@@ -443,7 +457,10 @@ pub async fn insert_message(tx: &mut Tx, m: &Message) -> sqlx::Result<()> {
 }
 
 /// An application's thread, oldest first.
-pub async fn messages_of<'c>(e: impl AnyExecutor<'c>, application_id: &str) -> sqlx::Result<Vec<Message>> {
+pub(crate) async fn messages_of<'c>(
+    e: impl AnyExecutor<'c>,
+    application_id: &str,
+) -> sqlx::Result<Vec<Message>> {
     sqlx::query_as(
         "SELECT id, application_id, author_kind, author_email, body, created_at
          FROM application_messages WHERE application_id = $1 ORDER BY created_at, id",

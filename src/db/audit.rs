@@ -56,7 +56,7 @@ pub async fn insert(tx: &mut Tx, r: &EventRow) -> sqlx::Result<()> {
 const INSERT_ROWS: usize = 500;
 
 /// Inserts events in as few statements as their number allows.
-pub async fn insert_many(conn: &mut AnyConnection, rows: &[EventRow]) -> sqlx::Result<()> {
+pub(crate) async fn insert_many(conn: &mut AnyConnection, rows: &[EventRow]) -> sqlx::Result<()> {
     for chunk in rows.chunks(INSERT_ROWS) {
         let mut sql = format!("INSERT INTO audit_events ({COLUMNS}) VALUES ");
         for i in 0..chunk.len() {
@@ -96,7 +96,7 @@ pub async fn insert_many(conn: &mut AnyConnection, rows: &[EventRow]) -> sqlx::R
 
 /// Takes PostgreSQL's transaction-scoped advisory lock that serialises every
 /// replica's appends to the log.
-pub async fn lock_chain_postgres(conn: &mut AnyConnection) -> sqlx::Result<()> {
+pub(crate) async fn lock_chain_postgres(conn: &mut AnyConnection) -> sqlx::Result<()> {
     sqlx::query("SELECT pg_advisory_xact_lock(4242001)")
         .execute(conn)
         .await
@@ -202,7 +202,7 @@ pub async fn page_after<'c>(
 
 /// The log in sequence order after a position, page by page: the next pages
 /// are read while the caller checks the current one.
-pub struct Pages {
+pub(crate) struct Pages {
     source: Source,
 }
 
@@ -227,7 +227,7 @@ const PAGES_AHEAD: usize = 2;
 
 impl Pages {
     /// Pages of `size` events after position `after_seq`.
-    pub fn open(db: &Db, after_seq: i64, size: usize) -> Self {
+    pub(crate) fn open(db: &Db, after_seq: i64, size: usize) -> Self {
         let source = match db.sqlite_file() {
             Some(file) => {
                 let (tx, pages) = tokio::sync::mpsc::channel(PAGES_AHEAD);
@@ -250,7 +250,7 @@ impl Pages {
     }
 
     /// The next page, never empty; `None` after the last event.
-    pub async fn next(&mut self) -> anyhow::Result<Option<Vec<EventRow>>> {
+    pub(crate) async fn next(&mut self) -> anyhow::Result<Option<Vec<EventRow>>> {
         match &mut self.source {
             Source::Sqlite { pages, .. } => pages.recv().await.transpose(),
             Source::Pool { pool, size, next } => {
@@ -270,7 +270,7 @@ impl Pages {
 impl Pages {
     /// Hands a page that is done with back, to be filled again: reading a
     /// page then allocates almost nothing.
-    pub fn recycle(&self, page: Vec<EventRow>) {
+    pub(crate) fn recycle(&self, page: Vec<EventRow>) {
         if let Source::Sqlite { spare, .. } = &self.source {
             let _ = spare.send(page);
         }
@@ -412,7 +412,7 @@ fn set_optional_text(dst: &mut Option<String>, row: &rusqlite::Row<'_>, i: usize
     Ok(())
 }
 
-pub async fn find_event<'c>(e: impl AnyExecutor<'c>, seq: i64) -> sqlx::Result<Option<EventRow>> {
+pub(crate) async fn find_event<'c>(e: impl AnyExecutor<'c>, seq: i64) -> sqlx::Result<Option<EventRow>> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM audit_events WHERE seq = $1"
     )))
@@ -423,7 +423,7 @@ pub async fn find_event<'c>(e: impl AnyExecutor<'c>, seq: i64) -> sqlx::Result<O
 
 /// Positions of the events stored with this hash. Reads the whole table:
 /// meant for explaining damage once it is found, not for the walk itself.
-pub async fn seqs_with_hash<'c>(e: impl AnyExecutor<'c>, hash: &str) -> sqlx::Result<Vec<i64>> {
+pub(crate) async fn seqs_with_hash<'c>(e: impl AnyExecutor<'c>, hash: &str) -> sqlx::Result<Vec<i64>> {
     sqlx::query_scalar("SELECT seq FROM audit_events WHERE hash = $1 ORDER BY seq LIMIT 5")
         .bind(hash)
         .fetch_all(e)
@@ -431,7 +431,7 @@ pub async fn seqs_with_hash<'c>(e: impl AnyExecutor<'c>, hash: &str) -> sqlx::Re
 }
 
 /// Positions of the events that name this hash as their predecessor's.
-pub async fn seqs_with_prev_hash<'c>(e: impl AnyExecutor<'c>, hash: &str) -> sqlx::Result<Vec<i64>> {
+pub(crate) async fn seqs_with_prev_hash<'c>(e: impl AnyExecutor<'c>, hash: &str) -> sqlx::Result<Vec<i64>> {
     sqlx::query_scalar("SELECT seq FROM audit_events WHERE prev_hash = $1 ORDER BY seq LIMIT 5")
         .bind(hash)
         .fetch_all(e)
@@ -439,7 +439,7 @@ pub async fn seqs_with_prev_hash<'c>(e: impl AnyExecutor<'c>, hash: &str) -> sql
 }
 
 /// The id of the researcher with this (lower-cased) e-mail.
-pub async fn researcher_id_by_email<'c>(
+pub(crate) async fn researcher_id_by_email<'c>(
     e: impl AnyExecutor<'c>,
     email: &str,
 ) -> sqlx::Result<Option<String>> {
@@ -452,14 +452,14 @@ pub async fn researcher_id_by_email<'c>(
 /// A signed statement that the log's event `seq` had hash `hash` at time `at`.
 #[derive(Clone, Debug, FromRow, serde::Serialize)]
 pub struct CheckpointRow {
-    pub id: String,
+    pub(crate) id: String,
     pub seq: i64,
-    pub hash: String,
+    pub(crate) hash: String,
     pub at: i64,
     /// The id of the `audit-ed25519` signing key.
-    pub kid: String,
+    pub(crate) kid: String,
     /// The Ed25519 signature, hex.
-    pub signature: String,
+    pub(crate) signature: String,
 }
 
 const CHECKPOINT_COLUMNS: &str = "id, seq, hash, at, kid, signature";
@@ -482,7 +482,7 @@ pub async fn insert_checkpoint<'c>(e: impl AnyExecutor<'c>, c: &CheckpointRow) -
     Ok(done.rows_affected() == 1)
 }
 
-pub async fn find_checkpoint<'c>(
+pub(crate) async fn find_checkpoint<'c>(
     e: impl AnyExecutor<'c>,
     seq: i64,
     kid: &str,
@@ -507,19 +507,19 @@ pub async fn latest_checkpoint<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<Opti
 
 /// A checkpoint next to the hash the log holds today at its position.
 #[derive(Clone, Debug, FromRow)]
-pub struct CheckpointCheck {
-    pub id: String,
-    pub seq: i64,
-    pub hash: String,
-    pub at: i64,
-    pub kid: String,
-    pub signature: String,
+pub(crate) struct CheckpointCheck {
+    pub(crate) id: String,
+    pub(crate) seq: i64,
+    pub(crate) hash: String,
+    pub(crate) at: i64,
+    pub(crate) kid: String,
+    pub(crate) signature: String,
     /// `None` when the log has no event at `seq`.
-    pub event_hash: Option<String>,
+    pub(crate) event_hash: Option<String>,
 }
 
 impl CheckpointCheck {
-    pub fn checkpoint(&self) -> CheckpointRow {
+    pub(crate) fn checkpoint(&self) -> CheckpointRow {
         CheckpointRow {
             id: self.id.clone(),
             seq: self.seq,
@@ -532,7 +532,7 @@ impl CheckpointCheck {
 }
 
 /// Up to `limit` checkpoints after `(seq, id)`, in sequence order.
-pub async fn checkpoints_page<'c>(
+pub(crate) async fn checkpoints_page<'c>(
     e: impl AnyExecutor<'c>,
     after: (i64, &str),
     limit: i64,
@@ -552,24 +552,24 @@ pub async fn checkpoints_page<'c>(
 
 /// What one researcher fetched of one model.
 #[derive(Clone, Debug, FromRow)]
-pub struct DeliveryTotals {
-    pub researcher_id: String,
-    pub email: Option<String>,
-    pub model_id: String,
-    pub model_slug: Option<String>,
+pub(crate) struct DeliveryTotals {
+    pub(crate) researcher_id: String,
+    pub(crate) email: Option<String>,
+    pub(crate) model_id: String,
+    pub(crate) model_slug: Option<String>,
     /// Fetches let through.
-    pub fetches: i64,
-    pub refused: i64,
+    pub(crate) fetches: i64,
+    pub(crate) refused: i64,
     /// Bytes actually sent, over every transfer.
-    pub bytes: i64,
-    pub first_fetch: Option<i64>,
-    pub last_fetch: Option<i64>,
+    pub(crate) bytes: i64,
+    pub(crate) first_fetch: Option<i64>,
+    pub(crate) last_fetch: Option<i64>,
     /// Distinct client addresses of the fetches.
-    pub addresses: i64,
+    pub(crate) addresses: i64,
 }
 
 /// Fetch and delivery totals per researcher and model, optionally of one model.
-pub async fn delivery_totals<'c>(
+pub(crate) async fn delivery_totals<'c>(
     e: impl AnyExecutor<'c>,
     model_id: Option<&str>,
 ) -> sqlx::Result<Vec<DeliveryTotals>> {
@@ -598,24 +598,26 @@ pub async fn delivery_totals<'c>(
 /// One finished or broken-off transfer: which bytes of which file reached
 /// which researcher, and when.
 #[derive(Clone, Debug, FromRow)]
-pub struct Delivered {
-    pub seq: i64,
-    pub at: i64,
-    pub researcher_id: String,
-    pub email: Option<String>,
-    pub file_id: String,
-    pub outcome: String,
-    pub range_start: i64,
-    pub range_end: Option<i64>,
-    pub bytes: Option<i64>,
+pub(crate) struct Delivered {
+    pub(crate) at: i64,
+    pub(crate) researcher_id: String,
+    pub(crate) email: Option<String>,
+    pub(crate) file_id: String,
+    pub(crate) outcome: String,
+    pub(crate) range_start: i64,
+    pub(crate) range_end: Option<i64>,
+    pub(crate) bytes: Option<i64>,
 }
 
 /// Every `file.delivered` event, optionally of one model, grouped by
 /// researcher and file and in log order within each group. Streamed: the
 /// log can be far larger than memory.
-pub fn delivered<'e>(pool: &'e AnyPool, model_id: Option<&'e str>) -> BoxStream<'e, sqlx::Result<Delivered>> {
+pub(crate) fn delivered<'e>(
+    pool: &'e AnyPool,
+    model_id: Option<&'e str>,
+) -> BoxStream<'e, sqlx::Result<Delivered>> {
     sqlx::query_as(
-        "SELECT e.seq, e.at, e.researcher_id, r.email, e.file_id, e.outcome, e.range_start, e.range_end, e.bytes
+        "SELECT e.at, e.researcher_id, r.email, e.file_id, e.outcome, e.range_start, e.range_end, e.bytes
          FROM audit_events e LEFT JOIN researchers r ON r.id = e.researcher_id
          WHERE e.action = 'file.delivered' AND e.researcher_id IS NOT NULL AND e.file_id IS NOT NULL
            AND e.range_start IS NOT NULL AND ($1 IS NULL OR e.model_id = $1)
@@ -627,24 +629,21 @@ pub fn delivered<'e>(pool: &'e AnyPool, model_id: Option<&'e str>) -> BoxStream<
 
 /// A file of a published release, with its release and model.
 #[derive(Clone, Debug, FromRow)]
-pub struct ModelFile {
-    pub file_id: String,
-    pub name: String,
-    pub size: i64,
-    pub release_id: String,
-    pub release_name: String,
-    pub model_id: String,
-    pub model_slug: String,
+pub(crate) struct ModelFile {
+    pub(crate) file_id: String,
+    pub(crate) size: i64,
+    pub(crate) release_id: String,
+    pub(crate) release_name: String,
+    pub(crate) model_id: String,
 }
 
 /// The files of every published release, optionally of one model.
-pub async fn published_files<'c>(
+pub(crate) async fn published_files<'c>(
     e: impl AnyExecutor<'c>,
     model_id: Option<&str>,
 ) -> sqlx::Result<Vec<ModelFile>> {
     sqlx::query_as(
-        "SELECT f.id AS file_id, f.name, f.size, r.id AS release_id, r.name AS release_name,
-            m.id AS model_id, m.slug AS model_slug
+        "SELECT f.id AS file_id, f.size, r.id AS release_id, r.name AS release_name, m.id AS model_id
          FROM files f JOIN releases r ON r.id = f.release_id JOIN models m ON m.id = r.model_id
          WHERE r.published_at IS NOT NULL AND ($1 IS NULL OR m.id = $1)
          ORDER BY m.slug, r.published_at, r.name, f.name",
@@ -656,14 +655,14 @@ pub async fn published_files<'c>(
 
 /// Fetches under one grant.
 #[derive(Clone, Debug, FromRow)]
-pub struct GrantActivity {
-    pub grant_id: String,
-    pub email: Option<String>,
-    pub model_slug: Option<String>,
-    pub fetches: i64,
-    pub addresses: i64,
-    pub first_at: i64,
-    pub last_at: i64,
+pub(crate) struct GrantActivity {
+    pub(crate) grant_id: String,
+    pub(crate) email: Option<String>,
+    pub(crate) model_slug: Option<String>,
+    pub(crate) fetches: i64,
+    pub(crate) addresses: i64,
+    pub(crate) first_at: i64,
+    pub(crate) last_at: i64,
 }
 
 const GRANT_JOINS: &str = "LEFT JOIN grants g ON g.id = e.grant_id
@@ -672,7 +671,7 @@ const GRANT_JOINS: &str = "LEFT JOIN grants g ON g.id = e.grant_id
 
 /// Grants whose links were fetched from more than `more_than` distinct
 /// client addresses since `since_ms`.
-pub async fn grants_with_many_addresses<'c>(
+pub(crate) async fn grants_with_many_addresses<'c>(
     e: impl AnyExecutor<'c>,
     since_ms: i64,
     more_than: i64,
@@ -694,7 +693,7 @@ pub async fn grants_with_many_addresses<'c>(
 
 /// The distinct client addresses of a grant's fetches since `since_ms`, at
 /// most 100.
-pub async fn addresses_of_grant<'c>(
+pub(crate) async fn addresses_of_grant<'c>(
     e: impl AnyExecutor<'c>,
     grant_id: &str,
     since_ms: i64,
@@ -712,7 +711,7 @@ pub async fn addresses_of_grant<'c>(
 
 /// Grants whose links were fetched, refused as revoked, at least `at_least`
 /// times since `since_ms`.
-pub async fn refused_after_revocation<'c>(
+pub(crate) async fn refused_after_revocation<'c>(
     e: impl AnyExecutor<'c>,
     since_ms: i64,
     at_least: i64,
@@ -735,21 +734,21 @@ pub async fn refused_after_revocation<'c>(
 
 /// Windows in which one grant's links were fetched many times.
 #[derive(Clone, Debug, FromRow)]
-pub struct Burst {
-    pub grant_id: String,
-    pub email: Option<String>,
-    pub model_slug: Option<String>,
+pub(crate) struct Burst {
+    pub(crate) grant_id: String,
+    pub(crate) email: Option<String>,
+    pub(crate) model_slug: Option<String>,
     /// How many fetches closed a window of the given size.
-    pub windows: i64,
+    pub(crate) windows: i64,
     /// The shortest time in which the given number of fetches happened.
-    pub tightest_ms: i64,
-    pub first_at: i64,
-    pub last_at: i64,
+    pub(crate) tightest_ms: i64,
+    pub(crate) first_at: i64,
+    pub(crate) last_at: i64,
 }
 
 /// Grants with `fetches` or more fetches within `window_ms` since `since_ms`:
 /// each fetch is compared with the one `fetches - 1` before it.
-pub async fn fetch_bursts<'c>(
+pub(crate) async fn fetch_bursts<'c>(
     e: impl AnyExecutor<'c>,
     since_ms: i64,
     fetches: i64,
@@ -779,16 +778,16 @@ pub async fn fetch_bursts<'c>(
 
 /// Refusals of one kind from one client address.
 #[derive(Clone, Debug, FromRow)]
-pub struct AddressActivity {
-    pub client_ip: String,
-    pub count: i64,
-    pub first_at: i64,
-    pub last_at: i64,
+pub(crate) struct AddressActivity {
+    pub(crate) client_ip: String,
+    pub(crate) count: i64,
+    pub(crate) first_at: i64,
+    pub(crate) last_at: i64,
 }
 
 /// Client addresses with at least `at_least` events of `action` refused for
 /// `reason` since `since_ms`.
-pub async fn refusals_by_address<'c>(
+pub(crate) async fn refusals_by_address<'c>(
     e: impl AnyExecutor<'c>,
     action: &str,
     reason: &str,
@@ -813,7 +812,7 @@ pub async fn refusals_by_address<'c>(
 
 /// When each whole or partial transfer of each model ended, since `since_ms`:
 /// `(model_id, at)` of the `file.delivered` events that completed.
-pub async fn completed_transfers_since<'c>(
+pub(crate) async fn completed_transfers_since<'c>(
     e: impl AnyExecutor<'c>,
     since_ms: i64,
 ) -> sqlx::Result<Vec<(Option<String>, i64)>> {

@@ -10,11 +10,11 @@ use crate::db::{self, Db, models::FileInModel};
 
 /// The parts of a grant that never change once it is made.
 #[derive(Clone, Debug)]
-pub struct GrantFacts {
-    pub id: String,
-    pub researcher_id: String,
-    pub model_id: String,
-    pub email: String,
+pub(crate) struct GrantFacts {
+    pub(crate) id: String,
+    pub(crate) researcher_id: String,
+    pub(crate) model_id: String,
+    pub(crate) email: String,
 }
 
 /// Published files and the fixed facts of grants, kept in memory so that a
@@ -22,7 +22,7 @@ pub struct GrantFacts {
 /// changes: a published file is immutable, and a grant keeps its researcher
 /// and model. What can change about a grant is read by the audit writer.
 #[derive(Debug, Default)]
-pub struct FetchFacts {
+pub(crate) struct FetchFacts {
     grants: Mutex<HashMap<String, Arc<GrantFacts>>>,
     files: Mutex<HashMap<String, Arc<FileInModel>>>,
 }
@@ -39,7 +39,7 @@ fn remember<T>(map: &Mutex<HashMap<String, Arc<T>>>, key: &str, value: Arc<T>) {
 }
 
 impl FetchFacts {
-    pub async fn grant(&self, db: &Db, id: &str) -> anyhow::Result<Option<Arc<GrantFacts>>> {
+    pub(crate) async fn grant(&self, db: &Db, id: &str) -> anyhow::Result<Option<Arc<GrantFacts>>> {
         if let Some(found) = self.grants.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
             return Ok(Some(found.clone()));
         }
@@ -57,7 +57,7 @@ impl FetchFacts {
     }
 
     /// A file of a published release; files not (yet) published are not kept.
-    pub async fn file(&self, db: &Db, id: &str) -> anyhow::Result<Option<Arc<FileInModel>>> {
+    pub(crate) async fn file(&self, db: &Db, id: &str) -> anyhow::Result<Option<Arc<FileInModel>>> {
         if let Some(found) = self.files.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
             return Ok(Some(found.clone()));
         }

@@ -7,17 +7,17 @@ use crate::{
     db::{Bind, Tx, Where, like_escape},
 };
 
-pub struct NewGrant<'a> {
-    pub id: &'a str,
-    pub application_id: &'a str,
-    pub researcher_id: &'a str,
-    pub model_id: &'a str,
-    pub access_token_hash: &'a str,
-    pub created_at: i64,
-    pub expires_at: i64,
+pub(crate) struct NewGrant<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) application_id: &'a str,
+    pub(crate) researcher_id: &'a str,
+    pub(crate) model_id: &'a str,
+    pub(crate) access_token_hash: &'a str,
+    pub(crate) created_at: i64,
+    pub(crate) expires_at: i64,
 }
 
-pub async fn insert_grant(tx: &mut Tx, g: &NewGrant<'_>) -> sqlx::Result<()> {
+pub(crate) async fn insert_grant(tx: &mut Tx, g: &NewGrant<'_>) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO grants (id, application_id, researcher_id, model_id, access_token_hash, created_at, expires_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -38,25 +38,20 @@ pub async fn insert_grant(tx: &mut Tx, g: &NewGrant<'_>) -> sqlx::Result<()> {
 #[derive(Clone, Debug, FromRow)]
 pub struct GrantView {
     pub id: String,
-    pub application_id: String,
+    pub(crate) application_id: String,
     pub researcher_id: String,
     pub model_id: String,
-    pub created_at: i64,
-    pub expires_at: i64,
-    pub revoked_at: Option<i64>,
-    pub revoked_reason: Option<String>,
-    pub email: String,
-    pub model_slug: String,
-    pub model_title: String,
-    /// The model's per-grant limits, read with the grant so a fetch needs no
-    /// further query when there are none.
-    pub quota_bytes: Option<i64>,
-    pub quota_files: Option<i64>,
+    pub(crate) created_at: i64,
+    pub(crate) expires_at: i64,
+    pub(crate) revoked_at: Option<i64>,
+    pub(crate) revoked_reason: Option<String>,
+    pub(crate) email: String,
+    pub(crate) model_slug: String,
+    pub(crate) model_title: String,
 }
 
 const VIEW: &str = "SELECT g.id, g.application_id, g.researcher_id, g.model_id, g.created_at, g.expires_at,
-        g.revoked_at, g.revoked_reason, r.email, m.slug AS model_slug, m.title AS model_title,
-        m.quota_bytes, m.quota_files
+        g.revoked_at, g.revoked_reason, r.email, m.slug AS model_slug, m.title AS model_title
     FROM grants g
     JOIN researchers r ON r.id = g.researcher_id
     JOIN models m ON m.id = g.model_id";
@@ -68,7 +63,7 @@ pub async fn find_view<'c>(e: impl AnyExecutor<'c>, id: &str) -> sqlx::Result<Op
         .await
 }
 
-pub async fn find_view_by_access_token<'c>(
+pub(crate) async fn find_view_by_access_token<'c>(
     e: impl AnyExecutor<'c>,
     token_hash: &str,
 ) -> sqlx::Result<Option<GrantView>> {
@@ -82,7 +77,7 @@ pub async fn find_view_by_access_token<'c>(
 }
 
 /// Every grant, newest first.
-pub async fn list<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<Vec<GrantView>> {
+pub(crate) async fn list<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<Vec<GrantView>> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "{VIEW} ORDER BY g.created_at DESC, g.id"
     )))
@@ -93,23 +88,23 @@ pub async fn list<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<Vec<GrantView>> {
 /// What can change about a grant after it is made, with its model's limits
 /// and, when the model has any, the grant's deliveries so far.
 #[derive(Clone, Debug, FromRow)]
-pub struct GrantNow {
-    pub id: String,
-    pub expires_at: i64,
-    pub revoked_at: Option<i64>,
-    pub quota_bytes: Option<i64>,
-    pub quota_files: Option<i64>,
+pub(crate) struct GrantNow {
+    pub(crate) id: String,
+    pub(crate) expires_at: i64,
+    pub(crate) revoked_at: Option<i64>,
+    pub(crate) quota_bytes: Option<i64>,
+    pub(crate) quota_files: Option<i64>,
     #[sqlx(skip)]
-    pub deliveries: Vec<Delivery>,
+    pub(crate) deliveries: Vec<Delivery>,
     /// Transfers let through and not yet recorded as delivered, as the audit
     /// writer knows them: (file id, bytes asked for).
     #[sqlx(skip)]
-    pub open: Vec<(String, u64)>,
+    pub(crate) open: Vec<(String, u64)>,
 }
 
 impl GrantNow {
     /// Whether the grant's model limits what one grant may receive.
-    pub fn has_quota(&self) -> bool {
+    pub(crate) fn has_quota(&self) -> bool {
         self.quota_bytes.is_some() || self.quota_files.is_some()
     }
 }
@@ -128,7 +123,11 @@ pub(super) const RESERVED: &str = "SELECT file_id, bytes FROM quota_reservations
 /// The current state of these grants, in one query, plus, for each grant
 /// whose model limits deliveries, its deliveries and its transfers under
 /// way since `open_since`.
-pub async fn current(conn: &mut AnyConnection, ids: &[&str], open_since: i64) -> sqlx::Result<Vec<GrantNow>> {
+pub(crate) async fn current(
+    conn: &mut AnyConnection,
+    ids: &[&str],
+    open_since: i64,
+) -> sqlx::Result<Vec<GrantNow>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -160,15 +159,15 @@ pub async fn current(conn: &mut AnyConnection, ids: &[&str], open_since: i64) ->
 /// A transfer under way: the fetch event that opened it, its grant, its
 /// file and the bytes it asked for.
 #[derive(Clone, Debug)]
-pub struct Reserved<'a> {
-    pub fetch_seq: i64,
-    pub grant_id: &'a str,
-    pub file_id: &'a str,
-    pub bytes: u64,
+pub(crate) struct Reserved<'a> {
+    pub(crate) fetch_seq: i64,
+    pub(crate) grant_id: &'a str,
+    pub(crate) file_id: &'a str,
+    pub(crate) bytes: u64,
 }
 
 /// Records a transfer under way at `at`.
-pub async fn reserve(conn: &mut AnyConnection, r: &Reserved<'_>, at: i64) -> sqlx::Result<()> {
+pub(crate) async fn reserve(conn: &mut AnyConnection, r: &Reserved<'_>, at: i64) -> sqlx::Result<()> {
     sqlx::query(RESERVE)
         .bind(r.fetch_seq)
         .bind(r.grant_id)
@@ -185,7 +184,7 @@ pub(super) const RESERVE: &str = "INSERT INTO quota_reservations (fetch_seq, gra
 pub(super) const RELEASE: &str = "DELETE FROM quota_reservations WHERE fetch_seq = $1";
 
 /// Ends the transfers opened by these fetch events.
-pub async fn release(conn: &mut AnyConnection, fetch_seqs: &[i64]) -> sqlx::Result<()> {
+pub(crate) async fn release(conn: &mut AnyConnection, fetch_seqs: &[i64]) -> sqlx::Result<()> {
     for seq in fetch_seqs {
         sqlx::query(RELEASE).bind(seq).execute(&mut *conn).await?;
     }
@@ -194,7 +193,7 @@ pub async fn release(conn: &mut AnyConnection, fetch_seqs: &[i64]) -> sqlx::Resu
 
 /// Forgets transfers under way recorded before `before`, whose delivery was
 /// never recorded (the replica that served them stopped without it).
-pub async fn forget_reservations<'c>(e: impl AnyExecutor<'c>, before: i64) -> sqlx::Result<u64> {
+pub(crate) async fn forget_reservations<'c>(e: impl AnyExecutor<'c>, before: i64) -> sqlx::Result<u64> {
     let done = sqlx::query("DELETE FROM quota_reservations WHERE created_at <= $1")
         .bind(before)
         .execute(e)
@@ -203,7 +202,7 @@ pub async fn forget_reservations<'c>(e: impl AnyExecutor<'c>, before: i64) -> sq
 }
 
 /// Revokes a live grant; `false` when it was already revoked.
-pub async fn revoke(tx: &mut Tx, id: &str, reason: &str, now: i64) -> sqlx::Result<bool> {
+pub(crate) async fn revoke(tx: &mut Tx, id: &str, reason: &str, now: i64) -> sqlx::Result<bool> {
     let done = sqlx::query(
         "UPDATE grants SET revoked_at = $2, revoked_reason = $3 WHERE id = $1 AND revoked_at IS NULL",
     )
@@ -218,11 +217,11 @@ pub async fn revoke(tx: &mut Tx, id: &str, reason: &str, now: i64) -> sqlx::Resu
 /// One recorded delivery of a grant: which file, from which byte, how many
 /// bytes went out, and the file's size.
 #[derive(Clone, Debug, FromRow)]
-pub struct Delivery {
-    pub file_id: String,
-    pub range_start: i64,
-    pub bytes: i64,
-    pub size: i64,
+pub(crate) struct Delivery {
+    pub(crate) file_id: String,
+    pub(crate) range_start: i64,
+    pub(crate) bytes: i64,
+    pub(crate) size: i64,
 }
 
 pub(super) const DELIVERIES: &str = "SELECT e.file_id, e.range_start, e.bytes, f.size
@@ -231,13 +230,13 @@ pub(super) const DELIVERIES: &str = "SELECT e.file_id, e.range_start, e.bytes, f
       AND e.range_start IS NOT NULL AND e.bytes IS NOT NULL";
 
 /// Every delivery recorded for a grant (from the audit log's `file.delivered` events).
-pub async fn deliveries<'c>(e: impl AnyExecutor<'c>, grant_id: &str) -> sqlx::Result<Vec<Delivery>> {
+pub(crate) async fn deliveries<'c>(e: impl AnyExecutor<'c>, grant_id: &str) -> sqlx::Result<Vec<Delivery>> {
     sqlx::query_as(DELIVERIES).bind(grant_id).fetch_all(e).await
 }
 
 /// Moves a grant's expiry; `false` when it is revoked. An extended grant can
 /// be reminded and recorded as expired again at its new end.
-pub async fn extend(tx: &mut Tx, id: &str, expires_at: i64) -> sqlx::Result<bool> {
+pub(crate) async fn extend(tx: &mut Tx, id: &str, expires_at: i64) -> sqlx::Result<bool> {
     let done = sqlx::query(
         "UPDATE grants SET expires_at = $2, reminded_at = NULL, expiry_logged_at = NULL
          WHERE id = $1 AND revoked_at IS NULL",
@@ -250,7 +249,7 @@ pub async fn extend(tx: &mut Tx, id: &str, expires_at: i64) -> sqlx::Result<bool
 }
 
 /// Live grants that end within `(now, until]` and whose researcher has not been reminded.
-pub async fn due_reminders<'c>(
+pub(crate) async fn due_reminders<'c>(
     e: impl AnyExecutor<'c>,
     now: i64,
     until: i64,
@@ -266,7 +265,7 @@ pub async fn due_reminders<'c>(
 }
 
 /// Claims a grant's reminder; `false` when another replica sent it already.
-pub async fn mark_reminded(tx: &mut Tx, id: &str, now: i64) -> sqlx::Result<bool> {
+pub(crate) async fn mark_reminded(tx: &mut Tx, id: &str, now: i64) -> sqlx::Result<bool> {
     let done = sqlx::query("UPDATE grants SET reminded_at = $2 WHERE id = $1 AND reminded_at IS NULL")
         .bind(id)
         .bind(now)
@@ -276,7 +275,7 @@ pub async fn mark_reminded(tx: &mut Tx, id: &str, now: i64) -> sqlx::Result<bool
 }
 
 /// Grants past their end whose expiry the audit log does not hold yet.
-pub async fn expired_unlogged<'c>(e: impl AnyExecutor<'c>, now: i64) -> sqlx::Result<Vec<GrantView>> {
+pub(crate) async fn expired_unlogged<'c>(e: impl AnyExecutor<'c>, now: i64) -> sqlx::Result<Vec<GrantView>> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "{VIEW} WHERE g.revoked_at IS NULL AND g.expiry_logged_at IS NULL AND g.expires_at <= $1
          ORDER BY g.expires_at, g.id"
@@ -287,7 +286,7 @@ pub async fn expired_unlogged<'c>(e: impl AnyExecutor<'c>, now: i64) -> sqlx::Re
 }
 
 /// Claims the recording of a grant's expiry; `false` when already recorded.
-pub async fn mark_expiry_logged(tx: &mut Tx, id: &str, now: i64) -> sqlx::Result<bool> {
+pub(crate) async fn mark_expiry_logged(tx: &mut Tx, id: &str, now: i64) -> sqlx::Result<bool> {
     let done = sqlx::query(
         "UPDATE grants SET expiry_logged_at = $2 WHERE id = $1 AND expiry_logged_at IS NULL AND expires_at <= $2",
     )
@@ -300,22 +299,26 @@ pub async fn mark_expiry_logged(tx: &mut Tx, id: &str, now: i64) -> sqlx::Result
 
 /// Which grants the dashboard lists.
 #[derive(Clone, Debug, Default)]
-pub struct GrantFilter {
+pub(crate) struct GrantFilter {
     /// Only these models (a reviewer's assignments); `None` for every model.
-    pub model_ids: Option<Vec<String>>,
-    pub model_slug: Option<String>,
+    pub(crate) model_ids: Option<Vec<String>>,
+    pub(crate) model_slug: Option<String>,
     /// `active`, `expired` or `revoked`.
-    pub state: Option<String>,
+    pub(crate) state: Option<String>,
     /// Part of the researcher's e-mail.
-    pub email: Option<String>,
+    pub(crate) email: Option<String>,
     /// Live grants ending within this many milliseconds.
-    pub expiring_within: Option<i64>,
-    pub limit: i64,
-    pub offset: i64,
+    pub(crate) expiring_within: Option<i64>,
+    pub(crate) limit: i64,
+    pub(crate) offset: i64,
 }
 
 /// Grants matching `f`, newest first, and how many match in all.
-pub async fn search(pool: &sqlx::AnyPool, f: &GrantFilter, now: i64) -> sqlx::Result<(Vec<GrantView>, i64)> {
+pub(crate) async fn search(
+    pool: &sqlx::AnyPool,
+    f: &GrantFilter,
+    now: i64,
+) -> sqlx::Result<(Vec<GrantView>, i64)> {
     let mut w = Where::default();
     if let Some(ids) = &f.model_ids {
         w.and_in("g.model_id", ids);
@@ -362,7 +365,7 @@ pub async fn search(pool: &sqlx::AnyPool, f: &GrantFilter, now: i64) -> sqlx::Re
 }
 
 /// A researcher's grants, newest first.
-pub async fn list_of_researcher<'c>(
+pub(crate) async fn list_of_researcher<'c>(
     e: impl AnyExecutor<'c>,
     researcher_id: &str,
 ) -> sqlx::Result<Vec<GrantView>> {
@@ -375,7 +378,7 @@ pub async fn list_of_researcher<'c>(
 }
 
 /// Stores the hash of a further access token for a grant.
-pub async fn insert_token<'c>(
+pub(crate) async fn insert_token<'c>(
     e: impl AnyExecutor<'c>,
     token_hash: &str,
     grant_id: &str,

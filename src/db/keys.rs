@@ -3,20 +3,20 @@
 use sqlx::{FromRow, any::AnyExecutor};
 
 #[derive(Clone, Debug, FromRow)]
-pub struct StoredKey {
-    pub kid: String,
-    pub purpose: String,
-    pub secret: String,
-    pub created_at: i64,
+pub(crate) struct StoredKey {
+    pub(crate) kid: String,
+    pub(crate) purpose: String,
+    pub(crate) secret: String,
+    pub(crate) created_at: i64,
     /// When the key was retired: links it signed are refused from then on.
-    pub retired_at: Option<i64>,
+    pub(crate) retired_at: Option<i64>,
 }
 
 /// The purpose under which link-signing keys are stored.
-pub const LINK: &str = "link";
+pub(crate) const LINK: &str = "link";
 
 /// Stores a key unless one with this id exists.
-pub async fn insert_if_absent<'c>(e: impl AnyExecutor<'c>, k: &StoredKey) -> sqlx::Result<()> {
+pub(crate) async fn insert_if_absent<'c>(e: impl AnyExecutor<'c>, k: &StoredKey) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO signing_keys (kid, purpose, secret, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (kid) DO NOTHING",
     )
@@ -30,7 +30,7 @@ pub async fn insert_if_absent<'c>(e: impl AnyExecutor<'c>, k: &StoredKey) -> sql
 }
 
 /// Keys for one purpose, newest first, retired ones included.
-pub async fn list<'c>(e: impl AnyExecutor<'c>, purpose: &str) -> sqlx::Result<Vec<StoredKey>> {
+pub(crate) async fn list<'c>(e: impl AnyExecutor<'c>, purpose: &str) -> sqlx::Result<Vec<StoredKey>> {
     sqlx::query_as(
         "SELECT kid, purpose, secret, created_at, retired_at FROM signing_keys WHERE purpose = $1
          ORDER BY created_at DESC, kid DESC",
@@ -43,7 +43,7 @@ pub async fn list<'c>(e: impl AnyExecutor<'c>, purpose: &str) -> sqlx::Result<Ve
 pub(super) const RETIRED: &str = "SELECT kid FROM signing_keys WHERE purpose = $1 AND retired_at IS NOT NULL";
 
 /// The ids of the retired keys of one purpose.
-pub async fn retired<'c>(
+pub(crate) async fn retired<'c>(
     e: impl AnyExecutor<'c>,
     purpose: &str,
 ) -> sqlx::Result<std::collections::HashSet<String>> {
@@ -52,7 +52,12 @@ pub async fn retired<'c>(
 }
 
 /// Retires a key; `false` when there is no such key, or it was retired already.
-pub async fn retire<'c>(e: impl AnyExecutor<'c>, purpose: &str, kid: &str, now: i64) -> sqlx::Result<bool> {
+pub(crate) async fn retire<'c>(
+    e: impl AnyExecutor<'c>,
+    purpose: &str,
+    kid: &str,
+    now: i64,
+) -> sqlx::Result<bool> {
     let done = sqlx::query(
         "UPDATE signing_keys SET retired_at = $3 WHERE purpose = $1 AND kid = $2 AND retired_at IS NULL",
     )

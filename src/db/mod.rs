@@ -2,18 +2,18 @@
 //! queries of every table, and the facts a fetch reads that never change,
 //! cached in memory. No SQL lives outside this module.
 
-pub mod applications;
+pub(crate) mod applications;
 pub mod audit;
-pub mod facts;
+pub(crate) mod facts;
 pub mod grants;
-pub mod keys;
+pub(crate) mod keys;
 pub mod models;
-pub mod outbox;
-pub mod policy;
-pub mod researchers;
+pub(crate) mod outbox;
+pub(crate) mod policy;
+pub(crate) mod researchers;
 pub mod reviewers;
 pub mod sessions;
-pub mod sqlite_writer;
+pub(crate) mod sqlite_writer;
 
 use std::path::PathBuf;
 
@@ -24,7 +24,7 @@ use sqlx::{
     migrate::{Migrate, Migrator},
 };
 
-pub type Tx = sqlx::Transaction<'static, Any>;
+pub(crate) type Tx = sqlx::Transaction<'static, Any>;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
@@ -57,7 +57,7 @@ impl std::fmt::Debug for Db {
 }
 
 impl Db {
-    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+    pub(crate) async fn connect(url: &str) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -103,7 +103,7 @@ impl Db {
 
     /// A connection of its own, outside the pool, for a task that writes all
     /// the time (the audit writer).
-    pub async fn connect_one(&self) -> anyhow::Result<AnyConnection> {
+    pub(crate) async fn connect_one(&self) -> anyhow::Result<AnyConnection> {
         if self.backend == Backend::Sqlite && self.sqlite_file.is_none() {
             // A new connection to an in-memory database would open another,
             // empty one: take one of the pool's instead.
@@ -115,12 +115,12 @@ impl Db {
     }
 
     /// The SQLite database file, when the database is one.
-    pub fn sqlite_file(&self) -> Option<&std::path::Path> {
+    pub(crate) fn sqlite_file(&self) -> Option<&std::path::Path> {
         self.sqlite_file.as_deref()
     }
 
     /// Asks the database for nothing, to learn that it answers.
-    pub async fn ping(&self) -> sqlx::Result<()> {
+    pub(crate) async fn ping(&self) -> sqlx::Result<()> {
         sqlx::query_scalar::<_, i64>("SELECT 1")
             .fetch_one(&self.pool)
             .await
@@ -144,7 +144,7 @@ impl Db {
 
     /// Applies every migration this build knows and refuses a database whose
     /// schema is newer than this build.
-    pub async fn migrate(&self) -> anyhow::Result<()> {
+    pub(crate) async fn migrate(&self) -> anyhow::Result<()> {
         self.schema_state().await?;
         self.migrator()
             .run(&self.pool)
@@ -154,7 +154,7 @@ impl Db {
     }
 
     /// Refuses to go on unless the schema is exactly what this build knows.
-    pub async fn check_schema(&self) -> anyhow::Result<()> {
+    pub(crate) async fn check_schema(&self) -> anyhow::Result<()> {
         let pending = self.schema_state().await?;
         anyhow::ensure!(
             pending == 0,
@@ -195,7 +195,7 @@ impl Db {
     }
 
     /// [`Db::begin`] on a connection of its own.
-    pub async fn begin_on<'c>(
+    pub(crate) async fn begin_on<'c>(
         &self,
         conn: &'c mut AnyConnection,
     ) -> anyhow::Result<sqlx::Transaction<'c, Any>> {
@@ -212,7 +212,7 @@ impl Db {
 /// parameter by a linear search of the statement's parameters, so a
 /// statement with hundreds of them costs time quadratic in their number to
 /// prepare and to bind.
-pub fn placeholders(conn: &AnyConnection, first: usize, count: usize) -> String {
+pub(crate) fn placeholders(conn: &AnyConnection, first: usize, count: usize) -> String {
     let sqlite = conn.backend_name() == "SQLite";
     let mut list = String::with_capacity(count * 5);
     for n in first..first + count {
@@ -229,7 +229,7 @@ pub fn placeholders(conn: &AnyConnection, first: usize, count: usize) -> String 
 }
 
 /// `true` when the error is a unique-constraint violation.
-pub fn is_unique_violation(err: &sqlx::Error) -> bool {
+pub(crate) fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(e) if e.is_unique_violation())
 }
 
@@ -268,7 +268,7 @@ mod tests {
 
 /// A value bound to a query whose filters are chosen at run time.
 #[derive(Clone, Debug)]
-pub enum Bind {
+pub(crate) enum Bind {
     Text(String),
     Int(i64),
 }
@@ -276,26 +276,26 @@ pub enum Bind {
 /// The `WHERE` clause of a query whose filters are chosen at run time, with
 /// its values in placeholder order.
 #[derive(Debug, Default)]
-pub struct Where {
+pub(crate) struct Where {
     clauses: Vec<String>,
-    pub values: Vec<Bind>,
+    pub(crate) values: Vec<Bind>,
 }
 
 impl Where {
     /// Adds a condition with no value.
-    pub fn and(&mut self, clause: &str) {
+    pub(crate) fn and(&mut self, clause: &str) {
         self.clauses.push(clause.to_owned());
     }
 
     /// Adds a condition whose `$?` is the next placeholder, bound to `value`.
-    pub fn and_bind(&mut self, clause: &str, value: Bind) {
+    pub(crate) fn and_bind(&mut self, clause: &str, value: Bind) {
         self.values.push(value);
         self.clauses
             .push(clause.replace("$?", &format!("${}", self.values.len())));
     }
 
     /// Adds `column IN (...)` over `values`; no value matches nothing.
-    pub fn and_in(&mut self, column: &str, values: &[String]) {
+    pub(crate) fn and_in(&mut self, column: &str, values: &[String]) {
         if values.is_empty() {
             self.clauses.push("1 = 0".into());
             return;
@@ -310,7 +310,7 @@ impl Where {
     }
 
     /// `WHERE ...`, or nothing when no condition was added.
-    pub fn sql(&self) -> String {
+    pub(crate) fn sql(&self) -> String {
         if self.clauses.is_empty() {
             String::new()
         } else {
@@ -319,13 +319,13 @@ impl Where {
     }
 
     /// The placeholder after the last value.
-    pub fn next(&self, n: usize) -> String {
+    pub(crate) fn next(&self, n: usize) -> String {
         format!("${}", self.values.len() + n)
     }
 }
 
 /// `s` with the wildcards of SQL's `LIKE` escaped by `\`, to match literally.
-pub fn like_escape(s: &str) -> String {
+pub(crate) fn like_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         if matches!(c, '%' | '_' | '\\') {

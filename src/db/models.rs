@@ -5,61 +5,61 @@ use sqlx::{FromRow, any::AnyExecutor};
 #[derive(Clone, Debug, FromRow)]
 pub struct Model {
     pub id: String,
-    pub slug: String,
-    pub title: String,
-    pub terms: String,
-    pub terms_version: i64,
-    pub created_at: i64,
-    pub quota_bytes: Option<i64>,
-    pub quota_files: Option<i64>,
+    pub(crate) slug: String,
+    pub(crate) title: String,
+    pub(crate) terms: String,
+    pub(crate) terms_version: i64,
+    pub(crate) created_at: i64,
+    pub(crate) quota_bytes: Option<i64>,
+    pub(crate) quota_files: Option<i64>,
     /// The application questions, a JSON array (see `crate::domain::questions`).
-    pub questions: String,
+    pub(crate) questions: String,
     /// Days a denied researcher waits before applying again.
-    pub reapply_after_days: i64,
+    pub(crate) reapply_after_days: i64,
 }
 
 #[derive(Clone, Debug, FromRow)]
 pub struct Release {
-    pub id: String,
-    pub model_id: String,
-    pub name: String,
-    pub created_at: i64,
-    pub published_at: Option<i64>,
-    pub manifest: Option<String>,
-    pub manifest_sig: Option<String>,
-    pub sums: Option<String>,
-    pub sums_sig: Option<String>,
+    pub(crate) id: String,
+    pub(crate) model_id: String,
+    pub(crate) name: String,
+    pub(crate) created_at: i64,
+    pub(crate) published_at: Option<i64>,
+    pub(crate) manifest: Option<String>,
+    pub(crate) manifest_sig: Option<String>,
+    pub(crate) sums: Option<String>,
+    pub(crate) sums_sig: Option<String>,
 }
 
 #[derive(Clone, Debug, FromRow)]
-pub struct File {
-    pub id: String,
-    pub release_id: String,
-    pub name: String,
-    pub object_key: String,
-    pub size: i64,
-    pub sha256: String,
-    pub chunk_size: i64,
+pub(crate) struct File {
+    pub(crate) id: String,
+    pub(crate) release_id: String,
+    pub(crate) name: String,
+    pub(crate) object_key: String,
+    pub(crate) size: i64,
+    pub(crate) sha256: String,
+    pub(crate) chunk_size: i64,
     /// JSON array of the chunks' SHA-256 in hex.
-    pub chunks: String,
+    pub(crate) chunks: String,
 }
 
 /// A file with the release and model it belongs to.
 #[derive(Clone, Debug, FromRow)]
-pub struct FileInModel {
-    pub id: String,
-    pub name: String,
-    pub object_key: String,
-    pub size: i64,
-    pub sha256: String,
-    pub release_name: String,
-    pub model_id: String,
-    pub model_slug: String,
+pub(crate) struct FileInModel {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) object_key: String,
+    pub(crate) size: i64,
+    pub(crate) sha256: String,
+    pub(crate) release_name: String,
+    pub(crate) model_id: String,
+    pub(crate) model_slug: String,
 }
 
 const MODEL_COLUMNS: &str = "id, slug, title, terms, terms_version, created_at, quota_bytes, quota_files, questions, reapply_after_days";
 
-pub async fn insert_model<'c>(e: impl AnyExecutor<'c>, m: &Model) -> sqlx::Result<()> {
+pub(crate) async fn insert_model<'c>(e: impl AnyExecutor<'c>, m: &Model) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO models (id, slug, title, terms, terms_version, created_at, quota_bytes, quota_files,
              questions, reapply_after_days)
@@ -89,7 +89,7 @@ pub async fn find_model_by_slug<'c>(e: impl AnyExecutor<'c>, slug: &str) -> sqlx
     .await
 }
 
-pub async fn find_model<'c>(e: impl AnyExecutor<'c>, id: &str) -> sqlx::Result<Option<Model>> {
+pub(crate) async fn find_model<'c>(e: impl AnyExecutor<'c>, id: &str) -> sqlx::Result<Option<Model>> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {MODEL_COLUMNS} FROM models WHERE id = $1"
     )))
@@ -98,7 +98,7 @@ pub async fn find_model<'c>(e: impl AnyExecutor<'c>, id: &str) -> sqlx::Result<O
     .await
 }
 
-pub async fn list_models<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<Vec<Model>> {
+pub(crate) async fn list_models<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<Vec<Model>> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {MODEL_COLUMNS} FROM models ORDER BY slug"
     )))
@@ -106,7 +106,7 @@ pub async fn list_models<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<Vec<Model>
     .await
 }
 
-pub async fn find_release<'c>(
+pub(crate) async fn find_release<'c>(
     e: impl AnyExecutor<'c>,
     model_id: &str,
     name: &str,
@@ -120,14 +120,14 @@ pub async fn find_release<'c>(
     .await
 }
 
-pub async fn count_releases<'c>(e: impl AnyExecutor<'c>, model_id: &str) -> sqlx::Result<i64> {
+pub(crate) async fn count_releases<'c>(e: impl AnyExecutor<'c>, model_id: &str) -> sqlx::Result<i64> {
     sqlx::query_scalar("SELECT COUNT(*) FROM releases WHERE model_id = $1")
         .bind(model_id)
         .fetch_one(e)
         .await
 }
 
-pub async fn insert_release<'c>(e: impl AnyExecutor<'c>, r: &Release) -> sqlx::Result<()> {
+pub(crate) async fn insert_release<'c>(e: impl AnyExecutor<'c>, r: &Release) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO releases (id, model_id, name, created_at, published_at, manifest, manifest_sig, sums, sums_sig)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -157,7 +157,10 @@ pub async fn published_releases<'c>(e: impl AnyExecutor<'c>, model_id: &str) -> 
 }
 
 /// How many files the published releases of a model hold, and their bytes.
-pub async fn published_totals<'c>(e: impl AnyExecutor<'c>, model_id: &str) -> sqlx::Result<(i64, i64)> {
+pub(crate) async fn published_totals<'c>(
+    e: impl AnyExecutor<'c>,
+    model_id: &str,
+) -> sqlx::Result<(i64, i64)> {
     sqlx::query_as(
         "SELECT COUNT(f.id), CAST(COALESCE(SUM(f.size), 0) AS BIGINT)
          FROM files f JOIN releases r ON r.id = f.release_id
@@ -168,7 +171,7 @@ pub async fn published_totals<'c>(e: impl AnyExecutor<'c>, model_id: &str) -> sq
     .await
 }
 
-pub async fn insert_file<'c>(e: impl AnyExecutor<'c>, f: &File) -> sqlx::Result<()> {
+pub(crate) async fn insert_file<'c>(e: impl AnyExecutor<'c>, f: &File) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO files (id, release_id, name, object_key, size, sha256, chunk_size, chunks)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -186,7 +189,10 @@ pub async fn insert_file<'c>(e: impl AnyExecutor<'c>, f: &File) -> sqlx::Result<
     Ok(())
 }
 
-pub async fn files_of_release<'c>(e: impl AnyExecutor<'c>, release_id: &str) -> sqlx::Result<Vec<File>> {
+pub(crate) async fn files_of_release<'c>(
+    e: impl AnyExecutor<'c>,
+    release_id: &str,
+) -> sqlx::Result<Vec<File>> {
     sqlx::query_as(
         "SELECT id, release_id, name, object_key, size, sha256, chunk_size, chunks FROM files WHERE release_id = $1 ORDER BY name",
     )
@@ -196,7 +202,7 @@ pub async fn files_of_release<'c>(e: impl AnyExecutor<'c>, release_id: &str) -> 
 }
 
 /// A file of a published release, with its model.
-pub async fn find_published_file<'c>(
+pub(crate) async fn find_published_file<'c>(
     e: impl AnyExecutor<'c>,
     file_id: &str,
 ) -> sqlx::Result<Option<FileInModel>> {
@@ -211,7 +217,7 @@ pub async fn find_published_file<'c>(
     .await
 }
 
-pub async fn set_quota<'c>(
+pub(crate) async fn set_quota<'c>(
     e: impl AnyExecutor<'c>,
     model_id: &str,
     quota_bytes: Option<i64>,
@@ -227,7 +233,7 @@ pub async fn set_quota<'c>(
 }
 
 /// Records a version of a model's terms.
-pub async fn insert_terms<'c>(
+pub(crate) async fn insert_terms<'c>(
     e: impl AnyExecutor<'c>,
     model_id: &str,
     version: i64,
@@ -245,7 +251,7 @@ pub async fn insert_terms<'c>(
 }
 
 /// Makes `terms` the current version of the model's terms.
-pub async fn set_current_terms<'c>(
+pub(crate) async fn set_current_terms<'c>(
     e: impl AnyExecutor<'c>,
     model_id: &str,
     version: i64,
@@ -262,13 +268,13 @@ pub async fn set_current_terms<'c>(
 
 /// One version of a model's terms.
 #[derive(Clone, Debug, FromRow)]
-pub struct TermsVersion {
-    pub version: i64,
-    pub terms: String,
-    pub created_at: i64,
+pub(crate) struct TermsVersion {
+    pub(crate) version: i64,
+    pub(crate) terms: String,
+    pub(crate) created_at: i64,
 }
 
-pub async fn find_terms<'c>(
+pub(crate) async fn find_terms<'c>(
     e: impl AnyExecutor<'c>,
     model_id: &str,
     version: i64,
@@ -280,7 +286,11 @@ pub async fn find_terms<'c>(
         .await
 }
 
-pub async fn set_questions<'c>(e: impl AnyExecutor<'c>, model_id: &str, questions: &str) -> sqlx::Result<()> {
+pub(crate) async fn set_questions<'c>(
+    e: impl AnyExecutor<'c>,
+    model_id: &str,
+    questions: &str,
+) -> sqlx::Result<()> {
     sqlx::query("UPDATE models SET questions = $2 WHERE id = $1")
         .bind(model_id)
         .bind(questions)
@@ -289,7 +299,7 @@ pub async fn set_questions<'c>(e: impl AnyExecutor<'c>, model_id: &str, question
     Ok(())
 }
 
-pub async fn set_reapply_after_days<'c>(
+pub(crate) async fn set_reapply_after_days<'c>(
     e: impl AnyExecutor<'c>,
     model_id: &str,
     days: i64,
@@ -304,7 +314,7 @@ pub async fn set_reapply_after_days<'c>(
 
 /// How long (ms) each of the model's latest `limit` decisions took, from the
 /// e-mail confirmation to the decision.
-pub async fn recent_review_durations<'c>(
+pub(crate) async fn recent_review_durations<'c>(
     e: impl AnyExecutor<'c>,
     model_id: &str,
     limit: i64,

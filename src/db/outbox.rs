@@ -4,16 +4,16 @@
 use sqlx::{FromRow, any::AnyExecutor};
 
 #[derive(Clone, Debug, FromRow)]
-pub struct OutboxMessage {
-    pub id: String,
-    pub to_addr: String,
-    pub subject: String,
-    pub body: String,
-    pub created_at: i64,
-    pub attempts: i64,
+pub(crate) struct OutboxMessage {
+    pub(crate) id: String,
+    pub(crate) to_addr: String,
+    pub(crate) subject: String,
+    pub(crate) body: String,
+    pub(crate) created_at: i64,
+    pub(crate) attempts: i64,
 }
 
-pub async fn insert<'c>(
+pub(crate) async fn insert<'c>(
     e: impl AnyExecutor<'c>,
     id: &str,
     to: &str,
@@ -36,7 +36,7 @@ pub async fn insert<'c>(
 
 /// Whether any unsent message is due and unclaimed; a read, so idle workers
 /// do not take the write lock.
-pub async fn any_due<'c>(e: impl AnyExecutor<'c>, now: i64) -> sqlx::Result<bool> {
+pub(crate) async fn any_due<'c>(e: impl AnyExecutor<'c>, now: i64) -> sqlx::Result<bool> {
     let due: Option<String> = sqlx::query_scalar(
         "SELECT id FROM outbox
          WHERE sent_at IS NULL AND next_attempt_at <= $1 AND (lease_until IS NULL OR lease_until < $1) LIMIT 1",
@@ -51,7 +51,7 @@ pub async fn any_due<'c>(e: impl AnyExecutor<'c>, now: i64) -> sqlx::Result<bool
 /// other worker holds, leasing them to `owner` until `lease_until`. Two
 /// workers never hold the same message: the lease is re-checked on the row
 /// being updated.
-pub async fn claim_due<'c>(
+pub(crate) async fn claim_due<'c>(
     e: impl AnyExecutor<'c>,
     owner: &str,
     now: i64,
@@ -77,7 +77,7 @@ pub async fn claim_due<'c>(
     Ok(claimed)
 }
 
-pub async fn mark_sent<'c>(e: impl AnyExecutor<'c>, id: &str, now: i64) -> sqlx::Result<()> {
+pub(crate) async fn mark_sent<'c>(e: impl AnyExecutor<'c>, id: &str, now: i64) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE outbox SET sent_at = $2, attempts = attempts + 1, last_error = NULL, lease_until = NULL WHERE id = $1",
     )
@@ -88,7 +88,7 @@ pub async fn mark_sent<'c>(e: impl AnyExecutor<'c>, id: &str, now: i64) -> sqlx:
     Ok(())
 }
 
-pub async fn mark_failed<'c>(
+pub(crate) async fn mark_failed<'c>(
     e: impl AnyExecutor<'c>,
     id: &str,
     next_attempt_at: i64,
@@ -106,7 +106,7 @@ pub async fn mark_failed<'c>(
     Ok(())
 }
 
-pub async fn count_unsent<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<i64> {
+pub(crate) async fn count_unsent<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<i64> {
     sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL")
         .fetch_one(e)
         .await
@@ -115,13 +115,13 @@ pub async fn count_unsent<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<i64> {
 /// The state of the messages not sent yet: how many, the oldest's creation
 /// time, and the last error a send met.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct Backlog {
-    pub unsent: i64,
-    pub oldest: Option<i64>,
-    pub last_error: Option<String>,
+pub(crate) struct Backlog {
+    pub(crate) unsent: i64,
+    pub(crate) oldest: Option<i64>,
+    pub(crate) last_error: Option<String>,
 }
 
-pub async fn backlog<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<Backlog> {
+pub(crate) async fn backlog<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<Backlog> {
     sqlx::query_as(
         "SELECT COUNT(*) AS unsent, MIN(created_at) AS oldest,
             (SELECT last_error FROM outbox WHERE sent_at IS NULL AND last_error IS NOT NULL

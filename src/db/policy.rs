@@ -6,31 +6,31 @@ use sqlx::{FromRow, any::AnyExecutor};
 use crate::db::Tx;
 
 #[derive(Clone, Debug, FromRow)]
-pub struct ReviewPolicy {
-    pub model_id: String,
-    pub model_slug: String,
-    pub approvals_needed: i64,
-    pub auto_approve_domains: Option<String>,
-    pub review_target_days: i64,
+pub(crate) struct ReviewPolicy {
+    pub(crate) model_id: String,
+    pub(crate) model_slug: String,
+    pub(crate) approvals_needed: i64,
+    pub(crate) auto_approve_domains: Option<String>,
+    pub(crate) review_target_days: i64,
 }
 
 const POLICY: &str = "SELECT id AS model_id, slug AS model_slug, approvals_needed, auto_approve_domains,
         review_target_days FROM models";
 
-pub async fn find<'c>(e: impl AnyExecutor<'c>, model_id: &str) -> sqlx::Result<Option<ReviewPolicy>> {
+pub(crate) async fn find<'c>(e: impl AnyExecutor<'c>, model_id: &str) -> sqlx::Result<Option<ReviewPolicy>> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!("{POLICY} WHERE id = $1")))
         .bind(model_id)
         .fetch_optional(e)
         .await
 }
 
-pub async fn list<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<Vec<ReviewPolicy>> {
+pub(crate) async fn list<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<Vec<ReviewPolicy>> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!("{POLICY} ORDER BY slug")))
         .fetch_all(e)
         .await
 }
 
-pub async fn set(tx: &mut Tx, p: &ReviewPolicy) -> sqlx::Result<()> {
+pub(crate) async fn set(tx: &mut Tx, p: &ReviewPolicy) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE models SET approvals_needed = $2, auto_approve_domains = $3, review_target_days = $4
          WHERE id = $1",
@@ -45,7 +45,7 @@ pub async fn set(tx: &mut Tx, p: &ReviewPolicy) -> sqlx::Result<()> {
 }
 
 /// Assigns a reviewer to a model; `false` when they already were.
-pub async fn assign(tx: &mut Tx, model_id: &str, reviewer_id: &str) -> sqlx::Result<bool> {
+pub(crate) async fn assign(tx: &mut Tx, model_id: &str, reviewer_id: &str) -> sqlx::Result<bool> {
     let done = sqlx::query(
         "INSERT INTO model_reviewers (model_id, reviewer_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
     )
@@ -57,7 +57,7 @@ pub async fn assign(tx: &mut Tx, model_id: &str, reviewer_id: &str) -> sqlx::Res
 }
 
 /// Takes a reviewer off a model; `false` when they were not assigned.
-pub async fn unassign(tx: &mut Tx, model_id: &str, reviewer_id: &str) -> sqlx::Result<bool> {
+pub(crate) async fn unassign(tx: &mut Tx, model_id: &str, reviewer_id: &str) -> sqlx::Result<bool> {
     let done = sqlx::query("DELETE FROM model_reviewers WHERE model_id = $1 AND reviewer_id = $2")
         .bind(model_id)
         .bind(reviewer_id)
@@ -67,7 +67,7 @@ pub async fn unassign(tx: &mut Tx, model_id: &str, reviewer_id: &str) -> sqlx::R
 }
 
 /// The ids of the models a reviewer is assigned to.
-pub async fn models_of<'c>(e: impl AnyExecutor<'c>, reviewer_id: &str) -> sqlx::Result<Vec<String>> {
+pub(crate) async fn models_of<'c>(e: impl AnyExecutor<'c>, reviewer_id: &str) -> sqlx::Result<Vec<String>> {
     sqlx::query_scalar("SELECT model_id FROM model_reviewers WHERE reviewer_id = $1 ORDER BY model_id")
         .bind(reviewer_id)
         .fetch_all(e)
@@ -75,7 +75,7 @@ pub async fn models_of<'c>(e: impl AnyExecutor<'c>, reviewer_id: &str) -> sqlx::
 }
 
 /// Every assignment as (model slug, reviewer e-mail).
-pub async fn assignments<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<Vec<(String, String)>> {
+pub(crate) async fn assignments<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<Vec<(String, String)>> {
     sqlx::query_as(
         "SELECT m.slug, r.email FROM model_reviewers x
          JOIN models m ON m.id = x.model_id JOIN reviewers r ON r.id = x.reviewer_id
@@ -86,21 +86,21 @@ pub async fn assignments<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<Vec<(Strin
 }
 
 #[derive(Clone, Debug, FromRow)]
-pub struct DenyTemplate {
-    pub id: String,
-    pub title: String,
-    pub body: String,
-    pub created_at: i64,
+pub(crate) struct DenyTemplate {
+    pub(crate) id: String,
+    pub(crate) title: String,
+    pub(crate) body: String,
+    pub(crate) created_at: i64,
 }
 
-pub async fn deny_templates<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<Vec<DenyTemplate>> {
+pub(crate) async fn deny_templates<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<Vec<DenyTemplate>> {
     sqlx::query_as("SELECT id, title, body, created_at FROM deny_templates ORDER BY title")
         .fetch_all(e)
         .await
 }
 
 /// Creates the template, or replaces the text of the one with this title.
-pub async fn save_deny_template(tx: &mut Tx, t: &DenyTemplate) -> sqlx::Result<()> {
+pub(crate) async fn save_deny_template(tx: &mut Tx, t: &DenyTemplate) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO deny_templates (id, title, body, created_at) VALUES ($1, $2, $3, $4)
          ON CONFLICT (title) DO UPDATE SET body = excluded.body",
@@ -114,7 +114,7 @@ pub async fn save_deny_template(tx: &mut Tx, t: &DenyTemplate) -> sqlx::Result<(
     Ok(())
 }
 
-pub async fn delete_deny_template(tx: &mut Tx, id: &str) -> sqlx::Result<Option<String>> {
+pub(crate) async fn delete_deny_template(tx: &mut Tx, id: &str) -> sqlx::Result<Option<String>> {
     sqlx::query_scalar("DELETE FROM deny_templates WHERE id = $1 RETURNING title")
         .bind(id)
         .fetch_optional(&mut **tx)

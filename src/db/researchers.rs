@@ -5,7 +5,10 @@ use sqlx::any::AnyExecutor;
 use crate::db::Tx;
 
 /// The id of the researcher with this (normalised) e-mail, if any.
-pub async fn find_id_by_email<'c>(e: impl AnyExecutor<'c>, email: &str) -> sqlx::Result<Option<String>> {
+pub(crate) async fn find_id_by_email<'c>(
+    e: impl AnyExecutor<'c>,
+    email: &str,
+) -> sqlx::Result<Option<String>> {
     sqlx::query_scalar("SELECT id FROM researchers WHERE email = $1")
         .bind(email)
         .fetch_optional(e)
@@ -13,14 +16,14 @@ pub async fn find_id_by_email<'c>(e: impl AnyExecutor<'c>, email: &str) -> sqlx:
 }
 
 /// The e-mail of a researcher.
-pub async fn email_of<'c>(e: impl AnyExecutor<'c>, id: &str) -> sqlx::Result<Option<String>> {
+pub(crate) async fn email_of<'c>(e: impl AnyExecutor<'c>, id: &str) -> sqlx::Result<Option<String>> {
     sqlx::query_scalar("SELECT email FROM researchers WHERE id = $1")
         .bind(id)
         .fetch_optional(e)
         .await
 }
 
-pub async fn insert_signin_token(
+pub(crate) async fn insert_signin_token(
     tx: &mut Tx,
     token_hash: &str,
     researcher_id: &str,
@@ -40,7 +43,11 @@ pub async fn insert_signin_token(
 }
 
 /// How many sign-in links a researcher was sent since `since`.
-pub async fn count_signin_tokens_since(tx: &mut Tx, researcher_id: &str, since: i64) -> sqlx::Result<i64> {
+pub(crate) async fn count_signin_tokens_since(
+    tx: &mut Tx,
+    researcher_id: &str,
+    since: i64,
+) -> sqlx::Result<i64> {
     sqlx::query_scalar("SELECT COUNT(*) FROM signin_tokens WHERE researcher_id = $1 AND created_at >= $2")
         .bind(researcher_id)
         .bind(since)
@@ -50,7 +57,11 @@ pub async fn count_signin_tokens_since(tx: &mut Tx, researcher_id: &str, since: 
 
 /// Uses up a sign-in link that is unused and unexpired; the researcher's id,
 /// or `None` when the link is unknown, used or expired.
-pub async fn consume_signin_token(tx: &mut Tx, token_hash: &str, now: i64) -> sqlx::Result<Option<String>> {
+pub(crate) async fn consume_signin_token(
+    tx: &mut Tx,
+    token_hash: &str,
+    now: i64,
+) -> sqlx::Result<Option<String>> {
     sqlx::query_scalar(
         "UPDATE signin_tokens SET used_at = $2
          WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2
@@ -63,7 +74,10 @@ pub async fn consume_signin_token(tx: &mut Tx, token_hash: &str, now: i64) -> sq
 }
 
 /// Forgets sign-in links that expired before `before`.
-pub async fn delete_expired_signin_tokens<'c>(e: impl AnyExecutor<'c>, before: i64) -> sqlx::Result<u64> {
+pub(crate) async fn delete_expired_signin_tokens<'c>(
+    e: impl AnyExecutor<'c>,
+    before: i64,
+) -> sqlx::Result<u64> {
     let done = sqlx::query("DELETE FROM signin_tokens WHERE expires_at < $1")
         .bind(before)
         .execute(e)

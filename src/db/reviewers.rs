@@ -7,16 +7,16 @@ use crate::types::states::Notify;
 #[derive(Clone, Debug, FromRow)]
 pub struct Reviewer {
     pub id: String,
-    pub email: String,
+    pub(crate) email: String,
     pub password_hash: String,
-    pub is_admin: i64,
-    pub created_at: i64,
+    pub(crate) is_admin: i64,
+    pub(crate) created_at: i64,
     #[sqlx(try_from = "String")]
     pub notify: Notify,
-    pub last_digest_at: Option<i64>,
+    pub(crate) last_digest_at: Option<i64>,
     pub disabled_at: Option<i64>,
     /// Raised whenever the account's sessions must end.
-    pub session_epoch: i64,
+    pub(crate) session_epoch: i64,
 }
 
 impl Reviewer {
@@ -32,7 +32,7 @@ const COLUMNS: &str =
 /// Creates the reviewer, or sets a new password and role if the e-mail exists.
 /// Returns the reviewer's id.
 /// Inserts a new reviewer; `None` when the address already has an account.
-pub async fn insert<'c>(
+pub(crate) async fn insert<'c>(
     e: impl AnyExecutor<'c>,
     new_id: &str,
     email: &str,
@@ -54,7 +54,7 @@ pub async fn insert<'c>(
     .await
 }
 
-pub async fn upsert<'c>(
+pub(crate) async fn upsert<'c>(
     e: impl AnyExecutor<'c>,
     new_id: &str,
     email: &str,
@@ -83,21 +83,21 @@ pub async fn find_by_email<'c>(e: impl AnyExecutor<'c>, email: &str) -> sqlx::Re
         .await
 }
 
-pub async fn find<'c>(e: impl AnyExecutor<'c>, id: &str) -> sqlx::Result<Option<Reviewer>> {
+pub(crate) async fn find<'c>(e: impl AnyExecutor<'c>, id: &str) -> sqlx::Result<Option<Reviewer>> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!("{COLUMNS} WHERE id = $1")))
         .bind(id)
         .fetch_optional(e)
         .await
 }
 
-pub async fn list<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<Vec<Reviewer>> {
+pub(crate) async fn list<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<Vec<Reviewer>> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!("{COLUMNS} ORDER BY email")))
         .fetch_all(e)
         .await
 }
 
 /// Sets how a reviewer hears of waiting applications.
-pub async fn set_notify<'c>(e: impl AnyExecutor<'c>, id: &str, notify: Notify) -> sqlx::Result<bool> {
+pub(crate) async fn set_notify<'c>(e: impl AnyExecutor<'c>, id: &str, notify: Notify) -> sqlx::Result<bool> {
     let done = sqlx::query("UPDATE reviewers SET notify = $2 WHERE id = $1")
         .bind(id)
         .bind(notify.as_str())
@@ -107,7 +107,11 @@ pub async fn set_notify<'c>(e: impl AnyExecutor<'c>, id: &str, notify: Notify) -
 }
 
 /// Sets a reviewer's password hash.
-pub async fn set_password<'c>(e: impl AnyExecutor<'c>, id: &str, password_hash: &str) -> sqlx::Result<bool> {
+pub(crate) async fn set_password<'c>(
+    e: impl AnyExecutor<'c>,
+    id: &str,
+    password_hash: &str,
+) -> sqlx::Result<bool> {
     let done = sqlx::query("UPDATE reviewers SET password_hash = $2 WHERE id = $1")
         .bind(id)
         .bind(password_hash)
@@ -117,7 +121,7 @@ pub async fn set_password<'c>(e: impl AnyExecutor<'c>, id: &str, password_hash: 
 }
 
 /// Disables (`Some(now)`) or re-enables (`None`) a reviewer's sign-in.
-pub async fn set_disabled<'c>(
+pub(crate) async fn set_disabled<'c>(
     e: impl AnyExecutor<'c>,
     id: &str,
     disabled_at: Option<i64>,
@@ -135,7 +139,7 @@ pub async fn set_disabled<'c>(
     Ok(done.rows_affected() == 1)
 }
 
-pub async fn set_admin<'c>(e: impl AnyExecutor<'c>, id: &str, is_admin: bool) -> sqlx::Result<bool> {
+pub(crate) async fn set_admin<'c>(e: impl AnyExecutor<'c>, id: &str, is_admin: bool) -> sqlx::Result<bool> {
     let done = sqlx::query("UPDATE reviewers SET is_admin = $2 WHERE id = $1")
         .bind(id)
         .bind(i64::from(is_admin))
@@ -146,7 +150,7 @@ pub async fn set_admin<'c>(e: impl AnyExecutor<'c>, id: &str, is_admin: bool) ->
 
 /// Active reviewers who may decide applications for the model: the ones
 /// assigned to it, or every admin when nobody is.
-pub async fn deciders_of<'c>(e: impl AnyExecutor<'c>, model_id: &str) -> sqlx::Result<Vec<Reviewer>> {
+pub(crate) async fn deciders_of<'c>(e: impl AnyExecutor<'c>, model_id: &str) -> sqlx::Result<Vec<Reviewer>> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "{COLUMNS} WHERE disabled_at IS NULL AND (
             id IN (SELECT reviewer_id FROM model_reviewers WHERE model_id = $1)
@@ -159,7 +163,7 @@ pub async fn deciders_of<'c>(e: impl AnyExecutor<'c>, model_id: &str) -> sqlx::R
 }
 
 /// Marks a digest sent.
-pub async fn digest_sent<'c>(e: impl AnyExecutor<'c>, id: &str, now: i64) -> sqlx::Result<()> {
+pub(crate) async fn digest_sent<'c>(e: impl AnyExecutor<'c>, id: &str, now: i64) -> sqlx::Result<()> {
     sqlx::query("UPDATE reviewers SET last_digest_at = $2 WHERE id = $1")
         .bind(id)
         .bind(now)

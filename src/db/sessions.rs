@@ -49,7 +49,7 @@ pub async fn delete<'c>(e: impl AnyExecutor<'c>, id: &str) -> sqlx::Result<()> {
     Ok(())
 }
 
-pub async fn delete_expired<'c>(e: impl AnyExecutor<'c>, now: i64) -> sqlx::Result<u64> {
+pub(crate) async fn delete_expired<'c>(e: impl AnyExecutor<'c>, now: i64) -> sqlx::Result<u64> {
     let done = sqlx::query("DELETE FROM sessions WHERE expires_at <= $1")
         .bind(now)
         .execute(e)

@@ -18,7 +18,7 @@ use super::{
 /// every commit is written and fsynced to the WAL before it returns, so a
 /// committed event survives a crash of the process, of the machine and a
 /// loss of power.
-pub fn open(file: &Path) -> rusqlite::Result<Connection> {
+pub(crate) fn open(file: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
         file,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -30,12 +30,12 @@ pub fn open(file: &Path) -> rusqlite::Result<Connection> {
 }
 
 /// A write transaction that holds the database's write lock from the start.
-pub fn begin(conn: &mut Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+pub(crate) fn begin(conn: &mut Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
     conn.transaction_with_behavior(TransactionBehavior::Immediate)
 }
 
 /// The sequence number and hash of the newest event.
-pub fn head(conn: &Connection) -> rusqlite::Result<Option<(i64, String)>> {
+pub(crate) fn head(conn: &Connection) -> rusqlite::Result<Option<(i64, String)>> {
     let mut statement = conn.prepare_cached(HEAD)?;
     let mut rows = statement.query([])?;
     match rows.next()? {
@@ -46,7 +46,7 @@ pub fn head(conn: &Connection) -> rusqlite::Result<Option<(i64, String)>> {
 
 /// What a batch with fetches reads: [`super::grants::current`], and the
 /// retired link keys ([`super::keys::retired`]).
-pub fn batch_facts(
+pub(crate) fn batch_facts(
     conn: &Connection,
     ids: &[&str],
     open_since: i64,
@@ -59,7 +59,7 @@ pub fn batch_facts(
 }
 
 /// Records transfers under way, at `at`.
-pub fn reserve(conn: &Connection, reserved: &[Reserved<'_>], at: i64) -> rusqlite::Result<()> {
+pub(crate) fn reserve(conn: &Connection, reserved: &[Reserved<'_>], at: i64) -> rusqlite::Result<()> {
     if reserved.is_empty() {
         return Ok(());
     }
@@ -77,7 +77,7 @@ pub fn reserve(conn: &Connection, reserved: &[Reserved<'_>], at: i64) -> rusqlit
 }
 
 /// Ends the transfers opened by these fetch events.
-pub fn release(conn: &Connection, fetch_seqs: &[i64]) -> rusqlite::Result<()> {
+pub(crate) fn release(conn: &Connection, fetch_seqs: &[i64]) -> rusqlite::Result<()> {
     if fetch_seqs.is_empty() {
         return Ok(());
     }
@@ -141,7 +141,7 @@ fn current_grants(conn: &Connection, ids: &[&str], open_since: i64) -> rusqlite:
 }
 
 /// Inserts events, one prepared statement run once per event.
-pub fn insert_events(conn: &Connection, rows: &[EventRow]) -> rusqlite::Result<()> {
+pub(crate) fn insert_events(conn: &Connection, rows: &[EventRow]) -> rusqlite::Result<()> {
     let mut statement = conn.prepare_cached(&format!(
         "INSERT INTO audit_events ({INSERT_COLUMNS}) VALUES ({})",
         vec!["?"; 21].join(", ")

@@ -15,11 +15,11 @@ use crate::{
     types::{Email, new_id, now_ms, states::Notify},
 };
 
-pub const MIN_PASSWORD: usize = 12;
+pub(crate) const MIN_PASSWORD: usize = 12;
 const MAX_PASSWORD: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
-pub enum AccountError {
+pub(crate) enum AccountError {
     #[error("a password needs at least {MIN_PASSWORD} characters")]
     PasswordTooShort,
     #[error("a password has at most {MAX_PASSWORD} characters")]
@@ -66,7 +66,7 @@ pub async fn add_reviewer(
 /// Creates a reviewer, or sets a new password and role for an existing one:
 /// the operator's way back in (`weightgate reviewer add`), for whoever holds
 /// the server's configuration.
-pub async fn set_reviewer(
+pub(crate) async fn set_reviewer(
     app: &App,
     email: &Email,
     password: &str,
@@ -111,7 +111,7 @@ async fn save_reviewer(
 
 /// Checks a reviewer's credentials. Success and failure are both audited;
 /// the failure does not say whether the account exists.
-pub async fn authenticate(
+pub(crate) async fn authenticate(
     app: &App,
     email: &str,
     password: &str,
@@ -152,7 +152,7 @@ pub async fn authenticate(
 /// still matches: a new password, or disabling the account, ends every
 /// session of the account on every replica (and enabling it again does not
 /// bring them back).
-pub fn credential_stamp(reviewer: &Reviewer) -> String {
+pub(crate) fn credential_stamp(reviewer: &Reviewer) -> String {
     use sha2::Digest;
     let mut hash = sha2::Sha256::new();
     hash.update(reviewer.password_hash.as_bytes());
@@ -163,7 +163,7 @@ pub fn credential_stamp(reviewer: &Reviewer) -> String {
 
 /// Changes the signed-in reviewer's own password, after checking the
 /// current one; audited. Returns the account as it now is.
-pub async fn change_password(
+pub(crate) async fn change_password(
     app: &App,
     reviewer: &Reviewer,
     current: &str,
@@ -176,8 +176,7 @@ pub async fn change_password(
             .verify(current, reviewer.password_hash.clone())
             .await?
     {
-        let event = Event::new(Action::ReviewerPasswordChanged, Outcome::Refused)
-            .reason("bad_credentials")
+        let event = Event::refused(Action::ReviewerPasswordChanged, "bad_credentials")
             .actor(reviewer.email.clone())
             .subject(reviewer.email.clone())
             .client(client);
@@ -266,9 +265,8 @@ pub async fn change_reviewer(app: &App, id: &str, change: ReviewerChange, actor:
 /// Audits a sign-in refused because of too many attempts. Anyone can send
 /// these as fast as they like, so they are counted per client network: the
 /// first of each window is written, the rest summed up when it ends.
-pub async fn record_throttled(app: &App, email: &str, client: Client) -> Result<()> {
-    let mut event = Event::new(Action::ReviewerSignIn, Outcome::Refused)
-        .reason("throttled")
+pub(crate) async fn record_throttled(app: &App, email: &str, client: Client) -> Result<()> {
+    let mut event = Event::refused(Action::ReviewerSignIn, "throttled")
         .subject(email.chars().take(254).collect::<String>());
     let network = client.network();
     event.client = client;
@@ -290,7 +288,7 @@ pub async fn record_throttled(app: &App, email: &str, client: Client) -> Result<
 /// The counters are leaky buckets kept here rather than a rate-limit crate's,
 /// because giving back an attempt that succeeded is part of the rule.
 #[derive(Debug)]
-pub struct SignInThrottle {
+pub(crate) struct SignInThrottle {
     accounts: Bucket,
     addresses: Bucket,
 }
@@ -359,7 +357,7 @@ impl Bucket {
 /// An attempt the throttle let through. Dropped without
 /// [`Attempt::succeeded`], it stays counted as a failure.
 #[must_use]
-pub struct Attempt<'a> {
+pub(crate) struct Attempt<'a> {
     throttle: &'a SignInThrottle,
     account: Option<String>,
     address: Option<String>,
@@ -367,7 +365,7 @@ pub struct Attempt<'a> {
 
 impl Attempt<'_> {
     /// The attempt succeeded (or was never checked): its count is given back.
-    pub fn succeeded(self) {
+    pub(crate) fn succeeded(self) {
         let now = Instant::now();
         if let Some(key) = &self.account {
             self.throttle.accounts.give_back(key, now);
@@ -379,7 +377,7 @@ impl Attempt<'_> {
 }
 
 impl SignInThrottle {
-    pub fn new(
+    pub(crate) fn new(
         account_burst: u32,
         account_refill: Duration,
         address_burst: u32,
@@ -395,7 +393,7 @@ impl SignInThrottle {
     /// sign-in link, which names no account) from `address` (the client's
     /// rate-limit key), before anything is checked. `Err` with the time to
     /// wait when either is blocked.
-    pub fn attempt(&self, account: Option<&str>, address: &str) -> Result<Attempt<'_>, Duration> {
+    pub(crate) fn attempt(&self, account: Option<&str>, address: &str) -> Result<Attempt<'_>, Duration> {
         let now = Instant::now();
         let account = account.map(|a| format!("account {}", Email::lookup_key(a)));
         if let Some(key) = &account {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-pub use crate::domain::forms::FieldErrors;
+pub(crate) use crate::domain::forms::FieldErrors;
 use crate::{
     app::App,
     audit::{self, Action, Client, Event, Outcome},
@@ -20,46 +20,46 @@ use crate::{
     },
 };
 
-pub const MAX_NAME: usize = 200;
-pub const MAX_AFFILIATION: usize = 300;
-pub const MAX_INTENDED_USE: usize = 5000;
+pub(crate) const MAX_NAME: usize = 200;
+pub(crate) const MAX_AFFILIATION: usize = 300;
+pub(crate) const MAX_INTENDED_USE: usize = 5000;
 
 /// The application form as submitted. Field names are part of the public
 /// interface: people script against them.
 #[derive(Clone, Debug, Default, Deserialize)]
-pub struct ApplicationForm {
+pub(crate) struct ApplicationForm {
     #[serde(default)]
-    pub name: String,
+    pub(crate) name: String,
     #[serde(default)]
-    pub email: String,
+    pub(crate) email: String,
     #[serde(default)]
-    pub affiliation: String,
+    pub(crate) affiliation: String,
     #[serde(default)]
-    pub intended_use: String,
+    pub(crate) intended_use: String,
     #[serde(default)]
-    pub accept_terms: Option<String>,
+    pub(crate) accept_terms: Option<String>,
     /// The version of the terms the form showed.
     #[serde(default)]
-    pub terms_version: Option<String>,
+    pub(crate) terms_version: Option<String>,
     /// Every other field: the answers to the model's questions (`q_ID`).
     #[serde(flatten)]
-    pub answers: BTreeMap<String, String>,
+    pub(crate) answers: BTreeMap<String, String>,
 }
 
 /// A form that passed every check.
 #[derive(Debug)]
-pub struct ValidApplication {
-    pub name: String,
-    pub email: Email,
-    pub affiliation: String,
-    pub intended_use: String,
-    pub answers: Vec<Answer>,
-    pub terms_version: i64,
+pub(crate) struct ValidApplication {
+    pub(crate) name: String,
+    pub(crate) email: Email,
+    pub(crate) affiliation: String,
+    pub(crate) intended_use: String,
+    pub(crate) answers: Vec<Answer>,
+    pub(crate) terms_version: i64,
 }
 
 impl ApplicationForm {
     /// Checks the form against the model's questions and its current terms.
-    pub fn validate(&self, model: &Model) -> Result<ValidApplication, FieldErrors> {
+    pub(crate) fn validate(&self, model: &Model) -> Result<ValidApplication, FieldErrors> {
         let mut errors = FieldErrors::new();
         let mut report = |field: &str, e: String| {
             errors.insert(field.to_owned(), e);
@@ -106,7 +106,7 @@ impl ApplicationForm {
 
 /// Whether a researcher may send a new application for a model now.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Eligibility {
+pub(crate) enum Eligibility {
     Open,
     /// An application is already with the reviewers.
     Waiting {
@@ -125,7 +125,7 @@ pub enum Eligibility {
 
 impl Eligibility {
     /// Why a new application is not possible now, in words.
-    pub fn explain(&self, model_title: &str) -> String {
+    pub(crate) fn explain(&self, model_title: &str) -> String {
         match self {
             Eligibility::Open => String::new(),
             Eligibility::Waiting { .. } => format!(
@@ -149,7 +149,7 @@ impl Eligibility {
 const DAY_MS: i64 = 86_400_000;
 
 /// Whether `researcher_id` may apply for `model` now.
-pub async fn eligibility(app: &App, researcher_id: &str, model: &Model) -> Result<Eligibility> {
+pub(crate) async fn eligibility(app: &App, researcher_id: &str, model: &Model) -> Result<Eligibility> {
     let now = now_ms();
     let mine: Vec<ApplicationView> = db::applications::list_of_researcher(app.db.pool(), researcher_id)
         .await?
@@ -189,27 +189,18 @@ pub async fn eligibility(app: &App, researcher_id: &str, model: &Model) -> Resul
     Ok(Eligibility::Open)
 }
 
-/// What became of a submitted form.
-#[derive(Debug)]
-pub enum Submission {
-    /// Recorded; the confirmation e-mail is queued (its URL is also logged,
-    /// for the embedded setup).
-    Recorded { confirm_url: String },
-    /// Not recorded: the address owner is told why by e-mail, so the form
-    /// itself reveals nothing about anyone's applications.
-    Declined(Eligibility),
-}
-
 /// Records the application and queues the e-mail that confirms the address;
-/// or, when the address may not apply now, queues an e-mail saying why.
-pub async fn submit(app: &App, model: &Model, form: ValidApplication, client: Client) -> Result<Submission> {
+/// or, when the address may not apply now, queues an e-mail saying why. The
+/// caller learns neither, so the form reveals nothing about anyone's
+/// applications: only the address's owner hears which it was.
+pub(crate) async fn submit(app: &App, model: &Model, form: ValidApplication, client: Client) -> Result<()> {
     let now = now_ms();
     if let Some(researcher_id) = db::researchers::find_id_by_email(app.db.pool(), form.email.as_str()).await?
     {
         let eligibility = eligibility(app, &researcher_id, model).await?;
         if eligibility != Eligibility::Open {
             decline(app, model, &form, &researcher_id, &eligibility, client).await?;
-            return Ok(Submission::Declined(eligibility));
+            return Ok(());
         }
     }
     let token = new_token();
@@ -267,7 +258,7 @@ pub async fn submit(app: &App, model: &Model, form: ValidApplication, client: Cl
     // The confirmation URL is a secret for the applicant's inbox alone: it
     // stays out of the logs.
     tracing::info!(application = %id, "application submitted; confirmation e-mail queued");
-    Ok(Submission::Recorded { confirm_url })
+    Ok(())
 }
 
 /// Tells the owner of the address why their new application was not recorded.
@@ -317,7 +308,7 @@ async fn decline(
 
 /// The median time from confirmation to decision over the model's latest
 /// decisions, in milliseconds; `None` before the first decision.
-pub async fn typical_review_time(app: &App, model_id: &str) -> Result<Option<i64>> {
+pub(crate) async fn typical_review_time(app: &App, model_id: &str) -> Result<Option<i64>> {
     let mut durations = db::models::recent_review_durations(app.db.pool(), model_id, 50).await?;
     durations.retain(|d| *d >= 0);
     durations.sort_unstable();
@@ -329,7 +320,7 @@ pub async fn typical_review_time(app: &App, model_id: &str) -> Result<Option<i64
 }
 
 /// A duration in words, rounded the way people say it.
-pub fn describe_duration(ms: i64) -> String {
+pub(crate) fn describe_duration(ms: i64) -> String {
     let minutes = ms / 60_000;
     let hours = (ms + 1_800_000) / 3_600_000;
     let days = (ms + DAY_MS / 2) / DAY_MS;
@@ -344,7 +335,7 @@ pub fn describe_duration(ms: i64) -> String {
 
 /// What a follow-up of an earlier application asks for.
 #[derive(Clone, Copy, Debug)]
-pub enum FollowUp<'a> {
+pub(crate) enum FollowUp<'a> {
     /// A longer life for this grant (of the earlier application).
     Renewal { grant_id: &'a str },
     /// Another look at the earlier application, which was denied.
@@ -356,7 +347,7 @@ pub enum FollowUp<'a> {
 /// confirmed), under the terms version given. New applications are recorded
 /// by [`submit`], which asks for the address to be confirmed first. Returns
 /// the follow-up's id.
-pub async fn insert_follow_up(
+pub(crate) async fn insert_follow_up(
     tx: &mut db::Tx,
     earlier: &ApplicationView,
     follow_up: FollowUp<'_>,
@@ -394,7 +385,7 @@ pub async fn insert_follow_up(
 }
 
 /// A status in the researcher's words.
-pub fn status_label(status: Status) -> &'static str {
+pub(crate) fn status_label(status: Status) -> &'static str {
     match status {
         Status::Unconfirmed => "e-mail not confirmed",
         Status::Pending => "with the reviewers",
@@ -406,7 +397,7 @@ pub fn status_label(status: Status) -> &'static str {
 
 /// What a researcher reads about an application in each state: what happens
 /// next, and when.
-pub fn next_step(status: Status, kind: Kind, typical: Option<i64>) -> String {
+pub(crate) fn next_step(status: Status, kind: Kind, typical: Option<i64>) -> String {
     let wait = match typical {
         Some(ms) => format!("Reviews of this model usually take {}.", describe_duration(ms)),
         None => "This model has no decisions yet, so we cannot say how long reviews take.".into(),
@@ -428,7 +419,7 @@ pub fn next_step(status: Status, kind: Kind, typical: Option<i64>) -> String {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ConfirmError {
+pub(crate) enum ConfirmError {
     #[error("this confirmation link is not valid")]
     UnknownToken,
 }
@@ -442,13 +433,13 @@ impl From<ConfirmError> for crate::domain::Error {
 }
 
 /// The application a confirmation token belongs to.
-pub async fn find_by_token(app: &App, token: &str) -> Result<Option<ApplicationView>> {
+pub(crate) async fn find_by_token(app: &App, token: &str) -> Result<Option<ApplicationView>> {
     Ok(db::applications::find_view_by_token(app.db.pool(), &hash_token(token)).await?)
 }
 
 /// Confirms the e-mail address behind `token`, moving the application to the
 /// reviewers' queue. Confirming twice is harmless.
-pub async fn confirm(app: &App, token: &str, client: Client) -> Result<ApplicationView> {
+pub(crate) async fn confirm(app: &App, token: &str, client: Client) -> Result<ApplicationView> {
     let view = find_by_token(app, token)
         .await?
         .ok_or(ConfirmError::UnknownToken)?;

@@ -15,7 +15,7 @@ use crate::{
 
 /// Why something was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum Denied {
+pub(crate) enum Denied {
     /// What was asked for is not the asker's to see; answered as if it did
     /// not exist, so that its existence is not revealed.
     #[error("no such application or grant")]
@@ -44,7 +44,7 @@ impl From<Denied> for crate::domain::Error {
 
 /// What a reviewer asks to do.
 #[derive(Clone, Copy, Debug)]
-pub enum ReviewerAction<'a> {
+pub(crate) enum ReviewerAction<'a> {
     /// See an application or grant of this model, with the researcher's
     /// data and history.
     Read { model_id: &'a str },
@@ -59,7 +59,7 @@ pub enum ReviewerAction<'a> {
 
 /// Whether `reviewer` may do `action`. Admins may do everything; reviewers
 /// read and act for the models an admin assigned them, and nothing else.
-pub async fn reviewer_may(app: &App, reviewer: &Reviewer, action: ReviewerAction<'_>) -> Result<()> {
+pub(crate) async fn reviewer_may(app: &App, reviewer: &Reviewer, action: ReviewerAction<'_>) -> Result<()> {
     if reviewer.is_admin() {
         return Ok(());
     }
@@ -91,7 +91,7 @@ async fn assigned(app: &App, reviewer: &Reviewer, model_id: &str) -> Result<bool
 
 /// The models whose applications and grants `reviewer` sees in lists:
 /// `None` for every model (an admin).
-pub async fn visible_models(app: &App, reviewer: &Reviewer) -> Result<Option<Vec<String>>> {
+pub(crate) async fn visible_models(app: &App, reviewer: &Reviewer) -> Result<Option<Vec<String>>> {
     if reviewer.is_admin() {
         Ok(None)
     } else {
@@ -101,7 +101,7 @@ pub async fn visible_models(app: &App, reviewer: &Reviewer) -> Result<Option<Vec
 
 /// Whether the researcher `researcher_id` may see and act on a record that
 /// belongs to `owner_id`: their own applications and grants only.
-pub fn researcher_owns(researcher_id: &str, owner_id: &str) -> Result<(), Denied> {
+pub(crate) fn researcher_owns(researcher_id: &str, owner_id: &str) -> Result<(), Denied> {
     if researcher_id == owner_id {
         Ok(())
     } else {

@@ -11,7 +11,7 @@ use crate::{
 };
 
 /// Bytes delivered in all.
-pub fn bytes_delivered(deliveries: &[Delivery]) -> u64 {
+pub(crate) fn bytes_delivered(deliveries: &[Delivery]) -> u64 {
     deliveries
         .iter()
         .map(|d| u64::try_from(d.bytes).unwrap_or(0))
@@ -19,7 +19,7 @@ pub fn bytes_delivered(deliveries: &[Delivery]) -> u64 {
 }
 
 /// The ids of the files whose every byte has been delivered at least once.
-pub fn completed_files(deliveries: &[Delivery]) -> BTreeSet<String> {
+pub(crate) fn completed_files(deliveries: &[Delivery]) -> BTreeSet<String> {
     let mut coverage: BTreeMap<&str, (u64, Coverage)> = BTreeMap::new();
     for d in deliveries {
         let size = u64::try_from(d.size).unwrap_or(0);

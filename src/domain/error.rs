@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 /// A domain function's result.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -43,15 +43,15 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn not_found(what: impl Into<String>) -> Self {
+    pub(crate) fn not_found(what: impl Into<String>) -> Self {
         Self::NotFound(what.into())
     }
 
-    pub fn conflict(why: impl Into<String>) -> Self {
+    pub(crate) fn conflict(why: impl Into<String>) -> Self {
         Self::Conflict(why.into())
     }
 
-    pub fn invalid(why: impl Into<String>) -> Self {
+    pub(crate) fn invalid(why: impl Into<String>) -> Self {
         Self::Invalid(why.into())
     }
 }

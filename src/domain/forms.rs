@@ -4,12 +4,12 @@
 use std::collections::BTreeMap;
 
 /// Problems with a submitted form, by field name.
-pub type FieldErrors = BTreeMap<String, String>;
+pub(crate) type FieldErrors = BTreeMap<String, String>;
 
 /// `field` trimmed, when it is present, at most `max` characters, and free
 /// of control characters other than line breaks and tabs; otherwise what is
 /// wrong, naming the field as `label`.
-pub fn text(field: &str, max: usize, label: &str) -> Result<String, String> {
+pub(crate) fn text(field: &str, max: usize, label: &str) -> Result<String, String> {
     let value = field.trim();
     if value.is_empty() {
         return Err(format!("{label} is required"));
@@ -27,7 +27,7 @@ pub fn text(field: &str, max: usize, label: &str) -> Result<String, String> {
 }
 
 /// [`text`], on one line.
-pub fn single_line(field: &str, max: usize, label: &str) -> Result<String, String> {
+pub(crate) fn single_line(field: &str, max: usize, label: &str) -> Result<String, String> {
     let value = text(field, max, label)?;
     if value.contains(['\n', '\r']) {
         return Err(format!("{label} must be on one line"));

@@ -25,14 +25,14 @@ use crate::{
 
 /// Whether a grant can be used right now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GrantState {
+pub(crate) enum GrantState {
     Active,
     Revoked,
     Expired,
 }
 
 impl GrantState {
-    pub fn of(grant: &GrantView, now_ms: i64) -> Self {
+    pub(crate) fn of(grant: &GrantView, now_ms: i64) -> Self {
         if grant.revoked_at.is_some() {
             GrantState::Revoked
         } else if grant.expires_at <= now_ms {
@@ -42,7 +42,7 @@ impl GrantState {
         }
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             GrantState::Active => "active",
             GrantState::Revoked => "revoked",
@@ -59,41 +59,41 @@ impl std::fmt::Display for GrantState {
 
 /// A file with a freshly signed link.
 #[derive(Debug)]
-pub struct LinkedFile {
-    pub file: File,
-    pub url: String,
+pub(crate) struct LinkedFile {
+    pub(crate) file: File,
+    pub(crate) url: String,
 }
 
 #[derive(Debug)]
-pub struct ReleaseFiles {
-    pub release: Release,
-    pub files: Vec<LinkedFile>,
+pub(crate) struct ReleaseFiles {
+    pub(crate) release: Release,
+    pub(crate) files: Vec<LinkedFile>,
 }
 
 /// What the access page shows.
 #[derive(Debug)]
-pub struct Access {
-    pub grant: GrantView,
-    pub state: GrantState,
+pub(crate) struct Access {
+    pub(crate) grant: GrantView,
+    pub(crate) state: GrantState,
     /// Unix seconds at which the links below stop working.
-    pub links_expire_at: i64,
-    pub releases: Vec<ReleaseFiles>,
+    pub(crate) links_expire_at: i64,
+    pub(crate) releases: Vec<ReleaseFiles>,
 }
 
 /// The download URL of a file: the signed token, then the file's name so that
 /// `curl -O` saves it under that name.
-pub fn download_path(token: &str, file_name: &str) -> String {
+pub(crate) fn download_path(token: &str, file_name: &str) -> String {
     format!("/dl/{token}/{file_name}")
 }
 
 /// The grant behind an access token.
-pub async fn find_by_access_token(app: &App, token: &str) -> Result<Option<GrantView>> {
+pub(crate) async fn find_by_access_token(app: &App, token: &str) -> Result<Option<GrantView>> {
     Ok(db::grants::find_view_by_access_token(app.db.pool(), &hash_token(token)).await?)
 }
 
 /// The access page (or the client's manifest, as `via` says) of a grant,
 /// minting a fresh link for every file. Links never outlive the grant.
-pub async fn access(app: &App, grant: GrantView, via: &str, client: Client) -> Result<Access> {
+pub(crate) async fn access(app: &App, grant: GrantView, via: &str, client: Client) -> Result<Access> {
     let now = now_ms();
     let state = GrantState::of(&grant, now);
     let link_ttl = i64::try_from(app.config.link_ttl.as_secs()).unwrap_or(i64::MAX);
@@ -130,7 +130,7 @@ pub async fn access(app: &App, grant: GrantView, via: &str, client: Client) -> R
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum GrantError {
+pub(crate) enum GrantError {
     #[error("no such grant")]
     NotFound,
     #[error("this grant is already revoked")]
@@ -197,18 +197,18 @@ pub async fn revoke(
 }
 
 /// A download that passed every check and whose audit event is durable.
-pub struct Download {
-    pub file: Arc<FileInModel>,
+pub(crate) struct Download {
+    pub(crate) file: Arc<FileInModel>,
     /// Bytes `start..end` of the file are sent.
-    pub start: u64,
-    pub end: u64,
+    pub(crate) start: u64,
+    pub(crate) end: u64,
     /// `true` when a `Range` was honoured (HTTP 206).
-    pub partial: bool,
-    pub body: Delivery,
+    pub(crate) partial: bool,
+    pub(crate) body: Delivery,
 }
 
 /// How the bytes reach the researcher.
-pub enum Delivery {
+pub(crate) enum Delivery {
     /// Streamed by the portal.
     Proxy(ByteStream),
     /// Served by the object store from this short-lived presigned URL.
@@ -218,7 +218,7 @@ pub enum Delivery {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum DownloadError {
+pub(crate) enum DownloadError {
     #[error("{}", .0.message())]
     Refused(Refusal),
     /// Refused on the link alone, before any grant's state was read.
@@ -232,7 +232,7 @@ pub enum DownloadError {
 
 /// The first range of a `Range` header, as `start..end`; `None` means the
 /// whole file. Several ranges are answered with the whole file, which HTTP allows.
-pub fn requested_range(header: Option<&str>, size: u64) -> Result<Option<(u64, u64)>, DownloadError> {
+pub(crate) fn requested_range(header: Option<&str>, size: u64) -> Result<Option<(u64, u64)>, DownloadError> {
     let Some(header) = header else { return Ok(None) };
     // A header that is not a byte range at all (another unit, garbage) is
     // ignored, as RFC 9110 asks; a byte range outside the file is a 416.
@@ -261,7 +261,7 @@ pub fn requested_range(header: Option<&str>, size: u64) -> Result<Option<(u64, u
 /// A `HEAD` request (`head`) is checked and audited as a fetch, and answered
 /// from the file's metadata alone: the store is not asked for bytes or for a
 /// presigned URL, so a HEAD can never hand out what a GET would have to count.
-pub async fn open_download(
+pub(crate) async fn open_download(
     app: &App,
     token: &str,
     file_name: &str,

@@ -5,19 +5,19 @@
 //! these functions, and these call `db`, `storage`, `mail` and `audit`.
 
 pub mod accounts;
-pub mod applications;
-pub mod authz;
-pub mod deliveries;
-pub mod error;
-pub mod forms;
+pub(crate) mod applications;
+pub(crate) mod authz;
+pub(crate) mod deliveries;
+pub(crate) mod error;
+pub(crate) mod forms;
 pub mod grants;
 pub mod models;
 pub mod notices;
 pub mod policy;
-pub mod questions;
-pub mod renewals;
-pub mod researchers;
+pub(crate) mod questions;
+pub(crate) mod renewals;
+pub(crate) mod researchers;
 pub mod reviews;
-pub mod threads;
+pub(crate) mod threads;
 
-pub use error::{Error, Result};
+pub(crate) use error::Error;

@@ -21,7 +21,7 @@ use crate::{
 };
 
 #[derive(Debug, thiserror::Error)]
-pub enum ModelError {
+pub(crate) enum ModelError {
     #[error("a model with slug {0:?} already exists")]
     Exists(String),
     #[error("no model with slug {0:?}")]
@@ -44,9 +44,9 @@ impl From<ModelError> for crate::domain::Error {
 }
 
 /// Days a denied researcher waits before applying again, unless the model says otherwise.
-pub const DEFAULT_REAPPLY_AFTER_DAYS: i64 = 30;
+pub(crate) const DEFAULT_REAPPLY_AFTER_DAYS: i64 = 30;
 /// The longest wait a model may impose before a new application.
-pub const MAX_REAPPLY_AFTER_DAYS: i64 = 3650;
+pub(crate) const MAX_REAPPLY_AFTER_DAYS: i64 = 3650;
 
 pub async fn create(app: &App, slug: &Slug, title: &str, terms: &str, actor: &str) -> Result<Model> {
     let title = title.trim();
@@ -101,9 +101,9 @@ pub async fn create(app: &App, slug: &Slug, title: &str, terms: &str, actor: &st
 /// One file as it was published.
 #[derive(Debug, Clone)]
 pub struct PublishedFile {
-    pub name: String,
-    pub size: u64,
-    pub sha256: String,
+    pub(crate) name: String,
+    pub(crate) size: u64,
+    pub(crate) sha256: String,
     /// `false` when an identical object was already stored (an earlier,
     /// interrupted publish, or another release).
     pub uploaded: bool,
@@ -111,7 +111,7 @@ pub struct PublishedFile {
 
 #[derive(Debug)]
 pub struct PublishReport {
-    pub release: String,
+    pub(crate) release: String,
     pub files: Vec<PublishedFile>,
 }
 
@@ -150,8 +150,8 @@ fn release_files(dir: &Path) -> Result<Vec<PathBuf>> {
 /// How a publish reports progress: a bar that counts bytes hashed (hidden
 /// unless the caller draws it), and a call for each file once stored.
 pub struct PublishProgress {
-    pub bar: ProgressBar,
-    pub on_file: Box<dyn Fn(&PublishedFile) + Send + Sync>,
+    pub(crate) bar: ProgressBar,
+    pub(crate) on_file: Box<dyn Fn(&PublishedFile) + Send + Sync>,
 }
 
 impl PublishProgress {
@@ -166,7 +166,7 @@ impl PublishProgress {
 
 /// A file's SHA-256, size and (with a chunk size) the SHA-256 of each
 /// `chunk_size` bytes, in one streaming pass; `bar` advances by the bytes read.
-pub fn hash_file(path: &Path, chunk_size: Option<u64>, bar: &ProgressBar) -> Result<FileDigest> {
+pub(crate) fn hash_file(path: &Path, chunk_size: Option<u64>, bar: &ProgressBar) -> Result<FileDigest> {
     let chunked = chunk_size.is_some();
     let chunk_size = chunk_size.unwrap_or(u64::MAX).max(1);
     let mut file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
@@ -214,10 +214,10 @@ pub fn hash_file(path: &Path, chunk_size: Option<u64>, bar: &ProgressBar) -> Res
 
 /// What [`hash_file`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileDigest {
-    pub sha256: String,
-    pub size: u64,
-    pub chunks: Vec<String>,
+pub(crate) struct FileDigest {
+    pub(crate) sha256: String,
+    pub(crate) size: u64,
+    pub(crate) chunks: Vec<String>,
 }
 
 /// Publishes every file of `dir` as a release of the model. Files are hashed

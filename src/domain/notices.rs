@@ -17,11 +17,11 @@ use crate::{
 };
 
 /// How often a reviewer who chose the digest hears of waiting applications.
-pub const DIGEST_EVERY: Duration = Duration::from_secs(86_400);
+pub(crate) const DIGEST_EVERY: Duration = Duration::from_secs(86_400);
 
 /// Tells the reviewers of the application's model who want to hear at once
 /// that it waits for them.
-pub async fn application_waiting(app: &App, view: &ApplicationView) -> Result<()> {
+pub(crate) async fn application_waiting(app: &App, view: &ApplicationView) -> Result<()> {
     let link = app.url(&format!("/admin/applications/{}", view.id));
     tell_deciders(
         app,
@@ -42,7 +42,7 @@ pub async fn application_waiting(app: &App, view: &ApplicationView) -> Result<()
 
 /// Tells the reviewers of the application's model who want to hear at once
 /// that the applicant answered their question.
-pub async fn application_answered(app: &App, view: &ApplicationView, answer: &str) -> Result<()> {
+pub(crate) async fn application_answered(app: &App, view: &ApplicationView, answer: &str) -> Result<()> {
     let link = app.url(&format!("/admin/applications/{}", view.id));
     tell_deciders(
         app,
@@ -210,7 +210,7 @@ async fn send_digests(app: &App, now: i64) -> Result<usize> {
 }
 
 /// Runs [`run_once`] every `every` until the task is aborted.
-pub async fn run_periodically(app: std::sync::Arc<App>, every: Duration) {
+pub(crate) async fn run_periodically(app: std::sync::Arc<App>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -12,12 +12,12 @@ use crate::{
     types::{Email, new_id, now_ms},
 };
 
-pub const MAX_APPROVALS: i64 = 10;
-pub const MAX_TARGET_DAYS: i64 = 365;
+pub(crate) const MAX_APPROVALS: i64 = 10;
+pub(crate) const MAX_TARGET_DAYS: i64 = 365;
 const MAX_TEMPLATE: usize = 2000;
 
 #[derive(Debug, thiserror::Error)]
-pub enum PolicyError {
+pub(crate) enum PolicyError {
     #[error("no model {0}")]
     NoModel(String),
     #[error("no reviewer {0}")]
@@ -162,7 +162,7 @@ pub async fn save_template(app: &App, title: &str, body: &str, actor: &str) -> R
     Ok(())
 }
 
-pub async fn delete_template(app: &App, id: &str, actor: &str) -> Result<bool> {
+pub(crate) async fn delete_template(app: &App, id: &str, actor: &str) -> Result<bool> {
     let mut tx = app.db.begin().await?;
     let Some(title) = db::policy::delete_deny_template(&mut tx, id).await? else {
         return Ok(false);

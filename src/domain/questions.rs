@@ -7,18 +7,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::forms::{FieldErrors, single_line, text};
 
-pub const MAX_QUESTIONS: usize = 50;
-pub const MAX_LABEL: usize = 300;
-pub const MAX_HELP: usize = 1000;
-pub const MAX_OPTIONS: usize = 100;
-pub const MAX_SHORT_ANSWER: usize = 500;
-pub const MAX_LONG_ANSWER: usize = 5000;
-pub const MAX_URL: usize = 2000;
+pub(crate) const MAX_QUESTIONS: usize = 50;
+pub(crate) const MAX_LABEL: usize = 300;
+pub(crate) const MAX_HELP: usize = 1000;
+pub(crate) const MAX_OPTIONS: usize = 100;
+pub(crate) const MAX_SHORT_ANSWER: usize = 500;
+pub(crate) const MAX_LONG_ANSWER: usize = 5000;
+pub(crate) const MAX_URL: usize = 2000;
 
 /// What kind of answer a question takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Kind {
+pub(crate) enum Kind {
     /// One line of text.
     Text,
     /// Several paragraphs.
@@ -38,21 +38,21 @@ pub enum Kind {
 #[serde(deny_unknown_fields)]
 pub struct Question {
     /// Names the answer; lower-case letters, digits and `_`.
-    pub id: String,
-    pub label: String,
-    pub kind: Kind,
+    pub(crate) id: String,
+    pub(crate) label: String,
+    pub(crate) kind: Kind,
     #[serde(default)]
-    pub required: bool,
+    pub(crate) required: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub options: Vec<String>,
+    pub(crate) options: Vec<String>,
     /// A hint shown under the field.
     #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub help: String,
+    pub(crate) help: String,
 }
 
 impl Question {
     /// The form field that carries the answer.
-    pub fn field(&self) -> String {
+    pub(crate) fn field(&self) -> String {
         format!("q_{}", self.id)
     }
 }
@@ -60,17 +60,17 @@ impl Question {
 /// An answer, kept with the question as it was asked so that a later change
 /// of the questions does not change what reviewers read.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Answer {
-    pub id: String,
-    pub label: String,
-    pub kind: Kind,
+pub(crate) struct Answer {
+    pub(crate) id: String,
+    pub(crate) label: String,
+    pub(crate) kind: Kind,
     /// Empty when an optional question was left blank.
-    pub value: String,
+    pub(crate) value: String,
 }
 
 impl Answer {
     /// The answer in words: a country's name, "yes"/"no" for a checkbox.
-    pub fn display(&self) -> String {
+    pub(crate) fn display(&self) -> String {
         match self.kind {
             Kind::Country => country_name(&self.value)
                 .map(|name| format!("{name} ({})", self.value))
@@ -89,7 +89,7 @@ fn valid_id(id: &str) -> bool {
 }
 
 /// Parses and checks a JSON array of questions.
-pub fn parse_definitions(json: &str) -> Result<Vec<Question>, String> {
+pub(crate) fn parse_definitions(json: &str) -> Result<Vec<Question>, String> {
     let questions: Vec<Question> =
         serde_json::from_str(json).map_err(|e| format!("the questions are not valid: {e}"))?;
     if questions.len() > MAX_QUESTIONS {
@@ -137,7 +137,7 @@ pub fn parse_definitions(json: &str) -> Result<Vec<Question>, String> {
 }
 
 /// What a model asks after a change of its questions, said in full.
-pub fn asks(slug: &str, count: usize) -> String {
+pub(crate) fn asks(slug: &str, count: usize) -> String {
     match count {
         0 => format!("{slug} now asks no questions of its own."),
         1 => format!("{slug} now asks 1 question."),
@@ -147,23 +147,23 @@ pub fn asks(slug: &str, count: usize) -> String {
 
 /// Rows the dashboard's question editor offers beyond the model's questions,
 /// for new ones.
-pub const NEW_ROWS: usize = 3;
+pub(crate) const NEW_ROWS: usize = 3;
 
 /// One question as the dashboard's editor shows it: a row of plain fields.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct EditorRow {
-    pub id: String,
-    pub label: String,
+pub(crate) struct EditorRow {
+    pub(crate) id: String,
+    pub(crate) label: String,
     /// The kind's name as stored (`text`, `long_text`, ...).
-    pub kind: String,
-    pub required: bool,
+    pub(crate) kind: String,
+    pub(crate) required: bool,
     /// The options of a select, one per line.
-    pub options: String,
-    pub help: String,
+    pub(crate) options: String,
+    pub(crate) help: String,
 }
 
 impl EditorRow {
-    pub fn of(q: &Question) -> Self {
+    pub(crate) fn of(q: &Question) -> Self {
         Self {
             id: q.id.clone(),
             label: q.label.clone(),
@@ -176,7 +176,7 @@ impl EditorRow {
 }
 
 /// The name a kind is stored and sent under.
-pub fn kind_name(kind: Kind) -> &'static str {
+pub(crate) fn kind_name(kind: Kind) -> &'static str {
     match kind {
         Kind::Text => "text",
         Kind::LongText => "long_text",
@@ -188,7 +188,7 @@ pub fn kind_name(kind: Kind) -> &'static str {
 }
 
 /// Every kind, with the name the editor shows.
-pub const KINDS: [(Kind, &str); 6] = [
+pub(crate) const KINDS: [(Kind, &str); 6] = [
     (Kind::Text, "One line of text"),
     (Kind::LongText, "Several paragraphs"),
     (Kind::Select, "One of a list"),
@@ -199,7 +199,7 @@ pub const KINDS: [(Kind, &str); 6] = [
 
 /// An id made from a label, for a new question whose id was left blank:
 /// "Your ORCID iD" becomes `your_orcid_id`.
-pub fn id_from_label(label: &str) -> String {
+pub(crate) fn id_from_label(label: &str) -> String {
     let mut id = String::new();
     for c in label.trim().chars().flat_map(char::to_lowercase) {
         if c.is_ascii_lowercase() || c.is_ascii_digit() {
@@ -219,18 +219,18 @@ pub fn id_from_label(label: &str) -> String {
 /// A row of the editor as it was sent, kept as typed so that a refused
 /// edit can be shown again exactly.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SentRow {
-    pub fields: EditorRow,
+pub(crate) struct SentRow {
+    pub(crate) fields: EditorRow,
     /// The position as typed; blank keeps the row's place.
-    pub position: String,
-    pub remove: bool,
+    pub(crate) position: String,
+    pub(crate) remove: bool,
     /// Whether the row showed a saved question, not a blank one for a new question.
-    pub existing: bool,
+    pub(crate) existing: bool,
 }
 
 impl SentRow {
     /// Whether nothing was typed in the row.
-    pub fn is_blank(&self) -> bool {
+    pub(crate) fn is_blank(&self) -> bool {
         let f = &self.fields;
         f.id.trim().is_empty()
             && f.label.trim().is_empty()
@@ -243,7 +243,7 @@ impl SentRow {
 /// `rN_kind`, `rN_required`, `rN_options`, `rN_help`, `rN_position`,
 /// `rN_remove` and `rN_existing` for row N (digits only); other fields are
 /// ignored.
-pub fn editor_rows(fields: &[(String, String)]) -> Result<Vec<SentRow>, String> {
+pub(crate) fn editor_rows(fields: &[(String, String)]) -> Result<Vec<SentRow>, String> {
     let mut rows: BTreeMap<usize, SentRow> = BTreeMap::new();
     for (name, value) in fields {
         let Some((row, field)) = name
@@ -278,7 +278,7 @@ pub fn editor_rows(fields: &[(String, String)]) -> Result<Vec<SentRow>, String> 
 /// not yet checked (see [`parse_definitions`]). A row marked for removal,
 /// or left wholly blank, is dropped; a blank id is made from the label; a
 /// select's options are its non-blank lines, and other kinds have none.
-pub fn from_rows(rows: &[SentRow]) -> Result<Vec<Question>, String> {
+pub(crate) fn from_rows(rows: &[SentRow]) -> Result<Vec<Question>, String> {
     let mut ordered = Vec::new();
     for (n, row) in rows.iter().enumerate() {
         if row.remove || row.is_blank() {
@@ -332,12 +332,12 @@ pub fn from_rows(rows: &[SentRow]) -> Result<Vec<Question>, String> {
 
 /// The questions stored with a model; an unreadable value reads as none
 /// (it was checked when it was stored).
-pub fn stored(json: &str) -> Vec<Question> {
+pub(crate) fn stored(json: &str) -> Vec<Question> {
     serde_json::from_str(json).unwrap_or_default()
 }
 
 /// The answers stored with an application.
-pub fn stored_answers(json: &str) -> Vec<Answer> {
+pub(crate) fn stored_answers(json: &str) -> Vec<Answer> {
     serde_json::from_str(json).unwrap_or_default()
 }
 
@@ -353,7 +353,7 @@ fn check_url(value: &str) -> Result<String, String> {
 
 /// Checks the answers submitted in `form` (by field name) against the
 /// questions; each problem is reported under the question's field name.
-pub fn validate_answers(
+pub(crate) fn validate_answers(
     questions: &[Question],
     form: &BTreeMap<String, String>,
 ) -> Result<Vec<Answer>, FieldErrors> {
@@ -413,7 +413,7 @@ pub fn validate_answers(
 }
 
 /// Every ISO 3166-1 country as (two-letter code, name), sorted by name.
-pub fn countries() -> &'static [(&'static str, &'static str)] {
+pub(crate) fn countries() -> &'static [(&'static str, &'static str)] {
     static LIST: OnceLock<Vec<(&'static str, &'static str)>> = OnceLock::new();
     LIST.get_or_init(|| {
         let mut list: Vec<_> = isocountry::CountryCode::iter()
@@ -425,7 +425,7 @@ pub fn countries() -> &'static [(&'static str, &'static str)] {
 }
 
 /// The name of the country with this two-letter code.
-pub fn country_name(code: &str) -> Option<&'static str> {
+pub(crate) fn country_name(code: &str) -> Option<&'static str> {
     if code.len() != 2 {
         return None;
     }

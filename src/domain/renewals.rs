@@ -17,7 +17,7 @@ use crate::{
 };
 
 /// Asks the reviewers to extend an active grant. `note` (optional) says why.
-pub async fn request(
+pub(crate) async fn request(
     app: &App,
     researcher: &Researcher,
     grant_id: &str,
@@ -107,7 +107,7 @@ async fn insert_renewal(
 /// approval: a renewal of the grant, with this reviewer's approval of `days`
 /// as its first (or, when a renewal is already open, one more approval of
 /// it). The grant is extended once the policy has its approvals.
-pub async fn propose(
+pub(crate) async fn propose(
     app: &App,
     reviewer: &Reviewer,
     grant: &GrantView,
@@ -130,7 +130,7 @@ pub async fn propose(
 
 /// Who extends a grant, and on what authority.
 #[derive(Clone, Copy, Debug)]
-pub enum ExtendBy<'a> {
+pub(crate) enum ExtendBy<'a> {
     /// A reviewer of the grant's model, under the model's approval policy:
     /// when it needs more than one approval, the extension is a renewal that
     /// waits for the others.
@@ -142,11 +142,12 @@ pub enum ExtendBy<'a> {
 
 /// What an extension did.
 #[derive(Debug)]
-pub enum Extension {
+pub(crate) enum Extension {
     /// The grant now lasts until this time.
     Extended { until: i64 },
-    /// A renewal of the grant is with the reviewers, with this approval.
-    Proposed { renewal_id: String, approval: Approval },
+    /// A renewal of the grant is with the reviewers, with this reviewer's
+    /// approval on it.
+    Proposed { renewal_id: String },
 }
 
 /// Extends a grant by `days` (at most [`MAX_EXTENSION_DAYS`]) from its
@@ -154,7 +155,7 @@ pub enum Extension {
 /// reviewer's extension follows the model's approval policy: alone under a
 /// one-approval policy, otherwise as a renewal the other reviewers approve.
 /// The researcher is told the new date.
-pub async fn extend(
+pub(crate) async fn extend(
     app: &App,
     grant_id: &str,
     days: u64,
@@ -182,10 +183,7 @@ pub async fn extend(
                 let (renewal_id, approval) = propose(app, reviewer, &grant, days, client).await?;
                 return Ok(match approval {
                     Approval::Granted { expires_at, .. } => Extension::Extended { until: expires_at },
-                    recorded => Extension::Proposed {
-                        renewal_id,
-                        approval: recorded,
-                    },
+                    Approval::Recorded { .. } => Extension::Proposed { renewal_id },
                 });
             }
             (reviewer.email.as_str(), String::new())

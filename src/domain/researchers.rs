@@ -18,13 +18,13 @@ use crate::{
 };
 
 /// How long an e-mailed sign-in link works.
-pub const SIGNIN_LINK_TTL_MS: i64 = 15 * 60_000;
+pub(crate) const SIGNIN_LINK_TTL_MS: i64 = 15 * 60_000;
 /// At most this many sign-in links per address and hour, so the form cannot
 /// be used to flood someone's inbox.
-pub const MAX_SIGNIN_LINKS_PER_HOUR: i64 = 5;
+pub(crate) const MAX_SIGNIN_LINKS_PER_HOUR: i64 = 5;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ResearcherError {
+pub(crate) enum ResearcherError {
     #[error("no such application or grant")]
     NotFound,
     #[error("{0}")]
@@ -44,7 +44,7 @@ impl From<ResearcherError> for crate::domain::Error {
 }
 
 /// Stores a fresh sign-in link for a researcher and returns its URL.
-pub async fn issue_signin_link(tx: &mut Tx, app: &App, researcher_id: &str) -> Result<String> {
+pub(crate) async fn issue_signin_link(tx: &mut Tx, app: &App, researcher_id: &str) -> Result<String> {
     let token = new_token();
     let now = now_ms();
     db::researchers::insert_signin_token(
@@ -60,7 +60,7 @@ pub async fn issue_signin_link(tx: &mut Tx, app: &App, researcher_id: &str) -> R
 
 /// E-mails a sign-in link to `email` if a researcher has that address. The
 /// caller's answer is the same either way, so the form reveals nothing.
-pub async fn request_signin(app: &App, email: &Email, client: Client) -> Result<()> {
+pub(crate) async fn request_signin(app: &App, email: &Email, client: Client) -> Result<()> {
     let now = now_ms();
     let mut tx = app.db.begin().await?;
     let mut event = Event::ok(Action::ResearcherSignInLink)
@@ -101,14 +101,14 @@ pub async fn request_signin(app: &App, email: &Email, client: Client) -> Result<
 
 /// A signed-in researcher.
 #[derive(Clone, Debug)]
-pub struct Researcher {
-    pub id: String,
-    pub email: String,
+pub(crate) struct Researcher {
+    pub(crate) id: String,
+    pub(crate) email: String,
 }
 
 /// Uses up a sign-in link: the researcher it was sent to, or `None` when the
 /// link is unknown, already used or expired.
-pub async fn sign_in(app: &App, token: &str, client: Client) -> Result<Option<Researcher>> {
+pub(crate) async fn sign_in(app: &App, token: &str, client: Client) -> Result<Option<Researcher>> {
     let mut tx = app.db.begin().await?;
     let found = db::researchers::consume_signin_token(&mut tx, &hash_token(token), now_ms()).await?;
     let mut event = Event::ok(Action::ResearcherSignIn).client(client);
@@ -134,7 +134,7 @@ pub async fn sign_in(app: &App, token: &str, client: Client) -> Result<Option<Re
 }
 
 /// The researcher behind a session's id, if they still exist.
-pub async fn find(app: &App, id: &str) -> Result<Option<Researcher>> {
+pub(crate) async fn find(app: &App, id: &str) -> Result<Option<Researcher>> {
     Ok(db::researchers::email_of(app.db.pool(), id)
         .await?
         .map(|email| Researcher {
@@ -145,29 +145,29 @@ pub async fn find(app: &App, id: &str) -> Result<Option<Researcher>> {
 
 /// One line of an application's history.
 #[derive(Clone, Debug)]
-pub struct HistoryEntry {
-    pub at: i64,
-    pub what: String,
+pub(crate) struct HistoryEntry {
+    pub(crate) at: i64,
+    pub(crate) what: String,
     /// A question, an answer or a reason, in the writer's words.
-    pub body: String,
+    pub(crate) body: String,
 }
 
 /// An application as its researcher sees it.
 #[derive(Debug)]
-pub struct MyApplication {
-    pub view: ApplicationView,
-    pub answers: Vec<Answer>,
-    pub history: Vec<HistoryEntry>,
-    pub next_step: String,
-    pub denial_reason: Option<String>,
-    pub can_answer: bool,
-    pub can_appeal: bool,
+pub(crate) struct MyApplication {
+    pub(crate) view: ApplicationView,
+    pub(crate) answers: Vec<Answer>,
+    pub(crate) history: Vec<HistoryEntry>,
+    pub(crate) next_step: String,
+    pub(crate) denial_reason: Option<String>,
+    pub(crate) can_answer: bool,
+    pub(crate) can_appeal: bool,
     /// For a denied application: when a new one is welcome.
-    pub reapply_from: Option<i64>,
+    pub(crate) reapply_from: Option<i64>,
 }
 
 /// Every application of a researcher with its history and next step.
-pub async fn my_applications(app: &App, researcher: &Researcher) -> Result<Vec<MyApplication>> {
+pub(crate) async fn my_applications(app: &App, researcher: &Researcher) -> Result<Vec<MyApplication>> {
     let pool = app.db.pool();
     let views = db::applications::list_of_researcher(pool, &researcher.id).await?;
     let mut typical = std::collections::HashMap::new();
@@ -249,12 +249,12 @@ pub async fn my_applications(app: &App, researcher: &Researcher) -> Result<Vec<M
 }
 
 /// A researcher's grants, newest first.
-pub async fn my_grants(app: &App, researcher: &Researcher) -> Result<Vec<GrantView>> {
+pub(crate) async fn my_grants(app: &App, researcher: &Researcher) -> Result<Vec<GrantView>> {
     Ok(db::grants::list_of_researcher(app.db.pool(), &researcher.id).await?)
 }
 
 /// A grant of this researcher.
-pub async fn my_grant(app: &App, researcher: &Researcher, grant_id: &str) -> Result<GrantView> {
+pub(crate) async fn my_grant(app: &App, researcher: &Researcher, grant_id: &str) -> Result<GrantView> {
     let grant = db::grants::find_view(app.db.pool(), grant_id)
         .await?
         .ok_or(ResearcherError::NotFound)?;
@@ -263,7 +263,7 @@ pub async fn my_grant(app: &App, researcher: &Researcher, grant_id: &str) -> Res
 }
 
 /// An application of this researcher.
-pub async fn my_application(
+pub(crate) async fn my_application(
     app: &App,
     researcher: &Researcher,
     application_id: &str,
@@ -277,7 +277,7 @@ pub async fn my_application(
 
 /// A new access token for one of the researcher's grants: the key in the
 /// download client's manifest URL. Earlier tokens keep working.
-pub async fn client_manifest_url(
+pub(crate) async fn client_manifest_url(
     app: &App,
     researcher: &Researcher,
     grant: &GrantView,
@@ -301,7 +301,7 @@ pub async fn client_manifest_url(
 
 /// Appeals a denial, once: a new application marked as an appeal, linked to
 /// the denied one, straight to the reviewers with the researcher's words.
-pub async fn appeal(
+pub(crate) async fn appeal(
     app: &App,
     researcher: &Researcher,
     denied_id: &str,

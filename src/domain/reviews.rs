@@ -25,18 +25,18 @@ use crate::{
     },
 };
 
-pub const MAX_REASON: usize = 2000;
+pub(crate) const MAX_REASON: usize = 2000;
 /// The longest grant a reviewer may give in one decision.
-pub const MAX_GRANT_DAYS: u64 = 3650;
+pub(crate) const MAX_GRANT_DAYS: u64 = 3650;
 /// The most days one extension or renewal adds to a grant.
-pub const MAX_EXTENSION_DAYS: u64 = 365;
+pub(crate) const MAX_EXTENSION_DAYS: u64 = 365;
 /// The most applications one bulk decision takes.
-pub const MAX_BULK: usize = 200;
+pub(crate) const MAX_BULK: usize = 200;
 /// Who the audit log names for decisions taken by a model's rules.
 pub const RULES_ACTOR: &str = "weightgate (automatic approval)";
 
 #[derive(Debug, thiserror::Error)]
-pub enum ReviewError {
+pub(crate) enum ReviewError {
     #[error("no such application")]
     NotFound,
     #[error("this application is {0}, not waiting for a decision")]
@@ -71,12 +71,9 @@ impl From<ReviewError> for crate::domain::Error {
 
 /// What an approval produced: the grant, or one more vote towards it.
 #[derive(Debug)]
-pub enum Approval {
-    Granted {
-        grant_id: String,
-        access_url: String,
-        expires_at: i64,
-    },
+pub(crate) enum Approval {
+    /// The grant exists (or was extended) and lasts until `expires_at`.
+    Granted { expires_at: i64 },
     /// Recorded; the policy needs `needed` approvals from distinct reviewers.
     Recorded { approvals: usize, needed: usize },
 }
@@ -107,29 +104,29 @@ async fn policy_of(app: &App, model_id: &str) -> Result<ReviewPolicy> {
 
 /// Everything a reviewer reads before deciding one application.
 #[derive(Debug)]
-pub struct CaseFile {
-    pub application: ApplicationView,
+pub(crate) struct CaseFile {
+    pub(crate) application: ApplicationView,
     /// Whether this reviewer may decide it (not only read it).
-    pub may_decide: bool,
+    pub(crate) may_decide: bool,
     /// Every decision recorded, in order.
-    pub reviews: Vec<ReviewView>,
+    pub(crate) reviews: Vec<ReviewView>,
     /// The approvals the model's policy needs, and those that count so far
     /// (from reviewers who may still decide).
-    pub approvals_needed: i64,
-    pub approvals_counted: usize,
+    pub(crate) approvals_needed: i64,
+    pub(crate) approvals_counted: usize,
     /// This reviewer has approved it already.
-    pub approved_by_reader: bool,
+    pub(crate) approved_by_reader: bool,
     /// The researcher's other applications, and their grants.
-    pub earlier_applications: Vec<ApplicationView>,
-    pub grants: Vec<GrantView>,
+    pub(crate) earlier_applications: Vec<ApplicationView>,
+    pub(crate) grants: Vec<GrantView>,
     /// Questions asked and answers given, in order.
-    pub messages: Vec<Message>,
+    pub(crate) messages: Vec<Message>,
     /// The answers to the model's questions.
-    pub answers: Vec<Answer>,
+    pub(crate) answers: Vec<Answer>,
 }
 
 /// The case file of an application, for a reviewer who may read it.
-pub async fn case_file(app: &App, reviewer: &Reviewer, application_id: &str) -> Result<CaseFile> {
+pub(crate) async fn case_file(app: &App, reviewer: &Reviewer, application_id: &str) -> Result<CaseFile> {
     let pool = app.db.pool();
     let application = db::applications::find_view(pool, application_id)
         .await?
@@ -186,7 +183,7 @@ fn grant_ttl(app: &App, days: Option<u64>) -> Result<Duration, ReviewError> {
 
 /// How long an extension or a renewal adds: the days chosen, or the default
 /// grant length, never more than [`MAX_EXTENSION_DAYS`].
-pub fn extension_ttl(app: &App, days: Option<u64>) -> Result<Duration, ReviewError> {
+pub(crate) fn extension_ttl(app: &App, days: Option<u64>) -> Result<Duration, ReviewError> {
     match days {
         Some(d) if (1..=MAX_EXTENSION_DAYS).contains(&d) => Ok(Duration::from_secs(d * 86_400)),
         Some(_) => Err(ReviewError::BadExtension),
@@ -200,35 +197,35 @@ pub fn extension_ttl(app: &App, days: Option<u64>) -> Result<Duration, ReviewErr
 /// An application the reviewers have had for longer than its model's
 /// review target (a model without a policy row has the default, 7 days).
 /// Only one in the queue is overdue: one waiting for the applicant is not.
-pub fn is_overdue(view: &ApplicationView, policy: Option<&ReviewPolicy>, now: i64) -> bool {
+pub(crate) fn is_overdue(view: &ApplicationView, policy: Option<&ReviewPolicy>, now: i64) -> bool {
     let target_days = policy.map_or(DEFAULT_TARGET_DAYS, |p| p.review_target_days);
     view.status == Status::Pending
         && now.saturating_sub(waiting_since(view)) > target_days.saturating_mul(86_400_000)
 }
 
 /// When an application entered the queue (or was sent, if it never did).
-pub fn waiting_since(view: &ApplicationView) -> i64 {
+pub(crate) fn waiting_since(view: &ApplicationView) -> i64 {
     view.confirmed_at.unwrap_or(view.created_at)
 }
 
 /// The review target of a model whose policy says nothing else.
-pub const DEFAULT_TARGET_DAYS: i64 = 7;
+pub(crate) const DEFAULT_TARGET_DAYS: i64 = 7;
 
 /// The days a form offers for a new grant: the configured grant length, in
 /// whole days (at least one).
-pub fn default_grant_days(app: &App) -> u64 {
+pub(crate) fn default_grant_days(app: &App) -> u64 {
     (app.config.grant_ttl.as_secs() / 86_400).clamp(1, MAX_GRANT_DAYS)
 }
 
 /// The days a form offers for an extension: what one adds when the reviewer
 /// does not choose, in whole days (at least one).
-pub fn default_extension_days(app: &App) -> u64 {
+pub(crate) fn default_extension_days(app: &App) -> u64 {
     default_grant_days(app).min(MAX_EXTENSION_DAYS)
 }
 
 /// The days an application's approve form offers: an extension's for a
 /// renewal (which extends a grant), a new grant's for anything else.
-pub fn default_days_for(app: &App, kind: Kind) -> u64 {
+pub(crate) fn default_days_for(app: &App, kind: Kind) -> u64 {
     if kind == Kind::Renewal {
         default_extension_days(app)
     } else {
@@ -237,7 +234,7 @@ pub fn default_days_for(app: &App, kind: Kind) -> u64 {
 }
 
 /// The most days an application's approval may give.
-pub fn max_days_for(kind: Kind) -> u64 {
+pub(crate) fn max_days_for(kind: Kind) -> u64 {
     if kind == Kind::Renewal {
         MAX_EXTENSION_DAYS
     } else {
@@ -258,7 +255,7 @@ fn checked_note(note: Option<&str>) -> Result<Option<&str>, ReviewError> {
 /// the approval is recorded); it lasts the shortest of the durations the
 /// approving reviewers chose (the configured default when none did). A
 /// renewal follows the same policy, and extends the grant it names instead.
-pub async fn approve(
+pub(crate) async fn approve(
     app: &App,
     reviewer: &Reviewer,
     application_id: &str,
@@ -356,7 +353,7 @@ pub async fn approve(
 /// that completed the model's policy: the grant lasts `ttl` longer, counted
 /// from its current expiry (or from now, should it have lapsed meanwhile).
 #[expect(clippy::too_many_arguments)]
-pub async fn extend_on_approval(
+pub(crate) async fn extend_on_approval(
     app: &App,
     tx: &mut db::Tx,
     view: &ApplicationView,
@@ -400,11 +397,7 @@ pub async fn extend_on_approval(
         .reason(format!("until {}", format_ms(expires_at)))
         .client(client.clone());
     audit::append(tx, app.db.backend(), &[approved, extended]).await?;
-    Ok(Approval::Granted {
-        grant_id: grant.id,
-        access_url: my_access,
-        expires_at,
-    })
+    Ok(Approval::Granted { expires_at })
 }
 
 /// Creates the grant of an approved application inside `tx`, with the
@@ -462,16 +455,12 @@ async fn grant(
         .grant(grant_id.clone())
         .reason(format!("until {}", format_ms(expires_at)));
     audit::append(tx, app.db.backend(), &[approved, granted]).await?;
-    Ok(Approval::Granted {
-        grant_id,
-        access_url,
-        expires_at,
-    })
+    Ok(Approval::Granted { expires_at })
 }
 
 /// Denies a pending application; the reason is e-mailed to the researcher.
 /// One denial decides, whatever the number of approvals the policy needs.
-pub async fn deny(
+pub(crate) async fn deny(
     app: &App,
     reviewer: &Reviewer,
     application_id: &str,
@@ -525,7 +514,7 @@ pub async fn deny(
 /// The rule of `policy` that approves `view` without a reviewer, if any:
 /// the researcher's e-mail domain (or a parent domain) is in the allow-list,
 /// and every question the model requires now has an answer.
-pub fn approving_rule(
+pub(crate) fn approving_rule(
     policy: &ReviewPolicy,
     view: &ApplicationView,
     questions: &[Question],
@@ -545,7 +534,7 @@ pub fn approving_rule(
 }
 
 /// The allow-list of a policy, normalised.
-pub fn allowed_domains(list: Option<&str>) -> Vec<String> {
+pub(crate) fn allowed_domains(list: Option<&str>) -> Vec<String> {
     list.unwrap_or_default()
         .split([',', ' ', '\n'])
         .map(|d| d.trim().trim_start_matches('@').to_ascii_lowercase())
@@ -555,7 +544,7 @@ pub fn allowed_domains(list: Option<&str>) -> Vec<String> {
 
 /// Called when an application enters the queue: approves it when one of the
 /// model's rules holds, and otherwise lets its reviewers know it waits.
-pub async fn on_confirmed(app: &App, application_id: &str, client: Client) -> Result<()> {
+pub(crate) async fn on_confirmed(app: &App, application_id: &str, client: Client) -> Result<()> {
     let Some(view) = db::applications::find_view(app.db.pool(), application_id).await? else {
         return Ok(());
     };
@@ -596,14 +585,14 @@ pub async fn on_confirmed(app: &App, application_id: &str, client: Client) -> Re
 
 /// What a bulk decision did to one application.
 #[derive(Debug)]
-pub struct BulkOutcome {
-    pub application_id: String,
-    pub email: String,
-    pub result: Result<String, String>,
+pub(crate) struct BulkOutcome {
+    pub(crate) application_id: String,
+    pub(crate) email: String,
+    pub(crate) result: Result<String, String>,
 }
 
 /// The decision a bulk action applies to every selected application.
-pub enum BulkDecision<'a> {
+pub(crate) enum BulkDecision<'a> {
     Approve {
         days: Option<u64>,
         note: Option<&'a str>,
@@ -615,7 +604,7 @@ pub enum BulkDecision<'a> {
 
 /// Applies one decision to each selected application, each recorded (and
 /// audited) on its own: one that cannot be decided does not stop the rest.
-pub async fn bulk(
+pub(crate) async fn bulk(
     app: &App,
     reviewer: &Reviewer,
     application_ids: &[String],

@@ -17,7 +17,7 @@ use crate::{
     },
 };
 
-pub const MAX_MESSAGE: usize = 5000;
+pub(crate) const MAX_MESSAGE: usize = 5000;
 
 fn message(application_id: &str, author_kind: Author, author_email: &str, body: String) -> Message {
     Message {
@@ -33,7 +33,7 @@ fn message(application_id: &str, author_kind: Author, author_email: &str, body: 
 /// A reviewer asks the applicant for more information: the application waits
 /// for the answer (`info_requested`), and the researcher is e-mailed the
 /// question with a sign-in link.
-pub async fn ask(
+pub(crate) async fn ask(
     app: &App,
     reviewer: &Reviewer,
     application_id: &str,
@@ -92,7 +92,7 @@ pub async fn ask(
 
 /// The researcher answers the reviewers' question; the application goes
 /// back to the queue.
-pub async fn answer(
+pub(crate) async fn answer(
     app: &App,
     researcher: &Researcher,
     application_id: &str,

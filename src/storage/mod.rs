@@ -12,14 +12,14 @@ use futures_util::Stream;
 pub use self::{local::LocalDir, s3::S3Bucket};
 use crate::config::{Config, StorageLocation};
 
-pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+pub(crate) type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
 
 /// Marks an error as the object store failing to answer (down, unreachable,
 /// refusing), as opposed to a missing object: the portal answers 503 and
 /// `/readyz` reports the store, and it passes once the store is back.
 #[derive(Debug, thiserror::Error)]
 #[error("the object store is unavailable")]
-pub struct StoreUnavailable;
+pub(crate) struct StoreUnavailable;
 
 /// Where weight files live.
 #[async_trait::async_trait]
@@ -80,7 +80,7 @@ pub enum Locked {
 
 /// How long a presigned redirect stays valid: long enough to follow it,
 /// short enough that a copied URL is useless soon after.
-pub const REDIRECT_TTL: Duration = Duration::from_secs(120);
+pub(crate) const REDIRECT_TTL: Duration = Duration::from_secs(120);
 
 /// The content-addressed key of a file with this SHA-256.
 pub fn key_for_sha256(sha256_hex: &str) -> String {
@@ -95,7 +95,7 @@ pub async fn open(config: &Config) -> anyhow::Result<Arc<dyn ObjectStore>> {
 
 /// The object store at `url` (`file://DIR` or `s3://BUCKET/PREFIX`), reached
 /// with the configuration's S3 endpoint and credentials.
-pub async fn open_url(config: &Config, url: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
+pub(crate) async fn open_url(config: &Config, url: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
     at(config, Config::location(url)?)
 }
 

@@ -78,7 +78,7 @@ fn credentials(config: &Config, env: impl Fn(&str) -> Option<String>) -> anyhow:
 impl S3Bucket {
     /// A client for `bucket` as the configuration describes it. Nothing is
     /// sent until the first request.
-    pub fn new(config: &Config, bucket: String, prefix: String) -> anyhow::Result<Self> {
+    pub(crate) fn new(config: &Config, bucket: String, prefix: String) -> anyhow::Result<Self> {
         let credentials = credentials(config, |name| std::env::var(name).ok().filter(|v| !v.is_empty()))?;
         let http_client = aws_smithy_http_client::Builder::new()
             .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))

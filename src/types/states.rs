@@ -6,19 +6,19 @@
 /// Defines an enum stored as text: `as_str`, `ALL`, `Display`, `FromStr` and
 /// `TryFrom<String>` (what a row field needs), each from one list of names.
 macro_rules! stored_as_text {
-    ($(#[$meta:meta])* $name:ident ($noun:literal) { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+ }) => {
+    ($(#[$meta:meta])* $vis:vis $name:ident ($noun:literal) { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+ }) => {
         $(#[$meta])*
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-        pub enum $name {
+        $vis enum $name {
             $($(#[$vmeta])* $variant,)+
         }
 
         impl $name {
             /// Every value, in the order written.
-            pub const ALL: &[Self] = &[$(Self::$variant,)+];
+            $vis const ALL: &[Self] = &[$(Self::$variant,)+];
 
             /// The stored text.
-            pub fn as_str(self) -> &'static str {
+            $vis fn as_str(self) -> &'static str {
                 match self {
                     $(Self::$variant => $text,)+
                 }
@@ -71,7 +71,7 @@ pub struct UnknownState {
 stored_as_text! {
     /// Where an application is in its life. The moves between these are
     /// `domain::applications`' and `domain::reviews`' to make.
-    Status ("an application status") {
+    pub Status ("an application status") {
         /// Sent, but the e-mail address is not confirmed yet; reviewers do not see it.
         Unconfirmed = "unconfirmed",
         /// In the reviewers' queue.
@@ -85,19 +85,14 @@ stored_as_text! {
 
 impl Status {
     /// Still waiting for a decision (in the queue, or with a question out).
-    pub fn is_open(self) -> bool {
+    pub(crate) fn is_open(self) -> bool {
         matches!(self, Self::Pending | Self::InfoRequested)
-    }
-
-    /// Decided, one way or the other.
-    pub fn is_decided(self) -> bool {
-        matches!(self, Self::Approved | Self::Denied)
     }
 }
 
 stored_as_text! {
     /// What an application asks for.
-    Kind ("a kind of application") {
+    pub Kind ("a kind of application") {
         /// Access to a model.
         New = "new",
         /// A longer life for an existing grant.
@@ -109,7 +104,7 @@ stored_as_text! {
 
 stored_as_text! {
     /// One reviewer's vote on an application.
-    Decision ("a review decision") {
+    pub Decision ("a review decision") {
         Approve = "approve",
         Deny = "deny",
     }
@@ -117,7 +112,7 @@ stored_as_text! {
 
 stored_as_text! {
     /// When a reviewer hears of applications that wait for them.
-    Notify ("a notification choice") {
+    pub Notify ("a notification choice") {
         /// An e-mail for each application.
         Immediate = "immediate",
         /// One e-mail a day listing what waits.
@@ -128,7 +123,7 @@ stored_as_text! {
 
 stored_as_text! {
     /// Who wrote a message in an application's thread.
-    Author ("an author of a message") {
+    pub Author ("an author of a message") {
         Researcher = "researcher",
         Reviewer = "reviewer",
     }

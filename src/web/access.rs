@@ -47,7 +47,7 @@ fn no_store(mut response: Response) -> Response {
     response
 }
 
-pub async fn page(
+pub(crate) async fn page(
     State(state): State<AppState>,
     ClientInfo(client): ClientInfo,
     Path(token): Path<String>,
@@ -86,9 +86,9 @@ pub async fn page(
 }
 
 /// Where the publishing key is served.
-pub const PUBLIC_KEY_PATH: &str = "/.well-known/weightgate/minisign.pub";
+pub(crate) const PUBLIC_KEY_PATH: &str = "/.well-known/weightgate/minisign.pub";
 
-pub async fn public_key(State(state): State<AppState>) -> Response {
+pub(crate) async fn public_key(State(state): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         state.app.publisher.public_key_file(),
@@ -97,11 +97,11 @@ pub async fn public_key(State(state): State<AppState>) -> Response {
 }
 
 /// Where the public half of the audit checkpoint key is published.
-pub const AUDIT_KEY_PATH: &str = "/.well-known/weightgate/audit-checkpoint.pub";
+pub(crate) const AUDIT_KEY_PATH: &str = "/.well-known/weightgate/audit-checkpoint.pub";
 
 /// The audit checkpoint key's public half, in hex, and its id: what anyone
 /// checking an exported or witnessed checkpoint needs.
-pub async fn audit_public_key(State(state): State<AppState>) -> Result<Response, Error> {
+pub(crate) async fn audit_public_key(State(state): State<AppState>) -> Result<Response, Error> {
     let key = state.app.audit_key().await?;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
@@ -112,7 +112,7 @@ pub async fn audit_public_key(State(state): State<AppState>) -> Result<Response,
 
 /// `SHA256SUMS`, `manifest.json` and their `.minisig` signatures, exactly as
 /// signed at publication.
-pub async fn release_file(
+pub(crate) async fn release_file(
     State(state): State<AppState>,
     Path((token, release, name)): Path<(String, String, String)>,
 ) -> Result<Response, Error> {
@@ -173,7 +173,7 @@ struct FileLink {
 
 /// Everything the download client needs behind one URL: the signed release
 /// manifests and a fresh link per file.
-pub async fn grant_manifest(
+pub(crate) async fn grant_manifest(
     State(state): State<AppState>,
     ClientInfo(client): ClientInfo,
     Path(token): Path<String>,

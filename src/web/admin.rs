@@ -40,7 +40,7 @@ use crate::{
 const PAGE_SIZE: i64 = 50;
 const DAY_MS: i64 = 86_400_000;
 
-pub async fn login_page(token: Csrf) -> Result<Response, Error> {
+pub(crate) async fn login_page(token: Csrf) -> Result<Response, Error> {
     let page = pages::Login {
         csrf: csrf_field(&token)?,
         email: String::new(),
@@ -50,14 +50,14 @@ pub async fn login_page(token: Csrf) -> Result<Response, Error> {
 }
 
 #[derive(Deserialize)]
-pub struct LoginForm {
+pub(crate) struct LoginForm {
     #[serde(default)]
     email: String,
     #[serde(default)]
     password: String,
 }
 
-pub async fn login(
+pub(crate) async fn login(
     State(state): State<AppState>,
     session: Session,
     ClientInfo(client): ClientInfo,
@@ -126,14 +126,14 @@ fn throttled(token: Csrf, email: String, wait: Duration, why: &str) -> Result<Re
     Ok(response)
 }
 
-pub async fn logout(session: Session, _: CsrfForm) -> Result<Response, Error> {
+pub(crate) async fn logout(session: Session, _: CsrfForm) -> Result<Response, Error> {
     session.flush().await.map_err(session_error)?;
     Ok(Redirect::to("/admin/login").into_response())
 }
 
 /// The queue's filters, as submitted (GET, so a filtered view can be bookmarked).
 #[derive(Debug, Default, Deserialize)]
-pub struct QueueQuery {
+pub(crate) struct QueueQuery {
     #[serde(default)]
     model: String,
     #[serde(default)]
@@ -271,7 +271,7 @@ async fn template_choices(app: &App) -> Result<Vec<Choice>, Error> {
         .collect())
 }
 
-pub async fn queue(
+pub(crate) async fn queue(
     State(state): State<AppState>,
     token: Csrf,
     CurrentReviewer(reviewer): CurrentReviewer,
@@ -381,7 +381,7 @@ async fn render_queue(
     render(&page)
 }
 
-pub async fn application(
+pub(crate) async fn application(
     State(state): State<AppState>,
     token: Csrf,
     CurrentReviewer(reviewer): CurrentReviewer,
@@ -473,13 +473,13 @@ pub async fn application(
 }
 
 #[derive(Deserialize)]
-pub struct AskForm {
+pub(crate) struct AskForm {
     #[serde(default)]
     message: String,
 }
 
 /// Asks the applicant for more information.
-pub async fn ask(
+pub(crate) async fn ask(
     State(state): State<AppState>,
     CurrentReviewer(reviewer): CurrentReviewer,
     ClientInfo(client): ClientInfo,
@@ -491,7 +491,7 @@ pub async fn ask(
 }
 
 #[derive(Deserialize)]
-pub struct ApproveForm {
+pub(crate) struct ApproveForm {
     #[serde(default)]
     days: String,
     #[serde(default)]
@@ -508,7 +508,7 @@ fn grant_days(days: &str) -> Result<Option<u64>, Error> {
     }
 }
 
-pub async fn approve(
+pub(crate) async fn approve(
     State(state): State<AppState>,
     CurrentReviewer(reviewer): CurrentReviewer,
     ClientInfo(client): ClientInfo,
@@ -521,7 +521,7 @@ pub async fn approve(
 }
 
 #[derive(Deserialize)]
-pub struct DenyForm {
+pub(crate) struct DenyForm {
     #[serde(default)]
     template: String,
     #[serde(default)]
@@ -548,7 +548,7 @@ async fn deny_reason(app: &App, template: &str, reason: &str) -> Result<String, 
     Ok(text)
 }
 
-pub async fn deny(
+pub(crate) async fn deny(
     State(state): State<AppState>,
     CurrentReviewer(reviewer): CurrentReviewer,
     ClientInfo(client): ClientInfo,
@@ -562,7 +562,7 @@ pub async fn deny(
 
 /// Approves or denies every selected row of the queue. The form repeats the
 /// `id` field once per selected row, which is why it is decoded by hand.
-pub async fn bulk(
+pub(crate) async fn bulk(
     State(state): State<AppState>,
     CurrentReviewer(reviewer): CurrentReviewer,
     ClientInfo(client): ClientInfo,
@@ -623,7 +623,7 @@ pub async fn bulk(
 
 /// The grants list's filters, as submitted.
 #[derive(Debug, Default, Deserialize)]
-pub struct GrantQuery {
+pub(crate) struct GrantQuery {
     #[serde(default)]
     model: String,
     #[serde(default)]
@@ -636,7 +636,7 @@ pub struct GrantQuery {
     page: String,
 }
 
-pub async fn grants(
+pub(crate) async fn grants(
     State(state): State<AppState>,
     token: Csrf,
     CurrentReviewer(reviewer): CurrentReviewer,
@@ -716,12 +716,12 @@ async fn manageable_grant(app: &App, reviewer: &Reviewer, id: &str) -> Result<db
 }
 
 #[derive(Deserialize)]
-pub struct ReasonForm {
+pub(crate) struct ReasonForm {
     #[serde(default)]
     reason: String,
 }
 
-pub async fn revoke(
+pub(crate) async fn revoke(
     State(state): State<AppState>,
     CurrentReviewer(reviewer): CurrentReviewer,
     ClientInfo(client): ClientInfo,
@@ -734,7 +734,7 @@ pub async fn revoke(
 }
 
 #[derive(Deserialize)]
-pub struct ExtendForm {
+pub(crate) struct ExtendForm {
     #[serde(default)]
     days: String,
     /// An admin's override of the model's approval policy.
@@ -742,7 +742,7 @@ pub struct ExtendForm {
     override_policy: String,
 }
 
-pub async fn extend(
+pub(crate) async fn extend(
     State(state): State<AppState>,
     CurrentReviewer(reviewer): CurrentReviewer,
     ClientInfo(client): ClientInfo,

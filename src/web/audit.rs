@@ -28,24 +28,24 @@ const DAY_MS: i64 = 86_400_000;
 
 /// The filter form, as submitted (GET, so a filtered view can be bookmarked).
 #[derive(Debug, Default, Deserialize)]
-pub struct AuditQuery {
+pub(crate) struct AuditQuery {
     #[serde(default)]
-    pub since: String,
+    pub(crate) since: String,
     #[serde(default)]
-    pub until: String,
+    pub(crate) until: String,
     #[serde(default)]
-    pub model: String,
+    pub(crate) model: String,
     #[serde(default)]
-    pub researcher: String,
+    pub(crate) researcher: String,
     #[serde(default)]
-    pub grant: String,
+    pub(crate) grant: String,
     #[serde(default)]
-    pub action: String,
+    pub(crate) action: String,
     #[serde(default)]
-    pub ip: String,
+    pub(crate) ip: String,
     #[serde(default)]
-    pub outcome: String,
-    pub before: Option<i64>,
+    pub(crate) outcome: String,
+    pub(crate) before: Option<i64>,
 }
 
 fn set(s: &str) -> Option<String> {
@@ -129,7 +129,7 @@ fn chart_svg(counts: &[u64], first_day_ms: i64) -> String {
     svg
 }
 
-pub async fn page(
+pub(crate) async fn page(
     State(state): State<AppState>,
     token: Csrf,
     CurrentReviewer(reviewer): CurrentReviewer,
@@ -203,7 +203,7 @@ pub async fn page(
 }
 
 /// One grant: who, what, until when, and everything that happened under it.
-pub async fn grant(
+pub(crate) async fn grant(
     State(state): State<AppState>,
     token: Csrf,
     CurrentReviewer(reviewer): CurrentReviewer,

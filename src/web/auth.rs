@@ -27,13 +27,13 @@ use crate::{
 /// `always_save`), which moves its expiry: a session ends after
 /// `WEIGHTGATE_SESSION_IDLE` without a request, not that long after sign-in.
 #[derive(Clone, Debug)]
-pub struct DbSessionStore {
+pub(crate) struct DbSessionStore {
     db: Db,
     idle: time::Duration,
 }
 
 impl DbSessionStore {
-    pub fn new(db: Db, idle: Duration) -> Self {
+    pub(crate) fn new(db: Db, idle: Duration) -> Self {
         Self {
             db,
             idle: time::Duration::try_from(idle).unwrap_or(time::Duration::hours(8)),
@@ -98,7 +98,7 @@ impl SessionStore for DbSessionStore {
 }
 
 /// Deletes expired sessions now and then.
-pub async fn expire_sessions(db: Db, every: Duration) {
+pub(crate) async fn expire_sessions(db: Db, every: Duration) {
     loop {
         if let Err(e) = db::sessions::delete_expired(db.pool(), now_ms()).await {
             tracing::warn!(error = %e, "cannot delete expired sessions");
@@ -111,15 +111,15 @@ pub async fn expire_sessions(db: Db, every: Duration) {
     }
 }
 
-pub const REVIEWER_KEY: &str = "reviewer_id";
+pub(crate) const REVIEWER_KEY: &str = "reviewer_id";
 /// The [`credential_stamp`](crate::domain::accounts::credential_stamp) a reviewer's
 /// session signed in with.
-pub const STAMP_KEY: &str = "credential_stamp";
+pub(crate) const STAMP_KEY: &str = "credential_stamp";
 
 /// The signed-in reviewer; anyone else is sent to the sign-in page. A
 /// session is honoured only while its account is enabled and its password
 /// is the one it signed in with.
-pub struct CurrentReviewer(pub Reviewer);
+pub(crate) struct CurrentReviewer(pub(crate) Reviewer);
 
 impl FromRequestParts<AppState> for CurrentReviewer {
     type Rejection = Response;
@@ -152,7 +152,7 @@ impl FromRequestParts<AppState> for CurrentReviewer {
     }
 }
 
-pub const RESEARCHER_KEY: &str = "researcher_id";
+pub(crate) const RESEARCHER_KEY: &str = "researcher_id";
 
 async fn session_researcher(parts: &mut Parts, state: &AppState) -> Result<Option<Researcher>, Response> {
     let session = Session::from_request_parts(parts, state)
@@ -171,7 +171,7 @@ async fn session_researcher(parts: &mut Parts, state: &AppState) -> Result<Optio
 }
 
 /// The signed-in researcher; anyone else is sent to the sign-in page.
-pub struct CurrentResearcher(pub Researcher);
+pub(crate) struct CurrentResearcher(pub(crate) Researcher);
 
 impl FromRequestParts<AppState> for CurrentResearcher {
     type Rejection = Response;
@@ -185,7 +185,7 @@ impl FromRequestParts<AppState> for CurrentResearcher {
 }
 
 /// The signed-in researcher, if any.
-pub struct MaybeResearcher(pub Option<Researcher>);
+pub(crate) struct MaybeResearcher(pub(crate) Option<Researcher>);
 
 impl FromRequestParts<AppState> for MaybeResearcher {
     type Rejection = Response;
@@ -206,7 +206,7 @@ const CSRF_KEY: &str = "csrf";
 /// in the victim's browser learns nothing that passes for it. Pages without
 /// a session (sign-in, the application form) have nothing to bind to and use
 /// axum_csrf's signed double-submit cookie.
-pub struct Csrf {
+pub(crate) struct Csrf {
     cookie: CsrfToken,
     session: Option<String>,
 }
@@ -246,7 +246,7 @@ impl axum::response::IntoResponseParts for Csrf {
 
 /// Checks a form's CSRF token: the session's secret when signed in, the
 /// double-submit cookie otherwise.
-pub fn check_csrf(token: &Csrf, submitted: &str) -> Result<(), Error> {
+pub(crate) fn check_csrf(token: &Csrf, submitted: &str) -> Result<(), Error> {
     let held = match &token.session {
         Some(secret) => bool::from(subtle::ConstantTimeEq::ct_eq(
             secret.as_bytes(),
@@ -258,7 +258,7 @@ pub fn check_csrf(token: &Csrf, submitted: &str) -> Result<(), Error> {
 }
 
 /// The CSRF token to put in a form.
-pub fn csrf_field(token: &Csrf) -> Result<String, Error> {
+pub(crate) fn csrf_field(token: &Csrf) -> Result<String, Error> {
     match &token.session {
         Some(secret) => Ok(secret.clone()),
         None => token
@@ -271,7 +271,7 @@ pub fn csrf_field(token: &Csrf) -> Result<String, Error> {
 /// Starts a signed-in session for `key = id`: a new session id, so a
 /// planted cookie cannot ride along, and a new CSRF secret, so no token made
 /// before sign-in works after it. Returns the CSRF secret.
-pub async fn start_session(session: &Session, key: &str, id: &str) -> Result<String, Error> {
+pub(crate) async fn start_session(session: &Session, key: &str, id: &str) -> Result<String, Error> {
     let csrf = crate::types::new_token();
     session.cycle_id().await.map_err(session_error)?;
     session.insert(key, id).await.map_err(session_error)?;
@@ -279,6 +279,6 @@ pub async fn start_session(session: &Session, key: &str, id: &str) -> Result<Str
     Ok(csrf)
 }
 
-pub fn session_error(e: tower_sessions::session::Error) -> Error {
+pub(crate) fn session_error(e: tower_sessions::session::Error) -> Error {
     Error::Internal(e.into())
 }

@@ -10,7 +10,7 @@ use axum::{
 use super::{AppState, ClientInfo, Error, extract::Path, limited};
 use crate::domain::grants::{self, Delivery, DownloadError};
 
-pub async fn fetch(
+pub(crate) async fn fetch(
     State(state): State<AppState>,
     ClientInfo(client): ClientInfo,
     Path((token, name)): Path<(String, String)>,

@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::{domain, domain::grants::DownloadError};
 
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     #[error("not found")]
     NotFound,
     #[error("{0}")]
@@ -48,7 +48,7 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             Error::NotFound => StatusCode::NOT_FOUND,
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -207,7 +207,7 @@ struct ErrorPage<'a> {
 
 /// Gives every error response its body: a page when the client asked for
 /// HTML, JSON otherwise.
-pub async fn render_errors(request: Request, next: Next) -> Response {
+pub(crate) async fn render_errors(request: Request, next: Next) -> Response {
     let wants_html = request
         .headers()
         .get(header::ACCEPT)

@@ -23,7 +23,7 @@ use super::{
 /// The largest request body the portal reads: ample for every form (the
 /// longest field is 5,000 characters), small enough that no one can make a
 /// replica buffer much.
-pub const MAX_BODY: usize = 256 * 1024;
+pub(crate) const MAX_BODY: usize = 256 * 1024;
 
 const NUL_REFUSED: &str = "the request contains a NUL character, which no field accepts";
 
@@ -87,16 +87,16 @@ async fn decode<T: DeserializeOwned, S: Send + Sync>(bytes: Bytes, state: &S) ->
 
 /// A form with no fields of its own: a button that posts only its CSRF token.
 #[derive(Debug, Default, serde::Deserialize)]
-pub struct NoFields {}
+pub(crate) struct NoFields {}
 
 /// A posted form whose CSRF token is checked before the handler runs, so no
 /// handler can forget to: `fields` are the form's own fields (the
 /// `authenticity_token` is taken out first), `csrf` the page's protection,
 /// for the answer's cookie and the next form. The token is checked before
 /// the fields are decoded, so a forged post learns nothing about them.
-pub struct CsrfForm<T = NoFields> {
-    pub csrf: Csrf,
-    pub fields: T,
+pub(crate) struct CsrfForm<T = NoFields> {
+    pub(crate) csrf: Csrf,
+    pub(crate) fields: T,
 }
 
 impl<T, S> FromRequest<S> for CsrfForm<T>
@@ -141,7 +141,7 @@ fn has_nul(encoded: &str) -> bool {
 }
 
 /// Values from the URL's path, decoded into `T`.
-pub struct Path<T>(pub T);
+pub(crate) struct Path<T>(pub(crate) T);
 
 impl<T, S> FromRequestParts<S> for Path<T>
 where
@@ -162,7 +162,7 @@ where
 }
 
 /// Values from the URL's query string, decoded into `T`.
-pub struct Query<T>(pub T);
+pub(crate) struct Query<T>(pub(crate) T);
 
 impl<T, S> FromRequestParts<S> for Query<T>
 where

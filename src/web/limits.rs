@@ -24,9 +24,9 @@ fn quota(rate: Rate) -> Quota {
 
 /// One limit: a name for metrics and logs, what a refused person reads, and
 /// the counters by key.
-pub struct Limit {
-    pub name: &'static str,
-    pub what: &'static str,
+pub(crate) struct Limit {
+    pub(crate) name: &'static str,
+    pub(crate) what: &'static str,
     limiter: DefaultKeyedRateLimiter<String>,
 }
 
@@ -42,7 +42,7 @@ impl fmt::Debug for Limit {
 const MAX_KEYS: usize = 100_000;
 
 impl Limit {
-    pub fn new(name: &'static str, what: &'static str, rate: Rate) -> Self {
+    pub(crate) fn new(name: &'static str, what: &'static str, rate: Rate) -> Self {
         Self {
             name,
             what,
@@ -52,7 +52,7 @@ impl Limit {
 
     /// Counts one request for `key`; `Err` with the time to wait when the
     /// key is over its limit (the refused request is not counted).
-    pub fn check(&self, key: &str) -> Result<(), Duration> {
+    pub(crate) fn check(&self, key: &str) -> Result<(), Duration> {
         if self.limiter.len() > MAX_KEYS {
             self.limiter.retain_recent();
         }
@@ -65,25 +65,25 @@ impl Limit {
 
 /// Every rate limit of a replica.
 #[derive(Debug)]
-pub struct RateLimits {
+pub(crate) struct RateLimits {
     /// Application forms sent from one client address.
-    pub applications_per_address: Limit,
+    pub(crate) applications_per_address: Limit,
     /// E-mails sent on someone's request (application confirmations and
     /// notices, sign-in links) to one address, whether or not it belongs
     /// to anyone: the answer never says which.
-    pub mail_per_recipient: Limit,
+    pub(crate) mail_per_recipient: Limit,
     /// Sign-in link requests from one client address.
-    pub signin_per_address: Limit,
+    pub(crate) signin_per_address: Limit,
     /// Pages and manifests with freshly signed links for one grant.
-    pub links_per_grant: Limit,
+    pub(crate) links_per_grant: Limit,
     /// Pages and manifests with freshly signed links from one client address.
-    pub links_per_address: Limit,
+    pub(crate) links_per_address: Limit,
     /// Fetches refused on their link alone from one client address.
-    pub bad_links_per_address: Limit,
+    pub(crate) bad_links_per_address: Limit,
 }
 
 impl RateLimits {
-    pub fn new(config: &Config) -> Self {
+    pub(crate) fn new(config: &Config) -> Self {
         Self {
             applications_per_address: Limit::new(
                 "applications_per_address",

@@ -75,7 +75,7 @@ async fn reviewers_page(
     render(&page)
 }
 
-pub async fn reviewers(
+pub(crate) async fn reviewers(
     State(state): State<AppState>,
     token: Csrf,
     CurrentReviewer(me): CurrentReviewer,
@@ -86,7 +86,7 @@ pub async fn reviewers(
 }
 
 #[derive(Deserialize)]
-pub struct NewReviewerForm {
+pub(crate) struct NewReviewerForm {
     #[serde(default)]
     email: String,
     #[serde(default)]
@@ -95,7 +95,7 @@ pub struct NewReviewerForm {
     admin: Option<String>,
 }
 
-pub async fn save_reviewer(
+pub(crate) async fn save_reviewer(
     State(state): State<AppState>,
     CurrentReviewer(me): CurrentReviewer,
     CsrfForm {
@@ -124,14 +124,14 @@ pub async fn save_reviewer(
 }
 
 #[derive(Deserialize)]
-pub struct ChangeReviewerForm {
+pub(crate) struct ChangeReviewerForm {
     #[serde(default)]
     change: String,
     #[serde(default)]
     model: String,
 }
 
-pub async fn change_reviewer(
+pub(crate) async fn change_reviewer(
     State(state): State<AppState>,
     CurrentReviewer(me): CurrentReviewer,
     Path(id): Path<String>,
@@ -234,7 +234,7 @@ async fn models_page(
     render(&page)
 }
 
-pub async fn models(
+pub(crate) async fn models(
     State(state): State<AppState>,
     token: Csrf,
     CurrentReviewer(me): CurrentReviewer,
@@ -245,7 +245,7 @@ pub async fn models(
 }
 
 #[derive(Deserialize)]
-pub struct PolicyForm {
+pub(crate) struct PolicyForm {
     #[serde(default)]
     approvals_needed: String,
     #[serde(default)]
@@ -262,7 +262,7 @@ fn number(s: &str, what: &str) -> Result<i64, Error> {
         .map_err(|_| Error::BadRequest(format!("{what} must be a whole number")))
 }
 
-pub async fn save_policy(
+pub(crate) async fn save_policy(
     State(state): State<AppState>,
     CurrentReviewer(me): CurrentReviewer,
     Path(slug): Path<String>,
@@ -289,7 +289,7 @@ pub async fn save_policy(
 /// Replaces a model's application questions, sent either from the editor's
 /// rows or as JSON (a `questions` field). A refused change comes back in
 /// the form it was sent in, with the reason; nothing is lost.
-pub async fn save_questions(
+pub(crate) async fn save_questions(
     State(state): State<AppState>,
     CurrentReviewer(me): CurrentReviewer,
     Path(slug): Path<String>,
@@ -347,13 +347,13 @@ pub async fn save_questions(
 }
 
 #[derive(Deserialize)]
-pub struct TermsForm {
+pub(crate) struct TermsForm {
     #[serde(default)]
     terms: String,
 }
 
 /// Publishes a new version of a model's terms.
-pub async fn save_terms(
+pub(crate) async fn save_terms(
     State(state): State<AppState>,
     CurrentReviewer(me): CurrentReviewer,
     Path(slug): Path<String>,
@@ -388,14 +388,14 @@ pub async fn save_terms(
 }
 
 #[derive(Deserialize)]
-pub struct TemplateForm {
+pub(crate) struct TemplateForm {
     #[serde(default)]
     title: String,
     #[serde(default)]
     body: String,
 }
 
-pub async fn save_template(
+pub(crate) async fn save_template(
     State(state): State<AppState>,
     CurrentReviewer(me): CurrentReviewer,
     CsrfForm { fields: form, .. }: CsrfForm<TemplateForm>,
@@ -405,7 +405,7 @@ pub async fn save_template(
     Ok(Redirect::to("/admin/models#templates").into_response())
 }
 
-pub async fn delete_template(
+pub(crate) async fn delete_template(
     State(state): State<AppState>,
     CurrentReviewer(me): CurrentReviewer,
     Path(id): Path<String>,
@@ -454,7 +454,7 @@ async fn account_page(
     render(&page)
 }
 
-pub async fn account(
+pub(crate) async fn account(
     State(state): State<AppState>,
     token: Csrf,
     CurrentReviewer(me): CurrentReviewer,
@@ -464,12 +464,12 @@ pub async fn account(
 }
 
 #[derive(Deserialize)]
-pub struct AccountForm {
+pub(crate) struct AccountForm {
     #[serde(default)]
     notify: String,
 }
 
-pub async fn save_account(
+pub(crate) async fn save_account(
     State(state): State<AppState>,
     CurrentReviewer(me): CurrentReviewer,
     CsrfForm {
@@ -491,7 +491,7 @@ pub async fn save_account(
 }
 
 #[derive(Deserialize)]
-pub struct PasswordForm {
+pub(crate) struct PasswordForm {
     #[serde(default)]
     current: String,
     #[serde(default)]
@@ -502,7 +502,7 @@ pub struct PasswordForm {
 
 /// Changes the reviewer's own password; every other session of the
 /// account ends, this one goes on.
-pub async fn change_password(
+pub(crate) async fn change_password(
     State(state): State<AppState>,
     session: Session,
     CurrentReviewer(me): CurrentReviewer,

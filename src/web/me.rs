@@ -37,7 +37,7 @@ fn header(researcher: &Researcher, token: &Csrf) -> Result<ResearcherHeader, Err
     })
 }
 
-pub async fn signin_page(token: Csrf) -> Result<Response, Error> {
+pub(crate) async fn signin_page(token: Csrf) -> Result<Response, Error> {
     let page = pages::SigninPage {
         csrf: csrf_field(&token)?,
         email: String::new(),
@@ -48,12 +48,12 @@ pub async fn signin_page(token: Csrf) -> Result<Response, Error> {
 }
 
 #[derive(Deserialize)]
-pub struct SigninForm {
+pub(crate) struct SigninForm {
     #[serde(default)]
     email: String,
 }
 
-pub async fn request_link(
+pub(crate) async fn request_link(
     State(state): State<AppState>,
     ClientInfo(client): ClientInfo,
     CsrfForm {
@@ -87,7 +87,7 @@ pub async fn request_link(
 
 /// Shows a button rather than signing in on GET, so that mail scanners that
 /// follow links do not use the link up.
-pub async fn link_page(token: Csrf, Path(link): Path<String>) -> Result<Response, Error> {
+pub(crate) async fn link_page(token: Csrf, Path(link): Path<String>) -> Result<Response, Error> {
     let page = pages::SigninLink {
         token: link,
         csrf: csrf_field(&token)?,
@@ -95,7 +95,7 @@ pub async fn link_page(token: Csrf, Path(link): Path<String>) -> Result<Response
     Ok((token, render(&page)?).into_response())
 }
 
-pub async fn use_link(
+pub(crate) async fn use_link(
     State(state): State<AppState>,
     session: Session,
     ClientInfo(client): ClientInfo,
@@ -131,12 +131,12 @@ pub async fn use_link(
     }
 }
 
-pub async fn signout(session: Session, _: CsrfForm) -> Result<Response, Error> {
+pub(crate) async fn signout(session: Session, _: CsrfForm) -> Result<Response, Error> {
     session.flush().await.map_err(session_error)?;
     Ok(Redirect::to("/").into_response())
 }
 
-pub async fn applications(
+pub(crate) async fn applications(
     State(state): State<AppState>,
     token: Csrf,
     CurrentResearcher(researcher): CurrentResearcher,
@@ -180,12 +180,12 @@ pub async fn applications(
 }
 
 #[derive(Deserialize)]
-pub struct MessageForm {
+pub(crate) struct MessageForm {
     #[serde(default)]
     message: String,
 }
 
-pub async fn answer(
+pub(crate) async fn answer(
     State(state): State<AppState>,
     CurrentResearcher(researcher): CurrentResearcher,
     ClientInfo(client): ClientInfo,
@@ -196,7 +196,7 @@ pub async fn answer(
     Ok(Redirect::to(&format!("/me#application-{id}")).into_response())
 }
 
-pub async fn appeal(
+pub(crate) async fn appeal(
     State(state): State<AppState>,
     CurrentResearcher(researcher): CurrentResearcher,
     ClientInfo(client): ClientInfo,
@@ -284,7 +284,7 @@ async fn access_page(
     Ok(response)
 }
 
-pub async fn access(
+pub(crate) async fn access(
     State(state): State<AppState>,
     token: Csrf,
     CurrentResearcher(researcher): CurrentResearcher,
@@ -294,7 +294,7 @@ pub async fn access(
     access_page(&state, &researcher, token, client, None).await
 }
 
-pub async fn client_url(
+pub(crate) async fn client_url(
     State(state): State<AppState>,
     CurrentResearcher(researcher): CurrentResearcher,
     ClientInfo(client): ClientInfo,
@@ -311,12 +311,12 @@ pub async fn client_url(
 }
 
 #[derive(Deserialize)]
-pub struct RenewForm {
+pub(crate) struct RenewForm {
     #[serde(default)]
     note: String,
 }
 
-pub async fn renew(
+pub(crate) async fn renew(
     State(state): State<AppState>,
     CurrentResearcher(researcher): CurrentResearcher,
     ClientInfo(client): ClientInfo,

@@ -33,7 +33,7 @@ use tower_http::{
 };
 use tower_sessions::{Expiry, SessionManagerLayer, cookie::SameSite};
 
-pub use error::Error;
+pub(crate) use error::Error;
 pub use routes::{Access, Area, Route, all as route_table};
 
 use crate::{
@@ -45,8 +45,8 @@ use crate::{
 
 /// Shared state of every handler; cheap to clone.
 #[derive(Clone)]
-pub struct AppState {
-    pub app: Arc<App>,
+pub(crate) struct AppState {
+    pub(crate) app: Arc<App>,
     csrf: CsrfConfig,
     /// Sign-in attempts per account and per address, on this replica.
     throttle: Arc<crate::domain::accounts::SignInThrottle>,
@@ -64,7 +64,7 @@ static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// Who is asking: address, user agent and request id, for the audit log.
-pub struct ClientInfo(pub Client);
+pub(crate) struct ClientInfo(pub(crate) Client);
 
 impl FromRequestParts<AppState> for ClientInfo {
     type Rejection = std::convert::Infallible;
@@ -100,7 +100,7 @@ impl FromRequestParts<AppState> for ClientInfo {
 const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 /// The portal's router.
-pub async fn router(app: Arc<App>) -> anyhow::Result<Router> {
+pub(crate) async fn router(app: Arc<App>) -> anyhow::Result<Router> {
     let secure = app.config.is_https();
     let cookie_key = load_or_create_keys(&app.db, "cookie", 64).await?.remove(0).1;
     // Under https both cookies carry the `__Host-` prefix: the browser then

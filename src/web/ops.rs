@@ -16,7 +16,7 @@ use super::AppState;
 use crate::{db, telemetry};
 
 /// The process is up.
-pub async fn healthz() -> &'static str {
+pub(crate) async fn healthz() -> &'static str {
     "ok"
 }
 
@@ -37,7 +37,7 @@ async fn check<T>(what: impl Future<Output = anyhow::Result<T>>) -> Result<T, St
 /// The database, the object store and the data directory's disk work; 503
 /// names what does not. The outbox is reported too (mail that cannot be sent
 /// waits in the database, so it does not make the portal unready).
-pub async fn readyz(State(state): State<AppState>) -> Response {
+pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
     let app = &state.app;
     let database = check(async { Ok(app.db.ping().await?) }).await;
     // A lookup of a key that never exists: "absent" proves the store answers.
@@ -84,7 +84,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 /// Prometheus text format.
-pub async fn metrics() -> Response {
+pub(crate) async fn metrics() -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         telemetry::handle().render(),
@@ -115,7 +115,7 @@ fn method_label(method: &axum::http::Method) -> &'static str {
 /// carries secrets and would make unbounded labels). Every label comes from a
 /// fixed set: the router's route patterns, the methods HTTP defines, and the
 /// status codes the portal answers with.
-pub async fn count_requests(request: Request, next: Next) -> Response {
+pub(crate) async fn count_requests(request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()

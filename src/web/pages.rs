@@ -16,120 +16,120 @@ use crate::{
 };
 
 /// Renders a template as an HTML response.
-pub fn render(t: &impl Template) -> Result<Response, Error> {
+pub(crate) fn render(t: &impl Template) -> Result<Response, Error> {
     Ok(Html(t.render()?).into_response())
 }
 
-pub struct ModelItem {
-    pub slug: String,
-    pub title: String,
+pub(crate) struct ModelItem {
+    pub(crate) slug: String,
+    pub(crate) title: String,
 }
 
 #[derive(Template)]
 #[template(path = "public/catalogue.html")]
-pub struct Catalogue {
-    pub models: Vec<ModelItem>,
+pub(crate) struct Catalogue {
+    pub(crate) models: Vec<ModelItem>,
 }
 
 /// The values a researcher entered, kept when the form is shown again.
 #[derive(Default)]
-pub struct FormValues {
-    pub name: String,
-    pub email: String,
-    pub affiliation: String,
-    pub intended_use: String,
-    pub accept_terms: bool,
+pub(crate) struct FormValues {
+    pub(crate) name: String,
+    pub(crate) email: String,
+    pub(crate) affiliation: String,
+    pub(crate) intended_use: String,
+    pub(crate) accept_terms: bool,
 }
 
 #[derive(Template)]
 #[template(path = "public/model.html")]
-pub struct ModelPage {
-    pub slug: String,
-    pub title: String,
-    pub terms: String,
-    pub terms_version: i64,
-    pub files: i64,
-    pub total_size: String,
-    pub form: FormValues,
-    pub errors: FieldErrors,
-    pub csrf: String,
-    pub questions: Vec<QuestionField>,
+pub(crate) struct ModelPage {
+    pub(crate) slug: String,
+    pub(crate) title: String,
+    pub(crate) terms: String,
+    pub(crate) terms_version: i64,
+    pub(crate) files: i64,
+    pub(crate) total_size: String,
+    pub(crate) form: FormValues,
+    pub(crate) errors: FieldErrors,
+    pub(crate) csrf: String,
+    pub(crate) questions: Vec<QuestionField>,
     /// "Reviews of this model usually take …", or that none were decided yet.
-    pub review_time: String,
+    pub(crate) review_time: String,
     /// For a signed-in researcher who cannot apply now: why, and until when.
-    pub blocked: String,
-    pub signed_in: bool,
+    pub(crate) blocked: String,
+    pub(crate) signed_in: bool,
 }
 
 impl ModelPage {
-    pub fn error(&self, field: &str) -> &str {
+    pub(crate) fn error(&self, field: &str) -> &str {
         self.errors.get(field).map_or("", String::as_str)
     }
 }
 
 #[derive(Template)]
 #[template(path = "public/submitted.html")]
-pub struct Submitted {
-    pub title: String,
-    pub email: String,
+pub(crate) struct Submitted {
+    pub(crate) title: String,
+    pub(crate) email: String,
 }
 
 #[derive(Template)]
 #[template(path = "public/confirm.html")]
-pub struct ConfirmPage {
-    pub token: String,
-    pub title: String,
-    pub email: String,
-    pub status: Status,
-    pub csrf: String,
+pub(crate) struct ConfirmPage {
+    pub(crate) token: String,
+    pub(crate) title: String,
+    pub(crate) email: String,
+    pub(crate) status: Status,
+    pub(crate) csrf: String,
 }
 
-pub struct LinkRow {
-    pub name: String,
-    pub size: String,
-    pub sha256: String,
-    pub url: String,
+pub(crate) struct LinkRow {
+    pub(crate) name: String,
+    pub(crate) size: String,
+    pub(crate) sha256: String,
+    pub(crate) url: String,
 }
 
-pub struct ReleaseRows {
-    pub name: String,
+pub(crate) struct ReleaseRows {
+    pub(crate) name: String,
     /// `SHA256SUMS`, `manifest.json` and their `.minisig` live under it.
-    pub base_url: String,
-    pub files: Vec<LinkRow>,
+    pub(crate) base_url: String,
+    pub(crate) files: Vec<LinkRow>,
 }
 
 #[derive(Template)]
 #[template(path = "researcher/access.html")]
-pub struct AccessPage {
-    pub title: String,
-    pub email: String,
-    pub state: GrantState,
-    pub expires: String,
-    pub links_expire: String,
-    pub releases: Vec<ReleaseRows>,
-    pub revoked_reason: String,
-    pub manifest_url: String,
-    pub public_key_url: String,
+pub(crate) struct AccessPage {
+    pub(crate) title: String,
+    pub(crate) email: String,
+    pub(crate) state: GrantState,
+    pub(crate) expires: String,
+    pub(crate) links_expire: String,
+    pub(crate) releases: Vec<ReleaseRows>,
+    pub(crate) revoked_reason: String,
+    pub(crate) manifest_url: String,
+    pub(crate) public_key_url: String,
 }
 
 #[derive(Template)]
 #[template(path = "admin/login.html")]
-pub struct Login {
-    pub csrf: String,
-    pub email: String,
-    pub error: String,
+pub(crate) struct Login {
+    pub(crate) csrf: String,
+    pub(crate) email: String,
+    pub(crate) error: String,
 }
 
 /// What every dashboard page shows in its header.
-pub struct Header {
-    pub email: String,
-    pub csrf: String,
+pub(crate) struct Header {
+    pub(crate) email: String,
+    pub(crate) csrf: String,
     /// Admins also see the pages that manage reviewers and models.
-    pub is_admin: bool,
+    pub(crate) is_admin: bool,
 }
 
 impl Header {
-    pub fn new(reviewer: &db::reviewers::Reviewer, token: &super::auth::Csrf) -> Result<Self, Error> {
+    pub(crate) fn new(reviewer: &db::reviewers::Reviewer, token: &super::auth::Csrf) -> Result<Self, Error> {
         Ok(Self {
             email: reviewer.email.clone(),
             csrf: super::auth::csrf_field(token)?,
@@ -138,14 +138,14 @@ impl Header {
     }
 }
 
-pub struct ApplicationRow {
-    pub id: String,
-    pub name: String,
-    pub email: String,
-    pub affiliation: String,
-    pub model: String,
-    pub status: Status,
-    pub when: String,
+pub(crate) struct ApplicationRow {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) email: String,
+    pub(crate) affiliation: String,
+    pub(crate) model: String,
+    pub(crate) status: Status,
+    pub(crate) when: String,
 }
 
 impl From<&db::applications::ApplicationView> for ApplicationRow {
@@ -163,27 +163,27 @@ impl From<&db::applications::ApplicationView> for ApplicationRow {
 }
 
 /// One row of the queue.
-pub struct QueueRow {
-    pub app: ApplicationRow,
-    pub kind: Kind,
+pub(crate) struct QueueRow {
+    pub(crate) app: ApplicationRow,
+    pub(crate) kind: Kind,
     /// How long it has waited since confirmation, e.g. `3 d 4 h`.
-    pub waited: String,
-    pub overdue: bool,
+    pub(crate) waited: String,
+    pub(crate) overdue: bool,
     /// `1 of 2` under an N-of-M policy, empty otherwise.
-    pub approvals: String,
+    pub(crate) approvals: String,
     /// Shown with a checkbox for bulk decisions.
-    pub selectable: bool,
+    pub(crate) selectable: bool,
 }
 
 /// An `<option>` of a select.
-pub struct Choice {
-    pub value: String,
-    pub label: String,
-    pub selected: bool,
+pub(crate) struct Choice {
+    pub(crate) value: String,
+    pub(crate) label: String,
+    pub(crate) selected: bool,
 }
 
 impl Choice {
-    pub fn list(options: &[(&str, &str)], current: &str) -> Vec<Choice> {
+    pub(crate) fn list(options: &[(&str, &str)], current: &str) -> Vec<Choice> {
         options
             .iter()
             .map(|(value, label)| Choice {
@@ -197,174 +197,176 @@ impl Choice {
 
 #[derive(Template)]
 #[template(path = "admin/queue.html")]
-pub struct Queue {
-    pub header: Header,
-    pub rows: Vec<QueueRow>,
-    pub total: i64,
-    pub models: Vec<Choice>,
-    pub statuses: Vec<Choice>,
-    pub sorts: Vec<Choice>,
-    pub waited_days: String,
-    pub domain: String,
-    pub text: String,
-    pub page: i64,
-    pub pages: i64,
+pub(crate) struct Queue {
+    pub(crate) header: Header,
+    pub(crate) rows: Vec<QueueRow>,
+    pub(crate) total: i64,
+    pub(crate) models: Vec<Choice>,
+    pub(crate) statuses: Vec<Choice>,
+    pub(crate) sorts: Vec<Choice>,
+    pub(crate) waited_days: String,
+    pub(crate) domain: String,
+    pub(crate) text: String,
+    pub(crate) page: i64,
+    pub(crate) pages: i64,
     /// Query strings of the neighbouring pages, empty at either end.
-    pub prev: String,
-    pub next: String,
-    pub default_days: u64,
-    pub templates: Vec<Choice>,
+    pub(crate) prev: String,
+    pub(crate) next: String,
+    pub(crate) default_days: u64,
+    pub(crate) templates: Vec<Choice>,
     /// What the last bulk decision did, row by row.
-    pub results: Vec<BulkResultRow>,
+    pub(crate) results: Vec<BulkResultRow>,
 }
 
-pub struct BulkResultRow {
-    pub id: String,
-    pub email: String,
-    pub ok: bool,
-    pub message: String,
+pub(crate) struct BulkResultRow {
+    pub(crate) id: String,
+    pub(crate) email: String,
+    pub(crate) ok: bool,
+    pub(crate) message: String,
 }
 
-pub struct ReviewRow {
-    pub reviewer: String,
-    pub decision: Decision,
-    pub reason: String,
-    pub note: String,
-    pub days: String,
-    pub when: String,
+pub(crate) struct ReviewRow {
+    pub(crate) reviewer: String,
+    pub(crate) decision: Decision,
+    pub(crate) reason: String,
+    pub(crate) note: String,
+    pub(crate) days: String,
+    pub(crate) when: String,
 }
 
 /// Another application or grant of the same researcher.
-pub struct EarlierRow {
-    pub href: String,
-    pub what: String,
-    pub model: String,
-    pub state: String,
-    pub when: String,
+pub(crate) struct EarlierRow {
+    pub(crate) href: String,
+    pub(crate) what: String,
+    pub(crate) model: String,
+    pub(crate) state: String,
+    pub(crate) when: String,
 }
 
 #[derive(Template)]
 #[template(path = "admin/application.html")]
-pub struct ApplicationPage {
-    pub header: Header,
-    pub app: ApplicationRow,
-    pub intended_use: String,
-    pub terms_version: i64,
-    pub submitted: String,
-    pub confirmed: String,
-    pub pending: bool,
+pub(crate) struct ApplicationPage {
+    pub(crate) header: Header,
+    pub(crate) app: ApplicationRow,
+    pub(crate) intended_use: String,
+    pub(crate) terms_version: i64,
+    pub(crate) submitted: String,
+    pub(crate) confirmed: String,
+    pub(crate) pending: bool,
     /// The reviewer may decide it (admin, or assigned to the model).
-    pub may_decide: bool,
-    pub already_approved: bool,
-    pub reviews: Vec<ReviewRow>,
-    pub default_days: u64,
-    pub max_days: u64,
-    pub domain: String,
+    pub(crate) may_decide: bool,
+    pub(crate) already_approved: bool,
+    pub(crate) reviews: Vec<ReviewRow>,
+    pub(crate) default_days: u64,
+    pub(crate) max_days: u64,
+    pub(crate) domain: String,
     /// `approval 1 of 2 so far` under an N-of-M policy.
-    pub policy: String,
-    pub history: Vec<EarlierRow>,
-    pub templates: Vec<Choice>,
+    pub(crate) policy: String,
+    pub(crate) history: Vec<EarlierRow>,
+    pub(crate) templates: Vec<Choice>,
     /// What it asks for, with the answers to the model's questions and the
     /// question thread.
-    pub kind: Kind,
-    pub parent_id: String,
-    pub grant_id: String,
-    pub answers: Vec<AnswerRow>,
-    pub messages: Vec<MessageRow>,
-    pub can_ask: bool,
+    pub(crate) kind: Kind,
+    pub(crate) parent_id: String,
+    pub(crate) grant_id: String,
+    pub(crate) answers: Vec<AnswerRow>,
+    pub(crate) messages: Vec<MessageRow>,
+    pub(crate) can_ask: bool,
 }
 
-pub struct GrantRow {
-    pub id: String,
-    pub email: String,
-    pub model: String,
-    pub created: String,
-    pub expires: String,
-    pub state: GrantState,
-    pub revoked_reason: String,
+pub(crate) struct GrantRow {
+    pub(crate) id: String,
+    pub(crate) email: String,
+    pub(crate) model: String,
+    pub(crate) created: String,
+    pub(crate) expires: String,
+    pub(crate) state: GrantState,
+    pub(crate) revoked_reason: String,
 }
 
 #[derive(Template)]
 #[template(path = "admin/grants.html")]
-pub struct Grants {
-    pub header: Header,
-    pub grants: Vec<GrantRow>,
-    pub total: i64,
-    pub models: Vec<Choice>,
-    pub states: Vec<Choice>,
-    pub email: String,
-    pub expiring_days: String,
-    pub page: i64,
-    pub pages: i64,
-    pub prev: String,
-    pub next: String,
+pub(crate) struct Grants {
+    pub(crate) header: Header,
+    pub(crate) grants: Vec<GrantRow>,
+    pub(crate) total: i64,
+    pub(crate) models: Vec<Choice>,
+    pub(crate) states: Vec<Choice>,
+    pub(crate) email: String,
+    pub(crate) expiring_days: String,
+    pub(crate) page: i64,
+    pub(crate) pages: i64,
+    pub(crate) prev: String,
+    pub(crate) next: String,
 }
 
-pub struct ReviewerRow {
-    pub id: String,
-    pub email: String,
-    pub is_admin: bool,
-    pub disabled: bool,
-    pub notify: Notify,
-    pub models: String,
-    pub is_self: bool,
+pub(crate) struct ReviewerRow {
+    pub(crate) id: String,
+    pub(crate) email: String,
+    pub(crate) is_admin: bool,
+    pub(crate) disabled: bool,
+    pub(crate) notify: Notify,
+    pub(crate) models: String,
+    pub(crate) is_self: bool,
 }
 
 #[derive(Template)]
 #[template(path = "admin/reviewers.html")]
-pub struct ReviewersPage {
-    pub header: Header,
-    pub reviewers: Vec<ReviewerRow>,
-    pub models: Vec<Choice>,
-    pub message: String,
-    pub error: String,
-    pub min_password: usize,
+pub(crate) struct ReviewersPage {
+    pub(crate) header: Header,
+    pub(crate) reviewers: Vec<ReviewerRow>,
+    pub(crate) models: Vec<Choice>,
+    pub(crate) message: String,
+    pub(crate) error: String,
+    pub(crate) min_password: usize,
 }
 
-pub struct PolicyRow {
-    pub slug: String,
+pub(crate) struct PolicyRow {
+    pub(crate) slug: String,
     /// The application questions as JSON, as the admin edits them.
-    pub questions: String,
+    pub(crate) questions: String,
     /// The same questions as rows of the editor, then blank rows for new ones.
-    pub question_rows: Vec<QuestionRowView>,
+    pub(crate) question_rows: Vec<QuestionRowView>,
     /// Whether `questions` holds refused JSON (its editor is then shown open).
-    pub json_refused: bool,
-    pub terms: String,
-    pub terms_version: i64,
-    pub reapply_after_days: i64,
+    pub(crate) json_refused: bool,
+    pub(crate) terms: String,
+    pub(crate) terms_version: i64,
+    pub(crate) reapply_after_days: i64,
     /// A change to this model that was refused, and why; the text sent is
     /// kept in the field.
-    pub error: String,
-    pub approvals_needed: i64,
-    pub auto_approve_domains: String,
-    pub review_target_days: i64,
-    pub reviewers: String,
+    pub(crate) error: String,
+    pub(crate) approvals_needed: i64,
+    pub(crate) auto_approve_domains: String,
+    pub(crate) review_target_days: i64,
+    pub(crate) reviewers: String,
 }
 
 /// One row of the question editor.
-pub struct QuestionRowView {
+pub(crate) struct QuestionRowView {
     /// The row's number in the form's field names (`rN_label`).
-    pub n: usize,
+    pub(crate) n: usize,
     /// The position field's value.
-    pub position: String,
-    pub row: crate::domain::questions::EditorRow,
-    pub kinds: Vec<KindOption>,
-    pub remove: bool,
+    pub(crate) position: String,
+    pub(crate) row: crate::domain::questions::EditorRow,
+    pub(crate) kinds: Vec<KindOption>,
+    pub(crate) remove: bool,
     /// Whether the row shows a saved question (else it is for a new one).
-    pub existing: bool,
+    pub(crate) existing: bool,
     /// 1-based, among rows of its sort (saved or new).
-    pub number: usize,
+    pub(crate) number: usize,
 }
 
-pub struct KindOption {
-    pub value: &'static str,
-    pub name: &'static str,
-    pub selected: bool,
+pub(crate) struct KindOption {
+    pub(crate) value: &'static str,
+    pub(crate) name: &'static str,
+    pub(crate) selected: bool,
 }
 
 impl QuestionRowView {
     /// The model's saved questions as editor rows.
-    pub fn saved(questions: &[crate::domain::questions::Question]) -> Vec<crate::domain::questions::SentRow> {
+    pub(crate) fn saved(
+        questions: &[crate::domain::questions::Question],
+    ) -> Vec<crate::domain::questions::SentRow> {
         questions
             .iter()
             .enumerate()
@@ -379,7 +381,7 @@ impl QuestionRowView {
 
     /// `rows` (less any blank new ones), then
     /// [`crate::domain::questions::NEW_ROWS`] blank rows for new questions.
-    pub fn all(rows: &[crate::domain::questions::SentRow]) -> Vec<Self> {
+    pub(crate) fn all(rows: &[crate::domain::questions::SentRow]) -> Vec<Self> {
         let kept: Vec<_> = rows
             .iter()
             .filter(|r| r.existing || !r.is_blank())
@@ -427,34 +429,34 @@ impl QuestionRowView {
     }
 }
 
-pub struct TemplateRow {
-    pub id: String,
-    pub title: String,
-    pub body: String,
+pub(crate) struct TemplateRow {
+    pub(crate) id: String,
+    pub(crate) title: String,
+    pub(crate) body: String,
 }
 
 #[derive(Template)]
 #[template(path = "admin/models.html")]
-pub struct ModelsPage {
-    pub header: Header,
-    pub models: Vec<PolicyRow>,
-    pub templates: Vec<TemplateRow>,
-    pub message: String,
+pub(crate) struct ModelsPage {
+    pub(crate) header: Header,
+    pub(crate) models: Vec<PolicyRow>,
+    pub(crate) templates: Vec<TemplateRow>,
+    pub(crate) message: String,
 }
 
 #[derive(Template)]
 #[template(path = "admin/account.html")]
-pub struct AccountPage {
-    pub header: Header,
-    pub notify: Vec<Choice>,
-    pub models: String,
-    pub message: String,
-    pub password_error: String,
-    pub min_password: usize,
+pub(crate) struct AccountPage {
+    pub(crate) header: Header,
+    pub(crate) notify: Vec<Choice>,
+    pub(crate) models: String,
+    pub(crate) message: String,
+    pub(crate) password_error: String,
+    pub(crate) min_password: usize,
 }
 
 /// Human-readable byte counts.
-pub fn human_size(bytes: i64) -> String {
+pub(crate) fn human_size(bytes: i64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = bytes as f64;
     let mut unit = 0;
@@ -470,18 +472,18 @@ pub fn human_size(bytes: i64) -> String {
 }
 
 /// One audit event, ready to show.
-pub struct EventRowView {
-    pub seq: i64,
-    pub when: String,
-    pub action: String,
-    pub outcome: String,
-    pub reason: String,
-    pub actor: String,
-    pub subject: String,
-    pub grant: String,
-    pub range: String,
-    pub bytes: String,
-    pub client: String,
+pub(crate) struct EventRowView {
+    pub(crate) seq: i64,
+    pub(crate) when: String,
+    pub(crate) action: String,
+    pub(crate) outcome: String,
+    pub(crate) reason: String,
+    pub(crate) actor: String,
+    pub(crate) subject: String,
+    pub(crate) grant: String,
+    pub(crate) range: String,
+    pub(crate) bytes: String,
+    pub(crate) client: String,
 }
 
 impl From<&db::audit::EventRow> for EventRowView {
@@ -509,72 +511,72 @@ impl From<&db::audit::EventRow> for EventRowView {
     }
 }
 
-pub struct ModelChart {
-    pub slug: String,
-    pub total: u64,
+pub(crate) struct ModelChart {
+    pub(crate) slug: String,
+    pub(crate) total: u64,
     /// Drawn by the server from numbers only; safe to embed.
-    pub svg: String,
+    pub(crate) svg: String,
 }
 
 #[derive(Template)]
 #[template(path = "admin/audit.html")]
-pub struct AuditPage {
-    pub header: Header,
-    pub events: Vec<EventRowView>,
-    pub older: Option<String>,
-    pub charts: Vec<ModelChart>,
-    pub since: String,
-    pub until: String,
-    pub model: String,
-    pub researcher: String,
-    pub grant: String,
-    pub action: String,
-    pub ip: String,
-    pub outcome: String,
+pub(crate) struct AuditPage {
+    pub(crate) header: Header,
+    pub(crate) events: Vec<EventRowView>,
+    pub(crate) older: Option<String>,
+    pub(crate) charts: Vec<ModelChart>,
+    pub(crate) since: String,
+    pub(crate) until: String,
+    pub(crate) model: String,
+    pub(crate) researcher: String,
+    pub(crate) grant: String,
+    pub(crate) action: String,
+    pub(crate) ip: String,
+    pub(crate) outcome: String,
 }
 
 #[derive(Template)]
 #[template(path = "admin/grant.html")]
-pub struct GrantPage {
-    pub header: Header,
-    pub id: String,
-    pub email: String,
-    pub model: String,
-    pub state: GrantState,
-    pub created: String,
-    pub expires: String,
-    pub revoked_reason: String,
-    pub events: Vec<EventRowView>,
-    pub default_days: u64,
-    pub max_days: u64,
+pub(crate) struct GrantPage {
+    pub(crate) header: Header,
+    pub(crate) id: String,
+    pub(crate) email: String,
+    pub(crate) model: String,
+    pub(crate) state: GrantState,
+    pub(crate) created: String,
+    pub(crate) expires: String,
+    pub(crate) revoked_reason: String,
+    pub(crate) events: Vec<EventRowView>,
+    pub(crate) default_days: u64,
+    pub(crate) max_days: u64,
     /// Approvals the model's policy needs for an extension.
-    pub policy_approvals: i64,
+    pub(crate) policy_approvals: i64,
 }
 
 /// One choice of a select or country question.
-pub struct OptionItem {
-    pub value: String,
-    pub label: String,
-    pub selected: bool,
+pub(crate) struct OptionItem {
+    pub(crate) value: String,
+    pub(crate) label: String,
+    pub(crate) selected: bool,
 }
 
 /// A model's own question on the application form, with what was entered.
-pub struct QuestionField {
-    pub field: String,
-    pub label: String,
-    pub kind: QuestionKind,
-    pub required: bool,
-    pub help: String,
-    pub value: String,
-    pub checked: bool,
-    pub options: Vec<OptionItem>,
-    pub error: String,
+pub(crate) struct QuestionField {
+    pub(crate) field: String,
+    pub(crate) label: String,
+    pub(crate) kind: QuestionKind,
+    pub(crate) required: bool,
+    pub(crate) help: String,
+    pub(crate) value: String,
+    pub(crate) checked: bool,
+    pub(crate) options: Vec<OptionItem>,
+    pub(crate) error: String,
 }
 
 /// A question and its answer, ready to show.
-pub struct AnswerRow {
-    pub label: String,
-    pub value: String,
+pub(crate) struct AnswerRow {
+    pub(crate) label: String,
+    pub(crate) value: String,
 }
 
 impl From<&crate::domain::questions::Answer> for AnswerRow {
@@ -593,102 +595,102 @@ impl From<&crate::domain::questions::Answer> for AnswerRow {
 
 #[derive(Template)]
 #[template(path = "public/terms.html")]
-pub struct TermsPage {
-    pub slug: String,
-    pub title: String,
-    pub version: i64,
-    pub current: i64,
-    pub published: String,
-    pub terms: String,
+pub(crate) struct TermsPage {
+    pub(crate) slug: String,
+    pub(crate) title: String,
+    pub(crate) version: i64,
+    pub(crate) current: i64,
+    pub(crate) published: String,
+    pub(crate) terms: String,
 }
 
 #[derive(Template)]
 #[template(path = "researcher/signin.html")]
-pub struct SigninPage {
-    pub csrf: String,
-    pub email: String,
-    pub error: String,
+pub(crate) struct SigninPage {
+    pub(crate) csrf: String,
+    pub(crate) email: String,
+    pub(crate) error: String,
     /// Shown above the form, e.g. when a link was used up.
-    pub notice: String,
+    pub(crate) notice: String,
 }
 
 #[derive(Template)]
 #[template(path = "researcher/signin_sent.html")]
-pub struct SigninSent {
-    pub email: String,
-    pub minutes: i64,
+pub(crate) struct SigninSent {
+    pub(crate) email: String,
+    pub(crate) minutes: i64,
 }
 
 #[derive(Template)]
 #[template(path = "researcher/signin_link.html")]
-pub struct SigninLink {
-    pub token: String,
-    pub csrf: String,
+pub(crate) struct SigninLink {
+    pub(crate) token: String,
+    pub(crate) csrf: String,
 }
 
 /// A researcher's header: who is signed in, and the sign-out form.
-pub struct ResearcherHeader {
-    pub email: String,
-    pub csrf: String,
+pub(crate) struct ResearcherHeader {
+    pub(crate) email: String,
+    pub(crate) csrf: String,
 }
 
-pub struct HistoryRow {
-    pub when: String,
-    pub what: String,
-    pub body: String,
+pub(crate) struct HistoryRow {
+    pub(crate) when: String,
+    pub(crate) what: String,
+    pub(crate) body: String,
 }
 
-pub struct MyApplicationRow {
-    pub id: String,
-    pub model_slug: String,
-    pub model_title: String,
-    pub status: Status,
-    pub status_label: &'static str,
-    pub kind: Kind,
-    pub submitted: String,
-    pub terms_version: i64,
-    pub next_step: String,
-    pub denial_reason: String,
-    pub reapply_from: String,
-    pub reapply_now: bool,
-    pub can_answer: bool,
-    pub can_appeal: bool,
-    pub history: Vec<HistoryRow>,
-    pub answers: Vec<AnswerRow>,
+pub(crate) struct MyApplicationRow {
+    pub(crate) id: String,
+    pub(crate) model_slug: String,
+    pub(crate) model_title: String,
+    pub(crate) status: Status,
+    pub(crate) status_label: &'static str,
+    pub(crate) kind: Kind,
+    pub(crate) submitted: String,
+    pub(crate) terms_version: i64,
+    pub(crate) next_step: String,
+    pub(crate) denial_reason: String,
+    pub(crate) reapply_from: String,
+    pub(crate) reapply_now: bool,
+    pub(crate) can_answer: bool,
+    pub(crate) can_appeal: bool,
+    pub(crate) history: Vec<HistoryRow>,
+    pub(crate) answers: Vec<AnswerRow>,
 }
 
 #[derive(Template)]
 #[template(path = "researcher/me.html")]
-pub struct MyApplications {
-    pub header: ResearcherHeader,
-    pub applications: Vec<MyApplicationRow>,
+pub(crate) struct MyApplications {
+    pub(crate) header: ResearcherHeader,
+    pub(crate) applications: Vec<MyApplicationRow>,
 }
 
-pub struct MyGrantRow {
-    pub id: String,
-    pub model_slug: String,
-    pub model_title: String,
-    pub state: GrantState,
-    pub expires: String,
-    pub revoked_reason: String,
-    pub links_expire: String,
-    pub releases: Vec<ReleaseRows>,
+pub(crate) struct MyGrantRow {
+    pub(crate) id: String,
+    pub(crate) model_slug: String,
+    pub(crate) model_title: String,
+    pub(crate) state: GrantState,
+    pub(crate) expires: String,
+    pub(crate) revoked_reason: String,
+    pub(crate) links_expire: String,
+    pub(crate) releases: Vec<ReleaseRows>,
     /// Set right after the researcher asked for it.
-    pub manifest_url: String,
+    pub(crate) manifest_url: String,
     /// When a renewal waits for the reviewers.
-    pub renewal_pending: bool,
+    pub(crate) renewal_pending: bool,
 }
 
 #[derive(Template)]
 #[template(path = "researcher/me_access.html")]
-pub struct MyAccess {
-    pub header: ResearcherHeader,
-    pub grants: Vec<MyGrantRow>,
-    pub public_key_url: String,
+pub(crate) struct MyAccess {
+    pub(crate) header: ResearcherHeader,
+    pub(crate) grants: Vec<MyGrantRow>,
+    pub(crate) public_key_url: String,
 }
 
-pub struct MessageRow {
-    pub who: String,
-    pub when: String,
-    pub body: String,
+pub(crate) struct MessageRow {
+    pub(crate) who: String,
+    pub(crate) when: String,
+    pub(crate) body: String,
 }

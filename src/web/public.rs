@@ -24,7 +24,7 @@ use crate::{
     types::format_ms,
 };
 
-pub async fn catalogue(State(state): State<AppState>) -> Result<Response, Error> {
+pub(crate) async fn catalogue(State(state): State<AppState>) -> Result<Response, Error> {
     let models = db::models::list_models(state.app.db.pool()).await?;
     render(&pages::Catalogue {
         models: models
@@ -131,7 +131,7 @@ async fn model_page(
     })
 }
 
-pub async fn model(
+pub(crate) async fn model(
     State(state): State<AppState>,
     token: Csrf,
     MaybeResearcher(researcher): MaybeResearcher,
@@ -156,7 +156,7 @@ pub async fn model(
 }
 
 /// One version of a model's terms, as researchers accepted it.
-pub async fn terms(
+pub(crate) async fn terms(
     State(state): State<AppState>,
     Path((slug, version)): Path<(String, i64)>,
 ) -> Result<Response, Error> {
@@ -175,12 +175,12 @@ pub async fn terms(
 }
 
 #[derive(Deserialize)]
-pub struct ApplyForm {
+pub(crate) struct ApplyForm {
     #[serde(flatten)]
     form: ApplicationForm,
 }
 
-pub async fn apply(
+pub(crate) async fn apply(
     State(state): State<AppState>,
     MaybeResearcher(researcher): MaybeResearcher,
     ClientInfo(client): ClientInfo,
@@ -237,7 +237,7 @@ pub async fn apply(
 
 /// Shows a button rather than confirming on GET, so that mail scanners that
 /// follow links do not confirm on the researcher's behalf.
-pub async fn confirm_page(
+pub(crate) async fn confirm_page(
     State(state): State<AppState>,
     token: Csrf,
     Path(confirm_token): Path<String>,
@@ -255,7 +255,7 @@ pub async fn confirm_page(
     Ok((token, render(&page)?).into_response())
 }
 
-pub async fn confirm(
+pub(crate) async fn confirm(
     State(state): State<AppState>,
     ClientInfo(client): ClientInfo,
     Path(confirm_token): Path<String>,

@@ -50,7 +50,7 @@ pub struct Route {
     pub method: Method,
     pub path: &'static str,
     pub access: Access,
-    pub area: Area,
+    pub(crate) area: Area,
     handler: MethodRouter<AppState>,
 }
 
@@ -286,7 +286,7 @@ pub fn all() -> Vec<Route> {
 }
 
 /// The routes of one area, as a router.
-pub fn router(area: Area) -> Router<AppState> {
+pub(crate) fn router(area: Area) -> Router<AppState> {
     all()
         .into_iter()
         .filter(|r| r.area == area)

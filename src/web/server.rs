@@ -38,18 +38,18 @@ const RESERVED_FDS: u64 = 256;
 
 /// The limits of the accept loop.
 #[derive(Clone, Debug)]
-pub struct Limits {
-    pub header_timeout: Duration,
-    pub max_connections: usize,
-    pub per_address: usize,
-    pub stall_timeout: Duration,
-    pub trusted: TrustedProxies,
+pub(crate) struct Limits {
+    pub(crate) header_timeout: Duration,
+    pub(crate) max_connections: usize,
+    pub(crate) per_address: usize,
+    pub(crate) stall_timeout: Duration,
+    pub(crate) trusted: TrustedProxies,
 }
 
 impl Limits {
     /// The configured limits, with the connection cap lowered to fit the
     /// process's file-descriptor limit (raised to its hard limit first).
-    pub fn from_config(config: &Config) -> Self {
+    pub(crate) fn from_config(config: &Config) -> Self {
         let max_connections = match rlimit::increase_nofile_limit(u64::MAX) {
             Ok(fds) => {
                 let fit = usize::try_from(fds.saturating_sub(RESERVED_FDS).max(16)).unwrap_or(usize::MAX);
@@ -118,7 +118,7 @@ impl Drop for Counted {
 
 /// Serves `router` on `listener` until `stop` resolves, then lets open
 /// requests finish for up to `grace`.
-pub async fn run(
+pub(crate) async fn run(
     listener: TcpListener,
     router: Router,
     limits: Limits,
