@@ -205,7 +205,7 @@ async fn a_refused_manifest_url_request_mints_nothing() {
         .unwrap();
     let action = format!("/me/access/{grant_id}/client-url");
     // My access signs links once; the first manifest URL is the second use.
-    let first = crate::researcher::post_form(&t, &browser, "/me/access", &action, &[]).await;
+    let first = t.post_form(&browser, "/me/access", &action, &[]).await;
     assert_eq!(first.status(), StatusCode::OK);
     // The allowance is spent: no page to take a CSRF token from either, so
     // reuse the one the last page carried.
@@ -245,7 +245,7 @@ pub(crate) struct ServeProcess {
 
 impl ServeProcess {
     /// Starts it with `env` added, and returns once it answers.
-    pub async fn start(t: &TestApp, env: &[(&str, &str)]) -> Self {
+    pub(crate) async fn start(t: &TestApp, env: &[(&str, &str)]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -291,7 +291,7 @@ impl ServeProcess {
     }
 
     /// Stops it with SIGTERM and returns all it logged.
-    pub async fn stop(mut self) -> String {
+    pub(crate) async fn stop(mut self) -> String {
         let mut child = self.child.take().unwrap();
         let pid = child.id().to_string();
         assert!(
@@ -380,7 +380,7 @@ async fn no_secret_reaches_the_logs() {
     t.sign_in(&reviewer).await;
     let id = t.pending_application(&reviewer, email).await;
     let response = t
-        .post_admin(
+        .post_form(
             &reviewer,
             &format!("/admin/applications/{id}"),
             &format!("/admin/applications/{id}/approve"),
@@ -587,7 +587,7 @@ async fn a_new_password_ends_every_other_session() {
     t.sign_in(&there).await;
     let new_password = "a brand new reviewer password";
     let response = t
-        .post_admin(
+        .post_form(
             &here,
             "/admin/account",
             "/admin/account/password",
@@ -617,7 +617,7 @@ async fn a_new_password_ends_every_other_session() {
     assert_eq!(status, StatusCode::OK);
     // A wrong current password changes nothing.
     let response = t
-        .post_admin(
+        .post_form(
             &here,
             "/admin/account",
             "/admin/account/password",
@@ -681,7 +681,7 @@ async fn a_planted_csrf_cookie_does_not_pass_for_the_session() {
     );
     // The session's own token works.
     let response = t
-        .post_admin(&victim, "/admin/account", "/admin/account", &[("notify", "off")])
+        .post_form(&victim, "/admin/account", "/admin/account", &[("notify", "off")])
         .await;
     assert_eq!(response.status(), StatusCode::OK);
 }
@@ -1149,10 +1149,10 @@ async fn extensions_and_renewals_follow_the_models_approval_policy() {
     let extend = format!("/admin/grants/{grant}/extend");
 
     // Ten years at a stroke is refused, whoever asks.
-    let response = t.post_admin(&reviewer, &page, &extend, &[("days", "3650")]).await;
+    let response = t.post_form(&reviewer, &page, &extend, &[("days", "3650")]).await;
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     // Under a two-approval policy one reviewer's extension is a proposal...
-    let response = t.post_admin(&reviewer, &page, &extend, &[("days", "20")]).await;
+    let response = t.post_form(&reviewer, &page, &extend, &[("days", "20")]).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(expires().await, before, "one reviewer alone extends nothing");
     let renewal: String =
@@ -1160,7 +1160,7 @@ async fn extensions_and_renewals_follow_the_models_approval_policy() {
             .fetch_one(t.app.db.pool())
             .await
             .unwrap();
-    let again = t.post_admin(&reviewer, &page, &extend, &[("days", "20")]).await;
+    let again = t.post_form(&reviewer, &page, &extend, &[("days", "20")]).await;
     assert_eq!(
         again.status(),
         StatusCode::CONFLICT,
@@ -1168,7 +1168,7 @@ async fn extensions_and_renewals_follow_the_models_approval_policy() {
     );
     // ...which a second reviewer completes; the shorter length wins.
     let response = t
-        .post_admin(
+        .post_form(
             &admin,
             &format!("/admin/applications/{renewal}"),
             &format!("/admin/applications/{renewal}/approve"),
@@ -1195,17 +1195,17 @@ async fn extensions_and_renewals_follow_the_models_approval_policy() {
         .execute(t.app.db.pool())
         .await
         .unwrap();
-    let response = t.post_admin(&reviewer, &page, &extend, &[("days", "5")]).await;
+    let response = t.post_form(&reviewer, &page, &extend, &[("days", "5")]).await;
     assert_eq!(response.status(), StatusCode::CONFLICT);
     // ...nor overridden by one who is not an admin...
     let response = t
-        .post_admin(&reviewer, &page, &extend, &[("days", "5"), ("override", "on")])
+        .post_form(&reviewer, &page, &extend, &[("days", "5"), ("override", "on")])
         .await;
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
     assert!(expires().await < weightgate::types::now_ms());
     // ...but an admin may, and the log says it was an override.
     let response = t
-        .post_admin(&admin, &page, &extend, &[("days", "5"), ("override", "on")])
+        .post_form(&admin, &page, &extend, &[("days", "5"), ("override", "on")])
         .await;
     assert_eq!(response.status(), StatusCode::OK);
     let now = weightgate::types::now_ms();
@@ -1534,14 +1534,14 @@ async fn an_approval_counts_only_while_its_reviewer_may_still_decide() {
     let page = format!("/admin/applications/{id}");
     let approve = format!("/admin/applications/{id}/approve");
     assert_eq!(
-        t.post_admin(&second, &page, &approve, &[]).await.status(),
+        t.post_form(&second, &page, &approve, &[]).await.status(),
         StatusCode::OK
     );
     // The second reviewer is taken off the model; their approval no longer counts.
     let (ok, _, err) = weightgate(&t, &["reviewer", "unassign", SECOND, MODEL], None);
     assert!(ok, "{err}");
     assert_eq!(
-        t.post_admin(&admin, &page, &approve, &[]).await.status(),
+        t.post_form(&admin, &page, &approve, &[]).await.status(),
         StatusCode::OK
     );
     let grants: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM grants")
@@ -1562,7 +1562,7 @@ async fn a_stolen_session_cannot_guess_the_password_at_speed() {
     for n in 0..7 {
         let guess = format!("guess number {n} of many");
         let response = t
-            .post_admin(
+            .post_form(
                 &session,
                 "/admin/account",
                 "/admin/account/password",

@@ -133,6 +133,12 @@ async fn verify_names_each_kind_of_tampering() {
     let (ok, out, err) = weightgate(&t, &["audit", "verify"], None);
     assert!(ok, "{err}");
     assert!(out.contains("audit log intact: 40 events"), "{out}");
+    // The head it names is the one stored, for the operator to note down.
+    let (seq, hash) = weightgate::db::audit::head(t.app.db.pool())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.contains(&format!("newest event {seq}, hash {hash}")), "{out}");
     let original = snapshot(&t).await;
     assert_eq!(original.len(), 40);
 
@@ -1049,17 +1055,16 @@ async fn admins_read_the_log_a_chart_and_each_grants_history_in_the_dashboard() 
         .await
         .unwrap();
     let plain = client();
-    let (_, login) = t.get_html(&plain, "/admin/login").await;
-    plain
-        .post(t.url("/admin/login"))
-        .form(&[
-            ("authenticity_token", csrf(&login).as_str()),
+    t.post_form(
+        &plain,
+        "/admin/login",
+        "/admin/login",
+        &[
             ("email", "plain@lab.example.org"),
             ("password", "a plain reviewer password"),
-        ])
-        .send()
-        .await
-        .unwrap();
+        ],
+    )
+    .await;
     let (status, _) = t.get_html(&plain, "/admin/audit").await;
     assert_eq!(status, 403, "the audit log is for admins");
 }

@@ -604,7 +604,7 @@ async fn in_a_browser_a_researcher_answers_the_models_questions_signs_in_by_link
     t.sign_in(&reviewer).await;
     let id = t.pending_application(&reviewer, email).await;
     let response = t
-        .post_admin(
+        .post_form(
             &reviewer,
             &format!("/admin/applications/{id}"),
             &format!("/admin/applications/{id}/ask"),
@@ -633,7 +633,7 @@ async fn in_a_browser_a_researcher_answers_the_models_questions_signs_in_by_link
     assert!(researcher.text().await.contains("The reviewers will decide"));
 
     let response = t
-        .post_admin(
+        .post_form(
             &reviewer,
             &format!("/admin/applications/{id}"),
             &format!("/admin/applications/{id}/approve"),

@@ -34,17 +34,14 @@ pub(crate) async fn sign_in_as(
     email: &str,
     password: &str,
 ) -> (StatusCode, String) {
-    let (_, page) = t.get_html(c, "/admin/login").await;
-    let response = c
-        .post(t.url("/admin/login"))
-        .form(&[
-            ("authenticity_token", csrf(&page).as_str()),
-            ("email", email),
-            ("password", password),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let response = t
+        .post_form(
+            c,
+            "/admin/login",
+            "/admin/login",
+            &[("email", email), ("password", password)],
+        )
+        .await;
     let status = response.status();
     let retry = response
         .headers()
@@ -88,7 +85,7 @@ async fn an_application_needs_approvals_from_two_different_reviewers_when_the_po
     let approve = format!("/admin/applications/{id}/approve");
 
     let first = t
-        .post_admin(&admin, &page, &approve, &[("days", "10"), ("note", "Welcome")])
+        .post_form(&admin, &page, &approve, &[("days", "10"), ("note", "Welcome")])
         .await;
     assert_eq!(first.status(), StatusCode::OK);
     assert_eq!(grants_of(&t).await, 0, "one approval of two grants nothing");
@@ -99,7 +96,7 @@ async fn an_application_needs_approvals_from_two_different_reviewers_when_the_po
     );
     assert!(shown.contains("You approved already"));
 
-    let again = t.post_admin(&admin, &page, &approve, &[("days", "10")]).await;
+    let again = t.post_form(&admin, &page, &approve, &[("days", "10")]).await;
     assert_eq!(
         again.status(),
         StatusCode::CONFLICT,
@@ -108,7 +105,7 @@ async fn an_application_needs_approvals_from_two_different_reviewers_when_the_po
     assert_eq!(grants_of(&t).await, 0);
 
     let second = second_reviewer(&t, true).await;
-    let done = t.post_admin(&second, &page, &approve, &[("days", "20")]).await;
+    let done = t.post_form(&second, &page, &approve, &[("days", "20")]).await;
     assert_eq!(done.status(), StatusCode::OK);
     assert_eq!(grants_of(&t).await, 1);
     let mail = t.wait_for_mail("two@uni.example.edu", "is approved").await;
@@ -160,7 +157,7 @@ async fn a_reviewer_sees_and_decides_only_the_models_assigned_to_them() {
     )
     .to_owned();
     let assigned = t
-        .post_admin(
+        .post_form(
             &admin,
             "/admin/reviewers",
             &format!("/admin/reviewers/{second_id}"),
@@ -180,7 +177,7 @@ async fn a_reviewer_sees_and_decides_only_the_models_assigned_to_them() {
         .unwrap();
     for change in ["reviewer", "disable"] {
         let refused = t
-            .post_admin(
+            .post_form(
                 &admin,
                 "/admin/reviewers",
                 &format!("/admin/reviewers/{}", me.id),
@@ -209,7 +206,7 @@ async fn a_reviewer_sees_and_decides_only_the_models_assigned_to_them() {
         (SECOND, "taken over by an admin"),
     ] {
         let refused = t
-            .post_admin(
+            .post_form(
                 &admin,
                 "/admin/reviewers",
                 "/admin/reviewers",
@@ -234,7 +231,7 @@ async fn a_reviewer_sees_and_decides_only_the_models_assigned_to_them() {
 
     let id = t.pending_application(&reviewer, "someone@uni.example.edu").await;
     let approved = t
-        .post_admin(
+        .post_form(
             &reviewer,
             &format!("/admin/applications/{id}"),
             &format!("/admin/applications/{id}/approve"),
@@ -382,7 +379,7 @@ async fn a_bulk_denial_records_and_emails_each_application_on_its_own() {
     let admin = client();
     t.sign_in(&admin).await;
     let saved = t
-        .post_admin(
+        .post_form(
             &admin,
             "/admin/models",
             "/admin/templates",
@@ -472,7 +469,7 @@ async fn grants_are_extended_reminded_before_they_end_and_recorded_when_they_exp
 
     let page = format!("/admin/grants/{grant}");
     let extended = t
-        .post_admin(
+        .post_form(
             &admin,
             &page,
             &format!("/admin/grants/{grant}/extend"),
@@ -487,7 +484,7 @@ async fn grants_are_extended_reminded_before_they_end_and_recorded_when_they_exp
     assert_eq!(expires, soon + 10 * 86_400_000);
     t.wait_for_mail("ends@uni.example.edu", "was extended").await;
     let bad = t
-        .post_admin(
+        .post_form(
             &admin,
             &page,
             &format!("/admin/grants/{grant}/extend"),
@@ -691,7 +688,7 @@ async fn admins_edit_a_models_questions_terms_and_wait_in_the_dashboard_without_
     t.sign_in(&admin).await;
     let bad = r#"[{"id": "orcid", "label": "ORCID", "kind": "telepathy"}]"#;
     let refused = t
-        .post_admin(
+        .post_form(
             &admin,
             "/admin/models",
             &format!("/admin/models/{MODEL}/questions"),
@@ -712,7 +709,7 @@ async fn admins_edit_a_models_questions_terms_and_wait_in_the_dashboard_without_
 
     let good = r#"[{"id": "orcid", "label": "Your ORCID iD", "kind": "url", "required": true}]"#;
     let saved = t
-        .post_admin(
+        .post_form(
             &admin,
             "/admin/models",
             &format!("/admin/models/{MODEL}/questions"),
@@ -721,7 +718,7 @@ async fn admins_edit_a_models_questions_terms_and_wait_in_the_dashboard_without_
         .await;
     assert!(saved.text().await.unwrap().contains("now asks 1 question."));
     let terms = t
-        .post_admin(
+        .post_form(
             &admin,
             "/admin/models",
             &format!("/admin/models/{MODEL}/terms"),
@@ -733,7 +730,7 @@ async fn admins_edit_a_models_questions_terms_and_wait_in_the_dashboard_without_
     assert!(model.contains("Your ORCID iD") && model.contains("Cite the paper."));
 
     let policy = t
-        .post_admin(
+        .post_form(
             &admin,
             "/admin/models",
             &format!("/admin/models/{MODEL}/policy"),
@@ -770,7 +767,7 @@ async fn admins_build_questions_row_by_row_and_a_refused_row_comes_back_as_typed
     );
     let path = format!("/admin/models/{MODEL}/questions");
     let saved = t
-        .post_admin(
+        .post_form(
             &admin,
             "/admin/models",
             &path,
@@ -808,7 +805,7 @@ async fn admins_build_questions_row_by_row_and_a_refused_row_comes_back_as_typed
 
     // A select without options is refused; what was typed stays in the rows.
     let refused = t
-        .post_admin(
+        .post_form(
             &admin,
             "/admin/models",
             &path,
@@ -844,7 +841,7 @@ async fn admins_build_questions_row_by_row_and_a_refused_row_comes_back_as_typed
 
     // A row the editor cannot read at all comes back as typed too.
     let unreadable = t
-        .post_admin(
+        .post_form(
             &admin,
             "/admin/models",
             &path,
@@ -879,7 +876,7 @@ async fn admins_build_questions_row_by_row_and_a_refused_row_comes_back_as_typed
 
     // Removing a row removes the question.
     let removed = t
-        .post_admin(
+        .post_form(
             &admin,
             "/admin/models",
             &path,

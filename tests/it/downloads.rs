@@ -194,7 +194,7 @@ async fn a_revoked_grant_stops_its_links_at_the_next_fetch() {
     let reviewer = client();
     t.sign_in(&reviewer).await;
     let response = t
-        .post_admin(
+        .post_form(
             &reviewer,
             "/admin/grants",
             &format!("/admin/grants/{grant_id}/revoke"),

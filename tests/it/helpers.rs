@@ -14,15 +14,15 @@ use weightgate::{
     types::{Email, Slug},
 };
 
-pub const REVIEWER: &str = "reviewer@lab.example.org";
-pub const PASSWORD: &str = "a long reviewer password";
-pub const MODEL: &str = "tiny-model";
+pub(crate) const REVIEWER: &str = "reviewer@lab.example.org";
+pub(crate) const PASSWORD: &str = "a long reviewer password";
+pub(crate) const MODEL: &str = "tiny-model";
 /// Chunk size of the test release, small so that files have several chunks.
-pub const CHUNK_SIZE: u64 = 64 * 1024;
+pub(crate) const CHUNK_SIZE: u64 = 64 * 1024;
 
 /// The database a scenario runs on.
 #[derive(Clone, Debug)]
-pub enum TestDb {
+pub(crate) enum TestDb {
     Sqlite,
     /// The URL of a fresh database made for this scenario.
     Postgres(String),
@@ -37,7 +37,7 @@ static NOT_RUN: std::sync::Once = std::sync::Once::new();
 impl TestDb {
     /// A fresh PostgreSQL database, or `None` (said loudly) when no server is
     /// configured. Under CI a missing server is a failure, not a skip.
-    pub async fn postgres() -> Option<Self> {
+    pub(crate) async fn postgres() -> Option<Self> {
         let Some(admin_url) = std::env::var("WEIGHTGATE_TEST_POSTGRES_URL")
             .ok()
             .filter(|u| !u.is_empty())
@@ -109,14 +109,14 @@ async fn fresh_postgres_database(admin_url: &str) -> String {
 }
 
 /// A database URL for an empty database of the scenario's kind.
-pub async fn empty_database_url(dir: &std::path::Path) -> String {
+pub(crate) async fn empty_database_url(dir: &std::path::Path) -> String {
     match TEST_DB.try_with(Clone::clone) {
         Ok(TestDb::Postgres(url)) => url,
         _ => format!("sqlite://{}?mode=rwc", dir.join("empty.db").display()),
     }
 }
 
-pub struct TestApp {
+pub(crate) struct TestApp {
     pub app: Arc<App>,
     pub base: String,
     pub dir: TempDir,
@@ -126,7 +126,7 @@ pub struct TestApp {
     pub files: Vec<(String, Vec<u8>)>,
 }
 
-pub fn client() -> Client {
+pub(crate) fn client() -> Client {
     weightgate::client::install_crypto();
     Client::builder()
         .cookie_store(true)
@@ -138,12 +138,12 @@ pub fn client() -> Client {
 impl TestApp {
     /// A portal with one model (`tiny-model`, one published release of three
     /// files) and one reviewer.
-    pub async fn spawn() -> Self {
+    pub(crate) async fn spawn() -> Self {
         Self::spawn_with(|_| {}).await
     }
 
     /// Like [`TestApp::spawn`], with settings changed by `configure`.
-    pub async fn spawn_with(configure: impl FnOnce(&mut Config)) -> Self {
+    pub(crate) async fn spawn_with(configure: impl FnOnce(&mut Config)) -> Self {
         weightgate::client::install_crypto();
         if std::env::var_os("TEST_LOG").is_some() {
             let _ = tracing_subscriber::fmt()
@@ -210,15 +210,21 @@ impl TestApp {
         }
     }
 
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+    /// The portal's URL of `path`; a URL that is already whole (a link from
+    /// an e-mail) as it is.
+    pub(crate) fn url(&self, path: &str) -> String {
+        if path.starts_with("http://") || path.starts_with("https://") {
+            path.to_owned()
+        } else {
+            format!("{}{path}", self.base)
+        }
     }
 
-    pub fn outbox(&self) -> PathBuf {
+    pub(crate) fn outbox(&self) -> PathBuf {
         self.app.config.outbox_dir()
     }
 
-    pub async fn get_html(&self, client: &Client, path: &str) -> (StatusCode, String) {
+    pub(crate) async fn get_html(&self, client: &Client, path: &str) -> (StatusCode, String) {
         let response = client
             .get(self.url(path))
             .header("accept", "text/html")
@@ -230,7 +236,7 @@ impl TestApp {
 
     /// Submits the application form the way a browser does: load the page for
     /// its CSRF token, then post the fields.
-    pub async fn apply(&self, client: &Client, fields: &[(&str, &str)]) -> (StatusCode, String) {
+    pub(crate) async fn apply(&self, client: &Client, fields: &[(&str, &str)]) -> (StatusCode, String) {
         let (status, page) = self.get_html(client, &format!("/models/{MODEL}")).await;
         assert_eq!(status, StatusCode::OK);
         let mut form: Vec<(&str, &str)> = vec![("authenticity_token", csrf(&page).leak())];
@@ -246,7 +252,7 @@ impl TestApp {
     }
 
     /// Applies as `email` and confirms the address through the e-mailed link.
-    pub async fn apply_and_confirm(&self, email: &str) {
+    pub(crate) async fn apply_and_confirm(&self, email: &str) {
         let researcher = client();
         let (status, _) = self
             .apply(
@@ -281,7 +287,7 @@ impl TestApp {
     }
 
     /// Signs `client` in as the test reviewer.
-    pub async fn sign_in(&self, client: &Client) {
+    pub(crate) async fn sign_in(&self, client: &Client) {
         let (_, page) = self.get_html(client, "/admin/login").await;
         let response = client
             .post(self.url("/admin/login"))
@@ -302,7 +308,7 @@ impl TestApp {
     }
 
     /// The id of the only pending application of `email`, from the queue page.
-    pub async fn pending_application(&self, reviewer: &Client, email: &str) -> String {
+    pub(crate) async fn pending_application(&self, reviewer: &Client, email: &str) -> String {
         let (_, queue) = self.get_html(reviewer, "/admin").await;
         let row = queue
             .split("<tr>")
@@ -311,29 +317,36 @@ impl TestApp {
         between(row, "/admin/applications/", "\"").to_owned()
     }
 
-    /// Posts a dashboard form on `page_path` (for its CSRF token) to `action`.
-    pub async fn post_admin(
+    /// Posts a form as a browser does: loads `page_path` for its CSRF token,
+    /// then posts it with `fields` to `action`.
+    pub(crate) async fn post_form(
         &self,
-        reviewer: &Client,
+        browser: &Client,
         page_path: &str,
         action: &str,
         fields: &[(&str, &str)],
     ) -> reqwest::Response {
-        let (_, page) = self.get_html(reviewer, page_path).await;
+        let (_, page) = self.get_html(browser, page_path).await;
         let token = csrf(&page);
         let mut form = vec![("authenticity_token", token.as_str())];
         form.extend_from_slice(fields);
-        reviewer.post(self.url(action)).form(&form).send().await.unwrap()
+        browser
+            .post(self.url(action))
+            .header("accept", "text/html")
+            .form(&form)
+            .send()
+            .await
+            .unwrap()
     }
 
     /// Applies, confirms, signs a reviewer in and approves; returns the access page URL.
-    pub async fn approved_researcher(&self, email: &str) -> String {
+    pub(crate) async fn approved_researcher(&self, email: &str) -> String {
         self.apply_and_confirm(email).await;
         let reviewer = client();
         self.sign_in(&reviewer).await;
         let id = self.pending_application(&reviewer, email).await;
         let response = self
-            .post_admin(
+            .post_form(
                 &reviewer,
                 &format!("/admin/applications/{id}"),
                 &format!("/admin/applications/{id}/approve"),
@@ -346,7 +359,7 @@ impl TestApp {
     }
 
     /// Every download link on an access page, by file name.
-    pub async fn download_links(&self, access_url: &str) -> Vec<(String, String)> {
+    pub(crate) async fn download_links(&self, access_url: &str) -> Vec<(String, String)> {
         let page = client()
             .get(access_url)
             .send()
@@ -364,7 +377,7 @@ impl TestApp {
     }
 
     /// Waits for the e-mail to `to` whose subject contains `subject`, and returns it.
-    pub async fn wait_for_mail(&self, to: &str, subject: &str) -> String {
+    pub(crate) async fn wait_for_mail(&self, to: &str, subject: &str) -> String {
         for _ in 0..200 {
             if let Ok(entries) = std::fs::read_dir(self.outbox()) {
                 for entry in entries.flatten() {
@@ -382,7 +395,11 @@ impl TestApp {
 
     /// Waits until at least `count` events of `action` are in the log (some
     /// are written after a response ends) and returns them.
-    pub async fn wait_for_events(&self, action: &str, count: usize) -> Vec<weightgate::db::audit::EventRow> {
+    pub(crate) async fn wait_for_events(
+        &self,
+        action: &str,
+        count: usize,
+    ) -> Vec<weightgate::db::audit::EventRow> {
         for _ in 0..200 {
             let found: Vec<_> = self
                 .audit_events()
@@ -398,7 +415,7 @@ impl TestApp {
         panic!("fewer than {count} {action} events were recorded");
     }
 
-    pub async fn audit_events(&self) -> Vec<weightgate::db::audit::EventRow> {
+    pub(crate) async fn audit_events(&self) -> Vec<weightgate::db::audit::EventRow> {
         weightgate::db::audit::list(
             self.app.db.pool(),
             &weightgate::db::audit::Filter {
@@ -411,12 +428,12 @@ impl TestApp {
     }
 }
 
-pub fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
 /// The text between the first `start` and the next `end`.
-pub fn between<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
+pub(crate) fn between<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
     let from = text
         .find(start)
         .unwrap_or_else(|| panic!("{start:?} not found in:\n{text}"))
@@ -425,7 +442,7 @@ pub fn between<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
     &text[from..from + len]
 }
 
-pub fn all_between<'a>(text: &'a str, start: &str, end: &str) -> Vec<&'a str> {
+pub(crate) fn all_between<'a>(text: &'a str, start: &str, end: &str) -> Vec<&'a str> {
     let mut found = Vec::new();
     let mut rest = text;
     while let Some(i) = rest.find(start) {
@@ -437,7 +454,7 @@ pub fn all_between<'a>(text: &'a str, start: &str, end: &str) -> Vec<&'a str> {
     found
 }
 
-pub fn unescape(s: &str) -> String {
+pub(crate) fn unescape(s: &str) -> String {
     s.replace("&#x2f;", "/")
         .replace("&#47;", "/")
         .replace("&quot;", "\"")
@@ -453,12 +470,12 @@ pub fn unescape(s: &str) -> String {
 }
 
 /// The CSRF token of the first form on a page.
-pub fn csrf(page: &str) -> String {
+pub(crate) fn csrf(page: &str) -> String {
     unescape(between(page, "name=\"authenticity_token\" value=\"", "\""))
 }
 
 /// The first URL in an e-mail whose path contains `marker`.
-pub fn link_in(mail: &str, marker: &str) -> String {
+pub(crate) fn link_in(mail: &str, marker: &str) -> String {
     mail.split_whitespace()
         .find(|w| w.starts_with("http") && w.contains(marker))
         .unwrap_or_else(|| panic!("no {marker} link in:\n{mail}"))
@@ -475,7 +492,7 @@ fn decode_quoted_printable(raw: &str) -> String {
 /// A TCP relay in front of a service (an S3 server, PostgreSQL, SMTP) that a
 /// test can close, reopen, or make cut a connection midway: the service
 /// "goes away" and "comes back" without being touched.
-pub struct Gate {
+pub(crate) struct Gate {
     pub addr: std::net::SocketAddr,
     state: Arc<GateState>,
 }
@@ -491,7 +508,7 @@ struct GateState {
 }
 
 impl Gate {
-    pub async fn start(upstream: std::net::SocketAddr) -> Self {
+    pub(crate) async fn start(upstream: std::net::SocketAddr) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(GateState::default());
@@ -513,12 +530,12 @@ impl Gate {
     }
 
     /// Drops every open connection and refuses new ones until [`Gate::open`].
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         self.state.closed.store(true, std::sync::atomic::Ordering::SeqCst);
         self.drop_connections();
     }
 
-    pub fn open(&self) {
+    pub(crate) fn open(&self) {
         self.state
             .closed
             .store(false, std::sync::atomic::Ordering::SeqCst);
@@ -526,7 +543,7 @@ impl Gate {
 
     /// Drops the open connections, so the next request opens a new one, and
     /// cuts that one after `bytes` have come back from the service.
-    pub fn cut_next_after(&self, bytes: u64) {
+    pub(crate) fn cut_next_after(&self, bytes: u64) {
         self.state
             .cut_next
             .store(bytes, std::sync::atomic::Ordering::SeqCst);
@@ -535,7 +552,7 @@ impl Gate {
 
     /// Makes every reply, on open and new connections, wait `delay` before
     /// each piece is relayed: a slow service rather than a gone one.
-    pub fn slow_down(&self, delay: Duration) {
+    pub(crate) fn slow_down(&self, delay: Duration) {
         let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
         self.state.delay_ms.store(ms, std::sync::atomic::Ordering::SeqCst);
     }

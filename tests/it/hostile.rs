@@ -116,23 +116,13 @@ fn filled<'a>(name: &'a str, email: &'a str, affiliation: &'a str, intended_use:
 /// Signs a researcher in by an e-mailed link; returns the signed-in client.
 async fn researcher_session(t: &TestApp, email: &str) -> Client {
     let browser = client();
-    let (_, page) = t.get_html(&browser, "/signin").await;
-    let response = browser
-        .post(t.url("/signin"))
-        .form(&[("authenticity_token", csrf(&page).as_str()), ("email", email)])
-        .send()
-        .await
-        .unwrap();
+    let response = t
+        .post_form(&browser, "/signin", "/signin", &[("email", email)])
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
     let mail = t.wait_for_mail(email, "sign-in link").await;
     let link = link_in(&mail, "/signin/");
-    let page = browser.get(&link).send().await.unwrap().text().await.unwrap();
-    let response = browser
-        .post(&link)
-        .form(&[("authenticity_token", csrf(&page))])
-        .send()
-        .await
-        .unwrap();
+    let response = t.post_form(&browser, &link, &link, &[]).await;
     assert_eq!(response.url().path(), "/me");
     browser
 }
@@ -199,7 +189,7 @@ async fn over_long_fields_get_a_clear_error_and_store_nothing() {
     let id = t.pending_application(&reviewer, "long@example.org").await;
     let page = format!("/admin/applications/{id}");
     let ask = t
-        .post_admin(
+        .post_form(
             &reviewer,
             &page,
             &format!("{page}/ask"),
@@ -208,7 +198,7 @@ async fn over_long_fields_get_a_clear_error_and_store_nothing() {
         .await;
     assert_eq!(ask.status(), StatusCode::BAD_REQUEST);
     let deny = t
-        .post_admin(
+        .post_form(
             &reviewer,
             &page,
             &format!("{page}/deny"),
@@ -308,7 +298,7 @@ async fn control_characters_are_refused_and_never_reach_a_mail_header() {
     let id = t.pending_application(&reviewer, "grace@example.org").await;
     let page = format!("/admin/applications/{id}");
     let deny = t
-        .post_admin(
+        .post_form(
             &reviewer,
             &page,
             &format!("{page}/deny"),
@@ -412,13 +402,7 @@ async fn html_script_and_sql_in_text_fields_are_stored_literally_and_shown_escap
     assert!(mail.contains(SCRIPT), "e-mails are text: the name is as typed");
     assert!(mail.contains("Content-Type: text/plain"));
     let confirm = link_in(&mail, "/confirm/");
-    let page = browser.get(&confirm).send().await.unwrap().text().await.unwrap();
-    browser
-        .post(&confirm)
-        .form(&[("authenticity_token", csrf(&page))])
-        .send()
-        .await
-        .unwrap();
+    t.post_form(&browser, &confirm, &confirm, &[]).await;
 
     let (name, affiliation, intended_use): (String, String, String) =
         sqlx::query_as("SELECT name, affiliation, intended_use FROM applications")
@@ -459,27 +443,28 @@ async fn html_script_and_sql_in_text_fields_are_stored_literally_and_shown_escap
     );
 
     let ask = t
-        .post_admin(&reviewer, &page, &format!("{page}/ask"), &[("message", IMG)])
+        .post_form(&reviewer, &page, &format!("{page}/ask"), &[("message", IMG)])
         .await;
     assert_eq!(ask.status(), StatusCode::OK);
     let me = researcher_session(&t, email).await;
     let (_, mine) = t.get_html(&me, "/me").await;
     assert_escaped(&mine, "My applications");
     assert!(unescape(&mine).contains(IMG));
-    let (_, mine) = t.get_html(&me, "/me").await;
-    let answer = me
-        .post(t.url(&format!("/me/applications/{id}/answer")))
-        .form(&[("authenticity_token", csrf(&mine).as_str()), ("message", SCRIPT)])
-        .send()
-        .await
-        .unwrap();
+    let answer = t
+        .post_form(
+            &me,
+            "/me",
+            &format!("/me/applications/{id}/answer"),
+            &[("message", SCRIPT)],
+        )
+        .await;
     assert_eq!(answer.status(), StatusCode::OK);
     let (_, shown) = t.get_html(&reviewer, &page).await;
     assert_escaped(&shown, "the application page with the answer");
     assert!(unescape(&shown).contains(SCRIPT));
 
     let approve = t
-        .post_admin(
+        .post_form(
             &reviewer,
             &page,
             &format!("{page}/approve"),
@@ -491,7 +476,7 @@ async fn html_script_and_sql_in_text_fields_are_stored_literally_and_shown_escap
     assert_escaped(&grants, "the grants");
     let grant = between(&grants, "/admin/grants/", "\"").to_owned();
     let revoke = t
-        .post_admin(
+        .post_form(
             &reviewer,
             &format!("/admin/grants/{grant}"),
             &format!("/admin/grants/{grant}/revoke"),

@@ -56,7 +56,7 @@ async fn a_researcher_applies_is_approved_and_downloads_verified_files() {
     assert!(detail.contains("Interpretability research"));
     assert!(detail.contains("terms version 1"));
     let response = t
-        .post_admin(
+        .post_form(
             &reviewer,
             &format!("/admin/applications/{id}"),
             &format!("/admin/applications/{id}/approve"),

@@ -38,14 +38,9 @@ pub(crate) async fn new_signin_link(t: &TestApp, to: &str, seen: &mut HashSet<St
 
 /// Asks for a sign-in link on the form; returns the status and the page.
 pub(crate) async fn request_link(t: &TestApp, browser: &Client, email: &str) -> (StatusCode, String) {
-    let (_, page) = t.get_html(browser, "/signin").await;
-    let response = browser
-        .post(t.url("/signin"))
-        .header("accept", "text/html")
-        .form(&[("authenticity_token", csrf(&page).as_str()), ("email", email)])
-        .send()
-        .await
-        .unwrap();
+    let response = t
+        .post_form(browser, "/signin", "/signin", &[("email", email)])
+        .await;
     (response.status(), response.text().await.unwrap())
 }
 
@@ -74,27 +69,6 @@ pub(crate) async fn sign_in_researcher(
     let response = follow_link(browser, &link).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.url().path(), "/me");
-}
-
-/// Posts a form of a researcher page (for its CSRF token).
-pub(crate) async fn post_form(
-    t: &TestApp,
-    browser: &Client,
-    page: &str,
-    action: &str,
-    fields: &[(&str, &str)],
-) -> reqwest::Response {
-    let (_, html) = t.get_html(browser, page).await;
-    let token = csrf(&html);
-    let mut form = vec![("authenticity_token", token.as_str())];
-    form.extend_from_slice(fields);
-    browser
-        .post(t.url(action))
-        .header("accept", "text/html")
-        .form(&form)
-        .send()
-        .await
-        .unwrap()
 }
 
 async fn application_ids(t: &TestApp, email: &str) -> Vec<(String, String, String)> {
@@ -173,7 +147,7 @@ async fn a_sign_in_link_works_once_and_the_form_never_says_whether_an_address_is
     assert_eq!(follow_link(&other, &link).await.status(), StatusCode::GONE);
 
     // Signing out ends the session.
-    let response = post_form(&t, &browser, "/me", "/signout", &[]).await;
+    let response = t.post_form(&browser, "/me", "/signout", &[]).await;
     assert_eq!(response.url().path(), "/");
     let response = browser.get(t.url("/me")).send().await.unwrap();
     assert_eq!(response.url().path(), "/signin");
@@ -293,13 +267,7 @@ async fn the_models_questions_are_asked_checked_and_shown_to_reviewers_with_the_
         .wait_for_mail("kj@nasa.example.gov", "Confirm your application")
         .await;
     let confirm = link_in(&mail, "/confirm/");
-    let page = browser.get(&confirm).send().await.unwrap().text().await.unwrap();
-    browser
-        .post(&confirm)
-        .form(&[("authenticity_token", csrf(&page))])
-        .send()
-        .await
-        .unwrap();
+    t.post_form(&browser, &confirm, &confirm, &[]).await;
 
     let reviewer = client();
     t.sign_in(&reviewer).await;
@@ -328,7 +296,7 @@ async fn a_denied_researcher_sees_the_reason_waits_for_the_cooldown_and_may_appe
     t.sign_in(&reviewer).await;
     let id = t.pending_application(&reviewer, email).await;
     let response = t
-        .post_admin(
+        .post_form(
             &reviewer,
             &format!("/admin/applications/{id}"),
             &format!("/admin/applications/{id}/deny"),
@@ -380,18 +348,20 @@ async fn a_denied_researcher_sees_the_reason_waits_for_the_cooldown_and_may_appe
     );
 
     let appeal = format!("/me/applications/{id}/appeal");
-    let response = post_form(&t, &browser, "/me", &appeal, &[("message", "   ")]).await;
+    let response = t.post_form(&browser, "/me", &appeal, &[("message", "   ")]).await;
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    let response = post_form(
-        &t,
-        &browser,
-        "/me",
-        &appeal,
-        &[("message", "I have no institutional address: I am independent.")],
-    )
-    .await;
+    let response = t
+        .post_form(
+            &browser,
+            "/me",
+            &appeal,
+            &[("message", "I have no institutional address: I am independent.")],
+        )
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
-    let response = post_form(&t, &browser, "/me", &appeal, &[("message", "Once more")]).await;
+    let response = t
+        .post_form(&browser, "/me", &appeal, &[("message", "Once more")])
+        .await;
     assert_eq!(response.status(), StatusCode::CONFLICT, "one appeal per denial");
     let apps = application_ids(&t, email).await;
     assert_eq!(apps.len(), 2);
@@ -406,7 +376,7 @@ async fn a_denied_researcher_sees_the_reason_waits_for_the_cooldown_and_may_appe
     assert!(detail.contains("I have no institutional address: I am independent."));
 
     // Denied again, with no wait: a new application is recorded.
-    t.post_admin(
+    t.post_form(
         &reviewer,
         &format!("/admin/applications/{appeal_id}"),
         &format!("/admin/applications/{appeal_id}/deny"),
@@ -448,10 +418,10 @@ async fn a_reviewers_question_is_answered_in_the_thread_and_every_step_is_audite
     let page = format!("/admin/applications/{id}");
     let ask = format!("/admin/applications/{id}/ask");
 
-    let response = t.post_admin(&reviewer, &page, &ask, &[("message", "")]).await;
+    let response = t.post_form(&reviewer, &page, &ask, &[("message", "")]).await;
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     let response = t
-        .post_admin(
+        .post_form(
             &reviewer,
             &page,
             &ask,
@@ -480,10 +450,14 @@ async fn a_reviewers_question_is_answered_in_the_thread_and_every_step_is_audite
     assert!(me.contains("Your answer to the reviewers"));
 
     let answer = format!("/me/applications/{id}/answer");
-    let response = post_form(&t, &browser, "/me", &answer, &[("message", "Our own, 8 A100s.")]).await;
+    let response = t
+        .post_form(&browser, "/me", &answer, &[("message", "Our own, 8 A100s.")])
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(application_ids(&t, email).await[0].1, "pending");
-    let response = post_form(&t, &browser, "/me", &answer, &[("message", "And again")]).await;
+    let response = t
+        .post_form(&browser, "/me", &answer, &[("message", "And again")])
+        .await;
     assert_eq!(
         response.status(),
         StatusCode::CONFLICT,
@@ -495,7 +469,9 @@ async fn a_reviewers_question_is_answered_in_the_thread_and_every_step_is_audite
     let mut seen = HashSet::new();
     t.apply_and_confirm("stranger@example.org").await;
     sign_in_researcher(&t, &stranger, "stranger@example.org", &mut seen).await;
-    let response = post_form(&t, &stranger, "/me", &answer, &[("message", "Me!")]).await;
+    let response = t
+        .post_form(&stranger, "/me", &answer, &[("message", "Me!")])
+        .await;
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
 
     let (_, detail) = t.get_html(&reviewer, &page).await;
@@ -547,14 +523,14 @@ async fn an_approved_renewal_extends_the_grant_instead_of_making_a_second_one() 
         .unwrap();
 
     // The download client's URL works without the session.
-    let response = post_form(
-        &t,
-        &browser,
-        "/me/access",
-        &format!("/me/access/{grant_id}/client-url"),
-        &[],
-    )
-    .await;
+    let response = t
+        .post_form(
+            &browser,
+            "/me/access",
+            &format!("/me/access/{grant_id}/client-url"),
+            &[],
+        )
+        .await;
     let page = response.text().await.unwrap();
     let manifest = unescape(between(&page, "weightgate download '", "'"));
     let json: serde_json::Value = client()
@@ -568,23 +544,23 @@ async fn an_approved_renewal_extends_the_grant_instead_of_making_a_second_one() 
     assert_eq!(json["grant"]["id"], grant_id.as_str());
     assert_eq!(json["releases"][0]["files"].as_array().unwrap().len(), 3);
 
-    let response = post_form(
-        &t,
-        &browser,
-        "/me/access",
-        &format!("/me/access/{grant_id}/renew"),
-        &[("note", "The project runs a year longer.")],
-    )
-    .await;
+    let response = t
+        .post_form(
+            &browser,
+            "/me/access",
+            &format!("/me/access/{grant_id}/renew"),
+            &[("note", "The project runs a year longer.")],
+        )
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
-    let response = post_form(
-        &t,
-        &browser,
-        "/me/access",
-        &format!("/me/access/{grant_id}/renew"),
-        &[],
-    )
-    .await;
+    let response = t
+        .post_form(
+            &browser,
+            "/me/access",
+            &format!("/me/access/{grant_id}/renew"),
+            &[],
+        )
+        .await;
     assert_eq!(
         response.status(),
         StatusCode::CONFLICT,
@@ -608,7 +584,7 @@ async fn an_approved_renewal_extends_the_grant_instead_of_making_a_second_one() 
     );
     assert!(detail.contains("The project runs a year longer."));
     let response = t
-        .post_admin(
+        .post_form(
             &reviewer,
             &format!("/admin/applications/{renewal}"),
             &format!("/admin/applications/{renewal}/approve"),

@@ -12,17 +12,14 @@ async fn a_wrong_password_is_refused_without_a_session() {
         (REVIEWER, "not the password"),
         ("nobody@lab.example.org", PASSWORD),
     ] {
-        let (_, page) = t.get_html(&reviewer, "/admin/login").await;
-        let response = reviewer
-            .post(t.url("/admin/login"))
-            .form(&[
-                ("authenticity_token", csrf(&page).as_str()),
-                ("email", email),
-                ("password", password),
-            ])
-            .send()
-            .await
-            .unwrap();
+        let response = t
+            .post_form(
+                &reviewer,
+                "/admin/login",
+                "/admin/login",
+                &[("email", email), ("password", password)],
+            )
+            .await;
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
         assert!(
             response
@@ -57,11 +54,11 @@ async fn a_denial_needs_a_reason_and_emails_it() {
     let page = format!("/admin/applications/{id}");
     let action = format!("/admin/applications/{id}/deny");
 
-    let response = t.post_admin(&reviewer, &page, &action, &[("reason", "  ")]).await;
+    let response = t.post_form(&reviewer, &page, &action, &[("reason", "  ")]).await;
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
 
     let response = t
-        .post_admin(
+        .post_form(
             &reviewer,
             &page,
             &action,
@@ -75,7 +72,7 @@ async fn a_denial_needs_a_reason_and_emails_it() {
     assert!(mail.contains("Please apply with your institutional address."));
 
     let response = t
-        .post_admin(
+        .post_form(
             &reviewer,
             &page,
             &format!("/admin/applications/{id}/approve"),
@@ -114,20 +111,7 @@ async fn html_in_an_application_is_shown_escaped_in_the_dashboard() {
     assert_eq!(status, StatusCode::OK);
     let mail = t.wait_for_mail("eve@example.org", "Confirm").await;
     let confirm = link_in(&mail, "/confirm/");
-    let page = researcher
-        .get(&confirm)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    researcher
-        .post(&confirm)
-        .form(&[("authenticity_token", csrf(&page))])
-        .send()
-        .await
-        .unwrap();
+    t.post_form(&researcher, &confirm, &confirm, &[]).await;
 
     let reviewer = client();
     t.sign_in(&reviewer).await;

@@ -143,39 +143,26 @@ impl Records {
 /// Applies for `slug` as `email` and confirms the address.
 async fn apply_to(t: &TestApp, slug: &str, email: &str) {
     let researcher = client();
-    let (_, page) = t.get_html(&researcher, &format!("/models/{slug}")).await;
-    let response = researcher
-        .post(t.url(&format!("/models/{slug}/apply")))
-        .form(&[
-            ("authenticity_token", csrf(&page).as_str()),
-            ("name", "Route Walker"),
-            ("email", email),
-            ("affiliation", "Lab"),
-            ("intended_use", "Research"),
-            ("accept_terms", "on"),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let response = t
+        .post_form(
+            &researcher,
+            &format!("/models/{slug}"),
+            &format!("/models/{slug}/apply"),
+            &[
+                ("name", "Route Walker"),
+                ("email", email),
+                ("affiliation", "Lab"),
+                ("intended_use", "Research"),
+                ("accept_terms", "on"),
+            ],
+        )
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
     let confirm = link_in(
         &t.wait_for_mail(email, "Confirm your application").await,
         "/confirm/",
     );
-    let page = researcher
-        .get(&confirm)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    researcher
-        .post(&confirm)
-        .form(&[("authenticity_token", csrf(&page))])
-        .send()
-        .await
-        .unwrap();
+    t.post_form(&researcher, &confirm, &confirm, &[]).await;
 }
 
 async fn id_of(t: &TestApp, sql: &str, email: &str) -> String {
@@ -236,7 +223,7 @@ async fn every_route_answers_every_role_as_its_rule_says() {
     t.sign_in(&admin_helper).await;
     let y_application = t.pending_application(&admin_helper, Y).await;
     let response = t
-        .post_admin(
+        .post_form(
             &admin_helper,
             &format!("/admin/applications/{y_application}"),
             &format!("/admin/applications/{y_application}/approve"),
