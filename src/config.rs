@@ -138,6 +138,22 @@ pub struct Config {
     #[arg(long, env = "WEIGHTGATE_LINK_TTL", default_value = "24h", value_parser = humantime::parse_duration, global = true)]
     pub link_ttl: Duration,
 
+    /// How long an access URL (of an access page or the download client's
+    /// manifest) keeps working without being used; each use starts it again.
+    /// It never outlives its grant.
+    #[arg(long, env = "WEIGHTGATE_ACCESS_URL_TTL", default_value = "90days", value_parser = humantime::parse_duration, global = true)]
+    pub access_url_ttl: Duration,
+
+    /// An access URL used from more client networks (IPv4 addresses, IPv6
+    /// /64s) than this is flagged on the grant's page and in `audit anomalies`.
+    #[arg(
+        long,
+        env = "WEIGHTGATE_ACCESS_URL_MAX_NETWORKS",
+        default_value_t = 3,
+        global = true
+    )]
+    pub access_url_max_networks: u32,
+
     /// How downloads are delivered: `proxy` streams them through the portal;
     /// `redirect` (S3 stores only) answers each checked and audited fetch
     /// with a 302 to a presigned URL valid for two minutes.
@@ -463,6 +479,8 @@ impl fmt::Debug for Config {
             .field("mail_from", &self.mail_from)
             .field("grant_ttl", &self.grant_ttl)
             .field("link_ttl", &self.link_ttl)
+            .field("access_url_ttl", &self.access_url_ttl)
+            .field("access_url_max_networks", &self.access_url_max_networks)
             .field("delivery", &self.delivery)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("stall_timeout", &self.stall_timeout)

@@ -23,8 +23,11 @@ stored_as_text! {
         GrantRevoked = "grant.revoked",
         GrantExpired = "grant.expired",
         GrantReminded = "grant.reminded",
-        /// A new access-page link for a grant.
+        /// A new access URL for a grant (of its access page and manifest).
         GrantTokenIssued = "grant.token_issued",
+        /// An access URL withdrawn by its researcher or a reviewer; the grant
+        /// and its other URLs stay.
+        AccessUrlWithdrawn = "access_url.withdrawn",
         /// Download links (or a manifest of them) handed out.
         LinksIssued = "links.issued",
         /// A request for a file's bytes, let through or refused.

@@ -354,6 +354,8 @@ pub(crate) struct Thresholds {
     pub(crate) bad_signatures: i64,
     /// At least this many refused reviewer sign-ins from one address.
     pub(crate) failed_sign_ins: i64,
+    /// An access URL used from more client networks than this.
+    pub(crate) access_url_networks: i64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -364,6 +366,7 @@ pub(crate) enum AnomalyKind {
     AfterRevocation,
     BadSignatures,
     FailedSignIns,
+    SharedAccessUrl,
 }
 
 impl AnomalyKind {
@@ -374,6 +377,7 @@ impl AnomalyKind {
             AnomalyKind::AfterRevocation => "after-revocation",
             AnomalyKind::BadSignatures => "bad-signatures",
             AnomalyKind::FailedSignIns => "failed-sign-ins",
+            AnomalyKind::SharedAccessUrl => "shared-access-url",
         }
     }
 }
@@ -420,6 +424,25 @@ pub(crate) async fn anomalies(db: &Db, t: &Thresholds) -> anyhow::Result<Vec<Ano
             count: g.fetches,
             first_at: g.first_at,
             last_at: g.last_at,
+            addresses,
+        });
+    }
+    let now = crate::types::now_ms();
+    for u in db::grants::shared_access_urls(pool, t.access_url_networks, t.since_ms, now).await? {
+        let addresses = db::grants::access_url_networks(pool, &u.id).await?;
+        found.push(Anomaly {
+            kind: AnomalyKind::SharedAccessUrl,
+            detail: format!(
+                "access URL {} used from {} client networks (more than {}); withdraw it on the grant's page",
+                u.id, u.networks, t.access_url_networks
+            ),
+            grant_id: Some(u.grant_id),
+            researcher: Some(u.email),
+            model: Some(u.model_slug),
+            client_ip: None,
+            count: u.networks,
+            first_at: u.first_at,
+            last_at: u.last_at,
             addresses,
         });
     }

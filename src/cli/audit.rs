@@ -103,7 +103,8 @@ pub(crate) enum AuditCommand {
         format: Format,
     },
     /// Flag patterns worth a look: grants used from many addresses, bursts of
-    /// fetches, fetches after revocation, repeated bad links or sign-ins.
+    /// fetches, fetches after revocation, repeated bad links or sign-ins,
+    /// access URLs used from many networks.
     Anomalies {
         /// Only events at or after this time (same forms as `list --since`).
         #[arg(long, value_parser = parse_time)]
@@ -126,6 +127,10 @@ pub(crate) enum AuditCommand {
         /// Flag an address with this many refused reviewer sign-ins.
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i64).range(1..))]
         failed_sign_ins: i64,
+        /// Flag an access URL used from more client networks than this
+        /// (default: WEIGHTGATE_ACCESS_URL_MAX_NETWORKS).
+        #[arg(long, value_parser = clap::value_parser!(i64).range(0..))]
+        access_url_networks: Option<i64>,
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
@@ -398,6 +403,7 @@ pub(crate) async fn run(app: Arc<App>, cmd: AuditCommand) -> anyhow::Result<()> 
             revoked_fetches,
             bad_signatures,
             failed_sign_ins,
+            access_url_networks,
             format,
         } => {
             let thresholds = Thresholds {
@@ -408,6 +414,8 @@ pub(crate) async fn run(app: Arc<App>, cmd: AuditCommand) -> anyhow::Result<()> 
                 revoked_fetches,
                 bad_signatures,
                 failed_sign_ins,
+                access_url_networks: access_url_networks
+                    .unwrap_or_else(|| i64::from(app.config.access_url_max_networks)),
             };
             anomalies(db, &thresholds, format).await
         }

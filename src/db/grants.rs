@@ -5,6 +5,7 @@ use sqlx::{AnyConnection, FromRow, any::AnyExecutor};
 use crate::{
     bind_where,
     db::{Bind, Tx, Where, like_escape},
+    types::states::Origin,
 };
 
 pub(crate) struct NewGrant<'a> {
@@ -12,6 +13,8 @@ pub(crate) struct NewGrant<'a> {
     pub(crate) application_id: &'a str,
     pub(crate) researcher_id: &'a str,
     pub(crate) model_id: &'a str,
+    /// The approval e-mail's access URL: its id, and its secret's hash.
+    pub(crate) access_url_id: &'a str,
     pub(crate) access_token_hash: &'a str,
     pub(crate) created_at: i64,
     pub(crate) expires_at: i64,
@@ -31,7 +34,18 @@ pub(crate) async fn insert_grant(tx: &mut Tx, g: &NewGrant<'_>) -> sqlx::Result<
     .bind(g.expires_at)
     .execute(&mut **tx)
     .await?;
-    Ok(())
+    insert_token(
+        &mut **tx,
+        &NewAccessUrl {
+            id: g.access_url_id,
+            token_hash: g.access_token_hash,
+            grant_id: g.id,
+            origin: Origin::Approval,
+            name: None,
+            created_at: g.created_at,
+        },
+    )
+    .await
 }
 
 /// A grant with the researcher's e-mail and the model's names.
@@ -61,19 +75,6 @@ pub async fn find_view<'c>(e: impl AnyExecutor<'c>, id: &str) -> sqlx::Result<Op
         .bind(id)
         .fetch_optional(e)
         .await
-}
-
-pub(crate) async fn find_view_by_access_token<'c>(
-    e: impl AnyExecutor<'c>,
-    token_hash: &str,
-) -> sqlx::Result<Option<GrantView>> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "{VIEW} WHERE g.access_token_hash = $1
-            OR g.id = (SELECT t.grant_id FROM grant_tokens t WHERE t.token_hash = $1)"
-    )))
-    .bind(token_hash)
-    .fetch_optional(e)
-    .await
 }
 
 /// Every grant, newest first.
@@ -377,18 +378,182 @@ pub(crate) async fn list_of_researcher<'c>(
     .await
 }
 
-/// Stores the hash of a further access token for a grant.
-pub(crate) async fn insert_token<'c>(
+pub(crate) struct NewAccessUrl<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) token_hash: &'a str,
+    pub(crate) grant_id: &'a str,
+    pub(crate) origin: Origin,
+    pub(crate) name: Option<&'a str>,
+    pub(crate) created_at: i64,
+}
+
+/// Stores an access URL of a grant: its id and its secret's hash.
+pub(crate) async fn insert_token<'c>(e: impl AnyExecutor<'c>, u: &NewAccessUrl<'_>) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO grant_tokens (id, token_hash, grant_id, origin, name, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(u.id)
+    .bind(u.token_hash)
+    .bind(u.grant_id)
+    .bind(u.origin.as_str())
+    .bind(u.name)
+    .bind(u.created_at)
+    .execute(e)
+    .await?;
+    Ok(())
+}
+
+/// An access URL of a grant, without its secret.
+#[derive(Clone, Debug, FromRow)]
+pub(crate) struct AccessUrl {
+    pub(crate) id: String,
+    pub(crate) grant_id: String,
+    #[sqlx(try_from = "String")]
+    pub(crate) origin: Origin,
+    pub(crate) name: Option<String>,
+    pub(crate) created_at: i64,
+    pub(crate) last_used_at: Option<i64>,
+    pub(crate) withdrawn_at: Option<i64>,
+    pub(crate) withdrawn_by: Option<String>,
+    /// The client networks it was used from.
+    pub(crate) networks: i64,
+}
+
+const ACCESS_URL: &str =
+    "SELECT t.id, t.grant_id, t.origin, t.name, t.created_at, t.last_used_at, t.withdrawn_at,
+        t.withdrawn_by, (SELECT COUNT(*) FROM access_url_networks n WHERE n.token_id = t.id) AS networks
+    FROM grant_tokens t";
+
+/// The access URL whose secret has this hash.
+pub(crate) async fn find_access_url_by_hash<'c>(
     e: impl AnyExecutor<'c>,
     token_hash: &str,
+) -> sqlx::Result<Option<AccessUrl>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{ACCESS_URL} WHERE t.token_hash = $1"
+    )))
+    .bind(token_hash)
+    .fetch_optional(e)
+    .await
+}
+
+/// One access URL of a grant.
+pub(crate) async fn find_access_url<'c>(
+    e: impl AnyExecutor<'c>,
     grant_id: &str,
+    id: &str,
+) -> sqlx::Result<Option<AccessUrl>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{ACCESS_URL} WHERE t.grant_id = $1 AND t.id = $2"
+    )))
+    .bind(grant_id)
+    .bind(id)
+    .fetch_optional(e)
+    .await
+}
+
+/// Every access URL of a grant, oldest first.
+pub(crate) async fn access_urls_of<'c>(
+    e: impl AnyExecutor<'c>,
+    grant_id: &str,
+) -> sqlx::Result<Vec<AccessUrl>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{ACCESS_URL} WHERE t.grant_id = $1 ORDER BY t.created_at, t.id"
+    )))
+    .bind(grant_id)
+    .fetch_all(e)
+    .await
+}
+
+/// An access URL used from many client networks, with its grant's names.
+#[derive(Clone, Debug, FromRow)]
+pub(crate) struct SharedAccessUrl {
+    pub(crate) id: String,
+    pub(crate) grant_id: String,
+    pub(crate) email: String,
+    pub(crate) model_slug: String,
+    pub(crate) networks: i64,
+    pub(crate) first_at: i64,
+    pub(crate) last_at: i64,
+}
+
+/// Working access URLs of grants not yet ended used from more than
+/// `networks` client networks at or after `since`, the most shared first.
+pub(crate) async fn shared_access_urls<'c>(
+    e: impl AnyExecutor<'c>,
+    networks: i64,
+    since: i64,
     now: i64,
-) -> sqlx::Result<()> {
-    sqlx::query("INSERT INTO grant_tokens (token_hash, grant_id, created_at) VALUES ($1, $2, $3)")
-        .bind(token_hash)
-        .bind(grant_id)
+) -> sqlx::Result<Vec<SharedAccessUrl>> {
+    sqlx::query_as(
+        "SELECT t.id, t.grant_id, r.email, m.slug AS model_slug, COUNT(*) AS networks,
+            MIN(n.first_at) AS first_at, MAX(n.last_at) AS last_at
+         FROM grant_tokens t
+         JOIN access_url_networks n ON n.token_id = t.id
+         JOIN grants g ON g.id = t.grant_id
+         JOIN researchers r ON r.id = g.researcher_id
+         JOIN models m ON m.id = g.model_id
+         WHERE t.withdrawn_at IS NULL AND g.revoked_at IS NULL AND g.expires_at > $3 AND n.last_at >= $2
+         GROUP BY t.id, t.grant_id, r.email, m.slug
+         HAVING COUNT(*) > $1
+         ORDER BY COUNT(*) DESC, t.id",
+    )
+    .bind(networks)
+    .bind(since)
+    .bind(now)
+    .fetch_all(e)
+    .await
+}
+
+/// The client networks an access URL was used from, in the order first seen.
+pub(crate) async fn access_url_networks<'c>(e: impl AnyExecutor<'c>, id: &str) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar(
+        "SELECT network FROM access_url_networks WHERE token_id = $1 ORDER BY first_at, network",
+    )
+    .bind(id)
+    .fetch_all(e)
+    .await
+}
+
+/// Marks an access URL withdrawn; `false` when it already was.
+pub(crate) async fn withdraw_access_url<'c>(
+    e: impl AnyExecutor<'c>,
+    id: &str,
+    by: &str,
+    now: i64,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE grant_tokens SET withdrawn_at = $2, withdrawn_by = $3 WHERE id = $1 AND withdrawn_at IS NULL",
+    )
+    .bind(id)
+    .bind(now)
+    .bind(by)
+    .execute(e)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The most client networks kept per access URL: enough to show a URL was
+/// shared, bounded whoever holds it.
+pub(crate) const MAX_NETWORKS_KEPT: i64 = 1000;
+
+/// Records a use of an access URL, from a client network.
+pub(crate) async fn note_access_url_use(tx: &mut Tx, id: &str, network: &str, now: i64) -> sqlx::Result<()> {
+    sqlx::query("UPDATE grant_tokens SET last_used_at = $2 WHERE id = $1")
+        .bind(id)
         .bind(now)
-        .execute(e)
+        .execute(&mut **tx)
         .await?;
+    sqlx::query(
+        "INSERT INTO access_url_networks (token_id, network, first_at, last_at)
+         SELECT $1, $2, $3, $3 WHERE (SELECT COUNT(*) FROM access_url_networks WHERE token_id = $1) < $4
+         ON CONFLICT (token_id, network) DO UPDATE SET last_at = excluded.last_at",
+    )
+    .bind(id)
+    .bind(network)
+    .bind(now)
+    .bind(MAX_NETWORKS_KEPT)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }

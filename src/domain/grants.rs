@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 
 use crate::{
     app::App,
-    audit::{Action, AuditLog, Client, Event, Guarded, Now, Outcome, refusals::Tallied},
+    audit::{self, Action, AuditLog, Client, Event, Guarded, Now, Outcome, refusals::Tallied},
     config::DeliveryMode,
     crypto::links::Refusal,
     db::{
@@ -20,7 +20,7 @@ use crate::{
     domain::error::Result,
     mail,
     storage::ByteStream,
-    types::{hash_token, now_ms},
+    types::now_ms,
 };
 
 /// Whether a grant can be used right now.
@@ -86,11 +86,6 @@ pub(crate) fn download_path(token: &str, file_name: &str) -> String {
     format!("/dl/{token}/{file_name}")
 }
 
-/// The grant behind an access token.
-pub(crate) async fn find_by_access_token(app: &App, token: &str) -> Result<Option<GrantView>> {
-    Ok(db::grants::find_view_by_access_token(app.db.pool(), &hash_token(token)).await?)
-}
-
 /// The access page (or the client's manifest, as `via` says) of a grant,
 /// minting a fresh link for every file. Links never outlive the grant.
 pub(crate) async fn access(app: &App, grant: GrantView, via: &str, client: Client) -> Result<Access> {
@@ -120,6 +115,21 @@ pub(crate) async fn access(app: &App, grant: GrantView, via: &str, client: Clien
             .model(grant.model_id.clone())
             .client(client);
         app.audit.record(event).await?;
+    } else {
+        // Refused: the grant was revoked or has ended. Anyone holding the URL
+        // can ask again at will, so refusals are counted per client network.
+        let reason = match state {
+            GrantState::Revoked => "grant_revoked",
+            _ => "grant_expired",
+        };
+        let mut event = Event::refused(Action::LinksIssued, reason)
+            .about_grant(&grant)
+            .subject(format!("{} via {via}", grant.email));
+        let network = client.network();
+        event.client = client;
+        if app.refusals.note(&network, &event) == audit::refusals::Tallied::First {
+            audit::append_now(&app.db, event).await?;
+        }
     }
     Ok(Access {
         grant,

@@ -4,6 +4,7 @@
 //! Nothing here speaks HTTP or HTML; the web and the operator commands call
 //! these functions, and these call `db`, `storage`, `mail` and `audit`.
 
+pub(crate) mod access_urls;
 pub mod accounts;
 pub(crate) mod applications;
 pub(crate) mod authz;

@@ -275,30 +275,6 @@ pub(crate) async fn my_application(
     Ok(application)
 }
 
-/// A new access token for one of the researcher's grants: the key in the
-/// download client's manifest URL. Earlier tokens keep working.
-pub(crate) async fn client_manifest_url(
-    app: &App,
-    researcher: &Researcher,
-    grant: &GrantView,
-    client: Client,
-) -> Result<String> {
-    crate::domain::authz::researcher_owns(&researcher.id, &grant.researcher_id)?;
-    let token = new_token();
-    let mut tx = app.db.begin().await?;
-    db::grants::insert_token(&mut *tx, &hash_token(&token), &grant.id, now_ms()).await?;
-    let event = Event::ok(Action::GrantTokenIssued)
-        .actor(researcher.email.clone())
-        .subject(format!("{} {}", researcher.email, grant.model_slug))
-        .grant(grant.id.clone())
-        .researcher(researcher.id.clone())
-        .model(grant.model_id.clone())
-        .client(client);
-    audit::append(&mut tx, app.db.backend(), &[event]).await?;
-    tx.commit().await?;
-    Ok(app.url(&format!("/access/{token}/manifest.json")))
-}
-
 /// Appeals a denial, once: a new application marked as an appeal, linked to
 /// the denied one, straight to the reviewers with the researcher's words.
 pub(crate) async fn appeal(

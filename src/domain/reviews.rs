@@ -428,6 +428,7 @@ async fn grant(
             application_id: &view.id,
             researcher_id: &view.researcher_id,
             model_id: &view.model_id,
+            access_url_id: &new_id(),
             access_token_hash: &hash_token(&token),
             created_at: now,
             expires_at,

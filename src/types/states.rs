@@ -122,6 +122,17 @@ stored_as_text! {
 }
 
 stored_as_text! {
+    /// Where an access URL of a grant came from.
+    pub Origin ("an access URL's origin") {
+        /// The approval e-mail.
+        Approval = "approval",
+        /// Made by the researcher on My access (for the download client, or
+        /// a named one).
+        MyAccess = "my_access",
+    }
+}
+
+stored_as_text! {
     /// Who wrote a message in an application's thread.
     pub Author ("an author of a message") {
         Researcher = "researcher",
@@ -147,6 +158,7 @@ mod tests {
         round_trip(Decision::ALL);
         round_trip(Notify::ALL);
         round_trip(Author::ALL);
+        round_trip(Origin::ALL);
     }
 
     #[test]
@@ -204,6 +216,11 @@ mod tests {
             same(&sql, "decision", Decision::ALL, checks);
             same(&sql, "notify", Notify::ALL, checks);
             same(&sql, "author_kind", Author::ALL, checks);
+        }
+        for backend in ["postgres", "sqlite"] {
+            let sql =
+                std::fs::read_to_string(dir.join(backend).join("20261130150000_access_urls.sql")).unwrap();
+            same(&sql, "origin", Origin::ALL, 1);
         }
     }
 }

@@ -20,21 +20,16 @@ use crate::{
     audit::Client,
     crypto::links::Refusal,
     db::{self, grants::GrantView},
+    domain::access_urls,
     domain::grants::{self, GrantState},
     types::{format_ms, format_ms_rfc3339},
 };
 
-async fn grant_of(state: &AppState, token: &str) -> Result<GrantView, Error> {
-    grants::find_by_access_token(&state.app, token)
-        .await?
-        .ok_or(Error::NotFound)
-}
-
-/// The grant behind an access token, when this address and this grant may
-/// have freshly signed links now.
+/// The grant behind an access URL's secret, when this address and this
+/// grant may have freshly signed links now.
 async fn grant_for_links(state: &AppState, token: &str, client: &Client) -> Result<GrantView, Error> {
     limited(&state.limits.links_per_address, &client.network())?;
-    let grant = grant_of(state, token).await?;
+    let grant = access_urls::open(&state.app, token, client).await?;
     limited(&state.limits.links_per_grant, &grant.id)?;
     Ok(grant)
 }
@@ -114,9 +109,10 @@ pub(crate) async fn audit_public_key(State(state): State<AppState>) -> Result<Re
 /// signed at publication.
 pub(crate) async fn release_file(
     State(state): State<AppState>,
+    ClientInfo(client): ClientInfo,
     Path((token, release, name)): Path<(String, String, String)>,
 ) -> Result<Response, Error> {
-    let grant = grant_of(&state, &token).await?;
+    let grant = access_urls::open(&state.app, &token, &client).await?;
     let release = db::models::find_release(state.app.db.pool(), &grant.model_id, &release)
         .await?
         .filter(|r| r.published_at.is_some())

@@ -24,6 +24,7 @@ use crate::{
         applications::{QueueFilter, QueueSort},
         reviewers::Reviewer,
     },
+    domain::access_urls,
     domain::accounts,
     domain::authz::{self, ReviewerAction},
     domain::grants::{self, GrantState},
@@ -731,6 +732,20 @@ pub(crate) async fn revoke(
     manageable_grant(&state.app, &reviewer, &id).await?;
     grants::revoke(&state.app, &id, &form.reason, &reviewer.email, client).await?;
     Ok(Redirect::to(&format!("/admin/grants/{id}")).into_response())
+}
+
+/// Withdraws one access URL of a grant, leaving the grant; the researcher is
+/// told by e-mail.
+pub(crate) async fn withdraw_url(
+    State(state): State<AppState>,
+    CurrentReviewer(reviewer): CurrentReviewer,
+    ClientInfo(client): ClientInfo,
+    Path((id, url)): Path<(String, String)>,
+    _form: CsrfForm,
+) -> Result<Response, Error> {
+    let grant = manageable_grant(&state.app, &reviewer, &id).await?;
+    access_urls::withdraw_as_reviewer(&state.app, &reviewer, &grant, &url, client).await?;
+    Ok(Redirect::to(&format!("/admin/grants/{id}#access-urls")).into_response())
 }
 
 #[derive(Deserialize)]

@@ -231,8 +231,14 @@ pub(crate) async fn grant(
     let policy_approvals = db::policy::find(pool, &grant.model_id)
         .await?
         .map_or(1, |p| p.approvals_needed);
+    let access_urls = crate::domain::access_urls::of_grant(&state.app, &grant)
+        .await?
+        .into_iter()
+        .map(pages::AccessUrlRow::from)
+        .collect();
     let page = pages::GrantPage {
         header: Header::new(&reviewer, &token)?,
+        access_urls,
         state: GrantState::of(&grant, now_ms()),
         created: format_ms(grant.created_at),
         expires: format_ms(grant.expires_at),

@@ -22,6 +22,7 @@ use super::{
 use crate::{
     audit::Client,
     db,
+    domain::access_urls,
     domain::applications,
     domain::grants::{self, GrantState},
     domain::renewals,
@@ -234,6 +235,11 @@ async fn access_page(
             Some((id, url)) if *id == grant.id => url.clone(),
             _ => String::new(),
         };
+        let access_urls = access_urls::of_grant(&state.app, &grant)
+            .await?
+            .into_iter()
+            .map(pages::AccessUrlRow::from)
+            .collect();
         rows.push(pages::MyGrantRow {
             state: GrantState::of(&grant, now_ms()),
             expires: format_ms(grant.expires_at),
@@ -268,6 +274,7 @@ async fn access_page(
             model_title: grant.model_title,
             manifest_url,
             renewal_pending,
+            access_urls,
         });
     }
     let page = pages::MyAccess {
@@ -294,20 +301,43 @@ pub(crate) async fn access(
     access_page(&state, &researcher, token, client, None).await
 }
 
+#[derive(Deserialize)]
+pub(crate) struct NewUrlForm {
+    #[serde(default)]
+    name: String,
+}
+
+/// Makes a new access URL (named, if the researcher likes) and shows it once.
 pub(crate) async fn client_url(
     State(state): State<AppState>,
     CurrentResearcher(researcher): CurrentResearcher,
     ClientInfo(client): ClientInfo,
     Path(id): Path<String>,
-    CsrfForm { csrf: token, .. }: CsrfForm,
+    CsrfForm {
+        csrf: token,
+        fields: form,
+    }: CsrfForm<NewUrlForm>,
 ) -> Result<Response, Error> {
     // The researcher's own grant, then counted before anything is made: a
     // refused request mints no URL, and nobody spends another's allowance.
     let grant = researchers::my_grant(&state.app, &researcher, &id).await?;
     limited(&state.limits.links_per_address, &client.network())?;
     limited(&state.limits.links_per_grant, &grant.id)?;
-    let url = researchers::client_manifest_url(&state.app, &researcher, &grant, client.clone()).await?;
+    let url = access_urls::create(&state.app, &researcher, &grant, &form.name, client.clone()).await?;
     access_page(&state, &researcher, token, client, Some((id, url))).await
+}
+
+/// Withdraws one access URL of the researcher's grant.
+pub(crate) async fn withdraw_url(
+    State(state): State<AppState>,
+    CurrentResearcher(researcher): CurrentResearcher,
+    ClientInfo(client): ClientInfo,
+    Path((id, url)): Path<(String, String)>,
+    _form: CsrfForm,
+) -> Result<Response, Error> {
+    let grant = researchers::my_grant(&state.app, &researcher, &id).await?;
+    access_urls::withdraw_own(&state.app, &researcher, &grant, &url, client).await?;
+    Ok(Redirect::to(&format!("/me/access#grant-{id}")).into_response())
 }
 
 #[derive(Deserialize)]

@@ -551,6 +551,7 @@ pub(crate) struct GrantPage {
     pub(crate) max_days: u64,
     /// Approvals the model's policy needs for an extension.
     pub(crate) policy_approvals: i64,
+    pub(crate) access_urls: Vec<AccessUrlRow>,
 }
 
 /// One choice of a select or country question.
@@ -679,6 +680,41 @@ pub(crate) struct MyGrantRow {
     pub(crate) manifest_url: String,
     /// When a renewal waits for the reviewers.
     pub(crate) renewal_pending: bool,
+    pub(crate) access_urls: Vec<AccessUrlRow>,
+}
+
+/// One access URL of a grant, as its researcher and reviewers see it.
+pub(crate) struct AccessUrlRow {
+    pub(crate) id: String,
+    pub(crate) label: String,
+    pub(crate) created: String,
+    pub(crate) last_used: String,
+    pub(crate) networks: i64,
+    pub(crate) shared: bool,
+    pub(crate) state: crate::domain::access_urls::UrlState,
+    /// Who withdrew it, and when.
+    pub(crate) withdrawn: String,
+    pub(crate) may_withdraw: bool,
+}
+
+impl From<crate::domain::access_urls::UrlView> for AccessUrlRow {
+    fn from(v: crate::domain::access_urls::UrlView) -> Self {
+        use crate::domain::access_urls::UrlState;
+        Self {
+            label: v.label(),
+            id: v.url.id,
+            created: format_ms(v.url.created_at),
+            last_used: v.url.last_used_at.map(format_ms).unwrap_or_default(),
+            networks: v.url.networks,
+            shared: v.shared,
+            withdrawn: match (&v.url.withdrawn_by, v.url.withdrawn_at) {
+                (Some(by), Some(at)) => format!("by {by}, {} UTC", format_ms(at)),
+                _ => String::new(),
+            },
+            may_withdraw: v.state != UrlState::Withdrawn,
+            state: v.state,
+        }
+    }
 }
 
 #[derive(Template)]

@@ -154,6 +154,13 @@ pub fn all() -> Vec<Route> {
             Researcher,
             me::client_url,
         ),
+        on(
+            p.clone(),
+            "/me/access/{id}/urls/{url}/withdraw",
+            Mine,
+            Researcher,
+            me::withdraw_url,
+        ),
         on(g.clone(), "/admin", Dashboard, Reviewer, admin::queue),
         on(g.clone(), "/admin/login", Dashboard, Public, admin::login_page),
         on(p.clone(), "/admin/login", Dashboard, Public, admin::login),
@@ -207,6 +214,13 @@ pub fn all() -> Vec<Route> {
             Dashboard,
             ReviewerOfModel,
             admin::revoke,
+        ),
+        on(
+            p.clone(),
+            "/admin/grants/{id}/urls/{url}/withdraw",
+            Dashboard,
+            ReviewerOfModel,
+            admin::withdraw_url,
         ),
         on(
             p.clone(),

@@ -219,7 +219,7 @@ async fn a_refused_manifest_url_request_mints_nothing() {
         .await
         .unwrap();
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
-    let tokens: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM grant_tokens")
+    let tokens: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM grant_tokens WHERE origin = 'my_access'")
         .fetch_one(t.app.db.pool())
         .await
         .unwrap();

@@ -32,6 +32,7 @@ macro_rules! both {
 
 mod helpers;
 
+mod access_urls;
 mod adversary;
 mod audit;
 mod browser;

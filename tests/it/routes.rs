@@ -100,6 +100,8 @@ struct Records {
     application_y: String,
     reviewer: String,
     template: String,
+    /// An access URL of grant X (the approval e-mail's).
+    access_url_x: String,
 }
 
 impl Records {
@@ -133,6 +135,7 @@ impl Records {
             ("{file}", "shard-0.bin"),
             ("{release}", "r1"),
             ("{name}", "SHA256SUMS"),
+            ("{url}", self.access_url_x.as_str()),
         ] {
             path = path.replace(param, value);
         }
@@ -250,6 +253,13 @@ async fn every_route_answers_every_role_as_its_rule_says() {
             .fetch_one(t.app.db.pool())
             .await
             .unwrap(),
+        access_url_x: id_of(
+            &t,
+            "SELECT t.id FROM grant_tokens t JOIN grants g ON g.id = t.grant_id
+             JOIN researchers r ON r.id = g.researcher_id WHERE r.email = $1",
+            X,
+        )
+        .await,
     };
 
     // A browser per role, signed in as it says.
