@@ -8,9 +8,11 @@ ALTER TABLE grant_tokens ADD COLUMN name TEXT;
 ALTER TABLE grant_tokens ADD COLUMN last_used_at INTEGER;
 ALTER TABLE grant_tokens ADD COLUMN withdrawn_at INTEGER;
 ALTER TABLE grant_tokens ADD COLUMN withdrawn_by TEXT;
-UPDATE grant_tokens SET id = substr(token_hash, 1, 32);
-INSERT INTO grant_tokens (token_hash, grant_id, created_at, id, origin)
-    SELECT access_token_hash, id, created_at, substr(access_token_hash, 1, 32), 'approval' FROM grants;
+-- URLs made before this migration count as used now: nobody could see
+-- their use until today, and none should lapse at the next request.
+UPDATE grant_tokens SET id = substr(token_hash, 1, 32), last_used_at = CAST(strftime('%s', 'now') AS INTEGER) * 1000;
+INSERT INTO grant_tokens (token_hash, grant_id, created_at, id, origin, last_used_at)
+    SELECT access_token_hash, id, created_at, substr(access_token_hash, 1, 32), 'approval', CAST(strftime('%s', 'now') AS INTEGER) * 1000 FROM grants;
 CREATE UNIQUE INDEX grant_tokens_id ON grant_tokens (id);
 CREATE INDEX grant_tokens_grant ON grant_tokens (grant_id, created_at);
 

@@ -1,17 +1,20 @@
 //! Refusals anyone can provoke at will, counted rather than logged one by
 //! one: fetches refused on their link alone (malformed, a bad signature, no
 //! grant of this portal, a retired key, expired, valid for too long) and
-//! sign-ins refused as throttled. Such a request costs its sender nothing,
-//! and an event each would let anyone fill the database's disk (about 2 KB
-//! a refusal) and so stop every download.
+//! sign-ins refused as throttled, and requests for links through a
+//! withdrawn or lapsed access URL or under an ended grant, which anyone who
+//! once saw the URL can repeat. Such a request costs its sender nothing, and
+//! an event each would let anyone fill the database's disk (about 2 KB a
+//! refusal) and so stop every download.
 //!
-//! Per client network (an IPv4 address, an IPv6 /64) and reason, the first
-//! refusal of each window is written at once, as any refusal was; the rest of
-//! the window is counted, and when the window ends one event with the count
-//! (`occurrences`) and a sample is written. Past [`MAX_NETWORKS`] networks in
-//! a window, further networks share one tally. Refusals decided on a
-//! grant's state (revoked or expired grants, spent quotas, another model's
-//! file), which need a live link, keep an event each.
+//! Per client network (an IPv4 address, an IPv6 /64), reason and grant, the
+//! first refusal of each window is written at once, as any refusal was; the
+//! rest of the window is counted, and when the window ends one event with the
+//! count (`occurrences`) and a sample is written, so each grant's history
+//! shows its own. Past [`MAX_NETWORKS`] keys in a window, further networks
+//! share one tally per reason. Fetches refused on a grant's state (revoked
+//! or expired grants, spent quotas, another model's file), which need a live
+//! signed link, keep an event each.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -27,8 +30,8 @@ pub const MAX_NETWORKS: usize = 100;
 /// The network that refusals beyond [`MAX_NETWORKS`] are counted under.
 pub(crate) const OTHER_NETWORKS: &str = "other networks";
 
-/// (network, reason).
-type Key = (String, String);
+/// (network, reason, grant).
+type Key = (String, String, String);
 
 #[derive(Default)]
 struct Window {
@@ -74,14 +77,25 @@ impl RefusalTally {
     pub(crate) fn note(&self, network: &str, event: &Event) -> Tallied {
         let reason = event.reason.clone().unwrap_or_default();
         let mut window = self.window.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut key = (network.to_owned(), reason);
+        let grant = event.grant_id.clone().unwrap_or_default();
+        let mut key = (network.to_owned(), reason, grant);
         if !window.seen.contains(&key) && window.seen.len() >= MAX_NETWORKS {
-            key.0 = OTHER_NETWORKS.to_owned();
+            key = (OTHER_NETWORKS.to_owned(), key.1, String::new());
         }
         if window.seen.insert(key.clone()) {
             return Tallied::First;
         }
-        window.counted.entry(key).or_insert_with(|| (0, event.clone())).0 += 1;
+        let shared = key.0 == OTHER_NETWORKS;
+        let sample = || {
+            let mut sample = event.clone();
+            if shared {
+                // Counted with other grants' refusals: the sample names none.
+                sample.grant_id = None;
+                sample.researcher_id = None;
+            }
+            sample
+        };
+        window.counted.entry(key).or_insert_with(|| (0, sample())).0 += 1;
         Tallied::Counted
     }
 
@@ -91,7 +105,7 @@ impl RefusalTally {
         let mut summaries: Vec<Event> = window
             .counted
             .into_iter()
-            .map(|((network, reason), (count, mut event))| {
+            .map(|((network, reason, _), (count, mut event))| {
                 let sample = event.subject.take().unwrap_or_default();
                 event.subject = Some(format!(
                     "{count} more refused from {network} ({reason}); the first of them: {sample}"
@@ -190,5 +204,26 @@ mod tests {
         assert_eq!(summaries.len(), 1, "one event past the first of other networks");
         assert_eq!(summaries[0].client.ip.as_deref(), Some(OTHER_NETWORKS));
         assert_eq!(summaries[0].occurrences, Some(49));
+    }
+
+    #[test]
+    fn each_grant_keeps_its_own_tally() {
+        let tally = RefusalTally::new(Duration::from_secs(60));
+        let of_grant = |grant: &str| {
+            let mut event = Event::refused(Action::LinksIssued, "access_url_withdrawn");
+            event.grant_id = Some(grant.to_owned());
+            event
+        };
+        for grant in ["g1", "g2"] {
+            assert_eq!(tally.note("203.0.113.9", &of_grant(grant)), Tallied::First);
+            assert_eq!(tally.note("203.0.113.9", &of_grant(grant)), Tallied::Counted);
+        }
+        let mut grants: Vec<_> = tally
+            .close_window()
+            .into_iter()
+            .map(|e| e.grant_id.unwrap())
+            .collect();
+        grants.sort();
+        assert_eq!(grants, ["g1", "g2"], "each grant's history shows its own summary");
     }
 }

@@ -62,12 +62,16 @@ pub struct GrantView {
     pub(crate) email: String,
     pub(crate) model_slug: String,
     pub(crate) model_title: String,
+    /// The name the researcher gave on the application that made the grant.
+    pub(crate) researcher_name: String,
 }
 
 const VIEW: &str = "SELECT g.id, g.application_id, g.researcher_id, g.model_id, g.created_at, g.expires_at,
-        g.revoked_at, g.revoked_reason, r.email, m.slug AS model_slug, m.title AS model_title
+        g.revoked_at, g.revoked_reason, r.email, ga.name AS researcher_name, m.slug AS model_slug,
+        m.title AS model_title
     FROM grants g
     JOIN researchers r ON r.id = g.researcher_id
+    JOIN applications ga ON ga.id = g.application_id
     JOIN models m ON m.id = g.model_id";
 
 pub async fn find_view<'c>(e: impl AnyExecutor<'c>, id: &str) -> sqlx::Result<Option<GrantView>> {
@@ -537,13 +541,23 @@ pub(crate) async fn withdraw_access_url<'c>(
 /// shared, bounded whoever holds it.
 pub(crate) const MAX_NETWORKS_KEPT: i64 = 1000;
 
-/// Records a use of an access URL, from a client network.
-pub(crate) async fn note_access_url_use(tx: &mut Tx, id: &str, network: &str, now: i64) -> sqlx::Result<()> {
-    sqlx::query("UPDATE grant_tokens SET last_used_at = $2 WHERE id = $1")
-        .bind(id)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
+/// Records a use of an access URL, from a client network; `false` (and
+/// nothing recorded) when it was withdrawn meanwhile.
+pub(crate) async fn note_access_url_use(
+    tx: &mut Tx,
+    id: &str,
+    network: &str,
+    now: i64,
+) -> sqlx::Result<bool> {
+    let used =
+        sqlx::query("UPDATE grant_tokens SET last_used_at = $2 WHERE id = $1 AND withdrawn_at IS NULL")
+            .bind(id)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+    if used.rows_affected() != 1 {
+        return Ok(false);
+    }
     sqlx::query(
         "INSERT INTO access_url_networks (token_id, network, first_at, last_at)
          SELECT $1, $2, $3, $3 WHERE (SELECT COUNT(*) FROM access_url_networks WHERE token_id = $1) < $4
@@ -555,5 +569,5 @@ pub(crate) async fn note_access_url_use(tx: &mut Tx, id: &str, network: &str, no
     .bind(MAX_NETWORKS_KEPT)
     .execute(&mut **tx)
     .await?;
-    Ok(())
+    Ok(true)
 }

@@ -34,8 +34,8 @@ pub(crate) const MAX_NAME: usize = 60;
 pub(crate) enum AccessUrlError {
     #[error("this access URL was withdrawn; sign in to My access for a new one")]
     Withdrawn,
-    #[error("this access URL was not used for {0} days and has lapsed; sign in to My access for a new one")]
-    Lapsed(u64),
+    #[error("this access URL was not used for {0} and has lapsed; sign in to My access for a new one")]
+    Lapsed(String),
     #[error("no such access URL")]
     NotFound,
 }
@@ -114,6 +114,18 @@ impl UrlView {
     }
 }
 
+/// A length of time as a person says it: "90 days", or "36h" when not whole
+/// days.
+fn describe(ttl: std::time::Duration) -> String {
+    let secs = ttl.as_secs();
+    match secs / 86_400 {
+        days if days > 0 && secs.is_multiple_of(86_400) => {
+            format!("{days} day{}", if days == 1 { "" } else { "s" })
+        }
+        _ => humantime::format_duration(ttl).to_string(),
+    }
+}
+
 fn state_of(app: &App, url: &AccessUrl, now: i64) -> UrlState {
     if url.withdrawn_at.is_some() {
         return UrlState::Withdrawn;
@@ -127,11 +139,23 @@ fn state_of(app: &App, url: &AccessUrl, now: i64) -> UrlState {
     }
 }
 
-/// The grant behind an access URL's secret, when the URL still works; the use
-/// is recorded (when, and from which client network). A withdrawn or lapsed
-/// URL is refused and the refusal audited, counted per client network like
-/// other refusals anyone can repeat at will.
-pub(crate) async fn open(app: &App, token: &str, client: &Client) -> Result<GrantView> {
+/// Whether a request through an access URL counts as a use of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Use {
+    /// Links are minted (access page, manifest): recorded, when and from
+    /// which client network.
+    Links,
+    /// A release's signed checksums or manifest, the same for everyone:
+    /// checked, not recorded.
+    ReleaseFile,
+}
+
+/// The grant behind an access URL's secret, when the URL still works. A
+/// withdrawn or lapsed URL is refused and the refusal audited, counted per
+/// client network like other refusals anyone can repeat at will. Recording
+/// the use is conditional on the URL still working, so a withdrawal that
+/// commits meanwhile is not passed by.
+pub(crate) async fn open(app: &App, token: &str, client: &Client, purpose: Use) -> Result<GrantView> {
     let url = db::grants::find_access_url_by_hash(app.db.pool(), &hash_token(token))
         .await?
         .ok_or(AccessUrlError::NotFound)?;
@@ -139,13 +163,20 @@ pub(crate) async fn open(app: &App, token: &str, client: &Client) -> Result<Gran
         .await?
         .ok_or(AccessUrlError::NotFound)?;
     let now = now_ms();
-    let refused = match state_of(app, &url, now) {
+    let lapsed = || AccessUrlError::Lapsed(describe(app.config.access_url_ttl));
+    let mut refused = match state_of(app, &url, now) {
         UrlState::Working => None,
         UrlState::Withdrawn => Some(AccessUrlError::Withdrawn),
-        UrlState::Lapsed => Some(AccessUrlError::Lapsed(
-            app.config.access_url_ttl.as_secs() / 86_400,
-        )),
+        UrlState::Lapsed => Some(lapsed()),
     };
+    if refused.is_none() && purpose == Use::Links {
+        let mut tx = app.db.begin().await?;
+        if db::grants::note_access_url_use(&mut tx, &url.id, &client.network(), now).await? {
+            tx.commit().await?;
+        } else {
+            refused = Some(AccessUrlError::Withdrawn);
+        }
+    }
     if let Some(refused) = refused {
         let mut event = Event::refused(Action::LinksIssued, refused.code())
             .about_grant(&grant)
@@ -157,9 +188,6 @@ pub(crate) async fn open(app: &App, token: &str, client: &Client) -> Result<Gran
         }
         return Err(refused.into());
     }
-    let mut tx = app.db.begin().await?;
-    db::grants::note_access_url_use(&mut tx, &url.id, &client.network(), now).await?;
-    tx.commit().await?;
     Ok(grant)
 }
 
@@ -280,10 +308,11 @@ async fn withdraw(
             &grant.email,
             &format!("One of your access URLs for {} was withdrawn", grant.model_title),
             &format!(
-                "Hello,\n\nA reviewer withdrew one of your access URLs for {title} (\"{label}\", made \
+                "Hello {name},\n\nA reviewer withdrew one of your access URLs for {title} (\"{label}\", made \
                  {made} UTC, used from {networks} network(s)). It no longer opens your access page or \
                  the download client's manifest. Your access itself is unchanged: sign in to My access \
                  at {me} for a new URL, and keep it to yourself.\n",
+                name = grant.researcher_name,
                 title = grant.model_title,
                 label = view.label(),
                 made = format_ms(view.url.created_at),
@@ -298,4 +327,19 @@ async fn withdraw(
         app.mail.wake();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::describe;
+
+    #[test]
+    fn lapse_times_read_as_a_person_says_them() {
+        assert_eq!(describe(Duration::from_secs(90 * 86_400)), "90 days");
+        assert_eq!(describe(Duration::from_secs(86_400)), "1 day");
+        assert_eq!(describe(Duration::from_secs(36 * 3600)), "1day 12h");
+        assert_eq!(describe(Duration::from_secs(600)), "10m");
+    }
 }

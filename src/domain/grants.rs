@@ -188,7 +188,8 @@ pub async fn revoke(
         &grant.email,
         &format!("Your access to {} was revoked", grant.model_title),
         &format!(
-            "Hello,\n\nyour access to {title} was revoked. The reason given:\n\n{reason}\n",
+            "Hello {name},\n\nyour access to {title} was revoked. The reason given:\n\n{reason}\n",
+            name = grant.researcher_name,
             title = grant.model_title
         ),
     )

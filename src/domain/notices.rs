@@ -105,8 +105,9 @@ pub async fn run_once(app: &App) -> Result<Round> {
                 format_ms(grant.expires_at)
             ),
             &format!(
-                "Hello,\n\nyour access to {title} ends on {until} UTC. Finish your downloads before then,\n\
+                "Hello {name},\n\nyour access to {title} ends on {until} UTC. Finish your downloads before then,\n\
                  or sign in at {signin} to ask for a renewal.\n",
+                name = grant.researcher_name,
                 title = grant.model_title,
                 until = format_ms(grant.expires_at),
                 signin = app.url("/"),

@@ -116,7 +116,9 @@ pub(crate) struct CaseFile {
     pub(crate) approvals_counted: usize,
     /// This reviewer has approved it already.
     pub(crate) approved_by_reader: bool,
-    /// The researcher's other applications, and their grants.
+    /// The grant this application made, once approved.
+    pub(crate) grant: Option<GrantView>,
+    /// The researcher's other applications, and their other grants.
     pub(crate) earlier_applications: Vec<ApplicationView>,
     pub(crate) grants: Vec<GrantView>,
     /// Questions asked and answers given, in order.
@@ -149,7 +151,12 @@ pub(crate) async fn case_file(app: &App, reviewer: &Reviewer, application_id: &s
         .into_iter()
         .filter(|a| a.id != application.id)
         .collect();
-    let grants = db::grants::list_of_researcher(pool, &application.researcher_id).await?;
+    let (mine, grants): (Vec<GrantView>, Vec<GrantView>) =
+        db::grants::list_of_researcher(pool, &application.researcher_id)
+            .await?
+            .into_iter()
+            .partition(|g| g.application_id == application.id);
+    let grant = mine.into_iter().next();
     let messages = db::applications::messages_of(pool, application_id).await?;
     let answers = questions::stored_answers(&application.answers);
     Ok(CaseFile {
@@ -159,6 +166,7 @@ pub(crate) async fn case_file(app: &App, reviewer: &Reviewer, application_id: &s
         approvals_needed,
         approvals_counted,
         approved_by_reader,
+        grant,
         earlier_applications,
         grants,
         messages,

@@ -29,7 +29,7 @@ use crate::{
 /// grant may have freshly signed links now.
 async fn grant_for_links(state: &AppState, token: &str, client: &Client) -> Result<GrantView, Error> {
     limited(&state.limits.links_per_address, &client.network())?;
-    let grant = access_urls::open(&state.app, token, client).await?;
+    let grant = access_urls::open(&state.app, token, client, access_urls::Use::Links).await?;
     limited(&state.limits.links_per_grant, &grant.id)?;
     Ok(grant)
 }
@@ -112,12 +112,22 @@ pub(crate) async fn release_file(
     ClientInfo(client): ClientInfo,
     Path((token, release, name)): Path<(String, String, String)>,
 ) -> Result<Response, Error> {
-    let grant = access_urls::open(&state.app, &token, &client).await?;
-    let release = db::models::find_release(state.app.db.pool(), &grant.model_id, &release)
+    let grant = access_urls::open(&state.app, &token, &client, access_urls::Use::ReleaseFile).await?;
+    signed_release_file(&state, &grant, &release, &name).await
+}
+
+/// One of a release's signed files, for a grant of its model.
+pub(crate) async fn signed_release_file(
+    state: &AppState,
+    grant: &GrantView,
+    release: &str,
+    name: &str,
+) -> Result<Response, Error> {
+    let release = db::models::find_release(state.app.db.pool(), &grant.model_id, release)
         .await?
         .filter(|r| r.published_at.is_some())
         .ok_or(Error::NotFound)?;
-    let (body, content_type) = match name.as_str() {
+    let (body, content_type) = match name {
         "SHA256SUMS" => (release.sums, "text/plain; charset=utf-8"),
         "SHA256SUMS.minisig" => (release.sums_sig, "text/plain; charset=utf-8"),
         "manifest.json" => (release.manifest, "application/json"),

@@ -451,6 +451,13 @@ pub(crate) async fn application(
             String::new()
         },
         history,
+        made_grant: case.grant.as_ref().map(|g| pages::EarlierRow {
+            href: format!("/admin/grants/{}", g.id),
+            what: "grant".into(),
+            state: GrantState::of(g, now).as_str().to_owned(),
+            model: g.model_slug.clone(),
+            when: format_ms(g.expires_at),
+        }),
         templates: template_choices(app).await?,
         kind: view.kind,
         parent_id: view.parent_id.clone().unwrap_or_default(),

@@ -238,7 +238,7 @@ async fn access_page(
         let access_urls = access_urls::of_grant(&state.app, &grant)
             .await?
             .into_iter()
-            .map(pages::AccessUrlRow::from)
+            .map(|url| pages::AccessUrlRow::for_researcher(url, &researcher.email))
             .collect();
         rows.push(pages::MyGrantRow {
             state: GrantState::of(&grant, now_ms()),
@@ -253,7 +253,7 @@ async fn access_page(
                     a.releases
                         .into_iter()
                         .map(|r| ReleaseRows {
-                            base_url: String::new(),
+                            base_url: format!("/me/access/{}/releases/{}", grant.id, r.release.name),
                             name: r.release.name,
                             files: r
                                 .files
@@ -325,6 +325,17 @@ pub(crate) async fn client_url(
     limited(&state.limits.links_per_grant, &grant.id)?;
     let url = access_urls::create(&state.app, &researcher, &grant, &form.name, client.clone()).await?;
     access_page(&state, &researcher, token, client, Some((id, url))).await
+}
+
+/// `SHA256SUMS`, `manifest.json` and their signatures for a release of the
+/// researcher's grant, from My access.
+pub(crate) async fn release_file(
+    State(state): State<AppState>,
+    CurrentResearcher(researcher): CurrentResearcher,
+    Path((id, release, name)): Path<(String, String, String)>,
+) -> Result<Response, Error> {
+    let grant = researchers::my_grant(&state.app, &researcher, &id).await?;
+    super::access::signed_release_file(&state, &grant, &release, &name).await
 }
 
 /// Withdraws one access URL of the researcher's grant.

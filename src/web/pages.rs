@@ -263,6 +263,8 @@ pub(crate) struct ApplicationPage {
     /// `approval 1 of 2 so far` under an N-of-M policy.
     pub(crate) policy: String,
     pub(crate) history: Vec<EarlierRow>,
+    /// The grant this application made: its page, state and end.
+    pub(crate) made_grant: Option<EarlierRow>,
     pub(crate) templates: Vec<Choice>,
     /// What it asks for, with the answers to the model's questions and the
     /// question thread.
@@ -695,6 +697,21 @@ pub(crate) struct AccessUrlRow {
     /// Who withdrew it, and when.
     pub(crate) withdrawn: String,
     pub(crate) may_withdraw: bool,
+}
+
+impl AccessUrlRow {
+    /// The row as the grant's researcher sees it: who withdrew it is "you"
+    /// or "a reviewer", never a reviewer's address.
+    pub(crate) fn for_researcher(v: crate::domain::access_urls::UrlView, email: &str) -> Self {
+        let by_them = v.url.withdrawn_by.as_deref() == Some(email);
+        let at = v.url.withdrawn_at;
+        let mut row = Self::from(v);
+        if let Some(at) = at {
+            let who = if by_them { "you" } else { "a reviewer" };
+            row.withdrawn = format!("by {who}, {} UTC", format_ms(at));
+        }
+        row
+    }
 }
 
 impl From<crate::domain::access_urls::UrlView> for AccessUrlRow {

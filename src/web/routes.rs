@@ -155,6 +155,13 @@ pub fn all() -> Vec<Route> {
             me::client_url,
         ),
         on(
+            g.clone(),
+            "/me/access/{id}/releases/{release}/{name}",
+            Mine,
+            Researcher,
+            me::release_file,
+        ),
+        on(
             p.clone(),
             "/me/access/{id}/urls/{url}/withdraw",
             Mine,

@@ -78,6 +78,12 @@ async fn a_researcher_sees_names_and_withdraws_access_urls_and_unused_ones_lapse
         !page.contains(cluster.rsplit('/').nth(1).unwrap()),
         "shown once only"
     );
+    // My access has the release's signed checksums too.
+    let sums = format!("/me/access/{grant}/releases/r1/SHA256SUMS");
+    assert!(page.contains(&format!("href=\"{sums}\"")), "{page}");
+    let (status, body) = t.get_html(&browser, &sums).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("  shard-0.bin"), "{body}");
 
     // Withdrawn: refused at the next request, by name; the other URLs work.
     let cluster_id = url_id(&t, "name = 'cluster'").await;
@@ -91,6 +97,12 @@ async fn a_researcher_sees_names_and_withdraws_access_urls_and_unused_ones_lapse
         .await;
     assert_eq!(withdrawn.status(), StatusCode::OK);
     assert_eq!(withdrawn.url().path(), "/me/access");
+    let page = withdrawn.text().await.unwrap();
+    let row = page
+        .split("<tr>")
+        .find(|r| r.contains("<td>cluster</td>"))
+        .unwrap();
+    assert!(row.contains("withdrawn by you"), "{row}");
     let (status, error) = refusal(get_json(&client(), &cluster).await).await;
     assert_eq!(
         (status, error.as_str()),
@@ -98,6 +110,13 @@ async fn a_researcher_sees_names_and_withdraws_access_urls_and_unused_ones_lapse
     );
     let (status, _) = t.get_html(&client(), &approval_url).await;
     assert_eq!(status, StatusCode::OK, "the grant and its other URLs stay");
+    let sums = cluster.replace("/manifest.json", "/releases/r1/SHA256SUMS");
+    let (status, error) = refusal(get_json(&client(), &sums).await).await;
+    assert_eq!(
+        (status, error.as_str()),
+        (StatusCode::FORBIDDEN, "access_url_withdrawn"),
+        "nor the release's files"
+    );
 
     // A second replica refuses it too, at once.
     let replica = ServeProcess::start(&t, &[("WEIGHTGATE_LOG", "warn")]).await;
@@ -156,8 +175,17 @@ async fn a_researcher_sees_names_and_withdraws_access_urls_and_unused_ones_lapse
         "the refusal is in the log"
     );
 
-    // Unused for longer than WEIGHTGATE_ACCESS_URL_TTL (90 days): lapsed.
+    // Made long ago but used lately: it works, since each use starts the
+    // clock again.
     let old = weightgate::types::now_ms() - 91 * 86_400_000;
+    sqlx::query("UPDATE grant_tokens SET created_at = $1 WHERE origin = 'approval'")
+        .bind(old)
+        .execute(t.app.db.pool())
+        .await
+        .unwrap();
+    let (status, _) = t.get_html(&client(), &approval_url).await;
+    assert_eq!(status, StatusCode::OK);
+    // Unused for longer than WEIGHTGATE_ACCESS_URL_TTL (90 days): lapsed.
     sqlx::query("UPDATE grant_tokens SET created_at = $1, last_used_at = $1 WHERE origin = 'approval'")
         .bind(old)
         .execute(t.app.db.pool())
@@ -196,6 +224,30 @@ async fn a_researcher_sees_names_and_withdraws_access_urls_and_unused_ones_lapse
         )
         .await;
     assert_eq!(refused.status(), StatusCode::NOT_FOUND);
+    // Not through their own grant either.
+    let own_grant: String = sqlx::query_scalar(
+        "SELECT g.id FROM grants g JOIN researchers r ON r.id = g.researcher_id WHERE r.email = $1",
+    )
+    .bind(other)
+    .fetch_one(t.app.db.pool())
+    .await
+    .unwrap();
+    let refused = t
+        .post_form(
+            &stranger,
+            "/me/access",
+            &format!("/me/access/{own_grant}/urls/{approval_id}/withdraw"),
+            &[],
+        )
+        .await;
+    assert_eq!(refused.status(), StatusCode::NOT_FOUND);
+    let untouched: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT withdrawn_at FROM grant_tokens WHERE id = '{approval_id}'"
+    )))
+    .fetch_one(t.app.db.pool())
+    .await
+    .unwrap();
+    assert_eq!(untouched, None);
 }
 
 both!(reviewers_see_a_shared_access_url_and_withdraw_it_alone);
@@ -267,6 +319,14 @@ async fn reviewers_see_a_shared_access_url_and_withdraw_it_alone() {
     assert_eq!(status, StatusCode::FORBIDDEN);
     let mail = t.wait_for_mail(email, "was withdrawn").await;
     assert!(mail.contains("/me/access"), "{mail}");
+    let researcher = client();
+    sign_in_researcher(&t, &researcher, email, &mut std::collections::HashSet::new()).await;
+    let (_, mine) = t.get_html(&researcher, "/me/access").await;
+    assert!(mine.contains("withdrawn by a reviewer"), "{mine}");
+    assert!(
+        !mine.contains(REVIEWER),
+        "a reviewer's address stays on the dashboard"
+    );
     let revoked: Option<i64> = sqlx::query_scalar("SELECT revoked_at FROM grants")
         .fetch_one(t.app.db.pool())
         .await
@@ -306,4 +366,9 @@ async fn links_asked_for_after_a_revocation_are_refused_in_the_log() {
     assert_eq!(refused.len(), 1, "{refused:?}");
     assert_eq!(refused[0].reason.as_deref(), Some("grant_revoked"));
     assert_eq!(refused[0].grant_id.as_deref(), Some(grant.as_str()));
+    let mail = t.wait_for_mail("revoked@uni.example.edu", "was revoked").await;
+    assert!(
+        mail.contains("Hello Grace Hopper,"),
+        "the researcher's name: {mail}"
+    );
 }

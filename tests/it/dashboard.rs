@@ -240,6 +240,11 @@ async fn a_reviewer_sees_and_decides_only_the_models_assigned_to_them() {
         .await;
     assert_eq!(approved.status(), StatusCode::OK);
     assert_eq!(grants_of(&t).await, 1);
+    // The page names the grant the approval made, not as an earlier one.
+    let (_, page) = t.get_html(&reviewer, &format!("/admin/applications/{id}")).await;
+    let (made, earlier) = page.split_once("Earlier applications and grants").unwrap();
+    assert!(made.contains("the grant it made"), "{made}");
+    assert!(!earlier.contains("/admin/grants/"), "{earlier}");
     let events = t.audit_events().await;
     assert!(
         events
