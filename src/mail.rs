@@ -138,8 +138,7 @@ async fn send(transport: &Transport, from: &Mailbox, msg: &db::outbox::OutboxMes
         .from(from.clone())
         .to(msg.to_addr.parse().context("invalid recipient")?)
         .subject(&msg.subject)
-        .header(ContentType::TEXT_PLAIN)
-        .body(msg.body.clone())
+        .singlepart(plain_text(&msg.body))
         .context("cannot build e-mail")?;
     match transport {
         Transport::Files(t) => {
@@ -150,4 +149,27 @@ async fn send(transport: &Transport, from: &Mailbox, msg: &db::outbox::OutboxMes
         }
     }
     Ok(())
+}
+
+/// A plain-text body as it reads in any mail client and in the raw file:
+/// 7bit for ASCII, 8bit for other UTF-8, lines as written (ended by CRLF),
+/// so that no line is cut by a quoted-printable soft break. RFC 5322 allows
+/// lines of up to 998 bytes, which an e-mail with a long link needs;
+/// lettre's own choice stops at 76 and would quote the whole body.
+/// Quoted-printable only where a line is longer than e-mail allows.
+fn plain_text(body: &str) -> lettre::message::SinglePart {
+    use lettre::message::{Body, SinglePart, header::ContentTransferEncoding};
+    let text = body.replace("\r\n", "\n");
+    let fits = text.lines().all(|line| line.len() <= 998) && !text.contains(['\0', '\r']);
+    let body = if fits {
+        let encoding = if text.is_ascii() {
+            ContentTransferEncoding::SevenBit
+        } else {
+            ContentTransferEncoding::EightBit
+        };
+        Body::dangerous_pre_encoded(text.replace('\n', "\r\n").into_bytes(), encoding)
+    } else {
+        Body::new(body.to_owned())
+    };
+    SinglePart::builder().header(ContentType::TEXT_PLAIN).body(body)
 }

@@ -440,6 +440,10 @@ async fn no_secret_reaches_the_logs() {
         logs.contains("/confirm/…") && logs.contains("/dl/…"),
         "the requests were logged:\n{logs}"
     );
+    assert!(
+        !logs.contains('\u{1b}'),
+        "a log written to a pipe has no colour codes"
+    );
     let secret = |link: &str, marker: &str| {
         link.split(marker)
             .nth(1)

@@ -200,3 +200,45 @@ async fn several_outbox_workers_send_each_message_exactly_once() {
         worker.abort();
     }
 }
+
+/// The raw text of the e-mail to `to` whose text holds `marker`, as written
+/// to the outbox folder (no decoding).
+async fn raw_mail(t: &TestApp, to: &str, marker: &str) -> String {
+    t.wait_for_mail(to, marker).await;
+    std::fs::read_dir(t.outbox())
+        .unwrap()
+        .flatten()
+        .map(|entry| std::fs::read_to_string(entry.path()).unwrap())
+        .find(|raw| raw.contains(&format!("To: {to}")) && raw.contains(marker))
+        .unwrap_or_else(|| panic!("the e-mail to {to} is encoded: {marker:?} is not in its raw text"))
+}
+
+both!(e_mails_read_as_written_in_the_raw_file);
+async fn e_mails_read_as_written_in_the_raw_file() {
+    let t = TestApp::spawn().await;
+    // ASCII: 7bit, the lines as written (no quoted-printable soft breaks).
+    let ascii = "plain@uni.example.edu";
+    t.approved_researcher(ascii).await;
+    let raw = raw_mail(&t, ascii, "was approved. Your access lasts until").await;
+    assert!(raw.contains("Content-Transfer-Encoding: 7bit"), "{raw}");
+    assert!(!raw.contains("=\r\n") && !raw.contains("=\n"), "{raw}");
+    assert!(raw.contains("Hello Grace Hopper,"), "{raw}");
+
+    // A name beyond ASCII: 8bit, still readable as typed.
+    let other = "zoe@uni.example.edu";
+    let (status, _) = t
+        .apply(
+            &client(),
+            &[
+                ("name", "Zoë Ångström"),
+                ("email", other),
+                ("affiliation", "Université de Genève"),
+                ("intended_use", "Research"),
+                ("accept_terms", "on"),
+            ],
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+    let raw = raw_mail(&t, other, "Zoë Ångström").await;
+    assert!(raw.contains("Content-Transfer-Encoding: 8bit"), "{raw}");
+}

@@ -8,6 +8,11 @@ both!(a_wrong_password_is_refused_without_a_session);
 async fn a_wrong_password_is_refused_without_a_session() {
     let t = TestApp::spawn().await;
     let reviewer = client();
+    let (_, login) = t.get_html(&reviewer, "/admin/login").await;
+    assert!(
+        !login.contains("My applications"),
+        "the reviewers' sign-in shows no researcher's links"
+    );
     for (email, password) in [
         (REVIEWER, "not the password"),
         ("nobody@lab.example.org", PASSWORD),
