@@ -29,6 +29,10 @@ use crate::{
 pub struct Cli {
     #[command(flatten)]
     pub config: Config,
+    /// Who runs this command, as the audit log should name them (an e-mail
+    /// or a name); the operating-system account is recorded beside it.
+    #[arg(long = "as", env = "WEIGHTGATE_OPERATOR", global = true, value_name = "NAME")]
+    pub(crate) operator: Option<String>,
     #[command(subcommand)]
     pub(crate) command: Command,
 }
@@ -249,13 +253,42 @@ pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
         .map_err(|e| format!("{s:?} is not a size (try 64MiB): {e}"))
 }
 
-/// Who the audit log names for commands run by an operator.
+/// Who the audit log names for this command: set once, before it runs.
+static OPERATOR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Who the audit log names for commands run by an operator:
+/// `operator:NAME (os user USER)` when `--as NAME` (or `WEIGHTGATE_OPERATOR`)
+/// is given, `operator:USER` otherwise, USER being the operating-system
+/// account that ran the command.
 fn operator() -> String {
-    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-    format!("operator:{user}")
+    OPERATOR
+        .get()
+        .cloned()
+        .unwrap_or_else(|| format!("operator:{}", os_user()))
+}
+
+/// The operating-system account running this process.
+fn os_user() -> String {
+    whoami::username().unwrap_or_else(|_| format!("uid-unknown:{}", std::process::id()))
+}
+
+/// The operator's name as the audit log will show it, checked.
+fn operator_from(named: Option<&str>) -> anyhow::Result<String> {
+    let os_user = os_user();
+    match named.map(str::trim) {
+        None | Some("") => Ok(format!("operator:{os_user}")),
+        Some(name) => {
+            anyhow::ensure!(
+                name.chars().count() <= 200 && !name.chars().any(char::is_control),
+                "--as names a person on one line, in at most 200 characters"
+            );
+            Ok(format!("operator:{name} (os user {os_user})"))
+        }
+    }
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let _ = OPERATOR.set(operator_from(cli.operator.as_deref())?);
     match cli.command {
         Command::Serve => serve(App::open(cli.config, Schema::Check).await?).await,
         Command::Demo => {

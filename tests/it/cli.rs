@@ -186,11 +186,25 @@ async fn operators_manage_models_reviewers_grants_and_read_the_audit_log() {
 
     let (ok, out, err) = weightgate(
         &t,
-        &["reviewer", "add", "second@lab.example.org", "--password-stdin"],
+        &[
+            "reviewer",
+            "add",
+            "second@lab.example.org",
+            "--password-stdin",
+            "--as",
+            "alice@lab.example.org",
+        ],
         Some("another long password\n"),
     );
     assert!(ok, "{err}");
     assert!(out.contains("reviewer second@lab.example.org"));
+    // The log names who ran it, and the account they ran it as.
+    let saved = t.wait_for_events("reviewer.saved", 2).await;
+    let actor = saved.last().unwrap().actor.clone().unwrap();
+    assert!(
+        actor.starts_with("operator:alice@lab.example.org (os user ") && !actor.contains("unknown"),
+        "{actor}"
+    );
     let (ok, _, err) = weightgate(
         &t,
         &["reviewer", "add", "short@lab.example.org", "--password-stdin"],

@@ -48,16 +48,31 @@ impl TestDb {
             );
             NOT_RUN.call_once(|| {
                 use std::io::Write;
+                let twins = postgres_twins();
                 let _ = writeln!(
                     std::io::stderr(),
-                    "\n*** PostgreSQL pass NOT RUN: the `::postgres` tests passed without doing anything. \
-                     Set WEIGHTGATE_TEST_POSTGRES_URL=postgres://USER@HOST:PORT/DB to run them. ***\n"
+                    "\n*** PostgreSQL pass NOT RUN: {twins} of the tests cargo counts as passed (every \
+                     `::postgres` one) did nothing. Set WEIGHTGATE_TEST_POSTGRES_URL=postgres://USER@HOST:PORT/DB \
+                     to run them. ***\n"
                 );
             });
             return None;
         };
         Some(TestDb::Postgres(fresh_postgres_database(&admin_url).await))
     }
+}
+
+/// How many scenarios have a `::postgres` twin: the `both!(…)` lines of the
+/// integration tests.
+fn postgres_twins() -> usize {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it");
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
+        .map(|text| text.lines().filter(|l| l.starts_with("both!(")).count())
+        .sum()
 }
 
 /// Creates `wgtest_PID_N` next to the admin URL's database, after dropping
