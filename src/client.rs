@@ -76,6 +76,9 @@ pub(crate) enum DownloadError {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Summary {
     pub files: usize,
+    /// Where the files are: one folder per release, each with the release's
+    /// signed `SHA256SUMS` and `manifest.json` beside its files.
+    pub release_dirs: Vec<PathBuf>,
     /// Files that were already complete and verified.
     pub already_complete: usize,
     pub bytes_fetched: u64,
@@ -814,6 +817,47 @@ pub async fn download(opts: Options) -> anyhow::Result<Summary> {
         }
     }
     session.bar.finish_and_clear();
+
+    // Each release's signed checksums and manifest beside its files, so that
+    // `sha256sum -c SHA256SUMS` and `minisign -Vm SHA256SUMS` work there.
+    let base = session.manifest_url.trim_end_matches("/manifest.json").to_owned();
+    for release in &grant.releases {
+        if !targets.iter().any(|t| t.key.0 == release.name) {
+            continue;
+        }
+        let text = |name: &'static str| {
+            let url = format!("{base}/releases/{}/{name}", release.name);
+            let http = &session.http;
+            async move {
+                get_with_retries(http, &url, None)
+                    .await?
+                    .text()
+                    .await
+                    .map_err(|e| DownloadError::Network(format!("cannot read {name}: {}", network_error(e))))
+            }
+        };
+        let sums = text("SHA256SUMS").await?;
+        let sums_sig = text("SHA256SUMS.minisig").await?;
+        manifests::verify(&public_key, sums.as_bytes(), &sums_sig).map_err(|e| {
+            DownloadError::Manifest(format!(
+                "the SHA256SUMS of release {} is not signed by the portal's publishing key: {e:#}",
+                release.name
+            ))
+        })?;
+        let release_dir = opts.dir.join(&release.name);
+        for (name, body) in [
+            ("SHA256SUMS", sums.as_str()),
+            ("SHA256SUMS.minisig", sums_sig.as_str()),
+            ("manifest.json", release.manifest.as_str()),
+            ("manifest.json.minisig", release.manifest_sig.as_str()),
+        ] {
+            let path = release_dir.join(name);
+            std::fs::write(&path, body)
+                .map_err(|e| DownloadError::Disk(format!("cannot write {}: {e}", path.display())))?;
+        }
+        summary.release_dirs.push(release_dir);
+    }
+
     summary.bytes_fetched = session.fetched.load(Ordering::Relaxed);
     summary.chunks_fetched = session.chunks.load(Ordering::Relaxed);
     summary.chunks_refetched = session.refetched.load(Ordering::Relaxed);

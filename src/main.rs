@@ -1,13 +1,9 @@
-use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use weightgate::{
-    cli::{self, Cli},
-    config::LogFormat,
-};
+use weightgate::{cli, config::LogFormat};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = cli::parse();
     let filter =
         EnvFilter::try_from_env("WEIGHTGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
     // Colour only for a person at a terminal who has not asked for none

@@ -63,32 +63,42 @@ pub(crate) enum Command {
         chunk_size: Option<u64>,
     },
     /// Download every file of your grant, verified, resuming where it stopped.
-    Download {
-        /// The manifest URL from your access page (or the access page's URL).
-        url: String,
-        /// Where to put the files (as DIR/RELEASE/FILE).
-        #[arg(long, default_value = ".")]
-        dir: PathBuf,
-        /// Parallel connections.
-        #[arg(long, default_value_t = 4)]
-        jobs: usize,
-        /// Only files matching this pattern (`*`, `?`); may be repeated.
-        #[arg(long)]
-        include: Vec<String>,
-        /// The portal's publishing key: a minisign .pub file or its key line.
-        /// Without it, the key the portal serves is used.
-        #[arg(long)]
-        public_key: Option<String>,
-        /// At most this many bytes per second, e.g. 50MiB.
-        #[arg(long, value_parser = parse_size)]
-        limit_rate: Option<u64>,
-    },
+    Download(DownloadArgs),
     /// Rotate the keys that sign download links.
     #[command(subcommand)]
     Keys(KeysCommand),
     /// Read and check the audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+}
+
+/// A researcher's download: read on its own, so that its help shows its own
+/// options and none of the portal's settings.
+#[derive(Parser, Debug)]
+#[command(
+    name = "weightgate download",
+    about = "Download every file of your grant, verified, resuming where it stopped."
+)]
+pub(crate) struct DownloadArgs {
+    /// The manifest URL from your access page (or the access page's URL).
+    url: String,
+    /// Where to put the files: one folder per release (DIR/RELEASE/FILE),
+    /// with the release's signed SHA256SUMS beside them.
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    /// Parallel connections.
+    #[arg(long, default_value_t = 4)]
+    jobs: usize,
+    /// Only files matching this pattern (`*`, `?`); may be repeated.
+    #[arg(long)]
+    include: Vec<String>,
+    /// The portal's publishing key: a minisign .pub file or its key line.
+    /// Without it, the key the portal serves is used.
+    #[arg(long)]
+    public_key: Option<String>,
+    /// At most this many bytes per second, e.g. 50MiB.
+    #[arg(long, value_parser = parse_size)]
+    limit_rate: Option<u64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -253,6 +263,23 @@ pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
         .map_err(|e| format!("{s:?} is not a size (try 64MiB): {e}"))
 }
 
+/// The command line, read. `weightgate download` is read on its own, so that
+/// a researcher's `weightgate download --help` lists the download's options
+/// only, not the portal's settings that every other command shares.
+pub fn parse() -> Cli {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "download") {
+        return Cli {
+            config: Config::embedded("."),
+            operator: None,
+            command: Command::Download(DownloadArgs::parse_from(
+                std::iter::once("weightgate download".into()).chain(args[2..].iter().cloned()),
+            )),
+        };
+    }
+    Cli::parse_from(args)
+}
+
 /// Who the audit log names for this command: set once, before it runs.
 static OPERATOR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
@@ -308,14 +335,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Model(cmd) => model(App::open(cli.config, Schema::Check).await?, cmd).await,
         Command::Grant(cmd) => grant(App::open(cli.config, Schema::Check).await?, cmd).await,
         Command::Hash { files, chunk_size } => hash(files, chunk_size).await,
-        Command::Download {
+        Command::Download(DownloadArgs {
             url,
             dir,
             jobs,
             include,
             public_key,
             limit_rate,
-        } => {
+        }) => {
+            let include_given = !include.is_empty();
             let public_key = match public_key {
                 Some(k) if std::path::Path::new(&k).is_file() => {
                     Some(std::fs::read_to_string(&k).with_context(|| format!("cannot read {k}"))?)
@@ -332,14 +360,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
             })
             .await?;
+            let folders: Vec<String> = summary
+                .release_dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect();
             println!(
-                "{} files verified in {} ({} already complete); fetched {} bytes in {} chunks, {} fetched again",
-                summary.files,
-                dir.display(),
+                "{} verified in {} ({} already complete); fetched {} bytes in {} chunks, {} fetched again",
+                crate::types::count(summary.files as u64, "file"),
+                folders.join(", "),
                 summary.already_complete,
                 summary.bytes_fetched,
                 summary.chunks_fetched,
                 summary.chunks_refetched
+            );
+            println!(
+                "each folder holds its release's signed SHA256SUMS: run `sha256sum -c SHA256SUMS` there{}",
+                if include_given {
+                    " (with --ignore-missing, since only some files were asked for)"
+                } else {
+                    ""
+                }
             );
             Ok(())
         }

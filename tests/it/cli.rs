@@ -92,6 +92,35 @@ async fn the_database_refuses_a_state_the_portal_does_not_know() {
     }
 }
 
+#[test]
+fn a_researchers_download_help_lists_its_own_options_only() {
+    let out = Command::new(env!("CARGO_BIN_EXE_weightgate"))
+        .args(["download", "--help"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    assert!(help.contains("Usage: weightgate download"), "{help}");
+    assert!(
+        help.contains("--limit-rate") && help.contains("--include"),
+        "{help}"
+    );
+    assert!(
+        !help.contains("WEIGHTGATE_") && !help.contains("--database-url"),
+        "no portal setting in a researcher's help:\n{help}"
+    );
+    // The operators' commands still take the settings.
+    let out = Command::new(env!("CARGO_BIN_EXE_weightgate"))
+        .args(["model", "--help"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .contains("WEIGHTGATE_DATABASE_URL")
+    );
+}
+
 fn jsonl(text: &str) -> Vec<serde_json::Value> {
     text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }

@@ -74,6 +74,86 @@ fn assert_files_match(t: &TestApp, dir: &Path) {
     }
 }
 
+both!(the_client_says_where_the_files_are_and_leaves_the_signed_checksums_beside_them);
+async fn the_client_says_where_the_files_are_and_leaves_the_signed_checksums_beside_them() {
+    let t = TestApp::spawn().await;
+    let access = t.approved_researcher("folder@uni.example.edu").await;
+    let run = |dir: &Path, include: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_weightgate"));
+        cmd.args(["download", &access, "--dir", dir.to_str().unwrap()]);
+        if let Some(pattern) = include {
+            cmd.args(["--include", pattern]);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let dir = t.dir.path().join("weights");
+    let out = run(&dir, None);
+    let release = dir.join("r1");
+    assert!(
+        out.contains(&format!("3 files verified in {}", release.display())),
+        "{out}"
+    );
+    // The check the README gives works where the client says the files are.
+    let check = Command::new("sha256sum")
+        .args(["-c", "SHA256SUMS"])
+        .current_dir(&release)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    for name in ["SHA256SUMS.minisig", "manifest.json", "manifest.json.minisig"] {
+        assert!(release.join(name).is_file(), "{name}");
+    }
+
+    let one = t.dir.path().join("one");
+    let out = run(&one, Some("shard-0.bin"));
+    assert!(out.contains("1 file verified in"), "{out}");
+    assert!(out.contains("--ignore-missing"), "{out}");
+    let check = Command::new("sha256sum")
+        .args(["-c", "--ignore-missing", "SHA256SUMS"])
+        .current_dir(one.join("r1"))
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+
+    // minisign, which nobody here wrote, checks the checksums in place.
+    if Command::new("minisign").arg("-v").output().is_ok() {
+        let key = client()
+            .get(t.url("/.well-known/weightgate/minisign.pub"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        std::fs::write(release.join("minisign.pub"), key).unwrap();
+        let verified = Command::new("minisign")
+            .args(["-Vm", "SHA256SUMS", "-p", "minisign.pub"])
+            .current_dir(&release)
+            .output()
+            .unwrap();
+        assert!(
+            verified.status.success(),
+            "{}",
+            String::from_utf8_lossy(&verified.stderr)
+        );
+    } else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have the minisign tool installed"
+        );
+    }
+}
+
 both!(the_client_downloads_verifies_and_skips_what_is_complete);
 async fn the_client_downloads_verifies_and_skips_what_is_complete() {
     let t = TestApp::spawn().await;
@@ -102,6 +182,7 @@ async fn the_client_downloads_verifies_and_skips_what_is_complete() {
         Summary {
             files: 3,
             already_complete: 3,
+            release_dirs: vec![dir.join("r1")],
             ..Summary::default()
         },
         "a second run fetches nothing"
