@@ -156,6 +156,21 @@ pub async fn published_releases<'c>(e: impl AnyExecutor<'c>, model_id: &str) -> 
     .await
 }
 
+/// What every model with a published release offers: its id, its published
+/// releases, their files and bytes, in one query.
+pub(crate) async fn published_totals_by_model<'c>(
+    e: impl AnyExecutor<'c>,
+) -> sqlx::Result<Vec<(String, i64, i64, i64)>> {
+    sqlx::query_as(
+        "SELECT r.model_id, COUNT(DISTINCT r.id), COUNT(f.id), CAST(COALESCE(SUM(f.size), 0) AS BIGINT)
+         FROM releases r LEFT JOIN files f ON f.release_id = r.id
+         WHERE r.published_at IS NOT NULL
+         GROUP BY r.model_id",
+    )
+    .fetch_all(e)
+    .await
+}
+
 /// How many files the published releases of a model hold, and their bytes.
 pub(crate) async fn published_totals<'c>(
     e: impl AnyExecutor<'c>,

@@ -23,6 +23,8 @@ pub(crate) fn render(t: &impl Template) -> Result<Response, Error> {
 pub(crate) struct ModelItem {
     pub(crate) slug: String,
     pub(crate) title: String,
+    /// What its published releases hold: files, releases, size.
+    pub(crate) offers: String,
 }
 
 #[derive(Template)]

@@ -21,17 +21,37 @@ use crate::{
     domain::applications::{self, ApplicationForm, Eligibility, FieldErrors},
     domain::questions::{self, Kind},
     domain::researchers::Researcher,
-    types::format_ms,
+    types::{count, format_ms},
 };
 
 pub(crate) async fn catalogue(State(state): State<AppState>) -> Result<Response, Error> {
-    let models = db::models::list_models(state.app.db.pool()).await?;
+    let pool = state.app.db.pool();
+    let models = db::models::list_models(pool).await?;
+    let totals: std::collections::HashMap<String, (i64, i64, i64)> =
+        db::models::published_totals_by_model(pool)
+            .await?
+            .into_iter()
+            .map(|(model, releases, files, bytes)| (model, (releases, files, bytes)))
+            .collect();
     render(&pages::Catalogue {
         models: models
             .into_iter()
-            .map(|m| pages::ModelItem {
-                slug: m.slug,
-                title: m.title,
+            .map(|m| {
+                let (releases, files, bytes) = totals.get(&m.id).copied().unwrap_or_default();
+                pages::ModelItem {
+                    slug: m.slug,
+                    title: m.title,
+                    offers: if files == 0 {
+                        "nothing published yet".into()
+                    } else {
+                        format!(
+                            "{} in {}, {}",
+                            count(u64::try_from(files).unwrap_or(0), "file"),
+                            count(u64::try_from(releases).unwrap_or(0), "release"),
+                            pages::human_size(bytes)
+                        )
+                    },
+                }
             })
             .collect(),
     })

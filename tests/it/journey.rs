@@ -12,6 +12,11 @@ async fn a_researcher_applies_is_approved_and_downloads_verified_files() {
     let (status, catalogue) = t.get_html(&researcher, "/").await;
     assert_eq!(status, StatusCode::OK);
     assert!(catalogue.contains(&format!("/models/{MODEL}")));
+    // 300,000 + 1,048,577 + 7 bytes.
+    assert!(
+        catalogue.contains("3 files in 1 release, 1.3 MiB"),
+        "the catalogue says what a model holds: {catalogue}"
+    );
 
     let (status, page) = t
         .apply(
