@@ -73,7 +73,6 @@ impl ModelPage {
 #[template(path = "public/submitted.html")]
 pub(crate) struct Submitted {
     pub(crate) title: String,
-    pub(crate) email: String,
 }
 
 #[derive(Template)]

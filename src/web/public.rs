@@ -5,7 +5,7 @@ use super::auth::Csrf;
 use axum::{
     extract::State,
     http::StatusCode,
-    response::{IntoResponse, Response},
+    response::{IntoResponse, Redirect, Response},
 };
 use serde::Deserialize;
 
@@ -227,10 +227,8 @@ pub(crate) async fn apply(
             // Every recorded or declined application e-mails the address.
             limited(&state.limits.mail_per_recipient, &email)?;
             applications::submit(&state.app, &model, valid, client).await?;
-            render(&pages::Submitted {
-                title: model.title,
-                email,
-            })
+            // Post/redirect/get: reloading the answer does not send the form again.
+            Ok(Redirect::to(&format!("/models/{}/submitted", model.slug)).into_response())
         }
         Err(errors) => {
             let values = FormValues {
@@ -253,6 +251,16 @@ pub(crate) async fn apply(
             Ok((StatusCode::UNPROCESSABLE_ENTITY, token, render(&page)?).into_response())
         }
     }
+}
+
+/// What follows a sent application: check your e-mail. The page names no
+/// address, so that it reveals nothing to whoever sees the screen next.
+pub(crate) async fn submitted(
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+) -> Result<Response, Error> {
+    let model = find_model(&state, &slug).await?;
+    render(&pages::Submitted { title: model.title })
 }
 
 /// Shows a button rather than confirming on GET, so that mail scanners that
@@ -281,13 +289,7 @@ pub(crate) async fn confirm(
     Path(confirm_token): Path<String>,
     CsrfForm { csrf: token, .. }: CsrfForm,
 ) -> Result<Response, Error> {
-    let view = applications::confirm(&state.app, &confirm_token, client).await?;
-    let page = pages::ConfirmPage {
-        token: confirm_token,
-        title: view.model_title,
-        email: view.email,
-        status: view.status,
-        csrf: csrf_field(&token)?,
-    };
-    Ok((token, render(&page)?).into_response())
+    applications::confirm(&state.app, &confirm_token, client).await?;
+    // Post/redirect/get: the same link now shows the confirmed application.
+    Ok((token, Redirect::to(&format!("/confirm/{confirm_token}"))).into_response())
 }

@@ -125,6 +125,13 @@ pub fn all() -> Vec<Route> {
         on(g.clone(), "/static/style.css", Open, Public, super::style),
         on(g.clone(), "/models/{slug}", Mine, Public, public::model),
         on(p.clone(), "/models/{slug}/apply", Mine, Public, public::apply),
+        on(
+            g.clone(),
+            "/models/{slug}/submitted",
+            Open,
+            Public,
+            public::submitted,
+        ),
         on(g.clone(), "/signin", Mine, Public, me::signin_page),
         on(p.clone(), "/signin", Mine, Public, me::request_link),
         on(g.clone(), "/signin/{token}", Mine, Secret, me::link_page),

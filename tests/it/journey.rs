@@ -32,6 +32,32 @@ async fn a_researcher_applies_is_approved_and_downloads_verified_files() {
         .await;
     assert_eq!(status, StatusCode::OK, "{page}");
     assert!(page.contains("Check your e-mail"));
+    // Post/redirect/get: the answer to the form is a redirect, so that a
+    // reload does not send the application again.
+    let once = reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let sent = t
+        .post_form(
+            &once,
+            &format!("/models/{MODEL}"),
+            &format!("/models/{MODEL}/apply"),
+            &[
+                ("name", "Ada Lovelace"),
+                ("email", "second@uni.example.edu"),
+                ("affiliation", "University of Examples"),
+                ("intended_use", "Interpretability research"),
+                ("accept_terms", "on"),
+            ],
+        )
+        .await;
+    assert_eq!(sent.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        sent.headers()["location"],
+        format!("/models/{MODEL}/submitted").as_str()
+    );
 
     let reviewer = client();
     t.sign_in(&reviewer).await;
@@ -54,6 +80,11 @@ async fn a_researcher_applies_is_approved_and_downloads_verified_files() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.url().as_str(),
+        confirm,
+        "post/redirect/get: a reload shows the page, not the form again"
+    );
     assert!(response.text().await.unwrap().contains("pending"));
 
     let id = t.pending_application(&reviewer, "ada@uni.example.edu").await;
