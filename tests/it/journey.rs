@@ -73,19 +73,14 @@ async fn a_researcher_applies_is_approved_and_downloads_verified_files() {
     let confirm = link_in(&mail, "/confirm/");
     let (_, confirm_page) = t.get_html(&researcher, confirm.trim_start_matches(&t.base)).await;
     assert!(confirm_page.contains("Confirm my e-mail address"));
-    let response = researcher
-        .post(&confirm)
-        .form(&[("authenticity_token", csrf(&confirm_page))])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(
-        response.url().as_str(),
-        confirm,
-        "post/redirect/get: a reload shows the page, not the form again"
-    );
-    assert!(response.text().await.unwrap().contains("pending"));
+    // Post/redirect/get: the answer is a redirect to the link's own page.
+    let response = t.post_form(&once, &confirm, &confirm, &[]).await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let path = confirm.trim_start_matches(&t.base);
+    assert_eq!(response.headers()["location"], path);
+    let (status, shown) = t.get_html(&researcher, path).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(shown.contains("pending"), "{shown}");
 
     let id = t.pending_application(&reviewer, "ada@uni.example.edu").await;
     let (_, detail) = t.get_html(&reviewer, &format!("/admin/applications/{id}")).await;
