@@ -155,6 +155,18 @@ impl App {
         crate::audit::verify_with(&self.db, &self.audit_trust()?, &witnessed, None).await
     }
 
+    /// Audits a refusal anyone can repeat at will (a throttled sign-in, a
+    /// withdrawn access URL, links under an ended grant): counted per client
+    /// network, reason and grant, only the first of each window written now
+    /// (see [`crate::audit::refusals`]). `event` carries its client.
+    pub(crate) async fn record_refusal(&self, event: crate::audit::Event) -> anyhow::Result<()> {
+        let network = event.client.network();
+        if self.refusals.note(&network, &event) == crate::audit::refusals::Tallied::First {
+            crate::audit::append_now(&self.db, event).await?;
+        }
+        Ok(())
+    }
+
     /// The public URL of a path that starts with `/`.
     pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.config.public_url())

@@ -178,14 +178,11 @@ pub(crate) async fn open(app: &App, token: &str, client: &Client, purpose: Use) 
         }
     }
     if let Some(refused) = refused {
-        let mut event = Event::refused(Action::LinksIssued, refused.code())
+        let event = Event::refused(Action::LinksIssued, refused.code())
             .about_grant(&grant)
-            .subject(format!("{} access URL {}", grant.email, url.id));
-        let network = client.network();
-        event.client = client.clone();
-        if app.refusals.note(&network, &event) == audit::refusals::Tallied::First {
-            audit::append_now(&app.db, event).await?;
-        }
+            .subject(format!("{} access URL {}", grant.email, url.id))
+            .client(client.clone());
+        app.record_refusal(event).await?;
         return Err(refused.into());
     }
     Ok(grant)

@@ -266,14 +266,10 @@ pub async fn change_reviewer(app: &App, id: &str, change: ReviewerChange, actor:
 /// these as fast as they like, so they are counted per client network: the
 /// first of each window is written, the rest summed up when it ends.
 pub(crate) async fn record_throttled(app: &App, email: &str, client: Client) -> Result<()> {
-    let mut event = Event::refused(Action::ReviewerSignIn, "throttled")
-        .subject(email.chars().take(254).collect::<String>());
-    let network = client.network();
-    event.client = client;
-    if app.refusals.note(&network, &event) == audit::refusals::Tallied::First {
-        audit::append_now(&app.db, event).await?;
-    }
-    Ok(())
+    let event = Event::refused(Action::ReviewerSignIn, "throttled")
+        .subject(email.chars().take(254).collect::<String>())
+        .client(client);
+    Ok(app.record_refusal(event).await?)
 }
 
 /// Limits sign-in attempts per account and per client address, so that

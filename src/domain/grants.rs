@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 
 use crate::{
     app::App,
-    audit::{self, Action, AuditLog, Client, Event, Guarded, Now, Outcome, refusals::Tallied},
+    audit::{Action, AuditLog, Client, Event, Guarded, Now, Outcome, refusals::Tallied},
     config::DeliveryMode,
     crypto::links::Refusal,
     db::{
@@ -122,14 +122,11 @@ pub(crate) async fn access(app: &App, grant: GrantView, via: &str, client: Clien
             GrantState::Revoked => "grant_revoked",
             _ => "grant_expired",
         };
-        let mut event = Event::refused(Action::LinksIssued, reason)
+        let event = Event::refused(Action::LinksIssued, reason)
             .about_grant(&grant)
-            .subject(format!("{} via {via}", grant.email));
-        let network = client.network();
-        event.client = client;
-        if app.refusals.note(&network, &event) == audit::refusals::Tallied::First {
-            audit::append_now(&app.db, event).await?;
-        }
+            .subject(format!("{} via {via}", grant.email))
+            .client(client);
+        app.record_refusal(event).await?;
     }
     Ok(Access {
         grant,
