@@ -412,24 +412,32 @@ pub(crate) fn validate_answers(
     }
 }
 
-/// Every ISO 3166-1 country as (two-letter code, name), sorted by name.
+/// Every ISO 3166-1 country as (two-letter code, English short name),
+/// sorted by name. The names are the ones ISO publishes now ("Eswatini",
+/// "Türkiye", "Czechia"), from the maintained `rust_iso3166` tables.
 pub(crate) fn countries() -> &'static [(&'static str, &'static str)] {
     static LIST: OnceLock<Vec<(&'static str, &'static str)>> = OnceLock::new();
     LIST.get_or_init(|| {
-        let mut list: Vec<_> = isocountry::CountryCode::iter()
-            .map(|c| (c.alpha2(), c.name()))
-            .collect();
-        list.sort_by(|a, b| a.1.cmp(b.1));
+        let mut list: Vec<_> = rust_iso3166::ALL.iter().map(|c| (c.alpha2, c.name)).collect();
+        list.sort_by_cached_key(|(_, name)| sort_key(name));
         list
     })
 }
 
+/// How a name sorts in the list: by its letters without accents
+/// (canonical decomposition, combining marks dropped), so that
+/// "Åland Islands" sits among the A's and "Türkiye" among the T's.
+fn sort_key(name: &str) -> String {
+    use unicode_normalization::{UnicodeNormalization, char::is_combining_mark};
+    name.nfd().filter(|c| !is_combining_mark(*c)).collect()
+}
+
 /// The name of the country with this two-letter code.
 pub(crate) fn country_name(code: &str) -> Option<&'static str> {
-    if code.len() != 2 {
+    if code.len() != 2 || !code.bytes().all(|b| b.is_ascii_uppercase()) {
         return None;
     }
-    isocountry::CountryCode::for_alpha2(code).ok().map(|c| c.name())
+    rust_iso3166::from_alpha2(code).map(|c| c.name)
 }
 
 #[cfg(test)]
@@ -513,8 +521,27 @@ mod tests {
     fn the_country_list_is_complete_and_sorted() {
         let list = countries();
         assert!(list.len() > 240);
-        assert!(list.windows(2).all(|w| w[0].1 <= w[1].1));
+        assert!(list.windows(2).all(|w| sort_key(w[0].1) <= sort_key(w[1].1)));
         assert_eq!(country_name("FR"), Some("France"));
+        // The names ISO uses now, not the ones it retired.
+        assert_eq!(country_name("SZ"), Some("Eswatini"));
+        assert_eq!(country_name("TR"), Some("Türkiye"));
+        assert_eq!(country_name("CZ"), Some("Czechia"));
+        assert_eq!(country_name("MK"), Some("North Macedonia"));
+        assert!(!list.iter().any(|(_, name)| name.contains("Swaziland")));
+        // Accented names sort by their letters.
+        let position = |code: &str| list.iter().position(|(c, _)| *c == code).unwrap();
+        assert!(
+            position("AX") < position("AL"),
+            "Åland Islands sorts before Albania"
+        );
+        assert!(
+            position("TR") < position("TM"),
+            "Türkiye sorts before Turkmenistan"
+        );
+        // Codes are exact: lower case and unknown codes name nothing.
+        assert_eq!(country_name("fr"), None);
+        assert_eq!(country_name("XX"), None);
     }
 
     /// What the dashboard does with the editor's form.
