@@ -155,9 +155,48 @@ impl Browser {
             self.client.set_window_size(width, height).await.unwrap();
             let png = self.client.screenshot().await.unwrap();
             std::fs::write(dir.join(format!("{name}-{suffix}.png")), png).unwrap();
+            self.check_layout(&format!("{name} ({suffix})"), width > 1000)
+                .await;
             self.check_accessibility(&format!("{name} ({suffix})")).await;
         }
         self.client.set_window_size(1280, 1000).await.unwrap();
+    }
+
+    /// Checks that the page uses the screen: it never scrolls sideways (a
+    /// wide table scrolls inside its own box), no timestamp or code (slug,
+    /// id, action) in a table breaks over lines, and at desktop width no
+    /// table needs to scroll at all.
+    async fn check_layout(&self, page: &str, desktop: bool) {
+        let found = self
+            .client
+            .execute(
+                r"const lines = el => {
+                    const r = document.createRange(); r.selectNodeContents(el);
+                    return new Set([...r.getClientRects()].filter(x => x.width > 0).map(x => Math.round(x.top))).size; };
+                  const stamp = /^\d{4}-\d\d-\d\d \d\d:\d\d(:\d\d)?( UTC)?$/;
+                  const cells = [...document.querySelectorAll('main td')].filter(td => stamp.test(td.textContent.trim()))
+                    .concat([...document.querySelectorAll('main td code:not(.hash)')]);
+                  return {
+                    overflow: document.documentElement.scrollWidth - window.innerWidth,
+                    broken: cells.filter(el => lines(el) > 1).map(el => el.textContent.trim()),
+                    scrolling: [...document.querySelectorAll('main .scroll')].filter(s => s.scrollWidth > s.clientWidth + 1).length,
+                  };",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert!(
+            found["overflow"].as_i64().unwrap() <= 0,
+            "{page} scrolls sideways by {} px",
+            found["overflow"]
+        );
+        assert_eq!(found["broken"], json!([]), "{page}: these cells break over lines");
+        if desktop {
+            assert_eq!(
+                found["scrolling"], 0,
+                "{page}: a table does not fit a desktop screen"
+            );
+        }
     }
 
     /// Runs axe-core (from npm, `tests/browser/`) on the page as it is now
