@@ -15,6 +15,7 @@ use super::{
     AppState, ClientInfo, Error,
     auth::{CurrentReviewer, REVIEWER_KEY, STAMP_KEY, csrf_field, session_error, start_session},
     extract::{CsrfForm, Path, Query},
+    flash::{self, Flash},
     pages::{self, ApplicationRow, BulkResultRow, Choice, GrantRow, Header, QueueRow, render},
 };
 use crate::{
@@ -276,9 +277,11 @@ pub(crate) async fn queue(
     State(state): State<AppState>,
     token: Csrf,
     CurrentReviewer(reviewer): CurrentReviewer,
+    session: Session,
     Query(q): Query<QueueQuery>,
 ) -> Result<Response, Error> {
-    let page = render_queue(&state, &token, &reviewer, &q, Vec::new()).await?;
+    let results = flash::take(&session).await?.results;
+    let page = render_queue(&state, &token, &reviewer, &q, results).await?;
     Ok((token, page).into_response())
 }
 
@@ -572,12 +575,10 @@ pub(crate) async fn deny(
 /// `id` field once per selected row, which is why it is decoded by hand.
 pub(crate) async fn bulk(
     State(state): State<AppState>,
+    session: Session,
     CurrentReviewer(reviewer): CurrentReviewer,
     ClientInfo(client): ClientInfo,
-    CsrfForm {
-        csrf: token,
-        fields: body,
-    }: CsrfForm<Vec<(String, String)>>,
+    CsrfForm { fields: body, .. }: CsrfForm<Vec<(String, String)>>,
 ) -> Result<Response, Error> {
     let mut fields: HashMap<String, String> = HashMap::new();
     let mut ids = Vec::new();
@@ -625,8 +626,11 @@ pub(crate) async fn bulk(
             message: o.result.unwrap_or_else(|e| e),
         })
         .collect();
-    let page = render_queue(&state, &token, &reviewer, &QueueQuery::default(), results).await?;
-    Ok((token, page).into_response())
+    let flash = Flash {
+        message: String::new(),
+        results,
+    };
+    flash::redirect(&session, "/admin", flash).await
 }
 
 /// The grants list's filters, as submitted.

@@ -19,7 +19,7 @@ use crate::{
     db::{self, audit::Filter},
     domain::authz::{self, ReviewerAction},
     domain::grants::GrantState,
-    types::{format_ms, now_ms, parse_time},
+    types::{count, format_ms, now_ms, parse_time},
 };
 
 const PAGE: i64 = 100;
@@ -179,7 +179,7 @@ pub(crate) async fn page(
         .per_model
         .into_iter()
         .map(|(slug, counts)| pages::ModelChart {
-            total: counts.iter().sum(),
+            total: count(counts.iter().sum(), "completed transfer"),
             svg: chart_svg(&counts, daily.first_day_ms),
             slug,
         })

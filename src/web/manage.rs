@@ -13,6 +13,7 @@ use super::{
     AppState, ClientInfo, Error,
     auth::{Csrf, CurrentReviewer, STAMP_KEY, session_error},
     extract::{CsrfForm, Path},
+    flash::{self, Flash},
     pages::{self, Choice, Header, render},
 };
 use crate::{
@@ -79,9 +80,11 @@ pub(crate) async fn reviewers(
     State(state): State<AppState>,
     token: Csrf,
     CurrentReviewer(me): CurrentReviewer,
+    session: Session,
 ) -> Result<Response, Error> {
     admin_only(&state, &me).await?;
-    let page = reviewers_page(&state, &token, &me, String::new(), String::new()).await?;
+    let message = flash::take(&session).await?.message;
+    let page = reviewers_page(&state, &token, &me, message, String::new()).await?;
     Ok((token, page).into_response())
 }
 
@@ -97,6 +100,7 @@ pub(crate) struct NewReviewerForm {
 
 pub(crate) async fn save_reviewer(
     State(state): State<AppState>,
+    session: Session,
     CurrentReviewer(me): CurrentReviewer,
     CsrfForm {
         csrf: token,
@@ -104,23 +108,22 @@ pub(crate) async fn save_reviewer(
     }: CsrfForm<NewReviewerForm>,
 ) -> Result<Response, Error> {
     admin_only(&state, &me).await?;
-    let result = match form.email.parse::<Email>() {
-        Err(e) => Err(e.to_owned()),
+    let error = match form.email.parse::<Email>() {
+        Err(e) => e.to_owned(),
         Ok(email) => {
             let admin = form.admin.is_some();
             match accounts::add_reviewer(&state.app, &email, &form.password, admin, &me.email).await {
-                Ok(_) => Ok(format!("{email} can sign in now.")),
-                Err(domain::Error::Invalid(why) | domain::Error::Conflict(why)) => Err(why),
+                Ok(_) => {
+                    let done = Flash::message(format!("{email} can sign in now."));
+                    return flash::redirect(&session, "/admin/reviewers", done).await;
+                }
+                Err(domain::Error::Invalid(why) | domain::Error::Conflict(why)) => why,
                 Err(e) => return Err(e.into()),
             }
         }
     };
-    let (message, error) = match result {
-        Ok(m) => (m, String::new()),
-        Err(e) => (String::new(), e),
-    };
-    let page = reviewers_page(&state, &token, &me, message, error).await?;
-    Ok((token, page).into_response())
+    let page = reviewers_page(&state, &token, &me, String::new(), error).await?;
+    Ok((StatusCode::UNPROCESSABLE_ENTITY, token, page).into_response())
 }
 
 #[derive(Deserialize)]
@@ -238,9 +241,11 @@ pub(crate) async fn models(
     State(state): State<AppState>,
     token: Csrf,
     CurrentReviewer(me): CurrentReviewer,
+    session: Session,
 ) -> Result<Response, Error> {
     admin_only(&state, &me).await?;
-    let page = models_page(&state, &token, &me, String::new(), Refused::default()).await?;
+    let message = flash::take(&session).await?.message;
+    let page = models_page(&state, &token, &me, message, Refused::default()).await?;
     Ok((token, page).into_response())
 }
 
@@ -264,12 +269,10 @@ fn number(s: &str, what: &str) -> Result<i64, Error> {
 
 pub(crate) async fn save_policy(
     State(state): State<AppState>,
+    session: Session,
     CurrentReviewer(me): CurrentReviewer,
     Path(slug): Path<String>,
-    CsrfForm {
-        csrf: token,
-        fields: form,
-    }: CsrfForm<PolicyForm>,
+    CsrfForm { fields: form, .. }: CsrfForm<PolicyForm>,
 ) -> Result<Response, Error> {
     admin_only(&state, &me).await?;
     let change = PolicyChange {
@@ -281,9 +284,8 @@ pub(crate) async fn save_policy(
     let reapply = number(&form.reapply_after_days, "the wait before applying again")?;
     let parsed: Slug = slug.parse().map_err(Error::BadRequest)?;
     crate::domain::models::set_reapply_after(&state.app, &parsed, reapply, &me.email).await?;
-    let saved = format!("The policy of {slug} is saved.");
-    let page = models_page(&state, &token, &me, saved, Refused::default()).await?;
-    Ok((token, page).into_response())
+    let saved = Flash::message(format!("The policy of {slug} is saved."));
+    flash::redirect(&session, "/admin/models", saved).await
 }
 
 /// Replaces a model's application questions, sent either from the editor's
@@ -291,6 +293,7 @@ pub(crate) async fn save_policy(
 /// the form it was sent in, with the reason; nothing is lost.
 pub(crate) async fn save_questions(
     State(state): State<AppState>,
+    session: Session,
     CurrentReviewer(me): CurrentReviewer,
     Path(slug): Path<String>,
     CsrfForm { csrf: token, fields }: CsrfForm<Vec<(String, String)>>,
@@ -313,7 +316,7 @@ pub(crate) async fn save_questions(
                 Err(why) => {
                     let page =
                         models_page(&state, &token, &me, String::new(), refusal(why, None, None)).await?;
-                    return Ok((token, page).into_response());
+                    return Ok((StatusCode::UNPROCESSABLE_ENTITY, token, page).into_response());
                 }
             };
             match crate::domain::questions::from_rows(&rows) {
@@ -325,25 +328,24 @@ pub(crate) async fn save_questions(
                     let page =
                         models_page(&state, &token, &me, String::new(), refusal(why, None, Some(rows)))
                             .await?;
-                    return Ok((token, page).into_response());
+                    return Ok((StatusCode::UNPROCESSABLE_ENTITY, token, page).into_response());
                 }
             }
         }
     };
-    let (message, refused) =
-        match crate::domain::models::set_questions(&state.app, &parsed, &json, &me.email).await {
-            Ok(questions) => (
-                crate::domain::questions::asks(&slug, questions.len()),
-                Refused::default(),
-            ),
-            Err(domain::Error::Invalid(why)) => {
-                let json_sent = sent_rows.is_none().then_some(json);
-                (String::new(), refusal(why, json_sent, sent_rows))
-            }
-            Err(e) => return Err(e.into()),
-        };
-    let page = models_page(&state, &token, &me, message, refused).await?;
-    Ok((token, page).into_response())
+    let refused = match crate::domain::models::set_questions(&state.app, &parsed, &json, &me.email).await {
+        Ok(questions) => {
+            let saved = Flash::message(crate::domain::questions::asks(&slug, questions.len()));
+            return flash::redirect(&session, "/admin/models", saved).await;
+        }
+        Err(domain::Error::Invalid(why)) => {
+            let json_sent = sent_rows.is_none().then_some(json);
+            refusal(why, json_sent, sent_rows)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let page = models_page(&state, &token, &me, String::new(), refused).await?;
+    Ok((StatusCode::UNPROCESSABLE_ENTITY, token, page).into_response())
 }
 
 #[derive(Deserialize)]
@@ -355,6 +357,7 @@ pub(crate) struct TermsForm {
 /// Publishes a new version of a model's terms.
 pub(crate) async fn save_terms(
     State(state): State<AppState>,
+    session: Session,
     CurrentReviewer(me): CurrentReviewer,
     Path(slug): Path<String>,
     CsrfForm {
@@ -365,26 +368,24 @@ pub(crate) async fn save_terms(
     admin_only(&state, &me).await?;
     let parsed: Slug = slug.parse().map_err(Error::BadRequest)?;
     let terms = form.terms.replace("\r\n", "\n");
-    let (message, refused) =
-        match crate::domain::models::set_terms(&state.app, &parsed, &terms, &me.email).await {
-            Ok(version) => (
-                format!("{slug} has terms version {version}; new applications accept it."),
-                Refused::default(),
-            ),
-            Err(domain::Error::Invalid(why)) => (
-                String::new(),
-                Refused {
-                    slug: slug.clone(),
-                    questions: None,
-                    question_rows: None,
-                    terms: Some(form.terms),
-                    error: format!("The terms were not saved: {why}"),
-                },
-            ),
-            Err(e) => return Err(e.into()),
-        };
-    let page = models_page(&state, &token, &me, message, refused).await?;
-    Ok((token, page).into_response())
+    let refused = match crate::domain::models::set_terms(&state.app, &parsed, &terms, &me.email).await {
+        Ok(version) => {
+            let saved = Flash::message(format!(
+                "{slug} has terms version {version}; new applications accept it."
+            ));
+            return flash::redirect(&session, "/admin/models", saved).await;
+        }
+        Err(domain::Error::Invalid(why)) => Refused {
+            slug: slug.clone(),
+            questions: None,
+            question_rows: None,
+            terms: Some(form.terms),
+            error: format!("The terms were not saved: {why}"),
+        },
+        Err(e) => return Err(e.into()),
+    };
+    let page = models_page(&state, &token, &me, String::new(), refused).await?;
+    Ok((StatusCode::UNPROCESSABLE_ENTITY, token, page).into_response())
 }
 
 #[derive(Deserialize)]
@@ -458,8 +459,10 @@ pub(crate) async fn account(
     State(state): State<AppState>,
     token: Csrf,
     CurrentReviewer(me): CurrentReviewer,
+    session: Session,
 ) -> Result<Response, Error> {
-    let page = account_page(&state, &token, &me, String::new(), String::new()).await?;
+    let message = flash::take(&session).await?.message;
+    let page = account_page(&state, &token, &me, message, String::new()).await?;
     Ok((token, page).into_response())
 }
 
@@ -471,11 +474,9 @@ pub(crate) struct AccountForm {
 
 pub(crate) async fn save_account(
     State(state): State<AppState>,
+    session: Session,
     CurrentReviewer(me): CurrentReviewer,
-    CsrfForm {
-        csrf: token,
-        fields: form,
-    }: CsrfForm<AccountForm>,
+    CsrfForm { fields: form, .. }: CsrfForm<AccountForm>,
 ) -> Result<Response, Error> {
     let notify = form
         .notify
@@ -483,11 +484,7 @@ pub(crate) async fn save_account(
         .parse()
         .map_err(|e: UnknownState| Error::BadRequest(e.to_string()))?;
     accounts::change_reviewer(&state.app, &me.id, ReviewerChange::Notify(notify), &me.email).await?;
-    let me = db::reviewers::find(state.app.db.pool(), &me.id)
-        .await?
-        .ok_or(Error::NotFound)?;
-    let page = account_page(&state, &token, &me, "Saved.".into(), String::new()).await?;
-    Ok((token, page).into_response())
+    flash::redirect(&session, "/admin/account", Flash::message("Saved.")).await
 }
 
 #[derive(Deserialize)]
@@ -553,13 +550,6 @@ pub(crate) async fn change_password(
         .insert(STAMP_KEY, accounts::credential_stamp(&changed))
         .await
         .map_err(session_error)?;
-    let page = account_page(
-        &state,
-        &token,
-        &changed,
-        "Your password is changed; every other session of your account has ended.".into(),
-        String::new(),
-    )
-    .await?;
-    Ok((token, page).into_response())
+    let done = Flash::message("Your password is changed; every other session of your account has ended.");
+    flash::redirect(&session, "/admin/account", done).await
 }

@@ -69,10 +69,7 @@ pub(crate) async fn request_link(
             // refusal says nothing about who has one.
             limited(&state.limits.mail_per_recipient, email.as_str())?;
             researchers::request_signin(&state.app, &email, client).await?;
-            render(&pages::SigninSent {
-                email: email.to_string(),
-                minutes: researchers::SIGNIN_LINK_TTL_MS / 60_000,
-            })
+            Ok(Redirect::to("/signin/sent").into_response())
         }
         Err(e) => {
             let page = pages::SigninPage {
@@ -84,6 +81,14 @@ pub(crate) async fn request_link(
             Ok((StatusCode::UNPROCESSABLE_ENTITY, token, render(&page)?).into_response())
         }
     }
+}
+
+/// Where a sign-in request lands (post/redirect/get): the page names no
+/// address, so it needs nothing kept between the two requests.
+pub(crate) async fn signin_sent() -> Result<Response, Error> {
+    render(&pages::SigninSent {
+        minutes: researchers::SIGNIN_LINK_TTL_MS / 60_000,
+    })
 }
 
 /// Shows a button rather than signing in on GET, so that mail scanners that
@@ -308,6 +313,12 @@ pub(crate) struct NewUrlForm {
 }
 
 /// Makes a new access URL (named, if the researcher likes) and shows it once.
+///
+/// The one form that answers its POST with a page rather than a redirect:
+/// the URL's secret exists only in this response (the portal keeps its
+/// hash), and keeping it in the session for a following GET would write it
+/// to the database. A reload asks the browser to send the form again, and
+/// sending it makes a second URL, counted against the same limits.
 pub(crate) async fn client_url(
     State(state): State<AppState>,
     CurrentResearcher(researcher): CurrentResearcher,

@@ -7,6 +7,7 @@ mod auth;
 mod download;
 mod error;
 mod extract;
+mod flash;
 mod limits;
 mod manage;
 mod me;

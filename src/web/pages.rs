@@ -219,6 +219,8 @@ pub(crate) struct Queue {
     pub(crate) results: Vec<BulkResultRow>,
 }
 
+/// Kept in the session between the bulk form and the queue it redirects to.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct BulkResultRow {
     pub(crate) id: String,
     pub(crate) email: String,
@@ -516,7 +518,8 @@ impl From<&db::audit::EventRow> for EventRowView {
 
 pub(crate) struct ModelChart {
     pub(crate) slug: String,
-    pub(crate) total: u64,
+    /// "3 completed transfers".
+    pub(crate) total: String,
     /// Drawn by the server from numbers only; safe to embed.
     pub(crate) svg: String,
 }
@@ -621,7 +624,6 @@ pub(crate) struct SigninPage {
 #[derive(Template)]
 #[template(path = "researcher/signin_sent.html")]
 pub(crate) struct SigninSent {
-    pub(crate) email: String,
     pub(crate) minutes: i64,
 }
 

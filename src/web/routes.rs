@@ -134,6 +134,7 @@ pub fn all() -> Vec<Route> {
         ),
         on(g.clone(), "/signin", Mine, Public, me::signin_page),
         on(p.clone(), "/signin", Mine, Public, me::request_link),
+        on(g.clone(), "/signin/sent", Open, Public, me::signin_sent),
         on(g.clone(), "/signin/{token}", Mine, Secret, me::link_page),
         on(p.clone(), "/signin/{token}", Mine, Secret, me::use_link),
         on(p.clone(), "/signout", Mine, Public, me::signout),

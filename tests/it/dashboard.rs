@@ -700,7 +700,7 @@ async fn admins_edit_a_models_questions_terms_and_wait_in_the_dashboard_without_
             &[("questions", bad)],
         )
         .await;
-    assert_eq!(refused.status(), StatusCode::OK);
+    assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let page = refused.text().await.unwrap();
     assert!(page.contains("The questions were not saved"), "{page}");
     assert!(
@@ -826,7 +826,7 @@ async fn admins_build_questions_row_by_row_and_a_refused_row_comes_back_as_typed
             ],
         )
         .await;
-    assert_eq!(refused.status(), StatusCode::OK);
+    assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let page = refused.text().await.unwrap();
     assert!(
         page.contains("The questions were not saved") && page.contains("a select has 1 to"),
@@ -905,4 +905,146 @@ async fn admins_build_questions_row_by_row_and_a_refused_row_comes_back_as_typed
         .filter(|e| e.action == "model.questions_changed")
         .count();
     assert_eq!(changes, 2, "the refused edit is not recorded as a change");
+}
+
+both!(every_form_that_changes_something_redirects_and_says_so_once);
+/// Post/redirect/get: a form that changed something answers with a
+/// redirect (followed here as a browser does, with a GET), the page it lands
+/// on says what was done, and loading that page again says it no more, so a
+/// reload never sends the form twice. A refused form comes back as a page
+/// with the reason (422) and what was typed.
+async fn every_form_that_changes_something_redirects_and_says_so_once() {
+    let t = TestApp::spawn().await;
+    let admin = client();
+    t.sign_in(&admin).await;
+    let slug = MODEL;
+    /// (page with the form, its action, fields, where it lands, what it says)
+    type Case<'a> = (String, String, Vec<(&'a str, &'a str)>, &'a str, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "/admin/reviewers".into(),
+            "/admin/reviewers".into(),
+            vec![
+                ("email", "third@lab.example.org"),
+                ("password", "a third long password"),
+            ],
+            "/admin/reviewers",
+            "third@lab.example.org can sign in now.",
+        ),
+        (
+            "/admin/models".into(),
+            format!("/admin/models/{slug}/policy"),
+            vec![
+                ("approvals_needed", "1"),
+                ("auto_approve_domains", ""),
+                ("review_target_days", "5"),
+                ("reapply_after_days", "0"),
+            ],
+            "/admin/models",
+            "is saved.",
+        ),
+        (
+            "/admin/models".into(),
+            format!("/admin/models/{slug}/questions"),
+            vec![(
+                "questions",
+                r#"[{"id": "plan", "label": "Plan", "kind": "long_text"}]"#,
+            )],
+            "/admin/models",
+            "asks 1 question",
+        ),
+        (
+            "/admin/models".into(),
+            format!("/admin/models/{slug}/terms"),
+            vec![("terms", "Use it for research only.")],
+            "/admin/models",
+            "has terms version 2",
+        ),
+        (
+            "/admin/account".into(),
+            "/admin/account".into(),
+            vec![("notify", "digest")],
+            "/admin/account",
+            "Saved.",
+        ),
+        (
+            "/admin/account".into(),
+            "/admin/account/password".into(),
+            vec![
+                ("current", PASSWORD),
+                ("new", "a brand new long password"),
+                ("again", "a brand new long password"),
+            ],
+            "/admin/account",
+            "Your password is changed",
+        ),
+    ];
+    for (page, action, fields, lands, says) in cases {
+        let response = t.post_form(&admin, &page, &action, &fields).await;
+        assert_eq!(response.status(), StatusCode::OK, "{action}");
+        assert_eq!(response.url().path(), lands, "{action} redirects to {lands}");
+        let shown = response.text().await.unwrap();
+        assert!(shown.contains(says), "{action}: {says:?} not in\n{shown}");
+        let (_, again) = t.get_html(&admin, lands).await;
+        assert!(!again.contains(says), "{action}: the message shows once");
+    }
+
+    // Bulk decisions land on the queue, which lists each outcome once.
+    t.apply_and_confirm("bulk@uni.example.edu").await;
+    let id = t.pending_application(&admin, "bulk@uni.example.edu").await;
+    let response = t
+        .post_form(
+            &admin,
+            "/admin",
+            "/admin/applications/bulk",
+            &[
+                ("id", id.as_str()),
+                ("action", "deny"),
+                ("reason", "Not a research use."),
+            ],
+        )
+        .await;
+    assert_eq!(response.url().path(), "/admin");
+    let shown = response.text().await.unwrap();
+    assert!(
+        shown.contains("bulk@uni.example.edu") && shown.contains("class=\"results\""),
+        "{shown}"
+    );
+    let (_, again) = t.get_html(&admin, "/admin").await;
+    assert!(!again.contains("class=\"results\""), "the outcomes show once");
+
+    // A refused form stays where it was, with the reason and what was typed.
+    let refused = t
+        .post_form(
+            &admin,
+            "/admin/reviewers",
+            "/admin/reviewers",
+            &[("email", "not an address"), ("password", "a third long password")],
+        )
+        .await;
+    assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(refused.url().path(), "/admin/reviewers");
+    let refused = t
+        .post_form(
+            &admin,
+            "/admin/models",
+            &format!("/admin/models/{slug}/terms"),
+            &[("terms", "")],
+        )
+        .await;
+    assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+
+    // A researcher's sign-in request lands on a page that needs no state.
+    let researcher = client();
+    let response = t
+        .post_form(
+            &researcher,
+            "/signin",
+            "/signin",
+            &[("email", "bulk@uni.example.edu")],
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.url().path(), "/signin/sent");
+    assert!(response.text().await.unwrap().contains("Check your e-mail"));
 }

@@ -330,8 +330,13 @@ async fn every_route_answers_every_role_as_its_rule_says() {
         .send()
         .await
         .unwrap();
-    assert_eq!(bulk.status(), StatusCode::OK);
-    let page = bulk.text().await.unwrap();
+    assert_eq!(
+        bulk.status(),
+        StatusCode::SEE_OTHER,
+        "a bulk decision redirects to the queue"
+    );
+    assert_eq!(bulk.headers()["location"], "/admin");
+    let (_, page) = t.get_html(unassigned, "/admin").await;
     assert!(
         !page.contains(Z),
         "a bulk result names no applicant the reviewer may not see"
