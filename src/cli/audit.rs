@@ -5,7 +5,7 @@ use std::{io::Write, path::PathBuf, sync::Arc, time::Duration};
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 
-use super::output::{self, Format, Printer};
+use super::output::{self, Format, Listing, Printer};
 use crate::{
     app::App,
     audit::{
@@ -27,8 +27,8 @@ pub(crate) enum AuditCommand {
     List {
         #[command(flatten)]
         filter: FilterArgs,
-        #[arg(long, value_enum, default_value_t = Format::Table)]
-        format: Format,
+        #[command(flatten)]
+        format: Listing,
         /// At most this many events.
         #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..))]
         limit: i64,
@@ -88,8 +88,8 @@ pub(crate) enum AuditCommand {
         /// Only this model (its slug).
         #[arg(long)]
         model: Option<String>,
-        #[arg(long, value_enum, default_value_t = Format::Table)]
-        format: Format,
+        #[command(flatten)]
+        format: Listing,
     },
     /// Researchers holding a complete copy of a release: every file delivered
     /// whole, possibly over several resumed or ranged transfers.
@@ -99,8 +99,8 @@ pub(crate) enum AuditCommand {
         /// Only this release; by default every published release.
         #[arg(long)]
         release: Option<String>,
-        #[arg(long, value_enum, default_value_t = Format::Table)]
-        format: Format,
+        #[command(flatten)]
+        format: Listing,
     },
     /// Flag patterns worth a look: grants used from many addresses, bursts of
     /// fetches, fetches after revocation, repeated bad links or sign-ins,
@@ -131,8 +131,8 @@ pub(crate) enum AuditCommand {
         /// (default: WEIGHTGATE_ACCESS_URL_MAX_NETWORKS).
         #[arg(long, value_parser = clap::value_parser!(i64).range(0..))]
         access_url_networks: Option<i64>,
-        #[arg(long, value_enum, default_value_t = Format::Table)]
-        format: Format,
+        #[command(flatten)]
+        format: Listing,
     },
     /// Write the whole log, every column, oldest first.
     Export {
@@ -247,7 +247,6 @@ const EVENT_TABLE: &[&str] = &[
     "time (UTC)",
     "action",
     "outcome",
-    "reason",
     "actor",
     "subject",
     "grant",
@@ -278,11 +277,18 @@ fn event_cells(format: Format, e: &EventRow) -> Vec<String> {
             e.seq.to_string(),
             format_ms(e.at),
             e.action.clone(),
-            match e.occurrences {
-                Some(n) => format!("{} ×{n}", e.outcome),
-                None => e.outcome.clone(),
+            // "refused: grant_revoked ×3": the reason beside the outcome it
+            // explains, so that a narrow table keeps both.
+            {
+                let mut outcome = e.outcome.clone();
+                if let Some(reason) = e.reason.as_deref().filter(|r| !r.is_empty()) {
+                    outcome = format!("{outcome}: {reason}");
+                }
+                match e.occurrences {
+                    Some(n) => format!("{outcome} ×{n}"),
+                    None => outcome,
+                }
             },
-            text(&e.reason),
             text(&e.actor),
             text(&e.subject),
             text(&e.grant_id),
@@ -426,7 +432,7 @@ pub(crate) async fn run(app: Arc<App>, cmd: AuditCommand) -> anyhow::Result<()> 
 async fn list(
     db: &Db,
     filter: FilterArgs,
-    format: Format,
+    listing: Listing,
     limit: i64,
     after: Option<i64>,
     before: Option<i64>,
@@ -436,7 +442,13 @@ async fn list(
     filter.after_seq = after;
     filter.before_seq = before;
     let events = db::audit::list(db.pool(), &filter).await?;
-    let mut out = Printer::stdout(format, event_headers(format))?;
+    let format = listing.kind;
+    // Fitting a terminal, what goes first is what the other columns or a
+    // `--grant` query already say; seq, time, action, outcome (with its
+    // reason) and subject stay, the last two wrapping.
+    let mut out = Printer::stdout(listing, event_headers(format))?
+        .optional(&["user agent", "grant", "client", "range", "actor", "bytes"])
+        .unbroken(&["seq", "time (UTC)", "action"]);
     let printed = events
         .iter()
         .try_for_each(|e| out.row(event_cells(format, e), &event_json(e)))
@@ -641,21 +653,25 @@ async fn sign_checkpoint(app: &App, export: Option<PathBuf>, format: Format) -> 
     Ok(())
 }
 
-async fn downloads(db: &Db, model: Option<String>, format: Format) -> anyhow::Result<()> {
+async fn downloads(db: &Db, model: Option<String>, format: Listing) -> anyhow::Result<()> {
     let rows = report::downloads(db, model.as_deref()).await?;
     output::print(
         format,
-        &[
-            "researcher",
-            "model",
-            "files complete",
-            "bytes sent",
-            "fetches",
-            "refused",
-            "first fetch (UTC)",
-            "last fetch (UTC)",
-            "addresses",
-        ],
+        &output::Columns {
+            headers: &[
+                "researcher",
+                "model",
+                "files complete",
+                "bytes sent",
+                "fetches",
+                "refused",
+                "first fetch (UTC)",
+                "last fetch (UTC)",
+                "addresses",
+            ],
+            optional: &["first fetch (UTC)", "addresses", "refused", "fetches"],
+            unbroken: &["last fetch (UTC)"],
+        },
         rows.iter().map(|d| {
             (
                 vec![
@@ -682,18 +698,22 @@ async fn downloads(db: &Db, model: Option<String>, format: Format) -> anyhow::Re
     Ok(())
 }
 
-async fn who_has(db: &Db, model: &str, release: Option<&str>, format: Format) -> anyhow::Result<()> {
+async fn who_has(db: &Db, model: &str, release: Option<&str>, format: Listing) -> anyhow::Result<()> {
     let holders = report::who_has(db, model, release).await?;
     output::print(
         format,
-        &[
-            "researcher",
-            "model",
-            "release",
-            "files",
-            "bytes",
-            "completed (UTC)",
-        ],
+        &output::Columns {
+            headers: &[
+                "researcher",
+                "model",
+                "release",
+                "files",
+                "bytes",
+                "completed (UTC)",
+            ],
+            optional: &["model", "bytes"],
+            unbroken: &["completed (UTC)"],
+        },
         holders.iter().map(|h| {
             (
                 vec![
@@ -718,20 +738,24 @@ async fn who_has(db: &Db, model: &str, release: Option<&str>, format: Format) ->
 /// Addresses of a grant a table row shows; JSON lines carry them all.
 const SHOWN_ADDRESSES: usize = 4;
 
-async fn anomalies(db: &Db, thresholds: &Thresholds, format: Format) -> anyhow::Result<()> {
+async fn anomalies(db: &Db, thresholds: &Thresholds, format: Listing) -> anyhow::Result<()> {
     let found = report::anomalies(db, thresholds).await?;
     output::print(
         format,
-        &[
-            "kind",
-            "grant",
-            "researcher",
-            "model",
-            "address",
-            "detail",
-            "first (UTC)",
-            "last (UTC)",
-        ],
+        &output::Columns {
+            headers: &[
+                "kind",
+                "grant",
+                "researcher",
+                "model",
+                "address",
+                "detail",
+                "first (UTC)",
+                "last (UTC)",
+            ],
+            optional: &["grant", "first (UTC)", "address", "model"],
+            unbroken: &["last (UTC)"],
+        },
         found.iter().map(|a| {
             let text = |v: &Option<String>| v.clone().unwrap_or_default();
             let mut json = serde_json::to_value(a).unwrap_or_default();
@@ -760,7 +784,7 @@ async fn anomalies(db: &Db, thresholds: &Thresholds, format: Format) -> anyhow::
             )
         }),
     );
-    if found.is_empty() && format == Format::Table {
+    if found.is_empty() && format.kind == Format::Table {
         eprintln!("nothing above the thresholds");
     }
     Ok(())

@@ -10,7 +10,7 @@ use std::{io::Read, path::PathBuf, sync::Arc};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-pub(crate) use output::Format;
+use output::Listing;
 
 use crate::{
     app::{App, Schema},
@@ -115,8 +115,8 @@ pub(crate) enum ReviewerCommand {
     },
     /// List reviewers with their role, models and notification choice.
     List {
-        #[arg(long, value_enum, default_value_t = Format::Table)]
-        format: Format,
+        #[command(flatten)]
+        format: Listing,
     },
     /// Let a reviewer decide applications for a model.
     Assign { email: String, model: String },
@@ -189,8 +189,8 @@ pub(crate) enum ModelCommand {
     },
     /// List models.
     List {
-        #[arg(long, value_enum, default_value_t = Format::Table)]
-        format: Format,
+        #[command(flatten)]
+        format: Listing,
     },
     /// Set the model's own application questions from a JSON file (`-` reads
     /// standard input); without --file, print the current ones. Each question:
@@ -225,8 +225,8 @@ pub(crate) enum KeysCommand {
     Rotate,
     /// List the link-signing keys (never their secrets).
     List {
-        #[arg(long, value_enum, default_value_t = Format::Table)]
-        format: Format,
+        #[command(flatten)]
+        format: Listing,
     },
     /// Stop trusting a link-signing key, say after it leaked: links it signed
     /// are refused with `key_retired` at once, on every replica. Retiring the
@@ -238,8 +238,8 @@ pub(crate) enum KeysCommand {
 pub(crate) enum GrantCommand {
     /// List grants, newest first.
     List {
-        #[arg(long, value_enum, default_value_t = Format::Table)]
-        format: Format,
+        #[command(flatten)]
+        format: Listing,
     },
     /// Revoke a grant; its links stop working at the next fetch.
     Revoke {
@@ -471,7 +471,11 @@ async fn reviewer(app: Arc<App>, cmd: ReviewerCommand) -> anyhow::Result<()> {
             let assignments = db::policy::assignments(app.db.pool()).await?;
             output::print(
                 format,
-                &["email", "role", "models", "notify", "state", "created"],
+                &output::Columns {
+                    headers: &["email", "role", "models", "notify", "state", "created"],
+                    optional: &["created", "notify"],
+                    unbroken: &["email"],
+                },
                 rows.iter().map(|r| {
                     let role = if r.is_admin() { "admin" } else { "reviewer" };
                     let models: Vec<&str> = assignments
@@ -671,7 +675,11 @@ async fn model(app: Arc<App>, cmd: ModelCommand) -> anyhow::Result<()> {
             let models = db::models::list_models(app.db.pool()).await?;
             output::print(
                 format,
-                &["slug", "title", "terms version", "created"],
+                &output::Columns {
+                    headers: &["slug", "title", "terms version", "created"],
+                    optional: &["created", "terms version"],
+                    unbroken: &["slug"],
+                },
                 models.iter().map(|m| {
                     (
                         vec![m.slug.clone(), m.title.clone(), m.terms_version.to_string(), format_ms(m.created_at)],
@@ -691,7 +699,11 @@ async fn grant(app: Arc<App>, cmd: GrantCommand) -> anyhow::Result<()> {
             let grants = db::grants::list(app.db.pool()).await?;
             output::print(
                 format,
-                &["id", "researcher", "model", "created", "expires", "state"],
+                &output::Columns {
+                    headers: &["id", "researcher", "model", "created", "expires", "state"],
+                    optional: &["created"],
+                    unbroken: &["id", "expires"],
+                },
                 grants.iter().map(|g| {
                     let state = GrantState::of(g, now).as_str();
                     (
@@ -750,7 +762,11 @@ async fn keys(app: Arc<App>, cmd: KeysCommand) -> anyhow::Result<()> {
                 .map(|k| k.kid.clone());
             output::print(
                 format,
-                &["key id", "created", "signs new links", "retired"],
+                &output::Columns {
+                    headers: &["key id", "created", "signs new links", "retired"],
+                    optional: &[],
+                    unbroken: &["key id"],
+                },
                 keys.iter().map(|k| {
                     let signs = current.as_deref() == Some(k.kid.as_str());
                     (

@@ -12,7 +12,7 @@ use std::{
 };
 
 use clap::ValueEnum;
-use comfy_table::{Table, presets::UTF8_HORIZONTAL_ONLY};
+use comfy_table::{ColumnConstraint, ContentArrangement, Table, presets::UTF8_HORIZONTAL_ONLY};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Format {
@@ -22,9 +22,56 @@ pub(crate) enum Format {
     Csv,
 }
 
+/// How a listing prints: its format and, for a table, whether it fits the
+/// terminal or shows everything.
+#[derive(clap::Args, Clone, Copy, Debug)]
+pub(crate) struct Listing {
+    #[arg(long = "format", value_enum, default_value_t = Format::Table)]
+    pub(crate) kind: Format,
+    /// Show every column in full, however wide the table gets. Otherwise a
+    /// table fits the terminal (or `COLUMNS`): the least useful columns go
+    /// first, then long cells wrap.
+    #[arg(long)]
+    pub(crate) wide: bool,
+}
+
+impl From<Format> for Listing {
+    fn from(kind: Format) -> Self {
+        Self { kind, wide: false }
+    }
+}
+
+impl Listing {
+    /// The width a table must fit: `COLUMNS` when set, else the terminal's
+    /// when standard output is one; none with `--wide` or into a pipe, so
+    /// that `grep` and files get every column.
+    fn width(self) -> Option<u16> {
+        if self.wide || self.kind != Format::Table {
+            return None;
+        }
+        if let Some(columns) = std::env::var("COLUMNS")
+            .ok()
+            .and_then(|c| c.trim().parse::<u16>().ok())
+        {
+            return (columns > 0).then_some(columns);
+        }
+        let probe = Table::new();
+        if probe.is_tty() { probe.width() } else { None }
+    }
+}
+
 enum Sink {
     /// A table needs every row to size its columns, so it prints at the end.
-    Table(Table, Box<dyn Write + Send>),
+    Table {
+        table: Table,
+        out: Box<dyn Write + Send>,
+        /// The width to fit, if any.
+        width: Option<u16>,
+        /// Columns that may be left out to fit, the first to go first.
+        optional: Vec<usize>,
+        /// Columns whose cells never wrap (ids, timestamps).
+        unbroken: Vec<usize>,
+    },
     Jsonl(Box<dyn Write + Send>),
     Csv(csv::Writer<Box<dyn Write + Send>>),
 }
@@ -36,18 +83,30 @@ pub(crate) struct Printer {
 }
 
 impl Printer {
-    pub(crate) fn stdout(format: Format, headers: &[&str]) -> io::Result<Self> {
-        Self::new(format, headers, Box::new(io::BufWriter::new(io::stdout())))
+    pub(crate) fn stdout(listing: impl Into<Listing>, headers: &[&str]) -> io::Result<Self> {
+        let listing = listing.into();
+        Self::new(listing, headers, Box::new(io::BufWriter::new(io::stdout())))
     }
 
-    pub(crate) fn new(format: Format, headers: &[&str], out: Box<dyn Write + Send>) -> io::Result<Self> {
-        let sink = match format {
+    pub(crate) fn new(
+        listing: impl Into<Listing>,
+        headers: &[&str],
+        out: Box<dyn Write + Send>,
+    ) -> io::Result<Self> {
+        let listing = listing.into();
+        let sink = match listing.kind {
             Format::Table => {
                 let mut table = Table::new();
                 table
                     .load_style(UTF8_HORIZONTAL_ONLY)
                     .set_header(headers.to_vec());
-                Sink::Table(table, out)
+                Sink::Table {
+                    table,
+                    out,
+                    width: listing.width(),
+                    optional: Vec::new(),
+                    unbroken: Vec::new(),
+                }
             }
             Format::Jsonl => Sink::Jsonl(out),
             Format::Csv => {
@@ -59,9 +118,36 @@ impl Printer {
         Ok(Self { sink })
     }
 
+    /// Names the columns a table leaves out when it does not fit its width,
+    /// the first named going first. The others stay and wrap.
+    pub(crate) fn optional(mut self, headers: &[&str]) -> Self {
+        if let Sink::Table { table, optional, .. } = &mut self.sink {
+            *optional = positions(table, headers);
+        }
+        self
+    }
+
+    /// Names the columns whose cells stay whole when a table fits its
+    /// width: ids and timestamps that an operator copies or reads at a glance.
+    pub(crate) fn unbroken(mut self, headers: &[&str]) -> Self {
+        if let Sink::Table { table, unbroken, .. } = &mut self.sink {
+            *unbroken = positions(table, headers);
+        }
+        self
+    }
+
+    /// Sets a width to fit, as `COLUMNS` or a terminal would.
+    #[cfg(test)]
+    fn fit(mut self, columns: u16) -> Self {
+        if let Sink::Table { width, .. } = &mut self.sink {
+            *width = Some(columns);
+        }
+        self
+    }
+
     pub(crate) fn row(&mut self, cells: Vec<String>, json: &serde_json::Value) -> io::Result<()> {
         match &mut self.sink {
-            Sink::Table(table, _) => {
+            Sink::Table { table, .. } => {
                 table.add_row(cells.iter().map(|c| for_terminal(c).into_owned()));
             }
             Sink::Jsonl(out) => {
@@ -76,7 +162,7 @@ impl Printer {
     /// Sends what is written so far on its way, for output that follows a log.
     pub(crate) fn flush(&mut self) -> io::Result<()> {
         match &mut self.sink {
-            Sink::Table(..) => Ok(()),
+            Sink::Table { .. } => Ok(()),
             Sink::Jsonl(out) => out.flush(),
             Sink::Csv(csv) => csv.flush(),
         }
@@ -84,7 +170,16 @@ impl Printer {
 
     pub(crate) fn finish(self) -> io::Result<()> {
         match self.sink {
-            Sink::Table(table, mut out) => {
+            Sink::Table {
+                mut table,
+                mut out,
+                width,
+                optional,
+                unbroken,
+            } => {
+                if let Some(width) = width {
+                    fit(&mut table, width, &optional, &unbroken);
+                }
                 writeln!(out, "{table}")?;
                 out.flush()
             }
@@ -92,6 +187,51 @@ impl Printer {
             Sink::Csv(mut csv) => csv.flush(),
         }
     }
+}
+
+/// Where the columns called `headers` are in `table`.
+fn positions(table: &Table, headers: &[&str]) -> Vec<usize> {
+    let names: Vec<String> = table
+        .header()
+        .map(|h| h.cell_iter().map(|c| c.content()).collect())
+        .unwrap_or_default();
+    headers
+        .iter()
+        .filter_map(|h| names.iter().position(|n| n == h))
+        .collect()
+}
+
+/// Makes `table` at most `width` columns wide: leaves out optional columns,
+/// in their order, while the table is wider than that, then lets the cells
+/// of the rest wrap, except the unbroken ones.
+fn fit(table: &mut Table, width: u16, optional: &[usize], unbroken: &[usize]) {
+    let natural = table.column_max_content_widths();
+    let shown = |hidden: usize| -> usize {
+        // Each shown column is its widest cell plus one space either side,
+        // and one column of separator between neighbours.
+        let visible: Vec<usize> = (0..natural.len())
+            .filter(|i| !optional[..hidden].contains(i))
+            .map(|i| usize::from(natural[i]) + 2)
+            .collect();
+        visible.iter().sum::<usize>() + visible.len().saturating_sub(1)
+    };
+    let mut hidden = 0;
+    while hidden < optional.len() && shown(hidden) > usize::from(width) {
+        hidden += 1;
+    }
+    for &column in &optional[..hidden] {
+        if let Some(c) = table.column_mut(column) {
+            c.set_constraint(ColumnConstraint::Hidden);
+        }
+    }
+    for &column in unbroken.iter().filter(|c| !optional[..hidden].contains(c)) {
+        if let Some(c) = table.column_mut(column) {
+            c.set_constraint(ColumnConstraint::ContentWidth);
+        }
+    }
+    table
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_width(width);
 }
 
 /// Whether a terminal could act on `c` rather than show it: C0 and C1
@@ -141,13 +281,23 @@ pub(crate) fn until_closed(result: io::Result<()>) -> anyhow::Result<()> {
     }
 }
 
+/// The columns of a listing, and how its table fits a terminal.
+pub(crate) struct Columns<'a> {
+    pub(crate) headers: &'a [&'a str],
+    /// Left out, first to last, while the table is too wide.
+    pub(crate) optional: &'a [&'a str],
+    /// Never wrapped.
+    pub(crate) unbroken: &'a [&'a str],
+}
+
 /// Prints rows given as (table cells, JSON object).
 pub(crate) fn print(
-    format: Format,
-    headers: &[&str],
+    listing: Listing,
+    columns: &Columns<'_>,
     rows: impl Iterator<Item = (Vec<String>, serde_json::Value)>,
 ) {
-    let result = Printer::stdout(format, headers).and_then(|mut printer| {
+    let result = Printer::stdout(listing, columns.headers).and_then(|printer| {
+        let mut printer = printer.optional(columns.optional).unbroken(columns.unbroken);
         for (cells, json) in rows {
             printer.row(cells, &json)?;
         }
@@ -278,6 +428,60 @@ mod tests {
         let json = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
         let back: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
         assert_eq!(back["agent"], "\x1b[2J=x");
+    }
+
+    fn wide_table(fit: Option<u16>) -> String {
+        let out = Shared::default();
+        let mut printer = Printer::new(
+            Format::Table,
+            &["seq", "action", "note", "agent"],
+            Box::new(out.clone()),
+        )
+        .unwrap()
+        .optional(&["agent", "nowhere"])
+        .unbroken(&["seq", "action"]);
+        if let Some(columns) = fit {
+            printer = printer.fit(columns);
+        }
+        for seq in 1..=3 {
+            printer
+                .row(
+                    vec![
+                        seq.to_string(),
+                        "file.fetch.unbroken".into(),
+                        "a reason long enough to need wrapping on a narrow terminal".into(),
+                        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36".into(),
+                    ],
+                    &serde_json::json!({}),
+                )
+                .unwrap();
+        }
+        printer.finish().unwrap();
+        String::from_utf8(out.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn a_table_fits_the_width_it_is_given() {
+        let width = |table: &str| table.lines().map(|l| l.chars().count()).max().unwrap();
+        let wide = wide_table(None);
+        assert!(width(&wide) > 120, "{wide}");
+        assert!(wide.contains("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36"));
+
+        for columns in [80, 60, 50] {
+            let narrow = wide_table(Some(columns));
+            assert!(width(&narrow) <= usize::from(columns), "at {columns}:\n{narrow}");
+            // The optional column went; the others stay, wrapped if need be.
+            assert!(
+                !narrow.contains("agent") && !narrow.contains("Mozilla"),
+                "{narrow}"
+            );
+            assert!(narrow.contains("wrapping"), "{narrow}");
+            // An unbroken column stays whole.
+            assert!(narrow.contains("file.fetch.unbroken"), "{narrow}");
+        }
+        // What fits keeps every column.
+        let roomy = wide_table(Some(width(&wide) as u16));
+        assert!(roomy.contains("agent") && roomy.contains("Mozilla"), "{roomy}");
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub(crate) fn weightgate_with(
         .env("WEIGHTGATE_DATA_DIR", &t.app.config.data_dir)
         .env("WEIGHTGATE_DATABASE_URL", t.app.config.database_url())
         .env("WEIGHTGATE_LOG", "warn")
+        // Tables fit COLUMNS when it is set; a test sets it when it means to.
+        .env_remove("COLUMNS")
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -293,6 +295,36 @@ async fn operators_manage_models_reviewers_grants_and_read_the_audit_log() {
     let (ok, table, _) = weightgate(&t, &["audit", "list"], None);
     assert!(ok);
     assert!(table.contains("grant.revoked") && table.contains("file.fetch"));
+    assert!(
+        table.contains("user agent"),
+        "into a pipe, every column:\n{table}"
+    );
+
+    // In a terminal of 80 or 120 columns the listings fit, keeping what an
+    // operator copies (ids, actions) whole; --wide shows everything.
+    let widest = |table: &str| table.lines().map(|l| l.chars().count()).max().unwrap_or(0);
+    for columns in [80, 120] {
+        let env = [("COLUMNS", columns.to_string())];
+        let (ok, table, err) = weightgate_with(&t, &["audit", "list"], None, &env);
+        assert!(ok, "{err}");
+        assert!(widest(&table) <= columns, "audit list at {columns}:\n{table}");
+        assert!(
+            table.contains("grant.revoked") && table.contains("file.fetch"),
+            "{table}"
+        );
+        let (ok, table, _) = weightgate_with(&t, &["grant", "list"], None, &env);
+        assert!(ok);
+        assert!(widest(&table) <= columns, "grant list at {columns}:\n{table}");
+        assert!(table.contains(&grant_id), "the id stays whole:\n{table}");
+        let (ok, table, _) = weightgate_with(&t, &["reviewer", "list"], None, &env);
+        assert!(ok);
+        assert!(widest(&table) <= columns, "reviewer list at {columns}:\n{table}");
+        assert!(table.contains("second@lab.example.org"), "{table}");
+    }
+    let env = [("COLUMNS", "80".to_owned())];
+    let (ok, wide, _) = weightgate_with(&t, &["audit", "list", "--wide"], None, &env);
+    assert!(ok);
+    assert!(widest(&wide) > 80 && wide.contains("user agent"), "{wide}");
     let (ok, out, err) = weightgate(&t, &["audit", "verify"], None);
     assert!(ok, "{err}");
     assert!(out.contains("audit log intact"));
