@@ -42,7 +42,8 @@ pub struct Options {
     pub dir: PathBuf,
     /// Parallel ranged connections.
     pub jobs: usize,
-    /// Only files whose name matches one of these patterns (`*` and `?`).
+    /// Only files whose path in the release matches one of these patterns
+    /// (`*` matches across folders too: `original/*`, `*.json`).
     pub include: Vec<String>,
     /// The portal's publishing key (a minisign `.pub` file's text or its key
     /// line). Without it the key is fetched from the portal.
@@ -323,6 +324,19 @@ pub(crate) fn verified_releases(
     grant: &GrantManifest,
     public_key: &str,
 ) -> Result<Vec<VerifiedRelease>, DownloadError> {
+    // Each release is a folder of the download directory: two whose names
+    // differ only by case would be one folder on macOS or Windows.
+    let mut folders = std::collections::HashSet::new();
+    if let Some(twice) = grant
+        .releases
+        .iter()
+        .find(|r| !folders.insert(r.name.to_ascii_lowercase()))
+    {
+        return Err(DownloadError::Manifest(format!(
+            "the grant lists release {} twice (perhaps in another case)",
+            twice.name
+        )));
+    }
     grant
         .releases
         .iter()
@@ -569,13 +583,19 @@ impl Session {
     }
 }
 
+/// Where a file of a release lands: `DIR/RELEASE/PATH`, with its partial
+/// download and its state file beside it in the same folder. The manifest's
+/// paths were checked (`Manifest::parse`) to stay inside `DIR/RELEASE`.
 fn plan_target(dir: &Path, release: &str, file: ManifestFile, chunk_size: u64) -> Target {
     let release_dir = dir.join(release);
+    let final_path = release_dir.join(&file.name);
+    let folder = final_path.parent().unwrap_or(&release_dir).to_path_buf();
+    let base = crate::types::base_name(&file.name);
     Target {
         key: (release.to_owned(), file.name.clone()),
-        final_path: release_dir.join(&file.name),
-        part_path: release_dir.join(format!("{}.part", file.name)),
-        state_path: release_dir.join(format!(".{}.weightgate", file.name)),
+        part_path: folder.join(format!("{base}.part")),
+        state_path: folder.join(format!(".{base}.weightgate")),
+        final_path,
         state: Mutex::new(PartState::default()),
         remaining: AtomicU64::new(0),
         chunk_size,

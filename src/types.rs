@@ -3,7 +3,7 @@
 
 pub mod states;
 
-use std::{fmt, str::FromStr};
+use std::{collections::HashMap, fmt, str::FromStr};
 
 use base64::Engine;
 use sha2::{Digest, Sha256};
@@ -244,18 +244,198 @@ impl fmt::Display for Slug {
 }
 
 /// `true` for a name that is safe as a file name in a release, in a URL and in
-/// `SHA256SUMS`: letters, digits, `.`, `_`, `-`, not starting with a dot.
+/// `SHA256SUMS`: letters, digits, `.`, `_`, `-`, not starting with a dot, and
+/// the same file on Windows too (no trailing dot, no device name such as
+/// `CON` or `nul.json`).
 pub(crate) fn is_safe_file_name(name: &str) -> bool {
     (1..=200).contains(&name.len())
         && !name.starts_with('.')
+        && !name.ends_with('.')
+        && !is_windows_device(name)
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// Whether Windows reads `name` as a device (`CON`, `aux.txt`, `COM1.bin`)
+/// whatever its extension.
+fn is_windows_device(name: &str) -> bool {
+    let stem = name.split('.').next().unwrap_or(name).to_ascii_uppercase();
+    matches!(stem.as_str(), "CON" | "PRN" | "AUX" | "NUL")
+        || (stem.len() == 4
+            && (stem.starts_with("COM") || stem.starts_with("LPT"))
+            && stem.as_bytes()[3].is_ascii_digit())
+}
+
+/// The longest path of a file in a release, in bytes, and the most folders
+/// it may sit in.
+pub(crate) const MAX_RELEASE_PATH: usize = 1024;
+const MAX_RELEASE_DEPTH: usize = 32;
+
+/// `true` for the path of a file in a release: names allowed by
+/// [`is_safe_file_name`] joined by `/`, as in `original/consolidated.00.pth`.
+/// So it is relative, has no empty, `.` or `..` part and no hidden folder, and
+/// means the same path in a URL, in `SHA256SUMS` and on any file system.
+pub fn is_safe_release_path(path: &str) -> bool {
+    path.len() <= MAX_RELEASE_PATH
+        && path.split('/').count() <= MAX_RELEASE_DEPTH
+        && path.split('/').all(is_safe_file_name)
+}
+
+/// Names a release cannot give a file at its root: the files the portal
+/// serves and the client writes beside the weights.
+pub(crate) const RESERVED_RELEASE_NAMES: &[&str] = &[
+    "SHA256SUMS",
+    "SHA256SUMS.minisig",
+    "manifest.json",
+    "manifest.json.minisig",
+    "model.sig",
+];
+
+/// Checks the paths of a release's files together: each is a safe path
+/// ([`is_safe_release_path`]) and not a reserved name, none is also the
+/// folder of another (`a` and `a/b`), and none differs from another only by
+/// case (one file would overwrite the other on macOS or Windows). Says what
+/// is wrong with the first that fails.
+pub(crate) fn check_release_paths<'a>(paths: impl IntoIterator<Item = &'a str>) -> Result<(), String> {
+    let mut files: HashMap<String, &str> = HashMap::new();
+    let mut folders: HashMap<String, &str> = HashMap::new();
+    for path in paths {
+        if !is_safe_release_path(path) {
+            return Err(format!(
+                "{path:?} is not a usable path: use folders and file names of letters, digits, '.', '_' \
+                 and '-', not starting with '.', joined by '/'"
+            ));
+        }
+        let top = path.split('/').next().unwrap_or(path);
+        if RESERVED_RELEASE_NAMES.iter().any(|r| r.eq_ignore_ascii_case(top)) {
+            let named = if top == path {
+                format!("{path:?} is")
+            } else {
+                format!("{path:?} is in {top:?},")
+            };
+            return Err(format!(
+                "{named} a name the portal gives its own file at the root of every release"
+            ));
+        }
+        // Paths are ASCII (is_safe_release_path), so ASCII case folding is
+        // exactly what a case-insensitive file system does with them.
+        let folded = path.to_ascii_lowercase();
+        if let Some(other) = files.insert(folded.clone(), path) {
+            return Err(if other == path {
+                format!("{path:?} is listed twice")
+            } else {
+                format!("{other:?} and {path:?} differ only by case")
+            });
+        }
+        if let Some(folder) = folders.get(&folded) {
+            return Err(format!("{path:?} is a file and also the folder of {folder:?}"));
+        }
+        let mut end = 0;
+        while let Some(slash) = folded[end..].find('/') {
+            end += slash;
+            let folder = &folded[..end];
+            if let Some(file) = files.get(folder) {
+                return Err(format!("{file:?} is a file and also the folder of {path:?}"));
+            }
+            folders.entry(folder.to_owned()).or_insert(path);
+            end += 1;
+        }
+    }
+    // A download keeps a file's partial copy beside it as `PATH.part`: no
+    // other file or folder may have that name.
+    for (folded, path) in &files {
+        let partial = format!("{folded}.part");
+        if let Some(other) = files.get(&partial).or_else(|| folders.get(&partial)) {
+            return Err(format!(
+                "{other:?} would take the place of {path:?} while it downloads (as {path}.part)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The last part of a release path: the name a browser or `curl -O` saves
+/// the file as.
+pub(crate) fn base_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn release_paths_are_relative_names_joined_by_slashes() {
+        for good in [
+            "config.json",
+            "original/consolidated.00.pth",
+            "1_Pooling/config.json",
+            "onnx/model.onnx",
+        ] {
+            assert!(is_safe_release_path(good), "{good}");
+        }
+        for bad in [
+            "",
+            "/etc/passwd",
+            "a//b",
+            "a/",
+            "./a",
+            "a/./b",
+            "../a",
+            "a/../b",
+            "a/.git/config",
+            ".cache/x",
+            "a\\b",
+            "C:x",
+            "a b/c",
+            "ä/b",
+        ] {
+            assert!(!is_safe_release_path(bad), "{bad}");
+        }
+        assert!(!is_safe_release_path(&"a/".repeat(40)));
+        assert!(!is_safe_release_path(&format!(
+            "{}/x",
+            "a".repeat(MAX_RELEASE_PATH)
+        )));
+        assert_eq!(base_name("original/params.json"), "params.json");
+        assert_eq!(base_name("config.json"), "config.json");
+    }
+
+    #[test]
+    fn a_releases_paths_are_checked_together() {
+        assert_eq!(
+            check_release_paths([
+                "config.json",
+                "1_Pooling/config.json",
+                "original/a.pth",
+                "original/b.pth"
+            ]),
+            Ok(())
+        );
+        for (paths, says) in [
+            (vec!["a.bin", "A.bin"], "differ only by case"),
+            (vec!["Original/a.pth", "original/a.pth"], "differ only by case"),
+            (vec!["original", "original/a.pth"], "also the folder of"),
+            (vec!["original/a.pth", "original"], "also the folder of"),
+            (vec!["a/b/c", "A/B"], "also the folder of"),
+            (vec!["x.bin", "x.bin"], "listed twice"),
+            (vec!["SHA256SUMS"], "portal gives its own file"),
+            (vec!["manifest.json"], "portal gives its own file"),
+            (vec!["sha256sums"], "portal gives its own file"),
+            (vec!["Manifest.JSON/a.bin"], "portal gives its own file"),
+            (vec!["x.bin", "X.bin.part"], "take the place of"),
+            (vec!["x.bin", "x.bin.part/y"], "take the place of"),
+            (vec!["../x"], "not a usable path"),
+        ] {
+            let err = check_release_paths(paths.iter().copied()).unwrap_err();
+            assert!(err.contains(says), "{paths:?}: {err}");
+        }
+        // A reserved name is fine inside a folder, and folders whose names
+        // differ by case hold different files wherever they land.
+        assert_eq!(check_release_paths(["sub/SHA256SUMS"]), Ok(()));
+        assert_eq!(check_release_paths(["Original/a.pth", "original/b.pth"]), Ok(()));
+    }
 
     #[test]
     fn a_typed_address_is_looked_up_by_its_normal_form() {
@@ -372,8 +552,13 @@ mod tests {
     #[test]
     fn file_names_refuse_paths_and_hidden_files() {
         assert!(is_safe_file_name("model-00001-of-00003.safetensors"));
-        for bad in ["", ".hidden", "a/b", "..", "a b", "ä"] {
+        for bad in [
+            "", ".hidden", "a/b", "..", "a b", "ä", "x.", "CON", "nul.json", "com1.bin", "LPT9",
+        ] {
             assert!(!is_safe_file_name(bad), "{bad}");
+        }
+        for good in ["console.json", "COM10.bin", "auxiliary.txt", "x.y"] {
+            assert!(is_safe_file_name(good), "{good}");
         }
     }
 

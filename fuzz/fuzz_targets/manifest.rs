@@ -10,7 +10,7 @@ use libfuzzer_sys::fuzz_target;
 use weightgate::{
     client::chunk_bounds,
     crypto::manifests::{MANIFEST_FORMAT, Manifest, ManifestFile},
-    types::is_safe_file_name,
+    types::{is_safe_file_name, is_safe_release_path},
 };
 
 #[derive(Arbitrary, Debug)]
@@ -47,7 +47,7 @@ fn check(m: &Manifest) {
     );
     let mut names = HashSet::new();
     for f in &m.files {
-        assert!(is_safe_file_name(&f.name), "unsafe file name {:?}", f.name);
+        assert!(is_safe_release_path(&f.name), "unsafe file path {:?}", f.name);
         assert!(names.insert(&f.name), "{:?} is listed twice", f.name);
         let mut next = 0;
         for i in 0..f.chunks.len() {

@@ -9,7 +9,7 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use weightgate::{
     cli::parse_size,
-    types::{Email, Slug, format_ms, format_ms_rfc3339, is_safe_file_name, parse_time_at},
+    types::{Email, Slug, format_ms, format_ms_rfc3339, is_safe_file_name, is_safe_release_path, parse_time_at},
 };
 
 /// 2026-09-21, some time after the portal's first releases.
@@ -66,6 +66,14 @@ fn check_text(s: &str) {
         let components: Vec<_> = Path::new(s).components().collect();
         assert!(matches!(components[..], [Component::Normal(_)]), "{s:?}");
         assert!(!s.starts_with('.') && s.len() <= 200);
+        assert!(is_safe_release_path(s), "{s:?}");
+    }
+    if is_safe_release_path(s) {
+        // A path in a release stays below the folder it is written into.
+        let components: Vec<_> = Path::new(s).components().collect();
+        assert!(!components.is_empty(), "{s:?}");
+        assert!(components.iter().all(|c| matches!(c, Component::Normal(_))), "{s:?}");
+        assert_eq!(components.len(), s.split('/').count(), "{s:?}");
     }
 
     if let Ok(ms) = parse_time_at(s, NOW) {

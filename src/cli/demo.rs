@@ -11,6 +11,13 @@ use crate::{
     types::{Email, Slug},
 };
 
+/// The demo model's card, as a lab would ship it beside the weights.
+const CARD: &str = "---\nlicense: apache-2.0\n---\n\n# Demo Model 7B\n\n\
+A synthetic model for trying weightgate: three shards of random bytes, signed \
+and checksummed like real weights.\n\n\
+| shards | format |\n|---|---|\n| 3 | safetensors |\n\n\
+Use it to walk through applying, reviewing and downloading.\n";
+
 pub(crate) const DEMO_SLUG: &str = "demo-model";
 pub(crate) const DEMO_ADMIN: &str = "admin@example.org";
 
@@ -59,6 +66,7 @@ pub(crate) async fn seed(app: &App) -> anyhow::Result<()> {
                 std::fs::write(&path, bytes)?;
             }
         }
+        std::fs::write(dir.join("README.md"), CARD)?;
         models::publish(
             app,
             &slug,

@@ -82,14 +82,15 @@ pub(crate) enum Command {
 pub(crate) struct DownloadArgs {
     /// The manifest URL from your access page (or the access page's URL).
     url: String,
-    /// Where to put the files: one folder per release (DIR/RELEASE/FILE),
-    /// with the release's signed SHA256SUMS beside them.
+    /// Where to put the files: one folder per release holding the release's
+    /// tree (DIR/RELEASE/PATH), with its signed SHA256SUMS at the top.
     #[arg(long, default_value = ".")]
     dir: PathBuf,
     /// Parallel connections.
     #[arg(long, default_value_t = 4)]
     jobs: usize,
-    /// Only files matching this pattern (`*`, `?`); may be repeated.
+    /// Only files whose path in the release matches this pattern (`*`, `?`;
+    /// `*` also crosses folders: 'original/*', '*.json'); may be repeated.
     #[arg(long)]
     include: Vec<String>,
     /// The portal's publishing key: a minisign .pub file or its key line.
@@ -148,10 +149,24 @@ pub(crate) enum ModelCommand {
     /// Hash and store every file of DIR as a new release of the model.
     Publish {
         slug: String,
+        /// The model's directory, published as it is: folders and all.
+        /// Hidden entries (`.git/`, `.cache/`, `.gitattributes`) are left out.
         dir: PathBuf,
         /// Release name; defaults to v1, v2, ...
         #[arg(long)]
         release: Option<String>,
+        /// Leave out paths matching this glob (matched against the path
+        /// inside DIR, e.g. 'onnx/*' or '*.bin'); may be given several times.
+        #[arg(long, value_name = "GLOB")]
+        exclude: Vec<String>,
+        /// Publish what symbolic links point to, as long as it is inside DIR;
+        /// without this a link is refused.
+        #[arg(long)]
+        follow_symlinks: bool,
+        /// The model card (Markdown) shown on the model's page; by default
+        /// DIR/README.md, as the model hubs publish it.
+        #[arg(long, value_name = "FILE")]
+        card: Option<PathBuf>,
         /// Size of the chunks whose SHA-256 the manifest lists, e.g. 64MiB:
         /// big enough that chunk hashes stay a small part of the manifest,
         /// small enough that a damaged chunk is cheap to fetch again.
@@ -586,6 +601,9 @@ async fn model(app: Arc<App>, cmd: ModelCommand) -> anyhow::Result<()> {
             slug,
             dir,
             release,
+            exclude,
+            follow_symlinks,
+            card,
             chunk_size,
         } => {
             let slug: Slug = slug.parse().map_err(|e: String| anyhow::anyhow!(e))?;
@@ -614,20 +632,29 @@ async fn model(app: Arc<App>, cmd: ModelCommand) -> anyhow::Result<()> {
                     });
                 }),
             };
-            let report = models::publish(
+            let source = models::Source {
+                dir,
+                follow_symlinks,
+                exclude,
+                card,
+            };
+            let report = models::publish_from(
                 &app,
                 &slug,
-                &dir,
+                &source,
                 release.as_deref(),
                 chunk_size,
                 &operator(),
                 &progress,
             )
             .await?;
+            if !report.left_out.is_empty() {
+                println!("left out: {}", report.left_out.join(", "));
+            }
             println!(
-                "published release {} of {slug} with {} files",
+                "published release {} of {slug} with {}",
                 report.release,
-                report.files.len()
+                crate::types::count(report.files.len() as u64, "file")
             );
         }
         ModelCommand::Questions { slug, file } => {

@@ -54,21 +54,17 @@ impl Manifest {
         );
         anyhow::ensure!(manifest.chunk_size > 0, "the manifest's chunk size is zero");
         // The client makes a directory named after the release and a file
-        // after each name: both must stay inside the download directory, and
-        // no two files may share a path.
+        // at each path inside it: all must stay inside the download
+        // directory, and no two files may land on one path, even on a file
+        // system that ignores case.
         anyhow::ensure!(
             crate::types::is_safe_file_name(&manifest.release),
             "the manifest names an unsafe release {:?}",
             manifest.release
         );
-        let mut names = std::collections::HashSet::new();
+        crate::types::check_release_paths(manifest.files.iter().map(|f| f.name.as_str()))
+            .map_err(|why| anyhow::anyhow!("the manifest's files: {why}"))?;
         for f in &manifest.files {
-            anyhow::ensure!(
-                crate::types::is_safe_file_name(&f.name),
-                "the manifest names an unsafe file {:?}",
-                f.name
-            );
-            anyhow::ensure!(names.insert(&f.name), "the manifest lists {:?} twice", f.name);
             let expected = f.size.div_ceil(manifest.chunk_size).max(1);
             anyhow::ensure!(
                 f.chunks.len() as u64 == expected,
@@ -207,5 +203,22 @@ mod tests {
         }
         let twice = good.replace("b.bin", "a.bin");
         assert!(Manifest::parse(&twice).is_err(), "one file listed twice");
+        // Files in folders, as long as every path stays inside and no two
+        // land on one path.
+        let nested = good.replace("b.bin", "original/b.bin");
+        assert!(Manifest::parse(&nested).is_ok());
+        for file in [
+            "../b.bin",
+            "/etc/b.bin",
+            "a/../../b.bin",
+            "x//b.bin",
+            ".git/b.bin",
+            "A.bin",
+            "a.bin/b.bin",
+            "SHA256SUMS",
+        ] {
+            let bad = good.replace("b.bin", file);
+            assert!(Manifest::parse(&bad).is_err(), "file {file:?}");
+        }
     }
 }

@@ -127,10 +127,15 @@ pub(crate) async fn count_releases<'c>(e: impl AnyExecutor<'c>, model_id: &str) 
         .await
 }
 
-pub(crate) async fn insert_release<'c>(e: impl AnyExecutor<'c>, r: &Release) -> sqlx::Result<()> {
+/// Writes a release with its model card (Markdown), if it has one.
+pub(crate) async fn insert_release<'c>(
+    e: impl AnyExecutor<'c>,
+    r: &Release,
+    card: Option<&str>,
+) -> sqlx::Result<()> {
     sqlx::query(
-        "INSERT INTO releases (id, model_id, name, created_at, published_at, manifest, manifest_sig, sums, sums_sig)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        "INSERT INTO releases (id, model_id, name, created_at, published_at, manifest, manifest_sig, sums, sums_sig, card)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(&r.id)
     .bind(&r.model_id)
@@ -141,9 +146,36 @@ pub(crate) async fn insert_release<'c>(e: impl AnyExecutor<'c>, r: &Release) -> 
     .bind(&r.manifest_sig)
     .bind(&r.sums)
     .bind(&r.sums_sig)
+    .bind(card)
     .execute(e)
     .await?;
     Ok(())
+}
+
+/// The model card of a model's newest published release that has one.
+pub(crate) async fn newest_card<'c>(e: impl AnyExecutor<'c>, model_id: &str) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar(
+        "SELECT card FROM releases
+         WHERE model_id = $1 AND published_at IS NOT NULL AND card IS NOT NULL
+         ORDER BY published_at DESC, name DESC LIMIT 1",
+    )
+    .bind(model_id)
+    .fetch_optional(e)
+    .await
+}
+
+/// Each model's newest model card, by model id: the catalogue's summaries.
+pub(crate) async fn newest_cards<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<Vec<(String, String)>> {
+    sqlx::query_as(
+        "SELECT r.model_id, r.card FROM releases r
+         WHERE r.published_at IS NOT NULL AND r.card IS NOT NULL
+           AND NOT EXISTS (SELECT 1 FROM releases n
+                           WHERE n.model_id = r.model_id AND n.published_at IS NOT NULL AND n.card IS NOT NULL
+                             AND (n.published_at > r.published_at
+                                  OR (n.published_at = r.published_at AND n.name > r.name)))",
+    )
+    .fetch_all(e)
+    .await
 }
 
 pub async fn published_releases<'c>(e: impl AnyExecutor<'c>, model_id: &str) -> sqlx::Result<Vec<Release>> {

@@ -80,8 +80,10 @@ pub(crate) struct Access {
     pub(crate) releases: Vec<ReleaseFiles>,
 }
 
-/// The download URL of a file: the signed token, then the file's name so that
-/// `curl -O` saves it under that name.
+/// The path of a file's download link: its path in the release follows the
+/// token as it is (`/dl/T/original/consolidated.00.pth`), so `curl -O` names
+/// the file and a mirror of the link tree mirrors the release. Release paths
+/// need no escaping in a URL (`types::is_safe_release_path`).
 pub(crate) fn download_path(token: &str, file_name: &str) -> String {
     format!("/dl/{token}/{file_name}")
 }
@@ -328,7 +330,7 @@ pub(crate) async fn open_download(
                     &f.object_key,
                     partial.then_some((start, end)),
                     crate::storage::REDIRECT_TTL,
-                    &f.name,
+                    crate::types::base_name(&f.name),
                 )
                 .await
                 .and_then(|url| {

@@ -8,6 +8,7 @@ pub(crate) mod access_urls;
 pub mod accounts;
 pub(crate) mod applications;
 pub(crate) mod authz;
+pub(crate) mod cards;
 pub(crate) mod deliveries;
 pub(crate) mod error;
 pub(crate) mod forms;

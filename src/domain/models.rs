@@ -113,38 +113,172 @@ pub struct PublishedFile {
 pub struct PublishReport {
     pub(crate) release: String,
     pub files: Vec<PublishedFile>,
+    /// Paths of the directory not published (hidden or excluded).
+    pub left_out: Vec<String>,
 }
 
-/// The regular files directly inside `dir`, sorted by name.
-fn release_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
-        let entry = entry?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with('.') {
-            continue;
+/// What a publish takes: the files of the tree under a directory.
+#[derive(Debug, Default, Clone)]
+pub struct Source {
+    pub dir: PathBuf,
+    /// Publish what a symbolic link points to, as long as it stays inside
+    /// the directory; without this a link is refused.
+    pub follow_symlinks: bool,
+    /// Paths to leave out: globs matched against the path inside the
+    /// directory (`*.onnx`, `onnx`, `original/*`).
+    pub exclude: Vec<String>,
+    /// The model card (Markdown); by default the tree's own `README.md`.
+    pub card: Option<PathBuf>,
+}
+
+/// The model card a release carries: the file the source names, else the
+/// tree's top-level `README.md`, else none. Refused when it is not UTF-8
+/// text or larger than a card may be.
+fn card_of(source: &Source, tree: &Tree) -> Result<Option<String>> {
+    let path = match &source.card {
+        Some(path) => path.clone(),
+        None => match tree.files.iter().find(|(name, _)| name == "README.md") {
+            Some((_, path)) => path.clone(),
+            None => return Ok(None),
+        },
+    };
+    let bytes =
+        std::fs::read(&path).with_context(|| format!("cannot read the model card {}", path.display()))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| ModelError::Invalid(format!("the model card {} is not UTF-8 text", path.display())))?;
+    crate::domain::cards::check(&text).map_err(ModelError::Invalid)?;
+    Ok(Some(text))
+}
+
+/// What [`release_files`] found under a directory.
+#[derive(Debug, Default)]
+struct Tree {
+    /// (path inside the directory with `/`, path on disk), sorted by path.
+    files: Vec<(String, PathBuf)>,
+    /// Paths left out: hidden ones (`.git/`, `.cache/`, `.gitattributes`)
+    /// and excluded ones; a folder ends in `/`.
+    left_out: Vec<String>,
+}
+
+/// Every file of the tree under `dir`, as a release publishes it: folders
+/// are kept as `/`-separated paths. Hidden entries (a Hugging Face
+/// snapshot's `.git/`, `.cache/` and `.gitattributes`) and excluded paths are
+/// left out; a symbolic link is refused unless the selection follows links,
+/// and then never out of the tree. Refused too, naming the path: a name that
+/// is not UTF-8 or not usable in a URL and `SHA256SUMS`, names that differ
+/// only by case, anything but files and folders.
+fn release_files(source: &Source) -> Result<Tree> {
+    let (dir, selection) = (source.dir.as_path(), source);
+    let invalid = |why: String| crate::domain::Error::from(ModelError::Invalid(why));
+    let root = dir
+        .canonicalize()
+        .with_context(|| format!("cannot read {}", dir.display()))?;
+    let exclude: Vec<wildmatch::WildMatch> = selection
+        .exclude
+        .iter()
+        .map(|g| wildmatch::WildMatch::new(g.trim_end_matches('/')))
+        .collect();
+    let mut tree = Tree::default();
+    let mut seen_folders = std::collections::HashSet::from([root.clone()]);
+    let mut pending = vec![(String::new(), dir.to_path_buf())];
+    while let Some((prefix, folder)) = pending.pop() {
+        let entries =
+            std::fs::read_dir(&folder).with_context(|| format!("cannot read {}", folder.display()))?;
+        for entry in entries {
+            let entry = entry.with_context(|| format!("cannot read {}", folder.display()))?;
+            let on_disk = entry.path();
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else {
+                return Err(invalid(format!(
+                    "{} has a name that is not UTF-8",
+                    on_disk.display()
+                )));
+            };
+            let path = if prefix.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{prefix}/{name}")
+            };
+            let mut kind = entry
+                .file_type()
+                .with_context(|| format!("cannot read {}", on_disk.display()))?;
+            let shown = |is_dir: bool| if is_dir { format!("{path}/") } else { path.clone() };
+            if name.starts_with('.') || exclude.iter().any(|g| g.matches(&path)) {
+                tree.left_out.push(shown(kind.is_dir()));
+                continue;
+            }
+            if kind.is_symlink() {
+                if !selection.follow_symlinks {
+                    return Err(invalid(format!(
+                        "{} is a symbolic link: publish with --follow-symlinks to take what it points to \
+                         (inside the directory only)",
+                        on_disk.display()
+                    )));
+                }
+                let target = on_disk
+                    .canonicalize()
+                    .with_context(|| format!("cannot follow {}", on_disk.display()))?;
+                let Ok(inside) = target.strip_prefix(&root) else {
+                    return Err(invalid(format!(
+                        "{} points to {}, outside {}",
+                        on_disk.display(),
+                        target.display(),
+                        dir.display()
+                    )));
+                };
+                // What is left out stays out, whatever name a link gives it
+                // (`config.json -> .git/config`).
+                let target_path = inside.to_string_lossy().replace(std::path::MAIN_SEPARATOR, "/");
+                if target_path.split('/').any(|part| part.starts_with('.'))
+                    || exclude.iter().any(|g| g.matches(&target_path))
+                {
+                    return Err(invalid(format!(
+                        "{} points to {target_path}, which the publish leaves out",
+                        on_disk.display()
+                    )));
+                }
+                kind = std::fs::metadata(&target)
+                    .with_context(|| format!("cannot follow {}", on_disk.display()))?
+                    .file_type();
+            }
+            // Checked for every entry, not only links: a file or folder
+            // swapped for a link during the walk still cannot lead out.
+            let canonical = on_disk
+                .canonicalize()
+                .with_context(|| format!("cannot read {}", on_disk.display()))?;
+            if !canonical.starts_with(&root) {
+                return Err(invalid(format!(
+                    "{} leads to {}, outside {}",
+                    on_disk.display(),
+                    canonical.display(),
+                    dir.display()
+                )));
+            }
+            if kind.is_dir() {
+                if !seen_folders.insert(canonical) {
+                    return Err(invalid(format!(
+                        "{} leads back to a folder already published (a loop of links)",
+                        on_disk.display()
+                    )));
+                }
+                pending.push((path, on_disk));
+            } else if kind.is_file() {
+                tree.files.push((path, on_disk));
+            } else {
+                return Err(invalid(format!(
+                    "{} is neither a regular file nor a folder",
+                    on_disk.display()
+                )));
+            }
         }
-        if !entry.file_type()?.is_file() {
-            return Err(ModelError::Invalid(format!(
-                "{} is not a regular file; a release directory holds files only",
-                entry.path().display()
-            ))
-            .into());
-        }
-        if !is_safe_file_name(&name) {
-            return Err(ModelError::Invalid(format!(
-                "{name:?} is not a usable file name: use letters, digits, '.', '_' and '-'"
-            ))
-            .into());
-        }
-        files.push(entry.path());
     }
-    files.sort();
-    if files.is_empty() {
-        return Err(ModelError::Invalid(format!("{} holds no files to publish", dir.display())).into());
+    tree.files.sort_by(|a, b| a.0.cmp(&b.0));
+    tree.left_out.sort();
+    crate::types::check_release_paths(tree.files.iter().map(|(path, _)| path.as_str())).map_err(invalid)?;
+    if tree.files.is_empty() {
+        return Err(invalid(format!("{} holds no files to publish", dir.display())));
     }
-    Ok(files)
+    Ok(tree)
 }
 
 /// How a publish reports progress: a bar that counts bytes hashed (hidden
@@ -220,14 +354,34 @@ pub(crate) struct FileDigest {
     pub(crate) chunks: Vec<String>,
 }
 
-/// Publishes every file of `dir` as a release of the model. Files are hashed
-/// in parallel and stored under their SHA-256, so running it again after an
-/// interruption skips what is already stored. The release row and its files
-/// are written in one transaction at the end: until then nobody sees it.
+/// Publishes every file of the tree under `dir` as a release of the model,
+/// following no link and excluding nothing but hidden entries; see
+/// [`publish_from`].
 pub async fn publish(
     app: &App,
     slug: &Slug,
     dir: &Path,
+    release_name: Option<&str>,
+    chunk_size: u64,
+    actor: &str,
+    progress: &PublishProgress,
+) -> Result<PublishReport> {
+    let source = Source {
+        dir: dir.to_path_buf(),
+        ..Source::default()
+    };
+    publish_from(app, slug, &source, release_name, chunk_size, actor, progress).await
+}
+
+/// Publishes the files `source` takes as a release of the model, each under
+/// its path in the tree. Files are hashed
+/// in parallel and stored under their SHA-256, so running it again after an
+/// interruption skips what is already stored. The release row and its files
+/// are written in one transaction at the end: until then nobody sees it.
+pub async fn publish_from(
+    app: &App,
+    slug: &Slug,
+    source: &Source,
     release_name: Option<&str>,
     chunk_size: u64,
     actor: &str,
@@ -262,10 +416,15 @@ pub async fn publish(
         }
         .into());
     }
-    let paths = release_files(dir)?;
+    let tree = release_files(source)?;
+    let card = card_of(source, &tree)?;
+    let Tree {
+        files: paths,
+        left_out,
+    } = tree;
     let total: u64 = paths
         .iter()
-        .filter_map(|p| std::fs::metadata(p).ok())
+        .filter_map(|(_, p)| std::fs::metadata(p).ok())
         .map(|m| m.len())
         .sum();
     progress.bar.set_length(total);
@@ -274,12 +433,12 @@ pub async fn publish(
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let semaphore = std::sync::Arc::new(tokio::sync::Semaphore::new(workers));
     let mut hashing = tokio::task::JoinSet::new();
-    for (index, path) in paths.iter().cloned().enumerate() {
+    for (index, (name, path)) in paths.iter().cloned().enumerate() {
         let permit = semaphore.clone().acquire_owned().await?;
         let bar = progress.bar.clone();
         hashing.spawn_blocking(move || {
             let _permit = permit;
-            hash_file(&path, Some(chunk_size), &bar).map(|digest| (index, path, digest))
+            hash_file(&path, Some(chunk_size), &bar).map(|digest| (index, name, path, digest))
         });
     }
     let mut hashed = Vec::with_capacity(paths.len());
@@ -296,7 +455,7 @@ pub async fn publish(
         chunk_size,
         files: Vec::with_capacity(hashed.len()),
     };
-    for (_, path, digest) in hashed {
+    for (_, name, path, digest) in hashed {
         let FileDigest { sha256, size, chunks } = digest;
         let key = key_for_sha256(&sha256);
         let uploaded = app.storage.size(&key).await? != Some(size);
@@ -311,11 +470,7 @@ pub async fn publish(
             }
         }
         let file = PublishedFile {
-            name: path
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned(),
+            name,
             size,
             sha256,
             uploaded,
@@ -356,7 +511,7 @@ pub async fn publish(
     };
     progress.bar.finish_and_clear();
     let mut tx = app.db.begin().await?;
-    db::models::insert_release(&mut *tx, &release).await?;
+    db::models::insert_release(&mut *tx, &release, card.as_deref()).await?;
     for (f, m) in files.iter().zip(&manifest.files) {
         db::models::insert_file(
             &mut *tx,
@@ -382,6 +537,7 @@ pub async fn publish(
     Ok(PublishReport {
         release: release_name,
         files,
+        left_out,
     })
 }
 

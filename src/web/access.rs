@@ -14,7 +14,7 @@ use super::{
     AppState, ClientInfo, Error,
     extract::Path,
     limited,
-    pages::{self, LinkRow, ReleaseRows, human_size, render},
+    pages::{self, LinkRow, ReleaseRows, render},
 };
 use crate::{
     audit::Client,
@@ -64,16 +64,7 @@ pub(crate) async fn page(
             .map(|r| ReleaseRows {
                 base_url: format!("/access/{token}/releases/{}", r.release.name),
                 name: r.release.name,
-                files: r
-                    .files
-                    .into_iter()
-                    .map(|f| LinkRow {
-                        name: f.file.name,
-                        size: human_size(f.file.size),
-                        sha256: f.file.sha256,
-                        url: f.url,
-                    })
-                    .collect(),
+                files: LinkRow::all(r.files),
             })
             .collect(),
     };

@@ -66,7 +66,11 @@ pub(crate) async fn fetch(
     );
     h.insert(
         header::CONTENT_DISPOSITION,
-        value(format!("attachment; filename=\"{}\"", download.file.name))?,
+        // A browser saves under one name, not a path: the file's own name.
+        value(format!(
+            "attachment; filename=\"{}\"",
+            crate::types::base_name(&download.file.name)
+        ))?,
     );
     h.insert("x-checksum-sha256", value(download.file.sha256.clone())?);
     if download.partial {

@@ -17,7 +17,7 @@ use super::{
     auth::{CurrentResearcher, RESEARCHER_KEY, csrf_field, session_error, start_session},
     extract::{CsrfForm, Path},
     limited,
-    pages::{self, AnswerRow, HistoryRow, LinkRow, ReleaseRows, ResearcherHeader, human_size, render},
+    pages::{self, AnswerRow, HistoryRow, LinkRow, ReleaseRows, ResearcherHeader, render},
 };
 use crate::{
     audit::Client,
@@ -260,16 +260,7 @@ async fn access_page(
                         .map(|r| ReleaseRows {
                             base_url: format!("/me/access/{}/releases/{}", grant.id, r.release.name),
                             name: r.release.name,
-                            files: r
-                                .files
-                                .into_iter()
-                                .map(|f| LinkRow {
-                                    name: f.file.name,
-                                    size: human_size(f.file.size),
-                                    sha256: f.file.sha256,
-                                    url: f.url,
-                                })
-                                .collect(),
+                            files: LinkRow::all(r.files),
                         })
                         .collect()
                 })

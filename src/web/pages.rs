@@ -25,6 +25,15 @@ pub(crate) struct ModelItem {
     pub(crate) title: String,
     /// What its published releases hold: files, releases, size.
     pub(crate) offers: String,
+    /// The first paragraph of its model card, on one line.
+    pub(crate) summary: String,
+    /// The researcher looking holds access to it now.
+    pub(crate) held: bool,
+}
+
+pub(crate) struct ReleaseItem {
+    pub(crate) name: String,
+    pub(crate) published: String,
 }
 
 #[derive(Template)]
@@ -50,8 +59,15 @@ pub(crate) struct ModelPage {
     pub(crate) title: String,
     pub(crate) terms: String,
     pub(crate) terms_version: i64,
-    pub(crate) files: i64,
+    /// "3 files".
+    pub(crate) files: String,
     pub(crate) total_size: String,
+    /// The licence the model card names, if any.
+    pub(crate) licence: String,
+    /// The model card, rendered and sanitised (`domain::cards`): safe HTML.
+    pub(crate) card: String,
+    /// Published releases, newest first.
+    pub(crate) releases: Vec<ReleaseItem>,
     pub(crate) form: FormValues,
     pub(crate) errors: FieldErrors,
     pub(crate) csrf: String,
@@ -85,11 +101,51 @@ pub(crate) struct ConfirmPage {
     pub(crate) csrf: String,
 }
 
+/// One file of a release on an access page.
 pub(crate) struct LinkRow {
+    /// Its path in the release (`original/consolidated.00.pth`).
     pub(crate) name: String,
+    /// The folder it is in (`original/`), empty at the top of the release.
+    pub(crate) folder: String,
+    /// Its own name (`consolidated.00.pth`).
+    pub(crate) base: String,
+    /// The first file of its folder in the table: the folder's heading
+    /// goes above it.
+    pub(crate) opens_folder: bool,
     pub(crate) size: String,
     pub(crate) sha256: String,
     pub(crate) url: String,
+}
+
+impl LinkRow {
+    /// The rows of a release's files, grouped by folder: the files at the
+    /// top of the release first, then each folder's, folders in order.
+    pub(crate) fn all(files: Vec<crate::domain::grants::LinkedFile>) -> Vec<Self> {
+        let mut rows: Vec<Self> = files
+            .into_iter()
+            .map(|f| {
+                let name = f.file.name;
+                let base = crate::types::base_name(&name).to_owned();
+                let folder = name[..name.len() - base.len()].to_owned();
+                Self {
+                    folder,
+                    base,
+                    opens_folder: false,
+                    size: human_size(f.file.size),
+                    sha256: f.file.sha256,
+                    url: f.url,
+                    name,
+                }
+            })
+            .collect();
+        rows.sort_by(|a, b| (&a.folder, &a.base).cmp(&(&b.folder, &b.base)));
+        let mut previous: Option<String> = None;
+        for row in &mut rows {
+            row.opens_folder = !row.folder.is_empty() && previous.as_ref() != Some(&row.folder);
+            previous = Some(row.folder.clone());
+        }
+        rows
+    }
 }
 
 pub(crate) struct ReleaseRows {

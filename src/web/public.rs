@@ -19,14 +19,35 @@ use super::{
 use crate::{
     db::{self, models::Model},
     domain::applications::{self, ApplicationForm, Eligibility, FieldErrors},
+    domain::grants::GrantState,
     domain::questions::{self, Kind},
     domain::researchers::Researcher,
-    types::{count, format_ms},
+    types::{count, format_ms, now_ms},
 };
 
-pub(crate) async fn catalogue(State(state): State<AppState>) -> Result<Response, Error> {
+/// Every model with what it offers, its card's one-line summary and, for a
+/// signed-in researcher, whether they hold access to it now.
+pub(crate) async fn catalogue(
+    State(state): State<AppState>,
+    MaybeResearcher(researcher): MaybeResearcher,
+) -> Result<Response, Error> {
     let pool = state.app.db.pool();
     let models = db::models::list_models(pool).await?;
+    let summaries: std::collections::HashMap<String, String> = db::models::newest_cards(pool)
+        .await?
+        .into_iter()
+        .filter_map(|(model, markdown)| Some((model, crate::domain::cards::render(&markdown).summary?)))
+        .collect();
+    let now = now_ms();
+    let held: std::collections::HashSet<String> = match &researcher {
+        Some(r) => db::grants::list_of_researcher(pool, &r.id)
+            .await?
+            .into_iter()
+            .filter(|g| GrantState::of(g, now) == GrantState::Active)
+            .map(|g| g.model_id)
+            .collect(),
+        None => Default::default(),
+    };
     let totals: std::collections::HashMap<String, (i64, i64, i64)> =
         db::models::published_totals_by_model(pool)
             .await?
@@ -39,6 +60,8 @@ pub(crate) async fn catalogue(State(state): State<AppState>) -> Result<Response,
             .map(|m| {
                 let (releases, files, bytes) = totals.get(&m.id).copied().unwrap_or_default();
                 pages::ModelItem {
+                    summary: summaries.get(&m.id).cloned().unwrap_or_default(),
+                    held: held.contains(&m.id),
                     slug: m.slug,
                     title: m.title,
                     offers: if files == 0 {
@@ -118,7 +141,20 @@ async fn model_page(
     csrf: String,
     researcher: Option<&Researcher>,
 ) -> Result<pages::ModelPage, Error> {
-    let (files, total) = db::models::published_totals(state.app.db.pool(), &model.id).await?;
+    let pool = state.app.db.pool();
+    let (files, total) = db::models::published_totals(pool, &model.id).await?;
+    let card = db::models::newest_card(pool, &model.id)
+        .await?
+        .map(|markdown| crate::domain::cards::render(&markdown));
+    let releases = db::models::published_releases(pool, &model.id)
+        .await?
+        .into_iter()
+        .rev()
+        .map(|r| pages::ReleaseItem {
+            name: r.name,
+            published: r.published_at.map(format_ms).unwrap_or_default(),
+        })
+        .collect();
     let review_time = match applications::typical_review_time(&state.app, &model.id).await? {
         Some(ms) => format!(
             "Reviews of this model usually take {} (the median of recent decisions).",
@@ -140,8 +176,11 @@ async fn model_page(
         title: model.title,
         terms: model.terms,
         terms_version: model.terms_version,
-        files,
+        files: count(u64::try_from(files).unwrap_or(0), "file"),
         total_size: pages::human_size(total),
+        licence: card.as_ref().and_then(|c| c.licence.clone()).unwrap_or_default(),
+        card: card.map(|c| c.html).unwrap_or_default(),
+        releases,
         form,
         errors,
         csrf,

@@ -79,7 +79,7 @@ pub fn all() -> Vec<Route> {
     use Area::{Dashboard, Open, Researcher as Mine};
     let (g, p) = (Method::GET, Method::POST);
     vec![
-        on(g.clone(), "/", Open, Public, public::catalogue),
+        on(g.clone(), "/", Mine, Public, public::catalogue),
         on(
             g.clone(),
             "/models/{slug}/terms/{version}",
@@ -118,7 +118,7 @@ pub fn all() -> Vec<Route> {
             Public,
             access::audit_public_key,
         ),
-        on(g.clone(), "/dl/{token}/{file}", Open, Secret, download::fetch),
+        on(g.clone(), "/dl/{token}/{*file}", Open, Secret, download::fetch),
         on(g.clone(), "/healthz", Open, Public, ops::healthz),
         on(g.clone(), "/readyz", Open, Public, ops::readyz),
         on(g.clone(), "/metrics", Open, Public, ops::metrics),

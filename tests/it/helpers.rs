@@ -387,7 +387,11 @@ impl TestApp {
             .into_iter()
             .map(unescape)
             .filter(|href| href.contains("/dl/"))
-            .map(|href| (href.rsplit('/').next().unwrap().to_owned(), href))
+            .map(|href| {
+                // /dl/TOKEN/PATH: the file's path in the release follows the token.
+                let after = href.split_once("/dl/").unwrap().1;
+                (after.split_once('/').unwrap().1.to_owned(), href)
+            })
             .collect()
     }
 

@@ -50,3 +50,4 @@ mod researcher;
 mod review;
 mod routes;
 mod storage;
+mod trees;

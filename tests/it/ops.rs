@@ -89,7 +89,7 @@ async fn metrics_count_requests_fetches_bytes_and_the_outbox() {
     );
     assert!(grew("weightgate_fetches_total", "outcome=\"refused\"") >= 1.0);
     assert!(grew("weightgate_bytes_delivered_total", "") >= size as f64);
-    assert!(grew("weightgate_http_requests_total", "route=\"/dl/{token}/{file}\"") >= 2.0);
+    assert!(grew("weightgate_http_requests_total", "route=\"/dl/{token}/{*file}\"") >= 2.0);
     assert!(after.contains("weightgate_audit_write_seconds"));
     assert!(after.contains("weightgate_outbox_depth"));
     let secret = access.rsplit('/').next().unwrap();

@@ -132,7 +132,7 @@ impl Records {
             ("{slug}", MODEL),
             ("{version}", "1"),
             ("{token}", "not-a-real-token"),
-            ("{file}", "shard-0.bin"),
+            ("{*file}", "shard-0.bin"),
             ("{release}", "r1"),
             ("{name}", "SHA256SUMS"),
             ("{url}", self.access_url_x.as_str()),
