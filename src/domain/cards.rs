@@ -39,39 +39,24 @@ pub(crate) fn check(markdown: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// How cards are read: the hubs' tables, strikethrough and task lists, and
+/// their YAML front matter as a block of its own.
+const OPTIONS: Options = Options::ENABLE_TABLES
+    .union(Options::ENABLE_STRIKETHROUGH)
+    .union(Options::ENABLE_TASKLISTS)
+    .union(Options::ENABLE_YAML_STYLE_METADATA_BLOCKS);
+
 /// Renders a card. YAML front matter (the hubs' metadata block) is not
 /// shown; its `license` is.
 pub(crate) fn render(markdown: &str) -> Card {
-    let options = Options::ENABLE_TABLES
-        | Options::ENABLE_STRIKETHROUGH
-        | Options::ENABLE_TASKLISTS
-        | Options::ENABLE_YAML_STYLE_METADATA_BLOCKS;
     let mut licence = None;
     let mut in_metadata = false;
-    let mut summary: Option<String> = None;
-    let mut paragraph: Option<String> = None;
-    let events: Vec<Event<'_>> = Parser::new_ext(markdown, options)
+    let events: Vec<Event<'_>> = Parser::new_ext(markdown, OPTIONS)
         .filter(|event| {
             match event {
                 Event::Start(Tag::MetadataBlock(_)) => in_metadata = true,
                 Event::End(TagEnd::MetadataBlock(_)) => in_metadata = false,
                 Event::Text(text) if in_metadata => licence = licence.take().or_else(|| licence_in(text)),
-                Event::Start(Tag::Paragraph) if summary.is_none() => paragraph = Some(String::new()),
-                Event::Text(text) | Event::Code(text) => {
-                    if let Some(p) = paragraph.as_mut() {
-                        p.push_str(text);
-                    }
-                }
-                Event::SoftBreak | Event::HardBreak => {
-                    if let Some(p) = paragraph.as_mut() {
-                        p.push(' ');
-                    }
-                }
-                Event::End(TagEnd::Paragraph) => {
-                    if let Some(p) = paragraph.take().filter(|p| !p.trim().is_empty()) {
-                        summary = Some(one_line(&p));
-                    }
-                }
                 _ => {}
             }
             !in_metadata && !matches!(event, Event::End(TagEnd::MetadataBlock(_)))
@@ -82,8 +67,37 @@ pub(crate) fn render(markdown: &str) -> Card {
     Card {
         html: clean(&raw),
         licence,
-        summary,
+        summary: summary(markdown),
     }
+}
+
+/// The card's first paragraph as plain text on one line: what the
+/// catalogue shows. Reads only as far as that paragraph, and renders and
+/// cleans nothing, so a public page can ask for every model's.
+pub(crate) fn summary(markdown: &str) -> Option<String> {
+    let mut paragraph: Option<String> = None;
+    for event in Parser::new_ext(markdown, OPTIONS) {
+        match event {
+            Event::Start(Tag::Paragraph) => paragraph = Some(String::new()),
+            Event::Text(text) | Event::Code(text) => {
+                if let Some(p) = paragraph.as_mut() {
+                    p.push_str(&text);
+                }
+            }
+            Event::SoftBreak | Event::HardBreak => {
+                if let Some(p) = paragraph.as_mut() {
+                    p.push(' ');
+                }
+            }
+            Event::End(TagEnd::Paragraph) => {
+                if let Some(p) = paragraph.take().filter(|p| !p.trim().is_empty()) {
+                    return Some(one_line(&p));
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// `license: X` from a YAML front matter block, if it names one.

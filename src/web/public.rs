@@ -36,7 +36,7 @@ pub(crate) async fn catalogue(
     let summaries: std::collections::HashMap<String, String> = db::models::newest_cards(pool)
         .await?
         .into_iter()
-        .filter_map(|(model, markdown)| Some((model, crate::domain::cards::render(&markdown).summary?)))
+        .filter_map(|(model, markdown)| Some((model, crate::domain::cards::summary(&markdown)?)))
         .collect();
     let now = now_ms();
     let held: std::collections::HashSet<String> = match &researcher {

@@ -78,52 +78,24 @@ both!(the_client_says_where_the_files_are_and_leaves_the_signed_checksums_beside
 async fn the_client_says_where_the_files_are_and_leaves_the_signed_checksums_beside_them() {
     let t = TestApp::spawn().await;
     let access = t.approved_researcher("folder@uni.example.edu").await;
-    let run = |dir: &Path, include: Option<&str>| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_weightgate"));
-        cmd.args(["download", &access, "--dir", dir.to_str().unwrap()]);
-        if let Some(pattern) = include {
-            cmd.args(["--include", pattern]);
-        }
-        let out = cmd.output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
-    };
     let dir = t.dir.path().join("weights");
-    let out = run(&dir, None);
+    let out = download_with_client(&access, &dir, &[]);
     let release = dir.join("r1");
     assert!(
         out.contains(&format!("3 files verified in {}", release.display())),
         "{out}"
     );
     // The check the README gives works where the client says the files are.
-    let check = Command::new("sha256sum")
-        .args(["-c", "SHA256SUMS"])
-        .current_dir(&release)
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stdout)
-    );
+    sha256sum_check(&release, &[]);
     for name in ["SHA256SUMS.minisig", "manifest.json", "manifest.json.minisig"] {
         assert!(release.join(name).is_file(), "{name}");
     }
 
     let one = t.dir.path().join("one");
-    let out = run(&one, Some("shard-0.bin"));
+    let out = download_with_client(&access, &one, &["shard-0.bin"]);
     assert!(out.contains("1 file verified in"), "{out}");
     assert!(out.contains("--ignore-missing"), "{out}");
-    let check = Command::new("sha256sum")
-        .args(["-c", "--ignore-missing", "SHA256SUMS"])
-        .current_dir(one.join("r1"))
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stdout)
-    );
+    sha256sum_check(&one.join("r1"), &["--ignore-missing"]);
 
     // minisign, which nobody here wrote, checks the checksums in place.
     if Command::new("minisign").arg("-v").output().is_ok() {

@@ -631,3 +631,33 @@ async fn relay(
     down.await;
     up.abort();
 }
+
+/// Runs the researcher's client, `weightgate download ACCESS --dir DIR`, with
+/// an `--include` for each pattern; it must succeed. Returns what it printed.
+pub(crate) fn download_with_client(access: &str, dir: &std::path::Path, include: &[&str]) -> String {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_weightgate"));
+    cmd.args(["download", access, "--dir", dir.to_str().unwrap()]);
+    for pattern in include {
+        cmd.args(["--include", pattern]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `sha256sum -c SHA256SUMS` (with `more` options) in `dir`, which must pass.
+pub(crate) fn sha256sum_check(dir: &std::path::Path, more: &[&str]) {
+    let check = std::process::Command::new("sha256sum")
+        .args(more)
+        .args(["-c", "SHA256SUMS"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "sha256sum -c in {}:\n{}{}",
+        dir.display(),
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+}

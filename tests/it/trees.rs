@@ -2,10 +2,7 @@
 //! as it is, downloaded whole with plain HTTP plus `sha256sum -c` and with the
 //! client, and every layout the portal refuses, refused with the path named.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::path::{Path, PathBuf};
 
 use crate::{cli::weightgate, helpers::*};
 
@@ -79,7 +76,7 @@ async fn a_model_tree_publishes_as_it_is_and_downloads_whole_by_http_and_by_the_
     // The access page groups the files by folder; each link ends in the
     // file's path, and the file comes with its own name for a browser.
     let access = t.approved_researcher("tree@uni.example.edu").await;
-    let page = client().get(&access).send().await.unwrap().text().await.unwrap();
+    let (_, page) = t.get_html(&client(), &access).await;
     assert!(
         page.contains("<code>original/</code>") && page.contains("<code>1_Pooling/</code>"),
         "{page}"
@@ -108,32 +105,15 @@ async fn a_model_tree_publishes_as_it_is_and_downloads_whole_by_http_and_by_the_
         write(&by_curl, path, &response.bytes().await.unwrap());
     }
     let sums_url = format!("{}/releases/tree/SHA256SUMS", access.trim_end_matches('/'));
-    let sums = client()
-        .get(&sums_url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (_, sums) = t.get_html(&client(), &sums_url).await;
     assert!(sums.contains("  original/consolidated.00.pth\n"), "{sums}");
     assert!(!sums.contains(".git"), "{sums}");
     std::fs::write(by_curl.join("SHA256SUMS"), &sums).unwrap();
     sha256sum_check(&by_curl, &[]);
 
     // The client recreates the tree; --include matches paths.
-    let run = |dir: &Path, include: &[&str]| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_weightgate"));
-        cmd.args(["download", &access, "--dir", dir.to_str().unwrap()]);
-        for pattern in include {
-            cmd.args(["--include", pattern]);
-        }
-        let out = cmd.output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
-    };
     let some = t.dir.path().join("some");
-    let out = run(&some, &["original/*"]);
+    let out = download_with_client(&access, &some, &["original/*"]);
     assert!(out.contains("2 files verified in"), "{out}");
     assert!(some.join("tree/original/consolidated.00.pth").is_file());
     assert!(
@@ -143,7 +123,7 @@ async fn a_model_tree_publishes_as_it_is_and_downloads_whole_by_http_and_by_the_
     sha256sum_check(&some.join("tree"), &["--ignore-missing"]);
 
     let all = t.dir.path().join("all");
-    let out = run(&all, &[]);
+    let out = download_with_client(&access, &all, &[]);
     // Both releases of the model: r1's three files and the tree's six.
     assert!(
         out.contains("9 files verified in") && out.contains(&all.join("tree").display().to_string()),
@@ -177,23 +157,6 @@ async fn a_model_tree_publishes_as_it_is_and_downloads_whole_by_http_and_by_the_
             .iter()
             .any(|s| s.ends_with(" tiny-model/tree/original/consolidated.00.pth")),
         "{subjects:?}"
-    );
-}
-
-/// `sha256sum -c SHA256SUMS` (with `more` options) in `dir`, which must pass.
-fn sha256sum_check(dir: &Path, more: &[&str]) {
-    let check = Command::new("sha256sum")
-        .args(more)
-        .args(["-c", "SHA256SUMS"])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "sha256sum -c in {}:\n{}{}",
-        dir.display(),
-        String::from_utf8_lossy(&check.stdout),
-        String::from_utf8_lossy(&check.stderr)
     );
 }
 
