@@ -32,7 +32,10 @@ use tokio::{
 };
 use wildmatch::WildMatch;
 
-use crate::crypto::manifests::{self, Manifest, ManifestFile};
+use crate::crypto::{
+    manifests::{self, Manifest, ManifestFile},
+    model_signing,
+};
 
 /// What to download and how.
 #[derive(Clone, Debug)]
@@ -94,6 +97,10 @@ pub struct Summary {
 #[derive(Debug, Deserialize)]
 pub(crate) struct GrantManifest {
     public_key_url: String,
+    /// The PEM key that checks each release's `model.sig`; absent from
+    /// portals that sign no model signatures.
+    #[serde(default)]
+    model_signing_key: Option<String>,
     releases: Vec<ReleaseLinks>,
 }
 
@@ -702,6 +709,14 @@ pub async fn download(opts: Options) -> anyhow::Result<Summary> {
         }
     };
     let releases = verified_releases(&grant, &public_key)?;
+    // What each release's model.sig must list: every file of its manifest.
+    let release_files: HashMap<String, Vec<(String, String)>> = releases
+        .iter()
+        .map(|(m, _)| {
+            let files = m.files.iter().map(|f| (f.name.clone(), f.sha256.clone()));
+            (m.release.clone(), files.collect())
+        })
+        .collect();
 
     let patterns: Vec<WildMatch> = opts.include.iter().map(|p| WildMatch::new(p)).collect();
     let mut targets = Vec::new();
@@ -838,8 +853,9 @@ pub async fn download(opts: Options) -> anyhow::Result<Summary> {
     }
     session.bar.finish_and_clear();
 
-    // Each release's signed checksums and manifest beside its files, so that
-    // `sha256sum -c SHA256SUMS` and `minisign -Vm SHA256SUMS` work there.
+    // Each release's signed checksums, manifest and model signature beside
+    // its files, so that `sha256sum -c SHA256SUMS`, `minisign -Vm SHA256SUMS`
+    // and `model_signing verify` work there.
     let base = session.manifest_url.trim_end_matches("/manifest.json").to_owned();
     for release in &grant.releases {
         if !targets.iter().any(|t| t.key.0 == release.name) {
@@ -864,13 +880,39 @@ pub async fn download(opts: Options) -> anyhow::Result<Summary> {
                 release.name
             ))
         })?;
+        // The OpenSSF model signature, for `model_signing verify`: it must
+        // vouch for exactly the files of the signed manifest.
+        let model_sig = match &grant.model_signing_key {
+            Some(key) => {
+                let bundle = text("model.sig").await?;
+                let mut signed = model_signing::signed_files(&bundle, key).map_err(|e| {
+                    DownloadError::Manifest(format!("the model.sig of release {}: {e:#}", release.name))
+                })?;
+                signed.sort();
+                let mut expected = release_files.get(&release.name).cloned().unwrap_or_default();
+                expected.sort();
+                if signed != expected {
+                    return Err(DownloadError::Manifest(format!(
+                        "the model.sig of release {} does not list the files of its signed manifest",
+                        release.name
+                    ))
+                    .into());
+                }
+                Some(bundle)
+            }
+            None => None,
+        };
         let release_dir = opts.dir.join(&release.name);
         for (name, body) in [
             ("SHA256SUMS", sums.as_str()),
             ("SHA256SUMS.minisig", sums_sig.as_str()),
             ("manifest.json", release.manifest.as_str()),
             ("manifest.json.minisig", release.manifest_sig.as_str()),
+            ("model.sig", model_sig.as_deref().unwrap_or_default()),
         ] {
+            if body.is_empty() {
+                continue;
+            }
             let path = release_dir.join(name);
             std::fs::write(&path, body)
                 .map_err(|e| DownloadError::Disk(format!("cannot write {}: {e}", path.display())))?;

@@ -13,13 +13,14 @@ use anyhow::Context;
 use minisign::{KeyPair, PublicKey, PublicKeyBox, SecretKey, SecretKeyBox, SignatureBox};
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    db::{self, Db, keys::StoredKey},
-    types::now_ms,
-};
+use sha2::{Digest, Sha256};
 
-/// Where the publishing key is stored.
+use super::model_signing::ModelSigningKey;
+use crate::{db::Db, types::now_ms};
+
+/// Where the publishing keys are stored.
 const PURPOSE: &str = "publish-minisign";
+const MODEL_SIGNING_PURPOSE: &str = "publish-model-signing";
 
 /// A release as published. The JSON text of this, exactly as signed, is what
 /// clients verify.
@@ -77,10 +78,12 @@ impl Manifest {
     }
 }
 
-/// The portal's publishing key pair.
+/// The portal's publishing keys: the minisign key pair that signs manifests
+/// and `SHA256SUMS`, and the ECDSA key that signs `model.sig`.
 pub(crate) struct Publisher {
     pk: PublicKey,
     sk: SecretKey,
+    model: ModelSigningKey,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -90,36 +93,35 @@ impl std::fmt::Debug for Publisher {
 }
 
 impl Publisher {
-    /// Loads the publishing key, creating it on first use. Every replica
-    /// shares it through the database.
+    /// Loads the publishing keys, creating each on first use. Every replica
+    /// shares them through the database.
     pub(crate) async fn load(db: &Db) -> anyhow::Result<Self> {
-        let mut stored = db::keys::list(db.pool(), PURPOSE).await?;
-        if stored.is_empty() {
+        let key = crate::crypto::stored_key(db, PURPOSE, || {
             let pair = KeyPair::generate_unencrypted_keypair().map_err(|e| anyhow::anyhow!("{e}"))?;
             let sk_box = pair
                 .sk
                 .to_box(Some("weightgate publishing key"))
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            let kid = hex::encode(pair.pk.keynum());
-            db::keys::insert_if_absent(
-                db.pool(),
-                &StoredKey {
-                    kid,
-                    purpose: PURPOSE.to_owned(),
-                    secret: sk_box.into_string(),
-                    created_at: now_ms(),
-                    retired_at: None,
-                },
-            )
-            .await?;
-            stored = db::keys::list(db.pool(), PURPOSE).await?;
-        }
-        let key = stored.pop().context("no publishing key")?;
+            Ok((hex::encode(pair.pk.keynum()), sk_box.into_string()))
+        })
+        .await?;
         let sk = SecretKeyBox::from_string(&key.secret)
             .and_then(SecretKeyBox::into_unencrypted_secret_key)
             .map_err(|e| anyhow::anyhow!("the stored publishing key is unreadable: {e}"))?;
         let pk = PublicKey::from_secret_key(&sk).map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok(Self { pk, sk })
+        let model = crate::crypto::stored_key(db, MODEL_SIGNING_PURPOSE, || {
+            let (key, pem) = ModelSigningKey::generate()?;
+            let kid = hex::encode(&Sha256::digest(key.public_key_pem().as_bytes())[..8]);
+            Ok((kid, pem))
+        })
+        .await?;
+        let model = ModelSigningKey::from_pem(&model.secret)?;
+        Ok(Self { pk, sk, model })
+    }
+
+    /// The key that signs `model.sig`.
+    pub(crate) fn model_signing(&self) -> &ModelSigningKey {
+        &self.model
     }
 
     /// The public key as a minisign `.pub` file.
@@ -163,6 +165,7 @@ mod tests {
         Publisher {
             pk: pair.pk,
             sk: pair.sk,
+            model: ModelSigningKey::generate().unwrap().0,
         }
     }
 

@@ -29,6 +29,8 @@ pub struct Release {
     pub(crate) manifest_sig: Option<String>,
     pub(crate) sums: Option<String>,
     pub(crate) sums_sig: Option<String>,
+    /// The OpenSSF Model Signing bundle (`model.sig`).
+    pub(crate) model_sig: Option<String>,
 }
 
 #[derive(Clone, Debug, FromRow)]
@@ -112,7 +114,7 @@ pub(crate) async fn find_release<'c>(
     name: &str,
 ) -> sqlx::Result<Option<Release>> {
     sqlx::query_as(
-        "SELECT id, model_id, name, created_at, published_at, manifest, manifest_sig, sums, sums_sig FROM releases WHERE model_id = $1 AND name = $2",
+        "SELECT id, model_id, name, created_at, published_at, manifest, manifest_sig, sums, sums_sig, model_sig FROM releases WHERE model_id = $1 AND name = $2",
     )
     .bind(model_id)
     .bind(name)
@@ -134,8 +136,8 @@ pub(crate) async fn insert_release<'c>(
     card: Option<&str>,
 ) -> sqlx::Result<()> {
     sqlx::query(
-        "INSERT INTO releases (id, model_id, name, created_at, published_at, manifest, manifest_sig, sums, sums_sig, card)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        "INSERT INTO releases (id, model_id, name, created_at, published_at, manifest, manifest_sig, sums, sums_sig, model_sig, card)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(&r.id)
     .bind(&r.model_id)
@@ -146,6 +148,7 @@ pub(crate) async fn insert_release<'c>(
     .bind(&r.manifest_sig)
     .bind(&r.sums)
     .bind(&r.sums_sig)
+    .bind(&r.model_sig)
     .bind(card)
     .execute(e)
     .await?;
@@ -180,7 +183,7 @@ pub(crate) async fn newest_cards<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<Ve
 
 pub async fn published_releases<'c>(e: impl AnyExecutor<'c>, model_id: &str) -> sqlx::Result<Vec<Release>> {
     sqlx::query_as(
-        "SELECT id, model_id, name, created_at, published_at, manifest, manifest_sig, sums, sums_sig FROM releases
+        "SELECT id, model_id, name, created_at, published_at, manifest, manifest_sig, sums, sums_sig, model_sig FROM releases
          WHERE model_id = $1 AND published_at IS NOT NULL ORDER BY published_at, name",
     )
     .bind(model_id)

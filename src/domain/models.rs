@@ -496,6 +496,10 @@ pub async fn publish_from(
     let sums_sig = app
         .publisher
         .sign(sums.as_bytes(), &format!("SHA256SUMS {subject}"))?;
+    let model_sig = app.publisher.model_signing().sign(
+        &subject,
+        files.iter().map(|f| (f.name.as_str(), f.sha256.as_str())),
+    )?;
 
     let now = now_ms();
     let release = db::models::Release {
@@ -508,6 +512,7 @@ pub async fn publish_from(
         manifest_sig: Some(manifest_sig),
         sums: Some(sums),
         sums_sig: Some(sums_sig),
+        model_sig: Some(model_sig),
     };
     progress.bar.finish_and_clear();
     let mut tx = app.db.begin().await?;

@@ -58,6 +58,7 @@ pub(crate) async fn page(
         revoked_reason: access.grant.revoked_reason.clone().unwrap_or_default(),
         manifest_url: state.app.url(&format!("/access/{token}/manifest.json")),
         public_key_url: state.app.url(PUBLIC_KEY_PATH),
+        model_signing_key_url: state.app.url(MODEL_SIGNING_KEY_PATH),
         releases: access
             .releases
             .into_iter()
@@ -82,6 +83,18 @@ pub(crate) async fn public_key(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+/// Where the public half of the model-signing key is served, as a PEM file
+/// for `model_signing verify key --public_key`.
+pub(crate) const MODEL_SIGNING_KEY_PATH: &str = "/.well-known/weightgate/model-signing.pub";
+
+pub(crate) async fn model_signing_key(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/x-pem-file")],
+        state.app.publisher.model_signing().public_key_pem().to_owned(),
+    )
+        .into_response()
+}
+
 /// Where the public half of the audit checkpoint key is published.
 pub(crate) const AUDIT_KEY_PATH: &str = "/.well-known/weightgate/audit-checkpoint.pub";
 
@@ -96,8 +109,8 @@ pub(crate) async fn audit_public_key(State(state): State<AppState>) -> Result<Re
         .into_response())
 }
 
-/// `SHA256SUMS`, `manifest.json` and their `.minisig` signatures, exactly as
-/// signed at publication.
+/// `SHA256SUMS`, `manifest.json`, their `.minisig` signatures and
+/// `model.sig`, exactly as signed at publication.
 pub(crate) async fn release_file(
     State(state): State<AppState>,
     ClientInfo(client): ClientInfo,
@@ -123,10 +136,33 @@ pub(crate) async fn signed_release_file(
         "SHA256SUMS.minisig" => (release.sums_sig, "text/plain; charset=utf-8"),
         "manifest.json" => (release.manifest, "application/json"),
         "manifest.json.minisig" => (release.manifest_sig, "text/plain; charset=utf-8"),
+        "model.sig" => (model_sig(state, release)?, "application/json"),
         _ => (None, ""),
     };
     let body = body.ok_or(Error::NotFound)?;
     Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
+}
+
+/// A release's `model.sig`: the one signed at publication, or for a release
+/// published before model signatures, one signed now over its manifest's
+/// files (which its minisign signature vouches for).
+fn model_sig(state: &AppState, release: db::models::Release) -> Result<Option<String>, Error> {
+    if release.model_sig.is_some() {
+        return Ok(release.model_sig);
+    }
+    let Some(text) = release.manifest else {
+        return Ok(None);
+    };
+    let manifest = crate::crypto::manifests::Manifest::parse(&text)?;
+    let subject = format!("{}/{}", manifest.model, manifest.release);
+    let sig = state.app.publisher.model_signing().sign(
+        &subject,
+        manifest
+            .files
+            .iter()
+            .map(|f| (f.name.as_str(), f.sha256.as_str())),
+    )?;
+    Ok(Some(sig))
 }
 
 #[derive(Serialize)]
@@ -140,6 +176,9 @@ struct GrantManifest {
     links_expire_at: i64,
     manifest_url: String,
     public_key_url: String,
+    /// The model-signing public key (PEM) that checks each release's
+    /// `model.sig`.
+    model_signing_key: String,
     releases: Vec<ReleaseLinks>,
 }
 
@@ -200,6 +239,7 @@ pub(crate) async fn grant_manifest(
         links_expire_at: access.links_expire_at,
         manifest_url: state.app.url(&format!("/access/{token}/manifest.json")),
         public_key_url: state.app.url(PUBLIC_KEY_PATH),
+        model_signing_key: state.app.publisher.model_signing().public_key_pem().to_owned(),
         releases: access
             .releases
             .into_iter()

@@ -13,7 +13,7 @@ use tower_sessions::Session;
 
 use super::{
     AppState, ClientInfo, Error,
-    access::PUBLIC_KEY_PATH,
+    access::{self, PUBLIC_KEY_PATH},
     auth::{CurrentResearcher, RESEARCHER_KEY, csrf_field, session_error, start_session},
     extract::{CsrfForm, Path},
     limited,
@@ -277,6 +277,7 @@ async fn access_page(
         header: header(researcher, &token)?,
         grants: rows,
         public_key_url: state.app.url(PUBLIC_KEY_PATH),
+        model_signing_key_url: state.app.url(access::MODEL_SIGNING_KEY_PATH),
     };
     let mut response = (token, render(&page)?).into_response();
     // The page holds signed links (and perhaps a manifest URL): never cache it.

@@ -68,6 +68,9 @@ pub(crate) struct ModelPage {
     pub(crate) card: String,
     /// Published releases, newest first.
     pub(crate) releases: Vec<ReleaseItem>,
+    /// The public key (PEM) that checks every release's `model.sig`.
+    pub(crate) model_signing_key: String,
+    pub(crate) model_signing_key_url: String,
     pub(crate) form: FormValues,
     pub(crate) errors: FieldErrors,
     pub(crate) csrf: String,
@@ -167,6 +170,7 @@ pub(crate) struct AccessPage {
     pub(crate) revoked_reason: String,
     pub(crate) manifest_url: String,
     pub(crate) public_key_url: String,
+    pub(crate) model_signing_key_url: String,
 }
 
 #[derive(Template)]
@@ -799,6 +803,7 @@ pub(crate) struct MyAccess {
     pub(crate) header: ResearcherHeader,
     pub(crate) grants: Vec<MyGrantRow>,
     pub(crate) public_key_url: String,
+    pub(crate) model_signing_key_url: String,
 }
 
 pub(crate) struct MessageRow {

@@ -181,6 +181,8 @@ async fn model_page(
         licence: card.as_ref().and_then(|c| c.licence.clone()).unwrap_or_default(),
         card: card.map(|c| c.html).unwrap_or_default(),
         releases,
+        model_signing_key: state.app.publisher.model_signing().public_key_pem().to_owned(),
+        model_signing_key_url: state.app.url(super::access::MODEL_SIGNING_KEY_PATH),
         form,
         errors,
         csrf,

@@ -113,6 +113,13 @@ pub fn all() -> Vec<Route> {
         ),
         on(
             g.clone(),
+            access::MODEL_SIGNING_KEY_PATH,
+            Open,
+            Public,
+            access::model_signing_key,
+        ),
+        on(
+            g.clone(),
             access::AUDIT_KEY_PATH,
             Open,
             Public,

@@ -661,3 +661,42 @@ pub(crate) fn sha256sum_check(dir: &std::path::Path, more: &[&str]) {
         String::from_utf8_lossy(&check.stderr)
     );
 }
+
+/// `model_signing verify key` (the OpenSSF model-signing package's verifier)
+/// of the tree at `dir` with `signature` and `public_key`: `Some((passed,
+/// output))`, or `None` with a loud notice when the tool is not installed
+/// (a failure under CI). `.ci/run` installs it from
+/// tests/model-signing/requirements.txt.
+pub(crate) fn model_signing_verify(
+    dir: &std::path::Path,
+    signature: &std::path::Path,
+    public_key: &std::path::Path,
+) -> Option<(bool, String)> {
+    let tool = std::env::var_os("WEIGHTGATE_TEST_MODEL_SIGNING").unwrap_or_else(|| "model_signing".into());
+    let out = match std::process::Command::new(&tool)
+        .args(["verify", "key", "--signature"])
+        .arg(signature)
+        .arg("--public_key")
+        .arg(public_key)
+        .arg(dir)
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must have model_signing installed (tests/model-signing/requirements.txt): {e}"
+            );
+            eprintln!(
+                "*** model_signing not installed: the OpenSSF model signature was NOT checked by its verifier ***"
+            );
+            return None;
+        }
+    };
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some((out.status.success(), text))
+}

@@ -111,6 +111,54 @@ async fn a_model_tree_publishes_as_it_is_and_downloads_whole_by_http_and_by_the_
     std::fs::write(by_curl.join("SHA256SUMS"), &sums).unwrap();
     sha256sum_check(&by_curl, &[]);
 
+    // The OpenSSF model signature, linked from the access page, checked by
+    // the model-signing package's own verifier with the key the portal
+    // publishes (and shows on the model page).
+    assert!(page.contains("/releases/tree/model.sig"), "{page}");
+    let (status, key) = t
+        .get_html(&client(), "/.well-known/weightgate/model-signing.pub")
+        .await;
+    assert_eq!(status, 200);
+    assert!(key.starts_with("-----BEGIN PUBLIC KEY-----\n"), "{key}");
+    let (_, model_page) = t.get_html(&client(), "/models/tiny-model").await;
+    assert!(
+        model_page.contains(key.lines().nth(1).unwrap()),
+        "the model page shows the key"
+    );
+    let key_file = t.dir.path().join("model-signing.pub");
+    std::fs::write(&key_file, &key).unwrap();
+    let sig_url = format!("{}/releases/tree/model.sig", access.trim_end_matches('/'));
+    let (status, sig) = t.get_html(&client(), &sig_url).await;
+    assert_eq!(status, 200, "{sig}");
+    let sig_file = by_curl.join("model.sig");
+    std::fs::write(&sig_file, &sig).unwrap();
+    let verify = |dir: &Path| model_signing_verify(dir, &dir.join("model.sig"), &key_file);
+    if let Some((ok, out)) = verify(&by_curl) {
+        assert!(ok, "model_signing verify of the tree fetched by HTTP:\n{out}");
+        // It refuses the tree after any file is changed, added or removed.
+        let config = by_curl.join("config.json");
+        let original = std::fs::read(&config).unwrap();
+        std::fs::write(&config, b"{\"hidden_size\": 65}\n").unwrap();
+        let (ok, out) = verify(&by_curl).unwrap();
+        assert!(
+            !ok && out.contains("Signature mismatch"),
+            "a changed file:\n{out}"
+        );
+        std::fs::write(&config, &original).unwrap();
+        write(&by_curl, "original/extra.bin", b"slipped in");
+        let (ok, out) = verify(&by_curl).unwrap();
+        assert!(!ok, "an added file:\n{out}");
+        std::fs::remove_file(by_curl.join("original/extra.bin")).unwrap();
+        let params = by_curl.join("original/params.json");
+        let kept = std::fs::read(&params).unwrap();
+        std::fs::remove_file(&params).unwrap();
+        let (ok, out) = verify(&by_curl).unwrap();
+        assert!(!ok, "a removed file:\n{out}");
+        std::fs::write(&params, kept).unwrap();
+        let (ok, out) = verify(&by_curl).unwrap();
+        assert!(ok, "whole again:\n{out}");
+    }
+
     // The client recreates the tree; --include matches paths.
     let some = t.dir.path().join("some");
     let out = download_with_client(&access, &some, &["original/*"]);
@@ -134,6 +182,12 @@ async fn a_model_tree_publishes_as_it_is_and_downloads_whole_by_http_and_by_the_
         assert_eq!(sha256_hex(&got), sha256_hex(bytes), "{path}");
     }
     sha256sum_check(&all.join("tree"), &[]);
+    // The client leaves model.sig at the top of each release it fetched,
+    // and the tree verifies as it lies, with the client's other files.
+    assert_eq!(std::fs::read_to_string(all.join("tree/model.sig")).unwrap(), sig);
+    if let Some((ok, out)) = verify(&all.join("tree")) {
+        assert!(ok, "model_signing verify of the client's tree:\n{out}");
+    }
     // Nothing of the client's own bookkeeping is left in the tree.
     let leftovers: Vec<PathBuf> = walk(&all.join("tree"))
         .into_iter()
@@ -143,6 +197,25 @@ async fn a_model_tree_publishes_as_it_is_and_downloads_whole_by_http_and_by_the_
         })
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // A model.sig that vouches for other files (here another release's,
+    // put in place by whoever can write to the database) is refused.
+    sqlx::query("UPDATE releases SET model_sig = (SELECT model_sig FROM releases WHERE name = 'r1') WHERE name = 'tree'")
+        .execute(t.app.db.pool())
+        .await
+        .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weightgate"))
+        .args(["download", &access, "--dir"])
+        .arg(t.dir.path().join("swapped"))
+        .args(["--include", "config.json"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("the model.sig of release tree does not list the files of its signed manifest"),
+        "{err}"
+    );
 
     // The log names each file by its path.
     let subjects: Vec<String> = t
@@ -373,4 +446,90 @@ async fn a_releases_model_card_shows_on_the_model_page_and_sums_it_up_in_the_cat
     let (ok, _, err) = publish(&t, &plain, "huge", &["--card", card.to_str().unwrap()]);
     assert!(!ok);
     assert!(err.contains("at most"), "{err}");
+}
+
+/// A file over 4 GiB (sparse where it is written, so it costs little disk
+/// before it is published): published, answered to HEAD and to ranges past
+/// the 32-bit line with the right bytes and headers, and downloaded whole by
+/// the client, which checks every chunk, and then by `sha256sum -c`. SQLite
+/// only: nothing in it touches the database beyond what every scenario does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_over_4_gib_is_published_served_past_4_gib_and_downloaded_whole() {
+    use std::os::unix::fs::FileExt;
+    const GIB4: u64 = 1 << 32;
+    let t = TestApp::spawn().await;
+    let source = t.dir.path().join("big");
+    write(&source, "config.json", b"{}");
+    write(&source, "original/params.json", b"{\"dim\": 4096}\n");
+    let huge = source.join("original/huge.bin");
+    let size = GIB4 + 5 * 1024 * 1024 + 17;
+    let marker = b"past the 32-bit line";
+    {
+        let f = std::fs::File::create(&huge).unwrap();
+        f.set_len(size).unwrap();
+        f.write_all_at(b"start", 0).unwrap();
+        f.write_all_at(marker, GIB4 + 100).unwrap();
+        f.write_all_at(b"end", size - 3).unwrap();
+    }
+    let (ok, out, err) = publish(&t, &source, "big", &[]);
+    assert!(ok, "{err}");
+    assert!(out.contains("with 3 files"), "{out}");
+
+    let access = t.approved_researcher("big@uni.example.edu").await;
+    let (_, href) = t
+        .download_links(&access)
+        .await
+        .into_iter()
+        .find(|(path, _)| path == "original/huge.bin")
+        .expect("a link to the big file");
+    let head = client().head(&href).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(
+        head.headers()["content-length"].to_str().unwrap(),
+        size.to_string()
+    );
+    let range = |spec: String| {
+        let href = href.clone();
+        async move {
+            let r = client().get(&href).header("range", spec).send().await.unwrap();
+            let status = r.status();
+            let content_range = r
+                .headers()
+                .get("content-range")
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            (status, content_range, r.bytes().await.unwrap())
+        }
+    };
+    let start = GIB4 + 100;
+    let end = start + marker.len() as u64 - 1;
+    let (status, content_range, body) = range(format!("bytes={start}-{end}")).await;
+    assert_eq!(status, 206);
+    assert_eq!(content_range, format!("bytes {start}-{end}/{size}"));
+    assert_eq!(&body[..], marker);
+    // Across the line, and from the end.
+    let (status, _, body) = range(format!("bytes={}-{}", GIB4 - 2, GIB4 + 101)).await;
+    assert_eq!(status, 206);
+    assert_eq!(body.len(), 104);
+    assert!(body[..102].iter().all(|b| *b == 0));
+    assert_eq!(&body[102..], b"pa");
+    let (status, content_range, body) = range("bytes=-3".to_owned()).await;
+    assert_eq!(status, 206);
+    assert_eq!(content_range, format!("bytes {}-{}/{size}", size - 3, size - 1));
+    assert_eq!(&body[..], b"end");
+
+    // The client fetches it in parallel chunks, each checked against the
+    // signed manifest; then coreutils checks the whole file.
+    let dir = t.dir.path().join("got");
+    let out = download_with_client(&access, &dir, &["original/*"]);
+    assert!(out.contains("2 files verified in"), "{out}");
+    let got = dir.join("big/original/huge.bin");
+    assert_eq!(std::fs::metadata(&got).unwrap().len(), size);
+    let mut tail = [0u8; 20];
+    std::fs::File::open(&got)
+        .unwrap()
+        .read_exact_at(&mut tail, GIB4 + 100)
+        .unwrap();
+    assert_eq!(&tail, marker);
+    sha256sum_check(&dir.join("big"), &["--ignore-missing"]);
 }
