@@ -16,7 +16,7 @@ use crate::{
     crypto::manifests::{MANIFEST_FORMAT, Manifest, ManifestFile},
     db::{self, models::Model},
     domain::error::Result,
-    storage::key_for_sha256,
+    storage::{Changed, Expected, key_for_sha256},
     types::{Slug, is_safe_file_name, new_id, now_ms},
 };
 
@@ -460,7 +460,19 @@ pub async fn publish_from(
         let key = key_for_sha256(&sha256);
         let uploaded = app.storage.size(&key).await? != Some(size);
         if uploaded {
-            app.storage.put_file(&key, &path).await?;
+            // The store checks every byte against the hashes just taken, so
+            // a file swapped or changed since cannot be stored under them.
+            let expected = Expected {
+                size,
+                chunk_size,
+                chunks: chunks.clone(),
+            };
+            if let Err(e) = app.storage.put_file(&key, &path, &expected).await {
+                return Err(match e.downcast::<Changed>() {
+                    Ok(changed) => crate::domain::Error::conflict(changed.to_string()),
+                    Err(e) => e.into(),
+                });
+            }
             let stored = app.storage.size(&key).await?;
             if stored != Some(size) {
                 return Err(crate::domain::Error::conflict(format!(

@@ -1,7 +1,7 @@
 //! Objects as files under one directory: the embedded default.
 
 use std::{
-    io::{self, Read, Seek},
+    io::{self, Read, Seek, Write},
     path::{Component, Path, PathBuf},
     time::Duration,
 };
@@ -11,7 +11,7 @@ use bytes::Bytes;
 use tokio::io::AsyncReadExt;
 use tokio_util::io::ReaderStream;
 
-use super::{ByteStream, Locked, ObjectStore};
+use super::{ByteStream, Changed, ChunkCheck, Expected, Locked, ObjectStore};
 
 /// Objects as files under one directory.
 #[derive(Debug)]
@@ -41,20 +41,58 @@ impl LocalDir {
 /// Read buffer for streaming downloads.
 const CHUNK: usize = 256 * 1024;
 
+/// Copies `source` to a new file at `target`, checking each chunk against
+/// `expected` before its bytes are written, and syncs it.
+fn copy_checked(source: &Path, target: &Path, expected: &Expected) -> anyhow::Result<()> {
+    let changed = || Changed(source.display().to_string());
+    let mut from =
+        std::fs::File::open(source).with_context(|| format!("cannot open {}", source.display()))?;
+    let mut to = std::fs::File::create_new(target)
+        .with_context(|| format!("cannot create {} in the object store", target.display()))?;
+    let mut check = ChunkCheck::at(expected, 0);
+    let mut buf = vec![0u8; CHUNK];
+    let mut size = 0u64;
+    loop {
+        let n = from
+            .read(&mut buf)
+            .with_context(|| format!("cannot read {}", source.display()))?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        if size > expected.size || !check.update(&buf[..n]) {
+            return Err(changed().into());
+        }
+        to.write_all(&buf[..n])
+            .with_context(|| format!("cannot write {}", target.display()))?;
+    }
+    if size != expected.size || !check.finish() {
+        return Err(changed().into());
+    }
+    to.sync_all()
+        .with_context(|| format!("cannot write {}", target.display()))?;
+    Ok(())
+}
+
 #[async_trait::async_trait]
 impl ObjectStore for LocalDir {
-    async fn put_file(&self, key: &str, source: &Path) -> anyhow::Result<()> {
+    /// Copies the file through a check of every chunk into a partial file
+    /// beside the object, syncs it and moves it into place.
+    async fn put_file(&self, key: &str, source: &Path, expected: &Expected) -> anyhow::Result<()> {
         let target = self.path(key)?;
         let dir = target.parent().context("object key has no parent")?;
         tokio::fs::create_dir_all(dir)
             .await
             .with_context(|| format!("cannot create {}", dir.display()))?;
         let partial = dir.join(format!(".{}.partial", crate::types::new_id()));
-        tokio::fs::copy(source, &partial)
-            .await
-            .with_context(|| format!("cannot copy {} into the object store", source.display()))?;
-        let file = tokio::fs::File::open(&partial).await?;
-        file.sync_all().await?;
+        let copied = {
+            let (source, partial, expected) = (source.to_owned(), partial.clone(), expected.clone());
+            tokio::task::spawn_blocking(move || copy_checked(&source, &partial, &expected)).await?
+        };
+        if let Err(e) = copied {
+            let _ = tokio::fs::remove_file(&partial).await;
+            return Err(e);
+        }
         tokio::fs::rename(&partial, &target)
             .await
             .with_context(|| format!("cannot move object into place at {}", target.display()))?;
@@ -117,7 +155,6 @@ impl ObjectStore for LocalDir {
     ) -> anyhow::Result<Locked> {
         let target = self.path(key)?;
         tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            use std::io::Write;
             let dir = target.parent().context("record key has no parent")?;
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
             let mut file = std::fs::OpenOptions::new()
@@ -205,7 +242,34 @@ mod tests {
         let source = dir.path().join("source");
         std::fs::write(&source, b"0123456789").unwrap();
         let store = LocalDir::new(dir.path().join("objects"));
-        store.put_file("sha256/ab/abc", &source).await.unwrap();
+        let sha = |b: &[u8]| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b));
+        let expected = Expected {
+            size: 10,
+            chunk_size: 4,
+            chunks: vec![sha(b"0123"), sha(b"4567"), sha(b"89")],
+        };
+        // A file that is not what was hashed is refused, and nothing stays.
+        std::fs::write(&source, b"0123456X89").unwrap();
+        let err = store
+            .put_file("sha256/ab/abc", &source, &expected)
+            .await
+            .unwrap_err();
+        assert!(err.is::<Changed>(), "{err:#}");
+        std::fs::write(&source, b"01234567890").unwrap();
+        let err = store
+            .put_file("sha256/ab/abc", &source, &expected)
+            .await
+            .unwrap_err();
+        assert!(err.is::<Changed>(), "{err:#}");
+        assert_eq!(store.size("sha256/ab/abc").await.unwrap(), None);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("objects/sha256/ab"))
+                .unwrap()
+                .count(),
+            0
+        );
+        std::fs::write(&source, b"0123456789").unwrap();
+        store.put_file("sha256/ab/abc", &source, &expected).await.unwrap();
         assert_eq!(store.size("sha256/ab/abc").await.unwrap(), Some(10));
         assert_eq!(store.size("sha256/ab/missing").await.unwrap(), None);
         let parts: Vec<Bytes> = store

@@ -8,6 +8,7 @@ use std::{io, path::Path, pin::Pin, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use futures_util::Stream;
+use sha2::{Digest, Sha256};
 
 pub use self::{local::LocalDir, s3::S3Bucket};
 use crate::config::{Config, StorageLocation};
@@ -25,8 +26,10 @@ pub(crate) struct StoreUnavailable;
 #[async_trait::async_trait]
 pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     /// Stores the file at `source` under `key`, replacing what was there. A
-    /// reader never sees a partly written object.
-    async fn put_file(&self, key: &str, source: &Path) -> anyhow::Result<()>;
+    /// reader never sees a partly written object. Every byte written or sent
+    /// is checked against `expected` first: a file that no longer holds what
+    /// was hashed is refused with [`Changed`], and nothing is stored.
+    async fn put_file(&self, key: &str, source: &Path, expected: &Expected) -> anyhow::Result<()>;
 
     /// The size of the object, or `None` when there is none.
     async fn size(&self, key: &str) -> anyhow::Result<Option<u64>>;
@@ -67,6 +70,74 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
 
     /// The keys under `prefix` (which ends in `/`), in order.
     async fn list(&self, prefix: &str) -> anyhow::Result<Vec<String>>;
+}
+
+/// What a file given to [`ObjectStore::put_file`] must hold: its size and the
+/// SHA-256 of each `chunk_size` bytes (the last may be shorter), as its
+/// release manifest lists them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Expected {
+    pub size: u64,
+    pub chunk_size: u64,
+    pub chunks: Vec<String>,
+}
+
+/// A file given to [`ObjectStore::put_file`] whose bytes are not those it
+/// was hashed with: it changed after it was hashed, or while it was read.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} changed while it was being published (its bytes no longer match their hashes)")]
+pub struct Changed(pub String);
+
+/// Checks bytes read in order, from a chunk boundary, against the expected
+/// chunk hashes.
+pub(crate) struct ChunkCheck<'a> {
+    expected: &'a Expected,
+    /// The chunk being hashed.
+    index: usize,
+    in_chunk: u64,
+    hasher: Sha256,
+}
+
+impl<'a> ChunkCheck<'a> {
+    /// A check of the bytes from `offset`, which must start a chunk.
+    pub(crate) fn at(expected: &'a Expected, offset: u64) -> Self {
+        debug_assert_eq!(offset % expected.chunk_size, 0);
+        Self {
+            expected,
+            index: usize::try_from(offset / expected.chunk_size).unwrap_or(usize::MAX),
+            in_chunk: 0,
+            hasher: Sha256::new(),
+        }
+    }
+
+    /// Takes the next bytes; `false` once a chunk they end does not match.
+    pub(crate) fn update(&mut self, mut bytes: &[u8]) -> bool {
+        while !bytes.is_empty() {
+            let room = self.expected.chunk_size - self.in_chunk;
+            let take = bytes.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+            self.hasher.update(&bytes[..take]);
+            self.in_chunk += take as u64;
+            bytes = &bytes[take..];
+            if self.in_chunk == self.expected.chunk_size && !self.end_chunk() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Ends the check where the bytes end: at a chunk boundary, or at the
+    /// end of the file, whose last chunk may be shorter.
+    pub(crate) fn finish(mut self) -> bool {
+        self.in_chunk == 0 || self.end_chunk()
+    }
+
+    fn end_chunk(&mut self) -> bool {
+        let digest = hex::encode(self.hasher.finalize_reset());
+        let matches = self.expected.chunks.get(self.index) == Some(&digest);
+        self.index += 1;
+        self.in_chunk = 0;
+        matches
+    }
 }
 
 /// Whether a record was stored under a lock its store enforces.

@@ -1,38 +1,132 @@
 //! Objects in an S3 bucket: AWS S3 or any S3-compatible store (Garage, Ceph,
 //! R2, MinIO...). Several portal replicas share one bucket.
 
-use std::{fmt, path::Path, time::Duration};
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::Context;
 use aws_sdk_s3::{
     Client,
     config::{BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation},
     presigning::PresigningConfig,
-    primitives::{ByteStream as SdkByteStream, Length},
+    primitives::ByteStream as SdkByteStream,
     types::{CompletedMultipartUpload, CompletedPart},
 };
 use aws_smithy_http_client::tls;
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::StreamExt;
 
-use super::{ByteStream, Locked, ObjectStore};
+use bytes::Bytes;
+use sha2::Digest;
+
+use super::{ByteStream, Changed, ChunkCheck, Expected, Locked, ObjectStore};
 use crate::config::Config;
 
 /// Files up to this size go up in one PutObject; larger ones as a multipart
 /// upload of parts this size (or larger, see [`part_size_for`]).
 const PART_SIZE: u64 = 16 * 1024 * 1024;
-/// S3 accepts at most this many parts in one multipart upload.
+/// S3 accepts at most this many parts in one multipart upload...
 const MAX_PARTS: u64 = 10_000;
-/// Parts uploaded at once: bounds the memory and connections an upload takes.
-const PARTS_IN_FLIGHT: usize = 4;
-/// Read buffer for streaming a file into a request body.
-const UPLOAD_BUFFER: usize = 256 * 1024;
+/// ...each at most this large.
+const MAX_PART_SIZE: u64 = 5 * 1024 * 1024 * 1024;
+/// Parts uploaded at once, at most: bounds the connections an upload takes.
+const PARTS_IN_FLIGHT: u64 = 4;
+/// Bytes of parts held at once, at most. Each part is read into memory,
+/// checked against its chunk hashes and sent from there, so that what the
+/// store receives is exactly what was checked.
+const PARTS_MEMORY: u64 = 128 * 1024 * 1024;
 
 /// The size of each part (the last may be smaller) when uploading `size`
-/// bytes: [`PART_SIZE`], grown in whole MiB so that no more than
-/// [`MAX_PARTS`] parts are needed.
-fn part_size_for(size: u64) -> u64 {
-    const MIB: u64 = 1024 * 1024;
-    PART_SIZE.max(size.div_ceil(MAX_PARTS).div_ceil(MIB) * MIB)
+/// bytes hashed in chunks of `chunk_size`: at least [`PART_SIZE`], a whole
+/// number of chunks (so that each part is checked against them), and large
+/// enough that no more than [`MAX_PARTS`] parts are needed.
+fn part_size_for(size: u64, chunk_size: u64) -> anyhow::Result<u64> {
+    let least = PART_SIZE.max(size.div_ceil(MAX_PARTS));
+    let part_size = least.div_ceil(chunk_size) * chunk_size;
+    anyhow::ensure!(
+        part_size <= MAX_PART_SIZE,
+        "a file of {size} bytes in chunks of {chunk_size} bytes needs parts larger than S3's 5 GiB: publish it with a smaller chunk size"
+    );
+    Ok(part_size)
+}
+
+/// A multipart upload under way, kept in `DATA_DIR/uploads/` as one line of
+/// JSON for the upload and one per part the store has taken (appended as
+/// each arrives), so that a publish that stopped (killed, or its network
+/// gone) resumes it instead of sending again the parts the store holds.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Upload {
+    object_key: String,
+    upload_id: String,
+    size: u64,
+    part_size: u64,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct StoredPart {
+    part: i32,
+    e_tag: String,
+}
+
+/// The upload recorded at `path`, with the parts recorded for it; a torn
+/// last line (the publish killed while writing it) is left out.
+fn read_upload(path: &Path) -> Option<(Upload, std::collections::BTreeMap<i32, String>)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut lines = text.lines();
+    let upload: Upload = serde_json::from_str(lines.next()?).ok()?;
+    let parts = lines
+        .filter_map(|line| serde_json::from_str::<StoredPart>(line).ok())
+        .map(|p| (p.part, p.e_tag))
+        .collect();
+    Some((upload, parts))
+}
+
+/// Appends one line to the record of an upload.
+fn record(path: &Path, line: &impl serde::Serialize) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut text = serde_json::to_string(line)?;
+    text.push('\n');
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Reads `length` bytes of `source` at `offset` and checks them against the
+/// chunk hashes they cover.
+async fn read_checked(source: &Path, offset: u64, length: u64, expected: &Expected) -> anyhow::Result<Bytes> {
+    let path = source.to_owned();
+    let read = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0; usize::try_from(length).map_err(std::io::Error::other)?];
+        std::fs::File::open(&path)?.read_exact_at(&mut buf, offset)?;
+        Ok(buf)
+    })
+    .await?;
+    let changed = || Changed(source.display().to_string());
+    let bytes = match read {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(changed().into()),
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot read {}", source.display()))),
+    };
+    let mut check = ChunkCheck::at(expected, offset);
+    if !check.update(&bytes) || !check.finish() {
+        return Err(changed().into());
+    }
+    Ok(Bytes::from(bytes))
+}
+
+/// The Content-MD5 header of `bytes`: the store refuses a body that does not
+/// match it (AWS S3 and most S3-compatible stores).
+fn content_md5(bytes: &[u8]) -> String {
+    use base64::Engine;
+    use md5::Digest;
+    base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(bytes))
 }
 
 /// A bucket, with every object key under a prefix.
@@ -44,6 +138,8 @@ pub struct S3Bucket {
     endpoint: Option<String>,
     /// Whether the bucket has Object Lock turned on, once asked.
     lockable: std::sync::OnceLock<bool>,
+    /// Where multipart uploads under way are recorded (see [`Upload`]).
+    uploads: PathBuf,
 }
 
 impl fmt::Debug for S3Bucket {
@@ -106,6 +202,7 @@ impl S3Bucket {
             prefix,
             endpoint: config.s3_endpoint.clone(),
             lockable: std::sync::OnceLock::new(),
+            uploads: config.data_dir.join("uploads"),
         })
     }
 
@@ -159,20 +256,16 @@ impl S3Bucket {
         format!("s3://{}/{object_key}", self.bucket)
     }
 
-    async fn put_whole(&self, object_key: &str, source: &Path, size: u64) -> anyhow::Result<()> {
-        let body = SdkByteStream::read_from()
-            .path(source)
-            .buffer_size(UPLOAD_BUFFER)
-            .length(Length::Exact(size))
-            .build()
-            .await
-            .with_context(|| format!("cannot read {}", source.display()))?;
+    /// A file of one part: read, checked and sent in one PutObject.
+    async fn put_whole(&self, object_key: &str, source: &Path, expected: &Expected) -> anyhow::Result<()> {
+        let bytes = read_checked(source, 0, expected.size, expected).await?;
         self.client
             .put_object()
             .bucket(&self.bucket)
             .key(object_key)
-            .content_length(i64::try_from(size)?)
-            .body(body)
+            .content_length(i64::try_from(bytes.len())?)
+            .content_md5(content_md5(&bytes))
+            .body(SdkByteStream::from(bytes))
             .send()
             .await
             .with_context(|| {
@@ -185,113 +278,315 @@ impl S3Bucket {
         Ok(())
     }
 
-    /// Uploads the parts of `source`, at most [`PARTS_IN_FLIGHT`] at once,
-    /// each streamed from its slice of the file, and completes the upload.
+    /// Where the upload of `object_key` is recorded.
+    fn upload_record(&self, object_key: &str) -> PathBuf {
+        let name = hex::encode(&sha2::Sha256::digest(format!("{}/{object_key}", self.bucket))[..16]);
+        self.uploads.join(format!("{name}.jsonl"))
+    }
+
+    /// The recorded upload of `object_key` in parts of `part_size`, if the
+    /// store still has it, with the parts it holds as recorded; `None` when
+    /// there is none to resume.
+    async fn resumable(
+        &self,
+        record: &Path,
+        wanted: &Upload,
+        part_length: impl Fn(i32) -> Option<u64>,
+    ) -> anyhow::Result<Option<Vec<CompletedPart>>> {
+        let Some((upload, recorded)) = read_upload(record) else {
+            return Ok(None);
+        };
+        let same = upload.object_key == wanted.object_key
+            && upload.size == wanted.size
+            && upload.part_size == wanted.part_size;
+        if !same {
+            return Ok(None);
+        }
+        // What the store holds of it: parts it lists with the recorded ETag
+        // (where it gives one) and the size the part must have.
+        let mut listed = std::collections::HashMap::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let page = match self
+                .client
+                .list_parts()
+                .bucket(&self.bucket)
+                .key(&upload.object_key)
+                .upload_id(&upload.upload_id)
+                .set_part_number_marker(marker.clone())
+                .send()
+                .await
+            {
+                Ok(page) => page,
+                Err(err) if err.as_service_error().and_then(|e| e.meta().code()) == Some("NoSuchUpload") => {
+                    return Ok(None);
+                }
+                Err(err) => {
+                    return Err(anyhow::Error::new(err)
+                        .context(format!(
+                            "cannot list the parts stored of {}",
+                            self.describe(&upload.object_key)
+                        ))
+                        .context(super::StoreUnavailable));
+                }
+            };
+            for part in page.parts() {
+                if let (Some(number), Some(size)) = (part.part_number(), part.size()) {
+                    listed.insert(
+                        number,
+                        (size, part.e_tag().map(|t| t.trim_matches('"').to_owned())),
+                    );
+                }
+            }
+            match page.next_part_number_marker() {
+                Some(next) if page.is_truncated() == Some(true) => marker = Some(next.to_owned()),
+                _ => break,
+            }
+        }
+        let held = recorded
+            .into_iter()
+            .filter(|(number, e_tag)| match listed.get(number) {
+                Some((size, listed_tag)) => {
+                    part_length(*number).and_then(|l| i64::try_from(l).ok()) == Some(*size)
+                        && listed_tag.as_deref().is_none_or(|t| t == e_tag.trim_matches('"'))
+                }
+                None => false,
+            })
+            .map(|(number, e_tag)| CompletedPart::builder().part_number(number).e_tag(e_tag).build())
+            .collect();
+        Ok(Some(held))
+    }
+
+    /// Uploads the parts of `source` the store does not hold yet, a few at a
+    /// time, recording each as it is taken, and completes the upload.
     async fn put_parts(
         &self,
-        object_key: &str,
-        upload_id: &str,
+        upload: &Upload,
+        record_path: &Path,
+        mut held: Vec<CompletedPart>,
         source: &Path,
-        size: u64,
+        expected: &Expected,
     ) -> anyhow::Result<()> {
-        let part_size = part_size_for(size);
-        let parts: Vec<CompletedPart> = futures_util::stream::iter(0..size.div_ceil(part_size))
-            .map(|index| async move {
-                let offset = index * part_size;
-                let length = part_size.min(size - offset);
-                let number = i32::try_from(index + 1)?;
-                let body = SdkByteStream::read_from()
-                    .path(source)
-                    .buffer_size(UPLOAD_BUFFER)
-                    .offset(offset)
-                    .length(Length::Exact(length))
-                    .build()
-                    .await
-                    .with_context(|| format!("cannot read {}", source.display()))?;
-                let uploaded = self
-                    .client
-                    .upload_part()
-                    .bucket(&self.bucket)
-                    .key(object_key)
-                    .upload_id(upload_id)
-                    .part_number(number)
-                    .content_length(i64::try_from(length)?)
-                    .body(body)
-                    .send()
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "cannot upload part {number} of {} to {}",
-                            source.display(),
-                            self.describe(object_key)
-                        )
-                    })?;
-                let e_tag = uploaded
-                    .e_tag()
-                    .with_context(|| format!("the store returned no ETag for part {number}"))?;
-                anyhow::Ok(CompletedPart::builder().part_number(number).e_tag(e_tag).build())
+        let Upload {
+            object_key,
+            upload_id,
+            size,
+            part_size,
+        } = upload;
+        let (size, part_size) = (*size, *part_size);
+        let count = size.div_ceil(part_size);
+        let have: std::collections::HashSet<i32> =
+            held.iter().filter_map(CompletedPart::part_number).collect();
+        let in_flight = (PARTS_MEMORY / part_size).clamp(1, PARTS_IN_FLIGHT);
+        let missing = (1..=count)
+            .filter_map(|number| i32::try_from(number).ok())
+            .filter(|number| !have.contains(number));
+        // After a part fails no new one starts, but those under way finish
+        // and are recorded, so that a resumed upload need not send them.
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let stop = &stop;
+        let results: Vec<anyhow::Result<Option<CompletedPart>>> = futures_util::stream::iter(missing)
+            .map(|number| async move {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Ok(None);
+                }
+                let sent = self.put_part(upload, record_path, number, source, expected).await;
+                if sent.is_err() {
+                    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                sent.map(Some)
             })
-            .buffered(PARTS_IN_FLIGHT)
-            .try_collect()
-            .await?;
+            .buffer_unordered(usize::try_from(in_flight)?)
+            .collect()
+            .await;
+        let mut failures: Vec<anyhow::Error> = Vec::new();
+        for result in results {
+            match result {
+                Ok(Some(part)) => held.push(part),
+                Ok(None) => {}
+                Err(e) => failures.push(e),
+            }
+        }
+        // A changed file first: it decides that the upload is given up.
+        failures.sort_by_key(|e| !e.is::<Changed>());
+        if let Some(failure) = failures.into_iter().next() {
+            return Err(failure);
+        }
+        held.sort_by_key(|p| p.part_number());
         self.client
             .complete_multipart_upload()
             .bucket(&self.bucket)
             .key(object_key)
             .upload_id(upload_id)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(held)).build())
             .send()
             .await
             .with_context(|| format!("cannot complete the upload to {}", self.describe(object_key)))?;
         Ok(())
+    }
+
+    /// Reads, checks and sends one part, and records it once the store has
+    /// taken it.
+    async fn put_part(
+        &self,
+        upload: &Upload,
+        record_path: &Path,
+        number: i32,
+        source: &Path,
+        expected: &Expected,
+    ) -> anyhow::Result<CompletedPart> {
+        let Upload {
+            object_key,
+            upload_id,
+            size,
+            part_size,
+        } = upload;
+        let offset = (u64::try_from(number)? - 1) * part_size;
+        let length = (*part_size).min(size - offset);
+        let bytes = read_checked(source, offset, length, expected).await?;
+        let uploaded = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(object_key)
+            .upload_id(upload_id)
+            .part_number(number)
+            .content_length(i64::try_from(length)?)
+            .content_md5(content_md5(&bytes))
+            .body(SdkByteStream::from(bytes))
+            .send()
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot upload part {number} of {} to {}",
+                    source.display(),
+                    self.describe(object_key)
+                )
+            })?;
+        let e_tag = uploaded
+            .e_tag()
+            .with_context(|| format!("the store returned no ETag for part {number}"))?;
+        record(
+            record_path,
+            &StoredPart {
+                part: number,
+                e_tag: e_tag.to_owned(),
+            },
+        )?;
+        Ok(CompletedPart::builder().part_number(number).e_tag(e_tag).build())
+    }
+
+    /// Gives up an upload: the store drops its parts.
+    async fn abort(&self, upload: &Upload) {
+        let aborted = self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&upload.object_key)
+            .upload_id(&upload.upload_id)
+            .send()
+            .await;
+        if let Err(err) = aborted {
+            tracing::warn!(
+                object = %self.describe(&upload.object_key),
+                upload_id = upload.upload_id,
+                error = %format!("{:#}", anyhow::Error::new(err)),
+                "cannot abort a multipart upload; its parts stay until a lifecycle rule removes them"
+            );
+        }
     }
 }
 
 #[async_trait::async_trait]
 impl ObjectStore for S3Bucket {
     /// Small files go up in one PutObject, larger ones as a multipart upload
-    /// that is aborted if any part fails. S3 makes either visible only once
-    /// it is whole.
-    async fn put_file(&self, key: &str, source: &Path) -> anyhow::Result<()> {
+    /// whose parts are each checked against the file's chunk hashes before
+    /// they are sent and by the store against their Content-MD5 when they
+    /// arrive. S3 makes either visible only once it is whole.
+    ///
+    /// A multipart upload that fails (the store or the network gone, the
+    /// publish killed) is kept with the parts the store took, and the next
+    /// put of the same file resumes it, sending only the parts still
+    /// missing. One whose file changed is given up.
+    async fn put_file(&self, key: &str, source: &Path, expected: &Expected) -> anyhow::Result<()> {
         let object_key = self.object_key(key)?;
         let size = tokio::fs::metadata(source)
             .await
             .with_context(|| format!("cannot read {}", source.display()))?
             .len();
-        if size <= PART_SIZE {
-            return self.put_whole(&object_key, source, size).await;
+        if size != expected.size {
+            return Err(Changed(source.display().to_string()).into());
         }
-        let started = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.bucket)
-            .key(&object_key)
-            .send()
-            .await
-            .with_context(|| format!("cannot start an upload to {}", self.describe(&object_key)))?;
-        let upload_id = started
-            .upload_id()
-            .context("the store started a multipart upload without an id")?;
-        let uploaded = self.put_parts(&object_key, upload_id, source, size).await;
-        if uploaded.is_err() {
-            let aborted = self
-                .client
-                .abort_multipart_upload()
-                .bucket(&self.bucket)
-                .key(&object_key)
-                .upload_id(upload_id)
-                .send()
-                .await;
-            if let Err(err) = aborted {
-                tracing::warn!(
+        if size <= PART_SIZE {
+            return self.put_whole(&object_key, source, expected).await;
+        }
+        let part_size = part_size_for(size, expected.chunk_size)?;
+        let wanted = Upload {
+            object_key: object_key.clone(),
+            upload_id: String::new(),
+            size,
+            part_size,
+        };
+        let record_path = self.upload_record(&object_key);
+        let part_length = |number: i32| {
+            let offset = (u64::try_from(number).ok()?.checked_sub(1)?) * part_size;
+            (offset < size).then(|| part_size.min(size - offset))
+        };
+        let (upload, held) = match self.resumable(&record_path, &wanted, part_length).await? {
+            Some(held) => {
+                let (upload, _) = read_upload(&record_path).context("the upload record vanished")?;
+                tracing::info!(
                     object = %self.describe(&object_key),
-                    upload_id,
-                    error = %format!("{:#}", anyhow::Error::new(err)),
-                    "cannot abort a failed multipart upload; its parts stay until a lifecycle rule removes them"
+                    parts_held = held.len(),
+                    "resuming a multipart upload"
                 );
+                (upload, held)
+            }
+            None => {
+                let started = self
+                    .client
+                    .create_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(&object_key)
+                    .send()
+                    .await
+                    .with_context(|| format!("cannot start an upload to {}", self.describe(&object_key)))?;
+                let upload = Upload {
+                    upload_id: started
+                        .upload_id()
+                        .context("the store started a multipart upload without an id")?
+                        .to_owned(),
+                    ..wanted
+                };
+                tokio::fs::create_dir_all(&self.uploads)
+                    .await
+                    .with_context(|| format!("cannot create {}", self.uploads.display()))?;
+                let _ = tokio::fs::remove_file(&record_path).await;
+                record(&record_path, &upload)?;
+                (upload, Vec::new())
+            }
+        };
+        match self
+            .put_parts(&upload, &record_path, held, source, expected)
+            .await
+        {
+            Ok(()) => {
+                let _ = tokio::fs::remove_file(&record_path).await;
+                Ok(())
+            }
+            Err(e) if e.is::<Changed>() => {
+                self.abort(&upload).await;
+                let _ = tokio::fs::remove_file(&record_path).await;
+                Err(e)
+            }
+            Err(e) => {
+                let stored = read_upload(&record_path).map_or(0, |(_, parts)| parts.len());
+                Err(e.context(format!(
+                    "the upload stopped with {stored} of {} parts stored; publishing again resumes it",
+                    size.div_ceil(part_size)
+                )))
             }
         }
-        uploaded
     }
 
     async fn size(&self, key: &str) -> anyhow::Result<Option<u64>> {
@@ -506,13 +801,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parts_are_16_mib_unless_the_file_needs_more_than_10000() {
+    fn parts_are_16_mib_of_whole_chunks_unless_the_file_needs_more_than_10000() {
         const MIB: u64 = 1024 * 1024;
-        assert_eq!(part_size_for(40 * MIB), 16 * MIB);
-        assert_eq!(part_size_for(MAX_PARTS * 16 * MIB), 16 * MIB);
+        assert_eq!(part_size_for(40 * MIB, 64 * 1024).unwrap(), 16 * MIB);
+        assert_eq!(part_size_for(MAX_PARTS * 16 * MIB, MIB).unwrap(), 16 * MIB);
         let huge = MAX_PARTS * 16 * MIB + 1;
-        assert_eq!(part_size_for(huge), 17 * MIB);
-        assert!(huge.div_ceil(part_size_for(huge)) <= MAX_PARTS);
+        assert_eq!(part_size_for(huge, MIB).unwrap(), 17 * MIB);
+        assert!(huge.div_ceil(part_size_for(huge, MIB).unwrap()) <= MAX_PARTS);
+        // Whole chunks: 64 MiB chunks make 64 MiB parts; 5 MB chunks, 20 MB.
+        assert_eq!(part_size_for(40 * MIB, 64 * MIB).unwrap(), 64 * MIB);
+        assert_eq!(part_size_for(40 * MIB, 5_000_000).unwrap(), 20_000_000);
+        // No part may pass 5 GiB.
+        assert!(part_size_for(40 * MIB, 6 * 1024 * MIB).is_err());
     }
 
     #[test]

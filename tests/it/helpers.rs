@@ -700,3 +700,20 @@ pub(crate) fn model_signing_verify(
     );
     Some((out.status.success(), text))
 }
+
+/// What a file holding `bytes` must hold when it is put into an object
+/// store, in chunks of `chunk_size`, as a manifest lists them.
+pub(crate) fn expected(bytes: &[u8], chunk_size: u64) -> weightgate::storage::Expected {
+    let mut chunks: Vec<String> = bytes
+        .chunks(usize::try_from(chunk_size).unwrap())
+        .map(sha256_hex)
+        .collect();
+    if chunks.is_empty() {
+        chunks.push(sha256_hex(b""));
+    }
+    weightgate::storage::Expected {
+        size: bytes.len() as u64,
+        chunk_size,
+        chunks,
+    }
+}

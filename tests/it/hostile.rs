@@ -550,6 +550,7 @@ async fn path_traversal_in_download_and_release_urls_never_leaves_the_grant() {
     // The object store takes keys only under its root.
     let store = LocalDir::new(t.dir.path().join("store"));
     let source = t.dir.path().join("shards/shard-2.bin");
+    let holds = expected(&t.files[2].1, CHUNK_SIZE);
     for key in [
         "../escape",
         "/etc/passwd",
@@ -559,7 +560,10 @@ async fn path_traversal_in_download_and_release_urls_never_leaves_the_grant() {
         "sha256/..",
         "a\0b",
     ] {
-        assert!(store.put_file(key, &source).await.is_err(), "{key:?} was stored");
+        assert!(
+            store.put_file(key, &source, &holds).await.is_err(),
+            "{key:?} was stored"
+        );
         assert!(store.get_range(key, 0, 1).await.is_err(), "{key:?} was read");
         assert!(store.size(key).await.is_err(), "{key:?} was looked up");
     }

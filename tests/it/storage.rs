@@ -4,7 +4,10 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicI32, Ordering},
+    },
     time::Duration,
 };
 
@@ -18,8 +21,9 @@ use s3s::{
         AbortMultipartUploadInput, AbortMultipartUploadOutput, CompleteMultipartUploadInput,
         CompleteMultipartUploadOutput, CreateMultipartUploadInput, CreateMultipartUploadOutput,
         GetObjectInput, GetObjectLockConfigurationInput, GetObjectLockConfigurationOutput, GetObjectOutput,
-        HeadObjectInput, HeadObjectOutput, ListObjectsV2Input, ListObjectsV2Output, ObjectLockConfiguration,
-        ObjectLockEnabled, PutObjectInput, PutObjectOutput, UploadPartInput, UploadPartOutput,
+        HeadObjectInput, HeadObjectOutput, ListObjectsV2Input, ListObjectsV2Output, ListPartsInput,
+        ListPartsOutput, ObjectLockConfiguration, ObjectLockEnabled, PutObjectInput, PutObjectOutput,
+        UploadPartInput, UploadPartOutput,
     },
     s3_error,
     service::S3ServiceBuilder,
@@ -38,14 +42,23 @@ const PREFIX: &str = "lab/prod";
 const ACCESS_KEY: &str = "WGTESTACCESSKEY";
 const SECRET_KEY: &str = "weightgate-test-secret-key";
 
-/// s3s's file-system store, noting the uploads it sees and refusing one
-/// part on request.
+/// s3s's file-system store, noting the uploads it sees, checking each
+/// part's Content-MD5 as S3 does, and refusing or holding parts on request.
 struct Watched {
     fs: s3s_fs::FileSystem,
     calls: Arc<Mutex<Vec<String>>>,
-    refuse_part: Option<i32>,
+    faults: Arc<Faults>,
     /// Whether the bucket says it has Object Lock turned on.
     object_lock: bool,
+}
+
+/// What the server does wrong, changed while it runs; 0 means nothing.
+#[derive(Default)]
+struct Faults {
+    /// This part is refused.
+    refuse_part: AtomicI32,
+    /// Parts from this one on are never answered.
+    hold_from: AtomicI32,
 }
 
 impl Watched {
@@ -118,15 +131,43 @@ impl S3 for Watched {
             "UploadPart {number} ({} bytes)",
             req.input.content_length.unwrap_or(-1)
         ));
-        if self.refuse_part == Some(number) {
-            // Read the body first, so the client gets the answer rather than
-            // a connection closed under it.
-            if let Some(mut body) = req.input.body.take() {
-                while body.next().await.is_some() {}
+        // Read the body first, so the client gets an answer rather than a
+        // connection closed under it.
+        let mut body = Vec::new();
+        if let Some(mut blob) = req.input.body.take() {
+            while let Some(piece) = blob.next().await {
+                body.extend_from_slice(&piece.map_err(|e| s3_error!(IncompleteBody, "{e}"))?);
             }
+        }
+        if self.faults.refuse_part.load(Ordering::SeqCst) == number {
             return Err(s3_error!(InvalidRequest, "the test refuses part {number}"));
         }
-        self.fs.upload_part(req).await
+        let hold_from = self.faults.hold_from.load(Ordering::SeqCst);
+        if hold_from != 0 && number >= hold_from {
+            std::future::pending::<()>().await;
+        }
+        let md5 = {
+            use base64::Engine;
+            use md5::Digest;
+            base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(&body))
+        };
+        if req.input.content_md5.as_deref() != Some(md5.as_str()) {
+            return Err(s3_error!(
+                BadDigest,
+                "part {number} does not match its Content-MD5"
+            ));
+        }
+        req.input.body = Some(s3s::dto::StreamingBlob::from(s3s::Body::from(
+            bytes::Bytes::from(body),
+        )));
+        let stored = self.fs.upload_part(req).await?;
+        self.note(format!("stored part {number}"));
+        Ok(stored)
+    }
+
+    async fn list_parts(&self, req: S3Request<ListPartsInput>) -> S3Result<S3Response<ListPartsOutput>> {
+        self.note("ListParts".into());
+        self.fs.list_parts(req).await
     }
 
     async fn complete_multipart_upload(
@@ -152,6 +193,7 @@ pub(crate) struct S3Server {
     pub(crate) endpoint: String,
     root: TempDir,
     calls: Arc<Mutex<Vec<String>>>,
+    faults: Arc<Faults>,
 }
 
 impl S3Server {
@@ -172,10 +214,14 @@ impl S3Server {
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir(root.path().join(BUCKET)).unwrap();
         let calls = Arc::new(Mutex::new(Vec::new()));
+        let faults = Arc::new(Faults::default());
+        faults
+            .refuse_part
+            .store(refuse_part.unwrap_or(0), Ordering::SeqCst);
         let mut builder = S3ServiceBuilder::new(Watched {
             fs: s3s_fs::FileSystem::new(root.path()).unwrap(),
             calls: calls.clone(),
-            refuse_part,
+            faults: faults.clone(),
             object_lock,
         });
         builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
@@ -194,6 +240,7 @@ impl S3Server {
             endpoint,
             root,
             calls,
+            faults,
         }
     }
 
@@ -216,6 +263,12 @@ impl S3Server {
     async fn store(&self) -> Arc<dyn ObjectStore> {
         let data = tempfile::tempdir().unwrap();
         storage::open(&self.config(data.path())).await.unwrap()
+    }
+
+    /// A store that keeps its records of uploads under way in `data_dir`,
+    /// as a portal or a publish does in its data directory.
+    async fn store_in(&self, data_dir: &Path) -> Arc<dyn ObjectStore> {
+        storage::open(&self.config(data_dir)).await.unwrap()
     }
 
     /// Where the server keeps the object the portal stores under `key`.
@@ -257,7 +310,10 @@ async fn a_small_file_is_stored_in_one_put_and_read_back_by_range() {
     let bytes = write_pattern(&source, 100_000, 3);
     let key = key_for_sha256(&sha256_hex(&bytes));
 
-    store.put_file(&key, &source).await.unwrap();
+    store
+        .put_file(&key, &source, &expected(&bytes, CHUNK_SIZE))
+        .await
+        .unwrap();
 
     assert_eq!(server.calls(), [format!("PutObject {PREFIX}/{key}")]);
     assert_eq!(std::fs::read(server.object_path(&key)).unwrap(), bytes);
@@ -282,7 +338,10 @@ async fn a_file_larger_than_a_part_goes_up_in_parts_and_reads_back_intact() {
     let sha256 = sha256_hex(&bytes);
     let key = key_for_sha256(&sha256);
 
-    store.put_file(&key, &source).await.unwrap();
+    store
+        .put_file(&key, &source, &expected(&bytes, CHUNK_SIZE))
+        .await
+        .unwrap();
 
     let mut calls = server.calls();
     calls.sort();
@@ -294,6 +353,9 @@ async fn a_file_larger_than_a_part_goes_up_in_parts_and_reads_back_intact() {
             format!("UploadPart 1 ({} bytes)", 16 * MIB),
             format!("UploadPart 2 ({} bytes)", 16 * MIB),
             format!("UploadPart 3 ({} bytes)", 8 * MIB + 123),
+            "stored part 1".to_owned(),
+            "stored part 2".to_owned(),
+            "stored part 3".to_owned(),
         ]
     );
     assert_eq!(store.size(&key).await.unwrap(), Some(bytes.len() as u64));
@@ -317,25 +379,206 @@ async fn a_file_larger_than_a_part_goes_up_in_parts_and_reads_back_intact() {
     );
 }
 
+/// The parts a server was sent and stored, by number, from `calls`.
+fn parts(calls: &[String], what: &str) -> Vec<i32> {
+    let mut numbers: Vec<i32> = calls
+        .iter()
+        .filter_map(|c| c.strip_prefix(what))
+        .map(|rest| rest.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    numbers.sort();
+    numbers
+}
+
 #[tokio::test]
-async fn a_refused_part_aborts_the_multipart_upload() {
+async fn a_refused_part_leaves_the_upload_to_resume_and_only_what_is_missing_is_sent_again() {
+    const MIB: usize = 1024 * 1024;
     let server = S3Server::start_refusing_part(Some(2)).await;
-    let store = server.store().await;
-    let dir = tempfile::tempdir().unwrap();
-    let source = dir.path().join("large.bin");
-    write_pattern(&source, 20 * 1024 * 1024, 1);
-    let key = "sha256/00/refused";
+    let data = tempfile::tempdir().unwrap();
+    let store = server.store_in(data.path()).await;
+    let source = data.path().join("large.bin");
+    let bytes = write_pattern(&source, 40 * MIB + 5, 1);
+    let key = key_for_sha256(&sha256_hex(&bytes));
+    let holds = expected(&bytes, CHUNK_SIZE);
 
-    let err = store.put_file(key, &source).await.unwrap_err();
-
+    let err = store.put_file(&key, &source, &holds).await.unwrap_err();
     let message = format!("{err:#}");
     assert!(
-        message.contains("cannot upload part 2") && message.contains("the test refuses part 2"),
+        message.contains("cannot upload part 2")
+            && message.contains("the test refuses part 2")
+            && message.contains("the upload stopped with 2 of 3 parts stored; publishing again resumes it"),
         "{message}"
     );
-    assert_eq!(server.calls().last().unwrap(), "AbortMultipartUpload");
-    assert!(!server.calls().iter().any(|c| c == "CompleteMultipartUpload"));
-    assert_eq!(store.size(key).await.unwrap(), None);
+    let first = server.calls();
+    assert_eq!(parts(&first, "stored part "), [1, 3], "{first:?}");
+    assert!(
+        !first
+            .iter()
+            .any(|c| c == "AbortMultipartUpload" || c == "CompleteMultipartUpload")
+    );
+    assert_eq!(store.size(&key).await.unwrap(), None);
+
+    // The store takes part 2 now; a new process (a new store over the same
+    // data directory) resumes and sends only it.
+    server.faults.refuse_part.store(0, Ordering::SeqCst);
+    let again = server.store_in(data.path()).await;
+    again.put_file(&key, &source, &holds).await.unwrap();
+    let second = server.calls()[first.len()..].to_vec();
+    assert_eq!(parts(&second, "UploadPart "), [2], "{second:?}");
+    assert!(second.iter().any(|c| c == "ListParts"), "{second:?}");
+    assert!(
+        !second.iter().any(|c| c.starts_with("CreateMultipartUpload")),
+        "{second:?}"
+    );
+    assert_eq!(std::fs::read(server.object_path(&key)).unwrap(), bytes);
+    assert_eq!(
+        std::fs::read_dir(data.path().join("uploads")).unwrap().count(),
+        0,
+        "the record of a finished upload is gone"
+    );
+}
+
+#[tokio::test]
+async fn a_file_that_no_longer_holds_what_was_hashed_is_not_stored() {
+    const MIB: usize = 1024 * 1024;
+    let server = S3Server::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let store = server.store_in(data.path()).await;
+
+    // Changed in its second part after it was hashed: the upload is given
+    // up, and nothing of it is stored.
+    let source = data.path().join("large.bin");
+    let bytes = write_pattern(&source, 40 * MIB, 2);
+    let holds = expected(&bytes, CHUNK_SIZE);
+    let mut changed = bytes.clone();
+    changed[20 * MIB] ^= 1;
+    std::fs::write(&source, &changed).unwrap();
+    let key = key_for_sha256(&sha256_hex(&bytes));
+    let err = store.put_file(&key, &source, &holds).await.unwrap_err();
+    assert!(err.is::<storage::Changed>(), "{err:#}");
+    let calls = server.calls();
+    assert!(
+        !parts(&calls, "UploadPart ").contains(&2),
+        "the changed part is never sent: {calls:?}"
+    );
+    assert!(calls.iter().any(|c| c == "AbortMultipartUpload"), "{calls:?}");
+    assert!(!calls.iter().any(|c| c == "CompleteMultipartUpload"), "{calls:?}");
+    assert_eq!(store.size(&key).await.unwrap(), None);
+
+    // A small one, and one that grew: refused before anything is sent.
+    let before = server.calls().len();
+    let small = data.path().join("small.bin");
+    let small_bytes = write_pattern(&small, 1000, 3);
+    let holds = expected(&small_bytes, CHUNK_SIZE);
+    std::fs::write(&small, [&small_bytes[..999], b"!"].concat()).unwrap();
+    let err = store
+        .put_file("sha256/00/small", &small, &holds)
+        .await
+        .unwrap_err();
+    assert!(err.is::<storage::Changed>(), "{err:#}");
+    std::fs::write(&small, [&small_bytes[..], b"!"].concat()).unwrap();
+    let err = store
+        .put_file("sha256/00/small", &small, &holds)
+        .await
+        .unwrap_err();
+    assert!(err.is::<storage::Changed>(), "{err:#}");
+    assert_eq!(server.calls().len(), before, "{:?}", server.calls());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_killed_mid_upload_resumes_without_sending_stored_parts_again() {
+    const MIB: usize = 1024 * 1024;
+    let server = S3Server::start().await;
+    let t = TestApp::spawn_with(|c| server.configure(c)).await;
+    let source = t.dir.path().join("big");
+    std::fs::create_dir_all(&source).unwrap();
+    let bytes = write_pattern(&source.join("weights.bin"), 80 * MIB + 9, 5);
+    let env = [
+        ("WEIGHTGATE_DATA_DIR", t.app.config.data_dir.display().to_string()),
+        ("WEIGHTGATE_DATABASE_URL", t.app.config.database_url()),
+        ("WEIGHTGATE_STORAGE_URL", format!("s3://{BUCKET}/{PREFIX}/")),
+        ("WEIGHTGATE_S3_ENDPOINT", server.endpoint.clone()),
+        ("WEIGHTGATE_S3_PATH_STYLE", "true".to_owned()),
+        ("WEIGHTGATE_S3_ACCESS_KEY_ID", ACCESS_KEY.to_owned()),
+        ("WEIGHTGATE_S3_SECRET_ACCESS_KEY", SECRET_KEY.to_owned()),
+        ("WEIGHTGATE_LOG", "warn".to_owned()),
+    ];
+    let publish = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_weightgate"))
+            .args(["model", "publish", MODEL])
+            .arg(&source)
+            // 16 MiB parts of whole 1 MiB chunks: six of them.
+            .args(["--release", "big", "--chunk-size", "1MiB"])
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+
+    // Parts 3 and on are never answered: parts 1 and 2 are stored, and the
+    // publish is killed while it waits for 3 to 6.
+    server.faults.hold_from.store(3, Ordering::SeqCst);
+    let before = server.calls().len();
+    let mut child = publish();
+    let uploads = t.app.config.data_dir.join("uploads");
+    let recorded = || {
+        std::fs::read_dir(&uploads)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| {
+                std::fs::read_to_string(e.path())
+                    .unwrap_or_default()
+                    .lines()
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
+    };
+    // The record: a line for the upload and one per stored part.
+    for _ in 0..600 {
+        if recorded() >= 3 {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the publish ended early: {:?}",
+            child.wait_with_output()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(recorded(), 3, "{:?}", server.calls());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let first = server.calls()[before..].to_vec();
+    assert_eq!(parts(&first, "stored part "), [1, 2], "{first:?}");
+    assert!(!first.iter().any(|c| c == "CompleteMultipartUpload"), "{first:?}");
+
+    // Run again: only the parts the store does not hold are sent.
+    server.faults.hold_from.store(0, Ordering::SeqCst);
+    let before = server.calls().len();
+    let out = publish().wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let second = server.calls()[before..].to_vec();
+    assert_eq!(parts(&second, "UploadPart "), [3, 4, 5, 6], "{second:?}");
+    let key = key_for_sha256(&sha256_hex(&bytes));
+    assert_eq!(
+        sha256_hex(&std::fs::read(server.object_path(&key)).unwrap()),
+        sha256_hex(&bytes)
+    );
+
+    // And the portal serves it.
+    let access = t.approved_researcher("resumed@uni.example.edu").await;
+    let (_, url) = t
+        .download_links(&access)
+        .await
+        .into_iter()
+        .find(|(name, _)| name == "weights.bin")
+        .unwrap();
+    let response = t.client.get(&url).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(sha256_hex(&response.bytes().await.unwrap()), sha256_hex(&bytes));
 }
 
 #[tokio::test]
@@ -356,9 +599,12 @@ async fn requests_with_a_wrong_secret_are_refused_not_taken_for_missing_objects(
     config.s3_secret_access_key = Some("not the secret".into());
     let store = storage::open(&config).await.unwrap();
     let source = data.path().join("small.bin");
-    write_pattern(&source, 1000, 0);
+    let bytes = write_pattern(&source, 1000, 0);
 
-    let err = store.put_file("sha256/ab/abc", &source).await.unwrap_err();
+    let err = store
+        .put_file("sha256/ab/abc", &source, &expected(&bytes, CHUNK_SIZE))
+        .await
+        .unwrap_err();
     assert!(format!("{err:#}").contains("SignatureDoesNotMatch"), "{err:#}");
     assert!(store.size("sha256/ab/abc").await.is_err());
     assert!(server.calls().is_empty());
@@ -372,7 +618,12 @@ async fn a_presigned_url_serves_the_object_without_credentials() {
     let source = dir.path().join("shard.bin");
     let bytes = write_pattern(&source, 300_000, 9);
     let key = key_for_sha256(&sha256_hex(&bytes));
-    store.put_file(&key, &source).await.unwrap();
+    store
+        .put_file(&key, &source, &expected(&bytes, CHUNK_SIZE))
+        .await
+        .unwrap();
+    // A client without cookies or redirects; TLS set up as the portal's.
+    weightgate::client::install_crypto();
     let http = reqwest::Client::new();
 
     let url = store
