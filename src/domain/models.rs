@@ -455,10 +455,17 @@ pub async fn publish_from(
         chunk_size,
         files: Vec::with_capacity(hashed.len()),
     };
+    // The same bar counts the bytes stored, with their rate and ETA.
+    progress.bar.set_position(0);
+    progress.bar.reset_eta();
+    progress.bar.set_message("storing");
     for (_, name, path, digest) in hashed {
         let FileDigest { sha256, size, chunks } = digest;
         let key = key_for_sha256(&sha256);
         let uploaded = app.storage.size(&key).await? != Some(size);
+        if !uploaded {
+            progress.bar.inc(size);
+        }
         if uploaded {
             // The store checks every byte against the hashes just taken, so
             // a file swapped or changed since cannot be stored under them.
@@ -467,7 +474,9 @@ pub async fn publish_from(
                 chunk_size,
                 chunks: chunks.clone(),
             };
-            if let Err(e) = app.storage.put_file(&key, &path, &expected).await {
+            let bar = progress.bar.clone();
+            let sent = move |n: u64| bar.inc(n);
+            if let Err(e) = app.storage.put_file(&key, &path, &expected, &sent).await {
                 return Err(match e.downcast::<Changed>() {
                     Ok(changed) => crate::domain::Error::conflict(changed.to_string()),
                     Err(e) => e.into(),

@@ -3,6 +3,10 @@
 use std::{
     io::{self, Read, Seek, Write},
     path::{Component, Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -11,7 +15,7 @@ use bytes::Bytes;
 use tokio::io::AsyncReadExt;
 use tokio_util::io::ReaderStream;
 
-use super::{ByteStream, Changed, ChunkCheck, Expected, Locked, ObjectStore};
+use super::{ByteStream, Changed, ChunkCheck, Expected, Locked, ObjectStore, Sent};
 
 /// Objects as files under one directory.
 #[derive(Debug)]
@@ -42,8 +46,9 @@ impl LocalDir {
 const CHUNK: usize = 256 * 1024;
 
 /// Copies `source` to a new file at `target`, checking each chunk against
-/// `expected` before its bytes are written, and syncs it.
-fn copy_checked(source: &Path, target: &Path, expected: &Expected) -> anyhow::Result<()> {
+/// `expected` before its bytes are written, and syncs it; `done` counts the
+/// bytes written.
+fn copy_checked(source: &Path, target: &Path, expected: &Expected, done: &AtomicU64) -> anyhow::Result<()> {
     let changed = || Changed(source.display().to_string());
     let mut from =
         std::fs::File::open(source).with_context(|| format!("cannot open {}", source.display()))?;
@@ -65,6 +70,7 @@ fn copy_checked(source: &Path, target: &Path, expected: &Expected) -> anyhow::Re
         }
         to.write_all(&buf[..n])
             .with_context(|| format!("cannot write {}", target.display()))?;
+        done.fetch_add(n as u64, Ordering::Relaxed);
     }
     if size != expected.size || !check.finish() {
         return Err(changed().into());
@@ -78,7 +84,13 @@ fn copy_checked(source: &Path, target: &Path, expected: &Expected) -> anyhow::Re
 impl ObjectStore for LocalDir {
     /// Copies the file through a check of every chunk into a partial file
     /// beside the object, syncs it and moves it into place.
-    async fn put_file(&self, key: &str, source: &Path, expected: &Expected) -> anyhow::Result<()> {
+    async fn put_file(
+        &self,
+        key: &str,
+        source: &Path,
+        expected: &Expected,
+        sent: &Sent,
+    ) -> anyhow::Result<()> {
         let target = self.path(key)?;
         let dir = target.parent().context("object key has no parent")?;
         tokio::fs::create_dir_all(dir)
@@ -86,8 +98,24 @@ impl ObjectStore for LocalDir {
             .with_context(|| format!("cannot create {}", dir.display()))?;
         let partial = dir.join(format!(".{}.partial", crate::types::new_id()));
         let copied = {
-            let (source, partial, expected) = (source.to_owned(), partial.clone(), expected.clone());
-            tokio::task::spawn_blocking(move || copy_checked(&source, &partial, &expected)).await?
+            let (from, to, holds) = (source.to_owned(), partial.clone(), expected.clone());
+            // The copy runs on a blocking thread; its progress comes back
+            // through a counter read while it runs.
+            let done = Arc::new(AtomicU64::new(0));
+            let counter = done.clone();
+            let mut copy = tokio::task::spawn_blocking(move || copy_checked(&from, &to, &holds, &counter));
+            let mut told = 0;
+            let copied = loop {
+                tokio::select! {
+                    finished = &mut copy => break finished?,
+                    () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+                let now = done.load(Ordering::Relaxed);
+                sent(now - told);
+                told = now;
+            };
+            sent(done.load(Ordering::Relaxed) - told);
+            copied
         };
         if let Err(e) = copied {
             let _ = tokio::fs::remove_file(&partial).await;
@@ -251,13 +279,13 @@ mod tests {
         // A file that is not what was hashed is refused, and nothing stays.
         std::fs::write(&source, b"0123456X89").unwrap();
         let err = store
-            .put_file("sha256/ab/abc", &source, &expected)
+            .put_file("sha256/ab/abc", &source, &expected, &|_| {})
             .await
             .unwrap_err();
         assert!(err.is::<Changed>(), "{err:#}");
         std::fs::write(&source, b"01234567890").unwrap();
         let err = store
-            .put_file("sha256/ab/abc", &source, &expected)
+            .put_file("sha256/ab/abc", &source, &expected, &|_| {})
             .await
             .unwrap_err();
         assert!(err.is::<Changed>(), "{err:#}");
@@ -269,7 +297,10 @@ mod tests {
             0
         );
         std::fs::write(&source, b"0123456789").unwrap();
-        store.put_file("sha256/ab/abc", &source, &expected).await.unwrap();
+        store
+            .put_file("sha256/ab/abc", &source, &expected, &|_| {})
+            .await
+            .unwrap();
         assert_eq!(store.size("sha256/ab/abc").await.unwrap(), Some(10));
         assert_eq!(store.size("sha256/ab/missing").await.unwrap(), None);
         let parts: Vec<Bytes> = store

@@ -29,7 +29,15 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     /// reader never sees a partly written object. Every byte written or sent
     /// is checked against `expected` first: a file that no longer holds what
     /// was hashed is refused with [`Changed`], and nothing is stored.
-    async fn put_file(&self, key: &str, source: &Path, expected: &Expected) -> anyhow::Result<()>;
+    /// `sent` is told of the bytes as they are written or taken by the
+    /// store (a resumed upload first counts the parts it already holds).
+    async fn put_file(
+        &self,
+        key: &str,
+        source: &Path,
+        expected: &Expected,
+        sent: &Sent,
+    ) -> anyhow::Result<()>;
 
     /// The size of the object, or `None` when there is none.
     async fn size(&self, key: &str) -> anyhow::Result<Option<u64>>;
@@ -81,6 +89,9 @@ pub struct Expected {
     pub chunk_size: u64,
     pub chunks: Vec<String>,
 }
+
+/// Told of bytes stored, for a progress bar.
+pub type Sent = dyn Fn(u64) + Send + Sync;
 
 /// A file given to [`ObjectStore::put_file`] whose bytes are not those it
 /// was hashed with: it changed after it was hashed, or while it was read.

@@ -21,7 +21,7 @@ use futures_util::StreamExt;
 use bytes::Bytes;
 use sha2::Digest;
 
-use super::{ByteStream, Changed, ChunkCheck, Expected, Locked, ObjectStore};
+use super::{ByteStream, Changed, ChunkCheck, Expected, Locked, ObjectStore, Sent};
 use crate::config::Config;
 
 /// Files up to this size go up in one PutObject; larger ones as a multipart
@@ -95,6 +95,12 @@ fn record(path: &Path, line: &impl serde::Serialize) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))?;
     file.write_all(text.as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The length of part `number` (from 1) of an upload; 0 for none.
+fn part_length(upload: &Upload, number: i32) -> u64 {
+    let offset = u64::try_from(number).unwrap_or(0).saturating_sub(1) * upload.part_size;
+    upload.part_size.min(upload.size.saturating_sub(offset))
 }
 
 /// Reads `length` bytes of `source` at `offset` and checks them against the
@@ -257,7 +263,13 @@ impl S3Bucket {
     }
 
     /// A file of one part: read, checked and sent in one PutObject.
-    async fn put_whole(&self, object_key: &str, source: &Path, expected: &Expected) -> anyhow::Result<()> {
+    async fn put_whole(
+        &self,
+        object_key: &str,
+        source: &Path,
+        expected: &Expected,
+        sent: &Sent,
+    ) -> anyhow::Result<()> {
         let bytes = read_checked(source, 0, expected.size, expected).await?;
         self.client
             .put_object()
@@ -275,6 +287,7 @@ impl S3Bucket {
                     self.describe(object_key)
                 )
             })?;
+        sent(expected.size);
         Ok(())
     }
 
@@ -366,6 +379,7 @@ impl S3Bucket {
         mut held: Vec<CompletedPart>,
         source: &Path,
         expected: &Expected,
+        sent: &Sent,
     ) -> anyhow::Result<()> {
         let Upload {
             object_key,
@@ -377,6 +391,7 @@ impl S3Bucket {
         let count = size.div_ceil(part_size);
         let have: std::collections::HashSet<i32> =
             held.iter().filter_map(CompletedPart::part_number).collect();
+        sent(have.iter().map(|number| part_length(upload, *number)).sum());
         let in_flight = (PARTS_MEMORY / part_size).clamp(1, PARTS_IN_FLIGHT);
         let missing = (1..=count)
             .filter_map(|number| i32::try_from(number).ok())
@@ -390,11 +405,12 @@ impl S3Bucket {
                 if stop.load(std::sync::atomic::Ordering::SeqCst) {
                     return Ok(None);
                 }
-                let sent = self.put_part(upload, record_path, number, source, expected).await;
-                if sent.is_err() {
-                    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                let put = self.put_part(upload, record_path, number, source, expected).await;
+                match &put {
+                    Ok(_) => sent(part_length(upload, number)),
+                    Err(_) => stop.store(true, std::sync::atomic::Ordering::SeqCst),
                 }
-                sent.map(Some)
+                put.map(Some)
             })
             .buffer_unordered(usize::try_from(in_flight)?)
             .collect()
@@ -508,7 +524,13 @@ impl ObjectStore for S3Bucket {
     /// publish killed) is kept with the parts the store took, and the next
     /// put of the same file resumes it, sending only the parts still
     /// missing. One whose file changed is given up.
-    async fn put_file(&self, key: &str, source: &Path, expected: &Expected) -> anyhow::Result<()> {
+    async fn put_file(
+        &self,
+        key: &str,
+        source: &Path,
+        expected: &Expected,
+        sent: &Sent,
+    ) -> anyhow::Result<()> {
         let object_key = self.object_key(key)?;
         let size = tokio::fs::metadata(source)
             .await
@@ -518,7 +540,7 @@ impl ObjectStore for S3Bucket {
             return Err(Changed(source.display().to_string()).into());
         }
         if size <= PART_SIZE {
-            return self.put_whole(&object_key, source, expected).await;
+            return self.put_whole(&object_key, source, expected, sent).await;
         }
         let part_size = part_size_for(size, expected.chunk_size)?;
         let wanted = Upload {
@@ -567,7 +589,7 @@ impl ObjectStore for S3Bucket {
             }
         };
         match self
-            .put_parts(&upload, &record_path, held, source, expected)
+            .put_parts(&upload, &record_path, held, source, expected, sent)
             .await
         {
             Ok(()) => {

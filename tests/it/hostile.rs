@@ -561,7 +561,7 @@ async fn path_traversal_in_download_and_release_urls_never_leaves_the_grant() {
         "a\0b",
     ] {
         assert!(
-            store.put_file(key, &source, &holds).await.is_err(),
+            store.put_file(key, &source, &holds, &|_| {}).await.is_err(),
             "{key:?} was stored"
         );
         assert!(store.get_range(key, 0, 1).await.is_err(), "{key:?} was read");

@@ -311,7 +311,7 @@ async fn a_small_file_is_stored_in_one_put_and_read_back_by_range() {
     let key = key_for_sha256(&sha256_hex(&bytes));
 
     store
-        .put_file(&key, &source, &expected(&bytes, CHUNK_SIZE))
+        .put_file(&key, &source, &expected(&bytes, CHUNK_SIZE), &|_| {})
         .await
         .unwrap();
 
@@ -339,7 +339,7 @@ async fn a_file_larger_than_a_part_goes_up_in_parts_and_reads_back_intact() {
     let key = key_for_sha256(&sha256);
 
     store
-        .put_file(&key, &source, &expected(&bytes, CHUNK_SIZE))
+        .put_file(&key, &source, &expected(&bytes, CHUNK_SIZE), &|_| {})
         .await
         .unwrap();
 
@@ -401,7 +401,7 @@ async fn a_refused_part_leaves_the_upload_to_resume_and_only_what_is_missing_is_
     let key = key_for_sha256(&sha256_hex(&bytes));
     let holds = expected(&bytes, CHUNK_SIZE);
 
-    let err = store.put_file(&key, &source, &holds).await.unwrap_err();
+    let err = store.put_file(&key, &source, &holds, &|_| {}).await.unwrap_err();
     let message = format!("{err:#}");
     assert!(
         message.contains("cannot upload part 2")
@@ -422,7 +422,17 @@ async fn a_refused_part_leaves_the_upload_to_resume_and_only_what_is_missing_is_
     // data directory) resumes and sends only it.
     server.faults.refuse_part.store(0, Ordering::SeqCst);
     let again = server.store_in(data.path()).await;
-    again.put_file(&key, &source, &holds).await.unwrap();
+    let counted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = counted.clone();
+    let sent = move |n: u64| {
+        counter.fetch_add(n, Ordering::SeqCst);
+    };
+    again.put_file(&key, &source, &holds, &sent).await.unwrap();
+    assert_eq!(
+        counted.load(Ordering::SeqCst),
+        bytes.len() as u64,
+        "progress counts the parts held and the parts sent, once each"
+    );
     let second = server.calls()[first.len()..].to_vec();
     assert_eq!(parts(&second, "UploadPart "), [2], "{second:?}");
     assert!(second.iter().any(|c| c == "ListParts"), "{second:?}");
@@ -454,7 +464,7 @@ async fn a_file_that_no_longer_holds_what_was_hashed_is_not_stored() {
     changed[20 * MIB] ^= 1;
     std::fs::write(&source, &changed).unwrap();
     let key = key_for_sha256(&sha256_hex(&bytes));
-    let err = store.put_file(&key, &source, &holds).await.unwrap_err();
+    let err = store.put_file(&key, &source, &holds, &|_| {}).await.unwrap_err();
     assert!(err.is::<storage::Changed>(), "{err:#}");
     let calls = server.calls();
     assert!(
@@ -472,13 +482,13 @@ async fn a_file_that_no_longer_holds_what_was_hashed_is_not_stored() {
     let holds = expected(&small_bytes, CHUNK_SIZE);
     std::fs::write(&small, [&small_bytes[..999], b"!"].concat()).unwrap();
     let err = store
-        .put_file("sha256/00/small", &small, &holds)
+        .put_file("sha256/00/small", &small, &holds, &|_| {})
         .await
         .unwrap_err();
     assert!(err.is::<storage::Changed>(), "{err:#}");
     std::fs::write(&small, [&small_bytes[..], b"!"].concat()).unwrap();
     let err = store
-        .put_file("sha256/00/small", &small, &holds)
+        .put_file("sha256/00/small", &small, &holds, &|_| {})
         .await
         .unwrap_err();
     assert!(err.is::<storage::Changed>(), "{err:#}");
@@ -602,7 +612,7 @@ async fn requests_with_a_wrong_secret_are_refused_not_taken_for_missing_objects(
     let bytes = write_pattern(&source, 1000, 0);
 
     let err = store
-        .put_file("sha256/ab/abc", &source, &expected(&bytes, CHUNK_SIZE))
+        .put_file("sha256/ab/abc", &source, &expected(&bytes, CHUNK_SIZE), &|_| {})
         .await
         .unwrap_err();
     assert!(format!("{err:#}").contains("SignatureDoesNotMatch"), "{err:#}");
@@ -619,7 +629,7 @@ async fn a_presigned_url_serves_the_object_without_credentials() {
     let bytes = write_pattern(&source, 300_000, 9);
     let key = key_for_sha256(&sha256_hex(&bytes));
     store
-        .put_file(&key, &source, &expected(&bytes, CHUNK_SIZE))
+        .put_file(&key, &source, &expected(&bytes, CHUNK_SIZE), &|_| {})
         .await
         .unwrap();
     // A client without cookies or redirects; TLS set up as the portal's.
