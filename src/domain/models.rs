@@ -3,6 +3,7 @@
 
 use std::{
     io::Read,
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
 
@@ -137,8 +138,8 @@ pub struct Source {
 fn card_of(source: &Source, tree: &Tree) -> Result<Option<String>> {
     let path = match &source.card {
         Some(path) => path.clone(),
-        None => match tree.files.iter().find(|(name, _)| name == "README.md") {
-            Some((_, path)) => path.clone(),
+        None => match tree.files.iter().find(|f| f.path == "README.md") {
+            Some(found) => found.on_disk.clone(),
             None => return Ok(None),
         },
     };
@@ -153,11 +154,23 @@ fn card_of(source: &Source, tree: &Tree) -> Result<Option<String>> {
 /// What [`release_files`] found under a directory.
 #[derive(Debug, Default)]
 struct Tree {
-    /// (path inside the directory with `/`, path on disk), sorted by path.
-    files: Vec<(String, PathBuf)>,
+    /// Sorted by path.
+    files: Vec<Found>,
     /// Paths left out: hidden ones (`.git/`, `.cache/`, `.gitattributes`)
     /// and excluded ones; a folder ends in `/`.
     left_out: Vec<String>,
+}
+
+/// A file found in a release's tree.
+#[derive(Clone, Debug)]
+struct Found {
+    /// Its path inside the tree, with `/`.
+    path: String,
+    /// Where it is on disk, with no link left in the path.
+    on_disk: PathBuf,
+    /// Its device and inode, as the walk found it: the file hashed must be
+    /// this one, not one put in its place since.
+    identity: (u64, u64),
 }
 
 /// Every file of the tree under `dir`, as a release publishes it: folders
@@ -263,7 +276,13 @@ fn release_files(source: &Source) -> Result<Tree> {
                 }
                 pending.push((path, on_disk));
             } else if kind.is_file() {
-                tree.files.push((path, on_disk));
+                let meta = std::fs::metadata(&canonical)
+                    .with_context(|| format!("cannot read {}", on_disk.display()))?;
+                tree.files.push(Found {
+                    path,
+                    on_disk: canonical,
+                    identity: (meta.dev(), meta.ino()),
+                });
             } else {
                 return Err(invalid(format!(
                     "{} is neither a regular file nor a folder",
@@ -272,9 +291,9 @@ fn release_files(source: &Source) -> Result<Tree> {
             }
         }
     }
-    tree.files.sort_by(|a, b| a.0.cmp(&b.0));
+    tree.files.sort_by(|a, b| a.path.cmp(&b.path));
     tree.left_out.sort();
-    crate::types::check_release_paths(tree.files.iter().map(|(path, _)| path.as_str())).map_err(invalid)?;
+    crate::types::check_release_paths(tree.files.iter().map(|f| f.path.as_str())).map_err(invalid)?;
     if tree.files.is_empty() {
         return Err(invalid(format!("{} holds no files to publish", dir.display())));
     }
@@ -298,12 +317,45 @@ impl PublishProgress {
     }
 }
 
+/// Opens a file of a release's tree for hashing: never through a link, and
+/// only if it is still the file the walk found. A file swapped for another,
+/// or for a link to one outside the tree, between the walk and the hash is
+/// refused.
+fn open_found(found: &Found) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&found.on_disk)
+        .with_context(|| format!("cannot open {}", found.on_disk.display()))?;
+    let meta = file
+        .metadata()
+        .with_context(|| format!("cannot read {}", found.on_disk.display()))?;
+    if !meta.is_file() || (meta.dev(), meta.ino()) != found.identity {
+        return Err(crate::domain::Error::conflict(format!(
+            "{} was replaced while it was being published",
+            found.on_disk.display()
+        )));
+    }
+    Ok(file)
+}
+
 /// A file's SHA-256, size and (with a chunk size) the SHA-256 of each
 /// `chunk_size` bytes, in one streaming pass; `bar` advances by the bytes read.
 pub(crate) fn hash_file(path: &Path, chunk_size: Option<u64>, bar: &ProgressBar) -> Result<FileDigest> {
+    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    hash_reader(file, path, chunk_size, bar)
+}
+
+/// [`hash_file`] of a file already open (`path` names it in errors).
+fn hash_reader(
+    mut file: std::fs::File,
+    path: &Path,
+    chunk_size: Option<u64>,
+    bar: &ProgressBar,
+) -> Result<FileDigest> {
     let chunked = chunk_size.is_some();
     let chunk_size = chunk_size.unwrap_or(u64::MAX).max(1);
-    let mut file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut whole = Sha256::new();
     let mut chunk = Sha256::new();
     let mut chunks = Vec::new();
@@ -424,7 +476,7 @@ pub async fn publish_from(
     } = tree;
     let total: u64 = paths
         .iter()
-        .filter_map(|(_, p)| std::fs::metadata(p).ok())
+        .filter_map(|f| std::fs::metadata(&f.on_disk).ok())
         .map(|m| m.len())
         .sum();
     progress.bar.set_length(total);
@@ -433,12 +485,14 @@ pub async fn publish_from(
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let semaphore = std::sync::Arc::new(tokio::sync::Semaphore::new(workers));
     let mut hashing = tokio::task::JoinSet::new();
-    for (index, (name, path)) in paths.iter().cloned().enumerate() {
+    for (index, found) in paths.iter().cloned().enumerate() {
         let permit = semaphore.clone().acquire_owned().await?;
         let bar = progress.bar.clone();
         hashing.spawn_blocking(move || {
             let _permit = permit;
-            hash_file(&path, Some(chunk_size), &bar).map(|digest| (index, name, path, digest))
+            let file = open_found(&found)?;
+            hash_reader(file, &found.on_disk, Some(chunk_size), &bar)
+                .map(|digest| (index, found.path, found.on_disk, digest))
         });
     }
     let mut hashed = Vec::with_capacity(paths.len());
@@ -676,6 +730,45 @@ pub async fn set_reapply_after(app: &App, slug: &Slug, days: i64, actor: &str) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_replaced_after_the_walk_is_not_hashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = Source {
+            dir: dir.path().to_owned(),
+            follow_symlinks: false,
+            exclude: Vec::new(),
+            card: None,
+        };
+        std::fs::write(dir.path().join("weights.bin"), b"the weights").unwrap();
+        std::fs::write(dir.path().join("secret"), b"not for release").unwrap();
+        let tree = release_files(&Source {
+            exclude: vec!["secret".into()],
+            ..source
+        })
+        .unwrap();
+        let [found] = tree.files.as_slice() else {
+            panic!("{tree:?}")
+        };
+        assert!(open_found(found).is_ok());
+
+        // Swapped for a link to a file the publish leaves out: not followed.
+        // (The file found is kept aside, so that no new file gets its inode.)
+        let weights = dir.path().join("weights.bin");
+        std::fs::rename(&weights, dir.path().join("kept")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("secret"), &weights).unwrap();
+        assert!(open_found(found).is_err());
+        // Swapped for another file under the same name: not the one found.
+        std::fs::remove_file(&weights).unwrap();
+        std::fs::write(dir.path().join("other"), b"other bytes").unwrap();
+        std::fs::rename(dir.path().join("other"), &weights).unwrap();
+        let err = open_found(found).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("was replaced while it was being published"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn chunk_hashes_cover_the_file_in_order() {
