@@ -14,7 +14,7 @@ use super::{
     AppState, ClientInfo, Error,
     extract::Path,
     limited,
-    pages::{self, LinkRow, ReleaseRows, render},
+    pages::{self, FolderRows, ReleaseRows, render},
 };
 use crate::{
     audit::Client,
@@ -65,7 +65,7 @@ pub(crate) async fn page(
             .map(|r| ReleaseRows {
                 base_url: format!("/access/{token}/releases/{}", r.release.name),
                 name: r.release.name,
-                files: LinkRow::all(r.files),
+                folders: FolderRows::all(r.files),
             })
             .collect(),
     };

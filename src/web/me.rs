@@ -17,7 +17,7 @@ use super::{
     auth::{CurrentResearcher, RESEARCHER_KEY, csrf_field, session_error, start_session},
     extract::{CsrfForm, Path},
     limited,
-    pages::{self, AnswerRow, HistoryRow, LinkRow, ReleaseRows, ResearcherHeader, render},
+    pages::{self, AnswerRow, FolderRows, HistoryRow, ReleaseRows, ResearcherHeader, render},
 };
 use crate::{
     audit::Client,
@@ -260,7 +260,7 @@ async fn access_page(
                         .map(|r| ReleaseRows {
                             base_url: format!("/me/access/{}/releases/{}", grant.id, r.release.name),
                             name: r.release.name,
-                            files: LinkRow::all(r.files),
+                            folders: FolderRows::all(r.files),
                         })
                         .collect()
                 })

@@ -108,46 +108,66 @@ pub(crate) struct ConfirmPage {
 pub(crate) struct LinkRow {
     /// Its path in the release (`original/consolidated.00.pth`).
     pub(crate) name: String,
-    /// The folder it is in (`original/`), empty at the top of the release.
-    pub(crate) folder: String,
     /// Its own name (`consolidated.00.pth`).
     pub(crate) base: String,
-    /// The first file of its folder in the table: the folder's heading
-    /// goes above it.
-    pub(crate) opens_folder: bool,
     pub(crate) size: String,
     pub(crate) sha256: String,
     pub(crate) url: String,
 }
 
-impl LinkRow {
-    /// The rows of a release's files, grouped by folder: the files at the
-    /// top of the release first, then each folder's, folders in order.
+/// The files of one folder of a release (the release's top when `folder`
+/// is empty), shown as a table that folds away when the release is large.
+pub(crate) struct FolderRows {
+    /// `original/`, or empty.
+    pub(crate) folder: String,
+    /// "3 files, 16.1 GiB".
+    pub(crate) summary: String,
+    /// Whether it is unfolded when the page opens.
+    pub(crate) open: bool,
+    pub(crate) files: Vec<LinkRow>,
+}
+
+/// Releases with more files than this show their folders folded.
+const UNFOLDED_FILES: usize = 50;
+
+impl FolderRows {
+    /// A release's files grouped by folder: the files at the top of the
+    /// release first, then each folder's, folders in order; folders are
+    /// folded when the release has more than [`UNFOLDED_FILES`] files.
     pub(crate) fn all(files: Vec<crate::domain::grants::LinkedFile>) -> Vec<Self> {
-        let mut rows: Vec<Self> = files
+        let open = files.len() <= UNFOLDED_FILES;
+        let mut by_folder: std::collections::BTreeMap<String, (i64, Vec<LinkRow>)> =
+            std::collections::BTreeMap::new();
+        for f in files {
+            let name = f.file.name;
+            let base = crate::types::base_name(&name).to_owned();
+            let folder = name[..name.len() - base.len()].to_owned();
+            let entry = by_folder.entry(folder).or_default();
+            entry.0 += f.file.size;
+            entry.1.push(LinkRow {
+                base,
+                size: human_size(f.file.size),
+                sha256: f.file.sha256,
+                url: f.url,
+                name,
+            });
+        }
+        by_folder
             .into_iter()
-            .map(|f| {
-                let name = f.file.name;
-                let base = crate::types::base_name(&name).to_owned();
-                let folder = name[..name.len() - base.len()].to_owned();
+            .map(|(folder, (bytes, mut files))| {
+                files.sort_by(|a, b| a.base.cmp(&b.base));
                 Self {
+                    summary: format!(
+                        "{}, {}",
+                        crate::types::count(files.len() as u64, "file"),
+                        human_size(bytes)
+                    ),
+                    open: open || folder.is_empty(),
                     folder,
-                    base,
-                    opens_folder: false,
-                    size: human_size(f.file.size),
-                    sha256: f.file.sha256,
-                    url: f.url,
-                    name,
+                    files,
                 }
             })
-            .collect();
-        rows.sort_by(|a, b| (&a.folder, &a.base).cmp(&(&b.folder, &b.base)));
-        let mut previous: Option<String> = None;
-        for row in &mut rows {
-            row.opens_folder = !row.folder.is_empty() && previous.as_ref() != Some(&row.folder);
-            previous = Some(row.folder.clone());
-        }
-        rows
+            .collect()
     }
 }
 
@@ -155,7 +175,7 @@ pub(crate) struct ReleaseRows {
     pub(crate) name: String,
     /// `SHA256SUMS`, `manifest.json` and their `.minisig` live under it.
     pub(crate) base_url: String,
-    pub(crate) files: Vec<LinkRow>,
+    pub(crate) folders: Vec<FolderRows>,
 }
 
 #[derive(Template)]

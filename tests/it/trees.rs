@@ -533,3 +533,56 @@ async fn a_file_over_4_gib_is_published_served_past_4_gib_and_downloaded_whole()
     assert_eq!(&tail, marker);
     sha256sum_check(&dir.join("big"), &["--ignore-missing"]);
 }
+
+/// A release of hundreds of files: the access page folds each folder (with
+/// its count and size) and still links every file, the client's manifest
+/// lists them all, and the client fetches them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_of_hundreds_of_files_folds_its_folders_and_downloads_whole() {
+    let t = TestApp::spawn().await;
+    let source = t.dir.path().join("many");
+    write(&source, "config.json", b"{}");
+    write(&source, "tokenizer.json", b"{\"v\": 1}");
+    for folder in ["shards", "onnx", "original"] {
+        for i in 0..100 {
+            write(
+                &source,
+                &format!("{folder}/part-{i:03}.bin"),
+                format!("{folder} {i}").as_bytes(),
+            );
+        }
+    }
+    let (ok, out, err) = publish(&t, &source, "many", &[]);
+    assert!(ok, "{err}");
+    assert!(out.contains("with 302 files"), "{out}");
+
+    let access = t.approved_researcher("many@uni.example.edu").await;
+    let (_, page) = t.get_html(&client(), &access).await;
+    let release = page.split("<h2>Release many</h2>").nth(1).unwrap();
+    for folder in ["onnx/", "original/", "shards/"] {
+        assert!(
+            release.contains(&format!(
+                "<details class=\"folder\">\n<summary><code>{folder}</code> <span class=\"muted\">100 files,"
+            )),
+            "{folder} is folded, with its count: {release}"
+        );
+    }
+    // Folded, but every file is still linked: r1's three and these 302.
+    let links = t.download_links(&access).await;
+    assert_eq!(links.len(), 305);
+    assert_eq!(
+        links
+            .iter()
+            .filter(|(p, _)| p.starts_with("shards/part-"))
+            .count(),
+        100
+    );
+    // The small release r1 is not folded.
+    let (_, r1) = page.split_once("<h2>Release r1</h2>").unwrap();
+    assert!(!r1.split("<h2>").next().unwrap().contains("<details"), "{r1}");
+
+    let dir = t.dir.path().join("got");
+    let out = download_with_client(&access, &dir, &[]);
+    assert!(out.contains("305 files verified in"), "{out}");
+    sha256sum_check(&dir.join("many"), &[]);
+}
