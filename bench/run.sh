@@ -18,7 +18,8 @@
 #   BENCH_WRK_CONNS  [32]           wrk -c
 #   BENCH_WRK_THREADS [2]           wrk -t
 #   BENCH_AUDIT_EVENTS [1000000/100000]  events in the audit-at-scale log
-#   BENCH_ONLY       [hash,proxy,fetch,audit]  sections to run (proxy = throughput + memory)
+#   BENCH_ONLY       [hash,proxy,client,fetch,audit]  sections to run (proxy = throughput + memory;
+#                    client = weightgate download against aria2c)
 #   BENCH_SOURCE     [worktree]     what to build: the checkout as it is, or a git revision (e.g. HEAD)
 #   BENCH_BIN        []             use this weightgate binary instead of building one
 #   BENCH_NO_BUILD   [0]            1: reuse the binary in the target dir as it is
@@ -47,7 +48,7 @@ WRK_SECONDS=${BENCH_WRK_SECONDS:-$(q 10 5)}
 WRK_CONNS=${BENCH_WRK_CONNS:-32}
 WRK_THREADS=${BENCH_WRK_THREADS:-2}
 AUDIT_EVENTS=${BENCH_AUDIT_EVENTS:-$(q 1000000 100000)}
-ONLY=${BENCH_ONLY:-hash,proxy,fetch,audit}
+ONLY=${BENCH_ONLY:-hash,proxy,client,fetch,audit}
 TARGET_DIR=${BENCH_TARGET_DIR:-/root/.cache/weightgate-bench-target}
 RESULTS=${BENCH_RESULTS:-$HERE/results/latest.md}
 
@@ -70,6 +71,7 @@ need sha256sum coreutils
 need python3 python3
 if want proxy || want fetch; then need nginx nginx; fi
 if want fetch; then need wrk wrk; fi
+if want client; then need aria2c aria2; need /usr/bin/time time; fi
 if want fetch || want audit; then need sqlite3 sqlite3; fi
 if want fetch && ! nginx -V 2>&1 | grep -q secure_link; then
     log "nginx lacks the secure_link module; trying nginx-extras"
@@ -303,7 +305,7 @@ fi
 
 # ================================================================ 2-4. the portal
 PORTAL_PID=""
-if want proxy || want fetch; then
+if want proxy || want client || want fetch; then
     log "== setting up a portal with a $DL_MIB MiB file and a 1 KiB file"
     P=$WORK/portal
     REL=$WORK/release
@@ -444,6 +446,45 @@ if want proxy; then
     row "2. download of $DL_MIB MiB through the portal (curl, loopback)" "$(calc "$DL_MIB / $t_p" 0) MiB/s ($t_p s)" "nginx static, sendfile on: $(calc "$DL_MIB / $t_n" 0) MiB/s ($t_n s)" "${r}x" "≥ 0.8x nginx" "$(met "$r >= 0.8")"
     r=$(calc "$t_nrw / $t_p")
     row "2'. same, against nginx with sendfile off (read/write copies, as the portal does)" "$(calc "$DL_MIB / $t_p" 0) MiB/s" "nginx static, sendfile off: $(calc "$DL_MIB / $t_nrw" 0) MiB/s ($t_nrw s)" "${r}x" "(info)" "-"
+fi
+
+# ================================================================ 2''. the download client
+if want client; then
+    log "== 2''. weightgate download (every chunk verified) against aria2c -x8 -s8 (nothing verified), same release"
+    python3 - "$WORK/manifest.json" >"$WORK/aria2.txt" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))
+for r in m["releases"]:
+    for f in r["files"]:
+        print(f["url"])
+        print(f"  out={r['name']}/{f['name']}")
+PY
+    CLIENT_URL=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["manifest_url"])' "$WORK/manifest.json")
+    warm "$P"/objects/sha256/*/*
+    T_C=() T_A=() M_C=() M_A=()
+    for r in $(seq "$RUNS"); do
+        rm -rf "$WORK/dl-client" "$WORK/dl-aria2"
+        /usr/bin/time -f '%e %M' -o "$WORK/time-client" \
+            "$WG" download "$CLIENT_URL" --dir "$WORK/dl-client" >/dev/null 2>"$WORK/client.err" ||
+            { tail -5 "$WORK/client.err" >&2; die "weightgate download failed"; }
+        read -r t m <"$WORK/time-client"
+        T_C+=("$t") M_C+=("$m")
+        /usr/bin/time -f '%e %M' -o "$WORK/time-aria2" \
+            aria2c -q -x8 -s8 -j4 --file-allocation=none --allow-overwrite=true \
+            -d "$WORK/dl-aria2" -i "$WORK/aria2.txt" || die "aria2c failed"
+        read -r t m <"$WORK/time-aria2"
+        T_A+=("$t") M_A+=("$m")
+    done
+    for f in "$REL"/*; do
+        name=$(basename "$f")
+        for got in "$WORK"/dl-client/*/"$name" "$WORK"/dl-aria2/*/"$name"; do
+            cmp -s "$f" "$got" || die "$got is not the file published"
+        done
+    done
+    t_c=$(median "${T_C[@]}") t_a=$(median "${T_A[@]}")
+    log "client: weightgate download $(fmt_runs "${T_C[@]}") s (peak RSS $(fmt_runs "${M_C[@]}") KiB); aria2c $(fmt_runs "${T_A[@]}") s (peak RSS $(fmt_runs "${M_A[@]}") KiB)"
+    r=$(calc "$t_a / $t_c")
+    row "2''. \`weightgate download\` of the release ($DL_MIB MiB + 1 KiB, every chunk verified)" "$(calc "$DL_MIB / $t_c" 0) MiB/s ($t_c s), peak RSS $(calc "$(median "${M_C[@]}") / 1024" 1) MiB" "aria2c -x8 -s8, nothing verified: $(calc "$DL_MIB / $t_a" 0) MiB/s ($t_a s), peak RSS $(calc "$(median "${M_A[@]}") / 1024" 1) MiB" "${r}x" "≥ 1.0x aria2c" "$(met "$r >= 1.0")"
 fi
 
 # ================================================================ 4. authorised fetch rate

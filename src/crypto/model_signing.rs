@@ -106,16 +106,7 @@ impl ModelSigningKey {
             }],
             predicate_type: PREDICATE_TYPE.to_owned(),
             predicate: Predicate {
-                serialization: Serialization {
-                    method: "files".to_owned(),
-                    hash_type: "sha256".to_owned(),
-                    allow_symlinks: false,
-                    ignore_paths: RESERVED_RELEASE_NAMES
-                        .iter()
-                        .chain(&GIT_PATHS)
-                        .map(|p| (*p).to_owned())
-                        .collect(),
-                },
+                serialization: Serialization::ours(),
                 resources,
             },
         };
@@ -187,6 +178,13 @@ pub(crate) fn signed_files(bundle: &str, public_pem: &str) -> anyhow::Result<Vec
     anyhow::ensure!(
         statement.kind == STATEMENT_TYPE && statement.predicate_type == PREDICATE_TYPE,
         "model.sig signs a statement of another kind"
+    );
+    // The verifier hashes the tree as the signature says: a signature that
+    // ignores other paths (or follows links) would let files be added.
+    anyhow::ensure!(
+        statement.predicate.serialization == Serialization::ours(),
+        "model.sig describes the release with other settings ({:?})",
+        statement.predicate.serialization
     );
     let resources = statement.predicate.resources;
     let [subject] = statement.subject.as_slice() else {
@@ -296,12 +294,29 @@ struct Predicate {
     resources: Vec<Resource>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Serialization {
     method: String,
     hash_type: String,
     allow_symlinks: bool,
     ignore_paths: Vec<String>,
+}
+
+impl Serialization {
+    /// How weightgate serializes a release: file by file, SHA-256, no links,
+    /// leaving out only its own files and git's.
+    fn ours() -> Self {
+        Self {
+            method: "files".to_owned(),
+            hash_type: "sha256".to_owned(),
+            allow_symlinks: false,
+            ignore_paths: RESERVED_RELEASE_NAMES
+                .iter()
+                .chain(&GIT_PATHS)
+                .map(|p| (*p).to_owned())
+                .collect(),
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -369,6 +384,20 @@ mod tests {
         let err = signed_files(&forged, key.public_key_pem()).unwrap_err();
         assert!(err.to_string().contains("does not verify"), "{err}");
         assert!(signed_files("{}", key.public_key_pem()).is_err());
+
+        // Signed, but telling the verifier to ignore a file of the release.
+        let mut statement: Statement = serde_json::from_str(&payload).unwrap();
+        statement
+            .predicate
+            .serialization
+            .ignore_paths
+            .push("config.json".into());
+        let payload = serde_json::to_vec(&statement).unwrap();
+        let signature: DerSignature = key.key.sign(&pae(&payload));
+        bundle.dsse_envelope.payload = BASE64.encode(&payload);
+        bundle.dsse_envelope.signatures[0].sig = BASE64.encode(signature.as_bytes());
+        let err = signed_files(&serde_json::to_string(&bundle).unwrap(), key.public_key_pem()).unwrap_err();
+        assert!(err.to_string().contains("other settings"), "{err}");
         assert!(key.sign("tiny/v1", [("config.json", "zz")]).is_err());
     }
 }

@@ -138,13 +138,26 @@ pub struct Source {
 fn card_of(source: &Source, tree: &Tree) -> Result<Option<String>> {
     let path = match &source.card {
         Some(path) => path.clone(),
+        // The tree's own card is read as its other files are hashed: never
+        // through a link, and only if it is still the file the walk found.
         None => match tree.files.iter().find(|f| f.path == "README.md") {
-            Some(found) => found.on_disk.clone(),
+            Some(found) => {
+                let mut bytes = Vec::new();
+                open_found(found)?
+                    .read_to_end(&mut bytes)
+                    .with_context(|| format!("cannot read the model card {}", found.on_disk.display()))?;
+                return card_text(&found.on_disk, bytes);
+            }
             None => return Ok(None),
         },
     };
     let bytes =
         std::fs::read(&path).with_context(|| format!("cannot read the model card {}", path.display()))?;
+    card_text(&path, bytes)
+}
+
+/// The card's text, once it is UTF-8 and within a card's limits.
+fn card_text(path: &Path, bytes: Vec<u8>) -> Result<Option<String>> {
     let text = String::from_utf8(bytes)
         .map_err(|_| ModelError::Invalid(format!("the model card {} is not UTF-8 text", path.display())))?;
     crate::domain::cards::check(&text).map_err(ModelError::Invalid)?;

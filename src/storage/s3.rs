@@ -106,25 +106,25 @@ fn part_length(upload: &Upload, number: i32) -> u64 {
 /// Reads `length` bytes of `source` at `offset` and checks them against the
 /// chunk hashes they cover.
 async fn read_checked(source: &Path, offset: u64, length: u64, expected: &Expected) -> anyhow::Result<Bytes> {
-    let path = source.to_owned();
-    let read = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+    let (path, expected) = (source.to_owned(), expected.clone());
+    // Read and hashed on a blocking thread: a part is megabytes of work.
+    tokio::task::spawn_blocking(move || -> anyhow::Result<Bytes> {
         use std::os::unix::fs::FileExt;
-        let mut buf = vec![0; usize::try_from(length).map_err(std::io::Error::other)?];
-        std::fs::File::open(&path)?.read_exact_at(&mut buf, offset)?;
-        Ok(buf)
+        let changed = || Changed(path.display().to_string());
+        let mut buf = vec![0; usize::try_from(length)?];
+        let read = std::fs::File::open(&path).and_then(|f| f.read_exact_at(&mut buf, offset));
+        match read {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(changed().into()),
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot read {}", path.display()))),
+        }
+        let mut check = ChunkCheck::at(&expected, offset);
+        if !check.update(&buf) || !check.finish() {
+            return Err(changed().into());
+        }
+        Ok(Bytes::from(buf))
     })
-    .await?;
-    let changed = || Changed(source.display().to_string());
-    let bytes = match read {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(changed().into()),
-        Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot read {}", source.display()))),
-    };
-    let mut check = ChunkCheck::at(expected, offset);
-    if !check.update(&bytes) || !check.finish() {
-        return Err(changed().into());
-    }
-    Ok(Bytes::from(bytes))
+    .await?
 }
 
 /// The Content-MD5 header of `bytes`: the store refuses a body that does not
@@ -305,7 +305,7 @@ impl S3Bucket {
         record: &Path,
         wanted: &Upload,
         part_length: impl Fn(i32) -> Option<u64>,
-    ) -> anyhow::Result<Option<Vec<CompletedPart>>> {
+    ) -> anyhow::Result<Option<(Upload, Vec<CompletedPart>)>> {
         let Some((upload, recorded)) = read_upload(record) else {
             return Ok(None);
         };
@@ -337,8 +337,9 @@ impl S3Bucket {
                 Err(err) => {
                     return Err(anyhow::Error::new(err)
                         .context(format!(
-                            "cannot list the parts stored of {}",
-                            self.describe(&upload.object_key)
+                            "cannot list the parts stored of {} to resume its upload (to start over instead, delete {})",
+                            self.describe(&upload.object_key),
+                            record.display()
                         ))
                         .context(super::StoreUnavailable));
                 }
@@ -367,7 +368,7 @@ impl S3Bucket {
             })
             .map(|(number, e_tag)| CompletedPart::builder().part_number(number).e_tag(e_tag).build())
             .collect();
-        Ok(Some(held))
+        Ok(Some((upload, held)))
     }
 
     /// Uploads the parts of `source` the store does not hold yet, a few at a
@@ -555,8 +556,7 @@ impl ObjectStore for S3Bucket {
             (offset < size).then(|| part_size.min(size - offset))
         };
         let (upload, held) = match self.resumable(&record_path, &wanted, part_length).await? {
-            Some(held) => {
-                let (upload, _) = read_upload(&record_path).context("the upload record vanished")?;
+            Some((upload, held)) => {
                 tracing::info!(
                     object = %self.describe(&object_key),
                     parts_held = held.len(),

@@ -136,7 +136,7 @@ pub(crate) async fn signed_release_file(
         "SHA256SUMS.minisig" => (release.sums_sig, "text/plain; charset=utf-8"),
         "manifest.json" => (release.manifest, "application/json"),
         "manifest.json.minisig" => (release.manifest_sig, "text/plain; charset=utf-8"),
-        "model.sig" => (model_sig(state, release)?, "application/json"),
+        "model.sig" => (model_sig(state, grant, release)?, "application/json"),
         _ => (None, ""),
     };
     let body = body.ok_or(Error::NotFound)?;
@@ -145,17 +145,42 @@ pub(crate) async fn signed_release_file(
 
 /// A release's `model.sig`: the one signed at publication, or for a release
 /// published before model signatures, one signed now over its manifest's
-/// files (which its minisign signature vouches for).
-fn model_sig(state: &AppState, release: db::models::Release) -> Result<Option<String>, Error> {
+/// files, once the manifest's own minisign signature holds and it names this
+/// model and release (the portal signs nothing the database alone says).
+fn model_sig(
+    state: &AppState,
+    grant: &GrantView,
+    release: db::models::Release,
+) -> Result<Option<String>, Error> {
     if release.model_sig.is_some() {
         return Ok(release.model_sig);
     }
-    let Some(text) = release.manifest else {
+    let (Some(text), Some(signature)) = (release.manifest, release.manifest_sig) else {
         return Ok(None);
     };
+    let publisher = &state.app.publisher;
+    crate::crypto::manifests::verify(&publisher.public_key_file(), text.as_bytes(), &signature).map_err(
+        |e| {
+            anyhow::anyhow!(
+                "the stored manifest of {}/{} does not verify: {e:#}",
+                grant.model_slug,
+                release.name
+            )
+        },
+    )?;
     let manifest = crate::crypto::manifests::Manifest::parse(&text)?;
+    if manifest.model != grant.model_slug || manifest.release != release.name {
+        return Err(anyhow::anyhow!(
+            "the stored manifest of {}/{} is for {}/{}",
+            grant.model_slug,
+            release.name,
+            manifest.model,
+            manifest.release
+        )
+        .into());
+    }
     let subject = format!("{}/{}", manifest.model, manifest.release);
-    let sig = state.app.publisher.model_signing().sign(
+    let sig = publisher.model_signing().sign(
         &subject,
         manifest
             .files

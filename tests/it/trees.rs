@@ -217,6 +217,25 @@ async fn a_model_tree_publishes_as_it_is_and_downloads_whole_by_http_and_by_the_
         "{err}"
     );
 
+    // A release published before model signatures (no model.sig stored)
+    // gets the one publication would have made, from its manifest...
+    sqlx::query("UPDATE releases SET model_sig = NULL WHERE name = 'tree'")
+        .execute(t.app.db.pool())
+        .await
+        .unwrap();
+    let (status, lazily) = t.get_html(&client(), &sig_url).await;
+    assert_eq!(status, 200);
+    assert_eq!(lazily, sig, "deterministic: the same signature as at publication");
+    // ...but only from a manifest whose minisign signature holds: the
+    // portal signs nothing on the database's word alone.
+    sqlx::query("UPDATE releases SET manifest = REPLACE(manifest, 'consolidated.00.pth', 'consolidated.01.pth') WHERE name = 'tree'")
+        .execute(t.app.db.pool())
+        .await
+        .unwrap();
+    let (status, body) = t.get_html(&client(), &sig_url).await;
+    assert_eq!(status, 500, "{body}");
+    assert!(!body.contains("dsseEnvelope"), "{body}");
+
     // The log names each file by its path.
     let subjects: Vec<String> = t
         .audit_events()
