@@ -51,6 +51,9 @@ pub struct Options {
     /// The portal's publishing key (a minisign `.pub` file's text or its key
     /// line). Without it the key is fetched from the portal.
     pub public_key: Option<String>,
+    /// The portal's model-signing key (PEM) that each release's `model.sig`
+    /// must be signed with. Without it the key the portal sends is used.
+    pub model_signing_key: Option<String>,
     /// At most this many bytes per second in all.
     pub limit_rate: Option<u64>,
     /// Progress bars on a terminal; plain lines otherwise.
@@ -677,6 +680,24 @@ fn finish(target: &Target) -> Result<(), DownloadError> {
     Ok(())
 }
 
+/// The key that checks each `model.sig`: the one pinned, which the portal
+/// must send too (a portal that stops signing, or signs with another key, is
+/// refused), or else the one the portal sends, if any.
+fn model_signing_key(pinned: Option<&str>, served: Option<&str>) -> Result<Option<String>, DownloadError> {
+    let same = |a: &str, b: &str| a.replace("\r\n", "\n").trim() == b.replace("\r\n", "\n").trim();
+    match (pinned, served) {
+        (Some(pinned), Some(served)) if same(pinned, served) => Ok(Some(pinned.to_owned())),
+        (Some(_), Some(_)) => Err(DownloadError::Manifest(
+            "the portal's model-signing key is not the one given with --model-signing-key".into(),
+        )),
+        (Some(_), None) => Err(DownloadError::Manifest(
+            "the portal sends no model-signing key, but --model-signing-key expects releases signed with one"
+                .into(),
+        )),
+        (None, served) => Ok(served.map(str::to_owned)),
+    }
+}
+
 /// Chooses the TLS implementation for outgoing HTTPS, once per process.
 pub fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -709,6 +730,10 @@ pub async fn download(opts: Options) -> anyhow::Result<Summary> {
         }
     };
     let releases = verified_releases(&grant, &public_key)?;
+    let model_signing_key = model_signing_key(
+        opts.model_signing_key.as_deref(),
+        grant.model_signing_key.as_deref(),
+    )?;
     // What each release's model.sig must list: every file of its manifest.
     let release_files: HashMap<String, Vec<(String, String)>> = releases
         .iter()
@@ -882,7 +907,7 @@ pub async fn download(opts: Options) -> anyhow::Result<Summary> {
         })?;
         // The OpenSSF model signature, for `model_signing verify`: it must
         // vouch for exactly the files of the signed manifest.
-        let model_sig = match &grant.model_signing_key {
+        let model_sig = match &model_signing_key {
             Some(key) => {
                 let bundle = text("model.sig").await?;
                 let mut signed = model_signing::signed_files(&bundle, key).map_err(|e| {

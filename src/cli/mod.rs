@@ -97,6 +97,11 @@ pub(crate) struct DownloadArgs {
     /// Without it, the key the portal serves is used.
     #[arg(long)]
     public_key: Option<String>,
+    /// The lab's model-signing key, which every release's model.sig must be
+    /// signed with: a PEM file (or its text), as the model page shows it.
+    /// Without it, the key the portal sends is used.
+    #[arg(long)]
+    model_signing_key: Option<String>,
     /// At most this many bytes per second, e.g. 50MiB.
     #[arg(long, value_parser = parse_size)]
     limit_rate: Option<u64>,
@@ -356,21 +361,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             jobs,
             include,
             public_key,
+            model_signing_key,
             limit_rate,
         }) => {
             let include_given = !include.is_empty();
-            let public_key = match public_key {
-                Some(k) if std::path::Path::new(&k).is_file() => {
-                    Some(std::fs::read_to_string(&k).with_context(|| format!("cannot read {k}"))?)
-                }
-                other => other,
+            let file_or_text = |given: Option<String>| match given {
+                Some(k) if std::path::Path::new(&k).is_file() => std::fs::read_to_string(&k)
+                    .with_context(|| format!("cannot read {k}"))
+                    .map(Some),
+                other => Ok(other),
             };
+            let public_key = file_or_text(public_key)?;
+            let model_signing_key = file_or_text(model_signing_key)?;
             let summary = crate::client::download(crate::client::Options {
                 url,
                 dir: dir.clone(),
                 jobs,
                 include,
                 public_key,
+                model_signing_key,
                 limit_rate,
                 progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
             })

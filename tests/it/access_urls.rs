@@ -135,6 +135,7 @@ async fn a_researcher_sees_names_and_withdraws_access_urls_and_unused_ones_lapse
         jobs: 2,
         include: Vec::new(),
         public_key: None,
+        model_signing_key: None,
         limit_rate: None,
         progress: false,
     })

@@ -19,6 +19,7 @@ fn options(url: &str, dir: &Path) -> Options {
         jobs: 4,
         include: Vec::new(),
         public_key: None,
+        model_signing_key: None,
         limit_rate: None,
         progress: false,
     }

@@ -153,6 +153,7 @@ async fn the_object_store_going_away_or_failing_midway_is_reported_and_survived(
         jobs: 2,
         include: Vec::new(),
         public_key: None,
+        model_signing_key: None,
         limit_rate: None,
         progress: false,
     })
@@ -501,6 +502,7 @@ async fn a_download_cut_by_a_killed_portal_resumes_once_the_portal_is_back() {
         jobs: 1,
         include: Vec::new(),
         public_key: None,
+        model_signing_key: None,
         // Slow enough to be midway through when the portal dies.
         limit_rate: Some(256 * 1024),
         progress: false,
@@ -726,6 +728,7 @@ async fn a_download_that_fills_the_disk_stops_with_the_reason_and_resumes_once_t
         jobs: 1,
         include: vec!["shard-1.bin".into()],
         public_key: None,
+        model_signing_key: None,
         limit_rate: rate,
         progress: false,
     };

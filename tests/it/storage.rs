@@ -815,6 +815,7 @@ async fn redirect_delivery_sends_researchers_to_short_lived_presigned_urls() {
         jobs: 3,
         include: Vec::new(),
         public_key: None,
+        model_signing_key: None,
         limit_rate: None,
         progress: false,
     })

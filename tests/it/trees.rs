@@ -198,6 +198,32 @@ async fn a_model_tree_publishes_as_it_is_and_downloads_whole_by_http_and_by_the_
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 
+    // A researcher who pins the lab's key (as the model page shows it)
+    // gets the files only from a portal that signs with that key.
+    let pinned = |key: &Path, dir: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_weightgate"))
+            .args(["download", &access, "--include", "config.json", "--dir"])
+            .arg(t.dir.path().join(dir))
+            .arg("--model-signing-key")
+            .arg(key)
+            .output()
+            .unwrap()
+    };
+    let out = pinned(&key_file, "pinned");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let other_key = t.dir.path().join("other.pub");
+    std::fs::write(&other_key, key.replacen("MFkw", "MFkx", 1)).unwrap();
+    let out = pinned(&other_key, "mispinned");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("is not the one given with --model-signing-key"),
+        "{err}"
+    );
+    assert!(
+        !t.dir.path().join("mispinned/tree/config.json").exists(),
+        "refused before any file"
+    );
+
     // A model.sig that vouches for other files (here another release's,
     // put in place by whoever can write to the database) is refused.
     sqlx::query("UPDATE releases SET model_sig = (SELECT model_sig FROM releases WHERE name = 'r1') WHERE name = 'tree'")
