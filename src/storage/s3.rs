@@ -103,6 +103,24 @@ fn part_length(upload: &Upload, number: i32) -> u64 {
     upload.part_size.min(upload.size.saturating_sub(offset))
 }
 
+/// Holds an exclusive lock on the file at `path` (made if absent) until the
+/// returned file is dropped, waiting on a blocking thread while another
+/// process holds it.
+async fn lock(path: PathBuf) -> anyhow::Result<std::fs::File> {
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        file.lock()
+            .with_context(|| format!("cannot lock {}", path.display()))?;
+        Ok(file)
+    })
+    .await?
+}
+
 /// Reads `length` bytes of `source` at `offset` and checks them against the
 /// chunk hashes they cover.
 async fn read_checked(source: &Path, offset: u64, length: u64, expected: &Expected) -> anyhow::Result<Bytes> {
@@ -551,6 +569,16 @@ impl ObjectStore for S3Bucket {
             part_size,
         };
         let record_path = self.upload_record(&object_key);
+        // One publish at a time stores a given file (two models may share
+        // it): the next waits, then finds it stored.
+        tokio::fs::create_dir_all(&self.uploads)
+            .await
+            .with_context(|| format!("cannot create {}", self.uploads.display()))?;
+        let _lock = lock(record_path.with_extension("lock")).await?;
+        if self.size(key).await? == Some(size) {
+            sent(size);
+            return Ok(());
+        }
         let part_length = |number: i32| {
             let offset = (u64::try_from(number).ok()?.checked_sub(1)?) * part_size;
             (offset < size).then(|| part_size.min(size - offset))
@@ -580,9 +608,11 @@ impl ObjectStore for S3Bucket {
                         .to_owned(),
                     ..wanted
                 };
-                tokio::fs::create_dir_all(&self.uploads)
-                    .await
-                    .with_context(|| format!("cannot create {}", self.uploads.display()))?;
+                // An upload recorded before that cannot be resumed is given
+                // up, so that its parts do not linger in the bucket.
+                if let Some((stale, _)) = read_upload(&record_path) {
+                    self.abort(&stale).await;
+                }
                 let _ = tokio::fs::remove_file(&record_path).await;
                 record(&record_path, &upload)?;
                 (upload, Vec::new())
@@ -594,6 +624,8 @@ impl ObjectStore for S3Bucket {
         {
             Ok(()) => {
                 let _ = tokio::fs::remove_file(&record_path).await;
+                // Still held: a publish waiting on it finds the file stored.
+                let _ = tokio::fs::remove_file(record_path.with_extension("lock")).await;
                 Ok(())
             }
             Err(e) if e.is::<Changed>() => {

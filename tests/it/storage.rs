@@ -448,6 +448,51 @@ async fn a_refused_part_leaves_the_upload_to_resume_and_only_what_is_missing_is_
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_publishes_of_one_file_at_once_upload_it_once() {
+    const MIB: usize = 1024 * 1024;
+    let server = S3Server::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let source = data.path().join("shared.bin");
+    let bytes = write_pattern(&source, 40 * MIB, 4);
+    let key = key_for_sha256(&sha256_hex(&bytes));
+    let holds = expected(&bytes, CHUNK_SIZE);
+    let (a, b) = (
+        server.store_in(data.path()).await,
+        server.store_in(data.path()).await,
+    );
+    let counted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (ca, cb) = (counted.clone(), counted.clone());
+    let sent_a = move |n: u64| {
+        ca.fetch_add(n, Ordering::SeqCst);
+    };
+    let sent_b = move |n: u64| {
+        cb.fetch_add(n, Ordering::SeqCst);
+    };
+    let (first, second) = tokio::join!(
+        a.put_file(&key, &source, &holds, &sent_a),
+        b.put_file(&key, &source, &holds, &sent_b),
+    );
+    first.unwrap();
+    second.unwrap();
+    let calls = server.calls();
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|c| c.starts_with("CreateMultipartUpload"))
+            .count(),
+        1,
+        "{calls:?}"
+    );
+    assert_eq!(parts(&calls, "UploadPart "), [1, 2, 3], "{calls:?}");
+    assert_eq!(
+        counted.load(Ordering::SeqCst),
+        2 * bytes.len() as u64,
+        "each counts the file once"
+    );
+    assert_eq!(std::fs::read(server.object_path(&key)).unwrap(), bytes);
+}
+
 #[tokio::test]
 async fn a_file_that_no_longer_holds_what_was_hashed_is_not_stored() {
     const MIB: usize = 1024 * 1024;
