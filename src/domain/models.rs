@@ -17,7 +17,7 @@ use crate::{
     crypto::manifests::{MANIFEST_FORMAT, Manifest, ManifestFile},
     db::{self, models::Model},
     domain::error::Result,
-    storage::{Changed, Expected, key_for_sha256},
+    storage::{Changed, ChunkHasher, Expected, key_for_sha256},
     types::{Slug, is_safe_file_name, new_id, now_ms},
 };
 
@@ -367,12 +367,9 @@ fn hash_reader(
     chunk_size: Option<u64>,
     bar: &ProgressBar,
 ) -> Result<FileDigest> {
-    let chunked = chunk_size.is_some();
-    let chunk_size = chunk_size.unwrap_or(u64::MAX).max(1);
+    let mut chunker = chunk_size.map(ChunkHasher::new);
     let mut whole = Sha256::new();
-    let mut chunk = Sha256::new();
     let mut chunks = Vec::new();
-    let mut in_chunk = 0u64;
     // Small enough that the kernel's copy and the hash's read of it stay in
     // the CPU's L2 cache: a 1 MiB buffer hashed a third slower.
     let mut buf = vec![0u8; 64 << 10];
@@ -387,22 +384,20 @@ fn hash_reader(
         whole.update(&buf[..n]);
         bar.inc(n as u64);
         size += n as u64;
-        let mut rest = if chunked { &buf[..n] } else { &[][..] };
-        while !rest.is_empty() {
-            let take = rest
-                .len()
-                .min(usize::try_from(chunk_size - in_chunk).unwrap_or(usize::MAX));
-            chunk.update(&rest[..take]);
-            in_chunk += take as u64;
-            rest = &rest[take..];
-            if in_chunk == chunk_size {
-                chunks.push(hex::encode(chunk.finalize_reset()));
-                in_chunk = 0;
-            }
+        if let Some(chunker) = &mut chunker {
+            chunker.update(&buf[..n], |digest| {
+                chunks.push(digest);
+                true
+            });
         }
     }
-    if chunked && (in_chunk > 0 || chunks.is_empty()) {
-        chunks.push(hex::encode(chunk.finalize()));
+    if let Some(chunker) = chunker {
+        match chunker.finish() {
+            Some(last) => chunks.push(last),
+            // An empty file is one empty chunk.
+            None if chunks.is_empty() => chunks.push(hex::encode(Sha256::digest(b""))),
+            None => {}
+        }
     }
     Ok(FileDigest {
         sha256: hex::encode(whole.finalize()),

@@ -99,14 +99,54 @@ pub type Sent = dyn Fn(u64) + Send + Sync;
 #[error("{0} changed while it was being published (its bytes no longer match their hashes)")]
 pub struct Changed(pub String);
 
+/// The SHA-256 of each `chunk_size` bytes of what it is given, in order.
+pub(crate) struct ChunkHasher {
+    chunk_size: u64,
+    in_chunk: u64,
+    hasher: Sha256,
+}
+
+impl ChunkHasher {
+    pub(crate) fn new(chunk_size: u64) -> Self {
+        Self {
+            chunk_size: chunk_size.max(1),
+            in_chunk: 0,
+            hasher: Sha256::new(),
+        }
+    }
+
+    /// Takes the next bytes; `done` gets the digest of each chunk they
+    /// complete, in hex, and stops the hashing by returning `false`.
+    pub(crate) fn update(&mut self, mut bytes: &[u8], mut done: impl FnMut(String) -> bool) -> bool {
+        while !bytes.is_empty() {
+            let room = self.chunk_size - self.in_chunk;
+            let take = bytes.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+            self.hasher.update(&bytes[..take]);
+            self.in_chunk += take as u64;
+            bytes = &bytes[take..];
+            if self.in_chunk == self.chunk_size {
+                self.in_chunk = 0;
+                if !done(hex::encode(self.hasher.finalize_reset())) {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// The digest of the bytes after the last whole chunk, if there are any.
+    pub(crate) fn finish(self) -> Option<String> {
+        (self.in_chunk > 0).then(|| hex::encode(self.hasher.finalize()))
+    }
+}
+
 /// Checks bytes read in order, from a chunk boundary, against the expected
 /// chunk hashes.
 pub(crate) struct ChunkCheck<'a> {
     expected: &'a Expected,
     /// The chunk being hashed.
     index: usize,
-    in_chunk: u64,
-    hasher: Sha256,
+    chunks: ChunkHasher,
 }
 
 impl<'a> ChunkCheck<'a> {
@@ -116,38 +156,30 @@ impl<'a> ChunkCheck<'a> {
         Self {
             expected,
             index: usize::try_from(offset / expected.chunk_size).unwrap_or(usize::MAX),
-            in_chunk: 0,
-            hasher: Sha256::new(),
+            chunks: ChunkHasher::new(expected.chunk_size),
         }
     }
 
     /// Takes the next bytes; `false` once a chunk they end does not match.
-    pub(crate) fn update(&mut self, mut bytes: &[u8]) -> bool {
-        while !bytes.is_empty() {
-            let room = self.expected.chunk_size - self.in_chunk;
-            let take = bytes.len().min(usize::try_from(room).unwrap_or(usize::MAX));
-            self.hasher.update(&bytes[..take]);
-            self.in_chunk += take as u64;
-            bytes = &bytes[take..];
-            if self.in_chunk == self.expected.chunk_size && !self.end_chunk() {
-                return false;
-            }
-        }
-        true
+    pub(crate) fn update(&mut self, bytes: &[u8]) -> bool {
+        let Self {
+            expected,
+            index,
+            chunks,
+        } = self;
+        chunks.update(bytes, |digest| {
+            let matches = expected.chunks.get(*index) == Some(&digest);
+            *index += 1;
+            matches
+        })
     }
 
     /// Ends the check where the bytes end: at a chunk boundary, or at the
     /// end of the file, whose last chunk may be shorter.
-    pub(crate) fn finish(mut self) -> bool {
-        self.in_chunk == 0 || self.end_chunk()
-    }
-
-    fn end_chunk(&mut self) -> bool {
-        let digest = hex::encode(self.hasher.finalize_reset());
-        let matches = self.expected.chunks.get(self.index) == Some(&digest);
-        self.index += 1;
-        self.in_chunk = 0;
-        matches
+    pub(crate) fn finish(self) -> bool {
+        self.chunks
+            .finish()
+            .is_none_or(|digest| self.expected.chunks.get(self.index) == Some(&digest))
     }
 }
 
