@@ -80,6 +80,17 @@ impl ModelSigningKey {
         &self.public_pem
     }
 
+    /// `model.sig` for the release a manifest describes, named MODEL/RELEASE.
+    pub(crate) fn sign_manifest(&self, manifest: &super::manifests::Manifest) -> anyhow::Result<String> {
+        self.sign(
+            &format!("{}/{}", manifest.model, manifest.release),
+            manifest
+                .files
+                .iter()
+                .map(|f| (f.name.as_str(), f.sha256.as_str())),
+        )
+    }
+
     /// `model.sig` for a release: `name` names the model (informative only),
     /// `files` are the release's paths with their SHA-256 in hex.
     pub(crate) fn sign<'a>(

@@ -579,10 +579,7 @@ pub async fn publish_from(
     let sums_sig = app
         .publisher
         .sign(sums.as_bytes(), &format!("SHA256SUMS {subject}"))?;
-    let model_sig = app.publisher.model_signing().sign(
-        &subject,
-        files.iter().map(|f| (f.name.as_str(), f.sha256.as_str())),
-    )?;
+    let model_sig = app.publisher.model_signing().sign_manifest(&manifest)?;
 
     let now = now_ms();
     let release = db::models::Release {

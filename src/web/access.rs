@@ -179,15 +179,7 @@ fn model_sig(
         )
         .into());
     }
-    let subject = format!("{}/{}", manifest.model, manifest.release);
-    let sig = publisher.model_signing().sign(
-        &subject,
-        manifest
-            .files
-            .iter()
-            .map(|f| (f.name.as_str(), f.sha256.as_str())),
-    )?;
-    Ok(Some(sig))
+    Ok(Some(publisher.model_signing().sign_manifest(&manifest)?))
 }
 
 #[derive(Serialize)]
