@@ -737,6 +737,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_model_card_replaced_by_a_link_after_the_walk_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("README.md"), b"# Tiny\n").unwrap();
+        std::fs::create_dir(dir.path().join(".git")).unwrap();
+        std::fs::write(dir.path().join(".git/config"), b"url = https://token@example.org").unwrap();
+        let source = Source {
+            dir: dir.path().to_owned(),
+            ..Source::default()
+        };
+        let tree = release_files(&source).unwrap();
+        assert_eq!(card_of(&source, &tree).unwrap().as_deref(), Some("# Tiny\n"));
+        let readme = dir.path().join("README.md");
+        std::fs::rename(&readme, dir.path().join("kept")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join(".git/config"), &readme).unwrap();
+        assert!(card_of(&source, &tree).is_err(), "the link is not followed");
+    }
+
+    #[test]
     fn a_file_replaced_after_the_walk_is_not_hashed() {
         let dir = tempfile::tempdir().unwrap();
         let source = Source {

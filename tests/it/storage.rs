@@ -448,6 +448,47 @@ async fn a_refused_part_leaves_the_upload_to_resume_and_only_what_is_missing_is_
     );
 }
 
+#[tokio::test]
+async fn an_upload_that_cannot_be_resumed_is_given_up_when_another_starts() {
+    const MIB: usize = 1024 * 1024;
+    let server = S3Server::start_refusing_part(Some(2)).await;
+    let data = tempfile::tempdir().unwrap();
+    let source = data.path().join("large.bin");
+    let bytes = write_pattern(&source, 40 * MIB, 6);
+    let key = key_for_sha256(&sha256_hex(&bytes));
+    let store = server.store_in(data.path()).await;
+    assert!(
+        store
+            .put_file(&key, &source, &expected(&bytes, CHUNK_SIZE), &|_| {})
+            .await
+            .is_err()
+    );
+    assert!(!server.calls().iter().any(|c| c == "AbortMultipartUpload"));
+
+    // Published again in other chunks, so in other parts: the recorded
+    // upload cannot be resumed, and is aborted rather than left behind.
+    server.faults.refuse_part.store(0, Ordering::SeqCst);
+    store
+        .put_file(&key, &source, &expected(&bytes, 5_000_000), &|_| {})
+        .await
+        .unwrap();
+    let calls = server.calls();
+    assert_eq!(
+        calls.iter().filter(|c| *c == "AbortMultipartUpload").count(),
+        1,
+        "{calls:?}"
+    );
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|c| c.starts_with("CreateMultipartUpload"))
+            .count(),
+        2,
+        "{calls:?}"
+    );
+    assert_eq!(std::fs::read(server.object_path(&key)).unwrap(), bytes);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_publishes_of_one_file_at_once_upload_it_once() {
     const MIB: usize = 1024 * 1024;
