@@ -156,7 +156,11 @@ pub(crate) enum ModelCommand {
         slug: String,
         /// The model's directory, published as it is: folders and all.
         /// Hidden entries (`.git/`, `.cache/`, `.gitattributes`) are left out.
-        dir: PathBuf,
+        /// Or s3://BUCKET/PREFIX, a bucket the portal's S3 credentials can
+        /// read: its objects are hashed as they stream and copied into the
+        /// portal's store by S3 itself, nothing written to local disk.
+        #[arg(value_name = "DIR|s3://BUCKET/PREFIX")]
+        dir: String,
         /// Release name; defaults to v1, v2, ...
         #[arg(long)]
         release: Option<String>,
@@ -641,22 +645,44 @@ async fn model(app: Arc<App>, cmd: ModelCommand) -> anyhow::Result<()> {
                     });
                 }),
             };
-            let source = models::Source {
-                dir,
-                follow_symlinks,
-                exclude,
-                card,
+            let report = if dir.starts_with("s3://") {
+                anyhow::ensure!(
+                    !follow_symlinks,
+                    "--follow-symlinks is for a directory: a bucket has no links"
+                );
+                let source = models::BucketSource {
+                    url: dir,
+                    exclude,
+                    card,
+                };
+                models::publish_from_bucket(
+                    &app,
+                    &slug,
+                    &source,
+                    release.as_deref(),
+                    chunk_size,
+                    &operator(),
+                    &progress,
+                )
+                .await?
+            } else {
+                let source = models::Source {
+                    dir: PathBuf::from(dir),
+                    follow_symlinks,
+                    exclude,
+                    card,
+                };
+                models::publish_from(
+                    &app,
+                    &slug,
+                    &source,
+                    release.as_deref(),
+                    chunk_size,
+                    &operator(),
+                    &progress,
+                )
+                .await?
             };
-            let report = models::publish_from(
-                &app,
-                &slug,
-                &source,
-                release.as_deref(),
-                chunk_size,
-                &operator(),
-                &progress,
-            )
-            .await?;
             if !report.left_out.is_empty() {
                 println!("left out: {}", report.left_out.join(", "));
             }

@@ -8,6 +8,7 @@ use std::{
 };
 
 use anyhow::Context;
+use futures_util::{StreamExt, TryStreamExt};
 use indicatif::ProgressBar;
 use sha2::{Digest, Sha256};
 
@@ -17,7 +18,7 @@ use crate::{
     crypto::manifests::{MANIFEST_FORMAT, Manifest, ManifestFile},
     db::{self, models::Model},
     domain::error::Result,
-    storage::{Changed, ChunkHasher, Expected, key_for_sha256},
+    storage::{Changed, ChunkHasher, Expected, Sent, key_for_sha256},
     types::{Slug, is_safe_file_name, new_id, now_ms},
 };
 
@@ -367,13 +368,10 @@ fn hash_reader(
     chunk_size: Option<u64>,
     bar: &ProgressBar,
 ) -> Result<FileDigest> {
-    let mut chunker = chunk_size.map(ChunkHasher::new);
-    let mut whole = Sha256::new();
-    let mut chunks = Vec::new();
+    let mut digest = Digester::new(chunk_size);
     // Small enough that the kernel's copy and the hash's read of it stay in
     // the CPU's L2 cache: a 1 MiB buffer hashed a third slower.
     let mut buf = vec![0u8; 64 << 10];
-    let mut size = 0u64;
     loop {
         let n = file
             .read(&mut buf)
@@ -381,29 +379,57 @@ fn hash_reader(
         if n == 0 {
             break;
         }
-        whole.update(&buf[..n]);
+        digest.update(&buf[..n]);
         bar.inc(n as u64);
-        size += n as u64;
-        if let Some(chunker) = &mut chunker {
-            chunker.update(&buf[..n], |digest| {
+    }
+    Ok(digest.finish())
+}
+
+/// Takes a file's bytes in order, and gives its [`FileDigest`].
+struct Digester {
+    whole: Sha256,
+    chunker: Option<ChunkHasher>,
+    chunks: Vec<String>,
+    size: u64,
+}
+
+impl Digester {
+    fn new(chunk_size: Option<u64>) -> Self {
+        Self {
+            whole: Sha256::new(),
+            chunker: chunk_size.map(ChunkHasher::new),
+            chunks: Vec::new(),
+            size: 0,
+        }
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        self.whole.update(bytes);
+        self.size += bytes.len() as u64;
+        if let Some(chunker) = &mut self.chunker {
+            let chunks = &mut self.chunks;
+            chunker.update(bytes, |digest| {
                 chunks.push(digest);
                 true
             });
         }
     }
-    if let Some(chunker) = chunker {
-        match chunker.finish() {
-            Some(last) => chunks.push(last),
-            // An empty file is one empty chunk.
-            None if chunks.is_empty() => chunks.push(hex::encode(Sha256::digest(b""))),
-            None => {}
+
+    fn finish(mut self) -> FileDigest {
+        if let Some(chunker) = self.chunker {
+            match chunker.finish() {
+                Some(last) => self.chunks.push(last),
+                // An empty file is one empty chunk.
+                None if self.chunks.is_empty() => self.chunks.push(hex::encode(Sha256::digest(b""))),
+                None => {}
+            }
+        }
+        FileDigest {
+            sha256: hex::encode(self.whole.finalize()),
+            size: self.size,
+            chunks: self.chunks,
         }
     }
-    Ok(FileDigest {
-        sha256: hex::encode(whole.finalize()),
-        size,
-        chunks,
-    })
 }
 
 /// What [`hash_file`] found.
@@ -447,35 +473,7 @@ pub async fn publish_from(
     actor: &str,
     progress: &PublishProgress,
 ) -> Result<PublishReport> {
-    if chunk_size < 4096 {
-        return Err(ModelError::Invalid("the chunk size must be at least 4 KiB".into()).into());
-    }
-    let model = db::models::find_model_by_slug(app.db.pool(), slug.as_str())
-        .await?
-        .ok_or_else(|| ModelError::NotFound(slug.to_string()))?;
-    let release_name = match release_name {
-        Some(name) => name.to_owned(),
-        None => format!(
-            "v{}",
-            db::models::count_releases(app.db.pool(), &model.id).await? + 1
-        ),
-    };
-    if !is_safe_file_name(&release_name) || release_name.len() > 64 {
-        return Err(ModelError::Invalid(format!(
-            "{release_name:?} is not a usable release name: use letters, digits, '.', '_' and '-'"
-        ))
-        .into());
-    }
-    if db::models::find_release(app.db.pool(), &model.id, &release_name)
-        .await?
-        .is_some()
-    {
-        return Err(ModelError::ReleaseExists {
-            slug: model.slug,
-            release: release_name,
-        }
-        .into());
-    }
+    let (model, release_name) = new_release(app, slug, release_name, chunk_size).await?;
     let tree = release_files(source)?;
     let card = card_of(source, &tree)?;
     let Tree {
@@ -509,59 +507,348 @@ pub async fn publish_from(
     }
     hashed.sort_by_key(|h| h.0);
 
+    // The same bar counts the bytes stored, with their rate and ETA.
+    progress.bar.set_position(0);
+    progress.bar.reset_eta();
+    progress.bar.set_message("storing");
     let mut files = Vec::with_capacity(hashed.len());
+    for (_, name, path, digest) in hashed {
+        // The store checks every byte against the hashes just taken, so
+        // a file swapped or changed since cannot be stored under them.
+        let stored = store_one(
+            app,
+            name,
+            digest,
+            chunk_size,
+            progress,
+            async |key, expected, sent| app.storage.put_file(key, &path, expected, sent).await,
+        )
+        .await
+        .map_err(changed_as_conflict)?;
+        files.push(stored);
+    }
+    progress.bar.finish_and_clear();
+    seal(
+        app,
+        &model,
+        &release_name,
+        chunk_size,
+        files,
+        card,
+        left_out,
+        actor,
+    )
+    .await
+}
+
+/// What a publish from a bucket takes: the objects under an S3 prefix.
+#[derive(Debug, Default, Clone)]
+pub struct BucketSource {
+    /// `s3://BUCKET/PREFIX`, read with the portal's S3 endpoint and
+    /// credentials.
+    pub url: String,
+    /// Paths to leave out, as for a directory (see [`Source::exclude`]).
+    pub exclude: Vec<String>,
+    /// The model card (Markdown); by default the prefix's own `README.md`.
+    pub card: Option<PathBuf>,
+}
+
+/// Objects a bucket holds in flight at once while they are hashed: each is
+/// a connection streaming one object.
+const OBJECTS_IN_FLIGHT: usize = 4;
+
+/// Publishes the objects under an S3 prefix as a release of the model, each
+/// under its key below the prefix, as [`publish_from`] does a directory. The
+/// objects are hashed by streaming them (nothing is written to local disk)
+/// and then copied under the portal's own keys by the store itself. Each
+/// read and each copy names the version of the object that was listed, so
+/// an object replaced during the publish is refused rather than published
+/// under the hashes of another. The portal's own objects must be in the
+/// same S3 service.
+pub async fn publish_from_bucket(
+    app: &App,
+    slug: &Slug,
+    source: &BucketSource,
+    release_name: Option<&str>,
+    chunk_size: u64,
+    actor: &str,
+    progress: &PublishProgress,
+) -> Result<PublishReport> {
+    let (model, release_name) = new_release(app, slug, release_name, chunk_size).await?;
+    let invalid = |why: String| crate::domain::Error::from(ModelError::Invalid(why));
+    if let Some(why) = app.storage.cannot_copy_in() {
+        return Err(invalid(format!("cannot publish from {}: {why}", source.url)));
+    }
+    let bucket = std::sync::Arc::new(crate::storage::bucket_at(&app.config, &source.url)?);
+    let exclude: Vec<wildmatch::WildMatch> = source
+        .exclude
+        .iter()
+        .map(|g| wildmatch::WildMatch::new(g.trim_end_matches('/')))
+        .collect();
+    let mut objects = Vec::new();
+    let mut left_out = std::collections::BTreeSet::new();
+    for (path, object) in bucket.objects().await? {
+        // A key ending in `/` is how consoles draw an empty folder.
+        if path.is_empty() || (path.ends_with('/') && object.size == 0) {
+            continue;
+        }
+        match left_out_as(&path, &exclude) {
+            Some(shown) => {
+                left_out.insert(shown);
+            }
+            None => objects.push((path, object)),
+        }
+    }
+    crate::types::check_release_paths(objects.iter().map(|(path, _)| path.as_str())).map_err(invalid)?;
+    if objects.is_empty() {
+        return Err(invalid(format!("{} holds no files to publish", source.url)));
+    }
+    let card = match &source.card {
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("cannot read the model card {}", path.display()))?;
+            card_text(path, bytes)?
+        }
+        None => match objects.iter().find(|(path, _)| path == "README.md") {
+            Some((_, object)) => {
+                let shown = format!("s3://{}/{}", object.bucket, object.key);
+                let most = crate::domain::cards::MAX_CARD;
+                if object.size > most as u64 {
+                    return Err(invalid(format!(
+                        "the model card {shown} is {} bytes; at most {most} are shown",
+                        object.size
+                    )));
+                }
+                let pieces: Vec<bytes::Bytes> = bucket
+                    .read_object(object)
+                    .await
+                    .map_err(changed_as_conflict)?
+                    .try_collect()
+                    .await
+                    .with_context(|| format!("cannot read the model card {shown}"))?;
+                card_text(Path::new(&shown), pieces.concat())?
+            }
+            None => None,
+        },
+    };
+    progress
+        .bar
+        .set_length(objects.iter().map(|(_, object)| object.size).sum());
+    progress.bar.set_message("hashing");
+    let bar = &progress.bar;
+    let hashed: Vec<FileDigest> = futures_util::stream::iter(&objects)
+        .map(|(_, object)| {
+            let bucket = bucket.clone();
+            async move { hash_object(&bucket, object, chunk_size, bar).await }
+        })
+        .buffered(OBJECTS_IN_FLIGHT)
+        .try_collect()
+        .await?;
+
+    progress.bar.set_position(0);
+    progress.bar.reset_eta();
+    progress.bar.set_message("copying");
+    let mut files = Vec::with_capacity(objects.len());
+    for ((path, object), digest) in objects.into_iter().zip(hashed) {
+        let stored = store_one(
+            app,
+            path,
+            digest,
+            chunk_size,
+            progress,
+            async |key, expected, sent| app.storage.copy_in(key, &object, expected, sent).await,
+        )
+        .await
+        .map_err(changed_as_conflict)?;
+        files.push(stored);
+    }
+    progress.bar.finish_and_clear();
+    seal(
+        app,
+        &model,
+        &release_name,
+        chunk_size,
+        files,
+        card,
+        left_out.into_iter().collect(),
+        actor,
+    )
+    .await
+}
+
+/// How a path below a bucket's prefix is left out of a release, as a walk
+/// of a directory leaves it out: the first hidden or excluded folder on its
+/// way (`.git/`), or the path itself; `None` when it is published.
+fn left_out_as(path: &str, exclude: &[wildmatch::WildMatch]) -> Option<String> {
+    let parts: Vec<&str> = path.split('/').collect();
+    (1..=parts.len()).find_map(|depth| {
+        let sub = parts[..depth].join("/");
+        let hidden = parts[depth - 1].starts_with('.');
+        (hidden || exclude.iter().any(|g| g.matches(&sub))).then(|| {
+            if depth < parts.len() {
+                format!("{sub}/")
+            } else {
+                sub
+            }
+        })
+    })
+}
+
+/// Streams `object` from `bucket` and hashes it on a blocking thread as it
+/// arrives; an object that is not the size listed is refused as changed.
+async fn hash_object(
+    bucket: &crate::storage::S3Bucket,
+    object: &crate::storage::BucketObject,
+    chunk_size: u64,
+    bar: &ProgressBar,
+) -> Result<FileDigest> {
+    let shown = format!("s3://{}/{}", object.bucket, object.key);
+    let mut stream = bucket.read_object(object).await.map_err(changed_as_conflict)?;
+    let (pieces, mut arriving) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
+    let bar = bar.clone();
+    let hasher = tokio::task::spawn_blocking(move || {
+        let mut digest = Digester::new(Some(chunk_size));
+        while let Some(piece) = arriving.blocking_recv() {
+            digest.update(&piece);
+            bar.inc(piece.len() as u64);
+        }
+        digest.finish()
+    });
+    while let Some(piece) = stream.next().await {
+        let piece = piece.with_context(|| format!("cannot read {shown}"))?;
+        if pieces.send(piece).await.is_err() {
+            break;
+        }
+    }
+    drop(pieces);
+    let digest = hasher.await?;
+    if digest.size != object.size {
+        return Err(crate::domain::Error::conflict(format!(
+            "{shown} changed while it was being published (listed with {} bytes, read with {})",
+            object.size, digest.size
+        )));
+    }
+    Ok(digest)
+}
+
+/// A store's [`Changed`] as the conflict it is; other errors as they are.
+fn changed_as_conflict(e: anyhow::Error) -> crate::domain::Error {
+    match e.downcast::<Changed>() {
+        Ok(changed) => crate::domain::Error::conflict(changed.to_string()),
+        Err(e) => e.into(),
+    }
+}
+
+/// The model a new release goes to and the release's name (the one given,
+/// or the next `vN`), once the chunk size and the name are usable and no
+/// release has it.
+async fn new_release(
+    app: &App,
+    slug: &Slug,
+    release_name: Option<&str>,
+    chunk_size: u64,
+) -> Result<(Model, String)> {
+    if chunk_size < 4096 {
+        return Err(ModelError::Invalid("the chunk size must be at least 4 KiB".into()).into());
+    }
+    let model = db::models::find_model_by_slug(app.db.pool(), slug.as_str())
+        .await?
+        .ok_or_else(|| ModelError::NotFound(slug.to_string()))?;
+    let release_name = match release_name {
+        Some(name) => name.to_owned(),
+        None => format!(
+            "v{}",
+            db::models::count_releases(app.db.pool(), &model.id).await? + 1
+        ),
+    };
+    if !is_safe_file_name(&release_name) || release_name.len() > 64 {
+        return Err(ModelError::Invalid(format!(
+            "{release_name:?} is not a usable release name: use letters, digits, '.', '_' and '-'"
+        ))
+        .into());
+    }
+    if db::models::find_release(app.db.pool(), &model.id, &release_name)
+        .await?
+        .is_some()
+    {
+        return Err(ModelError::ReleaseExists {
+            slug: model.slug,
+            release: release_name,
+        }
+        .into());
+    }
+    Ok((model, release_name))
+}
+
+/// The file `name`, hashed, stored under its content's key by `put` unless
+/// the store holds it already, and reported to `progress`; with its chunk
+/// hashes.
+async fn store_one(
+    app: &App,
+    name: String,
+    digest: FileDigest,
+    chunk_size: u64,
+    progress: &PublishProgress,
+    put: impl AsyncFnOnce(&str, &Expected, &Sent) -> anyhow::Result<()>,
+) -> anyhow::Result<(PublishedFile, Vec<String>)> {
+    let key = key_for_sha256(&digest.sha256);
+    let size = digest.size;
+    let uploaded = app.storage.size(&key).await? != Some(size);
+    if uploaded {
+        let expected = Expected {
+            size,
+            chunk_size,
+            chunks: digest.chunks.clone(),
+        };
+        let bar = progress.bar.clone();
+        let sent = move |n: u64| bar.inc(n);
+        put(&key, &expected, &sent).await?;
+        anyhow::ensure!(
+            app.storage.size(&key).await? == Some(size),
+            "the store does not hold all {size} bytes of {key} after storing them"
+        );
+    } else {
+        // The same bar counts the bytes stored, with their rate and ETA.
+        progress.bar.inc(size);
+    }
+    let FileDigest { sha256, size, chunks } = digest;
+    let file = PublishedFile {
+        name,
+        size,
+        sha256,
+        uploaded,
+    };
+    (progress.on_file)(&file);
+    Ok((file, chunks))
+}
+
+/// Signs the manifest, `SHA256SUMS` and `model.sig` of the stored files
+/// (each with its chunk hashes) and writes the release with them in one
+/// transaction: until it commits nobody sees the release.
+#[allow(clippy::too_many_arguments)]
+async fn seal(
+    app: &App,
+    model: &Model,
+    release_name: &str,
+    chunk_size: u64,
+    stored: Vec<(PublishedFile, Vec<String>)>,
+    card: Option<String>,
+    left_out: Vec<String>,
+    actor: &str,
+) -> Result<PublishReport> {
+    let release_name = release_name.to_owned();
+    let mut files = Vec::with_capacity(stored.len());
     let mut manifest = Manifest {
         format: MANIFEST_FORMAT.to_owned(),
         model: model.slug.clone(),
         release: release_name.clone(),
         chunk_size,
-        files: Vec::with_capacity(hashed.len()),
+        files: Vec::with_capacity(stored.len()),
     };
-    // The same bar counts the bytes stored, with their rate and ETA.
-    progress.bar.set_position(0);
-    progress.bar.reset_eta();
-    progress.bar.set_message("storing");
-    for (_, name, path, digest) in hashed {
-        let FileDigest { sha256, size, chunks } = digest;
-        let key = key_for_sha256(&sha256);
-        let uploaded = app.storage.size(&key).await? != Some(size);
-        if !uploaded {
-            progress.bar.inc(size);
-        }
-        if uploaded {
-            // The store checks every byte against the hashes just taken, so
-            // a file swapped or changed since cannot be stored under them.
-            let expected = Expected {
-                size,
-                chunk_size,
-                chunks: chunks.clone(),
-            };
-            let bar = progress.bar.clone();
-            let sent = move |n: u64| bar.inc(n);
-            if let Err(e) = app.storage.put_file(&key, &path, &expected, &sent).await {
-                return Err(match e.downcast::<Changed>() {
-                    Ok(changed) => crate::domain::Error::conflict(changed.to_string()),
-                    Err(e) => e.into(),
-                });
-            }
-            let stored = app.storage.size(&key).await?;
-            if stored != Some(size) {
-                return Err(crate::domain::Error::conflict(format!(
-                    "{} changed while it was being published",
-                    path.display()
-                )));
-            }
-        }
-        let file = PublishedFile {
-            name,
-            size,
-            sha256,
-            uploaded,
-        };
-        (progress.on_file)(&file);
+    for (file, chunks) in stored {
         manifest.files.push(ManifestFile {
             name: file.name.clone(),
-            size,
+            size: file.size,
             sha256: file.sha256.clone(),
             chunks,
         });
@@ -594,7 +881,6 @@ pub async fn publish_from(
         sums_sig: Some(sums_sig),
         model_sig: Some(model_sig),
     };
-    progress.bar.finish_and_clear();
     let mut tx = app.db.begin().await?;
     db::models::insert_release(&mut *tx, &release, card.as_deref()).await?;
     for (f, m) in files.iter().zip(&manifest.files) {

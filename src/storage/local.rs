@@ -15,7 +15,7 @@ use bytes::Bytes;
 use tokio::io::AsyncReadExt;
 use tokio_util::io::ReaderStream;
 
-use super::{ByteStream, Changed, ChunkCheck, Expected, Locked, ObjectStore, Sent};
+use super::{BucketObject, ByteStream, Changed, ChunkCheck, Expected, Locked, ObjectStore, Sent};
 
 /// Objects as files under one directory.
 #[derive(Debug)]
@@ -243,6 +243,26 @@ impl ObjectStore for LocalDir {
             Ok(keys)
         })
         .await?
+    }
+
+    /// A directory cannot take a copy made by S3: publishing from a bucket
+    /// needs the portal's objects in S3 too.
+    async fn copy_in(
+        &self,
+        _key: &str,
+        _object: &BucketObject,
+        _expected: &Expected,
+        _sent: &Sent,
+    ) -> anyhow::Result<()> {
+        anyhow::bail!(self.cannot_copy_in().unwrap_or_default())
+    }
+
+    fn cannot_copy_in(&self) -> Option<String> {
+        Some(format!(
+            "the portal keeps its objects in the directory {}, and publishing from a bucket copies within S3: \
+             the portal's own objects must be in S3 too (WEIGHTGATE_STORAGE_URL=s3://BUCKET/PREFIX)",
+            self.root.display()
+        ))
     }
 
     /// The portal streams local files itself: there is no URL to hand out.

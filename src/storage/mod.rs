@@ -78,6 +78,36 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
 
     /// The keys under `prefix` (which ends in `/`), in order.
     async fn list(&self, prefix: &str) -> anyhow::Result<Vec<String>>;
+
+    /// Stores under `key` a copy of `object` made by the store itself, so
+    /// that no byte passes through the portal, of exactly the version that
+    /// was listed and hashed: an object replaced since is refused with
+    /// [`Changed`], and nothing is stored. `expected` is what the copy must
+    /// hold; `sent` is told of the bytes as they are copied. Only a store
+    /// in the same S3 service as the object can.
+    async fn copy_in(
+        &self,
+        key: &str,
+        object: &BucketObject,
+        expected: &Expected,
+        sent: &Sent,
+    ) -> anyhow::Result<()>;
+
+    /// Why this store cannot take [`ObjectStore::copy_in`], or `None` when
+    /// it can: asked before a publish from a bucket reads anything.
+    fn cannot_copy_in(&self) -> Option<String>;
+}
+
+/// An object of a bucket the portal's S3 credentials can read, as a listing
+/// found it: what a publish from a bucket hashes and copies in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BucketObject {
+    pub bucket: String,
+    /// Its whole key in the bucket.
+    pub key: String,
+    pub size: u64,
+    /// The version listed: a read or a copy of any other is refused.
+    pub e_tag: String,
 }
 
 /// What a file given to [`ObjectStore::put_file`] must hold: its size and the
@@ -211,6 +241,15 @@ pub async fn open(config: &Config) -> anyhow::Result<Arc<dyn ObjectStore>> {
 /// with the configuration's S3 endpoint and credentials.
 pub(crate) async fn open_url(config: &Config, url: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
     at(config, Config::location(url)?)
+}
+
+/// The bucket at `url` (`s3://BUCKET/PREFIX`), reached with the
+/// configuration's S3 endpoint and credentials, to read objects from.
+pub(crate) fn bucket_at(config: &Config, url: &str) -> anyhow::Result<S3Bucket> {
+    match Config::location(url)? {
+        StorageLocation::S3 { bucket, prefix } => S3Bucket::new(config, bucket, prefix),
+        StorageLocation::Dir(_) => anyhow::bail!("{url:?} is not a bucket: expected s3://BUCKET/PREFIX"),
+    }
 }
 
 fn at(config: &Config, location: StorageLocation) -> anyhow::Result<Arc<dyn ObjectStore>> {

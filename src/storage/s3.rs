@@ -21,7 +21,7 @@ use futures_util::StreamExt;
 use bytes::Bytes;
 use sha2::Digest;
 
-use super::{ByteStream, Changed, ChunkCheck, Expected, Locked, ObjectStore, Sent};
+use super::{BucketObject, ByteStream, Changed, ChunkCheck, Expected, Locked, ObjectStore, Sent};
 use crate::config::Config;
 
 /// Files up to this size go up in one PutObject; larger ones as a multipart
@@ -62,6 +62,58 @@ struct Upload {
     upload_id: String,
     size: u64,
     part_size: u64,
+    /// For a copy, the object copied (`BUCKET/KEY ETAG`): a resumed copy
+    /// must be of the same version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    source: Option<String>,
+}
+
+/// Where the bytes of a multipart upload's parts come from.
+#[derive(Clone, Copy)]
+enum PartsFrom<'a> {
+    /// A local file, each part read and checked against its chunk hashes.
+    File { path: &'a Path, expected: &'a Expected },
+    /// An object of a bucket of the same service, each part copied by the
+    /// store from exactly the version listed.
+    Object(&'a BucketObject),
+}
+
+impl PartsFrom<'_> {
+    /// What the parts are taken from, for messages.
+    fn describe(&self) -> String {
+        match self {
+            Self::File { path, .. } => path.display().to_string(),
+            Self::Object(object) => format!("s3://{}/{}", object.bucket, object.key),
+        }
+    }
+
+    /// What a record of an upload from here says it is from.
+    fn identity(&self) -> Option<String> {
+        match self {
+            Self::File { .. } => None,
+            Self::Object(object) => Some(format!("{}/{} {}", object.bucket, object.key, object.e_tag)),
+        }
+    }
+}
+
+/// The `x-amz-copy-source` of `object`: its bucket and key, URL-encoded.
+fn copy_source(object: &BucketObject) -> String {
+    use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+    const KEEP: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'/')
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    format!("{}/{}", object.bucket, utf8_percent_encode(&object.key, KEEP))
+}
+
+/// Whether an S3 error is a failed precondition: the object is not the
+/// version asked for.
+fn precondition_failed<E>(
+    err: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> bool {
+    err.raw_response().is_some_and(|r| r.status().as_u16() == 412)
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -329,7 +381,8 @@ impl S3Bucket {
         };
         let same = upload.object_key == wanted.object_key
             && upload.size == wanted.size
-            && upload.part_size == wanted.part_size;
+            && upload.part_size == wanted.part_size
+            && upload.source == wanted.source;
         if !same {
             return Ok(None);
         }
@@ -396,8 +449,7 @@ impl S3Bucket {
         upload: &Upload,
         record_path: &Path,
         mut held: Vec<CompletedPart>,
-        source: &Path,
-        expected: &Expected,
+        from: PartsFrom<'_>,
         sent: &Sent,
     ) -> anyhow::Result<()> {
         let Upload {
@@ -405,6 +457,7 @@ impl S3Bucket {
             upload_id,
             size,
             part_size,
+            ..
         } = upload;
         let (size, part_size) = (*size, *part_size);
         let count = size.div_ceil(part_size);
@@ -424,7 +477,7 @@ impl S3Bucket {
                 if stop.load(std::sync::atomic::Ordering::SeqCst) {
                     return Ok(None);
                 }
-                let put = self.put_part(upload, record_path, number, source, expected).await;
+                let put = self.put_part(upload, record_path, number, from).await;
                 match &put {
                     Ok(_) => sent(part_length(upload, number)),
                     Err(_) => stop.store(true, std::sync::atomic::Ordering::SeqCst),
@@ -460,47 +513,74 @@ impl S3Bucket {
         Ok(())
     }
 
-    /// Reads, checks and sends one part, and records it once the store has
-    /// taken it.
+    /// Reads, checks and sends one part (or has the store copy it), and
+    /// records it once the store has taken it.
     async fn put_part(
         &self,
         upload: &Upload,
         record_path: &Path,
         number: i32,
-        source: &Path,
-        expected: &Expected,
+        from: PartsFrom<'_>,
     ) -> anyhow::Result<CompletedPart> {
         let Upload {
             object_key,
             upload_id,
             size,
             part_size,
+            ..
         } = upload;
         let offset = (u64::try_from(number)? - 1) * part_size;
         let length = (*part_size).min(size - offset);
-        let bytes = read_checked(source, offset, length, expected).await?;
-        let uploaded = self
-            .client
-            .upload_part()
-            .bucket(&self.bucket)
-            .key(object_key)
-            .upload_id(upload_id)
-            .part_number(number)
-            .content_length(i64::try_from(length)?)
-            .content_md5(content_md5(&bytes))
-            .body(SdkByteStream::from(bytes))
-            .send()
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot upload part {number} of {} to {}",
-                    source.display(),
-                    self.describe(object_key)
-                )
-            })?;
-        let e_tag = uploaded
-            .e_tag()
-            .with_context(|| format!("the store returned no ETag for part {number}"))?;
+        let failed = || {
+            format!(
+                "cannot store part {number} of {} in {}",
+                from.describe(),
+                self.describe(object_key)
+            )
+        };
+        let e_tag = match from {
+            PartsFrom::File { path, expected } => {
+                let bytes = read_checked(path, offset, length, expected).await?;
+                self.client
+                    .upload_part()
+                    .bucket(&self.bucket)
+                    .key(object_key)
+                    .upload_id(upload_id)
+                    .part_number(number)
+                    .content_length(i64::try_from(length)?)
+                    .content_md5(content_md5(&bytes))
+                    .body(SdkByteStream::from(bytes))
+                    .send()
+                    .await
+                    .with_context(failed)?
+                    .e_tag()
+                    .map(str::to_owned)
+            }
+            PartsFrom::Object(object) => {
+                let copied = self
+                    .client
+                    .upload_part_copy()
+                    .bucket(&self.bucket)
+                    .key(object_key)
+                    .upload_id(upload_id)
+                    .part_number(number)
+                    .copy_source(copy_source(object))
+                    .copy_source_range(format!("bytes={offset}-{}", offset + length - 1))
+                    .copy_source_if_match(&object.e_tag)
+                    .send()
+                    .await;
+                match copied {
+                    Ok(copied) => copied
+                        .copy_part_result()
+                        .and_then(|r| r.e_tag())
+                        .map(str::to_owned),
+                    Err(err) if precondition_failed(&err) => return Err(Changed(from.describe()).into()),
+                    Err(err) => return Err(anyhow::Error::new(err).context(failed())),
+                }
+            }
+        };
+        let e_tag = e_tag.with_context(|| format!("the store returned no ETag for part {number}"))?;
+        let e_tag = e_tag.as_str();
         record(
             record_path,
             &StoredPart {
@@ -509,6 +589,171 @@ impl S3Bucket {
             },
         )?;
         Ok(CompletedPart::builder().part_number(number).e_tag(e_tag).build())
+    }
+
+    /// Stores `size` bytes under `key` (`object_key` in the bucket) as a
+    /// multipart upload of parts of `part_size` taken `from` a file or an
+    /// object. One that stops (the store or the network gone, the publish
+    /// killed) is kept with the parts the store took, and the next store of
+    /// the same bytes resumes it; one whose source changed is given up.
+    async fn multipart(
+        &self,
+        key: &str,
+        object_key: String,
+        size: u64,
+        part_size: u64,
+        from: PartsFrom<'_>,
+        sent: &Sent,
+    ) -> anyhow::Result<()> {
+        let wanted = Upload {
+            object_key: object_key.clone(),
+            upload_id: String::new(),
+            size,
+            part_size,
+            source: from.identity(),
+        };
+        let record_path = self.upload_record(&object_key);
+        // One publish at a time stores a given file (two models may share
+        // it): the next waits, then finds it stored.
+        tokio::fs::create_dir_all(&self.uploads)
+            .await
+            .with_context(|| format!("cannot create {}", self.uploads.display()))?;
+        let _lock = lock(record_path.with_extension("lock")).await?;
+        if self.size(key).await? == Some(size) {
+            sent(size);
+            return Ok(());
+        }
+        let part_length = |number: i32| {
+            let offset = (u64::try_from(number).ok()?.checked_sub(1)?) * part_size;
+            (offset < size).then(|| part_size.min(size - offset))
+        };
+        let (upload, held) = match self.resumable(&record_path, &wanted, part_length).await? {
+            Some((upload, held)) => {
+                tracing::info!(
+                    object = %self.describe(&object_key),
+                    parts_held = held.len(),
+                    "resuming a multipart upload"
+                );
+                (upload, held)
+            }
+            None => {
+                let started = self
+                    .client
+                    .create_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(&object_key)
+                    .send()
+                    .await
+                    .with_context(|| format!("cannot start an upload to {}", self.describe(&object_key)))?;
+                let upload = Upload {
+                    upload_id: started
+                        .upload_id()
+                        .context("the store started a multipart upload without an id")?
+                        .to_owned(),
+                    ..wanted
+                };
+                // An upload recorded before that cannot be resumed is given
+                // up, so that its parts do not linger in the bucket.
+                if let Some((stale, _)) = read_upload(&record_path) {
+                    self.abort(&stale).await;
+                }
+                let _ = tokio::fs::remove_file(&record_path).await;
+                record(&record_path, &upload)?;
+                (upload, Vec::new())
+            }
+        };
+        match self.put_parts(&upload, &record_path, held, from, sent).await {
+            Ok(()) => {
+                let _ = tokio::fs::remove_file(&record_path).await;
+                // Still held: a publish waiting on it finds the file stored.
+                let _ = tokio::fs::remove_file(record_path.with_extension("lock")).await;
+                Ok(())
+            }
+            Err(e) if e.is::<Changed>() => {
+                self.abort(&upload).await;
+                let _ = tokio::fs::remove_file(&record_path).await;
+                Err(e)
+            }
+            Err(e) => {
+                let stored = read_upload(&record_path).map_or(0, |(_, parts)| parts.len());
+                Err(e.context(format!(
+                    "the upload stopped with {stored} of {} parts stored; publishing again resumes it",
+                    size.div_ceil(part_size)
+                )))
+            }
+        }
+    }
+
+    /// Every object under the bucket's prefix, with its key below the
+    /// prefix, in order.
+    pub(crate) async fn objects(&self) -> anyhow::Result<Vec<(String, BucketObject)>> {
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&self.prefix)
+            .into_paginator()
+            .send();
+        let mut objects = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|err| {
+                anyhow::Error::new(err)
+                    .context(format!("cannot list {}", self.describe(&self.prefix)))
+                    .context(super::StoreUnavailable)
+            })?;
+            for object in page.contents() {
+                let Some(key) = object.key() else { continue };
+                let size = object
+                    .size()
+                    .and_then(|s| u64::try_from(s).ok())
+                    .with_context(|| format!("the store listed {} without its size", self.describe(key)))?;
+                let e_tag = object
+                    .e_tag()
+                    .with_context(|| format!("the store listed {} without its ETag", self.describe(key)))?;
+                objects.push((
+                    key.strip_prefix(&self.prefix).unwrap_or(key).to_owned(),
+                    BucketObject {
+                        bucket: self.bucket.clone(),
+                        key: key.to_owned(),
+                        size,
+                        e_tag: e_tag.to_owned(),
+                    },
+                ));
+            }
+        }
+        objects.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(objects)
+    }
+
+    /// Streams the whole of `object`, of exactly the version listed: refused
+    /// with [`Changed`] when the bucket holds another by now.
+    pub(crate) async fn read_object(&self, object: &BucketObject) -> anyhow::Result<ByteStream> {
+        let answer = self
+            .client
+            .get_object()
+            .bucket(&object.bucket)
+            .key(&object.key)
+            .if_match(&object.e_tag)
+            .send()
+            .await;
+        let read = match answer {
+            Ok(read) => read,
+            Err(err) if precondition_failed(&err) => {
+                return Err(Changed(self.describe(&object.key)).into());
+            }
+            Err(err) => {
+                return Err(
+                    anyhow::Error::new(err).context(format!("cannot read {}", self.describe(&object.key)))
+                );
+            }
+        };
+        let body = futures_util::stream::try_unfold(read.body, |mut body| async move {
+            match body.next().await {
+                Some(chunk) => Ok(Some((chunk.map_err(std::io::Error::other)?, body))),
+                None => Ok(None),
+            }
+        });
+        Ok(Box::pin(body))
     }
 
     /// Gives up an upload: the store drops its parts.
@@ -562,85 +807,70 @@ impl ObjectStore for S3Bucket {
             return self.put_whole(&object_key, source, expected, sent).await;
         }
         let part_size = part_size_for(size, expected.chunk_size)?;
-        let wanted = Upload {
-            object_key: object_key.clone(),
-            upload_id: String::new(),
-            size,
-            part_size,
+        let from = PartsFrom::File {
+            path: source,
+            expected,
         };
-        let record_path = self.upload_record(&object_key);
-        // One publish at a time stores a given file (two models may share
-        // it): the next waits, then finds it stored.
-        tokio::fs::create_dir_all(&self.uploads)
-            .await
-            .with_context(|| format!("cannot create {}", self.uploads.display()))?;
-        let _lock = lock(record_path.with_extension("lock")).await?;
-        if self.size(key).await? == Some(size) {
-            sent(size);
+        self.multipart(key, object_key, size, part_size, from, sent).await
+    }
+
+    /// Has the store copy `object` under `key`: in one CopyObject when it is
+    /// small, else as a multipart upload of parts the store copies (S3 copies
+    /// at most 5 GiB at once), resumed like an upload. Every request names
+    /// the version listed (`x-amz-copy-source-if-match`), so an object
+    /// replaced since it was hashed is never copied.
+    async fn copy_in(
+        &self,
+        key: &str,
+        object: &BucketObject,
+        expected: &Expected,
+        sent: &Sent,
+    ) -> anyhow::Result<()> {
+        let object_key = self.object_key(key)?;
+        if object.size != expected.size {
+            return Err(Changed(format!("s3://{}/{}", object.bucket, object.key)).into());
+        }
+        if object.size <= PART_SIZE {
+            let copied = self
+                .client
+                .copy_object()
+                .bucket(&self.bucket)
+                .key(&object_key)
+                .copy_source(copy_source(object))
+                .copy_source_if_match(&object.e_tag)
+                .send()
+                .await;
+            match copied {
+                Ok(_) => {}
+                Err(err) if precondition_failed(&err) => {
+                    return Err(Changed(format!("s3://{}/{}", object.bucket, object.key)).into());
+                }
+                Err(err) => {
+                    return Err(anyhow::Error::new(err).context(format!(
+                        "cannot copy s3://{}/{} to {}",
+                        object.bucket,
+                        object.key,
+                        self.describe(&object_key)
+                    )));
+                }
+            }
+            sent(object.size);
             return Ok(());
         }
-        let part_length = |number: i32| {
-            let offset = (u64::try_from(number).ok()?.checked_sub(1)?) * part_size;
-            (offset < size).then(|| part_size.min(size - offset))
-        };
-        let (upload, held) = match self.resumable(&record_path, &wanted, part_length).await? {
-            Some((upload, held)) => {
-                tracing::info!(
-                    object = %self.describe(&object_key),
-                    parts_held = held.len(),
-                    "resuming a multipart upload"
-                );
-                (upload, held)
-            }
-            None => {
-                let started = self
-                    .client
-                    .create_multipart_upload()
-                    .bucket(&self.bucket)
-                    .key(&object_key)
-                    .send()
-                    .await
-                    .with_context(|| format!("cannot start an upload to {}", self.describe(&object_key)))?;
-                let upload = Upload {
-                    upload_id: started
-                        .upload_id()
-                        .context("the store started a multipart upload without an id")?
-                        .to_owned(),
-                    ..wanted
-                };
-                // An upload recorded before that cannot be resumed is given
-                // up, so that its parts do not linger in the bucket.
-                if let Some((stale, _)) = read_upload(&record_path) {
-                    self.abort(&stale).await;
-                }
-                let _ = tokio::fs::remove_file(&record_path).await;
-                record(&record_path, &upload)?;
-                (upload, Vec::new())
-            }
-        };
-        match self
-            .put_parts(&upload, &record_path, held, source, expected, sent)
-            .await
-        {
-            Ok(()) => {
-                let _ = tokio::fs::remove_file(&record_path).await;
-                // Still held: a publish waiting on it finds the file stored.
-                let _ = tokio::fs::remove_file(record_path.with_extension("lock")).await;
-                Ok(())
-            }
-            Err(e) if e.is::<Changed>() => {
-                self.abort(&upload).await;
-                let _ = tokio::fs::remove_file(&record_path).await;
-                Err(e)
-            }
-            Err(e) => {
-                let stored = read_upload(&record_path).map_or(0, |(_, parts)| parts.len());
-                Err(e.context(format!(
-                    "the upload stopped with {stored} of {} parts stored; publishing again resumes it",
-                    size.div_ceil(part_size)
-                )))
-            }
-        }
+        let part_size = part_size_for(object.size, expected.chunk_size)?;
+        self.multipart(
+            key,
+            object_key,
+            object.size,
+            part_size,
+            PartsFrom::Object(object),
+            sent,
+        )
+        .await
+    }
+
+    fn cannot_copy_in(&self) -> Option<String> {
+        None
     }
 
     async fn size(&self, key: &str) -> anyhow::Result<Option<u64>> {

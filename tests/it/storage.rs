@@ -19,11 +19,12 @@ use s3s::{
     auth::SimpleAuth,
     dto::{
         AbortMultipartUploadInput, AbortMultipartUploadOutput, CompleteMultipartUploadInput,
-        CompleteMultipartUploadOutput, CreateMultipartUploadInput, CreateMultipartUploadOutput,
-        GetObjectInput, GetObjectLockConfigurationInput, GetObjectLockConfigurationOutput, GetObjectOutput,
-        HeadObjectInput, HeadObjectOutput, ListObjectsV2Input, ListObjectsV2Output, ListPartsInput,
-        ListPartsOutput, ObjectLockConfiguration, ObjectLockEnabled, PutObjectInput, PutObjectOutput,
-        UploadPartInput, UploadPartOutput,
+        CompleteMultipartUploadOutput, CopyObjectInput, CopyObjectOutput, CopySource,
+        CreateMultipartUploadInput, CreateMultipartUploadOutput, ETag, ETagCondition, GetObjectInput,
+        GetObjectLockConfigurationInput, GetObjectLockConfigurationOutput, GetObjectOutput, HeadObjectInput,
+        HeadObjectOutput, ListObjectsV2Input, ListObjectsV2Output, ListPartsInput, ListPartsOutput,
+        ObjectLockConfiguration, ObjectLockEnabled, PutObjectInput, PutObjectOutput, UploadPartCopyInput,
+        UploadPartCopyOutput, UploadPartInput, UploadPartOutput,
     },
     s3_error,
     service::S3ServiceBuilder,
@@ -38,6 +39,8 @@ use weightgate::{
 use crate::helpers::*;
 
 const BUCKET: &str = "weights";
+/// A second bucket, where a lab's weights already are.
+const SOURCE_BUCKET: &str = "incoming";
 const PREFIX: &str = "lab/prod";
 const ACCESS_KEY: &str = "WGTESTACCESSKEY";
 const SECRET_KEY: &str = "weightgate-test-secret-key";
@@ -46,6 +49,8 @@ const SECRET_KEY: &str = "weightgate-test-secret-key";
 /// part's Content-MD5 as S3 does, and refusing or holding parts on request.
 struct Watched {
     fs: s3s_fs::FileSystem,
+    /// Where `fs` keeps its buckets.
+    root: PathBuf,
     calls: Arc<Mutex<Vec<String>>>,
     faults: Arc<Faults>,
     /// Whether the bucket says it has Object Lock turned on.
@@ -59,11 +64,72 @@ struct Faults {
     refuse_part: AtomicI32,
     /// Parts from this one on are never answered.
     hold_from: AtomicI32,
+    /// The next copy first finds its source object rewritten (by someone
+    /// else with write access to that bucket).
+    rewrite_source_of_next_copy: std::sync::atomic::AtomicBool,
 }
 
 impl Watched {
     fn note(&self, call: String) {
         self.calls.lock().unwrap().push(call);
+    }
+
+    /// The ETag the store gives the object now.
+    async fn e_tag(&self, bucket: &str, key: &str) -> S3Result<ETag> {
+        let head = S3Request {
+            input: HeadObjectInput {
+                bucket: bucket.to_owned(),
+                key: key.to_owned(),
+                ..Default::default()
+            },
+            method: hyper::Method::HEAD,
+            uri: hyper::Uri::from_static("/"),
+            headers: Default::default(),
+            extensions: Default::default(),
+            credentials: None,
+            region: None,
+            service: None,
+            trailing_headers: None,
+        };
+        self.fs
+            .head_object(head)
+            .await?
+            .output
+            .e_tag
+            .ok_or_else(|| s3_error!(InternalError, "no ETag for {key}"))
+    }
+
+    /// Refuses, as S3 does, a request conditional on an ETag the object
+    /// does not have (s3s's file system does not check every such header).
+    async fn check_if_match(
+        &self,
+        condition: Option<&ETagCondition>,
+        bucket: &str,
+        key: &str,
+    ) -> S3Result<()> {
+        if let Some(ETagCondition::ETag(wanted)) = condition
+            && !self.e_tag(bucket, key).await?.strong_cmp(wanted)
+        {
+            return Err(s3_error!(PreconditionFailed, "{key} has another ETag"));
+        }
+        Ok(())
+    }
+
+    /// A copy from `source`: noted, and its source first rewritten when a
+    /// test asks for that.
+    fn copying(&self, call: String, source: &CopySource) {
+        self.note(call);
+        if let CopySource::Bucket { bucket, key, .. } = source
+            && self
+                .faults
+                .rewrite_source_of_next_copy
+                .swap(false, Ordering::SeqCst)
+        {
+            let path = self.root.join(&**bucket).join(&**key);
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes[0] ^= 0xff;
+            std::fs::write(&path, bytes).unwrap();
+        }
     }
 }
 
@@ -74,7 +140,42 @@ impl S3 for Watched {
     }
 
     async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
+        self.check_if_match(req.input.if_match.as_ref(), &req.input.bucket, &req.input.key)
+            .await?;
+        if req.input.bucket == SOURCE_BUCKET {
+            self.note(format!("GetObject {SOURCE_BUCKET}/{}", req.input.key));
+        }
         self.fs.get_object(req).await
+    }
+
+    async fn copy_object(&self, req: S3Request<CopyObjectInput>) -> S3Result<S3Response<CopyObjectOutput>> {
+        if let CopySource::Bucket { bucket, key, .. } = &req.input.copy_source {
+            self.copying(
+                format!("CopyObject {} from {bucket}/{key}", req.input.key),
+                &req.input.copy_source,
+            );
+        }
+        self.fs.copy_object(req).await
+    }
+
+    async fn upload_part_copy(
+        &self,
+        req: S3Request<UploadPartCopyInput>,
+    ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        let CopySource::Bucket { bucket, key, .. } = &req.input.copy_source else {
+            return Err(s3_error!(NotImplemented));
+        };
+        self.copying(
+            format!(
+                "UploadPartCopy {} {}",
+                req.input.part_number,
+                req.input.copy_source_range.as_deref().unwrap_or("whole")
+            ),
+            &req.input.copy_source,
+        );
+        self.check_if_match(req.input.copy_source_if_match.as_ref(), bucket, key)
+            .await?;
+        self.fs.upload_part_copy(req).await
     }
 
     async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
@@ -92,11 +193,19 @@ impl S3 for Watched {
         self.fs.put_object(req).await
     }
 
+    /// Lists with each object's ETag, as S3 does.
     async fn list_objects_v2(
         &self,
         req: S3Request<ListObjectsV2Input>,
     ) -> S3Result<S3Response<ListObjectsV2Output>> {
-        self.fs.list_objects_v2(req).await
+        let bucket = req.input.bucket.clone();
+        let mut listed = self.fs.list_objects_v2(req).await?;
+        for object in listed.output.contents.iter_mut().flatten() {
+            if let (None, Some(key)) = (&object.e_tag, &object.key) {
+                object.e_tag = Some(self.e_tag(&bucket, key).await?);
+            }
+        }
+        Ok(listed)
     }
 
     async fn get_object_lock_configuration(
@@ -213,6 +322,7 @@ impl S3Server {
     async fn start_with(refuse_part: Option<i32>, object_lock: bool) -> Self {
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir(root.path().join(BUCKET)).unwrap();
+        std::fs::create_dir(root.path().join(SOURCE_BUCKET)).unwrap();
         let calls = Arc::new(Mutex::new(Vec::new()));
         let faults = Arc::new(Faults::default());
         faults
@@ -220,6 +330,7 @@ impl S3Server {
             .store(refuse_part.unwrap_or(0), Ordering::SeqCst);
         let mut builder = S3ServiceBuilder::new(Watched {
             fs: s3s_fs::FileSystem::new(root.path()).unwrap(),
+            root: root.path().to_owned(),
             calls: calls.clone(),
             faults: faults.clone(),
             object_lock,
@@ -274,6 +385,24 @@ impl S3Server {
     /// Where the server keeps the object the portal stores under `key`.
     fn object_path(&self, key: &str) -> PathBuf {
         self.root.path().join(BUCKET).join(PREFIX).join(key)
+    }
+
+    /// Puts an object in [`SOURCE_BUCKET`], as a lab's pipeline would.
+    fn put_source(&self, key: &str, bytes: &[u8]) {
+        let path = self.root.path().join(SOURCE_BUCKET).join(key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    /// The settings a `weightgate` command needs to reach this server.
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("WEIGHTGATE_STORAGE_URL", format!("s3://{BUCKET}/{PREFIX}/")),
+            ("WEIGHTGATE_S3_ENDPOINT", self.endpoint.clone()),
+            ("WEIGHTGATE_S3_PATH_STYLE", "true".to_owned()),
+            ("WEIGHTGATE_S3_ACCESS_KEY_ID", ACCESS_KEY.to_owned()),
+            ("WEIGHTGATE_S3_SECRET_ACCESS_KEY", SECRET_KEY.to_owned()),
+        ]
     }
 
     pub(crate) fn calls(&self) -> Vec<String> {
@@ -925,4 +1054,230 @@ async fn redirect_delivery_needs_an_s3_store() {
         .await
         .unwrap_err();
     assert!(format!("{err:#}").contains("needs an S3 store"), "{err:#}");
+}
+
+/// `weightgate model publish` of `url` as release `release` in 1 MiB chunks
+/// (so that a file of 40 MiB is copied in parts), with `more` options.
+fn publish_bucket(
+    t: &TestApp,
+    server: &S3Server,
+    url: &str,
+    release: &str,
+    more: &[&str],
+) -> (bool, String, String) {
+    let mut args = vec![
+        "model",
+        "publish",
+        MODEL,
+        url,
+        "--release",
+        release,
+        "--chunk-size",
+        "1MiB",
+    ];
+    args.extend_from_slice(more);
+    crate::cli::weightgate_with(t, &args, None, &server.env())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_in_a_bucket_is_hashed_as_it_streams_copied_in_by_the_store_and_served() {
+    const MIB: usize = 1024 * 1024;
+    let server = S3Server::start().await;
+    let t = TestApp::spawn_with(|c| server.configure(c)).await;
+    let scratch = tempfile::tempdir().unwrap();
+    let big = write_pattern(&scratch.path().join("big"), 40 * MIB + 7, 9);
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "README.md",
+            b"# Llama, from the bucket\n\nWeights as they were trained.\n".to_vec(),
+        ),
+        ("config.json", b"{\"hidden_size\": 64}\n".to_vec()),
+        ("original/consolidated.00.pth", big),
+    ];
+    for (path, bytes) in &files {
+        server.put_source(&format!("llama/{path}"), bytes);
+    }
+    server.put_source("llama/.git/config", b"url = https://token@example.org\n");
+    server.put_source("llama/.gitattributes", b"*.pth filter=lfs\n");
+    server.put_source("llama/onnx/model.onnx", b"left out");
+    server.put_source("other/outside.bin", b"outside the prefix");
+
+    let before = server.calls().len();
+    let (ok, out, err) = publish_bucket(
+        &t,
+        &server,
+        "s3://incoming/llama",
+        "from-bucket",
+        &["--exclude", "onnx"],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("left out: .git/, .gitattributes, onnx/"), "{out}");
+    assert!(
+        out.contains("published release from-bucket of tiny-model with 3 files"),
+        "{out}"
+    );
+
+    // Each object is read to hash it (the card once more, to show it) and
+    // then copied by the store itself: none of its bytes goes up from here.
+    let calls = server.calls()[before..].to_vec();
+    let mut reads: Vec<&str> = calls
+        .iter()
+        .filter_map(|c| c.strip_prefix("GetObject incoming/llama/"))
+        .collect();
+    reads.sort();
+    assert_eq!(
+        reads,
+        [
+            "README.md",
+            "README.md",
+            "config.json",
+            "original/consolidated.00.pth"
+        ],
+        "{calls:?}"
+    );
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c.contains(".git") || c.contains("onnx") || c.contains("outside")),
+        "{calls:?}"
+    );
+    let copies: Vec<&String> = calls.iter().filter(|c| c.starts_with("CopyObject ")).collect();
+    assert_eq!(copies.len(), 2, "{calls:?}");
+    assert!(
+        copies
+            .iter()
+            .any(|c| c.ends_with("from incoming/llama/config.json")),
+        "{copies:?}"
+    );
+    // 40 MiB in parts of 16 MiB of whole chunks, each copied by the store.
+    assert_eq!(parts(&calls, "UploadPartCopy "), [1, 2, 3], "{calls:?}");
+    assert!(
+        calls
+            .iter()
+            .any(|c| c == "UploadPartCopy 3 bytes=33554432-41943046"),
+        "{calls:?}"
+    );
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c.starts_with("UploadPart ") || c.starts_with(&format!("PutObject {PREFIX}/sha256"))),
+        "{calls:?}"
+    );
+    for (path, bytes) in &files {
+        let key = key_for_sha256(&sha256_hex(bytes));
+        assert_eq!(&std::fs::read(server.object_path(&key)).unwrap(), bytes, "{path}");
+    }
+
+    // The release serves the tree, which the ecosystem's own check accepts,
+    // and the bucket's README.md is the model's card.
+    let access = t.approved_researcher("bucket@uni.example.edu").await;
+    let fetched = t.dir.path().join("from-bucket");
+    let links: Vec<(String, String)> = t
+        .download_links(&access)
+        .await
+        .into_iter()
+        .filter(|(name, _)| files.iter().any(|(path, _)| path == name))
+        .collect();
+    assert_eq!(links.len(), files.len(), "{links:?}");
+    for (path, href) in &links {
+        let response = t.client.get(href).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        let at = fetched.join(path);
+        std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+        std::fs::write(at, response.bytes().await.unwrap()).unwrap();
+    }
+    let sums_url = format!("{}/releases/from-bucket/SHA256SUMS", access.trim_end_matches('/'));
+    let (status, sums) = t.get_html(&t.client, &sums_url).await;
+    assert_eq!(status, 200, "{sums}");
+    std::fs::write(fetched.join("SHA256SUMS"), &sums).unwrap();
+    sha256sum_check(&fetched, &[]);
+    let (_, page) = t.get_html(&t.client, "/models/tiny-model").await;
+    assert!(page.contains("Weights as they were trained."), "{page}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_rewritten_in_its_bucket_while_it_is_published_is_refused_and_nothing_published() {
+    const MIB: usize = 1024 * 1024;
+    let server = S3Server::start().await;
+    let t = TestApp::spawn_with(|c| server.configure(c)).await;
+    let scratch = tempfile::tempdir().unwrap();
+    let big = write_pattern(&scratch.path().join("big"), 20 * MIB + 3, 4);
+    server.put_source("big/weights.bin", &big);
+    server.put_source("small/config.json", b"{\"hidden_size\": 64}\n");
+
+    // Someone with write access to the lab's bucket rewrites each object
+    // after it was hashed and before the store copies it: a multipart copy
+    // and a single one.
+    for (url, release) in [("s3://incoming/big", "big"), ("s3://incoming/small", "small")] {
+        server
+            .faults
+            .rewrite_source_of_next_copy
+            .store(true, Ordering::SeqCst);
+        let before = server.calls().len();
+        let (ok, out, err) = publish_bucket(&t, &server, url, release, &[]);
+        assert!(!ok, "{out}");
+        assert!(err.contains("changed while it was being published"), "{err}");
+        let calls = server.calls()[before..].to_vec();
+        if release == "big" {
+            assert!(calls.iter().any(|c| c == "AbortMultipartUpload"), "{calls:?}");
+            assert!(!calls.iter().any(|c| c == "CompleteMultipartUpload"), "{calls:?}");
+            assert!(!server.object_path(&key_for_sha256(&sha256_hex(&big))).exists());
+        }
+        // Nothing was published: the release name is still free, and a
+        // publish of what the bucket holds now takes it.
+        let (ok, out, err) = publish_bucket(&t, &server, url, release, &[]);
+        assert!(ok, "{err}");
+        assert!(
+            out.contains(&format!("published release {release} of tiny-model with 1 file")),
+            "{out}"
+        );
+    }
+    let mut rewritten = big.clone();
+    rewritten[0] ^= 0xff;
+    assert_eq!(
+        std::fs::read(server.object_path(&key_for_sha256(&sha256_hex(&rewritten)))).unwrap(),
+        rewritten
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_the_portal_cannot_publish_from_is_refused_before_anything_is_read() {
+    let server = S3Server::start().await;
+    // A portal whose objects are in a directory cannot take S3's copies.
+    let local = TestApp::spawn().await;
+    server.put_source("llama/config.json", b"{}\n");
+    let env: Vec<(&str, String)> = server
+        .env()
+        .into_iter()
+        .filter(|(name, _)| *name != "WEIGHTGATE_STORAGE_URL")
+        .collect();
+    let args = ["model", "publish", MODEL, "s3://incoming/llama", "--release", "b"];
+    let before = server.calls().len();
+    let (ok, _, err) = crate::cli::weightgate_with(&local, &args, None, &env);
+    assert!(!ok);
+    assert!(
+        err.contains("the portal's own objects must be in S3 too"),
+        "{err}"
+    );
+    assert_eq!(server.calls()[before..], [] as [String; 0]);
+
+    // A key that cannot be a release path is named.
+    let t = TestApp::spawn_with(|c| server.configure(c)).await;
+    server.put_source("odd/weights (copy).bin", b"x");
+    let (ok, _, err) = publish_bucket(&t, &server, "s3://incoming/odd", "odd", &[]);
+    assert!(!ok);
+    assert!(
+        err.contains("\"weights (copy).bin\" is not a usable path"),
+        "{err}"
+    );
+    // And a prefix with nothing under it.
+    let (ok, _, err) = publish_bucket(&t, &server, "s3://incoming/none", "none", &[]);
+    assert!(!ok);
+    assert!(
+        err.contains("s3://incoming/none holds no files to publish"),
+        "{err}"
+    );
+    let (ok, _, err) = publish_bucket(&t, &server, "s3://incoming/llama", "l", &["--follow-symlinks"]);
+    assert!(!ok);
+    assert!(err.contains("a bucket has no links"), "{err}");
 }
