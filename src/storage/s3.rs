@@ -532,8 +532,12 @@ impl S3Bucket {
         let offset = (u64::try_from(number)? - 1) * part_size;
         let length = (*part_size).min(size - offset);
         let failed = || {
+            let verb = match from {
+                PartsFrom::File { .. } => "upload",
+                PartsFrom::Object(_) => "copy",
+            };
             format!(
-                "cannot store part {number} of {} in {}",
+                "cannot {verb} part {number} of {} to {}",
                 from.describe(),
                 self.describe(object_key)
             )
