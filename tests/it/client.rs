@@ -502,6 +502,55 @@ async fn a_busy_portal_is_waited_for_as_long_as_it_asks() {
     );
 }
 
+both!(a_verified_chunk_changed_on_disk_between_runs_is_caught_before_the_file_is_finished);
+async fn a_verified_chunk_changed_on_disk_between_runs_is_caught_before_the_file_is_finished() {
+    let t = TestApp::spawn().await;
+    let access = t.approved_researcher("carried@uni.example.edu").await;
+    let dir = t.dir.path().join("weights");
+    // What a run killed after verifying every chunk of shard-1 leaves: the
+    // partial file and a state file that vouches for all its chunks. Then
+    // one byte of chunk 2 changes on disk.
+    let (name, bytes) = &t.files[1];
+    let chunks = bytes.len().div_ceil(CHUNK_SIZE as usize);
+    let mut damaged = bytes.clone();
+    damaged[2 * CHUNK_SIZE as usize + 7] ^= 0x01;
+    std::fs::create_dir_all(dir.join("r1")).unwrap();
+    std::fs::write(dir.join("r1").join(format!("{name}.part")), &damaged).unwrap();
+    let state = serde_json::json!({
+        "sha256": sha256_hex(bytes),
+        "chunk_size": CHUNK_SIZE,
+        "verified": vec![true; chunks],
+    });
+    std::fs::write(
+        dir.join("r1").join(format!(".{name}.weightgate")),
+        state.to_string(),
+    )
+    .unwrap();
+
+    let mut opts = options(&access, &dir);
+    opts.include = vec![name.clone()];
+    let err = client::download(opts.clone()).await.unwrap_err().to_string();
+    assert!(
+        err.contains(&format!(
+            "chunk 2 of {name} changed on disk since an earlier run verified it"
+        )),
+        "{err}"
+    );
+    assert!(
+        !dir.join("r1").join(name).exists(),
+        "nothing takes the file's name"
+    );
+
+    // Run again: the file is checked chunk by chunk, and only the changed
+    // chunk is fetched.
+    let summary = client::download(opts).await.unwrap();
+    assert_eq!(summary.chunks_fetched, 1, "{summary:?}");
+    assert_eq!(
+        sha256_hex(&std::fs::read(dir.join("r1").join(name)).unwrap()),
+        sha256_hex(bytes)
+    );
+}
+
 both!(a_stray_partial_file_is_checked_not_trusted);
 async fn a_stray_partial_file_is_checked_not_trusted() {
     let t = TestApp::spawn().await;
