@@ -133,7 +133,8 @@ const UNFOLDED_FILES: usize = 50;
 impl FolderRows {
     /// A release's files grouped by folder: the files at the top of the
     /// release first, then each folder's, folders in order; folders are
-    /// folded when the release has more than [`UNFOLDED_FILES`] files.
+    /// folded when the release has more than [`UNFOLDED_FILES`] files, and
+    /// so is the top when it alone has that many.
     pub(crate) fn all(files: Vec<crate::domain::grants::LinkedFile>) -> Vec<Self> {
         let open = files.len() <= UNFOLDED_FILES;
         let mut by_folder: std::collections::BTreeMap<String, (i64, Vec<LinkRow>)> =
@@ -162,7 +163,7 @@ impl FolderRows {
                         crate::types::count(files.len() as u64, "file"),
                         human_size(bytes)
                     ),
-                    open: open || folder.is_empty(),
+                    open: open || (folder.is_empty() && files.len() <= UNFOLDED_FILES),
                     folder,
                     files,
                 }

@@ -588,6 +588,10 @@ async fn a_release_of_hundreds_of_files_folds_its_folders_and_downloads_whole() 
     let source = t.dir.path().join("many");
     write(&source, "config.json", b"{}");
     write(&source, "tokenizer.json", b"{\"v\": 1}");
+    // A flat layout too: sixty shards at the top of the release.
+    for i in 0..60 {
+        write(&source, &format!("top-{i:02}.bin"), format!("top {i}").as_bytes());
+    }
     for folder in ["shards", "onnx", "original"] {
         for i in 0..100 {
             write(
@@ -599,7 +603,7 @@ async fn a_release_of_hundreds_of_files_folds_its_folders_and_downloads_whole() 
     }
     let (ok, out, err) = publish(&t, &source, "many", &[]);
     assert!(ok, "{err}");
-    assert!(out.contains("with 302 files"), "{out}");
+    assert!(out.contains("with 362 files"), "{out}");
 
     let access = t.approved_researcher("many@uni.example.edu").await;
     let (_, page) = t.get_html(&client(), &access).await;
@@ -612,9 +616,16 @@ async fn a_release_of_hundreds_of_files_folds_its_folders_and_downloads_whole() 
             "{folder} is folded, with its count: {release}"
         );
     }
-    // Folded, but every file is still linked: r1's three and these 302.
+    // The top of the release folds too when it holds that many files.
+    assert!(
+        release.contains(
+            "<details class=\"folder\">\n<summary>Top of the release <span class=\"muted\">62 files,"
+        ),
+        "the top is folded, with its count: {release}"
+    );
+    // Folded, but every file is still linked: r1's three and these 362.
     let links = t.download_links(&access).await;
-    assert_eq!(links.len(), 305);
+    assert_eq!(links.len(), 365);
     assert_eq!(
         links
             .iter()
@@ -628,6 +639,6 @@ async fn a_release_of_hundreds_of_files_folds_its_folders_and_downloads_whole() 
 
     let dir = t.dir.path().join("got");
     let out = download_with_client(&access, &dir, &[]);
-    assert!(out.contains("305 files verified in"), "{out}");
+    assert!(out.contains("365 files verified in"), "{out}");
     sha256sum_check(&dir.join("many"), &[]);
 }
