@@ -35,6 +35,50 @@ fn model_tree(root: &Path) -> Vec<(String, Vec<u8>)> {
     files
 }
 
+/// Fetches each `(path, link)` into `dir/path` with aria2c (four
+/// connections per file, four files at once); `false`, with a loud notice,
+/// when aria2c is not installed (a failure under CI, whose `.ci/run`
+/// installs it).
+fn aria2c_fetch(dir: &Path, links: &[(String, String)]) -> bool {
+    let list: String = links
+        .iter()
+        .map(|(path, href)| format!("{href}\n  out={path}\n"))
+        .collect();
+    let input = dir.with_extension("aria2");
+    std::fs::write(&input, list).unwrap();
+    let fetched = std::process::Command::new("aria2c")
+        .args([
+            "-x4",
+            "-s4",
+            "-j4",
+            "--min-split-size=1M",
+            "--console-log-level=warn",
+        ])
+        .args(["--summary-interval=0", "--auto-file-renaming=false"])
+        .arg(format!("--dir={}", dir.display()))
+        .arg(format!("--input-file={}", input.display()))
+        .output();
+    match fetched {
+        Ok(out) => {
+            assert!(
+                out.status.success(),
+                "aria2c: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            true
+        }
+        Err(e) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must have aria2c installed: {e}"
+            );
+            eprintln!("*** aria2c not installed: the tree was NOT fetched with aria2c ***");
+            false
+        }
+    }
+}
+
 fn write(root: &Path, path: &str, bytes: &[u8]) {
     let path = root.join(path);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -157,6 +201,18 @@ async fn a_model_tree_publishes_as_it_is_and_downloads_whole_by_http_and_by_the_
         std::fs::write(&params, kept).unwrap();
         let (ok, out) = verify(&by_curl).unwrap();
         assert!(ok, "whole again:\n{out}");
+    }
+
+    // aria2c, several connections per file, into the same tree: the
+    // ecosystem's checks accept what it fetched too.
+    let by_aria2 = t.dir.path().join("by-aria2c");
+    if aria2c_fetch(&by_aria2, &links) {
+        std::fs::write(by_aria2.join("SHA256SUMS"), &sums).unwrap();
+        sha256sum_check(&by_aria2, &[]);
+        std::fs::write(by_aria2.join("model.sig"), &sig).unwrap();
+        if let Some((ok, out)) = verify(&by_aria2) {
+            assert!(ok, "model_signing verify of the tree aria2c fetched:\n{out}");
+        }
     }
 
     // The client recreates the tree; --include matches paths.
