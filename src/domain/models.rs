@@ -182,6 +182,11 @@ struct Found {
     path: String,
     /// Where it is on disk, with no link left in the path.
     on_disk: PathBuf,
+    /// The same place below the tree's top folder (it differs from `path`
+    /// for what a followed link points to).
+    inside: PathBuf,
+    /// The tree's top folder, held open since the walk began.
+    top: std::sync::Arc<std::os::fd::OwnedFd>,
     /// Its device and inode, as the walk found it: the file hashed must be
     /// this one, not one put in its place since.
     identity: (u64, u64),
@@ -200,6 +205,14 @@ fn release_files(source: &Source) -> Result<Tree> {
     let root = dir
         .canonicalize()
         .with_context(|| format!("cannot read {}", dir.display()))?;
+    let top = std::sync::Arc::new(
+        rustix::fs::open(
+            &root,
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .with_context(|| format!("cannot open {}", root.display()))?,
+    );
     let exclude: Vec<wildmatch::WildMatch> = selection
         .exclude
         .iter()
@@ -292,9 +305,12 @@ fn release_files(source: &Source) -> Result<Tree> {
             } else if kind.is_file() {
                 let meta = std::fs::metadata(&canonical)
                     .with_context(|| format!("cannot read {}", on_disk.display()))?;
+                let inside = canonical.strip_prefix(&root).unwrap_or(&canonical).to_path_buf();
                 tree.files.push(Found {
                     path,
+                    inside,
                     on_disk: canonical,
+                    top: top.clone(),
                     identity: (meta.dev(), meta.ino()),
                 });
             } else {
@@ -333,23 +349,55 @@ impl PublishProgress {
 
 /// Opens a file of a release's tree for hashing: never through a link, and
 /// only if it is still the file the walk found. A file swapped for another,
-/// or for a link to one outside the tree, between the walk and the hash is
-/// refused.
+/// or a file or folder on its way swapped for a link to somewhere else,
+/// between the walk and the hash is refused.
+///
+/// The kernel resolves the file's place below the tree's top folder, held
+/// open since the walk, with no link on the way and no way out
+/// (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`), so even a
+/// folder swapped for a link while the walk looked at it cannot lead the
+/// publish to a file outside the tree. Where the kernel lacks `openat2`
+/// (Linux before 5.6, or a sandbox that forbids it), the path is opened
+/// without following a link at its end, and the file must still be the one
+/// the walk found.
 fn open_found(found: &Found) -> Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&found.on_disk)
-        .with_context(|| format!("cannot open {}", found.on_disk.display()))?;
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let replaced = || {
+        crate::domain::Error::conflict(format!(
+            "{} was replaced while it was being published",
+            found.on_disk.display()
+        ))
+    };
+    let opened = rustix::fs::openat2(
+        &*found.top,
+        &found.inside,
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NOCTTY,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    );
+    let file = match opened {
+        Ok(fd) => std::fs::File::from(fd),
+        // A link on the way, or a way out of the tree.
+        Err(rustix::io::Errno::LOOP | rustix::io::Errno::XDEV) => return Err(replaced()),
+        Err(rustix::io::Errno::NOSYS | rustix::io::Errno::PERM) => {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&found.on_disk)
+                .with_context(|| format!("cannot open {}", found.on_disk.display()))?
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(std::io::Error::from(e))
+                .context(format!("cannot open {}", found.on_disk.display()))
+                .into());
+        }
+    };
     let meta = file
         .metadata()
         .with_context(|| format!("cannot read {}", found.on_disk.display()))?;
     if !meta.is_file() || (meta.dev(), meta.ino()) != found.identity {
-        return Err(crate::domain::Error::conflict(format!(
-            "{} was replaced while it was being published",
-            found.on_disk.display()
-        )));
+        return Err(replaced());
     }
     Ok(file)
 }
@@ -1038,6 +1086,40 @@ mod tests {
         std::fs::rename(&readme, dir.path().join("kept")).unwrap();
         std::os::unix::fs::symlink(dir.path().join(".git/config"), &readme).unwrap();
         assert!(card_of(&source, &tree).is_err(), "the link is not followed");
+    }
+
+    #[test]
+    fn a_folder_swapped_for_a_link_out_of_the_tree_is_not_followed_to_the_file_it_leads_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree_dir = dir.path().join("tree");
+        std::fs::create_dir_all(tree_dir.join("original")).unwrap();
+        std::fs::write(tree_dir.join("original/weights.bin"), b"the weights").unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("weights.bin"), b"a secret of the machine").unwrap();
+        let source = Source {
+            dir: tree_dir.clone(),
+            ..Source::default()
+        };
+        let tree = release_files(&source).unwrap();
+        let [found] = tree.files.as_slice() else {
+            panic!("{tree:?}")
+        };
+        // The folder is swapped for a link out of the tree while the walk
+        // looks at it, so that the walk notes the outside file's identity.
+        std::fs::rename(tree_dir.join("original"), dir.path().join("kept")).unwrap();
+        std::os::unix::fs::symlink(&outside, tree_dir.join("original")).unwrap();
+        let meta = std::fs::metadata(outside.join("weights.bin")).unwrap();
+        let raced = Found {
+            identity: (meta.dev(), meta.ino()),
+            ..found.clone()
+        };
+        let err = open_found(&raced).expect_err("the link on the way is not followed");
+        assert!(
+            err.to_string()
+                .contains("was replaced while it was being published"),
+            "{err}"
+        );
     }
 
     #[test]
