@@ -175,7 +175,13 @@ impl S3 for Watched {
         );
         self.check_if_match(req.input.copy_source_if_match.as_ref(), bucket, key)
             .await?;
-        self.fs.upload_part_copy(req).await
+        let number = req.input.part_number;
+        if self.faults.refuse_part.load(Ordering::SeqCst) == number {
+            return Err(s3_error!(InvalidRequest, "the test refuses part {number}"));
+        }
+        let copied = self.fs.upload_part_copy(req).await?;
+        self.note(format!("copied part {number}"));
+        Ok(copied)
     }
 
     async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
@@ -1280,4 +1286,52 @@ async fn a_bucket_the_portal_cannot_publish_from_is_refused_before_anything_is_r
     let (ok, _, err) = publish_bucket(&t, &server, "s3://incoming/llama", "l", &["--follow-symlinks"]);
     assert!(!ok);
     assert!(err.contains("a bucket has no links"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_that_stopped_midway_resumes_without_copying_stored_parts_again() {
+    const MIB: usize = 1024 * 1024;
+    let server = S3Server::start_refusing_part(Some(3)).await;
+    let t = TestApp::spawn_with(|c| server.configure(c)).await;
+    let scratch = tempfile::tempdir().unwrap();
+    // Four parts of 16 MiB; the store refuses the third.
+    let big = write_pattern(&scratch.path().join("big"), 60 * MIB + 11, 6);
+    server.put_source("resume/weights.bin", &big);
+
+    let before = server.calls().len();
+    let (ok, _, err) = publish_bucket(&t, &server, "s3://incoming/resume", "r", &[]);
+    assert!(!ok);
+    assert!(
+        err.contains("cannot copy part 3 of s3://incoming/resume/weights.bin")
+            && err.contains("publishing again resumes it"),
+        "{err}"
+    );
+    let first = server.calls()[before..].to_vec();
+    assert!(!first.iter().any(|c| c == "AbortMultipartUpload"), "{first:?}");
+    let copied_first = parts(&first, "copied part ");
+    assert!(!copied_first.contains(&3), "{first:?}");
+
+    // Run again: only the parts the store does not hold are copied.
+    server.faults.refuse_part.store(0, Ordering::SeqCst);
+    let before = server.calls().len();
+    let (ok, out, err) = publish_bucket(&t, &server, "s3://incoming/resume", "r", &[]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("published release r of tiny-model with 1 file"),
+        "{out}"
+    );
+    let second = server.calls()[before..].to_vec();
+    let copied_second = parts(&second, "copied part ");
+    let mut all: Vec<i32> = copied_first.iter().chain(&copied_second).copied().collect();
+    all.sort();
+    assert_eq!(
+        all,
+        [1, 2, 3, 4],
+        "no part copied twice: {first:?} then {second:?}"
+    );
+    assert!(second.iter().any(|c| c == "ListParts"), "{second:?}");
+    assert_eq!(
+        std::fs::read(server.object_path(&key_for_sha256(&sha256_hex(&big)))).unwrap(),
+        big
+    );
 }
