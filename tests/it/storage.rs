@@ -1199,6 +1199,36 @@ async fn a_release_in_a_bucket_is_hashed_as_it_streams_copied_in_by_the_store_an
     sha256sum_check(&fetched, &[]);
     let (_, page) = t.get_html(&t.client, "/models/tiny-model").await;
     assert!(page.contains("Weights as they were trained."), "{page}");
+
+    // The OpenSSF verifier accepts the tree fetched by HTTP, by aria2c and
+    // by the client, with the key the portal publishes.
+    let sig_url = format!("{}/releases/from-bucket/model.sig", access.trim_end_matches('/'));
+    let (status, sig) = t.get_html(&t.client, &sig_url).await;
+    assert_eq!(status, 200, "{sig}");
+    let (_, key) = t
+        .get_html(&t.client, "/.well-known/weightgate/model-signing.pub")
+        .await;
+    let key_file = t.dir.path().join("lab.pub");
+    std::fs::write(&key_file, &key).unwrap();
+    let signed = |dir: &Path| {
+        if let Some((ok, out)) = model_signing_verify(dir, &dir.join("model.sig"), &key_file) {
+            assert!(ok, "model_signing verify of {}:\n{out}", dir.display());
+        }
+    };
+    std::fs::write(fetched.join("model.sig"), &sig).unwrap();
+    signed(&fetched);
+    let by_aria2 = t.dir.path().join("bucket-by-aria2c");
+    if crate::trees::aria2c_fetch(&by_aria2, &links) {
+        std::fs::write(by_aria2.join("SHA256SUMS"), &sums).unwrap();
+        sha256sum_check(&by_aria2, &[]);
+        std::fs::write(by_aria2.join("model.sig"), &sig).unwrap();
+        signed(&by_aria2);
+    }
+    let by_client = t.dir.path().join("bucket-by-client");
+    let out = download_with_client(&access, &by_client, &[]);
+    assert!(out.contains("files verified in"), "{out}");
+    sha256sum_check(&by_client.join("from-bucket"), &[]);
+    signed(&by_client.join("from-bucket"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -39,7 +39,7 @@ fn model_tree(root: &Path) -> Vec<(String, Vec<u8>)> {
 /// connections per file, four files at once); `false`, with a loud notice,
 /// when aria2c is not installed (a failure under CI, whose `.ci/run`
 /// installs it).
-fn aria2c_fetch(dir: &Path, links: &[(String, String)]) -> bool {
+pub(crate) fn aria2c_fetch(dir: &Path, links: &[(String, String)]) -> bool {
     let list: String = links
         .iter()
         .map(|(path, href)| format!("{href}\n  out={path}\n"))
