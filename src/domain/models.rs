@@ -381,6 +381,14 @@ fn open_found(found: &Found) -> Result<std::fs::File> {
         Err(rustix::io::Errno::LOOP | rustix::io::Errno::XDEV) => return Err(replaced()),
         Err(rustix::io::Errno::NOSYS | rustix::io::Errno::PERM) => {
             use std::os::unix::fs::OpenOptionsExt;
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!(
+                    "this kernel or sandbox refuses openat2: the publish opens files by their path and checks \
+                     only that each is the file the walk found, so a folder swapped for a link out of the tree \
+                     during the walk is not caught"
+                );
+            });
             std::fs::OpenOptions::new()
                 .read(true)
                 .custom_flags(libc::O_NOFOLLOW)
