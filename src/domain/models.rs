@@ -667,7 +667,7 @@ pub async fn publish_from_bucket(
         }
         None => match objects.iter().find(|(path, _)| path == "README.md") {
             Some((_, object)) => {
-                let shown = format!("s3://{}/{}", object.bucket, object.key);
+                let shown = object.to_string();
                 let most = crate::domain::cards::MAX_CARD;
                 if object.size > most as u64 {
                     return Err(invalid(format!(
@@ -758,7 +758,7 @@ async fn hash_object(
     chunk_size: u64,
     bar: &ProgressBar,
 ) -> Result<FileDigest> {
-    let shown = format!("s3://{}/{}", object.bucket, object.key);
+    let shown = object.to_string();
     let mut stream = bucket.read_object(object).await.map_err(changed_as_conflict)?;
     let (pieces, mut arriving) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
     let bar = bar.clone();

@@ -110,6 +110,13 @@ pub struct BucketObject {
     pub e_tag: String,
 }
 
+impl std::fmt::Display for BucketObject {
+    /// `s3://BUCKET/KEY`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "s3://{}/{}", self.bucket, self.key)
+    }
+}
+
 /// What a file given to [`ObjectStore::put_file`] must hold: its size and the
 /// SHA-256 of each `chunk_size` bytes (the last may be shorter), as its
 /// release manifest lists them.

@@ -83,7 +83,7 @@ impl PartsFrom<'_> {
     fn describe(&self) -> String {
         match self {
             Self::File { path, .. } => path.display().to_string(),
-            Self::Object(object) => format!("s3://{}/{}", object.bucket, object.key),
+            Self::Object(object) => object.to_string(),
         }
     }
 
@@ -106,6 +106,16 @@ fn copy_source(object: &BucketObject) -> String {
         .remove(b'.')
         .remove(b'~');
     format!("{}/{}", object.bucket, utf8_percent_encode(&object.key, KEEP))
+}
+
+/// The body of a GetObject as the store's byte stream, passed on as it arrives.
+fn streamed(body: SdkByteStream) -> ByteStream {
+    Box::pin(futures_util::stream::try_unfold(body, |mut body| async move {
+        match body.next().await {
+            Some(chunk) => Ok(Some((chunk.map_err(std::io::Error::other)?, body))),
+            None => Ok(None),
+        }
+    }))
 }
 
 /// Whether an S3 error is a failed precondition: the object is not the
@@ -751,13 +761,7 @@ impl S3Bucket {
                 );
             }
         };
-        let body = futures_util::stream::try_unfold(read.body, |mut body| async move {
-            match body.next().await {
-                Some(chunk) => Ok(Some((chunk.map_err(std::io::Error::other)?, body))),
-                None => Ok(None),
-            }
-        });
-        Ok(Box::pin(body))
+        Ok(streamed(read.body))
     }
 
     /// Gives up an upload: the store drops its parts.
@@ -832,7 +836,7 @@ impl ObjectStore for S3Bucket {
     ) -> anyhow::Result<()> {
         let object_key = self.object_key(key)?;
         if object.size != expected.size {
-            return Err(Changed(format!("s3://{}/{}", object.bucket, object.key)).into());
+            return Err(Changed(object.to_string()).into());
         }
         if object.size <= PART_SIZE {
             let copied = self
@@ -847,15 +851,11 @@ impl ObjectStore for S3Bucket {
             match copied {
                 Ok(_) => {}
                 Err(err) if precondition_failed(&err) => {
-                    return Err(Changed(format!("s3://{}/{}", object.bucket, object.key)).into());
+                    return Err(Changed(object.to_string()).into());
                 }
                 Err(err) => {
-                    return Err(anyhow::Error::new(err).context(format!(
-                        "cannot copy s3://{}/{} to {}",
-                        object.bucket,
-                        object.key,
-                        self.describe(&object_key)
-                    )));
+                    return Err(anyhow::Error::new(err)
+                        .context(format!("cannot copy {object} to {}", self.describe(&object_key))));
                 }
             }
             sent(object.size);
@@ -930,13 +930,7 @@ impl ObjectStore for S3Bucket {
             end - start,
             self.describe(&object_key)
         );
-        let body = futures_util::stream::try_unfold(object.body, |mut body| async move {
-            match body.next().await {
-                Some(chunk) => Ok(Some((chunk.map_err(std::io::Error::other)?, body))),
-                None => Ok(None),
-            }
-        });
-        Ok(Box::pin(body))
+        Ok(streamed(object.body))
     }
 
     /// One PutObject that fails if the key is taken (`If-None-Match: *`),
