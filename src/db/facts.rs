@@ -3,8 +3,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, PoisonError},
 };
+
+use tokio::sync::OnceCell;
 
 use crate::db::{self, Db, models::FileInModel};
 
@@ -21,51 +23,153 @@ pub(crate) struct GrantFacts {
 /// fetch reads neither from the database once they are known. Neither
 /// changes: a published file is immutable, and a grant keeps its researcher
 /// and model. What can change about a grant is read by the audit writer.
+///
+/// Concurrent fetches of a grant or file not yet known wait for one lookup
+/// instead of each making its own: when hundreds of clients start at once
+/// (a portal just started, a release just announced), they would otherwise
+/// take every database connection with the same query and keep the pages
+/// waiting.
 #[derive(Debug, Default)]
 pub(crate) struct FetchFacts {
-    grants: Mutex<HashMap<String, Arc<GrantFacts>>>,
-    files: Mutex<HashMap<String, Arc<FileInModel>>>,
+    grants: Kept<GrantFacts>,
+    files: Kept<FileInModel>,
 }
 
 /// Entries each map holds before it is emptied and fills again.
 const FACTS_KEPT: usize = 100_000;
 
-fn remember<T>(map: &Mutex<HashMap<String, Arc<T>>>, key: &str, value: Arc<T>) {
-    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
-    if map.len() >= FACTS_KEPT {
-        map.clear();
+/// One lookup per key at a time; what it found is kept.
+#[derive(Debug)]
+struct Kept<T>(Mutex<HashMap<String, Arc<OnceCell<Arc<T>>>>>);
+
+impl<T> Default for Kept<T> {
+    fn default() -> Self {
+        Self(Mutex::default())
     }
-    map.insert(key.to_owned(), value);
+}
+
+impl<T> Kept<T> {
+    fn cell(&self, key: &str) -> Arc<OnceCell<Arc<T>>> {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(cell) = map.get(key) {
+            return cell.clone();
+        }
+        if map.len() >= FACTS_KEPT {
+            map.clear();
+        }
+        map.entry(key.to_owned()).or_default().clone()
+    }
+
+    /// What `look_up` finds for `key`, run by one caller at a time until it
+    /// finds something, which is kept; nothing found is not kept, so the next
+    /// caller asks again.
+    async fn get(
+        &self,
+        key: &str,
+        look_up: impl Future<Output = anyhow::Result<Option<T>>>,
+    ) -> anyhow::Result<Option<Arc<T>>> {
+        let cell = self.cell(key);
+        let found = cell
+            .get_or_try_init(|| async {
+                match look_up.await {
+                    Ok(Some(value)) => Ok(Arc::new(value)),
+                    Ok(None) => Err(None),
+                    Err(e) => Err(Some(e)),
+                }
+            })
+            .await;
+        match found {
+            Ok(value) => Ok(Some(value.clone())),
+            Err(failed) => {
+                let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+                if map
+                    .get(key)
+                    .is_some_and(|kept| Arc::ptr_eq(kept, &cell) && !kept.initialized())
+                {
+                    map.remove(key);
+                }
+                failed.map_or(Ok(None), Err)
+            }
+        }
+    }
 }
 
 impl FetchFacts {
     pub(crate) async fn grant(&self, db: &Db, id: &str) -> anyhow::Result<Option<Arc<GrantFacts>>> {
-        if let Some(found) = self.grants.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
-            return Ok(Some(found.clone()));
-        }
-        let Some(view) = db::grants::find_view(db.pool(), id).await? else {
-            return Ok(None);
+        let look_up = async {
+            Ok(db::grants::find_view(db.pool(), id)
+                .await?
+                .map(|view| GrantFacts {
+                    id: view.id,
+                    researcher_id: view.researcher_id,
+                    model_id: view.model_id,
+                    email: view.email,
+                }))
         };
-        let facts = Arc::new(GrantFacts {
-            id: view.id,
-            researcher_id: view.researcher_id,
-            model_id: view.model_id,
-            email: view.email,
-        });
-        remember(&self.grants, id, facts.clone());
-        Ok(Some(facts))
+        self.grants.get(id, look_up).await
     }
 
     /// A file of a published release; files not (yet) published are not kept.
     pub(crate) async fn file(&self, db: &Db, id: &str) -> anyhow::Result<Option<Arc<FileInModel>>> {
-        if let Some(found) = self.files.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
-            return Ok(Some(found.clone()));
+        self.files
+            .get(id, async {
+                Ok(db::models::find_published_file(db.pool(), id).await?)
+            })
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_fetches_of_an_unknown_key_make_one_lookup() {
+        let kept = Arc::new(Kept::<String>::default());
+        let lookups = Arc::new(AtomicUsize::new(0));
+        let callers: Vec<_> = (0..200)
+            .map(|_| {
+                let (kept, lookups) = (kept.clone(), lookups.clone());
+                tokio::spawn(async move {
+                    kept.get("g1", async {
+                        lookups.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        Ok(Some("facts".to_owned()))
+                    })
+                    .await
+                })
+            })
+            .collect();
+        for caller in callers {
+            assert_eq!(
+                caller.await.unwrap().unwrap().as_deref().map(String::as_str),
+                Some("facts")
+            );
         }
-        let Some(file) = db::models::find_published_file(db.pool(), id).await? else {
-            return Ok(None);
-        };
-        let file = Arc::new(file);
-        remember(&self.files, id, file.clone());
-        Ok(Some(file))
+        assert_eq!(lookups.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn nothing_found_and_failures_are_not_kept() {
+        let kept = Kept::<String>::default();
+        assert!(kept.get("g1", async { Ok(None) }).await.unwrap().is_none());
+        assert!(
+            kept.get("g1", async { Err(anyhow::anyhow!("database gone")) })
+                .await
+                .is_err()
+        );
+        assert_eq!(kept.0.lock().unwrap().len(), 0);
+        let found = kept
+            .get("g1", async { Ok(Some("later".to_owned())) })
+            .await
+            .unwrap();
+        assert_eq!(found.as_deref().map(String::as_str), Some("later"));
+        let kept_value = kept
+            .get("g1", async { Ok(Some("not asked".to_owned())) })
+            .await
+            .unwrap();
+        assert_eq!(kept_value.as_deref().map(String::as_str), Some("later"));
     }
 }
