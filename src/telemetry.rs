@@ -7,6 +7,9 @@
 //! - `weightgate_audit_write_seconds`: how long a fetch waits for its audit
 //!   event to be durable
 //! - `weightgate_outbox_depth`: e-mails not yet sent
+//! - `weightgate_rate_limited_total{limit}`: answers 429 by limit
+//! - `weightgate_unavailable_total{what}`: answers 503 by what was
+//!   unavailable (`database`, `audit_log`, `object_store`, `disk`)
 
 use std::sync::OnceLock;
 

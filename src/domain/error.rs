@@ -35,8 +35,14 @@ pub enum Error {
     },
     /// A service the portal needs (database, object store, audit log, disk)
     /// failed; nothing was changed, and trying again later works.
-    #[error("{0}")]
-    Unavailable(String),
+    #[error("{message}")]
+    Unavailable {
+        /// What was unavailable, for metrics: `database`, `audit_log`,
+        /// `object_store` or `disk`.
+        what: &'static str,
+        /// What the person is told.
+        message: String,
+    },
     /// Anything else: a bug, or a failure nobody can act on.
     #[error(transparent)]
     Internal(anyhow::Error),
@@ -54,6 +60,13 @@ impl Error {
     pub(crate) fn invalid(why: impl Into<String>) -> Self {
         Self::Invalid(why.into())
     }
+
+    pub(crate) fn unavailable(what: &'static str, message: impl Into<String>) -> Self {
+        Self::Unavailable {
+            what,
+            message: message.into(),
+        }
+    }
 }
 
 /// Sorts a failure from below the domain: a service that is down or full is
@@ -69,7 +82,7 @@ impl From<anyhow::Error> for Error {
             };
         }
         let sorted = sort_failure(&err);
-        if let Some(Error::Unavailable(told)) = &sorted {
+        if let Some(Error::Unavailable { message: told, .. }) = &sorted {
             // The person is told what to do; the operator needs what failed.
             tracing::warn!(
                 error = format!("{err:#}"),
@@ -84,17 +97,17 @@ impl From<anyhow::Error> for Error {
 /// `Unavailable` for a service that is down or full, `None` for anything else.
 fn sort_failure(err: &anyhow::Error) -> Option<Error> {
     if err.is::<crate::audit::AuditUnavailable>() {
-        return Some(Error::Unavailable(
+        return Some(Error::unavailable(
+            "audit_log",
             "The audit log cannot be written right now, so nothing was sent. \
-             Please try again in a few minutes."
-                .into(),
+             Please try again in a few minutes.",
         ));
     }
     if err.is::<crate::storage::StoreUnavailable>() {
-        return Some(Error::Unavailable(
+        return Some(Error::unavailable(
+            "object_store",
             "The file store is not answering right now; nothing was sent. \
-             Please try again in a few minutes."
-                .into(),
+             Please try again in a few minutes.",
         ));
     }
     for cause in err.chain() {
@@ -144,15 +157,18 @@ impl From<std::io::Error> for Error {
 }
 
 fn disk_full() -> Error {
-    Error::Unavailable("The portal's disk is full; nothing was saved. Please try again later.".into())
+    Error::unavailable(
+        "disk",
+        "The portal's disk is full; nothing was saved. Please try again later.",
+    )
 }
 
 fn database_unavailable(err: &sqlx::Error) -> Option<Error> {
     match err {
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
-            Some(Error::Unavailable(
-                "The database is not answering right now; nothing was saved. Please try again in a minute."
-                    .into(),
+            Some(Error::unavailable(
+                "database",
+                "The database is not answering right now; nothing was saved. Please try again in a minute.",
             ))
         }
         // SQLITE_FULL: the disk holding the embedded database is full.
@@ -168,12 +184,15 @@ mod tests {
     #[test]
     fn a_failure_below_is_sorted_by_what_it_means() {
         let pool = Error::from(sqlx::Error::PoolTimedOut);
-        assert!(matches!(pool, Error::Unavailable(_)), "{pool:?}");
+        assert!(
+            matches!(pool, Error::Unavailable { what: "database", .. }),
+            "{pool:?}"
+        );
         let full = Error::from(anyhow::Error::from(std::io::Error::from(
             std::io::ErrorKind::StorageFull,
         )));
         assert!(
-            matches!(full, Error::Unavailable(ref m) if m.contains("disk is full")),
+            matches!(full, Error::Unavailable { what: "disk", ref message } if message.contains("disk is full")),
             "{full:?}"
         );
         let busy = Error::from(anyhow::Error::from(crate::crypto::passwords::PasswordsBusy));

@@ -30,8 +30,8 @@ pub(crate) enum Error {
     RangeNotSatisfiable { size: u64 },
     /// A service the portal needs (database, object store, disk) failed;
     /// nothing was changed, and trying again later works.
-    #[error("{0}")]
-    Unavailable(String),
+    #[error("{message}")]
+    Unavailable { what: &'static str, message: String },
     #[error("the request is larger than the {} this portal accepts; shorten what you entered", bytesize::ByteSize::b(*.limit as u64))]
     PayloadTooLarge { limit: usize },
     #[error("{0}")]
@@ -55,7 +55,7 @@ impl Error {
             Error::Forbidden { .. } | Error::Csrf => StatusCode::FORBIDDEN,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
-            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -71,7 +71,7 @@ impl Error {
             Error::Csrf => "csrf",
             Error::Conflict(_) => "conflict",
             Error::RangeNotSatisfiable { .. } => "range_not_satisfiable",
-            Error::Unavailable(_) => "unavailable",
+            Error::Unavailable { .. } => "unavailable",
             Error::PayloadTooLarge { .. } => "payload_too_large",
             Error::UnsupportedMediaType(_) => "unsupported_media_type",
             Error::TooManyRequests { .. } => "rate_limited",
@@ -99,9 +99,9 @@ impl From<domain::Error> for Error {
                 what,
                 retry_after,
             },
-            domain::Error::Unavailable(message) => {
-                tracing::warn!(error = %message, "a service the portal needs is unavailable");
-                Error::Unavailable(message)
+            domain::Error::Unavailable { what, message } => {
+                tracing::warn!(error = %message, what, "a service the portal needs is unavailable");
+                Error::Unavailable { what, message }
             }
             domain::Error::Internal(err) => Error::Internal(err),
         }
@@ -165,7 +165,8 @@ impl IntoResponse for Error {
         {
             response.headers_mut().insert(header::CONTENT_RANGE, v);
         }
-        if let Error::Unavailable(_) = self {
+        if let Error::Unavailable { what, .. } = self {
+            metrics::counter!("weightgate_unavailable_total", "what" => what).increment(1);
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("30"));

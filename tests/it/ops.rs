@@ -36,11 +36,35 @@ async fn readiness_reports_the_database_and_the_object_store() {
         StatusCode::OK
     );
 
+    let metrics = || async {
+        t.client
+            .get(t.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let unavailable = |text: &str| metric(text, "weightgate_unavailable_total", "what=\"database\"");
+    let before = metrics().await;
     t.app.db.pool().close().await;
     let response = t.client.get(t.url("/readyz")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_ne!(body["database"], "ok");
+    // A page that needs the database says so, with a time to come back,
+    // and the 503 is counted by what was unavailable.
+    let page = t.client.get(t.url("/")).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(page.headers()["retry-after"], "30");
+    assert!(
+        page.text()
+            .await
+            .unwrap()
+            .contains("The database is not answering")
+    );
+    assert!(unavailable(&metrics().await) >= unavailable(&before) + 1.0);
     assert_eq!(
         t.client.get(t.url("/healthz")).send().await.unwrap().status(),
         StatusCode::OK
