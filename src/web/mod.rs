@@ -8,6 +8,7 @@ mod download;
 mod error;
 mod extract;
 mod flash;
+mod lanes;
 mod limits;
 mod manage;
 mod me;
@@ -53,6 +54,8 @@ pub(crate) struct AppState {
     throttle: Arc<crate::domain::accounts::SignInThrottle>,
     /// Rate limits on applications, e-mails and link minting, on this replica.
     limits: Arc<RateLimits>,
+    /// The runtime that page handlers run on ([`lanes`]).
+    pages: Arc<lanes::PagesLane>,
 }
 
 impl FromRef<AppState> for CsrfConfig {
@@ -130,6 +133,7 @@ pub(crate) async fn router(app: Arc<App>) -> anyhow::Result<Router> {
         csrf,
         throttle: Arc::new(crate::domain::accounts::SignInThrottle::default()),
         limits: Arc::new(RateLimits::new(&app.config)),
+        pages: Arc::new(lanes::PagesLane::start()?),
         app,
     };
 
@@ -138,6 +142,7 @@ pub(crate) async fn router(app: Arc<App>) -> anyhow::Result<Router> {
         .merge(routes::router(routes::Area::Dashboard).layer(sessions.clone()))
         .merge(routes::router(routes::Area::Researcher).layer(sessions))
         .fallback(|| async { Error::NotFound })
+        .layer(middleware::from_fn_with_state(state.clone(), lanes::by_lane))
         .with_state(state)
         .layer(DefaultBodyLimit::max(extract::MAX_BODY))
         // A body trickled in to hold a connection is cut off: the whole of it

@@ -251,7 +251,7 @@ pub(crate) async fn apply(
         fields: submitted,
     }: CsrfForm<ApplyForm>,
 ) -> Result<Response, Error> {
-    limited(&state.limits.applications_per_address, &client.network())?;
+    // The per-address limit on applications was counted in front (`lanes`).
     let model = find_model(&state, &slug).await?;
     let form = submitted.form;
     match form.validate(&model) {

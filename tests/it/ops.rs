@@ -115,6 +115,15 @@ async fn metrics_count_requests_fetches_bytes_and_the_outbox() {
     assert!(grew("weightgate_bytes_delivered_total", "") >= size as f64);
     assert!(grew("weightgate_http_requests_total", "route=\"/dl/{token}/{*file}\"") >= 2.0);
     assert!(after.contains("weightgate_audit_write_seconds"));
+    // The access URL's page ran in the pages lane, the downloads in front.
+    assert!(
+        grew("weightgate_lane_wait_seconds_count", "lane=\"pages\"") >= 1.0,
+        "{after}"
+    );
+    assert_eq!(
+        metric(&after, "weightgate_lane_wait_seconds_count", "lane=\"front\""),
+        0.0
+    );
     assert!(after.contains("weightgate_outbox_depth"));
     let secret = access.rsplit('/').next().unwrap();
     assert!(!after.contains(secret), "no secret path ends up in a label");
