@@ -40,7 +40,29 @@ const FACTS_KEPT: usize = 100_000;
 
 /// One lookup per key at a time; what it found is kept.
 #[derive(Debug)]
-struct Kept<T>(Mutex<HashMap<String, Arc<OnceCell<Arc<T>>>>>);
+struct Kept<T>(Mutex<HashMap<String, Arc<OnceCell<Outcome<T>>>>>);
+
+/// What one lookup came to, shared with every caller that waited for it.
+type Outcome<T> = Result<Option<Arc<T>>, Arc<anyhow::Error>>;
+
+/// A failed lookup as each caller that waited for it sees it. Its causes
+/// stay reachable, so that a database that stopped answering is still told
+/// apart from a bug.
+#[derive(Debug)]
+struct SharedFailure(Arc<anyhow::Error>);
+
+impl std::fmt::Display for SharedFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("cannot look up what the fetch needs")
+    }
+}
+
+impl std::error::Error for SharedFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        let cause: &(dyn std::error::Error + 'static) = &**self.0;
+        Some(cause)
+    }
+}
 
 impl<T> Default for Kept<T> {
     fn default() -> Self {
@@ -49,7 +71,7 @@ impl<T> Default for Kept<T> {
 }
 
 impl<T> Kept<T> {
-    fn cell(&self, key: &str) -> Arc<OnceCell<Arc<T>>> {
+    fn cell(&self, key: &str) -> Arc<OnceCell<Outcome<T>>> {
         let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(cell) = map.get(key) {
             return cell.clone();
@@ -60,37 +82,29 @@ impl<T> Kept<T> {
         map.entry(key.to_owned()).or_default().clone()
     }
 
-    /// What `look_up` finds for `key`, run by one caller at a time until it
-    /// finds something, which is kept; nothing found is not kept, so the next
-    /// caller asks again.
+    /// What `look_up` finds for `key`. Callers that ask while a lookup is
+    /// under way wait for it and share its outcome, a failure included
+    /// (were each to try again in turn when the database does not answer,
+    /// the last would wait once for every caller before it). What it found
+    /// is kept; nothing found or a failure is not, so the next caller asks
+    /// again.
     async fn get(
         &self,
         key: &str,
         look_up: impl Future<Output = anyhow::Result<Option<T>>>,
     ) -> anyhow::Result<Option<Arc<T>>> {
         let cell = self.cell(key);
-        let found = cell
-            .get_or_try_init(|| async {
-                match look_up.await {
-                    Ok(Some(value)) => Ok(Arc::new(value)),
-                    Ok(None) => Err(None),
-                    Err(e) => Err(Some(e)),
-                }
-            })
-            .await;
-        match found {
-            Ok(value) => Ok(Some(value.clone())),
-            Err(failed) => {
-                let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-                if map
-                    .get(key)
-                    .is_some_and(|kept| Arc::ptr_eq(kept, &cell) && !kept.initialized())
-                {
-                    map.remove(key);
-                }
-                failed.map_or(Ok(None), Err)
+        let outcome = cell
+            .get_or_init(|| async { look_up.await.map(|found| found.map(Arc::new)).map_err(Arc::new) })
+            .await
+            .clone();
+        if !matches!(outcome, Ok(Some(_))) {
+            let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            if map.get(key).is_some_and(|kept| Arc::ptr_eq(kept, &cell)) {
+                map.remove(key);
             }
         }
+        outcome.map_err(|failure| anyhow::Error::new(SharedFailure(failure)))
     }
 }
 
@@ -149,6 +163,41 @@ mod tests {
             );
         }
         assert_eq!(lookups.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_lookup_fails_everyone_waiting_for_it_at_once() {
+        let kept = Arc::new(Kept::<String>::default());
+        let lookups = Arc::new(AtomicUsize::new(0));
+        let callers: Vec<_> = (0..100)
+            .map(|_| {
+                let (kept, lookups) = (kept.clone(), lookups.clone());
+                tokio::spawn(async move {
+                    kept.get("g1", async {
+                        lookups.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        Err(sqlx::Error::PoolTimedOut.into())
+                    })
+                    .await
+                })
+            })
+            .collect();
+        for caller in callers {
+            let failure = caller.await.unwrap().unwrap_err();
+            // Still told apart as the database not answering: the domain
+            // sorts a failure by the causes in its chain.
+            assert!(
+                failure
+                    .chain()
+                    .any(|cause| matches!(cause.downcast_ref(), Some(sqlx::Error::PoolTimedOut))),
+                "{failure:#}"
+            );
+        }
+        assert_eq!(
+            lookups.load(Ordering::SeqCst),
+            1,
+            "one lookup, not one per caller in turn"
+        );
     }
 
     #[tokio::test]
