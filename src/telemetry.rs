@@ -9,8 +9,7 @@
 //! - `weightgate_outbox_depth`: e-mails not yet sent
 //! - `weightgate_rate_limited_total{limit}`: answers 429 by limit
 //! - `weightgate_unavailable_total{what}`: answers 503 by what was
-//!   unavailable (`database`, `audit_log`, `object_store`, `disk`,
-//!   `pages_lane`)
+//!   unavailable (`database`, `audit_log`, `object_store`, `disk`)
 //! - `weightgate_lane_wait_seconds{lane}`: how long a page waits for the
 //!   pages lane to start its handler (see `web::lanes`)
 

@@ -20,8 +20,8 @@
 //! threads, so a flood in the front lane cannot take the pages' share.
 //!
 //! Forms anyone may post (applications, sign-in links) are limited per
-//! client address; that limit is counted in front, so a client over it is
-//! refused without a turn in the pages lane.
+//! client address; a client the limit already refuses is answered in front,
+//! without a turn in the pages lane.
 
 use std::time::Instant;
 
@@ -32,6 +32,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use tokio::runtime::{Handle, Runtime};
+use tracing::Instrument;
 
 use super::{
     AppState, ClientInfo, Error,
@@ -41,8 +42,8 @@ use super::{
 /// Which lane a request's handler runs in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Lane {
-    /// Downloads, the style sheet, health and metrics: on the runtime that
-    /// serves the connections.
+    /// Downloads, the style sheet, the public keys, health and metrics, and
+    /// paths no route answers: on the runtime that serves the connections.
     Front,
     /// Pages, forms, the dashboard and the access URLs of the download
     /// client: everything that reads or writes the database on a person's
@@ -51,11 +52,19 @@ pub(crate) enum Lane {
 }
 
 impl Lane {
-    /// The lane of a request for `path`.
-    pub(crate) fn of(path: &str) -> Self {
-        let first = path.trim_start_matches('/').split('/').next().unwrap_or_default();
+    /// The lane of a request the router matched to `route` (`None`: no route
+    /// answers it, and the 404 costs nothing).
+    pub(crate) fn of(route: Option<&str>) -> Self {
+        let Some(route) = route else {
+            return Lane::Front;
+        };
+        let first = route
+            .trim_start_matches('/')
+            .split('/')
+            .next()
+            .unwrap_or_default();
         match first {
-            "dl" | "static" | "healthz" | "readyz" | "metrics" => Lane::Front,
+            "dl" | "static" | ".well-known" | "healthz" | "readyz" | "metrics" => Lane::Front,
             _ => Lane::Pages,
         }
     }
@@ -111,10 +120,12 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// The per-address limit of a form anyone may post, counted in front: a
-/// client over it is answered 429 before any handler starts, so a flood of
-/// such posts takes nothing from the pages lane. The handlers of these
-/// routes do not count it again.
+/// The per-address limit of a form anyone may post. A client that this
+/// limit refused lately and still refuses is answered 429 in front, before
+/// any handler starts, so a flood of such posts takes nothing from the pages
+/// lane. Others are counted by the handler, after the form's CSRF token is
+/// checked, as before: a post forged by another site does not spend the
+/// allowance of its visitor's network.
 fn limit_in_front<'a>(limits: &'a RateLimits, method: &Method, route: &str) -> Option<&'a Limit> {
     match (method.as_str(), route) {
         ("POST", "/models/{slug}/apply") => Some(&limits.applications_per_address),
@@ -125,39 +136,45 @@ fn limit_in_front<'a>(limits: &'a RateLimits, method: &Method, route: &str) -> O
 
 /// Runs the request's handler in its lane.
 pub(crate) async fn by_lane(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let lane = Lane::of(request.uri().path());
+    let route = request.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
+    let lane = Lane::of(route);
     if lane == Lane::Front {
         return next.run(request).await;
     }
-    let route = request.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
     let limit = route.and_then(|route| limit_in_front(&state.limits, request.method(), route));
     let request = match limit {
         None => request,
         Some(limit) => {
             let (mut parts, body) = request.into_parts();
             let Ok(ClientInfo(client)) = ClientInfo::from_request_parts(&mut parts, &state).await;
-            if let Err(refused) = super::limited(limit, &client.network()) {
-                return refused.into_response();
+            if let Some(retry_after) = limit.refusing(&client.network()) {
+                return Error::TooManyRequests {
+                    limit: limit.name,
+                    what: limit.what,
+                    retry_after,
+                }
+                .into_response();
             }
             Request::from_parts(parts, body)
         }
     };
     let queued = Instant::now();
-    let task = state.pages.handle.spawn(async move {
-        metrics::histogram!("weightgate_lane_wait_seconds", "lane" => lane.name())
-            .record(queued.elapsed().as_secs_f64());
-        next.run(request).await
-    });
+    // The handler's logs stay in the request's span.
+    let task = state.pages.handle.spawn(
+        async move {
+            metrics::histogram!("weightgate_lane_wait_seconds", "lane" => lane.name())
+                .record(queued.elapsed().as_secs_f64());
+            next.run(request).await
+        }
+        .instrument(tracing::Span::current()),
+    );
     let _abort = AbortOnDrop(task.abort_handle());
     match task.await {
         Ok(response) => response,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        // The lane stopped: the portal is shutting down.
-        Err(_) => Error::Unavailable {
-            what: "pages_lane",
-            message: "The portal is restarting; please try again in a minute.".into(),
-        }
-        .into_response(),
+        // Not aborted but by `_abort`, which only runs once nobody waits;
+        // and the lane lives as long as this request holds the state.
+        Err(e) => Error::Internal(e.into()).into_response(),
     }
 }
 
@@ -185,31 +202,32 @@ mod tests {
     }
 
     #[test]
-    fn downloads_and_static_files_stay_in_front_and_pages_get_their_own_lane() {
+    fn downloads_keys_and_unknown_paths_stay_in_front_and_pages_get_their_own_lane() {
+        let routes = super::super::routes::all();
         for front in [
-            "/dl/TOKEN/model.safetensors",
-            "/dl/",
+            "/dl/{token}/{*file}",
             "/static/style.css",
+            "/.well-known/weightgate/minisign.pub",
             "/healthz",
             "/readyz",
             "/metrics",
         ] {
-            assert_eq!(Lane::of(front), Lane::Front, "{front}");
+            assert!(routes.iter().any(|r| r.path == front), "{front} is a route");
+            assert_eq!(Lane::of(Some(front)), Lane::Front, "{front}");
         }
+        assert_eq!(Lane::of(None), Lane::Front, "a path no route answers");
         for pages in [
             "/",
-            "",
-            "/models/llama",
-            "/models/llama/apply",
+            "/models/{slug}",
+            "/models/{slug}/apply",
             "/signin",
             "/admin/login",
             "/admin",
             "/me",
-            "/access/TOKEN/manifest",
-            "/dlx",
-            "/downloads",
+            "/access/{token}",
         ] {
-            assert_eq!(Lane::of(pages), Lane::Pages, "{pages}");
+            assert!(routes.iter().any(|r| r.path == pages), "{pages} is a route");
+            assert_eq!(Lane::of(Some(pages)), Lane::Pages, "{pages}");
         }
     }
 }

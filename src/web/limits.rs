@@ -4,7 +4,12 @@
 //! this replica: with N replicas behind a load balancer a client gets up to
 //! N times the rate, which the defaults allow for.
 
-use std::{fmt, time::Duration};
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{Mutex, PoisonError},
+    time::{Duration, Instant},
+};
 
 use governor::{
     DefaultKeyedRateLimiter, Quota, RateLimiter,
@@ -28,6 +33,9 @@ pub(crate) struct Limit {
     pub(crate) name: &'static str,
     pub(crate) what: &'static str,
     limiter: DefaultKeyedRateLimiter<String>,
+    /// Keys refused lately, with the time each may send again: a client
+    /// still over its limit is refused before any work (see `lanes`).
+    refused: Mutex<HashMap<String, Instant>>,
 }
 
 impl fmt::Debug for Limit {
@@ -47,6 +55,7 @@ impl Limit {
             name,
             what,
             limiter: RateLimiter::keyed(quota(rate)),
+            refused: Mutex::default(),
         }
     }
 
@@ -57,9 +66,28 @@ impl Limit {
             self.limiter.retain_recent();
         }
         let key = key.to_owned();
-        self.limiter
-            .check_key(&key)
-            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+        self.limiter.check_key(&key).map_err(|not_until| {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            let mut refused = self.refused.lock().unwrap_or_else(PoisonError::into_inner);
+            if refused.len() >= MAX_KEYS {
+                let now = Instant::now();
+                refused.retain(|_, until| *until > now);
+                if refused.len() >= MAX_KEYS {
+                    refused.clear();
+                }
+            }
+            refused.insert(key, Instant::now() + wait);
+            wait
+        })
+    }
+
+    /// The time to wait when `key` was refused lately and would be refused
+    /// now, without counting a request. A refused request does not count
+    /// either, so until that time [`Limit::check`] refuses the key too.
+    pub(crate) fn refusing(&self, key: &str) -> Option<Duration> {
+        let refused = self.refused.lock().unwrap_or_else(PoisonError::into_inner);
+        let wait = refused.get(key)?.checked_duration_since(Instant::now())?;
+        (!wait.is_zero()).then_some(wait)
     }
 }
 
@@ -134,5 +162,30 @@ mod tests {
             "one more every half hour: {wait:?}"
         );
         assert!(limit.check("b").is_ok());
+    }
+
+    #[test]
+    fn a_key_refused_lately_is_known_without_counting_a_request() {
+        let limit = Limit::new("test", "Too many", "2/1h".parse().unwrap());
+        for _ in 0..10 {
+            assert_eq!(limit.refusing("a"), None, "asking counts nothing");
+        }
+        assert!(limit.check("a").is_ok());
+        assert!(limit.check("a").is_ok());
+        assert_eq!(limit.refusing("a"), None, "not refused yet");
+        let wait = limit.check("a").unwrap_err();
+        let told = limit.refusing("a").expect("refused lately");
+        assert!(
+            told <= wait && told > wait - Duration::from_secs(5),
+            "{told:?} {wait:?}"
+        );
+        assert_eq!(limit.refusing("b"), None);
+        // Past the wait it is for the limit to say again.
+        let short = Limit::new("test", "Too many", "1/100ms".parse().unwrap());
+        assert!(short.check("a").is_ok());
+        assert!(short.check("a").is_err());
+        std::thread::sleep(Duration::from_millis(150));
+        assert_eq!(short.refusing("a"), None);
+        assert!(short.check("a").is_ok());
     }
 }

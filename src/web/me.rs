@@ -62,7 +62,7 @@ pub(crate) async fn request_link(
         fields: form,
     }: CsrfForm<SigninForm>,
 ) -> Result<Response, Error> {
-    // The per-address limit on sign-in links was counted in front (`lanes`).
+    limited(&state.limits.signin_per_address, &client.network())?;
     match form.email.parse::<Email>() {
         Ok(email) => {
             // Counted whether or not the address has an account, so that a

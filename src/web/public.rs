@@ -251,7 +251,7 @@ pub(crate) async fn apply(
         fields: submitted,
     }: CsrfForm<ApplyForm>,
 ) -> Result<Response, Error> {
-    // The per-address limit on applications was counted in front (`lanes`).
+    limited(&state.limits.applications_per_address, &client.network())?;
     let model = find_model(&state, &slug).await?;
     let form = submitted.form;
     match form.validate(&model) {

@@ -982,7 +982,20 @@ async fn e_mails_to_one_address_are_limited_the_same_whether_or_not_it_has_an_ac
 both!(sign_in_link_requests_from_one_address_are_limited);
 async fn sign_in_link_requests_from_one_address_are_limited() {
     let t = TestApp::spawn_with(|c| c.limit_signin_per_address = "2/1h".parse().unwrap()).await;
-    for n in 0..3 {
+    // Posts another site makes a visitor's browser send carry no form token:
+    // refused, and they spend nothing of the visitor's network's allowance.
+    for n in 0..5 {
+        let forged = client()
+            .post(t.url("/signin"))
+            .form(&[("email", format!("forged{n}@example.org"))])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    }
+    // The third is refused by the handler, the fourth before any handler
+    // starts (the address is known to be over its limit): the same answer.
+    for n in 0..4 {
         let browser = client();
         let (_, page) = t.get_html(&browser, "/signin").await;
         let response = browser
@@ -997,7 +1010,7 @@ async fn sign_in_link_requests_from_one_address_are_limited() {
         if n < 2 {
             assert_eq!(response.status(), StatusCode::OK);
         } else {
-            assert_limited(response, "third sign-in request").await;
+            assert_limited(response, "third and fourth sign-in requests").await;
         }
     }
     still_whole(&t).await;
