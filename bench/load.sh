@@ -206,6 +206,9 @@ for kind, body in scripts.items():
 PY
 
 log "idle RSS $(rss) KiB; starting $CLIENTS clients for ${SECONDS_}s"
+# The machine's load average before the load and at its end: what else was
+# running shows in the first.
+cut -d' ' -f1-3 /proc/loadavg >"$WORK/loadavg"
 : >"$WORK/rss"
 (while kill -0 "$PORTAL" 2>/dev/null; do echo "$(date +%s) $(rss)" >>"$WORK/rss"; sleep 5; done) &
 PIDS+=("$!")
@@ -221,6 +224,7 @@ for pid in "${WRKS[@]}"; do wait "$pid" || die "wrk failed: $(cat "$WORK"/wrk-*.
 # What the portal saw: time per request by route, the wait for the pages
 # lane, and 503s by what was unavailable.
 curl -fsS "$BASE/metrics" >"$WORK/metrics" || : >"$WORK/metrics"
+cut -d' ' -f1-3 /proc/loadavg >>"$WORK/loadavg"
 sleep 3
 echo "$(date +%s) $(rss)" >>"$WORK/rss"
 for f in "$WORK"/wrk-*.out; do echo "== $f" >&2; cat "$f" >&2; done
@@ -233,7 +237,7 @@ if [ -n "${LOAD_KEEP:-}" ]; then mkdir -p "$LOAD_KEEP" && cp "$WORK/portal.log" 
 
 STATUS=0
 python3 - "$WORK" "$CLIENTS" "$SECONDS_" "$EVENTS" "$PORTAL_ERRORS" "$VERIFY" >"$WORK/summary.md" <<'PY' || STATUS=$?
-import re, sys
+import os, re, sys
 work, clients, seconds, events, portal_errors, verify = sys.argv[1:7]
 statuses, socket_errors, lines, rps_total = {}, 0, [], 0.0
 share = {"page": 30, "fetch": 40, "forged": 20, "apply": 10}
@@ -268,6 +272,9 @@ print(f"- portal RSS (KiB), sampled every 5 s: start {samples[0]}, peak {max(sam
       f"peak of the last third of the run against the middle third: {growth:+.1%}")
 print(f"- audit events after the run: {events}; `weightgate audit verify`: {verify.strip().splitlines()[0]}")
 print(f"- lines mentioning an error in the portal's log: {portal_errors}")
+loads = open(f"{work}/loadavg").read().split("\n")
+print(f"- machine load average (1, 5, 15 min) before the load: {loads[0]}; at its end: {loads[1]} "
+      f"({os.cpu_count()} cores)")
 metrics = open(f"{work}/metrics").read()
 def series(name):
     return re.findall(r"^" + name + r"\{(.*)\} (\S+)$", metrics, re.M)
