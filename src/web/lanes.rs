@@ -23,10 +23,10 @@
 //! client address; a client the limit already refuses is answered in front,
 //! without a turn in the pages lane.
 
-use std::time::Instant;
+use std::{sync::Arc, time::Instant};
 
 use axum::{
-    extract::{FromRequestParts, MatchedPath, Request, State},
+    extract::{MatchedPath, Request, State},
     http::Method,
     middleware::Next,
     response::{IntoResponse, Response},
@@ -38,6 +38,7 @@ use super::{
     AppState, ClientInfo, Error,
     limits::{Limit, RateLimits},
 };
+use crate::app::App;
 
 /// Which lane a request's handler runs in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -134,8 +135,26 @@ fn limit_in_front<'a>(limits: &'a RateLimits, method: &Method, route: &str) -> O
     }
 }
 
+/// What choosing a lane needs, cloned for every request (so kept small).
+#[derive(Clone)]
+pub(crate) struct Lanes {
+    pages: Arc<PagesLane>,
+    limits: Arc<RateLimits>,
+    app: Arc<App>,
+}
+
+impl Lanes {
+    pub(crate) fn new(state: &AppState) -> Self {
+        Self {
+            pages: state.pages.clone(),
+            limits: state.limits.clone(),
+            app: state.app.clone(),
+        }
+    }
+}
+
 /// Runs the request's handler in its lane.
-pub(crate) async fn by_lane(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub(crate) async fn by_lane(State(state): State<Lanes>, request: Request, next: Next) -> Response {
     let route = request.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
     let lane = Lane::of(route);
     if lane == Lane::Front {
@@ -145,8 +164,8 @@ pub(crate) async fn by_lane(State(state): State<AppState>, request: Request, nex
     let request = match limit {
         None => request,
         Some(limit) => {
-            let (mut parts, body) = request.into_parts();
-            let Ok(ClientInfo(client)) = ClientInfo::from_request_parts(&mut parts, &state).await;
+            let (parts, body) = request.into_parts();
+            let ClientInfo(client) = ClientInfo::of(&parts, &state.app.config);
             if let Some(retry_after) = limit.refusing(&client.network()) {
                 return Error::TooManyRequests {
                     limit: limit.name,

@@ -74,6 +74,13 @@ impl FromRequestParts<AppState> for ClientInfo {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        Ok(Self::of(parts, &state.app.config))
+    }
+}
+
+impl ClientInfo {
+    /// The client of a request, as `config` says to read its address.
+    fn of(parts: &Parts, config: &crate::config::Config) -> Self {
         let header = |name: &HeaderName| {
             parts
                 .headers
@@ -91,13 +98,13 @@ impl FromRequestParts<AppState> for ClientInfo {
                 .get_all(&X_FORWARDED_FOR)
                 .iter()
                 .map(HeaderValue::as_bytes);
-            crate::network::client_address(&state.app.config.trusted_proxies, peer, forwarded).to_string()
+            crate::network::client_address(&config.trusted_proxies, peer, forwarded).to_string()
         });
-        Ok(Self(Client {
+        Self(Client {
             ip,
             user_agent: header(&header::USER_AGENT),
             request_id: header(&REQUEST_ID),
-        }))
+        })
     }
 }
 
@@ -142,7 +149,10 @@ pub(crate) async fn router(app: Arc<App>) -> anyhow::Result<Router> {
         .merge(routes::router(routes::Area::Dashboard).layer(sessions.clone()))
         .merge(routes::router(routes::Area::Researcher).layer(sessions))
         .fallback(|| async { Error::NotFound })
-        .layer(middleware::from_fn_with_state(state.clone(), lanes::by_lane))
+        .layer(middleware::from_fn_with_state(
+            lanes::Lanes::new(&state),
+            lanes::by_lane,
+        ))
         .with_state(state)
         .layer(DefaultBodyLimit::max(extract::MAX_BODY))
         // A body trickled in to hold a connection is cut off: the whole of it
