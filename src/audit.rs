@@ -16,7 +16,7 @@ use std::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context;
@@ -695,7 +695,9 @@ fn write_sqlite_batch(
         Some(conn) => conn,
         None => conn.insert(sql::open(file).with_context(|| format!("cannot open {}", file.display()))?),
     };
+    let asked = Instant::now();
     let tx = sql::begin(conn)?;
+    let locked = Instant::now();
     let at = now_ms();
     let facts = if grant_ids(&items).is_empty() {
         BatchFacts::default()
@@ -709,7 +711,20 @@ fn write_sqlite_batch(
     sql::reserve(&tx, &decided.reserved(&rows), at)?;
     sql::release(&tx, &decided.release)?;
     tx.commit()?;
+    record_batch("sqlite", asked, locked, rows.len());
     Ok(rows.iter().map(|r| r.seq).zip(decided.events).collect())
+}
+
+/// How long a batch waited for the chain's lock (SQLite's write lock, or
+/// PostgreSQL's advisory lock that every replica takes), how long it held it
+/// until its commit was durable, and how many events it appended: what
+/// decides how many replicas can append at once.
+fn record_batch(backend: &'static str, asked: Instant, locked: Instant, events: usize) {
+    metrics::histogram!("weightgate_audit_chain_lock_wait_seconds", "backend" => backend)
+        .record(locked.duration_since(asked).as_secs_f64());
+    metrics::histogram!("weightgate_audit_chain_lock_held_seconds", "backend" => backend)
+        .record(locked.elapsed().as_secs_f64());
+    metrics::histogram!("weightgate_audit_batch_events", "backend" => backend).record(events as f64);
 }
 
 /// The writer on PostgreSQL: each batch in one transaction on its own
@@ -746,7 +761,9 @@ async fn write_pooled_batch(
         None => conn.insert(db.connect_one().await?),
     };
     let mut tx = db.begin_on(conn).await?;
+    let asked = Instant::now();
     lock_chain(&mut tx, db.backend()).await?;
+    let locked = Instant::now();
     let at = now_ms();
     let facts = if grant_ids(&items).is_empty() {
         BatchFacts::default()
@@ -767,5 +784,10 @@ async fn write_pooled_batch(
     }
     db::grants::release(&mut tx, &decided.release).await?;
     tx.commit().await?;
+    let backend = match db.backend() {
+        db::Backend::Sqlite => "sqlite",
+        db::Backend::Postgres => "postgres",
+    };
+    record_batch(backend, asked, locked, rows.len());
     Ok(rows.iter().map(|r| r.seq).zip(decided.events).collect())
 }

@@ -6,6 +6,11 @@
 //! - `weightgate_bytes_delivered_total`: bytes of weight files sent
 //! - `weightgate_audit_write_seconds`: how long a fetch waits for its audit
 //!   event to be durable
+//! - `weightgate_audit_chain_lock_wait_seconds{backend}`,
+//!   `weightgate_audit_chain_lock_held_seconds{backend}` and
+//!   `weightgate_audit_batch_events{backend}`: per batch of audit events,
+//!   the wait for the chain's lock, the time it was held until the commit
+//!   was durable, and the events appended
 //! - `weightgate_outbox_depth`: e-mails not yet sent
 //! - `weightgate_rate_limited_total{limit}`: answers 429 by limit
 //! - `weightgate_unavailable_total{what}`: answers 503 by what was

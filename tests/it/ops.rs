@@ -115,6 +115,20 @@ async fn metrics_count_requests_fetches_bytes_and_the_outbox() {
     assert!(grew("weightgate_bytes_delivered_total", "") >= size as f64);
     assert!(grew("weightgate_http_requests_total", "route=\"/dl/{token}/{*file}\"") >= 2.0);
     assert!(after.contains("weightgate_audit_write_seconds"));
+    // Each batch of audit events reports its wait for the chain's lock.
+    let backend = match t.app.db.backend() {
+        weightgate::db::Backend::Sqlite => "backend=\"sqlite\"",
+        weightgate::db::Backend::Postgres => "backend=\"postgres\"",
+    };
+    assert!(
+        grew("weightgate_audit_chain_lock_wait_seconds_count", backend) >= 1.0,
+        "{after}"
+    );
+    assert!(grew("weightgate_audit_chain_lock_held_seconds_count", backend) >= 1.0);
+    assert!(
+        grew("weightgate_audit_batch_events_sum", backend) >= 3.0,
+        "a fetch, its delivery, a refusal"
+    );
     // The access URL's page ran in the pages lane, the downloads in front.
     assert!(
         grew("weightgate_lane_wait_seconds_count", "lane=\"pages\"") >= 1.0,
