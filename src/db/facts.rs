@@ -139,51 +139,48 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_fetches_of_an_unknown_key_make_one_lookup() {
+    /// `callers` asking for one key at once, each with a lookup that takes a
+    /// while and comes to `outcome`: what each got, and how many lookups ran.
+    async fn at_once(
+        callers: usize,
+        outcome: fn() -> anyhow::Result<Option<String>>,
+    ) -> (Vec<anyhow::Result<Option<Arc<String>>>>, usize) {
         let kept = Arc::new(Kept::<String>::default());
         let lookups = Arc::new(AtomicUsize::new(0));
-        let callers: Vec<_> = (0..200)
+        let callers: Vec<_> = (0..callers)
             .map(|_| {
                 let (kept, lookups) = (kept.clone(), lookups.clone());
                 tokio::spawn(async move {
                     kept.get("g1", async {
                         lookups.fetch_add(1, Ordering::SeqCst);
                         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                        Ok(Some("facts".to_owned()))
+                        outcome()
                     })
                     .await
                 })
             })
             .collect();
+        let mut got = Vec::new();
         for caller in callers {
-            assert_eq!(
-                caller.await.unwrap().unwrap().as_deref().map(String::as_str),
-                Some("facts")
-            );
+            got.push(caller.await.unwrap());
         }
-        assert_eq!(lookups.load(Ordering::SeqCst), 1);
+        (got, lookups.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_fetches_of_an_unknown_key_make_one_lookup() {
+        let (got, lookups) = at_once(200, || Ok(Some("facts".to_owned()))).await;
+        for found in got {
+            assert_eq!(found.unwrap().as_deref().map(String::as_str), Some("facts"));
+        }
+        assert_eq!(lookups, 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_lookup_fails_everyone_waiting_for_it_at_once() {
-        let kept = Arc::new(Kept::<String>::default());
-        let lookups = Arc::new(AtomicUsize::new(0));
-        let callers: Vec<_> = (0..100)
-            .map(|_| {
-                let (kept, lookups) = (kept.clone(), lookups.clone());
-                tokio::spawn(async move {
-                    kept.get("g1", async {
-                        lookups.fetch_add(1, Ordering::SeqCst);
-                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                        Err(sqlx::Error::PoolTimedOut.into())
-                    })
-                    .await
-                })
-            })
-            .collect();
-        for caller in callers {
-            let failure = caller.await.unwrap().unwrap_err();
+        let (got, lookups) = at_once(100, || Err(sqlx::Error::PoolTimedOut.into())).await;
+        for found in got {
+            let failure = found.unwrap_err();
             // Still told apart as the database not answering: the domain
             // sorts a failure by the causes in its chain.
             assert!(
@@ -193,11 +190,7 @@ mod tests {
                 "{failure:#}"
             );
         }
-        assert_eq!(
-            lookups.load(Ordering::SeqCst),
-            1,
-            "one lookup, not one per caller in turn"
-        );
+        assert_eq!(lookups, 1, "one lookup, not one per caller in turn");
     }
 
     #[tokio::test]

@@ -69,13 +69,6 @@ impl Lane {
             _ => Lane::Pages,
         }
     }
-
-    fn name(self) -> &'static str {
-        match self {
-            Lane::Front => "front",
-            Lane::Pages => "pages",
-        }
-    }
 }
 
 /// The pages lane's runtime, with as many threads as the machine has cores.
@@ -181,7 +174,7 @@ pub(crate) async fn by_lane(State(state): State<Lanes>, request: Request, next: 
     // The handler's logs stay in the request's span.
     let task = state.pages.handle.spawn(
         async move {
-            metrics::histogram!("weightgate_lane_wait_seconds", "lane" => lane.name())
+            metrics::histogram!("weightgate_lane_wait_seconds", "lane" => "pages")
                 .record(queued.elapsed().as_secs_f64());
             next.run(request).await
         }

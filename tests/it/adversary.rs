@@ -67,16 +67,6 @@ async fn audit_output_shows_hostile_text_without_obeying_it() {
 both!(made_up_methods_do_not_grow_the_metrics);
 async fn made_up_methods_do_not_grow_the_metrics() {
     let t = TestApp::spawn().await;
-    let metrics = || async {
-        t.client
-            .get(t.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
     for i in 0..300 {
         let method = reqwest::Method::from_bytes(format!("M{i}X").as_bytes()).unwrap();
         for path in ["/", "/no/such/page"] {
@@ -91,7 +81,7 @@ async fn made_up_methods_do_not_grow_the_metrics() {
     }
     // The recorder is the test process's, shared with the scenarios running
     // beside this one: look at the method labels, which only this one makes up.
-    let text = metrics().await;
+    let text = t.metrics().await;
     let mut methods: Vec<&str> = all_between(&text, "method=\"", "\"");
     methods.sort_unstable();
     methods.dedup();

@@ -235,6 +235,18 @@ impl TestApp {
         }
     }
 
+    /// What `/metrics` shows now.
+    pub(crate) async fn metrics(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub(crate) fn outbox(&self) -> PathBuf {
         self.app.config.outbox_dir()
     }

@@ -36,18 +36,8 @@ async fn readiness_reports_the_database_and_the_object_store() {
         StatusCode::OK
     );
 
-    let metrics = || async {
-        t.client
-            .get(t.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
     let unavailable = |text: &str| metric(text, "weightgate_unavailable_total", "what=\"database\"");
-    let before = metrics().await;
+    let before = t.metrics().await;
     t.app.db.pool().close().await;
     let response = t.client.get(t.url("/readyz")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -64,7 +54,7 @@ async fn readiness_reports_the_database_and_the_object_store() {
             .unwrap()
             .contains("The database is not answering")
     );
-    assert!(unavailable(&metrics().await) >= unavailable(&before) + 1.0);
+    assert!(unavailable(&t.metrics().await) >= unavailable(&before) + 1.0);
     assert_eq!(
         t.client.get(t.url("/healthz")).send().await.unwrap().status(),
         StatusCode::OK
@@ -81,15 +71,7 @@ fn metric(text: &str, name: &str, label: &str) -> f64 {
 both!(metrics_count_requests_fetches_bytes_and_the_outbox);
 async fn metrics_count_requests_fetches_bytes_and_the_outbox() {
     let t = TestApp::spawn().await;
-    let before = t
-        .client
-        .get(t.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let before = t.metrics().await;
     let access = t.approved_researcher("metrics@uni.example.edu").await;
     let (name, url) = t.download_links(&access).await.remove(0);
     let size = t.files.iter().find(|(n, _)| *n == name).unwrap().1.len();
@@ -97,15 +79,7 @@ async fn metrics_count_requests_fetches_bytes_and_the_outbox() {
     t.client.get(format!("{url}x")).send().await.unwrap();
     t.wait_for_events("file.delivered", 1).await;
 
-    let after = t
-        .client
-        .get(t.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let after = t.metrics().await;
     let grew = |name: &str, label: &str| metric(&after, name, label) - metric(&before, name, label);
     assert!(
         grew("weightgate_fetches_total", "outcome=\"ok\"") >= 1.0,
