@@ -11,6 +11,7 @@
 #   BENCH_HASH_MIB   [512/128]      size of each, MiB
 #   BENCH_DL_MIB     [1024/256]     size of the file downloaded through the portal
 #   BENCH_RUNS       [3]            repetitions of each timed command (median reported)
+#   BENCH_PROXY_RUNS [5]            interleaved downloads of the proxy throughput test (median)
 #   BENCH_CLIENTS    [32]           concurrent downloads for the memory test
 #   BENCH_CLIENT_RATE [20M]         curl --limit-rate of each of those clients
 #   BENCH_CLIENT_SECONDS [15/8]     curl --max-time of each of those clients
@@ -21,9 +22,21 @@
 #   BENCH_PUB_BIG_MIB [5632/1024]   size of the one large file of the published tree, MiB
 #   BENCH_PUB_SHARDS [3/2]          further files of the published tree...
 #   BENCH_PUB_SHARD_MIB [256/128]   ...each this large, MiB
+#   BENCH_PG_URL     [postgres://postgres@127.0.0.1:5432/postgres]  a PostgreSQL server; the pg section
+#                    creates a database of its own there and drops it after
+#   BENCH_PG_ROUNDS  [3]            interleaved rounds of the pg section (median reported)
+#   BENCH_PG_PIN     [0]            1: pin replica a to CPU 0 and replica b to CPU 1 (taskset)
+#   BENCH_SCALE_CLIENTS [1000]      concurrent ranged downloads of the scale section
+#   BENCH_SCALE_SECONDS [20/10]     how long they run, s
+#   BENCH_SCALE_RANGE_MIB [1]       size of each ranged request, MiB
+#   BENCH_SCALE_IDLE [10000]        idle keep-alive connections of the scale section
+#   BENCH_SCALE_HOLD [10]           how long they are held idle, s (under the portal's
+#                                   WEIGHTGATE_HEADER_TIMEOUT, 30 s, which closes idle connections)
 #   BENCH_TOOLS      [/root/.cache/weightgate-bench-tools]  cargo install root of s3s-fs (the S3 server)
-#   BENCH_ONLY       [hash,proxy,client,fetch,audit,publish]  sections to run (proxy = throughput + memory;
-#                    client = weightgate download against aria2c;
+#   BENCH_ONLY       [hash,proxy,client,fetch,pg,scale,audit,publish]  sections to run (proxy = throughput + memory;
+#                    client = weightgate download against aria2c; pg = fetches on one and two
+#                    PostgreSQL replicas beside SQLite and nginx; scale = bench/scale.py: many
+#                    concurrent ranged downloads, then many idle keep-alive connections;
 #                    publish = model publish to an S3 server against rclone copy)
 #   BENCH_SOURCE     [worktree]     what to build: the checkout as it is, or a git revision (e.g. HEAD)
 #   BENCH_BIN        []             use this weightgate binary instead of building one
@@ -47,6 +60,7 @@ HASH_FILES=${BENCH_HASH_FILES:-4}
 HASH_MIB=${BENCH_HASH_MIB:-$(q 512 128)}
 DL_MIB=${BENCH_DL_MIB:-$(q 1024 256)}
 RUNS=${BENCH_RUNS:-3}
+PROXY_RUNS=${BENCH_PROXY_RUNS:-5}
 CLIENTS=${BENCH_CLIENTS:-32}
 CLIENT_RATE=${BENCH_CLIENT_RATE:-20M}
 CLIENT_SECONDS=${BENCH_CLIENT_SECONDS:-$(q 15 8)}
@@ -58,7 +72,15 @@ PUB_BIG_MIB=${BENCH_PUB_BIG_MIB:-$(q 5632 1024)}
 PUB_SHARDS=${BENCH_PUB_SHARDS:-$(q 3 2)}
 PUB_SHARD_MIB=${BENCH_PUB_SHARD_MIB:-$(q 256 128)}
 TOOLS=${BENCH_TOOLS:-/root/.cache/weightgate-bench-tools}
-ONLY=${BENCH_ONLY:-hash,proxy,client,fetch,audit,publish}
+ONLY=${BENCH_ONLY:-hash,proxy,client,fetch,pg,scale,audit,publish}
+PG_URL=${BENCH_PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+PG_ROUNDS=${BENCH_PG_ROUNDS:-3}
+PG_PIN=${BENCH_PG_PIN:-0}
+SCALE_CLIENTS=${BENCH_SCALE_CLIENTS:-1000}
+SCALE_SECONDS=${BENCH_SCALE_SECONDS:-$(q 20 10)}
+SCALE_RANGE_MIB=${BENCH_SCALE_RANGE_MIB:-1}
+SCALE_IDLE=${BENCH_SCALE_IDLE:-10000}
+SCALE_HOLD=${BENCH_SCALE_HOLD:-10}
 TARGET_DIR=${BENCH_TARGET_DIR:-/root/.cache/weightgate-bench-target}
 RESULTS=${BENCH_RESULTS:-$HERE/results/latest.md}
 
@@ -79,8 +101,20 @@ need curl curl
 need openssl openssl
 need sha256sum coreutils
 need python3 python3
-if want proxy || want fetch; then need nginx nginx; fi
-if want fetch; then need wrk wrk; fi
+if want scale && [ "$(ulimit -Hn)" != unlimited ] && [ "$(ulimit -Hn)" -lt $((SCALE_IDLE + SCALE_CLIENTS + 1024)) ]; then
+    die "the scale section needs $((SCALE_IDLE + SCALE_CLIENTS + 1024)) open files per process; the hard limit (ulimit -Hn) is $(ulimit -Hn)"
+fi
+if want proxy || want fetch || want pg; then need nginx nginx; fi
+if want fetch || want pg; then need wrk wrk; fi
+if want pg; then
+    need psql postgresql-client
+    if ! pg_isready -q -d "$PG_URL" && command -v pg_ctlcluster >/dev/null && [ -d /etc/postgresql ]; then
+        log "starting the local PostgreSQL cluster"
+        pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
+        for _ in $(seq 30); do pg_isready -q -d "$PG_URL" && break; sleep 1; done
+    fi
+    pg_isready -q -d "$PG_URL" || die "no PostgreSQL at $PG_URL (BENCH_PG_URL)"
+fi
 if want client; then need aria2c aria2; need /usr/bin/time time; fi
 if want fetch || want audit; then need sqlite3 sqlite3; fi
 if want publish; then need rclone rclone; need /usr/bin/time time; fi
@@ -92,7 +126,7 @@ if want publish && ! [ -x "$S3S_FS" ]; then
     cargo install s3s-fs --version 0.14.1 --features binary --locked --root "$TOOLS" -q ||
         die "cannot install s3s-fs"
 fi
-if want fetch && ! nginx -V 2>&1 | grep -q secure_link; then
+if { want fetch || want pg; } && ! nginx -V 2>&1 | grep -q secure_link; then
     log "nginx lacks the secure_link module; trying nginx-extras"
     apt-get install -y -q nginx-extras >/dev/null 2>&1 || true
     nginx -V 2>&1 | grep -q secure_link || die "no nginx with secure_link here (tried nginx-extras)"
@@ -111,6 +145,8 @@ cleanup() {
         for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         kill -9 "$pid" 2>/dev/null || true
     done
+    # The pg section's database, once its replicas are gone.
+    [ -n "${PGDB:-}" ] && psql -q -d "$PG_URL" -c "DROP DATABASE IF EXISTS $PGDB WITH (FORCE)" >/dev/null 2>&1
     if [ "${BENCH_KEEP:-0}" = 1 ]; then
         log "kept $WORK"
     else
@@ -324,7 +360,7 @@ fi
 
 # ================================================================ 2-4. the portal
 PORTAL_PID=""
-if want proxy || want client || want fetch; then
+if want proxy || want client || want fetch || want pg || want scale; then
     log "== setting up a portal with a $DL_MIB MiB file and a 1 KiB file"
     P=$WORK/portal
     REL=$WORK/release
@@ -454,7 +490,7 @@ if want proxy; then
     }
     warm "$REL/model-00001-of-00001.safetensors" "$P"/objects/sha256/*/*
     T_P=() T_N=() T_NRW=()
-    for r in $(seq "$RUNS"); do
+    for r in $(seq "$PROXY_RUNS"); do
         T_P+=("$(dl "$BIG_URL")")
         T_N+=("$(dl "$NBASE/files/model-00001-of-00001.safetensors")")
         T_NRW+=("$(dl "$NBASE/files-rw/model-00001-of-00001.safetensors")")
@@ -587,6 +623,245 @@ if want fetch; then
     TOTAL_FETCH=$(count_events file.fetch)
     row "4d. \`audit verify\` after the fetch load (and the diagnostic)" "$(echo "$VERIFY_OUT" | head -1)" "-" "-" "log intact" "$( [ "$VERIFY_OK" = yes ] && echo yes || echo '**NO**')"
     note "file.fetch events in the log after the fetch test: $TOTAL_FETCH in all, the one-connection and diagnostic runs included ($FETCHES during the wrk run, against $REQ_P requests counted by wrk)"
+fi
+# ================================================================ 4'. fetch rate on PostgreSQL replicas
+# The same audited fetch (a signed link, a durable event, one byte) on one and
+# on two `serve` replicas sharing one PostgreSQL database, beside the SQLite
+# portal and nginx secure_link, interleaved round by round, each at wrk -t1
+# and -t2. The chain lock's wait and hold come from each replica's /metrics.
+if want pg; then
+    log "== 4'. fetch rate on PostgreSQL: one and two replicas, SQLite and nginx beside them ($PG_ROUNDS rounds of wrk -c$WRK_CONNS -d${WRK_SECONDS}s)"
+    PGDB=weightgate_bench_$$
+    psql -q -d "$PG_URL" -c "CREATE DATABASE $PGDB" >/dev/null || die "cannot create database $PGDB at $PG_URL"
+    PG_DB_URL=$(python3 -c 'import sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]); print(u.urlunsplit(p._replace(path="/" + sys.argv[2])))' "$PG_URL" "$PGDB")
+    Q=$WORK/pg
+    mkdir -p "$Q"
+    wgq() { WEIGHTGATE_DATA_DIR=$Q WEIGHTGATE_DATABASE_URL=$PG_DB_URL WEIGHTGATE_LOG=warn "$WG" "$@"; }
+    wgq migrate >/dev/null
+    wgq model create bench --title "Bench model" >/dev/null
+    wgq model publish bench "$REL" >/dev/null
+    printf '%s' "$ADMIN_PW" | wgq reviewer add "$ADMIN" --admin --password-stdin >/dev/null
+    # start_replica NAME PORT CPU: a `serve` on the PostgreSQL database (pinned
+    # to CPU with taskset when BENCH_PG_PIN=1); prints its pid.
+    start_replica() {
+        local pin=()
+        [ "$PG_PIN" = 1 ] && pin=(taskset -c "$3")
+        WEIGHTGATE_DATA_DIR=$Q WEIGHTGATE_DATABASE_URL=$PG_DB_URL WEIGHTGATE_BIND=127.0.0.1:$2 \
+            "${pin[@]}" "$WG" serve >"$WORK/replica-$1.log" 2>&1 &
+        echo $!
+    }
+    QA_PORT=$(free_port) QB_PORT=$(free_port)
+    QA=$(start_replica a "$QA_PORT" 0)
+    PIDS+=("$QA")
+    QB=$(start_replica b "$QB_PORT" 1)
+    PIDS+=("$QB")
+    wait_http "http://127.0.0.1:$QA_PORT/healthz" "$QA" || { tail -20 "$WORK/replica-a.log" >&2; die "replica a did not start"; }
+    wait_http "http://127.0.0.1:$QB_PORT/healthz" "$QB" || { tail -20 "$WORK/replica-b.log" >&2; die "replica b did not start"; }
+    python3 "$HERE/grant.py" --base "http://127.0.0.1:$QA_PORT" --slug bench --outbox "$Q/outbox" \
+        --admin-email "$ADMIN" --admin-password "$ADMIN_PW" >"$WORK/pg-manifest.json" ||
+        { tail -20 "$WORK/replica-a.log" >&2; die "could not obtain a grant on PostgreSQL"; }
+    QA_URL=$(python3 -c 'import json,sys; m=json.load(open(sys.argv[1]))
+print(next(f["url"] for r in m["releases"] for f in r["files"] if f["name"] == "tiny.json"))' "$WORK/pg-manifest.json")
+    QB_URL=${QA_URL/:$QA_PORT\//:$QB_PORT/}
+    for u in "$QA_URL" "$QB_URL"; do
+        [ "$(curl -fsS "$u" | sha256sum | cut -d' ' -f1)" = "$(sha256sum <"$REL/tiny.json" | cut -d' ' -f1)" ] ||
+            die "the tiny file did not come back intact from $u"
+    done
+
+    # The SQLite portal of the setup, started again if the fetch section stopped it.
+    if ! kill -0 "$PORTAL_PID" 2>/dev/null; then
+        WEIGHTGATE_DATA_DIR=$P WEIGHTGATE_BIND=127.0.0.1:$PORT "$WG" serve >>"$WORK/portal.log" 2>&1 &
+        PORTAL_PID=$!
+        PIDS+=("$PORTAL_PID")
+        wait_http "$BASE/healthz" "$PORTAL_PID" || die "the SQLite portal did not start again"
+    fi
+
+    # wrk1 THREADS CONNS URL NAME -> req/s; every run asks for one byte, as a
+    # client probing a file would, and every answer must be a 206.
+    wrk1() {
+        local out=$WORK/wrk-$4.txt
+        wrk -t"$1" -c"$2" -d"${WRK_SECONDS}s" --timeout 5s --latency -H 'Range: bytes=0-0' "$3" >"$out" 2>&1 ||
+            die "wrk failed: $(cat "$out")"
+        grep -q 'Non-2xx' "$out" && note "wrk $4: $(grep 'Non-2xx' "$out" | xargs)"
+        awk '/^Requests\/sec:/ { print $2 }' "$out"
+    }
+    # chain_lock PORT -> "batches wait_sum held_sum events_sum" from the replica's /metrics.
+    chain_lock() {
+        curl -fsS "http://127.0.0.1:$1/metrics" | awk '
+            /^weightgate_audit_chain_lock_wait_seconds_count\{backend="postgres"\}/ { n = $2 }
+            /^weightgate_audit_chain_lock_wait_seconds_sum\{backend="postgres"\}/ { w = $2 }
+            /^weightgate_audit_chain_lock_held_seconds_sum\{backend="postgres"\}/ { h = $2 }
+            /^weightgate_audit_batch_events_sum\{backend="postgres"\}/ { e = $2 }
+            END { printf "%d %.6f %.6f %d\n", n, w, h, e }'
+    }
+    # lock_delta BEFORE_A BEFORE_B AFTER_A AFTER_B -> "batches events wait_ms_per_batch held_fraction"
+    lock_delta() {
+        awk -v a0="$1" -v b0="$2" -v a1="$3" -v b1="$4" -v secs="$WRK_SECONDS" 'BEGIN {
+            split(a0, x); split(b0, y); split(a1, u); split(b1, v)
+            n = u[1] - x[1] + v[1] - y[1]; w = u[2] - x[2] + v[2] - y[2]
+            h = u[3] - x[3] + v[3] - y[3]; e = u[4] - x[4] + v[4] - y[4]
+            printf "%d %d %.2f %.2f\n", n, e, n ? 1000 * w / n : 0, h / secs }'
+    }
+    # ticks PID... -> CPU clock ticks (user + system) of these processes so far.
+    ticks() { for pid in "$@"; do awk '{ print $14 + $15 }' "/proc/$pid/stat" 2>/dev/null; done | awk '{ s += $1 } END { print s + 0 }'; }
+    pg_pids() { pgrep -x postgres | xargs; }
+    TICK=$(getconf CLK_TCK)
+    # per_fetch TICKS REQUESTS -> µs of CPU per request
+    per_fetch() { calc "$1 / $TICK * 1000000 / ($2 + ($2 == 0))" 0; }
+    requests_of() { awk '/requests in/ { s += $1 } END { print s + 0 }' "$@"; }
+    R_N1=() R_S1=() R_A1=() R_N2=() R_S2=() R_A2=() R_AB=() L_A2=() L_AB=() C_S2=() C_A2=() C_AB=()
+    for r in $(seq "$PG_ROUNDS"); do
+        R_N1+=("$(wrk1 1 "$WRK_CONNS" "$NGINX_SL_URL" "pg-nginx-t1-$r")")
+        R_S1+=("$(wrk1 1 "$WRK_CONNS" "$TINY_URL" "pg-sqlite-t1-$r")")
+        R_A1+=("$(wrk1 1 "$WRK_CONNS" "$QA_URL" "pg-one-t1-$r")")
+        R_N2+=("$(wrk1 2 "$WRK_CONNS" "$NGINX_SL_URL" "pg-nginx-t2-$r")")
+        t0=$(ticks "$PORTAL_PID")
+        R_S2+=("$(wrk1 2 "$WRK_CONNS" "$TINY_URL" "pg-sqlite-t2-$r")")
+        C_S2+=("$(per_fetch "$(($(ticks "$PORTAL_PID") - t0))" "$(requests_of "$WORK/wrk-pg-sqlite-t2-$r.txt")")")
+        a0=$(chain_lock "$QA_PORT") b0=$(chain_lock "$QB_PORT")
+        pgp=$(pg_pids) t0=$(ticks "$QA") u0=$(ticks $pgp)
+        R_A2+=("$(wrk1 2 "$WRK_CONNS" "$QA_URL" "pg-one-t2-$r")")
+        n=$(requests_of "$WORK/wrk-pg-one-t2-$r.txt")
+        C_A2+=("$(per_fetch "$(($(ticks "$QA") - t0))" "$n")+$(per_fetch "$(($(ticks $pgp) - u0))" "$n")")
+        a1=$(chain_lock "$QA_PORT") b1=$(chain_lock "$QB_PORT")
+        L_A2+=("$(lock_delta "$a0" "$b0" "$a1" "$b1")")
+        # Two replicas: half the connections and one wrk thread on each, at once.
+        a0=$a1 b0=$b1
+        pgp=$(pg_pids) t0=$(ticks "$QA" "$QB") u0=$(ticks $pgp)
+        wrk1 1 $((WRK_CONNS / 2)) "$QB_URL" "pg-two-b-$r" >"$WORK/rps-two-b" &
+        wpid=$!
+        ra=$(wrk1 1 $((WRK_CONNS / 2)) "$QA_URL" "pg-two-a-$r")
+        wait "$wpid" || die "wrk on replica b failed"
+        R_AB+=("$(calc "$ra + $(cat "$WORK/rps-two-b")" 1)")
+        n=$(requests_of "$WORK/wrk-pg-two-a-$r.txt" "$WORK/wrk-pg-two-b-$r.txt")
+        C_AB+=("$(per_fetch "$(($(ticks "$QA" "$QB") - t0))" "$n")+$(per_fetch "$(($(ticks $pgp) - u0))" "$n")")
+        a1=$(chain_lock "$QA_PORT") b1=$(chain_lock "$QB_PORT")
+        L_AB+=("$(lock_delta "$a0" "$b0" "$a1" "$b1")")
+        log "round $r: nginx t1 ${R_N1[-1]}, t2 ${R_N2[-1]}; SQLite t1 ${R_S1[-1]}, t2 ${R_S2[-1]} (CPU µs/fetch ${C_S2[-1]}); PostgreSQL one replica t1 ${R_A1[-1]}, t2 ${R_A2[-1]} (lock: ${L_A2[-1]}; CPU µs/fetch portal+postgres ${C_A2[-1]}); two replicas ${R_AB[-1]} (lock: ${L_AB[-1]}; CPU ${C_AB[-1]})"
+    done
+    n1=$(median "${R_N1[@]}") s1=$(median "${R_S1[@]}") a1=$(median "${R_A1[@]}")
+    n2=$(median "${R_N2[@]}") s2=$(median "${R_S2[@]}") a2=$(median "${R_A2[@]}") ab=$(median "${R_AB[@]}")
+    # The lock figures of the round whose rate was the median.
+    lock_of() { # lock_of MEDIAN RATES... -- LOCKS...
+        local want=$1; shift
+        local -a rates=() locks=()
+        while [ "$1" != -- ]; do rates+=("$1"); shift; done; shift
+        locks=("$@")
+        for i in "${!rates[@]}"; do [ "${rates[$i]}" = "$want" ] && { echo "${locks[$i]}"; return; }; done
+    }
+    read -r lb1 le1 lw1 lh1 <<<"$(lock_of "$a2" "${R_A2[@]}" -- "${L_A2[@]}")"
+    read -r lb2 le2 lw2 lh2 <<<"$(lock_of "$ab" "${R_AB[@]}" -- "${L_AB[@]}")"
+    # median_pair "P+Q"... -> "P + Q" of the round whose sum is the median
+    median_pair() {
+        local m
+        m=$(median "$(for x in "$@"; do echo $((${x%+*} + ${x#*+})); done)")
+        for x in "$@"; do [ $((${x%+*} + ${x#*+})) = "$m" ] && { echo "${x%+*} + ${x#*+}"; return; }; done
+    }
+    pin_note=$([ "$PG_PIN" = 1 ] && echo "replica a pinned to CPU 0, b to CPU 1" || echo "replicas not pinned")
+    row "4'a. SQLite audited fetches, \`Range: bytes=0-0\`, wrk -t1 -c$WRK_CONNS (the figure to quote: one wrk thread leaves the portal the most of the machine)" "$(calc "$s1" 0) req/s" "nginx secure_link, -t1: $(calc "$n1" 0) req/s" "$(calc "$s1 / $n1" 3)x" "≥ 0.2x nginx" "$(met "$s1 / $n1 >= 0.2")"
+    row "4'b. same at wrk -t2 -c$WRK_CONNS" "$(calc "$s2" 0) req/s" "nginx secure_link, -t2: $(calc "$n2" 0) req/s" "$(calc "$s2 / $n2" 3)x" "(info)" "-"
+    row "4'c. one PostgreSQL replica, wrk -t1 -c$WRK_CONNS" "$(calc "$a1" 0) req/s" "SQLite portal, -t1: $(calc "$s1" 0) req/s" "$(calc "$a1 / $s1")x" "≥ 0.6x SQLite" "$(met "$a1 / $s1 >= 0.6")"
+    row "4'd. one PostgreSQL replica, wrk -t2 -c$WRK_CONNS" "$(calc "$a2" 0) req/s; chain lock held $(calc "$lh1 * 100" 0) % of the time, $lb1 batches of $(calc "$le1 / ($lb1 + ($lb1 == 0))" 1) events, wait $lw1 ms each" "SQLite portal, -t2: $(calc "$s2" 0) req/s" "$(calc "$a2 / $s2")x" "≥ 0.6x SQLite" "$(met "$a2 / $s2 >= 0.6")"
+    row "4'e. two PostgreSQL replicas at once (wrk -t1 -c$((WRK_CONNS / 2)) on each; $pin_note)" "$(calc "$ab" 0) req/s in all; chain lock held $(calc "$lh2 * 100" 0) % of the time, $lb2 batches of $(calc "$le2 / ($lb2 + ($lb2 == 0))" 1) events, wait $lw2 ms each" "one replica, -t2: $(calc "$a2" 0) req/s" "$(calc "$ab / $a2")x" "≥ 1.5x one replica, each on its own core; here: the lock not the limit" "$(met "$ab / $a2 >= 1.5") ($( awk -v h="$lh2" 'BEGIN { print (h < 0.5) ? "lock held under half the time" : "**lock held over half the time**" }'))"
+    note "PostgreSQL section, rates per round (req/s): nginx -t1 $(fmt_runs "${R_N1[@]}"), -t2 $(fmt_runs "${R_N2[@]}"); SQLite -t1 $(fmt_runs "${R_S1[@]}"), -t2 $(fmt_runs "${R_S2[@]}"); one replica -t1 $(fmt_runs "${R_A1[@]}"), -t2 $(fmt_runs "${R_A2[@]}"); two replicas $(fmt_runs "${R_AB[@]}"); chain lock per round as \"batches events wait-ms held-fraction\": one replica $(fmt_runs "${L_A2[@]// /:}"), two $(fmt_runs "${L_AB[@]// /:}"); PostgreSQL $(psql -At -d "$PG_URL" -c 'SHOW server_version'), $pin_note, all on $(nproc) cores with wrk and the database"
+    for pid in "$QA" "$QB"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "$QA" "$QB"; do for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done; done
+    VERIFY_PG=$(wgq audit verify 2>&1) && VERIFY_PG_OK=yes || VERIFY_PG_OK=no
+    row "4'g. (context) CPU per fetch, median of the rounds (µs; \`-t2\` runs)" "one replica: $(median_pair "${C_A2[@]}"); two replicas: $(median_pair "${C_AB[@]}") (portal + PostgreSQL)" "SQLite portal: $(median "${C_S2[@]}") µs" "-" "(info)" "-"
+    row "4'f. \`audit verify\` of the PostgreSQL log after both replicas' load" "$(echo "$VERIFY_PG" | head -1)" "-" "-" "log intact" "$( [ "$VERIFY_PG_OK" = yes ] && echo yes || echo '**NO**')"
+    psql -q -d "$PG_URL" -c "DROP DATABASE $PGDB" >/dev/null && PGDB=""
+fi
+# ================================================================ 7. many clients at once
+if want scale; then
+    log "== 7. scale: $SCALE_CLIENTS concurrent ranged downloads ($SCALE_RANGE_MIB MiB each) for ${SCALE_SECONDS}s, then $SCALE_IDLE idle keep-alive connections held ${SCALE_HOLD}s"
+    # Every client here comes from 127.0.0.1, and the portal lets one address
+    # hold 256 connections (WEIGHTGATE_MAX_CONNECTIONS_PER_ADDRESS): this
+    # section runs a portal of its own on the same data dir, with that cap and
+    # the total cap raised, every other setting (the rate limits, the header
+    # timeout) at its default as in the setup.
+    # (start_scale_portal: stops the running portal and starts that one, on the
+    # same port, so the signed links stay good; its idle RSS in SCALE_IDLE_RSS.)
+    start_scale_portal() {
+        if [ -n "$PORTAL_PID" ] && kill -0 "$PORTAL_PID" 2>/dev/null; then
+            kill -TERM "$PORTAL_PID"
+            for _ in $(seq 100); do kill -0 "$PORTAL_PID" 2>/dev/null || break; sleep 0.1; done
+        fi
+        WEIGHTGATE_MAX_CONNECTIONS_PER_ADDRESS=20000 WEIGHTGATE_MAX_CONNECTIONS=20000 \
+            WEIGHTGATE_DATA_DIR=$P WEIGHTGATE_BIND=127.0.0.1:$PORT "$WG" serve >>"$WORK/portal.log" 2>&1 &
+        PORTAL_PID=$!
+        PIDS+=("$PORTAL_PID")
+        wait_http "$BASE/healthz" "$PORTAL_PID" ||
+            { tail -20 "$WORK/portal.log" >&2; die "the portal did not start with the connection caps raised"; }
+        sleep 1
+        SCALE_IDLE_RSS=$(rss "$PORTAL_PID" VmRSS)
+    }
+    start_scale_portal
+    D_IDLE_RSS=$SCALE_IDLE_RSS
+    SCALE_NOFILE=$(awk '/^Max open files/ { print $4 }' "/proc/$PORTAL_PID/limits")
+    note "scale section: a portal of its own on the same data dir (started afresh for each of its two tests), with WEIGHTGATE_MAX_CONNECTIONS_PER_ADDRESS=20000 and WEIGHTGATE_MAX_CONNECTIONS=20000 (the portal lowers the latter to its open-files limit, $SCALE_NOFILE, less 256), since every client comes from 127.0.0.1 and one address may hold 256 connections by default; every other setting at its default"
+    warm "$P"/objects/sha256/*/*
+
+    # sample_rss PID_OF_CLIENT [READY_FILE]: the portal's largest VmRSS, every
+    # 0.25 s while the client runs (and, with READY_FILE, while it exists),
+    # in MAX_RSS; its open descriptors at that time in MAX_FDS.
+    sample_rss() {
+        local cur fds
+        MAX_RSS=0 MAX_FDS=0 SAMPLES=0
+        while kill -0 "$1" 2>/dev/null; do
+            if [ -z "${2:-}" ] || [ -e "$2" ]; then
+                cur=$(rss "$PORTAL_PID" VmRSS 2>/dev/null || echo 0)
+                fds=$(find "/proc/$PORTAL_PID/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)
+                [ "${cur:-0}" -gt "$MAX_RSS" ] && MAX_RSS=$cur
+                [ "$fds" -gt "$MAX_FDS" ] && MAX_FDS=$fds
+                SAMPLES=$((SAMPLES + 1))
+            fi
+            sleep 0.25
+        done
+    }
+    # field FILE EXPR: a value of bench/scale.py's JSON, as a Python expression on r.
+    field() { python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$1" "$2"; }
+
+    HWM_RESET=yes
+    echo 5 >"/proc/$PORTAL_PID/clear_refs" 2>/dev/null || HWM_RESET=no
+    python3 "$HERE/scale.py" downloads --url "$BIG_URL" --clients "$SCALE_CLIENTS" \
+        --range-mib "$SCALE_RANGE_MIB" --seconds "$SCALE_SECONDS" >"$WORK/scale-downloads.json" 2>"$WORK/scale-downloads.err" &
+    SPID=$!
+    sample_rss "$SPID"
+    wait "$SPID" || { tail -5 "$WORK/scale-downloads.err" >&2; die "bench/scale.py downloads failed"; }
+    kill -0 "$PORTAL_PID" 2>/dev/null || { tail -20 "$WORK/portal.log" >&2; die "the portal died under $SCALE_CLIENTS downloads"; }
+    PEAK=$(rss "$PORTAL_PID" VmHWM)
+    J=$WORK/scale-downloads.json
+    D_MIBS=$(field "$J" 'r["mib_per_s"]') D_ERR=$(field "$J" 'r["error_count"]') D_JAIN=$(field "$J" 'r["jain_fairness"]')
+    D_REQ=$(field "$J" 'r["requests_completed"]') D_NONE=$(field "$J" 'r["clients_with_no_completed_request"]')
+    D_KINDS=$(field "$J" '", ".join(f"{k} {v}" for k, v in r["errors"].items()) or "none"')
+    D_PC=$(field "$J" '"min {min} / p10 {p10} / median {median} / max {max}".format(**r["per_client_mib_per_s"])')
+    D_TTFB=$(field "$J" '"p50 {p50} ms, p99 {p99} ms".format(**r["ttfb_ms"])')
+    log "scale downloads: $(cat "$J")"
+    log "scale downloads: portal peak RSS ${PEAK} KiB (reset: $HWM_RESET), max sampled ${MAX_RSS} KiB over $SAMPLES samples, at most $MAX_FDS descriptors open"
+    row "7. $SCALE_CLIENTS concurrent ranged downloads (\`Range\` of $SCALE_RANGE_MIB MiB each, one after another on each keep-alive connection, ${SCALE_SECONDS} s; bench/scale.py)" "$(calc "$D_MIBS" 0) MiB/s in all, $D_ERR errors, fairness $D_JAIN; peak RSS $(calc "$PEAK / 1024" 1) MiB" "idle: $(calc "$D_IDLE_RSS / 1024" 1) MiB" "$(calc "$PEAK / $D_IDLE_RSS")x idle" "no errors, peak RSS < 256 MiB" "$(met "$D_ERR == 0 && $PEAK / 1024 < 256")"
+    note "scale downloads: $D_REQ ranges of $SCALE_RANGE_MIB MiB completed, $D_NONE clients without one; errors: $D_KINDS; per client MiB/s $D_PC (fairness: Jain's index over the clients' bytes); time to first byte $D_TTFB; at most $MAX_FDS descriptors open in the portal; VmHWM reset before the load: $HWM_RESET; the client is one Python process on the same cores"
+
+    # A fresh portal, so what the downloads left in its allocator does not
+    # hide what each idle connection costs.
+    start_scale_portal
+    PRE_RSS=$SCALE_IDLE_RSS
+    READY=$WORK/scale-idle.ready
+    rm -f "$READY"
+    python3 "$HERE/scale.py" idle --url "$BASE/healthz" --connections "$SCALE_IDLE" --hold "$SCALE_HOLD" \
+        --ready-file "$READY" >"$WORK/scale-idle.json" 2>"$WORK/scale-idle.err" &
+    SPID=$!
+    sample_rss "$SPID" "$READY"
+    wait "$SPID" || { tail -5 "$WORK/scale-idle.err" >&2; die "bench/scale.py idle failed"; }
+    kill -0 "$PORTAL_PID" 2>/dev/null || { tail -20 "$WORK/portal.log" >&2; die "the portal died holding $SCALE_IDLE connections"; }
+    J=$WORK/scale-idle.json
+    I_OPEN=$(field "$J" 'r["opened"]') I_FIRST=$(field "$J" 'r["answered_first"]') I_AFTER=$(field "$J" 'r["answered_after_hold"]')
+    I_CLOSED=$(field "$J" 'r["closed_by_server_during_hold"]') I_SECS=$(field "$J" 'r["time_to_open_all_s"]')
+    I_KINDS=$(field "$J" '", ".join(f"{k} {v}" for k, v in r["failed"].items()) or "none"')
+    log "scale idle: $(cat "$J")"
+    log "scale idle: portal RSS while holding at most ${MAX_RSS} KiB over $SAMPLES samples (idle, restarted: ${SCALE_IDLE_RSS} KiB), at most $MAX_FDS descriptors open"
+    [ "$SAMPLES" -gt 0 ] || die "bench/scale.py idle never held its connections (see $WORK/scale-idle.err)"
+    row "7'. $SCALE_IDLE idle keep-alive connections (one \`GET /healthz\` each, then ${SCALE_HOLD} s idle, then another)" "RSS while holding $(calc "$MAX_RSS / 1024" 1) MiB; $I_AFTER of $SCALE_IDLE answer after the hold" "idle (restarted): $(calc "$SCALE_IDLE_RSS / 1024" 1) MiB" "$(calc "$MAX_RSS / $SCALE_IDLE_RSS")x idle; $(calc "($MAX_RSS - $PRE_RSS) / $SCALE_IDLE" 1) KiB per connection" "all answer, RSS < 256 MiB" "$(met "$I_AFTER == $SCALE_IDLE && $MAX_RSS / 1024 < 256")"
+    note "scale idle: $I_OPEN of $SCALE_IDLE connections opened and $I_FIRST answered in $I_SECS s (500 connecting at once), $I_CLOSED closed by the portal during the ${SCALE_HOLD} s hold, $I_AFTER answered after it; failures: $I_KINDS; at most $MAX_FDS descriptors open in the portal while holding; the portal closes a kept-alive connection idle for WEIGHTGATE_HEADER_TIMEOUT (30 s)"
 fi
 if [ -n "$PORTAL_PID" ] && kill -0 "$PORTAL_PID" 2>/dev/null; then
     kill -TERM "$PORTAL_PID" || true
