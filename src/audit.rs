@@ -243,6 +243,16 @@ fn hash_matches(r: &EventRow, seq: i64, buf: &mut Vec<u8>) -> bool {
 }
 
 fn digest_at(r: &EventRow, seq: i64, buf: &mut Vec<u8>) -> [u8; 32] {
+    encode_canonical(r, seq, &r.prev_hash, buf);
+    let mut h = Sha256::new();
+    h.update(b"weightgate-audit-v1\n");
+    h.update(&buf);
+    h.finalize().into()
+}
+
+/// Writes into `buf` the canonical JSON encoding of `r` at position `seq`
+/// after `prev_hash`.
+fn encode_canonical(r: &EventRow, seq: i64, prev_hash: &str, buf: &mut Vec<u8>) {
     let canonical = Canonical {
         seq,
         at: r.at,
@@ -262,15 +272,11 @@ fn digest_at(r: &EventRow, seq: i64, buf: &mut Vec<u8>) -> [u8; 32] {
         client_ip: &r.client_ip,
         user_agent: &r.user_agent,
         request_id: &r.request_id,
-        prev_hash: &r.prev_hash,
+        prev_hash,
         occurrences: r.occurrences,
     };
     buf.clear();
     serde_json::to_writer(&mut *buf, &canonical).expect("an event always encodes");
-    let mut h = Sha256::new();
-    h.update(b"weightgate-audit-v1\n");
-    h.update(&buf);
-    h.finalize().into()
 }
 
 /// Takes the log's write lock for this transaction. SQLite's write
@@ -304,39 +310,72 @@ async fn append_locked(conn: &mut AnyConnection, at: i64, events: &[Event]) -> a
 /// newest event's position and hash; `None` for an empty log).
 fn chain(head: Option<(i64, String)>, at: i64, events: &[Event]) -> Vec<EventRow> {
     let (mut seq, mut prev) = head.unwrap_or((0, GENESIS.to_owned()));
-    let mut rows = Vec::with_capacity(events.len());
     let mut buf = Vec::with_capacity(1024);
+    events
+        .iter()
+        .map(|e| {
+            seq += 1;
+            let mut row = row_of(e, at);
+            row.seq = seq;
+            row.prev_hash = std::mem::take(&mut prev);
+            row.hash = hex::encode(digest_at(&row, seq, &mut buf));
+            prev.clone_from(&row.hash);
+            row
+        })
+        .collect()
+}
+
+/// The row of an event recorded at `at`, not yet chained: no position, no
+/// hashes.
+fn row_of(e: &Event, at: i64) -> EventRow {
     let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-    for e in events {
-        seq += 1;
-        let mut row = EventRow {
-            seq,
-            at,
-            action: e.action.as_str().to_owned(),
-            outcome: e.outcome.as_str().to_owned(),
-            reason: e.reason.clone(),
-            actor: e.actor.clone(),
-            subject: e.subject.clone(),
-            model_id: e.model_id.clone(),
-            application_id: e.application_id.clone(),
-            grant_id: e.grant_id.clone(),
-            researcher_id: e.researcher_id.clone(),
-            file_id: e.file_id.clone(),
-            range_start: e.range.map(|r| to_i64(r.0)),
-            range_end: e.range.map(|r| to_i64(r.1)),
-            bytes: e.bytes.map(to_i64),
-            client_ip: e.client.ip.clone(),
-            user_agent: e.client.user_agent.clone(),
-            request_id: e.client.request_id.clone(),
-            prev_hash: std::mem::take(&mut prev),
-            hash: String::new(),
-            occurrences: e.occurrences.map(to_i64),
-        };
-        row.hash = hex::encode(digest_at(&row, seq, &mut buf));
-        prev.clone_from(&row.hash);
-        rows.push(row);
+    EventRow {
+        seq: 0,
+        at,
+        action: e.action.as_str().to_owned(),
+        outcome: e.outcome.as_str().to_owned(),
+        reason: e.reason.clone(),
+        actor: e.actor.clone(),
+        subject: e.subject.clone(),
+        model_id: e.model_id.clone(),
+        application_id: e.application_id.clone(),
+        grant_id: e.grant_id.clone(),
+        researcher_id: e.researcher_id.clone(),
+        file_id: e.file_id.clone(),
+        range_start: e.range.map(|r| to_i64(r.0)),
+        range_end: e.range.map(|r| to_i64(r.1)),
+        bytes: e.bytes.map(to_i64),
+        client_ip: e.client.ip.clone(),
+        user_agent: e.client.user_agent.clone(),
+        request_id: e.client.request_id.clone(),
+        prev_hash: String::new(),
+        hash: String::new(),
+        occurrences: e.occurrences.map(to_i64),
     }
-    rows
+}
+
+/// What an event's hash covers before its position: the domain tag and the
+/// start of its canonical encoding, whose first field is `seq`.
+const HASHED_PREFIX: &str = concat!("weightgate-audit-v1\n", "{\"seq\":");
+
+/// An unchained row's canonical encoding split around the two values only
+/// the chain's head decides: what follows its position up to its previous
+/// hash, and what follows that. Its hash at position `seq` after `prev` is
+/// SHA-256 over `HASHED_PREFIX, seq, mid, prev, post`; the database computes
+/// it so when it chains a batch decided outside the lock.
+fn fragments(r: &EventRow, buf: &mut Vec<u8>) -> (String, String) {
+    const SEQ: &str = "{\"seq\":0";
+    const PREV: &str = ",\"prev_hash\":\"";
+    encode_canonical(r, 0, "", buf);
+    let json = std::str::from_utf8(buf).expect("JSON is UTF-8");
+    debug_assert!(json.starts_with(SEQ));
+    // Only `occurrences`, a number, follows the previous hash; a quote
+    // inside a text field is escaped, so the last match is the field.
+    let prev = json
+        .rfind(PREV)
+        .expect("an event's encoding names its previous hash")
+        + PREV.len();
+    (json[SEQ.len()..prev].to_owned(), json[prev..].to_owned())
 }
 
 /// Appends one event in its own transaction.
@@ -359,8 +398,9 @@ pub(crate) struct Now<'a> {
 }
 
 /// Decides a fetch's event from what the writer finds ([`Now`]) and the
-/// time the event is recorded at.
-pub(crate) type Decide = Box<dyn FnOnce(Now<'_>, i64) -> Event + Send>;
+/// time the event is recorded at; asked again when what it found changed
+/// before the event was appended.
+pub(crate) type Decide = Box<dyn Fn(Now<'_>, i64) -> Event + Send>;
 
 /// An event that depends on the state of a grant and of a link key: the
 /// writer reads them in the transaction that appends the event, under the
@@ -439,6 +479,42 @@ impl Decided {
     }
 }
 
+/// The transfers under way that one writer recorded against a quota, by the
+/// position of the fetch event that opened each, with when: only the writer
+/// that let a transfer through records its end, so it knows which ends have
+/// a reservation to remove, and a delivery on a grant without a quota costs
+/// no statement.
+#[derive(Debug, Default)]
+struct Reservations {
+    open: HashMap<i64, i64>,
+    /// When entries older than a reservation's lifetime were last dropped.
+    pruned_at: i64,
+}
+
+impl Reservations {
+    /// Of the transfers a batch closes, those that hold a reservation.
+    fn held(&self, closes: Vec<i64>) -> Vec<i64> {
+        closes
+            .into_iter()
+            .filter(|seq| self.open.contains_key(seq))
+            .collect()
+    }
+
+    /// Takes in what a batch committed at `at`. A transfer never closed (its
+    /// handler died) stops counting after the reservation's lifetime, here
+    /// as in the database.
+    fn committed(&mut self, reserved: &[db::grants::Reserved<'_>], released: &[i64], at: i64) {
+        for seq in released {
+            self.open.remove(seq);
+        }
+        self.open.extend(reserved.iter().map(|r| (r.fetch_seq, at)));
+        if at - self.pruned_at > 60_000 {
+            self.open.retain(|_, since| *since > at - RESERVATION_LIFETIME_MS);
+            self.pruned_at = at;
+        }
+    }
+}
+
 /// The transfer a fetch event opens, as (file id, bytes asked for): an ok
 /// `file.fetch` of a range, other than a HEAD (which delivers nothing and
 /// says so in its reason).
@@ -453,47 +529,44 @@ fn opens(event: &Event) -> Option<(String, u64)> {
 /// Decides a batch's events at `at` on what the writer read. A fetch let
 /// through on a grant with a quota joins the grant's transfers under way at
 /// once, so that the next fetch in the same batch counts it too.
-fn decide_batch(facts: BatchFacts, items: Vec<Item>, at: i64) -> Decided {
-    {
-        let mut grants: HashMap<String, GrantNow> =
-            facts.grants.into_iter().map(|g| (g.id.clone(), g)).collect();
-        let mut decided = Decided {
-            events: Vec::with_capacity(items.len()),
-            reserve: Vec::new(),
-            release: Vec::new(),
+fn decide_batch(facts: BatchFacts, items: &[Item], at: i64) -> Decided {
+    let mut grants: HashMap<String, GrantNow> = facts.grants.into_iter().map(|g| (g.id.clone(), g)).collect();
+    let mut decided = Decided {
+        events: Vec::with_capacity(items.len()),
+        reserve: Vec::new(),
+        release: Vec::new(),
+    };
+    for (index, item) in items.iter().enumerate() {
+        let event = match item {
+            Item::Event(event) => (**event).clone(),
+            Item::Closing { event, closes } => {
+                decided.release.push(*closes);
+                (**event).clone()
+            }
+            Item::Guarded(g) => {
+                let now = Now {
+                    grant: grants.get(&g.grant_id),
+                    key_retired: facts.retired_keys.contains(&g.link_kid),
+                };
+                let event = (g.decide)(now, at);
+                if let Some(grant) = grants.get_mut(&g.grant_id)
+                    && grant.has_quota()
+                    && let Some((file_id, bytes)) = opens(&event)
+                {
+                    grant.open.push((file_id.clone(), bytes));
+                    decided.reserve.push(Reservation {
+                        index,
+                        grant_id: g.grant_id.clone(),
+                        file_id,
+                        bytes,
+                    });
+                }
+                event
+            }
         };
-        for (index, item) in items.into_iter().enumerate() {
-            let event = match item {
-                Item::Event(event) => *event,
-                Item::Closing { event, closes } => {
-                    decided.release.push(closes);
-                    *event
-                }
-                Item::Guarded(g) => {
-                    let now = Now {
-                        grant: grants.get(&g.grant_id),
-                        key_retired: facts.retired_keys.contains(&g.link_kid),
-                    };
-                    let event = (g.decide)(now, at);
-                    if let Some(grant) = grants.get_mut(&g.grant_id)
-                        && grant.has_quota()
-                        && let Some((file_id, bytes)) = opens(&event)
-                    {
-                        grant.open.push((file_id.clone(), bytes));
-                        decided.reserve.push(Reservation {
-                            index,
-                            grant_id: g.grant_id,
-                            file_id,
-                            bytes,
-                        });
-                    }
-                    event
-                }
-            };
-            decided.events.push(event);
-        }
-        decided
+        decided.events.push(event);
     }
+    decided
 }
 
 /// The grants a batch's guarded events name, each once.
@@ -529,8 +602,9 @@ pub struct AuditLog {
 const MAX_BATCH: usize = 1024;
 
 impl AuditLog {
-    /// Starts the writer, with a database connection of its own: on SQLite a
-    /// thread that runs each batch's statements itself, on PostgreSQL a task.
+    /// Starts the writer on a thread of its own, with a database connection
+    /// of its own: on SQLite it runs each batch's statements itself, on
+    /// PostgreSQL it drives its connection on a runtime of its own.
     pub(crate) fn start(db: Db) -> Self {
         let (queue, rx) = mpsc::channel::<Pending>(4 * MAX_BATCH);
         match db.sqlite_file() {
@@ -542,7 +616,19 @@ impl AuditLog {
                     .expect("cannot start the audit writer thread");
             }
             None => {
-                tokio::spawn(write_pooled(db, rx));
+                // A thread and a runtime of its own: each batch makes a few
+                // round trips while it holds the chain's lock, and on a busy
+                // runtime every answer from the database would wait for its
+                // turn behind the requests being served, holding the lock
+                // (and every other replica) that much longer.
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("cannot start the audit writer's runtime");
+                std::thread::Builder::new()
+                    .name("audit-writer".into())
+                    .spawn(move || runtime.block_on(write_pooled(db, rx)))
+                    .expect("cannot start the audit writer thread");
             }
         }
         Self {
@@ -672,11 +758,12 @@ fn answer(waiters: Vec<oneshot::Sender<Result<(i64, Event), String>>>, written: 
 /// The writer on SQLite: each batch in one transaction on its own connection.
 fn write_sqlite(file: &std::path::Path, mut rx: mpsc::Receiver<Pending>) {
     let mut conn = None;
+    let mut reservations = Reservations::default();
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.blocking_recv_many(&mut batch, MAX_BATCH) > 0 {
         let (items, waiters): (Vec<_>, Vec<_>) = batch.drain(..).map(|p| (p.item, p.done)).unzip();
         let count = items.len();
-        let written = write_sqlite_batch(file, &mut conn, items);
+        let written = write_sqlite_batch(file, &mut conn, &mut reservations, items);
         if written.is_err() {
             // Start the next batch on a fresh connection, in case this one is broken.
             conn = None;
@@ -688,6 +775,7 @@ fn write_sqlite(file: &std::path::Path, mut rx: mpsc::Receiver<Pending>) {
 fn write_sqlite_batch(
     file: &std::path::Path,
     conn: &mut Option<rusqlite::Connection>,
+    reservations: &mut Reservations,
     items: Vec<Item>,
 ) -> anyhow::Result<Vec<(i64, Event)>> {
     use db::sqlite_writer as sql;
@@ -705,13 +793,16 @@ fn write_sqlite_batch(
         let (grants, retired_keys) = sql::batch_facts(&tx, &grant_ids(&items), at - RESERVATION_LIFETIME_MS)?;
         BatchFacts { grants, retired_keys }
     };
-    let decided = decide_batch(facts, items, at);
+    let mut decided = decide_batch(facts, &items, at);
     let rows = chain(sql::head(&tx)?, at, &decided.events);
     sql::insert_events(&tx, &rows).context("cannot append to the audit log")?;
-    sql::reserve(&tx, &decided.reserved(&rows), at)?;
-    sql::release(&tx, &decided.release)?;
+    let released = reservations.held(std::mem::take(&mut decided.release));
+    let reserved = decided.reserved(&rows);
+    sql::reserve(&tx, &reserved, at)?;
+    sql::release(&tx, &released)?;
     tx.commit()?;
-    record_batch("sqlite", asked, locked, rows.len());
+    reservations.committed(&reserved, &released, at);
+    record_batch("sqlite", locked - asked, locked.elapsed(), rows.len());
     Ok(rows.iter().map(|r| r.seq).zip(decided.events).collect())
 }
 
@@ -719,23 +810,38 @@ fn write_sqlite_batch(
 /// PostgreSQL's advisory lock that every replica takes), how long it held it
 /// until its commit was durable, and how many events it appended: what
 /// decides how many replicas can append at once.
-fn record_batch(backend: &'static str, asked: Instant, locked: Instant, events: usize) {
+fn record_batch(backend: &'static str, wait: Duration, held: Duration, events: usize) {
     metrics::histogram!("weightgate_audit_chain_lock_wait_seconds", "backend" => backend)
-        .record(locked.duration_since(asked).as_secs_f64());
+        .record(wait.as_secs_f64());
     metrics::histogram!("weightgate_audit_chain_lock_held_seconds", "backend" => backend)
-        .record(locked.elapsed().as_secs_f64());
+        .record(held.as_secs_f64());
     metrics::histogram!("weightgate_audit_batch_events", "backend" => backend).record(events as f64);
 }
 
 /// The writer on PostgreSQL: each batch in one transaction on its own
 /// connection, under the advisory lock that keeps replicas on one chain.
 async fn write_pooled(db: Db, mut rx: mpsc::Receiver<Pending>) {
-    let mut conn = None;
+    let mut conn: Option<AnyConnection> = None;
+    let mut belief = Belief::default();
+    let mut reservations = Reservations::default();
+    let mut last_batch = Instant::now();
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let (items, waiters): (Vec<_>, Vec<_>) = batch.drain(..).map(|p| (p.item, p.done)).unzip();
         let count = items.len();
-        let written = write_pooled_batch(&db, &mut conn, items).await;
+        // A server connection can have been dropped while the writer was
+        // idle (a database restart, a network cut): after any pause, check
+        // it first, as the pool does, rather than fail the batch. Under load
+        // the batches follow one another without a pause, and the check
+        // would only cost a round trip each.
+        if last_batch.elapsed() > IDLE_BEFORE_PING
+            && let Some(open) = &mut conn
+            && open.ping().await.is_err()
+        {
+            conn = None;
+        }
+        let written = write_pooled_batch(&db, &mut conn, &mut belief, &mut reservations, items).await;
+        last_batch = Instant::now();
         if written.is_err() {
             conn = None;
         }
@@ -743,51 +849,248 @@ async fn write_pooled(db: Db, mut rx: mpsc::Receiver<Pending>) {
     }
 }
 
+/// How long the pooled writer's connection may sit unused before a batch
+/// checks that it still answers: longer than the writer waits between
+/// batches under load, shorter than any pause.
+const IDLE_BEFORE_PING: Duration = Duration::from_millis(10);
+
+/// One batch on the pooled writer's connection: on PostgreSQL decided
+/// outside the chain's lock when it can be, else under it.
 async fn write_pooled_batch(
     db: &Db,
     conn: &mut Option<AnyConnection>,
+    belief: &mut Belief,
+    reservations: &mut Reservations,
     items: Vec<Item>,
 ) -> anyhow::Result<Vec<(i64, Event)>> {
-    // A server connection can have been dropped while the writer was idle
-    // (a database restart, a network cut): check it first, as the pool does,
-    // rather than fail the batch.
-    if let Some(open) = conn
-        && open.ping().await.is_err()
-    {
-        *conn = None;
-    }
     let conn = match conn {
         Some(conn) => conn,
         None => conn.insert(db.connect_one().await?),
     };
-    let mut tx = db.begin_on(conn).await?;
+    if db.backend() == Backend::Postgres
+        && let Some(written) = append_unlocked(conn, belief, reservations, &items).await?
+    {
+        return Ok(written);
+    }
+    write_locked(db, conn, reservations, &items).await
+}
+
+/// What the PostgreSQL writer believes about the grants its fetches name
+/// and the link keys' retirement, kept from batch to batch: a batch is
+/// decided on it without the chain's lock, and the database checks it under
+/// the lock before appending (see [`append_unlocked`]). A belief proved
+/// wrong is dropped whole and read again.
+#[derive(Debug, Default)]
+struct Belief {
+    grants: HashMap<String, GrantNow>,
+    retired_keys: Option<HashSet<String>>,
+}
+
+/// Grants a belief holds before it is dropped and read again.
+const BELIEF_KEPT: usize = 100_000;
+
+/// PostgreSQL: decides the batch on the writer's [`Belief`] (reading what it
+/// lacks, without the chain's lock), then appends it in one statement
+/// (`weightgate_audit_append`) that holds the lock only while it runs and
+/// its commit, and that first checks that nothing the decisions rest on has
+/// changed: no grant revoked, extended, removed or given a quota, no link
+/// key of the batch retired. No round trip is made while the lock is held,
+/// so replicas append side by side, and a batch makes one round trip in all.
+///
+/// `None` when the batch must be decided under the lock instead: it names a
+/// grant with a quota (whose transfers under way change with every fetch on
+/// it), or the belief was wrong, which the database found before appending
+/// anything.
+async fn append_unlocked(
+    conn: &mut AnyConnection,
+    belief: &mut Belief,
+    reservations: &mut Reservations,
+    items: &[Item],
+) -> anyhow::Result<Option<Vec<(i64, Event)>>> {
+    use db::postgres_writer as pg;
+    let ids = grant_ids(items);
+    let unknown: Vec<&str> = ids
+        .iter()
+        .copied()
+        .filter(|id| !belief.grants.contains_key(*id))
+        .collect();
+    if !unknown.is_empty() || belief.retired_keys.is_none() {
+        if belief.grants.len() + unknown.len() > BELIEF_KEPT {
+            *belief = Belief::default();
+        }
+        let facts = pg::facts(conn, &unknown, db::keys::LINK).await?;
+        belief
+            .grants
+            .extend(facts.grants.into_iter().map(|g| (g.id.clone(), g)));
+        belief.retired_keys = Some(facts.retired_keys);
+    }
+    let grants: Vec<GrantNow> = ids
+        .iter()
+        .filter_map(|id| belief.grants.get(*id).cloned())
+        .collect();
+    if grants.iter().any(GrantNow::has_quota) {
+        return Ok(None);
+    }
+    let retired_keys = belief.retired_keys.clone().unwrap_or_default();
+    let mut keys: Vec<(&str, bool)> = items
+        .iter()
+        .filter_map(|item| match item {
+            Item::Guarded(g) => Some((g.link_kid.as_str(), retired_keys.contains(&g.link_kid))),
+            Item::Event(_) | Item::Closing { .. } => None,
+        })
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let at = now_ms();
+    let mut decided = decide_batch(
+        BatchFacts {
+            grants: grants.clone(),
+            retired_keys: retired_keys.clone(),
+        },
+        items,
+        at,
+    );
+    if !decided.reserve.is_empty() {
+        return Ok(None);
+    }
+    let released = reservations.held(std::mem::take(&mut decided.release));
+    let rows: Vec<EventRow> = decided.events.iter().map(|e| row_of(e, at)).collect();
+    let seen = pg::Seen {
+        grants: &grants,
+        keys: &keys,
+    };
+    let mut buf = Vec::with_capacity(1024);
+    let unchained: Vec<pg::Unchained<'_>> = rows
+        .iter()
+        .enumerate()
+        .map(|(ord, row)| {
+            let (mid, post) = fragments(row, &mut buf);
+            pg::Unchained { ord, row, mid, post }
+        })
+        .collect();
+    let Some(appended) = pg::append(conn, HASHED_PREFIX, &unchained, &seen, &released).await? else {
+        metrics::counter!("weightgate_audit_batches_decided_again_total").increment(1);
+        *belief = Belief::default();
+        return Ok(None);
+    };
+    reservations.committed(&[], &released, at);
+    record_batch("postgres", appended.wait, appended.held, rows.len());
+    Ok(Some((appended.first..).zip(decided.events).collect()))
+}
+
+/// A batch decided and appended in one transaction under the chain's lock:
+/// on PostgreSQL three round trips while it is held (the facts with the
+/// head, the writes, the commit), and two more per grant with a quota.
+async fn write_locked(
+    db: &Db,
+    conn: &mut AnyConnection,
+    reservations: &mut Reservations,
+    items: &[Item],
+) -> anyhow::Result<Vec<(i64, Event)>> {
     let asked = Instant::now();
-    lock_chain(&mut tx, db.backend()).await?;
+    let mut tx = db::audit::begin_appending(conn).await?;
     let locked = Instant::now();
     let at = now_ms();
-    let facts = if grant_ids(&items).is_empty() {
-        BatchFacts::default()
+    let open_since = at - RESERVATION_LIFETIME_MS;
+    let postgres = db.backend() == Backend::Postgres;
+    let (facts, head) = if postgres {
+        let facts = db::postgres_writer::facts(&mut tx, &grant_ids(items), db::keys::LINK).await?;
+        let grants = db::grants::with_quota_details(&mut tx, facts.grants, open_since).await?;
+        let facts_head = facts.head;
+        let facts = BatchFacts {
+            grants,
+            retired_keys: facts.retired_keys,
+        };
+        (facts, facts_head)
     } else {
-        BatchFacts {
-            grants: db::grants::current(&mut tx, &grant_ids(&items), at - RESERVATION_LIFETIME_MS).await?,
-            retired_keys: db::keys::retired(&mut *tx, db::keys::LINK).await?,
-        }
+        let facts = if grant_ids(items).is_empty() {
+            BatchFacts::default()
+        } else {
+            BatchFacts {
+                grants: db::grants::current(&mut tx, &grant_ids(items), open_since).await?,
+                retired_keys: db::keys::retired(&mut *tx, db::keys::LINK).await?,
+            }
+        };
+        (facts, db::audit::head(&mut *tx).await?)
     };
-    let decided = decide_batch(facts, items, at);
-    let head = db::audit::head(&mut *tx).await?;
+    let mut decided = decide_batch(facts, items, at);
     let rows = chain(head, at, &decided.events);
-    db::audit::insert_many(&mut tx, &rows)
-        .await
-        .context("cannot append to the audit log")?;
-    for r in decided.reserved(&rows) {
-        db::grants::reserve(&mut tx, &r, at).await?;
+    let released = reservations.held(std::mem::take(&mut decided.release));
+    let reserved = decided.reserved(&rows);
+    if postgres {
+        db::postgres_writer::write(&mut tx, &rows, &reserved, &released, at)
+            .await
+            .context("cannot append to the audit log")?;
+    } else {
+        db::audit::insert_many(&mut tx, &rows)
+            .await
+            .context("cannot append to the audit log")?;
+        db::grants::reserve(&mut tx, &reserved, at).await?;
+        db::grants::release(&mut tx, &released).await?;
     }
-    db::grants::release(&mut tx, &decided.release).await?;
     tx.commit().await?;
+    reservations.committed(&reserved, &released, at);
     let backend = match db.backend() {
         db::Backend::Sqlite => "sqlite",
         db::Backend::Postgres => "postgres",
     };
-    record_batch(backend, asked, locked, rows.len());
+    record_batch(backend, locked - asked, locked.elapsed(), rows.len());
     Ok(rows.iter().map(|r| r.seq).zip(decided.events).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An event whose text fields hold what could confuse a split of its
+    /// encoding: quotes, backslashes, the name of the field the split looks
+    /// for, control characters and text beyond ASCII.
+    fn awkward(occurrences: Option<u64>) -> Event {
+        let mut event = Event::refused(Action::FileFetch, "grant_revoked")
+            .subject(r#"x","prev_hash":"","occurrences":1}\"#)
+            .actor("Zoë \u{1F9EA} \u{0007}\n\"quoted\"")
+            .model(r"C:\models\")
+            .grant("g-1");
+        event.client.user_agent = Some(",\"prev_hash\":\"".into());
+        event.range = Some((0, u64::MAX));
+        event.occurrences = occurrences;
+        event
+    }
+
+    #[test]
+    fn fragments_around_position_and_previous_hash_hash_as_the_chain_does() {
+        let mut buf = Vec::new();
+        for occurrences in [None, Some(7)] {
+            let events = [awkward(occurrences), Event::ok(Action::PortalStopped)];
+            let mut prev = "ab".repeat(32);
+            let chained = chain(Some((41, prev.clone())), 1_764_600_000_123, &events);
+            for (row, event) in chained.iter().zip(&events) {
+                let (mid, post) = fragments(&row_of(event, 1_764_600_000_123), &mut buf);
+                let hashed = format!("{HASHED_PREFIX}{}{mid}{prev}{post}", row.seq);
+                let mut h = Sha256::new();
+                h.update(hashed.as_bytes());
+                assert_eq!(hex::encode(h.finalize()), row.hash, "{hashed}");
+                assert_eq!(row.hash, event_hash(row));
+                prev.clone_from(&row.hash);
+            }
+        }
+    }
+
+    #[test]
+    fn a_batch_decided_twice_decides_alike() {
+        let items = [
+            Item::Event(Box::new(awkward(None))),
+            Item::Closing {
+                event: Box::new(Event::ok(Action::FileDelivered)),
+                closes: 9,
+            },
+        ];
+        let first = decide_batch(BatchFacts::default(), &items, 5);
+        let again = decide_batch(BatchFacts::default(), &items, 5);
+        assert_eq!(
+            chain(None, 5, &first.events)[1].hash,
+            chain(None, 5, &again.events)[1].hash
+        );
+        assert_eq!((first.release, again.release), (vec![9], vec![9]));
+    }
 }

@@ -9,8 +9,13 @@
 //! - `weightgate_audit_chain_lock_wait_seconds{backend}`,
 //!   `weightgate_audit_chain_lock_held_seconds{backend}` and
 //!   `weightgate_audit_batch_events{backend}`: per batch of audit events,
-//!   the wait for the chain's lock, the time it was held until the commit
-//!   was durable, and the events appended
+//!   the wait for the chain's lock, the time it was held (until the commit
+//!   was durable; on PostgreSQL, for a batch appended in one statement, until
+//!   that statement's end, the commit's flush following), and the events
+//!   appended
+//! - `weightgate_audit_batches_decided_again_total`: PostgreSQL batches
+//!   decided outside the chain's lock on facts that changed before it was
+//!   granted, so decided again under it (see `audit::append_unlocked`)
 //! - `weightgate_outbox_depth`: e-mails not yet sent
 //! - `weightgate_rate_limited_total{limit}`: answers 429 by limit
 //! - `weightgate_unavailable_total{what}`: answers 503 by what was

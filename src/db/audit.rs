@@ -55,8 +55,15 @@ pub async fn insert(tx: &mut Tx, r: &EventRow) -> sqlx::Result<()> {
 /// both databases' limits on bound parameters.
 const INSERT_ROWS: usize = 500;
 
-/// Inserts events in as few statements as their number allows.
+/// Inserts events in as few statements as their number allows: on
+/// PostgreSQL one, whatever their number.
 pub(crate) async fn insert_many(conn: &mut AnyConnection, rows: &[EventRow]) -> sqlx::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    if super::is_postgres(conn) {
+        return insert_json(conn, rows).await;
+    }
     for chunk in rows.chunks(INSERT_ROWS) {
         let mut sql = format!("INSERT INTO audit_events ({COLUMNS}) VALUES ");
         for i in 0..chunk.len() {
@@ -94,13 +101,47 @@ pub(crate) async fn insert_many(conn: &mut AnyConnection, rows: &[EventRow]) -> 
     Ok(())
 }
 
-/// Takes PostgreSQL's transaction-scoped advisory lock that serialises every
-/// replica's appends to the log.
-pub(crate) async fn lock_chain_postgres(conn: &mut AnyConnection) -> sqlx::Result<()> {
-    sqlx::query("SELECT pg_advisory_xact_lock(4242001)")
+/// PostgreSQL: the rows travel as one JSON parameter, so the statement's
+/// text never changes and the connection keeps it prepared: one round trip
+/// for a batch of any size, against two (parse, then bind) for a statement
+/// whose text follows the number of rows.
+async fn insert_json(conn: &mut AnyConnection, rows: &[EventRow]) -> sqlx::Result<()> {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "INSERT INTO audit_events ({COLUMNS}) SELECT {COLUMNS} FROM json_populate_recordset(NULL::audit_events, $1::json)"
+        )
+    });
+    let rows = serde_json::to_string(rows).map_err(|e| sqlx::Error::Encode(e.into()))?;
+    sqlx::query(sqlx::AssertSqlSafe(SQL.as_str()))
+        .bind(rows)
         .execute(conn)
         .await
         .map(|_| ())
+}
+
+/// PostgreSQL's transaction-scoped advisory lock that serialises every
+/// replica's appends to the log.
+const CHAIN_LOCK: &str = "SELECT pg_advisory_xact_lock(4242001)";
+
+/// Takes the chain's lock in the transaction under way (PostgreSQL).
+pub(crate) async fn lock_chain_postgres(conn: &mut AnyConnection) -> sqlx::Result<()> {
+    sqlx::query(CHAIN_LOCK).execute(conn).await.map(|_| ())
+}
+
+/// Opens a transaction that holds the chain's lock, in one round trip: on
+/// PostgreSQL `BEGIN` and the lock go together as one simple query (the
+/// statements after it each see what was committed before the lock was
+/// granted); on SQLite `BEGIN IMMEDIATE` takes the write lock.
+pub(crate) async fn begin_appending(
+    conn: &mut AnyConnection,
+) -> sqlx::Result<sqlx::Transaction<'_, sqlx::Any>> {
+    use sqlx::Connection as _;
+    if super::is_postgres(conn) {
+        conn.begin_with(sqlx::AssertSqlSafe(format!("BEGIN; {CHAIN_LOCK}")))
+            .await
+    } else {
+        conn.begin_with("BEGIN IMMEDIATE").await
+    }
 }
 
 pub(super) const HEAD: &str = "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1";

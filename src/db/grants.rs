@@ -92,7 +92,7 @@ pub(crate) async fn list<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<Vec<GrantV
 
 /// What can change about a grant after it is made, with its model's limits
 /// and, when the model has any, the grant's deliveries so far.
-#[derive(Clone, Debug, FromRow)]
+#[derive(Clone, Debug, FromRow, serde::Deserialize, serde::Serialize)]
 pub(crate) struct GrantNow {
     pub(crate) id: String,
     pub(crate) expires_at: i64,
@@ -100,10 +100,12 @@ pub(crate) struct GrantNow {
     pub(crate) quota_bytes: Option<i64>,
     pub(crate) quota_files: Option<i64>,
     #[sqlx(skip)]
+    #[serde(skip)]
     pub(crate) deliveries: Vec<Delivery>,
     /// Transfers let through and not yet recorded as delivered, as the audit
     /// writer knows them: (file id, bytes asked for).
     #[sqlx(skip)]
+    #[serde(skip)]
     pub(crate) open: Vec<(String, u64)>,
 }
 
@@ -143,7 +145,17 @@ pub(crate) async fn current(
     for id in ids {
         query = query.bind(*id);
     }
-    let mut grants = query.fetch_all(&mut *conn).await?;
+    let grants = query.fetch_all(&mut *conn).await?;
+    with_quota_details(conn, grants, open_since).await
+}
+
+/// Adds to each grant whose model limits deliveries its deliveries and its
+/// transfers under way since `open_since`.
+pub(crate) async fn with_quota_details(
+    conn: &mut AnyConnection,
+    mut grants: Vec<GrantNow>,
+    open_since: i64,
+) -> sqlx::Result<Vec<GrantNow>> {
     for g in &mut grants {
         if g.has_quota() {
             g.deliveries = deliveries(&mut *conn, &g.id).await?;
@@ -171,16 +183,22 @@ pub(crate) struct Reserved<'a> {
     pub(crate) bytes: u64,
 }
 
-/// Records a transfer under way at `at`.
-pub(crate) async fn reserve(conn: &mut AnyConnection, r: &Reserved<'_>, at: i64) -> sqlx::Result<()> {
-    sqlx::query(RESERVE)
-        .bind(r.fetch_seq)
-        .bind(r.grant_id)
-        .bind(r.file_id)
-        .bind(i64::try_from(r.bytes).unwrap_or(i64::MAX))
-        .bind(at)
-        .execute(conn)
-        .await?;
+/// Records transfers under way at `at`.
+pub(crate) async fn reserve(
+    conn: &mut AnyConnection,
+    reserved: &[Reserved<'_>],
+    at: i64,
+) -> sqlx::Result<()> {
+    for r in reserved {
+        sqlx::query(RESERVE)
+            .bind(r.fetch_seq)
+            .bind(r.grant_id)
+            .bind(r.file_id)
+            .bind(i64::try_from(r.bytes).unwrap_or(i64::MAX))
+            .bind(at)
+            .execute(&mut *conn)
+            .await?;
+    }
     Ok(())
 }
 

@@ -10,6 +10,7 @@ pub(crate) mod keys;
 pub mod models;
 pub(crate) mod outbox;
 pub(crate) mod policy;
+pub(crate) mod postgres_writer;
 pub(crate) mod researchers;
 pub mod reviewers;
 pub mod sessions;
@@ -193,18 +194,6 @@ impl Db {
         };
         Ok(tx)
     }
-
-    /// [`Db::begin`] on a connection of its own.
-    pub(crate) async fn begin_on<'c>(
-        &self,
-        conn: &'c mut AnyConnection,
-    ) -> anyhow::Result<sqlx::Transaction<'c, Any>> {
-        let tx = match self.backend {
-            Backend::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => conn.begin().await?,
-        };
-        Ok(tx)
-    }
 }
 
 /// `count` placeholders, separated by commas, numbered from `$first` on; on
@@ -212,6 +201,11 @@ impl Db {
 /// parameter by a linear search of the statement's parameters, so a
 /// statement with hundreds of them costs time quadratic in their number to
 /// prepare and to bind.
+/// Whether `conn` speaks to PostgreSQL.
+pub(crate) fn is_postgres(conn: &AnyConnection) -> bool {
+    conn.backend_name() == "PostgreSQL"
+}
+
 pub(crate) fn placeholders(conn: &AnyConnection, first: usize, count: usize) -> String {
     let sqlite = conn.backend_name() == "SQLite";
     let mut list = String::with_capacity(count * 5);
@@ -241,8 +235,9 @@ mod tests {
     /// cannot add a CHECK to a table that exists, and uses triggers where
     /// PostgreSQL adds constraints (`types::states` checks both list the
     /// same values); the access URLs' migration reads the clock, which the
-    /// two spell differently.
-    const IN_EACH_DIALECT: &[i64] = &[20261130140000, 20261130150000];
+    /// two spell differently; the audit append function is PostgreSQL's
+    /// alone.
+    const IN_EACH_DIALECT: &[i64] = &[20261130140000, 20261130150000, 20261201140000];
 
     /// The two dialects differ only in integer width: SQLite's INTEGER is
     /// 64-bit, PostgreSQL's is not.

@@ -477,27 +477,30 @@ struct FetchDecision {
 }
 
 impl FetchDecision {
-    fn decide(self, now: Now<'_>, at: i64) -> Event {
+    /// May be asked more than once: when what it was decided on changed
+    /// before the event could be appended, the writer asks again.
+    fn decide(&self, now: Now<'_>, at: i64) -> Event {
         let Self {
             grant,
             file,
             file_name,
             range,
             fixed_reason,
-            mut event,
+            event,
         } = self;
+        let (range, fixed_reason, mut event) = (*range, *fixed_reason, event.clone());
         let file = file.as_deref();
         let (reason, grant, file) = match now.grant {
             None => (Some(Refusal::BadSignature.code()), None, None),
-            Some(_) if now.key_retired => (Some(Refusal::KeyRetired.code()), Some(&*grant), None),
-            Some(g) if g.revoked_at.is_some() => (Some(Refusal::GrantRevoked.code()), Some(&*grant), None),
-            Some(g) if g.expires_at <= at => (Some(Refusal::GrantExpired.code()), Some(&*grant), None),
+            Some(_) if now.key_retired => (Some(Refusal::KeyRetired.code()), Some(&**grant), None),
+            Some(g) if g.revoked_at.is_some() => (Some(Refusal::GrantRevoked.code()), Some(&**grant), None),
+            Some(g) if g.expires_at <= at => (Some(Refusal::GrantExpired.code()), Some(&**grant), None),
             Some(g) if file.is_some_and(|f| quota_spent(g, &f.id, requested(range))) => {
-                (Some(Refusal::QuotaSpent.code()), Some(&*grant), file)
+                (Some(Refusal::QuotaSpent.code()), Some(&**grant), file)
             }
-            Some(_) => (fixed_reason, Some(&*grant), file),
+            Some(_) => (fixed_reason, Some(&**grant), file),
         };
-        describe(&mut event, grant, file, &file_name);
+        describe(&mut event, grant, file, file_name);
         match reason {
             Some(reason) => {
                 event.outcome = Outcome::Refused;

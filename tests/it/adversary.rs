@@ -960,6 +960,81 @@ async fn a_retired_key_stops_its_links_at_once_on_every_replica() {
     replica.stop().await;
 }
 
+both!(a_revocation_committed_while_a_fetch_waits_for_the_chain_refuses_it);
+/// A fetch is decided on what the writer believes of its grant; on
+/// PostgreSQL that belief is read without the chain's lock and kept from
+/// batch to batch. A revocation (here by another replica, or straight in
+/// the database) that commits while the fetch's event waits for the lock
+/// must still refuse the fetch: the log cannot show a fetch let through
+/// after the revocation it follows.
+async fn a_revocation_committed_while_a_fetch_waits_for_the_chain_refuses_it() {
+    use sqlx::Connection as _;
+    let t = TestApp::spawn().await;
+    let access = t.approved_researcher("race@uni.example.edu").await;
+    let links = t.download_links(&access).await;
+    let (_, link) = &links[2];
+    // The writer now knows the grant as live.
+    assert_eq!(t.client.get(link).send().await.unwrap().status(), StatusCode::OK);
+    let postgres = t.app.db.backend() == weightgate::db::Backend::Postgres;
+    let mut holder = t.app.db.pool().acquire().await.unwrap();
+    let mut holding = holder
+        .begin_with(if postgres { "BEGIN" } else { "BEGIN IMMEDIATE" })
+        .await
+        .unwrap();
+    if postgres {
+        sqlx::query("SELECT pg_advisory_xact_lock(4242001)")
+            .execute(&mut *holding)
+            .await
+            .unwrap();
+    }
+    let fetch = tokio::spawn(t.client.get(link).send());
+    if postgres {
+        // Until the fetch's batch waits for the lock.
+        let mut waiting = 0_i64;
+        for _ in 0..200 {
+            waiting = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+            )
+            .fetch_one(t.app.db.pool())
+            .await
+            .unwrap();
+            if waiting > 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(waiting, 1, "the fetch never waited for the chain's lock");
+    } else {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    sqlx::query("UPDATE grants SET revoked_at = $1, revoked_reason = 'race' WHERE revoked_at IS NULL")
+        .bind(weightgate::types::now_ms())
+        .execute(&mut *holding)
+        .await
+        .unwrap();
+    holding.commit().await.unwrap();
+
+    let response = fetch.await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "grant_revoked");
+    let events = t.audit_events().await;
+    let fetches: Vec<_> = events.iter().filter(|e| e.action == "file.fetch").collect();
+    assert_eq!(fetches.len(), 2, "{fetches:?}");
+    assert_eq!(fetches[1].reason.as_deref(), Some("grant_revoked"));
+    assert!(t.app.verify_audit_log().await.unwrap().is_intact());
+    if postgres {
+        let decided_again = t
+            .metrics()
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix("weightgate_audit_batches_decided_again_total "))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        assert!(decided_again >= 1.0, "the batch was not decided again");
+    }
+}
+
 both!(a_link_valid_for_longer_than_the_portal_makes_them_is_refused);
 async fn a_link_valid_for_longer_than_the_portal_makes_them_is_refused() {
     let t = TestApp::spawn().await;
