@@ -5,15 +5,13 @@ use std::{
     path::{Component, Path, PathBuf},
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
 
 use anyhow::Context;
 use bytes::Bytes;
-use tokio::io::AsyncReadExt;
-use tokio_util::io::ReaderStream;
 
 use super::{BucketObject, ByteStream, Changed, ChunkCheck, Expected, Locked, ObjectStore, Sent};
 
@@ -42,8 +40,39 @@ impl LocalDir {
     }
 }
 
-/// Read buffer for streaming downloads.
+/// Read buffer for streaming downloads, while few are under way.
 const CHUNK: usize = 256 * 1024;
+
+/// What the read buffers of every download under way may take together, as
+/// a guide: past `CHUNK_BUDGET / CHUNK` downloads at once each reads less at
+/// a time (down to `MIN_CHUNK`), so that a thousand downloads do not hold a
+/// thousand full buffers, and their memory stays near that of a few hundred.
+const CHUNK_BUDGET: usize = 64 * 1024 * 1024;
+const MIN_CHUNK: usize = 32 * 1024;
+
+/// Downloads being read from the local store, in this process.
+static READING: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts a download in [`READING`] for as long as it lives.
+struct Reading;
+
+impl Reading {
+    fn start() -> Self {
+        READING.fetch_add(1, Ordering::Relaxed);
+        Self
+    }
+}
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        READING.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How much a download reads at a time with `reading` under way.
+fn chunk_size(reading: usize) -> usize {
+    (CHUNK_BUDGET / reading.max(1)).clamp(MIN_CHUNK, CHUNK)
+}
 
 /// Copies `source` to a new file at `target`, checking each chunk against
 /// `expected` before its bytes are written, and syncs it; `done` counts the
@@ -168,8 +197,7 @@ impl ObjectStore for LocalDir {
         if let Some(bytes) = whole {
             return Ok(Box::pin(futures_util::stream::once(async move { Ok(bytes) })));
         }
-        let reader = tokio::fs::File::from_std(file).take(len);
-        Ok(Box::pin(ReaderStream::with_capacity(reader, CHUNK)))
+        Ok(read_range(file, start, len))
     }
 
     /// A file written once: created only if absent, synced, and made
@@ -277,12 +305,55 @@ impl ObjectStore for LocalDir {
     }
 }
 
+/// Streams `len` bytes of `file` from `start` on, one chunk per trip to the
+/// blocking pool, each read straight into the buffer that is sent: no second
+/// buffer in between (as an async file keeps) and no copy from one to the
+/// other. Chunks are smaller when many downloads are under way
+/// ([`chunk_size`]). A file shorter than the range ends the stream with an
+/// error.
+fn read_range(file: std::fs::File, start: u64, len: u64) -> ByteStream {
+    use std::os::unix::fs::FileExt as _;
+    let file = std::sync::Arc::new(file);
+    let reading = Reading::start();
+    Box::pin(futures_util::stream::try_unfold(
+        (start, len),
+        move |(at, left)| {
+            let file = std::sync::Arc::clone(&file);
+            let _reading = &reading;
+            let chunk = chunk_size(READING.load(Ordering::Relaxed));
+            async move {
+                if left == 0 {
+                    return Ok(None);
+                }
+                let n = usize::try_from(left.min(chunk as u64)).unwrap_or(chunk);
+                let chunk = tokio::task::spawn_blocking(move || -> io::Result<Bytes> {
+                    let mut buf = vec![0; n];
+                    file.read_exact_at(&mut buf, at)?;
+                    Ok(Bytes::from(buf))
+                })
+                .await
+                .map_err(io::Error::other)??;
+                Ok(Some((chunk, (at + n as u64, left - n as u64))))
+            }
+        },
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
     use futures_util::TryStreamExt;
 
     use super::*;
+
+    #[test]
+    fn many_downloads_at_once_read_less_each() {
+        assert_eq!(chunk_size(0), CHUNK);
+        assert_eq!(chunk_size(CHUNK_BUDGET / CHUNK), CHUNK);
+        assert_eq!(chunk_size(1_000), 67_108);
+        assert_eq!(chunk_size(100_000), MIN_CHUNK);
+        assert!((1..5_000).all(|n| chunk_size(n) * n <= CHUNK_BUDGET.max(n * MIN_CHUNK)));
+    }
 
     #[tokio::test]
     async fn stored_objects_read_back_by_range() {
