@@ -893,8 +893,9 @@ const BELIEF_KEPT: usize = 100_000;
 /// lacks, without the chain's lock), then appends it in one statement
 /// (`weightgate_audit_append`) that holds the lock only while it runs and
 /// its commit, and that first checks that nothing the decisions rest on has
-/// changed: no grant revoked, extended, removed or given a quota, no link
-/// key of the batch retired. No round trip is made while the lock is held,
+/// changed: no grant revoked, extended, removed or given a quota, none live
+/// when decided expired while the batch waited for the lock, no link key of
+/// the batch retired. No round trip is made while the lock is held,
 /// so replicas append side by side, and a batch makes one round trip in all.
 ///
 /// `None` when the batch must be decided under the lock instead: it names a
@@ -909,14 +910,16 @@ async fn append_unlocked(
 ) -> anyhow::Result<Option<Vec<(i64, Event)>>> {
     use db::postgres_writer as pg;
     let ids = grant_ids(items);
-    let unknown: Vec<&str> = ids
+    let mut unknown: Vec<&str> = ids
         .iter()
         .copied()
         .filter(|id| !belief.grants.contains_key(*id))
         .collect();
     if !unknown.is_empty() || belief.retired_keys.is_none() {
         if belief.grants.len() + unknown.len() > BELIEF_KEPT {
+            // Dropped whole: every grant of the batch is to be read again.
             *belief = Belief::default();
+            unknown.clone_from(&ids);
         }
         let facts = pg::facts(conn, &unknown, db::keys::LINK).await?;
         belief
@@ -968,7 +971,7 @@ async fn append_unlocked(
             pg::Unchained { ord, row, mid, post }
         })
         .collect();
-    let Some(appended) = pg::append(conn, HASHED_PREFIX, &unchained, &seen, &released).await? else {
+    let Some(appended) = pg::append(conn, HASHED_PREFIX, at, &unchained, &seen, &released).await? else {
         metrics::counter!("weightgate_audit_batches_decided_again_total").increment(1);
         *belief = Belief::default();
         return Ok(None);

@@ -2,16 +2,18 @@
 -- statement that holds the lock only while it runs (and its commit).
 --
 -- The writer read what its fetches depend on (the grants' state, the link
--- keys' retirement) without the lock, and decided each event. Under the lock
--- this function first checks that none of it has changed since; if anything
--- did, it appends nothing and returns no row, and the writer decides the
--- batch again under the lock. Otherwise it chains the events on after the
+-- keys' retirement) without the lock, and decided each event at p_at. Under
+-- the lock this function first checks that none of it has changed since, and
+-- that no grant then live may have expired while the batch waited (or that
+-- it waited over a second); if so it appends nothing and returns no row, and
+-- the writer decides the batch again under the lock, at the time it holds it. Otherwise it chains the events on after the
 -- head: each event's hash is SHA-256 over its canonical encoding, which the
 -- writer sends split around the two values only the head decides, the
 -- position (`seq`) and the previous hash:
 --     p_prefix || seq || mid || prev_hash || post
 -- so the hashes are those `audit verify` recomputes.
 --
+-- p_at:       the time (Unix ms) the batch was decided at, its events' time
 -- p_events:   [{ord, at, action, ..., occurrences, mid, post}], ord counting
 --             from 0 in the order they are to be appended
 -- p_grants:   [{id, expires_at, revoked_at, quota_bytes, quota_files}] as read
@@ -20,7 +22,7 @@
 -- Returns the position of the first event, the seconds spent waiting for
 -- the lock, and the seconds it was held until the function returned (the
 -- commit's flush follows, still under the lock).
-CREATE FUNCTION weightgate_audit_append(p_prefix TEXT, p_events JSON, p_grants JSON, p_keys JSON, p_released JSON)
+CREATE FUNCTION weightgate_audit_append(p_prefix TEXT, p_at BIGINT, p_events JSON, p_grants JSON, p_keys JSON, p_released JSON)
 RETURNS TABLE (first_seq BIGINT, lock_wait DOUBLE PRECISION, lock_held DOUBLE PRECISION)
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
@@ -33,11 +35,29 @@ DECLARE
     prevs TEXT[] := '{}';
     hashes TEXT[] := '{}';
 BEGIN
+    -- Each statement after the lock must see every batch committed before
+    -- it was granted: READ COMMITTED takes a snapshot per statement.
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'weightgate_audit_append needs READ COMMITTED, not %',
+            current_setting('transaction_isolation');
+    END IF;
     PERFORM pg_advisory_xact_lock(4242001);
     granted := clock_timestamp();
-    -- Each statement from here on sees every batch committed before the lock
-    -- was granted (READ COMMITTED takes a snapshot per statement).
+    -- Decided too long ago: the events' time would stand too far from their
+    -- place in the chain.
+    IF granted - asked > interval '1 second' THEN
+        RETURN;
+    END IF;
     IF EXISTS (
+        -- A grant live when the batch was decided that may have ended since,
+        -- by the database's clock or by the writer's plus the wait.
+        SELECT 1
+          FROM json_to_recordset(p_grants) AS seen(id TEXT, expires_at BIGINT)
+         WHERE seen.expires_at > p_at
+           AND seen.expires_at <= greatest(
+                   (extract(epoch FROM granted) * 1000)::BIGINT,
+                   p_at + (extract(epoch FROM granted - asked) * 1000)::BIGINT + 1)
+    ) OR EXISTS (
         SELECT 1
           FROM json_to_recordset(p_grants)
                AS seen(id TEXT, expires_at BIGINT, revoked_at BIGINT, quota_bytes BIGINT, quota_files BIGINT)

@@ -87,12 +87,14 @@ pub(crate) struct Appended {
     pub(crate) held: Duration,
 }
 
-/// Appends `events` in one statement under the chain's lock if nothing
-/// `seen` has changed; `None`, with nothing appended, when something has.
-/// `prefix` is what every event's hash covers before its position.
+/// Appends `events`, decided at `at`, in one statement under the chain's
+/// lock if nothing `seen` has changed and no grant then live may have
+/// expired since; `None`, with nothing appended, otherwise. `prefix` is what
+/// every event's hash covers before its position.
 pub(crate) async fn append(
     conn: &mut AnyConnection,
     prefix: &str,
+    at: i64,
     events: &[Unchained<'_>],
     seen: &Seen<'_>,
     released: &[i64],
@@ -103,9 +105,10 @@ pub(crate) async fn append(
         .map(|(kid, retired)| serde_json::json!({ "kid": kid, "retired": retired }))
         .collect();
     let appended: Option<(i64, f64, f64)> = sqlx::query_as(
-        "SELECT first_seq, lock_wait, lock_held FROM weightgate_audit_append($1, $2::json, $3::json, $4::json, $5::json)",
+        "SELECT first_seq, lock_wait, lock_held FROM weightgate_audit_append($1, $2, $3::json, $4::json, $5::json, $6::json)",
     )
     .bind(prefix)
+    .bind(at)
     .bind(serde_json::to_string(events)?)
     .bind(serde_json::to_string(seen.grants)?)
     .bind(serde_json::to_string(&keys)?)

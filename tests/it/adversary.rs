@@ -1035,6 +1035,80 @@ async fn a_revocation_committed_while_a_fetch_waits_for_the_chain_refuses_it() {
     }
 }
 
+both!(a_grant_that_ends_while_a_fetch_waits_for_the_chain_refuses_it);
+/// The same race with time: a fetch decided while its grant was live, whose
+/// event waits for the chain's lock until after the grant's end, is refused
+/// (decided again at the time it can be appended), not let through late.
+async fn a_grant_that_ends_while_a_fetch_waits_for_the_chain_refuses_it() {
+    use sqlx::Connection as _;
+    let t = TestApp::spawn().await;
+    let access = t.approved_researcher("late@uni.example.edu").await;
+    let links = t.download_links(&access).await;
+    let (_, link) = &links[2];
+    let ends = weightgate::types::now_ms() + 800;
+    sqlx::query("UPDATE grants SET expires_at = $1")
+        .bind(ends)
+        .execute(t.app.db.pool())
+        .await
+        .unwrap();
+    // The writer learns the grant's new end.
+    for _ in 0..2 {
+        assert_eq!(t.client.get(link).send().await.unwrap().status(), StatusCode::OK);
+    }
+    let postgres = t.app.db.backend() == weightgate::db::Backend::Postgres;
+    let mut holder = t.app.db.pool().acquire().await.unwrap();
+    let mut holding = holder
+        .begin_with(if postgres { "BEGIN" } else { "BEGIN IMMEDIATE" })
+        .await
+        .unwrap();
+    if postgres {
+        sqlx::query("SELECT pg_advisory_xact_lock(4242001)")
+            .execute(&mut *holding)
+            .await
+            .unwrap();
+    }
+    let fetch = tokio::spawn(t.client.get(link).send());
+    if postgres {
+        let mut waiting = 0_i64;
+        for _ in 0..100 {
+            waiting = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+            )
+            .fetch_one(t.app.db.pool())
+            .await
+            .unwrap();
+            if waiting > 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(waiting, 1, "the fetch never waited for the chain's lock");
+    }
+    let wait = ends + 100 - weightgate::types::now_ms();
+    tokio::time::sleep(std::time::Duration::from_millis(u64::try_from(wait).unwrap_or(0))).await;
+    holding.commit().await.unwrap();
+
+    let response = fetch.await.unwrap().unwrap();
+    let status = response.status();
+    let events = t.audit_events().await;
+    let fetches: Vec<_> = events
+        .iter()
+        .filter(|e| e.action == "file.fetch")
+        .map(|e| (e.at, e.reason.clone()))
+        .collect();
+    assert_eq!(status, StatusCode::FORBIDDEN, "ends {ends}: {fetches:?}");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "grant_expired");
+    let last = events.iter().rfind(|e| e.action == "file.fetch").unwrap();
+    assert_eq!(last.reason.as_deref(), Some("grant_expired"));
+    assert!(
+        last.at >= ends,
+        "recorded at {} before the grant's end {ends}",
+        last.at
+    );
+    assert!(t.app.verify_audit_log().await.unwrap().is_intact());
+}
+
 both!(a_link_valid_for_longer_than_the_portal_makes_them_is_refused);
 async fn a_link_valid_for_longer_than_the_portal_makes_them_is_refused() {
     let t = TestApp::spawn().await;
