@@ -960,24 +960,15 @@ async fn a_retired_key_stops_its_links_at_once_on_every_replica() {
     replica.stop().await;
 }
 
-both!(a_revocation_committed_while_a_fetch_waits_for_the_chain_refuses_it);
-/// A fetch is decided on what the writer believes of its grant; on
-/// PostgreSQL that belief is read without the chain's lock and kept from
-/// batch to batch. A revocation (here by another replica, or straight in
-/// the database) that commits while the fetch's event waits for the lock
-/// must still refuse the fetch: the log cannot show a fetch let through
-/// after the revocation it follows.
-async fn a_revocation_committed_while_a_fetch_waits_for_the_chain_refuses_it() {
-    use sqlx::Connection as _;
-    let t = TestApp::spawn().await;
-    let access = t.approved_researcher("race@uni.example.edu").await;
-    let links = t.download_links(&access).await;
-    let (_, link) = &links[2];
-    // The writer now knows the grant as live.
-    assert_eq!(t.client.get(link).send().await.unwrap().status(), StatusCode::OK);
+/// Takes the audit chain's lock as another writer would, in a transaction
+/// the caller commits: PostgreSQL's advisory lock, or SQLite's write lock.
+/// Also says whether the portal runs on PostgreSQL.
+async fn hold_the_chain(t: &TestApp) -> (bool, sqlx::Transaction<'static, sqlx::Any>) {
     let postgres = t.app.db.backend() == weightgate::db::Backend::Postgres;
-    let mut holder = t.app.db.pool().acquire().await.unwrap();
-    let mut holding = holder
+    let mut holding = t
+        .app
+        .db
+        .pool()
         .begin_with(if postgres { "BEGIN" } else { "BEGIN IMMEDIATE" })
         .await
         .unwrap();
@@ -987,23 +978,44 @@ async fn a_revocation_committed_while_a_fetch_waits_for_the_chain_refuses_it() {
             .await
             .unwrap();
     }
+    (postgres, holding)
+}
+
+/// PostgreSQL: returns once one batch waits for the chain's advisory lock.
+async fn until_a_batch_waits_for_the_chain(t: &TestApp) {
+    let mut waiting = 0_i64;
+    for _ in 0..400 {
+        waiting =
+            sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+                .fetch_one(t.app.db.pool())
+                .await
+                .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(waiting, 1, "the fetch never waited for the chain's lock");
+}
+
+both!(a_revocation_committed_while_a_fetch_waits_for_the_chain_refuses_it);
+/// A fetch is decided on what the writer believes of its grant; on
+/// PostgreSQL that belief is read without the chain's lock and kept from
+/// batch to batch. A revocation (here by another replica, or straight in
+/// the database) that commits while the fetch's event waits for the lock
+/// must still refuse the fetch: the log cannot show a fetch let through
+/// after the revocation it follows.
+async fn a_revocation_committed_while_a_fetch_waits_for_the_chain_refuses_it() {
+    let t = TestApp::spawn().await;
+    let access = t.approved_researcher("race@uni.example.edu").await;
+    let links = t.download_links(&access).await;
+    let (_, link) = &links[2];
+    // The writer now knows the grant as live.
+    assert_eq!(t.client.get(link).send().await.unwrap().status(), StatusCode::OK);
+    let (postgres, mut holding) = hold_the_chain(&t).await;
     let fetch = tokio::spawn(t.client.get(link).send());
     if postgres {
-        // Until the fetch's batch waits for the lock.
-        let mut waiting = 0_i64;
-        for _ in 0..200 {
-            waiting = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
-            )
-            .fetch_one(t.app.db.pool())
-            .await
-            .unwrap();
-            if waiting > 0 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        assert_eq!(waiting, 1, "the fetch never waited for the chain's lock");
+        until_a_batch_waits_for_the_chain(&t).await;
     } else {
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
@@ -1040,7 +1052,6 @@ both!(a_grant_that_ends_while_a_fetch_waits_for_the_chain_refuses_it);
 /// event waits for the chain's lock until after the grant's end, is refused
 /// (decided again at the time it can be appended), not let through late.
 async fn a_grant_that_ends_while_a_fetch_waits_for_the_chain_refuses_it() {
-    use sqlx::Connection as _;
     let t = TestApp::spawn().await;
     let access = t.approved_researcher("late@uni.example.edu").await;
     let links = t.download_links(&access).await;
@@ -1055,34 +1066,10 @@ async fn a_grant_that_ends_while_a_fetch_waits_for_the_chain_refuses_it() {
     for _ in 0..2 {
         assert_eq!(t.client.get(link).send().await.unwrap().status(), StatusCode::OK);
     }
-    let postgres = t.app.db.backend() == weightgate::db::Backend::Postgres;
-    let mut holder = t.app.db.pool().acquire().await.unwrap();
-    let mut holding = holder
-        .begin_with(if postgres { "BEGIN" } else { "BEGIN IMMEDIATE" })
-        .await
-        .unwrap();
-    if postgres {
-        sqlx::query("SELECT pg_advisory_xact_lock(4242001)")
-            .execute(&mut *holding)
-            .await
-            .unwrap();
-    }
+    let (postgres, holding) = hold_the_chain(&t).await;
     let fetch = tokio::spawn(t.client.get(link).send());
     if postgres {
-        let mut waiting = 0_i64;
-        for _ in 0..100 {
-            waiting = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
-            )
-            .fetch_one(t.app.db.pool())
-            .await
-            .unwrap();
-            if waiting > 0 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-        assert_eq!(waiting, 1, "the fetch never waited for the chain's lock");
+        until_a_batch_waits_for_the_chain(&t).await;
     }
     let wait = ends + 100 - weightgate::types::now_ms();
     tokio::time::sleep(std::time::Duration::from_millis(u64::try_from(wait).unwrap_or(0))).await;
