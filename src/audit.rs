@@ -948,7 +948,7 @@ async fn append_unlocked(
     let mut decided = decide_batch(
         BatchFacts {
             grants: grants.clone(),
-            retired_keys: retired_keys.clone(),
+            retired_keys,
         },
         items,
         at,
