@@ -1096,6 +1096,39 @@ async fn a_grant_that_ends_while_a_fetch_waits_for_the_chain_refuses_it() {
     assert!(t.app.verify_audit_log().await.unwrap().is_intact());
 }
 
+/// The append function checks what a batch was decided on after it takes
+/// the chain's lock, which holds only if that check sees what committed
+/// before the lock: under an older snapshot (an operator's default of
+/// REPEATABLE READ) it refuses to run rather than check the past.
+mod the_append_function_refuses_a_snapshot_older_than_its_lock {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        let Some(db) = TestDb::postgres().await else {
+            return;
+        };
+        TEST_DB
+            .scope(db, async {
+                let t = TestApp::spawn().await;
+                let mut tx = t
+                    .app
+                    .db
+                    .pool()
+                    .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ")
+                    .await
+                    .unwrap();
+                let refused =
+                    sqlx::query("SELECT * FROM weightgate_audit_append('', 0, '[]', '[]', '[]', '[]')")
+                        .execute(&mut *tx)
+                        .await
+                        .unwrap_err();
+                assert!(refused.to_string().contains("needs READ COMMITTED"), "{refused}");
+            })
+            .await;
+    }
+}
+
 both!(a_link_valid_for_longer_than_the_portal_makes_them_is_refused);
 async fn a_link_valid_for_longer_than_the_portal_makes_them_is_refused() {
     let t = TestApp::spawn().await;
