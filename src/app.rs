@@ -148,6 +148,30 @@ impl App {
         }
     }
 
+    /// Keeps the totals the download reports read a few seconds behind the
+    /// log at most, so that a report or the dashboard seldom folds more than
+    /// that itself.
+    pub async fn fold_reports_periodically(self: Arc<Self>, every: Duration) {
+        let mut ticks = tokio::time::interval(every.max(Duration::from_millis(100)));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            match crate::audit::report::catch_up(&self.db).await {
+                Ok(done) if done.folded > 0 => {
+                    tracing::debug!(
+                        events = done.folded,
+                        rebuilt = done.rebuilt,
+                        "folded audit events into the report totals"
+                    )
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::error!(error = %format!("{err:#}"), "cannot fold the audit log into the report totals")
+                }
+            }
+        }
+    }
+
     /// Recomputes the audit log's chain and checks every checkpoint in the
     /// database and in the witness, with the keys this portal trusts.
     pub async fn verify_audit_log(&self) -> anyhow::Result<crate::audit::Verification> {

@@ -35,7 +35,7 @@ pub(crate) mod action;
 pub mod checkpoint;
 pub(crate) mod filter;
 pub mod refusals;
-pub(crate) mod report;
+pub mod report;
 mod verify;
 pub(crate) mod witness;
 

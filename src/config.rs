@@ -201,6 +201,11 @@ pub struct Config {
     #[arg(long, env = "WEIGHTGATE_AUDIT_CHECKPOINT_EVERY", default_value = "10min", value_parser = humantime::parse_duration, global = true)]
     pub(crate) audit_checkpoint_every: Duration,
 
+    /// How often a running portal folds new audit events into the totals the
+    /// download reports read (a report folds what is left itself).
+    #[arg(long, env = "WEIGHTGATE_REPORTS_EVERY", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
+    pub reports_every: Duration,
+
     /// How long before a grant expires its researcher gets a reminder by e-mail.
     #[arg(long, env = "WEIGHTGATE_EXPIRY_REMINDER", default_value = "7days", value_parser = humantime::parse_duration, global = true)]
     pub(crate) expiry_reminder: Duration,
@@ -488,6 +493,7 @@ impl fmt::Debug for Config {
             .field("max_connections", &self.max_connections)
             .field("max_connections_per_address", &self.max_connections_per_address)
             .field("audit_checkpoint_every", &self.audit_checkpoint_every)
+            .field("reports_every", &self.reports_every)
             .field("expiry_reminder", &self.expiry_reminder)
             .field("notices_every", &self.notices_every)
             .field(

@@ -6,21 +6,37 @@
 //! off part-way, counting only the bytes actually sent), cover it from its
 //! first byte to its last. The moment that last gap closed is when they
 //! completed it.
+//!
+//! The reports do not scan the log. The log is folded, event by event in
+//! its order, into totals kept in the database (see `fold` and the report
+//! tables of `db::reports`): what each researcher holds of each file, fetch
+//! counts per grant, address and hour, refusals per address and hour. The
+//! fold remembers the last event it took, and every report first brings it
+//! to the log's head, so a report says what the whole log says; the portal
+//! also folds in the background so that this is seldom more than a few
+//! seconds' work. Folding is a function of the log alone:
+//! `weightgate audit rebuild-reports` empties the totals and folds the log
+//! again, and must arrive at the same rows.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use anyhow::Context;
-use futures_util::TryStreamExt;
 
 use crate::db::{
     self, Db,
-    audit::{Delivered, ModelFile},
+    audit::ModelFile,
+    reports::{
+        Additions, AddressRow, CoverageKey, CoverageRow, Cursor, DailyRow, DownloadsRow, FetchCountRow,
+        FoldRow, GrantFetchesRow, RefusalRow,
+    },
 };
 
-/// Byte ranges of one file, as sorted, disjoint, half-open spans.
+/// Byte ranges of one file, as disjoint, half-open spans keyed by their
+/// start: adding a span costs a logarithm of their number, whatever order
+/// the ranges come in.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Coverage {
-    spans: Vec<(u64, u64)>,
+    spans: BTreeMap<u64, u64>,
 }
 
 impl Coverage {
@@ -30,37 +46,61 @@ impl Coverage {
             return;
         }
         let (mut start, mut end) = (start, end);
-        let mut merged = Vec::with_capacity(self.spans.len() + 1);
-        let mut placed = false;
-        for &(a, b) in &self.spans {
-            if b < start {
-                merged.push((a, b));
-            } else if a > end {
-                if !placed {
-                    merged.push((start, end));
-                    placed = true;
-                }
-                merged.push((a, b));
-            } else {
-                start = start.min(a);
-                end = end.max(b);
-            }
+        // A span that starts before `start` and reaches it.
+        if let Some((&a, &b)) = self.spans.range(..start).next_back()
+            && b >= start
+        {
+            start = a;
+            end = end.max(b);
         }
-        if !placed {
-            merged.push((start, end));
+        // Every span that starts within the new one.
+        while let Some((&a, &b)) = self.spans.range(start..=end).next() {
+            end = end.max(b);
+            self.spans.remove(&a);
         }
-        self.spans = merged;
+        self.spans.insert(start, end);
     }
 
     /// `true` when bytes `0..size` are all covered.
     pub(crate) fn covers(&self, size: u64) -> bool {
-        size == 0 || self.spans.first().is_some_and(|&(a, b)| a == 0 && b >= size)
+        size == 0
+            || self
+                .spans
+                .first_key_value()
+                .is_some_and(|(&a, &b)| a == 0 && b >= size)
     }
 
     /// Distinct bytes covered.
     #[cfg(test)]
     fn bytes(&self) -> u64 {
         self.spans.iter().map(|(a, b)| b - a).sum()
+    }
+
+    #[cfg(test)]
+    fn spans(&self) -> Vec<(u64, u64)> {
+        self.spans.iter().map(|(&a, &b)| (a, b)).collect()
+    }
+
+    /// The spans as text, `start-end` separated by commas.
+    fn encode(&self) -> String {
+        let mut out = String::new();
+        for (i, (a, b)) in self.spans.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&format!("{a}-{b}"));
+        }
+        out
+    }
+
+    /// Reads what `encode` wrote.
+    fn decode(text: &str) -> Option<Self> {
+        let mut c = Coverage::default();
+        for span in text.split(',').filter(|s| !s.is_empty()) {
+            let (a, b) = span.split_once('-')?;
+            c.add(a.parse().ok()?, b.parse().ok()?);
+        }
+        Some(c)
     }
 }
 
@@ -88,69 +128,357 @@ pub(crate) fn delivered_span(
     Some((start, end))
 }
 
-/// When each researcher completed each file: `(researcher, file) -> time`.
-struct Completion {
-    done: HashMap<(String, String), i64>,
-    emails: HashMap<String, String>,
+const MINUTE_MS: i64 = 60_000;
+const HOUR_MS: i64 = 3_600_000;
+const DAY_MS: i64 = 86_400_000;
+
+/// The start of the `span`-long bucket `at` falls in.
+fn bucket(at: i64, span: i64) -> i64 {
+    at.div_euclid(span) * span
 }
 
-/// Follows every delivery of the given files, in log order per researcher
-/// and file, to when their coverage became whole.
-async fn completion(
-    db: &Db,
-    model_id: Option<&str>,
-    sizes: &HashMap<String, u64>,
-) -> anyhow::Result<Completion> {
-    let mut done = HashMap::new();
-    let mut emails = HashMap::new();
-    let mut current: Option<(String, String)> = None;
-    let mut coverage = Coverage::default();
-    let mut complete = false;
-    let mut rows = db::audit::delivered(db.pool(), model_id);
-    while let Some(row) = rows.try_next().await? {
-        let Delivered {
-            at,
-            researcher_id,
-            email,
-            file_id,
-            outcome,
-            range_start,
-            range_end,
-            bytes,
-            ..
-        } = row;
-        let Some(&size) = sizes.get(&file_id) else {
-            continue;
-        };
-        let key = (researcher_id, file_id);
-        if current.as_ref() != Some(&key) {
-            current = Some(key.clone());
-            coverage = Coverage::default();
-            complete = false;
+/// The first whole hour at or after `since`: totals kept per hour answer
+/// for the time from there on, the log itself for the part-hour before it.
+fn whole_hours_from(since: i64) -> i64 {
+    if since == i64::MIN {
+        return i64::MIN;
+    }
+    let start = bucket(since, HOUR_MS);
+    if start == since {
+        since
+    } else {
+        start.saturating_add(HOUR_MS)
+    }
+}
+
+/// Events folded in one step (one write transaction).
+const STEP: i64 = 10_000;
+
+/// What bringing the reports up to date did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CaughtUp {
+    /// Events folded.
+    pub folded: i64,
+    /// The log was no longer the one the totals were folded from (an event
+    /// they had taken was changed or is gone): they were emptied and the
+    /// log folded again from its start.
+    pub rebuilt: bool,
+}
+
+/// Folds every event the report totals have not taken yet.
+pub async fn catch_up(db: &Db) -> anyhow::Result<CaughtUp> {
+    catch_up_at_most(db, i64::MAX).await
+}
+
+/// Folds the events the report totals have not taken yet, but stops after
+/// about `most` of them: for a page that should not wait on a long fold.
+pub(crate) async fn catch_up_at_most(db: &Db, most: i64) -> anyhow::Result<CaughtUp> {
+    let mut done = CaughtUp::default();
+    while done.folded < most {
+        // Most calls find nothing to do; they learn it without a write
+        // transaction.
+        let head = db::audit::head(db.pool()).await?;
+        let cursor = db::reports::cursor(db.pool()).await?;
+        if head.as_ref().map(|(seq, hash)| (*seq, Some(hash))) == Some((cursor.seq, cursor.hash.as_ref()))
+            || (head.is_none() && cursor.seq == 0)
+        {
+            break;
         }
-        if let Some(email) = email {
-            emails.entry(key.0.clone()).or_insert(email);
-        }
-        if complete {
-            continue;
-        }
-        if let Some((start, end)) = delivered_span(range_start, range_end, bytes) {
-            coverage.add(start, end);
-        }
-        // An empty file is complete once a transfer of it finished.
-        if (size > 0 || outcome == "ok") && coverage.covers(size) {
-            complete = true;
-            done.insert(key, at);
+        match step(db).await? {
+            Step::Folded(n) => done.folded += n,
+            Step::Rewritten => {
+                tracing::warn!(
+                    "an event the report totals were folded from changed or is gone: the totals were emptied                      and are folded again from the log; run `weightgate audit verify`"
+                );
+                done.rebuilt = true;
+            }
+            Step::Nothing => break,
         }
     }
-    Ok(Completion { done, emails })
+    Ok(done)
 }
 
-fn sizes(files: &[ModelFile]) -> HashMap<String, u64> {
-    files
-        .iter()
-        .map(|f| (f.file_id.clone(), u64::try_from(f.size).unwrap_or(0)))
-        .collect()
+/// Empties the report totals and folds the whole log again.
+pub async fn rebuild(db: &Db) -> anyhow::Result<CaughtUp> {
+    let mut tx = db.begin().await?;
+    db::reports::lock_cursor(&mut tx).await?;
+    db::reports::clear(&mut tx).await?;
+    tx.commit().await?;
+    catch_up(db).await
+}
+
+enum Step {
+    Folded(i64),
+    Rewritten,
+    Nothing,
+}
+
+/// Folds the next events after the cursor. The events are read and what
+/// they add is worked out before the write transaction, which then only
+/// checks that the cursor did not move meanwhile, writes and moves it: on
+/// SQLite the audit writer waits for the database's write lock only that
+/// long.
+async fn step(db: &Db) -> anyhow::Result<Step> {
+    let cursor = db::reports::cursor(db.pool()).await?;
+    if cursor.seq > 0 && db::reports::hash_at(db.pool(), cursor.seq).await? != cursor.hash {
+        let mut tx = db.begin().await?;
+        if db::reports::lock_cursor(&mut tx).await? != cursor {
+            return Ok(Step::Folded(0));
+        }
+        db::reports::clear(&mut tx).await?;
+        tx.commit().await?;
+        return Ok(Step::Rewritten);
+    }
+    let rows = db::reports::events(db.pool(), cursor.seq, STEP).await?;
+    let Some(last) = rows.last() else {
+        return Ok(Step::Nothing);
+    };
+    let next = Cursor {
+        seq: last.seq,
+        hash: Some(last.hash.clone()),
+    };
+    let (mut additions, delivered) = fold(&rows);
+    let mut tx = db.begin().await?;
+    // Another fold took these events first: what was worked out here is
+    // stale; the caller looks again.
+    if db::reports::lock_cursor(&mut tx).await? != cursor {
+        return Ok(Step::Folded(0));
+    }
+    // Coverage replaces what is stored, so it is read under the lock: a
+    // cursor can come back to the same place (after a rebuild) with other
+    // coverage stored than when the events were read.
+    additions.coverage = fold_coverage(&mut tx, &delivered).await?;
+    db::reports::add(&mut tx, &additions).await?;
+    db::reports::set_cursor(&mut tx, &next).await?;
+    tx.commit().await?;
+    Ok(Step::Folded(i64::try_from(rows.len()).unwrap_or(i64::MAX)))
+}
+
+/// What `rows`, events in log order, add to the report totals: everything
+/// an event contributes is decided here and in [`fold_coverage`], which
+/// takes the `file.delivered` events returned, and nowhere else.
+fn fold(rows: &[FoldRow]) -> (Additions, Vec<&FoldRow>) {
+    let mut downloads: HashMap<(&str, &str), DownloadsRow> = HashMap::new();
+    let mut addresses: HashSet<(&str, &str, &str)> = HashSet::new();
+    let mut grant_fetches: HashMap<(&str, i64, &str), GrantFetchesRow> = HashMap::new();
+    let mut fetch_counts: HashMap<(&str, i64, i64), i64> = HashMap::new();
+    let mut refusals: HashMap<(&str, &str, &str, i64), RefusalRow> = HashMap::new();
+    let mut daily: HashMap<(&str, i64), i64> = HashMap::new();
+    let mut delivered: Vec<&FoldRow> = Vec::new();
+    for r in rows {
+        let fetch = r.action == "file.fetch";
+        let delivery = r.action == "file.delivered";
+        if (fetch || delivery)
+            && let (Some(researcher), Some(model)) = (r.researcher_id.as_deref(), r.model_id.as_deref())
+        {
+            let d = downloads
+                .entry((researcher, model))
+                .or_insert_with(|| DownloadsRow {
+                    researcher_id: researcher.to_owned(),
+                    model_id: model.to_owned(),
+                    ..DownloadsRow::default()
+                });
+            if fetch {
+                match r.outcome.as_str() {
+                    "ok" => {
+                        d.fetches += 1;
+                        d.first_fetch = Some(d.first_fetch.map_or(r.at, |t| t.min(r.at)));
+                        d.last_fetch = Some(d.last_fetch.map_or(r.at, |t| t.max(r.at)));
+                    }
+                    "refused" => d.refused += 1,
+                    _ => {}
+                }
+                if let Some(ip) = r.client_ip.as_deref() {
+                    addresses.insert((researcher, model, ip));
+                }
+            } else {
+                d.bytes = d.bytes.saturating_add(r.bytes.unwrap_or(0));
+            }
+        }
+        if fetch && let Some(grant) = r.grant_id.as_deref() {
+            let hour = bucket(r.at, HOUR_MS);
+            let ip = r.client_ip.as_deref().unwrap_or("");
+            let g = grant_fetches
+                .entry((grant, hour, ip))
+                .or_insert_with(|| GrantFetchesRow {
+                    grant_id: grant.to_owned(),
+                    hour,
+                    client_ip: ip.to_owned(),
+                    fetches: 0,
+                    revoked: 0,
+                    first_at: r.at,
+                    last_at: r.at,
+                    revoked_first_at: None,
+                    revoked_last_at: None,
+                });
+            g.fetches += 1;
+            if r.outcome == "refused" && r.reason.as_deref() == Some("grant_revoked") {
+                g.revoked += 1;
+                g.revoked_first_at = Some(g.revoked_first_at.map_or(r.at, |t| t.min(r.at)));
+                g.revoked_last_at = Some(g.revoked_last_at.map_or(r.at, |t| t.max(r.at)));
+            }
+            g.first_at = g.first_at.min(r.at);
+            g.last_at = g.last_at.max(r.at);
+            for span in [MINUTE_MS, HOUR_MS] {
+                *fetch_counts.entry((grant, span, bucket(r.at, span))).or_default() += 1;
+            }
+        }
+        if delivery {
+            if r.outcome == "ok"
+                && let Some(model) = r.model_id.as_deref()
+            {
+                *daily.entry((model, bucket(r.at, DAY_MS))).or_default() += 1;
+            }
+            if r.researcher_id.is_some() && r.file_id.is_some() && r.range_start.is_some() {
+                delivered.push(r);
+            }
+        }
+        if r.outcome == "refused"
+            && let (Some(reason), Some(ip)) = (r.reason.as_deref(), r.client_ip.as_deref())
+        {
+            let hour = bucket(r.at, HOUR_MS);
+            let f = refusals
+                .entry((&r.action, reason, ip, hour))
+                .or_insert_with(|| RefusalRow {
+                    action: r.action.clone(),
+                    reason: reason.to_owned(),
+                    client_ip: ip.to_owned(),
+                    hour,
+                    events: 0,
+                    first_at: r.at,
+                    last_at: r.at,
+                });
+            f.events = f.events.saturating_add(r.occurrences.unwrap_or(1));
+            f.first_at = f.first_at.min(r.at);
+            f.last_at = f.last_at.max(r.at);
+        }
+    }
+    let additions = Additions {
+        coverage: Vec::new(),
+        downloads: downloads.into_values().collect(),
+        addresses: addresses
+            .into_iter()
+            .map(|(researcher, model, ip)| AddressRow {
+                researcher_id: researcher.to_owned(),
+                model_id: model.to_owned(),
+                client_ip: ip.to_owned(),
+            })
+            .collect(),
+        grant_fetches: grant_fetches.into_values().collect(),
+        fetch_counts: fetch_counts
+            .into_iter()
+            .map(|((grant, span, bucket), fetches)| FetchCountRow {
+                grant_id: grant.to_owned(),
+                span,
+                bucket,
+                fetches,
+            })
+            .collect(),
+        refusals: refusals.into_values().collect(),
+        daily: daily
+            .into_iter()
+            .map(|((model, day), count)| DailyRow {
+                model_id: model.to_owned(),
+                day,
+                count,
+            })
+            .collect(),
+    };
+    (additions, delivered)
+}
+
+/// A researcher's coverage of a file while the fold follows it.
+struct Following {
+    model_id: Option<String>,
+    coverage: Coverage,
+    completed_at: Option<i64>,
+}
+
+/// The new coverage of every (researcher, file) that `delivered`, the
+/// `file.delivered` events of a step in log order, adds bytes to.
+async fn fold_coverage(
+    conn: &mut sqlx::AnyConnection,
+    delivered: &[&FoldRow],
+) -> anyhow::Result<Vec<CoverageRow>> {
+    let mut keys: Vec<CoverageKey<'_>> = Vec::new();
+    let mut seen: HashSet<(&str, &str)> = HashSet::new();
+    let mut files: Vec<&str> = Vec::new();
+    for r in delivered {
+        let (Some(researcher), Some(file)) = (r.researcher_id.as_deref(), r.file_id.as_deref()) else {
+            continue;
+        };
+        if seen.insert((researcher, file)) {
+            keys.push(CoverageKey {
+                researcher_id: researcher,
+                file_id: file,
+            });
+            if !files.contains(&file) {
+                files.push(file);
+            }
+        }
+    }
+    let sizes: HashMap<String, u64> = db::reports::file_sizes(conn, &files)
+        .await?
+        .into_iter()
+        .map(|(id, size)| (id, u64::try_from(size).unwrap_or(0)))
+        .collect();
+    let mut following: HashMap<(String, String), Following> = HashMap::new();
+    for row in db::reports::coverage_of(conn, &keys).await? {
+        let coverage = Coverage::decode(&row.spans).with_context(|| {
+            format!(
+                "the stored coverage of file {} by researcher {} is unreadable; run `weightgate audit rebuild-reports`",
+                row.file_id, row.researcher_id
+            )
+        })?;
+        following.insert(
+            (row.researcher_id, row.file_id),
+            Following {
+                model_id: row.model_id,
+                coverage,
+                completed_at: row.completed_at,
+            },
+        );
+    }
+    let mut changed: HashSet<(String, String)> = HashSet::new();
+    for r in delivered {
+        let (Some(researcher), Some(file), Some(range_start)) =
+            (r.researcher_id.as_deref(), r.file_id.as_deref(), r.range_start)
+        else {
+            continue;
+        };
+        // Bytes of a file the portal no longer knows count for nothing.
+        let Some(&size) = sizes.get(file) else { continue };
+        let key = (researcher.to_owned(), file.to_owned());
+        let f = following.entry(key.clone()).or_insert_with(|| Following {
+            model_id: r.model_id.clone(),
+            coverage: Coverage::default(),
+            completed_at: None,
+        });
+        if f.completed_at.is_some() {
+            continue;
+        }
+        if let Some((start, end)) = delivered_span(range_start, r.range_end, r.bytes) {
+            f.coverage.add(start, end);
+        }
+        // An empty file is complete once a transfer of it finished.
+        if (size > 0 || r.outcome == "ok") && f.coverage.covers(size) {
+            f.completed_at = Some(r.at);
+        }
+        changed.insert(key);
+    }
+    Ok(changed
+        .into_iter()
+        .filter_map(|key| {
+            let f = following.remove(&key)?;
+            Some(CoverageRow {
+                researcher_id: key.0,
+                file_id: key.1,
+                model_id: f.model_id,
+                spans: f.coverage.encode(),
+                completed_at: f.completed_at,
+            })
+        })
+        .collect())
 }
 
 async fn model_id(db: &Db, slug: &str) -> anyhow::Result<String> {
@@ -185,31 +513,17 @@ pub(crate) async fn downloads(db: &Db, model: Option<&str>) -> anyhow::Result<Ve
         Some(slug) => Some(model_id(db, slug).await?),
         None => None,
     };
+    catch_up(db).await?;
     let files = db::audit::published_files(db.pool(), model_id.as_deref()).await?;
-    let sizes = sizes(&files);
-    let model_of: HashMap<&str, &str> = files
-        .iter()
-        .map(|f| (f.file_id.as_str(), f.model_id.as_str()))
-        .collect();
     let mut total: HashMap<&str, usize> = HashMap::new();
     for f in &files {
         *total.entry(f.model_id.as_str()).or_default() += 1;
     }
-    let completion = completion(db, model_id.as_deref(), &sizes).await?;
-    let mut complete: HashMap<(&str, &str), usize> = HashMap::new();
-    for (researcher, file) in completion.done.keys() {
-        if let Some(model) = model_of.get(file.as_str()) {
-            *complete.entry((researcher.as_str(), model)).or_default() += 1;
-        }
-    }
-    let totals = db::audit::delivery_totals(db.pool(), model_id.as_deref()).await?;
+    let totals = db::reports::delivery_totals(db.pool(), model_id.as_deref()).await?;
     Ok(totals
         .into_iter()
         .map(|t| DownloadSummary {
-            files_complete: complete
-                .get(&(t.researcher_id.as_str(), t.model_id.as_str()))
-                .copied()
-                .unwrap_or(0),
+            files_complete: usize::try_from(t.files_complete).unwrap_or(0),
             files_total: total.get(t.model_id.as_str()).copied().unwrap_or(0),
             researcher: t.email.unwrap_or_else(|| t.researcher_id.clone()),
             researcher_id: t.researcher_id,
@@ -237,8 +551,6 @@ pub(crate) struct Holder {
     pub(crate) completed_at: i64,
 }
 
-const DAY_MS: i64 = 86_400_000;
-
 /// Completed downloads per model per day over the last days, for the
 /// dashboard's charts: every model, with a zero for each quiet day.
 #[derive(Debug)]
@@ -261,13 +573,16 @@ pub(crate) async fn daily_deliveries(db: &Db, days: usize, now_ms: i64) -> anyho
         .collect();
     let mut per_model: BTreeMap<String, Vec<u64>> =
         slugs.values().map(|slug| (slug.clone(), vec![0; days])).collect();
-    for (model_id, at) in db::audit::completed_transfers_since(pool, first_day_ms).await? {
-        if let Some(slug) = model_id.and_then(|id| slugs.get(&id))
+    // A page should not wait on a long fold; the portal folds in the
+    // background too.
+    catch_up_at_most(db, STEP).await?;
+    for (model_id, day, count) in db::reports::daily_deliveries(pool, first_day_ms).await? {
+        if let Some(slug) = slugs.get(&model_id)
             && let Some(counts) = per_model.get_mut(slug)
-            && let Ok(day) = usize::try_from((at - first_day_ms) / DAY_MS)
-            && let Some(count) = counts.get_mut(day)
+            && let Ok(index) = usize::try_from((day - first_day_ms) / DAY_MS)
+            && let Some(slot) = counts.get_mut(index)
         {
-            *count += 1;
+            *slot += u64::try_from(count).unwrap_or(0);
         }
     }
     Ok(DailyDeliveries {
@@ -288,8 +603,15 @@ pub(crate) async fn who_has(db: &Db, model: &str, release: Option<&str>) -> anyh
             "model {model} has no published release {release:?} with files"
         );
     }
-    let sizes = sizes(&files);
-    let completion = completion(db, Some(&model_id), &sizes).await?;
+    catch_up(db).await?;
+    let mut done: HashMap<(String, String), i64> = HashMap::new();
+    let mut emails: HashMap<String, String> = HashMap::new();
+    for c in db::reports::completed(db.pool(), &model_id).await? {
+        if let Some(email) = c.email {
+            emails.insert(c.researcher_id.clone(), email);
+        }
+        done.insert((c.researcher_id, c.file_id), c.completed_at);
+    }
     let mut releases: Vec<(&str, Vec<&ModelFile>)> = Vec::new();
     for f in &files {
         match releases.iter_mut().find(|(id, _)| *id == f.release_id) {
@@ -297,25 +619,19 @@ pub(crate) async fn who_has(db: &Db, model: &str, release: Option<&str>) -> anyh
             None => releases.push((&f.release_id, vec![f])),
         }
     }
-    let researchers: HashSet<&str> = completion.done.keys().map(|(r, _)| r.as_str()).collect();
+    let researchers: HashSet<&str> = done.keys().map(|(r, _)| r.as_str()).collect();
     let mut holders = Vec::new();
     for researcher in researchers {
         for (_, release_files) in &releases {
             let times: Option<Vec<i64>> = release_files
                 .iter()
-                .map(|f| {
-                    completion
-                        .done
-                        .get(&(researcher.to_owned(), f.file_id.clone()))
-                        .copied()
-                })
+                .map(|f| done.get(&(researcher.to_owned(), f.file_id.clone())).copied())
                 .collect();
             let Some(completed_at) = times.and_then(|t| t.into_iter().max()) else {
                 continue;
             };
             holders.push(Holder {
-                researcher: completion
-                    .emails
+                researcher: emails
                     .get(researcher)
                     .cloned()
                     .unwrap_or_else(|| researcher.to_owned()),
@@ -407,10 +723,13 @@ fn format_ms_duration(ms: i64) -> String {
 /// Every anomaly the thresholds flag, by kind.
 pub(crate) async fn anomalies(db: &Db, t: &Thresholds) -> anyhow::Result<Vec<Anomaly>> {
     anyhow::ensure!(t.burst_fetches >= 2, "a burst takes at least 2 fetches");
+    catch_up(db).await?;
     let pool = db.pool();
+    let since = t.since_ms;
+    let whole = whole_hours_from(since);
     let mut found = Vec::new();
-    for g in db::audit::grants_with_many_addresses(pool, t.since_ms, t.max_addresses).await? {
-        let addresses = db::audit::addresses_of_grant(pool, &g.grant_id, t.since_ms).await?;
+    for g in db::reports::grants_with_many_addresses(pool, since, whole, t.max_addresses).await? {
+        let addresses = db::reports::addresses_of_grant(pool, &g.grant_id, since, whole).await?;
         found.push(Anomaly {
             kind: AnomalyKind::ManyAddresses,
             detail: format!(
@@ -446,7 +765,7 @@ pub(crate) async fn anomalies(db: &Db, t: &Thresholds) -> anyhow::Result<Vec<Ano
             addresses,
         });
     }
-    for b in db::audit::fetch_bursts(pool, t.since_ms, t.burst_fetches, t.burst_window_ms).await? {
+    for b in bursts(db, since, t.burst_fetches, t.burst_window_ms).await? {
         found.push(Anomaly {
             kind: AnomalyKind::Burst,
             detail: format!(
@@ -465,7 +784,7 @@ pub(crate) async fn anomalies(db: &Db, t: &Thresholds) -> anyhow::Result<Vec<Ano
             addresses: Vec::new(),
         });
     }
-    for g in db::audit::refused_after_revocation(pool, t.since_ms, t.revoked_fetches).await? {
+    for g in db::reports::refused_after_revocation(pool, since, whole, t.revoked_fetches).await? {
         found.push(Anomaly {
             kind: AnomalyKind::AfterRevocation,
             detail: format!(
@@ -499,7 +818,7 @@ pub(crate) async fn anomalies(db: &Db, t: &Thresholds) -> anyhow::Result<Vec<Ano
         ),
     ];
     for (kind, action, reason, at_least, what) in by_address {
-        for a in db::audit::refusals_by_address(pool, action, reason, t.since_ms, at_least).await? {
+        for a in db::reports::refusals_by_address(pool, action, reason, since, whole, at_least).await? {
             found.push(Anomaly {
                 kind,
                 detail: format!("{} {what} from {}", a.count, a.client_ip),
@@ -517,6 +836,96 @@ pub(crate) async fn anomalies(db: &Db, t: &Thresholds) -> anyhow::Result<Vec<Ano
     Ok(found)
 }
 
+/// Windows in which one grant's links were fetched many times.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Burst {
+    grant_id: String,
+    email: Option<String>,
+    model_slug: Option<String>,
+    /// How many fetches closed a window of the given size.
+    windows: i64,
+    /// The shortest time in which the given number of fetches happened.
+    tightest_ms: i64,
+    first_at: i64,
+    last_at: i64,
+}
+
+/// How far, in time, a fetch may sit from its place in the log's order: the
+/// log is read this much wider than a burst can reach, so that the fetches
+/// around one are all read whatever order they were written in.
+const ORDER_SLACK_MS: i64 = 60_000;
+
+/// Grants with `fetches` or more fetches within `window_ms` since `since`:
+/// each fetch (in log order) is compared with the one `fetches - 1` before
+/// it. The per-minute (or, for windows over ten minutes, per-hour) counts
+/// say where that can be: `fetches` within the window lie in at most
+/// `k = ceil(window / bucket) + 1` buckets, so one of them holds at least
+/// `fetches / k`. Only the log around such buckets is read.
+async fn bursts(db: &Db, since: i64, fetches: i64, window_ms: i64) -> anyhow::Result<Vec<Burst>> {
+    let pool = db.pool();
+    let window_ms = window_ms.max(0);
+    let span = if window_ms <= 10 * MINUTE_MS {
+        MINUTE_MS
+    } else {
+        HOUR_MS
+    };
+    // Fetches written slightly out of time order (a batch decided before
+    // an earlier one was appended) can stretch a window's fetches over up
+    // to a slack either side.
+    let k = (window_ms.saturating_add(2 * ORDER_SLACK_MS) / span).saturating_add(2);
+    let at_least = (fetches + k - 1) / k;
+    let busy = db::reports::busy_buckets(pool, span, at_least.max(1), since).await?;
+    // Per grant, the times in which a window can close, merged.
+    let mut around: BTreeMap<&str, Vec<(i64, i64)>> = BTreeMap::new();
+    for (grant, start) in &busy {
+        let from = start.saturating_sub(window_ms).max(since);
+        let to = start.saturating_add(span - 1).saturating_add(window_ms);
+        let ranges = around.entry(grant).or_default();
+        match ranges.last_mut() {
+            Some(last) if from <= last.1.saturating_add(1) => last.1 = last.1.max(to),
+            _ => ranges.push((from, to)),
+        }
+    }
+    let needed = usize::try_from(fetches - 1).context("a burst's size")?;
+    let mut found = Vec::new();
+    for (grant, ranges) in around {
+        let mut burst: Option<Burst> = None;
+        for (from, to) in ranges {
+            let read_from = from.saturating_sub(ORDER_SLACK_MS).max(since);
+            let times =
+                db::reports::fetch_times(pool, grant, read_from, to.saturating_add(ORDER_SLACK_MS)).await?;
+            for (i, &at) in times.iter().enumerate().skip(needed) {
+                let gap = at - times[i - needed];
+                if gap > window_ms || at < from || at > to {
+                    continue;
+                }
+                let b = burst.get_or_insert_with(|| Burst {
+                    grant_id: grant.to_owned(),
+                    email: None,
+                    model_slug: None,
+                    windows: 0,
+                    tightest_ms: gap,
+                    first_at: at,
+                    last_at: at,
+                });
+                b.windows += 1;
+                b.tightest_ms = b.tightest_ms.min(gap);
+                b.first_at = b.first_at.min(at);
+                b.last_at = b.last_at.max(at);
+            }
+        }
+        if let Some(mut b) = burst {
+            if let Some((email, slug)) = db::reports::grant_owner(pool, grant).await? {
+                b.email = email;
+                b.model_slug = slug;
+            }
+            found.push(b);
+        }
+    }
+    found.sort_by(|a, b| (a.first_at, &a.grant_id).cmp(&(b.first_at, &b.grant_id)));
+    Ok(found)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -529,16 +938,16 @@ mod tests {
         assert!(!c.covers(40));
         c.add(0, 10);
         c.add(20, 25);
-        assert_eq!(c.spans, vec![(0, 25), (30, 40)]);
+        assert_eq!(c.spans(), vec![(0, 25), (30, 40)]);
         assert!(!c.covers(40));
         c.add(24, 31);
-        assert_eq!(c.spans, vec![(0, 40)]);
+        assert_eq!(c.spans(), vec![(0, 40)]);
         assert!(c.covers(40));
         assert!(!c.covers(41));
         assert_eq!(c.bytes(), 40);
         c.add(5, 5);
         c.add(50, 45);
-        assert_eq!(c.spans, vec![(0, 40)]);
+        assert_eq!(c.spans(), vec![(0, 40)]);
     }
 
     #[test]
@@ -547,9 +956,46 @@ mod tests {
         c.add(50, 60);
         c.add(0, 10);
         c.add(20, 30);
-        assert_eq!(c.spans, vec![(0, 10), (20, 30), (50, 60)]);
+        assert_eq!(c.spans(), vec![(0, 10), (20, 30), (50, 60)]);
         assert_eq!(c.bytes(), 30);
         assert!(Coverage::default().covers(0));
+    }
+
+    #[test]
+    fn coverage_reads_back_what_it_wrote_and_refuses_garbage() {
+        let mut c = Coverage::default();
+        c.add(50, 60);
+        c.add(0, 10);
+        assert_eq!(c.encode(), "0-10,50-60");
+        assert_eq!(Coverage::decode(&c.encode()), Some(c));
+        assert_eq!(Coverage::decode(""), Some(Coverage::default()));
+        assert_eq!(Coverage::decode("5-x"), None);
+        assert_eq!(Coverage::decode("12"), None);
+    }
+
+    #[test]
+    fn many_disjoint_ranges_cost_no_more_than_a_logarithm_each() {
+        let mut c = Coverage::default();
+        // Every other byte of a 400,000-byte file, from both ends inwards.
+        for i in 0..100_000u64 {
+            c.add(2 * i, 2 * i + 1);
+            c.add(399_998 - 2 * i, 399_999 - 2 * i);
+        }
+        assert_eq!(c.spans.len(), 200_000);
+        for i in 0..200_000u64 {
+            c.add(2 * i + 1, 2 * i + 2);
+        }
+        assert_eq!(c.spans(), vec![(0, 400_000)]);
+        assert!(c.covers(400_000));
+    }
+
+    #[test]
+    fn whole_hours_start_at_the_first_hour_boundary_from_since() {
+        assert_eq!(whole_hours_from(i64::MIN), i64::MIN);
+        assert_eq!(whole_hours_from(0), 0);
+        assert_eq!(whole_hours_from(1), HOUR_MS);
+        assert_eq!(whole_hours_from(HOUR_MS), HOUR_MS);
+        assert_eq!(whole_hours_from(-1), 0);
     }
 
     #[test]

@@ -134,6 +134,10 @@ pub(crate) enum AuditCommand {
         #[command(flatten)]
         format: Listing,
     },
+    /// Empty the totals the download reports read and fold the whole log
+    /// into them again. The reports keep them up to date by themselves; this
+    /// is for after a restore, or to check that they are what the log says.
+    RebuildReports,
     /// Write the whole log, every column, oldest first.
     Export {
         #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
@@ -424,6 +428,16 @@ pub(crate) async fn run(app: Arc<App>, cmd: AuditCommand) -> anyhow::Result<()> 
                     .unwrap_or_else(|| i64::from(app.config.access_url_max_networks)),
             };
             anomalies(db, &thresholds, format).await
+        }
+        AuditCommand::RebuildReports => {
+            let started = std::time::Instant::now();
+            let done = report::rebuild(db).await?;
+            println!(
+                "folded {} events into the report totals in {:.1} s",
+                done.folded,
+                started.elapsed().as_secs_f64()
+            );
+            Ok(())
         }
         AuditCommand::Export { format, output } => export(db, format, output).await,
     }

@@ -11,6 +11,7 @@ pub mod models;
 pub(crate) mod outbox;
 pub(crate) mod policy;
 pub(crate) mod postgres_writer;
+pub mod reports;
 pub(crate) mod researchers;
 pub mod reviewers;
 pub mod sessions;

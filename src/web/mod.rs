@@ -261,6 +261,7 @@ pub async fn serve(
             .checkpoint_periodically(app.config.audit_checkpoint_every),
     );
     let refusals = tokio::spawn(app.refusals.clone().run(app.audit.clone()));
+    let reports = tokio::spawn(app.clone().fold_reports_periodically(app.config.reports_every));
     let limits = server::Limits::from_config(&app.config);
     tracing::info!(
         max_connections = limits.max_connections,
@@ -275,6 +276,7 @@ pub async fn serve(
     checkpoints.abort();
     notices.abort();
     refusals.abort();
+    reports.abort();
     app.refusals.flush(&app.audit).await;
     // Transfers that ended queued their `file.delivered` events without
     // waiting; the stop event is written after them, so once it is durable

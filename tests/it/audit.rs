@@ -595,6 +595,139 @@ async fn who_has_counts_only_researchers_holding_every_file() {
     assert!(table.contains("3 of 3") && table.contains("1 of 3"), "{table}");
 }
 
+/// The report totals and where the fold stands, as stored.
+async fn report_totals(t: &TestApp) -> Vec<String> {
+    let mut rows = db::reports::dump(t.app.db.pool()).await.unwrap();
+    let cursor: (i64, Option<String>) = sqlx::query_as("SELECT seq, hash FROM report_cursor")
+        .fetch_one(t.app.db.pool())
+        .await
+        .unwrap();
+    rows.push(format!("cursor: {cursor:?}"));
+    rows
+}
+
+both!(report_totals_kept_by_the_fold_equal_a_rebuild_from_the_log);
+async fn report_totals_kept_by_the_fold_equal_a_rebuild_from_the_log() {
+    // The portal's own fold stays out of the way: this one is watched.
+    let t = TestApp::spawn_with(|c| c.reports_every = Duration::from_secs(3600)).await;
+    let ada_access = t.approved_researcher("ada@uni.example.edu").await;
+    let ada = t.download_links(&ada_access).await;
+    let bob = t
+        .download_links(&t.approved_researcher("bob@uni.example.edu").await)
+        .await;
+    fetch(&t, link(&ada, "shard-0.bin"), None).await;
+    fetch(&t, link(&ada, "shard-1.bin"), Some("bytes=0-499999")).await;
+    fetch(&t, link(&bob, "shard-0.bin"), Some("bytes=100-199")).await;
+    t.wait_for_events("file.delivered", 3).await;
+    let first = audit::report::catch_up(&t.app.db).await.unwrap();
+    assert!(!first.rebuilt);
+
+    // More of everything the reports count, folded on top of what was.
+    fetch(&t, link(&ada, "shard-1.bin"), Some("bytes=500000-")).await;
+    fetch(&t, link(&bob, "shard-0.bin"), Some("bytes=0-99")).await;
+    fetch(&t, link(&bob, "shard-0.bin"), Some("bytes=150-299")).await;
+    t.wait_for_events("file.delivered", 6).await;
+    for i in 0..3 {
+        let mut e = Event::new(Action::ReviewerSignIn, Outcome::Refused);
+        e.reason = Some("bad_credentials".into());
+        e.client.ip = Some(format!("198.51.100.{i}"));
+        audit::append_now(&t.app.db, e).await.unwrap();
+    }
+    let url = link(&ada, "shard-2.bin").to_owned();
+    let grant_id = url
+        .split("/dl/")
+        .nth(1)
+        .unwrap()
+        .split('.')
+        .next()
+        .unwrap()
+        .to_owned();
+    let (ok, _, err) = weightgate(
+        &t,
+        &["grant", "revoke", &grant_id, "--reason", "Shared the link"],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert_eq!(t.client.get(&url).send().await.unwrap().status(), 403);
+    let second = audit::report::catch_up(&t.app.db).await.unwrap();
+    assert!(second.folded > 0 && !second.rebuilt, "{second:?}");
+
+    let kept = report_totals(&t).await;
+    let has = |table: &str| {
+        kept.iter()
+            .filter(|l| l.starts_with(&format!("{table}: ")))
+            .count()
+    };
+    assert_eq!(has("report_coverage"), 3, "{kept:#?}");
+    assert!(
+        kept.iter()
+            .any(|l| l.starts_with("report_coverage: ") && !l.ends_with(" -")),
+        "a file delivered whole has a completion time: {kept:#?}"
+    );
+    assert!(
+        kept.iter()
+            .any(|l| l.starts_with("report_coverage: ") && l.contains(" 0-300 -")),
+        "bob's three ranges merge, and shard-0 is longer than that: {kept:#?}"
+    );
+    for table in [
+        "report_downloads",
+        "report_download_addresses",
+        "report_grant_fetches",
+        "report_fetch_counts",
+        "report_refusals",
+        "report_daily_deliveries",
+    ] {
+        assert!(has(table) > 0, "{table} is empty: {kept:#?}");
+    }
+    // grant, hour, address, fetches, revoked, first, last
+    assert!(
+        kept.iter()
+            .filter(|l| l.starts_with("report_grant_fetches: "))
+            .any(|l| l.split(' ').nth(5) == Some("1")),
+        "the revoked grant's refused fetch: {kept:#?}"
+    );
+
+    // Folding the log again from its start arrives at the same rows.
+    let rebuilt = audit::report::rebuild(&t.app.db).await.unwrap();
+    assert_eq!(rebuilt.folded, snapshot(&t).await.len() as i64);
+    assert_eq!(report_totals(&t).await, kept);
+    let (ok, out, err) = weightgate(&t, &["audit", "rebuild-reports"], None);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("folded {} events", rebuilt.folded)),
+        "{out}"
+    );
+    assert_eq!(report_totals(&t).await, kept);
+
+    // The newest event the totals took is rewritten beneath them: the next
+    // fold notices, starts again from the log and says so.
+    let newest = snapshot(&t).await.pop().unwrap();
+    sql(
+        &t,
+        &format!(
+            "UPDATE audit_events SET hash = '{}' WHERE seq = {}",
+            "f".repeat(64),
+            newest.seq
+        ),
+    )
+    .await;
+    let after = audit::report::catch_up(&t.app.db).await.unwrap();
+    assert!(after.rebuilt, "{after:?}");
+    assert_eq!(after.folded, newest.seq);
+    // ...and a log cut short beneath them likewise.
+    sql(
+        &t,
+        &format!("DELETE FROM audit_events WHERE seq = {}", newest.seq),
+    )
+    .await;
+    let after = audit::report::catch_up(&t.app.db).await.unwrap();
+    assert!(after.rebuilt, "{after:?}");
+    assert_eq!(after.folded, newest.seq - 1);
+    let (ok, out, err) = weightgate(&t, &["audit", "who-has", MODEL, "--format", "jsonl"], None);
+    assert!(ok, "{err}");
+    assert_eq!(jsonl(&out).len(), 0, "ada's shard-2 was refused: {out}");
+}
+
 both!(list_filters_pages_and_writes_csv);
 async fn list_filters_pages_and_writes_csv() {
     let t = TestApp::spawn().await;
@@ -954,6 +1087,15 @@ async fn anomalies_flag_shared_grants_bursts_revoked_use_and_forged_links() {
     let revoked = kind("after-revocation");
     assert_eq!(revoked["grant_id"], grant.id.as_str());
     assert_eq!(revoked["count"], 1);
+    // Its time is the refused fetch's, not that of the fetches before the
+    // revocation in the same hour.
+    let refused = snapshot(&t)
+        .await
+        .into_iter()
+        .find(|e| e.reason.as_deref() == Some("grant_revoked"))
+        .unwrap();
+    assert_eq!(revoked["first"], weightgate::types::format_ms_rfc3339(refused.at));
+    assert_eq!(revoked["last"], weightgate::types::format_ms_rfc3339(refused.at));
     let forged = kind("bad-signatures");
     assert_eq!(forged["client_ip"], "127.0.0.1");
     assert_eq!(forged["count"], 5);

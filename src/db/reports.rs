@@ -1,0 +1,769 @@
+//! The tables the operator's reports read (see the migration
+//! `audit_reports`): how far the fold of the log got, writing what one step
+//! of it adds, and the report queries over them.
+//!
+//! The fold itself, which decides what each event adds, lives in
+//! `audit::report`; this module only moves rows.
+
+use sqlx::{AnyConnection, AnyPool, FromRow, any::AnyExecutor};
+
+/// How far the fold got: the last event folded, and its hash.
+#[derive(Clone, Debug, FromRow, PartialEq, Eq)]
+pub(crate) struct Cursor {
+    pub(crate) seq: i64,
+    pub(crate) hash: Option<String>,
+}
+
+pub(crate) async fn cursor<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<Cursor> {
+    sqlx::query_as("SELECT seq, hash FROM report_cursor WHERE id = 1")
+        .fetch_one(e)
+        .await
+}
+
+/// The cursor, locked until the transaction ends, so that two folds never
+/// add the same events twice. (SQLite's `BEGIN IMMEDIATE` already holds the
+/// database's write lock.)
+pub(crate) async fn lock_cursor(conn: &mut AnyConnection) -> sqlx::Result<Cursor> {
+    let sql = if super::is_postgres(conn) {
+        "SELECT seq, hash FROM report_cursor WHERE id = 1 FOR UPDATE"
+    } else {
+        "SELECT seq, hash FROM report_cursor WHERE id = 1"
+    };
+    sqlx::query_as(sql).fetch_one(conn).await
+}
+
+pub(crate) async fn set_cursor(conn: &mut AnyConnection, cursor: &Cursor) -> sqlx::Result<()> {
+    sqlx::query("UPDATE report_cursor SET seq = $1, hash = $2 WHERE id = 1")
+        .bind(cursor.seq)
+        .bind(&cursor.hash)
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+/// The hash stored for the event at `seq`, if there is one.
+pub(crate) async fn hash_at<'c>(e: impl AnyExecutor<'c>, seq: i64) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar("SELECT hash FROM audit_events WHERE seq = $1")
+        .bind(seq)
+        .fetch_optional(e)
+        .await
+}
+
+/// Every table the fold writes, in the order it empties them.
+const TABLES: &[&str] = &[
+    "report_coverage",
+    "report_downloads",
+    "report_download_addresses",
+    "report_grant_fetches",
+    "report_fetch_counts",
+    "report_refusals",
+    "report_daily_deliveries",
+];
+
+/// Empties every report table and sets the cursor back to the log's start.
+pub(crate) async fn clear(conn: &mut AnyConnection) -> sqlx::Result<()> {
+    for table in TABLES {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table}")))
+            .execute(&mut *conn)
+            .await?;
+    }
+    set_cursor(conn, &Cursor { seq: 0, hash: None }).await
+}
+
+/// Every row of every report table, each as one line of text, table by
+/// table in key order: what two folds of the same log must agree on.
+pub async fn dump(pool: &AnyPool) -> sqlx::Result<Vec<String>> {
+    let keys: &[(&str, &str)] = &[
+        (
+            "report_coverage",
+            "researcher_id || ' ' || file_id || ' ' || COALESCE(model_id, '-') || ' ' || spans || ' ' || COALESCE(CAST(completed_at AS TEXT), '-')",
+        ),
+        (
+            "report_downloads",
+            "researcher_id || ' ' || model_id || ' ' || CAST(fetches AS TEXT) || ' ' || CAST(refused AS TEXT) || ' ' || CAST(bytes AS TEXT) || ' ' || COALESCE(CAST(first_fetch AS TEXT), '-') || ' ' || COALESCE(CAST(last_fetch AS TEXT), '-')",
+        ),
+        (
+            "report_download_addresses",
+            "researcher_id || ' ' || model_id || ' ' || client_ip",
+        ),
+        (
+            "report_grant_fetches",
+            "grant_id || ' ' || CAST(hour AS TEXT) || ' ' || client_ip || ' ' || CAST(fetches AS TEXT) || ' ' || CAST(revoked AS TEXT) || ' ' || CAST(first_at AS TEXT) || ' ' || CAST(last_at AS TEXT) || ' ' || COALESCE(CAST(revoked_first_at AS TEXT), '-') || ' ' || COALESCE(CAST(revoked_last_at AS TEXT), '-')",
+        ),
+        (
+            "report_fetch_counts",
+            "grant_id || ' ' || CAST(span AS TEXT) || ' ' || CAST(bucket AS TEXT) || ' ' || CAST(fetches AS TEXT)",
+        ),
+        (
+            "report_refusals",
+            "action || ' ' || reason || ' ' || client_ip || ' ' || CAST(hour AS TEXT) || ' ' || CAST(events AS TEXT) || ' ' || CAST(first_at AS TEXT) || ' ' || CAST(last_at AS TEXT)",
+        ),
+        (
+            "report_daily_deliveries",
+            "model_id || ' ' || CAST(day AS TEXT) || ' ' || CAST(count AS TEXT)",
+        ),
+    ];
+    let mut lines = Vec::new();
+    for (table, row) in keys {
+        let mut rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT '{table}: ' || {row} FROM {table}"
+        )))
+        .fetch_all(pool)
+        .await?;
+        rows.sort();
+        lines.extend(rows);
+    }
+    Ok(lines)
+}
+
+/// What the fold reads of an event.
+#[derive(Clone, Debug, FromRow)]
+pub(crate) struct FoldRow {
+    pub(crate) seq: i64,
+    pub(crate) at: i64,
+    pub(crate) action: String,
+    pub(crate) outcome: String,
+    pub(crate) reason: Option<String>,
+    pub(crate) model_id: Option<String>,
+    pub(crate) grant_id: Option<String>,
+    pub(crate) researcher_id: Option<String>,
+    pub(crate) file_id: Option<String>,
+    pub(crate) range_start: Option<i64>,
+    pub(crate) range_end: Option<i64>,
+    pub(crate) bytes: Option<i64>,
+    pub(crate) client_ip: Option<String>,
+    pub(crate) occurrences: Option<i64>,
+    pub(crate) hash: String,
+}
+
+/// The first `limit` events after `after`, in log order.
+pub(crate) async fn events<'c>(
+    e: impl AnyExecutor<'c>,
+    after: i64,
+    limit: i64,
+) -> sqlx::Result<Vec<FoldRow>> {
+    sqlx::query_as(
+        "SELECT seq, at, action, outcome, reason, model_id, grant_id, researcher_id, file_id, range_start,
+            range_end, bytes, client_ip, occurrences, hash
+         FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(e)
+    .await
+}
+
+/// A researcher's coverage of one file, as stored.
+#[derive(Clone, Debug, FromRow, serde::Serialize)]
+pub(crate) struct CoverageRow {
+    pub(crate) researcher_id: String,
+    pub(crate) file_id: String,
+    pub(crate) model_id: Option<String>,
+    pub(crate) spans: String,
+    pub(crate) completed_at: Option<i64>,
+}
+
+#[derive(serde::Serialize)]
+pub(crate) struct CoverageKey<'a> {
+    pub(crate) researcher_id: &'a str,
+    pub(crate) file_id: &'a str,
+}
+
+/// The stored coverage of each of `keys` that has any.
+pub(crate) async fn coverage_of(
+    conn: &mut AnyConnection,
+    keys: &[CoverageKey<'_>],
+) -> sqlx::Result<Vec<CoverageRow>> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = if super::is_postgres(conn) {
+        "SELECT c.researcher_id, c.file_id, c.model_id, c.spans, c.completed_at
+         FROM json_to_recordset($1::json) AS k(researcher_id text, file_id text)
+         JOIN report_coverage c ON c.researcher_id = k.researcher_id AND c.file_id = k.file_id"
+    } else {
+        "SELECT c.researcher_id, c.file_id, c.model_id, c.spans, c.completed_at
+         FROM json_each($1) k
+         JOIN report_coverage c ON c.researcher_id = json_extract(k.value, '$.researcher_id')
+            AND c.file_id = json_extract(k.value, '$.file_id')"
+    };
+    let keys = serde_json::to_string(keys).map_err(|e| sqlx::Error::Encode(e.into()))?;
+    sqlx::query_as(sql).bind(keys).fetch_all(conn).await
+}
+
+/// The size of each of the files named that still exists.
+pub(crate) async fn file_sizes(conn: &mut AnyConnection, ids: &[&str]) -> sqlx::Result<Vec<(String, i64)>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = if super::is_postgres(conn) {
+        "SELECT f.id, f.size FROM files f WHERE f.id IN (SELECT json_array_elements_text($1::json))"
+    } else {
+        "SELECT f.id, f.size FROM files f WHERE f.id IN (SELECT value FROM json_each($1))"
+    };
+    let ids = serde_json::to_string(ids).map_err(|e| sqlx::Error::Encode(e.into()))?;
+    sqlx::query_as(sql).bind(ids).fetch_all(conn).await
+}
+
+/// One report table's columns, its key, and how a row written for a key it
+/// already holds combines with the stored one.
+struct Table {
+    name: &'static str,
+    columns: &'static [&'static str],
+    key: &'static str,
+    on_conflict: &'static str,
+}
+
+/// The earlier of two times, either of which may be missing.
+macro_rules! earliest {
+    ($c:literal) => {
+        concat!(
+            $c,
+            " = CASE WHEN excluded.",
+            $c,
+            " IS NULL THEN {t}.",
+            $c,
+            " WHEN {t}.",
+            $c,
+            " IS NULL OR excluded.",
+            $c,
+            " < {t}.",
+            $c,
+            " THEN excluded.",
+            $c,
+            " ELSE {t}.",
+            $c,
+            " END"
+        )
+    };
+}
+macro_rules! latest {
+    ($c:literal) => {
+        concat!(
+            $c,
+            " = CASE WHEN excluded.",
+            $c,
+            " IS NULL THEN {t}.",
+            $c,
+            " WHEN {t}.",
+            $c,
+            " IS NULL OR excluded.",
+            $c,
+            " > {t}.",
+            $c,
+            " THEN excluded.",
+            $c,
+            " ELSE {t}.",
+            $c,
+            " END"
+        )
+    };
+}
+
+const COVERAGE: Table = Table {
+    name: "report_coverage",
+    columns: &["researcher_id", "file_id", "model_id", "spans", "completed_at"],
+    key: "researcher_id, file_id",
+    on_conflict: "DO UPDATE SET model_id = excluded.model_id, spans = excluded.spans, completed_at = excluded.completed_at",
+};
+const DOWNLOADS: Table = Table {
+    name: "report_downloads",
+    columns: &[
+        "researcher_id",
+        "model_id",
+        "fetches",
+        "refused",
+        "bytes",
+        "first_fetch",
+        "last_fetch",
+    ],
+    key: "researcher_id, model_id",
+    on_conflict: concat!(
+        "DO UPDATE SET fetches = {t}.fetches + excluded.fetches, refused = {t}.refused + excluded.refused, ",
+        "bytes = {t}.bytes + excluded.bytes, ",
+        earliest!("first_fetch"),
+        ", ",
+        latest!("last_fetch")
+    ),
+};
+const DOWNLOAD_ADDRESSES: Table = Table {
+    name: "report_download_addresses",
+    columns: &["researcher_id", "model_id", "client_ip"],
+    key: "researcher_id, model_id, client_ip",
+    on_conflict: "DO NOTHING",
+};
+const GRANT_FETCHES: Table = Table {
+    name: "report_grant_fetches",
+    columns: &[
+        "grant_id",
+        "hour",
+        "client_ip",
+        "fetches",
+        "revoked",
+        "first_at",
+        "last_at",
+        "revoked_first_at",
+        "revoked_last_at",
+    ],
+    key: "grant_id, hour, client_ip",
+    on_conflict: concat!(
+        "DO UPDATE SET fetches = {t}.fetches + excluded.fetches, revoked = {t}.revoked + excluded.revoked, ",
+        earliest!("first_at"),
+        ", ",
+        latest!("last_at"),
+        ", ",
+        earliest!("revoked_first_at"),
+        ", ",
+        latest!("revoked_last_at")
+    ),
+};
+const FETCH_COUNTS: Table = Table {
+    name: "report_fetch_counts",
+    columns: &["grant_id", "span", "bucket", "fetches"],
+    key: "grant_id, span, bucket",
+    on_conflict: "DO UPDATE SET fetches = {t}.fetches + excluded.fetches",
+};
+const REFUSALS: Table = Table {
+    name: "report_refusals",
+    columns: &[
+        "action",
+        "reason",
+        "client_ip",
+        "hour",
+        "events",
+        "first_at",
+        "last_at",
+    ],
+    key: "action, reason, client_ip, hour",
+    on_conflict: concat!(
+        "DO UPDATE SET events = {t}.events + excluded.events, ",
+        earliest!("first_at"),
+        ", ",
+        latest!("last_at")
+    ),
+};
+const DAILY: Table = Table {
+    name: "report_daily_deliveries",
+    columns: &["model_id", "day", "count"],
+    key: "model_id, day",
+    on_conflict: "DO UPDATE SET count = {t}.count + excluded.count",
+};
+
+impl Table {
+    /// One statement that writes any number of rows, given as one JSON
+    /// array of objects named by column: its text never changes with their
+    /// number.
+    fn sql(&self, postgres: bool) -> String {
+        let columns = self.columns.join(", ");
+        let source = if postgres {
+            format!(
+                "SELECT {columns} FROM json_populate_recordset(NULL::{name}, $1::json)",
+                name = self.name
+            )
+        } else {
+            let values: Vec<String> = self
+                .columns
+                .iter()
+                .map(|c| format!("json_extract(value, '$.{c}')"))
+                .collect();
+            // `WHERE true` tells SQLite's parser the ON CONFLICT that
+            // follows belongs to the INSERT, not to a join.
+            format!("SELECT {} FROM json_each($1) WHERE true", values.join(", "))
+        };
+        format!(
+            "INSERT INTO {name} ({columns}) {source} ON CONFLICT ({key}) {update}",
+            name = self.name,
+            key = self.key,
+            update = self.on_conflict.replace("{t}", self.name),
+        )
+    }
+}
+
+/// Rows the fold writes for one table, in the table's own row type.
+async fn write<T: serde::Serialize>(conn: &mut AnyConnection, table: &Table, rows: &[T]) -> sqlx::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let sql = table.sql(super::is_postgres(conn));
+    for chunk in rows.chunks(10_000) {
+        let json = serde_json::to_string(chunk).map_err(|e| sqlx::Error::Encode(e.into()))?;
+        sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(json)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+pub(crate) struct DownloadsRow {
+    pub(crate) researcher_id: String,
+    pub(crate) model_id: String,
+    pub(crate) fetches: i64,
+    pub(crate) refused: i64,
+    pub(crate) bytes: i64,
+    pub(crate) first_fetch: Option<i64>,
+    pub(crate) last_fetch: Option<i64>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct AddressRow {
+    pub(crate) researcher_id: String,
+    pub(crate) model_id: String,
+    pub(crate) client_ip: String,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct GrantFetchesRow {
+    pub(crate) grant_id: String,
+    pub(crate) hour: i64,
+    pub(crate) client_ip: String,
+    pub(crate) fetches: i64,
+    pub(crate) revoked: i64,
+    pub(crate) first_at: i64,
+    pub(crate) last_at: i64,
+    pub(crate) revoked_first_at: Option<i64>,
+    pub(crate) revoked_last_at: Option<i64>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct FetchCountRow {
+    pub(crate) grant_id: String,
+    pub(crate) span: i64,
+    pub(crate) bucket: i64,
+    pub(crate) fetches: i64,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct RefusalRow {
+    pub(crate) action: String,
+    pub(crate) reason: String,
+    pub(crate) client_ip: String,
+    pub(crate) hour: i64,
+    pub(crate) events: i64,
+    pub(crate) first_at: i64,
+    pub(crate) last_at: i64,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct DailyRow {
+    pub(crate) model_id: String,
+    pub(crate) day: i64,
+    pub(crate) count: i64,
+}
+
+/// What one step of the fold adds to the report tables.
+#[derive(Debug, Default)]
+pub(crate) struct Additions {
+    /// Replaces the stored coverage of each key.
+    pub(crate) coverage: Vec<CoverageRow>,
+    pub(crate) downloads: Vec<DownloadsRow>,
+    pub(crate) addresses: Vec<AddressRow>,
+    pub(crate) grant_fetches: Vec<GrantFetchesRow>,
+    pub(crate) fetch_counts: Vec<FetchCountRow>,
+    pub(crate) refusals: Vec<RefusalRow>,
+    pub(crate) daily: Vec<DailyRow>,
+}
+
+/// Writes one step of the fold, in the transaction that moves the cursor.
+pub(crate) async fn add(conn: &mut AnyConnection, a: &Additions) -> sqlx::Result<()> {
+    write(conn, &COVERAGE, &a.coverage).await?;
+    write(conn, &DOWNLOADS, &a.downloads).await?;
+    write(conn, &DOWNLOAD_ADDRESSES, &a.addresses).await?;
+    write(conn, &GRANT_FETCHES, &a.grant_fetches).await?;
+    write(conn, &FETCH_COUNTS, &a.fetch_counts).await?;
+    write(conn, &REFUSALS, &a.refusals).await?;
+    write(conn, &DAILY, &a.daily).await
+}
+
+// The reports' queries.
+
+/// Fetch and delivery totals per researcher and model.
+#[derive(Clone, Debug, FromRow)]
+pub(crate) struct DeliveryTotals {
+    pub(crate) researcher_id: String,
+    pub(crate) email: Option<String>,
+    pub(crate) model_id: String,
+    pub(crate) model_slug: Option<String>,
+    /// Fetches let through.
+    pub(crate) fetches: i64,
+    pub(crate) refused: i64,
+    /// Bytes actually sent, over every transfer.
+    pub(crate) bytes: i64,
+    pub(crate) first_fetch: Option<i64>,
+    pub(crate) last_fetch: Option<i64>,
+    /// Distinct client addresses of the fetches.
+    pub(crate) addresses: i64,
+    /// Files of the model's published releases delivered whole.
+    pub(crate) files_complete: i64,
+}
+
+/// Fetch and delivery totals per researcher and model, optionally of one model.
+pub(crate) async fn delivery_totals<'c>(
+    e: impl AnyExecutor<'c>,
+    model_id: Option<&str>,
+) -> sqlx::Result<Vec<DeliveryTotals>> {
+    sqlx::query_as(
+        "SELECT d.researcher_id, r.email, d.model_id, m.slug AS model_slug, d.fetches, d.refused, d.bytes,
+            d.first_fetch, d.last_fetch,
+            (SELECT COUNT(*) FROM report_download_addresses a
+             WHERE a.researcher_id = d.researcher_id AND a.model_id = d.model_id) AS addresses,
+            (SELECT COUNT(*) FROM report_coverage c
+             JOIN files f ON f.id = c.file_id JOIN releases rel ON rel.id = f.release_id
+             WHERE c.researcher_id = d.researcher_id AND c.model_id = d.model_id
+               AND c.completed_at IS NOT NULL AND rel.published_at IS NOT NULL
+               AND rel.model_id = d.model_id) AS files_complete
+         FROM report_downloads d
+         LEFT JOIN researchers r ON r.id = d.researcher_id
+         LEFT JOIN models m ON m.id = d.model_id
+         WHERE ($1 IS NULL OR d.model_id = $1)
+         ORDER BY m.slug, r.email, d.researcher_id",
+    )
+    .bind(model_id)
+    .fetch_all(e)
+    .await
+}
+
+/// A file one researcher holds whole, and since when.
+#[derive(Clone, Debug, FromRow)]
+pub(crate) struct Completed {
+    pub(crate) researcher_id: String,
+    pub(crate) email: Option<String>,
+    pub(crate) file_id: String,
+    pub(crate) completed_at: i64,
+}
+
+/// Every file of `model_id` delivered whole, to whom and when.
+pub(crate) async fn completed<'c>(e: impl AnyExecutor<'c>, model_id: &str) -> sqlx::Result<Vec<Completed>> {
+    sqlx::query_as(
+        "SELECT c.researcher_id, r.email, c.file_id, c.completed_at
+         FROM report_coverage c LEFT JOIN researchers r ON r.id = c.researcher_id
+         WHERE c.model_id = $1 AND c.completed_at IS NOT NULL",
+    )
+    .bind(model_id)
+    .fetch_all(e)
+    .await
+}
+
+/// Transfers that ended whole, per model and day, from day `first_day` on.
+pub(crate) async fn daily_deliveries<'c>(
+    e: impl AnyExecutor<'c>,
+    first_day: i64,
+) -> sqlx::Result<Vec<(String, i64, i64)>> {
+    sqlx::query_as("SELECT model_id, day, count FROM report_daily_deliveries WHERE day >= $1")
+        .bind(first_day)
+        .fetch_all(e)
+        .await
+}
+
+/// Fetches under one grant.
+#[derive(Clone, Debug, FromRow)]
+pub(crate) struct GrantActivity {
+    pub(crate) grant_id: String,
+    pub(crate) email: Option<String>,
+    pub(crate) model_slug: Option<String>,
+    pub(crate) fetches: i64,
+    pub(crate) addresses: i64,
+    pub(crate) first_at: i64,
+    pub(crate) last_at: i64,
+}
+
+/// The fetches since `since`, per grant and client address: from the hourly
+/// totals for the whole hours from `whole_from` on, and from the log itself
+/// for the part-hour `since..whole_from` before them. `revoked_only` keeps
+/// the fetches refused because the grant was revoked.
+fn grant_fetches_since(revoked_only: bool) -> String {
+    let (kept, first, last, log_filter) = if revoked_only {
+        (
+            "revoked",
+            "revoked_first_at",
+            "revoked_last_at",
+            " AND outcome = 'refused' AND reason = 'grant_revoked'",
+        )
+    } else {
+        ("fetches", "first_at", "last_at", "")
+    };
+    format!(
+        "SELECT grant_id, NULLIF(client_ip, '') AS client_ip, {kept} AS n, {first} AS first_at, {last} AS last_at
+         FROM report_grant_fetches WHERE hour >= $2 AND {kept} > 0
+         UNION ALL
+         SELECT grant_id, client_ip, 1 AS n, at AS first_at, at AS last_at
+         FROM audit_events
+         WHERE action = 'file.fetch' AND grant_id IS NOT NULL AND at >= $1 AND at < $2{log_filter}"
+    )
+}
+
+/// Grants whose links were fetched from more than `more_than` distinct
+/// client addresses since `since`.
+pub(crate) async fn grants_with_many_addresses<'c>(
+    e: impl AnyExecutor<'c>,
+    since: i64,
+    whole_from: i64,
+    more_than: i64,
+) -> sqlx::Result<Vec<GrantActivity>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT x.grant_id, r.email, m.slug AS model_slug, CAST(SUM(x.n) AS BIGINT) AS fetches,
+            COUNT(DISTINCT x.client_ip) AS addresses, MIN(x.first_at) AS first_at, MAX(x.last_at) AS last_at
+         FROM ({}) x
+         LEFT JOIN grants g ON g.id = x.grant_id
+         LEFT JOIN researchers r ON r.id = g.researcher_id
+         LEFT JOIN models m ON m.id = g.model_id
+         GROUP BY x.grant_id, r.email, m.slug
+         HAVING COUNT(DISTINCT x.client_ip) > $3
+         ORDER BY addresses DESC, x.grant_id",
+        grant_fetches_since(false)
+    )))
+    .bind(since)
+    .bind(whole_from)
+    .bind(more_than)
+    .fetch_all(e)
+    .await
+}
+
+/// The distinct client addresses of a grant's fetches since `since`, at
+/// most 100.
+pub(crate) async fn addresses_of_grant<'c>(
+    e: impl AnyExecutor<'c>,
+    grant_id: &str,
+    since: i64,
+    whole_from: i64,
+) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar(
+        "SELECT DISTINCT client_ip FROM (
+            SELECT client_ip FROM report_grant_fetches
+            WHERE grant_id = $1 AND hour >= $3 AND fetches > 0 AND client_ip <> ''
+            UNION ALL
+            SELECT client_ip FROM audit_events
+            WHERE grant_id = $1 AND action = 'file.fetch' AND at >= $2 AND at < $3 AND client_ip IS NOT NULL
+         ) x ORDER BY client_ip LIMIT 100",
+    )
+    .bind(grant_id)
+    .bind(since)
+    .bind(whole_from)
+    .fetch_all(e)
+    .await
+}
+
+/// Grants whose links were fetched, refused as revoked, at least `at_least`
+/// times since `since`.
+pub(crate) async fn refused_after_revocation<'c>(
+    e: impl AnyExecutor<'c>,
+    since: i64,
+    whole_from: i64,
+    at_least: i64,
+) -> sqlx::Result<Vec<GrantActivity>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT x.grant_id, r.email, m.slug AS model_slug, CAST(SUM(x.n) AS BIGINT) AS fetches,
+            COUNT(DISTINCT x.client_ip) AS addresses, MIN(x.first_at) AS first_at, MAX(x.last_at) AS last_at
+         FROM ({}) x
+         LEFT JOIN grants g ON g.id = x.grant_id
+         LEFT JOIN researchers r ON r.id = g.researcher_id
+         LEFT JOIN models m ON m.id = g.model_id
+         GROUP BY x.grant_id, r.email, m.slug
+         HAVING SUM(x.n) >= $3
+         ORDER BY first_at, x.grant_id",
+        grant_fetches_since(true)
+    )))
+    .bind(since)
+    .bind(whole_from)
+    .bind(at_least)
+    .fetch_all(e)
+    .await
+}
+
+/// Buckets of `span` ms in which one grant's links were fetched at least
+/// `at_least` times, ending after `since`: where a burst may be.
+pub(crate) async fn busy_buckets<'c>(
+    e: impl AnyExecutor<'c>,
+    span: i64,
+    at_least: i64,
+    since: i64,
+) -> sqlx::Result<Vec<(String, i64)>> {
+    sqlx::query_as(
+        "SELECT grant_id, bucket FROM report_fetch_counts
+         WHERE span = $1 AND fetches >= $2 AND bucket > $3
+         ORDER BY grant_id, bucket",
+    )
+    .bind(span)
+    .bind(at_least)
+    .bind(since.saturating_sub(span))
+    .fetch_all(e)
+    .await
+}
+
+/// The times of a grant's fetches from `from` to `to` (both included), in
+/// log order.
+pub(crate) async fn fetch_times<'c>(
+    e: impl AnyExecutor<'c>,
+    grant_id: &str,
+    from: i64,
+    to: i64,
+) -> sqlx::Result<Vec<i64>> {
+    sqlx::query_scalar(
+        "SELECT at FROM audit_events
+         WHERE grant_id = $1 AND action = 'file.fetch' AND at >= $2 AND at <= $3 ORDER BY seq",
+    )
+    .bind(grant_id)
+    .bind(from)
+    .bind(to)
+    .fetch_all(e)
+    .await
+}
+
+/// Who a grant belongs to, for the report.
+pub(crate) async fn grant_owner<'c>(
+    e: impl AnyExecutor<'c>,
+    grant_id: &str,
+) -> sqlx::Result<Option<(Option<String>, Option<String>)>> {
+    sqlx::query_as(
+        "SELECT r.email, m.slug FROM grants g
+         LEFT JOIN researchers r ON r.id = g.researcher_id
+         LEFT JOIN models m ON m.id = g.model_id
+         WHERE g.id = $1",
+    )
+    .bind(grant_id)
+    .fetch_optional(e)
+    .await
+}
+
+/// Refusals of one kind from one client address.
+#[derive(Clone, Debug, FromRow)]
+pub(crate) struct AddressActivity {
+    pub(crate) client_ip: String,
+    pub(crate) count: i64,
+    pub(crate) first_at: i64,
+    pub(crate) last_at: i64,
+}
+
+/// Client addresses with at least `at_least` events of `action` refused for
+/// `reason` since `since`.
+pub(crate) async fn refusals_by_address<'c>(
+    e: impl AnyExecutor<'c>,
+    action: &str,
+    reason: &str,
+    since: i64,
+    whole_from: i64,
+    at_least: i64,
+) -> sqlx::Result<Vec<AddressActivity>> {
+    sqlx::query_as(
+        "SELECT client_ip, CAST(SUM(n) AS BIGINT) AS count, MIN(first_at) AS first_at, MAX(last_at) AS last_at
+         FROM (
+            SELECT client_ip, events AS n, first_at, last_at FROM report_refusals
+            WHERE action = $1 AND reason = $2 AND hour >= $4
+            UNION ALL
+            SELECT client_ip, COALESCE(occurrences, 1) AS n, at AS first_at, at AS last_at FROM audit_events
+            WHERE action = $1 AND outcome = 'refused' AND reason = $2 AND at >= $3 AND at < $4
+              AND client_ip IS NOT NULL
+         ) x
+         GROUP BY client_ip
+         HAVING SUM(n) >= $5
+         ORDER BY count DESC, client_ip",
+    )
+    .bind(action)
+    .bind(reason)
+    .bind(since)
+    .bind(whole_from)
+    .bind(at_least)
+    .fetch_all(e)
+    .await
+}
