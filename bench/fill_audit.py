@@ -174,6 +174,31 @@ class World:
         return self.grants[bisect.bisect_left(self.cum, x, 0, active - 1)]
 
 
+def store_world(db, world, now_ms):
+    """Writes the models, their published releases and files, and the researchers
+    the events name, so that the reports find what the events talk about."""
+    published = now_ms - 91 * 86_400_000
+    for mid, slug, files in world.models:
+        db.execute(
+            "INSERT OR IGNORE INTO models (id, slug, title, terms, terms_version, created_at) VALUES (?, ?, ?, ?, 1, ?)",
+            (mid, slug, slug, "Be nice.", published),
+        )
+        rid = "rel-" + mid
+        name = files[0][1].split("/")[1]
+        db.execute(
+            "INSERT INTO releases (id, model_id, name, created_at, published_at) VALUES (?, ?, ?, ?, ?)",
+            (rid, mid, name, published, published),
+        )
+        for fid, path, fname, size in files:
+            db.execute(
+                "INSERT INTO files (id, release_id, name, object_key, size, sha256, chunk_size, chunks)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, '[]')",
+                (fid, rid, fname, path, size, "0" * 64, 1 << 26),
+            )
+    for g in world.grants:
+        db.execute("INSERT INTO researchers (id, email, created_at) VALUES (?, ?, ?)", (g["rid"], g["email"], published))
+
+
 def generate(world, rng, n_events, first_seq, prev, now_ms, canon_out, emit_cb):
     """Calls emit_cb(row, canonical_length) for each new event, in order; returns the new head."""
     span = 90 * 86_400_000
@@ -289,6 +314,8 @@ def main():
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--canonical-out", help="also write every new event's hashed bytes to this file")
     p.add_argument("--summary", help="write a JSON summary here")
+    p.add_argument("--store-world", action="store_true",
+                   help="also write the models, releases, files and researchers the events name (once per database)")
     a = p.parse_args()
 
     rng = random.Random(a.seed)
@@ -307,6 +334,8 @@ def main():
     insert = f"INSERT INTO audit_events ({COLUMNS}) VALUES ({', '.join('?' * 20)})"
     started = time.monotonic()
     db.execute("BEGIN")
+    if a.store_world:
+        store_world(db, world, int(time.time() * 1000))
 
     def emit(row, nbytes):
         stats["bytes"] += nbytes

@@ -872,12 +872,15 @@ if want audit; then
     log "== 5. audit at scale: $AUDIT_EVENTS events"
     A=$WORK/audit
     wg "$A" migrate >/dev/null
+    # The checkpoint key `audit verify` trusts and `audit checkpoint` signs with.
+    python3 -c 'import base64, os; print(base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode())' >"$A/audit-checkpoint.key"
+    chmod 600 "$A/audit-checkpoint.key"
     # A few events written by weightgate itself first: the generator continues
     # their chain and checks it reproduces their hashes.
     wg "$A" model create llama-bench --title "Llama bench" >/dev/null
     printf 'x%.0s' {1..16} | wg "$A" reviewer add reviewer@bench.invalid --password-stdin >/dev/null
     t0=$EPOCHREALTIME
-    python3 "$HERE/fill_audit.py" --db "$A/weightgate.db" --events "$AUDIT_EVENTS" \
+    python3 "$HERE/fill_audit.py" --db "$A/weightgate.db" --events "$AUDIT_EVENTS" --store-world \
         --canonical-out "$A/canonical.bin" --summary "$A/summary.json" >&2
     log "generated in $(calc "$EPOCHREALTIME - $t0" 1) s"
     read -r GRANT GRANT_EVENTS CANON_BYTES TOTAL_EVENTS < <(python3 -c 'import json,sys; s=json.load(open(sys.argv[1]))

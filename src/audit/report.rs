@@ -24,10 +24,10 @@ use anyhow::Context;
 
 use crate::db::{
     self, Db,
-    audit::ModelFile,
+    audit::{EventRow, ModelFile},
     reports::{
         Additions, AddressRow, CoverageKey, CoverageRow, Cursor, DailyRow, DownloadsRow, FetchCountRow,
-        FoldRow, GrantFetchesRow, RefusalRow,
+        GrantFetchesRow, RefusalRow,
     },
 };
 
@@ -152,7 +152,7 @@ fn whole_hours_from(since: i64) -> i64 {
 }
 
 /// Events folded in one step (one write transaction).
-const STEP: i64 = 10_000;
+const STEP: usize = 10_000;
 
 /// What bringing the reports up to date did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -174,7 +174,7 @@ pub async fn catch_up(db: &Db) -> anyhow::Result<CaughtUp> {
 /// about `most` of them: for a page that should not wait on a long fold.
 pub(crate) async fn catch_up_at_most(db: &Db, most: i64) -> anyhow::Result<CaughtUp> {
     let mut done = CaughtUp::default();
-    while done.folded < most {
+    'look: while done.folded < most {
         // Most calls find nothing to do; they learn it without a write
         // transaction.
         let head = db::audit::head(db.pool()).await?;
@@ -184,16 +184,36 @@ pub(crate) async fn catch_up_at_most(db: &Db, most: i64) -> anyhow::Result<Caugh
         {
             break;
         }
-        match step(db).await? {
-            Step::Folded(n) => done.folded += n,
-            Step::Rewritten => {
+        if cursor.seq > 0 && db::reports::hash_at(db.pool(), cursor.seq).await? != cursor.hash {
+            let mut tx = db.begin().await?;
+            if db::reports::lock_cursor(&mut tx).await? == cursor {
+                db::reports::clear(&mut tx).await?;
+                tx.commit().await?;
                 tracing::warn!(
-                    "an event the report totals were folded from changed or is gone: the totals were emptied                      and are folded again from the log; run `weightgate audit verify`"
+                    "an event the report totals were folded from changed or is gone: the totals were emptied \
+                     and are folded again from the log; run `weightgate audit verify`"
                 );
                 done.rebuilt = true;
             }
-            Step::Nothing => break,
+            continue;
         }
+        // The events after the cursor, a step's worth at a time, read ahead
+        // while the one before is written.
+        let mut pages = db::audit::Pages::open(db, cursor.seq, STEP);
+        let mut at = cursor;
+        while let Some(page) = pages.next().await? {
+            let Some(next) = step(db, &at, &page).await? else {
+                // Another fold took these events first: look again.
+                continue 'look;
+            };
+            done.folded += i64::try_from(page.len()).unwrap_or(i64::MAX);
+            at = next;
+            pages.recycle(page);
+            if done.folded >= most {
+                break 'look;
+            }
+        }
+        break;
     }
     Ok(done)
 }
@@ -207,42 +227,24 @@ pub async fn rebuild(db: &Db) -> anyhow::Result<CaughtUp> {
     catch_up(db).await
 }
 
-enum Step {
-    Folded(i64),
-    Rewritten,
-    Nothing,
-}
-
-/// Folds the next events after the cursor. The events are read and what
-/// they add is worked out before the write transaction, which then only
+/// Folds `rows`, the events that follow `cursor`, and returns where the
+/// cursor now stands; `None` when another fold moved it first. What the
+/// events add is worked out before the write transaction, which then only
 /// checks that the cursor did not move meanwhile, writes and moves it: on
 /// SQLite the audit writer waits for the database's write lock only that
 /// long.
-async fn step(db: &Db) -> anyhow::Result<Step> {
-    let cursor = db::reports::cursor(db.pool()).await?;
-    if cursor.seq > 0 && db::reports::hash_at(db.pool(), cursor.seq).await? != cursor.hash {
-        let mut tx = db.begin().await?;
-        if db::reports::lock_cursor(&mut tx).await? != cursor {
-            return Ok(Step::Folded(0));
-        }
-        db::reports::clear(&mut tx).await?;
-        tx.commit().await?;
-        return Ok(Step::Rewritten);
-    }
-    let rows = db::reports::events(db.pool(), cursor.seq, STEP).await?;
+async fn step(db: &Db, cursor: &Cursor, rows: &[EventRow]) -> anyhow::Result<Option<Cursor>> {
     let Some(last) = rows.last() else {
-        return Ok(Step::Nothing);
+        return Ok(Some(cursor.clone()));
     };
     let next = Cursor {
         seq: last.seq,
         hash: Some(last.hash.clone()),
     };
-    let (mut additions, delivered) = fold(&rows);
+    let (mut additions, delivered) = fold(rows);
     let mut tx = db.begin().await?;
-    // Another fold took these events first: what was worked out here is
-    // stale; the caller looks again.
-    if db::reports::lock_cursor(&mut tx).await? != cursor {
-        return Ok(Step::Folded(0));
+    if db::reports::lock_cursor(&mut tx).await? != *cursor {
+        return Ok(None);
     }
     // Coverage replaces what is stored, so it is read under the lock: a
     // cursor can come back to the same place (after a rebuild) with other
@@ -251,20 +253,20 @@ async fn step(db: &Db) -> anyhow::Result<Step> {
     db::reports::add(&mut tx, &additions).await?;
     db::reports::set_cursor(&mut tx, &next).await?;
     tx.commit().await?;
-    Ok(Step::Folded(i64::try_from(rows.len()).unwrap_or(i64::MAX)))
+    Ok(Some(next))
 }
 
 /// What `rows`, events in log order, add to the report totals: everything
 /// an event contributes is decided here and in [`fold_coverage`], which
 /// takes the `file.delivered` events returned, and nowhere else.
-fn fold(rows: &[FoldRow]) -> (Additions, Vec<&FoldRow>) {
+fn fold(rows: &[EventRow]) -> (Additions, Vec<&EventRow>) {
     let mut downloads: HashMap<(&str, &str), DownloadsRow> = HashMap::new();
     let mut addresses: HashSet<(&str, &str, &str)> = HashSet::new();
     let mut grant_fetches: HashMap<(&str, i64, &str), GrantFetchesRow> = HashMap::new();
     let mut fetch_counts: HashMap<(&str, i64, i64), i64> = HashMap::new();
     let mut refusals: HashMap<(&str, &str, &str, i64), RefusalRow> = HashMap::new();
     let mut daily: HashMap<(&str, i64), i64> = HashMap::new();
-    let mut delivered: Vec<&FoldRow> = Vec::new();
+    let mut delivered: Vec<&EventRow> = Vec::new();
     for r in rows {
         let fetch = r.action == "file.fetch";
         let delivery = r.action == "file.delivered";
@@ -398,7 +400,7 @@ struct Following {
 /// `file.delivered` events of a step in log order, adds bytes to.
 async fn fold_coverage(
     conn: &mut sqlx::AnyConnection,
-    delivered: &[&FoldRow],
+    delivered: &[&EventRow],
 ) -> anyhow::Result<Vec<CoverageRow>> {
     let mut keys: Vec<CoverageKey<'_>> = Vec::new();
     let mut seen: HashSet<(&str, &str)> = HashSet::new();
@@ -575,7 +577,7 @@ pub(crate) async fn daily_deliveries(db: &Db, days: usize, now_ms: i64) -> anyho
         slugs.values().map(|slug| (slug.clone(), vec![0; days])).collect();
     // A page should not wait on a long fold; the portal folds in the
     // background too.
-    catch_up_at_most(db, STEP).await?;
+    catch_up_at_most(db, STEP as i64).await?;
     for (model_id, day, count) in db::reports::daily_deliveries(pool, first_day_ms).await? {
         if let Some(slug) = slugs.get(&model_id)
             && let Some(counts) = per_model.get_mut(slug)

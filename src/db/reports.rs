@@ -116,43 +116,6 @@ pub async fn dump(pool: &AnyPool) -> sqlx::Result<Vec<String>> {
     Ok(lines)
 }
 
-/// What the fold reads of an event.
-#[derive(Clone, Debug, FromRow)]
-pub(crate) struct FoldRow {
-    pub(crate) seq: i64,
-    pub(crate) at: i64,
-    pub(crate) action: String,
-    pub(crate) outcome: String,
-    pub(crate) reason: Option<String>,
-    pub(crate) model_id: Option<String>,
-    pub(crate) grant_id: Option<String>,
-    pub(crate) researcher_id: Option<String>,
-    pub(crate) file_id: Option<String>,
-    pub(crate) range_start: Option<i64>,
-    pub(crate) range_end: Option<i64>,
-    pub(crate) bytes: Option<i64>,
-    pub(crate) client_ip: Option<String>,
-    pub(crate) occurrences: Option<i64>,
-    pub(crate) hash: String,
-}
-
-/// The first `limit` events after `after`, in log order.
-pub(crate) async fn events<'c>(
-    e: impl AnyExecutor<'c>,
-    after: i64,
-    limit: i64,
-) -> sqlx::Result<Vec<FoldRow>> {
-    sqlx::query_as(
-        "SELECT seq, at, action, outcome, reason, model_id, grant_id, researcher_id, file_id, range_start,
-            range_end, bytes, client_ip, occurrences, hash
-         FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2",
-    )
-    .bind(after)
-    .bind(limit)
-    .fetch_all(e)
-    .await
-}
-
 /// A researcher's coverage of one file, as stored.
 #[derive(Clone, Debug, FromRow, serde::Serialize)]
 pub(crate) struct CoverageRow {
@@ -569,10 +532,11 @@ pub(crate) struct GrantActivity {
 }
 
 /// The fetches since `since`, per grant and client address: from the hourly
-/// totals for the whole hours from `whole_from` on, and from the log itself
-/// for the part-hour `since..whole_from` before them. `revoked_only` keeps
-/// the fetches refused because the grant was revoked.
-fn grant_fetches_since(revoked_only: bool) -> String {
+/// totals for the whole hours from `whole_from` (`$1`) on, and, when `since`
+/// (`$3`) falls inside an hour, from the log itself for the part-hour before
+/// them. `revoked_only` keeps the fetches refused because the grant was
+/// revoked.
+fn grant_fetches_since(revoked_only: bool, part_hour: bool) -> String {
     let (kept, first, last, log_filter) = if revoked_only {
         (
             "revoked",
@@ -583,14 +547,27 @@ fn grant_fetches_since(revoked_only: bool) -> String {
     } else {
         ("fetches", "first_at", "last_at", "")
     };
-    format!(
+    let mut sql = format!(
         "SELECT grant_id, NULLIF(client_ip, '') AS client_ip, {kept} AS n, {first} AS first_at, {last} AS last_at
-         FROM report_grant_fetches WHERE hour >= $2 AND {kept} > 0
-         UNION ALL
-         SELECT grant_id, client_ip, 1 AS n, at AS first_at, at AS last_at
-         FROM audit_events
-         WHERE action = 'file.fetch' AND grant_id IS NOT NULL AND at >= $1 AND at < $2{log_filter}"
-    )
+         FROM report_grant_fetches WHERE hour >= $1 AND {kept} > 0"
+    );
+    if part_hour {
+        sql.push_str(&format!(
+            " UNION ALL
+             SELECT grant_id, client_ip, 1 AS n, at AS first_at, at AS last_at
+             FROM audit_events
+             WHERE action = 'file.fetch' AND grant_id IS NOT NULL AND at >= $3 AND at < $1{log_filter}"
+        ));
+    }
+    sql
+}
+
+/// Whether `since` falls inside an hour, so that the part-hour before the
+/// whole hours must be read from the log. (When it does not, the statement
+/// leaves the log out: a planner cannot tell that an empty time range is
+/// empty, and may walk an index of the log to find out.)
+fn has_part_hour(since: i64, whole_from: i64) -> bool {
+    since < whole_from
 }
 
 /// Grants whose links were fetched from more than `more_than` distinct
@@ -601,7 +578,8 @@ pub(crate) async fn grants_with_many_addresses<'c>(
     whole_from: i64,
     more_than: i64,
 ) -> sqlx::Result<Vec<GrantActivity>> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let part_hour = has_part_hour(since, whole_from);
+    let sql = format!(
         "SELECT x.grant_id, r.email, m.slug AS model_slug, CAST(SUM(x.n) AS BIGINT) AS fetches,
             COUNT(DISTINCT x.client_ip) AS addresses, MIN(x.first_at) AS first_at, MAX(x.last_at) AS last_at
          FROM ({}) x
@@ -609,15 +587,17 @@ pub(crate) async fn grants_with_many_addresses<'c>(
          LEFT JOIN researchers r ON r.id = g.researcher_id
          LEFT JOIN models m ON m.id = g.model_id
          GROUP BY x.grant_id, r.email, m.slug
-         HAVING COUNT(DISTINCT x.client_ip) > $3
+         HAVING COUNT(DISTINCT x.client_ip) > $2
          ORDER BY addresses DESC, x.grant_id",
-        grant_fetches_since(false)
-    )))
-    .bind(since)
-    .bind(whole_from)
-    .bind(more_than)
-    .fetch_all(e)
-    .await
+        grant_fetches_since(false, part_hour)
+    );
+    let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(whole_from)
+        .bind(more_than);
+    if part_hour {
+        query = query.bind(since);
+    }
+    query.fetch_all(e).await
 }
 
 /// The distinct client addresses of a grant's fetches since `since`, at
@@ -628,20 +608,27 @@ pub(crate) async fn addresses_of_grant<'c>(
     since: i64,
     whole_from: i64,
 ) -> sqlx::Result<Vec<String>> {
-    sqlx::query_scalar(
+    let part_hour = has_part_hour(since, whole_from);
+    let log = if part_hour {
+        " UNION ALL
+            SELECT client_ip FROM audit_events
+            WHERE grant_id = $1 AND action = 'file.fetch' AND at >= $3 AND at < $2 AND client_ip IS NOT NULL"
+    } else {
+        ""
+    };
+    let sql = format!(
         "SELECT DISTINCT client_ip FROM (
             SELECT client_ip FROM report_grant_fetches
-            WHERE grant_id = $1 AND hour >= $3 AND fetches > 0 AND client_ip <> ''
-            UNION ALL
-            SELECT client_ip FROM audit_events
-            WHERE grant_id = $1 AND action = 'file.fetch' AND at >= $2 AND at < $3 AND client_ip IS NOT NULL
-         ) x ORDER BY client_ip LIMIT 100",
-    )
-    .bind(grant_id)
-    .bind(since)
-    .bind(whole_from)
-    .fetch_all(e)
-    .await
+            WHERE grant_id = $1 AND hour >= $2 AND fetches > 0 AND client_ip <> ''{log}
+         ) x ORDER BY client_ip LIMIT 100"
+    );
+    let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .bind(grant_id)
+        .bind(whole_from);
+    if part_hour {
+        query = query.bind(since);
+    }
+    query.fetch_all(e).await
 }
 
 /// Grants whose links were fetched, refused as revoked, at least `at_least`
@@ -652,7 +639,8 @@ pub(crate) async fn refused_after_revocation<'c>(
     whole_from: i64,
     at_least: i64,
 ) -> sqlx::Result<Vec<GrantActivity>> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let part_hour = has_part_hour(since, whole_from);
+    let sql = format!(
         "SELECT x.grant_id, r.email, m.slug AS model_slug, CAST(SUM(x.n) AS BIGINT) AS fetches,
             COUNT(DISTINCT x.client_ip) AS addresses, MIN(x.first_at) AS first_at, MAX(x.last_at) AS last_at
          FROM ({}) x
@@ -660,15 +648,17 @@ pub(crate) async fn refused_after_revocation<'c>(
          LEFT JOIN researchers r ON r.id = g.researcher_id
          LEFT JOIN models m ON m.id = g.model_id
          GROUP BY x.grant_id, r.email, m.slug
-         HAVING SUM(x.n) >= $3
+         HAVING SUM(x.n) >= $2
          ORDER BY first_at, x.grant_id",
-        grant_fetches_since(true)
-    )))
-    .bind(since)
-    .bind(whole_from)
-    .bind(at_least)
-    .fetch_all(e)
-    .await
+        grant_fetches_since(true, part_hour)
+    );
+    let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(whole_from)
+        .bind(at_least);
+    if part_hour {
+        query = query.bind(since);
+    }
+    query.fetch_all(e).await
 }
 
 /// Buckets of `span` ms in which one grant's links were fetched at least
@@ -745,25 +735,32 @@ pub(crate) async fn refusals_by_address<'c>(
     whole_from: i64,
     at_least: i64,
 ) -> sqlx::Result<Vec<AddressActivity>> {
-    sqlx::query_as(
+    let part_hour = has_part_hour(since, whole_from);
+    let log = if part_hour {
+        " UNION ALL
+            SELECT client_ip, COALESCE(occurrences, 1) AS n, at AS first_at, at AS last_at FROM audit_events
+            WHERE action = $1 AND outcome = 'refused' AND reason = $2 AND at >= $5 AND at < $3
+              AND client_ip IS NOT NULL"
+    } else {
+        ""
+    };
+    let sql = format!(
         "SELECT client_ip, CAST(SUM(n) AS BIGINT) AS count, MIN(first_at) AS first_at, MAX(last_at) AS last_at
          FROM (
             SELECT client_ip, events AS n, first_at, last_at FROM report_refusals
-            WHERE action = $1 AND reason = $2 AND hour >= $4
-            UNION ALL
-            SELECT client_ip, COALESCE(occurrences, 1) AS n, at AS first_at, at AS last_at FROM audit_events
-            WHERE action = $1 AND outcome = 'refused' AND reason = $2 AND at >= $3 AND at < $4
-              AND client_ip IS NOT NULL
+            WHERE action = $1 AND reason = $2 AND hour >= $3{log}
          ) x
          GROUP BY client_ip
-         HAVING SUM(n) >= $5
-         ORDER BY count DESC, client_ip",
-    )
-    .bind(action)
-    .bind(reason)
-    .bind(since)
-    .bind(whole_from)
-    .bind(at_least)
-    .fetch_all(e)
-    .await
+         HAVING SUM(n) >= $4
+         ORDER BY count DESC, client_ip"
+    );
+    let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(action)
+        .bind(reason)
+        .bind(whole_from)
+        .bind(at_least);
+    if part_hour {
+        query = query.bind(since);
+    }
+    query.fetch_all(e).await
 }

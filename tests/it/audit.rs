@@ -1104,6 +1104,66 @@ async fn anomalies_flag_shared_grants_bursts_revoked_use_and_forged_links() {
     assert_eq!(sign_ins["count"], 6);
     assert_eq!(found.len(), 5, "{out}");
 
+    // From the first fetch on (inside an hour: that part-hour is read from
+    // the log, the hours after it from the totals), nothing is left out.
+    let first_fetch = snapshot(&t)
+        .await
+        .into_iter()
+        .find(|e| e.action == "file.fetch")
+        .unwrap();
+    // RFC 3339 to the millisecond.
+    let at_ms = |ms: i64| {
+        let seconds = weightgate::types::format_ms_rfc3339(ms);
+        format!("{}.{:03}Z", seconds.trim_end_matches('Z'), ms.rem_euclid(1000))
+    };
+    let since = at_ms(first_fetch.at);
+    let (ok, from_first, err) = weightgate(
+        &t,
+        &[
+            "audit",
+            "anomalies",
+            "--burst",
+            "5",
+            "--window",
+            "10m",
+            "--since",
+            &since,
+            "--format",
+            "jsonl",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert_eq!(from_first, out);
+    // From a millisecond later, the first fetch is left out of the counts.
+    let later = at_ms(first_fetch.at + 1);
+    let (ok, from_later, err) = weightgate(
+        &t,
+        &[
+            "audit",
+            "anomalies",
+            "--burst",
+            "5",
+            "--window",
+            "10m",
+            "--since",
+            &later,
+            "--format",
+            "jsonl",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    let shared_later = jsonl(&from_later)
+        .into_iter()
+        .find(|a| a["kind"] == "many-addresses")
+        .unwrap();
+    assert_eq!(
+        shared_later["count"].as_i64().unwrap(),
+        shared["count"].as_i64().unwrap() - 1,
+        "{from_later}"
+    );
+
     // Higher thresholds flag less; a window before any of it flags nothing.
     let (ok, out, _) = weightgate(
         &t,
