@@ -41,7 +41,7 @@ pub(crate) mod witness;
 
 pub use action::Action;
 
-pub use verify::{CheckpointSource, Problem, Verification, verify_with};
+pub use verify::{CheckpointSource, Problem, Start, StartedFrom, Verification, verify_from, verify_with};
 
 /// The hash that precedes the first event.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";

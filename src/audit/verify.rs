@@ -264,11 +264,36 @@ impl fmt::Display for Problem {
     }
 }
 
+/// Where a verification starts re-hashing the chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// From the first event.
+    Full,
+    /// After the newest checkpoint the witness holds that a trusted key
+    /// signed and whose hash the log still has at its place; from the first
+    /// event when there is none.
+    Witnessed,
+}
+
+/// The checkpoint a verification took the events up to as proven.
+#[derive(Clone, Debug)]
+pub struct StartedFrom {
+    pub seq: i64,
+    pub hash: String,
+    pub at: i64,
+    pub kid: String,
+    /// Where the witness keeps it.
+    pub place: String,
+}
+
 /// What a verification found.
 #[derive(Clone, Debug, Default)]
 pub struct Verification {
     /// Events whose hash and link were checked before the first problem.
     pub events: i64,
+    /// The witnessed checkpoint the walk started after, when it did not
+    /// start from the first event.
+    pub started_from: Option<StartedFrom>,
     /// The newest event stored: position and hash.
     pub(crate) head: Option<(i64, String)>,
     /// Stored checkpoints checked.
@@ -296,7 +321,59 @@ pub async fn verify_with(
     witnessed: &[Witnessed],
     exported: Option<&ExportedCheckpoint>,
 ) -> anyhow::Result<Verification> {
-    let walk = walk(db, (0, GENESIS.to_owned()), None).await?;
+    verify_from(db, trust, witnessed, exported, Start::Full).await
+}
+
+/// The newest checkpoint among `witnessed` that a trusted key signed and
+/// whose hash the log holds at its position.
+async fn newest_proven(
+    db: &Db,
+    trust: &Trust,
+    witnessed: &[Witnessed],
+) -> anyhow::Result<Option<StartedFrom>> {
+    let mut candidates: Vec<&Witnessed> = witnessed
+        .iter()
+        .filter(|w| {
+            let c = &w.checkpoint;
+            c.seq > 0
+                && trust.get(&c.kid).is_some_and(|public| {
+                    checkpoint::signature_holds(public, c.seq, &c.hash, c.at, &c.signature)
+                })
+        })
+        .collect();
+    candidates.sort_by_key(|w| std::cmp::Reverse(w.checkpoint.seq));
+    for w in candidates {
+        let c = &w.checkpoint;
+        if db::reports::hash_at(db.pool(), c.seq).await?.as_deref() == Some(c.hash.as_str()) {
+            return Ok(Some(StartedFrom {
+                seq: c.seq,
+                hash: c.hash.clone(),
+                at: c.at,
+                kid: c.kid.clone(),
+                place: w.place.clone(),
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// Like [`verify_with`], re-hashing the chain from `start`. Every
+/// checkpoint, stored, witnessed or exported, is checked either way.
+pub async fn verify_from(
+    db: &Db,
+    trust: &Trust,
+    witnessed: &[Witnessed],
+    exported: Option<&ExportedCheckpoint>,
+    start: Start,
+) -> anyhow::Result<Verification> {
+    let started_from = match start {
+        Start::Full => None,
+        Start::Witnessed => newest_proven(db, trust, witnessed).await?,
+    };
+    let from = started_from
+        .as_ref()
+        .map_or_else(|| (0, GENESIS.to_owned()), |s| (s.seq, s.hash.clone()));
+    let walk = walk(db, from, None).await?;
     let head = db::audit::head(db.pool()).await?;
     let log_end = head.as_ref().map(|h| h.0);
     let mut problems: Vec<Problem> = walk.problem.into_iter().collect();
@@ -356,6 +433,7 @@ pub async fn verify_with(
     problems.dedup();
     Ok(Verification {
         events: walk.events,
+        started_from,
         head,
         checkpoints,
         latest_checkpoint,

@@ -280,6 +280,70 @@ async fn verify_names_each_kind_of_tampering() {
     assert!(out.contains("audit log intact: 40 events"), "{out}");
 }
 
+both!(verify_re_hashes_only_what_follows_the_newest_witnessed_checkpoint);
+async fn verify_re_hashes_only_what_follows_the_newest_witnessed_checkpoint() {
+    let t = TestApp::spawn().await;
+    fill_to(&t, 40).await;
+    let (ok, out, err) = weightgate(&t, &["audit", "checkpoint"], None);
+    assert!(ok, "{err}");
+    assert!(out.contains("checkpoint of event 40"), "{out}");
+    fill_to(&t, 60).await;
+    let (ok, out, err) = weightgate(&t, &["audit", "verify"], None);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(
+            "audit log intact: 60 events, chain verified; events 1 to 40 as proved by the checkpoint"
+        ) && out.contains("the 20 after it re-hashed"),
+        "{out}"
+    );
+    let (ok, out, err) = weightgate(&t, &["audit", "verify", "--full"], None);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("audit log intact: 60 events, chain verified (re-hashed in"),
+        "{out}"
+    );
+
+    // Past the checkpoint, a change is found either way.
+    let original = snapshot(&t).await;
+    sql(
+        &t,
+        "UPDATE audit_events SET subject = 'someone-else@lab.example.org' WHERE seq = 45",
+    )
+    .await;
+    for args in [&["audit", "verify"][..], &["audit", "verify", "--full"]] {
+        let (ok, _, err) = weightgate(&t, args, None);
+        assert!(!ok);
+        assert!(err.contains("event 45 was modified"), "{args:?}: {err}");
+    }
+    restore(&t, &original).await;
+
+    // Before it, only `--full` re-hashes: the checkpoint's hash is still in
+    // its place, so the quick check takes events 1 to 40 as proved.
+    sql(
+        &t,
+        "UPDATE audit_events SET subject = 'someone-else@lab.example.org' WHERE seq = 10",
+    )
+    .await;
+    let (ok, _, err) = weightgate(&t, &["audit", "verify"], None);
+    assert!(ok, "{err}");
+    let (ok, _, err) = weightgate(&t, &["audit", "verify", "--full"], None);
+    assert!(!ok);
+    assert!(err.contains("event 10 was modified"), "{err}");
+    restore(&t, &original).await;
+
+    // A checkpoint whose hash the log no longer has proves nothing: the
+    // chain is walked from the start, and the fork named.
+    let mut rewritten = original[39].clone();
+    rewritten.hash = "e".repeat(64);
+    overwrite(&t, 40, &rewritten).await;
+    let (ok, out, err) = weightgate(&t, &["audit", "verify"], None);
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("forked history") && err.contains("event 40"),
+        "{err}"
+    );
+}
+
 both!(checkpoints_reveal_truncation_and_exports_outlive_the_database);
 async fn checkpoints_reveal_truncation_and_exports_outlive_the_database() {
     let t = TestApp::spawn().await;
