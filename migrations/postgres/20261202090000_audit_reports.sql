@@ -59,16 +59,29 @@ CREATE TABLE report_grant_fetches (
 );
 CREATE INDEX report_grant_fetches_hour ON report_grant_fetches (hour);
 
--- Fetches under each grant per minute (span 60000) and per hour (span
--- 3600000): where bursts can be, found without reading the log.
-CREATE TABLE report_fetch_counts (
-    grant_id TEXT NOT NULL,
-    span     BIGINT NOT NULL,
-    bucket   BIGINT NOT NULL,
-    fetches  BIGINT NOT NULL,
-    PRIMARY KEY (grant_id, span, bucket)
+-- The same for all time, per grant and client address: what a report over
+-- the whole log reads.
+CREATE TABLE report_grant_addresses (
+    grant_id         TEXT NOT NULL,
+    client_ip        TEXT NOT NULL,
+    fetches          BIGINT NOT NULL,
+    revoked          BIGINT NOT NULL,
+    first_at         BIGINT NOT NULL,
+    last_at          BIGINT NOT NULL,
+    revoked_first_at BIGINT,
+    revoked_last_at  BIGINT,
+    PRIMARY KEY (grant_id, client_ip)
 );
-CREATE INDEX report_fetch_counts_busy ON report_fetch_counts (span, fetches);
+
+-- Fetches under each grant per minute: where bursts can be, found without
+-- reading the log.
+CREATE TABLE report_fetch_minutes (
+    grant_id TEXT NOT NULL,
+    minute   BIGINT NOT NULL,
+    fetches  BIGINT NOT NULL,
+    PRIMARY KEY (grant_id, minute)
+);
+CREATE INDEX report_fetch_minutes_busy ON report_fetch_minutes (fetches);
 
 -- Refused events per action, reason, client address and hour.
 CREATE TABLE report_refusals (
@@ -80,6 +93,17 @@ CREATE TABLE report_refusals (
     first_at  BIGINT NOT NULL,
     last_at   BIGINT NOT NULL,
     PRIMARY KEY (action, reason, client_ip, hour)
+);
+
+-- The same for all time, per action, reason and client address.
+CREATE TABLE report_refusal_totals (
+    action    TEXT NOT NULL,
+    reason    TEXT NOT NULL,
+    client_ip TEXT NOT NULL,
+    events    BIGINT NOT NULL,
+    first_at  BIGINT NOT NULL,
+    last_at   BIGINT NOT NULL,
+    PRIMARY KEY (action, reason, client_ip)
 );
 
 -- Transfers that ended whole, per model and UTC day.

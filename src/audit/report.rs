@@ -26,7 +26,7 @@ use crate::db::{
     self, Db,
     audit::{EventRow, ModelFile},
     reports::{
-        Additions, AddressRow, CoverageKey, CoverageRow, Cursor, DailyRow, DownloadsRow, FetchCountRow,
+        Additions, AddressRow, CoverageKey, CoverageRow, Cursor, DailyRow, DownloadsRow, FetchMinuteRow,
         GrantFetchesRow, RefusalRow,
     },
 };
@@ -263,7 +263,7 @@ fn fold(rows: &[EventRow]) -> (Additions, Vec<&EventRow>) {
     let mut downloads: HashMap<(&str, &str), DownloadsRow> = HashMap::new();
     let mut addresses: HashSet<(&str, &str, &str)> = HashSet::new();
     let mut grant_fetches: HashMap<(&str, i64, &str), GrantFetchesRow> = HashMap::new();
-    let mut fetch_counts: HashMap<(&str, i64, i64), i64> = HashMap::new();
+    let mut fetch_minutes: HashMap<(&str, i64), i64> = HashMap::new();
     let mut refusals: HashMap<(&str, &str, &str, i64), RefusalRow> = HashMap::new();
     let mut daily: HashMap<(&str, i64), i64> = HashMap::new();
     let mut delivered: Vec<&EventRow> = Vec::new();
@@ -321,9 +321,7 @@ fn fold(rows: &[EventRow]) -> (Additions, Vec<&EventRow>) {
             }
             g.first_at = g.first_at.min(r.at);
             g.last_at = g.last_at.max(r.at);
-            for span in [MINUTE_MS, HOUR_MS] {
-                *fetch_counts.entry((grant, span, bucket(r.at, span))).or_default() += 1;
-            }
+            *fetch_minutes.entry((grant, bucket(r.at, MINUTE_MS))).or_default() += 1;
         }
         if delivery {
             if r.outcome == "ok"
@@ -355,6 +353,41 @@ fn fold(rows: &[EventRow]) -> (Additions, Vec<&EventRow>) {
             f.last_at = f.last_at.max(r.at);
         }
     }
+    // The all-time totals are the hourly ones summed over the hours.
+    let mut grant_addresses: HashMap<(&str, &str), GrantFetchesRow> = HashMap::new();
+    for g in grant_fetches.values() {
+        let total = grant_addresses
+            .entry((&g.grant_id, &g.client_ip))
+            .or_insert_with(|| GrantFetchesRow {
+                hour: 0,
+                fetches: 0,
+                revoked: 0,
+                revoked_first_at: None,
+                revoked_last_at: None,
+                ..g.clone()
+            });
+        total.fetches += g.fetches;
+        total.revoked += g.revoked;
+        total.first_at = total.first_at.min(g.first_at);
+        total.last_at = total.last_at.max(g.last_at);
+        total.revoked_first_at = earlier(total.revoked_first_at, g.revoked_first_at);
+        total.revoked_last_at = later(total.revoked_last_at, g.revoked_last_at);
+    }
+    let grant_addresses: Vec<GrantFetchesRow> = grant_addresses.into_values().collect();
+    let mut refusal_totals: HashMap<(&str, &str, &str), RefusalRow> = HashMap::new();
+    for f in refusals.values() {
+        let total = refusal_totals
+            .entry((&f.action, &f.reason, &f.client_ip))
+            .or_insert_with(|| RefusalRow {
+                hour: 0,
+                events: 0,
+                ..f.clone()
+            });
+        total.events = total.events.saturating_add(f.events);
+        total.first_at = total.first_at.min(f.first_at);
+        total.last_at = total.last_at.max(f.last_at);
+    }
+    let refusal_totals: Vec<RefusalRow> = refusal_totals.into_values().collect();
     let additions = Additions {
         coverage: Vec::new(),
         downloads: downloads.into_values().collect(),
@@ -367,16 +400,17 @@ fn fold(rows: &[EventRow]) -> (Additions, Vec<&EventRow>) {
             })
             .collect(),
         grant_fetches: grant_fetches.into_values().collect(),
-        fetch_counts: fetch_counts
+        grant_addresses,
+        fetch_minutes: fetch_minutes
             .into_iter()
-            .map(|((grant, span, bucket), fetches)| FetchCountRow {
+            .map(|((grant, minute), fetches)| FetchMinuteRow {
                 grant_id: grant.to_owned(),
-                span,
-                bucket,
+                minute,
                 fetches,
             })
             .collect(),
         refusals: refusals.into_values().collect(),
+        refusal_totals,
         daily: daily
             .into_iter()
             .map(|((model, day), count)| DailyRow {
@@ -387,6 +421,20 @@ fn fold(rows: &[EventRow]) -> (Additions, Vec<&EventRow>) {
             .collect(),
     };
     (additions, delivered)
+}
+
+fn earlier(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn later(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// A researcher's coverage of a file while the fold follows it.
@@ -728,10 +776,13 @@ pub(crate) async fn anomalies(db: &Db, t: &Thresholds) -> anyhow::Result<Vec<Ano
     catch_up(db).await?;
     let pool = db.pool();
     let since = t.since_ms;
-    let whole = whole_hours_from(since);
+    let window = db::reports::Window {
+        since,
+        whole_from: whole_hours_from(since),
+    };
     let mut found = Vec::new();
-    for g in db::reports::grants_with_many_addresses(pool, since, whole, t.max_addresses).await? {
-        let addresses = db::reports::addresses_of_grant(pool, &g.grant_id, since, whole).await?;
+    for g in db::reports::grants_with_many_addresses(pool, window, t.max_addresses).await? {
+        let addresses = db::reports::addresses_of_grant(pool, &g.grant_id, window).await?;
         found.push(Anomaly {
             kind: AnomalyKind::ManyAddresses,
             detail: format!(
@@ -786,7 +837,7 @@ pub(crate) async fn anomalies(db: &Db, t: &Thresholds) -> anyhow::Result<Vec<Ano
             addresses: Vec::new(),
         });
     }
-    for g in db::reports::refused_after_revocation(pool, since, whole, t.revoked_fetches).await? {
+    for g in db::reports::refused_after_revocation(pool, window, t.revoked_fetches).await? {
         found.push(Anomaly {
             kind: AnomalyKind::AfterRevocation,
             detail: format!(
@@ -820,7 +871,7 @@ pub(crate) async fn anomalies(db: &Db, t: &Thresholds) -> anyhow::Result<Vec<Ano
         ),
     ];
     for (kind, action, reason, at_least, what) in by_address {
-        for a in db::reports::refusals_by_address(pool, action, reason, since, whole, at_least).await? {
+        for a in db::reports::refusals_by_address(pool, action, reason, window, at_least).await? {
             found.push(Anomaly {
                 kind,
                 detail: format!("{} {what} from {}", a.count, a.client_ip),
@@ -876,7 +927,7 @@ async fn bursts(db: &Db, since: i64, fetches: i64, window_ms: i64) -> anyhow::Re
     // to a slack either side.
     let k = (window_ms.saturating_add(2 * ORDER_SLACK_MS) / span).saturating_add(2);
     let at_least = (fetches + k - 1) / k;
-    let busy = db::reports::busy_buckets(pool, span, at_least.max(1), since).await?;
+    let busy = db::reports::busy_buckets(pool, span == HOUR_MS, at_least.max(1), since).await?;
     // Per grant, the times in which a window can close, merged.
     let mut around: BTreeMap<&str, Vec<(i64, i64)>> = BTreeMap::new();
     for (grant, start) in &busy {

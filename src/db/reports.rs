@@ -55,8 +55,10 @@ const TABLES: &[&str] = &[
     "report_downloads",
     "report_download_addresses",
     "report_grant_fetches",
-    "report_fetch_counts",
+    "report_grant_addresses",
+    "report_fetch_minutes",
     "report_refusals",
+    "report_refusal_totals",
     "report_daily_deliveries",
 ];
 
@@ -91,12 +93,20 @@ pub async fn dump(pool: &AnyPool) -> sqlx::Result<Vec<String>> {
             "grant_id || ' ' || CAST(hour AS TEXT) || ' ' || client_ip || ' ' || CAST(fetches AS TEXT) || ' ' || CAST(revoked AS TEXT) || ' ' || CAST(first_at AS TEXT) || ' ' || CAST(last_at AS TEXT) || ' ' || COALESCE(CAST(revoked_first_at AS TEXT), '-') || ' ' || COALESCE(CAST(revoked_last_at AS TEXT), '-')",
         ),
         (
-            "report_fetch_counts",
-            "grant_id || ' ' || CAST(span AS TEXT) || ' ' || CAST(bucket AS TEXT) || ' ' || CAST(fetches AS TEXT)",
+            "report_grant_addresses",
+            "grant_id || ' ' || client_ip || ' ' || CAST(fetches AS TEXT) || ' ' || CAST(revoked AS TEXT) || ' ' || CAST(first_at AS TEXT) || ' ' || CAST(last_at AS TEXT) || ' ' || COALESCE(CAST(revoked_first_at AS TEXT), '-') || ' ' || COALESCE(CAST(revoked_last_at AS TEXT), '-')",
+        ),
+        (
+            "report_fetch_minutes",
+            "grant_id || ' ' || CAST(minute AS TEXT) || ' ' || CAST(fetches AS TEXT)",
         ),
         (
             "report_refusals",
             "action || ' ' || reason || ' ' || client_ip || ' ' || CAST(hour AS TEXT) || ' ' || CAST(events AS TEXT) || ' ' || CAST(first_at AS TEXT) || ' ' || CAST(last_at AS TEXT)",
+        ),
+        (
+            "report_refusal_totals",
+            "action || ' ' || reason || ' ' || client_ip || ' ' || CAST(events AS TEXT) || ' ' || CAST(first_at AS TEXT) || ' ' || CAST(last_at AS TEXT)",
         ),
         (
             "report_daily_deliveries",
@@ -280,10 +290,34 @@ const GRANT_FETCHES: Table = Table {
         latest!("revoked_last_at")
     ),
 };
-const FETCH_COUNTS: Table = Table {
-    name: "report_fetch_counts",
-    columns: &["grant_id", "span", "bucket", "fetches"],
-    key: "grant_id, span, bucket",
+const GRANT_ADDRESSES: Table = Table {
+    name: "report_grant_addresses",
+    columns: &[
+        "grant_id",
+        "client_ip",
+        "fetches",
+        "revoked",
+        "first_at",
+        "last_at",
+        "revoked_first_at",
+        "revoked_last_at",
+    ],
+    key: "grant_id, client_ip",
+    on_conflict: concat!(
+        "DO UPDATE SET fetches = {t}.fetches + excluded.fetches, revoked = {t}.revoked + excluded.revoked, ",
+        earliest!("first_at"),
+        ", ",
+        latest!("last_at"),
+        ", ",
+        earliest!("revoked_first_at"),
+        ", ",
+        latest!("revoked_last_at")
+    ),
+};
+const FETCH_MINUTES: Table = Table {
+    name: "report_fetch_minutes",
+    columns: &["grant_id", "minute", "fetches"],
+    key: "grant_id, minute",
     on_conflict: "DO UPDATE SET fetches = {t}.fetches + excluded.fetches",
 };
 const REFUSALS: Table = Table {
@@ -298,6 +332,17 @@ const REFUSALS: Table = Table {
         "last_at",
     ],
     key: "action, reason, client_ip, hour",
+    on_conflict: concat!(
+        "DO UPDATE SET events = {t}.events + excluded.events, ",
+        earliest!("first_at"),
+        ", ",
+        latest!("last_at")
+    ),
+};
+const REFUSAL_TOTALS: Table = Table {
+    name: "report_refusal_totals",
+    columns: &["action", "reason", "client_ip", "events", "first_at", "last_at"],
+    key: "action, reason, client_ip",
     on_conflict: concat!(
         "DO UPDATE SET events = {t}.events + excluded.events, ",
         earliest!("first_at"),
@@ -376,7 +421,7 @@ pub(crate) struct AddressRow {
     pub(crate) client_ip: String,
 }
 
-#[derive(Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub(crate) struct GrantFetchesRow {
     pub(crate) grant_id: String,
     pub(crate) hour: i64,
@@ -390,14 +435,13 @@ pub(crate) struct GrantFetchesRow {
 }
 
 #[derive(Debug, serde::Serialize)]
-pub(crate) struct FetchCountRow {
+pub(crate) struct FetchMinuteRow {
     pub(crate) grant_id: String,
-    pub(crate) span: i64,
-    pub(crate) bucket: i64,
+    pub(crate) minute: i64,
     pub(crate) fetches: i64,
 }
 
-#[derive(Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub(crate) struct RefusalRow {
     pub(crate) action: String,
     pub(crate) reason: String,
@@ -423,8 +467,12 @@ pub(crate) struct Additions {
     pub(crate) downloads: Vec<DownloadsRow>,
     pub(crate) addresses: Vec<AddressRow>,
     pub(crate) grant_fetches: Vec<GrantFetchesRow>,
-    pub(crate) fetch_counts: Vec<FetchCountRow>,
+    /// Rows of [`GrantFetchesRow`] for all time: `hour` is not written.
+    pub(crate) grant_addresses: Vec<GrantFetchesRow>,
+    pub(crate) fetch_minutes: Vec<FetchMinuteRow>,
     pub(crate) refusals: Vec<RefusalRow>,
+    /// Rows of [`RefusalRow`] for all time: `hour` is not written.
+    pub(crate) refusal_totals: Vec<RefusalRow>,
     pub(crate) daily: Vec<DailyRow>,
 }
 
@@ -434,8 +482,10 @@ pub(crate) async fn add(conn: &mut AnyConnection, a: &Additions) -> sqlx::Result
     write(conn, &DOWNLOADS, &a.downloads).await?;
     write(conn, &DOWNLOAD_ADDRESSES, &a.addresses).await?;
     write(conn, &GRANT_FETCHES, &a.grant_fetches).await?;
-    write(conn, &FETCH_COUNTS, &a.fetch_counts).await?;
+    write(conn, &GRANT_ADDRESSES, &a.grant_addresses).await?;
+    write(conn, &FETCH_MINUTES, &a.fetch_minutes).await?;
     write(conn, &REFUSALS, &a.refusals).await?;
+    write(conn, &REFUSAL_TOTALS, &a.refusal_totals).await?;
     write(conn, &DAILY, &a.daily).await
 }
 
@@ -466,19 +516,27 @@ pub(crate) async fn delivery_totals<'c>(
     e: impl AnyExecutor<'c>,
     model_id: Option<&str>,
 ) -> sqlx::Result<Vec<DeliveryTotals>> {
+    // Each total is grouped once and joined, not counted again for every
+    // row: a correlated count would walk the model's coverage per researcher.
     sqlx::query_as(
         "SELECT d.researcher_id, r.email, d.model_id, m.slug AS model_slug, d.fetches, d.refused, d.bytes,
-            d.first_fetch, d.last_fetch,
-            (SELECT COUNT(*) FROM report_download_addresses a
-             WHERE a.researcher_id = d.researcher_id AND a.model_id = d.model_id) AS addresses,
-            (SELECT COUNT(*) FROM report_coverage c
-             JOIN files f ON f.id = c.file_id JOIN releases rel ON rel.id = f.release_id
-             WHERE c.researcher_id = d.researcher_id AND c.model_id = d.model_id
-               AND c.completed_at IS NOT NULL AND rel.published_at IS NOT NULL
-               AND rel.model_id = d.model_id) AS files_complete
+            d.first_fetch, d.last_fetch, COALESCE(a.n, 0) AS addresses, COALESCE(c.n, 0) AS files_complete
          FROM report_downloads d
          LEFT JOIN researchers r ON r.id = d.researcher_id
          LEFT JOIN models m ON m.id = d.model_id
+         LEFT JOIN (
+            SELECT researcher_id, model_id, COUNT(*) AS n FROM report_download_addresses
+            WHERE ($1 IS NULL OR model_id = $1)
+            GROUP BY researcher_id, model_id
+         ) a ON a.researcher_id = d.researcher_id AND a.model_id = d.model_id
+         LEFT JOIN (
+            SELECT cov.researcher_id, cov.model_id, COUNT(*) AS n FROM report_coverage cov
+            JOIN files f ON f.id = cov.file_id
+            JOIN releases rel ON rel.id = f.release_id
+            WHERE cov.completed_at IS NOT NULL AND rel.published_at IS NOT NULL AND rel.model_id = cov.model_id
+              AND ($1 IS NULL OR cov.model_id = $1)
+            GROUP BY cov.researcher_id, cov.model_id
+         ) c ON c.researcher_id = d.researcher_id AND c.model_id = d.model_id
          WHERE ($1 IS NULL OR d.model_id = $1)
          ORDER BY m.slug, r.email, d.researcher_id",
     )
@@ -531,12 +589,63 @@ pub(crate) struct GrantActivity {
     pub(crate) last_at: i64,
 }
 
-/// The fetches since `since`, per grant and client address: from the hourly
-/// totals for the whole hours from `whole_from` (`$1`) on, and, when `since`
-/// (`$3`) falls inside an hour, from the log itself for the part-hour before
-/// them. `revoked_only` keeps the fetches refused because the grant was
-/// revoked.
-fn grant_fetches_since(revoked_only: bool, part_hour: bool) -> String {
+/// Which totals a report over the events since `since` reads: those for
+/// all time; or the hourly ones from `whole_from`, the first whole hour,
+/// and, when `since` falls inside an hour, the log itself for the part-hour
+/// before it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Window {
+    pub(crate) since: i64,
+    pub(crate) whole_from: i64,
+}
+
+impl Window {
+    fn all_time(self) -> bool {
+        self.since == i64::MIN
+    }
+
+    /// Whether the part-hour must be read from the log. (When not, the
+    /// statement leaves the log out: a planner cannot tell that an empty
+    /// time range is empty, and may walk an index of the log to find out.)
+    fn part_hour(self) -> bool {
+        !self.all_time() && self.since < self.whole_from
+    }
+
+    /// The values a source from [`Window::source`] takes, in order.
+    fn binds(self) -> Vec<i64> {
+        if self.all_time() {
+            Vec::new()
+        } else if self.part_hour() {
+            vec![self.whole_from, self.since]
+        } else {
+            vec![self.whole_from]
+        }
+    }
+
+    /// A `SELECT` of `columns` from the all-time table, or from the hourly
+    /// one (and the log), with `filter` applied to each. `$w` and `$s` in
+    /// them stand for the placeholders of `whole_from` and `since`, numbered
+    /// from `$first`.
+    fn source(self, first: usize, totals: &str, hourly: &str, log: &str) -> String {
+        let (w, s) = (format!("${first}"), format!("${}", first + 1));
+        if self.all_time() {
+            totals.to_owned()
+        } else if self.part_hour() {
+            format!(
+                "{} UNION ALL {}",
+                hourly.replace("$w", &w),
+                log.replace("$w", &w).replace("$s", &s)
+            )
+        } else {
+            hourly.replace("$w", &w)
+        }
+    }
+}
+
+/// The fetches per grant and client address in `window`, as `grant_id,
+/// client_ip, n, first_at, last_at`; `revoked_only` keeps the fetches
+/// refused because the grant was revoked. Its placeholders start at `$2`.
+fn grant_fetches(window: Window, revoked_only: bool) -> String {
     let (kept, first, last, log_filter) = if revoked_only {
         (
             "revoked",
@@ -547,38 +656,27 @@ fn grant_fetches_since(revoked_only: bool, part_hour: bool) -> String {
     } else {
         ("fetches", "first_at", "last_at", "")
     };
-    let mut sql = format!(
-        "SELECT grant_id, NULLIF(client_ip, '') AS client_ip, {kept} AS n, {first} AS first_at, {last} AS last_at
-         FROM report_grant_fetches WHERE hour >= $1 AND {kept} > 0"
+    let columns = format!(
+        "grant_id, NULLIF(client_ip, '') AS client_ip, {kept} AS n, {first} AS first_at, {last} AS last_at"
     );
-    if part_hour {
-        sql.push_str(&format!(
-            " UNION ALL
-             SELECT grant_id, client_ip, 1 AS n, at AS first_at, at AS last_at
-             FROM audit_events
-             WHERE action = 'file.fetch' AND grant_id IS NOT NULL AND at >= $3 AND at < $1{log_filter}"
-        ));
-    }
-    sql
-}
-
-/// Whether `since` falls inside an hour, so that the part-hour before the
-/// whole hours must be read from the log. (When it does not, the statement
-/// leaves the log out: a planner cannot tell that an empty time range is
-/// empty, and may walk an index of the log to find out.)
-fn has_part_hour(since: i64, whole_from: i64) -> bool {
-    since < whole_from
+    window.source(
+        2,
+        &format!("SELECT {columns} FROM report_grant_addresses WHERE {kept} > 0"),
+        &format!("SELECT {columns} FROM report_grant_fetches WHERE hour >= $w AND {kept} > 0"),
+        &format!(
+            "SELECT grant_id, client_ip, 1 AS n, at AS first_at, at AS last_at FROM audit_events
+             WHERE action = 'file.fetch' AND grant_id IS NOT NULL AND at >= $s AND at < $w{log_filter}"
+        ),
+    )
 }
 
 /// Grants whose links were fetched from more than `more_than` distinct
-/// client addresses since `since`.
+/// client addresses in `window`.
 pub(crate) async fn grants_with_many_addresses<'c>(
     e: impl AnyExecutor<'c>,
-    since: i64,
-    whole_from: i64,
+    window: Window,
     more_than: i64,
 ) -> sqlx::Result<Vec<GrantActivity>> {
-    let part_hour = has_part_hour(since, whole_from);
     let sql = format!(
         "SELECT x.grant_id, r.email, m.slug AS model_slug, CAST(SUM(x.n) AS BIGINT) AS fetches,
             COUNT(DISTINCT x.client_ip) AS addresses, MIN(x.first_at) AS first_at, MAX(x.last_at) AS last_at
@@ -587,59 +685,47 @@ pub(crate) async fn grants_with_many_addresses<'c>(
          LEFT JOIN researchers r ON r.id = g.researcher_id
          LEFT JOIN models m ON m.id = g.model_id
          GROUP BY x.grant_id, r.email, m.slug
-         HAVING COUNT(DISTINCT x.client_ip) > $2
+         HAVING COUNT(DISTINCT x.client_ip) > $1
          ORDER BY addresses DESC, x.grant_id",
-        grant_fetches_since(false, part_hour)
+        grant_fetches(window, false)
     );
-    let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(whole_from)
-        .bind(more_than);
-    if part_hour {
-        query = query.bind(since);
+    let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(more_than);
+    for v in window.binds() {
+        query = query.bind(v);
     }
     query.fetch_all(e).await
 }
 
-/// The distinct client addresses of a grant's fetches since `since`, at
-/// most 100.
+/// The distinct client addresses of a grant's fetches in `window`, at most
+/// 100.
 pub(crate) async fn addresses_of_grant<'c>(
     e: impl AnyExecutor<'c>,
     grant_id: &str,
-    since: i64,
-    whole_from: i64,
+    window: Window,
 ) -> sqlx::Result<Vec<String>> {
-    let part_hour = has_part_hour(since, whole_from);
-    let log = if part_hour {
-        " UNION ALL
-            SELECT client_ip FROM audit_events
-            WHERE grant_id = $1 AND action = 'file.fetch' AND at >= $3 AND at < $2 AND client_ip IS NOT NULL"
-    } else {
-        ""
-    };
-    let sql = format!(
-        "SELECT DISTINCT client_ip FROM (
-            SELECT client_ip FROM report_grant_fetches
-            WHERE grant_id = $1 AND hour >= $2 AND fetches > 0 AND client_ip <> ''{log}
-         ) x ORDER BY client_ip LIMIT 100"
+    let source = window.source(
+        2,
+        "SELECT client_ip FROM report_grant_addresses WHERE grant_id = $1 AND fetches > 0 AND client_ip <> ''",
+        "SELECT client_ip FROM report_grant_fetches
+         WHERE grant_id = $1 AND hour >= $w AND fetches > 0 AND client_ip <> ''",
+        "SELECT client_ip FROM audit_events
+         WHERE grant_id = $1 AND action = 'file.fetch' AND at >= $s AND at < $w AND client_ip IS NOT NULL",
     );
-    let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-        .bind(grant_id)
-        .bind(whole_from);
-    if part_hour {
-        query = query.bind(since);
+    let sql = format!("SELECT DISTINCT client_ip FROM ({source}) x ORDER BY client_ip LIMIT 100");
+    let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(grant_id);
+    for v in window.binds() {
+        query = query.bind(v);
     }
     query.fetch_all(e).await
 }
 
 /// Grants whose links were fetched, refused as revoked, at least `at_least`
-/// times since `since`.
+/// times in `window`.
 pub(crate) async fn refused_after_revocation<'c>(
     e: impl AnyExecutor<'c>,
-    since: i64,
-    whole_from: i64,
+    window: Window,
     at_least: i64,
 ) -> sqlx::Result<Vec<GrantActivity>> {
-    let part_hour = has_part_hour(since, whole_from);
     let sql = format!(
         "SELECT x.grant_id, r.email, m.slug AS model_slug, CAST(SUM(x.n) AS BIGINT) AS fetches,
             COUNT(DISTINCT x.client_ip) AS addresses, MIN(x.first_at) AS first_at, MAX(x.last_at) AS last_at
@@ -648,37 +734,45 @@ pub(crate) async fn refused_after_revocation<'c>(
          LEFT JOIN researchers r ON r.id = g.researcher_id
          LEFT JOIN models m ON m.id = g.model_id
          GROUP BY x.grant_id, r.email, m.slug
-         HAVING SUM(x.n) >= $2
+         HAVING SUM(x.n) >= $1
          ORDER BY first_at, x.grant_id",
-        grant_fetches_since(true, part_hour)
+        grant_fetches(window, true)
     );
-    let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(whole_from)
-        .bind(at_least);
-    if part_hour {
-        query = query.bind(since);
+    let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(at_least);
+    for v in window.binds() {
+        query = query.bind(v);
     }
     query.fetch_all(e).await
 }
 
-/// Buckets of `span` ms in which one grant's links were fetched at least
-/// `at_least` times, ending after `since`: where a burst may be.
+/// Minutes (`hours` false) or hours in which one grant's links were
+/// fetched at least `at_least` times, ending after `since`: where a burst
+/// may be.
 pub(crate) async fn busy_buckets<'c>(
     e: impl AnyExecutor<'c>,
-    span: i64,
+    hours: bool,
     at_least: i64,
     since: i64,
 ) -> sqlx::Result<Vec<(String, i64)>> {
-    sqlx::query_as(
-        "SELECT grant_id, bucket FROM report_fetch_counts
-         WHERE span = $1 AND fetches >= $2 AND bucket > $3
-         ORDER BY grant_id, bucket",
-    )
-    .bind(span)
-    .bind(at_least)
-    .bind(since.saturating_sub(span))
-    .fetch_all(e)
-    .await
+    let (sql, span) = if hours {
+        (
+            "SELECT grant_id, hour FROM report_grant_fetches WHERE hour > $2
+             GROUP BY grant_id, hour HAVING SUM(fetches) >= $1
+             ORDER BY grant_id, hour",
+            3_600_000,
+        )
+    } else {
+        (
+            "SELECT grant_id, minute FROM report_fetch_minutes WHERE fetches >= $1 AND minute > $2
+             ORDER BY grant_id, minute",
+            60_000,
+        )
+    };
+    sqlx::query_as(sql)
+        .bind(at_least)
+        .bind(since.saturating_sub(span))
+        .fetch_all(e)
+        .await
 }
 
 /// The times of a grant's fetches from `from` to `to` (both included), in
@@ -726,41 +820,37 @@ pub(crate) struct AddressActivity {
 }
 
 /// Client addresses with at least `at_least` events of `action` refused for
-/// `reason` since `since`.
+/// `reason` in `window`.
 pub(crate) async fn refusals_by_address<'c>(
     e: impl AnyExecutor<'c>,
     action: &str,
     reason: &str,
-    since: i64,
-    whole_from: i64,
+    window: Window,
     at_least: i64,
 ) -> sqlx::Result<Vec<AddressActivity>> {
-    let part_hour = has_part_hour(since, whole_from);
-    let log = if part_hour {
-        " UNION ALL
-            SELECT client_ip, COALESCE(occurrences, 1) AS n, at AS first_at, at AS last_at FROM audit_events
-            WHERE action = $1 AND outcome = 'refused' AND reason = $2 AND at >= $5 AND at < $3
-              AND client_ip IS NOT NULL"
-    } else {
-        ""
-    };
+    let source = window.source(
+        4,
+        "SELECT client_ip, events AS n, first_at, last_at FROM report_refusal_totals
+         WHERE action = $1 AND reason = $2",
+        "SELECT client_ip, events AS n, first_at, last_at FROM report_refusals
+         WHERE action = $1 AND reason = $2 AND hour >= $w",
+        "SELECT client_ip, COALESCE(occurrences, 1) AS n, at AS first_at, at AS last_at FROM audit_events
+         WHERE action = $1 AND outcome = 'refused' AND reason = $2 AND at >= $s AND at < $w
+           AND client_ip IS NOT NULL",
+    );
     let sql = format!(
         "SELECT client_ip, CAST(SUM(n) AS BIGINT) AS count, MIN(first_at) AS first_at, MAX(last_at) AS last_at
-         FROM (
-            SELECT client_ip, events AS n, first_at, last_at FROM report_refusals
-            WHERE action = $1 AND reason = $2 AND hour >= $3{log}
-         ) x
+         FROM ({source}) x
          GROUP BY client_ip
-         HAVING SUM(n) >= $4
+         HAVING SUM(n) >= $3
          ORDER BY count DESC, client_ip"
     );
     let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(action)
         .bind(reason)
-        .bind(whole_from)
         .bind(at_least);
-    if part_hour {
-        query = query.bind(since);
+    for v in window.binds() {
+        query = query.bind(v);
     }
     query.fetch_all(e).await
 }

@@ -737,8 +737,10 @@ async fn report_totals_kept_by_the_fold_equal_a_rebuild_from_the_log() {
         "report_downloads",
         "report_download_addresses",
         "report_grant_fetches",
-        "report_fetch_counts",
+        "report_grant_addresses",
+        "report_fetch_minutes",
         "report_refusals",
+        "report_refusal_totals",
         "report_daily_deliveries",
     ] {
         assert!(has(table) > 0, "{table} is empty: {kept:#?}");
@@ -1199,6 +1201,24 @@ async fn anomalies_flag_shared_grants_bursts_revoked_use_and_forged_links() {
     );
     assert!(ok, "{err}");
     assert_eq!(from_first, out);
+    // A window over ten minutes finds its candidates among the hourly totals.
+    let (ok, hourly, err) = weightgate(
+        &t,
+        &[
+            "audit",
+            "anomalies",
+            "--burst",
+            "5",
+            "--window",
+            "1h",
+            "--format",
+            "jsonl",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    let hourly_burst = jsonl(&hourly).into_iter().find(|a| a["kind"] == "burst").unwrap();
+    assert_eq!(hourly_burst["count"], burst["count"], "{hourly}");
     // From a millisecond later, the first fetch is left out of the counts.
     let later = at_ms(first_fetch.at + 1);
     let (ok, from_later, err) = weightgate(
