@@ -781,8 +781,18 @@ pub(crate) async fn anomalies(db: &Db, t: &Thresholds) -> anyhow::Result<Vec<Ano
         whole_from: whole_hours_from(since),
     };
     let mut found = Vec::new();
+    let mut part_hour: HashMap<String, Vec<String>> = HashMap::new();
+    for (grant, ip) in db::reports::part_hour_addresses(pool, window).await? {
+        part_hour.entry(grant).or_default().push(ip);
+    }
     for g in db::reports::grants_with_many_addresses(pool, window, t.max_addresses).await? {
-        let addresses = db::reports::addresses_of_grant(pool, &g.grant_id, window).await?;
+        let mut addresses = db::reports::addresses_of_grant(pool, &g.grant_id, window).await?;
+        if let Some(more) = part_hour.get(&g.grant_id) {
+            addresses.extend(more.iter().cloned());
+            addresses.sort();
+            addresses.dedup();
+            addresses.truncate(100);
+        }
         found.push(Anomaly {
             kind: AnomalyKind::ManyAddresses,
             detail: format!(
@@ -942,30 +952,39 @@ async fn bursts(db: &Db, since: i64, fetches: i64, window_ms: i64) -> anyhow::Re
     let needed = usize::try_from(fetches - 1).context("a burst's size")?;
     let mut found = Vec::new();
     for (grant, ranges) in around {
+        // One read of the grant's fetches from its first such time to its
+        // last: a walk of the grant's entries in the log's index costs the
+        // same for a short range as for a long one.
+        let (Some(&(first, _)), Some(&(_, last))) = (ranges.first(), ranges.last()) else {
+            continue;
+        };
+        let read_from = first.saturating_sub(ORDER_SLACK_MS).max(since);
+        let times =
+            db::reports::fetch_times(pool, grant, read_from, last.saturating_add(ORDER_SLACK_MS)).await?;
         let mut burst: Option<Burst> = None;
-        for (from, to) in ranges {
-            let read_from = from.saturating_sub(ORDER_SLACK_MS).max(since);
-            let times =
-                db::reports::fetch_times(pool, grant, read_from, to.saturating_add(ORDER_SLACK_MS)).await?;
-            for (i, &at) in times.iter().enumerate().skip(needed) {
-                let gap = at - times[i - needed];
-                if gap > window_ms || at < from || at > to {
-                    continue;
-                }
-                let b = burst.get_or_insert_with(|| Burst {
-                    grant_id: grant.to_owned(),
-                    email: None,
-                    model_slug: None,
-                    windows: 0,
-                    tightest_ms: gap,
-                    first_at: at,
-                    last_at: at,
-                });
-                b.windows += 1;
-                b.tightest_ms = b.tightest_ms.min(gap);
-                b.first_at = b.first_at.min(at);
-                b.last_at = b.last_at.max(at);
+        for (i, &at) in times.iter().enumerate().skip(needed) {
+            let gap = at - times[i - needed];
+            // The range that starts last at or before `at` must reach it.
+            let inside = ranges
+                .partition_point(|&(from, _)| from <= at)
+                .checked_sub(1)
+                .is_some_and(|r| at <= ranges[r].1);
+            if gap > window_ms || !inside {
+                continue;
             }
+            let b = burst.get_or_insert_with(|| Burst {
+                grant_id: grant.to_owned(),
+                email: None,
+                model_slug: None,
+                windows: 0,
+                tightest_ms: gap,
+                first_at: at,
+                last_at: at,
+            });
+            b.windows += 1;
+            b.tightest_ms = b.tightest_ms.min(gap);
+            b.first_at = b.first_at.min(at);
+            b.last_at = b.last_at.max(at);
         }
         if let Some(mut b) = burst {
             if let Some((email, slug)) = db::reports::grant_owner(pool, grant).await? {
