@@ -4,6 +4,8 @@
 -- so that a log rewritten beneath it is noticed) and is brought up to the
 -- log's head before any report is answered; `weightgate audit
 -- rebuild-reports` empties these tables and folds the whole log again.
+-- On SQLite the tables are WITHOUT ROWID: each is stored once, in the order
+-- of its key, instead of as rows plus an index of the key beside them.
 CREATE TABLE report_cursor (
     id   INTEGER PRIMARY KEY CHECK (id = 1),
     seq  INTEGER NOT NULL,
@@ -20,7 +22,7 @@ CREATE TABLE report_coverage (
     spans         TEXT NOT NULL,
     completed_at  INTEGER,
     PRIMARY KEY (researcher_id, file_id)
-);
+) WITHOUT ROWID;
 CREATE INDEX report_coverage_model ON report_coverage (model_id, completed_at);
 
 -- Fetches and bytes per researcher and model.
@@ -33,7 +35,7 @@ CREATE TABLE report_downloads (
     first_fetch   INTEGER,
     last_fetch    INTEGER,
     PRIMARY KEY (researcher_id, model_id)
-);
+) WITHOUT ROWID;
 
 -- The client addresses each researcher fetched a model from.
 CREATE TABLE report_download_addresses (
@@ -41,7 +43,7 @@ CREATE TABLE report_download_addresses (
     model_id      TEXT NOT NULL,
     client_ip     TEXT NOT NULL,
     PRIMARY KEY (researcher_id, model_id, client_ip)
-);
+) WITHOUT ROWID;
 
 -- Fetches under each grant per hour and client address ('' for none); of
 -- them, those refused because the grant was revoked, and when.
@@ -56,7 +58,7 @@ CREATE TABLE report_grant_fetches (
     revoked_first_at INTEGER,
     revoked_last_at  INTEGER,
     PRIMARY KEY (grant_id, hour, client_ip)
-);
+) WITHOUT ROWID;
 CREATE INDEX report_grant_fetches_hour ON report_grant_fetches (hour);
 
 -- The same for all time, per grant and client address: what a report over
@@ -71,7 +73,7 @@ CREATE TABLE report_grant_addresses (
     revoked_first_at INTEGER,
     revoked_last_at  INTEGER,
     PRIMARY KEY (grant_id, client_ip)
-);
+) WITHOUT ROWID;
 
 -- Fetches under each grant per minute: where bursts can be, found without
 -- reading the log.
@@ -80,7 +82,7 @@ CREATE TABLE report_fetch_minutes (
     minute   INTEGER NOT NULL,
     fetches  INTEGER NOT NULL,
     PRIMARY KEY (grant_id, minute)
-);
+) WITHOUT ROWID;
 CREATE INDEX report_fetch_minutes_busy ON report_fetch_minutes (fetches);
 
 -- Refused events per action, reason, client address and hour.
@@ -93,7 +95,7 @@ CREATE TABLE report_refusals (
     first_at  INTEGER NOT NULL,
     last_at   INTEGER NOT NULL,
     PRIMARY KEY (action, reason, client_ip, hour)
-);
+) WITHOUT ROWID;
 
 -- The same for all time, per action, reason and client address.
 CREATE TABLE report_refusal_totals (
@@ -104,7 +106,7 @@ CREATE TABLE report_refusal_totals (
     first_at  INTEGER NOT NULL,
     last_at   INTEGER NOT NULL,
     PRIMARY KEY (action, reason, client_ip)
-);
+) WITHOUT ROWID;
 
 -- Transfers that ended whole, per model and UTC day.
 CREATE TABLE report_daily_deliveries (
@@ -112,4 +114,4 @@ CREATE TABLE report_daily_deliveries (
     day      INTEGER NOT NULL,
     count    INTEGER NOT NULL,
     PRIMARY KEY (model_id, day)
-);
+) WITHOUT ROWID;
