@@ -590,13 +590,18 @@ async fn verify(
         }
         anyhow::bail!(message);
     }
+    // Written at once at the end.
+    use std::fmt::Write as _;
+    let mut out = String::new();
     match &v.started_from {
-        None => println!(
+        None => writeln!(
+            out,
             "audit log intact: {} events, chain verified (re-hashed in {took:.1} s, {:.0} events/s)",
             v.events,
             v.events as f64 / took.max(1e-6)
-        ),
-        Some(s) => println!(
+        )?,
+        Some(s) => writeln!(
+            out,
             "audit log intact: {} events, chain verified; events 1 to {} as proved by the checkpoint the witness \
              holds ({}, signed {} UTC with key {}), the {} after it re-hashed in {took:.1} s; `--full` re-hashes all",
             s.seq + v.events,
@@ -605,37 +610,44 @@ async fn verify(
             format_ms(s.at),
             s.kid,
             v.events
-        ),
+        )?,
     }
     if let Some((seq, hash)) = &v.head {
         // Noted down elsewhere, this line shows later whether the log was
         // cut back or rewritten.
-        println!("newest event {seq}, hash {hash}");
+        writeln!(out, "newest event {seq}, hash {hash}")?;
     }
     match &v.latest_checkpoint {
-        Some(c) => println!(
+        Some(c) => writeln!(
+            out,
             "{} checkpoint(s) verified; the newest signs event {} at {} UTC (key {})",
             v.checkpoints,
             c.seq,
             format_ms(c.at),
             c.kid
-        ),
-        None => println!("no signed checkpoints yet: `weightgate audit checkpoint` makes one"),
+        )?,
+        None => writeln!(
+            out,
+            "no signed checkpoints yet: `weightgate audit checkpoint` makes one"
+        )?,
     }
-    println!(
+    writeln!(
+        out,
         "{} checkpoint(s) held by the witness match the log (trusted keys: {})",
         v.witnessed,
         trust.kids().join(", ")
-    );
+    )?;
     if let Some(e) = &exported {
-        println!(
+        writeln!(
+            out,
             "the exported checkpoint of event {} ({} UTC, key {}) matches",
             e.seq,
             format_ms(e.at),
             e.kid
-        );
+        )?;
     }
-    Ok(())
+    // A reader that went away (`… | head -1`) ends the output, not the command.
+    output::until_closed(std::io::stdout().lock().write_all(out.as_bytes()))
 }
 
 async fn sign_checkpoint(app: &App, export: Option<PathBuf>, format: Format) -> anyhow::Result<()> {
