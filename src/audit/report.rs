@@ -197,23 +197,24 @@ pub(crate) async fn catch_up_at_most(db: &Db, most: i64) -> anyhow::Result<Caugh
             }
             continue;
         }
-        // The events after the cursor, a step's worth at a time, read ahead
-        // while the one before is written.
-        let mut pages = db::audit::Pages::open(db, cursor.seq, STEP);
+        // The events after the cursor, a step's worth at a time, each step
+        // read in a short read of its own (see `db::audit::read_page`).
         let mut at = cursor;
-        while let Some(page) = pages.next().await? {
+        loop {
+            let page = db::audit::read_page(db, at.seq, STEP).await?;
+            if page.is_empty() {
+                break 'look;
+            }
             let Some(next) = step(db, &at, &page).await? else {
                 // Another fold took these events first: look again.
                 continue 'look;
             };
             done.folded += i64::try_from(page.len()).unwrap_or(i64::MAX);
             at = next;
-            pages.recycle(page);
             if done.folded >= most {
                 break 'look;
             }
         }
-        break;
     }
     Ok(done)
 }

@@ -336,6 +336,100 @@ fn fetch_page(
     tokio::spawn(async move { page_after(&pool, after_seq, limit).await })
 }
 
+/// A row to be filled by [`fill_row`].
+fn empty_row() -> EventRow {
+    EventRow {
+        seq: 0,
+        at: 0,
+        action: String::new(),
+        outcome: String::new(),
+        reason: None,
+        actor: None,
+        subject: None,
+        model_id: None,
+        application_id: None,
+        grant_id: None,
+        researcher_id: None,
+        file_id: None,
+        range_start: None,
+        range_end: None,
+        bytes: None,
+        client_ip: None,
+        user_agent: None,
+        request_id: None,
+        prev_hash: String::new(),
+        hash: String::new(),
+        occurrences: None,
+    }
+}
+
+/// Overwrites `r` with a row of `SELECT {COLUMNS}`, reusing its strings.
+fn fill_row(r: &mut EventRow, row: &rusqlite::Row<'_>) -> rusqlite::Result<()> {
+    r.seq = row.get(0)?;
+    r.at = row.get(1)?;
+    set_text(&mut r.action, row, 2)?;
+    set_text(&mut r.outcome, row, 3)?;
+    for (field, i) in [
+        (&mut r.reason, 4),
+        (&mut r.actor, 5),
+        (&mut r.subject, 6),
+        (&mut r.model_id, 7),
+        (&mut r.application_id, 8),
+        (&mut r.grant_id, 9),
+        (&mut r.researcher_id, 10),
+        (&mut r.file_id, 11),
+    ] {
+        set_optional_text(field, row, i)?;
+    }
+    r.range_start = row.get(12)?;
+    r.range_end = row.get(13)?;
+    r.bytes = row.get(14)?;
+    set_optional_text(&mut r.client_ip, row, 15)?;
+    set_optional_text(&mut r.user_agent, row, 16)?;
+    set_optional_text(&mut r.request_id, row, 17)?;
+    set_text(&mut r.prev_hash, row, 18)?;
+    set_text(&mut r.hash, row, 19)?;
+    r.occurrences = row.get(20)?;
+    Ok(())
+}
+
+/// At most `size` events after `after_seq`, in order, in one short read: on
+/// SQLite its own connection and statement, so that no read transaction
+/// outlives the page. (A reader that holds one keeps SQLite from ever
+/// resetting its write-ahead log while others write: [`Pages`] is for a
+/// walk that writes nothing; a fold that writes as it reads goes page by
+/// page here.)
+pub(crate) async fn read_page(db: &Db, after_seq: i64, size: usize) -> anyhow::Result<Vec<EventRow>> {
+    let Some(file) = db.sqlite_file() else {
+        return Ok(page_after(db.pool(), after_seq, i64::try_from(size).unwrap_or(i64::MAX)).await?);
+    };
+    let file = file.to_owned();
+    tokio::task::spawn_blocking(move || {
+        use rusqlite::OpenFlags;
+        let conn = rusqlite::Connection::open_with_flags(
+            &file,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .with_context(|| format!("cannot open {}", file.display()))?;
+        conn.pragma_update(None, "query_only", true)?;
+        let mut statement = conn.prepare(&format!(
+            "SELECT {COLUMNS} FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2"
+        ))?;
+        let mut rows = statement.query(rusqlite::params![
+            after_seq,
+            i64::try_from(size).unwrap_or(i64::MAX)
+        ])?;
+        let mut page = Vec::with_capacity(size);
+        while let Some(row) = rows.next()? {
+            let mut r = empty_row();
+            fill_row(&mut r, row)?;
+            page.push(r);
+        }
+        Ok(page)
+    })
+    .await?
+}
+
 /// Reads every event after `after_seq` with one statement and sends them on
 /// in pages, until the end of the log or until nobody listens. Pages come
 /// from `spares` when there are any, their strings overwritten in place.
@@ -362,56 +456,9 @@ fn read_sqlite_pages(
     let mut filled = 0;
     while let Some(row) = rows.next()? {
         if filled == page.len() {
-            page.push(EventRow {
-                seq: 0,
-                at: 0,
-                action: String::new(),
-                outcome: String::new(),
-                reason: None,
-                actor: None,
-                subject: None,
-                model_id: None,
-                application_id: None,
-                grant_id: None,
-                researcher_id: None,
-                file_id: None,
-                range_start: None,
-                range_end: None,
-                bytes: None,
-                client_ip: None,
-                user_agent: None,
-                request_id: None,
-                prev_hash: String::new(),
-                hash: String::new(),
-                occurrences: None,
-            });
+            page.push(empty_row());
         }
-        let r = &mut page[filled];
-        r.seq = row.get(0)?;
-        r.at = row.get(1)?;
-        set_text(&mut r.action, row, 2)?;
-        set_text(&mut r.outcome, row, 3)?;
-        for (field, i) in [
-            (&mut r.reason, 4),
-            (&mut r.actor, 5),
-            (&mut r.subject, 6),
-            (&mut r.model_id, 7),
-            (&mut r.application_id, 8),
-            (&mut r.grant_id, 9),
-            (&mut r.researcher_id, 10),
-            (&mut r.file_id, 11),
-        ] {
-            set_optional_text(field, row, i)?;
-        }
-        r.range_start = row.get(12)?;
-        r.range_end = row.get(13)?;
-        r.bytes = row.get(14)?;
-        set_optional_text(&mut r.client_ip, row, 15)?;
-        set_optional_text(&mut r.user_agent, row, 16)?;
-        set_optional_text(&mut r.request_id, row, 17)?;
-        set_text(&mut r.prev_hash, row, 18)?;
-        set_text(&mut r.hash, row, 19)?;
-        r.occurrences = row.get(20)?;
+        fill_row(&mut page[filled], row)?;
         filled += 1;
         if filled == size {
             page.truncate(filled);
