@@ -148,6 +148,16 @@ impl App {
         }
     }
 
+    /// Where archived segments of the audit log are kept: the witness's
+    /// store, with scratch copies in the data directory.
+    pub fn audit_archive(&self) -> crate::audit::archive::Archive {
+        crate::audit::archive::Archive {
+            store: self.witness.store(),
+            scratch: self.config.data_dir.join("scratch"),
+            retention: self.config.witness_retention,
+        }
+    }
+
     /// Keeps the totals the download reports read a few seconds behind the
     /// log at most, so that a report or the dashboard seldom folds more than
     /// that itself.

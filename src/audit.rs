@@ -32,6 +32,7 @@ use crate::{
 };
 
 pub(crate) mod action;
+pub mod archive;
 pub mod checkpoint;
 pub(crate) mod filter;
 pub mod refusals;

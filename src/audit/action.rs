@@ -54,6 +54,8 @@ stored_as_text! {
         TemplateSaved = "template.saved",
         TemplateDeleted = "template.deleted",
         PortalStopped = "portal.stopped",
+        /// Old events moved to an archived segment in the object store.
+        AuditArchived = "audit.archived",
     }
 }
 

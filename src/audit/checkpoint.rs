@@ -365,8 +365,10 @@ pub(crate) async fn checkpoint(
                     log_end: Some(head_seq),
                 }));
             }
-            match db::audit::find_event(db.pool(), last.seq).await? {
-                Some(event) if event.hash == last.hash => {}
+            // The last event of an archived segment is signed by the
+            // checkpoint it ends at, and its hash recorded.
+            match super::archive::hash_at(db, last.seq).await? {
+                Some(hash) if hash == last.hash => {}
                 Some(_) => {
                     return Err(refuse(Problem::Rewritten {
                         source,
@@ -408,8 +410,8 @@ pub(crate) async fn checkpoint(
             if !signature_holds(public, kept.seq, &kept.hash, kept.at, &kept.signature) {
                 return Err(refuse(Problem::BadSignature { source }));
             }
-            match db::audit::find_event(db.pool(), kept.seq).await? {
-                Some(event) if event.hash == kept.hash => (kept.seq, kept.hash.clone()),
+            match super::archive::hash_at(db, kept.seq).await? {
+                Some(hash) if hash == kept.hash => (kept.seq, kept.hash.clone()),
                 Some(_) => {
                     return Err(refuse(Problem::Forked {
                         source,
@@ -427,6 +429,10 @@ pub(crate) async fn checkpoint(
         }
         _ => start,
     };
+    // Archived events are no longer in the database to walk; the archive
+    // ends at a witnessed checkpoint.
+    let through = super::archive::boundary(db).await?;
+    let start = if through.0 > start.0 { through } else { start };
     let walk = verify::walk(db, start, Some(head_seq)).await?;
     if let Some(problem) = walk.problem {
         return Err(refuse(problem));

@@ -184,7 +184,18 @@ pub(crate) async fn catch_up_at_most(db: &Db, most: i64) -> anyhow::Result<Caugh
         {
             break;
         }
-        if cursor.seq > 0 && db::reports::hash_at(db.pool(), cursor.seq).await? != cursor.hash {
+        // Archived events are folded only by a rebuild, which reads them
+        // back from their segments.
+        if let Some(archived) = db::archives::newest(db.pool()).await?
+            && cursor.seq < archived.last_seq
+        {
+            return Err(BehindArchive {
+                cursor: cursor.seq,
+                archived: archived.last_seq,
+            }
+            .into());
+        }
+        if cursor.seq > 0 && super::archive::hash_at(db, cursor.seq).await? != cursor.hash {
             let mut tx = db.begin().await?;
             if db::reports::lock_cursor(&mut tx).await? == cursor {
                 db::reports::clear(&mut tx).await?;
@@ -219,13 +230,59 @@ pub(crate) async fn catch_up_at_most(db: &Db, most: i64) -> anyhow::Result<Caugh
     Ok(done)
 }
 
-/// Empties the report totals and folds the whole log again.
-pub async fn rebuild(db: &Db) -> anyhow::Result<CaughtUp> {
+/// The report totals lack archived events, which only a rebuild reads back.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the report totals have taken the log only up to event {cursor}, and events up to {archived} are \
+     archived: `weightgate audit rebuild-reports` folds them from their segments"
+)]
+pub struct BehindArchive {
+    cursor: i64,
+    archived: i64,
+}
+
+/// Empties the report totals and folds the whole log again: the archived
+/// segments, read back from `archive`, then the live log.
+pub async fn rebuild(db: &Db, archive: &super::archive::Archive) -> anyhow::Result<CaughtUp> {
     let mut tx = db.begin().await?;
-    db::reports::lock_cursor(&mut tx).await?;
+    let mut at = db::reports::lock_cursor(&mut tx).await?;
     db::reports::clear(&mut tx).await?;
     tx.commit().await?;
-    catch_up(db).await
+    at.seq = 0;
+    at.hash = None;
+    let mut done = CaughtUp::default();
+    for row in db::archives::all(db.pool()).await? {
+        let mut reader = super::archive::SegmentReader::open(archive, &row).await?;
+        loop {
+            let (page, r) = tokio::task::spawn_blocking(move || {
+                let page = reader.page(STEP);
+                (page, reader)
+            })
+            .await?;
+            reader = r;
+            let page = page?;
+            if page.is_empty() {
+                break;
+            }
+            if page[0].seq != at.seq + 1 {
+                anyhow::bail!(
+                    "the archived segment {} holds event {} where event {} belongs: run `weightgate audit \
+                     verify --archive`",
+                    row.object,
+                    page[0].seq,
+                    at.seq + 1
+                );
+            }
+            at = step(db, &at, &page)
+                .await?
+                .context("another fold moved the report totals while they were rebuilt: rebuild again")?;
+            done.folded += i64::try_from(page.len()).unwrap_or(i64::MAX);
+        }
+    }
+    let rest = catch_up(db).await?;
+    done.folded += rest.folded;
+    done.rebuilt = rest.rebuilt;
+    Ok(done)
 }
 
 /// Folds `rows`, the events that follow `cursor`, and returns where the

@@ -141,6 +141,27 @@ pub enum Problem {
         source: CheckpointSource,
         seq: i64,
     },
+    /// Positions `first..=last` are neither in the log nor in an archived segment.
+    NotArchived {
+        first: i64,
+        last: i64,
+    },
+    /// The archived segments end at event `seq`, but no checkpoint the
+    /// witness holds signs that event with the hash they record.
+    ArchiveUnproven {
+        seq: i64,
+    },
+    /// A row at position `seq` of the live log, among the archived positions.
+    InsideArchive {
+        seq: i64,
+        archived_through: i64,
+    },
+    /// An archived segment that does not hold what it should, read back by
+    /// `verify --archive`, from position `first`.
+    Archive {
+        first: i64,
+        what: String,
+    },
 }
 
 impl Problem {
@@ -155,7 +176,10 @@ impl Problem {
             | Problem::InsertedBeforeStart { seq }
             | Problem::Rewritten { seq, .. }
             | Problem::Forked { seq, .. }
-            | Problem::NotWitnessed { seq, .. } => *seq,
+            | Problem::NotWitnessed { seq, .. }
+            | Problem::ArchiveUnproven { seq }
+            | Problem::InsideArchive { seq, .. } => *seq,
+            Problem::NotArchived { first, .. } | Problem::Archive { first, .. } => *first,
             Problem::BrokenLink { seq } => seq - 1,
             Problem::Missing { first, .. } | Problem::Swapped { first, .. } => *first,
             Problem::Reordered { position, .. } => *position,
@@ -260,6 +284,24 @@ impl fmt::Display for Problem {
                 "re-signed checkpoint: {source} (of event {seq}) never reached the witness; it was \
                  signed outside the portal"
             ),
+            Problem::NotArchived { first, last } => write!(
+                f,
+                "events {first} to {last} are missing: neither the log nor an archived segment holds them"
+            ),
+            Problem::ArchiveUnproven { seq } => write!(
+                f,
+                "the archived segments end at event {seq}, but no checkpoint the witness holds signs \
+                 event {seq} with the hash they record: the archive records were altered"
+            ),
+            Problem::InsideArchive {
+                seq,
+                archived_through,
+            } => write!(
+                f,
+                "a row was inserted at position {seq}, among the events up to {archived_through} that \
+                 were archived"
+            ),
+            Problem::Archive { what, .. } => f.write_str(what),
         }
     }
 }
@@ -302,6 +344,10 @@ pub struct Verification {
     pub latest_checkpoint: Option<CheckpointRow>,
     /// Checkpoints the witness holds, all checked.
     pub(crate) witnessed: i64,
+    /// The last event moved to an archived segment (0 when none was), and
+    /// in how many segments: the walk started after it.
+    pub archived_through: i64,
+    pub archived_segments: i64,
     /// Every problem found, the first one first; empty when the log is whole.
     pub problems: Vec<Problem>,
 }
@@ -366,17 +412,21 @@ pub async fn verify_from(
     exported: Option<&ExportedCheckpoint>,
     start: Start,
 ) -> anyhow::Result<Verification> {
+    let mut problems = Vec::new();
+    let archive = check_archive_records(db, trust, witnessed, &mut problems).await?;
     let started_from = match start {
         Start::Full => None,
-        Start::Witnessed => newest_proven(db, trust, witnessed).await?,
+        Start::Witnessed => newest_proven(db, trust, witnessed)
+            .await?
+            .filter(|s| s.seq > archive.through.0),
     };
     let from = started_from
         .as_ref()
-        .map_or_else(|| (0, GENESIS.to_owned()), |s| (s.seq, s.hash.clone()));
+        .map_or_else(|| archive.through.clone(), |s| (s.seq, s.hash.clone()));
     let walk = walk(db, from, None).await?;
     let head = db::audit::head(db.pool()).await?;
     let log_end = head.as_ref().map(|h| h.0);
-    let mut problems: Vec<Problem> = walk.problem.into_iter().collect();
+    problems.extend(walk.problem);
     let (checkpoints, latest_checkpoint) =
         check_stored_checkpoints(db, trust, witnessed, log_end, &mut problems).await?;
     // Many witness checkpoints can tell of one truncation or one fork: the
@@ -438,7 +488,73 @@ pub async fn verify_from(
         checkpoints,
         latest_checkpoint,
         witnessed: i64::try_from(witnessed.len()).unwrap_or(i64::MAX),
+        archived_through: archive.through.0,
+        archived_segments: archive.segments,
         problems,
+    })
+}
+
+/// Where the archived segments leave the live log to go on from.
+struct ArchiveRecords {
+    /// The last archived event and its hash; `(0, GENESIS)` when none is.
+    through: (i64, String),
+    segments: i64,
+}
+
+/// Checks the database's records of archived segments without reading the
+/// segments (`verify --archive` does): they cover every position from the
+/// first without a gap, each chaining on from the one before; a witnessed
+/// checkpoint signs the last archived event with the hash recorded; no row
+/// of the live log sits among the archived positions.
+async fn check_archive_records(
+    db: &Db,
+    trust: &Trust,
+    witnessed: &[Witnessed],
+    problems: &mut Vec<Problem>,
+) -> anyhow::Result<ArchiveRecords> {
+    let rows = db::archives::all(db.pool()).await?;
+    let mut through = (0, GENESIS.to_owned());
+    for a in &rows {
+        if a.first_seq > through.0 + 1 {
+            problems.push(Problem::NotArchived {
+                first: through.0 + 1,
+                last: a.first_seq - 1,
+            });
+        } else if a.first_seq <= through.0 || a.prev_hash != through.1 {
+            problems.push(Problem::Archive {
+                first: a.first_seq,
+                what: format!(
+                    "the record of the archived events {} to {} does not follow on from event {}",
+                    a.first_seq, a.last_seq, through.0
+                ),
+            });
+        }
+        through = (a.last_seq, a.last_hash.clone());
+    }
+    if through.0 > 0 {
+        let proven = witnessed.iter().any(|w| {
+            let c = &w.checkpoint;
+            c.seq == through.0
+                && c.hash == through.1
+                && trust.get(&c.kid).is_some_and(|public| {
+                    checkpoint::signature_holds(public, c.seq, &c.hash, c.at, &c.signature)
+                })
+        });
+        if !proven {
+            problems.push(Problem::ArchiveUnproven { seq: through.0 });
+        }
+        if let Some(lowest) = db::archives::lowest_live(db.pool()).await?
+            && lowest <= through.0
+        {
+            problems.push(Problem::InsideArchive {
+                seq: lowest,
+                archived_through: through.0,
+            });
+        }
+    }
+    Ok(ArchiveRecords {
+        through,
+        segments: i64::try_from(rows.len()).unwrap_or(i64::MAX),
     })
 }
 
@@ -503,7 +619,7 @@ pub(super) async fn walk(db: &Db, from: (i64, String), until: Option<i64>) -> an
 
 /// Whether each event's contents still match its stored hash, computed on
 /// every core.
-fn hashes_hold(page: &[EventRow]) -> Vec<bool> {
+pub(super) fn hashes_hold(page: &[EventRow]) -> Vec<bool> {
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
     let share = page.len().div_ceil(threads).max(1);
     let mut intact = vec![false; page.len()];

@@ -82,6 +82,11 @@ impl Witness {
         })
     }
 
+    /// The store the witness's objects are kept in.
+    pub(crate) fn store(&self) -> Arc<dyn ObjectStore> {
+        Arc::clone(&self.store)
+    }
+
     /// The object key of a checkpoint: its position, time and key id.
     fn key_of(c: &ExportedCheckpoint) -> String {
         format!("{PREFIX}{:020}.{}.{}.json", c.seq, c.at, c.kid)

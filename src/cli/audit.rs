@@ -76,6 +76,25 @@ pub(crate) enum AuditCommand {
         /// after it are re-hashed.
         #[arg(long)]
         full: bool,
+        /// Also read every archived segment back from the object store and
+        /// re-hash its events (see `audit archive`).
+        #[arg(long)]
+        archive: bool,
+    },
+    /// Move the events older than a date out of the database, into
+    /// compressed segments in the object store (the witness's), each ending
+    /// at a checkpoint the witness holds, with a manifest. The report totals
+    /// keep counting them; `verify --archive` and `export --archived` read
+    /// them back.
+    Archive {
+        /// Archive events up to the newest witnessed checkpoint over an
+        /// event before this time (same forms as `list --since`).
+        #[arg(long, value_parser = parse_time)]
+        before: i64,
+        /// Events per segment, at least: a segment ends at the first
+        /// witnessed checkpoint after this many.
+        #[arg(long, default_value_t = audit::archive::SEGMENT_EVENTS, value_parser = clap::value_parser!(i64).range(1..))]
+        segment_events: i64,
     },
     /// Print the public half of the audit checkpoint key, and its id.
     PublicKey,
@@ -149,6 +168,10 @@ pub(crate) enum AuditCommand {
     Export {
         #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
         format: ExportFormat,
+        /// Begin with the archived events, read back from their segments
+        /// (checked against their recorded size and SHA-256).
+        #[arg(long)]
+        archived: bool,
         /// Write to this file instead of standard output.
         #[arg(short, long)]
         output: Option<PathBuf>,
@@ -398,14 +421,19 @@ pub(crate) async fn run(app: Arc<App>, cmd: AuditCommand) -> anyhow::Result<()> 
             checkpoint,
             public_key,
             full,
+            archive,
         } => {
             let start = if full {
                 audit::Start::Full
             } else {
                 audit::Start::Witnessed
             };
-            verify(&app, checkpoint, &public_key, start).await
+            verify(&app, checkpoint, &public_key, start, archive).await
         }
+        AuditCommand::Archive {
+            before,
+            segment_events,
+        } => archive(&app, before, segment_events).await,
         AuditCommand::Checkpoint { export, format } => sign_checkpoint(&app, export, format).await,
         AuditCommand::PublicKey => {
             let key = checkpoint::AuditKey::configured(&app.config)?.context(
@@ -446,7 +474,7 @@ pub(crate) async fn run(app: Arc<App>, cmd: AuditCommand) -> anyhow::Result<()> 
         }
         AuditCommand::RebuildReports => {
             let started = std::time::Instant::now();
-            let done = report::rebuild(db).await?;
+            let done = report::rebuild(db, &app.audit_archive()).await?;
             println!(
                 "folded {} events into the report totals in {:.1} s",
                 done.folded,
@@ -454,7 +482,11 @@ pub(crate) async fn run(app: Arc<App>, cmd: AuditCommand) -> anyhow::Result<()> 
             );
             Ok(())
         }
-        AuditCommand::Export { format, output } => export(db, format, output).await,
+        AuditCommand::Export {
+            format,
+            archived,
+            output,
+        } => export(&app, format, archived, output).await,
     }
 }
 
@@ -483,6 +515,17 @@ async fn list(
         .try_for_each(|e| out.row(event_cells(format, e), &event_json(e)))
         .and_then(|()| out.finish());
     output::until_closed(printed)?;
+    if format == Format::Table
+        && let Some(archived) = db::archives::newest(db.pool()).await?
+        && events.first().is_none_or(|e| e.seq > archived.last_seq)
+    {
+        eprintln!(
+            "events 1 to {} (to {} UTC) are archived, and not listed: `weightgate audit export --archived` \
+             reads them back",
+            archived.last_seq,
+            format_ms(archived.last_at)
+        );
+    }
     if format == Format::Table && events.len() as i64 == limit {
         match (after, events.first(), events.last()) {
             (Some(_), _, Some(last)) => eprintln!("more events may follow: add --after {}", last.seq),
@@ -561,6 +604,7 @@ async fn verify(
     checkpoint: Option<PathBuf>,
     public_keys: &[String],
     start: audit::Start,
+    read_archive: bool,
 ) -> anyhow::Result<()> {
     let exported = match &checkpoint {
         Some(path) => {
@@ -581,8 +625,32 @@ async fn verify(
     );
     let witnessed = app.witness.read().await?;
     let started = std::time::Instant::now();
-    let v = audit::verify_from(&app.db, &trust, &witnessed, exported.as_ref(), start).await?;
+    let mut v = audit::verify_from(&app.db, &trust, &witnessed, exported.as_ref(), start).await?;
     let took = started.elapsed().as_secs_f64();
+    let archive_read = if read_archive {
+        let started = std::time::Instant::now();
+        let checked = audit::archive::check(&app.db, &app.audit_archive(), &witnessed).await?;
+        let took = started.elapsed().as_secs_f64();
+        let first = checked.end.0 + 1;
+        v.problems
+            .extend(checked.problems.iter().map(|what| audit::Problem::Archive {
+                first,
+                what: what.clone(),
+            }));
+        if checked.problems.is_empty() && checked.end.0 != v.archived_through {
+            v.problems.push(audit::Problem::Archive {
+                first,
+                what: format!(
+                    "the archived segments end at event {}, but the live log goes on from event {}",
+                    checked.end.0, v.archived_through
+                ),
+            });
+        }
+        v.problems.sort_by_key(audit::Problem::position);
+        Some((checked, took))
+    } else {
+        None
+    };
     if let Some((first, rest)) = v.problems.split_first() {
         let mut message = format!("audit log damaged: {first}");
         for problem in rest {
@@ -594,6 +662,15 @@ async fn verify(
     use std::fmt::Write as _;
     let mut out = String::new();
     match &v.started_from {
+        None if v.archived_through > 0 => writeln!(
+            out,
+            "audit log intact: {} events, chain verified; events {} to {} re-hashed in {took:.1} s \
+             ({:.0} events/s), going on from the archived events",
+            v.archived_through + v.events,
+            v.archived_through + 1,
+            v.archived_through + v.events,
+            v.events as f64 / took.max(1e-6)
+        )?,
         None => writeln!(
             out,
             "audit log intact: {} events, chain verified (re-hashed in {took:.1} s, {:.0} events/s)",
@@ -611,6 +688,21 @@ async fn verify(
             s.kid,
             v.events
         )?,
+    }
+    match &archive_read {
+        Some((checked, took)) => writeln!(
+            out,
+            "events 1 to {} archived in {} segment(s), read back and re-hashed in {took:.1} s: every one \
+             matches its manifest and chains on into the live log",
+            checked.end.0, checked.segments
+        )?,
+        None if v.archived_through > 0 => writeln!(
+            out,
+            "events 1 to {} archived in {} segment(s), ending at a checkpoint the witness holds; not read \
+             back: `--archive` re-hashes them too",
+            v.archived_through, v.archived_segments
+        )?,
+        None => {}
     }
     if let Some((seq, hash)) = &v.head {
         // Noted down elsewhere, this line shows later whether the log was
@@ -648,6 +740,52 @@ async fn verify(
     }
     // A reader that went away (`… | head -1`) ends the output, not the command.
     output::until_closed(std::io::stdout().lock().write_all(out.as_bytes()))
+}
+
+async fn archive(app: &App, before: i64, segment_events: i64) -> anyhow::Result<()> {
+    let trust = app.audit_trust()?;
+    anyhow::ensure!(
+        !trust.is_empty(),
+        "no checkpoint key to trust: archiving needs the portal's WEIGHTGATE_AUDIT_KEY_FILE (or \
+         WEIGHTGATE_AUDIT_KEY), whose checkpoints end the segments"
+    );
+    let witnessed = app.witness.read().await?;
+    let started = std::time::Instant::now();
+    let done = audit::archive::archive(
+        &app.db,
+        &app.audit_archive(),
+        &trust,
+        &witnessed,
+        before,
+        segment_events,
+    )
+    .await?;
+    let took = started.elapsed().as_secs_f64();
+    for s in &done.segments {
+        println!(
+            "archived events {} to {} ({} events, {} UTC to {} UTC) to {} ({} bytes, sha256 {})",
+            s.first_seq,
+            s.last_seq,
+            s.events,
+            format_ms(s.first_at),
+            format_ms(s.last_at),
+            s.object,
+            s.size,
+            s.sha256
+        );
+    }
+    if let Some(why) = &done.nothing {
+        println!("{why}");
+    }
+    if done.removed > 0 || !done.segments.is_empty() {
+        let events: i64 = done.segments.iter().map(|s| s.events).sum();
+        println!(
+            "{events} events in {} segment(s) in {took:.1} s; {} removed from the database",
+            done.segments.len(),
+            done.removed
+        );
+    }
+    Ok(())
 }
 
 async fn sign_checkpoint(app: &App, export: Option<PathBuf>, format: Format) -> anyhow::Result<()> {
@@ -851,13 +989,32 @@ async fn anomalies(db: &Db, thresholds: &Thresholds, format: Listing) -> anyhow:
     if found.is_empty() && format.kind == Format::Table {
         eprintln!("nothing above the thresholds");
     }
+    if format.kind == Format::Table
+        && let Some(archived) = db::archives::newest(db.pool()).await?
+        && thresholds.since_ms <= archived.last_at
+    {
+        // Totals were folded before the events left; what is read from the
+        // log itself is not there any more.
+        eprintln!(
+            "events 1 to {} (to {} UTC) are archived: they are counted above, but bursts among them are not \
+             looked for, and a --since among them counts from the next whole hour",
+            archived.last_seq,
+            format_ms(archived.last_at)
+        );
+    }
     Ok(())
 }
 
 /// Events read per page by `export`.
 const EXPORT_PAGE: i64 = 5_000;
 
-async fn export(db: &Db, format: ExportFormat, output: Option<PathBuf>) -> anyhow::Result<()> {
+async fn export(
+    app: &App,
+    format: ExportFormat,
+    archived: bool,
+    output: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let db = &app.db;
     let format = match format {
         ExportFormat::Jsonl => Format::Jsonl,
         ExportFormat::Csv => Format::Csv,
@@ -872,6 +1029,38 @@ async fn export(db: &Db, format: ExportFormat, output: Option<PathBuf>) -> anyho
     };
     let mut after = i64::MIN;
     let mut count: u64 = 0;
+    let segments = db::archives::all(db.pool()).await?;
+    if archived {
+        let archive = app.audit_archive();
+        for segment in &segments {
+            let mut reader = audit::archive::SegmentReader::open(&archive, segment).await?;
+            loop {
+                let (page, r) = tokio::task::spawn_blocking(move || {
+                    let page = reader.page(EXPORT_PAGE as usize);
+                    (page, reader)
+                })
+                .await?;
+                reader = r;
+                let page = page?;
+                let written = page
+                    .iter()
+                    .try_for_each(|e| out.row(event_cells(format, e), &event_json(e)));
+                if let Err(err) = written {
+                    return output::until_closed(Err(err));
+                }
+                count += page.len() as u64;
+                match page.last() {
+                    Some(last) => after = last.seq,
+                    None => break,
+                }
+            }
+        }
+    } else if let Some(last) = segments.last() {
+        eprintln!(
+            "events 1 to {} are archived and not exported: `--archived` reads them back",
+            last.last_seq
+        );
+    }
     loop {
         let page = db::audit::page_after(db.pool(), after, EXPORT_PAGE).await?;
         let written = page

@@ -11,7 +11,7 @@ use crate::{
     db::{Bind, Db, Tx, Where},
 };
 
-#[derive(Clone, Debug, FromRow, serde::Serialize)]
+#[derive(Clone, Debug, FromRow, serde::Serialize, serde::Deserialize)]
 pub struct EventRow {
     pub seq: i64,
     pub at: i64,

@@ -3,6 +3,7 @@
 //! cached in memory. No SQL lives outside this module.
 
 pub(crate) mod applications;
+pub mod archives;
 pub mod audit;
 pub(crate) mod facts;
 pub mod grants;

@@ -754,7 +754,9 @@ async fn report_totals_kept_by_the_fold_equal_a_rebuild_from_the_log() {
     );
 
     // Folding the log again from its start arrives at the same rows.
-    let rebuilt = audit::report::rebuild(&t.app.db).await.unwrap();
+    let rebuilt = audit::report::rebuild(&t.app.db, &t.app.audit_archive())
+        .await
+        .unwrap();
     assert_eq!(rebuilt.folded, snapshot(&t).await.len() as i64);
     assert_eq!(report_totals(&t).await, kept);
     let (ok, out, err) = weightgate(&t, &["audit", "rebuild-reports"], None);
@@ -792,6 +794,282 @@ async fn report_totals_kept_by_the_fold_equal_a_rebuild_from_the_log() {
     let (ok, out, err) = weightgate(&t, &["audit", "who-has", MODEL, "--format", "jsonl"], None);
     assert!(ok, "{err}");
     assert_eq!(jsonl(&out).len(), 0, "ada's shard-2 was refused: {out}");
+}
+
+/// The path of an object in the test portal's store.
+fn object_path(t: &TestApp, key: &str) -> std::path::PathBuf {
+    t.dir.path().join("data").join("objects").join(key)
+}
+
+/// Replaces a stored (read-only) object's bytes.
+fn replace_object(t: &TestApp, key: &str, bytes: &[u8]) {
+    let path = object_path(t, key);
+    let mut permissions = std::fs::metadata(&path).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    permissions.set_readonly(false);
+    std::fs::set_permissions(&path, permissions).unwrap();
+    std::fs::write(&path, bytes).unwrap();
+}
+
+fn run(program: &str, args: &[&str], dir: &std::path::Path) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+both!(archived_segments_leave_the_database_and_verify_reads_them_back);
+async fn archived_segments_leave_the_database_and_verify_reads_them_back() {
+    let t = TestApp::spawn_with(|c| c.reports_every = Duration::from_secs(3600)).await;
+    let ada = t
+        .download_links(&t.approved_researcher("ada@uni.example.edu").await)
+        .await;
+    fetch(&t, link(&ada, "shard-0.bin"), None).await;
+    t.wait_for_events("file.delivered", 1).await;
+    let start = db::audit::head(t.app.db.pool()).await.unwrap().unwrap().0;
+    fill_to(&t, start + 30).await;
+    let (ok, _, err) = weightgate(&t, &["audit", "checkpoint"], None);
+    assert!(ok, "{err}");
+    let first_end = start + 30;
+    fill_to(&t, first_end + 20).await;
+    let (ok, _, err) = weightgate(&t, &["audit", "checkpoint"], None);
+    assert!(ok, "{err}");
+    let second_end = first_end + 20;
+    fill_to(&t, second_end + 10).await;
+    let (ok, exported_before, err) = weightgate(&t, &["audit", "export"], None);
+    assert!(ok, "{err}");
+    audit::report::catch_up(&t.app.db).await.unwrap();
+    let totals = db::reports::dump(t.app.db.pool()).await.unwrap();
+
+    // Nothing is older than a date before the first checkpoint.
+    let (ok, out, err) = weightgate(&t, &["audit", "archive", "--before", "2001-01-01"], None);
+    assert!(ok, "{err}");
+    assert!(out.contains("nothing to archive"), "{out}");
+
+    // Segments of at least 5 events end at the first witnessed checkpoint
+    // after that many: two of them, up to the second checkpoint.
+    let (ok, out, err) = weightgate(
+        &t,
+        &[
+            "audit",
+            "archive",
+            "--before",
+            "2099-01-01",
+            "--segment-events",
+            "5",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("archived events 1 to {first_end} ({first_end} events"))
+            && out.contains(&format!(
+                "archived events {} to {second_end} (20 events",
+                first_end + 1
+            ))
+            && out.contains(&format!("{second_end} removed from the database")),
+        "{out}"
+    );
+    let live = snapshot(&t).await;
+    assert_eq!(
+        live.first().unwrap().seq,
+        second_end + 1,
+        "archived events left the database"
+    );
+    let archived = live.iter().filter(|e| e.action == "audit.archived").count();
+    assert_eq!(archived, 2, "each segment is recorded in the log");
+    let segments = db::archives::all(t.app.db.pool()).await.unwrap();
+    assert_eq!(segments.len(), 2);
+
+    // Tools nobody here wrote read a segment: gzip, and sha256sum against
+    // the digest its manifest records.
+    let objects = t.dir.path().join("data").join("objects");
+    for s in &segments {
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(object_path(&t, &s.manifest)).unwrap()).unwrap();
+        assert_eq!(manifest["format"], "weightgate-audit-archive-v1");
+        assert_eq!(manifest["checkpoint"]["seq"], s.last_seq);
+        assert_eq!(manifest["checkpoint"]["hash"], s.last_hash.as_str());
+        let line = format!("{}  {}\n", manifest["sha256"].as_str().unwrap(), s.object);
+        std::fs::write(objects.join("SUMS"), line).unwrap();
+        assert!(run("sha256sum", &["-c", "SUMS"], &objects).contains(": OK"));
+        let lines = run("gzip", &["-dc", &s.object], &objects);
+        assert_eq!(lines.lines().count() as i64, s.events);
+        let first: EventRow = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
+        assert_eq!(first.seq, s.first_seq);
+    }
+
+    // The live log goes on from the archive: verify, quick and full, says
+    // so without reading it; `--archive` reads it back.
+    for args in [&["audit", "verify"][..], &["audit", "verify", "--full"]] {
+        let (ok, out, err) = weightgate(&t, args, None);
+        assert!(ok, "{args:?}: {err}");
+        assert!(
+            out.contains(&format!("events 1 to {second_end} archived in 2 segment(s)"))
+                && out.contains("not read back"),
+            "{args:?}: {out}"
+        );
+    }
+    let (ok, out, err) = weightgate(&t, &["audit", "verify", "--archive"], None);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!(
+            "events 1 to {second_end} archived in 2 segment(s), read back and re-hashed"
+        )),
+        "{out}"
+    );
+    // Reports still count the archived events, and a rebuild reads them back.
+    let (ok, out, err) = weightgate(&t, &["audit", "who-has", MODEL, "--format", "jsonl"], None);
+    assert!(ok, "{err}");
+    assert!(!err.contains("archived"), "{err}");
+    let holders = jsonl(&out);
+    assert!(
+        holders.is_empty() || holders.iter().all(|h| h["researcher"] == "ada@uni.example.edu"),
+        "{out}"
+    );
+    let (ok, out, err) = weightgate(&t, &["audit", "anomalies"], None);
+    assert!(ok, "{err}");
+    assert!(err.contains(&format!("events 1 to {second_end}")), "{out}{err}");
+    assert_eq!(db::reports::dump(t.app.db.pool()).await.unwrap(), totals);
+    let (ok, out, err) = weightgate(&t, &["audit", "rebuild-reports"], None);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("folded {} events", live.last().unwrap().seq)),
+        "{out}"
+    );
+    assert_eq!(db::reports::dump(t.app.db.pool()).await.unwrap(), totals);
+    // The export reads them back too, and is what it was before.
+    let (ok, exported, err) = weightgate(&t, &["audit", "export", "--archived"], None);
+    assert!(ok, "{err}");
+    assert!(exported.starts_with(&exported_before), "{exported}");
+    let (ok, exported, err) = weightgate(&t, &["audit", "export"], None);
+    assert!(ok, "{err}");
+    assert!(err.contains("archived and not exported"), "{err}");
+    assert!(jsonl(&exported)[0]["seq"] == second_end + 1);
+    // A checkpoint goes on from the archive; a second archive finds nothing new.
+    let (ok, _, err) = weightgate(&t, &["audit", "checkpoint"], None);
+    assert!(ok, "{err}");
+    let (ok, out, err) = weightgate(&t, &["audit", "archive", "--before", "1h"], None);
+    assert!(ok, "{err}");
+    assert!(out.contains("nothing to archive"), "{out}");
+
+    // A segment whose bytes changed: only `--archive` reads it.
+    let second = &segments[1];
+    let original = std::fs::read(object_path(&t, &second.object)).unwrap();
+    let mut changed = original.clone();
+    let middle = changed.len() / 2;
+    changed[middle] ^= 1;
+    replace_object(&t, &second.object, &changed);
+    let (ok, _, err) = weightgate(&t, &["audit", "verify"], None);
+    assert!(ok, "{err}");
+    let (ok, _, err) = weightgate(&t, &["audit", "verify", "--archive"], None);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!("the archived segment {} has the SHA-256", second.object)),
+        "{err}"
+    );
+    replace_object(&t, &second.object, &original);
+
+    // An event changed inside a segment, with the record and the manifest
+    // made to match the new bytes: its hash gives it away.
+    let first = &segments[0];
+    let text = run("gzip", &["-dc", &first.object], &objects);
+    let forged = text.replacen("guess", "someone", 1);
+    assert_ne!(forged, text);
+    std::fs::write(objects.join("forged.jsonl"), &forged).unwrap();
+    run("gzip", &["-n", "forged.jsonl"], &objects);
+    let forged_gz = std::fs::read(objects.join("forged.jsonl.gz")).unwrap();
+    let sha256 = run("sha256sum", &["forged.jsonl.gz"], &objects)[..64].to_owned();
+    let original_segment = std::fs::read(object_path(&t, &first.object)).unwrap();
+    let original_manifest = std::fs::read(object_path(&t, &first.manifest)).unwrap();
+    replace_object(&t, &first.object, &forged_gz);
+    let mut manifest: serde_json::Value = serde_json::from_slice(&original_manifest).unwrap();
+    manifest["sha256"] = sha256.clone().into();
+    manifest["size"] = forged_gz.len().into();
+    replace_object(&t, &first.manifest, manifest.to_string().as_bytes());
+    sql(
+        &t,
+        &format!(
+            "UPDATE audit_archives SET sha256 = '{sha256}', size = {} WHERE first_seq = 1",
+            forged_gz.len()
+        ),
+    )
+    .await;
+    let (ok, _, err) = weightgate(&t, &["audit", "verify", "--archive"], None);
+    assert!(!ok);
+    assert!(
+        err.contains("modified: its contents no longer match its hash"),
+        "{err}"
+    );
+    replace_object(&t, &first.object, &original_segment);
+    replace_object(&t, &first.manifest, &original_manifest);
+    sql(
+        &t,
+        &format!(
+            "UPDATE audit_archives SET sha256 = '{}', size = {} WHERE first_seq = 1",
+            first.sha256, first.size
+        ),
+    )
+    .await;
+    let (ok, _, err) = weightgate(&t, &["audit", "verify", "--archive"], None);
+    assert!(ok, "{err}");
+
+    // Whoever writes the database cannot make archived events vanish, nor
+    // slip rows in among them.
+    sql(&t, "DELETE FROM audit_archives WHERE first_seq = 1").await;
+    let (ok, _, err) = weightgate(&t, &["audit", "verify"], None);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!(
+            "events 1 to {first_end} are missing: neither the log nor an archived segment holds them"
+        )),
+        "{err}"
+    );
+    let (ok, _, err) = weightgate(&t, &["audit", "verify", "--archive"], None);
+    assert!(!ok);
+    assert!(err.contains("which the database no longer records"), "{err}");
+    db::archives::insert(&mut t.app.db.pool().acquire().await.unwrap(), first)
+        .await
+        .unwrap();
+    let mut inserted = live[0].clone();
+    inserted.seq = 3;
+    let mut tx = t.app.db.begin().await.unwrap();
+    db::audit::insert(&mut tx, &inserted).await.unwrap();
+    tx.commit().await.unwrap();
+    let (ok, _, err) = weightgate(&t, &["audit", "verify"], None);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!(
+            "a row was inserted at position 3, among the events up to {second_end}"
+        )),
+        "{err}"
+    );
+    sql(&t, "DELETE FROM audit_events WHERE seq = 3").await;
+    // Records that end the archive where no witnessed checkpoint signs.
+    sql(
+        &t,
+        &format!(
+            "UPDATE audit_archives SET last_hash = '{}' WHERE first_seq = {}",
+            "e".repeat(64),
+            first_end + 1
+        ),
+    )
+    .await;
+    let (ok, _, err) = weightgate(&t, &["audit", "verify"], None);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!(
+            "the archived segments end at event {second_end}, but no checkpoint"
+        )),
+        "{err}"
+    );
 }
 
 both!(list_filters_pages_and_writes_csv);

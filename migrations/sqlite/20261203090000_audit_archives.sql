@@ -1,0 +1,21 @@
+-- Segments of the audit log moved to the object store by
+-- `weightgate audit archive`: events FIRST_SEQ..=LAST_SEQ, which chain from
+-- PREV_HASH to LAST_HASH, gzip-compressed JSON Lines in OBJECT (SIZE bytes,
+-- SHA256), described by the signed checkpoint and the figures in MANIFEST.
+-- The events themselves are gone from audit_events; each segment ends at an
+-- event a witnessed checkpoint signs, so the live log chains on from a
+-- proven hash. `audit verify --archive` reads the segments back.
+CREATE TABLE audit_archives (
+    first_seq   INTEGER PRIMARY KEY,
+    last_seq    INTEGER NOT NULL,
+    events      INTEGER NOT NULL,
+    prev_hash   TEXT NOT NULL,
+    last_hash   TEXT NOT NULL,
+    first_at    INTEGER NOT NULL,
+    last_at     INTEGER NOT NULL,
+    object      TEXT NOT NULL,
+    manifest    TEXT NOT NULL,
+    size        INTEGER NOT NULL,
+    sha256      TEXT NOT NULL,
+    archived_at INTEGER NOT NULL
+);

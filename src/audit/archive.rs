@@ -1,0 +1,667 @@
+//! Archived segments of the log: closed stretches of old events moved out of
+//! the database into the object store, with their proof, and read back on
+//! request.
+//!
+//! `weightgate audit archive --before DATE` takes the events after the last
+//! archived segment up to the newest checkpoint the witness holds over an
+//! event older than DATE. It re-hashes them first (a damaged log is never
+//! archived), then writes them in segments of whole checkpoint intervals,
+//! each ending at a witnessed checkpoint:
+//!
+//! - `audit-archive/segments/FIRST-LAST.jsonl.gz`: the events, one JSON
+//!   object per line with every stored column, gzip-compressed: `zcat` and
+//!   `jq` read them, and every line re-hashes as it did in the database.
+//! - `audit-archive/manifests/FIRST-LAST.json`: the positions, the hash the
+//!   segment chains from and the one it ends with, the object's size and
+//!   SHA-256, and the signed checkpoint of its last event. Stored as the
+//!   witness's checkpoints are: never replaced, and under S3 Object Lock
+//!   retained like them.
+//!
+//! The segments go to the witness's store (by default the weights' store).
+//! Each is recorded in `audit_archives` and by an `audit.archived` event in
+//! the log itself, and only then are its events removed from the database.
+//! The report totals are brought up to date first, so they keep counting
+//! the archived events.
+//!
+//! What a later `audit verify` takes on trust, and what it checks: the live
+//! log must chain on from the hash of the last archived event, which a
+//! witnessed checkpoint must sign; the records must cover every position
+//! from the first event without a gap; no live row may sit inside the
+//! archived positions. `audit verify --archive` also reads every segment
+//! back: its size and SHA-256 against both the record and its manifest, and
+//! every event's hash and link, across segments and into the live log.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, BufWriter, Read, Write},
+    path::Path,
+    sync::Arc,
+};
+
+use anyhow::Context;
+use flate2::{Compression, bufread::GzDecoder, write::GzEncoder};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{
+    Action, Event, GENESIS, Outcome,
+    checkpoint::{self, ExportedCheckpoint, Trust},
+    verify::hashes_hold,
+    witness::Witnessed,
+};
+use crate::{
+    db::{self, Db, archives::ArchiveRow, audit::EventRow},
+    storage::{ChunkHasher, Expected, ObjectStore},
+    types::{format_ms, now_ms},
+};
+
+/// Where archived segments live in their store.
+pub(crate) const PREFIX: &str = "audit-archive/";
+
+const FORMAT: &str = "weightgate-audit-archive-v1";
+
+/// Events a segment holds at least, unless the archive ends first: a
+/// segment ends at the first witnessed checkpoint after this many.
+pub const SEGMENT_EVENTS: i64 = 1_000_000;
+
+/// Events read per page while archiving.
+const PAGE: usize = 8_192;
+
+/// The chunk size the store is told the segment was hashed in.
+const CHUNK: u64 = 64 << 20;
+
+/// Where segments are kept, and where they are written and read back on
+/// their way.
+#[derive(Clone, Debug)]
+pub struct Archive {
+    pub(crate) store: Arc<dyn ObjectStore>,
+    /// A directory for scratch copies of segments.
+    pub(crate) scratch: std::path::PathBuf,
+    /// How long a store that can lock objects keeps a manifest from being
+    /// deleted or replaced: the witness's retention.
+    pub(crate) retention: std::time::Duration,
+}
+
+/// What describes a segment, kept beside it in the store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub first_seq: i64,
+    pub last_seq: i64,
+    pub events: i64,
+    /// The hash of the event before the first (all zeros for event 1).
+    pub prev_hash: String,
+    pub last_hash: String,
+    pub first_at: i64,
+    pub last_at: i64,
+    /// The key of the compressed events in the same store.
+    pub object: String,
+    pub size: i64,
+    pub sha256: String,
+    /// The witnessed checkpoint that signs event `last_seq` with `last_hash`.
+    pub checkpoint: ExportedCheckpoint,
+    pub archived_at: i64,
+}
+
+impl Manifest {
+    /// Whether `row` records this segment (its manifest aside).
+    fn describes(&self, row: &ArchiveRow) -> bool {
+        self.first_seq == row.first_seq
+            && self.last_seq == row.last_seq
+            && self.events == row.events
+            && self.prev_hash == row.prev_hash
+            && self.last_hash == row.last_hash
+            && self.first_at == row.first_at
+            && self.last_at == row.last_at
+            && self.object == row.object
+            && self.size == row.size
+            && self.sha256 == row.sha256
+    }
+}
+
+fn name(first: i64, last: i64) -> String {
+    format!("{first:020}-{last:020}")
+}
+
+fn object_key(first: i64, last: i64) -> String {
+    format!("{PREFIX}segments/{}.jsonl.gz", name(first, last))
+}
+
+fn manifest_key(first: i64, last: i64) -> String {
+    format!("{PREFIX}manifests/{}.json", name(first, last))
+}
+
+/// What an archive run did.
+#[derive(Clone, Debug, Default)]
+pub struct Archived {
+    /// The segments written, oldest first.
+    pub segments: Vec<ArchiveRow>,
+    /// Events removed from the database (with any an interrupted run left).
+    pub removed: u64,
+    /// Why nothing (more) was archived, when nothing was.
+    pub nothing: Option<String>,
+}
+
+/// The hash of the event at `seq`: the live log's, or, once it is archived,
+/// the one its segment's record ends with when `seq` ends a segment.
+pub(crate) async fn hash_at(db: &Db, seq: i64) -> anyhow::Result<Option<String>> {
+    if let Some(hash) = db::reports::hash_at(db.pool(), seq).await? {
+        return Ok(Some(hash));
+    }
+    Ok(db::archives::holding(db.pool(), seq)
+        .await?
+        .filter(|a| a.last_seq == seq)
+        .map(|a| a.last_hash))
+}
+
+/// Where the live log starts: the position and hash of the last archived
+/// event, or the log's start.
+pub(crate) async fn boundary(db: &Db) -> anyhow::Result<(i64, String)> {
+    Ok(db::archives::newest(db.pool())
+        .await?
+        .map_or_else(|| (0, GENESIS.to_owned()), |a| (a.last_seq, a.last_hash)))
+}
+
+/// Moves the events up to the newest witnessed checkpoint over an event
+/// older than `before` (ms) to `store`, in segments of at least
+/// `segment_events`, and removes them from the database.
+pub async fn archive(
+    db: &Db,
+    archive: &Archive,
+    trust: &Trust,
+    witnessed: &[Witnessed],
+    before: i64,
+    segment_events: i64,
+) -> anyhow::Result<Archived> {
+    let mut done = Archived::default();
+    // The totals must hold these events before they leave.
+    super::report::catch_up(db).await?;
+    let (mut last_seq, mut last_hash) = boundary(db).await?;
+    // Events an interrupted run archived but did not get to remove.
+    done.removed += db::archives::remove_through(db, last_seq).await?;
+
+    // Where segments may end: witnessed checkpoints, signed by a trusted
+    // key, over events past the boundary older than `before`, whose hash
+    // the log still has.
+    let mut ends: BTreeMap<i64, ExportedCheckpoint> = BTreeMap::new();
+    for w in witnessed {
+        let c = &w.checkpoint;
+        if c.seq <= last_seq || ends.contains_key(&c.seq) {
+            continue;
+        }
+        let Some(public) = trust.get(&c.kid) else { continue };
+        if !checkpoint::signature_holds(public, c.seq, &c.hash, c.at, &c.signature) {
+            continue;
+        }
+        if let Some(event) = db::audit::find_event(db.pool(), c.seq).await?
+            && event.hash == c.hash
+            && event.at < before
+        {
+            ends.insert(c.seq, c.clone());
+        }
+    }
+    let Some(&end) = ends.keys().next_back() else {
+        done.nothing = Some(format!(
+            "nothing to archive: no checkpoint the witness holds signs an event after event {last_seq} \
+             and before {} UTC (`weightgate audit checkpoint` signs the head)",
+            format_ms(before)
+        ));
+        return Ok(done);
+    };
+    let cursor = db::reports::cursor(db.pool()).await?;
+    anyhow::ensure!(
+        cursor.seq >= end,
+        "the report totals are being rebuilt and have not reached event {end} yet: archive once they have"
+    );
+
+    let mut segment: Option<Segment> = None;
+    'pages: loop {
+        let page = db::audit::read_page(db, last_seq, PAGE).await?;
+        if page.is_empty() {
+            anyhow::bail!("the log ends before event {end}; nothing more archived");
+        }
+        let (page, intact) = tokio::task::spawn_blocking(move || {
+            let intact = hashes_hold(&page);
+            (page, intact)
+        })
+        .await?;
+        for (r, intact) in page.iter().zip(intact) {
+            if r.seq != last_seq + 1 || r.prev_hash != last_hash || !intact {
+                anyhow::bail!(
+                    "event {} does not hold (not in place, not linked to event {last_seq}, or modified): \
+                     nothing after event {last_seq} was archived; run `weightgate audit verify`",
+                    last_seq + 1
+                );
+            }
+            let open = match segment.take() {
+                Some(open) => open,
+                None => Segment::create(&archive.scratch, r.seq, &last_hash)?,
+            };
+            // Compressing a page's worth takes milliseconds; an archive run
+            // is a command of its own.
+            segment = Some(open.push(r)?);
+            last_seq = r.seq;
+            last_hash.clone_from(&r.hash);
+            let events = segment.as_ref().map_or(0, |s| s.events);
+            if let Some(checkpoint) = ends.get(&r.seq)
+                && (events >= segment_events || r.seq == end)
+            {
+                let finished = segment.take().context("a segment is open")?;
+                let row = store_segment(db, archive, finished, checkpoint).await?;
+                done.removed += db::archives::remove_through(db, row.last_seq).await?;
+                done.segments.push(row);
+                if r.seq == end {
+                    break 'pages;
+                }
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// A segment being written: compressed JSON Lines in a scratch file.
+struct Segment {
+    file: tempfile::NamedTempFile,
+    gz: GzEncoder<BufWriter<std::fs::File>>,
+    first_seq: i64,
+    prev_hash: String,
+    first_at: i64,
+    last: Option<(i64, String, i64)>,
+    events: i64,
+    line: Vec<u8>,
+}
+
+impl Segment {
+    fn create(scratch: &Path, first_seq: i64, prev_hash: &str) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(scratch).with_context(|| format!("cannot create {}", scratch.display()))?;
+        let file = tempfile::Builder::new()
+            .prefix(".audit-segment-")
+            .tempfile_in(scratch)
+            .with_context(|| format!("cannot create a scratch file in {}", scratch.display()))?;
+        let gz = GzEncoder::new(BufWriter::new(file.reopen()?), Compression::default());
+        Ok(Self {
+            file,
+            gz,
+            first_seq,
+            prev_hash: prev_hash.to_owned(),
+            first_at: 0,
+            last: None,
+            events: 0,
+            line: Vec::with_capacity(1024),
+        })
+    }
+
+    fn push(mut self, r: &EventRow) -> anyhow::Result<Self> {
+        if self.events == 0 {
+            self.first_at = r.at;
+        }
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, r)?;
+        self.line.push(b'\n');
+        self.gz.write_all(&self.line)?;
+        self.events += 1;
+        self.last = Some((r.seq, r.hash.clone(), r.at));
+        Ok(self)
+    }
+}
+
+/// Uploads a finished segment and its manifest, and records it in the
+/// database and in the log.
+async fn store_segment(
+    db: &Db,
+    archive: &Archive,
+    segment: Segment,
+    checkpoint: &ExportedCheckpoint,
+) -> anyhow::Result<ArchiveRow> {
+    let (last_seq, last_hash, last_at) = segment.last.clone().context("a segment holds an event")?;
+    let Segment {
+        file,
+        gz,
+        first_seq,
+        prev_hash,
+        first_at,
+        events,
+        ..
+    } = segment;
+    let (file, size, sha256, chunks) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let mut out = gz.finish()?;
+        out.flush()?;
+        out.get_ref().sync_all()?;
+        let (size, sha256, chunks) = digest_file(file.path(), CHUNK)?;
+        Ok((file, size, sha256, chunks))
+    })
+    .await??;
+    let store = &archive.store;
+    let object = object_key(first_seq, last_seq);
+    let expected = Expected {
+        size,
+        chunk_size: CHUNK,
+        chunks,
+    };
+    store
+        .put_file(&object, file.path(), &expected, &|_| {})
+        .await
+        .with_context(|| format!("cannot store the segment {object}"))?;
+    drop(file);
+    let manifest = Manifest {
+        format: FORMAT.to_owned(),
+        first_seq,
+        last_seq,
+        events,
+        prev_hash,
+        last_hash,
+        first_at,
+        last_at,
+        object,
+        size: i64::try_from(size)?,
+        sha256,
+        checkpoint: checkpoint.clone(),
+        archived_at: now_ms(),
+    };
+    let key = manifest_key(first_seq, last_seq);
+    // A run that stopped after storing this manifest stored the same
+    // segment: its bytes, and so its size and digest, are the same.
+    let manifest = match store.get_record(&key).await? {
+        Some(bytes) => {
+            let kept: Manifest =
+                serde_json::from_slice(&bytes).with_context(|| format!("{key} is not a segment manifest"))?;
+            anyhow::ensure!(
+                Manifest {
+                    archived_at: manifest.archived_at,
+                    ..kept.clone()
+                } == manifest,
+                "{key} is already stored and describes another segment: nothing more archived"
+            );
+            kept
+        }
+        None => {
+            let json = serde_json::to_string_pretty(&manifest)? + "\n";
+            let retain = std::time::SystemTime::now() + archive.retention;
+            store
+                .put_record(&key, json.into_bytes(), Some(retain))
+                .await
+                .with_context(|| format!("cannot store the manifest {key}"))?;
+            manifest
+        }
+    };
+    let row = ArchiveRow {
+        first_seq,
+        last_seq,
+        events,
+        prev_hash: manifest.prev_hash.clone(),
+        last_hash: manifest.last_hash.clone(),
+        first_at,
+        last_at,
+        object: manifest.object.clone(),
+        manifest: key,
+        size: manifest.size,
+        sha256: manifest.sha256.clone(),
+        archived_at: manifest.archived_at,
+    };
+    let mut event = Event::new(Action::AuditArchived, Outcome::Ok);
+    event.subject = Some(format!(
+        "events {first_seq} to {last_seq} ({events}) to {} (sha256 {})",
+        row.object, row.sha256
+    ));
+    let mut tx = db.begin().await?;
+    db::archives::insert(&mut tx, &row).await?;
+    super::append(&mut tx, db.backend(), &[event]).await?;
+    tx.commit().await?;
+    Ok(row)
+}
+
+/// The size of the file at `path`, its SHA-256 and the SHA-256 of each
+/// `chunk` bytes, in hex.
+fn digest_file(path: &Path, chunk: u64) -> anyhow::Result<(u64, String, Vec<String>)> {
+    let mut file = std::fs::File::open(path)?;
+    let mut whole = Sha256::new();
+    let mut chunks = Vec::new();
+    let mut hasher = ChunkHasher::new(chunk);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        whole.update(&buf[..n]);
+        hasher.update(&buf[..n], |digest| {
+            chunks.push(digest);
+            true
+        });
+    }
+    chunks.extend(hasher.finish());
+    Ok((size, hex::encode(whole.finalize()), chunks))
+}
+
+/// A segment read back: its events, page by page, from a scratch copy whose
+/// size and SHA-256 were checked against the record.
+pub(crate) struct SegmentReader {
+    lines: std::io::Lines<BufReader<GzDecoder<BufReader<std::fs::File>>>>,
+    /// Kept until the reader is dropped.
+    _file: tempfile::NamedTempFile,
+    object: String,
+    line: u64,
+}
+
+/// A segment that is not what its record says.
+#[derive(Debug, thiserror::Error)]
+#[error("the archived segment {object} {what}")]
+pub(crate) struct Damaged {
+    pub(crate) object: String,
+    pub(crate) what: String,
+}
+
+impl SegmentReader {
+    /// Copies the segment `row` names out of `store` into `scratch`,
+    /// checking its size and SHA-256 on the way.
+    pub(crate) async fn open(archive: &Archive, row: &ArchiveRow) -> anyhow::Result<Self> {
+        let (store, scratch) = (&archive.store, &archive.scratch);
+        let damaged = |what: String| Damaged {
+            object: row.object.clone(),
+            what,
+        };
+        let size = store
+            .size(&row.object)
+            .await?
+            .ok_or_else(|| damaged("is missing from the store".into()))?;
+        if i64::try_from(size).ok() != Some(row.size) {
+            return Err(damaged(format!("holds {size} bytes, not the {} recorded", row.size)).into());
+        }
+        std::fs::create_dir_all(scratch).with_context(|| format!("cannot create {}", scratch.display()))?;
+        let file = tempfile::Builder::new()
+            .prefix(".audit-segment-")
+            .tempfile_in(scratch)?;
+        let mut out = tokio::fs::File::from_std(file.reopen()?);
+        let mut stream = store.get_range(&row.object, 0, size).await?;
+        let mut digest = Sha256::new();
+        while let Some(bytes) = stream.next().await {
+            let bytes = bytes?;
+            digest.update(&bytes);
+            tokio::io::AsyncWriteExt::write_all(&mut out, &bytes).await?;
+        }
+        tokio::io::AsyncWriteExt::flush(&mut out).await?;
+        let sha256 = hex::encode(digest.finalize());
+        if sha256 != row.sha256 {
+            return Err(damaged(format!(
+                "has the SHA-256 {sha256}, not the {} recorded",
+                row.sha256
+            ))
+            .into());
+        }
+        let reader = BufReader::new(GzDecoder::new(BufReader::new(file.reopen()?)));
+        Ok(Self {
+            lines: reader.lines(),
+            _file: file,
+            object: row.object.clone(),
+            line: 0,
+        })
+    }
+
+    /// The next at most `size` events; empty at the end. Blocking.
+    pub(crate) fn page(&mut self, size: usize) -> anyhow::Result<Vec<EventRow>> {
+        let mut page = Vec::with_capacity(size.min(PAGE));
+        while page.len() < size {
+            let Some(line) = self.lines.next() else { break };
+            self.line += 1;
+            let line = line.map_err(|e| Damaged {
+                object: self.object.clone(),
+                what: format!("cannot be read at line {}: {e}", self.line),
+            })?;
+            let event: EventRow = serde_json::from_str(&line).map_err(|e| Damaged {
+                object: self.object.clone(),
+                what: format!("holds no event at line {}: {e}", self.line),
+            })?;
+            page.push(event);
+        }
+        Ok(page)
+    }
+}
+
+/// What reading the archived segments back found.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ArchiveCheck {
+    pub(crate) segments: i64,
+    /// Events re-hashed in them.
+    pub(crate) events: i64,
+    /// Where the archive ends: the live log chains on from here.
+    pub(crate) end: (i64, String),
+    /// What does not hold, in words; empty when every segment does.
+    pub(crate) problems: Vec<String>,
+}
+
+/// Reads every archived segment back and checks it: against its record and
+/// its manifest, its events' hashes and links from the first event on, and
+/// the witness's checkpoints of events inside it.
+pub(crate) async fn check(
+    db: &Db,
+    archive: &Archive,
+    witnessed: &[Witnessed],
+) -> anyhow::Result<ArchiveCheck> {
+    let store = &archive.store;
+    let rows = db::archives::all(db.pool()).await?;
+    let mut found = ArchiveCheck {
+        end: (0, GENESIS.to_owned()),
+        ..ArchiveCheck::default()
+    };
+    // Every manifest in the store must be recorded.
+    let recorded: std::collections::HashSet<&str> = rows.iter().map(|r| r.manifest.as_str()).collect();
+    for key in store.list(&format!("{PREFIX}manifests/")).await? {
+        if !recorded.contains(key.as_str()) {
+            found.problems.push(format!(
+                "the store holds the segment manifest {key}, which the database no longer records"
+            ));
+        }
+    }
+    let kept: BTreeMap<i64, &str> = witnessed
+        .iter()
+        .map(|w| (w.checkpoint.seq, w.checkpoint.hash.as_str()))
+        .collect();
+    for row in &rows {
+        found.segments += 1;
+        if let Err(problem) = check_segment(archive, row, &kept, &mut found).await? {
+            found.problems.push(problem);
+            return Ok(found);
+        }
+    }
+    Ok(found)
+}
+
+/// Checks one segment, continuing the walk in `found`; `Err` names what
+/// does not hold.
+async fn check_segment(
+    archive: &Archive,
+    row: &ArchiveRow,
+    kept: &BTreeMap<i64, &str>,
+    found: &mut ArchiveCheck,
+) -> anyhow::Result<Result<(), String>> {
+    let manifest = match archive.store.get_record(&row.manifest).await? {
+        Some(bytes) => serde_json::from_slice::<Manifest>(&bytes).ok(),
+        None => None,
+    };
+    match manifest {
+        None => {
+            return Ok(Err(format!(
+                "the segment manifest {} is missing or unreadable",
+                row.manifest
+            )));
+        }
+        Some(m) if !m.describes(row) => {
+            return Ok(Err(format!(
+                "the database's record of events {} to {} differs from its manifest {}",
+                row.first_seq, row.last_seq, row.manifest
+            )));
+        }
+        Some(_) => {}
+    }
+    let mut reader = match SegmentReader::open(archive, row).await {
+        Ok(reader) => reader,
+        Err(e) => match e.downcast::<Damaged>() {
+            Ok(damaged) => return Ok(Err(damaged.to_string())),
+            Err(e) => return Err(e),
+        },
+    };
+    let (mut last_seq, mut last_hash) = found.end.clone();
+    loop {
+        let (page, r) = tokio::task::spawn_blocking(move || {
+            let page = reader.page(PAGE);
+            (page, reader)
+        })
+        .await?;
+        reader = r;
+        let page = match page {
+            Ok(page) => page,
+            Err(e) => match e.downcast::<Damaged>() {
+                Ok(damaged) => return Ok(Err(damaged.to_string())),
+                Err(e) => return Err(e),
+            },
+        };
+        if page.is_empty() {
+            break;
+        }
+        let (page, intact) = tokio::task::spawn_blocking(move || {
+            let intact = hashes_hold(&page);
+            (page, intact)
+        })
+        .await?;
+        for (r, intact) in page.iter().zip(intact) {
+            let what = if r.seq != last_seq + 1 {
+                Some(format!(
+                    "holds event {} where event {} belongs",
+                    r.seq,
+                    last_seq + 1
+                ))
+            } else if !intact {
+                Some(format!(
+                    "holds event {} modified: its contents no longer match its hash",
+                    r.seq
+                ))
+            } else if r.prev_hash != last_hash {
+                Some(format!("holds event {} not following event {last_seq}", r.seq))
+            } else if kept.get(&r.seq).is_some_and(|h| *h != r.hash) {
+                Some(format!(
+                    "holds event {} with another hash than the witness's checkpoint of it",
+                    r.seq
+                ))
+            } else {
+                None
+            };
+            if let Some(what) = what {
+                return Ok(Err(format!("the archived segment {} {what}", row.object)));
+            }
+            last_seq = r.seq;
+            last_hash.clone_from(&r.hash);
+            found.events += 1;
+        }
+    }
+    if last_seq != row.last_seq || last_hash != row.last_hash {
+        return Ok(Err(format!(
+            "the archived segment {} ends at event {last_seq}, not at event {} with the hash recorded",
+            row.object, row.last_seq
+        )));
+    }
+    found.end = (last_seq, last_hash);
+    Ok(Ok(()))
+}

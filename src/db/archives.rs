@@ -1,0 +1,108 @@
+//! The record of archived segments of the audit log (see
+//! `audit::archive`), and the removal of their events from the live table.
+
+use sqlx::{AnyConnection, FromRow, any::AnyExecutor};
+
+use super::Db;
+
+/// One archived segment, as the database records it.
+#[derive(Clone, Debug, FromRow, PartialEq, Eq)]
+pub struct ArchiveRow {
+    pub first_seq: i64,
+    pub last_seq: i64,
+    pub events: i64,
+    /// The hash of event `first_seq - 1`, which the segment chains from.
+    pub prev_hash: String,
+    pub last_hash: String,
+    pub first_at: i64,
+    pub last_at: i64,
+    /// The object key of the compressed events.
+    pub object: String,
+    /// The object key of the manifest.
+    pub manifest: String,
+    pub size: i64,
+    pub sha256: String,
+    pub archived_at: i64,
+}
+
+const COLUMNS: &str = "first_seq, last_seq, events, prev_hash, last_hash, first_at, last_at, object, manifest, size, sha256, archived_at";
+
+/// Every archived segment, oldest first.
+pub async fn all<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<Vec<ArchiveRow>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM audit_archives ORDER BY first_seq"
+    )))
+    .fetch_all(e)
+    .await
+}
+
+/// The newest archived segment, if any: the live log chains on from its end.
+pub(crate) async fn newest<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<Option<ArchiveRow>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM audit_archives ORDER BY first_seq DESC LIMIT 1"
+    )))
+    .fetch_optional(e)
+    .await
+}
+
+/// The archived segment holding event `seq`, if any.
+pub(crate) async fn holding<'c>(e: impl AnyExecutor<'c>, seq: i64) -> sqlx::Result<Option<ArchiveRow>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM audit_archives WHERE first_seq <= $1 AND last_seq >= $1
+         ORDER BY first_seq DESC LIMIT 1"
+    )))
+    .bind(seq)
+    .fetch_optional(e)
+    .await
+}
+
+pub async fn insert(conn: &mut AnyConnection, a: &ArchiveRow) -> sqlx::Result<()> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO audit_archives ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+    )))
+    .bind(a.first_seq)
+    .bind(a.last_seq)
+    .bind(a.events)
+    .bind(&a.prev_hash)
+    .bind(&a.last_hash)
+    .bind(a.first_at)
+    .bind(a.last_at)
+    .bind(&a.object)
+    .bind(&a.manifest)
+    .bind(a.size)
+    .bind(&a.sha256)
+    .bind(a.archived_at)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+/// The lowest position stored in the live log, if it holds any event.
+pub(crate) async fn lowest_live<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<Option<i64>> {
+    sqlx::query_scalar("SELECT MIN(seq) FROM audit_events")
+        .fetch_one(e)
+        .await
+}
+
+/// Events removed per statement, so that the audit writer never waits long.
+const REMOVE_BATCH: i64 = 20_000;
+
+/// Removes the live events at positions up to `last`, in short statements;
+/// returns how many were removed.
+pub(crate) async fn remove_through(db: &Db, last: i64) -> sqlx::Result<u64> {
+    let mut removed = 0;
+    let Some(mut from) = lowest_live(db.pool()).await? else {
+        return Ok(0);
+    };
+    while from <= last {
+        let upto = from.saturating_add(REMOVE_BATCH - 1).min(last);
+        removed += sqlx::query("DELETE FROM audit_events WHERE seq >= $1 AND seq <= $2")
+            .bind(from)
+            .bind(upto)
+            .execute(db.pool())
+            .await?
+            .rows_affected();
+        from = upto.saturating_add(1);
+    }
+    Ok(removed)
+}
