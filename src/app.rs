@@ -186,7 +186,14 @@ impl App {
     /// database and in the witness, with the keys this portal trusts.
     pub async fn verify_audit_log(&self) -> anyhow::Result<crate::audit::Verification> {
         let witnessed = self.witness.read().await?;
-        crate::audit::verify_with(&self.db, &self.audit_trust()?, &witnessed, None).await
+        crate::audit::verify_with(
+            &self.db,
+            &self.audit_archive(),
+            &self.audit_trust()?,
+            &witnessed,
+            None,
+        )
+        .await
     }
 
     /// Audits a refusal anyone can repeat at will (a throttled sign-in, a

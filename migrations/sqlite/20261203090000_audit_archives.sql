@@ -19,3 +19,15 @@ CREATE TABLE audit_archives (
     sha256      TEXT NOT NULL,
     archived_at INTEGER NOT NULL
 );
+
+-- What archived `file.delivered` events delivered under each grant and file:
+-- the bytes, and the byte spans covered (merged, `start-end` separated by
+-- commas). Quotas count these with the deliveries still in the log, so that
+-- archiving the log gives no grant its quota back.
+CREATE TABLE audit_archived_deliveries (
+    grant_id TEXT NOT NULL,
+    file_id  TEXT NOT NULL,
+    bytes    INTEGER NOT NULL,
+    spans    TEXT NOT NULL,
+    PRIMARY KEY (grant_id, file_id)
+);

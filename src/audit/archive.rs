@@ -47,6 +47,7 @@ use sha2::{Digest, Sha256};
 use super::{
     Action, Event, GENESIS, Outcome,
     checkpoint::{self, ExportedCheckpoint, Trust},
+    report::{Coverage, delivered_span},
     verify::hashes_hold,
     witness::Witnessed,
 };
@@ -137,8 +138,10 @@ fn manifest_key(first: i64, last: i64) -> String {
 pub struct Archived {
     /// The segments written, oldest first.
     pub segments: Vec<ArchiveRow>,
-    /// Events removed from the database (with any an interrupted run left).
+    /// Events removed from the database.
     pub removed: u64,
+    /// Events an interrupted run had archived but not removed, removed now.
+    pub left_over: u64,
     /// Why nothing (more) was archived, when nothing was.
     pub nothing: Option<String>,
 }
@@ -175,11 +178,26 @@ pub async fn archive(
     segment_events: i64,
 ) -> anyhow::Result<Archived> {
     let mut done = Archived::default();
+    remove_stale_scratch(&archive.scratch);
+    // The records must hold before the log goes on from them.
+    let records = check_records(db, archive, trust).await?;
+    if let Some((_, problem)) = records.problems.first() {
+        anyhow::bail!("{problem}: nothing archived; run `weightgate audit verify`");
+    }
     // The totals must hold these events before they leave.
     super::report::catch_up(db).await?;
     let (mut last_seq, mut last_hash) = boundary(db).await?;
     // Events an interrupted run archived but did not get to remove.
-    done.removed += db::archives::remove_through(db, last_seq).await?;
+    if let Some(newest) = records.rows.last() {
+        done.left_over = remove_left_over(db, newest).await?;
+    }
+    // A segment an interrupted run stored but did not record ends where it
+    // ended, so that its manifest is recorded now.
+    let pending_end = records
+        .pending
+        .iter()
+        .find(|m| m.first_seq == last_seq + 1 && m.prev_hash == last_hash)
+        .map(|m| m.last_seq);
 
     // Where segments may end: witnessed checkpoints, signed by a trusted
     // key, over events past the boundary older than `before`, whose hash
@@ -194,11 +212,16 @@ pub async fn archive(
         if !checkpoint::signature_holds(public, c.seq, &c.hash, c.at, &c.signature) {
             continue;
         }
-        if let Some(event) = db::audit::find_event(db.pool(), c.seq).await?
-            && event.hash == c.hash
-            && event.at < before
-        {
-            ends.insert(c.seq, c.clone());
+        match db::audit::find_event(db.pool(), c.seq).await? {
+            Some(event) if event.hash != c.hash => anyhow::bail!(
+                "event {} no longer has the hash {} signed: nothing archived; run `weightgate audit verify`",
+                c.seq,
+                w.place
+            ),
+            Some(event) if event.at < before => {
+                ends.insert(c.seq, c.clone());
+            }
+            _ => {}
         }
     }
     let Some(&end) = ends.keys().next_back() else {
@@ -245,7 +268,7 @@ pub async fn archive(
             last_hash.clone_from(&r.hash);
             let events = segment.as_ref().map_or(0, |s| s.events);
             if let Some(checkpoint) = ends.get(&r.seq)
-                && (events >= segment_events || r.seq == end)
+                && (events >= segment_events || r.seq == end || Some(r.seq) == pending_end)
             {
                 let finished = segment.take().context("a segment is open")?;
                 let row = store_segment(db, archive, finished, checkpoint).await?;
@@ -260,6 +283,165 @@ pub async fn archive(
     Ok(done)
 }
 
+/// The archive's records, each checked against its manifest in the store.
+pub(crate) struct Records {
+    pub(crate) rows: Vec<ArchiveRow>,
+    /// Manifests an interrupted run stored but did not record, whose events
+    /// the log still holds: the next run records them.
+    pub(crate) pending: Vec<Manifest>,
+    /// What does not hold: where, and in words.
+    pub(crate) problems: Vec<(i64, String)>,
+}
+
+/// Manifests read at once.
+const MANIFESTS_AT_ONCE: usize = 16;
+
+/// Checks every record of an archived segment against its manifest in the
+/// store (which whoever writes the database cannot write): the manifest is
+/// there, says the same, and carries a checkpoint of the segment's last
+/// event signed with a trusted key; and every manifest in the store is
+/// recorded, or belongs to events the log still holds.
+pub(crate) async fn check_records(db: &Db, archive: &Archive, trust: &Trust) -> anyhow::Result<Records> {
+    let rows = db::archives::all(db.pool()).await?;
+    let store = &archive.store;
+    let read = |key: String| async move {
+        let bytes = store.get_record(&key).await?;
+        anyhow::Ok(bytes.and_then(|b| serde_json::from_slice::<Manifest>(&b).ok()))
+    };
+    let manifests: Vec<Option<Manifest>> =
+        futures_util::stream::iter(rows.iter().map(|r| read(r.manifest.clone())))
+            .buffered(MANIFESTS_AT_ONCE)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<anyhow::Result<_>>()?;
+    let mut problems = Vec::new();
+    for (row, manifest) in rows.iter().zip(&manifests) {
+        let what = match manifest {
+            None => Some(format!(
+                "the manifest {} of the archived events {} to {} is missing from the store, or is not one",
+                row.manifest, row.first_seq, row.last_seq
+            )),
+            Some(m) if !m.describes(row) => Some(format!(
+                "the database's record of the archived events {} to {} differs from its manifest {}",
+                row.first_seq, row.last_seq, row.manifest
+            )),
+            Some(m) if !signs(trust, &m.checkpoint, row.last_seq, &row.last_hash) => Some(format!(
+                "the manifest {} carries no checkpoint of event {} with its hash signed by a trusted key",
+                row.manifest, row.last_seq
+            )),
+            Some(_) => None,
+        };
+        problems.extend(what.map(|w| (row.first_seq, w)));
+    }
+    let recorded: std::collections::HashSet<&str> = rows.iter().map(|r| r.manifest.as_str()).collect();
+    let mut pending = Vec::new();
+    for key in store.list(&format!("{PREFIX}manifests/")).await? {
+        if recorded.contains(key.as_str()) {
+            continue;
+        }
+        let Some(m) = read(key.clone()).await? else {
+            problems.push((0, format!("the store holds {key}, which is no segment manifest")));
+            continue;
+        };
+        if db::reports::hash_at(db.pool(), m.last_seq).await?.as_deref() == Some(m.last_hash.as_str()) {
+            pending.push(m);
+        } else {
+            problems.push((
+                m.first_seq,
+                format!(
+                    "the store holds the manifest {key} of the archived events {} to {}, which the database \
+                     no longer records",
+                    m.first_seq, m.last_seq
+                ),
+            ));
+        }
+    }
+    Ok(Records {
+        rows,
+        pending,
+        problems,
+    })
+}
+
+/// Whether `c` is a checkpoint of event `seq` with `hash` that a trusted key signed.
+fn signs(trust: &Trust, c: &ExportedCheckpoint, seq: i64, hash: &str) -> bool {
+    c.seq == seq
+        && c.hash == hash
+        && trust
+            .get(&c.kid)
+            .is_some_and(|public| checkpoint::signature_holds(public, c.seq, &c.hash, c.at, &c.signature))
+}
+
+/// Removes the events of `newest`, the last archived segment, that an
+/// interrupted run left in the log, once they prove to be its tail: in
+/// place, intact, and chaining to the hash it ends with. Anything else at
+/// an archived position stays, for `audit verify` to name.
+async fn remove_left_over(db: &Db, newest: &ArchiveRow) -> anyhow::Result<u64> {
+    let Some(lowest) = db::archives::lowest_live(db.pool()).await? else {
+        return Ok(0);
+    };
+    if lowest > newest.last_seq {
+        return Ok(0);
+    }
+    let refuse = || {
+        anyhow::anyhow!(
+            "the log holds rows at archived positions (from {lowest}) that are not the events of the segment \
+             {}: nothing archived; run `weightgate audit verify`",
+            newest.object
+        )
+    };
+    if lowest < newest.first_seq {
+        return Err(refuse());
+    }
+    let mut last: Option<(i64, String)> = None;
+    let mut after = lowest - 1;
+    'pages: loop {
+        let page = db::audit::read_page(db, after, PAGE).await?;
+        if page.is_empty() {
+            break;
+        }
+        let (page, intact) = tokio::task::spawn_blocking(move || {
+            let intact = hashes_hold(&page);
+            (page, intact)
+        })
+        .await?;
+        for (r, intact) in page.iter().zip(intact) {
+            if r.seq > newest.last_seq {
+                break 'pages;
+            }
+            let follows = last
+                .as_ref()
+                .is_none_or(|(seq, hash)| r.seq == seq + 1 && r.prev_hash == *hash);
+            if !intact || !follows {
+                return Err(refuse());
+            }
+            last = Some((r.seq, r.hash.clone()));
+            after = r.seq;
+        }
+    }
+    if last != Some((newest.last_seq, newest.last_hash.clone())) {
+        return Err(refuse());
+    }
+    Ok(db::archives::remove_through(db, newest.last_seq).await?)
+}
+
+/// Scratch copies older than a day are left by a run that was killed.
+fn remove_stale_scratch(scratch: &Path) {
+    let Ok(entries) = std::fs::read_dir(scratch) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let old = entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| {
+            t.elapsed()
+                .is_ok_and(|age| age > std::time::Duration::from_secs(86_400))
+        });
+        if old && entry.file_name().to_string_lossy().starts_with(".audit-segment-") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// A segment being written: compressed JSON Lines in a scratch file.
 struct Segment {
     file: tempfile::NamedTempFile,
@@ -270,6 +452,9 @@ struct Segment {
     last: Option<(i64, String, i64)>,
     events: i64,
     line: Vec<u8>,
+    /// What its `file.delivered` events delivered, per grant and file:
+    /// bytes, and the spans covered (see `db::grants::Delivery`).
+    deliveries: BTreeMap<(String, String), (i64, Coverage)>,
 }
 
 impl Segment {
@@ -289,6 +474,7 @@ impl Segment {
             last: None,
             events: 0,
             line: Vec::with_capacity(1024),
+            deliveries: BTreeMap::new(),
         })
     }
 
@@ -302,6 +488,17 @@ impl Segment {
         self.gz.write_all(&self.line)?;
         self.events += 1;
         self.last = Some((r.seq, r.hash.clone(), r.at));
+        // As `db::grants::DELIVERIES` reads them from the log.
+        if r.action == Action::FileDelivered.as_str()
+            && let (Some(grant), Some(file), Some(start), Some(bytes)) =
+                (&r.grant_id, &r.file_id, r.range_start, r.bytes)
+        {
+            let (total, coverage) = self.deliveries.entry((grant.clone(), file.clone())).or_default();
+            *total = total.saturating_add(bytes);
+            if let Some((a, b)) = delivered_span(start, None, Some(bytes)) {
+                coverage.add(a, b);
+            }
+        }
         Ok(self)
     }
 }
@@ -322,6 +519,7 @@ async fn store_segment(
         prev_hash,
         first_at,
         events,
+        deliveries,
         ..
     } = segment;
     let (file, size, sha256, chunks) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
@@ -405,6 +603,29 @@ async fn store_segment(
         row.object, row.sha256
     ));
     let mut tx = db.begin().await?;
+    // The totals must still hold these events when they leave: a rebuild
+    // started meanwhile would never see them.
+    let cursor = db::reports::lock_cursor(&mut tx).await?;
+    anyhow::ensure!(
+        cursor.seq >= last_seq,
+        "the report totals were emptied while the log was being archived (a rebuild?): the segment {} is \
+         stored but not recorded, and its events stay in the database; archive again once they are rebuilt",
+        row.object
+    );
+    for ((grant, file), (bytes, coverage)) in &deliveries {
+        let (mut total, mut merged) = match db::archives::archived_delivery(&mut tx, grant, file).await? {
+            Some((before, spans)) => (
+                before,
+                Coverage::decode(&spans).with_context(|| format!("archived deliveries of grant {grant}"))?,
+            ),
+            None => (0, Coverage::default()),
+        };
+        total = total.saturating_add(*bytes);
+        for (a, b) in coverage.iter() {
+            merged.add(a, b);
+        }
+        db::archives::put_archived_delivery(&mut tx, grant, file, total, &merged.encode()).await?;
+    }
     db::archives::insert(&mut tx, &row).await?;
     super::append(&mut tx, db.backend(), &[event]).await?;
     tx.commit().await?;
@@ -538,27 +759,22 @@ pub(crate) struct ArchiveCheck {
 pub(crate) async fn check(
     db: &Db,
     archive: &Archive,
+    trust: &Trust,
     witnessed: &[Witnessed],
 ) -> anyhow::Result<ArchiveCheck> {
-    let store = &archive.store;
     let rows = db::archives::all(db.pool()).await?;
     let mut found = ArchiveCheck {
         end: (0, GENESIS.to_owned()),
         ..ArchiveCheck::default()
     };
-    // Every manifest in the store must be recorded.
-    let recorded: std::collections::HashSet<&str> = rows.iter().map(|r| r.manifest.as_str()).collect();
-    for key in store.list(&format!("{PREFIX}manifests/")).await? {
-        if !recorded.contains(key.as_str()) {
-            found.problems.push(format!(
-                "the store holds the segment manifest {key}, which the database no longer records"
-            ));
+    // Every checkpoint a trusted key signed, several at one position too.
+    let mut kept: BTreeMap<i64, Vec<&str>> = BTreeMap::new();
+    for w in witnessed {
+        let c = &w.checkpoint;
+        if signs(trust, c, c.seq, &c.hash) {
+            kept.entry(c.seq).or_default().push(c.hash.as_str());
         }
     }
-    let kept: BTreeMap<i64, &str> = witnessed
-        .iter()
-        .map(|w| (w.checkpoint.seq, w.checkpoint.hash.as_str()))
-        .collect();
     for row in &rows {
         found.segments += 1;
         if let Err(problem) = check_segment(archive, row, &kept, &mut found).await? {
@@ -574,7 +790,7 @@ pub(crate) async fn check(
 async fn check_segment(
     archive: &Archive,
     row: &ArchiveRow,
-    kept: &BTreeMap<i64, &str>,
+    kept: &BTreeMap<i64, Vec<&str>>,
     found: &mut ArchiveCheck,
 ) -> anyhow::Result<Result<(), String>> {
     let manifest = match archive.store.get_record(&row.manifest).await? {
@@ -640,7 +856,10 @@ async fn check_segment(
                 ))
             } else if r.prev_hash != last_hash {
                 Some(format!("holds event {} not following event {last_seq}", r.seq))
-            } else if kept.get(&r.seq).is_some_and(|h| *h != r.hash) {
+            } else if kept
+                .get(&r.seq)
+                .is_some_and(|hashes| hashes.iter().any(|h| *h != r.hash))
+            {
                 Some(format!(
                     "holds event {} with another hash than the witness's checkpoint of it",
                     r.seq

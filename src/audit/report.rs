@@ -70,6 +70,11 @@ impl Coverage {
                 .is_some_and(|(&a, &b)| a == 0 && b >= size)
     }
 
+    /// The spans, in order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.spans.iter().map(|(&a, &b)| (a, b))
+    }
+
     /// Distinct bytes covered.
     #[cfg(test)]
     fn bytes(&self) -> u64 {
@@ -82,7 +87,7 @@ impl Coverage {
     }
 
     /// The spans as text, `start-end` separated by commas.
-    fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
         for (i, (a, b)) in self.spans.iter().enumerate() {
             if i > 0 {
@@ -94,7 +99,7 @@ impl Coverage {
     }
 
     /// Reads what `encode` wrote.
-    fn decode(text: &str) -> Option<Self> {
+    pub(crate) fn decode(text: &str) -> Option<Self> {
         let mut c = Coverage::default();
         for span in text.split(',').filter(|s| !s.is_empty()) {
             let (a, b) = span.split_once('-')?;

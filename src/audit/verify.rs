@@ -6,6 +6,7 @@ use std::fmt;
 
 use super::{
     GENESIS,
+    archive::{self, Archive},
     checkpoint::{self, ExportedCheckpoint, Trust},
     hash_matches,
     witness::Witnessed,
@@ -298,8 +299,9 @@ impl fmt::Display for Problem {
                 archived_through,
             } => write!(
                 f,
-                "a row was inserted at position {seq}, among the events up to {archived_through} that \
-                 were archived"
+                "the log holds a row at position {seq}, among the events up to {archived_through} that were \
+                 archived: inserted, or left by an archive run that stopped before removing it (`weightgate \
+                 audit archive` removes what is the archived events' own)"
             ),
             Problem::Archive { what, .. } => f.write_str(what),
         }
@@ -363,11 +365,12 @@ impl Verification {
 /// `exported` (a checkpoint kept elsewhere).
 pub async fn verify_with(
     db: &Db,
+    archive: &Archive,
     trust: &Trust,
     witnessed: &[Witnessed],
     exported: Option<&ExportedCheckpoint>,
 ) -> anyhow::Result<Verification> {
-    verify_from(db, trust, witnessed, exported, Start::Full).await
+    verify_from(db, archive, trust, witnessed, exported, Start::Full).await
 }
 
 /// The newest checkpoint among `witnessed` that a trusted key signed and
@@ -407,13 +410,14 @@ async fn newest_proven(
 /// checkpoint, stored, witnessed or exported, is checked either way.
 pub async fn verify_from(
     db: &Db,
+    archive: &Archive,
     trust: &Trust,
     witnessed: &[Witnessed],
     exported: Option<&ExportedCheckpoint>,
     start: Start,
 ) -> anyhow::Result<Verification> {
     let mut problems = Vec::new();
-    let archive = check_archive_records(db, trust, witnessed, &mut problems).await?;
+    let archive = check_archive_records(db, archive, trust, witnessed, &mut problems).await?;
     let started_from = match start {
         Start::Full => None,
         Start::Witnessed => newest_proven(db, trust, witnessed)
@@ -501,20 +505,28 @@ struct ArchiveRecords {
     segments: i64,
 }
 
-/// Checks the database's records of archived segments without reading the
-/// segments (`verify --archive` does): they cover every position from the
-/// first without a gap, each chaining on from the one before; a witnessed
-/// checkpoint signs the last archived event with the hash recorded; no row
-/// of the live log sits among the archived positions.
+/// Checks the database's records of archived segments against their
+/// manifests in the store, without reading the segments (`verify --archive`
+/// does): each record is its manifest's, with a trusted checkpoint of its
+/// last event; they cover every position from the first without a gap, each
+/// chaining on from the one before; the witness holds a checkpoint of the
+/// last archived event with the hash recorded, and none with another; the
+/// live log starts right after it, chaining on from its hash.
 async fn check_archive_records(
     db: &Db,
+    archive: &Archive,
     trust: &Trust,
     witnessed: &[Witnessed],
     problems: &mut Vec<Problem>,
 ) -> anyhow::Result<ArchiveRecords> {
-    let rows = db::archives::all(db.pool()).await?;
+    let records = archive::check_records(db, archive, trust).await?;
+    problems.extend(records.problems.iter().map(|(first, what)| Problem::Archive {
+        first: *first,
+        what: what.clone(),
+    }));
+    let rows = &records.rows;
     let mut through = (0, GENESIS.to_owned());
-    for a in &rows {
+    for a in rows {
         if a.first_seq > through.0 + 1 {
             problems.push(Problem::NotArchived {
                 first: through.0 + 1,
@@ -531,26 +543,62 @@ async fn check_archive_records(
         }
         through = (a.last_seq, a.last_hash.clone());
     }
+    let lowest = db::archives::lowest_live(db.pool()).await?;
     if through.0 > 0 {
-        let proven = witnessed.iter().any(|w| {
-            let c = &w.checkpoint;
-            c.seq == through.0
-                && c.hash == through.1
-                && trust.get(&c.kid).is_some_and(|public| {
-                    checkpoint::signature_holds(public, c.seq, &c.hash, c.at, &c.signature)
-                })
-        });
-        if !proven {
+        let trusted = |c: &ExportedCheckpoint| {
+            trust
+                .get(&c.kid)
+                .is_some_and(|public| checkpoint::signature_holds(public, c.seq, &c.hash, c.at, &c.signature))
+        };
+        let at_end: Vec<&Witnessed> = witnessed
+            .iter()
+            .filter(|w| w.checkpoint.seq == through.0 && trusted(&w.checkpoint))
+            .collect();
+        if let Some(other) = at_end.iter().find(|w| w.checkpoint.hash != through.1) {
+            problems.push(Problem::Forked {
+                source: CheckpointSource::Witness {
+                    place: other.place.clone(),
+                },
+                seq: through.0,
+            });
+        } else if at_end.is_empty() {
             problems.push(Problem::ArchiveUnproven { seq: through.0 });
         }
-        if let Some(lowest) = db::archives::lowest_live(db.pool()).await?
-            && lowest <= through.0
-        {
-            problems.push(Problem::InsideArchive {
+        let first_prev = match lowest {
+            Some(lowest) if lowest == through.0 + 1 => db::audit::find_event(db.pool(), lowest)
+                .await?
+                .map(|first| first.prev_hash),
+            _ => None,
+        };
+        match lowest {
+            Some(lowest) if lowest <= through.0 => problems.push(Problem::InsideArchive {
                 seq: lowest,
                 archived_through: through.0,
-            });
+            }),
+            Some(lowest) if lowest > through.0 + 1 => problems.push(Problem::NotArchived {
+                first: through.0 + 1,
+                last: lowest - 1,
+            }),
+            Some(lowest) if first_prev.as_ref().is_some_and(|prev| *prev != through.1) => {
+                problems.push(Problem::Archive {
+                    first: lowest,
+                    what: format!(
+                        "event {lowest} does not follow on from event {}, the last archived",
+                        through.0
+                    ),
+                });
+            }
+            _ => {}
         }
+    } else if let Some(lowest) = lowest
+        && lowest > 1
+    {
+        // What a walk from the first event would say; a walk from a
+        // checkpoint would not see it.
+        problems.push(Problem::Missing {
+            first: 1,
+            last: lowest - 1,
+        });
     }
     Ok(ArchiveRecords {
         through,

@@ -625,11 +625,19 @@ async fn verify(
     );
     let witnessed = app.witness.read().await?;
     let started = std::time::Instant::now();
-    let mut v = audit::verify_from(&app.db, &trust, &witnessed, exported.as_ref(), start).await?;
+    let mut v = audit::verify_from(
+        &app.db,
+        &app.audit_archive(),
+        &trust,
+        &witnessed,
+        exported.as_ref(),
+        start,
+    )
+    .await?;
     let took = started.elapsed().as_secs_f64();
     let archive_read = if read_archive {
         let started = std::time::Instant::now();
-        let checked = audit::archive::check(&app.db, &app.audit_archive(), &witnessed).await?;
+        let checked = audit::archive::check(&app.db, &app.audit_archive(), &trust, &witnessed).await?;
         let took = started.elapsed().as_secs_f64();
         let first = checked.end.0 + 1;
         v.problems
@@ -690,6 +698,7 @@ async fn verify(
         )?,
     }
     match &archive_read {
+        Some((checked, _)) if checked.segments == 0 => writeln!(out, "no events are archived")?,
         Some((checked, took)) => writeln!(
             out,
             "events 1 to {} archived in {} segment(s), read back and re-hashed in {took:.1} s: every one \
@@ -774,10 +783,16 @@ async fn archive(app: &App, before: i64, segment_events: i64) -> anyhow::Result<
             s.sha256
         );
     }
+    if done.left_over > 0 {
+        println!(
+            "removed {} events an interrupted run had archived but left in the database",
+            done.left_over
+        );
+    }
     if let Some(why) = &done.nothing {
         println!("{why}");
     }
-    if done.removed > 0 || !done.segments.is_empty() {
+    if !done.segments.is_empty() {
         let events: i64 = done.segments.iter().map(|s| s.events).sum();
         println!(
             "{events} events in {} segment(s) in {took:.1} s; {} removed from the database",

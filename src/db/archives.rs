@@ -78,7 +78,7 @@ pub async fn insert(conn: &mut AnyConnection, a: &ArchiveRow) -> sqlx::Result<()
 }
 
 /// The lowest position stored in the live log, if it holds any event.
-pub(crate) async fn lowest_live<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<Option<i64>> {
+pub async fn lowest_live<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<Option<i64>> {
     sqlx::query_scalar("SELECT MIN(seq) FROM audit_events")
         .fetch_one(e)
         .await
@@ -87,22 +87,57 @@ pub(crate) async fn lowest_live<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<Opt
 /// Events removed per statement, so that the audit writer never waits long.
 const REMOVE_BATCH: i64 = 20_000;
 
-/// Removes the live events at positions up to `last`, in short statements;
-/// returns how many were removed.
+/// Removes the live events at positions up to `last`, the lowest first, in
+/// short statements; returns how many were removed.
 pub(crate) async fn remove_through(db: &Db, last: i64) -> sqlx::Result<u64> {
     let mut removed = 0;
-    let Some(mut from) = lowest_live(db.pool()).await? else {
-        return Ok(0);
-    };
-    while from <= last {
-        let upto = from.saturating_add(REMOVE_BATCH - 1).min(last);
-        removed += sqlx::query("DELETE FROM audit_events WHERE seq >= $1 AND seq <= $2")
-            .bind(from)
-            .bind(upto)
-            .execute(db.pool())
-            .await?
-            .rows_affected();
-        from = upto.saturating_add(1);
+    loop {
+        let done = sqlx::query(
+            "DELETE FROM audit_events WHERE seq IN
+                (SELECT seq FROM audit_events WHERE seq <= $1 ORDER BY seq LIMIT $2)",
+        )
+        .bind(last)
+        .bind(REMOVE_BATCH)
+        .execute(db.pool())
+        .await?
+        .rows_affected();
+        removed += done;
+        if done < REMOVE_BATCH as u64 {
+            return Ok(removed);
+        }
     }
-    Ok(removed)
+}
+
+/// What archived events delivered under `grant_id` of `file_id` so far:
+/// bytes and spans.
+pub(crate) async fn archived_delivery(
+    conn: &mut AnyConnection,
+    grant_id: &str,
+    file_id: &str,
+) -> sqlx::Result<Option<(i64, String)>> {
+    sqlx::query_as("SELECT bytes, spans FROM audit_archived_deliveries WHERE grant_id = $1 AND file_id = $2")
+        .bind(grant_id)
+        .bind(file_id)
+        .fetch_optional(conn)
+        .await
+}
+
+pub(crate) async fn put_archived_delivery(
+    conn: &mut AnyConnection,
+    grant_id: &str,
+    file_id: &str,
+    bytes: i64,
+    spans: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO audit_archived_deliveries (grant_id, file_id, bytes, spans) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (grant_id, file_id) DO UPDATE SET bytes = excluded.bytes, spans = excluded.spans",
+    )
+    .bind(grant_id)
+    .bind(file_id)
+    .bind(bytes)
+    .bind(spans)
+    .execute(conn)
+    .await
+    .map(|_| ())
 }

@@ -238,23 +238,71 @@ pub(crate) async fn revoke(tx: &mut Tx, id: &str, reason: &str, now: i64) -> sql
 }
 
 /// One recorded delivery of a grant: which file, from which byte, how many
-/// bytes went out, and the file's size.
+/// bytes went out (`bytes`, what a byte quota counts) and how many of them
+/// from `range_start` on cover the file (`covered`, what a file quota
+/// counts), and the file's size. A delivery from the log covers what it
+/// sent; the deliveries of archived events come as their merged spans, and
+/// their bytes apart (see [`archived_deliveries`]).
 #[derive(Clone, Debug, FromRow)]
 pub(crate) struct Delivery {
     pub(crate) file_id: String,
     pub(crate) range_start: i64,
     pub(crate) bytes: i64,
+    pub(crate) covered: i64,
     pub(crate) size: i64,
 }
 
-pub(super) const DELIVERIES: &str = "SELECT e.file_id, e.range_start, e.bytes, f.size
+pub(super) const DELIVERIES: &str = "SELECT e.file_id, e.range_start, e.bytes, e.bytes AS covered, f.size
     FROM audit_events e JOIN files f ON f.id = e.file_id
     WHERE e.grant_id = $1 AND e.action = 'file.delivered'
       AND e.range_start IS NOT NULL AND e.bytes IS NOT NULL";
 
-/// Every delivery recorded for a grant (from the audit log's `file.delivered` events).
-pub(crate) async fn deliveries<'c>(e: impl AnyExecutor<'c>, grant_id: &str) -> sqlx::Result<Vec<Delivery>> {
-    sqlx::query_as(DELIVERIES).bind(grant_id).fetch_all(e).await
+/// What archived events delivered under a grant: per file, bytes and spans.
+pub(super) const ARCHIVED_DELIVERIES: &str = "SELECT d.file_id, d.bytes, d.spans, f.size
+    FROM audit_archived_deliveries d JOIN files f ON f.id = d.file_id
+    WHERE d.grant_id = $1";
+
+/// The deliveries that stand for a file's archived ones: its bytes, covering
+/// nothing, and each span covered, counting no bytes.
+pub(super) fn archived_deliveries(file_id: String, bytes: i64, spans: &str, size: i64) -> Vec<Delivery> {
+    let mut out = vec![Delivery {
+        file_id: file_id.clone(),
+        range_start: 0,
+        bytes,
+        covered: 0,
+        size,
+    }];
+    for span in spans.split(',').filter(|s| !s.is_empty()) {
+        if let Some((a, b)) = span.split_once('-')
+            && let (Ok(a), Ok(b)) = (a.parse::<i64>(), b.parse::<i64>())
+        {
+            out.push(Delivery {
+                file_id: file_id.clone(),
+                range_start: a,
+                bytes: 0,
+                covered: b - a,
+                size,
+            });
+        }
+    }
+    out
+}
+
+/// Every delivery recorded for a grant: the log's `file.delivered` events,
+/// and what archived ones delivered.
+pub(crate) async fn deliveries(conn: &mut AnyConnection, grant_id: &str) -> sqlx::Result<Vec<Delivery>> {
+    let mut all: Vec<Delivery> = sqlx::query_as(DELIVERIES)
+        .bind(grant_id)
+        .fetch_all(&mut *conn)
+        .await?;
+    let archived: Vec<(String, i64, String, i64)> = sqlx::query_as(ARCHIVED_DELIVERIES)
+        .bind(grant_id)
+        .fetch_all(&mut *conn)
+        .await?;
+    for (file_id, bytes, spans, size) in archived {
+        all.extend(archived_deliveries(file_id, bytes, &spans, size));
+    }
+    Ok(all)
 }
 
 /// Moves a grant's expiry; `false` when it is revoked. An extended grant can

@@ -538,7 +538,8 @@ pub(crate) async fn delivery_totals<'c>(
             GROUP BY cov.researcher_id, cov.model_id
          ) c ON c.researcher_id = d.researcher_id AND c.model_id = d.model_id
          WHERE ($1 IS NULL OR d.model_id = $1)
-         ORDER BY m.slug, r.email, d.researcher_id",
+         -- Rows without a slug or an e-mail last, on both databases.
+         ORDER BY m.slug IS NULL, m.slug, r.email IS NULL, r.email, d.researcher_id",
     )
     .bind(model_id)
     .fetch_all(e)

@@ -10,7 +10,10 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior, params_from_iter};
 use super::grants::Reserved;
 use super::{
     audit::{EventRow, HEAD, INSERT_COLUMNS},
-    grants::{DELIVERIES, Delivery, GrantNow, RELEASE, RESERVE, RESERVED, STATES},
+    grants::{
+        ARCHIVED_DELIVERIES, DELIVERIES, Delivery, GrantNow, RELEASE, RESERVE, RESERVED, STATES,
+        archived_deliveries,
+    },
     keys::RETIRED,
 };
 
@@ -122,10 +125,21 @@ fn current_grants(conn: &Connection, ids: &[&str], open_since: i64) -> rusqlite:
                         file_id: row.get(0)?,
                         range_start: row.get(1)?,
                         bytes: row.get(2)?,
-                        size: row.get(3)?,
+                        covered: row.get(3)?,
+                        size: row.get(4)?,
                     })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut statement = conn.prepare_cached(&ARCHIVED_DELIVERIES.replace("$1", "?"))?;
+            let archived = statement
+                .query_map([&g.id], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get::<_, String>(2)?, row.get(3)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            for (file_id, bytes, spans, size) in archived {
+                g.deliveries
+                    .extend(archived_deliveries(file_id, bytes, &spans, size));
+            }
             let mut statement = conn.prepare_cached(&placeholders(RESERVED))?;
             g.open = statement
                 .query_map(rusqlite::params![g.id, open_since], |row| {

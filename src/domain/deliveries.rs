@@ -26,7 +26,7 @@ pub(crate) fn completed_files(deliveries: &[Delivery]) -> BTreeSet<String> {
         let entry = coverage
             .entry(&d.file_id)
             .or_insert_with(|| (size, Coverage::default()));
-        if let Some((start, end)) = delivered_span(d.range_start, None, Some(d.bytes)) {
+        if let Some((start, end)) = delivered_span(d.range_start, None, Some(d.covered)) {
             entry.1.add(start, end);
         }
     }
@@ -46,6 +46,7 @@ mod tests {
             file_id: file.into(),
             range_start: start,
             bytes,
+            covered: bytes,
             size,
         }
     }

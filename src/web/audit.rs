@@ -189,6 +189,9 @@ pub(crate) async fn page(
         header: Header::new(&reviewer, &token)?,
         events: events.iter().map(EventRowView::from).collect(),
         older,
+        archived: db::archives::newest(pool)
+            .await?
+            .map(|a| (a.last_seq, format_ms(a.last_at))),
         charts,
         since: q.since,
         until: q.until,

@@ -611,6 +611,8 @@ pub(crate) struct AuditPage {
     pub(crate) header: Header,
     pub(crate) events: Vec<EventRowView>,
     pub(crate) older: Option<String>,
+    /// The last archived event and its time, when events were archived.
+    pub(crate) archived: Option<(i64, String)>,
     pub(crate) charts: Vec<ModelChart>,
     pub(crate) since: String,
     pub(crate) until: String,

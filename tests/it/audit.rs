@@ -845,6 +845,7 @@ async fn archived_segments_leave_the_database_and_verify_reads_them_back() {
     fill_to(&t, second_end + 10).await;
     let (ok, exported_before, err) = weightgate(&t, &["audit", "export"], None);
     assert!(ok, "{err}");
+    let whole_log = snapshot(&t).await;
     audit::report::catch_up(&t.app.db).await.unwrap();
     let totals = db::reports::dump(t.app.db.pool()).await.unwrap();
 
@@ -953,6 +954,16 @@ async fn archived_segments_leave_the_database_and_verify_reads_them_back() {
     assert!(ok, "{err}");
     assert!(err.contains("archived and not exported"), "{err}");
     assert!(jsonl(&exported)[0]["seq"] == second_end + 1);
+    // The dashboard's log says where the older events went.
+    let admin = client();
+    t.sign_in(&admin).await;
+    let (status, page) = t.get_html(&admin, "/admin/audit").await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains(&format!("Events 1 to {second_end}, up to "))
+            && page.contains("are archived in the object store"),
+        "{page}"
+    );
     // A checkpoint goes on from the archive; a second archive finds nothing new.
     let (ok, _, err) = weightgate(&t, &["audit", "checkpoint"], None);
     assert!(ok, "{err}");
@@ -1047,12 +1058,121 @@ async fn archived_segments_leave_the_database_and_verify_reads_them_back() {
     assert!(!ok);
     assert!(
         err.contains(&format!(
-            "a row was inserted at position 3, among the events up to {second_end}"
+            "the log holds a row at position 3, among the events up to {second_end}"
         )),
         "{err}"
     );
     sql(&t, "DELETE FROM audit_events WHERE seq = 3").await;
-    // Records that end the archive where no witnessed checkpoint signs.
+
+    // An archive run that stopped before removing its events: verify says
+    // so, and the next run removes them, once they prove to be the
+    // segment's own.
+    let tail = &whole_log[first_end as usize..second_end as usize];
+    let put_back = |rows: Vec<EventRow>| {
+        let t = &t;
+        async move {
+            let mut tx = t.app.db.begin().await.unwrap();
+            for r in &rows {
+                db::audit::insert(&mut tx, r).await.unwrap();
+            }
+            tx.commit().await.unwrap();
+        }
+    };
+    let mut forged_tail = tail.to_vec();
+    forged_tail[5].subject = Some("someone-else@lab.example.org".into());
+    put_back(forged_tail).await;
+    let (ok, _, err) = weightgate(&t, &["audit", "archive", "--before", "1h"], None);
+    assert!(!ok);
+    assert!(err.contains("that are not the events of the segment"), "{err}");
+    assert_eq!(
+        db::archives::lowest_live(t.app.db.pool()).await.unwrap(),
+        Some(first_end + 1)
+    );
+    sql(&t, &format!("DELETE FROM audit_events WHERE seq <= {second_end}")).await;
+    put_back(tail.to_vec()).await;
+    let (ok, _, err) = weightgate(&t, &["audit", "verify"], None);
+    assert!(!ok);
+    assert!(err.contains("left by an archive run that stopped"), "{err}");
+    let (ok, out, err) = weightgate(&t, &["audit", "archive", "--before", "1h"], None);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("removed 20 events an interrupted run had archived"),
+        "{out}"
+    );
+    let (ok, _, err) = weightgate(&t, &["audit", "verify", "--archive"], None);
+    assert!(ok, "{err}");
+
+    // A record of an archive that never was, planted to make the newest
+    // events vanish: it has no manifest in the store, so verify says so,
+    // and an honest archive run refuses to go on from it.
+    let head = db::audit::head(t.app.db.pool()).await.unwrap().unwrap();
+    let (ok, _, err) = weightgate(&t, &["audit", "checkpoint"], None);
+    assert!(ok, "{err}");
+    let live_now = snapshot(&t).await;
+    let planted = db::archives::ArchiveRow {
+        first_seq: second_end + 1,
+        last_seq: head.0,
+        events: head.0 - second_end,
+        prev_hash: whole_log[second_end as usize - 1].hash.clone(),
+        last_hash: head.1.clone(),
+        first_at: 0,
+        last_at: 0,
+        object: "audit-archive/segments/nothing.jsonl.gz".into(),
+        manifest: "audit-archive/manifests/nothing.json".into(),
+        size: 1,
+        sha256: "0".repeat(64),
+        archived_at: 0,
+    };
+    db::archives::insert(&mut t.app.db.pool().acquire().await.unwrap(), &planted)
+        .await
+        .unwrap();
+    let (ok, _, err) = weightgate(&t, &["audit", "archive", "--before", "2099-01-01"], None);
+    assert!(!ok);
+    assert!(
+        err.contains("audit-archive/manifests/nothing.json") && err.contains("nothing archived"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&t).await.len(), live_now.len(), "nothing was removed");
+    sql(&t, &format!("DELETE FROM audit_events WHERE seq <= {}", head.0)).await;
+    for args in [&["audit", "verify"][..], &["audit", "verify", "--full"]] {
+        let (ok, _, err) = weightgate(&t, args, None);
+        assert!(!ok, "{args:?}");
+        assert!(
+            err.contains("audit-archive/manifests/nothing.json of the archived events")
+                && err.contains("is missing from the store"),
+            "{args:?}: {err}"
+        );
+    }
+    sql(
+        &t,
+        &format!("DELETE FROM audit_archives WHERE first_seq = {}", second_end + 1),
+    )
+    .await;
+    sql(&t, "DELETE FROM audit_events").await;
+    put_back(live_now).await;
+    let (ok, _, err) = weightgate(&t, &["audit", "verify"], None);
+    assert!(ok, "{err}");
+
+    // The newest record dropped: the live log no longer follows on.
+    sql(
+        &t,
+        &format!("DELETE FROM audit_archives WHERE first_seq = {}", first_end + 1),
+    )
+    .await;
+    let (ok, _, err) = weightgate(&t, &["audit", "verify"], None);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!(
+            "events {} to {second_end} are missing: neither the log nor an archived segment holds them",
+            first_end + 1
+        )),
+        "{err}"
+    );
+    db::archives::insert(&mut t.app.db.pool().acquire().await.unwrap(), &segments[1])
+        .await
+        .unwrap();
+    // A record that ends the archive on another hash than the witness's
+    // checkpoint of that event: neither its manifest nor the witness agree.
     sql(
         &t,
         &format!(
@@ -1066,7 +1186,10 @@ async fn archived_segments_leave_the_database_and_verify_reads_them_back() {
     assert!(!ok);
     assert!(
         err.contains(&format!(
-            "the archived segments end at event {second_end}, but no checkpoint"
+            "the database's record of the archived events {} to {second_end} differs from its manifest",
+            first_end + 1
+        )) && err.contains(&format!(
+            "forked history: event {second_end} no longer has the hash"
         )),
         "{err}"
     );

@@ -505,6 +505,66 @@ async fn a_fetch_that_would_pass_the_byte_quota_is_refused() {
     assert_eq!(status, StatusCode::FORBIDDEN, "the quota is spent");
 }
 
+both!(archived_deliveries_still_count_against_the_quota);
+async fn archived_deliveries_still_count_against_the_quota() {
+    let t = TestApp::spawn().await;
+    let slug = MODEL.parse().unwrap();
+    let size0 = t.files[0].1.len() as u64;
+    weightgate::domain::models::set_quota(&t.app, &slug, Some(size0 + 20), None, "test")
+        .await
+        .unwrap();
+    let access = t.approved_researcher("archived@uni.example.edu").await;
+    let links = t.download_links(&access).await;
+    let url = |name: &str| links.iter().find(|(n, _)| *n == name).unwrap().1.clone();
+    let ranged = |range: &'static str| {
+        t.client
+            .get(url(&t.files[1].0))
+            .header(header::RANGE, range)
+            .send()
+    };
+    let first = t.client.get(url(&t.files[0].0)).send().await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    first.bytes().await.unwrap();
+    let ten = ranged("bytes=0-9").await.unwrap();
+    assert_eq!(ten.status(), StatusCode::PARTIAL_CONTENT);
+    ten.bytes().await.unwrap();
+    t.wait_for_events("file.delivered", 2).await;
+
+    // Every delivery so far leaves the database for the archive.
+    let (ok, _, err) = crate::cli::weightgate(&t, &["audit", "checkpoint"], None);
+    assert!(ok, "{err}");
+    let (ok, out, err) = crate::cli::weightgate(&t, &["audit", "archive", "--before", "2099-01-01"], None);
+    assert!(ok, "{err}");
+    assert!(out.contains("archived events 1 to"), "{out}");
+    let (live,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM audit_events WHERE action = 'file.delivered'")
+        .fetch_one(t.app.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(live, 0);
+
+    // Ten bytes are left, as before the archive: a whole file is refused,
+    // ten more bytes are not, and then nothing is.
+    let (status, body) = refusal(&t, &url(&t.files[1].0)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"], "quota_spent");
+    let more = ranged("bytes=10-19").await.unwrap();
+    assert_eq!(more.status(), StatusCode::PARTIAL_CONTENT);
+    more.bytes().await.unwrap();
+    t.wait_for_events("file.delivered", 1).await;
+    let (status, _) = refusal(&t, &url(&t.files[2].0)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "the byte quota is spent");
+
+    // A file quota counts the archived coverage: the first file is held.
+    weightgate::domain::models::set_quota(&t.app, &slug, None, Some(1), "test")
+        .await
+        .unwrap();
+    let (status, body) = refusal(&t, &url(&t.files[2].0)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"], "quota_spent");
+    let again = t.client.get(url(&t.files[0].0)).send().await.unwrap();
+    assert_eq!(again.status(), StatusCode::OK, "a file held may be fetched again");
+}
+
 both!(if_range_keeps_a_range_only_for_the_version_the_client_has);
 async fn if_range_keeps_a_range_only_for_the_version_the_client_has() {
     let t = TestApp::spawn().await;
