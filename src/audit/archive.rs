@@ -69,6 +69,9 @@ pub const SEGMENT_EVENTS: i64 = 1_000_000;
 /// Events read per page while archiving.
 const PAGE: usize = 8_192;
 
+/// The longest line a segment may hold: far more than any event takes.
+const MAX_LINE: u64 = 1 << 20;
+
 /// The chunk size the store is told the segment was hashed in.
 const CHUNK: u64 = 64 << 20;
 
@@ -660,7 +663,8 @@ fn digest_file(path: &Path, chunk: u64) -> anyhow::Result<(u64, String, Vec<Stri
 /// A segment read back: its events, page by page, from a scratch copy whose
 /// size and SHA-256 were checked against the record.
 pub(crate) struct SegmentReader {
-    lines: std::io::Lines<BufReader<GzDecoder<BufReader<std::fs::File>>>>,
+    reader: BufReader<GzDecoder<BufReader<std::fs::File>>>,
+    buf: Vec<u8>,
     /// Kept until the reader is dropped.
     _file: tempfile::NamedTempFile,
     object: String,
@@ -714,7 +718,8 @@ impl SegmentReader {
         }
         let reader = BufReader::new(GzDecoder::new(BufReader::new(file.reopen()?)));
         Ok(Self {
-            lines: reader.lines(),
+            reader,
+            buf: Vec::new(),
             _file: file,
             object: row.object.clone(),
             line: 0,
@@ -725,13 +730,26 @@ impl SegmentReader {
     pub(crate) fn page(&mut self, size: usize) -> anyhow::Result<Vec<EventRow>> {
         let mut page = Vec::with_capacity(size.min(PAGE));
         while page.len() < size {
-            let Some(line) = self.lines.next() else { break };
+            self.buf.clear();
+            let read = (&mut self.reader)
+                .take(MAX_LINE + 1)
+                .read_until(b'\n', &mut self.buf)
+                .map_err(|e| Damaged {
+                    object: self.object.clone(),
+                    what: format!("cannot be read after line {}: {e}", self.line),
+                })?;
+            if read == 0 {
+                break;
+            }
             self.line += 1;
-            let line = line.map_err(|e| Damaged {
-                object: self.object.clone(),
-                what: format!("cannot be read at line {}: {e}", self.line),
-            })?;
-            let event: EventRow = serde_json::from_str(&line).map_err(|e| Damaged {
+            if self.buf.last() != Some(&b'\n') && self.buf.len() as u64 > MAX_LINE {
+                return Err(Damaged {
+                    object: self.object.clone(),
+                    what: format!("holds a line {} longer than any event", self.line),
+                }
+                .into());
+            }
+            let event: EventRow = serde_json::from_slice(&self.buf).map_err(|e| Damaged {
                 object: self.object.clone(),
                 what: format!("holds no event at line {}: {e}", self.line),
             })?;
