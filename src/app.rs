@@ -106,7 +106,7 @@ impl App {
 
     /// The checkpoint keys a verification believes: the configured key and
     /// `WEIGHTGATE_AUDIT_TRUSTED_KEYS`; never one read from the database.
-    pub(crate) fn audit_trust(&self) -> anyhow::Result<Trust> {
+    pub fn audit_trust(&self) -> anyhow::Result<Trust> {
         let mut trust = Trust::from_config(&self.config)?;
         if let Some(key) = self.audit_key.get() {
             trust.add(key.public_key());

@@ -31,3 +31,11 @@ CREATE TABLE audit_archived_deliveries (
     spans    TEXT NOT NULL,
     PRIMARY KEY (grant_id, file_id)
 );
+
+-- One archive run at a time: the run that holds this row until UNTIL_MS
+-- (renewed as it goes) is the only one writing segments.
+CREATE TABLE audit_archive_runs (
+    id       BIGINT PRIMARY KEY CHECK (id = 1),
+    holder   TEXT NOT NULL,
+    until_ms BIGINT NOT NULL
+);

@@ -69,6 +69,9 @@ pub const SEGMENT_EVENTS: i64 = 1_000_000;
 /// Events read per page while archiving.
 const PAGE: usize = 8_192;
 
+/// The most text read back into one page of events.
+const PAGE_BYTES: usize = 32 << 20;
+
 /// The longest line a segment may hold: far more than any event takes.
 const MAX_LINE: u64 = 1 << 20;
 
@@ -172,6 +175,13 @@ pub(crate) async fn boundary(db: &Db) -> anyhow::Result<(i64, String)> {
 /// Moves the events up to the newest witnessed checkpoint over an event
 /// older than `before` (ms) to `store`, in segments of at least
 /// `segment_events`, and removes them from the database.
+/// Told of each segment once it is recorded.
+pub type Recorded<'a> = &'a (dyn Fn(&ArchiveRow) + Sync);
+
+/// How long an archive run holds its lease without renewing it.
+const LEASE_MS: i64 = 15 * 60_000;
+
+#[allow(clippy::too_many_arguments)]
 pub async fn archive(
     db: &Db,
     archive: &Archive,
@@ -179,6 +189,38 @@ pub async fn archive(
     witnessed: &[Witnessed],
     before: i64,
     segment_events: i64,
+    recorded: Recorded<'_>,
+) -> anyhow::Result<Archived> {
+    let holder = format!("{:032x}", rand::random::<u128>());
+    anyhow::ensure!(
+        db::archives::take_lease(db, &holder, now_ms(), now_ms() + LEASE_MS).await?,
+        "another `weightgate audit archive` is running; try again once it is done"
+    );
+    let done = archive_leased(
+        db,
+        archive,
+        trust,
+        witnessed,
+        before,
+        segment_events,
+        recorded,
+        &holder,
+    )
+    .await;
+    db::archives::release_lease(db, &holder).await?;
+    done
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn archive_leased(
+    db: &Db,
+    archive: &Archive,
+    trust: &Trust,
+    witnessed: &[Witnessed],
+    before: i64,
+    segment_events: i64,
+    recorded: Recorded<'_>,
+    holder: &str,
 ) -> anyhow::Result<Archived> {
     let mut done = Archived::default();
     remove_stale_scratch(&archive.scratch);
@@ -194,13 +236,29 @@ pub async fn archive(
     if let Some(newest) = records.rows.last() {
         done.left_over = remove_left_over(db, newest).await?;
     }
+    if let Some(lowest) = db::archives::lowest_live(db.pool()).await?
+        && lowest <= last_seq
+    {
+        anyhow::bail!(
+            "the log holds a row at position {lowest}, where no event can be left: nothing archived; run \
+             `weightgate audit verify`"
+        );
+    }
     // A segment an interrupted run stored but did not record ends where it
-    // ended, so that its manifest is recorded now.
-    let pending_end = records
-        .pending
-        .iter()
-        .find(|m| m.first_seq == last_seq + 1 && m.prev_hash == last_hash)
-        .map(|m| m.last_seq);
+    // ended, whatever this run was asked, so that its manifest is recorded.
+    let mut pending_end = None;
+    for m in &records.pending {
+        anyhow::ensure!(
+            m.first_seq == last_seq + 1
+                && m.prev_hash == last_hash
+                && signs(trust, &m.checkpoint, m.last_seq, &m.last_hash),
+            "the store holds the manifest of events {} to {}, which is not recorded and does not follow on from \
+             the archive's end (event {last_seq}): nothing archived",
+            m.first_seq,
+            m.last_seq
+        );
+        pending_end = Some((m.last_seq, m.checkpoint.clone()));
+    }
 
     // Where segments may end: witnessed checkpoints, signed by a trusted
     // key, over events past the boundary older than `before`, whose hash
@@ -227,6 +285,11 @@ pub async fn archive(
             _ => {}
         }
     }
+    if let Some((seq, checkpoint)) = &pending_end {
+        ends.retain(|&at, _| at <= *seq);
+        ends.insert(*seq, checkpoint.clone());
+    }
+    let pending_end = pending_end.map(|(seq, _)| seq);
     let Some(&end) = ends.keys().next_back() else {
         done.nothing = Some(format!(
             "nothing to archive: no checkpoint the witness holds signs an event after event {last_seq} \
@@ -275,8 +338,13 @@ pub async fn archive(
             {
                 let finished = segment.take().context("a segment is open")?;
                 let row = store_segment(db, archive, finished, checkpoint).await?;
-                done.removed += db::archives::remove_through(db, row.last_seq).await?;
+                recorded(&row);
+                done.removed += db::archives::remove_between(db, row.first_seq, row.last_seq).await?;
                 done.segments.push(row);
+                anyhow::ensure!(
+                    db::archives::take_lease(db, holder, now_ms(), now_ms() + LEASE_MS).await?,
+                    "this archive run's lease ran out and another run took it: stopped after event {last_seq}"
+                );
                 if r.seq == end {
                     break 'pages;
                 }
@@ -426,7 +494,7 @@ async fn remove_left_over(db: &Db, newest: &ArchiveRow) -> anyhow::Result<u64> {
     if last != Some((newest.last_seq, newest.last_hash.clone())) {
         return Err(refuse());
     }
-    Ok(db::archives::remove_through(db, newest.last_seq).await?)
+    Ok(db::archives::remove_between(db, lowest, newest.last_seq).await?)
 }
 
 /// Scratch copies older than a day are left by a run that was killed.
@@ -457,7 +525,7 @@ struct Segment {
     line: Vec<u8>,
     /// What its `file.delivered` events delivered, per grant and file:
     /// bytes, and the spans covered (see `db::grants::Delivery`).
-    deliveries: BTreeMap<(String, String), (i64, Coverage)>,
+    deliveries: Deliveries,
 }
 
 impl Segment {
@@ -491,18 +559,27 @@ impl Segment {
         self.gz.write_all(&self.line)?;
         self.events += 1;
         self.last = Some((r.seq, r.hash.clone(), r.at));
-        // As `db::grants::DELIVERIES` reads them from the log.
-        if r.action == Action::FileDelivered.as_str()
-            && let (Some(grant), Some(file), Some(start), Some(bytes)) =
-                (&r.grant_id, &r.file_id, r.range_start, r.bytes)
-        {
-            let (total, coverage) = self.deliveries.entry((grant.clone(), file.clone())).or_default();
-            *total = total.saturating_add(bytes);
-            if let Some((a, b)) = delivered_span(start, None, Some(bytes)) {
-                coverage.add(a, b);
-            }
-        }
+        add_delivery(&mut self.deliveries, r);
         Ok(self)
+    }
+}
+
+/// What archived deliveries add up to, per grant and file: bytes, and the
+/// spans covered.
+type Deliveries = BTreeMap<(String, String), (i64, Coverage)>;
+
+/// Adds what `r` delivered, if it is a delivery, as `db::grants::DELIVERIES`
+/// and `domain::deliveries` count it from the log.
+fn add_delivery(deliveries: &mut Deliveries, r: &EventRow) {
+    if r.action == Action::FileDelivered.as_str()
+        && let (Some(grant), Some(file), Some(start), Some(bytes)) =
+            (&r.grant_id, &r.file_id, r.range_start, r.bytes)
+    {
+        let (total, coverage) = deliveries.entry((grant.clone(), file.clone())).or_default();
+        *total = total.saturating_add(bytes.max(0));
+        if let Some((a, b)) = delivered_span(start, None, Some(bytes)) {
+            coverage.add(a, b);
+        }
     }
 }
 
@@ -533,50 +610,77 @@ async fn store_segment(
         Ok((file, size, sha256, chunks))
     })
     .await??;
+    anyhow::ensure!(
+        checkpoint.seq == last_seq && checkpoint.hash == last_hash,
+        "the checkpoint of event {} does not sign the segment's last event {last_seq}: nothing more archived",
+        checkpoint.seq
+    );
     let store = &archive.store;
     let object = object_key(first_seq, last_seq);
-    let expected = Expected {
-        size,
-        chunk_size: CHUNK,
-        chunks,
-    };
-    store
-        .put_file(&object, file.path(), &expected, &|_| {})
-        .await
-        .with_context(|| format!("cannot store the segment {object}"))?;
-    drop(file);
-    let manifest = Manifest {
-        format: FORMAT.to_owned(),
-        first_seq,
-        last_seq,
-        events,
-        prev_hash,
-        last_hash,
-        first_at,
-        last_at,
-        object,
-        size: i64::try_from(size)?,
-        sha256,
-        checkpoint: checkpoint.clone(),
-        archived_at: now_ms(),
-    };
     let key = manifest_key(first_seq, last_seq);
-    // A run that stopped after storing this manifest stored the same
-    // segment: its bytes, and so its size and digest, are the same.
+    // A run that stopped after storing this manifest stored these events:
+    // the segment it describes is kept as it is, once its bytes prove to be
+    // the ones described, and recorded now.
     let manifest = match store.get_record(&key).await? {
         Some(bytes) => {
             let kept: Manifest =
                 serde_json::from_slice(&bytes).with_context(|| format!("{key} is not a segment manifest"))?;
             anyhow::ensure!(
-                Manifest {
-                    archived_at: manifest.archived_at,
-                    ..kept.clone()
-                } == manifest,
-                "{key} is already stored and describes another segment: nothing more archived"
+                (
+                    kept.first_seq,
+                    kept.last_seq,
+                    kept.events,
+                    &kept.prev_hash,
+                    &kept.last_hash
+                ) == (first_seq, last_seq, events, &prev_hash, &last_hash),
+                "{key} is already stored and describes other events: nothing more archived"
             );
+            let stored = ArchiveRow {
+                first_seq,
+                last_seq,
+                events,
+                prev_hash: kept.prev_hash.clone(),
+                last_hash: kept.last_hash.clone(),
+                first_at: kept.first_at,
+                last_at: kept.last_at,
+                object: kept.object.clone(),
+                manifest: key.clone(),
+                size: kept.size,
+                sha256: kept.sha256.clone(),
+                archived_at: kept.archived_at,
+            };
+            drop(SegmentReader::open(archive, &stored).await.with_context(|| {
+                format!(
+                    "{key} is already stored, but its segment is not what it describes: nothing more archived"
+                )
+            })?);
             kept
         }
         None => {
+            let expected = Expected {
+                size,
+                chunk_size: CHUNK,
+                chunks,
+            };
+            store
+                .put_file(&object, file.path(), &expected, &|_| {})
+                .await
+                .with_context(|| format!("cannot store the segment {object}"))?;
+            let manifest = Manifest {
+                format: FORMAT.to_owned(),
+                first_seq,
+                last_seq,
+                events,
+                prev_hash,
+                last_hash,
+                first_at,
+                last_at,
+                object,
+                size: i64::try_from(size)?,
+                sha256,
+                checkpoint: checkpoint.clone(),
+                archived_at: now_ms(),
+            };
             let json = serde_json::to_string_pretty(&manifest)? + "\n";
             let retain = std::time::SystemTime::now() + archive.retention;
             store
@@ -586,6 +690,7 @@ async fn store_segment(
             manifest
         }
     };
+    drop(file);
     let row = ArchiveRow {
         first_seq,
         last_seq,
@@ -729,7 +834,8 @@ impl SegmentReader {
     /// The next at most `size` events; empty at the end. Blocking.
     pub(crate) fn page(&mut self, size: usize) -> anyhow::Result<Vec<EventRow>> {
         let mut page = Vec::with_capacity(size.min(PAGE));
-        while page.len() < size {
+        let mut bytes = 0;
+        while page.len() < size && bytes < PAGE_BYTES {
             self.buf.clear();
             let read = (&mut self.reader)
                 .take(MAX_LINE + 1)
@@ -742,6 +848,7 @@ impl SegmentReader {
                 break;
             }
             self.line += 1;
+            bytes += read;
             if self.buf.last() != Some(&b'\n') && self.buf.len() as u64 > MAX_LINE {
                 return Err(Damaged {
                     object: self.object.clone(),
@@ -793,12 +900,34 @@ pub(crate) async fn check(
             kept.entry(c.seq).or_default().push(c.hash.as_str());
         }
     }
+    let mut deliveries = Deliveries::new();
     for row in &rows {
         found.segments += 1;
-        if let Err(problem) = check_segment(archive, row, &kept, &mut found).await? {
+        if let Err(problem) = check_segment(archive, row, &kept, &mut deliveries, &mut found).await? {
             found.problems.push(problem);
             return Ok(found);
         }
+    }
+    // What quotas count of the archived deliveries is what the segments hold.
+    let stored: BTreeMap<(String, String), (i64, String)> = db::archives::all_archived_deliveries(db.pool())
+        .await?
+        .into_iter()
+        .map(|(grant, file, bytes, spans)| ((grant, file), (bytes, spans)))
+        .collect();
+    let read: BTreeMap<(String, String), (i64, String)> = deliveries
+        .into_iter()
+        .map(|(key, (bytes, coverage))| (key, (bytes, coverage.encode())))
+        .collect();
+    if let Some(((grant, file), _)) = stored
+        .iter()
+        .filter(|(key, value)| read.get(*key) != Some(*value))
+        .chain(read.iter().filter(|(key, _)| !stored.contains_key(*key)))
+        .next()
+    {
+        found.problems.push(format!(
+            "what the archived segments delivered under grant {grant} of file {file} is not what quotas count \
+             (audit_archived_deliveries was changed)"
+        ));
     }
     Ok(found)
 }
@@ -809,6 +938,7 @@ async fn check_segment(
     archive: &Archive,
     row: &ArchiveRow,
     kept: &BTreeMap<i64, Vec<&str>>,
+    deliveries: &mut Deliveries,
     found: &mut ArchiveCheck,
 ) -> anyhow::Result<Result<(), String>> {
     let manifest = match archive.store.get_record(&row.manifest).await? {
@@ -891,6 +1021,7 @@ async fn check_segment(
             last_seq = r.seq;
             last_hash.clone_from(&r.hash);
             found.events += 1;
+            add_delivery(deliveries, r);
         }
     }
     if last_seq != row.last_seq || last_hash != row.last_hash {

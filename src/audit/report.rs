@@ -248,7 +248,16 @@ pub struct BehindArchive {
 
 /// Empties the report totals and folds the whole log again: the archived
 /// segments, read back from `archive`, then the live log.
-pub async fn rebuild(db: &Db, archive: &super::archive::Archive) -> anyhow::Result<CaughtUp> {
+pub async fn rebuild(
+    db: &Db,
+    archive: &super::archive::Archive,
+    trust: &super::checkpoint::Trust,
+) -> anyhow::Result<CaughtUp> {
+    // Segments are read as their records say, once those hold.
+    let records = super::archive::check_records(db, archive, trust).await?;
+    if let Some((_, problem)) = records.problems.first() {
+        anyhow::bail!("{problem}: the report totals were left as they were; run `weightgate audit verify`");
+    }
     let mut tx = db.begin().await?;
     let mut at = db::reports::lock_cursor(&mut tx).await?;
     db::reports::clear(&mut tx).await?;
@@ -256,8 +265,8 @@ pub async fn rebuild(db: &Db, archive: &super::archive::Archive) -> anyhow::Resu
     at.seq = 0;
     at.hash = None;
     let mut done = CaughtUp::default();
-    for row in db::archives::all(db.pool()).await? {
-        let mut reader = super::archive::SegmentReader::open(archive, &row).await?;
+    for row in &records.rows {
+        let mut reader = super::archive::SegmentReader::open(archive, row).await?;
         loop {
             let (page, r) = tokio::task::spawn_blocking(move || {
                 let page = reader.page(STEP);
@@ -269,14 +278,18 @@ pub async fn rebuild(db: &Db, archive: &super::archive::Archive) -> anyhow::Resu
             if page.is_empty() {
                 break;
             }
-            if page[0].seq != at.seq + 1 {
-                anyhow::bail!(
-                    "the archived segment {} holds event {} where event {} belongs: run `weightgate audit \
-                     verify --archive`",
-                    row.object,
-                    page[0].seq,
-                    at.seq + 1
-                );
+            let mut prev = (at.seq, at.hash.as_deref().unwrap_or(super::GENESIS));
+            for r in &page {
+                if r.seq != prev.0 + 1 || r.prev_hash != prev.1 {
+                    anyhow::bail!(
+                        "the archived segment {} holds event {} where event {} belongs, or not linked to it: run \
+                         `weightgate audit verify --archive`",
+                        row.object,
+                        r.seq,
+                        prev.0 + 1
+                    );
+                }
+                prev = (r.seq, r.hash.as_str());
             }
             at = step(db, &at, &page)
                 .await?

@@ -474,7 +474,7 @@ pub(crate) async fn run(app: Arc<App>, cmd: AuditCommand) -> anyhow::Result<()> 
         }
         AuditCommand::RebuildReports => {
             let started = std::time::Instant::now();
-            let done = report::rebuild(db, &app.audit_archive()).await?;
+            let done = report::rebuild(db, &app.audit_archive(), &app.audit_trust()?).await?;
             println!(
                 "folded {} events into the report totals in {:.1} s",
                 done.folded,
@@ -760,17 +760,7 @@ async fn archive(app: &App, before: i64, segment_events: i64) -> anyhow::Result<
     );
     let witnessed = app.witness.read().await?;
     let started = std::time::Instant::now();
-    let done = audit::archive::archive(
-        &app.db,
-        &app.audit_archive(),
-        &trust,
-        &witnessed,
-        before,
-        segment_events,
-    )
-    .await?;
-    let took = started.elapsed().as_secs_f64();
-    for s in &done.segments {
+    let print = |s: &db::archives::ArchiveRow| {
         println!(
             "archived events {} to {} ({} events, {} UTC to {} UTC) to {} ({} bytes, sha256 {})",
             s.first_seq,
@@ -782,7 +772,18 @@ async fn archive(app: &App, before: i64, segment_events: i64) -> anyhow::Result<
             s.size,
             s.sha256
         );
-    }
+    };
+    let done = audit::archive::archive(
+        &app.db,
+        &app.audit_archive(),
+        &trust,
+        &witnessed,
+        before,
+        segment_events,
+        &print,
+    )
+    .await?;
+    let took = started.elapsed().as_secs_f64();
     if done.left_over > 0 {
         println!(
             "removed {} events an interrupted run had archived but left in the database",

@@ -87,15 +87,16 @@ pub async fn lowest_live<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<Option<i64
 /// Events removed per statement, so that the audit writer never waits long.
 const REMOVE_BATCH: i64 = 20_000;
 
-/// Removes the live events at positions up to `last`, the lowest first, in
-/// short statements; returns how many were removed.
-pub(crate) async fn remove_through(db: &Db, last: i64) -> sqlx::Result<u64> {
+/// Removes the live events at positions `first..=last`, the lowest first,
+/// in short statements; returns how many were removed.
+pub(crate) async fn remove_between(db: &Db, first: i64, last: i64) -> sqlx::Result<u64> {
     let mut removed = 0;
     loop {
         let done = sqlx::query(
             "DELETE FROM audit_events WHERE seq IN
-                (SELECT seq FROM audit_events WHERE seq <= $1 ORDER BY seq LIMIT $2)",
+                (SELECT seq FROM audit_events WHERE seq >= $1 AND seq <= $2 ORDER BY seq LIMIT $3)",
         )
+        .bind(first)
         .bind(last)
         .bind(REMOVE_BATCH)
         .execute(db.pool())
@@ -140,4 +141,39 @@ pub(crate) async fn put_archived_delivery(
     .execute(conn)
     .await
     .map(|_| ())
+}
+
+/// Takes the archive run's lease for `holder` until `until_ms`, unless
+/// another holder's lease is still running at `now_ms`; says whether it did.
+pub(crate) async fn take_lease(db: &Db, holder: &str, now_ms: i64, until_ms: i64) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "INSERT INTO audit_archive_runs (id, holder, until_ms) VALUES (1, $1, $2)
+         ON CONFLICT (id) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms
+         WHERE audit_archive_runs.holder = excluded.holder OR audit_archive_runs.until_ms < $3",
+    )
+    .bind(holder)
+    .bind(until_ms)
+    .bind(now_ms)
+    .execute(db.pool())
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub(crate) async fn release_lease(db: &Db, holder: &str) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM audit_archive_runs WHERE holder = $1")
+        .bind(holder)
+        .execute(db.pool())
+        .await
+        .map(|_| ())
+}
+
+/// Every row of `audit_archived_deliveries`: grant, file, bytes, spans.
+pub(crate) async fn all_archived_deliveries<'c>(
+    e: impl AnyExecutor<'c>,
+) -> sqlx::Result<Vec<(String, String, i64, String)>> {
+    sqlx::query_as(
+        "SELECT grant_id, file_id, bytes, spans FROM audit_archived_deliveries ORDER BY grant_id, file_id",
+    )
+    .fetch_all(e)
+    .await
 }

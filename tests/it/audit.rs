@@ -754,7 +754,7 @@ async fn report_totals_kept_by_the_fold_equal_a_rebuild_from_the_log() {
     );
 
     // Folding the log again from its start arrives at the same rows.
-    let rebuilt = audit::report::rebuild(&t.app.db, &t.app.audit_archive())
+    let rebuilt = audit::report::rebuild(&t.app.db, &t.app.audit_archive(), &t.app.audit_trust().unwrap())
         .await
         .unwrap();
     assert_eq!(rebuilt.folded, snapshot(&t).await.len() as i64);
@@ -1101,6 +1101,54 @@ async fn archived_segments_leave_the_database_and_verify_reads_them_back() {
     );
     let (ok, _, err) = weightgate(&t, &["audit", "verify", "--archive"], None);
     assert!(ok, "{err}");
+
+    // A run that stopped after storing a segment's manifest, before
+    // recording it: its events are still in the log, which verify accepts,
+    // and the next run records that very segment, whatever it was asked.
+    sql(
+        &t,
+        &format!("DELETE FROM audit_archives WHERE first_seq = {}", first_end + 1),
+    )
+    .await;
+    put_back(tail.to_vec()).await;
+    let (ok, _, err) = weightgate(&t, &["audit", "verify"], None);
+    assert!(ok, "{err}");
+    let (ok, out, err) = weightgate(&t, &["audit", "archive", "--before", "1h"], None);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!(
+            "archived events {} to {second_end} (20 events",
+            first_end + 1
+        )),
+        "{out}"
+    );
+    assert_eq!(
+        db::archives::all(t.app.db.pool()).await.unwrap()[1].sha256,
+        segments[1].sha256
+    );
+    let (ok, _, err) = weightgate(&t, &["audit", "verify", "--archive"], None);
+    assert!(ok, "{err}");
+
+    // What quotas count of the archived deliveries is checked against the
+    // segments.
+    let (grant, bytes): (String, i64) =
+        sqlx::query_as("SELECT grant_id, bytes FROM audit_archived_deliveries")
+            .fetch_one(t.app.db.pool())
+            .await
+            .unwrap();
+    assert_eq!(bytes, t.files[0].1.len() as i64, "ada's whole shard-0");
+    sql(&t, "UPDATE audit_archived_deliveries SET bytes = 0").await;
+    let (ok, _, err) = weightgate(&t, &["audit", "verify", "--archive"], None);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!("delivered under grant {grant}")) && err.contains("is not what quotas count"),
+        "{err}"
+    );
+    sql(
+        &t,
+        &format!("UPDATE audit_archived_deliveries SET bytes = {bytes}"),
+    )
+    .await;
 
     // A record of an archive that never was, planted to make the newest
     // events vanish: it has no manifest in the store, so verify says so,
