@@ -1028,7 +1028,7 @@ print(s["busiest_grant"], s["busiest_grant_events"], s["canonical_bytes"], s["to
     left=$(sqlite3 -readonly "$DBF" "SELECT count(*) FROM audit_events")
     used_events_after=$(sqlite3 -readonly "$DBF" "SELECT SUM(pgsize) FROM dbstat WHERE name LIKE 'audit_events%'")
     log "archive: $t_archive s for $A_EVENTS events in $A_SEGMENTS segments, $A_BYTES bytes; $left events left"
-    row "5g. \`audit archive\`: $A_EVENTS events (re-hashed, to $A_SEGMENTS gzip segments, removed from the database)" "$t_archive s ($(calc "$A_EVENTS / $t_archive" 0) events/s)" "sqlite3 -json | gzip -6 of the same rows: $t_dump s" "$(calc "$t_archive / $t_dump" 1)x" "(info: a one-off per period)" "-"
+    row "5g. \`audit archive\`: $A_EVENTS events (re-hashed, to $A_SEGMENTS gzip segments, removed from the database)" "$t_archive s ($(calc "$A_EVENTS / $t_archive" 0) events/s)" "sqlite3 -json piped to gzip -6, the same rows: $t_dump s" "$(calc "$t_archive / $t_dump" 1)x" "(info: a one-off per period)" "-"
     row "5h. bytes per event: archived segment / the log's table and indexes in SQLite" "$(calc "$A_BYTES / $A_EVENTS" 0) B" "$(calc "$used_events_before / $ALL_EVENTS" 0) B before; $(calc "$used_events_after / 1048576" 1) MiB of the log left for $left event(s)" "$(calc "$A_BYTES / $used_events_before" 3)x" "≤ 250 B per event in the database (the live row: the baseline)" "$(met "$used_events_before / $ALL_EVENTS <= 250")"
     T_VA=()
     for r in $(seq "$RUNS"); do T_VA+=("$(elapsed wg "$A" audit verify --archive)"); done
