@@ -48,7 +48,7 @@ use super::{
     Action, Event, GENESIS, Outcome,
     checkpoint::{self, ExportedCheckpoint, Trust},
     report::{Coverage, delivered_span},
-    verify::hashes_hold,
+    verify::hashed,
     witness::Witnessed,
 };
 use crate::{
@@ -112,6 +112,24 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// The record of this segment, whose manifest is stored under `key`.
+    fn row(&self, key: String) -> ArchiveRow {
+        ArchiveRow {
+            first_seq: self.first_seq,
+            last_seq: self.last_seq,
+            events: self.events,
+            prev_hash: self.prev_hash.clone(),
+            last_hash: self.last_hash.clone(),
+            first_at: self.first_at,
+            last_at: self.last_at,
+            object: self.object.clone(),
+            manifest: key,
+            size: self.size,
+            sha256: self.sha256.clone(),
+            archived_at: self.archived_at,
+        }
+    }
+
     /// Whether `row` records this segment (its manifest aside).
     fn describes(&self, row: &ArchiveRow) -> bool {
         self.first_seq == row.first_seq
@@ -310,11 +328,7 @@ async fn archive_leased(
         if page.is_empty() {
             anyhow::bail!("the log ends before event {end}; nothing more archived");
         }
-        let (page, intact) = tokio::task::spawn_blocking(move || {
-            let intact = hashes_hold(&page);
-            (page, intact)
-        })
-        .await?;
+        let (page, intact) = hashed(page).await?;
         for (r, intact) in page.iter().zip(intact) {
             if r.seq != last_seq + 1 || r.prev_hash != last_hash || !intact {
                 anyhow::bail!(
@@ -472,11 +486,7 @@ async fn remove_left_over(db: &Db, newest: &ArchiveRow) -> anyhow::Result<u64> {
         if page.is_empty() {
             break;
         }
-        let (page, intact) = tokio::task::spawn_blocking(move || {
-            let intact = hashes_hold(&page);
-            (page, intact)
-        })
-        .await?;
+        let (page, intact) = hashed(page).await?;
         for (r, intact) in page.iter().zip(intact) {
             if r.seq > newest.last_seq {
                 break 'pages;
@@ -635,20 +645,7 @@ async fn store_segment(
                 ) == (first_seq, last_seq, events, &prev_hash, &last_hash),
                 "{key} is already stored and describes other events: nothing more archived"
             );
-            let stored = ArchiveRow {
-                first_seq,
-                last_seq,
-                events,
-                prev_hash: kept.prev_hash.clone(),
-                last_hash: kept.last_hash.clone(),
-                first_at: kept.first_at,
-                last_at: kept.last_at,
-                object: kept.object.clone(),
-                manifest: key.clone(),
-                size: kept.size,
-                sha256: kept.sha256.clone(),
-                archived_at: kept.archived_at,
-            };
+            let stored = kept.row(key.clone());
             drop(SegmentReader::open(archive, &stored).await.with_context(|| {
                 format!(
                     "{key} is already stored, but its segment is not what it describes: nothing more archived"
@@ -691,20 +688,7 @@ async fn store_segment(
         }
     };
     drop(file);
-    let row = ArchiveRow {
-        first_seq,
-        last_seq,
-        events,
-        prev_hash: manifest.prev_hash.clone(),
-        last_hash: manifest.last_hash.clone(),
-        first_at,
-        last_at,
-        object: manifest.object.clone(),
-        manifest: key,
-        size: manifest.size,
-        sha256: manifest.sha256.clone(),
-        archived_at: manifest.archived_at,
-    };
+    let row = manifest.row(key);
     let mut event = Event::new(Action::AuditArchived, Outcome::Ok);
     event.subject = Some(format!(
         "events {first_seq} to {last_seq} ({events}) to {} (sha256 {})",
@@ -831,8 +815,18 @@ impl SegmentReader {
         })
     }
 
+    /// The reader and the next at most `size` events, read off the
+    /// runtime's threads; empty at the end.
+    pub(crate) async fn next_page(mut self, size: usize) -> anyhow::Result<(Self, Vec<EventRow>)> {
+        tokio::task::spawn_blocking(move || {
+            let page = self.page(size)?;
+            Ok((self, page))
+        })
+        .await?
+    }
+
     /// The next at most `size` events; empty at the end. Blocking.
-    pub(crate) fn page(&mut self, size: usize) -> anyhow::Result<Vec<EventRow>> {
+    fn page(&mut self, size: usize) -> anyhow::Result<Vec<EventRow>> {
         let mut page = Vec::with_capacity(size.min(PAGE));
         let mut bytes = 0;
         while page.len() < size && bytes < PAGE_BYTES {
@@ -969,14 +963,11 @@ async fn check_segment(
     };
     let (mut last_seq, mut last_hash) = found.end.clone();
     loop {
-        let (page, r) = tokio::task::spawn_blocking(move || {
-            let page = reader.page(PAGE);
-            (page, reader)
-        })
-        .await?;
-        reader = r;
-        let page = match page {
-            Ok(page) => page,
+        let page = match reader.next_page(PAGE).await {
+            Ok((r, page)) => {
+                reader = r;
+                page
+            }
             Err(e) => match e.downcast::<Damaged>() {
                 Ok(damaged) => return Ok(Err(damaged.to_string())),
                 Err(e) => return Err(e),
@@ -985,11 +976,7 @@ async fn check_segment(
         if page.is_empty() {
             break;
         }
-        let (page, intact) = tokio::task::spawn_blocking(move || {
-            let intact = hashes_hold(&page);
-            (page, intact)
-        })
-        .await?;
+        let (page, intact) = hashed(page).await?;
         for (r, intact) in page.iter().zip(intact) {
             let what = if r.seq != last_seq + 1 {
                 Some(format!(

@@ -268,13 +268,8 @@ pub async fn rebuild(
     for row in &records.rows {
         let mut reader = super::archive::SegmentReader::open(archive, row).await?;
         loop {
-            let (page, r) = tokio::task::spawn_blocking(move || {
-                let page = reader.page(STEP);
-                (page, reader)
-            })
-            .await?;
-            reader = r;
-            let page = page?;
+            let page;
+            (reader, page) = reader.next_page(STEP).await?;
             if page.is_empty() {
                 break;
             }

@@ -627,11 +627,7 @@ pub(super) async fn walk(db: &Db, from: (i64, String), until: Option<i64>) -> an
     // From the start, also read rows at positions no event can have.
     let mut pages = db::audit::Pages::open(db, if last_seq == 0 { i64::MIN } else { last_seq }, PAGE);
     while let Some(page) = pages.next().await? {
-        let (page, intact) = tokio::task::spawn_blocking(move || {
-            let intact = hashes_hold(&page);
-            (page, intact)
-        })
-        .await?;
+        let (page, intact) = hashed(page).await?;
         for (i, r) in page.iter().enumerate() {
             if until.is_some_and(|u| r.seq > u) {
                 return Ok(Walk {
@@ -665,9 +661,19 @@ pub(super) async fn walk(db: &Db, from: (i64, String), until: Option<i64>) -> an
     })
 }
 
+/// `page`, and whether each of its events still matches its stored hash,
+/// worked out off the runtime's threads.
+pub(super) async fn hashed(page: Vec<EventRow>) -> anyhow::Result<(Vec<EventRow>, Vec<bool>)> {
+    Ok(tokio::task::spawn_blocking(move || {
+        let intact = hashes_hold(&page);
+        (page, intact)
+    })
+    .await?)
+}
+
 /// Whether each event's contents still match its stored hash, computed on
 /// every core.
-pub(super) fn hashes_hold(page: &[EventRow]) -> Vec<bool> {
+fn hashes_hold(page: &[EventRow]) -> Vec<bool> {
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
     let share = page.len().div_ceil(threads).max(1);
     let mut intact = vec![false; page.len()];

@@ -1021,6 +1021,12 @@ async fn anomalies(db: &Db, thresholds: &Thresholds, format: Listing) -> anyhow:
     Ok(())
 }
 
+fn write_events(out: &mut Printer, format: Format, events: &[EventRow]) -> std::io::Result<()> {
+    events
+        .iter()
+        .try_for_each(|e| out.row(event_cells(format, e), &event_json(e)))
+}
+
 /// Events read per page by `export`.
 const EXPORT_PAGE: i64 = 5_000;
 
@@ -1051,17 +1057,9 @@ async fn export(
         for segment in &segments {
             let mut reader = audit::archive::SegmentReader::open(&archive, segment).await?;
             loop {
-                let (page, r) = tokio::task::spawn_blocking(move || {
-                    let page = reader.page(EXPORT_PAGE as usize);
-                    (page, reader)
-                })
-                .await?;
-                reader = r;
-                let page = page?;
-                let written = page
-                    .iter()
-                    .try_for_each(|e| out.row(event_cells(format, e), &event_json(e)));
-                if let Err(err) = written {
+                let page;
+                (reader, page) = reader.next_page(EXPORT_PAGE as usize).await?;
+                if let Err(err) = write_events(&mut out, format, &page) {
                     return output::until_closed(Err(err));
                 }
                 count += page.len() as u64;
@@ -1079,10 +1077,7 @@ async fn export(
     }
     loop {
         let page = db::audit::page_after(db.pool(), after, EXPORT_PAGE).await?;
-        let written = page
-            .iter()
-            .try_for_each(|e| out.row(event_cells(format, e), &event_json(e)));
-        if let Err(err) = written {
+        if let Err(err) = write_events(&mut out, format, &page) {
             return output::until_closed(Err(err));
         }
         count += page.len() as u64;
