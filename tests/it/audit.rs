@@ -849,6 +849,23 @@ async fn archived_segments_leave_the_database_and_verify_reads_them_back() {
     audit::report::catch_up(&t.app.db).await.unwrap();
     let totals = db::reports::dump(t.app.db.pool()).await.unwrap();
 
+    // One archive run at a time: another run's lease stops this one until
+    // it runs out.
+    let future = weightgate::types::now_ms() + 600_000;
+    sql(
+        &t,
+        &format!("INSERT INTO audit_archive_runs (id, holder, until_ms) VALUES (1, 'another run', {future})"),
+    )
+    .await;
+    let (ok, _, err) = weightgate(&t, &["audit", "archive", "--before", "2099-01-01"], None);
+    assert!(!ok);
+    assert!(
+        err.contains("another `weightgate audit archive` is running"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&t).await.len(), whole_log.len(), "nothing was archived");
+    sql(&t, "UPDATE audit_archive_runs SET until_ms = 0").await;
+
     // Nothing is older than a date before the first checkpoint.
     let (ok, out, err) = weightgate(&t, &["audit", "archive", "--before", "2001-01-01"], None);
     assert!(ok, "{err}");
