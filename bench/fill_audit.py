@@ -32,6 +32,7 @@ import bisect
 import hashlib
 import json
 import random
+import re
 import sqlite3
 import sys
 import time
@@ -83,6 +84,54 @@ def canonical(row):
     return PREFIX + text.encode("utf-8")
 
 
+# How weightgate stores an event (see the migration 20261204090000_audit_terms):
+# each repeated text as the number of its term in audit_terms, the hashes as
+# bytes, a lower-case hyphenated UUID request id as its 16 bytes.
+STORED_COLUMNS = (
+    "seq, at, action_term, outcome_term, reason_term, actor_term, subject_term, model_term, application_term, "
+    "grant_term, researcher_term, file_term, range_start, range_end, bytes, client_ip_term, user_agent_term, "
+    "request_uuid, request_text, prev_hash, hash, occurrences"
+)
+UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+class Terms:
+    """The numbers of audit_terms, with the new terms written in batches."""
+
+    def __init__(self, db):
+        self.db = db
+        self.ids = dict(db.execute("SELECT term, id FROM audit_terms"))
+        self.next = (db.execute("SELECT max(id) FROM audit_terms").fetchone()[0] or 0) + 1
+        self.new = []
+
+    def id(self, text):
+        if text is None:
+            return None
+        i = self.ids.get(text)
+        if i is None:
+            i = self.ids[text] = self.next
+            self.next += 1
+            self.new.append((i, text))
+        return i
+
+    def flush(self):
+        self.db.executemany("INSERT INTO audit_terms (id, term) VALUES (?, ?)", self.new)
+        self.new.clear()
+
+
+def stored(row, terms):
+    """A row in COLUMNS order (hash last) as weightgate stores it."""
+    (seq, at, action, outcome, reason, actor, subject, model_id, application_id, grant_id,
+     researcher_id, file_id, range_start, range_end, nbytes, client_ip, user_agent, request_id,
+     prev_hash, h) = row
+    t = terms.id
+    uuid_bytes = bytes.fromhex(request_id.replace("-", "")) if request_id and UUID.match(request_id) else None
+    return (seq, at, t(action), t(outcome), t(reason), t(actor), t(subject), t(model_id), t(application_id),
+            t(grant_id), t(researcher_id), t(file_id), range_start, range_end, nbytes, t(client_ip), t(user_agent),
+            uuid_bytes, None if uuid_bytes or request_id is None else request_id,
+            bytes.fromhex(prev_hash), bytes.fromhex(h), None)
+
+
 def new_id(rng):
     return "%020x" % rng.getrandbits(80)
 
@@ -91,7 +140,7 @@ def check_existing(db):
     """Recomputes the hashes of the events already stored; returns the head."""
     seq, prev = 0, GENESIS
     n = 0
-    for row in db.execute(f"SELECT {COLUMNS} FROM audit_events ORDER BY seq"):
+    for row in db.execute(f"SELECT {COLUMNS} FROM audit_log ORDER BY seq"):
         if row[0] != seq + 1 or row[18] != prev:
             sys.exit(f"fill_audit.py: the existing chain is broken at event {row[0]}")
         h = hashlib.sha256(canonical(row)).hexdigest()
@@ -331,7 +380,8 @@ def main():
     canon = open(a.canonical_out, "wb", buffering=1 << 20) if a.canonical_out else None
     stats = {"bytes": 0, "grants": {}}
     batch = []
-    insert = f"INSERT INTO audit_events ({COLUMNS}) VALUES ({', '.join('?' * 20)})"
+    insert = f"INSERT INTO audit_events ({STORED_COLUMNS}) VALUES ({', '.join('?' * 22)})"
+    terms = Terms(db)
     started = time.monotonic()
     db.execute("BEGIN")
     if a.store_world:
@@ -341,20 +391,24 @@ def main():
         stats["bytes"] += nbytes
         if row[9] is not None:
             stats["grants"][row[9]] = stats["grants"].get(row[9], 0) + 1
-        batch.append(row)
+        batch.append(stored(row, terms))
         if len(batch) >= 50_000:
+            terms.flush()
             db.executemany(insert, batch)
             batch.clear()
 
     seq, head = generate(world, rng, a.events, seq0, prev, int(time.time() * 1000), canon, emit)
     if batch:
+        terms.flush()
         db.executemany(insert, batch)
     db.execute("COMMIT")
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     if canon:
         canon.close()
     busiest, busiest_n = max(stats["grants"].items(), key=lambda kv: kv[1])
-    actions = dict(db.execute("SELECT action, count(*) FROM audit_events GROUP BY action ORDER BY 2 DESC").fetchall())
+    actions = dict(db.execute(
+        "SELECT t.term, count(*) FROM audit_events e JOIN audit_terms t ON t.id = e.action_term"
+        " GROUP BY t.term ORDER BY 2 DESC").fetchall())
     total = db.execute("SELECT count(*) FROM audit_events").fetchone()[0]
     db.close()
     summary = {

@@ -547,7 +547,7 @@ fi
 if want fetch; then
     log "== 4. authorised fetch rate: wrk -t$WRK_THREADS -c$WRK_CONNS -d${WRK_SECONDS}s on a 1 KiB file"
     DB=$P/weightgate.db
-    count_events() { sqlite3 -readonly "$DB" "SELECT count(*) FROM audit_events WHERE action = '$1'"; }
+    count_events() { sqlite3 -readonly "$DB" "SELECT count(*) FROM audit_log WHERE action = '$1'"; }
     run_wrk() { # run_wrk URL NAME -> prints requests/s; keeps the full output in $WORK/wrk-NAME.txt
         wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"${WRK_SECONDS}s" --timeout 5s --latency "$1" >"$WORK/wrk-$2.txt" 2>&1 ||
             die "wrk failed: $(cat "$WORK/wrk-$2.txt")"
@@ -905,8 +905,11 @@ print(s["busiest_grant"], s["busiest_grant_events"], s["canonical_bytes"], s["to
 
     COLS="seq, at, action, outcome, reason, actor, subject, model_id, application_id, grant_id, researcher_id, file_id, range_start, range_end, bytes, client_ip, user_agent, request_id, prev_hash, hash"
     SINCE_MS=$(( ($(date +%s) - 86400) * 1000 ))
-    Q_GRANT="SELECT $COLS FROM audit_events WHERE grant_id = '$GRANT' ORDER BY seq DESC LIMIT 100"
-    Q_SINCE="SELECT $COLS FROM audit_events WHERE action = 'file.fetch' AND at >= $SINCE_MS ORDER BY seq DESC LIMIT 100"
+    term() { echo "(SELECT id FROM audit_terms WHERE term = '$1')"; }
+    Q_GRANT="SELECT $COLS FROM audit_log WHERE seq IN (SELECT seq FROM audit_events
+        WHERE grant_term = $(term "$GRANT") ORDER BY seq DESC LIMIT 100) ORDER BY seq DESC"
+    Q_SINCE="SELECT $COLS FROM audit_log WHERE seq IN (SELECT seq FROM audit_events
+        WHERE action_term = $(term file.fetch) AND at >= $SINCE_MS ORDER BY seq DESC LIMIT 100) ORDER BY seq DESC"
     n1=$(wg "$A" audit list --grant "$GRANT" --limit 100 --format jsonl 2>/dev/null | wc -l)
     n2=$(wg "$A" audit list --since 1d --action file.fetch --limit 100 --format jsonl 2>/dev/null | wc -l)
     n3=$(sqlite3 -readonly -json "$DBF" "$Q_GRANT" | grep -o '"seq":' | wc -l)
@@ -929,8 +932,9 @@ print(s["busiest_grant"], s["busiest_grant_events"], s["canonical_bytes"], s["to
     # The operator's reports read totals the log is folded into (docs/ARCHITECTURE.md,
     # "Reports from a fold of the log"): first the fold of the whole log, then
     # each report, the fold caught up. Baseline: sqlite3 reading every row.
-    BUSY_MODEL=$(sqlite3 -readonly "$DBF" "SELECT m.slug FROM audit_events e JOIN models m ON m.id = e.model_id
-        WHERE e.action = 'file.delivered' GROUP BY m.slug ORDER BY COUNT(*) DESC LIMIT 1")
+    BUSY_MODEL=$(sqlite3 -readonly "$DBF" "SELECT m.slug FROM audit_events e JOIN audit_terms t ON t.id = e.model_term
+        JOIN models m ON m.id = t.term WHERE e.action_term = $(term file.delivered)
+        GROUP BY m.slug ORDER BY COUNT(*) DESC LIMIT 1")
     T_FOLD=()
     for r in $(seq "$RUNS"); do T_FOLD+=("$(elapsed wg "$A" audit rebuild-reports)"); done
     t_fold=$(median "${T_FOLD[@]}")
@@ -979,12 +983,18 @@ print(s["busiest_grant"], s["busiest_grant_events"], s["canonical_bytes"], s["to
             "releases:id,model_id,name,created_at,published_at" \
             "files:id,release_id,name,object_key,size,sha256,chunk_size,chunks" \
             "researchers:id,email,created_at" \
-            "audit_events:$COLS,occurrences"; do
+            "audit_terms:id,term"; do
             table=${spec%%:*} columns=${spec#*:}
             sqlite3 -csv "$DBF" "SELECT $columns FROM $table" |
                 psql -q -d "$PG_DB_URL" -c "\\copy $table ($columns) FROM pstdin WITH (FORMAT csv)" ||
                 die "cannot copy $table into PostgreSQL"
         done
+        # The stored events, their bytes as PostgreSQL's hexadecimal bytea.
+        STORED="seq, at, action_term, outcome_term, reason_term, actor_term, subject_term, model_term, application_term, grant_term, researcher_term, file_term, range_start, range_end, bytes, client_ip_term, user_agent_term, request_uuid, request_text, prev_hash, hash, occurrences"
+        sqlite3 -csv "$DBF" "SELECT $(sed -E "s/(request_uuid|prev_hash|hash)(,|$)/'\\\\x' || hex(\1)\2/g" <<<"$STORED") FROM audit_events" |
+            psql -q -d "$PG_DB_URL" -c "\\copy audit_events ($STORED) FROM pstdin WITH (FORMAT csv)" ||
+            die "cannot copy audit_events into PostgreSQL"
+        psql -q -d "$PG_DB_URL" -c "SELECT setval(pg_get_serial_sequence('audit_terms', 'id'), (SELECT max(id) FROM audit_terms))" >/dev/null
         T_PF=()
         for r in $(seq "$RUNS"); do T_PF+=("$(elapsed wgr audit rebuild-reports)"); done
         t_pf=$(median "${T_PF[@]}")
@@ -1003,6 +1013,13 @@ print(s["busiest_grant"], s["busiest_grant_events"], s["canonical_bytes"], s["to
             log "PostgreSQL $report: $(fmt_runs "${T_R[@]}") s"
             row "5'e. \`audit $report --format jsonl\` on PostgreSQL (output equal to SQLite's)" "$(ms "$t_r") ms" "sqlite3 scan: $(ms "$t_scan") ms" "$(calc "$t_r / $t_scan" 3)x" "< 1 s" "$(met "$t_r < 1")"
         done
+        # The same events' size in each database: table, indexes and terms.
+        psql -q -d "$PG_DB_URL" -c "VACUUM ANALYZE audit_events" -c "VACUUM ANALYZE audit_terms"
+        pg_bytes=$(psql -At -d "$PG_DB_URL" -c "SELECT pg_total_relation_size('audit_events') + pg_total_relation_size('audit_terms')")
+        pg_events=$(psql -At -d "$PG_DB_URL" -c "SELECT count(*) FROM audit_events")
+        sqlite_bytes=$(sqlite3 -readonly "$DBF" "SELECT SUM(pgsize) FROM dbstat WHERE name LIKE 'audit_events%' OR name LIKE '%audit_terms%'")
+        log "bytes per event: PostgreSQL $(calc "$pg_bytes / $pg_events" 1), SQLite $(calc "$sqlite_bytes / $pg_events" 1)"
+        row "5'h. bytes per event in PostgreSQL (table, indexes, terms)" "$(calc "$pg_bytes / $pg_events" 0) B" "SQLite, the same events: $(calc "$sqlite_bytes / $pg_events" 0) B" "$(calc "$pg_bytes / $sqlite_bytes" 2)x" "≤ 250 B per event" "$(met "$pg_bytes / $pg_events <= 250")"
         psql -q -d "$PG_URL" -c "DROP DATABASE $PGDB WITH (FORCE)" >/dev/null && PGDB=""
     fi
 
@@ -1015,18 +1032,18 @@ print(s["busiest_grant"], s["busiest_grant_events"], s["canonical_bytes"], s["to
     wg "$A" audit checkpoint >/dev/null
     ALL_EVENTS=$(sqlite3 -readonly "$DBF" "SELECT count(*) FROM audit_events")
     used_bytes() { sqlite3 -readonly "$DBF" "SELECT (SELECT page_count FROM pragma_page_count) * (SELECT page_size FROM pragma_page_size) - (SELECT freelist_count FROM pragma_freelist_count) * (SELECT page_size FROM pragma_page_size)"; }
-    used_events_before=$(sqlite3 -readonly "$DBF" "SELECT SUM(pgsize) FROM dbstat WHERE name LIKE 'audit_events%'")
+    used_events_before=$(sqlite3 -readonly "$DBF" "SELECT SUM(pgsize) FROM dbstat WHERE name LIKE 'audit_events%' OR name LIKE '%audit_terms%'")
     for report in "who-has $BUSY_MODEL" "downloads" "anomalies"; do
         # shellcheck disable=SC2086 # the report's words are its arguments
         wg "$A" audit $report --format jsonl >"$A/before-${report%% *}.jsonl"
     done
-    t_dump=$(elapsed sh -c "sqlite3 -readonly -json '$DBF' 'SELECT * FROM audit_events ORDER BY seq' | gzip -6 >'$A/dump.json.gz'")
+    t_dump=$(elapsed sh -c "sqlite3 -readonly -json '$DBF' 'SELECT * FROM audit_log ORDER BY seq' | gzip -6 >'$A/dump.json.gz'")
     t_archive=$(elapsed wg "$A" audit archive --before 2999-01-01)
     ARCHIVED=$(sqlite3 -readonly "$DBF" "SELECT COALESCE(SUM(events), 0) || ' ' || COALESCE(SUM(size), 0) || ' ' || count(*) FROM audit_archives")
     read -r A_EVENTS A_BYTES A_SEGMENTS <<<"$ARCHIVED"
     [ "$A_EVENTS" = "$ALL_EVENTS" ] || die "archived $A_EVENTS events of $ALL_EVENTS"
     left=$(sqlite3 -readonly "$DBF" "SELECT count(*) FROM audit_events")
-    used_events_after=$(sqlite3 -readonly "$DBF" "SELECT SUM(pgsize) FROM dbstat WHERE name LIKE 'audit_events%'")
+    used_events_after=$(sqlite3 -readonly "$DBF" "SELECT SUM(pgsize) FROM dbstat WHERE name LIKE 'audit_events%' OR name LIKE '%audit_terms%'")
     log "archive: $t_archive s for $A_EVENTS events in $A_SEGMENTS segments, $A_BYTES bytes; $left events left"
     row "5g. \`audit archive\`: $A_EVENTS events (re-hashed, to $A_SEGMENTS gzip segments, removed from the database)" "$t_archive s ($(calc "$A_EVENTS / $t_archive" 0) events/s)" "sqlite3 -json piped to gzip -6, the same rows: $t_dump s" "$(calc "$t_archive / $t_dump" 1)x" "(info: a one-off per period)" "-"
     row "5h. bytes per event: archived segment / the log's table and indexes in SQLite" "$(calc "$A_BYTES / $A_EVENTS" 0) B" "$(calc "$used_events_before / $ALL_EVENTS" 0) B before; $(calc "$used_events_after / 1048576" 1) MiB of the log left for $left event(s)" "$(calc "$A_BYTES / $used_events_before" 3)x" "≤ 250 B per event in the database (the live row: the baseline)" "$(met "$used_events_before / $ALL_EVENTS <= 250")"

@@ -70,8 +70,8 @@ impl Outcome {
 #[derive(Clone, Debug, Default)]
 pub struct Client {
     pub ip: Option<String>,
-    pub(crate) user_agent: Option<String>,
-    pub(crate) request_id: Option<String>,
+    pub user_agent: Option<String>,
+    pub request_id: Option<String>,
 }
 
 impl Client {

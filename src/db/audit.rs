@@ -1,7 +1,7 @@
 //! The audit log and its signed checkpoints: append and read, never update.
 //! Also the read-only queries behind the operator's reports.
 
-use std::path::Path;
+use std::{collections::HashMap, path::Path};
 
 use anyhow::Context;
 use sqlx::{AnyConnection, AnyPool, FromRow, any::AnyExecutor};
@@ -39,20 +39,114 @@ pub struct EventRow {
     pub occurrences: Option<i64>,
 }
 
-/// The columns of an event, in the order every query here names them.
-pub(super) const INSERT_COLUMNS: &str = COLUMNS;
-
-const COLUMNS: &str = "seq, at, action, outcome, reason, actor, subject, model_id, application_id, grant_id,
+/// The columns of an event as text, in the order every query here names
+/// them: those of the view `audit_log`, which reads the stored events back.
+pub(super) const COLUMNS: &str =
+    "seq, at, action, outcome, reason, actor, subject, model_id, application_id, grant_id,
     researcher_id, file_id, range_start, range_end, bytes, client_ip, user_agent, request_id, prev_hash, hash,
     occurrences";
+
+/// The columns of `audit_events` as stored: each repeated text as the number
+/// of its term in `audit_terms` (see [`EventRow::terms`] for their order),
+/// the hashes as bytes, a request id as a UUID's 16 bytes or as text.
+pub(super) const STORED_COLUMNS: &str =
+    "seq, at, action_term, outcome_term, reason_term, actor_term, subject_term, model_term,
+    application_term, grant_term, researcher_term, file_term, range_start, range_end, bytes, client_ip_term,
+    user_agent_term, request_uuid, request_text, prev_hash, hash, occurrences";
+
+/// How many values a stored row binds.
+const STORED_VALUES: usize = 22;
+
+impl EventRow {
+    /// The event's texts that are stored as terms, in the order of the
+    /// `*_term` columns of [`STORED_COLUMNS`].
+    pub(crate) fn terms(&self) -> [Option<&str>; 12] {
+        [
+            Some(self.action.as_str()),
+            Some(self.outcome.as_str()),
+            self.reason.as_deref(),
+            self.actor.as_deref(),
+            self.subject.as_deref(),
+            self.model_id.as_deref(),
+            self.application_id.as_deref(),
+            self.grant_id.as_deref(),
+            self.researcher_id.as_deref(),
+            self.file_id.as_deref(),
+            self.client_ip.as_deref(),
+            self.user_agent.as_deref(),
+        ]
+    }
+}
+
+/// A hash as stored: the bytes of its lower-case hexadecimal, or, for text
+/// that is not (no hash weightgate computes), its own bytes, so that it
+/// reads back changed and the event as altered.
+pub(crate) fn stored_hash(hash: &str) -> Vec<u8> {
+    let canonical = hash.len().is_multiple_of(2) && hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if canonical {
+        hex::decode(hash).unwrap_or_else(|_| hash.as_bytes().to_vec())
+    } else {
+        hash.as_bytes().to_vec()
+    }
+}
+
+/// A stored hash read back as text.
+pub(crate) fn read_hash(bytes: &[u8], into: &mut String) {
+    into.clear();
+    for b in bytes {
+        use std::fmt::Write as _;
+        let _ = write!(into, "{b:02x}");
+    }
+}
+
+/// A request id as stored: a UUID in its lower-case hyphenated form (what the
+/// portal gives a request that brings none) as its 16 bytes, anything else
+/// as text.
+pub(super) fn stored_request_id(id: Option<&str>) -> (Option<Vec<u8>>, Option<&str>) {
+    let Some(id) = id else { return (None, None) };
+    let b = id.as_bytes();
+    let uuid = b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => matches!(c, b'0'..=b'9' | b'a'..=b'f'),
+        });
+    if uuid {
+        let digits: String = id.chars().filter(|c| *c != '-').collect();
+        if let Ok(bytes) = hex::decode(digits) {
+            return (Some(bytes), None);
+        }
+    }
+    (None, Some(id))
+}
+
+/// A stored request id read back as text (as the view `audit_log` does).
+fn read_request_id(uuid: Option<&[u8]>, text: Option<&str>, into: &mut Option<String>) {
+    match (uuid, text) {
+        (Some(bytes), _) => {
+            let s = into.get_or_insert_with(String::new);
+            read_hash(bytes, s);
+            if bytes.len() == 16 {
+                for at in [20, 16, 12, 8] {
+                    s.insert(at, '-');
+                }
+            }
+        }
+        (None, Some(t)) => {
+            let s = into.get_or_insert_with(String::new);
+            s.clear();
+            s.push_str(t);
+        }
+        (None, None) => *into = None,
+    }
+}
 
 pub async fn insert(tx: &mut Tx, r: &EventRow) -> sqlx::Result<()> {
     insert_many(tx, std::slice::from_ref(r)).await
 }
 
-/// Most events one `INSERT` statement takes: 21 values each, well inside
-/// both databases' limits on bound parameters.
-const INSERT_ROWS: usize = 500;
+/// Most events one `INSERT` statement takes: 22 values each, well inside
+/// SQLite's limit on bound parameters.
+const INSERT_ROWS: usize = 400;
 
 /// Inserts events in as few statements as their number allows: on
 /// PostgreSQL one, whatever their number.
@@ -63,36 +157,59 @@ pub(crate) async fn insert_many(conn: &mut AnyConnection, rows: &[EventRow]) -> 
     if super::is_postgres(conn) {
         return insert_json(conn, rows).await;
     }
+    let mut wanted: Vec<&str> = rows.iter().flat_map(EventRow::terms).flatten().collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let mut ids = HashMap::with_capacity(wanted.len());
+    for term in wanted {
+        let id = term_id(conn, term).await?;
+        ids.insert(term, id);
+    }
     for chunk in rows.chunks(INSERT_ROWS) {
-        let mut sql = format!("INSERT INTO audit_events ({COLUMNS}) VALUES ");
+        let mut sql = format!("INSERT INTO audit_events ({STORED_COLUMNS}) VALUES ");
         for i in 0..chunk.len() {
             sql.push_str(if i == 0 { "(" } else { ", (" });
-            sql.push_str(&super::placeholders(conn, i * 21 + 1, 21));
+            sql.push_str(&super::placeholders(conn, i * STORED_VALUES + 1, STORED_VALUES));
             sql.push(')');
         }
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
         for r in chunk {
+            query = query.bind(r.seq).bind(r.at);
+            let [
+                action,
+                outcome,
+                reason,
+                actor,
+                subject,
+                model,
+                application,
+                grant,
+                researcher,
+                file,
+                ip,
+                agent,
+            ] = r.terms().map(|t| t.and_then(|t| ids.get(t).copied()));
+            let (uuid, text) = stored_request_id(r.request_id.as_deref());
             query = query
-                .bind(r.seq)
-                .bind(r.at)
-                .bind(&r.action)
-                .bind(&r.outcome)
-                .bind(&r.reason)
-                .bind(&r.actor)
-                .bind(&r.subject)
-                .bind(&r.model_id)
-                .bind(&r.application_id)
-                .bind(&r.grant_id)
-                .bind(&r.researcher_id)
-                .bind(&r.file_id)
+                .bind(action)
+                .bind(outcome)
+                .bind(reason)
+                .bind(actor)
+                .bind(subject)
+                .bind(model)
+                .bind(application)
+                .bind(grant)
+                .bind(researcher)
+                .bind(file)
                 .bind(r.range_start)
                 .bind(r.range_end)
                 .bind(r.bytes)
-                .bind(&r.client_ip)
-                .bind(&r.user_agent)
-                .bind(&r.request_id)
-                .bind(&r.prev_hash)
-                .bind(&r.hash)
+                .bind(ip)
+                .bind(agent)
+                .bind(uuid)
+                .bind(text.map(str::to_owned))
+                .bind(stored_hash(&r.prev_hash))
+                .bind(stored_hash(&r.hash))
                 .bind(r.occurrences);
         }
         query.execute(&mut *conn).await?;
@@ -100,18 +217,25 @@ pub(crate) async fn insert_many(conn: &mut AnyConnection, rows: &[EventRow]) -> 
     Ok(())
 }
 
-/// PostgreSQL: the rows travel as one JSON parameter, so the statement's
-/// text never changes and the connection keeps it prepared: one round trip
-/// for a batch of any size, against two (parse, then bind) for a statement
-/// whose text follows the number of rows.
+/// The number of a term, which is added if it is new (SQLite).
+async fn term_id(conn: &mut AnyConnection, term: &str) -> sqlx::Result<i64> {
+    sqlx::query("INSERT INTO audit_terms (term) VALUES ($1) ON CONFLICT (term) DO NOTHING")
+        .bind(term)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query_scalar("SELECT id FROM audit_terms WHERE term = $1")
+        .bind(term)
+        .fetch_one(&mut *conn)
+        .await
+}
+
+/// PostgreSQL: the rows travel as one JSON parameter to the function that
+/// stores them (`weightgate_audit_store`), so the statement's text never
+/// changes and the connection keeps it prepared: one round trip for a batch
+/// of any size.
 async fn insert_json(conn: &mut AnyConnection, rows: &[EventRow]) -> sqlx::Result<()> {
-    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        format!(
-            "INSERT INTO audit_events ({COLUMNS}) SELECT {COLUMNS} FROM json_populate_recordset(NULL::audit_events, $1::json)"
-        )
-    });
     let rows = serde_json::to_string(rows).map_err(|e| sqlx::Error::Encode(e.into()))?;
-    sqlx::query(sqlx::AssertSqlSafe(SQL.as_str()))
+    sqlx::query("SELECT weightgate_audit_store($1::json)")
         .bind(rows)
         .execute(conn)
         .await
@@ -143,7 +267,7 @@ pub(crate) async fn begin_appending(
     }
 }
 
-pub(super) const HEAD: &str = "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1";
+pub(super) const HEAD: &str = "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1";
 
 /// The sequence number and hash of the newest event.
 pub async fn head<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<Option<(i64, String)>> {
@@ -172,18 +296,36 @@ pub struct Filter {
 }
 
 impl Filter {
-    /// The `WHERE` clause of the filters that are set, with their values in
-    /// placeholder order. Only set filters appear, so the database can use
-    /// the index that fits.
+    /// The `WHERE` clause of the filters that are set, over the stored
+    /// columns, with their values in placeholder order. Only set filters
+    /// appear, so the database can use the index that fits.
     fn conditions(&self) -> Where {
         let mut w = Where::default();
         let texts = [
-            ("grant_id = $?", &self.grant_id),
-            ("action = $?", &self.action),
-            ("model_id = $?", &self.model_id),
-            ("researcher_id = $?", &self.researcher_id),
-            ("client_ip = $?", &self.client_ip),
-            ("outcome = $?", &self.outcome),
+            (
+                "grant_term = (SELECT id FROM audit_terms WHERE term = $?)",
+                &self.grant_id,
+            ),
+            (
+                "action_term = (SELECT id FROM audit_terms WHERE term = $?)",
+                &self.action,
+            ),
+            (
+                "model_term = (SELECT id FROM audit_terms WHERE term = $?)",
+                &self.model_id,
+            ),
+            (
+                "researcher_term = (SELECT id FROM audit_terms WHERE term = $?)",
+                &self.researcher_id,
+            ),
+            (
+                "client_ip_term = (SELECT id FROM audit_terms WHERE term = $?)",
+                &self.client_ip,
+            ),
+            (
+                "outcome_term = (SELECT id FROM audit_terms WHERE term = $?)",
+                &self.outcome,
+            ),
         ];
         for (test, value) in texts {
             if let Some(v) = value {
@@ -210,10 +352,14 @@ impl Filter {
 pub async fn list<'c>(e: impl AnyExecutor<'c>, f: &Filter) -> sqlx::Result<Vec<EventRow>> {
     let w = f.conditions();
     let ascending = f.after_seq.is_some();
+    // The matching positions from the stored rows and their indexes; then
+    // only those events as text.
+    let order = if ascending { "ASC" } else { "DESC" };
     let sql = format!(
-        "SELECT {COLUMNS} FROM audit_events{} ORDER BY seq {} LIMIT {}",
+        "SELECT {COLUMNS} FROM audit_log
+         WHERE seq IN (SELECT seq FROM audit_events{} ORDER BY seq {order} LIMIT {})
+         ORDER BY seq {order}",
         w.sql(),
-        if ascending { "ASC" } else { "DESC" },
         w.next(1)
     );
     let query = bind_where!(sqlx::query_as::<_, EventRow>(sqlx::AssertSqlSafe(sql)), w);
@@ -232,12 +378,39 @@ pub async fn page_after<'c>(
     limit: i64,
 ) -> sqlx::Result<Vec<EventRow>> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2"
+        "SELECT {COLUMNS} FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2"
     )))
     .bind(after_seq)
     .bind(limit)
     .fetch_all(e)
     .await
+}
+
+/// Terms read so far, by number, so that a walk over the log asks for each
+/// once. Bounded: forgets them all when it holds [`Terms::MOST`].
+#[derive(Default)]
+pub(crate) struct Terms {
+    known: HashMap<i64, String>,
+}
+
+impl Terms {
+    const MOST: usize = 1 << 18;
+
+    fn remember(&mut self, id: i64, term: String) {
+        if self.known.len() >= Self::MOST {
+            self.known.clear();
+        }
+        self.known.insert(id, term);
+    }
+
+    /// The text of a term the walk has read, or of one the table lacks: a
+    /// text no term has, so the events that name it read back as altered.
+    fn text(&self, id: i64) -> std::borrow::Cow<'_, str> {
+        match self.known.get(&id) {
+            Some(term) => term.as_str().into(),
+            None => format!("(term {id}, missing)").into(),
+        }
+    }
 }
 
 /// The log in sequence order after a position, page by page: the next pages
@@ -258,7 +431,8 @@ enum Source {
     Pool {
         pool: AnyPool,
         size: usize,
-        next: Option<tokio::task::JoinHandle<sqlx::Result<Vec<EventRow>>>>,
+        next: Option<tokio::task::JoinHandle<sqlx::Result<Vec<StoredRow>>>>,
+        terms: Terms,
     },
 }
 
@@ -283,7 +457,12 @@ impl Pages {
             None => {
                 let pool = db.pool().clone();
                 let next = Some(fetch_page(&pool, after_seq, size));
-                Source::Pool { pool, size, next }
+                Source::Pool {
+                    pool,
+                    size,
+                    next,
+                    terms: Terms::default(),
+                }
             }
         };
         Self { source }
@@ -293,7 +472,12 @@ impl Pages {
     pub(crate) async fn next(&mut self) -> anyhow::Result<Option<Vec<EventRow>>> {
         match &mut self.source {
             Source::Sqlite { pages, .. } => pages.recv().await.transpose(),
-            Source::Pool { pool, size, next } => {
+            Source::Pool {
+                pool,
+                size,
+                next,
+                terms,
+            } => {
                 let Some(task) = next.take() else { return Ok(None) };
                 let page = task.await??;
                 match page.last() {
@@ -301,7 +485,7 @@ impl Pages {
                     Some(last) if page.len() == *size => *next = Some(fetch_page(pool, last.seq, *size)),
                     Some(_) => {}
                 }
-                Ok(Some(page))
+                Ok(Some(expand(pool, &page, terms).await?))
             }
         }
     }
@@ -326,14 +510,163 @@ impl Drop for Pages {
     }
 }
 
+/// A stored event as read through the pool.
+#[derive(FromRow)]
+pub(crate) struct StoredRow {
+    seq: i64,
+    at: i64,
+    action_term: Option<i64>,
+    outcome_term: Option<i64>,
+    reason_term: Option<i64>,
+    actor_term: Option<i64>,
+    subject_term: Option<i64>,
+    model_term: Option<i64>,
+    application_term: Option<i64>,
+    grant_term: Option<i64>,
+    researcher_term: Option<i64>,
+    file_term: Option<i64>,
+    range_start: Option<i64>,
+    range_end: Option<i64>,
+    bytes: Option<i64>,
+    client_ip_term: Option<i64>,
+    user_agent_term: Option<i64>,
+    request_uuid: Option<Vec<u8>>,
+    request_text: Option<String>,
+    prev_hash: Vec<u8>,
+    hash: Vec<u8>,
+    occurrences: Option<i64>,
+}
+
+impl StoredRow {
+    fn term_ids(&self) -> [Option<i64>; 12] {
+        [
+            self.action_term,
+            self.outcome_term,
+            self.reason_term,
+            self.actor_term,
+            self.subject_term,
+            self.model_term,
+            self.application_term,
+            self.grant_term,
+            self.researcher_term,
+            self.file_term,
+            self.client_ip_term,
+            self.user_agent_term,
+        ]
+    }
+}
+
+/// [`STORED_COLUMNS`] with the term numbers read as 64-bit integers, which
+/// PostgreSQL stores in 32.
+const STORED_SELECT: &str = "seq, at, CAST(action_term AS BIGINT) AS action_term,
+    CAST(outcome_term AS BIGINT) AS outcome_term, CAST(reason_term AS BIGINT) AS reason_term,
+    CAST(actor_term AS BIGINT) AS actor_term, CAST(subject_term AS BIGINT) AS subject_term,
+    CAST(model_term AS BIGINT) AS model_term, CAST(application_term AS BIGINT) AS application_term,
+    CAST(grant_term AS BIGINT) AS grant_term, CAST(researcher_term AS BIGINT) AS researcher_term,
+    CAST(file_term AS BIGINT) AS file_term, range_start, range_end, bytes,
+    CAST(client_ip_term AS BIGINT) AS client_ip_term, CAST(user_agent_term AS BIGINT) AS user_agent_term,
+    request_uuid, request_text, prev_hash, hash, occurrences";
+
 fn fetch_page(
     pool: &AnyPool,
     after_seq: i64,
     size: usize,
-) -> tokio::task::JoinHandle<sqlx::Result<Vec<EventRow>>> {
+) -> tokio::task::JoinHandle<sqlx::Result<Vec<StoredRow>>> {
     let pool = pool.clone();
     let limit = i64::try_from(size).unwrap_or(i64::MAX);
-    tokio::spawn(async move { page_after(&pool, after_seq, limit).await })
+    tokio::spawn(async move {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {STORED_SELECT} FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2"
+        )))
+        .bind(after_seq)
+        .bind(limit)
+        .fetch_all(&pool)
+        .await
+    })
+}
+
+/// Most term numbers one lookup names.
+const TERMS_PER_LOOKUP: usize = 500;
+
+/// Stored events as text, reading the terms `terms` does not hold yet in a
+/// few statements for the whole page.
+async fn expand(pool: &AnyPool, page: &[StoredRow], terms: &mut Terms) -> sqlx::Result<Vec<EventRow>> {
+    let missing = |terms: &Terms| {
+        let mut ids: Vec<i64> = page
+            .iter()
+            .flat_map(StoredRow::term_ids)
+            .flatten()
+            .filter(|id| !terms.known.contains_key(id))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    };
+    let mut wanted = missing(terms);
+    // All of this page's terms must be at hand at once: forget the older
+    // ones first if they would not fit beside them.
+    if terms.known.len() + wanted.len() > Terms::MOST {
+        terms.known.clear();
+        wanted = missing(terms);
+    }
+    for chunk in wanted.chunks(TERMS_PER_LOOKUP) {
+        let list: Vec<String> = (1..=chunk.len()).map(|n| format!("${n}")).collect();
+        let sql = format!(
+            "SELECT CAST(id AS BIGINT), term FROM audit_terms WHERE id IN ({})",
+            list.join(", ")
+        );
+        let mut query = sqlx::query_as::<_, (i64, String)>(sqlx::AssertSqlSafe(sql));
+        for id in chunk {
+            query = query.bind(*id);
+        }
+        terms.known.extend(query.fetch_all(pool).await?);
+    }
+    Ok(page
+        .iter()
+        .map(|s| {
+            let mut r = empty_row();
+            let [
+                action,
+                outcome,
+                reason,
+                actor,
+                subject,
+                model,
+                application,
+                grant,
+                researcher,
+                file,
+                ip,
+                agent,
+            ] = s.term_ids().map(|id| id.map(|id| terms.text(id).into_owned()));
+            r.seq = s.seq;
+            r.at = s.at;
+            r.action = action.unwrap_or_default();
+            r.outcome = outcome.unwrap_or_default();
+            r.reason = reason;
+            r.actor = actor;
+            r.subject = subject;
+            r.model_id = model;
+            r.application_id = application;
+            r.grant_id = grant;
+            r.researcher_id = researcher;
+            r.file_id = file;
+            r.range_start = s.range_start;
+            r.range_end = s.range_end;
+            r.bytes = s.bytes;
+            r.client_ip = ip;
+            r.user_agent = agent;
+            read_request_id(
+                s.request_uuid.as_deref(),
+                s.request_text.as_deref(),
+                &mut r.request_id,
+            );
+            read_hash(&s.prev_hash, &mut r.prev_hash);
+            read_hash(&s.hash, &mut r.hash);
+            r.occurrences = s.occurrences;
+            r
+        })
+        .collect())
 }
 
 /// A row to be filled by [`fill_row`].
@@ -363,12 +696,67 @@ fn empty_row() -> EventRow {
     }
 }
 
-/// Overwrites `r` with a row of `SELECT {COLUMNS}`, reusing its strings.
-fn fill_row(r: &mut EventRow, row: &rusqlite::Row<'_>) -> rusqlite::Result<()> {
+/// The terms a walk over SQLite reads, through its own connection.
+struct SqliteTerms<'c> {
+    conn: &'c rusqlite::Connection,
+    known: Terms,
+}
+
+impl SqliteTerms<'_> {
+    /// Makes sure the term `id` is at hand.
+    fn load(&mut self, id: i64) -> rusqlite::Result<()> {
+        if !self.known.known.contains_key(&id) {
+            let mut statement = self
+                .conn
+                .prepare_cached("SELECT term FROM audit_terms WHERE id = ?1")?;
+            let term: Option<String> =
+                statement
+                    .query_row([id], |row| row.get(0))
+                    .map(Some)
+                    .or_else(|e| match e {
+                        rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                        e => Err(e),
+                    })?;
+            if let Some(term) = term {
+                self.known.remember(id, term);
+            }
+        }
+        Ok(())
+    }
+
+    /// Overwrites `dst` with the term in column `i`, keeping its allocation.
+    /// A column that holds anything but a number names no term.
+    fn put(&mut self, dst: &mut Option<String>, row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<()> {
+        use rusqlite::types::ValueRef;
+        match row.get_ref(i)? {
+            ValueRef::Null => *dst = None,
+            value => {
+                let id = if let ValueRef::Integer(id) = value { id } else { -1 };
+                self.load(id)?;
+                let s = dst.get_or_insert_with(String::new);
+                s.clear();
+                s.push_str(&self.known.text(id));
+            }
+        }
+        Ok(())
+    }
+
+    /// As [`Self::put`], for a column that is never empty.
+    fn put_text(&mut self, dst: &mut String, row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<()> {
+        let mut value = Some(std::mem::take(dst));
+        self.put(&mut value, row, i)?;
+        *dst = value.unwrap_or_default();
+        Ok(())
+    }
+}
+
+/// Overwrites `r` with a row of `SELECT {STORED_COLUMNS}`, reusing its
+/// strings.
+fn fill_row(r: &mut EventRow, row: &rusqlite::Row<'_>, terms: &mut SqliteTerms<'_>) -> rusqlite::Result<()> {
     r.seq = row.get(0)?;
     r.at = row.get(1)?;
-    set_text(&mut r.action, row, 2)?;
-    set_text(&mut r.outcome, row, 3)?;
+    terms.put_text(&mut r.action, row, 2)?;
+    terms.put_text(&mut r.outcome, row, 3)?;
     for (field, i) in [
         (&mut r.reason, 4),
         (&mut r.actor, 5),
@@ -379,18 +767,35 @@ fn fill_row(r: &mut EventRow, row: &rusqlite::Row<'_>) -> rusqlite::Result<()> {
         (&mut r.researcher_id, 10),
         (&mut r.file_id, 11),
     ] {
-        set_optional_text(field, row, i)?;
+        terms.put(field, row, i)?;
     }
     r.range_start = row.get(12)?;
     r.range_end = row.get(13)?;
     r.bytes = row.get(14)?;
-    set_optional_text(&mut r.client_ip, row, 15)?;
-    set_optional_text(&mut r.user_agent, row, 16)?;
-    set_optional_text(&mut r.request_id, row, 17)?;
-    set_text(&mut r.prev_hash, row, 18)?;
-    set_text(&mut r.hash, row, 19)?;
-    r.occurrences = row.get(20)?;
+    terms.put(&mut r.client_ip, row, 15)?;
+    terms.put(&mut r.user_agent, row, 16)?;
+    read_request_id(
+        any_bytes(row.get_ref(17)?),
+        any_bytes(row.get_ref(18)?)
+            .map(String::from_utf8_lossy)
+            .as_deref(),
+        &mut r.request_id,
+    );
+    read_hash(any_bytes(row.get_ref(19)?).unwrap_or_default(), &mut r.prev_hash);
+    read_hash(any_bytes(row.get_ref(20)?).unwrap_or_default(), &mut r.hash);
+    r.occurrences = row.get(21)?;
     Ok(())
+}
+
+/// The bytes of a stored value: a blob's, a text's own (SQLite keeps what it
+/// is given, whatever the column's type: an altered value reads back as
+/// something, never as an error that would stop a walk).
+fn any_bytes(value: rusqlite::types::ValueRef<'_>) -> Option<&[u8]> {
+    use rusqlite::types::ValueRef;
+    match value {
+        ValueRef::Blob(b) | ValueRef::Text(b) => Some(b),
+        ValueRef::Null | ValueRef::Integer(_) | ValueRef::Real(_) => None,
+    }
 }
 
 /// At most `size` events after `after_seq`, in order, in one short read: on
@@ -401,19 +806,18 @@ fn fill_row(r: &mut EventRow, row: &rusqlite::Row<'_>) -> rusqlite::Result<()> {
 /// page here.)
 pub(crate) async fn read_page(db: &Db, after_seq: i64, size: usize) -> anyhow::Result<Vec<EventRow>> {
     let Some(file) = db.sqlite_file() else {
-        return Ok(page_after(db.pool(), after_seq, i64::try_from(size).unwrap_or(i64::MAX)).await?);
+        let page = fetch_page(db.pool(), after_seq, size).await??;
+        return Ok(expand(db.pool(), &page, &mut Terms::default()).await?);
     };
     let file = file.to_owned();
     tokio::task::spawn_blocking(move || {
-        use rusqlite::OpenFlags;
-        let conn = rusqlite::Connection::open_with_flags(
-            &file,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .with_context(|| format!("cannot open {}", file.display()))?;
-        conn.pragma_update(None, "query_only", true)?;
+        let conn = open_reader(&file)?;
+        let mut terms = SqliteTerms {
+            conn: &conn,
+            known: Terms::default(),
+        };
         let mut statement = conn.prepare(&format!(
-            "SELECT {COLUMNS} FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2"
+            "SELECT {STORED_COLUMNS} FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2"
         ))?;
         let mut rows = statement.query(rusqlite::params![
             after_seq,
@@ -422,12 +826,24 @@ pub(crate) async fn read_page(db: &Db, after_seq: i64, size: usize) -> anyhow::R
         let mut page = Vec::with_capacity(size);
         while let Some(row) = rows.next()? {
             let mut r = empty_row();
-            fill_row(&mut r, row)?;
+            fill_row(&mut r, row, &mut terms)?;
             page.push(r);
         }
         Ok(page)
     })
     .await?
+}
+
+/// A read-only connection of its own to the database file.
+fn open_reader(file: &Path) -> anyhow::Result<rusqlite::Connection> {
+    use rusqlite::OpenFlags;
+    let conn = rusqlite::Connection::open_with_flags(
+        file,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("cannot open {}", file.display()))?;
+    conn.pragma_update(None, "query_only", true)?;
+    Ok(conn)
 }
 
 /// Reads every event after `after_seq` with one statement and sends them on
@@ -440,15 +856,16 @@ fn read_sqlite_pages(
     pages: &tokio::sync::mpsc::Sender<anyhow::Result<Vec<EventRow>>>,
     spares: &std::sync::mpsc::Receiver<Vec<EventRow>>,
 ) -> anyhow::Result<()> {
-    use rusqlite::OpenFlags;
-    let conn = rusqlite::Connection::open_with_flags(
-        file,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .with_context(|| format!("cannot open {}", file.display()))?;
-    conn.pragma_update(None, "query_only", true)?;
+    let conn = open_reader(file)?;
+    // One read transaction for the walk: the terms it reads are those of
+    // the events it reads.
+    conn.execute_batch("BEGIN")?;
+    let mut terms = SqliteTerms {
+        conn: &conn,
+        known: Terms::default(),
+    };
     let mut statement = conn.prepare(&format!(
-        "SELECT {COLUMNS} FROM audit_events WHERE seq > $1 ORDER BY seq"
+        "SELECT {STORED_COLUMNS} FROM audit_events WHERE seq > $1 ORDER BY seq"
     ))?;
     let mut rows = statement.query([after_seq])?;
     let fresh = || spares.try_recv().unwrap_or_else(|_| Vec::with_capacity(size));
@@ -458,7 +875,7 @@ fn read_sqlite_pages(
         if filled == page.len() {
             page.push(empty_row());
         }
-        fill_row(&mut page[filled], row)?;
+        fill_row(&mut page[filled], row, &mut terms)?;
         filled += 1;
         if filled == size {
             page.truncate(filled);
@@ -478,30 +895,9 @@ fn read_sqlite_pages(
     Ok(())
 }
 
-/// Overwrites `dst` with a text column, keeping its allocation.
-fn set_text(dst: &mut String, row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<()> {
-    let value = row.get_ref(i)?.as_str()?;
-    dst.clear();
-    dst.push_str(value);
-    Ok(())
-}
-
-/// Overwrites `dst` with a nullable text column, keeping its allocation.
-fn set_optional_text(dst: &mut Option<String>, row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<()> {
-    match row.get_ref(i)?.as_str_or_null()? {
-        None => *dst = None,
-        Some(value) => {
-            let s = dst.get_or_insert_with(String::new);
-            s.clear();
-            s.push_str(value);
-        }
-    }
-    Ok(())
-}
-
 pub(crate) async fn find_event<'c>(e: impl AnyExecutor<'c>, seq: i64) -> sqlx::Result<Option<EventRow>> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM audit_events WHERE seq = $1"
+        "SELECT {COLUMNS} FROM audit_log WHERE seq = $1"
     )))
     .bind(seq)
     .fetch_optional(e)
@@ -512,7 +908,7 @@ pub(crate) async fn find_event<'c>(e: impl AnyExecutor<'c>, seq: i64) -> sqlx::R
 /// meant for explaining damage once it is found, not for the walk itself.
 pub(crate) async fn seqs_with_hash<'c>(e: impl AnyExecutor<'c>, hash: &str) -> sqlx::Result<Vec<i64>> {
     sqlx::query_scalar("SELECT seq FROM audit_events WHERE hash = $1 ORDER BY seq LIMIT 5")
-        .bind(hash)
+        .bind(stored_hash(hash))
         .fetch_all(e)
         .await
 }
@@ -520,7 +916,7 @@ pub(crate) async fn seqs_with_hash<'c>(e: impl AnyExecutor<'c>, hash: &str) -> s
 /// Positions of the events that name this hash as their predecessor's.
 pub(crate) async fn seqs_with_prev_hash<'c>(e: impl AnyExecutor<'c>, hash: &str) -> sqlx::Result<Vec<i64>> {
     sqlx::query_scalar("SELECT seq FROM audit_events WHERE prev_hash = $1 ORDER BY seq LIMIT 5")
-        .bind(hash)
+        .bind(stored_hash(hash))
         .fetch_all(e)
         .await
 }
@@ -626,7 +1022,7 @@ pub(crate) async fn checkpoints_page<'c>(
 ) -> sqlx::Result<Vec<CheckpointCheck>> {
     sqlx::query_as(
         "SELECT c.id, c.seq, c.hash, c.at, c.kid, c.signature, e.hash AS event_hash
-         FROM audit_checkpoints c LEFT JOIN audit_events e ON e.seq = c.seq
+         FROM audit_checkpoints c LEFT JOIN audit_log e ON e.seq = c.seq
          WHERE c.seq > $1 OR (c.seq = $1 AND c.id > $2)
          ORDER BY c.seq, c.id LIMIT $3",
     )

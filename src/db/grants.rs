@@ -252,9 +252,11 @@ pub(crate) struct Delivery {
     pub(crate) size: i64,
 }
 
-pub(super) const DELIVERIES: &str = "SELECT e.file_id, e.range_start, e.bytes, e.bytes AS covered, f.size
-    FROM audit_events e JOIN files f ON f.id = e.file_id
-    WHERE e.grant_id = $1 AND e.action = 'file.delivered'
+pub(super) const DELIVERIES: &str =
+    "SELECT t.term AS file_id, e.range_start, e.bytes, e.bytes AS covered, f.size
+    FROM audit_events e JOIN audit_terms t ON t.id = e.file_term JOIN files f ON f.id = t.term
+    WHERE e.grant_term = (SELECT id FROM audit_terms WHERE term = $1)
+      AND e.action_term = (SELECT id FROM audit_terms WHERE term = 'file.delivered')
       AND e.range_start IS NOT NULL AND e.bytes IS NOT NULL";
 
 /// What archived events delivered under a grant: per file, bytes and spans.

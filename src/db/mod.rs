@@ -239,8 +239,116 @@ mod tests {
     /// same values); the access URLs' migration reads the clock, which the
     /// two spell differently; the audit append function is PostgreSQL's
     /// alone; the report tables are WITHOUT ROWID on SQLite, which
-    /// PostgreSQL has no words for.
-    const IN_EACH_DIALECT: &[i64] = &[20261130140000, 20261130150000, 20261201140000, 20261202090000];
+    /// PostgreSQL has no words for; the leaner log's migration converts
+    /// hexadecimal and UUIDs with each one's functions, and PostgreSQL's
+    /// stores events through a function of its own.
+    const IN_EACH_DIALECT: &[i64] = &[
+        20261130140000,
+        20261130150000,
+        20261201140000,
+        20261202090000,
+        20261204090000,
+    ];
+
+    /// The leaner log's migration keeps what every event said: the view
+    /// reads the old rows back column for column, and a hash that was not
+    /// lower-case hexadecimal (so already did not match) does not become one.
+    #[tokio::test]
+    async fn the_lean_log_migration_keeps_what_each_event_said() {
+        use sqlx::Connection as _;
+        const LEAN: i64 = 20261204090000;
+        sqlx::any::install_default_drivers();
+        let mut conn = AnyConnection::connect("sqlite::memory:").await.unwrap();
+        let run = async |conn: &mut AnyConnection, before: bool| {
+            for m in SQLITE_MIGRATIONS.iter().filter(|m| (m.version < LEAN) == before) {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(m.sql.as_str().to_owned()))
+                    .execute(&mut *conn)
+                    .await
+                    .unwrap();
+            }
+        };
+        run(&mut conn, true).await;
+        let uuid = "0b9e2c1a-4f3d-4e5a-9b8c-7d6e5f4a3b2c";
+        let old = [
+            (
+                1,
+                "file.fetch",
+                Some("Zo\u{eb} \"x\""),
+                Some(uuid),
+                "0".repeat(64),
+                "ab".repeat(32),
+                None,
+            ),
+            (
+                2,
+                "file.fetch",
+                None,
+                Some("Trace-42"),
+                "ab".repeat(32),
+                "cd".repeat(32),
+                Some(3),
+            ),
+            (
+                3,
+                "reviewer.sign_in",
+                Some("r@lab.example.org"),
+                None,
+                "cd".repeat(32),
+                "F".repeat(64),
+                None,
+            ),
+        ];
+        for (seq, action, subject, request_id, prev, hash, occurrences) in &old {
+            sqlx::query(
+                "INSERT INTO audit_events (seq, at, action, outcome, subject, grant_id, client_ip, user_agent,
+                    request_id, prev_hash, hash, occurrences)
+                 VALUES ($1, 1700000000000, $2, 'ok', $3, 'g1', '192.0.2.7', 'curl/8.5.0', $4, $5, $6, $7)",
+            )
+            .bind(seq)
+            .bind(action)
+            .bind(subject)
+            .bind(request_id)
+            .bind(prev)
+            .bind(hash)
+            .bind(occurrences)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        }
+        run(&mut conn, false).await;
+        let back: Vec<audit::EventRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {} FROM audit_log ORDER BY seq",
+            audit::COLUMNS
+        )))
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!(back.len(), 3);
+        for (r, (seq, action, subject, request_id, prev, hash, occurrences)) in back.iter().zip(&old) {
+            assert_eq!(r.seq, *seq);
+            assert_eq!(r.action, *action);
+            assert_eq!(r.outcome, "ok");
+            assert_eq!(r.subject.as_deref(), *subject);
+            assert_eq!(r.grant_id.as_deref(), Some("g1"));
+            assert_eq!(r.client_ip.as_deref(), Some("192.0.2.7"));
+            assert_eq!(r.user_agent.as_deref(), Some("curl/8.5.0"));
+            assert_eq!(r.reason, None);
+            assert_eq!(r.request_id.as_deref(), *request_id);
+            assert_eq!(&r.prev_hash, prev);
+            assert_eq!(r.occurrences, *occurrences);
+            if *seq < 3 {
+                assert_eq!(&r.hash, hash);
+            } else {
+                assert_eq!(r.hash, "46".repeat(64));
+            }
+        }
+        let terms: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_terms")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        // file.fetch, reviewer.sign_in, ok, two subjects, g1, the address, the agent.
+        assert_eq!(terms, 8);
+    }
 
     /// The two dialects differ only in integer width: SQLite's INTEGER is
     /// 64-bit, PostgreSQL's is not.

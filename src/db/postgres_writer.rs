@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use sqlx::AnyConnection;
 
 use super::{
-    audit::{EventRow, INSERT_COLUMNS},
+    audit::EventRow,
     grants::{GrantNow, Reserved},
 };
 
@@ -32,7 +32,7 @@ pub(crate) struct Facts {
 /// `ids`. Run after the lock is granted, the statement sees every batch
 /// committed before (READ COMMITTED takes a snapshot per statement).
 const FACTS: &str = "SELECT
-    (SELECT json_build_array(seq, hash) FROM audit_events ORDER BY seq DESC LIMIT 1)::text,
+    (SELECT json_build_array(seq, encode(hash, 'hex')) FROM audit_events ORDER BY seq DESC LIMIT 1)::text,
     (SELECT coalesce(json_agg(kid), '[]') FROM signing_keys WHERE purpose = $1 AND retired_at IS NOT NULL)::text,
     (SELECT coalesce(json_agg(json_build_object('id', g.id, 'expires_at', g.expires_at, 'revoked_at', g.revoked_at,
                                                 'quota_bytes', m.quota_bytes, 'quota_files', m.quota_files)), '[]')
@@ -126,23 +126,17 @@ pub(crate) async fn append(
 
 /// A batch's events, the transfers they open on a quota and those they
 /// close, in one statement (data-modifying statements in `WITH` run once
-/// each, whether or not the query reads them).
-static WRITE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    format!(
-        "WITH events AS (
-            INSERT INTO audit_events ({INSERT_COLUMNS})
-            SELECT {INSERT_COLUMNS} FROM json_populate_recordset(NULL::audit_events, $1::json)
-         ), opened AS (
-            INSERT INTO quota_reservations (fetch_seq, grant_id, file_id, bytes, created_at)
-            SELECT fetch_seq, grant_id, file_id, bytes, created_at
-              FROM json_populate_recordset(NULL::quota_reservations, $2::json)
-         ), closed AS (
-            DELETE FROM quota_reservations
-             WHERE fetch_seq IN (SELECT value::bigint FROM json_array_elements_text($3::json))
-         )
-         SELECT 1"
-    )
-});
+/// each, whether or not the query reads them); the events through
+/// `weightgate_audit_store`, which the statement's own `SELECT` calls.
+const WRITE: &str = "WITH opened AS (
+        INSERT INTO quota_reservations (fetch_seq, grant_id, file_id, bytes, created_at)
+        SELECT fetch_seq, grant_id, file_id, bytes, created_at
+          FROM json_populate_recordset(NULL::quota_reservations, $2::json)
+     ), closed AS (
+        DELETE FROM quota_reservations
+         WHERE fetch_seq IN (SELECT value::bigint FROM json_array_elements_text($3::json))
+     )
+     SELECT weightgate_audit_store($1::json)";
 
 pub(crate) async fn write(
     conn: &mut AnyConnection,
@@ -163,7 +157,7 @@ pub(crate) async fn write(
             })
         })
         .collect();
-    sqlx::query(sqlx::AssertSqlSafe(WRITE.as_str()))
+    sqlx::query(WRITE)
         .bind(serde_json::to_string(rows)?)
         .bind(serde_json::to_string(&reserved)?)
         .bind(serde_json::to_string(released)?)

@@ -43,7 +43,7 @@ pub(crate) async fn set_cursor(conn: &mut AnyConnection, cursor: &Cursor) -> sql
 
 /// The hash stored for the event at `seq`, if there is one.
 pub(crate) async fn hash_at<'c>(e: impl AnyExecutor<'c>, seq: i64) -> sqlx::Result<Option<String>> {
-    sqlx::query_scalar("SELECT hash FROM audit_events WHERE seq = $1")
+    sqlx::query_scalar("SELECT hash FROM audit_log WHERE seq = $1")
         .bind(seq)
         .fetch_optional(e)
         .await
@@ -665,8 +665,10 @@ fn grant_fetches(window: Window, revoked_only: bool) -> String {
         &format!("SELECT {columns} FROM report_grant_addresses WHERE {kept} > 0"),
         &format!("SELECT {columns} FROM report_grant_fetches WHERE hour >= $w AND {kept} > 0"),
         &format!(
-            "SELECT grant_id, client_ip, 1 AS n, at AS first_at, at AS last_at FROM audit_events
-             WHERE action = 'file.fetch' AND grant_id IS NOT NULL AND at >= $s AND at < $w{log_filter}"
+            "SELECT grant_id, client_ip, 1 AS n, at AS first_at, at AS last_at FROM audit_log
+             WHERE seq IN (SELECT seq FROM audit_events
+                           WHERE action_term = (SELECT id FROM audit_terms WHERE term = 'file.fetch')
+                             AND grant_term IS NOT NULL AND at >= $s AND at < $w){log_filter}"
         ),
     )
 }
@@ -734,8 +736,9 @@ pub(crate) async fn part_hour_addresses<'c>(
         return Ok(Vec::new());
     }
     sqlx::query_as(
-        "SELECT DISTINCT grant_id, client_ip FROM audit_events
-         WHERE action = 'file.fetch' AND at >= $1 AND at < $2 AND grant_id IS NOT NULL AND client_ip IS NOT NULL",
+        "SELECT DISTINCT g.term, a.term FROM audit_events e
+         JOIN audit_terms g ON g.id = e.grant_term JOIN audit_terms a ON a.id = e.client_ip_term
+         WHERE e.action_term = (SELECT id FROM audit_terms WHERE term = 'file.fetch') AND e.at >= $1 AND e.at < $2",
     )
     .bind(window.since)
     .bind(window.whole_from)
@@ -811,7 +814,9 @@ pub(crate) async fn fetch_times<'c>(
 ) -> sqlx::Result<Vec<i64>> {
     sqlx::query_scalar(
         "SELECT at FROM audit_events
-         WHERE grant_id = $1 AND action = 'file.fetch' AND at >= $2 AND at <= $3 ORDER BY seq",
+         WHERE grant_term = (SELECT id FROM audit_terms WHERE term = $1)
+           AND action_term = (SELECT id FROM audit_terms WHERE term = 'file.fetch')
+           AND at >= $2 AND at <= $3 ORDER BY seq",
     )
     .bind(grant_id)
     .bind(from)
@@ -860,9 +865,12 @@ pub(crate) async fn refusals_by_address<'c>(
          WHERE action = $1 AND reason = $2",
         "SELECT client_ip, events AS n, first_at, last_at FROM report_refusals
          WHERE action = $1 AND reason = $2 AND hour >= $w",
-        "SELECT client_ip, COALESCE(occurrences, 1) AS n, at AS first_at, at AS last_at FROM audit_events
-         WHERE action = $1 AND outcome = 'refused' AND reason = $2 AND at >= $s AND at < $w
-           AND client_ip IS NOT NULL",
+        "SELECT client_ip, COALESCE(occurrences, 1) AS n, at AS first_at, at AS last_at FROM audit_log
+         WHERE seq IN (SELECT seq FROM audit_events
+                       WHERE action_term = (SELECT id FROM audit_terms WHERE term = $1)
+                         AND outcome_term = (SELECT id FROM audit_terms WHERE term = 'refused')
+                         AND reason_term = (SELECT id FROM audit_terms WHERE term = $2)
+                         AND at >= $s AND at < $w AND client_ip_term IS NOT NULL)",
     );
     let sql = format!(
         "SELECT client_ip, CAST(SUM(n) AS BIGINT) AS count, MIN(first_at) AS first_at, MAX(last_at) AS last_at

@@ -9,7 +9,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior, params_from_iter};
 
 use super::grants::Reserved;
 use super::{
-    audit::{EventRow, HEAD, INSERT_COLUMNS},
+    audit::{EventRow, HEAD, STORED_COLUMNS, stored_hash, stored_request_id},
     grants::{
         ARCHIVED_DELIVERIES, DELIVERIES, Delivery, GrantNow, RELEASE, RESERVE, RESERVED, STATES,
         archived_deliveries,
@@ -154,34 +154,67 @@ fn current_grants(conn: &Connection, ids: &[&str], open_since: i64) -> rusqlite:
     Ok(grants)
 }
 
-/// Inserts events, one prepared statement run once per event.
+/// Inserts events, one prepared statement run once per event, after the
+/// terms they name (see `audit::insert_many`).
 pub(crate) fn insert_events(conn: &Connection, rows: &[EventRow]) -> rusqlite::Result<()> {
+    let mut ids = std::collections::HashMap::new();
+    let mut find = conn.prepare_cached("SELECT id FROM audit_terms WHERE term = ?1")?;
+    let mut add = conn.prepare_cached("INSERT INTO audit_terms (term) VALUES (?1)")?;
+    for term in rows.iter().flat_map(EventRow::terms).flatten() {
+        if !ids.contains_key(term) {
+            let id = match find.query_row([term], |row| row.get::<_, i64>(0)) {
+                Ok(id) => id,
+                Err(rusqlite::Error::QueryReturnedNoRows) => {
+                    add.execute([term])?;
+                    conn.last_insert_rowid()
+                }
+                Err(e) => return Err(e),
+            };
+            ids.insert(term, id);
+        }
+    }
     let mut statement = conn.prepare_cached(&format!(
-        "INSERT INTO audit_events ({INSERT_COLUMNS}) VALUES ({})",
-        vec!["?"; 21].join(", ")
+        "INSERT INTO audit_events ({STORED_COLUMNS}) VALUES ({})",
+        vec!["?"; 22].join(", ")
     ))?;
     for r in rows {
+        let [
+            action,
+            outcome,
+            reason,
+            actor,
+            subject,
+            model,
+            application,
+            grant,
+            researcher,
+            file,
+            ip,
+            agent,
+        ] = r.terms().map(|t| t.and_then(|t| ids.get(t).copied()));
+        let (uuid, text) = stored_request_id(r.request_id.as_deref());
         statement.execute(rusqlite::params![
             r.seq,
             r.at,
-            r.action,
-            r.outcome,
-            r.reason,
-            r.actor,
-            r.subject,
-            r.model_id,
-            r.application_id,
-            r.grant_id,
-            r.researcher_id,
-            r.file_id,
+            action,
+            outcome,
+            reason,
+            actor,
+            subject,
+            model,
+            application,
+            grant,
+            researcher,
+            file,
             r.range_start,
             r.range_end,
             r.bytes,
-            r.client_ip,
-            r.user_agent,
-            r.request_id,
-            r.prev_hash,
-            r.hash,
+            ip,
+            agent,
+            uuid,
+            text,
+            stored_hash(&r.prev_hash),
+            stored_hash(&r.hash),
             r.occurrences,
         ])?;
     }

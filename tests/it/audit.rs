@@ -68,33 +68,30 @@ pub(crate) async fn sql(t: &TestApp, statement: &str) {
 
 /// Stores everything of `r` except its position at position `seq`.
 async fn overwrite(t: &TestApp, seq: i64, r: &EventRow) {
-    sqlx::query(
-        "UPDATE audit_events SET at = $1, action = $2, outcome = $3, reason = $4, actor = $5, subject = $6,
-            model_id = $7, application_id = $8, grant_id = $9, researcher_id = $10, file_id = $11,
-            range_start = $12, range_end = $13, bytes = $14, client_ip = $15, user_agent = $16,
-            request_id = $17, prev_hash = $18, hash = $19
-         WHERE seq = $20",
-    )
-    .bind(r.at)
-    .bind(&r.action)
-    .bind(&r.outcome)
-    .bind(&r.reason)
-    .bind(&r.actor)
-    .bind(&r.subject)
-    .bind(&r.model_id)
-    .bind(&r.application_id)
-    .bind(&r.grant_id)
-    .bind(&r.researcher_id)
-    .bind(&r.file_id)
-    .bind(r.range_start)
-    .bind(r.range_end)
-    .bind(r.bytes)
-    .bind(&r.client_ip)
-    .bind(&r.user_agent)
-    .bind(&r.request_id)
-    .bind(&r.prev_hash)
-    .bind(&r.hash)
-    .bind(seq)
+    let mut tx = t.app.db.begin().await.unwrap();
+    sqlx::query("DELETE FROM audit_events WHERE seq = $1")
+        .bind(seq)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    db::audit::insert(&mut tx, &EventRow { seq, ..r.clone() })
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+}
+
+/// Gives the events `which` (a condition on `audit_events`) the subject
+/// `text`, as an insider with write access to the database could.
+pub(crate) async fn set_subject(t: &TestApp, text: &str, which: &str) {
+    sqlx::query("INSERT INTO audit_terms (term) VALUES ($1) ON CONFLICT (term) DO NOTHING")
+        .bind(text)
+        .execute(t.app.db.pool())
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE audit_events SET subject_term = (SELECT id FROM audit_terms WHERE term = $1) WHERE {which}"
+    )))
+    .bind(text)
     .execute(t.app.db.pool())
     .await
     .unwrap();
@@ -143,11 +140,7 @@ async fn verify_names_each_kind_of_tampering() {
     assert_eq!(original.len(), 40);
 
     // A field changed in place.
-    sql(
-        &t,
-        "UPDATE audit_events SET subject = 'someone else' WHERE seq = 17",
-    )
-    .await;
+    set_subject(&t, "someone else", "seq = 17").await;
     let (problem, err) = damage(&t).await;
     assert_eq!(problem, Problem::Modified { seq: 17 });
     assert!(err.contains("event 17 was modified"), "{err}");
@@ -305,11 +298,7 @@ async fn verify_re_hashes_only_what_follows_the_newest_witnessed_checkpoint() {
 
     // Past the checkpoint, a change is found either way.
     let original = snapshot(&t).await;
-    sql(
-        &t,
-        "UPDATE audit_events SET subject = 'someone-else@lab.example.org' WHERE seq = 45",
-    )
-    .await;
+    set_subject(&t, "someone-else@lab.example.org", "seq = 45").await;
     for args in [&["audit", "verify"][..], &["audit", "verify", "--full"]] {
         let (ok, _, err) = weightgate(&t, args, None);
         assert!(!ok);
@@ -319,11 +308,7 @@ async fn verify_re_hashes_only_what_follows_the_newest_witnessed_checkpoint() {
 
     // Before it, only `--full` re-hashes: the checkpoint's hash is still in
     // its place, so the quick check takes events 1 to 40 as proved.
-    sql(
-        &t,
-        "UPDATE audit_events SET subject = 'someone-else@lab.example.org' WHERE seq = 10",
-    )
-    .await;
+    set_subject(&t, "someone-else@lab.example.org", "seq = 10").await;
     let (ok, _, err) = weightgate(&t, &["audit", "verify"], None);
     assert!(ok, "{err}");
     let (ok, _, err) = weightgate(&t, &["audit", "verify", "--full"], None);
@@ -770,15 +755,12 @@ async fn report_totals_kept_by_the_fold_equal_a_rebuild_from_the_log() {
     // The newest event the totals took is rewritten beneath them: the next
     // fold notices, starts again from the log and says so.
     let newest = snapshot(&t).await.pop().unwrap();
-    sql(
-        &t,
-        &format!(
-            "UPDATE audit_events SET hash = '{}' WHERE seq = {}",
-            "f".repeat(64),
-            newest.seq
-        ),
-    )
-    .await;
+    sqlx::query("UPDATE audit_events SET hash = $1 WHERE seq = $2")
+        .bind(vec![0xffu8; 32])
+        .bind(newest.seq)
+        .execute(t.app.db.pool())
+        .await
+        .unwrap();
     let after = audit::report::catch_up(&t.app.db).await.unwrap();
     assert!(after.rebuilt, "{after:?}");
     assert_eq!(after.folded, newest.seq);
@@ -1819,4 +1801,68 @@ async fn admins_read_the_log_a_chart_and_each_grants_history_in_the_dashboard() 
     .await;
     let (status, _) = t.get_html(&plain, "/admin/audit").await;
     assert_eq!(status, 403, "the audit log is for admins");
+}
+
+both!(stored_texts_read_back_as_written);
+/// An event's texts are stored once each as terms, its hashes as bytes and
+/// a request id the portal gave as a UUID's 16 bytes: every reading of the
+/// log (the events as text, the walk `verify` makes over the stored rows)
+/// gives back exactly what was written, and the hashes still match it.
+async fn stored_texts_read_back_as_written() {
+    let t = TestApp::spawn().await;
+    let request_ids = [
+        None,
+        Some("0b9e2c1a-4f3d-4e5a-9b8c-7d6e5f4a3b2c"),
+        Some("0B9E2C1A-4F3D-4E5A-9B8C-7D6E5F4A3B2C"),
+        Some("0b9e2c1a4f3d4e5a9b8c7d6e5f4a3b2c"),
+        Some("trace 42 \u{2713}"),
+        Some(""),
+    ];
+    for (i, id) in request_ids.iter().enumerate() {
+        let mut event = Event::new(Action::ReviewerSignIn, Outcome::Refused);
+        event.reason = Some("bad_credentials".into());
+        event.subject = Some(format!("Zo\u{eb} {i} \"quoted\" \\ tab\t"));
+        event.client.ip = Some("2001:db8::1".into());
+        event.client.user_agent = Some("curl/8.5.0".into());
+        event.client.request_id = id.map(str::to_owned);
+        audit::append_now(&t.app.db, event).await.unwrap();
+    }
+    let all = t.audit_events().await;
+    let events: Vec<_> = all.iter().filter(|e| e.action == "reviewer.sign_in").collect();
+    assert_eq!(events.len(), request_ids.len());
+    for (i, (e, id)) in events.iter().zip(request_ids).enumerate() {
+        assert_eq!(e.request_id.as_deref(), id, "event {}", e.seq);
+        assert_eq!(
+            e.subject.as_deref(),
+            Some(format!("Zo\u{eb} {i} \"quoted\" \\ tab\t").as_str())
+        );
+        assert_eq!(e.user_agent.as_deref(), Some("curl/8.5.0"));
+        assert_eq!(e.hash.len(), 64);
+    }
+    let json = |rows: &[EventRow]| serde_json::to_value(rows).unwrap();
+    assert_eq!(json(&snapshot(&t).await), json(&all));
+    // The walk over the stored rows re-hashes what it reads back.
+    let (ok, out, err) = weightgate(&t, &["audit", "verify", "--full"], None);
+    assert!(ok && out.contains("audit log intact"), "{out}{err}");
+
+    // Each text is stored once, however many events name it.
+    let agents: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_terms WHERE term = 'curl/8.5.0'")
+        .fetch_one(t.app.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(agents, 1);
+    // An insider who rewrites a term rewrites every event that names it,
+    // and verify finds the first.
+    sql(
+        &t,
+        "UPDATE audit_terms SET term = 'Wget/1.21' WHERE term = 'curl/8.5.0'",
+    )
+    .await;
+    let modified = format!("event {} was modified", events[0].seq);
+    let (ok, _, err) = weightgate(&t, &["audit", "verify", "--full"], None);
+    assert!(!ok && err.contains(&modified), "{err}");
+    // ...and one who removes a term leaves events that read back altered.
+    sql(&t, "DELETE FROM audit_terms WHERE term = 'Wget/1.21'").await;
+    let (ok, _, err) = weightgate(&t, &["audit", "verify", "--full"], None);
+    assert!(!ok && err.contains(&modified), "{err}");
 }

@@ -329,10 +329,12 @@ async fn operators_manage_models_reviewers_grants_and_read_the_audit_log() {
     assert!(ok, "{err}");
     assert!(out.contains("audit log intact"));
 
-    sqlx::query("UPDATE audit_events SET subject = 'someone else' WHERE action = 'grant.created'")
-        .execute(t.app.db.pool())
-        .await
-        .unwrap();
+    crate::audit::set_subject(
+        &t,
+        "someone else",
+        "action_term = (SELECT id FROM audit_terms WHERE term = 'grant.created')",
+    )
+    .await;
     let (ok, _, err) = weightgate(&t, &["audit", "verify"], None);
     assert!(!ok);
     assert!(err.contains("was modified"), "{err}");

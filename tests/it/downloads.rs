@@ -536,7 +536,7 @@ async fn archived_deliveries_still_count_against_the_quota() {
     let (ok, out, err) = crate::cli::weightgate(&t, &["audit", "archive", "--before", "2099-01-01"], None);
     assert!(ok, "{err}");
     assert!(out.contains("archived events 1 to"), "{out}");
-    let (live,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM audit_events WHERE action = 'file.delivered'")
+    let (live,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM audit_log WHERE action = 'file.delivered'")
         .fetch_one(t.app.db.pool())
         .await
         .unwrap();

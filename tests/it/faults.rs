@@ -399,12 +399,12 @@ async fn traces_of_approval(t: &TestApp, id: &str, email: &str) -> (String, [i64
             )
             .await,
             count(
-                "SELECT COUNT(*) FROM audit_events WHERE action = 'review.approved' AND application_id = $1",
+                "SELECT COUNT(*) FROM audit_log WHERE action = 'review.approved' AND application_id = $1",
                 id.to_owned(),
             )
             .await,
             count(
-                "SELECT COUNT(*) FROM audit_events WHERE action = 'grant.created' AND application_id = $1",
+                "SELECT COUNT(*) FROM audit_log WHERE action = 'grant.created' AND application_id = $1",
                 id.to_owned(),
             )
             .await,
@@ -508,7 +508,7 @@ async fn a_download_cut_by_a_killed_portal_resumes_once_the_portal_is_back() {
         progress: false,
     }));
     let delivered = || async {
-        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM audit_events WHERE action = 'file.fetch'")
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM audit_log WHERE action = 'file.fetch'")
             .fetch_one(t.app.db.pool())
             .await
             .unwrap()
