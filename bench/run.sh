@@ -991,7 +991,7 @@ print(s["busiest_grant"], s["busiest_grant_events"], s["canonical_bytes"], s["to
         done
         # The stored events, their bytes as PostgreSQL's hexadecimal bytea.
         STORED="seq, at, action_term, outcome_term, reason_term, actor_term, subject_term, model_term, application_term, grant_term, researcher_term, file_term, range_start, range_end, bytes, client_ip_term, user_agent_term, request_uuid, request_text, prev_hash, hash, occurrences"
-        sqlite3 -csv "$DBF" "SELECT $(sed -E "s/(request_uuid|prev_hash|hash)(,|$)/'\\\\x' || hex(\1)\2/g" <<<"$STORED") FROM audit_events" |
+        sqlite3 -csv "$DBF" "SELECT $(sed -E "s/(request_uuid|prev_hash|hash)(,|$)/CASE WHEN \1 IS NOT NULL THEN '\\\\x' || hex(\1) END\2/g" <<<"$STORED") FROM audit_events" |
             psql -q -d "$PG_DB_URL" -c "\\copy audit_events ($STORED) FROM pstdin WITH (FORMAT csv)" ||
             die "cannot copy audit_events into PostgreSQL"
         psql -q -d "$PG_DB_URL" -c "SELECT setval(pg_get_serial_sequence('audit_terms', 'id'), (SELECT max(id) FROM audit_terms))" >/dev/null

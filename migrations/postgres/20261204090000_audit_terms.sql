@@ -23,6 +23,7 @@ DROP INDEX audit_events_researcher;
 DROP INDEX audit_events_model;
 DROP INDEX audit_events_client_ip;
 ALTER TABLE audit_events RENAME TO audit_events_text;
+ALTER INDEX audit_events_pkey RENAME TO audit_events_text_pkey;
 
 INSERT INTO audit_terms (term)
 SELECT term FROM (
@@ -93,9 +94,10 @@ SELECT o.seq,
   FROM audit_events_text o ORDER BY o.seq;
 DROP TABLE audit_events_text;
 
--- The operator's filters and reports read the log by these. A term's index
--- lists its events in sequence order (on PostgreSQL by the row's place in the
--- table, which is sequence order for an append-only log).
+-- The operator's filters and reports read the log by these. The portal
+-- looks a filter's term up first and gives the database its number, so the
+-- planner knows from its statistics how common it is: a rare one through its
+-- index (then sorted), a common one walking the newest events back.
 CREATE INDEX audit_events_grant ON audit_events (grant_term) WHERE grant_term IS NOT NULL;
 CREATE INDEX audit_events_action ON audit_events (action_term);
 CREATE INDEX audit_events_at ON audit_events (at);

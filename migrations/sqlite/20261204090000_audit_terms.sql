@@ -41,8 +41,9 @@ SELECT term FROM (
 ) WHERE term IS NOT NULL ORDER BY term;
 
 -- The repeated texts as numbers into audit_terms; hashes that are not
--- lower-case hexadecimal (none that weightgate wrote) keep their bytes, so
--- that they read back as altered.
+-- lower-case hexadecimal text (none that weightgate wrote: a NUL byte, which
+-- SQLite's text functions stop at, counts as not) keep their bytes, so that
+-- they read back as altered.
 CREATE TABLE audit_events (
     seq              INTEGER PRIMARY KEY,
     at               INTEGER NOT NULL,
@@ -85,18 +86,26 @@ SELECT o.seq,
        o.bytes,
        (SELECT id FROM audit_terms WHERE term = o.client_ip),
        (SELECT id FROM audit_terms WHERE term = o.user_agent),
-       CASE WHEN o.request_id GLOB '[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]' THEN unhex(replace(o.request_id, '-', '')) END,
-       CASE WHEN NOT o.request_id GLOB '[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]' THEN o.request_id END,
-       CASE WHEN o.prev_hash GLOB '*[^0-9a-f]*' OR length(o.prev_hash) % 2 = 1 THEN CAST(o.prev_hash AS BLOB) ELSE unhex(o.prev_hash) END,
-       CASE WHEN o.hash GLOB '*[^0-9a-f]*' OR length(o.hash) % 2 = 1 THEN CAST(o.hash AS BLOB) ELSE unhex(o.hash) END,
+       CASE WHEN typeof(o.request_id) = 'text' AND instr(CAST(o.request_id AS BLOB), X'00') = 0
+                 AND o.request_id GLOB '[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]'
+            THEN unhex(replace(o.request_id, '-', '')) END,
+       CASE WHEN NOT (typeof(o.request_id) = 'text' AND instr(CAST(o.request_id AS BLOB), X'00') = 0
+                 AND o.request_id GLOB '[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]')
+            THEN o.request_id END,
+       CASE WHEN typeof(o.prev_hash) = 'text' AND instr(CAST(o.prev_hash AS BLOB), X'00') = 0
+                 AND NOT o.prev_hash GLOB '*[^0-9a-f]*' AND length(o.prev_hash) % 2 = 0
+            THEN unhex(o.prev_hash) ELSE CAST(o.prev_hash AS BLOB) END,
+       CASE WHEN typeof(o.hash) = 'text' AND instr(CAST(o.hash AS BLOB), X'00') = 0
+                 AND NOT o.hash GLOB '*[^0-9a-f]*' AND length(o.hash) % 2 = 0
+            THEN unhex(o.hash) ELSE CAST(o.hash AS BLOB) END,
        o.occurrences
   FROM audit_events_text o ORDER BY o.seq;
 DROP TABLE audit_events_text;
 
 -- The operator's filters and reports read the log by these. A term's index
--- lists its events in sequence order (on SQLite the row's position is the
--- last column of every index entry), so the newest events of a grant are
--- the end of its entries.
+-- lists its events in sequence order (the row's position is the last column
+-- of every index entry), so the newest events of a grant are the end of its
+-- entries.
 CREATE INDEX audit_events_grant ON audit_events (grant_term) WHERE grant_term IS NOT NULL;
 CREATE INDEX audit_events_action ON audit_events (action_term);
 CREATE INDEX audit_events_at ON audit_events (at);

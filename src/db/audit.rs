@@ -82,7 +82,8 @@ impl EventRow {
 /// that is not (no hash weightgate computes), its own bytes, so that it
 /// reads back changed and the event as altered.
 pub(crate) fn stored_hash(hash: &str) -> Vec<u8> {
-    let canonical = hash.len().is_multiple_of(2) && hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let canonical =
+        hash.len().is_multiple_of(2) && hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
     if canonical {
         hex::decode(hash).unwrap_or_else(|_| hash.as_bytes().to_vec())
     } else {
@@ -297,39 +298,30 @@ pub struct Filter {
 
 impl Filter {
     /// The `WHERE` clause of the filters that are set, over the stored
-    /// columns, with their values in placeholder order. Only set filters
-    /// appear, so the database can use the index that fits.
-    fn conditions(&self) -> Where {
+    /// columns, with their values in placeholder order; `None` when a text
+    /// it asks for is no term at all, so that no event matches. Only set
+    /// filters appear, and a text as the number of its term, so the
+    /// database can use the index that fits and knows how common the
+    /// value is.
+    async fn conditions(&self, pool: &AnyPool) -> sqlx::Result<Option<Where>> {
         let mut w = Where::default();
         let texts = [
-            (
-                "grant_term = (SELECT id FROM audit_terms WHERE term = $?)",
-                &self.grant_id,
-            ),
-            (
-                "action_term = (SELECT id FROM audit_terms WHERE term = $?)",
-                &self.action,
-            ),
-            (
-                "model_term = (SELECT id FROM audit_terms WHERE term = $?)",
-                &self.model_id,
-            ),
-            (
-                "researcher_term = (SELECT id FROM audit_terms WHERE term = $?)",
-                &self.researcher_id,
-            ),
-            (
-                "client_ip_term = (SELECT id FROM audit_terms WHERE term = $?)",
-                &self.client_ip,
-            ),
-            (
-                "outcome_term = (SELECT id FROM audit_terms WHERE term = $?)",
-                &self.outcome,
-            ),
+            ("grant_term = $?", &self.grant_id),
+            ("action_term = $?", &self.action),
+            ("model_term = $?", &self.model_id),
+            ("researcher_term = $?", &self.researcher_id),
+            ("client_ip_term = $?", &self.client_ip),
+            ("outcome_term = $?", &self.outcome),
         ];
         for (test, value) in texts {
             if let Some(v) = value {
-                w.and_bind(test, Bind::Text(v.clone()));
+                let id: Option<i64> =
+                    sqlx::query_scalar("SELECT CAST(id AS BIGINT) FROM audit_terms WHERE term = $1")
+                        .bind(v)
+                        .fetch_optional(pool)
+                        .await?;
+                let Some(id) = id else { return Ok(None) };
+                w.and_bind(test, Bind::Int(id));
             }
         }
         let ints = [
@@ -343,14 +335,16 @@ impl Filter {
                 w.and_bind(test, Bind::Int(v));
             }
         }
-        w
+        Ok(Some(w))
     }
 }
 
 /// Events matching the filter, oldest first: the newest `limit` of them, or
 /// with `after_seq` the oldest `limit` after it.
-pub async fn list<'c>(e: impl AnyExecutor<'c>, f: &Filter) -> sqlx::Result<Vec<EventRow>> {
-    let w = f.conditions();
+pub async fn list(pool: &AnyPool, f: &Filter) -> sqlx::Result<Vec<EventRow>> {
+    let Some(w) = f.conditions(pool).await? else {
+        return Ok(Vec::new());
+    };
     let ascending = f.after_seq.is_some();
     // The matching positions from the stored rows and their indexes; then
     // only those events as text.
@@ -363,7 +357,7 @@ pub async fn list<'c>(e: impl AnyExecutor<'c>, f: &Filter) -> sqlx::Result<Vec<E
         w.next(1)
     );
     let query = bind_where!(sqlx::query_as::<_, EventRow>(sqlx::AssertSqlSafe(sql)), w);
-    let mut rows = query.bind(f.limit.max(0)).fetch_all(e).await?;
+    let mut rows = query.bind(f.limit.max(0)).fetch_all(pool).await?;
     if !ascending {
         rows.reverse();
     }
@@ -394,7 +388,7 @@ pub(crate) struct Terms {
 }
 
 impl Terms {
-    const MOST: usize = 1 << 18;
+    const MOST: usize = 1 << 16;
 
     fn remember(&mut self, id: i64, term: String) {
         if self.known.len() >= Self::MOST {
@@ -403,12 +397,14 @@ impl Terms {
         self.known.insert(id, term);
     }
 
-    /// The text of a term the walk has read, or of one the table lacks: a
-    /// text no term has, so the events that name it read back as altered.
-    fn text(&self, id: i64) -> std::borrow::Cow<'_, str> {
+    /// The text of term `id`, which event `seq` names; an error if the
+    /// table does not hold it (only an altered database lacks one).
+    fn text(&self, seq: i64, id: i64) -> anyhow::Result<&str> {
         match self.known.get(&id) {
-            Some(term) => term.as_str().into(),
-            None => format!("(term {id}, missing)").into(),
+            Some(term) => Ok(term),
+            None => anyhow::bail!(
+                "event {seq} names term {id}, which audit_terms does not hold: the log was altered"
+            ),
         }
     }
 }
@@ -590,7 +586,7 @@ const TERMS_PER_LOOKUP: usize = 500;
 
 /// Stored events as text, reading the terms `terms` does not hold yet in a
 /// few statements for the whole page.
-async fn expand(pool: &AnyPool, page: &[StoredRow], terms: &mut Terms) -> sqlx::Result<Vec<EventRow>> {
+async fn expand(pool: &AnyPool, page: &[StoredRow], terms: &mut Terms) -> anyhow::Result<Vec<EventRow>> {
     let missing = |terms: &Terms| {
         let mut ids: Vec<i64> = page
             .iter()
@@ -615,14 +611,13 @@ async fn expand(pool: &AnyPool, page: &[StoredRow], terms: &mut Terms) -> sqlx::
             "SELECT CAST(id AS BIGINT), term FROM audit_terms WHERE id IN ({})",
             list.join(", ")
         );
-        let mut query = sqlx::query_as::<_, (i64, String)>(sqlx::AssertSqlSafe(sql));
+        let mut query = sqlx::query_as::<_, (i64, String)>(sqlx::AssertSqlSafe(sql)).persistent(false);
         for id in chunk {
             query = query.bind(*id);
         }
         terms.known.extend(query.fetch_all(pool).await?);
     }
-    Ok(page
-        .iter()
+    page.iter()
         .map(|s| {
             let mut r = empty_row();
             let [
@@ -638,7 +633,36 @@ async fn expand(pool: &AnyPool, page: &[StoredRow], terms: &mut Terms) -> sqlx::
                 file,
                 ip,
                 agent,
-            ] = s.term_ids().map(|id| id.map(|id| terms.text(id).into_owned()));
+            ] = s
+                .term_ids()
+                .map(|id| id.map(|id| terms.text(s.seq, id).map(str::to_owned)).transpose());
+            let [
+                action,
+                outcome,
+                reason,
+                actor,
+                subject,
+                model,
+                application,
+                grant,
+                researcher,
+                file,
+                ip,
+                agent,
+            ] = [
+                action?,
+                outcome?,
+                reason?,
+                actor?,
+                subject?,
+                model?,
+                application?,
+                grant?,
+                researcher?,
+                file?,
+                ip?,
+                agent?,
+            ];
             r.seq = s.seq;
             r.at = s.at;
             r.action = action.unwrap_or_default();
@@ -664,9 +688,9 @@ async fn expand(pool: &AnyPool, page: &[StoredRow], terms: &mut Terms) -> sqlx::
             read_hash(&s.prev_hash, &mut r.prev_hash);
             read_hash(&s.hash, &mut r.hash);
             r.occurrences = s.occurrences;
-            r
+            Ok(r)
         })
-        .collect())
+        .collect()
 }
 
 /// A row to be filled by [`fill_row`].
@@ -724,39 +748,58 @@ impl SqliteTerms<'_> {
         Ok(())
     }
 
-    /// Overwrites `dst` with the term in column `i`, keeping its allocation.
-    /// A column that holds anything but a number names no term.
-    fn put(&mut self, dst: &mut Option<String>, row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<()> {
+    /// Overwrites `dst` with the term in column `i` of event `seq`, keeping
+    /// its allocation.
+    fn put(
+        &mut self,
+        seq: i64,
+        dst: &mut Option<String>,
+        row: &rusqlite::Row<'_>,
+        i: usize,
+    ) -> anyhow::Result<()> {
         use rusqlite::types::ValueRef;
         match row.get_ref(i)? {
             ValueRef::Null => *dst = None,
-            value => {
-                let id = if let ValueRef::Integer(id) = value { id } else { -1 };
+            ValueRef::Integer(id) => {
                 self.load(id)?;
+                let term = self.known.text(seq, id)?;
                 let s = dst.get_or_insert_with(String::new);
                 s.clear();
-                s.push_str(&self.known.text(id));
+                s.push_str(term);
             }
+            other => anyhow::bail!(
+                "event {seq} holds {} where the number of a term belongs: the log was altered",
+                other.data_type().to_string().to_lowercase()
+            ),
         }
         Ok(())
     }
 
     /// As [`Self::put`], for a column that is never empty.
-    fn put_text(&mut self, dst: &mut String, row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<()> {
+    fn put_text(
+        &mut self,
+        seq: i64,
+        dst: &mut String,
+        row: &rusqlite::Row<'_>,
+        i: usize,
+    ) -> anyhow::Result<()> {
         let mut value = Some(std::mem::take(dst));
-        self.put(&mut value, row, i)?;
+        self.put(seq, &mut value, row, i)?;
         *dst = value.unwrap_or_default();
         Ok(())
     }
 }
 
 /// Overwrites `r` with a row of `SELECT {STORED_COLUMNS}`, reusing its
-/// strings.
-fn fill_row(r: &mut EventRow, row: &rusqlite::Row<'_>, terms: &mut SqliteTerms<'_>) -> rusqlite::Result<()> {
-    r.seq = row.get(0)?;
+/// strings. A value of another type than the column's (SQLite keeps what it
+/// is given) is an error naming the event: read as anything, it could read
+/// one way here and another through the view `audit_log`.
+fn fill_row(r: &mut EventRow, row: &rusqlite::Row<'_>, terms: &mut SqliteTerms<'_>) -> anyhow::Result<()> {
+    let seq = row.get(0)?;
+    r.seq = seq;
     r.at = row.get(1)?;
-    terms.put_text(&mut r.action, row, 2)?;
-    terms.put_text(&mut r.outcome, row, 3)?;
+    terms.put_text(seq, &mut r.action, row, 2)?;
+    terms.put_text(seq, &mut r.outcome, row, 3)?;
     for (field, i) in [
         (&mut r.reason, 4),
         (&mut r.actor, 5),
@@ -767,35 +810,41 @@ fn fill_row(r: &mut EventRow, row: &rusqlite::Row<'_>, terms: &mut SqliteTerms<'
         (&mut r.researcher_id, 10),
         (&mut r.file_id, 11),
     ] {
-        terms.put(field, row, i)?;
+        terms.put(seq, field, row, i)?;
     }
     r.range_start = row.get(12)?;
     r.range_end = row.get(13)?;
     r.bytes = row.get(14)?;
-    terms.put(&mut r.client_ip, row, 15)?;
-    terms.put(&mut r.user_agent, row, 16)?;
+    terms.put(seq, &mut r.client_ip, row, 15)?;
+    terms.put(seq, &mut r.user_agent, row, 16)?;
+    let bytes = |i: usize, what: &str| -> anyhow::Result<Option<&[u8]>> {
+        use rusqlite::types::ValueRef;
+        match row.get_ref(i)? {
+            ValueRef::Null => Ok(None),
+            ValueRef::Blob(b) => Ok(Some(b)),
+            other => anyhow::bail!(
+                "event {seq} holds {} as its {what}: the log was altered",
+                other.data_type().to_string().to_lowercase()
+            ),
+        }
+    };
+    let text = match row.get_ref(18)? {
+        rusqlite::types::ValueRef::Null => None,
+        rusqlite::types::ValueRef::Text(t) => Some(String::from_utf8_lossy(t)),
+        other => anyhow::bail!(
+            "event {seq} holds {} as its request id: the log was altered",
+            other.data_type().to_string().to_lowercase()
+        ),
+    };
     read_request_id(
-        any_bytes(row.get_ref(17)?),
-        any_bytes(row.get_ref(18)?)
-            .map(String::from_utf8_lossy)
-            .as_deref(),
+        bytes(17, "request id's bytes")?,
+        text.as_deref(),
         &mut r.request_id,
     );
-    read_hash(any_bytes(row.get_ref(19)?).unwrap_or_default(), &mut r.prev_hash);
-    read_hash(any_bytes(row.get_ref(20)?).unwrap_or_default(), &mut r.hash);
+    read_hash(bytes(19, "previous hash")?.unwrap_or_default(), &mut r.prev_hash);
+    read_hash(bytes(20, "hash")?.unwrap_or_default(), &mut r.hash);
     r.occurrences = row.get(21)?;
     Ok(())
-}
-
-/// The bytes of a stored value: a blob's, a text's own (SQLite keeps what it
-/// is given, whatever the column's type: an altered value reads back as
-/// something, never as an error that would stop a walk).
-fn any_bytes(value: rusqlite::types::ValueRef<'_>) -> Option<&[u8]> {
-    use rusqlite::types::ValueRef;
-    match value {
-        ValueRef::Blob(b) | ValueRef::Text(b) => Some(b),
-        ValueRef::Null | ValueRef::Integer(_) | ValueRef::Real(_) => None,
-    }
 }
 
 /// At most `size` events after `after_seq`, in order, in one short read: on
@@ -807,7 +856,7 @@ fn any_bytes(value: rusqlite::types::ValueRef<'_>) -> Option<&[u8]> {
 pub(crate) async fn read_page(db: &Db, after_seq: i64, size: usize) -> anyhow::Result<Vec<EventRow>> {
     let Some(file) = db.sqlite_file() else {
         let page = fetch_page(db.pool(), after_seq, size).await??;
-        return Ok(expand(db.pool(), &page, &mut Terms::default()).await?);
+        return expand(db.pool(), &page, &mut Terms::default()).await;
     };
     let file = file.to_owned();
     tokio::task::spawn_blocking(move || {
