@@ -134,54 +134,89 @@ SELECT e.seq,
   FROM audit_events e;
 
 -- Stores events given as text (an array of objects with the columns of
--- audit_log), their texts as terms: those not yet known first, in one
--- statement and in one order (so that two writers never wait on each other
--- the wrong way round), then the events. Returns how many it stored.
+-- audit_log), their texts as terms, in one statement: the batch's distinct
+-- texts, those not yet known added (in one order, so that two writers could
+-- never wait on each other the wrong way round; every writer holds the
+-- chain's lock anyway), then each event with its texts' numbers, joined
+-- from that short list. Returns how many events it stored; an event whose
+-- text found no number is an error, never a silent NULL.
 CREATE FUNCTION weightgate_audit_store(p_rows JSON) RETURNS BIGINT
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     stored BIGINT;
+    named BIGINT;
+    texts BIGINT;
 BEGIN
-    INSERT INTO audit_terms (term)
-    SELECT DISTINCT v.term
-      FROM json_to_recordset(p_rows) AS x(seq BIGINT, at BIGINT, action TEXT, outcome TEXT, reason TEXT, actor TEXT, subject TEXT,
-            model_id TEXT, application_id TEXT, grant_id TEXT, researcher_id TEXT, file_id TEXT,
-            range_start BIGINT, range_end BIGINT, bytes BIGINT, client_ip TEXT, user_agent TEXT,
-            request_id TEXT, prev_hash TEXT, hash TEXT, occurrences BIGINT),
-           LATERAL (VALUES (x.action), (x.outcome), (x.reason), (x.actor), (x.subject), (x.model_id), (x.application_id), (x.grant_id), (x.researcher_id), (x.file_id), (x.client_ip), (x.user_agent)) AS v(term)
-     WHERE v.term IS NOT NULL AND NOT EXISTS (SELECT 1 FROM audit_terms t WHERE t.term = v.term)
-     ORDER BY v.term
-    ON CONFLICT (term) DO NOTHING;
-    INSERT INTO audit_events (seq, at, action_term, outcome_term, reason_term, actor_term, subject_term, model_term, application_term, grant_term, researcher_term, file_term,
+    WITH x AS MATERIALIZED (
+        SELECT * FROM json_to_recordset(p_rows)
+            AS x(seq BIGINT, at BIGINT, action TEXT, outcome TEXT, reason TEXT, actor TEXT, subject TEXT,
+                   model_id TEXT, application_id TEXT, grant_id TEXT, researcher_id TEXT, file_id TEXT,
+                   range_start BIGINT, range_end BIGINT, bytes BIGINT, client_ip TEXT, user_agent TEXT,
+                   request_id TEXT, prev_hash TEXT, hash TEXT, occurrences BIGINT)
+    ), wanted AS MATERIALIZED (
+        SELECT DISTINCT v.term
+          FROM x, LATERAL (VALUES (x.action), (x.outcome), (x.reason), (x.actor), (x.subject), (x.model_id), (x.application_id), (x.grant_id), (x.researcher_id), (x.file_id), (x.client_ip), (x.user_agent)) AS v(term)
+         WHERE v.term IS NOT NULL
+    ), added AS (
+        INSERT INTO audit_terms (term)
+        SELECT w.term FROM wanted w
+         WHERE NOT EXISTS (SELECT 1 FROM audit_terms t WHERE t.term = w.term)
+         ORDER BY w.term
+        ON CONFLICT (term) DO NOTHING
+        RETURNING id, term
+    ), ids AS MATERIALIZED (
+        SELECT id, term FROM added
+        UNION ALL
+        SELECT t.id, t.term FROM audit_terms t JOIN wanted w ON w.term = t.term
+    ), inserted AS (
+        INSERT INTO audit_events (seq, at, action_term, outcome_term, reason_term, actor_term, subject_term, model_term, application_term, grant_term, researcher_term, file_term,
                               range_start, range_end, bytes, client_ip_term, user_agent_term, request_uuid, request_text,
                               prev_hash, hash, occurrences)
-    SELECT x.seq,
+        SELECT x.seq,
            x.at,
-           (SELECT id FROM audit_terms WHERE term = x.action),
-           (SELECT id FROM audit_terms WHERE term = x.outcome),
-           (SELECT id FROM audit_terms WHERE term = x.reason),
-           (SELECT id FROM audit_terms WHERE term = x.actor),
-           (SELECT id FROM audit_terms WHERE term = x.subject),
-           (SELECT id FROM audit_terms WHERE term = x.model_id),
-           (SELECT id FROM audit_terms WHERE term = x.application_id),
-           (SELECT id FROM audit_terms WHERE term = x.grant_id),
-           (SELECT id FROM audit_terms WHERE term = x.researcher_id),
-           (SELECT id FROM audit_terms WHERE term = x.file_id),
+           t_action.id,
+           t_outcome.id,
+           t_reason.id,
+           t_actor.id,
+           t_subject.id,
+           t_model.id,
+           t_application.id,
+           t_grant.id,
+           t_researcher.id,
+           t_file.id,
            x.range_start,
            x.range_end,
            x.bytes,
-           (SELECT id FROM audit_terms WHERE term = x.client_ip),
-           (SELECT id FROM audit_terms WHERE term = x.user_agent),
+           t_client_ip.id,
+           t_user_agent.id,
            CASE WHEN x.request_id ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' THEN decode(replace(x.request_id, '-', ''), 'hex') END,
            CASE WHEN x.request_id !~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' THEN x.request_id END,
            decode(x.prev_hash, 'hex'),
            decode(x.hash, 'hex'),
            x.occurrences
-      FROM json_to_recordset(p_rows) AS x(seq BIGINT, at BIGINT, action TEXT, outcome TEXT, reason TEXT, actor TEXT, subject TEXT,
-            model_id TEXT, application_id TEXT, grant_id TEXT, researcher_id TEXT, file_id TEXT,
-            range_start BIGINT, range_end BIGINT, bytes BIGINT, client_ip TEXT, user_agent TEXT,
-            request_id TEXT, prev_hash TEXT, hash TEXT, occurrences BIGINT);
-    GET DIAGNOSTICS stored = ROW_COUNT;
+          FROM x
+      LEFT JOIN ids t_action ON t_action.term = x.action
+      LEFT JOIN ids t_outcome ON t_outcome.term = x.outcome
+      LEFT JOIN ids t_reason ON t_reason.term = x.reason
+      LEFT JOIN ids t_actor ON t_actor.term = x.actor
+      LEFT JOIN ids t_subject ON t_subject.term = x.subject
+      LEFT JOIN ids t_model ON t_model.term = x.model_id
+      LEFT JOIN ids t_application ON t_application.term = x.application_id
+      LEFT JOIN ids t_grant ON t_grant.term = x.grant_id
+      LEFT JOIN ids t_researcher ON t_researcher.term = x.researcher_id
+      LEFT JOIN ids t_file ON t_file.term = x.file_id
+      LEFT JOIN ids t_client_ip ON t_client_ip.term = x.client_ip
+      LEFT JOIN ids t_user_agent ON t_user_agent.term = x.user_agent
+        RETURNING action_term, outcome_term, reason_term, actor_term, subject_term, model_term, application_term, grant_term, researcher_term, file_term, client_ip_term, user_agent_term
+    )
+    SELECT count(*),
+           coalesce(sum(num_nonnulls(action_term, outcome_term, reason_term, actor_term, subject_term, model_term, application_term, grant_term, researcher_term, file_term, client_ip_term, user_agent_term)), 0),
+           (SELECT count(*) FROM x, LATERAL (VALUES (x.action), (x.outcome), (x.reason), (x.actor), (x.subject), (x.model_id), (x.application_id), (x.grant_id), (x.researcher_id), (x.file_id), (x.client_ip), (x.user_agent)) AS v(term) WHERE v.term IS NOT NULL)
+      INTO stored, named, texts
+      FROM inserted;
+    IF named <> texts THEN
+        RAISE EXCEPTION 'weightgate_audit_store: % of the % texts of % events found no term', texts - named, texts, stored;
+    END IF;
     RETURN stored;
 END;
 $$;
