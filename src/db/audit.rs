@@ -91,12 +91,15 @@ pub(crate) fn stored_hash(hash: &str) -> Vec<u8> {
     }
 }
 
-/// A stored hash read back as text.
+/// A stored hash read back as text (lower-case hexadecimal), into `into`'s
+/// allocation: a walk over the log does this twice an event.
 pub(crate) fn read_hash(bytes: &[u8], into: &mut String) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     into.clear();
+    into.reserve(bytes.len() * 2);
     for b in bytes {
-        use std::fmt::Write as _;
-        let _ = write!(into, "{b:02x}");
+        into.push(char::from(DIGITS[usize::from(b >> 4)]));
+        into.push(char::from(DIGITS[usize::from(b & 0x0f)]));
     }
 }
 
@@ -761,11 +764,14 @@ impl SqliteTerms<'_> {
         match row.get_ref(i)? {
             ValueRef::Null => *dst = None,
             ValueRef::Integer(id) => {
-                self.load(id)?;
-                let term = self.known.text(seq, id)?;
                 let s = dst.get_or_insert_with(String::new);
                 s.clear();
-                s.push_str(term);
+                if let Some(term) = self.known.known.get(&id) {
+                    s.push_str(term);
+                } else {
+                    self.load(id)?;
+                    s.push_str(self.known.text(seq, id)?);
+                }
             }
             other => anyhow::bail!(
                 "event {seq} holds {} where the number of a term belongs: the log was altered",
