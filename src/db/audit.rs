@@ -50,9 +50,9 @@ pub(super) const COLUMNS: &str =
 /// of its term in `audit_terms` (see [`EventRow::terms`] for their order),
 /// the hashes as bytes, a request id as a UUID's 16 bytes or as text.
 pub(super) const STORED_COLUMNS: &str =
-    "seq, at, action_term, outcome_term, reason_term, actor_term, subject_term, model_term,
-    application_term, grant_term, researcher_term, file_term, range_start, range_end, bytes, client_ip_term,
-    user_agent_term, request_uuid, request_text, prev_hash, hash, occurrences";
+    "seq, at, action_term, outcome_term, reason_term, actor_term, subject_term,
+    model_term, application_term, grant_term, researcher_term, file_term, client_ip_term, user_agent_term,
+    range_start, range_end, bytes, request_uuid, request_text, prev_hash, hash, occurrences";
 
 /// How many values a stored row binds.
 const STORED_VALUES: usize = 22;
@@ -106,7 +106,7 @@ pub(crate) fn read_hash(bytes: &[u8], into: &mut String) {
 /// A request id as stored: a UUID in its lower-case hyphenated form (what the
 /// portal gives a request that brings none) as its 16 bytes, anything else
 /// as text.
-pub(super) fn stored_request_id(id: Option<&str>) -> (Option<Vec<u8>>, Option<&str>) {
+fn stored_request_id(id: Option<&str>) -> (Option<Vec<u8>>, Option<&str>) {
     let Some(id) = id else { return (None, None) };
     let b = id.as_bytes();
     let uuid = b.len() == 36
@@ -121,6 +121,41 @@ pub(super) fn stored_request_id(id: Option<&str>) -> (Option<Vec<u8>>, Option<&s
         }
     }
     (None, Some(id))
+}
+
+/// An event as its row is stored, in the order of [`STORED_COLUMNS`]; the
+/// numbers of its terms from `ids`, which holds every text it names.
+pub(super) struct Stored<'a> {
+    pub(super) seq: i64,
+    pub(super) at: i64,
+    pub(super) terms: [Option<i64>; 12],
+    pub(super) range_start: Option<i64>,
+    pub(super) range_end: Option<i64>,
+    pub(super) bytes: Option<i64>,
+    pub(super) request_uuid: Option<Vec<u8>>,
+    pub(super) request_text: Option<&'a str>,
+    pub(super) prev_hash: Vec<u8>,
+    pub(super) hash: Vec<u8>,
+    pub(super) occurrences: Option<i64>,
+}
+
+impl<'a> Stored<'a> {
+    pub(super) fn of(r: &'a EventRow, ids: &HashMap<&str, i64>) -> Self {
+        let (request_uuid, request_text) = stored_request_id(r.request_id.as_deref());
+        Self {
+            seq: r.seq,
+            at: r.at,
+            terms: r.terms().map(|t| t.and_then(|t| ids.get(t).copied())),
+            range_start: r.range_start,
+            range_end: r.range_end,
+            bytes: r.bytes,
+            request_uuid,
+            request_text,
+            prev_hash: stored_hash(&r.prev_hash),
+            hash: stored_hash(&r.hash),
+            occurrences: r.occurrences,
+        }
+    }
 }
 
 /// A stored request id read back as text (as the view `audit_log` does).
@@ -178,42 +213,19 @@ pub(crate) async fn insert_many(conn: &mut AnyConnection, rows: &[EventRow]) -> 
         }
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
         for r in chunk {
+            let r = Stored::of(r, &ids);
             query = query.bind(r.seq).bind(r.at);
-            let [
-                action,
-                outcome,
-                reason,
-                actor,
-                subject,
-                model,
-                application,
-                grant,
-                researcher,
-                file,
-                ip,
-                agent,
-            ] = r.terms().map(|t| t.and_then(|t| ids.get(t).copied()));
-            let (uuid, text) = stored_request_id(r.request_id.as_deref());
+            for id in r.terms {
+                query = query.bind(id);
+            }
             query = query
-                .bind(action)
-                .bind(outcome)
-                .bind(reason)
-                .bind(actor)
-                .bind(subject)
-                .bind(model)
-                .bind(application)
-                .bind(grant)
-                .bind(researcher)
-                .bind(file)
                 .bind(r.range_start)
                 .bind(r.range_end)
                 .bind(r.bytes)
-                .bind(ip)
-                .bind(agent)
-                .bind(uuid)
-                .bind(text.map(str::to_owned))
-                .bind(stored_hash(&r.prev_hash))
-                .bind(stored_hash(&r.hash))
+                .bind(r.request_uuid)
+                .bind(r.request_text.map(str::to_owned))
+                .bind(r.prev_hash)
+                .bind(r.hash)
                 .bind(r.occurrences);
         }
         query.execute(&mut *conn).await?;
@@ -623,66 +635,32 @@ async fn expand(pool: &AnyPool, page: &[StoredRow], terms: &mut Terms) -> anyhow
     page.iter()
         .map(|s| {
             let mut r = empty_row();
-            let [
-                action,
-                outcome,
-                reason,
-                actor,
-                subject,
-                model,
-                application,
-                grant,
-                researcher,
-                file,
-                ip,
-                agent,
-            ] = s
-                .term_ids()
-                .map(|id| id.map(|id| terms.text(s.seq, id).map(str::to_owned)).transpose());
-            let [
-                action,
-                outcome,
-                reason,
-                actor,
-                subject,
-                model,
-                application,
-                grant,
-                researcher,
-                file,
-                ip,
-                agent,
-            ] = [
-                action?,
-                outcome?,
-                reason?,
-                actor?,
-                subject?,
-                model?,
-                application?,
-                grant?,
-                researcher?,
-                file?,
-                ip?,
-                agent?,
-            ];
+            let text = |id: Option<i64>| id.map(|id| terms.text(s.seq, id).map(str::to_owned)).transpose();
+            let ids = s.term_ids();
             r.seq = s.seq;
             r.at = s.at;
-            r.action = action.unwrap_or_default();
-            r.outcome = outcome.unwrap_or_default();
-            r.reason = reason;
-            r.actor = actor;
-            r.subject = subject;
-            r.model_id = model;
-            r.application_id = application;
-            r.grant_id = grant;
-            r.researcher_id = researcher;
-            r.file_id = file;
+            r.action = text(ids[0])?.unwrap_or_default();
+            r.outcome = text(ids[1])?.unwrap_or_default();
+            for (field, id) in [
+                &mut r.reason,
+                &mut r.actor,
+                &mut r.subject,
+                &mut r.model_id,
+                &mut r.application_id,
+                &mut r.grant_id,
+                &mut r.researcher_id,
+                &mut r.file_id,
+                &mut r.client_ip,
+                &mut r.user_agent,
+            ]
+            .into_iter()
+            .zip(&ids[2..])
+            {
+                *field = text(*id)?;
+            }
             r.range_start = s.range_start;
             r.range_end = s.range_end;
             r.bytes = s.bytes;
-            r.client_ip = ip;
-            r.user_agent = agent;
             read_request_id(
                 s.request_uuid.as_deref(),
                 s.request_text.as_deref(),
@@ -806,23 +784,26 @@ fn fill_row(r: &mut EventRow, row: &rusqlite::Row<'_>, terms: &mut SqliteTerms<'
     r.at = row.get(1)?;
     terms.put_text(seq, &mut r.action, row, 2)?;
     terms.put_text(seq, &mut r.outcome, row, 3)?;
-    for (field, i) in [
-        (&mut r.reason, 4),
-        (&mut r.actor, 5),
-        (&mut r.subject, 6),
-        (&mut r.model_id, 7),
-        (&mut r.application_id, 8),
-        (&mut r.grant_id, 9),
-        (&mut r.researcher_id, 10),
-        (&mut r.file_id, 11),
-    ] {
-        terms.put(seq, field, row, i)?;
+    for (i, field) in [
+        &mut r.reason,
+        &mut r.actor,
+        &mut r.subject,
+        &mut r.model_id,
+        &mut r.application_id,
+        &mut r.grant_id,
+        &mut r.researcher_id,
+        &mut r.file_id,
+        &mut r.client_ip,
+        &mut r.user_agent,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        terms.put(seq, field, row, 4 + i)?;
     }
-    r.range_start = row.get(12)?;
-    r.range_end = row.get(13)?;
-    r.bytes = row.get(14)?;
-    terms.put(seq, &mut r.client_ip, row, 15)?;
-    terms.put(seq, &mut r.user_agent, row, 16)?;
+    r.range_start = row.get(14)?;
+    r.range_end = row.get(15)?;
+    r.bytes = row.get(16)?;
     let bytes = |i: usize, what: &str| -> anyhow::Result<Option<&[u8]>> {
         use rusqlite::types::ValueRef;
         match row.get_ref(i)? {

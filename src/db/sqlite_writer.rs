@@ -9,7 +9,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior, params_from_iter};
 
 use super::grants::Reserved;
 use super::{
-    audit::{EventRow, HEAD, STORED_COLUMNS, stored_hash, stored_request_id},
+    audit::{EventRow, HEAD, STORED_COLUMNS, Stored},
     grants::{
         ARCHIVED_DELIVERIES, DELIVERIES, Delivery, GrantNow, RELEASE, RESERVE, RESERVED, STATES,
         archived_deliveries,
@@ -178,45 +178,20 @@ pub(crate) fn insert_events(conn: &Connection, rows: &[EventRow]) -> rusqlite::R
         vec!["?"; 22].join(", ")
     ))?;
     for r in rows {
-        let [
-            action,
-            outcome,
-            reason,
-            actor,
-            subject,
-            model,
-            application,
-            grant,
-            researcher,
-            file,
-            ip,
-            agent,
-        ] = r.terms().map(|t| t.and_then(|t| ids.get(t).copied()));
-        let (uuid, text) = stored_request_id(r.request_id.as_deref());
-        statement.execute(rusqlite::params![
-            r.seq,
-            r.at,
-            action,
-            outcome,
-            reason,
-            actor,
-            subject,
-            model,
-            application,
-            grant,
-            researcher,
-            file,
-            r.range_start,
-            r.range_end,
-            r.bytes,
-            ip,
-            agent,
-            uuid,
-            text,
-            stored_hash(&r.prev_hash),
-            stored_hash(&r.hash),
-            r.occurrences,
-        ])?;
+        let r = Stored::of(r, &ids);
+        let mut values: Vec<&dyn rusqlite::ToSql> = vec![&r.seq, &r.at];
+        values.extend(r.terms.iter().map(|id| id as &dyn rusqlite::ToSql));
+        values.extend([
+            &r.range_start as &dyn rusqlite::ToSql,
+            &r.range_end,
+            &r.bytes,
+            &r.request_uuid,
+            &r.request_text,
+            &r.prev_hash,
+            &r.hash,
+            &r.occurrences,
+        ]);
+        statement.execute(values.as_slice())?;
     }
     Ok(())
 }
