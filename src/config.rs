@@ -284,6 +284,26 @@ pub struct Config {
     )]
     pub limit_bad_links_per_address: Rate,
 
+    /// API requests with one token, as COUNT/DURATION; beyond it they are
+    /// answered 429 with `Retry-After`.
+    #[arg(
+        long,
+        env = "WEIGHTGATE_LIMIT_API_PER_TOKEN",
+        default_value = "600/1min",
+        global = true
+    )]
+    pub limit_api_per_token: Rate,
+
+    /// API requests with a token that is not accepted (unknown, revoked,
+    /// expired), from one client address, as COUNT/DURATION.
+    #[arg(
+        long,
+        env = "WEIGHTGATE_LIMIT_BAD_TOKENS_PER_ADDRESS",
+        default_value = "30/1min",
+        global = true
+    )]
+    pub limit_bad_tokens_per_address: Rate,
+
     /// How long refusals anyone can provoke (fetches refused on their link
     /// alone, throttled sign-ins) are counted per client network before one
     /// event sums them up (the first of each window is written at once).

@@ -56,6 +56,11 @@ stored_as_text! {
         PortalStopped = "portal.stopped",
         /// Old events moved to an archived segment in the object store.
         AuditArchived = "audit.archived",
+        TokenCreated = "token.created",
+        TokenRevoked = "token.revoked",
+        /// A request to the API with a token, let through or refused; the
+        /// events of what it did share its request id.
+        TokenUsed = "token.used",
     }
 }
 

@@ -388,18 +388,24 @@ const MANIFESTS_AT_ONCE: usize = 16;
 /// recorded, or belongs to events the log still holds.
 pub(crate) async fn check_records(db: &Db, archive: &Archive, trust: &Trust) -> anyhow::Result<Records> {
     let rows = db::archives::all(db.pool()).await?;
-    let store = &archive.store;
-    let read = |key: String| async move {
-        let bytes = store.get_record(&key).await?;
-        anyhow::Ok(bytes.and_then(|b| serde_json::from_slice::<Manifest>(&b).ok()))
+    // Owned keys and a shared store: a stream over borrows held across an
+    // await would make every caller's future `Send` for one lifetime only.
+    let store = archive.store.clone();
+    let read = move |key: String| {
+        let store = store.clone();
+        async move {
+            let bytes = store.get_record(&key).await?;
+            anyhow::Ok(bytes.and_then(|b| serde_json::from_slice::<Manifest>(&b).ok()))
+        }
     };
-    let manifests: Vec<Option<Manifest>> =
-        futures_util::stream::iter(rows.iter().map(|r| read(r.manifest.clone())))
-            .buffered(MANIFESTS_AT_ONCE)
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .collect::<anyhow::Result<_>>()?;
+    let keys: Vec<String> = rows.iter().map(|r| r.manifest.clone()).collect();
+    let manifests: Vec<Option<Manifest>> = futures_util::stream::iter(keys)
+        .map(read.clone())
+        .buffered(MANIFESTS_AT_ONCE)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
     let mut problems = Vec::new();
     for (row, manifest) in rows.iter().zip(&manifests) {
         let what = match manifest {
@@ -421,7 +427,7 @@ pub(crate) async fn check_records(db: &Db, archive: &Archive, trust: &Trust) -> 
     }
     let recorded: std::collections::HashSet<&str> = rows.iter().map(|r| r.manifest.as_str()).collect();
     let mut pending = Vec::new();
-    for key in store.list(&format!("{PREFIX}manifests/")).await? {
+    for key in archive.store.list(&format!("{PREFIX}manifests/")).await? {
         if recorded.contains(key.as_str()) {
             continue;
         }

@@ -70,6 +70,40 @@ pub(crate) enum Command {
     /// Read and check the audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Make, list and revoke API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum TokenCommand {
+    /// Make an API token for a reviewer and print its secret, once, on
+    /// standard output.
+    Create {
+        /// The reviewer the token acts as.
+        #[arg(long)]
+        reviewer: String,
+        /// A name, which the audit log shows on every use.
+        #[arg(long)]
+        name: String,
+        /// What it may do: read, review, admin, audit (comma-separated);
+        /// admin and audit only for an admin's token.
+        #[arg(long)]
+        scopes: String,
+        /// Days until it stops working.
+        #[arg(long, default_value_t = 90)]
+        days: u64,
+    },
+    /// List tokens (never their secrets).
+    List {
+        /// Only this reviewer's.
+        #[arg(long)]
+        reviewer: Option<String>,
+        #[command(flatten)]
+        format: Listing,
+    },
+    /// Revoke a token: its next request is refused.
+    Revoke { id: String },
 }
 
 /// A researcher's download: read on its own, so that its help shows its own
@@ -413,6 +447,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys(cmd) => keys(App::open(cli.config, Schema::Check).await?, cmd).await,
+        Command::Token(cmd) => token(App::open(cli.config, Schema::Check).await?, cmd).await,
         Command::Audit(cmd) => audit::run(App::open(cli.config, Schema::Check).await?, cmd).await,
     }
 }
@@ -471,6 +506,97 @@ async fn find_reviewer(app: &App, email: &str) -> anyhow::Result<db::reviewers::
     db::reviewers::find_by_email(app.db.pool(), &Email::lookup_key(email))
         .await?
         .ok_or_else(|| anyhow::anyhow!("no reviewer {email}"))
+}
+
+async fn token(app: Arc<App>, cmd: TokenCommand) -> anyhow::Result<()> {
+    use crate::domain::tokens::{self, RevokedBy, Scopes};
+    match cmd {
+        TokenCommand::Create {
+            reviewer,
+            name,
+            scopes,
+            days,
+        } => {
+            let owner = find_reviewer(&app, &reviewer).await?;
+            let scopes: Scopes = scopes.parse()?;
+            let created =
+                tokens::create(&app, &owner, &name, scopes, days, &operator(), Client::default()).await?;
+            eprintln!(
+                "token {} ({:?}) for {} with scopes {}, until {} UTC; its secret, shown this once:",
+                created.token.id,
+                created.token.name,
+                owner.email,
+                created.token.scopes,
+                format_ms(created.token.expires_at)
+            );
+            println!("{}", created.secret);
+        }
+        TokenCommand::List { reviewer, format } => {
+            let owner = match reviewer {
+                Some(email) => Some(find_reviewer(&app, &email).await?),
+                None => None,
+            };
+            let reviewers = db::reviewers::list(app.db.pool()).await?;
+            let email_of = |id: &str| {
+                reviewers
+                    .iter()
+                    .find(|r| r.id == id)
+                    .map_or_else(|| id.to_owned(), |r| r.email.clone())
+            };
+            let now = crate::types::now_ms();
+            let rows: Vec<tokens::Token> = tokens::list_all(&app)
+                .await?
+                .into_iter()
+                .filter(|t| owner.as_ref().is_none_or(|o| o.id == t.reviewer_id))
+                .collect();
+            output::print(
+                format,
+                &output::Columns {
+                    headers: &[
+                        "id",
+                        "reviewer",
+                        "name",
+                        "scopes",
+                        "state",
+                        "expires",
+                        "last used",
+                    ],
+                    optional: &["last used", "id"],
+                    unbroken: &["id"],
+                },
+                rows.iter().map(|t| {
+                    let last = t.last_used_at.map(format_ms).unwrap_or_default();
+                    (
+                        vec![
+                            t.id.clone(),
+                            email_of(&t.reviewer_id),
+                            t.name.clone(),
+                            t.scopes.to_string(),
+                            t.state(now).into(),
+                            format_ms(t.expires_at),
+                            last,
+                        ],
+                        serde_json::json!({
+                            "id": t.id,
+                            "reviewer": email_of(&t.reviewer_id),
+                            "name": t.name,
+                            "scopes": t.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+                            "state": t.state(now),
+                            "created_at": format_ms_rfc3339(t.created_at),
+                            "expires_at": format_ms_rfc3339(t.expires_at),
+                            "last_used_at": t.last_used_at.map(format_ms_rfc3339),
+                        }),
+                    )
+                }),
+            );
+        }
+        TokenCommand::Revoke { id } => {
+            let token =
+                tokens::revoke(&app, &id, RevokedBy::Operator(&operator()), Client::default()).await?;
+            println!("token {} ({:?}) is revoked", token.id, token.name);
+        }
+    }
+    Ok(())
 }
 
 async fn reviewer(app: Arc<App>, cmd: ReviewerCommand) -> anyhow::Result<()> {

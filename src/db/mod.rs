@@ -17,6 +17,7 @@ pub(crate) mod researchers;
 pub mod reviewers;
 pub mod sessions;
 pub(crate) mod sqlite_writer;
+pub(crate) mod tokens;
 
 use std::path::PathBuf;
 

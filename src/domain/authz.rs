@@ -11,6 +11,7 @@ use crate::{
     app::App,
     db::{self, reviewers::Reviewer},
     domain::error::Result,
+    types::states::Scope,
 };
 
 /// Why something was refused.
@@ -24,6 +25,20 @@ pub(crate) enum Denied {
     NotAssigned,
     #[error("only admins may do this")]
     AdminsOnly,
+    #[error("this token does not have the {0} scope this needs")]
+    Scope(Scope),
+}
+
+impl Denied {
+    /// The rule's name, for programs and the audit log.
+    pub(crate) fn code(&self) -> &'static str {
+        match self {
+            Denied::Hidden => "not_found",
+            Denied::NotAssigned => "not_assigned",
+            Denied::AdminsOnly => "admins_only",
+            Denied::Scope(_) => "insufficient_scope",
+        }
+    }
 }
 
 impl From<Denied> for crate::domain::Error {
@@ -36,6 +51,10 @@ impl From<Denied> for crate::domain::Error {
             },
             Denied::AdminsOnly => Self::Forbidden {
                 code: "admins_only",
+                message: err.to_string(),
+            },
+            Denied::Scope(_) => Self::Forbidden {
+                code: "insufficient_scope",
                 message: err.to_string(),
             },
         }
@@ -89,6 +108,23 @@ async fn assigned(app: &App, reviewer: &Reviewer, model_id: &str) -> Result<bool
         .any(|m| m == model_id))
 }
 
+/// Whether a request made with a token holding `held` may use a route that
+/// needs `scope`.
+/// A token acts as its owner and never beyond: `review` includes `read`;
+/// `admin` and `audit` hold only while the owner is an admin. What the owner
+/// may do with each record is then asked of [`reviewer_may`], as for a
+/// signed-in reviewer.
+pub(crate) fn token_may(owner: &Reviewer, held: &[Scope], scope: Scope) -> Result<(), Denied> {
+    let held = held.contains(&scope) || (scope == Scope::Read && held.contains(&Scope::Review));
+    if !held {
+        return Err(Denied::Scope(scope));
+    }
+    match scope {
+        Scope::Admin | Scope::Audit if !owner.is_admin() => Err(Denied::AdminsOnly),
+        _ => Ok(()),
+    }
+}
+
 /// The models whose applications and grants `reviewer` sees in lists:
 /// `None` for every model (an admin).
 pub(crate) async fn visible_models(app: &App, reviewer: &Reviewer) -> Result<Option<Vec<String>>> {
@@ -117,5 +153,32 @@ mod tests {
     fn a_researcher_owns_only_their_own_records() {
         assert_eq!(researcher_owns("r1", "r1"), Ok(()));
         assert_eq!(researcher_owns("r1", "r2"), Err(Denied::Hidden));
+    }
+
+    #[test]
+    fn a_token_acts_within_its_scopes_and_its_owners_role() {
+        let reviewer = |admin: bool| Reviewer {
+            id: "r".into(),
+            email: "r@lab.example.org".into(),
+            password_hash: String::new(),
+            is_admin: i64::from(admin),
+            created_at: 0,
+            notify: crate::types::states::Notify::ALL[0],
+            last_digest_at: None,
+            disabled_at: None,
+            session_epoch: 0,
+        };
+        let (admin, plain) = (reviewer(true), reviewer(false));
+        use Scope::*;
+        assert_eq!(token_may(&plain, &[Review], Read), Ok(()), "review includes read");
+        assert_eq!(token_may(&plain, &[Read], Review), Err(Denied::Scope(Review)));
+        assert_eq!(token_may(&admin, &[Admin], Read), Err(Denied::Scope(Read)));
+        assert_eq!(token_may(&admin, &[Audit], Audit), Ok(()));
+        assert_eq!(
+            token_may(&plain, &[Audit], Audit),
+            Err(Denied::AdminsOnly),
+            "an audit token of a reviewer no longer an admin"
+        );
+        assert_eq!(token_may(&admin, &[], Read), Err(Denied::Scope(Read)));
     }
 }

@@ -16,7 +16,9 @@ use crate::{
         self,
         grants::{GrantNow, GrantView},
         models::{File, FileInModel, Release},
+        reviewers::Reviewer,
     },
+    domain::authz::{self, ReviewerAction},
     domain::error::Result,
     mail,
     storage::ByteStream,
@@ -160,6 +162,44 @@ impl From<GrantError> for crate::domain::Error {
             GrantError::ReasonRequired | GrantError::BadExtension => Self::invalid(err.to_string()),
         }
     }
+}
+
+/// The grants `reviewer` may see, as `filter` asks (its model list is
+/// replaced by the reviewer's), newest first, and how many match.
+pub(crate) async fn list(
+    app: &App,
+    reviewer: &Reviewer,
+    mut filter: db::grants::GrantFilter,
+) -> Result<(Vec<GrantView>, i64)> {
+    filter.model_ids = authz::visible_models(app, reviewer).await?;
+    Ok(db::grants::search(app.db.pool(), &filter, now_ms()).await?)
+}
+
+/// The grant, if `reviewer` may read it and act on it.
+pub(crate) async fn manageable(app: &App, reviewer: &Reviewer, id: &str) -> Result<GrantView> {
+    let grant = db::grants::find_view(app.db.pool(), id)
+        .await?
+        .ok_or(GrantError::NotFound)?;
+    let model_id = grant.model_id.as_str();
+    authz::reviewer_may(app, reviewer, ReviewerAction::Read { model_id }).await?;
+    authz::reviewer_may(app, reviewer, ReviewerAction::Act { model_id }).await?;
+    Ok(grant)
+}
+
+/// The grant, if `reviewer` may read it.
+pub(crate) async fn readable(app: &App, reviewer: &Reviewer, id: &str) -> Result<GrantView> {
+    let grant = db::grants::find_view(app.db.pool(), id)
+        .await?
+        .ok_or(GrantError::NotFound)?;
+    authz::reviewer_may(
+        app,
+        reviewer,
+        ReviewerAction::Read {
+            model_id: &grant.model_id,
+        },
+    )
+    .await?;
+    Ok(grant)
 }
 
 /// Revokes a grant: its links stop working at the next fetch, and the

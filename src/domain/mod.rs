@@ -21,5 +21,6 @@ pub(crate) mod renewals;
 pub(crate) mod researchers;
 pub mod reviews;
 pub(crate) mod threads;
+pub mod tokens;
 
 pub(crate) use error::Error;

@@ -127,6 +127,17 @@ pub(crate) struct CaseFile {
     pub(crate) answers: Vec<Answer>,
 }
 
+/// The applications of the queue that `reviewer` may see, as `filter`
+/// asks (its model list is replaced by the reviewer's), and how many match.
+pub(crate) async fn queue(
+    app: &App,
+    reviewer: &Reviewer,
+    mut filter: db::applications::QueueFilter,
+) -> Result<(Vec<ApplicationView>, i64)> {
+    filter.model_ids = authz::visible_models(app, reviewer).await?;
+    Ok(db::applications::search(app.db.pool(), &filter, now_ms()).await?)
+}
+
 /// The case file of an application, for a reviewer who may read it.
 pub(crate) async fn case_file(app: &App, reviewer: &Reviewer, application_id: &str) -> Result<CaseFile> {
     let pool = app.db.pool();

@@ -111,6 +111,20 @@ stored_as_text! {
 }
 
 stored_as_text! {
+    /// What an API token may be used for (`crate::domain::tokens`).
+    pub Scope ("a token scope") {
+        /// Read applications, grants and models (the reviewer's models).
+        Read = "read",
+        /// Read, and decide, ask, extend and revoke on the reviewer's models.
+        Review = "review",
+        /// Manage reviewers and models; the owner must be an admin.
+        Admin = "admin",
+        /// Read the audit log and its reports; the owner must be an admin.
+        Audit = "audit",
+    }
+}
+
+stored_as_text! {
     /// When a reviewer hears of applications that wait for them.
     pub Notify ("a notification choice") {
         /// An e-mail for each application.

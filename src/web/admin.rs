@@ -716,17 +716,6 @@ pub(crate) async fn grants(
     Ok((token, render(&page)?).into_response())
 }
 
-/// The grant, if `reviewer` may change it.
-async fn manageable_grant(app: &App, reviewer: &Reviewer, id: &str) -> Result<db::grants::GrantView, Error> {
-    let grant = db::grants::find_view(app.db.pool(), id)
-        .await?
-        .ok_or(Error::NotFound)?;
-    let model_id = grant.model_id.as_str();
-    authz::reviewer_may(app, reviewer, ReviewerAction::Read { model_id }).await?;
-    authz::reviewer_may(app, reviewer, ReviewerAction::Act { model_id }).await?;
-    Ok(grant)
-}
-
 #[derive(Deserialize)]
 pub(crate) struct ReasonForm {
     #[serde(default)]
@@ -740,7 +729,7 @@ pub(crate) async fn revoke(
     Path(id): Path<String>,
     CsrfForm { fields: form, .. }: CsrfForm<ReasonForm>,
 ) -> Result<Response, Error> {
-    manageable_grant(&state.app, &reviewer, &id).await?;
+    grants::manageable(&state.app, &reviewer, &id).await?;
     grants::revoke(&state.app, &id, &form.reason, &reviewer.email, client).await?;
     Ok(Redirect::to(&format!("/admin/grants/{id}")).into_response())
 }
@@ -754,7 +743,7 @@ pub(crate) async fn withdraw_url(
     Path((id, url)): Path<(String, String)>,
     _form: CsrfForm,
 ) -> Result<Response, Error> {
-    let grant = manageable_grant(&state.app, &reviewer, &id).await?;
+    let grant = grants::manageable(&state.app, &reviewer, &id).await?;
     access_urls::withdraw_as_reviewer(&state.app, &reviewer, &grant, &url, client).await?;
     Ok(Redirect::to(&format!("/admin/grants/{id}#access-urls")).into_response())
 }
@@ -775,7 +764,7 @@ pub(crate) async fn extend(
     Path(id): Path<String>,
     CsrfForm { fields: form, .. }: CsrfForm<ExtendForm>,
 ) -> Result<Response, Error> {
-    manageable_grant(&state.app, &reviewer, &id).await?;
+    grants::manageable(&state.app, &reviewer, &id).await?;
     let days = grant_days(&form.days)?.ok_or_else(|| Error::BadRequest("say by how many days".into()))?;
     let by = if form.override_policy.is_empty() {
         renewals::ExtendBy::Reviewer(&reviewer)

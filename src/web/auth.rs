@@ -107,6 +107,11 @@ pub(crate) async fn expire_sessions(db: Db, every: Duration) {
         {
             tracing::warn!(error = %e, "cannot delete expired sign-in links");
         }
+        if let Err(e) =
+            db::tokens::forget_answers_before(db.pool(), now_ms() - super::api::IDEMPOTENCY_KEPT_MS).await
+        {
+            tracing::warn!(error = %e, "cannot forget old answers to idempotent requests");
+        }
         tokio::time::sleep(every).await;
     }
 }

@@ -20,6 +20,12 @@ pub(crate) enum Error {
     NotFound,
     #[error("{0}")]
     BadRequest(String),
+    /// An API request without a token the portal accepts.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// An `Idempotency-Key` sent again with a different request.
+    #[error("{0}")]
+    Unprocessable(String),
     #[error("{message}")]
     Forbidden { code: &'static str, message: String },
     #[error("this form has expired or was not sent by this portal; reload the page and try again")]
@@ -52,6 +58,8 @@ impl Error {
         match self {
             Error::NotFound => StatusCode::NOT_FOUND,
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Forbidden { .. } | Error::Csrf => StatusCode::FORBIDDEN,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
@@ -67,6 +75,8 @@ impl Error {
         match self {
             Error::NotFound => "not_found",
             Error::BadRequest(_) => "bad_request",
+            Error::Unauthorized(_) => "unauthorized",
+            Error::Unprocessable(_) => "idempotency_key_reused",
             Error::Forbidden { code, .. } => code,
             Error::Csrf => "csrf",
             Error::Conflict(_) => "conflict",
@@ -164,6 +174,12 @@ impl IntoResponse for Error {
             && let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}"))
         {
             response.headers_mut().insert(header::CONTENT_RANGE, v);
+        }
+        if let Error::Unauthorized(_) = self {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"weightgate\""),
+            );
         }
         if let Error::Unavailable { what, .. } = self {
             metrics::counter!("weightgate_unavailable_total", "what" => what).increment(1);

@@ -108,6 +108,10 @@ pub(crate) struct RateLimits {
     pub(crate) links_per_address: Limit,
     /// Fetches refused on their link alone from one client address.
     pub(crate) bad_links_per_address: Limit,
+    /// API requests with one token.
+    pub(crate) api_per_token: Limit,
+    /// API requests with a token not accepted, from one client address.
+    pub(crate) bad_tokens_per_address: Limit,
 }
 
 impl RateLimits {
@@ -142,6 +146,16 @@ impl RateLimits {
                 "bad_links_per_address",
                 "Too many invalid download links were sent from your address",
                 config.limit_bad_links_per_address,
+            ),
+            api_per_token: Limit::new(
+                "api_per_token",
+                "Too many requests were sent with this token",
+                config.limit_api_per_token,
+            ),
+            bad_tokens_per_address: Limit::new(
+                "bad_tokens_per_address",
+                "Too many requests with an invalid token were sent from your address",
+                config.limit_bad_tokens_per_address,
             ),
         }
     }

@@ -2,6 +2,7 @@
 
 mod access;
 mod admin;
+mod api;
 mod audit;
 mod auth;
 mod download;
@@ -145,9 +146,10 @@ pub(crate) async fn router(app: Arc<App>) -> anyhow::Result<Router> {
     };
 
     let router = Router::new()
-        .merge(routes::router(routes::Area::Open))
-        .merge(routes::router(routes::Area::Dashboard).layer(sessions.clone()))
-        .merge(routes::router(routes::Area::Researcher).layer(sessions))
+        .merge(routes::router(routes::Area::Open, &state))
+        .merge(routes::router(routes::Area::Api, &state))
+        .merge(routes::router(routes::Area::Dashboard, &state).layer(sessions.clone()))
+        .merge(routes::router(routes::Area::Researcher, &state).layer(sessions))
         .fallback(|| async { Error::NotFound })
         .layer(middleware::from_fn_with_state(
             lanes::Lanes::new(&state),

@@ -10,7 +10,8 @@ use axum::{
     routing::{MethodRouter, get, post},
 };
 
-use super::{AppState, access, admin, audit, download, manage, me, ops, public};
+use super::{AppState, access, admin, api, audit, download, manage, me, ops, public};
+use crate::types::states::Scope;
 
 /// Who may use a route. The rule itself is the domain's
 /// ([`crate::domain::authz`]); this says what the route-by-role test must find.
@@ -31,6 +32,10 @@ pub enum Access {
     ReviewerOfModel,
     /// An admin.
     Admin,
+    /// A request with an API token holding this scope (see
+    /// [`crate::domain::authz::token_may`]); what it may see of each record
+    /// is then its reviewer's.
+    Token(Scope),
 }
 
 /// Which session a route sees.
@@ -43,6 +48,8 @@ pub enum Area {
     /// The researcher's pages, and the public ones that change for a
     /// signed-in researcher.
     Researcher,
+    /// The JSON API: no session, a token on every request.
+    Api,
 }
 
 /// One method of one route.
@@ -76,7 +83,7 @@ where
 /// The route table.
 pub fn all() -> Vec<Route> {
     use Access::*;
-    use Area::{Dashboard, Open, Researcher as Mine};
+    use Area::{Api, Dashboard, Open, Researcher as Mine};
     let (g, p) = (Method::GET, Method::POST);
     vec![
         on(g.clone(), "/", Mine, Public, public::catalogue),
@@ -317,14 +324,151 @@ pub fn all() -> Vec<Route> {
             Reviewer,
             manage::change_password,
         ),
-        on(g, "/admin/audit", Dashboard, Admin, audit::page),
+        on(g.clone(), "/admin/audit", Dashboard, Admin, audit::page),
+        on(
+            g.clone(),
+            "/api/v1/openapi.json",
+            Open,
+            Public,
+            api::doc::openapi_json,
+        ),
+        on(
+            g.clone(),
+            "/api/v1/models",
+            Api,
+            Token(Scope::Read),
+            api::models::list,
+        ),
+        on(
+            g.clone(),
+            "/api/v1/applications",
+            Api,
+            Token(Scope::Read),
+            api::applications::list,
+        ),
+        on(
+            p.clone(),
+            "/api/v1/applications/bulk",
+            Api,
+            Token(Scope::Review),
+            api::applications::bulk,
+        ),
+        on(
+            g.clone(),
+            "/api/v1/applications/{id}",
+            Api,
+            Token(Scope::Read),
+            api::applications::one,
+        ),
+        on(
+            p.clone(),
+            "/api/v1/applications/{id}/approve",
+            Api,
+            Token(Scope::Review),
+            api::applications::approve,
+        ),
+        on(
+            p.clone(),
+            "/api/v1/applications/{id}/deny",
+            Api,
+            Token(Scope::Review),
+            api::applications::deny,
+        ),
+        on(
+            p.clone(),
+            "/api/v1/applications/{id}/ask",
+            Api,
+            Token(Scope::Review),
+            api::applications::ask,
+        ),
+        on(
+            g.clone(),
+            "/api/v1/grants",
+            Api,
+            Token(Scope::Read),
+            api::grants::list,
+        ),
+        on(
+            g.clone(),
+            "/api/v1/grants/{id}",
+            Api,
+            Token(Scope::Read),
+            api::grants::one,
+        ),
+        on(
+            p.clone(),
+            "/api/v1/grants/{id}/extend",
+            Api,
+            Token(Scope::Review),
+            api::grants::extend,
+        ),
+        on(
+            p.clone(),
+            "/api/v1/grants/{id}/revoke",
+            Api,
+            Token(Scope::Review),
+            api::grants::revoke,
+        ),
+        on(
+            g.clone(),
+            "/api/v1/audit/events",
+            Api,
+            Token(Scope::Audit),
+            api::audit::events,
+        ),
+        on(
+            g.clone(),
+            "/api/v1/audit/downloads",
+            Api,
+            Token(Scope::Audit),
+            api::audit::downloads,
+        ),
+        on(
+            g.clone(),
+            "/api/v1/audit/who-has",
+            Api,
+            Token(Scope::Audit),
+            api::audit::who_has,
+        ),
+        on(
+            g.clone(),
+            "/api/v1/audit/anomalies",
+            Api,
+            Token(Scope::Audit),
+            api::audit::anomalies,
+        ),
+        on(
+            g.clone(),
+            "/api/v1/audit/verify",
+            Api,
+            Token(Scope::Audit),
+            api::audit::verify,
+        ),
+        on(
+            g,
+            "/api/v1/reviewers",
+            Api,
+            Token(Scope::Admin),
+            api::reviewers::list,
+        ),
     ]
 }
 
-/// The routes of one area, as a router.
-pub(crate) fn router(area: Area) -> Router<AppState> {
+/// The routes of one area, as a router. A route for a token is guarded
+/// by [`api::guard`] with the scope the table names, so that no API handler
+/// runs without it.
+pub(crate) fn router(area: Area, state: &AppState) -> Router<AppState> {
     all()
         .into_iter()
         .filter(|r| r.area == area)
-        .fold(Router::new(), |router, r| router.route(r.path, r.handler))
+        .fold(Router::new(), |router, r| {
+            let handler = match r.access {
+                Access::Token(scope) => r.handler.route_layer(axum::middleware::from_fn_with_state(
+                    (state.clone(), scope),
+                    api::guard,
+                )),
+                _ => r.handler,
+            };
+            router.route(r.path, handler)
+        })
 }

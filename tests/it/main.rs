@@ -34,6 +34,7 @@ mod helpers;
 
 mod access_urls;
 mod adversary;
+mod api;
 mod audit;
 mod browser;
 mod cli;

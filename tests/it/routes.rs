@@ -53,12 +53,16 @@ enum Expect {
     /// Anything but a failure of the portal (public and secret routes, whose
     /// own tests check them).
     NoFailure,
+    /// 401: the API takes a token, never a browser's session (the token
+    /// scopes are walked in `api.rs`).
+    Unauthorized,
 }
 
 fn expect(access: Access, role: Role, names_a_record: bool) -> Expect {
     use Role::*;
     match access {
         Access::Public | Access::Secret => Expect::NoFailure,
+        Access::Token(_) => Expect::Unauthorized,
         Access::Researcher => match role {
             ResearcherOwn => Expect::Allowed,
             Researcher if names_a_record => Expect::Refused,
@@ -407,6 +411,7 @@ async fn every_route_answers_every_role_as_its_rule_says() {
                     );
                 }
                 Expect::NoFailure => assert!(!status.is_server_error(), "{what}"),
+                Expect::Unauthorized => assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}"),
             }
             walked += 1;
         }

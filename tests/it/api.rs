@@ -1,0 +1,665 @@
+//! The JSON API under /api/v1, as a lab's script drives it: tokens and
+//! their scopes on every route of the table, decisions made once however
+//! often a script retries them, the audit trail of each use, the token
+//! commands, and the OpenAPI document checked against every route and by a
+//! validator nobody here wrote.
+
+use std::process::Command;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use weightgate::{
+    audit::Client as AuditClient,
+    db::reviewers::Reviewer,
+    domain::{
+        accounts::{self, ReviewerChange},
+        tokens::{self, Scope},
+    },
+    types::Email,
+    web::{Access, route_table},
+};
+
+use crate::{cli::weightgate, helpers::*};
+
+const ASSIGNED: &str = "assigned@lab.example.org";
+const NOBODY: &str = "unassigned@lab.example.org";
+
+async fn reviewer(t: &TestApp, email: &str) -> Reviewer {
+    weightgate::db::reviewers::find_by_email(t.app.db.pool(), email)
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// A token of `email` with `scopes`; its secret.
+async fn token(t: &TestApp, email: &str, name: &str, scopes: &str) -> String {
+    let owner = reviewer(t, email).await;
+    tokens::create(
+        &t.app,
+        &owner,
+        name,
+        scopes.parse().unwrap(),
+        30,
+        "test",
+        AuditClient::default(),
+    )
+    .await
+    .unwrap()
+    .secret
+}
+
+/// Sends `method path` with `token` (and a JSON body for a POST).
+async fn call(
+    t: &TestApp,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> reqwest::Response {
+    let mut request = t.client.request(method.clone(), t.url(path));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if method == Method::POST {
+        request = request.json(&body.unwrap_or_else(|| json!({})));
+    }
+    request.send().await.unwrap()
+}
+
+async fn add_reviewer(t: &TestApp, email: &str, model: Option<&str>) {
+    let parsed: Email = email.parse().unwrap();
+    accounts::add_reviewer(&t.app, &parsed, PASSWORD, false, "test")
+        .await
+        .unwrap();
+    if let Some(model) = model {
+        weightgate::domain::policy::assign(&t.app, model, &parsed, true, "test")
+            .await
+            .unwrap();
+    }
+}
+
+async fn application_of(t: &TestApp, email: &str) -> String {
+    sqlx::query_scalar(
+        "SELECT a.id FROM applications a JOIN researchers r ON r.id = a.researcher_id
+         WHERE r.email = $1 ORDER BY a.created_at DESC LIMIT 1",
+    )
+    .bind(email)
+    .fetch_one(t.app.db.pool())
+    .await
+    .unwrap()
+}
+
+async fn grant_of(t: &TestApp, email: &str) -> String {
+    sqlx::query_scalar(
+        "SELECT g.id FROM grants g JOIN researchers r ON r.id = g.researcher_id WHERE r.email = $1",
+    )
+    .bind(email)
+    .fetch_one(t.app.db.pool())
+    .await
+    .unwrap()
+}
+
+both!(api_tokens_reach_only_what_their_scopes_allow);
+async fn api_tokens_reach_only_what_their_scopes_allow() {
+    let t = TestApp::spawn().await;
+    add_reviewer(&t, ASSIGNED, Some(MODEL)).await;
+    add_reviewer(&t, NOBODY, None).await;
+    t.approved_researcher("x@uni.example.edu").await;
+    t.apply_and_confirm("z@uni.example.edu").await;
+    let pending = application_of(&t, "z@uni.example.edu").await;
+    let grant = grant_of(&t, "x@uni.example.edu").await;
+
+    // Tokens of every scope; admin and audit only for an admin.
+    let held = [
+        ("read", REVIEWER, "read"),
+        ("review", ASSIGNED, "review"),
+        ("audit", REVIEWER, "audit"),
+        ("admin", REVIEWER, "admin"),
+    ];
+    let mut secrets = Vec::new();
+    for (name, owner, scopes) in held {
+        secrets.push((scopes, token(&t, owner, name, scopes).await));
+    }
+    let owner = reviewer(&t, ASSIGNED).await;
+    let refused = tokens::create(
+        &t.app,
+        &owner,
+        "sneaky",
+        "audit".parse().unwrap(),
+        30,
+        "test",
+        AuditClient::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(refused.to_string().contains("admin"), "{refused}");
+
+    let routes: Vec<_> = route_table()
+        .into_iter()
+        .filter(|r| matches!(r.access, Access::Token(_)))
+        .collect();
+    assert!(routes.len() >= 16, "the API's routes are in the table");
+    // The writes that would end the records the others need go last.
+    let mut routes = routes;
+    routes.sort_by_key(|r| r.method == Method::POST);
+    for route in &routes {
+        let Access::Token(needed) = route.access else {
+            unreachable!()
+        };
+        let id = if route.path.starts_with("/api/v1/grants/") {
+            &grant
+        } else {
+            &pending
+        };
+        let path = route.path.replace("{id}", id);
+        let what = |who: &str| format!("{} {path} {who}", route.method);
+
+        let none = call(&t, route.method.clone(), &path, None, None).await;
+        assert_eq!(
+            none.status(),
+            StatusCode::UNAUTHORIZED,
+            "{}",
+            what("without a token")
+        );
+        assert!(
+            none.headers()["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .starts_with("Bearer")
+        );
+        let body: Value = none.json().await.unwrap();
+        assert_eq!(body["error"], "unauthorized");
+        assert!(body["request_id"].as_str().is_some_and(|id| !id.is_empty()));
+        let forged = call(&t, route.method.clone(), &path, Some("wgt_forged"), None).await;
+        assert_eq!(
+            forged.status(),
+            StatusCode::UNAUTHORIZED,
+            "{}",
+            what("with a forged token")
+        );
+
+        for (scopes, secret) in &secrets {
+            let has = scopes
+                .split(',')
+                .any(|s| s == needed.as_str() || (needed == Scope::Read && s == "review"));
+            let response = call(&t, route.method.clone(), &path, Some(secret), None).await;
+            let status = response.status();
+            let who = what(&format!("with a {scopes} token"));
+            if has {
+                assert!(
+                    !status.is_server_error()
+                        && ![StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN].contains(&status),
+                    "{who}: {status} {}",
+                    response.text().await.unwrap()
+                );
+            } else {
+                assert_eq!(status, StatusCode::FORBIDDEN, "{who}");
+                let body: Value = response.json().await.unwrap();
+                assert_eq!(body["error"], "insufficient_scope", "{who}");
+            }
+        }
+    }
+
+    // A reviewer's token sees only the reviewer's models.
+    let nobody = token(&t, NOBODY, "nothing", "review").await;
+    let queue: Value = call(
+        &t,
+        Method::GET,
+        "/api/v1/applications?status=all",
+        Some(&nobody),
+        None,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(queue["total"], 0, "{queue}");
+    let other = call(
+        &t,
+        Method::GET,
+        &format!("/api/v1/grants/{grant}"),
+        Some(&nobody),
+        None,
+    )
+    .await;
+    assert_eq!(other.status(), StatusCode::NOT_FOUND);
+    let revoke = call(
+        &t,
+        Method::POST,
+        &format!("/api/v1/grants/{grant}/revoke"),
+        Some(&nobody),
+        Some(json!({"reason": "no"})),
+    )
+    .await;
+    assert_eq!(
+        revoke.status(),
+        StatusCode::NOT_FOUND,
+        "hidden, not merely forbidden"
+    );
+
+    // An admin's audit token stops being one when its owner stops being an admin.
+    let audit = &secrets[2].1;
+    let admin_id = reviewer(&t, REVIEWER).await.id;
+    accounts::change_reviewer(&t.app, &admin_id, ReviewerChange::Admin(false), "test")
+        .await
+        .unwrap();
+    let demoted = call(&t, Method::GET, "/api/v1/audit/events", Some(audit), None).await;
+    assert_eq!(demoted.status(), StatusCode::FORBIDDEN);
+    accounts::change_reviewer(&t.app, &admin_id, ReviewerChange::Admin(true), "test")
+        .await
+        .unwrap();
+    assert_eq!(
+        call(&t, Method::GET, "/api/v1/audit/events", Some(audit), None)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+
+    // A disabled reviewer's tokens stop at once.
+    let review = &secrets[1].1;
+    let assigned_id = reviewer(&t, ASSIGNED).await.id;
+    accounts::change_reviewer(&t.app, &assigned_id, ReviewerChange::Disabled(true), "test")
+        .await
+        .unwrap();
+    let disabled = call(&t, Method::GET, "/api/v1/applications", Some(review), None).await;
+    assert_eq!(disabled.status(), StatusCode::UNAUTHORIZED);
+
+    // Each use is in the log with the token's name; refusals too.
+    let events: Value = call(
+        &t,
+        Method::GET,
+        "/api/v1/audit/events?action=token.used&limit=1000",
+        Some(audit),
+        None,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let events = events["events"].as_array().unwrap();
+    assert!(events.iter().any(|e| {
+        e["outcome"] == "ok"
+            && e["actor"] == ASSIGNED
+            && e["subject"]
+                .as_str()
+                .unwrap()
+                .starts_with("token \"review\": GET /api/v1/")
+    }));
+    assert!(
+        events
+            .iter()
+            .any(|e| e["outcome"] == "refused" && e["reason"] == "insufficient_scope"),
+        "a refused scope is audited"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["outcome"] == "refused" && e["reason"] == "owner_disabled"),
+        "a disabled owner's token is audited"
+    );
+}
+
+both!(a_review_script_decides_once_however_often_it_retries);
+async fn a_review_script_decides_once_however_often_it_retries() {
+    let t = TestApp::spawn().await;
+    let bot = token(&t, REVIEWER, "queue-bot", "review").await;
+    t.apply_and_confirm("z@uni.example.edu").await;
+    t.apply_and_confirm("y@uni.example.edu").await;
+
+    let queue: Value = call(&t, Method::GET, "/api/v1/applications", Some(&bot), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(queue["total"], 2, "{queue}");
+    let z = queue["applications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["email"] == "z@uni.example.edu")
+        .unwrap();
+    assert_eq!(z["status"], "pending");
+    assert_eq!(z["model"], MODEL);
+    let z_id = z["id"].as_str().unwrap().to_owned();
+    let case: Value = call(
+        &t,
+        Method::GET,
+        &format!("/api/v1/applications/{z_id}"),
+        Some(&bot),
+        None,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(case["application"]["intended_use"], "Compiler research");
+    assert_eq!(case["may_decide"], true);
+
+    // The same approval sent twice with one key: done once, answered twice alike.
+    let approve = |key: &str, days: u64| {
+        t.client
+            .post(t.url(&format!("/api/v1/applications/{z_id}/approve")))
+            .bearer_auth(&bot)
+            .header("Idempotency-Key", key)
+            .json(&json!({"days": days}))
+            .send()
+    };
+    let first = approve("approve-z-1", 30).await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let first: Value = first.json().await.unwrap();
+    assert_eq!(first["outcome"], "granted", "{first}");
+    assert_eq!(first["application"]["status"], "approved");
+    let again = approve("approve-z-1", 30).await.unwrap();
+    assert_eq!(again.status(), StatusCode::OK);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.json::<Value>().await.unwrap(), first);
+    let other_body = approve("approve-z-1", 31).await.unwrap();
+    assert_eq!(other_body.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        other_body.json::<Value>().await.unwrap()["error"],
+        "idempotency_key_reused"
+    );
+    // Without a key, a second approval is refused as already decided.
+    let unkeyed = call(
+        &t,
+        Method::POST,
+        &format!("/api/v1/applications/{z_id}/approve"),
+        Some(&bot),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(unkeyed.status(), StatusCode::CONFLICT);
+    let grants: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM grants g JOIN researchers r ON r.id = g.researcher_id WHERE r.email = $1",
+    )
+    .bind("z@uni.example.edu")
+    .fetch_one(t.app.db.pool())
+    .await
+    .unwrap();
+    assert_eq!(grants, 1);
+
+    // A burst of the same denial with one key, all at once: one denial.
+    let y_id = application_of(&t, "y@uni.example.edu").await;
+    let deny = || {
+        t.client
+            .post(t.url(&format!("/api/v1/applications/{y_id}/deny")))
+            .bearer_auth(&bot)
+            .header("Idempotency-Key", "deny-y")
+            .json(&json!({"reason": "Not enough detail."}))
+            .send()
+    };
+    let answers = futures_util::future::join_all((0..8).map(|_| deny())).await;
+    let statuses: Vec<StatusCode> = answers.iter().map(|a| a.as_ref().unwrap().status()).collect();
+    assert!(
+        statuses
+            .iter()
+            .all(|s| [StatusCode::OK, StatusCode::CONFLICT].contains(s)),
+        "{statuses:?}"
+    );
+    assert!(statuses.contains(&StatusCode::OK), "{statuses:?}");
+    let denials: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM reviews WHERE application_id = $1 AND decision = 'deny'")
+            .bind(&y_id)
+            .fetch_one(t.app.db.pool())
+            .await
+            .unwrap();
+    assert_eq!(denials, 1);
+    t.wait_for_mail("y@uni.example.edu", "Your application for").await;
+
+    // The grant, its revocation, and its history.
+    let grants: Value = call(&t, Method::GET, "/api/v1/grants?email=z%40uni", Some(&bot), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(grants["total"], 1, "{grants}");
+    let grant_id = grants["grants"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(grants["grants"][0]["state"], "active");
+    let revoked = call(
+        &t,
+        Method::POST,
+        &format!("/api/v1/grants/{grant_id}/revoke"),
+        Some(&bot),
+        Some(json!({"reason": "The project ended."})),
+    )
+    .await;
+    assert_eq!(revoked.status(), StatusCode::OK);
+    assert_eq!(revoked.json::<Value>().await.unwrap()["state"], "revoked");
+    let detail: Value = call(
+        &t,
+        Method::GET,
+        &format!("/api/v1/grants/{grant_id}"),
+        Some(&bot),
+        None,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let history = detail["history"].as_array().unwrap();
+    let revocation = history
+        .iter()
+        .find(|e| e["action"] == "grant.revoked")
+        .expect("the revocation is in the grant's history");
+    assert_eq!(revocation["actor"], REVIEWER);
+
+    // What a request did shares its request id with the token's use.
+    let events = t.audit_events().await;
+    let approved = events
+        .iter()
+        .filter(|e| e.action == "review.approved")
+        .collect::<Vec<_>>();
+    assert_eq!(approved.len(), 1, "approved once");
+    let request = approved[0].request_id.clone().expect("a request id");
+    let used = events
+        .iter()
+        .find(|e| e.action == "token.used" && e.request_id.as_deref() == Some(request.as_str()))
+        .expect("the token's use has the decision's request id");
+    assert_eq!(used.actor.as_deref(), Some(REVIEWER));
+    assert!(
+        used.subject
+            .as_deref()
+            .unwrap()
+            .starts_with("token \"queue-bot\": POST")
+    );
+
+    // Bad input is refused, with what to change.
+    let bad = t
+        .client
+        .post(t.url(&format!("/api/v1/grants/{grant_id}/extend")))
+        .bearer_auth(&bot)
+        .json(&json!({"days": "many"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    let nul = t
+        .client
+        .post(t.url(&format!("/api/v1/grants/{grant_id}/revoke")))
+        .bearer_auth(&bot)
+        .json(&json!({"reason": "a\u{0}b"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(nul.status(), StatusCode::BAD_REQUEST);
+    let form = t
+        .client
+        .post(t.url(&format!("/api/v1/grants/{grant_id}/revoke")))
+        .bearer_auth(&bot)
+        .form(&[("reason", "x")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+}
+
+both!(tokens_are_made_listed_and_revoked_from_the_command_line);
+async fn tokens_are_made_listed_and_revoked_from_the_command_line() {
+    let t = TestApp::spawn().await;
+    let (ok, secret, err) = weightgate(
+        &t,
+        &[
+            "token",
+            "create",
+            "--reviewer",
+            REVIEWER,
+            "--name",
+            "nightly report",
+            "--scopes",
+            "audit,read",
+            "--days",
+            "7",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    let secret = secret.trim().to_owned();
+    assert!(
+        secret.starts_with("wgt_") && secret.len() > 40,
+        "only the secret on stdout: {secret}"
+    );
+    assert!(
+        err.contains("read,audit") && err.contains("shown this once"),
+        "{err}"
+    );
+    let verified: Value = call(&t, Method::GET, "/api/v1/audit/verify", Some(&secret), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(verified["intact"], true, "{verified}");
+    assert!(verified["events"].as_i64().unwrap() > 0);
+
+    let (ok, listed, err) = weightgate(&t, &["token", "list", "--format", "jsonl"], None);
+    assert!(ok, "{err}");
+    let row: Value = serde_json::from_str(listed.lines().next().unwrap()).unwrap();
+    assert_eq!(row["name"], "nightly report");
+    assert_eq!(row["state"], "active");
+    assert_eq!(row["scopes"], json!(["read", "audit"]));
+    assert!(row["last_used_at"].is_string(), "{row}");
+    assert!(!listed.contains(&secret), "a list never shows a secret");
+    let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_tokens WHERE secret_hash = $1")
+        .bind(&secret)
+        .fetch_one(t.app.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(stored, 0, "the secret itself is not stored");
+
+    let id = row["id"].as_str().unwrap();
+    let (ok, out, err) = weightgate(&t, &["token", "revoke", id], None);
+    assert!(ok && out.contains("revoked"), "{out}{err}");
+    let after = call(&t, Method::GET, "/api/v1/audit/verify", Some(&secret), None).await;
+    assert_eq!(after.status(), StatusCode::UNAUTHORIZED);
+    let (ok, _, err) = weightgate(&t, &["token", "revoke", id], None);
+    assert!(!ok && err.contains("revoked already"), "{err}");
+    let (ok, _, err) = weightgate(
+        &t,
+        &[
+            "token",
+            "create",
+            "--reviewer",
+            REVIEWER,
+            "--name",
+            "x",
+            "--scopes",
+            "write",
+        ],
+        None,
+    );
+    assert!(!ok && err.contains("\"write\" is not a scope"), "{err}");
+
+    // The audit list of the API is the command's, event for event.
+    let audit = token(&t, REVIEWER, "auditor", "audit").await;
+    let page: Value = call(
+        &t,
+        Method::GET,
+        "/api/v1/audit/events?action=token.created&limit=10",
+        Some(&audit),
+        None,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let (ok, local, err) = weightgate(
+        &t,
+        &[
+            "audit",
+            "list",
+            "--action",
+            "token.created",
+            "--format",
+            "jsonl",
+            "--limit",
+            "10",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    let local: Vec<Value> = local.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(page["events"].as_array().unwrap(), &local);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_covers_every_api_route_and_validates() {
+    let t = TestApp::spawn().await;
+    let response = t.client.get(t.url("/api/v1/openapi.json")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = response.text().await.unwrap();
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        doc["openapi"]
+    );
+    let mut covered = 0;
+    for route in route_table() {
+        let Access::Token(scope) = route.access else {
+            continue;
+        };
+        let operation = &doc["paths"][route.path][route.method.as_str().to_lowercase()];
+        assert!(
+            operation.is_object(),
+            "{} {} is not in the document",
+            route.method,
+            route.path
+        );
+        assert_eq!(
+            operation["security"][0]["token"],
+            json!([scope.as_str()]),
+            "{} {} names the scope the router checks",
+            route.method,
+            route.path
+        );
+        covered += 1;
+    }
+    let documented: usize = doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|p| p.as_object().unwrap().len())
+        .sum();
+    assert_eq!(
+        documented, covered,
+        "every documented route is a route of the router"
+    );
+
+    let file = t.dir.path().join("openapi.json");
+    std::fs::write(&file, &text).unwrap();
+    match Command::new("openapi-spec-validator").arg(&file).output() {
+        Ok(out) => assert!(
+            out.status.success(),
+            "openapi-spec-validator: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must validate the OpenAPI document: openapi-spec-validator ({e}); .ci/run installs it"
+            );
+            eprintln!("NOT VALIDATED: openapi-spec-validator is not installed ({e}); .ci/run installs it");
+        }
+    }
+}
