@@ -3,7 +3,7 @@
 
 use axum::{
     extract::State,
-    http::StatusCode,
+    http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Redirect, Response},
 };
 use serde::Deserialize;
@@ -22,7 +22,8 @@ use crate::{
     domain::accounts::{self, ReviewerChange},
     domain::authz,
     domain::policy::{self, PolicyChange},
-    types::{Email, Slug, states::UnknownState},
+    domain::tokens::{self, Scope},
+    types::{Email, Slug, format_ms, now_ms, states::UnknownState},
 };
 
 /// Asks the authorization policy whether `reviewer` may manage reviewers,
@@ -419,6 +420,15 @@ pub(crate) async fn delete_template(
     Ok(Redirect::to("/admin/models#templates").into_response())
 }
 
+/// What the account page shows beside its forms.
+#[derive(Default)]
+struct AccountNotes {
+    message: String,
+    password_error: String,
+    token_error: String,
+    new_secret: String,
+}
+
 async fn account_page(
     state: &AppState,
     token: &Csrf,
@@ -426,7 +436,27 @@ async fn account_page(
     message: String,
     password_error: String,
 ) -> Result<Response, Error> {
+    account_page_with(
+        state,
+        token,
+        me,
+        AccountNotes {
+            message,
+            password_error,
+            ..AccountNotes::default()
+        },
+    )
+    .await
+}
+
+async fn account_page_with(
+    state: &AppState,
+    token: &Csrf,
+    me: &Reviewer,
+    notes: AccountNotes,
+) -> Result<Response, Error> {
     let pool = state.app.db.pool();
+    let now = now_ms();
     let mut models = Vec::new();
     for id in db::policy::models_of(pool, &me.id).await? {
         if let Some(m) = db::models::find_model(pool, &id).await? {
@@ -448,11 +478,135 @@ async fn account_page(
         } else {
             models.join(", ")
         },
-        message,
-        password_error,
+        message: notes.message,
+        password_error: notes.password_error,
         min_password: accounts::MIN_PASSWORD,
+        tokens: tokens::list(&state.app, me, false)
+            .await?
+            .into_iter()
+            .map(|t| pages::TokenRow {
+                state: t.state(now),
+                active: t.state(now) == "active",
+                scopes: t.scopes.to_string(),
+                expires: format_ms(t.expires_at),
+                last_used: t.last_used_at.map(format_ms).unwrap_or_else(|| "never".into()),
+                id: t.id,
+                name: t.name,
+            })
+            .collect(),
+        scopes: Scope::ALL
+            .iter()
+            .filter(|s| me.is_admin() || matches!(s, Scope::Read | Scope::Review))
+            .map(|s| (s.as_str(), scope_label(*s)))
+            .collect(),
+        new_secret: notes.new_secret,
+        token_error: notes.token_error,
+        max_token_days: tokens::MAX_DAYS,
     };
     render(&page)
+}
+
+fn scope_label(scope: Scope) -> &'static str {
+    match scope {
+        Scope::Read => "read: applications, grants and models you review",
+        Scope::Review => "review: read, and decide, ask, extend and revoke",
+        Scope::Admin => "admin: reviewers and models",
+        Scope::Audit => "audit: the audit log and its reports",
+    }
+}
+
+/// Makes an API token and shows its secret on the page this once (never
+/// through a redirect, so that it is not kept in the session).
+pub(crate) async fn create_token(
+    State(state): State<AppState>,
+    CurrentReviewer(me): CurrentReviewer,
+    ClientInfo(client): ClientInfo,
+    CsrfForm {
+        csrf: token,
+        fields: body,
+    }: CsrfForm<Vec<(String, String)>>,
+) -> Result<Response, Error> {
+    let field = |k: &str| {
+        body.iter()
+            .find(|(key, _)| key == k)
+            .map_or("", |(_, v)| v.as_str())
+    };
+    let scopes = body
+        .iter()
+        .filter(|(k, _)| k == "scope")
+        .map(|(_, v)| v.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    let refused = |message: String| async {
+        let notes = AccountNotes {
+            token_error: message,
+            ..AccountNotes::default()
+        };
+        let page = account_page_with(&state, &token, &me, notes).await?;
+        Ok::<_, Error>((StatusCode::UNPROCESSABLE_ENTITY, page).into_response())
+    };
+    let scopes: tokens::Scopes = match scopes.parse() {
+        Ok(scopes) => scopes,
+        Err(e) => return refused(e.to_string()).await,
+    };
+    let days = match field("days").trim().parse::<u64>() {
+        Ok(days) => days,
+        Err(_) => return refused(format!("a token lasts 1 to {} days", tokens::MAX_DAYS)).await,
+    };
+    let created = match tokens::create(&state.app, &me, field("name"), scopes, days, &me.email, client).await
+    {
+        Ok(created) => created,
+        Err(
+            err @ (domain::Error::Invalid(_) | domain::Error::Conflict(_) | domain::Error::Forbidden { .. }),
+        ) => {
+            return refused(err.to_string()).await;
+        }
+        Err(err) => return Err(err.into()),
+    };
+    let notes = AccountNotes {
+        message: format!(
+            "The token {:?} is made. Copy its secret now: it is not shown again.",
+            created.token.name
+        ),
+        new_secret: created.secret,
+        ..AccountNotes::default()
+    };
+    let mut page = account_page_with(&state, &token, &me, notes).await?;
+    page.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(page)
+}
+
+#[derive(Deserialize)]
+pub(crate) struct RevokeTokenForm {
+    #[serde(default)]
+    id: String,
+}
+
+/// Revokes one of the reviewer's tokens.
+pub(crate) async fn revoke_token(
+    State(state): State<AppState>,
+    session: Session,
+    CurrentReviewer(me): CurrentReviewer,
+    ClientInfo(client): ClientInfo,
+    CsrfForm { fields: form, .. }: CsrfForm<RevokeTokenForm>,
+) -> Result<Response, Error> {
+    if form.id.trim().is_empty() {
+        return Err(Error::BadRequest("choose a token to revoke".into()));
+    }
+    let revoked = tokens::revoke(
+        &state.app,
+        form.id.trim(),
+        tokens::RevokedBy::Reviewer(&me),
+        client,
+    )
+    .await?;
+    flash::redirect(
+        &session,
+        "/admin/account",
+        Flash::message(format!("The token {:?} is revoked.", revoked.name)),
+    )
+    .await
 }
 
 pub(crate) async fn account(

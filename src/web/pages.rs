@@ -539,6 +539,26 @@ pub(crate) struct AccountPage {
     pub(crate) message: String,
     pub(crate) password_error: String,
     pub(crate) min_password: usize,
+    /// The reviewer's API tokens, newest first.
+    pub(crate) tokens: Vec<TokenRow>,
+    /// The scopes a new token may have: (value, label).
+    pub(crate) scopes: Vec<(&'static str, &'static str)>,
+    /// The secret of the token just made, shown this once.
+    pub(crate) new_secret: String,
+    pub(crate) token_error: String,
+    pub(crate) max_token_days: u64,
+}
+
+/// An API token on the account page.
+pub(crate) struct TokenRow {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) scopes: String,
+    pub(crate) state: &'static str,
+    /// Neither revoked nor expired: it can be revoked.
+    pub(crate) active: bool,
+    pub(crate) expires: String,
+    pub(crate) last_used: String,
 }
 
 /// Human-readable byte counts.

@@ -324,6 +324,20 @@ pub fn all() -> Vec<Route> {
             Reviewer,
             manage::change_password,
         ),
+        on(
+            p.clone(),
+            "/admin/account/tokens",
+            Dashboard,
+            Reviewer,
+            manage::create_token,
+        ),
+        on(
+            p.clone(),
+            "/admin/account/tokens/revoke",
+            Dashboard,
+            Reviewer,
+            manage::revoke_token,
+        ),
         on(g.clone(), "/admin/audit", Dashboard, Admin, audit::page),
         on(
             g.clone(),

@@ -663,3 +663,90 @@ async fn the_openapi_document_covers_every_api_route_and_validates() {
         }
     }
 }
+
+both!(a_reviewer_makes_and_revokes_tokens_on_the_account_page);
+async fn a_reviewer_makes_and_revokes_tokens_on_the_account_page() {
+    let t = TestApp::spawn().await;
+    add_reviewer(&t, ASSIGNED, Some(MODEL)).await;
+    let browser = client();
+    let (status, _) = crate::dashboard::sign_in_as(&t, &browser, ASSIGNED, PASSWORD).await;
+    assert!(status.is_redirection() || status.is_success(), "{status}");
+    let (_, page) = t.get_html(&browser, "/admin/account").await;
+    assert!(
+        page.contains("value=\"review\"") && !page.contains("value=\"audit\""),
+        "only an admin's token may audit"
+    );
+
+    // A reviewer's token cannot have the audit scope, whatever the form says.
+    let refused = t
+        .post_form(
+            &browser,
+            "/admin/account",
+            "/admin/account/tokens",
+            &[("name", "sneaky"), ("scope", "audit"), ("days", "30")],
+        )
+        .await;
+    assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(refused.text().await.unwrap().contains("only an admin"));
+
+    let made = t
+        .post_form(
+            &browser,
+            "/admin/account",
+            "/admin/account/tokens",
+            &[
+                ("name", "triage script"),
+                ("scope", "read"),
+                ("scope", "review"),
+                ("days", "30"),
+            ],
+        )
+        .await;
+    assert_eq!(made.status(), StatusCode::OK);
+    assert_eq!(made.headers()["cache-control"], "no-store");
+    let page = made.text().await.unwrap();
+    let secret = between(
+        &page,
+        "id=\"new-secret\" class=\"secret\" type=\"text\" readonly value=\"",
+        "\"",
+    )
+    .to_owned();
+    assert!(secret.starts_with("wgt_"), "{secret}");
+    let (_, again) = t.get_html(&browser, "/admin/account").await;
+    assert!(
+        again.contains("triage script") && !again.contains(&secret),
+        "the secret is shown once"
+    );
+    let queue = call(&t, Method::GET, "/api/v1/applications", Some(&secret), None).await;
+    assert_eq!(queue.status(), StatusCode::OK);
+
+    // Another reviewer cannot revoke it; its owner can.
+    let id: String = sqlx::query_scalar("SELECT id FROM api_tokens WHERE name = 'triage script'")
+        .fetch_one(t.app.db.pool())
+        .await
+        .unwrap();
+    add_reviewer(&t, NOBODY, None).await;
+    let other = client();
+    crate::dashboard::sign_in_as(&t, &other, NOBODY, PASSWORD).await;
+    let theirs = t
+        .post_form(
+            &other,
+            "/admin/account",
+            "/admin/account/tokens/revoke",
+            &[("id", &id)],
+        )
+        .await;
+    assert_eq!(theirs.status(), StatusCode::NOT_FOUND);
+    let revoked = t
+        .post_form(
+            &browser,
+            "/admin/account",
+            "/admin/account/tokens/revoke",
+            &[("id", &id)],
+        )
+        .await;
+    assert_eq!(revoked.status(), StatusCode::OK);
+    assert!(revoked.text().await.unwrap().contains("is revoked"));
+    let after = call(&t, Method::GET, "/api/v1/applications", Some(&secret), None).await;
+    assert_eq!(after.status(), StatusCode::UNAUTHORIZED);
+}
