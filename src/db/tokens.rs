@@ -159,26 +159,12 @@ pub(crate) async fn kept<'c>(
     .await
 }
 
-/// Takes over a claim whose request stopped without an answer (its replica
-/// died); `false` if another request took it first.
-pub(crate) async fn take_over_key<'c>(
-    e: impl AnyExecutor<'c>,
-    token_id: &str,
-    key: &str,
-    claimed_at: i64,
-    now: i64,
-) -> sqlx::Result<bool> {
-    let done = sqlx::query(
-        "UPDATE api_idempotency SET created_at = $4
-         WHERE token_id = $1 AND idem_key = $2 AND status IS NULL AND created_at = $3",
-    )
-    .bind(token_id)
-    .bind(key)
-    .bind(claimed_at)
-    .bind(now)
-    .execute(e)
-    .await?;
-    Ok(done.rows_affected() == 1)
+/// How many keys the token holds now.
+pub(crate) async fn keys_held<'c>(e: impl AnyExecutor<'c>, token_id: &str) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM api_idempotency WHERE token_id = $1")
+        .bind(token_id)
+        .fetch_one(e)
+        .await
 }
 
 pub(crate) async fn keep_answer<'c>(

@@ -170,10 +170,18 @@ impl Token {
 }
 
 /// A token just made, with the secret that is shown this once.
-#[derive(Debug)]
 pub struct Created {
     pub token: Token,
     pub secret: String,
+}
+
+impl fmt::Debug for Created {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Created")
+            .field("token", &self.token)
+            .field("secret", &"wgt_…")
+            .finish()
+    }
 }
 
 /// Makes a token for `owner`. `actor` is who asked (the owner, or an

@@ -223,13 +223,14 @@ struct ErrorPage<'a> {
 }
 
 /// Gives every error response its body: a page when the client asked for
-/// HTML, JSON otherwise.
+/// HTML, JSON otherwise, and always JSON from the API.
 pub(crate) async fn render_errors(request: Request, next: Next) -> Response {
-    let wants_html = request
-        .headers()
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("text/html"));
+    let wants_html = !request.uri().path().starts_with("/api/")
+        && request
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("text/html"));
     let request_id = request
         .headers()
         .get("x-request-id")

@@ -478,7 +478,11 @@ pub(crate) fn router(area: Area, state: &AppState) -> Router<AppState> {
         .fold(Router::new(), |router, r| {
             let handler = match r.access {
                 Access::Token(scope) => r.handler.route_layer(axum::middleware::from_fn_with_state(
-                    (state.clone(), scope),
+                    api::Guarded {
+                        state: state.clone(),
+                        scope,
+                        route: r.path,
+                    },
                     api::guard,
                 )),
                 _ => r.handler,

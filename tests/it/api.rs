@@ -750,3 +750,218 @@ async fn a_reviewer_makes_and_revokes_tokens_on_the_account_page() {
     let after = call(&t, Method::GET, "/api/v1/applications", Some(&secret), None).await;
     assert_eq!(after.status(), StatusCode::UNAUTHORIZED);
 }
+
+both!(the_api_holds_against_a_careless_or_hostile_script);
+async fn the_api_holds_against_a_careless_or_hostile_script() {
+    let t = TestApp::spawn().await;
+    add_reviewer(&t, ASSIGNED, Some(MODEL)).await;
+    let admin_review = token(&t, REVIEWER, "review only", "review").await;
+    let audit = token(&t, REVIEWER, "auditor", "audit").await;
+    let assigned = token(&t, ASSIGNED, "assigned", "review").await;
+
+    // A researcher who applied to another model too: a reviewer of this
+    // model learns nothing of that application but that it exists.
+    let other: weightgate::types::Slug = "other-model".parse().unwrap();
+    weightgate::domain::models::create(&t.app, &other, "Other", "Terms.", "test")
+        .await
+        .unwrap();
+    let files = t.dir.path().join("other-files");
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(files.join("weights.bin"), b"other weights").unwrap();
+    weightgate::domain::models::publish(
+        &t.app,
+        &other,
+        &files,
+        Some("r1"),
+        CHUNK_SIZE,
+        "test",
+        &weightgate::domain::models::PublishProgress::quiet(),
+    )
+    .await
+    .unwrap();
+    t.apply_and_confirm("z@uni.example.edu").await;
+    let z_pending = application_of(&t, "z@uni.example.edu").await;
+    let researcher = client();
+    let secret_use = "A secret project for the other model";
+    let (status, _) = t.get_html(&researcher, "/models/other-model").await;
+    assert_eq!(status, StatusCode::OK);
+    let response = t
+        .post_form(
+            &researcher,
+            "/models/other-model",
+            "/models/other-model/apply",
+            &[
+                ("name", "Grace Hopper"),
+                ("email", "z@uni.example.edu"),
+                ("affiliation", "Navy Research Lab"),
+                ("intended_use", secret_use),
+                ("accept_terms", "on"),
+            ],
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let z = z_pending;
+    let case = call(
+        &t,
+        Method::GET,
+        &format!("/api/v1/applications/{z}"),
+        Some(&assigned),
+        None,
+    )
+    .await
+    .text()
+    .await
+    .unwrap();
+    assert!(case.contains("Compiler research"), "{case}");
+    assert!(
+        !case.contains(secret_use),
+        "another model's application is not opened: {case}"
+    );
+    let earlier: Value = serde_json::from_str(&case).unwrap();
+    assert_eq!(
+        earlier["earlier_applications"],
+        json!([]),
+        "nor listed to a reviewer of this model only"
+    );
+    let as_admin: Value = call(
+        &t,
+        Method::GET,
+        &format!("/api/v1/applications/{z}"),
+        Some(&admin_review),
+        None,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(
+        as_admin["earlier_applications"][0]["model"], "other-model",
+        "{as_admin}"
+    );
+
+    // A write whose first request stopped without an answer is not run again.
+    let token_id: String = sqlx::query_scalar("SELECT id FROM api_tokens WHERE name = 'assigned'")
+        .fetch_one(t.app.db.pool())
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO api_idempotency (token_id, idem_key, request_hash, created_at) VALUES ($1, 'lost', 'x', 0)",
+    )
+    .bind(&token_id)
+    .execute(t.app.db.pool())
+    .await
+    .unwrap();
+    let lost = t
+        .client
+        .post(t.url(&format!("/api/v1/applications/{z}/approve")))
+        .bearer_auth(&assigned)
+        .header("Idempotency-Key", "lost")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        lost.status(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "another request's key"
+    );
+    sqlx::query("UPDATE api_idempotency SET request_hash = $1 WHERE idem_key = 'lost'")
+        .bind({
+            use sha2::Digest;
+            let mut hash = sha2::Sha256::new();
+            for part in [
+                "POST".as_bytes(),
+                format!("/api/v1/applications/{z}/approve").as_bytes(),
+                b"",
+                b"{}",
+            ] {
+                hash.update((part.len() as u64).to_be_bytes());
+                hash.update(part);
+            }
+            hex::encode(hash.finalize())
+        })
+        .execute(t.app.db.pool())
+        .await
+        .unwrap();
+    let lost = t
+        .client
+        .post(t.url(&format!("/api/v1/applications/{z}/approve")))
+        .bearer_auth(&assigned)
+        .header("Idempotency-Key", "lost")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lost.status(), StatusCode::CONFLICT);
+    assert!(lost.text().await.unwrap().contains("unknown"));
+    let case: Value = call(
+        &t,
+        Method::GET,
+        &format!("/api/v1/applications/{z}"),
+        Some(&assigned),
+        None,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(case["application"]["status"], "pending", "not run again");
+
+    // Going past a model's policy needs the admin scope, not only an admin.
+    t.approved_researcher("x@uni.example.edu").await;
+    let grant = grant_of(&t, "x@uni.example.edu").await;
+    let overriding = call(
+        &t,
+        Method::POST,
+        &format!("/api/v1/grants/{grant}/extend"),
+        Some(&admin_review),
+        Some(json!({"days": 10, "override": true})),
+    )
+    .await;
+    assert_eq!(overriding.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        overriding.json::<Value>().await.unwrap()["error"],
+        "insufficient_scope"
+    );
+
+    // Ids are ids; the log names the route, not what a script put in the path.
+    let long = call(
+        &t,
+        Method::POST,
+        "/api/v1/applications/bulk",
+        Some(&assigned),
+        Some(json!({"ids": ["x".repeat(1000)], "action": "deny", "reason": "no"})),
+    )
+    .await;
+    assert_eq!(long.status(), StatusCode::BAD_REQUEST);
+    let junk = format!("/api/v1/applications/{}", "j".repeat(200));
+    assert_eq!(
+        call(&t, Method::GET, &junk, Some(&assigned), None).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    let events = t.audit_events().await;
+    assert!(
+        events.iter().filter(|e| e.action == "token.used").all(|e| !e
+            .subject
+            .as_deref()
+            .unwrap_or("")
+            .contains("jjjj")),
+        "the path's text is not in the log"
+    );
+    assert!(events.iter().any(|e| e.action == "token.used"
+        && e.subject.as_deref() == Some("token \"assigned\": GET /api/v1/applications/{id}")));
+
+    // A release that does not exist is the asker's mistake; errors are JSON
+    // even to a client that prefers HTML.
+    let missing = t
+        .client
+        .get(t.url(&format!("/api/v1/audit/who-has?model={MODEL}&release=nope")))
+        .bearer_auth(&audit)
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), StatusCode::BAD_REQUEST);
+    let body: Value = missing.json().await.unwrap();
+    assert!(body["message"].as_str().unwrap().contains("nope"), "{body}");
+}

@@ -16,6 +16,7 @@ use crate::{
         applications::{ApplicationView, QueueFilter, QueueSort},
     },
     domain::{
+        authz,
         reviews::{self, Approval, BulkDecision},
         threads,
     },
@@ -198,8 +199,17 @@ pub(crate) struct CaseFileJson {
     messages: Vec<MessageJson>,
     /// The grant this application made, once approved.
     grant: Option<super::grants::GrantJson>,
-    /// The researcher's other applications.
-    earlier_applications: Vec<ApplicationJson>,
+    /// The researcher's other applications to models the caller reviews.
+    earlier_applications: Vec<EarlierJson>,
+}
+
+/// Another application of the same researcher, named but not opened.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct EarlierJson {
+    id: String,
+    model: String,
+    status: String,
+    submitted_at: String,
 }
 
 /// One application with its answers, reviews, questions and grant.
@@ -213,6 +223,7 @@ pub(crate) async fn one(
     Path(id): Path<String>,
 ) -> Result<Json<CaseFileJson>, Error> {
     let case = reviews::case_file(&state.app, &caller.reviewer, &id).await?;
+    let visible = authz::visible_models(&state.app, &caller.reviewer).await?;
     let now = now_ms();
     Ok(Json(CaseFileJson {
         application: ApplicationJson::from(&case.application),
@@ -253,7 +264,13 @@ pub(crate) async fn one(
         earlier_applications: case
             .earlier_applications
             .iter()
-            .map(ApplicationJson::from)
+            .filter(|a| visible.as_ref().is_none_or(|ids| ids.contains(&a.model_id)))
+            .map(|a| EarlierJson {
+                id: a.id.clone(),
+                model: a.model_slug.clone(),
+                status: a.status.as_str().to_owned(),
+                submitted_at: time(a.created_at),
+            })
             .collect(),
     }))
 }
@@ -425,6 +442,11 @@ pub(crate) async fn bulk(
     ClientInfo(client): ClientInfo,
     Body(body): Body<BulkJson>,
 ) -> Result<Response, Error> {
+    if body.ids.iter().any(|id| id.is_empty() || id.len() > 64) {
+        return Err(Error::BadRequest(
+            "an application id has 1 to 64 characters".into(),
+        ));
+    }
     let reason = body.reason.unwrap_or_default();
     let decision = match body.action.as_str() {
         "approve" => BulkDecision::Approve {

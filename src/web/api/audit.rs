@@ -224,15 +224,20 @@ pub(crate) struct DownloadJson {
     pub(crate) addresses: i64,
 }
 
+/// A report's failure: the database's is the portal's; any other (no such
+/// model, no such release) is the asker's mistake.
 fn report_error(e: anyhow::Error) -> Error {
-    // A model named that does not exist is the asker's mistake.
-    let text = format!("{e:#}");
-    if text.starts_with("no model") {
-        Error::BadRequest(text)
-    } else {
+    if e.chain().any(|cause| cause.is::<sqlx::Error>()) {
         Error::from(e)
+    } else {
+        Error::BadRequest(format!("{e:#}"))
     }
 }
+
+/// One verification at a time on each replica: each walks the log from the
+/// newest witnessed checkpoint, and runs to its end once started.
+static VERIFYING: std::sync::LazyLock<std::sync::Arc<tokio::sync::Semaphore>> =
+    std::sync::LazyLock::new(|| std::sync::Arc::new(tokio::sync::Semaphore::new(1)));
 
 /// Downloads per researcher and model, from the report totals.
 #[utoipa::path(get, path = "/api/v1/audit/downloads", operation_id = "auditDownloads", tag = "audit",
@@ -393,7 +398,9 @@ pub(crate) async fn anomalies(
             "access_url_networks",
         )?,
     };
-    let found = report::anomalies(&state.app.db, &thresholds).await?;
+    let found = report::anomalies(&state.app.db, &thresholds)
+        .await
+        .map_err(report_error)?;
     Ok(Json(
         found
             .into_iter()
@@ -445,10 +452,22 @@ pub(crate) async fn verify(
     // Run on its own task: the walk holds borrows across awaits that the
     // compiler cannot prove `Send` for every lifetime a handler's future
     // needs, but can for a spawned task's.
+    let permit = VERIFYING
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| Error::TooManyRequests {
+            limit: "audit_verifications",
+            what: "A verification of the audit log is running on this replica",
+            retry_after: std::time::Duration::from_secs(10),
+        })?;
     let app = state.app.clone();
-    let v = tokio::spawn(async move { app.verify_audit_log().await })
-        .await
-        .map_err(|e| Error::Internal(e.into()))??;
+    let v = tokio::spawn(async move {
+        let verified = app.verify_audit_log().await;
+        drop(permit);
+        verified
+    })
+    .await
+    .map_err(|e| Error::Internal(e.into()))??;
     Ok(Json(VerificationJson {
         intact: v.is_intact(),
         events: v.events,

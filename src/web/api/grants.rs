@@ -12,7 +12,7 @@ use crate::{
         grants::{self, GrantState},
         renewals,
     },
-    types::now_ms,
+    types::{now_ms, states::Scope},
     web::{
         AppState, ClientInfo, Error,
         extract::{Path, Query},
@@ -123,7 +123,7 @@ pub(crate) async fn list(
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct GrantDetail {
     grant: GrantJson,
-    /// The grant's events in the audit log, oldest first (at most 1,000).
+    /// The grant's events in the audit log, newest first (at most 1,000).
     history: Vec<EventJson>,
 }
 
@@ -159,7 +159,7 @@ pub(crate) struct ExtendJson {
     /// Days added to the grant's end (1 to 365).
     days: u64,
     /// An admin's override of the model's approval policy (also extends a
-    /// grant that has ended).
+    /// grant that has ended); the token needs the `admin` scope too.
     #[serde(default, rename = "override")]
     override_policy: bool,
 }
@@ -191,6 +191,10 @@ pub(crate) async fn extend(
     let app = &state.app;
     grants::manageable(app, &caller.reviewer, &id).await?;
     let by = if body.override_policy {
+        // Going past a model's policy is an admin's power: the token must
+        // carry it too, not only its owner.
+        authz::token_may(&caller.reviewer, caller.token.scopes.as_slice(), Scope::Admin)
+            .map_err(crate::domain::Error::from)?;
         authz::reviewer_may(app, &caller.reviewer, ReviewerAction::OverridePolicy).await?;
         renewals::ExtendBy::Override {
             actor: &caller.reviewer.email,

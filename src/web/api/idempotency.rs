@@ -4,8 +4,15 @@
 //! given again, byte for byte and marked `Idempotent-Replayed: true`, to the
 //! same request sent again. The same key with a different request is
 //! refused (422), and while the first is still running a second waits its
-//! turn (409, try again). An answer that is an error is not kept: the
-//! request changed nothing, so sending it again may do what it asks.
+//! turn (409, try again).
+//!
+//! Once claimed, the request runs to its end on its own task, so that a
+//! client that hangs up cannot stop it between its change and the keeping
+//! of its answer. An answer that is a client error (4xx) is not kept: the
+//! request changed nothing, so sending it again may do what it asks. A
+//! claim left without an answer (the replica stopped, or the portal failed
+//! after the change may have been made) is never run again: its outcome is
+//! unknown, and the same key is answered 409 saying so until it expires.
 
 use axum::{
     body::{Body, Bytes, to_bytes},
@@ -24,10 +31,14 @@ const REPLAYED: &str = "idempotent-replayed";
 /// How long a key and its answer are kept.
 pub(crate) const KEPT_MS: i64 = 86_400_000;
 /// A claim older than this without an answer belongs to a request that
-/// stopped (its replica died); a new request may take it over.
+/// stopped without one.
 const ABANDONED_MS: i64 = 10 * 60_000;
-/// The largest answer kept; the API's writes answer in a few kilobytes.
-const MAX_KEPT: usize = 1024 * 1024;
+/// The largest answer kept. The largest write answer (a bulk decision of
+/// 200 applications) takes about 100 KiB.
+const MAX_KEPT: usize = 256 * 1024;
+/// Keys one token may hold at once (each kept a day): with [`MAX_KEPT`], a
+/// bound on what one token can make the database keep.
+const MAX_KEYS_PER_TOKEN: i64 = 1_000;
 
 /// Runs a write, once per key when it carries one.
 pub(crate) async fn run(state: &AppState, request: Request, next: Next) -> Response {
@@ -91,40 +102,57 @@ async fn once(state: &AppState, request: Request, next: Next) -> Result<Response
             )
             .into_response());
         }
-        match (kept.status, kept.body) {
-            (Some(status), Some(body)) => return Ok(replay(status, body)),
-            _ if now - kept.created_at > ABANDONED_MS => {
-                if !db::tokens::take_over_key(pool, token_id, &key, kept.created_at, now)
-                    .await
-                    .map_err(internal)?
-                {
-                    return Err(in_progress());
+        return match (kept.status, kept.body) {
+            (Some(status), Some(body)) => Ok(replay(status, body)),
+            _ if now - kept.created_at > ABANDONED_MS => Err(Error::Conflict(
+                "the first request with this Idempotency-Key stopped without an answer, so whether it was done \
+                 is unknown; look at the record, then use a new key"
+                    .into(),
+            )
+            .into_response()),
+            _ => Err(in_progress()),
+        };
+    }
+    if db::tokens::keys_held(pool, token_id).await.map_err(internal)? > MAX_KEYS_PER_TOKEN {
+        let _ = db::tokens::release_key(pool, token_id, &key).await;
+        return Err(Error::TooManyRequests {
+            limit: "idempotency_keys_per_token",
+            what: "This token holds too many Idempotency-Keys (each is kept a day)",
+            retry_after: std::time::Duration::from_secs(3600),
+        }
+        .into_response());
+    }
+    let pool = pool.clone();
+    let token_id = token_id.to_owned();
+    let request = Request::from_parts(parts, Body::from(body));
+    // On its own task: a client hanging up cancels this future, not the write.
+    let done = tokio::spawn(async move {
+        let response = next.run(request).await;
+        let (parts, body) = response.into_parts();
+        let body = to_bytes(body, MAX_KEPT).await;
+        let status = parts.status;
+        let kept = match &body {
+            Ok(body) if status.is_success() => match std::str::from_utf8(body) {
+                Ok(text) => {
+                    db::tokens::keep_answer(&pool, &token_id, &key, i64::from(status.as_u16()), text).await
                 }
-            }
-            _ => return Err(in_progress()),
+                Err(_) => Ok(()),
+            },
+            _ if status.is_client_error() => db::tokens::release_key(&pool, &token_id, &key).await,
+            // A failure of the portal's own: the change may have been made.
+            _ => Ok(()),
+        };
+        if let Err(e) = kept {
+            tracing::warn!(error = %e, "cannot keep the answer to an idempotent request");
         }
-    }
-    let response = next.run(Request::from_parts(parts, Body::from(body))).await;
-    let (parts, body) = response.into_parts();
-    let body = match to_bytes(body, MAX_KEPT).await {
-        Ok(body) => body,
-        Err(e) => {
-            let _ = db::tokens::release_key(pool, token_id, &key).await;
-            return Err(Error::Internal(anyhow::anyhow!("cannot keep an answer: {e}")).into_response());
+        match body {
+            Ok(body) => Response::from_parts(parts, Body::from(body)),
+            Err(e) => Error::Internal(anyhow::anyhow!("an answer larger than {MAX_KEPT} bytes: {e}"))
+                .into_response(),
         }
-    };
-    let kept = match (parts.status.is_success(), std::str::from_utf8(&body)) {
-        (true, Ok(text)) => {
-            db::tokens::keep_answer(pool, token_id, &key, i64::from(parts.status.as_u16()), text).await
-        }
-        _ => db::tokens::release_key(pool, token_id, &key).await,
-    };
-    if let Err(e) = kept {
-        // The write is done; only its replay is lost. A retry would then
-        // find the key claimed without an answer and be told to wait.
-        tracing::warn!(error = %e, "cannot keep the answer to an idempotent request");
-    }
-    Ok(Response::from_parts(parts, Body::from(body)))
+    });
+    done.await
+        .map_err(|e| Error::Internal(anyhow::anyhow!("an idempotent request failed: {e}")).into_response())
 }
 
 fn in_progress() -> Response {

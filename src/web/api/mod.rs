@@ -69,23 +69,34 @@ const NO_TOKEN: &str = "this API needs a token: send `Authorization: Bearer wgt_
 const NOT_ACCEPTED: &str = "this token is not accepted: it is unknown, revoked or expired, or its owner's account \
      is disabled";
 
+/// What [`guard`] knows of the route it guards.
+#[derive(Clone)]
+pub(crate) struct Guarded {
+    pub(crate) state: AppState,
+    /// The scope the route table names.
+    pub(crate) scope: Scope,
+    /// The route as the table writes it (`/api/v1/grants/{id}`): what the
+    /// audit log names, so that a request's own path cannot add text to it.
+    pub(crate) route: &'static str,
+}
+
 /// Lets a request through to an API route that needs `scope`, or answers it.
 pub(crate) async fn guard(
-    State((state, scope)): State<(AppState, Scope)>,
+    State(Guarded { state, scope, route }): State<Guarded>,
     request: Request,
     next: Next,
 ) -> Response {
-    match admit(&state, scope, request).await {
+    match admit(&state, scope, route, request).await {
         Ok(request) if request.method() == Method::POST => idempotency::run(&state, request, next).await,
         Ok(request) => next.run(request).await,
         Err(err) => err.into_response(),
     }
 }
 
-async fn admit(state: &AppState, scope: Scope, request: Request) -> Result<Request, Error> {
+async fn admit(state: &AppState, scope: Scope, route: &str, request: Request) -> Result<Request, Error> {
     let (mut parts, body) = request.into_parts();
     let ClientInfo(client) = ClientInfo::of(&parts, &state.app.config);
-    let what = format!("{} {}", parts.method, parts.uri.path());
+    let what = format!("{} {route}", parts.method);
     let secret = bearer(&parts.headers).ok_or_else(|| Error::Unauthorized(NO_TOKEN.into()))?;
     let network = client.network();
     if let Some(retry_after) = state.limits.bad_tokens_per_address.refusing(&network) {
