@@ -807,6 +807,20 @@ pub(crate) enum AnomalyKind {
 }
 
 impl AnomalyKind {
+    /// The kind `as_str` names.
+    pub(crate) fn parse(text: &str) -> Option<Self> {
+        [
+            AnomalyKind::ManyAddresses,
+            AnomalyKind::Burst,
+            AnomalyKind::AfterRevocation,
+            AnomalyKind::BadSignatures,
+            AnomalyKind::FailedSignIns,
+            AnomalyKind::SharedAccessUrl,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == text)
+    }
+
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             AnomalyKind::ManyAddresses => "many-addresses",

@@ -503,6 +503,21 @@ async fn list(
     filter.after_seq = after;
     filter.before_seq = before;
     let events = db::audit::list(db.pool(), &filter).await?;
+    let archived = db::archives::newest(db.pool())
+        .await?
+        .map(|a| (a.last_seq, a.last_at));
+    print_list(&events, listing, limit, after, archived)
+}
+
+/// Prints a page of events as `audit list` does, locally or from a portal;
+/// `archived` is the last archived event's position and time.
+pub(super) fn print_list(
+    events: &[EventRow],
+    listing: Listing,
+    limit: i64,
+    after: Option<i64>,
+    archived: Option<(i64, i64)>,
+) -> anyhow::Result<()> {
     let format = listing.kind;
     // Fitting a terminal, what goes first is what the other columns or a
     // `--grant` query already say; seq, time, action, outcome (with its
@@ -516,14 +531,13 @@ async fn list(
         .and_then(|()| out.finish());
     output::until_closed(printed)?;
     if format == Format::Table
-        && let Some(archived) = db::archives::newest(db.pool()).await?
-        && events.first().is_none_or(|e| e.seq > archived.last_seq)
+        && let Some((last_seq, last_at)) = archived
+        && events.first().is_none_or(|e| e.seq > last_seq)
     {
         eprintln!(
-            "events 1 to {} (to {} UTC) are archived, and not listed: `weightgate audit export --archived` \
+            "events 1 to {last_seq} (to {} UTC) are archived, and not listed: `weightgate audit export --archived` \
              reads them back",
-            archived.last_seq,
-            format_ms(archived.last_at)
+            format_ms(last_at)
         );
     }
     if format == Format::Table && events.len() as i64 == limit {
@@ -873,6 +887,11 @@ async fn sign_checkpoint(app: &App, export: Option<PathBuf>, format: Format) -> 
 
 async fn downloads(db: &Db, model: Option<String>, format: Listing) -> anyhow::Result<()> {
     let rows = report::downloads(db, model.as_deref()).await?;
+    print_downloads(&rows, format);
+    Ok(())
+}
+
+pub(super) fn print_downloads(rows: &[report::DownloadSummary], format: Listing) {
     output::print(
         format,
         &output::Columns {
@@ -913,11 +932,15 @@ async fn downloads(db: &Db, model: Option<String>, format: Listing) -> anyhow::R
             )
         }),
     );
-    Ok(())
 }
 
 async fn who_has(db: &Db, model: &str, release: Option<&str>, format: Listing) -> anyhow::Result<()> {
     let holders = report::who_has(db, model, release).await?;
+    print_holders(&holders, format);
+    Ok(())
+}
+
+pub(super) fn print_holders(holders: &[report::Holder], format: Listing) {
     output::print(
         format,
         &output::Columns {
@@ -950,7 +973,6 @@ async fn who_has(db: &Db, model: &str, release: Option<&str>, format: Listing) -
             )
         }),
     );
-    Ok(())
 }
 
 /// Addresses of a grant a table row shows; JSON lines carry them all.
@@ -958,6 +980,19 @@ const SHOWN_ADDRESSES: usize = 4;
 
 async fn anomalies(db: &Db, thresholds: &Thresholds, format: Listing) -> anyhow::Result<()> {
     let found = report::anomalies(db, thresholds).await?;
+    let archived = db::archives::newest(db.pool())
+        .await?
+        .map(|a| (a.last_seq, a.last_at));
+    print_anomalies(&found, thresholds.since_ms, archived, format);
+    Ok(())
+}
+
+pub(super) fn print_anomalies(
+    found: &[report::Anomaly],
+    since_ms: i64,
+    archived: Option<(i64, i64)>,
+    format: Listing,
+) {
     output::print(
         format,
         &output::Columns {
@@ -1006,19 +1041,18 @@ async fn anomalies(db: &Db, thresholds: &Thresholds, format: Listing) -> anyhow:
         eprintln!("nothing above the thresholds");
     }
     if format.kind == Format::Table
-        && let Some(archived) = db::archives::newest(db.pool()).await?
-        && thresholds.since_ms <= archived.last_at
+        && let Some((last_seq, last_at)) = archived
+        && since_ms <= last_at
     {
         // Totals were folded before the events left; what is read from the
         // log itself is not there any more.
         eprintln!(
             "events 1 to {} (to {} UTC) are archived: they are counted above, but bursts among them are not \
              looked for, and a --since among them counts from the next whole hour",
-            archived.last_seq,
-            format_ms(archived.last_at)
+            last_seq,
+            format_ms(last_at)
         );
     }
-    Ok(())
 }
 
 fn write_events(out: &mut Printer, format: Format, events: &[EventRow]) -> std::io::Result<()> {

@@ -4,6 +4,7 @@
 mod audit;
 mod demo;
 mod output;
+mod remote;
 
 use std::{io::Read, path::PathBuf, sync::Arc};
 
@@ -33,6 +34,19 @@ pub struct Cli {
     /// or a name); the operating-system account is recorded beside it.
     #[arg(long = "as", env = "WEIGHTGATE_OPERATOR", global = true, value_name = "NAME")]
     pub(crate) operator: Option<String>,
+    /// A portal to run the audit commands against, instead of its
+    /// database: its address, e.g. https://weights.lab.example.org.
+    #[arg(long, env = "WEIGHTGATE_URL", global = true, value_name = "URL")]
+    pub(crate) url: Option<String>,
+    /// The API token (`audit` scope) for --url.
+    #[arg(
+        long,
+        env = "WEIGHTGATE_TOKEN",
+        global = true,
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub(crate) token: Option<String>,
     #[command(subcommand)]
     pub(crate) command: Command,
 }
@@ -330,6 +344,8 @@ pub fn parse() -> Cli {
         return Cli {
             config: Config::embedded("."),
             operator: None,
+            url: None,
+            token: None,
             command: Command::Download(DownloadArgs::parse_from(
                 std::iter::once("weightgate download".into()).chain(args[2..].iter().cloned()),
             )),
@@ -448,7 +464,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Keys(cmd) => keys(App::open(cli.config, Schema::Check).await?, cmd).await,
         Command::Token(cmd) => token(App::open(cli.config, Schema::Check).await?, cmd).await,
-        Command::Audit(cmd) => audit::run(App::open(cli.config, Schema::Check).await?, cmd).await,
+        Command::Audit(cmd) => match (cli.url, cli.token) {
+            (Some(url), Some(token)) => remote::run(remote::Remote::new(&url, &token)?, cmd).await,
+            (Some(_), None) => {
+                anyhow::bail!("--url needs --token (or WEIGHTGATE_TOKEN): a token with the audit scope")
+            }
+            (None, _) => audit::run(App::open(cli.config, Schema::Check).await?, cmd).await,
+        },
     }
 }
 

@@ -36,6 +36,7 @@ use tower_http::{
 };
 use tower_sessions::{Expiry, SessionManagerLayer, cookie::SameSite};
 
+pub(crate) use api::audit as api_json;
 pub(crate) use error::Error;
 pub use routes::{Access, Area, Route, all as route_table};
 

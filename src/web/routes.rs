@@ -459,6 +459,13 @@ pub fn all() -> Vec<Route> {
             api::audit::verify,
         ),
         on(
+            g.clone(),
+            "/api/v1/audit/checkpoints",
+            Api,
+            Token(Scope::Audit),
+            api::audit::checkpoints,
+        ),
+        on(
             g,
             "/api/v1/reviewers",
             Api,

@@ -965,3 +965,90 @@ async fn the_api_holds_against_a_careless_or_hostile_script() {
     let body: Value = missing.json().await.unwrap();
     assert!(body["message"].as_str().unwrap().contains("nope"), "{body}");
 }
+
+both!(an_auditor_runs_the_audit_commands_from_a_laptop_with_a_token);
+async fn an_auditor_runs_the_audit_commands_from_a_laptop_with_a_token() {
+    let t = TestApp::spawn().await;
+    let access = t.approved_researcher("x@uni.example.edu").await;
+    let dir = t.dir.path().join("fetched");
+    download_with_client(&access, &dir, &[]);
+    let (ok, _, err) = weightgate(&t, &["audit", "checkpoint"], None);
+    assert!(ok, "{err}");
+    let audit = token(&t, REVIEWER, "laptop", "audit").await;
+    let (ok, key, err) = weightgate(&t, &["audit", "public-key"], None);
+    assert!(ok, "{err}");
+    let public_key = key.split_whitespace().next().unwrap().to_owned();
+
+    // The remote commands have no database: a wrong one in reach proves it.
+    let remote_env = [
+        ("WEIGHTGATE_URL", t.base.clone()),
+        ("WEIGHTGATE_TOKEN", audit.clone()),
+        (
+            "WEIGHTGATE_DATABASE_URL",
+            "postgres://nobody@127.0.0.1:1/nothing".to_owned(),
+        ),
+        ("WEIGHTGATE_DATA_DIR", "/nonexistent/weightgate".to_owned()),
+    ];
+    let remote = |args: &[&str]| crate::cli::weightgate_with(&t, args, None, &remote_env);
+    for args in [
+        &["audit", "list", "--format", "jsonl", "--limit", "5000"][..],
+        &["audit", "list", "--action", "file.fetch", "--format", "csv"],
+        &[
+            "audit",
+            "list",
+            "--researcher",
+            "x@uni.example.edu",
+            "--limit",
+            "3",
+        ],
+        &["audit", "downloads", "--format", "jsonl"],
+        &["audit", "downloads", "--model", MODEL],
+        &["audit", "who-has", MODEL, "--format", "jsonl"],
+        &["audit", "anomalies", "--format", "jsonl", "--max-addresses", "0"],
+    ] {
+        let (ok, local, err) = weightgate(&t, args, None);
+        assert!(ok, "{args:?}: {err}");
+        let (ok, from_afar, err) = remote(args);
+        assert!(ok, "{args:?} against the portal: {err}");
+        // The local list was read before the remote one used the token,
+        // whose use the log records; compare what both could see.
+        let local_lines: Vec<&str> = local.lines().filter(|l| !l.contains("token.used")).collect();
+        let remote_lines: Vec<&str> = from_afar.lines().filter(|l| !l.contains("token.used")).collect();
+        assert_eq!(remote_lines, local_lines, "{args:?}");
+        assert!(!local_lines.is_empty(), "{args:?} printed something");
+    }
+    let (ok, verified, err) = remote(&["audit", "verify", "--public-key", &public_key]);
+    assert!(ok, "{err}");
+    assert!(
+        verified.contains("intact (checked on this machine)"),
+        "{verified}"
+    );
+    assert!(
+        verified.contains("checkpoint(s) signed by the key(s) you trust"),
+        "{verified}"
+    );
+    let (ok, _, err) = remote(&["audit", "verify"]);
+    assert!(
+        !ok && err.contains("--public-key"),
+        "a remote verify needs a key of its own: {err}"
+    );
+    let (ok, _, err) = remote(&["audit", "archive", "--before", "1d"]);
+    assert!(!ok && err.contains("needs the database"), "{err}");
+
+    // An insider rewrites an event: the auditor's machine sees it, whatever
+    // the portal says of itself.
+    crate::audit::set_subject(&t, "someone else", "seq = 3").await;
+    let (ok, _, err) = remote(&["audit", "verify", "--public-key", &public_key]);
+    assert!(!ok, "a rewritten event is found");
+    assert!(err.contains("event 3 was modified"), "{err}");
+
+    // A token without the audit scope reads nothing of the log.
+    let reader = token(&t, REVIEWER, "reader", "read").await;
+    let (ok, _, err) = crate::cli::weightgate_with(
+        &t,
+        &["audit", "list"],
+        None,
+        &[("WEIGHTGATE_URL", t.base.clone()), ("WEIGHTGATE_TOKEN", reader)],
+    );
+    assert!(!ok && err.contains("403"), "{err}");
+}

@@ -144,6 +144,8 @@ pub(crate) struct EventPage {
     /// The last event moved to an archived segment (0 when none was):
     /// events up to it are not in this list.
     pub(crate) archived_through: i64,
+    /// When that event was written (Unix milliseconds).
+    pub(crate) archived_through_at: Option<i64>,
 }
 
 fn time_param(text: Option<&str>, name: &str) -> Result<Option<i64>, Error> {
@@ -191,10 +193,11 @@ pub(crate) async fn events(
     filter.after_seq = q.after;
     filter.before_seq = q.before;
     let events = db::audit::list(pool, &filter).await?;
-    let archived_through = db::archives::newest(pool).await?.map_or(0, |a| a.last_seq);
+    let archived = db::archives::newest(pool).await?;
     Ok(Json(EventPage {
         events: events.iter().map(EventJson::from).collect(),
-        archived_through,
+        archived_through: archived.as_ref().map_or(0, |a| a.last_seq),
+        archived_through_at: archived.map(|a| a.last_at),
     }))
 }
 
@@ -478,4 +481,121 @@ pub(crate) async fn verify(
         archived_segments: v.archived_segments,
         problems: v.problems.iter().map(ToString::to_string).collect(),
     }))
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct CheckpointParams {
+    /// Checkpoints after this position (with `after_id`, after this one).
+    after_seq: Option<i64>,
+    after_id: Option<String>,
+    /// At most this many (1 to 1,000, 1,000 by default).
+    limit: Option<i64>,
+}
+
+/// A signed checkpoint: the portal's key signs the lines
+/// `weightgate-audit-checkpoint-v1`, the position, the hash and the time.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct CheckpointJson {
+    pub(crate) id: String,
+    pub(crate) seq: i64,
+    pub(crate) hash: String,
+    pub(crate) at: i64,
+    /// The signing key's id.
+    pub(crate) kid: String,
+    /// The Ed25519 signature, hex.
+    pub(crate) signature: String,
+}
+
+/// The signed checkpoints of the chain, in order, for an auditor who checks
+/// the events on their own machine against a key they already trust.
+#[utoipa::path(get, path = "/api/v1/audit/checkpoints", operation_id = "listAuditCheckpoints", tag = "audit",
+    params(CheckpointParams),
+    responses((status = 200, body = Vec<CheckpointJson>), (status = 400, body = doc::ErrorJson)),
+    security(("token" = ["audit"])))]
+pub(crate) async fn checkpoints(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Query(q): Query<CheckpointParams>,
+) -> Result<Json<Vec<CheckpointJson>>, Error> {
+    let limit = match q.limit {
+        None => 1000,
+        Some(n) if (1..=1000).contains(&n) => n,
+        Some(_) => return Err(Error::BadRequest("limit is 1 to 1000".into())),
+    };
+    let after_id = q.after_id.unwrap_or_default();
+    let page = db::audit::checkpoints_page(
+        state.app.db.pool(),
+        (q.after_seq.unwrap_or(0), after_id.as_str()),
+        limit,
+    )
+    .await?;
+    Ok(Json(
+        page.into_iter()
+            .map(|c| CheckpointJson {
+                id: c.id,
+                seq: c.seq,
+                hash: c.hash,
+                at: c.at,
+                kid: c.kid,
+                signature: c.signature,
+            })
+            .collect(),
+    ))
+}
+
+impl From<DownloadJson> for report::DownloadSummary {
+    fn from(d: DownloadJson) -> Self {
+        Self {
+            researcher: d.researcher,
+            researcher_id: d.researcher_id,
+            model: d.model,
+            files_complete: d.files_complete,
+            files_total: d.files_total,
+            bytes: d.bytes,
+            fetches: d.fetches,
+            refused: d.refused,
+            first_fetch: d.first_fetch,
+            last_fetch: d.last_fetch,
+            addresses: d.addresses,
+        }
+    }
+}
+
+impl From<HolderJson> for report::Holder {
+    fn from(h: HolderJson) -> Self {
+        Self {
+            researcher: h.researcher,
+            researcher_id: h.researcher_id,
+            model: h.model,
+            release: h.release,
+            files: h.files,
+            bytes: h.bytes,
+            completed_at: h.completed_at,
+        }
+    }
+}
+
+impl TryFrom<AnomalyJson> for report::Anomaly {
+    type Error = anyhow::Error;
+
+    fn try_from(a: AnomalyJson) -> anyhow::Result<Self> {
+        Ok(Self {
+            kind: report::AnomalyKind::parse(&a.kind).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the portal reports an anomaly of a kind this version does not know: {}",
+                    a.kind
+                )
+            })?,
+            grant_id: a.grant_id,
+            researcher: a.researcher,
+            model: a.model,
+            client_ip: a.client_ip,
+            count: a.count,
+            detail: a.detail,
+            first_at: a.first_at,
+            last_at: a.last_at,
+            addresses: a.addresses,
+        })
+    }
 }

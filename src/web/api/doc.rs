@@ -39,6 +39,7 @@ use super::{applications, audit, grants, models, reviewers};
         audit::who_has,
         audit::anomalies,
         audit::verify,
+        audit::checkpoints,
         reviewers::list,
     ),
     modifiers(&TokenAuth),
