@@ -37,6 +37,22 @@ impl fmt::Display for Rate {
     }
 }
 
+/// The default retry schedule of the Standard Webhooks specification's
+/// reference: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (a day and more).
+pub const DEFAULT_WEBHOOK_RETRIES: &str = "5s,5m,30m,2h,5h,10h,10h";
+
+/// A retry schedule: the waits before each retry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retries(pub Vec<Duration>);
+
+/// Parses a retry schedule: durations separated by commas.
+pub fn parse_retries(text: &str) -> Result<Retries, String> {
+    text.split(',')
+        .map(|d| humantime::parse_duration(d.trim()).map_err(|e| format!("{d:?} is not a duration: {e}")))
+        .collect::<Result<Vec<_>, _>>()
+        .map(Retries)
+}
+
 #[derive(Args, Clone)]
 #[command(next_help_heading = "Settings (each also a WEIGHTGATE_* variable)")]
 pub struct Config {
@@ -205,6 +221,32 @@ pub struct Config {
     /// download reports read (a report folds what is left itself).
     #[arg(long, env = "WEIGHTGATE_REPORTS_EVERY", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
     pub reports_every: Duration,
+
+    /// How often a running portal reads new audit events into webhook
+    /// messages and sends those that are due.
+    #[arg(long, env = "WEIGHTGATE_WEBHOOK_EVERY", default_value = "2s", value_parser = humantime::parse_duration, global = true)]
+    pub webhook_every: Duration,
+
+    /// The waits between attempts at a webhook message the receiver did not
+    /// take, as durations separated by commas; when all are spent the
+    /// subscription is disabled and its owner e-mailed.
+    #[arg(long, env = "WEIGHTGATE_WEBHOOK_RETRIES", default_value = DEFAULT_WEBHOOK_RETRIES, value_parser = parse_retries, global = true)]
+    pub webhook_retries: Retries,
+
+    /// How long a webhook receiver has to answer.
+    #[arg(long, env = "WEIGHTGATE_WEBHOOK_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration, global = true)]
+    pub webhook_timeout: Duration,
+
+    /// Let webhooks call endpoints on loopback, private and link-local
+    /// addresses (refused by default, so that a subscription cannot make the
+    /// portal reach into its own network).
+    #[arg(
+        long,
+        env = "WEIGHTGATE_WEBHOOK_ALLOW_PRIVATE",
+        default_value_t = false,
+        global = true
+    )]
+    pub webhook_allow_private: bool,
 
     /// How long before a grant expires its researcher gets a reminder by e-mail.
     #[arg(long, env = "WEIGHTGATE_EXPIRY_REMINDER", default_value = "7days", value_parser = humantime::parse_duration, global = true)]
@@ -514,6 +556,10 @@ impl fmt::Debug for Config {
             .field("max_connections_per_address", &self.max_connections_per_address)
             .field("audit_checkpoint_every", &self.audit_checkpoint_every)
             .field("reports_every", &self.reports_every)
+            .field("webhook_every", &self.webhook_every)
+            .field("webhook_retries", &self.webhook_retries)
+            .field("webhook_timeout", &self.webhook_timeout)
+            .field("webhook_allow_private", &self.webhook_allow_private)
             .field("expiry_reminder", &self.expiry_reminder)
             .field("notices_every", &self.notices_every)
             .field(
@@ -544,6 +590,12 @@ impl fmt::Debug for Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn webhook_retry_schedules_are_read_and_checked() {
+        assert_eq!(parse_retries(DEFAULT_WEBHOOK_RETRIES).unwrap().0.len(), 7);
+        assert!(parse_retries("5s,soon").is_err());
+    }
 
     fn with_storage(url: Option<&str>) -> Config {
         let mut config = Config::embedded("/srv/wg");

@@ -18,6 +18,7 @@ pub mod storage;
 mod telemetry;
 pub mod types;
 pub mod web;
+pub mod webhooks;
 
 #[cfg(test)]
 mod architecture {

@@ -61,6 +61,12 @@ stored_as_text! {
         /// A request to the API with a token, let through or refused; the
         /// events of what it did share its request id.
         TokenUsed = "token.used",
+        WebhookSubscribed = "webhook.subscribed",
+        WebhookRemoved = "webhook.removed",
+        WebhookSecretRotated = "webhook.secret_rotated",
+        WebhookEnabled = "webhook.enabled",
+        /// A message sent again on a person's request.
+        WebhookResent = "webhook.resent",
     }
 }
 

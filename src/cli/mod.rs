@@ -87,6 +87,51 @@ pub(crate) enum Command {
     /// Make, list and revoke API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Manage webhook subscriptions and read their delivery logs.
+    #[command(subcommand)]
+    Webhook(WebhookCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum WebhookCommand {
+    /// Subscribe an endpoint to event types, as a reviewer (it hears of the
+    /// models they review; of every model for an admin); prints the
+    /// subscription's signing secret, once, on standard output.
+    Add {
+        #[arg(long)]
+        reviewer: String,
+        #[arg(long)]
+        url: String,
+        /// Event types, comma-separated: application.submitted,
+        /// application.confirmed, application.decided, grant.created,
+        /// grant.extended, grant.revoked, grant.expired, release.published,
+        /// file.delivered.
+        #[arg(long)]
+        events: String,
+    },
+    /// List subscriptions.
+    List {
+        /// Only this reviewer's.
+        #[arg(long)]
+        reviewer: Option<String>,
+        #[command(flatten)]
+        format: Listing,
+    },
+    /// Remove a subscription with its messages and delivery log.
+    Remove { id: String },
+    /// Give a subscription a new secret (printed); the old one signs beside
+    /// it for a day.
+    Rotate { id: String },
+    /// Enable a subscription that was disabled after failing deliveries.
+    Enable { id: String },
+    /// A subscription's delivery log: each attempt and the answer received.
+    Deliveries {
+        id: String,
+        #[command(flatten)]
+        format: Listing,
+    },
+    /// Send a message again, with the same webhook-id.
+    Resend { message_id: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -464,6 +509,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Keys(cmd) => keys(App::open(cli.config, Schema::Check).await?, cmd).await,
         Command::Token(cmd) => token(App::open(cli.config, Schema::Check).await?, cmd).await,
+        Command::Webhook(cmd) => webhook(App::open(cli.config, Schema::Check).await?, cmd).await,
         Command::Audit(cmd) => match (cli.url, cli.token) {
             (Some(url), Some(token)) => remote::run(remote::Remote::new(&url, &token)?, cmd).await,
             (Some(_), None) => {
@@ -616,6 +662,120 @@ async fn token(app: Arc<App>, cmd: TokenCommand) -> anyhow::Result<()> {
             let token =
                 tokens::revoke(&app, &id, RevokedBy::Operator(&operator()), Client::default()).await?;
             println!("token {} ({:?}) is revoked", token.id, token.name);
+        }
+    }
+    Ok(())
+}
+
+async fn webhook(app: Arc<App>, cmd: WebhookCommand) -> anyhow::Result<()> {
+    use crate::domain::webhooks::{self, By};
+    let by = operator();
+    match cmd {
+        WebhookCommand::Add {
+            reviewer,
+            url,
+            events,
+        } => {
+            let owner = find_reviewer(&app, &reviewer).await?;
+            let types = webhooks::parse_types(&events)?;
+            let made = webhooks::subscribe(&app, &owner, &url, &types, &by, Client::default()).await?;
+            eprintln!(
+                "subscription {} of {} to {} for {}; its signing secret, shown this once:",
+                made.subscription.id, owner.email, made.subscription.url, made.subscription.event_types
+            );
+            println!("{}", made.secret);
+        }
+        WebhookCommand::List { reviewer, format } => {
+            let owner = match reviewer {
+                Some(email) => Some(find_reviewer(&app, &email).await?),
+                None => None,
+            };
+            let subs = webhooks::list(&app, owner.as_ref()).await?;
+            let reviewers = db::reviewers::list(app.db.pool()).await?;
+            let email_of = |id: &str| {
+                reviewers
+                    .iter()
+                    .find(|r| r.id == id)
+                    .map_or_else(|| id.to_owned(), |r| r.email.clone())
+            };
+            output::print(
+                format,
+                &output::Columns {
+                    headers: &["id", "reviewer", "url", "events", "state"],
+                    optional: &["events"],
+                    unbroken: &["id"],
+                },
+                subs.iter().map(|s| {
+                    let state = match &s.disabled_reason {
+                        Some(why) => format!("disabled: {why}"),
+                        None => "enabled".into(),
+                    };
+                    (
+                        vec![
+                            s.id.clone(),
+                            email_of(&s.owner_id),
+                            s.url.clone(),
+                            s.event_types.clone(),
+                            state.clone(),
+                        ],
+                        serde_json::json!({
+                            "id": s.id, "reviewer": email_of(&s.owner_id), "url": s.url,
+                            "events": s.event_types.split(',').collect::<Vec<_>>(),
+                            "enabled": s.disabled_at.is_none(), "disabled_reason": s.disabled_reason,
+                            "created_at": format_ms_rfc3339(s.created_at),
+                        }),
+                    )
+                }),
+            );
+        }
+        WebhookCommand::Remove { id } => {
+            webhooks::remove(&app, By::Operator(&by), &id, Client::default()).await?;
+            println!("subscription {id} is removed");
+        }
+        WebhookCommand::Rotate { id } => {
+            let secret = webhooks::rotate(&app, By::Operator(&by), &id, Client::default()).await?;
+            eprintln!("subscription {id} has a new secret; the old one signs beside it for a day:");
+            println!("{secret}");
+        }
+        WebhookCommand::Enable { id } => {
+            webhooks::enable(&app, By::Operator(&by), &id, Client::default()).await?;
+            println!("subscription {id} is enabled; its waiting messages are sent in order");
+        }
+        WebhookCommand::Deliveries { id, format } => {
+            let (_, messages, attempts) = webhooks::deliveries(&app, By::Operator(&by), &id).await?;
+            output::print(
+                format,
+                &output::Columns {
+                    headers: &["message", "event", "when (UTC)", "status", "answer", "took"],
+                    optional: &["took", "answer"],
+                    unbroken: &["message"],
+                },
+                attempts.iter().map(|a| {
+                    let event = messages
+                        .iter()
+                        .find(|m| m.id == a.message_id)
+                        .map_or("", |m| m.event_type.as_str());
+                    let status = a.status.map_or_else(|| "no answer".to_owned(), |s| s.to_string());
+                    (
+                        vec![
+                            a.message_id.clone(),
+                            event.to_owned(),
+                            format_ms(a.at),
+                            status,
+                            a.answer.chars().take(80).collect(),
+                            format!("{} ms", a.took_ms),
+                        ],
+                        serde_json::json!({
+                            "message_id": a.message_id, "event": event, "at": format_ms_rfc3339(a.at),
+                            "status": a.status, "answer": a.answer, "took_ms": a.took_ms,
+                        }),
+                    )
+                }),
+            );
+        }
+        WebhookCommand::Resend { message_id } => {
+            webhooks::resend(&app, By::Operator(&by), &message_id, Client::default()).await?;
+            println!("message {message_id} is sent again by the running portal");
         }
     }
     Ok(())

@@ -18,6 +18,7 @@ pub mod reviewers;
 pub mod sessions;
 pub(crate) mod sqlite_writer;
 pub(crate) mod tokens;
+pub(crate) mod webhooks;
 
 use std::path::PathBuf;
 

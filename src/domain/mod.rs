@@ -22,5 +22,6 @@ pub(crate) mod researchers;
 pub mod reviews;
 pub(crate) mod threads;
 pub mod tokens;
+pub(crate) mod webhooks;
 
 pub(crate) use error::Error;

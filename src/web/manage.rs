@@ -12,7 +12,7 @@ use tower_sessions::Session;
 use super::{
     AppState, ClientInfo, Error,
     auth::{Csrf, CurrentReviewer, STAMP_KEY, session_error},
-    extract::{CsrfForm, Path},
+    extract::{CsrfForm, Path, Query},
     flash::{self, Flash},
     pages::{self, Choice, Header, render},
 };
@@ -427,6 +427,8 @@ struct AccountNotes {
     password_error: String,
     token_error: String,
     new_secret: String,
+    webhook_error: String,
+    new_webhook_secret: String,
 }
 
 async fn account_page(
@@ -502,6 +504,17 @@ async fn account_page_with(
         new_secret: notes.new_secret,
         token_error: notes.token_error,
         max_token_days: tokens::MAX_DAYS,
+        webhooks: domain::webhooks::list(&state.app, Some(me))
+            .await?
+            .iter()
+            .map(webhook_row)
+            .collect(),
+        event_types: crate::webhooks::EventType::ALL
+            .iter()
+            .map(|t| t.as_str())
+            .collect(),
+        new_webhook_secret: notes.new_webhook_secret,
+        webhook_error: notes.webhook_error,
     };
     render(&page)
 }
@@ -575,6 +588,208 @@ pub(crate) async fn create_token(
     page.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(page)
+}
+
+fn webhook_row(s: &db::webhooks::Subscription) -> pages::WebhookRow {
+    pages::WebhookRow {
+        id: s.id.clone(),
+        url: s.url.clone(),
+        events: s.event_types.replace(',', ", "),
+        enabled: s.disabled_at.is_none(),
+        disabled_reason: s.disabled_reason.clone().unwrap_or_default(),
+    }
+}
+
+/// Subscribes an endpoint and shows its secret on the page this once.
+pub(crate) async fn create_webhook(
+    State(state): State<AppState>,
+    CurrentReviewer(me): CurrentReviewer,
+    ClientInfo(client): ClientInfo,
+    CsrfForm {
+        csrf: token,
+        fields: body,
+    }: CsrfForm<Vec<(String, String)>>,
+) -> Result<Response, Error> {
+    let url = body
+        .iter()
+        .find(|(k, _)| k == "url")
+        .map_or("", |(_, v)| v.as_str());
+    let events = body
+        .iter()
+        .filter(|(k, _)| k == "event")
+        .map(|(_, v)| v.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    let made = match domain::webhooks::parse_types(&events) {
+        Ok(types) => domain::webhooks::subscribe(&state.app, &me, url, &types, &me.email, client).await,
+        Err(e) => Err(e.into()),
+    };
+    let notes = match made {
+        Ok(made) => AccountNotes {
+            message: format!(
+                "{} now hears of {}. Copy its signing secret now: it is not shown again.",
+                made.subscription.url, made.subscription.event_types
+            ),
+            new_webhook_secret: made.secret,
+            ..AccountNotes::default()
+        },
+        Err(err @ (domain::Error::Invalid(_) | domain::Error::Conflict(_))) => {
+            let notes = AccountNotes {
+                webhook_error: err.to_string(),
+                ..AccountNotes::default()
+            };
+            let page = account_page_with(&state, &token, &me, notes).await?;
+            return Ok((StatusCode::UNPROCESSABLE_ENTITY, page).into_response());
+        }
+        Err(err) => return Err(err.into()),
+    };
+    let mut page = account_page_with(&state, &token, &me, notes).await?;
+    page.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(page)
+}
+
+#[derive(Deserialize)]
+pub(crate) struct WebhookQuery {
+    #[serde(default)]
+    id: String,
+}
+
+/// A subscription's delivery log, with its buttons.
+pub(crate) async fn webhook(
+    State(state): State<AppState>,
+    token: Csrf,
+    CurrentReviewer(me): CurrentReviewer,
+    session: Session,
+    Query(q): Query<WebhookQuery>,
+) -> Result<Response, Error> {
+    let message = flash::take(&session).await?.message;
+    let page = webhook_page(&state, &token, &me, &q.id, message, String::new()).await?;
+    Ok((token, page).into_response())
+}
+
+async fn webhook_page(
+    state: &AppState,
+    token: &Csrf,
+    me: &Reviewer,
+    id: &str,
+    message: String,
+    new_secret: String,
+) -> Result<Response, Error> {
+    if id.trim().is_empty() {
+        return Err(Error::BadRequest("name a subscription: ?id=…".into()));
+    }
+    let (sub, messages, attempts) =
+        domain::webhooks::deliveries(&state.app, domain::webhooks::By::Reviewer(me), id.trim()).await?;
+    let event_of = |id: &str| {
+        messages
+            .iter()
+            .find(|m| m.id == id)
+            .map_or_else(String::new, |m| m.event_type.clone())
+    };
+    let page = pages::WebhookPage {
+        header: Header::new(me, token)?,
+        message,
+        row: webhook_row(&sub),
+        new_secret,
+        rotating_until: sub
+            .previous_until
+            .filter(|until| *until > now_ms())
+            .map(format_ms)
+            .unwrap_or_default(),
+        attempts: attempts
+            .iter()
+            .map(|a| pages::WebhookAttemptRow {
+                message_id: format!("{} ({})", a.message_id, event_of(&a.message_id)),
+                when: format_ms(a.at),
+                status: a.status.map_or_else(|| "no answer".into(), |s| s.to_string()),
+                ok: a.status.is_some_and(|s| (200..300).contains(&s)),
+                answer: a.answer.chars().take(200).collect(),
+                took: format!("{} ms", a.took_ms),
+            })
+            .collect(),
+        messages: messages
+            .iter()
+            .map(|m| pages::WebhookMessageRow {
+                id: m.id.clone(),
+                event: m.event_type.clone(),
+                created: format_ms(m.created_at),
+                attempts: m.attempts,
+                delivered: m.delivered_at.map(format_ms).unwrap_or_else(|| "not yet".into()),
+            })
+            .collect(),
+    };
+    render(&page)
+}
+
+#[derive(Deserialize)]
+pub(crate) struct WebhookForm {
+    #[serde(default)]
+    id: String,
+    /// What to do: remove, rotate, enable, resend (`id` is then a message's).
+    #[serde(default)]
+    action: String,
+}
+
+/// Removes, rotates, enables a subscription, or sends a message again.
+pub(crate) async fn change_webhook(
+    State(state): State<AppState>,
+    session: Session,
+    CurrentReviewer(me): CurrentReviewer,
+    ClientInfo(client): ClientInfo,
+    CsrfForm {
+        csrf: token,
+        fields: form,
+    }: CsrfForm<WebhookForm>,
+) -> Result<Response, Error> {
+    use domain::webhooks::By;
+    let id = form.id.trim();
+    if id.is_empty() {
+        return Err(Error::BadRequest("choose a subscription".into()));
+    }
+    let app = &state.app;
+    match form.action.as_str() {
+        "remove" => {
+            domain::webhooks::remove(app, By::Reviewer(&me), id, client).await?;
+            flash::redirect(
+                &session,
+                "/admin/account#webhooks",
+                Flash::message("The subscription is removed."),
+            )
+            .await
+        }
+        "rotate" => {
+            let secret = domain::webhooks::rotate(app, By::Reviewer(&me), id, client).await?;
+            let message =
+                "A new secret: copy it now, it is not shown again. The old one signs beside it for a day.";
+            let mut page = webhook_page(&state, &token, &me, id, message.into(), secret).await?;
+            page.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            Ok(page)
+        }
+        "enable" => {
+            domain::webhooks::enable(app, By::Reviewer(&me), id, client).await?;
+            flash::redirect(
+                &session,
+                &format!("/admin/account/webhook?id={id}"),
+                Flash::message("Enabled: its waiting messages are sent in order."),
+            )
+            .await
+        }
+        "resend" => {
+            let message = db::webhooks::find_message(app.db.pool(), id)
+                .await?
+                .ok_or(Error::NotFound)?;
+            domain::webhooks::resend(app, By::Reviewer(&me), id, client).await?;
+            flash::redirect(
+                &session,
+                &format!("/admin/account/webhook?id={}", message.subscription_id),
+                Flash::message(format!("{id} is sent again.")),
+            )
+            .await
+        }
+        _ => Err(Error::BadRequest("remove, rotate, enable or resend".into())),
+    }
 }
 
 #[derive(Deserialize)]

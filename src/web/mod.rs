@@ -265,6 +265,16 @@ pub async fn serve(
     );
     let refusals = tokio::spawn(app.refusals.clone().run(app.audit.clone()));
     let reports = tokio::spawn(app.clone().fold_reports_periodically(app.config.reports_every));
+    let webhooks = tokio::spawn(crate::webhooks::run(
+        app.db.clone(),
+        app.config.public_url(),
+        crate::webhooks::Delivery {
+            retries: app.config.webhook_retries.0.clone(),
+            allow_private: app.config.webhook_allow_private,
+            timeout: app.config.webhook_timeout,
+        },
+        app.config.webhook_every,
+    ));
     let limits = server::Limits::from_config(&app.config);
     tracing::info!(
         max_connections = limits.max_connections,
@@ -280,6 +290,7 @@ pub async fn serve(
     notices.abort();
     refusals.abort();
     reports.abort();
+    webhooks.abort();
     app.refusals.flush(&app.audit).await;
     // Transfers that ended queued their `file.delivered` events without
     // waiting; the stop event is written after them, so once it is durable

@@ -547,6 +547,53 @@ pub(crate) struct AccountPage {
     pub(crate) new_secret: String,
     pub(crate) token_error: String,
     pub(crate) max_token_days: u64,
+    /// The reviewer's webhook subscriptions.
+    pub(crate) webhooks: Vec<WebhookRow>,
+    /// Every event type a subscription may hear of.
+    pub(crate) event_types: Vec<&'static str>,
+    /// The secret of the subscription just made, shown this once.
+    pub(crate) new_webhook_secret: String,
+    pub(crate) webhook_error: String,
+}
+
+/// A webhook subscription on the account page.
+pub(crate) struct WebhookRow {
+    pub(crate) id: String,
+    pub(crate) url: String,
+    pub(crate) events: String,
+    pub(crate) enabled: bool,
+    pub(crate) disabled_reason: String,
+}
+
+/// A subscription's delivery log.
+#[derive(Template)]
+#[template(path = "admin/webhook.html")]
+pub(crate) struct WebhookPage {
+    pub(crate) header: Header,
+    pub(crate) message: String,
+    pub(crate) row: WebhookRow,
+    /// A secret just made by a rotation, shown this once.
+    pub(crate) new_secret: String,
+    pub(crate) rotating_until: String,
+    pub(crate) messages: Vec<WebhookMessageRow>,
+    pub(crate) attempts: Vec<WebhookAttemptRow>,
+}
+
+pub(crate) struct WebhookMessageRow {
+    pub(crate) id: String,
+    pub(crate) event: String,
+    pub(crate) created: String,
+    pub(crate) attempts: i64,
+    pub(crate) delivered: String,
+}
+
+pub(crate) struct WebhookAttemptRow {
+    pub(crate) message_id: String,
+    pub(crate) when: String,
+    pub(crate) status: String,
+    pub(crate) ok: bool,
+    pub(crate) answer: String,
+    pub(crate) took: String,
 }
 
 /// An API token on the account page.

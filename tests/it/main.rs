@@ -52,3 +52,4 @@ mod review;
 mod routes;
 mod storage;
 mod trees;
+mod webhooks;

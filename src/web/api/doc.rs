@@ -9,7 +9,7 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use super::{applications, audit, grants, models, reviewers};
+use super::{applications, audit, grants, models, reviewers, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -41,6 +41,13 @@ use super::{applications, audit, grants, models, reviewers};
         audit::verify,
         audit::checkpoints,
         reviewers::list,
+        webhooks::list,
+        webhooks::subscribe,
+        webhooks::deliveries,
+        webhooks::remove,
+        webhooks::rotate,
+        webhooks::enable,
+        webhooks::resend,
     ),
     modifiers(&TokenAuth),
     tags(
@@ -49,6 +56,7 @@ use super::{applications, audit, grants, models, reviewers};
         (name = "grants", description = "Grants, extensions and revocation"),
         (name = "audit", description = "The audit log and its reports"),
         (name = "reviewers", description = "Reviewer accounts, for admins"),
+        (name = "webhooks", description = "Subscriptions to events, signed per Standard Webhooks, and their delivery logs"),
     )
 )]
 pub(crate) struct ApiDoc;

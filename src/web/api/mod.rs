@@ -16,6 +16,7 @@ pub(crate) mod grants;
 mod idempotency;
 pub(crate) mod models;
 pub(crate) mod reviewers;
+pub(crate) mod webhooks;
 
 pub(crate) use idempotency::KEPT_MS as IDEMPOTENCY_KEPT_MS;
 
