@@ -250,52 +250,110 @@ pub(crate) struct Delivery {
     pub(crate) timeout: Duration,
 }
 
-/// How long a message belongs to the worker sending it.
+/// How long a message belongs to the worker sending it: longer than the
+/// longest answer a receiver is waited for ([`MAX_TIMEOUT`]).
 const LEASE_MS: i64 = 120_000;
+/// The longest a receiver is waited for, whatever the setting says.
+pub(crate) const MAX_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long messages and their attempts are kept, delivered or not.
+const KEPT_MS: i64 = 30 * 86_400_000;
 
 /// Whether `ip` is one a webhook may not reach unless private endpoints are
-/// allowed.
+/// allowed: loopback, private, link-local, shared (CGNAT), benchmarking,
+/// multicast and unspecified addresses, and IPv6 forms that carry one of
+/// those IPv4 addresses (mapped, compatible, NAT64, 6to4).
 pub(crate) fn is_private(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
             v4.is_loopback()
                 || v4.is_private()
                 || v4.is_link_local()
                 || v4.is_unspecified()
                 || v4.is_broadcast()
-                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64
+                || v4.is_multicast()
+                || a == 0
+                || (a == 100 && (b & 0xc0) == 64)
+                || (a == 198 && (b & 0xfe) == 18)
+                || a >= 240
         }
         IpAddr::V6(v6) => {
+            let s = v6.segments();
+            let embedded = |hi: u16, lo: u16| {
+                is_private(IpAddr::V4(std::net::Ipv4Addr::new(
+                    (hi >> 8) as u8,
+                    hi as u8,
+                    (lo >> 8) as u8,
+                    lo as u8,
+                )))
+            };
             v6.is_loopback()
                 || v6.is_unspecified()
-                || (v6.segments()[0] & 0xfe00) == 0xfc00
-                || (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
                 || v6.to_ipv4_mapped().is_some_and(|v4| is_private(IpAddr::V4(v4)))
+                // ::a.b.c.d, 64:ff9b::a.b.c.d (NAT64), 2002:aabb:ccdd:: (6to4)
+                || (s[..6] == [0; 6] && embedded(s[6], s[7]))
+                || (s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] && embedded(s[6], s[7]))
+                || (s[0] == 0x2002 && embedded(s[1], s[2]))
         }
     }
 }
 
-/// Why an endpoint cannot be called, if it cannot.
-async fn refused_endpoint(url: &str, allow_private: bool) -> Option<String> {
-    let parsed = url::Url::parse(url).ok()?;
-    if allow_private {
-        return None;
-    }
-    let host = parsed.host_str()?.to_owned();
-    let port = parsed.port_or_known_default().unwrap_or(443);
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
-    match tokio::net::lookup_host((host.as_str(), port)).await {
-        Ok(addrs) => {
-            let addrs: Vec<_> = addrs.collect();
-            addrs.iter().find(|a| is_private(a.ip())).map(|a| {
-                format!(
-                    "{host} is {}, a private address; set WEIGHTGATE_WEBHOOK_ALLOW_PRIVATE to call it",
-                    a.ip()
+/// Resolves endpoints' names for the webhook client, dropping every
+/// private address: the address checked is the address connected to, so a
+/// name that answers a public address to a check and a private one to the
+/// connection (DNS rebinding) reaches nothing inside.
+struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|a| !is_private(a.ip()))
+                .collect();
+            if addrs.is_empty() {
+                return Err(format!(
+                    "{host} resolves to no public address; set WEIGHTGATE_WEBHOOK_ALLOW_PRIVATE to call private ones"
                 )
-            })
-        }
-        Err(e) => Some(format!("cannot resolve {host}: {e}")),
+                .into());
+            }
+            let addrs: reqwest::dns::Addrs = Box::new(addrs.into_iter());
+            Ok(addrs)
+        })
     }
+}
+
+/// Scheme, host and port of an endpoint, for logs: the path and query often
+/// carry the receiver's own credentials.
+pub(crate) fn endpoint_origin(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => u.origin().ascii_serialization(),
+        Err(_) => "(not a URL)".into(),
+    }
+}
+
+/// Why an endpoint cannot be called, if it cannot: not an http(s) URL, or
+/// a private address written as such (names are checked as they are
+/// resolved, by [`PublicOnly`]).
+fn refused_endpoint(url: &str, allow_private: bool) -> Option<String> {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return Some("the endpoint is not a URL".into());
+    };
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Some("the endpoint is not an http or https URL".into());
+    }
+    let private = match parsed.host() {
+        Some(url::Host::Ipv4(ip)) => is_private(ip.into()),
+        Some(url::Host::Ipv6(ip)) => is_private(ip.into()),
+        Some(url::Host::Domain(_)) => false,
+        None => return Some("the endpoint names no host".into()),
+    };
+    (private && !allow_private)
+        .then(|| "the endpoint is a private address; set WEIGHTGATE_WEBHOOK_ALLOW_PRIVATE to call it".into())
 }
 
 /// Sends every message that is due, one per subscription at a time.
@@ -331,7 +389,7 @@ async fn deliver(db: &Db, http: &reqwest::Client, how: &Delivery, m: &Message) -
     };
     let now = now_ms();
     let started = Instant::now();
-    let answer = match refused_endpoint(&sub.url, how.allow_private).await {
+    let answer = match refused_endpoint(&sub.url, how.allow_private) {
         Some(why) => Err(why),
         None => post(http, how, &sub, m, now).await,
     };
@@ -394,7 +452,7 @@ async fn deliver(db: &Db, http: &reqwest::Client, how: &Delivery, m: &Message) -
                     )
                     .await?;
                 }
-                tracing::warn!(subscription = %sub.id, url = %sub.url, %reason, "a webhook subscription was disabled");
+                tracing::warn!(subscription = %sub.id, endpoint = %endpoint_origin(&sub.url), %reason, "a webhook subscription was disabled");
             }
         }
     }
@@ -421,7 +479,7 @@ async fn post(
     }
     let response = http
         .post(&sub.url)
-        .timeout(how.timeout)
+        .timeout(how.timeout.min(MAX_TIMEOUT))
         .header("content-type", "application/json")
         .header("webhook-id", &m.id)
         .header("webhook-timestamp", timestamp.to_string())
@@ -429,7 +487,17 @@ async fn post(
         .body(m.payload.clone())
         .send()
         .await
-        .map_err(|e| format!("{e}"))?;
+        .map_err(|e| {
+            // reqwest says "error sending request"; the why is in its sources.
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                text.push_str(": ");
+                text.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            text
+        })?;
     let status = response.status().as_u16();
     // The start of the answer is kept for the delivery log, no more.
     let mut text = String::new();
@@ -451,12 +519,16 @@ async fn post(
 /// portal stops.
 pub(crate) async fn run(db: Db, public_url: String, how: Delivery, every: Duration) {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let http = match reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .user_agent(concat!("weightgate-webhooks/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(Duration::from_secs(10))
-        .build()
-    {
+        // A proxy set in the portal's environment is not the receiver's way in.
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(10));
+    if !how.allow_private {
+        builder = builder.dns_resolver(std::sync::Arc::new(PublicOnly));
+    }
+    let http = match builder.build() {
         Ok(http) => http,
         Err(e) => {
             tracing::error!(error = %e, "webhooks: cannot make an HTTP client; no webhook is sent");
@@ -483,6 +555,9 @@ pub(crate) async fn run(db: Db, public_url: String, how: Delivery, every: Durati
         }
         if let Err(e) = deliver_due(&db, &http, &how).await {
             tracing::warn!(error = %format!("{e:#}"), "webhooks: cannot deliver");
+        }
+        if let Err(e) = db::webhooks::forget_before(db.pool(), now_ms() - KEPT_MS).await {
+            tracing::warn!(error = %e, "webhooks: cannot forget old messages");
         }
         tokio::time::sleep(every).await;
     }
@@ -516,6 +591,13 @@ mod tests {
             "fd00::1",
             "fe80::1",
             "::ffff:10.0.0.1",
+            "0.1.2.3",
+            "198.18.0.1",
+            "224.0.0.1",
+            "::10.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "2002:7f00:1::",
+            "ff02::1",
         ] {
             assert!(is_private(ip.parse().unwrap()), "{ip}");
         }

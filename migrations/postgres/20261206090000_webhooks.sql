@@ -39,7 +39,9 @@ CREATE TABLE webhook_messages (
     UNIQUE (subscription_id, seq)
 );
 
-CREATE INDEX webhook_messages_waiting ON webhook_messages (subscription_id, delivered_at, seq);
+CREATE INDEX webhook_messages_waiting ON webhook_messages (subscription_id, seq) WHERE delivered_at IS NULL;
+CREATE INDEX webhook_messages_due ON webhook_messages (next_attempt_at) WHERE delivered_at IS NULL;
+CREATE INDEX webhook_messages_created ON webhook_messages (created_at);
 
 -- Every attempt to deliver a message, with the answer received: the
 -- subscription's delivery log.

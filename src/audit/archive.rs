@@ -321,6 +321,12 @@ async fn archive_leased(
         cursor.seq >= end,
         "the report totals are being rebuilt and have not reached event {end} yet: archive once they have"
     );
+    let told = db::webhooks::cursor(db.pool()).await?;
+    anyhow::ensure!(
+        told >= end,
+        "webhooks have been written for events up to {told} only, not yet for event {end}: archive once the \
+         running portal has caught up"
+    );
 
     let mut segment: Option<Segment> = None;
     'pages: loop {

@@ -61,7 +61,9 @@ pub(crate) async fn list<'c>(
     .await
 }
 
-/// An enabled subscription of an enabled owner, with what the fold needs.
+/// A subscription of an enabled owner, with what the fold needs. A
+/// disabled subscription still hears: its messages wait for it to be
+/// enabled again.
 #[derive(Clone, Debug, FromRow)]
 pub(crate) struct Listener {
     pub(crate) id: String,
@@ -75,7 +77,7 @@ pub(crate) async fn listeners<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<Vec<L
     sqlx::query_as(
         "SELECT s.id, s.owner_id, s.event_types, s.from_seq, r.is_admin AS owner_is_admin
          FROM webhook_subscriptions s JOIN reviewers r ON r.id = s.owner_id
-         WHERE s.disabled_at IS NULL AND r.disabled_at IS NULL",
+         WHERE r.disabled_at IS NULL ORDER BY s.id",
     )
     .fetch_all(e)
     .await
@@ -203,7 +205,8 @@ pub(crate) async fn due_heads<'c>(
            AND (m.lease_until IS NULL OR m.lease_until < $1)
            AND m.seq = (SELECT MIN(o.seq) FROM webhook_messages o
                         WHERE o.subscription_id = m.subscription_id AND o.delivered_at IS NULL)
-           AND m.subscription_id IN (SELECT id FROM webhook_subscriptions WHERE disabled_at IS NULL)
+           AND m.subscription_id IN (SELECT s.id FROM webhook_subscriptions s JOIN reviewers r ON r.id = s.owner_id
+                                     WHERE s.disabled_at IS NULL AND r.disabled_at IS NULL)
          ORDER BY m.next_attempt_at LIMIT $2"
     )))
     .bind(now)
@@ -216,7 +219,7 @@ pub(crate) async fn due_heads<'c>(
 pub(crate) async fn lease<'c>(e: impl AnyExecutor<'c>, id: &str, now: i64, until: i64) -> sqlx::Result<bool> {
     let done = sqlx::query(
         "UPDATE webhook_messages SET lease_until = $3
-         WHERE id = $1 AND delivered_at IS NULL AND (lease_until IS NULL OR lease_until < $2)",
+         WHERE id = $1 AND delivered_at IS NULL AND next_attempt_at <= $2 AND (lease_until IS NULL OR lease_until < $2)",
     )
     .bind(id)
     .bind(now)
@@ -261,6 +264,35 @@ pub(crate) async fn retry_now<'c>(e: impl AnyExecutor<'c>, id: &str, now: i64) -
     .execute(e)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// The id of a subscription's oldest undelivered message.
+pub(crate) async fn oldest_waiting<'c>(
+    e: impl AnyExecutor<'c>,
+    subscription_id: &str,
+) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar(
+        "SELECT id FROM webhook_messages WHERE subscription_id = $1 AND delivered_at IS NULL ORDER BY seq LIMIT 1",
+    )
+    .bind(subscription_id)
+    .fetch_optional(e)
+    .await
+}
+
+/// Forgets messages made before `before`, delivered or not, with their
+/// attempts.
+pub(crate) async fn forget_before(pool: &sqlx::AnyPool, before: i64) -> sqlx::Result<()> {
+    sqlx::query(
+        "DELETE FROM webhook_attempts WHERE message_id IN (SELECT id FROM webhook_messages WHERE created_at < $1)",
+    )
+    .bind(before)
+    .execute(pool)
+    .await?;
+    sqlx::query("DELETE FROM webhook_messages WHERE created_at < $1")
+        .bind(before)
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 pub(crate) async fn find_message<'c>(e: impl AnyExecutor<'c>, id: &str) -> sqlx::Result<Option<Message>> {

@@ -8,7 +8,6 @@ use crate::{
     app::App,
     audit::{self, Action, Client, Event},
     db::{self, reviewers::Reviewer, webhooks::Subscription},
-    domain::authz::{self, ReviewerAction},
     domain::error::Result,
     types::{new_id, now_ms},
     webhooks::{EventType, new_secret},
@@ -150,7 +149,9 @@ pub(crate) async fn subscribe(
         .actor(actor.to_owned())
         .subject(format!(
             "{} {} to {}",
-            owner.email, subscription.id, subscription.url
+            owner.email,
+            subscription.id,
+            crate::webhooks::endpoint_origin(&subscription.url)
         ))
         .reason(subscription.event_types.clone())
         .client(client);
@@ -183,8 +184,9 @@ impl By<'_> {
     }
 }
 
-/// The subscription, if `by` may see and change it: its owner's, an
-/// admin's, the operator's; hidden from everyone else.
+/// The subscription, if `by` may see and change it: its owner, or the
+/// operator at the command line; hidden from everyone else, admins included
+/// (its secret and its receiver's answers are its owner's).
 pub(crate) async fn owned(app: &App, by: &By<'_>, id: &str) -> Result<Subscription> {
     let sub = db::webhooks::find(app.db.pool(), id)
         .await?
@@ -192,9 +194,7 @@ pub(crate) async fn owned(app: &App, by: &By<'_>, id: &str) -> Result<Subscripti
     if let By::Reviewer(reviewer) = by
         && sub.owner_id != reviewer.id
     {
-        authz::reviewer_may(app, reviewer, ReviewerAction::Administer)
-            .await
-            .map_err(|_| WebhookError::NotFound)?;
+        return Err(WebhookError::NotFound.into());
     }
     Ok(sub)
 }
@@ -207,7 +207,11 @@ pub(crate) async fn list(app: &App, reviewer: Option<&Reviewer>) -> Result<Vec<S
 async fn audited(app: &App, action: Action, by: &By<'_>, sub: &Subscription, client: Client) -> Result<()> {
     let event = Event::ok(action)
         .actor(by.actor())
-        .subject(format!("{} to {}", sub.id, sub.url))
+        .subject(format!(
+            "{} to {}",
+            sub.id,
+            crate::webhooks::endpoint_origin(&sub.url)
+        ))
         .client(client);
     audit::append_now(&app.db, event).await?;
     Ok(())
@@ -221,7 +225,11 @@ pub(crate) async fn remove(app: &App, by: By<'_>, id: &str, client: Client) -> R
     db::webhooks::delete(&mut *tx, &sub.id).await?;
     let event = Event::ok(Action::WebhookRemoved)
         .actor(by.actor())
-        .subject(format!("{} to {}", sub.id, sub.url))
+        .subject(format!(
+            "{} to {}",
+            sub.id,
+            crate::webhooks::endpoint_origin(&sub.url)
+        ))
         .client(client);
     audit::append(&mut tx, app.db.backend(), &[event]).await?;
     tx.commit().await?;
@@ -246,13 +254,8 @@ pub(crate) async fn enable(app: &App, by: By<'_>, id: &str, client: Client) -> R
         return Err(WebhookError::AlreadyEnabled.into());
     }
     let pool = app.db.pool();
-    if let Some(head) = db::webhooks::messages(pool, &sub.id, 1_000_000)
-        .await?
-        .into_iter()
-        .filter(|m| m.delivered_at.is_none())
-        .min_by_key(|m| m.seq)
-    {
-        db::webhooks::retry_now(pool, &head.id, now_ms()).await?;
+    if let Some(head) = db::webhooks::oldest_waiting(pool, &sub.id).await? {
+        db::webhooks::retry_now(pool, &head, now_ms()).await?;
     }
     db::webhooks::set_disabled(pool, &sub.id, None, None).await?;
     audited(app, Action::WebhookEnabled, &by, &sub, client).await?;
@@ -271,7 +274,12 @@ pub(crate) async fn resend(app: &App, by: By<'_>, message_id: &str, client: Clie
     db::webhooks::retry_now(app.db.pool(), &message.id, now_ms()).await?;
     let event = Event::ok(Action::WebhookResent)
         .actor(by.actor())
-        .subject(format!("{} of {} to {}", message.id, sub.id, sub.url))
+        .subject(format!(
+            "{} of {} to {}",
+            message.id,
+            sub.id,
+            crate::webhooks::endpoint_origin(&sub.url)
+        ))
         .client(client);
     audit::append_now(&app.db, event).await?;
     Ok(())

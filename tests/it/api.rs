@@ -712,6 +712,15 @@ async fn a_reviewer_makes_and_revokes_tokens_on_the_account_page() {
     )
     .to_owned();
     assert!(secret.starts_with("wgt_"), "{secret}");
+    assert_eq!(
+        page.matches(&secret).count(),
+        1,
+        "shown once, in the page's body only"
+    );
+    assert!(
+        page.contains("<title>Your account · weightgate</title>"),
+        "{page}"
+    );
     let (_, again) = t.get_html(&browser, "/admin/account").await;
     assert!(
         again.contains("triage script") && !again.contains(&secret),
@@ -1017,6 +1026,26 @@ async fn an_auditor_runs_the_audit_commands_from_a_laptop_with_a_token() {
         assert_eq!(remote_lines, local_lines, "{args:?}");
         assert!(!local_lines.is_empty(), "{args:?} printed something");
     }
+    // The streaming export is the command's, line for line.
+    let (ok, local, err) = weightgate(&t, &["audit", "export", "--format", "jsonl"], None);
+    assert!(ok, "{err}");
+    let streamed = t
+        .client
+        .get(t.url("/api/v1/audit/export"))
+        .bearer_auth(&audit)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(streamed.headers()["content-type"], "application/x-ndjson");
+    let streamed = streamed.text().await.unwrap();
+    let lines = |text: &str| -> Vec<Value> {
+        text.lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|e| e["action"] != "token.used")
+            .collect()
+    };
+    assert_eq!(lines(&streamed), lines(&local));
+    assert!(lines(&local).len() > 10);
     let (ok, verified, err) = remote(&["audit", "verify", "--public-key", &public_key]);
     assert!(ok, "{err}");
     assert!(

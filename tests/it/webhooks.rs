@@ -412,7 +412,11 @@ async fn a_subscription_that_keeps_failing_is_disabled_and_its_owner_told() {
 /// network (on SQLite only: it is the URL's check, not the database's).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_cannot_point_the_portal_at_its_own_network() {
-    let strict = TestApp::spawn().await;
+    let strict = TestApp::spawn_with(|c| {
+        quick(c, 40);
+        c.webhook_allow_private = false;
+    })
+    .await;
     let token = review_token(&strict).await;
     for url in [
         "http://127.0.0.1:9/hook",
@@ -429,4 +433,38 @@ async fn a_webhook_cannot_point_the_portal_at_its_own_network() {
             .unwrap();
         assert_eq!(refused.status(), StatusCode::BAD_REQUEST, "{url}");
     }
+
+    // A name that resolves to this machine (written in the database, past
+    // the check a subscription gets when it is made) reaches nothing: the
+    // portal connects only to the public addresses a name resolves to.
+    let rx = Receiver::start(true).await;
+    let port = rx.url.rsplit(':').next().unwrap().to_owned();
+    let owner = weightgate::db::reviewers::find_by_email(strict.app.db.pool(), REVIEWER)
+        .await
+        .unwrap()
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO webhook_subscriptions (id, owner_id, url, event_types, secret, created_at, from_seq)
+         VALUES ('whs_inside', $1, $2, 'application.submitted', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', 0, 0)",
+    )
+    .bind(&owner.id)
+    .bind(format!("http://localhost:{port}"))
+    .execute(strict.app.db.pool())
+    .await
+    .unwrap();
+    strict.apply_and_confirm("z@uni.example.edu").await;
+    let mut answer = String::new();
+    for _ in 0..200 {
+        answer = sqlx::query_scalar::<_, String>("SELECT answer FROM webhook_attempts LIMIT 1")
+            .fetch_optional(strict.app.db.pool())
+            .await
+            .unwrap()
+            .unwrap_or_default();
+        if !answer.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(answer.contains("no public address"), "{answer}");
+    assert!(rx.messages().is_empty(), "the portal called into its own machine");
 }

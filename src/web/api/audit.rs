@@ -599,3 +599,72 @@ impl TryFrom<AnomalyJson> for report::Anomaly {
         })
     }
 }
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ExportParams {
+    /// Events after this position (all the live log when absent).
+    after: Option<i64>,
+}
+
+/// Exports at once per replica; each streams the log a page at a time.
+static EXPORTING: std::sync::LazyLock<std::sync::Arc<tokio::sync::Semaphore>> =
+    std::sync::LazyLock::new(|| std::sync::Arc::new(tokio::sync::Semaphore::new(2)));
+
+/// Events read per page of an export.
+const EXPORT_PAGE: i64 = 5000;
+
+/// Every live event after `after`, oldest first, one JSON object per line
+/// (as `weightgate audit export` writes them), streamed a page at a time.
+#[utoipa::path(get, path = "/api/v1/audit/export", operation_id = "exportAuditLog", tag = "audit",
+    params(ExportParams),
+    responses((status = 200, content_type = "application/x-ndjson", body = EventJson,
+        description = "One event per line")),
+    security(("token" = ["audit"])))]
+pub(crate) async fn export(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Query(q): Query<ExportParams>,
+) -> Result<axum::response::Response, Error> {
+    use axum::response::IntoResponse as _;
+    let permit = EXPORTING
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| Error::TooManyRequests {
+            limit: "audit_exports",
+            what: "Two exports of the audit log are running on this replica",
+            retry_after: std::time::Duration::from_secs(30),
+        })?;
+    let pool = state.app.db.pool().clone();
+    let start = q.after.unwrap_or(i64::MIN);
+    let pages = futures_util::stream::unfold(Some((start, permit)), move |next| {
+        let pool = pool.clone();
+        async move {
+            let (after, permit) = next?;
+            match db::audit::page_after(&pool, after, EXPORT_PAGE).await {
+                Ok(page) if page.is_empty() => None,
+                Ok(page) => {
+                    let mut lines = Vec::with_capacity(page.len() * 400);
+                    for e in &page {
+                        if serde_json::to_writer(&mut lines, &EventJson::from(e)).is_err() {
+                            return Some((Err(std::io::Error::other("an event cannot be written")), None));
+                        }
+                        lines.push(b'\n');
+                    }
+                    let last = page.last().map_or(after, |e| e.seq);
+                    let more = page.len() as i64 == EXPORT_PAGE;
+                    Some((Ok(axum::body::Bytes::from(lines)), more.then_some((last, permit))))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "an export of the audit log stopped");
+                    Some((Err(std::io::Error::other(e)), None))
+                }
+            }
+        }
+    });
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(pages),
+    )
+        .into_response())
+}

@@ -40,6 +40,7 @@ use super::{applications, audit, grants, models, reviewers, webhooks};
         audit::anomalies,
         audit::verify,
         audit::checkpoints,
+        audit::export,
         reviewers::list,
         webhooks::list,
         webhooks::subscribe,

@@ -78,7 +78,7 @@ pub(crate) struct SubscribedJson {
     params(doc::IdempotencyKey),
     request_body = SubscribeJson,
     responses((status = 200, body = SubscribedJson), (status = 400, body = doc::ErrorJson)),
-    security(("token" = ["read"])))]
+    security(("token" = ["review"])))]
 pub(crate) async fn subscribe(
     State(state): State<AppState>,
     caller: Caller,
@@ -192,7 +192,7 @@ pub(crate) struct ChangedJson {
 #[utoipa::path(post, path = "/api/v1/webhooks/{id}/remove", operation_id = "removeWebhook", tag = "webhooks",
     params(("id" = String, Path, description = "The subscription's id"), doc::IdempotencyKey),
     responses((status = 200, body = ChangedJson), (status = 404, body = doc::ErrorJson)),
-    security(("token" = ["read"])))]
+    security(("token" = ["review"])))]
 pub(crate) async fn remove(
     State(state): State<AppState>,
     caller: Caller,
@@ -207,7 +207,7 @@ pub(crate) async fn remove(
 #[utoipa::path(post, path = "/api/v1/webhooks/{id}/rotate", operation_id = "rotateWebhookSecret", tag = "webhooks",
     params(("id" = String, Path, description = "The subscription's id"), doc::IdempotencyKey),
     responses((status = 200, body = ChangedJson), (status = 404, body = doc::ErrorJson)),
-    security(("token" = ["read"])))]
+    security(("token" = ["review"])))]
 pub(crate) async fn rotate(
     State(state): State<AppState>,
     caller: Caller,
@@ -223,7 +223,7 @@ pub(crate) async fn rotate(
 #[utoipa::path(post, path = "/api/v1/webhooks/{id}/enable", operation_id = "enableWebhook", tag = "webhooks",
     params(("id" = String, Path, description = "The subscription's id"), doc::IdempotencyKey),
     responses((status = 200, body = ChangedJson), (status = 409, body = doc::ErrorJson)),
-    security(("token" = ["read"])))]
+    security(("token" = ["review"])))]
 pub(crate) async fn enable(
     State(state): State<AppState>,
     caller: Caller,
@@ -238,7 +238,7 @@ pub(crate) async fn enable(
 #[utoipa::path(post, path = "/api/v1/webhooks/messages/{id}/resend", operation_id = "resendWebhookMessage", tag = "webhooks",
     params(("id" = String, Path, description = "The message's id (its webhook-id)"), doc::IdempotencyKey),
     responses((status = 200, body = ChangedJson), (status = 404, body = doc::ErrorJson)),
-    security(("token" = ["read"])))]
+    security(("token" = ["review"])))]
 pub(crate) async fn resend(
     State(state): State<AppState>,
     caller: Caller,
