@@ -356,29 +356,42 @@ fn refused_endpoint(url: &str, allow_private: bool) -> Option<String> {
         .then(|| "the endpoint is a private address; set WEIGHTGATE_WEBHOOK_ALLOW_PRIVATE to call it".into())
 }
 
-/// Sends every message that is due, one per subscription at a time.
-pub(crate) async fn deliver_due(db: &Db, http: &reqwest::Client, how: &Delivery) -> anyhow::Result<usize> {
-    let mut sent = 0;
+/// Deliveries under way at once on one replica.
+const AT_ONCE: usize = 16;
+
+/// Starts a delivery of every message that is due, one per subscription at
+/// a time, each on its own task: a slow receiver holds up its own
+/// subscription (its message stays leased) and one of [`AT_ONCE`] places,
+/// never the others. Returns how many were started.
+pub(crate) async fn deliver_due(
+    db: &Db,
+    http: &reqwest::Client,
+    how: &Delivery,
+    places: &std::sync::Arc<tokio::sync::Semaphore>,
+) -> anyhow::Result<usize> {
+    let mut started = 0;
     loop {
         let now = now_ms();
-        let heads = db::webhooks::due_heads(db.pool(), now, 16).await?;
-        if heads.is_empty() {
-            return Ok(sent);
-        }
-        let mut leased = Vec::new();
+        let heads = db::webhooks::due_heads(db.pool(), now, i64::try_from(AT_ONCE).unwrap_or(16)).await?;
+        let mut leased = 0;
         for m in heads {
-            if db::webhooks::lease(db.pool(), &m.id, now, now + LEASE_MS).await? {
-                leased.push(m);
+            let place = places.clone().acquire_owned().await?;
+            if !db::webhooks::lease(db.pool(), &m.id, now_ms(), now_ms() + LEASE_MS).await? {
+                continue;
             }
+            leased += 1;
+            let (db, http, how) = (db.clone(), http.clone(), how.clone());
+            tokio::spawn(async move {
+                if let Err(e) = deliver(&db, &http, &how, &m).await {
+                    tracing::warn!(error = %format!("{e:#}"), "webhooks: cannot record a delivery");
+                }
+                drop(place);
+            });
         }
-        if leased.is_empty() {
-            return Ok(sent);
+        if leased == 0 {
+            return Ok(started);
         }
-        let results = futures_util::future::join_all(leased.iter().map(|m| deliver(db, http, how, m))).await;
-        for r in results {
-            r?;
-            sent += 1;
-        }
+        started += leased;
     }
 }
 
@@ -535,6 +548,7 @@ pub(crate) async fn run(db: Db, public_url: String, how: Delivery, every: Durati
             return;
         }
     };
+    let places = std::sync::Arc::new(tokio::sync::Semaphore::new(AT_ONCE));
     loop {
         loop {
             match fold(&db, &public_url).await {
@@ -553,7 +567,7 @@ pub(crate) async fn run(db: Db, public_url: String, how: Delivery, every: Durati
                 _ => break,
             }
         }
-        if let Err(e) = deliver_due(&db, &http, &how).await {
+        if let Err(e) = deliver_due(&db, &http, &how, &places).await {
             tracing::warn!(error = %format!("{e:#}"), "webhooks: cannot deliver");
         }
         if let Err(e) = db::webhooks::forget_before(db.pool(), now_ms() - KEPT_MS).await {

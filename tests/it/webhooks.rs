@@ -33,6 +33,8 @@ struct Receiver {
     url: String,
     got: Arc<Mutex<Vec<(HeaderMap, Bytes)>>>,
     up: Arc<AtomicBool>,
+    /// How long it takes to answer, in milliseconds.
+    slow: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Receiver {
@@ -41,12 +43,14 @@ impl Receiver {
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
         let got: Arc<Mutex<Vec<(HeaderMap, Bytes)>>> = Arc::default();
         let up = Arc::new(AtomicBool::new(up));
-        let (g, u) = (got.clone(), up.clone());
+        let slow: Arc<std::sync::atomic::AtomicU64> = Arc::default();
+        let (g, u, w) = (got.clone(), up.clone(), slow.clone());
         let app = Router::new().route(
             "/hook",
             post(move |headers: HeaderMap, body: Bytes| {
-                let (g, u) = (g.clone(), u.clone());
+                let (g, u, w) = (g.clone(), u.clone(), w.clone());
                 async move {
+                    tokio::time::sleep(Duration::from_millis(w.load(Ordering::SeqCst))).await;
                     if u.load(Ordering::SeqCst) {
                         g.lock().unwrap().push((headers, body));
                         (axum::http::StatusCode::OK, "thanks")
@@ -60,7 +64,7 @@ impl Receiver {
             }),
         );
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Self { url, got, up }
+        Self { url, got, up, slow }
     }
 
     fn messages(&self) -> Vec<(HeaderMap, Bytes)> {
@@ -467,4 +471,42 @@ async fn a_webhook_cannot_point_the_portal_at_its_own_network() {
     }
     assert!(answer.contains("no public address"), "{answer}");
     assert!(rx.messages().is_empty(), "the portal called into its own machine");
+}
+
+/// A receiver that takes its time holds up its own messages, not another
+/// subscription's (on SQLite only: it is the worker's scheduling).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_receiver_does_not_hold_up_another() {
+    let t = TestApp::spawn_with(|c| {
+        quick(c, 40);
+        c.webhook_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let slow = Receiver::start(true).await;
+    slow.slow.store(30_000, Ordering::SeqCst);
+    let fast = Receiver::start(true).await;
+    for rx in [&slow, &fast] {
+        let (ok, _, err) = weightgate(
+            &t,
+            &[
+                "webhook",
+                "add",
+                "--reviewer",
+                REVIEWER,
+                "--url",
+                &rx.url,
+                "--events",
+                "application.submitted",
+            ],
+            None,
+        );
+        assert!(ok, "{err}");
+    }
+    t.apply_and_confirm("z@uni.example.edu").await;
+    t.apply_and_confirm("y@uni.example.edu").await;
+    fast.wait_for(2).await;
+    assert!(
+        slow.messages().is_empty(),
+        "the slow receiver answered its first message before the fast one got its second: it waited"
+    );
 }
