@@ -452,7 +452,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Reviewer(cmd) => reviewer(App::open(cli.config, Schema::Check).await?, cmd).await,
         Command::Model(cmd) => model(App::open(cli.config, Schema::Check).await?, cmd).await,
-        Command::Grant(cmd) => grant(App::open(cli.config, Schema::Check).await?, cmd).await,
+        Command::Grant(cmd) => match remote_of(cli.url, cli.token)? {
+            Some(remote) => remote::grant(remote, cmd).await,
+            None => grant(App::open(cli.config, Schema::Check).await?, cmd).await,
+        },
         Command::Hash { files, chunk_size } => hash(files, chunk_size).await,
         Command::Download(DownloadArgs {
             url,
@@ -510,13 +513,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys(cmd) => keys(App::open(cli.config, Schema::Check).await?, cmd).await,
         Command::Token(cmd) => token(App::open(cli.config, Schema::Check).await?, cmd).await,
         Command::Webhook(cmd) => webhook(App::open(cli.config, Schema::Check).await?, cmd).await,
-        Command::Audit(cmd) => match (cli.url, cli.token) {
-            (Some(url), Some(token)) => remote::run(remote::Remote::new(&url, &token)?, cmd).await,
-            (Some(_), None) => {
-                anyhow::bail!("--url needs --token (or WEIGHTGATE_TOKEN): a token with the audit scope")
-            }
-            (None, _) => audit::run(App::open(cli.config, Schema::Check).await?, cmd).await,
+        Command::Audit(cmd) => match remote_of(cli.url, cli.token)? {
+            Some(remote) => remote::run(remote, cmd).await,
+            None => audit::run(App::open(cli.config, Schema::Check).await?, cmd).await,
         },
+    }
+}
+
+/// The portal the command runs against, when `--url` names one.
+fn remote_of(url: Option<String>, token: Option<String>) -> anyhow::Result<Option<remote::Remote>> {
+    match (url, token) {
+        (Some(url), Some(token)) => Ok(Some(remote::Remote::new(&url, &token)?)),
+        (Some(_), None) => anyhow::bail!("--url needs --token (or WEIGHTGATE_TOKEN): an API token"),
+        (None, _) => Ok(None),
     }
 }
 
@@ -1067,25 +1076,19 @@ async fn grant(app: Arc<App>, cmd: GrantCommand) -> anyhow::Result<()> {
         GrantCommand::List { format } => {
             let now = now_ms();
             let grants = db::grants::list(app.db.pool()).await?;
-            output::print(
-                format,
-                &output::Columns {
-                    headers: &["id", "researcher", "model", "created", "expires", "state"],
-                    optional: &["created"],
-                    unbroken: &["id", "expires"],
-                },
-                grants.iter().map(|g| {
-                    let state = GrantState::of(g, now).as_str();
-                    (
-                        vec![g.id.clone(), g.email.clone(), g.model_slug.clone(), format_ms(g.created_at), format_ms(g.expires_at), state.into()],
-                        serde_json::json!({
-                            "id": g.id, "researcher": g.email, "model": g.model_slug,
-                            "created_at": format_ms_rfc3339(g.created_at), "expires_at": format_ms_rfc3339(g.expires_at),
-                            "state": state, "revoked_reason": g.revoked_reason,
-                        }),
-                    )
-                }),
-            );
+            let rows: Vec<GrantLine> = grants
+                .iter()
+                .map(|g| GrantLine {
+                    id: g.id.clone(),
+                    researcher: g.email.clone(),
+                    model: g.model_slug.clone(),
+                    created_at: g.created_at,
+                    expires_at: g.expires_at,
+                    state: GrantState::of(g, now).as_str().to_owned(),
+                    revoked_reason: g.revoked_reason.clone(),
+                })
+                .collect();
+            print_grants(&rows, format);
         }
         GrantCommand::Extend { id, days } => {
             // The operator holds the database: an extension from here is an
@@ -1116,6 +1119,45 @@ async fn grant(app: Arc<App>, cmd: GrantCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A grant as `grant list` prints it, read locally or from a portal.
+pub(crate) struct GrantLine {
+    pub(crate) id: String,
+    pub(crate) researcher: String,
+    pub(crate) model: String,
+    pub(crate) created_at: i64,
+    pub(crate) expires_at: i64,
+    pub(crate) state: String,
+    pub(crate) revoked_reason: Option<String>,
+}
+
+pub(crate) fn print_grants(grants: &[GrantLine], format: Listing) {
+    output::print(
+        format,
+        &output::Columns {
+            headers: &["id", "researcher", "model", "created", "expires", "state"],
+            optional: &["created"],
+            unbroken: &["id", "expires"],
+        },
+        grants.iter().map(|g| {
+            (
+                vec![
+                    g.id.clone(),
+                    g.researcher.clone(),
+                    g.model.clone(),
+                    format_ms(g.created_at),
+                    format_ms(g.expires_at),
+                    g.state.clone(),
+                ],
+                serde_json::json!({
+                    "id": g.id, "researcher": g.researcher, "model": g.model,
+                    "created_at": format_ms_rfc3339(g.created_at), "expires_at": format_ms_rfc3339(g.expires_at),
+                    "state": g.state, "revoked_reason": g.revoked_reason,
+                }),
+            )
+        }),
+    );
 }
 
 async fn keys(app: Arc<App>, cmd: KeysCommand) -> anyhow::Result<()> {

@@ -112,6 +112,116 @@ fn filter_query(filter: &FilterArgs) -> Vec<(&'static str, String)> {
 /// The most events one request asks for.
 const PAGE: i64 = 1000;
 
+impl Remote {
+    async fn post<T: DeserializeOwned>(&self, path: &str, body: serde_json::Value) -> anyhow::Result<T> {
+        let url = format!("{}{path}", self.base);
+        // One key for the request and its retry: when the answer to the
+        // first is lost, the portal answers the retry without doing it again.
+        let key = format!("cli-{}", crate::types::new_token());
+        let send = || {
+            self.http
+                .post(&url)
+                .bearer_auth(&self.token)
+                .header("Idempotency-Key", &key)
+                .json(&body)
+                .send()
+        };
+        let response = match send().await {
+            Ok(response) if response.status() != reqwest::StatusCode::CONFLICT => response,
+            // Lost on the way, or the first still running: once more.
+            _ => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                send()
+                    .await
+                    .with_context(|| format!("cannot reach {}", self.base))?
+            }
+        };
+        let status = response.status();
+        if !status.is_success() {
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            let message = body["message"].as_str().unwrap_or("no explanation given");
+            anyhow::bail!("the portal answered {status}: {message}");
+        }
+        response
+            .json()
+            .await
+            .with_context(|| format!("{url} did not answer what this version reads"))
+    }
+}
+
+/// An RFC 3339 time of the API in Unix milliseconds.
+fn ms_of(time: &serde_json::Value) -> anyhow::Result<i64> {
+    let text = time.as_str().context("the portal sent a time that is not text")?;
+    crate::types::parse_time(text).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// The grant commands against the portal, with a token of the `review`
+/// scope (`admin` too for `extend`, which overrides the model's policy as
+/// the local command does).
+pub(crate) async fn grant(remote: Remote, cmd: super::GrantCommand) -> anyhow::Result<()> {
+    use super::GrantCommand;
+    match cmd {
+        GrantCommand::List { format } => {
+            let mut rows = Vec::new();
+            loop {
+                let page: serde_json::Value = remote
+                    .get(
+                        "/api/v1/grants",
+                        &[("limit", "500".into()), ("offset", rows.len().to_string())],
+                    )
+                    .await?;
+                let grants = page["grants"].as_array().cloned().unwrap_or_default();
+                for g in &grants {
+                    rows.push(super::GrantLine {
+                        id: g["id"].as_str().unwrap_or_default().to_owned(),
+                        researcher: g["email"].as_str().unwrap_or_default().to_owned(),
+                        model: g["model"].as_str().unwrap_or_default().to_owned(),
+                        created_at: ms_of(&g["created_at"])?,
+                        expires_at: ms_of(&g["expires_at"])?,
+                        state: g["state"].as_str().unwrap_or_default().to_owned(),
+                        revoked_reason: g["revoked_reason"].as_str().map(str::to_owned),
+                    });
+                }
+                if grants.len() < 500 {
+                    break;
+                }
+            }
+            super::print_grants(&rows, format);
+        }
+        GrantCommand::Extend { id, days } => {
+            let answer: serde_json::Value = remote
+                .post(
+                    &format!("/api/v1/grants/{id}/extend"),
+                    serde_json::json!({"days": days, "override": true}),
+                )
+                .await?;
+            let g = &answer["grant"];
+            println!(
+                "grant {} of {} for {} now ends {} UTC",
+                g["id"].as_str().unwrap_or_default(),
+                g["email"].as_str().unwrap_or_default(),
+                g["model"].as_str().unwrap_or_default(),
+                format_ms(ms_of(&g["expires_at"])?)
+            );
+        }
+        GrantCommand::Revoke { id, reason } => {
+            let g: serde_json::Value = remote
+                .post(
+                    &format!("/api/v1/grants/{id}/revoke"),
+                    serde_json::json!({"reason": reason}),
+                )
+                .await?;
+            println!(
+                "revoked grant {} of {} for {}",
+                g["id"].as_str().unwrap_or_default(),
+                g["email"].as_str().unwrap_or_default(),
+                g["model"].as_str().unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Runs an audit command against the portal.
 pub(crate) async fn run(remote: Remote, cmd: AuditCommand) -> anyhow::Result<()> {
     match cmd {

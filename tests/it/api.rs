@@ -1081,3 +1081,52 @@ async fn an_auditor_runs_the_audit_commands_from_a_laptop_with_a_token() {
     );
     assert!(!ok && err.contains("403"), "{err}");
 }
+
+both!(an_operator_manages_grants_from_a_laptop_with_a_token);
+async fn an_operator_manages_grants_from_a_laptop_with_a_token() {
+    let t = TestApp::spawn().await;
+    t.approved_researcher("x@uni.example.edu").await;
+    t.approved_researcher("y@uni.example.edu").await;
+    let grant = grant_of(&t, "x@uni.example.edu").await;
+    let laptop = token(&t, REVIEWER, "operator laptop", "review,admin").await;
+    let remote_env = [
+        ("WEIGHTGATE_URL", t.base.clone()),
+        ("WEIGHTGATE_TOKEN", laptop.clone()),
+        (
+            "WEIGHTGATE_DATABASE_URL",
+            "postgres://nobody@127.0.0.1:1/nothing".to_owned(),
+        ),
+        ("WEIGHTGATE_DATA_DIR", "/nonexistent/weightgate".to_owned()),
+    ];
+    let remote = |args: &[&str]| crate::cli::weightgate_with(&t, args, None, &remote_env);
+    for args in [&["grant", "list", "--format", "jsonl"][..], &["grant", "list"]] {
+        let (ok, local, err) = weightgate(&t, args, None);
+        assert!(ok, "{err}");
+        let (ok, from_afar, err) = remote(args);
+        assert!(ok, "{args:?} against the portal: {err}");
+        assert_eq!(from_afar, local, "{args:?}");
+    }
+    let (ok, out, err) = remote(&["grant", "extend", &grant, "--days", "10"]);
+    assert!(ok && out.contains("now ends"), "{out}{err}");
+    let (ok, out, err) = remote(&["grant", "revoke", &grant, "--reason", "The project ended."]);
+    assert!(ok && out.contains("revoked grant"), "{out}{err}");
+    let (_, listed, _) = weightgate(&t, &["grant", "list", "--format", "jsonl"], None);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.contains(&grant) && l.contains("\"state\":\"revoked\"")),
+        "{listed}"
+    );
+    let events = t.audit_events().await;
+    assert!(events.iter().any(|e| e.action == "grant.extended"
+        && e.actor.as_deref().is_some_and(|a| a.contains(REVIEWER))));
+    let reader = token(&t, REVIEWER, "reader", "read").await;
+    let y = grant_of(&t, "y@uni.example.edu").await;
+    let (ok, _, err) = crate::cli::weightgate_with(
+        &t,
+        &["grant", "revoke", &y, "--reason", "no"],
+        None,
+        &[("WEIGHTGATE_URL", t.base.clone()), ("WEIGHTGATE_TOKEN", reader)],
+    );
+    assert!(!ok && err.contains("403"), "{err}");
+}
