@@ -543,6 +543,20 @@ pub fn all() -> Vec<Route> {
             api::webhooks::resend,
         ),
         on(
+            p.clone(),
+            "/api/v1/reviewers",
+            Api,
+            Token(Scope::Admin),
+            api::reviewers::add,
+        ),
+        on(
+            p.clone(),
+            "/api/v1/reviewers/{id}",
+            Api,
+            Token(Scope::Admin),
+            api::reviewers::change,
+        ),
+        on(
             g,
             "/api/v1/reviewers",
             Api,

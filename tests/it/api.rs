@@ -1130,3 +1130,87 @@ async fn an_operator_manages_grants_from_a_laptop_with_a_token() {
     );
     assert!(!ok && err.contains("403"), "{err}");
 }
+
+both!(an_admin_script_manages_reviewers);
+async fn an_admin_script_manages_reviewers() {
+    let t = TestApp::spawn().await;
+    let admin = token(&t, REVIEWER, "people", "admin").await;
+    t.apply_and_confirm("z@uni.example.edu").await;
+    let made: Value = call(
+        &t,
+        Method::POST,
+        "/api/v1/reviewers",
+        Some(&admin),
+        Some(json!({"email": "New.Reviewer@Lab.example.org", "password": "a long enough password"})),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(made["email"], "new.reviewer@lab.example.org", "{made}");
+    assert_eq!(made["role"], "reviewer");
+    let id = made["id"].as_str().unwrap().to_owned();
+    let again = call(
+        &t,
+        Method::POST,
+        "/api/v1/reviewers",
+        Some(&admin),
+        Some(json!({"email": "new.reviewer@lab.example.org", "password": "a long enough password"})),
+    )
+    .await;
+    assert_eq!(again.status(), StatusCode::CONFLICT);
+    let theirs = token(&t, "new.reviewer@lab.example.org", "mine", "read").await;
+    let queue: Value = call(&t, Method::GET, "/api/v1/applications", Some(&theirs), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(queue["total"], 0, "no model yet");
+    let assigned: Value = call(
+        &t,
+        Method::POST,
+        &format!("/api/v1/reviewers/{id}"),
+        Some(&admin),
+        Some(json!({"change": "assign", "model": MODEL})),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(assigned["models"], json!([MODEL]));
+    let queue: Value = call(&t, Method::GET, "/api/v1/applications", Some(&theirs), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(queue["total"], 1, "{queue}");
+    let disabled: Value = call(
+        &t,
+        Method::POST,
+        &format!("/api/v1/reviewers/{id}"),
+        Some(&admin),
+        Some(json!({"change": "disable"})),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(disabled["state"], "disabled");
+    assert_eq!(
+        call(&t, Method::GET, "/api/v1/applications", Some(&theirs), None)
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    // An admin's token without the admin scope changes no one's role.
+    let review = token(&t, REVIEWER, "not admin", "review").await;
+    let refused = call(
+        &t,
+        Method::POST,
+        &format!("/api/v1/reviewers/{id}"),
+        Some(&review),
+        Some(json!({"change": "admin"})),
+    )
+    .await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+}

@@ -42,6 +42,8 @@ use super::{applications, audit, grants, models, reviewers, webhooks};
         audit::checkpoints,
         audit::export,
         reviewers::list,
+        reviewers::add,
+        reviewers::change,
         webhooks::list,
         webhooks::subscribe,
         webhooks::deliveries,
