@@ -146,6 +146,9 @@ async fn a_researcher_applies_is_approved_and_downloads_verified_files() {
         );
     }
 
+    // A transfer's `file.delivered` is written after its response ends:
+    // the log is read once every one is in.
+    t.wait_for_events("file.delivered", t.files.len()).await;
     let events = t.audit_events().await;
     let fetches: Vec<_> = events.iter().filter(|e| e.action == "file.fetch").collect();
     assert_eq!(fetches.len(), t.files.len());
