@@ -275,6 +275,7 @@ pub(crate) fn is_private(ip: IpAddr) -> bool {
                 || a == 0
                 || (a == 100 && (b & 0xc0) == 64)
                 || (a == 198 && (b & 0xfe) == 18)
+                || (a == 192 && b == 0 && v4.octets()[2] == 0)
                 || a >= 240
         }
         IpAddr::V6(v6) => {
@@ -293,6 +294,10 @@ pub(crate) fn is_private(ip: IpAddr) -> bool {
                 || (s[0] & 0xfe00) == 0xfc00
                 || (s[0] & 0xffc0) == 0xfe80
                 || v6.to_ipv4_mapped().is_some_and(|v4| is_private(IpAddr::V4(v4)))
+                // site-local, local-use NAT64, Teredo: nothing a webhook needs
+                || (s[0] & 0xffc0) == 0xfec0
+                || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1)
+                || (s[0] == 0x2001 && s[1] == 0)
                 // ::a.b.c.d, 64:ff9b::a.b.c.d (NAT64), 2002:aabb:ccdd:: (6to4)
                 || (s[..6] == [0; 6] && embedded(s[6], s[7]))
                 || (s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] && embedded(s[6], s[7]))
@@ -456,7 +461,7 @@ async fn deliver(db: &Db, http: &reqwest::Client, how: &Delivery, m: &Message) -
                         "A webhook of yours was disabled",
                         &format!(
                             "Hello,\n\nthe webhook subscription {id} to {url} was disabled: {reason}.\n\n\
-                             Its messages wait undelivered. When the endpoint answers again, enable the \
+                             Its messages wait undelivered, for 30 days. When the endpoint answers again, enable the \
                              subscription on your account page (or `weightgate webhook enable {id}`), and they \
                              are sent in order.\n",
                             id = sub.id,
@@ -528,6 +533,13 @@ async fn post(
     Ok((status, text))
 }
 
+async fn forget_old(db: &Db) -> anyhow::Result<()> {
+    let mut tx = db.begin().await?;
+    db::webhooks::forget_before(&mut tx, now_ms() - KEPT_MS).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 /// Folds the log into messages and delivers them, every `every`, until the
 /// portal stops.
 pub(crate) async fn run(db: Db, public_url: String, how: Delivery, every: Duration) {
@@ -570,8 +582,8 @@ pub(crate) async fn run(db: Db, public_url: String, how: Delivery, every: Durati
         if let Err(e) = deliver_due(&db, &http, &how, &places).await {
             tracing::warn!(error = %format!("{e:#}"), "webhooks: cannot deliver");
         }
-        if let Err(e) = db::webhooks::forget_before(db.pool(), now_ms() - KEPT_MS).await {
-            tracing::warn!(error = %e, "webhooks: cannot forget old messages");
+        if let Err(e) = forget_old(&db).await {
+            tracing::warn!(error = %format!("{e:#}"), "webhooks: cannot forget old messages");
         }
         tokio::time::sleep(every).await;
     }
@@ -612,6 +624,10 @@ mod tests {
             "64:ff9b::a9fe:a9fe",
             "2002:7f00:1::",
             "ff02::1",
+            "fec0::1",
+            "64:ff9b:1::a00:1",
+            "2001:0:4136:e378::1",
+            "192.0.0.8",
         ] {
             assert!(is_private(ip.parse().unwrap()), "{ip}");
         }

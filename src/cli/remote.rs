@@ -126,16 +126,29 @@ impl Remote {
                 .json(&body)
                 .send()
         };
-        let response = match send().await {
-            Ok(response) if response.status() != reqwest::StatusCode::CONFLICT => response,
-            // Lost on the way, or the first still running: once more.
-            _ => {
+        let mut response = match send().await {
+            Ok(response) => response,
+            // Lost on the way: once more, with the same key.
+            Err(_) => {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 send()
                     .await
                     .with_context(|| format!("cannot reach {}", self.base))?
             }
         };
+        // The first of the two still running: the portal says when to ask
+        // again (a conflict without Retry-After is a refusal, not a wait).
+        for _ in 0..30 {
+            if response.status() != reqwest::StatusCode::CONFLICT
+                || !response.headers().contains_key(reqwest::header::RETRY_AFTER)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            response = send()
+                .await
+                .with_context(|| format!("cannot reach {}", self.base))?;
+        }
         let status = response.status();
         if !status.is_success() {
             let body: serde_json::Value = response.json().await.unwrap_or_default();

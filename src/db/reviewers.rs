@@ -139,6 +139,13 @@ pub(crate) async fn set_disabled<'c>(
     Ok(done.rows_affected() == 1)
 }
 
+/// Admins who can sign in.
+pub(crate) async fn enabled_admins<'c>(e: impl AnyExecutor<'c>) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM reviewers WHERE is_admin <> 0 AND disabled_at IS NULL")
+        .fetch_one(e)
+        .await
+}
+
 pub(crate) async fn set_admin<'c>(e: impl AnyExecutor<'c>, id: &str, is_admin: bool) -> sqlx::Result<bool> {
     let done = sqlx::query("UPDATE reviewers SET is_admin = $2 WHERE id = $1")
         .bind(id)

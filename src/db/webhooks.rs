@@ -253,11 +253,11 @@ pub(crate) async fn failed<'c>(e: impl AnyExecutor<'c>, id: &str, next_attempt_a
 }
 
 /// Makes a message due again now, delivered or not, with a fresh count of
-/// attempts.
+/// attempts. A message being sent keeps its lease: it is sent again once
+/// that attempt ends, never twice at once.
 pub(crate) async fn retry_now<'c>(e: impl AnyExecutor<'c>, id: &str, now: i64) -> sqlx::Result<bool> {
     let done = sqlx::query(
-        "UPDATE webhook_messages SET next_attempt_at = $2, attempts = 0, lease_until = NULL, delivered_at = NULL
-         WHERE id = $1",
+        "UPDATE webhook_messages SET next_attempt_at = $2, attempts = 0, delivered_at = NULL WHERE id = $1",
     )
     .bind(id)
     .bind(now)
@@ -280,17 +280,17 @@ pub(crate) async fn oldest_waiting<'c>(
 }
 
 /// Forgets messages made before `before`, delivered or not, with their
-/// attempts.
-pub(crate) async fn forget_before(pool: &sqlx::AnyPool, before: i64) -> sqlx::Result<()> {
+/// attempts, in one transaction.
+pub(crate) async fn forget_before(tx: &mut super::Tx, before: i64) -> sqlx::Result<()> {
     sqlx::query(
         "DELETE FROM webhook_attempts WHERE message_id IN (SELECT id FROM webhook_messages WHERE created_at < $1)",
     )
     .bind(before)
-    .execute(pool)
+    .execute(&mut **tx)
     .await?;
     sqlx::query("DELETE FROM webhook_messages WHERE created_at < $1")
         .bind(before)
-        .execute(pool)
+        .execute(&mut **tx)
         .await?;
     Ok(())
 }

@@ -253,6 +253,11 @@ pub async fn change_reviewer(app: &App, id: &str, change: ReviewerChange, actor:
             format!("notifications: {notify}")
         }
     };
+    if db::reviewers::enabled_admins(&mut *tx).await? == 0 {
+        return Err(crate::domain::Error::conflict(
+            "this would leave no admin who can sign in; make another admin first",
+        ));
+    }
     let event = Event::ok(Action::ReviewerChanged)
         .actor(actor.to_owned())
         .subject(reviewer.email)

@@ -58,6 +58,10 @@ pub(crate) struct AppState {
     limits: Arc<RateLimits>,
     /// The runtime that page handlers run on ([`lanes`]).
     pages: Arc<lanes::PagesLane>,
+    /// Keys the hashes of requests kept under an Idempotency-Key, so that
+    /// what a request carried (a new reviewer's password) cannot be guessed
+    /// from them.
+    idempotency_key: Arc<Vec<u8>>,
 }
 
 impl FromRef<AppState> for CsrfConfig {
@@ -138,7 +142,9 @@ pub(crate) async fn router(app: Arc<App>) -> anyhow::Result<Router> {
             time::Duration::try_from(idle).unwrap_or(time::Duration::hours(8)),
         ));
     let header_timeout = app.config.header_timeout;
+    let idempotency_key = Arc::new(load_or_create_keys(&app.db, "idempotency", 32).await?.remove(0).1);
     let state = AppState {
+        idempotency_key,
         csrf,
         throttle: Arc::new(crate::domain::accounts::SignInThrottle::default()),
         limits: Arc::new(RateLimits::new(&app.config)),

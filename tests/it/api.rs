@@ -240,6 +240,10 @@ async fn api_tokens_reach_only_what_their_scopes_allow() {
     // An admin's audit token stops being one when its owner stops being an admin.
     let audit = &secrets[2].1;
     let admin_id = reviewer(&t, REVIEWER).await.id;
+    let other_admin: Email = "other-admin@lab.example.org".parse().unwrap();
+    accounts::add_reviewer(&t.app, &other_admin, PASSWORD, true, "test")
+        .await
+        .unwrap();
     accounts::change_reviewer(&t.app, &admin_id, ReviewerChange::Admin(false), "test")
         .await
         .unwrap();
@@ -848,73 +852,73 @@ async fn the_api_holds_against_a_careless_or_hostile_script() {
         "{as_admin}"
     );
 
-    // A write whose first request stopped without an answer is not run again.
+    // A write whose answer was lost after it was done (its replica died
+    // between the change and the keeping) is not run again.
     let token_id: String = sqlx::query_scalar("SELECT id FROM api_tokens WHERE name = 'assigned'")
         .fetch_one(t.app.db.pool())
         .await
         .unwrap();
+    let approve = || {
+        t.client
+            .post(t.url(&format!("/api/v1/applications/{z}/approve")))
+            .bearer_auth(&assigned)
+            .header("Idempotency-Key", "lost")
+            .json(&json!({"days": 30}))
+            .send()
+    };
+    assert_eq!(approve().await.unwrap().status(), StatusCode::OK);
     sqlx::query(
-        "INSERT INTO api_idempotency (token_id, idem_key, request_hash, created_at) VALUES ($1, 'lost', 'x', 0)",
+        "UPDATE api_idempotency SET status = NULL, body = NULL, created_at = 0 WHERE token_id = $1 AND idem_key = 'lost'",
     )
     .bind(&token_id)
     .execute(t.app.db.pool())
     .await
     .unwrap();
-    let lost = t
+    let lost = approve().await.unwrap();
+    assert_eq!(lost.status(), StatusCode::CONFLICT);
+    assert!(lost.text().await.unwrap().contains("unknown"));
+    let approvals: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM reviews WHERE application_id = $1 AND decision = 'approve'")
+            .bind(&z)
+            .fetch_one(t.app.db.pool())
+            .await
+            .unwrap();
+    assert_eq!(approvals, 1, "not run again");
+    let other = t
         .client
-        .post(t.url(&format!("/api/v1/applications/{z}/approve")))
+        .post(t.url(&format!("/api/v1/applications/{z}/deny")))
         .bearer_auth(&assigned)
         .header("Idempotency-Key", "lost")
-        .json(&json!({}))
+        .json(&json!({"reason": "no"}))
         .send()
         .await
         .unwrap();
     assert_eq!(
-        lost.status(),
+        other.status(),
         StatusCode::UNPROCESSABLE_ENTITY,
-        "another request's key"
+        "the key of another request"
     );
-    sqlx::query("UPDATE api_idempotency SET request_hash = $1 WHERE idem_key = 'lost'")
-        .bind({
-            use sha2::Digest;
-            let mut hash = sha2::Sha256::new();
-            for part in [
-                "POST".as_bytes(),
-                format!("/api/v1/applications/{z}/approve").as_bytes(),
-                b"",
-                b"{}",
-            ] {
-                hash.update((part.len() as u64).to_be_bytes());
-                hash.update(part);
-            }
-            hex::encode(hash.finalize())
-        })
-        .execute(t.app.db.pool())
+    // What is kept of a request is keyed: a password in it cannot be
+    // guessed from a plain hash of the body.
+    let kept: String = sqlx::query_scalar("SELECT request_hash FROM api_idempotency WHERE idem_key = 'lost'")
+        .fetch_one(t.app.db.pool())
         .await
         .unwrap();
-    let lost = t
-        .client
-        .post(t.url(&format!("/api/v1/applications/{z}/approve")))
-        .bearer_auth(&assigned)
-        .header("Idempotency-Key", "lost")
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(lost.status(), StatusCode::CONFLICT);
-    assert!(lost.text().await.unwrap().contains("unknown"));
-    let case: Value = call(
-        &t,
-        Method::GET,
-        &format!("/api/v1/applications/{z}"),
-        Some(&assigned),
-        None,
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
-    assert_eq!(case["application"]["status"], "pending", "not run again");
+    let plain = {
+        use sha2::Digest;
+        let mut hash = sha2::Sha256::new();
+        for part in [
+            "POST".as_bytes(),
+            format!("/api/v1/applications/{z}/approve").as_bytes(),
+            b"",
+            br#"{"days":30}"#,
+        ] {
+            hash.update((part.len() as u64).to_be_bytes());
+            hash.update(part);
+        }
+        hex::encode(hash.finalize())
+    };
+    assert_ne!(kept, plain);
 
     // Going past a model's policy needs the admin scope, not only an admin.
     t.approved_researcher("x@uni.example.edu").await;
@@ -1202,6 +1206,12 @@ async fn an_admin_script_manages_reviewers() {
             .status(),
         StatusCode::UNAUTHORIZED
     );
+    // No change leaves the portal without an admin who can sign in.
+    let me = reviewer(&t, REVIEWER).await.id;
+    let last = accounts::change_reviewer(&t.app, &me, ReviewerChange::Disabled(true), "operator")
+        .await
+        .unwrap_err();
+    assert!(last.to_string().contains("no admin"), "{last}");
     // An admin's token without the admin scope changes no one's role.
     let review = token(&t, REVIEWER, "not admin", "review").await;
     let refused = call(

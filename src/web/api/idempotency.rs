@@ -21,7 +21,8 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use sha2::{Digest, Sha256};
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
 
 use super::{AppState, Caller, Error};
 use crate::{db, types::now_ms};
@@ -72,17 +73,18 @@ async fn once(state: &AppState, request: Request, next: Next) -> Result<Response
             }
             .into_response()
         })?;
-    let mut hash = Sha256::new();
+    let mut hash = <Hmac<Sha256> as KeyInit>::new_from_slice(&state.idempotency_key)
+        .map_err(|e| Error::Internal(anyhow::anyhow!("an idempotency key: {e}")).into_response())?;
     for part in [
         parts.method.as_str().as_bytes(),
         parts.uri.path().as_bytes(),
         parts.uri.query().unwrap_or("").as_bytes(),
         &body,
     ] {
-        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(&(part.len() as u64).to_be_bytes());
         hash.update(part);
     }
-    let request_hash = hex::encode(hash.finalize());
+    let request_hash = hex::encode(hash.finalize().into_bytes());
     let pool = state.app.db.pool();
     let token_id = caller.token.id.as_str();
     let internal = |e: sqlx::Error| Error::from(e).into_response();
