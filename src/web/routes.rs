@@ -557,6 +557,20 @@ pub fn all() -> Vec<Route> {
             api::reviewers::change,
         ),
         on(
+            g.clone(),
+            "/api/v1/tokens",
+            Api,
+            Token(Scope::Read),
+            api::own_tokens::list,
+        ),
+        on(
+            p.clone(),
+            "/api/v1/tokens/{id}/revoke",
+            Api,
+            Token(Scope::Read),
+            api::own_tokens::revoke,
+        ),
+        on(
             g,
             "/api/v1/reviewers",
             Api,

@@ -101,7 +101,9 @@ async fn grant_of(t: &TestApp, email: &str) -> String {
 
 both!(api_tokens_reach_only_what_their_scopes_allow);
 async fn api_tokens_reach_only_what_their_scopes_allow() {
-    let t = TestApp::spawn().await;
+    // Every route is tried with a forged token: more than one address's
+    // allowance of bad tokens a minute.
+    let t = TestApp::spawn_with(|c| c.limit_bad_tokens_per_address = "1000/1min".parse().unwrap()).await;
     add_reviewer(&t, ASSIGNED, Some(MODEL)).await;
     add_reviewer(&t, NOBODY, None).await;
     t.approved_researcher("x@uni.example.edu").await;
@@ -1223,4 +1225,75 @@ async fn an_admin_script_manages_reviewers() {
     )
     .await;
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+}
+
+both!(a_script_lists_and_revokes_its_own_tokens_and_no_one_elses);
+async fn a_script_lists_and_revokes_its_own_tokens_and_no_one_elses() {
+    let t = TestApp::spawn().await;
+    add_reviewer(&t, ASSIGNED, Some(MODEL)).await;
+    let mine = token(&t, ASSIGNED, "ci", "read").await;
+    let spare = token(&t, ASSIGNED, "spare", "review").await;
+    let theirs = token(&t, REVIEWER, "admin's", "read").await;
+    let listed: Value = call(&t, Method::GET, "/api/v1/tokens", Some(&mine), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2, "{listed}");
+    assert!(names.contains(&"ci") && names.contains(&"spare"));
+    let text = listed.to_string();
+    assert!(!text.contains(&mine) && !text.contains(&spare), "never a secret");
+    let admins: String = sqlx::query_scalar("SELECT id FROM api_tokens WHERE name = 'admin''s'")
+        .fetch_one(t.app.db.pool())
+        .await
+        .unwrap();
+    let other = call(
+        &t,
+        Method::POST,
+        &format!("/api/v1/tokens/{admins}/revoke"),
+        Some(&mine),
+        None,
+    )
+    .await;
+    assert_eq!(other.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        call(&t, Method::GET, "/api/v1/tokens", Some(&theirs), None)
+            .await
+            .status(),
+        StatusCode::OK,
+        "still valid"
+    );
+    let spare_id = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "spare")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let revoked: Value = call(
+        &t,
+        Method::POST,
+        &format!("/api/v1/tokens/{spare_id}/revoke"),
+        Some(&mine),
+        None,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(revoked["state"], "revoked");
+    assert_eq!(
+        call(&t, Method::GET, "/api/v1/applications", Some(&spare), None)
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
 }

@@ -9,7 +9,7 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use super::{applications, audit, grants, models, reviewers, webhooks};
+use super::{applications, audit, grants, models, own_tokens, reviewers, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -44,6 +44,8 @@ use super::{applications, audit, grants, models, reviewers, webhooks};
         reviewers::list,
         reviewers::add,
         reviewers::change,
+        own_tokens::list,
+        own_tokens::revoke,
         webhooks::list,
         webhooks::subscribe,
         webhooks::deliveries,
@@ -59,6 +61,7 @@ use super::{applications, audit, grants, models, reviewers, webhooks};
         (name = "grants", description = "Grants, extensions and revocation"),
         (name = "audit", description = "The audit log and its reports"),
         (name = "reviewers", description = "Reviewer accounts, for admins"),
+        (name = "tokens", description = "The caller's own tokens: listed and revoked; made on the account page or the command line only"),
         (name = "webhooks", description = "Subscriptions to events, signed per Standard Webhooks, and their delivery logs"),
     )
 )]

@@ -15,6 +15,7 @@ pub(crate) mod doc;
 pub(crate) mod grants;
 mod idempotency;
 pub(crate) mod models;
+pub(crate) mod own_tokens;
 pub(crate) mod reviewers;
 pub(crate) mod webhooks;
 
