@@ -63,17 +63,22 @@ impl Remote {
             .send()
             .await
             .with_context(|| format!("cannot reach {}", self.base))?;
-        let status = response.status();
-        if !status.is_success() {
-            let body: serde_json::Value = response.json().await.unwrap_or_default();
-            let message = body["message"].as_str().unwrap_or("no explanation given");
-            anyhow::bail!("the portal answered {status}: {message}");
-        }
-        response
-            .json()
-            .await
-            .with_context(|| format!("{url} did not answer what this version reads"))
+        answer(response, url.as_str()).await
     }
+}
+
+/// The body of a successful answer, or the portal's message as the error.
+async fn answer<T: DeserializeOwned>(response: reqwest::Response, url: &str) -> anyhow::Result<T> {
+    let status = response.status();
+    if !status.is_success() {
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        let message = body["message"].as_str().unwrap_or("no explanation given");
+        anyhow::bail!("the portal answered {status}: {message}");
+    }
+    response
+        .json()
+        .await
+        .with_context(|| format!("{url} did not answer what this version reads"))
 }
 
 fn filter_query(filter: &FilterArgs) -> Vec<(&'static str, String)> {
@@ -149,16 +154,7 @@ impl Remote {
                 .await
                 .with_context(|| format!("cannot reach {}", self.base))?;
         }
-        let status = response.status();
-        if !status.is_success() {
-            let body: serde_json::Value = response.json().await.unwrap_or_default();
-            let message = body["message"].as_str().unwrap_or("no explanation given");
-            anyhow::bail!("the portal answered {status}: {message}");
-        }
-        response
-            .json()
-            .await
-            .with_context(|| format!("{url} did not answer what this version reads"))
+        answer(response, &url).await
     }
 }
 

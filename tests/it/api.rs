@@ -776,24 +776,7 @@ async fn the_api_holds_against_a_careless_or_hostile_script() {
 
     // A researcher who applied to another model too: a reviewer of this
     // model learns nothing of that application but that it exists.
-    let other: weightgate::types::Slug = "other-model".parse().unwrap();
-    weightgate::domain::models::create(&t.app, &other, "Other", "Terms.", "test")
-        .await
-        .unwrap();
-    let files = t.dir.path().join("other-files");
-    std::fs::create_dir_all(&files).unwrap();
-    std::fs::write(files.join("weights.bin"), b"other weights").unwrap();
-    weightgate::domain::models::publish(
-        &t.app,
-        &other,
-        &files,
-        Some("r1"),
-        CHUNK_SIZE,
-        "test",
-        &weightgate::domain::models::PublishProgress::quiet(),
-    )
-    .await
-    .unwrap();
+    t.publish_other_model("other-model").await;
     t.apply_and_confirm("z@uni.example.edu").await;
     let z_pending = application_of(&t, "z@uni.example.edu").await;
     let researcher = client();

@@ -225,6 +225,29 @@ impl TestApp {
         }
     }
 
+    /// A second model, `slug`, with one published release of one file, so
+    /// that its applications and grants can exist.
+    pub(crate) async fn publish_other_model(&self, slug: &str) {
+        let other: Slug = slug.parse().unwrap();
+        models::create(&self.app, &other, "Other", "Terms.", "test")
+            .await
+            .unwrap();
+        let files = self.dir.path().join("other-files");
+        std::fs::create_dir_all(&files).unwrap();
+        std::fs::write(files.join("weights.bin"), b"other weights").unwrap();
+        models::publish(
+            &self.app,
+            &other,
+            &files,
+            Some("r1"),
+            CHUNK_SIZE,
+            "test",
+            &weightgate::domain::models::PublishProgress::quiet(),
+        )
+        .await
+        .unwrap();
+    }
+
     /// The portal's URL of `path`; a URL that is already whole (a link from
     /// an e-mail) as it is.
     pub(crate) fn url(&self, path: &str) -> String {

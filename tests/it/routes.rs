@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 use reqwest::{Client, StatusCode, redirect::Policy};
 use weightgate::{
     domain::accounts,
-    types::{Email, Slug},
+    types::Email,
     web::{Access, route_table},
 };
 
@@ -201,24 +201,7 @@ both!(every_route_answers_every_role_as_its_rule_says);
 async fn every_route_answers_every_role_as_its_rule_says() {
     let t = TestApp::spawn().await;
     // The other model, with a file, so that its grants and applications exist.
-    let other: Slug = OTHER_MODEL.parse().unwrap();
-    weightgate::domain::models::create(&t.app, &other, "Other", "Terms.", "test")
-        .await
-        .unwrap();
-    let files = t.dir.path().join("other-files");
-    std::fs::create_dir_all(&files).unwrap();
-    std::fs::write(files.join("weights.bin"), b"other weights").unwrap();
-    weightgate::domain::models::publish(
-        &t.app,
-        &other,
-        &files,
-        Some("r1"),
-        CHUNK_SIZE,
-        "test",
-        &weightgate::domain::models::PublishProgress::quiet(),
-    )
-    .await
-    .unwrap();
+    t.publish_other_model(OTHER_MODEL).await;
     add_reviewer(&t, ASSIGNED, MODEL).await;
     let unassigned_id = add_reviewer(&t, UNASSIGNED, OTHER_MODEL).await;
     let disabled_id = add_reviewer(&t, DISABLED, MODEL).await;

@@ -9,7 +9,7 @@ use axum::{
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{Body, Caller, doc, maybe_time, page_limit, page_offset, time};
+use super::{Body, Caller, doc, given, maybe_time, page_limit, page_offset, time};
 use crate::{
     db::{
         self,
@@ -112,11 +112,6 @@ fn status_filter(text: Option<&str>) -> Result<Option<Status>, Error> {
         Some("all") => Ok(None),
         Some(s) => s.parse().map(Some).map_err(|e| Error::BadRequest(format!("{e}"))),
     }
-}
-
-fn given(text: Option<String>) -> Option<String> {
-    text.map(|t| t.trim().chars().take(200).collect::<String>())
-        .filter(|t| !t.is_empty())
 }
 
 /// The queue: applications of the caller's models, filtered and sorted as

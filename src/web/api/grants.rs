@@ -4,7 +4,7 @@ use axum::{Json, extract::State};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{Body, Caller, audit::EventJson, doc, maybe_time, page_limit, page_offset, time};
+use super::{Body, Caller, audit::EventJson, doc, given, maybe_time, page_limit, page_offset, time};
 use crate::{
     db::{self, audit::Filter, grants::GrantView},
     domain::{
@@ -75,11 +75,6 @@ pub(crate) struct GrantList {
     grants: Vec<GrantJson>,
     /// How many match the filters in all.
     total: i64,
-}
-
-fn given(text: Option<String>) -> Option<String> {
-    text.map(|t| t.trim().chars().take(200).collect::<String>())
-        .filter(|t| !t.is_empty())
 }
 
 /// The grants of the caller's models, newest first.

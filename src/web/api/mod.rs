@@ -170,6 +170,12 @@ pub(crate) fn maybe_time(ms: Option<i64>) -> Option<String> {
     ms.map(format_ms_rfc3339)
 }
 
+/// A filter's text as sent: trimmed, at most 200 characters; blank is none.
+pub(crate) fn given(text: Option<String>) -> Option<String> {
+    text.map(|t| t.trim().chars().take(200).collect::<String>())
+        .filter(|t| !t.is_empty())
+}
+
 /// The most rows one page of a list returns, and the default.
 pub(crate) const MAX_LIMIT: i64 = 500;
 pub(crate) const DEFAULT_LIMIT: i64 = 50;

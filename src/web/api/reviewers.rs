@@ -39,32 +39,8 @@ pub(crate) async fn list(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<Vec<ReviewerJson>>, Error> {
-    let app = &state.app;
-    authz::reviewer_may(app, &caller.reviewer, ReviewerAction::Administer).await?;
-    let rows = db::reviewers::list(app.db.pool()).await?;
-    let assignments = db::policy::assignments(app.db.pool()).await?;
-    Ok(Json(
-        rows.into_iter()
-            .map(|r| ReviewerJson {
-                models: assignments
-                    .iter()
-                    .filter(|(_, email)| *email == r.email)
-                    .map(|(slug, _)| slug.clone())
-                    .collect(),
-                role: if r.is_admin() { "admin" } else { "reviewer" }.into(),
-                state: if r.disabled_at.is_some() {
-                    "disabled"
-                } else {
-                    "active"
-                }
-                .into(),
-                disabled_at: maybe_time(r.disabled_at),
-                created_at: time(r.created_at),
-                id: r.id,
-                email: r.email,
-            })
-            .collect(),
-    ))
+    authz::reviewer_may(&state.app, &caller.reviewer, ReviewerAction::Administer).await?;
+    Ok(Json(list_all(&state).await?))
 }
 
 /// A new reviewer account.
